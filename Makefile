@@ -1,0 +1,38 @@
+# Weir's verbs. `make demo` and `make test` set up everything they need on a fresh machine.
+SHELL := /bin/bash
+CARGO ?= cargo
+export CARGO_TERM_COLOR ?= never
+
+.PHONY: all build release test lint fmt fuzz demo deps
+
+all: build
+
+deps:
+	@scripts/ensure-deps.sh >/dev/null
+
+build:
+	$(CARGO) build --workspace --bins
+
+release:
+	$(CARGO) build --release -p weir-pooler --bin weir
+
+## test: everything CI runs — lint, unit tests, integration tests against real PostgreSQL
+test: deps lint build
+	$(CARGO) test --workspace --no-fail-fast
+	$(MAKE) fuzz FUZZ_SECONDS=20
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+## fuzz: run the protocol decoder fuzz target briefly (longer: make fuzz FUZZ_SECONDS=600)
+FUZZ_SECONDS ?= 60
+fuzz:
+	@scripts/fuzz.sh $(FUZZ_SECONDS)
+
+## demo: PostgreSQL + weir + pgbench on this machine, with a short report
+demo: deps release
+	@scripts/demo.sh

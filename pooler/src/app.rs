@@ -1,0 +1,234 @@
+//! The pooler's shared state: the loaded configuration, the auth file's secrets, the pools,
+//! the limits they share, the connected-client count and the cancel keys.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+
+use crate::auth::Secret;
+use crate::cancel::CancelRegistry;
+use crate::config::{self, Config};
+use crate::pool::{Limit, Pool, PoolKey, PoolSettings};
+use crate::protocol::PgError;
+use crate::server::{ServerAddr, ServerCredential, ServerTarget};
+use crate::stream::Keepalive;
+
+/// PostgreSQL's default port, used when a `[databases]` entry names none.
+const DEFAULT_PORT: u16 = 5432;
+/// Where PostgreSQL's Unix socket lives on Debian-like systems, used when no host is named.
+const DEFAULT_SOCKET_DIR: &str = "/var/run/postgresql";
+
+/// Everything the accept loops and client tasks share.
+#[derive(Debug)]
+pub struct Pooler {
+    config_path: PathBuf,
+    config: ArcSwap<Config>,
+    secrets: ArcSwap<HashMap<String, Secret>>,
+    pools: Mutex<HashMap<PoolKey, Arc<Pool>>>,
+    limits: Mutex<HashMap<String, Arc<Limit>>>,
+    clients: AtomicUsize,
+    cancel: Arc<CancelRegistry>,
+}
+
+/// Loads the secrets of `auth_file`, if one is configured.
+pub fn load_secrets(config: &Config) -> Result<HashMap<String, Secret>, config::ConfigError> {
+    let Some(path) = &config.pgbouncer.auth_file else {
+        return Ok(HashMap::new());
+    };
+    let users: BTreeMap<String, String> = config::load_userlist(path)?;
+    Ok(users
+        .into_iter()
+        .map(|(user, stored)| {
+            let secret = Secret::parse(&stored);
+            (user, secret)
+        })
+        .collect())
+}
+
+impl Pooler {
+    /// Builds the shared state from a loaded configuration and its auth file.
+    pub fn new(
+        config_path: &Path,
+        config: Config,
+        secrets: HashMap<String, Secret>,
+    ) -> Arc<Pooler> {
+        Arc::new(Pooler {
+            config_path: config_path.to_owned(),
+            config: ArcSwap::from_pointee(config),
+            secrets: ArcSwap::from_pointee(secrets),
+            pools: Mutex::new(HashMap::new()),
+            limits: Mutex::new(HashMap::new()),
+            clients: AtomicUsize::new(0),
+            cancel: Arc::new(CancelRegistry::default()),
+        })
+    }
+
+    /// The configuration file the pooler was started with.
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> Arc<Config> {
+        self.config.load_full()
+    }
+
+    /// Re-reads the configuration file and the auth file; on success new clients and new
+    /// pools use them, on failure nothing changes.
+    pub fn reload(&self) -> Result<Vec<config::ConfigWarning>, config::ConfigError> {
+        let loaded = Config::load(&self.config_path)?;
+        let secrets = load_secrets(&loaded.config)?;
+        self.config.store(Arc::new(loaded.config));
+        self.secrets.store(Arc::new(secrets));
+        Ok(loaded.warnings)
+    }
+
+    /// The stored secret of `user` from `auth_file`.
+    pub fn secret(&self, user: &str) -> Option<Secret> {
+        self.secrets.load().get(user).cloned()
+    }
+
+    /// Whether an auth file is configured (then only users listed in it may log in).
+    pub fn has_auth_file(&self) -> bool {
+        self.config.load().pgbouncer.auth_file.is_some()
+    }
+
+    /// Every client's cancel key.
+    pub fn cancel(&self) -> &Arc<CancelRegistry> {
+        &self.cancel
+    }
+
+    /// Counts a new client connection; the guard uncounts it. Returns the count including it.
+    pub fn client_connected(self: &Arc<Self>) -> (ClientCount, usize) {
+        let n = self.clients.fetch_add(1, Ordering::AcqRel) + 1;
+        (ClientCount(self.clone()), n)
+    }
+
+    /// Connected clients right now.
+    pub fn client_count(&self) -> usize {
+        self.clients.load(Ordering::Acquire)
+    }
+
+    /// Every pool that exists right now.
+    pub fn pools(&self) -> Vec<Arc<Pool>> {
+        let pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
+        let mut list: Vec<Arc<Pool>> = pools.values().cloned().collect();
+        list.sort_by(|a, b| a.key().cmp(b.key()));
+        list
+    }
+
+    /// The pool a client of `database` authenticated as `user` uses, created on first use.
+    /// `scram_keys` are the keys recovered from the client's SCRAM proof, if any: they let
+    /// the pool log in with a SCRAM verifier from the auth file instead of a password.
+    pub fn pool_for(
+        &self,
+        database: &str,
+        user: &str,
+        scram_keys: Option<([u8; 32], [u8; 32])>,
+    ) -> Result<Arc<Pool>, Box<PgError>> {
+        let config = self.config();
+        let Some((_, entry)) = config.database(database) else {
+            return Err(Box::new(no_such_database(database)));
+        };
+        let server_user = entry.user.clone().unwrap_or_else(|| user.to_owned());
+        let key = PoolKey {
+            database: database.to_owned(),
+            user: server_user.clone(),
+        };
+        let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(pool) = pools.get(&key) {
+            return Ok(pool.clone());
+        }
+        let credential = match &entry.password {
+            Some(p) => ServerCredential::Password(p.clone()),
+            None => match (self.secret(&server_user), scram_keys) {
+                (Some(Secret::Plain(p)), _) => ServerCredential::Password(p),
+                (Some(Secret::Md5(h)), _) => ServerCredential::Md5Hash(h),
+                (Some(Secret::Scram(_)), Some((client_key, server_key))) if server_user == user => {
+                    ServerCredential::ScramKeys {
+                        client_key,
+                        server_key,
+                    }
+                }
+                _ => ServerCredential::None,
+            },
+        };
+        let s = &config.pgbouncer;
+        let target = ServerTarget {
+            addr: ServerAddr::new(
+                entry.host.as_deref().unwrap_or(DEFAULT_SOCKET_DIR),
+                entry.port.unwrap_or(DEFAULT_PORT),
+            ),
+            dbname: entry.dbname.clone().unwrap_or_else(|| database.to_owned()),
+            user: server_user.clone(),
+            credential,
+            connect_timeout: s.server_connect_timeout,
+            keepalive: keepalive(&config),
+            connect_query: entry.connect_query.clone(),
+        };
+        let settings = PoolSettings {
+            mode: config.pool_mode_for(database, &server_user),
+            size: config.pool_size_for(database, &server_user) as usize,
+            min_size: config.min_pool_size_for(database) as usize,
+            reserve_size: config.reserve_pool_size_for(database) as usize,
+            reserve_timeout: s.reserve_pool_timeout,
+            lifetime: s.server_lifetime,
+            idle_timeout: s.server_idle_timeout,
+            check_delay: s.server_check_delay,
+            check_query: s.server_check_query.clone(),
+            login_retry: s.server_login_retry,
+        };
+        let mut limits = Vec::new();
+        let max_db = config.max_db_connections_for(database);
+        if max_db > 0 {
+            limits.push(self.limit(format!("max_db_connections for {database}"), max_db));
+        }
+        let max_user = config.max_user_connections_for(&server_user);
+        if max_user > 0 {
+            limits.push(self.limit(format!("max_user_connections for {server_user}"), max_user));
+        }
+        let pool = Pool::new(key.clone(), target, settings, limits);
+        tracing::info!(pool = %key, "pool created");
+        pools.insert(key, pool.clone());
+        Ok(pool)
+    }
+
+    fn limit(&self, name: String, max: u32) -> Arc<Limit> {
+        self.limits
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(name.clone())
+            .or_insert_with(|| Limit::new(name, max as usize))
+            .clone()
+    }
+}
+
+/// The error for a database the configuration does not know.
+pub fn no_such_database(database: &str) -> PgError {
+    PgError::fatal("3D000", format!("no such database: {database}"))
+}
+
+/// Keepalive settings for every socket, from `[pgbouncer]`.
+pub fn keepalive(config: &Config) -> Keepalive {
+    let s = &config.pgbouncer;
+    Keepalive {
+        enabled: s.tcp_keepalive,
+        idle: s.tcp_keepidle,
+        interval: s.tcp_keepintvl,
+        count: s.tcp_keepcnt,
+        user_timeout: s.tcp_user_timeout,
+    }
+}
+
+/// One connected client, counted against `max_client_conn` until dropped.
+#[derive(Debug)]
+pub struct ClientCount(Arc<Pooler>);
+
+impl Drop for ClientCount {
+    fn drop(&mut self) {
+        self.0.clients.fetch_sub(1, Ordering::AcqRel);
+    }
+}

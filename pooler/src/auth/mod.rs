@@ -1,0 +1,16 @@
+//! Password authentication logic, free of I/O: SCRAM-SHA-256 and MD5 in both directions,
+//! clients logging in to the pooler and the pooler logging in to PostgreSQL.
+//!
+//! Stored credentials are [`Secret`]s; [`ScramServer`] and [`md5::verify`] check clients,
+//! [`ScramClient`] and [`md5::salted_response`] answer the server's challenges, and
+//! [`verify_plain`] serves `auth_type = plain`. The protocol layer moves the bytes.
+
+mod crypto;
+mod error;
+pub mod md5;
+mod scram;
+mod secret;
+
+pub use error::AuthError;
+pub use scram::{ScramClient, ScramCredential, ScramServer};
+pub use secret::{verify_plain, ScramSecret, Secret};

@@ -1,0 +1,321 @@
+//! The client's startup phase: SSL/GSS negotiation, cancel requests, startup parameters and
+//! authentication against `auth_file`, as `auth_type` asks.
+
+use bytes::BytesMut;
+use rand::Rng;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::app::Pooler;
+use crate::auth::{self, md5, ScramSecret, ScramServer, Secret};
+use crate::config::{AuthType, Config};
+use crate::params::{self, ParamSet};
+use crate::protocol::{self, backend, frontend, PgError, Startup};
+use crate::stream::Stream;
+use crate::wire::{self, ReadError};
+
+/// What the startup phase produced.
+#[derive(Debug)]
+pub enum Hello {
+    /// A client that wants a session.
+    Session(Login),
+    /// A cancel request for another client's query.
+    Cancel {
+        /// The key the other client was given.
+        process_id: i32,
+        /// Its secret.
+        secret_key: i32,
+    },
+}
+
+/// A client that presented a startup packet.
+#[derive(Debug)]
+pub struct Login {
+    /// The user name it gave.
+    pub user: String,
+    /// The database it asked for.
+    pub database: String,
+    /// The tracked parameters it set.
+    pub params: ParamSet,
+}
+
+/// Why a client's startup failed; `Fatal` is told to the client before closing.
+#[derive(Debug)]
+pub enum LoginError {
+    /// Tell the client, then close.
+    Fatal(Box<PgError>),
+    /// The socket failed or closed; nothing to tell.
+    Gone,
+}
+
+impl LoginError {
+    /// A refusal to tell the client.
+    pub fn fatal(e: PgError) -> LoginError {
+        LoginError::Fatal(Box::new(e))
+    }
+}
+
+impl From<ReadError> for LoginError {
+    fn from(e: ReadError) -> Self {
+        match e {
+            ReadError::Protocol(p) => LoginError::fatal(p.to_pg_error()),
+            ReadError::Io(_) | ReadError::Closed => LoginError::Gone,
+        }
+    }
+}
+
+impl From<std::io::Error> for LoginError {
+    fn from(_: std::io::Error) -> Self {
+        LoginError::Gone
+    }
+}
+
+/// Reads startup packets until one asks for a session or a cancel. SSL and GSS encryption
+/// requests are declined with `N` (TLS is not configured), after which the client goes on in
+/// the clear or gives up, as it chooses.
+pub async fn hello(
+    stream: &mut Stream,
+    buf: &mut BytesMut,
+    config: &Config,
+) -> Result<Hello, LoginError> {
+    // One SSLRequest and one GSSENCRequest at most, then a real startup packet.
+    for _ in 0..3 {
+        let packet = loop {
+            match protocol::decode_startup(buf).map_err(|e| LoginError::fatal(e.to_pg_error()))? {
+                Some(p) => break p,
+                None => {
+                    buf.reserve(512);
+                    if stream.read_buf(buf).await? == 0 {
+                        return Err(LoginError::Gone);
+                    }
+                }
+            }
+        };
+        match packet {
+            Startup::SslRequest | Startup::GssEncRequest => {
+                // Bytes sent before our answer would be trusted plaintext: refuse them.
+                if !buf.is_empty() {
+                    return Err(LoginError::fatal(PgError::fatal(
+                        "08P01",
+                        "received unencrypted data after an encryption request",
+                    )));
+                }
+                stream.write_all(b"N").await?;
+            }
+            Startup::Cancel {
+                process_id,
+                secret_key,
+            } => {
+                return Ok(Hello::Cancel {
+                    process_id,
+                    secret_key,
+                })
+            }
+            Startup::Startup { minor, params, .. } => {
+                return startup(stream, minor, &params, config)
+                    .await
+                    .map(Hello::Session)
+            }
+        }
+    }
+    Err(LoginError::fatal(PgError::fatal(
+        "08P01",
+        "too many encryption requests before the startup packet",
+    )))
+}
+
+/// Checks the startup parameters and answers protocol-version negotiation.
+async fn startup(
+    stream: &mut Stream,
+    minor: u16,
+    startup: &protocol::StartupParams,
+    config: &Config,
+) -> Result<Login, LoginError> {
+    let s = &config.pgbouncer;
+    let mut params = ParamSet::new();
+    for (name, value) in startup.iter() {
+        if name == "user" || name == "database" {
+            continue;
+        }
+        if let Some(canonical) = params::canonical(name, &s.track_extra_parameters) {
+            params.set(canonical, value);
+        } else if !s
+            .ignore_startup_parameters
+            .iter()
+            .any(|i| i.eq_ignore_ascii_case(name))
+        {
+            return Err(LoginError::fatal(
+                PgError::fatal("08P01", format!("unsupported startup parameter: {name}"))
+                    .with_hint("add it to ignore_startup_parameters to let clients send it"),
+            ));
+        }
+    }
+    let unrecognized: Vec<&str> = startup
+        .protocol_options()
+        .iter()
+        .map(String::as_str)
+        .collect();
+    if minor > protocol::NEWEST_MINOR_VERSION || !unrecognized.is_empty() {
+        let mut out = BytesMut::new();
+        backend::negotiate_protocol_version(
+            &mut out,
+            protocol::NEWEST_MINOR_VERSION,
+            &unrecognized,
+        );
+        stream.write_all(&out).await?;
+    }
+    Ok(Login {
+        user: startup.user().to_owned(),
+        database: startup.database().to_owned(),
+        params,
+    })
+}
+
+/// The result of a successful authentication.
+#[derive(Debug, Default)]
+pub struct Authenticated {
+    /// SCRAM keys recovered from the client's proof, when SCRAM was used.
+    pub scram_keys: Option<([u8; 32], [u8; 32])>,
+}
+
+/// Authenticates `login.user` as `auth_type` says. A user missing from the auth file gets the
+/// same exchange and the same error as a wrong password, so user names cannot be probed.
+pub async fn authenticate(
+    stream: &mut Stream,
+    buf: &mut BytesMut,
+    pooler: &Pooler,
+    login: &Login,
+) -> Result<Authenticated, LoginError> {
+    let config = pooler.config();
+    let secret = pooler.secret(&login.user);
+    let user = &login.user;
+    match config.pgbouncer.auth_type {
+        // `any` ignores the user name: every database logs in as its own configured user.
+        AuthType::Any => Ok(Authenticated::default()),
+        AuthType::Trust => {
+            if secret.is_none() && pooler.has_auth_file() {
+                return Err(auth_failed(user));
+            }
+            Ok(Authenticated::default())
+        }
+        AuthType::Plain => {
+            let mut out = BytesMut::new();
+            backend::authentication_cleartext_password(&mut out);
+            wire::flush(stream, &mut out).await?;
+            let password = read_password(stream, buf).await?;
+            let ok = match (&secret, std::str::from_utf8(&password)) {
+                (Some(secret), Ok(pw)) => auth::verify_plain(secret, user, pw),
+                _ => false,
+            };
+            if ok {
+                Ok(Authenticated::default())
+            } else {
+                Err(auth_failed(user))
+            }
+        }
+        AuthType::Md5 if !matches!(secret, Some(Secret::Scram(_))) => {
+            let salt: [u8; 4] = rand::thread_rng().gen();
+            let mut out = BytesMut::new();
+            backend::authentication_md5_password(&mut out, salt);
+            wire::flush(stream, &mut out).await?;
+            let response = read_password(stream, buf).await?;
+            let ok = match (&secret, std::str::from_utf8(&response)) {
+                (Some(secret), Ok(r)) => md5::verify(secret, user, salt, r),
+                _ => false,
+            };
+            if ok {
+                Ok(Authenticated::default())
+            } else {
+                Err(auth_failed(user))
+            }
+        }
+        // md5 with a SCRAM secret falls through to SCRAM, as PostgreSQL does.
+        AuthType::Md5 | AuthType::ScramSha256 => scram(stream, buf, user, secret).await,
+    }
+}
+
+async fn scram(
+    stream: &mut Stream,
+    buf: &mut BytesMut,
+    user: &str,
+    secret: Option<Secret>,
+) -> Result<Authenticated, LoginError> {
+    let known = secret.is_some();
+    let secret = match secret {
+        Some(Secret::Md5(_)) => {
+            return Err(LoginError::fatal(PgError::fatal(
+                "28000",
+                format!("user \"{user}\" has an md5 secret in auth_file, which cannot be used with SCRAM authentication"),
+            )))
+        }
+        Some(s) => s,
+        // A throwaway secret makes an unknown user's exchange look like a real one.
+        None => Secret::Scram(ScramSecret::generate(&rand::thread_rng().gen::<u64>().to_string())),
+    };
+    let mut server = ScramServer::new(&secret, user).map_err(|e| auth_error(user, &e))?;
+    let mut out = BytesMut::new();
+    backend::authentication_sasl(&mut out, ScramServer::mechanisms());
+    wire::flush(stream, &mut out).await?;
+
+    let msg = expect_password_message(stream, buf).await?;
+    let (mechanism, data) = frontend::parse_sasl_initial_response(&msg)
+        .map_err(|e| LoginError::fatal(e.to_pg_error()))?;
+    let first = server
+        .client_first(mechanism, data)
+        .map_err(|e| auth_error(user, &e))?;
+    backend::authentication_sasl_continue(&mut out, &first);
+    wire::flush(stream, &mut out).await?;
+
+    let msg = expect_password_message(stream, buf).await?;
+    let last = server
+        .client_final(&msg)
+        .map_err(|e| auth_error(user, &e))?;
+    if !known {
+        return Err(auth_failed(user));
+    }
+    backend::authentication_sasl_final(&mut out, &last);
+    wire::flush(stream, &mut out).await?;
+    let keys = match (server.client_key(), &secret) {
+        (Some(client_key), Secret::Scram(s)) => Some((client_key, s.server_key)),
+        _ => None,
+    };
+    Ok(Authenticated { scram_keys: keys })
+}
+
+/// Reads a PasswordMessage-family message (`p`) and returns its body.
+async fn expect_password_message(
+    stream: &mut Stream,
+    buf: &mut BytesMut,
+) -> Result<bytes::Bytes, LoginError> {
+    let msg = wire::read_message(stream, buf).await?;
+    if msg.tag != b'p' {
+        return Err(LoginError::fatal(PgError::fatal(
+            "08P01",
+            format!(
+                "expected a password message, got message type {:?}",
+                char::from(msg.tag)
+            ),
+        )));
+    }
+    Ok(msg.body)
+}
+
+async fn read_password(stream: &mut Stream, buf: &mut BytesMut) -> Result<Vec<u8>, LoginError> {
+    let body = expect_password_message(stream, buf).await?;
+    let pw =
+        frontend::parse_password_message(&body).map_err(|e| LoginError::fatal(e.to_pg_error()))?;
+    Ok(pw.to_vec())
+}
+
+fn auth_failed(user: &str) -> LoginError {
+    LoginError::fatal(PgError::fatal(
+        "28P01",
+        format!("password authentication failed for user \"{user}\""),
+    ))
+}
+
+fn auth_error(user: &str, e: &auth::AuthError) -> LoginError {
+    match e {
+        auth::AuthError::InvalidPassword => auth_failed(user),
+        other => LoginError::fatal(PgError::fatal(other.sqlstate(), other.to_string())),
+    }
+}

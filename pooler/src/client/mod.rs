@@ -1,0 +1,423 @@
+//! One task per client: startup and authentication, then the session loop that borrows a
+//! server connection when the client has work and gives it back when the pool mode allows.
+
+mod login;
+mod relay;
+mod scan;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BytesMut};
+use tokio::io::AsyncReadExt;
+
+use crate::app::{self, Pooler};
+use crate::cancel::{CancelHandle, CancelTarget};
+use crate::config::PoolMode;
+use crate::params::{self, ParamSet};
+use crate::pool::{Checkout, Pool};
+use crate::protocol::{backend, PgError};
+use crate::server;
+use crate::stream::Stream;
+use crate::wire;
+
+use login::{Hello, LoginError};
+use relay::{Outcome, Relay, TimeoutKind, Timeouts};
+use scan::{ReleasePolicy, TxState};
+
+/// Serves one client connection from its first byte to its last. Never panics on what the
+/// client sends; every refusal reaches the client as an ErrorResponse with a SQLSTATE.
+pub async fn serve(pooler: Arc<Pooler>, mut stream: Stream, peer: String) {
+    let (_count, connected) = pooler.client_connected();
+    let config = pooler.config();
+    let mut buf = BytesMut::new();
+
+    let hello = with_login_timeout(
+        config.pgbouncer.client_login_timeout,
+        login::hello(&mut stream, &mut buf, &config),
+    )
+    .await;
+    let login = match hello {
+        Ok(Hello::Session(login)) => login,
+        Ok(Hello::Cancel {
+            process_id,
+            secret_key,
+        }) => {
+            forward_cancel(&pooler, process_id, secret_key).await;
+            return;
+        }
+        Err(e) => return refuse(&mut stream, e).await,
+    };
+    if connected > config.pgbouncer.max_client_conn as usize {
+        let e = PgError::fatal("53300", "no more connections allowed (max_client_conn)");
+        return refuse(&mut stream, LoginError::fatal(e)).await;
+    }
+    if config.database(&login.database).is_none() {
+        return refuse(
+            &mut stream,
+            LoginError::fatal(app::no_such_database(&login.database)),
+        )
+        .await;
+    }
+    let authenticated = with_login_timeout(
+        config.pgbouncer.client_login_timeout,
+        login::authenticate(&mut stream, &mut buf, &pooler, &login),
+    )
+    .await;
+    let authenticated = match authenticated {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::info!(%peer, user = %login.user, "client login failed");
+            return refuse(&mut stream, e).await;
+        }
+    };
+    let pool = match pooler.pool_for(&login.database, &login.user, authenticated.scram_keys) {
+        Ok(p) => p,
+        Err(e) => return refuse(&mut stream, LoginError::Fatal(e)).await,
+    };
+    let deadline = wait_deadline(config.pgbouncer.query_wait_timeout);
+    let welcome = match pool.welcome_params(deadline).await {
+        Ok(w) => w,
+        Err(e) => return refuse(&mut stream, LoginError::fatal(e.to_client_error())).await,
+    };
+    let cancel = pooler.cancel().register();
+    let wanted = greet(&mut stream, &login.params, &welcome, &cancel).await;
+    let Ok(wanted) = wanted else {
+        return;
+    };
+    if config.pgbouncer.log_connections {
+        tracing::info!(%peer, user = %login.user, database = %login.database, "login");
+    }
+    drop(config);
+    let mut session = Session {
+        pooler,
+        pool,
+        stream,
+        buf,
+        params: wanted,
+        cancel,
+    };
+    let reason = session.run().await;
+    if session.pooler.config().pgbouncer.log_disconnections {
+        tracing::info!(%peer, user = %login.user, database = %login.database, reason, "disconnect");
+    }
+}
+
+/// Bounds the startup phase by `client_login_timeout` (zero: no bound).
+async fn with_login_timeout<T>(
+    limit: Duration,
+    fut: impl std::future::Future<Output = Result<T, LoginError>>,
+) -> Result<T, LoginError> {
+    if limit.is_zero() {
+        return fut.await;
+    }
+    tokio::time::timeout(limit, fut).await.unwrap_or_else(|_| {
+        Err(LoginError::fatal(PgError::fatal(
+            "08P01",
+            "client_login_timeout: login took too long",
+        )))
+    })
+}
+
+fn wait_deadline(query_wait_timeout: Duration) -> Instant {
+    // Zero disables the limit; a day stands in for "forever" without overflow.
+    let wait = if query_wait_timeout.is_zero() {
+        Duration::from_secs(86_400)
+    } else {
+        query_wait_timeout
+    };
+    Instant::now() + wait
+}
+
+/// Tells a client why it cannot go on, then lets the connection close.
+async fn refuse(stream: &mut Stream, e: LoginError) {
+    if let LoginError::Fatal(e) = e {
+        tracing::debug!(code = %e.code, message = %e.message, "refusing client");
+        let mut out = BytesMut::new();
+        backend::error_response(&mut out, &e);
+        let _ = wire::flush(stream, &mut out).await;
+    }
+}
+
+async fn forward_cancel(pooler: &Pooler, process_id: i32, secret_key: i32) {
+    let Some(target) = pooler.cancel().lookup(process_id, secret_key) else {
+        tracing::debug!("cancel request for an unknown key or an idle client ignored");
+        return;
+    };
+    let keepalive = app::keepalive(&pooler.config());
+    if let Err(e) = server::send_cancel(&target.addr, target.key, &keepalive).await {
+        tracing::warn!(error = %e, server = %target.addr, "could not forward a cancel request");
+    }
+}
+
+/// Completes the login: AuthenticationOk, the parameters, the cancel key, ReadyForQuery.
+/// Returns the parameter values the client now believes in.
+async fn greet(
+    stream: &mut Stream,
+    requested: &ParamSet,
+    welcome: &ParamSet,
+    cancel: &CancelHandle,
+) -> std::io::Result<ParamSet> {
+    let mut out = BytesMut::new();
+    backend::authentication_ok(&mut out);
+    let mut wanted = ParamSet::new();
+    for (name, value) in welcome.iter() {
+        let value = requested.get(name).unwrap_or(value);
+        backend::parameter_status(&mut out, name, value);
+        if params::TRACKED.iter().any(|t| t.eq_ignore_ascii_case(name))
+            || requested.get(name).is_some()
+        {
+            wanted.set(name, value);
+        }
+    }
+    // A tracked parameter the server did not report still follows the client's wish.
+    for (name, value) in requested.iter() {
+        if welcome.get(name).is_none() {
+            backend::parameter_status(&mut out, name, value);
+            wanted.set(name, value);
+        }
+    }
+    backend::backend_key_data(&mut out, cancel.process_id, cancel.secret_key);
+    backend::ready_for_query(&mut out, b'I');
+    wire::flush(stream, &mut out).await?;
+    Ok(wanted)
+}
+
+/// A logged-in client.
+struct Session {
+    pooler: Arc<Pooler>,
+    pool: Arc<Pool>,
+    stream: Stream,
+    /// Client bytes not yet forwarded; empty (and unallocated) while the client is idle.
+    buf: BytesMut,
+    /// The parameter values the client believes in.
+    params: ParamSet,
+    cancel: CancelHandle,
+}
+
+impl Session {
+    /// The session loop; returns why the client left.
+    async fn run(&mut self) -> &'static str {
+        let mode = self.pool.settings().mode;
+        loop {
+            if let Err(reason) = self.wait_for_work(mode).await {
+                return reason;
+            }
+            let deadline = wait_deadline(self.pooler.config().pgbouncer.query_wait_timeout);
+            let mut checkout = match self.checkout(deadline).await {
+                Ok(c) => c,
+                Err(reason) => return reason,
+            };
+            let server = checkout.server();
+            self.cancel.set(Some(CancelTarget {
+                addr: server.addr.clone(),
+                key: server.key,
+            }));
+            if let Some(sql) = params::sync_query(&self.params, &server.params) {
+                if let Err(e) = server.simple_query(&sql).await {
+                    self.cancel.set(None);
+                    self.fatal(e.to_client_error()).await;
+                    return "parameter sync failed";
+                }
+            }
+            let result = self.relay(mode, checkout).await;
+            self.cancel.set(None);
+            match result {
+                Ok(()) => continue,
+                Err(reason) => return reason,
+            }
+        }
+    }
+
+    /// Waits until the client has sent something that needs a server. Err means it left.
+    async fn wait_for_work(&mut self, mode: PoolMode) -> Result<(), &'static str> {
+        let idle_limit = self.pooler.config().pgbouncer.client_idle_timeout;
+        while self.buf.is_empty() {
+            // Give the read buffer back while idle: idle clients should cost almost nothing.
+            self.buf = BytesMut::new();
+            let readable = self.stream.readable();
+            if idle_limit.is_zero() || mode == PoolMode::Session {
+                readable.await.map_err(|_| "client connection failed")?;
+            } else if tokio::time::timeout(idle_limit, readable).await.is_err() {
+                self.fatal(PgError::fatal(
+                    "57P05",
+                    "client_idle_timeout: client was idle too long",
+                ))
+                .await;
+                return Err("client_idle_timeout");
+            }
+            self.buf.reserve(4096);
+            match self.stream.try_read_buf(&mut self.buf) {
+                Ok(0) => return Err("client closed the connection"),
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => return Err("client connection failed"),
+            }
+        }
+        if self.buf.first() == Some(&b'X') {
+            return Err("client said goodbye");
+        }
+        Ok(())
+    }
+
+    /// Borrows a server connection, noticing meanwhile if the client goes away.
+    async fn checkout(&mut self, deadline: Instant) -> Result<Checkout, &'static str> {
+        let pool = self.pool.clone();
+        let checkout = pool.checkout(deadline);
+        tokio::pin!(checkout);
+        loop {
+            tokio::select! {
+                result = &mut checkout => {
+                    return match result {
+                        Ok(c) => Ok(c),
+                        Err(e) => {
+                            self.fatal(e.to_client_error()).await;
+                            Err("no server connection")
+                        }
+                    };
+                }
+                read = self.stream.read_buf(&mut self.buf) => match read {
+                    Ok(0) | Err(_) => return Err("client left while waiting for a server connection"),
+                    Ok(_) => {}
+                },
+            }
+        }
+    }
+
+    /// Relays until the connection can be given back (Ok) or the session is over (Err).
+    async fn relay(&mut self, mode: PoolMode, mut checkout: Checkout) -> Result<(), &'static str> {
+        let config = self.pooler.config();
+        let s = &config.pgbouncer;
+        let policy = ReleasePolicy {
+            release_when_idle: mode != PoolMode::Session,
+            statement_mode: mode == PoolMode::Statement,
+        };
+        let timeouts = Timeouts {
+            query: s.query_timeout,
+            idle_transaction: s.idle_transaction_timeout,
+            client_idle: s.client_idle_timeout,
+        };
+        let max_message = usize::try_from(s.max_packet_size).unwrap_or(usize::MAX);
+        let reset_always = s.server_reset_query_always;
+        let reset_query = s.server_reset_query.clone();
+        drop(config);
+
+        let mut tx = TxState::default();
+        let outcome = Relay::new(
+            &mut self.stream,
+            &mut self.buf,
+            &mut self.params,
+            checkout.server(),
+            &mut tx,
+            policy,
+            timeouts,
+            max_message,
+        )
+        .await;
+        match outcome {
+            Outcome::Released => {
+                if reset_always {
+                    reset_and_release(checkout, &reset_query).await;
+                } else {
+                    checkout.release();
+                }
+                Ok(())
+            }
+            Outcome::TransactionInStatementMode => {
+                let server = checkout.server();
+                // Drop the ReadyForQuery that reported the transaction, then undo it.
+                let rfq_len = 6;
+                if server.buf.len() >= rfq_len {
+                    server.buf.advance(rfq_len);
+                }
+                if server.simple_query("ROLLBACK").await.is_err() {
+                    self.fatal(PgError::fatal("08006", "server connection lost"))
+                        .await;
+                    return Err("server failed");
+                }
+                let mut out = BytesMut::new();
+                backend::error_response(
+                    &mut out,
+                    &PgError::error(
+                        "0A000",
+                        "transaction blocks are not allowed in statement pooling mode; the transaction was rolled back",
+                    ),
+                );
+                backend::ready_for_query(&mut out, b'I');
+                checkout.release();
+                if wire::flush(&mut self.stream, &mut out).await.is_err() {
+                    return Err("client connection failed");
+                }
+                Ok(())
+            }
+            Outcome::ClientGone { server_idle } => {
+                if server_idle {
+                    if mode == PoolMode::Session || reset_always {
+                        reset_and_release(checkout, &reset_query).await;
+                    } else {
+                        checkout.release();
+                    }
+                }
+                Err("client closed the connection")
+            }
+            Outcome::ClientFailed(e) => {
+                tracing::debug!(error = %e, "client socket failed");
+                Err("client connection failed")
+            }
+            Outcome::ClientProtocol(e) => {
+                self.fatal(e.to_pg_error()).await;
+                Err("client protocol violation")
+            }
+            Outcome::ServerFailed(why) => {
+                tracing::warn!(pool = %self.pool.key(), %why, "server connection failed during a client's work");
+                self.fatal(PgError::fatal(
+                    "08006",
+                    format!("server connection failed: {why}"),
+                ))
+                .await;
+                Err("server connection failed")
+            }
+            Outcome::Timeout(kind) => {
+                let (code, message, reason) = match kind {
+                    TimeoutKind::Query => (
+                        "57014",
+                        "query_timeout: query ran too long",
+                        "query_timeout",
+                    ),
+                    TimeoutKind::IdleTransaction => (
+                        "25P03",
+                        "idle_transaction_timeout: transaction was idle too long",
+                        "idle_transaction_timeout",
+                    ),
+                    TimeoutKind::ClientIdle => (
+                        "57P05",
+                        "client_idle_timeout: client was idle too long",
+                        "client_idle_timeout",
+                    ),
+                };
+                if tx.is_idle() {
+                    reset_and_release(checkout, &reset_query).await;
+                }
+                self.fatal(PgError::fatal(code, message)).await;
+                Err(reason)
+            }
+        }
+    }
+
+    /// Tells the client a FATAL error (the connection closes after it).
+    async fn fatal(&mut self, e: PgError) {
+        let mut out = BytesMut::new();
+        backend::error_response(&mut out, &e);
+        let _ = wire::flush(&mut self.stream, &mut out).await;
+    }
+}
+
+/// Runs `server_reset_query` and gives the connection back if it worked; otherwise the
+/// connection is closed.
+async fn reset_and_release(mut checkout: Checkout, query: &str) -> bool {
+    if !query.is_empty() && checkout.server().simple_query(query).await.is_err() {
+        return false;
+    }
+    checkout.release();
+    true
+}

@@ -1,0 +1,330 @@
+//! The relay: moves bytes between a client and the server connection it was lent, in both
+//! directions at once, until the connection can be given back or either side goes away.
+//!
+//! Both directions are driven from one hand-written future so that neither can block the
+//! other (a client pipelining queries while the server streams results would deadlock a relay
+//! that waits on one side at a time) and so that stopping happens exactly at a message
+//! boundary, with no half-sent message left behind.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use tokio::io::AsyncWrite;
+use tokio::time::Sleep;
+use tokio_util::io::poll_read_buf;
+
+use super::scan::{self, ClientStop, Cursor, ReleasePolicy, ServerStop, TxState};
+use crate::params::ParamSet;
+use crate::protocol::{backend, ProtocolError};
+use crate::server::ServerConn;
+use crate::stream::Stream;
+
+/// How much a direction reads at a time.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// How a relay ended.
+#[derive(Debug)]
+pub enum Outcome {
+    /// The server connection is idle and clean (transaction and statement modes).
+    Released,
+    /// Statement mode: a statement left a transaction open. The ReadyForQuery reporting it is
+    /// the first message in the server buffer and was not forwarded.
+    TransactionInStatementMode,
+    /// The client said Terminate or closed its socket. `server_idle` tells whether the server
+    /// connection is idle and clean.
+    ClientGone {
+        /// Whether the server connection can be reused.
+        server_idle: bool,
+    },
+    /// The client socket failed.
+    ClientFailed(io::Error),
+    /// The client sent bytes that are not protocol messages.
+    ClientProtocol(ProtocolError),
+    /// The server closed, failed, or sent garbage.
+    ServerFailed(String),
+    /// A timeout fired.
+    Timeout(TimeoutKind),
+}
+
+/// Which timeout ended a relay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeoutKind {
+    /// `query_timeout`: a query ran too long.
+    Query,
+    /// `idle_transaction_timeout`: a transaction sat idle too long.
+    IdleTransaction,
+    /// `client_idle_timeout`: a session-mode client sat idle too long.
+    ClientIdle,
+}
+
+/// The timeouts a relay enforces (zero disables each).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Timeouts {
+    /// `query_timeout`.
+    pub query: Duration,
+    /// `idle_transaction_timeout`.
+    pub idle_transaction: Duration,
+    /// `client_idle_timeout`.
+    pub client_idle: Duration,
+}
+
+/// One relay run; a future that resolves to its [`Outcome`].
+pub struct Relay<'a> {
+    client: &'a mut Stream,
+    client_buf: &'a mut BytesMut,
+    client_params: &'a mut ParamSet,
+    server: &'a mut ServerConn,
+    tx: &'a mut TxState,
+    policy: ReleasePolicy,
+    timeouts: Timeouts,
+    max_client_message: usize,
+    c2s: Cursor,
+    s2c: Cursor,
+    client_done: bool,
+    stop: Option<ServerStop>,
+    timer: Option<(TimeoutKind, Pin<Box<Sleep>>)>,
+}
+
+impl<'a> Relay<'a> {
+    /// Prepares a relay. `client_buf` may already hold client bytes read before the server
+    /// connection was lent; they are forwarded first.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        client: &'a mut Stream,
+        client_buf: &'a mut BytesMut,
+        client_params: &'a mut ParamSet,
+        server: &'a mut ServerConn,
+        tx: &'a mut TxState,
+        policy: ReleasePolicy,
+        timeouts: Timeouts,
+        max_client_message: usize,
+    ) -> Relay<'a> {
+        Relay {
+            client,
+            client_buf,
+            client_params,
+            server,
+            tx,
+            policy,
+            timeouts,
+            max_client_message,
+            c2s: Cursor::default(),
+            s2c: Cursor::default(),
+            client_done: false,
+            stop: None,
+            timer: None,
+        }
+    }
+
+    /// Scans newly arrived client bytes.
+    fn scan_client(&mut self) -> Result<(), ProtocolError> {
+        match scan::scan_client(
+            self.client_buf,
+            &mut self.c2s,
+            self.tx,
+            self.max_client_message,
+        )? {
+            ClientStop::NeedMore => {}
+            ClientStop::Terminate => self.client_done = true,
+        }
+        Ok(())
+    }
+
+    /// Scans newly arrived server bytes.
+    fn scan_server(&mut self) -> Result<(), ProtocolError> {
+        let client_at_rest = self.c2s.at_rest() && !self.client_done;
+        let params = &mut *self.client_params;
+        let server_params = &mut self.server.params;
+        let stop = scan::scan_server(
+            &self.server.buf,
+            &mut self.s2c,
+            self.tx,
+            self.policy,
+            client_at_rest,
+            usize::MAX >> 1,
+            |body| {
+                if let Ok((name, value)) = backend::parse_parameter_status(body) {
+                    server_params.set(&name, &value);
+                    // Only parameters the client tracks follow the server's reports.
+                    if params.get(&name).is_some() {
+                        params.set(&name, &value);
+                    }
+                }
+            },
+        )?;
+        if stop != ServerStop::NeedMore {
+            self.stop = Some(stop);
+        }
+        Ok(())
+    }
+
+    /// The timeout that applies in the current state, if any.
+    fn wanted_timer(&self) -> Option<(TimeoutKind, Duration)> {
+        let t = &self.timeouts;
+        if self.tx.outstanding > 0 {
+            (!t.query.is_zero()).then_some((TimeoutKind::Query, t.query))
+        } else if self.tx.status != b'I' {
+            (!t.idle_transaction.is_zero())
+                .then_some((TimeoutKind::IdleTransaction, t.idle_transaction))
+        } else if !self.policy.release_when_idle {
+            (!t.client_idle.is_zero()).then_some((TimeoutKind::ClientIdle, t.client_idle))
+        } else {
+            None
+        }
+    }
+
+    /// Re-arms the timer when the state calls for a different timeout; activity restarts it.
+    fn rearm_timer(&mut self) {
+        match self.wanted_timer() {
+            None => self.timer = None,
+            Some((kind, after)) => {
+                let deadline = tokio::time::Instant::now() + after;
+                match &mut self.timer {
+                    Some((k, sleep)) if *k == kind => sleep.as_mut().reset(deadline),
+                    _ => self.timer = Some((kind, Box::pin(tokio::time::sleep_until(deadline)))),
+                }
+            }
+        }
+    }
+
+    /// Whether the timeout machinery is in use at all (most deployments leave it off).
+    fn timers_enabled(&self) -> bool {
+        let t = &self.timeouts;
+        !(t.query.is_zero() && t.idle_transaction.is_zero() && t.client_idle.is_zero())
+    }
+}
+
+/// Reads into `buf`, growing it by a chunk when it is nearly full.
+fn poll_fill(
+    stream: &mut Stream,
+    buf: &mut BytesMut,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<usize>> {
+    if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+        buf.reserve(READ_CHUNK);
+    }
+    poll_read_buf(Pin::new(stream), cx, buf)
+}
+
+impl Future for Relay<'_> {
+    type Output = Outcome;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
+        let this = self.get_mut();
+        if this.timer.is_none() && this.timers_enabled() {
+            this.rearm_timer();
+        }
+        // Bytes read before the relay started are scanned first.
+        if this.c2s.scanned == 0 && this.c2s.remaining == 0 && !this.client_buf.is_empty() {
+            if let Err(e) = this.scan_client() {
+                return Poll::Ready(Outcome::ClientProtocol(e));
+            }
+        }
+        loop {
+            let mut progressed = false;
+
+            // Client -> server: send what was scanned, then read more.
+            if this.c2s.scanned > 0 {
+                match Pin::new(&mut this.server.stream)
+                    .poll_write(cx, &this.client_buf[..this.c2s.scanned])
+                {
+                    Poll::Ready(Ok(0)) => {
+                        return Poll::Ready(Outcome::ServerFailed("server stopped reading".into()))
+                    }
+                    Poll::Ready(Ok(n)) => {
+                        this.client_buf.advance(n);
+                        this.c2s.scanned -= n;
+                        progressed = true;
+                    }
+                    Poll::Ready(Err(e)) => {
+                        return Poll::Ready(Outcome::ServerFailed(e.to_string()))
+                    }
+                    Poll::Pending => {}
+                }
+            }
+            if this.c2s.scanned == 0 && !this.client_done && this.stop.is_none() {
+                match poll_fill(this.client, this.client_buf, cx) {
+                    Poll::Ready(Ok(0)) => this.client_done = true,
+                    Poll::Ready(Ok(_)) => {
+                        progressed = true;
+                        if let Err(e) = this.scan_client() {
+                            return Poll::Ready(Outcome::ClientProtocol(e));
+                        }
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Outcome::ClientFailed(e)),
+                    Poll::Pending => {}
+                }
+            }
+
+            // Server -> client: send what was scanned, then read more.
+            if this.s2c.scanned > 0 {
+                match Pin::new(&mut *this.client)
+                    .poll_write(cx, &this.server.buf[..this.s2c.scanned])
+                {
+                    Poll::Ready(Ok(0)) => {
+                        return Poll::Ready(Outcome::ClientFailed(io::ErrorKind::WriteZero.into()))
+                    }
+                    Poll::Ready(Ok(n)) => {
+                        this.server.buf.advance(n);
+                        this.s2c.scanned -= n;
+                        progressed = true;
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Outcome::ClientFailed(e)),
+                    Poll::Pending => {}
+                }
+            }
+            if this.s2c.scanned == 0 && this.stop.is_none() {
+                match poll_fill(&mut this.server.stream, &mut this.server.buf, cx) {
+                    Poll::Ready(Ok(0)) => {
+                        return Poll::Ready(Outcome::ServerFailed(
+                            "server closed the connection unexpectedly".into(),
+                        ))
+                    }
+                    Poll::Ready(Ok(_)) => {
+                        progressed = true;
+                        if let Err(e) = this.scan_server() {
+                            return Poll::Ready(Outcome::ServerFailed(e.to_string()));
+                        }
+                    }
+                    Poll::Ready(Err(e)) => {
+                        return Poll::Ready(Outcome::ServerFailed(e.to_string()))
+                    }
+                    Poll::Pending => {}
+                }
+            }
+
+            // Endings, checked only once everything due has been written.
+            if this.s2c.scanned == 0 {
+                match this.stop {
+                    Some(ServerStop::Idle) => return Poll::Ready(Outcome::Released),
+                    Some(ServerStop::TransactionInStatementMode) => {
+                        return Poll::Ready(Outcome::TransactionInStatementMode)
+                    }
+                    _ => {}
+                }
+            }
+            if this.client_done && this.c2s.scanned == 0 {
+                let server_idle =
+                    this.tx.is_idle() && this.s2c.at_rest() && this.server.buf.is_empty();
+                return Poll::Ready(Outcome::ClientGone { server_idle });
+            }
+
+            if progressed {
+                if this.timers_enabled() {
+                    this.rearm_timer();
+                }
+                continue;
+            }
+            if let Some((kind, sleep)) = &mut this.timer {
+                if sleep.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Outcome::Timeout(*kind));
+                }
+            }
+            return Poll::Pending;
+        }
+    }
+}

@@ -1,0 +1,226 @@
+//! The pooler's configuration: PgBouncer's `pgbouncer.ini` and `userlist.txt`, typed.
+//!
+//! This module is the contract between the two halves of weir: the pooler parses and
+//! validates these types, the operator builds them and renders them with
+//! [`Config::to_ini`]. Setting names and defaults are defined here and nowhere else.
+//!
+//! The file format is PgBouncer's, so an existing pgbouncer.ini loads as it is: settings
+//! weir does not implement produce [`ConfigWarning`]s rather than errors. Weir's own
+//! additions (`http_listen_addr`, `http_port`, `shutdown_timeout`, `pinning`) live in the
+//! same `[pgbouncer]` section. Where weir departs from PgBouncer it says so on the item:
+//! `%include` paths and a relative `auth_file` are taken relative to the including file
+//! rather than the working directory, and a few inconsistent combinations PgBouncer
+//! silently tolerates are refused by [`Config::validate`].
+
+mod database;
+mod duration;
+mod error;
+mod ini;
+mod parse;
+mod settings;
+mod userlist;
+mod validate;
+mod values;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+pub use database::{
+    DatabaseEntry, UserEntry, DEFAULT_SERVER_PORT, UNSUPPORTED_DATABASE_KEYS, UNSUPPORTED_USER_KEYS,
+};
+pub use duration::{format_duration, parse_duration, BareUnit};
+pub use error::{ConfigError, ConfigWarning, ValueError};
+pub use settings::{AuthType, Pinning, PoolMode, Settings, DEFAULT_AUTH_QUERY, UNSUPPORTED_KEYS};
+pub use userlist::{load_userlist, parse_userlist, render_userlist, secret_kind, SecretKind};
+
+/// The `[databases]` key of the fallback entry, used for any database name without an
+/// entry of its own.
+pub const FALLBACK_DATABASE: &str = "*";
+
+/// A whole pgbouncer.ini: the global settings and the per-database and per-user entries.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    /// The `[pgbouncer]` section.
+    pub pgbouncer: Settings,
+    /// The `[databases]` section, by client-visible database name; the key `*` is the
+    /// fallback entry (see [`Config::database`]).
+    pub databases: BTreeMap<String, DatabaseEntry>,
+    /// The `[users]` section, by user name.
+    pub users: BTreeMap<String, UserEntry>,
+}
+
+/// A successfully parsed configuration and what was ignored on the way, which the caller
+/// should log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Loaded {
+    /// The configuration, already validated.
+    pub config: Config,
+    /// Settings and sections that were ignored, in file order.
+    pub warnings: Vec<ConfigWarning>,
+}
+
+impl Config {
+    /// Parses pgbouncer.ini text and validates the result. `path` is only used in error
+    /// messages; nothing is read, so a `%include` line is an error here (use
+    /// [`Config::load`] or [`Config::parse_with_includes`]).
+    pub fn parse(text: &str, path: &Path) -> Result<Loaded, ConfigError> {
+        Config::parse_with_includes(text, path, |_| {
+            Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "%include is only followed when loading from a file",
+            ))
+        })
+    }
+
+    /// Like [`Config::parse`], reading `%include`d files through `read`. Include paths are
+    /// resolved relative to the directory of the file containing the directive before
+    /// `read` sees them; includes nest at most 10 deep.
+    pub fn parse_with_includes(
+        text: &str,
+        path: &Path,
+        mut read: impl FnMut(&Path) -> io::Result<String>,
+    ) -> Result<Loaded, ConfigError> {
+        let lines = ini::lex_with_includes(text, path, &mut read)?;
+        let built = parse::build(lines, path)?;
+        validate::check(&built.config).map_err(|p| p.locate(path, &built.locations))?;
+        Ok(Loaded {
+            config: built.config,
+            warnings: built.warnings,
+        })
+    }
+
+    /// Reads the pgbouncer.ini at `path`, following `%include`, and validates it. A
+    /// relative `auth_file` is resolved against the directory of `path` (PgBouncer uses
+    /// its working directory, which in a container is rarely meaningful).
+    pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::in_file(path, format!("cannot read configuration file: {e}"))
+        })?;
+        let mut loaded = Config::parse_with_includes(&text, path, |p| std::fs::read_to_string(p))?;
+        let settings = &mut loaded.config.pgbouncer;
+        if let Some(auth_file) = &settings.auth_file {
+            settings.auth_file = Some(ini::resolve_relative(path, auth_file));
+        }
+        Ok(loaded)
+    }
+
+    /// Renders the canonical pgbouncer.ini: `[databases]`, `[users]` (when not empty),
+    /// then every `[pgbouncer]` setting in [`Settings::KEYS`] order, defaults included so
+    /// the file does not depend on the reader's defaults. For a config that passes
+    /// [`Config::validate`], parsing the result gives the same config back.
+    pub fn to_ini(&self) -> String {
+        let mut out = String::from("[databases]\n");
+        for (name, entry) in &self.databases {
+            push_entry(&mut out, &ini::render_key(name), &entry.to_conn_string());
+        }
+        if !self.users.is_empty() {
+            out.push_str("\n[users]\n");
+            for (name, entry) in &self.users {
+                push_entry(&mut out, &ini::render_key(name), &entry.to_conn_string());
+            }
+        }
+        out.push_str("\n[pgbouncer]\n");
+        for (key, value) in self.pgbouncer.ini_entries() {
+            push_entry(&mut out, key, &value);
+        }
+        out
+    }
+
+    /// Checks the whole configuration: that it survives [`Config::to_ini`] unchanged,
+    /// that there is something to listen on, that minimum pool sizes fit within pool sizes
+    /// and connection limits, and that the authentication setup can find its users
+    /// (`auth_file` or `auth_user` for every `auth_type` except `any`, which instead needs
+    /// a `user=` on every database). [`Config::parse`] runs this too, and then also names
+    /// the line that set the offending key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        validate::check(self).map_err(validate::Problem::unlocated)
+    }
+
+    /// The entry serving database `name`: its own entry, else the `*` fallback. Returns
+    /// the key of the entry used with it.
+    pub fn database(&self, name: &str) -> Option<(&str, &DatabaseEntry)> {
+        self.databases
+            .get_key_value(name)
+            .or_else(|| self.databases.get_key_value(FALLBACK_DATABASE))
+            .map(|(key, entry)| (key.as_str(), entry))
+    }
+
+    /// The pooling mode for the pool of (`db`, `user`): the user's `pool_mode`, else the
+    /// database's, else the global one. `user` is the pool's user, which is the
+    /// database's forced `user=` when it has one.
+    pub fn pool_mode_for(&self, db: &str, user: &str) -> PoolMode {
+        self.users
+            .get(user)
+            .and_then(|u| u.pool_mode)
+            .or_else(|| self.database(db).and_then(|(_, d)| d.pool_mode))
+            .unwrap_or(self.pgbouncer.pool_mode)
+    }
+
+    /// The pool size for (`db`, `user`): the user's `pool_size`, else the database's,
+    /// else `default_pool_size`.
+    pub fn pool_size_for(&self, db: &str, user: &str) -> u32 {
+        self.users
+            .get(user)
+            .and_then(|u| u.pool_size)
+            .or_else(|| self.database(db).and_then(|(_, d)| d.pool_size))
+            .unwrap_or(self.pgbouncer.default_pool_size)
+    }
+
+    /// The minimum pool size for pools of `db`: the database's, else the global one.
+    pub fn min_pool_size_for(&self, db: &str) -> u32 {
+        self.database(db)
+            .and_then(|(_, d)| d.min_pool_size)
+            .unwrap_or(self.pgbouncer.min_pool_size)
+    }
+
+    /// The reserve pool size for pools of `db`: the database's, else the global one.
+    pub fn reserve_pool_size_for(&self, db: &str) -> u32 {
+        self.database(db)
+            .and_then(|(_, d)| d.reserve_pool_size)
+            .unwrap_or(self.pgbouncer.reserve_pool_size)
+    }
+
+    /// The reserve pool size for the pool of (`db`, `user`): the user's, else
+    /// [`Config::reserve_pool_size_for`] the database.
+    pub fn reserve_pool_size_for_user(&self, db: &str, user: &str) -> u32 {
+        self.users
+            .get(user)
+            .and_then(|u| u.reserve_pool_size)
+            .unwrap_or_else(|| self.reserve_pool_size_for(db))
+    }
+
+    /// The server connection limit of `db` over all its pools (0: unlimited): the
+    /// database's, else the global one.
+    pub fn max_db_connections_for(&self, db: &str) -> u32 {
+        self.database(db)
+            .and_then(|(_, d)| d.max_db_connections)
+            .unwrap_or(self.pgbouncer.max_db_connections)
+    }
+
+    /// The server connection limit of `user` over all its pools (0: unlimited): the
+    /// user's, else the global one.
+    pub fn max_user_connections_for(&self, user: &str) -> u32 {
+        self.users
+            .get(user)
+            .and_then(|u| u.max_user_connections)
+            .unwrap_or(self.pgbouncer.max_user_connections)
+    }
+}
+
+fn push_entry(out: &mut String, key: &str, value: &str) {
+    out.push_str(key);
+    if value.is_empty() {
+        out.push_str(" =\n");
+    } else {
+        out.push_str(" = ");
+        out.push_str(value);
+        out.push('\n');
+    }
+}

@@ -1,0 +1,1360 @@
+//! Whole-file tests: parsing, warnings, validation, includes, precedence and round trips.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::*;
+
+const INI: &str = "pgbouncer.ini";
+
+fn parse_ok(text: &str) -> Loaded {
+    match Config::parse(text, Path::new(INI)) {
+        Ok(loaded) => loaded,
+        Err(e) => panic!("expected a valid config, got: {e}\n---\n{text}"),
+    }
+}
+
+fn parse_err(text: &str) -> ConfigError {
+    match Config::parse(text, Path::new(INI)) {
+        Ok(loaded) => panic!("expected an error, got {loaded:?}\n---\n{text}"),
+        Err(e) => e,
+    }
+}
+
+/// The smallest config that passes validation with PgBouncer's defaults.
+const MINIMAL: &str = "[pgbouncer]\nauth_file = userlist.txt\n";
+
+fn minimal_settings() -> Settings {
+    Settings {
+        auth_file: Some(PathBuf::from("userlist.txt")),
+        ..Settings::default()
+    }
+}
+
+const EVERY_SETTING: &str = "\
+[pgbouncer]
+logfile = /var/log/weir.log
+pidfile = /run/weir.pid
+listen_addr = 127.0.0.1, ::1
+listen_port = 7432
+unix_socket_dir = /run/weir
+unix_socket_mode = 0700
+user = weir
+pool_mode = transaction
+max_client_conn = 5000
+default_pool_size = 30
+min_pool_size = 5
+reserve_pool_size = 3
+reserve_pool_timeout = 2.5
+max_db_connections = 90
+max_user_connections = 80
+server_round_robin = 1
+track_extra_parameters = IntervalStyle, search_path
+ignore_startup_parameters = extra_float_digits,options
+disable_pqexec = yes
+application_name_add_host = on
+stats_period = 30
+max_prepared_statements = 0
+auth_type = scram-sha-256
+auth_file = /etc/weir/userlist.txt
+auth_user = pgbouncer_auth
+auth_query = SELECT usename, passwd FROM user_lookup($1)
+log_connections = 0
+log_disconnections = no
+log_pooler_errors = off
+verbose = 2
+admin_users = admin, root
+stats_users = stats
+server_reset_query = DEALLOCATE ALL
+server_reset_query_always = true
+server_check_delay = 0
+server_check_query = SELECT 1
+server_lifetime = 2h
+server_idle_timeout = 5min
+server_connect_timeout = 3
+server_login_retry = 500ms
+client_login_timeout = 10s
+query_timeout = 300
+query_wait_timeout = 0
+client_idle_timeout = 1d
+idle_transaction_timeout = 0.25
+pkt_buf = 8192
+max_packet_size = 1048576
+so_reuseport = 1
+tcp_keepalive = 0
+tcp_keepcnt = 4
+tcp_keepidle = 60
+tcp_keepintvl = 10
+tcp_user_timeout = 2500
+http_listen_addr = 127.0.0.1
+http_port = 9127
+shutdown_timeout = 2min
+pinning = refuse
+";
+
+fn every_setting_expected() -> Settings {
+    let strings = |items: &[&str]| items.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+    Settings {
+        logfile: Some("/var/log/weir.log".into()),
+        pidfile: Some("/run/weir.pid".into()),
+        listen_addr: "127.0.0.1, ::1".into(),
+        listen_port: 7432,
+        unix_socket_dir: "/run/weir".into(),
+        unix_socket_mode: 0o700,
+        user: Some("weir".into()),
+        pool_mode: PoolMode::Transaction,
+        max_client_conn: 5000,
+        default_pool_size: 30,
+        min_pool_size: 5,
+        reserve_pool_size: 3,
+        reserve_pool_timeout: Duration::from_millis(2500),
+        max_db_connections: 90,
+        max_user_connections: 80,
+        server_round_robin: true,
+        track_extra_parameters: strings(&["IntervalStyle", "search_path"]),
+        ignore_startup_parameters: strings(&["extra_float_digits", "options"]),
+        disable_pqexec: true,
+        application_name_add_host: true,
+        stats_period: Duration::from_secs(30),
+        max_prepared_statements: 0,
+        auth_type: AuthType::ScramSha256,
+        auth_file: Some("/etc/weir/userlist.txt".into()),
+        auth_user: Some("pgbouncer_auth".into()),
+        auth_query: "SELECT usename, passwd FROM user_lookup($1)".into(),
+        log_connections: false,
+        log_disconnections: false,
+        log_pooler_errors: false,
+        verbose: 2,
+        admin_users: strings(&["admin", "root"]),
+        stats_users: strings(&["stats"]),
+        server_reset_query: "DEALLOCATE ALL".into(),
+        server_reset_query_always: true,
+        server_check_delay: Duration::ZERO,
+        server_check_query: "SELECT 1".into(),
+        server_lifetime: Duration::from_secs(7200),
+        server_idle_timeout: Duration::from_secs(300),
+        server_connect_timeout: Duration::from_secs(3),
+        server_login_retry: Duration::from_millis(500),
+        client_login_timeout: Duration::from_secs(10),
+        query_timeout: Duration::from_secs(300),
+        query_wait_timeout: Duration::ZERO,
+        client_idle_timeout: Duration::from_secs(86_400),
+        idle_transaction_timeout: Duration::from_millis(250),
+        pkt_buf: 8192,
+        max_packet_size: 1_048_576,
+        so_reuseport: true,
+        tcp_keepalive: false,
+        tcp_keepcnt: 4,
+        tcp_keepidle: Duration::from_secs(60),
+        tcp_keepintvl: Duration::from_secs(10),
+        tcp_user_timeout: Duration::from_millis(2500),
+        http_listen_addr: "127.0.0.1".into(),
+        http_port: 9127,
+        shutdown_timeout: Duration::from_secs(120),
+        pinning: Pinning::Refuse,
+    }
+}
+
+#[test]
+fn every_setting_parses() {
+    let loaded = parse_ok(EVERY_SETTING);
+    assert_eq!(loaded.warnings, vec![]);
+    assert_eq!(loaded.config.pgbouncer, every_setting_expected());
+}
+
+#[test]
+fn the_every_setting_fixture_covers_every_key() {
+    let mut in_fixture: Vec<&str> = EVERY_SETTING
+        .lines()
+        .filter_map(|l| l.split_once('=').map(|(k, _)| k.trim()))
+        .collect();
+    let mut known: Vec<&str> = Settings::KEYS.to_vec();
+    in_fixture.sort_unstable();
+    known.sort_unstable();
+    assert_eq!(in_fixture, known);
+    // And every value in it differs from the default, so each line is really tested.
+    let defaults = Settings::default();
+    let parsed = every_setting_expected();
+    for key in Settings::KEYS {
+        assert_ne!(defaults.get(key), parsed.get(key), "{key}");
+    }
+}
+
+#[test]
+fn defaults_apply_to_unset_settings() {
+    let loaded = parse_ok(MINIMAL);
+    assert_eq!(loaded.config.pgbouncer, minimal_settings());
+    assert!(loaded.config.databases.is_empty());
+    assert!(loaded.config.users.is_empty());
+    assert!(loaded.warnings.is_empty());
+}
+
+#[test]
+fn pgbouncer_keys_and_section_names_ignore_case() {
+    let loaded =
+        parse_ok("[PgBouncer]\nAUTH_FILE = u.txt\nMax_Client_Conn = 7\n[DATABASES]\nApp =\n");
+    assert_eq!(loaded.config.pgbouncer.max_client_conn, 7);
+    // Database names keep their case: they are what clients ask for.
+    assert!(loaded.config.databases.contains_key("App"));
+}
+
+#[test]
+fn invalid_values_name_file_line_and_key() {
+    let e = parse_err("[pgbouncer]\nauth_file = u\nmax_client_conn = lots\n");
+    assert_eq!(
+        e.to_string(),
+        "pgbouncer.ini:3: max_client_conn: expected a whole number, got \"lots\""
+    );
+    let cases = [
+        ("listen_port", "http", "expected a port number"),
+        ("listen_port", "70000", "expected a port number"),
+        ("unix_socket_mode", "rw", "expected an octal file mode"),
+        ("pool_mode", "batch", "expected a pool mode"),
+        ("default_pool_size", "-5", "expected a whole number"),
+        (
+            "reserve_pool_timeout",
+            "soon",
+            "expected a duration in seconds",
+        ),
+        ("server_lifetime", "-1", "expected a duration"),
+        (
+            "tcp_user_timeout",
+            "x",
+            "expected a duration in milliseconds",
+        ),
+        ("log_connections", "maybe", "expected a boolean"),
+        ("auth_type", "hba", "not supported by weir"),
+        ("auth_type", "cert", "not supported by weir"),
+        ("auth_type", "password", "expected an authentication type"),
+        ("pinning", "sometimes", "expected pin or refuse"),
+        ("http_port", "-1", "expected a port number"),
+    ];
+    for (key, value, needle) in cases {
+        let text = format!("; comment\n[pgbouncer]\n{key} = {value}\n");
+        let e = parse_err(&text);
+        assert_eq!(e.file, PathBuf::from(INI), "{key}");
+        assert_eq!(e.line, Some(3), "{key}");
+        assert_eq!(e.key.as_deref(), Some(key), "{key}");
+        assert!(e.message.contains(needle), "{key}: {e}");
+        assert!(e.message.contains(value), "{key}: {e}");
+    }
+}
+
+#[test]
+fn unknown_and_unsupported_settings_warn_and_are_ignored() {
+    let text = format!(
+        "{MINIMAL}frobnicate = 1\nclient_tls_sslmode = require\nserver_tls_sslmode = verify-full\n\
+         dns_max_ttl = 5\npeer_id = 3\nConfFile = /x\n"
+    );
+    let loaded = parse_ok(&text);
+    assert_eq!(loaded.config.pgbouncer, minimal_settings());
+    let summary: Vec<(Option<usize>, Option<&str>, &str)> = loaded
+        .warnings
+        .iter()
+        .map(|w| (w.line, w.key.as_deref(), w.message.as_str()))
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            (Some(3), Some("frobnicate"), "unknown setting, ignored"),
+            (
+                Some(4),
+                Some("client_tls_sslmode"),
+                "not supported by weir, ignored"
+            ),
+            (
+                Some(5),
+                Some("server_tls_sslmode"),
+                "not supported by weir, ignored"
+            ),
+            (
+                Some(6),
+                Some("dns_max_ttl"),
+                "not supported by weir, ignored"
+            ),
+            (Some(7), Some("peer_id"), "not supported by weir, ignored"),
+            (Some(8), Some("conffile"), "not supported by weir, ignored"),
+        ]
+    );
+    assert_eq!(
+        loaded.warnings[0].to_string(),
+        "pgbouncer.ini:3: frobnicate: unknown setting, ignored"
+    );
+}
+
+#[test]
+fn unsupported_entry_parameters_and_peers_section_warn() {
+    let text = format!(
+        "[databases]\nro = host=replica target_session_attrs=read-only\n\
+         [users]\nbob = pool_size=2 query_timeout=10\n\
+         [peers]\n1 = host=/tmp/other\n2 = nonsense that is never parsed\n{MINIMAL}"
+    );
+    let loaded = parse_ok(&text);
+    let messages: Vec<String> = loaded.warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        messages,
+        vec![
+            "pgbouncer.ini:2: ro: parameter target_session_attrs is not supported by weir, ignored",
+            "pgbouncer.ini:4: bob: parameter query_timeout is not supported by weir, ignored",
+            "pgbouncer.ini:5: section [peers] is not supported by weir, ignored",
+        ]
+    );
+    assert_eq!(
+        loaded.config.databases["ro"].host.as_deref(),
+        Some("replica")
+    );
+    assert_eq!(loaded.config.users["bob"].pool_size, Some(2));
+}
+
+#[test]
+fn keys_set_twice_warn_and_the_later_value_wins() {
+    let text = format!("{MINIMAL}max_client_conn = 10\n[databases]\na = port=1\na = port=2\n[pgbouncer]\nmax_client_conn = 20\n");
+    let loaded = parse_ok(&text);
+    assert_eq!(loaded.config.pgbouncer.max_client_conn, 20);
+    assert_eq!(loaded.config.databases["a"].port, Some(2));
+    let messages: Vec<String> = loaded.warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        messages,
+        vec![
+            "pgbouncer.ini:6: a: set more than once (also at pgbouncer.ini:5); the later value wins",
+            "pgbouncer.ini:8: max_client_conn: set more than once (also at pgbouncer.ini:3); the \
+             later value wins",
+        ]
+    );
+}
+
+#[test]
+fn structural_errors() {
+    let e = parse_err("max_client_conn = 5\n[pgbouncer]\n");
+    assert_eq!(
+        (e.line, e.key.as_deref()),
+        (Some(1), Some("max_client_conn"))
+    );
+    assert!(e.message.contains("outside of any section"), "{e}");
+
+    let e = parse_err(&format!("{MINIMAL}[sessions]\n"));
+    assert_eq!(e.line, Some(3));
+    assert!(e.message.contains("unknown section [sessions]"), "{e}");
+
+    let e = parse_err("[databases]\na = host=x\n");
+    assert_eq!(e.to_string(), "pgbouncer.ini: missing [pgbouncer] section");
+
+    let e = parse_err(&format!("{MINIMAL}[databases]\npgbouncer = host=x\n"));
+    assert_eq!((e.line, e.key.as_deref()), (Some(4), Some("pgbouncer")));
+    assert!(e.message.contains("reserved"), "{e}");
+
+    let e = parse_err(&format!(
+        "{MINIMAL}[databases]\napp = host=x sslmode=require\n"
+    ));
+    assert_eq!(
+        e.to_string(),
+        "pgbouncer.ini:4: app: unknown parameter \"sslmode\" in connection string"
+    );
+
+    let e = parse_err(&format!(
+        "{MINIMAL}[databases]\napp = host=x pool_size=big\n"
+    ));
+    assert_eq!(
+        e.to_string(),
+        "pgbouncer.ini:4: app: pool_size: expected a whole number, got \"big\""
+    );
+
+    let e = parse_err(&format!("{MINIMAL}[users]\nbob = max_user_connections=\n"));
+    assert_eq!((e.line, e.key.as_deref()), (Some(4), Some("bob")));
+    assert!(e.message.contains("empty value"), "{e}");
+
+    let e = parse_err(&format!("{MINIMAL}[databases]\nbroken line\n"));
+    assert_eq!((e.line, e.key.as_deref()), (Some(4), None));
+}
+
+#[test]
+fn comments_whitespace_and_quoting() {
+    let text = "\u{feff}; PgBouncer-style comment\n# shell-style comment\n\n\
+                [databases]   ; trailing comment after a header\n\
+                \"my db\" = dbname='my db' connect_query='SELECT ''x'', 1'\n\
+                  indented =  host=a   port=5433   \n\
+                'o''k' =\n\
+                [pgbouncer]\r\n\
+                auth_file=u.txt\r\n\
+                server_reset_query = DISCARD ALL; -- not a comment\n\
+                listen_addr =\t*\t\n\
+                ignore_startup_parameters = \n";
+    let loaded = parse_ok(text);
+    let c = &loaded.config;
+    let db = &c.databases["my db"];
+    assert_eq!(db.dbname.as_deref(), Some("my db"));
+    assert_eq!(db.connect_query.as_deref(), Some("SELECT 'x', 1"));
+    assert_eq!(c.databases["indented"].port, Some(5433));
+    assert_eq!(c.databases["o'k"], DatabaseEntry::default());
+    assert_eq!(c.pgbouncer.auth_file, Some(PathBuf::from("u.txt")));
+    assert_eq!(
+        c.pgbouncer.server_reset_query,
+        "DISCARD ALL; -- not a comment"
+    );
+    assert_eq!(c.pgbouncer.listen_addr, "*");
+    assert!(c.pgbouncer.ignore_startup_parameters.is_empty());
+}
+
+#[test]
+fn fallback_database() {
+    let text = format!("[databases]\n* = host=fallback port=6000\nexact = host=exact\n{MINIMAL}");
+    let c = parse_ok(&text).config;
+    let (key, entry) = c.database("exact").expect("exact entry");
+    assert_eq!((key, entry.host.as_deref()), ("exact", Some("exact")));
+    let (key, entry) = c.database("anything").expect("fallback entry");
+    assert_eq!((key, entry.host.as_deref()), ("*", Some("fallback")));
+    assert_eq!(entry.dbname_or("anything"), "anything");
+
+    let without = parse_ok(&format!("[databases]\nexact = host=exact\n{MINIMAL}")).config;
+    assert!(without.database("anything").is_none());
+}
+
+#[test]
+fn effective_values_follow_user_then_database_then_global() {
+    let text = "\
+[databases]
+plain =
+tuned = pool_size=7 min_pool_size=2 reserve_pool_size=3 max_db_connections=40 pool_mode=statement
+* = pool_size=9 max_db_connections=11
+[users]
+bob = pool_mode=transaction pool_size=4 max_user_connections=6 reserve_pool_size=1
+carol = max_user_connections=8
+[pgbouncer]
+auth_file = u.txt
+pool_mode = session
+default_pool_size = 20
+min_pool_size = 1
+reserve_pool_size = 5
+max_db_connections = 100
+max_user_connections = 50
+";
+    let c = parse_ok(text).config;
+
+    // pool_mode: user > database > global.
+    assert_eq!(c.pool_mode_for("tuned", "bob"), PoolMode::Transaction);
+    assert_eq!(c.pool_mode_for("tuned", "carol"), PoolMode::Statement);
+    assert_eq!(c.pool_mode_for("plain", "carol"), PoolMode::Session);
+    assert_eq!(c.pool_mode_for("unknown_db", "nobody"), PoolMode::Session);
+
+    // pool size: user > database > default_pool_size; the fallback entry counts too.
+    assert_eq!(c.pool_size_for("tuned", "bob"), 4);
+    assert_eq!(c.pool_size_for("tuned", "carol"), 7);
+    assert_eq!(c.pool_size_for("plain", "carol"), 20);
+    assert_eq!(c.pool_size_for("elsewhere", "carol"), 9);
+
+    assert_eq!(c.min_pool_size_for("tuned"), 2);
+    assert_eq!(c.min_pool_size_for("plain"), 1);
+
+    assert_eq!(c.reserve_pool_size_for("tuned"), 3);
+    assert_eq!(c.reserve_pool_size_for("plain"), 5);
+    assert_eq!(c.reserve_pool_size_for_user("tuned", "bob"), 1);
+    assert_eq!(c.reserve_pool_size_for_user("tuned", "carol"), 3);
+    assert_eq!(c.reserve_pool_size_for_user("plain", "carol"), 5);
+
+    assert_eq!(c.max_db_connections_for("tuned"), 40);
+    assert_eq!(c.max_db_connections_for("plain"), 100);
+    assert_eq!(c.max_db_connections_for("elsewhere"), 11);
+
+    assert_eq!(c.max_user_connections_for("bob"), 6);
+    assert_eq!(c.max_user_connections_for("carol"), 8);
+    assert_eq!(c.max_user_connections_for("dave"), 50);
+}
+
+fn round_trip(config: &Config) {
+    config.validate().expect("hand-built config is valid");
+    let text = config.to_ini();
+    let loaded = parse_ok(&text);
+    assert_eq!(&loaded.config, config, "\n{text}");
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+    assert_eq!(loaded.config.to_ini(), text);
+}
+
+#[test]
+fn round_trips_through_to_ini() {
+    round_trip(&Config {
+        pgbouncer: minimal_settings(),
+        ..Config::default()
+    });
+
+    let mut databases = BTreeMap::new();
+    databases.insert("*".to_owned(), DatabaseEntry::default());
+    databases.insert(
+        "app".to_owned(),
+        DatabaseEntry {
+            host: Some("db.prod.svc".into()),
+            port: Some(5433),
+            pool_size: Some(40),
+            min_pool_size: Some(5),
+            reserve_pool_size: Some(2),
+            pool_mode: Some(PoolMode::Transaction),
+            ..Default::default()
+        },
+    );
+    databases.insert(
+        "odd \"name\" = 'x'".to_owned(),
+        DatabaseEntry {
+            dbname: Some("real name".into()),
+            user: Some("svc".into()),
+            password: Some("p@ss w'rd".into()),
+            connect_query: Some("SET search_path = app, public".into()),
+            application_name: Some("weir".into()),
+            ..Default::default()
+        },
+    );
+    let mut users = BTreeMap::new();
+    users.insert(
+        "app@corp.example".to_owned(),
+        UserEntry {
+            pool_mode: Some(PoolMode::Statement),
+            pool_size: Some(3),
+            max_user_connections: Some(10),
+            reserve_pool_size: Some(1),
+        },
+    );
+    users.insert("plain".to_owned(), UserEntry::default());
+    round_trip(&Config {
+        pgbouncer: every_setting_expected(),
+        databases: databases.clone(),
+        users,
+    });
+
+    let mut forced = BTreeMap::new();
+    forced.insert(
+        "only".to_owned(),
+        DatabaseEntry {
+            user: Some("svc".into()),
+            ..Default::default()
+        },
+    );
+    round_trip(&Config {
+        pgbouncer: Settings {
+            auth_type: AuthType::Any,
+            listen_addr: "*".into(),
+            unix_socket_dir: String::new(),
+            unix_socket_mode: 0,
+            server_lifetime: Duration::new(1, 1),
+            tcp_user_timeout: Duration::from_nanos(1_500),
+            reserve_pool_timeout: Duration::from_micros(1),
+            track_extra_parameters: Vec::new(),
+            server_check_query: String::new(),
+            server_reset_query: String::new(),
+            auth_query: String::new(),
+            ..Settings::default()
+        },
+        databases: forced,
+        users: BTreeMap::new(),
+    });
+}
+
+#[test]
+fn to_ini_layout() {
+    let mut databases = BTreeMap::new();
+    databases.insert("empty".to_owned(), DatabaseEntry::default());
+    databases.insert(
+        "app".to_owned(),
+        DatabaseEntry {
+            host: Some("h".into()),
+            connect_query: Some("SELECT 1".into()),
+            ..Default::default()
+        },
+    );
+    let text = Config {
+        pgbouncer: minimal_settings(),
+        databases,
+        users: BTreeMap::new(),
+    }
+    .to_ini();
+    assert!(
+        text.starts_with(
+            "[databases]\napp = host=h connect_query='SELECT 1'\nempty =\n\n[pgbouncer]\n"
+        ),
+        "{text}"
+    );
+    assert!(!text.contains("[users]"));
+    assert!(text.contains("\nlisten_addr =\n"));
+    assert!(text.contains("\nlisten_port = 6432\n"));
+    assert!(text.contains("\nunix_socket_mode = 0777\n"));
+    assert!(text.contains("\nreserve_pool_timeout = 5\n"));
+    assert!(text.contains("\ntcp_keepalive = 1\n"));
+    assert!(text.contains("\nauth_file = userlist.txt\n"));
+    assert!(
+        !text.contains("logfile"),
+        "unset optional settings are left out"
+    );
+}
+
+#[test]
+fn validate_checks_listeners_ports_and_limits() {
+    let base = Config {
+        pgbouncer: minimal_settings(),
+        ..Config::default()
+    };
+    let failing = |change: &dyn Fn(&mut Config), key: &str, needle: &str| {
+        let mut c = base.clone();
+        change(&mut c);
+        let e = c.validate().expect_err(key);
+        assert_eq!(e.key.as_deref(), Some(key), "{e}");
+        assert!(e.message.contains(needle), "{e}");
+        assert_eq!(e.file, PathBuf::new());
+        assert_eq!(e.line, None);
+    };
+    failing(
+        &|c| c.pgbouncer.unix_socket_dir.clear(),
+        "listen_addr",
+        "nothing to listen on",
+    );
+    failing(
+        &|c| c.pgbouncer.listen_port = 0,
+        "listen_port",
+        "must not be 0",
+    );
+    failing(
+        &|c| c.pgbouncer.unix_socket_mode = 0o1777,
+        "unix_socket_mode",
+        "got 01777",
+    );
+    failing(
+        &|c| c.pgbouncer.max_client_conn = 0,
+        "max_client_conn",
+        "at least 1",
+    );
+    failing(&|c| c.pgbouncer.pkt_buf = 0, "pkt_buf", "at least 1");
+    failing(
+        &|c| c.pgbouncer.max_packet_size = 0,
+        "max_packet_size",
+        "at least 1",
+    );
+    failing(
+        &|c| c.pgbouncer.default_pool_size = u32::MAX,
+        "default_pool_size",
+        "too large",
+    );
+    failing(
+        &|c| {
+            c.pgbouncer.http_port = 9000;
+            c.pgbouncer.http_listen_addr.clear();
+        },
+        "http_listen_addr",
+        "http_port",
+    );
+    failing(
+        &|c| {
+            c.pgbouncer.listen_addr = "*".into();
+            c.pgbouncer.http_port = 6432;
+        },
+        "http_port",
+        "listen_port",
+    );
+    // The same port is fine when TCP listening is off.
+    let mut unix_only = base.clone();
+    unix_only.pgbouncer.http_port = 6432;
+    unix_only.validate().expect("no TCP listener to clash with");
+}
+
+#[test]
+fn validate_checks_pool_sizes() {
+    let base = Config {
+        pgbouncer: minimal_settings(),
+        ..Config::default()
+    };
+
+    let mut c = base.clone();
+    c.pgbouncer.min_pool_size = 21;
+    let e = c.validate().expect_err("min above default");
+    assert_eq!(e.key.as_deref(), Some("min_pool_size"));
+    assert!(e.message.contains("exceeds default_pool_size (20)"), "{e}");
+
+    c.databases.insert("db".into(), DatabaseEntry::default());
+    let e = c.validate().expect_err("inherited by db");
+    assert_eq!(e.key.as_deref(), Some("min_pool_size"));
+    assert!(e.message.contains("which database \"db\" uses"), "{e}");
+
+    // A database with a larger pool makes the same global minimum fine.
+    c.databases.insert(
+        "db".into(),
+        DatabaseEntry {
+            pool_size: Some(30),
+            ..Default::default()
+        },
+    );
+    c.validate().expect("db pool is large enough");
+
+    let mut c = base.clone();
+    c.databases.insert(
+        "db".into(),
+        DatabaseEntry {
+            pool_size: Some(3),
+            min_pool_size: Some(4),
+            ..Default::default()
+        },
+    );
+    let e = c.validate().expect_err("db min above db pool");
+    assert_eq!(e.key.as_deref(), Some("db"));
+    assert_eq!(e.message, "min_pool_size (4) exceeds pool_size (3)");
+
+    let mut c = base.clone();
+    c.databases.insert(
+        "db".into(),
+        DatabaseEntry {
+            min_pool_size: Some(5),
+            max_db_connections: Some(4),
+            ..Default::default()
+        },
+    );
+    let e = c.validate().expect_err("min above db limit");
+    assert_eq!(
+        e.message,
+        "min_pool_size (5) exceeds max_db_connections (4)"
+    );
+
+    let mut c = base.clone();
+    c.pgbouncer.min_pool_size = 5;
+    c.pgbouncer.max_db_connections = 4;
+    let e = c.validate().expect_err("global min above global limit");
+    assert_eq!(e.key.as_deref(), Some("min_pool_size"));
+
+    let mut c = base.clone();
+    c.users.insert(
+        "u".into(),
+        UserEntry {
+            pool_size: Some(u32::MAX),
+            ..Default::default()
+        },
+    );
+    let e = c.validate().expect_err("absurd user pool");
+    assert_eq!(e.key.as_deref(), Some("u"));
+    assert!(
+        e.message.starts_with("pool_size: 4294967295 is too large"),
+        "{e}"
+    );
+}
+
+#[test]
+fn validate_checks_authentication() {
+    let mut c = Config::default();
+    let e = c.validate().expect_err("md5 without users");
+    assert_eq!(e.key.as_deref(), Some("auth_file"));
+    assert!(e.message.contains("auth_type md5 needs auth_file"), "{e}");
+
+    // trust still needs to know the users, as in PgBouncer.
+    c.pgbouncer.auth_type = AuthType::Trust;
+    assert!(c.validate().is_err());
+
+    // auth_user with auth_query is enough.
+    c.pgbouncer.auth_user = Some("lookup".into());
+    c.validate().expect("auth_query finds users");
+    c.pgbouncer.auth_query.clear();
+    let e = c.validate().expect_err("auth_user without a query");
+    assert_eq!(e.key.as_deref(), Some("auth_query"));
+
+    // any needs no user list but a forced user on every database.
+    let mut c = Config::default();
+    c.pgbouncer.auth_type = AuthType::Any;
+    c.validate().expect("no databases yet");
+    c.databases.insert(
+        "forced".into(),
+        DatabaseEntry {
+            user: Some("svc".into()),
+            ..Default::default()
+        },
+    );
+    c.databases.insert("loose".into(), DatabaseEntry::default());
+    let e = c.validate().expect_err("database without user=");
+    assert_eq!(e.key.as_deref(), Some("loose"));
+    assert!(e.message.contains("auth_type any"), "{e}");
+}
+
+#[test]
+fn validate_refuses_values_that_would_not_survive_to_ini() {
+    let base = Config {
+        pgbouncer: minimal_settings(),
+        ..Config::default()
+    };
+    let check = |change: &dyn Fn(&mut Config), key: &str, needle: &str| {
+        let mut c = base.clone();
+        change(&mut c);
+        let e = c.validate().expect_err(key);
+        assert_eq!(e.key.as_deref(), Some(key), "{e}");
+        assert!(e.message.contains(needle), "{e}");
+    };
+    check(
+        &|c| c.pgbouncer.server_reset_query = "DISCARD ALL\nlisten_port = 1".into(),
+        "server_reset_query",
+        "line break",
+    );
+    check(
+        &|c| c.pgbouncer.listen_addr = " 127.0.0.1".into(),
+        "listen_addr",
+        "read back unchanged",
+    );
+    check(
+        &|c| c.pgbouncer.auth_user = Some(String::new()),
+        "auth_user",
+        "unchanged",
+    );
+    check(
+        &|c| c.pgbouncer.logfile = Some(PathBuf::new()),
+        "logfile",
+        "unchanged",
+    );
+    check(
+        &|c| c.pgbouncer.admin_users = vec!["a,b".into()],
+        "admin_users",
+        "unchanged",
+    );
+    check(
+        &|c| {
+            c.databases.insert(
+                "db".into(),
+                DatabaseEntry {
+                    password: Some(String::new()),
+                    ..Default::default()
+                },
+            );
+        },
+        "db",
+        "unchanged",
+    );
+    check(
+        &|c| {
+            c.databases.insert(
+                "db".into(),
+                DatabaseEntry {
+                    password: Some("a\nb".into()),
+                    ..Default::default()
+                },
+            );
+        },
+        "db",
+        "line break",
+    );
+    check(
+        &|c| {
+            c.databases
+                .insert("bad\nname".into(), DatabaseEntry::default());
+        },
+        "bad\nname",
+        "line break",
+    );
+    check(
+        &|c| {
+            c.databases.insert(String::new(), DatabaseEntry::default());
+        },
+        "",
+        "must not be empty",
+    );
+    check(
+        &|c| {
+            c.databases
+                .insert("pgbouncer".into(), DatabaseEntry::default());
+        },
+        "pgbouncer",
+        "reserved",
+    );
+    check(
+        &|c| {
+            c.users.insert("".into(), UserEntry::default());
+        },
+        "",
+        "must not be empty",
+    );
+}
+
+#[test]
+fn parse_locates_cross_field_errors_at_the_line_that_set_the_key() {
+    let e = parse_err("[pgbouncer]\nauth_file = u\n\nlisten_port = 0\n");
+    assert_eq!(
+        e.to_string(),
+        "pgbouncer.ini:4: listen_port: must not be 0: it is the TCP port and part of the Unix \
+         socket's name"
+    );
+
+    let e =
+        parse_err("[databases]\n\ndb = pool_size=2 min_pool_size=3\n[pgbouncer]\nauth_file=u\n");
+    assert_eq!(
+        e.to_string(),
+        "pgbouncer.ini:3: db: min_pool_size (3) exceeds pool_size (2)"
+    );
+
+    // A problem with a setting left at its default names the file but no line.
+    let e = parse_err("[pgbouncer]\nlisten_addr = *\n");
+    assert_eq!(
+        e.to_string(),
+        "pgbouncer.ini: auth_file: auth_type md5 needs auth_file (or auth_user with \
+         auth_query) to know its users"
+    );
+}
+
+/// A configuration in the spirit of the sample PgBouncer ships, using features weir lacks.
+const EXAMPLE: &str = r#"
+;; database name = connect string
+;;
+;; connect string params:
+;;   dbname= host= port= user= password= auth_user=
+;;   client_encoding= datestyle= timezone=
+;;   pool_size= reserve_pool= max_db_connections=
+;;   pool_mode= connect_query= application_name=
+[databases]
+
+;; foodb over Unix socket
+foodb =
+
+;; redirect bardb to bazdb on localhost
+bardb = host=localhost dbname=bazdb
+
+;; access to destination database will go with single user
+forcedb = host=localhost port=300 user=baz password=foo client_encoding=UNICODE datestyle=ISO connect_query='SELECT 1'
+
+;; use custom pool sizes
+nondefaultdb = pool_size=50 reserve_pool=10
+
+;; use auth_user with auth_query if user not present in auth_file
+authdb = host=localhost dbname=authdb auth_user=authuser
+
+;; fallback connect string
+* = host=testserver
+
+[users]
+
+user1 = pool_mode=transaction max_user_connections=10
+
+[pgbouncer]
+
+;;;
+;;; Administrative settings
+;;;
+
+logfile = /var/log/pgbouncer/pgbouncer.log
+pidfile = /var/run/pgbouncer/pgbouncer.pid
+
+;;;
+;;; Where to wait for clients
+;;;
+
+;; IP address or * which means all IPs
+listen_addr = 127.0.0.1
+listen_port = 6432
+
+;; Unix socket is also used for -R.
+;; On Debian it should be /var/run/postgresql
+;unix_socket_dir = /tmp
+;unix_socket_mode = 0777
+;unix_socket_group =
+
+;;;
+;;; TLS settings for accepting clients
+;;;
+
+;; disable, allow, require, verify-ca, verify-full
+client_tls_sslmode = disable
+;client_tls_ca_file = <system default>
+;client_tls_key_file =
+;client_tls_cert_file =
+client_tls_ciphers = fast
+
+;;;
+;;; TLS settings for connecting to backend databases
+;;;
+
+server_tls_sslmode = prefer
+server_tls_protocols = secure
+
+;;;
+;;; Authentication settings
+;;;
+
+;; any, trust, plain, md5, cert, hba, pam
+auth_type = md5
+auth_file = /etc/pgbouncer/userlist.txt
+
+;; Query to use to fetch password from database.  Result
+;; must have 2 columns - username and password hash.
+;auth_query = SELECT usename, passwd FROM pg_shadow WHERE usename=$1
+
+;;;
+;;; Users allowed into database 'pgbouncer'
+;;;
+
+;; comma-separated list of users who are allowed to change settings
+admin_users = postgres, admin
+
+;; comma-separated list of users who are just allowed to use SHOW command
+stats_users = stats, postgres
+
+;;;
+;;; Pooler personality questions
+;;;
+
+;; When server connection is released back to pool:
+;;   session      - after client disconnects (default)
+;;   transaction  - after transaction finishes
+;;   statement    - after statement finishes
+pool_mode = session
+
+;; Query for cleaning connection immediately after releasing from
+;; client.  No need to put ROLLBACK here, pgbouncer does not reuse
+;; connections where transaction is left open.
+server_reset_query = DISCARD ALL
+
+;; Comma-separated list of parameters to ignore when given in startup
+;; packet.  Newer JDBC versions require the extra_float_digits here.
+ignore_startup_parameters = extra_float_digits
+
+;; When taking idle server into use, this query is sent first.
+server_check_query = select 1
+
+;; If server was used more recently that this many seconds ago,
+; skip the check query.  Value 0 may or may not run in immediately.
+server_check_delay = 30
+
+;; Close servers in session pooling mode after a RECONNECT, RELOAD,
+;; etc. when they are idle instead of at the end of the session.
+server_fast_close = 0
+
+;;;
+;;; Connection limits
+;;;
+
+;; Total number of clients that can connect
+max_client_conn = 100
+
+;; Default pool size.  20 is good number when transaction pooling
+;; is in use, in session pooling it needs to be the number of
+;; max clients you want to handle at any moment
+default_pool_size = 20
+
+;; Minimum number of server connections to keep in pool.
+min_pool_size = 0
+
+; how many additional connection to allow in case of trouble
+reserve_pool_size = 0
+
+;; If a clients needs to wait more than this many seconds, use reserve
+;; pool.
+reserve_pool_timeout = 5
+
+;; Maximum number of server connections for a database
+max_db_connections = 0
+
+;; Maximum number of server connections for a user
+max_user_connections = 0
+
+;; If off, then server connections are reused in LIFO manner
+server_round_robin = 0
+
+;;;
+;;; Logging
+;;;
+
+;; Syslog settings
+syslog = 0
+syslog_facility = daemon
+syslog_ident = pgbouncer
+
+;; log if client connects or server connection is made
+log_connections = 1
+
+;; log if and why connection was closed
+log_disconnections = 1
+
+;; log error messages pooler sends to clients
+log_pooler_errors = 1
+
+;; write aggregated stats into log
+log_stats = 1
+
+;; Logging verbosity.  Same as -v switch on command line.
+verbose = 0
+
+;;;
+;;; Timeouts
+;;;
+
+;; Close server connection if its been connected longer.
+server_lifetime = 3600
+
+;; Close server connection if its not been used in this time.  Allows
+;; to clean unnecessary connections from pool after peak.
+server_idle_timeout = 600
+
+;; Cancel connection attempt if server does not answer takes longer.
+server_connect_timeout = 15
+
+;; If server login failed (server_connect_timeout or auth failure)
+;; then wait this many second before trying again.
+server_login_retry = 15
+
+;; Dangerous.  Server connection is closed if query does not return in
+;; this time.  Should be used to survive network problems, _not_ as
+;; statement_timeout. (default: 0)
+query_timeout = 0
+
+;; Dangerous.  Client connection is closed if the query is not
+;; assigned to a server in this time.  Should be used to limit the
+;; number of queued queries in case of a database or network
+;; failure. (default: 120)
+query_wait_timeout = 120
+
+;; Dangerous.  Client connection is closed if no activity in this
+;; time.  Should be used to survive network problems. (default: 0)
+client_idle_timeout = 0
+
+;; Disconnect clients who have not managed to log in after connecting
+;; in this many seconds.
+client_login_timeout = 60
+
+;; Clean automatically created database entries (via "*") if they stay
+;; unused in this many seconds.
+autodb_idle_timeout = 3600
+
+;; Close connections which are in "IDLE in transaction" state longer
+;; than this many seconds.
+idle_transaction_timeout = 0
+
+;; How long SUSPEND/-R waits for buffer flush before closing
+;; connection.
+suspend_timeout = 10
+
+;;;
+;;; Low-level tuning options
+;;;
+
+;; buffer for streaming packets
+pkt_buf = 4096
+
+;; man 2 listen
+listen_backlog = 128
+
+;; Max number pkt_buf to process in one event loop.
+sbuf_loopcnt = 5
+
+;; Maximum PostgreSQL protocol packet size.
+max_packet_size = 2147483647
+
+;; Set SO_REUSEPORT socket option
+so_reuseport = 0
+
+;; networking options, for info: man 7 tcp
+
+;; Linux: Notify program about new connection only if there is also
+;; data received.  (Seconds to wait.)  On Linux the default is 45, on
+;; other OS'es 0.
+tcp_defer_accept = 0
+
+;; In-kernel buffer size (Linux default: 4096)
+tcp_socket_buffer = 0
+
+;; whether tcp keepalive should be turned on (0/1)
+tcp_keepalive = 1
+
+;; The following options are Linux-specific.  They also require
+;; tcp_keepalive=1.
+
+;; Count of keepalive packets
+tcp_keepcnt = 0
+
+;; How long the connection can be idle before sending keepalive
+;; packets
+tcp_keepidle = 0
+
+;; The time between individual keepalive probes
+tcp_keepintvl = 0
+
+;; How long may transmitted data remain unacknowledged before TCP
+;; connection is closed (in milliseconds)
+tcp_user_timeout = 0
+
+;; DNS lookup caching time
+dns_max_ttl = 15
+
+;; DNS zone SOA lookup period
+dns_zone_check_period = 0
+
+;; DNS negative result caching time
+dns_nxdomain_ttl = 15
+
+;;;
+;;; Random stuff
+;;;
+
+;; Hackish security feature.  Helps against SQL injection: when PQexec
+;; is disabled, multi-statement cannot be made.
+disable_pqexec = 0
+
+;; Config file to use for next RELOAD/SIGHUP
+;; By default contains config file from command line.
+;conffile
+
+;; Windows service name to register as.  job_name is alias for
+;; service_name, used by some Skytools scripts.
+;service_name = pgbouncer
+;job_name = pgbouncer
+
+;; Read additional config from other file
+;%include /etc/pgbouncer/pgbouncer-other.ini
+"#;
+
+#[test]
+fn example_configuration_parses_with_only_warnings() {
+    let loaded = parse_ok(EXAMPLE);
+    let c = &loaded.config;
+    assert_eq!(c.databases.len(), 6);
+    let forced = &c.databases["forcedb"];
+    assert_eq!(forced.port, Some(300));
+    assert_eq!(forced.user.as_deref(), Some("baz"));
+    assert_eq!(forced.connect_query.as_deref(), Some("SELECT 1"));
+    assert_eq!(c.databases["nondefaultdb"].reserve_pool_size, Some(10));
+    assert_eq!(c.database("other").map(|(k, _)| k), Some("*"));
+    assert_eq!(c.pool_mode_for("foodb", "user1"), PoolMode::Transaction);
+    assert_eq!(c.pgbouncer.listen_addr, "127.0.0.1");
+    assert_eq!(c.pgbouncer.admin_users, vec!["postgres", "admin"]);
+    assert_eq!(c.pgbouncer.server_check_query, "select 1");
+    assert_eq!(
+        c.pgbouncer.ignore_startup_parameters,
+        vec!["extra_float_digits"]
+    );
+
+    let ignored: Vec<&str> = loaded
+        .warnings
+        .iter()
+        .map(|w| {
+            assert_eq!(w.message, "not supported by weir, ignored", "{w}");
+            w.key.as_deref().unwrap_or_default()
+        })
+        .collect();
+    assert_eq!(
+        ignored,
+        vec![
+            "client_tls_sslmode",
+            "client_tls_ciphers",
+            "server_tls_sslmode",
+            "server_tls_protocols",
+            "server_fast_close",
+            "syslog",
+            "syslog_facility",
+            "syslog_ident",
+            "log_stats",
+            "autodb_idle_timeout",
+            "suspend_timeout",
+            "listen_backlog",
+            "sbuf_loopcnt",
+            "tcp_defer_accept",
+            "tcp_socket_buffer",
+            "dns_max_ttl",
+            "dns_zone_check_period",
+            "dns_nxdomain_ttl",
+        ]
+    );
+}
+
+#[test]
+fn parse_does_not_follow_includes() {
+    let e = parse_err("%include other.ini\n[pgbouncer]\n");
+    assert_eq!(e.line, Some(1));
+    assert!(
+        e.message.contains("only followed when loading from a file"),
+        "{e}"
+    );
+}
+
+#[test]
+fn parse_with_includes_reads_through_the_callback() {
+    let loaded = Config::parse_with_includes(
+        "[pgbouncer]\n%include common.ini\nmax_client_conn = 9\n",
+        Path::new("/etc/weir/pgbouncer.ini"),
+        |path| {
+            assert_eq!(path, Path::new("/etc/weir/common.ini"));
+            Ok("auth_file = u.txt\nmax_client_conn = 1\n".to_owned())
+        },
+    )
+    .expect("valid");
+    assert_eq!(loaded.config.pgbouncer.max_client_conn, 9);
+    assert_eq!(loaded.warnings.len(), 1, "the override is reported");
+    assert_eq!(loaded.warnings[0].line, Some(3));
+    assert!(loaded.warnings[0].message.contains("common.ini:2"));
+}
+
+/// A scratch directory under the system temp dir, removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!("weir-config-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("conf.d")).expect("create temp dir");
+        TempDir(dir)
+    }
+
+    fn write(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.0.join(name);
+        std::fs::write(&path, text).expect("write temp file");
+        path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn load_follows_includes_and_resolves_auth_file() {
+    let dir = TempDir::new("load");
+    dir.write(
+        "conf.d/databases.ini",
+        "[databases]\napp = host=db port=5433\n%include users.ini\n",
+    );
+    dir.write("conf.d/users.ini", "[users]\nbob = pool_size=2\n");
+    dir.write("conf.d/bad.ini", "[pgbouncer]\n\nmax_client_conn = lots\n");
+    let main = dir.write(
+        "pgbouncer.ini",
+        "%include conf.d/databases.ini\n[pgbouncer]\nauth_file = userlist.txt\nunknown_knob = 1\n",
+    );
+
+    let loaded = Config::load(&main).expect("loads");
+    let c = &loaded.config;
+    assert_eq!(c.databases["app"].port, Some(5433));
+    assert_eq!(c.users["bob"].pool_size, Some(2));
+    assert_eq!(c.pgbouncer.auth_file, Some(dir.0.join("userlist.txt")));
+    assert_eq!(loaded.warnings.len(), 1);
+    assert_eq!(loaded.warnings[0].file, main);
+    assert_eq!(loaded.warnings[0].line, Some(4));
+
+    // An absolute auth_file is kept as it is.
+    let absolute = dir.write(
+        "absolute.ini",
+        "[pgbouncer]\nauth_file = /etc/weir/userlist.txt\n",
+    );
+    let loaded = Config::load(&absolute).expect("loads");
+    assert_eq!(
+        loaded.config.pgbouncer.auth_file,
+        Some(PathBuf::from("/etc/weir/userlist.txt"))
+    );
+
+    // Errors inside an included file name that file and line.
+    let broken = dir.write(
+        "broken.ini",
+        "[pgbouncer]\nauth_file = u\n%include conf.d/bad.ini\n",
+    );
+    let e = Config::load(&broken).expect_err("bad value in include");
+    assert_eq!(e.file, dir.0.join("conf.d/bad.ini"));
+    assert_eq!(e.line, Some(3));
+    assert_eq!(e.key.as_deref(), Some("max_client_conn"));
+
+    let missing = dir.write("missing.ini", "[pgbouncer]\n%include nowhere.ini\n");
+    let e = Config::load(&missing).expect_err("missing include");
+    assert_eq!((e.file.clone(), e.line), (missing, Some(2)));
+    assert!(e.message.contains("nowhere.ini"), "{e}");
+}
+
+#[test]
+fn load_reports_an_unreadable_file() {
+    let path = std::env::temp_dir().join("weir-config-does-not-exist.ini");
+    let e = Config::load(&path).expect_err("missing");
+    assert_eq!(e.file, path);
+    assert_eq!(e.line, None);
+    assert!(
+        e.message.starts_with("cannot read configuration file"),
+        "{e}"
+    );
+}

@@ -1,0 +1,335 @@
+//! Cross-field checks on a whole [`Config`], shared by parsing and by hand-built configs.
+//!
+//! Two kinds of check run here. First, that every value can be written to pgbouncer.ini
+//! and read back unchanged (no line breaks, no blanks at either end, no empty values where
+//! "unset" is meant), so that a config the operator renders is the config the pooler runs.
+//! Then the semantic checks: something to listen on, pool sizes that fit together, and an
+//! authentication setup that can actually find its users.
+
+use std::path::Path;
+
+use super::database::{DatabaseEntry, UserEntry};
+use super::error::ConfigError;
+use super::parse::{Locations, Section};
+use super::settings::{AuthType, Settings};
+use super::Config;
+
+/// PgBouncer keeps sizes in C `int`s; larger values are certainly mistakes.
+const MAX_COUNT: u32 = i32::MAX as u32;
+
+/// The database name PgBouncer and weir reserve for the admin console.
+pub(crate) const ADMIN_DATABASE: &str = "pgbouncer";
+
+/// A failed check: which entry it is about and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Problem {
+    pub section: Section,
+    pub key: String,
+    pub message: String,
+}
+
+impl Problem {
+    fn setting(key: &str, message: impl Into<String>) -> Self {
+        Problem {
+            section: Section::Pgbouncer,
+            key: key.to_owned(),
+            message: message.into(),
+        }
+    }
+
+    fn database(name: &str, message: impl Into<String>) -> Self {
+        Problem {
+            section: Section::Databases,
+            key: name.to_owned(),
+            message: message.into(),
+        }
+    }
+
+    fn user(name: &str, message: impl Into<String>) -> Self {
+        Problem {
+            section: Section::Users,
+            key: name.to_owned(),
+            message: message.into(),
+        }
+    }
+
+    /// Turns the problem into an error pointing at the line that set the key, or at the
+    /// main file when the key kept its default.
+    pub(crate) fn locate(self, main_file: &Path, locations: &Locations) -> ConfigError {
+        let (file, line) = match locations.get(&(self.section, self.key.clone())) {
+            Some((file, line)) => (file.clone(), Some(*line)),
+            None => (main_file.to_path_buf(), None),
+        };
+        ConfigError {
+            file,
+            line,
+            key: Some(self.key),
+            message: self.message,
+        }
+    }
+
+    /// Turns the problem into an error without a file, for [`Config::validate`].
+    pub(crate) fn unlocated(self) -> ConfigError {
+        ConfigError {
+            file: Default::default(),
+            line: None,
+            key: Some(self.key),
+            message: self.message,
+        }
+    }
+}
+
+/// Runs every check, stopping at the first problem.
+pub(crate) fn check(config: &Config) -> Result<(), Problem> {
+    check_representable(config)?;
+    check_listeners(&config.pgbouncer)?;
+    check_limits(config)?;
+    check_pool_sizes(config)?;
+    check_auth(config)
+}
+
+const UNREPRESENTABLE: &str = "cannot be written to pgbouncer.ini and read back unchanged \
+                               (blanks at either end, commas inside list items, or an empty \
+                               value where the setting should be left unset?)";
+
+fn has_line_break(text: &str) -> bool {
+    text.contains(['\n', '\r'])
+}
+
+fn check_representable(config: &Config) -> Result<(), Problem> {
+    let settings = &config.pgbouncer;
+    for key in Settings::KEYS {
+        let Some(Some(text)) = settings.render_value(key) else {
+            continue;
+        };
+        if has_line_break(&text) {
+            return Err(Problem::setting(key, "must not contain a line break"));
+        }
+        let mut reread = settings.clone();
+        let same = matches!(reread.apply(key, text.trim()), Some(Ok(()))) && reread == *settings;
+        if !same {
+            return Err(Problem::setting(key, UNREPRESENTABLE));
+        }
+    }
+    for (name, entry) in &config.databases {
+        check_name(name).map_err(|m| Problem::database(name, m))?;
+        if name == ADMIN_DATABASE {
+            return Err(Problem::database(
+                name,
+                "the name \"pgbouncer\" is reserved for the admin console",
+            ));
+        }
+        let text = entry.to_conn_string();
+        if has_line_break(&text) {
+            return Err(Problem::database(name, "must not contain a line break"));
+        }
+        if text.parse::<DatabaseEntry>().as_ref() != Ok(entry) {
+            return Err(Problem::database(name, UNREPRESENTABLE));
+        }
+    }
+    for (name, entry) in &config.users {
+        check_name(name).map_err(|m| Problem::user(name, m))?;
+        if entry.to_conn_string().parse::<UserEntry>().as_ref() != Ok(entry) {
+            return Err(Problem::user(name, UNREPRESENTABLE));
+        }
+    }
+    Ok(())
+}
+
+fn check_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() {
+        Err("name must not be empty")
+    } else if has_line_break(name) {
+        Err("name must not contain a line break")
+    } else {
+        Ok(())
+    }
+}
+
+fn check_listeners(s: &Settings) -> Result<(), Problem> {
+    if !s.listens_on_tcp() && !s.listens_on_unix_socket() {
+        return Err(Problem::setting(
+            "listen_addr",
+            "nothing to listen on: set listen_addr (TCP) or unix_socket_dir",
+        ));
+    }
+    if s.listen_port == 0 {
+        return Err(Problem::setting(
+            "listen_port",
+            "must not be 0: it is the TCP port and part of the Unix socket's name",
+        ));
+    }
+    if s.unix_socket_mode > 0o777 {
+        return Err(Problem::setting(
+            "unix_socket_mode",
+            format!(
+                "must be a permission mode from 0 to 0777, got 0{:o}",
+                s.unix_socket_mode
+            ),
+        ));
+    }
+    if s.http_port != 0 {
+        if s.http_listen_addr.trim().is_empty() {
+            return Err(Problem::setting(
+                "http_listen_addr",
+                "must be set when http_port is not 0",
+            ));
+        }
+        if s.listens_on_tcp() && s.http_port == s.listen_port {
+            return Err(Problem::setting(
+                "http_port",
+                format!("must differ from listen_port ({})", s.listen_port),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_limits(config: &Config) -> Result<(), Problem> {
+    let s = &config.pgbouncer;
+    for (key, value) in [
+        ("max_client_conn", s.max_client_conn),
+        ("pkt_buf", s.pkt_buf),
+    ] {
+        if value == 0 {
+            return Err(Problem::setting(key, "must be at least 1"));
+        }
+    }
+    if s.max_packet_size == 0 {
+        return Err(Problem::setting("max_packet_size", "must be at least 1"));
+    }
+    let global = [
+        ("max_client_conn", s.max_client_conn),
+        ("default_pool_size", s.default_pool_size),
+        ("min_pool_size", s.min_pool_size),
+        ("reserve_pool_size", s.reserve_pool_size),
+        ("max_db_connections", s.max_db_connections),
+        ("max_user_connections", s.max_user_connections),
+        ("max_prepared_statements", s.max_prepared_statements),
+        ("pkt_buf", s.pkt_buf),
+        ("tcp_keepcnt", s.tcp_keepcnt),
+        ("verbose", s.verbose),
+    ];
+    for (key, value) in global {
+        if value > MAX_COUNT {
+            return Err(Problem::setting(key, too_large(value)));
+        }
+    }
+    for (name, db) in &config.databases {
+        let counts = [
+            ("pool_size", db.pool_size),
+            ("min_pool_size", db.min_pool_size),
+            ("reserve_pool_size", db.reserve_pool_size),
+            ("max_db_connections", db.max_db_connections),
+        ];
+        for (param, value) in counts {
+            if let Some(value) = value.filter(|v| *v > MAX_COUNT) {
+                return Err(Problem::database(
+                    name,
+                    format!("{param}: {}", too_large(value)),
+                ));
+            }
+        }
+    }
+    for (name, user) in &config.users {
+        let counts = [
+            ("pool_size", user.pool_size),
+            ("max_user_connections", user.max_user_connections),
+            ("reserve_pool_size", user.reserve_pool_size),
+        ];
+        for (param, value) in counts {
+            if let Some(value) = value.filter(|v| *v > MAX_COUNT) {
+                return Err(Problem::user(
+                    name,
+                    format!("{param}: {}", too_large(value)),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn too_large(value: u32) -> String {
+    format!("{value} is too large (at most {MAX_COUNT})")
+}
+
+/// A pool can never hold its minimum when the minimum exceeds the pool size or the
+/// database's connection limit; PgBouncer silently caps it, weir refuses the config.
+fn check_pool_sizes(config: &Config) -> Result<(), Problem> {
+    let s = &config.pgbouncer;
+    if s.max_db_connections > 0 && s.min_pool_size > s.max_db_connections {
+        return Err(Problem::setting(
+            "min_pool_size",
+            format!(
+                "{} exceeds max_db_connections ({})",
+                s.min_pool_size, s.max_db_connections
+            ),
+        ));
+    }
+    for (name, db) in &config.databases {
+        let pool = db.pool_size.unwrap_or(s.default_pool_size);
+        let min = db.min_pool_size.unwrap_or(s.min_pool_size);
+        if min > pool {
+            return Err(if db.pool_size.is_none() && db.min_pool_size.is_none() {
+                Problem::setting(
+                    "min_pool_size",
+                    format!(
+                        "{min} exceeds default_pool_size ({pool}), which database {name:?} uses"
+                    ),
+                )
+            } else {
+                Problem::database(
+                    name,
+                    format!("min_pool_size ({min}) exceeds pool_size ({pool})"),
+                )
+            });
+        }
+        let max = db.max_db_connections.unwrap_or(s.max_db_connections);
+        if max > 0 && min > max {
+            return Err(Problem::database(
+                name,
+                format!("min_pool_size ({min}) exceeds max_db_connections ({max})"),
+            ));
+        }
+    }
+    if config.databases.is_empty() && s.min_pool_size > s.default_pool_size {
+        return Err(Problem::setting(
+            "min_pool_size",
+            format!(
+                "{} exceeds default_pool_size ({})",
+                s.min_pool_size, s.default_pool_size
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Follows PgBouncer: every method but `any` needs to know its users, so it needs
+/// `auth_file` or `auth_user` (even `trust`, which checks that the user exists).
+fn check_auth(config: &Config) -> Result<(), Problem> {
+    let s = &config.pgbouncer;
+    if s.auth_type.needs_users() && s.auth_file.is_none() && s.auth_user.is_none() {
+        return Err(Problem::setting(
+            "auth_file",
+            format!(
+                "auth_type {} needs auth_file (or auth_user with auth_query) to know its users",
+                s.auth_type
+            ),
+        ));
+    }
+    if s.auth_user.is_some() && s.auth_query.trim().is_empty() {
+        return Err(Problem::setting(
+            "auth_query",
+            "must be set when auth_user is",
+        ));
+    }
+    if s.auth_type == AuthType::Any {
+        if let Some((name, _)) = config.databases.iter().find(|(_, db)| db.user.is_none()) {
+            return Err(Problem::database(
+                name,
+                "auth_type any needs every database to log in as a fixed user (user=...)",
+            ));
+        }
+    }
+    Ok(())
+}

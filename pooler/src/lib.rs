@@ -1,0 +1,17 @@
+//! Weir's data path: a PgBouncer-compatible PostgreSQL connection pooler.
+//!
+//! The configuration types in [`config`] are the contract with the operator, which renders
+//! them; everything else is the pooler itself.
+
+pub mod app;
+pub mod auth;
+pub mod cancel;
+pub mod client;
+pub mod config;
+pub mod listener;
+pub mod params;
+pub mod pool;
+pub mod protocol;
+pub mod server;
+pub mod stream;
+pub mod wire;

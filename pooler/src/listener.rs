@@ -1,0 +1,160 @@
+//! Accepting clients: TCP on `listen_addr:listen_port` and the Unix socket in
+//! `unix_socket_dir`, each accepted connection served by its own task.
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::net::{TcpListener, UnixListener};
+
+use crate::app::{self, Pooler};
+use crate::client;
+use crate::config::Settings;
+use crate::stream::Stream;
+
+/// The sockets the pooler accepts clients on.
+#[derive(Debug)]
+pub struct Listeners {
+    tcp: Vec<TcpListener>,
+    unix: Option<(UnixListener, PathBuf)>,
+}
+
+/// The TCP addresses `listen_addr` names: a comma-separated list where `*` means every IPv4
+/// and IPv6 address.
+pub fn tcp_addresses(settings: &Settings) -> Vec<String> {
+    let mut out = Vec::new();
+    for part in settings
+        .listen_addr
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+    {
+        if part == "*" {
+            out.push("0.0.0.0".to_owned());
+            out.push("::".to_owned());
+        } else {
+            out.push(part.to_owned());
+        }
+    }
+    out
+}
+
+impl Listeners {
+    /// Binds every configured socket; fails if any cannot be bound.
+    pub async fn bind(settings: &Settings) -> io::Result<Listeners> {
+        let mut tcp = Vec::new();
+        for host in tcp_addresses(settings) {
+            let addrs: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), settings.listen_port))
+                    .await?
+                    .collect();
+            for addr in addrs {
+                let socket = match addr {
+                    SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+                    SocketAddr::V6(_) => {
+                        let s = tokio::net::TcpSocket::new_v6()?;
+                        // `*` binds v4 and v6 separately; keep the v6 socket v6-only.
+                        socket2::SockRef::from(&s).set_only_v6(true)?;
+                        s
+                    }
+                };
+                socket.set_reuseaddr(true)?;
+                if settings.so_reuseport {
+                    socket.set_reuseport(true)?;
+                }
+                socket.bind(addr).map_err(|e| {
+                    io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"))
+                })?;
+                tcp.push(socket.listen(1024)?);
+            }
+        }
+        let unix = if settings.unix_socket_dir.is_empty() {
+            None
+        } else {
+            let path = PathBuf::from(&settings.unix_socket_dir)
+                .join(format!(".s.PGSQL.{}", settings.listen_port));
+            // A socket file left by a previous run that was killed would block the bind.
+            if path.exists() {
+                std::fs::remove_file(&path)?;
+            }
+            let listener = UnixListener::bind(&path).map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("cannot listen on {}: {e}", path.display()),
+                )
+            })?;
+            Some((listener, path))
+        };
+        Ok(Listeners { tcp, unix })
+    }
+
+    /// The local addresses of the TCP listeners.
+    pub fn tcp_local_addrs(&self) -> Vec<SocketAddr> {
+        self.tcp
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect()
+    }
+
+    /// Accepts clients until the returned future is dropped.
+    pub async fn run(self, pooler: Arc<Pooler>) {
+        let mut tasks = tokio::task::JoinSet::new();
+        for listener in self.tcp {
+            tasks.spawn(accept_tcp(listener, pooler.clone()));
+        }
+        let unix_path = self.unix.as_ref().map(|(_, p)| p.clone());
+        if let Some((listener, _)) = self.unix {
+            tasks.spawn(accept_unix(listener, pooler.clone()));
+        }
+        let _cleanup = unix_path.map(SocketFile);
+        while tasks.join_next().await.is_some() {}
+    }
+}
+
+/// Removes the Unix socket file when the listeners stop.
+struct SocketFile(PathBuf);
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+async fn accept_tcp(listener: TcpListener, pooler: Arc<Pooler>) {
+    loop {
+        match listener.accept().await {
+            Ok((socket, peer)) => {
+                let keepalive = app::keepalive(&pooler.config());
+                match Stream::tcp(socket, &keepalive) {
+                    Ok(stream) => {
+                        tokio::spawn(client::serve(pooler.clone(), stream, peer.to_string()));
+                    }
+                    Err(e) => tracing::warn!(%peer, error = %e, "could not set up a client socket"),
+                }
+            }
+            Err(e) => accept_failed(e).await,
+        }
+    }
+}
+
+async fn accept_unix(listener: UnixListener, pooler: Arc<Pooler>) {
+    loop {
+        match listener.accept().await {
+            Ok((socket, _)) => {
+                tokio::spawn(client::serve(
+                    pooler.clone(),
+                    Stream::Unix(socket),
+                    "unix".to_owned(),
+                ));
+            }
+            Err(e) => accept_failed(e).await,
+        }
+    }
+}
+
+/// Out of file descriptors and similar: log, pause briefly, keep accepting.
+async fn accept_failed(e: io::Error) {
+    tracing::error!(error = %e, "accept failed");
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+}

@@ -1,0 +1,206 @@
+//! `weir`: the pooler binary, invoked like PgBouncer: `weir [-d] [-q] [-v] config.ini`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use tokio::signal::unix::{signal, SignalKind};
+use tracing_subscriber::prelude::*;
+
+use weir_pooler::app::{self, Pooler};
+use weir_pooler::config::Config;
+use weir_pooler::listener::Listeners;
+
+/// A PgBouncer-compatible PostgreSQL connection pooler.
+#[derive(Debug, Parser)]
+#[command(name = "weir", version, about)]
+struct Args {
+    /// Run in the background (requires `logfile` in the configuration, or -q).
+    #[arg(short = 'd', long = "daemon")]
+    daemon: bool,
+    /// Do not log to standard error.
+    #[arg(short = 'q', long = "quiet")]
+    quiet: bool,
+    /// Log more; repeat for even more.
+    #[arg(short = 'v', long = "verbose", action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// The configuration file, in pgbouncer.ini format.
+    config: PathBuf,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let loaded = match Config::load(&args.config) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("weir: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let secrets = match app::load_secrets(&loaded.config) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("weir: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    if let Err(e) = init_logging(&args, &loaded.config) {
+        eprintln!("weir: {e:#}");
+        return ExitCode::from(1);
+    }
+    for w in &loaded.warnings {
+        tracing::warn!("{w}");
+    }
+    if args.daemon {
+        if loaded.config.pgbouncer.logfile.is_none() && !args.quiet {
+            eprintln!("weir: -d needs a logfile in the configuration (or -q)");
+            return ExitCode::from(1);
+        }
+        if let Err(e) = nix::unistd::daemon(true, false) {
+            eprintln!("weir: cannot daemonize: {e}");
+            return ExitCode::from(1);
+        }
+    }
+    raise_fd_limit();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("weir-worker")
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("weir: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let pooler = Pooler::new(&args.config, loaded.config, secrets);
+    match runtime.block_on(run(pooler)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("weir: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Every client and server connection is a file descriptor; the default soft limit (often
+/// 1024) would cap `max_client_conn` far below what the hard limit allows.
+fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::warn!(error = %e, "could not raise the open-file limit");
+            }
+        }
+    }
+}
+
+fn init_logging(args: &Args, config: &Config) -> anyhow::Result<()> {
+    let level = match (args.quiet, args.verbose, config.pgbouncer.verbose) {
+        (_, 0, 0) => "info",
+        (_, 1, _) | (_, 0, 1) => "debug",
+        _ => "trace",
+    };
+    let filter = || {
+        tracing_subscriber::EnvFilter::try_from_env("WEIR_LOG").unwrap_or_else(|_| {
+            tracing_subscriber::EnvFilter::new(format!("weir_pooler={level},weir={level},warn"))
+        })
+    };
+    let stderr = (!args.quiet).then(|| {
+        tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_filter(filter())
+    });
+    let file = match &config.pgbouncer.logfile {
+        Some(path) => {
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("cannot open logfile {}", path.display()))?;
+            Some(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(false)
+                    .with_writer(std::sync::Mutex::new(f))
+                    .with_filter(filter()),
+            )
+        }
+        None => None,
+    };
+    tracing_subscriber::registry()
+        .with(stderr)
+        .with(file)
+        .init();
+    Ok(())
+}
+
+/// Writes the pid file and removes it when dropped.
+struct PidFile(PathBuf);
+
+impl PidFile {
+    fn create(path: &Path) -> anyhow::Result<PidFile> {
+        std::fs::write(path, format!("{}\n", std::process::id()))
+            .with_context(|| format!("cannot write pidfile {}", path.display()))?;
+        Ok(PidFile(path.to_owned()))
+    }
+}
+
+impl Drop for PidFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+async fn run(pooler: Arc<Pooler>) -> anyhow::Result<()> {
+    let config = pooler.config();
+    let _pidfile = match &config.pgbouncer.pidfile {
+        Some(p) => Some(PidFile::create(p)?),
+        None => None,
+    };
+    let listeners = Listeners::bind(&config.pgbouncer)
+        .await
+        .context("cannot open the listening sockets")?;
+    for addr in listeners.tcp_local_addrs() {
+        tracing::info!(%addr, "listening");
+    }
+    if !config.pgbouncer.unix_socket_dir.is_empty() {
+        tracing::info!(dir = %config.pgbouncer.unix_socket_dir, "listening on a unix socket");
+    }
+    drop(config);
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    let accept = listeners.run(pooler.clone());
+    tokio::pin!(accept);
+    loop {
+        tokio::select! {
+            () = &mut accept => return Ok(()),
+            _ = term.recv() => {
+                tracing::info!("SIGTERM: shutting down");
+                return Ok(());
+            }
+            _ = int.recv() => {
+                tracing::info!("SIGINT: shutting down");
+                return Ok(());
+            }
+            _ = hup.recv() => reload(&pooler),
+        }
+    }
+}
+
+/// SIGHUP: re-read the configuration and auth file; new clients and new pools use them.
+fn reload(pooler: &Pooler) {
+    match pooler.reload() {
+        Ok(warnings) => {
+            for w in warnings {
+                tracing::warn!("{w}");
+            }
+            tracing::info!("configuration reloaded");
+        }
+        Err(e) => tracing::error!("reload failed, keeping the old configuration: {e}"),
+    }
+}

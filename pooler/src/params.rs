@@ -1,0 +1,158 @@
+//! Run-time parameters that the pooler keeps in step between a client and the server
+//! connection it is lent (`client_encoding`, `DateStyle`, `TimeZone`, …).
+
+/// Parameters PostgreSQL reports with ParameterStatus that a client may set at startup and that
+/// the pooler therefore tracks, by their canonical spelling.
+pub const TRACKED: &[&str] = &[
+    "client_encoding",
+    "DateStyle",
+    "TimeZone",
+    "standard_conforming_strings",
+    "application_name",
+];
+
+/// An ordered set of parameter values keyed case-insensitively (GUC names are).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ParamSet(Vec<(String, String)>);
+
+impl ParamSet {
+    /// An empty set.
+    pub fn new() -> ParamSet {
+        ParamSet(Vec::new())
+    }
+
+    /// The value of `name`, if present.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Sets `name` to `value`, keeping the first spelling of the name seen.
+    pub fn set(&mut self, name: &str, value: &str) {
+        match self
+            .0
+            .iter_mut()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        {
+            Some((_, v)) => {
+                if v != value {
+                    value.clone_into(v);
+                }
+            }
+            None => self.0.push((name.to_owned(), value.to_owned())),
+        }
+    }
+
+    /// All (name, value) pairs in insertion order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+}
+
+/// The canonical spelling of a tracked parameter (`datestyle` -> `DateStyle`), or `None` when
+/// the parameter is neither built-in tracked nor listed in `extra` (`track_extra_parameters`).
+pub fn canonical<'a>(name: &str, extra: &'a [String]) -> Option<&'a str> {
+    TRACKED
+        .iter()
+        .copied()
+        .find(|t| t.eq_ignore_ascii_case(name))
+        .or_else(|| {
+            extra
+                .iter()
+                .map(String::as_str)
+                .find(|t| t.eq_ignore_ascii_case(name))
+        })
+}
+
+/// Builds one simple-protocol query that brings a server's parameters in line with what the
+/// client expects: `SET name TO 'value';` for every differing parameter. `None` when nothing
+/// differs, which is the common case and costs no round trip.
+pub fn sync_query(wanted: &ParamSet, server: &ParamSet) -> Option<String> {
+    let mut sql = String::new();
+    for (name, value) in wanted.iter() {
+        if server.get(name) == Some(value) {
+            continue;
+        }
+        sql.push_str("SET ");
+        sql.push_str(&name.to_ascii_lowercase());
+        sql.push_str(" TO ");
+        push_literal(&mut sql, value);
+        sql.push(';');
+    }
+    (!sql.is_empty()).then_some(sql)
+}
+
+/// Appends `value` as an SQL string literal that is correct whatever
+/// `standard_conforming_strings` says.
+fn push_literal(sql: &mut String, value: &str) {
+    if value.contains('\\') {
+        sql.push_str("E'");
+        for c in value.chars() {
+            match c {
+                '\\' => sql.push_str("\\\\"),
+                '\'' => sql.push_str("''"),
+                c => sql.push(c),
+            }
+        }
+    } else {
+        sql.push('\'');
+        for c in value.chars() {
+            if c == '\'' {
+                sql.push('\'');
+            }
+            sql.push(c);
+        }
+    }
+    sql.push('\'');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_case_insensitive() {
+        let mut p = ParamSet::new();
+        p.set("DateStyle", "ISO, MDY");
+        p.set("datestyle", "ISO, DMY");
+        assert_eq!(p.get("DATESTYLE"), Some("ISO, DMY"));
+        assert_eq!(p.iter().count(), 1);
+        assert_eq!(p.iter().next().map(|(k, _)| k), Some("DateStyle"));
+    }
+
+    #[test]
+    fn canonical_spelling_comes_from_the_tracked_lists() {
+        let extra = vec!["IntervalStyle".to_owned()];
+        assert_eq!(canonical("timezone", &extra), Some("TimeZone"));
+        assert_eq!(canonical("intervalstyle", &extra), Some("IntervalStyle"));
+        assert_eq!(canonical("search_path", &extra), None);
+    }
+
+    #[test]
+    fn sync_query_sets_only_what_differs() {
+        let mut wanted = ParamSet::new();
+        wanted.set("TimeZone", "Europe/Paris");
+        wanted.set("application_name", "it's");
+        wanted.set("client_encoding", "UTF8");
+        let mut server = ParamSet::new();
+        server.set("timezone", "UTC");
+        server.set("client_encoding", "UTF8");
+        assert_eq!(
+            sync_query(&wanted, &server).as_deref(),
+            Some("SET timezone TO 'Europe/Paris';SET application_name TO 'it''s';")
+        );
+        server.set("TimeZone", "Europe/Paris");
+        server.set("application_name", "it's");
+        assert_eq!(sync_query(&wanted, &server), None);
+    }
+
+    #[test]
+    fn backslashes_use_an_escape_string() {
+        let mut wanted = ParamSet::new();
+        wanted.set("application_name", r"a\b'c");
+        let q = sync_query(&wanted, &ParamSet::new());
+        assert_eq!(q.as_deref(), Some(r"SET application_name TO E'a\\b''c';"));
+    }
+}

@@ -1,0 +1,66 @@
+//! Connection limits shared by several pools: `max_db_connections` (every pool of one
+//! database) and `max_user_connections` (every pool of one user).
+
+use std::sync::{Arc, Mutex, Weak};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::{timeout_at, Instant};
+
+use super::{CheckoutError, Pool};
+
+/// A cap on server connections across the pools that share it.
+#[derive(Debug)]
+pub struct Limit {
+    name: String,
+    slots: Arc<Semaphore>,
+    members: Mutex<Vec<Weak<Pool>>>,
+}
+
+impl Limit {
+    /// A limit of `max` connections, named for logs (`max_db_connections for app`).
+    pub fn new(name: String, max: usize) -> Arc<Limit> {
+        Arc::new(Limit {
+            name,
+            slots: Arc::new(Semaphore::new(max)),
+            members: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Registers a pool whose idle connections may be closed to make room for another's.
+    pub(super) fn join(&self, pool: &Arc<Pool>) {
+        let mut members = self.members.lock().unwrap_or_else(|p| p.into_inner());
+        members.retain(|m| m.strong_count() > 0);
+        members.push(Arc::downgrade(pool));
+    }
+
+    /// A place for one more connection of `pool`. When the limit is reached, an idle
+    /// connection of another member pool is closed first, as PgBouncer does; otherwise the
+    /// caller waits until `deadline`.
+    pub(super) async fn acquire(
+        &self,
+        pool: &Arc<Pool>,
+        deadline: Instant,
+    ) -> Result<OwnedSemaphorePermit, CheckoutError> {
+        if let Ok(p) = self.slots.clone().try_acquire_owned() {
+            return Ok(p);
+        }
+        let others: Vec<Arc<Pool>> = self
+            .members
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter_map(Weak::upgrade)
+            .filter(|m| !Arc::ptr_eq(m, pool))
+            .collect();
+        for other in others {
+            if other.evict_idle() {
+                tracing::debug!(limit = %self.name, evicted_from = %other.key(), "made room");
+                break;
+            }
+        }
+        timeout_at(deadline, self.slots.clone().acquire_owned())
+            .await
+            .map_err(|_| CheckoutError::Timeout)?
+            .map_err(|_| CheckoutError::Closed)
+    }
+}

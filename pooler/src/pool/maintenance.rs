@@ -1,0 +1,91 @@
+//! Background upkeep of a pool: closing connections past `server_lifetime` or idle past
+//! `server_idle_timeout`, and keeping `min_pool_size` connections open.
+
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use super::{Opening, Pool};
+
+/// How often upkeep runs; PgBouncer's janitor runs at about the same rate.
+const PERIOD: Duration = Duration::from_secs(1);
+
+/// Starts upkeep for `pool`; it stops by itself when the pool is dropped or closed.
+pub(super) fn spawn(pool: &Arc<Pool>) {
+    let weak = Arc::downgrade(pool);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(PERIOD);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if !run_once(&weak).await {
+                return;
+            }
+        }
+    });
+}
+
+/// One round of upkeep; false once the pool is gone.
+async fn run_once(weak: &Weak<Pool>) -> bool {
+    let Some(pool) = weak.upgrade() else {
+        return false;
+    };
+    reap(&pool);
+    loop {
+        {
+            let mut st = pool.lock();
+            let recently_failed = st
+                .last_failure
+                .as_ref()
+                .is_some_and(|(at, _)| at.elapsed() < pool.settings.login_retry);
+            if st.closed {
+                return false;
+            }
+            if recently_failed || st.total >= pool.settings.min_size {
+                break;
+            }
+            st.total += 1;
+        }
+        let opening = Opening::new(&pool);
+        let deadline = tokio::time::Instant::now() + pool.target.connect_timeout.max(PERIOD);
+        match opening.open(deadline).await {
+            Ok(slot) => pool.checkin(slot),
+            Err(e) => {
+                tracing::debug!(pool = %pool.key, error = %e, "could not warm min_pool_size");
+                break;
+            }
+        }
+    }
+    true
+}
+
+/// Closes idle connections past their lifetime, and those idle too long beyond the minimum.
+fn reap(pool: &Pool) {
+    let s = &pool.settings;
+    let now = Instant::now();
+    let expired = {
+        let mut st = pool.lock();
+        let mut keep_total = st.total;
+        let mut expired = Vec::new();
+        let mut i = 0;
+        while i < st.idle.len() {
+            let conn = &st.idle[i].conn;
+            let too_old = !s.lifetime.is_zero() && now.duration_since(conn.created) >= s.lifetime;
+            let too_idle = !s.idle_timeout.is_zero()
+                && now.duration_since(conn.last_used) >= s.idle_timeout
+                && keep_total > s.min_size;
+            if too_old || too_idle {
+                if let Some(slot) = st.idle.remove(i) {
+                    expired.push(slot);
+                    keep_total -= 1;
+                }
+            } else {
+                i += 1;
+            }
+        }
+        expired
+    };
+    for slot in expired {
+        tracing::debug!(pool = %pool.key, server = slot.conn.id, "closing an expired idle server connection");
+        pool.forget(slot, true);
+    }
+}

@@ -1,0 +1,521 @@
+//! Server connection pools: one per (database, user), lending connections to clients.
+//!
+//! A client first takes a permit from the pool's fair (FIFO) semaphore — `pool_size` permits,
+//! plus `reserve_pool_size` more for clients that have waited `reserve_pool_timeout` — and
+//! then an idle connection, or opens a new one. The [`Checkout`] guard gives the connection
+//! back only when told it is clean; dropped any other way it closes the connection, so a
+//! client that vanishes mid-transaction can never leave a dirty connection in the pool.
+
+mod limit;
+mod maintenance;
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::time::timeout_at;
+
+pub use limit::Limit;
+
+use crate::config::PoolMode;
+use crate::params::ParamSet;
+use crate::protocol::PgError;
+use crate::server::{ServerConn, ServerError, ServerTarget};
+
+/// Identifies a pool: the database name clients use and the user the pool logs in as.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PoolKey {
+    /// The database name as clients see it (`[databases]` key).
+    pub database: String,
+    /// The user the pool's server connections belong to.
+    pub user: String,
+}
+
+impl fmt::Display for PoolKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.database, self.user)
+    }
+}
+
+/// The effective settings of one pool, resolved from the configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolSettings {
+    /// How long a client keeps a server connection.
+    pub mode: PoolMode,
+    /// `pool_size`: connections lent at once without the reserve.
+    pub size: usize,
+    /// `min_pool_size`: connections kept open even when idle.
+    pub min_size: usize,
+    /// `reserve_pool_size`: extra connections for clients that waited too long.
+    pub reserve_size: usize,
+    /// `reserve_pool_timeout`: the wait after which the reserve may be used.
+    pub reserve_timeout: Duration,
+    /// `server_lifetime`: connections older than this are closed when returned or idle.
+    pub lifetime: Duration,
+    /// `server_idle_timeout`: idle connections beyond `min_pool_size` close after this.
+    pub idle_timeout: Duration,
+    /// `server_check_delay`: an idle connection older than this is checked before reuse.
+    pub check_delay: Duration,
+    /// `server_check_query`: the check (empty: no check).
+    pub check_query: String,
+    /// `server_login_retry`: after a failed login, new clients fail fast for this long.
+    pub login_retry: Duration,
+}
+
+/// Why no server connection could be lent.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckoutError {
+    /// `query_wait_timeout` passed.
+    #[error("query_wait_timeout: no server connection became available in time")]
+    Timeout,
+    /// Opening a connection failed.
+    #[error("{0}")]
+    Server(#[from] ServerError),
+    /// A recent login failed and `server_login_retry` has not passed.
+    #[error("server login has been failing, try again later (server_login_retry): {0}")]
+    LoginRetry(Arc<str>),
+    /// The pool was closed (database removed or pooler shutting down).
+    #[error("pool closed")]
+    Closed,
+}
+
+impl CheckoutError {
+    /// What the waiting client is told.
+    pub fn to_client_error(&self) -> PgError {
+        match self {
+            CheckoutError::Server(e) => e.to_client_error(),
+            CheckoutError::Timeout => PgError::fatal("57014", self.to_string()),
+            CheckoutError::LoginRetry(_) => PgError::fatal("08006", self.to_string()),
+            CheckoutError::Closed => PgError::fatal("57P01", "pool closed by the pooler"),
+        }
+    }
+}
+
+/// A server connection plus the database- and user-wide permits it occupies.
+#[derive(Debug)]
+struct Slot {
+    conn: ServerConn,
+    _limits: Vec<OwnedSemaphorePermit>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Idle connections, most recently used last (taken LIFO so spares can idle out).
+    idle: VecDeque<Slot>,
+    /// Connections that exist: idle, lent out, or being opened.
+    total: usize,
+    /// The last failed login, which makes new logins wait `server_login_retry`.
+    last_failure: Option<(Instant, Arc<str>)>,
+    closed: bool,
+}
+
+/// Live counters for the admin console and metrics.
+#[derive(Debug, Default)]
+pub struct PoolStats {
+    /// Clients waiting for a connection right now.
+    pub waiting: AtomicUsize,
+    /// Connections lent out right now.
+    pub active: AtomicUsize,
+    /// Checkouts served since start.
+    pub checkouts: AtomicU64,
+    /// Total microseconds clients spent waiting for a connection.
+    pub wait_us: AtomicU64,
+    /// Connections opened since start.
+    pub opened: AtomicU64,
+}
+
+/// One pool of server connections.
+#[derive(Debug)]
+pub struct Pool {
+    key: PoolKey,
+    target: ServerTarget,
+    settings: PoolSettings,
+    main: Arc<Semaphore>,
+    reserve: Arc<Semaphore>,
+    state: Mutex<State>,
+    returned: Notify,
+    limits: Vec<Arc<Limit>>,
+    welcome: Mutex<Option<ParamSet>>,
+    stats: PoolStats,
+}
+
+impl Pool {
+    /// Creates a pool and starts its maintenance (reaping and `min_pool_size` warming).
+    /// `limits` are the `max_db_connections` / `max_user_connections` it shares with others.
+    pub fn new(
+        key: PoolKey,
+        target: ServerTarget,
+        settings: PoolSettings,
+        limits: Vec<Arc<Limit>>,
+    ) -> Arc<Pool> {
+        let pool = Arc::new(Pool {
+            key,
+            target,
+            main: Arc::new(Semaphore::new(settings.size)),
+            reserve: Arc::new(Semaphore::new(settings.reserve_size)),
+            settings,
+            state: Mutex::new(State::default()),
+            returned: Notify::new(),
+            limits,
+            welcome: Mutex::new(None),
+            stats: PoolStats::default(),
+        });
+        for limit in &pool.limits {
+            limit.join(&pool);
+        }
+        maintenance::spawn(&pool);
+        pool
+    }
+
+    /// The pool's identity.
+    pub fn key(&self) -> &PoolKey {
+        &self.key
+    }
+
+    /// The pool's settings.
+    pub fn settings(&self) -> &PoolSettings {
+        &self.settings
+    }
+
+    /// Where the pool's connections go.
+    pub fn target(&self) -> &ServerTarget {
+        &self.target
+    }
+
+    /// Live counters.
+    pub fn stats(&self) -> &PoolStats {
+        &self.stats
+    }
+
+    /// (idle, total) connection counts right now.
+    pub fn counts(&self) -> (usize, usize) {
+        let st = self.lock();
+        (st.idle.len(), st.total)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave State inconsistent in a way that matters
+        // more than stopping the pooler would, so poisoning is ignored.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The most a pool may hold: its size plus its reserve.
+    fn capacity(&self) -> usize {
+        self.settings.size + self.settings.reserve_size
+    }
+
+    /// Lends a server connection, waiting in FIFO order until `deadline`.
+    pub async fn checkout(self: &Arc<Self>, deadline: Instant) -> Result<Checkout, CheckoutError> {
+        let started = Instant::now();
+        self.stats.waiting.fetch_add(1, Ordering::Relaxed);
+        let result = self.checkout_inner(deadline.into()).await;
+        self.stats.waiting.fetch_sub(1, Ordering::Relaxed);
+        if result.is_ok() {
+            self.stats.active.fetch_add(1, Ordering::Relaxed);
+            self.stats.checkouts.fetch_add(1, Ordering::Relaxed);
+            let waited = started.elapsed().as_micros();
+            self.stats
+                .wait_us
+                .fetch_add(u64::try_from(waited).unwrap_or(u64::MAX), Ordering::Relaxed);
+        }
+        result
+    }
+
+    async fn checkout_inner(
+        self: &Arc<Self>,
+        deadline: tokio::time::Instant,
+    ) -> Result<Checkout, CheckoutError> {
+        let permit = self.permit(deadline).await?;
+        loop {
+            // Register for a wake-up before looking, so a return between look and wait is seen.
+            let returned = self.returned.notified();
+            tokio::pin!(returned);
+            returned.as_mut().enable();
+            let step = {
+                let mut st = self.lock();
+                if st.closed {
+                    return Err(CheckoutError::Closed);
+                }
+                if let Some(slot) = st.idle.pop_back() {
+                    Step::Reuse(slot)
+                } else if st.total < self.capacity() {
+                    if let Some((at, why)) = &st.last_failure {
+                        if at.elapsed() < self.settings.login_retry {
+                            return Err(CheckoutError::LoginRetry(why.clone()));
+                        }
+                    }
+                    st.total += 1;
+                    Step::Open(Opening::new(self))
+                } else {
+                    Step::Wait
+                }
+            };
+            match step {
+                Step::Reuse(slot) => {
+                    if let Some(slot) = self.vet(slot, deadline).await {
+                        return Ok(Checkout::new(self, slot, permit));
+                    }
+                }
+                Step::Open(opening) => {
+                    let slot = opening.open(deadline).await?;
+                    return Ok(Checkout::new(self, slot, permit));
+                }
+                Step::Wait => {
+                    // Only warming connections can be in flight here; wait for one to land.
+                    timeout_at(deadline, returned)
+                        .await
+                        .map_err(|_| CheckoutError::Timeout)?;
+                }
+            }
+        }
+    }
+
+    /// A main permit, or after `reserve_pool_timeout` a main or reserve one, by `deadline`.
+    async fn permit(
+        &self,
+        deadline: tokio::time::Instant,
+    ) -> Result<OwnedSemaphorePermit, CheckoutError> {
+        if let Ok(p) = self.main.clone().try_acquire_owned() {
+            return Ok(p);
+        }
+        let main = self.main.clone().acquire_owned();
+        tokio::pin!(main);
+        if self.settings.reserve_size > 0 {
+            let reserve_at =
+                (tokio::time::Instant::now() + self.settings.reserve_timeout).min(deadline);
+            tokio::select! {
+                p = &mut main => return p.map_err(|_| CheckoutError::Closed),
+                _ = tokio::time::sleep_until(reserve_at) => {}
+            }
+            let reserve = self.reserve.clone().acquire_owned();
+            tokio::select! {
+                p = &mut main => return p.map_err(|_| CheckoutError::Closed),
+                p = reserve => {
+                    if p.is_ok() {
+                        tracing::info!(pool = %self.key, "using the reserve pool");
+                    }
+                    return p.map_err(|_| CheckoutError::Closed);
+                }
+                _ = tokio::time::sleep_until(deadline) => return Err(CheckoutError::Timeout),
+            }
+        }
+        timeout_at(deadline, main)
+            .await
+            .map_err(|_| CheckoutError::Timeout)?
+            .map_err(|_| CheckoutError::Closed)
+    }
+
+    /// Checks an idle connection before lending it; `None` means it was closed.
+    async fn vet(&self, mut slot: Slot, deadline: tokio::time::Instant) -> Option<Slot> {
+        if !slot.conn.is_clean() {
+            tracing::debug!(pool = %self.key, server = slot.conn.id, "idle server connection went bad");
+            self.forget(slot, false);
+            return None;
+        }
+        let check = &self.settings.check_query;
+        if !check.is_empty() && slot.conn.last_used.elapsed() >= self.settings.check_delay {
+            match timeout_at(deadline, slot.conn.simple_query(check)).await {
+                Ok(Ok(())) => {}
+                _ => {
+                    tracing::info!(pool = %self.key, server = slot.conn.id, "server_check_query failed");
+                    self.forget(slot, false);
+                    return None;
+                }
+            }
+        }
+        Some(slot)
+    }
+
+    /// Opens a new connection for a slot already counted in `total`.
+    async fn open(self: &Arc<Self>, deadline: tokio::time::Instant) -> Result<Slot, CheckoutError> {
+        let mut permits = Vec::with_capacity(self.limits.len());
+        for limit in &self.limits {
+            permits.push(limit.acquire(self, deadline).await?);
+        }
+        match ServerConn::connect(&self.target).await {
+            Ok(conn) => {
+                self.stats.opened.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(pool = %self.key, server = conn.id, "server connection opened");
+                {
+                    let mut welcome = self.welcome.lock().unwrap_or_else(|p| p.into_inner());
+                    if welcome.is_none() {
+                        *welcome = Some(conn.params.clone());
+                    }
+                }
+                self.lock().last_failure = None;
+                Ok(Slot {
+                    conn,
+                    _limits: permits,
+                })
+            }
+            Err(e) => {
+                tracing::warn!(pool = %self.key, error = %e, "server login failed");
+                self.lock().last_failure = Some((Instant::now(), e.to_string().into()));
+                Err(e.into())
+            }
+        }
+    }
+
+    /// The parameters a newly logged-in client is told about (the server's), opening a first
+    /// connection if the pool has never had one.
+    pub async fn welcome_params(
+        self: &Arc<Self>,
+        deadline: Instant,
+    ) -> Result<ParamSet, CheckoutError> {
+        if let Some(p) = self.cached_welcome() {
+            return Ok(p);
+        }
+        let checkout = self.checkout(deadline).await?;
+        checkout.release();
+        self.cached_welcome().ok_or(CheckoutError::Closed)
+    }
+
+    fn cached_welcome(&self) -> Option<ParamSet> {
+        self.welcome
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Takes back a clean connection.
+    fn checkin(&self, mut slot: Slot) {
+        slot.conn.last_used = Instant::now();
+        let expired = !self.settings.lifetime.is_zero()
+            && slot.conn.created.elapsed() >= self.settings.lifetime;
+        {
+            let mut st = self.lock();
+            if !expired && !st.closed {
+                st.idle.push_back(slot);
+                drop(st);
+                self.returned.notify_one();
+                return;
+            }
+        }
+        tracing::debug!(pool = %self.key, server = slot.conn.id, "server_lifetime reached");
+        self.forget(slot, true);
+    }
+
+    /// Closes a connection that is no longer counted as idle and frees its place.
+    fn forget(&self, slot: Slot, clean: bool) {
+        self.lock().total -= 1;
+        if clean {
+            slot.conn.close();
+        }
+        self.returned.notify_one();
+    }
+
+    /// Closes one idle connection to make room elsewhere (`max_db_connections`); false when
+    /// there was none.
+    pub fn evict_idle(&self) -> bool {
+        let slot = self.lock().idle.pop_front();
+        match slot {
+            Some(slot) => {
+                self.forget(slot, true);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Closes every idle connection and refuses new checkouts.
+    pub fn close(&self) {
+        let idle: Vec<Slot> = {
+            let mut st = self.lock();
+            st.closed = true;
+            st.idle.drain(..).collect()
+        };
+        for slot in idle {
+            self.forget(slot, true);
+        }
+        self.main.close();
+        self.reserve.close();
+    }
+}
+
+enum Step {
+    Reuse(Slot),
+    Open(Opening),
+    Wait,
+}
+
+/// A connection being opened: its place in `total` is given back unless the open succeeds,
+/// even when the waiting client goes away mid-connect.
+struct Opening {
+    pool: Option<Arc<Pool>>,
+}
+
+impl Opening {
+    fn new(pool: &Arc<Pool>) -> Opening {
+        Opening {
+            pool: Some(pool.clone()),
+        }
+    }
+
+    async fn open(mut self, deadline: tokio::time::Instant) -> Result<Slot, CheckoutError> {
+        let pool = self.pool.clone().ok_or(CheckoutError::Closed)?;
+        let slot = pool.open(deadline).await?;
+        self.pool = None;
+        Ok(slot)
+    }
+}
+
+impl Drop for Opening {
+    fn drop(&mut self) {
+        if let Some(pool) = self.pool.take() {
+            pool.lock().total -= 1;
+            pool.returned.notify_one();
+        }
+    }
+}
+
+/// A lent server connection. [`Checkout::release`] returns it; dropping it closes it.
+#[derive(Debug)]
+pub struct Checkout {
+    pool: Arc<Pool>,
+    slot: Option<Slot>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Checkout {
+    fn new(pool: &Arc<Pool>, slot: Slot, permit: OwnedSemaphorePermit) -> Checkout {
+        Checkout {
+            pool: pool.clone(),
+            slot: Some(slot),
+            _permit: permit,
+        }
+    }
+
+    /// The connection.
+    pub fn server(&mut self) -> &mut ServerConn {
+        match self.slot.as_mut() {
+            Some(slot) => &mut slot.conn,
+            // `slot` is only taken by release() and drop(), which consume the guard.
+            None => unreachable!("checkout used after release"),
+        }
+    }
+
+    /// The pool it came from.
+    pub fn pool(&self) -> &Arc<Pool> {
+        &self.pool
+    }
+
+    /// Returns a connection that is idle and in a clean protocol state.
+    pub fn release(mut self) {
+        if let Some(slot) = self.slot.take() {
+            self.pool.checkin(slot);
+        }
+    }
+}
+
+impl Drop for Checkout {
+    fn drop(&mut self) {
+        self.pool.stats.active.fetch_sub(1, Ordering::Relaxed);
+        if let Some(slot) = self.slot.take() {
+            tracing::debug!(pool = %self.pool.key, server = slot.conn.id, "closing a server connection in an unknown state");
+            self.pool.forget(slot, false);
+        }
+    }
+}

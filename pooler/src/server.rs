@@ -1,0 +1,465 @@
+//! Server connections: opening one to PostgreSQL, logging in, and the few things the pooler
+//! says to a server itself (parameter sync, reset, health check).
+
+use std::fmt;
+use std::io;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use tokio::net::{TcpStream, UnixStream};
+
+use crate::auth::{md5, AuthError, ScramClient, ScramCredential};
+use crate::params::ParamSet;
+use crate::protocol::backend::{self, Authentication};
+use crate::protocol::{frontend, PgError, ProtocolError};
+use crate::stream::{Keepalive, Stream};
+use crate::wire::{self, ReadError};
+
+/// Where a server lives: a TCP host and port, or a Unix socket directory and port.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ServerAddr {
+    /// `host:port` over TCP.
+    Tcp {
+        /// Host name or address.
+        host: String,
+        /// TCP port.
+        port: u16,
+    },
+    /// `<dir>/.s.PGSQL.<port>`.
+    Unix {
+        /// The socket directory.
+        dir: PathBuf,
+        /// The port that names the socket file.
+        port: u16,
+    },
+}
+
+impl ServerAddr {
+    /// PostgreSQL's convention: a host that starts with `/` is a socket directory.
+    pub fn new(host: &str, port: u16) -> ServerAddr {
+        if host.starts_with('/') {
+            ServerAddr::Unix {
+                dir: PathBuf::from(host),
+                port,
+            }
+        } else {
+            ServerAddr::Tcp {
+                host: host.to_owned(),
+                port,
+            }
+        }
+    }
+
+    /// Opens a socket to this address within `timeout`.
+    pub async fn connect(&self, timeout: Duration, keepalive: &Keepalive) -> io::Result<Stream> {
+        let connect = async {
+            match self {
+                ServerAddr::Tcp { host, port } => {
+                    Stream::tcp(TcpStream::connect((host.as_str(), *port)).await?, keepalive)
+                }
+                ServerAddr::Unix { dir, port } => {
+                    let path = dir.join(format!(".s.PGSQL.{port}"));
+                    Ok(Stream::Unix(UnixStream::connect(path).await?))
+                }
+            }
+        };
+        if timeout.is_zero() {
+            return connect.await;
+        }
+        tokio::time::timeout(timeout, connect)
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "server_connect_timeout"))?
+    }
+}
+
+impl fmt::Display for ServerAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ServerAddr::Tcp { host, port } => write!(f, "{host}:{port}"),
+            ServerAddr::Unix { dir, port } => write!(f, "{}/.s.PGSQL.{port}", dir.display()),
+        }
+    }
+}
+
+/// What the pooler proves its identity to PostgreSQL with.
+#[derive(Clone, PartialEq, Eq)]
+pub enum ServerCredential {
+    /// No secret known: only `trust` servers accept the login.
+    None,
+    /// A clear-text password (from the connection string or a plain userlist entry).
+    Password(String),
+    /// An md5 hash from userlist.txt, which answers an md5 challenge just as well.
+    Md5Hash(String),
+    /// SCRAM keys recovered from the client's own SCRAM proof.
+    ScramKeys {
+        /// The client key.
+        client_key: [u8; 32],
+        /// The server key, to verify the server's signature.
+        server_key: [u8; 32],
+    },
+}
+
+impl fmt::Debug for ServerCredential {
+    // Secrets never reach logs.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ServerCredential::None => "None",
+            ServerCredential::Password(_) => "Password(..)",
+            ServerCredential::Md5Hash(_) => "Md5Hash(..)",
+            ServerCredential::ScramKeys { .. } => "ScramKeys(..)",
+        })
+    }
+}
+
+/// Everything needed to open and log in one server connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerTarget {
+    /// Where to connect.
+    pub addr: ServerAddr,
+    /// The database to log in to.
+    pub dbname: String,
+    /// The role to log in as.
+    pub user: String,
+    /// The secret for that role.
+    pub credential: ServerCredential,
+    /// `server_connect_timeout`: socket connect plus login.
+    pub connect_timeout: Duration,
+    /// Keepalive on the server socket.
+    pub keepalive: Keepalive,
+    /// `connect_query`: run once on every new connection.
+    pub connect_query: Option<String>,
+}
+
+/// A server's cancel key, as its BackendKeyData reported it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ServerKey {
+    /// The backend process id.
+    pub process_id: i32,
+    /// The secret that authorises a cancel.
+    pub secret_key: i32,
+}
+
+/// Why a server connection could not be opened or used.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The socket could not be opened.
+    #[error("could not connect to server at {addr}: {source}")]
+    Connect {
+        /// Where we tried.
+        addr: ServerAddr,
+        /// Why it failed.
+        source: io::Error,
+    },
+    /// The server refused the login.
+    #[error("server login failed: {}", .0.message)]
+    Login(Box<PgError>),
+    /// The server wants an authentication method the pooler cannot answer with what it knows.
+    #[error("server login failed: {0}")]
+    Auth(String),
+    /// The connection broke.
+    #[error("server connection lost: {0}")]
+    Lost(#[from] ReadError),
+    /// A query the pooler itself sent failed.
+    #[error("{}", .0.message)]
+    Query(Box<PgError>),
+    /// Login took longer than `server_connect_timeout`.
+    #[error("server login timed out (server_connect_timeout)")]
+    Timeout,
+}
+
+impl From<io::Error> for ServerError {
+    fn from(e: io::Error) -> Self {
+        ServerError::Lost(ReadError::Io(e))
+    }
+}
+
+impl From<AuthError> for ServerError {
+    fn from(e: AuthError) -> Self {
+        ServerError::Auth(e.to_string())
+    }
+}
+
+impl From<ProtocolError> for ServerError {
+    fn from(e: ProtocolError) -> Self {
+        ServerError::Lost(ReadError::Protocol(e))
+    }
+}
+
+impl ServerError {
+    /// The error a client is told when this failure stops its work.
+    pub fn to_client_error(&self) -> PgError {
+        match self {
+            ServerError::Login(e) => {
+                let mut e = PgError::fatal(&e.code, format!("server login failed: {}", e.message));
+                e.hint = Some("the pooler could not log in to the database server".into());
+                e
+            }
+            ServerError::Query(e) => (**e).clone(),
+            // connection_failure: the client may retry on a new connection.
+            other => PgError::fatal("08006", other.to_string()),
+        }
+    }
+}
+
+static NEXT_SERVER_ID: AtomicU64 = AtomicU64::new(1);
+
+/// One logged-in connection to PostgreSQL.
+#[derive(Debug)]
+pub struct ServerConn {
+    /// The socket.
+    pub stream: Stream,
+    /// Bytes read from the server and not yet consumed; reused across checkouts.
+    pub buf: BytesMut,
+    /// Current values of the parameters the server reports.
+    pub params: ParamSet,
+    /// The key that cancels this backend's query.
+    pub key: ServerKey,
+    /// Where the server lives (cancels go there too).
+    pub addr: Arc<ServerAddr>,
+    /// Pooler-wide id, for logs.
+    pub id: u64,
+    /// When the connection was opened (`server_lifetime`).
+    pub created: Instant,
+    /// When it was last returned to the pool (`server_idle_timeout`, `server_check_delay`).
+    pub last_used: Instant,
+}
+
+impl ServerConn {
+    /// Opens and logs in a connection; the whole of it bounded by `server_connect_timeout`.
+    pub async fn connect(target: &ServerTarget) -> Result<ServerConn, ServerError> {
+        let login = Self::connect_unbounded(target);
+        if target.connect_timeout.is_zero() {
+            return login.await;
+        }
+        tokio::time::timeout(target.connect_timeout, login)
+            .await
+            .map_err(|_| ServerError::Timeout)?
+    }
+
+    async fn connect_unbounded(target: &ServerTarget) -> Result<ServerConn, ServerError> {
+        let stream = target
+            .addr
+            .connect(Duration::ZERO, &target.keepalive)
+            .await
+            .map_err(|source| ServerError::Connect {
+                addr: target.addr.clone(),
+                source,
+            })?;
+        let mut conn = ServerConn {
+            stream,
+            buf: BytesMut::with_capacity(8192),
+            params: ParamSet::new(),
+            key: ServerKey {
+                process_id: 0,
+                secret_key: 0,
+            },
+            addr: Arc::new(target.addr.clone()),
+            id: NEXT_SERVER_ID.fetch_add(1, Ordering::Relaxed),
+            created: Instant::now(),
+            last_used: Instant::now(),
+        };
+        conn.login(target).await?;
+        if let Some(q) = &target.connect_query {
+            conn.simple_query(q).await?;
+        }
+        Ok(conn)
+    }
+
+    async fn login(&mut self, target: &ServerTarget) -> Result<(), ServerError> {
+        let mut out = BytesMut::new();
+        frontend::startup_message(
+            &mut out,
+            &[("user", &target.user), ("database", &target.dbname)],
+        );
+        wire::flush(&mut self.stream, &mut out).await?;
+        let mut scram: Option<ScramClient> = None;
+        loop {
+            let msg = wire::read_message(&mut self.stream, &mut self.buf).await?;
+            match msg.tag {
+                b'R' => {
+                    let auth = backend::parse_authentication(&msg.body)?;
+                    self.answer(auth, target, &mut scram, &mut out)?;
+                    if !out.is_empty() {
+                        wire::flush(&mut self.stream, &mut out).await?;
+                    }
+                }
+                b'S' => {
+                    let (name, value) = backend::parse_parameter_status(&msg.body)?;
+                    self.params.set(&name, &value);
+                }
+                b'K' => {
+                    let (process_id, secret_key) = backend::parse_backend_key_data(&msg.body)?;
+                    self.key = ServerKey {
+                        process_id,
+                        secret_key,
+                    };
+                }
+                b'E' => {
+                    return Err(ServerError::Login(Box::new(backend::parse_error_response(
+                        &msg.body,
+                    )?)))
+                }
+                b'Z' => return Ok(()),
+                // NoticeResponse and NegotiateProtocolVersion need no answer.
+                _ => {}
+            }
+        }
+    }
+
+    fn answer(
+        &self,
+        auth: Authentication,
+        target: &ServerTarget,
+        scram: &mut Option<ScramClient>,
+        out: &mut BytesMut,
+    ) -> Result<(), ServerError> {
+        match auth {
+            Authentication::Ok => {}
+            Authentication::CleartextPassword => match &target.credential {
+                ServerCredential::Password(p) => frontend::password_message(out, p.as_bytes()),
+                _ => return Err(no_secret("a clear-text password", target)),
+            },
+            Authentication::Md5Password { salt } => {
+                let hash = match &target.credential {
+                    ServerCredential::Password(p) => md5::password_hash(&target.user, p),
+                    ServerCredential::Md5Hash(h) => h.clone(),
+                    _ => return Err(no_secret("an md5 password", target)),
+                };
+                frontend::password_message(out, md5::salted_response(&hash, salt).as_bytes());
+            }
+            Authentication::Sasl { mechanisms } => {
+                if !mechanisms.iter().any(|m| m == "SCRAM-SHA-256") {
+                    return Err(ServerError::Auth(format!(
+                        "server offers SASL mechanisms {mechanisms:?}, none of which the pooler speaks"
+                    )));
+                }
+                let credential = match &target.credential {
+                    ServerCredential::Password(p) => ScramCredential::Password(p.clone()),
+                    ServerCredential::ScramKeys {
+                        client_key,
+                        server_key,
+                    } => ScramCredential::Keys {
+                        client_key: *client_key,
+                        server_key: *server_key,
+                    },
+                    _ => return Err(no_secret("SCRAM-SHA-256", target)),
+                };
+                let mut client = ScramClient::new(credential);
+                frontend::sasl_initial_response(out, "SCRAM-SHA-256", &client.client_first());
+                *scram = Some(client);
+            }
+            Authentication::SaslContinue(data) => {
+                let client = scram.as_mut().ok_or_else(unexpected_sasl)?;
+                frontend::sasl_response(out, &client.server_first(&data)?);
+            }
+            Authentication::SaslFinal(data) => {
+                scram
+                    .as_mut()
+                    .ok_or_else(unexpected_sasl)?
+                    .server_final(&data)?;
+            }
+            Authentication::Unsupported(code) => {
+                return Err(ServerError::Auth(format!(
+                "server asks for authentication method {code}, which the pooler does not support"
+            )))
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs `sql` with the simple protocol and waits for ReadyForQuery, discarding rows.
+    /// Parameter changes the query causes are tracked; the first error is returned.
+    pub async fn simple_query(&mut self, sql: &str) -> Result<(), ServerError> {
+        let mut out = BytesMut::new();
+        frontend::query(&mut out, sql);
+        wire::flush(&mut self.stream, &mut out).await?;
+        let mut failed = None;
+        loop {
+            let msg = wire::read_message(&mut self.stream, &mut self.buf).await?;
+            match msg.tag {
+                b'E' => {
+                    failed.get_or_insert(backend::parse_error_response(&msg.body)?);
+                }
+                b'S' => self.track_parameter(&msg.body)?,
+                b'Z' => {
+                    let status = backend::parse_ready_for_query(&msg.body)?;
+                    return match failed {
+                        Some(e) => Err(ServerError::Query(Box::new(e))),
+                        // The pooler's own queries must leave the session idle.
+                        None if status != b'I' => {
+                            Err(ServerError::Query(Box::new(PgError::error(
+                                "25000",
+                                format!("pooler query {sql:?} left a transaction open"),
+                            ))))
+                        }
+                        None => Ok(()),
+                    };
+                }
+                // A COPY the pooler never asked for cannot be answered sensibly.
+                b'G' | b'H' | b'W' => {
+                    return Err(ServerError::Query(Box::new(PgError::error(
+                        "0A000",
+                        "unexpected COPY in a pooler query",
+                    ))))
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Records a ParameterStatus body the server sent.
+    pub fn track_parameter(&mut self, body: &Bytes) -> Result<(), ProtocolError> {
+        let (name, value) = backend::parse_parameter_status(body)?;
+        self.params.set(&name, &value);
+        Ok(())
+    }
+
+    /// Says goodbye (Terminate) if the socket takes it at once, then closes it. Used for
+    /// connections in a clean state; a dirty one is simply dropped, which makes PostgreSQL roll
+    /// back whatever it was doing.
+    pub fn close(self) {
+        let _ = self.stream.try_write(&[b'X', 0, 0, 0, 4]);
+    }
+
+    /// Whether this idle connection can be lent out: nothing unread is waiting on it (an
+    /// unexpected message, or PostgreSQL's FATAL before it closed the socket).
+    pub fn is_clean(&self) -> bool {
+        self.buf.is_empty() && !self.stream.has_unread_input()
+    }
+}
+
+fn no_secret(what: &str, target: &ServerTarget) -> ServerError {
+    ServerError::Auth(format!(
+        "server asks for {what} for user {:?}, and no usable secret is configured \
+         (set password= in [databases] or a plain/md5/SCRAM entry in auth_file)",
+        target.user
+    ))
+}
+
+fn unexpected_sasl() -> ServerError {
+    ServerError::Auth("server sent a SASL message before SASL authentication started".into())
+}
+
+/// Sends a CancelRequest for `key` to the server at `addr` on a fresh connection, as the
+/// protocol requires; the server answers nothing.
+pub async fn send_cancel(
+    addr: &ServerAddr,
+    key: ServerKey,
+    keepalive: &Keepalive,
+) -> io::Result<()> {
+    let mut stream = addr.connect(Duration::from_secs(5), keepalive).await?;
+    let mut out = BytesMut::new();
+    frontend::cancel_request(&mut out, key.process_id, key.secret_key);
+    wire::flush(&mut stream, &mut out).await?;
+    // Wait for the server to close, so the cancel is processed before we report success.
+    let mut sink = BytesMut::with_capacity(16);
+    let _ = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::io::AsyncReadExt::read_buf(&mut stream, &mut sink),
+    )
+    .await;
+    Ok(())
+}
