@@ -13,6 +13,7 @@
 //! of such a killed process are left behind; nothing can remove them.
 
 mod child;
+pub mod fixture;
 pub mod net;
 pub mod postgres;
 pub mod weir;
