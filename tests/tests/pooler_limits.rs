@@ -1,0 +1,235 @@
+//! Limits and pool upkeep against a real PostgreSQL: max_client_conn, query_wait_timeout,
+//! the server-connection cap under 500 clients, min_pool_size, the reserve pool, and reaping
+//! by server_idle_timeout and server_lifetime.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_postgres::types::Type;
+use weir_tests::fixture::{self, Fixture, Options};
+
+async fn backend_pid(client: &tokio_postgres::Client) -> i32 {
+    client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .expect("pid")
+        .get(0)
+}
+
+#[tokio::test]
+async fn max_client_conn_refuses_the_extra_client() {
+    let fx = Fixture::start(Options::mode("transaction", 2).with("max_client_conn = 3"))
+        .await
+        .expect("fixture");
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(fx.client().await.expect("client within the limit"));
+    }
+    let err = fx.client().await.expect_err("a fourth client");
+    let err = err
+        .downcast_ref::<tokio_postgres::Error>()
+        .expect("a PostgreSQL error");
+    assert_eq!(fixture::sqlstate(err), Some("53300"));
+    // Leaving frees a place.
+    held.pop();
+    let ok = Fixture::eventually(Duration::from_secs(5), || async {
+        fx.client().await.is_ok()
+    })
+    .await;
+    assert!(ok, "a place freed by a leaving client was not reused");
+}
+
+#[tokio::test]
+async fn query_wait_timeout_fails_a_waiting_client_clearly() {
+    let fx = Fixture::start(Options::mode("transaction", 1).with("query_wait_timeout = 1"))
+        .await
+        .expect("fixture");
+    let holder = fx.client().await.expect("holder");
+    let waiter = fx.client().await.expect("waiter");
+    holder.batch_execute("BEGIN").await.expect("BEGIN");
+    let err = waiter
+        .batch_execute("SELECT 1")
+        .await
+        .expect_err("no server connection within query_wait_timeout");
+    assert_eq!(fixture::sqlstate(&err), Some("57014"), "{err:?}");
+    let message = err.as_db_error().map(|e| e.message()).unwrap_or_default();
+    assert!(message.contains("query_wait_timeout"), "{message}");
+    holder.batch_execute("COMMIT").await.expect("COMMIT");
+    // The holder's connection is unharmed and others can get the server again.
+    let again = fx.client().await.expect("new client");
+    again.batch_execute("SELECT 1").await.expect("query");
+}
+
+#[tokio::test]
+async fn five_hundred_clients_share_five_server_connections() {
+    let fx = Fixture::start(Options::mode("transaction", 5))
+        .await
+        .expect("fixture");
+    let max_seen = Arc::new(AtomicI64::new(0));
+    let done = Arc::new(tokio::sync::Notify::new());
+    let sampler = {
+        let max_seen = max_seen.clone();
+        let done = done.clone();
+        let pg = fx.pg.superuser().await.expect("superuser");
+        tokio::spawn(async move {
+            loop {
+                let n: i64 = pg
+                    .query_one(
+                        "SELECT count(*) FROM pg_stat_activity \
+                         WHERE usename = 'app' AND backend_type = 'client backend'",
+                        &[],
+                    )
+                    .await
+                    .expect("sample")
+                    .get(0);
+                max_seen.fetch_max(n, Ordering::Relaxed);
+                tokio::select! {
+                    () = done.notified() => return,
+                    () = tokio::time::sleep(Duration::from_millis(20)) => {}
+                }
+            }
+        })
+    };
+    let mut tasks = Vec::new();
+    for c in 0..500i64 {
+        let client = fx.client().await.expect("client");
+        tasks.push(tokio::spawn(async move {
+            let mut sum = 0i64;
+            for i in 0..10i64 {
+                // Unnamed statements: named ones need the prepared-statement support.
+                let row = client
+                    .query_typed_one("SELECT $1::int8 + 1", &[(&(c * 100 + i), Type::INT8)])
+                    .await
+                    .expect("query");
+                sum += row.get::<_, i64>(0);
+            }
+            sum
+        }));
+    }
+    for (c, t) in tasks.into_iter().enumerate() {
+        let c = c as i64;
+        let expected: i64 = (0..10).map(|i| c * 100 + i + 1).sum();
+        assert_eq!(t.await.expect("client task"), expected);
+    }
+    done.notify_one();
+    sampler.await.expect("sampler");
+    let max = max_seen.load(Ordering::Relaxed);
+    assert!(max >= 1, "the sampler never saw a server connection");
+    assert!(max <= 5, "saw {max} server connections for a pool of 5");
+}
+
+#[tokio::test]
+async fn min_pool_size_is_kept_warm() {
+    let fx = Fixture::start(Options::mode("transaction", 5).with("min_pool_size = 3"))
+        .await
+        .expect("fixture");
+    // The pool exists once a client has used it.
+    fx.client()
+        .await
+        .expect("client")
+        .batch_execute("SELECT 1")
+        .await
+        .expect("query");
+    let warm = Fixture::eventually(Duration::from_secs(10), || async {
+        fx.server_connections().await.unwrap_or(0) == 3
+    })
+    .await;
+    assert!(warm, "min_pool_size = 3 was not reached");
+    // A server connection killed from outside is replaced.
+    fx.pg
+        .execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE usename = 'app' AND backend_type = 'client backend'",
+        )
+        .await
+        .expect("terminate");
+    let client = fx.client().await.expect("client after the kill");
+    client
+        .batch_execute("SELECT 1")
+        .await
+        .expect("query after the kill");
+    let rewarmed = Fixture::eventually(Duration::from_secs(10), || async {
+        fx.server_connections().await.unwrap_or(0) == 3
+    })
+    .await;
+    assert!(rewarmed, "min_pool_size was not restored");
+}
+
+#[tokio::test]
+async fn reserve_pool_is_used_only_after_reserve_pool_timeout() {
+    let opts = Options::mode("transaction", 1)
+        .with("reserve_pool_size = 1")
+        .with("reserve_pool_timeout = 0.5")
+        .with("query_wait_timeout = 10");
+    let fx = Fixture::start(opts).await.expect("fixture");
+    let holder = fx.client().await.expect("holder");
+    holder.batch_execute("BEGIN").await.expect("BEGIN");
+    assert_eq!(fx.server_connections().await.expect("count"), 1);
+
+    let waiter = fx.client().await.expect("waiter");
+    let started = tokio::time::Instant::now();
+    waiter
+        .batch_execute("SELECT 1")
+        .await
+        .expect("served from the reserve");
+    assert!(
+        started.elapsed() >= Duration::from_millis(400),
+        "the reserve was used before reserve_pool_timeout"
+    );
+    assert_eq!(fx.server_connections().await.expect("count"), 2);
+    holder.batch_execute("COMMIT").await.expect("COMMIT");
+}
+
+#[tokio::test]
+async fn reserve_pool_does_not_help_before_its_timeout() {
+    let opts = Options::mode("transaction", 1)
+        .with("reserve_pool_size = 1")
+        .with("reserve_pool_timeout = 30")
+        .with("query_wait_timeout = 1");
+    let fx = Fixture::start(opts).await.expect("fixture");
+    let holder = fx.client().await.expect("holder");
+    holder.batch_execute("BEGIN").await.expect("BEGIN");
+    let waiter = fx.client().await.expect("waiter");
+    let err = waiter
+        .batch_execute("SELECT 1")
+        .await
+        .expect_err("query_wait_timeout comes before reserve_pool_timeout");
+    assert_eq!(fixture::sqlstate(&err), Some("57014"));
+    assert_eq!(fx.server_connections().await.expect("count"), 1);
+}
+
+#[tokio::test]
+async fn idle_server_connections_are_closed_after_server_idle_timeout() {
+    let fx = Fixture::start(Options::mode("transaction", 3).with("server_idle_timeout = 1"))
+        .await
+        .expect("fixture");
+    let client = fx.client().await.expect("client");
+    client.batch_execute("SELECT 1").await.expect("query");
+    assert!(fx.server_connections().await.expect("count") >= 1);
+    let reaped = Fixture::eventually(Duration::from_secs(10), || async {
+        fx.server_connections().await.unwrap_or(-1) == 0
+    })
+    .await;
+    assert!(
+        reaped,
+        "idle server connection outlived server_idle_timeout"
+    );
+    // The client itself is still connected and gets a fresh server connection.
+    client
+        .batch_execute("SELECT 1")
+        .await
+        .expect("query after reaping");
+}
+
+#[tokio::test]
+async fn server_connections_are_replaced_after_server_lifetime() {
+    let fx = Fixture::start(Options::mode("transaction", 1).with("server_lifetime = 1"))
+        .await
+        .expect("fixture");
+    let client = fx.client().await.expect("client");
+    let first = backend_pid(&client).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let second = backend_pid(&client).await;
+    assert_ne!(first, second, "server connection outlived server_lifetime");
+}
