@@ -18,5 +18,5 @@ else
     export RUSTC_BOOTSTRAP=1
 fi
 mkdir -p corpus/protocol_decode
-cargo "${TOOLCHAIN[@]}" fuzz run protocol_decode corpus/protocol_decode seeds -- \
+cargo "${TOOLCHAIN[@]}" fuzz run protocol_decode corpus/protocol_decode -- \
     -max_total_time="$SECONDS_TO_RUN" -print_final_stats=1 2>&1 | tail -n 15

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 
-use crate::auth::Secret;
+use crate::auth::{ScramSecret, Secret};
 use crate::cancel::CancelRegistry;
 use crate::config::{self, Config};
 use crate::pool::{Limit, Pool, PoolKey, PoolSettings};
@@ -31,6 +31,8 @@ pub struct Pooler {
     limits: Mutex<HashMap<String, Arc<Limit>>>,
     clients: AtomicUsize,
     cancel: Arc<CancelRegistry>,
+    /// SCRAM secrets derived from plain passwords, so a login costs no key derivation.
+    derived: Mutex<HashMap<String, (String, ScramSecret)>>,
 }
 
 /// Loads the secrets of `auth_file`, if one is configured.
@@ -63,6 +65,7 @@ impl Pooler {
             limits: Mutex::new(HashMap::new()),
             clients: AtomicUsize::new(0),
             cancel: Arc::new(CancelRegistry::default()),
+            derived: Mutex::new(HashMap::new()),
         })
     }
 
@@ -89,6 +92,24 @@ impl Pooler {
     /// The stored secret of `user` from `auth_file`.
     pub fn secret(&self, user: &str) -> Option<Secret> {
         self.secrets.load().get(user).cloned()
+    }
+
+    /// The secret a SCRAM exchange for `user` checks against: a plain password is turned into
+    /// a SCRAM verifier once (4096 PBKDF2 rounds) and reused until the password changes, as
+    /// connection storms would otherwise spend most of their time deriving keys.
+    pub fn scram_secret(&self, user: &str, secret: Secret) -> Secret {
+        let Secret::Plain(password) = secret else {
+            return secret;
+        };
+        let mut derived = self.derived.lock().unwrap_or_else(|p| p.into_inner());
+        match derived.get(user) {
+            Some((known, scram)) if *known == password => Secret::Scram(scram.clone()),
+            _ => {
+                let scram = ScramSecret::generate(&password);
+                derived.insert(user.to_owned(), (password, scram.clone()));
+                Secret::Scram(scram)
+            }
+        }
     }
 
     /// Whether an auth file is configured (then only users listed in it may log in).
@@ -168,6 +189,15 @@ impl Pooler {
             connect_timeout: s.server_connect_timeout,
             keepalive: keepalive(&config),
             connect_query: entry.connect_query.clone(),
+            startup_params: [
+                ("client_encoding", &entry.client_encoding),
+                ("datestyle", &entry.datestyle),
+                ("timezone", &entry.timezone),
+                ("application_name", &entry.application_name),
+            ]
+            .into_iter()
+            .filter_map(|(k, v)| v.as_ref().map(|v| (k.to_owned(), v.clone())))
+            .collect(),
         };
         let settings = PoolSettings {
             mode: config.pool_mode_for(database, &server_user),

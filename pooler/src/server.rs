@@ -131,6 +131,9 @@ pub struct ServerTarget {
     pub keepalive: Keepalive,
     /// `connect_query`: run once on every new connection.
     pub connect_query: Option<String>,
+    /// Extra startup parameters (`client_encoding`, `datestyle`, `timezone`,
+    /// `application_name` from the `[databases]` entry).
+    pub startup_params: Vec<(String, String)>,
 }
 
 /// A server's cancel key, as its BackendKeyData reported it.
@@ -270,10 +273,15 @@ impl ServerConn {
 
     async fn login(&mut self, target: &ServerTarget) -> Result<(), ServerError> {
         let mut out = BytesMut::new();
-        frontend::startup_message(
-            &mut out,
-            &[("user", &target.user), ("database", &target.dbname)],
+        let mut params: Vec<(&str, &str)> =
+            vec![("user", &target.user), ("database", &target.dbname)];
+        params.extend(
+            target
+                .startup_params
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str())),
         );
+        frontend::startup_message(&mut out, &params);
         wire::flush(&mut self.stream, &mut out).await?;
         let mut scram: Option<ScramClient> = None;
         loop {

@@ -136,14 +136,40 @@ async fn min_pool_size_is_kept_warm() {
     })
     .await;
     assert!(warm, "min_pool_size = 3 was not reached");
-    // A server connection killed from outside is replaced.
-    fx.pg
-        .execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+    // Server connections killed from outside are noticed and replaced.
+    let superuser = fx.pg.superuser().await.expect("superuser");
+    let killed: Vec<i32> = superuser
+        .query(
+            "SELECT pid FROM pg_stat_activity \
              WHERE usename = 'app' AND backend_type = 'client backend'",
+            &[],
+        )
+        .await
+        .expect("pids")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(killed.len(), 3);
+    superuser
+        .execute(
+            "SELECT pg_terminate_backend(pid) FROM unnest($1::int4[]) AS pid",
+            &[&killed],
         )
         .await
         .expect("terminate");
+    let gone = Fixture::eventually(Duration::from_secs(10), || async {
+        let left: i64 = superuser
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1::int4[])",
+                &[&killed],
+            )
+            .await
+            .expect("count")
+            .get(0);
+        left == 0
+    })
+    .await;
+    assert!(gone, "terminated backends did not exit");
     let client = fx.client().await.expect("client after the kill");
     client
         .batch_execute("SELECT 1")

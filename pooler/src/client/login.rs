@@ -229,7 +229,10 @@ pub async fn authenticate(
             }
         }
         // md5 with a SCRAM secret falls through to SCRAM, as PostgreSQL does.
-        AuthType::Md5 | AuthType::ScramSha256 => scram(stream, buf, user, secret).await,
+        AuthType::Md5 | AuthType::ScramSha256 => {
+            let secret = secret.map(|s| pooler.scram_secret(user, s));
+            scram(stream, buf, user, secret).await
+        }
     }
 }
 

@@ -73,7 +73,9 @@ fn reap(pool: &Pool) {
             let too_idle = !s.idle_timeout.is_zero()
                 && now.duration_since(conn.last_used) >= s.idle_timeout
                 && keep_total > s.min_size;
-            if too_old || too_idle {
+            // A connection the server closed (restart, pg_terminate_backend) is gone already.
+            let dead = !conn.is_clean();
+            if too_old || too_idle || dead {
                 if let Some(slot) = st.idle.remove(i) {
                     expired.push(slot);
                     keep_total -= 1;

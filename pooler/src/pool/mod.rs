@@ -283,9 +283,9 @@ impl Pool {
         }
         let main = self.main.clone().acquire_owned();
         tokio::pin!(main);
-        if self.settings.reserve_size > 0 {
-            let reserve_at =
-                (tokio::time::Instant::now() + self.settings.reserve_timeout).min(deadline);
+        let reserve_at = tokio::time::Instant::now() + self.settings.reserve_timeout;
+        // The reserve is only for clients still waiting after reserve_pool_timeout.
+        if self.settings.reserve_size > 0 && reserve_at < deadline {
             tokio::select! {
                 p = &mut main => return p.map_err(|_| CheckoutError::Closed),
                 _ = tokio::time::sleep_until(reserve_at) => {}
