@@ -10,6 +10,7 @@ use arc_swap::ArcSwap;
 
 use crate::auth::{ScramSecret, Secret};
 use crate::cancel::CancelRegistry;
+use crate::client::prepared::StatementRegistry;
 use crate::config::{self, Config};
 use crate::pool::{Limit, Pool, PoolKey, PoolSettings};
 use crate::protocol::PgError;
@@ -33,6 +34,10 @@ pub struct Pooler {
     cancel: Arc<CancelRegistry>,
     /// SCRAM secrets derived from plain passwords, so a login costs no key derivation.
     derived: Mutex<HashMap<String, (String, ScramSecret)>>,
+    /// Pooler-wide server-side names of prepared statements.
+    statements: StatementRegistry,
+    /// Clients pinned to their server connection in transaction mode right now.
+    pinned_clients: AtomicUsize,
 }
 
 /// Loads the secrets of `auth_file`, if one is configured.
@@ -66,6 +71,8 @@ impl Pooler {
             clients: AtomicUsize::new(0),
             cancel: Arc::new(CancelRegistry::default()),
             derived: Mutex::new(HashMap::new()),
+            statements: StatementRegistry::default(),
+            pinned_clients: AtomicUsize::new(0),
         })
     }
 
@@ -115,6 +122,17 @@ impl Pooler {
     /// Whether an auth file is configured (then only users listed in it may log in).
     pub fn has_auth_file(&self) -> bool {
         self.config.load().pgbouncer.auth_file.is_some()
+    }
+
+    /// Pooler-wide names of prepared statements.
+    pub fn statements(&self) -> &StatementRegistry {
+        &self.statements
+    }
+
+    /// The number of clients pinned to a server connection in transaction mode (the analogue
+    /// of RDS Proxy's pinned-session count).
+    pub fn pinned_clients(&self) -> &AtomicUsize {
+        &self.pinned_clients
     }
 
     /// Every client's cancel key.

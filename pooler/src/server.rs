@@ -12,6 +12,8 @@ use bytes::{Bytes, BytesMut};
 use tokio::net::{TcpStream, UnixStream};
 
 use crate::auth::{md5, AuthError, ScramClient, ScramCredential};
+use crate::client::prepared::PreparedSet;
+use crate::client::session_state::Setting;
 use crate::params::ParamSet;
 use crate::protocol::backend::{self, Authentication};
 use crate::protocol::{frontend, PgError, ProtocolError};
@@ -228,6 +230,10 @@ pub struct ServerConn {
     pub created: Instant,
     /// When it was last returned to the pool (`server_idle_timeout`, `server_check_delay`).
     pub last_used: Instant,
+    /// Statements prepared on this connection under their pooler-wide names.
+    pub prepared: PreparedSet,
+    /// Session settings this connection carries (replayed for, or made by, a client).
+    pub session: Vec<Setting>,
 }
 
 impl ServerConn {
@@ -263,6 +269,8 @@ impl ServerConn {
             id: NEXT_SERVER_ID.fetch_add(1, Ordering::Relaxed),
             created: Instant::now(),
             last_used: Instant::now(),
+            prepared: PreparedSet::default(),
+            session: Vec::new(),
         };
         conn.login(target).await?;
         if let Some(q) = &target.connect_query {

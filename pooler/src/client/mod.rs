@@ -2,8 +2,13 @@
 //! server connection when the client has work and gives it back when the pool mode allows.
 
 mod login;
+mod pipeline;
+pub(crate) mod prepared;
 mod relay;
 mod scan;
+pub(crate) mod session_state;
+mod sql;
+mod tracked;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,6 +29,7 @@ use crate::wire;
 use login::{Hello, LoginError};
 use relay::{Outcome, Relay, TimeoutKind, Timeouts};
 use scan::{ReleasePolicy, TxState};
+use tracked::{ClientState, Tracker};
 
 /// Serves one client connection from its first byte to its last. Never panics on what the
 /// client sends; every refusal reaches the client as an ErrorResponse with a SQLSTATE.
@@ -96,6 +102,7 @@ pub async fn serve(pooler: Arc<Pooler>, mut stream: Stream, peer: String) {
         buf,
         params: wanted,
         cancel,
+        state: ClientState::default(),
     };
     let reason = session.run().await;
     if session.pooler.config().pgbouncer.log_disconnections {
@@ -193,6 +200,18 @@ struct Session {
     /// The parameter values the client believes in.
     params: ParamSet,
     cancel: CancelHandle,
+    /// Prepared statements, session settings and pinning (transaction and statement modes).
+    state: ClientState,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        if self.state.pinned.is_some() {
+            self.pooler
+                .pinned_clients()
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
 }
 
 impl Session {
@@ -213,6 +232,16 @@ impl Session {
                 addr: server.addr.clone(),
                 key: server.key,
             }));
+            if let Some(sql) =
+                session_state::replay_query(&server.session, self.state.session.applied())
+            {
+                if let Err(e) = server.simple_query(&sql).await {
+                    self.cancel.set(None);
+                    self.fatal(e.to_client_error()).await;
+                    return "replaying session settings failed";
+                }
+                server.session = self.state.session.applied().to_vec();
+            }
             if let Some(sql) = params::sync_query(&self.params, &server.params) {
                 if let Err(e) = server.simple_query(&sql).await {
                     self.cancel.set(None);
@@ -257,6 +286,12 @@ impl Session {
         if self.buf.first() == Some(&b'X') {
             return Err("client said goodbye");
         }
+        // A header that cannot be valid is refused before a server connection is borrowed.
+        let limit = max_message(self.pooler.config().pgbouncer.max_packet_size);
+        if let Err(e) = crate::protocol::peek_header(&self.buf, limit) {
+            self.fatal(e.to_pg_error()).await;
+            return Err("client protocol violation");
+        }
         Ok(())
     }
 
@@ -297,12 +332,25 @@ impl Session {
             idle_transaction: s.idle_transaction_timeout,
             client_idle: s.client_idle_timeout,
         };
-        let max_message = usize::try_from(s.max_packet_size).unwrap_or(usize::MAX);
+        let max_message = max_message(s.max_packet_size);
         let reset_always = s.server_reset_query_always;
         let reset_query = s.server_reset_query.clone();
+        let tracking = tracked::Policy {
+            max_prepared: s.max_prepared_statements as usize,
+            pinning: s.pinning,
+        };
         drop(config);
 
         let mut tx = TxState::default();
+        let pooler = self.pooler.clone();
+        let tracker = (mode != PoolMode::Session).then(|| {
+            Tracker::new(
+                &mut self.state,
+                pooler.statements(),
+                pooler.pinned_clients(),
+                tracking,
+            )
+        });
         let outcome = Relay::new(
             &mut self.stream,
             &mut self.buf,
@@ -312,8 +360,11 @@ impl Session {
             policy,
             timeouts,
             max_message,
+            tracker,
         )
         .await;
+        // A pinned client's connection carries state only a full reset removes.
+        let pinned = self.state.pinned.is_some();
         match outcome {
             Outcome::Released => {
                 if reset_always {
@@ -352,7 +403,7 @@ impl Session {
             }
             Outcome::ClientGone { server_idle } => {
                 if server_idle {
-                    if mode == PoolMode::Session || reset_always {
+                    if mode == PoolMode::Session || reset_always || pinned {
                         reset_and_release(checkout, &reset_query).await;
                     } else {
                         checkout.release();
@@ -412,11 +463,34 @@ impl Session {
     }
 }
 
+/// The largest client message relayed: `max_packet_size`, and never more than PostgreSQL
+/// itself accepts (1 GB), so an absurd length is refused here rather than by the server.
+fn max_message(max_packet_size: u32) -> usize {
+    const POSTGRES_LIMIT: usize = (1 << 30) - 1;
+    usize::try_from(max_packet_size)
+        .unwrap_or(usize::MAX)
+        .min(POSTGRES_LIMIT)
+}
+
 /// Runs `server_reset_query` and gives the connection back if it worked; otherwise the
 /// connection is closed.
 async fn reset_and_release(mut checkout: Checkout, query: &str) -> bool {
-    if !query.is_empty() && checkout.server().simple_query(query).await.is_err() {
-        return false;
+    if !query.is_empty() {
+        let server = checkout.server();
+        if server.simple_query(query).await.is_err() {
+            return false;
+        }
+        for stmt in sql::statements(query) {
+            match sql::classify(stmt) {
+                sql::Effect::DiscardAll => {
+                    server.prepared.clear();
+                    server.session.clear();
+                }
+                sql::Effect::DeallocateAll => server.prepared.clear(),
+                sql::Effect::ResetAll => server.session.clear(),
+                _ => {}
+            }
+        }
     }
     checkout.release();
     true

@@ -17,7 +17,9 @@ use tokio::io::AsyncWrite;
 use tokio::time::Sleep;
 use tokio_util::io::poll_read_buf;
 
+use super::pipeline::Verdict;
 use super::scan::{self, ClientStop, Cursor, ReleasePolicy, ServerStop, TxState};
+use super::tracked::{ClientEvent, ServerInfo, Tracker};
 use crate::params::ParamSet;
 use crate::protocol::{backend, ProtocolError};
 use crate::server::ServerConn;
@@ -87,6 +89,14 @@ pub struct Relay<'a> {
     client_done: bool,
     stop: Option<ServerStop>,
     timer: Option<(TimeoutKind, Pin<Box<Sleep>>)>,
+    /// Transaction and statement modes: rewriting and state tracking.
+    tracker: Option<Tracker<'a>>,
+    /// Tracked mode: bytes for the server, rewritten from the client's.
+    c2s_out: BytesMut,
+    /// Tracked mode: the pooler's own answers, sent before further server bytes.
+    s2c_local: BytesMut,
+    /// Tracked mode: server bytes to drop (answers to messages the pooler added).
+    s2c_skip: usize,
 }
 
 impl<'a> Relay<'a> {
@@ -102,6 +112,7 @@ impl<'a> Relay<'a> {
         policy: ReleasePolicy,
         timeouts: Timeouts,
         max_client_message: usize,
+        tracker: Option<Tracker<'a>>,
     ) -> Relay<'a> {
         Relay {
             client,
@@ -117,6 +128,127 @@ impl<'a> Relay<'a> {
             client_done: false,
             stop: None,
             timer: None,
+            tracker,
+            c2s_out: BytesMut::new(),
+            s2c_local: BytesMut::new(),
+            s2c_skip: 0,
+        }
+    }
+
+    /// Tracked mode: whether the client side has nothing half-sent.
+    fn client_at_rest(&self) -> bool {
+        match &self.tracker {
+            Some(t) => self.c2s_out.is_empty() && t.at_rest() && !self.client_done,
+            None => self.c2s.at_rest() && !self.client_done,
+        }
+    }
+
+    /// Tracked mode: processes buffered client messages into `c2s_out`.
+    fn process_client(&mut self) -> Result<(), ProtocolError> {
+        if let Some(t) = &mut self.tracker {
+            let event = t.process_client(
+                self.client_buf,
+                &mut self.c2s_out,
+                self.server,
+                self.tx,
+                self.max_client_message,
+            )?;
+            if event == ClientEvent::Terminate {
+                self.client_done = true;
+            }
+        }
+        Ok(())
+    }
+
+    /// Tracked mode: scans server bytes, consulting the pipeline at every message.
+    fn scan_server_tracked(&mut self) -> Result<(), ProtocolError> {
+        let client_at_rest = self.client_at_rest();
+        let Some(tracker) = self.tracker.as_mut() else {
+            return Ok(());
+        };
+        loop {
+            let take = self
+                .s2c
+                .remaining
+                .min(self.server.buf.len() - self.s2c.scanned);
+            self.s2c.scanned += take;
+            self.s2c.remaining -= take;
+            if self.s2c.remaining > 0 || tracker.local_due() {
+                return Ok(());
+            }
+            let Some((tag, body)) = crate::protocol::peek_header(
+                &self.server.buf[self.s2c.scanned..],
+                usize::MAX >> 1,
+            )?
+            else {
+                return Ok(());
+            };
+            let start = self.s2c.scanned + 5;
+            let whole = matches!(tag, b'Z' | b'C' | b'S');
+            if whole && self.server.buf.len() < start + body {
+                return Ok(());
+            }
+            let info = match tag {
+                b'E' => ServerInfo::Error,
+                b'C' => {
+                    if &self.server.buf[start..start + body] == b"ROLLBACK\0" {
+                        ServerInfo::Rollback
+                    } else {
+                        ServerInfo::Other
+                    }
+                }
+                b'Z' => match self.server.buf[start..start + body] {
+                    [status] => ServerInfo::Ready(status),
+                    _ => {
+                        return Err(ProtocolError::InvalidMessageLength {
+                            tag,
+                            len: i32::try_from(body + 4).unwrap_or(i32::MAX),
+                        })
+                    }
+                },
+                b'S' => {
+                    if let Ok((name, value)) =
+                        backend::parse_parameter_status(&self.server.buf[start..start + body])
+                    {
+                        self.server.params.set(&name, &value);
+                        if self.client_params.get(&name).is_some() {
+                            self.client_params.set(&name, &value);
+                        }
+                    }
+                    ServerInfo::Other
+                }
+                _ => ServerInfo::Other,
+            };
+            if tracker.on_server_message(tag, info, self.server) == Verdict::Swallow {
+                self.s2c_skip = 5 + body;
+                return Ok(());
+            }
+            if let ServerInfo::Ready(status) = info {
+                self.tx.outstanding = self.tx.outstanding.saturating_sub(1);
+                self.tx.status = status;
+                if self.tx.outstanding == 0
+                    && !self.tx.unsynced
+                    && client_at_rest
+                    && tracker.settled()
+                    && !tracker.pinned()
+                {
+                    if self.policy.statement_mode && status != b'I' {
+                        self.stop = Some(ServerStop::TransactionInStatementMode);
+                        return Ok(());
+                    }
+                    if status == b'I' {
+                        self.s2c.scanned = start + body;
+                        self.stop = Some(ServerStop::Idle);
+                        return Ok(());
+                    }
+                }
+            }
+            if whole {
+                self.s2c.scanned = start + body;
+            } else {
+                self.s2c.scanned = start;
+                self.s2c.remaining = body;
+            }
         }
     }
 
@@ -218,8 +350,13 @@ impl Future for Relay<'_> {
         if this.timer.is_none() && this.timers_enabled() {
             this.rearm_timer();
         }
-        // Bytes read before the relay started are scanned first.
-        if this.c2s.scanned == 0 && this.c2s.remaining == 0 && !this.client_buf.is_empty() {
+        // Bytes read before the relay started are scanned first (tracked mode processes them
+        // in its loop).
+        if this.tracker.is_none()
+            && this.c2s.scanned == 0
+            && this.c2s.remaining == 0
+            && !this.client_buf.is_empty()
+        {
             if let Err(e) = this.scan_client() {
                 return Poll::Ready(Outcome::ClientProtocol(e));
             }
@@ -227,40 +364,78 @@ impl Future for Relay<'_> {
         loop {
             let mut progressed = false;
 
-            // Client -> server: send what was scanned, then read more.
-            if this.c2s.scanned > 0 {
-                match Pin::new(&mut this.server.stream)
-                    .poll_write(cx, &this.client_buf[..this.c2s.scanned])
-                {
-                    Poll::Ready(Ok(0)) => {
-                        return Poll::Ready(Outcome::ServerFailed("server stopped reading".into()))
+            // Client -> server: send what is ready, then read more.
+            if this.tracker.is_some() {
+                if !this.c2s_out.is_empty() {
+                    match Pin::new(&mut this.server.stream).poll_write(cx, &this.c2s_out) {
+                        Poll::Ready(Ok(0)) => {
+                            return Poll::Ready(Outcome::ServerFailed(
+                                "server stopped reading".into(),
+                            ))
+                        }
+                        Poll::Ready(Ok(n)) => {
+                            this.c2s_out.advance(n);
+                            progressed = true;
+                        }
+                        Poll::Ready(Err(e)) => {
+                            return Poll::Ready(Outcome::ServerFailed(e.to_string()))
+                        }
+                        Poll::Pending => {}
                     }
-                    Poll::Ready(Ok(n)) => {
-                        this.client_buf.advance(n);
-                        this.c2s.scanned -= n;
-                        progressed = true;
-                    }
-                    Poll::Ready(Err(e)) => {
-                        return Poll::Ready(Outcome::ServerFailed(e.to_string()))
-                    }
-                    Poll::Pending => {}
                 }
-            }
-            if this.c2s.scanned == 0 && !this.client_done && this.stop.is_none() {
-                match poll_fill(this.client, this.client_buf, cx) {
-                    Poll::Ready(Ok(0)) => this.client_done = true,
-                    Poll::Ready(Ok(_)) => {
+                if this.c2s_out.is_empty() && !this.client_done && this.stop.is_none() {
+                    if let Err(e) = this.process_client() {
+                        return Poll::Ready(Outcome::ClientProtocol(e));
+                    }
+                    if !this.c2s_out.is_empty() {
                         progressed = true;
-                        if let Err(e) = this.scan_client() {
-                            return Poll::Ready(Outcome::ClientProtocol(e));
+                    } else if !this.client_done {
+                        match poll_fill(this.client, this.client_buf, cx) {
+                            Poll::Ready(Ok(0)) => this.client_done = true,
+                            Poll::Ready(Ok(_)) => progressed = true,
+                            Poll::Ready(Err(e)) => return Poll::Ready(Outcome::ClientFailed(e)),
+                            Poll::Pending => {}
                         }
                     }
-                    Poll::Ready(Err(e)) => return Poll::Ready(Outcome::ClientFailed(e)),
-                    Poll::Pending => {}
+                }
+            } else {
+                if this.c2s.scanned > 0 {
+                    match Pin::new(&mut this.server.stream)
+                        .poll_write(cx, &this.client_buf[..this.c2s.scanned])
+                    {
+                        Poll::Ready(Ok(0)) => {
+                            return Poll::Ready(Outcome::ServerFailed(
+                                "server stopped reading".into(),
+                            ))
+                        }
+                        Poll::Ready(Ok(n)) => {
+                            this.client_buf.advance(n);
+                            this.c2s.scanned -= n;
+                            progressed = true;
+                        }
+                        Poll::Ready(Err(e)) => {
+                            return Poll::Ready(Outcome::ServerFailed(e.to_string()))
+                        }
+                        Poll::Pending => {}
+                    }
+                }
+                if this.c2s.scanned == 0 && !this.client_done && this.stop.is_none() {
+                    match poll_fill(this.client, this.client_buf, cx) {
+                        Poll::Ready(Ok(0)) => this.client_done = true,
+                        Poll::Ready(Ok(_)) => {
+                            progressed = true;
+                            if let Err(e) = this.scan_client() {
+                                return Poll::Ready(Outcome::ClientProtocol(e));
+                            }
+                        }
+                        Poll::Ready(Err(e)) => return Poll::Ready(Outcome::ClientFailed(e)),
+                        Poll::Pending => {}
+                    }
                 }
             }
 
-            // Server -> client: send what was scanned, then read more.
+            // Server -> client: send what was scanned, then the pooler's own answers, then
+            // read more.
             if this.s2c.scanned > 0 {
                 match Pin::new(&mut *this.client)
                     .poll_write(cx, &this.server.buf[..this.s2c.scanned])
@@ -277,28 +452,71 @@ impl Future for Relay<'_> {
                     Poll::Pending => {}
                 }
             }
-            if this.s2c.scanned == 0 && this.stop.is_none() {
-                match poll_fill(&mut this.server.stream, &mut this.server.buf, cx) {
-                    Poll::Ready(Ok(0)) => {
-                        return Poll::Ready(Outcome::ServerFailed(
-                            "server closed the connection unexpectedly".into(),
-                        ))
-                    }
-                    Poll::Ready(Ok(_)) => {
+            if this.s2c.scanned == 0 && this.s2c.remaining == 0 {
+                if let Some(t) = &mut this.tracker {
+                    if t.take_local(&mut this.s2c_local) {
                         progressed = true;
-                        if let Err(e) = this.scan_server() {
-                            return Poll::Ready(Outcome::ServerFailed(e.to_string()));
-                        }
                     }
-                    Poll::Ready(Err(e)) => {
-                        return Poll::Ready(Outcome::ServerFailed(e.to_string()))
+                }
+            }
+            if this.s2c.scanned == 0 && !this.s2c_local.is_empty() {
+                match Pin::new(&mut *this.client).poll_write(cx, &this.s2c_local) {
+                    Poll::Ready(Ok(0)) => {
+                        return Poll::Ready(Outcome::ClientFailed(io::ErrorKind::WriteZero.into()))
                     }
+                    Poll::Ready(Ok(n)) => {
+                        this.s2c_local.advance(n);
+                        progressed = true;
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Outcome::ClientFailed(e)),
                     Poll::Pending => {}
+                }
+            }
+            if this.s2c.scanned == 0 && this.s2c_local.is_empty() && this.s2c_skip > 0 {
+                let n = this.s2c_skip.min(this.server.buf.len());
+                this.server.buf.advance(n);
+                this.s2c_skip -= n;
+                if n > 0 {
+                    progressed = true;
+                }
+            }
+            let s2c_idle = this.s2c.scanned == 0 && this.s2c_local.is_empty();
+            if s2c_idle && this.stop.is_none() {
+                // Bytes already buffered are scanned before reading more.
+                if this.tracker.is_some() && this.s2c_skip == 0 && !this.server.buf.is_empty() {
+                    let before = (this.s2c.scanned, this.s2c_skip, this.stop.is_some());
+                    if let Err(e) = this.scan_server_tracked() {
+                        return Poll::Ready(Outcome::ServerFailed(e.to_string()));
+                    }
+                    if (this.s2c.scanned, this.s2c_skip, this.stop.is_some()) != before {
+                        progressed = true;
+                    }
+                }
+                if !progressed || this.tracker.is_none() {
+                    match poll_fill(&mut this.server.stream, &mut this.server.buf, cx) {
+                        Poll::Ready(Ok(0)) => {
+                            return Poll::Ready(Outcome::ServerFailed(
+                                "server closed the connection unexpectedly".into(),
+                            ))
+                        }
+                        Poll::Ready(Ok(_)) => {
+                            progressed = true;
+                            if this.tracker.is_none() {
+                                if let Err(e) = this.scan_server() {
+                                    return Poll::Ready(Outcome::ServerFailed(e.to_string()));
+                                }
+                            }
+                        }
+                        Poll::Ready(Err(e)) => {
+                            return Poll::Ready(Outcome::ServerFailed(e.to_string()))
+                        }
+                        Poll::Pending => {}
+                    }
                 }
             }
 
             // Endings, checked only once everything due has been written.
-            if this.s2c.scanned == 0 {
+            if this.s2c.scanned == 0 && this.s2c_local.is_empty() {
                 match this.stop {
                     Some(ServerStop::Idle) => return Poll::Ready(Outcome::Released),
                     Some(ServerStop::TransactionInStatementMode) => {
@@ -307,9 +525,12 @@ impl Future for Relay<'_> {
                     _ => {}
                 }
             }
-            if this.client_done && this.c2s.scanned == 0 {
-                let server_idle =
-                    this.tx.is_idle() && this.s2c.at_rest() && this.server.buf.is_empty();
+            if this.client_done && this.c2s.scanned == 0 && this.c2s_out.is_empty() {
+                let settled = this.tracker.as_ref().is_none_or(Tracker::settled);
+                let server_idle = this.tx.is_idle()
+                    && settled
+                    && this.s2c.at_rest()
+                    && this.server.buf.is_empty();
                 return Poll::Ready(Outcome::ClientGone { server_idle });
             }
 

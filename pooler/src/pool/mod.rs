@@ -240,7 +240,7 @@ impl Pool {
                     return Err(CheckoutError::Closed);
                 }
                 if let Some(slot) = st.idle.pop_back() {
-                    Step::Reuse(slot)
+                    Step::Reuse(Box::new(slot))
                 } else if st.total < self.capacity() {
                     if let Some((at, why)) = &st.last_failure {
                         if at.elapsed() < self.settings.login_retry {
@@ -255,7 +255,7 @@ impl Pool {
             };
             match step {
                 Step::Reuse(slot) => {
-                    if let Some(slot) = self.vet(slot, deadline).await {
+                    if let Some(slot) = self.vet(*slot, deadline).await {
                         return Ok(Checkout::new(self, slot, permit));
                     }
                 }
@@ -436,7 +436,7 @@ impl Pool {
 }
 
 enum Step {
-    Reuse(Slot),
+    Reuse(Box<Slot>),
     Open(Opening),
     Wait,
 }

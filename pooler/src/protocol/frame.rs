@@ -250,7 +250,7 @@ mod tests {
                 max: MAX
             }
         );
-        assert_eq!(err.sqlstate(), "54000");
+        assert_eq!(err.sqlstate(), "08P01");
         // Exactly at the limit is fine; one past it is not.
         assert_eq!(peek_header(b"d\0\0\0\x10", 16), Ok(Some((b'd', 12))));
         assert!(matches!(

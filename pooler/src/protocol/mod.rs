@@ -123,19 +123,19 @@ pub enum ProtocolError {
 
 impl ProtocolError {
     /// The SQLSTATE PostgreSQL uses for this kind of failure: `08P01` (protocol_violation) for
-    /// malformed packets, `0A000` (feature_not_supported) for an unsupported protocol version,
-    /// `28000` (invalid_authorization_specification) for a missing user, `54000`
-    /// (program_limit_exceeded) for an oversized message and `22021`
+    /// malformed packets and oversized messages (as PostgreSQL's "invalid message length"),
+    /// `0A000` (feature_not_supported) for an unsupported protocol version, `28000`
+    /// (invalid_authorization_specification) for a missing user and `22021`
     /// (character_not_in_repertoire) for text that is not UTF-8.
     pub fn sqlstate(&self) -> &'static str {
         match self {
             ProtocolError::UnsupportedVersion { .. } => "0A000",
             ProtocolError::MissingUser => "28000",
-            ProtocolError::MessageTooLarge { .. } => "54000",
             ProtocolError::InvalidUtf8 { .. } => "22021",
             ProtocolError::InvalidStartupLength(_)
             | ProtocolError::InvalidStartupLayout(_)
             | ProtocolError::InvalidMessageLength { .. }
+            | ProtocolError::MessageTooLarge { .. }
             | ProtocolError::Truncated { .. }
             | ProtocolError::MissingTerminator { .. }
             | ProtocolError::TrailingBytes { .. }
@@ -175,7 +175,7 @@ mod tests {
             len: 10,
             max: 5,
         };
-        assert_eq!(big.sqlstate(), "54000");
+        assert_eq!(big.sqlstate(), "08P01");
         let utf8 = ProtocolError::InvalidUtf8 {
             message: "Query",
             field: "query",

@@ -1,0 +1,215 @@
+//! Protocol-level prepared statements in transaction mode.
+//!
+//! A client names its statements (`P_0`, `s1`, …) as if it owned one server connection. The
+//! pooler gives every distinct statement text (with its parameter types) one pooler-wide
+//! server-side name, remembers per client which of its names means which statement, and per
+//! server connection which statements that connection has prepared (bounded by
+//! `max_prepared_statements`, least recently used evicted), so a statement is prepared on
+//! whichever connection the client gets next, once.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+
+use super::sql::{self, Effect};
+
+/// A statement as the server prepares it: the pooler-wide name and the Parse body after the
+/// name (query text, parameter types), ready to send again.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Statement {
+    /// The server-side name, `weir_<n>`.
+    pub name: Arc<str>,
+    /// The query text.
+    pub query: String,
+    /// The parameter type OIDs the client declared.
+    pub param_types: Vec<u32>,
+    /// What executing it does to session state, worked out once.
+    pub effect: Effect,
+}
+
+/// A statement's identity: its text and declared parameter types.
+type StatementKey = (String, Vec<u32>);
+
+/// Pooler-wide statement names: one per distinct (query, parameter types).
+#[derive(Debug, Default)]
+pub struct StatementRegistry {
+    names: Mutex<HashMap<StatementKey, Arc<Statement>>>,
+    next: AtomicU64,
+}
+
+impl StatementRegistry {
+    /// The statement for this text and these types, named on first sight.
+    pub fn statement(&self, query: &str, param_types: &[u32]) -> Arc<Statement> {
+        let mut names = self.names.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (query.to_owned(), param_types.to_vec());
+        if let Some(s) = names.get(&key) {
+            return s.clone();
+        }
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let statement = Arc::new(Statement {
+            name: format!("weir_{n}").into(),
+            query: key.0.clone(),
+            param_types: key.1.clone(),
+            effect: sql::classify(query),
+        });
+        names.insert(key, statement.clone());
+        statement
+    }
+
+    /// How many distinct statements have been seen.
+    pub fn len(&self) -> usize {
+        self.names.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Whether none has been seen.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The statements one server connection has prepared, least recently used evicted first.
+#[derive(Debug, Default)]
+pub struct PreparedSet {
+    used: HashMap<Arc<str>, u64>,
+    clock: u64,
+}
+
+impl PreparedSet {
+    /// Whether `name` is prepared here; marks it used.
+    pub fn touch(&mut self, name: &Arc<str>) -> bool {
+        self.clock += 1;
+        match self.used.get_mut(name) {
+            Some(t) => {
+                *t = self.clock;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Records `name` as prepared. When that makes more than `capacity`, returns the least
+    /// recently used other name, which the caller must Close on the server.
+    pub fn insert(&mut self, name: Arc<str>, capacity: usize) -> Option<Arc<str>> {
+        self.clock += 1;
+        self.used.insert(name.clone(), self.clock);
+        if self.used.len() <= capacity.max(1) {
+            return None;
+        }
+        let victim = self
+            .used
+            .iter()
+            .filter(|(n, _)| **n != name)
+            .min_by_key(|(_, t)| **t)
+            .map(|(n, _)| n.clone())?;
+        self.used.remove(&victim);
+        Some(victim)
+    }
+
+    /// Forgets `name` (its Parse failed or was skipped).
+    pub fn remove(&mut self, name: &str) {
+        self.used.remove(name);
+    }
+
+    /// Forgets everything (after DISCARD ALL / DEALLOCATE ALL on the server).
+    pub fn clear(&mut self) {
+        self.used.clear();
+    }
+
+    /// How many statements are prepared.
+    pub fn len(&self) -> usize {
+        self.used.len()
+    }
+
+    /// Whether none is.
+    pub fn is_empty(&self) -> bool {
+        self.used.is_empty()
+    }
+}
+
+/// One client's statement names.
+#[derive(Debug, Default)]
+pub struct ClientStatements {
+    by_name: HashMap<String, Arc<Statement>>,
+}
+
+impl ClientStatements {
+    /// Binds the client's `name` to `statement`.
+    pub fn insert(&mut self, name: &str, statement: Arc<Statement>) {
+        self.by_name.insert(name.to_owned(), statement);
+    }
+
+    /// The statement the client calls `name`.
+    pub fn get(&self, name: &str) -> Option<&Arc<Statement>> {
+        self.by_name.get(name)
+    }
+
+    /// Forgets the client's `name` (Close).
+    pub fn remove(&mut self, name: &str) {
+        self.by_name.remove(name);
+    }
+
+    /// Forgets all (DISCARD ALL, DEALLOCATE ALL).
+    pub fn clear(&mut self) {
+        self.by_name.clear();
+    }
+}
+
+/// Encodes a Parse message for `statement` under its server-side name.
+pub fn encode_parse(out: &mut bytes::BytesMut, statement: &Statement) {
+    crate::protocol::frontend::parse(
+        out,
+        &statement.name,
+        &statement.query,
+        &statement.param_types,
+    );
+}
+
+/// A complete ParseComplete message.
+pub const PARSE_COMPLETE: Bytes = Bytes::from_static(&[b'1', 0, 0, 0, 4]);
+/// A complete CloseComplete message.
+pub const CLOSE_COMPLETE: Bytes = Bytes::from_static(&[b'3', 0, 0, 0, 4]);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_text_and_types_share_a_name() {
+        let r = StatementRegistry::default();
+        let a = r.statement("SELECT $1", &[23]);
+        let b = r.statement("SELECT $1", &[23]);
+        let c = r.statement("SELECT $1", &[25]);
+        assert_eq!(a.name, b.name);
+        assert_ne!(a.name, c.name);
+        assert_eq!(r.len(), 2);
+    }
+
+    #[test]
+    fn least_recently_used_is_evicted() {
+        let mut s = PreparedSet::default();
+        let (a, b, c): (Arc<str>, Arc<str>, Arc<str>) = ("a".into(), "b".into(), "c".into());
+        assert_eq!(s.insert(a.clone(), 2), None);
+        assert_eq!(s.insert(b.clone(), 2), None);
+        assert!(s.touch(&a));
+        assert_eq!(s.insert(c.clone(), 2), Some(b.clone()));
+        assert!(s.touch(&a) && s.touch(&c) && !s.touch(&b));
+        s.remove("a");
+        assert_eq!(s.len(), 1);
+        s.clear();
+        assert!(s.is_empty());
+    }
+
+    #[test]
+    fn client_names_are_private_to_the_client() {
+        let r = StatementRegistry::default();
+        let mut one = ClientStatements::default();
+        let two = ClientStatements::default();
+        one.insert("P_0", r.statement("SELECT 1", &[]));
+        assert!(one.get("P_0").is_some());
+        assert!(two.get("P_0").is_none());
+        one.remove("P_0");
+        assert!(one.get("P_0").is_none());
+    }
+}

@@ -1,0 +1,460 @@
+//! Transaction- and statement-mode relaying of the messages that carry session state:
+//! prepared statements are renamed and prepared where needed, session settings recorded,
+//! and state that cannot move between server connections pins the client (or is refused).
+//!
+//! The relay hands every complete client message of interest here; what comes out is the
+//! bytes to send the server and the entries of the [`Pipeline`] that say what the server (or
+//! the pooler itself) will answer.
+
+use bytes::{Buf, BytesMut};
+
+use super::pipeline::{Owed, Pipeline, Verdict};
+use super::prepared::{self, ClientStatements, Statement, StatementRegistry};
+use super::scan::TxState;
+use super::session_state::SessionState;
+use super::sql::{self, Effect};
+use crate::config::Pinning;
+use crate::protocol::{backend, frontend, peek_header, PgError, ProtocolError};
+use crate::server::ServerConn;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// A client's state that lives across relays: its statement names, its settings, and
+/// whether it is pinned to its server connection (and why).
+#[derive(Debug, Default)]
+pub struct ClientState {
+    /// The client's prepared statements.
+    pub statements: ClientStatements,
+    /// The client's session settings.
+    pub session: SessionState,
+    /// Why the client may not give its server connection back, once that happened.
+    pub pinned: Option<&'static str>,
+}
+
+/// Settings for one relay.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy {
+    /// `max_prepared_statements` per server connection; 0 passes statement names through.
+    pub max_prepared: usize,
+    /// What to do with state that cannot be carried over (`pinning`).
+    pub pinning: Pinning,
+}
+
+/// One relay's tracking of client messages and owed responses.
+pub struct Tracker<'a> {
+    client: &'a mut ClientState,
+    registry: &'a StatementRegistry,
+    pinned_clients: &'a AtomicUsize,
+    policy: Policy,
+    pipeline: Pipeline,
+    /// Bytes of a passed-through message body still to copy.
+    remaining: usize,
+    /// After a refused extended-protocol message, client messages up to Sync are dropped,
+    /// as PostgreSQL itself skips them after an error.
+    skip_until_sync: bool,
+    /// Bytes of a dropped message still to discard.
+    skipping: usize,
+    /// What the last unnamed Parse does, applied when it is bound.
+    unnamed_effect: Effect,
+}
+
+/// What processing client bytes found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientEvent {
+    /// Everything complete was processed; more bytes are needed.
+    NeedMore,
+    /// The client sent Terminate (left in the buffer, not forwarded).
+    Terminate,
+}
+
+impl<'a> Tracker<'a> {
+    /// A tracker for one relay.
+    pub fn new(
+        client: &'a mut ClientState,
+        registry: &'a StatementRegistry,
+        pinned_clients: &'a AtomicUsize,
+        policy: Policy,
+    ) -> Self {
+        Tracker {
+            client,
+            registry,
+            pinned_clients,
+            policy,
+            pipeline: Pipeline::default(),
+            remaining: 0,
+            skip_until_sync: false,
+            skipping: 0,
+            unnamed_effect: Effect::Other,
+        }
+    }
+
+    /// Whether the client side is between messages with nothing half-forwarded.
+    pub fn at_rest(&self) -> bool {
+        self.remaining == 0 && self.skipping == 0 && !self.skip_until_sync
+    }
+
+    /// Whether the server owes nothing and the pooler has no answer of its own to send.
+    pub fn settled(&self) -> bool {
+        self.pipeline.is_empty()
+    }
+
+    /// Whether the client is pinned to its server connection.
+    pub fn pinned(&self) -> bool {
+        self.client.pinned.is_some()
+    }
+
+    /// Moves the pooler's own answers that are due into `out`.
+    pub fn take_local(&mut self, out: &mut BytesMut) -> bool {
+        self.pipeline.take_local(out)
+    }
+
+    /// Processes complete client messages from the front of `input`, appending what goes to
+    /// the server to `out`.
+    pub fn process_client(
+        &mut self,
+        input: &mut BytesMut,
+        out: &mut BytesMut,
+        server: &mut ServerConn,
+        tx: &mut TxState,
+        max_len: usize,
+    ) -> Result<ClientEvent, ProtocolError> {
+        loop {
+            if self.skipping > 0 {
+                let n = self.skipping.min(input.len());
+                input.advance(n);
+                self.skipping -= n;
+                if self.skipping > 0 {
+                    return Ok(ClientEvent::NeedMore);
+                }
+            }
+            if self.remaining > 0 {
+                let n = self.remaining.min(input.len());
+                out.extend_from_slice(&input[..n]);
+                input.advance(n);
+                self.remaining -= n;
+                if self.remaining > 0 {
+                    return Ok(ClientEvent::NeedMore);
+                }
+            }
+            let Some((tag, body)) = peek_header(input, max_len)? else {
+                return Ok(ClientEvent::NeedMore);
+            };
+            if tag == b'X' {
+                return Ok(ClientEvent::Terminate);
+            }
+            if self.skip_until_sync && tag != b'S' {
+                self.skipping = 5 + body;
+                continue;
+            }
+            match tag {
+                b'P' | b'B' | b'D' | b'C' | b'Q' => {
+                    if input.len() < 5 + body {
+                        return Ok(ClientEvent::NeedMore);
+                    }
+                    let msg = input.split_to(5 + body);
+                    self.inspect(tag, &msg, out, server, tx);
+                }
+                _ => {
+                    match tag {
+                        b'S' => {
+                            self.skip_until_sync = false;
+                            self.pipeline.push(Owed::Sync);
+                            tx.outstanding += 1;
+                            tx.unsynced = false;
+                        }
+                        b'E' => {
+                            self.pipeline.push(Owed::Execute);
+                            tx.unsynced = true;
+                        }
+                        b'F' => {
+                            self.pipeline.push(Owed::Query);
+                            tx.outstanding += 1;
+                            tx.unsynced = false;
+                        }
+                        b'c' | b'f' => {
+                            let ignored = self.pipeline.copy_in_finished();
+                            tx.outstanding = tx.outstanding.saturating_sub(ignored);
+                        }
+                        // Flush, COPY data: nothing owed.
+                        _ => {}
+                    }
+                    out.extend_from_slice(&input[..5]);
+                    input.advance(5);
+                    self.remaining = body;
+                }
+            }
+        }
+    }
+
+    /// Handles one complete Parse, Bind, Describe, Close or Query message.
+    fn inspect(
+        &mut self,
+        tag: u8,
+        msg: &[u8],
+        out: &mut BytesMut,
+        server: &mut ServerConn,
+        tx: &mut TxState,
+    ) {
+        let body = &msg[5..];
+        if tag == b'Q' {
+            self.query(msg, out, server, tx);
+            return;
+        }
+        tx.unsynced = true;
+        let mapping = self.policy.max_prepared > 0;
+        match tag {
+            b'P' => {
+                let Ok(parse) = frontend::parse_parse(body) else {
+                    // Not UTF-8 or malformed: the server judges it as it is.
+                    out.extend_from_slice(msg);
+                    self.pipeline.push(Owed::Parse {
+                        swallow: false,
+                        statement: None,
+                    });
+                    return;
+                };
+                if parse.name.is_empty() || !mapping {
+                    let effect = sql::classify(parse.query);
+                    if self.refused_extended(&effect) {
+                        return;
+                    }
+                    self.unnamed_effect = effect;
+                    out.extend_from_slice(msg);
+                    self.pipeline.push(Owed::Parse {
+                        swallow: false,
+                        statement: None,
+                    });
+                    return;
+                }
+                let statement = self.registry.statement(parse.query, &parse.param_types);
+                if self.refused_extended(&statement.effect) {
+                    return;
+                }
+                self.client.statements.insert(parse.name, statement.clone());
+                if server.prepared.touch(&statement.name) {
+                    self.pipeline.push(Owed::Local(prepared::PARSE_COMPLETE));
+                } else {
+                    self.prepare(&statement, false, out, server);
+                }
+            }
+            b'B' => {
+                let Ok(bind) = frontend::parse_bind(body) else {
+                    out.extend_from_slice(msg);
+                    self.pipeline.push(Owed::Bind);
+                    return;
+                };
+                if bind.statement.is_empty() {
+                    let effect = std::mem::replace(&mut self.unnamed_effect, Effect::Other);
+                    self.apply(&effect, None);
+                    out.extend_from_slice(msg);
+                } else if let Some(statement) = mapping
+                    .then(|| self.client.statements.get(bind.statement).cloned())
+                    .flatten()
+                {
+                    self.apply(&statement.effect.clone(), Some(&statement.query));
+                    self.ensure_prepared(&statement, out, server);
+                    frontend::bind_with_statement(out, bind.portal, &statement.name, bind.rest);
+                } else {
+                    // Unknown to the pooler: the server says so in its own words.
+                    out.extend_from_slice(msg);
+                }
+                self.pipeline.push(Owed::Bind);
+            }
+            b'D' | b'C' => {
+                let parsed = if tag == b'D' {
+                    frontend::parse_describe(body)
+                } else {
+                    frontend::parse_close(body)
+                };
+                let statement = match parsed {
+                    Ok((b'S', name)) if mapping && !name.is_empty() => {
+                        Some((name.to_owned(), self.client.statements.get(name).cloned()))
+                    }
+                    _ => None,
+                };
+                match (tag, statement) {
+                    (b'C', Some((name, _))) => {
+                        // Server-side statements are shared; only the client's name goes.
+                        self.client.statements.remove(&name);
+                        self.pipeline.push(Owed::Local(prepared::CLOSE_COMPLETE));
+                    }
+                    (b'D', Some((_, Some(statement)))) => {
+                        self.ensure_prepared(&statement, out, server);
+                        frontend::describe(out, b'S', &statement.name);
+                        self.pipeline.push(Owed::DescribeStatement);
+                    }
+                    _ => {
+                        out.extend_from_slice(msg);
+                        self.pipeline.push(match (tag, parsed) {
+                            (b'C', _) => Owed::Close { swallow: false },
+                            (_, Ok((b'S', _))) => Owed::DescribeStatement,
+                            _ => Owed::DescribePortal,
+                        });
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// A simple query: every statement in it is classified; state that cannot be carried
+    /// over pins the client or, with `pinning = refuse`, the whole query is refused.
+    fn query(&mut self, msg: &[u8], out: &mut BytesMut, server: &mut ServerConn, tx: &mut TxState) {
+        let body = &msg[5..];
+        let text = String::from_utf8_lossy(body.strip_suffix(&[0]).unwrap_or(body));
+        let effects: Vec<(Effect, &str)> = sql::statements(&text)
+            .into_iter()
+            .map(|s| (sql::classify(s), s))
+            .collect();
+        if self.policy.pinning == Pinning::Refuse && self.client.pinned.is_none() {
+            if let Some(what) = effects.iter().find_map(|(e, _)| match e {
+                Effect::Pin(what) => Some(*what),
+                _ => None,
+            }) {
+                let mut local = BytesMut::new();
+                backend::error_response(&mut local, &refusal(what));
+                let status = if tx.status == b'I' { b'I' } else { b'E' };
+                backend::ready_for_query(&mut local, status);
+                self.pipeline.push(Owed::Local(local.freeze()));
+                return;
+            }
+        }
+        for (effect, stmt) in &effects {
+            self.apply(effect, Some(stmt));
+            if matches!(effect, Effect::DiscardAll | Effect::DeallocateAll) {
+                server.prepared.clear();
+            }
+        }
+        out.extend_from_slice(msg);
+        self.pipeline.push(Owed::Query);
+        tx.outstanding += 1;
+        tx.unsynced = false;
+    }
+
+    /// Records what a statement about to run does to the session.
+    fn apply(&mut self, effect: &Effect, stmt: Option<&str>) {
+        let session = &mut self.client.session;
+        match effect {
+            Effect::Set { name } => session.set(name, stmt.unwrap_or_default()),
+            Effect::Reset { name } => session.reset(name),
+            Effect::ResetAll => session.reset_all(),
+            Effect::DiscardAll => {
+                session.reset_all();
+                self.client.statements.clear();
+            }
+            Effect::DeallocateAll => self.client.statements.clear(),
+            Effect::Pin(what) => {
+                if self.client.pinned.is_none() {
+                    tracing::debug!(reason = what, "client pinned to its server connection");
+                    self.client.pinned = Some(what);
+                    self.pinned_clients.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Effect::Other => {}
+        }
+    }
+
+    /// With `pinning = refuse`, answers an extended-protocol message that would pin with an
+    /// error and skips to the next Sync, as the server would after an error. True if refused.
+    fn refused_extended(&mut self, effect: &Effect) -> bool {
+        let Effect::Pin(what) = effect else {
+            return false;
+        };
+        if self.policy.pinning != Pinning::Refuse || self.client.pinned.is_some() {
+            return false;
+        }
+        let mut local = BytesMut::new();
+        backend::error_response(&mut local, &refusal(what));
+        self.pipeline.push(Owed::Local(local.freeze()));
+        self.skip_until_sync = true;
+        true
+    }
+
+    /// Makes sure `statement` is prepared on the server before what follows, adding a Parse
+    /// whose answer the client will not see.
+    fn ensure_prepared(
+        &mut self,
+        statement: &Statement,
+        out: &mut BytesMut,
+        server: &mut ServerConn,
+    ) {
+        if !server.prepared.touch(&statement.name) {
+            self.prepare(statement, true, out, server);
+        }
+    }
+
+    /// Sends a Parse of `statement` under its server-side name, evicting the least recently
+    /// used statement first when the connection is full.
+    fn prepare(
+        &mut self,
+        statement: &Statement,
+        swallow: bool,
+        out: &mut BytesMut,
+        server: &mut ServerConn,
+    ) {
+        if let Some(victim) = server
+            .prepared
+            .insert(statement.name.clone(), self.policy.max_prepared)
+        {
+            frontend::close(out, b'S', &victim);
+            self.pipeline.push(Owed::Close { swallow: true });
+        }
+        prepared::encode_parse(out, statement);
+        self.pipeline.push(Owed::Parse {
+            swallow,
+            statement: Some(statement.name.clone()),
+        });
+    }
+
+    /// Whether the pooler's own answers are due before the next server message.
+    pub fn local_due(&self) -> bool {
+        self.pipeline.local_due()
+    }
+
+    /// Accounts for one server message.
+    pub fn on_server_message(
+        &mut self,
+        tag: u8,
+        info: ServerInfo,
+        server: &mut ServerConn,
+    ) -> Verdict {
+        let prepared = &mut server.prepared;
+        let verdict = self
+            .pipeline
+            .on_server_message(tag, |name| prepared.remove(name));
+        let session = &mut self.client.session;
+        match info {
+            ServerInfo::Error => session.on_error(),
+            ServerInfo::Rollback => session.on_command_complete("ROLLBACK"),
+            ServerInfo::Ready(status) => {
+                session.on_ready(status);
+                if status == b'I' && server.session.as_slice() != session.applied() {
+                    // What ran here is now this connection's state.
+                    server.session = session.applied().to_vec();
+                }
+            }
+            ServerInfo::Other => {}
+        }
+        verdict
+    }
+}
+
+/// What the relay read of a server message, for session-state tracking.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerInfo {
+    /// ErrorResponse.
+    Error,
+    /// CommandComplete `ROLLBACK`.
+    Rollback,
+    /// ReadyForQuery with this status.
+    Ready(u8),
+    /// Anything else.
+    Other,
+}
+
+fn refusal(what: &str) -> PgError {
+    PgError::error(
+        "0A000",
+        format!("{what} is not supported in transaction pooling mode"),
+    )
+    .with_hint("the pooler is configured with pinning = refuse; use session pooling for this client, or pinning = pin")
+}

@@ -1,0 +1,300 @@
+//! Client authentication through weir for every `auth_type`, with every kind of auth-file
+//! secret (plain, md5 hash, SCRAM verifier), and weir's own login to PostgreSQL for roles
+//! stored as md5 and as SCRAM.
+//!
+//! Every case also checks that refused logins cost the server nothing: after only failed
+//! attempts PostgreSQL has no backend for the application role and has not logged a single
+//! connection for it (the test clusters run with `log_connections = on`).
+
+use weir_tests::fixture::{sqlstate, Fixture, Options, DATABASE, PASSWORD, USER};
+use weir_tests::net;
+use weir_tests::postgres::{PasswordMethod, PgCluster};
+use weir_tests::tokio_postgres::{self, Client, NoTls, SimpleQueryMessage};
+
+/// A user known neither to the auth file nor to PostgreSQL.
+const STRANGER: &str = "mallory";
+
+/// The kind of secret the auth file holds for the application user.
+#[derive(Clone, Copy, Debug)]
+enum Stored {
+    /// The password itself.
+    Plain,
+    /// `"md5" + md5(password + user)`.
+    Md5,
+    /// The SCRAM verifier PostgreSQL stores for the role (copied from `pg_authid`).
+    Scram,
+}
+
+/// Starts PostgreSQL with the application role's password stored as `server`, then weir with
+/// `auth_type` and an auth file holding that role's secret in the form `stored`.
+async fn start(auth_type: &'static str, stored: Stored, server: PasswordMethod) -> Fixture {
+    let pg = PgCluster::start().await.expect("starting PostgreSQL");
+    pg.create_role(USER, PASSWORD, server)
+        .await
+        .expect("creating the role");
+    pg.create_database(DATABASE, USER)
+        .await
+        .expect("creating the database");
+    let secret = secret(&pg, stored, server).await;
+    let opts = Options {
+        auth_type,
+        userlist: Some(format!("\"{USER}\" \"{secret}\"\n")),
+        server_password: server,
+        ..Options::default()
+    };
+    let weir = Fixture::start_weir(&pg, &opts)
+        .await
+        .expect("starting weir");
+    Fixture { pg, weir }
+}
+
+/// The auth-file secret of kind `stored` for the application user of `pg`.
+async fn secret(pg: &PgCluster, stored: Stored, server: PasswordMethod) -> String {
+    let su = pg.superuser().await.expect("superuser connection");
+    let rolpassword: String = su
+        .query_one(
+            "SELECT rolpassword FROM pg_authid WHERE rolname = $1",
+            &[&USER],
+        )
+        .await
+        .expect("reading the stored verifier")
+        .get(0);
+    match stored {
+        Stored::Plain => PASSWORD.to_owned(),
+        Stored::Md5 => {
+            let hash: String = su
+                .query_one("SELECT 'md5' || md5($1 || $2)", &[&PASSWORD, &USER])
+                .await
+                .expect("computing the md5 hash")
+                .get(0);
+            if server == PasswordMethod::Md5 {
+                // The formula is exactly what PostgreSQL itself stores.
+                assert_eq!(hash, rolpassword);
+            }
+            hash
+        }
+        Stored::Scram => {
+            assert!(
+                rolpassword.starts_with("SCRAM-SHA-256$4096:"),
+                "the role has no SCRAM verifier: {rolpassword}"
+            );
+            rolpassword
+        }
+    }
+}
+
+/// Logs in through weir as `user` with `password`, keeping the driver's error.
+async fn login(f: &Fixture, user: &str, password: &str) -> Result<Client, tokio_postgres::Error> {
+    let config = net::client_config(f.weir.port(), user, password, DATABASE);
+    let (client, connection) = config.connect(NoTls).await?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(client)
+}
+
+/// Attempts a login that must fail and returns the SQLSTATE and message weir sent.
+async fn refused(f: &Fixture, user: &str, password: &str) -> (String, String) {
+    match login(f, user, password).await {
+        Ok(_) => panic!("{user} logged in with password {password:?}"),
+        Err(err) => {
+            let db = err
+                .as_db_error()
+                .unwrap_or_else(|| panic!("no ErrorResponse for {user}: {err:#}"));
+            (db.code().code().to_owned(), db.message().to_owned())
+        }
+    }
+}
+
+/// The first column of the first row `sql` returns, via the simple protocol (which works in
+/// every pool mode).
+async fn scalar(client: &Client, sql: &str) -> String {
+    let messages = client.simple_query(sql).await.expect("a simple query");
+    messages
+        .iter()
+        .find_map(|m| match m {
+            SimpleQueryMessage::Row(row) => Some(row.get(0).unwrap_or("NULL").to_owned()),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("{sql} returned no row"))
+}
+
+/// Asserts that nothing so far reached PostgreSQL as the application role or the stranger.
+async fn assert_server_untouched(f: &Fixture) {
+    assert_eq!(
+        f.pg.backends(USER, DATABASE)
+            .await
+            .expect("counting backends"),
+        0
+    );
+    let log = f.pg.log();
+    for line in log.lines() {
+        assert!(
+            !line.contains("user=app")
+                && !line.contains("identity=\"app\"")
+                && !line.contains("app@app")
+                && !line.contains(STRANGER),
+            "a refused login reached PostgreSQL: {line}\nfull log:\n{log}"
+        );
+    }
+}
+
+/// Asserts that `client` is served by PostgreSQL as the application role, and that the
+/// server's log now shows weir's connection (the positive control for
+/// [`assert_server_untouched`]).
+async fn assert_served(f: &Fixture, client: &Client) {
+    assert_eq!(scalar(client, "SELECT current_user").await, USER);
+    assert_eq!(scalar(client, "SELECT 6 * 7").await, "42");
+    assert!(
+        f.pg.backends(USER, DATABASE)
+            .await
+            .expect("counting backends")
+            >= 1
+    );
+    let log = f.pg.log();
+    assert!(
+        log.contains("connection authorized: user=app database=app"),
+        "no login of weir's in the server log:\n{log}"
+    );
+}
+
+/// The common check for password methods: a wrong password and an unknown user are both
+/// refused with 28P01 without touching the server, then the right password gets in.
+async fn password_login_works(auth_type: &'static str, stored: Stored, server: PasswordMethod) {
+    let f = start(auth_type, stored, server).await;
+
+    let (code, message) = refused(&f, USER, "not-the-password").await;
+    assert_eq!(code, "28P01", "{message}");
+    assert!(
+        message.contains("password authentication failed"),
+        "{message}"
+    );
+    let (code, message) = refused(&f, STRANGER, PASSWORD).await;
+    assert_eq!(
+        code, "28P01",
+        "an unknown user must look like a wrong password: {message}"
+    );
+    assert_server_untouched(&f).await;
+
+    let client = login(&f, USER, PASSWORD)
+        .await
+        .expect("the right password logs in");
+    assert_served(&f, &client).await;
+}
+
+#[tokio::test]
+async fn trust_admits_listed_users_whatever_their_password() {
+    let f = start("trust", Stored::Plain, PasswordMethod::Scram).await;
+
+    // Trust still needs the user in the auth file.
+    let (code, message) = refused(&f, STRANGER, PASSWORD).await;
+    assert_eq!(code, "28P01", "{message}");
+    assert_server_untouched(&f).await;
+
+    let client = login(&f, USER, "not-the-password").await.unwrap();
+    assert_served(&f, &client).await;
+    let client = login(&f, USER, "").await.unwrap();
+    assert_eq!(scalar(&client, "SELECT current_user").await, USER);
+}
+
+#[tokio::test]
+async fn plain_auth_with_a_plain_secret() {
+    password_login_works("plain", Stored::Plain, PasswordMethod::Md5).await;
+}
+
+#[tokio::test]
+async fn plain_auth_with_an_md5_secret() {
+    password_login_works("plain", Stored::Md5, PasswordMethod::Md5).await;
+}
+
+#[tokio::test]
+async fn md5_auth_with_a_plain_secret_and_a_scram_role() {
+    password_login_works("md5", Stored::Plain, PasswordMethod::Scram).await;
+}
+
+#[tokio::test]
+async fn md5_auth_with_an_md5_secret_and_an_md5_role() {
+    // Weir never sees the password: it answers the server's md5 challenge with the hash.
+    password_login_works("md5", Stored::Md5, PasswordMethod::Md5).await;
+}
+
+#[tokio::test]
+async fn md5_auth_with_a_scram_secret_falls_back_to_scram() {
+    // Like PostgreSQL, md5 with a SCRAM verifier runs SCRAM, so the keys pass through too.
+    password_login_works("md5", Stored::Scram, PasswordMethod::Scram).await;
+}
+
+#[tokio::test]
+async fn scram_auth_with_a_plain_secret_and_a_scram_role() {
+    password_login_works("scram-sha-256", Stored::Plain, PasswordMethod::Scram).await;
+}
+
+#[tokio::test]
+async fn scram_auth_with_a_plain_secret_and_an_md5_role() {
+    password_login_works("scram-sha-256", Stored::Plain, PasswordMethod::Md5).await;
+}
+
+#[tokio::test]
+async fn scram_passthrough_logs_in_with_the_clients_keys() {
+    let f = start("scram-sha-256", Stored::Scram, PasswordMethod::Scram).await;
+
+    let (code, message) = refused(&f, USER, "not-the-password").await;
+    assert_eq!(code, "28P01", "{message}");
+    let (code, message) = refused(&f, STRANGER, PASSWORD).await;
+    assert_eq!(code, "28P01", "{message}");
+    assert_server_untouched(&f).await;
+
+    // The auth file holds only the verifier, so this login to PostgreSQL can only have used
+    // the keys recovered from the client's proof.
+    let client = login(&f, USER, PASSWORD).await.unwrap();
+    assert_served(&f, &client).await;
+
+    // The pool keeps the keys: after its connections are killed it logs in again by itself.
+    let su = f.pg.superuser().await.unwrap();
+    su.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1",
+        &[&USER],
+    )
+    .await
+    .unwrap();
+    let gone = Fixture::eventually(std::time::Duration::from_secs(10), || async {
+        f.pg.backends(USER, DATABASE).await.unwrap() == 0
+    })
+    .await;
+    assert!(gone, "the server connections were not terminated");
+    assert_eq!(scalar(&client, "SELECT 'again'").await, "again");
+    let second = login(&f, USER, PASSWORD).await.unwrap();
+    assert_eq!(scalar(&second, "SELECT current_user").await, USER);
+    assert!(f.pg.backends(USER, DATABASE).await.unwrap() >= 1);
+}
+
+#[tokio::test]
+async fn scram_auth_refuses_an_md5_secret() {
+    let f = start("scram-sha-256", Stored::Md5, PasswordMethod::Md5).await;
+
+    // An md5 hash cannot check a SCRAM proof, whatever the password.
+    let (code, message) = refused(&f, USER, PASSWORD).await;
+    assert_eq!(code, "28000", "{message}");
+    assert!(message.contains("md5"), "{message}");
+    let (code, _) = refused(&f, STRANGER, PASSWORD).await;
+    assert_eq!(code, "28P01");
+    assert_server_untouched(&f).await;
+}
+
+#[tokio::test]
+async fn an_md5_secret_cannot_answer_a_scram_server() {
+    let f = start("md5", Stored::Md5, PasswordMethod::Scram).await;
+
+    // The client's login is fine; weir's own login to the server is what fails, and the
+    // client is told so with a connection-class error naming the reason.
+    let err = login(&f, USER, PASSWORD).await.err().unwrap();
+    let code = sqlstate(&err).unwrap_or_else(|| panic!("{err:#}"));
+    assert_eq!(&code[..2], "08", "{err:#}");
+    let message = err.as_db_error().unwrap().message().to_owned();
+    assert!(message.contains("SCRAM"), "{message}");
+    assert_eq!(f.pg.backends(USER, DATABASE).await.unwrap(), 0);
+
+    // A wrong password is still refused by weir itself.
+    let (code, _) = refused(&f, USER, "not-the-password").await;
+    assert_eq!(code, "28P01");
+}
