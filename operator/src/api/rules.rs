@@ -1,0 +1,614 @@
+//! Admission rules: each CEL expression the CRD carries (`x-kubernetes-validations`), side by
+//! side with the same check in Rust.
+//!
+//! The API server enforces the CEL rules when a ConnectionPool is created or changed; the
+//! Rust twins let `weir-operator render` and the controller refuse the same specs offline
+//! with the same messages. Keeping both halves in one table makes a drift between them
+//! visible in review, and the tests check every rule in both forms.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::ValidationRule;
+use schemars::Schema;
+use serde_json::{json, Value};
+use weir_pooler::config::Settings;
+
+use super::{
+    Autoscaling, ConnectionPoolSpec, CredentialsSecret, DatabaseSpec, Limits, MaxConnections,
+    PasswordSecret, Rollout, UserSpec,
+};
+
+/// The most users one pool may list; bounds the cost of the CEL rules over the list.
+pub(crate) const MAX_USERS: u64 = 32;
+
+/// The most entries in `parameters`, `pod.labels` and `pod.annotations`; bounds the cost of
+/// the CEL rules over those maps.
+pub(crate) const MAX_MAP_ENTRIES: u64 = 64;
+
+/// The longest `parameters` value.
+const MAX_PARAMETER_LENGTH: u64 = 1024;
+
+/// The pattern the Service name (the pool's own name) must match: a DNS-1035 label.
+pub(crate) const NAME_PATTERN: &str = "^[a-z]([-a-z0-9]*[a-z0-9])?$";
+
+/// Longest pool name: the Service is named after the pool and must fit a DNS label.
+pub(crate) const MAX_NAME_LENGTH: usize = 63;
+
+/// The message for a pool name that cannot name a Service.
+pub(crate) const NAME_MESSAGE: &str = "metadata.name must be at most 63 lower-case letters, \
+                                       digits and '-', starting with a letter: it also names \
+                                       the pool's Service";
+
+/// The pod label keys the operator sets itself.
+pub(crate) const OWNED_LABELS: &[&str] = &[
+    "app.kubernetes.io/name",
+    "app.kubernetes.io/instance",
+    "app.kubernetes.io/component",
+    "app.kubernetes.io/managed-by",
+];
+
+/// Prefix of the label and annotation keys the operator reserves for itself.
+pub(crate) const OWNED_PREFIX: &str = "weir.dev/";
+
+/// `[pgbouncer]` settings the operator derives from the spec (or fixes, such as the listen
+/// address), with where their value comes from instead.
+const OWNED_KEYS: &[(&str, &str)] = &[
+    ("logfile", "the pooler logs to standard error"),
+    ("pidfile", "not used in a container"),
+    ("listen_addr", "fixed by the operator"),
+    ("listen_port", "fixed by the operator"),
+    ("unix_socket_dir", "fixed by the operator"),
+    ("unix_socket_mode", "fixed by the operator"),
+    ("user", "the container's user is fixed"),
+    ("pool_mode", "spec.poolMode"),
+    ("max_client_conn", "spec.limits.maxClientConnections"),
+    ("default_pool_size", "computed from the connection budget"),
+    ("min_pool_size", "spec.users[].minPoolSize"),
+    ("reserve_pool_size", "spec.users[].reservePoolSize"),
+    ("max_db_connections", "computed from the connection budget"),
+    (
+        "max_user_connections",
+        "computed from the connection budget",
+    ),
+    ("auth_type", "fixed by the operator"),
+    ("auth_file", "rendered from spec.users"),
+    ("auth_user", "fixed by the operator"),
+    ("auth_query", "fixed by the operator"),
+    ("query_wait_timeout", "spec.limits.queryWaitTimeout"),
+    ("server_idle_timeout", "spec.limits.serverIdleTimeout"),
+    ("server_lifetime", "spec.limits.serverLifetime"),
+    ("client_idle_timeout", "spec.limits.clientIdleTimeout"),
+    (
+        "idle_transaction_timeout",
+        "spec.limits.idleTransactionTimeout",
+    ),
+    ("http_listen_addr", "fixed by the operator"),
+    ("http_port", "fixed by the operator"),
+];
+
+/// The `[pgbouncer]` settings the operator sets itself, which `spec.parameters` may not.
+pub fn operator_owned_keys() -> impl Iterator<Item = &'static str> {
+    OWNED_KEYS.iter().map(|(key, _)| *key)
+}
+
+/// The `[pgbouncer]` settings `spec.parameters` may set: every setting the pooler knows
+/// except the operator's own.
+pub fn settable_keys() -> impl Iterator<Item = &'static str> {
+    Settings::KEYS
+        .iter()
+        .copied()
+        .filter(|k| !OWNED_KEYS.iter().any(|(owned, _)| owned == k))
+}
+
+/// One admission rule on a schema node of Rust type `T`.
+pub(crate) struct Rule<T: ?Sized> {
+    /// The CEL expression; `self` is the node.
+    pub cel: String,
+    /// The failure message.
+    pub message: String,
+    /// The field the failure is reported on, relative to the node (`.replicas`).
+    pub field: Option<&'static str>,
+    /// The same check in Rust: `None` when it holds, else the message the API server
+    /// gives.
+    pub check: fn(&T) -> Option<String>,
+}
+
+impl<T: ?Sized> Rule<T> {
+    fn new(
+        cel: impl Into<String>,
+        message: &'static str,
+        field: Option<&'static str>,
+        check: fn(&T) -> Option<String>,
+    ) -> Self {
+        Rule {
+            cel: cel.into(),
+            message: message.to_owned(),
+            field,
+            check,
+        }
+    }
+
+    /// The entry for `x-kubernetes-validations`.
+    pub(crate) fn to_json(&self) -> Value {
+        let mut rule = json!({ "rule": self.cel, "message": self.message });
+        if let Some(field) = self.field {
+            rule["fieldPath"] = json!(field);
+        }
+        rule
+    }
+}
+
+/// `Some(message)` unless `ok`.
+fn unless(ok: bool, message: &str) -> Option<String> {
+    (!ok).then(|| message.to_owned())
+}
+
+/// Appends `rules` to the schema's `x-kubernetes-validations`.
+fn attach<T: ?Sized>(schema: &mut Schema, rules: &[Rule<T>]) {
+    let object = schema.ensure_object();
+    let entry = object
+        .entry("x-kubernetes-validations")
+        .or_insert_with(|| Value::Array(Vec::new()));
+    if let Value::Array(list) = entry {
+        list.extend(rules.iter().map(Rule::to_json));
+    }
+}
+
+/// Sets a keyword on the schema.
+fn set(schema: &mut Schema, key: &str, value: Value) {
+    schema.ensure_object().insert(key.to_owned(), value);
+}
+
+/// A CEL list literal of strings.
+fn cel_list<'a>(items: impl IntoIterator<Item = &'a str>) -> String {
+    let quoted: Vec<String> = items.into_iter().map(|i| format!("'{i}'")).collect();
+    format!("[{}]", quoted.join(", "))
+}
+
+pub(crate) const BOTH_BUDGET_FORMS: &str =
+    "set maxConnectionsPercent or maxServerConnections, not both";
+const PERCENT_RANGE: &str = "maxConnectionsPercent must be between 1 and 100";
+const SERVER_CONNECTIONS_MIN: &str = "maxServerConnections must be at least 1";
+const REPLICAS_MIN: &str = "replicas must be at least 1";
+pub(crate) const REPLICAS_ABOVE_MAX: &str = "replicas must not exceed autoscaling.maxReplicas, \
+                                             the most pods the connection budget is divided for";
+const IMAGE_EMPTY: &str = "image must not be empty";
+
+/// Rules on `spec`.
+pub(crate) fn spec_rules() -> Vec<Rule<ConnectionPoolSpec>> {
+    vec![
+        Rule::new(
+            "!(has(self.maxConnectionsPercent) && has(self.maxServerConnections))",
+            BOTH_BUDGET_FORMS,
+            None,
+            |s| {
+                unless(
+                    !(s.max_connections_percent.is_some() && s.max_server_connections.is_some()),
+                    BOTH_BUDGET_FORMS,
+                )
+            },
+        ),
+        Rule::new(
+            "!has(self.maxConnectionsPercent) || \
+             (self.maxConnectionsPercent >= 1 && self.maxConnectionsPercent <= 100)",
+            PERCENT_RANGE,
+            Some(".maxConnectionsPercent"),
+            |s| {
+                unless(
+                    s.max_connections_percent
+                        .is_none_or(|p| (1..=100).contains(&p)),
+                    PERCENT_RANGE,
+                )
+            },
+        ),
+        Rule::new(
+            "!has(self.maxServerConnections) || self.maxServerConnections >= 1",
+            SERVER_CONNECTIONS_MIN,
+            Some(".maxServerConnections"),
+            |s| {
+                unless(
+                    s.max_server_connections.is_none_or(|n| n >= 1),
+                    SERVER_CONNECTIONS_MIN,
+                )
+            },
+        ),
+        Rule::new("self.replicas >= 1", REPLICAS_MIN, Some(".replicas"), |s| {
+            unless(s.replicas >= 1, REPLICAS_MIN)
+        }),
+        Rule::new(
+            "!has(self.autoscaling) || self.replicas <= self.autoscaling.maxReplicas",
+            REPLICAS_ABOVE_MAX,
+            Some(".replicas"),
+            |s| {
+                unless(
+                    s.autoscaling
+                        .as_ref()
+                        .is_none_or(|a| s.replicas <= a.max_replicas),
+                    REPLICAS_ABOVE_MAX,
+                )
+            },
+        ),
+        Rule::new(
+            "!has(self.image) || self.image != ''",
+            IMAGE_EMPTY,
+            Some(".image"),
+            |s| unless(s.image.as_deref() != Some(""), IMAGE_EMPTY),
+        ),
+    ]
+}
+
+const HOST_EMPTY: &str = "host must not be empty";
+const PORT_RANGE: &str = "port must be between 1 and 65535";
+const DBNAME_EMPTY: &str = "dbname must not be empty";
+const DBNAME_RESERVED: &str = "dbname pgbouncer is reserved for the pooler's admin console";
+pub(crate) const MAX_CONNECTIONS_FORM: &str =
+    "maxConnections must be a number of at least 1, or auto";
+const SUPERUSER_RESERVED_MIN: &str = "superuserReservedConnections must not be negative";
+const RESERVED_PERCENT_RANGE: &str = "reservedPercent must be between 0 and 50";
+const USED_BY_OTHERS_MIN: &str = "usedByOthers must not be negative";
+
+/// Rules on `spec.database`.
+pub(crate) fn database_rules() -> Vec<Rule<DatabaseSpec>> {
+    vec![
+        Rule::new("self.host != ''", HOST_EMPTY, Some(".host"), |d| {
+            unless(!d.host.is_empty(), HOST_EMPTY)
+        }),
+        Rule::new(
+            "self.port >= 1 && self.port <= 65535",
+            PORT_RANGE,
+            Some(".port"),
+            |d| unless((1..=65535).contains(&d.port), PORT_RANGE),
+        ),
+        Rule::new("self.dbname != ''", DBNAME_EMPTY, Some(".dbname"), |d| {
+            unless(!d.dbname.is_empty(), DBNAME_EMPTY)
+        }),
+        Rule::new(
+            "self.dbname != 'pgbouncer'",
+            DBNAME_RESERVED,
+            Some(".dbname"),
+            |d| unless(d.dbname != "pgbouncer", DBNAME_RESERVED),
+        ),
+        Rule::new(
+            "type(self.maxConnections) == int ? self.maxConnections >= 1 \
+             : self.maxConnections == 'auto'",
+            MAX_CONNECTIONS_FORM,
+            Some(".maxConnections"),
+            |d| {
+                unless(
+                    !matches!(d.max_connections, MaxConnections::Count(n) if n < 1),
+                    MAX_CONNECTIONS_FORM,
+                )
+            },
+        ),
+        Rule::new(
+            "self.superuserReservedConnections >= 0",
+            SUPERUSER_RESERVED_MIN,
+            Some(".superuserReservedConnections"),
+            |d| {
+                unless(
+                    d.superuser_reserved_connections >= 0,
+                    SUPERUSER_RESERVED_MIN,
+                )
+            },
+        ),
+        Rule::new(
+            "self.reservedPercent >= 0 && self.reservedPercent <= 50",
+            RESERVED_PERCENT_RANGE,
+            Some(".reservedPercent"),
+            |d| {
+                unless(
+                    (0..=50).contains(&d.reserved_percent),
+                    RESERVED_PERCENT_RANGE,
+                )
+            },
+        ),
+        Rule::new(
+            "self.usedByOthers >= 0",
+            USED_BY_OTHERS_MIN,
+            Some(".usedByOthers"),
+            |d| unless(d.used_by_others >= 0, USED_BY_OTHERS_MIN),
+        ),
+    ]
+}
+
+const SECRET_NAME_EMPTY: &str = "the Secret name must not be empty";
+const USERNAME_KEY_EMPTY: &str = "usernameKey must not be empty";
+const PASSWORD_KEY_EMPTY: &str = "passwordKey must not be empty";
+
+/// Rules on a `credentialsSecret` with a user name.
+pub(crate) fn credentials_rules() -> Vec<Rule<CredentialsSecret>> {
+    vec![
+        Rule::new("self.name != ''", SECRET_NAME_EMPTY, Some(".name"), |c| {
+            unless(!c.name.is_empty(), SECRET_NAME_EMPTY)
+        }),
+        Rule::new(
+            "self.usernameKey != ''",
+            USERNAME_KEY_EMPTY,
+            Some(".usernameKey"),
+            |c| unless(!c.username_key.is_empty(), USERNAME_KEY_EMPTY),
+        ),
+        Rule::new(
+            "self.passwordKey != ''",
+            PASSWORD_KEY_EMPTY,
+            Some(".passwordKey"),
+            |c| unless(!c.password_key.is_empty(), PASSWORD_KEY_EMPTY),
+        ),
+    ]
+}
+
+/// Rules on a user's `credentialsSecret`.
+pub(crate) fn password_rules() -> Vec<Rule<PasswordSecret>> {
+    vec![
+        Rule::new("self.name != ''", SECRET_NAME_EMPTY, Some(".name"), |c| {
+            unless(!c.name.is_empty(), SECRET_NAME_EMPTY)
+        }),
+        Rule::new(
+            "self.passwordKey != ''",
+            PASSWORD_KEY_EMPTY,
+            Some(".passwordKey"),
+            |c| unless(!c.password_key.is_empty(), PASSWORD_KEY_EMPTY),
+        ),
+    ]
+}
+
+const USER_EMPTY: &str = "user must not be empty";
+const WEIGHT_RANGE: &str = "weight must be between 1 and 1000";
+const MIN_POOL_MIN: &str = "minPoolSize must not be negative";
+const RESERVE_POOL_MIN: &str = "reservePoolSize must not be negative";
+
+/// Rules on one entry of `spec.users`.
+pub(crate) fn user_rules() -> Vec<Rule<UserSpec>> {
+    vec![
+        Rule::new("self.user != ''", USER_EMPTY, Some(".user"), |u| {
+            unless(!u.user.is_empty(), USER_EMPTY)
+        }),
+        Rule::new(
+            "self.weight >= 1 && self.weight <= 1000",
+            WEIGHT_RANGE,
+            Some(".weight"),
+            |u| unless((1..=1000).contains(&u.weight), WEIGHT_RANGE),
+        ),
+        Rule::new(
+            "self.minPoolSize >= 0",
+            MIN_POOL_MIN,
+            Some(".minPoolSize"),
+            |u| unless(u.min_pool_size >= 0, MIN_POOL_MIN),
+        ),
+        Rule::new(
+            "self.reservePoolSize >= 0",
+            RESERVE_POOL_MIN,
+            Some(".reservePoolSize"),
+            |u| unless(u.reserve_pool_size >= 0, RESERVE_POOL_MIN),
+        ),
+    ]
+}
+
+pub(crate) const NO_USERS: &str =
+    "at least one user is needed; leave users out to use the database credentials";
+
+/// Rules on the `spec.users` list.
+pub(crate) fn users_rules() -> Vec<Rule<[UserSpec]>> {
+    vec![Rule::new("size(self) >= 1", NO_USERS, None, |users| {
+        unless(!users.is_empty(), NO_USERS)
+    })]
+}
+
+const MAX_CLIENT_CONNECTIONS_MIN: &str = "maxClientConnections must be at least 1";
+
+/// Rules on `spec.limits`.
+pub(crate) fn limits_rules() -> Vec<Rule<Limits>> {
+    vec![Rule::new(
+        "self.maxClientConnections >= 1",
+        MAX_CLIENT_CONNECTIONS_MIN,
+        Some(".maxClientConnections"),
+        |l| unless(l.max_client_connections >= 1, MAX_CLIENT_CONNECTIONS_MIN),
+    )]
+}
+
+const MAX_SURGE_MIN: &str = "maxSurge must be at least 1: old pods stop only after new ones \
+                             are ready, so a rollout needs room for one more pod";
+
+/// Rules on `spec.rollout`.
+pub(crate) fn rollout_rules() -> Vec<Rule<Rollout>> {
+    vec![Rule::new(
+        "self.maxSurge >= 1",
+        MAX_SURGE_MIN,
+        Some(".maxSurge"),
+        |r| unless(r.max_surge >= 1, MAX_SURGE_MIN),
+    )]
+}
+
+const MAX_REPLICAS_MIN: &str = "maxReplicas must be at least 1";
+
+/// Rules on `spec.autoscaling`.
+pub(crate) fn autoscaling_rules() -> Vec<Rule<Autoscaling>> {
+    vec![Rule::new(
+        "self.maxReplicas >= 1",
+        MAX_REPLICAS_MIN,
+        Some(".maxReplicas"),
+        |a| unless(a.max_replicas >= 1, MAX_REPLICAS_MIN),
+    )]
+}
+
+const PARAMETER_LINE_BREAK: &str = "parameter values must be a single line";
+
+/// The keys of `map` for which `pick` holds, joined as the CEL `join(', ')` does.
+fn keys_where(map: &BTreeMap<String, String>, pick: impl Fn(&str) -> bool) -> String {
+    map.keys()
+        .filter(|k| pick(k))
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The admission message for unknown `parameters` keys: the keys themselves cannot be
+/// named in it (the API server bounds a message's cost, and map keys have no length
+/// limit), so it lists what may be set instead.
+pub(crate) fn unknown_parameters_message() -> String {
+    format!(
+        "unknown pgbouncer.ini setting; names are lower case, and the settable ones are: {}",
+        settable_keys().collect::<Vec<_>>().join(", ")
+    )
+}
+
+pub(crate) const OWNED_PARAMETERS: &str = "listening, authentication, pool sizes and the \
+                                           spec.limits settings are set by the operator and \
+                                           cannot be set in parameters";
+
+/// Rules on `spec.parameters`. The key lists come from the pooler's own table of settings,
+/// so a setting the pooler learns becomes settable without touching the operator. The Rust
+/// twins add the offending keys to the message.
+pub(crate) fn parameters_rules() -> Vec<Rule<BTreeMap<String, String>>> {
+    let known = cel_list(Settings::KEYS.iter().copied());
+    let owned = cel_list(operator_owned_keys());
+    vec![
+        Rule {
+            cel: format!("self.all(k, k in {known})"),
+            message: unknown_parameters_message(),
+            field: None,
+            check: |map| {
+                let unknown = keys_where(map, |k| !Settings::KEYS.contains(&k));
+                (!unknown.is_empty())
+                    .then(|| format!("{} (found: {unknown})", unknown_parameters_message()))
+            },
+        },
+        Rule {
+            cel: format!("self.all(k, !(k in {owned}))"),
+            message: OWNED_PARAMETERS.to_owned(),
+            field: None,
+            check: |map| {
+                let found: Vec<String> = OWNED_KEYS
+                    .iter()
+                    .filter(|(k, _)| map.contains_key(*k))
+                    .map(|(k, instead)| format!("{k}: {instead}"))
+                    .collect();
+                (!found.is_empty()).then(|| format!("{OWNED_PARAMETERS} ({})", found.join("; ")))
+            },
+        },
+        Rule::new(
+            "self.all(k, !self[k].contains('\\n') && !self[k].contains('\\r'))",
+            PARAMETER_LINE_BREAK,
+            None,
+            |map| {
+                unless(
+                    !map.values().any(|v| v.contains(['\n', '\r'])),
+                    PARAMETER_LINE_BREAK,
+                )
+            },
+        ),
+    ]
+}
+
+pub(crate) const RESERVED_LABELS: &str =
+    "labels under weir.dev/ and the app.kubernetes.io/ labels the operator sets are reserved";
+pub(crate) const RESERVED_ANNOTATIONS: &str = "annotations under weir.dev/ are reserved";
+
+/// Rules on `spec.pod.labels`.
+pub(crate) fn pod_labels_rules() -> Vec<Rule<BTreeMap<String, String>>> {
+    vec![Rule::new(
+        format!(
+            "self.all(k, !k.startsWith('{OWNED_PREFIX}') && !(k in {}))",
+            cel_list(OWNED_LABELS.iter().copied())
+        ),
+        RESERVED_LABELS,
+        None,
+        |labels| {
+            unless(
+                !labels
+                    .keys()
+                    .any(|k| k.starts_with(OWNED_PREFIX) || OWNED_LABELS.contains(&k.as_str())),
+                RESERVED_LABELS,
+            )
+        },
+    )]
+}
+
+/// Rules on `spec.pod.annotations`.
+pub(crate) fn pod_annotations_rules() -> Vec<Rule<BTreeMap<String, String>>> {
+    vec![Rule::new(
+        format!("self.all(k, !k.startsWith('{OWNED_PREFIX}'))"),
+        RESERVED_ANNOTATIONS,
+        None,
+        |annotations| {
+            unless(
+                !annotations.keys().any(|k| k.starts_with(OWNED_PREFIX)),
+                RESERVED_ANNOTATIONS,
+            )
+        },
+    )]
+}
+
+// Schema transforms, named in `#[schemars(transform = ...)]` on the API types.
+
+pub(crate) fn spec_schema(schema: &mut Schema) {
+    attach(schema, &spec_rules());
+}
+
+pub(crate) fn database_schema(schema: &mut Schema) {
+    attach(schema, &database_rules());
+}
+
+pub(crate) fn credentials_schema(schema: &mut Schema) {
+    attach(schema, &credentials_rules());
+}
+
+pub(crate) fn password_schema(schema: &mut Schema) {
+    attach(schema, &password_rules());
+}
+
+pub(crate) fn user_schema(schema: &mut Schema) {
+    attach(schema, &user_rules());
+}
+
+pub(crate) fn users_schema(schema: &mut Schema) {
+    // A list keyed by user name: the API server refuses duplicates, and server-side apply
+    // merges entries by name.
+    set(schema, "x-kubernetes-list-type", json!("map"));
+    set(schema, "x-kubernetes-list-map-keys", json!(["user"]));
+    set(schema, "maxItems", json!(MAX_USERS));
+    attach(schema, &users_rules());
+}
+
+pub(crate) fn limits_schema(schema: &mut Schema) {
+    attach(schema, &limits_rules());
+}
+
+pub(crate) fn rollout_schema(schema: &mut Schema) {
+    attach(schema, &rollout_rules());
+}
+
+pub(crate) fn autoscaling_schema(schema: &mut Schema) {
+    attach(schema, &autoscaling_rules());
+}
+
+pub(crate) fn parameters_schema(schema: &mut Schema) {
+    set(schema, "maxProperties", json!(MAX_MAP_ENTRIES));
+    set(
+        schema,
+        "additionalProperties",
+        json!({ "type": "string", "maxLength": MAX_PARAMETER_LENGTH }),
+    );
+    attach(schema, &parameters_rules());
+}
+
+pub(crate) fn pod_labels_schema(schema: &mut Schema) {
+    set(schema, "maxProperties", json!(MAX_MAP_ENTRIES));
+    attach(schema, &pod_labels_rules());
+}
+
+pub(crate) fn pod_annotations_schema(schema: &mut Schema) {
+    set(schema, "maxProperties", json!(MAX_MAP_ENTRIES));
+    attach(schema, &pod_annotations_rules());
+}
+
+/// Rules on the whole object, added to the generated CRD's root schema.
+pub(crate) fn root_rules() -> Vec<ValidationRule> {
+    vec![ValidationRule {
+        rule: format!(
+            "size(self.metadata.name) <= {MAX_NAME_LENGTH} && \
+             self.metadata.name.matches('{NAME_PATTERN}')"
+        ),
+        message: Some(NAME_MESSAGE.to_owned()),
+        ..ValidationRule::default()
+    }]
+}

@@ -1,0 +1,354 @@
+use super::*;
+use crate::api::rules;
+
+const BASE: &str = "\
+apiVersion: weir.dev/v1alpha1
+kind: ConnectionPool
+metadata:
+  name: orders
+spec:
+  database:
+    host: db
+    dbname: orders
+    credentialsSecret:
+      name: creds
+    maxConnections: 100
+  users:
+    - user: app
+      credentialsSecret:
+        name: app-creds
+";
+
+/// A change to a valid pool, for table-driven cases.
+type Change = Box<dyn Fn(&mut ConnectionPool)>;
+
+fn base() -> ConnectionPool {
+    from_yaml(BASE).expect("the base pool is valid")
+}
+
+/// The violations after `change`, as "path: message" lines.
+fn violations(change: impl FnOnce(&mut ConnectionPool)) -> Vec<String> {
+    let mut pool = base();
+    change(&mut pool);
+    match pool.validate() {
+        Ok(()) => Vec::new(),
+        Err(Violations(v)) => v.iter().map(Violation::to_string).collect(),
+    }
+}
+
+fn assert_refused(change: impl FnOnce(&mut ConnectionPool), expected: &str) {
+    let found = violations(change);
+    assert_eq!(found, vec![expected.to_owned()]);
+}
+
+#[test]
+fn defaults_are_filled_in() {
+    let pool = base();
+    let spec = &pool.spec;
+    assert_eq!(spec.replicas, 2);
+    assert_eq!(spec.pool_mode, crate::api::PoolMode::Transaction);
+    assert_eq!(spec.database.port, 5432);
+    assert_eq!(spec.database.reserved_percent, 15);
+    assert_eq!(spec.database.superuser_reserved_connections, 3);
+    assert_eq!(spec.database.credentials_secret.username_key, "username");
+    assert_eq!(spec.database.credentials_secret.password_key, "password");
+    assert_eq!(spec.limits.max_client_connections, 5000);
+    assert_eq!(spec.rollout.max_surge, 1);
+    let users = spec.users.as_ref().expect("users");
+    assert_eq!((users[0].weight, users[0].min_pool_size), (1, 0));
+}
+
+#[test]
+fn spec_rules() {
+    assert_refused(
+        |p| {
+            p.spec.max_connections_percent = Some(50);
+            p.spec.max_server_connections = Some(10);
+        },
+        &format!("spec: {}", rules::BOTH_BUDGET_FORMS),
+    );
+    assert_refused(
+        |p| p.spec.max_connections_percent = Some(0),
+        "spec.maxConnectionsPercent: maxConnectionsPercent must be between 1 and 100",
+    );
+    assert_refused(
+        |p| p.spec.max_connections_percent = Some(101),
+        "spec.maxConnectionsPercent: maxConnectionsPercent must be between 1 and 100",
+    );
+    assert_refused(
+        |p| p.spec.max_server_connections = Some(0),
+        "spec.maxServerConnections: maxServerConnections must be at least 1",
+    );
+    assert_refused(
+        |p| p.spec.replicas = 0,
+        "spec.replicas: replicas must be at least 1",
+    );
+    assert_refused(
+        |p| {
+            p.spec.replicas = 4;
+            p.spec.autoscaling = Some(crate::api::Autoscaling { max_replicas: 3 });
+        },
+        &format!("spec.replicas: {}", rules::REPLICAS_ABOVE_MAX),
+    );
+    assert_eq!(
+        violations(|p| p.spec.autoscaling = Some(crate::api::Autoscaling { max_replicas: 0 })),
+        vec![
+            format!("spec.replicas: {}", rules::REPLICAS_ABOVE_MAX),
+            "spec.autoscaling.maxReplicas: maxReplicas must be at least 1".to_owned(),
+        ]
+    );
+    assert_refused(
+        |p| p.spec.image = Some(String::new()),
+        "spec.image: image must not be empty",
+    );
+}
+
+#[test]
+fn database_rules() {
+    let cases: Vec<(Change, &str)> = vec![
+        (Box::new(|p| p.spec.database.host.clear()), "spec.database.host: host must not be empty"),
+        (Box::new(|p| p.spec.database.port = 0), "spec.database.port: port must be between 1 and 65535"),
+        (Box::new(|p| p.spec.database.port = 65536), "spec.database.port: port must be between 1 and 65535"),
+        (Box::new(|p| p.spec.database.dbname.clear()), "spec.database.dbname: dbname must not be empty"),
+        (
+            Box::new(|p| p.spec.database.dbname = "pgbouncer".into()),
+            "spec.database.dbname: dbname pgbouncer is reserved for the pooler's admin console",
+        ),
+        (
+            Box::new(|p| p.spec.database.max_connections = crate::api::MaxConnections::Count(0)),
+            "spec.database.maxConnections: maxConnections must be a number of at least 1, or auto",
+        ),
+        (
+            Box::new(|p| p.spec.database.superuser_reserved_connections = -1),
+            "spec.database.superuserReservedConnections: superuserReservedConnections must not be negative",
+        ),
+        (
+            Box::new(|p| p.spec.database.reserved_percent = 51),
+            "spec.database.reservedPercent: reservedPercent must be between 0 and 50",
+        ),
+        (
+            Box::new(|p| p.spec.database.used_by_others = -1),
+            "spec.database.usedByOthers: usedByOthers must not be negative",
+        ),
+        (
+            Box::new(|p| p.spec.database.credentials_secret.name.clear()),
+            "spec.database.credentialsSecret.name: the Secret name must not be empty",
+        ),
+        (
+            Box::new(|p| p.spec.database.credentials_secret.username_key.clear()),
+            "spec.database.credentialsSecret.usernameKey: usernameKey must not be empty",
+        ),
+        (
+            Box::new(|p| p.spec.database.credentials_secret.password_key.clear()),
+            "spec.database.credentialsSecret.passwordKey: passwordKey must not be empty",
+        ),
+    ];
+    for (change, expected) in cases {
+        assert_refused(change, expected);
+    }
+}
+
+#[test]
+fn user_rules() {
+    fn user(p: &mut ConnectionPool) -> &mut crate::api::UserSpec {
+        &mut p.spec.users.as_mut().expect("users")[0]
+    }
+    let cases: Vec<(Change, &str)> = vec![
+        (
+            Box::new(|p| p.spec.users = Some(Vec::new())),
+            rules::NO_USERS,
+        ),
+        (Box::new(|p| user(p).user.clear()), "user must not be empty"),
+        (
+            Box::new(|p| user(p).weight = 0),
+            "weight must be between 1 and 1000",
+        ),
+        (
+            Box::new(|p| user(p).weight = 1001),
+            "weight must be between 1 and 1000",
+        ),
+        (
+            Box::new(|p| user(p).min_pool_size = -1),
+            "minPoolSize must not be negative",
+        ),
+        (
+            Box::new(|p| user(p).reserve_pool_size = -1),
+            "reservePoolSize must not be negative",
+        ),
+        (
+            Box::new(|p| user(p).credentials_secret.name.clear()),
+            "the Secret name must not be empty",
+        ),
+        (
+            Box::new(|p| user(p).credentials_secret.password_key.clear()),
+            "passwordKey must not be empty",
+        ),
+    ];
+    for (change, expected) in cases {
+        let found = violations(change);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].ends_with(expected), "{found:?}");
+        assert!(found[0].starts_with("spec.users"), "{found:?}");
+    }
+    assert_eq!(
+        violations(|p| user(p).weight = 0),
+        vec!["spec.users[0].weight: weight must be between 1 and 1000"]
+    );
+}
+
+#[test]
+fn limits_rollout_and_durations() {
+    assert_refused(
+        |p| p.spec.limits.max_client_connections = 0,
+        "spec.limits.maxClientConnections: maxClientConnections must be at least 1",
+    );
+    assert_refused(
+        |p| p.spec.rollout.max_surge = 0,
+        "spec.rollout.maxSurge: maxSurge must be at least 1: old pods stop only after new \
+         ones are ready, so a rollout needs room for one more pod",
+    );
+    assert_refused(
+        |p| p.spec.limits.server_lifetime = Some(crate::api::DurationSpec("1 hour".into())),
+        "spec.limits.serverLifetime: must be a duration like 30s, 5m or 1h30m (units h, m, s, ms)",
+    );
+    assert!(violations(|p| {
+        p.spec.limits.query_wait_timeout = Some(crate::api::DurationSpec("1h30m".into()))
+    })
+    .is_empty());
+}
+
+#[test]
+fn parameters_rules() {
+    let set = |pairs: &[(&str, &str)]| {
+        let map: std::collections::BTreeMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        violations(move |p| p.spec.parameters = Some(map))
+    };
+    assert!(set(&[
+        ("server_reset_query", "DISCARD ALL"),
+        ("shutdown_timeout", "45")
+    ])
+    .is_empty());
+    let unknown = set(&[("Server_Reset_Query", "x"), ("nonsense", "1")]);
+    assert_eq!(unknown.len(), 1);
+    assert!(unknown[0].starts_with(&format!(
+        "spec.parameters: {}",
+        rules::unknown_parameters_message()
+    )));
+    assert!(
+        unknown[0].ends_with("(found: Server_Reset_Query, nonsense)"),
+        "{unknown:?}"
+    );
+    let owned = set(&[("pool_mode", "session"), ("listen_port", "1")]);
+    assert_eq!(
+        owned,
+        vec![format!(
+            "spec.parameters: {} (listen_port: fixed by the operator; pool_mode: spec.poolMode)",
+            rules::OWNED_PARAMETERS
+        )]
+    );
+    assert_eq!(
+        set(&[("server_reset_query", "a\nb")]),
+        vec!["spec.parameters: parameter values must be a single line"]
+    );
+    // Every key is either settable or owned, and the pooler knows every owned key.
+    let settable: Vec<&str> = rules::settable_keys().collect();
+    for key in weir_pooler::config::Settings::KEYS {
+        assert!(
+            settable.contains(key) != rules::operator_owned_keys().any(|o| o == *key),
+            "{key}"
+        );
+    }
+    for key in rules::operator_owned_keys() {
+        assert!(weir_pooler::config::Settings::KEYS.contains(&key), "{key}");
+    }
+}
+
+#[test]
+fn pod_metadata_rules() {
+    let labels = violations(|p| {
+        p.spec.pod = Some(crate::api::PodSettings {
+            labels: Some([("app.kubernetes.io/name".to_owned(), "x".to_owned())].into()),
+            annotations: Some([("weir.dev/restart-hash".to_owned(), "x".to_owned())].into()),
+            ..Default::default()
+        })
+    });
+    assert_eq!(
+        labels,
+        vec![
+            format!("spec.pod.labels: {}", rules::RESERVED_LABELS),
+            format!("spec.pod.annotations: {}", rules::RESERVED_ANNOTATIONS),
+        ]
+    );
+    assert!(violations(|p| {
+        p.spec.pod = Some(crate::api::PodSettings {
+            labels: Some([("team".to_owned(), "x".to_owned())].into()),
+            ..Default::default()
+        })
+    })
+    .is_empty());
+}
+
+#[test]
+fn names_must_fit_a_service() {
+    for bad in ["1orders", "orders-", "Orders", "a.b", &"a".repeat(64)] {
+        let found = violations(|p| p.metadata.name = Some(bad.to_owned()));
+        assert_eq!(
+            found,
+            vec![format!("metadata.name: {}", rules::NAME_MESSAGE)],
+            "{bad}"
+        );
+    }
+    for good in ["o", "orders-2", &"a".repeat(63)] {
+        assert!(
+            violations(|p| p.metadata.name = Some(good.to_owned())).is_empty(),
+            "{good}"
+        );
+    }
+}
+
+#[test]
+fn loading_refuses_what_the_api_server_refuses() {
+    let err = from_yaml("a: [").expect_err("not yaml");
+    assert!(matches!(err, LoadError::Yaml(_)), "{err}");
+    let err = from_yaml("apiVersion: v1\nkind: Pod\n").expect_err("wrong kind");
+    assert_eq!(
+        err.to_string(),
+        "expected apiVersion weir.dev/v1alpha1 and kind ConnectionPool, found v1 Pod"
+    );
+    let typo = BASE.replace("  users:", "  poolmode: session\n  users:");
+    let err = from_yaml(&typo).expect_err("unknown field");
+    assert_eq!(err.to_string(), "unknown fields: spec.poolmode");
+    let nested = BASE.replace("      name: creds", "      name: creds\n      key: x");
+    let err = from_yaml(&nested).expect_err("unknown field");
+    assert_eq!(
+        err.to_string(),
+        "unknown fields: spec.database.credentialsSecret.key"
+    );
+    let wrong_enum = BASE.replace("  users:", "  poolMode: batch\n  users:");
+    assert!(matches!(from_yaml(&wrong_enum), Err(LoadError::Shape(_))));
+    let wrong_max = BASE.replace("maxConnections: 100", "maxConnections: lots");
+    let err = from_yaml(&wrong_max).expect_err("bad maxConnections");
+    assert!(
+        err.to_string().contains(rules::MAX_CONNECTIONS_FORM),
+        "{err}"
+    );
+    let auto = BASE.replace("maxConnections: 100", "maxConnections: auto");
+    assert_eq!(
+        from_yaml(&auto)
+            .expect("auto")
+            .spec
+            .database
+            .max_connections,
+        crate::api::MaxConnections::Auto
+    );
+    let nulls = BASE.replace("  users:", "  autoscaling: null\n  users:");
+    assert!(from_yaml(&nulls).is_ok());
+    let invalid = BASE.replace("  users:", "  replicas: 0\n  users:");
+    assert_eq!(
+        from_yaml(&invalid).expect_err("invalid").to_string(),
+        "spec.replicas: replicas must be at least 1"
+    );
+}

@@ -1,0 +1,16 @@
+//! Weir's control plane: the `ConnectionPool` API and the pure layers under the controller.
+//!
+//! - [`api`]: the custom resource, its schema, its admission rules and their offline twin.
+//! - [`sizing`]: the connection-budget arithmetic, from the database's limits to every
+//!   pod's pool sizes.
+//! - [`render`]: from a ConnectionPool and what was observed about the world to the
+//!   Kubernetes objects that should exist.
+//! - [`crd`]: the CustomResourceDefinition, as applied to clusters and kept in `crds/`.
+//!
+//! None of these talk to the API server; a controller module built on them does.
+
+pub mod api;
+pub mod crd;
+pub mod render;
+pub mod sizing;
+pub mod yaml;

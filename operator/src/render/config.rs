@@ -1,0 +1,132 @@
+//! The pooler's configuration, built from the pooler's own types so that what the operator
+//! renders is exactly what the pooler parses.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use weir_pooler::config::{AuthType, Config, DatabaseEntry, Settings, UserEntry};
+
+use super::secrets::Credential;
+use super::RenderError;
+use crate::api::ConnectionPoolSpec;
+use crate::sizing::Sizing;
+
+/// Where the ConfigMap is mounted in the pooler container.
+pub const CONFIG_DIR: &str = "/etc/weir/config";
+/// The ConfigMap key and file name of the configuration.
+pub const CONFIG_FILE: &str = "pgbouncer.ini";
+/// Where the auth Secret is mounted.
+pub const AUTH_DIR: &str = "/etc/weir/auth";
+/// The Secret key and file name of the auth file.
+pub const AUTH_FILE: &str = "userlist.txt";
+/// The pooler's HTTP port (health, readiness, metrics): `http_port`, a Weir extension.
+pub const HTTP_PORT: u16 = 8080;
+
+/// `[pgbouncer]` settings the pooler reads only at startup (sockets, process identity).
+/// A change to any of them must restart the pods, so they, and only they, feed the
+/// pod-template hash; every other change reaches running pods through a live reload.
+pub const RESTART_KEYS: &[&str] = &[
+    "logfile",
+    "pidfile",
+    "listen_addr",
+    "listen_port",
+    "unix_socket_dir",
+    "unix_socket_mode",
+    "user",
+    "so_reuseport",
+    "pkt_buf",
+    "http_listen_addr",
+    "http_port",
+];
+
+/// Builds the pooler configuration: one database, one `[users]` entry per user with its
+/// share of each pod's connections, and the settings the spec asks for.
+pub(crate) fn build(
+    spec: &ConnectionPoolSpec,
+    sizing: &Sizing,
+    credentials: &[Credential],
+) -> Result<Config, RenderError> {
+    let mut s = Settings::default();
+    for (key, value) in spec.parameters.iter().flatten() {
+        s.set(key, value).map_err(|e| RenderError::Parameter {
+            key: key.clone(),
+            message: e.0,
+        })?;
+    }
+    if s.shutdown_timeout.is_zero() {
+        return Err(RenderError::UnboundedDrain);
+    }
+    // Every address, IPv4 and IPv6; no Unix socket, since the root filesystem is read-only.
+    s.listen_addr = "*".to_owned();
+    s.unix_socket_dir = String::new();
+    s.http_port = HTTP_PORT;
+    s.auth_type = AuthType::ScramSha256;
+    s.auth_file = Some(PathBuf::from(AUTH_DIR).join(AUTH_FILE));
+    s.pool_mode = spec.pool_mode.into();
+    s.max_client_conn = u32::try_from(spec.limits.max_client_connections).unwrap_or(1);
+    s.default_pool_size = sizing.default_pool_size();
+    let limits = &spec.limits;
+    let timeouts: [(&mut Duration, _); 5] = [
+        (&mut s.query_wait_timeout, &limits.query_wait_timeout),
+        (&mut s.server_idle_timeout, &limits.server_idle_timeout),
+        (&mut s.server_lifetime, &limits.server_lifetime),
+        (&mut s.client_idle_timeout, &limits.client_idle_timeout),
+        (
+            &mut s.idle_transaction_timeout,
+            &limits.idle_transaction_timeout,
+        ),
+    ];
+    for (setting, value) in timeouts {
+        if let Some(value) = value {
+            *setting = value.to_duration()?;
+        }
+    }
+
+    let db = &spec.database;
+    // The pooler has no per-user minimum, so the database-wide one is the smallest users
+    // ask for: never more than any user's pool.
+    let min_pool_size = sizing.users.iter().map(|u| u.min_pool_size).min();
+    let database = DatabaseEntry {
+        host: Some(db.host.clone()),
+        port: u16::try_from(db.port).ok(),
+        dbname: Some(db.dbname.clone()),
+        min_pool_size: min_pool_size.filter(|m| *m > 0),
+        // The hard cap over all the database's pools in one pod: the per-pod budget.
+        max_db_connections: Some(sizing.max_db_connections()),
+        ..DatabaseEntry::default()
+    };
+    let users = credentials
+        .iter()
+        .zip(&sizing.users)
+        .map(|(credential, pool)| {
+            let entry = UserEntry {
+                pool_size: Some(pool.pool_size),
+                reserve_pool_size: Some(pool.reserve_pool_size),
+                // Caps the user at its share even if its pool and reserve were miscounted.
+                max_user_connections: Some(pool.share()),
+                pool_mode: None,
+            };
+            (credential.user.clone(), entry)
+        })
+        .collect();
+    let config = Config {
+        pgbouncer: s,
+        databases: [(db.dbname.clone(), database)].into(),
+        users,
+    };
+    config.validate().map_err(RenderError::Config)?;
+    Ok(config)
+}
+
+/// The hash of the settings in [`RESTART_KEYS`], as put on the pod template.
+pub(crate) fn restart_hash(config: &Config) -> String {
+    let mut hasher = Sha256::new();
+    for key in RESTART_KEYS {
+        let value = config.pgbouncer.get(key).unwrap_or_default();
+        hasher.update(format!("{key}={value}\n"));
+    }
+    let digest = hasher.finalize();
+    let hex: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}

@@ -1,0 +1,314 @@
+//! From a ConnectionPool and what was observed about the world to the objects that should
+//! exist: pure functions, no API calls.
+//!
+//! The controller gathers the [`Observed`] facts (the database's limits when
+//! `maxConnections` is `auto`, what other pools on the same database claim, the referenced
+//! Secrets), calls [`render`], and applies [`Rendered::objects`] in order with server-side
+//! apply. `weir-operator render` does the same offline with stand-in facts.
+//!
+//! Only settings that the pooler cannot take on a live reload change the pod template (see
+//! [`config::RESTART_KEYS`]); pool sizes and credentials reach running pods through the
+//! ConfigMap and the Secret.
+
+pub mod config;
+mod meta;
+mod secrets;
+mod workload;
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::ResourceExt;
+use weir_pooler::config::{Config, ConfigError};
+
+use crate::api::{
+    BudgetStatus, ConnectionPool, ConnectionPoolStatus, InvalidDuration, MaxConnections,
+    UserPoolStatus, UserSource, Violations,
+};
+use crate::sizing::{self, DatabaseLimits, Share, Sizing, SizingError, UserDemand};
+use crate::yaml;
+
+pub use meta::{names, selector_labels, selector_string, RESTART_HASH_ANNOTATION};
+pub use secrets::APP_SECRET_KEYS;
+pub use workload::SERVICE_PORT;
+
+/// What the database itself reports, read by the controller when `maxConnections` is
+/// `auto`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ObservedDatabase {
+    /// `SHOW max_connections`.
+    pub max_connections: u32,
+    /// `SHOW superuser_reserved_connections`.
+    pub superuser_reserved_connections: u32,
+    /// `SHOW reserved_connections` (PostgreSQL 16 and later; 0 before).
+    pub reserved_connections: u32,
+}
+
+/// Facts from outside the ConnectionPool that rendering needs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Observed {
+    /// The database's limits; required when `maxConnections` is `auto`.
+    pub database: Option<ObservedDatabase>,
+    /// Server connections other ConnectionPools on the same database (same host and port)
+    /// claim, from their `status.budget.pool`.
+    pub others_claimed: u32,
+    /// The data of every Secret the spec references, by Secret name.
+    pub secrets: BTreeMap<String, BTreeMap<String, Vec<u8>>>,
+}
+
+/// Why a ConnectionPool cannot be rendered.
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    /// The spec breaks admission rules (only possible offline, or if the CRD is outdated).
+    #[error(transparent)]
+    Invalid(#[from] Violations),
+    /// The object lacks metadata the children need.
+    #[error("the ConnectionPool has no metadata.{0}")]
+    MissingMetadata(&'static str),
+    /// `maxConnections: auto` but the database's limits were not observed.
+    #[error("maxConnections is auto but the database's max_connections is not known yet")]
+    DatabaseNotObserved,
+    /// The budget does not fit.
+    #[error(transparent)]
+    Sizing(#[from] SizingError),
+    /// A referenced Secret does not exist.
+    #[error("Secret {0:?} not found")]
+    MissingSecret(String),
+    /// A referenced Secret lacks a key.
+    #[error("Secret {secret:?} has no key {key:?}")]
+    MissingSecretKey {
+        /// The Secret.
+        secret: String,
+        /// The key.
+        key: String,
+    },
+    /// A Secret value cannot be used as a user name or password.
+    #[error("Secret {secret:?} key {key:?}: {problem}")]
+    BadSecretValue {
+        /// The Secret.
+        secret: String,
+        /// The key.
+        key: String,
+        /// What is wrong with the value.
+        problem: &'static str,
+    },
+    /// A `parameters` value the pooler does not accept.
+    #[error("spec.parameters.{key}: {message}")]
+    Parameter {
+        /// The setting.
+        key: String,
+        /// The pooler's explanation.
+        message: String,
+    },
+    /// A malformed duration (admission normally refuses it first).
+    #[error(transparent)]
+    Duration(#[from] InvalidDuration),
+    /// `shutdown_timeout = 0` asks the pooler to drain forever, which Kubernetes cannot
+    /// grant: the pod is killed after its termination grace period.
+    #[error(
+        "spec.parameters.shutdown_timeout: 0 (wait forever) cannot be honoured, Kubernetes \
+         kills pods after their termination grace period; give a bound"
+    )]
+    UnboundedDrain,
+    /// The pooler's own validation refused the rendered configuration.
+    #[error("the rendered pgbouncer.ini is not valid: {0}")]
+    Config(ConfigError),
+}
+
+/// Everything rendered for one ConnectionPool.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rendered {
+    /// The computed budget and pool sizes.
+    pub sizing: Sizing,
+    /// The users in the order of `sizing.users`.
+    pub users: Vec<String>,
+    /// The pooler configuration in the ConfigMap.
+    pub config: Config,
+    /// Hash of the settings that need a restart, as put on the pod template.
+    pub restart_hash: String,
+    /// The pods' ServiceAccount, without an API token.
+    pub service_account: ServiceAccount,
+    /// `pgbouncer.ini`.
+    pub config_map: ConfigMap,
+    /// `userlist.txt`: the users' names and passwords, which the pooler checks clients
+    /// against and logs in to the database with.
+    pub auth_secret: Secret,
+    /// Connection details for applications.
+    pub app_secret: Secret,
+    /// Where clients connect.
+    pub service: Service,
+    /// The pooler pods.
+    pub deployment: Deployment,
+    /// Keeps voluntary disruptions to one pod at a time.
+    pub pod_disruption_budget: PodDisruptionBudget,
+}
+
+impl Rendered {
+    /// The objects in the order they should be applied: what pods mount and run as comes
+    /// before the pods.
+    pub fn objects(&self) -> Vec<&dyn yaml::erased::Document> {
+        vec![
+            &self.service_account,
+            &self.config_map,
+            &self.auth_secret,
+            &self.app_secret,
+            &self.service,
+            &self.deployment,
+            &self.pod_disruption_budget,
+        ]
+    }
+
+    /// The parts of the status rendering decides: the budget, the pool sizes, the selector,
+    /// the endpoint and the app Secret. The controller adds conditions and replica counts.
+    pub fn status(&self, pool: &ConnectionPool) -> ConnectionPoolStatus {
+        let name = pool.name_any();
+        let namespace = pool.namespace().unwrap_or_default();
+        ConnectionPoolStatus {
+            budget: Some(BudgetStatus::from(&self.sizing.budget)),
+            users: UserPoolStatus::list(&self.sizing, &self.users),
+            selector: Some(selector_string(&name)),
+            endpoint: Some(format!(
+                "{}:{SERVICE_PORT}",
+                meta::service_host(&name, &namespace)
+            )),
+            app_secret_name: Some(names::app_secret(&name)),
+            ..ConnectionPoolStatus::default()
+        }
+    }
+
+    /// The objects as one YAML stream, introduced by comments that show the computed
+    /// sizes: what `weir-operator render` prints.
+    pub fn to_yaml_stream(&self) -> Result<String, yaml::Error> {
+        let b = &self.sizing.budget;
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = writeln!(
+            out,
+            "# Connection budget: max_connections {} - {} superuser-reserved - {} headroom \
+             - {} used by others = {} for all pools",
+            b.max_connections,
+            b.superuser_reserved,
+            b.reserved_headroom,
+            b.used_by_others,
+            b.database
+        );
+        let _ = writeln!(
+            out,
+            "# This pool: {} (other pools claim {}); {} pods at most x {} per pod \
+             (max_db_connections) = {}",
+            b.pool,
+            b.others_claimed,
+            b.pods_max,
+            b.per_pod,
+            self.sizing.committed()
+        );
+        for (name, pool) in self.users.iter().zip(&self.sizing.users) {
+            let _ = writeln!(
+                out,
+                "# User {name}: pool_size {}, reserve_pool_size {}, min_pool_size {}",
+                pool.pool_size, pool.reserve_pool_size, pool.min_pool_size
+            );
+        }
+        out.push_str(&yaml::stream(&self.objects())?);
+        Ok(out)
+    }
+}
+
+/// Renders every child object of `pool`, or explains why it cannot be done.
+pub fn render(pool: &ConnectionPool, observed: &Observed) -> Result<Rendered, RenderError> {
+    pool.validate()?;
+    let name = pool
+        .metadata
+        .name
+        .clone()
+        .ok_or(RenderError::MissingMetadata("name"))?;
+    let namespace = pool
+        .metadata
+        .namespace
+        .clone()
+        .ok_or(RenderError::MissingMetadata("namespace"))?;
+    let owner = meta::owner(pool)?;
+    let sizing = sizing::compute(&sizing_inputs(pool, observed)?)?;
+    let credentials = secrets::credentials(&pool.spec, observed)?;
+    let config = config::build(&pool.spec, &sizing, &credentials)?;
+    let restart_hash = config::restart_hash(&config);
+    let ctx = meta::Context {
+        name: &name,
+        namespace: &namespace,
+        owner,
+    };
+    Ok(Rendered {
+        users: credentials.iter().map(|c| c.user.clone()).collect(),
+        service_account: workload::service_account(&ctx),
+        config_map: secrets::config_map(&ctx, &config),
+        auth_secret: secrets::auth_secret(&ctx, &credentials),
+        app_secret: secrets::app_secret(&ctx, &pool.spec, &credentials),
+        service: workload::service(&ctx, &pool.spec),
+        deployment: workload::deployment(&ctx, &pool.spec, &config, &restart_hash),
+        pod_disruption_budget: workload::pod_disruption_budget(&ctx),
+        sizing,
+        config,
+        restart_hash,
+    })
+}
+
+/// A count the admission rules already proved non-negative.
+fn count(value: i32) -> u32 {
+    u32::try_from(value).unwrap_or(0)
+}
+
+/// The sizing inputs: the spec's numbers, with the database's own where it says `auto`.
+pub fn sizing_inputs(
+    pool: &ConnectionPool,
+    observed: &Observed,
+) -> Result<sizing::Inputs, RenderError> {
+    let spec = &pool.spec;
+    let db = &spec.database;
+    let (max_connections, superuser_reserved) = match db.max_connections {
+        MaxConnections::Count(n) => (
+            u32::try_from(n).unwrap_or(u32::MAX),
+            count(db.superuser_reserved_connections),
+        ),
+        MaxConnections::Auto => {
+            let seen = observed.database.ok_or(RenderError::DatabaseNotObserved)?;
+            (
+                seen.max_connections,
+                seen.superuser_reserved_connections
+                    .saturating_add(seen.reserved_connections),
+            )
+        }
+    };
+    let share = match (spec.max_connections_percent, spec.max_server_connections) {
+        (_, Some(n)) => Share::Absolute(count(n)),
+        (Some(p), None) => Share::Percent(count(p)),
+        (None, None) => Share::Percent(100),
+    };
+    Ok(sizing::Inputs {
+        database: DatabaseLimits {
+            max_connections,
+            superuser_reserved,
+            reserved_percent: count(db.reserved_percent),
+            used_by_others: count(db.used_by_others),
+        },
+        share,
+        others_claimed: observed.others_claimed,
+        replicas: count(spec.replicas),
+        max_surge: count(spec.rollout.max_surge),
+        max_replicas: spec.autoscaling.as_ref().map(|a| count(a.max_replicas)),
+        users: spec
+            .user_sources()
+            .iter()
+            .map(|u: &UserSource<'_>| UserDemand {
+                weight: count(u.weight()),
+                min_pool_size: count(u.min_pool_size()),
+                reserve_pool_size: count(u.reserve_pool_size()),
+            })
+            .collect(),
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,388 @@
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use weir_pooler::config::{parse_userlist, Config, PoolMode};
+
+use super::*;
+use crate::api::from_yaml;
+
+const POOL: &str = "\
+apiVersion: weir.dev/v1alpha1
+kind: ConnectionPool
+metadata:
+  name: orders
+  namespace: shop
+  uid: 0d9c7d5e-1111-4222-8333-444455556666
+spec:
+  database:
+    host: orders-db-rw
+    dbname: orders
+    credentialsSecret:
+      name: orders-db-app
+    maxConnections: auto
+  replicas: 3
+  users:
+    - user: app
+      credentialsSecret:
+        name: app-creds
+      weight: 3
+      reservePoolSize: 2
+    - user: reports
+      credentialsSecret:
+        name: reports-creds
+      minPoolSize: 1
+";
+
+fn pool() -> ConnectionPool {
+    from_yaml(POOL).expect("valid pool")
+}
+
+fn secret_data(pairs: &[(&str, &str)]) -> BTreeMap<String, Vec<u8>> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), v.as_bytes().to_vec()))
+        .collect()
+}
+
+fn observed() -> Observed {
+    Observed {
+        database: Some(ObservedDatabase {
+            max_connections: 200,
+            superuser_reserved_connections: 3,
+            reserved_connections: 2,
+        }),
+        others_claimed: 0,
+        secrets: BTreeMap::from([
+            (
+                "orders-db-app".to_owned(),
+                secret_data(&[("username", "owner"), ("password", "owner-pw")]),
+            ),
+            (
+                "app-creds".to_owned(),
+                secret_data(&[("password", "p@ss w:rd")]),
+            ),
+            (
+                "reports-creds".to_owned(),
+                secret_data(&[("password", "r3ports")]),
+            ),
+        ]),
+    }
+}
+
+fn rendered() -> Rendered {
+    render(&pool(), &observed()).expect("renders")
+}
+
+fn secret_text(secret: &Secret, key: &str) -> String {
+    let data = secret.data.as_ref().expect("data");
+    String::from_utf8(data[key].0.clone()).expect("utf-8")
+}
+
+#[test]
+fn auto_uses_the_databases_own_reserved_slots() {
+    let r = rendered();
+    let b = r.sizing.budget;
+    // 200 − (3 + 2) − 30 headroom = 165 for 3 + 1 pods → 41 each.
+    assert_eq!((b.superuser_reserved, b.reserved_headroom), (5, 30));
+    assert_eq!(
+        (b.database, b.pool, b.pods_max, b.per_pod),
+        (165, 165, 4, 41)
+    );
+    assert_eq!(r.users, vec!["app", "reports"]);
+}
+
+#[test]
+fn the_config_is_what_the_pooler_parses() {
+    let r = rendered();
+    let ini = &r.config_map.data.as_ref().expect("data")["pgbouncer.ini"];
+    let parsed = Config::parse(ini, Path::new("pgbouncer.ini")).expect("the pooler accepts it");
+    assert!(parsed.warnings.is_empty(), "{:?}", parsed.warnings);
+    assert_eq!(parsed.config, r.config);
+    let c = &parsed.config;
+    assert_eq!(c.pgbouncer.pool_mode, PoolMode::Transaction);
+    assert_eq!(c.pgbouncer.http_port, 8080);
+    assert_eq!(c.pgbouncer.max_client_conn, 5000);
+    assert_eq!(c.max_db_connections_for("orders"), 41);
+    // 41 split 3:1 with the reserve inside: app 31 = 29 + 2, reports 10.
+    assert_eq!(c.pool_size_for("orders", "app"), 29);
+    assert_eq!(c.reserve_pool_size_for_user("orders", "app"), 2);
+    assert_eq!(c.max_user_connections_for("app"), 31);
+    assert_eq!(c.pool_size_for("orders", "reports"), 10);
+    assert_eq!(c.min_pool_size_for("orders"), 0);
+    let total: u32 = ["app", "reports"]
+        .iter()
+        .map(|u| c.pool_size_for("orders", u) + c.reserve_pool_size_for_user("orders", u))
+        .sum();
+    assert_eq!(total, 41);
+}
+
+#[test]
+fn userlist_holds_every_users_password() {
+    let r = rendered();
+    let text = secret_text(&r.auth_secret, "userlist.txt");
+    let users = parse_userlist(&text, Path::new("userlist.txt")).expect("parses");
+    assert_eq!(users["app"], "p@ss w:rd");
+    assert_eq!(users["reports"], "r3ports");
+    assert_eq!(users.len(), 2);
+}
+
+#[test]
+fn app_secret_connects_as_the_first_user() {
+    let r = rendered();
+    let s = &r.app_secret;
+    assert_eq!(secret_text(s, "host"), "orders.shop.svc");
+    assert_eq!(secret_text(s, "port"), "5432");
+    assert_eq!(secret_text(s, "dbname"), "orders");
+    assert_eq!(secret_text(s, "user"), "app");
+    assert_eq!(secret_text(s, "password"), "p@ss w:rd");
+    assert_eq!(
+        secret_text(s, "uri"),
+        "postgresql://app:p%40ss%20w%3Ard@orders.shop.svc:5432/orders"
+    );
+    assert_eq!(
+        secret_text(s, "jdbc-uri"),
+        "jdbc:postgresql://orders.shop.svc:5432/orders?user=app&password=p%40ss%20w%3Ard"
+    );
+    let keys: Vec<&str> = s
+        .data
+        .as_ref()
+        .expect("data")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    let mut expected = APP_SECRET_KEYS.to_vec();
+    expected.sort_unstable();
+    assert_eq!(keys, expected);
+}
+
+#[test]
+fn every_object_is_owned_and_labelled() {
+    let r = rendered();
+    let metas = [
+        &r.service_account.metadata,
+        &r.config_map.metadata,
+        &r.auth_secret.metadata,
+        &r.app_secret.metadata,
+        &r.service.metadata,
+        &r.deployment.metadata,
+        &r.pod_disruption_budget.metadata,
+    ];
+    for meta in metas {
+        let owner = &meta.owner_references.as_ref().expect("owner")[0];
+        assert_eq!(owner.kind, "ConnectionPool");
+        assert_eq!(owner.uid, "0d9c7d5e-1111-4222-8333-444455556666");
+        assert_eq!(owner.controller, Some(true));
+        let labels = meta.labels.as_ref().expect("labels");
+        assert_eq!(labels["app.kubernetes.io/name"], "weir");
+        assert_eq!(labels["app.kubernetes.io/instance"], "orders");
+        assert_eq!(labels["app.kubernetes.io/managed-by"], "weir-operator");
+        assert_eq!(meta.namespace.as_deref(), Some("shop"));
+    }
+    assert_eq!(r.objects().len(), metas.len());
+}
+
+#[test]
+fn pods_are_locked_down_and_drain_before_being_killed() {
+    let r = rendered();
+    let spec = r.deployment.spec.as_ref().expect("spec");
+    let strategy = spec
+        .strategy
+        .as_ref()
+        .and_then(|s| s.rolling_update.as_ref());
+    let strategy = strategy.expect("rolling update");
+    assert_eq!(strategy.max_unavailable, Some(IntOrString::Int(0)));
+    assert_eq!(strategy.max_surge, Some(IntOrString::Int(1)));
+    let pod = spec.template.spec.as_ref().expect("pod");
+    assert_eq!(pod.automount_service_account_token, Some(false));
+    // 5 s for endpoints to drop the pod + 30 s shutdown_timeout + 10 s margin.
+    assert_eq!(pod.termination_grace_period_seconds, Some(45));
+    let psc = pod.security_context.as_ref().expect("pod security");
+    assert_eq!(psc.run_as_non_root, Some(true));
+    assert_eq!(
+        psc.seccomp_profile.as_ref().map(|p| p.type_.as_str()),
+        Some("RuntimeDefault")
+    );
+    let c = &pod.containers[0];
+    let sc = c.security_context.as_ref().expect("container security");
+    assert_eq!(sc.read_only_root_filesystem, Some(true));
+    assert_eq!(sc.allow_privilege_escalation, Some(false));
+    assert_eq!(
+        sc.capabilities.as_ref().and_then(|c| c.drop.clone()),
+        Some(vec!["ALL".to_owned()])
+    );
+    let path = |p: &Option<k8s_openapi::api::core::v1::Probe>| {
+        p.as_ref()
+            .and_then(|p| p.http_get.as_ref())
+            .and_then(|h| h.path.clone())
+    };
+    assert_eq!(path(&c.readiness_probe).as_deref(), Some("/readyz"));
+    assert_eq!(path(&c.liveness_probe).as_deref(), Some("/healthz"));
+    let spread = pod.topology_spread_constraints.as_ref().expect("spread");
+    assert_eq!(spread[0].topology_key, "kubernetes.io/hostname");
+    assert_eq!(
+        r.service_account.automount_service_account_token,
+        Some(false)
+    );
+}
+
+fn pod_template(r: &Rendered) -> serde_json::Value {
+    let spec = r.deployment.spec.as_ref().expect("spec");
+    serde_json::to_value(&spec.template).expect("json")
+}
+
+#[test]
+fn pool_size_changes_do_not_restart_pods() {
+    let before = rendered();
+    let mut facts = observed();
+    facts.others_claimed = 40;
+    facts.database = facts.database.map(|d| ObservedDatabase {
+        max_connections: 400,
+        ..d
+    });
+    let mut changed_pool = pool();
+    changed_pool.spec.max_connections_percent = Some(50);
+    if let Some(users) = changed_pool.spec.users.as_mut() {
+        users[1].weight = 2;
+    }
+    let after = render(&changed_pool, &facts).expect("renders");
+    assert_ne!(before.config_map, after.config_map);
+    assert_eq!(pod_template(&before), pod_template(&after));
+    assert_eq!(before.restart_hash, after.restart_hash);
+}
+
+#[test]
+fn startup_settings_restart_pods() {
+    let before = rendered();
+    let mut changed = pool();
+    changed.spec.parameters = Some(BTreeMap::from([("pkt_buf".to_owned(), "8192".to_owned())]));
+    let after = render(&changed, &observed()).expect("renders");
+    assert_ne!(before.restart_hash, after.restart_hash);
+    assert_ne!(pod_template(&before), pod_template(&after));
+    // A longer drain lengthens the grace period.
+    let mut slow = pool();
+    slow.spec.parameters = Some(BTreeMap::from([(
+        "shutdown_timeout".to_owned(),
+        "120".to_owned(),
+    )]));
+    let slow = render(&slow, &observed()).expect("renders");
+    let pod = slow
+        .deployment
+        .spec
+        .and_then(|s| s.template.spec)
+        .expect("pod");
+    assert_eq!(pod.termination_grace_period_seconds, Some(135));
+}
+
+#[test]
+fn restart_keys_are_pooler_settings() {
+    for key in config::RESTART_KEYS {
+        assert!(weir_pooler::config::Settings::KEYS.contains(key), "{key}");
+    }
+}
+
+#[test]
+fn missing_facts_are_named() {
+    let mut facts = observed();
+    facts.database = None;
+    assert!(matches!(
+        render(&pool(), &facts),
+        Err(RenderError::DatabaseNotObserved)
+    ));
+    let mut facts = observed();
+    facts.secrets.remove("reports-creds");
+    let err = render(&pool(), &facts).expect_err("missing secret");
+    assert_eq!(err.to_string(), "Secret \"reports-creds\" not found");
+    let mut facts = observed();
+    facts
+        .secrets
+        .insert("app-creds".into(), secret_data(&[("pass", "x")]));
+    let err = render(&pool(), &facts).expect_err("missing key");
+    assert_eq!(
+        err.to_string(),
+        "Secret \"app-creds\" has no key \"password\""
+    );
+    let mut facts = observed();
+    facts
+        .secrets
+        .insert("app-creds".into(), secret_data(&[("password", "a\nb")]));
+    let err = render(&pool(), &facts).expect_err("bad value");
+    assert!(err.to_string().contains("line break"), "{err}");
+    let mut no_uid = pool();
+    no_uid.metadata.uid = None;
+    assert!(matches!(
+        render(&no_uid, &observed()),
+        Err(RenderError::MissingMetadata("uid"))
+    ));
+}
+
+#[test]
+fn default_user_comes_from_the_database_secret() {
+    let mut p = pool();
+    p.spec.users = None;
+    let r = render(&p, &observed()).expect("renders");
+    assert_eq!(r.users, vec!["owner"]);
+    assert_eq!(r.config.pool_size_for("orders", "owner"), 41);
+    assert_eq!(secret_text(&r.app_secret, "user"), "owner");
+}
+
+#[test]
+fn bad_parameter_values_and_unbounded_drains_are_refused() {
+    let mut p = pool();
+    p.spec.parameters = Some(BTreeMap::from([("pkt_buf".to_owned(), "lots".to_owned())]));
+    let err = render(&p, &observed()).expect_err("bad value");
+    assert!(
+        err.to_string().starts_with("spec.parameters.pkt_buf: "),
+        "{err}"
+    );
+    p.spec.parameters = Some(BTreeMap::from([(
+        "shutdown_timeout".to_owned(),
+        "0".to_owned(),
+    )]));
+    assert!(matches!(
+        render(&p, &observed()),
+        Err(RenderError::UnboundedDrain)
+    ));
+}
+
+#[test]
+fn infeasible_budgets_are_errors_not_overcommitments() {
+    let mut facts = observed();
+    facts.others_claimed = 100;
+    let err = render(&pool(), &facts).expect_err("overcommitted");
+    assert!(matches!(
+        err,
+        RenderError::Sizing(SizingError::Infeasible(_))
+    ));
+    // 65 left, and 4 pods need 4 each: 10 % (16) to 39 % (64) of 165 fit.
+    assert!(
+        err.to_string()
+            .ends_with("smallest fix: lower maxConnectionsPercent to between 10 and 39"),
+        "{err}"
+    );
+    facts.others_claimed = 160;
+    let err = render(&pool(), &facts).expect_err("overcommitted");
+    assert!(
+        err.to_string()
+            .ends_with("no single setting can fix this on its own"),
+        "{err}"
+    );
+}
+
+#[test]
+fn status_reports_the_computed_sizes() {
+    let r = rendered();
+    let status = r.status(&pool());
+    let budget = status.budget.expect("budget");
+    assert_eq!((budget.pool, budget.per_pod, budget.pods_max), (165, 41, 4));
+    assert_eq!(status.users[0].user, "app");
+    assert_eq!(status.users[0].pool_size, 29);
+    assert_eq!(status.users[0].reserve_pool_size, 2);
+    assert_eq!(
+        status.selector.as_deref(),
+        Some("app.kubernetes.io/name=weir,weir.dev/pool=orders")
+    );
+    assert_eq!(status.endpoint.as_deref(), Some("orders.shop.svc:5432"));
+    assert_eq!(status.app_secret_name.as_deref(), Some("orders-app"));
+}
