@@ -3,10 +3,11 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
+use tokio::sync::watch;
 
 use crate::auth::{ScramSecret, Secret};
 use crate::cancel::CancelRegistry;
@@ -38,6 +39,11 @@ pub struct Pooler {
     statements: StatementRegistry,
     /// Clients pinned to their server connection in transaction mode right now.
     pinned_clients: AtomicUsize,
+    /// How many configurations have been loaded (1 at start), and a digest of the current one.
+    generation: AtomicU64,
+    digest: Mutex<String>,
+    /// True once a shutdown has begun: no new clients, readiness fails.
+    draining: watch::Sender<bool>,
 }
 
 /// Loads the secrets of `auth_file`, if one is configured.
@@ -62,6 +68,7 @@ impl Pooler {
         config: Config,
         secrets: HashMap<String, Secret>,
     ) -> Arc<Pooler> {
+        let digest = config_digest(&config, &secrets);
         Arc::new(Pooler {
             config_path: config_path.to_owned(),
             config: ArcSwap::from_pointee(config),
@@ -73,6 +80,9 @@ impl Pooler {
             derived: Mutex::new(HashMap::new()),
             statements: StatementRegistry::default(),
             pinned_clients: AtomicUsize::new(0),
+            generation: AtomicU64::new(1),
+            digest: Mutex::new(digest),
+            draining: watch::Sender::new(false),
         })
     }
 
@@ -88,12 +98,63 @@ impl Pooler {
 
     /// Re-reads the configuration file and the auth file; on success new clients and new
     /// pools use them, on failure nothing changes.
-    pub fn reload(&self) -> Result<Vec<config::ConfigWarning>, config::ConfigError> {
+    ///
+    /// Pools are resized and re-targeted in place; settings that only take effect at start
+    /// (`config::RESTART_KEYS`) are reported as needing a restart. Returns whether anything
+    /// changed, with the configuration's warnings.
+    pub fn reload(&self) -> Result<(bool, Vec<config::ConfigWarning>), config::ConfigError> {
         let loaded = Config::load(&self.config_path)?;
         let secrets = load_secrets(&loaded.config)?;
+        let digest = config_digest(&loaded.config, &secrets);
+        {
+            let mut current = self.digest.lock().unwrap_or_else(|p| p.into_inner());
+            if *current == digest {
+                return Ok((false, loaded.warnings));
+            }
+            *current = digest;
+        }
+        let old = self.config();
+        for key in config::RESTART_KEYS {
+            if old.pgbouncer.get(key) != loaded.config.pgbouncer.get(key) {
+                tracing::warn!(
+                    setting = key,
+                    "changed, but takes effect only after a restart"
+                );
+            }
+        }
         self.config.store(Arc::new(loaded.config));
         self.secrets.store(Arc::new(secrets));
-        Ok(loaded.warnings)
+        self.reconfigure_pools();
+        let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        tracing::info!(generation, "configuration reloaded");
+        Ok((true, loaded.warnings))
+    }
+
+    /// How many configurations have been loaded, and the digest of the one in force.
+    pub fn config_generation(&self) -> (u64, String) {
+        let digest = self
+            .digest
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        (self.generation.load(Ordering::Acquire), digest)
+    }
+
+    /// Begins a shutdown: listeners stop accepting, readiness fails, idle clients in
+    /// transaction and statement modes are let go at their next transaction boundary.
+    pub fn start_draining(&self) {
+        self.draining.send_replace(true);
+    }
+
+    /// Whether a shutdown has begun.
+    pub fn is_draining(&self) -> bool {
+        *self.draining.borrow()
+    }
+
+    /// Resolves when a shutdown begins.
+    pub async fn drained(&self) {
+        let mut rx = self.draining.subscribe();
+        let _ = rx.wait_for(|d| *d).await;
     }
 
     /// The stored secret of `user` from `auth_file`.
@@ -181,54 +242,8 @@ impl Pooler {
         if let Some(pool) = pools.get(&key) {
             return Ok(pool.clone());
         }
-        let credential = match &entry.password {
-            Some(p) => ServerCredential::Password(p.clone()),
-            None => match (self.secret(&server_user), scram_keys) {
-                (Some(Secret::Plain(p)), _) => ServerCredential::Password(p),
-                (Some(Secret::Md5(h)), _) => ServerCredential::Md5Hash(h),
-                (Some(Secret::Scram(_)), Some((client_key, server_key))) if server_user == user => {
-                    ServerCredential::ScramKeys {
-                        client_key,
-                        server_key,
-                    }
-                }
-                _ => ServerCredential::None,
-            },
-        };
-        let s = &config.pgbouncer;
-        let target = ServerTarget {
-            addr: ServerAddr::new(
-                entry.host.as_deref().unwrap_or(DEFAULT_SOCKET_DIR),
-                entry.port.unwrap_or(DEFAULT_PORT),
-            ),
-            dbname: entry.dbname.clone().unwrap_or_else(|| database.to_owned()),
-            user: server_user.clone(),
-            credential,
-            connect_timeout: s.server_connect_timeout,
-            keepalive: keepalive(&config),
-            connect_query: entry.connect_query.clone(),
-            startup_params: [
-                ("client_encoding", &entry.client_encoding),
-                ("datestyle", &entry.datestyle),
-                ("timezone", &entry.timezone),
-                ("application_name", &entry.application_name),
-            ]
-            .into_iter()
-            .filter_map(|(k, v)| v.as_ref().map(|v| (k.to_owned(), v.clone())))
-            .collect(),
-        };
-        let settings = PoolSettings {
-            mode: config.pool_mode_for(database, &server_user),
-            size: config.pool_size_for(database, &server_user) as usize,
-            min_size: config.min_pool_size_for(database) as usize,
-            reserve_size: config.reserve_pool_size_for(database) as usize,
-            reserve_timeout: s.reserve_pool_timeout,
-            lifetime: s.server_lifetime,
-            idle_timeout: s.server_idle_timeout,
-            check_delay: s.server_check_delay,
-            check_query: s.server_check_query.clone(),
-            login_retry: s.server_login_retry,
-        };
+        let (target, settings) = pool_spec(&config, self, database, &key.user, user, scram_keys)
+            .ok_or_else(|| Box::new(no_such_database(database)))?;
         let mut limits = Vec::new();
         let max_db = config.max_db_connections_for(database);
         if max_db > 0 {
@@ -244,6 +259,34 @@ impl Pooler {
         Ok(pool)
     }
 
+    /// Applies the configuration in force to every existing pool: sizes and timeouts change
+    /// in place, a changed database entry re-targets its pool, a removed one closes it.
+    fn reconfigure_pools(&self) {
+        let config = self.config();
+        let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
+        pools.retain(|key, pool| {
+            let old = pool.target();
+            let keys = match &old.credential {
+                ServerCredential::ScramKeys {
+                    client_key,
+                    server_key,
+                } => Some((*client_key, *server_key)),
+                _ => None,
+            };
+            match pool_spec(&config, self, &key.database, &key.user, &key.user, keys) {
+                Some((target, settings)) => {
+                    pool.reconfigure(settings, target);
+                    true
+                }
+                None => {
+                    tracing::info!(pool = %key, "database removed from the configuration; closing its pool");
+                    pool.close();
+                    false
+                }
+            }
+        });
+    }
+
     fn limit(&self, name: String, max: u32) -> Arc<Limit> {
         self.limits
             .lock()
@@ -252,6 +295,100 @@ impl Pooler {
             .or_insert_with(|| Limit::new(name, max as usize))
             .clone()
     }
+}
+
+/// The target and settings of the pool for `database` logging in as `server_user`, from
+/// `config`; `None` when the database is not configured. `client_user` and `scram_keys` say
+/// who asked, for SCRAM pass-through.
+fn pool_spec(
+    config: &Config,
+    pooler: &Pooler,
+    database: &str,
+    server_user: &str,
+    client_user: &str,
+    scram_keys: Option<([u8; 32], [u8; 32])>,
+) -> Option<(ServerTarget, PoolSettings)> {
+    let (_, entry) = config.database(database)?;
+    let credential = match &entry.password {
+        Some(p) => ServerCredential::Password(p.clone()),
+        None => match (pooler.secret(server_user), scram_keys) {
+            (Some(Secret::Plain(p)), _) => ServerCredential::Password(p),
+            (Some(Secret::Md5(h)), _) => ServerCredential::Md5Hash(h),
+            (Some(Secret::Scram(_)), Some((client_key, server_key)))
+                if server_user == client_user =>
+            {
+                ServerCredential::ScramKeys {
+                    client_key,
+                    server_key,
+                }
+            }
+            _ => ServerCredential::None,
+        },
+    };
+    let s = &config.pgbouncer;
+    let target = ServerTarget {
+        addr: ServerAddr::new(
+            entry.host.as_deref().unwrap_or(DEFAULT_SOCKET_DIR),
+            entry.port.unwrap_or(DEFAULT_PORT),
+        ),
+        dbname: entry.dbname.clone().unwrap_or_else(|| database.to_owned()),
+        user: server_user.to_owned(),
+        credential,
+        connect_timeout: s.server_connect_timeout,
+        keepalive: keepalive(config),
+        connect_query: entry.connect_query.clone(),
+        startup_params: [
+            ("client_encoding", &entry.client_encoding),
+            ("datestyle", &entry.datestyle),
+            ("timezone", &entry.timezone),
+            ("application_name", &entry.application_name),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| v.as_ref().map(|v| (k.to_owned(), v.clone())))
+        .collect(),
+    };
+    let settings = PoolSettings {
+        mode: config.pool_mode_for(database, server_user),
+        size: config.pool_size_for(database, server_user) as usize,
+        min_size: config.min_pool_size_for(database) as usize,
+        reserve_size: config.reserve_pool_size_for(database) as usize,
+        reserve_timeout: s.reserve_pool_timeout,
+        lifetime: s.server_lifetime,
+        idle_timeout: s.server_idle_timeout,
+        check_delay: s.server_check_delay,
+        check_query: s.server_check_query.clone(),
+        login_retry: s.server_login_retry,
+    };
+    Some((target, settings))
+}
+
+/// A digest of a configuration and its secrets, to tell a real change from a touched file
+/// and to report which configuration is in force.
+fn config_digest(config: &Config, secrets: &HashMap<String, Secret>) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(config.to_ini());
+    let mut users: Vec<(&String, String)> = secrets
+        .iter()
+        .map(|(u, s)| {
+            let stored = match s {
+                Secret::Plain(p) => p.clone(),
+                Secret::Md5(h) => h.clone(),
+                Secret::Scram(v) => v.to_string(),
+            };
+            (u, stored)
+        })
+        .collect();
+    users.sort();
+    for (user, secret) in users {
+        h.update(user);
+        h.update(secret);
+    }
+    h.finalize()
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// The error for a database the configuration does not know.

@@ -108,7 +108,12 @@ impl Listeners {
             tasks.spawn(accept_unix(listener, pooler.clone()));
         }
         let _cleanup = unix_path.map(SocketFile);
-        while tasks.join_next().await.is_some() {}
+        // Draining closes the listening sockets: new clients are refused at once (and
+        // Kubernetes sends them to another pod), while connected clients are served on.
+        tokio::select! {
+            () = async { while tasks.join_next().await.is_some() {} } => {}
+            () = pooler.drained() => tasks.abort_all(),
+        }
     }
 }
 

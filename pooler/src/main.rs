@@ -170,24 +170,77 @@ async fn run(pooler: Arc<Pooler>) -> anyhow::Result<()> {
     if !config.pgbouncer.unix_socket_dir.is_empty() {
         tracing::info!(dir = %config.pgbouncer.unix_socket_dir, "listening on a unix socket");
     }
+    let http = weir_pooler::http::bind(&pooler)
+        .await
+        .context("cannot open the HTTP endpoint")?;
+    if let Some(l) = &http {
+        tracing::info!(addr = %l.local_addr()?, "HTTP endpoint (metrics, health, status)");
+    }
+    let shutdown_timeout = config.pgbouncer.shutdown_timeout;
     drop(config);
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    let mut quit = signal(SignalKind::quit())?;
     let mut hup = signal(SignalKind::hangup())?;
-    let accept = listeners.run(pooler.clone());
-    tokio::pin!(accept);
+    let accepting = tokio::spawn(listeners.run(pooler.clone()));
+    if let Some(l) = http {
+        tokio::spawn(weir_pooler::http::serve(l, pooler.clone()));
+    }
+    tokio::spawn(weir_pooler::reload::watch_files(pooler.clone()));
     loop {
         tokio::select! {
-            () = &mut accept => return Ok(()),
             _ = term.recv() => {
-                tracing::info!("SIGTERM: shutting down");
-                return Ok(());
+                tracing::info!("SIGTERM: draining (new clients refused, running transactions finish)");
+                break;
             }
             _ = int.recv() => {
-                tracing::info!("SIGINT: shutting down");
+                tracing::info!("SIGINT: draining");
+                break;
+            }
+            _ = quit.recv() => {
+                tracing::info!("SIGQUIT: exiting at once");
                 return Ok(());
             }
             _ = hup.recv() => reload(&pooler),
+        }
+    }
+    pooler.start_draining();
+    let _ = accepting.await;
+    drain(&pooler, shutdown_timeout, &mut quit).await;
+    Ok(())
+}
+
+/// Waits for clients to leave (transaction-mode clients are let go at their next transaction
+/// boundary), at most `shutdown_timeout` (zero: no limit); SIGQUIT cuts it short.
+async fn drain(
+    pooler: &Pooler,
+    shutdown_timeout: std::time::Duration,
+    quit: &mut tokio::signal::unix::Signal,
+) {
+    let started = std::time::Instant::now();
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(50));
+    loop {
+        let left = pooler.client_count();
+        if left == 0 {
+            tracing::info!(
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "drained; exiting"
+            );
+            return;
+        }
+        if !shutdown_timeout.is_zero() && started.elapsed() >= shutdown_timeout {
+            tracing::warn!(
+                clients = left,
+                "shutdown_timeout reached; closing the remaining clients"
+            );
+            return;
+        }
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = quit.recv() => {
+                tracing::info!(clients = left, "SIGQUIT: exiting at once");
+                return;
+            }
         }
     }
 }
@@ -195,11 +248,12 @@ async fn run(pooler: Arc<Pooler>) -> anyhow::Result<()> {
 /// SIGHUP: re-read the configuration and auth file; new clients and new pools use them.
 fn reload(pooler: &Pooler) {
     match pooler.reload() {
-        Ok(warnings) => {
-            for w in warnings {
-                tracing::warn!("{w}");
+        Ok((changed, warnings)) => {
+            if changed {
+                for w in warnings {
+                    tracing::warn!("{w}");
+                }
             }
-            tracing::info!("configuration reloaded");
         }
         Err(e) => tracing::error!("reload failed, keeping the old configuration: {e}"),
     }

@@ -234,6 +234,8 @@ pub struct ServerConn {
     pub prepared: PreparedSet,
     /// Session settings this connection carries (replayed for, or made by, a client).
     pub session: Vec<Setting>,
+    /// The pool's target generation this connection was opened for.
+    pub generation: u64,
 }
 
 impl ServerConn {
@@ -271,6 +273,7 @@ impl ServerConn {
             last_used: Instant::now(),
             prepared: PreparedSet::default(),
             session: Vec::new(),
+            generation: 0,
         };
         conn.login(target).await?;
         if let Some(q) = &target.connect_query {

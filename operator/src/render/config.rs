@@ -23,22 +23,8 @@ pub const AUTH_FILE: &str = "userlist.txt";
 /// The pooler's HTTP port (health, readiness, metrics): `http_port`, a Weir extension.
 pub const HTTP_PORT: u16 = 8080;
 
-/// `[pgbouncer]` settings the pooler reads only at startup (sockets, process identity).
-/// A change to any of them must restart the pods, so they, and only they, feed the
-/// pod-template hash; every other change reaches running pods through a live reload.
-pub const RESTART_KEYS: &[&str] = &[
-    "logfile",
-    "pidfile",
-    "listen_addr",
-    "listen_port",
-    "unix_socket_dir",
-    "unix_socket_mode",
-    "user",
-    "so_reuseport",
-    "pkt_buf",
-    "http_listen_addr",
-    "http_port",
-];
+/// Settings that take effect only at pooler start: a change rolls the pods.
+pub use weir_pooler::config::RESTART_KEYS;
 
 /// Builds the pooler configuration: one database, one `[users]` entry per user with its
 /// share of each pod's connections, and the settings the spec asks for.

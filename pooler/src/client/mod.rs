@@ -28,6 +28,7 @@ use crate::wire;
 
 use login::{Hello, LoginError};
 use relay::{Outcome, Relay, TimeoutKind, Timeouts};
+pub use scan::Counts;
 use scan::{ReleasePolicy, TxState};
 use tracked::{ClientState, Tracker};
 
@@ -95,6 +96,9 @@ pub async fn serve(pooler: Arc<Pooler>, mut stream: Stream, peer: String) {
         tracing::info!(%peer, user = %login.user, database = %login.database, "login");
     }
     drop(config);
+    pool.stats()
+        .clients
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut session = Session {
         pooler,
         pool,
@@ -206,6 +210,10 @@ struct Session {
 
 impl Drop for Session {
     fn drop(&mut self) {
+        self.pool
+            .stats()
+            .clients
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         if self.state.pinned.is_some() {
             self.pooler
                 .pinned_clients()
@@ -261,19 +269,53 @@ impl Session {
     /// Waits until the client has sent something that needs a server. Err means it left.
     async fn wait_for_work(&mut self, mode: PoolMode) -> Result<(), &'static str> {
         let idle_limit = self.pooler.config().pgbouncer.client_idle_timeout;
+        // Transaction and statement modes let clients go between transactions when draining;
+        // session-mode clients keep their session until they leave (or shutdown_timeout).
+        let releases = mode != PoolMode::Session;
         while self.buf.is_empty() {
             // Give the read buffer back while idle: idle clients should cost almost nothing.
             self.buf = BytesMut::new();
-            let readable = self.stream.readable();
-            if idle_limit.is_zero() || mode == PoolMode::Session {
-                readable.await.map_err(|_| "client connection failed")?;
-            } else if tokio::time::timeout(idle_limit, readable).await.is_err() {
+            if releases && self.pooler.is_draining() {
+                self.buf.reserve(4096);
+                match self.stream.try_read_buf(&mut self.buf) {
+                    Ok(n) if n > 0 => break,
+                    Ok(_) => return Err("client closed the connection"),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(_) => return Err("client connection failed"),
+                }
                 self.fatal(PgError::fatal(
-                    "57P05",
-                    "client_idle_timeout: client was idle too long",
+                    "57P01",
+                    "the pooler is shutting down; reconnect to continue",
                 ))
                 .await;
-                return Err("client_idle_timeout");
+                return Err("pooler shutting down");
+            }
+            let pooler = self.pooler.clone();
+            let drained = async {
+                if releases {
+                    pooler.drained().await;
+                } else {
+                    std::future::pending::<()>().await;
+                }
+            };
+            let limit = if idle_limit.is_zero() || mode == PoolMode::Session {
+                Duration::from_secs(86_400 * 365)
+            } else {
+                idle_limit
+            };
+            tokio::select! {
+                ready = self.stream.readable() => {
+                    ready.map_err(|_| "client connection failed")?;
+                }
+                () = drained => continue,
+                () = tokio::time::sleep(limit) => {
+                    self.fatal(PgError::fatal(
+                        "57P05",
+                        "client_idle_timeout: client was idle too long",
+                    ))
+                    .await;
+                    return Err("client_idle_timeout");
+                }
             }
             self.buf.reserve(4096);
             match self.stream.try_read_buf(&mut self.buf) {
@@ -342,6 +384,8 @@ impl Session {
         drop(config);
 
         let mut tx = TxState::default();
+        let mut counts = Counts::default();
+        let lent_at = Instant::now();
         let pooler = self.pooler.clone();
         let tracker = (mode != PoolMode::Session).then(|| {
             Tracker::new(
@@ -361,8 +405,10 @@ impl Session {
             timeouts,
             max_message,
             tracker,
+            &mut counts,
         )
         .await;
+        self.pool.stats().add(&counts, lent_at.elapsed());
         // A pinned client's connection carries state only a full reset removes.
         let pinned = self.state.pinned.is_some();
         match outcome {

@@ -18,7 +18,7 @@ use tokio::time::Sleep;
 use tokio_util::io::poll_read_buf;
 
 use super::pipeline::Verdict;
-use super::scan::{self, ClientStop, Cursor, ReleasePolicy, ServerStop, TxState};
+use super::scan::{self, ClientStop, Counts, Cursor, ReleasePolicy, ServerStop, TxState};
 use super::tracked::{ClientEvent, ServerInfo, Tracker};
 use crate::params::ParamSet;
 use crate::protocol::{backend, ProtocolError};
@@ -97,6 +97,8 @@ pub struct Relay<'a> {
     s2c_local: BytesMut,
     /// Tracked mode: server bytes to drop (answers to messages the pooler added).
     s2c_skip: usize,
+    /// What went by, for statistics.
+    counts: &'a mut Counts,
 }
 
 impl<'a> Relay<'a> {
@@ -113,6 +115,7 @@ impl<'a> Relay<'a> {
         timeouts: Timeouts,
         max_client_message: usize,
         tracker: Option<Tracker<'a>>,
+        counts: &'a mut Counts,
     ) -> Relay<'a> {
         Relay {
             client,
@@ -132,6 +135,7 @@ impl<'a> Relay<'a> {
             c2s_out: BytesMut::new(),
             s2c_local: BytesMut::new(),
             s2c_skip: 0,
+            counts,
         }
     }
 
@@ -189,7 +193,11 @@ impl<'a> Relay<'a> {
                 return Ok(());
             }
             let info = match tag {
-                b'E' => ServerInfo::Error,
+                b'E' => {
+                    let end = self.server.buf.len().min(start + body);
+                    self.counts.error(&self.server.buf[start..end]);
+                    ServerInfo::Error
+                }
                 b'C' => {
                     if &self.server.buf[start..start + body] == b"ROLLBACK\0" {
                         ServerInfo::Rollback
@@ -224,6 +232,7 @@ impl<'a> Relay<'a> {
                 return Ok(());
             }
             if let ServerInfo::Ready(status) = info {
+                self.counts.ready(status);
                 self.tx.outstanding = self.tx.outstanding.saturating_sub(1);
                 self.tx.status = status;
                 if self.tx.outstanding == 0
@@ -278,6 +287,7 @@ impl<'a> Relay<'a> {
             self.policy,
             client_at_rest,
             usize::MAX >> 1,
+            self.counts,
             |body| {
                 if let Ok((name, value)) = backend::parse_parameter_status(body) {
                     server_params.set(&name, &value);
@@ -375,6 +385,7 @@ impl Future for Relay<'_> {
                         }
                         Poll::Ready(Ok(n)) => {
                             this.c2s_out.advance(n);
+                            this.counts.bytes_received += n as u64;
                             progressed = true;
                         }
                         Poll::Ready(Err(e)) => {
@@ -411,6 +422,7 @@ impl Future for Relay<'_> {
                         Poll::Ready(Ok(n)) => {
                             this.client_buf.advance(n);
                             this.c2s.scanned -= n;
+                            this.counts.bytes_received += n as u64;
                             progressed = true;
                         }
                         Poll::Ready(Err(e)) => {
@@ -446,6 +458,7 @@ impl Future for Relay<'_> {
                     Poll::Ready(Ok(n)) => {
                         this.server.buf.advance(n);
                         this.s2c.scanned -= n;
+                        this.counts.bytes_sent += n as u64;
                         progressed = true;
                     }
                     Poll::Ready(Err(e)) => return Poll::Ready(Outcome::ClientFailed(e)),
@@ -466,6 +479,7 @@ impl Future for Relay<'_> {
                     }
                     Poll::Ready(Ok(n)) => {
                         this.s2c_local.advance(n);
+                        this.counts.bytes_sent += n as u64;
                         progressed = true;
                     }
                     Poll::Ready(Err(e)) => return Poll::Ready(Outcome::ClientFailed(e)),

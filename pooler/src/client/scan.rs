@@ -53,6 +53,52 @@ impl TxState {
     }
 }
 
+/// What a relay saw go by, for statistics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// ReadyForQuery messages: completed requests (queries, syncs).
+    pub queries: u64,
+    /// ReadyForQuery messages reporting an idle session: completed transactions.
+    pub transactions: u64,
+    /// ErrorResponses by SQLSTATE class (`"??"` when the code was not seen).
+    pub errors: Vec<[u8; 2]>,
+    /// Bytes sent to the server.
+    pub bytes_received: u64,
+    /// Bytes sent to the client.
+    pub bytes_sent: u64,
+}
+
+impl Counts {
+    /// Records a ReadyForQuery with `status`.
+    pub fn ready(&mut self, status: u8) {
+        self.queries += 1;
+        if status == b'I' {
+            self.transactions += 1;
+        }
+    }
+
+    /// Records an ErrorResponse whose available bytes are `body` (possibly incomplete).
+    pub fn error(&mut self, body: &[u8]) {
+        self.errors.push(error_class(body).unwrap_or(*b"??"));
+    }
+}
+
+/// The SQLSTATE class (first two characters of the `C` field) of an ErrorResponse body.
+pub fn error_class(body: &[u8]) -> Option<[u8; 2]> {
+    let mut rest = body;
+    while let Some((&field, tail)) = rest.split_first() {
+        if field == 0 {
+            return None;
+        }
+        let end = tail.iter().position(|&b| b == 0)?;
+        if field == b'C' && end >= 2 {
+            return Some([tail[0], tail[1]]);
+        }
+        rest = &tail[end + 1..];
+    }
+    None
+}
+
 /// Why client scanning stopped before the end of the buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClientStop {
@@ -135,6 +181,7 @@ pub struct ReleasePolicy {
 /// Scans server bytes from `cur.scanned` on. `client_at_rest` says whether the client side
 /// has nothing unsent; only then can an idle ReadyForQuery release the connection.
 /// `on_parameter` receives every complete ParameterStatus body.
+#[allow(clippy::too_many_arguments)]
 pub fn scan_server(
     buf: &[u8],
     cur: &mut Cursor,
@@ -142,6 +189,7 @@ pub fn scan_server(
     policy: ReleasePolicy,
     client_at_rest: bool,
     max_len: usize,
+    counts: &mut Counts,
     mut on_parameter: impl FnMut(&[u8]),
 ) -> Result<ServerStop, ProtocolError> {
     loop {
@@ -169,6 +217,7 @@ pub fn scan_server(
                     };
                     tx.outstanding = tx.outstanding.saturating_sub(1);
                     tx.status = *status;
+                    counts.ready(*status);
                     if tx.outstanding == 0 && !tx.unsynced && client_at_rest {
                         if policy.statement_mode && *status != b'I' {
                             return Ok(ServerStop::TransactionInStatementMode);
@@ -182,6 +231,10 @@ pub fn scan_server(
                 cur.scanned = start + body;
             }
             _ => {
+                if tag == b'E' {
+                    let start = cur.scanned + 5;
+                    counts.error(&buf[start..buf.len().min(start + body)]);
+                }
                 cur.scanned += 5;
                 cur.remaining = body;
             }
@@ -220,7 +273,16 @@ mod tests {
         let mut server = msg(b'C', b"SELECT 1\0");
         server.extend(msg(b'Z', b"I"));
         let mut scur = Cursor::default();
-        let stop = scan_server(&server, &mut scur, &mut tx, TX, true, 1 << 20, |_| {});
+        let stop = scan_server(
+            &server,
+            &mut scur,
+            &mut tx,
+            TX,
+            true,
+            1 << 20,
+            &mut Counts::default(),
+            |_| {},
+        );
         assert_eq!(stop, Ok(ServerStop::Idle));
         assert_eq!(scur.scanned, server.len());
         assert!(tx.is_idle());
@@ -241,10 +303,28 @@ mod tests {
         assert_eq!(tx.outstanding, 2);
         let server = msg(b'Z', b"I");
         let mut scur = Cursor::default();
-        let stop = scan_server(&server, &mut scur, &mut tx, TX, true, 1 << 20, |_| {});
+        let stop = scan_server(
+            &server,
+            &mut scur,
+            &mut tx,
+            TX,
+            true,
+            1 << 20,
+            &mut Counts::default(),
+            |_| {},
+        );
         assert_eq!(stop, Ok(ServerStop::NeedMore));
         let mut scur = Cursor::default();
-        let stop = scan_server(&server, &mut scur, &mut tx, TX, true, 1 << 20, |_| {});
+        let stop = scan_server(
+            &server,
+            &mut scur,
+            &mut tx,
+            TX,
+            true,
+            1 << 20,
+            &mut Counts::default(),
+            |_| {},
+        );
         assert_eq!(stop, Ok(ServerStop::Idle));
     }
 
@@ -259,7 +339,16 @@ mod tests {
         let _ = scan_client(&client, &mut cur, &mut tx, 1 << 20);
         let server = msg(b'Z', b"I");
         let mut scur = Cursor::default();
-        let stop = scan_server(&server, &mut scur, &mut tx, TX, true, 1 << 20, |_| {});
+        let stop = scan_server(
+            &server,
+            &mut scur,
+            &mut tx,
+            TX,
+            true,
+            1 << 20,
+            &mut Counts::default(),
+            |_| {},
+        );
         assert_eq!(stop, Ok(ServerStop::NeedMore));
         assert!(tx.unsynced);
     }
@@ -272,7 +361,16 @@ mod tests {
         };
         let server = msg(b'Z', b"I");
         let mut scur = Cursor::default();
-        let stop = scan_server(&server, &mut scur, &mut tx, TX, false, 1 << 20, |_| {});
+        let stop = scan_server(
+            &server,
+            &mut scur,
+            &mut tx,
+            TX,
+            false,
+            1 << 20,
+            &mut Counts::default(),
+            |_| {},
+        );
         assert_eq!(stop, Ok(ServerStop::NeedMore));
     }
 
@@ -290,7 +388,16 @@ mod tests {
             statement_mode: true,
         };
         let mut scur = Cursor::default();
-        let stop = scan_server(&server, &mut scur, &mut tx, policy, true, 1 << 20, |_| {});
+        let stop = scan_server(
+            &server,
+            &mut scur,
+            &mut tx,
+            policy,
+            true,
+            1 << 20,
+            &mut Counts::default(),
+            |_| {},
+        );
         assert_eq!(stop, Ok(ServerStop::TransactionInStatementMode));
         assert_eq!(scur.scanned, before);
     }
@@ -317,7 +424,16 @@ mod tests {
         let mut fed = 0;
         while fed < whole.len() {
             fed = (fed + 1000).min(whole.len());
-            let stop = scan_server(&whole[..fed], &mut cur, &mut tx, TX, true, 1 << 20, |_| {});
+            let stop = scan_server(
+                &whole[..fed],
+                &mut cur,
+                &mut tx,
+                TX,
+                true,
+                1 << 20,
+                &mut Counts::default(),
+                |_| {},
+            );
             assert_eq!(stop, Ok(ServerStop::NeedMore));
             assert_eq!(cur.scanned, fed);
         }
@@ -330,16 +446,57 @@ mod tests {
         let mut tx = TxState::default();
         let mut cur = Cursor::default();
         let mut seen = Vec::new();
-        let stop = scan_server(&whole[..8], &mut cur, &mut tx, TX, true, 1 << 20, |b| {
-            seen.push(b.to_vec())
-        });
+        let stop = scan_server(
+            &whole[..8],
+            &mut cur,
+            &mut tx,
+            TX,
+            true,
+            1 << 20,
+            &mut Counts::default(),
+            |b| seen.push(b.to_vec()),
+        );
         assert_eq!(stop, Ok(ServerStop::NeedMore));
         assert_eq!(cur.scanned, 0);
-        let _ = scan_server(&whole, &mut cur, &mut tx, TX, true, 1 << 20, |b| {
-            seen.push(b.to_vec())
-        });
+        let _ = scan_server(
+            &whole,
+            &mut cur,
+            &mut tx,
+            TX,
+            true,
+            1 << 20,
+            &mut Counts::default(),
+            |b| seen.push(b.to_vec()),
+        );
         assert_eq!(seen, vec![b"TimeZone\0UTC\0".to_vec()]);
         assert_eq!(cur.scanned, whole.len());
+    }
+
+    #[test]
+    fn counts_requests_transactions_and_error_classes() {
+        let mut counts = Counts::default();
+        let mut tx = TxState {
+            outstanding: 2,
+            ..TxState::default()
+        };
+        let mut server = msg(b'E', b"SERROR\0C22012\0Mdivision by zero\0\0");
+        server.extend(msg(b'Z', b"E"));
+        server.extend(msg(b'Z', b"I"));
+        let mut cur = Cursor::default();
+        let _ = scan_server(
+            &server,
+            &mut cur,
+            &mut tx,
+            TX,
+            true,
+            1 << 20,
+            &mut counts,
+            |_| {},
+        );
+        assert_eq!(counts.queries, 2);
+        assert_eq!(counts.transactions, 1);
+        assert_eq!(counts.errors, vec![*b"22"]);
+        assert_eq!(error_class(b"Mx\0"), None);
     }
 
     #[test]

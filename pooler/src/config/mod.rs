@@ -31,6 +31,22 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+/// `[pgbouncer]` settings that take effect only when the pooler starts: a reload logs that
+/// they changed and keeps the old values; the operator rolls pods when they change.
+pub const RESTART_KEYS: &[&str] = &[
+    "logfile",
+    "pidfile",
+    "listen_addr",
+    "listen_port",
+    "unix_socket_dir",
+    "unix_socket_mode",
+    "user",
+    "so_reuseport",
+    "pkt_buf",
+    "http_listen_addr",
+    "http_port",
+];
+
 pub use database::{
     DatabaseEntry, UserEntry, DEFAULT_SERVER_PORT, UNSUPPORTED_DATABASE_KEYS, UNSUPPORTED_USER_KEYS,
 };

@@ -36,17 +36,17 @@ async fn run_once(weak: &Weak<Pool>) -> bool {
             let recently_failed = st
                 .last_failure
                 .as_ref()
-                .is_some_and(|(at, _)| at.elapsed() < pool.settings.login_retry);
+                .is_some_and(|(at, _)| at.elapsed() < pool.settings.load().login_retry);
             if st.closed {
                 return false;
             }
-            if recently_failed || st.total >= pool.settings.min_size {
+            if recently_failed || st.total >= pool.settings.load().min_size {
                 break;
             }
             st.total += 1;
         }
         let opening = Opening::new(&pool);
-        let deadline = tokio::time::Instant::now() + pool.target.connect_timeout.max(PERIOD);
+        let deadline = tokio::time::Instant::now() + pool.target.load().connect_timeout.max(PERIOD);
         match opening.open(deadline).await {
             Ok(slot) => pool.checkin(slot),
             Err(e) => {
@@ -60,7 +60,8 @@ async fn run_once(weak: &Weak<Pool>) -> bool {
 
 /// Closes idle connections past their lifetime, and those idle too long beyond the minimum.
 fn reap(pool: &Pool) {
-    let s = &pool.settings;
+    let s = pool.settings.load_full();
+    let generation = pool.generation.load(std::sync::atomic::Ordering::Acquire);
     let now = Instant::now();
     let expired = {
         let mut st = pool.lock();
@@ -73,9 +74,12 @@ fn reap(pool: &Pool) {
             let too_idle = !s.idle_timeout.is_zero()
                 && now.duration_since(conn.last_used) >= s.idle_timeout
                 && keep_total > s.min_size;
-            // A connection the server closed (restart, pg_terminate_backend) is gone already.
+            // A connection the server closed (restart, pg_terminate_backend) is gone already;
+            // one to an old target or beyond a shrunk pool goes.
             let dead = !conn.is_clean();
-            if too_old || too_idle || dead {
+            let stale = conn.generation != generation;
+            let surplus = keep_total > s.size + s.reserve_size;
+            if too_old || too_idle || dead || stale || surplus {
                 if let Some(slot) = st.idle.remove(i) {
                     expired.push(slot);
                     keep_total -= 1;

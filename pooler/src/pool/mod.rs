@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::timeout_at;
 
@@ -125,14 +126,53 @@ pub struct PoolStats {
     pub wait_us: AtomicU64,
     /// Connections opened since start.
     pub opened: AtomicU64,
+    /// Clients logged in to this pool right now.
+    pub clients: AtomicUsize,
+    /// Requests completed (ReadyForQuery messages).
+    pub queries: AtomicU64,
+    /// Transactions completed (ReadyForQuery reporting idle).
+    pub transactions: AtomicU64,
+    /// Bytes from clients to servers.
+    pub bytes_received: AtomicU64,
+    /// Bytes from servers (and the pooler) to clients.
+    pub bytes_sent: AtomicU64,
+    /// Microseconds server connections spent lent to clients.
+    pub server_us: AtomicU64,
+    /// ErrorResponses by SQLSTATE class.
+    pub errors: Mutex<std::collections::BTreeMap<[u8; 2], u64>>,
+}
+
+impl PoolStats {
+    /// Adds what one relay saw.
+    pub fn add(&self, counts: &crate::client::Counts, lent: Duration) {
+        self.queries.fetch_add(counts.queries, Ordering::Relaxed);
+        self.transactions
+            .fetch_add(counts.transactions, Ordering::Relaxed);
+        self.bytes_received
+            .fetch_add(counts.bytes_received, Ordering::Relaxed);
+        self.bytes_sent
+            .fetch_add(counts.bytes_sent, Ordering::Relaxed);
+        self.server_us.fetch_add(
+            u64::try_from(lent.as_micros()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+        if !counts.errors.is_empty() {
+            let mut errors = self.errors.lock().unwrap_or_else(|p| p.into_inner());
+            for class in &counts.errors {
+                *errors.entry(*class).or_default() += 1;
+            }
+        }
+    }
 }
 
 /// One pool of server connections.
 #[derive(Debug)]
 pub struct Pool {
     key: PoolKey,
-    target: ServerTarget,
-    settings: PoolSettings,
+    target: ArcSwap<ServerTarget>,
+    settings: ArcSwap<PoolSettings>,
+    /// Bumped when the target changes; connections of an older generation are closed.
+    generation: AtomicU64,
     main: Arc<Semaphore>,
     reserve: Arc<Semaphore>,
     state: Mutex<State>,
@@ -153,10 +193,11 @@ impl Pool {
     ) -> Arc<Pool> {
         let pool = Arc::new(Pool {
             key,
-            target,
+            target: ArcSwap::from_pointee(target),
+            generation: AtomicU64::new(0),
             main: Arc::new(Semaphore::new(settings.size)),
             reserve: Arc::new(Semaphore::new(settings.reserve_size)),
-            settings,
+            settings: ArcSwap::from_pointee(settings),
             state: Mutex::new(State::default()),
             returned: Notify::new(),
             limits,
@@ -175,14 +216,34 @@ impl Pool {
         &self.key
     }
 
-    /// The pool's settings.
-    pub fn settings(&self) -> &PoolSettings {
-        &self.settings
+    /// The pool's settings in force.
+    pub fn settings(&self) -> Arc<PoolSettings> {
+        self.settings.load_full()
     }
 
     /// Where the pool's connections go.
-    pub fn target(&self) -> &ServerTarget {
-        &self.target
+    pub fn target(&self) -> Arc<ServerTarget> {
+        self.target.load_full()
+    }
+
+    /// Applies reloaded settings without dropping anyone: the pool grows at once and shrinks
+    /// as connections come back; a new target (host, port, database, credentials) makes every
+    /// existing connection close when it is next idle.
+    pub fn reconfigure(self: &Arc<Self>, settings: PoolSettings, target: ServerTarget) {
+        let old = self.settings.load_full();
+        resize(&self.main, old.size, settings.size);
+        resize(&self.reserve, old.reserve_size, settings.reserve_size);
+        if *self.target.load_full() != target {
+            self.generation.fetch_add(1, Ordering::AcqRel);
+            self.target.store(Arc::new(target));
+            // A failed login against the old target says nothing about the new one.
+            self.lock().last_failure = None;
+        }
+        if *old != settings {
+            tracing::info!(pool = %self.key, size = settings.size, reserve = settings.reserve_size, "pool reconfigured");
+        }
+        self.settings.store(Arc::new(settings));
+        self.returned.notify_waiters();
     }
 
     /// Live counters.
@@ -204,7 +265,8 @@ impl Pool {
 
     /// The most a pool may hold: its size plus its reserve.
     fn capacity(&self) -> usize {
-        self.settings.size + self.settings.reserve_size
+        let s = self.settings.load();
+        s.size + s.reserve_size
     }
 
     /// Lends a server connection, waiting in FIFO order until `deadline`.
@@ -216,6 +278,7 @@ impl Pool {
         if result.is_ok() {
             self.stats.active.fetch_add(1, Ordering::Relaxed);
             self.stats.checkouts.fetch_add(1, Ordering::Relaxed);
+            crate::metrics::observe_wait(&self.key, started.elapsed());
             let waited = started.elapsed().as_micros();
             self.stats
                 .wait_us
@@ -243,7 +306,7 @@ impl Pool {
                     Step::Reuse(Box::new(slot))
                 } else if st.total < self.capacity() {
                     if let Some((at, why)) = &st.last_failure {
-                        if at.elapsed() < self.settings.login_retry {
+                        if at.elapsed() < self.settings.load().login_retry {
                             return Err(CheckoutError::LoginRetry(why.clone()));
                         }
                     }
@@ -283,9 +346,10 @@ impl Pool {
         }
         let main = self.main.clone().acquire_owned();
         tokio::pin!(main);
-        let reserve_at = tokio::time::Instant::now() + self.settings.reserve_timeout;
+        let settings = self.settings.load_full();
+        let reserve_at = tokio::time::Instant::now() + settings.reserve_timeout;
         // The reserve is only for clients still waiting after reserve_pool_timeout.
-        if self.settings.reserve_size > 0 && reserve_at < deadline {
+        if settings.reserve_size > 0 && reserve_at < deadline {
             tokio::select! {
                 p = &mut main => return p.map_err(|_| CheckoutError::Closed),
                 _ = tokio::time::sleep_until(reserve_at) => {}
@@ -310,13 +374,15 @@ impl Pool {
 
     /// Checks an idle connection before lending it; `None` means it was closed.
     async fn vet(&self, mut slot: Slot, deadline: tokio::time::Instant) -> Option<Slot> {
-        if !slot.conn.is_clean() {
+        if !slot.conn.is_clean() || slot.conn.generation != self.generation.load(Ordering::Acquire)
+        {
             tracing::debug!(pool = %self.key, server = slot.conn.id, "idle server connection went bad");
             self.forget(slot, false);
             return None;
         }
-        let check = &self.settings.check_query;
-        if !check.is_empty() && slot.conn.last_used.elapsed() >= self.settings.check_delay {
+        let settings = self.settings.load_full();
+        let check = &settings.check_query;
+        if !check.is_empty() && slot.conn.last_used.elapsed() >= settings.check_delay {
             match timeout_at(deadline, slot.conn.simple_query(check)).await {
                 Ok(Ok(())) => {}
                 _ => {
@@ -335,8 +401,10 @@ impl Pool {
         for limit in &self.limits {
             permits.push(limit.acquire(self, deadline).await?);
         }
-        match ServerConn::connect(&self.target).await {
-            Ok(conn) => {
+        let generation = self.generation.load(Ordering::Acquire);
+        match ServerConn::connect(&self.target.load_full()).await {
+            Ok(mut conn) => {
+                conn.generation = generation;
                 self.stats.opened.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(pool = %self.key, server = conn.id, "server connection opened");
                 {
@@ -383,8 +451,10 @@ impl Pool {
     /// Takes back a clean connection.
     fn checkin(&self, mut slot: Slot) {
         slot.conn.last_used = Instant::now();
-        let expired = !self.settings.lifetime.is_zero()
-            && slot.conn.created.elapsed() >= self.settings.lifetime;
+        let settings = self.settings.load();
+        let expired = (!settings.lifetime.is_zero()
+            && slot.conn.created.elapsed() >= settings.lifetime)
+            || slot.conn.generation != self.generation.load(Ordering::Acquire);
         {
             let mut st = self.lock();
             if !expired && !st.closed {
@@ -432,6 +502,24 @@ impl Pool {
         }
         self.main.close();
         self.reserve.close();
+    }
+}
+
+/// Changes a semaphore's capacity from `old` to `new` permits: growing at once, shrinking by
+/// taking permits out of circulation as they are returned.
+fn resize(sem: &Arc<Semaphore>, old: usize, new: usize) {
+    if new > old {
+        sem.add_permits(new - old);
+    } else if new < old {
+        let sem = sem.clone();
+        tokio::spawn(async move {
+            for _ in 0..old - new {
+                match sem.acquire().await {
+                    Ok(p) => p.forget(),
+                    Err(_) => return,
+                }
+            }
+        });
     }
 }
 

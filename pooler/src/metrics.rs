@@ -1,0 +1,229 @@
+//! Prometheus metrics: counters and gauges read from the pools at scrape time, and the
+//! checkout wait-time histogram observed as clients are served.
+
+use std::sync::atomic::Ordering;
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+use crate::app::Pooler;
+use crate::pool::PoolKey;
+
+/// Metrics that live for the whole process (observed as things happen).
+static REGISTRY: LazyLock<Registry> = LazyLock::new(Registry::new);
+
+static WAIT_SECONDS: LazyLock<Option<HistogramVec>> = LazyLock::new(|| {
+    let opts = HistogramOpts::new(
+        "weir_pool_wait_seconds",
+        "Time clients waited for a server connection.",
+    )
+    .buckets(vec![
+        0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0,
+    ]);
+    let h = HistogramVec::new(opts, &["database", "user"]).ok()?;
+    REGISTRY.register(Box::new(h.clone())).ok()?;
+    Some(h)
+});
+
+/// Records how long a client waited for a connection of `pool`.
+pub fn observe_wait(pool: &PoolKey, waited: Duration) {
+    if let Some(h) = WAIT_SECONDS.as_ref() {
+        h.with_label_values(&[&pool.database, &pool.user])
+            .observe(waited.as_secs_f64());
+    }
+}
+
+fn gauge(r: &Registry, name: &str, help: &str, value: i64) -> prometheus::Result<()> {
+    let g = IntGauge::new(name, help)?;
+    g.set(value);
+    r.register(Box::new(g))
+}
+
+fn gauges(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> prometheus::Result<IntGaugeVec> {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
+    r.register(Box::new(g.clone()))?;
+    Ok(g)
+}
+
+fn counters(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> prometheus::Result<IntCounterVec> {
+    let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+    r.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
+fn snapshot(pooler: &Pooler) -> prometheus::Result<Registry> {
+    let r = Registry::new();
+    let config = pooler.config();
+    let (generation, _) = pooler.config_generation();
+    gauge(
+        &r,
+        "weir_client_connections",
+        "Client connections open right now.",
+        pooler.client_count() as i64,
+    )?;
+    gauge(
+        &r,
+        "weir_max_client_connections",
+        "max_client_conn.",
+        i64::from(config.pgbouncer.max_client_conn),
+    )?;
+    gauge(
+        &r,
+        "weir_pinned_clients",
+        "Clients pinned to a server connection in transaction mode.",
+        pooler.pinned_clients().load(Ordering::Relaxed) as i64,
+    )?;
+    gauge(
+        &r,
+        "weir_config_generation",
+        "How many configurations have been loaded.",
+        i64::try_from(generation).unwrap_or(i64::MAX),
+    )?;
+    gauge(
+        &r,
+        "weir_draining",
+        "1 while shutting down.",
+        i64::from(pooler.is_draining()),
+    )?;
+
+    let l = &["database", "user"];
+    let clients = gauges(&r, "weir_pool_clients", "Clients logged in to the pool.", l)?;
+    let waiting = gauges(
+        &r,
+        "weir_pool_waiting_clients",
+        "Clients waiting for a server connection.",
+        l,
+    )?;
+    let servers = gauges(
+        &r,
+        "weir_server_connections",
+        "Server connections by state.",
+        &["database", "user", "state"],
+    )?;
+    let size = gauges(&r, "weir_pool_size", "pool_size in force.", l)?;
+    let reserve = gauges(
+        &r,
+        "weir_pool_reserve_size",
+        "reserve_pool_size in force.",
+        l,
+    )?;
+    let min = gauges(&r, "weir_pool_min_size", "min_pool_size in force.", l)?;
+    let queries = counters(
+        &r,
+        "weir_queries_total",
+        "Requests completed (ReadyForQuery).",
+        l,
+    )?;
+    let xacts = counters(&r, "weir_transactions_total", "Transactions completed.", l)?;
+    let received = counters(
+        &r,
+        "weir_received_bytes_total",
+        "Bytes from clients to servers.",
+        l,
+    )?;
+    let sent = counters(&r, "weir_sent_bytes_total", "Bytes to clients.", l)?;
+    let assigned = counters(
+        &r,
+        "weir_server_assignments_total",
+        "Server connections lent to clients.",
+        l,
+    )?;
+    let opened = counters(
+        &r,
+        "weir_server_logins_total",
+        "Server connections opened.",
+        l,
+    )?;
+    let busy = counters(
+        &r,
+        "weir_server_busy_microseconds_total",
+        "Time server connections spent lent to clients.",
+        l,
+    )?;
+    let errors = counters(
+        &r,
+        "weir_errors_total",
+        "ErrorResponses from servers by SQLSTATE class.",
+        &["database", "user", "class"],
+    )?;
+    for pool in pooler.pools() {
+        let key = pool.key();
+        let v = [key.database.as_str(), key.user.as_str()];
+        let s = pool.stats();
+        let settings = pool.settings();
+        let (idle, total) = pool.counts();
+        let active = s.active.load(Ordering::Relaxed);
+        clients
+            .with_label_values(&v)
+            .set(s.clients.load(Ordering::Relaxed) as i64);
+        waiting
+            .with_label_values(&v)
+            .set(s.waiting.load(Ordering::Relaxed) as i64);
+        servers
+            .with_label_values(&[v[0], v[1], "active"])
+            .set(active as i64);
+        servers
+            .with_label_values(&[v[0], v[1], "idle"])
+            .set(idle as i64);
+        servers
+            .with_label_values(&[v[0], v[1], "login"])
+            .set(total.saturating_sub(idle + active) as i64);
+        size.with_label_values(&v).set(settings.size as i64);
+        reserve
+            .with_label_values(&v)
+            .set(settings.reserve_size as i64);
+        min.with_label_values(&v).set(settings.min_size as i64);
+        queries
+            .with_label_values(&v)
+            .inc_by(s.queries.load(Ordering::Relaxed));
+        xacts
+            .with_label_values(&v)
+            .inc_by(s.transactions.load(Ordering::Relaxed));
+        received
+            .with_label_values(&v)
+            .inc_by(s.bytes_received.load(Ordering::Relaxed));
+        sent.with_label_values(&v)
+            .inc_by(s.bytes_sent.load(Ordering::Relaxed));
+        assigned
+            .with_label_values(&v)
+            .inc_by(s.checkouts.load(Ordering::Relaxed));
+        opened
+            .with_label_values(&v)
+            .inc_by(s.opened.load(Ordering::Relaxed));
+        busy.with_label_values(&v)
+            .inc_by(s.server_us.load(Ordering::Relaxed));
+        for (class, n) in s.errors.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            let class = String::from_utf8_lossy(class);
+            errors.with_label_values(&[v[0], v[1], &class]).inc_by(*n);
+        }
+    }
+    Ok(r)
+}
+
+/// The Prometheus text exposition of every metric.
+pub fn render(pooler: &Pooler) -> String {
+    let mut families = REGISTRY.gather();
+    match snapshot(pooler) {
+        Ok(r) => families.extend(r.gather()),
+        Err(e) => tracing::error!(error = %e, "could not collect metrics"),
+    }
+    let mut out = Vec::new();
+    if let Err(e) = TextEncoder::new().encode(&families, &mut out) {
+        tracing::error!(error = %e, "could not encode metrics");
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
