@@ -3,12 +3,16 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all build release test lint fmt fuzz demo deps
+.PHONY: all build release test lint fmt fuzz demo deps drivers
 
 all: build
 
 deps:
 	@scripts/ensure-deps.sh >/dev/null
+
+## drivers: install the pinned client drivers of the compatibility matrix (tests/drivers/)
+drivers:
+	@scripts/install-drivers.sh
 
 build:
 	$(CARGO) build --workspace --bins
@@ -17,7 +21,7 @@ release:
 	$(CARGO) build --release -p weir-pooler --bin weir
 
 ## test: everything CI runs — lint, unit tests, integration tests against real PostgreSQL
-test: deps lint build
+test: deps lint build drivers
 	$(CARGO) test --workspace --no-fail-fast
 	$(MAKE) fuzz FUZZ_SECONDS=20
 
