@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all build release test lint fmt fuzz demo deps drivers
+.PHONY: all build release test lint lint-chart chart-manifests fmt fuzz demo deps drivers
 
 all: build
 
@@ -18,10 +18,18 @@ build:
 	$(CARGO) build --workspace --bins
 
 release:
-	$(CARGO) build --release -p weir-pooler --bin weir
+	$(CARGO) build --release -p weir-pooler --bin weir -p weir-operator --bin weir-operator
+
+## lint-chart: chart lint/template, CRD copy, deploy/weir.yaml drift (+ server dry run if a test control plane is up)
+lint-chart:
+	@scripts/lint-chart.sh
+
+## chart-manifests: regenerate deploy/weir.yaml from the chart
+chart-manifests:
+	@scripts/lint-chart.sh --update
 
 ## test: everything CI runs — lint, unit tests, integration tests against real PostgreSQL
-test: deps lint build drivers
+test: deps lint lint-chart build drivers
 	$(CARGO) test --workspace --no-fail-fast
 	$(MAKE) fuzz FUZZ_SECONDS=20
 
