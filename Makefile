@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all build release test lint lint-chart chart-manifests fmt fuzz demo deps drivers
+.PHONY: all build release test lint lint-chart chart-manifests fmt fuzz demo deps drivers bench profile
 
 all: build
 
@@ -48,3 +48,11 @@ fuzz:
 ## demo: PostgreSQL + weir + pgbench on this machine, with a short report
 demo: deps release
 	@scripts/demo.sh
+
+## bench: direct vs PgBouncer vs weir on this machine; markdown report under target/bench/
+bench: deps release
+	@bench/run.sh
+
+## profile: perf profile of weir under select-only load at 50 and 500 clients
+profile: deps release
+	@bench/profile.sh

@@ -1,7 +1,7 @@
 //! The pooler's shared state: the loaded configuration, the auth file's secrets, the pools,
 //! the limits they share, the connected-client count and the cancel keys.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -44,6 +44,17 @@ pub struct Pooler {
     digest: Mutex<String>,
     /// True once a shutdown has begun: no new clients, readiness fails.
     draining: watch::Sender<bool>,
+    /// Databases paused or disabled from the admin console.
+    control: Mutex<Control>,
+}
+
+/// What the admin console has paused or disabled.
+#[derive(Debug, Default)]
+struct Control {
+    /// PAUSE without a database: every pool, present and future.
+    paused_all: bool,
+    paused: HashSet<String>,
+    disabled: HashSet<String>,
 }
 
 /// Loads the secrets of `auth_file`, if one is configured.
@@ -83,6 +94,7 @@ impl Pooler {
             generation: AtomicU64::new(1),
             digest: Mutex::new(digest),
             draining: watch::Sender::new(false),
+            control: Mutex::new(Control::default()),
         })
     }
 
@@ -155,6 +167,116 @@ impl Pooler {
     pub async fn drained(&self) {
         let mut rx = self.draining.subscribe();
         let _ = rx.wait_for(|d| *d).await;
+    }
+
+    fn control(&self) -> std::sync::MutexGuard<'_, Control> {
+        self.control.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether checkouts for `database` wait (admin console PAUSE or KILL until RESUME).
+    pub fn is_paused(&self, database: &str) -> bool {
+        let c = self.control();
+        c.paused_all || c.paused.contains(database)
+    }
+
+    /// Whether every database is paused (PAUSE without a database name).
+    pub fn is_paused_all(&self) -> bool {
+        self.control().paused_all
+    }
+
+    /// Pauses or resumes `database`, or everything when `None`, and returns the pools
+    /// affected. Resuming everything also resumes databases paused one by one.
+    pub fn set_paused(&self, database: Option<&str>, paused: bool) -> Vec<Arc<Pool>> {
+        {
+            let mut c = self.control();
+            match database {
+                None => {
+                    c.paused_all = paused;
+                    if !paused {
+                        c.paused.clear();
+                    }
+                }
+                Some(db) if paused => {
+                    c.paused.insert(db.to_owned());
+                }
+                Some(db) => {
+                    c.paused.remove(db);
+                }
+            }
+        }
+        let pools: Vec<Arc<Pool>> = self
+            .pools()
+            .into_iter()
+            .filter(|p| database.is_none_or(|db| p.key().database == db))
+            .collect();
+        for pool in &pools {
+            pool.set_paused(self.is_paused(&pool.key().database));
+        }
+        pools
+    }
+
+    /// Whether new clients of `database` are refused (admin console DISABLE).
+    pub fn is_disabled(&self, database: &str) -> bool {
+        self.control().disabled.contains(database)
+    }
+
+    /// Refuses (DISABLE) or again admits (ENABLE) new clients of `database`.
+    pub fn set_disabled(&self, database: &str, disabled: bool) {
+        let mut c = self.control();
+        if disabled {
+            c.disabled.insert(database.to_owned());
+        } else {
+            c.disabled.remove(database);
+        }
+    }
+
+    /// Closes the pools of `database` (or all): idle connections close now, lent ones when
+    /// returned, and their clients' next checkout fails. The database is paused, so new
+    /// clients wait until RESUME. Returns how many pools were closed.
+    pub fn kill(&self, database: Option<&str>) -> usize {
+        let killed: Vec<Arc<Pool>> = {
+            let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
+            let keys: Vec<PoolKey> = pools
+                .keys()
+                .filter(|k| database.is_none_or(|db| k.database == db))
+                .cloned()
+                .collect();
+            keys.iter().filter_map(|k| pools.remove(k)).collect()
+        };
+        {
+            let mut c = self.control();
+            match database {
+                Some(db) => {
+                    c.paused.insert(db.to_owned());
+                }
+                None => c.paused_all = true,
+            }
+        }
+        for pool in &killed {
+            tracing::info!(pool = %pool.key(), "pool killed from the admin console");
+            pool.close();
+        }
+        killed.len()
+    }
+
+    /// Changes one `[pgbouncer]` setting in the configuration in force (admin console SET)
+    /// and applies it to every pool. Settings that only take effect at start are refused,
+    /// as is a value the configuration would not accept. A later reload re-reads the file.
+    pub fn set_setting(&self, key: &str, value: &str) -> Result<(), String> {
+        let key = key.to_ascii_lowercase();
+        if config::RESTART_KEYS.contains(&key.as_str()) {
+            return Err(format!("{key} takes effect only after a restart"));
+        }
+        let mut next = Config::clone(&self.config());
+        next.pgbouncer.set(&key, value).map_err(|e| e.to_string())?;
+        next.validate().map_err(|e| e.to_string())?;
+        let digest = config_digest(&next, &self.secrets.load());
+        self.config.store(Arc::new(next));
+        *self.digest.lock().unwrap_or_else(|p| p.into_inner()) = digest;
+        self.reconfigure_pools();
+        let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        tracing::info!(setting = %key, %value, generation, "setting changed from the admin console");
+        Ok(())
     }
 
     /// The stored secret of `user` from `auth_file`.
@@ -254,6 +376,7 @@ impl Pooler {
             limits.push(self.limit(format!("max_user_connections for {server_user}"), max_user));
         }
         let pool = Pool::new(key.clone(), target, settings, limits);
+        pool.set_paused(self.is_paused(database));
         tracing::info!(pool = %key, "pool created");
         pools.insert(key, pool.clone());
         Ok(pool)

@@ -3,6 +3,7 @@
 //! The configuration types in [`config`] are the contract with the operator, which renders
 //! them; everything else is the pooler itself.
 
+pub mod admin;
 pub mod app;
 pub mod auth;
 pub mod cancel;

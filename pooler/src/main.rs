@@ -202,6 +202,10 @@ async fn run(pooler: Arc<Pooler>) -> anyhow::Result<()> {
                 return Ok(());
             }
             _ = hup.recv() => reload(&pooler),
+            () = pooler.drained() => {
+                tracing::info!("SHUTDOWN from the admin console: draining");
+                break;
+            }
         }
     }
     pooler.start_draining();

@@ -59,7 +59,18 @@ pub async fn serve(pooler: Arc<Pooler>, mut stream: Stream, peer: String) {
         let e = PgError::fatal("53300", "no more connections allowed (max_client_conn)");
         return refuse(&mut stream, LoginError::fatal(e)).await;
     }
-    if config.database(&login.database).is_none() {
+    let console = crate::admin::is_console(&login.database);
+    if !console && pooler.is_disabled(&login.database) {
+        let e = PgError::fatal(
+            "08004",
+            format!(
+                "database {} is disabled (DISABLE); try again after ENABLE",
+                login.database
+            ),
+        );
+        return refuse(&mut stream, LoginError::fatal(e)).await;
+    }
+    if !console && config.database(&login.database).is_none() {
         return refuse(
             &mut stream,
             LoginError::fatal(app::no_such_database(&login.database)),
@@ -78,6 +89,17 @@ pub async fn serve(pooler: Arc<Pooler>, mut stream: Stream, peer: String) {
             return refuse(&mut stream, e).await;
         }
     };
+    if console {
+        let Some(role) = crate::admin::role_of(&config, &login.user) else {
+            let e = crate::admin::not_allowed(&login.user);
+            return refuse(&mut stream, LoginError::fatal(e)).await;
+        };
+        drop(config);
+        tracing::info!(%peer, user = %login.user, ?role, "admin console login");
+        let reason = crate::admin::serve(pooler, stream, buf, role).await;
+        tracing::info!(%peer, user = %login.user, reason, "admin console disconnect");
+        return;
+    }
     let pool = match pooler.pool_for(&login.database, &login.user, authenticated.scram_keys) {
         Ok(p) => p,
         Err(e) => return refuse(&mut stream, LoginError::Fatal(e)).await,

@@ -40,7 +40,8 @@ async fn run_once(weak: &Weak<Pool>) -> bool {
             if st.closed {
                 return false;
             }
-            if recently_failed || st.total >= pool.settings.load().min_size {
+            // A paused pool is being emptied on purpose; warming would undo that.
+            if recently_failed || pool.is_paused() || st.total >= pool.settings.load().min_size {
                 break;
             }
             st.total += 1;

@@ -9,14 +9,14 @@
 mod limit;
 mod maintenance;
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::timeout_at;
 
 pub use limit::Limit;
@@ -111,6 +111,10 @@ struct State {
     /// The last failed login, which makes new logins wait `server_login_retry`.
     last_failure: Option<(Instant, Arc<str>)>,
     closed: bool,
+    /// When each client now waiting for a connection started, by ticket (oldest first),
+    /// for the admin console's `maxwait`.
+    waiters: BTreeMap<u64, Instant>,
+    next_ticket: u64,
 }
 
 /// Live counters for the admin console and metrics.
@@ -180,6 +184,8 @@ pub struct Pool {
     limits: Vec<Arc<Limit>>,
     welcome: Mutex<Option<ParamSet>>,
     stats: PoolStats,
+    /// Set by the admin console's PAUSE: checkouts wait until it is cleared.
+    paused: watch::Sender<bool>,
 }
 
 impl Pool {
@@ -203,6 +209,7 @@ impl Pool {
             limits,
             welcome: Mutex::new(None),
             stats: PoolStats::default(),
+            paused: watch::Sender::new(false),
         });
         for limit in &pool.limits {
             limit.join(&pool);
@@ -269,12 +276,17 @@ impl Pool {
         s.size + s.reserve_size
     }
 
-    /// Lends a server connection, waiting in FIFO order until `deadline`.
+    /// Lends a server connection, waiting in FIFO order until `deadline` (and, while the
+    /// pool is paused, until it is resumed).
     pub async fn checkout(self: &Arc<Self>, deadline: Instant) -> Result<Checkout, CheckoutError> {
         let started = Instant::now();
-        self.stats.waiting.fetch_add(1, Ordering::Relaxed);
-        let result = self.checkout_inner(deadline.into()).await;
-        self.stats.waiting.fetch_sub(1, Ordering::Relaxed);
+        let waiter = Waiter::new(self, started);
+        let result = async {
+            self.unpaused(deadline.into()).await?;
+            self.checkout_inner(deadline.into()).await
+        }
+        .await;
+        drop(waiter);
         if result.is_ok() {
             self.stats.active.fetch_add(1, Ordering::Relaxed);
             self.stats.checkouts.fetch_add(1, Ordering::Relaxed);
@@ -285,6 +297,59 @@ impl Pool {
                 .fetch_add(u64::try_from(waited).unwrap_or(u64::MAX), Ordering::Relaxed);
         }
         result
+    }
+
+    /// Waits while the pool is paused, at most until `deadline`.
+    async fn unpaused(&self, deadline: tokio::time::Instant) -> Result<(), CheckoutError> {
+        let mut rx = self.paused.subscribe();
+        let resumed = async { rx.wait_for(|paused| !paused).await.map(|_| ()) };
+        match timeout_at(deadline, resumed).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(CheckoutError::Closed),
+            Err(_) => Err(CheckoutError::Timeout),
+        }
+    }
+
+    /// Pauses (checkouts wait) or resumes the pool.
+    pub fn set_paused(&self, paused: bool) {
+        self.paused.send_replace(paused);
+    }
+
+    /// Whether the pool is paused.
+    pub fn is_paused(&self) -> bool {
+        *self.paused.borrow()
+    }
+
+    /// Connections lent out right now.
+    pub fn in_use(&self) -> usize {
+        self.stats.active.load(Ordering::Relaxed)
+    }
+
+    /// How long the longest-waiting client has waited for a connection (zero: nobody waits).
+    pub fn max_wait(&self) -> Duration {
+        self.lock()
+            .waiters
+            .values()
+            .next()
+            .map(Instant::elapsed)
+            .unwrap_or_default()
+    }
+
+    /// Closes every idle connection now; returns how many were closed.
+    pub fn close_idle(&self) -> usize {
+        let idle: Vec<Slot> = self.lock().idle.drain(..).collect();
+        let n = idle.len();
+        for slot in idle {
+            self.forget(slot, true);
+        }
+        n
+    }
+
+    /// Closes idle connections now and every lent one when it is returned, so that new
+    /// connections are opened afresh (the admin console's RECONNECT).
+    pub fn retire_all(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.close_idle();
     }
 
     async fn checkout_inner(
@@ -520,6 +585,31 @@ fn resize(sem: &Arc<Semaphore>, old: usize, new: usize) {
                 }
             }
         });
+    }
+}
+
+/// A client counted as waiting for a connection until dropped, even when the waiting client
+/// goes away mid-wait.
+struct Waiter<'a> {
+    pool: &'a Pool,
+    ticket: u64,
+}
+
+impl<'a> Waiter<'a> {
+    fn new(pool: &'a Pool, since: Instant) -> Waiter<'a> {
+        pool.stats.waiting.fetch_add(1, Ordering::Relaxed);
+        let mut st = pool.lock();
+        let ticket = st.next_ticket;
+        st.next_ticket += 1;
+        st.waiters.insert(ticket, since);
+        Waiter { pool, ticket }
+    }
+}
+
+impl Drop for Waiter<'_> {
+    fn drop(&mut self) {
+        self.pool.lock().waiters.remove(&self.ticket);
+        self.pool.stats.waiting.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -1,0 +1,125 @@
+# shellcheck shell=bash
+# Shared by bench/run.sh and bench/profile.sh (sourced, not run): a throwaway, tuned
+# PostgreSQL with a pgbench database, and the pgbouncer.ini both poolers are given.
+# The caller sets ROOT, WORK (a fresh directory) and PGBIN before using these.
+
+as_postgres() { setpriv --reuid=postgres --regid=postgres --init-groups "$@"; }
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+# Installs PgBouncer from Debian's packages when it is missing.
+ensure_pgbouncer() {
+    command -v pgbouncer >/dev/null && return 0
+    echo "bench: installing PgBouncer from Debian's packages" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq pgbouncer >/dev/null
+}
+
+# proc_ticks PID [children]: user + system CPU of a process, threads included, in clock
+# ticks; with "children", plus what its reaped children used. 0 once the process is gone.
+proc_ticks() {
+    local s f
+    { s=$(<"/proc/$1/stat"); } 2>/dev/null || { echo 0; return; }
+    s=${s##*) }
+    read -r -a f <<<"$s"
+    if [[ ${2:-} == children ]]; then
+        echo $((f[11] + f[12] + f[13] + f[14]))
+    else
+        echo $((f[11] + f[12]))
+    fi
+}
+
+# Busy CPU of the whole machine (user, nice, system, irq, softirq, steal) in clock ticks.
+machine_busy_ticks() {
+    local _cpu user nice system _idle _iowait irq softirq steal _rest
+    read -r _cpu user nice system _idle _iowait irq softirq steal _rest </proc/stat
+    echo $((user + nice + system + irq + softirq + steal))
+}
+
+# CPU used so far by the PostgreSQL under $WORK: the postmaster, the backends it has reaped,
+# and its processes still running.
+postgres_ticks() {
+    local pm total pid
+    pm=$(head -1 "$WORK/pg/data/postmaster.pid" 2>/dev/null) || { echo 0; return; }
+    total=$(proc_ticks "$pm" children)
+    for pid in $(pgrep -P "$pm"); do total=$((total + $(proc_ticks "$pid"))); done
+    echo "$total"
+}
+
+# Waits up to 10 s for something to accept connections on 127.0.0.1:port.
+wait_port() {
+    for _ in $(seq 100); do
+        (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0
+        sleep 0.1
+    done
+    echo "bench: nothing listens on port $1" >&2
+    return 1
+}
+
+# TERM, then KILL if the process has not gone within 10 s. Only ever given our own children.
+stop_pid() {
+    local pid=$1
+    [[ -n $pid ]] || return 0
+    kill -TERM "$pid" 2>/dev/null || return 0
+    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+}
+
+stop_postgres() {
+    [[ -d $WORK/pg/data ]] || return 0
+    as_postgres "$PGBIN/pg_ctl" -D "$WORK/pg/data" -m immediate stop >/dev/null 2>&1 || true
+}
+
+# start_postgres PORT MAX_CONNECTIONS SCALE PASSWORD: initdb, start, create role and database
+# `bench` (SCRAM-SHA-256 over TCP), fill it with pgbench -i. Tuned for a throwaway benchmark
+# server: durability off, buffers that hold the data set, room for every direct client, and
+# no autovacuum that would land in one run only.
+start_postgres() {
+    local port=$1 max_connections=$2 scale=$3 password=$4
+    mkdir -p "$WORK/pg"
+    chown postgres: "$WORK/pg"
+    as_postgres "$PGBIN/initdb" -D "$WORK/pg/data" -U postgres --auth-local=trust \
+        --auth-host=scram-sha-256 --no-sync --no-instructions >/dev/null
+    as_postgres "$PGBIN/pg_ctl" -D "$WORK/pg/data" -l "$WORK/pg/postgres.log" -w -t 120 -o "\
+-p $port -k $WORK/pg -c listen_addresses=127.0.0.1 -c max_connections=$max_connections \
+-c shared_buffers=512MB -c fsync=off -c synchronous_commit=off -c full_page_writes=off \
+-c wal_level=minimal -c max_wal_senders=0 -c max_wal_size=8GB -c checkpoint_timeout=1h \
+-c autovacuum=off" start >/dev/null
+    psql -X -q -At -h "$WORK/pg" -p "$port" -U postgres \
+        -c "CREATE ROLE bench LOGIN PASSWORD '$password'" -c "CREATE DATABASE bench OWNER bench"
+    PGPASSWORD=$password "$PGBIN/pgbench" -q -i -s "$scale" -h 127.0.0.1 -p "$port" -U bench \
+        bench >"$WORK/init.log" 2>&1 || { cat "$WORK/init.log" >&2; return 1; }
+}
+
+# write_userlist PGPORT: $WORK/userlist.txt with the verifier PostgreSQL stores for `bench`,
+# so that no pooler runs PBKDF2 per login and each logs in to the server with the keys the
+# client's own SCRAM proof reveals.
+write_userlist() {
+    local verifier
+    verifier=$(psql -X -q -At -h "$WORK/pg" -p "$1" -U postgres \
+        -c "SELECT rolpassword FROM pg_authid WHERE rolname = 'bench'")
+    printf '"bench" "%s"\n' "$verifier" >"$WORK/userlist.txt"
+    chmod 644 "$WORK/userlist.txt"
+}
+
+# pooler_ini LISTEN_PORT PGPORT POOL_SIZE MAX_CLIENT_CONN: the one configuration both poolers
+# run with (they differ in the port only).
+pooler_ini() {
+    cat <<INI
+[databases]
+bench = host=127.0.0.1 port=$2 dbname=bench
+
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $1
+unix_socket_dir =
+auth_type = scram-sha-256
+auth_file = $WORK/userlist.txt
+pool_mode = transaction
+default_pool_size = $3
+max_client_conn = $4
+log_connections = 0
+log_disconnections = 0
+INI
+}

@@ -1,0 +1,367 @@
+#!/usr/bin/env python3
+"""Turn one `make bench` output directory into a markdown report.
+
+Reads env.txt (machine, versions, settings), runs.tsv (one line per pgbench run, with the
+pooler's CPU ticks), raw/*.txt (pgbench's own output) and idle-*.json (idle_clients.py), and
+prints medians per scenario and target, the ratios weir/PgBouncer and weir/direct, pooler CPU
+per 100k transactions, memory per idle client, the targets and every failure, verbatim.
+Parsing and aggregation are pure functions so that they can be tested on canned output.
+"""
+
+import csv
+import json
+import os
+import re
+import statistics
+import sys
+
+TARGETS = ("direct", "pgbouncer", "weir")
+LABELS = {"direct": "direct", "pgbouncer": "PgBouncer", "weir": "weir"}
+SCENARIOS = {
+    "select": "select-only, simple",
+    "prepared": "select-only, `-M prepared`",
+    "tpcb": "TPC-B (default script)",
+    "storm": "connection storm (`-C`, select-only)",
+}
+# The numbers count as taken on a loaded machine when work other than the benchmark's own
+# processes used more than this share of the machine's CPU while it ran.
+LOADED_SHARE = 0.10
+
+
+def parse_pgbench(text):
+    """The numbers and the errors out of one pgbench run's combined output.
+
+    `errors` maps each distinct error (client prefix removed) to how often it occurred; the
+    closing "Run was aborted" line is left out, `aborted` says that instead.
+    """
+
+    def number(pattern):
+        m = re.search(pattern, text, re.MULTILINE)
+        return float(m.group(1)) if m else None
+
+    errors = {}
+    aborted = False
+    for line in text.splitlines():
+        if not ("error:" in line or SERVER_ERROR.search(line)):
+            continue
+        if "aborted" in line:
+            aborted = True
+        if "Run was aborted" in line:
+            continue
+        e = clean_error(line)
+        errors[e] = errors.get(e, 0) + 1
+    return {
+        "tps": number(r"^tps = ([0-9.]+)"),
+        "latency_ms": number(r"^latency average = ([0-9.]+) ms"),
+        "transactions": number(r"^number of transactions actually processed: ([0-9]+)"),
+        "failed_transactions": number(r"^number of failed transactions: ([0-9]+)"),
+        "connection_ms": number(r"^average connection time = ([0-9.]+) ms"),
+        "aborted": aborted,
+        "errors": errors,
+    }
+
+
+# A server error as libpq prints it; two pgbench threads writing at once can glue another
+# message onto the same line, so the text stops where the next "pgbench:" begins.
+SERVER_ERROR = re.compile(r"\b(ERROR|FATAL|PANIC):\s+(.*?)\s*(?=pgbench:|$)")
+
+
+def clean_error(line):
+    """The error without pgbench's per-client prefix, so that equal errors read alike."""
+    m = SERVER_ERROR.search(line)
+    if m:
+        return f"{m.group(1)}: " + re.sub(r"\s+", " ", m.group(2))
+    line = re.sub(r"^(pgbench: ?)+(error: )?", "", line.strip())
+    line = re.sub(r"^client \d+ (script \d+ )?aborted in command \d+( query \d+)?(\s*\([^)]*\))?( of script \d+)?: ", "", line)
+    return re.sub(r"\s+", " ", line).strip()
+
+
+def run_ok(rc, parsed):
+    """A run counts when pgbench exited 0 with no error at all and committed something.
+
+    Any error fails the run: with `-M prepared` through a pooler that does not track prepared
+    statements, pgbench can finish with status 0 after "already exists" errors, only because
+    every connection happens to prepare the same text under the same name.
+    """
+    return rc == 0 and not parsed["aborted"] and not parsed["errors"] and (parsed["transactions"] or 0) > 0
+
+
+def median(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def aggregate(runs, clk_tck):
+    """Medians per (scenario, clients, target) over the measured rounds (round 0 is warm-up).
+
+    `runs` are dicts with scenario, clients, target, round, rc, pooler_cpu_ticks and the parsed
+    pgbench fields. Failed runs are counted and their first error kept; the medians use the
+    successful runs only, and a cell with no successful run has no numbers.
+    """
+    cells = {}
+    for r in runs:
+        if r["round"] == 0:
+            continue
+        key = (r["scenario"], r["clients"], r["target"])
+        cell = cells.setdefault(key, {"ok": [], "failed": 0, "errors": {}})
+        if run_ok(r["rc"], r):
+            cell["ok"].append(r)
+            continue
+        cell["failed"] += 1
+        if r["errors"]:
+            errors = r["errors"]
+        elif r["rc"] == 0:
+            errors = {"no transaction completed: opening the connections took the whole run": 1}
+        else:
+            errors = {f"pgbench exited with status {r['rc']}": 1}
+        for e, n in errors.items():
+            cell["errors"][e] = cell["errors"].get(e, 0) + n
+    out = {}
+    for key, cell in cells.items():
+        ok = cell["ok"]
+        cpu = [
+            r["pooler_cpu_ticks"] / clk_tck / r["transactions"] * 100_000
+            for r in ok
+            if key[2] != "direct" and r["transactions"]
+        ]
+        out[key] = {
+            "runs": len(ok) + cell["failed"],
+            "failed": cell["failed"],
+            "errors": cell["errors"],
+            "tps": median([r["tps"] for r in ok]),
+            "latency_ms": median([r["latency_ms"] for r in ok]),
+            "connection_ms": median([r["connection_ms"] for r in ok]),
+            "cpu_per_100k": median(cpu) if cpu else None,
+        }
+    return out
+
+
+def ratio(a, b):
+    return a / b if a is not None and b else None
+
+
+def fmt(value, digits=0, suffix=""):
+    if value is None:
+        return "n/a"
+    return f"{value:,.{digits}f}{suffix}"
+
+
+def fmt_ratio(value, digits=2):
+    return "n/a" if value is None else f"{value:.{digits}f}×"
+
+
+def cell_text(cell, field, digits):
+    """A table cell: the median, or FAIL with the count of failed runs."""
+    if cell is None:
+        return "–"
+    if cell[field] is None:
+        return f"**FAIL** ({cell['failed']}/{cell['runs']})" if cell["failed"] else "n/a"
+    text = fmt(cell[field], digits)
+    if cell["failed"]:
+        text += f" ({cell['failed']}/{cell['runs']} failed)"
+    return text
+
+
+def verdict(measured, goal, higher_is_better=True):
+    if measured is None:
+        return "not measured"
+    met = measured >= goal if higher_is_better else measured <= goal
+    return "met" if met else "**not met**"
+
+
+def targets_table(cells, idle):
+    """Rows (target, goal, measured, verdict) for the goals the benchmark is judged against."""
+
+    def get(scenario, clients, target, field):
+        cell = cells.get((scenario, clients, target))
+        return cell[field] if cell else None
+
+    rows = []
+    for clients, goal in ((50, 1.0), (500, 1.2), (2000, 1.2)):
+        r = ratio(get("select", clients, "weir", "tps"), get("select", clients, "pgbouncer", "tps"))
+        rows.append((f"select-only TPS at {clients} clients, weir/PgBouncer", f"≥ {goal:.1f}×", fmt_ratio(r, 3), verdict(r, goal)))
+    r = ratio(get("select", 50, "weir", "cpu_per_100k"), get("select", 50, "pgbouncer", "cpu_per_100k"))
+    rows.append(("pooler CPU per transaction (select-only, 50 clients), weir/PgBouncer", "≤ 0.80×", fmt_ratio(r, 3), verdict(r, 0.8, False)))
+    direct = get("select", 1, "direct", "latency_ms")
+    added = {t: (get("select", 1, t, "latency_ms") - direct) if direct is not None and get("select", 1, t, "latency_ms") is not None else None for t in ("pgbouncer", "weir")}
+    measured = "n/a" if None in added.values() else f"weir {added['weir'] * 1000:+.0f} µs, PgBouncer {added['pgbouncer'] * 1000:+.0f} µs"
+    ok = None if None in added.values() else added["weir"] <= added["pgbouncer"]
+    rows.append(("latency added at 1 client", "weir ≤ PgBouncer", measured, "not measured" if ok is None else ("met" if ok else "**not met**")))
+    per_client = idle.get("weir", {}).get("bytes_per_client")
+    kib = per_client / 1024 if per_client is not None else None
+    rows.append(("memory per idle client, weir", "≤ 8 KiB", fmt(kib, 1, " KiB"), verdict(kib, 8.0, False)))
+    r = ratio(get("prepared", 50, "weir", "tps"), get("prepared", 50, "direct", "tps"))
+    rows.append(("`-M prepared` TPS (50 clients), weir/direct", "≥ 0.90×", fmt_ratio(r, 3), verdict(r, 0.9)))
+    r = ratio(get("storm", 50, "weir", "tps"), get("storm", 50, "pgbouncer", "tps"))
+    rows.append(("connection storm TPS (50 clients), weir/PgBouncer", "≥ 1.50×", fmt_ratio(r, 3), verdict(r, 1.5)))
+    return rows
+
+
+def other_share(env):
+    """Share of the machine's CPU that processes outside the benchmark used while it ran."""
+    try:
+        busy = int(env["busy_ticks"]) - int(env["own_ticks"])
+        capacity = int(env["elapsed_seconds"]) * int(env["cores"]) * int(env.get("clk_tck", "100"))
+    except (KeyError, ValueError):
+        return None
+    return max(busy, 0) / capacity if capacity > 0 else None
+
+
+def render(env, cells, idle, restarts):
+    """The whole report as markdown."""
+    out = []
+    add = out.append
+    add(f"# Weir benchmark, {env.get('date', '?')}")
+    add("")
+    load = env.get("load_start", "?")
+    add(f"- Machine: {env.get('cores', '?')} cores, {env.get('model', '?')}, {env.get('memory', '?')} RAM, Linux {env.get('kernel', '?')}")
+    add(f"- Versions: {env.get('postgres', '?')}; {env.get('pgbench', '?')}; {env.get('pgbouncer', '?')}; {env.get('weir', '?')}")
+    add(
+        f"- Method: pgbench `-T {env.get('seconds', '?')}` per run, {env.get('rounds', '?')} rounds after a "
+        f"{env.get('warmup_seconds', '?')} s warm-up, targets alternated direct → PgBouncer → weir in every "
+        f"round; medians. Scale {env.get('scale', '?')}, transaction mode, pool size {env.get('pool_size', '?')}, "
+        f"max_client_conn {env.get('max_client_conn', '?')}, SCRAM-SHA-256 for both poolers (same userlist), "
+        f"both started with `-q`; PostgreSQL max_connections {env.get('max_connections', '?')}; all on 127.0.0.1."
+    )
+    other = other_share(env)
+    other_text = "" if other is None else f"; other processes used {other:.0%} of the machine's CPU during the run"
+    add(f"- Load average (1/5/15 min) before the run: {load}; after: {env.get('load_end', '?')}{other_text}")
+    if other is not None and other > LOADED_SHARE:
+        add("- **Taken on a loaded machine**: other work competed for the cores, so absolute numbers are low and noisy; each round alternates the targets, so the ratios are the more meaningful part.")
+    for note in env.get("note", []):
+        add(f"- Note: {note}")
+    for line in restarts:
+        add(f"- **Pooler crash**: {line}")
+    add("")
+
+    keys = sorted({(s, c) for s, c, _ in cells}, key=lambda k: (list(SCENARIOS).index(k[0]) if k[0] in SCENARIOS else 99, k[1]))
+    add("## Throughput and latency (medians)")
+    add("")
+    add("| scenario | clients | direct TPS | PgBouncer TPS | weir TPS | weir/PgBouncer | weir/direct | direct ms | PgBouncer ms | weir ms |")
+    add("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
+    for s, c in keys:
+        row = [cells.get((s, c, t)) for t in TARGETS]
+        tps = [x["tps"] if x else None for x in row]
+        add(
+            f"| {SCENARIOS.get(s, s)} | {c:,} | "
+            + " | ".join(cell_text(x, "tps", 0) for x in row)
+            + f" | {fmt_ratio(ratio(tps[2], tps[1]))} | {fmt_ratio(ratio(tps[2], tps[0]))} | "
+            + " | ".join(cell_text(x, "latency_ms", 3) for x in row)
+            + " |"
+        )
+    add("")
+    add("Latency is pgbench's mean per transaction; in the storm it includes the new connection and its SCRAM exchange.")
+    add("")
+
+    add("## Pooler CPU per 100k transactions (from /proc/PID/stat, user + system)")
+    add("")
+    add("| scenario | clients | PgBouncer CPU s | weir CPU s | weir/PgBouncer |")
+    add("|---|--:|--:|--:|--:|")
+    for s, c in keys:
+        p, w = (cells.get((s, c, t)) for t in ("pgbouncer", "weir"))
+        pv = p["cpu_per_100k"] if p else None
+        wv = w["cpu_per_100k"] if w else None
+        add(f"| {SCENARIOS.get(s, s)} | {c:,} | {fmt(pv, 2)} | {fmt(wv, 2)} | {fmt_ratio(ratio(wv, pv))} |")
+    add("")
+    add("PgBouncer runs one thread; weir runs a tokio worker per core, so on this machine it can use both cores while PostgreSQL and pgbench compete for them.")
+    add("")
+
+    if idle:
+        add("## Idle capacity")
+        add("")
+        add("| pooler | idle clients held | RSS before | RSS held | per client | `SELECT 1` probes ok | time to open all |")
+        add("|---|--:|--:|--:|--:|--:|--:|")
+        for t in ("pgbouncer", "weir"):
+            d = idle.get(t)
+            if d is None:
+                add(f"| {LABELS[t]} | **FAIL** (no result) | | | | | |")
+                continue
+            per = d.get("bytes_per_client")
+            held = f"{d['opened']:,} of {d['requested']:,}"
+            add(
+                f"| {LABELS[t]} | {held} | {d['rss_before_kib'] / 1024:.1f} MiB | {d['rss_held_kib'] / 1024:.1f} MiB | "
+                f"{fmt(per / 1024 if per is not None else None, 2, ' KiB')} | {d['probe_ok']}/{d['probe_total']} | {d['connect_seconds']} s |"
+            )
+        for t in ("pgbouncer", "weir"):
+            for err, n in sorted(idle.get(t, {}).get("errors", {}).items()):
+                add(f"- {LABELS[t]}: {n} logins failed: {err}")
+        add("")
+        add("Each idle client is logged in (SCRAM-SHA-256) and silent; RSS is the pooler's VmRSS before the first and after the last login, each pooler freshly started with one server connection open.")
+        add("")
+
+    add("## Targets")
+    add("")
+    add("| target | goal | measured | |")
+    add("|---|---|---|---|")
+    for row in targets_table(cells, idle):
+        add("| " + " | ".join(row) + " |")
+    add("")
+
+    failures = [(k, v) for k, v in cells.items() if v["failed"]]
+    if failures:
+        add("## Failures")
+        add("")
+        for (s, c, t), v in sorted(failures, key=lambda kv: kv[0]):
+            reasons = sorted(v["errors"].items(), key=lambda kv: -kv[1])
+            add(
+                f"- {SCENARIOS.get(s, s)}, {c} clients, {LABELS[t]}: {v['failed']} of {v['runs']} runs failed: "
+                + "; ".join(f"`{e}` ×{n}" for e, n in reasons)
+            )
+        add("")
+    return "\n".join(out)
+
+
+def read_env(path):
+    """key=value lines; `note` may repeat and is kept as a list."""
+    env = {"note": []}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            key, _, value = line.rstrip("\n").partition("=")
+            if key == "note":
+                env["note"].append(value)
+            elif key:
+                env[key] = value
+    return env
+
+
+def load(directory):
+    """Everything run.sh left in `directory`, parsed."""
+    env = read_env(os.path.join(directory, "env.txt"))
+    runs = []
+    with open(os.path.join(directory, "runs.tsv"), encoding="utf-8") as f:
+        for row in csv.DictReader(f, delimiter="\t"):
+            with open(os.path.join(directory, row["file"]), encoding="utf-8", errors="replace") as raw:
+                parsed = parse_pgbench(raw.read())
+            parsed.update(
+                scenario=row["scenario"],
+                clients=int(row["clients"]),
+                target=row["target"],
+                round=int(row["round"]),
+                rc=int(row["rc"]),
+                pooler_cpu_ticks=int(row["pooler_cpu_ticks"]),
+            )
+            runs.append(parsed)
+    idle = {}
+    for t in ("pgbouncer", "weir"):
+        p = os.path.join(directory, f"idle-{t}.json")
+        if os.path.exists(p) and os.path.getsize(p):
+            with open(p, encoding="utf-8") as f:
+                idle[t] = json.load(f)
+    restarts = []
+    p = os.path.join(directory, "restarts.txt")
+    if os.path.exists(p):
+        with open(p, encoding="utf-8") as f:
+            restarts = [line.strip() for line in f if line.strip()]
+    return env, runs, idle, restarts
+
+
+def main():
+    if len(sys.argv) != 2:
+        sys.exit("usage: report.py BENCH_OUTPUT_DIR")
+    env, runs, idle, restarts = load(sys.argv[1])
+    cells = aggregate(runs, int(env.get("clk_tck", "100")))
+    print(render(env, cells, idle, restarts))
+
+
+if __name__ == "__main__":
+    main()

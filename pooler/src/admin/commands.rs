@@ -1,0 +1,152 @@
+//! Running admin console commands against the pooler's shared state.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::app::Pooler;
+use crate::pool::Pool;
+use crate::protocol::PgError;
+
+use super::parse::{Command, Subject};
+use super::show::{self, DbFlags, PoolView, ResultSet};
+
+/// How often PAUSE looks whether the paused pools' connections have all come back.
+const PAUSE_POLL: Duration = Duration::from_millis(50);
+
+/// What a command produced.
+#[derive(Debug)]
+pub enum Reply {
+    /// A result set (SHOW).
+    Rows(ResultSet),
+    /// The command took effect; only the command tag is sent.
+    Done,
+}
+
+/// Runs one command. Errors are plain (non-fatal) errors to report to the console user.
+pub async fn execute(pooler: &Arc<Pooler>, command: Command) -> Result<Reply, Box<PgError>> {
+    match command {
+        Command::Show(subject) => Ok(Reply::Rows(show(pooler, subject))),
+        Command::Pause(db) => {
+            check_database(pooler, db.as_deref())?;
+            let pools = pooler.set_paused(db.as_deref(), true);
+            empty_pools(&pools).await;
+            Ok(Reply::Done)
+        }
+        Command::Resume(db) => {
+            check_database(pooler, db.as_deref())?;
+            pooler.set_paused(db.as_deref(), false);
+            Ok(Reply::Done)
+        }
+        Command::Reload => match pooler.reload() {
+            Ok((_, warnings)) => {
+                for w in warnings {
+                    tracing::warn!("{w}");
+                }
+                Ok(Reply::Done)
+            }
+            Err(e) => Err(Box::new(PgError::error(
+                "F0000",
+                format!("reload failed, keeping the old configuration: {e}"),
+            ))),
+        },
+        Command::Reconnect(db) => {
+            check_database(pooler, db.as_deref())?;
+            for pool in pools_of(pooler, db.as_deref()) {
+                pool.retire_all();
+            }
+            Ok(Reply::Done)
+        }
+        Command::Kill(db) => {
+            check_database(pooler, db.as_deref())?;
+            pooler.kill(db.as_deref());
+            Ok(Reply::Done)
+        }
+        Command::KillClient(id) => Err(Box::new(PgError::error(
+            "0A000",
+            format!(
+                "KILL_CLIENT {id}: weir does not keep per-client records, so clients have no ids \
+                 (use KILL db to drop a database's clients)"
+            ),
+        ))),
+        Command::Disable(db) => {
+            check_database(pooler, Some(&db))?;
+            pooler.set_disabled(&db, true);
+            Ok(Reply::Done)
+        }
+        Command::Enable(db) => {
+            check_database(pooler, Some(&db))?;
+            pooler.set_disabled(&db, false);
+            Ok(Reply::Done)
+        }
+        Command::Shutdown(mode) => {
+            tracing::info!(?mode, "SHUTDOWN from the admin console: draining");
+            pooler.start_draining();
+            Ok(Reply::Done)
+        }
+        Command::Set { key, value } => match pooler.set_setting(&key, &value) {
+            Ok(()) => Ok(Reply::Done),
+            Err(e) => Err(Box::new(PgError::error("22023", format!("SET {key}: {e}")))),
+        },
+    }
+}
+
+fn show(pooler: &Pooler, subject: Subject) -> ResultSet {
+    let views: Vec<PoolView> = pooler.pools().iter().map(|p| PoolView::of(p)).collect();
+    let config = pooler.config();
+    match subject {
+        Subject::Pools => show::pools(&views),
+        Subject::Stats => show::stats(&views),
+        Subject::Clients => show::clients(&views),
+        Subject::Servers => show::servers(&views),
+        Subject::Databases => show::databases(&config, &views, &|db| DbFlags {
+            paused: pooler.is_paused(db),
+            disabled: pooler.is_disabled(db),
+        }),
+        Subject::Users => show::users(&config, &views),
+        Subject::Config => show::config(&config),
+        Subject::Lists => show::lists(&config, &views, pooler.client_count()),
+        Subject::Version => show::version(),
+        Subject::State => show::state(pooler.is_paused_all(), pooler.is_draining()),
+        Subject::Help => show::help(),
+    }
+}
+
+/// The pools of `database`, or all of them.
+fn pools_of(pooler: &Pooler, database: Option<&str>) -> Vec<Arc<Pool>> {
+    pooler
+        .pools()
+        .into_iter()
+        .filter(|p| database.is_none_or(|db| p.key().database == db))
+        .collect()
+}
+
+/// Refuses a database name that is neither configured nor served by a pool.
+fn check_database(pooler: &Pooler, database: Option<&str>) -> Result<(), Box<PgError>> {
+    let Some(db) = database else {
+        return Ok(());
+    };
+    let known = pooler.config().databases.contains_key(db)
+        || pooler.pools().iter().any(|p| p.key().database == db);
+    if known {
+        Ok(())
+    } else {
+        Err(Box::new(PgError::error(
+            "3D000",
+            format!("no such database: {db}"),
+        )))
+    }
+}
+
+/// Waits until every lent connection of `pools` has come back (as the pool mode lets it),
+/// closing idle ones as they do, as PgBouncer's PAUSE does before it returns.
+async fn empty_pools(pools: &[Arc<Pool>]) {
+    loop {
+        for pool in pools {
+            pool.close_idle();
+        }
+        if pools.iter().all(|p| p.in_use() == 0) {
+            return;
+        }
+        tokio::time::sleep(PAUSE_POLL).await;
+    }
+}

@@ -1,0 +1,221 @@
+//! The admin console: the virtual databases `pgbouncer` and `weir`, where members of
+//! `admin_users` (and, for SHOW commands only, `stats_users`) inspect and steer the pooler
+//! with PgBouncer's command language over the simple query protocol.
+
+pub mod commands;
+pub mod parse;
+pub mod show;
+
+use std::sync::Arc;
+
+use bytes::BytesMut;
+
+use crate::app::Pooler;
+use crate::config::{AuthType, Config};
+use crate::protocol::{backend, frontend, PgError};
+use crate::stream::Stream;
+use crate::wire::{self, ReadError};
+
+use commands::Reply;
+
+/// The database names that reach the console instead of a pool.
+pub const CONSOLE_DATABASES: &[&str] = &["pgbouncer", "weir"];
+
+/// Whether a client asking for `database` wants the admin console.
+pub fn is_console(database: &str) -> bool {
+    CONSOLE_DATABASES.contains(&database)
+}
+
+/// What a console user may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// A member of `admin_users`: every command.
+    Admin,
+    /// A member of `stats_users` (or anyone under `auth_type = any`): SHOW commands only.
+    Stats,
+}
+
+/// The console role of `user`, or `None` when the user may not use the console.
+pub fn role_of(config: &Config, user: &str) -> Option<Role> {
+    let s = &config.pgbouncer;
+    if s.admin_users.iter().any(|u| u == user) {
+        Some(Role::Admin)
+    } else if s.stats_users.iter().any(|u| u == user) || s.auth_type == AuthType::Any {
+        // PgBouncer lets anyone in as a stats user when nobody is authenticated.
+        Some(Role::Stats)
+    } else {
+        None
+    }
+}
+
+/// The refusal for a user who is in neither `admin_users` nor `stats_users`.
+pub fn not_allowed(user: &str) -> PgError {
+    PgError::fatal(
+        "42501",
+        format!("user {user:?} may not use the admin console (not in admin_users or stats_users)"),
+    )
+}
+
+/// Serves an authenticated console session: greets the client, then answers simple queries
+/// until it leaves or a shutdown begins (including one it asked for with SHUTDOWN, which is
+/// acknowledged first). `buf` holds any bytes read after authentication.
+/// Returns why the session ended.
+pub async fn serve(
+    pooler: Arc<Pooler>,
+    mut stream: Stream,
+    mut buf: BytesMut,
+    role: Role,
+) -> &'static str {
+    let mut out = BytesMut::new();
+    greet(&mut out);
+    if wire::flush(&mut stream, &mut out).await.is_err() {
+        return "client connection failed";
+    }
+    loop {
+        let msg = tokio::select! {
+            msg = wire::read_message(&mut stream, &mut buf) => msg,
+            () = pooler.drained() => {
+                backend::error_response(
+                    &mut out,
+                    &PgError::fatal("57P01", "the pooler is shutting down"),
+                );
+                let _ = wire::flush(&mut stream, &mut out).await;
+                return "pooler shutting down";
+            }
+        };
+        let msg = match msg {
+            Ok(m) => m,
+            Err(ReadError::Protocol(e)) => {
+                backend::error_response(&mut out, &e.to_pg_error());
+                let _ = wire::flush(&mut stream, &mut out).await;
+                return "client protocol violation";
+            }
+            Err(_) => return "client closed the connection",
+        };
+        match msg.tag {
+            b'Q' => {
+                match frontend::parse_query(&msg.body) {
+                    Ok(sql) => run_query(&pooler, role, sql, &mut out).await,
+                    Err(e) => backend::error_response(&mut out, &e.to_pg_error()),
+                }
+                backend::ready_for_query(&mut out, b'I');
+                if wire::flush(&mut stream, &mut out).await.is_err() {
+                    return "client connection failed";
+                }
+            }
+            b'X' => return "client said goodbye",
+            _ => {
+                backend::error_response(
+                    &mut out,
+                    &PgError::fatal(
+                        "08P01",
+                        "the admin console supports only the simple query protocol",
+                    ),
+                );
+                let _ = wire::flush(&mut stream, &mut out).await;
+                return "client used the extended query protocol";
+            }
+        }
+    }
+}
+
+/// AuthenticationOk, the parameters clients expect, ReadyForQuery.
+fn greet(out: &mut BytesMut) {
+    backend::authentication_ok(out);
+    let version = format!("{} (Weir admin console)", env!("CARGO_PKG_VERSION"));
+    for (name, value) in [
+        ("server_version", version.as_str()),
+        ("server_encoding", "UTF8"),
+        ("client_encoding", "UTF8"),
+        ("DateStyle", "ISO"),
+        ("integer_datetimes", "on"),
+        ("standard_conforming_strings", "on"),
+        ("application_name", ""),
+    ] {
+        backend::parameter_status(out, name, value);
+    }
+    backend::ready_for_query(out, b'I');
+}
+
+/// Runs every statement of one simple query, appending the replies to `out`; stops at the
+/// first error.
+async fn run_query(pooler: &Arc<Pooler>, role: Role, sql: &str, out: &mut BytesMut) {
+    let stmts = parse::statements(sql);
+    if stmts.is_empty() {
+        backend::empty_query_response(out);
+        return;
+    }
+    for stmt in stmts {
+        let command = match parse::parse(stmt) {
+            Ok(c) => c,
+            Err(e) => {
+                backend::error_response(out, &PgError::error("42601", e.to_string()));
+                return;
+            }
+        };
+        if role == Role::Stats && !command.is_read_only() {
+            let e = PgError::error(
+                "42501",
+                format!(
+                    "{} needs admin rights: stats_users may only run SHOW commands",
+                    command.tag()
+                ),
+            );
+            backend::error_response(out, &e);
+            return;
+        }
+        let tag = command.tag();
+        match commands::execute(pooler, command).await {
+            Ok(Reply::Rows(rs)) => rs.encode(out),
+            Ok(Reply::Done) => backend::command_complete(out, tag),
+            Err(e) => {
+                backend::error_response(out, &e);
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(extra: &str) -> Config {
+        let ini = format!(
+            "[databases]\napp = host=127.0.0.1\n[pgbouncer]\nlisten_addr = 127.0.0.1\n\
+             auth_type = trust\nauth_file = users.txt\n{extra}"
+        );
+        match Config::parse(&ini, std::path::Path::new("t.ini")) {
+            Ok(l) => l.config,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn roles() {
+        let c = config("admin_users = root, ops\nstats_users = watcher, ops\n");
+        assert_eq!(role_of(&c, "root"), Some(Role::Admin));
+        assert_eq!(role_of(&c, "ops"), Some(Role::Admin));
+        assert_eq!(role_of(&c, "watcher"), Some(Role::Stats));
+        assert_eq!(role_of(&c, "app"), None);
+        assert_eq!(role_of(&c, "Root"), None);
+    }
+
+    #[test]
+    fn console_names_and_refusal() {
+        assert!(is_console("pgbouncer"));
+        assert!(is_console("weir"));
+        assert!(!is_console("app"));
+        let e = not_allowed("app");
+        assert_eq!(e.code, "42501");
+        assert!(e.message.contains("admin_users"));
+    }
+
+    #[test]
+    fn greeting_ends_ready() {
+        let mut out = BytesMut::new();
+        greet(&mut out);
+        assert_eq!(out[0], b'R');
+        assert!(out.ends_with(&[b'Z', 0, 0, 0, 5, b'I']));
+    }
+}

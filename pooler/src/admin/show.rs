@@ -1,0 +1,737 @@
+//! The result sets of the `SHOW` commands, built from snapshots of the pools and the
+//! configuration so that the layout can be tested without a running pooler.
+//!
+//! Column names and their order follow PgBouncer's admin console, so exporters and scripts
+//! written for PgBouncer read them unchanged. Weir keeps counters per pool rather than per
+//! connection, so where PgBouncer reports something weir does not measure the value is NULL
+//! rather than a made-up number.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::BytesMut;
+
+use crate::config::{self, Config, Settings};
+use crate::pool::Pool;
+use crate::protocol::backend;
+use crate::server::ServerAddr;
+
+/// A result set of text columns, ready to be sent to the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResultSet {
+    /// Column names, in order.
+    pub columns: Vec<&'static str>,
+    /// Rows; `None` is SQL NULL.
+    pub rows: Vec<Vec<Option<String>>>,
+}
+
+impl ResultSet {
+    fn new(columns: &[&'static str]) -> ResultSet {
+        ResultSet {
+            columns: columns.to_vec(),
+            rows: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, row: Vec<Option<String>>) {
+        debug_assert_eq!(
+            row.len(),
+            self.columns.len(),
+            "row width of {:?}",
+            self.columns
+        );
+        self.rows.push(row);
+    }
+
+    /// Appends RowDescription, the DataRows and CommandComplete `SHOW`.
+    pub fn encode(&self, out: &mut BytesMut) {
+        backend::row_description(out, &self.columns);
+        for row in &self.rows {
+            let values: Vec<Option<&[u8]>> = row
+                .iter()
+                .map(|v| v.as_deref().map(str::as_bytes))
+                .collect();
+            backend::data_row(out, &values);
+        }
+        backend::command_complete(out, "SHOW");
+    }
+}
+
+fn text(v: impl ToString) -> Option<String> {
+    Some(v.to_string())
+}
+
+fn flag(b: bool) -> Option<String> {
+    text(u8::from(b))
+}
+
+/// What the console shows of one pool, read at one moment.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PoolView {
+    /// Database name as clients see it.
+    pub database: String,
+    /// The user its server connections log in as.
+    pub user: String,
+    /// Pooling mode name.
+    pub mode: &'static str,
+    /// Server host (or socket directory) and port.
+    pub host: String,
+    /// Server port.
+    pub port: u16,
+    /// Logged-in clients.
+    pub clients: usize,
+    /// Clients waiting for a connection.
+    pub waiting: usize,
+    /// Connections lent out.
+    pub active: usize,
+    /// Idle connections.
+    pub idle: usize,
+    /// All connections: lent, idle and being opened.
+    pub total: usize,
+    /// How long the oldest waiting client has waited.
+    pub max_wait: Duration,
+    /// Checkouts served since start.
+    pub checkouts: u64,
+    /// Requests completed since start.
+    pub queries: u64,
+    /// Transactions completed since start.
+    pub transactions: u64,
+    /// Bytes from clients.
+    pub received: u64,
+    /// Bytes to clients.
+    pub sent: u64,
+    /// Microseconds connections were lent to clients.
+    pub lent_us: u64,
+    /// Microseconds clients waited for connections.
+    pub wait_us: u64,
+}
+
+impl PoolView {
+    /// Reads a pool's counters.
+    pub fn of(pool: &Pool) -> PoolView {
+        let s = pool.stats();
+        let (idle, total) = pool.counts();
+        let (host, port) = match &pool.target().addr {
+            ServerAddr::Tcp { host, port } => (host.clone(), *port),
+            ServerAddr::Unix { dir, port } => (dir.display().to_string(), *port),
+        };
+        PoolView {
+            database: pool.key().database.clone(),
+            user: pool.key().user.clone(),
+            mode: pool.settings().mode.as_str(),
+            host,
+            port,
+            clients: s.clients.load(Ordering::Relaxed),
+            waiting: s.waiting.load(Ordering::Relaxed),
+            active: s.active.load(Ordering::Relaxed),
+            idle,
+            total,
+            max_wait: pool.max_wait(),
+            checkouts: s.checkouts.load(Ordering::Relaxed),
+            queries: s.queries.load(Ordering::Relaxed),
+            transactions: s.transactions.load(Ordering::Relaxed),
+            received: s.bytes_received.load(Ordering::Relaxed),
+            sent: s.bytes_sent.load(Ordering::Relaxed),
+            lent_us: s.server_us.load(Ordering::Relaxed),
+            wait_us: s.wait_us.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Connections being opened (PgBouncer's `sv_login`).
+    fn logging_in(&self) -> usize {
+        self.total.saturating_sub(self.idle + self.active)
+    }
+
+    /// Clients that are not waiting (PgBouncer's `cl_active`: linked or idle).
+    fn settled_clients(&self) -> usize {
+        self.clients.saturating_sub(self.waiting)
+    }
+}
+
+/// `SHOW POOLS`. The cancel-related counts are zero because weir forwards cancel requests
+/// at once instead of queueing them in a pool; `sv_used` and `sv_tested` are zero because
+/// idle connections are checked only as they are lent, which `sv_active` covers.
+pub fn pools(views: &[PoolView]) -> ResultSet {
+    let mut rs = ResultSet::new(&[
+        "database",
+        "user",
+        "cl_active",
+        "cl_waiting",
+        "cl_active_cancel_req",
+        "cl_waiting_cancel_req",
+        "sv_active",
+        "sv_active_cancel",
+        "sv_being_canceled",
+        "sv_idle",
+        "sv_used",
+        "sv_tested",
+        "sv_login",
+        "maxwait",
+        "maxwait_us",
+        "pool_mode",
+        "load_balance_hosts",
+    ]);
+    for v in views {
+        rs.push(vec![
+            text(&v.database),
+            text(&v.user),
+            text(v.settled_clients()),
+            text(v.waiting),
+            text(0),
+            text(0),
+            text(v.active),
+            text(0),
+            text(0),
+            text(v.idle),
+            text(0),
+            text(0),
+            text(v.logging_in()),
+            text(v.max_wait.as_secs()),
+            text(v.max_wait.subsec_micros()),
+            text(v.mode),
+            None,
+        ]);
+    }
+    rs
+}
+
+/// `SHOW STATS`, one row per database. Totals weir counts are shown; the rest (query time
+/// apart from transaction time, server lifetimes, prepared-statement counts and the
+/// per-`stats_period` averages) are NULL. `total_xact_time` is the time server connections
+/// were lent to clients, which in transaction mode is the transaction time.
+pub fn stats(views: &[PoolView]) -> ResultSet {
+    let mut rs = ResultSet::new(&[
+        "database",
+        "total_xact_count",
+        "total_query_count",
+        "total_server_assignment_count",
+        "total_server_closed_count",
+        "total_received",
+        "total_sent",
+        "total_xact_time",
+        "total_query_time",
+        "total_wait_time",
+        "total_server_lifetime",
+        "total_client_parse_count",
+        "total_server_parse_count",
+        "total_bind_count",
+        "avg_xact_count",
+        "avg_query_count",
+        "avg_server_assignment_count",
+        "avg_recv",
+        "avg_sent",
+        "avg_xact_time",
+        "avg_query_time",
+        "avg_wait_time",
+        "avg_server_lifetime",
+        "avg_client_parse_count",
+        "avg_server_parse_count",
+        "avg_bind_count",
+    ]);
+    let mut by_db: BTreeMap<&str, [u64; 7]> = BTreeMap::new();
+    for v in views {
+        let t = by_db.entry(&v.database).or_default();
+        for (slot, add) in t.iter_mut().zip([
+            v.transactions,
+            v.queries,
+            v.checkouts,
+            v.received,
+            v.sent,
+            v.lent_us,
+            v.wait_us,
+        ]) {
+            *slot = slot.saturating_add(add);
+        }
+    }
+    for (db, [xacts, queries, assignments, received, sent, lent, wait]) in by_db {
+        let mut row = vec![
+            text(db),
+            text(xacts),
+            text(queries),
+            text(assignments),
+            None,
+            text(received),
+            text(sent),
+            text(lent),
+            None,
+            text(wait),
+        ];
+        row.resize(rs.columns.len(), None);
+        rs.push(row);
+    }
+    rs
+}
+
+/// The columns PgBouncer shows for each client or server connection.
+const CONNECTION_COLUMNS: &[&str] = &[
+    "type",
+    "user",
+    "database",
+    "replication",
+    "state",
+    "addr",
+    "port",
+    "local_addr",
+    "local_port",
+    "connect_time",
+    "request_time",
+    "wait",
+    "wait_us",
+    "close_needed",
+    "ptr",
+    "link",
+    "remote_pid",
+    "tls",
+    "application_name",
+    "prepared_statements",
+    "id",
+];
+
+/// One connection row of `kind` (`C` or `S`) in `state`; what weir does not record per
+/// connection is NULL.
+fn connection_row(kind: &str, v: &PoolView, state: &str, server: bool) -> Vec<Option<String>> {
+    let mut row = vec![
+        text(kind),
+        text(&v.user),
+        text(&v.database),
+        text("none"),
+        text(state),
+    ];
+    if server {
+        row.push(text(&v.host));
+        row.push(text(v.port));
+    }
+    row.resize(CONNECTION_COLUMNS.len(), None);
+    row
+}
+
+/// `SHOW CLIENTS`: weir counts clients per pool but keeps no per-client record, so there is
+/// one row per client with its pool and state, and NULL where PgBouncer shows addresses,
+/// times and ids. Admin console sessions are not listed.
+pub fn clients(views: &[PoolView]) -> ResultSet {
+    let mut rs = ResultSet::new(CONNECTION_COLUMNS);
+    for v in views {
+        let linked = v.active.min(v.settled_clients());
+        let idle = v.settled_clients() - linked;
+        for (state, n) in [("active", linked), ("waiting", v.waiting), ("idle", idle)] {
+            for _ in 0..n {
+                rs.push(connection_row("C", v, state, false));
+            }
+        }
+    }
+    rs
+}
+
+/// `SHOW SERVERS`: one row per server connection from the pool's counts (lent, idle, being
+/// opened), with the server's address; per-connection details are NULL.
+pub fn servers(views: &[PoolView]) -> ResultSet {
+    let mut rs = ResultSet::new(CONNECTION_COLUMNS);
+    for v in views {
+        for (state, n) in [
+            ("active", v.active.min(v.total)),
+            ("idle", v.idle),
+            ("new", v.logging_in()),
+        ] {
+            for _ in 0..n {
+                rs.push(connection_row("S", v, state, true));
+            }
+        }
+    }
+    rs
+}
+
+/// A database's console flags.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DbFlags {
+    /// Paused (PAUSE or KILL until RESUME).
+    pub paused: bool,
+    /// Disabled (DISABLE until ENABLE).
+    pub disabled: bool,
+}
+
+/// `SHOW DATABASES`: every configured database, any database served through the `*`
+/// fallback that has a pool, and the console's own `pgbouncer` database.
+pub fn databases(
+    config: &Config,
+    views: &[PoolView],
+    flags: &dyn Fn(&str) -> DbFlags,
+) -> ResultSet {
+    let mut rs = ResultSet::new(&[
+        "name",
+        "host",
+        "port",
+        "database",
+        "force_user",
+        "pool_size",
+        "min_pool_size",
+        "reserve_pool_size",
+        "server_lifetime",
+        "pool_mode",
+        "load_balance_hosts",
+        "max_connections",
+        "current_connections",
+        "max_client_connections",
+        "current_client_connections",
+        "paused",
+        "disabled",
+    ]);
+    let s = &config.pgbouncer;
+    let mut names: BTreeSet<&str> = config
+        .databases
+        .keys()
+        .map(String::as_str)
+        .filter(|n| *n != config::FALLBACK_DATABASE)
+        .collect();
+    names.extend(views.iter().map(|v| v.database.as_str()));
+    for name in names {
+        let Some((_, entry)) = config.database(name) else {
+            continue;
+        };
+        let mine = views.iter().filter(|v| v.database == name);
+        let (servers, clients) = mine.fold((0, 0), |(s, c), v| (s + v.total, c + v.clients));
+        let f = flags(name);
+        rs.push(vec![
+            text(name),
+            entry.host.clone(),
+            text(entry.port_or_default()),
+            text(entry.dbname_or(name)),
+            entry.user.clone(),
+            text(entry.pool_size.unwrap_or(s.default_pool_size)),
+            text(config.min_pool_size_for(name)),
+            text(config.reserve_pool_size_for(name)),
+            text(s.server_lifetime.as_secs()),
+            entry.pool_mode.map(|m| m.as_str().to_owned()),
+            None,
+            text(config.max_db_connections_for(name)),
+            text(servers),
+            text(0),
+            text(clients),
+            flag(f.paused),
+            flag(f.disabled),
+        ]);
+    }
+    rs.push(vec![
+        text("pgbouncer"),
+        None,
+        text(s.listen_port),
+        text("pgbouncer"),
+        text("pgbouncer"),
+        text(2),
+        text(0),
+        text(0),
+        text(0),
+        text("statement"),
+        None,
+        text(0),
+        text(0),
+        text(0),
+        text(0),
+        flag(false),
+        flag(false),
+    ]);
+    rs
+}
+
+/// `SHOW USERS`: users with a `[users]` entry or a pool. Connection counts are of the pools
+/// logging in as that user (a forced `user=` counts for the forced user).
+pub fn users(config: &Config, views: &[PoolView]) -> ResultSet {
+    let mut rs = ResultSet::new(&[
+        "name",
+        "pool_size",
+        "reserve_pool_size",
+        "pool_mode",
+        "max_user_connections",
+        "current_connections",
+        "max_user_client_connections",
+        "current_client_connections",
+    ]);
+    let mut names: BTreeSet<&str> = config.users.keys().map(String::as_str).collect();
+    names.extend(views.iter().map(|v| v.user.as_str()));
+    for name in names {
+        let entry = config.users.get(name);
+        let mine = views.iter().filter(|v| v.user == name);
+        let (servers, clients) = mine.fold((0, 0), |(s, c), v| (s + v.total, c + v.clients));
+        rs.push(vec![
+            text(name),
+            entry.and_then(|e| e.pool_size).map(|n| n.to_string()),
+            entry
+                .and_then(|e| e.reserve_pool_size)
+                .map(|n| n.to_string()),
+            entry
+                .and_then(|e| e.pool_mode)
+                .map(|m| m.as_str().to_owned()),
+            text(config.max_user_connections_for(name)),
+            text(servers),
+            text(0),
+            text(clients),
+        ]);
+    }
+    rs
+}
+
+/// `SHOW CONFIG`: every setting, its value, its default and whether `SET` may change it.
+pub fn config(config: &Config) -> ResultSet {
+    let mut rs = ResultSet::new(&["key", "value", "default", "changeable"]);
+    let defaults = Settings::default();
+    for key in Settings::KEYS {
+        let changeable = !config::RESTART_KEYS.contains(key);
+        rs.push(vec![
+            text(key),
+            config.pgbouncer.get(key),
+            defaults.get(key),
+            text(if changeable { "yes" } else { "no" }),
+        ]);
+    }
+    rs
+}
+
+/// `SHOW LISTS`. Weir has no free lists or DNS cache, so those counts are truly zero;
+/// clients still logging in are not counted separately (NULL).
+pub fn lists(config: &Config, views: &[PoolView], connected: usize) -> ResultSet {
+    let mut rs = ResultSet::new(&["list", "items"]);
+    let databases = config
+        .databases
+        .keys()
+        .filter(|n| *n != config::FALLBACK_DATABASE)
+        .count();
+    let users: BTreeSet<&str> = config
+        .users
+        .keys()
+        .map(String::as_str)
+        .chain(views.iter().map(|v| v.user.as_str()))
+        .collect();
+    let servers: usize = views.iter().map(|v| v.total).sum();
+    for (name, items) in [
+        ("databases", text(databases)),
+        ("users", text(users.len())),
+        ("pools", text(views.len())),
+        ("free_clients", text(0)),
+        ("used_clients", text(connected)),
+        ("login_clients", None),
+        ("free_servers", text(0)),
+        ("used_servers", text(servers)),
+        ("dns_names", text(0)),
+        ("dns_zones", text(0)),
+        ("dns_queries", text(0)),
+        ("dns_pending", text(0)),
+    ] {
+        rs.push(vec![text(name), items]);
+    }
+    rs
+}
+
+/// `SHOW VERSION`.
+pub fn version() -> ResultSet {
+    let mut rs = ResultSet::new(&["version"]);
+    rs.push(vec![text(format!("Weir {}", env!("CARGO_PKG_VERSION")))]);
+    rs
+}
+
+/// `SHOW STATE`: whether the pooler is active or paused as a whole (weir never suspends).
+pub fn state(paused_all: bool, draining: bool) -> ResultSet {
+    let mut rs = ResultSet::new(&["key", "value"]);
+    let yes_no = |b: bool| text(if b { "yes" } else { "no" });
+    rs.push(vec![text("active"), yes_no(!paused_all && !draining)]);
+    rs.push(vec![text("paused"), yes_no(paused_all)]);
+    rs.push(vec![text("suspended"), yes_no(false)]);
+    rs
+}
+
+/// `SHOW HELP`: the commands the console knows.
+pub fn help() -> ResultSet {
+    let mut rs = ResultSet::new(&["command"]);
+    for line in [
+        "SHOW POOLS|STATS|CLIENTS|SERVERS|DATABASES|USERS|CONFIG|LISTS|VERSION|STATE|HELP",
+        "PAUSE [db]",
+        "RESUME [db]",
+        "RELOAD",
+        "RECONNECT [db]",
+        "KILL [db]",
+        "KILL_CLIENT id",
+        "DISABLE db",
+        "ENABLE db",
+        "SHUTDOWN [WAIT_FOR_SERVERS|WAIT_FOR_CLIENTS]",
+        "SET key = value",
+    ] {
+        rs.push(vec![text(line)]);
+    }
+    rs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view() -> PoolView {
+        PoolView {
+            database: "app".into(),
+            user: "app".into(),
+            mode: "transaction",
+            host: "127.0.0.1".into(),
+            port: 5432,
+            clients: 5,
+            waiting: 1,
+            active: 2,
+            idle: 3,
+            total: 6,
+            max_wait: Duration::from_micros(2_500_000),
+            checkouts: 10,
+            queries: 20,
+            transactions: 15,
+            received: 100,
+            sent: 200,
+            lent_us: 300,
+            wait_us: 400,
+        }
+    }
+
+    fn col<'a>(rs: &'a ResultSet, row: usize, name: &str) -> Option<&'a str> {
+        let i = rs.columns.iter().position(|c| *c == name).expect(name);
+        rs.rows[row][i].as_deref()
+    }
+
+    fn check_widths(rs: &ResultSet) {
+        for row in &rs.rows {
+            assert_eq!(row.len(), rs.columns.len(), "{:?}", rs.columns);
+        }
+    }
+
+    #[test]
+    fn pools_counts() {
+        let rs = pools(&[view()]);
+        check_widths(&rs);
+        assert_eq!(col(&rs, 0, "cl_active"), Some("4"));
+        assert_eq!(col(&rs, 0, "cl_waiting"), Some("1"));
+        assert_eq!(col(&rs, 0, "sv_active"), Some("2"));
+        assert_eq!(col(&rs, 0, "sv_idle"), Some("3"));
+        assert_eq!(col(&rs, 0, "sv_login"), Some("1"));
+        assert_eq!(col(&rs, 0, "maxwait"), Some("2"));
+        assert_eq!(col(&rs, 0, "maxwait_us"), Some("500000"));
+        assert_eq!(col(&rs, 0, "pool_mode"), Some("transaction"));
+        assert_eq!(col(&rs, 0, "load_balance_hosts"), None);
+    }
+
+    #[test]
+    fn stats_sum_per_database() {
+        let mut other = view();
+        other.user = "other".into();
+        let mut second_db = view();
+        second_db.database = "zz".into();
+        let rs = stats(&[view(), other, second_db]);
+        check_widths(&rs);
+        assert_eq!(rs.rows.len(), 2);
+        assert_eq!(col(&rs, 0, "database"), Some("app"));
+        assert_eq!(col(&rs, 0, "total_xact_count"), Some("30"));
+        assert_eq!(col(&rs, 0, "total_query_count"), Some("40"));
+        assert_eq!(col(&rs, 0, "total_server_assignment_count"), Some("20"));
+        assert_eq!(col(&rs, 0, "total_received"), Some("200"));
+        assert_eq!(col(&rs, 0, "total_sent"), Some("400"));
+        assert_eq!(col(&rs, 0, "total_xact_time"), Some("600"));
+        assert_eq!(col(&rs, 0, "total_wait_time"), Some("800"));
+        assert_eq!(col(&rs, 0, "total_query_time"), None);
+        assert_eq!(col(&rs, 0, "avg_query_count"), None);
+        assert_eq!(col(&rs, 1, "database"), Some("zz"));
+    }
+
+    #[test]
+    fn clients_and_servers_follow_counts() {
+        let rs = clients(&[view()]);
+        check_widths(&rs);
+        let states: Vec<_> = (0..rs.rows.len()).map(|i| col(&rs, i, "state")).collect();
+        assert_eq!(
+            states,
+            [
+                Some("active"),
+                Some("active"),
+                Some("waiting"),
+                Some("idle"),
+                Some("idle")
+            ]
+        );
+        assert_eq!(col(&rs, 0, "type"), Some("C"));
+        assert_eq!(col(&rs, 0, "id"), None);
+        let rs = servers(&[view()]);
+        check_widths(&rs);
+        assert_eq!(rs.rows.len(), 6);
+        assert_eq!(col(&rs, 0, "addr"), Some("127.0.0.1"));
+        assert_eq!(col(&rs, 0, "port"), Some("5432"));
+        assert_eq!(col(&rs, 5, "state"), Some("new"));
+    }
+
+    fn sample_config() -> Config {
+        let ini = "[databases]\napp = host=127.0.0.1 port=5433 dbname=real pool_size=7 user=app\n\
+                   * = host=127.0.0.1 user=app\n[users]\nbob = pool_mode=session\n\
+                   [pgbouncer]\nauth_type = any\nlisten_addr = 127.0.0.1\n";
+        match Config::parse(ini, std::path::Path::new("t.ini")) {
+            Ok(l) => l.config,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn databases_rows() {
+        let config = sample_config();
+        let mut fallback = view();
+        fallback.database = "other".into();
+        let flags = |db: &str| DbFlags {
+            paused: db == "app",
+            disabled: db == "other",
+        };
+        let rs = databases(&config, &[view(), fallback], &flags);
+        check_widths(&rs);
+        assert_eq!(rs.rows.len(), 3);
+        assert_eq!(col(&rs, 0, "name"), Some("app"));
+        assert_eq!(col(&rs, 0, "port"), Some("5433"));
+        assert_eq!(col(&rs, 0, "database"), Some("real"));
+        assert_eq!(col(&rs, 0, "pool_size"), Some("7"));
+        assert_eq!(col(&rs, 0, "current_connections"), Some("6"));
+        assert_eq!(col(&rs, 0, "current_client_connections"), Some("5"));
+        assert_eq!(col(&rs, 0, "paused"), Some("1"));
+        assert_eq!(col(&rs, 0, "disabled"), Some("0"));
+        assert_eq!(col(&rs, 1, "name"), Some("other"));
+        assert_eq!(col(&rs, 1, "disabled"), Some("1"));
+        assert_eq!(col(&rs, 2, "name"), Some("pgbouncer"));
+    }
+
+    #[test]
+    fn users_config_lists_state() {
+        let config = sample_config();
+        let rs = users(&config, &[view()]);
+        check_widths(&rs);
+        assert_eq!(col(&rs, 0, "name"), Some("app"));
+        assert_eq!(col(&rs, 1, "name"), Some("bob"));
+        assert_eq!(col(&rs, 1, "pool_mode"), Some("session"));
+        assert_eq!(col(&rs, 0, "current_connections"), Some("6"));
+
+        let rs = self::config(&config);
+        check_widths(&rs);
+        let row = rs
+            .rows
+            .iter()
+            .find(|r| r[0].as_deref() == Some("auth_type"))
+            .expect("auth_type");
+        assert_eq!(row[1].as_deref(), Some("any"));
+        assert_eq!(rs.rows.len(), Settings::KEYS.len());
+
+        let rs = lists(&config, &[view()], 9);
+        check_widths(&rs);
+        assert_eq!(rs.rows[0], vec![text("databases"), text(1)]);
+        assert_eq!(rs.rows[4], vec![text("used_clients"), text(9)]);
+
+        let rs = state(true, false);
+        assert_eq!(rs.rows[0], vec![text("active"), text("no")]);
+        assert_eq!(rs.rows[1], vec![text("paused"), text("yes")]);
+        check_widths(&version());
+        check_widths(&help());
+    }
+
+    #[test]
+    fn encode_sends_description_rows_and_tag() {
+        let mut out = BytesMut::new();
+        version().encode(&mut out);
+        assert_eq!(out[0], b'T');
+        assert!(out.windows(4).any(|w| w == b"Weir"));
+        assert!(out.ends_with(b"SHOW\0"));
+    }
+}
