@@ -7,9 +7,11 @@
 //!   Kubernetes objects that should exist.
 //! - [`crd`]: the CustomResourceDefinition, as applied to clusters and kept in `crds/`.
 //!
-//! None of these talk to the API server; a controller module built on them does.
+//! - [`controller`]: the only module that talks to the API server; it reconciles
+//!   ConnectionPools with the layers above.
 
 pub mod api;
+pub mod controller;
 pub mod crd;
 pub mod render;
 pub mod sizing;

@@ -5,6 +5,9 @@
 //! real `weir` pooler binary against a generated `weir.ini`. Each instance gets its own port and
 //! directory, so tests can run in parallel threads of one process.
 //!
+//! [`k8s::ControlPlane`] runs a real Kubernetes control plane (tests/controlplane) for the
+//! operator's end-to-end tests, and [`k8s::Operator`] the operator against it.
+//!
 //! Processes are cleaned up in two layers. Normally `Drop` stops them and waits for them to exit
 //! (this also runs while a failing test unwinds). As a safety net for a test process that dies
 //! without unwinding (SIGKILL, `abort`, a harness timeout), every long-lived child is started
@@ -14,6 +17,7 @@
 
 mod child;
 pub mod fixture;
+pub mod k8s;
 pub mod net;
 pub mod postgres;
 pub mod weir;

@@ -1,0 +1,320 @@
+//! The controller: the only part of the operator that talks to the API server.
+//!
+//! A kube-runtime [`Controller`] on ConnectionPools reconciles a pool (see [`reconcile`])
+//! whenever it, one of its children, a Secret it reads, or another pool on the same
+//! database changes, and periodically besides. [`run`] wires it up with leader election
+//! (only the replica holding the Lease reconciles), a Prometheus endpoint and graceful
+//! shutdown on SIGTERM or Ctrl-C.
+
+pub mod claims;
+pub mod conditions;
+pub mod database;
+pub mod leader;
+pub mod metrics;
+pub mod reconcile;
+pub mod resize;
+pub mod rollout;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::runtime::events::Reporter;
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::{watcher, Controller};
+use kube::{Api, Client, Resource, ResourceExt};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::api::{ConnectionPool, GROUP};
+pub use leader::LeaseSettings;
+pub use reconcile::{Settings, FIELD_MANAGER};
+
+/// Label every child carries, which narrows the watches on children to Weir's own.
+const MANAGED_BY: &str = "app.kubernetes.io/managed-by=weir-operator";
+
+/// How the operator process runs.
+#[derive(Debug, Clone)]
+pub struct RunSettings {
+    /// Where `/metrics` and `/healthz` are served.
+    pub metrics_address: SocketAddr,
+    /// The Lease to compete for; `None` runs the controller unconditionally (one replica
+    /// only).
+    pub lease: Option<LeaseSettings>,
+    /// This process's name in Events.
+    pub instance: String,
+    /// Timing of reconciliation.
+    pub reconcile: Settings,
+}
+
+/// Why the operator could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The metrics registry refused a metric.
+    #[error(transparent)]
+    Metrics(#[from] metrics::MetricsError),
+    /// The metrics address cannot be bound.
+    #[error("cannot serve metrics on {address}: {source}")]
+    Bind {
+        /// The address.
+        address: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The lease settings are unusable.
+    #[error(transparent)]
+    Lease(#[from] leader::InvalidLease),
+}
+
+/// Runs the operator until SIGTERM or Ctrl-C: serves metrics, competes for leadership
+/// (when configured) and reconciles while leading.
+pub async fn run(client: Client, settings: RunSettings) -> Result<(), RunError> {
+    if let Some(lease) = &settings.lease {
+        lease.check()?;
+    }
+    let metrics = metrics::Metrics::new()?;
+    let (address, server) = metrics::serve(settings.metrics_address, metrics.clone())
+        .await
+        .map_err(|source| RunError::Bind {
+            address: settings.metrics_address,
+            source,
+        })?;
+    info!(%address, "serving /metrics and /healthz");
+
+    let (stop_tx, stop) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        info!("shutting down");
+        stop_tx.send_replace(true);
+    });
+
+    match settings.lease.clone() {
+        None => {
+            metrics.set_leader(true);
+            run_controller(client, &settings, metrics.clone(), stop).await;
+        }
+        Some(lease) => lead(client, lease, &settings, metrics.clone(), stop).await?,
+    }
+    metrics.set_leader(false);
+    server.abort();
+    Ok(())
+}
+
+/// Reconciles only while this replica holds the lease; steps down and releases it on
+/// shutdown.
+async fn lead(
+    client: Client,
+    lease: LeaseSettings,
+    settings: &RunSettings,
+    metrics: metrics::Metrics,
+    stop: watch::Receiver<bool>,
+) -> Result<(), RunError> {
+    info!(lease = %lease.name, namespace = %lease.namespace, identity = %lease.identity, "competing for leadership");
+    let election = leader::Election::start(client.clone(), lease)?;
+    let mut leading = election.leading();
+    let mut stopping = stop.clone();
+    loop {
+        let became_leader = tokio::select! {
+            _ = stopping.wait_for(|s| *s) => false,
+            led = leading.wait_for(|l| *l) => led.is_ok(),
+        };
+        if !became_leader {
+            break;
+        }
+        info!("leading: starting the controller");
+        metrics.set_leader(true);
+        let finished = tokio::select! {
+            () = run_controller(client.clone(), settings, metrics.clone(), stop.clone()) => true,
+            _ = leading.wait_for(|l| !*l) => false,
+        };
+        metrics.set_leader(false);
+        if finished {
+            break;
+        }
+        warn!("lost leadership: controller stopped, standing by");
+    }
+    election.resign().await;
+    Ok(())
+}
+
+/// Builds the Controller and runs it until `stop` turns true (letting running
+/// reconciliations finish) or the future is dropped (leadership lost).
+async fn run_controller(
+    client: Client,
+    settings: &RunSettings,
+    metrics: metrics::Metrics,
+    mut stop: watch::Receiver<bool>,
+) {
+    let pools: Api<ConnectionPool> = Api::all(client.clone());
+    let controller = Controller::new(pools.clone(), watcher::Config::default());
+    let store = controller.store();
+    let reporter = Reporter {
+        controller: "weir-operator".to_owned(),
+        instance: Some(settings.instance.clone()),
+    };
+    let ctx = Arc::new(reconcile::Context::new(
+        client.clone(),
+        reporter,
+        store.clone(),
+        metrics,
+        settings.reconcile.clone(),
+    ));
+    let children = watcher::Config::default().labels(MANAGED_BY);
+    let secret_store = store.clone();
+    let pool_store = store;
+    controller
+        .owns(Api::<ServiceAccount>::all(client.clone()), children.clone())
+        .owns(Api::<ConfigMap>::all(client.clone()), children.clone())
+        .owns(Api::<Service>::all(client.clone()), children.clone())
+        .owns(Api::<Deployment>::all(client.clone()), children.clone())
+        .owns(Api::<PodDisruptionBudget>::all(client.clone()), children)
+        // The owned Secrets and those the pools read: one watch serves both.
+        .watches(
+            Api::<Secret>::all(client.clone()),
+            watcher::Config::default(),
+            move |secret| secret_triggers(&secret, &secret_store),
+        )
+        // A pool's claim changing or disappearing resizes the others on its database.
+        .watches(pools, watcher::Config::default(), move |pool| {
+            claims::sharing_database(&pool, &pool_store.state())
+        })
+        .graceful_shutdown_on(async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })
+        .run(reconcile::reconcile, reconcile::error_policy, ctx)
+        .for_each(|result| async move {
+            match result {
+                Ok((pool, _)) => {
+                    tracing::debug!(pool = %pool.name, namespace = ?pool.namespace, "reconciled");
+                }
+                Err(e) => tracing::debug!(error = %e, "reconciliation did not complete"),
+            }
+        })
+        .await;
+}
+
+/// The pools a Secret change concerns: its owner (for the rendered Secrets) and every pool
+/// in its namespace that reads it.
+fn secret_triggers(
+    secret: &Secret,
+    pools: &Store<ConnectionPool>,
+) -> Vec<ObjectRef<ConnectionPool>> {
+    let namespace = secret.namespace();
+    let name = secret.name_any();
+    let mut triggers: Vec<ObjectRef<ConnectionPool>> = secret
+        .owner_references()
+        .iter()
+        .filter(|o| {
+            o.kind == ConnectionPool::kind(&()) && o.api_version.split('/').next() == Some(GROUP)
+        })
+        .map(|o| {
+            let r = ObjectRef::new(&o.name);
+            match &namespace {
+                Some(ns) => r.within(ns),
+                None => r,
+            }
+        })
+        .collect();
+    triggers.extend(
+        pools
+            .state()
+            .iter()
+            .filter(|p| p.namespace() == namespace)
+            .filter(|p| reconcile::referenced_secrets(&p.spec).contains(&name))
+            .map(|p| ObjectRef::from(p.as_ref())),
+    );
+    triggers.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    triggers.dedup();
+    triggers
+}
+
+/// Resolves on SIGTERM (how Kubernetes stops a pod) or Ctrl-C.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the operator");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+    use kube::runtime::reflector;
+
+    fn pool(namespace: &str, name: &str, users: &str) -> ConnectionPool {
+        let yaml = format!(
+            "apiVersion: weir.dev/v1alpha1\nkind: ConnectionPool\nmetadata:\n  name: {name}\n  \
+             namespace: {namespace}\nspec:\n  database:\n    host: db\n    dbname: app\n    \
+             credentialsSecret: {{name: db-creds}}\n    maxConnections: 100\n{users}"
+        );
+        crate::api::from_yaml(&yaml).expect("valid pool")
+    }
+
+    #[test]
+    fn secrets_wake_their_owner_and_their_readers() {
+        let (store, mut writer) = reflector::store::<ConnectionPool>();
+        for p in [
+            pool("shop", "a", ""),
+            pool(
+                "shop",
+                "b",
+                "  users:\n    - {user: x, credentialsSecret: {name: x-creds}}\n",
+            ),
+            pool("other", "c", ""),
+        ] {
+            writer.apply_watcher_event(&watcher::Event::Apply(p));
+        }
+        let names = |secret: &Secret| -> Vec<String> {
+            secret_triggers(secret, &store)
+                .into_iter()
+                .map(|r| format!("{}/{}", r.namespace.unwrap_or_default(), r.name))
+                .collect()
+        };
+        let mut secret = Secret::default();
+        secret.metadata.namespace = Some("shop".into());
+        secret.metadata.name = Some("db-creds".into());
+        assert_eq!(names(&secret), ["shop/a", "shop/b"]);
+        secret.metadata.name = Some("x-creds".into());
+        assert_eq!(names(&secret), ["shop/b"]);
+
+        secret.metadata.name = Some("a-auth".into());
+        secret.metadata.owner_references = Some(vec![OwnerReference {
+            api_version: "weir.dev/v1alpha1".into(),
+            kind: "ConnectionPool".into(),
+            name: "a".into(),
+            uid: "u".into(),
+            controller: Some(true),
+            block_owner_deletion: None,
+        }]);
+        assert_eq!(names(&secret), ["shop/a"]);
+        secret.metadata.owner_references = Some(vec![OwnerReference {
+            api_version: "apps/v1".into(),
+            kind: "Deployment".into(),
+            name: "a".into(),
+            uid: "u".into(),
+            controller: Some(true),
+            block_owner_deletion: None,
+        }]);
+        assert!(names(&secret).is_empty());
+    }
+}

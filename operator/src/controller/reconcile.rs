@@ -1,0 +1,837 @@
+//! One reconciliation of one ConnectionPool: observe, render, apply in a budget-safe order,
+//! report.
+//!
+//! 1. Observe: the referenced Secrets, the database's limits (for `maxConnections: auto`),
+//!    and what the other pools on the same database claim.
+//! 2. Render the children ([`crate::render`]). If that fails (budget infeasible, Secret
+//!    missing, database unreachable), nothing is applied: the running pods keep their
+//!    last good configuration, and the status says why nothing changed.
+//! 3. Apply the children with server-side apply under one field manager, forcing
+//!    ownership, which also puts back whatever was edited or deleted. Replicas and pool
+//!    sizes change in the order [`super::resize`] decides.
+//! 4. Write the status (conditions, replica counts, budget) when it changed, and publish
+//!    Events for decisions.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Debug;
+use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use k8s_openapi::NamespaceResourceScope;
+use kube::api::{ListParams, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tracing::{debug, info, warn};
+use weir_pooler::config::Config;
+
+use super::claims::{DatabaseKey, Ledger};
+use super::conditions::{self, reason, Status, Verdict};
+use super::database::{self, Target};
+use super::metrics::Metrics;
+use super::resize::{self, Desired, Live};
+use super::rollout::{self, Observation};
+use crate::api::condition::{BUDGET_FEASIBLE, FITS, INVALID_SPEC, PROGRESSING};
+use crate::api::{ConnectionPool, ConnectionPoolSpec, ConnectionPoolStatus, MaxConnections};
+use crate::render::config::CONFIG_FILE;
+use crate::render::{self, names, selector_string, Observed, RenderError, Rendered};
+use crate::sizing::{self, SizingError};
+
+/// The one field manager every object and status is applied under.
+pub const FIELD_MANAGER: &str = "weir-operator";
+
+/// Timing of the reconciler.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// How long running pods get to reload a changed ConfigMap before pods are added:
+    /// the kubelet's ConfigMap refresh plus the pooler's reload.
+    pub settle: Duration,
+    /// Bound on asking the database for its limits.
+    pub database_timeout: Duration,
+    /// How long the database's answer is reused.
+    pub database_ttl: Duration,
+    /// How often a pool is reconciled without any change (picks up a new
+    /// `max_connections`).
+    pub resync: Duration,
+}
+
+/// Everything a reconciliation needs besides the pool.
+pub struct Context {
+    client: Client,
+    reporter: Reporter,
+    pools: Store<ConnectionPool>,
+    ledger: Ledger,
+    databases: database::Cache,
+    metrics: Metrics,
+    settings: Settings,
+    failures: Mutex<HashMap<ObjectRef<ConnectionPool>, u32>>,
+}
+
+impl Context {
+    /// A context reading pools from `pools`, publishing Events as `reporter`.
+    pub fn new(
+        client: Client,
+        reporter: Reporter,
+        pools: Store<ConnectionPool>,
+        metrics: Metrics,
+        settings: Settings,
+    ) -> Context {
+        Context {
+            databases: database::Cache::new(settings.database_ttl),
+            client,
+            reporter,
+            pools,
+            ledger: Ledger::default(),
+            metrics,
+            settings,
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<ObjectRef<ConnectionPool>, u32>> {
+        self.failures.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Why a reconciliation failed; it is retried with [`backoff`].
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The pool lacks metadata every child needs.
+    #[error("the ConnectionPool has no metadata.{0}")]
+    MissingMetadata(&'static str),
+    /// A call to the API server failed.
+    #[error("cannot {verb} {kind} {name:?}: {source}")]
+    Kube {
+        /// What was attempted.
+        verb: &'static str,
+        /// The object's kind.
+        kind: String,
+        /// The object's name.
+        name: String,
+        /// The client's error.
+        #[source]
+        source: kube::Error,
+    },
+    /// `maxConnections: auto` and the database's limits cannot be read (also reported in
+    /// the status; retried with backoff).
+    #[error("{0}")]
+    Database(String),
+}
+
+impl Error {
+    /// A short label for the errors metric.
+    pub fn cause(&self) -> &'static str {
+        match self {
+            Error::MissingMetadata(_) => "metadata",
+            Error::Kube { .. } => "kubernetes_api",
+            Error::Database(_) => "database",
+        }
+    }
+}
+
+fn kube_error<'a, K: Resource<DynamicType = ()>>(
+    verb: &'static str,
+    name: &'a str,
+) -> impl FnOnce(kube::Error) -> Error + 'a {
+    move |source| Error::Kube {
+        verb,
+        kind: K::kind(&()).into_owned(),
+        name: name.to_owned(),
+        source,
+    }
+}
+
+/// The retry delay after the `attempt`-th consecutive failure: 1 s doubling up to 5 min.
+pub fn backoff(attempt: u32) -> Duration {
+    let exponent = attempt.clamp(1, 10) - 1;
+    Duration::from_secs(1 << exponent).min(Duration::from_secs(300))
+}
+
+/// Reconciles one pool; the entry point the kube-runtime Controller calls.
+pub async fn reconcile(pool: Arc<ConnectionPool>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let result = reconcile_pool(&pool, &ctx).await;
+    ctx.metrics
+        .reconciled(started.elapsed(), result.as_ref().err().map(Error::cause));
+    if result.is_ok() {
+        ctx.failures().remove(&ObjectRef::from(pool.as_ref()));
+    }
+    result
+}
+
+/// What the Controller does after a failed reconciliation: retry with backoff.
+pub fn error_policy(pool: Arc<ConnectionPool>, error: &Error, ctx: Arc<Context>) -> Action {
+    let attempt = {
+        let mut failures = ctx.failures();
+        let count = failures.entry(ObjectRef::from(pool.as_ref())).or_insert(0);
+        *count = count.saturating_add(1);
+        *count
+    };
+    let delay = backoff(attempt);
+    warn!(
+        pool = %pool.name_any(),
+        namespace = %pool.namespace().unwrap_or_default(),
+        error = %error,
+        attempt,
+        retry_in = ?delay,
+        "reconciliation failed"
+    );
+    Action::requeue(delay)
+}
+
+/// Why the children were not applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Blocker {
+    reason: String,
+    message: String,
+}
+
+/// What applying the children left behind.
+struct Applied {
+    deployment: Deployment,
+    hold: Option<(String, Duration)>,
+}
+
+async fn reconcile_pool(pool: &ConnectionPool, ctx: &Context) -> Result<Action, Error> {
+    let name = pool.name_any();
+    let namespace = pool
+        .namespace()
+        .ok_or(Error::MissingMetadata("namespace"))?;
+    if pool.metadata.deletion_timestamp.is_some() {
+        // The garbage collector removes the children through their owner references.
+        return Ok(Action::await_change());
+    }
+    // Pools on one database are sized one at a time, each seeing the others' claims.
+    let _sizing_turn = ctx.ledger.lock(&DatabaseKey::of(pool)).await;
+
+    let secrets = read_secrets(ctx, &namespace, &pool.spec).await?;
+    let database = observe_database(ctx, pool, &secrets).await;
+    let pools = ctx.pools.state();
+    ctx.ledger.retain_existing(&pools);
+    let observed = Observed {
+        database: database.as_ref().ok().copied().flatten(),
+        others_claimed: ctx.ledger.others_claimed(pool, &pools),
+        secrets,
+    };
+    let database_problem = database.err();
+    let budget = budget_verdict(pool, &observed, database_problem.as_ref());
+
+    let old = pool.status.clone().unwrap_or_default();
+    let (mut status, applied, blocker) = match render::render(pool, &observed) {
+        Ok(rendered) => {
+            let applied = apply_children(ctx, pool, &namespace, &rendered).await?;
+            (rendered.status(pool), Some(applied), None)
+        }
+        Err(e) => {
+            let blocker = blocker(&e, database_problem.as_ref());
+            info!(pool = %name, namespace = %namespace, reason = %blocker.reason, "not applying: {}", blocker.message);
+            // What runs still runs with the last good sizes, which the status keeps.
+            let kept = ConnectionPoolStatus {
+                budget: old.budget.clone(),
+                users: old.users.clone(),
+                selector: Some(selector_string(&name)),
+                endpoint: old.endpoint.clone(),
+                app_secret_name: old.app_secret_name.clone(),
+                ..ConnectionPoolStatus::default()
+            };
+            (kept, None, Some(blocker))
+        }
+    };
+
+    let deployment = match &applied {
+        Some(a) => Some(a.deployment.clone()),
+        None => Api::<Deployment>::namespaced(ctx.client.clone(), &namespace)
+            .get_opt(&name)
+            .await
+            .map_err(kube_error::<Deployment>("get", &name))?,
+    };
+    let seen = match &deployment {
+        Some(d) => Some(Observation::of(
+            d,
+            ready_endpoints(ctx, &namespace, &name).await?,
+        )),
+        None => None,
+    };
+    let want = pool.spec.replicas;
+    let hold = applied.as_ref().and_then(|a| a.hold.clone());
+    let progressing = match &blocker {
+        Some(b) => Verdict::new(
+            PROGRESSING,
+            Status::False,
+            b.reason.clone(),
+            format!("changes are not applied: {}", b.message),
+        ),
+        None => rollout::progressing(seen.as_ref(), want, hold.as_ref().map(|h| h.0.clone())),
+    };
+    let ready = match (&blocker, &seen) {
+        (Some(b), None) => Verdict::new(
+            crate::api::condition::READY,
+            Status::False,
+            b.reason.clone(),
+            b.message.clone(),
+        ),
+        _ => rollout::ready(seen.as_ref(), want),
+    };
+    let now = Time(Timestamp::from_second(Timestamp::now().as_second()).unwrap_or_default());
+    let generation = pool.metadata.generation;
+    status.conditions = conditions::merge(
+        &old.conditions,
+        &[ready.clone(), progressing, budget],
+        generation,
+        &now,
+    );
+    status.observed_generation = generation;
+    status.replicas = seen.map(|s| s.replicas);
+    status.ready_replicas = seen.map(|s| s.ready);
+
+    publish_events(ctx, pool, &old, &status).await;
+    if status != old {
+        let api: Api<ConnectionPool> = Api::namespaced(ctx.client.clone(), &namespace);
+        let patch = serde_json::json!({
+            "apiVersion": ConnectionPool::api_version(&()),
+            "kind": ConnectionPool::kind(&()),
+            "status": status,
+        });
+        api.patch_status(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+        .map_err(kube_error::<ConnectionPool>("update the status of", &name))?;
+        debug!(pool = %name, namespace = %namespace, "status updated");
+    }
+    ctx.ledger
+        .record(pool, status.budget.as_ref().map(|b| b.pool));
+
+    if let Some(problem) = database_problem {
+        return Err(Error::Database(problem.message));
+    }
+    Ok(match hold {
+        Some((_, recheck)) => Action::requeue(recheck),
+        // Endpoints are not watched: look again shortly until the pool is ready.
+        None if ready.status != Status::True && blocker.is_none() => {
+            Action::requeue(Duration::from_secs(5))
+        }
+        None => Action::requeue(ctx.settings.resync),
+    })
+}
+
+/// The data of every Secret the spec names, by name; missing ones are left out (rendering
+/// names them).
+async fn read_secrets(
+    ctx: &Context,
+    namespace: &str,
+    spec: &ConnectionPoolSpec,
+) -> Result<BTreeMap<String, BTreeMap<String, Vec<u8>>>, Error> {
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+    let mut secrets = BTreeMap::new();
+    for name in referenced_secrets(spec) {
+        let Some(secret) = api
+            .get_opt(&name)
+            .await
+            .map_err(kube_error::<Secret>("read", &name))?
+        else {
+            continue;
+        };
+        let data = secret
+            .data
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, v.0))
+            .collect();
+        secrets.insert(name, data);
+    }
+    Ok(secrets)
+}
+
+/// The names of the Secrets `spec` reads, without repetition.
+pub fn referenced_secrets(spec: &ConnectionPoolSpec) -> Vec<String> {
+    let mut names = vec![spec.database.credentials_secret.name.clone()];
+    if let Some(users) = &spec.users {
+        names.extend(users.iter().map(|u| u.credentials_secret.name.clone()));
+    }
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// For `maxConnections: auto`, the database's limits; `Ok(None)` when the spec gives them.
+async fn observe_database(
+    ctx: &Context,
+    pool: &ConnectionPool,
+    secrets: &BTreeMap<String, BTreeMap<String, Vec<u8>>>,
+) -> Result<Option<render::ObservedDatabase>, Blocker> {
+    let db = &pool.spec.database;
+    if db.max_connections != MaxConnections::Auto {
+        return Ok(None);
+    }
+    let creds = &db.credentials_secret;
+    let secret_problem = |what: String| Blocker {
+        reason: reason::SECRET_PROBLEM.to_owned(),
+        message: format!(
+            "maxConnections is auto, but the credentials to read it are unusable: {what}"
+        ),
+    };
+    let data = secrets
+        .get(&creds.name)
+        .ok_or_else(|| secret_problem(format!("Secret {:?} not found", creds.name)))?;
+    let value = |key: &str| {
+        data.get(key)
+            .and_then(|v| String::from_utf8(v.clone()).ok())
+            .ok_or_else(|| {
+                secret_problem(format!("Secret {:?} has no UTF-8 key {key:?}", creds.name))
+            })
+    };
+    let target = Target {
+        host: db.host.clone(),
+        port: u16::try_from(db.port).map_err(|_| Blocker {
+            reason: INVALID_SPEC.to_owned(),
+            message: format!("spec.database.port {} is not a TCP port", db.port),
+        })?,
+        dbname: db.dbname.clone(),
+        user: value(&creds.username_key)?,
+        password: value(&creds.password_key)?,
+    };
+    ctx.databases
+        .observe(&target, ctx.settings.database_timeout)
+        .await
+        .map(Some)
+        .map_err(|e| Blocker {
+            reason: reason::DATABASE_UNREACHABLE.to_owned(),
+            message: e.to_string(),
+        })
+}
+
+/// The BudgetFeasible condition, decided from the sizing alone (independent of Secrets).
+fn budget_verdict(
+    pool: &ConnectionPool,
+    observed: &Observed,
+    database_problem: Option<&Blocker>,
+) -> Verdict {
+    if let Some(problem) = database_problem {
+        return Verdict::new(
+            BUDGET_FEASIBLE,
+            Status::Unknown,
+            problem.reason.clone(),
+            format!(
+                "the database's max_connections is needed but unknown: {}",
+                problem.message
+            ),
+        );
+    }
+    let inputs = match render::sizing_inputs(pool, observed) {
+        Ok(inputs) => inputs,
+        Err(e) => {
+            return Verdict::new(
+                BUDGET_FEASIBLE,
+                Status::Unknown,
+                INVALID_SPEC,
+                e.to_string(),
+            )
+        }
+    };
+    match sizing::compute(&inputs) {
+        Ok(sizing) => {
+            let b = &sizing.budget;
+            Verdict::new(
+                BUDGET_FEASIBLE,
+                Status::True,
+                FITS,
+                format!(
+                    "{} pods at most x {} server connections each = {} of this pool's budget \
+                     of {} (database budget {}, other pools claim {})",
+                    b.pods_max,
+                    b.per_pod,
+                    sizing.committed(),
+                    b.pool,
+                    b.database,
+                    b.others_claimed
+                ),
+            )
+        }
+        Err(SizingError::Infeasible(infeasible)) => Verdict::new(
+            BUDGET_FEASIBLE,
+            Status::False,
+            infeasible.reason(),
+            format!("connection budget does not fit: {infeasible}"),
+        ),
+        Err(e @ SizingError::Invalid(_)) => {
+            Verdict::new(BUDGET_FEASIBLE, Status::False, INVALID_SPEC, e.to_string())
+        }
+    }
+}
+
+/// The reason and message for a rendering that failed.
+fn blocker(error: &RenderError, database_problem: Option<&Blocker>) -> Blocker {
+    if let (RenderError::DatabaseNotObserved, Some(problem)) = (error, database_problem) {
+        return problem.clone();
+    }
+    let reason = match error {
+        RenderError::Invalid(_) | RenderError::MissingMetadata(_) => INVALID_SPEC,
+        RenderError::DatabaseNotObserved => reason::DATABASE_UNREACHABLE,
+        RenderError::Sizing(SizingError::Infeasible(infeasible)) => infeasible.reason(),
+        RenderError::Sizing(SizingError::Invalid(_)) => INVALID_SPEC,
+        RenderError::MissingSecret(_)
+        | RenderError::MissingSecretKey { .. }
+        | RenderError::BadSecretValue { .. } => reason::SECRET_PROBLEM,
+        RenderError::Parameter { .. }
+        | RenderError::Duration(_)
+        | RenderError::UnboundedDrain
+        | RenderError::Config(_) => reason::INVALID_CONFIGURATION,
+    };
+    Blocker {
+        reason: reason.to_owned(),
+        message: error.to_string(),
+    }
+}
+
+/// Applies `object` with server-side apply, taking over fields others changed.
+async fn apply<K>(client: &Client, namespace: &str, object: &K) -> Result<K, Error>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + Debug
+        + Serialize
+        + DeserializeOwned,
+{
+    let name = object.meta().name.clone().unwrap_or_default();
+    Api::<K>::namespaced(client.clone(), namespace)
+        .patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(object),
+        )
+        .await
+        .map_err(kube_error::<K>("apply", &name))
+}
+
+/// Applies the children in [`Rendered::objects`] order, with replicas and the ConfigMap
+/// held back where [`resize::plan`] says so.
+async fn apply_children(
+    ctx: &Context,
+    pool: &ConnectionPool,
+    namespace: &str,
+    rendered: &Rendered,
+) -> Result<Applied, Error> {
+    let name = pool.name_any();
+    let client = &ctx.client;
+    let live_deployment = Api::<Deployment>::namespaced(client.clone(), namespace)
+        .get_opt(&name)
+        .await
+        .map_err(kube_error::<Deployment>("get", &name))?;
+    let config_name = names::config_map(&name);
+    let live_config = Api::<ConfigMap>::namespaced(client.clone(), namespace)
+        .get_opt(&config_name)
+        .await
+        .map_err(kube_error::<ConfigMap>("get", &config_name))?;
+
+    let desired = Desired {
+        replicas: pool.spec.replicas,
+        per_pod: rendered.sizing.max_db_connections(),
+        pods_max: rendered.sizing.budget.pods_max,
+    };
+    let per_pod = live_config
+        .as_ref()
+        .and_then(|cm| configured_per_pod(cm, &pool.spec.database.dbname));
+    let pods = if per_pod.is_some_and(|p| desired.per_pod > p) {
+        count_pods(ctx, namespace, &name).await?
+    } else {
+        0
+    };
+    let live = Live {
+        replicas: live_deployment
+            .as_ref()
+            .and_then(|d| d.spec.as_ref()?.replicas),
+        per_pod,
+        config_changed_at: live_config.as_ref().and_then(last_applied_at),
+        pods,
+    };
+    let plan = resize::plan(&live, &desired, Timestamp::now(), ctx.settings.settle);
+
+    apply(client, namespace, &rendered.service_account).await?;
+    if plan.apply_config {
+        apply(client, namespace, &rendered.config_map).await?;
+    }
+    apply(client, namespace, &rendered.auth_secret).await?;
+    apply(client, namespace, &rendered.app_secret).await?;
+    apply(client, namespace, &rendered.service).await?;
+    let mut deployment = rendered.deployment.clone();
+    if let Some(spec) = deployment.spec.as_mut() {
+        spec.replicas = Some(plan.replicas);
+    }
+    let deployment = apply(client, namespace, &deployment).await?;
+    apply(client, namespace, &rendered.pod_disruption_budget).await?;
+
+    if let Some(hold) = &plan.hold {
+        info!(pool = %name, namespace = %namespace, "resize in steps: {}", hold.message(&desired));
+    }
+    Ok(Applied {
+        deployment,
+        hold: plan.hold.map(|h| (h.message(&desired), h.recheck_after())),
+    })
+}
+
+/// The per-pod server connection cap in a ConfigMap's pgbouncer.ini, if it can be read.
+fn configured_per_pod(config_map: &ConfigMap, dbname: &str) -> Option<u32> {
+    let text = config_map.data.as_ref()?.get(CONFIG_FILE)?;
+    let loaded = Config::parse(text, Path::new(CONFIG_FILE)).ok()?;
+    Some(loaded.config.max_db_connections_for(dbname))
+}
+
+/// When this operator last changed the object: the API server stamps a field manager's
+/// entry whenever that manager changes a value, and leaves it alone on no-op applies.
+fn last_applied_at<K: Resource>(object: &K) -> Option<Timestamp> {
+    object
+        .meta()
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter(|m| m.manager.as_deref() == Some(FIELD_MANAGER))
+        .filter(|m| m.operation.as_deref() == Some("Apply"))
+        .filter_map(|m| m.time.as_ref().map(|t| t.0))
+        .max()
+}
+
+/// Pooler pods of `pool` that exist, terminating ones included (they still hold server
+/// connections while they drain).
+async fn count_pods(ctx: &Context, namespace: &str, pool: &str) -> Result<u32, Error> {
+    let pods = Api::<Pod>::namespaced(ctx.client.clone(), namespace)
+        .list_metadata(&ListParams::default().labels(&selector_string(pool)))
+        .await
+        .map_err(kube_error::<Pod>("list", pool))?;
+    Ok(u32::try_from(pods.items.len()).unwrap_or(u32::MAX))
+}
+
+/// Ready endpoints of the pool's Service.
+async fn ready_endpoints(ctx: &Context, namespace: &str, service: &str) -> Result<u32, Error> {
+    let slices = Api::<EndpointSlice>::namespaced(ctx.client.clone(), namespace)
+        .list(&ListParams::default().labels(&format!("kubernetes.io/service-name={service}")))
+        .await
+        .map_err(kube_error::<EndpointSlice>("list", service))?;
+    let ready = slices
+        .items
+        .iter()
+        .flat_map(|s| &s.endpoints)
+        .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) != Some(false))
+        .count();
+    Ok(u32::try_from(ready).unwrap_or(u32::MAX))
+}
+
+/// An Event for each decision that changed: the budget computed or found infeasible, the
+/// database unreachable, a Secret or setting that blocks applying, a resize in steps.
+async fn publish_events(
+    ctx: &Context,
+    pool: &ConnectionPool,
+    old: &ConnectionPoolStatus,
+    new: &ConnectionPoolStatus,
+) {
+    let mut events = Vec::new();
+    let budget = conditions::find(&new.conditions, BUDGET_FEASIBLE);
+    if let Some(c) = budget.filter(|c| conditions::changed(&old.conditions, c)) {
+        let (type_, reason) = match c.status.as_str() {
+            "True" => (EventType::Normal, "BudgetComputed".to_owned()),
+            "False" => (EventType::Warning, "BudgetInfeasible".to_owned()),
+            _ => (EventType::Warning, c.reason.clone()),
+        };
+        events.push((type_, reason, c.message.clone()));
+    }
+    if let Some(c) = conditions::find(&new.conditions, PROGRESSING) {
+        let before = conditions::find(&old.conditions, PROGRESSING);
+        let flipped = before.is_none_or(|b| b.status != c.status || b.reason != c.reason);
+        let already_told = budget.is_some_and(|b| b.reason == c.reason);
+        if flipped && !already_told {
+            match (c.status.as_str(), c.reason.as_str()) {
+                ("True", reason::RESIZING) => {
+                    events.push((EventType::Normal, c.reason.clone(), c.message.clone()))
+                }
+                ("False", reason::UP_TO_DATE) | ("True", _) => {}
+                _ => events.push((EventType::Warning, c.reason.clone(), c.message.clone())),
+            }
+        }
+    }
+    let reference = pool.object_ref(&());
+    // A recorder of its own each time: a shared one folds Events of the same reason into
+    // a series that keeps the first note, hiding e.g. the newly computed budget.
+    let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
+    for (type_, reason, note) in events {
+        let event = Event {
+            type_,
+            reason,
+            note: Some(note.chars().take(1000).collect()),
+            action: "Reconcile".to_owned(),
+            secondary: None,
+        };
+        if let Err(e) = recorder.publish(&event, &reference).await {
+            warn!(pool = %pool.name_any(), error = %e, "cannot publish an Event");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::render::ObservedDatabase;
+
+    fn pool(extra: &str) -> ConnectionPool {
+        let yaml = format!(
+            "apiVersion: weir.dev/v1alpha1\nkind: ConnectionPool\nmetadata:\n  name: orders\n  \
+             namespace: shop\n  uid: u-1\nspec:\n  database:\n    host: db\n    dbname: orders\n    \
+             credentialsSecret: {{name: db-app}}\n    maxConnections: 100\n{extra}"
+        );
+        crate::api::from_yaml(&yaml).expect("valid pool")
+    }
+
+    fn observed() -> Observed {
+        let creds = BTreeMap::from([
+            ("username".to_owned(), b"app".to_vec()),
+            ("password".to_owned(), b"secret".to_vec()),
+        ]);
+        Observed {
+            database: None,
+            others_claimed: 0,
+            secrets: BTreeMap::from([("db-app".to_owned(), creds)]),
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_five_minutes() {
+        let delays: Vec<u64> = (1..=11).map(|a| backoff(a).as_secs()).collect();
+        assert_eq!(delays, [1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300]);
+        assert_eq!(backoff(0), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn budget_verdicts_name_the_sizing_outcome() {
+        let fits = budget_verdict(&pool(""), &observed(), None);
+        assert_eq!((fits.status, fits.reason.as_str()), (Status::True, FITS));
+        assert!(fits.message.contains("3 pods at most"), "{}", fits.message);
+
+        let too_small = pool("  replicas: 10\n  maxConnectionsPercent: 5\n");
+        let v = budget_verdict(&too_small, &observed(), None);
+        assert_eq!(
+            (v.status, v.reason.as_str()),
+            (Status::False, "BudgetTooSmall")
+        );
+        assert!(v.message.starts_with("connection budget does not fit"));
+
+        let mut crowded = observed();
+        crowded.others_claimed = 80;
+        let v = budget_verdict(&pool(""), &crowded, None);
+        assert_eq!(v.reason, "Overcommitted");
+
+        let problem = Blocker {
+            reason: reason::DATABASE_UNREACHABLE.into(),
+            message: "cannot connect".into(),
+        };
+        let v = budget_verdict(&pool(""), &observed(), Some(&problem));
+        assert_eq!(
+            (v.status, v.reason.as_str()),
+            (Status::Unknown, reason::DATABASE_UNREACHABLE)
+        );
+    }
+
+    #[test]
+    fn render_failures_map_to_reasons() {
+        let missing = RenderError::MissingSecret("x".into());
+        assert_eq!(blocker(&missing, None).reason, reason::SECRET_PROBLEM);
+        let problem = Blocker {
+            reason: reason::DATABASE_UNREACHABLE.into(),
+            message: "no route".into(),
+        };
+        assert_eq!(
+            blocker(&RenderError::DatabaseNotObserved, Some(&problem)),
+            problem
+        );
+        assert_eq!(
+            blocker(&RenderError::UnboundedDrain, None).reason,
+            reason::INVALID_CONFIGURATION
+        );
+    }
+
+    #[test]
+    fn the_rendered_config_map_reads_back_its_per_pod_cap() {
+        let mut seen = observed();
+        seen.database = Some(ObservedDatabase {
+            max_connections: 100,
+            superuser_reserved_connections: 3,
+            reserved_connections: 0,
+        });
+        let rendered = render::render(&pool(""), &seen).expect("renders");
+        assert_eq!(
+            configured_per_pod(&rendered.config_map, "orders"),
+            Some(rendered.sizing.max_db_connections())
+        );
+        assert_eq!(configured_per_pod(&ConfigMap::default(), "orders"), None);
+    }
+
+    #[test]
+    fn children_are_applied_in_the_rendered_order() {
+        // apply_children spells the order out; it must stay the one render documents.
+        let rendered = render::render(&pool(""), &observed()).expect("renders");
+        let kinds: Vec<String> = rendered
+            .objects()
+            .iter()
+            .map(|o| {
+                let yaml = o.to_yaml().expect("yaml");
+                let kind = yaml.lines().find_map(|l| l.strip_prefix("kind: "));
+                kind.unwrap_or_default().to_owned()
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "ServiceAccount",
+                "ConfigMap",
+                "Secret",
+                "Secret",
+                "Service",
+                "Deployment",
+                "PodDisruptionBudget"
+            ]
+        );
+        let secrets: Vec<_> = [&rendered.auth_secret, &rendered.app_secret]
+            .iter()
+            .map(|s| s.name_any())
+            .collect();
+        assert_eq!(secrets, ["orders-auth", "orders-app"]);
+    }
+
+    #[test]
+    fn secrets_are_listed_once() {
+        let p = pool(
+            "  users:\n    - {user: a, credentialsSecret: {name: shared}}\n    \
+             - {user: b, credentialsSecret: {name: shared}}\n    \
+             - {user: c, credentialsSecret: {name: db-app}}\n",
+        );
+        assert_eq!(referenced_secrets(&p.spec), ["db-app", "shared"]);
+    }
+
+    #[test]
+    fn the_last_apply_time_is_read_from_managed_fields() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
+        let entry = |manager: &str, operation: &str, second: i64| ManagedFieldsEntry {
+            manager: Some(manager.into()),
+            operation: Some(operation.into()),
+            time: Some(Time(Timestamp::from_second(second).expect("valid"))),
+            ..ManagedFieldsEntry::default()
+        };
+        let mut cm = ConfigMap::default();
+        assert_eq!(last_applied_at(&cm), None);
+        cm.metadata.managed_fields = Some(vec![
+            entry(FIELD_MANAGER, "Apply", 100),
+            entry("kubectl-edit", "Update", 500),
+            entry(FIELD_MANAGER, "Update", 400),
+        ]);
+        assert_eq!(last_applied_at(&cm), Timestamp::from_second(100).ok());
+    }
+}

@@ -1,0 +1,471 @@
+//! A real Kubernetes control plane, and the operator running against it, for end-to-end
+//! tests.
+//!
+//! [`ControlPlane::start`] runs `tests/controlplane/up.sh` into a fresh temporary state
+//! directory: etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok (which
+//! plays the kubelet, so Pods become Running and Ready without containers). Dropping it
+//! runs `down.sh`, which stops every one of those processes and fails loudly if one
+//! survives; the state directory (logs included) is kept when the test is panicking, so a
+//! failure can be investigated, and removed otherwise.
+//!
+//! The control-plane processes run in their own sessions (up.sh starts them with
+//! `setsid`), so unlike the harness's other children they do not die with the test
+//! process if it is killed outright; `down.sh STATE_DIR` stops them then.
+//!
+//! [`Operator`] runs the `weir-operator` binary as a local process with the control
+//! plane's kubeconfig, as a developer would with `weir-operator run`.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use nix::sys::signal::Signal;
+use tempfile::TempDir;
+use tokio::process::Command;
+
+use crate::child::{self, Supervised};
+use crate::net;
+
+/// Environment variable naming the operator binary to test, overriding the build output.
+pub const OPERATOR_BIN_ENV: &str = "WEIR_OPERATOR_BIN";
+
+/// Upper bound for `up.sh` with a warm binary cache (it takes 10-20 s); a cold cache
+/// builds Kubernetes from source first, which takes far longer.
+const UP_TIMEOUT: Duration = Duration::from_secs(1800);
+
+/// Upper bound for one kubectl call.
+const KUBECTL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The workspace root.
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// What a command printed and how it ended.
+#[derive(Debug, Clone)]
+pub struct Output {
+    /// Exit code (-1 when ended by a signal).
+    pub status: i32,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+impl Output {
+    /// Whether the command exited with 0.
+    pub fn success(&self) -> bool {
+        self.status == 0
+    }
+}
+
+/// A running control plane, stopped on drop.
+pub struct ControlPlane {
+    state: Option<TempDir>,
+    bin: PathBuf,
+    kubeconfig: PathBuf,
+    client: kube::Client,
+    /// How long `up.sh` took.
+    pub startup: Duration,
+}
+
+impl ControlPlane {
+    /// Builds the binaries if needed, starts the control plane and connects to it.
+    pub async fn start() -> anyhow::Result<ControlPlane> {
+        let scripts = workspace().join("tests/controlplane");
+        let state = tempfile::Builder::new()
+            .prefix("weir-k8s-")
+            .tempdir()
+            .context("creating the control-plane state directory")?;
+        let started = Instant::now();
+        let build = run(
+            Command::new(scripts.join("build.sh")),
+            UP_TIMEOUT,
+            "build.sh",
+        )
+        .await?;
+        if !build.success() {
+            bail!("tests/controlplane/build.sh failed:\n{}", build.stderr);
+        }
+        let bin = PathBuf::from(build.stdout.trim());
+        let mut up = Command::new(scripts.join("up.sh"));
+        up.arg(state.path());
+        let up = run(up, UP_TIMEOUT, "up.sh").await;
+        // From here on, dropping the value runs down.sh, also when starting failed half-way.
+        let mut plane = ControlPlane {
+            kubeconfig: state.path().join("kubeconfig"),
+            state: Some(state),
+            bin,
+            client: placeholder_client()?,
+            startup: started.elapsed(),
+        };
+        let up = up?;
+        if !up.success() {
+            bail!("tests/controlplane/up.sh failed:\n{}", up.stderr);
+        }
+        let kubeconfig =
+            Kubeconfig::read_from(&plane.kubeconfig).context("reading the kubeconfig")?;
+        let config =
+            kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+                .await
+                .context("loading the kubeconfig")?;
+        plane.client = kube::Client::try_from(config).context("creating a Kubernetes client")?;
+        Ok(plane)
+    }
+
+    /// The admin kubeconfig (client certificate in `system:masters`).
+    pub fn kubeconfig(&self) -> &Path {
+        &self.kubeconfig
+    }
+
+    /// A client with admin rights.
+    pub fn client(&self) -> kube::Client {
+        self.client.clone()
+    }
+
+    /// The state directory: logs of every process under `logs/`.
+    pub fn state_dir(&self) -> &Path {
+        self.state.as_ref().map_or(Path::new(""), |s| s.path())
+    }
+
+    /// The directory holding kubectl, helm and the control-plane binaries.
+    pub fn bin_dir(&self) -> &Path {
+        &self.bin
+    }
+
+    /// Runs kubectl with `args` against this control plane.
+    pub async fn kubectl(&self, args: &[&str]) -> anyhow::Result<Output> {
+        self.kubectl_with_input(args, None).await
+    }
+
+    /// Runs kubectl with `args`, feeding `input` on standard input (for `-f -`).
+    pub async fn kubectl_with_input(
+        &self,
+        args: &[&str],
+        input: Option<&str>,
+    ) -> anyhow::Result<Output> {
+        let mut cmd = Command::new(self.bin.join("kubectl"));
+        cmd.arg("--kubeconfig").arg(&self.kubeconfig).args(args);
+        cmd.env_remove("KUBECONFIG").current_dir(workspace());
+        run_with_input(
+            cmd,
+            KUBECTL_TIMEOUT,
+            &format!("kubectl {}", args.join(" ")),
+            input,
+        )
+        .await
+    }
+
+    /// Runs kubectl and returns its standard output, failing with its standard error if
+    /// it exits non-zero.
+    pub async fn kubectl_ok(&self, args: &[&str]) -> anyhow::Result<String> {
+        let out = self.kubectl(args).await?;
+        if !out.success() {
+            bail!("kubectl {} failed: {}", args.join(" "), out.stderr.trim());
+        }
+        Ok(out.stdout)
+    }
+
+    /// The end of a control-plane process's log, for failure messages.
+    pub fn log_tail(&self, process: &str, lines: usize) -> String {
+        let path = self.state_dir().join("logs").join(format!("{process}.log"));
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        let Some(state) = self.state.take() else {
+            return;
+        };
+        let down = std::process::Command::new(workspace().join("tests/controlplane/down.sh"))
+            .arg(state.path())
+            .stdin(Stdio::null())
+            .output();
+        match down {
+            Ok(out) if out.status.success() => {}
+            Ok(out) => eprintln!(
+                "tests/controlplane/down.sh {} failed:\n{}",
+                state.path().display(),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+            Err(e) => eprintln!("cannot run tests/controlplane/down.sh: {e}"),
+        }
+        if std::thread::panicking() {
+            let kept = state.keep();
+            eprintln!("control-plane logs kept in {}", kept.join("logs").display());
+        }
+    }
+}
+
+/// A client that is never used, for the moment between starting and connecting, so that
+/// the value (and its `Drop`) exists before connecting can fail.
+fn placeholder_client() -> anyhow::Result<kube::Client> {
+    let config = kube::Config::new(
+        "https://127.0.0.1:1"
+            .parse()
+            .context("parsing a placeholder URL")?,
+    );
+    kube::Client::try_from(config).context("creating a placeholder client")
+}
+
+async fn run(cmd: Command, limit: Duration, what: &str) -> anyhow::Result<Output> {
+    run_with_input(cmd, limit, what, None).await
+}
+
+async fn run_with_input(
+    mut cmd: Command,
+    limit: Duration,
+    what: &str,
+    input: Option<&str>,
+) -> anyhow::Result<Output> {
+    cmd.stdin(if input.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .kill_on_drop(true);
+    let mut child = cmd.spawn().with_context(|| format!("starting {what}"))?;
+    if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
+        use tokio::io::AsyncWriteExt as _;
+        stdin
+            .write_all(text.as_bytes())
+            .await
+            .with_context(|| format!("writing to {what}"))?;
+    }
+    let output = tokio::time::timeout(limit, child.wait_with_output())
+        .await
+        .with_context(|| format!("{what} did not finish within {limit:?}"))?
+        .with_context(|| format!("running {what}"))?;
+    Ok(Output {
+        status: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    })
+}
+
+/// Polls `check` every 250 ms until it succeeds, failing after `limit` with `what` and
+/// the last error.
+pub async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<T>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        match check().await {
+            Ok(value) => return Ok(value),
+            Err(e) if Instant::now() >= deadline => {
+                return Err(e.context(format!("{what}: not within {limit:?}")))
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+        }
+    }
+}
+
+/// The `weir-operator` binary under test: `$WEIR_OPERATOR_BIN`, else `target/debug`'s,
+/// brought up to date first by [`build_binaries`].
+pub async fn operator_binary() -> anyhow::Result<PathBuf> {
+    if let Some(path) = std::env::var_os(OPERATOR_BIN_ENV) {
+        return Ok(PathBuf::from(path));
+    }
+    build_binaries().await?;
+    let target = match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => workspace().join(dir),
+        None => workspace().join("target"),
+    };
+    Ok(target.join("debug/weir-operator"))
+}
+
+/// Upper bound for building the binaries (a cold build of the operator takes minutes).
+const BUILD_TIMEOUT: Duration = Duration::from_secs(1800);
+
+/// Builds the `weir-operator` and `weir` binaries once per test process: `cargo test`
+/// builds only the test's own package, and a stale binary would test old code. Cargo
+/// releases its build lock before it runs tests, so this nested build does not wait on it.
+pub async fn build_binaries() -> anyhow::Result<()> {
+    static BUILT: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+    BUILT
+        .get_or_try_init(|| async {
+            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+            let mut cmd = Command::new(cargo);
+            cmd.args([
+                "build",
+                "-p",
+                "weir-operator",
+                "-p",
+                "weir-pooler",
+                "--bins",
+            ])
+            .current_dir(workspace());
+            let out = run(cmd, BUILD_TIMEOUT, "cargo build --bins").await?;
+            if !out.success() {
+                bail!("cargo build --bins failed:\n{}", out.stderr);
+            }
+            Ok(())
+        })
+        .await
+        .map(|_| ())
+}
+
+/// A running `weir-operator run`, killed on drop.
+pub struct Operator {
+    child: Supervised,
+    dir: TempDir,
+    metrics_port: u16,
+    identity: String,
+}
+
+impl Operator {
+    /// Starts the operator against `plane` as `identity` (its leader-election identity),
+    /// with `extra` arguments after `run`.
+    pub async fn start(
+        plane: &ControlPlane,
+        identity: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<Operator> {
+        let binary = operator_binary().await?;
+        let dir = tempfile::Builder::new()
+            .prefix("weir-operator-")
+            .tempdir()
+            .context("creating the operator directory")?;
+        let log = std::fs::File::create(dir.path().join("operator.log"))
+            .context("creating operator.log")?;
+        let metrics_port = net::free_port();
+        let mut cmd = child::command(&binary, None);
+        cmd.arg("run")
+            .arg(format!("--metrics-address=127.0.0.1:{metrics_port}"))
+            .arg(format!("--leader-election-identity={identity}"))
+            .args(extra)
+            .env("KUBECONFIG", plane.kubeconfig())
+            .env("RUST_LOG", "info,weir_operator=debug")
+            .env_remove("POD_NAME")
+            .env_remove("POD_NAMESPACE")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().context("duplicating the log handle")?)
+            .stderr(log);
+        let child =
+            Supervised::spawn(cmd).with_context(|| format!("starting {}", binary.display()))?;
+        Ok(Operator {
+            child,
+            dir,
+            metrics_port,
+            identity: identity.to_owned(),
+        })
+    }
+
+    /// Its leader-election identity.
+    pub fn identity(&self) -> &str {
+        &self.identity
+    }
+
+    /// Everything it logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("operator.log")).unwrap_or_default()
+    }
+
+    /// Whether the process still runs.
+    pub fn running(&self) -> bool {
+        self.child.exit().is_none()
+    }
+
+    /// Fetches its `/metrics` text.
+    pub async fn metrics(&self) -> anyhow::Result<String> {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let mut stream = tokio::net::TcpStream::connect((net::HOST, self.metrics_port))
+            .await
+            .context("connecting to the metrics endpoint")?;
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: operator\r\nConnection: close\r\n\r\n")
+            .await
+            .context("requesting /metrics")?;
+        let mut response = String::new();
+        stream
+            .read_to_string(&mut response)
+            .await
+            .context("reading /metrics")?;
+        if !response.starts_with("HTTP/1.1 200") {
+            bail!("/metrics answered {response:?}");
+        }
+        Ok(response)
+    }
+
+    /// Stops it with SIGTERM (it releases its lease) and waits up to `limit`.
+    pub async fn terminate(&self, limit: Duration) -> anyhow::Result<()> {
+        self.child.signal(Signal::SIGTERM)?;
+        match self.child.wait(limit).await {
+            Some(exit) if exit.code() == Some(0) => Ok(()),
+            Some(exit) => bail!("operator exited with {exit}; log:\n{}", self.log()),
+            None => bail!("operator still running {limit:?} after SIGTERM"),
+        }
+    }
+
+    /// Kills it with SIGKILL, as a crash or an evicted pod would end, and waits for it.
+    pub async fn kill(&self) -> anyhow::Result<()> {
+        self.child.signal(Signal::SIGKILL)?;
+        self.child
+            .wait(Duration::from_secs(10))
+            .await
+            .map(|_| ())
+            .context("operator did not die after SIGKILL")
+    }
+}
+
+/// A pgbouncer.ini rendered for a pod, adapted to run as a local process: the listening
+/// ports become `{port}` (filled in by [`crate::weir::WeirProcess`]) and `http_port`, and
+/// `auth_file` points at `{dir}/userlist.txt`, where the harness writes the Secret's file
+/// instead of the kubelet's mount. Every other line stays as rendered. Fails if a line to
+/// adapt is missing, which would mean the rendering changed shape.
+pub fn localize_pgbouncer_ini(rendered: &str, http_port: u16) -> anyhow::Result<String> {
+    let mut seen = [false; 3];
+    let lines: Vec<String> = rendered
+        .lines()
+        .map(|line| {
+            let key = line.split('=').next().unwrap_or_default().trim();
+            match key {
+                "listen_port" => {
+                    seen[0] = true;
+                    "listen_port = {port}".to_owned()
+                }
+                "http_port" => {
+                    seen[1] = true;
+                    format!("http_port = {http_port}")
+                }
+                "auth_file" => {
+                    seen[2] = true;
+                    "auth_file = {dir}/userlist.txt".to_owned()
+                }
+                _ => line.to_owned(),
+            }
+        })
+        .collect();
+    if seen != [true; 3] {
+        bail!("the rendered pgbouncer.ini lacks listen_port, http_port or auth_file:\n{rendered}");
+    }
+    Ok(lines.join("\n") + "\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pod_config_is_localized_line_by_line() {
+        let rendered = "[databases]\norders = host=db port=5432\n\n[pgbouncer]\nlisten_addr = *\n\
+                        listen_port = 6432\nauth_file = /etc/weir/auth/userlist.txt\nhttp_port = 8080\n";
+        let local = localize_pgbouncer_ini(rendered, 18080).unwrap();
+        assert_eq!(
+            local,
+            "[databases]\norders = host=db port=5432\n\n[pgbouncer]\nlisten_addr = *\n\
+             listen_port = {port}\nauth_file = {dir}/userlist.txt\nhttp_port = 18080\n"
+        );
+        assert!(localize_pgbouncer_ini("[pgbouncer]\nlisten_port = 1\n", 1).is_err());
+    }
+}

@@ -1,0 +1,814 @@
+//! End to end: the operator against a real Kubernetes control plane (tests/controlplane:
+//! kube-apiserver, controller manager and scheduler, with kwok standing in for kubelets),
+//! in front of a real PostgreSQL for `maxConnections: auto`.
+//!
+//! The operator runs as a local process (target/debug/weir-operator with the harness's
+//! kubeconfig), not as a pod: kwok runs no containers, so an in-cluster operator could not
+//! run, and a local process lets the test kill and restart it at will. Its reach is the
+//! same: it only talks to the API server, and to PostgreSQL, which listens on loopback.
+//!
+//! Starting the control plane takes 10-20 s, so one test runs every scenario as a
+//! sequence of named steps on one control plane; a failing step names itself.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context as _};
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::api::ListParams;
+use kube::{Api, ResourceExt};
+use weir_operator::api::ConnectionPool;
+use weir_tests::k8s::{eventually, workspace, ControlPlane, Operator};
+use weir_tests::postgres::{PasswordMethod, PgCluster, PgOptions};
+
+const NS: &str = "e2e";
+const WAIT: Duration = Duration::from_secs(60);
+/// Short timings so that the scenarios run in seconds: pods get 2 s to reload a
+/// ConfigMap, a lease expires 6 s after its last renewal.
+const OPERATOR_ARGS: &[&str] = &[
+    "--config-settle-seconds=2",
+    "--lease-duration-seconds=6",
+    "--lease-renew-grace-seconds=2",
+    "--database-cache-seconds=1",
+    "--resync-seconds=20",
+];
+/// The PostgreSQL max_connections the `auto` pools read.
+const MAX_CONNECTIONS: i64 = 60;
+
+struct Env {
+    plane: ControlPlane,
+    pg: PgCluster,
+    operator: Operator,
+    standby: Option<Operator>,
+}
+
+impl Env {
+    fn pools(&self) -> Api<ConnectionPool> {
+        Api::namespaced(self.plane.client(), NS)
+    }
+
+    async fn pool(&self, name: &str) -> anyhow::Result<ConnectionPool> {
+        self.pools()
+            .get(name)
+            .await
+            .with_context(|| format!("reading ConnectionPool {name}"))
+    }
+
+    async fn kubectl(&self, args: &[&str]) -> anyhow::Result<String> {
+        self.plane.kubectl_ok(args).await
+    }
+
+    async fn kubectl_ns(&self, args: &[&str]) -> anyhow::Result<String> {
+        let mut all = vec!["-n", NS];
+        all.extend_from_slice(args);
+        self.plane.kubectl_ok(&all).await
+    }
+
+    /// Waits until the pool's condition `type_` has `status` (and `reason`, when given)
+    /// for its current generation.
+    async fn wait_condition(
+        &self,
+        name: &str,
+        type_: &str,
+        status: &str,
+        reason: Option<&str>,
+    ) -> anyhow::Result<ConnectionPool> {
+        eventually(
+            &format!("{name}: {type_}={status} {reason:?}"),
+            WAIT,
+            || async {
+                let pool = self.pool(name).await?;
+                let c = condition(&pool, type_).with_context(|| format!("no {type_} yet"))?;
+                ensure!(
+                    c.status == status
+                        && reason.is_none_or(|r| c.reason == r)
+                        && c.observed_generation == pool.metadata.generation,
+                    "{type_} is {} {} for generation {:?} of {:?}: {}",
+                    c.status,
+                    c.reason,
+                    c.observed_generation,
+                    pool.metadata.generation,
+                    c.message
+                );
+                Ok(pool)
+            },
+        )
+        .await
+    }
+
+    async fn events(&self, pool: &str) -> anyhow::Result<Vec<(String, String)>> {
+        let text = self
+            .kubectl_ns(&[
+                "get",
+                "events",
+                "--field-selector",
+                &format!("involvedObject.kind=ConnectionPool,involvedObject.name={pool}"),
+                "-o",
+                "jsonpath={range .items[*]}{.reason}{\"\\t\"}{.message}{\"\\n\"}{end}",
+            ])
+            .await?;
+        Ok(text
+            .lines()
+            .filter_map(|l| l.split_once('\t'))
+            .map(|(r, m)| (r.to_owned(), m.to_owned()))
+            .collect())
+    }
+
+    async fn wait_event(&self, pool: &str, reason: &str) -> anyhow::Result<String> {
+        eventually(&format!("{pool}: Event {reason}"), WAIT, || async {
+            self.events(pool)
+                .await?
+                .into_iter()
+                .find(|(r, _)| r == reason)
+                .map(|(_, m)| m)
+                .context("not published yet")
+        })
+        .await
+    }
+
+    async fn deployment(&self, name: &str) -> anyhow::Result<Option<Deployment>> {
+        Ok(Api::<Deployment>::namespaced(self.plane.client(), NS)
+            .get_opt(name)
+            .await?)
+    }
+
+    /// Names of every object of the pool's (children, ReplicaSets, Pods, EndpointSlices).
+    async fn labelled(&self, selector: &str) -> anyhow::Result<Vec<String>> {
+        let text = self
+            .kubectl_ns(&[
+                "get",
+                "deploy,rs,pod,svc,cm,secret,pdb,sa,endpointslices",
+                "-l",
+                selector,
+                "-o",
+                "name",
+            ])
+            .await?;
+        Ok(text.lines().map(str::to_owned).collect())
+    }
+}
+
+fn condition<'a>(pool: &'a ConnectionPool, type_: &str) -> Option<&'a Condition> {
+    pool.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+}
+
+fn squash(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// The indented comment line after the first line starting with `marker` (the examples'
+/// format, see operator/tests/examples.rs).
+fn quoted_after<'a>(text: &'a str, marker: &str) -> Option<&'a str> {
+    let mut lines = text.lines().skip_while(|l| !l.starts_with(marker));
+    lines.next()?;
+    lines.next()?.strip_prefix("#   ")
+}
+
+/// The child objects of a pool, by kind and name, each checked to be controlled by it.
+async fn owned_children(env: &Env, pool: &ConnectionPool) -> anyhow::Result<BTreeSet<String>> {
+    let name = pool.name_any();
+    let uid = pool.uid().context("pool without uid")?;
+    let text = env
+        .kubectl_ns(&[
+            "get",
+            "deploy,svc,cm,secret,pdb,sa",
+            "-l",
+            &format!("weir.dev/pool={name}"),
+            "-o",
+            "json",
+        ])
+        .await?;
+    let list: serde_json::Value = serde_json::from_str(&text)?;
+    let mut found = BTreeSet::new();
+    for item in list["items"].as_array().context("a list")? {
+        let id = format!(
+            "{}/{}",
+            item["kind"].as_str().unwrap_or_default(),
+            item["metadata"]["name"].as_str().unwrap_or_default()
+        );
+        let owners = item["metadata"]["ownerReferences"]
+            .as_array()
+            .with_context(|| format!("{id} has no owner references"))?;
+        ensure!(owners.len() == 1, "{id}: owners {owners:?}");
+        let owner = &owners[0];
+        ensure!(
+            owner["kind"] == "ConnectionPool"
+                && owner["name"] == name.as_str()
+                && owner["uid"] == uid.as_str()
+                && owner["controller"] == true
+                && owner.get("blockOwnerDeletion").is_none(),
+            "{id}: owner reference {owner}"
+        );
+        ensure!(found.insert(id.clone()), "{id} twice");
+    }
+    Ok(found)
+}
+
+fn expected_children(name: &str) -> BTreeSet<String> {
+    [
+        format!("Deployment/{name}"),
+        format!("Service/{name}"),
+        format!("ConfigMap/{name}-config"),
+        format!("Secret/{name}-auth"),
+        format!("Secret/{name}-app"),
+        format!("PodDisruptionBudget/{name}"),
+        format!("ServiceAccount/{name}"),
+    ]
+    .into()
+}
+
+async fn template_and_replica_sets(
+    env: &Env,
+    name: &str,
+) -> anyhow::Result<(serde_json::Value, BTreeSet<String>)> {
+    let deployment = env.deployment(name).await?.context("no Deployment")?;
+    let template = serde_json::to_value(&deployment.spec.context("no spec")?.template)?;
+    let sets = Api::<ReplicaSet>::namespaced(env.plane.client(), NS)
+        .list(&ListParams::default().labels(&format!("weir.dev/pool={name}")))
+        .await?
+        .items
+        .iter()
+        // Scaled-down ReplicaSets stay as rollout history; only live ones count.
+        .filter(|rs| rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0) > 0)
+        .map(|rs| rs.name_any())
+        .collect();
+    Ok((template, sets))
+}
+
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+async fn lease_holder(env: &Env) -> anyhow::Result<String> {
+    let lease = Api::<Lease>::namespaced(env.plane.client(), "default")
+        .get("weir-operator")
+        .await?;
+    lease
+        .spec
+        .and_then(|s| s.holder_identity)
+        .filter(|h| !h.is_empty())
+        .context("the lease has no holder")
+}
+
+// --- steps -------------------------------------------------------------------------
+
+async fn crd_is_documented(env: &mut Env) -> anyhow::Result<()> {
+    // The API server publishes a new CRD's OpenAPI schema a moment after it is established.
+    eventually("kubectl explain shows the docs", WAIT, || async {
+        let spec = squash(&env.kubectl(&["explain", "connectionpool.spec"]).await?);
+        for text in [
+            "poolMode",
+            "maxConnectionsPercent",
+            "The PostgreSQL server the poolers connect to",
+        ] {
+            ensure!(spec.contains(text), "explain lacks {text:?}:\n{spec}");
+        }
+        let mode = squash(
+            &env.kubectl(&["explain", "connectionpool.spec.poolMode"])
+                .await?,
+        );
+        ensure!(
+            mode.contains("When a server connection goes back to the pool"),
+            "{mode}"
+        );
+        Ok(())
+    })
+    .await
+}
+
+async fn bad_examples_are_refused(env: &mut Env) -> anyhow::Result<()> {
+    let dir = workspace().join("examples/bad");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    ensure!(files.len() >= 5, "{files:?}");
+    let mut admitted = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file)?;
+        let relative = format!(
+            "examples/bad/{}",
+            file.file_name().unwrap_or_default().to_string_lossy()
+        );
+        let out = env
+            .plane
+            .kubectl(&["apply", "-n", NS, "-f", &relative])
+            .await?;
+        match quoted_after(&text, "# kubectl apply refuses it:") {
+            Some(promised) => {
+                ensure!(!out.success(), "{relative} was admitted");
+                ensure!(
+                    squash(&out.stderr).contains(&squash(promised)),
+                    "{relative}: expected {promised:?}, got {:?}",
+                    out.stderr
+                );
+            }
+            None => {
+                ensure!(out.success(), "{relative}: {}", out.stderr);
+                admitted.push((relative, text));
+            }
+        }
+    }
+    // Admitted but infeasible: reported, with the same message render gives offline.
+    for (relative, text) in admitted {
+        let promised = quoted_after(
+            &text,
+            &format!("# weir-operator render -f {relative} says:"),
+        )
+        .with_context(|| format!("{relative}: no documented render error"))?;
+        let message = promised
+            .strip_prefix(&format!("weir-operator: {relative}: "))
+            .context("render error format")?;
+        let name = relative
+            .trim_start_matches("examples/bad/")
+            .trim_end_matches(".yaml");
+        let pool = env
+            .wait_condition(name, "BudgetFeasible", "False", Some("BudgetTooSmall"))
+            .await?;
+        let c = condition(&pool, "BudgetFeasible").context("condition")?;
+        ensure!(
+            c.message == message,
+            "{name}: {:?} != {message:?}",
+            c.message
+        );
+        ensure!(
+            env.deployment(name).await?.is_none(),
+            "{name} got a Deployment"
+        );
+        let event = env.wait_event(name, "BudgetInfeasible").await?;
+        ensure!(event.contains("smallest fixes"), "{event}");
+        env.kubectl_ns(&["delete", "-f", &relative]).await?;
+    }
+    Ok(())
+}
+
+async fn minimal_reports_an_unreachable_database(env: &mut Env) -> anyhow::Result<()> {
+    env.kubectl_ns(&["apply", "-f", "examples/minimal.yaml"])
+        .await?;
+    let pool = env
+        .wait_condition(
+            "orders",
+            "BudgetFeasible",
+            "Unknown",
+            Some("DatabaseUnreachable"),
+        )
+        .await?;
+    let c = condition(&pool, "BudgetFeasible").context("condition")?;
+    ensure!(c.message.contains("orders-db-rw:5432"), "{}", c.message);
+    let ready = condition(&pool, "Ready").context("Ready")?;
+    ensure!(
+        ready.status == "False" && ready.reason == "DatabaseUnreachable",
+        "{ready:?}"
+    );
+    ensure!(env.deployment("orders").await?.is_none());
+    env.wait_event("orders", "DatabaseUnreachable").await?;
+    Ok(())
+}
+
+async fn minimal_becomes_ready_against_postgres(env: &mut Env) -> anyhow::Result<()> {
+    let patch = format!(
+        r#"{{"spec":{{"database":{{"host":"127.0.0.1","port":{}}}}}}}"#,
+        env.pg.port()
+    );
+    env.kubectl_ns(&["patch", "cpool", "orders", "--type=merge", "-p", &patch])
+        .await?;
+    let pool = env.wait_condition("orders", "Ready", "True", None).await?;
+    let status = pool.status.clone().context("status")?;
+    let budget = status.budget.context("budget")?;
+    ensure!(
+        budget.max_connections == MAX_CONNECTIONS && budget.superuser_reserved == 3,
+        "auto read the database's limits: {budget:?}"
+    );
+    ensure!(
+        budget.pods_max == 3 && budget.per_pod == budget.pool / 3,
+        "{budget:?}"
+    );
+    ensure!(status.ready_replicas == Some(2) && status.replicas == Some(2));
+    ensure!(status.app_secret_name.as_deref() == Some("orders-app"));
+    let feasible = condition(&pool, "BudgetFeasible").context("BudgetFeasible")?;
+    ensure!(feasible.reason == "Fits", "{feasible:?}");
+    ensure!(owned_children(env, &pool).await? == expected_children("orders"));
+    env.wait_event("orders", "BudgetComputed").await?;
+
+    let table = env.kubectl_ns(&["get", "cpool"]).await?;
+    let header = squash(table.lines().next().unwrap_or_default());
+    ensure!(
+        header == "NAME MODE REPLICAS READY BUDGET PER-POD AGE",
+        "{table}"
+    );
+    let row = squash(table.lines().nth(1).unwrap_or_default());
+    let expected = format!("orders transaction 2 2 {} {} ", budget.pool, budget.per_pod);
+    ensure!(row.starts_with(&expected), "{row:?} vs {expected:?}");
+    Ok(())
+}
+
+async fn pools_on_one_database_share_its_budget(env: &mut Env) -> anyhow::Result<()> {
+    let manifest = format!(
+        "apiVersion: weir.dev/v1alpha1\nkind: ConnectionPool\nmetadata:\n  name: reports\n\
+         spec:\n  database:\n    host: 127.0.0.1\n    port: {}\n    dbname: orders\n    \
+         credentialsSecret: {{name: orders-db-app}}\n    maxConnections: auto\n  \
+         maxConnectionsPercent: 20\n",
+        env.pg.port()
+    );
+    let out = env
+        .plane
+        .kubectl_with_input(&["apply", "-n", NS, "-f", "-"], Some(&manifest))
+        .await?;
+    ensure!(out.success(), "{}", out.stderr);
+    let pool = env
+        .wait_condition("reports", "BudgetFeasible", "False", Some("Overcommitted"))
+        .await?;
+    let c = condition(&pool, "BudgetFeasible").context("condition")?;
+    let orders = env.pool("orders").await?;
+    let claimed = orders.status.and_then(|s| s.budget).context("budget")?.pool;
+    ensure!(
+        c.message
+            .contains(&format!("plus the {claimed} claimed by other pools")),
+        "{}",
+        c.message
+    );
+    env.kubectl_ns(&["delete", "cpool", "reports"]).await?;
+    Ok(())
+}
+
+async fn scaling_resizes_without_a_rollout(env: &mut Env) -> anyhow::Result<()> {
+    let (template, sets) = template_and_replica_sets(env, "orders").await?;
+    env.kubectl_ns(&["scale", "cpool/orders", "--replicas=5"])
+        .await?;
+    let pool = env.wait_condition("orders", "Ready", "True", None).await?;
+    let status = pool.status.clone().context("status")?;
+    let budget = status.budget.context("budget")?;
+    ensure!(budget.pods_max == 6, "{budget:?}");
+    ensure!(budget.per_pod == budget.pool / 6, "{budget:?}");
+    ensure!(
+        budget.pods_max * budget.per_pod <= budget.pool,
+        "{budget:?}"
+    );
+    let shares: i64 = status
+        .users
+        .iter()
+        .map(|u| u.pool_size + u.reserve_pool_size)
+        .sum();
+    ensure!(shares <= budget.per_pod, "{:?}", status.users);
+    ensure!(
+        status.ready_replicas == Some(5),
+        "{:?}",
+        status.ready_replicas
+    );
+
+    let config = Api::<ConfigMap>::namespaced(env.plane.client(), NS)
+        .get("orders-config")
+        .await?;
+    let ini = config
+        .data
+        .and_then(|d| d.get("pgbouncer.ini").cloned())
+        .context("no pgbouncer.ini")?;
+    ensure!(
+        ini.contains(&format!("max_db_connections={}", budget.per_pod)),
+        "{ini}"
+    );
+    let (template_after, sets_after) = template_and_replica_sets(env, "orders").await?;
+    ensure!(
+        template_after == template,
+        "a size-only change altered the pod template"
+    );
+    ensure!(
+        sets_after == sets,
+        "new ReplicaSets: {sets:?} -> {sets_after:?}"
+    );
+    // Pools shrank while pods were added: the pods were added after the settle time.
+    let resizing = env.wait_event("orders", "Resizing").await?;
+    ensure!(resizing.contains("then 5"), "{resizing}");
+    Ok(())
+}
+
+async fn credential_rotation_keeps_pods(env: &mut Env) -> anyhow::Result<()> {
+    let (template, sets) = template_and_replica_sets(env, "orders").await?;
+    env.pg
+        .execute("ALTER ROLE app PASSWORD 'rotated-secret'")
+        .await?;
+    let secret = "apiVersion: v1\nkind: Secret\nmetadata:\n  name: orders-db-app\n\
+                  stringData:\n  username: app\n  password: rotated-secret\n";
+    let out = env
+        .plane
+        .kubectl_with_input(&["apply", "-n", NS, "-f", "-"], Some(secret))
+        .await?;
+    ensure!(out.success(), "{}", out.stderr);
+    let auth = Api::<Secret>::namespaced(env.plane.client(), NS);
+    eventually("userlist.txt carries the new password", WAIT, || async {
+        let s = auth.get("orders-auth").await?;
+        let file = s
+            .data
+            .and_then(|d| d.get("userlist.txt").cloned())
+            .context("no userlist.txt")?;
+        ensure!(String::from_utf8_lossy(&file.0).contains("rotated-secret"));
+        Ok(())
+    })
+    .await?;
+    env.wait_condition("orders", "Ready", "True", None).await?;
+    let (template_after, sets_after) = template_and_replica_sets(env, "orders").await?;
+    ensure!(
+        template_after == template,
+        "a credential change altered the pod template"
+    );
+    ensure!(sets_after == sets, "{sets:?} -> {sets_after:?}");
+    Ok(())
+}
+
+async fn drift_is_put_back(env: &mut Env) -> anyhow::Result<()> {
+    let services = Api::<Service>::namespaced(env.plane.client(), NS);
+    let old_uid = services.get("orders").await?.uid();
+    env.kubectl_ns(&["delete", "service", "orders"]).await?;
+    eventually("the deleted Service is back", WAIT, || async {
+        let s = services.get("orders").await?;
+        ensure!(s.uid() != old_uid, "still the old Service");
+        Ok(())
+    })
+    .await?;
+
+    let default_image = env
+        .deployment("orders")
+        .await?
+        .and_then(|d| d.spec?.template.spec?.containers.first()?.image.clone())
+        .context("no image")?;
+    env.kubectl_ns(&[
+        "patch",
+        "deployment",
+        "orders",
+        "-p",
+        r#"{"spec":{"replicas":9,"template":{"spec":{"containers":[{"name":"weir","image":"example.invalid/other:1"}]}}}}"#,
+    ])
+    .await?;
+    eventually("the edited Deployment is put back", WAIT, || async {
+        let spec = env
+            .deployment("orders")
+            .await?
+            .and_then(|d| d.spec)
+            .context("no Deployment")?;
+        let image = spec
+            .template
+            .spec
+            .and_then(|p| p.containers.first()?.image.clone());
+        ensure!(
+            spec.replicas == Some(5) && image.as_deref() == Some(default_image.as_str()),
+            "replicas {:?}, image {image:?}",
+            spec.replicas
+        );
+        Ok(())
+    })
+    .await?;
+
+    let configs = Api::<ConfigMap>::namespaced(env.plane.client(), NS);
+    let rendered = configs.get("orders-config").await?.data;
+    env.kubectl_ns(&[
+        "patch",
+        "configmap",
+        "orders-config",
+        "--type=merge",
+        "-p",
+        r#"{"data":{"pgbouncer.ini":"[pgbouncer]\nmax_db_connections = 1000\n"}}"#,
+    ])
+    .await?;
+    eventually("the edited ConfigMap is put back", WAIT, || async {
+        ensure!(configs.get("orders-config").await?.data == rendered);
+        Ok(())
+    })
+    .await?;
+    env.wait_condition("orders", "Ready", "True", None).await?;
+    Ok(())
+}
+
+async fn a_restart_mid_way_leaves_no_duplicates_or_orphans(env: &mut Env) -> anyhow::Result<()> {
+    let manifest = "apiVersion: weir.dev/v1alpha1\nkind: ConnectionPool\nmetadata:\n  \
+                    name: restart\nspec:\n  database:\n    host: other-db\n    dbname: other\n    \
+                    credentialsSecret: {name: orders-db-app}\n    maxConnections: 50\n  \
+                    replicas: 2\n";
+    let out = env
+        .plane
+        .kubectl_with_input(&["apply", "-n", NS, "-f", "-"], Some(manifest))
+        .await?;
+    ensure!(out.success(), "{}", out.stderr);
+    // Killed as soon as the first child (the ServiceAccount) appears, while the others are
+    // being applied: some may exist, others not.
+    let accounts = Api::<ServiceAccount>::namespaced(env.plane.client(), NS);
+    let deadline = Instant::now() + WAIT;
+    while accounts.get_opt("restart").await?.is_none() {
+        ensure!(
+            Instant::now() < deadline,
+            "no child of the new pool appeared"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    env.operator.kill().await?;
+    let partial = env.labelled("weir.dev/pool=restart").await?;
+    eprintln!("  after the kill, the new pool had: {partial:?}");
+    env.operator = Operator::start(&env.plane, "op-a2", OPERATOR_ARGS).await?;
+    eventually(
+        "the restarted operator leads and reconciles",
+        WAIT,
+        || async {
+            ensure!(lease_holder(env).await? == "op-a2");
+            let done = metric(
+                &env.operator.metrics().await?,
+                "weir_operator_reconciles_total{result=\"success\"}",
+            );
+            ensure!(done.is_some_and(|n| n >= 2.0), "{done:?}");
+            Ok(())
+        },
+    )
+    .await?;
+
+    for name in ["orders", "restart"] {
+        let pool = env.wait_condition(name, "Ready", "True", None).await?;
+        ensure!(
+            owned_children(env, &pool).await? == expected_children(name),
+            "{name}: children differ"
+        );
+        let (_, sets) = template_and_replica_sets(env, name).await?;
+        ensure!(sets.len() == 1, "{name}: ReplicaSets {sets:?}");
+    }
+    // Everything the operator manages belongs to a pool that exists.
+    let mut uids = BTreeSet::new();
+    for name in ["orders", "restart"] {
+        uids.insert(env.pool(name).await?.uid().context("uid")?);
+    }
+    let text = env
+        .kubectl_ns(&[
+            "get",
+            "deploy,svc,cm,secret,pdb,sa",
+            "-l",
+            "app.kubernetes.io/managed-by=weir-operator",
+            "-o",
+            "jsonpath={range .items[*]}{.metadata.name} {.metadata.ownerReferences[0].uid}{\"\\n\"}{end}",
+        ])
+        .await?;
+    for line in text.lines() {
+        let (name, owner) = line.split_once(' ').unwrap_or((line, ""));
+        ensure!(uids.contains(owner), "orphan {name} (owner {owner:?})");
+    }
+    ensure!(text.lines().count() == 14, "{text}");
+    Ok(())
+}
+
+async fn a_standby_takes_over_the_lease(env: &mut Env) -> anyhow::Result<()> {
+    let standby = Operator::start(&env.plane, "op-b", OPERATOR_ARGS).await?;
+    let leader = env.operator.identity().to_owned();
+    eventually("the first operator leads", WAIT, || async {
+        ensure!(lease_holder(env).await? == leader);
+        let leading = metric(&env.operator.metrics().await?, "weir_operator_leader");
+        let waiting = metric(&standby.metrics().await?, "weir_operator_leader");
+        ensure!(
+            leading == Some(1.0) && waiting == Some(0.0),
+            "{leading:?} {waiting:?}"
+        );
+        Ok(())
+    })
+    .await?;
+    let reconciled = metric(
+        &env.operator.metrics().await?,
+        "weir_operator_reconciles_total{result=\"success\"}",
+    );
+    ensure!(reconciled.is_some_and(|n| n > 0.0), "{reconciled:?}");
+
+    env.operator.terminate(Duration::from_secs(20)).await?;
+    let started = Instant::now();
+    eventually("the standby takes the lease", WAIT, || async {
+        ensure!(lease_holder(env).await? == "op-b");
+        Ok(())
+    })
+    .await?;
+    eprintln!("  takeover after {:?}", started.elapsed());
+    env.kubectl_ns(&["scale", "cpool/restart", "--replicas=3"])
+        .await?;
+    eventually("the new leader reconciles", WAIT, || async {
+        let replicas = env
+            .deployment("restart")
+            .await?
+            .and_then(|d| d.spec?.replicas);
+        ensure!(replicas == Some(3), "{replicas:?}");
+        Ok(())
+    })
+    .await?;
+    env.standby = Some(standby);
+    Ok(())
+}
+
+async fn deleting_pools_collects_every_child(env: &mut Env) -> anyhow::Result<()> {
+    env.kubectl_ns(&["delete", "cpool", "orders", "restart"])
+        .await?;
+    eventually("every child is garbage-collected", WAIT, || async {
+        let left = env.labelled("weir.dev/pool").await?;
+        ensure!(left.is_empty(), "left: {left:?}");
+        Ok(())
+    })
+    .await?;
+    env.kubectl_ns(&["get", "secret", "orders-db-app"]).await?;
+    Ok(())
+}
+
+// --- the test ------------------------------------------------------------------------
+
+macro_rules! step {
+    ($env:expr, $step:ident) => {{
+        let started = Instant::now();
+        let result = $step($env).await;
+        eprintln!("step {}: {:?}", stringify!($step), started.elapsed());
+        if let Err(e) = result {
+            let operator = $env
+                .standby
+                .as_ref()
+                .map_or_else(|| $env.operator.log(), Operator::log);
+            let tail: Vec<&str> = operator.lines().rev().take(40).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            panic!(
+                "step {} failed: {e:#}\n--- operator log (end) ---\n{}",
+                stringify!($step),
+                tail.join("\n")
+            );
+        }
+    }};
+}
+
+async fn setup() -> anyhow::Result<Env> {
+    let plane = ControlPlane::start().await?;
+    eprintln!("control plane up in {:?}", plane.startup);
+    let pg = PgCluster::start_with(PgOptions {
+        max_connections: u32::try_from(MAX_CONNECTIONS)?,
+        ..PgOptions::default()
+    })
+    .await?;
+    pg.create_role("app", "app-secret", PasswordMethod::Scram)
+        .await?;
+    pg.create_database("orders", "app").await?;
+    plane.kubectl_ok(&["create", "namespace", NS]).await?;
+    plane.kubectl_ok(&["apply", "-f", "crds/"]).await?;
+    plane
+        .kubectl_ok(&[
+            "wait",
+            "--for=condition=Established",
+            "crd/connectionpools.weir.dev",
+            "--timeout=60s",
+        ])
+        .await?;
+    plane
+        .kubectl_ok(&[
+            "create",
+            "secret",
+            "generic",
+            "orders-db-app",
+            "-n",
+            NS,
+            "--from-literal=username=app",
+            "--from-literal=password=app-secret",
+        ])
+        .await?;
+    let operator = Operator::start(&plane, "op-a", OPERATOR_ARGS).await?;
+    Ok(Env {
+        plane,
+        pg,
+        operator,
+        standby: None,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_end_to_end() {
+    let started = Instant::now();
+    let mut env = match setup().await {
+        Ok(env) => env,
+        Err(e) => panic!("setup failed: {e:#}"),
+    };
+    let env = &mut env;
+    step!(env, crd_is_documented);
+    step!(env, bad_examples_are_refused);
+    step!(env, minimal_reports_an_unreachable_database);
+    step!(env, minimal_becomes_ready_against_postgres);
+    step!(env, pools_on_one_database_share_its_budget);
+    step!(env, scaling_resizes_without_a_rollout);
+    step!(env, credential_rotation_keeps_pods);
+    step!(env, drift_is_put_back);
+    step!(env, a_restart_mid_way_leaves_no_duplicates_or_orphans);
+    step!(env, a_standby_takes_over_the_lease);
+    step!(env, deleting_pools_collects_every_child);
+    if let Some(standby) = &env.standby {
+        if let Err(e) = standby.terminate(Duration::from_secs(20)).await {
+            panic!("the operator did not stop cleanly: {e:#}");
+        }
+    }
+    eprintln!("e2e_operator: {:?} in all", started.elapsed());
+    assert!(
+        !env.operator.running(),
+        "{} still runs after it was terminated",
+        env.operator.identity()
+    );
+}
