@@ -50,6 +50,10 @@ struct RunArgs {
     /// Name of the leader Lease.
     #[arg(long, default_value = "weir-operator")]
     leader_election_name: String,
+    /// Watch only this namespace (default: every namespace); the chart's namespaced
+    /// install grants nothing else.
+    #[arg(long)]
+    watch_namespace: Option<String>,
     /// This replica's identity in the Lease (default: the pod's name, else host name and
     /// process id).
     #[arg(long, env = "POD_NAME")]
@@ -157,6 +161,7 @@ fn run_operator(args: RunArgs) -> anyhow::Result<()> {
             metrics_address: args.metrics_address,
             lease,
             instance: identity,
+            watch_namespace: args.watch_namespace,
             reconcile: controller::Settings {
                 settle: Duration::from_secs(args.config_settle_seconds),
                 database_timeout: Duration::from_secs(args.database_timeout_seconds),

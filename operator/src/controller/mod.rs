@@ -48,6 +48,21 @@ pub struct RunSettings {
     pub instance: String,
     /// Timing of reconciliation.
     pub reconcile: Settings,
+    /// Watch only this namespace (`None`: the whole cluster). A namespaced install's Role
+    /// permits nothing else.
+    pub watch_namespace: Option<String>,
+}
+
+/// An API handle for `K` in the watched scope.
+fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    <K as kube::Resource>::DynamicType: Default,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
 }
 
 /// Why the operator could not run.
@@ -148,7 +163,8 @@ async fn run_controller(
     metrics: metrics::Metrics,
     mut stop: watch::Receiver<bool>,
 ) {
-    let pools: Api<ConnectionPool> = Api::all(client.clone());
+    let ns = settings.watch_namespace.as_deref();
+    let pools: Api<ConnectionPool> = scoped(&client, ns);
     let controller = Controller::new(pools.clone(), watcher::Config::default());
     let store = controller.store();
     let reporter = Reporter {
@@ -166,14 +182,14 @@ async fn run_controller(
     let secret_store = store.clone();
     let pool_store = store;
     controller
-        .owns(Api::<ServiceAccount>::all(client.clone()), children.clone())
-        .owns(Api::<ConfigMap>::all(client.clone()), children.clone())
-        .owns(Api::<Service>::all(client.clone()), children.clone())
-        .owns(Api::<Deployment>::all(client.clone()), children.clone())
-        .owns(Api::<PodDisruptionBudget>::all(client.clone()), children)
+        .owns(scoped::<ServiceAccount>(&client, ns), children.clone())
+        .owns(scoped::<ConfigMap>(&client, ns), children.clone())
+        .owns(scoped::<Service>(&client, ns), children.clone())
+        .owns(scoped::<Deployment>(&client, ns), children.clone())
+        .owns(scoped::<PodDisruptionBudget>(&client, ns), children)
         // The owned Secrets and those the pools read: one watch serves both.
         .watches(
-            Api::<Secret>::all(client.clone()),
+            scoped::<Secret>(&client, ns),
             watcher::Config::default(),
             move |secret| secret_triggers(&secret, &secret_store),
         )
