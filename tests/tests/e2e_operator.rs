@@ -739,6 +739,84 @@ macro_rules! step {
     }};
 }
 
+/// Installs the Helm chart as a user would (`helm install`), with no operator replicas: the
+/// operator under test runs as a local process (there is no container engine, so a pod of
+/// the chart's Deployment could not run the binary), while the chart provides the CRD, the
+/// ServiceAccount and the RBAC objects, which are checked here.
+async fn helm_install(plane: &ControlPlane) -> anyhow::Result<()> {
+    let out = tokio::process::Command::new(plane.bin_dir().join("helm"))
+        .args([
+            "install",
+            "weir",
+            "charts/weir",
+            "--namespace",
+            "weir-system",
+            "--create-namespace",
+            "--set",
+            "replicaCount=0",
+            "--wait",
+            "--timeout",
+            "120s",
+        ])
+        .env("KUBECONFIG", plane.kubeconfig())
+        .env("HELM_CACHE_HOME", plane.state_dir().join("helm-cache"))
+        .env("HELM_CONFIG_HOME", plane.state_dir().join("helm-config"))
+        .env("HELM_DATA_HOME", plane.state_dir().join("helm-data"))
+        .current_dir(env!("CARGO_MANIFEST_DIR").trim_end_matches("/tests"))
+        .output()
+        .await?;
+    anyhow::ensure!(
+        out.status.success(),
+        "helm install failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    plane
+        .kubectl_ok(&[
+            "wait",
+            "--for=condition=Established",
+            "crd/connectionpools.weir.dev",
+            "--timeout=60s",
+        ])
+        .await?;
+    for object in [
+        "clusterrole/weir-operator",
+        "clusterrolebinding/weir-operator",
+        "clusterrole/weir-connectionpools-edit",
+        "clusterrole/weir-connectionpools-view",
+    ] {
+        plane.kubectl_ok(&["get", object]).await?;
+    }
+    for object in [
+        "serviceaccount/weir-operator",
+        "role/weir-operator-leader-election",
+        "rolebinding/weir-operator-leader-election",
+        "deployment/weir-operator",
+    ] {
+        plane
+            .kubectl_ok(&["get", "-n", "weir-system", object])
+            .await?;
+    }
+    // The chart's operator may do what the controller needs, and no more than that.
+    let sa = "system:serviceaccount:weir-system:weir-operator";
+    for (verb, resource, allowed) in [
+        ("patch", "connectionpools.weir.dev/status", "yes"),
+        ("patch", "deployments.apps", "yes"),
+        ("watch", "secrets", "yes"),
+        ("delete", "nodes", "no"),
+        ("create", "clusterroles.rbac.authorization.k8s.io", "no"),
+    ] {
+        let out = plane
+            .kubectl(&["auth", "can-i", verb, resource, "--as", sa, "-n", NS])
+            .await?;
+        let answer = out.stdout.trim().to_owned();
+        anyhow::ensure!(
+            answer == allowed,
+            "can the chart's operator {verb} {resource}? expected {allowed}, got {answer}"
+        );
+    }
+    Ok(())
+}
+
 async fn setup() -> anyhow::Result<Env> {
     let plane = ControlPlane::start().await?;
     eprintln!("control plane up in {:?}", plane.startup);
@@ -751,7 +829,7 @@ async fn setup() -> anyhow::Result<Env> {
         .await?;
     pg.create_database("orders", "app").await?;
     plane.kubectl_ok(&["create", "namespace", NS]).await?;
-    plane.kubectl_ok(&["apply", "-f", "crds/"]).await?;
+    helm_install(&plane).await?;
     plane
         .kubectl_ok(&[
             "wait",
