@@ -216,17 +216,35 @@ fn creates_temp(w: &[String]) -> bool {
     )
 }
 
+// Classification runs on every query in transaction mode: these scan the text in place
+// rather than lower-casing a copy of it.
 fn contains_words(stmt: &str, seq: &[&str]) -> bool {
-    let lower = stmt.to_ascii_lowercase();
-    let words: Vec<&str> = lower.split_whitespace().collect();
-    words.windows(seq.len()).any(|w| w == seq)
+    let mut start = stmt.split_whitespace();
+    loop {
+        let mut probe = start.clone();
+        if seq
+            .iter()
+            .all(|s| probe.next().is_some_and(|w| w.eq_ignore_ascii_case(s)))
+        {
+            return true;
+        }
+        if start.next().is_none() {
+            return false;
+        }
+    }
+}
+
+fn contains_ignoring_case(haystack: &str, needle: &str) -> bool {
+    haystack
+        .as_bytes()
+        .windows(needle.len())
+        .any(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
 }
 
 fn takes_session_advisory_lock(stmt: &str) -> bool {
-    let lower = stmt.to_ascii_lowercase();
     ["pg_advisory_lock", "pg_try_advisory_lock"]
         .iter()
-        .any(|f| lower.contains(f))
+        .any(|f| contains_ignoring_case(stmt, f))
 }
 
 fn selects_into_temp(stmt: &str) -> bool {
