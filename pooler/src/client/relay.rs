@@ -232,24 +232,15 @@ impl<'a> Relay<'a> {
                 return Ok(());
             }
             if let ServerInfo::Ready(status) = info {
-                self.counts.ready(status);
-                self.tx.outstanding = self.tx.outstanding.saturating_sub(1);
-                self.tx.status = status;
-                if self.tx.outstanding == 0
-                    && !self.tx.unsynced
-                    && client_at_rest
-                    && tracker.settled()
-                    && !tracker.pinned()
+                let may_release = client_at_rest && tracker.settled() && !tracker.pinned();
+                if let Some(stop) =
+                    scan::ready(self.tx, status, self.policy, may_release, self.counts)
                 {
-                    if self.policy.statement_mode && status != b'I' {
-                        self.stop = Some(ServerStop::TransactionInStatementMode);
-                        return Ok(());
-                    }
-                    if status == b'I' {
+                    if stop == ServerStop::Idle {
                         self.s2c.scanned = start + body;
-                        self.stop = Some(ServerStop::Idle);
-                        return Ok(());
                     }
+                    self.stop = Some(stop);
+                    return Ok(());
                 }
             }
             if whole {

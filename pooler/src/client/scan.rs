@@ -169,6 +169,29 @@ pub enum ServerStop {
     TransactionInStatementMode,
 }
 
+/// Accounts for a ReadyForQuery with `status` and says whether the relay stops there: the
+/// connection is idle and may be released, or (statement mode) a transaction was opened.
+/// `may_release` says the rest of the relay is at rest too (nothing half-sent by the client,
+/// nothing owed, not pinned).
+pub fn ready(
+    tx: &mut TxState,
+    status: u8,
+    policy: ReleasePolicy,
+    may_release: bool,
+    counts: &mut Counts,
+) -> Option<ServerStop> {
+    tx.outstanding = tx.outstanding.saturating_sub(1);
+    tx.status = status;
+    counts.ready(status);
+    if tx.outstanding != 0 || tx.unsynced || !may_release {
+        return None;
+    }
+    if policy.statement_mode && status != b'I' {
+        return Some(ServerStop::TransactionInStatementMode);
+    }
+    (policy.release_when_idle && status == b'I').then_some(ServerStop::Idle)
+}
+
 /// What the server scanner needs to know besides the bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReleasePolicy {
@@ -215,17 +238,13 @@ pub fn scan_server(
                             len: i32::try_from(body + 4).unwrap_or(i32::MAX),
                         });
                     };
-                    tx.outstanding = tx.outstanding.saturating_sub(1);
-                    tx.status = *status;
-                    counts.ready(*status);
-                    if tx.outstanding == 0 && !tx.unsynced && client_at_rest {
-                        if policy.statement_mode && *status != b'I' {
-                            return Ok(ServerStop::TransactionInStatementMode);
-                        }
-                        if policy.release_when_idle && *status == b'I' {
+                    match ready(tx, *status, policy, client_at_rest, counts) {
+                        Some(ServerStop::Idle) => {
                             cur.scanned = start + body;
                             return Ok(ServerStop::Idle);
                         }
+                        Some(stop) => return Ok(stop),
+                        None => {}
                     }
                 }
                 cur.scanned = start + body;
