@@ -1,5 +1,5 @@
 //! The pooler's shared state: the loaded configuration, the auth file's secrets, the pools,
-//! the limits they share, the connected-client count and the cancel keys.
+//! the limits they share, and the registry of connected clients and servers.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -10,11 +10,11 @@ use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
 use crate::auth::{ScramSecret, Secret};
-use crate::cancel::CancelRegistry;
 use crate::client::prepared::StatementRegistry;
 use crate::config::{self, Config};
 use crate::pool::{Limit, Pool, PoolKey, PoolSettings};
 use crate::protocol::PgError;
+use crate::registry::Registry;
 use crate::server::{ServerAddr, ServerCredential, ServerTarget};
 use crate::stream::Keepalive;
 
@@ -32,7 +32,8 @@ pub struct Pooler {
     pools: Mutex<HashMap<PoolKey, Arc<Pool>>>,
     limits: Mutex<HashMap<String, Arc<Limit>>>,
     clients: AtomicUsize,
-    cancel: Arc<CancelRegistry>,
+    /// Every logged-in client and open server connection.
+    registry: Arc<Registry>,
     /// SCRAM secrets derived from plain passwords, so a login costs no key derivation.
     derived: Mutex<HashMap<String, (String, ScramSecret)>>,
     /// Pooler-wide server-side names of prepared statements.
@@ -42,10 +43,24 @@ pub struct Pooler {
     /// How many configurations have been loaded (1 at start), and a digest of the current one.
     generation: AtomicU64,
     digest: Mutex<String>,
-    /// True once a shutdown has begun: no new clients, readiness fails.
-    draining: watch::Sender<bool>,
+    /// Set once a shutdown has begun: no new clients, readiness fails.
+    shutdown: watch::Sender<Option<ShutdownMode>>,
     /// Databases paused or disabled from the admin console.
     control: Mutex<Control>,
+}
+
+/// How a shutdown waits before the process exits, as PgBouncer's signals and `SHUTDOWN`
+/// variants do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShutdownMode {
+    /// SIGQUIT, plain `SHUTDOWN`: exit at once.
+    Now,
+    /// SIGINT, `SHUTDOWN WAIT_FOR_SERVERS`: pause every pool, exit once no server
+    /// connection is lent (running transactions finish; waiting clients are cut off).
+    WaitForServers,
+    /// SIGTERM, `SHUTDOWN WAIT_FOR_CLIENTS`: exit once every client has left; clients in
+    /// transaction and statement modes are let go at their next transaction boundary.
+    WaitForClients,
 }
 
 /// What the admin console has paused or disabled.
@@ -87,13 +102,13 @@ impl Pooler {
             pools: Mutex::new(HashMap::new()),
             limits: Mutex::new(HashMap::new()),
             clients: AtomicUsize::new(0),
-            cancel: Arc::new(CancelRegistry::default()),
+            registry: Arc::new(Registry::default()),
             derived: Mutex::new(HashMap::new()),
             statements: StatementRegistry::default(),
             pinned_clients: AtomicUsize::new(0),
             generation: AtomicU64::new(1),
             digest: Mutex::new(digest),
-            draining: watch::Sender::new(false),
+            shutdown: watch::Sender::new(None),
             control: Mutex::new(Control::default()),
         })
     }
@@ -153,20 +168,34 @@ impl Pooler {
     }
 
     /// Begins a shutdown: listeners stop accepting, readiness fails, idle clients in
-    /// transaction and statement modes are let go at their next transaction boundary.
-    pub fn start_draining(&self) {
-        self.draining.send_replace(true);
+    /// transaction and statement modes are let go at their next transaction boundary. A
+    /// shutdown already under way keeps its mode unless `mode` is [`ShutdownMode::Now`].
+    pub fn shut_down(&self, mode: ShutdownMode) {
+        self.shutdown.send_if_modified(|current| match current {
+            Some(m) if *m == mode || mode != ShutdownMode::Now => false,
+            _ => {
+                *current = Some(mode);
+                true
+            }
+        });
     }
 
     /// Whether a shutdown has begun.
     pub fn is_draining(&self) -> bool {
-        *self.draining.borrow()
+        self.shutdown.borrow().is_some()
     }
 
     /// Resolves when a shutdown begins.
     pub async fn drained(&self) {
-        let mut rx = self.draining.subscribe();
-        let _ = rx.wait_for(|d| *d).await;
+        self.shutdown_mode().await;
+    }
+
+    /// Resolves when a shutdown begins, with how it waits.
+    pub async fn shutdown_mode(&self) -> ShutdownMode {
+        let mut rx = self.shutdown.subscribe();
+        let mode = rx.wait_for(Option::is_some).await.ok().and_then(|m| *m);
+        // The sender lives as long as the pooler, which `self` keeps alive.
+        mode.unwrap_or(ShutdownMode::Now)
     }
 
     fn control(&self) -> std::sync::MutexGuard<'_, Control> {
@@ -318,9 +347,9 @@ impl Pooler {
         &self.pinned_clients
     }
 
-    /// Every client's cancel key.
-    pub fn cancel(&self) -> &Arc<CancelRegistry> {
-        &self.cancel
+    /// Every logged-in client and open server connection, with the clients' cancel keys.
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
     }
 
     /// Counts a new client connection; the guard uncounts it. Returns the count including it.
@@ -366,16 +395,8 @@ impl Pooler {
         }
         let (target, settings) = pool_spec(&config, self, database, &key.user, user, scram_keys)
             .ok_or_else(|| Box::new(no_such_database(database)))?;
-        let mut limits = Vec::new();
-        let max_db = config.max_db_connections_for(database);
-        if max_db > 0 {
-            limits.push(self.limit(format!("max_db_connections for {database}"), max_db));
-        }
-        let max_user = config.max_user_connections_for(&server_user);
-        if max_user > 0 {
-            limits.push(self.limit(format!("max_user_connections for {server_user}"), max_user));
-        }
-        let pool = Pool::new(key.clone(), target, settings, limits);
+        let limits = self.limits_for(&config, database, &server_user);
+        let pool = Pool::new(key.clone(), target, settings, limits, self.registry.clone());
         pool.set_paused(self.is_paused(database));
         tracing::info!(pool = %key, "pool created");
         pools.insert(key, pool.clone());
@@ -399,6 +420,7 @@ impl Pooler {
             match pool_spec(&config, self, &key.database, &key.user, &key.user, keys) {
                 Some((target, settings)) => {
                     pool.reconfigure(settings, target);
+                    pool.set_limits(self.limits_for(&config, &key.database, &key.user));
                     true
                 }
                 None => {
@@ -410,13 +432,35 @@ impl Pooler {
         });
     }
 
+    /// The shared limits a pool of `database` logging in as `server_user` counts against,
+    /// brought up to date with `config`.
+    fn limits_for(&self, config: &Config, database: &str, server_user: &str) -> Vec<Arc<Limit>> {
+        let mut limits = Vec::new();
+        let max_db = config.max_db_connections_for(database);
+        if max_db > 0 {
+            limits.push(self.limit(format!("max_db_connections for {database}"), max_db));
+        }
+        let max_user = config.max_user_connections_for(server_user);
+        if max_user > 0 {
+            limits.push(self.limit(format!("max_user_connections for {server_user}"), max_user));
+        }
+        limits
+    }
+
     fn limit(&self, name: String, max: u32) -> Arc<Limit> {
-        self.limits
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(name.clone())
-            .or_insert_with(|| Limit::new(name, max as usize))
-            .clone()
+        let max = max as usize;
+        let mut limits = self.limits.lock().unwrap_or_else(|p| p.into_inner());
+        match limits.get(&name) {
+            Some(limit) => {
+                limit.set_max(max);
+                limit.clone()
+            }
+            None => {
+                let limit = Limit::new(name.clone(), max);
+                limits.insert(name, limit.clone());
+                limit
+            }
+        }
     }
 }
 

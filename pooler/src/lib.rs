@@ -6,7 +6,6 @@
 pub mod admin;
 pub mod app;
 pub mod auth;
-pub mod cancel;
 pub mod client;
 pub mod config;
 pub mod http;
@@ -15,6 +14,7 @@ pub mod metrics;
 pub mod params;
 pub mod pool;
 pub mod protocol;
+pub mod registry;
 pub mod reload;
 pub mod server;
 pub mod stream;

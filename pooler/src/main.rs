@@ -9,7 +9,7 @@ use clap::Parser;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing_subscriber::prelude::*;
 
-use weir_pooler::app::{self, Pooler};
+use weir_pooler::app::{self, Pooler, ShutdownMode};
 use weir_pooler::config::Config;
 use weir_pooler::listener::Listeners;
 
@@ -187,45 +187,60 @@ async fn run(pooler: Arc<Pooler>) -> anyhow::Result<()> {
         tokio::spawn(weir_pooler::http::serve(l, pooler.clone()));
     }
     tokio::spawn(weir_pooler::reload::watch_files(pooler.clone()));
-    loop {
+    let mode = loop {
         tokio::select! {
-            _ = term.recv() => {
-                tracing::info!("SIGTERM: draining (new clients refused, running transactions finish)");
-                break;
-            }
-            _ = int.recv() => {
-                tracing::info!("SIGINT: draining");
-                break;
-            }
-            _ = quit.recv() => {
-                tracing::info!("SIGQUIT: exiting at once");
-                return Ok(());
-            }
+            _ = term.recv() => break ShutdownMode::WaitForClients,
+            _ = int.recv() => break ShutdownMode::WaitForServers,
+            _ = quit.recv() => break ShutdownMode::Now,
             _ = hup.recv() => reload(&pooler),
-            () = pooler.drained() => {
-                tracing::info!("SHUTDOWN from the admin console: draining");
-                break;
-            }
+            mode = pooler.shutdown_mode() => break mode,
+        }
+    };
+    pooler.shut_down(mode);
+    let _ = accepting.await;
+    match mode {
+        ShutdownMode::Now => tracing::info!("shutting down at once"),
+        ShutdownMode::WaitForClients => {
+            tracing::info!("shutting down once clients have left (new clients refused, running transactions finish)");
+            wait_for(
+                &pooler,
+                shutdown_timeout,
+                &mut quit,
+                "clients",
+                Pooler::client_count,
+            )
+            .await;
+        }
+        ShutdownMode::WaitForServers => {
+            tracing::info!("shutting down once server connections are released (pools paused)");
+            pooler.set_paused(None, true);
+            wait_for(
+                &pooler,
+                shutdown_timeout,
+                &mut quit,
+                "lent server connections",
+                |p| p.pools().iter().map(|pool| pool.in_use()).sum(),
+            )
+            .await;
         }
     }
-    pooler.start_draining();
-    let _ = accepting.await;
-    drain(&pooler, shutdown_timeout, &mut quit).await;
     Ok(())
 }
 
-/// Waits for clients to leave (transaction-mode clients are let go at their next transaction
-/// boundary), at most `shutdown_timeout` (zero: no limit); SIGQUIT cuts it short.
-async fn drain(
+/// Waits until `left` counts nothing, at most `shutdown_timeout` (zero: no limit); SIGQUIT
+/// cuts it short.
+async fn wait_for(
     pooler: &Pooler,
     shutdown_timeout: std::time::Duration,
     quit: &mut tokio::signal::unix::Signal,
+    what: &str,
+    left: impl Fn(&Pooler) -> usize,
 ) {
     let started = std::time::Instant::now();
     let mut tick = tokio::time::interval(std::time::Duration::from_millis(50));
     loop {
-        let left = pooler.client_count();
-        if left == 0 {
+        let n = left(pooler);
+        if n == 0 {
             tracing::info!(
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "drained; exiting"
@@ -233,16 +248,13 @@ async fn drain(
             return;
         }
         if !shutdown_timeout.is_zero() && started.elapsed() >= shutdown_timeout {
-            tracing::warn!(
-                clients = left,
-                "shutdown_timeout reached; closing the remaining clients"
-            );
+            tracing::warn!(left = n, what, "shutdown_timeout reached; exiting");
             return;
         }
         tokio::select! {
             _ = tick.tick() => {}
             _ = quit.recv() => {
-                tracing::info!(clients = left, "SIGQUIT: exiting at once");
+                tracing::info!(left = n, what, "SIGQUIT: exiting at once");
                 return;
             }
         }

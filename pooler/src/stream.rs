@@ -11,6 +11,8 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 
+use crate::registry::Endpoint;
+
 /// A connected socket of either kind.
 #[derive(Debug)]
 pub enum Stream {
@@ -58,6 +60,19 @@ impl Stream {
             sock.set_tcp_user_timeout(Some(keepalive.user_timeout))?;
         }
         Ok(Stream::Tcp(stream))
+    }
+
+    /// The peer's and the local end of the connection, as the admin console shows them;
+    /// a Unix-domain socket shows as `unix` with `unix_port`.
+    pub fn endpoints(&self, unix_port: u16) -> (Endpoint, Endpoint) {
+        let tcp = |a: io::Result<std::net::SocketAddr>| match a {
+            Ok(a) => Endpoint::tcp(a),
+            Err(_) => Endpoint::unix(unix_port),
+        };
+        match self {
+            Stream::Tcp(s) => (tcp(s.peer_addr()), tcp(s.local_addr())),
+            Stream::Unix(_) => (Endpoint::unix(unix_port), Endpoint::unix(unix_port)),
+        }
     }
 
     /// Whether the peer has sent something (or closed) that nobody has read yet.

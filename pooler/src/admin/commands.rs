@@ -61,13 +61,17 @@ pub async fn execute(pooler: &Arc<Pooler>, command: Command) -> Result<Reply, Bo
             pooler.kill(db.as_deref());
             Ok(Reply::Done)
         }
-        Command::KillClient(id) => Err(Box::new(PgError::error(
-            "0A000",
-            format!(
-                "KILL_CLIENT {id}: weir does not keep per-client records, so clients have no ids \
-                 (use KILL db to drop a database's clients)"
-            ),
-        ))),
+        Command::KillClient(id) => match pooler.registry().client(id) {
+            Some(client) => {
+                tracing::info!(client = id, user = %client.info.user, database = %client.info.database, "client killed from the admin console");
+                client.kill();
+                Ok(Reply::Done)
+            }
+            None => Err(Box::new(PgError::error(
+                "42704",
+                format!("KILL_CLIENT {id}: no such client (see SHOW CLIENTS)"),
+            ))),
+        },
         Command::Disable(db) => {
             check_database(pooler, Some(&db))?;
             pooler.set_disabled(&db, true);
@@ -79,8 +83,8 @@ pub async fn execute(pooler: &Arc<Pooler>, command: Command) -> Result<Reply, Bo
             Ok(Reply::Done)
         }
         Command::Shutdown(mode) => {
-            tracing::info!(?mode, "SHUTDOWN from the admin console: draining");
-            pooler.start_draining();
+            tracing::info!(?mode, "SHUTDOWN from the admin console");
+            pooler.shut_down(mode);
             Ok(Reply::Done)
         }
         Command::Set { key, value } => match pooler.set_setting(&key, &value) {
@@ -96,8 +100,8 @@ fn show(pooler: &Pooler, subject: Subject) -> ResultSet {
     match subject {
         Subject::Pools => show::pools(&views),
         Subject::Stats => show::stats(&views),
-        Subject::Clients => show::clients(&views),
-        Subject::Servers => show::servers(&views),
+        Subject::Clients => show::clients(&pooler.registry().clients()),
+        Subject::Servers => show::servers(&pooler.registry().servers()),
         Subject::Databases => show::databases(&config, &views, &|db| DbFlags {
             paused: pooler.is_paused(db),
             disabled: pooler.is_disabled(db),

@@ -13,6 +13,7 @@ use bytes::BytesMut;
 use crate::app::Pooler;
 use crate::config::{AuthType, Config};
 use crate::protocol::{backend, frontend, PgError};
+use crate::registry::ClientHandle;
 use crate::stream::Stream;
 use crate::wire::{self, ReadError};
 
@@ -65,6 +66,7 @@ pub async fn serve(
     mut stream: Stream,
     mut buf: BytesMut,
     role: Role,
+    record: ClientHandle,
 ) -> &'static str {
     let mut out = BytesMut::new();
     greet(&mut out);
@@ -74,6 +76,14 @@ pub async fn serve(
     loop {
         let msg = tokio::select! {
             msg = wire::read_message(&mut stream, &mut buf) => msg,
+            () = record.killed() => {
+                backend::error_response(
+                    &mut out,
+                    &PgError::fatal("57P01", "terminated by the administrator (KILL_CLIENT)"),
+                );
+                let _ = wire::flush(&mut stream, &mut out).await;
+                return "killed from the admin console (KILL_CLIENT)";
+            }
             () = pooler.drained() => {
                 backend::error_response(
                     &mut out,

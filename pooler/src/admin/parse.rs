@@ -1,6 +1,8 @@
 //! Parsing of admin console commands: the small PgBouncer command language, case-insensitive,
 //! one command per statement.
 
+use crate::app::ShutdownMode;
+
 /// What a `SHOW` command asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Subject {
@@ -26,17 +28,6 @@ pub enum Subject {
     State,
     /// The commands the console knows.
     Help,
-}
-
-/// How `SHUTDOWN` waits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ShutdownMode {
-    /// Plain `SHUTDOWN`.
-    Now,
-    /// `SHUTDOWN WAIT_FOR_SERVERS`: until server connections are released.
-    WaitForServers,
-    /// `SHUTDOWN WAIT_FOR_CLIENTS`: until clients have left.
-    WaitForClients,
 }
 
 /// One parsed admin console command.

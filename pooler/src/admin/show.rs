@@ -2,19 +2,20 @@
 //! configuration so that the layout can be tested without a running pooler.
 //!
 //! Column names and their order follow PgBouncer's admin console, so exporters and scripts
-//! written for PgBouncer read them unchanged. Weir keeps counters per pool rather than per
-//! connection, so where PgBouncer reports something weir does not measure the value is NULL
-//! rather than a made-up number.
+//! written for PgBouncer read them unchanged. Where PgBouncer reports something weir does
+//! not measure, the value is NULL rather than a made-up number.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use bytes::BytesMut;
 
 use crate::config::{self, Config, Settings};
 use crate::pool::Pool;
 use crate::protocol::backend;
+use crate::registry::{ClientRecord, ServerRecord};
 use crate::server::ServerAddr;
 
 /// A result set of text columns, ready to be sent to the client.
@@ -112,10 +113,7 @@ impl PoolView {
     pub fn of(pool: &Pool) -> PoolView {
         let s = pool.stats();
         let (idle, total) = pool.counts();
-        let (host, port) = match &pool.target().addr {
-            ServerAddr::Tcp { host, port } => (host.clone(), *port),
-            ServerAddr::Unix { dir, port } => (dir.display().to_string(), *port),
-        };
+        let (host, port) = host_port(&pool.target().addr);
         PoolView {
             database: pool.key().database.clone(),
             user: pool.key().user.clone(),
@@ -288,57 +286,95 @@ const CONNECTION_COLUMNS: &[&str] = &[
     "id",
 ];
 
-/// One connection row of `kind` (`C` or `S`) in `state`; what weir does not record per
-/// connection is NULL.
-fn connection_row(kind: &str, v: &PoolView, state: &str, server: bool) -> Vec<Option<String>> {
-    let mut row = vec![
-        text(kind),
-        text(&v.user),
-        text(&v.database),
-        text("none"),
-        text(state),
-    ];
-    if server {
-        row.push(text(&v.host));
-        row.push(text(v.port));
-    }
-    row.resize(CONNECTION_COLUMNS.len(), None);
-    row
+/// A time as PgBouncer prints it: `2026-01-31 12:00:00 UTC`.
+fn timestamp(t: SystemTime) -> Option<String> {
+    let t = jiff::Timestamp::try_from(t).ok()?;
+    Some(t.strftime("%Y-%m-%d %H:%M:%S UTC").to_string())
 }
 
-/// `SHOW CLIENTS`: weir counts clients per pool but keeps no per-client record, so there is
-/// one row per client with its pool and state, and NULL where PgBouncer shows addresses,
-/// times and ids. Admin console sessions are not listed.
-pub fn clients(views: &[PoolView]) -> ResultSet {
+/// A connection's `ptr` or `link`: its pooler-wide id in hex, as PgBouncer shows addresses.
+fn pointer(id: u64) -> Option<String> {
+    Some(format!("{id:#x}"))
+}
+
+/// `SHOW CLIENTS`: every logged-in client, admin console sessions included. `state` is
+/// `waiting` while the client waits for a server connection and `active` otherwise, as in
+/// PgBouncer; `link` names the server connection it holds.
+pub fn clients(records: &[Arc<ClientRecord>]) -> ResultSet {
     let mut rs = ResultSet::new(CONNECTION_COLUMNS);
-    for v in views {
-        let linked = v.active.min(v.settled_clients());
-        let idle = v.settled_clients() - linked;
-        for (state, n) in [("active", linked), ("waiting", v.waiting), ("idle", idle)] {
-            for _ in 0..n {
-                rs.push(connection_row("C", v, state, false));
-            }
-        }
+    for c in records {
+        let wait = c.waiting_for().unwrap_or_default();
+        let i = &c.info;
+        rs.push(vec![
+            text("C"),
+            text(&i.user),
+            text(&i.database),
+            text("none"),
+            text(if c.waiting_for().is_some() {
+                "waiting"
+            } else {
+                "active"
+            }),
+            text(&i.peer.addr),
+            text(i.peer.port),
+            text(&i.local.addr),
+            text(i.local.port),
+            timestamp(c.connected_at),
+            timestamp(c.request_time().unwrap_or(c.connected_at)),
+            text(wait.as_secs()),
+            text(wait.subsec_micros()),
+            text(0),
+            pointer(c.id),
+            c.link().and_then(pointer),
+            text(0),
+            text(""),
+            text(&i.application_name),
+            text(c.prepared()),
+            text(c.id),
+        ]);
     }
     rs
 }
 
-/// `SHOW SERVERS`: one row per server connection from the pool's counts (lent, idle, being
-/// opened), with the server's address; per-connection details are NULL.
-pub fn servers(views: &[PoolView]) -> ResultSet {
+/// `SHOW SERVERS`: every open server connection, `active` while lent to the client its
+/// `link` names and `idle` in the pool; `remote_pid` is the backend's process id.
+pub fn servers(records: &[Arc<ServerRecord>]) -> ResultSet {
     let mut rs = ResultSet::new(CONNECTION_COLUMNS);
-    for v in views {
-        for (state, n) in [
-            ("active", v.active.min(v.total)),
-            ("idle", v.idle),
-            ("new", v.logging_in()),
-        ] {
-            for _ in 0..n {
-                rs.push(connection_row("S", v, state, true));
-            }
-        }
+    for s in records {
+        let (host, port) = host_port(&s.addr);
+        rs.push(vec![
+            text("S"),
+            text(&s.pool.user),
+            text(&s.pool.database),
+            text("none"),
+            text(if s.link().is_some() { "active" } else { "idle" }),
+            text(host),
+            text(port),
+            text(&s.local.addr),
+            text(s.local.port),
+            timestamp(s.connected_at),
+            timestamp(s.request_time().unwrap_or(s.connected_at)),
+            text(0),
+            text(0),
+            text(0),
+            pointer(s.id),
+            s.link().and_then(pointer),
+            text(s.key.process_id),
+            text(""),
+            text(&s.application_name),
+            text(s.prepared()),
+            text(s.id),
+        ]);
     }
     rs
+}
+
+/// A server address as SHOW shows it: the host (or socket directory) and the port.
+fn host_port(addr: &ServerAddr) -> (String, u16) {
+    match addr {
+        ServerAddr::Tcp { host, port } => (host.clone(), *port),
+        ServerAddr::Unix { dir, port } => (dir.display().to_string(), *port),
+    }
 }
 
 /// A database's console flags.
@@ -635,28 +671,71 @@ mod tests {
     }
 
     #[test]
-    fn clients_and_servers_follow_counts() {
-        let rs = clients(&[view()]);
+    fn clients_and_servers_from_the_registry() {
+        use crate::registry::{ClientInfo, Endpoint, NewServer, Registry};
+        use crate::server::ServerKey;
+
+        let registry = Arc::new(Registry::default());
+        let client = |app: &str| ClientInfo {
+            user: "alice".into(),
+            database: "app".into(),
+            application_name: app.into(),
+            peer: Endpoint::tcp("10.1.2.3:40001".parse().unwrap()),
+            local: Endpoint::tcp("10.9.9.9:6432".parse().unwrap()),
+        };
+        let linked = registry.add_client(client("api"));
+        let waiting = registry.add_client(client("worker"));
+        let server = registry.add_server(NewServer {
+            pool: crate::pool::PoolKey {
+                database: "app".into(),
+                user: "alice".into(),
+            },
+            addr: Arc::new(ServerAddr::new("db.internal", 5433)),
+            key: ServerKey {
+                process_id: 31337,
+                secret_key: 1,
+            },
+            local: Endpoint::tcp("10.9.9.9:51000".parse().unwrap()),
+            application_name: "weir".into(),
+        });
+        linked.start_waiting();
+        linked.link_to(&server);
+        waiting.start_waiting();
+
+        let rs = clients(&registry.clients());
         check_widths(&rs);
-        let states: Vec<_> = (0..rs.rows.len()).map(|i| col(&rs, i, "state")).collect();
-        assert_eq!(
-            states,
-            [
-                Some("active"),
-                Some("active"),
-                Some("waiting"),
-                Some("idle"),
-                Some("idle")
-            ]
-        );
+        assert_eq!(rs.rows.len(), 2);
         assert_eq!(col(&rs, 0, "type"), Some("C"));
-        assert_eq!(col(&rs, 0, "id"), None);
-        let rs = servers(&[view()]);
+        assert_eq!(col(&rs, 0, "state"), Some("active"));
+        assert_eq!(col(&rs, 0, "addr"), Some("10.1.2.3"));
+        assert_eq!(col(&rs, 0, "port"), Some("40001"));
+        assert_eq!(col(&rs, 0, "local_port"), Some("6432"));
+        assert_eq!(col(&rs, 0, "application_name"), Some("api"));
+        assert_eq!(col(&rs, 0, "link"), pointer(server.id).as_deref());
+        assert_eq!(col(&rs, 0, "id"), Some(linked.id.to_string().as_str()));
+        assert!(col(&rs, 0, "connect_time").unwrap().ends_with(" UTC"));
+        assert_eq!(col(&rs, 1, "state"), Some("waiting"));
+        assert_eq!(col(&rs, 1, "link"), None);
+
+        let rs = servers(&registry.servers());
         check_widths(&rs);
-        assert_eq!(rs.rows.len(), 6);
-        assert_eq!(col(&rs, 0, "addr"), Some("127.0.0.1"));
-        assert_eq!(col(&rs, 0, "port"), Some("5432"));
-        assert_eq!(col(&rs, 5, "state"), Some("new"));
+        assert_eq!(rs.rows.len(), 1);
+        assert_eq!(col(&rs, 0, "type"), Some("S"));
+        assert_eq!(col(&rs, 0, "state"), Some("active"));
+        assert_eq!(col(&rs, 0, "addr"), Some("db.internal"));
+        assert_eq!(col(&rs, 0, "port"), Some("5433"));
+        assert_eq!(col(&rs, 0, "remote_pid"), Some("31337"));
+        assert_eq!(col(&rs, 0, "link"), pointer(linked.id).as_deref());
+        linked.unlink(&server);
+        let rs = servers(&registry.servers());
+        assert_eq!(col(&rs, 0, "state"), Some("idle"));
+        assert_eq!(col(&rs, 0, "link"), None);
+    }
+
+    #[test]
+    fn timestamps_look_like_pgbouncer_ones() {
+        let t = std::time::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        assert_eq!(timestamp(t).as_deref(), Some("2023-11-14 22:13:20 UTC"));
     }
 
     fn sample_config() -> Config {

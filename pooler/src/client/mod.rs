@@ -17,11 +17,11 @@ use bytes::{Buf, BytesMut};
 use tokio::io::AsyncReadExt;
 
 use crate::app::{self, Pooler};
-use crate::cancel::{CancelHandle, CancelTarget};
 use crate::config::PoolMode;
 use crate::params::{self, ParamSet};
 use crate::pool::{Checkout, Pool};
 use crate::protocol::{backend, PgError};
+use crate::registry::{ClientHandle, ClientInfo};
 use crate::server;
 use crate::stream::Stream;
 use crate::wire;
@@ -94,9 +94,10 @@ pub async fn serve(pooler: Arc<Pooler>, mut stream: Stream, peer: String) {
             let e = crate::admin::not_allowed(&login.user);
             return refuse(&mut stream, LoginError::fatal(e)).await;
         };
+        let record = register(&pooler, &stream, &login, config.pgbouncer.listen_port);
         drop(config);
         tracing::info!(%peer, user = %login.user, ?role, "admin console login");
-        let reason = crate::admin::serve(pooler, stream, buf, role).await;
+        let reason = crate::admin::serve(pooler, stream, buf, role, record).await;
         tracing::info!(%peer, user = %login.user, reason, "admin console disconnect");
         return;
     }
@@ -109,8 +110,8 @@ pub async fn serve(pooler: Arc<Pooler>, mut stream: Stream, peer: String) {
         Ok(w) => w,
         Err(e) => return refuse(&mut stream, LoginError::fatal(e.to_client_error())).await,
     };
-    let cancel = pooler.cancel().register();
-    let wanted = greet(&mut stream, &login.params, &welcome, &cancel).await;
+    let record = register(&pooler, &stream, &login, config.pgbouncer.listen_port);
+    let wanted = greet(&mut stream, &login.params, &welcome, &record).await;
     let Ok(wanted) = wanted else {
         return;
     };
@@ -127,13 +128,49 @@ pub async fn serve(pooler: Arc<Pooler>, mut stream: Stream, peer: String) {
         stream,
         buf,
         params: wanted,
-        cancel,
+        record,
         state: ClientState::default(),
     };
-    let reason = session.run().await;
+    let killed = session.record.shared();
+    let reason = tokio::select! {
+        reason = session.run() => reason,
+        () = killed.killed() => {
+            // Mid-relay, the server connection was just closed with the relay; the client
+            // is told why only when no half-sent response could precede the message.
+            if killed.link().is_none() {
+                session.fatal(PgError::fatal(
+                    "57P01",
+                    "terminated by the administrator (KILL_CLIENT)",
+                ))
+                .await;
+            }
+            "killed from the admin console (KILL_CLIENT)"
+        }
+    };
     if session.pooler.config().pgbouncer.log_disconnections {
         tracing::info!(%peer, user = %login.user, database = %login.database, reason, "disconnect");
     }
+}
+
+/// Records a logged-in client in the registry, which gives it its cancel key.
+fn register(
+    pooler: &Pooler,
+    stream: &Stream,
+    login: &login::Login,
+    listen_port: u16,
+) -> ClientHandle {
+    let (peer, local) = stream.endpoints(listen_port);
+    pooler.registry().add_client(ClientInfo {
+        user: login.user.clone(),
+        database: login.database.clone(),
+        application_name: login
+            .params
+            .get("application_name")
+            .unwrap_or_default()
+            .to_owned(),
+        peer,
+        local,
+    })
 }
 
 /// Bounds the startup phase by `client_login_timeout` (zero: no bound).
@@ -173,13 +210,13 @@ async fn refuse(stream: &mut Stream, e: LoginError) {
 }
 
 async fn forward_cancel(pooler: &Pooler, process_id: i32, secret_key: i32) {
-    let Some(target) = pooler.cancel().lookup(process_id, secret_key) else {
+    let Some((addr, key)) = pooler.registry().cancel_target(process_id, secret_key) else {
         tracing::debug!("cancel request for an unknown key or an idle client ignored");
         return;
     };
     let keepalive = app::keepalive(&pooler.config());
-    if let Err(e) = server::send_cancel(&target.addr, target.key, &keepalive).await {
-        tracing::warn!(error = %e, server = %target.addr, "could not forward a cancel request");
+    if let Err(e) = server::send_cancel(&addr, key, &keepalive).await {
+        tracing::warn!(error = %e, server = %addr, "could not forward a cancel request");
     }
 }
 
@@ -189,7 +226,7 @@ async fn greet(
     stream: &mut Stream,
     requested: &ParamSet,
     welcome: &ParamSet,
-    cancel: &CancelHandle,
+    record: &ClientHandle,
 ) -> std::io::Result<ParamSet> {
     let mut out = BytesMut::new();
     backend::authentication_ok(&mut out);
@@ -210,7 +247,7 @@ async fn greet(
             wanted.set(name, value);
         }
     }
-    backend::backend_key_data(&mut out, cancel.process_id, cancel.secret_key);
+    backend::backend_key_data(&mut out, record.process_id, record.secret_key);
     backend::ready_for_query(&mut out, b'I');
     wire::flush(stream, &mut out).await?;
     Ok(wanted)
@@ -225,7 +262,8 @@ struct Session {
     buf: BytesMut,
     /// The parameter values the client believes in.
     params: ParamSet,
-    cancel: CancelHandle,
+    /// Its entry in the registry: state for the console, the link cancel requests follow.
+    record: ClientHandle,
     /// Prepared statements, session settings and pinning (transaction and statement modes).
     state: ClientState,
 }
@@ -253,20 +291,20 @@ impl Session {
                 return reason;
             }
             let deadline = wait_deadline(self.pooler.config().pgbouncer.query_wait_timeout);
+            self.record.start_waiting();
             let mut checkout = match self.checkout(deadline).await {
                 Ok(c) => c,
-                Err(reason) => return reason,
+                Err(reason) => {
+                    self.record.stop_waiting();
+                    return reason;
+                }
             };
+            self.record.link_to(checkout.record());
             let server = checkout.server();
-            self.cancel.set(Some(CancelTarget {
-                addr: server.addr.clone(),
-                key: server.key,
-            }));
             if let Some(sql) =
                 session_state::replay_query(&server.session, self.state.session.applied())
             {
                 if let Err(e) = server.simple_query(&sql).await {
-                    self.cancel.set(None);
                     self.fatal(e.to_client_error()).await;
                     return "replaying session settings failed";
                 }
@@ -274,16 +312,12 @@ impl Session {
             }
             if let Some(sql) = params::sync_query(&self.params, &server.params) {
                 if let Err(e) = server.simple_query(&sql).await {
-                    self.cancel.set(None);
                     self.fatal(e.to_client_error()).await;
                     return "parameter sync failed";
                 }
             }
-            let result = self.relay(mode, checkout).await;
-            self.cancel.set(None);
-            match result {
-                Ok(()) => continue,
-                Err(reason) => return reason,
+            if let Err(reason) = self.relay(mode, checkout).await {
+                return reason;
             }
         }
     }
@@ -431,6 +465,9 @@ impl Session {
         )
         .await;
         self.pool.stats().add(&counts, lent_at.elapsed());
+        // Unlinked before the connection can be lent to anyone else.
+        self.record.unlink(checkout.record());
+        self.record.set_prepared(self.state.statements.len());
         // A pinned client's connection carries state only a full reset removes.
         let pinned = self.state.pinned.is_some();
         match outcome {

@@ -135,6 +135,11 @@ pub struct ClientStatements {
 }
 
 impl ClientStatements {
+    /// How many named statements the client has.
+    pub fn len(&self) -> usize {
+        self.by_name.len()
+    }
+
     /// Binds the client's `name` to `statement`.
     pub fn insert(&mut self, name: &str, statement: Arc<Statement>) {
         self.by_name.insert(name.to_owned(), statement);

@@ -13,6 +13,8 @@ use super::{CheckoutError, Pool};
 pub struct Limit {
     name: String,
     slots: Arc<Semaphore>,
+    /// The limit in force, which a reload may change.
+    max: Mutex<usize>,
     members: Mutex<Vec<Weak<Pool>>>,
 }
 
@@ -22,15 +24,29 @@ impl Limit {
         Arc::new(Limit {
             name,
             slots: Arc::new(Semaphore::new(max)),
+            max: Mutex::new(max),
             members: Mutex::new(Vec::new()),
         })
+    }
+
+    /// Changes the limit: raising it takes effect at once, lowering it as connections close.
+    pub fn set_max(&self, max: usize) {
+        let mut current = self.max.lock().unwrap_or_else(|p| p.into_inner());
+        if *current != max {
+            tracing::info!(limit = %self.name, from = *current, to = max, "limit changed");
+            super::resize(&self.slots, *current, max);
+            *current = max;
+        }
     }
 
     /// Registers a pool whose idle connections may be closed to make room for another's.
     pub(super) fn join(&self, pool: &Arc<Pool>) {
         let mut members = self.members.lock().unwrap_or_else(|p| p.into_inner());
         members.retain(|m| m.strong_count() > 0);
-        members.push(Arc::downgrade(pool));
+        let member = Arc::downgrade(pool);
+        if !members.iter().any(|m| m.ptr_eq(&member)) {
+            members.push(member);
+        }
     }
 
     /// A place for one more connection of `pool`. When the limit is reached, an idle

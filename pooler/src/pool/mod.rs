@@ -24,6 +24,7 @@ pub use limit::Limit;
 use crate::config::PoolMode;
 use crate::params::ParamSet;
 use crate::protocol::PgError;
+use crate::registry::{NewServer, Registry, ServerHandle, ServerRecord};
 use crate::server::{ServerConn, ServerError, ServerTarget};
 
 /// Identifies a pool: the database name clients use and the user the pool logs in as.
@@ -99,6 +100,8 @@ impl CheckoutError {
 #[derive(Debug)]
 struct Slot {
     conn: ServerConn,
+    /// Its entry in the registry, removed when the slot is dropped.
+    record: ServerHandle,
     _limits: Vec<OwnedSemaphorePermit>,
 }
 
@@ -181,21 +184,26 @@ pub struct Pool {
     reserve: Arc<Semaphore>,
     state: Mutex<State>,
     returned: Notify,
-    limits: Vec<Arc<Limit>>,
+    /// The `max_db_connections` / `max_user_connections` limits new connections count against.
+    limits: ArcSwap<Vec<Arc<Limit>>>,
     welcome: Mutex<Option<ParamSet>>,
     stats: PoolStats,
     /// Set by the admin console's PAUSE: checkouts wait until it is cleared.
     paused: watch::Sender<bool>,
+    /// Where its connections are recorded for the admin console and cancel requests.
+    registry: Arc<Registry>,
 }
 
 impl Pool {
     /// Creates a pool and starts its maintenance (reaping and `min_pool_size` warming).
-    /// `limits` are the `max_db_connections` / `max_user_connections` it shares with others.
+    /// `limits` are the `max_db_connections` / `max_user_connections` it shares with others;
+    /// its connections are recorded in `registry`.
     pub fn new(
         key: PoolKey,
         target: ServerTarget,
         settings: PoolSettings,
         limits: Vec<Arc<Limit>>,
+        registry: Arc<Registry>,
     ) -> Arc<Pool> {
         let pool = Arc::new(Pool {
             key,
@@ -206,12 +214,13 @@ impl Pool {
             settings: ArcSwap::from_pointee(settings),
             state: Mutex::new(State::default()),
             returned: Notify::new(),
-            limits,
+            limits: ArcSwap::from_pointee(limits),
             welcome: Mutex::new(None),
             stats: PoolStats::default(),
             paused: watch::Sender::new(false),
+            registry,
         });
-        for limit in &pool.limits {
+        for limit in pool.limits.load().iter() {
             limit.join(&pool);
         }
         maintenance::spawn(&pool);
@@ -251,6 +260,28 @@ impl Pool {
         }
         self.settings.store(Arc::new(settings));
         self.returned.notify_waiters();
+    }
+
+    /// Applies reloaded `max_db_connections` / `max_user_connections` limits. A limit the
+    /// pool did not count against before makes its connections reopen as they come back
+    /// (as RECONNECT does), so that every connection counts against it; no client is dropped.
+    pub fn set_limits(self: &Arc<Self>, limits: Vec<Arc<Limit>>) {
+        let old = self.limits.load_full();
+        let added = limits
+            .iter()
+            .filter(|l| !old.iter().any(|o| Arc::ptr_eq(o, l)))
+            .count();
+        if added == 0 && limits.len() == old.len() {
+            return;
+        }
+        for limit in &limits {
+            limit.join(self);
+        }
+        self.limits.store(Arc::new(limits));
+        if added > 0 {
+            tracing::info!(pool = %self.key, "new connection limit: reopening connections as they are returned");
+            self.retire_all();
+        }
     }
 
     /// Live counters.
@@ -462,8 +493,9 @@ impl Pool {
 
     /// Opens a new connection for a slot already counted in `total`.
     async fn open(self: &Arc<Self>, deadline: tokio::time::Instant) -> Result<Slot, CheckoutError> {
-        let mut permits = Vec::with_capacity(self.limits.len());
-        for limit in &self.limits {
+        let limits = self.limits.load_full();
+        let mut permits = Vec::with_capacity(limits.len());
+        for limit in limits.iter() {
             permits.push(limit.acquire(self, deadline).await?);
         }
         let generation = self.generation.load(Ordering::Acquire);
@@ -479,8 +511,20 @@ impl Pool {
                     }
                 }
                 self.lock().last_failure = None;
+                let record = self.registry.add_server(NewServer {
+                    pool: self.key.clone(),
+                    addr: conn.addr.clone(),
+                    key: conn.key,
+                    local: conn.stream.endpoints(0).1,
+                    application_name: conn
+                        .params
+                        .get("application_name")
+                        .unwrap_or_default()
+                        .to_owned(),
+                });
                 Ok(Slot {
                     conn,
+                    record,
                     _limits: permits,
                 })
             }
@@ -516,6 +560,7 @@ impl Pool {
     /// Takes back a clean connection.
     fn checkin(&self, mut slot: Slot) {
         slot.conn.last_used = Instant::now();
+        slot.record.set_prepared(slot.conn.prepared.len());
         let settings = self.settings.load();
         let expired = (!settings.lifetime.is_zero()
             && slot.conn.created.elapsed() >= settings.lifetime)
@@ -671,6 +716,14 @@ impl Checkout {
         match self.slot.as_mut() {
             Some(slot) => &mut slot.conn,
             // `slot` is only taken by release() and drop(), which consume the guard.
+            None => unreachable!("checkout used after release"),
+        }
+    }
+
+    /// The connection's entry in the registry.
+    pub fn record(&self) -> &ServerRecord {
+        match self.slot.as_ref() {
+            Some(slot) => &slot.record,
             None => unreachable!("checkout used after release"),
         }
     }

@@ -1,0 +1,525 @@
+//! Who is connected: a record of every logged-in client and every open server connection,
+//! for the admin console (SHOW CLIENTS, SHOW SERVERS, KILL_CLIENT) and for cancel requests.
+//!
+//! The maps are locked only when a connection comes or goes, when the console lists them and
+//! when a cancel request is looked up. While a client works, its task updates its own record
+//! and its server's with relaxed atomic stores, which nothing else contends for.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rand::Rng;
+use tokio::sync::Notify;
+
+use crate::pool::PoolKey;
+use crate::server::{ServerAddr, ServerKey};
+
+/// One end of a connection as the console shows it: an IP address and port, or `unix` and
+/// the listening port for a Unix-domain socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// The address (`unix` for a Unix-domain socket).
+    pub addr: String,
+    /// The port.
+    pub port: u16,
+}
+
+impl Endpoint {
+    /// The endpoint of a TCP socket address.
+    pub fn tcp(addr: std::net::SocketAddr) -> Endpoint {
+        Endpoint {
+            addr: addr.ip().to_string(),
+            port: addr.port(),
+        }
+    }
+
+    /// A Unix-domain socket served on `port`.
+    pub fn unix(port: u16) -> Endpoint {
+        Endpoint {
+            addr: "unix".to_owned(),
+            port,
+        }
+    }
+}
+
+/// What a client said about itself when it logged in.
+#[derive(Debug, Clone)]
+pub struct ClientInfo {
+    /// The user it logged in as.
+    pub user: String,
+    /// The database it asked for.
+    pub database: String,
+    /// Its `application_name` startup parameter (empty if none).
+    pub application_name: String,
+    /// Its address.
+    pub peer: Endpoint,
+    /// The pooler's address it connected to.
+    pub local: Endpoint,
+}
+
+/// A logged-in client.
+#[derive(Debug)]
+pub struct ClientRecord {
+    /// Pooler-wide id (SHOW CLIENTS `id`, KILL_CLIENT's argument).
+    pub id: u64,
+    /// The process id the client was told in BackendKeyData.
+    pub process_id: i32,
+    /// The secret the client was told in BackendKeyData.
+    pub secret_key: i32,
+    /// Who the client is.
+    pub info: ClientInfo,
+    /// When it connected.
+    pub connected_at: SystemTime,
+    /// Microseconds since the epoch of its latest request; 0 before the first.
+    request_at: AtomicU64,
+    /// Microseconds since the epoch when its current wait for a server began; 0: not waiting.
+    wait_since: AtomicU64,
+    /// The server connection it holds; 0: none.
+    link: AtomicU64,
+    /// Prepared statements it has made (transaction and statement modes).
+    prepared: AtomicUsize,
+    killed: AtomicBool,
+    kill: Notify,
+}
+
+/// An open server connection.
+#[derive(Debug)]
+pub struct ServerRecord {
+    /// Pooler-wide id.
+    pub id: u64,
+    /// The pool it belongs to.
+    pub pool: PoolKey,
+    /// Where the server is.
+    pub addr: Arc<ServerAddr>,
+    /// The backend's cancel key (its process id is SHOW SERVERS' `remote_pid`).
+    pub key: ServerKey,
+    /// The pooler's end of the connection.
+    pub local: Endpoint,
+    /// The `application_name` the server reported at login.
+    pub application_name: String,
+    /// When it was opened.
+    pub connected_at: SystemTime,
+    /// Microseconds since the epoch of its latest checkout; 0 before the first.
+    request_at: AtomicU64,
+    /// The client it is lent to; 0: idle.
+    link: AtomicU64,
+    /// Prepared statements it holds, as of its latest return to the pool.
+    prepared: AtomicUsize,
+}
+
+/// Microseconds since the epoch, now.
+fn now_us() -> u64 {
+    micros(SystemTime::now())
+}
+
+fn micros(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+fn time_of(us: u64) -> Option<SystemTime> {
+    (us != 0).then(|| UNIX_EPOCH + Duration::from_micros(us))
+}
+
+impl ClientRecord {
+    /// When the client last asked for work.
+    pub fn request_time(&self) -> Option<SystemTime> {
+        time_of(self.request_at.load(Ordering::Relaxed))
+    }
+
+    /// How long the client has been waiting for a server connection, if it is.
+    pub fn waiting_for(&self) -> Option<Duration> {
+        let since = time_of(self.wait_since.load(Ordering::Relaxed))?;
+        Some(SystemTime::now().duration_since(since).unwrap_or_default())
+    }
+
+    /// The id of the server connection the client holds, if any.
+    pub fn link(&self) -> Option<u64> {
+        Some(self.link.load(Ordering::Relaxed)).filter(|id| *id != 0)
+    }
+
+    /// Prepared statements the client has made.
+    pub fn prepared(&self) -> usize {
+        self.prepared.load(Ordering::Relaxed)
+    }
+
+    /// Records that the client has work and is now waiting for a server connection.
+    pub fn start_waiting(&self) {
+        let now = now_us();
+        self.request_at.store(now, Ordering::Relaxed);
+        self.wait_since.store(now, Ordering::Relaxed);
+    }
+
+    /// Records that the client holds `server` now.
+    pub fn link_to(&self, server: &ServerRecord) {
+        self.wait_since.store(0, Ordering::Relaxed);
+        self.link.store(server.id, Ordering::Relaxed);
+        server.request_at.store(now_us(), Ordering::Relaxed);
+        server.link.store(self.id, Ordering::Relaxed);
+    }
+
+    /// Records that the client gave `server` back (or that it was closed).
+    pub fn unlink(&self, server: &ServerRecord) {
+        self.wait_since.store(0, Ordering::Relaxed);
+        self.link.store(0, Ordering::Relaxed);
+        server.link.store(0, Ordering::Relaxed);
+    }
+
+    /// Records that the client stopped waiting without getting a connection.
+    pub fn stop_waiting(&self) {
+        self.wait_since.store(0, Ordering::Relaxed);
+    }
+
+    /// Records how many prepared statements the client has made.
+    pub fn set_prepared(&self, n: usize) {
+        self.prepared.store(n, Ordering::Relaxed);
+    }
+
+    /// Asks the client's task to end the session (KILL_CLIENT).
+    pub fn kill(&self) {
+        self.killed.store(true, Ordering::Release);
+        self.kill.notify_waiters();
+    }
+
+    /// Resolves once [`ClientRecord::kill`] has been called.
+    pub async fn killed(&self) {
+        loop {
+            let notified = self.kill.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.killed.load(Ordering::Acquire) {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+impl ServerRecord {
+    /// When the connection was last lent.
+    pub fn request_time(&self) -> Option<SystemTime> {
+        time_of(self.request_at.load(Ordering::Relaxed))
+    }
+
+    /// The id of the client it is lent to, if any.
+    pub fn link(&self) -> Option<u64> {
+        Some(self.link.load(Ordering::Relaxed)).filter(|id| *id != 0)
+    }
+
+    /// Prepared statements it holds.
+    pub fn prepared(&self) -> usize {
+        self.prepared.load(Ordering::Relaxed)
+    }
+
+    /// Records how many prepared statements it holds.
+    pub fn set_prepared(&self, n: usize) {
+        self.prepared.store(n, Ordering::Relaxed);
+    }
+}
+
+/// Every logged-in client and open server connection of the pooler.
+#[derive(Debug, Default)]
+pub struct Registry {
+    next_id: AtomicU64,
+    clients: Mutex<Clients>,
+    servers: Mutex<HashMap<u64, Arc<ServerRecord>>>,
+}
+
+#[derive(Debug, Default)]
+struct Clients {
+    by_id: HashMap<u64, Arc<ClientRecord>>,
+    /// Client id by the process id it was told, for cancel requests.
+    by_pid: HashMap<i32, u64>,
+}
+
+/// What a new server connection is, for [`Registry::add_server`].
+#[derive(Debug)]
+pub struct NewServer {
+    /// The pool it belongs to.
+    pub pool: PoolKey,
+    /// Where the server is.
+    pub addr: Arc<ServerAddr>,
+    /// The backend's cancel key.
+    pub key: ServerKey,
+    /// The pooler's end of the connection.
+    pub local: Endpoint,
+    /// The `application_name` the server reported.
+    pub application_name: String,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every update under these locks is a single map insert or removal.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Registry {
+    fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Records a logged-in client, giving it an id and a cancel key no other connected
+    /// client has. The handle removes the record when dropped.
+    pub fn add_client(self: &Arc<Self>, info: ClientInfo) -> ClientHandle {
+        let mut rng = rand::thread_rng();
+        let id = self.next_id();
+        let mut clients = lock(&self.clients);
+        let process_id = loop {
+            // Positive ids look like real PIDs to tools that print them.
+            let pid = rng.gen_range(1..i32::MAX);
+            if !clients.by_pid.contains_key(&pid) {
+                break pid;
+            }
+        };
+        let record = Arc::new(ClientRecord {
+            id,
+            process_id,
+            secret_key: rng.gen(),
+            info,
+            connected_at: SystemTime::now(),
+            request_at: AtomicU64::new(0),
+            wait_since: AtomicU64::new(0),
+            link: AtomicU64::new(0),
+            prepared: AtomicUsize::new(0),
+            killed: AtomicBool::new(false),
+            kill: Notify::new(),
+        });
+        clients.by_pid.insert(process_id, id);
+        clients.by_id.insert(id, record.clone());
+        ClientHandle {
+            registry: self.clone(),
+            record,
+        }
+    }
+
+    /// Records an open server connection. The handle removes the record when dropped.
+    pub fn add_server(self: &Arc<Self>, server: NewServer) -> ServerHandle {
+        let record = Arc::new(ServerRecord {
+            id: self.next_id(),
+            pool: server.pool,
+            addr: server.addr,
+            key: server.key,
+            local: server.local,
+            application_name: server.application_name,
+            connected_at: SystemTime::now(),
+            request_at: AtomicU64::new(0),
+            link: AtomicU64::new(0),
+            prepared: AtomicUsize::new(0),
+        });
+        lock(&self.servers).insert(record.id, record.clone());
+        ServerHandle {
+            registry: self.clone(),
+            record,
+        }
+    }
+
+    /// Every logged-in client, oldest first.
+    pub fn clients(&self) -> Vec<Arc<ClientRecord>> {
+        let mut list: Vec<_> = lock(&self.clients).by_id.values().cloned().collect();
+        list.sort_by_key(|c| c.id);
+        list
+    }
+
+    /// Every open server connection, oldest first.
+    pub fn servers(&self) -> Vec<Arc<ServerRecord>> {
+        let mut list: Vec<_> = lock(&self.servers).values().cloned().collect();
+        list.sort_by_key(|s| s.id);
+        list
+    }
+
+    /// The client with this id, if it is connected.
+    pub fn client(&self, id: u64) -> Option<Arc<ClientRecord>> {
+        lock(&self.clients).by_id.get(&id).cloned()
+    }
+
+    /// Logged-in clients right now.
+    pub fn client_count(&self) -> usize {
+        lock(&self.clients).by_id.len()
+    }
+
+    /// Where a CancelRequest with this key should go: the server connection its client holds
+    /// right now. `None` for an unknown key, a wrong secret or a client holding nothing.
+    pub fn cancel_target(
+        &self,
+        process_id: i32,
+        secret_key: i32,
+    ) -> Option<(Arc<ServerAddr>, ServerKey)> {
+        let client = {
+            let clients = lock(&self.clients);
+            let id = clients.by_pid.get(&process_id)?;
+            clients.by_id.get(id)?.clone()
+        };
+        if client.secret_key != secret_key {
+            return None;
+        }
+        let server = lock(&self.servers).get(&client.link()?)?.clone();
+        Some((server.addr.clone(), server.key))
+    }
+}
+
+/// A client's registration; dropping it removes the record.
+#[derive(Debug)]
+pub struct ClientHandle {
+    registry: Arc<Registry>,
+    record: Arc<ClientRecord>,
+}
+
+impl ClientHandle {
+    /// The record itself, to watch for a kill while the handle is borrowed elsewhere.
+    pub fn shared(&self) -> Arc<ClientRecord> {
+        self.record.clone()
+    }
+}
+
+impl std::ops::Deref for ClientHandle {
+    type Target = ClientRecord;
+
+    fn deref(&self) -> &ClientRecord {
+        &self.record
+    }
+}
+
+impl Drop for ClientHandle {
+    fn drop(&mut self) {
+        let mut clients = lock(&self.registry.clients);
+        clients.by_id.remove(&self.record.id);
+        clients.by_pid.remove(&self.record.process_id);
+    }
+}
+
+/// A server connection's registration; dropping it removes the record.
+#[derive(Debug)]
+pub struct ServerHandle {
+    registry: Arc<Registry>,
+    record: Arc<ServerRecord>,
+}
+
+impl std::ops::Deref for ServerHandle {
+    type Target = ServerRecord;
+
+    fn deref(&self) -> &ServerRecord {
+        &self.record
+    }
+}
+
+impl Drop for ServerHandle {
+    fn drop(&mut self) {
+        lock(&self.registry.servers).remove(&self.record.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info() -> ClientInfo {
+        ClientInfo {
+            user: "alice".into(),
+            database: "app".into(),
+            application_name: "psql".into(),
+            peer: Endpoint::tcp("10.0.0.7:40000".parse().unwrap()),
+            local: Endpoint::unix(6432),
+        }
+    }
+
+    fn server(registry: &Arc<Registry>, pid: i32) -> ServerHandle {
+        registry.add_server(NewServer {
+            pool: PoolKey {
+                database: "app".into(),
+                user: "alice".into(),
+            },
+            addr: Arc::new(ServerAddr::new("127.0.0.1", 5432)),
+            key: ServerKey {
+                process_id: pid,
+                secret_key: 99,
+            },
+            local: Endpoint::tcp("127.0.0.1:50000".parse().unwrap()),
+            application_name: String::new(),
+        })
+    }
+
+    #[test]
+    fn records_come_and_go_with_their_handles() {
+        let registry = Arc::new(Registry::default());
+        let a = registry.add_client(info());
+        let b = registry.add_client(info());
+        let s = server(&registry, 4242);
+        assert_ne!(a.id, b.id);
+        assert_ne!(a.process_id, b.process_id);
+        assert!(a.process_id > 0);
+        assert_eq!(registry.client_count(), 2);
+        assert_eq!(
+            registry.clients().iter().map(|c| c.id).collect::<Vec<_>>(),
+            [a.id, b.id]
+        );
+        assert_eq!(registry.servers()[0].id, s.id);
+        let a_id = a.id;
+        drop(a);
+        assert!(registry.client(a_id).is_none());
+        assert!(registry.client(b.id).is_some());
+        drop(s);
+        assert!(registry.servers().is_empty());
+    }
+
+    #[test]
+    fn linking_and_waiting_are_recorded_on_both_sides() {
+        let registry = Arc::new(Registry::default());
+        let c = registry.add_client(info());
+        let s = server(&registry, 1);
+        assert!(c.request_time().is_none());
+        assert!(c.waiting_for().is_none());
+        c.start_waiting();
+        assert!(c.waiting_for().is_some());
+        assert!(c.request_time().is_some());
+        c.link_to(&s);
+        assert!(c.waiting_for().is_none());
+        assert_eq!(c.link(), Some(s.id));
+        assert_eq!(s.link(), Some(c.id));
+        assert!(s.request_time().is_some());
+        c.unlink(&s);
+        assert_eq!(c.link(), None);
+        assert_eq!(s.link(), None);
+    }
+
+    #[test]
+    fn cancel_goes_to_the_linked_server_only_with_the_right_secret() {
+        let registry = Arc::new(Registry::default());
+        let c = registry.add_client(info());
+        let s = server(&registry, 777);
+        assert!(registry.cancel_target(c.process_id, c.secret_key).is_none());
+        c.link_to(&s);
+        let (addr, key) = registry.cancel_target(c.process_id, c.secret_key).unwrap();
+        assert_eq!(*addr, ServerAddr::new("127.0.0.1", 5432));
+        assert_eq!(key.process_id, 777);
+        assert!(registry
+            .cancel_target(c.process_id, c.secret_key.wrapping_add(1))
+            .is_none());
+        assert!(registry
+            .cancel_target(c.process_id.wrapping_add(1), c.secret_key)
+            .is_none());
+        drop(s);
+        assert!(registry.cancel_target(c.process_id, c.secret_key).is_none());
+    }
+
+    #[tokio::test]
+    async fn kill_wakes_a_waiting_session_and_a_later_one() {
+        let registry = Arc::new(Registry::default());
+        let c = Arc::new(registry.add_client(info()));
+        let waiter = {
+            let c = c.clone();
+            tokio::spawn(async move { c.killed().await })
+        };
+        tokio::task::yield_now().await;
+        c.kill();
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("killed() resolves")
+            .unwrap();
+        // Asked after the kill, it resolves at once.
+        tokio::time::timeout(Duration::from_secs(5), c.killed())
+            .await
+            .expect("killed() resolves after the fact");
+    }
+}
