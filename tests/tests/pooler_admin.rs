@@ -233,8 +233,12 @@ async fn show_commands_use_pgbouncer_columns_and_follow_activity() {
     assert_eq!(servers.get(0, "type"), Some("S"));
     let clients = show(&admin, "SHOW CLIENTS").await;
     assert_eq!(clients.columns, CONNECTION_COLUMNS);
-    assert_eq!(clients.rows.len(), 1);
-    assert_eq!(clients.get(0, "state"), Some("active"));
+    // The application client and this console session.
+    assert_eq!(clients.rows.len(), 2);
+    let r = clients.find("database", "app").expect("app client");
+    assert_eq!(clients.get(r, "state"), Some("active"));
+    assert_eq!(clients.get(r, "link"), servers.get(0, "ptr"));
+    assert!(clients.find("database", "pgbouncer").is_some());
 
     let users = show(&admin, "SHOW USERS").await;
     assert!(users.find("name", USER).is_some());
@@ -385,10 +389,10 @@ async fn refusals_and_shutdown() {
     // The session survives errors.
     show(&admin, "SHOW VERSION").await;
     let e = admin
-        .simple_query("KILL_CLIENT 1")
+        .simple_query("KILL_CLIENT 999999")
         .await
-        .expect_err("no ids");
-    assert_eq!(fixture::sqlstate(&e), Some("0A000"));
+        .expect_err("no such client");
+    assert_eq!(fixture::sqlstate(&e), Some("42704"));
 
     // A user in neither list is refused at login.
     let err = net::connect(fx.weir.port(), OUTSIDER, OTHER_PASSWORD, "pgbouncer")
@@ -420,6 +424,195 @@ async fn refusals_and_shutdown() {
     let exit = fx
         .weir
         .wait_exit(Duration::from_secs(20))
+        .await
+        .expect("wait");
+    assert_eq!(exit, Some(0), "{}", fx.weir.log());
+}
+
+/// The first value of the first row.
+fn scalar(rows: Vec<SimpleQueryMessage>) -> Option<String> {
+    rows.into_iter().find_map(|m| match m {
+        SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+        _ => None,
+    })
+}
+
+#[tokio::test]
+async fn clients_and_servers_are_listed_one_by_one_and_kill_client_ends_one() {
+    let fx = fixture("session", 2).await;
+    let victim = fx.client_named("victim").await.expect("victim");
+    let victim_pid = scalar(
+        victim
+            .simple_query("SELECT pg_backend_pid()")
+            .await
+            .expect("pid"),
+    )
+    .expect("pid");
+    let bystander = fx.client_named("bystander").await.expect("bystander");
+    let bystander_pid = scalar(
+        bystander
+            .simple_query("SELECT pg_backend_pid()")
+            .await
+            .expect("pid"),
+    )
+    .expect("pid");
+    // Both server connections are held (session mode), so a third client waits.
+    let patient = fx.client_named("patient").await.expect("patient");
+    let waiting = tokio::spawn(async move {
+        let r = patient.simple_query("SELECT 42").await.map(scalar);
+        (patient, r)
+    });
+    let admin = admin(&fx).await;
+    let mut clients = show(&admin, "SHOW CLIENTS").await;
+    for _ in 0..50 {
+        if clients.find("state", "waiting").is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        clients = show(&admin, "SHOW CLIENTS").await;
+    }
+    let servers = show(&admin, "SHOW SERVERS").await;
+    assert_eq!(servers.rows.len(), 2, "two server connections");
+    assert_eq!(clients.rows.len(), 4, "three clients and the console");
+
+    // Each server row names its backend and the client holding it, and the other way round.
+    let s = servers
+        .find("remote_pid", &victim_pid)
+        .expect("the victim's backend");
+    assert_eq!(servers.get(s, "state"), Some("active"));
+    assert_eq!(servers.get(s, "database"), Some("app"));
+    assert_eq!(servers.get(s, "addr"), Some(net::HOST));
+    assert_eq!(
+        servers.get(s, "port"),
+        Some(fx.pg.port().to_string().as_str())
+    );
+    let c = clients
+        .find("application_name", "victim")
+        .expect("victim row");
+    assert_eq!(clients.get(c, "link"), servers.get(s, "ptr"));
+    assert_eq!(servers.get(s, "link"), clients.get(c, "ptr"));
+    assert_eq!(clients.get(c, "state"), Some("active"));
+    assert_eq!(clients.get(c, "addr"), Some(net::HOST));
+    assert!(clients.num(c, "port") > 0);
+    assert_eq!(
+        clients.get(c, "local_port"),
+        Some(fx.weir.port().to_string().as_str())
+    );
+    assert!(clients
+        .get(c, "connect_time")
+        .is_some_and(|t| t.ends_with(" UTC")));
+    assert!(servers.find("remote_pid", &bystander_pid).is_some());
+    let w = clients
+        .find("application_name", "patient")
+        .expect("patient row");
+    assert_eq!(clients.get(w, "state"), Some("waiting"));
+    assert_eq!(clients.get(w, "link"), None);
+    let ids: std::collections::HashSet<_> = (0..clients.rows.len())
+        .map(|r| clients.num(r, "id"))
+        .collect();
+    assert_eq!(ids.len(), clients.rows.len(), "client ids are unique");
+
+    // KILL_CLIENT ends that client alone; its server connection is closed and its place
+    // goes to the waiting client.
+    let id = clients.num(c, "id");
+    run(&admin, &format!("KILL_CLIENT {id}")).await;
+    assert!(
+        victim.simple_query("SELECT 1").await.is_err(),
+        "the killed client still works"
+    );
+    let (_patient, answer) = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("the waiting client got the freed place")
+        .expect("join");
+    assert_eq!(answer.expect("patient query").as_deref(), Some("42"));
+    bystander
+        .simple_query("SELECT 1")
+        .await
+        .expect("the other client is untouched");
+    let clients = show(&admin, "SHOW CLIENTS").await;
+    assert!(clients.find("application_name", "victim").is_none());
+    assert_eq!(clients.rows.len(), 3);
+    let pg = fx
+        .pg
+        .connect(fixture::USER, fixture::PASSWORD, fixture::DATABASE)
+        .await
+        .expect("pg");
+    let gone = Fixture::eventually(Duration::from_secs(5), || async {
+        let pid: i32 = victim_pid.parse().expect("pid");
+        pg.query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE pid = $1",
+            &[&pid],
+        )
+        .await
+        .map(|r| r.get::<_, i64>(0))
+        .ok()
+            == Some(0)
+    })
+    .await;
+    assert!(gone, "the killed client's server connection is still open");
+}
+
+#[tokio::test]
+async fn shutdown_modes_wait_as_pgbouncer_does() {
+    // WAIT_FOR_SERVERS: a running transaction finishes, then the process exits even though
+    // its client is still connected.
+    let mut fx = fixture("transaction", 2).await;
+    let admin_client = admin(&fx).await;
+    let app = fx.client().await.expect("client");
+    app.batch_execute("BEGIN; SELECT 1").await.expect("BEGIN");
+    run(&admin_client, "SHUTDOWN WAIT_FOR_SERVERS").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        fx.weir
+            .wait_exit(Duration::from_millis(10))
+            .await
+            .expect("wait"),
+        None,
+        "exited with a transaction still running"
+    );
+    app.batch_execute("SELECT 2; COMMIT")
+        .await
+        .expect("the running transaction commits");
+    let exit = fx
+        .weir
+        .wait_exit(Duration::from_secs(10))
+        .await
+        .expect("wait");
+    assert_eq!(exit, Some(0), "{}", fx.weir.log());
+
+    // SIGINT does the same.
+    let mut fx = fixture("transaction", 2).await;
+    let app = fx.client().await.expect("client");
+    app.batch_execute("BEGIN; SELECT 1").await.expect("BEGIN");
+    fx.weir
+        .signal(weir_tests::weir::Signal::SIGINT)
+        .expect("SIGINT");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        fx.weir
+            .wait_exit(Duration::from_millis(10))
+            .await
+            .expect("wait"),
+        None,
+        "exited on SIGINT with a transaction still running"
+    );
+    app.batch_execute("COMMIT").await.expect("COMMIT");
+    let exit = fx
+        .weir
+        .wait_exit(Duration::from_secs(10))
+        .await
+        .expect("wait");
+    assert_eq!(exit, Some(0), "{}", fx.weir.log());
+
+    // Plain SHUTDOWN exits at once, open transaction or not.
+    let mut fx = fixture("transaction", 2).await;
+    let admin_client = admin(&fx).await;
+    let app = fx.client().await.expect("client");
+    app.batch_execute("BEGIN; SELECT 1").await.expect("BEGIN");
+    let _ = admin_client.simple_query("SHUTDOWN").await;
+    let exit = fx
+        .weir
+        .wait_exit(Duration::from_secs(5))
         .await
         .expect("wait");
     assert_eq!(exit, Some(0), "{}", fx.weir.log());

@@ -170,6 +170,77 @@ async fn a_reload_resizes_the_pool_under_load_without_errors() {
 }
 
 #[tokio::test]
+async fn a_reload_applies_max_db_connections_under_load_without_errors() {
+    let opts = Options::mode("transaction", 6);
+    let fx = Fixture::start(opts.clone()).await.expect("fixture");
+    let init = fx
+        .pgbench_direct(&["-i", "-q", "-s", "1"])
+        .await
+        .expect("init");
+    assert!(init.success(), "{}", init.stderr);
+    let bench = {
+        let port = fx.weir.port();
+        tokio::spawn(async move {
+            weir_tests::postgres::pgbench(
+                net::HOST,
+                port,
+                fixture::USER,
+                fixture::PASSWORD,
+                fixture::DATABASE,
+                &["-n", "-c", "12", "-j", "2", "-T", "10"],
+            )
+            .await
+        })
+    };
+    let busy = Fixture::eventually(Duration::from_secs(5), || async {
+        fx.server_connections().await.unwrap_or(0) > 3
+    })
+    .await;
+    assert!(busy, "the pool never used more than 3 connections");
+    // A limit that was not there before: connections reopen under it as they come back.
+    fx.weir
+        .rewrite_config(&fixture::ini(
+            &fx.pg,
+            &opts.clone().with("max_db_connections = 3"),
+        ))
+        .expect("rewrite");
+    let limited = Fixture::eventually(Duration::from_secs(5), || async {
+        fx.server_connections().await.unwrap_or(99) <= 3
+    })
+    .await;
+    assert!(limited, "server connections did not follow the new limit");
+    // Lowering a limit in force.
+    fx.weir
+        .rewrite_config(&fixture::ini(
+            &fx.pg,
+            &opts.clone().with("max_db_connections = 2"),
+        ))
+        .expect("rewrite");
+    let lowered = Fixture::eventually(Duration::from_secs(5), || async {
+        fx.server_connections().await.unwrap_or(99) <= 2
+    })
+    .await;
+    assert!(
+        lowered,
+        "server connections did not follow the lowered limit"
+    );
+    let mut peak = 0;
+    while !bench.is_finished() {
+        peak = peak.max(fx.server_connections().await.expect("count"));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        peak <= 2,
+        "saw {peak} server connections under a limit of 2"
+    );
+    let out = bench.await.expect("join").expect("pgbench");
+    assert!(out.success(), "{}\n{}", out.stdout, out.stderr);
+    let summary = weir_tests::postgres::parse_pgbench(&out.stdout).expect("report");
+    assert_eq!(summary.failed, 0);
+    assert!(summary.transactions > 0);
+}
+
+#[tokio::test]
 async fn sigterm_drains_without_breaking_a_transaction() {
     let (opts, http) = with_http(Options::mode("transaction", 4).with("shutdown_timeout = 20"));
     let mut fx = Fixture::start(opts).await.expect("fixture");

@@ -1,6 +1,7 @@
 //! Connection limits shared by several pools: `max_db_connections` (every pool of one
 //! database) and `max_user_connections` (every pool of one user).
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -15,6 +16,9 @@ pub struct Limit {
     slots: Arc<Semaphore>,
     /// The limit in force, which a reload may change.
     max: Mutex<usize>,
+    /// Places still to be taken out of circulation after the limit was lowered; while
+    /// nonzero, member pools close connections as they come back instead of keeping them.
+    shrinking: Arc<AtomicUsize>,
     members: Mutex<Vec<Weak<Pool>>>,
 }
 
@@ -25,18 +29,57 @@ impl Limit {
             name,
             slots: Arc::new(Semaphore::new(max)),
             max: Mutex::new(max),
+            shrinking: Arc::new(AtomicUsize::new(0)),
             members: Mutex::new(Vec::new()),
         })
     }
 
-    /// Changes the limit: raising it takes effect at once, lowering it as connections close.
+    /// Changes the limit: raising it takes effect at once; lowering it closes idle
+    /// connections now and others as they come back, until the new limit holds.
     pub fn set_max(&self, max: usize) {
         let mut current = self.max.lock().unwrap_or_else(|p| p.into_inner());
-        if *current != max {
-            tracing::info!(limit = %self.name, from = *current, to = max, "limit changed");
-            super::resize(&self.slots, *current, max);
-            *current = max;
+        if *current == max {
+            return;
         }
+        tracing::info!(limit = %self.name, from = *current, to = max, "limit changed");
+        if max > *current {
+            self.slots.add_permits(max - *current);
+        } else {
+            let excess = *current - max;
+            self.shrinking.fetch_add(excess, Ordering::AcqRel);
+            let slots = self.slots.clone();
+            let shrinking = self.shrinking.clone();
+            tokio::spawn(async move {
+                for _ in 0..excess {
+                    match slots.acquire().await {
+                        Ok(p) => p.forget(),
+                        Err(_) => return,
+                    }
+                    shrinking.fetch_sub(1, Ordering::AcqRel);
+                }
+            });
+            let mut evicted = 0;
+            for member in self.members() {
+                while evicted < excess && member.evict_idle() {
+                    evicted += 1;
+                }
+            }
+        }
+        *current = max;
+    }
+
+    /// Whether the limit was lowered and still has more connections than it allows.
+    pub fn is_shrinking(&self) -> bool {
+        self.shrinking.load(Ordering::Acquire) > 0
+    }
+
+    fn members(&self) -> Vec<Arc<Pool>> {
+        self.members
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect()
     }
 
     /// Registers a pool whose idle connections may be closed to make room for another's.
@@ -60,15 +103,8 @@ impl Limit {
         if let Ok(p) = self.slots.clone().try_acquire_owned() {
             return Ok(p);
         }
-        let others: Vec<Arc<Pool>> = self
-            .members
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .filter_map(Weak::upgrade)
-            .filter(|m| !Arc::ptr_eq(m, pool))
-            .collect();
-        for other in others {
+        let others = self.members();
+        for other in others.iter().filter(|m| !Arc::ptr_eq(m, pool)) {
             if other.evict_idle() {
                 tracing::debug!(limit = %self.name, evicted_from = %other.key(), "made room");
                 break;

@@ -48,8 +48,9 @@ async fn run_once(weak: &Weak<Pool>) -> bool {
         }
         let opening = Opening::new(&pool);
         let deadline = tokio::time::Instant::now() + pool.target.load().connect_timeout.max(PERIOD);
-        match opening.open(deadline).await {
-            Ok(slot) => pool.checkin(slot),
+        match opening.open(deadline, None).await {
+            Ok(Some(slot)) => pool.checkin(slot),
+            Ok(None) => break,
             Err(e) => {
                 tracing::debug!(pool = %pool.key, error = %e, "could not warm min_pool_size");
                 break;

@@ -11,11 +11,13 @@ mod maintenance;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use tokio::sync::futures::Notified;
 use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::timeout_at;
 
@@ -419,8 +421,12 @@ impl Pool {
                     }
                 }
                 Step::Open(opening) => {
-                    let slot = opening.open(deadline).await?;
-                    return Ok(Checkout::new(self, slot, permit));
+                    // A connection given back while this one waits for a shared limit is
+                    // taken instead: with `max_db_connections` below the pool size, waiting
+                    // for a limit that only closing frees would otherwise never end.
+                    if let Some(slot) = opening.open(deadline, Some(returned.as_mut())).await? {
+                        return Ok(Checkout::new(self, slot, permit));
+                    }
                 }
                 Step::Wait => {
                     // Only warming connections can be in flight here; wait for one to land.
@@ -491,12 +497,25 @@ impl Pool {
         Some(slot)
     }
 
-    /// Opens a new connection for a slot already counted in `total`.
-    async fn open(self: &Arc<Self>, deadline: tokio::time::Instant) -> Result<Slot, CheckoutError> {
+    /// Opens a new connection for a slot already counted in `total`. `None` means
+    /// `give_way` fired while waiting for a shared limit, and nothing was opened.
+    async fn open(
+        self: &Arc<Self>,
+        deadline: tokio::time::Instant,
+        mut give_way: Option<Pin<&mut Notified<'_>>>,
+    ) -> Result<Option<Slot>, CheckoutError> {
         let limits = self.limits.load_full();
         let mut permits = Vec::with_capacity(limits.len());
         for limit in limits.iter() {
-            permits.push(limit.acquire(self, deadline).await?);
+            let acquire = limit.acquire(self, deadline);
+            let permit = match give_way.as_mut() {
+                Some(returned) => tokio::select! {
+                    p = acquire => p?,
+                    () = returned.as_mut() => return Ok(None),
+                },
+                None => acquire.await?,
+            };
+            permits.push(permit);
         }
         let generation = self.generation.load(Ordering::Acquire);
         match ServerConn::connect(&self.target.load_full()).await {
@@ -522,11 +541,11 @@ impl Pool {
                         .unwrap_or_default()
                         .to_owned(),
                 });
-                Ok(Slot {
+                Ok(Some(Slot {
                     conn,
                     record,
                     _limits: permits,
-                })
+                }))
             }
             Err(e) => {
                 tracing::warn!(pool = %self.key, error = %e, "server login failed");
@@ -564,7 +583,8 @@ impl Pool {
         let settings = self.settings.load();
         let expired = (!settings.lifetime.is_zero()
             && slot.conn.created.elapsed() >= settings.lifetime)
-            || slot.conn.generation != self.generation.load(Ordering::Acquire);
+            || slot.conn.generation != self.generation.load(Ordering::Acquire)
+            || self.limits.load().iter().any(|l| l.is_shrinking());
         {
             let mut st = self.lock();
             if !expired && !st.closed {
@@ -677,10 +697,17 @@ impl Opening {
         }
     }
 
-    async fn open(mut self, deadline: tokio::time::Instant) -> Result<Slot, CheckoutError> {
+    /// Opens the connection; `None` when `give_way` fired first (see [`Pool::open`]).
+    async fn open(
+        mut self,
+        deadline: tokio::time::Instant,
+        give_way: Option<Pin<&mut Notified<'_>>>,
+    ) -> Result<Option<Slot>, CheckoutError> {
         let pool = self.pool.clone().ok_or(CheckoutError::Closed)?;
-        let slot = pool.open(deadline).await?;
-        self.pool = None;
+        let slot = pool.open(deadline, give_way).await?;
+        if slot.is_some() {
+            self.pool = None;
+        }
         Ok(slot)
     }
 }
