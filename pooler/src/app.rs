@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
+use crate::admin::stats::Averages;
 use crate::auth::{ScramSecret, Secret};
 use crate::client::prepared::StatementRegistry;
 use crate::config::{self, Config};
@@ -47,6 +48,8 @@ pub struct Pooler {
     shutdown: watch::Sender<Option<ShutdownMode>>,
     /// Databases paused or disabled from the admin console.
     control: Mutex<Control>,
+    /// Per-database averages over the latest `stats_period`, for SHOW STATS.
+    stats_averages: ArcSwap<BTreeMap<String, Averages>>,
 }
 
 /// How a shutdown waits before the process exits, as PgBouncer's signals and `SHUTDOWN`
@@ -110,6 +113,7 @@ impl Pooler {
             digest: Mutex::new(digest),
             shutdown: watch::Sender::new(None),
             control: Mutex::new(Control::default()),
+            stats_averages: ArcSwap::from_pointee(BTreeMap::new()),
         })
     }
 
@@ -306,6 +310,16 @@ impl Pooler {
         let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
         tracing::info!(setting = %key, %value, generation, "setting changed from the admin console");
         Ok(())
+    }
+
+    /// Per-database averages over the latest `stats_period`.
+    pub fn stats_averages(&self) -> Arc<BTreeMap<String, Averages>> {
+        self.stats_averages.load_full()
+    }
+
+    /// Publishes the averages of the period just sampled.
+    pub fn set_stats_averages(&self, averages: BTreeMap<String, Averages>) {
+        self.stats_averages.store(Arc::new(averages));
     }
 
     /// The stored secret of `user` from `auth_file`.

@@ -187,6 +187,7 @@ async fn run(pooler: Arc<Pooler>) -> anyhow::Result<()> {
         tokio::spawn(weir_pooler::http::serve(l, pooler.clone()));
     }
     tokio::spawn(weir_pooler::reload::watch_files(pooler.clone()));
+    tokio::spawn(weir_pooler::admin::stats::sample(pooler.clone()));
     let mode = loop {
         tokio::select! {
             _ = term.recv() => break ShutdownMode::WaitForClients,

@@ -617,3 +617,39 @@ async fn shutdown_modes_wait_as_pgbouncer_does() {
         .expect("wait");
     assert_eq!(exit, Some(0), "{}", fx.weir.log());
 }
+
+#[tokio::test]
+async fn show_stats_averages_follow_the_stats_period() {
+    let mut opts = Options::mode("transaction", 2)
+        .with(&format!("admin_users = {USER}"))
+        .with("stats_period = 1");
+    opts.userlist = Some(format!("\"{USER}\" \"{PASSWORD}\"\n"));
+    let fx = Fixture::start(opts).await.expect("fixture");
+    let app = fx.client().await.expect("client");
+    let admin = admin(&fx).await;
+    // Steady traffic across more than one whole period.
+    let started = std::time::Instant::now();
+    let mut averaged = None;
+    while started.elapsed() < Duration::from_secs(10) {
+        for _ in 0..20 {
+            app.simple_query("SELECT 1").await.expect("select");
+        }
+        if started.elapsed() > Duration::from_millis(2500) {
+            let stats = show(&admin, "SHOW STATS").await;
+            let r = stats.find("database", "app").expect("app stats");
+            averaged = Some((
+                stats.num(r, "avg_xact_count"),
+                stats.num(r, "avg_query_count"),
+            ));
+            if averaged.is_some_and(|(x, _)| x > 0) {
+                break;
+            }
+        }
+    }
+    let (xacts, queries) = averaged.expect("SHOW STATS ran");
+    assert!(xacts > 0, "avg_xact_count stayed 0 under steady traffic");
+    assert!(
+        queries >= xacts,
+        "{queries} queries/s < {xacts} transactions/s"
+    );
+}

@@ -99,7 +99,7 @@ fn show(pooler: &Pooler, subject: Subject) -> ResultSet {
     let config = pooler.config();
     match subject {
         Subject::Pools => show::pools(&views),
-        Subject::Stats => show::stats(&views),
+        Subject::Stats => show::stats(&views, &pooler.stats_averages()),
         Subject::Clients => show::clients(&pooler.registry().clients()),
         Subject::Servers => show::servers(&pooler.registry().servers()),
         Subject::Databases => show::databases(&config, &views, &|db| DbFlags {

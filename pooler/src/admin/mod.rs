@@ -5,6 +5,7 @@
 pub mod commands;
 pub mod parse;
 pub mod show;
+pub mod stats;
 
 use std::sync::Arc;
 

@@ -16,6 +16,8 @@ use crate::config::{self, Config, Settings};
 use crate::pool::Pool;
 use crate::protocol::backend;
 use crate::registry::{ClientRecord, ServerRecord};
+
+use super::stats::{Averages, Totals};
 use crate::server::ServerAddr;
 
 /// A result set of text columns, ready to be sent to the client.
@@ -194,11 +196,12 @@ pub fn pools(views: &[PoolView]) -> ResultSet {
     rs
 }
 
-/// `SHOW STATS`, one row per database. Totals weir counts are shown; the rest (query time
-/// apart from transaction time, server lifetimes, prepared-statement counts and the
-/// per-`stats_period` averages) are NULL. `total_xact_time` is the time server connections
-/// were lent to clients, which in transaction mode is the transaction time.
-pub fn stats(views: &[PoolView]) -> ResultSet {
+/// `SHOW STATS`, one row per database: totals since start and `averages` over the latest
+/// `stats_period` (per second, or microseconds per transaction / assignment for times).
+/// What weir does not measure (query time apart from transaction time, server lifetimes,
+/// parse and bind counts) is NULL. `total_xact_time` is the time server connections were
+/// lent to clients, which in transaction mode is the transaction time.
+pub fn stats(views: &[PoolView], averages: &BTreeMap<String, Averages>) -> ResultSet {
     let mut rs = ResultSet::new(&[
         "database",
         "total_xact_count",
@@ -227,36 +230,36 @@ pub fn stats(views: &[PoolView]) -> ResultSet {
         "avg_server_parse_count",
         "avg_bind_count",
     ]);
-    let mut by_db: BTreeMap<&str, [u64; 7]> = BTreeMap::new();
-    for v in views {
-        let t = by_db.entry(&v.database).or_default();
-        for (slot, add) in t.iter_mut().zip([
-            v.transactions,
-            v.queries,
-            v.checkouts,
-            v.received,
-            v.sent,
-            v.lent_us,
-            v.wait_us,
-        ]) {
-            *slot = slot.saturating_add(add);
-        }
-    }
-    for (db, [xacts, queries, assignments, received, sent, lent, wait]) in by_db {
-        let mut row = vec![
-            text(db),
-            text(xacts),
-            text(queries),
-            text(assignments),
+    for (db, t) in Totals::by_database(views) {
+        let a = averages.get(&db).copied().unwrap_or_default();
+        rs.push(vec![
+            text(&db),
+            text(t.xacts),
+            text(t.queries),
+            text(t.assignments),
             None,
-            text(received),
-            text(sent),
-            text(lent),
+            text(t.received),
+            text(t.sent),
+            text(t.xact_us),
             None,
-            text(wait),
-        ];
-        row.resize(rs.columns.len(), None);
-        rs.push(row);
+            text(t.wait_us),
+            None,
+            None,
+            None,
+            None,
+            text(a.xacts),
+            text(a.queries),
+            text(a.assignments),
+            text(a.received),
+            text(a.sent),
+            text(a.xact_us),
+            None,
+            text(a.wait_us),
+            None,
+            None,
+            None,
+            None,
+        ]);
     }
     rs
 }
@@ -654,7 +657,16 @@ mod tests {
         other.user = "other".into();
         let mut second_db = view();
         second_db.database = "zz".into();
-        let rs = stats(&[view(), other, second_db]);
+        let mut averages = BTreeMap::new();
+        averages.insert(
+            "app".to_owned(),
+            Averages {
+                xacts: 12,
+                wait_us: 34,
+                ..Averages::default()
+            },
+        );
+        let rs = stats(&[view(), other, second_db], &averages);
         check_widths(&rs);
         assert_eq!(rs.rows.len(), 2);
         assert_eq!(col(&rs, 0, "database"), Some("app"));
@@ -666,7 +678,10 @@ mod tests {
         assert_eq!(col(&rs, 0, "total_xact_time"), Some("600"));
         assert_eq!(col(&rs, 0, "total_wait_time"), Some("800"));
         assert_eq!(col(&rs, 0, "total_query_time"), None);
-        assert_eq!(col(&rs, 0, "avg_query_count"), None);
+        assert_eq!(col(&rs, 0, "avg_xact_count"), Some("12"));
+        assert_eq!(col(&rs, 0, "avg_wait_time"), Some("34"));
+        assert_eq!(col(&rs, 0, "avg_query_time"), None);
+        assert_eq!(col(&rs, 1, "avg_xact_count"), Some("0"));
         assert_eq!(col(&rs, 1, "database"), Some("zz"));
     }
 
