@@ -127,6 +127,12 @@ impl Pooler {
         self.config.load_full()
     }
 
+    /// The configuration in force, for a quick look on the hot path: cheaper than
+    /// [`Pooler::config`], but not to be held across an await.
+    pub fn config_now(&self) -> arc_swap::Guard<Arc<Config>> {
+        self.config.load()
+    }
+
     /// Re-reads the configuration file and the auth file; on success new clients and new
     /// pools use them, on failure nothing changes.
     ///

@@ -3,11 +3,10 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::LazyLock;
-use std::time::Duration;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 use crate::app::Pooler;
@@ -29,12 +28,11 @@ static WAIT_SECONDS: LazyLock<Option<HistogramVec>> = LazyLock::new(|| {
     Some(h)
 });
 
-/// Records how long a client waited for a connection of `pool`.
-pub fn observe_wait(pool: &PoolKey, waited: Duration) {
-    if let Some(h) = WAIT_SECONDS.as_ref() {
-        h.with_label_values(&[&pool.database, &pool.user])
-            .observe(waited.as_secs_f64());
-    }
+/// The wait-time histogram of `pool`, looked up once so that each checkout only observes.
+pub fn wait_histogram(pool: &PoolKey) -> Option<Histogram> {
+    WAIT_SECONDS
+        .as_ref()
+        .map(|h| h.with_label_values(&[&pool.database, &pool.user]))
 }
 
 fn gauge(r: &Registry, name: &str, help: &str, value: i64) -> prometheus::Result<()> {

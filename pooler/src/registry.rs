@@ -8,10 +8,11 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::Poll;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use futures::task::AtomicWaker;
 use rand::Rng;
-use tokio::sync::Notify;
 
 use crate::pool::PoolKey;
 use crate::server::{ServerAddr, ServerKey};
@@ -81,7 +82,9 @@ pub struct ClientRecord {
     /// Prepared statements it has made (transaction and statement modes).
     prepared: AtomicUsize,
     killed: AtomicBool,
-    kill: Notify,
+    /// The session task waiting for a kill; an atomic slot rather than a `Notify` because
+    /// it is polled every time the session wakes.
+    kill: AtomicWaker,
 }
 
 /// An open server connection.
@@ -157,7 +160,9 @@ impl ClientRecord {
     pub fn link_to(&self, server: &ServerRecord) {
         self.wait_since.store(0, Ordering::Relaxed);
         self.link.store(server.id, Ordering::Relaxed);
-        server.request_at.store(now_us(), Ordering::Relaxed);
+        // The client's request is what the server is now serving.
+        let requested = self.request_at.load(Ordering::Relaxed);
+        server.request_at.store(requested, Ordering::Relaxed);
         server.link.store(self.id, Ordering::Relaxed);
     }
 
@@ -181,20 +186,20 @@ impl ClientRecord {
     /// Asks the client's task to end the session (KILL_CLIENT).
     pub fn kill(&self) {
         self.killed.store(true, Ordering::Release);
-        self.kill.notify_waiters();
+        self.kill.wake();
     }
 
-    /// Resolves once [`ClientRecord::kill`] has been called.
+    /// Resolves once [`ClientRecord::kill`] has been called. One task at a time may wait.
     pub async fn killed(&self) {
-        loop {
-            let notified = self.kill.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
+        std::future::poll_fn(|cx| {
+            self.kill.register(cx.waker());
             if self.killed.load(Ordering::Acquire) {
-                return;
+                Poll::Ready(())
+            } else {
+                Poll::Pending
             }
-            notified.await;
-        }
+        })
+        .await;
     }
 }
 
@@ -284,7 +289,7 @@ impl Registry {
             link: AtomicU64::new(0),
             prepared: AtomicUsize::new(0),
             killed: AtomicBool::new(false),
-            kill: Notify::new(),
+            kill: AtomicWaker::new(),
         });
         clients.by_pid.insert(process_id, id);
         clients.by_id.insert(id, record.clone());
@@ -504,7 +509,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn kill_wakes_a_waiting_session_and_a_later_one() {
+    async fn kill_wakes_the_waiting_session_and_a_later_look() {
         let registry = Arc::new(Registry::default());
         let c = Arc::new(registry.add_client(info()));
         let waiter = {

@@ -290,7 +290,7 @@ impl Session {
             if let Err(reason) = self.wait_for_work(mode).await {
                 return reason;
             }
-            let deadline = wait_deadline(self.pooler.config().pgbouncer.query_wait_timeout);
+            let deadline = wait_deadline(self.pooler.config_now().pgbouncer.query_wait_timeout);
             self.record.start_waiting();
             let mut checkout = match self.checkout(deadline).await {
                 Ok(c) => c,
@@ -324,7 +324,7 @@ impl Session {
 
     /// Waits until the client has sent something that needs a server. Err means it left.
     async fn wait_for_work(&mut self, mode: PoolMode) -> Result<(), &'static str> {
-        let idle_limit = self.pooler.config().pgbouncer.client_idle_timeout;
+        let idle_limit = self.pooler.config_now().pgbouncer.client_idle_timeout;
         // Transaction and statement modes let clients go between transactions when draining;
         // session-mode clients keep their session until they leave (or shutdown_timeout).
         let releases = mode != PoolMode::Session;
@@ -385,7 +385,7 @@ impl Session {
             return Err("client said goodbye");
         }
         // A header that cannot be valid is refused before a server connection is borrowed.
-        let limit = max_message(self.pooler.config().pgbouncer.max_packet_size);
+        let limit = max_message(self.pooler.config_now().pgbouncer.max_packet_size);
         if let Err(e) = crate::protocol::peek_header(&self.buf, limit) {
             self.fatal(e.to_pg_error()).await;
             return Err("client protocol violation");
@@ -419,7 +419,7 @@ impl Session {
 
     /// Relays until the connection can be given back (Ok) or the session is over (Err).
     async fn relay(&mut self, mode: PoolMode, mut checkout: Checkout) -> Result<(), &'static str> {
-        let config = self.pooler.config();
+        let config = self.pooler.config_now();
         let s = &config.pgbouncer;
         let policy = ReleasePolicy {
             release_when_idle: mode != PoolMode::Session,
@@ -432,7 +432,6 @@ impl Session {
         };
         let max_message = max_message(s.max_packet_size);
         let reset_always = s.server_reset_query_always;
-        let reset_query = s.server_reset_query.clone();
         let tracking = tracked::Policy {
             max_prepared: s.max_prepared_statements as usize,
             pinning: s.pinning,
@@ -473,7 +472,7 @@ impl Session {
         match outcome {
             Outcome::Released => {
                 if reset_always {
-                    reset_and_release(checkout, &reset_query).await;
+                    reset_and_release(checkout, &self.reset_query()).await;
                 } else {
                     checkout.release();
                 }
@@ -509,7 +508,7 @@ impl Session {
             Outcome::ClientGone { server_idle } => {
                 if server_idle {
                     if mode == PoolMode::Session || reset_always || pinned {
-                        reset_and_release(checkout, &reset_query).await;
+                        reset_and_release(checkout, &self.reset_query()).await;
                     } else {
                         checkout.release();
                     }
@@ -552,12 +551,21 @@ impl Session {
                     ),
                 };
                 if tx.is_idle() {
-                    reset_and_release(checkout, &reset_query).await;
+                    reset_and_release(checkout, &self.reset_query()).await;
                 }
                 self.fatal(PgError::fatal(code, message)).await;
                 Err(reason)
             }
         }
+    }
+
+    /// `server_reset_query` as configured now; read only when a connection needs resetting.
+    fn reset_query(&self) -> String {
+        self.pooler
+            .config_now()
+            .pgbouncer
+            .server_reset_query
+            .clone()
     }
 
     /// Tells the client a FATAL error (the connection closes after it).

@@ -188,14 +188,13 @@ impl<'a> Relay<'a> {
                 return Ok(());
             };
             let start = self.s2c.scanned + 5;
-            let whole = matches!(tag, b'Z' | b'C' | b'S');
+            let whole = matches!(tag, b'Z' | b'C' | b'S' | b'E');
             if whole && self.server.buf.len() < start + body {
                 return Ok(());
             }
             let info = match tag {
                 b'E' => {
-                    let end = self.server.buf.len().min(start + body);
-                    self.counts.error(&self.server.buf[start..end]);
+                    self.counts.error(&self.server.buf[start..start + body]);
                     ServerInfo::Error
                 }
                 b'C' => {

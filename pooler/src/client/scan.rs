@@ -224,13 +224,17 @@ pub fn scan_server(
             return Ok(ServerStop::NeedMore);
         };
         match tag {
-            b'Z' | b'S' => {
+            // Read whole: ReadyForQuery and ParameterStatus to act on, ErrorResponse to count
+            // by its SQLSTATE class, which a partial body may not yet contain.
+            b'Z' | b'S' | b'E' => {
                 let start = cur.scanned + 5;
                 let Some(content) = buf.get(start..start + body) else {
                     return Ok(ServerStop::NeedMore);
                 };
                 if tag == b'S' {
                     on_parameter(content);
+                } else if tag == b'E' {
+                    counts.error(content);
                 } else {
                     let [status] = content else {
                         return Err(ProtocolError::InvalidMessageLength {
@@ -250,10 +254,6 @@ pub fn scan_server(
                 cur.scanned = start + body;
             }
             _ => {
-                if tag == b'E' {
-                    let start = cur.scanned + 5;
-                    counts.error(&buf[start..buf.len().min(start + body)]);
-                }
                 cur.scanned += 5;
                 cur.remaining = body;
             }
@@ -516,6 +516,43 @@ mod tests {
         assert_eq!(counts.transactions, 1);
         assert_eq!(counts.errors, vec![*b"22"]);
         assert_eq!(error_class(b"Mx\0"), None);
+    }
+
+    #[test]
+    fn an_error_split_across_reads_is_counted_by_its_class() {
+        let mut counts = Counts::default();
+        let mut tx = TxState {
+            outstanding: 1,
+            ..TxState::default()
+        };
+        let mut server = msg(b'E', b"SERROR\0VERROR\0C22012\0Mdivision by zero\0\0");
+        server.extend(msg(b'Z', b"I"));
+        let mut cur = Cursor::default();
+        // Only the first few bytes of the body have arrived: nothing is counted yet.
+        let stop = scan_server(
+            &server[..9],
+            &mut cur,
+            &mut tx,
+            TX,
+            true,
+            1 << 20,
+            &mut counts,
+            |_| {},
+        );
+        assert_eq!(stop.ok(), Some(ServerStop::NeedMore));
+        assert!(counts.errors.is_empty());
+        let stop = scan_server(
+            &server,
+            &mut cur,
+            &mut tx,
+            TX,
+            true,
+            1 << 20,
+            &mut counts,
+            |_| {},
+        );
+        assert_eq!(stop.ok(), Some(ServerStop::Idle));
+        assert_eq!(counts.errors, vec![*b"22"]);
     }
 
     #[test]

@@ -16,10 +16,29 @@ pub struct Limit {
     slots: Arc<Semaphore>,
     /// The limit in force, which a reload may change.
     max: Mutex<usize>,
-    /// Places still to be taken out of circulation after the limit was lowered; while
-    /// nonzero, member pools close connections as they come back instead of keeping them.
-    shrinking: Arc<AtomicUsize>,
+    /// Places still to be taken out of circulation after the limit was lowered: the places
+    /// of connections that close while this is nonzero are not given back. While nonzero,
+    /// member pools also close connections as they come back instead of keeping them idle.
+    owed: AtomicUsize,
     members: Mutex<Vec<Weak<Pool>>>,
+}
+
+/// One connection's place under a limit; given back when the connection closes, unless the
+/// limit was lowered and still owes places.
+#[derive(Debug)]
+pub struct LimitPermit {
+    limit: Arc<Limit>,
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Drop for LimitPermit {
+    fn drop(&mut self) {
+        if let Some(permit) = self.permit.take() {
+            if self.limit.take_owed(1) == 1 {
+                permit.forget();
+            }
+        }
+    }
 }
 
 impl Limit {
@@ -29,13 +48,27 @@ impl Limit {
             name,
             slots: Arc::new(Semaphore::new(max)),
             max: Mutex::new(max),
-            shrinking: Arc::new(AtomicUsize::new(0)),
+            owed: AtomicUsize::new(0),
             members: Mutex::new(Vec::new()),
         })
     }
 
-    /// Changes the limit: raising it takes effect at once; lowering it closes idle
-    /// connections now and others as they come back, until the new limit holds.
+    /// Takes up to `n` from what is owed; returns how much was taken.
+    fn take_owed(&self, n: usize) -> usize {
+        let mut taken = 0;
+        let _ = self
+            .owed
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |owed| {
+                taken = owed.min(n);
+                (taken > 0).then(|| owed - taken)
+            });
+        taken
+    }
+
+    /// Changes the limit. Raising it takes effect at once. Lowering it takes free places out
+    /// of circulation at once, closes idle connections of member pools, and takes the places
+    /// of other connections as they close (connections coming back close while any are owed),
+    /// so no new connection opens until the lower limit holds.
     pub fn set_max(&self, max: usize) {
         let mut current = self.max.lock().unwrap_or_else(|p| p.into_inner());
         if *current == max {
@@ -43,25 +76,20 @@ impl Limit {
         }
         tracing::info!(limit = %self.name, from = *current, to = max, "limit changed");
         if max > *current {
-            self.slots.add_permits(max - *current);
+            let raise = max - *current;
+            let forgiven = self.take_owed(raise);
+            self.slots.add_permits(raise - forgiven);
         } else {
             let excess = *current - max;
-            self.shrinking.fetch_add(excess, Ordering::AcqRel);
-            let slots = self.slots.clone();
-            let shrinking = self.shrinking.clone();
-            tokio::spawn(async move {
-                for _ in 0..excess {
-                    match slots.acquire().await {
-                        Ok(p) => p.forget(),
-                        Err(_) => return,
+            let freed = self.slots.forget_permits(excess);
+            let owed = excess - freed;
+            if owed > 0 {
+                self.owed.fetch_add(owed, Ordering::AcqRel);
+                let mut evicted = 0;
+                for member in self.members() {
+                    while evicted < owed && member.evict_idle() {
+                        evicted += 1;
                     }
-                    shrinking.fetch_sub(1, Ordering::AcqRel);
-                }
-            });
-            let mut evicted = 0;
-            for member in self.members() {
-                while evicted < excess && member.evict_idle() {
-                    evicted += 1;
                 }
             }
         }
@@ -70,7 +98,7 @@ impl Limit {
 
     /// Whether the limit was lowered and still has more connections than it allows.
     pub fn is_shrinking(&self) -> bool {
-        self.shrinking.load(Ordering::Acquire) > 0
+        self.owed.load(Ordering::Acquire) > 0
     }
 
     fn members(&self) -> Vec<Arc<Pool>> {
@@ -96,23 +124,85 @@ impl Limit {
     /// connection of another member pool is closed first, as PgBouncer does; otherwise the
     /// caller waits until `deadline`.
     pub(super) async fn acquire(
-        &self,
+        self: &Arc<Self>,
         pool: &Arc<Pool>,
         deadline: Instant,
-    ) -> Result<OwnedSemaphorePermit, CheckoutError> {
-        if let Ok(p) = self.slots.clone().try_acquire_owned() {
-            return Ok(p);
-        }
-        let others = self.members();
-        for other in others.iter().filter(|m| !Arc::ptr_eq(m, pool)) {
-            if other.evict_idle() {
-                tracing::debug!(limit = %self.name, evicted_from = %other.key(), "made room");
-                break;
+    ) -> Result<LimitPermit, CheckoutError> {
+        let permit = match self.slots.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                let others = self.members();
+                for other in others.iter().filter(|m| !Arc::ptr_eq(m, pool)) {
+                    if other.evict_idle() {
+                        tracing::debug!(limit = %self.name, evicted_from = %other.key(), "made room");
+                        break;
+                    }
+                }
+                timeout_at(deadline, self.slots.clone().acquire_owned())
+                    .await
+                    .map_err(|_| CheckoutError::Timeout)?
+                    .map_err(|_| CheckoutError::Closed)?
             }
+        };
+        Ok(LimitPermit {
+            limit: self.clone(),
+            permit: Some(permit),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn permit(limit: &Arc<Limit>) -> LimitPermit {
+        LimitPermit {
+            limit: limit.clone(),
+            permit: Some(
+                limit
+                    .slots
+                    .clone()
+                    .try_acquire_owned()
+                    .expect("a free place"),
+            ),
         }
-        timeout_at(deadline, self.slots.clone().acquire_owned())
-            .await
-            .map_err(|_| CheckoutError::Timeout)?
-            .map_err(|_| CheckoutError::Closed)
+    }
+
+    #[test]
+    fn lowering_takes_free_places_now_and_held_ones_as_they_close() {
+        let limit = Limit::new("test".into(), 3);
+        let a = permit(&limit);
+        let b = permit(&limit);
+        // One place is free, two are held; lowering to 1 forgets the free one now and owes one.
+        limit.set_max(1);
+        assert_eq!(limit.slots.available_permits(), 0);
+        assert!(limit.is_shrinking());
+        drop(a);
+        assert!(!limit.is_shrinking());
+        assert_eq!(
+            limit.slots.available_permits(),
+            0,
+            "the owed place was not given back"
+        );
+        drop(b);
+        assert_eq!(limit.slots.available_permits(), 1);
+    }
+
+    #[test]
+    fn raising_first_forgives_what_is_owed() {
+        let limit = Limit::new("test".into(), 2);
+        let a = permit(&limit);
+        let b = permit(&limit);
+        limit.set_max(0);
+        assert!(limit.is_shrinking());
+        limit.set_max(1);
+        // One of the two owed places is forgiven; nothing is added.
+        assert!(limit.is_shrinking());
+        assert_eq!(limit.slots.available_permits(), 0);
+        drop(a);
+        assert!(!limit.is_shrinking());
+        assert_eq!(limit.slots.available_permits(), 0);
+        drop(b);
+        assert_eq!(limit.slots.available_permits(), 1);
     }
 }

@@ -46,7 +46,7 @@ async fn run_once(weak: &Weak<Pool>) -> bool {
             }
             st.total += 1;
         }
-        let opening = Opening::new(&pool);
+        let mut opening = Opening::new(&pool);
         let deadline = tokio::time::Instant::now() + pool.target.load().connect_timeout.max(PERIOD);
         match opening.open(deadline, None).await {
             Ok(Some(slot)) => pool.checkin(slot),

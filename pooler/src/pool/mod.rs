@@ -22,6 +22,7 @@ use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::timeout_at;
 
 pub use limit::Limit;
+use limit::LimitPermit;
 
 use crate::config::PoolMode;
 use crate::params::ParamSet;
@@ -104,7 +105,7 @@ struct Slot {
     conn: ServerConn,
     /// Its entry in the registry, removed when the slot is dropped.
     record: ServerHandle,
-    _limits: Vec<OwnedSemaphorePermit>,
+    _limits: Vec<LimitPermit>,
 }
 
 #[derive(Debug, Default)]
@@ -194,6 +195,8 @@ pub struct Pool {
     paused: watch::Sender<bool>,
     /// Where its connections are recorded for the admin console and cancel requests.
     registry: Arc<Registry>,
+    /// Its series of the checkout wait-time histogram.
+    wait_histogram: Option<prometheus::Histogram>,
 }
 
 impl Pool {
@@ -207,6 +210,7 @@ impl Pool {
         limits: Vec<Arc<Limit>>,
         registry: Arc<Registry>,
     ) -> Arc<Pool> {
+        let wait_histogram = crate::metrics::wait_histogram(&key);
         let pool = Arc::new(Pool {
             key,
             target: ArcSwap::from_pointee(target),
@@ -221,6 +225,7 @@ impl Pool {
             stats: PoolStats::default(),
             paused: watch::Sender::new(false),
             registry,
+            wait_histogram,
         });
         for limit in pool.limits.load().iter() {
             limit.join(&pool);
@@ -313,6 +318,14 @@ impl Pool {
     /// pool is paused, until it is resumed).
     pub async fn checkout(self: &Arc<Self>, deadline: Instant) -> Result<Checkout, CheckoutError> {
         let started = Instant::now();
+        // The common case takes no lock but the pool's own, once: a free permit and an idle
+        // connection, nobody queued before this client.
+        if let Some((slot, permit)) = self.take_idle_now() {
+            if let Some(slot) = self.vet(slot, deadline.into()).await {
+                self.lent(started);
+                return Ok(Checkout::new(self, slot, permit));
+            }
+        }
         let waiter = Waiter::new(self, started);
         let result = async {
             self.unpaused(deadline.into()).await?;
@@ -321,15 +334,37 @@ impl Pool {
         .await;
         drop(waiter);
         if result.is_ok() {
-            self.stats.active.fetch_add(1, Ordering::Relaxed);
-            self.stats.checkouts.fetch_add(1, Ordering::Relaxed);
-            crate::metrics::observe_wait(&self.key, started.elapsed());
-            let waited = started.elapsed().as_micros();
-            self.stats
-                .wait_us
-                .fetch_add(u64::try_from(waited).unwrap_or(u64::MAX), Ordering::Relaxed);
+            self.lent(started);
         }
         result
+    }
+
+    /// A permit and an idle connection, if both are to be had without waiting.
+    fn take_idle_now(&self) -> Option<(Slot, OwnedSemaphorePermit)> {
+        if *self.paused.borrow() {
+            return None;
+        }
+        let permit = self.main.clone().try_acquire_owned().ok()?;
+        let mut st = self.lock();
+        if st.closed {
+            return None;
+        }
+        let slot = st.idle.pop_back()?;
+        Some((slot, permit))
+    }
+
+    /// Counts a checkout that began at `started`.
+    fn lent(&self, started: Instant) {
+        let waited = started.elapsed();
+        self.stats.active.fetch_add(1, Ordering::Relaxed);
+        self.stats.checkouts.fetch_add(1, Ordering::Relaxed);
+        self.stats.wait_us.fetch_add(
+            u64::try_from(waited.as_micros()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+        if let Some(h) = &self.wait_histogram {
+            h.observe(waited.as_secs_f64());
+        }
     }
 
     /// Waits while the pool is paused, at most until `deadline`.
@@ -390,11 +425,11 @@ impl Pool {
         deadline: tokio::time::Instant,
     ) -> Result<Checkout, CheckoutError> {
         let permit = self.permit(deadline).await?;
+        // Registered for a wake-up only once a look found nothing to take (registering takes
+        // a lock, and most looks find an idle connection); the look is then repeated before
+        // sleeping, so a connection returned in between is not missed.
+        let mut returned: Option<Pin<Box<Notified<'_>>>> = None;
         loop {
-            // Register for a wake-up before looking, so a return between look and wait is seen.
-            let returned = self.returned.notified();
-            tokio::pin!(returned);
-            returned.as_mut().enable();
             let step = {
                 let mut st = self.lock();
                 if st.closed {
@@ -420,22 +455,43 @@ impl Pool {
                         return Ok(Checkout::new(self, slot, permit));
                     }
                 }
-                Step::Open(opening) => {
+                Step::Open(mut opening) => loop {
                     // A connection given back while this one waits for a shared limit is
                     // taken instead: with `max_db_connections` below the pool size, waiting
                     // for a limit that only closing frees would otherwise never end.
-                    if let Some(slot) = opening.open(deadline, Some(returned.as_mut())).await? {
+                    let mut give_way = self.listen();
+                    if let Some(slot) = opening.open(deadline, Some(give_way.as_mut())).await? {
                         return Ok(Checkout::new(self, slot, permit));
                     }
-                }
-                Step::Wait => {
-                    // Only warming connections can be in flight here; wait for one to land.
-                    timeout_at(deadline, returned)
-                        .await
-                        .map_err(|_| CheckoutError::Timeout)?;
-                }
+                    // Still counted as opening, so taking it back cannot wake this client
+                    // again; if another client took the connection first, keep on opening.
+                    let idle = self.lock().idle.pop_back();
+                    if let Some(slot) = idle {
+                        drop(opening);
+                        if let Some(slot) = self.vet(slot, deadline).await {
+                            return Ok(Checkout::new(self, slot, permit));
+                        }
+                        break;
+                    }
+                },
+                Step::Wait => match returned.take() {
+                    None => returned = Some(self.listen()),
+                    Some(wake) => {
+                        // Only warming connections can be in flight here; wait for one.
+                        timeout_at(deadline, wake)
+                            .await
+                            .map_err(|_| CheckoutError::Timeout)?;
+                    }
+                },
             }
         }
+    }
+
+    /// A registered wait for the next connection given back.
+    fn listen(&self) -> Pin<Box<Notified<'_>>> {
+        let mut wake = Box::pin(self.returned.notified());
+        wake.as_mut().enable();
+        wake
     }
 
     /// A main permit, or after `reserve_pool_timeout` a main or reserve one, by `deadline`.
@@ -697,9 +753,10 @@ impl Opening {
         }
     }
 
-    /// Opens the connection; `None` when `give_way` fired first (see [`Pool::open`]).
+    /// Opens the connection; `None` when `give_way` fired first (see [`Pool::open`]), and
+    /// the place stays counted until this is dropped.
     async fn open(
-        mut self,
+        &mut self,
         deadline: tokio::time::Instant,
         give_way: Option<Pin<&mut Notified<'_>>>,
     ) -> Result<Option<Slot>, CheckoutError> {
