@@ -118,6 +118,19 @@ impl Stream {
         }
     }
 
+    /// Reads what is available now without waiting, appending to `buf`; `None` when there
+    /// was nothing after all. Unlike [`Stream::try_read_buf`], a short read tells the reactor
+    /// that the socket is drained, so the next read waits for readiness instead of first
+    /// trying, and failing, in a system call: one fewer per transaction on the hot path.
+    pub fn read_now(&mut self, buf: &mut bytes::BytesMut) -> Option<io::Result<usize>> {
+        let waker = futures::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        match tokio_util::io::poll_read_buf(Pin::new(self), &mut cx, buf) {
+            Poll::Ready(r) => Some(r),
+            Poll::Pending => None,
+        }
+    }
+
     /// Reads what is available without waiting, appending to `buf`.
     pub fn try_read_buf(&self, buf: &mut bytes::BytesMut) -> io::Result<usize> {
         match self {

@@ -374,11 +374,10 @@ impl Session {
                 }
             }
             self.buf.reserve(4096);
-            match self.stream.try_read_buf(&mut self.buf) {
-                Ok(0) => return Err("client closed the connection"),
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(_) => return Err("client connection failed"),
+            match self.stream.read_now(&mut self.buf) {
+                Some(Ok(0)) => return Err("client closed the connection"),
+                Some(Ok(_)) | None => {}
+                Some(Err(_)) => return Err("client connection failed"),
             }
         }
         if self.buf.first() == Some(&b'X') {
