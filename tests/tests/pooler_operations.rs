@@ -179,6 +179,11 @@ async fn a_reload_resizes_the_pool_under_load_without_errors() {
     let out = bench.await.expect("join").expect("pgbench");
     assert!(out.success(), "{}\n{}", out.stdout, out.stderr);
     let summary = weir_tests::postgres::parse_pgbench(&out.stdout).expect("report");
+    eprintln!(
+        "reload pool_size 6 -> 2 under pgbench -c 12: {} transactions, {} failed, peak {peak} \
+         server connections after the reload",
+        summary.transactions, summary.failed
+    );
     assert_eq!(summary.failed, 0);
     let (_, body) = http_get(http, "/status").await;
     let status: serde_json::Value = serde_json::from_str(&body).expect("JSON");
@@ -265,6 +270,13 @@ async fn a_reload_applies_max_db_connections_under_load_without_errors() {
     let out = bench.await.expect("join").expect("pgbench");
     assert!(out.success(), "{}\n{}", out.stdout, out.stderr);
     let summary = weir_tests::postgres::parse_pgbench(&out.stdout).expect("report");
+    eprintln!(
+        "reload max_db_connections none -> 3 -> 2 under pgbench -c 12: {} transactions, {} \
+         failed, peak {} server connections under the limit of 2",
+        summary.transactions,
+        summary.failed,
+        samples.iter().max().copied().unwrap_or(0)
+    );
     assert_eq!(summary.failed, 0);
     assert!(summary.transactions > 0);
 }
@@ -336,7 +348,8 @@ async fn sigterm_drains_without_breaking_a_transaction() {
         Some(0),
         "weir did not exit cleanly within shutdown_timeout"
     );
-    assert!(sent.elapsed() < Duration::from_secs(20));
+    let drained_after = sent.elapsed();
+    assert!(drained_after < Duration::from_secs(20));
     let out = bench.await.expect("join").expect("pgbench");
     // pgbench stops when its connections are let go; what matters is where it stopped.
     let aborted: Vec<&str> = out
@@ -372,6 +385,12 @@ async fn sigterm_drains_without_breaking_a_transaction() {
     let (history, balance): (i64, i64) = (row.get(0), row.get(1));
     assert!(history > 0, "no transaction completed");
     assert_eq!(history, balance, "a transaction was applied half-way");
+    eprintln!(
+        "SIGTERM drain under pgbench -c 10: exited after {:.1} s, {history} transactions \
+         committed whole, {} clients let go between transactions, none inside one",
+        drained_after.as_secs_f64(),
+        aborted.len()
+    );
     let idle_in_tx = pg
         .query_one(
             "SELECT count(*) FROM pg_stat_activity WHERE state LIKE 'idle in transaction%'",
