@@ -437,25 +437,24 @@ fn scalar(rows: Vec<SimpleQueryMessage>) -> Option<String> {
     })
 }
 
+/// A session-mode client named `name` that has run a query, so it holds a server
+/// connection, and that connection's backend pid.
+async fn holding_client(fx: &Fixture, name: &str) -> (Client, String) {
+    let client = fx.client_named(name).await.expect(name);
+    let pid = client
+        .simple_query("SELECT pg_backend_pid()")
+        .await
+        .map(scalar)
+        .expect("pid")
+        .expect("a pid");
+    (client, pid)
+}
+
 #[tokio::test]
 async fn clients_and_servers_are_listed_one_by_one_and_kill_client_ends_one() {
     let fx = fixture("session", 2).await;
-    let victim = fx.client_named("victim").await.expect("victim");
-    let victim_pid = scalar(
-        victim
-            .simple_query("SELECT pg_backend_pid()")
-            .await
-            .expect("pid"),
-    )
-    .expect("pid");
-    let bystander = fx.client_named("bystander").await.expect("bystander");
-    let bystander_pid = scalar(
-        bystander
-            .simple_query("SELECT pg_backend_pid()")
-            .await
-            .expect("pid"),
-    )
-    .expect("pid");
+    let (victim, victim_pid) = holding_client(&fx, "victim").await;
+    let (bystander, bystander_pid) = holding_client(&fx, "bystander").await;
     // Both server connections are held (session mode), so a third client waits.
     let patient = fx.client_named("patient").await.expect("patient");
     let waiting = tokio::spawn(async move {
@@ -552,15 +551,9 @@ async fn clients_and_servers_are_listed_one_by_one_and_kill_client_ends_one() {
     assert!(gone, "the killed client's server connection is still open");
 }
 
-#[tokio::test]
-async fn shutdown_modes_wait_as_pgbouncer_does() {
-    // WAIT_FOR_SERVERS: a running transaction finishes, then the process exits even though
-    // its client is still connected.
-    let mut fx = fixture("transaction", 2).await;
-    let admin_client = admin(&fx).await;
-    let app = fx.client().await.expect("client");
-    app.batch_execute("BEGIN; SELECT 1").await.expect("BEGIN");
-    run(&admin_client, "SHUTDOWN WAIT_FOR_SERVERS").await;
+/// After a shutdown that waits for servers: weir stays up while `app`'s transaction runs,
+/// the transaction commits, and weir then exits cleanly.
+async fn exits_once_committed(fx: &mut Fixture, app: &Client) {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
         fx.weir
@@ -579,6 +572,18 @@ async fn shutdown_modes_wait_as_pgbouncer_does() {
         .await
         .expect("wait");
     assert_eq!(exit, Some(0), "{}", fx.weir.log());
+}
+
+#[tokio::test]
+async fn shutdown_modes_wait_as_pgbouncer_does() {
+    // WAIT_FOR_SERVERS: a running transaction finishes, then the process exits even though
+    // its client is still connected.
+    let mut fx = fixture("transaction", 2).await;
+    let admin_client = admin(&fx).await;
+    let app = fx.client().await.expect("client");
+    app.batch_execute("BEGIN; SELECT 1").await.expect("BEGIN");
+    run(&admin_client, "SHUTDOWN WAIT_FOR_SERVERS").await;
+    exits_once_committed(&mut fx, &app).await;
 
     // SIGINT does the same.
     let mut fx = fixture("transaction", 2).await;
@@ -587,22 +592,7 @@ async fn shutdown_modes_wait_as_pgbouncer_does() {
     fx.weir
         .signal(weir_tests::weir::Signal::SIGINT)
         .expect("SIGINT");
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(
-        fx.weir
-            .wait_exit(Duration::from_millis(10))
-            .await
-            .expect("wait"),
-        None,
-        "exited on SIGINT with a transaction still running"
-    );
-    app.batch_execute("COMMIT").await.expect("COMMIT");
-    let exit = fx
-        .weir
-        .wait_exit(Duration::from_secs(10))
-        .await
-        .expect("wait");
-    assert_eq!(exit, Some(0), "{}", fx.weir.log());
+    exits_once_committed(&mut fx, &app).await;
 
     // Plain SHUTDOWN exits at once, open transaction or not.
     let mut fx = fixture("transaction", 2).await;

@@ -129,29 +129,37 @@ async fn metrics_and_status_agree_with_the_pool() {
     assert!(counted, "weir_queries_total did not reach 29");
 }
 
-#[tokio::test]
-async fn a_reload_resizes_the_pool_under_load_without_errors() {
-    let (opts, http) = with_http(Options::mode("transaction", 6));
-    let fx = Fixture::start(opts.clone()).await.expect("fixture");
+/// Creates pgbench's tables and starts its TPC-B-like load through weir: 12 clients for
+/// `seconds`.
+async fn tpcb_load(
+    fx: &Fixture,
+    seconds: u32,
+) -> tokio::task::JoinHandle<anyhow::Result<weir_tests::postgres::CommandOutput>> {
     let init = fx
         .pgbench_direct(&["-i", "-q", "-s", "1"])
         .await
         .expect("init");
     assert!(init.success(), "{}", init.stderr);
-    let bench = {
-        let port = fx.weir.port();
-        tokio::spawn(async move {
-            weir_tests::postgres::pgbench(
-                net::HOST,
-                port,
-                fixture::USER,
-                fixture::PASSWORD,
-                fixture::DATABASE,
-                &["-n", "-c", "12", "-j", "2", "-T", "8"],
-            )
-            .await
-        })
-    };
+    let port = fx.weir.port();
+    let seconds = seconds.to_string();
+    tokio::spawn(async move {
+        weir_tests::postgres::pgbench(
+            net::HOST,
+            port,
+            fixture::USER,
+            fixture::PASSWORD,
+            fixture::DATABASE,
+            &["-n", "-c", "12", "-j", "2", "-T", &seconds],
+        )
+        .await
+    })
+}
+
+#[tokio::test]
+async fn a_reload_resizes_the_pool_under_load_without_errors() {
+    let (opts, http) = with_http(Options::mode("transaction", 6));
+    let fx = Fixture::start(opts.clone()).await.expect("fixture");
+    let bench = tpcb_load(&fx, 8).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let mut smaller = opts.clone();
     smaller.pool_size = 2;
@@ -195,68 +203,40 @@ async fn a_reload_resizes_the_pool_under_load_without_errors() {
 async fn a_reload_applies_max_db_connections_under_load_without_errors() {
     let (opts, http) = with_http(Options::mode("transaction", 6));
     let fx = Fixture::start(opts.clone()).await.expect("fixture");
-    // The file watch reloads within a second or so; the checks below start once it has.
-    let generation = |n: u64| async move {
-        Fixture::eventually(Duration::from_secs(10), || async {
-            let (_, body) = http_get(http, "/status").await;
-            serde_json::from_str::<serde_json::Value>(&body)
-                .is_ok_and(|s| s["config_generation"] == n)
-        })
-        .await
+    // Writes a limit into the configuration, waits for the file watch to load it (within a
+    // second or so), then for the server connections to come down to it.
+    let apply_limit = |limit: i64, generation: u64| {
+        let ini = fixture::ini(
+            &fx.pg,
+            &opts.clone().with(&format!("max_db_connections = {limit}")),
+        );
+        let fx = &fx;
+        async move {
+            fx.weir.rewrite_config(&ini).expect("rewrite");
+            let loaded = Fixture::eventually(Duration::from_secs(10), || async {
+                let (_, body) = http_get(http, "/status").await;
+                serde_json::from_str::<serde_json::Value>(&body)
+                    .is_ok_and(|s| s["config_generation"] == generation)
+            })
+            .await;
+            assert!(loaded, "max_db_connections = {limit} was not loaded");
+            let followed = Fixture::eventually(Duration::from_secs(5), || async {
+                fx.server_connections().await.unwrap_or(99) <= limit
+            })
+            .await;
+            assert!(followed, "server connections did not come down to {limit}");
+        }
     };
-    let init = fx
-        .pgbench_direct(&["-i", "-q", "-s", "1"])
-        .await
-        .expect("init");
-    assert!(init.success(), "{}", init.stderr);
-    let bench = {
-        let port = fx.weir.port();
-        tokio::spawn(async move {
-            weir_tests::postgres::pgbench(
-                net::HOST,
-                port,
-                fixture::USER,
-                fixture::PASSWORD,
-                fixture::DATABASE,
-                &["-n", "-c", "12", "-j", "2", "-T", "10"],
-            )
-            .await
-        })
-    };
+    let bench = tpcb_load(&fx, 10).await;
     let busy = Fixture::eventually(Duration::from_secs(5), || async {
         fx.server_connections().await.unwrap_or(0) > 3
     })
     .await;
     assert!(busy, "the pool never used more than 3 connections");
     // A limit that was not there before: connections reopen under it as they come back.
-    fx.weir
-        .rewrite_config(&fixture::ini(
-            &fx.pg,
-            &opts.clone().with("max_db_connections = 3"),
-        ))
-        .expect("rewrite");
-    assert!(generation(2).await, "the new limit was not loaded");
-    let limited = Fixture::eventually(Duration::from_secs(5), || async {
-        fx.server_connections().await.unwrap_or(99) <= 3
-    })
-    .await;
-    assert!(limited, "server connections did not follow the new limit");
+    apply_limit(3, 2).await;
     // Lowering a limit in force.
-    fx.weir
-        .rewrite_config(&fixture::ini(
-            &fx.pg,
-            &opts.clone().with("max_db_connections = 2"),
-        ))
-        .expect("rewrite");
-    assert!(generation(3).await, "the lowered limit was not loaded");
-    let lowered = Fixture::eventually(Duration::from_secs(5), || async {
-        fx.server_connections().await.unwrap_or(99) <= 2
-    })
-    .await;
-    assert!(
-        lowered,
-        "server connections did not follow the lowered limit"
-    );
+    apply_limit(2, 3).await;
     let mut samples = Vec::new();
     while !bench.is_finished() {
         samples.push(fx.server_connections().await.expect("count"));
