@@ -11,19 +11,36 @@ pub const TRACKED: &[&str] = &[
     "application_name",
 ];
 
-/// An ordered set of parameter values keyed case-insensitively (GUC names are).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ParamSet(Vec<(String, String)>);
+/// An ordered set of parameter values keyed case-insensitively (GUC names are), with a count
+/// of the changes made to it.
+#[derive(Debug, Clone, Default)]
+pub struct ParamSet {
+    entries: Vec<(String, String)>,
+    changes: u64,
+}
+
+impl PartialEq for ParamSet {
+    fn eq(&self, other: &ParamSet) -> bool {
+        self.entries == other.entries
+    }
+}
+
+impl Eq for ParamSet {}
 
 impl ParamSet {
     /// An empty set.
     pub fn new() -> ParamSet {
-        ParamSet(Vec::new())
+        ParamSet::default()
+    }
+
+    /// How many times a value was added or changed; equal counts mean nothing changed.
+    pub fn changes(&self) -> u64 {
+        self.changes
     }
 
     /// The value of `name`, if present.
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.0
+        self.entries
             .iter()
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
@@ -32,22 +49,26 @@ impl ParamSet {
     /// Sets `name` to `value`, keeping the first spelling of the name seen.
     pub fn set(&mut self, name: &str, value: &str) {
         match self
-            .0
+            .entries
             .iter_mut()
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
         {
             Some((_, v)) => {
                 if v != value {
                     value.clone_into(v);
+                    self.changes += 1;
                 }
             }
-            None => self.0.push((name.to_owned(), value.to_owned())),
+            None => {
+                self.entries.push((name.to_owned(), value.to_owned()));
+                self.changes += 1;
+            }
         }
     }
 
     /// All (name, value) pairs in insertion order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+        self.entries.iter().map(|(k, v)| (k.as_str(), v.as_str()))
     }
 }
 
@@ -120,6 +141,21 @@ mod tests {
         assert_eq!(p.get("DATESTYLE"), Some("ISO, DMY"));
         assert_eq!(p.iter().count(), 1);
         assert_eq!(p.iter().next().map(|(k, _)| k), Some("DateStyle"));
+    }
+
+    #[test]
+    fn changes_count_real_changes_and_equality_ignores_them() {
+        let mut a = ParamSet::new();
+        a.set("TimeZone", "UTC");
+        assert_eq!(a.changes(), 1);
+        a.set("timezone", "UTC");
+        assert_eq!(a.changes(), 1, "setting the same value is no change");
+        a.set("TimeZone", "Europe/Paris");
+        assert_eq!(a.changes(), 2);
+        let mut b = ParamSet::new();
+        b.set("TimeZone", "Europe/Paris");
+        assert_eq!(a, b);
+        assert_ne!(a.changes(), b.changes());
     }
 
     #[test]

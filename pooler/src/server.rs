@@ -236,6 +236,9 @@ pub struct ServerConn {
     pub session: Vec<Setting>,
     /// The pool's target generation this connection was opened for.
     pub generation: u64,
+    /// The client parameters this connection was last brought in line with, and its own
+    /// change count then: while both still hold, it needs no parameter sync.
+    pub synced_to: Option<(ParamSet, u64)>,
 }
 
 impl ServerConn {
@@ -274,6 +277,7 @@ impl ServerConn {
             prepared: PreparedSet::default(),
             session: Vec::new(),
             generation: 0,
+            synced_to: None,
         };
         conn.login(target).await?;
         if let Some(q) = &target.connect_query {

@@ -310,11 +310,19 @@ impl Session {
                 }
                 server.session = self.state.session.applied().to_vec();
             }
-            if let Some(sql) = params::sync_query(&self.params, &server.params) {
-                if let Err(e) = server.simple_query(&sql).await {
-                    self.fatal(e.to_client_error()).await;
-                    return "parameter sync failed";
+            // Clients of one application usually want the same values: a connection last
+            // synced to an equal set, and unchanged since, is compared no further.
+            let in_step = server.synced_to.as_ref().is_some_and(|(wanted, changes)| {
+                *changes == server.params.changes() && *wanted == self.params
+            });
+            if !in_step {
+                if let Some(sql) = params::sync_query(&self.params, &server.params) {
+                    if let Err(e) = server.simple_query(&sql).await {
+                        self.fatal(e.to_client_error()).await;
+                        return "parameter sync failed";
+                    }
                 }
+                server.synced_to = Some((self.params.clone(), server.params.changes()));
             }
             if let Err(reason) = self.relay(mode, checkout).await {
                 return reason;

@@ -27,6 +27,8 @@ use crate::stream::Stream;
 
 /// How much a direction reads at a time.
 const READ_CHUNK: usize = 16 * 1024;
+/// The least free space a read is given before the buffer grows by a chunk.
+const MIN_SPARE: usize = READ_CHUNK / 8;
 
 /// How a relay ended.
 #[derive(Debug)]
@@ -336,7 +338,9 @@ fn poll_fill(
     buf: &mut BytesMut,
     cx: &mut Context<'_>,
 ) -> Poll<io::Result<usize>> {
-    if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+    // The buffer a client read after an idle wait is small; it grows only when nearly full,
+    // so a short request costs no reallocation.
+    if buf.capacity() - buf.len() < MIN_SPARE {
         buf.reserve(READ_CHUNK);
     }
     poll_read_buf(Pin::new(stream), cx, buf)
