@@ -50,9 +50,11 @@ demo: deps release
 	@scripts/demo.sh
 
 ## bench: direct vs PgBouncer vs weir on this machine; markdown report under target/bench/
-bench: deps release
+bench: deps
+	$(CARGO) build --release -p weir-pooler --bin weir
 	@bench/run.sh
 
 ## profile: perf profile of weir under select-only load at 50 and 500 clients
-profile: deps release
+profile: deps
+	$(CARGO) build --release -p weir-pooler --bin weir
 	@bench/profile.sh
