@@ -272,6 +272,26 @@ mod tests {
         v
     }
 
+    /// `scan_server` as most tests call it: counts dropped, parameter reports ignored.
+    fn scan_reply(
+        server: &[u8],
+        cur: &mut Cursor,
+        tx: &mut TxState,
+        policy: ReleasePolicy,
+        client_at_rest: bool,
+    ) -> Result<ServerStop, ProtocolError> {
+        scan_server(
+            server,
+            cur,
+            tx,
+            policy,
+            client_at_rest,
+            1 << 20,
+            &mut Counts::default(),
+            |_| {},
+        )
+    }
+
     const TX: ReleasePolicy = ReleasePolicy {
         release_when_idle: true,
         statement_mode: false,
@@ -292,16 +312,7 @@ mod tests {
         let mut server = msg(b'C', b"SELECT 1\0");
         server.extend(msg(b'Z', b"I"));
         let mut scur = Cursor::default();
-        let stop = scan_server(
-            &server,
-            &mut scur,
-            &mut tx,
-            TX,
-            true,
-            1 << 20,
-            &mut Counts::default(),
-            |_| {},
-        );
+        let stop = scan_reply(&server, &mut scur, &mut tx, TX, true);
         assert_eq!(stop, Ok(ServerStop::Idle));
         assert_eq!(scur.scanned, server.len());
         assert!(tx.is_idle());
@@ -322,28 +333,10 @@ mod tests {
         assert_eq!(tx.outstanding, 2);
         let server = msg(b'Z', b"I");
         let mut scur = Cursor::default();
-        let stop = scan_server(
-            &server,
-            &mut scur,
-            &mut tx,
-            TX,
-            true,
-            1 << 20,
-            &mut Counts::default(),
-            |_| {},
-        );
+        let stop = scan_reply(&server, &mut scur, &mut tx, TX, true);
         assert_eq!(stop, Ok(ServerStop::NeedMore));
         let mut scur = Cursor::default();
-        let stop = scan_server(
-            &server,
-            &mut scur,
-            &mut tx,
-            TX,
-            true,
-            1 << 20,
-            &mut Counts::default(),
-            |_| {},
-        );
+        let stop = scan_reply(&server, &mut scur, &mut tx, TX, true);
         assert_eq!(stop, Ok(ServerStop::Idle));
     }
 
@@ -358,16 +351,7 @@ mod tests {
         let _ = scan_client(&client, &mut cur, &mut tx, 1 << 20);
         let server = msg(b'Z', b"I");
         let mut scur = Cursor::default();
-        let stop = scan_server(
-            &server,
-            &mut scur,
-            &mut tx,
-            TX,
-            true,
-            1 << 20,
-            &mut Counts::default(),
-            |_| {},
-        );
+        let stop = scan_reply(&server, &mut scur, &mut tx, TX, true);
         assert_eq!(stop, Ok(ServerStop::NeedMore));
         assert!(tx.unsynced);
     }
@@ -380,16 +364,7 @@ mod tests {
         };
         let server = msg(b'Z', b"I");
         let mut scur = Cursor::default();
-        let stop = scan_server(
-            &server,
-            &mut scur,
-            &mut tx,
-            TX,
-            false,
-            1 << 20,
-            &mut Counts::default(),
-            |_| {},
-        );
+        let stop = scan_reply(&server, &mut scur, &mut tx, TX, false);
         assert_eq!(stop, Ok(ServerStop::NeedMore));
     }
 
@@ -407,16 +382,7 @@ mod tests {
             statement_mode: true,
         };
         let mut scur = Cursor::default();
-        let stop = scan_server(
-            &server,
-            &mut scur,
-            &mut tx,
-            policy,
-            true,
-            1 << 20,
-            &mut Counts::default(),
-            |_| {},
-        );
+        let stop = scan_reply(&server, &mut scur, &mut tx, policy, true);
         assert_eq!(stop, Ok(ServerStop::TransactionInStatementMode));
         assert_eq!(scur.scanned, before);
     }
@@ -443,16 +409,7 @@ mod tests {
         let mut fed = 0;
         while fed < whole.len() {
             fed = (fed + 1000).min(whole.len());
-            let stop = scan_server(
-                &whole[..fed],
-                &mut cur,
-                &mut tx,
-                TX,
-                true,
-                1 << 20,
-                &mut Counts::default(),
-                |_| {},
-            );
+            let stop = scan_reply(&whole[..fed], &mut cur, &mut tx, TX, true);
             assert_eq!(stop, Ok(ServerStop::NeedMore));
             assert_eq!(cur.scanned, fed);
         }
