@@ -62,6 +62,9 @@ impl Output {
     }
 }
 
+/// How long a freshly applied CRD may take to be served.
+const CRD_WAIT: Duration = Duration::from_secs(60);
+
 /// A running control plane, stopped on drop.
 pub struct ControlPlane {
     state: Option<TempDir>,
@@ -167,6 +170,49 @@ impl ControlPlane {
             bail!("kubectl {} failed: {}", args.join(" "), out.stderr.trim());
         }
         Ok(out.stdout)
+    }
+
+    /// Waits until the ConnectionPool CRD is served. Right after it is created the CRD may
+    /// have no conditions yet, which `kubectl wait` reports as an error, so it is asked again.
+    pub async fn wait_for_crd(&self) -> anyhow::Result<()> {
+        eventually(
+            "the ConnectionPool CRD to be established",
+            CRD_WAIT,
+            || async {
+                self.kubectl_ok(&[
+                    "wait",
+                    "--for=condition=Established",
+                    "crd/connectionpools.weir.dev",
+                    "--timeout=10s",
+                ])
+                .await
+            },
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Creates the Secret a ConnectionPool's `credentialsSecret` names: `username` and
+    /// `password` keys.
+    pub async fn create_credentials(
+        &self,
+        namespace: &str,
+        name: &str,
+        user: &str,
+        password: &str,
+    ) -> anyhow::Result<()> {
+        self.kubectl_ok(&[
+            "create",
+            "secret",
+            "generic",
+            name,
+            "-n",
+            namespace,
+            &format!("--from-literal=username={user}"),
+            &format!("--from-literal=password={password}"),
+        ])
+        .await
+        .map(drop)
     }
 
     /// The end of a control-plane process's log, for failure messages.

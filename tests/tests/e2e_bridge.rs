@@ -74,25 +74,9 @@ async fn run() -> anyhow::Result<()> {
 
     plane.kubectl_ok(&["create", "namespace", NS]).await?;
     plane.kubectl_ok(&["apply", "-f", "crds/"]).await?;
+    plane.wait_for_crd().await?;
     plane
-        .kubectl_ok(&[
-            "wait",
-            "--for=condition=Established",
-            "crd/connectionpools.weir.dev",
-            "--timeout=60s",
-        ])
-        .await?;
-    plane
-        .kubectl_ok(&[
-            "create",
-            "secret",
-            "generic",
-            "shop-db",
-            "-n",
-            NS,
-            &format!("--from-literal=username={USER}"),
-            &format!("--from-literal=password={PASSWORD}"),
-        ])
+        .create_credentials(NS, "shop-db", USER, PASSWORD)
         .await?;
     let operator = Operator::start(&plane, "bridge", &["--leader-elect=false"]).await?;
     let manifest = format!(

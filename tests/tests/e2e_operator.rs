@@ -770,14 +770,7 @@ async fn helm_install(plane: &ControlPlane) -> anyhow::Result<()> {
         "helm install failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    plane
-        .kubectl_ok(&[
-            "wait",
-            "--for=condition=Established",
-            "crd/connectionpools.weir.dev",
-            "--timeout=60s",
-        ])
-        .await?;
+    plane.wait_for_crd().await?;
     for object in [
         "clusterrole/weir-operator",
         "clusterrolebinding/weir-operator",
@@ -830,25 +823,9 @@ async fn setup() -> anyhow::Result<Env> {
     pg.create_database("orders", "app").await?;
     plane.kubectl_ok(&["create", "namespace", NS]).await?;
     helm_install(&plane).await?;
+    plane.wait_for_crd().await?;
     plane
-        .kubectl_ok(&[
-            "wait",
-            "--for=condition=Established",
-            "crd/connectionpools.weir.dev",
-            "--timeout=60s",
-        ])
-        .await?;
-    plane
-        .kubectl_ok(&[
-            "create",
-            "secret",
-            "generic",
-            "orders-db-app",
-            "-n",
-            NS,
-            "--from-literal=username=app",
-            "--from-literal=password=app-secret",
-        ])
+        .create_credentials(NS, "orders-db-app", "app", "app-secret")
         .await?;
     let operator = Operator::start(&plane, "op-a", OPERATOR_ARGS).await?;
     Ok(Env {
