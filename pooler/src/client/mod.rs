@@ -362,17 +362,21 @@ impl Session {
                     std::future::pending::<()>().await;
                 }
             };
-            let limit = if idle_limit.is_zero() || mode == PoolMode::Session {
-                Duration::from_secs(86_400 * 365)
-            } else {
-                idle_limit
+            // No timer at all unless there is a limit: arming and clearing one per
+            // transaction shows in profiles.
+            let idle_timeout = async {
+                if idle_limit.is_zero() || mode == PoolMode::Session {
+                    std::future::pending::<()>().await;
+                } else {
+                    tokio::time::sleep(idle_limit).await;
+                }
             };
             tokio::select! {
                 ready = self.stream.readable() => {
                     ready.map_err(|_| "client connection failed")?;
                 }
                 () = drained => continue,
-                () = tokio::time::sleep(limit) => {
+                () = idle_timeout => {
                     self.fatal(PgError::fatal(
                         "57P05",
                         "client_idle_timeout: client was idle too long",

@@ -29,13 +29,40 @@ pub enum Effect {
     Other,
 }
 
-/// Splits a simple-query string into its statements at top-level semicolons, skipping
-/// comments, quoted strings, quoted identifiers and dollar-quoted bodies.
-pub fn statements(sql: &str) -> Vec<&str> {
-    let b = sql.as_bytes();
-    let mut out = Vec::new();
-    let mut start = 0;
-    let mut i = 0;
+/// The statements of a simple-query string, split at top-level semicolons, skipping
+/// comments, quoted strings, quoted identifiers and dollar-quoted bodies. Statements that are
+/// only white space and comments are left out.
+pub fn statements(sql: &str) -> Statements<'_> {
+    Statements { sql, pos: 0 }
+}
+
+/// The iterator [`statements`] returns; it allocates nothing.
+#[derive(Debug, Clone)]
+pub struct Statements<'a> {
+    sql: &'a str,
+    /// Where the next statement starts; past the end once the last was returned.
+    pos: usize,
+}
+
+impl<'a> Iterator for Statements<'a> {
+    type Item = &'a str;
+
+    fn next(&mut self) -> Option<&'a str> {
+        while self.pos <= self.sql.len() {
+            let start = self.pos;
+            let end = statement_end(self.sql.as_bytes(), start);
+            self.pos = end + 1;
+            let stmt = &self.sql[start..end];
+            if !strip_comments_start(stmt).is_empty() {
+                return Some(stmt);
+            }
+        }
+        None
+    }
+}
+
+/// Index of the top-level semicolon ending the statement that starts at `i`, or the length.
+fn statement_end(b: &[u8], mut i: usize) -> usize {
     while i < b.len() {
         match b[i] {
             b'\'' | b'"' => i = skip_quoted(b, i),
@@ -47,22 +74,11 @@ pub fn statements(sql: &str) -> Vec<&str> {
             }
             b'/' if b.get(i + 1) == Some(&b'*') => i = skip_block_comment(b, i),
             b'$' => i = skip_dollar(b, i),
-            b';' => {
-                push_statement(&mut out, &sql[start..i]);
-                i += 1;
-                start = i;
-            }
+            b';' => return i,
             _ => i += 1,
         }
     }
-    push_statement(&mut out, &sql[start..]);
-    out
-}
-
-fn push_statement<'a>(out: &mut Vec<&'a str>, s: &'a str) {
-    if !strip_comments_start(s).is_empty() {
-        out.push(s);
-    }
+    b.len()
 }
 
 /// Index after a quoted string or identifier starting at `i` (a doubled quote escapes).
@@ -140,20 +156,57 @@ fn strip_comments_start(s: &str) -> &str {
     }
 }
 
-/// The first `n` words of a statement, lower-cased (identifier-ish words only).
-fn words(s: &str, n: usize) -> Vec<String> {
-    strip_comments_start(s)
+/// How many leading words classification looks at.
+const WORDS: usize = 5;
+
+/// The first [`WORDS`] words of a statement as written (identifier-ish words only; missing
+/// ones are empty).
+fn words(s: &str) -> [&str; WORDS] {
+    let mut out = [""; WORDS];
+    let found = strip_comments_start(s)
         .split(|c: char| c.is_whitespace() || c == '(' || c == '=' || c == ';')
-        .filter(|w| !w.is_empty())
-        .take(n)
-        .map(str::to_ascii_lowercase)
-        .collect()
+        .filter(|w| !w.is_empty());
+    for (slot, w) in out.iter_mut().zip(found) {
+        *slot = w;
+    }
+    out
 }
 
-/// What one statement does to session state.
+/// A word lower-cased on the stack, for matching against keywords. Words longer than any
+/// keyword match none.
+struct Lower {
+    buf: [u8; 16],
+    len: usize,
+}
+
+impl Lower {
+    fn new(word: &str) -> Self {
+        let mut buf = [0u8; 16];
+        let Some(dst) = buf.get_mut(..word.len()) else {
+            // NUL never appears in SQL text, so this matches no keyword (nor "").
+            return Self { buf, len: 1 };
+        };
+        dst.copy_from_slice(word.as_bytes());
+        dst.make_ascii_lowercase();
+        Self {
+            buf,
+            len: word.len(),
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        // Lower-casing ASCII bytes keeps a whole-str copy valid UTF-8; the long-word marker
+        // is a single NUL.
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or("\0")
+    }
+}
+
+/// What one statement does to session state. Runs on every query in transaction mode, so
+/// it allocates only for the (rare) statements that change settings.
 pub fn classify(stmt: &str) -> Effect {
-    let w = words(stmt, 5);
-    let word = |i: usize| w.get(i).map(String::as_str).unwrap_or("");
+    let w = words(stmt);
+    let lower = w.map(Lower::new);
+    let word = |i: usize| lower[i].as_str();
     match word(0) {
         "set" => match word(1) {
             "local" | "transaction" | "constraints" => Effect::Other,
@@ -163,8 +216,8 @@ pub fn classify(stmt: &str) -> Effect {
             "session" if word(2) == "authorization" => Effect::Set {
                 name: "session_authorization".into(),
             },
-            "session" => set_name(word(2), word(3)),
-            name => set_name(name, word(2)),
+            "session" => set_name(w[2], word(2), word(3)),
+            first => set_name(w[1], first, word(2)),
         },
         "reset" => match word(1) {
             "all" => Effect::ResetAll,
@@ -175,8 +228,8 @@ pub fn classify(stmt: &str) -> Effect {
                 name: "timezone".into(),
             },
             "" => Effect::Other,
-            name => Effect::Reset {
-                name: unquote(name),
+            _ => Effect::Reset {
+                name: unquote(w[1]),
             },
         },
         "discard" if word(1) == "all" => Effect::DiscardAll,
@@ -187,20 +240,20 @@ pub fn classify(stmt: &str) -> Effect {
         "prepare" if word(1) != "transaction" => Effect::Pin("SQL PREPARE"),
         "listen" => Effect::Pin("LISTEN"),
         "declare" if contains_words(stmt, &["with", "hold"]) => Effect::Pin("a WITH HOLD cursor"),
-        "create" if creates_temp(&w) => Effect::Pin("a temporary table"),
-        _ if takes_session_advisory_lock(stmt) => Effect::Pin("a session advisory lock"),
-        _ if selects_into_temp(stmt) => Effect::Pin("a temporary table"),
-        _ => Effect::Other,
+        "create" if creates_temp(word(1), word(2)) => Effect::Pin("a temporary table"),
+        _ => pins_in_text(stmt).map_or(Effect::Other, Effect::Pin),
     }
 }
 
-fn set_name(first: &str, second: &str) -> Effect {
+/// `SET <first> <second>`: `written` is the first word as the client wrote it, `first` and
+/// `second` lower-cased.
+fn set_name(written: &str, first: &str, second: &str) -> Effect {
     let name = match (first, second) {
         ("time", "zone") => "timezone".to_owned(),
         ("role", _) => "role".to_owned(),
         ("names", _) => "client_encoding".to_owned(),
         ("", _) => return Effect::Other,
-        (name, _) => unquote(name),
+        _ => unquote(written),
     };
     Effect::Set { name }
 }
@@ -209,15 +262,13 @@ fn unquote(name: &str) -> String {
     name.trim_matches('"').to_ascii_lowercase()
 }
 
-fn creates_temp(w: &[String]) -> bool {
+fn creates_temp(first: &str, second: &str) -> bool {
     matches!(
-        (w.get(1).map(String::as_str), w.get(2).map(String::as_str)),
-        (Some("temp" | "temporary"), _) | (Some("local" | "global"), Some("temp" | "temporary"))
+        (first, second),
+        ("temp" | "temporary", _) | ("local" | "global", "temp" | "temporary")
     )
 }
 
-// Classification runs on every query in transaction mode: these scan the text in place
-// rather than lower-casing a copy of it.
 fn contains_words(stmt: &str, seq: &[&str]) -> bool {
     let mut start = stmt.split_whitespace();
     loop {
@@ -234,21 +285,47 @@ fn contains_words(stmt: &str, seq: &[&str]) -> bool {
     }
 }
 
-fn contains_ignoring_case(haystack: &str, needle: &str) -> bool {
-    haystack
-        .as_bytes()
-        .windows(needle.len())
-        .any(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
+/// Session state taken anywhere in a statement's text: a session-level advisory lock, or
+/// `SELECT ... INTO TEMP`. One pass over the bytes, case-insensitive, no copy.
+fn pins_in_text(stmt: &str) -> Option<&'static str> {
+    let b = stmt.as_bytes();
+    for i in 0..b.len() {
+        let rest = &b[i..];
+        match b[i].to_ascii_lowercase() {
+            b'p' if starts_with_ci(rest, b"pg_advisory_lock")
+                || starts_with_ci(rest, b"pg_try_advisory_lock") =>
+            {
+                return Some("a session advisory lock");
+            }
+            b'i' if (i == 0 || b[i - 1].is_ascii_whitespace()) && into_temp(rest) => {
+                return Some("a temporary table");
+            }
+            _ => {}
+        }
+    }
+    None
 }
 
-fn takes_session_advisory_lock(stmt: &str) -> bool {
-    ["pg_advisory_lock", "pg_try_advisory_lock"]
+fn starts_with_ci(b: &[u8], prefix: &[u8]) -> bool {
+    b.get(..prefix.len())
+        .is_some_and(|head| head.eq_ignore_ascii_case(prefix))
+}
+
+/// Whether `b` starts with the words `INTO TEMP` or `INTO TEMPORARY`.
+fn into_temp(b: &[u8]) -> bool {
+    let Some(after) = b.get(4..).filter(|_| starts_with_ci(b, b"into")) else {
+        return false;
+    };
+    let next = after.iter().take_while(|c| c.is_ascii_whitespace()).count();
+    if next == 0 {
+        return false;
+    }
+    let word = &after[next..];
+    let word = &word[..word
         .iter()
-        .any(|f| contains_ignoring_case(stmt, f))
-}
-
-fn selects_into_temp(stmt: &str) -> bool {
-    contains_words(stmt, &["into", "temp"]) || contains_words(stmt, &["into", "temporary"])
+        .position(u8::is_ascii_whitespace)
+        .unwrap_or(word.len())];
+    word.eq_ignore_ascii_case(b"temp") || word.eq_ignore_ascii_case(b"temporary")
 }
 
 #[cfg(test)]
@@ -258,18 +335,18 @@ mod tests {
     #[test]
     fn splits_at_top_level_semicolons_only() {
         let sql = "SET a = 'x;y'; SELECT \"a;b\" -- c;d\n; SELECT $$ e;f $$; /* g; */ SELECT $1;";
-        let parts = statements(sql);
+        let parts: Vec<&str> = statements(sql).collect();
         assert_eq!(parts.len(), 4, "{parts:?}");
         assert_eq!(parts[0].trim(), "SET a = 'x;y'");
         assert!(parts[2].contains("$$ e;f $$"));
         assert!(parts[3].contains("SELECT $1"));
-        assert!(statements("  ;  ; -- nothing\n").is_empty());
+        assert_eq!(statements("  ;  ; -- nothing\n").count(), 0);
     }
 
     #[test]
     fn dollar_tags_and_nested_comments() {
         let sql = "DO $body$ BEGIN PERFORM 1; END $body$; /* a /* b; */ c; */ SELECT 2";
-        assert_eq!(statements(sql).len(), 2);
+        assert_eq!(statements(sql).count(), 2);
     }
 
     #[test]
@@ -363,11 +440,52 @@ mod tests {
     }
 
     #[test]
+    fn long_words_keep_their_names_and_match_no_keyword() {
+        assert_eq!(
+            classify("SET idle_in_transaction_session_timeout = 0"),
+            Effect::Set {
+                name: "idle_in_transaction_session_timeout".into()
+            }
+        );
+        assert_eq!(
+            classify("set session Default_Transaction_Isolation TO 'serializable'"),
+            Effect::Set {
+                name: "default_transaction_isolation".into()
+            }
+        );
+        assert_eq!(
+            classify("RESET idle_in_transaction_session_timeout"),
+            Effect::Reset {
+                name: "idle_in_transaction_session_timeout".into()
+            }
+        );
+        assert_eq!(classify("SETTLEMENTS_ARE_NOT_A_KEYWORD x"), Effect::Other);
+        assert_eq!(classify("résumé = 1"), Effect::Other);
+    }
+
+    #[test]
+    fn pins_found_anywhere_in_the_text_match_whole_words_only() {
+        assert!(matches!(
+            classify("select 1 into\n\tTemporary t2"),
+            Effect::Pin(_)
+        ));
+        assert!(matches!(
+            classify("WITH x AS (SELECT 1) SELECT PG_ADVISORY_LOCK(7)"),
+            Effect::Pin(_)
+        ));
+        assert_eq!(classify("SELECT 1 INTO temps FROM t"), Effect::Other);
+        assert_eq!(classify("SELECT 1 INTO TEMPx"), Effect::Other);
+        assert_eq!(classify("SELECT 1 INTOTEMP t"), Effect::Other);
+        assert_eq!(classify("SELECT 'xinto temp'"), Effect::Other);
+        assert_eq!(classify("SELECT pg_advisory_unlock(1)"), Effect::Other);
+    }
+
+    #[test]
     fn never_panics_on_odd_text() {
         for s in [
             "", ";", "$", "$$", "$a", "'", "\"", "/*", "--", "E'\\", "$1$", "set", "reset",
         ] {
-            let _ = statements(s);
+            let _ = statements(s).count();
             let _ = classify(s);
         }
     }

@@ -301,13 +301,10 @@ impl<'a> Tracker<'a> {
     fn query(&mut self, msg: &[u8], out: &mut BytesMut, server: &mut ServerConn, tx: &mut TxState) {
         let body = &msg[5..];
         let text = String::from_utf8_lossy(body.strip_suffix(&[0]).unwrap_or(body));
-        let effects: Vec<(Effect, &str)> = sql::statements(&text)
-            .into_iter()
-            .map(|s| (sql::classify(s), s))
-            .collect();
         if self.policy.pinning == Pinning::Refuse && self.client.pinned.is_none() {
-            if let Some(what) = effects.iter().find_map(|(e, _)| match e {
-                Effect::Pin(what) => Some(*what),
+            // Refusal is all or nothing: a first pass looks for state that would pin.
+            if let Some(what) = sql::statements(&text).find_map(|s| match sql::classify(s) {
+                Effect::Pin(what) => Some(what),
                 _ => None,
             }) {
                 let mut local = BytesMut::new();
@@ -318,8 +315,9 @@ impl<'a> Tracker<'a> {
                 return;
             }
         }
-        for (effect, stmt) in &effects {
-            self.apply(effect, Some(stmt));
+        for stmt in sql::statements(&text) {
+            let effect = sql::classify(stmt);
+            self.apply(&effect, Some(stmt));
             if matches!(effect, Effect::DiscardAll | Effect::DeallocateAll) {
                 server.prepared.clear();
             }
