@@ -13,6 +13,11 @@ use weir_pooler::app::{self, Pooler, ShutdownMode};
 use weir_pooler::config::Config;
 use weir_pooler::listener::Listeners;
 
+/// mimalloc instead of glibc's malloc: buffers come and go with every transaction, and
+/// glibc serves each multi-kilobyte request by first consolidating its fast bins.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// A PgBouncer-compatible PostgreSQL connection pooler.
 #[derive(Debug, Parser)]
 #[command(name = "weir", version, about)]

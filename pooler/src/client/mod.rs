@@ -10,6 +10,8 @@ pub(crate) mod session_state;
 mod sql;
 mod tracked;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -34,102 +36,13 @@ use tracked::{ClientState, Tracker};
 
 /// Serves one client connection from its first byte to its last. Never panics on what the
 /// client sends; every refusal reaches the client as an ErrorResponse with a SQLSTATE.
-pub async fn serve(pooler: Arc<Pooler>, mut stream: Stream, peer: String) {
+pub async fn serve(pooler: Arc<Pooler>, stream: Stream, peer: String) {
     let (_count, connected) = pooler.client_connected();
-    let config = pooler.config();
-    let mut buf = BytesMut::new();
-
-    let hello = with_login_timeout(
-        config.pgbouncer.client_login_timeout,
-        login::hello(&mut stream, &mut buf, &config),
-    )
-    .await;
-    let login = match hello {
-        Ok(Hello::Session(login)) => login,
-        Ok(Hello::Cancel {
-            process_id,
-            secret_key,
-        }) => {
-            forward_cancel(&pooler, process_id, secret_key).await;
-            return;
-        }
-        Err(e) => return refuse(&mut stream, e).await,
-    };
-    if connected > config.pgbouncer.max_client_conn as usize {
-        let e = PgError::fatal("53300", "no more connections allowed (max_client_conn)");
-        return refuse(&mut stream, LoginError::fatal(e)).await;
-    }
-    let console = crate::admin::is_console(&login.database);
-    if !console && pooler.is_disabled(&login.database) {
-        let e = PgError::fatal(
-            "08004",
-            format!(
-                "database {} is disabled (DISABLE); try again after ENABLE",
-                login.database
-            ),
-        );
-        return refuse(&mut stream, LoginError::fatal(e)).await;
-    }
-    if !console && config.database(&login.database).is_none() {
-        return refuse(
-            &mut stream,
-            LoginError::fatal(app::no_such_database(&login.database)),
-        )
-        .await;
-    }
-    let authenticated = with_login_timeout(
-        config.pgbouncer.client_login_timeout,
-        login::authenticate(&mut stream, &mut buf, &pooler, &login),
-    )
-    .await;
-    let authenticated = match authenticated {
-        Ok(a) => a,
-        Err(e) => {
-            tracing::info!(%peer, user = %login.user, "client login failed");
-            return refuse(&mut stream, e).await;
-        }
-    };
-    if console {
-        let Some(role) = crate::admin::role_of(&config, &login.user) else {
-            let e = crate::admin::not_allowed(&login.user);
-            return refuse(&mut stream, LoginError::fatal(e)).await;
-        };
-        let record = register(&pooler, &stream, &login, config.pgbouncer.listen_port);
-        drop(config);
-        tracing::info!(%peer, user = %login.user, ?role, "admin console login");
-        let reason = crate::admin::serve(pooler, stream, buf, role, record).await;
-        tracing::info!(%peer, user = %login.user, reason, "admin console disconnect");
+    // Logging in needs far more future state than a session does. It is boxed, and freed once
+    // done, so that the task of a logged-in client (sized for its largest state) stays small.
+    let Some((mut session, login)) = Box::pin(log_in(pooler, stream, &peer, connected)).await
+    else {
         return;
-    }
-    let pool = match pooler.pool_for(&login.database, &login.user, authenticated.scram_keys) {
-        Ok(p) => p,
-        Err(e) => return refuse(&mut stream, LoginError::Fatal(e)).await,
-    };
-    let deadline = wait_deadline(config.pgbouncer.query_wait_timeout);
-    let welcome = match pool.welcome_params(deadline).await {
-        Ok(w) => w,
-        Err(e) => return refuse(&mut stream, LoginError::fatal(e.to_client_error())).await,
-    };
-    let record = register(&pooler, &stream, &login, config.pgbouncer.listen_port);
-    let wanted = greet(&mut stream, &login.params, &welcome, &record).await;
-    let Ok(wanted) = wanted else {
-        return;
-    };
-    if config.pgbouncer.log_connections {
-        tracing::info!(%peer, user = %login.user, database = %login.database, "login");
-    }
-    drop(config);
-    pool.stats()
-        .clients
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let mut session = Session {
-        pooler,
-        pool,
-        stream,
-        buf,
-        params: wanted,
-        record,
-        state: ClientState::default(),
     };
     let killed = session.record.shared();
     let reason = tokio::select! {
@@ -150,6 +63,112 @@ pub async fn serve(pooler: Arc<Pooler>, mut stream: Stream, peer: String) {
     if session.pooler.config().pgbouncer.log_disconnections {
         tracing::info!(%peer, user = %login.user, database = %login.database, reason, "disconnect");
     }
+}
+
+/// Startup, authentication and the welcome. `None`: the connection was a cancel request, was
+/// refused, or was an admin console session that has ended.
+async fn log_in(
+    pooler: Arc<Pooler>,
+    mut stream: Stream,
+    peer: &str,
+    connected: usize,
+) -> Option<(Session, login::Login)> {
+    let config = pooler.config();
+    let mut buf = BytesMut::new();
+
+    let hello = with_login_timeout(
+        config.pgbouncer.client_login_timeout,
+        login::hello(&mut stream, &mut buf, &config),
+    )
+    .await;
+    let login = match hello {
+        Ok(Hello::Session(login)) => login,
+        Ok(Hello::Cancel {
+            process_id,
+            secret_key,
+        }) => {
+            forward_cancel(&pooler, process_id, secret_key).await;
+            return None;
+        }
+        Err(e) => return refused(&mut stream, e).await,
+    };
+    if connected > config.pgbouncer.max_client_conn as usize {
+        let e = PgError::fatal("53300", "no more connections allowed (max_client_conn)");
+        return refused(&mut stream, LoginError::fatal(e)).await;
+    }
+    let console = crate::admin::is_console(&login.database);
+    if !console && pooler.is_disabled(&login.database) {
+        let e = PgError::fatal(
+            "08004",
+            format!(
+                "database {} is disabled (DISABLE); try again after ENABLE",
+                login.database
+            ),
+        );
+        return refused(&mut stream, LoginError::fatal(e)).await;
+    }
+    if !console && config.database(&login.database).is_none() {
+        return refused(
+            &mut stream,
+            LoginError::fatal(app::no_such_database(&login.database)),
+        )
+        .await;
+    }
+    let authenticated = with_login_timeout(
+        config.pgbouncer.client_login_timeout,
+        login::authenticate(&mut stream, &mut buf, &pooler, &login),
+    )
+    .await;
+    let authenticated = match authenticated {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::info!(%peer, user = %login.user, "client login failed");
+            return refused(&mut stream, e).await;
+        }
+    };
+    if console {
+        let Some(role) = crate::admin::role_of(&config, &login.user) else {
+            let e = crate::admin::not_allowed(&login.user);
+            return refused(&mut stream, LoginError::fatal(e)).await;
+        };
+        let record = register(&pooler, &stream, &login, config.pgbouncer.listen_port);
+        drop(config);
+        tracing::info!(%peer, user = %login.user, ?role, "admin console login");
+        let reason = crate::admin::serve(pooler, stream, buf, role, record).await;
+        tracing::info!(%peer, user = %login.user, reason, "admin console disconnect");
+        return None;
+    }
+    let pool = match pooler.pool_for(&login.database, &login.user, authenticated.scram_keys) {
+        Ok(p) => p,
+        Err(e) => return refused(&mut stream, LoginError::Fatal(e)).await,
+    };
+    let deadline = wait_deadline(config.pgbouncer.query_wait_timeout);
+    let welcome = match pool.welcome_params(deadline).await {
+        Ok(w) => w,
+        Err(e) => return refused(&mut stream, LoginError::fatal(e.to_client_error())).await,
+    };
+    let record = register(&pooler, &stream, &login, config.pgbouncer.listen_port);
+    let wanted = greet(&mut stream, &login.params, &welcome, &record).await;
+    let Ok(wanted) = wanted else {
+        return None;
+    };
+    if config.pgbouncer.log_connections {
+        tracing::info!(%peer, user = %login.user, database = %login.database, "login");
+    }
+    drop(config);
+    pool.stats()
+        .clients
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let session = Session {
+        pooler,
+        pool,
+        stream,
+        buf,
+        params: wanted,
+        record,
+        state: ClientState::default(),
+    };
+    Some((session, login))
 }
 
 /// Records a logged-in client in the registry, which gives it its cancel key.
@@ -199,14 +218,16 @@ fn wait_deadline(query_wait_timeout: Duration) -> Instant {
     Instant::now() + wait
 }
 
-/// Tells a client why it cannot go on, then lets the connection close.
-async fn refuse(stream: &mut Stream, e: LoginError) {
+/// Tells a client why it cannot go on, then lets the connection close; `None`, for
+/// [`log_in`] to return.
+async fn refused<T>(stream: &mut Stream, e: LoginError) -> Option<T> {
     if let LoginError::Fatal(e) = e {
         tracing::debug!(code = %e.code, message = %e.message, "refusing client");
         let mut out = BytesMut::new();
         backend::error_response(&mut out, &e);
         let _ = wire::flush(stream, &mut out).await;
     }
+    None
 }
 
 async fn forward_cancel(pooler: &Pooler, process_id: i32, secret_key: i32) {
@@ -496,7 +517,8 @@ impl Session {
                 if server.buf.len() >= rfq_len {
                     server.buf.advance(rfq_len);
                 }
-                if server.simple_query("ROLLBACK").await.is_err() {
+                // Boxed, as statement mode's rare path, to keep client tasks small.
+                if Box::pin(server.simple_query("ROLLBACK")).await.is_err() {
                     self.fatal(PgError::fatal("08006", "server connection lost"))
                         .await;
                     return Err("server failed");
@@ -580,10 +602,14 @@ impl Session {
     }
 
     /// Tells the client a FATAL error (the connection closes after it).
-    async fn fatal(&mut self, e: PgError) {
+    fn fatal(&mut self, e: PgError) -> impl Future<Output = ()> + '_ {
+        // Encoded before the future is made, so that the future (stored in every state of
+        // the session that can fail) holds bytes and not the error.
         let mut out = BytesMut::new();
         backend::error_response(&mut out, &e);
-        let _ = wire::flush(&mut self.stream, &mut out).await;
+        async move {
+            let _ = wire::flush(&mut self.stream, &mut out).await;
+        }
     }
 }
 
@@ -598,24 +624,30 @@ fn max_message(max_packet_size: u32) -> usize {
 
 /// Runs `server_reset_query` and gives the connection back if it worked; otherwise the
 /// connection is closed.
-async fn reset_and_release(mut checkout: Checkout, query: &str) -> bool {
-    if !query.is_empty() {
-        let server = checkout.server();
-        if server.simple_query(query).await.is_err() {
-            return false;
-        }
-        for stmt in sql::statements(query) {
-            match sql::classify(stmt) {
-                sql::Effect::DiscardAll => {
-                    server.prepared.clear();
-                    server.session.clear();
+fn reset_and_release(
+    mut checkout: Checkout,
+    query: &str,
+) -> Pin<Box<impl Future<Output = bool> + '_>> {
+    // Boxed: it runs a query, and its future would otherwise enlarge every client task.
+    Box::pin(async move {
+        if !query.is_empty() {
+            let server = checkout.server();
+            if server.simple_query(query).await.is_err() {
+                return false;
+            }
+            for stmt in sql::statements(query) {
+                match sql::classify(stmt) {
+                    sql::Effect::DiscardAll => {
+                        server.prepared.clear();
+                        server.session.clear();
+                    }
+                    sql::Effect::DeallocateAll => server.prepared.clear(),
+                    sql::Effect::ResetAll => server.session.clear(),
+                    _ => {}
                 }
-                sql::Effect::DeallocateAll => server.prepared.clear(),
-                sql::Effect::ResetAll => server.session.clear(),
-                _ => {}
             }
         }
-    }
-    checkout.release();
-    true
+        checkout.release();
+        true
+    })
 }

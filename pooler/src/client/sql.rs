@@ -205,23 +205,23 @@ impl Lower {
 /// it allocates only for the (rare) statements that change settings.
 pub fn classify(stmt: &str) -> Effect {
     let w = words(stmt);
-    let lower = w.map(Lower::new);
-    let word = |i: usize| lower[i].as_str();
-    match word(0) {
-        "set" => match word(1) {
+    // Lower-cased as examined: most statements need only their first word.
+    let word = |i: usize| Lower::new(w[i]);
+    match word(0).as_str() {
+        "set" => match word(1).as_str() {
             "local" | "transaction" | "constraints" => Effect::Other,
-            "session" if word(2) == "characteristics" => Effect::Set {
+            "session" if word(2).as_str() == "characteristics" => Effect::Set {
                 name: "session characteristics".into(),
             },
-            "session" if word(2) == "authorization" => Effect::Set {
+            "session" if word(2).as_str() == "authorization" => Effect::Set {
                 name: "session_authorization".into(),
             },
-            "session" => set_name(w[2], word(2), word(3)),
-            first => set_name(w[1], first, word(2)),
+            "session" => set_name(w[2], word(2).as_str(), word(3).as_str()),
+            first => set_name(w[1], first, word(2).as_str()),
         },
-        "reset" => match word(1) {
+        "reset" => match word(1).as_str() {
             "all" => Effect::ResetAll,
-            "session" if word(2) == "authorization" => Effect::Reset {
+            "session" if word(2).as_str() == "authorization" => Effect::Reset {
                 name: "session_authorization".into(),
             },
             "time" => Effect::Reset {
@@ -232,15 +232,20 @@ pub fn classify(stmt: &str) -> Effect {
                 name: unquote(w[1]),
             },
         },
-        "discard" if word(1) == "all" => Effect::DiscardAll,
-        "discard" if word(1) == "temp" || word(1) == "temporary" => Effect::Other,
-        "deallocate" if word(1) == "all" || (word(1) == "prepare" && word(2) == "all") => {
+        "discard" if word(1).as_str() == "all" => Effect::DiscardAll,
+        "discard" if word(1).as_str() == "temp" || word(1).as_str() == "temporary" => Effect::Other,
+        "deallocate"
+            if word(1).as_str() == "all"
+                || (word(1).as_str() == "prepare" && word(2).as_str() == "all") =>
+        {
             Effect::DeallocateAll
         }
-        "prepare" if word(1) != "transaction" => Effect::Pin("SQL PREPARE"),
+        "prepare" if word(1).as_str() != "transaction" => Effect::Pin("SQL PREPARE"),
         "listen" => Effect::Pin("LISTEN"),
         "declare" if contains_words(stmt, &["with", "hold"]) => Effect::Pin("a WITH HOLD cursor"),
-        "create" if creates_temp(word(1), word(2)) => Effect::Pin("a temporary table"),
+        "create" if creates_temp(word(1).as_str(), word(2).as_str()) => {
+            Effect::Pin("a temporary table")
+        }
         _ => pins_in_text(stmt).map_or(Effect::Other, Effect::Pin),
     }
 }

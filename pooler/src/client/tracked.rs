@@ -150,8 +150,10 @@ impl<'a> Tracker<'a> {
                     if input.len() < 5 + body {
                         return Ok(ClientEvent::NeedMore);
                     }
-                    let msg = input.split_to(5 + body);
-                    self.inspect(tag, &msg, out, server, tx);
+                    // Looked at in place: splitting it off would make the buffer shared
+                    // and cost an allocation per message.
+                    self.inspect(tag, &input[..5 + body], out, server, tx);
+                    input.advance(5 + body);
                 }
                 _ => {
                     match tag {

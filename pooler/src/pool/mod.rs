@@ -11,6 +11,7 @@ mod maintenance;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -102,7 +103,8 @@ impl CheckoutError {
 /// A server connection plus the database- and user-wide permits it occupies.
 #[derive(Debug)]
 struct Slot {
-    conn: ServerConn,
+    /// Boxed: slots move in and out of the idle list and through checkout futures.
+    conn: Box<ServerConn>,
     /// Its entry in the registry, removed when the slot is dropped.
     record: ServerHandle,
     _limits: Vec<LimitPermit>,
@@ -321,11 +323,28 @@ impl Pool {
         // The common case takes no lock but the pool's own, once: a free permit and an idle
         // connection, nobody queued before this client.
         if let Some((slot, permit)) = self.take_idle_now() {
-            if let Some(slot) = self.vet(slot, deadline.into()).await {
+            let vetted = match self.vet_now(slot) {
+                Vetted::Ready(slot) => Some(slot),
+                Vetted::Check(slot) => self.check(slot, deadline.into()).await,
+                Vetted::Closed => None,
+            };
+            if let Some(slot) = vetted {
                 self.lent(started);
                 return Ok(Checkout::new(self, slot, permit));
             }
         }
+        // Waiting is the uncommon path and its future is large (timers, perhaps a login): it
+        // is boxed so that a client task, which is sized for its largest state, stays small
+        // while the client sits idle.
+        Box::pin(self.checkout_waiting(started, deadline)).await
+    }
+
+    /// Checkout for a client that must queue (or open a connection).
+    async fn checkout_waiting(
+        self: &Arc<Self>,
+        started: Instant,
+        deadline: Instant,
+    ) -> Result<Checkout, CheckoutError> {
         let waiter = Waiter::new(self, started);
         let result = async {
             self.unpaused(deadline.into()).await?;
@@ -436,7 +455,7 @@ impl Pool {
                     return Err(CheckoutError::Closed);
                 }
                 if let Some(slot) = st.idle.pop_back() {
-                    Step::Reuse(Box::new(slot))
+                    Step::Reuse(slot)
                 } else if st.total < self.capacity() {
                     if let Some((at, why)) = &st.last_failure {
                         if at.elapsed() < self.settings.load().login_retry {
@@ -451,7 +470,7 @@ impl Pool {
             };
             match step {
                 Step::Reuse(slot) => {
-                    if let Some(slot) = self.vet(*slot, deadline).await {
+                    if let Some(slot) = self.vet(slot, deadline).await {
                         return Ok(Checkout::new(self, slot, permit));
                     }
                 }
@@ -531,26 +550,47 @@ impl Pool {
     }
 
     /// Checks an idle connection before lending it; `None` means it was closed.
-    async fn vet(&self, mut slot: Slot, deadline: tokio::time::Instant) -> Option<Slot> {
+    async fn vet(&self, slot: Slot, deadline: tokio::time::Instant) -> Option<Slot> {
+        match self.vet_now(slot) {
+            Vetted::Ready(slot) => Some(slot),
+            Vetted::Check(slot) => self.check(slot, deadline).await,
+            Vetted::Closed => None,
+        }
+    }
+
+    /// What can be said of an idle connection without talking to its server.
+    fn vet_now(&self, slot: Slot) -> Vetted {
         if !slot.conn.is_clean() || slot.conn.generation != self.generation.load(Ordering::Acquire)
         {
             tracing::debug!(pool = %self.key, server = slot.conn.id, "idle server connection went bad");
             self.forget(slot, false);
-            return None;
+            return Vetted::Closed;
         }
-        let settings = self.settings.load_full();
-        let check = &settings.check_query;
-        if !check.is_empty() && slot.conn.last_used.elapsed() >= settings.check_delay {
-            match timeout_at(deadline, slot.conn.simple_query(check)).await {
-                Ok(Ok(())) => {}
+        let settings = self.settings.load();
+        if settings.check_query.is_empty() || slot.conn.last_used.elapsed() < settings.check_delay {
+            return Vetted::Ready(slot);
+        }
+        Vetted::Check(slot)
+    }
+
+    /// Runs `server_check_query` on an idle connection; `None` means it failed and was closed.
+    /// Boxed: rare, and its future would otherwise enlarge every client task.
+    fn check(
+        &self,
+        mut slot: Slot,
+        deadline: tokio::time::Instant,
+    ) -> Pin<Box<impl Future<Output = Option<Slot>> + Send + '_>> {
+        Box::pin(async move {
+            let settings = self.settings.load_full();
+            match timeout_at(deadline, slot.conn.simple_query(&settings.check_query)).await {
+                Ok(Ok(())) => Some(slot),
                 _ => {
                     tracing::info!(pool = %self.key, server = slot.conn.id, "server_check_query failed");
                     self.forget(slot, false);
-                    return None;
+                    None
                 }
             }
-        }
-        Some(slot)
+        })
     }
 
     /// Opens a new connection for a slot already counted in `total`. `None` means
@@ -598,7 +638,7 @@ impl Pool {
                         .to_owned(),
                 });
                 Ok(Some(Slot {
-                    conn,
+                    conn: Box::new(conn),
                     record,
                     _limits: permits,
                 }))
@@ -734,8 +774,18 @@ impl Drop for Waiter<'_> {
     }
 }
 
+/// What [`Pool::vet_now`] found.
+enum Vetted {
+    /// Fit to lend.
+    Ready(Slot),
+    /// Idle long enough that `server_check_query` must run first.
+    Check(Slot),
+    /// Gone bad; it was closed.
+    Closed,
+}
+
 enum Step {
-    Reuse(Box<Slot>),
+    Reuse(Slot),
     Open(Opening),
     Wait,
 }
