@@ -181,13 +181,18 @@ impl Pooler {
     /// transaction and statement modes are let go at their next transaction boundary. A
     /// shutdown already under way keeps its mode unless `mode` is [`ShutdownMode::Now`].
     pub fn shut_down(&self, mode: ShutdownMode) {
-        self.shutdown.send_if_modified(|current| match current {
+        let begun = self.shutdown.send_if_modified(|current| match current {
             Some(m) if *m == mode || mode != ShutdownMode::Now => false,
             _ => {
                 *current = Some(mode);
                 true
             }
         });
+        if begun {
+            // Idle clients do not watch the shutdown signal themselves (registering with it
+            // on every wait costs a lock per transaction); they are woken to look.
+            self.registry.nudge_clients();
+        }
     }
 
     /// Whether a shutdown has begun.

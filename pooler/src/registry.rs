@@ -189,6 +189,13 @@ impl ClientRecord {
         self.kill.wake();
     }
 
+    /// Wakes the client's task without ending its session, so that it looks again at the
+    /// pooler's state (a shutdown has begun). Waiting for [`ClientRecord::killed`] is what
+    /// registers the task to be woken.
+    pub fn nudge(&self) {
+        self.kill.wake();
+    }
+
     /// Resolves once [`ClientRecord::kill`] has been called. One task at a time may wait.
     pub async fn killed(&self) {
         std::future::poll_fn(|cx| {
@@ -325,6 +332,13 @@ impl Registry {
         let mut list: Vec<_> = lock(&self.clients).by_id.values().cloned().collect();
         list.sort_by_key(|c| c.id);
         list
+    }
+
+    /// Wakes every logged-in client's task ([`ClientRecord::nudge`]).
+    pub fn nudge_clients(&self) {
+        for client in lock(&self.clients).by_id.values() {
+            client.nudge();
+        }
     }
 
     /// Every open server connection, oldest first.

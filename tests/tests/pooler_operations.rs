@@ -383,6 +383,38 @@ async fn sigterm_drains_without_breaking_a_transaction() {
 }
 
 #[tokio::test]
+async fn sigterm_lets_idle_clients_go_at_once() {
+    // Idle clients are woken by the shutdown itself, not by their next query: with a long
+    // shutdown_timeout, weir can only exit promptly if it let them go.
+    let mut fx = Fixture::start(Options::mode("transaction", 2).with("shutdown_timeout = 120"))
+        .await
+        .expect("fixture");
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        let c = fx.client().await.expect("client");
+        c.simple_query("SELECT 1").await.expect("query");
+        clients.push(c);
+    }
+    fx.weir.signal(Signal::SIGTERM).expect("SIGTERM");
+    let status = fx
+        .weir
+        .wait_exit(Duration::from_secs(60))
+        .await
+        .expect("wait");
+    assert_eq!(
+        status,
+        Some(0),
+        "weir did not exit after letting idle clients go"
+    );
+    for c in &clients {
+        assert!(
+            Fixture::eventually(Duration::from_secs(5), || async { c.is_closed() }).await,
+            "an idle client was not let go"
+        );
+    }
+}
+
+#[tokio::test]
 async fn an_existing_pgbouncer_configuration_runs_unchanged() {
     let fx = Fixture::start(Options::mode("transaction", 2))
         .await

@@ -13,6 +13,7 @@ mod tracked;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
@@ -375,14 +376,16 @@ impl Session {
                 .await;
                 return Err("pooler shutting down");
             }
-            let pooler = self.pooler.clone();
-            let drained = async {
-                if releases {
-                    pooler.drained().await;
+            // A shutdown wakes every client's task (Registry::nudge_clients), which polls
+            // this again.
+            let pooler = &self.pooler;
+            let drained = std::future::poll_fn(|_| {
+                if releases && pooler.is_draining() {
+                    Poll::Ready(())
                 } else {
-                    std::future::pending::<()>().await;
+                    Poll::Pending
                 }
-            };
+            });
             // No timer at all unless there is a limit: arming and clearing one per
             // transaction shows in profiles.
             let idle_timeout = async {

@@ -319,7 +319,6 @@ impl Pool {
     /// Lends a server connection, waiting in FIFO order until `deadline` (and, while the
     /// pool is paused, until it is resumed).
     pub async fn checkout(self: &Arc<Self>, deadline: Instant) -> Result<Checkout, CheckoutError> {
-        let started = Instant::now();
         // The common case takes no lock but the pool's own, once: a free permit and an idle
         // connection, nobody queued before this client.
         if let Some((slot, permit)) = self.take_idle_now() {
@@ -329,22 +328,23 @@ impl Pool {
                 Vetted::Closed => None,
             };
             if let Some(slot) = vetted {
-                self.lent(started);
+                // Taken at once: no wait to time, and no clock to read.
+                self.lent(Duration::ZERO);
                 return Ok(Checkout::new(self, slot, permit));
             }
         }
         // Waiting is the uncommon path and its future is large (timers, perhaps a login): it
         // is boxed so that a client task, which is sized for its largest state, stays small
         // while the client sits idle.
-        Box::pin(self.checkout_waiting(started, deadline)).await
+        Box::pin(self.checkout_waiting(deadline)).await
     }
 
     /// Checkout for a client that must queue (or open a connection).
     async fn checkout_waiting(
         self: &Arc<Self>,
-        started: Instant,
         deadline: Instant,
     ) -> Result<Checkout, CheckoutError> {
+        let started = Instant::now();
         let waiter = Waiter::new(self, started);
         let result = async {
             self.unpaused(deadline.into()).await?;
@@ -353,7 +353,7 @@ impl Pool {
         .await;
         drop(waiter);
         if result.is_ok() {
-            self.lent(started);
+            self.lent(started.elapsed());
         }
         result
     }
@@ -372,9 +372,8 @@ impl Pool {
         Some((slot, permit))
     }
 
-    /// Counts a checkout that began at `started`.
-    fn lent(&self, started: Instant) {
-        let waited = started.elapsed();
+    /// Counts a checkout that waited `waited`.
+    fn lent(&self, waited: Duration) {
         self.stats.active.fetch_add(1, Ordering::Relaxed);
         self.stats.checkouts.fetch_add(1, Ordering::Relaxed);
         self.stats.wait_us.fetch_add(
@@ -674,11 +673,12 @@ impl Pool {
 
     /// Takes back a clean connection.
     fn checkin(&self, mut slot: Slot) {
-        slot.conn.last_used = Instant::now();
+        let now = Instant::now();
+        slot.conn.last_used = now;
         slot.record.set_prepared(slot.conn.prepared.len());
         let settings = self.settings.load();
         let expired = (!settings.lifetime.is_zero()
-            && slot.conn.created.elapsed() >= settings.lifetime)
+            && now.duration_since(slot.conn.created) >= settings.lifetime)
             || slot.conn.generation != self.generation.load(Ordering::Acquire)
             || self.limits.load().iter().any(|l| l.is_shrinking());
         {
