@@ -31,6 +31,7 @@ chart-manifests:
 ## test: everything CI runs — lint, unit tests, integration tests against real PostgreSQL
 test: deps lint lint-chart build drivers
 	$(CARGO) test --workspace --no-fail-fast
+	python3 -m unittest discover -s bench -p 'test_*.py'
 	$(MAKE) fuzz FUZZ_SECONDS=20
 
 lint:

@@ -15,18 +15,19 @@ ensure_pgbouncer() {
     apt-get install -y -qq pgbouncer >/dev/null
 }
 
-# proc_ticks PID [children]: user + system CPU of a process, threads included, in clock
-# ticks; with "children", plus what its reaped children used. 0 once the process is gone.
+# proc_ticks PID [children|user]: user + system CPU of a process, threads included, in clock
+# ticks; with "children", plus what its reaped children used; with "user", its user time
+# only. 0 once the process is gone.
 proc_ticks() {
     local s f
     { s=$(<"/proc/$1/stat"); } 2>/dev/null || { echo 0; return; }
     s=${s##*) }
     read -r -a f <<<"$s"
-    if [[ ${2:-} == children ]]; then
-        echo $((f[11] + f[12] + f[13] + f[14]))
-    else
-        echo $((f[11] + f[12]))
-    fi
+    case ${2:-} in
+        children) echo $((f[11] + f[12] + f[13] + f[14])) ;;
+        user) echo $((f[11])) ;;
+        *) echo $((f[11] + f[12])) ;;
+    esac
 }
 
 # Busy CPU of the whole machine (user, nice, system, irq, softirq, steal) in clock ticks.

@@ -119,10 +119,13 @@ def aggregate(runs, clk_tck):
     out = {}
     for key, cell in cells.items():
         ok = cell["ok"]
-        cpu = [
-            r["pooler_cpu_ticks"] / clk_tck / r["transactions"] * 100_000
-            for r in ok
-            if key[2] != "direct" and r["transactions"]
+        measured = [r for r in ok if key[2] != "direct" and r["transactions"]]
+        cpu = [r["pooler_cpu_ticks"] / clk_tck / r["transactions"] * 100_000 for r in measured]
+        # User time is recorded since the split was added; older runs.tsv files lack it.
+        user = [
+            r["pooler_user_ticks"] / clk_tck / r["transactions"] * 100_000
+            for r in measured
+            if r.get("pooler_user_ticks") is not None
         ]
         out[key] = {
             "runs": len(ok) + cell["failed"],
@@ -132,8 +135,17 @@ def aggregate(runs, clk_tck):
             "latency_ms": median([r["latency_ms"] for r in ok]),
             "connection_ms": median([r["connection_ms"] for r in ok]),
             "cpu_per_100k": median(cpu) if cpu else None,
+            "user_per_100k": median(user) if user and len(user) == len(cpu) else None,
         }
     return out
+
+
+def user_system(cell):
+    """`user / system` CPU seconds per 100k transactions of a cell, or an empty cell."""
+    if not cell or cell["cpu_per_100k"] is None or cell.get("user_per_100k") is None:
+        return ""
+    user = cell["user_per_100k"]
+    return f"{user:.2f} / {cell['cpu_per_100k'] - user:.2f}"
 
 
 def ratio(a, b):
@@ -255,13 +267,18 @@ def render(env, cells, idle, restarts):
 
     add("## Pooler CPU per 100k transactions (from /proc/PID/stat, user + system)")
     add("")
-    add("| scenario | clients | PgBouncer CPU s | weir CPU s | weir/PgBouncer |")
-    add("|---|--:|--:|--:|--:|")
+    add("| scenario | clients | PgBouncer CPU s | weir CPU s | weir/PgBouncer | PgBouncer user / system | weir user / system |")
+    add("|---|--:|--:|--:|--:|--:|--:|")
     for s, c in keys:
         p, w = (cells.get((s, c, t)) for t in ("pgbouncer", "weir"))
         pv = p["cpu_per_100k"] if p else None
         wv = w["cpu_per_100k"] if w else None
-        add(f"| {SCENARIOS.get(s, s)} | {c:,} | {fmt(pv, 2)} | {fmt(wv, 2)} | {fmt_ratio(ratio(wv, pv))} |")
+        add(
+            f"| {SCENARIOS.get(s, s)} | {c:,} | {fmt(pv, 2)} | {fmt(wv, 2)} | {fmt_ratio(ratio(wv, pv))} | "
+            f"{user_system(p)} | {user_system(w)} |"
+        )
+    add("")
+    add("User time is the pooler's own code; system time is mostly the socket reads and writes each transaction needs (two per direction) and being woken.")
     add("")
     add("PgBouncer runs one thread; weir runs a tokio worker per core, so on this machine it can use both cores while PostgreSQL and pgbench compete for them.")
     add("")
@@ -339,6 +356,7 @@ def load(directory):
                 round=int(row["round"]),
                 rc=int(row["rc"]),
                 pooler_cpu_ticks=int(row["pooler_cpu_ticks"]),
+                pooler_user_ticks=int(row["pooler_user_ticks"]) if row.get("pooler_user_ticks") else None,
             )
             runs.append(parsed)
     idle = {}

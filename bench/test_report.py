@@ -60,9 +60,17 @@ number of failed transactions: 0 (NaN%)
 """
 
 
-def run(text, scenario="select", clients=50, target="weir", rnd=1, rc=0, ticks=0):
+def run(text, scenario="select", clients=50, target="weir", rnd=1, rc=0, ticks=0, user_ticks=None):
     parsed = report.parse_pgbench(text)
-    parsed.update(scenario=scenario, clients=clients, target=target, round=rnd, rc=rc, pooler_cpu_ticks=ticks)
+    parsed.update(
+        scenario=scenario,
+        clients=clients,
+        target=target,
+        round=rnd,
+        rc=rc,
+        pooler_cpu_ticks=ticks,
+        pooler_user_ticks=user_ticks,
+    )
     return parsed
 
 
@@ -137,6 +145,17 @@ class AggregateTest(unittest.TestCase):
         cells = report.aggregate([run(OK_RUN, ticks=250), run(OK_RUN, target="direct", ticks=0)], 100)
         self.assertAlmostEqual(cells[("select", 50, "weir")]["cpu_per_100k"], 2.5)
         self.assertIsNone(cells[("select", 50, "direct")]["cpu_per_100k"])
+
+    def test_cpu_splits_into_user_and_system(self):
+        # 250 ticks of which 50 user: 0.5 s user and 2.0 s system per 100,000 transactions.
+        cells = report.aggregate([run(OK_RUN, ticks=250, user_ticks=50)], 100)
+        cell = cells[("select", 50, "weir")]
+        self.assertAlmostEqual(cell["user_per_100k"], 0.5)
+        self.assertEqual(report.user_system(cell), "0.50 / 2.00")
+        # A run recorded before the split has no user time: the column stays empty.
+        old = report.aggregate([run(OK_RUN, ticks=250)], 100)[("select", 50, "weir")]
+        self.assertIsNone(old["user_per_100k"])
+        self.assertEqual(report.user_system(old), "")
 
     def test_failures_are_counted_and_explained(self):
         runs = [run(PREPARED_LUCKY_RUN, rnd=1), run(ABORTED_RUN, rnd=2, rc=2), run(OK_RUN, rnd=3)]

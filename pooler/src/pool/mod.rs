@@ -387,6 +387,9 @@ impl Pool {
 
     /// Waits while the pool is paused, at most until `deadline`.
     async fn unpaused(&self, deadline: tokio::time::Instant) -> Result<(), CheckoutError> {
+        if !*self.paused.borrow() {
+            return Ok(());
+        }
         let mut rx = self.paused.subscribe();
         let resumed = async { rx.wait_for(|paused| !paused).await.map(|_| ()) };
         match timeout_at(deadline, resumed).await {
@@ -523,9 +526,11 @@ impl Pool {
         let main = self.main.clone().acquire_owned();
         tokio::pin!(main);
         let settings = self.settings.load_full();
-        let reserve_at = tokio::time::Instant::now() + settings.reserve_timeout;
+        let reserve_at = (settings.reserve_size > 0)
+            .then(|| tokio::time::Instant::now() + settings.reserve_timeout)
+            .filter(|at| *at < deadline);
         // The reserve is only for clients still waiting after reserve_pool_timeout.
-        if settings.reserve_size > 0 && reserve_at < deadline {
+        if let Some(reserve_at) = reserve_at {
             tokio::select! {
                 p = &mut main => return p.map_err(|_| CheckoutError::Closed),
                 _ = tokio::time::sleep_until(reserve_at) => {}
