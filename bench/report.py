@@ -127,6 +127,11 @@ def aggregate(runs, clk_tck):
             for r in measured
             if r.get("pooler_user_ticks") is not None
         ]
+        client = [
+            r["client_ticks"] / clk_tck / r["transactions"] * 100_000
+            for r in ok
+            if r["transactions"] and r.get("client_ticks") is not None
+        ]
         out[key] = {
             "runs": len(ok) + cell["failed"],
             "failed": cell["failed"],
@@ -136,6 +141,7 @@ def aggregate(runs, clk_tck):
             "connection_ms": median([r["connection_ms"] for r in ok]),
             "cpu_per_100k": median(cpu) if cpu else None,
             "user_per_100k": median(user) if user and len(user) == len(cpu) else None,
+            "client_per_100k": median(client) if client and len(client) == len(ok) else None,
         }
     return out
 
@@ -267,18 +273,27 @@ def render(env, cells, idle, restarts):
 
     add("## Pooler CPU per 100k transactions (from /proc/PID/stat, user + system)")
     add("")
-    add("| scenario | clients | PgBouncer CPU s | weir CPU s | weir/PgBouncer | PgBouncer user / system | weir user / system |")
-    add("|---|--:|--:|--:|--:|--:|--:|")
+    add(
+        "| scenario | clients | PgBouncer CPU s | weir CPU s | weir/PgBouncer | PgBouncer user / system | weir user / system "
+        "| pgbench CPU s: direct / PgBouncer / weir |"
+    )
+    add("|---|--:|--:|--:|--:|--:|--:|--:|")
     for s, c in keys:
-        p, w = (cells.get((s, c, t)) for t in ("pgbouncer", "weir"))
+        d, p, w = (cells.get((s, c, t)) for t in ("direct", "pgbouncer", "weir"))
         pv = p["cpu_per_100k"] if p else None
         wv = w["cpu_per_100k"] if w else None
+        clients_cpu = " / ".join(fmt(x.get("client_per_100k") if x else None, 2) for x in (d, p, w))
         add(
             f"| {SCENARIOS.get(s, s)} | {c:,} | {fmt(pv, 2)} | {fmt(wv, 2)} | {fmt_ratio(ratio(wv, pv))} | "
-            f"{user_system(p)} | {user_system(w)} |"
+            f"{user_system(p)} | {user_system(w)} | {clients_cpu} |"
         )
     add("")
-    add("User time is the pooler's own code; system time is mostly the socket reads and writes each transaction needs (two per direction) and being woken.")
+    add(
+        "User time is the pooler's own code; system time is mostly the socket reads and writes each transaction "
+        "needs (two per direction) and being woken. The last column is the load generator's own CPU for the same "
+        "transactions: in the connection storm it is pgbench's SCRAM proof (PBKDF2, 4,096 iterations per "
+        "connection) that bounds the rate, whichever pooler is in between."
+    )
     add("")
     add("PgBouncer runs one thread; weir runs a tokio worker per core, so on this machine it can use both cores while PostgreSQL and pgbench compete for them.")
     add("")
@@ -357,6 +372,7 @@ def load(directory):
                 rc=int(row["rc"]),
                 pooler_cpu_ticks=int(row["pooler_cpu_ticks"]),
                 pooler_user_ticks=int(row["pooler_user_ticks"]) if row.get("pooler_user_ticks") else None,
+                client_ticks=int(row["client_ticks"]) if row.get("client_ticks") else None,
             )
             runs.append(parsed)
     idle = {}

@@ -128,13 +128,13 @@ echo "== PgBouncer on 127.0.0.1:$PGB_PORT, weir on 127.0.0.1:$WEIR_PORT (transac
 start_pgbouncer
 start_weir
 
-printf 'scenario\tclients\ttarget\tround\trc\tpooler_cpu_ticks\tpooler_user_ticks\tfile\n' >"$OUT/runs.tsv"
+printf 'scenario\tclients\ttarget\tround\trc\tpooler_cpu_ticks\tpooler_user_ticks\tclient_ticks\tfile\n' >"$OUT/runs.tsv"
 declare -A CONNECT_ALLOWANCE=()
 # One pgbench run; round 0 is the warm-up and is kept out of the medians by report.py.
 run_one() { # scenario clients target round seconds pgbench-args...
     local scenario=$1 clients=$2 target=$3 round=$4 seconds=$5
     shift 5
-    local port pid="" before=0 after=0 user_before=0 user_after=0 rc jobs=2 file
+    local port pid="" before=0 after=0 user_before=0 user_after=0 client_before client_after rc jobs=2 file
     case $target in
         direct) port=$PGPORT ;;
         pgbouncer) port=$PGB_PORT pid=$PGB_PID ;;
@@ -154,6 +154,8 @@ run_one() { # scenario clients target round seconds pgbench-args...
     file=raw/$scenario-c$clients-$target-r$round.txt
     for attempt in 1 2; do
         [[ -n $pid ]] && before=$(proc_ticks "$pid") user_before=$(proc_ticks "$pid" user)
+        # pgbench's own CPU: what this shell's reaped children used, across the run.
+        client_before=$(proc_ticks $$ children)
         set +e
         # --foreground keeps pgbench in our process group, so that Ctrl-C reaches it at once.
         timeout --foreground -k 10 $((seconds + allowance + 300)) "$PGBIN/pgbench" -n \
@@ -161,6 +163,7 @@ run_one() { # scenario clients target round seconds pgbench-args...
             "$@" bench >"$OUT/$file" 2>&1
         rc=$?
         set -e
+        client_after=$(proc_ticks $$ children)
         [[ -n $pid ]] && after=$(proc_ticks "$pid") user_after=$(proc_ticks "$pid" user)
         # On a busy machine the logins can outlast the guess: once more, with room to spare.
         if ((attempt == 1 && rc == 0)) &&
@@ -173,8 +176,9 @@ run_one() { # scenario clients target round seconds pgbench-args...
     done
     ms=$(sed -n 's/^initial connection time = \([0-9]*\).*/\1/p' "$OUT/$file")
     [[ -n $ms ]] && CONNECT_ALLOWANCE[$key]=$((ms * 3 / 2000 + 1))
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$scenario" "$clients" "$target" "$round" "$rc" \
-        $((after - before)) $((user_after - user_before)) "$file" >>"$OUT/runs.tsv"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$scenario" "$clients" "$target" "$round" "$rc" \
+        $((after - before)) $((user_after - user_before)) $((client_after - client_before)) "$file" \
+        >>"$OUT/runs.tsv"
     local tps
     tps=$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' "$OUT/$file")
     printf '   %-9s c=%-5s %-9s %s  %s\n' "$scenario" "$clients" "$target" \

@@ -60,7 +60,7 @@ number of failed transactions: 0 (NaN%)
 """
 
 
-def run(text, scenario="select", clients=50, target="weir", rnd=1, rc=0, ticks=0, user_ticks=None):
+def run(text, scenario="select", clients=50, target="weir", rnd=1, rc=0, ticks=0, user_ticks=None, client_ticks=None):
     parsed = report.parse_pgbench(text)
     parsed.update(
         scenario=scenario,
@@ -70,6 +70,7 @@ def run(text, scenario="select", clients=50, target="weir", rnd=1, rc=0, ticks=0
         rc=rc,
         pooler_cpu_ticks=ticks,
         pooler_user_ticks=user_ticks,
+        client_ticks=client_ticks,
     )
     return parsed
 
@@ -156,6 +157,17 @@ class AggregateTest(unittest.TestCase):
         old = report.aggregate([run(OK_RUN, ticks=250)], 100)[("select", 50, "weir")]
         self.assertIsNone(old["user_per_100k"])
         self.assertEqual(report.user_system(old), "")
+
+    def test_client_cpu_counts_for_every_target(self):
+        cells = report.aggregate(
+            [run(OK_RUN, target="direct", client_ticks=900), run(OK_RUN, target="weir", ticks=250, client_ticks=700)],
+            100,
+        )
+        self.assertAlmostEqual(cells[("select", 50, "direct")]["client_per_100k"], 9.0)
+        self.assertAlmostEqual(cells[("select", 50, "weir")]["client_per_100k"], 7.0)
+        # Unknown for any run of a cell: no figure rather than a median of some.
+        partial = report.aggregate([run(OK_RUN, client_ticks=700), run(OK_RUN)], 100)
+        self.assertIsNone(partial[("select", 50, "weir")]["client_per_100k"])
 
     def test_failures_are_counted_and_explained(self):
         runs = [run(PREPARED_LUCKY_RUN, rnd=1), run(ABORTED_RUN, rnd=2, rc=2), run(OK_RUN, rnd=3)]
