@@ -303,6 +303,9 @@ async fn pause_resume_disable_enable_reconnect_kill_reload_set() {
     let pools = show(&admin, "SHOW POOLS").await;
     let r = pools.find("database", "app").expect("app");
     assert_eq!(pools.num(r, "cl_waiting"), 1);
+    // The client has waited at least the half second slept above.
+    let waited_us = pools.num(r, "maxwait") * 1_000_000 + pools.num(r, "maxwait_us");
+    assert!(waited_us >= 500_000, "maxwait {waited_us} µs");
     run(&admin, "RESUME app").await;
     let app = tokio::time::timeout(Duration::from_secs(5), waiting)
         .await

@@ -95,7 +95,12 @@ pub async fn execute(pooler: &Arc<Pooler>, command: Command) -> Result<Reply, Bo
 }
 
 fn show(pooler: &Pooler, subject: Subject) -> ResultSet {
-    let views: Vec<PoolView> = pooler.pools().iter().map(|p| PoolView::of(p)).collect();
+    let waits = pooler.registry().longest_waits();
+    let views: Vec<PoolView> = pooler
+        .pools()
+        .iter()
+        .map(|p| PoolView::of(p, &waits))
+        .collect();
     let config = pooler.config();
     match subject {
         Subject::Pools => show::pools(&views),

@@ -5,7 +5,7 @@
 //! written for PgBouncer read them unchanged. Where PgBouncer reports something weir does
 //! not measure, the value is NULL rather than a made-up number.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 use bytes::BytesMut;
 
 use crate::config::{self, Config, Settings};
-use crate::pool::Pool;
+use crate::pool::{Pool, PoolKey};
 use crate::protocol::backend;
 use crate::registry::{ClientRecord, ServerRecord};
 
@@ -111,8 +111,8 @@ pub struct PoolView {
 }
 
 impl PoolView {
-    /// Reads a pool's counters.
-    pub fn of(pool: &Pool) -> PoolView {
+    /// Reads a pool's counters; `waits` is [`Registry::longest_waits`](crate::registry::Registry::longest_waits).
+    pub fn of(pool: &Pool, waits: &HashMap<PoolKey, Duration>) -> PoolView {
         let s = pool.stats();
         let (idle, total) = pool.counts();
         let (host, port) = host_port(&pool.target().addr);
@@ -127,7 +127,7 @@ impl PoolView {
             active: s.active.load(Ordering::Relaxed),
             idle,
             total,
-            max_wait: pool.max_wait(),
+            max_wait: waits.get(pool.key()).copied().unwrap_or_default(),
             checkouts: s.checkouts.load(Ordering::Relaxed),
             queries: s.queries.load(Ordering::Relaxed),
             transactions: s.transactions.load(Ordering::Relaxed),
@@ -697,6 +697,7 @@ mod tests {
             application_name: app.into(),
             peer: Endpoint::tcp("10.1.2.3:40001".parse().unwrap()),
             local: Endpoint::tcp("10.9.9.9:6432".parse().unwrap()),
+            pool: None,
         };
         let linked = registry.add_client(client("api"));
         let waiting = registry.add_client(client("worker"));

@@ -132,7 +132,7 @@ async fn log_in(
             let e = crate::admin::not_allowed(&login.user);
             return refused(&mut stream, LoginError::fatal(e)).await;
         };
-        let record = register(&pooler, &stream, &login, config.pgbouncer.listen_port);
+        let record = register(&pooler, &stream, &login, config.pgbouncer.listen_port, None);
         drop(config);
         tracing::info!(%peer, user = %login.user, ?role, "admin console login");
         let reason = crate::admin::serve(pooler, stream, buf, role, record).await;
@@ -148,7 +148,13 @@ async fn log_in(
         Ok(w) => w,
         Err(e) => return refused(&mut stream, LoginError::fatal(e.to_client_error())).await,
     };
-    let record = register(&pooler, &stream, &login, config.pgbouncer.listen_port);
+    let record = register(
+        &pooler,
+        &stream,
+        &login,
+        config.pgbouncer.listen_port,
+        Some(&pool),
+    );
     let wanted = greet(&mut stream, &login.params, &welcome, &record).await;
     let Ok(wanted) = wanted else {
         return None;
@@ -178,6 +184,7 @@ fn register(
     stream: &Stream,
     login: &login::Login,
     listen_port: u16,
+    pool: Option<&Pool>,
 ) -> ClientHandle {
     let (peer, local) = stream.endpoints(listen_port);
     pooler.registry().add_client(ClientInfo {
@@ -190,6 +197,7 @@ fn register(
             .to_owned(),
         peer,
         local,
+        pool: pool.map(|p| p.key().clone()),
     })
 }
 

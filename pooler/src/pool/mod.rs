@@ -9,7 +9,7 @@
 mod limit;
 mod maintenance;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -119,10 +119,6 @@ struct State {
     /// The last failed login, which makes new logins wait `server_login_retry`.
     last_failure: Option<(Instant, Arc<str>)>,
     closed: bool,
-    /// When each client now waiting for a connection started, by ticket (oldest first),
-    /// for the admin console's `maxwait`.
-    waiters: BTreeMap<u64, Instant>,
-    next_ticket: u64,
 }
 
 /// Live counters for the admin console and metrics.
@@ -345,7 +341,7 @@ impl Pool {
         deadline: Instant,
     ) -> Result<Checkout, CheckoutError> {
         let started = Instant::now();
-        let waiter = Waiter::new(self, started);
+        let waiter = Waiter::new(self);
         let result = async {
             self.unpaused(deadline.into()).await?;
             self.checkout_inner(deadline.into()).await
@@ -412,16 +408,6 @@ impl Pool {
     /// Connections lent out right now.
     pub fn in_use(&self) -> usize {
         self.stats.active.load(Ordering::Relaxed)
-    }
-
-    /// How long the longest-waiting client has waited for a connection (zero: nobody waits).
-    pub fn max_wait(&self) -> Duration {
-        self.lock()
-            .waiters
-            .values()
-            .next()
-            .map(Instant::elapsed)
-            .unwrap_or_default()
     }
 
     /// Closes every idle connection now; returns how many were closed.
@@ -758,23 +744,17 @@ fn resize(sem: &Arc<Semaphore>, old: usize, new: usize) {
 /// goes away mid-wait.
 struct Waiter<'a> {
     pool: &'a Pool,
-    ticket: u64,
 }
 
 impl<'a> Waiter<'a> {
-    fn new(pool: &'a Pool, since: Instant) -> Waiter<'a> {
+    fn new(pool: &'a Pool) -> Waiter<'a> {
         pool.stats.waiting.fetch_add(1, Ordering::Relaxed);
-        let mut st = pool.lock();
-        let ticket = st.next_ticket;
-        st.next_ticket += 1;
-        st.waiters.insert(ticket, since);
-        Waiter { pool, ticket }
+        Waiter { pool }
     }
 }
 
 impl Drop for Waiter<'_> {
     fn drop(&mut self) {
-        self.pool.lock().waiters.remove(&self.ticket);
         self.pool.stats.waiting.fetch_sub(1, Ordering::Relaxed);
     }
 }
