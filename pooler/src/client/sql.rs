@@ -162,12 +162,25 @@ const WORDS: usize = 5;
 /// The first [`WORDS`] words of a statement as written (identifier-ish words only; missing
 /// ones are empty).
 fn words(s: &str) -> [&str; WORDS] {
+    // Separators are ASCII, so byte positions next to them are character boundaries; white
+    // space is SQL's (ASCII) white space.
+    let is_separator = |b: u8| b.is_ascii_whitespace() || matches!(b, b'(' | b'=' | b';');
+    let s = strip_comments_start(s);
+    let b = s.as_bytes();
     let mut out = [""; WORDS];
-    let found = strip_comments_start(s)
-        .split(|c: char| c.is_whitespace() || c == '(' || c == '=' || c == ';')
-        .filter(|w| !w.is_empty());
-    for (slot, w) in out.iter_mut().zip(found) {
-        *slot = w;
+    let mut i = 0;
+    for slot in &mut out {
+        while i < b.len() && is_separator(b[i]) {
+            i += 1;
+        }
+        let start = i;
+        while i < b.len() && !is_separator(b[i]) {
+            i += 1;
+        }
+        if start == i {
+            break;
+        }
+        *slot = &s[start..i];
     }
     out
 }
@@ -462,6 +475,12 @@ mod tests {
             classify("RESET idle_in_transaction_session_timeout"),
             Effect::Reset {
                 name: "idle_in_transaction_session_timeout".into()
+            }
+        );
+        assert_eq!(
+            classify("\tSET\r\n\tsearch_path\nTO x"),
+            Effect::Set {
+                name: "search_path".into()
             }
         );
         assert_eq!(classify("SETTLEMENTS_ARE_NOT_A_KEYWORD x"), Effect::Other);
