@@ -95,15 +95,10 @@ pub async fn execute(pooler: &Arc<Pooler>, command: Command) -> Result<Reply, Bo
 }
 
 fn show(pooler: &Pooler, subject: Subject) -> ResultSet {
-    let waits = pooler.registry().longest_waits();
-    let views: Vec<PoolView> = pooler
-        .pools()
-        .iter()
-        .map(|p| PoolView::of(p, &waits))
-        .collect();
+    let views: Vec<PoolView> = pooler.pools().iter().map(|p| PoolView::of(p)).collect();
     let config = pooler.config();
     match subject {
-        Subject::Pools => show::pools(&views),
+        Subject::Pools => show::pools(&views, &pooler.registry().longest_waits()),
         Subject::Stats => show::stats(&views, &pooler.stats_averages()),
         Subject::Clients => show::clients(&pooler.registry().clients()),
         Subject::Servers => show::servers(&pooler.registry().servers()),

@@ -92,8 +92,6 @@ pub struct PoolView {
     pub idle: usize,
     /// All connections: lent, idle and being opened.
     pub total: usize,
-    /// How long the oldest waiting client has waited.
-    pub max_wait: Duration,
     /// Checkouts served since start.
     pub checkouts: u64,
     /// Requests completed since start.
@@ -111,8 +109,8 @@ pub struct PoolView {
 }
 
 impl PoolView {
-    /// Reads a pool's counters; `waits` is [`Registry::longest_waits`](crate::registry::Registry::longest_waits).
-    pub fn of(pool: &Pool, waits: &HashMap<PoolKey, Duration>) -> PoolView {
+    /// Reads a pool's counters.
+    pub fn of(pool: &Pool) -> PoolView {
         let s = pool.stats();
         let (idle, total) = pool.counts();
         let (host, port) = host_port(&pool.target().addr);
@@ -127,7 +125,6 @@ impl PoolView {
             active: s.active.load(Ordering::Relaxed),
             idle,
             total,
-            max_wait: waits.get(pool.key()).copied().unwrap_or_default(),
             checkouts: s.checkouts.load(Ordering::Relaxed),
             queries: s.queries.load(Ordering::Relaxed),
             transactions: s.transactions.load(Ordering::Relaxed),
@@ -152,7 +149,8 @@ impl PoolView {
 /// `SHOW POOLS`. The cancel-related counts are zero because weir forwards cancel requests
 /// at once instead of queueing them in a pool; `sv_used` and `sv_tested` are zero because
 /// idle connections are checked only as they are lent, which `sv_active` covers.
-pub fn pools(views: &[PoolView]) -> ResultSet {
+/// SHOW POOLS; `waits` is [`Registry::longest_waits`](crate::registry::Registry::longest_waits).
+pub fn pools(views: &[PoolView], waits: &HashMap<PoolKey, Duration>) -> ResultSet {
     let mut rs = ResultSet::new(&[
         "database",
         "user",
@@ -173,6 +171,13 @@ pub fn pools(views: &[PoolView]) -> ResultSet {
         "load_balance_hosts",
     ]);
     for v in views {
+        let max_wait = waits
+            .get(&PoolKey {
+                database: v.database.clone(),
+                user: v.user.clone(),
+            })
+            .copied()
+            .unwrap_or_default();
         rs.push(vec![
             text(&v.database),
             text(&v.user),
@@ -187,8 +192,8 @@ pub fn pools(views: &[PoolView]) -> ResultSet {
             text(0),
             text(0),
             text(v.logging_in()),
-            text(v.max_wait.as_secs()),
-            text(v.max_wait.subsec_micros()),
+            text(max_wait.as_secs()),
+            text(max_wait.subsec_micros()),
             text(v.mode),
             None,
         ]);
@@ -614,7 +619,6 @@ mod tests {
             active: 2,
             idle: 3,
             total: 6,
-            max_wait: Duration::from_micros(2_500_000),
             checkouts: 10,
             queries: 20,
             transactions: 15,
@@ -638,7 +642,14 @@ mod tests {
 
     #[test]
     fn pools_counts() {
-        let rs = pools(&[view()]);
+        let app = PoolKey {
+            database: "app".into(),
+            user: "app".into(),
+        };
+        let rs = pools(
+            &[view()],
+            &HashMap::from([(app, Duration::from_micros(2_500_000))]),
+        );
         check_widths(&rs);
         assert_eq!(col(&rs, 0, "cl_active"), Some("4"));
         assert_eq!(col(&rs, 0, "cl_waiting"), Some("1"));

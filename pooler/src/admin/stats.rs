@@ -104,12 +104,7 @@ pub async fn sample(pooler: Arc<Pooler>) {
             () = tokio::time::sleep(period) => {}
             () = pooler.drained() => return,
         }
-        let waits = pooler.registry().longest_waits();
-        let views: Vec<PoolView> = pooler
-            .pools()
-            .iter()
-            .map(|p| PoolView::of(p, &waits))
-            .collect();
+        let views: Vec<PoolView> = pooler.pools().iter().map(|p| PoolView::of(p)).collect();
         let now = (Instant::now(), Totals::by_database(&views));
         let elapsed = now.0.duration_since(before.0);
         let averages = now

@@ -318,12 +318,7 @@ impl Pool {
         // The common case takes no lock but the pool's own, once: a free permit and an idle
         // connection, nobody queued before this client.
         if let Some((slot, permit)) = self.take_idle_now() {
-            let vetted = match self.vet_now(slot) {
-                Vetted::Ready(slot) => Some(slot),
-                Vetted::Check(slot) => self.check(slot, deadline.into()).await,
-                Vetted::Closed => None,
-            };
-            if let Some(slot) = vetted {
+            if let Some(slot) = self.vet(slot, deadline.into()).await {
                 // Taken at once: no wait to time, and no clock to read.
                 self.lent(Duration::ZERO);
                 return Ok(Checkout::new(self, slot, permit));
