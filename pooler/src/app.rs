@@ -461,11 +461,14 @@ impl Pooler {
     /// brought up to date with `config`.
     fn limits_for(&self, config: &Config, database: &str, server_user: &str) -> Vec<Arc<Limit>> {
         let mut limits = Vec::new();
-        let max_db = config.max_db_connections_for(database);
+        let Some(settings) = config.pool_settings(database, server_user) else {
+            return Vec::new();
+        };
+        let max_db = settings.max_db_connections;
         if max_db > 0 {
             limits.push(self.limit(format!("max_db_connections for {database}"), max_db));
         }
-        let max_user = config.max_user_connections_for(server_user);
+        let max_user = settings.max_user_connections;
         if max_user > 0 {
             limits.push(self.limit(format!("max_user_connections for {server_user}"), max_user));
         }
@@ -539,18 +542,7 @@ fn pool_spec(
         .filter_map(|(k, v)| v.as_ref().map(|v| (k.to_owned(), v.clone())))
         .collect(),
     };
-    let settings = PoolSettings {
-        mode: config.pool_mode_for(database, server_user),
-        size: config.pool_size_for(database, server_user) as usize,
-        min_size: config.min_pool_size_for(database) as usize,
-        reserve_size: config.reserve_pool_size_for(database) as usize,
-        reserve_timeout: s.reserve_pool_timeout,
-        lifetime: s.server_lifetime,
-        idle_timeout: s.server_idle_timeout,
-        check_delay: s.server_check_delay,
-        check_query: s.server_check_query.clone(),
-        login_retry: s.server_login_retry,
-    };
+    let settings = config.pool_settings(database, server_user)?;
     Some((target, settings))
 }
 

@@ -70,14 +70,10 @@ pub(crate) fn build(
     }
 
     let db = &spec.database;
-    // The pooler has no per-user minimum, so the database-wide one is the smallest users
-    // ask for: never more than any user's pool.
-    let min_pool_size = sizing.users.iter().map(|u| u.min_pool_size).min();
     let database = DatabaseEntry {
         host: Some(db.host.clone()),
         port: u16::try_from(db.port).ok(),
         dbname: Some(db.dbname.clone()),
-        min_pool_size: min_pool_size.filter(|m| *m > 0),
         // The hard cap over all the database's pools in one pod: the per-pod budget.
         max_db_connections: Some(sizing.max_db_connections()),
         ..DatabaseEntry::default()
@@ -91,6 +87,8 @@ pub(crate) fn build(
                 reserve_pool_size: Some(pool.reserve_pool_size),
                 // Caps the user at its share even if its pool and reserve were miscounted.
                 max_user_connections: Some(pool.share()),
+                // Each user's own warm minimum (a Weir extension under [users]).
+                min_pool_size: Some(pool.min_pool_size).filter(|m| *m > 0),
                 pool_mode: None,
             };
             (credential.user.clone(), entry)

@@ -104,16 +104,19 @@ fn the_config_is_what_the_pooler_parses() {
     assert_eq!(c.pgbouncer.pool_mode, PoolMode::Transaction);
     assert_eq!(c.pgbouncer.http_port, 8080);
     assert_eq!(c.pgbouncer.max_client_conn, 5000);
-    assert_eq!(c.max_db_connections_for("orders"), 41);
+    // Read back through the function the pooler builds its pools with.
+    let pool = |user: &str| c.pool_settings("orders", user).expect("orders is served");
+    let (app, reports) = (pool("app"), pool("reports"));
+    assert_eq!(app.max_db_connections, 41);
     // 41 split 3:1 with the reserve inside: app 31 = 29 + 2, reports 10.
-    assert_eq!(c.pool_size_for("orders", "app"), 29);
-    assert_eq!(c.reserve_pool_size_for_user("orders", "app"), 2);
-    assert_eq!(c.max_user_connections_for("app"), 31);
-    assert_eq!(c.pool_size_for("orders", "reports"), 10);
-    assert_eq!(c.min_pool_size_for("orders"), 0);
-    let total: u32 = ["app", "reports"]
+    assert_eq!((app.size, app.reserve_size), (29, 2));
+    assert_eq!(app.max_user_connections, 31);
+    assert_eq!((reports.size, reports.reserve_size), (10, 0));
+    // Each user keeps its own minimum (reports asks for 1; app for none).
+    assert_eq!((app.min_size, reports.min_size), (0, 1));
+    let total: usize = [&app, &reports]
         .iter()
-        .map(|u| c.pool_size_for("orders", u) + c.reserve_pool_size_for_user("orders", u))
+        .map(|p| p.size + p.reserve_size)
         .sum();
     assert_eq!(total, 41);
 }
@@ -323,7 +326,8 @@ fn default_user_comes_from_the_database_secret() {
     p.spec.users = None;
     let r = render(&p, &observed()).expect("renders");
     assert_eq!(r.users, vec!["owner"]);
-    assert_eq!(r.config.pool_size_for("orders", "owner"), 41);
+    let owner = r.config.pool_settings("orders", "owner").expect("served");
+    assert_eq!(owner.size, 41);
     assert_eq!(secret_text(&r.app_secret, "user"), "owner");
 }
 

@@ -92,6 +92,9 @@ pub struct UserEntry {
     pub max_user_connections: Option<u32>,
     /// Overrides the database's and the global `reserve_pool_size`.
     pub reserve_pool_size: Option<u32>,
+    /// Overrides the database's and the global `min_pool_size` for this user's pools. A
+    /// Weir extension: PgBouncer has no per-user minimum.
+    pub min_pool_size: Option<u32>,
 }
 
 /// A parsed entry together with the PgBouncer parameters it named that weir ignores.
@@ -210,6 +213,7 @@ impl UserEntry {
                 "reserve_pool_size" => {
                     entry.reserve_pool_size = Some(count(&value).map_err(in_key)?)
                 }
+                "min_pool_size" => entry.min_pool_size = Some(count(&value).map_err(in_key)?),
                 other if UNSUPPORTED_USER_KEYS.contains(&other) => ignored.push(key),
                 _ => return Err(ValueError(format!("unknown user parameter {key:?}"))),
             }
@@ -224,6 +228,7 @@ impl UserEntry {
         out.number("pool_size", self.pool_size);
         out.number("max_user_connections", self.max_user_connections);
         out.number("reserve_pool_size", self.reserve_pool_size);
+        out.number("min_pool_size", self.min_pool_size);
         out.0
     }
 }
@@ -476,7 +481,7 @@ mod tests {
     fn user_entries() {
         let parsed = UserEntry::parse_conn_string(
             "pool_mode=statement pool_size=3 max_user_connections=9 reserve_pool_size=1 \
-             query_timeout=5",
+             min_pool_size=2 query_timeout=5",
         )
         .expect("valid");
         assert_eq!(
@@ -486,6 +491,7 @@ mod tests {
                 pool_size: Some(3),
                 max_user_connections: Some(9),
                 reserve_pool_size: Some(1),
+                min_pool_size: Some(2),
             }
         );
         assert_eq!(parsed.ignored, vec!["query_timeout"]);
@@ -534,6 +540,7 @@ mod tests {
             pool_size: Some(5),
             max_user_connections: None,
             reserve_pool_size: Some(1),
+            min_pool_size: None,
         };
         assert_eq!(
             user.to_conn_string(),

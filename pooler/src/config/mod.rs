@@ -17,6 +17,7 @@ mod duration;
 mod error;
 mod ini;
 mod parse;
+mod pool;
 mod settings;
 mod userlist;
 mod validate;
@@ -52,6 +53,7 @@ pub use database::{
 };
 pub use duration::{format_duration, parse_duration, BareUnit};
 pub use error::{ConfigError, ConfigWarning, ValueError};
+pub use pool::{PoolSettings, ServerCheck, ServerLifetime, EMPTY_CHECK_QUERY};
 pub use settings::{AuthType, Pinning, PoolMode, Settings, DEFAULT_AUTH_QUERY, UNSUPPORTED_KEYS};
 pub use userlist::{load_userlist, parse_userlist, render_userlist, secret_kind, SecretKind};
 
@@ -168,48 +170,20 @@ impl Config {
             .map(|(key, entry)| (key.as_str(), entry))
     }
 
-    /// The pooling mode for the pool of (`db`, `user`): the user's `pool_mode`, else the
-    /// database's, else the global one. `user` is the pool's user, which is the
-    /// database's forced `user=` when it has one.
-    pub fn pool_mode_for(&self, db: &str, user: &str) -> PoolMode {
-        self.users
-            .get(user)
-            .and_then(|u| u.pool_mode)
-            .or_else(|| self.database(db).and_then(|(_, d)| d.pool_mode))
-            .unwrap_or(self.pgbouncer.pool_mode)
-    }
-
-    /// The pool size for (`db`, `user`): the user's `pool_size`, else the database's,
-    /// else `default_pool_size`.
-    pub fn pool_size_for(&self, db: &str, user: &str) -> u32 {
-        self.users
-            .get(user)
-            .and_then(|u| u.pool_size)
-            .or_else(|| self.database(db).and_then(|(_, d)| d.pool_size))
-            .unwrap_or(self.pgbouncer.default_pool_size)
-    }
-
-    /// The minimum pool size for pools of `db`: the database's, else the global one.
+    /// The database-level minimum pool size of `db` (SHOW DATABASES): the database's, else
+    /// the global one. A pool's own is in [`Config::pool_settings`].
     pub fn min_pool_size_for(&self, db: &str) -> u32 {
         self.database(db)
             .and_then(|(_, d)| d.min_pool_size)
             .unwrap_or(self.pgbouncer.min_pool_size)
     }
 
-    /// The reserve pool size for pools of `db`: the database's, else the global one.
+    /// The database-level reserve pool size of `db` (SHOW DATABASES): the database's, else
+    /// the global one. A pool's own is in [`Config::pool_settings`].
     pub fn reserve_pool_size_for(&self, db: &str) -> u32 {
         self.database(db)
             .and_then(|(_, d)| d.reserve_pool_size)
             .unwrap_or(self.pgbouncer.reserve_pool_size)
-    }
-
-    /// The reserve pool size for the pool of (`db`, `user`): the user's, else
-    /// [`Config::reserve_pool_size_for`] the database.
-    pub fn reserve_pool_size_for_user(&self, db: &str, user: &str) -> u32 {
-        self.users
-            .get(user)
-            .and_then(|u| u.reserve_pool_size)
-            .unwrap_or_else(|| self.reserve_pool_size_for(db))
     }
 
     /// The server connection limit of `db` over all its pools (0: unlimited): the

@@ -419,6 +419,7 @@ tuned = pool_size=7 min_pool_size=2 reserve_pool_size=3 max_db_connections=40 po
 [users]
 bob = pool_mode=transaction pool_size=4 max_user_connections=6 reserve_pool_size=1
 carol = max_user_connections=8
+erin = min_pool_size=3
 [pgbouncer]
 auth_file = u.txt
 pool_mode = session
@@ -430,26 +431,40 @@ max_user_connections = 50
 ";
     let c = parse_ok(text).config;
 
+    let pool = |db: &str, user: &str| c.pool_settings(db, user).expect("database is served");
+    assert_eq!(
+        c.pool_settings("unknown_db", "nobody"),
+        c.pool_settings("elsewhere", "nobody")
+    );
+
     // pool_mode: user > database > global.
-    assert_eq!(c.pool_mode_for("tuned", "bob"), PoolMode::Transaction);
-    assert_eq!(c.pool_mode_for("tuned", "carol"), PoolMode::Statement);
-    assert_eq!(c.pool_mode_for("plain", "carol"), PoolMode::Session);
-    assert_eq!(c.pool_mode_for("unknown_db", "nobody"), PoolMode::Session);
+    assert_eq!(pool("tuned", "bob").mode, PoolMode::Transaction);
+    assert_eq!(pool("tuned", "carol").mode, PoolMode::Statement);
+    assert_eq!(pool("plain", "carol").mode, PoolMode::Session);
 
     // pool size: user > database > default_pool_size; the fallback entry counts too.
-    assert_eq!(c.pool_size_for("tuned", "bob"), 4);
-    assert_eq!(c.pool_size_for("tuned", "carol"), 7);
-    assert_eq!(c.pool_size_for("plain", "carol"), 20);
-    assert_eq!(c.pool_size_for("elsewhere", "carol"), 9);
+    assert_eq!(pool("tuned", "bob").size, 4);
+    assert_eq!(pool("tuned", "carol").size, 7);
+    assert_eq!(pool("plain", "carol").size, 20);
+    assert_eq!(pool("elsewhere", "carol").size, 9);
 
+    // min_pool_size: user (a Weir extension) > database > global.
+    assert_eq!(pool("tuned", "bob").min_size, 2);
+    assert_eq!(pool("plain", "carol").min_size, 1);
+    assert_eq!(pool("plain", "erin").min_size, 3);
     assert_eq!(c.min_pool_size_for("tuned"), 2);
     assert_eq!(c.min_pool_size_for("plain"), 1);
 
+    // reserve_pool_size: user > database > global.
     assert_eq!(c.reserve_pool_size_for("tuned"), 3);
     assert_eq!(c.reserve_pool_size_for("plain"), 5);
-    assert_eq!(c.reserve_pool_size_for_user("tuned", "bob"), 1);
-    assert_eq!(c.reserve_pool_size_for_user("tuned", "carol"), 3);
-    assert_eq!(c.reserve_pool_size_for_user("plain", "carol"), 5);
+    assert_eq!(pool("tuned", "bob").reserve_size, 1);
+    assert_eq!(pool("tuned", "carol").reserve_size, 3);
+    assert_eq!(pool("plain", "carol").reserve_size, 5);
+
+    // Limits travel with the pool's settings.
+    assert_eq!(pool("tuned", "bob").max_db_connections, 40);
+    assert_eq!(pool("tuned", "bob").max_user_connections, 6);
 
     assert_eq!(c.max_db_connections_for("tuned"), 40);
     assert_eq!(c.max_db_connections_for("plain"), 100);
@@ -509,6 +524,7 @@ fn round_trips_through_to_ini() {
             pool_size: Some(3),
             max_user_connections: Some(10),
             reserve_pool_size: Some(1),
+            min_pool_size: Some(2),
         },
     );
     users.insert("plain".to_owned(), UserEntry::default());
@@ -1205,7 +1221,8 @@ fn example_configuration_parses_with_only_warnings() {
     assert_eq!(forced.connect_query.as_deref(), Some("SELECT 1"));
     assert_eq!(c.databases["nondefaultdb"].reserve_pool_size, Some(10));
     assert_eq!(c.database("other").map(|(k, _)| k), Some("*"));
-    assert_eq!(c.pool_mode_for("foodb", "user1"), PoolMode::Transaction);
+    let foodb = c.pool_settings("foodb", "user1").expect("foodb is served");
+    assert_eq!(foodb.mode, PoolMode::Transaction);
     assert_eq!(c.pgbouncer.listen_addr, "127.0.0.1");
     assert_eq!(c.pgbouncer.admin_users, vec!["postgres", "admin"]);
     assert_eq!(c.pgbouncer.server_check_query, "select 1");

@@ -236,6 +236,7 @@ fn check_limits(config: &Config) -> Result<(), Problem> {
             ("pool_size", user.pool_size),
             ("max_user_connections", user.max_user_connections),
             ("reserve_pool_size", user.reserve_pool_size),
+            ("min_pool_size", user.min_pool_size),
         ];
         for (param, value) in counts {
             if let Some(value) = value.filter(|v| *v > MAX_COUNT) {

@@ -31,25 +31,29 @@ async fn run_once(weak: &Weak<Pool>) -> bool {
     };
     reap(&pool);
     loop {
-        {
-            let mut st = pool.lock();
+        let place = {
+            let st = pool.lock();
+            let settings = pool.settings.load();
             let recently_failed = st
                 .last_failure
                 .as_ref()
-                .is_some_and(|(at, _)| at.elapsed() < pool.settings.load().login_retry);
+                .is_some_and(|(at, _)| at.elapsed() < settings.login_retry);
             if st.closed {
                 return false;
             }
             // A paused pool is being emptied on purpose; warming would undo that.
-            if recently_failed || pool.is_paused() || st.total >= pool.settings.load().min_size {
+            if recently_failed || pool.is_paused() {
                 break;
             }
-            st.total += 1;
-        }
-        let mut opening = Opening::new(&pool);
+            match pool.places.try_take(settings.min_size) {
+                Some(place) => place,
+                None => break,
+            }
+        };
+        let mut opening = Opening::new(&pool, place);
         let deadline = tokio::time::Instant::now() + pool.target.load().connect_timeout.max(PERIOD);
         match opening.open(deadline, None).await {
-            Ok(Some(slot)) => pool.checkin(slot),
+            Ok(Some(slot)) => pool.add_warm(slot),
             Ok(None) => break,
             Err(e) => {
                 tracing::debug!(pool = %pool.key, error = %e, "could not warm min_pool_size");
@@ -67,12 +71,12 @@ fn reap(pool: &Pool) {
     let now = Instant::now();
     let expired = {
         let mut st = pool.lock();
-        let mut keep_total = st.total;
+        let mut keep_total = pool.places.taken();
         let mut expired = Vec::new();
         let mut i = 0;
         while i < st.idle.len() {
             let conn = &st.idle[i].conn;
-            let too_old = !s.lifetime.is_zero() && now.duration_since(conn.created) >= s.lifetime;
+            let too_old = s.lifetime.expired_idle(now.duration_since(conn.created));
             let too_idle = !s.idle_timeout.is_zero()
                 && now.duration_since(conn.last_used) >= s.idle_timeout
                 && keep_total > s.min_size;

@@ -25,7 +25,8 @@ use tokio::time::timeout_at;
 pub use limit::Limit;
 use limit::LimitPermit;
 
-use crate::config::PoolMode;
+pub use crate::config::PoolSettings;
+use crate::config::ServerCheck;
 use crate::params::ParamSet;
 use crate::protocol::PgError;
 use crate::registry::{NewServer, Registry, ServerHandle, ServerRecord};
@@ -44,31 +45,6 @@ impl fmt::Display for PoolKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.database, self.user)
     }
-}
-
-/// The effective settings of one pool, resolved from the configuration.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PoolSettings {
-    /// How long a client keeps a server connection.
-    pub mode: PoolMode,
-    /// `pool_size`: connections lent at once without the reserve.
-    pub size: usize,
-    /// `min_pool_size`: connections kept open even when idle.
-    pub min_size: usize,
-    /// `reserve_pool_size`: extra connections for clients that waited too long.
-    pub reserve_size: usize,
-    /// `reserve_pool_timeout`: the wait after which the reserve may be used.
-    pub reserve_timeout: Duration,
-    /// `server_lifetime`: connections older than this are closed when returned or idle.
-    pub lifetime: Duration,
-    /// `server_idle_timeout`: idle connections beyond `min_pool_size` close after this.
-    pub idle_timeout: Duration,
-    /// `server_check_delay`: an idle connection older than this is checked before reuse.
-    pub check_delay: Duration,
-    /// `server_check_query`: the check (empty: no check).
-    pub check_query: String,
-    /// `server_login_retry`: after a failed login, new clients fail fast for this long.
-    pub login_retry: Duration,
 }
 
 /// Why no server connection could be lent.
@@ -108,14 +84,14 @@ struct Slot {
     /// Its entry in the registry, removed when the slot is dropped.
     record: ServerHandle,
     _limits: Vec<LimitPermit>,
+    /// Its place in the pool's count, given back whenever the slot is dropped.
+    _place: Place,
 }
 
 #[derive(Debug, Default)]
 struct State {
     /// Idle connections, most recently used last (taken LIFO so spares can idle out).
     idle: VecDeque<Slot>,
-    /// Connections that exist: idle, lent out, or being opened.
-    total: usize,
     /// The last failed login, which makes new logins wait `server_login_retry`.
     last_failure: Option<(Instant, Arc<str>)>,
     closed: bool,
@@ -184,7 +160,8 @@ pub struct Pool {
     main: Arc<Semaphore>,
     reserve: Arc<Semaphore>,
     state: Mutex<State>,
-    returned: Notify,
+    /// The count of connections that exist, and the wake-up for clients waiting for one.
+    places: Arc<Places>,
     /// The `max_db_connections` / `max_user_connections` limits new connections count against.
     limits: ArcSwap<Vec<Arc<Limit>>>,
     welcome: Mutex<Option<ParamSet>>,
@@ -217,7 +194,7 @@ impl Pool {
             reserve: Arc::new(Semaphore::new(settings.reserve_size)),
             settings: ArcSwap::from_pointee(settings),
             state: Mutex::new(State::default()),
-            returned: Notify::new(),
+            places: Arc::default(),
             limits: ArcSwap::from_pointee(limits),
             welcome: Mutex::new(None),
             stats: PoolStats::default(),
@@ -264,7 +241,7 @@ impl Pool {
             tracing::info!(pool = %self.key, size = settings.size, reserve = settings.reserve_size, "pool reconfigured");
         }
         self.settings.store(Arc::new(settings));
-        self.returned.notify_waiters();
+        self.places.freed.notify_waiters();
     }
 
     /// Applies reloaded `max_db_connections` / `max_user_connections` limits. A limit the
@@ -296,8 +273,8 @@ impl Pool {
 
     /// (idle, total) connection counts right now.
     pub fn counts(&self) -> (usize, usize) {
-        let st = self.lock();
-        (st.idle.len(), st.total)
+        let idle = self.lock().idle.len();
+        (idle, self.places.taken())
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -439,14 +416,13 @@ impl Pool {
                 }
                 if let Some(slot) = st.idle.pop_back() {
                     Step::Reuse(slot)
-                } else if st.total < self.capacity() {
+                } else if let Some(place) = self.places.try_take(self.capacity()) {
                     if let Some((at, why)) = &st.last_failure {
                         if at.elapsed() < self.settings.load().login_retry {
                             return Err(CheckoutError::LoginRetry(why.clone()));
                         }
                     }
-                    st.total += 1;
-                    Step::Open(Opening::new(self))
+                    Step::Open(Opening::new(self, place))
                 } else {
                     Step::Wait
                 }
@@ -491,7 +467,7 @@ impl Pool {
 
     /// A registered wait for the next connection given back.
     fn listen(&self) -> Pin<Box<Notified<'_>>> {
-        let mut wake = Box::pin(self.returned.notified());
+        let mut wake = Box::pin(self.places.freed.notified());
         wake.as_mut().enable();
         wake
     }
@@ -552,13 +528,16 @@ impl Pool {
             return Vetted::Closed;
         }
         let settings = self.settings.load();
-        if settings.check_query.is_empty() || slot.conn.last_used.elapsed() < settings.check_delay {
+        if settings.check == ServerCheck::Off
+            || slot.conn.last_used.elapsed() < settings.check_delay
+        {
             return Vetted::Ready(slot);
         }
         Vetted::Check(slot)
     }
 
     /// Runs `server_check_query` on an idle connection; `None` means it failed and was closed.
+    /// Dropped midway (the client left), the slot and so its place in the pool go with it.
     /// Boxed: rare, and its future would otherwise enlarge every client task.
     fn check(
         &self,
@@ -567,7 +546,8 @@ impl Pool {
     ) -> Pin<Box<impl Future<Output = Option<Slot>> + Send + '_>> {
         Box::pin(async move {
             let settings = self.settings.load_full();
-            match timeout_at(deadline, slot.conn.simple_query(&settings.check_query)).await {
+            let sql = settings.check.sql().unwrap_or_default();
+            match timeout_at(deadline, slot.conn.simple_query(sql)).await {
                 Ok(Ok(())) => Some(slot),
                 _ => {
                     tracing::info!(pool = %self.key, server = slot.conn.id, "server_check_query failed");
@@ -578,10 +558,11 @@ impl Pool {
         })
     }
 
-    /// Opens a new connection for a slot already counted in `total`. `None` means
-    /// `give_way` fired while waiting for a shared limit, and nothing was opened.
+    /// Opens a new connection for the place `place` holds. `None` means `give_way` fired
+    /// while waiting for a shared limit, and nothing was opened (the place is kept).
     async fn open(
         self: &Arc<Self>,
+        place: &mut Option<Place>,
         deadline: tokio::time::Instant,
         mut give_way: Option<Pin<&mut Notified<'_>>>,
     ) -> Result<Option<Slot>, CheckoutError> {
@@ -622,10 +603,14 @@ impl Pool {
                         .unwrap_or_default()
                         .to_owned(),
                 });
+                let Some(place) = place.take() else {
+                    return Err(CheckoutError::Closed);
+                };
                 Ok(Some(Slot {
                     conn: Box::new(conn),
                     record,
                     _limits: permits,
+                    _place: place,
                 }))
             }
             Err(e) => {
@@ -663,8 +648,9 @@ impl Pool {
         slot.conn.last_used = now;
         slot.record.set_prepared(slot.conn.prepared.len());
         let settings = self.settings.load();
-        let expired = (!settings.lifetime.is_zero()
-            && now.duration_since(slot.conn.created) >= settings.lifetime)
+        let expired = settings
+            .lifetime
+            .expired_after_use(now.duration_since(slot.conn.created))
             || slot.conn.generation != self.generation.load(Ordering::Acquire)
             || self.limits.load().iter().any(|l| l.is_shrinking());
         {
@@ -672,7 +658,7 @@ impl Pool {
             if !expired && !st.closed {
                 st.idle.push_back(slot);
                 drop(st);
-                self.returned.notify_one();
+                self.places.freed.notify_one();
                 return;
             }
         }
@@ -680,13 +666,27 @@ impl Pool {
         self.forget(slot, true);
     }
 
-    /// Closes a connection that is no longer counted as idle and frees its place.
-    fn forget(&self, slot: Slot, clean: bool) {
-        self.lock().total -= 1;
-        if clean {
-            slot.conn.close();
+    /// Puts a connection opened to keep `min_pool_size` among the idle ones: it has served
+    /// nobody yet, so `server_lifetime = 0` (one use) does not close it.
+    fn add_warm(&self, slot: Slot) {
+        let mut st = self.lock();
+        if st.closed {
+            drop(st);
+            self.forget(slot, true);
+            return;
         }
-        self.returned.notify_one();
+        st.idle.push_back(slot);
+        drop(st);
+        self.places.freed.notify_one();
+    }
+
+    /// Closes a connection that is no longer counted as idle; dropping the slot frees its
+    /// place. `clean` says the connection may be told goodbye (Terminate).
+    fn forget(&self, slot: Slot, clean: bool) {
+        let Slot { conn, .. } = slot;
+        if clean {
+            conn.close();
+        }
     }
 
     /// Closes one idle connection to make room elsewhere (`max_db_connections`); false when
@@ -770,41 +770,65 @@ enum Step {
     Wait,
 }
 
-/// A connection being opened: its place in `total` is given back unless the open succeeds,
-/// even when the waiting client goes away mid-connect.
+/// One place in a pool's count of connections (idle, lent out or being opened). Whoever
+/// holds it — a connection being opened, then the connection's slot — gives it back by being
+/// dropped, on every path: a client that leaves mid-connect or mid-check loses nothing.
+#[derive(Debug)]
+struct Place(Arc<Places>);
+
+/// A pool's count of connections and the wake-up for clients waiting for one.
+#[derive(Debug, Default)]
+struct Places {
+    taken: AtomicUsize,
+    /// Notified when a connection is given back or a place is freed.
+    freed: Notify,
+}
+
+impl Places {
+    /// A place, if fewer than `capacity` are taken.
+    fn try_take(self: &Arc<Self>, capacity: usize) -> Option<Place> {
+        self.taken
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < capacity).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Place(self.clone()))
+    }
+
+    fn taken(&self) -> usize {
+        self.taken.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        self.0.taken.fetch_sub(1, Ordering::AcqRel);
+        self.0.freed.notify_one();
+    }
+}
+
+/// A connection being opened for a place already taken.
 struct Opening {
-    pool: Option<Arc<Pool>>,
+    pool: Arc<Pool>,
+    place: Option<Place>,
 }
 
 impl Opening {
-    fn new(pool: &Arc<Pool>) -> Opening {
+    fn new(pool: &Arc<Pool>, place: Place) -> Opening {
         Opening {
-            pool: Some(pool.clone()),
+            pool: pool.clone(),
+            place: Some(place),
         }
     }
 
     /// Opens the connection; `None` when `give_way` fired first (see [`Pool::open`]), and
-    /// the place stays counted until this is dropped.
+    /// the place stays taken until this is dropped.
     async fn open(
         &mut self,
         deadline: tokio::time::Instant,
         give_way: Option<Pin<&mut Notified<'_>>>,
     ) -> Result<Option<Slot>, CheckoutError> {
-        let pool = self.pool.clone().ok_or(CheckoutError::Closed)?;
-        let slot = pool.open(deadline, give_way).await?;
-        if slot.is_some() {
-            self.pool = None;
-        }
-        Ok(slot)
-    }
-}
-
-impl Drop for Opening {
-    fn drop(&mut self) {
-        if let Some(pool) = self.pool.take() {
-            pool.lock().total -= 1;
-            pool.returned.notify_one();
-        }
+        self.pool.open(&mut self.place, deadline, give_way).await
     }
 }
 
@@ -862,5 +886,51 @@ impl Drop for Checkout {
             tracing::debug!(pool = %self.pool.key, server = slot.conn.id, "closing a server connection in an unknown state");
             self.pool.forget(slot, false);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn places_are_bounded_and_given_back_on_drop() {
+        let places = Arc::new(Places::default());
+        let a = places.try_take(2).expect("first place");
+        let b = places.try_take(2).expect("second place");
+        assert!(
+            places.try_take(2).is_none(),
+            "a third place in a pool of two"
+        );
+        assert_eq!(places.taken(), 2);
+        drop(a);
+        assert_eq!(places.taken(), 1);
+        let c = places.try_take(2).expect("the freed place");
+        drop((b, c));
+        assert_eq!(places.taken(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_freed_place_wakes_a_waiter() {
+        let places = Arc::new(Places::default());
+        let held = places.try_take(1).expect("a place");
+        let waiter = {
+            let places = places.clone();
+            tokio::spawn(async move {
+                loop {
+                    let mut freed = Box::pin(places.freed.notified());
+                    freed.as_mut().enable();
+                    if let Some(place) = places.try_take(1) {
+                        return place;
+                    }
+                    freed.await;
+                }
+            })
+        };
+        tokio::task::yield_now().await;
+        drop(held);
+        let place = waiter.await.expect("the waiter got the place");
+        assert_eq!(places.taken(), 1);
+        drop(place);
     }
 }
