@@ -298,14 +298,28 @@ async fn pause_resume_disable_enable_reconnect_kill_reload_set() {
     let r = dbs.find("name", "app").expect("app");
     assert_eq!(dbs.get(r, "paused"), Some("1"));
     let waiting = tokio::spawn(async move { app.simple_query("SELECT 2").await.map(|_| app) });
+    let cl_waiting = || async {
+        let pools = show(&admin, "SHOW POOLS").await;
+        let r = pools.find("database", "app").expect("app");
+        pools.num(r, "cl_waiting")
+    };
+    assert!(
+        Fixture::eventually(Duration::from_secs(5), || async { cl_waiting().await == 1 }).await,
+        "the client never waited"
+    );
+    // The client was waiting by `seen`: at the next SHOW it has waited at least as long.
+    let seen = tokio::time::Instant::now();
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(!waiting.is_finished(), "a query ran while paused");
+    let lower_us = i64::try_from(seen.elapsed().as_micros()).expect("small");
     let pools = show(&admin, "SHOW POOLS").await;
     let r = pools.find("database", "app").expect("app");
     assert_eq!(pools.num(r, "cl_waiting"), 1);
-    // The client has waited at least the half second slept above.
     let waited_us = pools.num(r, "maxwait") * 1_000_000 + pools.num(r, "maxwait_us");
-    assert!(waited_us >= 500_000, "maxwait {waited_us} µs");
+    assert!(
+        waited_us >= lower_us,
+        "maxwait {waited_us} µs < {lower_us} µs"
+    );
     run(&admin, "RESUME app").await;
     let app = tokio::time::timeout(Duration::from_secs(5), waiting)
         .await

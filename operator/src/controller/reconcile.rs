@@ -15,6 +15,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Debug;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -31,7 +32,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tracing::{debug, info, warn};
+use tracing::{debug, info, warn, Instrument as _};
 use weir_pooler::config::Config;
 
 use super::claims::{DatabaseKey, Ledger};
@@ -43,7 +44,7 @@ use super::rollout::{self, Observation};
 use crate::api::condition::{BUDGET_FEASIBLE, FITS, INVALID_SPEC, PROGRESSING};
 use crate::api::{ConnectionPool, ConnectionPoolSpec, ConnectionPoolStatus, MaxConnections};
 use crate::render::config::CONFIG_FILE;
-use crate::render::{self, names, selector_string, Observed, RenderError, Rendered};
+use crate::render::{self, names, selector_string, Child, Observed, RenderError, Rendered};
 use crate::sizing::{self, SizingError};
 
 /// The one field manager every object and status is applied under.
@@ -125,6 +126,9 @@ pub enum Error {
     /// the status; retried with backoff).
     #[error("{0}")]
     Database(String),
+    /// The operator broke one of its own invariants (a bug to report).
+    #[error("internal error: {0}")]
+    Internal(&'static str),
 }
 
 impl Error {
@@ -134,6 +138,7 @@ impl Error {
             Error::MissingMetadata(_) => "metadata",
             Error::Kube { .. } => "kubernetes_api",
             Error::Database(_) => "database",
+            Error::Internal(_) => "internal",
         }
     }
 }
@@ -159,7 +164,15 @@ pub fn backoff(attempt: u32) -> Duration {
 /// Reconciles one pool; the entry point the kube-runtime Controller calls.
 pub async fn reconcile(pool: Arc<ConnectionPool>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
-    let result = reconcile_pool(&pool, &ctx).await;
+    // Every log line of one reconciliation carries the object and a reconcile id.
+    let span = tracing::info_span!(
+        "reconcile",
+        pool = %pool.name_any(),
+        namespace = pool.namespace().as_deref().unwrap_or_default(),
+        generation = pool.metadata.generation.unwrap_or_default(),
+        reconcile_id = RECONCILE_IDS.fetch_add(1, Ordering::Relaxed),
+    );
+    let result = reconcile_pool(&pool, &ctx).instrument(span).await;
     ctx.metrics
         .reconciled(started.elapsed(), result.as_ref().err().map(Error::cause));
     if result.is_ok() {
@@ -167,6 +180,9 @@ pub async fn reconcile(pool: Arc<ConnectionPool>, ctx: Arc<Context>) -> Result<A
     }
     result
 }
+
+/// Numbers reconciliations in this process, to tell one's log lines from another's.
+static RECONCILE_IDS: AtomicU64 = AtomicU64::new(1);
 
 /// What the Controller does after a failed reconciliation: retry with backoff.
 pub fn error_policy(pool: Arc<ConnectionPool>, error: &Error, ctx: Arc<Context>) -> Action {
@@ -515,7 +531,7 @@ where
         .map_err(kube_error::<K>("apply", &name))
 }
 
-/// Applies the children in [`Rendered::objects`] order, with replicas and the ConfigMap
+/// Applies the children in [`Rendered::children`] order, with replicas and the ConfigMap
 /// held back where [`resize::plan`] says so.
 async fn apply_children(
     ctx: &Context,
@@ -558,19 +574,26 @@ async fn apply_children(
     };
     let plan = resize::plan(&live, &desired, Timestamp::now(), ctx.settings.settle);
 
-    apply(client, namespace, &rendered.service_account).await?;
-    if plan.apply_config {
-        apply(client, namespace, &rendered.config_map).await?;
+    let mut deployment = None;
+    for child in rendered.children() {
+        match child {
+            Child::ServiceAccount(o) => drop(apply(client, namespace, o).await?),
+            Child::ConfigMap(o) if plan.apply_config => drop(apply(client, namespace, o).await?),
+            Child::ConfigMap(_) => {}
+            Child::Secret(o) => drop(apply(client, namespace, o).await?),
+            Child::Service(o) => drop(apply(client, namespace, o).await?),
+            Child::Deployment(o) => {
+                let mut o = o.clone();
+                if let Some(spec) = o.spec.as_mut() {
+                    spec.replicas = Some(plan.replicas);
+                }
+                deployment = Some(apply(client, namespace, &o).await?);
+            }
+            Child::PodDisruptionBudget(o) => drop(apply(client, namespace, o).await?),
+        }
     }
-    apply(client, namespace, &rendered.auth_secret).await?;
-    apply(client, namespace, &rendered.app_secret).await?;
-    apply(client, namespace, &rendered.service).await?;
-    let mut deployment = rendered.deployment.clone();
-    if let Some(spec) = deployment.spec.as_mut() {
-        spec.replicas = Some(plan.replicas);
-    }
-    let deployment = apply(client, namespace, &deployment).await?;
-    apply(client, namespace, &rendered.pod_disruption_budget).await?;
+    let deployment =
+        deployment.ok_or(Error::Internal("the rendered children hold no Deployment"))?;
 
     if let Some(hold) = &plan.hold {
         info!(pool = %name, namespace = %namespace, "resize in steps: {}", hold.message(&desired));
@@ -776,15 +799,18 @@ mod tests {
 
     #[test]
     fn children_are_applied_in_the_rendered_order() {
-        // apply_children spells the order out; it must stay the one render documents.
+        // apply_children applies exactly this list, in this order.
         let rendered = render::render(&pool(""), &observed()).expect("renders");
-        let kinds: Vec<String> = rendered
-            .objects()
+        let kinds: Vec<&str> = rendered
+            .children()
             .iter()
-            .map(|o| {
-                let yaml = o.to_yaml().expect("yaml");
-                let kind = yaml.lines().find_map(|l| l.strip_prefix("kind: "));
-                kind.unwrap_or_default().to_owned()
+            .map(|c| match c {
+                Child::ServiceAccount(_) => "ServiceAccount",
+                Child::ConfigMap(_) => "ConfigMap",
+                Child::Secret(_) => "Secret",
+                Child::Service(_) => "Service",
+                Child::Deployment(_) => "Deployment",
+                Child::PodDisruptionBudget(_) => "PodDisruptionBudget",
             })
             .collect();
         assert_eq!(

@@ -3,7 +3,7 @@
 //!
 //! The controller gathers the [`Observed`] facts (the database's limits when
 //! `maxConnections` is `auto`, what other pools on the same database claim, the referenced
-//! Secrets), calls [`render`], and applies [`Rendered::objects`] in order with server-side
+//! Secrets), calls [`render`], and applies [`Rendered::children`] in order with server-side
 //! apply. `weir-operator render` does the same offline with stand-in facts.
 //!
 //! Only settings that the pooler cannot take on a live reload change the pod template (see
@@ -146,19 +146,56 @@ pub struct Rendered {
     pub pod_disruption_budget: PodDisruptionBudget,
 }
 
+/// One rendered child object, typed, so that the controller applies exactly the list
+/// [`Rendered::children`] gives, in its order.
+#[derive(Debug, Clone, Copy)]
+pub enum Child<'a> {
+    /// The pods' ServiceAccount.
+    ServiceAccount(&'a ServiceAccount),
+    /// `pgbouncer.ini`.
+    ConfigMap(&'a ConfigMap),
+    /// The auth file or the applications' connection details.
+    Secret(&'a Secret),
+    /// Where clients connect.
+    Service(&'a Service),
+    /// The pooler pods.
+    Deployment(&'a Deployment),
+    /// The pods' disruption budget.
+    PodDisruptionBudget(&'a PodDisruptionBudget),
+}
+
+impl<'a> Child<'a> {
+    /// The object, for YAML output.
+    pub fn document(self) -> &'a dyn yaml::erased::Document {
+        match self {
+            Child::ServiceAccount(o) => o,
+            Child::ConfigMap(o) => o,
+            Child::Secret(o) => o,
+            Child::Service(o) => o,
+            Child::Deployment(o) => o,
+            Child::PodDisruptionBudget(o) => o,
+        }
+    }
+}
+
 impl Rendered {
-    /// The objects in the order they should be applied: what pods mount and run as comes
-    /// before the pods.
-    pub fn objects(&self) -> Vec<&dyn yaml::erased::Document> {
-        vec![
-            &self.service_account,
-            &self.config_map,
-            &self.auth_secret,
-            &self.app_secret,
-            &self.service,
-            &self.deployment,
-            &self.pod_disruption_budget,
+    /// The children in the order they are applied: what pods mount and run as comes before
+    /// the pods, the disruption budget after them.
+    pub fn children(&self) -> [Child<'_>; 7] {
+        [
+            Child::ServiceAccount(&self.service_account),
+            Child::ConfigMap(&self.config_map),
+            Child::Secret(&self.auth_secret),
+            Child::Secret(&self.app_secret),
+            Child::Service(&self.service),
+            Child::Deployment(&self.deployment),
+            Child::PodDisruptionBudget(&self.pod_disruption_budget),
         ]
+    }
+
+    /// The objects of [`Rendered::children`], in that order.
+    pub fn objects(&self) -> Vec<&dyn yaml::erased::Document> {
+        self.children().into_iter().map(Child::document).collect()
     }
 
     /// The parts of the status rendering decides: the budget, the pool sizes, the selector,
