@@ -35,6 +35,7 @@ test: deps lint lint-chart build drivers
 	$(MAKE) fuzz FUZZ_SECONDS=20
 
 lint:
+	python3 scripts/check-layering.py
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 

@@ -421,7 +421,14 @@ impl Pooler {
         let (target, settings) = pool_spec(&config, self, database, &key.user, user, scram_keys)
             .ok_or_else(|| Box::new(no_such_database(database)))?;
         let limits = self.limits_for(&config, database, &server_user);
-        let pool = Pool::new(key.clone(), target, settings, limits, self.registry.clone());
+        let pool = Pool::new(
+            key.clone(),
+            target,
+            settings,
+            limits,
+            self.registry.clone(),
+            crate::metrics::wait_histogram(&key),
+        );
         pool.set_paused(self.is_paused(database));
         tracing::info!(pool = %key, "pool created");
         pools.insert(key, pool.clone());

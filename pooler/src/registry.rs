@@ -16,34 +16,7 @@ use rand::Rng;
 
 use crate::pool::PoolKey;
 use crate::server::{ServerAddr, ServerKey};
-
-/// One end of a connection as the console shows it: an IP address and port, or `unix` and
-/// the listening port for a Unix-domain socket.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Endpoint {
-    /// The address (`unix` for a Unix-domain socket).
-    pub addr: String,
-    /// The port.
-    pub port: u16,
-}
-
-impl Endpoint {
-    /// The endpoint of a TCP socket address.
-    pub fn tcp(addr: std::net::SocketAddr) -> Endpoint {
-        Endpoint {
-            addr: addr.ip().to_string(),
-            port: addr.port(),
-        }
-    }
-
-    /// A Unix-domain socket served on `port`.
-    pub fn unix(port: u16) -> Endpoint {
-        Endpoint {
-            addr: "unix".to_owned(),
-            port,
-        }
-    }
-}
+pub use crate::stream::Endpoint;
 
 /// What a client said about itself when it logged in.
 #[derive(Debug, Clone)]

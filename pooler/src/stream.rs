@@ -11,8 +11,6 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 
-use crate::registry::Endpoint;
-
 /// A connected socket of either kind.
 #[derive(Debug)]
 pub enum Stream {
@@ -176,6 +174,34 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
             Stream::Unix(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+/// One end of a connection as the console shows it: an IP address and port, or `unix` and
+/// the listening port for a Unix-domain socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// The address (`unix` for a Unix-domain socket).
+    pub addr: String,
+    /// The port.
+    pub port: u16,
+}
+
+impl Endpoint {
+    /// The endpoint of a TCP socket address.
+    pub fn tcp(addr: std::net::SocketAddr) -> Endpoint {
+        Endpoint {
+            addr: addr.ip().to_string(),
+            port: addr.port(),
+        }
+    }
+
+    /// A Unix-domain socket served on `port`.
+    pub fn unix(port: u16) -> Endpoint {
+        Endpoint {
+            addr: "unix".to_owned(),
+            port,
         }
     }
 }

@@ -177,15 +177,15 @@ pub struct Pool {
 impl Pool {
     /// Creates a pool and starts its maintenance (reaping and `min_pool_size` warming).
     /// `limits` are the `max_db_connections` / `max_user_connections` it shares with others;
-    /// its connections are recorded in `registry`.
+    /// its connections are recorded in `registry`, its clients' waits in `wait_histogram`.
     pub fn new(
         key: PoolKey,
         target: ServerTarget,
         settings: PoolSettings,
         limits: Vec<Arc<Limit>>,
         registry: Arc<Registry>,
+        wait_histogram: Option<prometheus::Histogram>,
     ) -> Arc<Pool> {
-        let wait_histogram = crate::metrics::wait_histogram(&key);
         let pool = Arc::new(Pool {
             key,
             target: ArcSwap::from_pointee(target),
