@@ -1,0 +1,466 @@
+//! The operator–pooler contract, field by field: a ConnectionPool with every field set to a
+//! value other than its default is rendered, a real `weir` runs on the rendered ConfigMap
+//! and Secret in front of a real PostgreSQL, and each field's effect is checked where it
+//! lands — the console, `/status`, `pg_stat_activity` — or, for fields that shape only the
+//! Kubernetes objects, in those objects. [`FIELDS`] has one row per field of the CRD's spec;
+//! a field added to the CRD without a row fails `every_crd_field_has_a_row`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use kube::CustomResourceExt as _;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio_postgres::{Client, SimpleQueryMessage};
+use weir_operator::api::{from_yaml, ConnectionPool};
+use weir_operator::render::{render, Observed, Rendered};
+use weir_tests::fixture::Fixture;
+use weir_tests::k8s::localize_pgbouncer_ini;
+use weir_tests::net;
+use weir_tests::postgres::{PasswordMethod, PgCluster};
+use weir_tests::weir::WeirProcess;
+
+/// Where a field's effect is checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lands {
+    /// `SHOW CONFIG` of the running pooler shows this key with this value.
+    Console(&'static str, &'static str),
+    /// Checked on the running pooler by `running_pooler_follows_the_spec` (named assert).
+    Pooler,
+    /// Changes the rendered pool settings; checked by `sizing_fields_change_the_pools`.
+    Sizing,
+    /// Shapes only Kubernetes objects (pods, Service); checked in the rendered objects by
+    /// `kubernetes_fields_reach_their_objects`.
+    Kubernetes(&'static str),
+}
+
+/// Every spec field (dotted path below `spec`, `[]` for list items) and where it lands.
+const FIELDS: &[(&str, Lands)] = &[
+    ("database.host", Lands::Pooler),
+    ("database.port", Lands::Pooler),
+    ("database.dbname", Lands::Pooler),
+    ("database.credentialsSecret.name", Lands::Sizing),
+    ("database.credentialsSecret.usernameKey", Lands::Sizing),
+    ("database.credentialsSecret.passwordKey", Lands::Sizing),
+    ("database.maxConnections", Lands::Pooler),
+    ("database.superuserReservedConnections", Lands::Pooler),
+    ("database.reservedPercent", Lands::Pooler),
+    ("database.usedByOthers", Lands::Pooler),
+    ("poolMode", Lands::Console("pool_mode", "session")),
+    ("replicas", Lands::Pooler),
+    ("maxConnectionsPercent", Lands::Pooler),
+    ("maxServerConnections", Lands::Sizing),
+    ("users[].user", Lands::Pooler),
+    ("users[].credentialsSecret.name", Lands::Pooler),
+    ("users[].credentialsSecret.passwordKey", Lands::Pooler),
+    ("users[].weight", Lands::Pooler),
+    ("users[].minPoolSize", Lands::Pooler),
+    ("users[].reservePoolSize", Lands::Pooler),
+    (
+        "limits.maxClientConnections",
+        Lands::Console("max_client_conn", "321"),
+    ),
+    (
+        "limits.queryWaitTimeout",
+        Lands::Console("query_wait_timeout", "45"),
+    ),
+    (
+        "limits.serverIdleTimeout",
+        Lands::Console("server_idle_timeout", "301"),
+    ),
+    (
+        "limits.serverLifetime",
+        Lands::Console("server_lifetime", "1801"),
+    ),
+    (
+        "limits.clientIdleTimeout",
+        Lands::Console("client_idle_timeout", "901"),
+    ),
+    (
+        "limits.idleTransactionTimeout",
+        Lands::Console("idle_transaction_timeout", "61"),
+    ),
+    (
+        "parameters",
+        Lands::Console("max_prepared_statements", "77"),
+    ),
+    ("rollout.maxSurge", Lands::Pooler),
+    ("autoscaling.maxReplicas", Lands::Sizing),
+    ("pod.resources", Lands::Kubernetes("cpu: 250m")),
+    ("pod.nodeSelector", Lands::Kubernetes("disktype: ssd")),
+    ("pod.affinity", Lands::Kubernetes("zone-a")),
+    ("pod.tolerations", Lands::Kubernetes("key: dedicated")),
+    (
+        "pod.topologySpreadConstraints",
+        Lands::Kubernetes("topologyKey: kubernetes.io/hostname"),
+    ),
+    (
+        "pod.priorityClassName",
+        Lands::Kubernetes("priorityClassName: pooler-high"),
+    ),
+    ("pod.labels", Lands::Kubernetes("team: payments")),
+    (
+        "pod.annotations",
+        Lands::Kubernetes("contract/pod: annotated"),
+    ),
+    ("service.type", Lands::Kubernetes("type: NodePort")),
+    (
+        "service.annotations",
+        Lands::Kubernetes("contract/service: annotated"),
+    ),
+    (
+        "image",
+        Lands::Kubernetes("image: registry.example/weir:contract"),
+    ),
+];
+
+const APP_PASSWORD: &str = "app-contract-pw";
+const REPORTS_PASSWORD: &str = "reports-contract-pw";
+
+/// The spec under test. Budget by hand: 100 − 3 superuser − 10 headroom (10 %) − 7 used by
+/// others = 80; 50 % of it is 40 for the pool; 3 replicas + 2 surge = 5 pods → 8 per pod.
+fn spec(host: &str, port: u16) -> String {
+    format!(
+        "apiVersion: weir.dev/v1alpha1
+kind: ConnectionPool
+metadata:
+  name: contract
+  namespace: default
+  uid: 0c0ffee0-0000-4000-8000-000000000001
+spec:
+  database:
+    host: {host}
+    port: {port}
+    dbname: shop
+    credentialsSecret:
+      name: shop-owner
+      usernameKey: login
+      passwordKey: secret
+    maxConnections: 100
+    superuserReservedConnections: 3
+    reservedPercent: 10
+    usedByOthers: 7
+  poolMode: session
+  replicas: 3
+  maxConnectionsPercent: 50
+  users:
+    - user: app
+      credentialsSecret:
+        name: app-creds
+        passwordKey: pw
+      weight: 3
+      minPoolSize: 2
+      reservePoolSize: 1
+    - user: reports
+      credentialsSecret:
+        name: reports-creds
+  limits:
+    maxClientConnections: 321
+    queryWaitTimeout: 45s
+    serverIdleTimeout: 301s
+    serverLifetime: 1801s
+    clientIdleTimeout: 901s
+    idleTransactionTimeout: 61s
+  parameters:
+    max_prepared_statements: \"77\"
+    stats_users: app
+  rollout:
+    maxSurge: 2
+  pod:
+    resources:
+      requests:
+        cpu: 250m
+    nodeSelector:
+      disktype: ssd
+    affinity:
+      nodeAffinity:
+        requiredDuringSchedulingIgnoredDuringExecution:
+          nodeSelectorTerms:
+            - matchExpressions:
+                - key: zone
+                  operator: In
+                  values: [zone-a]
+    tolerations:
+      - key: dedicated
+        operator: Exists
+    topologySpreadConstraints:
+      - maxSkew: 1
+        topologyKey: kubernetes.io/hostname
+        whenUnsatisfiable: ScheduleAnyway
+    priorityClassName: pooler-high
+    labels:
+      team: payments
+    annotations:
+      contract/pod: annotated
+  service:
+    type: NodePort
+    annotations:
+      contract/service: annotated
+  image: registry.example/weir:contract
+"
+    )
+}
+
+fn observed() -> Observed {
+    let secret = |pairs: &[(&str, &str)]| -> BTreeMap<String, Vec<u8>> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.as_bytes().to_vec()))
+            .collect()
+    };
+    Observed {
+        database: None,
+        others_claimed: 0,
+        secrets: BTreeMap::from([
+            (
+                "shop-owner".to_owned(),
+                secret(&[("login", "owner"), ("secret", "owner-pw")]),
+            ),
+            ("app-creds".to_owned(), secret(&[("pw", APP_PASSWORD)])),
+            (
+                "reports-creds".to_owned(),
+                secret(&[("password", REPORTS_PASSWORD)]),
+            ),
+        ]),
+    }
+}
+
+fn rendered(yaml: &str) -> Rendered {
+    let pool: ConnectionPool = from_yaml(yaml).expect("a valid ConnectionPool");
+    render(&pool, &observed()).expect("renders")
+}
+
+fn data_text(rendered: &Rendered, key: &str) -> String {
+    let from_config = rendered.config_map.data.as_ref().and_then(|d| d.get(key));
+    match from_config {
+        Some(text) => text.clone(),
+        None => {
+            let data = rendered.auth_secret.data.as_ref().expect("secret data");
+            String::from_utf8(data[key].0.clone()).expect("utf-8")
+        }
+    }
+}
+
+/// The CRD's spec fields as dotted paths. Kubernetes' own types under `pod` (resources,
+/// affinity…) are one field each: their insides are Kubernetes', not Weir's.
+fn crd_fields() -> BTreeSet<String> {
+    let crd = serde_json::to_value(ConnectionPool::crd()).expect("CRD as JSON");
+    let spec = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"];
+    let mut out = BTreeSet::new();
+    walk(spec, "", &mut out);
+    out
+}
+
+fn walk(node: &serde_json::Value, path: &str, out: &mut BTreeSet<String>) {
+    let opaque = path.starts_with("pod.") || path == "parameters";
+    if !opaque {
+        if let Some(props) = node["properties"].as_object() {
+            for (name, child) in props {
+                let child_path = if path.is_empty() {
+                    name.clone()
+                } else {
+                    format!("{path}.{name}")
+                };
+                walk(child, &child_path, out);
+            }
+            return;
+        }
+        if node["items"]["properties"].is_object() {
+            walk(&node["items"], &format!("{path}[]"), out);
+            return;
+        }
+    }
+    out.insert(path.to_owned());
+}
+
+#[test]
+fn every_crd_field_has_a_row() {
+    let rows: BTreeSet<String> = FIELDS.iter().map(|(p, _)| (*p).to_owned()).collect();
+    let fields = crd_fields();
+    let missing: Vec<_> = fields.difference(&rows).collect();
+    let stale: Vec<_> = rows.difference(&fields).collect();
+    assert!(missing.is_empty(), "CRD fields without a row: {missing:?}");
+    assert!(stale.is_empty(), "rows for fields the CRD lacks: {stale:?}");
+}
+
+#[test]
+fn kubernetes_fields_reach_their_objects() {
+    let r = rendered(&spec("db.example", 5432));
+    let objects = format!(
+        "{}\n{}",
+        weir_operator::yaml::to_string(&r.deployment).expect("yaml"),
+        weir_operator::yaml::to_string(&r.service).expect("yaml")
+    );
+    for (path, lands) in FIELDS {
+        if let Lands::Kubernetes(text) = lands {
+            assert!(objects.contains(text), "{path}: {text:?} not in\n{objects}");
+        }
+    }
+}
+
+/// Fields whose value the main spec cannot show at the same time (one of two ways to say
+/// the same thing, or the default user used only without `users`) change the pools when
+/// set alone.
+#[test]
+fn sizing_fields_change_the_pools() {
+    let base = spec("db.example", 5432);
+    let per_pod = |yaml: &str| rendered(yaml).sizing.max_db_connections();
+    assert_eq!(per_pod(&base), 8);
+
+    // maxServerConnections in place of the percentage: 30 over 5 pods.
+    let absolute = base.replace("maxConnectionsPercent: 50", "maxServerConnections: 30");
+    assert_eq!(per_pod(&absolute), 6);
+
+    // autoscaling.maxReplicas: the budget is divided for 7 + 2 pods up front.
+    let scaling = base.replace(
+        "  rollout:\n",
+        "  autoscaling:\n    maxReplicas: 7\n  rollout:\n",
+    );
+    assert_eq!(per_pod(&scaling), 4);
+
+    // Without users, the database Secret's user (under its custom keys) is the one user.
+    let start = base.find("  users:\n").expect("users");
+    let end = base.find("  limits:\n").expect("limits");
+    let no_users = format!("{}{}", &base[..start], &base[end..]);
+    let r = rendered(&no_users);
+    assert_eq!(r.users, ["owner"]);
+    assert!(
+        data_text(&r, "userlist.txt").contains("\"owner\""),
+        "the owner is not in the auth file"
+    );
+    let owner = r.config.pool_settings("shop", "owner").expect("served");
+    assert_eq!(owner.size + owner.reserve_size, 8);
+}
+
+async fn show(client: &Client, sql: &str) -> Vec<BTreeMap<String, String>> {
+    let mut rows = Vec::new();
+    for msg in client.simple_query(sql).await.expect(sql) {
+        if let SimpleQueryMessage::Row(row) = msg {
+            let mut map = BTreeMap::new();
+            for (i, col) in row.columns().iter().enumerate() {
+                map.insert(
+                    col.name().to_owned(),
+                    row.get(i).unwrap_or_default().to_owned(),
+                );
+            }
+            rows.push(map);
+        }
+    }
+    rows
+}
+
+async fn http_get(port: u16, path: &str) -> serde_json::Value {
+    let mut stream = tokio::net::TcpStream::connect((net::HOST, port))
+        .await
+        .expect("HTTP port");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: weir\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("request");
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .await
+        .expect("response");
+    let body = response.split("\r\n\r\n").nth(1).expect("a body");
+    serde_json::from_str(body).expect("JSON")
+}
+
+#[tokio::test]
+async fn running_pooler_follows_the_spec() {
+    let pg = PgCluster::start().await.expect("PostgreSQL");
+    pg.create_role("app", APP_PASSWORD, PasswordMethod::Scram)
+        .await
+        .expect("role app");
+    pg.create_role("reports", REPORTS_PASSWORD, PasswordMethod::Scram)
+        .await
+        .expect("role reports");
+    pg.create_database("shop", "app").await.expect("database");
+
+    let r = rendered(&spec(pg.host(), pg.port()));
+    let http_port = net::free_port();
+    let ini = localize_pgbouncer_ini(&data_text(&r, "pgbouncer.ini"), http_port).expect("ini");
+    let weir = WeirProcess::start(&ini, &data_text(&r, "userlist.txt"))
+        .await
+        .expect("weir starts on the rendered configuration");
+
+    // users[]: each user logs in with its Secret's password (custom key for app) and is
+    // served by database host, port and dbname.
+    let app = net::connect(weir.port(), "app", APP_PASSWORD, "shop")
+        .await
+        .expect("app logs in");
+    let reports = net::connect(weir.port(), "reports", REPORTS_PASSWORD, "shop")
+        .await
+        .expect("reports logs in");
+    let row = app
+        .query_one("SELECT current_database(), inet_server_port()", &[])
+        .await
+        .expect("query through weir");
+    assert_eq!(row.get::<_, String>(0), "shop");
+    assert_eq!(row.get::<_, Option<i32>>(1), Some(i32::from(pg.port())));
+    reports.batch_execute("SELECT 1").await.expect("reports");
+
+    // Sizing (database.*, replicas, maxConnectionsPercent, rollout.maxSurge): 8 per pod.
+    let console = net::connect(weir.port(), "app", APP_PASSWORD, "pgbouncer")
+        .await
+        .expect("app is a stats user (parameters)");
+    let dbs = show(&console, "SHOW DATABASES").await;
+    let shop = dbs.iter().find(|d| d["name"] == "shop").expect("shop");
+    assert_eq!(shop["max_connections"], "8");
+
+    // users[].weight, minPoolSize, reservePoolSize: each pool as rendered, in /status.
+    let status = http_get(http_port, "/status").await;
+    let pools = status["pools"].as_array().expect("pools");
+    let mut per_pod = 0;
+    for (user, rendered_pool) in r.users.iter().zip(&r.sizing.users) {
+        let pool = pools
+            .iter()
+            .find(|p| p["user"] == user.as_str())
+            .unwrap_or_else(|| panic!("no pool of {user} in {status}"));
+        assert_eq!(pool["mode"], "session", "{user}");
+        assert_eq!(pool["size"], rendered_pool.pool_size, "{user}");
+        assert_eq!(
+            pool["reserve_size"], rendered_pool.reserve_pool_size,
+            "{user}"
+        );
+        assert_eq!(pool["min_size"], rendered_pool.min_pool_size, "{user}");
+        per_pod += rendered_pool.pool_size + rendered_pool.reserve_pool_size;
+    }
+    assert_eq!(per_pod, 8);
+    let app_pool = &r.sizing.users[0];
+    let reports_pool = &r.sizing.users[1];
+    assert!(
+        app_pool.pool_size > 2 * reports_pool.pool_size,
+        "weight 3:1 not reflected"
+    );
+    assert_eq!((app_pool.min_pool_size, app_pool.reserve_pool_size), (2, 1));
+    let users = show(&console, "SHOW USERS").await;
+    let app_row = users.iter().find(|u| u["name"] == "app").expect("app");
+    assert_eq!(app_row["reserve_pool_size"], "1");
+
+    // minPoolSize: app's pool keeps two connections of its own open.
+    let superuser = pg.superuser().await.expect("superuser");
+    let warm = Fixture::eventually(Duration::from_secs(10), || async {
+        let n: i64 = superuser
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE usename = 'app' AND datname = 'shop'",
+                &[],
+            )
+            .await
+            .expect("count")
+            .get(0);
+        n == 2
+    })
+    .await;
+    assert!(warm, "users[].minPoolSize = 2 was not kept open");
+
+    // limits.*, poolMode and parameters, as the console shows them.
+    let config = show(&console, "SHOW CONFIG").await;
+    for (path, lands) in FIELDS {
+        if let Lands::Console(key, value) = lands {
+            let row = config
+                .iter()
+                .find(|c| c["key"] == *key)
+                .unwrap_or_else(|| panic!("{path}: no {key} in SHOW CONFIG"));
+            assert_eq!(row["value"], *value, "{path} ({key})");
+        }
+    }
+    drop(weir);
+}
