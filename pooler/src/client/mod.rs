@@ -76,9 +76,11 @@ async fn log_in(
 ) -> Option<(Session, login::Login)> {
     let config = pooler.config();
     let mut buf = BytesMut::new();
+    // One deadline from accept to the end of authentication, however many steps it takes.
+    let login_deadline = login_deadline(config.pgbouncer.client_login_timeout);
 
-    let hello = with_login_timeout(
-        config.pgbouncer.client_login_timeout,
+    let hello = within_login_deadline(
+        login_deadline,
         login::hello(&mut stream, &mut buf, &config),
     )
     .await;
@@ -93,11 +95,13 @@ async fn log_in(
         }
         Err(e) => return refused(&mut stream, e).await,
     };
-    if connected > config.pgbouncer.max_client_conn as usize {
+    let console = crate::admin::is_console(&login.database);
+    // Every connection counts from accept; as in PgBouncer, the console is never refused, so
+    // an operator can still see who fills the limit.
+    if !console && connected > config.pgbouncer.max_client_conn as usize {
         let e = PgError::fatal("53300", "no more connections allowed (max_client_conn)");
         return refused(&mut stream, LoginError::fatal(e)).await;
     }
-    let console = crate::admin::is_console(&login.database);
     if !console && pooler.is_disabled(&login.database) {
         let e = PgError::fatal(
             "08004",
@@ -115,8 +119,8 @@ async fn log_in(
         )
         .await;
     }
-    let authenticated = with_login_timeout(
-        config.pgbouncer.client_login_timeout,
+    let authenticated = within_login_deadline(
+        login_deadline,
         login::authenticate(&mut stream, &mut buf, &pooler, &login),
     )
     .await;
@@ -201,15 +205,24 @@ fn register(
     })
 }
 
-/// Bounds the startup phase by `client_login_timeout` (zero: no bound).
-async fn with_login_timeout<T>(
-    limit: Duration,
+/// When a login that starts now must be done by, after `client_login_timeout` (zero, or a
+/// limit too far off to represent: never).
+fn login_deadline(limit: Duration) -> Option<tokio::time::Instant> {
+    if limit.is_zero() {
+        return None;
+    }
+    tokio::time::Instant::now().checked_add(limit)
+}
+
+/// Bounds a step of the login by the login's deadline.
+async fn within_login_deadline<T>(
+    deadline: Option<tokio::time::Instant>,
     fut: impl std::future::Future<Output = Result<T, LoginError>>,
 ) -> Result<T, LoginError> {
-    if limit.is_zero() {
+    let Some(deadline) = deadline else {
         return fut.await;
-    }
-    tokio::time::timeout(limit, fut).await.unwrap_or_else(|_| {
+    };
+    tokio::time::timeout_at(deadline, fut).await.unwrap_or_else(|_| {
         Err(LoginError::fatal(PgError::fatal(
             "08P01",
             "client_login_timeout: login took too long",
