@@ -1,5 +1,6 @@
 //! Accepting clients: TCP on `listen_addr:listen_port` and the Unix socket in
-//! `unix_socket_dir`, each accepted connection served by its own task.
+//! `unix_socket_dir`, each accepted connection counted against `max_client_conn` in the order
+//! of arrival and served by its own task.
 
 use std::io;
 use std::net::SocketAddr;
@@ -130,10 +131,13 @@ async fn accept_tcp(listener: TcpListener, pooler: Arc<Pooler>) {
     loop {
         match listener.accept().await {
             Ok((socket, peer)) => {
+                let counted = pooler.client_connected();
                 let keepalive = app::keepalive(&pooler.config());
                 match Stream::tcp(socket, &keepalive) {
                     Ok(stream) => {
-                        tokio::spawn(client::serve(pooler.clone(), stream, peer.to_string()));
+                        let serve =
+                            client::serve(pooler.clone(), stream, peer.to_string(), counted);
+                        tokio::spawn(serve);
                     }
                     Err(e) => tracing::warn!(%peer, error = %e, "could not set up a client socket"),
                 }
@@ -147,10 +151,12 @@ async fn accept_unix(listener: UnixListener, pooler: Arc<Pooler>) {
     loop {
         match listener.accept().await {
             Ok((socket, _)) => {
+                let counted = pooler.client_connected();
                 tokio::spawn(client::serve(
                     pooler.clone(),
                     Stream::Unix(socket),
                     "unix".to_owned(),
+                    counted,
                 ));
             }
             Err(e) => accept_failed(e).await,

@@ -37,8 +37,14 @@ use tracked::{ClientState, Tracker};
 
 /// Serves one client connection from its first byte to its last. Never panics on what the
 /// client sends; every refusal reaches the client as an ErrorResponse with a SQLSTATE.
-pub async fn serve(pooler: Arc<Pooler>, stream: Stream, peer: String) {
-    let (_count, connected) = pooler.client_connected();
+/// `counted` is the connection's place in `max_client_conn`, taken at accept.
+pub async fn serve(
+    pooler: Arc<Pooler>,
+    stream: Stream,
+    peer: String,
+    counted: (app::ClientCount, usize),
+) {
+    let (_count, connected) = counted;
     // Logging in needs far more future state than a session does. It is boxed, and freed once
     // done, so that the task of a logged-in client (sized for its largest state) stays small.
     let Some((mut session, login)) = Box::pin(log_in(pooler, stream, &peer, connected)).await
@@ -79,11 +85,8 @@ async fn log_in(
     // One deadline from accept to the end of authentication, however many steps it takes.
     let login_deadline = login_deadline(config.pgbouncer.client_login_timeout);
 
-    let hello = within_login_deadline(
-        login_deadline,
-        login::hello(&mut stream, &mut buf, &config),
-    )
-    .await;
+    let hello =
+        within_login_deadline(login_deadline, login::hello(&mut stream, &mut buf, &config)).await;
     let login = match hello {
         Ok(Hello::Session(login)) => login,
         Ok(Hello::Cancel {
@@ -222,12 +225,14 @@ async fn within_login_deadline<T>(
     let Some(deadline) = deadline else {
         return fut.await;
     };
-    tokio::time::timeout_at(deadline, fut).await.unwrap_or_else(|_| {
-        Err(LoginError::fatal(PgError::fatal(
-            "08P01",
-            "client_login_timeout: login took too long",
-        )))
-    })
+    tokio::time::timeout_at(deadline, fut)
+        .await
+        .unwrap_or_else(|_| {
+            Err(LoginError::fatal(PgError::fatal(
+                "08P01",
+                "client_login_timeout: login took too long",
+            )))
+        })
 }
 
 fn wait_deadline(query_wait_timeout: Duration) -> Instant {

@@ -193,7 +193,10 @@ mod tests {
         assert_eq!(firsts[0], firsts[1]);
         assert!(firsts[0].ends_with(",i=4096"), "{}", firsts[0]);
         for password in ["", "mallory", "s3cret"] {
-            assert_eq!(round_trip(&decoy, password), Err(AuthError::InvalidPassword));
+            assert_eq!(
+                round_trip(&decoy, password),
+                Err(AuthError::InvalidPassword)
+            );
         }
     }
 
