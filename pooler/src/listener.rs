@@ -4,6 +4,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -83,6 +84,13 @@ impl Listeners {
                 io::Error::new(
                     e.kind(),
                     format!("cannot listen on {}: {e}", path.display()),
+                )
+            })?;
+            let mode = std::fs::Permissions::from_mode(settings.unix_socket_mode);
+            std::fs::set_permissions(&path, mode).map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("cannot apply unix_socket_mode to {}: {e}", path.display()),
                 )
             })?;
             Some((listener, path))
@@ -168,4 +176,27 @@ async fn accept_unix(listener: UnixListener, pooler: Arc<Pooler>) {
 async fn accept_failed(e: io::Error) {
     tracing::error!(error = %e, "accept failed");
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_unix_socket_gets_unix_socket_mode() {
+        let dir = std::env::temp_dir().join(format!("weir-listener-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let settings = Settings {
+            unix_socket_dir: dir.to_string_lossy().into_owned(),
+            unix_socket_mode: 0o640,
+            listen_port: 6999,
+            ..Settings::default()
+        };
+        let listeners = Listeners::bind(&settings).await.unwrap();
+        let path = dir.join(".s.PGSQL.6999");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        drop(listeners);
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(mode & 0o777, 0o640);
+    }
 }

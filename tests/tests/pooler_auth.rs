@@ -373,11 +373,14 @@ async fn empty_passwords_never_log_in() {
 async fn scram_salt_and_iterations(port: u16, user: &str) -> String {
     use weir_tests::raw::{ChannelBinding, ScramSha256};
     let mut client = RawClient::connect(port).await.expect("connecting to weir");
-    client.send_startup(user, DATABASE).await.unwrap();
+    client
+        .send_startup(user, DATABASE)
+        .await
+        .expect("sending the startup packet");
     let request = client
         .next()
         .await
-        .unwrap()
+        .expect("reading from weir")
         .expect("an authentication request");
     assert_eq!(
         request.auth_code(),
@@ -385,11 +388,14 @@ async fn scram_salt_and_iterations(port: u16, user: &str) -> String {
         "not AuthenticationSASL: {request:?}"
     );
     let scram = ScramSha256::new(b"guess", ChannelBinding::unsupported());
-    client.send_scram_first(&scram).await.unwrap();
+    client
+        .send_scram_first(&scram)
+        .await
+        .expect("sending the client-first message");
     let reply = client
         .next()
         .await
-        .unwrap()
+        .expect("reading from weir")
         .expect("a server-first message");
     assert_eq!(
         reply.auth_code(),
