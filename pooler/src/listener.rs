@@ -1,8 +1,10 @@
 //! Accepting clients: TCP on `listen_addr:listen_port` and the Unix socket in
-//! `unix_socket_dir`, each accepted connection served by its own task.
+//! `unix_socket_dir`, each accepted connection counted against `max_client_conn` in the order
+//! of arrival and served by its own task.
 
 use std::io;
 use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -84,6 +86,13 @@ impl Listeners {
                     format!("cannot listen on {}: {e}", path.display()),
                 )
             })?;
+            let mode = std::fs::Permissions::from_mode(settings.unix_socket_mode);
+            std::fs::set_permissions(&path, mode).map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("cannot apply unix_socket_mode to {}: {e}", path.display()),
+                )
+            })?;
             Some((listener, path))
         };
         Ok(Listeners { tcp, unix })
@@ -130,10 +139,13 @@ async fn accept_tcp(listener: TcpListener, pooler: Arc<Pooler>) {
     loop {
         match listener.accept().await {
             Ok((socket, peer)) => {
+                let counted = pooler.client_connected();
                 let keepalive = app::keepalive(&pooler.config());
                 match Stream::tcp(socket, &keepalive) {
                     Ok(stream) => {
-                        tokio::spawn(client::serve(pooler.clone(), stream, peer.to_string()));
+                        let serve =
+                            client::serve(pooler.clone(), stream, peer.to_string(), counted);
+                        tokio::spawn(serve);
                     }
                     Err(e) => tracing::warn!(%peer, error = %e, "could not set up a client socket"),
                 }
@@ -147,10 +159,12 @@ async fn accept_unix(listener: UnixListener, pooler: Arc<Pooler>) {
     loop {
         match listener.accept().await {
             Ok((socket, _)) => {
+                let counted = pooler.client_connected();
                 tokio::spawn(client::serve(
                     pooler.clone(),
                     Stream::Unix(socket),
                     "unix".to_owned(),
+                    counted,
                 ));
             }
             Err(e) => accept_failed(e).await,
@@ -162,4 +176,27 @@ async fn accept_unix(listener: UnixListener, pooler: Arc<Pooler>) {
 async fn accept_failed(e: io::Error) {
     tracing::error!(error = %e, "accept failed");
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_unix_socket_gets_unix_socket_mode() {
+        let dir = std::env::temp_dir().join(format!("weir-listener-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let settings = Settings {
+            unix_socket_dir: dir.to_string_lossy().into_owned(),
+            unix_socket_mode: 0o640,
+            listen_port: 6999,
+            ..Settings::default()
+        };
+        let listeners = Listeners::bind(&settings).await.unwrap();
+        let path = dir.join(".s.PGSQL.6999");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        drop(listeners);
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(mode & 0o777, 0o640);
+    }
 }

@@ -5,6 +5,8 @@
 //! real `weir` pooler binary against a generated `weir.ini`. Each instance gets its own port and
 //! directory, so tests can run in parallel threads of one process.
 //!
+//! [`raw::RawClient`] speaks the wire protocol by hand, for what a driver never sends.
+//!
 //! [`k8s::ControlPlane`] runs a real Kubernetes control plane (tests/controlplane) for the
 //! operator's end-to-end tests, and [`k8s::Operator`] the operator against it.
 //!
@@ -20,6 +22,7 @@ pub mod fixture;
 pub mod k8s;
 pub mod net;
 pub mod postgres;
+pub mod raw;
 pub mod weir;
 
 /// The client driver the harness connects with, re-exported so tests name the same version.

@@ -9,6 +9,7 @@
 use weir_tests::fixture::{sqlstate, Fixture, Options, DATABASE, PASSWORD, USER};
 use weir_tests::net;
 use weir_tests::postgres::{PasswordMethod, PgCluster};
+use weir_tests::raw::{RawClient, Refusal};
 use weir_tests::tokio_postgres::{self, Client, NoTls, SimpleQueryMessage};
 
 /// A user known neither to the auth file nor to PostgreSQL.
@@ -297,4 +298,134 @@ async fn an_md5_secret_cannot_answer_a_scram_server() {
     // A wrong password is still refused by weir itself.
     let (code, _) = refused(&f, USER, "not-the-password").await;
     assert_eq!(code, "28P01");
+}
+
+/// Logs in through weir as `user` with a client that speaks the protocol itself, so it sends
+/// whatever password it is given (libpq never sends an empty one).
+async fn raw_login(port: u16, user: &str, password: &str) -> Result<(), Refusal> {
+    let mut client = RawClient::connect(port).await.expect("connecting to weir");
+    client
+        .send_startup(user, DATABASE)
+        .await
+        .expect("sending the startup packet");
+    client
+        .authenticate(user, password)
+        .await
+        .expect("a well-formed authentication exchange")
+}
+
+#[tokio::test]
+async fn empty_passwords_never_log_in() {
+    const EMPTY_PLAIN: &str = "ghost";
+    const EMPTY_MD5: &str = "hollow";
+    let pg = PgCluster::start().await.expect("starting PostgreSQL");
+    pg.create_role(USER, PASSWORD, PasswordMethod::Scram)
+        .await
+        .expect("creating the role");
+    pg.create_database(DATABASE, USER)
+        .await
+        .expect("creating the database");
+    let su = pg.superuser().await.expect("superuser connection");
+    let empty_md5: String = su
+        .query_one("SELECT 'md5' || md5('' || $1)", &[&EMPTY_MD5])
+        .await
+        .expect("hashing the empty password")
+        .get(0);
+    let userlist = format!(
+        "\"{USER}\" \"{PASSWORD}\"\n\"{EMPTY_PLAIN}\" \"\"\n\"{EMPTY_MD5}\" \"{empty_md5}\"\n"
+    );
+    for auth_type in ["plain", "md5", "scram-sha-256"] {
+        // Every client logs in to PostgreSQL as the application role, so only weir's own
+        // check stands between an empty password and a session.
+        let opts = Options {
+            auth_type,
+            userlist: Some(userlist.clone()),
+            database_options: format!("user={USER} password={PASSWORD}"),
+            ..Options::default()
+        };
+        let weir = Fixture::start_weir(&pg, &opts)
+            .await
+            .expect("starting weir");
+        assert_eq!(
+            raw_login(weir.port(), USER, PASSWORD).await,
+            Ok(()),
+            "{auth_type}: the raw client logs in with the right password"
+        );
+        for (user, password) in [(EMPTY_PLAIN, ""), (EMPTY_MD5, ""), (USER, "")] {
+            let refusal = raw_login(weir.port(), user, password)
+                .await
+                .expect_err(&format!(
+                    "{auth_type}: {user} logged in with an empty password"
+                ));
+            assert_eq!(
+                refusal,
+                Refusal {
+                    code: "28P01".into(),
+                    message: format!("password authentication failed for user \"{user}\""),
+                },
+                "{auth_type}"
+            );
+        }
+    }
+}
+
+/// The salt and iteration count weir's SCRAM server-first message offers `user`.
+async fn scram_salt_and_iterations(port: u16, user: &str) -> String {
+    use weir_tests::raw::{ChannelBinding, ScramSha256};
+    let mut client = RawClient::connect(port).await.expect("connecting to weir");
+    client
+        .send_startup(user, DATABASE)
+        .await
+        .expect("sending the startup packet");
+    let request = client
+        .next()
+        .await
+        .expect("reading from weir")
+        .expect("an authentication request");
+    assert_eq!(
+        request.auth_code(),
+        Some(10),
+        "not AuthenticationSASL: {request:?}"
+    );
+    let scram = ScramSha256::new(b"guess", ChannelBinding::unsupported());
+    client
+        .send_scram_first(&scram)
+        .await
+        .expect("sending the client-first message");
+    let reply = client
+        .next()
+        .await
+        .expect("reading from weir")
+        .expect("a server-first message");
+    assert_eq!(
+        reply.auth_code(),
+        Some(11),
+        "not AuthenticationSASLContinue: {reply:?}"
+    );
+    let server_first = String::from_utf8(reply.body[4..].to_vec()).expect("UTF-8");
+    let (_nonce, rest) = server_first
+        .split_once(",s=")
+        .unwrap_or_else(|| panic!("no salt in {server_first}"));
+    rest.to_owned()
+}
+
+#[tokio::test]
+async fn scram_answers_an_unknown_user_like_a_known_one() {
+    let f = start("scram-sha-256", Stored::Scram, PasswordMethod::Scram).await;
+    let port = f.weir.port();
+
+    let known = scram_salt_and_iterations(port, USER).await;
+    assert_eq!(known, scram_salt_and_iterations(port, USER).await);
+    let unknown = scram_salt_and_iterations(port, STRANGER).await;
+    assert_eq!(
+        unknown,
+        scram_salt_and_iterations(port, STRANGER).await,
+        "an unknown user is offered a new salt on every attempt"
+    );
+    assert_ne!(unknown, known);
+    // Same shape as PostgreSQL's verifiers: a 16-byte salt (24 base64 characters), 4096 rounds.
+    let (salt, iterations) = unknown.split_once(",i=").unwrap();
+    assert_eq!((salt.len(), iterations), (24, "4096"), "{unknown}");
+    assert!(known.ends_with(",i=4096"), "{known}");
+    assert_server_untouched(&f).await;
 }

@@ -7,7 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_postgres::types::Type;
-use weir_tests::fixture::{self, Fixture, Options};
+use tokio_postgres::SimpleQueryMessage;
+use weir_tests::fixture::{self, Fixture, Options, DATABASE, PASSWORD, USER};
+use weir_tests::net;
+use weir_tests::raw::{RawClient, Reply};
 
 async fn backend_pid(client: &tokio_postgres::Client) -> i32 {
     client
@@ -38,6 +41,148 @@ async fn max_client_conn_refuses_the_extra_client() {
     })
     .await;
     assert!(ok, "a place freed by a leaving client was not reused");
+}
+
+/// `used_clients` from the console's SHOW LISTS: every client connection, logged in or not.
+async fn used_clients(console: &tokio_postgres::Client) -> usize {
+    let messages = console
+        .simple_query("SHOW LISTS")
+        .await
+        .expect("SHOW LISTS");
+    messages
+        .iter()
+        .find_map(|m| match m {
+            SimpleQueryMessage::Row(row) if row.get(0) == Some("used_clients") => {
+                row.get(1).and_then(|n| n.parse().ok())
+            }
+            _ => None,
+        })
+        .expect("a used_clients row")
+}
+
+/// Asserts that weir ended a connection with exactly one ErrorResponse for
+/// client_login_timeout.
+fn assert_login_timed_out(replies: &[Reply]) {
+    assert_eq!(replies.len(), 1, "{replies:?}");
+    assert_eq!(replies[0].error_field(b'C').as_deref(), Some("08P01"));
+    let message = replies[0].error_field(b'M').unwrap_or_default();
+    assert!(message.contains("client_login_timeout"), "{message}");
+}
+
+/// The `clients` count of the HTTP endpoint's `/status` on 127.0.0.1:`port`.
+async fn status_clients(port: u16) -> u64 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect((net::HOST, port))
+        .await
+        .expect("connect to the HTTP endpoint");
+    s.write_all(b"GET /status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("request");
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).await.expect("response");
+    let body = raw.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    let status: serde_json::Value = serde_json::from_str(body).expect("JSON");
+    status["clients"].as_u64().expect("a client count")
+}
+
+#[tokio::test]
+async fn silent_connections_count_against_max_client_conn_until_they_time_out() {
+    let http = net::free_port();
+    let fx = Fixture::start(
+        Options::mode("transaction", 2)
+            .with("max_client_conn = 3")
+            .with("client_login_timeout = 2")
+            .with(&format!("admin_users = {USER}"))
+            .with("http_listen_addr = 127.0.0.1")
+            .with(&format!("http_port = {http}")),
+    )
+    .await
+    .expect("fixture");
+    let mut silent = Vec::new();
+    for _ in 0..3 {
+        silent.push(RawClient::connect(fx.weir.port()).await.expect("connect"));
+    }
+    let counted = Fixture::eventually(Duration::from_secs(5), || async {
+        status_clients(http).await == 3
+    })
+    .await;
+    assert!(
+        counted,
+        "silent connections are not counted: {}",
+        status_clients(http).await
+    );
+    // The console is never refused, so it can show who fills the limit: the three silent
+    // connections and itself.
+    let console = net::connect(fx.weir.port(), USER, PASSWORD, "pgbouncer")
+        .await
+        .unwrap_or_else(|e| panic!("the console is refused: {e}\n{}", fx.weir.log()));
+    let counted = Fixture::eventually(Duration::from_secs(5), || async {
+        used_clients(&console).await == 4
+    })
+    .await;
+    assert!(counted, "used_clients = {}", used_clients(&console).await);
+
+    let err = fx.client().await.expect_err("a client over the limit");
+    let err = err
+        .downcast_ref::<tokio_postgres::Error>()
+        .expect("a PostgreSQL error");
+    assert_eq!(fixture::sqlstate(err), Some("53300"), "{err:?}");
+
+    for mut client in silent {
+        assert_login_timed_out(&client.until_closed().await.expect("weir closes it"));
+    }
+    let admitted = Fixture::eventually(Duration::from_secs(5), || async {
+        fx.client().await.is_ok()
+    })
+    .await;
+    assert!(
+        admitted,
+        "the places of timed-out connections were not freed"
+    );
+}
+
+#[tokio::test]
+async fn client_login_timeout_runs_once_from_accept() {
+    const TIMEOUT: Duration = Duration::from_secs(3);
+    let fx = Fixture::start(Options::default().with("client_login_timeout = 3"))
+        .await
+        .expect("fixture");
+    let port = fx.weir.port();
+    let start = tokio::time::Instant::now();
+    let mut late = RawClient::connect(port).await.expect("connect");
+    // A reference: a connection that never sends anything, opened half a timeout later.
+    tokio::time::sleep_until(start + TIMEOUT / 2).await;
+    let reference_opened = tokio::time::Instant::now();
+    let mut reference = RawClient::connect(port).await.expect("connect");
+    // Near the end of its time, the first client starts and then stalls in authentication.
+    tokio::time::sleep_until(start + TIMEOUT * 9 / 10).await;
+    late.send_startup(USER, DATABASE).await.expect("startup");
+    let request = late.next().await.expect("read").expect("a request");
+    assert_eq!(
+        request.auth_code(),
+        Some(10),
+        "not AuthenticationSASL: {request:?}"
+    );
+
+    // The login's one deadline ends the first client before the reference, whose own
+    // deadline comes half a timeout after it; a second, fresh timeout would end it after.
+    let first_closed = tokio::select! {
+        biased;
+        replies = late.until_closed() => {
+            assert_login_timed_out(&replies.expect("weir closes it"));
+            "the late client"
+        }
+        replies = reference.until_closed() => {
+            assert_login_timed_out(&replies.expect("weir closes it"));
+            "the silent reference"
+        }
+    };
+    assert_eq!(first_closed, "the late client");
+    assert_login_timed_out(&reference.until_closed().await.expect("weir closes it"));
+    assert!(
+        reference_opened.elapsed() >= TIMEOUT / 2,
+        "a silent connection was closed long before client_login_timeout"
+    );
 }
 
 #[tokio::test]

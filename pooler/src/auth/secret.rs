@@ -2,6 +2,7 @@
 //! SCRAM verifier format PostgreSQL keeps in `pg_authid.rolpassword`.
 
 use std::fmt;
+use std::sync::OnceLock;
 
 use subtle::ConstantTimeEq;
 
@@ -41,6 +42,19 @@ impl Secret {
             Secret::Scram(scram)
         } else {
             Secret::Plain(stored.to_owned())
+        }
+    }
+
+    /// Whether this secret is the empty password, which never logs in with a password:
+    /// PostgreSQL refuses empty passwords, so a `"user" ""` line only serves `trust`.
+    ///
+    /// A SCRAM verifier is never checked: PostgreSQL does not derive one from an empty
+    /// password (`PASSWORD ''` clears the password), and checking would cost a key derivation.
+    pub fn is_empty_password(&self, user: &str) -> bool {
+        match self {
+            Secret::Plain(password) => password.is_empty(),
+            Secret::Md5(hash) => *hash == super::md5::password_hash(user, ""),
+            Secret::Scram(_) => false,
         }
     }
 }
@@ -122,6 +136,27 @@ impl ScramSecret {
     pub fn generate(password: &str) -> Self {
         let salt = crypto::random_bytes::<DEFAULT_SALT_LEN>();
         Self::from_password(password, &salt, DEFAULT_ITERATIONS)
+    }
+
+    /// A verifier for a user who has none (unknown, or with an empty password), so that the
+    /// exchange looks like a real user's: the same salt and iteration count every time, no
+    /// key derivation (a real user's verifier is stored or cached), and no password matches.
+    ///
+    /// Salt and keys are HMACs of the user name under a key drawn once per process.
+    pub fn decoy(user: &str) -> Self {
+        static KEY: OnceLock<crypto::Key> = OnceLock::new();
+        Self::decoy_with(KEY.get_or_init(crypto::random_bytes), user)
+    }
+
+    fn decoy_with(key: &crypto::Key, user: &str) -> Self {
+        // A label per value keeps the salt from revealing anything about the keys.
+        let derive = |label: &[u8]| crypto::hmac_sha256(key, &[label, user.as_bytes()]);
+        ScramSecret {
+            iterations: DEFAULT_ITERATIONS,
+            salt: derive(b"salt\0")[..DEFAULT_SALT_LEN].to_vec(),
+            stored_key: derive(b"stored key\0"),
+            server_key: derive(b"server key\0"),
+        }
     }
 
     /// Constant-time check that `password` derives to this verifier.
@@ -269,6 +304,33 @@ mod tests {
         // A verifier made from the NFKC form accepts the compatibility form and vice versa.
         let scram = Secret::Scram(ScramSecret::from_password("fi", b"salt", 16));
         assert!(verify_plain(&scram, "u", "\u{fb01}"));
+    }
+
+    #[test]
+    fn empty_passwords_are_recognised() {
+        assert!(Secret::parse("").is_empty_password("alice"));
+        assert!(!Secret::parse("x").is_empty_password("alice"));
+        let empty_md5 = Secret::parse(&crate::auth::md5::password_hash("alice", ""));
+        assert!(empty_md5.is_empty_password("alice"));
+        assert!(!empty_md5.is_empty_password("bob"));
+        assert!(!Secret::parse("md54a0a68b43b6cd5cf266fa02f196e2371").is_empty_password("alice"));
+        assert!(!Secret::parse(PENCIL).is_empty_password("alice"));
+    }
+
+    #[test]
+    fn decoys_are_stable_per_user_and_look_like_defaults() {
+        let a = ScramSecret::decoy("mallory");
+        assert_eq!(a, ScramSecret::decoy("mallory"));
+        assert_eq!(a.iterations, DEFAULT_ITERATIONS);
+        assert_eq!(a.salt.len(), DEFAULT_SALT_LEN);
+        assert_ne!(a.salt, ScramSecret::decoy("trudy").salt);
+        // Another process (another key) gives the same user another salt.
+        let other = ScramSecret::decoy_with(&[9; 32], "mallory");
+        assert_ne!(a.salt, other.salt);
+        assert_eq!(other, ScramSecret::decoy_with(&[9; 32], "mallory"));
+        // Neither the empty password nor the user name derives to it.
+        assert!(!a.matches_password(""));
+        assert!(!a.matches_password("mallory"));
     }
 
     #[test]

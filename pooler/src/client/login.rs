@@ -178,7 +178,8 @@ pub struct Authenticated {
 }
 
 /// Authenticates `login.user` as `auth_type` says. A user missing from the auth file gets the
-/// same exchange and the same error as a wrong password, so user names cannot be probed.
+/// same exchange and the same error as a wrong password, so user names cannot be probed; so
+/// does a user whose stored secret is the empty password, which PostgreSQL never accepts.
 pub async fn authenticate(
     stream: &mut Stream,
     buf: &mut BytesMut,
@@ -202,8 +203,8 @@ pub async fn authenticate(
             backend::authentication_cleartext_password(&mut out);
             wire::flush(stream, &mut out).await?;
             let password = read_password(stream, buf).await?;
-            let ok = match (&secret, std::str::from_utf8(&password)) {
-                (Some(secret), Ok(pw)) => auth::verify_plain(secret, user, pw),
+            let ok = match (with_password(secret, user), std::str::from_utf8(&password)) {
+                (Some(secret), Ok(pw)) if !pw.is_empty() => auth::verify_plain(&secret, user, pw),
                 _ => false,
             };
             if ok {
@@ -218,8 +219,8 @@ pub async fn authenticate(
             backend::authentication_md5_password(&mut out, salt);
             wire::flush(stream, &mut out).await?;
             let response = read_password(stream, buf).await?;
-            let ok = match (&secret, std::str::from_utf8(&response)) {
-                (Some(secret), Ok(r)) => md5::verify(secret, user, salt, r),
+            let ok = match (with_password(secret, user), std::str::from_utf8(&response)) {
+                (Some(secret), Ok(r)) => md5::verify(&secret, user, salt, r),
                 _ => false,
             };
             if ok {
@@ -230,7 +231,7 @@ pub async fn authenticate(
         }
         // md5 with a SCRAM secret falls through to SCRAM, as PostgreSQL does.
         AuthType::Md5 | AuthType::ScramSha256 => {
-            let secret = secret.map(|s| pooler.scram_secret(user, s));
+            let secret = with_password(secret, user).map(|s| pooler.scram_secret(user, s));
             scram(stream, buf, user, secret).await
         }
     }
@@ -251,8 +252,8 @@ async fn scram(
             )))
         }
         Some(s) => s,
-        // A throwaway secret makes an unknown user's exchange look like a real one.
-        None => Secret::Scram(ScramSecret::generate(&rand::thread_rng().gen::<u64>().to_string())),
+        // A decoy makes an unknown user's exchange look like a real one, salt and work alike.
+        None => Secret::Scram(ScramSecret::decoy(user)),
     };
     let mut server = ScramServer::new(&secret, user).map_err(|e| auth_error(user, &e))?;
     let mut out = BytesMut::new();
@@ -282,6 +283,12 @@ async fn scram(
         _ => None,
     };
     Ok(Authenticated { scram_keys: keys })
+}
+
+/// The stored secret a password method checks against: none for the empty password, so
+/// that such a user fails exactly like an unknown one.
+fn with_password(secret: Option<Secret>, user: &str) -> Option<Secret> {
+    secret.filter(|s| !s.is_empty_password(user))
 }
 
 /// Reads a PasswordMessage-family message (`p`) and returns its body.

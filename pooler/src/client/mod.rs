@@ -37,8 +37,14 @@ use tracked::{ClientState, Tracker};
 
 /// Serves one client connection from its first byte to its last. Never panics on what the
 /// client sends; every refusal reaches the client as an ErrorResponse with a SQLSTATE.
-pub async fn serve(pooler: Arc<Pooler>, stream: Stream, peer: String) {
-    let (_count, connected) = pooler.client_connected();
+/// `counted` is the connection's place in `max_client_conn`, taken at accept.
+pub async fn serve(
+    pooler: Arc<Pooler>,
+    stream: Stream,
+    peer: String,
+    counted: (app::ClientCount, usize),
+) {
+    let (_count, connected) = counted;
     // Logging in needs far more future state than a session does. It is boxed, and freed once
     // done, so that the task of a logged-in client (sized for its largest state) stays small.
     let Some((mut session, login)) = Box::pin(log_in(pooler, stream, &peer, connected)).await
@@ -76,12 +82,11 @@ async fn log_in(
 ) -> Option<(Session, login::Login)> {
     let config = pooler.config();
     let mut buf = BytesMut::new();
+    // One deadline from accept to the end of authentication, however many steps it takes.
+    let login_deadline = login_deadline(config.pgbouncer.client_login_timeout);
 
-    let hello = with_login_timeout(
-        config.pgbouncer.client_login_timeout,
-        login::hello(&mut stream, &mut buf, &config),
-    )
-    .await;
+    let hello =
+        within_login_deadline(login_deadline, login::hello(&mut stream, &mut buf, &config)).await;
     let login = match hello {
         Ok(Hello::Session(login)) => login,
         Ok(Hello::Cancel {
@@ -93,11 +98,13 @@ async fn log_in(
         }
         Err(e) => return refused(&mut stream, e).await,
     };
-    if connected > config.pgbouncer.max_client_conn as usize {
+    let console = crate::admin::is_console(&login.database);
+    // Every connection counts from accept; as in PgBouncer, the console is never refused, so
+    // an operator can still see who fills the limit.
+    if !console && connected > config.pgbouncer.max_client_conn as usize {
         let e = PgError::fatal("53300", "no more connections allowed (max_client_conn)");
         return refused(&mut stream, LoginError::fatal(e)).await;
     }
-    let console = crate::admin::is_console(&login.database);
     if !console && pooler.is_disabled(&login.database) {
         let e = PgError::fatal(
             "08004",
@@ -115,8 +122,8 @@ async fn log_in(
         )
         .await;
     }
-    let authenticated = with_login_timeout(
-        config.pgbouncer.client_login_timeout,
+    let authenticated = within_login_deadline(
+        login_deadline,
         login::authenticate(&mut stream, &mut buf, &pooler, &login),
     )
     .await;
@@ -201,20 +208,31 @@ fn register(
     })
 }
 
-/// Bounds the startup phase by `client_login_timeout` (zero: no bound).
-async fn with_login_timeout<T>(
-    limit: Duration,
+/// When a login that starts now must be done by, after `client_login_timeout` (zero, or a
+/// limit too far off to represent: never).
+fn login_deadline(limit: Duration) -> Option<tokio::time::Instant> {
+    if limit.is_zero() {
+        return None;
+    }
+    tokio::time::Instant::now().checked_add(limit)
+}
+
+/// Bounds a step of the login by the login's deadline.
+async fn within_login_deadline<T>(
+    deadline: Option<tokio::time::Instant>,
     fut: impl std::future::Future<Output = Result<T, LoginError>>,
 ) -> Result<T, LoginError> {
-    if limit.is_zero() {
+    let Some(deadline) = deadline else {
         return fut.await;
-    }
-    tokio::time::timeout(limit, fut).await.unwrap_or_else(|_| {
-        Err(LoginError::fatal(PgError::fatal(
-            "08P01",
-            "client_login_timeout: login took too long",
-        )))
-    })
+    };
+    tokio::time::timeout_at(deadline, fut)
+        .await
+        .unwrap_or_else(|_| {
+            Err(LoginError::fatal(PgError::fatal(
+                "08P01",
+                "client_login_timeout: login took too long",
+            )))
+        })
 }
 
 fn wait_deadline(query_wait_timeout: Duration) -> Instant {

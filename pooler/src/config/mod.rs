@@ -54,7 +54,9 @@ pub use database::{
 pub use duration::{format_duration, parse_duration, BareUnit};
 pub use error::{ConfigError, ConfigWarning, ValueError};
 pub use pool::{PoolSettings, ServerCheck, ServerLifetime, EMPTY_CHECK_QUERY};
-pub use settings::{AuthType, Pinning, PoolMode, Settings, DEFAULT_AUTH_QUERY, UNSUPPORTED_KEYS};
+pub use settings::{
+    AuthType, Pinning, PoolMode, Settings, Support, DEFAULT_AUTH_QUERY, UNSUPPORTED_KEYS,
+};
 pub use userlist::{load_userlist, parse_userlist, render_userlist, secret_kind, SecretKind};
 
 /// The `[databases]` key of the fallback entry, used for any database name without an
@@ -154,8 +156,8 @@ impl Config {
     /// Checks the whole configuration: that it survives [`Config::to_ini`] unchanged,
     /// that there is something to listen on, that minimum pool sizes fit within pool sizes
     /// and connection limits, and that the authentication setup can find its users
-    /// (`auth_file` or `auth_user` for every `auth_type` except `any`, which instead needs
-    /// a `user=` on every database). [`Config::parse`] runs this too, and then also names
+    /// (`auth_file` for every `auth_type` except `any`, which instead needs a `user=` on
+    /// every database). [`Config::parse`] runs this too, and then also names
     /// the line that set the offending key.
     pub fn validate(&self) -> Result<(), ConfigError> {
         validate::check(self).map_err(validate::Problem::unlocated)

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use super::database::{DatabaseEntry, UserEntry};
 use super::error::{ConfigError, ConfigWarning};
 use super::ini::{IniLine, LineKind};
-use super::settings::is_unsupported_key;
+use super::settings::{is_unsupported_key, Settings, Support};
 use super::validate::ADMIN_DATABASE;
 use super::Config;
 
@@ -116,6 +116,13 @@ pub(crate) fn build(lines: Vec<IniLine>, main_file: &Path) -> Result<Built, Conf
             Section::Pgbouncer => match config.pgbouncer.apply(&key, &value) {
                 Some(result) => {
                     result.map_err(|e| error(e.0))?;
+                    // A default value asks for nothing weir lacks, so it stays quiet.
+                    if let Some(Support::Ignored(why)) = Settings::support(&key) {
+                        let default = Settings::default().render_value(&key);
+                        if config.pgbouncer.render_value(&key) != default {
+                            warn(ignored_setting(why));
+                        }
+                    }
                     Vec::new()
                 }
                 None => {
@@ -168,4 +175,9 @@ pub(crate) fn build(lines: Vec<IniLine>, main_file: &Path) -> Result<Built, Conf
         warnings,
         locations,
     })
+}
+
+/// The warning for a `[pgbouncer]` setting weir parses but does not act on.
+pub(crate) fn ignored_setting(why: &str) -> String {
+    format!("not supported by weir, ignored ({why})")
 }

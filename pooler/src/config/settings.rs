@@ -202,7 +202,8 @@ pub struct Settings {
     pub unix_socket_dir: String,
     /// Permission bits of the Unix socket (octal in the file). Default `0777`.
     pub unix_socket_mode: u32,
-    /// Unix user to switch to after startup. Unset: stay as started.
+    /// Unix user to switch to after startup. Not supported: parsed, and ignored with a
+    /// warning.
     pub user: Option<String>,
     /// Default pooling mode for every database and user. Default `session`.
     pub pool_mode: PoolMode,
@@ -223,7 +224,8 @@ pub struct Settings {
     /// Most server connections per user, over all its pools. 0 (default): unlimited.
     pub max_user_connections: u32,
     /// Hand out idle server connections round-robin instead of most-recently-used first,
-    /// for databases behind a load balancer. Default off.
+    /// for databases behind a load balancer. Not supported: parsed, and ignored with a
+    /// warning unless off.
     pub server_round_robin: bool,
     /// Startup parameters, beyond the built-in ones, that are tracked per client and
     /// restored on whatever server connection it gets. Default `IntervalStyle`.
@@ -232,9 +234,10 @@ pub struct Settings {
     /// being refused. Default empty.
     pub ignore_startup_parameters: Vec<String>,
     /// Refuse the simple query protocol (several statements in one message), as a defence
-    /// against SQL injection. Default off.
+    /// against SQL injection. Not supported: parsed, and ignored with a warning unless off.
     pub disable_pqexec: bool,
-    /// Append the client's address and port to `application_name` at connect. Default off.
+    /// Append the client's address and port to `application_name` at connect. Not
+    /// supported: parsed, and ignored with a warning unless off.
     pub application_name_add_host: bool,
     /// How often averaged statistics are computed and logged. Default 60 s.
     pub stats_period: Duration,
@@ -250,10 +253,12 @@ pub struct Settings {
     ///
     /// [`Config::load`]: crate::config::Config::load
     pub auth_file: Option<PathBuf>,
-    /// User that runs `auth_query` for users missing from `auth_file`. Unset: no lookup.
+    /// User that runs `auth_query` for users missing from `auth_file`. Not supported yet:
+    /// parsed, and ignored with a warning.
     pub auth_user: Option<String>,
     /// Query returning (user name, password or secret) for `$1`; run as `auth_user`.
-    /// Default: a lookup in `pg_authid`.
+    /// Default: a lookup in `pg_authid`. Not supported yet: parsed, and ignored with a
+    /// warning unless left at the default.
     pub auth_query: String,
 
     // --- logging ---
@@ -261,7 +266,8 @@ pub struct Settings {
     pub log_connections: bool,
     /// Log disconnections with their reason. Default on.
     pub log_disconnections: bool,
-    /// Log the error messages the pooler sends to clients. Default on.
+    /// Log the error messages the pooler sends to clients. Not supported: parsed, and
+    /// ignored with a warning unless on.
     pub log_pooler_errors: bool,
     /// Extra log verbosity, 0 to 3. Default 0.
     pub verbose: u32,
@@ -309,7 +315,8 @@ pub struct Settings {
     pub idle_transaction_timeout: Duration,
 
     // --- low-level network ---
-    /// Size of the per-connection packet buffer, in bytes. Default 4096.
+    /// Size of the per-connection packet buffer, in bytes. Not supported (weir sizes its
+    /// buffers itself): parsed, and ignored with a warning unless 4096.
     pub pkt_buf: u32,
     /// Largest protocol message allowed through, in bytes. Default 2147483647.
     pub max_packet_size: u32,
@@ -406,16 +413,38 @@ impl Default for Settings {
     }
 }
 
+/// Whether weir acts on a `[pgbouncer]` key it parses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Support {
+    /// The setting takes effect.
+    Implemented,
+    /// The setting is parsed and checked but has no effect: weir behaves as with the default
+    /// value, and warns when the file sets another. The text says what is missing.
+    Ignored(&'static str),
+}
+
 /// Generates the key table and the per-key parse/render dispatch from one list of
-/// `field: codec` pairs.
+/// `field: codec => implemented` or `field: codec => ignored("why")` rows, so that every key
+/// says whether it has an effect.
 macro_rules! settings_table {
-    ($($field:ident: $codec:ident),* $(,)?) => {
+    (@support implemented) => { Support::Implemented };
+    (@support ignored $why:literal) => { Support::Ignored($why) };
+    ($($field:ident: $codec:ident => $support:ident $(($why:literal))?),* $(,)?) => {
         impl Settings {
             /// Every `[pgbouncer]` key weir reads, in the order [`Config::to_ini`] writes
             /// them.
             ///
             /// [`Config::to_ini`]: crate::config::Config::to_ini
             pub const KEYS: &'static [&'static str] = &[$(stringify!($field)),*];
+
+            /// Whether weir acts on setting `key` (lower-case); `None` when weir has no
+            /// such setting.
+            pub fn support(key: &str) -> Option<Support> {
+                match key {
+                    $(stringify!($field) => Some(settings_table!(@support $support $($why)?)),)*
+                    _ => None,
+                }
+            }
 
             /// Parses `value` into the field named `key` (lower-case); `None` when weir has
             /// no such setting.
@@ -443,63 +472,63 @@ macro_rules! settings_table {
 }
 
 settings_table! {
-    logfile: opt_path,
-    pidfile: opt_path,
-    listen_addr: text,
-    listen_port: port,
-    unix_socket_dir: text,
-    unix_socket_mode: mode,
-    user: opt_text,
-    pool_mode: choice,
-    max_client_conn: count,
-    default_pool_size: count,
-    min_pool_size: count,
-    reserve_pool_size: count,
-    reserve_pool_timeout: seconds,
-    max_db_connections: count,
-    max_user_connections: count,
-    server_round_robin: flag,
-    track_extra_parameters: list,
-    ignore_startup_parameters: list,
-    disable_pqexec: flag,
-    application_name_add_host: flag,
-    stats_period: seconds,
-    max_prepared_statements: count,
-    auth_type: choice,
-    auth_file: opt_path,
-    auth_user: opt_text,
-    auth_query: text,
-    log_connections: flag,
-    log_disconnections: flag,
-    log_pooler_errors: flag,
-    verbose: count,
-    admin_users: list,
-    stats_users: list,
-    server_reset_query: text,
-    server_reset_query_always: flag,
-    server_check_delay: seconds,
-    server_check_query: text,
-    server_lifetime: seconds,
-    server_idle_timeout: seconds,
-    server_connect_timeout: seconds,
-    server_login_retry: seconds,
-    client_login_timeout: seconds,
-    query_timeout: seconds,
-    query_wait_timeout: seconds,
-    client_idle_timeout: seconds,
-    idle_transaction_timeout: seconds,
-    pkt_buf: count,
-    max_packet_size: count,
-    so_reuseport: flag,
-    tcp_keepalive: flag,
-    tcp_keepcnt: count,
-    tcp_keepidle: seconds,
-    tcp_keepintvl: seconds,
-    tcp_user_timeout: millis,
-    http_listen_addr: text,
-    http_port: port,
-    shutdown_timeout: seconds,
-    pinning: choice,
+    logfile: opt_path => implemented,
+    pidfile: opt_path => implemented,
+    listen_addr: text => implemented,
+    listen_port: port => implemented,
+    unix_socket_dir: text => implemented,
+    unix_socket_mode: mode => implemented,
+    user: opt_text => ignored("switching to another Unix user is not supported; start weir as that user"),
+    pool_mode: choice => implemented,
+    max_client_conn: count => implemented,
+    default_pool_size: count => implemented,
+    min_pool_size: count => implemented,
+    reserve_pool_size: count => implemented,
+    reserve_pool_timeout: seconds => implemented,
+    max_db_connections: count => implemented,
+    max_user_connections: count => implemented,
+    server_round_robin: flag => ignored("idle server connections are always reused most recently used first"),
+    track_extra_parameters: list => implemented,
+    ignore_startup_parameters: list => implemented,
+    disable_pqexec: flag => ignored("the simple query protocol is always allowed"),
+    application_name_add_host: flag => ignored("application_name is passed on unchanged"),
+    stats_period: seconds => implemented,
+    max_prepared_statements: count => implemented,
+    auth_type: choice => implemented,
+    auth_file: opt_path => implemented,
+    auth_user: opt_text => ignored("users are looked up in auth_file only"),
+    auth_query: text => ignored("users are looked up in auth_file only"),
+    log_connections: flag => implemented,
+    log_disconnections: flag => implemented,
+    log_pooler_errors: flag => ignored("the log level alone decides what is logged"),
+    verbose: count => implemented,
+    admin_users: list => implemented,
+    stats_users: list => implemented,
+    server_reset_query: text => implemented,
+    server_reset_query_always: flag => implemented,
+    server_check_delay: seconds => implemented,
+    server_check_query: text => implemented,
+    server_lifetime: seconds => implemented,
+    server_idle_timeout: seconds => implemented,
+    server_connect_timeout: seconds => implemented,
+    server_login_retry: seconds => implemented,
+    client_login_timeout: seconds => implemented,
+    query_timeout: seconds => implemented,
+    query_wait_timeout: seconds => implemented,
+    client_idle_timeout: seconds => implemented,
+    idle_transaction_timeout: seconds => implemented,
+    pkt_buf: count => ignored("weir sizes its buffers itself"),
+    max_packet_size: count => implemented,
+    so_reuseport: flag => implemented,
+    tcp_keepalive: flag => implemented,
+    tcp_keepcnt: count => implemented,
+    tcp_keepidle: seconds => implemented,
+    tcp_keepintvl: seconds => implemented,
+    tcp_user_timeout: millis => implemented,
+    http_listen_addr: text => implemented,
+    http_port: port => implemented,
+    shutdown_timeout: seconds => implemented,
+    pinning: choice => implemented,
 }
 
 /// `[pgbouncer]` keys that PgBouncer knows and weir does not implement. They produce a

@@ -158,8 +158,41 @@ fn every_setting_expected() -> Settings {
 #[test]
 fn every_setting_parses() {
     let loaded = parse_ok(EVERY_SETTING);
-    assert_eq!(loaded.warnings, vec![]);
     assert_eq!(loaded.config.pgbouncer, every_setting_expected());
+    // Every key is set to something other than its default: exactly the keys weir does not
+    // act on say so, each with its reason.
+    let warned: Vec<(&str, &str)> = loaded
+        .warnings
+        .iter()
+        .map(|w| (w.key.as_deref().unwrap_or_default(), w.message.as_str()))
+        .collect();
+    let ignored: Vec<(&str, String)> = Settings::KEYS
+        .iter()
+        .filter_map(|key| match Settings::support(key) {
+            Some(Support::Ignored(why)) => Some((*key, parse::ignored_setting(why))),
+            Some(Support::Implemented) => None,
+            None => panic!("{key} has no support entry"),
+        })
+        .collect();
+    let expected: Vec<(&str, &str)> = ignored.iter().map(|(k, m)| (*k, m.as_str())).collect();
+    assert_eq!(warned, expected);
+}
+
+#[test]
+fn ignored_settings_left_at_their_default_do_not_warn() {
+    let defaults = Settings::default();
+    let mut text = MINIMAL.to_owned();
+    for key in Settings::KEYS {
+        if let (Some(Support::Ignored(_)), Some(value)) =
+            (Settings::support(key), defaults.get(key))
+        {
+            if !value.is_empty() {
+                text.push_str(&format!("{key} = {value}\n"));
+            }
+        }
+    }
+    let loaded = parse_ok(&text);
+    assert!(loaded.warnings.is_empty(), "{:?}\n{text}", loaded.warnings);
 }
 
 #[test]
@@ -480,7 +513,14 @@ fn round_trip(config: &Config) {
     let text = config.to_ini();
     let loaded = parse_ok(&text);
     assert_eq!(&loaded.config, config, "\n{text}");
-    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+    // The only warnings are for settings weir parses but ignores (see every_setting_parses).
+    for w in &loaded.warnings {
+        let key = w.key.as_deref().unwrap_or_default();
+        assert!(
+            matches!(Settings::support(key), Some(Support::Ignored(_))),
+            "{w}"
+        );
+    }
     assert_eq!(loaded.config.to_ini(), text);
 }
 
@@ -756,9 +796,14 @@ fn validate_checks_authentication() {
     c.pgbouncer.auth_type = AuthType::Trust;
     assert!(c.validate().is_err());
 
-    // auth_user with auth_query is enough.
+    // auth_query is not supported, so auth_user is no substitute for auth_file: with trust
+    // it would admit every user name.
     c.pgbouncer.auth_user = Some("lookup".into());
-    c.validate().expect("auth_query finds users");
+    let e = c.validate().expect_err("auth_user without auth_file");
+    assert_eq!(e.key.as_deref(), Some("auth_file"));
+    assert!(e.message.contains("auth_query are not supported"), "{e}");
+    c.pgbouncer.auth_file = Some("userlist.txt".into());
+    c.validate().expect("auth_file finds users");
     c.pgbouncer.auth_query.clear();
     let e = c.validate().expect_err("auth_user without a query");
     assert_eq!(e.key.as_deref(), Some("auth_query"));
@@ -896,8 +941,8 @@ fn parse_locates_cross_field_errors_at_the_line_that_set_the_key() {
     let e = parse_err("[pgbouncer]\nlisten_addr = *\n");
     assert_eq!(
         e.to_string(),
-        "pgbouncer.ini: auth_file: auth_type md5 needs auth_file (or auth_user with \
-         auth_query) to know its users"
+        "pgbouncer.ini: auth_file: auth_type md5 needs auth_file to know its users \
+         (auth_user and auth_query are not supported yet)"
     );
 }
 
@@ -1374,4 +1419,44 @@ fn load_reports_an_unreadable_file() {
         e.message.starts_with("cannot read configuration file"),
         "{e}"
     );
+}
+
+/// The `[pgbouncer]` keys named in the README between `start` and the next `end`.
+fn readme_keys(start: &str, end: &str) -> std::collections::BTreeSet<&'static str> {
+    let readme = include_str!("../../../README.md");
+    let from = readme
+        .find(start)
+        .unwrap_or_else(|| panic!("README lacks {start:?}"));
+    let text = &readme[from + start.len()..];
+    let text = &text[..text.find(end).unwrap_or(text.len())];
+    Settings::KEYS
+        .iter()
+        .copied()
+        .filter(|key| {
+            text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .any(|word| word == *key)
+        })
+        .collect()
+}
+
+#[test]
+fn readme_lists_the_settings_as_the_table_marks_them() {
+    let mut documented = readme_keys("`[pgbouncer]`: ", "Parsed but not supported");
+    documented.extend(readme_keys("Weir extensions: ", "\n\n"));
+    let ignored = readme_keys("Parsed but not supported", "(");
+    let (mut implemented, mut not) = (Vec::new(), Vec::new());
+    for key in Settings::KEYS {
+        match Settings::support(key) {
+            Some(Support::Implemented) => implemented.push(*key),
+            _ => not.push(*key),
+        }
+    }
+    assert_eq!(documented.into_iter().collect::<Vec<_>>(), {
+        implemented.sort_unstable();
+        implemented
+    });
+    assert_eq!(ignored.into_iter().collect::<Vec<_>>(), {
+        not.sort_unstable();
+        not
+    });
 }

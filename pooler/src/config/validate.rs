@@ -305,15 +305,17 @@ fn check_pool_sizes(config: &Config) -> Result<(), Problem> {
     Ok(())
 }
 
-/// Follows PgBouncer: every method but `any` needs to know its users, so it needs
-/// `auth_file` or `auth_user` (even `trust`, which checks that the user exists).
+/// Follows PgBouncer: every method but `any` needs to know its users (even `trust`, which
+/// checks that the user exists). Weir finds them in `auth_file` only: `auth_user` with
+/// `auth_query` is not supported yet, and accepting it alone would let `trust` admit anyone.
 fn check_auth(config: &Config) -> Result<(), Problem> {
     let s = &config.pgbouncer;
-    if s.auth_type.needs_users() && s.auth_file.is_none() && s.auth_user.is_none() {
+    if s.auth_type.needs_users() && s.auth_file.is_none() {
         return Err(Problem::setting(
             "auth_file",
             format!(
-                "auth_type {} needs auth_file (or auth_user with auth_query) to know its users",
+                "auth_type {} needs auth_file to know its users (auth_user and auth_query \
+                 are not supported yet)",
                 s.auth_type
             ),
         ));

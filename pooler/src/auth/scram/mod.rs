@@ -177,6 +177,30 @@ mod tests {
     }
 
     #[test]
+    fn a_decoy_answers_like_a_stored_verifier_and_refuses_every_password() {
+        let salt_and_iterations = |first: Vec<u8>| {
+            let text = String::from_utf8(first).unwrap();
+            text.split_once(",s=").unwrap().1.to_owned()
+        };
+        let decoy = Secret::Scram(ScramSecret::decoy("mallory"));
+        let firsts: Vec<String> = (0..2)
+            .map(|_| {
+                let mut server = ScramServer::new(&decoy, "mallory").unwrap();
+                let first = server.client_first(MECHANISM, b"n,,n=,r=abc").unwrap();
+                salt_and_iterations(first)
+            })
+            .collect();
+        assert_eq!(firsts[0], firsts[1]);
+        assert!(firsts[0].ends_with(",i=4096"), "{}", firsts[0]);
+        for password in ["", "mallory", "s3cret"] {
+            assert_eq!(
+                round_trip(&decoy, password),
+                Err(AuthError::InvalidPassword)
+            );
+        }
+    }
+
+    #[test]
     fn round_trip_applies_saslprep_on_both_sides() {
         let secret = Secret::Scram(ScramSecret::generate("\u{fb01}x"));
         assert_eq!(round_trip(&secret, "fix"), Ok(()));
