@@ -432,3 +432,25 @@ async fn deallocating_a_pooler_statement_name_is_refused() {
     }
     assert_eq!(scalar(&a, "SELECT 41 + 1").await, "42");
 }
+
+#[tokio::test]
+async fn a_refused_query_gives_its_connection_back() {
+    let fx = Fixture::start(
+        Options::mode("transaction", 1)
+            .with("pinning = refuse")
+            .with("query_wait_timeout = 10"),
+    )
+    .await
+    .expect("fixture");
+    let a = fx.client().await.expect("a");
+    let b = fx.client().await.expect("b");
+    a.simple_query("SELECT 1").await.expect("a's connection");
+    let err = a
+        .batch_execute("CREATE TEMP TABLE t (v int)")
+        .await
+        .expect_err("refused");
+    assert_eq!(fixture::sqlstate(&err), Some("0A000"));
+    // a is idle again, so the one server connection is free for b.
+    assert_eq!(scalar(&b, "SELECT 41 + 1").await, "42");
+    assert_eq!(scalar(&a, "SELECT 6 * 7").await, "42");
+}

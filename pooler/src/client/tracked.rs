@@ -315,9 +315,13 @@ impl<'a> Tracker<'a> {
             if let Some(e) = sql::effects(&text).find_map(|(_, e)| self.refusal_of(&e)) {
                 let mut local = BytesMut::new();
                 backend::error_response(&mut local, &e);
-                let status = if tx.status == b'I' { b'I' } else { b'E' };
-                backend::ready_for_query(&mut local, status);
                 self.pipeline.push(Owed::Local(local.freeze()));
+                // The server's ReadyForQuery ends the exchange, as after any query, so the
+                // connection is released; answering it here would leave it lent.
+                frontend::sync(out);
+                self.pipeline.push(Owed::Sync);
+                tx.outstanding += 1;
+                tx.unsynced = false;
                 return;
             }
         }
