@@ -365,11 +365,12 @@ async fn pipelined_queries_from_many_clients_all_get_their_own_answers() {
 }
 
 /// A TCP proxy to PostgreSQL on `upstream` whose new connections, while `hold` is true, are
-/// announced on `arrived` and kept waiting until `hold` turns false.
+/// announced on `arrived`, kept waiting until `hold` turns false, and announced again once
+/// both ends have closed.
 async fn holding_proxy(
     upstream: u16,
     hold: tokio::sync::watch::Receiver<bool>,
-    arrived: tokio::sync::mpsc::UnboundedSender<()>,
+    arrived: tokio::sync::mpsc::UnboundedSender<&'static str>,
 ) -> u16 {
     let listener = tokio::net::TcpListener::bind((net::HOST, 0))
         .await
@@ -380,13 +381,17 @@ async fn holding_proxy(
             let mut hold = hold.clone();
             let arrived = arrived.clone();
             tokio::spawn(async move {
-                if *hold.borrow_and_update() {
-                    let _ = arrived.send(());
+                let held = *hold.borrow_and_update();
+                if held {
+                    let _ = arrived.send("held");
                     let _ = hold.wait_for(|held| !*held).await;
                 }
                 if let Ok(mut server) = tokio::net::TcpStream::connect((net::HOST, upstream)).await
                 {
                     let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                }
+                if held {
+                    let _ = arrived.send("closed");
                 }
             });
         }
@@ -471,10 +476,10 @@ async fn a_cancel_never_stops_the_next_client_of_its_connection() {
         "a's second query never waited for the lock"
     );
     let cancel = tokio::spawn(async move { token.cancel_query(NoTls).await });
-    tokio::time::timeout(Duration::from_secs(10), arrived.recv())
+    let held = tokio::time::timeout(Duration::from_secs(10), arrived.recv())
         .await
-        .expect("weir forwards a cancel for a running query")
-        .expect("proxy alive");
+        .expect("weir forwards a cancel for a running query");
+    assert_eq!(held, Some("held"));
     let b_query = tokio::spawn(async move {
         b.simple_query("SELECT pg_advisory_xact_lock(2) /* b */")
             .await
@@ -496,6 +501,11 @@ async fn a_cancel_never_stops_the_next_client_of_its_connection() {
     .await;
     hold.send_replace(false);
     cancel.await.expect("cancel task").expect("cancel sent");
+    // PostgreSQL has acted on the cancel once it closes the connection that carried it.
+    let closed = tokio::time::timeout(Duration::from_secs(10), arrived.recv())
+        .await
+        .expect("the cancel is delivered");
+    assert_eq!(closed, Some("closed"));
     locker
         .simple_query("SELECT pg_advisory_unlock(2)")
         .await
