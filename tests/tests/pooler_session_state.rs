@@ -454,3 +454,27 @@ async fn a_refused_query_gives_its_connection_back() {
     assert_eq!(scalar(&b, "SELECT 41 + 1").await, "42");
     assert_eq!(scalar(&a, "SELECT 6 * 7").await, "42");
 }
+
+#[tokio::test]
+async fn a_set_kept_past_a_savepoint_rollback_never_reaches_another_client() {
+    let fx = Fixture::start(Options::mode("transaction", 1))
+        .await
+        .expect("fixture");
+    let a = fx.client().await.expect("a");
+    let b = fx.client().await.expect("b");
+    // ROLLBACK TO SAVEPOINT reports the tag ROLLBACK, but the SET before it commits.
+    a.batch_execute(
+        "BEGIN; SET search_path = private; SAVEPOINT s; SELECT 1; ROLLBACK TO s; COMMIT",
+    )
+    .await
+    .expect("transaction");
+    assert_eq!(scalar(&b, "SHOW search_path").await, DEFAULT_PATH);
+    a.batch_execute("BEGIN; SET work_mem = '7MB'; SAVEPOINT s")
+        .await
+        .expect("savepoint");
+    let _ = a.batch_execute("SELECT 1/0").await;
+    a.batch_execute("ROLLBACK TO s; COMMIT")
+        .await
+        .expect("recovered");
+    assert_eq!(scalar(&b, "SHOW work_mem").await, "4MB");
+}

@@ -445,7 +445,9 @@ impl<'a> Tracker<'a> {
             ServerInfo::Rollback => session.on_command_complete("ROLLBACK"),
             ServerInfo::Ready(status) => {
                 session.on_ready(status);
-                if status == b'I' && server.session.as_slice() != session.applied() {
+                if status == b'I' && session.take_unsure() {
+                    server.session = vec![super::session_state::Setting::unknown()];
+                } else if status == b'I' && server.session.as_slice() != session.applied() {
                     // What ran here is now this connection's state.
                     server.session = session.applied().to_vec();
                 }
