@@ -393,6 +393,8 @@ pub fn classify(stmt: &str) -> Effect {
         "prepare" if reserved(w[1]) => Effect::Refuse(RESERVED_NAME),
         "prepare" => Effect::Pin("SQL PREPARE"),
         "listen" => Effect::Pin("LISTEN"),
+        // A loaded library (auto_explain, …) stays in the backend for everyone after.
+        "load" => Effect::Pin("LOAD of a library"),
         "declare" if has_words(stmt, "with", "hold") => Effect::Pin("a WITH HOLD cursor"),
         "create" if w[1..].iter().any(|w| is_temp(w)) => Effect::Pin("a temporary table"),
         "explain" if Words::new(stmt).any(is_temp) => Effect::Pin("a temporary table"),
@@ -858,7 +860,7 @@ mod tests {
     }
 
     #[test]
-    fn temporary_objects_pin_however_they_are_made() {
+    fn state_that_cannot_move_pins_however_it_is_made() {
         for sql in [
             "CREATE OR REPLACE TEMP VIEW v AS SELECT 1",
             "CREATE GLOBAL TEMPORARY TABLE t (a int)",
@@ -869,6 +871,7 @@ mod tests {
             "EXPLAIN ANALYZE CREATE TEMP TABLE t AS SELECT 1",
             "SELECT dblink_connect('c', 'dbname=x')",
             "SELECT pg_advisory_lock_shared(1)",
+            "LOAD 'auto_explain'",
         ] {
             assert!(matches!(classify(sql), Effect::Pin(_)), "{sql}");
         }
