@@ -454,7 +454,7 @@ async fn a_cancel_never_stops_the_next_client_of_its_connection() {
         a
     });
     assert!(
-        Fixture::eventually(Duration::from_secs(10), || waits_for_lock(&locker, "first")).await,
+        Fixture::eventually(Duration::from_secs(30), || waits_for_lock(&locker, "first")).await,
         "a's first query never waited for the lock"
     );
     token.cancel_query(NoTls).await.expect("cancel");
@@ -469,16 +469,21 @@ async fn a_cancel_never_stops_the_next_client_of_its_connection() {
             .map(|_| ())
     });
     assert!(
-        Fixture::eventually(Duration::from_secs(10), || waits_for_lock(
+        Fixture::eventually(Duration::from_secs(30), || waits_for_lock(
             &locker, "second"
         ))
         .await,
         "a's second query never waited for the lock"
     );
     let cancel = tokio::spawn(async move { token.cancel_query(NoTls).await });
-    let held = tokio::time::timeout(Duration::from_secs(10), arrived.recv())
+    let held = tokio::time::timeout(Duration::from_secs(30), arrived.recv())
         .await
-        .expect("weir forwards a cancel for a running query");
+        .unwrap_or_else(|_| {
+            panic!(
+                "weir did not forward a cancel for a running query; its log:\n{}",
+                fx.weir.log()
+            )
+        });
     assert_eq!(held, Some("held"));
     let b_query = tokio::spawn(async move {
         b.simple_query("SELECT pg_advisory_xact_lock(2) /* b */")
@@ -502,7 +507,7 @@ async fn a_cancel_never_stops_the_next_client_of_its_connection() {
     hold.send_replace(false);
     cancel.await.expect("cancel task").expect("cancel sent");
     // PostgreSQL has acted on the cancel once it closes the connection that carried it.
-    let closed = tokio::time::timeout(Duration::from_secs(10), arrived.recv())
+    let closed = tokio::time::timeout(Duration::from_secs(30), arrived.recv())
         .await
         .expect("the cancel is delivered");
     assert_eq!(closed, Some("closed"));
