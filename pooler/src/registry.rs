@@ -4,6 +4,10 @@
 //! The maps are locked only when a connection comes or goes, when the console lists them and
 //! when a cancel request is looked up. While a client works, its task updates its own record
 //! and its server's with relaxed atomic stores, which nothing else contends for.
+//!
+//! A cancel request reaches a server connection only while the client whose key it carries
+//! holds it, and the connection is not lent to anyone else until every cancel forwarded for
+//! the previous holder has been delivered: a cancel can never stop another client's query.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -13,6 +17,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::task::AtomicWaker;
 use rand::Rng;
+use tokio::sync::Notify;
 
 use crate::pool::PoolKey;
 use crate::server::{ServerAddr, ServerKey};
@@ -85,6 +90,10 @@ pub struct ServerRecord {
     link: AtomicU64,
     /// Prepared statements it holds, as of its latest return to the pool.
     prepared: AtomicUsize,
+    /// Cancel requests being forwarded to the backend ([`CancelPermit`]s alive).
+    cancels: AtomicUsize,
+    /// Woken when the last forwarded cancel has been delivered.
+    cancels_settled: Notify,
 }
 
 /// Microseconds since the epoch, now.
@@ -142,10 +151,13 @@ impl ClientRecord {
     }
 
     /// Records that the client gave `server` back (or that it was closed).
+    /// Cancel requests that arrive from now on are dropped; wait for
+    /// [`ServerRecord::cancels_delivered`] before lending `server` to anyone else.
     pub fn unlink(&self, server: &ServerRecord) {
         self.wait_since.store(0, Ordering::Relaxed);
         self.link.store(0, Ordering::Relaxed);
-        server.link.store(0, Ordering::Relaxed);
+        // Ordered against `Registry::cancel_target` (see there).
+        server.link.store(0, Ordering::SeqCst);
     }
 
     /// Records that the client stopped waiting without getting a connection.
@@ -204,6 +216,52 @@ impl ServerRecord {
     /// Records how many prepared statements it holds.
     pub fn set_prepared(&self, n: usize) {
         self.prepared.store(n, Ordering::Relaxed);
+    }
+
+    /// Resolves once no cancel request is being forwarded to this connection's backend.
+    /// Called after [`ClientRecord::unlink`], before the connection can serve another
+    /// client, so that a cancel meant for the previous holder lands while it still holds it.
+    pub async fn cancels_delivered(&self) {
+        loop {
+            if self.cancels.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            let notified = self.cancels_settled.notified();
+            tokio::pin!(notified);
+            // Registered before the count is read again, so the last delivery cannot be missed.
+            notified.as_mut().enable();
+            if self.cancels.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Permission to forward one cancel request to a server connection's backend; the
+/// connection is not lent to another client while it lives. Drop it once delivered.
+#[derive(Debug)]
+pub struct CancelPermit {
+    server: Arc<ServerRecord>,
+}
+
+impl CancelPermit {
+    /// Where the server is.
+    pub fn addr(&self) -> &ServerAddr {
+        &self.server.addr
+    }
+
+    /// The backend's cancel key.
+    pub fn key(&self) -> ServerKey {
+        self.server.key
+    }
+}
+
+impl Drop for CancelPermit {
+    fn drop(&mut self) {
+        if self.server.cancels.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.server.cancels_settled.notify_waiters();
+        }
     }
 }
 
@@ -294,6 +352,8 @@ impl Registry {
             request_at: AtomicU64::new(0),
             link: AtomicU64::new(0),
             prepared: AtomicUsize::new(0),
+            cancels: AtomicUsize::new(0),
+            cancels_settled: Notify::new(),
         });
         lock(&self.servers).insert(record.id, record.clone());
         ServerHandle {
@@ -343,12 +403,9 @@ impl Registry {
     }
 
     /// Where a CancelRequest with this key should go: the server connection its client holds
-    /// right now. `None` for an unknown key, a wrong secret or a client holding nothing.
-    pub fn cancel_target(
-        &self,
-        process_id: i32,
-        secret_key: i32,
-    ) -> Option<(Arc<ServerAddr>, ServerKey)> {
+    /// right now, which stays with that client until the permit is dropped. `None` for an
+    /// unknown key, a wrong secret or a client holding nothing.
+    pub fn cancel_target(&self, process_id: i32, secret_key: i32) -> Option<CancelPermit> {
         let client = {
             let clients = lock(&self.clients);
             let id = clients.by_pid.get(&process_id)?;
@@ -358,7 +415,12 @@ impl Registry {
             return None;
         }
         let server = lock(&self.servers).get(&client.link()?)?.clone();
-        Some((server.addr.clone(), server.key))
+        // Counted before the holder is checked, both sequentially consistent: a client giving
+        // the connection back either sees this count and waits for the permit, or unlinked
+        // first and the check fails.
+        server.cancels.fetch_add(1, Ordering::SeqCst);
+        let permit = CancelPermit { server };
+        (permit.server.link.load(Ordering::SeqCst) == client.id).then_some(permit)
     }
 }
 
@@ -535,9 +597,10 @@ mod tests {
         let s = server(&registry, 777);
         assert!(registry.cancel_target(c.process_id, c.secret_key).is_none());
         c.link_to(&s);
-        let (addr, key) = registry.cancel_target(c.process_id, c.secret_key).unwrap();
-        assert_eq!(*addr, ServerAddr::new("127.0.0.1", 5432));
-        assert_eq!(key.process_id, 777);
+        let permit = registry.cancel_target(c.process_id, c.secret_key).unwrap();
+        assert_eq!(*permit.addr(), ServerAddr::new("127.0.0.1", 5432));
+        assert_eq!(permit.key().process_id, 777);
+        drop(permit);
         assert!(registry
             .cancel_target(c.process_id, c.secret_key.wrapping_add(1))
             .is_none());
@@ -546,6 +609,41 @@ mod tests {
             .is_none());
         drop(s);
         assert!(registry.cancel_target(c.process_id, c.secret_key).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_connection_given_back_waits_for_cancels_of_its_holder() {
+        let registry = Arc::new(Registry::default());
+        let a = registry.add_client(info());
+        let b = registry.add_client(info());
+        let s = server(&registry, 778);
+        a.link_to(&s);
+        let permit = registry.cancel_target(a.process_id, a.secret_key).unwrap();
+        a.unlink(&s);
+        // Given back: later cancels of a are dropped, b's (holding nothing) too.
+        assert!(registry.cancel_target(a.process_id, a.secret_key).is_none());
+        assert!(registry.cancel_target(b.process_id, b.secret_key).is_none());
+        let delivered = {
+            let s = s.record.clone();
+            tokio::spawn(async move { s.cancels_delivered().await })
+        };
+        tokio::task::yield_now().await;
+        assert!(
+            !delivered.is_finished(),
+            "lent again with a cancel in flight"
+        );
+        drop(permit);
+        tokio::time::timeout(Duration::from_secs(5), delivered)
+            .await
+            .expect("resolves once the cancel is delivered")
+            .unwrap();
+        // Nothing in flight: at once, and refused lookups left no count behind.
+        tokio::time::timeout(Duration::from_secs(5), s.cancels_delivered())
+            .await
+            .expect("resolves at once");
+        b.link_to(&s);
+        assert!(registry.cancel_target(a.process_id, a.secret_key).is_none());
+        assert!(registry.cancel_target(b.process_id, b.secret_key).is_some());
     }
 
     #[tokio::test]

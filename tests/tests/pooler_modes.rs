@@ -363,3 +363,162 @@ async fn pipelined_queries_from_many_clients_all_get_their_own_answers() {
     }
     assert!(fx.server_connections().await.expect("count") <= 2);
 }
+
+/// A TCP proxy to PostgreSQL on `upstream` whose new connections, while `hold` is true, are
+/// announced on `arrived`, kept waiting until `hold` turns false, and announced again once
+/// both ends have closed.
+async fn holding_proxy(
+    upstream: u16,
+    hold: tokio::sync::watch::Receiver<bool>,
+    arrived: tokio::sync::mpsc::UnboundedSender<&'static str>,
+) -> u16 {
+    let listener = tokio::net::TcpListener::bind((net::HOST, 0))
+        .await
+        .expect("proxy listens");
+    let port = listener.local_addr().expect("proxy address").port();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let mut hold = hold.clone();
+            let arrived = arrived.clone();
+            tokio::spawn(async move {
+                let held = *hold.borrow_and_update();
+                if held {
+                    let _ = arrived.send("held");
+                    let _ = hold.wait_for(|held| !*held).await;
+                }
+                if let Ok(mut server) = tokio::net::TcpStream::connect((net::HOST, upstream)).await
+                {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                }
+                if held {
+                    let _ = arrived.send("closed");
+                }
+            });
+        }
+    });
+    port
+}
+
+/// Whether a query containing `text` is waiting for a lock, as PostgreSQL sees it.
+async fn waits_for_lock(observer: &tokio_postgres::Client, text: &str) -> bool {
+    let rows = observer
+        .query(
+            "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+             AND query LIKE '%' || $1 || '%' AND pid <> pg_backend_pid()",
+            &[&text],
+        )
+        .await
+        .expect("pg_stat_activity");
+    !rows.is_empty()
+}
+
+#[tokio::test]
+async fn a_cancel_never_stops_the_next_client_of_its_connection() {
+    let mut fx = Fixture::start(Options::mode("transaction", 1))
+        .await
+        .expect("fixture");
+    // Weir reaches PostgreSQL through a proxy that can hold a cancel request on its way, so
+    // the connection can change hands while a cancel for its previous holder is in flight.
+    let (hold, hold_rx) = tokio::sync::watch::channel(false);
+    let (arrived_tx, mut arrived) = tokio::sync::mpsc::unbounded_channel();
+    let proxy = holding_proxy(fx.pg.port(), hold_rx, arrived_tx).await;
+    let ini = fixture::ini(&fx.pg, &Options::mode("transaction", 1)).replace(
+        &format!("port={} ", fx.pg.port()),
+        &format!("port={proxy} "),
+    );
+    fx.weir = weir_tests::weir::WeirProcess::start(&ini, &format!("\"{USER}\" \"{PASSWORD}\"\n"))
+        .await
+        .expect("weir through the proxy");
+    let locker = fx
+        .pg
+        .connect(USER, PASSWORD, DATABASE)
+        .await
+        .expect("locker");
+    let a = fx.client().await.expect("a");
+    let b = fx.client().await.expect("b");
+    // The one server connection is opened (through the proxy) before cancels are held.
+    a.simple_query("SELECT 1").await.expect("warm up");
+
+    // A cancel while a's query runs still stops it.
+    locker
+        .simple_query("SELECT pg_advisory_lock(1), pg_advisory_lock(2)")
+        .await
+        .expect("locks");
+    let token = a.cancel_token();
+    let a = tokio::spawn(async move {
+        let err = a
+            .simple_query("SELECT pg_advisory_xact_lock(1) /* first */")
+            .await
+            .expect_err("cancelled");
+        assert_eq!(fixture::sqlstate(&err), Some("57014"), "{err}");
+        a
+    });
+    assert!(
+        Fixture::eventually(Duration::from_secs(30), || waits_for_lock(&locker, "first")).await,
+        "a's first query never waited for the lock"
+    );
+    token.cancel_query(NoTls).await.expect("cancel");
+    let a = a.await.expect("a's first query");
+
+    // Now the race: a's cancel is forwarded while a's query runs, and held; a's query ends;
+    // b, waiting for the one connection, must not be hit by the cancel meant for a.
+    hold.send_replace(true);
+    let a_query = tokio::spawn(async move {
+        a.simple_query("SELECT pg_advisory_xact_lock(1) /* second */")
+            .await
+            .map(|_| ())
+    });
+    assert!(
+        Fixture::eventually(Duration::from_secs(30), || waits_for_lock(
+            &locker, "second"
+        ))
+        .await,
+        "a's second query never waited for the lock"
+    );
+    let cancel = tokio::spawn(async move { token.cancel_query(NoTls).await });
+    let held = tokio::time::timeout(Duration::from_secs(30), arrived.recv())
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "weir did not forward a cancel for a running query; its log:\n{}",
+                fx.weir.log()
+            )
+        });
+    assert_eq!(held, Some("held"));
+    let b_query = tokio::spawn(async move {
+        b.simple_query("SELECT pg_advisory_xact_lock(2) /* b */")
+            .await
+            .map(|_| ())
+    });
+    locker
+        .simple_query("SELECT pg_advisory_unlock(1)")
+        .await
+        .expect("unlock 1");
+    a_query
+        .await
+        .expect("a's task")
+        .expect("a's query finished before its cancel landed");
+    // Give b's query the chance to start on the connection before the cancel lands (it never
+    // does while a cancel for a is in flight, so this wait is bounded).
+    let _ = Fixture::eventually(Duration::from_secs(2), || {
+        waits_for_lock(&locker, "/* b */")
+    })
+    .await;
+    hold.send_replace(false);
+    cancel.await.expect("cancel task").expect("cancel sent");
+    // PostgreSQL has acted on the cancel once it closes the connection that carried it.
+    let closed = tokio::time::timeout(Duration::from_secs(30), arrived.recv())
+        .await
+        .expect("the cancel is delivered");
+    assert_eq!(closed, Some("closed"));
+    locker
+        .simple_query("SELECT pg_advisory_unlock(2)")
+        .await
+        .expect("unlock 2");
+    if let Err(err) = b_query.await.expect("b's task") {
+        panic!(
+            "b's query failed: {err} (SQLSTATE {:?})",
+            fixture::sqlstate(&err)
+        );
+    }
+}

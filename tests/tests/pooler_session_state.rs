@@ -338,3 +338,143 @@ async fn pinning_refuse_explains_itself() {
     assert_eq!(fixture::sqlstate(&err), Some("0A000"));
     assert_eq!(scalar(&a, "SELECT 41 + 1").await, "42");
 }
+
+/// Statements that change session state in ways the statement classifier once missed: each
+/// either pins (and is reset when its client leaves), is refused, or is tracked and undone.
+const HIDDEN_STATE: &[&str] = &[
+    "SELECT set_config('search_path', 'private', false)",
+    "select 1, PG_CATALOG.SET_CONFIG ( 'search_path' , 'private' , (1 = 2) )",
+    // standard_conforming_strings is on: the backslash is a character and the quote ends
+    // the string, so the SET is a statement of its own.
+    "SELECT '\\'; SET search_path = private; --'",
+    "SET/**/search_path = private",
+    "SELECT 1 AS x$a$; SET search_path = private; SELECT 1 AS y$a$",
+    "DO $$ BEGIN EXECUTE 'SET search_path = private'; END $$",
+];
+
+const DEFAULT_PATH: &str = "\"$user\", public";
+
+#[tokio::test]
+async fn hidden_session_state_never_reaches_another_client() {
+    let fx = Fixture::start(Options::mode("transaction", 1).with("pinning = refuse"))
+        .await
+        .expect("fixture");
+    fx.pg
+        .execute("CREATE SCHEMA private AUTHORIZATION app")
+        .await
+        .expect("schema");
+    for sql in HIDDEN_STATE {
+        let a = fx.client().await.expect("a");
+        // Refused or tracked: either way nothing may reach the next client.
+        let _ = a.batch_execute(sql).await;
+        // One server connection: b gets the very connection a just used.
+        let b = fx.client().await.expect("b");
+        assert_eq!(
+            scalar(&b, "SHOW search_path").await,
+            DEFAULT_PATH,
+            "{sql} leaked to another client"
+        );
+    }
+}
+
+#[tokio::test]
+async fn hidden_session_state_pins_and_is_reset_when_its_client_leaves() {
+    let fx = Fixture::start(Options::mode("transaction", 1))
+        .await
+        .expect("fixture");
+    fx.pg
+        .execute("CREATE SCHEMA private AUTHORIZATION app")
+        .await
+        .expect("schema");
+    for sql in HIDDEN_STATE {
+        let a = fx.client().await.expect("a");
+        a.batch_execute(sql).await.expect(sql);
+        assert_eq!(scalar(&a, "SHOW search_path").await, "private", "{sql}");
+        // Pinned or tracked, a keeps its setting across transactions.
+        assert_eq!(scalar(&a, "SHOW search_path").await, "private", "{sql}");
+        drop(a);
+        let b = fx.client().await.expect("b");
+        assert_eq!(
+            scalar(&b, "SHOW search_path").await,
+            DEFAULT_PATH,
+            "{sql} leaked to the next client"
+        );
+    }
+}
+
+#[tokio::test]
+async fn deallocating_a_pooler_statement_name_is_refused() {
+    let fx = Fixture::start(Options::mode("transaction", 1))
+        .await
+        .expect("fixture");
+    let a = fx.client().await.expect("a");
+    let b = fx.client().await.expect("b");
+    let add = b.prepare("SELECT $1::int8 + 1").await.expect("prepare");
+    assert_eq!(
+        b.query_one(&add, &[&1i64])
+            .await
+            .expect("bind")
+            .get::<_, i64>(0),
+        2
+    );
+    let name = scalar(&b, "SELECT name FROM pg_prepared_statements").await;
+    assert!(name.starts_with("weir_"), "{name}");
+    for sql in [
+        format!("DEALLOCATE {name}"),
+        format!("deallocate prepare \"{name}\""),
+        format!("PREPARE {name} AS SELECT 1"),
+    ] {
+        let err = a.batch_execute(&sql).await.expect_err(&sql);
+        assert_eq!(fixture::sqlstate(&err), Some("42939"), "{sql}: {err}");
+        // b's statement still works on the one server connection.
+        let row = b.query_one(&add, &[&2i64]).await.expect("bind after");
+        assert_eq!(row.get::<_, i64>(0), 3);
+    }
+    assert_eq!(scalar(&a, "SELECT 41 + 1").await, "42");
+}
+
+#[tokio::test]
+async fn a_refused_query_gives_its_connection_back() {
+    let fx = Fixture::start(
+        Options::mode("transaction", 1)
+            .with("pinning = refuse")
+            .with("query_wait_timeout = 10"),
+    )
+    .await
+    .expect("fixture");
+    let a = fx.client().await.expect("a");
+    let b = fx.client().await.expect("b");
+    a.simple_query("SELECT 1").await.expect("a's connection");
+    let err = a
+        .batch_execute("CREATE TEMP TABLE t (v int)")
+        .await
+        .expect_err("refused");
+    assert_eq!(fixture::sqlstate(&err), Some("0A000"));
+    // a is idle again, so the one server connection is free for b.
+    assert_eq!(scalar(&b, "SELECT 41 + 1").await, "42");
+    assert_eq!(scalar(&a, "SELECT 6 * 7").await, "42");
+}
+
+#[tokio::test]
+async fn a_set_kept_past_a_savepoint_rollback_never_reaches_another_client() {
+    let fx = Fixture::start(Options::mode("transaction", 1))
+        .await
+        .expect("fixture");
+    let a = fx.client().await.expect("a");
+    let b = fx.client().await.expect("b");
+    // ROLLBACK TO SAVEPOINT reports the tag ROLLBACK, but the SET before it commits.
+    a.batch_execute(
+        "BEGIN; SET search_path = private; SAVEPOINT s; SELECT 1; ROLLBACK TO s; COMMIT",
+    )
+    .await
+    .expect("transaction");
+    assert_eq!(scalar(&b, "SHOW search_path").await, DEFAULT_PATH);
+    a.batch_execute("BEGIN; SET work_mem = '7MB'; SAVEPOINT s")
+        .await
+        .expect("savepoint");
+    let _ = a.batch_execute("SELECT 1/0").await;
+    a.batch_execute("ROLLBACK TO s; COMMIT")
+        .await
+        .expect("recovered");
+    assert_eq!(scalar(&b, "SHOW work_mem").await, "4MB");
+}

@@ -258,13 +258,13 @@ async fn refused<T>(stream: &mut Stream, e: LoginError) -> Option<T> {
 }
 
 async fn forward_cancel(pooler: &Pooler, process_id: i32, secret_key: i32) {
-    let Some((addr, key)) = pooler.registry().cancel_target(process_id, secret_key) else {
+    let Some(permit) = pooler.registry().cancel_target(process_id, secret_key) else {
         tracing::debug!("cancel request for an unknown key or an idle client ignored");
         return;
     };
     let keepalive = app::keepalive(&pooler.config());
-    if let Err(e) = server::send_cancel(&addr, key, &keepalive).await {
-        tracing::warn!(error = %e, server = %addr, "could not forward a cancel request");
+    if let Err(e) = server::send_cancel(permit.addr(), permit.key(), &keepalive).await {
+        tracing::warn!(error = %e, server = %permit.addr(), "could not forward a cancel request");
     }
 }
 
@@ -525,8 +525,9 @@ impl Session {
         )
         .await;
         self.pool.stats().add(&counts, lent_at.elapsed());
-        // Unlinked before the connection can be lent to anyone else.
+        // Unlinked, and cancels sent meanwhile delivered, before anyone else can borrow it.
         self.record.unlink(checkout.record());
+        checkout.record().cancels_delivered().await;
         self.record.set_prepared(self.state.statements.len());
         // A pinned client's connection carries state only a full reset removes.
         let pinned = self.state.pinned.is_some();

@@ -4,7 +4,9 @@
 //!
 //! A SET takes effect only if the transaction it ran in commits: the pooler holds it as
 //! pending until ReadyForQuery says the session is idle again, and drops it if an error or a
-//! ROLLBACK came in between. (A `ROLLBACK TO SAVEPOINT` that undoes a SET is not seen.)
+//! ROLLBACK came in between. A `ROLLBACK TO SAVEPOINT` looks the same, yet what came before
+//! the savepoint commits: so whenever pending settings are dropped, the connection's state is
+//! taken as unknown ([`Setting::unknown`]) and reset before it is used again.
 
 use crate::params;
 
@@ -15,6 +17,17 @@ pub struct Setting {
     pub name: String,
     /// The SET statement, replayed as it was written.
     pub sql: String,
+}
+
+impl Setting {
+    /// Marks a server connection that may carry settings nobody recorded: no client wants
+    /// it, so [`replay_query`] resets the connection before anyone uses it again.
+    pub fn unknown() -> Setting {
+        Setting {
+            name: String::new(),
+            sql: String::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,6 +43,8 @@ pub struct SessionState {
     applied: Vec<Setting>,
     pending: Vec<Op>,
     failed: bool,
+    /// Pending settings were dropped: some may have committed after all.
+    unsure: bool,
 }
 
 impl SessionState {
@@ -72,13 +87,15 @@ impl SessionState {
         }
     }
 
-    /// A ReadyForQuery arrived. When the session is idle again, pending settings either took
-    /// effect (no error, no rollback) or did not.
+    /// A ReadyForQuery arrived. When the session is idle again, pending settings took effect
+    /// (no error, no rollback) or are dropped, leaving the connection unsure.
     pub fn on_ready(&mut self, status: u8) {
         if status != b'I' {
             return;
         }
-        if !self.failed {
+        if self.failed {
+            self.unsure |= !self.pending.is_empty();
+        } else {
             for op in self.pending.drain(..) {
                 match op {
                     Op::Set(s) => {
@@ -92,6 +109,12 @@ impl SessionState {
         }
         self.pending.clear();
         self.failed = false;
+    }
+
+    /// Whether settings were dropped since the last call, so that the server connection may
+    /// carry some that [`SessionState::applied`] does not list.
+    pub fn take_unsure(&mut self) -> bool {
+        std::mem::take(&mut self.unsure)
     }
 }
 
@@ -140,6 +163,26 @@ mod tests {
         s.on_command_complete("ROLLBACK");
         s.on_ready(b'I');
         assert!(s.applied().is_empty());
+    }
+
+    #[test]
+    fn dropped_settings_leave_the_connection_unknown() {
+        let mut s = SessionState::default();
+        s.on_command_complete("ROLLBACK");
+        s.on_ready(b'I');
+        assert!(!s.take_unsure(), "nothing was pending");
+        // ROLLBACK TO SAVEPOINT has the tag of a ROLLBACK; the SET before it commits.
+        s.set("search_path", "SET search_path = a");
+        s.on_command_complete("ROLLBACK");
+        s.on_ready(b'T');
+        s.on_ready(b'I');
+        assert!(s.applied().is_empty());
+        assert!(s.take_unsure());
+        assert!(!s.take_unsure());
+        assert_eq!(
+            replay_query(&[Setting::unknown()], &[]).as_deref(),
+            Some("RESET SESSION AUTHORIZATION; RESET ALL;")
+        );
     }
 
     #[test]

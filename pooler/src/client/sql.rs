@@ -1,6 +1,7 @@
 //! Just enough SQL to know what a statement does to session state: splitting a simple-query
 //! string into statements and recognising the few kinds that matter in transaction mode.
-//! It never rejects text; anything it does not recognise is `Other`.
+//! It never rejects text; anything it does not recognise is `Other`. Where it cannot be sure,
+//! it errs towards pinning: a needless pin costs a connection, a missed change leaks state.
 
 /// What a statement means for the session it runs in.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,15 +26,41 @@ pub enum Effect {
     /// State the pooler cannot carry to another server connection: the client must keep its
     /// connection (or be refused). The text says what, for errors and logs.
     Pin(&'static str),
+    /// A statement no client may run behind the pooler, whatever `pinning` says: it would
+    /// break the pooler's own bookkeeping. The text says why.
+    Refuse(&'static str),
     /// Anything else (including `SET LOCAL`, which ends with its transaction).
     Other,
 }
 
+/// Why `DEALLOCATE weir_<n>` and `PREPARE weir_<n>` are refused.
+pub const RESERVED_NAME: &str =
+    "prepared statement names starting with \"weir_\" are reserved for the pooler";
+
+/// Why a query is taken whole as pinning when where its strings end depends on a setting.
+const AMBIGUOUS_QUOTING: &str = "a backslash before a quote in a plain string, whose meaning \
+     depends on standard_conforming_strings (use E'' strings or double the quote)";
+
 /// The statements of a simple-query string, split at top-level semicolons, skipping
 /// comments, quoted strings, quoted identifiers and dollar-quoted bodies. Statements that are
-/// only white space and comments are left out.
+/// only white space and comments are left out. Plain strings are read as PostgreSQL reads
+/// them with `standard_conforming_strings` on (a backslash is a character); [`effects`]
+/// considers the other reading too.
 pub fn statements(sql: &str) -> Statements<'_> {
-    Statements { sql, pos: 0 }
+    Statements {
+        sql,
+        pos: 0,
+        quoting: Quoting::Standard,
+    }
+}
+
+/// How plain `'…'` strings treat a backslash (`E'…'` strings always take it as an escape).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Quoting {
+    /// `standard_conforming_strings = on`, PostgreSQL's default.
+    Standard,
+    /// `standard_conforming_strings = off`: a backslash escapes the next character.
+    Backslash,
 }
 
 /// The iterator [`statements`] returns; it allocates nothing.
@@ -42,6 +69,7 @@ pub struct Statements<'a> {
     sql: &'a str,
     /// Where the next statement starts; past the end once the last was returned.
     pos: usize,
+    quoting: Quoting,
 }
 
 impl<'a> Iterator for Statements<'a> {
@@ -50,7 +78,7 @@ impl<'a> Iterator for Statements<'a> {
     fn next(&mut self) -> Option<&'a str> {
         while self.pos <= self.sql.len() {
             let start = self.pos;
-            let end = statement_end(self.sql.as_bytes(), start);
+            let end = statement_end(self.sql.as_bytes(), start, self.quoting);
             self.pos = end + 1;
             let stmt = &self.sql[start..end];
             if !strip_comments_start(stmt).is_empty() {
@@ -61,19 +89,68 @@ impl<'a> Iterator for Statements<'a> {
     }
 }
 
+/// Each statement of a simple-query string with what it does to the session.
+///
+/// Where a plain string holds a backslash, PostgreSQL's split depends on
+/// `standard_conforming_strings`, which any client can change: when the two readings split
+/// differently and either finds session state, the whole query is one [`Effect::Pin`].
+pub fn effects(sql: &str) -> Effects<'_> {
+    let ambiguous = sql.as_bytes().contains(&b'\\') && {
+        let other = Statements {
+            quoting: Quoting::Backslash,
+            ..statements(sql)
+        };
+        !statements(sql).eq(other.clone())
+            && statements(sql)
+                .chain(other)
+                .any(|s| classify(s) != Effect::Other)
+    };
+    Effects {
+        whole: ambiguous.then_some(sql),
+        split: statements(sql),
+    }
+}
+
+/// The iterator [`effects`] returns; it allocates only what [`classify`] does.
+#[derive(Debug, Clone)]
+pub struct Effects<'a> {
+    /// The query, when it is taken whole as one pinning statement.
+    whole: Option<&'a str>,
+    split: Statements<'a>,
+}
+
+impl<'a> Iterator for Effects<'a> {
+    type Item = (&'a str, Effect);
+
+    fn next(&mut self) -> Option<(&'a str, Effect)> {
+        if let Some(sql) = self.whole.take() {
+            self.split.pos = usize::MAX;
+            return Some((sql, Effect::Pin(AMBIGUOUS_QUOTING)));
+        }
+        self.split.next().map(|s| (s, classify(s)))
+    }
+}
+
+/// Whether `c` can continue an identifier, so that a `$` right after it is part of the name.
+fn is_ident_byte(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80
+}
+
 /// Index of the top-level semicolon ending the statement that starts at `i`, or the length.
-fn statement_end(b: &[u8], mut i: usize) -> usize {
+fn statement_end(b: &[u8], mut i: usize, quoting: Quoting) -> usize {
     while i < b.len() {
         match b[i] {
-            b'\'' | b'"' => i = skip_quoted(b, i),
-            b'-' if b.get(i + 1) == Some(&b'-') => {
-                i = b[i..]
-                    .iter()
-                    .position(|&c| c == b'\n')
-                    .map_or(b.len(), |p| i + p + 1);
+            b'\'' => {
+                i = skip_quoted(
+                    b,
+                    i,
+                    quoting == Quoting::Backslash || is_escape_string(b, i),
+                );
             }
+            b'"' => i = skip_quoted(b, i, false),
+            b'-' if b.get(i + 1) == Some(&b'-') => i = skip_line_comment(b, i),
             b'/' if b.get(i + 1) == Some(&b'*') => i = skip_block_comment(b, i),
-            b'$' => i = skip_dollar(b, i),
+            b'$' if i == 0 || !is_ident_byte(b[i - 1]) => i = skip_dollar(b, i),
             b';' => return i,
             _ => i += 1,
         }
@@ -81,8 +158,14 @@ fn statement_end(b: &[u8], mut i: usize) -> usize {
     b.len()
 }
 
-/// Index after a quoted string or identifier starting at `i` (a doubled quote escapes).
-fn skip_quoted(b: &[u8], i: usize) -> usize {
+/// Whether the quote at `i` opens an `E'…'` string: after an `E` that ends no longer word.
+fn is_escape_string(b: &[u8], i: usize) -> bool {
+    i >= 1 && b[i - 1].eq_ignore_ascii_case(&b'e') && (i == 1 || !is_ident_byte(b[i - 2]))
+}
+
+/// Index after a quoted string or identifier starting at `i`: a doubled quote escapes, and
+/// so does a backslash when `backslash` is set.
+fn skip_quoted(b: &[u8], i: usize, backslash: bool) -> usize {
     let q = b[i];
     let mut j = i + 1;
     while j < b.len() {
@@ -93,13 +176,20 @@ fn skip_quoted(b: &[u8], i: usize) -> usize {
             }
             return j + 1;
         }
-        // E'' strings escape with backslashes; skipping the escaped byte is harmless elsewhere.
-        if b[j] == b'\\' && q == b'\'' {
+        if backslash && b[j] == b'\\' {
             j += 1;
         }
         j += 1;
     }
     b.len()
+}
+
+/// Index after a `--` comment starting at `i` (past its newline).
+fn skip_line_comment(b: &[u8], i: usize) -> usize {
+    b[i..]
+        .iter()
+        .position(|&c| c == b'\n')
+        .map_or(b.len(), |p| i + p + 1)
 }
 
 /// Index after a (possibly nested) block comment starting at `i`.
@@ -124,10 +214,11 @@ fn skip_block_comment(b: &[u8], i: usize) -> usize {
 }
 
 /// Index after a dollar-quoted body starting at `i`, or `i + 1` when `$` starts no tag
-/// (a parameter like `$1`).
+/// (a parameter like `$1`). Tags are PostgreSQL's: letters (any non-ASCII byte is one),
+/// digits after the first, and `_`.
 fn skip_dollar(b: &[u8], i: usize) -> usize {
     let mut j = i + 1;
-    while j < b.len() && (b[j].is_ascii_alphanumeric() || b[j] == b'_') {
+    while j < b.len() && (b[j].is_ascii_alphanumeric() || b[j] == b'_' || b[j] >= 0x80) {
         j += 1;
     }
     if j >= b.len() || b[j] != b'$' || b[i + 1..j].first().is_some_and(u8::is_ascii_digit) {
@@ -156,31 +247,76 @@ fn strip_comments_start(s: &str) -> &str {
     }
 }
 
+/// The words of a statement as written: keywords and names, with a quoted name, a string
+/// or a dollar-quoted body as one word. White space, comments and the punctuation
+/// `( ) = , ;` separate words. Allocates nothing.
+#[derive(Debug, Clone)]
+struct Words<'a> {
+    s: &'a str,
+    i: usize,
+}
+
+impl<'a> Words<'a> {
+    fn new(s: &'a str) -> Self {
+        Words { s, i: 0 }
+    }
+}
+
+/// Whether the byte at `i` ends a word (or is a separator before one).
+fn ends_word(b: &[u8], i: usize) -> bool {
+    b[i].is_ascii_whitespace()
+        || matches!(b[i], b'(' | b')' | b'=' | b',' | b';' | b'\'')
+        || (b[i] == b'-' && b.get(i + 1) == Some(&b'-'))
+        || (b[i] == b'/' && b.get(i + 1) == Some(&b'*'))
+}
+
+impl<'a> Iterator for Words<'a> {
+    type Item = &'a str;
+
+    fn next(&mut self) -> Option<&'a str> {
+        let b = self.s.as_bytes();
+        let mut i = self.i;
+        while i < b.len() && b[i] != b'\'' && ends_word(b, i) {
+            i = match b[i] {
+                b'-' => skip_line_comment(b, i),
+                b'/' => skip_block_comment(b, i),
+                _ => i + 1,
+            };
+        }
+        if i >= b.len() {
+            self.i = i;
+            return None;
+        }
+        let start = i;
+        if b[i] == b'\'' {
+            i = skip_quoted(b, i, is_escape_string(b, i));
+        } else if b[i] == b'$' && skip_dollar(b, i) > i + 1 {
+            i = skip_dollar(b, i);
+        } else {
+            // The first byte ends no word, so each word is at least one byte long. A quoted
+            // name starts a word, or continues one after a dot (`a."b"`).
+            while i < b.len() && (i == start || !ends_word(b, i)) {
+                i = match b[i] {
+                    b'"' if i == start || b[i - 1] == b'.' => skip_quoted(b, i, false),
+                    b'"' => break,
+                    _ => i + 1,
+                };
+            }
+        }
+        self.i = i;
+        // Separators and quotes are ASCII, so `start` and `i` are character boundaries.
+        self.s.get(start..i)
+    }
+}
+
 /// How many leading words classification looks at.
 const WORDS: usize = 5;
 
-/// The first [`WORDS`] words of a statement as written (identifier-ish words only; missing
-/// ones are empty).
+/// The first [`WORDS`] words of a statement (missing ones are empty).
 fn words(s: &str) -> [&str; WORDS] {
-    // Separators are ASCII, so byte positions next to them are character boundaries; white
-    // space is SQL's (ASCII) white space.
-    let is_separator = |b: u8| b.is_ascii_whitespace() || matches!(b, b'(' | b'=' | b';');
-    let s = strip_comments_start(s);
-    let b = s.as_bytes();
     let mut out = [""; WORDS];
-    let mut i = 0;
-    for slot in &mut out {
-        while i < b.len() && is_separator(b[i]) {
-            i += 1;
-        }
-        let start = i;
-        while i < b.len() && !is_separator(b[i]) {
-            i += 1;
-        }
-        if start == i {
-            break;
-        }
-        *slot = &s[start..i];
+    for (slot, word) in out.iter_mut().zip(Words::new(s)) {
+        *slot = word;
     }
     out
 }
@@ -247,21 +383,40 @@ pub fn classify(stmt: &str) -> Effect {
         },
         "discard" if word(1).as_str() == "all" => Effect::DiscardAll,
         "discard" if word(1).as_str() == "temp" || word(1).as_str() == "temporary" => Effect::Other,
-        "deallocate"
-            if word(1).as_str() == "all"
-                || (word(1).as_str() == "prepare" && word(2).as_str() == "all") =>
-        {
-            Effect::DeallocateAll
-        }
-        "prepare" if word(1).as_str() != "transaction" => Effect::Pin("SQL PREPARE"),
+        "deallocate" => match (word(1).as_str(), word(2).as_str()) {
+            ("all", _) | ("prepare", "all") => Effect::DeallocateAll,
+            ("prepare", _) if reserved(w[2]) => Effect::Refuse(RESERVED_NAME),
+            _ if reserved(w[1]) => Effect::Refuse(RESERVED_NAME),
+            _ => Effect::Other,
+        },
+        "prepare" if word(1).as_str() == "transaction" => Effect::Other,
+        "prepare" if reserved(w[1]) => Effect::Refuse(RESERVED_NAME),
+        "prepare" => Effect::Pin("SQL PREPARE"),
         "listen" => Effect::Pin("LISTEN"),
-        "declare" if contains_words(stmt, &["with", "hold"]) => Effect::Pin("a WITH HOLD cursor"),
-        "create" if creates_temp(word(1).as_str(), word(2).as_str()) => {
-            Effect::Pin("a temporary table")
+        // A loaded library (auto_explain, …) stays in the backend for everyone after.
+        "load" => Effect::Pin("LOAD of a library"),
+        "declare" if has_words(stmt, "with", "hold") => Effect::Pin("a WITH HOLD cursor"),
+        "create" if w[1..].iter().any(|w| is_temp(w)) => Effect::Pin("a temporary table"),
+        "explain" if Words::new(stmt).any(is_temp) => Effect::Pin("a temporary table"),
+        // An anonymous code block can change anything, also through dynamic SQL.
+        "do" if DO_STATE_WORDS.iter().any(|w| has_word(stmt.as_bytes(), w)) => {
+            Effect::Pin("a DO block that may change session state")
         }
         _ => pins_in_text(stmt).map_or(Effect::Other, Effect::Pin),
     }
 }
+
+/// Words that, anywhere in a DO block, may change session state.
+const DO_STATE_WORDS: [&[u8]; 8] = [
+    b"set",
+    b"reset",
+    b"execute",
+    b"listen",
+    b"prepare",
+    b"temp",
+    b"temporary",
+    b"hold",
+];
 
 /// `SET <first> <second>`: `written` is the first word as the client wrote it, `first` and
 /// `second` lower-cased.
@@ -280,31 +435,41 @@ fn unquote(name: &str) -> String {
     name.trim_matches('"').to_ascii_lowercase()
 }
 
-fn creates_temp(first: &str, second: &str) -> bool {
-    matches!(
-        (first, second),
-        ("temp" | "temporary", _) | ("local" | "global", "temp" | "temporary")
-    )
+/// Whether a prepared statement name (as written) is one the pooler uses on the server. Any
+/// case counts: refusing a quoted `"WEIR_1"` too is harmless.
+fn reserved(name: &str) -> bool {
+    starts_with_ci(name.trim_start_matches('"').as_bytes(), b"weir_")
 }
 
-fn contains_words(stmt: &str, seq: &[&str]) -> bool {
-    let mut start = stmt.split_whitespace();
-    loop {
-        let mut probe = start.clone();
-        if seq
-            .iter()
-            .all(|s| probe.next().is_some_and(|w| w.eq_ignore_ascii_case(s)))
+fn is_temp(word: &str) -> bool {
+    word.eq_ignore_ascii_case("temp") || word.eq_ignore_ascii_case("temporary")
+}
+
+/// Whether the statement has the word `first` followed by the word `second`.
+fn has_words(stmt: &str, first: &str, second: &str) -> bool {
+    let mut words = Words::new(stmt).peekable();
+    while let Some(w) = words.next() {
+        if w.eq_ignore_ascii_case(first)
+            && words.peek().is_some_and(|n| n.eq_ignore_ascii_case(second))
         {
             return true;
         }
-        if start.next().is_none() {
-            return false;
-        }
     }
+    false
 }
 
-/// Session state taken anywhere in a statement's text: a session-level advisory lock, or
-/// `SELECT ... INTO TEMP`. One pass over the bytes, case-insensitive, no copy.
+/// Whether `word` (lower-case) appears in `b` as a whole word, in any case, quoted or not.
+fn has_word(b: &[u8], word: &[u8]) -> bool {
+    (0..b.len()).any(|i| {
+        starts_with_ci(&b[i..], word)
+            && (i == 0 || !is_ident_byte(b[i - 1]))
+            && b.get(i + word.len()).is_none_or(|&c| !is_ident_byte(c))
+    })
+}
+
+/// Session state taken anywhere in a statement's text: a session-level advisory lock or
+/// `set_config`, a temporary table (`SELECT ... INTO TEMP`, `pg_temp.`), a dblink
+/// connection. One pass over the bytes, case-insensitive, strings and comments included.
 fn pins_in_text(stmt: &str) -> Option<&'static str> {
     let b = stmt.as_bytes();
     for i in 0..b.len() {
@@ -315,7 +480,16 @@ fn pins_in_text(stmt: &str) -> Option<&'static str> {
             {
                 return Some("a session advisory lock");
             }
-            b'i' if (i == 0 || b[i - 1].is_ascii_whitespace()) && into_temp(rest) => {
+            b'p' if starts_with_ci(rest, b"pg_temp") => return Some("a temporary table"),
+            b's' if starts_with_ci(rest, b"set_config")
+                && !local_set_config(&rest[b"set_config".len()..]) =>
+            {
+                return Some("a session-level set_config");
+            }
+            b'd' if starts_with_ci(rest, b"dblink_connect") => {
+                return Some("a dblink connection");
+            }
+            b'i' if (i == 0 || !is_ident_byte(b[i - 1])) && into_temp(&stmt[i..]) => {
                 return Some("a temporary table");
             }
             _ => {}
@@ -329,21 +503,85 @@ fn starts_with_ci(b: &[u8], prefix: &[u8]) -> bool {
         .is_some_and(|head| head.eq_ignore_ascii_case(prefix))
 }
 
-/// Whether `b` starts with the words `INTO TEMP` or `INTO TEMPORARY`.
-fn into_temp(b: &[u8]) -> bool {
-    let Some(after) = b.get(4..).filter(|_| starts_with_ci(b, b"into")) else {
-        return false;
-    };
-    let next = after.iter().take_while(|c| c.is_ascii_whitespace()).count();
-    if next == 0 {
+/// Whether `s` starts with the words `INTO [LOCAL | GLOBAL] TEMP[ORARY]`.
+fn into_temp(s: &str) -> bool {
+    let mut words = Words::new(s);
+    if !words.next().is_some_and(|w| w.eq_ignore_ascii_case("into")) {
         return false;
     }
-    let word = &after[next..];
-    let word = &word[..word
+    match words.next() {
+        Some(w) if w.eq_ignore_ascii_case("local") || w.eq_ignore_ascii_case("global") => {
+            words.next().is_some_and(is_temp)
+        }
+        Some(w) => is_temp(w),
+        None => false,
+    }
+}
+
+/// Whether the text after a `set_config` is a call whose last argument is literally true
+/// (`is_local`: the setting ends with the transaction) under either reading of backslashes.
+/// Anything else, a parameter included, may be session-level.
+fn local_set_config(after: &[u8]) -> bool {
+    [Quoting::Standard, Quoting::Backslash]
+        .into_iter()
+        .all(|quoting| last_argument(after, quoting).is_some_and(is_true))
+}
+
+/// The last argument of the call whose name `b` follows (white space and a closing quote of
+/// the name may come first), trimmed; `None` when `b` does not continue with a whole call.
+fn last_argument(b: &[u8], quoting: Quoting) -> Option<&[u8]> {
+    let mut i = usize::from(b.first() == Some(&b'"'));
+    while b.get(i).is_some_and(u8::is_ascii_whitespace) {
+        i += 1;
+    }
+    if b.get(i) != Some(&b'(') {
+        return None;
+    }
+    let mut depth = 0usize;
+    let mut last = i + 1;
+    while i < b.len() {
+        match b[i] {
+            b'\'' => {
+                let escapes = quoting == Quoting::Backslash || is_escape_string(b, i);
+                i = skip_quoted(b, i, escapes);
+                continue;
+            }
+            b'"' => {
+                i = skip_quoted(b, i, false);
+                continue;
+            }
+            b'$' if !is_ident_byte(b[i - 1]) => {
+                i = skip_dollar(b, i);
+                continue;
+            }
+            b'-' if b.get(i + 1) == Some(&b'-') => {
+                i = skip_line_comment(b, i);
+                continue;
+            }
+            b'/' if b.get(i + 1) == Some(&b'*') => {
+                i = skip_block_comment(b, i);
+                continue;
+            }
+            b'(' => depth += 1,
+            b')' => {
+                depth -= 1;
+                if depth == 0 {
+                    return Some(b[last..i].trim_ascii());
+                }
+            }
+            b',' if depth == 1 => last = i + 1,
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
+/// Whether an argument is the boolean literal true as written.
+fn is_true(arg: &[u8]) -> bool {
+    ["true", "'true'", "'t'", "'on'", "'yes'", "'1'"]
         .iter()
-        .position(u8::is_ascii_whitespace)
-        .unwrap_or(word.len())];
-    word.eq_ignore_ascii_case(b"temp") || word.eq_ignore_ascii_case(b"temporary")
+        .any(|t| arg.eq_ignore_ascii_case(t.as_bytes()))
 }
 
 #[cfg(test)]
@@ -504,11 +742,204 @@ mod tests {
         assert_eq!(classify("SELECT pg_advisory_unlock(1)"), Effect::Other);
     }
 
+    fn pins(sql: &str) -> bool {
+        effects(sql).any(|(_, e)| matches!(e, Effect::Pin(_)))
+    }
+
+    fn sets(sql: &str) -> Vec<String> {
+        effects(sql)
+            .filter_map(|(_, e)| match e {
+                Effect::Set { name } => Some(name),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn session_level_set_config_pins_wherever_it_is() {
+        for sql in [
+            "SELECT set_config('search_path', 'x', false)",
+            "select SET_CONFIG('search_path','x',FALSE)",
+            "SELECT pg_catalog.set_config('role', 'r', false)",
+            "SELECT \"set_config\" ('search_path', 'x', false)",
+            "SELECT length(set_config('a.b', 'x', false))",
+            "SELECT 1 FROM t WHERE set_config('a.b', f(1, 2), 1 = 0) IS NOT NULL",
+            "SELECT set_config('a.b', 'x', $3)",
+            "SELECT set_config('a.b', 'x', true), set_config('c.d', 'y', false)",
+            "SELECT set_config('a.b', 'x', 'true')::text || set_config('a', 'b' /* c */, off)",
+            "WITH s AS (SELECT set_config('a.b', 'x', false)) SELECT * FROM s",
+            "SELECT set_config",
+        ] {
+            assert!(matches!(classify(sql), Effect::Pin(_)), "{sql}");
+        }
+        for sql in [
+            "SELECT set_config('search_path', 'x', true)",
+            "SELECT set_config('request.jwt', $1, TRUE), set_config('role', $2, true)",
+            "SELECT set_config('a.b', f(',', ')'), true)",
+            "SELECT set_config('a.b', 'x', 't')",
+            "SELECT current_setting('search_path')",
+        ] {
+            assert_eq!(classify(sql), Effect::Other, "{sql}");
+        }
+        // Local only if it is local under both readings of backslashes.
+        assert!(matches!(
+            classify(r"SELECT set_config('a', '\', true), set_config('b', 'c', false) --')"),
+            Effect::Pin(_)
+        ));
+    }
+
+    #[test]
+    fn a_backslash_cannot_hide_a_statement() {
+        // standard_conforming_strings on (the default): '\' is a whole string, the SET is
+        // real; off: it is all one string. Either way the query pins.
+        let hidden = r"SELECT '\'; SET search_path = x; --'";
+        assert_eq!(statements(hidden).count(), 2);
+        assert!(pins(hidden));
+        assert!(pins(r"SELECT '\''; SET search_path = x; --'"));
+        assert!(pins(r"SELECT 'a\'; LISTEN x; SELECT '"));
+        // E'' strings escape with backslashes whatever the setting: no ambiguity.
+        let escaped = r"SELECT E'\';SET search_path=x;--'";
+        assert_eq!(statements(escaped).count(), 1);
+        assert!(!pins(escaped));
+        assert_eq!(sets(escaped), Vec::<String>::new());
+        let real = r"SELECT e'\\'; SET search_path = x";
+        assert_eq!(sets(real), vec!["search_path".to_owned()]);
+        // A word ending in e is no E prefix.
+        assert_eq!(statements(r"SELECT some'\'; SET a = b").count(), 2);
+        // Backslashes that do not move a string's end change nothing.
+        assert!(!pins(r"SELECT 'C:\path', '\\'; SET work_mem = '1MB'"));
+        assert_eq!(
+            sets(r"SELECT 'C:\path'; SET work_mem = '1MB'"),
+            vec!["work_mem".to_owned()]
+        );
+        // Ambiguous but harmless either way: nothing to track, nothing pins.
+        assert!(!pins(r"SELECT 'a\'; SELECT 'b'"));
+        assert!(!pins(r"SELECT '\'"));
+    }
+
+    #[test]
+    fn dollars_inside_names_open_no_quote() {
+        let sql = "SELECT 1 AS x$a$; SET search_path = x; SELECT 1 AS y$a$";
+        assert_eq!(statements(sql).count(), 3);
+        assert_eq!(sets(sql), vec!["search_path".to_owned()]);
+        // Tags may hold any letter, non-ASCII ones included.
+        let quoted = "SELECT $é$ ; SET search_path = x; $é$";
+        assert_eq!(statements(quoted).count(), 1);
+        assert!(sets(quoted).is_empty());
+        assert_eq!(statements("SELECT $1; SET a = b").count(), 2);
+    }
+
+    #[test]
+    fn comments_and_quotes_between_words_do_not_hide_a_set() {
+        for sql in [
+            "SET/**/search_path = x",
+            "SET /* a /* nested */ comment */ search_path TO x",
+            "SET -- c\nsearch_path TO x",
+            "SET\"search_path\"=x",
+            "/* c */ set search_path=x",
+        ] {
+            assert_eq!(
+                classify(sql),
+                Effect::Set {
+                    name: "search_path".into()
+                },
+                "{sql}"
+            );
+        }
+        assert_eq!(
+            classify("SET my.setting = 1"),
+            Effect::Set {
+                name: "my.setting".into()
+            }
+        );
+        assert!(matches!(classify("LISTEN/**/x"), Effect::Pin(_)));
+        assert!(matches!(
+            classify("DECLARE c CURSOR WITH/* */HOLD FOR SELECT 1"),
+            Effect::Pin(_)
+        ));
+    }
+
+    #[test]
+    fn state_that_cannot_move_pins_however_it_is_made() {
+        for sql in [
+            "CREATE OR REPLACE TEMP VIEW v AS SELECT 1",
+            "CREATE GLOBAL TEMPORARY TABLE t (a int)",
+            "CREATE TABLE pg_temp.t (a int)",
+            "CREATE TABLE PG_TEMP.t AS SELECT 1",
+            "SELECT 1 INTO LOCAL TEMP t",
+            "SELECT 1 INTO/**/TEMP t",
+            "EXPLAIN ANALYZE CREATE TEMP TABLE t AS SELECT 1",
+            "SELECT dblink_connect('c', 'dbname=x')",
+            "SELECT pg_advisory_lock_shared(1)",
+            "LOAD 'auto_explain'",
+        ] {
+            assert!(matches!(classify(sql), Effect::Pin(_)), "{sql}");
+        }
+    }
+
+    #[test]
+    fn do_blocks_that_may_change_state_pin() {
+        for sql in [
+            "DO $$ BEGIN EXECUTE 'SET search_path = x'; END $$",
+            "do $x$ begin SET search_path = x; end $x$",
+            "DO LANGUAGE plpgsql $$ BEGIN PERFORM set_config('a.b', 'c', false); END $$",
+            "DO 'BEGIN EXECUTE ''LISTEN x''; END'",
+        ] {
+            assert!(matches!(classify(sql), Effect::Pin(_)), "{sql}");
+        }
+        assert_eq!(
+            classify("DO $$ BEGIN PERFORM pg_sleep(0); END $$"),
+            Effect::Other
+        );
+    }
+
+    #[test]
+    fn the_pooler_statement_names_are_refused() {
+        for sql in [
+            "DEALLOCATE weir_3",
+            "deallocate prepare WEIR_3",
+            "DEALLOCATE \"weir_3\"",
+            "DEALLOCATE/**/weir_3",
+            "PREPARE weir_3 AS SELECT 1",
+            "PREPARE weir_3(int) AS SELECT $1",
+        ] {
+            assert_eq!(classify(sql), Effect::Refuse(RESERVED_NAME), "{sql}");
+        }
+        assert_eq!(classify("DEALLOCATE mine"), Effect::Other);
+        assert_eq!(classify("DEALLOCATE PREPARE mine"), Effect::Other);
+        assert!(matches!(
+            classify("PREPARE mine AS SELECT 1"),
+            Effect::Pin(_)
+        ));
+        assert_eq!(classify("PREPARE TRANSACTION 'weir_1'"), Effect::Other);
+    }
+
     #[test]
     fn never_panics_on_odd_text() {
         for s in [
-            "", ";", "$", "$$", "$a", "'", "\"", "/*", "--", "E'\\", "$1$", "set", "reset",
+            "",
+            ";",
+            "$",
+            "$$",
+            "$a",
+            "'",
+            "\"",
+            "/*",
+            "--",
+            "E'\\",
+            "$1$",
+            "set",
+            "reset",
+            "set_config(",
+            "set_config('a', (",
+            "SET \"",
+            "do $",
+            "x$",
+            "into",
+            "\\'",
+            "é'\\",
         ] {
+            let _ = effects(s).count();
             let _ = statements(s).count();
             let _ = classify(s);
         }

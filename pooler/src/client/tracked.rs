@@ -303,22 +303,29 @@ impl<'a> Tracker<'a> {
     fn query(&mut self, msg: &[u8], out: &mut BytesMut, server: &mut ServerConn, tx: &mut TxState) {
         let body = &msg[5..];
         let text = String::from_utf8_lossy(body.strip_suffix(&[0]).unwrap_or(body));
-        if self.policy.pinning == Pinning::Refuse && self.client.pinned.is_none() {
-            // Refusal is all or nothing: a first pass looks for state that would pin.
-            if let Some(what) = sql::statements(&text).find_map(|s| match sql::classify(s) {
-                Effect::Pin(what) => Some(what),
-                _ => None,
-            }) {
+        let refusing_pins = self.policy.pinning == Pinning::Refuse && self.client.pinned.is_none();
+        // Refusal is all or nothing: a first pass looks for what would be refused (a reserved
+        // statement name can only be in a query that mentions it).
+        if refusing_pins
+            || text
+                .as_bytes()
+                .windows(5)
+                .any(|w| w.eq_ignore_ascii_case(b"weir_"))
+        {
+            if let Some(e) = sql::effects(&text).find_map(|(_, e)| self.refusal_of(&e)) {
                 let mut local = BytesMut::new();
-                backend::error_response(&mut local, &refusal(what));
-                let status = if tx.status == b'I' { b'I' } else { b'E' };
-                backend::ready_for_query(&mut local, status);
+                backend::error_response(&mut local, &e);
                 self.pipeline.push(Owed::Local(local.freeze()));
+                // The server's ReadyForQuery ends the exchange, as after any query, so the
+                // connection is released; answering it here would leave it lent.
+                frontend::sync(out);
+                self.pipeline.push(Owed::Sync);
+                tx.outstanding += 1;
+                tx.unsynced = false;
                 return;
             }
         }
-        for stmt in sql::statements(&text) {
-            let effect = sql::classify(stmt);
+        for (stmt, effect) in sql::effects(&text) {
             self.apply(&effect, Some(stmt));
             if matches!(effect, Effect::DiscardAll | Effect::DeallocateAll) {
                 server.prepared.clear();
@@ -349,21 +356,32 @@ impl<'a> Tracker<'a> {
                     self.pinned_clients.fetch_add(1, Ordering::Relaxed);
                 }
             }
-            Effect::Other => {}
+            Effect::Refuse(_) | Effect::Other => {}
         }
     }
 
-    /// With `pinning = refuse`, answers an extended-protocol message that would pin with an
+    /// The error refusing a statement with this effect: always for a reserved name, and for
+    /// state that would pin with `pinning = refuse` while the client is not pinned yet.
+    fn refusal_of(&self, effect: &Effect) -> Option<PgError> {
+        match effect {
+            Effect::Refuse(why) => Some(PgError::error("42939", *why)),
+            Effect::Pin(what)
+                if self.policy.pinning == Pinning::Refuse && self.client.pinned.is_none() =>
+            {
+                Some(refusal(what))
+            }
+            _ => None,
+        }
+    }
+
+    /// Answers an extended-protocol message that is refused ([`Self::refusal_of`]) with an
     /// error and skips to the next Sync, as the server would after an error. True if refused.
     fn refused_extended(&mut self, effect: &Effect) -> bool {
-        let Effect::Pin(what) = effect else {
+        let Some(e) = self.refusal_of(effect) else {
             return false;
         };
-        if self.policy.pinning != Pinning::Refuse || self.client.pinned.is_some() {
-            return false;
-        }
         let mut local = BytesMut::new();
-        backend::error_response(&mut local, &refusal(what));
+        backend::error_response(&mut local, &e);
         self.pipeline.push(Owed::Local(local.freeze()));
         self.skip_until_sync = true;
         true
@@ -427,7 +445,9 @@ impl<'a> Tracker<'a> {
             ServerInfo::Rollback => session.on_command_complete("ROLLBACK"),
             ServerInfo::Ready(status) => {
                 session.on_ready(status);
-                if status == b'I' && server.session.as_slice() != session.applied() {
+                if status == b'I' && session.take_unsure() {
+                    server.session = vec![super::session_state::Setting::unknown()];
+                } else if status == b'I' && server.session.as_slice() != session.applied() {
                     // What ran here is now this connection's state.
                     server.session = session.applied().to_vec();
                 }
