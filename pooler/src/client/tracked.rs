@@ -57,6 +57,12 @@ pub struct Tracker<'a> {
     unnamed_effect: Effect,
 }
 
+/// The most answers of the pooler's own (to a Parse the connection already has, a Close)
+/// that may wait for a client: a client that sends such messages without reading would
+/// otherwise queue answers without end. Answers the server owes need no bound of their own:
+/// the server stops reading when the client stops, and so does the relay. In the README.
+pub const MAX_LOCAL_ANSWERS: usize = 65_536;
+
 /// What processing client bytes found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClientEvent {
@@ -64,6 +70,9 @@ pub enum ClientEvent {
     NeedMore,
     /// The client sent Terminate (left in the buffer, not forwarded).
     Terminate,
+    /// The client went over a limit of the pooler (the message says which); it is to be
+    /// told (SQLSTATE 54000) and closed.
+    OverLimit(&'static str),
 }
 
 impl<'a> Tracker<'a> {
@@ -141,6 +150,11 @@ impl<'a> Tracker<'a> {
             if tag == b'X' {
                 return Ok(ClientEvent::Terminate);
             }
+            if self.pipeline.local_answers() >= MAX_LOCAL_ANSWERS {
+                return Ok(ClientEvent::OverLimit(
+                    "too many requests sent without reading their answers",
+                ));
+            }
             if self.skip_until_sync && tag != b'S' {
                 self.skipping = 5 + body;
                 continue;
@@ -152,8 +166,11 @@ impl<'a> Tracker<'a> {
                     }
                     // Looked at in place: splitting it off would make the buffer shared
                     // and cost an allocation per message.
-                    self.inspect(tag, &input[..5 + body], out, server, tx);
+                    let inspected = self.inspect(tag, &input[..5 + body], out, server, tx);
                     input.advance(5 + body);
+                    if let Err(limit) = inspected {
+                        return Ok(ClientEvent::OverLimit(limit));
+                    }
                 }
                 _ => {
                     match tag {
@@ -187,7 +204,8 @@ impl<'a> Tracker<'a> {
         }
     }
 
-    /// Handles one complete Parse, Bind, Describe, Close or Query message.
+    /// Handles one complete Parse, Bind, Describe, Close or Query message. Err names the
+    /// limit the client went over.
     fn inspect(
         &mut self,
         tag: u8,
@@ -195,11 +213,11 @@ impl<'a> Tracker<'a> {
         out: &mut BytesMut,
         server: &mut ServerConn,
         tx: &mut TxState,
-    ) {
+    ) -> Result<(), &'static str> {
         let body = &msg[5..];
         if tag == b'Q' {
             self.query(msg, out, server, tx);
-            return;
+            return Ok(());
         }
         tx.unsynced = true;
         let mapping = self.policy.max_prepared > 0;
@@ -212,12 +230,12 @@ impl<'a> Tracker<'a> {
                         swallow: false,
                         statement: None,
                     });
-                    return;
+                    return Ok(());
                 };
                 if parse.name.is_empty() || !mapping {
                     let effect = sql::classify(parse.query);
                     if self.refused_extended(&effect) {
-                        return;
+                        return Ok(());
                     }
                     self.unnamed_effect = effect;
                     out.extend_from_slice(msg);
@@ -225,13 +243,15 @@ impl<'a> Tracker<'a> {
                         swallow: false,
                         statement: None,
                     });
-                    return;
+                    return Ok(());
                 }
                 let statement = self.registry.statement(parse.query, &parse.param_types);
                 if self.refused_extended(&statement.effect) {
-                    return;
+                    return Ok(());
                 }
-                self.client.statements.insert(parse.name, statement.clone());
+                self.client
+                    .statements
+                    .insert(parse.name, statement.clone())?;
                 if server.prepared.touch(&statement.name) {
                     self.pipeline.push(Owed::Local(prepared::PARSE_COMPLETE));
                 } else {
@@ -242,7 +262,7 @@ impl<'a> Tracker<'a> {
                 let Ok(bind) = frontend::parse_bind(body) else {
                     out.extend_from_slice(msg);
                     self.pipeline.push(Owed::Bind);
-                    return;
+                    return Ok(());
                 };
                 if bind.statement.is_empty() {
                     let effect = std::mem::replace(&mut self.unnamed_effect, Effect::Other);
@@ -296,6 +316,7 @@ impl<'a> Tracker<'a> {
             }
             _ => {}
         }
+        Ok(())
     }
 
     /// A simple query: every statement in it is classified; state that cannot be carried
