@@ -318,3 +318,117 @@ async fn the_statement_names_of_one_client_are_bounded() {
     assert_eq!(code, "54000", "{message}");
     another_client_gets_through(&f).await;
 }
+
+/// The most memory the weir process has had resident, in MiB (VmHWM).
+fn peak_mib(f: &Fixture) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", f.weir.pid()))
+        .expect("reading weir's /proc status");
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc status");
+    kib >> 10
+}
+
+/// Reads messages until ReadyForQuery; returns the first column of the first DataRow.
+async fn first_value(stream: &mut TcpStream) -> Vec<u8> {
+    let mut value = None;
+    loop {
+        let (tag, body) = tokio::time::timeout(PROMPTLY, read_message(stream))
+            .await
+            .expect("an answer")
+            .expect("the connection stayed open");
+        assert_ne!(tag, b'E', "{}", String::from_utf8_lossy(&body));
+        match tag {
+            b'D' if value.is_none() => value = Some(body[6..].to_vec()),
+            b'Z' => return value.expect("a row"),
+            _ => {}
+        }
+    }
+}
+
+/// Big enough to show in the pooler's peak memory if held whole.
+const BIG: usize = 128 << 20;
+
+#[tokio::test]
+async fn a_message_over_max_packet_size_is_refused_after_its_header() {
+    let f = one_connection(&["max_packet_size = 1048576"]).await;
+    let mut stream = raw_login(f.weir.port()).await;
+    let mut header = vec![b'Q'];
+    header.extend_from_slice(&(300u32 << 20).to_be_bytes());
+    stream.write_all(&header).await.unwrap();
+    let (code, message) = error_then_close(&mut stream).await;
+    assert_eq!(code, "08P01", "{message}");
+    another_client_gets_through(&f).await;
+}
+
+#[tokio::test]
+async fn a_big_bind_streams_through_in_transaction_mode() {
+    let f = one_connection(&[]).await;
+    let mut stream = raw_login(f.weir.port()).await;
+    // A named statement taking one bytea (OID 17).
+    let mut body = b"big\0SELECT length($1)\0".to_vec();
+    body.extend_from_slice(&1u16.to_be_bytes());
+    body.extend_from_slice(&17u32.to_be_bytes());
+    let mut batch = message(b'P', &body);
+    batch.extend(message(b'S', &[]));
+    stream.write_all(&batch).await.unwrap();
+    while read_message(&mut stream).await.expect("ParseComplete").0 != b'Z' {}
+
+    // Bind: portal "", statement "big", one binary parameter of BIG bytes, text results.
+    let mut body = b"\0big\0".to_vec();
+    body.extend_from_slice(&[0, 1, 0, 1, 0, 1]);
+    body.extend_from_slice(&u32::try_from(BIG).unwrap().to_be_bytes());
+    body.resize(body.len() + BIG, b'x');
+    body.extend_from_slice(&[0, 0]);
+    let mut batch = message(b'B', &body);
+    drop(body);
+    batch.extend(message(b'E', &[0, 0, 0, 0, 0]));
+    batch.extend(message(b'S', &[]));
+    stream.write_all(&batch).await.unwrap();
+    drop(batch);
+    assert_eq!(first_value(&mut stream).await, BIG.to_string().as_bytes());
+    let peak = peak_mib(&f);
+    assert!(peak < 64, "weir's peak memory was {peak} MiB");
+}
+
+#[tokio::test]
+async fn a_big_query_streams_through_in_transaction_mode() {
+    let f = one_connection(&[]).await;
+    let mut stream = raw_login(f.weir.port()).await;
+    let mut sql = b"SELECT length('".to_vec();
+    sql.resize(sql.len() + BIG, b'x');
+    sql.extend_from_slice(b"')\0");
+    let query = message(b'Q', &sql);
+    drop(sql);
+    stream.write_all(&query).await.unwrap();
+    drop(query);
+    assert_eq!(first_value(&mut stream).await, BIG.to_string().as_bytes());
+    let peak = peak_mib(&f);
+    assert!(peak < 64, "weir's peak memory was {peak} MiB");
+}
+
+#[tokio::test]
+async fn a_query_too_big_to_inspect_is_refused_with_pinning_refuse() {
+    let f = one_connection(&["pinning = refuse"]).await;
+    let mut stream = raw_login(f.weir.port()).await;
+    // What a query that big does cannot be known, so it would pin the client.
+    let mut sql = b"SELECT length('".to_vec();
+    sql.resize(sql.len() + (17 << 20), b'x');
+    sql.extend_from_slice(b"')\0");
+    stream.write_all(&message(b'Q', &sql)).await.unwrap();
+    let (tag, body) = read_message(&mut stream).await.expect("an answer");
+    assert_eq!(tag, b'E', "{}", String::from_utf8_lossy(&body));
+    assert!(body.windows(6).any(|w| w == b"C0A000"), "{body:?}");
+    assert_eq!(
+        read_message(&mut stream).await.expect("ReadyForQuery").0,
+        b'Z'
+    );
+    // The session goes on.
+    stream
+        .write_all(&message(b'Q', b"SELECT 'on'\0"))
+        .await
+        .unwrap();
+    assert_eq!(first_value(&mut stream).await, b"on");
+}
