@@ -230,6 +230,34 @@ async fn query_timeout_frees_the_connection_of_a_client_that_does_not_read() {
 }
 
 #[tokio::test]
+async fn query_timeout_is_not_extended_by_a_client_reading_slowly() {
+    let f = one_connection(&["query_timeout = 2"]).await;
+    let mut stream = raw_login(f.weir.port()).await;
+    stream
+        .write_all(&message(
+            b'Q',
+            b"SELECT repeat('x', 1000) FROM generate_series(1, 1000000)\0",
+        ))
+        .await
+        .unwrap();
+    // Read steadily but slowly: the pooler makes progress every few hundred milliseconds,
+    // and the whole answer (a gigabyte) would take over a minute at this pace.
+    let mut chunk = vec![0; 256 << 10];
+    let trickle = async {
+        while let Ok(n) = stream.read(&mut chunk).await {
+            if n == 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(PROMPTLY * 3, trickle)
+        .await
+        .expect("the slowly read query was never timed out");
+    another_client_gets_through(&f).await;
+}
+
+#[tokio::test]
 async fn a_pinned_client_is_closed_by_client_idle_timeout() {
     let f = one_connection(&["client_idle_timeout = 1"]).await;
     let pinned = f.client().await.unwrap();

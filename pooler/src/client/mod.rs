@@ -582,6 +582,7 @@ impl Session {
             }
             Outcome::ServerFailed(why) => {
                 tracing::warn!(pool = %self.pool.key(), %why, "server connection failed during a client's work");
+                drop(checkout);
                 self.fatal(PgError::fatal(
                     "08006",
                     format!("server connection failed: {why}"),

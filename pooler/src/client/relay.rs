@@ -357,13 +357,17 @@ impl<'a> Relay<'a> {
         }
     }
 
-    /// Re-arms the timer when the state calls for a different timeout; activity restarts it.
-    fn rearm_timer(&mut self) {
+    /// Re-arms the timer when the state calls for a different timeout; activity restarts it,
+    /// except that `query_timeout` counts from the client's last request (`client_sent`), as
+    /// PgBouncer's does: an answer streaming out, however slowly, does not extend it.
+    fn rearm_timer(&mut self, client_sent: bool) {
         match self.wanted_timer() {
             None => self.timer = None,
             Some((kind, after)) => {
                 let deadline = tokio::time::Instant::now() + after;
                 match &mut self.timer {
+                    Some((TimeoutKind::Query, _)) if kind == TimeoutKind::Query && !client_sent => {
+                    }
                     Some((k, sleep)) if *k == kind => sleep.as_mut().reset(deadline),
                     _ => self.timer = Some((kind, Box::pin(tokio::time::sleep_until(deadline)))),
                 }
@@ -398,7 +402,7 @@ impl Future for Relay<'_> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
         let this = self.get_mut();
         if this.timer.is_none() && this.timers_enabled() {
-            this.rearm_timer();
+            this.rearm_timer(true);
         }
         // Bytes read before the relay started are scanned first (tracked mode processes them
         // in its loop).
@@ -413,6 +417,7 @@ impl Future for Relay<'_> {
         }
         loop {
             let mut progressed = false;
+            let mut client_sent = false;
 
             // Client -> server: send what is ready, then read more.
             if this.tracker.is_some() {
@@ -426,6 +431,7 @@ impl Future for Relay<'_> {
                         Poll::Ready(Ok(n)) => {
                             this.c2s_out.advance(n);
                             this.counts.bytes_received += n as u64;
+                            client_sent = true;
                             progressed = true;
                         }
                         Poll::Ready(Err(e)) => {
@@ -463,6 +469,7 @@ impl Future for Relay<'_> {
                             this.client_buf.advance(n);
                             this.c2s.scanned -= n;
                             this.counts.bytes_received += n as u64;
+                            client_sent = true;
                             progressed = true;
                         }
                         Poll::Ready(Err(e)) => {
@@ -589,7 +596,7 @@ impl Future for Relay<'_> {
 
             if progressed {
                 if this.timers_enabled() {
-                    this.rearm_timer();
+                    this.rearm_timer(client_sent);
                 }
                 continue;
             }
