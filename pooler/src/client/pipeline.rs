@@ -191,6 +191,27 @@ mod tests {
     }
 
     #[test]
+    fn local_answers_are_counted_until_they_leave() {
+        let local = || Owed::Local(Bytes::from_static(b"L"));
+        let mut p = Pipeline::default();
+        p.push(Owed::Bind);
+        p.push(local());
+        p.push(Owed::Execute);
+        p.push(local());
+        p.push(Owed::Sync);
+        p.push(local());
+        assert_eq!(p.local_answers(), 3);
+        // An error skips to the Sync, dropping the local answers on the way.
+        assert_eq!(p.on_server_message(b'E', |_| {}), Verdict::Forward);
+        assert_eq!(p.local_answers(), 1);
+        assert_eq!(p.on_server_message(b'Z', |_| {}), Verdict::Forward);
+        let mut out = bytes::BytesMut::new();
+        assert!(p.take_local(&mut out));
+        assert_eq!(p.local_answers(), 0);
+        assert!(p.is_empty());
+    }
+
+    #[test]
     fn a_local_answer_goes_out_in_order() {
         let mut p = Pipeline::default();
         p.push(Owed::Bind);
