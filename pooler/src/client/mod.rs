@@ -454,12 +454,16 @@ impl Session {
         Ok(())
     }
 
-    /// Borrows a server connection, noticing meanwhile if the client goes away.
+    /// Borrows a server connection, noticing meanwhile if the client goes away. What the
+    /// client sends meanwhile is read up to `pkt_buf` bytes; past that the client is not read
+    /// (it waits, as its socket fills) until it has a connection.
     async fn checkout(&mut self, deadline: Instant) -> Result<Checkout, &'static str> {
         let pool = self.pool.clone();
+        let bound = self.pooler.config_now().pgbouncer.pkt_buf as usize;
         let checkout = pool.checkout(deadline);
         tokio::pin!(checkout);
         loop {
+            let reading = self.buf.len() < bound;
             tokio::select! {
                 result = &mut checkout => {
                     return match result {
@@ -470,7 +474,7 @@ impl Session {
                         }
                     };
                 }
-                read = self.stream.read_buf(&mut self.buf) => match read {
+                read = self.stream.read_buf(&mut self.buf), if reading => match read {
                     Ok(0) | Err(_) => return Err("client left while waiting for a server connection"),
                     Ok(_) => {}
                 },
@@ -575,19 +579,29 @@ impl Session {
                     } else {
                         checkout.release();
                     }
+                } else {
+                    self.abandon(checkout, &tx).await;
                 }
                 Err("client closed the connection")
             }
             Outcome::ClientFailed(e) => {
                 tracing::debug!(error = %e, "client socket failed");
+                self.abandon(checkout, &tx).await;
                 Err("client connection failed")
             }
             Outcome::ClientProtocol(e) => {
+                self.abandon(checkout, &tx).await;
                 self.fatal(e.to_pg_error()).await;
                 Err("client protocol violation")
             }
+            Outcome::ClientOverLimit(limit) => {
+                self.abandon(checkout, &tx).await;
+                self.fatal(PgError::fatal("54000", limit)).await;
+                Err("client went over a limit")
+            }
             Outcome::ServerFailed(why) => {
                 tracing::warn!(pool = %self.pool.key(), %why, "server connection failed during a client's work");
+                drop(checkout);
                 self.fatal(PgError::fatal(
                     "08006",
                     format!("server connection failed: {why}"),
@@ -595,7 +609,7 @@ impl Session {
                 .await;
                 Err("server connection failed")
             }
-            Outcome::Timeout(kind) => {
+            Outcome::Timeout { kind, server_idle } => {
                 let (code, message, reason) = match kind {
                     TimeoutKind::Query => (
                         "57014",
@@ -613,13 +627,39 @@ impl Session {
                         "client_idle_timeout",
                     ),
                 };
-                if tx.is_idle() {
+                // The connection is given back (or closed) before the client is told: a
+                // client that does not read must not keep it.
+                if server_idle {
                     reset_and_release(checkout, &self.reset_query()).await;
+                } else {
+                    self.abandon(checkout, &tx).await;
                 }
                 self.fatal(PgError::fatal(code, message)).await;
                 Err(reason)
             }
         }
+    }
+
+    /// Closes a server connection the client left in use; a query still running on it is
+    /// cancelled first (with the server's own key), so that no orphaned work holds a backend.
+    fn abandon(
+        &self,
+        mut checkout: Checkout,
+        tx: &TxState,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        let running = tx.outstanding > 0;
+        // Boxed: a rare path, kept out of every client task's size.
+        Box::pin(async move {
+            if running {
+                let server = checkout.server();
+                let (addr, key) = (server.addr.clone(), server.key);
+                let keepalive = app::keepalive(&self.pooler.config());
+                if let Err(e) = server::send_cancel(&addr, key, &keepalive).await {
+                    tracing::warn!(error = %e, server = %addr, "could not cancel an abandoned query");
+                }
+            }
+            drop(checkout);
+        })
     }
 
     /// `server_reset_query` as configured now; read only when a connection needs resetting.
@@ -638,10 +678,17 @@ impl Session {
         let mut out = BytesMut::new();
         backend::error_response(&mut out, &e);
         async move {
-            let _ = wire::flush(&mut self.stream, &mut out).await;
+            // Bounded: a client that does not read must not keep its task forever. Boxed, to
+            // keep the timer out of the states of every client task.
+            let farewell = wire::flush(&mut self.stream, &mut out);
+            let _ = Box::pin(tokio::time::timeout(FAREWELL_TIMEOUT, farewell)).await;
         }
     }
 }
+
+/// How long a client is given to take its last message (a FATAL error) before its
+/// connection is closed without it.
+const FAREWELL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The largest client message relayed: `max_packet_size`, and never more than PostgreSQL
 /// itself accepts (1 GB), so an absurd length is refused here rather than by the server.

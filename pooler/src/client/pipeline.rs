@@ -58,12 +58,22 @@ pub enum Verdict {
 #[derive(Debug, Default)]
 pub struct Pipeline {
     owed: VecDeque<Owed>,
+    /// How many entries are [`Owed::Local`].
+    local: usize,
 }
 
 impl Pipeline {
     /// Records what a message just sent (or answered locally) will produce.
     pub fn push(&mut self, owed: Owed) {
+        if matches!(owed, Owed::Local(_)) {
+            self.local += 1;
+        }
         self.owed.push_back(owed);
+    }
+
+    /// How many of the owed answers are the pooler's own.
+    pub fn local_answers(&self) -> usize {
+        self.local
     }
 
     /// Nothing is owed.
@@ -99,6 +109,7 @@ impl Pipeline {
         while let Some(Owed::Local(bytes)) = self.owed.front() {
             out.extend_from_slice(bytes);
             self.owed.pop_front();
+            self.local -= 1;
             any = true;
         }
         any
@@ -151,6 +162,7 @@ impl Pipeline {
                     statement: Some(name),
                     ..
                 } => forget(name),
+                Owed::Local(_) => self.local -= 1,
                 _ => {}
             }
             self.owed.pop_front();
@@ -176,6 +188,27 @@ mod tests {
             swallow,
             statement: Some(name.into()),
         }
+    }
+
+    #[test]
+    fn local_answers_are_counted_until_they_leave() {
+        let local = || Owed::Local(Bytes::from_static(b"L"));
+        let mut p = Pipeline::default();
+        p.push(Owed::Bind);
+        p.push(local());
+        p.push(Owed::Execute);
+        p.push(local());
+        p.push(Owed::Sync);
+        p.push(local());
+        assert_eq!(p.local_answers(), 3);
+        // An error skips to the Sync, dropping the local answers on the way.
+        assert_eq!(p.on_server_message(b'E', |_| {}), Verdict::Forward);
+        assert_eq!(p.local_answers(), 1);
+        assert_eq!(p.on_server_message(b'Z', |_| {}), Verdict::Forward);
+        let mut out = bytes::BytesMut::new();
+        assert!(p.take_local(&mut out));
+        assert_eq!(p.local_answers(), 0);
+        assert!(p.is_empty());
     }
 
     #[test]

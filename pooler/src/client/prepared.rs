@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use bytes::Bytes;
 
@@ -32,11 +32,29 @@ pub struct Statement {
 /// A statement's identity: its text and declared parameter types.
 type StatementKey = (String, Vec<u32>);
 
-/// Pooler-wide statement names: one per distinct (query, parameter types).
+/// The most named statements one client may hold (transaction and statement modes), and the
+/// most bytes of statement text among them. Past either, the client is told (SQLSTATE 54000)
+/// and closed. Documented in the README.
+pub const MAX_CLIENT_STATEMENTS: usize = 10_000;
+/// See [`MAX_CLIENT_STATEMENTS`].
+pub const MAX_CLIENT_STATEMENT_BYTES: usize = 64 << 20;
+
+/// Pooler-wide statement names: one per distinct (query, parameter types) that some client
+/// still names. The registry holds statements weakly: a statement no client names any more
+/// is forgotten (a later Parse of the same text gets a new name), so the registry is bounded
+/// by what the clients hold.
 #[derive(Debug, Default)]
 pub struct StatementRegistry {
-    names: Mutex<HashMap<StatementKey, Arc<Statement>>>,
+    names: Mutex<Names>,
     next: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct Names {
+    by_key: HashMap<StatementKey, Weak<Statement>>,
+    /// Entries after the last sweep of forgotten statements; the next sweep comes at twice
+    /// that, which keeps sweeping amortised constant time per new statement.
+    swept_at: usize,
 }
 
 impl StatementRegistry {
@@ -44,8 +62,12 @@ impl StatementRegistry {
     pub fn statement(&self, query: &str, param_types: &[u32]) -> Arc<Statement> {
         let mut names = self.names.lock().unwrap_or_else(|p| p.into_inner());
         let key = (query.to_owned(), param_types.to_vec());
-        if let Some(s) = names.get(&key) {
-            return s.clone();
+        if let Some(s) = names.by_key.get(&key).and_then(Weak::upgrade) {
+            return s;
+        }
+        if names.by_key.len() >= (2 * names.swept_at).max(1024) {
+            names.by_key.retain(|_, s| s.strong_count() > 0);
+            names.swept_at = names.by_key.len();
         }
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         let statement = Arc::new(Statement {
@@ -54,13 +76,18 @@ impl StatementRegistry {
             param_types: key.1.clone(),
             effect: sql::classify(query),
         });
-        names.insert(key, statement.clone());
+        names.by_key.insert(key, Arc::downgrade(&statement));
         statement
     }
 
-    /// How many distinct statements have been seen.
+    /// How many distinct statements clients hold.
     pub fn len(&self) -> usize {
-        self.names.lock().unwrap_or_else(|p| p.into_inner()).len()
+        let names = self.names.lock().unwrap_or_else(|p| p.into_inner());
+        names
+            .by_key
+            .values()
+            .filter(|s| s.strong_count() > 0)
+            .count()
     }
 
     /// Whether none has been seen.
@@ -132,6 +159,8 @@ impl PreparedSet {
 #[derive(Debug, Default)]
 pub struct ClientStatements {
     by_name: HashMap<String, Arc<Statement>>,
+    /// Bytes of statement text the names refer to.
+    text_bytes: usize,
 }
 
 impl ClientStatements {
@@ -140,9 +169,20 @@ impl ClientStatements {
         self.by_name.len()
     }
 
-    /// Binds the client's `name` to `statement`.
-    pub fn insert(&mut self, name: &str, statement: Arc<Statement>) {
+    /// Binds the client's `name` to `statement`. Err names the limit this would go over
+    /// ([`MAX_CLIENT_STATEMENTS`], [`MAX_CLIENT_STATEMENT_BYTES`]); nothing changes then.
+    pub fn insert(&mut self, name: &str, statement: Arc<Statement>) -> Result<(), &'static str> {
+        let replaced = self.by_name.get(name).map(|s| s.query.len());
+        if replaced.is_none() && self.by_name.len() >= MAX_CLIENT_STATEMENTS {
+            return Err("too many prepared statements on one client connection");
+        }
+        let text_bytes = self.text_bytes - replaced.unwrap_or(0) + statement.query.len();
+        if text_bytes > MAX_CLIENT_STATEMENT_BYTES {
+            return Err("too much prepared statement text on one client connection");
+        }
+        self.text_bytes = text_bytes;
         self.by_name.insert(name.to_owned(), statement);
+        Ok(())
     }
 
     /// The statement the client calls `name`.
@@ -152,12 +192,15 @@ impl ClientStatements {
 
     /// Forgets the client's `name` (Close).
     pub fn remove(&mut self, name: &str) {
-        self.by_name.remove(name);
+        if let Some(s) = self.by_name.remove(name) {
+            self.text_bytes -= s.query.len();
+        }
     }
 
     /// Forgets all (DISCARD ALL, DEALLOCATE ALL).
     pub fn clear(&mut self) {
         self.by_name.clear();
+        self.text_bytes = 0;
     }
 }
 
@@ -192,6 +235,47 @@ mod tests {
     }
 
     #[test]
+    fn statements_no_client_holds_are_forgotten() {
+        let r = StatementRegistry::default();
+        let kept = r.statement("SELECT 'kept'", &[]);
+        for i in 0..5000 {
+            drop(r.statement(&format!("SELECT {i}"), &[]));
+        }
+        assert_eq!(r.len(), 1);
+        let stored = r
+            .names
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .by_key
+            .len();
+        assert!(stored <= 2048, "{stored} entries kept for 1 live statement");
+        assert_eq!(r.statement("SELECT 'kept'", &[]).name, kept.name);
+    }
+
+    #[test]
+    fn a_client_holds_a_bounded_number_of_statements() {
+        let r = StatementRegistry::default();
+        let mut c = ClientStatements::default();
+        let s = r.statement("SELECT 1", &[]);
+        for i in 0..MAX_CLIENT_STATEMENTS {
+            c.insert(&format!("s{i}"), s.clone()).unwrap();
+        }
+        assert!(c.insert("one more", s.clone()).is_err());
+        // Renaming an existing name is no growth.
+        c.insert("s0", r.statement("SELECT 2", &[])).unwrap();
+        c.remove("s1");
+        c.insert("one more", s).unwrap();
+        assert_eq!(c.len(), MAX_CLIENT_STATEMENTS);
+
+        let mut c = ClientStatements::default();
+        let big = r.statement(&"x".repeat(MAX_CLIENT_STATEMENT_BYTES / 2 + 1), &[]);
+        c.insert("a", big.clone()).unwrap();
+        assert!(c.insert("b", big.clone()).is_err());
+        c.clear();
+        c.insert("b", big).unwrap();
+    }
+
+    #[test]
     fn least_recently_used_is_evicted() {
         let mut s = PreparedSet::default();
         let (a, b, c): (Arc<str>, Arc<str>, Arc<str>) = ("a".into(), "b".into(), "c".into());
@@ -211,7 +295,7 @@ mod tests {
         let r = StatementRegistry::default();
         let mut one = ClientStatements::default();
         let two = ClientStatements::default();
-        one.insert("P_0", r.statement("SELECT 1", &[]));
+        one.insert("P_0", r.statement("SELECT 1", &[])).unwrap();
         assert!(one.get("P_0").is_some());
         assert!(two.get("P_0").is_none());
         one.remove("P_0");

@@ -48,10 +48,17 @@ pub enum Outcome {
     ClientFailed(io::Error),
     /// The client sent bytes that are not protocol messages.
     ClientProtocol(ProtocolError),
+    /// The client went over a limit of the pooler (the message says which).
+    ClientOverLimit(&'static str),
     /// The server closed, failed, or sent garbage.
     ServerFailed(String),
-    /// A timeout fired.
-    Timeout(TimeoutKind),
+    /// A timeout fired. `server_idle` tells whether the server connection is idle and clean.
+    Timeout {
+        /// Which timeout.
+        kind: TimeoutKind,
+        /// Whether the server connection can be reused.
+        server_idle: bool,
+    },
 }
 
 /// Which timeout ended a relay.
@@ -61,7 +68,8 @@ pub enum TimeoutKind {
     Query,
     /// `idle_transaction_timeout`: a transaction sat idle too long.
     IdleTransaction,
-    /// `client_idle_timeout`: a session-mode client sat idle too long.
+    /// `client_idle_timeout`: a client holding its connection while idle (session mode, or
+    /// pinned) sat idle too long.
     ClientIdle,
 }
 
@@ -150,17 +158,21 @@ impl<'a> Relay<'a> {
     }
 
     /// Tracked mode: processes buffered client messages into `c2s_out`.
-    fn process_client(&mut self) -> Result<(), ProtocolError> {
+    fn process_client(&mut self) -> Result<(), Outcome> {
         if let Some(t) = &mut self.tracker {
-            let event = t.process_client(
-                self.client_buf,
-                &mut self.c2s_out,
-                self.server,
-                self.tx,
-                self.max_client_message,
-            )?;
-            if event == ClientEvent::Terminate {
-                self.client_done = true;
+            let event = t
+                .process_client(
+                    self.client_buf,
+                    &mut self.c2s_out,
+                    self.server,
+                    self.tx,
+                    self.max_client_message,
+                )
+                .map_err(Outcome::ClientProtocol)?;
+            match event {
+                ClientEvent::NeedMore => {}
+                ClientEvent::Terminate => self.client_done = true,
+                ClientEvent::OverLimit(limit) => return Err(Outcome::ClientOverLimit(limit)),
             }
         }
         Ok(())
@@ -296,28 +308,66 @@ impl<'a> Relay<'a> {
         Ok(())
     }
 
-    /// The timeout that applies in the current state, if any.
+    /// Whether the client has sent part of a message: a header or body not yet complete, or
+    /// bytes not yet written to the server.
+    fn client_mid_message(&self) -> bool {
+        match &self.tracker {
+            Some(t) => !t.at_rest() || !self.client_buf.is_empty() || !self.c2s_out.is_empty(),
+            None => !self.c2s.at_rest() || self.client_buf.len() > self.c2s.scanned,
+        }
+    }
+
+    /// Whether nothing sent to the server is half a message (bytes of the client's message
+    /// went out but not all of them).
+    fn server_input_whole(&self) -> bool {
+        match &self.tracker {
+            Some(t) => t.at_rest() && self.c2s_out.is_empty(),
+            None => self.c2s.remaining == 0 && self.c2s.scanned == 0,
+        }
+    }
+
+    /// Whether the server connection is idle and clean: nothing owed either way, nothing
+    /// half-sent to it, nothing of its unread.
+    fn server_idle(&self) -> bool {
+        let settled = self.tracker.as_ref().is_none_or(Tracker::settled);
+        self.tx.is_idle()
+            && settled
+            && self.server_input_whole()
+            && self.s2c.at_rest()
+            && self.server.buf.is_empty()
+    }
+
+    /// The timeout that applies in the current state, if any. A client that has not read all
+    /// of an answer is still running its query; one with extended-protocol work not yet
+    /// synced, or half a message sent, holds the connection as a transaction does; a pinned
+    /// client idles on its connection as a session-mode client does.
     fn wanted_timer(&self) -> Option<(TimeoutKind, Duration)> {
         let t = &self.timeouts;
-        if self.tx.outstanding > 0 {
+        let answering = self.s2c.scanned > 0 || self.s2c.remaining > 0;
+        let pinned = self.tracker.as_ref().is_some_and(Tracker::pinned);
+        if self.tx.outstanding > 0 || answering || !self.s2c_local.is_empty() {
             (!t.query.is_zero()).then_some((TimeoutKind::Query, t.query))
-        } else if self.tx.status != b'I' {
+        } else if self.tx.status != b'I' || self.tx.unsynced || self.client_mid_message() {
             (!t.idle_transaction.is_zero())
                 .then_some((TimeoutKind::IdleTransaction, t.idle_transaction))
-        } else if !self.policy.release_when_idle {
+        } else if !self.policy.release_when_idle || pinned {
             (!t.client_idle.is_zero()).then_some((TimeoutKind::ClientIdle, t.client_idle))
         } else {
             None
         }
     }
 
-    /// Re-arms the timer when the state calls for a different timeout; activity restarts it.
-    fn rearm_timer(&mut self) {
+    /// Re-arms the timer when the state calls for a different timeout; activity restarts it,
+    /// except that `query_timeout` counts from the client's last request (`client_sent`), as
+    /// PgBouncer's does: an answer streaming out, however slowly, does not extend it.
+    fn rearm_timer(&mut self, client_sent: bool) {
         match self.wanted_timer() {
             None => self.timer = None,
             Some((kind, after)) => {
                 let deadline = tokio::time::Instant::now() + after;
                 match &mut self.timer {
+                    Some((TimeoutKind::Query, _)) if kind == TimeoutKind::Query && !client_sent => {
+                    }
                     Some((k, sleep)) if *k == kind => sleep.as_mut().reset(deadline),
                     _ => self.timer = Some((kind, Box::pin(tokio::time::sleep_until(deadline)))),
                 }
@@ -352,7 +402,7 @@ impl Future for Relay<'_> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
         let this = self.get_mut();
         if this.timer.is_none() && this.timers_enabled() {
-            this.rearm_timer();
+            this.rearm_timer(true);
         }
         // Bytes read before the relay started are scanned first (tracked mode processes them
         // in its loop).
@@ -367,6 +417,7 @@ impl Future for Relay<'_> {
         }
         loop {
             let mut progressed = false;
+            let mut client_sent = false;
 
             // Client -> server: send what is ready, then read more.
             if this.tracker.is_some() {
@@ -380,6 +431,7 @@ impl Future for Relay<'_> {
                         Poll::Ready(Ok(n)) => {
                             this.c2s_out.advance(n);
                             this.counts.bytes_received += n as u64;
+                            client_sent = true;
                             progressed = true;
                         }
                         Poll::Ready(Err(e)) => {
@@ -389,8 +441,8 @@ impl Future for Relay<'_> {
                     }
                 }
                 if this.c2s_out.is_empty() && !this.client_done && this.stop.is_none() {
-                    if let Err(e) = this.process_client() {
-                        return Poll::Ready(Outcome::ClientProtocol(e));
+                    if let Err(outcome) = this.process_client() {
+                        return Poll::Ready(outcome);
                     }
                     if !this.c2s_out.is_empty() {
                         progressed = true;
@@ -417,6 +469,7 @@ impl Future for Relay<'_> {
                             this.client_buf.advance(n);
                             this.c2s.scanned -= n;
                             this.counts.bytes_received += n as u64;
+                            client_sent = true;
                             progressed = true;
                         }
                         Poll::Ready(Err(e)) => {
@@ -459,7 +512,9 @@ impl Future for Relay<'_> {
                     Poll::Pending => {}
                 }
             }
-            if this.s2c.scanned == 0 && this.s2c.remaining == 0 {
+            // One batch of the pooler's own answers at a time: the rest wait, counted, in
+            // the pipeline (MAX_LOCAL_ANSWERS) while the client does not read.
+            if this.s2c.scanned == 0 && this.s2c.remaining == 0 && this.s2c_local.is_empty() {
                 if let Some(t) = &mut this.tracker {
                     if t.take_local(&mut this.s2c_local) {
                         progressed = true;
@@ -534,23 +589,24 @@ impl Future for Relay<'_> {
                 }
             }
             if this.client_done && this.c2s.scanned == 0 && this.c2s_out.is_empty() {
-                let settled = this.tracker.as_ref().is_none_or(Tracker::settled);
-                let server_idle = this.tx.is_idle()
-                    && settled
-                    && this.s2c.at_rest()
-                    && this.server.buf.is_empty();
-                return Poll::Ready(Outcome::ClientGone { server_idle });
+                return Poll::Ready(Outcome::ClientGone {
+                    server_idle: this.server_idle(),
+                });
             }
 
             if progressed {
                 if this.timers_enabled() {
-                    this.rearm_timer();
+                    this.rearm_timer(client_sent);
                 }
                 continue;
             }
             if let Some((kind, sleep)) = &mut this.timer {
                 if sleep.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Outcome::Timeout(*kind));
+                    let kind = *kind;
+                    return Poll::Ready(Outcome::Timeout {
+                        kind,
+                        server_idle: this.server_idle(),
+                    });
                 }
             }
             return Poll::Pending;

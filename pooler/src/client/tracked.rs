@@ -6,7 +6,7 @@
 //! bytes to send the server and the entries of the [`Pipeline`] that say what the server (or
 //! the pooler itself) will answer.
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, BufMut, BytesMut};
 
 use super::pipeline::{Owed, Pipeline, Verdict};
 use super::prepared::{self, ClientStatements, Statement, StatementRegistry};
@@ -57,6 +57,20 @@ pub struct Tracker<'a> {
     unnamed_effect: Effect,
 }
 
+/// The most answers of the pooler's own (to a Parse the connection already has, a Close)
+/// that may wait for a client: a client that sends such messages without reading would
+/// otherwise queue answers without end. Answers the server owes need no bound of their own:
+/// the server stops reading when the client stops, and so does the relay. In the README.
+pub const MAX_LOCAL_ANSWERS: usize = 65_536;
+
+/// The largest Parse, Bind, Describe, Close or Query held whole to be looked at; bigger ones
+/// are streamed or refused (see `Tracker::oversized`), so that one message cannot make the
+/// pooler hold up to `max_packet_size` for a client. In the README.
+pub const MAX_INSPECTED_MESSAGE: usize = 16 << 20;
+
+/// What [`MAX_INSPECTED_MESSAGE`] refuses or pins, in messages to the client.
+const OVERSIZED: &str = "a message over 16 MiB";
+
 /// What processing client bytes found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClientEvent {
@@ -64,6 +78,9 @@ pub enum ClientEvent {
     NeedMore,
     /// The client sent Terminate (left in the buffer, not forwarded).
     Terminate,
+    /// The client went over a limit of the pooler (the message says which); it is to be
+    /// told (SQLSTATE 54000) and closed.
+    OverLimit(&'static str),
 }
 
 impl<'a> Tracker<'a> {
@@ -141,19 +158,32 @@ impl<'a> Tracker<'a> {
             if tag == b'X' {
                 return Ok(ClientEvent::Terminate);
             }
+            if self.pipeline.local_answers() >= MAX_LOCAL_ANSWERS {
+                return Ok(ClientEvent::OverLimit(
+                    "too many requests sent without reading their answers",
+                ));
+            }
             if self.skip_until_sync && tag != b'S' {
                 self.skipping = 5 + body;
                 continue;
             }
             match tag {
+                b'P' | b'B' | b'D' | b'C' | b'Q' if 5 + body > MAX_INSPECTED_MESSAGE => {
+                    if !self.oversized(tag, body, input, out, server, tx) {
+                        return Ok(ClientEvent::NeedMore);
+                    }
+                }
                 b'P' | b'B' | b'D' | b'C' | b'Q' => {
                     if input.len() < 5 + body {
                         return Ok(ClientEvent::NeedMore);
                     }
                     // Looked at in place: splitting it off would make the buffer shared
                     // and cost an allocation per message.
-                    self.inspect(tag, &input[..5 + body], out, server, tx);
+                    let inspected = self.inspect(tag, &input[..5 + body], out, server, tx);
                     input.advance(5 + body);
+                    if let Err(limit) = inspected {
+                        return Ok(ClientEvent::OverLimit(limit));
+                    }
                 }
                 _ => {
                     match tag {
@@ -187,7 +217,124 @@ impl<'a> Tracker<'a> {
         }
     }
 
-    /// Handles one complete Parse, Bind, Describe, Close or Query message.
+    /// A Parse, Bind, Describe, Close or Query too big to hold whole. A Query goes through
+    /// unread, which pins the client (what it does cannot be known) or, with
+    /// `pinning = refuse`, is refused; a Bind goes through as it arrives once its names are
+    /// read (and rewritten); a Parse, Describe or Close that big is refused with 54000.
+    /// False when more bytes are needed first.
+    fn oversized(
+        &mut self,
+        tag: u8,
+        body: usize,
+        input: &mut BytesMut,
+        out: &mut BytesMut,
+        server: &mut ServerConn,
+        tx: &mut TxState,
+    ) -> bool {
+        match tag {
+            b'Q' => {
+                if self.policy.pinning == Pinning::Refuse && self.client.pinned.is_none() {
+                    let mut local = BytesMut::new();
+                    backend::error_response(&mut local, &refusal(OVERSIZED));
+                    let status = if tx.status == b'I' { b'I' } else { b'E' };
+                    backend::ready_for_query(&mut local, status);
+                    self.pipeline.push(Owed::Local(local.freeze()));
+                    self.skipping = 5 + body;
+                    return true;
+                }
+                self.apply(&Effect::Pin(OVERSIZED), None);
+                self.pipeline.push(Owed::Query);
+                tx.outstanding += 1;
+                tx.unsynced = false;
+                out.extend_from_slice(&input[..5]);
+                input.advance(5);
+                self.remaining = body;
+                true
+            }
+            b'B' => {
+                // The portal's and the statement's names end at the first two NULs.
+                let seen = &input[5..input.len().min(5 + body)];
+                let mut nuls = seen.iter().enumerate().filter(|(_, &b)| b == 0);
+                let names_end = match (nuls.next(), nuls.next()) {
+                    (Some((p, _)), Some((n, _))) => (p, 5 + n + 1),
+                    _ if seen.len() < body.min(MAX_INSPECTED_MESSAGE) => return false,
+                    _ => {
+                        self.refuse_oversized(body);
+                        return true;
+                    }
+                };
+                self.stream_bind(names_end, body, input, out, server);
+                tx.unsynced = true;
+                true
+            }
+            _ => {
+                self.refuse_oversized(body);
+                true
+            }
+        }
+    }
+
+    /// Sends the start of a Bind too big to hold whole, its statement name rewritten as
+    /// for a whole one, and leaves the rest to stream. `names` is where the portal's name
+    /// ends in the body and where the statement's ends in `input`.
+    fn stream_bind(
+        &mut self,
+        (portal_end, names_end): (usize, usize),
+        body: usize,
+        input: &mut BytesMut,
+        out: &mut BytesMut,
+        server: &mut ServerConn,
+    ) {
+        let rest = 5 + body - names_end;
+        let portal = &input[5..5 + portal_end];
+        let name = &input[5 + portal_end + 1..names_end - 1];
+        let statement = match std::str::from_utf8(name) {
+            Ok(n) if !n.is_empty() && self.policy.max_prepared > 0 => {
+                self.client.statements.get(n).cloned()
+            }
+            _ => None,
+        };
+        if name.is_empty() {
+            let effect = std::mem::replace(&mut self.unnamed_effect, Effect::Other);
+            self.apply(&effect, None);
+        }
+        match statement {
+            Some(statement) => {
+                let portal = portal.to_vec();
+                self.apply(&statement.effect.clone(), Some(&statement.query));
+                self.ensure_prepared(&statement, out, server);
+                // At most 1 GiB (max_packet_size) plus a short name: fits the length word.
+                let len = 4 + portal.len() + 1 + statement.name.len() + 1 + rest;
+                out.put_u8(b'B');
+                out.put_u32(u32::try_from(len).unwrap_or(u32::MAX));
+                out.extend_from_slice(&portal);
+                out.put_u8(0);
+                out.extend_from_slice(statement.name.as_bytes());
+                out.put_u8(0);
+            }
+            None => out.extend_from_slice(&input[..names_end]),
+        }
+        input.advance(names_end);
+        self.remaining = rest;
+        self.pipeline.push(Owed::Bind);
+    }
+
+    /// Refuses an extended-protocol message too big to hold whole: an error, then the
+    /// message and everything up to the next Sync are skipped.
+    fn refuse_oversized(&mut self, body: usize) {
+        let mut local = BytesMut::new();
+        let e = PgError::error(
+            "54000",
+            format!("{OVERSIZED} cannot be prepared or described in transaction pooling mode"),
+        );
+        backend::error_response(&mut local, &e);
+        self.pipeline.push(Owed::Local(local.freeze()));
+        self.skip_until_sync = true;
+        self.skipping = 5 + body;
+    }
+
+    /// Handles one complete Parse, Bind, Describe, Close or Query message. Err names the
+    /// limit the client went over.
     fn inspect(
         &mut self,
         tag: u8,
@@ -195,11 +342,11 @@ impl<'a> Tracker<'a> {
         out: &mut BytesMut,
         server: &mut ServerConn,
         tx: &mut TxState,
-    ) {
+    ) -> Result<(), &'static str> {
         let body = &msg[5..];
         if tag == b'Q' {
             self.query(msg, out, server, tx);
-            return;
+            return Ok(());
         }
         tx.unsynced = true;
         let mapping = self.policy.max_prepared > 0;
@@ -212,12 +359,12 @@ impl<'a> Tracker<'a> {
                         swallow: false,
                         statement: None,
                     });
-                    return;
+                    return Ok(());
                 };
                 if parse.name.is_empty() || !mapping {
                     let effect = sql::classify(parse.query);
                     if self.refused_extended(&effect) {
-                        return;
+                        return Ok(());
                     }
                     self.unnamed_effect = effect;
                     out.extend_from_slice(msg);
@@ -225,13 +372,15 @@ impl<'a> Tracker<'a> {
                         swallow: false,
                         statement: None,
                     });
-                    return;
+                    return Ok(());
                 }
                 let statement = self.registry.statement(parse.query, &parse.param_types);
                 if self.refused_extended(&statement.effect) {
-                    return;
+                    return Ok(());
                 }
-                self.client.statements.insert(parse.name, statement.clone());
+                self.client
+                    .statements
+                    .insert(parse.name, statement.clone())?;
                 if server.prepared.touch(&statement.name) {
                     self.pipeline.push(Owed::Local(prepared::PARSE_COMPLETE));
                 } else {
@@ -242,7 +391,7 @@ impl<'a> Tracker<'a> {
                 let Ok(bind) = frontend::parse_bind(body) else {
                     out.extend_from_slice(msg);
                     self.pipeline.push(Owed::Bind);
-                    return;
+                    return Ok(());
                 };
                 if bind.statement.is_empty() {
                     let effect = std::mem::replace(&mut self.unnamed_effect, Effect::Other);
@@ -296,6 +445,7 @@ impl<'a> Tracker<'a> {
             }
             _ => {}
         }
+        Ok(())
     }
 
     /// A simple query: every statement in it is classified; state that cannot be carried

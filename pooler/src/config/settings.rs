@@ -315,8 +315,8 @@ pub struct Settings {
     pub idle_transaction_timeout: Duration,
 
     // --- low-level network ---
-    /// Size of the per-connection packet buffer, in bytes. Not supported (weir sizes its
-    /// buffers itself): parsed, and ignored with a warning unless 4096.
+    /// The most of a client's input read ahead while the client waits for a server
+    /// connection, in bytes; the rest stays in the socket (backpressure). Default 4096.
     pub pkt_buf: u32,
     /// Largest protocol message allowed through, in bytes. Default 2147483647.
     pub max_packet_size: u32,
@@ -517,7 +517,7 @@ settings_table! {
     query_wait_timeout: seconds => implemented,
     client_idle_timeout: seconds => implemented,
     idle_transaction_timeout: seconds => implemented,
-    pkt_buf: count => ignored("weir sizes its buffers itself"),
+    pkt_buf: count => implemented,
     max_packet_size: count => implemented,
     so_reuseport: flag => implemented,
     tcp_keepalive: flag => implemented,
