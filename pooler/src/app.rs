@@ -11,9 +11,9 @@ use tokio::sync::watch;
 
 use crate::admin::stats::Averages;
 use crate::auth::{ScramSecret, Secret};
-use crate::client::prepared::StatementRegistry;
 use crate::config::{self, Config};
 use crate::pool::{Limit, Pool, PoolKey, PoolSettings};
+use crate::prepared::StatementRegistry;
 use crate::protocol::PgError;
 use crate::registry::Registry;
 use crate::server::{ServerAddr, ServerCredential, ServerTarget};

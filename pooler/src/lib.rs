@@ -8,7 +8,7 @@
 //! Each module uses only modules of its own layer or of the layers above it in this list
 //! (`scripts/check-layering.py`, run by `make lint`, reads the list from here):
 //!
-//! - pure: protocol config params auth
+//! - pure: protocol config params auth sql session_state prepared
 //! - transport: wire stream
 //! - server: server
 //! - pool: pool registry
@@ -30,9 +30,12 @@ pub mod listener;
 pub mod metrics;
 pub mod params;
 pub mod pool;
+pub mod prepared;
 pub mod protocol;
 pub mod registry;
 pub mod reload;
 pub mod server;
+pub mod session_state;
+pub mod sql;
 pub mod stream;
 pub mod wire;

@@ -12,11 +12,11 @@ use bytes::{Bytes, BytesMut};
 use tokio::net::{TcpStream, UnixStream};
 
 use crate::auth::{md5, AuthError, ScramClient, ScramCredential};
-use crate::client::prepared::PreparedSet;
-use crate::client::session_state::Setting;
 use crate::params::ParamSet;
+use crate::prepared::PreparedSet;
 use crate::protocol::backend::{self, Authentication};
 use crate::protocol::{frontend, PgError, ProtocolError};
+use crate::session_state::Setting;
 use crate::stream::{Keepalive, Stream};
 use crate::wire::{self, ReadError};
 

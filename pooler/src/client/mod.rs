@@ -3,11 +3,8 @@
 
 mod login;
 mod pipeline;
-pub(crate) mod prepared;
 mod relay;
 mod scan;
-pub(crate) mod session_state;
-mod sql;
 mod tracked;
 
 use std::future::Future;
@@ -26,6 +23,8 @@ use crate::pool::{Checkout, Pool};
 use crate::protocol::{backend, PgError};
 use crate::registry::{ClientHandle, ClientInfo};
 use crate::server;
+use crate::session_state;
+use crate::sql;
 use crate::stream::Stream;
 use crate::wire;
 

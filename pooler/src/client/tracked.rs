@@ -9,13 +9,13 @@
 use bytes::{Buf, BufMut, BytesMut};
 
 use super::pipeline::{Owed, Pipeline, Verdict};
-use super::prepared::{self, ClientStatements, Statement, StatementRegistry};
 use super::scan::TxState;
-use super::session_state::SessionState;
-use super::sql::{self, Effect};
 use crate::config::Pinning;
+use crate::prepared::{self, ClientStatements, Statement, StatementRegistry};
 use crate::protocol::{backend, frontend, peek_header, PgError, ProtocolError};
 use crate::server::ServerConn;
+use crate::session_state::SessionState;
+use crate::sql::{self, Effect};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// A client's state that lives across relays: its statement names, its settings, and
@@ -596,7 +596,7 @@ impl<'a> Tracker<'a> {
             ServerInfo::Ready(status) => {
                 session.on_ready(status);
                 if status == b'I' && session.take_unsure() {
-                    server.session = vec![super::session_state::Setting::unknown()];
+                    server.session = vec![crate::session_state::Setting::unknown()];
                 } else if status == b'I' && server.session.as_slice() != session.applied() {
                     // What ran here is now this connection's state.
                     server.session = session.applied().to_vec();

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, Weak};
 
 use bytes::Bytes;
 
-use super::sql::{self, Effect};
+use crate::sql::{self, Effect};
 
 /// A statement as the server prepares it: the pooler-wide name and the Parse body after the
 /// name (query text, parameter types), ready to send again.
