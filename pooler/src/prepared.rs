@@ -165,7 +165,7 @@ pub struct ClientStatements {
 
 impl ClientStatements {
     /// How many named statements the client has.
-    pub fn len(&self) -> usize {
+    pub fn count(&self) -> usize {
         self.by_name.len()
     }
 
@@ -265,7 +265,7 @@ mod tests {
         c.insert("s0", r.statement("SELECT 2", &[])).unwrap();
         c.remove("s1");
         c.insert("one more", s).unwrap();
-        assert_eq!(c.len(), MAX_CLIENT_STATEMENTS);
+        assert_eq!(c.count(), MAX_CLIENT_STATEMENTS);
 
         let mut c = ClientStatements::default();
         let big = r.statement(&"x".repeat(MAX_CLIENT_STATEMENT_BYTES / 2 + 1), &[]);

@@ -17,6 +17,7 @@ use crate::prepared::PreparedSet;
 use crate::protocol::backend::{self, Authentication};
 use crate::protocol::{frontend, PgError, ProtocolError};
 use crate::session_state::Setting;
+use crate::sql::Effect;
 use crate::stream::{Keepalive, Stream};
 use crate::wire::{self, ReadError};
 
@@ -217,7 +218,7 @@ pub struct ServerConn {
     /// The socket.
     pub stream: Stream,
     /// Bytes read from the server and not yet consumed; reused across checkouts.
-    pub buf: BytesMut,
+    buf: BytesMut,
     /// Current values of the parameters the server reports.
     pub params: ParamSet,
     /// The key that cancels this backend's query.
@@ -230,15 +231,94 @@ pub struct ServerConn {
     pub created: Instant,
     /// When it was last returned to the pool (`server_idle_timeout`, `server_check_delay`).
     pub last_used: Instant,
-    /// Statements prepared on this connection under their pooler-wide names.
-    pub prepared: PreparedSet,
-    /// Session settings this connection carries (replayed for, or made by, a client).
-    pub session: Vec<Setting>,
+    /// What it carries for its clients: prepared statements and session settings.
+    carried: Carried,
     /// The pool's target generation this connection was opened for.
     pub generation: u64,
     /// The client parameters this connection was last brought in line with, and its own
     /// change count then: while both still hold, it needs no parameter sync.
-    pub synced_to: Option<(ParamSet, u64)>,
+    synced_to: Option<(ParamSet, u64)>,
+}
+
+/// The state a server connection carries on behalf of the clients it serves: the statements
+/// prepared on it and the session settings in force. Owned by the connection and changed only
+/// through these methods, which the client layer calls as it relays.
+#[derive(Debug, Default)]
+pub struct Carried {
+    /// Statements prepared on this connection under their pooler-wide names.
+    prepared: PreparedSet,
+    /// Session settings this connection carries (replayed for, or made by, a client).
+    session: Vec<Setting>,
+}
+
+impl Carried {
+    /// Whether statement `name` is prepared here (and marks it recently used).
+    pub fn has_statement(&mut self, name: &Arc<str>) -> bool {
+        self.prepared.touch(name)
+    }
+
+    /// Records statement `name` as prepared, keeping at most `capacity`; returns the least
+    /// recently used one to close, if one must go.
+    pub fn add_statement(&mut self, name: Arc<str>, capacity: usize) -> Option<Arc<str>> {
+        self.prepared.insert(name, capacity)
+    }
+
+    /// Forgets statement `name` (closed, or its Parse failed).
+    pub fn forget_statement(&mut self, name: &str) {
+        self.prepared.remove(name);
+    }
+
+    /// Statements prepared here.
+    pub fn statement_count(&self) -> usize {
+        self.prepared.len()
+    }
+
+    /// Follows a statement that ran on this connection: `DISCARD ALL`, `DEALLOCATE ALL` and
+    /// `RESET ALL` clear what they clear on the server.
+    pub fn apply(&mut self, effect: &Effect) {
+        match effect {
+            Effect::DiscardAll => {
+                self.prepared.clear();
+                self.session.clear();
+            }
+            Effect::DeallocateAll => self.prepared.clear(),
+            Effect::ResetAll => self.session.clear(),
+            _ => {}
+        }
+    }
+
+    /// Takes `applied` as the settings in force here, once a client's transaction ended.
+    pub fn adopt_session(&mut self, applied: &[Setting]) {
+        if self.session.as_slice() != applied {
+            self.session = applied.to_vec();
+        }
+    }
+
+    /// Marks the settings in force here as unknown: the next client gets a reset first.
+    pub fn session_unknown(&mut self) {
+        self.session = vec![Setting::unknown()];
+    }
+}
+
+/// The parts of a lent connection the relay moves bytes through, and what it carries.
+pub struct RelayParts<'a> {
+    /// The socket.
+    pub stream: &'a mut Stream,
+    /// Bytes read from the server and not yet forwarded.
+    pub buf: &'a mut BytesMut,
+    /// The parameters the server reports, kept current from ParameterStatus.
+    pub params: &'a mut ParamSet,
+    /// Prepared statements and session settings.
+    pub carried: &'a mut Carried,
+}
+
+/// Why a connection could not be made ready for a client.
+#[derive(Debug)]
+pub enum PrepareError {
+    /// Replaying the client's session settings failed.
+    Session(ServerError),
+    /// Bringing the client's parameters over failed.
+    Params(ServerError),
 }
 
 impl ServerConn {
@@ -274,8 +354,7 @@ impl ServerConn {
             id: NEXT_SERVER_ID.fetch_add(1, Ordering::Relaxed),
             created: Instant::now(),
             last_used: Instant::now(),
-            prepared: PreparedSet::default(),
-            session: Vec::new(),
+            carried: Carried::default(),
             generation: 0,
             synced_to: None,
         };
@@ -445,6 +524,68 @@ impl ServerConn {
     /// back whatever it was doing.
     pub fn close(self) {
         let _ = self.stream.try_write(&[b'X', 0, 0, 0, 4]);
+    }
+
+    /// Makes the connection ready for a client: its session settings replayed (after a
+    /// `RESET ALL` when the connection carries another client's), then its parameters
+    /// brought over. A connection last synced to an equal set, and unchanged since, is
+    /// compared no further (clients of one application usually want the same values).
+    pub async fn prepare_for(
+        &mut self,
+        session: &[Setting],
+        params: &ParamSet,
+    ) -> Result<(), PrepareError> {
+        if let Some(sql) = crate::session_state::replay_query(&self.carried.session, session) {
+            self.simple_query(&sql)
+                .await
+                .map_err(PrepareError::Session)?;
+            self.carried.session = session.to_vec();
+        }
+        let in_step = self
+            .synced_to
+            .as_ref()
+            .is_some_and(|(wanted, changes)| *changes == self.params.changes() && wanted == params);
+        if !in_step {
+            if let Some(sql) = crate::params::sync_query(params, &self.params) {
+                self.simple_query(&sql)
+                    .await
+                    .map_err(PrepareError::Params)?;
+            }
+            self.synced_to = Some((params.clone(), self.params.changes()));
+        }
+        Ok(())
+    }
+
+    /// Runs `server_reset_query` (or any pooler query) and forgets what it cleared.
+    pub async fn reset(&mut self, query: &str) -> Result<(), ServerError> {
+        self.simple_query(query).await?;
+        for stmt in crate::sql::statements(query) {
+            self.carried.apply(&crate::sql::classify(stmt));
+        }
+        Ok(())
+    }
+
+    /// The socket, its read buffer, the server's parameters and what it carries, borrowed
+    /// apart for the relay.
+    pub fn relay_parts(&mut self) -> RelayParts<'_> {
+        RelayParts {
+            stream: &mut self.stream,
+            buf: &mut self.buf,
+            params: &mut self.params,
+            carried: &mut self.carried,
+        }
+    }
+
+    /// What it carries for its clients.
+    pub fn carried(&self) -> &Carried {
+        &self.carried
+    }
+
+    /// Drops `n` bytes already read from the server (a message the pooler consumed itself).
+    pub fn skip_buffered(&mut self, n: usize) {
+        use bytes::Buf as _;
+        let n = n.min(self.buf.len());
+        self.buf.advance(n);
     }
 
     /// Whether this idle connection can be lent out: nothing unread is waiting on it (an

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 use tokio::io::AsyncReadExt;
 
 use crate::app::{self, Pooler};
@@ -22,9 +22,7 @@ use crate::params::{self, ParamSet};
 use crate::pool::{Checkout, Pool};
 use crate::protocol::{backend, PgError};
 use crate::registry::{ClientHandle, ClientInfo};
-use crate::server;
-use crate::session_state;
-use crate::sql;
+use crate::server::{self, PrepareError};
 use crate::stream::Stream;
 use crate::wire;
 
@@ -347,29 +345,17 @@ impl Session {
                 }
             };
             self.record.link_to(checkout.record());
-            let server = checkout.server();
-            if let Some(sql) =
-                session_state::replay_query(&server.session, self.state.session.applied())
-            {
-                if let Err(e) = server.simple_query(&sql).await {
-                    self.fatal(e.to_client_error()).await;
-                    return "replaying session settings failed";
-                }
-                server.session = self.state.session.applied().to_vec();
-            }
-            // Clients of one application usually want the same values: a connection last
-            // synced to an equal set, and unchanged since, is compared no further.
-            let in_step = server.synced_to.as_ref().is_some_and(|(wanted, changes)| {
-                *changes == server.params.changes() && *wanted == self.params
-            });
-            if !in_step {
-                if let Some(sql) = params::sync_query(&self.params, &server.params) {
-                    if let Err(e) = server.simple_query(&sql).await {
-                        self.fatal(e.to_client_error()).await;
-                        return "parameter sync failed";
-                    }
-                }
-                server.synced_to = Some((self.params.clone(), server.params.changes()));
+            let prepared = checkout
+                .server()
+                .prepare_for(self.state.session.applied(), &self.params)
+                .await;
+            if let Err(e) = prepared {
+                let (e, reason) = match e {
+                    PrepareError::Session(e) => (e, "replaying session settings failed"),
+                    PrepareError::Params(e) => (e, "parameter sync failed"),
+                };
+                self.fatal(e.to_client_error()).await;
+                return reason;
             }
             if let Err(reason) = self.relay(mode, checkout).await {
                 return reason;
@@ -518,7 +504,7 @@ impl Session {
             &mut self.stream,
             &mut self.buf,
             &mut self.params,
-            checkout.server(),
+            checkout.server().relay_parts(),
             &mut tx,
             policy,
             timeouts,
@@ -531,7 +517,7 @@ impl Session {
         // Unlinked, and cancels sent meanwhile delivered, before anyone else can borrow it.
         self.record.unlink(checkout.record());
         checkout.record().cancels_delivered().await;
-        self.record.set_prepared(self.state.statements.len());
+        self.record.set_prepared(self.state.statements.count());
         // A pinned client's connection carries state only a full reset removes.
         let pinned = self.state.pinned.is_some();
         match outcome {
@@ -546,10 +532,7 @@ impl Session {
             Outcome::TransactionInStatementMode => {
                 let server = checkout.server();
                 // Drop the ReadyForQuery that reported the transaction, then undo it.
-                let rfq_len = 6;
-                if server.buf.len() >= rfq_len {
-                    server.buf.advance(rfq_len);
-                }
+                server.skip_buffered(6);
                 // Boxed, as statement mode's rare path, to keep client tasks small.
                 if Box::pin(server.simple_query("ROLLBACK")).await.is_err() {
                     self.fatal(PgError::fatal("08006", "server connection lost"))
@@ -706,22 +689,8 @@ fn reset_and_release(
 ) -> Pin<Box<impl Future<Output = bool> + '_>> {
     // Boxed: it runs a query, and its future would otherwise enlarge every client task.
     Box::pin(async move {
-        if !query.is_empty() {
-            let server = checkout.server();
-            if server.simple_query(query).await.is_err() {
-                return false;
-            }
-            for stmt in sql::statements(query) {
-                match sql::classify(stmt) {
-                    sql::Effect::DiscardAll => {
-                        server.prepared.clear();
-                        server.session.clear();
-                    }
-                    sql::Effect::DeallocateAll => server.prepared.clear(),
-                    sql::Effect::ResetAll => server.session.clear(),
-                    _ => {}
-                }
-            }
+        if !query.is_empty() && checkout.server().reset(query).await.is_err() {
+            return false;
         }
         checkout.release();
         true

@@ -22,7 +22,7 @@ use super::scan::{self, ClientStop, Counts, Cursor, ReleasePolicy, ServerStop, T
 use super::tracked::{ClientEvent, ServerInfo, Tracker};
 use crate::params::ParamSet;
 use crate::protocol::{backend, ProtocolError};
-use crate::server::ServerConn;
+use crate::server::RelayParts;
 use crate::stream::Stream;
 
 /// How much a direction reads at a time.
@@ -89,7 +89,7 @@ pub struct Relay<'a> {
     client: &'a mut Stream,
     client_buf: &'a mut BytesMut,
     client_params: &'a mut ParamSet,
-    server: &'a mut ServerConn,
+    server: RelayParts<'a>,
     tx: &'a mut TxState,
     policy: ReleasePolicy,
     timeouts: Timeouts,
@@ -119,7 +119,7 @@ impl<'a> Relay<'a> {
         client: &'a mut Stream,
         client_buf: &'a mut BytesMut,
         client_params: &'a mut ParamSet,
-        server: &'a mut ServerConn,
+        server: RelayParts<'a>,
         tx: &'a mut TxState,
         policy: ReleasePolicy,
         timeouts: Timeouts,
@@ -164,7 +164,7 @@ impl<'a> Relay<'a> {
                 .process_client(
                     self.client_buf,
                     &mut self.c2s_out,
-                    self.server,
+                    self.server.carried,
                     self.tx,
                     self.max_client_message,
                 )
@@ -240,7 +240,7 @@ impl<'a> Relay<'a> {
                 }
                 _ => ServerInfo::Other,
             };
-            if tracker.on_server_message(tag, info, self.server) == Verdict::Swallow {
+            if tracker.on_server_message(tag, info, self.server.carried) == Verdict::Swallow {
                 self.s2c_skip = 5 + body;
                 return Ok(());
             }
@@ -285,7 +285,7 @@ impl<'a> Relay<'a> {
         let params = &mut *self.client_params;
         let server_params = &mut self.server.params;
         let stop = scan::scan_server(
-            &self.server.buf,
+            self.server.buf,
             &mut self.s2c,
             self.tx,
             self.policy,
@@ -556,7 +556,7 @@ impl Future for Relay<'_> {
                     }
                 }
                 if !progressed || this.tracker.is_none() {
-                    match poll_fill(&mut this.server.stream, &mut this.server.buf, cx) {
+                    match poll_fill(this.server.stream, this.server.buf, cx) {
                         Poll::Ready(Ok(0)) => {
                             return Poll::Ready(Outcome::ServerFailed(
                                 "server closed the connection unexpectedly".into(),

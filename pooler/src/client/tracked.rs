@@ -13,7 +13,7 @@ use super::scan::TxState;
 use crate::config::Pinning;
 use crate::prepared::{self, ClientStatements, Statement, StatementRegistry};
 use crate::protocol::{backend, frontend, peek_header, PgError, ProtocolError};
-use crate::server::ServerConn;
+use crate::server::Carried;
 use crate::session_state::SessionState;
 use crate::sql::{self, Effect};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -130,7 +130,7 @@ impl<'a> Tracker<'a> {
         &mut self,
         input: &mut BytesMut,
         out: &mut BytesMut,
-        server: &mut ServerConn,
+        server: &mut Carried,
         tx: &mut TxState,
         max_len: usize,
     ) -> Result<ClientEvent, ProtocolError> {
@@ -228,7 +228,7 @@ impl<'a> Tracker<'a> {
         body: usize,
         input: &mut BytesMut,
         out: &mut BytesMut,
-        server: &mut ServerConn,
+        server: &mut Carried,
         tx: &mut TxState,
     ) -> bool {
         match tag {
@@ -283,7 +283,7 @@ impl<'a> Tracker<'a> {
         body: usize,
         input: &mut BytesMut,
         out: &mut BytesMut,
-        server: &mut ServerConn,
+        server: &mut Carried,
     ) {
         let rest = 5 + body - names_end;
         let portal = &input[5..5 + portal_end];
@@ -340,7 +340,7 @@ impl<'a> Tracker<'a> {
         tag: u8,
         msg: &[u8],
         out: &mut BytesMut,
-        server: &mut ServerConn,
+        server: &mut Carried,
         tx: &mut TxState,
     ) -> Result<(), &'static str> {
         let body = &msg[5..];
@@ -381,7 +381,7 @@ impl<'a> Tracker<'a> {
                 self.client
                     .statements
                     .insert(parse.name, statement.clone())?;
-                if server.prepared.touch(&statement.name) {
+                if server.has_statement(&statement.name) {
                     self.pipeline.push(Owed::Local(prepared::PARSE_COMPLETE));
                 } else {
                     self.prepare(&statement, false, out, server);
@@ -450,7 +450,7 @@ impl<'a> Tracker<'a> {
 
     /// A simple query: every statement in it is classified; state that cannot be carried
     /// over pins the client or, with `pinning = refuse`, the whole query is refused.
-    fn query(&mut self, msg: &[u8], out: &mut BytesMut, server: &mut ServerConn, tx: &mut TxState) {
+    fn query(&mut self, msg: &[u8], out: &mut BytesMut, server: &mut Carried, tx: &mut TxState) {
         let body = &msg[5..];
         let text = String::from_utf8_lossy(body.strip_suffix(&[0]).unwrap_or(body));
         let refusing_pins = self.policy.pinning == Pinning::Refuse && self.client.pinned.is_none();
@@ -478,7 +478,7 @@ impl<'a> Tracker<'a> {
         for (stmt, effect) in sql::effects(&text) {
             self.apply(&effect, Some(stmt));
             if matches!(effect, Effect::DiscardAll | Effect::DeallocateAll) {
-                server.prepared.clear();
+                server.apply(&effect);
             }
         }
         out.extend_from_slice(msg);
@@ -539,13 +539,8 @@ impl<'a> Tracker<'a> {
 
     /// Makes sure `statement` is prepared on the server before what follows, adding a Parse
     /// whose answer the client will not see.
-    fn ensure_prepared(
-        &mut self,
-        statement: &Statement,
-        out: &mut BytesMut,
-        server: &mut ServerConn,
-    ) {
-        if !server.prepared.touch(&statement.name) {
+    fn ensure_prepared(&mut self, statement: &Statement, out: &mut BytesMut, server: &mut Carried) {
+        if !server.has_statement(&statement.name) {
             self.prepare(statement, true, out, server);
         }
     }
@@ -557,11 +552,9 @@ impl<'a> Tracker<'a> {
         statement: &Statement,
         swallow: bool,
         out: &mut BytesMut,
-        server: &mut ServerConn,
+        server: &mut Carried,
     ) {
-        if let Some(victim) = server
-            .prepared
-            .insert(statement.name.clone(), self.policy.max_prepared)
+        if let Some(victim) = server.add_statement(statement.name.clone(), self.policy.max_prepared)
         {
             frontend::close(out, b'S', &victim);
             self.pipeline.push(Owed::Close { swallow: true });
@@ -583,12 +576,11 @@ impl<'a> Tracker<'a> {
         &mut self,
         tag: u8,
         info: ServerInfo,
-        server: &mut ServerConn,
+        server: &mut Carried,
     ) -> Verdict {
-        let prepared = &mut server.prepared;
         let verdict = self
             .pipeline
-            .on_server_message(tag, |name| prepared.remove(name));
+            .on_server_message(tag, |name| server.forget_statement(name));
         let session = &mut self.client.session;
         match info {
             ServerInfo::Error => session.on_error(),
@@ -596,10 +588,10 @@ impl<'a> Tracker<'a> {
             ServerInfo::Ready(status) => {
                 session.on_ready(status);
                 if status == b'I' && session.take_unsure() {
-                    server.session = vec![crate::session_state::Setting::unknown()];
-                } else if status == b'I' && server.session.as_slice() != session.applied() {
+                    server.session_unknown();
+                } else if status == b'I' {
                     // What ran here is now this connection's state.
-                    server.session = session.applied().to_vec();
+                    server.adopt_session(session.applied());
                 }
             }
             ServerInfo::Other => {}

@@ -646,7 +646,8 @@ impl Pool {
     fn checkin(&self, mut slot: Slot) {
         let now = Instant::now();
         slot.conn.last_used = now;
-        slot.record.set_prepared(slot.conn.prepared.len());
+        slot.record
+            .set_prepared(slot.conn.carried().statement_count());
         let settings = self.settings.load();
         let expired = settings
             .lifetime
