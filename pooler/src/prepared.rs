@@ -15,6 +15,15 @@ use bytes::Bytes;
 
 use crate::sql::{self, Effect};
 
+/// The prefix of the names statements get on the server. A client's own names are mapped to
+/// these; a client naming one directly would reach statements prepared for other clients.
+pub const SERVER_NAME_PREFIX: &str = "weir_";
+
+/// Whether a protocol-level statement name is one the pooler gives statements on the server.
+pub fn is_server_name(name: &str) -> bool {
+    name.starts_with(SERVER_NAME_PREFIX)
+}
+
 /// A statement as the server prepares it: the pooler-wide name and the Parse body after the
 /// name (query text, parameter types), ready to send again.
 #[derive(Debug, PartialEq, Eq)]
@@ -71,7 +80,7 @@ impl StatementRegistry {
         }
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         let statement = Arc::new(Statement {
-            name: format!("weir_{n}").into(),
+            name: format!("{SERVER_NAME_PREFIX}{n}").into(),
             query: key.0.clone(),
             param_types: key.1.clone(),
             effect: sql::classify(query),

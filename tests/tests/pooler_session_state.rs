@@ -9,6 +9,7 @@ use tokio_postgres::{AsyncMessage, Client, NoTls, SimpleQueryMessage};
 use weir_tests::fixture::{self, Fixture, Options, DATABASE, PASSWORD, USER};
 use weir_tests::net;
 use weir_tests::postgres::parse_pgbench;
+use weir_tests::raw::RawClient;
 
 async fn scalar(client: &Client, sql: &str) -> String {
     let rows = client.simple_query(sql).await.expect(sql);
@@ -477,4 +478,67 @@ async fn a_set_kept_past_a_savepoint_rollback_never_reaches_another_client() {
         .await
         .expect("recovered");
     assert_eq!(scalar(&b, "SHOW work_mem").await, "4MB");
+}
+
+/// A client cannot Bind or Describe a statement the pooler prepared for another client by
+/// naming its server-side `weir_<n>` directly: it gets PostgreSQL's 26000, as if the
+/// statement did not exist, and its session goes on.
+#[tokio::test]
+async fn another_clients_server_statement_cannot_be_used_by_name() {
+    let fx = Fixture::start(Options::mode("transaction", 1))
+        .await
+        .expect("fixture");
+    let owner = fx.client().await.expect("owner");
+    let secret = owner
+        .prepare("SELECT 'owner only'::text")
+        .await
+        .expect("prepare");
+    owner.query_one(&secret, &[]).await.expect("owner runs it");
+    let name = scalar(&owner, "SELECT name FROM pg_prepared_statements").await;
+    assert!(name.starts_with("weir_"), "{name}");
+
+    let mut other = RawClient::connect(fx.weir.port()).await.expect("connect");
+    other.send_startup(USER, DATABASE).await.expect("startup");
+    other
+        .authenticate(USER, PASSWORD)
+        .await
+        .expect("auth exchange")
+        .expect("logged in");
+    while other.next().await.expect("read").expect("open").tag != b'Z' {}
+
+    let cstr = |s: &str| [s.as_bytes(), &[0]].concat();
+    // Bind "" to the owner's statement, Execute, Sync.
+    let mut bind = cstr("");
+    bind.extend_from_slice(&cstr(&name));
+    bind.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+    other.send(b'B', &bind).await.expect("bind");
+    other
+        .send(b'E', &[&cstr("")[..], &[0, 0, 0, 0]].concat())
+        .await
+        .expect("execute");
+    other.send(b'S', &[]).await.expect("sync");
+    // Describe the owner's statement, Sync.
+    other
+        .send(b'D', &[&b"S"[..], &cstr(&name)].concat())
+        .await
+        .expect("describe");
+    other.send(b'S', &[]).await.expect("sync");
+
+    let mut codes = Vec::new();
+    let mut ready = 0;
+    while ready < 2 {
+        let reply = other.next().await.expect("read").expect("still open");
+        match reply.tag {
+            b'E' => codes.push(reply.error_field(b'C').unwrap_or_default()),
+            b'D' | b'T' => panic!("the other client's statement ran or was described"),
+            b'Z' => ready += 1,
+            _ => {}
+        }
+    }
+    assert_eq!(codes, ["26000", "26000"]);
+    // The owner's statement is untouched.
+    owner
+        .query_one(&secret, &[])
+        .await
+        .expect("owner runs it again");
 }

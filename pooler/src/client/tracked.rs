@@ -404,6 +404,10 @@ impl<'a> Tracker<'a> {
                     self.apply(&statement.effect.clone(), Some(&statement.query));
                     self.ensure_prepared(&statement, out, server);
                     frontend::bind_with_statement(out, bind.portal, &statement.name, bind.rest);
+                } else if mapping && prepared::is_server_name(bind.statement) {
+                    // Another client's statement on this connection: not this client's to use.
+                    self.refuse_extended(no_such_statement(bind.statement));
+                    return Ok(());
                 } else {
                     // Unknown to the pooler: the server says so in its own words.
                     out.extend_from_slice(msg);
@@ -432,6 +436,9 @@ impl<'a> Tracker<'a> {
                         self.ensure_prepared(&statement, out, server);
                         frontend::describe(out, b'S', &statement.name);
                         self.pipeline.push(Owed::DescribeStatement);
+                    }
+                    (b'D', Some((name, None))) if prepared::is_server_name(&name) => {
+                        self.refuse_extended(no_such_statement(&name));
                     }
                     _ => {
                         out.extend_from_slice(msg);
@@ -530,11 +537,17 @@ impl<'a> Tracker<'a> {
         let Some(e) = self.refusal_of(effect) else {
             return false;
         };
+        self.refuse_extended(e);
+        true
+    }
+
+    /// Answers an extended-protocol message with `e` and skips to the next Sync, as the
+    /// server would after an error.
+    fn refuse_extended(&mut self, e: PgError) {
         let mut local = BytesMut::new();
         backend::error_response(&mut local, &e);
         self.pipeline.push(Owed::Local(local.freeze()));
         self.skip_until_sync = true;
-        true
     }
 
     /// Makes sure `statement` is prepared on the server before what follows, adding a Parse
@@ -598,6 +611,14 @@ impl<'a> Tracker<'a> {
         }
         verdict
     }
+}
+
+/// PostgreSQL's error for a statement name it does not know.
+fn no_such_statement(name: &str) -> PgError {
+    PgError::error(
+        "26000",
+        format!("prepared statement \"{name}\" does not exist"),
+    )
 }
 
 /// What the relay read of a server message, for session-state tracking.
