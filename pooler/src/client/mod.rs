@@ -19,7 +19,7 @@ use tokio::io::AsyncReadExt;
 use crate::app::{self, Pooler};
 use crate::config::PoolMode;
 use crate::params::{self, ParamSet};
-use crate::pool::{Checkout, Pool};
+use crate::pool::{Checkout, Counts, Pool};
 use crate::protocol::{backend, PgError};
 use crate::registry::{ClientHandle, ClientInfo};
 use crate::server::{self, PrepareError};
@@ -28,7 +28,6 @@ use crate::wire;
 
 use login::{Hello, LoginError};
 use relay::{Outcome, Relay, TimeoutKind, Timeouts};
-pub use scan::Counts;
 use scan::{ReleasePolicy, TxState};
 use tracked::{ClientState, Tracker};
 

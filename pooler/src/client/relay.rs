@@ -18,9 +18,10 @@ use tokio::time::Sleep;
 use tokio_util::io::poll_read_buf;
 
 use super::pipeline::Verdict;
-use super::scan::{self, ClientStop, Counts, Cursor, ReleasePolicy, ServerStop, TxState};
+use super::scan::{self, ClientStop, Cursor, ReleasePolicy, ServerStop, TxState};
 use super::tracked::{ClientEvent, ServerInfo, Tracker};
 use crate::params::ParamSet;
+use crate::pool::Counts;
 use crate::protocol::{backend, ProtocolError};
 use crate::server::RelayParts;
 use crate::stream::Stream;

@@ -6,6 +6,7 @@
 //! reports (ReadyForQuery with the transaction status, ParameterStatus). Only those two server
 //! messages are ever held back until complete; everything else passes as it arrives.
 
+use crate::pool::Counts;
 use crate::protocol::{peek_header, ProtocolError};
 
 /// How far a direction of the relay has looked into its buffer.
@@ -51,52 +52,6 @@ impl TxState {
     pub fn is_idle(&self) -> bool {
         self.outstanding == 0 && !self.unsynced && self.status == b'I'
     }
-}
-
-/// What a relay saw go by, for statistics.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Counts {
-    /// ReadyForQuery messages: completed requests (queries, syncs).
-    pub queries: u64,
-    /// ReadyForQuery messages reporting an idle session: completed transactions.
-    pub transactions: u64,
-    /// ErrorResponses by SQLSTATE class (`"??"` when the code was not seen).
-    pub errors: Vec<[u8; 2]>,
-    /// Bytes sent to the server.
-    pub bytes_received: u64,
-    /// Bytes sent to the client.
-    pub bytes_sent: u64,
-}
-
-impl Counts {
-    /// Records a ReadyForQuery with `status`.
-    pub fn ready(&mut self, status: u8) {
-        self.queries += 1;
-        if status == b'I' {
-            self.transactions += 1;
-        }
-    }
-
-    /// Records an ErrorResponse whose available bytes are `body` (possibly incomplete).
-    pub fn error(&mut self, body: &[u8]) {
-        self.errors.push(error_class(body).unwrap_or(*b"??"));
-    }
-}
-
-/// The SQLSTATE class (first two characters of the `C` field) of an ErrorResponse body.
-pub fn error_class(body: &[u8]) -> Option<[u8; 2]> {
-    let mut rest = body;
-    while let Some((&field, tail)) = rest.split_first() {
-        if field == 0 {
-            return None;
-        }
-        let end = tail.iter().position(|&b| b == 0)?;
-        if field == b'C' && end >= 2 {
-            return Some([tail[0], tail[1]]);
-        }
-        rest = &tail[end + 1..];
-    }
-    None
 }
 
 /// Why client scanning stopped before the end of the buffer.
@@ -472,7 +427,6 @@ mod tests {
         assert_eq!(counts.queries, 2);
         assert_eq!(counts.transactions, 1);
         assert_eq!(counts.errors, vec![*b"22"]);
-        assert_eq!(error_class(b"Mx\0"), None);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! back only when told it is clean; dropped any other way it closes the connection, so a
 //! client that vanishes mid-transaction can never leave a dirty connection in the pool.
 
+mod counts;
 mod limit;
 mod maintenance;
 
@@ -22,6 +23,7 @@ use tokio::sync::futures::Notified;
 use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::timeout_at;
 
+pub use counts::Counts;
 pub use limit::Limit;
 use limit::LimitPermit;
 
@@ -128,7 +130,7 @@ pub struct PoolStats {
 
 impl PoolStats {
     /// Adds what one relay saw.
-    pub fn add(&self, counts: &crate::client::Counts, lent: Duration) {
+    pub fn add(&self, counts: &Counts, lent: Duration) {
         self.queries.fetch_add(counts.queries, Ordering::Relaxed);
         self.transactions
             .fetch_add(counts.transactions, Ordering::Relaxed);

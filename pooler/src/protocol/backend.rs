@@ -446,10 +446,35 @@ pub fn parse_negotiate_protocol_version(body: &[u8]) -> Result<(u16, Vec<&str>),
     Ok(((version & 0xffff) as u16, options))
 }
 
+/// The SQLSTATE class (first two characters of the `C` field) of an ErrorResponse body.
+pub fn error_class(body: &[u8]) -> Option<[u8; 2]> {
+    let mut rest = body;
+    while let Some((&field, tail)) = rest.split_first() {
+        if field == 0 {
+            return None;
+        }
+        let end = tail.iter().position(|&b| b == 0)?;
+        if field == b'C' && end >= 2 {
+            return Some([tail[0], tail[1]]);
+        }
+        rest = &tail[end + 1..];
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::protocol::{decode_message, Message, Severity};
+
+    #[test]
+    fn error_classes() {
+        assert_eq!(
+            error_class(b"SERROR\0C22012\0Mdivision by zero\0\0"),
+            Some(*b"22")
+        );
+        assert_eq!(error_class(b"Mx\0"), None);
+    }
 
     /// Decodes the single message a builder wrote, checking its tag.
     fn only_message(mut buf: BytesMut, expected_tag: u8) -> Message {

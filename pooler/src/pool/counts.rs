@@ -1,0 +1,34 @@
+//! What one lent connection carried, added to its pool's statistics when it comes back.
+
+use crate::protocol::backend;
+
+/// What a relay saw go by, for statistics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// ReadyForQuery messages: completed requests (queries, syncs).
+    pub queries: u64,
+    /// ReadyForQuery messages reporting an idle session: completed transactions.
+    pub transactions: u64,
+    /// ErrorResponses by SQLSTATE class (`"??"` when the code was not seen).
+    pub errors: Vec<[u8; 2]>,
+    /// Bytes sent to the server.
+    pub bytes_received: u64,
+    /// Bytes sent to the client.
+    pub bytes_sent: u64,
+}
+
+impl Counts {
+    /// Records a ReadyForQuery with `status`.
+    pub fn ready(&mut self, status: u8) {
+        self.queries += 1;
+        if status == b'I' {
+            self.transactions += 1;
+        }
+    }
+
+    /// Records an ErrorResponse whose available bytes are `body` (possibly incomplete).
+    pub fn error(&mut self, body: &[u8]) {
+        self.errors
+            .push(backend::error_class(body).unwrap_or(*b"??"));
+    }
+}
