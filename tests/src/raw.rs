@@ -105,6 +105,30 @@ impl RawClient {
     }
 
     /// Sends a regular message: type byte, length word, body.
+    /// Connects and logs in as `user` to `database` where weir trusts clients
+    /// (`auth_type = trust`), returning once weir says ReadyForQuery.
+    pub async fn trust_login(port: u16, user: &str, database: &str) -> anyhow::Result<RawClient> {
+        let mut client = RawClient::connect(port).await?;
+        client.send_startup(user, database).await?;
+        loop {
+            let reply = client
+                .next()
+                .await?
+                .context("weir closed the connection during login")?;
+            if reply.tag == b'E' {
+                bail!("login refused: {}", String::from_utf8_lossy(&reply.body));
+            }
+            if reply.tag == b'Z' {
+                return Ok(client);
+            }
+        }
+    }
+
+    /// The socket, for tests that drive it byte by byte from here on.
+    pub fn into_stream(self) -> TcpStream {
+        self.stream
+    }
+
     pub async fn send(&mut self, tag: u8, body: &[u8]) -> anyhow::Result<()> {
         let len = u32::try_from(4 + body.len())?;
         let mut message = vec![tag];

@@ -9,6 +9,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use weir_tests::fixture::{self, sqlstate, Fixture, Options, DATABASE, PASSWORD, USER};
 use weir_tests::net;
+use weir_tests::raw::RawClient;
 use weir_tests::tokio_postgres::{self, Client, NoTls, SimpleQueryMessage};
 use weir_tests::weir::WeirProcess;
 
@@ -168,32 +169,12 @@ async fn a_server_connection_killed_mid_query_fails_only_its_client() {
     newcomer.batch_execute("COMMIT").await.unwrap();
 }
 
-/// A logged-in protocol connection through weir, driven by hand (the fixture uses trust, so
-/// the startup packet is answered with AuthenticationOk at once).
+/// A logged-in protocol connection through weir (the fixture trusts clients), driven by hand.
 async fn raw_login(port: u16) -> TcpStream {
-    let mut stream = TcpStream::connect((net::HOST, port))
+    RawClient::trust_login(port, USER, DATABASE)
         .await
-        .expect("connecting to weir");
-    let mut body = Vec::new();
-    body.extend_from_slice(&0x0003_0000u32.to_be_bytes());
-    for (name, value) in [("user", USER), ("database", DATABASE)] {
-        body.extend_from_slice(name.as_bytes());
-        body.push(0);
-        body.extend_from_slice(value.as_bytes());
-        body.push(0);
-    }
-    body.push(0);
-    let mut packet = u32::try_from(body.len() + 4)
-        .expect("a small packet")
-        .to_be_bytes()
-        .to_vec();
-    packet.extend_from_slice(&body);
-    stream
-        .write_all(&packet)
-        .await
-        .expect("sending the startup packet");
-    assert_eq!(ready_status(&mut stream).await, b'I');
-    stream
+        .expect("logged in through weir")
+        .into_stream()
 }
 
 /// Reads messages until ReadyForQuery and returns its transaction status; panics on an

@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use weir_tests::fixture::{Fixture, Options, DATABASE, USER};
-use weir_tests::net;
+use weir_tests::raw::RawClient;
 use weir_tests::tokio_postgres::{Client, SimpleQueryMessage};
 
 /// Upper bound for anything that should happen "promptly"; never a performance assertion.
@@ -75,32 +75,12 @@ fn parse(name: &str, query: &str) -> Vec<u8> {
     message(b'P', &body)
 }
 
-/// A logged-in protocol connection through weir, driven by hand.
+/// A logged-in protocol connection through weir (the fixture trusts clients), driven by hand.
 async fn raw_login(port: u16) -> TcpStream {
-    let mut stream = TcpStream::connect((net::HOST, port))
+    RawClient::trust_login(port, USER, DATABASE)
         .await
-        .expect("connecting to weir");
-    let mut body = 0x0003_0000u32.to_be_bytes().to_vec();
-    for (name, value) in [("user", USER), ("database", DATABASE)] {
-        body.extend_from_slice(name.as_bytes());
-        body.push(0);
-        body.extend_from_slice(value.as_bytes());
-        body.push(0);
-    }
-    body.push(0);
-    let mut packet = u32::try_from(body.len() + 4)
-        .expect("a small packet")
-        .to_be_bytes()
-        .to_vec();
-    packet.extend_from_slice(&body);
-    stream.write_all(&packet).await.expect("startup packet");
-    loop {
-        let (tag, body) = read_message(&mut stream).await.expect("login answer");
-        assert_ne!(tag, b'E', "{}", String::from_utf8_lossy(&body));
-        if tag == b'Z' {
-            return stream;
-        }
-    }
+        .expect("logged in through weir")
+        .into_stream()
 }
 
 /// Reads one message: its type and body; None once the connection is closed.
