@@ -15,6 +15,7 @@ use super::session_state::SessionState;
 use super::sql::{self, Effect};
 use crate::config::Pinning;
 use crate::protocol::{backend, frontend, peek_header, PgError, ProtocolError};
+use crate::registry::ClientRecord;
 use crate::server::ServerConn;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -44,6 +45,8 @@ pub struct Tracker<'a> {
     client: &'a mut ClientState,
     registry: &'a StatementRegistry,
     pinned_clients: &'a AtomicUsize,
+    /// The client's registry record, which shows it pinned.
+    record: &'a ClientRecord,
     policy: Policy,
     pipeline: Pipeline,
     /// Bytes of a passed-through message body still to copy.
@@ -89,12 +92,14 @@ impl<'a> Tracker<'a> {
         client: &'a mut ClientState,
         registry: &'a StatementRegistry,
         pinned_clients: &'a AtomicUsize,
+        record: &'a ClientRecord,
         policy: Policy,
     ) -> Self {
         Tracker {
             client,
             registry,
             pinned_clients,
+            record,
             policy,
             pipeline: Pipeline::default(),
             remaining: 0,
@@ -504,6 +509,7 @@ impl<'a> Tracker<'a> {
                     tracing::debug!(reason = what, "client pinned to its server connection");
                     self.client.pinned = Some(what);
                     self.pinned_clients.fetch_add(1, Ordering::Relaxed);
+                    self.record.set_pinned(true);
                 }
             }
             Effect::Refuse(_) | Effect::Other => {}
