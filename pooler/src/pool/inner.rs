@@ -459,6 +459,24 @@ mod tests {
     }
 
     #[test]
+    fn failing_fast_gives_the_place_back() {
+        /// A place that says when it is given back.
+        struct Place<'a>(&'a std::cell::Cell<bool>);
+        impl Drop for Place<'_> {
+            fn drop(&mut self) {
+                self.0.set(true);
+            }
+        }
+        let t0 = Instant::now();
+        let given_back = std::cell::Cell::new(false);
+        let mut inner = Inner::<Fake>::default();
+        inner.login_failed(t0, "refused".into());
+        let step = inner.step(t0, &settings(), || Some(Place(&given_back)));
+        assert!(matches!(step, Step::LoginRetry(_)));
+        assert!(given_back.get(), "the place taken to open stays counted");
+    }
+
+    #[test]
     fn a_successful_login_clears_the_failure() {
         let t0 = Instant::now();
         let mut inner = Inner::<Fake>::default();
