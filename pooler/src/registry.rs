@@ -61,6 +61,8 @@ pub struct ClientRecord {
     link: AtomicU64,
     /// Prepared statements it has made (transaction and statement modes).
     prepared: AtomicUsize,
+    /// Pinned to its server connection (SHOW CLIENTS `pinned`).
+    pinned: AtomicBool,
     killed: AtomicBool,
     /// The session task waiting for a kill; an atomic slot rather than a `Notify` because
     /// it is polled every time the session wakes.
@@ -168,6 +170,16 @@ impl ClientRecord {
     /// Records how many prepared statements the client has made.
     pub fn set_prepared(&self, n: usize) {
         self.prepared.store(n, Ordering::Relaxed);
+    }
+
+    /// Whether the client is pinned to its server connection.
+    pub fn pinned(&self) -> bool {
+        self.pinned.load(Ordering::Relaxed)
+    }
+
+    /// Records whether the client is pinned to its server connection.
+    pub fn set_pinned(&self, pinned: bool) {
+        self.pinned.store(pinned, Ordering::Relaxed);
     }
 
     /// Asks the client's task to end the session (KILL_CLIENT).
@@ -328,6 +340,7 @@ impl Registry {
             wait_since: AtomicU64::new(0),
             link: AtomicU64::new(0),
             prepared: AtomicUsize::new(0),
+            pinned: AtomicBool::new(false),
             killed: AtomicBool::new(false),
             kill: AtomicWaker::new(),
         });

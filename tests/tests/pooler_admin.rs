@@ -232,7 +232,8 @@ async fn show_commands_use_pgbouncer_columns_and_follow_activity() {
     assert_eq!(servers.get(0, "state"), Some("active"));
     assert_eq!(servers.get(0, "type"), Some("S"));
     let clients = show(&admin, "SHOW CLIENTS").await;
-    assert_eq!(clients.columns, CONNECTION_COLUMNS);
+    // PgBouncer's columns in place, then Weir's own `pinned`.
+    assert_eq!(clients.columns, [CONNECTION_COLUMNS, &["pinned"]].concat());
     // The application client and this console session.
     assert_eq!(clients.rows.len(), 2);
     let r = clients.find("database", "app").expect("app client");
@@ -277,6 +278,30 @@ async fn show_commands_use_pgbouncer_columns_and_follow_activity() {
     .expect("psql");
     assert!(out.success(), "{}", out.stderr);
     assert!(out.stdout.starts_with("app|app|"), "{}", out.stdout);
+}
+
+#[tokio::test]
+async fn show_clients_shows_which_clients_are_pinned() {
+    let fx = fixture("transaction", 3).await;
+    let pinned = fx.client_named("pinned").await.expect("client");
+    let free = fx.client_named("free").await.expect("client");
+    // A session advisory lock cannot move between server connections: it pins.
+    pinned
+        .simple_query("SELECT pg_advisory_lock(1)")
+        .await
+        .expect("advisory lock");
+    free.simple_query("SELECT 1").await.expect("select");
+    let admin = admin(&fx).await;
+
+    let clients = show(&admin, "SHOW CLIENTS").await;
+    let r = clients
+        .find("application_name", "pinned")
+        .expect("the pinned client");
+    assert_eq!(clients.get(r, "pinned"), Some("1"));
+    let r = clients
+        .find("application_name", "free")
+        .expect("the other client");
+    assert_eq!(clients.get(r, "pinned"), Some("0"));
 }
 
 #[tokio::test]

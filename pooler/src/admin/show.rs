@@ -307,9 +307,10 @@ fn pointer(id: u64) -> Option<String> {
 
 /// `SHOW CLIENTS`: every logged-in client, admin console sessions included. `state` is
 /// `waiting` while the client waits for a server connection and `active` otherwise, as in
-/// PgBouncer; `link` names the server connection it holds.
+/// PgBouncer; `link` names the server connection it holds. `pinned` (1 or 0, Weir's own,
+/// after PgBouncer's columns) says whether it keeps its server connection for good.
 pub fn clients(records: &[Arc<ClientRecord>]) -> ResultSet {
-    let mut rs = ResultSet::new(CONNECTION_COLUMNS);
+    let mut rs = ResultSet::new(&[CONNECTION_COLUMNS, &["pinned"]].concat());
     for c in records {
         let wait = c.waiting_for().unwrap_or_default();
         let i = &c.info;
@@ -339,6 +340,7 @@ pub fn clients(records: &[Arc<ClientRecord>]) -> ResultSet {
             text(&i.application_name),
             text(c.prepared()),
             text(c.id),
+            text(u8::from(c.pinned())),
         ]);
     }
     rs

@@ -496,6 +496,7 @@ impl Session {
                 &mut self.state,
                 pooler.statements(),
                 pooler.pinned_clients(),
+                &self.record,
                 tracking,
             )
         });

@@ -13,6 +13,7 @@ use super::scan::TxState;
 use crate::config::Pinning;
 use crate::prepared::{self, ClientStatements, Statement, StatementRegistry};
 use crate::protocol::{backend, frontend, peek_header, PgError, ProtocolError};
+use crate::registry::ClientRecord;
 use crate::server::Carried;
 use crate::session_state::SessionState;
 use crate::sql::{self, Effect};
@@ -44,6 +45,8 @@ pub struct Tracker<'a> {
     client: &'a mut ClientState,
     registry: &'a StatementRegistry,
     pinned_clients: &'a AtomicUsize,
+    /// The client's registry record, which shows it pinned.
+    record: &'a ClientRecord,
     policy: Policy,
     pipeline: Pipeline,
     /// Bytes of a passed-through message body still to copy.
@@ -89,12 +92,14 @@ impl<'a> Tracker<'a> {
         client: &'a mut ClientState,
         registry: &'a StatementRegistry,
         pinned_clients: &'a AtomicUsize,
+        record: &'a ClientRecord,
         policy: Policy,
     ) -> Self {
         Tracker {
             client,
             registry,
             pinned_clients,
+            record,
             policy,
             pipeline: Pipeline::default(),
             remaining: 0,
@@ -511,6 +516,7 @@ impl<'a> Tracker<'a> {
                     tracing::debug!(reason = what, "client pinned to its server connection");
                     self.client.pinned = Some(what);
                     self.pinned_clients.fetch_add(1, Ordering::Relaxed);
+                    self.record.set_pinned(true);
                 }
             }
             Effect::Refuse(_) | Effect::Other => {}

@@ -1,9 +1,11 @@
 //! Background upkeep of a pool: closing connections past `server_lifetime` or idle past
-//! `server_idle_timeout`, and keeping `min_pool_size` connections open.
+//! `server_idle_timeout`, and keeping `min_pool_size` connections open. What to close and
+//! how many to open is decided by the pool's bookkeeping ([`super::inner`]); this runs it.
 
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
+use super::inner::Warm;
 use super::{Opening, Pool};
 
 /// How often upkeep runs; PgBouncer's janitor runs at about the same rate.
@@ -32,22 +34,22 @@ async fn run_once(weak: &Weak<Pool>) -> bool {
     reap(&pool);
     loop {
         let place = {
-            let st = pool.lock();
             let settings = pool.settings.load();
-            let recently_failed = st
-                .last_failure
-                .as_ref()
-                .is_some_and(|(at, _)| at.elapsed() < settings.login_retry);
-            if st.closed {
-                return false;
-            }
-            // A paused pool is being emptied on purpose; warming would undo that.
-            if recently_failed || pool.is_paused() {
-                break;
-            }
-            match pool.places.try_take(settings.min_size) {
-                Some(place) => place,
-                None => break,
+            let now = Instant::now();
+            let warm = pool
+                .lock()
+                .warm(now, &settings, pool.is_paused(), pool.places.taken());
+            match warm {
+                Warm::Closed => return false,
+                Warm::Hold => break,
+                Warm::Open(missing) => {
+                    tracing::trace!(pool = %pool.key, missing, "warming min_pool_size");
+                    // Taken by count, as a client may take the same place meanwhile.
+                    match pool.places.try_take(settings.min_size) {
+                        Some(place) => place,
+                        None => break,
+                    }
+                }
             }
         };
         let mut opening = Opening::new(&pool, place);
@@ -64,40 +66,19 @@ async fn run_once(weak: &Weak<Pool>) -> bool {
     true
 }
 
-/// Closes idle connections past their lifetime, and those idle too long beyond the minimum.
+/// Closes the idle connections the bookkeeping retires (see [`super::inner::Inner::reap`]).
 fn reap(pool: &Pool) {
-    let s = pool.settings.load_full();
-    let generation = pool.generation.load(std::sync::atomic::Ordering::Acquire);
+    let settings = pool.settings.load_full();
+    let generation = pool.generation();
     let now = Instant::now();
-    let expired = {
+    let retired = {
         let mut st = pool.lock();
-        let mut keep_total = pool.places.taken();
-        let mut expired = Vec::new();
-        let mut i = 0;
-        while i < st.idle.len() {
-            let conn = &st.idle[i].conn;
-            let too_old = s.lifetime.expired_idle(now.duration_since(conn.created));
-            let too_idle = !s.idle_timeout.is_zero()
-                && now.duration_since(conn.last_used) >= s.idle_timeout
-                && keep_total > s.min_size;
-            // A connection the server closed (restart, pg_terminate_backend) is gone already;
-            // one to an old target or beyond a shrunk pool goes.
-            let dead = !conn.is_clean();
-            let stale = conn.generation != generation;
-            let surplus = keep_total > s.size + s.reserve_size;
-            if too_old || too_idle || dead || stale || surplus {
-                if let Some(slot) = st.idle.remove(i) {
-                    expired.push(slot);
-                    keep_total -= 1;
-                }
-            } else {
-                i += 1;
-            }
-        }
-        expired
+        // Counted under the lock, as before: the idle ones cannot change meanwhile.
+        let total = pool.places.taken();
+        st.reap(now, &settings, generation, total)
     };
-    for slot in expired {
-        tracing::debug!(pool = %pool.key, server = slot.conn.id, "closing an expired idle server connection");
+    for (slot, why) in retired {
+        tracing::debug!(pool = %pool.key, server = slot.conn.id, ?why, "closing an idle server connection");
         pool.forget(slot, true);
     }
 }

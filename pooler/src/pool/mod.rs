@@ -5,12 +5,20 @@
 //! then an idle connection, or opens a new one. The [`Checkout`] guard gives the connection
 //! back only when told it is clean; dropped any other way it closes the connection, so a
 //! client that vanishes mid-transaction can never leave a dirty connection in the pool.
+//!
+//! The module is split in two. `inner` is the bookkeeping as a pure state machine — idle
+//! connections, the last failed login, closed — whose functions decide every transition
+//! (reuse, open, wait, fail fast; keep or close a returned connection; what upkeep closes
+//! and opens) from arguments alone, time included, and are unit-tested one by one. The
+//! async shell here and in `maintenance` holds it behind a short-lived mutex and does what
+//! it decides: semaphore permits (main and reserve), pause, wake-ups, timeouts, connecting,
+//! and the guards ([`Checkout`], `Place`, `Opening`) that uncount a connection on drop.
 
 mod counts;
+mod inner;
 mod limit;
 mod maintenance;
 
-use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -24,11 +32,11 @@ use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::timeout_at;
 
 pub use counts::Counts;
+use inner::{Inner, Retire, Step, Vet};
 pub use limit::Limit;
 use limit::LimitPermit;
 
 pub use crate::config::PoolSettings;
-use crate::config::ServerCheck;
 use crate::params::ParamSet;
 use crate::protocol::PgError;
 use crate::registry::{NewServer, Registry, ServerHandle, ServerRecord};
@@ -90,13 +98,19 @@ struct Slot {
     _place: Place,
 }
 
-#[derive(Debug, Default)]
-struct State {
-    /// Idle connections, most recently used last (taken LIFO so spares can idle out).
-    idle: VecDeque<Slot>,
-    /// The last failed login, which makes new logins wait `server_login_retry`.
-    last_failure: Option<(Instant, Arc<str>)>,
-    closed: bool,
+impl inner::Conn for Slot {
+    fn created(&self) -> Instant {
+        self.conn.created
+    }
+    fn last_used(&self) -> Instant {
+        self.conn.last_used
+    }
+    fn generation(&self) -> u64 {
+        self.conn.generation
+    }
+    fn is_clean(&self) -> bool {
+        self.conn.is_clean()
+    }
 }
 
 /// Live counters for the admin console and metrics.
@@ -161,7 +175,8 @@ pub struct Pool {
     generation: AtomicU64,
     main: Arc<Semaphore>,
     reserve: Arc<Semaphore>,
-    state: Mutex<State>,
+    /// The bookkeeping: idle connections, the last failed login, closed.
+    state: Mutex<Inner<Slot>>,
     /// The count of connections that exist, and the wake-up for clients waiting for one.
     places: Arc<Places>,
     /// The `max_db_connections` / `max_user_connections` limits new connections count against.
@@ -195,7 +210,7 @@ impl Pool {
             main: Arc::new(Semaphore::new(settings.size)),
             reserve: Arc::new(Semaphore::new(settings.reserve_size)),
             settings: ArcSwap::from_pointee(settings),
-            state: Mutex::new(State::default()),
+            state: Mutex::new(Inner::default()),
             places: Arc::default(),
             limits: ArcSwap::from_pointee(limits),
             welcome: Mutex::new(None),
@@ -237,7 +252,7 @@ impl Pool {
             self.generation.fetch_add(1, Ordering::AcqRel);
             self.target.store(Arc::new(target));
             // A failed login against the old target says nothing about the new one.
-            self.lock().last_failure = None;
+            self.lock().clear_failure();
         }
         if *old != settings {
             tracing::info!(pool = %self.key, size = settings.size, reserve = settings.reserve_size, "pool reconfigured");
@@ -275,20 +290,19 @@ impl Pool {
 
     /// (idle, total) connection counts right now.
     pub fn counts(&self) -> (usize, usize) {
-        let idle = self.lock().idle.len();
+        let idle = self.lock().idle();
         (idle, self.places.taken())
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
-        // A panic while holding the lock cannot leave State inconsistent in a way that matters
-        // more than stopping the pooler would, so poisoning is ignored.
+    fn lock(&self) -> MutexGuard<'_, Inner<Slot>> {
+        // A panic while holding the lock cannot leave the bookkeeping inconsistent in a way
+        // that matters more than stopping the pooler would, so poisoning is ignored.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The most a pool may hold: its size plus its reserve.
-    fn capacity(&self) -> usize {
-        let s = self.settings.load();
-        s.size + s.reserve_size
+    /// The generation connections must belong to.
+    fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     /// Lends a server connection, waiting in FIFO order until `deadline` (and, while the
@@ -334,11 +348,7 @@ impl Pool {
             return None;
         }
         let permit = self.main.clone().try_acquire_owned().ok()?;
-        let mut st = self.lock();
-        if st.closed {
-            return None;
-        }
-        let slot = st.idle.pop_back()?;
+        let slot = self.lock().take_idle()?;
         Some((slot, permit))
     }
 
@@ -386,7 +396,7 @@ impl Pool {
 
     /// Closes every idle connection now; returns how many were closed.
     pub fn close_idle(&self) -> usize {
-        let idle: Vec<Slot> = self.lock().idle.drain(..).collect();
+        let idle = self.lock().take_all_idle();
         let n = idle.len();
         for slot in idle {
             self.forget(slot, true);
@@ -411,49 +421,43 @@ impl Pool {
         // sleeping, so a connection returned in between is not missed.
         let mut returned: Option<Pin<Box<Notified<'_>>>> = None;
         loop {
-            let step = {
-                let mut st = self.lock();
-                if st.closed {
-                    return Err(CheckoutError::Closed);
-                }
-                if let Some(slot) = st.idle.pop_back() {
-                    Step::Reuse(slot)
-                } else if let Some(place) = self.places.try_take(self.capacity()) {
-                    if let Some((at, why)) = &st.last_failure {
-                        if at.elapsed() < self.settings.load().login_retry {
-                            return Err(CheckoutError::LoginRetry(why.clone()));
-                        }
-                    }
-                    Step::Open(Opening::new(self, place))
-                } else {
-                    Step::Wait
-                }
-            };
+            let settings = self.settings.load();
+            let now = Instant::now();
+            let capacity = inner::capacity(&settings);
+            let step = self
+                .lock()
+                .step(now, &settings, || self.places.try_take(capacity));
+            drop(settings);
             match step {
+                Step::Closed => return Err(CheckoutError::Closed),
+                Step::LoginRetry(why) => return Err(CheckoutError::LoginRetry(why)),
                 Step::Reuse(slot) => {
                     if let Some(slot) = self.vet(slot, deadline).await {
                         return Ok(Checkout::new(self, slot, permit));
                     }
                 }
-                Step::Open(mut opening) => loop {
-                    // A connection given back while this one waits for a shared limit is
-                    // taken instead: with `max_db_connections` below the pool size, waiting
-                    // for a limit that only closing frees would otherwise never end.
-                    let mut give_way = self.listen();
-                    if let Some(slot) = opening.open(deadline, Some(give_way.as_mut())).await? {
-                        return Ok(Checkout::new(self, slot, permit));
-                    }
-                    // Still counted as opening, so taking it back cannot wake this client
-                    // again; if another client took the connection first, keep on opening.
-                    let idle = self.lock().idle.pop_back();
-                    if let Some(slot) = idle {
-                        drop(opening);
-                        if let Some(slot) = self.vet(slot, deadline).await {
+                Step::Open(place) => {
+                    let mut opening = Opening::new(self, place);
+                    loop {
+                        // A connection given back while this one waits for a shared limit is
+                        // taken instead: with `max_db_connections` below the pool size,
+                        // waiting for a limit that only closing frees would otherwise never end.
+                        let mut give_way = self.listen();
+                        if let Some(slot) = opening.open(deadline, Some(give_way.as_mut())).await? {
                             return Ok(Checkout::new(self, slot, permit));
                         }
-                        break;
+                        // Still counted as opening, so taking it back cannot wake this client
+                        // again; if another client took the connection first, keep on opening.
+                        let idle = self.lock().take_idle();
+                        if let Some(slot) = idle {
+                            drop(opening);
+                            if let Some(slot) = self.vet(slot, deadline).await {
+                                return Ok(Checkout::new(self, slot, permit));
+                            }
+                            break;
+                        }
                     }
-                },
+                }
                 Step::Wait => match returned.take() {
                     None => returned = Some(self.listen()),
                     Some(wake) => {
@@ -485,9 +489,12 @@ impl Pool {
         let main = self.main.clone().acquire_owned();
         tokio::pin!(main);
         let settings = self.settings.load_full();
-        let reserve_at = (settings.reserve_size > 0)
-            .then(|| tokio::time::Instant::now() + settings.reserve_timeout)
-            .filter(|at| *at < deadline);
+        let reserve_at = inner::reserve_at(
+            &settings,
+            tokio::time::Instant::now().into_std(),
+            deadline.into_std(),
+        )
+        .map(tokio::time::Instant::from_std);
         // The reserve is only for clients still waiting after reserve_pool_timeout.
         if let Some(reserve_at) = reserve_at {
             tokio::select! {
@@ -523,19 +530,16 @@ impl Pool {
 
     /// What can be said of an idle connection without talking to its server.
     fn vet_now(&self, slot: Slot) -> Vetted {
-        if !slot.conn.is_clean() || slot.conn.generation != self.generation.load(Ordering::Acquire)
-        {
-            tracing::debug!(pool = %self.key, server = slot.conn.id, "idle server connection went bad");
-            self.forget(slot, false);
-            return Vetted::Closed;
-        }
         let settings = self.settings.load();
-        if settings.check == ServerCheck::Off
-            || slot.conn.last_used.elapsed() < settings.check_delay
-        {
-            return Vetted::Ready(slot);
+        match inner::vet(&slot, Instant::now(), &settings, self.generation()) {
+            Vet::Ready => Vetted::Ready(slot),
+            Vet::Check => Vetted::Check(slot),
+            Vet::Retire(why) => {
+                tracing::debug!(pool = %self.key, server = slot.conn.id, ?why, "idle server connection went bad");
+                self.forget(slot, false);
+                Vetted::Closed
+            }
         }
-        Vetted::Check(slot)
     }
 
     /// Runs `server_check_query` on an idle connection; `None` means it failed and was closed.
@@ -593,7 +597,7 @@ impl Pool {
                         *welcome = Some(conn.params.clone());
                     }
                 }
-                self.lock().last_failure = None;
+                self.lock().clear_failure();
                 let record = self.registry.add_server(NewServer {
                     pool: self.key.clone(),
                     addr: conn.addr.clone(),
@@ -617,7 +621,8 @@ impl Pool {
             }
             Err(e) => {
                 tracing::warn!(pool = %self.key, error = %e, "server login failed");
-                self.lock().last_failure = Some((Instant::now(), e.to_string().into()));
+                self.lock()
+                    .login_failed(Instant::now(), e.to_string().into());
                 Err(e.into())
             }
         }
@@ -651,36 +656,35 @@ impl Pool {
         slot.record
             .set_prepared(slot.conn.carried().statement_count());
         let settings = self.settings.load();
-        let expired = settings
-            .lifetime
-            .expired_after_use(now.duration_since(slot.conn.created))
-            || slot.conn.generation != self.generation.load(Ordering::Acquire)
-            || self.limits.load().iter().any(|l| l.is_shrinking());
-        {
-            let mut st = self.lock();
-            if !expired && !st.closed {
-                st.idle.push_back(slot);
-                drop(st);
-                self.places.freed.notify_one();
-                return;
+        let shrinking = self.limits.load().iter().any(|l| l.is_shrinking());
+        let why = match inner::returned(&slot, now, &settings, self.generation(), shrinking) {
+            Some(why) => why,
+            None => {
+                let kept = self.lock().put_idle(slot);
+                match kept {
+                    Ok(()) => {
+                        self.places.freed.notify_one();
+                        return;
+                    }
+                    Err(back) => {
+                        slot = back;
+                        Retire::Closed
+                    }
+                }
             }
-        }
-        tracing::debug!(pool = %self.key, server = slot.conn.id, "server_lifetime reached");
+        };
+        tracing::debug!(pool = %self.key, server = slot.conn.id, ?why, "closing a returned server connection");
         self.forget(slot, true);
     }
 
     /// Puts a connection opened to keep `min_pool_size` among the idle ones: it has served
     /// nobody yet, so `server_lifetime = 0` (one use) does not close it.
     fn add_warm(&self, slot: Slot) {
-        let mut st = self.lock();
-        if st.closed {
-            drop(st);
-            self.forget(slot, true);
-            return;
+        let kept = self.lock().put_idle(slot);
+        match kept {
+            Ok(()) => self.places.freed.notify_one(),
+            Err(slot) => self.forget(slot, true),
         }
-        st.idle.push_back(slot);
-        drop(st);
-        self.places.freed.notify_one();
     }
 
     /// Closes a connection that is no longer counted as idle; dropping the slot frees its
@@ -695,7 +699,7 @@ impl Pool {
     /// Closes one idle connection to make room elsewhere (`max_db_connections`); false when
     /// there was none.
     pub fn evict_idle(&self) -> bool {
-        let slot = self.lock().idle.pop_front();
+        let slot = self.lock().evict();
         match slot {
             Some(slot) => {
                 self.forget(slot, true);
@@ -707,11 +711,7 @@ impl Pool {
 
     /// Closes every idle connection and refuses new checkouts.
     pub fn close(&self) {
-        let idle: Vec<Slot> = {
-            let mut st = self.lock();
-            st.closed = true;
-            st.idle.drain(..).collect()
-        };
+        let idle = self.lock().close();
         for slot in idle {
             self.forget(slot, true);
         }
@@ -765,12 +765,6 @@ enum Vetted {
     Check(Slot),
     /// Gone bad; it was closed.
     Closed,
-}
-
-enum Step {
-    Reuse(Slot),
-    Open(Opening),
-    Wait,
 }
 
 /// One place in a pool's count of connections (idle, lent out or being opened). Whoever
