@@ -216,25 +216,25 @@ static NEXT_SERVER_ID: AtomicU64 = AtomicU64::new(1);
 #[derive(Debug)]
 pub struct ServerConn {
     /// The socket.
-    pub stream: Stream,
+    stream: Stream,
     /// Bytes read from the server and not yet consumed; reused across checkouts.
     buf: BytesMut,
     /// Current values of the parameters the server reports.
-    pub params: ParamSet,
+    params: ParamSet,
     /// The key that cancels this backend's query.
-    pub key: ServerKey,
+    key: ServerKey,
     /// Where the server lives (cancels go there too).
-    pub addr: Arc<ServerAddr>,
+    addr: Arc<ServerAddr>,
     /// Pooler-wide id, for logs.
-    pub id: u64,
+    id: u64,
     /// When the connection was opened (`server_lifetime`).
-    pub created: Instant,
+    created: Instant,
     /// When it was last returned to the pool (`server_idle_timeout`, `server_check_delay`).
-    pub last_used: Instant,
+    last_used: Instant,
     /// What it carries for its clients: prepared statements and session settings.
     carried: Carried,
     /// The pool's target generation this connection was opened for.
-    pub generation: u64,
+    generation: u64,
     /// The client parameters this connection was last brought in line with, and its own
     /// change count then: while both still hold, it needs no parameter sync.
     synced_to: Option<(ParamSet, u64)>,
@@ -579,6 +579,51 @@ impl ServerConn {
     /// What it carries for its clients.
     pub fn carried(&self) -> &Carried {
         &self.carried
+    }
+
+    /// Pooler-wide id, for logs and the console.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// When the connection was opened.
+    pub fn created(&self) -> Instant {
+        self.created
+    }
+
+    /// When it was last given back to its pool.
+    pub fn last_used(&self) -> Instant {
+        self.last_used
+    }
+
+    /// Records that it was given back to its pool at `now`.
+    pub fn returned_at(&mut self, now: Instant) {
+        self.last_used = now;
+    }
+
+    /// The pool generation it was opened in.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Marks it as opened in pool generation `generation`.
+    pub fn set_generation(&mut self, generation: u64) {
+        self.generation = generation;
+    }
+
+    /// The parameters the server reports.
+    pub fn params(&self) -> &ParamSet {
+        &self.params
+    }
+
+    /// Where it goes and the key that cancels its query: what a CancelRequest needs.
+    pub fn cancel_target(&self) -> (Arc<ServerAddr>, ServerKey) {
+        (self.addr.clone(), self.key)
+    }
+
+    /// The local end of its socket, as the console shows it.
+    pub fn local_endpoint(&self) -> crate::stream::Endpoint {
+        self.stream.endpoints(0).1
     }
 
     /// Drops `n` bytes already read from the server (a message the pooler consumed itself).

@@ -634,7 +634,7 @@ impl Session {
         Box::pin(async move {
             if running {
                 let server = checkout.server();
-                let (addr, key) = (server.addr.clone(), server.key);
+                let (addr, key) = server.cancel_target();
                 let keepalive = app::keepalive(&self.pooler.config());
                 if let Err(e) = server::send_cancel(&addr, key, &keepalive).await {
                     tracing::warn!(error = %e, server = %addr, "could not cancel an abandoned query");

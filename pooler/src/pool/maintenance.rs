@@ -78,7 +78,7 @@ fn reap(pool: &Pool) {
         st.reap(now, &settings, generation, total)
     };
     for (slot, why) in retired {
-        tracing::debug!(pool = %pool.key, server = slot.conn.id, ?why, "closing an idle server connection");
+        tracing::debug!(pool = %pool.key, server = slot.conn.id(), ?why, "closing an idle server connection");
         pool.forget(slot, true);
     }
 }

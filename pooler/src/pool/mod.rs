@@ -100,13 +100,13 @@ struct Slot {
 
 impl inner::Conn for Slot {
     fn created(&self) -> Instant {
-        self.conn.created
+        self.conn.created()
     }
     fn last_used(&self) -> Instant {
-        self.conn.last_used
+        self.conn.last_used()
     }
     fn generation(&self) -> u64 {
-        self.conn.generation
+        self.conn.generation()
     }
     fn is_clean(&self) -> bool {
         self.conn.is_clean()
@@ -535,7 +535,7 @@ impl Pool {
             Vet::Ready => Vetted::Ready(slot),
             Vet::Check => Vetted::Check(slot),
             Vet::Retire(why) => {
-                tracing::debug!(pool = %self.key, server = slot.conn.id, ?why, "idle server connection went bad");
+                tracing::debug!(pool = %self.key, server = slot.conn.id(), ?why, "idle server connection went bad");
                 self.forget(slot, false);
                 Vetted::Closed
             }
@@ -556,7 +556,7 @@ impl Pool {
             match timeout_at(deadline, slot.conn.simple_query(sql)).await {
                 Ok(Ok(())) => Some(slot),
                 _ => {
-                    tracing::info!(pool = %self.key, server = slot.conn.id, "server_check_query failed");
+                    tracing::info!(pool = %self.key, server = slot.conn.id(), "server_check_query failed");
                     self.forget(slot, false);
                     None
                 }
@@ -588,23 +588,24 @@ impl Pool {
         let generation = self.generation.load(Ordering::Acquire);
         match ServerConn::connect(&self.target.load_full()).await {
             Ok(mut conn) => {
-                conn.generation = generation;
+                conn.set_generation(generation);
                 self.stats.opened.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(pool = %self.key, server = conn.id, "server connection opened");
+                tracing::debug!(pool = %self.key, server = conn.id(), "server connection opened");
                 {
                     let mut welcome = self.welcome.lock().unwrap_or_else(|p| p.into_inner());
                     if welcome.is_none() {
-                        *welcome = Some(conn.params.clone());
+                        *welcome = Some(conn.params().clone());
                     }
                 }
                 self.lock().clear_failure();
+                let (addr, key) = conn.cancel_target();
                 let record = self.registry.add_server(NewServer {
                     pool: self.key.clone(),
-                    addr: conn.addr.clone(),
-                    key: conn.key,
-                    local: conn.stream.endpoints(0).1,
+                    addr,
+                    key,
+                    local: conn.local_endpoint(),
                     application_name: conn
-                        .params
+                        .params()
                         .get("application_name")
                         .unwrap_or_default()
                         .to_owned(),
@@ -652,7 +653,7 @@ impl Pool {
     /// Takes back a clean connection.
     fn checkin(&self, mut slot: Slot) {
         let now = Instant::now();
-        slot.conn.last_used = now;
+        slot.conn.returned_at(now);
         slot.record
             .set_prepared(slot.conn.carried().statement_count());
         let settings = self.settings.load();
@@ -673,7 +674,7 @@ impl Pool {
                 }
             }
         };
-        tracing::debug!(pool = %self.key, server = slot.conn.id, ?why, "closing a returned server connection");
+        tracing::debug!(pool = %self.key, server = slot.conn.id(), ?why, "closing a returned server connection");
         self.forget(slot, true);
     }
 
@@ -880,7 +881,7 @@ impl Drop for Checkout {
     fn drop(&mut self) {
         self.pool.stats.active.fetch_sub(1, Ordering::Relaxed);
         if let Some(slot) = self.slot.take() {
-            tracing::debug!(pool = %self.pool.key, server = slot.conn.id, "closing a server connection in an unknown state");
+            tracing::debug!(pool = %self.pool.key, server = slot.conn.id(), "closing a server connection in an unknown state");
             self.pool.forget(slot, false);
         }
     }
