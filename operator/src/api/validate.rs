@@ -239,7 +239,7 @@ impl Checker {
 }
 
 /// Runs one side's TLS rules and those of its CA reference.
-fn v_ca<T>(v: &mut Checker, path: &str, side: &[Rule<T>], value: &T, ca: &Option<CaSource>) {
+fn tls_side<T>(v: &mut Checker, path: &str, side: &[Rule<T>], value: &T, ca: &Option<CaSource>) {
     v.run(path, side, value);
     if let Some(ca) = ca {
         let path = format!("{path}.ca");
