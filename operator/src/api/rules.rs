@@ -14,8 +14,8 @@ use serde_json::{json, Value};
 use weir_pooler::config::Settings;
 
 use super::{
-    SslMode, Autoscaling, CaSource, ClientTls, ConnectionPoolSpec, CredentialsSecret, DatabaseSpec,
-    KeySelector, Limits, MaxConnections, PasswordSecret, Rollout, ServerTls, UserSpec,
+    Autoscaling, CaSource, ClientTls, ConnectionPoolSpec, CredentialsSecret, DatabaseSpec,
+    KeySelector, Limits, MaxConnections, PasswordSecret, Rollout, ServerTls, SslMode, UserSpec,
 };
 
 /// The most users one pool may list; bounds the cost of the CEL rules over the list.
@@ -629,7 +629,10 @@ pub(crate) fn parameters_rules() -> Vec<Rule<BTreeMap<String, String>>> {
             },
         },
         Rule {
-            cel: format!("self.all(k, !(k in {}))", cel_list(TLS_KEYS.iter().copied())),
+            cel: format!(
+                "self.all(k, !(k in {}))",
+                cel_list(TLS_KEYS.iter().copied())
+            ),
             message: TLS_PARAMETERS.to_owned(),
             field: None,
             check: |map| {

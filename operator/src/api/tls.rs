@@ -107,7 +107,9 @@ pub struct KeySelector {
 }
 
 /// A TLS mode, as libpq's sslmode and PgBouncer's *_tls_sslmode spell it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum SslMode {
     /// No TLS.

@@ -212,10 +212,22 @@ impl Checker {
 
     fn tls(&mut self, tls: &TlsSpec) {
         if let Some(client) = &tls.client {
-            tls_side(self, "spec.tls.client", &rules::client_tls_rules(), client, &client.ca);
+            tls_side(
+                self,
+                "spec.tls.client",
+                &rules::client_tls_rules(),
+                client,
+                &client.ca,
+            );
         }
         if let Some(server) = &tls.server {
-            tls_side(self, "spec.tls.server", &rules::server_tls_rules(), server, &server.ca);
+            tls_side(
+                self,
+                "spec.tls.server",
+                &rules::server_tls_rules(),
+                server,
+                &server.ca,
+            );
         }
     }
 

@@ -41,8 +41,11 @@ use super::database::{self, Target};
 use super::metrics::Metrics;
 use super::resize::{self, Desired, Live};
 use super::rollout::{self, Observation};
+use super::tls::ProbeTls;
 use crate::api::condition::{BUDGET_FEASIBLE, FITS, INVALID_SPEC, PROGRESSING};
-use crate::api::{ConnectionPool, ConnectionPoolSpec, ConnectionPoolStatus, MaxConnections};
+use crate::api::{
+    CaSource, ConnectionPool, ConnectionPoolSpec, ConnectionPoolStatus, MaxConnections, SslMode,
+};
 use crate::render::config::CONFIG_FILE;
 use crate::render::{self, names, selector_string, Child, Observed, RenderError, Rendered};
 use crate::sizing::{self, SizingError};
@@ -230,13 +233,15 @@ async fn reconcile_pool(pool: &ConnectionPool, ctx: &Context) -> Result<Action, 
     let _sizing_turn = ctx.ledger.lock(&DatabaseKey::of(pool)).await;
 
     let secrets = read_secrets(ctx, &namespace, &pool.spec).await?;
-    let database = observe_database(ctx, pool, &secrets).await;
+    let config_maps = read_config_maps(ctx, &namespace, &pool.spec).await?;
+    let database = observe_database(ctx, pool, &secrets, &config_maps).await;
     let pools = ctx.pools.state();
     ctx.ledger.retain_existing(&pools);
     let observed = Observed {
         database: database.as_ref().ok().copied().flatten(),
         others_claimed: ctx.ledger.others_claimed(pool, &pools),
         secrets,
+        config_maps,
     };
     let database_problem = database.err();
     let budget = budget_verdict(pool, &observed, database_problem.as_ref());
@@ -370,12 +375,44 @@ async fn read_secrets(
     Ok(secrets)
 }
 
-/// The names of the Secrets `spec` reads, without repetition.
+/// The data of every ConfigMap the spec names (TLS CAs), by name; missing ones are left
+/// out (rendering names them).
+async fn read_config_maps(
+    ctx: &Context,
+    namespace: &str,
+    spec: &ConnectionPoolSpec,
+) -> Result<BTreeMap<String, BTreeMap<String, String>>, Error> {
+    let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), namespace);
+    let mut config_maps = BTreeMap::new();
+    let mut names: Vec<String> = render::tls::config_map_keys(spec)
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect();
+    names.sort();
+    names.dedup();
+    for name in names {
+        if let Some(config_map) = api
+            .get_opt(&name)
+            .await
+            .map_err(kube_error::<ConfigMap>("read", &name))?
+        {
+            config_maps.insert(name, config_map.data.unwrap_or_default());
+        }
+    }
+    Ok(config_maps)
+}
+
+/// The names of the Secrets `spec` reads (credentials and TLS), without repetition.
 pub fn referenced_secrets(spec: &ConnectionPoolSpec) -> Vec<String> {
     let mut names = vec![spec.database.credentials_secret.name.clone()];
     if let Some(users) = &spec.users {
         names.extend(users.iter().map(|u| u.credentials_secret.name.clone()));
     }
+    names.extend(
+        render::tls::secret_keys(spec)
+            .into_iter()
+            .map(|(name, _)| name),
+    );
     names.sort();
     names.dedup();
     names
@@ -386,6 +423,7 @@ async fn observe_database(
     ctx: &Context,
     pool: &ConnectionPool,
     secrets: &BTreeMap<String, BTreeMap<String, Vec<u8>>>,
+    config_maps: &BTreeMap<String, BTreeMap<String, String>>,
 ) -> Result<Option<render::ObservedDatabase>, Blocker> {
     let db = &pool.spec.database;
     if db.max_connections != MaxConnections::Auto {
@@ -417,6 +455,13 @@ async fn observe_database(
         dbname: db.dbname.clone(),
         user: value(&creds.username_key)?,
         password: value(&creds.password_key)?,
+        tls: probe_tls(&pool.spec, secrets, config_maps).map_err(|what| Blocker {
+            reason: reason::SECRET_PROBLEM.to_owned(),
+            message: format!(
+                "maxConnections is auto, but the TLS settings to read it with are unusable: \
+                 {what}"
+            ),
+        })?,
     };
     ctx.databases
         .observe(&target, ctx.settings.database_timeout)
@@ -426,6 +471,60 @@ async fn observe_database(
             reason: reason::DATABASE_UNREACHABLE.to_owned(),
             message: e.to_string(),
         })
+}
+
+/// The probe's TLS: `spec.tls.server` with its files read from the API; the pooler's
+/// default, prefer, without it.
+fn probe_tls(
+    spec: &ConnectionPoolSpec,
+    secrets: &BTreeMap<String, BTreeMap<String, Vec<u8>>>,
+    config_maps: &BTreeMap<String, BTreeMap<String, String>>,
+) -> Result<ProbeTls, String> {
+    let Some(server) = spec.tls.as_ref().and_then(|t| t.server.as_ref()) else {
+        return Ok(ProbeTls {
+            mode: SslMode::Prefer,
+            ca: None,
+            client_certificate: None,
+        });
+    };
+    let secret_key = |name: &str, key: &str| -> Result<Vec<u8>, String> {
+        secrets
+            .get(name)
+            .ok_or_else(|| format!("Secret {name:?} not found"))?
+            .get(key)
+            .cloned()
+            .ok_or_else(|| format!("Secret {name:?} has no key {key:?}"))
+    };
+    let ca = match &server.ca {
+        Some(CaSource {
+            secret: Some(s), ..
+        }) => Some(secret_key(&s.name, &s.key)?),
+        Some(CaSource {
+            config_map: Some(c),
+            ..
+        }) => Some(
+            config_maps
+                .get(&c.name)
+                .ok_or_else(|| format!("ConfigMap {:?} not found", c.name))?
+                .get(&c.key)
+                .ok_or_else(|| format!("ConfigMap {:?} has no key {:?}", c.name, c.key))?
+                .clone()
+                .into_bytes(),
+        ),
+        _ => None,
+    };
+    let client_certificate = match &server.client_certificate_secret_name {
+        Some(name) => Some((
+            secret_key(name, render::tls::TLS_CERT)?,
+            secret_key(name, render::tls::TLS_KEY)?,
+        )),
+        None => None,
+    };
+    Ok(ProbeTls {
+        mode: server.effective_mode(),
+        ca,
+        client_certificate,
+    })
 }
 
 /// The BudgetFeasible condition, decided from the sizing alone (independent of Secrets).
@@ -499,6 +598,8 @@ fn blocker(error: &RenderError, database_problem: Option<&Blocker>) -> Blocker {
         RenderError::Sizing(SizingError::Invalid(_)) => INVALID_SPEC,
         RenderError::MissingSecret(_)
         | RenderError::MissingSecretKey { .. }
+        | RenderError::MissingConfigMap(_)
+        | RenderError::MissingConfigMapKey { .. }
         | RenderError::BadSecretValue { .. } => reason::SECRET_PROBLEM,
         RenderError::Parameter { .. }
         | RenderError::Duration(_)

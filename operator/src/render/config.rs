@@ -103,11 +103,18 @@ pub(crate) fn build(
     Ok(config)
 }
 
-/// The hash of the settings in [`RESTART_KEYS`], as put on the pod template.
-pub(crate) fn restart_hash(config: &Config) -> String {
+/// The hash of the settings in [`RESTART_KEYS`] and of the TLS settings, as put on the
+/// pod template. The TLS settings are fixed paths and modes, never file contents, so a
+/// rotated certificate leaves the hash alone while turning TLS on or off, or changing a
+/// mode, rolls the pods: a stricter mode then holds for every pod at once, whatever the
+/// pooler's reload does with it. Without TLS the hash is what it was before TLS existed.
+pub(crate) fn restart_hash(config: &Config, tls: &[(&str, String)]) -> String {
     let mut hasher = Sha256::new();
     for key in RESTART_KEYS {
         let value = config.pgbouncer.get(key).unwrap_or_default();
+        hasher.update(format!("{key}={value}\n"));
+    }
+    for (key, value) in tls {
         hasher.update(format!("{key}={value}\n"));
     }
     let digest = hasher.finalize();
