@@ -221,6 +221,7 @@ fn observed() -> Observed {
                 secret(&[("password", REPORTS_PASSWORD)]),
             ),
         ]),
+        config_maps: BTreeMap::new(),
     }
 }
 

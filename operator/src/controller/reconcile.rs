@@ -824,6 +824,7 @@ mod tests {
             database: None,
             others_claimed: 0,
             secrets: BTreeMap::from([("db-app".to_owned(), creds)]),
+            config_maps: BTreeMap::new(),
         }
     }
 
