@@ -106,7 +106,8 @@ pub struct KeySelector {
     pub key: String,
 }
 
-/// A TLS mode, as libpq's sslmode and PgBouncer's *_tls_sslmode spell it.
+// A TLS mode, as libpq's sslmode and PgBouncer's *_tls_sslmode spell it. Not a doc comment:
+// the CRD would show it in place of each mode field's own description.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
 )]
