@@ -602,6 +602,7 @@ fn blocker(error: &RenderError, database_problem: Option<&Blocker>) -> Blocker {
         | RenderError::MissingConfigMapKey { .. }
         | RenderError::BadSecretValue { .. } => reason::SECRET_PROBLEM,
         RenderError::Parameter { .. }
+        | RenderError::Tls { .. }
         | RenderError::Duration(_)
         | RenderError::UnboundedDrain
         | RenderError::Config(_) => reason::INVALID_CONFIGURATION,

@@ -32,11 +32,23 @@ pub(crate) fn build(
     spec: &ConnectionPoolSpec,
     sizing: &Sizing,
     credentials: &[Credential],
+    tls: &[(&str, String)],
 ) -> Result<Config, RenderError> {
     let mut s = Settings::default();
     for (key, value) in spec.parameters.iter().flatten() {
         s.set(key, value).map_err(|e| RenderError::Parameter {
             key: key.clone(),
+            message: e.0,
+        })?;
+    }
+    // The TLS settings the pooler's settings type knows; the others are written as text
+    // (tls::append_unknown).
+    for (key, value) in tls
+        .iter()
+        .filter(|(key, _)| Settings::support(key).is_some())
+    {
+        s.set(key, value).map_err(|e| RenderError::Tls {
+            key: (*key).to_owned(),
             message: e.0,
         })?;
     }

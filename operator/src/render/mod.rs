@@ -117,6 +117,14 @@ pub enum RenderError {
         /// The pooler's explanation.
         message: String,
     },
+    /// A TLS setting the pooler does not accept.
+    #[error("spec.tls: the pooler refuses {key}: {message}")]
+    Tls {
+        /// The setting.
+        key: String,
+        /// The pooler's explanation.
+        message: String,
+    },
     /// A malformed duration (admission normally refuses it first).
     #[error(transparent)]
     Duration(#[from] InvalidDuration),
@@ -139,10 +147,11 @@ pub struct Rendered {
     pub sizing: Sizing,
     /// The users in the order of `sizing.users`.
     pub users: Vec<String>,
-    /// The pooler configuration in the ConfigMap, but for the TLS settings.
+    /// The pooler configuration in the ConfigMap, with the TLS settings the pooler's
+    /// settings type knows.
     pub config: Config,
-    /// The `[pgbouncer]` TLS settings from `spec.tls`, added to the ConfigMap's
-    /// pgbouncer.ini after `config`.
+    /// The `[pgbouncer]` TLS settings from `spec.tls`; those the pooler's settings type
+    /// does not know are added to the ConfigMap's pgbouncer.ini as text.
     pub tls_settings: Vec<(&'static str, String)>,
     /// Hash of the settings that need a restart, as put on the pod template.
     pub restart_hash: String,
@@ -287,9 +296,9 @@ pub fn render(pool: &ConnectionPool, observed: &Observed) -> Result<Rendered, Re
     let owner = meta::owner(pool)?;
     let sizing = sizing::compute(&sizing_inputs(pool, observed)?)?;
     let credentials = secrets::credentials(&pool.spec, observed)?;
-    let config = config::build(&pool.spec, &sizing, &credentials)?;
     tls::check_sources(&pool.spec, observed)?;
     let tls_settings = tls::settings(&pool.spec);
+    let config = config::build(&pool.spec, &sizing, &credentials, &tls_settings)?;
     let restart_hash = config::restart_hash(&config, &tls_settings);
     let ctx = meta::Context {
         name: &name,

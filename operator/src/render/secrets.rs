@@ -80,7 +80,7 @@ pub(crate) fn config_map(
     config: &Config,
     tls_settings: &[(&str, String)],
 ) -> ConfigMap {
-    let ini = tls::append_to_ini(config.to_ini(), tls_settings);
+    let ini = tls::append_unknown(config.to_ini(), tls_settings);
     ConfigMap {
         metadata: ctx.meta(names::config_map(ctx.name)),
         data: Some(BTreeMap::from([(CONFIG_FILE.to_owned(), ini)])),

@@ -253,11 +253,14 @@ fn parameters_rules() {
         set(&[("server_reset_query", "a\nb")]),
         vec!["spec.parameters: parameter values must be a single line"]
     );
-    // Every key is either settable or owned, and the pooler knows every owned key.
+    // Every key is either settable or owned (TLS settings come from spec.tls), and the
+    // pooler knows every owned key.
     let settable: Vec<&str> = rules::settable_keys().collect();
     for key in weir_pooler::config::Settings::KEYS {
         assert!(
-            settable.contains(key) != rules::operator_owned_keys().any(|o| o == *key),
+            settable.contains(key)
+                != (rules::operator_owned_keys().any(|o| o == *key)
+                    || rules::TLS_KEYS.contains(key)),
             "{key}"
         );
     }
