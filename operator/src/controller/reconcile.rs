@@ -945,6 +945,52 @@ mod tests {
         assert_eq!(referenced_secrets(&p.spec), ["db-app", "shared"]);
     }
 
+    const TLS: &str = "  tls:\n    client: {secretName: pool-tls}\n    server:\n      \
+                       ca: {configMap: {name: db-ca}}\n      \
+                       clientCertificateSecretName: db-client\n";
+
+    #[test]
+    fn tls_secrets_are_read_and_watched() {
+        // A renewed certificate triggers a reconcile (which changes nothing in the pods).
+        let p = pool(TLS);
+        assert_eq!(
+            referenced_secrets(&p.spec),
+            ["db-app", "db-client", "pool-tls"]
+        );
+    }
+
+    #[test]
+    fn the_probe_gets_the_server_side_tls() {
+        let p = pool(TLS);
+        let pem = |text: &str| text.as_bytes().to_vec();
+        let mut secrets = observed().secrets;
+        let mut config_maps = BTreeMap::new();
+        let err = probe_tls(&p.spec, &secrets, &config_maps).expect_err("no CA yet");
+        assert_eq!(err, r#"ConfigMap "db-ca" not found"#);
+        config_maps.insert(
+            "db-ca".to_owned(),
+            BTreeMap::from([("ca.crt".to_owned(), "CA".to_owned())]),
+        );
+        let err = probe_tls(&p.spec, &secrets, &config_maps).expect_err("no certificate");
+        assert_eq!(err, r#"Secret "db-client" not found"#);
+        secrets.insert(
+            "db-client".to_owned(),
+            BTreeMap::from([("tls.crt".to_owned(), pem("CRT"))]),
+        );
+        let err = probe_tls(&p.spec, &secrets, &config_maps).expect_err("no key");
+        assert_eq!(err, r#"Secret "db-client" has no key "tls.key""#);
+        if let Some(data) = secrets.get_mut("db-client") {
+            data.insert("tls.key".to_owned(), pem("KEY"));
+        }
+        let tls = probe_tls(&p.spec, &secrets, &config_maps).expect("complete");
+        assert_eq!(tls.mode, SslMode::VerifyFull);
+        assert_eq!(tls.ca, Some(pem("CA")));
+        assert_eq!(tls.client_certificate, Some((pem("CRT"), pem("KEY"))));
+        // Without spec.tls.server: the pooler's default, prefer.
+        let plain = probe_tls(&pool("").spec, &secrets, &config_maps).expect("plain");
+        assert_eq!((plain.mode, plain.ca), (SslMode::Prefer, None));
+    }
+
     #[test]
     fn the_last_apply_time_is_read_from_managed_fields() {
         use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
