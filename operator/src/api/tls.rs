@@ -108,9 +108,7 @@ pub struct KeySelector {
 
 // A TLS mode, as libpq's sslmode and PgBouncer's *_tls_sslmode spell it. Not a doc comment:
 // the CRD would show it in place of each mode field's own description.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum SslMode {
     /// No TLS.
