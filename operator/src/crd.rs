@@ -101,6 +101,10 @@ mod tests {
             pairs(rules::parameters_rules()),
             pairs(rules::pod_labels_rules()),
             pairs(rules::pod_annotations_rules()),
+            pairs(rules::client_tls_rules()),
+            pairs(rules::server_tls_rules()),
+            pairs(rules::ca_source_rules()),
+            pairs(rules::key_selector_rules()),
         ];
         for (cel, message) in all.iter().flatten() {
             let entry = serde_json::json!({ "message": message, "rule": cel }).to_string();

@@ -223,6 +223,16 @@ fn render_offline(args: &RenderArgs) -> anyhow::Result<String> {
         database,
         others_claimed: args.others_claimed,
         secrets: placeholder_secrets(&pool.spec),
+        config_maps: render::tls::config_map_keys(&pool.spec).into_iter().fold(
+            BTreeMap::new(),
+            |mut maps, (name, key)| {
+                let text = format!("<configmap:{name}/{key}>");
+                maps.entry(name)
+                    .or_insert_with(BTreeMap::new)
+                    .insert(key, text);
+                maps
+            },
+        ),
     };
     let rendered =
         render::render(&pool, &observed).with_context(|| args.file.display().to_string())?;
@@ -245,6 +255,9 @@ fn placeholder_secrets(
             format!("<secret:{name}/{key}>").into_bytes(),
         );
     };
+    for (name, key) in render::tls::secret_keys(spec) {
+        add(&name, &key);
+    }
     for source in spec.user_sources() {
         match source {
             UserSource::Listed(u) => add(

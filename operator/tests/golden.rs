@@ -28,6 +28,16 @@ fn facts(spec: &api::ConnectionPoolSpec) -> Observed {
             }
         }
     }
+    // Certificates and CAs: placeholders, only their presence matters to rendering.
+    for (name, key) in weir_operator::render::tls::secret_keys(spec) {
+        let pem = format!("<pem:{name}/{key}>").into_bytes();
+        secrets.entry(name).or_default().insert(key, pem);
+    }
+    let mut config_maps: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+    for (name, key) in weir_operator::render::tls::config_map_keys(spec) {
+        let pem = format!("<pem:{name}/{key}>");
+        config_maps.entry(name).or_default().insert(key, pem);
+    }
     Observed {
         database: Some(ObservedDatabase {
             max_connections: 200,
@@ -36,6 +46,7 @@ fn facts(spec: &api::ConnectionPoolSpec) -> Observed {
         }),
         others_claimed: 0,
         secrets,
+        config_maps,
     }
 }
 

@@ -31,6 +31,10 @@ enum Lands {
     /// Shapes only Kubernetes objects (pods, Service); checked in the rendered objects by
     /// `kubernetes_fields_reach_their_objects`.
     Kubernetes(&'static str),
+    /// TLS: mounted sources and pgbouncer.ini lines, checked in the objects rendered from the
+    /// spec with [`TLS_VARIANTS`] by `tls_fields_reach_their_objects` (the running pooler's
+    /// TLS is the pooler's own tests' concern: the files do not exist outside a pod).
+    Tls(&'static str),
 }
 
 /// Every spec field (dotted path below `spec`, `[]` for list items) and where it lands.
@@ -111,6 +115,77 @@ const FIELDS: &[(&str, Lands)] = &[
         "image",
         Lands::Kubernetes("image: registry.example/weir:contract"),
     ),
+    (
+        "tls.client.secretName",
+        Lands::Tls("secretName: contract-tls"),
+    ),
+    (
+        "tls.client.mode",
+        Lands::Tls("client_tls_sslmode = verify-full"),
+    ),
+    (
+        "tls.client.ca.secret.name",
+        Lands::Tls("secretName: clients-ca"),
+    ),
+    (
+        "tls.client.ca.secret.key",
+        Lands::Tls("client_tls_ca_file = /etc/weir/tls/client-ca/clients.pem"),
+    ),
+    (
+        "tls.client.ca.configMap.name",
+        Lands::Tls("name: clients-bundle"),
+    ),
+    (
+        "tls.client.ca.configMap.key",
+        Lands::Tls("client_tls_ca_file = /etc/weir/tls/client-ca/bundle.pem"),
+    ),
+    (
+        "tls.server.mode",
+        Lands::Tls("server_tls_sslmode = verify-ca"),
+    ),
+    (
+        "tls.server.ca.secret.name",
+        Lands::Tls("secretName: db-ca-secret"),
+    ),
+    (
+        "tls.server.ca.secret.key",
+        Lands::Tls("server_tls_ca_file = /etc/weir/tls/server-ca/db.pem"),
+    ),
+    (
+        "tls.server.ca.configMap.name",
+        Lands::Tls("name: db-ca-bundle"),
+    ),
+    (
+        "tls.server.ca.configMap.key",
+        Lands::Tls("server_tls_ca_file = /etc/weir/tls/server-ca/db-bundle.pem"),
+    ),
+    (
+        "tls.server.clientCertificateSecretName",
+        Lands::Tls("secretName: contract-db-client"),
+    ),
+];
+
+/// `spec.tls` in two variants, since a CA comes from a Secret or a ConfigMap, not both.
+const TLS_VARIANTS: [&str; 2] = [
+    "  tls:
+    client:
+      secretName: contract-tls
+      mode: verify-full
+      ca: {secret: {name: clients-ca, key: clients.pem}}
+    server:
+      mode: verify-ca
+      ca: {configMap: {name: db-ca-bundle, key: db-bundle.pem}}
+      clientCertificateSecretName: contract-db-client
+",
+    "  tls:
+    client:
+      secretName: contract-tls
+      mode: verify-full
+      ca: {configMap: {name: clients-bundle, key: bundle.pem}}
+    server:
+      mode: verify-ca
+      ca: {secret: {name: db-ca-secret, key: db.pem}}
+",
 ];
 
 const APP_PASSWORD: &str = "app-contract-pw";
@@ -221,6 +296,7 @@ fn observed() -> Observed {
                 secret(&[("password", REPORTS_PASSWORD)]),
             ),
         ]),
+        config_maps: BTreeMap::new(),
     }
 }
 
@@ -292,6 +368,38 @@ fn kubernetes_fields_reach_their_objects() {
     );
     for (path, lands) in FIELDS {
         if let Lands::Kubernetes(text) = lands {
+            assert!(objects.contains(text), "{path}: {text:?} not in\n{objects}");
+        }
+    }
+}
+
+#[test]
+fn tls_fields_reach_their_objects() {
+    let mut objects = String::new();
+    for tls in TLS_VARIANTS {
+        let pool: ConnectionPool =
+            from_yaml(&format!("{}{tls}", spec("db.example", 5432))).expect("valid");
+        let mut facts = observed();
+        for (name, key) in weir_operator::render::tls::secret_keys(&pool.spec) {
+            facts
+                .secrets
+                .entry(name)
+                .or_default()
+                .insert(key, b"PEM".to_vec());
+        }
+        for (name, key) in weir_operator::render::tls::config_map_keys(&pool.spec) {
+            facts
+                .config_maps
+                .entry(name)
+                .or_default()
+                .insert(key, "PEM".to_owned());
+        }
+        let r = render(&pool, &facts).expect("renders");
+        objects.push_str(&weir_operator::yaml::to_string(&r.deployment).expect("yaml"));
+        objects.push_str(&data_text(&r, "pgbouncer.ini"));
+    }
+    for (path, lands) in FIELDS {
+        if let Lands::Tls(text) = lands {
             assert!(objects.contains(text), "{path}: {text:?} not in\n{objects}");
         }
     }

@@ -61,6 +61,16 @@ impl Env {
         self.plane.kubectl_ok(args).await
     }
 
+    /// `kubectl apply` of `manifest` in the test namespace.
+    async fn apply(&self, manifest: &str) -> anyhow::Result<()> {
+        let out = self
+            .plane
+            .kubectl_with_input(&["apply", "-n", NS, "-f", "-"], Some(manifest))
+            .await?;
+        ensure!(out.success(), "{}", out.stderr);
+        Ok(())
+    }
+
     async fn kubectl_ns(&self, args: &[&str]) -> anyhow::Result<String> {
         let mut all = vec!["-n", NS];
         all.extend_from_slice(args);
@@ -525,6 +535,118 @@ async fn credential_rotation_keeps_pods(env: &mut Env) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The pool's certificate Secret, as cert-manager would write it; `content` stands in for
+/// the PEM files, which nothing reads here (kwok runs no containers).
+fn tls_secret(content: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: secure-tls\ntype: kubernetes.io/tls\n\
+         stringData:\n  tls.crt: \"{content} certificate\"\n  tls.key: \"{content} key\"\n"
+    )
+}
+
+async fn tls_secrets_are_mounted_and_rotate_without_a_rollout(env: &mut Env) -> anyhow::Result<()> {
+    env.apply(&tls_secret("first")).await?;
+    env.apply("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: db-ca\ndata:\n  ca.crt: a CA\n")
+        .await?;
+    // A database of its own (never contacted: maxConnections is a number), so that this
+    // pool's budget does not compete with orders'.
+    env.apply(
+        "apiVersion: weir.dev/v1alpha1\nkind: ConnectionPool\nmetadata:\n  name: secure\n\
+         spec:\n  database:\n    host: secure-db.e2e.svc\n    dbname: orders\n    \
+         credentialsSecret: {name: orders-db-app}\n    maxConnections: 100\n  replicas: 1\n  \
+         tls:\n    client: {secretName: secure-tls, mode: require}\n    \
+         server: {ca: {configMap: {name: db-ca}}}\n",
+    )
+    .await?;
+    env.wait_condition("secure", "Ready", "True", None).await?;
+
+    let deployment = env.deployment("secure").await?.context("no Deployment")?;
+    let pod = deployment
+        .spec
+        .and_then(|s| s.template.spec)
+        .context("no pod spec")?;
+    let volumes = pod.volumes.unwrap_or_default();
+    let client = volumes
+        .iter()
+        .find(|v| v.name == "tls-client")
+        .and_then(|v| v.secret.as_ref())
+        .context("no tls-client Secret volume")?;
+    ensure!(
+        client.secret_name.as_deref() == Some("secure-tls") && client.items.is_none(),
+        "{client:?}"
+    );
+    let ca = volumes
+        .iter()
+        .find(|v| v.name == "tls-server-ca")
+        .and_then(|v| v.config_map.as_ref())
+        .context("no tls-server-ca ConfigMap volume")?;
+    ensure!(ca.name == "db-ca", "{ca:?}");
+    let mounts = pod.containers[0].volume_mounts.clone().unwrap_or_default();
+    for (name, path) in [
+        ("tls-client", "/etc/weir/tls/client"),
+        ("tls-server-ca", "/etc/weir/tls/server-ca"),
+    ] {
+        let m = mounts
+            .iter()
+            .find(|m| m.name == name)
+            .with_context(|| format!("{name} is not mounted"))?;
+        ensure!(
+            m.mount_path == path && m.read_only == Some(true) && m.sub_path.is_none(),
+            "{m:?}"
+        );
+    }
+    let config = Api::<ConfigMap>::namespaced(env.plane.client(), NS)
+        .get("secure-config")
+        .await?;
+    let ini = config
+        .data
+        .and_then(|d| d.get("pgbouncer.ini").cloned())
+        .context("no pgbouncer.ini")?;
+    for line in [
+        "client_tls_sslmode = require",
+        "client_tls_cert_file = /etc/weir/tls/client/tls.crt",
+        "client_tls_key_file = /etc/weir/tls/client/tls.key",
+        "server_tls_sslmode = verify-full",
+        "server_tls_ca_file = /etc/weir/tls/server-ca/ca.crt",
+    ] {
+        ensure!(ini.lines().any(|l| l == line), "{line:?} missing:\n{ini}");
+    }
+    let app = Api::<Secret>::namespaced(env.plane.client(), NS)
+        .get("secure-app")
+        .await?;
+    let uri = app
+        .data
+        .and_then(|d| d.get("uri").cloned())
+        .context("no uri")?;
+    let uri = String::from_utf8_lossy(&uri.0).into_owned();
+    ensure!(uri.ends_with("?sslmode=require"), "{uri}");
+
+    // cert-manager renews the certificate: the pods keep running, the kubelet swaps the
+    // mounted files. A scale after the renewal proves a reconcile has seen it.
+    let (template, sets) = template_and_replica_sets(env, "secure").await?;
+    env.apply(&tls_secret("renewed")).await?;
+    env.kubectl_ns(&["scale", "cpool/secure", "--replicas=2"])
+        .await?;
+    eventually("the scale is applied", WAIT, || async {
+        let d = env.deployment("secure").await?.context("no Deployment")?;
+        ensure!(d.spec.and_then(|s| s.replicas) == Some(2));
+        Ok(())
+    })
+    .await?;
+    env.wait_condition("secure", "Ready", "True", None).await?;
+    let (template_after, sets_after) = template_and_replica_sets(env, "secure").await?;
+    ensure!(
+        template_after == template,
+        "a renewed certificate altered the pod template"
+    );
+    ensure!(sets_after == sets, "{sets:?} -> {sets_after:?}");
+
+    env.kubectl_ns(&["delete", "cpool", "secure"]).await?;
+    env.kubectl_ns(&["delete", "secret", "secure-tls"]).await?;
+    env.kubectl_ns(&["delete", "configmap", "db-ca"]).await?;
+    Ok(())
+}
+
 async fn drift_is_put_back(env: &mut Env) -> anyhow::Result<()> {
     let services = Api::<Service>::namespaced(env.plane.client(), NS);
     let old_uid = services.get("orders").await?.uid();
@@ -851,6 +973,7 @@ async fn operator_end_to_end() {
     step!(env, pools_on_one_database_share_its_budget);
     step!(env, scaling_resizes_without_a_rollout);
     step!(env, credential_rotation_keeps_pods);
+    step!(env, tls_secrets_are_mounted_and_rotate_without_a_rollout);
     step!(env, drift_is_put_back);
     step!(env, a_restart_mid_way_leaves_no_duplicates_or_orphans);
     step!(env, a_standby_takes_over_the_lease);

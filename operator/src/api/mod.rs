@@ -11,6 +11,7 @@ mod duration;
 mod max_connections;
 pub(crate) mod rules;
 mod status;
+mod tls;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -26,6 +27,7 @@ pub use duration::{DurationSpec, InvalidDuration};
 pub use max_connections::MaxConnections;
 pub use rules::{operator_owned_keys, settable_keys};
 pub use status::{condition, BudgetStatus, ConnectionPoolStatus, UserPoolStatus};
+pub use tls::{CaSource, ClientTls, KeySelector, ServerTls, SslMode, TlsSpec};
 pub use validate::{from_yaml, LoadError, Violation, Violations};
 
 /// The API group of every Weir resource.
@@ -163,6 +165,12 @@ pub struct ConnectionPoolSpec {
     /// The Service clients connect to.
     #[serde(default)]
     pub service: ServiceSettings,
+
+    /// TLS between clients and the poolers, and between the poolers and the database.
+    /// Certificates come from Secrets mounted as files; a renewed certificate (for example
+    /// by cert-manager) reaches running pods without a restart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsSpec>,
 
     /// The pooler container image. Default: the Weir pooler released with this operator.
     #[serde(default, skip_serializing_if = "Option::is_none")]

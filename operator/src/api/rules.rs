@@ -14,8 +14,8 @@ use serde_json::{json, Value};
 use weir_pooler::config::Settings;
 
 use super::{
-    Autoscaling, ConnectionPoolSpec, CredentialsSecret, DatabaseSpec, Limits, MaxConnections,
-    PasswordSecret, Rollout, UserSpec,
+    Autoscaling, CaSource, ClientTls, ConnectionPoolSpec, CredentialsSecret, DatabaseSpec,
+    KeySelector, Limits, MaxConnections, PasswordSecret, Rollout, ServerTls, SslMode, UserSpec,
 };
 
 /// The most users one pool may list; bounds the cost of the CEL rules over the list.
@@ -86,6 +86,19 @@ const OWNED_KEYS: &[(&str, &str)] = &[
     ("http_port", "fixed by the operator"),
 ];
 
+/// The `[pgbouncer]` TLS settings the operator renders from `spec.tls`. Kept apart from
+/// [`OWNED_KEYS`] because the pooler may not know them yet (it then warns and ignores them).
+pub(crate) const TLS_KEYS: &[&str] = &[
+    "client_tls_sslmode",
+    "client_tls_cert_file",
+    "client_tls_key_file",
+    "client_tls_ca_file",
+    "server_tls_sslmode",
+    "server_tls_ca_file",
+    "server_tls_cert_file",
+    "server_tls_key_file",
+];
+
 /// The `[pgbouncer]` settings the operator sets itself, which `spec.parameters` may not.
 pub fn operator_owned_keys() -> impl Iterator<Item = &'static str> {
     OWNED_KEYS.iter().map(|(key, _)| *key)
@@ -97,7 +110,7 @@ pub fn settable_keys() -> impl Iterator<Item = &'static str> {
     Settings::KEYS
         .iter()
         .copied()
-        .filter(|k| !OWNED_KEYS.iter().any(|(owned, _)| owned == k))
+        .filter(|k| !OWNED_KEYS.iter().any(|(owned, _)| owned == k) && !TLS_KEYS.contains(k))
 }
 
 /// One admission rule on a schema node of Rust type `T`.
@@ -430,6 +443,133 @@ pub(crate) fn autoscaling_rules() -> Vec<Rule<Autoscaling>> {
     )]
 }
 
+/// The modes that check the peer's certificate against a CA, as a CEL list.
+const VERIFY_MODES: &str = "['verify-ca', 'verify-full']";
+
+pub(crate) const CLIENT_MODE_NEEDS_CERTIFICATE: &str =
+    "a client mode other than disable needs secretName: the certificate the poolers present";
+const CLIENT_SECRET_EMPTY: &str = "secretName must not be empty";
+pub(crate) const CLIENT_VERIFY_NEEDS_CA: &str =
+    "modes verify-ca and verify-full check client certificates: set ca";
+pub(crate) const CLIENT_CA_NEEDS_VERIFY: &str = "ca checks client certificates only with mode \
+                                                 verify-ca or verify-full: set the mode";
+
+/// Rules on `spec.tls.client`.
+pub(crate) fn client_tls_rules() -> Vec<Rule<ClientTls>> {
+    vec![
+        Rule::new(
+            "!has(self.mode) || self.mode == 'disable' || has(self.secretName)",
+            CLIENT_MODE_NEEDS_CERTIFICATE,
+            Some(".secretName"),
+            |c| {
+                unless(
+                    c.mode.is_none_or(|m| m == SslMode::Disable) || c.secret_name.is_some(),
+                    CLIENT_MODE_NEEDS_CERTIFICATE,
+                )
+            },
+        ),
+        Rule::new(
+            "!has(self.secretName) || self.secretName != ''",
+            CLIENT_SECRET_EMPTY,
+            Some(".secretName"),
+            |c| unless(c.secret_name.as_deref() != Some(""), CLIENT_SECRET_EMPTY),
+        ),
+        Rule::new(
+            format!("!has(self.mode) || !(self.mode in {VERIFY_MODES}) || has(self.ca)"),
+            CLIENT_VERIFY_NEEDS_CA,
+            Some(".ca"),
+            |c| {
+                unless(
+                    !c.mode.is_some_and(SslMode::verifies) || c.ca.is_some(),
+                    CLIENT_VERIFY_NEEDS_CA,
+                )
+            },
+        ),
+        Rule::new(
+            format!("!has(self.ca) || (has(self.mode) && self.mode in {VERIFY_MODES})"),
+            CLIENT_CA_NEEDS_VERIFY,
+            Some(".mode"),
+            |c| {
+                unless(
+                    c.ca.is_none() || c.mode.is_some_and(SslMode::verifies),
+                    CLIENT_CA_NEEDS_VERIFY,
+                )
+            },
+        ),
+    ]
+}
+
+pub(crate) const SERVER_VERIFY_NEEDS_CA: &str =
+    "modes verify-ca and verify-full check the database's certificate: set ca";
+const CLIENT_CERTIFICATE_EMPTY: &str = "clientCertificateSecretName must not be empty";
+
+/// Rules on `spec.tls.server`.
+pub(crate) fn server_tls_rules() -> Vec<Rule<ServerTls>> {
+    vec![
+        Rule::new(
+            format!("!has(self.mode) || !(self.mode in {VERIFY_MODES}) || has(self.ca)"),
+            SERVER_VERIFY_NEEDS_CA,
+            Some(".ca"),
+            |s| {
+                unless(
+                    !s.mode.is_some_and(SslMode::verifies) || s.ca.is_some(),
+                    SERVER_VERIFY_NEEDS_CA,
+                )
+            },
+        ),
+        Rule::new(
+            "!has(self.clientCertificateSecretName) || self.clientCertificateSecretName != ''",
+            CLIENT_CERTIFICATE_EMPTY,
+            Some(".clientCertificateSecretName"),
+            |s| {
+                unless(
+                    s.client_certificate_secret_name.as_deref() != Some(""),
+                    CLIENT_CERTIFICATE_EMPTY,
+                )
+            },
+        ),
+    ]
+}
+
+pub(crate) const ONE_CA_SOURCE: &str = "set exactly one of secret and configMap";
+
+/// Rules on a `ca`.
+pub(crate) fn ca_source_rules() -> Vec<Rule<CaSource>> {
+    vec![Rule::new(
+        "has(self.secret) != has(self.configMap)",
+        ONE_CA_SOURCE,
+        None,
+        |c| unless(c.secret.is_some() != c.config_map.is_some(), ONE_CA_SOURCE),
+    )]
+}
+
+const KEY_NAME_EMPTY: &str = "name must not be empty";
+pub(crate) const KEY_FORM: &str =
+    "key must be a Secret or ConfigMap key: letters, digits, '-', '_' and '.'";
+
+/// Rules on a Secret or ConfigMap key reference.
+pub(crate) fn key_selector_rules() -> Vec<Rule<KeySelector>> {
+    vec![
+        Rule::new("self.name != ''", KEY_NAME_EMPTY, Some(".name"), |k| {
+            unless(!k.name.is_empty(), KEY_NAME_EMPTY)
+        }),
+        Rule::new(
+            "self.key.matches('^[-._a-zA-Z0-9]+$')",
+            KEY_FORM,
+            Some(".key"),
+            |k| {
+                unless(
+                    !k.key.is_empty()
+                        && k.key
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')),
+                    KEY_FORM,
+                )
+            },
+        ),
+    ]
+}
+
 const PARAMETER_LINE_BREAK: &str = "parameter values must be a single line";
 
 /// The keys of `map` for which `pick` holds, joined as the CEL `join(', ')` does.
@@ -454,6 +594,9 @@ pub(crate) fn unknown_parameters_message() -> String {
 pub(crate) const OWNED_PARAMETERS: &str = "listening, authentication, pool sizes and the \
                                            spec.limits settings are set by the operator and \
                                            cannot be set in parameters";
+
+pub(crate) const TLS_PARAMETERS: &str =
+    "TLS settings are set from spec.tls and cannot be set in parameters";
 
 /// Rules on `spec.parameters`. The key lists come from the pooler's own table of settings,
 /// so a setting the pooler learns becomes settable without touching the operator. The Rust
@@ -483,6 +626,18 @@ pub(crate) fn parameters_rules() -> Vec<Rule<BTreeMap<String, String>>> {
                     .map(|(k, instead)| format!("{k}: {instead}"))
                     .collect();
                 (!found.is_empty()).then(|| format!("{OWNED_PARAMETERS} ({})", found.join("; ")))
+            },
+        },
+        Rule {
+            cel: format!(
+                "self.all(k, !(k in {}))",
+                cel_list(TLS_KEYS.iter().copied())
+            ),
+            message: TLS_PARAMETERS.to_owned(),
+            field: None,
+            check: |map| {
+                let found = keys_where(map, |k| TLS_KEYS.contains(&k));
+                (!found.is_empty()).then(|| format!("{TLS_PARAMETERS} (found: {found})"))
             },
         },
         Rule::new(
@@ -579,6 +734,22 @@ pub(crate) fn rollout_schema(schema: &mut Schema) {
 
 pub(crate) fn autoscaling_schema(schema: &mut Schema) {
     attach(schema, &autoscaling_rules());
+}
+
+pub(crate) fn client_tls_schema(schema: &mut Schema) {
+    attach(schema, &client_tls_rules());
+}
+
+pub(crate) fn server_tls_schema(schema: &mut Schema) {
+    attach(schema, &server_tls_rules());
+}
+
+pub(crate) fn ca_source_schema(schema: &mut Schema) {
+    attach(schema, &ca_source_rules());
+}
+
+pub(crate) fn key_selector_schema(schema: &mut Schema) {
+    attach(schema, &key_selector_rules());
 }
 
 pub(crate) fn parameters_schema(schema: &mut Schema) {

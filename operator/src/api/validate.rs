@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use super::duration::MESSAGE as DURATION_MESSAGE;
 use super::rules::{self, Rule, MAX_NAME_LENGTH, NAME_MESSAGE};
-use super::{ConnectionPool, Limits};
+use super::{CaSource, ConnectionPool, Limits, TlsSpec};
 
 /// One refused field: where, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -158,6 +158,9 @@ impl ConnectionPool {
         if let Some(autoscaling) = &spec.autoscaling {
             v.run("spec.autoscaling", &rules::autoscaling_rules(), autoscaling);
         }
+        if let Some(tls) = &spec.tls {
+            v.tls(tls);
+        }
         if let Some(parameters) = &spec.parameters {
             v.run("spec.parameters", &rules::parameters_rules(), parameters);
         }
@@ -207,6 +210,27 @@ impl Checker {
         }
     }
 
+    fn tls(&mut self, tls: &TlsSpec) {
+        if let Some(client) = &tls.client {
+            tls_side(
+                self,
+                "spec.tls.client",
+                &rules::client_tls_rules(),
+                client,
+                &client.ca,
+            );
+        }
+        if let Some(server) = &tls.server {
+            tls_side(
+                self,
+                "spec.tls.server",
+                &rules::server_tls_rules(),
+                server,
+                &server.ca,
+            );
+        }
+    }
+
     fn durations(&mut self, limits: &Limits) {
         let fields = [
             ("queryWaitTimeout", &limits.query_wait_timeout),
@@ -221,6 +245,24 @@ impl Checker {
                     path: format!("spec.limits.{name}"),
                     message: DURATION_MESSAGE.into(),
                 });
+            }
+        }
+    }
+}
+
+/// Runs one side's TLS rules and those of its CA reference.
+fn tls_side<T>(v: &mut Checker, path: &str, side: &[Rule<T>], value: &T, ca: &Option<CaSource>) {
+    v.run(path, side, value);
+    if let Some(ca) = ca {
+        let path = format!("{path}.ca");
+        v.run(&path, &rules::ca_source_rules(), ca);
+        for (field, selector) in [("secret", &ca.secret), ("configMap", &ca.config_map)] {
+            if let Some(selector) = selector {
+                v.run(
+                    &format!("{path}.{field}"),
+                    &rules::key_selector_rules(),
+                    selector,
+                );
             }
         }
     }

@@ -8,8 +8,11 @@ use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use tokio_postgres::config::SslMode as PgSslMode;
 use tokio_postgres::NoTls;
 
+use super::tls::{MakeRustls, ProbeTls};
+use crate::api::SslMode;
 use crate::render::ObservedDatabase;
 
 /// Where and as whom to ask.
@@ -25,6 +28,8 @@ pub struct Target {
     pub user: String,
     /// Its password.
     pub password: String,
+    /// How to use TLS: `spec.tls.server`, as the poolers do.
+    pub tls: ProbeTls,
 }
 
 impl Target {
@@ -46,6 +51,14 @@ pub enum ProbeError {
         target: String,
         /// The bound.
         timeout: Duration,
+    },
+    /// The TLS settings cannot be used.
+    #[error("cannot use the TLS settings (spec.tls.server) toward {target}: {source}")]
+    Tls {
+        /// The server.
+        target: String,
+        /// What is wrong.
+        source: super::tls::TlsSetupError,
     },
     /// Connecting or logging in failed.
     #[error("cannot connect to the database at {target}: {}", chain(.source))]
@@ -112,18 +125,43 @@ async fn probe_unbounded(target: &Target) -> Result<ObservedDatabase, ProbeError
         .user(&target.user)
         .password(&target.password)
         .application_name("weir-operator");
-    let (client, connection) =
-        config
-            .connect(NoTls)
-            .await
-            .map_err(|source| ProbeError::Connect {
-                target: target.describe(),
-                source,
-            })?;
+    let tls = target
+        .tls
+        .client_config()
+        .map_err(|source| ProbeError::Tls {
+            target: target.describe(),
+            source,
+        })?;
+    let connect_error = |source| ProbeError::Connect {
+        target: target.describe(),
+        source,
+    };
     // The connection ends with the client; its result adds nothing to the query's.
-    let driver = tokio::spawn(async move {
-        let _ = connection.await;
-    });
+    let (client, driver) = match tls {
+        None => {
+            let (client, connection) = config.connect(NoTls).await.map_err(connect_error)?;
+            let driver = tokio::spawn(async move {
+                let _ = connection.await;
+            });
+            (client, driver)
+        }
+        Some(tls) => {
+            // tokio-postgres has no allow (plain text first): prefer reaches every server
+            // allow does, encrypted when it can be.
+            config.ssl_mode(match target.tls.mode {
+                SslMode::Allow | SslMode::Prefer => PgSslMode::Prefer,
+                _ => PgSslMode::Require,
+            });
+            let (client, connection) = config
+                .connect(MakeRustls::new(tls))
+                .await
+                .map_err(connect_error)?;
+            let driver = tokio::spawn(async move {
+                let _ = connection.await;
+            });
+            (client, driver)
+        }
+    };
     let row = client
         .query_one(
             "SELECT current_setting('max_connections')::bigint, \
@@ -221,6 +259,11 @@ mod tests {
             dbname: "app".into(),
             user: "u".into(),
             password: "p".into(),
+            tls: ProbeTls {
+                mode: SslMode::Prefer,
+                ca: None,
+                client_certificate: None,
+            },
         }
     }
 

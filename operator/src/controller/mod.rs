@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod reconcile;
 pub mod resize;
 pub mod rollout;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

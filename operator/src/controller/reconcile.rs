@@ -41,8 +41,11 @@ use super::database::{self, Target};
 use super::metrics::Metrics;
 use super::resize::{self, Desired, Live};
 use super::rollout::{self, Observation};
+use super::tls::ProbeTls;
 use crate::api::condition::{BUDGET_FEASIBLE, FITS, INVALID_SPEC, PROGRESSING};
-use crate::api::{ConnectionPool, ConnectionPoolSpec, ConnectionPoolStatus, MaxConnections};
+use crate::api::{
+    CaSource, ConnectionPool, ConnectionPoolSpec, ConnectionPoolStatus, MaxConnections, SslMode,
+};
 use crate::render::config::CONFIG_FILE;
 use crate::render::{self, names, selector_string, Child, Observed, RenderError, Rendered};
 use crate::sizing::{self, SizingError};
@@ -230,13 +233,15 @@ async fn reconcile_pool(pool: &ConnectionPool, ctx: &Context) -> Result<Action, 
     let _sizing_turn = ctx.ledger.lock(&DatabaseKey::of(pool)).await;
 
     let secrets = read_secrets(ctx, &namespace, &pool.spec).await?;
-    let database = observe_database(ctx, pool, &secrets).await;
+    let config_maps = read_config_maps(ctx, &namespace, &pool.spec).await?;
+    let database = observe_database(ctx, pool, &secrets, &config_maps).await;
     let pools = ctx.pools.state();
     ctx.ledger.retain_existing(&pools);
     let observed = Observed {
         database: database.as_ref().ok().copied().flatten(),
         others_claimed: ctx.ledger.others_claimed(pool, &pools),
         secrets,
+        config_maps,
     };
     let database_problem = database.err();
     let budget = budget_verdict(pool, &observed, database_problem.as_ref());
@@ -370,12 +375,44 @@ async fn read_secrets(
     Ok(secrets)
 }
 
-/// The names of the Secrets `spec` reads, without repetition.
+/// The data of every ConfigMap the spec names (TLS CAs), by name; missing ones are left
+/// out (rendering names them).
+async fn read_config_maps(
+    ctx: &Context,
+    namespace: &str,
+    spec: &ConnectionPoolSpec,
+) -> Result<BTreeMap<String, BTreeMap<String, String>>, Error> {
+    let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), namespace);
+    let mut config_maps = BTreeMap::new();
+    let mut names: Vec<String> = render::tls::config_map_keys(spec)
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect();
+    names.sort();
+    names.dedup();
+    for name in names {
+        if let Some(config_map) = api
+            .get_opt(&name)
+            .await
+            .map_err(kube_error::<ConfigMap>("read", &name))?
+        {
+            config_maps.insert(name, config_map.data.unwrap_or_default());
+        }
+    }
+    Ok(config_maps)
+}
+
+/// The names of the Secrets `spec` reads (credentials and TLS), without repetition.
 pub fn referenced_secrets(spec: &ConnectionPoolSpec) -> Vec<String> {
     let mut names = vec![spec.database.credentials_secret.name.clone()];
     if let Some(users) = &spec.users {
         names.extend(users.iter().map(|u| u.credentials_secret.name.clone()));
     }
+    names.extend(
+        render::tls::secret_keys(spec)
+            .into_iter()
+            .map(|(name, _)| name),
+    );
     names.sort();
     names.dedup();
     names
@@ -386,6 +423,7 @@ async fn observe_database(
     ctx: &Context,
     pool: &ConnectionPool,
     secrets: &BTreeMap<String, BTreeMap<String, Vec<u8>>>,
+    config_maps: &BTreeMap<String, BTreeMap<String, String>>,
 ) -> Result<Option<render::ObservedDatabase>, Blocker> {
     let db = &pool.spec.database;
     if db.max_connections != MaxConnections::Auto {
@@ -417,6 +455,13 @@ async fn observe_database(
         dbname: db.dbname.clone(),
         user: value(&creds.username_key)?,
         password: value(&creds.password_key)?,
+        tls: probe_tls(&pool.spec, secrets, config_maps).map_err(|what| Blocker {
+            reason: reason::SECRET_PROBLEM.to_owned(),
+            message: format!(
+                "maxConnections is auto, but the TLS settings to read it with are unusable: \
+                 {what}"
+            ),
+        })?,
     };
     ctx.databases
         .observe(&target, ctx.settings.database_timeout)
@@ -426,6 +471,60 @@ async fn observe_database(
             reason: reason::DATABASE_UNREACHABLE.to_owned(),
             message: e.to_string(),
         })
+}
+
+/// The probe's TLS: `spec.tls.server` with its files read from the API; the pooler's
+/// default, prefer, without it.
+fn probe_tls(
+    spec: &ConnectionPoolSpec,
+    secrets: &BTreeMap<String, BTreeMap<String, Vec<u8>>>,
+    config_maps: &BTreeMap<String, BTreeMap<String, String>>,
+) -> Result<ProbeTls, String> {
+    let Some(server) = spec.tls.as_ref().and_then(|t| t.server.as_ref()) else {
+        return Ok(ProbeTls {
+            mode: SslMode::Prefer,
+            ca: None,
+            client_certificate: None,
+        });
+    };
+    let secret_key = |name: &str, key: &str| -> Result<Vec<u8>, String> {
+        secrets
+            .get(name)
+            .ok_or_else(|| format!("Secret {name:?} not found"))?
+            .get(key)
+            .cloned()
+            .ok_or_else(|| format!("Secret {name:?} has no key {key:?}"))
+    };
+    let ca = match &server.ca {
+        Some(CaSource {
+            secret: Some(s), ..
+        }) => Some(secret_key(&s.name, &s.key)?),
+        Some(CaSource {
+            config_map: Some(c),
+            ..
+        }) => Some(
+            config_maps
+                .get(&c.name)
+                .ok_or_else(|| format!("ConfigMap {:?} not found", c.name))?
+                .get(&c.key)
+                .ok_or_else(|| format!("ConfigMap {:?} has no key {:?}", c.name, c.key))?
+                .clone()
+                .into_bytes(),
+        ),
+        _ => None,
+    };
+    let client_certificate = match &server.client_certificate_secret_name {
+        Some(name) => Some((
+            secret_key(name, render::tls::TLS_CERT)?,
+            secret_key(name, render::tls::TLS_KEY)?,
+        )),
+        None => None,
+    };
+    Ok(ProbeTls {
+        mode: server.effective_mode(),
+        ca,
+        client_certificate,
+    })
 }
 
 /// The BudgetFeasible condition, decided from the sizing alone (independent of Secrets).
@@ -499,8 +598,11 @@ fn blocker(error: &RenderError, database_problem: Option<&Blocker>) -> Blocker {
         RenderError::Sizing(SizingError::Invalid(_)) => INVALID_SPEC,
         RenderError::MissingSecret(_)
         | RenderError::MissingSecretKey { .. }
+        | RenderError::MissingConfigMap(_)
+        | RenderError::MissingConfigMapKey { .. }
         | RenderError::BadSecretValue { .. } => reason::SECRET_PROBLEM,
         RenderError::Parameter { .. }
+        | RenderError::Tls { .. }
         | RenderError::Duration(_)
         | RenderError::UnboundedDrain
         | RenderError::Config(_) => reason::INVALID_CONFIGURATION,
@@ -723,6 +825,7 @@ mod tests {
             database: None,
             others_claimed: 0,
             secrets: BTreeMap::from([("db-app".to_owned(), creds)]),
+            config_maps: BTreeMap::new(),
         }
     }
 
@@ -840,6 +943,52 @@ mod tests {
              - {user: c, credentialsSecret: {name: db-app}}\n",
         );
         assert_eq!(referenced_secrets(&p.spec), ["db-app", "shared"]);
+    }
+
+    const TLS: &str = "  tls:\n    client: {secretName: pool-tls}\n    server:\n      \
+                       ca: {configMap: {name: db-ca}}\n      \
+                       clientCertificateSecretName: db-client\n";
+
+    #[test]
+    fn tls_secrets_are_read_and_watched() {
+        // A renewed certificate triggers a reconcile (which changes nothing in the pods).
+        let p = pool(TLS);
+        assert_eq!(
+            referenced_secrets(&p.spec),
+            ["db-app", "db-client", "pool-tls"]
+        );
+    }
+
+    #[test]
+    fn the_probe_gets_the_server_side_tls() {
+        let p = pool(TLS);
+        let pem = |text: &str| text.as_bytes().to_vec();
+        let mut secrets = observed().secrets;
+        let mut config_maps = BTreeMap::new();
+        let err = probe_tls(&p.spec, &secrets, &config_maps).expect_err("no CA yet");
+        assert_eq!(err, r#"ConfigMap "db-ca" not found"#);
+        config_maps.insert(
+            "db-ca".to_owned(),
+            BTreeMap::from([("ca.crt".to_owned(), "CA".to_owned())]),
+        );
+        let err = probe_tls(&p.spec, &secrets, &config_maps).expect_err("no certificate");
+        assert_eq!(err, r#"Secret "db-client" not found"#);
+        secrets.insert(
+            "db-client".to_owned(),
+            BTreeMap::from([("tls.crt".to_owned(), pem("CRT"))]),
+        );
+        let err = probe_tls(&p.spec, &secrets, &config_maps).expect_err("no key");
+        assert_eq!(err, r#"Secret "db-client" has no key "tls.key""#);
+        if let Some(data) = secrets.get_mut("db-client") {
+            data.insert("tls.key".to_owned(), pem("KEY"));
+        }
+        let tls = probe_tls(&p.spec, &secrets, &config_maps).expect("complete");
+        assert_eq!(tls.mode, SslMode::VerifyFull);
+        assert_eq!(tls.ca, Some(pem("CA")));
+        assert_eq!(tls.client_certificate, Some((pem("CRT"), pem("KEY"))));
+        // Without spec.tls.server: the pooler's default, prefer.
+        let plain = probe_tls(&pool("").spec, &secrets, &config_maps).expect("plain");
+        assert_eq!((plain.mode, plain.ca), (SslMode::Prefer, None));
     }
 
     #[test]

@@ -32,11 +32,23 @@ pub(crate) fn build(
     spec: &ConnectionPoolSpec,
     sizing: &Sizing,
     credentials: &[Credential],
+    tls: &[(&str, String)],
 ) -> Result<Config, RenderError> {
     let mut s = Settings::default();
     for (key, value) in spec.parameters.iter().flatten() {
         s.set(key, value).map_err(|e| RenderError::Parameter {
             key: key.clone(),
+            message: e.0,
+        })?;
+    }
+    // The TLS settings the pooler's settings type knows; the others are written as text
+    // (tls::append_unknown).
+    for (key, value) in tls
+        .iter()
+        .filter(|(key, _)| Settings::support(key).is_some())
+    {
+        s.set(key, value).map_err(|e| RenderError::Tls {
+            key: (*key).to_owned(),
             message: e.0,
         })?;
     }
@@ -103,11 +115,18 @@ pub(crate) fn build(
     Ok(config)
 }
 
-/// The hash of the settings in [`RESTART_KEYS`], as put on the pod template.
-pub(crate) fn restart_hash(config: &Config) -> String {
+/// The hash of the settings in [`RESTART_KEYS`] and of the TLS settings, as put on the
+/// pod template. The TLS settings are fixed paths and modes, never file contents, so a
+/// rotated certificate leaves the hash alone while turning TLS on or off, or changing a
+/// mode, rolls the pods: a stricter mode then holds for every pod at once, whatever the
+/// pooler's reload does with it. Without TLS the hash is what it was before TLS existed.
+pub(crate) fn restart_hash(config: &Config, tls: &[(&str, String)]) -> String {
     let mut hasher = Sha256::new();
     for key in RESTART_KEYS {
         let value = config.pgbouncer.get(key).unwrap_or_default();
+        hasher.update(format!("{key}={value}\n"));
+    }
+    for (key, value) in tls {
         hasher.update(format!("{key}={value}\n"));
     }
     let digest = hasher.finalize();

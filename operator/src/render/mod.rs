@@ -13,6 +13,7 @@
 pub mod config;
 mod meta;
 mod secrets;
+pub mod tls;
 mod workload;
 
 use std::collections::BTreeMap;
@@ -57,6 +58,8 @@ pub struct Observed {
     pub others_claimed: u32,
     /// The data of every Secret the spec references, by Secret name.
     pub secrets: BTreeMap<String, BTreeMap<String, Vec<u8>>>,
+    /// The data of every ConfigMap the spec references (TLS CAs), by ConfigMap name.
+    pub config_maps: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 /// Why a ConnectionPool cannot be rendered.
@@ -85,6 +88,17 @@ pub enum RenderError {
         /// The key.
         key: String,
     },
+    /// A referenced ConfigMap does not exist.
+    #[error("ConfigMap {0:?} not found")]
+    MissingConfigMap(String),
+    /// A referenced ConfigMap lacks a key.
+    #[error("ConfigMap {config_map:?} has no key {key:?}")]
+    MissingConfigMapKey {
+        /// The ConfigMap.
+        config_map: String,
+        /// The key.
+        key: String,
+    },
     /// A Secret value cannot be used as a user name or password.
     #[error("Secret {secret:?} key {key:?}: {problem}")]
     BadSecretValue {
@@ -98,6 +112,14 @@ pub enum RenderError {
     /// A `parameters` value the pooler does not accept.
     #[error("spec.parameters.{key}: {message}")]
     Parameter {
+        /// The setting.
+        key: String,
+        /// The pooler's explanation.
+        message: String,
+    },
+    /// A TLS setting the pooler does not accept.
+    #[error("spec.tls: the pooler refuses {key}: {message}")]
+    Tls {
         /// The setting.
         key: String,
         /// The pooler's explanation.
@@ -125,8 +147,12 @@ pub struct Rendered {
     pub sizing: Sizing,
     /// The users in the order of `sizing.users`.
     pub users: Vec<String>,
-    /// The pooler configuration in the ConfigMap.
+    /// The pooler configuration in the ConfigMap, with the TLS settings the pooler's
+    /// settings type knows.
     pub config: Config,
+    /// The `[pgbouncer]` TLS settings from `spec.tls`; those the pooler's settings type
+    /// does not know are added to the ConfigMap's pgbouncer.ini as text.
+    pub tls_settings: Vec<(&'static str, String)>,
     /// Hash of the settings that need a restart, as put on the pod template.
     pub restart_hash: String,
     /// The pods' ServiceAccount, without an API token.
@@ -270,8 +296,10 @@ pub fn render(pool: &ConnectionPool, observed: &Observed) -> Result<Rendered, Re
     let owner = meta::owner(pool)?;
     let sizing = sizing::compute(&sizing_inputs(pool, observed)?)?;
     let credentials = secrets::credentials(&pool.spec, observed)?;
-    let config = config::build(&pool.spec, &sizing, &credentials)?;
-    let restart_hash = config::restart_hash(&config);
+    tls::check_sources(&pool.spec, observed)?;
+    let tls_settings = tls::settings(&pool.spec);
+    let config = config::build(&pool.spec, &sizing, &credentials, &tls_settings)?;
+    let restart_hash = config::restart_hash(&config, &tls_settings);
     let ctx = meta::Context {
         name: &name,
         namespace: &namespace,
@@ -280,7 +308,7 @@ pub fn render(pool: &ConnectionPool, observed: &Observed) -> Result<Rendered, Re
     Ok(Rendered {
         users: credentials.iter().map(|c| c.user.clone()).collect(),
         service_account: workload::service_account(&ctx),
-        config_map: secrets::config_map(&ctx, &config),
+        config_map: secrets::config_map(&ctx, &config, &tls_settings),
         auth_secret: secrets::auth_secret(&ctx, &credentials),
         app_secret: secrets::app_secret(&ctx, &pool.spec, &credentials),
         service: workload::service(&ctx, &pool.spec),
@@ -288,6 +316,7 @@ pub fn render(pool: &ConnectionPool, observed: &Observed) -> Result<Rendered, Re
         pod_disruption_budget: workload::pod_disruption_budget(&ctx),
         sizing,
         config,
+        tls_settings,
         restart_hash,
     })
 }

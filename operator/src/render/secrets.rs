@@ -10,7 +10,7 @@ use weir_pooler::config::{render_userlist, Config};
 use super::config::{AUTH_FILE, CONFIG_FILE};
 use super::meta::{names, service_host, Context};
 use super::workload::SERVICE_PORT;
-use super::{Observed, RenderError};
+use super::{tls, Observed, RenderError};
 use crate::api::{ConnectionPoolSpec, UserSource};
 
 /// The keys of the app Secret.
@@ -75,10 +75,15 @@ fn secret_value(observed: &Observed, secret: &str, key: &str) -> Result<String, 
 }
 
 /// The ConfigMap holding pgbouncer.ini.
-pub(crate) fn config_map(ctx: &Context<'_>, config: &Config) -> ConfigMap {
+pub(crate) fn config_map(
+    ctx: &Context<'_>,
+    config: &Config,
+    tls_settings: &[(&str, String)],
+) -> ConfigMap {
+    let ini = tls::append_unknown(config.to_ini(), tls_settings);
     ConfigMap {
         metadata: ctx.meta(names::config_map(ctx.name)),
-        data: Some(BTreeMap::from([(CONFIG_FILE.to_owned(), config.to_ini())])),
+        data: Some(BTreeMap::from([(CONFIG_FILE.to_owned(), ini)])),
         ..ConfigMap::default()
     }
 }
@@ -114,14 +119,15 @@ pub(crate) fn app_secret(
         .first()
         .map(|c| (c.user.as_str(), c.password.as_str()))
         .unwrap_or_default();
+    let sslmode = tls::app_sslmode(spec).as_str();
     let uri = format!(
-        "postgresql://{}:{}@{host}:{port}/{}",
+        "postgresql://{}:{}@{host}:{port}/{}?sslmode={sslmode}",
         encode(user),
         encode(password),
         encode(dbname)
     );
     let jdbc = format!(
-        "jdbc:postgresql://{host}:{port}/{}?user={}&password={}",
+        "jdbc:postgresql://{host}:{port}/{}?user={}&password={}&sslmode={sslmode}",
         encode(dbname),
         encode(user),
         encode(password)

@@ -68,6 +68,7 @@ fn observed() -> Observed {
                 secret_data(&[("password", "r3ports")]),
             ),
         ]),
+        config_maps: BTreeMap::new(),
     }
 }
 
@@ -142,11 +143,12 @@ fn app_secret_connects_as_the_first_user() {
     assert_eq!(secret_text(s, "password"), "p@ss w:rd");
     assert_eq!(
         secret_text(s, "uri"),
-        "postgresql://app:p%40ss%20w%3Ard@orders.shop.svc:5432/orders"
+        "postgresql://app:p%40ss%20w%3Ard@orders.shop.svc:5432/orders?sslmode=prefer"
     );
     assert_eq!(
         secret_text(s, "jdbc-uri"),
-        "jdbc:postgresql://orders.shop.svc:5432/orders?user=app&password=p%40ss%20w%3Ard"
+        "jdbc:postgresql://orders.shop.svc:5432/orders?user=app&password=p%40ss%20w%3Ard\
+         &sslmode=prefer"
     );
     let keys: Vec<&str> = s
         .data
@@ -389,4 +391,226 @@ fn status_reports_the_computed_sizes() {
     );
     assert_eq!(status.endpoint.as_deref(), Some("orders.shop.svc:5432"));
     assert_eq!(status.app_secret_name.as_deref(), Some("orders-app"));
+}
+
+/// `POOL` with `tls` (YAML at the `spec.tls` level).
+fn tls_pool(tls: &str) -> ConnectionPool {
+    let indented: String = tls.lines().map(|l| format!("    {l}\n")).collect();
+    from_yaml(&format!("{POOL}  tls:\n{indented}")).expect("valid pool")
+}
+
+const FULL_TLS: &str = "\
+client:
+  secretName: orders-tls
+  mode: verify-full
+  ca: {secret: {name: clients-ca}}
+server:
+  ca: {configMap: {name: db-ca, key: bundle.pem}}
+  clientCertificateSecretName: orders-db-client
+";
+
+/// `observed()` plus every TLS source `FULL_TLS` names, with `pem` as the contents.
+fn tls_observed(pem: &str) -> Observed {
+    let mut o = observed();
+    let pair = secret_data(&[("tls.crt", pem), ("tls.key", pem), ("ca.crt", pem)]);
+    for name in ["orders-tls", "orders-db-client"] {
+        o.secrets.insert(name.to_owned(), pair.clone());
+    }
+    o.secrets
+        .insert("clients-ca".to_owned(), secret_data(&[("ca.crt", pem)]));
+    o.config_maps.insert(
+        "db-ca".to_owned(),
+        BTreeMap::from([("bundle.pem".to_owned(), pem.to_owned())]),
+    );
+    o
+}
+
+fn ini(r: &Rendered) -> &str {
+    &r.config_map.data.as_ref().expect("data")["pgbouncer.ini"]
+}
+
+#[test]
+fn tls_sources_are_mounted_whole_and_read_only() {
+    let r = render(&tls_pool(FULL_TLS), &tls_observed("pem")).expect("renders");
+    let pod = r
+        .deployment
+        .spec
+        .and_then(|s| s.template.spec)
+        .expect("pod");
+    let volumes = pod.volumes.expect("volumes");
+    let secret_volume = |name: &str| {
+        let v = volumes.iter().find(|v| v.name == name).expect(name);
+        v.secret.clone().expect("a Secret volume")
+    };
+    for (volume, secret) in [
+        ("tls-client", "orders-tls"),
+        ("tls-client-ca", "clients-ca"),
+        ("tls-server-client", "orders-db-client"),
+    ] {
+        let source = secret_volume(volume);
+        assert_eq!(source.secret_name.as_deref(), Some(secret));
+        // The whole Secret: an item list would also be fine, but a subPath mount would not.
+        assert_eq!(source.items, None);
+        assert_eq!(source.default_mode, Some(0o440));
+    }
+    let ca = volumes
+        .iter()
+        .find(|v| v.name == "tls-server-ca")
+        .expect("ca");
+    assert_eq!(
+        ca.config_map.as_ref().map(|c| c.name.as_str()),
+        Some("db-ca")
+    );
+    let mounts = pod.containers[0].volume_mounts.clone().expect("mounts");
+    let tls_mounts: Vec<(&str, &str)> = mounts
+        .iter()
+        .filter(|m| m.name.starts_with("tls-"))
+        .map(|m| (m.name.as_str(), m.mount_path.as_str()))
+        .collect();
+    assert_eq!(
+        tls_mounts,
+        [
+            ("tls-client", "/etc/weir/tls/client"),
+            ("tls-client-ca", "/etc/weir/tls/client-ca"),
+            ("tls-server-ca", "/etc/weir/tls/server-ca"),
+            ("tls-server-client", "/etc/weir/tls/server-client"),
+        ]
+    );
+    for m in &mounts {
+        assert_eq!(m.read_only, Some(true), "{}", m.name);
+        assert_eq!(
+            m.sub_path, None,
+            "{}: subPath mounts never see rotated files",
+            m.name
+        );
+    }
+}
+
+#[test]
+fn tls_settings_point_at_the_mounts() {
+    let r = render(&tls_pool(FULL_TLS), &tls_observed("pem")).expect("renders");
+    let text = ini(&r);
+    let lines = "\
+client_tls_sslmode = verify-full
+client_tls_cert_file = /etc/weir/tls/client/tls.crt
+client_tls_key_file = /etc/weir/tls/client/tls.key
+client_tls_ca_file = /etc/weir/tls/client-ca/ca.crt
+server_tls_sslmode = verify-full
+server_tls_ca_file = /etc/weir/tls/server-ca/bundle.pem
+server_tls_cert_file = /etc/weir/tls/server-client/tls.crt
+server_tls_key_file = /etc/weir/tls/server-client/tls.key
+";
+    // Inside [pgbouncer], whether the pooler's settings type knows them (rendered with the
+    // rest) or not yet (added as text), and the pooler reads the file.
+    let section = &text[text.rfind("[pgbouncer]").expect("section")..];
+    for line in lines.lines() {
+        assert!(
+            section.lines().any(|l| l == line),
+            "{line:?} missing:\n{text}"
+        );
+    }
+    Config::parse(text, Path::new("pgbouncer.ini")).expect("the pooler accepts it");
+    // Without spec.tls the pooler's defaults hold.
+    assert!(rendered().tls_settings.is_empty());
+    // A certificate alone offers TLS (prefer); a server block alone keeps prefer.
+    let r = render(
+        &tls_pool("client: {secretName: orders-tls}\nserver: {}"),
+        &tls_observed("pem"),
+    )
+    .expect("renders");
+    let settings: Vec<(&str, &str)> = r
+        .tls_settings
+        .iter()
+        .map(|(k, v)| (*k, v.as_str()))
+        .collect();
+    assert_eq!(
+        settings,
+        [
+            ("client_tls_sslmode", "prefer"),
+            ("client_tls_cert_file", "/etc/weir/tls/client/tls.crt"),
+            ("client_tls_key_file", "/etc/weir/tls/client/tls.key"),
+            ("server_tls_sslmode", "prefer"),
+        ]
+    );
+}
+
+#[test]
+fn app_secret_sslmode_follows_the_client_side() {
+    let uri = |r: &Rendered| secret_text(&r.app_secret, "uri");
+    let jdbc = |r: &Rendered| secret_text(&r.app_secret, "jdbc-uri");
+    let served = render(&tls_pool(FULL_TLS), &tls_observed("pem")).expect("renders");
+    assert!(
+        uri(&served).ends_with("/orders?sslmode=require"),
+        "{}",
+        uri(&served)
+    );
+    assert!(
+        jdbc(&served).ends_with("&sslmode=require"),
+        "{}",
+        jdbc(&served)
+    );
+    let offered = render(
+        &tls_pool("client: {secretName: orders-tls}"),
+        &tls_observed("pem"),
+    )
+    .expect("renders");
+    assert!(uri(&offered).ends_with("?sslmode=require"));
+    let off = render(
+        &tls_pool("client: {secretName: orders-tls, mode: disable}"),
+        &tls_observed("pem"),
+    )
+    .expect("renders");
+    assert!(uri(&off).ends_with("?sslmode=prefer"));
+    assert!(uri(&rendered()).ends_with("?sslmode=prefer"));
+}
+
+#[test]
+fn rotated_certificates_do_not_restart_pods_but_turning_tls_on_does() {
+    let pool = tls_pool(FULL_TLS);
+    let before = render(&pool, &tls_observed("old certificate")).expect("renders");
+    let after = render(&pool, &tls_observed("renewed certificate")).expect("renders");
+    assert_eq!(before.deployment, after.deployment);
+    assert_eq!(before.config_map, after.config_map);
+    // Without TLS the hash is what it was before TLS existed: upgrading rolls no pod.
+    let plain = rendered();
+    assert_eq!(plain.restart_hash, config::restart_hash(&plain.config, &[]));
+    assert_ne!(plain.restart_hash, before.restart_hash);
+    assert_ne!(pod_template(&plain), pod_template(&before));
+    // A stricter mode holds for every pod at once: it rolls them.
+    let require = render(
+        &tls_pool("client: {secretName: orders-tls, mode: require}"),
+        &tls_observed("pem"),
+    )
+    .expect("renders");
+    let prefer = render(
+        &tls_pool("client: {secretName: orders-tls}"),
+        &tls_observed("pem"),
+    )
+    .expect("renders");
+    assert_ne!(require.restart_hash, prefer.restart_hash);
+}
+
+#[test]
+fn missing_tls_sources_are_named() {
+    let pool = tls_pool(FULL_TLS);
+    let mut o = tls_observed("pem");
+    o.secrets.remove("orders-tls");
+    let err = render(&pool, &o).expect_err("no certificate");
+    assert!(
+        matches!(&err, RenderError::MissingSecret(s) if s == "orders-tls"),
+        "{err}"
+    );
+    let mut o = tls_observed("pem");
+    if let Some(data) = o.secrets.get_mut("orders-db-client") {
+        data.remove("tls.key");
+    }
+    let err = render(&pool, &o).expect_err("no key");
+    assert_eq!(
+        err.to_string(),
+        r#"Secret "orders-db-client" has no key "tls.key""#
+    );
+    let mut o = tls_observed("pem");
+    o.config_maps.clear();
+    let err = render(&pool, &o).expect_err("no CA");
+    assert_eq!(err.to_string(), r#"ConfigMap "db-ca" not found"#);
 }

@@ -19,6 +19,7 @@ use weir_pooler::config::Config;
 
 use super::config::{AUTH_DIR, AUTH_FILE, CONFIG_DIR, CONFIG_FILE, HTTP_PORT};
 use super::meta::{labels, names, selector_labels, Context, RESTART_HASH_ANNOTATION};
+use super::tls;
 use crate::api::ConnectionPoolSpec;
 
 /// The port clients connect to on the Service: PostgreSQL's, so that applications need
@@ -143,7 +144,7 @@ pub(crate) fn deployment(
             ..PodSecurityContext::default()
         }),
         containers: vec![container(spec, config)],
-        volumes: Some(volumes(ctx.name)),
+        volumes: Some(volumes(ctx.name, spec)),
         node_selector: pod.node_selector.clone(),
         affinity: pod.affinity.clone(),
         tolerations: pod.tolerations.clone(),
@@ -250,28 +251,34 @@ fn container(spec: &ConnectionPoolSpec, config: &Config) -> Container {
             }),
             ..SecurityContext::default()
         }),
-        volume_mounts: Some(vec![
-            VolumeMount {
-                name: "config".to_owned(),
-                mount_path: CONFIG_DIR.to_owned(),
-                read_only: Some(true),
-                ..VolumeMount::default()
-            },
-            VolumeMount {
-                name: "auth".to_owned(),
-                mount_path: AUTH_DIR.to_owned(),
-                read_only: Some(true),
-                ..VolumeMount::default()
-            },
-        ]),
+        volume_mounts: Some(
+            [
+                VolumeMount {
+                    name: "config".to_owned(),
+                    mount_path: CONFIG_DIR.to_owned(),
+                    read_only: Some(true),
+                    ..VolumeMount::default()
+                },
+                VolumeMount {
+                    name: "auth".to_owned(),
+                    mount_path: AUTH_DIR.to_owned(),
+                    read_only: Some(true),
+                    ..VolumeMount::default()
+                },
+            ]
+            .into_iter()
+            .chain(tls::volume_mounts(spec))
+            .collect(),
+        ),
         ..Container::default()
     }
 }
 
-/// The ConfigMap and the auth Secret as whole-directory mounts (not subPath), so that the
-/// kubelet refreshes the files in running pods and the pooler can reload them.
-fn volumes(pool: &str) -> Vec<Volume> {
-    vec![
+/// The ConfigMap, the auth Secret and the TLS sources as whole-directory mounts (not
+/// subPath), so that the kubelet refreshes the files in running pods and the pooler can
+/// reload them.
+fn volumes(pool: &str, spec: &ConnectionPoolSpec) -> Vec<Volume> {
+    let mut volumes = vec![
         Volume {
             name: "config".to_owned(),
             config_map: Some(ConfigMapVolumeSource {
@@ -300,5 +307,7 @@ fn volumes(pool: &str) -> Vec<Volume> {
             }),
             ..Volume::default()
         },
-    ]
+    ];
+    volumes.extend(tls::volumes(spec));
+    volumes
 }

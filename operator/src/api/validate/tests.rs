@@ -253,11 +253,14 @@ fn parameters_rules() {
         set(&[("server_reset_query", "a\nb")]),
         vec!["spec.parameters: parameter values must be a single line"]
     );
-    // Every key is either settable or owned, and the pooler knows every owned key.
+    // Every key is either settable or owned (TLS settings come from spec.tls), and the
+    // pooler knows every owned key.
     let settable: Vec<&str> = rules::settable_keys().collect();
     for key in weir_pooler::config::Settings::KEYS {
         assert!(
-            settable.contains(key) != rules::operator_owned_keys().any(|o| o == *key),
+            settable.contains(key)
+                != (rules::operator_owned_keys().any(|o| o == *key)
+                    || rules::TLS_KEYS.contains(key)),
             "{key}"
         );
     }
@@ -351,4 +354,148 @@ fn loading_refuses_what_the_api_server_refuses() {
         from_yaml(&invalid).expect_err("invalid").to_string(),
         "spec.replicas: replicas must be at least 1"
     );
+}
+
+/// `BASE` with `tls` (YAML at the `spec.tls` level) added.
+fn with_tls(tls: &str) -> Result<ConnectionPool, LoadError> {
+    let indented: String = tls.lines().map(|l| format!("    {l}\n")).collect();
+    from_yaml(&format!("{BASE}  tls:\n{indented}"))
+}
+
+fn tls_violations(tls: &str) -> Vec<String> {
+    match with_tls(tls) {
+        Ok(_) => Vec::new(),
+        Err(LoadError::Invalid(Violations(v))) => v.iter().map(Violation::to_string).collect(),
+        Err(e) => panic!("{tls}: {e}"),
+    }
+}
+
+#[test]
+fn tls_defaults() {
+    use crate::api::SslMode;
+    let pool = with_tls("client: {secretName: cert}\nserver: {}").expect("valid");
+    let tls = pool.spec.tls.expect("tls");
+    let client = tls.client.expect("client");
+    assert_eq!(client.effective_mode(), SslMode::Prefer);
+    assert_eq!(
+        tls.server.expect("server").effective_mode(),
+        SslMode::Prefer
+    );
+    let pool = with_tls("server: {ca: {configMap: {name: db-ca}}}").expect("valid");
+    let server = pool.spec.tls.and_then(|t| t.server).expect("server");
+    assert_eq!(server.effective_mode(), SslMode::VerifyFull);
+    let ca = server.ca.expect("ca");
+    assert_eq!(ca.selector().map(|s| s.key.as_str()), Some("ca.crt"));
+    let client = crate::api::ClientTls::default();
+    assert_eq!(client.effective_mode(), SslMode::Disable);
+}
+
+#[test]
+fn tls_rules() {
+    let cases: &[(&str, &[String])] = &[
+        (
+            "client: {mode: require}",
+            &[format!(
+                "spec.tls.client.secretName: {}",
+                rules::CLIENT_MODE_NEEDS_CERTIFICATE
+            )],
+        ),
+        (
+            "client: {mode: prefer}",
+            &[format!(
+                "spec.tls.client.secretName: {}",
+                rules::CLIENT_MODE_NEEDS_CERTIFICATE
+            )],
+        ),
+        (
+            "client: {secretName: ''}",
+            &["spec.tls.client.secretName: secretName must not be empty".to_owned()],
+        ),
+        (
+            "client: {secretName: cert, mode: verify-full}",
+            &[format!(
+                "spec.tls.client.ca: {}",
+                rules::CLIENT_VERIFY_NEEDS_CA
+            )],
+        ),
+        (
+            "client: {secretName: cert, mode: verify-ca}",
+            &[format!(
+                "spec.tls.client.ca: {}",
+                rules::CLIENT_VERIFY_NEEDS_CA
+            )],
+        ),
+        (
+            "client: {secretName: cert, ca: {secret: {name: ca}}}",
+            &[format!(
+                "spec.tls.client.mode: {}",
+                rules::CLIENT_CA_NEEDS_VERIFY
+            )],
+        ),
+        (
+            "server: {mode: verify-full}",
+            &[format!(
+                "spec.tls.server.ca: {}",
+                rules::SERVER_VERIFY_NEEDS_CA
+            )],
+        ),
+        (
+            "server: {mode: verify-ca}",
+            &[format!(
+                "spec.tls.server.ca: {}",
+                rules::SERVER_VERIFY_NEEDS_CA
+            )],
+        ),
+        (
+            "server: {clientCertificateSecretName: ''}",
+            &[
+                "spec.tls.server.clientCertificateSecretName: clientCertificateSecretName \
+                 must not be empty"
+                    .to_owned(),
+            ],
+        ),
+        (
+            "server: {ca: {secret: {name: a}, configMap: {name: b}}}",
+            &[format!("spec.tls.server.ca: {}", rules::ONE_CA_SOURCE)],
+        ),
+        (
+            "server: {mode: require, ca: {}}",
+            &[format!("spec.tls.server.ca: {}", rules::ONE_CA_SOURCE)],
+        ),
+        (
+            "server: {ca: {configMap: {name: '', key: 'a/b'}}}",
+            &[
+                "spec.tls.server.ca.configMap.name: name must not be empty".to_owned(),
+                format!("spec.tls.server.ca.configMap.key: {}", rules::KEY_FORM),
+            ],
+        ),
+    ];
+    for (tls, expected) in cases {
+        assert_eq!(&tls_violations(tls), expected, "{tls}");
+    }
+    for good in [
+        "client: {}",
+        "client: {mode: disable}",
+        "client: {secretName: cert, mode: require}",
+        "client: {secretName: cert, mode: verify-full, ca: {configMap: {name: ca, key: bundle.pem}}}",
+        "server: {mode: disable}",
+        "server: {mode: verify-ca, ca: {secret: {name: db-ca}}, clientCertificateSecretName: c}",
+    ] {
+        assert!(tls_violations(good).is_empty(), "{good}");
+    }
+    let bad_mode = with_tls("client: {mode: required}").expect_err("not a mode");
+    assert!(matches!(bad_mode, LoadError::Shape(_)), "{bad_mode}");
+}
+
+#[test]
+fn tls_settings_cannot_be_parameters() {
+    let found = violations(|p| {
+        p.spec.parameters = Some([("client_tls_sslmode".to_owned(), "require".to_owned())].into())
+    });
+    let expected = format!(
+        "spec.parameters: {} (found: client_tls_sslmode)",
+        rules::TLS_PARAMETERS
+    );
+    assert!(found.contains(&expected), "{found:?}");
+    assert!(!rules::settable_keys().any(|k| rules::TLS_KEYS.contains(&k)));
 }
