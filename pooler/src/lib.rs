@@ -9,7 +9,7 @@
 //! (`scripts/check-layering.py`, run by `make lint`, reads the list from here):
 //!
 //! - pure: protocol config params auth
-//! - transport: wire stream
+//! - transport: wire stream tls
 //! - server: server
 //! - pool: pool registry
 //! - session: client
@@ -35,4 +35,5 @@ pub mod registry;
 pub mod reload;
 pub mod server;
 pub mod stream;
+pub mod tls;
 pub mod wire;
