@@ -73,7 +73,10 @@ impl Stream {
         };
         match self {
             Stream::Tcp(s) => (tcp(s.peer_addr()), tcp(s.local_addr())),
-            Stream::Tls(s) => (tcp(s.get_ref().0.peer_addr()), tcp(s.get_ref().0.local_addr())),
+            Stream::Tls(s) => (
+                tcp(s.get_ref().0.peer_addr()),
+                tcp(s.get_ref().0.local_addr()),
+            ),
             Stream::Unix(_) => (Endpoint::unix(unix_port), Endpoint::unix(unix_port)),
         }
     }
@@ -120,7 +123,9 @@ impl Stream {
             _ => return false,
         };
         // A protocol error surfaces on the next read; report it as readable.
-        state.map_or(true, |s| s.plaintext_bytes_to_read() > 0 || s.peer_has_closed())
+        state.map_or(true, |s| {
+            s.plaintext_bytes_to_read() > 0 || s.peer_has_closed()
+        })
     }
 
     /// Whether the peer has sent something (or closed) that nobody has read yet.

@@ -150,9 +150,7 @@ fn client_side(s: &Settings) -> Result<ClientTls, ConfigError> {
     else {
         return Err(setting_error(
             "client_tls_sslmode",
-            format!(
-                "client_tls_sslmode {mode} needs client_tls_cert_file and client_tls_key_file"
-            ),
+            format!("client_tls_sslmode {mode} needs client_tls_cert_file and client_tls_key_file"),
         ));
     };
     let versions = protocols("client_tls_protocols", &s.client_tls_protocols)?;
@@ -171,7 +169,8 @@ fn client_side(s: &Settings) -> Result<ClientTls, ConfigError> {
             } else {
                 b.allow_unauthenticated()
             };
-            b.build().map_err(|e| file_error("client_tls_ca_file", ca, e))?
+            b.build()
+                .map_err(|e| file_error("client_tls_ca_file", ca, e))?
         }
         None if mode >= TlsMode::VerifyCa => {
             return Err(setting_error(
@@ -397,7 +396,10 @@ fn certified_key(
             file_error(
                 key_key,
                 key_path,
-                format!("the key does not match the certificate in {}", cert_path.display()),
+                format!(
+                    "the key does not match the certificate in {}",
+                    cert_path.display()
+                ),
             )
         })?;
     Ok((chain, key))
@@ -485,13 +487,10 @@ impl ServerCertVerifier for ChainOnly {
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         // webpki checks the name last: a name error means the chain itself was good.
-        match self.0.verify_server_cert(
-            end_entity,
-            intermediates,
-            server_name,
-            ocsp_response,
-            now,
-        ) {
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+        {
             Err(rustls::Error::InvalidCertificate(
                 rustls::CertificateError::NotValidForName
                 | rustls::CertificateError::NotValidForNameContext { .. },
@@ -536,9 +535,8 @@ mod tests {
 
     #[test]
     fn protocols_map_pgbouncer_words_to_rustls_versions() {
-        let v = |s: &str| {
-            protocols("k", s).map(|v| v.iter().map(|p| p.version).collect::<Vec<_>>())
-        };
+        let v =
+            |s: &str| protocols("k", s).map(|v| v.iter().map(|p| p.version).collect::<Vec<_>>());
         use rustls::ProtocolVersion::{TLSv1_2, TLSv1_3};
         assert_eq!(v("secure").unwrap(), vec![TLSv1_2, TLSv1_3]);
         assert_eq!(v("all").unwrap(), vec![TLSv1_2, TLSv1_3]);

@@ -150,7 +150,7 @@ pub async fn hello(
                 }
                 return startup(stream, minor, &params, config)
                     .await
-                    .map(Hello::Session)
+                    .map(Hello::Session);
             }
         }
     }

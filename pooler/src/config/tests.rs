@@ -285,7 +285,11 @@ fn invalid_values_name_file_line_and_key() {
         ("auth_type", "hba", "not supported by weir"),
         ("auth_type", "pam", "not supported by weir"),
         ("client_tls_sslmode", "always", "expected an sslmode"),
-        ("server_cleartext_password", "sometimes", "expected allow or refuse"),
+        (
+            "server_cleartext_password",
+            "sometimes",
+            "expected allow or refuse",
+        ),
         ("auth_type", "password", "expected an authentication type"),
         ("pinning", "sometimes", "expected pin or refuse"),
         ("http_port", "-1", "expected a port number"),

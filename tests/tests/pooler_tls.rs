@@ -1,0 +1,455 @@
+//! TLS on both sides of weir, against a real PostgreSQL with `ssl = on` (certificates made
+//! in the test) and real clients (psql, tokio-postgres, a raw rustls client for PostgreSQL
+//! 17's direct TLS): every `server_tls_sslmode` against servers with and without TLS, wrong
+//! CAs and host names, clear-text passwords over plain connections, and `client_tls_sslmode`
+//! from `disable` to `verify-full` with `auth_type = cert`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use weir_tests::fixture::{self, sqlstate, Fixture, Options, DATABASE, PASSWORD, USER};
+use weir_tests::net;
+use weir_tests::postgres::{
+    psql_conninfo, CommandOutput, PasswordMethod, PgCluster, PgOptions, PgTls,
+};
+use weir_tests::tls::{CertPair, TestCa};
+use weir_tests::weir::WeirProcess;
+
+/// The superuser may always come in over plain TCP: the harness administers through it.
+const HBA_ADMIN: &str = "local all postgres trust\nhost all postgres 127.0.0.1/32 trust\n";
+
+/// Certificates and the files they are written to.
+struct Certs {
+    dir: tempfile::TempDir,
+    ca: TestCa,
+    other_ca: TestCa,
+}
+
+impl Certs {
+    fn new() -> Certs {
+        Certs {
+            dir: tempfile::tempdir().expect("temp dir"),
+            ca: TestCa::new("weir test CA").expect("CA"),
+            other_ca: TestCa::new("somebody else's CA").expect("other CA"),
+        }
+    }
+
+    /// Writes `text` to `name` (mode 0600, as libpq wants for keys) and returns the path.
+    fn write(&self, name: &str, text: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt as _;
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, text).expect("writing a certificate file");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        path
+    }
+
+    fn ca_file(&self) -> PathBuf {
+        self.write("ca.crt", &self.ca.cert_pem)
+    }
+
+    fn other_ca_file(&self) -> PathBuf {
+        self.write("other-ca.crt", &self.other_ca.cert_pem)
+    }
+
+    /// Writes a leaf as `<name>.crt` and `<name>.key`.
+    fn pair_files(&self, name: &str, pair: &CertPair) -> (PathBuf, PathBuf) {
+        (
+            self.write(&format!("{name}.crt"), &pair.cert_pem),
+            self.write(&format!("{name}.key"), &pair.key_pem),
+        )
+    }
+}
+
+fn display(p: &Path) -> String {
+    p.display().to_string()
+}
+
+/// A cluster with the application role and database, TLS on when `tls` is given.
+async fn cluster(tls: Option<PgTls>, hba: &str) -> PgCluster {
+    let pg = PgCluster::start_with(PgOptions {
+        tls,
+        hba: Some(format!("{HBA_ADMIN}{hba}")),
+        ..PgOptions::default()
+    })
+    .await
+    .expect("starting PostgreSQL");
+    pg.create_role(USER, PASSWORD, PasswordMethod::Scram)
+        .await
+        .expect("creating the role");
+    pg.create_database(DATABASE, USER)
+        .await
+        .expect("creating the database");
+    pg
+}
+
+/// Starts weir in front of `pg` with `settings`, naming the server by `host`.
+async fn weir(pg: &PgCluster, host: &str, settings: &[String]) -> WeirProcess {
+    let mut opts = Options::default();
+    opts.settings.extend(settings.iter().cloned());
+    let ini =
+        fixture::ini(pg, &opts).replace(&format!("host={}", pg.host()), &format!("host={host}"));
+    WeirProcess::start(&ini, &format!("\"{USER}\" \"{PASSWORD}\"\n"))
+        .await
+        .expect("starting weir")
+}
+
+/// Whether weir's server connection is encrypted (`true`/`false`, from `pg_stat_ssl`), or
+/// the error the client got instead, as `SQLSTATE: message`.
+async fn server_ssl(weir: &WeirProcess) -> Result<String, String> {
+    let client = net::connect(weir.port(), USER, PASSWORD, DATABASE)
+        .await
+        .map_err(|e| {
+            let code = e
+                .downcast_ref::<weir_tests::tokio_postgres::Error>()
+                .and_then(sqlstate)
+                .unwrap_or("none");
+            format!("{code}: {e:#}")
+        })?;
+    let row = client
+        .query_one(
+            "SELECT ssl::text FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .map_err(|e| format!("{e:#}"))?;
+    Ok(row.get(0))
+}
+
+fn server_pair(certs: &Certs) -> PgTls {
+    // A DNS name only: verify-full must accept host=localhost and refuse host=127.0.0.1.
+    let pair = certs
+        .ca
+        .leaf("localhost", &["localhost"])
+        .expect("server cert");
+    PgTls {
+        cert_pem: pair.cert_pem,
+        key_pem: pair.key_pem,
+        ca_pem: None,
+    }
+}
+
+#[tokio::test]
+async fn every_server_sslmode_against_a_server_with_ssl() {
+    let certs = Certs::new();
+    // TLS-only, and the clear-text `password` method: allowed because the connection is
+    // encrypted.
+    let pg = cluster(
+        Some(server_pair(&certs)),
+        "hostssl all app 127.0.0.1/32 password\n",
+    )
+    .await;
+    let ca = display(&certs.ca_file());
+    let other = display(&certs.other_ca_file());
+    let cases: Vec<(&str, Option<&str>, &str, Result<&str, &str>)> = vec![
+        ("prefer", None, "127.0.0.1", Ok("true")),
+        ("require", None, "127.0.0.1", Ok("true")),
+        // Plain first; the server's pg_hba refusal makes weir retry with TLS.
+        ("allow", None, "127.0.0.1", Ok("true")),
+        ("verify-ca", Some(&ca), "127.0.0.1", Ok("true")),
+        ("verify-full", Some(&ca), "localhost", Ok("true")),
+        // As libpq: require with a CA file checks the chain, not the name.
+        ("require", Some(&ca), "127.0.0.1", Ok("true")),
+        ("require", Some(&other), "127.0.0.1", Err("UnknownIssuer")),
+        ("verify-ca", Some(&other), "127.0.0.1", Err("UnknownIssuer")),
+        (
+            "verify-full",
+            Some(&ca),
+            "127.0.0.1",
+            Err("not valid for name"),
+        ),
+        ("disable", None, "127.0.0.1", Err("no pg_hba.conf entry")),
+    ];
+    for (mode, ca_file, host, expected) in cases {
+        let mut settings = vec![format!("server_tls_sslmode = {mode}")];
+        if let Some(ca_file) = ca_file {
+            settings.push(format!("server_tls_ca_file = {ca_file}"));
+        }
+        let weir = weir(&pg, host, &settings).await;
+        let got = server_ssl(&weir).await;
+        match expected {
+            Ok(ssl) => assert_eq!(got.as_deref(), Ok(ssl), "{mode} {ca_file:?} {host}"),
+            Err(needle) => {
+                let e = got.expect_err(mode);
+                assert!(e.contains(needle), "{mode} {ca_file:?} {host}: {e}");
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn every_server_sslmode_against_a_server_without_ssl() {
+    let certs = Certs::new();
+    let pg = cluster(None, "host all app 127.0.0.1/32 scram-sha-256\n").await;
+    let ca = display(&certs.ca_file());
+    for (mode, expected) in [
+        ("disable", Ok("false")),
+        ("allow", Ok("false")),
+        ("prefer", Ok("false")),
+        ("require", Err("does not support SSL")),
+        ("verify-ca", Err("does not support SSL")),
+        ("verify-full", Err("does not support SSL")),
+    ] {
+        let settings = [
+            format!("server_tls_sslmode = {mode}"),
+            format!("server_tls_ca_file = {ca}"),
+        ];
+        let weir = weir(&pg, "localhost", &settings).await;
+        let got = server_ssl(&weir).await;
+        match expected {
+            Ok(ssl) => assert_eq!(got.as_deref(), Ok(ssl), "{mode}"),
+            Err(needle) => {
+                let e = got.expect_err(mode);
+                assert!(e.contains(needle), "{mode}: {e}");
+                assert!(e.starts_with("08006: "), "{mode}: {e}");
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_clear_text_password_goes_over_plain_tcp_only_when_allowed() {
+    let pg = cluster(None, "host all app 127.0.0.1/32 password\n").await;
+    let refused = weir(&pg, "127.0.0.1", &[]).await;
+    let e = server_ssl(&refused).await.expect_err("refused by default");
+    assert!(e.contains("clear-text password"), "{e}");
+    assert!(e.contains("server_cleartext_password"), "{e}");
+    let allowed = weir(
+        &pg,
+        "127.0.0.1",
+        &["server_cleartext_password = allow".to_owned()],
+    )
+    .await;
+    assert_eq!(server_ssl(&allowed).await.as_deref(), Ok("false"));
+}
+
+/// Weir with `client_tls_sslmode = mode` and a certificate for 127.0.0.1 signed by the CA.
+async fn client_tls_fixture(certs: &Certs, mode: &str, extra: &[&str]) -> Fixture {
+    let pair = certs
+        .ca
+        .leaf("weir", &["127.0.0.1", "localhost"])
+        .expect("weir cert");
+    let (cert, key) = certs.pair_files("weir", &pair);
+    let mut opts = Options::default()
+        .with(&format!("client_tls_sslmode = {mode}"))
+        .with(&format!("client_tls_cert_file = {}", cert.display()))
+        .with(&format!("client_tls_key_file = {}", key.display()));
+    for line in extra {
+        opts = opts.with(line);
+    }
+    Fixture::start(opts).await.expect("starting the fixture")
+}
+
+async fn psql(fx: &Fixture, user: &str, conninfo: &str) -> CommandOutput {
+    psql_conninfo(
+        net::HOST,
+        fx.weir.port(),
+        user,
+        PASSWORD,
+        &format!("dbname={DATABASE} {conninfo}"),
+        "SELECT 'through weir'",
+    )
+    .await
+    .expect("running psql")
+}
+
+#[tokio::test]
+async fn client_tls_require_serves_tls_and_refuses_plain_clients() {
+    let certs = Certs::new();
+    let fx = client_tls_fixture(&certs, "require", &[]).await;
+    let ca = certs.ca_file();
+    let ok = psql(
+        &fx,
+        USER,
+        &format!("sslmode=verify-full sslrootcert={}", ca.display()),
+    )
+    .await;
+    assert_eq!((ok.status, ok.stdout.trim()), (0, "through weir"), "{ok:?}");
+
+    let plain = psql(&fx, USER, "sslmode=disable").await;
+    assert_ne!(plain.status, 0);
+    assert!(plain.stderr.contains("SSL required"), "{plain:?}");
+
+    let e = net::connect(fx.weir.port(), USER, PASSWORD, DATABASE)
+        .await
+        .expect_err("a plain client is refused");
+    let e = e
+        .downcast_ref::<weir_tests::tokio_postgres::Error>()
+        .expect("a database error");
+    assert_eq!(sqlstate(e), Some("28000"), "{e}");
+
+    // A client that checks weir's certificate against another CA gives up.
+    let other = certs.other_ca_file();
+    let wrong = psql(
+        &fx,
+        USER,
+        &format!("sslmode=verify-full sslrootcert={}", other.display()),
+    )
+    .await;
+    assert_ne!(wrong.status, 0);
+    assert!(
+        wrong.stderr.contains("certificate verify failed"),
+        "{wrong:?}"
+    );
+}
+
+#[tokio::test]
+async fn client_tls_disable_answers_n() {
+    let certs = Certs::new();
+    let fx = client_tls_fixture(&certs, "disable", &[]).await;
+    let prefer = psql(&fx, USER, "sslmode=prefer").await;
+    assert_eq!(prefer.status, 0, "{prefer:?}");
+    let require = psql(&fx, USER, "sslmode=require").await;
+    assert_ne!(require.status, 0);
+    assert!(
+        require.stderr.contains("does not support SSL"),
+        "{require:?}"
+    );
+}
+
+#[tokio::test]
+async fn client_certificates_under_verify_full_and_auth_type_cert() {
+    let certs = Certs::new();
+    let ca = certs.ca_file();
+    let fx = client_tls_fixture(
+        &certs,
+        "verify-full",
+        &[
+            &format!("client_tls_ca_file = {}", ca.display()),
+            "auth_type = cert",
+        ],
+    )
+    .await;
+    let app = certs.ca.leaf(USER, &[]).expect("client cert");
+    let (app_cert, app_key) = certs.pair_files("app", &app);
+    let with_cert = |cert: &Path, key: &Path| {
+        format!(
+            "sslmode=verify-full sslrootcert={} sslcert={} sslkey={}",
+            ca.display(),
+            cert.display(),
+            key.display()
+        )
+    };
+    let ok = psql(&fx, USER, &with_cert(&app_cert, &app_key)).await;
+    assert_eq!((ok.status, ok.stdout.trim()), (0, "through weir"), "{ok:?}");
+
+    // A valid certificate for someone else.
+    let mallory = certs.ca.leaf("mallory", &[]).expect("client cert");
+    let (m_cert, m_key) = certs.pair_files("mallory", &mallory);
+    let other_user = psql(&fx, USER, &with_cert(&m_cert, &m_key)).await;
+    assert_ne!(other_user.status, 0);
+    assert!(
+        other_user
+            .stderr
+            .contains("certificate authentication failed for user \"app\""),
+        "{other_user:?}"
+    );
+
+    // A certificate from another CA, and no certificate at all: the handshake fails.
+    let forged = certs.other_ca.leaf(USER, &[]).expect("client cert");
+    let (f_cert, f_key) = certs.pair_files("forged", &forged);
+    let forged = psql(&fx, USER, &with_cert(&f_cert, &f_key)).await;
+    assert_ne!(forged.status, 0, "{forged:?}");
+    let none = psql(
+        &fx,
+        USER,
+        &format!("sslmode=verify-full sslrootcert={}", ca.display()),
+    )
+    .await;
+    assert_ne!(none.status, 0, "{none:?}");
+
+    let plain = psql(&fx, USER, "sslmode=disable").await;
+    assert!(plain.stderr.contains("SSL required"), "{plain:?}");
+}
+
+/// Opens a direct TLS connection (no SSLRequest, as `sslnegotiation=direct` does) offering
+/// `alpn`, sends a startup packet and returns the first message's type and body.
+async fn direct_tls_first_reply(port: u16, ca_pem: &str, alpn: Vec<Vec<u8>>) -> (u8, Vec<u8>) {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, ServerName};
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(ca_pem.as_bytes()).expect("CA PEM"))
+        .expect("CA");
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = alpn;
+    let tcp = tokio::net::TcpStream::connect((net::HOST, port))
+        .await
+        .expect("connecting");
+    let name = ServerName::try_from(net::HOST).expect("name");
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .expect("TLS handshake");
+    let mut payload = 196_608u32.to_be_bytes().to_vec();
+    for (k, v) in [("user", USER), ("database", DATABASE)] {
+        payload.extend_from_slice(k.as_bytes());
+        payload.push(0);
+        payload.extend_from_slice(v.as_bytes());
+        payload.push(0);
+    }
+    payload.push(0);
+    let mut packet = u32::try_from(payload.len() + 4)
+        .expect("short")
+        .to_be_bytes()
+        .to_vec();
+    packet.extend_from_slice(&payload);
+    tls.write_all(&packet).await.expect("sending startup");
+    let tag = tls.read_u8().await.expect("reply");
+    let len = tls.read_u32().await.expect("reply length");
+    let mut body = vec![0; len as usize - 4];
+    tls.read_exact(&mut body).await.expect("reply body");
+    (tag, body)
+}
+
+#[tokio::test]
+async fn direct_tls_needs_alpn_postgresql() {
+    let certs = Certs::new();
+    let fx = client_tls_fixture(&certs, "require", &[]).await;
+    let port = fx.weir.port();
+    // SCRAM: weir asks for authentication (AuthenticationSASL, code 10).
+    let (tag, body) =
+        direct_tls_first_reply(port, &certs.ca.cert_pem, vec![b"postgresql".to_vec()]).await;
+    assert_eq!((tag, &body[..4]), (b'R', &10u32.to_be_bytes()[..]));
+
+    let (tag, body) = direct_tls_first_reply(port, &certs.ca.cert_pem, Vec::new()).await;
+    let text = String::from_utf8_lossy(&body);
+    assert_eq!(tag, b'E', "{text}");
+    assert!(text.contains("C08P01"), "{text}");
+    assert!(text.contains("ALPN"), "{text}");
+}
+
+#[tokio::test]
+async fn a_key_that_does_not_match_its_certificate_stops_weir_with_the_setting_named() {
+    let certs = Certs::new();
+    let pg = cluster(None, "host all app 127.0.0.1/32 scram-sha-256\n").await;
+    let a = certs.ca.leaf("a", &["127.0.0.1"]).expect("cert");
+    let b = certs.ca.leaf("b", &["127.0.0.1"]).expect("cert");
+    let cert = certs.write("a.crt", &a.cert_pem);
+    let key = certs.write("b.key", &b.key_pem);
+    let mut opts = Options::default()
+        .with("client_tls_sslmode = require")
+        .with(&format!("client_tls_cert_file = {}", cert.display()))
+        .with(&format!("client_tls_key_file = {}", key.display()));
+    let e = match WeirProcess::start(&fixture::ini(&pg, &opts), "").await {
+        Ok(_) => panic!("weir started with a mismatched key"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(e.contains("client_tls_key_file"), "{e}");
+    assert!(e.contains("does not match the certificate"), "{e}");
+
+    opts.settings.pop();
+    opts = opts.with("client_tls_key_file = /nonexistent/weir.key");
+    let e = match WeirProcess::start(&fixture::ini(&pg, &opts), "").await {
+        Ok(_) => panic!("weir started without its key"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(e.contains("/nonexistent/weir.key"), "{e}");
+    assert!(e.contains("client_tls_key_file"), "{e}");
+}
