@@ -141,7 +141,9 @@ async fn every_server_sslmode_against_a_server_with_ssl() {
     .await;
     let ca = display(&certs.ca_file());
     let other = display(&certs.other_ca_file());
-    let cases: Vec<(&str, Option<&str>, &str, Result<&str, &str>)> = vec![
+    // (server_tls_sslmode, server_tls_ca_file, host, pg_stat_ssl.ssl or part of the error)
+    type Case<'a> = (&'a str, Option<&'a str>, &'a str, Result<&'a str, &'a str>);
+    let cases: Vec<Case> = vec![
         ("prefer", None, "127.0.0.1", Ok("true")),
         ("require", None, "127.0.0.1", Ok("true")),
         // Plain first; the server's pg_hba refusal makes weir retry with TLS.
