@@ -35,6 +35,8 @@ pub struct ClientTls {
     pub mode: TlsMode,
     /// The rustls configuration; `None` under `disable`.
     pub config: Option<Arc<rustls::ServerConfig>>,
+    /// When the certificate shown to clients expires (Unix seconds).
+    pub not_after: Option<i64>,
 }
 
 impl fmt::Debug for ClientTls {
@@ -54,6 +56,8 @@ pub struct ServerTls {
     pub config: Option<Arc<rustls::ClientConfig>>,
     /// `server_cleartext_password`.
     pub cleartext_password: CleartextPassword,
+    /// When the client certificate shown to servers expires (Unix seconds).
+    pub not_after: Option<i64>,
     /// A digest of the settings and the files' contents: equal digests, same behaviour.
     digest: String,
 }
@@ -83,6 +87,7 @@ impl ServerTls {
             mode: TlsMode::Disable,
             config: None,
             cleartext_password: CleartextPassword::Refuse,
+            not_after: None,
             digest: String::new(),
         }
     }
@@ -144,7 +149,11 @@ fn client_side(s: &Settings) -> Result<ClientTls, ConfigError> {
         ));
     }
     if mode == TlsMode::Disable {
-        return Ok(ClientTls { mode, config: None });
+        return Ok(ClientTls {
+            mode,
+            config: None,
+            not_after: None,
+        });
     }
     let (Some(cert_file), Some(key_file)) = (&s.client_tls_cert_file, &s.client_tls_key_file)
     else {
@@ -185,6 +194,7 @@ fn client_side(s: &Settings) -> Result<ClientTls, ConfigError> {
         ("client_tls_key_file", key_file),
         &provider,
     )?;
+    let not_after = chain.first().and_then(not_after);
     let mut config = builder
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain, key)
@@ -193,6 +203,7 @@ fn client_side(s: &Settings) -> Result<ClientTls, ConfigError> {
     Ok(ClientTls {
         mode,
         config: Some(Arc::new(config)),
+        not_after,
     })
 }
 
@@ -232,6 +243,7 @@ fn server_side(s: &Settings) -> Result<ServerTls, ConfigError> {
             mode,
             config: None,
             cleartext_password,
+            not_after: None,
             digest,
         });
     }
@@ -268,6 +280,7 @@ fn server_side(s: &Settings) -> Result<ServerTls, ConfigError> {
         .map_err(|e| setting_error("server_tls_protocols", e.to_string()))?
         .dangerous()
         .with_custom_certificate_verifier(verifier);
+    let mut not_after = None;
     let config = match (&s.server_tls_cert_file, &s.server_tls_key_file) {
         (Some(cert_file), Some(key_file)) => {
             let (chain, key) = certified_key(
@@ -275,6 +288,7 @@ fn server_side(s: &Settings) -> Result<ServerTls, ConfigError> {
                 ("server_tls_key_file", key_file),
                 &provider,
             )?;
+            not_after = chain.first().and_then(self::not_after);
             builder
                 .with_client_auth_cert(chain, key)
                 .map_err(|e| file_error("server_tls_key_file", key_file, e))?
@@ -291,6 +305,7 @@ fn server_side(s: &Settings) -> Result<ServerTls, ConfigError> {
         mode,
         config: Some(Arc::new(config)),
         cleartext_password,
+        not_after,
         digest,
     })
 }
@@ -520,6 +535,12 @@ impl ServerCertVerifier for ChainOnly {
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.supported_verify_schemes()
     }
+}
+
+/// When a DER certificate stops being valid, in Unix seconds.
+fn not_after(cert: &CertificateDer<'_>) -> Option<i64> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    Some(parsed.validity().not_after.timestamp())
 }
 
 /// The common name (CN) of a DER certificate's subject, for `auth_type = cert`.

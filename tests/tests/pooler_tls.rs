@@ -364,31 +364,36 @@ async fn client_certificates_under_verify_full_and_auth_type_cert() {
     assert!(plain.stderr.contains("SSL required"), "{plain:?}");
 }
 
-/// Opens a direct TLS connection (no SSLRequest, as `sslnegotiation=direct` does) offering
-/// `alpn`, sends a startup packet and returns the first message's type and body.
-async fn direct_tls_first_reply(port: u16, ca_pem: &str, alpn: Vec<Vec<u8>>) -> (u8, Vec<u8>) {
+type ClientTlsStream = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+
+/// Opens a direct TLS connection (no SSLRequest, as `sslnegotiation=direct` does) to weir,
+/// trusting `ca_pem` and offering `alpn`.
+async fn direct_tls(port: u16, ca_pem: &str, alpn: Vec<Vec<u8>>) -> ClientTlsStream {
     use rustls::pki_types::pem::PemObject as _;
     use rustls::pki_types::{CertificateDer, ServerName};
     let mut roots = rustls::RootCertStore::empty();
     roots
         .add(CertificateDer::from_pem_slice(ca_pem.as_bytes()).expect("CA PEM"))
         .expect("CA");
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("versions")
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
     config.alpn_protocols = alpn;
     let tcp = tokio::net::TcpStream::connect((net::HOST, port))
         .await
         .expect("connecting");
     let name = ServerName::try_from(net::HOST).expect("name");
-    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+    tokio_rustls::TlsConnector::from(Arc::new(config))
         .connect(name, tcp)
         .await
-        .expect("TLS handshake");
+        .expect("TLS handshake")
+}
+
+/// Sends a protocol 3.0 startup packet for the application user and database.
+async fn send_startup(tls: &mut ClientTlsStream) {
     let mut payload = 196_608u32.to_be_bytes().to_vec();
     for (k, v) in [("user", USER), ("database", DATABASE)] {
         payload.extend_from_slice(k.as_bytes());
@@ -403,11 +408,32 @@ async fn direct_tls_first_reply(port: u16, ca_pem: &str, alpn: Vec<Vec<u8>>) -> 
         .to_vec();
     packet.extend_from_slice(&payload);
     tls.write_all(&packet).await.expect("sending startup");
+}
+
+/// The next message: type and body.
+async fn next_message(tls: &mut ClientTlsStream) -> (u8, Vec<u8>) {
     let tag = tls.read_u8().await.expect("reply");
     let len = tls.read_u32().await.expect("reply length");
     let mut body = vec![0; len as usize - 4];
     tls.read_exact(&mut body).await.expect("reply body");
     (tag, body)
+}
+
+/// Reads messages up to ReadyForQuery, failing on an ErrorResponse.
+async fn until_ready(tls: &mut ClientTlsStream) {
+    loop {
+        match next_message(tls).await {
+            (b'Z', _) => return,
+            (b'E', body) => panic!("error: {}", String::from_utf8_lossy(&body)),
+            _ => {}
+        }
+    }
+}
+
+async fn direct_tls_first_reply(port: u16, ca_pem: &str, alpn: Vec<Vec<u8>>) -> (u8, Vec<u8>) {
+    let mut tls = direct_tls(port, ca_pem, alpn).await;
+    send_startup(&mut tls).await;
+    next_message(&mut tls).await
 }
 
 #[tokio::test]
@@ -454,4 +480,133 @@ async fn a_key_that_does_not_match_its_certificate_stops_weir_with_the_setting_n
     };
     assert!(e.contains("/nonexistent/weir.key"), "{e}");
     assert!(e.contains("client_tls_key_file"), "{e}");
+}
+
+/// The certificate weir shows a new TLS client right now.
+async fn served_certificate(port: u16, ca_pem: &str) -> Vec<u8> {
+    let tls = direct_tls(port, ca_pem, vec![b"postgresql".to_vec()]).await;
+    let served = tls.get_ref().1.peer_certificates().expect("a certificate");
+    served[0].as_ref().to_vec()
+}
+
+fn der(pem: &str) -> Vec<u8> {
+    use rustls::pki_types::pem::PemObject as _;
+    rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes())
+        .expect("PEM")
+        .as_ref()
+        .to_vec()
+}
+
+/// Swaps the `..data` symlink to `version`, as Kubernetes updates a mounted Secret.
+fn swap_secret(dir: &Path, version: &str, pair: &CertPair) {
+    use std::os::unix::fs::symlink;
+    let target = dir.join(version);
+    std::fs::create_dir(&target).expect("version dir");
+    std::fs::write(target.join("tls.crt"), &pair.cert_pem).expect("cert");
+    std::fs::write(target.join("tls.key"), &pair.key_pem).expect("key");
+    let staging = dir.join("..data_tmp");
+    symlink(version, &staging).expect("staging link");
+    std::fs::rename(&staging, dir.join("..data")).expect("swap");
+}
+
+#[tokio::test]
+async fn a_rotated_certificate_serves_new_handshakes_and_a_bad_one_is_refused() {
+    let certs = Certs::new();
+    let secret = certs.dir.path().join("secret");
+    std::fs::create_dir(&secret).expect("secret dir");
+    let first = certs.ca.leaf("first", &["127.0.0.1"]).expect("cert");
+    swap_secret(&secret, "v1", &first);
+    for name in ["tls.crt", "tls.key"] {
+        std::os::unix::fs::symlink(format!("..data/{name}"), secret.join(name)).expect("link");
+    }
+    let http_port = net::free_port();
+    let opts = Options {
+        auth_type: "trust",
+        ..Options::default()
+    }
+    .with("client_tls_sslmode = require")
+    .with(&format!(
+        "client_tls_cert_file = {}",
+        secret.join("tls.crt").display()
+    ))
+    .with(&format!(
+        "client_tls_key_file = {}",
+        secret.join("tls.key").display()
+    ))
+    .with(&format!("http_port = {http_port}"))
+    .with("http_listen_addr = 127.0.0.1");
+    let fx = Fixture::start(opts).await.expect("fixture");
+    let port = fx.weir.port();
+    let ca = certs.ca.cert_pem.clone();
+    assert_eq!(served_certificate(port, &ca).await, der(&first.cert_pem));
+    let metrics = http_get(http_port, "/metrics").await;
+    let expiry = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with(
+                "weir_tls_certificate_expiry_seconds{certificate=\"client_tls_cert_file\"}",
+            )
+        })
+        .unwrap_or_else(|| panic!("no expiry metric in:\n{metrics}"));
+    let seconds: f64 = expiry
+        .rsplit(' ')
+        .next()
+        .and_then(|v| v.parse().ok())
+        .expect("value");
+    assert!(seconds > 86_400.0, "{expiry}");
+
+    // A session opened before the rotation goes on after it.
+    let mut session = direct_tls(port, &ca, vec![b"postgresql".to_vec()]).await;
+    send_startup(&mut session).await;
+    until_ready(&mut session).await;
+
+    let second = certs.ca.leaf("second", &["127.0.0.1"]).expect("cert");
+    swap_secret(&secret, "v2", &second);
+    let rotated = Fixture::eventually(std::time::Duration::from_secs(20), || async {
+        served_certificate(port, &ca).await == der(&second.cert_pem)
+    })
+    .await;
+    assert!(
+        rotated,
+        "the new certificate was not served; log:\n{}",
+        fx.weir.log()
+    );
+
+    let mut query = vec![b'Q'];
+    query.extend_from_slice(&13u32.to_be_bytes());
+    query.extend_from_slice(b"SELECT 1\0");
+    session.write_all(&query).await.expect("query");
+    until_ready(&mut session).await;
+
+    // A key that does not belong to the certificate: refused, the second one stays.
+    let third = certs.ca.leaf("third", &["127.0.0.1"]).expect("cert");
+    let mismatched = CertPair {
+        cert_pem: third.cert_pem,
+        key_pem: first.key_pem.clone(),
+    };
+    swap_secret(&secret, "v3", &mismatched);
+    let logged = Fixture::eventually(std::time::Duration::from_secs(20), || async {
+        fx.weir.log().contains("does not match the certificate")
+    })
+    .await;
+    assert!(logged, "no error logged; log:\n{}", fx.weir.log());
+    assert!(fx.weir.log().contains("reload failed"), "{}", fx.weir.log());
+    assert_eq!(served_certificate(port, &ca).await, der(&second.cert_pem));
+}
+
+/// A plain HTTP/1.0 GET on loopback, returning the body.
+async fn http_get(port: u16, path: &str) -> String {
+    let mut stream = tokio::net::TcpStream::connect((net::HOST, port))
+        .await
+        .expect("HTTP connect");
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
+        .await
+        .expect("HTTP request");
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .await
+        .expect("HTTP response");
+    response
 }
