@@ -19,6 +19,9 @@ use crate::config::{CleartextPassword, ConfigError, Settings, TlsMode};
 /// The ALPN protocol name of PostgreSQL's direct TLS negotiation (PostgreSQL 17).
 pub const ALPN_POSTGRESQL: &[u8] = b"postgresql";
 
+/// Plaintext bytes per TLS record sent to clients, as PostgreSQL's own 8 kB send buffer makes them.
+const MAX_RECORD_PLAINTEXT: usize = 8192;
+
 /// TLS toward clients and toward servers, as one configuration asks for it.
 #[derive(Debug, Clone)]
 pub struct Tls {
@@ -200,6 +203,10 @@ fn client_side(s: &Settings) -> Result<ClientTls, ConfigError> {
         .with_single_cert(chain, key)
         .map_err(|e| file_error("client_tls_key_file", key_file, e))?;
     config.alpn_protocols = vec![ALPN_POSTGRESQL.to_vec()];
+    // PostgreSQL's records are at most 8 kB, and libpq before 18 reads 8 kB at a time: a
+    // non-blocking client (pgbench) can stall waiting for the rest of a bigger record that
+    // OpenSSL already holds.
+    config.max_fragment_size = Some(MAX_RECORD_PLAINTEXT);
     Ok(ClientTls {
         mode,
         config: Some(Arc::new(config)),

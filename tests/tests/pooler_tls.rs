@@ -11,7 +11,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use weir_tests::fixture::{self, sqlstate, Fixture, Options, DATABASE, PASSWORD, USER};
 use weir_tests::net;
 use weir_tests::postgres::{
-    psql_conninfo, CommandOutput, PasswordMethod, PgCluster, PgOptions, PgTls,
+    parse_pgbench, pgbench, psql_conninfo, CommandOutput, PasswordMethod, PgCluster, PgOptions,
+    PgTls,
 };
 use weir_tests::tls::{CertPair, TestCa};
 use weir_tests::weir::WeirProcess;
@@ -292,6 +293,68 @@ async fn client_tls_require_serves_tls_and_refuses_plain_clients() {
     assert!(
         wrong.stderr.contains("certificate verify failed"),
         "{wrong:?}"
+    );
+}
+
+#[tokio::test]
+async fn large_results_and_concurrent_clients_flow_over_tls_on_both_sides() {
+    let certs = Certs::new();
+    let pg = cluster(
+        Some(server_pair(&certs)),
+        "hostssl all app 127.0.0.1/32 scram-sha-256\n",
+    )
+    .await;
+    let pair = certs.ca.leaf("weir", &["127.0.0.1"]).expect("weir cert");
+    let (cert, key) = certs.pair_files("weir", &pair);
+    let weir = weir(
+        &pg,
+        "127.0.0.1",
+        &[
+            "server_tls_sslmode = require".to_owned(),
+            "client_tls_sslmode = require".to_owned(),
+            format!("client_tls_cert_file = {}", cert.display()),
+            format!("client_tls_key_file = {}", key.display()),
+        ],
+    )
+    .await;
+    let conninfo = format!("dbname={DATABASE} sslmode=require");
+    // About 20 MB from the server, through two TLS connections.
+    let big = psql_conninfo(
+        net::HOST,
+        weir.port(),
+        USER,
+        PASSWORD,
+        &conninfo,
+        "SELECT repeat('x', 1000) FROM generate_series(1, 20000)",
+    )
+    .await
+    .expect("psql");
+    assert_eq!(big.status, 0, "{}", big.stderr);
+    assert_eq!(big.stdout.lines().count(), 20_000);
+    assert!(big.stdout.lines().all(|l| l.len() == 1000));
+
+    // Results of 100 kB each: TLS records bigger than 8 kB stall libpq's non-blocking reads.
+    let script = certs.write(
+        "bench.sql",
+        "SELECT repeat('x', 5000) FROM generate_series(1, 20);\n",
+    );
+    let script = display(&script);
+    let bench = pgbench(
+        net::HOST,
+        weir.port(),
+        USER,
+        PASSWORD,
+        &conninfo,
+        &["-n", "-c", "8", "-t", "100", "-f", &script],
+    )
+    .await
+    .expect("pgbench");
+    let summary = parse_pgbench(&bench.stdout)
+        .unwrap_or_else(|| panic!("no pgbench summary: {bench:?}\n{}", weir.log()));
+    assert_eq!(
+        (summary.transactions, summary.failed),
+        (800, 0),
+        "{bench:?}"
     );
 }
 
