@@ -40,6 +40,9 @@ pub struct ClientTls {
     pub config: Option<Arc<rustls::ServerConfig>>,
     /// When the certificate shown to clients expires (Unix seconds).
     pub not_after: Option<i64>,
+    /// `tls-server-end-point` channel-binding data of that certificate (RFC 5929), for
+    /// SCRAM-SHA-256-PLUS; `None` when its signature algorithm names no usable hash.
+    pub end_point: Option<Vec<u8>>,
 }
 
 impl fmt::Debug for ClientTls {
@@ -156,6 +159,7 @@ fn client_side(s: &Settings) -> Result<ClientTls, ConfigError> {
             mode,
             config: None,
             not_after: None,
+            end_point: None,
         });
     }
     let (Some(cert_file), Some(key_file)) = (&s.client_tls_cert_file, &s.client_tls_key_file)
@@ -198,6 +202,7 @@ fn client_side(s: &Settings) -> Result<ClientTls, ConfigError> {
         &provider,
     )?;
     let not_after = chain.first().and_then(not_after);
+    let end_point = chain.first().and_then(server_end_point);
     let mut config = builder
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain, key)
@@ -211,6 +216,7 @@ fn client_side(s: &Settings) -> Result<ClientTls, ConfigError> {
         mode,
         config: Some(Arc::new(config)),
         not_after,
+        end_point,
     })
 }
 
@@ -548,6 +554,28 @@ impl ServerCertVerifier for ChainOnly {
 fn not_after(cert: &CertificateDer<'_>) -> Option<i64> {
     let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
     Some(parsed.validity().not_after.timestamp())
+}
+
+/// RFC 5929's `tls-server-end-point`: the certificate hashed with its signature's hash,
+/// SHA-256 standing in for MD5 and SHA-1. `None` for algorithms without one (Ed25519,
+/// RSA-PSS), as PostgreSQL then offers no channel binding either.
+fn server_end_point(cert: &CertificateDer<'_>) -> Option<Vec<u8>> {
+    use sha2::Digest;
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    let der = cert.as_ref();
+    match parsed.signature_algorithm.algorithm.to_id_string().as_str() {
+        // md5, sha1, sha224 and sha256 with RSA; ecdsa with sha1, sha224, sha256.
+        "1.2.840.113549.1.1.4"
+        | "1.2.840.113549.1.1.5"
+        | "1.2.840.113549.1.1.14"
+        | "1.2.840.113549.1.1.11"
+        | "1.2.840.10045.4.1"
+        | "1.2.840.10045.4.3.1"
+        | "1.2.840.10045.4.3.2" => Some(sha2::Sha256::digest(der).to_vec()),
+        "1.2.840.113549.1.1.12" | "1.2.840.10045.4.3.3" => Some(sha2::Sha384::digest(der).to_vec()),
+        "1.2.840.113549.1.1.13" | "1.2.840.10045.4.3.4" => Some(sha2::Sha512::digest(der).to_vec()),
+        _ => None,
+    }
 }
 
 /// The common name (CN) of a DER certificate's subject, for `auth_type = cert`.

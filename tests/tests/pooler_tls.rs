@@ -269,6 +269,22 @@ async fn client_tls_require_serves_tls_and_refuses_plain_clients() {
     .await;
     assert_eq!((ok.status, ok.stdout.trim()), (0, "through weir"), "{ok:?}");
 
+    // SCRAM-SHA-256-PLUS: a client that insists on channel binding gets it over TLS.
+    let bound = psql(
+        &fx,
+        USER,
+        &format!(
+            "sslmode=verify-full sslrootcert={} channel_binding=require",
+            ca.display()
+        ),
+    )
+    .await;
+    assert_eq!(
+        (bound.status, bound.stdout.trim()),
+        (0, "through weir"),
+        "{bound:?}"
+    );
+
     let plain = psql(&fx, USER, "sslmode=disable").await;
     assert_ne!(plain.status, 0);
     assert!(plain.stderr.contains("SSL required"), "{plain:?}");

@@ -249,6 +249,7 @@ pub async fn authenticate(
     buf: &mut BytesMut,
     pooler: &Pooler,
     login: &Login,
+    channel_binding: Option<&[u8]>,
 ) -> Result<Authenticated, LoginError> {
     let config = pooler.config();
     let secret = pooler.secret(&login.user);
@@ -316,16 +317,19 @@ pub async fn authenticate(
         // md5 with a SCRAM secret falls through to SCRAM, as PostgreSQL does.
         AuthType::Md5 | AuthType::ScramSha256 => {
             let secret = with_password(secret, user).map(|s| pooler.scram_secret(user, s));
-            scram(stream, buf, user, secret).await
+            scram(stream, buf, user, secret, channel_binding).await
         }
     }
 }
 
+/// SCRAM-SHA-256, and SCRAM-SHA-256-PLUS when `channel_binding` (the TLS connection's
+/// `tls-server-end-point` data) is given.
 async fn scram(
     stream: &mut Stream,
     buf: &mut BytesMut,
     user: &str,
     secret: Option<Secret>,
+    channel_binding: Option<&[u8]>,
 ) -> Result<Authenticated, LoginError> {
     let known = secret.is_some();
     let secret = match secret {
@@ -340,8 +344,11 @@ async fn scram(
         None => Secret::Scram(ScramSecret::decoy(user)),
     };
     let mut server = ScramServer::new(&secret, user).map_err(|e| auth_error(user, &e))?;
+    if let Some(data) = channel_binding {
+        server = server.with_channel_binding(data.to_vec());
+    }
     let mut out = BytesMut::new();
-    backend::authentication_sasl(&mut out, ScramServer::mechanisms());
+    backend::authentication_sasl(&mut out, server.mechanisms());
     wire::flush(stream, &mut out).await?;
 
     let msg = expect_password_message(stream, buf).await?;

@@ -146,9 +146,11 @@ async fn log_in(
         )
         .await;
     }
+    // SCRAM-SHA-256-PLUS binds to the certificate this connection's handshake showed.
+    let channel_binding = tls.client.end_point.as_deref().filter(|_| stream.is_tls());
     let authenticated = within_login_deadline(
         login_deadline,
-        login::authenticate(&mut stream, &mut buf, &pooler, &login),
+        login::authenticate(&mut stream, &mut buf, &pooler, &login, channel_binding),
     )
     .await;
     let authenticated = match authenticated {
