@@ -86,19 +86,6 @@ impl PartialEq for ServerTls {
 
 impl Eq for ServerTls {}
 
-impl ServerTls {
-    /// No TLS at all, clear-text passwords refused (for tests and tools).
-    pub fn disabled() -> ServerTls {
-        ServerTls {
-            mode: TlsMode::Disable,
-            config: None,
-            cleartext_password: CleartextPassword::Refuse,
-            not_after: None,
-            digest: String::new(),
-        }
-    }
-}
-
 impl Tls {
     /// Builds both sides from `settings`, reading the certificate, key and CA files.
     pub fn load(settings: &Settings) -> Result<Tls, ConfigError> {
