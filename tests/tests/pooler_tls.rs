@@ -181,6 +181,29 @@ async fn every_server_sslmode_against_a_server_with_ssl() {
 }
 
 #[tokio::test]
+async fn verify_full_matches_an_ip_address_host_against_the_ip_sans() {
+    let certs = Certs::new();
+    let pair = certs.ca.leaf("db", &["127.0.0.1"]).expect("server cert");
+    let tls = PgTls {
+        cert_pem: pair.cert_pem,
+        key_pem: pair.key_pem,
+        ca_pem: None,
+    };
+    let pg = cluster(Some(tls), "hostssl all app 127.0.0.1/32 scram-sha-256\n").await;
+    let settings = [
+        "server_tls_sslmode = verify-full".to_owned(),
+        format!("server_tls_ca_file = {}", display(&certs.ca_file())),
+    ];
+    let by_ip = weir(&pg, "127.0.0.1", &settings).await;
+    assert_eq!(server_ssl(&by_ip).await.as_deref(), Ok("true"));
+    let by_name = weir(&pg, "localhost", &settings).await;
+    let e = server_ssl(&by_name)
+        .await
+        .expect_err("localhost is not in the certificate");
+    assert!(e.contains("not valid for name"), "{e}");
+}
+
+#[tokio::test]
 async fn every_server_sslmode_against_a_server_without_ssl() {
     let certs = Certs::new();
     let pg = cluster(None, "host all app 127.0.0.1/32 scram-sha-256\n").await;
