@@ -18,6 +18,7 @@ use crate::protocol::PgError;
 use crate::registry::Registry;
 use crate::server::{ServerAddr, ServerCredential, ServerTarget};
 use crate::stream::Keepalive;
+use crate::tls::Tls;
 
 /// PostgreSQL's default port, used when a `[databases]` entry names none.
 const DEFAULT_PORT: u16 = 5432;
@@ -29,6 +30,8 @@ const DEFAULT_SOCKET_DIR: &str = "/var/run/postgresql";
 pub struct Pooler {
     config_path: PathBuf,
     config: ArcSwap<Config>,
+    /// TLS material built from the configuration's `*_tls_*` files.
+    tls: ArcSwap<Tls>,
     secrets: ArcSwap<HashMap<String, Secret>>,
     pools: Mutex<HashMap<PoolKey, Arc<Pool>>>,
     limits: Mutex<HashMap<String, Arc<Limit>>>,
@@ -91,16 +94,18 @@ pub fn load_secrets(config: &Config) -> Result<HashMap<String, Secret>, config::
 }
 
 impl Pooler {
-    /// Builds the shared state from a loaded configuration and its auth file.
+    /// Builds the shared state from a loaded configuration, its auth file and its TLS files.
     pub fn new(
         config_path: &Path,
         config: Config,
         secrets: HashMap<String, Secret>,
+        tls: Tls,
     ) -> Arc<Pooler> {
         let digest = config_digest(&config, &secrets);
         Arc::new(Pooler {
             config_path: config_path.to_owned(),
             config: ArcSwap::from_pointee(config),
+            tls: ArcSwap::from_pointee(tls),
             secrets: ArcSwap::from_pointee(secrets),
             pools: Mutex::new(HashMap::new()),
             limits: Mutex::new(HashMap::new()),
@@ -127,6 +132,11 @@ impl Pooler {
         self.config.load_full()
     }
 
+    /// The TLS material in force.
+    pub fn tls(&self) -> Arc<Tls> {
+        self.tls.load_full()
+    }
+
     /// The configuration in force, for a quick look on the hot path: cheaper than
     /// [`Pooler::config`], but not to be held across an await.
     pub fn config_now(&self) -> arc_swap::Guard<Arc<Config>> {
@@ -142,6 +152,7 @@ impl Pooler {
     pub fn reload(&self) -> Result<(bool, Vec<config::ConfigWarning>), config::ConfigError> {
         let loaded = Config::load(&self.config_path)?;
         let secrets = load_secrets(&loaded.config)?;
+        let tls = Tls::load(&loaded.config.pgbouncer)?;
         let digest = config_digest(&loaded.config, &secrets);
         {
             let mut current = self.digest.lock().unwrap_or_else(|p| p.into_inner());
@@ -160,6 +171,7 @@ impl Pooler {
             }
         }
         self.config.store(Arc::new(loaded.config));
+        self.tls.store(Arc::new(tls));
         self.secrets.store(Arc::new(secrets));
         self.reconfigure_pools();
         let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
@@ -548,6 +560,7 @@ fn pool_spec(
         .into_iter()
         .filter_map(|(k, v)| v.as_ref().map(|v| (k.to_owned(), v.clone())))
         .collect(),
+        tls: pooler.tls().server.clone(),
     };
     let settings = config.pool_settings(database, server_user)?;
     Some((target, settings))
@@ -575,6 +588,8 @@ fn config_digest(config: &Config, secrets: &HashMap<String, Secret>) -> String {
         h.update(user);
         h.update(secret);
     }
+    // A rotated certificate is a change even when the configuration text is not.
+    h.update(Tls::files_digest(&config.pgbouncer));
     h.finalize()
         .iter()
         .take(8)

@@ -9,7 +9,7 @@
 //! (`scripts/check-layering.py`, run by `make lint`, reads the list from here):
 //!
 //! - pure: protocol config params auth sql session_state prepared
-//! - transport: wire stream
+//! - transport: wire stream tls
 //! - server: server
 //! - pool: pool registry
 //! - session: client
@@ -38,4 +38,5 @@ pub mod server;
 pub mod session_state;
 pub mod sql;
 pub mod stream;
+pub mod tls;
 pub mod wire;

@@ -58,6 +58,14 @@ fn main() -> ExitCode {
     for w in &loaded.warnings {
         tracing::warn!("{w}");
     }
+    let tls = match weir_pooler::tls::Tls::load(&loaded.config.pgbouncer) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("weir: {e}");
+            return ExitCode::from(1);
+        }
+    };
     if args.daemon {
         if loaded.config.pgbouncer.logfile.is_none() && !args.quiet {
             eprintln!("weir: -d needs a logfile in the configuration (or -q)");
@@ -80,7 +88,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let pooler = Pooler::new(&args.config, loaded.config, secrets);
+    let pooler = Pooler::new(&args.config, loaded.config, secrets, tls);
     match runtime.block_on(run(pooler)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

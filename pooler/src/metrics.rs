@@ -97,6 +97,25 @@ fn snapshot(pooler: &Pooler) -> prometheus::Result<Registry> {
         "1 while shutting down.",
         i64::from(pooler.is_draining()),
     )?;
+    let tls = pooler.tls();
+    let expiring = [
+        ("client_tls_cert_file", tls.client.not_after),
+        ("server_tls_cert_file", tls.server.not_after),
+    ];
+    if expiring.iter().any(|(_, t)| t.is_some()) {
+        let expiry = gauges(
+            &r,
+            "weir_tls_certificate_expiry_seconds",
+            "Seconds until the certificate in force expires (negative once expired).",
+            &["certificate"],
+        )?;
+        let now = jiff::Timestamp::now().as_second();
+        for (setting, not_after) in expiring {
+            if let Some(t) = not_after {
+                expiry.with_label_values(&[setting]).set(t - now);
+            }
+        }
+    }
 
     let l = &["database", "user"];
     let clients = gauges(&r, "weir_pool_clients", "Clients logged in to the pool.", l)?;

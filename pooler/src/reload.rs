@@ -1,6 +1,8 @@
-//! Noticing configuration changes on disk. Kubernetes updates a mounted ConfigMap or Secret by
-//! swapping a symlink, so the files are compared by what the path resolves to (inode, size,
-//! modification time) rather than watched for writes.
+//! Noticing configuration changes on disk: the configuration, the auth file and the TLS
+//! certificate, key and CA files (a rotated certificate is reloaded like a changed setting).
+//! Kubernetes updates a mounted ConfigMap or Secret by swapping a symlink, so the files are
+//! compared by what the path resolves to (inode, size, modification time) rather than watched
+//! for writes.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -22,14 +24,21 @@ fn stamp(path: &Path) -> Stamp {
 
 fn watched(pooler: &Pooler) -> Vec<PathBuf> {
     let mut paths = vec![pooler.config_path().to_owned()];
-    if let Some(auth) = &pooler.config().pgbouncer.auth_file {
+    let config = pooler.config();
+    if let Some(auth) = &config.pgbouncer.auth_file {
         paths.push(auth.clone());
     }
+    paths.extend(
+        crate::tls::Tls::files(&config.pgbouncer)
+            .into_iter()
+            .map(Path::to_path_buf),
+    );
     paths
 }
 
-/// Reloads the configuration whenever the configuration file or the auth file changes, until
-/// the pooler starts draining.
+/// Reloads the configuration whenever the configuration file, the auth file or a TLS file
+/// changes, until the pooler starts draining. A TLS file that cannot be used makes the reload
+/// fail: the error is logged and the material in force stays.
 pub async fn watch_files(pooler: Arc<Pooler>) {
     let mut paths = watched(&pooler);
     let mut stamps: Vec<Stamp> = paths.iter().map(|p| stamp(p)).collect();
@@ -53,7 +62,7 @@ pub async fn watch_files(pooler: Arc<Pooler>) {
             }
             Err(e) => tracing::error!("reload failed, keeping the old configuration: {e}"),
         }
-        // The auth file may have moved with the configuration.
+        // The auth and TLS files may have moved with the configuration.
         paths = watched(&pooler);
         stamps = paths.iter().map(|p| stamp(p)).collect();
     }

@@ -9,9 +9,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 
 use crate::auth::{md5, AuthError, ScramClient, ScramCredential};
+use crate::config::{CleartextPassword, TlsMode};
 use crate::params::ParamSet;
 use crate::prepared::PreparedSet;
 use crate::protocol::backend::{self, Authentication};
@@ -19,6 +21,7 @@ use crate::protocol::{frontend, PgError, ProtocolError};
 use crate::session_state::Setting;
 use crate::sql::Effect;
 use crate::stream::{Keepalive, Stream};
+use crate::tls::ServerTls;
 use crate::wire::{self, ReadError};
 
 /// Where a server lives: a TCP host and port, or a Unix socket directory and port.
@@ -137,6 +140,8 @@ pub struct ServerTarget {
     /// Extra startup parameters (`client_encoding`, `datestyle`, `timezone`,
     /// `application_name` from the `[databases]` entry).
     pub startup_params: Vec<(String, String)>,
+    /// `server_tls_*`: whether and how to encrypt, and what may go over a plain connection.
+    pub tls: Arc<ServerTls>,
 }
 
 /// A server's cancel key, as its BackendKeyData reported it.
@@ -174,6 +179,15 @@ pub enum ServerError {
     /// Login took longer than `server_connect_timeout`.
     #[error("server login timed out (server_connect_timeout)")]
     Timeout,
+    /// TLS could not be set up as `server_tls_sslmode` requires.
+    #[error("{0}")]
+    Tls(String),
+    /// The server asked for a clear-text password over a connection without TLS.
+    #[error(
+        "server at {0} asks for a clear-text password over an unencrypted connection; refused \
+         (use server_tls_sslmode = require or stronger, or set server_cleartext_password = allow)"
+    )]
+    CleartextRefused(ServerAddr),
 }
 
 impl From<io::Error> for ServerError {
@@ -334,7 +348,19 @@ impl ServerConn {
     }
 
     async fn connect_unbounded(target: &ServerTarget) -> Result<ServerConn, ServerError> {
-        let stream = target
+        match Self::open(target, target.tls.mode >= TlsMode::Prefer).await {
+            // libpq's `allow`: plain first, TLS when the server refuses the plain login.
+            Err(e) if target.tls.mode == TlsMode::Allow && e.refuses_plain() => {
+                Self::open(target, true).await
+            }
+            other => other,
+        }
+    }
+
+    /// Connects, encrypting when `encrypt` (TCP only: a Unix socket never uses TLS, as in
+    /// libpq), and logs in.
+    async fn open(target: &ServerTarget, encrypt: bool) -> Result<ServerConn, ServerError> {
+        let mut stream = target
             .addr
             .connect(Duration::ZERO, &target.keepalive)
             .await
@@ -342,6 +368,11 @@ impl ServerConn {
                 addr: target.addr.clone(),
                 source,
             })?;
+        if encrypt {
+            if let (Stream::Tcp(_), Some(config)) = (&stream, &target.tls.config) {
+                stream = start_tls(stream, &target.addr, target.tls.mode, config.clone()).await?;
+            }
+        }
         let mut conn = ServerConn {
             stream,
             buf: BytesMut::with_capacity(8192),
@@ -420,6 +451,13 @@ impl ServerConn {
     ) -> Result<(), ServerError> {
         match auth {
             Authentication::Ok => {}
+            Authentication::CleartextPassword
+                if !self.stream.is_tls()
+                    && matches!(self.addr.as_ref(), ServerAddr::Tcp { .. })
+                    && target.tls.cleartext_password == CleartextPassword::Refuse =>
+            {
+                return Err(ServerError::CleartextRefused(target.addr.clone()))
+            }
             Authentication::CleartextPassword => match &target.credential {
                 ServerCredential::Password(p) => frontend::password_message(out, p.as_bytes()),
                 _ => return Err(no_secret("a clear-text password", target)),
@@ -522,7 +560,7 @@ impl ServerConn {
     /// Says goodbye (Terminate) if the socket takes it at once, then closes it. Used for
     /// connections in a clean state; a dirty one is simply dropped, which makes PostgreSQL roll
     /// back whatever it was doing.
-    pub fn close(self) {
+    pub fn close(mut self) {
         let _ = self.stream.try_write(&[b'X', 0, 0, 0, 4]);
     }
 
@@ -637,6 +675,56 @@ impl ServerConn {
     /// unexpected message, or PostgreSQL's FATAL before it closed the socket).
     pub fn is_clean(&self) -> bool {
         self.buf.is_empty() && !self.stream.has_unread_input()
+    }
+}
+
+impl ServerError {
+    /// Whether a plain connection was turned away in a way TLS may fix (`allow` retries).
+    fn refuses_plain(&self) -> bool {
+        match self {
+            ServerError::Login(e) => e.code == "28000",
+            ServerError::CleartextRefused(_) => true,
+            _ => false,
+        }
+    }
+}
+
+/// Sends an SSLRequest and, if the server agrees, performs the TLS handshake; a server that
+/// declines is used in the clear only under `prefer`.
+async fn start_tls(
+    stream: Stream,
+    addr: &ServerAddr,
+    mode: TlsMode,
+    config: Arc<rustls::ClientConfig>,
+) -> Result<Stream, ServerError> {
+    let (Stream::Tcp(mut tcp), ServerAddr::Tcp { host, .. }) = (stream, addr) else {
+        return Err(ServerError::Tls(format!("TLS to {addr} needs TCP")));
+    };
+    let mut out = BytesMut::new();
+    frontend::ssl_request(&mut out);
+    tcp.write_all(&out).await?;
+    // Exactly one byte: anything after it must be the TLS handshake, never trusted plaintext.
+    let answer = tcp.read_u8().await?;
+    match answer {
+        b'S' => {
+            let name = rustls::pki_types::ServerName::try_from(host.clone()).map_err(|e| {
+                ServerError::Tls(format!("server host {host:?} is not a valid TLS name: {e}"))
+            })?;
+            let tls = tokio_rustls::TlsConnector::from(config)
+                .connect(name, tcp)
+                .await
+                .map_err(|e| {
+                    ServerError::Tls(format!("TLS handshake with server at {addr} failed: {e}"))
+                })?;
+            Ok(Stream::Tls(Box::new(tokio_rustls::TlsStream::Client(tls))))
+        }
+        b'N' if mode <= TlsMode::Prefer => Ok(Stream::Tcp(tcp)),
+        b'N' => Err(ServerError::Tls(format!(
+            "server at {addr} does not support SSL, but server_tls_sslmode {mode} requires it"
+        ))),
+        other => Err(ServerError::Tls(format!(
+            "server at {addr} answered the SSLRequest with unexpected byte {other:#04x}"
+        ))),
     }
 }
 

@@ -1,7 +1,8 @@
-//! A byte stream that is either TCP or a Unix-domain socket.
+//! A byte stream that is TCP, a Unix-domain socket, or TLS over TCP.
 //!
-//! Clients reach the pooler over both, and a `[databases]` host that starts with `/` is a
-//! socket directory, so both halves of the data path need one type for either transport.
+//! Clients reach the pooler over all three, and a `[databases]` host that starts with `/` is
+//! a socket directory, so both halves of the data path need one type for any transport. The
+//! TLS variant is boxed: plain TCP, the hot path, stays as small and direct as before.
 
 use std::io;
 use std::pin::Pin;
@@ -10,6 +11,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
+use tokio_rustls::TlsStream;
 
 /// A connected socket of either kind.
 #[derive(Debug)]
@@ -18,6 +20,8 @@ pub enum Stream {
     Tcp(TcpStream),
     /// A Unix-domain socket connection.
     Unix(UnixStream),
+    /// TLS over TCP, toward a client (server side of TLS) or a server (client side).
+    Tls(Box<TlsStream<TcpStream>>),
 }
 
 /// TCP keepalive settings, as `tcp_keepalive`, `tcp_keepidle`, `tcp_keepintvl` and
@@ -69,8 +73,59 @@ impl Stream {
         };
         match self {
             Stream::Tcp(s) => (tcp(s.peer_addr()), tcp(s.local_addr())),
+            Stream::Tls(s) => (
+                tcp(s.get_ref().0.peer_addr()),
+                tcp(s.get_ref().0.local_addr()),
+            ),
             Stream::Unix(_) => (Endpoint::unix(unix_port), Endpoint::unix(unix_port)),
         }
+    }
+
+    /// The first byte the peer sent on a plain TCP connection, left unread; `None` for
+    /// other streams or when the peer closed without a word.
+    pub async fn peek_tcp_byte(&self) -> io::Result<Option<u8>> {
+        let Stream::Tcp(s) = self else {
+            return Ok(None);
+        };
+        let mut first = [0u8; 1];
+        Ok((s.peek(&mut first).await? == 1).then_some(first[0]))
+    }
+
+    /// Whether the connection is encrypted.
+    pub fn is_tls(&self) -> bool {
+        matches!(self, Stream::Tls(_))
+    }
+
+    /// The verified certificate the peer presented over TLS, if any.
+    pub fn peer_certificate(&self) -> Option<&rustls::pki_types::CertificateDer<'static>> {
+        match self {
+            Stream::Tls(s) => s.get_ref().1.peer_certificates()?.first(),
+            _ => None,
+        }
+    }
+
+    /// The application protocol agreed by ALPN, if any.
+    pub fn alpn_protocol(&self) -> Option<&[u8]> {
+        match self {
+            Stream::Tls(s) => s.get_ref().1.alpn_protocol(),
+            _ => None,
+        }
+    }
+
+    /// Decrypted bytes that rustls holds and nobody has read yet: the socket may be drained
+    /// while these wait, so readiness of the socket alone does not tell.
+    fn tls_buffered(&mut self) -> bool {
+        let state = match self {
+            Stream::Tls(s) => match s.as_mut() {
+                TlsStream::Client(c) => c.get_mut().1.process_new_packets(),
+                TlsStream::Server(c) => c.get_mut().1.process_new_packets(),
+            },
+            _ => return false,
+        };
+        // A protocol error surfaces on the next read; report it as readable.
+        state.map_or(true, |s| {
+            s.plaintext_bytes_to_read() > 0 || s.peer_has_closed()
+        })
     }
 
     /// Whether the peer has sent something (or closed) that nobody has read yet.
@@ -83,6 +138,7 @@ impl Stream {
         let mut cx = Context::from_waker(&waker);
         let ready = match self {
             Stream::Tcp(s) => s.poll_read_ready(&mut cx),
+            Stream::Tls(s) => s.get_ref().0.poll_read_ready(&mut cx),
             Stream::Unix(s) => s.poll_read_ready(&mut cx),
         };
         if !matches!(ready, Poll::Ready(_)) {
@@ -92,6 +148,7 @@ impl Stream {
         let mut probe = [0u8; 1];
         let read = match self {
             Stream::Tcp(s) => s.try_read(&mut probe),
+            Stream::Tls(s) => s.get_ref().0.try_read(&mut probe),
             Stream::Unix(s) => s.try_read(&mut probe),
         };
         match read {
@@ -100,19 +157,40 @@ impl Stream {
         }
     }
 
-    /// Waits until the stream can be read, without reading.
-    pub async fn readable(&self) -> io::Result<()> {
+    /// Waits until the stream can be read, without reading. Over TLS, output still held by
+    /// rustls is sent first, since the peer may be waiting for it before it says more.
+    pub async fn readable(&mut self) -> io::Result<()> {
         match self {
             Stream::Tcp(s) => s.readable().await,
             Stream::Unix(s) => s.readable().await,
+            Stream::Tls(_) => {
+                tokio::io::AsyncWriteExt::flush(self).await?;
+                if self.tls_buffered() {
+                    return Ok(());
+                }
+                match self {
+                    Stream::Tls(s) => s.get_ref().0.readable().await,
+                    _ => Ok(()),
+                }
+            }
         }
     }
 
     /// Writes what the socket accepts now without waiting; for best-effort goodbyes.
-    pub fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
+    pub fn try_write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
             Stream::Tcp(s) => s.try_write(buf),
             Stream::Unix(s) => s.try_write(buf),
+            Stream::Tls(_) => {
+                let waker = futures::task::noop_waker();
+                let mut cx = Context::from_waker(&waker);
+                let written = match Pin::new(&mut *self).poll_write(&mut cx, buf) {
+                    Poll::Ready(r) => r?,
+                    Poll::Pending => return Err(io::ErrorKind::WouldBlock.into()),
+                };
+                let _ = Pin::new(self).poll_flush(&mut cx);
+                Ok(written)
+            }
         }
     }
 
@@ -130,10 +208,13 @@ impl Stream {
     }
 
     /// Reads what is available without waiting, appending to `buf`.
-    pub fn try_read_buf(&self, buf: &mut bytes::BytesMut) -> io::Result<usize> {
+    pub fn try_read_buf(&mut self, buf: &mut bytes::BytesMut) -> io::Result<usize> {
         match self {
             Stream::Tcp(s) => s.try_read_buf(buf),
             Stream::Unix(s) => s.try_read_buf(buf),
+            Stream::Tls(_) => self
+                .read_now(buf)
+                .unwrap_or_else(|| Err(io::ErrorKind::WouldBlock.into())),
         }
     }
 }
@@ -147,6 +228,7 @@ impl AsyncRead for Stream {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Unix(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -160,6 +242,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Unix(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
 
@@ -167,6 +250,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
             Stream::Unix(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
@@ -174,6 +258,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
             Stream::Unix(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }

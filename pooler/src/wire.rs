@@ -39,9 +39,10 @@ pub async fn read_message(stream: &mut Stream, buf: &mut BytesMut) -> Result<Mes
     }
 }
 
-/// Writes all of `buf` and clears it.
+/// Writes all of `buf` and clears it; over TLS, what rustls holds is sent too.
 pub async fn flush(stream: &mut Stream, buf: &mut BytesMut) -> io::Result<()> {
     stream.write_all(buf).await?;
+    stream.flush().await?;
     buf.clear();
     Ok(())
 }

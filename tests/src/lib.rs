@@ -23,6 +23,7 @@ pub mod k8s;
 pub mod net;
 pub mod postgres;
 pub mod raw;
+pub mod tls;
 pub mod weir;
 
 /// The client driver the harness connects with, re-exported so tests name the same version.

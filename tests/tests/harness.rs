@@ -159,6 +159,7 @@ async fn options_are_applied() {
         max_connections: 12,
         password_encryption: "md5",
         extra_conf: vec!["work_mem = '7MB'".into()],
+        ..PgOptions::default()
     })
     .await
     .unwrap();

@@ -1,5 +1,6 @@
-//! The client's startup phase: SSL/GSS negotiation, cancel requests, startup parameters and
-//! authentication against `auth_file`, as `auth_type` asks.
+//! The client's startup phase: TLS negotiation (SSLRequest or PostgreSQL 17's direct TLS),
+//! cancel requests, startup parameters and authentication against `auth_file`, as
+//! `auth_type` asks.
 
 use bytes::BytesMut;
 use rand::Rng;
@@ -7,11 +8,16 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::app::Pooler;
 use crate::auth::{self, md5, ScramSecret, ScramServer, Secret};
-use crate::config::{AuthType, Config};
+use crate::config::{AuthType, Config, TlsMode};
 use crate::params::{self, ParamSet};
 use crate::protocol::{self, backend, frontend, PgError, Startup};
 use crate::stream::Stream;
+use crate::tls::{self, ClientTls};
 use crate::wire::{self, ReadError};
+
+/// The first byte of a TLS handshake record: a client starting TLS at once (PostgreSQL 17's
+/// `sslnegotiation=direct`).
+const TLS_HANDSHAKE: u8 = 0x16;
 
 /// What the startup phase produced.
 #[derive(Debug)]
@@ -24,6 +30,12 @@ pub enum Hello {
         process_id: i32,
         /// Its secret.
         secret_key: i32,
+    },
+    /// The client wants TLS (the SSLRequest was answered `S`, or it started a TLS handshake
+    /// directly): hand the socket to rustls, then read the startup packet again.
+    StartTls {
+        /// Direct TLS, without an SSLRequest: ALPN `postgresql` is then required.
+        direct: bool,
     },
 }
 
@@ -69,14 +81,20 @@ impl From<std::io::Error> for LoginError {
     }
 }
 
-/// Reads startup packets until one asks for a session or a cancel. SSL and GSS encryption
-/// requests are declined with `N` (TLS is not configured), after which the client goes on in
-/// the clear or gives up, as it chooses.
+/// Reads startup packets until one asks for a session, a cancel or TLS. An SSLRequest is
+/// answered `S` when `client_tls_sslmode` allows TLS on this connection (TCP), otherwise `N`;
+/// a GSSENCRequest is always declined with `N`. The client then goes on in the clear or gives
+/// up, as it chooses; `require` and stronger refuse a plain TCP client at its startup packet.
 pub async fn hello(
     stream: &mut Stream,
     buf: &mut BytesMut,
     config: &Config,
+    tls: &ClientTls,
 ) -> Result<Hello, LoginError> {
+    let offers_tls = tls.config.is_some() && matches!(stream, Stream::Tcp(_));
+    if offers_tls && buf.is_empty() && stream.peek_tcp_byte().await? == Some(TLS_HANDSHAKE) {
+        return Ok(Hello::StartTls { direct: true });
+    }
     // One SSLRequest and one GSSENCRequest at most, then a real startup packet.
     for _ in 0..3 {
         let packet = loop {
@@ -99,6 +117,16 @@ pub async fn hello(
                         "received unencrypted data after an encryption request",
                     )));
                 }
+                if stream.is_tls() {
+                    return Err(LoginError::fatal(PgError::fatal(
+                        "08P01",
+                        "encryption request over an encrypted connection",
+                    )));
+                }
+                if offers_tls && packet == Startup::SslRequest {
+                    stream.write_all(b"S").await?;
+                    return Ok(Hello::StartTls { direct: false });
+                }
                 stream.write_all(b"N").await?;
             }
             Startup::Cancel {
@@ -111,9 +139,18 @@ pub async fn hello(
                 })
             }
             Startup::Startup { minor, params, .. } => {
+                // PgBouncer's rule: Unix-socket clients are local and need no TLS.
+                if tls.mode >= TlsMode::Require && matches!(stream, Stream::Tcp(_)) {
+                    return Err(LoginError::fatal(
+                        PgError::fatal("28000", "SSL required").with_hint(format!(
+                            "client_tls_sslmode is {}: connect with sslmode=require or stronger",
+                            tls.mode
+                        )),
+                    ));
+                }
                 return startup(stream, minor, &params, config)
                     .await
-                    .map(Hello::Session)
+                    .map(Hello::Session);
             }
         }
     }
@@ -121,6 +158,33 @@ pub async fn hello(
         "08P01",
         "too many encryption requests before the startup packet",
     )))
+}
+
+/// Performs the TLS handshake on a client's TCP socket; `None` when it fails (there is no
+/// way to tell the client in the middle of a handshake, as in PostgreSQL). A direct TLS
+/// connection must have agreed on ALPN `postgresql`.
+pub async fn accept_tls(
+    stream: Stream,
+    tls: &ClientTls,
+    direct: bool,
+) -> Result<Stream, (Option<Stream>, String)> {
+    let (Stream::Tcp(tcp), Some(config)) = (stream, &tls.config) else {
+        return Err((None, "TLS is not configured".into()));
+    };
+    let accepted = tokio_rustls::TlsAcceptor::from(config.clone())
+        .accept(tcp)
+        .await
+        .map_err(|e| (None, format!("TLS handshake failed: {e}")))?;
+    let stream = Stream::Tls(Box::new(tokio_rustls::TlsStream::Server(accepted)));
+    if direct && stream.alpn_protocol() != Some(tls::ALPN_POSTGRESQL) {
+        return Err((
+            Some(stream),
+            "received direct SSL connection request without ALPN protocol negotiation \
+             extension"
+                .into(),
+        ));
+    }
+    Ok(stream)
 }
 
 /// Checks the startup parameters and answers protocol-version negotiation.
@@ -161,7 +225,7 @@ async fn startup(
             protocol::NEWEST_MINOR_VERSION,
             &unrecognized,
         );
-        stream.write_all(&out).await?;
+        wire::flush(stream, &mut out).await?;
     }
     Ok(Login {
         user: startup.user().to_owned(),
@@ -185,6 +249,7 @@ pub async fn authenticate(
     buf: &mut BytesMut,
     pooler: &Pooler,
     login: &Login,
+    channel_binding: Option<&[u8]>,
 ) -> Result<Authenticated, LoginError> {
     let config = pooler.config();
     let secret = pooler.secret(&login.user);
@@ -192,6 +257,26 @@ pub async fn authenticate(
     match config.pgbouncer.auth_type {
         // `any` ignores the user name: every database logs in as its own configured user.
         AuthType::Any => Ok(Authenticated::default()),
+        // rustls verified the certificate against client_tls_ca_file in the handshake.
+        AuthType::Cert => match stream.peer_certificate().map(tls::common_name) {
+            Some(Some(cn)) if cn == *user => Ok(Authenticated::default()),
+            Some(cn) => Err(LoginError::fatal(
+                PgError::fatal(
+                    "28000",
+                    format!("certificate authentication failed for user \"{user}\""),
+                )
+                .with_hint(format!(
+                    "the client certificate's common name is {:?}",
+                    cn.unwrap_or_default()
+                )),
+            )),
+            None => Err(LoginError::fatal(PgError::fatal(
+                "28000",
+                format!(
+                    "connection requires a valid client certificate (auth_type cert) for user \"{user}\""
+                ),
+            ))),
+        },
         AuthType::Trust => {
             if secret.is_none() && pooler.has_auth_file() {
                 return Err(auth_failed(user));
@@ -232,16 +317,19 @@ pub async fn authenticate(
         // md5 with a SCRAM secret falls through to SCRAM, as PostgreSQL does.
         AuthType::Md5 | AuthType::ScramSha256 => {
             let secret = with_password(secret, user).map(|s| pooler.scram_secret(user, s));
-            scram(stream, buf, user, secret).await
+            scram(stream, buf, user, secret, channel_binding).await
         }
     }
 }
 
+/// SCRAM-SHA-256, and SCRAM-SHA-256-PLUS when `channel_binding` (the TLS connection's
+/// `tls-server-end-point` data) is given.
 async fn scram(
     stream: &mut Stream,
     buf: &mut BytesMut,
     user: &str,
     secret: Option<Secret>,
+    channel_binding: Option<&[u8]>,
 ) -> Result<Authenticated, LoginError> {
     let known = secret.is_some();
     let secret = match secret {
@@ -256,8 +344,11 @@ async fn scram(
         None => Secret::Scram(ScramSecret::decoy(user)),
     };
     let mut server = ScramServer::new(&secret, user).map_err(|e| auth_error(user, &e))?;
+    if let Some(data) = channel_binding {
+        server = server.with_channel_binding(data.to_vec());
+    }
     let mut out = BytesMut::new();
-    backend::authentication_sasl(&mut out, ScramServer::mechanisms());
+    backend::authentication_sasl(&mut out, server.mechanisms());
     wire::flush(stream, &mut out).await?;
 
     let msg = expect_password_message(stream, buf).await?;

@@ -81,18 +81,42 @@ async fn log_in(
     // One deadline from accept to the end of authentication, however many steps it takes.
     let login_deadline = login_deadline(config.pgbouncer.client_login_timeout);
 
-    let hello =
-        within_login_deadline(login_deadline, login::hello(&mut stream, &mut buf, &config)).await;
-    let login = match hello {
-        Ok(Hello::Session(login)) => login,
-        Ok(Hello::Cancel {
-            process_id,
-            secret_key,
-        }) => {
-            forward_cancel(&pooler, process_id, secret_key).await;
-            return None;
+    let tls = pooler.tls();
+    let login = loop {
+        let hello = within_login_deadline(
+            login_deadline,
+            login::hello(&mut stream, &mut buf, &config, &tls.client),
+        )
+        .await;
+        match hello {
+            Ok(Hello::Session(login)) => break login,
+            Ok(Hello::Cancel {
+                process_id,
+                secret_key,
+            }) => {
+                forward_cancel(&pooler, process_id, secret_key).await;
+                return None;
+            }
+            Ok(Hello::StartTls { direct }) => {
+                let handshake = login::accept_tls(stream, &tls.client, direct);
+                let accepted = match login_deadline {
+                    Some(d) => tokio::time::timeout_at(d, handshake)
+                        .await
+                        .unwrap_or_else(|_| Err((None, "client_login_timeout".into()))),
+                    None => handshake.await,
+                };
+                stream = match accepted {
+                    Ok(s) => s,
+                    Err((encrypted, why)) => {
+                        tracing::info!(%peer, reason = %why, "client TLS negotiation failed");
+                        let mut encrypted = encrypted?;
+                        let e = LoginError::fatal(PgError::fatal("08P01", why));
+                        return refused(&mut encrypted, e).await;
+                    }
+                };
+            }
+            Err(e) => return refused(&mut stream, e).await,
         }
-        Err(e) => return refused(&mut stream, e).await,
     };
     let console = crate::admin::is_console(&login.database);
     // Every connection counts from accept; as in PgBouncer, the console is never refused, so
@@ -118,9 +142,11 @@ async fn log_in(
         )
         .await;
     }
+    // SCRAM-SHA-256-PLUS binds to the certificate this connection's handshake showed.
+    let channel_binding = tls.client.end_point.as_deref().filter(|_| stream.is_tls());
     let authenticated = within_login_deadline(
         login_deadline,
-        login::authenticate(&mut stream, &mut buf, &pooler, &login),
+        login::authenticate(&mut stream, &mut buf, &pooler, &login, channel_binding),
     )
     .await;
     let authenticated = match authenticated {

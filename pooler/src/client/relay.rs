@@ -610,6 +610,10 @@ impl Future for Relay<'_> {
                     });
                 }
             }
+            // TLS may hold written bytes until flushed; for TCP this does nothing. Errors
+            // show on the next read or write.
+            let _ = Pin::new(&mut *this.client).poll_flush(cx);
+            let _ = Pin::new(&mut this.server.stream).poll_flush(cx);
             return Poll::Pending;
         }
     }

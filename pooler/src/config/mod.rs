@@ -55,7 +55,8 @@ pub use duration::{format_duration, parse_duration, BareUnit};
 pub use error::{ConfigError, ConfigWarning, ValueError};
 pub use pool::{PoolSettings, ServerCheck, ServerLifetime, EMPTY_CHECK_QUERY};
 pub use settings::{
-    AuthType, Pinning, PoolMode, Settings, Support, DEFAULT_AUTH_QUERY, UNSUPPORTED_KEYS,
+    AuthType, CleartextPassword, Pinning, PoolMode, Settings, Support, TlsMode, DEFAULT_AUTH_QUERY,
+    UNSUPPORTED_KEYS,
 };
 pub use userlist::{load_userlist, parse_userlist, render_userlist, secret_kind, SecretKind};
 
@@ -125,8 +126,18 @@ impl Config {
         })?;
         let mut loaded = Config::parse_with_includes(&text, path, |p| std::fs::read_to_string(p))?;
         let settings = &mut loaded.config.pgbouncer;
-        if let Some(auth_file) = &settings.auth_file {
-            settings.auth_file = Some(ini::resolve_relative(path, auth_file));
+        for file in [
+            &mut settings.auth_file,
+            &mut settings.client_tls_key_file,
+            &mut settings.client_tls_cert_file,
+            &mut settings.client_tls_ca_file,
+            &mut settings.server_tls_ca_file,
+            &mut settings.server_tls_key_file,
+            &mut settings.server_tls_cert_file,
+        ] {
+            if let Some(relative) = file.as_ref() {
+                *file = Some(ini::resolve_relative(path, relative));
+            }
         }
         Ok(loaded)
     }

@@ -63,7 +63,7 @@ impl FromStr for PoolMode {
 }
 
 /// How clients prove who they are. These are the `auth_type` values weir implements;
-/// PgBouncer's `cert`, `hba`, `ldap` and `pam` are rejected with an error that says so,
+/// PgBouncer's `hba`, `ldap` and `pam` are rejected with an error that says so,
 /// because silently authenticating differently would be a security hole.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum AuthType {
@@ -85,10 +85,14 @@ pub enum AuthType {
     /// a fixed `user=` to log in as.
     #[serde(rename = "any")]
     Any,
+    /// The client's TLS certificate, verified against `client_tls_ca_file`, names the user
+    /// in its common name (CN).
+    #[serde(rename = "cert")]
+    Cert,
 }
 
 impl AuthType {
-    /// The configuration spelling (`trust`, `plain`, `md5`, `scram-sha-256`, `any`).
+    /// The configuration spelling (`trust`, `plain`, `md5`, `scram-sha-256`, `any`, `cert`).
     pub fn as_str(self) -> &'static str {
         match self {
             AuthType::Trust => "trust",
@@ -96,6 +100,7 @@ impl AuthType {
             AuthType::Md5 => "md5",
             AuthType::ScramSha256 => "scram-sha-256",
             AuthType::Any => "any",
+            AuthType::Cert => "cert",
         }
     }
 
@@ -117,14 +122,15 @@ impl FromStr for AuthType {
 
     /// Case-insensitive. PgBouncer methods weir lacks get an error naming them.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        const SUPPORTED: &str = "trust, plain, md5, scram-sha-256 or any";
+        const SUPPORTED: &str = "trust, plain, md5, scram-sha-256, cert or any";
         match s.to_ascii_lowercase().as_str() {
             "trust" => Ok(AuthType::Trust),
             "plain" => Ok(AuthType::Plain),
             "md5" => Ok(AuthType::Md5),
             "scram-sha-256" => Ok(AuthType::ScramSha256),
             "any" => Ok(AuthType::Any),
-            "cert" | "hba" | "ldap" | "pam" => Err(ValueError(format!(
+            "cert" => Ok(AuthType::Cert),
+            "hba" | "ldap" | "pam" => Err(ValueError(format!(
                 "auth_type {s:?} is not supported by weir; use {SUPPORTED}"
             ))),
             _ => Err(ValueError::expected(
@@ -172,6 +178,100 @@ impl FromStr for Pinning {
             "pin" => Ok(Pinning::Pin),
             "refuse" => Ok(Pinning::Refuse),
             _ => Err(ValueError::expected("pin or refuse", s)),
+        }
+    }
+}
+
+/// How much TLS a connection needs, in libpq's `sslmode` words, as PgBouncer's
+/// `client_tls_sslmode` and `server_tls_sslmode` use them. Ordered from least to most strict.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum TlsMode {
+    /// Never TLS.
+    #[default]
+    Disable,
+    /// Plain first; TLS when the other side insists.
+    Allow,
+    /// TLS when the other side offers it.
+    Prefer,
+    /// TLS or nothing; the certificate is checked only against a configured CA.
+    Require,
+    /// TLS with a certificate signed by the configured CA.
+    VerifyCa,
+    /// As `verify-ca`; toward servers the host name must match the certificate too.
+    VerifyFull,
+}
+
+impl TlsMode {
+    /// The configuration spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TlsMode::Disable => "disable",
+            TlsMode::Allow => "allow",
+            TlsMode::Prefer => "prefer",
+            TlsMode::Require => "require",
+            TlsMode::VerifyCa => "verify-ca",
+            TlsMode::VerifyFull => "verify-full",
+        }
+    }
+}
+
+impl fmt::Display for TlsMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for TlsMode {
+    type Err = ValueError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "disable" => Ok(TlsMode::Disable),
+            "allow" => Ok(TlsMode::Allow),
+            "prefer" => Ok(TlsMode::Prefer),
+            "require" => Ok(TlsMode::Require),
+            "verify-ca" => Ok(TlsMode::VerifyCa),
+            "verify-full" => Ok(TlsMode::VerifyFull),
+            _ => Err(ValueError::expected(
+                "an sslmode (disable, allow, prefer, require, verify-ca or verify-full)",
+                s,
+            )),
+        }
+    }
+}
+
+/// Whether a password may be sent in clear text to a server over a connection without TLS
+/// (a Weir extension: PostgreSQL's `password` method asks for exactly that).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CleartextPassword {
+    /// Refuse: the login fails with an error that says why.
+    #[default]
+    Refuse,
+    /// Send it.
+    Allow,
+}
+
+impl fmt::Display for CleartextPassword {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            CleartextPassword::Refuse => "refuse",
+            CleartextPassword::Allow => "allow",
+        })
+    }
+}
+
+impl FromStr for CleartextPassword {
+    type Err = ValueError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "refuse" => Ok(CleartextPassword::Refuse),
+            "allow" => Ok(CleartextPassword::Allow),
+            _ => Err(ValueError::expected("allow or refuse", s)),
         }
     }
 }
@@ -335,6 +435,40 @@ pub struct Settings {
     /// counts milliseconds, as in PgBouncer. 0 (default): the OS default.
     pub tcp_user_timeout: Duration,
 
+    // --- TLS ---
+    /// TLS toward clients: `disable` (default) answers SSLRequest with `N`; `allow` and
+    /// `prefer` accept TLS; `require` refuses TCP clients without it; `verify-ca` and
+    /// `verify-full` also require a client certificate signed by `client_tls_ca_file`.
+    pub client_tls_sslmode: TlsMode,
+    /// Private key (PEM) of the certificate shown to clients.
+    pub client_tls_key_file: Option<PathBuf>,
+    /// Certificate chain (PEM) shown to clients.
+    pub client_tls_cert_file: Option<PathBuf>,
+    /// CA certificates (PEM) that client certificates are checked against.
+    pub client_tls_ca_file: Option<PathBuf>,
+    /// TLS versions offered to clients: `secure` (default: TLS 1.2 and 1.3), `all`, or a
+    /// comma list of `tlsv1.2`, `tlsv1.3`.
+    pub client_tls_protocols: String,
+    /// PgBouncer's OpenSSL cipher list; rustls always uses its own safe suites, and an
+    /// explicit list is warned about. Default `fast`.
+    pub client_tls_ciphers: String,
+    /// TLS toward servers, as libpq's `sslmode`. Default `prefer`.
+    pub server_tls_sslmode: TlsMode,
+    /// CA certificates (PEM) server certificates are checked against; when set, every mode
+    /// that uses TLS checks the chain, as libpq does with a root certificate.
+    pub server_tls_ca_file: Option<PathBuf>,
+    /// Private key (PEM) of the client certificate presented to servers.
+    pub server_tls_key_file: Option<PathBuf>,
+    /// Client certificate chain (PEM) presented to servers.
+    pub server_tls_cert_file: Option<PathBuf>,
+    /// TLS versions used toward servers, as `client_tls_protocols`. Default `secure`.
+    pub server_tls_protocols: String,
+    /// As `client_tls_ciphers`, toward servers. Default `fast`.
+    pub server_tls_ciphers: String,
+    /// Weir extension: whether a clear-text password may be sent to a server over a
+    /// connection without TLS (`allow`), or the login fails (`refuse`, the default).
+    pub server_cleartext_password: CleartextPassword,
+
     // --- Weir extensions ---
     /// Weir extension: address of the HTTP endpoint (metrics, health, readiness).
     /// Default `0.0.0.0`.
@@ -409,6 +543,19 @@ impl Default for Settings {
             http_port: 0,
             shutdown_timeout: Duration::from_secs(30),
             pinning: Pinning::Pin,
+            client_tls_sslmode: TlsMode::Disable,
+            client_tls_key_file: None,
+            client_tls_cert_file: None,
+            client_tls_ca_file: None,
+            client_tls_protocols: "secure".to_owned(),
+            client_tls_ciphers: "fast".to_owned(),
+            server_tls_sslmode: TlsMode::Prefer,
+            server_tls_ca_file: None,
+            server_tls_key_file: None,
+            server_tls_cert_file: None,
+            server_tls_protocols: "secure".to_owned(),
+            server_tls_ciphers: "fast".to_owned(),
+            server_cleartext_password: CleartextPassword::Refuse,
         }
     }
 }
@@ -525,6 +672,19 @@ settings_table! {
     tcp_keepidle: seconds => implemented,
     tcp_keepintvl: seconds => implemented,
     tcp_user_timeout: millis => implemented,
+    client_tls_sslmode: choice => implemented,
+    client_tls_key_file: opt_path => implemented,
+    client_tls_cert_file: opt_path => implemented,
+    client_tls_ca_file: opt_path => implemented,
+    client_tls_protocols: text => implemented,
+    client_tls_ciphers: text => implemented,
+    server_tls_sslmode: choice => implemented,
+    server_tls_ca_file: opt_path => implemented,
+    server_tls_key_file: opt_path => implemented,
+    server_tls_cert_file: opt_path => implemented,
+    server_tls_protocols: text => implemented,
+    server_tls_ciphers: text => implemented,
+    server_cleartext_password: choice => implemented,
     http_listen_addr: text => implemented,
     http_port: port => implemented,
     shutdown_timeout: seconds => implemented,
@@ -542,14 +702,8 @@ pub const UNSUPPORTED_KEYS: &[&str] = &[
     "autodb_idle_timeout",
     "cancel_wait_timeout",
     "client_tls13_ciphers",
-    "client_tls_ca_file",
-    "client_tls_cert_file",
-    "client_tls_ciphers",
     "client_tls_dheparams",
     "client_tls_ecdhcurve",
-    "client_tls_key_file",
-    "client_tls_protocols",
-    "client_tls_sslmode",
     "conffile",
     "dns_max_ttl",
     "dns_nxdomain_ttl",
@@ -568,12 +722,6 @@ pub const UNSUPPORTED_KEYS: &[&str] = &[
     "scram_iterations",
     "server_fast_close",
     "server_tls13_ciphers",
-    "server_tls_ca_file",
-    "server_tls_cert_file",
-    "server_tls_ciphers",
-    "server_tls_key_file",
-    "server_tls_protocols",
-    "server_tls_sslmode",
     "service_name",
     "suspend_timeout",
     "syslog",
@@ -694,6 +842,7 @@ mod tests {
             AuthType::Md5,
             AuthType::ScramSha256,
             AuthType::Any,
+            AuthType::Cert,
         ] {
             assert_eq!(auth.to_string().parse::<AuthType>(), Ok(auth));
         }
@@ -708,7 +857,7 @@ mod tests {
 
     #[test]
     fn unsupported_auth_types_say_so() {
-        for name in ["cert", "hba", "ldap", "pam", "HBA"] {
+        for name in ["hba", "ldap", "pam", "HBA"] {
             let err = name.parse::<AuthType>().expect_err(name);
             assert!(err.0.contains("not supported by weir"), "{err}");
         }

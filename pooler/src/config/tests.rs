@@ -90,6 +90,19 @@ http_listen_addr = 127.0.0.1
 http_port = 9127
 shutdown_timeout = 2min
 pinning = refuse
+client_tls_sslmode = verify-full
+client_tls_key_file = /etc/weir/tls/server.key
+client_tls_cert_file = /etc/weir/tls/server.crt
+client_tls_ca_file = /etc/weir/tls/ca.crt
+client_tls_protocols = tlsv1.3
+client_tls_ciphers = secure
+server_tls_sslmode = verify-ca
+server_tls_ca_file = /etc/weir/tls/db-ca.crt
+server_tls_key_file = /etc/weir/tls/client.key
+server_tls_cert_file = /etc/weir/tls/client.crt
+server_tls_protocols = tlsv1.2,tlsv1.3
+server_tls_ciphers = normal
+server_cleartext_password = allow
 ";
 
 fn every_setting_expected() -> Settings {
@@ -152,6 +165,19 @@ fn every_setting_expected() -> Settings {
         http_port: 9127,
         shutdown_timeout: Duration::from_secs(120),
         pinning: Pinning::Refuse,
+        client_tls_sslmode: TlsMode::VerifyFull,
+        client_tls_key_file: Some("/etc/weir/tls/server.key".into()),
+        client_tls_cert_file: Some("/etc/weir/tls/server.crt".into()),
+        client_tls_ca_file: Some("/etc/weir/tls/ca.crt".into()),
+        client_tls_protocols: "tlsv1.3".into(),
+        client_tls_ciphers: "secure".into(),
+        server_tls_sslmode: TlsMode::VerifyCa,
+        server_tls_ca_file: Some("/etc/weir/tls/db-ca.crt".into()),
+        server_tls_key_file: Some("/etc/weir/tls/client.key".into()),
+        server_tls_cert_file: Some("/etc/weir/tls/client.crt".into()),
+        server_tls_protocols: "tlsv1.2,tlsv1.3".into(),
+        server_tls_ciphers: "normal".into(),
+        server_cleartext_password: CleartextPassword::Allow,
     }
 }
 
@@ -257,7 +283,13 @@ fn invalid_values_name_file_line_and_key() {
         ),
         ("log_connections", "maybe", "expected a boolean"),
         ("auth_type", "hba", "not supported by weir"),
-        ("auth_type", "cert", "not supported by weir"),
+        ("auth_type", "pam", "not supported by weir"),
+        ("client_tls_sslmode", "always", "expected an sslmode"),
+        (
+            "server_cleartext_password",
+            "sometimes",
+            "expected allow or refuse",
+        ),
         ("auth_type", "password", "expected an authentication type"),
         ("pinning", "sometimes", "expected pin or refuse"),
         ("http_port", "-1", "expected a port number"),
@@ -276,7 +308,7 @@ fn invalid_values_name_file_line_and_key() {
 #[test]
 fn unknown_and_unsupported_settings_warn_and_are_ignored() {
     let text = format!(
-        "{MINIMAL}frobnicate = 1\nclient_tls_sslmode = require\nserver_tls_sslmode = verify-full\n\
+        "{MINIMAL}frobnicate = 1\nclient_tls13_ciphers = x\nserver_tls13_ciphers = y\n\
          dns_max_ttl = 5\npeer_id = 3\nConfFile = /x\n"
     );
     let loaded = parse_ok(&text);
@@ -292,12 +324,12 @@ fn unknown_and_unsupported_settings_warn_and_are_ignored() {
             (Some(3), Some("frobnicate"), "unknown setting, ignored"),
             (
                 Some(4),
-                Some("client_tls_sslmode"),
+                Some("client_tls13_ciphers"),
                 "not supported by weir, ignored"
             ),
             (
                 Some(5),
-                Some("server_tls_sslmode"),
+                Some("server_tls13_ciphers"),
                 "not supported by weir, ignored"
             ),
             (
@@ -1287,10 +1319,6 @@ fn example_configuration_parses_with_only_warnings() {
     assert_eq!(
         ignored,
         vec![
-            "client_tls_sslmode",
-            "client_tls_ciphers",
-            "server_tls_sslmode",
-            "server_tls_protocols",
             "server_fast_close",
             "syslog",
             "syslog_facility",

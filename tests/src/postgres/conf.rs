@@ -17,6 +17,11 @@ host    all       postgres  127.0.0.1/32   trust
 host    all       all       127.0.0.1/32   md5
 ";
 
+/// The server certificate, key and client CA files in the data directory, when TLS is on.
+pub(crate) const SSL_CERT_FILE: &str = "server.crt";
+pub(crate) const SSL_KEY_FILE: &str = "server.key";
+pub(crate) const SSL_CA_FILE: &str = "root.crt";
+
 /// Settings appended to the `postgresql.conf` written by initdb; later lines override earlier
 /// ones, so `opts.extra_conf` comes last and can override anything here. The port is not set
 /// here: it is passed on the command line so a retry with another port needs no rewrite.
@@ -38,6 +43,14 @@ pub(crate) fn settings(opts: &PgOptions, socket_dir: &Path) -> String {
         max_connections = opts.max_connections,
         password_encryption = quote_literal(opts.password_encryption),
     );
+    if let Some(tls) = &opts.tls {
+        conf.push_str(&format!(
+            "ssl = on\nssl_cert_file = '{SSL_CERT_FILE}'\nssl_key_file = '{SSL_KEY_FILE}'\n"
+        ));
+        if tls.ca_pem.is_some() {
+            conf.push_str(&format!("ssl_ca_file = '{SSL_CA_FILE}'\n"));
+        }
+    }
     for line in &opts.extra_conf {
         conf.push_str(line);
         conf.push('\n');
@@ -66,6 +79,7 @@ mod tests {
             max_connections: 7,
             password_encryption: "md5",
             extra_conf: vec!["work_mem = '7MB'".into(), "max_connections = 9".into()],
+            ..PgOptions::default()
         };
         let conf = settings(&opts, Path::new("/tmp/x'y/socket"));
         assert!(conf.contains("max_connections = 7\n"));
@@ -87,6 +101,7 @@ mod tests {
         assert_eq!(opts.max_connections, 100);
         assert_eq!(opts.password_encryption, "scram-sha-256");
         assert!(opts.extra_conf.is_empty());
+        assert!(opts.tls.is_none() && opts.hba.is_none());
     }
 
     #[test]

@@ -11,6 +11,7 @@ mod tools;
 
 use std::fs::OpenOptions;
 use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -21,7 +22,9 @@ use nix::sys::signal::Signal;
 use tempfile::TempDir;
 use tokio_postgres::Client;
 
-pub use tools::{parse_pgbench, pg_bin, pgbench, psql, CommandOutput, PgbenchSummary, PG_BIN_DIR};
+pub use tools::{
+    parse_pgbench, pg_bin, pgbench, psql, psql_conninfo, CommandOutput, PgbenchSummary, PG_BIN_DIR,
+};
 
 use crate::child::{self, Supervised};
 use crate::net;
@@ -60,6 +63,23 @@ pub struct PgOptions {
     pub password_encryption: &'static str,
     /// Lines appended verbatim to `postgresql.conf` after the harness's own, so they win.
     pub extra_conf: Vec<String>,
+    /// `ssl = on` with this server certificate and key, and `ssl_ca_file` for client
+    /// certificates when a CA is given.
+    pub tls: Option<PgTls>,
+    /// A `pg_hba.conf` replacing the harness's own; it must still let `postgres` in over
+    /// plain TCP from 127.0.0.1 without a password, as the harness administers through it.
+    pub hba: Option<String>,
+}
+
+/// The TLS material of a test cluster, PEM text.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PgTls {
+    /// The server certificate (chain).
+    pub cert_pem: String,
+    /// Its private key.
+    pub key_pem: String,
+    /// CA certificates that client certificates are checked against.
+    pub ca_pem: Option<String>,
 }
 
 impl Default for PgOptions {
@@ -68,6 +88,8 @@ impl Default for PgOptions {
             max_connections: 100,
             password_encryption: "scram-sha-256",
             extra_conf: Vec::new(),
+            tls: None,
+            hba: None,
         }
     }
 }
@@ -385,8 +407,25 @@ fn configure(data_dir: &Path, socket_dir: &Path, opts: &PgOptions) -> anyhow::Re
         .open(&conf_path)
         .and_then(|mut file| file.write_all(conf::settings(opts, socket_dir).as_bytes()))
         .with_context(|| format!("writing {}", conf_path.display()))?;
+    if let Some(tls) = &opts.tls {
+        let files = [
+            (conf::SSL_CERT_FILE, Some(&tls.cert_pem)),
+            (conf::SSL_KEY_FILE, Some(&tls.key_pem)),
+            (conf::SSL_CA_FILE, tls.ca_pem.as_ref()),
+        ];
+        for (name, pem) in files {
+            let Some(pem) = pem else { continue };
+            let path = data_dir.join(name);
+            std::fs::write(&path, pem).with_context(|| format!("writing {}", path.display()))?;
+            // PostgreSQL refuses a key file others can read.
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                .with_context(|| format!("chmod {}", path.display()))?;
+            child::give_to(&path, OS_USER)?;
+        }
+    }
     let hba_path = data_dir.join("pg_hba.conf");
-    std::fs::write(&hba_path, conf::HBA).with_context(|| format!("writing {}", hba_path.display()))
+    let hba = opts.hba.as_deref().unwrap_or(conf::HBA);
+    std::fs::write(&hba_path, hba).with_context(|| format!("writing {}", hba_path.display()))
 }
 
 /// Spawns the postmaster for `data_dir` on `port`, appending its output to the log, and waits

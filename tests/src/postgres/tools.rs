@@ -67,6 +67,21 @@ pub async fn psql(
     run(cmd, PSQL_TIMEOUT).await
 }
 
+/// Runs `psql` like [`psql`], with `conninfo` (e.g. `dbname=app sslmode=require`) as the
+/// connection string, for the settings `-h`/`-p`/`-U` cannot carry.
+pub async fn psql_conninfo(
+    host: &str,
+    port: u16,
+    user: &str,
+    password: &str,
+    conninfo: &str,
+    sql: &str,
+) -> anyhow::Result<CommandOutput> {
+    let mut cmd = client_command("psql", host, port, user, password);
+    cmd.args(["-X", "-v", "ON_ERROR_STOP=1", "-d", conninfo, "-Atc", sql]);
+    run(cmd, PSQL_TIMEOUT).await
+}
+
 /// Runs `pgbench` with `args` (e.g. `["-i", "-s", "1"]` or `["-c", "4", "-T", "5"]`) as `user`
 /// against database `db` on `host:port`; see [`parse_pgbench`] for reading the result.
 pub async fn pgbench(

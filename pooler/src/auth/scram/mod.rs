@@ -3,8 +3,8 @@
 //! server. This file holds the message grammar both sides share.
 //!
 //! PostgreSQL's dialect: the username inside the exchange is ignored (the startup packet
-//! names the user), no authorization identity, and only `SCRAM-SHA-256` without channel
-//! binding is offered, so a client may send the `n` or `y` flag but never `p=`.
+//! names the user), no authorization identity; clients over TLS are also offered
+//! `SCRAM-SHA-256-PLUS` with `tls-server-end-point` channel binding.
 
 mod client;
 mod server;
@@ -14,8 +14,10 @@ pub use server::ScramServer;
 
 use super::error::AuthError;
 
-/// The only SASL mechanism offered and used.
+/// The SASL mechanism used toward servers and offered to every client.
 const MECHANISM: &str = "SCRAM-SHA-256";
+/// SCRAM bound to the TLS connection (`tls-server-end-point`), offered to clients over TLS.
+const MECHANISM_PLUS: &str = "SCRAM-SHA-256-PLUS";
 
 /// Iteration counts accepted from a server: at least one round, and few enough that a
 /// hostile or misconfigured server cannot make a login burn minutes of CPU.

@@ -2,7 +2,7 @@
 
 use subtle::ConstantTimeEq;
 
-use super::{is_printable, message_text, Fields, MECHANISM};
+use super::{is_printable, message_text, Fields, MECHANISM, MECHANISM_PLUS};
 use crate::auth::crypto::{self, Key};
 use crate::auth::error::AuthError;
 use crate::auth::secret::{ScramSecret, Secret};
@@ -18,14 +18,18 @@ pub struct ScramServer {
     secret: ScramSecret,
     state: State,
     client_key: Option<Key>,
+    /// `tls-server-end-point` data of the TLS connection, when there is one: then
+    /// SCRAM-SHA-256-PLUS is offered.
+    channel_binding: Option<Vec<u8>>,
 }
 
 /// Where the exchange stands.
 enum State {
     AwaitingClientFirst,
     AwaitingClientFinal {
-        /// Expected `c=` value: base64 of the gs2 header the client sent.
-        channel_binding: &'static str,
+        /// Expected `c=` value: base64 of the gs2 header the client sent (and of the
+        /// channel-binding data under SCRAM-SHA-256-PLUS).
+        channel_binding: String,
         /// Client nonce followed by ours, as the client must echo it.
         nonce: String,
         /// `client-first-message-bare "," server-first-message ","`: the start of
@@ -57,12 +61,24 @@ impl ScramServer {
             secret,
             state: State::AwaitingClientFirst,
             client_key: None,
+            channel_binding: None,
         })
     }
 
+    /// Offers SCRAM-SHA-256-PLUS bound to the TLS connection whose `tls-server-end-point`
+    /// data (RFC 5929: a hash of the server's certificate) is `data`.
+    pub fn with_channel_binding(mut self, data: Vec<u8>) -> Self {
+        self.channel_binding = Some(data);
+        self
+    }
+
     /// The SASL mechanisms to list in `AuthenticationSASL`, in order of preference.
-    pub fn mechanisms() -> &'static [&'static str] {
-        &[MECHANISM]
+    pub fn mechanisms(&self) -> &'static [&'static str] {
+        if self.channel_binding.is_some() {
+            &[MECHANISM_PLUS, MECHANISM]
+        } else {
+            &[MECHANISM]
+        }
     }
 
     /// Handles `SASLInitialResponse` (the chosen mechanism and the client-first message) and
@@ -84,14 +100,32 @@ impl ScramServer {
         ) {
             return Err(AuthError::protocol("unexpected SASLInitialResponse"));
         }
-        if mechanism != MECHANISM {
-            return Err(AuthError::protocol(format!(
-                "client selected an invalid SASL authentication mechanism \"{}\"",
-                mechanism.escape_default()
-            )));
-        }
+        let plus = match mechanism {
+            MECHANISM => false,
+            MECHANISM_PLUS if self.channel_binding.is_some() => true,
+            _ => {
+                return Err(AuthError::protocol(format!(
+                    "client selected an invalid SASL authentication mechanism \"{}\"",
+                    mechanism.escape_default()
+                )))
+            }
+        };
         let text = message_text(data, "client-first-message")?;
-        let (channel_binding, bare) = split_gs2_header(text)?;
+        let (flag, gs2_header, bare) = split_gs2_header(text)?;
+        let channel_binding = match (flag, plus, &self.channel_binding) {
+            (Gs2Flag::Bind, true, Some(data)) => {
+                crypto::b64_encode([gs2_header.as_bytes(), data].concat())
+            }
+            (Gs2Flag::None, false, _) => crypto::b64_encode(gs2_header),
+            // "y" says: I could bind, but I think you cannot. We offered PLUS, so someone
+            // removed it on the way (RFC 5802's downgrade check).
+            (Gs2Flag::ClientCould, false, None) => crypto::b64_encode(gs2_header),
+            (Gs2Flag::ClientCould, ..) | (Gs2Flag::Bind, ..) | (Gs2Flag::None, true, _) => {
+                return Err(AuthError::protocol(
+                    "SCRAM channel binding negotiation error",
+                ))
+            }
+        };
 
         let mut fields = Fields::new(bare, "client-first-message");
         if fields.peek_name() == Some('m') {
@@ -143,7 +177,7 @@ impl ScramServer {
             .ok_or_else(|| AuthError::protocol("client-final-message is incomplete"))?;
 
         let mut fields = Fields::new(without_proof, "client-final-message");
-        if fields.expect('c')? != channel_binding {
+        if fields.expect('c')? != channel_binding.as_str() {
             return Err(AuthError::protocol(
                 "unexpected channel binding in client-final-message",
             ));
@@ -181,21 +215,32 @@ impl ScramServer {
     }
 }
 
-/// Splits the gs2 header off a client-first message, returning the `c=` value the client
-/// must send later and the client-first-message-bare.
-fn split_gs2_header(text: &str) -> Result<(&'static str, &str), AuthError> {
+/// What a client-first message's gs2 header says about channel binding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Gs2Flag {
+    /// `n`: the client does not bind.
+    None,
+    /// `y`: the client could bind but believes the server cannot.
+    ClientCould,
+    /// `p=tls-server-end-point`: the client binds.
+    Bind,
+}
+
+/// Splits the gs2 header (with its trailing comma) off a client-first message, returning
+/// the channel-binding flag, the header and the client-first-message-bare.
+fn split_gs2_header(text: &str) -> Result<(Gs2Flag, &str, &str), AuthError> {
     let (flag, rest) = text
         .split_once(',')
         .ok_or_else(|| AuthError::protocol("client-first-message has no gs2 header"))?;
-    // We never offer SCRAM-SHA-256-PLUS, so "y" (client could bind, thinks we can't) is
-    // honest and fine; "p=" asks for binding we don't do.
-    let channel_binding = match flag {
-        "n" => "biws",
-        "y" => "eSws",
+    let flag = match flag {
+        "n" => Gs2Flag::None,
+        "y" => Gs2Flag::ClientCould,
+        "p=tls-server-end-point" => Gs2Flag::Bind,
         _ if flag.starts_with("p=") => {
-            return Err(AuthError::Unsupported(
-                "client requires SCRAM channel binding, which is not supported".into(),
-            ))
+            return Err(AuthError::Unsupported(format!(
+                "client requires SCRAM channel binding type \"{}\", which is not supported",
+                flag[2..].escape_default()
+            )))
         }
         _ => {
             return Err(AuthError::protocol(format!(
@@ -217,7 +262,8 @@ fn split_gs2_header(text: &str) -> Result<(&'static str, &str), AuthError> {
             "client-first-message has a malformed gs2 header",
         ));
     }
-    Ok((channel_binding, bare))
+    let header = &text[..text.len() - bare.len()];
+    Ok((flag, header, bare))
 }
 
 #[cfg(test)]
@@ -289,7 +335,10 @@ mod tests {
 
     #[test]
     fn mechanisms_offer_only_scram_sha_256() {
-        assert_eq!(ScramServer::mechanisms(), ["SCRAM-SHA-256"]);
+        let server = ScramServer::new(&pencil(), "user").unwrap();
+        assert_eq!(server.mechanisms(), ["SCRAM-SHA-256"]);
+        let server = server.with_channel_binding(vec![1, 2, 3]);
+        assert_eq!(server.mechanisms(), ["SCRAM-SHA-256-PLUS", "SCRAM-SHA-256"]);
     }
 
     #[test]
@@ -330,9 +379,58 @@ mod tests {
     }
 
     #[test]
+    fn scram_sha_256_plus_checks_the_binding_data() {
+        let plus = || {
+            ScramServer::new(&pencil(), "user")
+                .unwrap()
+                .with_channel_binding(vec![1, 2, 3])
+        };
+        let mut server = plus();
+        let first = server
+            .client_first("SCRAM-SHA-256-PLUS", b"p=tls-server-end-point,,n=,r=abc")
+            .unwrap();
+        let nonce = std::str::from_utf8(&first).unwrap()[2..]
+            .split(',')
+            .next()
+            .unwrap();
+        let proof = crypto::b64_encode([0u8; 32]);
+        let bound = crypto::b64_encode(b"p=tls-server-end-point,,\x01\x02\x03");
+        // The right binding data gets as far as the proof.
+        let right = format!("c={bound},r={nonce},p={proof}");
+        assert!(matches!(
+            server.client_final(right.as_bytes()),
+            Err(AuthError::InvalidPassword)
+        ));
+        let mut server = plus();
+        server
+            .client_first("SCRAM-SHA-256-PLUS", b"p=tls-server-end-point,,n=,r=abc")
+            .unwrap();
+        let other = crypto::b64_encode(b"p=tls-server-end-point,,\x09");
+        let wrong = format!("c={other},r={nonce},p={proof}");
+        let err = server.client_final(wrong.as_bytes()).unwrap_err();
+        assert!(
+            err.to_string().contains("unexpected channel binding"),
+            "{err}"
+        );
+
+        // "y" while PLUS was offered: the offer was stripped on the way.
+        let err = plus()
+            .client_first("SCRAM-SHA-256", b"y,,n=,r=abc")
+            .unwrap_err();
+        assert!(err.to_string().contains("negotiation error"), "{err}");
+        // PLUS without a TLS connection to bind to is not offered, so not accepted.
+        let err = ScramServer::new(&pencil(), "user")
+            .unwrap()
+            .client_first("SCRAM-SHA-256-PLUS", b"p=tls-server-end-point,,n=,r=abc")
+            .unwrap_err();
+        assert!(err.to_string().contains("invalid SASL"), "{err}");
+    }
+
+    #[test]
     fn rejects_channel_binding_authzid_and_extensions() {
         for (message, unsupported) in [
-            ("p=tls-server-end-point,,n=,r=abc", true),
+            // Binding asked for under the mechanism without it.
+            ("p=tls-server-end-point,,n=,r=abc", false),
             ("n,a=admin,n=,r=abc", true),
             ("n,,m=ext,n=,r=abc", true),
             ("x,,n=,r=abc", false),
