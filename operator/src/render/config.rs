@@ -41,12 +41,7 @@ pub(crate) fn build(
             message: e.0,
         })?;
     }
-    // The TLS settings the pooler's settings type knows; the others are written as text
-    // (tls::append_unknown).
-    for (key, value) in tls
-        .iter()
-        .filter(|(key, _)| Settings::support(key).is_some())
-    {
+    for (key, value) in tls {
         s.set(key, value).map_err(|e| RenderError::Tls {
             key: (*key).to_owned(),
             message: e.0,

@@ -308,7 +308,7 @@ pub fn render(pool: &ConnectionPool, observed: &Observed) -> Result<Rendered, Re
     Ok(Rendered {
         users: credentials.iter().map(|c| c.user.clone()).collect(),
         service_account: workload::service_account(&ctx),
-        config_map: secrets::config_map(&ctx, &config, &tls_settings),
+        config_map: secrets::config_map(&ctx, &config),
         auth_secret: secrets::auth_secret(&ctx, &credentials),
         app_secret: secrets::app_secret(&ctx, &pool.spec, &credentials),
         service: workload::service(&ctx, &pool.spec),

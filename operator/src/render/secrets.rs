@@ -75,12 +75,8 @@ fn secret_value(observed: &Observed, secret: &str, key: &str) -> Result<String, 
 }
 
 /// The ConfigMap holding pgbouncer.ini.
-pub(crate) fn config_map(
-    ctx: &Context<'_>,
-    config: &Config,
-    tls_settings: &[(&str, String)],
-) -> ConfigMap {
-    let ini = tls::append_unknown(config.to_ini(), tls_settings);
+pub(crate) fn config_map(ctx: &Context<'_>, config: &Config) -> ConfigMap {
+    let ini = config.to_ini();
     ConfigMap {
         metadata: ctx.meta(names::config_map(ctx.name)),
         data: Some(BTreeMap::from([(CONFIG_FILE.to_owned(), ini)])),

@@ -9,8 +9,6 @@
 
 use k8s_openapi::api::core::v1::{ConfigMapVolumeSource, SecretVolumeSource, Volume, VolumeMount};
 
-use weir_pooler::config::Settings;
-
 use super::{Observed, RenderError};
 use crate::api::{CaSource, ConnectionPoolSpec, SslMode};
 
@@ -140,20 +138,6 @@ pub(crate) fn settings(spec: &ConnectionPoolSpec) -> Vec<(&'static str, String)>
         }
     }
     out
-}
-
-/// `ini` (which ends with the `[pgbouncer]` section) with the TLS settings that the
-/// pooler's settings type does not know added to that section as text (a pooler without
-/// TLS warns that it ignores them); the known ones are already in the rendered [`Config`].
-///
-/// [`Config`]: weir_pooler::config::Config
-pub(crate) fn append_unknown(mut ini: String, settings: &[(&str, String)]) -> String {
-    for (key, value) in settings {
-        if Settings::support(key).is_none() {
-            ini.push_str(&format!("{key} = {value}\n"));
-        }
-    }
-    ini
 }
 
 /// The volumes of the TLS sources.
