@@ -17,8 +17,6 @@ KNOWN = {
     ("client", "app"): "clients are handed the whole Pooler instead of a narrow context",
     ("client", "admin"): "console dispatch happens in the client login, not in a frontend",
     ("admin", "app"): "the console reads and drives the Pooler directly",
-    ("metrics", "app"): "metrics read the Pooler rather than pool views",
-    ("http", "app"): "/status reads the Pooler rather than pool views",
 }
 
 

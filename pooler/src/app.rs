@@ -623,3 +623,27 @@ impl Drop for ClientCount {
         self.0.clients.fetch_sub(1, Ordering::AcqRel);
     }
 }
+
+impl crate::metrics::PoolerView for Pooler {
+    fn config(&self) -> Arc<Config> {
+        Pooler::config(self)
+    }
+    fn config_generation(&self) -> (u64, String) {
+        Pooler::config_generation(self)
+    }
+    fn client_count(&self) -> usize {
+        Pooler::client_count(self)
+    }
+    fn pinned_clients(&self) -> usize {
+        Pooler::pinned_clients(self).load(Ordering::Relaxed)
+    }
+    fn is_draining(&self) -> bool {
+        Pooler::is_draining(self)
+    }
+    fn tls(&self) -> Arc<Tls> {
+        Pooler::tls(self)
+    }
+    fn pools(&self) -> Vec<Arc<Pool>> {
+        Pooler::pools(self)
+    }
+}

@@ -18,11 +18,10 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
-use crate::app::Pooler;
-use crate::metrics;
+use crate::metrics::{self, PoolerView};
 
 /// Binds the HTTP endpoint; `None` when `http_port` is 0 (off).
-pub async fn bind(pooler: &Pooler) -> std::io::Result<Option<TcpListener>> {
+pub async fn bind(pooler: &dyn PoolerView) -> std::io::Result<Option<TcpListener>> {
     let config = pooler.config();
     let s = &config.pgbouncer;
     if s.http_port == 0 {
@@ -44,7 +43,7 @@ pub async fn bind(pooler: &Pooler) -> std::io::Result<Option<TcpListener>> {
 
 /// Serves HTTP requests until the process ends (it keeps answering while draining, so
 /// readiness can report it).
-pub async fn serve(listener: TcpListener, pooler: Arc<Pooler>) {
+pub async fn serve(listener: TcpListener, pooler: Arc<dyn PoolerView>) {
     loop {
         let (socket, _peer): (_, SocketAddr) = match listener.accept().await {
             Ok(a) => a,
@@ -58,7 +57,7 @@ pub async fn serve(listener: TcpListener, pooler: Arc<Pooler>) {
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
                 let pooler = pooler.clone();
-                async move { Ok::<_, Infallible>(route(&pooler, &req)) }
+                async move { Ok::<_, Infallible>(route(pooler.as_ref(), &req)) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(socket), service);
@@ -78,7 +77,7 @@ fn respond(status: StatusCode, content_type: &str, body: String) -> Response<Ful
     r
 }
 
-fn route(pooler: &Pooler, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+fn route(pooler: &dyn PoolerView, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return respond(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -114,7 +113,7 @@ fn route(pooler: &Pooler, req: &Request<Incoming>) -> Response<Full<Bytes>> {
 }
 
 /// The JSON document of `/status`.
-pub fn status(pooler: &Pooler) -> serde_json::Value {
+pub fn status(pooler: &dyn PoolerView) -> serde_json::Value {
     let (generation, digest) = pooler.config_generation();
     let pools: Vec<serde_json::Value> = pooler
         .pools()
@@ -144,7 +143,7 @@ pub fn status(pooler: &Pooler) -> serde_json::Value {
         "config_digest": digest,
         "draining": pooler.is_draining(),
         "clients": pooler.client_count(),
-        "pinned_clients": pooler.pinned_clients().load(Ordering::Relaxed),
+        "pinned_clients": pooler.pinned_clients(),
         "pools": pools,
     })
 }

@@ -183,7 +183,7 @@ async fn run(pooler: Arc<Pooler>) -> anyhow::Result<()> {
     if !config.pgbouncer.unix_socket_dir.is_empty() {
         tracing::info!(dir = %config.pgbouncer.unix_socket_dir, "listening on a unix socket");
     }
-    let http = weir_pooler::http::bind(&pooler)
+    let http = weir_pooler::http::bind(pooler.as_ref())
         .await
         .context("cannot open the HTTP endpoint")?;
     if let Some(l) = &http {

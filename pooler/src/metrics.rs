@@ -2,15 +2,17 @@
 //! checkout wait-time histogram observed as clients are served.
 
 use std::sync::atomic::Ordering;
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
 };
 
-use crate::app::Pooler;
+use crate::config::Config;
+use crate::pool::Pool;
 use crate::pool::PoolKey;
+use crate::tls::Tls;
 
 /// Metrics that live for the whole process (observed as things happen).
 static REGISTRY: LazyLock<Registry> = LazyLock::new(Registry::new);
@@ -63,7 +65,26 @@ fn counters(
     Ok(c)
 }
 
-fn snapshot(pooler: &Pooler) -> prometheus::Result<Registry> {
+/// What `/metrics` and `/status` read of a running pooler: implemented by the pooler's
+/// composition root, so these surfaces depend on this view and not on the root.
+pub trait PoolerView: Send + Sync {
+    /// The configuration in force.
+    fn config(&self) -> Arc<Config>;
+    /// How many configurations have been loaded, and the digest of the one in force.
+    fn config_generation(&self) -> (u64, String);
+    /// Client connections open right now.
+    fn client_count(&self) -> usize;
+    /// Clients pinned to a server connection right now.
+    fn pinned_clients(&self) -> usize;
+    /// Whether the pooler is shutting down.
+    fn is_draining(&self) -> bool;
+    /// The TLS material in force.
+    fn tls(&self) -> Arc<Tls>;
+    /// Every pool that exists right now.
+    fn pools(&self) -> Vec<Arc<Pool>>;
+}
+
+fn snapshot(pooler: &dyn PoolerView) -> prometheus::Result<Registry> {
     let r = Registry::new();
     let config = pooler.config();
     let (generation, _) = pooler.config_generation();
@@ -83,7 +104,7 @@ fn snapshot(pooler: &Pooler) -> prometheus::Result<Registry> {
         &r,
         "weir_pinned_clients",
         "Clients pinned to a server connection in transaction mode.",
-        pooler.pinned_clients().load(Ordering::Relaxed) as i64,
+        pooler.pinned_clients() as i64,
     )?;
     gauge(
         &r,
@@ -232,7 +253,7 @@ fn snapshot(pooler: &Pooler) -> prometheus::Result<Registry> {
 }
 
 /// The Prometheus text exposition of every metric.
-pub fn render(pooler: &Pooler) -> String {
+pub fn render(pooler: &dyn PoolerView) -> String {
     let mut families = REGISTRY.gather();
     match snapshot(pooler) {
         Ok(r) => families.extend(r.gather()),
