@@ -16,7 +16,6 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent / "pooler" / "src"
 KNOWN = {
     ("client", "app"): "clients are handed the whole Pooler instead of a narrow context",
     ("client", "admin"): "console dispatch happens in the client login, not in a frontend",
-    ("admin", "app"): "the console reads and drives the Pooler directly",
 }
 
 

@@ -12,6 +12,7 @@ use tokio::sync::watch;
 use crate::admin::stats::Averages;
 use crate::auth::{ScramSecret, Secret};
 use crate::config::{self, Config};
+pub use crate::lifecycle::ShutdownMode;
 use crate::pool::{Limit, Pool, PoolKey, PoolSettings};
 use crate::prepared::StatementRegistry;
 use crate::protocol::PgError;
@@ -53,20 +54,6 @@ pub struct Pooler {
     control: Mutex<Control>,
     /// Per-database averages over the latest `stats_period`, for SHOW STATS.
     stats_averages: ArcSwap<BTreeMap<String, Averages>>,
-}
-
-/// How a shutdown waits before the process exits, as PgBouncer's signals and `SHUTDOWN`
-/// variants do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ShutdownMode {
-    /// SIGQUIT, plain `SHUTDOWN`: exit at once.
-    Now,
-    /// SIGINT, `SHUTDOWN WAIT_FOR_SERVERS`: pause every pool, exit once no server
-    /// connection is lent (running transactions finish; waiting clients are cut off).
-    WaitForServers,
-    /// SIGTERM, `SHUTDOWN WAIT_FOR_CLIENTS`: exit once every client has left; clients in
-    /// transaction and statement modes are let go at their next transaction boundary.
-    WaitForClients,
 }
 
 /// What the admin console has paused or disabled.
@@ -642,6 +629,60 @@ impl crate::metrics::PoolerView for Pooler {
     }
     fn tls(&self) -> Arc<Tls> {
         Pooler::tls(self)
+    }
+    fn pools(&self) -> Vec<Arc<Pool>> {
+        Pooler::pools(self)
+    }
+}
+
+impl crate::admin::Console for Pooler {
+    fn config(&self) -> Arc<Config> {
+        Pooler::config(self)
+    }
+    fn reload(&self) -> Result<(bool, Vec<config::ConfigWarning>), config::ConfigError> {
+        Pooler::reload(self)
+    }
+    fn shut_down(&self, mode: ShutdownMode) {
+        Pooler::shut_down(self, mode)
+    }
+    fn drained(&self) -> impl std::future::Future<Output = ()> + Send {
+        Pooler::drained(self)
+    }
+    fn is_draining(&self) -> bool {
+        Pooler::is_draining(self)
+    }
+    fn is_paused(&self, database: &str) -> bool {
+        Pooler::is_paused(self, database)
+    }
+    fn is_paused_all(&self) -> bool {
+        Pooler::is_paused_all(self)
+    }
+    fn set_paused(&self, database: Option<&str>, paused: bool) -> Vec<Arc<Pool>> {
+        Pooler::set_paused(self, database, paused)
+    }
+    fn is_disabled(&self, database: &str) -> bool {
+        Pooler::is_disabled(self, database)
+    }
+    fn set_disabled(&self, database: &str, disabled: bool) {
+        Pooler::set_disabled(self, database, disabled)
+    }
+    fn kill(&self, database: Option<&str>) -> usize {
+        Pooler::kill(self, database)
+    }
+    fn set_setting(&self, key: &str, value: &str) -> Result<(), String> {
+        Pooler::set_setting(self, key, value)
+    }
+    fn stats_averages(&self) -> Arc<BTreeMap<String, Averages>> {
+        Pooler::stats_averages(self)
+    }
+    fn set_stats_averages(&self, averages: BTreeMap<String, Averages>) {
+        Pooler::set_stats_averages(self, averages)
+    }
+    fn registry(&self) -> &Arc<Registry> {
+        Pooler::registry(self)
+    }
+    fn client_count(&self) -> usize {
+        Pooler::client_count(self)
     }
     fn pools(&self) -> Vec<Arc<Pool>> {
         Pooler::pools(self)

@@ -11,7 +11,7 @@
 //! - pure: protocol config params auth sql session_state prepared
 //! - transport: wire stream tls
 //! - server: server
-//! - pool: pool registry
+//! - pool: pool registry lifecycle
 //! - session: client
 //! - surfaces: admin metrics http
 //! - root: app reload listener
@@ -26,6 +26,7 @@ pub mod auth;
 pub mod client;
 pub mod config;
 pub mod http;
+pub mod lifecycle;
 pub mod listener;
 pub mod metrics;
 pub mod params;

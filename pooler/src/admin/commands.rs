@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::app::Pooler;
+use super::Console;
 use crate::pool::Pool;
 use crate::protocol::PgError;
 
@@ -23,7 +23,7 @@ pub enum Reply {
 }
 
 /// Runs one command. Errors are plain (non-fatal) errors to report to the console user.
-pub async fn execute(pooler: &Arc<Pooler>, command: Command) -> Result<Reply, Box<PgError>> {
+pub async fn execute(pooler: &impl Console, command: Command) -> Result<Reply, Box<PgError>> {
     match command {
         Command::Show(subject) => Ok(Reply::Rows(show(pooler, subject))),
         Command::Pause(db) => {
@@ -94,7 +94,7 @@ pub async fn execute(pooler: &Arc<Pooler>, command: Command) -> Result<Reply, Bo
     }
 }
 
-fn show(pooler: &Pooler, subject: Subject) -> ResultSet {
+fn show(pooler: &impl Console, subject: Subject) -> ResultSet {
     let views: Vec<PoolView> = pooler.pools().iter().map(|p| PoolView::of(p)).collect();
     let config = pooler.config();
     match subject {
@@ -116,7 +116,7 @@ fn show(pooler: &Pooler, subject: Subject) -> ResultSet {
 }
 
 /// The pools of `database`, or all of them.
-fn pools_of(pooler: &Pooler, database: Option<&str>) -> Vec<Arc<Pool>> {
+fn pools_of(pooler: &impl Console, database: Option<&str>) -> Vec<Arc<Pool>> {
     pooler
         .pools()
         .into_iter()
@@ -125,7 +125,7 @@ fn pools_of(pooler: &Pooler, database: Option<&str>) -> Vec<Arc<Pool>> {
 }
 
 /// Refuses a database name that is neither configured nor served by a pool.
-fn check_database(pooler: &Pooler, database: Option<&str>) -> Result<(), Box<PgError>> {
+fn check_database(pooler: &impl Console, database: Option<&str>) -> Result<(), Box<PgError>> {
     let Some(db) = database else {
         return Ok(());
     };

@@ -7,16 +7,21 @@ pub mod parse;
 pub mod show;
 pub mod stats;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::BytesMut;
 
-use crate::app::Pooler;
+use crate::config;
 use crate::config::{AuthType, Config};
+use crate::lifecycle::ShutdownMode;
+use crate::pool::Pool;
 use crate::protocol::{backend, frontend, PgError};
 use crate::registry::ClientHandle;
+use crate::registry::Registry;
 use crate::stream::Stream;
 use crate::wire::{self, ReadError};
+use stats::Averages;
 
 use commands::Reply;
 
@@ -58,12 +63,51 @@ pub fn not_allowed(user: &str) -> PgError {
     )
 }
 
+/// What the console reads and steers: implemented by the pooler's composition root, so the
+/// console depends on this and not on the root.
+pub trait Console: Send + Sync + 'static {
+    /// The configuration in force.
+    fn config(&self) -> Arc<Config>;
+    /// RELOAD: reads the configuration again; whether it changed, and its warnings.
+    fn reload(&self) -> Result<(bool, Vec<config::ConfigWarning>), config::ConfigError>;
+    /// SHUTDOWN.
+    fn shut_down(&self, mode: ShutdownMode);
+    /// Resolves once a shutdown has begun.
+    fn drained(&self) -> impl std::future::Future<Output = ()> + Send;
+    /// Whether a shutdown is under way.
+    fn is_draining(&self) -> bool;
+    /// Whether `database` is paused.
+    fn is_paused(&self, database: &str) -> bool;
+    /// Whether PAUSE without a database is in force.
+    fn is_paused_all(&self) -> bool;
+    /// PAUSE / RESUME of one database or all; the pools it touched.
+    fn set_paused(&self, database: Option<&str>, paused: bool) -> Vec<Arc<Pool>>;
+    /// Whether `database` is disabled.
+    fn is_disabled(&self, database: &str) -> bool;
+    /// DISABLE / ENABLE.
+    fn set_disabled(&self, database: &str, disabled: bool);
+    /// KILL: drops the clients and server connections of one database or all.
+    fn kill(&self, database: Option<&str>) -> usize;
+    /// SET of a runtime setting.
+    fn set_setting(&self, key: &str, value: &str) -> Result<(), String>;
+    /// The latest SHOW STATS averages.
+    fn stats_averages(&self) -> Arc<BTreeMap<String, Averages>>;
+    /// Publishes new SHOW STATS averages.
+    fn set_stats_averages(&self, averages: BTreeMap<String, Averages>);
+    /// Who is connected.
+    fn registry(&self) -> &Arc<Registry>;
+    /// Client connections open right now.
+    fn client_count(&self) -> usize;
+    /// Every pool that exists right now.
+    fn pools(&self) -> Vec<Arc<Pool>>;
+}
+
 /// Serves an authenticated console session: greets the client, then answers simple queries
 /// until it leaves or a shutdown begins (including one it asked for with SHUTDOWN, which is
 /// acknowledged first). `buf` holds any bytes read after authentication.
 /// Returns why the session ended.
 pub async fn serve(
-    pooler: Arc<Pooler>,
+    pooler: Arc<impl Console>,
     mut stream: Stream,
     mut buf: BytesMut,
     role: Role,
@@ -150,7 +194,7 @@ fn greet(out: &mut BytesMut) {
 
 /// Runs every statement of one simple query, appending the replies to `out`; stops at the
 /// first error.
-async fn run_query(pooler: &Arc<Pooler>, role: Role, sql: &str, out: &mut BytesMut) {
+async fn run_query(pooler: &Arc<impl Console>, role: Role, sql: &str, out: &mut BytesMut) {
     let stmts = parse::statements(sql);
     if stmts.is_empty() {
         backend::empty_query_response(out);
@@ -176,7 +220,7 @@ async fn run_query(pooler: &Arc<Pooler>, role: Role, sql: &str, out: &mut BytesM
             return;
         }
         let tag = command.tag();
-        match commands::execute(pooler, command).await {
+        match commands::execute(pooler.as_ref(), command).await {
             Ok(Reply::Rows(rs)) => rs.encode(out),
             Ok(Reply::Done) => backend::command_complete(out, tag),
             Err(e) => {

@@ -1,7 +1,7 @@
 //! Parsing of admin console commands: the small PgBouncer command language, case-insensitive,
 //! one command per statement.
 
-use crate::app::ShutdownMode;
+use crate::lifecycle::ShutdownMode;
 
 /// What a `SHOW` command asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

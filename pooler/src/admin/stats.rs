@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::app::Pooler;
+use super::Console;
 
 use super::show::PoolView;
 
@@ -92,7 +92,7 @@ impl Averages {
 
 /// Samples every pool's totals each `stats_period` (re-read every round, so a reload or
 /// SET changes it) and publishes the averages of the latest period for SHOW STATS.
-pub async fn sample(pooler: Arc<Pooler>) {
+pub async fn sample(pooler: Arc<impl Console>) {
     let mut before = (Instant::now(), BTreeMap::new());
     loop {
         let period = pooler
