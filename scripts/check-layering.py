@@ -2,21 +2,14 @@
 """Checks the pooler's module layering: no module may use a module of a lower layer.
 
 The layers are read from the `# Layers` list in pooler/src/lib.rs. Dependencies are the
-`crate::<module>` paths each file names. The upward dependencies that exist today are listed
-in KNOWN below; a new one fails the check, and so does a listed one that has gone (so that
-the list is kept short and true).
+`crate::<module>` paths each file names; any that points to a lower layer fails the check,
+and so does a cycle among modules of one layer.
 """
 import pathlib
 import re
 import sys
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent / "pooler" / "src"
-
-# Upward dependencies still to be removed, with why each exists.
-KNOWN = {
-    ("client", "app"): "clients are handed the whole Pooler instead of a narrow context",
-    ("client", "admin"): "console dispatch happens in the client login, not in a frontend",
-}
 
 
 def layers(lib_text):
@@ -48,6 +41,37 @@ def edges():
     return found
 
 
+def cycles(graph):
+    """The strongly connected components of more than one module (Tarjan)."""
+    index, low, stack, on_stack, found = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
 def main():
     order = layers((ROOT / "lib.rs").read_text())
     problems = []
@@ -55,16 +79,20 @@ def main():
     modules -= {"lib", "main"}
     for module in sorted(modules - order.keys()):
         problems.append(f"module {module} is in no layer of pooler/src/lib.rs")
-    upward = {(a, b) for a, b in edges() if a in order and b in order and order[b] > order[a]}
-    for a, b in sorted(upward - KNOWN.keys()):
+    found = edges()
+    upward = {(a, b) for a, b in found if a in order and b in order and order[b] > order[a]}
+    for a, b in sorted(upward):
         problems.append(f"{a} uses {b}, a module of a lower layer")
-    for a, b in sorted(KNOWN.keys() - upward):
-        problems.append(f"{a} no longer uses {b}: remove it from KNOWN in {sys.argv[0]}")
+    graph = {}
+    for a, b in found:
+        graph.setdefault(a, set()).add(b)
+    for component in cycles(graph):
+        problems.append(f"these modules use one another: {' '.join(component)}")
     for p in problems:
         print(f"check-layering: {p}", file=sys.stderr)
     if problems:
         sys.exit(1)
-    print(f"check-layering: {len(order)} modules, {len(KNOWN)} known upward dependencies")
+    print(f"check-layering: {len(order)} modules, no dependency points down, no cycle")
 
 
 if __name__ == "__main__":

@@ -2,23 +2,27 @@
 //! the limits they share, and the registry of connected clients and servers.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
+use bytes::BytesMut;
 use tokio::sync::watch;
 
 use crate::admin::stats::Averages;
 use crate::auth::{ScramSecret, Secret};
+use crate::client;
 use crate::config::{self, Config};
 pub use crate::lifecycle::ShutdownMode;
 use crate::pool::{Limit, Pool, PoolKey, PoolSettings};
 use crate::prepared::StatementRegistry;
 use crate::protocol::PgError;
-use crate::registry::Registry;
+use crate::registry::{ClientCount, ClientHandle, Registry};
 use crate::server::{ServerAddr, ServerCredential, ServerTarget};
-use crate::stream::Keepalive;
+use crate::stream::{Keepalive, Stream};
 use crate::tls::Tls;
 
 /// PostgreSQL's default port, used when a `[databases]` entry names none.
@@ -36,7 +40,7 @@ pub struct Pooler {
     secrets: ArcSwap<HashMap<String, Secret>>,
     pools: Mutex<HashMap<PoolKey, Arc<Pool>>>,
     limits: Mutex<HashMap<String, Arc<Limit>>>,
-    clients: AtomicUsize,
+    clients: Arc<AtomicUsize>,
     /// Every logged-in client and open server connection.
     registry: Arc<Registry>,
     /// SCRAM secrets derived from plain passwords, so a login costs no key derivation.
@@ -96,7 +100,7 @@ impl Pooler {
             secrets: ArcSwap::from_pointee(secrets),
             pools: Mutex::new(HashMap::new()),
             limits: Mutex::new(HashMap::new()),
-            clients: AtomicUsize::new(0),
+            clients: Arc::default(),
             registry: Arc::new(Registry::default()),
             derived: Mutex::new(HashMap::new()),
             statements: StatementRegistry::default(),
@@ -377,9 +381,8 @@ impl Pooler {
     }
 
     /// Counts a new client connection; the guard uncounts it. Returns the count including it.
-    pub fn client_connected(self: &Arc<Self>) -> (ClientCount, usize) {
-        let n = self.clients.fetch_add(1, Ordering::AcqRel) + 1;
-        (ClientCount(self.clone()), n)
+    pub fn client_connected(&self) -> (ClientCount, usize) {
+        ClientCount::new(&self.clients)
     }
 
     /// Connected clients right now.
@@ -406,7 +409,7 @@ impl Pooler {
     ) -> Result<Arc<Pool>, Box<PgError>> {
         let config = self.config();
         let Some((_, entry)) = config.database(database) else {
-            return Err(Box::new(no_such_database(database)));
+            return Err(Box::new(client::no_such_database(database)));
         };
         let server_user = entry.user.clone().unwrap_or_else(|| user.to_owned());
         let key = PoolKey {
@@ -418,7 +421,7 @@ impl Pooler {
             return Ok(pool.clone());
         }
         let (target, settings) = pool_spec(&config, self, database, &key.user, user, scram_keys)
-            .ok_or_else(|| Box::new(no_such_database(database)))?;
+            .ok_or_else(|| Box::new(client::no_such_database(database)))?;
         let limits = self.limits_for(&config, database, &server_user);
         let pool = Pool::new(
             key.clone(),
@@ -536,7 +539,7 @@ fn pool_spec(
         user: server_user.to_owned(),
         credential,
         connect_timeout: s.server_connect_timeout,
-        keepalive: keepalive(config),
+        keepalive: Keepalive::of(config),
         connect_query: entry.connect_query.clone(),
         startup_params: [
             ("client_encoding", &entry.client_encoding),
@@ -582,33 +585,6 @@ fn config_digest(config: &Config, secrets: &HashMap<String, Secret>) -> String {
         .take(8)
         .map(|b| format!("{b:02x}"))
         .collect()
-}
-
-/// The error for a database the configuration does not know.
-pub fn no_such_database(database: &str) -> PgError {
-    PgError::fatal("3D000", format!("no such database: {database}"))
-}
-
-/// Keepalive settings for every socket, from `[pgbouncer]`.
-pub fn keepalive(config: &Config) -> Keepalive {
-    let s = &config.pgbouncer;
-    Keepalive {
-        enabled: s.tcp_keepalive,
-        idle: s.tcp_keepidle,
-        interval: s.tcp_keepintvl,
-        count: s.tcp_keepcnt,
-        user_timeout: s.tcp_user_timeout,
-    }
-}
-
-/// One connected client, counted against `max_client_conn` until dropped.
-#[derive(Debug)]
-pub struct ClientCount(Arc<Pooler>);
-
-impl Drop for ClientCount {
-    fn drop(&mut self) {
-        self.0.clients.fetch_sub(1, Ordering::AcqRel);
-    }
 }
 
 impl crate::metrics::PoolerView for Pooler {
@@ -686,5 +662,74 @@ impl crate::admin::Console for Pooler {
     }
     fn pools(&self) -> Vec<Arc<Pool>> {
         Pooler::pools(self)
+    }
+}
+
+impl client::SessionContext for Pooler {
+    fn config(&self) -> Arc<Config> {
+        Pooler::config(self)
+    }
+    fn config_now(&self) -> arc_swap::Guard<Arc<Config>> {
+        Pooler::config_now(self)
+    }
+    fn tls(&self) -> Arc<Tls> {
+        Pooler::tls(self)
+    }
+    fn is_disabled(&self, database: &str) -> bool {
+        Pooler::is_disabled(self, database)
+    }
+    fn is_draining(&self) -> bool {
+        Pooler::is_draining(self)
+    }
+    fn pool_for(
+        &self,
+        database: &str,
+        user: &str,
+        scram_keys: Option<([u8; 32], [u8; 32])>,
+    ) -> Result<Arc<Pool>, Box<PgError>> {
+        Pooler::pool_for(self, database, user, scram_keys)
+    }
+    fn registry(&self) -> &Arc<Registry> {
+        Pooler::registry(self)
+    }
+    fn statements(&self) -> &StatementRegistry {
+        Pooler::statements(self)
+    }
+    fn pinned_clients(&self) -> &AtomicUsize {
+        Pooler::pinned_clients(self)
+    }
+    fn secret(&self, user: &str) -> Option<Secret> {
+        Pooler::secret(self, user)
+    }
+    fn scram_secret(&self, user: &str, secret: Secret) -> Secret {
+        Pooler::scram_secret(self, user, secret)
+    }
+    fn has_auth_file(&self) -> bool {
+        Pooler::has_auth_file(self)
+    }
+    fn is_console(&self, database: &str) -> bool {
+        crate::admin::is_console(database)
+    }
+    fn console_allowed(&self, user: &str) -> Result<(), Box<PgError>> {
+        match crate::admin::role_of(&self.config(), user) {
+            Some(_) => Ok(()),
+            None => Err(Box::new(crate::admin::not_allowed(user))),
+        }
+    }
+    fn serve_console(
+        self: Arc<Self>,
+        stream: Stream,
+        buf: BytesMut,
+        user: String,
+        record: ClientHandle,
+    ) -> Pin<Box<dyn Future<Output = &'static str> + Send>> {
+        Box::pin(async move {
+            // Checked at login; a reload since may have taken the user off the lists.
+            let Some(role) = crate::admin::role_of(&self.config(), &user) else {
+                return "no longer allowed on the admin console";
+            };
+            tracing::info!(%user, ?role, "admin console login");
+            crate::admin::serve(self, stream, buf, role, record).await
+        })
     }
 }

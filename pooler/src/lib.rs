@@ -16,9 +16,9 @@
 //! - surfaces: admin metrics http
 //! - root: app reload listener
 //!
-//! `app` is the composition root: nothing below it should import it. The dependencies that
-//! still point the wrong way are listed, each with its reason, in the check script; the
-//! check fails on a new one and on a listed one that is gone, so the list only shrinks.
+//! `app` is the composition root: nothing below the root imports it. The surfaces and the client
+//! session reach the running pooler through interfaces it implements (`metrics::PoolerView`,
+//! `admin::Console`, `client::SessionContext`).
 
 pub mod admin;
 pub mod app;

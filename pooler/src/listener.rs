@@ -10,10 +10,10 @@ use std::sync::Arc;
 
 use tokio::net::{TcpListener, UnixListener};
 
-use crate::app::{self, Pooler};
+use crate::app::Pooler;
 use crate::client;
 use crate::config::Settings;
-use crate::stream::Stream;
+use crate::stream::{Keepalive, Stream};
 
 /// The sockets the pooler accepts clients on.
 #[derive(Debug)]
@@ -140,7 +140,7 @@ async fn accept_tcp(listener: TcpListener, pooler: Arc<Pooler>) {
         match listener.accept().await {
             Ok((socket, peer)) => {
                 let counted = pooler.client_connected();
-                let keepalive = app::keepalive(&pooler.config());
+                let keepalive = Keepalive::of(&pooler.config());
                 match Stream::tcp(socket, &keepalive) {
                     Ok(stream) => {
                         let serve =

@@ -10,6 +10,7 @@
 //! the previous holder has been delivered: a cancel can never stop another client's query.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Poll;
@@ -19,9 +20,23 @@ use futures::task::AtomicWaker;
 use rand::Rng;
 use tokio::sync::Notify;
 
-use crate::pool::PoolKey;
 use crate::server::{ServerAddr, ServerKey};
 pub use crate::stream::Endpoint;
+
+/// Identifies a pool: the database name clients use and the user the pool logs in as.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PoolKey {
+    /// The database name as clients see it (`[databases]` key).
+    pub database: String,
+    /// The user the pool's server connections belong to.
+    pub user: String,
+}
+
+impl fmt::Display for PoolKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.database, self.user)
+    }
+}
 
 /// What a client said about itself when it logged in.
 #[derive(Debug, Clone)]
@@ -485,6 +500,24 @@ impl std::ops::Deref for ServerHandle {
 impl Drop for ServerHandle {
     fn drop(&mut self) {
         lock(&self.registry.servers).remove(&self.record.id);
+    }
+}
+
+/// One connected client, counted against `max_client_conn` from accept until dropped.
+#[derive(Debug)]
+pub struct ClientCount(Arc<AtomicUsize>);
+
+impl ClientCount {
+    /// Counts one more client in `clients`; returns the guard and the count including it.
+    pub fn new(clients: &Arc<AtomicUsize>) -> (ClientCount, usize) {
+        let n = clients.fetch_add(1, Ordering::AcqRel) + 1;
+        (ClientCount(clients.clone()), n)
+    }
+}
+
+impl Drop for ClientCount {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

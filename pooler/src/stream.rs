@@ -40,6 +40,20 @@ pub struct Keepalive {
     pub user_timeout: Duration,
 }
 
+impl Keepalive {
+    /// The keepalive settings of `[pgbouncer]`, for every socket.
+    pub fn of(config: &crate::config::Config) -> Keepalive {
+        let s = &config.pgbouncer;
+        Keepalive {
+            enabled: s.tcp_keepalive,
+            idle: s.tcp_keepidle,
+            interval: s.tcp_keepintvl,
+            count: s.tcp_keepcnt,
+            user_timeout: s.tcp_user_timeout,
+        }
+    }
+}
+
 impl Stream {
     /// Prepares a freshly connected TCP stream: no Nagle delay, keepalive as configured.
     pub fn tcp(stream: TcpStream, keepalive: &Keepalive) -> io::Result<Stream> {

@@ -6,7 +6,7 @@ use bytes::BytesMut;
 use rand::Rng;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::app::Pooler;
+use super::SessionContext;
 use crate::auth::{self, md5, ScramSecret, ScramServer, Secret};
 use crate::config::{AuthType, Config, TlsMode};
 use crate::params::{self, ParamSet};
@@ -247,7 +247,7 @@ pub struct Authenticated {
 pub async fn authenticate(
     stream: &mut Stream,
     buf: &mut BytesMut,
-    pooler: &Pooler,
+    pooler: &dyn SessionContext,
     login: &Login,
     channel_binding: Option<&[u8]>,
 ) -> Result<Authenticated, LoginError> {

@@ -1,6 +1,7 @@
 //! One task per client: startup and authentication, then the session loop that borrows a
 //! server connection when the client has work and gives it back when the pool mode allows.
 
+mod context;
 mod login;
 mod pipeline;
 mod relay;
@@ -16,16 +17,16 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use tokio::io::AsyncReadExt;
 
-use crate::app::{self, Pooler};
 use crate::config::PoolMode;
 use crate::params::{self, ParamSet};
 use crate::pool::{Checkout, Counts, Pool};
 use crate::protocol::{backend, PgError};
-use crate::registry::{ClientHandle, ClientInfo};
+use crate::registry::{ClientCount, ClientHandle, ClientInfo};
 use crate::server::{self, PrepareError};
-use crate::stream::Stream;
+use crate::stream::{Keepalive, Stream};
 use crate::wire;
 
+pub use context::SessionContext;
 use login::{Hello, LoginError};
 use relay::{Outcome, Relay, TimeoutKind, Timeouts};
 use scan::{ReleasePolicy, TxState};
@@ -35,10 +36,10 @@ use tracked::{ClientState, Tracker};
 /// client sends; every refusal reaches the client as an ErrorResponse with a SQLSTATE.
 /// `counted` is the connection's place in `max_client_conn`, taken at accept.
 pub async fn serve(
-    pooler: Arc<Pooler>,
+    pooler: Arc<dyn SessionContext>,
     stream: Stream,
     peer: String,
-    counted: (app::ClientCount, usize),
+    counted: (ClientCount, usize),
 ) {
     let (_count, connected) = counted;
     // Logging in needs far more future state than a session does. It is boxed, and freed once
@@ -71,7 +72,7 @@ pub async fn serve(
 /// Startup, authentication and the welcome. `None`: the connection was a cancel request, was
 /// refused, or was an admin console session that has ended.
 async fn log_in(
-    pooler: Arc<Pooler>,
+    pooler: Arc<dyn SessionContext>,
     mut stream: Stream,
     peer: &str,
     connected: usize,
@@ -94,7 +95,7 @@ async fn log_in(
                 process_id,
                 secret_key,
             }) => {
-                forward_cancel(&pooler, process_id, secret_key).await;
+                forward_cancel(&*pooler, process_id, secret_key).await;
                 return None;
             }
             Ok(Hello::StartTls { direct }) => {
@@ -118,7 +119,7 @@ async fn log_in(
             Err(e) => return refused(&mut stream, e).await,
         }
     };
-    let console = crate::admin::is_console(&login.database);
+    let console = pooler.is_console(&login.database);
     // Every connection counts from accept; as in PgBouncer, the console is never refused, so
     // an operator can still see who fills the limit.
     if !console && connected > config.pgbouncer.max_client_conn as usize {
@@ -138,7 +139,7 @@ async fn log_in(
     if !console && config.database(&login.database).is_none() {
         return refused(
             &mut stream,
-            LoginError::fatal(app::no_such_database(&login.database)),
+            LoginError::fatal(no_such_database(&login.database)),
         )
         .await;
     }
@@ -146,7 +147,7 @@ async fn log_in(
     let channel_binding = tls.client.end_point.as_deref().filter(|_| stream.is_tls());
     let authenticated = within_login_deadline(
         login_deadline,
-        login::authenticate(&mut stream, &mut buf, &pooler, &login, channel_binding),
+        login::authenticate(&mut stream, &mut buf, &*pooler, &login, channel_binding),
     )
     .await;
     let authenticated = match authenticated {
@@ -157,14 +158,20 @@ async fn log_in(
         }
     };
     if console {
-        let Some(role) = crate::admin::role_of(&config, &login.user) else {
-            let e = crate::admin::not_allowed(&login.user);
-            return refused(&mut stream, LoginError::fatal(e)).await;
-        };
-        let record = register(&pooler, &stream, &login, config.pgbouncer.listen_port, None);
+        if let Err(e) = pooler.console_allowed(&login.user) {
+            return refused(&mut stream, LoginError::Fatal(e)).await;
+        }
+        let record = register(
+            &*pooler,
+            &stream,
+            &login,
+            config.pgbouncer.listen_port,
+            None,
+        );
         drop(config);
-        tracing::info!(%peer, user = %login.user, ?role, "admin console login");
-        let reason = crate::admin::serve(pooler, stream, buf, role, record).await;
+        let reason = pooler
+            .serve_console(stream, buf, login.user.clone(), record)
+            .await;
         tracing::info!(%peer, user = %login.user, reason, "admin console disconnect");
         return None;
     }
@@ -178,7 +185,7 @@ async fn log_in(
         Err(e) => return refused(&mut stream, LoginError::fatal(e.to_client_error())).await,
     };
     let record = register(
-        &pooler,
+        &*pooler,
         &stream,
         &login,
         config.pgbouncer.listen_port,
@@ -209,7 +216,7 @@ async fn log_in(
 
 /// Records a logged-in client in the registry, which gives it its cancel key.
 fn register(
-    pooler: &Pooler,
+    pooler: &dyn SessionContext,
     stream: &Stream,
     login: &login::Login,
     listen_port: u16,
@@ -279,12 +286,12 @@ async fn refused<T>(stream: &mut Stream, e: LoginError) -> Option<T> {
     None
 }
 
-async fn forward_cancel(pooler: &Pooler, process_id: i32, secret_key: i32) {
+async fn forward_cancel(pooler: &dyn SessionContext, process_id: i32, secret_key: i32) {
     let Some(permit) = pooler.registry().cancel_target(process_id, secret_key) else {
         tracing::debug!("cancel request for an unknown key or an idle client ignored");
         return;
     };
-    let keepalive = app::keepalive(&pooler.config());
+    let keepalive = Keepalive::of(&pooler.config());
     if let Err(e) = server::send_cancel(permit.addr(), permit.key(), &keepalive).await {
         tracing::warn!(error = %e, server = %permit.addr(), "could not forward a cancel request");
     }
@@ -325,7 +332,7 @@ async fn greet(
 
 /// A logged-in client.
 struct Session {
-    pooler: Arc<Pooler>,
+    pooler: Arc<dyn SessionContext>,
     pool: Arc<Pool>,
     stream: Stream,
     /// Client bytes not yet forwarded; empty (and unallocated) while the client is idle.
@@ -661,7 +668,7 @@ impl Session {
             if running {
                 let server = checkout.server();
                 let (addr, key) = server.cancel_target();
-                let keepalive = app::keepalive(&self.pooler.config());
+                let keepalive = Keepalive::of(&self.pooler.config());
                 if let Err(e) = server::send_cancel(&addr, key, &keepalive).await {
                     tracing::warn!(error = %e, server = %addr, "could not cancel an abandoned query");
                 }
@@ -721,4 +728,9 @@ fn reset_and_release(
         checkout.release();
         true
     })
+}
+
+/// The error for a database the configuration does not know.
+pub fn no_such_database(database: &str) -> PgError {
+    PgError::fatal("3D000", format!("no such database: {database}"))
 }

@@ -19,7 +19,6 @@ mod inner;
 mod limit;
 mod maintenance;
 
-use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -39,23 +38,9 @@ use limit::LimitPermit;
 pub use crate::config::PoolSettings;
 use crate::params::ParamSet;
 use crate::protocol::PgError;
+pub use crate::registry::PoolKey;
 use crate::registry::{NewServer, Registry, ServerHandle, ServerRecord};
 use crate::server::{ServerConn, ServerError, ServerTarget};
-
-/// Identifies a pool: the database name clients use and the user the pool logs in as.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct PoolKey {
-    /// The database name as clients see it (`[databases]` key).
-    pub database: String,
-    /// The user the pool's server connections belong to.
-    pub user: String,
-}
-
-impl fmt::Display for PoolKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.database, self.user)
-    }
-}
 
 /// Why no server connection could be lent.
 #[derive(Debug, thiserror::Error)]

@@ -1,0 +1,64 @@
+//! What a client session needs of the running pooler, as a narrow interface the composition
+//! root implements: the client layer never sees the root itself.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+
+use crate::auth::Secret;
+use crate::config::Config;
+use crate::pool::Pool;
+use crate::prepared::StatementRegistry;
+use crate::protocol::PgError;
+use crate::registry::{ClientHandle, Registry};
+use crate::stream::Stream;
+use crate::tls::Tls;
+
+/// The running pooler as a client session sees it.
+pub trait SessionContext: Send + Sync + 'static {
+    /// The configuration in force (a shared snapshot).
+    fn config(&self) -> Arc<Config>;
+    /// The configuration in force, cheaply, for a short look.
+    fn config_now(&self) -> arc_swap::Guard<Arc<Config>>;
+    /// The TLS material in force.
+    fn tls(&self) -> Arc<Tls>;
+    /// Whether `database` is disabled (DISABLE).
+    fn is_disabled(&self, database: &str) -> bool;
+    /// Whether a shutdown is under way.
+    fn is_draining(&self) -> bool;
+    /// The pool a client of `database` authenticated as `user` uses, created on first use;
+    /// `scram_keys` are the keys its SCRAM proof revealed, if any.
+    fn pool_for(
+        &self,
+        database: &str,
+        user: &str,
+        scram_keys: Option<([u8; 32], [u8; 32])>,
+    ) -> Result<Arc<Pool>, Box<PgError>>;
+    /// Who is connected.
+    fn registry(&self) -> &Arc<Registry>;
+    /// The pooler-wide names of prepared statements.
+    fn statements(&self) -> &StatementRegistry;
+    /// Clients pinned to a server connection right now.
+    fn pinned_clients(&self) -> &AtomicUsize;
+    /// The stored secret of `user`, if the auth file has one.
+    fn secret(&self, user: &str) -> Option<Secret>;
+    /// `secret` as a SCRAM verifier, cached per user.
+    fn scram_secret(&self, user: &str, secret: Secret) -> Secret;
+    /// Whether an auth file is configured.
+    fn has_auth_file(&self) -> bool;
+    /// Whether `database` names the admin console.
+    fn is_console(&self, database: &str) -> bool;
+    /// Whether `user` may use the admin console; the error to send if not.
+    fn console_allowed(&self, user: &str) -> Result<(), Box<PgError>>;
+    /// Serves an admin console session for an authenticated `user`; why it ended.
+    fn serve_console(
+        self: Arc<Self>,
+        stream: Stream,
+        buf: BytesMut,
+        user: String,
+        record: ClientHandle,
+    ) -> Pin<Box<dyn Future<Output = &'static str> + Send>>;
+}
