@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what `make image` needs and a fresh machine may lack: podman, runc (podman's
-# default crun refuses this machine's hybrid cgroups) and mmdebstrap (the local base image).
+# default crun refuses this machine's hybrid cgroups), mmdebstrap (the local base image) and
+# binutils (objcopy strips the binaries' debug info).
 # Idempotent and quiet when all is present.
 set -euo pipefail
 
@@ -8,6 +9,7 @@ missing=()
 command -v podman >/dev/null || missing+=(podman)
 [[ -x /usr/sbin/runc ]] || missing+=(runc)
 command -v mmdebstrap >/dev/null || missing+=(mmdebstrap)
+command -v objcopy >/dev/null || missing+=(binutils)
 if ((${#missing[@]})); then
     echo "ensure-image-deps: installing ${missing[*]} from Debian's packages" >&2
     export DEBIAN_FRONTEND=noninteractive
