@@ -2,8 +2,9 @@
 # `make image-smoke`: the image built by `make image`, run under podman the way a pod runs
 # it (read-only root, UID 65532, no capabilities, configuration mounted read-only), in
 # front of a throwaway PostgreSQL on this machine:
-#   - `weir-operator render` inside the image turns examples/minimal.yaml into the pooler's
-#     pgbouncer.ini; ports and the database address are made local (host network);
+#   - the image has no shell; `weir-operator render` inside it turns examples/minimal.yaml
+#     into the pooler's pgbouncer.ini; ports and the database address are made local (host
+#     network);
 #   - the pooler container serves psql and `pgbench -c 4 -T 5`, and /readyz answers 200;
 #   - `podman stop` (SIGTERM) while a transaction runs: the transaction commits, the pooler
 #     drains and exits 0.
@@ -69,6 +70,11 @@ step "weir-operator in the image: --version, --help, render"
 "${RUN[@]}" --entrypoint weir-operator "$IMAGE" --help | grep -qE '^ +render( |$)' ||
     die "weir-operator --help lists no render command"
 "${RUN[@]}" "$IMAGE" --version
+for shell in /bin/sh /bin/bash /usr/bin/busybox; do
+    if "${RUN[@]}" --entrypoint "$shell" "$IMAGE" -c true >/dev/null 2>&1; then
+        die "the image has a shell: $shell"
+    fi
+done
 # The pool's spec pointed at the local database; maxConnections: auto stands for the 40 set above.
 python3 - "$ROOT/examples/minimal.yaml" "$PGPORT" >"$WORK/pool.yaml" <<'PY'
 import sys, yaml
