@@ -23,6 +23,7 @@ NAME=weir-smoke-$$
 POOL=orders
 
 PGBIN=$("$ROOT/scripts/ensure-deps.sh")
+"$ROOT/scripts/ensure-image-deps.sh"
 "${PODMAN[@]}" image exists "$IMAGE" || { echo "image-smoke: no image $IMAGE (make image)" >&2; exit 1; }
 
 as_postgres() { setpriv --reuid=postgres --regid=postgres --init-groups "$@"; }

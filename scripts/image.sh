@@ -11,7 +11,8 @@ cd "$ROOT"
 VERSION=${VERSION:-$(sed -n '/^\[workspace.package\]/,/^\[/s/^version = "\(.*\)"/\1/p' Cargo.toml)}
 REVISION=${REVISION:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}
 IMAGE=${IMAGE:-localhost/weir:$VERSION}
-ARCHIVE=target/image/$(basename "${IMAGE%%:*}")-$VERSION.oci.tar
+NAME=${IMAGE##*/}
+ARCHIVE=target/image/${NAME%%[:@]*}-$VERSION.oci.tar
 # crun, podman's default, refuses this machine's hybrid cgroups.
 PODMAN=(podman --runtime /usr/sbin/runc)
 
