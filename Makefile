@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all build release test lint lint-chart chart-manifests fmt fuzz demo deps drivers bench profile
+.PHONY: all build release test lint lint-chart chart-manifests fmt fuzz demo deps drivers bench profile image image-smoke
 
 all: build
 
@@ -46,6 +46,15 @@ fmt:
 FUZZ_SECONDS ?= 60
 fuzz:
 	@scripts/fuzz.sh $(FUZZ_SECONDS)
+
+## image: the weir image (pooler + operator) with podman, from a locally made Debian base and
+## the release binaries; prints its size, saves target/image/*.oci.tar (see Containerfile)
+image: release
+	@scripts/image.sh
+
+## image-smoke: the image under podman as a pod runs it, in front of a local PostgreSQL
+image-smoke: deps image
+	@scripts/image-smoke.sh
 
 ## demo: PostgreSQL + weir + pgbench on this machine, with a short report
 demo: deps release
