@@ -712,3 +712,72 @@ async fn http_get(port: u16, path: &str) -> String {
         .expect("HTTP response");
     response
 }
+
+/// A certificate renewed while pgbench reconnects for every transaction (`-C`, so each one is a
+/// new TLS handshake, verified against the CA and the host name) fails no transaction: handshakes
+/// before the swap get the old certificate, those after it the new one.
+#[tokio::test]
+async fn a_certificate_rotation_under_load_fails_no_transaction() {
+    let certs = Certs::new();
+    let secret = certs.dir.path().join("secret");
+    std::fs::create_dir(&secret).expect("secret dir");
+    let first = certs.ca.leaf("first", &["127.0.0.1"]).expect("cert");
+    swap_secret(&secret, "v1", &first);
+    for name in ["tls.crt", "tls.key"] {
+        std::os::unix::fs::symlink(format!("..data/{name}"), secret.join(name)).expect("link");
+    }
+    let opts = Options::default()
+        .with("client_tls_sslmode = require")
+        .with(&format!(
+            "client_tls_cert_file = {}",
+            secret.join("tls.crt").display()
+        ))
+        .with(&format!(
+            "client_tls_key_file = {}",
+            secret.join("tls.key").display()
+        ));
+    let fx = Fixture::start(opts).await.expect("fixture");
+    let port = fx.weir.port();
+    let ca = certs.ca.cert_pem.clone();
+    assert_eq!(served_certificate(port, &ca).await, der(&first.cert_pem));
+
+    let conninfo = format!(
+        "dbname={DATABASE} sslmode=verify-full sslrootcert={}",
+        display(&certs.ca_file())
+    );
+    let script = display(&certs.write("select.sql", "SELECT 1;\n"));
+    let load = tokio::spawn(async move {
+        pgbench(
+            net::HOST,
+            port,
+            USER,
+            PASSWORD,
+            &conninfo,
+            &["-n", "-C", "-c", "4", "-T", "8", "-f", &script],
+        )
+        .await
+    });
+    // Let the load run on the first certificate for a while, then renew it.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let second = certs.ca.leaf("second", &["127.0.0.1"]).expect("cert");
+    swap_secret(&secret, "v2", &second);
+    let rotated = Fixture::eventually(std::time::Duration::from_secs(20), || async {
+        served_certificate(port, &ca).await == der(&second.cert_pem)
+    })
+    .await;
+    assert!(
+        rotated,
+        "the new certificate was not served; log:\n{}",
+        fx.weir.log()
+    );
+
+    let bench = load.await.expect("pgbench task").expect("pgbench");
+    let summary = parse_pgbench(&bench.stdout)
+        .unwrap_or_else(|| panic!("no pgbench summary: {bench:?}\n{}", fx.weir.log()));
+    assert!(summary.transactions > 0, "{bench:?}");
+    assert_eq!(summary.failed, 0, "{bench:?}\n{}", fx.weir.log());
+    eprintln!(
+        "certificate rotation under pgbench -C: {} transactions, {} failed",
+        summary.transactions, summary.failed
+    );
+}
