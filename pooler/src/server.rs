@@ -353,6 +353,12 @@ impl ServerConn {
             Err(e) if target.tls.mode == TlsMode::Allow && e.refuses_plain() => {
                 Self::open(target, true).await
             }
+            // libpq's `prefer`: TLS first, plain when the handshake fails or the server turns
+            // the encrypted login away (e.g. a `hostnossl` pg_hba line).
+            Err(e) if target.tls.mode == TlsMode::Prefer && e.refuses_tls() => {
+                tracing::info!(server = %target.addr, error = %e, "TLS refused; trying without (server_tls_sslmode = prefer)");
+                Self::open(target, false).await
+            }
             other => other,
         }
     }
@@ -679,6 +685,16 @@ impl ServerConn {
 }
 
 impl ServerError {
+    /// Whether an encrypted connection failed in a way going without TLS may fix (`prefer`
+    /// retries): the handshake failed, or the server turned the login away.
+    fn refuses_tls(&self) -> bool {
+        match self {
+            ServerError::Tls(_) => true,
+            ServerError::Login(e) => e.code.starts_with("28"),
+            _ => false,
+        }
+    }
+
     /// Whether a plain connection was turned away in a way TLS may fix (`allow` retries).
     fn refuses_plain(&self) -> bool {
         match self {

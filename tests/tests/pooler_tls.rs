@@ -781,3 +781,37 @@ async fn a_certificate_rotation_under_load_fails_no_transaction() {
         summary.transactions, summary.failed
     );
 }
+
+/// As libpq's `prefer`: a server that turns the encrypted login away (a `hostnossl` line) is
+/// tried again in the clear, while `require` fails with the server's refusal.
+#[tokio::test]
+async fn prefer_falls_back_to_plain_when_the_server_refuses_tls_logins() {
+    let certs = Certs::new();
+    let pg = cluster(
+        Some(server_pair(&certs)),
+        "hostnossl all app 127.0.0.1/32 scram-sha-256\n",
+    )
+    .await;
+    let prefer = weir(
+        &pg,
+        "127.0.0.1",
+        &["server_tls_sslmode = prefer".to_owned()],
+    )
+    .await;
+    assert_eq!(
+        server_ssl(&prefer).await.as_deref(),
+        Ok("false"),
+        "{}",
+        prefer.log()
+    );
+    let require = weir(
+        &pg,
+        "127.0.0.1",
+        &["server_tls_sslmode = require".to_owned()],
+    )
+    .await;
+    let err = server_ssl(&require)
+        .await
+        .expect_err("require must not go plain");
+    assert!(err.contains("no pg_hba.conf entry"), "{err}");
+}
