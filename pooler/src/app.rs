@@ -663,6 +663,9 @@ impl crate::admin::Console for Pooler {
     fn pools(&self) -> Vec<Arc<Pool>> {
         Pooler::pools(self)
     }
+    fn tls(&self) -> Arc<Tls> {
+        Pooler::tls(self)
+    }
 }
 
 impl client::SessionContext for Pooler {

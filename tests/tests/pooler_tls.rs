@@ -727,6 +727,7 @@ async fn a_certificate_rotation_under_load_fails_no_transaction() {
         std::os::unix::fs::symlink(format!("..data/{name}"), secret.join(name)).expect("link");
     }
     let opts = Options::default()
+        .with("stats_users = app")
         .with("client_tls_sslmode = require")
         .with(&format!(
             "client_tls_cert_file = {}",
@@ -780,6 +781,27 @@ async fn a_certificate_rotation_under_load_fails_no_transaction() {
         "certificate rotation under pgbench -C: {} transactions, {} failed",
         summary.transactions, summary.failed
     );
+
+    // The console shows the certificate in force and how long it has left.
+    let shown = psql_conninfo(
+        net::HOST,
+        port,
+        USER,
+        PASSWORD,
+        "dbname=pgbouncer sslmode=require",
+        "SHOW CERTIFICATES",
+    )
+    .await
+    .expect("psql");
+    let row = shown
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("client_tls_cert_file|"))
+        .unwrap_or_else(|| panic!("no certificate row: {shown:?}"));
+    let fields: Vec<&str> = row.split('|').collect();
+    assert_eq!(fields[1], "require", "{row}");
+    let left: i64 = fields[3].parse().expect("seconds left");
+    assert!(left > 86_400, "{row}");
 }
 
 /// As libpq's `prefer`: a server that turns the encrypted login away (a `hostnossl` line) is

@@ -112,6 +112,9 @@ fn show(pooler: &impl Console, subject: Subject) -> ResultSet {
         Subject::Version => show::version(),
         Subject::State => show::state(pooler.is_paused_all(), pooler.is_draining()),
         Subject::Help => show::help(),
+        Subject::Certificates => {
+            show::certificates(&pooler.tls(), jiff::Timestamp::now().as_second())
+        }
     }
 }
 

@@ -20,6 +20,7 @@ use crate::protocol::{backend, frontend, PgError};
 use crate::registry::ClientHandle;
 use crate::registry::Registry;
 use crate::stream::Stream;
+use crate::tls::Tls;
 use crate::wire::{self, ReadError};
 use stats::Averages;
 
@@ -100,6 +101,8 @@ pub trait Console: Send + Sync + 'static {
     fn client_count(&self) -> usize;
     /// Every pool that exists right now.
     fn pools(&self) -> Vec<Arc<Pool>>;
+    /// The TLS material in force.
+    fn tls(&self) -> Arc<Tls>;
 }
 
 /// Serves an authenticated console session: greets the client, then answers simple queries

@@ -28,6 +28,8 @@ pub enum Subject {
     State,
     /// The commands the console knows.
     Help,
+    /// The TLS certificates in force and when they expire (a Weir extension).
+    Certificates,
 }
 
 /// One parsed admin console command.
@@ -246,6 +248,7 @@ fn parse_subject(word: &str) -> Result<Subject, ParseError> {
         "VERSION" => Subject::Version,
         "STATE" => Subject::State,
         "HELP" => Subject::Help,
+        "CERTIFICATES" => Subject::Certificates,
         _ => return err(format!("unknown SHOW subject {word:?} (see SHOW HELP)")),
     })
 }
@@ -271,6 +274,10 @@ mod tests {
         assert_eq!(ok("SHOW VERSION"), Command::Show(Subject::Version));
         assert_eq!(ok("SHOW STATE"), Command::Show(Subject::State));
         assert_eq!(ok("SHOW HELP"), Command::Show(Subject::Help));
+        assert_eq!(
+            ok("show certificates"),
+            Command::Show(Subject::Certificates)
+        );
     }
 
     #[test]

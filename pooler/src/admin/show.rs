@@ -19,6 +19,7 @@ use crate::registry::{ClientRecord, ServerRecord};
 
 use super::stats::{Averages, Totals};
 use crate::server::ServerAddr;
+use crate::tls::Tls;
 
 /// A result set of text columns, ready to be sent to the client.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -584,11 +585,39 @@ pub fn state(paused_all: bool, draining: bool) -> ResultSet {
     rs
 }
 
+/// `SHOW CERTIFICATES` (a Weir extension): each certificate the pooler shows, the mode it
+/// serves, when it expires and the seconds left at `now` (Unix seconds; negative once
+/// expired). A side without a certificate has no row.
+pub fn certificates(tls: &Tls, now: i64) -> ResultSet {
+    let mut rs = ResultSet::new(&["certificate", "mode", "not_after", "expires_in"]);
+    let sides = [
+        (
+            "client_tls_cert_file",
+            tls.client.mode,
+            tls.client.not_after,
+        ),
+        (
+            "server_tls_cert_file",
+            tls.server.mode,
+            tls.server.not_after,
+        ),
+    ];
+    for (setting, mode, not_after) in sides {
+        let Some(t) = not_after else { continue };
+        let when = jiff::Timestamp::from_second(t)
+            .ok()
+            .map(|t| t.strftime("%Y-%m-%d %H:%M:%S UTC").to_string());
+        rs.push(vec![text(setting), text(mode), when, text(t - now)]);
+    }
+    rs
+}
+
 /// `SHOW HELP`: the commands the console knows.
 pub fn help() -> ResultSet {
     let mut rs = ResultSet::new(&["command"]);
     for line in [
         "SHOW POOLS|STATS|CLIENTS|SERVERS|DATABASES|USERS|CONFIG|LISTS|VERSION|STATE|HELP",
+        "SHOW CERTIFICATES",
         "PAUSE [db]",
         "RESUME [db]",
         "RELOAD",
@@ -608,6 +637,28 @@ pub fn help() -> ResultSet {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn certificates_show_each_side_with_a_certificate() {
+        let mut tls = Tls::load(&Settings::default()).expect("defaults load");
+        assert!(certificates(&tls, 0).rows.is_empty());
+        tls.client.not_after = Some(1_800_000_000);
+        let rs = certificates(&tls, 1_799_999_000);
+        assert_eq!(rs.rows.len(), 1);
+        assert_eq!(
+            rs.rows[0],
+            vec![
+                text("client_tls_cert_file"),
+                text("disable"),
+                text("2027-01-15 08:00:00 UTC"),
+                text(1000),
+            ]
+        );
+        Arc::make_mut(&mut tls.server).not_after = Some(100);
+        let rs = certificates(&tls, 200);
+        assert_eq!(rs.rows[1][0], text("server_tls_cert_file"));
+        assert_eq!(rs.rows[1][3], text(-100), "negative once expired");
+    }
 
     fn view() -> PoolView {
         PoolView {
