@@ -260,21 +260,8 @@ fn server_side(s: &Settings) -> Result<ServerTls, ConfigError> {
         }
         None => None,
     };
-    let verifier: Arc<dyn ServerCertVerifier> = match roots {
-        // As libpq: with a root certificate every TLS mode checks the chain; only verify-full
-        // checks the host name too.
-        Some(roots) => {
-            let webpki = WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
-                .build()
-                .map_err(|e| setting_error("server_tls_ca_file", e.to_string()))?;
-            if mode == TlsMode::VerifyFull {
-                webpki
-            } else {
-                Arc::new(ChainOnly(webpki))
-            }
-        }
-        None => Arc::new(EncryptOnly(provider.clone())),
-    };
+    let verifier = server_verifier(mode, roots, &provider)
+        .map_err(|e| setting_error("server_tls_ca_file", e.to_string()))?;
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&versions)
         .map_err(|e| setting_error("server_tls_protocols", e.to_string()))?
@@ -307,6 +294,29 @@ fn server_side(s: &Settings) -> Result<ServerTls, ConfigError> {
         cleartext_password,
         not_after,
         digest,
+    })
+}
+
+/// How a server's certificate is checked under `mode`, as libpq does: with CA `roots` every
+/// TLS mode checks the chain and only verify-full checks the host name too; without roots
+/// the connection is encrypted and only the handshake signatures are checked. The operator's
+/// probe uses this too, so it judges a database exactly as the poolers do.
+pub fn server_verifier(
+    mode: TlsMode,
+    roots: Option<Arc<RootCertStore>>,
+    provider: &Arc<CryptoProvider>,
+) -> Result<Arc<dyn ServerCertVerifier>, rustls::client::VerifierBuilderError> {
+    Ok(match roots {
+        Some(roots) => {
+            let webpki =
+                WebPkiServerVerifier::builder_with_provider(roots, provider.clone()).build()?;
+            if mode == TlsMode::VerifyFull {
+                webpki
+            } else {
+                Arc::new(ChainOnly(webpki))
+            }
+        }
+        None => Arc::new(EncryptOnly(provider.clone())),
     })
 }
 

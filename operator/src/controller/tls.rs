@@ -7,16 +7,15 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::client::WebPkiServerVerifier;
-use rustls::crypto::{self, CryptoProvider};
+use rustls::crypto;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::{
-    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
-};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::{ClientConfig, RootCertStore};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_postgres::tls::{ChannelBinding, MakeTlsConnect, TlsConnect, TlsStream};
+
+use weir_pooler::config::TlsMode;
+use weir_pooler::tls;
 
 use crate::api::SslMode;
 
@@ -63,22 +62,14 @@ impl ProbeTls {
             return Ok(None);
         }
         let provider = Arc::new(crypto::ring::default_provider());
-        let verifier: Arc<dyn ServerCertVerifier> = match (self.mode, &self.ca) {
-            (SslMode::VerifyCa | SslMode::VerifyFull, Some(ca)) => {
-                let roots = Arc::new(roots(ca)?);
-                let webpki = WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
-                    .build()
-                    .map_err(|e| TlsSetupError::Ca(e.to_string()))?;
-                if self.mode == SslMode::VerifyFull {
-                    webpki
-                } else {
-                    Arc::new(IgnoreName(webpki))
-                }
-            }
-            // Admission requires a CA for the verify modes; without one nothing is checked,
-            // as with PgBouncer's require.
-            _ => Arc::new(NoCheck(provider.clone())),
+        let roots = match &self.ca {
+            Some(ca) => Some(Arc::new(roots(ca)?)),
+            None => None,
         };
+        // The poolers' own rule (libpq's): a CA makes every TLS mode check the chain, and
+        // verify-full the name too. Admission requires a CA for the verify modes.
+        let verifier = tls::server_verifier(pooler_mode(self.mode), roots, &provider)
+            .map_err(|e| TlsSetupError::Ca(e.to_string()))?;
         let builder = ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()?
             .dangerous()
@@ -113,100 +104,15 @@ fn roots(pem: &[u8]) -> Result<RootCertStore, TlsSetupError> {
     Ok(store)
 }
 
-/// verify-ca: the chain must lead to the CA; the name it was issued for does not matter.
-#[derive(Debug)]
-struct IgnoreName(Arc<WebPkiServerVerifier>);
-
-impl ServerCertVerifier for IgnoreName {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        match self
-            .0
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
-        {
-            Err(rustls::Error::InvalidCertificate(
-                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-            )) => Ok(ServerCertVerified::assertion()),
-            other => other,
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
-    }
-}
-
-/// allow, prefer and require: encrypted, the certificate not checked (libpq's meaning);
-/// the handshake signatures are still verified.
-#[derive(Debug)]
-struct NoCheck(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for NoCheck {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
+/// The pooler's name for a mode.
+fn pooler_mode(mode: SslMode) -> TlsMode {
+    match mode {
+        SslMode::Disable => TlsMode::Disable,
+        SslMode::Allow => TlsMode::Allow,
+        SslMode::Prefer => TlsMode::Prefer,
+        SslMode::Require => TlsMode::Require,
+        SslMode::VerifyCa => TlsMode::VerifyCa,
+        SslMode::VerifyFull => TlsMode::VerifyFull,
     }
 }
 
