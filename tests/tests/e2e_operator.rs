@@ -644,6 +644,13 @@ async fn tls_secrets_are_mounted_and_rotate_without_a_rollout(env: &mut Env) -> 
     env.kubectl_ns(&["delete", "cpool", "secure"]).await?;
     env.kubectl_ns(&["delete", "secret", "secure-tls"]).await?;
     env.kubectl_ns(&["delete", "configmap", "db-ca"]).await?;
+    // Later steps count every managed object: wait until the garbage collector is done.
+    eventually("the secure pool's children are collected", WAIT, || async {
+        let left = env.labelled("weir.dev/pool=secure").await?;
+        ensure!(left.is_empty(), "left: {left:?}");
+        Ok(())
+    })
+    .await?;
     Ok(())
 }
 
