@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
-use tokio_postgres::Client;
+use tokio_postgres::{Client, SimpleQueryMessage};
 
 use crate::net;
 use crate::postgres::{self, CommandOutput, PasswordMethod, PgCluster, PgOptions};
@@ -116,6 +116,31 @@ impl Fixture {
         self.pg.backends(USER, DATABASE).await
     }
 
+    /// The pid of the application's backend running a statement that starts with `prefix`,
+    /// once PostgreSQL shows it as active (waiting at most `limit`).
+    pub async fn active_backend(&self, prefix: &str, limit: Duration) -> i32 {
+        let su = self.pg.superuser().await.expect("superuser connection");
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let row = su
+                .query_opt(
+                    "SELECT pid FROM pg_stat_activity \
+                     WHERE usename = $1 AND state = 'active' AND starts_with(query, $2)",
+                    &[&USER, &prefix],
+                )
+                .await
+                .expect("reading pg_stat_activity");
+            if let Some(row) = row {
+                return row.get(0);
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no backend is running {prefix}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Runs psql through weir.
     pub async fn psql(&self, sql: &str) -> anyhow::Result<CommandOutput> {
         postgres::psql(net::HOST, self.weir.port(), USER, PASSWORD, DATABASE, sql).await
@@ -180,6 +205,19 @@ pub fn ini(pg: &PgCluster, opts: &Options) -> String {
         text.push('\n');
     }
     text
+}
+
+/// The first column of the first row `sql` returns, as text (`NULL` for a null); panics when
+/// the query fails or returns no row.
+pub async fn scalar(client: &Client, sql: &str) -> String {
+    let messages = client.simple_query(sql).await.expect(sql);
+    messages
+        .iter()
+        .find_map(|m| match m {
+            SimpleQueryMessage::Row(row) => Some(row.get(0).unwrap_or("NULL").to_owned()),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("{sql} returned no row"))
 }
 
 /// The SQLSTATE of a tokio-postgres error, if the server (or pooler) sent one.

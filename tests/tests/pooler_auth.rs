@@ -6,11 +6,11 @@
 //! attempts PostgreSQL has no backend for the application role and has not logged a single
 //! connection for it (the test clusters run with `log_connections = on`).
 
-use weir_tests::fixture::{sqlstate, Fixture, Options, DATABASE, PASSWORD, USER};
+use weir_tests::fixture::{scalar, sqlstate, Fixture, Options, DATABASE, PASSWORD, USER};
 use weir_tests::net;
 use weir_tests::postgres::{PasswordMethod, PgCluster};
 use weir_tests::raw::{RawClient, Refusal};
-use weir_tests::tokio_postgres::{self, Client, NoTls, SimpleQueryMessage};
+use weir_tests::tokio_postgres::{self, Client, NoTls};
 
 /// A user known neither to the auth file nor to PostgreSQL.
 const STRANGER: &str = "mallory";
@@ -109,17 +109,6 @@ async fn refused(f: &Fixture, user: &str, password: &str) -> (String, String) {
 
 /// The first column of the first row `sql` returns, via the simple protocol (which works in
 /// every pool mode).
-async fn scalar(client: &Client, sql: &str) -> String {
-    let messages = client.simple_query(sql).await.expect("a simple query");
-    messages
-        .iter()
-        .find_map(|m| match m {
-            SimpleQueryMessage::Row(row) => Some(row.get(0).unwrap_or("NULL").to_owned()),
-            _ => None,
-        })
-        .unwrap_or_else(|| panic!("{sql} returned no row"))
-}
-
 /// Asserts that nothing so far reached PostgreSQL as the application role or the stranger.
 async fn assert_server_untouched(f: &Fixture) {
     assert_eq!(

@@ -31,26 +31,6 @@ async fn scalar(client: &Client, sql: &str) -> Result<String, tokio_postgres::Er
 
 /// The process id of the application's backend running a statement that starts with `prefix`,
 /// once PostgreSQL shows it as active.
-async fn active_backend(f: &Fixture, prefix: &str) -> i32 {
-    let su = f.pg.superuser().await.expect("superuser connection");
-    let deadline = Instant::now() + PROMPTLY;
-    loop {
-        let row = su
-            .query_opt(
-                "SELECT pid FROM pg_stat_activity \
-                 WHERE usename = $1 AND state = 'active' AND starts_with(query, $2)",
-                &[&USER, &prefix],
-            )
-            .await
-            .expect("reading pg_stat_activity");
-        if let Some(row) = row {
-            return row.get(0);
-        }
-        assert!(Instant::now() < deadline, "no backend is running {prefix}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// Application backends PostgreSQL shows as idle inside a transaction.
 async fn idle_in_transaction(f: &Fixture) -> i64 {
     let su = f.pg.superuser().await.expect("superuser connection");
@@ -127,7 +107,7 @@ async fn a_server_connection_killed_mid_query_fails_only_its_client() {
         let result = victim.simple_query("SELECT pg_sleep(30)").await;
         (result, victim)
     });
-    let pid = active_backend(&f, "SELECT pg_sleep").await;
+    let pid = f.active_backend("SELECT pg_sleep", PROMPTLY).await;
     // The second server connection serves the bystander meanwhile.
     assert_eq!(
         scalar(&bystander, "SELECT 'during'").await.unwrap(),
@@ -279,7 +259,7 @@ async fn a_cancel_through_weir_stops_the_running_query() {
         let result = client.simple_query("SELECT pg_sleep(30)").await;
         (result, client)
     });
-    active_backend(&f, "SELECT pg_sleep").await;
+    f.active_backend("SELECT pg_sleep", PROMPTLY).await;
     token.cancel_query(NoTls).await.unwrap();
 
     let (result, client) = tokio::time::timeout(PROMPTLY, sleeping)

@@ -7,9 +7,8 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use weir_tests::fixture::{Fixture, Options, DATABASE, USER};
+use weir_tests::fixture::{scalar, Fixture, Options, DATABASE, USER};
 use weir_tests::raw::RawClient;
-use weir_tests::tokio_postgres::{Client, SimpleQueryMessage};
 
 /// Upper bound for anything that should happen "promptly"; never a performance assertion.
 const PROMPTLY: Duration = Duration::from_secs(20);
@@ -27,17 +26,6 @@ async fn one_connection(settings: &[&str]) -> Fixture {
 }
 
 /// The first column of the first row of `sql`.
-async fn scalar(client: &Client, sql: &str) -> String {
-    let messages = client.simple_query(sql).await.expect(sql);
-    messages
-        .iter()
-        .find_map(|m| match m {
-            SimpleQueryMessage::Row(row) => Some(row.get(0).unwrap_or("NULL").to_owned()),
-            _ => None,
-        })
-        .unwrap_or_else(|| panic!("{sql} returned no row"))
-}
-
 /// Checks that a new client gets the pool's only server connection.
 async fn another_client_gets_through(f: &Fixture) {
     let other = f.client().await.expect("another client logs in");
@@ -130,29 +118,6 @@ async fn is_active(f: &Fixture, pid: i32) -> bool {
 }
 
 /// The pid of the application backend running a statement that starts with `prefix`.
-async fn active_backend(f: &Fixture, prefix: &str) -> i32 {
-    let su = f.pg.superuser().await.expect("superuser connection");
-    let deadline = tokio::time::Instant::now() + PROMPTLY;
-    loop {
-        let row = su
-            .query_opt(
-                "SELECT pid FROM pg_stat_activity \
-                 WHERE usename = $1 AND state = 'active' AND starts_with(query, $2)",
-                &[&USER, &prefix],
-            )
-            .await
-            .expect("reading pg_stat_activity");
-        if let Some(row) = row {
-            return row.get(0);
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no backend is running {prefix}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test]
 async fn extended_protocol_without_sync_is_bounded_by_idle_transaction_timeout() {
     let f = one_connection(&["idle_transaction_timeout = 1"]).await;
@@ -186,7 +151,7 @@ async fn the_query_of_a_client_that_vanished_is_cancelled() {
         .write_all(&message(b'Q', b"SELECT pg_sleep(60)\0"))
         .await
         .unwrap();
-    let pid = active_backend(&f, "SELECT pg_sleep").await;
+    let pid = f.active_backend("SELECT pg_sleep", PROMPTLY).await;
     drop(stream);
     let stopped = Fixture::eventually(PROMPTLY, || async { !is_active(&f, pid).await }).await;
     assert!(stopped, "the abandoned query kept running");

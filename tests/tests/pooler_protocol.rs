@@ -15,10 +15,9 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use weir_tests::fixture::{Fixture, Options, DATABASE, PASSWORD, USER};
+use weir_tests::fixture::{scalar, Fixture, Options, DATABASE, PASSWORD, USER};
 use weir_tests::net;
 use weir_tests::tokio_postgres::tls::{NoTlsStream, TlsConnect};
-use weir_tests::tokio_postgres::{Client, SimpleQueryMessage};
 
 /// Bound on every read from weir; it answers in milliseconds, so this only catches hangs.
 const READ_LIMIT: Duration = Duration::from_secs(10);
@@ -237,17 +236,6 @@ async fn raw_login(f: &Fixture) -> TcpStream {
 }
 
 /// The first column of the first row `sql` returns.
-async fn scalar(client: &Client, sql: &str) -> String {
-    let messages = client.simple_query(sql).await.expect("a simple query");
-    messages
-        .iter()
-        .find_map(|m| match m {
-            SimpleQueryMessage::Row(row) => Some(row.get(0).unwrap_or("NULL").to_owned()),
-            _ => None,
-        })
-        .unwrap_or_else(|| panic!("{sql} returned no row"))
-}
-
 /// Weir is still running and a normal client gets its answer.
 async fn assert_healthy(f: &mut Fixture) {
     assert_eq!(

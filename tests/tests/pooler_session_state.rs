@@ -5,21 +5,11 @@
 use std::time::Duration;
 
 use futures::StreamExt;
-use tokio_postgres::{AsyncMessage, Client, NoTls, SimpleQueryMessage};
-use weir_tests::fixture::{self, Fixture, Options, DATABASE, PASSWORD, USER};
+use tokio_postgres::{AsyncMessage, Client, NoTls};
+use weir_tests::fixture::{self, scalar, Fixture, Options, DATABASE, PASSWORD, USER};
 use weir_tests::net;
 use weir_tests::postgres::parse_pgbench;
 use weir_tests::raw::RawClient;
-
-async fn scalar(client: &Client, sql: &str) -> String {
-    let rows = client.simple_query(sql).await.expect(sql);
-    rows.iter()
-        .find_map(|m| match m {
-            SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
-            _ => None,
-        })
-        .unwrap_or_else(|| panic!("{sql} returned no row"))
-}
 
 async fn backend_pid(client: &Client) -> String {
     scalar(client, "SELECT pg_backend_pid()").await
