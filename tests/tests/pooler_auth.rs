@@ -107,8 +107,6 @@ async fn refused(f: &Fixture, user: &str, password: &str) -> (String, String) {
     }
 }
 
-/// The first column of the first row `sql` returns, via the simple protocol (which works in
-/// every pool mode).
 /// Asserts that nothing so far reached PostgreSQL as the application role or the stranger.
 async fn assert_server_untouched(f: &Fixture) {
     assert_eq!(

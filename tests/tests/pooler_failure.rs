@@ -29,8 +29,6 @@ async fn scalar(client: &Client, sql: &str) -> Result<String, tokio_postgres::Er
         .unwrap_or_else(|| panic!("{sql} returned no row")))
 }
 
-/// The process id of the application's backend running a statement that starts with `prefix`,
-/// once PostgreSQL shows it as active.
 /// Application backends PostgreSQL shows as idle inside a transaction.
 async fn idle_in_transaction(f: &Fixture) -> i64 {
     let su = f.pg.superuser().await.expect("superuser connection");

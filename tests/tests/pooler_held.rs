@@ -25,7 +25,6 @@ async fn one_connection(settings: &[&str]) -> Fixture {
     Fixture::start(opts).await.expect("fixture")
 }
 
-/// The first column of the first row of `sql`.
 /// Checks that a new client gets the pool's only server connection.
 async fn another_client_gets_through(f: &Fixture) {
     let other = f.client().await.expect("another client logs in");
@@ -117,7 +116,6 @@ async fn is_active(f: &Fixture, pid: i32) -> bool {
     .is_some()
 }
 
-/// The pid of the application backend running a statement that starts with `prefix`.
 #[tokio::test]
 async fn extended_protocol_without_sync_is_bounded_by_idle_transaction_timeout() {
     let f = one_connection(&["idle_transaction_timeout = 1"]).await;

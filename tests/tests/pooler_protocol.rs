@@ -235,7 +235,6 @@ async fn raw_login(f: &Fixture) -> TcpStream {
     stream
 }
 
-/// The first column of the first row `sql` returns.
 /// Weir is still running and a normal client gets its answer.
 async fn assert_healthy(f: &mut Fixture) {
     assert_eq!(
