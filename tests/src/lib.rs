@@ -17,6 +17,7 @@
 //! child, so the kernel kills the child when the test process goes away. Temporary directories
 //! of such a killed process are left behind; nothing can remove them.
 
+pub mod anchor;
 mod child;
 pub mod fixture;
 pub mod k8s;

@@ -54,15 +54,35 @@ impl WeirProcess {
         ini: &str,
         userlist: &str,
     ) -> anyhow::Result<WeirProcess> {
+        Self::start_as(binary, None, ini, userlist).await
+    }
+
+    /// Starts PgBouncer ([`crate::anchor::pgbouncer`]) on the same configuration, as the
+    /// `postgres` OS user because PgBouncer refuses to run as root: the behaviour Weir's is
+    /// compared with.
+    pub async fn start_pgbouncer(ini: &str, userlist: &str) -> anyhow::Result<WeirProcess> {
+        let binary = crate::anchor::pgbouncer()?;
+        Self::start_as(&binary, Some(crate::postgres::OS_USER), ini, userlist).await
+    }
+
+    async fn start_as(
+        binary: &Path,
+        run_as: Option<&str>,
+        ini: &str,
+        userlist: &str,
+    ) -> anyhow::Result<WeirProcess> {
         let dir = tempfile::Builder::new()
             .prefix("weir-")
             .tempdir()
             .context("creating the pooler directory")?;
         std::fs::write(dir.path().join("userlist.txt"), userlist).context("writing userlist")?;
+        if let Some(user) = run_as {
+            child::give_to(dir.path(), user)?;
+        }
         let mut attempt = 1;
         loop {
             let port = net::free_port();
-            match start_once(binary, dir.path(), ini, port).await {
+            match start_once(binary, run_as, dir.path(), ini, port).await {
                 Ok(child) => return Ok(WeirProcess { port, child, dir }),
                 Err(err)
                     if attempt < PORT_ATTEMPTS
@@ -134,12 +154,18 @@ impl WeirProcess {
 }
 
 /// Writes the configuration for `port`, spawns `binary` and waits until it listens.
-async fn start_once(binary: &Path, dir: &Path, ini: &str, port: u16) -> anyhow::Result<Supervised> {
+async fn start_once(
+    binary: &Path,
+    run_as: Option<&str>,
+    dir: &Path,
+    ini: &str,
+    port: u16,
+) -> anyhow::Result<Supervised> {
     let config_path = dir.join("weir.ini");
     std::fs::write(&config_path, fill_placeholders(ini, port, dir)).context("writing weir.ini")?;
     let log_path = dir.join("weir.log");
     let log = File::create(&log_path).context("creating weir.log")?;
-    let mut cmd = child::command(binary, None);
+    let mut cmd = child::command(binary, run_as);
     cmd.arg(&config_path)
         .current_dir(dir)
         .stdin(Stdio::null())

@@ -484,3 +484,33 @@ async fn weir_process_exiting_before_listening_reports_its_output() {
         "the log must be included: {message}"
     );
 }
+
+#[tokio::test]
+async fn pgbouncer_anchor_serves_the_same_configuration_text() {
+    let pg = PgCluster::start().await.unwrap();
+    pg.create_role("app", "secret", PasswordMethod::Scram)
+        .await
+        .unwrap();
+    let ini = format!(
+        "[databases]\npostgres = host=127.0.0.1 port={}\n\
+         [pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {{port}}\n\
+         unix_socket_dir =\nauth_type = scram-sha-256\nauth_file = {{dir}}/userlist.txt\n",
+        pg.port()
+    );
+    let bouncer = WeirProcess::start_pgbouncer(&ini, "\"app\" \"secret\"\n")
+        .await
+        .unwrap();
+    let client = weir_tests::weir::connect(bouncer.port(), "app", "secret", "postgres")
+        .await
+        .unwrap();
+    let one: i32 = client.query_one("SELECT 1", &[]).await.unwrap().get(0);
+    assert_eq!(one, 1);
+    let admin = weir_tests::weir::connect(bouncer.port(), "app", "secret", "pgbouncer").await;
+    assert!(admin.is_err(), "app is no admin user of PgBouncer");
+    let version = std::process::Command::new(weir_tests::anchor::pgbouncer().unwrap())
+        .arg("--version")
+        .output()
+        .unwrap();
+    let version = String::from_utf8_lossy(&version.stdout);
+    assert!(version.starts_with("PgBouncer 1.25.2"), "{version}");
+}

@@ -30,7 +30,7 @@ use crate::child::{self, Supervised};
 use crate::net;
 
 /// OS user that owns the cluster's files and runs its processes (when the tests run as root).
-const OS_USER: &str = "postgres";
+pub(crate) const OS_USER: &str = "postgres";
 
 /// Database superuser created by initdb; it connects without a password from loopback.
 const SUPERUSER: &str = "postgres";
