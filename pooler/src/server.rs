@@ -12,8 +12,8 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 
-use crate::auth::{md5, AuthError, ScramClient, ScramCredential};
-use crate::config::{CleartextPassword, TlsMode};
+use crate::auth::{md5, AuthError, ChannelBinding, ScramClient, ScramCredential};
+use crate::config::{ChannelBindingMode, CleartextPassword, TlsMode};
 use crate::params::ParamSet;
 use crate::prepared::PreparedSet;
 use crate::protocol::backend::{self, Authentication};
@@ -21,7 +21,7 @@ use crate::protocol::{frontend, PgError, ProtocolError};
 use crate::session_state::Setting;
 use crate::sql::Effect;
 use crate::stream::{Keepalive, Stream};
-use crate::tls::ServerTls;
+use crate::tls::{self, ServerTls};
 use crate::wire::{self, ReadError};
 
 /// Where a server lives: a TCP host and port, or a Unix socket directory and port.
@@ -455,8 +455,19 @@ impl ServerConn {
         scram: &mut Option<ScramClient>,
         out: &mut BytesMut,
     ) -> Result<(), ServerError> {
+        let require_binding = target.tls.channel_binding == ChannelBindingMode::Require;
         match auth {
+            Authentication::Ok
+                if require_binding && !scram.as_ref().is_some_and(ScramClient::verified_bound) =>
+            {
+                return Err(binding_required(target, "logged the pooler in without it"))
+            }
             Authentication::Ok => {}
+            Authentication::CleartextPassword | Authentication::Md5Password { .. }
+                if require_binding =>
+            {
+                return Err(binding_required(target, "asks for a password instead"))
+            }
             Authentication::CleartextPassword
                 if !self.stream.is_tls()
                     && matches!(self.addr.as_ref(), ServerAddr::Tcp { .. })
@@ -493,8 +504,28 @@ impl ServerConn {
                     },
                     _ => return Err(no_secret("SCRAM-SHA-256", target)),
                 };
-                let mut client = ScramClient::new(credential);
-                frontend::sasl_initial_response(out, "SCRAM-SHA-256", &client.client_first());
+                let offers_plus = mechanisms.iter().any(|m| m == "SCRAM-SHA-256-PLUS");
+                let end_point = self
+                    .stream
+                    .peer_certificate()
+                    .and_then(tls::server_end_point);
+                // libpq's choice: "p" when both sides can bind, "y" over TLS when the server
+                // did not offer it (so a server that did knows the offer was stripped), else "n".
+                let binding = match (target.tls.channel_binding, end_point) {
+                    (ChannelBindingMode::Disable, _) => ChannelBinding::Unsupported,
+                    (_, Some(end_point)) if offers_plus => ChannelBinding::EndPoint(end_point),
+                    (ChannelBindingMode::Require, _) => {
+                        return Err(binding_required(
+                            target,
+                            "does not offer SCRAM-SHA-256-PLUS",
+                        ))
+                    }
+                    _ if self.stream.is_tls() && !offers_plus => ChannelBinding::NotOffered,
+                    _ => ChannelBinding::Unsupported,
+                };
+                let mut client = ScramClient::new(credential).with_channel_binding(binding);
+                let first = client.client_first();
+                frontend::sasl_initial_response(out, client.mechanism(), &first);
                 *scram = Some(client);
             }
             Authentication::SaslContinue(data) => {
@@ -749,6 +780,15 @@ fn no_secret(what: &str, target: &ServerTarget) -> ServerError {
         "server asks for {what} for user {:?}, and no usable secret is configured \
          (set password= in [databases] or a plain/md5/SCRAM entry in auth_file)",
         target.user
+    ))
+}
+
+/// `server_channel_binding = require` turned a login away: the server `why`.
+fn binding_required(target: &ServerTarget, why: &str) -> ServerError {
+    ServerError::Auth(format!(
+        "server_channel_binding is require, but the server at {} {why}: channel binding needs \
+         SCRAM-SHA-256-PLUS over TLS",
+        target.addr
     ))
 }
 

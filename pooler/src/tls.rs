@@ -14,7 +14,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme, SupportedProtocolVersion};
 
-use crate::config::{CleartextPassword, ConfigError, Settings, TlsMode};
+use crate::config::{ChannelBindingMode, CleartextPassword, ConfigError, Settings, TlsMode};
 
 /// The ALPN protocol name of PostgreSQL's direct TLS negotiation (PostgreSQL 17).
 pub const ALPN_POSTGRESQL: &[u8] = b"postgresql";
@@ -62,6 +62,8 @@ pub struct ServerTls {
     pub config: Option<Arc<rustls::ClientConfig>>,
     /// `server_cleartext_password`.
     pub cleartext_password: CleartextPassword,
+    /// `server_channel_binding`.
+    pub channel_binding: ChannelBindingMode,
     /// When the client certificate shown to servers expires (Unix seconds).
     pub not_after: Option<i64>,
     /// A digest of the settings and the files' contents: equal digests, same behaviour.
@@ -217,6 +219,7 @@ fn server_side(s: &Settings) -> Result<ServerTls, ConfigError> {
             "server_tls_protocols",
             "server_tls_ciphers",
             "server_cleartext_password",
+            "server_channel_binding",
         ] {
             h.update(s.get(key).unwrap_or_default());
             h.update([0]);
@@ -238,11 +241,20 @@ fn server_side(s: &Settings) -> Result<ServerTls, ConfigError> {
             .collect()
     };
     let cleartext_password = s.server_cleartext_password;
+    let channel_binding = s.server_channel_binding;
+    if mode == TlsMode::Disable && channel_binding == ChannelBindingMode::Require {
+        // As libpq: binding needs TLS, so this pair could never log in.
+        return Err(setting_error(
+            "server_channel_binding",
+            "server_channel_binding require needs server_tls_sslmode other than disable",
+        ));
+    }
     if mode == TlsMode::Disable {
         return Ok(ServerTls {
             mode,
             config: None,
             cleartext_password,
+            channel_binding,
             not_after: None,
             digest,
         });
@@ -292,6 +304,7 @@ fn server_side(s: &Settings) -> Result<ServerTls, ConfigError> {
         mode,
         config: Some(Arc::new(config)),
         cleartext_password,
+        channel_binding,
         not_after,
         digest,
     })
@@ -556,7 +569,7 @@ fn not_after(cert: &CertificateDer<'_>) -> Option<i64> {
 /// RFC 5929's `tls-server-end-point`: the certificate hashed with its signature's hash,
 /// SHA-256 standing in for MD5 and SHA-1. `None` for algorithms without one (Ed25519,
 /// RSA-PSS), as PostgreSQL then offers no channel binding either.
-fn server_end_point(cert: &CertificateDer<'_>) -> Option<Vec<u8>> {
+pub fn server_end_point(cert: &CertificateDer<'_>) -> Option<Vec<u8>> {
     use sha2::Digest;
     let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
     let der = cert.as_ref();
@@ -613,6 +626,28 @@ mod tests {
         // The default (prefer) needs no files either.
         let tls = Tls::load(&Settings::default()).unwrap();
         assert!(tls.server.config.is_some());
+    }
+
+    #[test]
+    fn required_channel_binding_needs_tls_toward_servers() {
+        let s = Settings {
+            server_tls_sslmode: TlsMode::Disable,
+            server_channel_binding: ChannelBindingMode::Require,
+            ..Settings::default()
+        };
+        let e = Tls::load(&s).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("server_channel_binding"));
+        let s = Settings {
+            server_channel_binding: ChannelBindingMode::Require,
+            ..Settings::default()
+        };
+        let tls = Tls::load(&s).unwrap();
+        assert_eq!(tls.server.channel_binding, ChannelBindingMode::Require);
+        // A changed policy is a changed server side: pools reconnect under the new one.
+        assert_ne!(
+            *tls.server,
+            *Tls::load(&Settings::default()).unwrap().server
+        );
     }
 
     #[test]

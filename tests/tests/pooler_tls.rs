@@ -837,3 +837,63 @@ async fn prefer_falls_back_to_plain_when_the_server_refuses_tls_logins() {
         .expect_err("require must not go plain");
     assert!(err.contains("no pg_hba.conf entry"), "{err}");
 }
+
+/// `server_channel_binding = require` lets weir log in only with SCRAM-SHA-256-PLUS. That it
+/// logs in to a real PostgreSQL over TLS proves the binding was used and that its data (the
+/// certificate's `tls-server-end-point` hash) is what the server computed; every other login
+/// (clear-text password, trust, no TLS) fails with an error naming the setting, while
+/// `prefer` logs in to all of them.
+#[tokio::test]
+async fn server_channel_binding_require_logs_in_only_with_scram_sha_256_plus() {
+    let certs = Certs::new();
+    let pg = cluster(
+        Some(server_pair(&certs)),
+        "hostssl all app 127.0.0.1/32 scram-sha-256\n\
+         hostssl all clear 127.0.0.1/32 password\n\
+         hostssl all trusted 127.0.0.1/32 trust\n\
+         hostnossl all plain 127.0.0.1/32 scram-sha-256\n",
+    )
+    .await;
+    for role in ["clear", "trusted", "plain"] {
+        pg.create_role(role, PASSWORD, PasswordMethod::Scram)
+            .await
+            .expect("creating a role");
+    }
+    // (server user, server_channel_binding, pg_stat_ssl.ssl or part of the error)
+    let cases: [(&str, &str, Result<&str, &str>); 9] = [
+        (USER, "require", Ok("true")),
+        (USER, "prefer", Ok("true")),
+        (USER, "disable", Ok("true")),
+        ("clear", "require", Err("asks for a password instead")),
+        ("clear", "prefer", Ok("true")),
+        ("trusted", "require", Err("logged the pooler in without it")),
+        ("trusted", "prefer", Ok("true")),
+        // TLS is turned away by the hostnossl line, so prefer goes plain: nothing to bind to.
+        ("plain", "require", Err("does not offer SCRAM-SHA-256-PLUS")),
+        ("plain", "prefer", Ok("false")),
+    ];
+    for (user, binding, expected) in cases {
+        let mut opts = Options::default()
+            .with("server_tls_sslmode = prefer")
+            .with(&format!("server_channel_binding = {binding}"));
+        opts.database_options = format!("user={user} password={PASSWORD}");
+        let weir = WeirProcess::start(
+            &fixture::ini(&pg, &opts),
+            &format!("\"{USER}\" \"{PASSWORD}\"\n"),
+        )
+        .await
+        .expect("starting weir");
+        let got = server_ssl(&weir).await;
+        match expected {
+            Ok(ssl) => assert_eq!(got.as_deref(), Ok(ssl), "{user} {binding}"),
+            Err(needle) => {
+                let e = got.expect_err(binding);
+                assert!(e.contains(needle), "{user} {binding}: {e}");
+                assert!(
+                    e.contains("server_channel_binding"),
+                    "{user} {binding}: {e}"
+                );
+            }
+        }
+    }
+}

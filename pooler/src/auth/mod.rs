@@ -12,5 +12,5 @@ mod scram;
 mod secret;
 
 pub use error::AuthError;
-pub use scram::{ScramClient, ScramCredential, ScramServer};
+pub use scram::{ChannelBinding, ScramClient, ScramCredential, ScramServer};
 pub use secret::{verify_plain, ScramSecret, Secret};

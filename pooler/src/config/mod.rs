@@ -55,8 +55,8 @@ pub use duration::{format_duration, parse_duration, BareUnit};
 pub use error::{ConfigError, ConfigWarning, ValueError};
 pub use pool::{PoolSettings, ServerCheck, ServerLifetime, EMPTY_CHECK_QUERY};
 pub use settings::{
-    AuthType, CleartextPassword, Pinning, PoolMode, Settings, Support, TlsMode, DEFAULT_AUTH_QUERY,
-    UNSUPPORTED_KEYS,
+    AuthType, ChannelBindingMode, CleartextPassword, Pinning, PoolMode, Settings, Support, TlsMode,
+    DEFAULT_AUTH_QUERY, UNSUPPORTED_KEYS,
 };
 pub use userlist::{load_userlist, parse_userlist, render_userlist, secret_kind, SecretKind};
 

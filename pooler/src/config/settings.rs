@@ -276,6 +276,43 @@ impl FromStr for CleartextPassword {
     }
 }
 
+/// Whether the pooler binds its SCRAM logins to the TLS connection toward servers
+/// (SCRAM-SHA-256-PLUS), with the meanings of libpq's `channel_binding` (a Weir extension).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChannelBindingMode {
+    /// Never bind, even when the server offers it.
+    Disable,
+    /// Bind when the connection is encrypted and the server offers SCRAM-SHA-256-PLUS.
+    #[default]
+    Prefer,
+    /// Log in only with SCRAM-SHA-256-PLUS; any other method fails the login.
+    Require,
+}
+
+impl fmt::Display for ChannelBindingMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ChannelBindingMode::Disable => "disable",
+            ChannelBindingMode::Prefer => "prefer",
+            ChannelBindingMode::Require => "require",
+        })
+    }
+}
+
+impl FromStr for ChannelBindingMode {
+    type Err = ValueError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "disable" => Ok(ChannelBindingMode::Disable),
+            "prefer" => Ok(ChannelBindingMode::Prefer),
+            "require" => Ok(ChannelBindingMode::Require),
+            _ => Err(ValueError::expected("disable, prefer or require", s)),
+        }
+    }
+}
+
 /// The query PgBouncer runs by default to look up a user's password (`auth_query`).
 pub const DEFAULT_AUTH_QUERY: &str = "SELECT rolname, CASE WHEN rolvaliduntil < now() THEN NULL \
                                       ELSE rolpassword END FROM pg_authid WHERE rolname=$1 AND \
@@ -468,6 +505,9 @@ pub struct Settings {
     /// Weir extension: whether a clear-text password may be sent to a server over a
     /// connection without TLS (`allow`), or the login fails (`refuse`, the default).
     pub server_cleartext_password: CleartextPassword,
+    /// Weir extension: SCRAM channel binding toward servers, as libpq's `channel_binding`
+    /// (`disable`, `prefer`, the default, or `require`).
+    pub server_channel_binding: ChannelBindingMode,
 
     // --- Weir extensions ---
     /// Weir extension: address of the HTTP endpoint (metrics, health, readiness).
@@ -556,6 +596,7 @@ impl Default for Settings {
             server_tls_protocols: "secure".to_owned(),
             server_tls_ciphers: "fast".to_owned(),
             server_cleartext_password: CleartextPassword::Refuse,
+            server_channel_binding: ChannelBindingMode::Prefer,
         }
     }
 }
@@ -685,6 +726,7 @@ settings_table! {
     server_tls_protocols: text => implemented,
     server_tls_ciphers: text => implemented,
     server_cleartext_password: choice => implemented,
+    server_channel_binding: choice => implemented,
     http_listen_addr: text => implemented,
     http_port: port => implemented,
     shutdown_timeout: seconds => implemented,

@@ -103,6 +103,7 @@ server_tls_cert_file = /etc/weir/tls/client.crt
 server_tls_protocols = tlsv1.2,tlsv1.3
 server_tls_ciphers = normal
 server_cleartext_password = allow
+server_channel_binding = require
 ";
 
 fn every_setting_expected() -> Settings {
@@ -178,6 +179,7 @@ fn every_setting_expected() -> Settings {
         server_tls_protocols: "tlsv1.2,tlsv1.3".into(),
         server_tls_ciphers: "normal".into(),
         server_cleartext_password: CleartextPassword::Allow,
+        server_channel_binding: ChannelBindingMode::Require,
     }
 }
 
@@ -289,6 +291,11 @@ fn invalid_values_name_file_line_and_key() {
             "server_cleartext_password",
             "sometimes",
             "expected allow or refuse",
+        ),
+        (
+            "server_channel_binding",
+            "always",
+            "expected disable, prefer or require",
         ),
         ("auth_type", "password", "expected an authentication type"),
         ("pinning", "sometimes", "expected pin or refuse"),

@@ -4,7 +4,7 @@ use std::fmt;
 
 use subtle::ConstantTimeEq;
 
-use super::{is_printable, message_text, parse_iterations, Fields};
+use super::{is_printable, message_text, parse_iterations, Fields, MECHANISM, MECHANISM_PLUS};
 use crate::auth::crypto::{self, Key};
 use crate::auth::error::AuthError;
 
@@ -36,6 +36,48 @@ impl fmt::Debug for ScramCredential {
     }
 }
 
+/// What the pooler says about channel binding in its gs2 header (RFC 5802 section 6).
+#[derive(Clone, PartialEq, Eq)]
+pub enum ChannelBinding {
+    /// `n`: the connection has nothing to bind to (no TLS, or a certificate without a hash).
+    Unsupported,
+    /// `y`: the pooler could bind, but the server did not offer SCRAM-SHA-256-PLUS; a server
+    /// that did offer it then knows the offer was stripped on the way.
+    NotOffered,
+    /// `p=tls-server-end-point`: SCRAM-SHA-256-PLUS bound to the server certificate's hash.
+    EndPoint(Vec<u8>),
+}
+
+impl fmt::Debug for ChannelBinding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ChannelBinding::Unsupported => "Unsupported",
+            ChannelBinding::NotOffered => "NotOffered",
+            ChannelBinding::EndPoint(_) => "EndPoint(..)",
+        })
+    }
+}
+
+impl ChannelBinding {
+    /// The gs2 header that starts the client-first message.
+    fn gs2_header(&self) -> &'static str {
+        match self {
+            ChannelBinding::Unsupported => "n,,",
+            ChannelBinding::NotOffered => "y,,",
+            ChannelBinding::EndPoint(_) => "p=tls-server-end-point,,",
+        }
+    }
+
+    /// The `c=` attribute of the client-final message: the gs2 header and the binding data.
+    fn attribute(&self) -> String {
+        let mut data = self.gs2_header().as_bytes().to_vec();
+        if let ChannelBinding::EndPoint(end_point) = self {
+            data.extend_from_slice(end_point);
+        }
+        crypto::b64_encode(data)
+    }
+}
+
 /// Client side of one SCRAM-SHA-256 exchange: the pooler authenticating to PostgreSQL.
 ///
 /// Call [`ScramClient::client_first`] for the `SASLInitialResponse` data, then feed the
@@ -44,6 +86,7 @@ impl fmt::Debug for ScramCredential {
 /// knew the verifier. Any error ends the exchange.
 pub struct ScramClient {
     credential: ScramCredential,
+    binding: ChannelBinding,
     state: State,
 }
 
@@ -57,7 +100,9 @@ enum State {
     AwaitingServerFinal {
         server_signature: Key,
     },
-    /// Succeeded or failed; no further message is accepted.
+    /// The server proved itself; no further message is accepted.
+    Verified,
+    /// Failed; no further message is accepted.
     Finished,
 }
 
@@ -66,12 +111,40 @@ impl ScramClient {
     pub fn new(credential: ScramCredential) -> Self {
         ScramClient {
             credential,
+            binding: ChannelBinding::Unsupported,
             state: State::Initial,
         }
     }
 
-    /// The client-first message (`n,,n=,r=<nonce>`), sent with mechanism `SCRAM-SHA-256`.
-    /// Calling it again starts the exchange over with a new nonce.
+    /// Declares channel binding as `binding`; with [`ChannelBinding::EndPoint`] the exchange
+    /// is SCRAM-SHA-256-PLUS.
+    pub fn with_channel_binding(mut self, binding: ChannelBinding) -> Self {
+        self.binding = binding;
+        self
+    }
+
+    /// The SASL mechanism to name in the `SASLInitialResponse`.
+    pub fn mechanism(&self) -> &'static str {
+        match self.binding {
+            ChannelBinding::EndPoint(_) => MECHANISM_PLUS,
+            _ => MECHANISM,
+        }
+    }
+
+    /// Whether the exchange binds to the TLS connection (SCRAM-SHA-256-PLUS).
+    pub fn is_bound(&self) -> bool {
+        matches!(self.binding, ChannelBinding::EndPoint(_))
+    }
+
+    /// Whether the exchange is over, the server's signature checked, with binding: only then
+    /// is the login known to have been bound to this TLS connection.
+    pub fn verified_bound(&self) -> bool {
+        self.is_bound() && matches!(self.state, State::Verified)
+    }
+
+    /// The client-first message (`n,,n=,r=<nonce>`, or `p=tls-server-end-point,,n=,r=<nonce>`
+    /// when bound), sent with [`ScramClient::mechanism`]. Calling it again starts the
+    /// exchange over with a new nonce.
     pub fn client_first(&mut self) -> Vec<u8> {
         // Like libpq: the server takes the user name from the startup packet.
         self.client_first_with("", crypto::random_nonce())
@@ -79,7 +152,7 @@ impl ScramClient {
 
     fn client_first_with(&mut self, user: &str, client_nonce: String) -> Vec<u8> {
         let client_first_bare = format!("n={},r={client_nonce}", escape_saslname(user));
-        let message = format!("n,,{client_first_bare}").into_bytes();
+        let message = format!("{}{client_first_bare}", self.binding.gs2_header()).into_bytes();
         self.state = State::AwaitingServerFirst {
             client_nonce,
             client_first_bare,
@@ -129,8 +202,8 @@ impl ScramClient {
             } => (*client_key, *server_key),
         };
 
-        // We send "n,,", whose base64 is "biws".
-        let without_proof = format!("c=biws,r={nonce}");
+        // Unbound, the gs2 header "n,," is "biws" in base64.
+        let without_proof = format!("c={},r={nonce}", self.binding.attribute());
         let auth_message = [
             client_first_bare.as_bytes(),
             b",",
@@ -167,6 +240,7 @@ impl ScramClient {
             .ok_or_else(|| AuthError::protocol("malformed signature in server-final-message"))?;
         fields.skip_extensions()?;
         if bool::from(verifier.ct_eq(&server_signature)) {
+            self.state = State::Verified;
             Ok(())
         } else {
             Err(AuthError::ServerSignatureMismatch)

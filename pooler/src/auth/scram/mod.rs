@@ -3,20 +3,21 @@
 //! server. This file holds the message grammar both sides share.
 //!
 //! PostgreSQL's dialect: the username inside the exchange is ignored (the startup packet
-//! names the user), no authorization identity; clients over TLS are also offered
-//! `SCRAM-SHA-256-PLUS` with `tls-server-end-point` channel binding.
+//! names the user), no authorization identity; over TLS, `SCRAM-SHA-256-PLUS` with
+//! `tls-server-end-point` channel binding, offered to clients and used toward servers.
 
 mod client;
 mod server;
 
-pub use client::{ScramClient, ScramCredential};
+pub use client::{ChannelBinding, ScramClient, ScramCredential};
 pub use server::ScramServer;
 
 use super::error::AuthError;
 
-/// The SASL mechanism used toward servers and offered to every client.
+/// The SASL mechanism offered to every client and used toward servers without binding.
 const MECHANISM: &str = "SCRAM-SHA-256";
-/// SCRAM bound to the TLS connection (`tls-server-end-point`), offered to clients over TLS.
+/// SCRAM bound to the TLS connection (`tls-server-end-point`), offered to clients over TLS
+/// and used toward servers that offer it.
 const MECHANISM_PLUS: &str = "SCRAM-SHA-256-PLUS";
 
 /// Iteration counts accepted from a server: at least one round, and few enough that a
@@ -109,6 +110,7 @@ fn parse_iterations(text: &str) -> Result<u32, AuthError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::crypto;
     use crate::auth::secret::{ScramSecret, Secret};
     use rand::Rng;
 
@@ -200,6 +202,83 @@ mod tests {
                 Err(AuthError::InvalidPassword)
             );
         }
+    }
+
+    /// A pooler-to-server exchange where the pooler declares `binding` and the server offers
+    /// PLUS over a connection whose end-point hash is `server_end_point`, if any.
+    fn bound_round_trip(
+        binding: ChannelBinding,
+        server_end_point: Option<Vec<u8>>,
+    ) -> Result<(), AuthError> {
+        let secret = Secret::Scram(ScramSecret::generate("s3cret"));
+        let mut server = ScramServer::new(&secret, "alice")?;
+        if let Some(data) = server_end_point {
+            server = server.with_channel_binding(data);
+        }
+        let mut client = ScramClient::new(ScramCredential::Password("s3cret".into()))
+            .with_channel_binding(binding);
+        let first = client.client_first();
+        let server_first = server.client_first(client.mechanism(), &first)?;
+        let client_final = client.server_first(&server_first)?;
+        let server_final = server.client_final(&client_final)?;
+        assert!(!client.verified_bound());
+        client.server_final(&server_final)?;
+        assert_eq!(client.verified_bound(), client.is_bound());
+        Ok(())
+    }
+
+    #[test]
+    fn scram_sha_256_plus_toward_a_server_binds_the_end_point() {
+        let end_point = vec![7; 32];
+        let bound = ScramClient::new(ScramCredential::Password("pw".into()))
+            .with_channel_binding(ChannelBinding::EndPoint(end_point.clone()));
+        assert_eq!(bound.mechanism(), "SCRAM-SHA-256-PLUS");
+        assert!(bound.is_bound());
+        assert_eq!(
+            bound_round_trip(ChannelBinding::EndPoint(end_point.clone()), Some(end_point)),
+            Ok(())
+        );
+        // A different certificate on the server's side of the connection (a man in the
+        // middle) makes the binding data differ.
+        let err = bound_round_trip(ChannelBinding::EndPoint(vec![7; 32]), Some(vec![8; 32]));
+        assert!(err.is_err(), "{err:?}");
+        // "y" where the server offered PLUS: the offer was stripped, the server refuses.
+        let err = bound_round_trip(ChannelBinding::NotOffered, Some(vec![7; 32]));
+        assert!(err.is_err(), "{err:?}");
+        // "y" and "n" toward a server that does not offer PLUS log in unbound.
+        for binding in [ChannelBinding::NotOffered, ChannelBinding::Unsupported] {
+            let client = ScramClient::new(ScramCredential::Password("pw".into()))
+                .with_channel_binding(binding.clone());
+            assert_eq!(client.mechanism(), "SCRAM-SHA-256");
+            assert!(!client.is_bound());
+            assert_eq!(bound_round_trip(binding, None), Ok(()));
+        }
+    }
+
+    #[test]
+    fn bound_client_first_and_final_carry_the_gs2_header_and_data() {
+        let mut client = ScramClient::new(ScramCredential::Password("pw".into()))
+            .with_channel_binding(ChannelBinding::EndPoint(vec![1, 2, 3]));
+        let first = String::from_utf8(client.client_first()).unwrap();
+        assert!(
+            first.starts_with("p=tls-server-end-point,,n=,r="),
+            "{first}"
+        );
+        let nonce = &first["p=tls-server-end-point,,n=,r=".len()..];
+        let server_first = format!("r={nonce}xyz,s=c2FsdA==,i=1");
+        let last =
+            String::from_utf8(client.server_first(server_first.as_bytes()).unwrap()).unwrap();
+        let expected = crypto::b64_encode(b"p=tls-server-end-point,,\x01\x02\x03");
+        assert!(last.starts_with(&format!("c={expected},r=")), "{last}");
+
+        let mut client = ScramClient::new(ScramCredential::Password("pw".into()))
+            .with_channel_binding(ChannelBinding::NotOffered);
+        let first = String::from_utf8(client.client_first()).unwrap();
+        assert!(first.starts_with("y,,n=,r="), "{first}");
+        let server_first = format!("r={}xyz,s=c2FsdA==,i=1", &first[8..]);
+        let last =
+            String::from_utf8(client.server_first(server_first.as_bytes()).unwrap()).unwrap();
+        assert!(last.starts_with("c=eSws,r="), "{last}");
     }
 
     #[test]
