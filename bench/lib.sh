@@ -6,13 +6,15 @@
 as_postgres() { setpriv --reuid=postgres --regid=postgres --init-groups "$@"; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
-# Installs PgBouncer from Debian's packages when it is missing.
-ensure_pgbouncer() {
-    command -v pgbouncer >/dev/null && return 0
-    echo "bench: installing PgBouncer from Debian's packages" >&2
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq pgbouncer >/dev/null
+# make_tls_certificate: $WORK/tls/server.{crt,key}, a self-signed ECDSA P-256 certificate for
+# 127.0.0.1 that PostgreSQL and both poolers serve (owned by postgres, which runs two of them).
+make_tls_certificate() {
+    mkdir -p "$WORK/tls"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+        -subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1 \
+        -keyout "$WORK/tls/server.key" -out "$WORK/tls/server.crt" 2>/dev/null
+    chown -R postgres: "$WORK/tls"
+    chmod 600 "$WORK/tls/server.key"
 }
 
 # proc_ticks PID [children|user]: user + system CPU of a process, threads included, in clock
@@ -72,6 +74,12 @@ stop_postgres() {
     as_postgres "$PGBIN/pg_ctl" -D "$WORK/pg/data" -m immediate stop >/dev/null 2>&1 || true
 }
 
+# PostgreSQL serves TLS too when make_tls_certificate has run (for direct TLS scenarios).
+pg_tls_options() {
+    [[ -f $WORK/tls/server.crt ]] || return 0
+    echo "-c ssl=on -c ssl_cert_file=$WORK/tls/server.crt -c ssl_key_file=$WORK/tls/server.key"
+}
+
 # start_postgres PORT MAX_CONNECTIONS SCALE PASSWORD: initdb, start, create role and database
 # `bench` (SCRAM-SHA-256 over TCP), fill it with pgbench -i. Tuned for a throwaway benchmark
 # server: durability off, buffers that hold the data set, room for every direct client, and
@@ -86,7 +94,7 @@ start_postgres() {
 -p $port -k $WORK/pg -c listen_addresses=127.0.0.1 -c max_connections=$max_connections \
 -c shared_buffers=512MB -c fsync=off -c synchronous_commit=off -c full_page_writes=off \
 -c wal_level=minimal -c max_wal_senders=0 -c max_wal_size=8GB -c checkpoint_timeout=1h \
--c autovacuum=off" start >/dev/null
+-c autovacuum=off $(pg_tls_options)" start >/dev/null
     psql -X -q -At -h "$WORK/pg" -p "$port" -U postgres \
         -c "CREATE ROLE bench LOGIN PASSWORD '$password'" -c "CREATE DATABASE bench OWNER bench"
     PGPASSWORD=$password "$PGBIN/pgbench" -q -i -s "$scale" -h 127.0.0.1 -p "$port" -U bench \
@@ -105,7 +113,10 @@ write_userlist() {
 }
 
 # pooler_ini LISTEN_PORT PGPORT POOL_SIZE MAX_CLIENT_CONN: the one configuration both poolers
-# run with (they differ in the port only).
+# run with (they differ in the port only). Prepared statements are tracked by both (PgBouncer's
+# max_prepared_statements, on by default since 1.22, set explicitly); toward PostgreSQL both
+# stay plain, and with make_tls_certificate's files both offer TLS to clients that ask
+# (client_tls_sslmode = prefer: pgbench's PGSSLMODE picks per scenario).
 pooler_ini() {
     cat <<INI
 [databases]
@@ -122,5 +133,13 @@ default_pool_size = $3
 max_client_conn = $4
 log_connections = 0
 log_disconnections = 0
+max_prepared_statements = 200
+server_tls_sslmode = disable
+INI
+    [[ -f $WORK/tls/server.crt ]] || return 0
+    cat <<INI
+client_tls_sslmode = prefer
+client_tls_cert_file = $WORK/tls/server.crt
+client_tls_key_file = $WORK/tls/server.key
 INI
 }

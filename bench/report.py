@@ -22,6 +22,8 @@ SCENARIOS = {
     "prepared": "select-only, `-M prepared`",
     "tpcb": "TPC-B (default script)",
     "storm": "connection storm (`-C`, select-only)",
+    "tls-storm": "TLS handshake storm (`-C`, `sslmode=require`)",
+    "tls-select": "TLS select-only (`sslmode=require`)",
 }
 # The numbers count as taken on a loaded machine when work other than the benchmark's own
 # processes used more than this share of the machine's CPU while it ran.
@@ -269,6 +271,13 @@ def render(env, cells, idle, restarts):
         )
     add("")
     add("Latency is pgbench's mean per transaction; in the storm it includes the new connection and its SCRAM exchange.")
+    if any(s.startswith("tls-") for s, _ in keys):
+        add("")
+        add(
+            "TLS scenarios encrypt the client side only (pgbench → pooler, and pgbench → PostgreSQL for direct); "
+            "both poolers serve the same ECDSA P-256 certificate and reach PostgreSQL in the clear. "
+            "In the handshake storm every transaction pays a TLS handshake and a SCRAM exchange."
+        )
     add("")
 
     add("## Pooler CPU per 100k transactions (from /proc/PID/stat, user + system)")

@@ -4,9 +4,10 @@
 # ratios (bench/report.py) printed and kept under target/bench/.
 #
 # Knobs (environment): BENCH_SECONDS per measured run (5), BENCH_ROUNDS (3),
-# BENCH_WARMUP_SECONDS (2), BENCH_CLIENTS for select-only ("1 50 500 2000"), BENCH_SCALE
-# pgbench scale factor (10), BENCH_POOL_SIZE (10), BENCH_IDLE_CLIENTS (10000),
-# BENCH_SCENARIOS ("select prepared tpcb storm idle"), WEIR_BIN.
+# BENCH_WARMUP_SECONDS (2), BENCH_CLIENTS for select-only ("1 50 500 2000"), BENCH_TLS_CLIENTS
+# for TLS select-only ("50 500"), BENCH_SCALE pgbench scale factor (10), BENCH_POOL_SIZE (10),
+# BENCH_IDLE_CLIENTS (10000), BENCH_SCENARIOS ("select prepared tpcb storm tls idle"), WEIR_BIN;
+# PGBOUNCER_* as scripts/ensure-pgbouncer.sh reads them.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -14,10 +15,11 @@ SECONDS_PER_RUN=${BENCH_SECONDS:-5}
 ROUNDS=${BENCH_ROUNDS:-3}
 WARMUP_SECONDS=${BENCH_WARMUP_SECONDS:-2}
 SELECT_CLIENTS=${BENCH_CLIENTS:-1 50 500 2000}
+TLS_CLIENTS=${BENCH_TLS_CLIENTS:-50 500}
 SCALE=${BENCH_SCALE:-10}
 POOL_SIZE=${BENCH_POOL_SIZE:-10}
 IDLE_CLIENTS=${BENCH_IDLE_CLIENTS:-10000}
-SCENARIOS=${BENCH_SCENARIOS:-select prepared tpcb storm idle}
+SCENARIOS=${BENCH_SCENARIOS:-select prepared tpcb storm tls idle}
 MAX_CLIENT_CONN=12000
 WEIR=${WEIR_BIN:-$ROOT/target/release/weir}
 TARGETS=(direct pgbouncer weir)
@@ -27,7 +29,9 @@ TARGETS=(direct pgbouncer weir)
 # shellcheck source=bench/lib.sh
 source "$ROOT/bench/lib.sh"
 PGBIN=$("$ROOT/scripts/ensure-deps.sh")
-ensure_pgbouncer
+# PgBouncer 1.25.2 built from source (cached); Debian's older package only as a labelled last resort.
+PGBOUNCER=$("$ROOT/scripts/ensure-pgbouncer.sh" | tail -1)
+PGBOUNCER_RUNNING=$("$PGBOUNCER" --version | head -1)
 
 # Every client is a file descriptor in pgbench, the poolers, PostgreSQL and the idle-client
 # script; take all the hard limit allows (raising it first where this is permitted).
@@ -35,12 +39,17 @@ ulimit -Hn 65536 2>/dev/null || true
 ulimit -n "$(ulimit -Hn)"
 FD_LIMIT=$(ulimit -n)
 NOTES=()
+if [[ $PGBOUNCER_RUNNING != "PgBouncer ${PGBOUNCER_VERSION:-1.25.2}" ]]; then
+    NOTES+=("PgBouncer ${PGBOUNCER_VERSION:-1.25.2} could not be built: the anchor is Debian's $PGBOUNCER_RUNNING, which is older")
+fi
 if ((FD_LIMIT < IDLE_CLIENTS + 200)); then
     NOTES+=("open-file limit $FD_LIMIT: idle clients lowered from $IDLE_CLIENTS to $((FD_LIMIT - 200))")
     IDLE_CLIENTS=$((FD_LIMIT - 200))
 fi
 MAX_SELECT_CLIENTS=0
-for c in $SELECT_CLIENTS 50; do ((c > MAX_SELECT_CLIENTS)) && MAX_SELECT_CLIENTS=$c; done
+for c in $SELECT_CLIENTS 50 $([[ " $SCENARIOS " == *" tls "* ]] && echo "$TLS_CLIENTS"); do
+    ((c > MAX_SELECT_CLIENTS)) && MAX_SELECT_CLIENTS=$c
+done
 
 STAMP=$(date -u +%Y%m%d-%H%M%S)
 OUT=$ROOT/target/bench/$STAMP
@@ -79,7 +88,7 @@ STARTED=$(date +%s)
     echo "load_start=$(cut -d' ' -f1-3 /proc/loadavg)"
     echo "postgres=$("$PGBIN/postgres" --version)"
     echo "pgbench=$("$PGBIN/pgbench" --version)"
-    echo "pgbouncer=$(pgbouncer --version | head -1)"
+    echo "pgbouncer=$PGBOUNCER_RUNNING ($PGBOUNCER)"
     echo "weir=$("$WEIR" --version) ($(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$ROOT" diff --quiet HEAD -- pooler 2>/dev/null || echo ', modified'))"
     echo "seconds=$SECONDS_PER_RUN"
     echo "rounds=$ROUNDS"
@@ -93,6 +102,7 @@ STARTED=$(date +%s)
 } >"$OUT/env.txt"
 
 echo "== PostgreSQL on 127.0.0.1:$PGPORT (max_connections $((MAX_SELECT_CLIENTS + 100))), pgbench -i -s $SCALE" >&2
+make_tls_certificate
 start_postgres "$PGPORT" $((MAX_SELECT_CLIENTS + 100)) "$SCALE" "$PASSWORD"
 write_userlist "$PGPORT"
 pooler_ini "$PGB_PORT" "$PGPORT" "$POOL_SIZE" "$MAX_CLIENT_CONN" >"$WORK/pgbouncer.ini"
@@ -103,7 +113,7 @@ start_pgbouncer() {
     # PgBouncer refuses to run as root. setpriv execs, so $! is PgBouncer itself (through the
     # as_postgres function it would be a subshell, and PgBouncer would outlive its kill).
     setpriv --reuid=postgres --regid=postgres --init-groups \
-        pgbouncer -q "$WORK/pgbouncer.ini" 2>>"$OUT/pgbouncer.stderr" &
+        "$PGBOUNCER" -q "$WORK/pgbouncer.ini" 2>>"$OUT/pgbouncer.stderr" &
     PGB_PID=$!
     wait_port "$PGB_PORT"
 }
@@ -130,6 +140,8 @@ start_weir
 
 printf 'scenario\tclients\ttarget\tround\trc\tpooler_cpu_ticks\tpooler_user_ticks\tclient_ticks\tfile\n' >"$OUT/runs.tsv"
 declare -A CONNECT_ALLOWANCE=()
+# Every target serves TLS; plain scenarios turn it off and the TLS ones require it.
+SSLMODE=disable
 # One pgbench run; round 0 is the warm-up and is kept out of the medians by report.py.
 run_one() { # scenario clients target round seconds pgbench-args...
     local scenario=$1 clients=$2 target=$3 round=$4 seconds=$5
@@ -158,7 +170,7 @@ run_one() { # scenario clients target round seconds pgbench-args...
         client_before=$(proc_ticks $$ children)
         set +e
         # --foreground keeps pgbench in our process group, so that Ctrl-C reaches it at once.
-        timeout --foreground -k 10 $((seconds + allowance + 300)) "$PGBIN/pgbench" -n \
+        PGSSLMODE=$SSLMODE timeout --foreground -k 10 $((seconds + allowance + 300)) "$PGBIN/pgbench" -n \
             -h 127.0.0.1 -p "$port" -U bench -c "$clients" -j "$jobs" -T $((seconds + allowance)) \
             "$@" bench >"$OUT/$file" 2>&1
         rc=$?
@@ -206,6 +218,13 @@ for s in $SCENARIOS; do
         prepared) scenario prepared 50 -S -M prepared ;;
         tpcb) scenario tpcb 50 -M simple ;;
         storm) scenario storm 50 -S -M simple -C ;;
+        tls)
+            # Client side only: the TLS handshake per connection, then records per query.
+            SSLMODE=require
+            scenario tls-storm 50 -S -M simple -C
+            for c in $TLS_CLIENTS; do scenario tls-select "$c" -S -M simple; done
+            SSLMODE=disable
+            ;;
         idle)
             # Fresh pooler processes, each with one server connection already open, so the
             # baseline is what an idle pooler needs and not what earlier runs left allocated.

@@ -240,6 +240,23 @@ class RenderTest(unittest.TestCase):
         self.assertIn("| select-only, simple | 50 | 20,000 | 20,000 | **FAIL** (1/1) |", text)
         self.assertIn('`ERROR: prepared statement "P_0" does not exist` ×2', text)
 
+    def test_tls_scenarios_are_labelled_and_explained(self):
+        env = {"date": "2026-01-01 00:00 UTC", "note": ["PgBouncer 1.25.2 could not be built"]}
+        runs = [
+            run(STORM_RUN, scenario="tls-storm", target=t, ticks=30) for t in report.TARGETS
+        ] + [run(OK_RUN, scenario="tls-select", clients=500, target=t, ticks=100) for t in report.TARGETS]
+        text = report.render(env, report.aggregate(runs, 100), {}, [])
+        self.assertIn("| TLS handshake storm (`-C`, `sslmode=require`) | 50 | 300 | 300 | 300 |", text)
+        self.assertIn("| TLS select-only (`sslmode=require`) | 500 | 20,000 |", text)
+        self.assertIn("TLS scenarios encrypt the client side only", text)
+        self.assertIn("- Note: PgBouncer 1.25.2 could not be built", text)
+        # Without TLS runs the explanation stays out.
+        plain = report.render(env, report.aggregate([run(OK_RUN)], 100), {}, [])
+        self.assertNotIn("TLS scenarios", plain)
+
+        # The TLS rows come after the plain ones, in the order the scenarios are listed.
+        self.assertLess(text.index("TLS handshake storm"), text.index("TLS select-only"))
+
 
 if __name__ == "__main__":
     unittest.main()
