@@ -92,6 +92,24 @@ pub async fn connect_with(config: &Config) -> anyhow::Result<Client> {
     Ok(client)
 }
 
+/// As [`connect_with`], over TLS made by `tls` (as `sslmode` in `config` asks).
+pub async fn connect_tls(
+    config: &Config,
+    tls: crate::tls::RustlsConnect,
+) -> anyhow::Result<Client> {
+    let (client, connection) = config.connect(tls).await.with_context(|| {
+        format!(
+            "connecting over TLS to port {:?} as {:?}",
+            config.get_ports(),
+            config.get_user().unwrap_or_default()
+        )
+    })?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(client)
+}
+
 /// Connects as `user` with `password` to database `db` on loopback `port`; see
 /// [`connect_with`].
 pub async fn connect(port: u16, user: &str, password: &str, db: &str) -> anyhow::Result<Client> {

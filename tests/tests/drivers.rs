@@ -12,6 +12,11 @@
 //! JDBC driver are programs under `tests/drivers/`, built by `scripts/install-drivers.sh`. A
 //! driver that is not installed fails its row of the matrix; nothing is skipped. All rows run
 //! before one assertion lists every failure, next to the matrix itself.
+//!
+//! The TLS matrix runs the same checklist with weir at `client_tls_sslmode = require` (plain
+//! clients are refused) and every driver checking weir's certificate as `verify-full` does:
+//! the test CA as the only root, 127.0.0.1 in the certificate's SANs. psql, psycopg and
+//! tokio-postgres also require SCRAM-SHA-256-PLUS (`channel_binding=require`).
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -25,6 +30,7 @@ use tokio::task::JoinSet;
 use weir_tests::fixture::{self, Fixture, Options, DATABASE, PASSWORD, USER};
 use weir_tests::net;
 use weir_tests::postgres::{parse_pgbench, pg_bin};
+use weir_tests::tls::{RustlsConnect, TestCa};
 use weir_tests::tokio_postgres::{self, Client};
 
 /// `default_pool_size`: far fewer server connections than clients.
@@ -54,12 +60,102 @@ static ONE_MATRIX_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_driver_in_session_mode() {
-    run_matrix("session").await;
+    run_matrix("session", false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_driver_in_transaction_mode() {
-    run_matrix("transaction").await;
+    run_matrix("transaction", false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_driver_over_tls_with_verify_full() {
+    run_matrix("transaction", true).await;
+}
+
+/// TLS toward weir: the CA the clients trust, written where the driver programs read it.
+struct ClientTls {
+    /// Keeps the certificate files for the run.
+    _dir: tempfile::TempDir,
+    ca_file: PathBuf,
+    connect: RustlsConnect,
+}
+
+/// Weir under test, and how clients reach it.
+struct Target {
+    fx: Fixture,
+    tls: Option<ClientTls>,
+}
+
+impl Target {
+    fn port(&self) -> u16 {
+        self.fx.weir.port()
+    }
+
+    /// How tokio-postgres clients make TLS, when they must.
+    fn connector(&self) -> Option<RustlsConnect> {
+        self.tls.as_ref().map(|tls| tls.connect.clone())
+    }
+
+    /// A client for setting up and checking tables.
+    async fn client(&self) -> anyhow::Result<Client> {
+        let mut config = net::client_config(self.port(), USER, PASSWORD, DATABASE);
+        connect(&mut config, self.connector())
+            .await
+            .with_context(|| format!("connecting through weir; its log:\n{}", self.fx.weir.log()))
+    }
+}
+
+/// A tokio-postgres client; over TLS (verified by `tls`) with SCRAM-SHA-256-PLUS required.
+async fn connect(
+    config: &mut tokio_postgres::Config,
+    tls: Option<RustlsConnect>,
+) -> anyhow::Result<Client> {
+    match tls {
+        Some(tls) => {
+            config
+                .ssl_mode(tokio_postgres::config::SslMode::Require)
+                .channel_binding(tokio_postgres::config::ChannelBinding::Require);
+            net::connect_tls(config, tls).await
+        }
+        None => net::connect_with(config).await,
+    }
+}
+
+/// Weir in `mode` with `client_tls_sslmode = require` when `tls`, its certificate signed by
+/// a CA made here.
+async fn start_target(mode: &'static str, tls: bool) -> Target {
+    let mut opts = Options::mode(mode, POOL_SIZE);
+    opts.auth_type = "scram-sha-256";
+    if !tls {
+        let fx = Fixture::start(opts).await.expect("fixture");
+        return Target { fx, tls: None };
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ca = TestCa::new("weir driver-matrix CA").expect("CA");
+    let leaf = ca.leaf("weir", &[net::HOST, "localhost"]).expect("weir certificate");
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).expect("writing a certificate file");
+        path
+    };
+    let ca_file = write("ca.crt", &ca.cert_pem);
+    let cert = write("weir.crt", &leaf.cert_pem);
+    let key = write("weir.key", &leaf.key_pem);
+    opts = opts
+        .with("client_tls_sslmode = require")
+        .with(&format!("client_tls_cert_file = {}", cert.display()))
+        .with(&format!("client_tls_key_file = {}", key.display()));
+    let fx = Fixture::start(opts).await.expect("fixture");
+    let connect = RustlsConnect::new(&ca.cert_pem).expect("TLS client configuration");
+    Target {
+        fx,
+        tls: Some(ClientTls {
+            _dir: dir,
+            ca_file,
+            connect,
+        }),
+    }
 }
 
 /// What one row of the matrix came to.
@@ -70,11 +166,14 @@ struct Outcome {
     elapsed: Duration,
 }
 
-async fn run_matrix(mode: &'static str) {
+async fn run_matrix(mode: &'static str, tls: bool) {
     let _one_at_a_time = ONE_MATRIX_AT_A_TIME.lock().await;
-    let mut opts = Options::mode(mode, POOL_SIZE);
-    opts.auth_type = "scram-sha-256";
-    let fx = Fixture::start(opts).await.expect("fixture");
+    let fx = start_target(mode, tls).await;
+    let label = if tls {
+        format!("{mode} mode over TLS (verify-full)")
+    } else {
+        format!("{mode} mode")
+    };
 
     let done = AtomicBool::new(false);
     let (outcomes, peak) = tokio::join!(
@@ -83,36 +182,36 @@ async fn run_matrix(mode: &'static str) {
             done.store(true, Ordering::Release);
             outcomes
         },
-        peak_server_connections(&fx, &done),
+        peak_server_connections(&fx.fx, &done),
     );
 
     let mut failures: Vec<String> = outcomes
         .iter()
         .filter_map(|o| {
             let err = o.result.as_ref().err()?;
-            Some(format!("{} ({mode} mode): {err}", o.driver))
+            Some(format!("{} ({label}): {err}", o.driver))
         })
         .collect();
     match &peak {
         Ok(peak) if *peak > i64::from(POOL_SIZE) => failures.push(format!(
-            "pool ({mode} mode): {peak} server connections seen, pool size is {POOL_SIZE}"
+            "pool ({label}): {peak} server connections seen, pool size is {POOL_SIZE}"
         )),
         Ok(_) => {}
-        Err(err) => failures.push(format!("pool ({mode} mode): {err}")),
+        Err(err) => failures.push(format!("pool ({label}): {err}")),
     }
-    let table = matrix_table(mode, &outcomes, peak.as_ref().ok().copied());
+    let table = matrix_table(&label, &outcomes, peak.as_ref().ok().copied());
     println!("{table}");
     assert!(
         failures.is_empty(),
-        "{} failure(s) in {mode} mode:\n\n{}\n\n{table}\nweir log (last lines):\n{}",
+        "{} failure(s) in {label}:\n\n{}\n\n{table}\nweir log (last lines):\n{}",
         failures.len(),
         failures.join("\n\n"),
-        last_lines(&fx.weir.log(), 40)
+        last_lines(&fx.fx.weir.log(), 40)
     );
 }
 
 /// Runs every row of the matrix against `fx`, one driver after another.
-async fn run_every_driver(fx: &Fixture, mode: &str) -> Vec<Outcome> {
+async fn run_every_driver(fx: &Target, mode: &str) -> Vec<Outcome> {
     let mut outcomes = Vec::new();
     outcomes.push(timed("tokio-postgres", run_tokio_postgres(fx)).await);
     outcomes.push(timed("psql", run_psql(fx)).await);
@@ -166,9 +265,10 @@ async fn peak_server_connections(fx: &Fixture, done: &AtomicBool) -> Result<i64,
 }
 
 /// The matrix as a Markdown table, the form the README shows.
-fn matrix_table(mode: &str, outcomes: &[Outcome], peak: Option<i64>) -> String {
+fn matrix_table(label: &str, outcomes: &[Outcome], peak: Option<i64>) -> String {
+    let mode = label.split_whitespace().next().unwrap_or(label);
     let mut out = format!(
-        "driver matrix, {mode} mode: pool size {POOL_SIZE}, {CLIENTS} clients per driver, \
+        "driver matrix, {label}: pool size {POOL_SIZE}, {CLIENTS} clients per driver, \
          most server connections seen: {}\n\n\
          | driver | {mode} | queries | seconds |\n|---|---|---|---|\n",
         peak.map_or_else(|| "unknown".to_owned(), |p| p.to_string())
@@ -264,7 +364,7 @@ fn big_text(g: i32) -> String {
 }
 
 /// Recreates `table` through weir, so each driver starts with its own empty table.
-async fn fresh_table(fx: &Fixture, table: &str) -> Result<(), String> {
+async fn fresh_table(fx: &Target, table: &str) -> Result<(), String> {
     let client = fx.client().await.map_err(|err| format!("setup: {err:#}"))?;
     client
         .batch_execute(&format!(
@@ -280,16 +380,17 @@ async fn fresh_table(fx: &Fixture, table: &str) -> Result<(), String> {
 
 /// Runs the checklist with [`CLIENTS`] concurrent tokio-postgres clients. Statements are
 /// prepared once per client and executed by name throughout.
-async fn run_tokio_postgres(fx: &Fixture) -> Result<usize, String> {
+async fn run_tokio_postgres(fx: &Target) -> Result<usize, String> {
     let table = table_name("tokio-postgres");
     fresh_table(fx, &table).await?;
     let mut clients = JoinSet::new();
     for n in 0..CLIENTS {
-        let config = net::client_config(fx.weir.port(), USER, PASSWORD, DATABASE);
+        let mut config = net::client_config(fx.port(), USER, PASSWORD, DATABASE);
+        let tls = fx.connector();
         let table = table.clone();
         clients.spawn(async move {
             let mut queries = 0;
-            let result = tokio_postgres_client(&config, &table, n, &mut queries).await;
+            let result = tokio_postgres_client(&mut config, tls, &table, n, &mut queries).await;
             (n, result.map(|()| queries))
         });
     }
@@ -406,13 +507,14 @@ async fn count_rows(
 }
 
 async fn tokio_postgres_client(
-    config: &tokio_postgres::Config,
+    config: &mut tokio_postgres::Config,
+    tls: Option<RustlsConnect>,
     table: &str,
     n: usize,
     queries: &mut usize,
 ) -> anyhow::Result<()> {
     const DRIVER: &str = "tokio-postgres";
-    let mut client = net::connect_with(config).await.context("connect")?;
+    let mut client = connect(config, tls).await.context("connect")?;
     let client_id = i32::try_from(n)?;
     let wanted_settings = (application_name(DRIVER, n), time_zone(n));
 
@@ -765,7 +867,7 @@ fn psql_big_output() -> String {
 
 /// A command for PostgreSQL's client `program` through weir, with no `PG*` variables inherited
 /// from the caller's environment.
-fn pg_client_command(program: &str, fx: &Fixture) -> Command {
+fn pg_client_command(program: &str, fx: &Target) -> Command {
     let mut cmd = Command::new(pg_bin(program));
     for (key, _) in std::env::vars_os() {
         if key.to_string_lossy().starts_with("PG") {
@@ -774,15 +876,20 @@ fn pg_client_command(program: &str, fx: &Fixture) -> Command {
     }
     cmd.env("PGPASSWORD", PASSWORD)
         .env("PGCONNECT_TIMEOUT", "10")
-        .args(["-h", net::HOST, "-p", &fx.weir.port().to_string()])
+        .args(["-h", net::HOST, "-p", &fx.port().to_string()])
         .args(["-U", USER, "-d", DATABASE])
         .stdin(Stdio::null())
         .kill_on_drop(true);
+    if let Some(tls) = &fx.tls {
+        cmd.env("PGSSLMODE", "verify-full")
+            .env("PGSSLROOTCERT", &tls.ca_file)
+            .env("PGCHANNELBINDING", "require");
+    }
     cmd
 }
 
 /// Runs [`CLIENTS`] psql processes at once, each running its [`psql_script`].
-async fn run_psql(fx: &Fixture) -> Result<usize, String> {
+async fn run_psql(fx: &Target) -> Result<usize, String> {
     fresh_table(fx, &table_name("psql")).await?;
     let dir = tempfile::tempdir().map_err(|err| format!("creating a script directory: {err}"))?;
     let big_expected = std::sync::Arc::new(psql_big_output());
@@ -935,7 +1042,7 @@ const _: () = assert!(PGBENCH_RUNS * PGBENCH_QUERIES_PER_RUN >= LOOP_QUERIES);
 /// could never all get one of 2 server connections. Each client has its own thread (`-j`)
 /// because pgbench prepares statements with a blocking call, which would otherwise stall every
 /// client of a thread while one of them waits for a server connection.
-async fn run_pgbench(fx: &Fixture, mode: &str, protocol: &str) -> Result<usize, String> {
+async fn run_pgbench(fx: &Target, mode: &str, protocol: &str) -> Result<usize, String> {
     let table = table_name("pgbench");
     fresh_table(fx, &table).await?;
     let dir = tempfile::tempdir().map_err(|err| format!("creating a script directory: {err}"))?;
@@ -1082,7 +1189,7 @@ fn files_under(path: &Path) -> Vec<PathBuf> {
 }
 
 /// Runs a driver program against `fx` and reads the query count from its `ok` line.
-async fn run_program(program: &Program, fx: &Fixture, mode: &str) -> Result<usize, String> {
+async fn run_program(program: &Program, fx: &Target, mode: &str) -> Result<usize, String> {
     let dir = drivers_dir().join(program.dir);
     check_installed(program, &dir)?;
     let (first, rest) = program.argv.split_first().expect("a program");
@@ -1095,13 +1202,19 @@ async fn run_program(program: &Program, fx: &Fixture, mode: &str) -> Result<usiz
     cmd.args(rest)
         .current_dir(&dir)
         .env("WEIR_HOST", net::HOST)
-        .env("WEIR_PORT", fx.weir.port().to_string())
+        .env("WEIR_PORT", fx.port().to_string())
         .env("WEIR_USER", USER)
         .env("WEIR_PASSWORD", PASSWORD)
         .env("WEIR_DB", DATABASE)
         .env("WEIR_MODE", mode)
         .stdin(Stdio::null())
         .kill_on_drop(true);
+    if let Some(tls) = &fx.tls {
+        // Programs that can (psycopg, through libpq) also require channel binding.
+        cmd.env("WEIR_SSLMODE", "verify-full")
+            .env("WEIR_SSLROOTCERT", &tls.ca_file)
+            .env("WEIR_CHANNEL_BINDING", "require");
+    }
     let output = tokio::time::timeout(PROGRAM_TIMEOUT, cmd.output())
         .await
         .map_err(|_| format!("no result within {PROGRAM_TIMEOUT:?}"))?

@@ -81,6 +81,8 @@ func expectServerError(what string, err error, sqlstate string) error {
 type settings struct {
 	host, user, password, db, mode string
 	port                           uint16
+	// TLS as libpq names it (WEIR_SSLMODE, WEIR_SSLROOTCERT); empty leaves pgx's defaults.
+	sslmode, sslrootcert string
 }
 
 func settingsFromEnv() (settings, error) {
@@ -93,11 +95,13 @@ func settingsFromEnv() (settings, error) {
 		return value
 	}
 	s := settings{
-		host:     get("WEIR_HOST"),
-		user:     get("WEIR_USER"),
-		password: get("WEIR_PASSWORD"),
-		db:       get("WEIR_DB"),
-		mode:     os.Getenv("WEIR_MODE"),
+		host:        get("WEIR_HOST"),
+		user:        get("WEIR_USER"),
+		password:    get("WEIR_PASSWORD"),
+		db:          get("WEIR_DB"),
+		mode:        os.Getenv("WEIR_MODE"),
+		sslmode:     os.Getenv("WEIR_SSLMODE"),
+		sslrootcert: os.Getenv("WEIR_SSLROOTCERT"),
 	}
 	port := get("WEIR_PORT")
 	if len(missing) > 0 {
@@ -116,7 +120,14 @@ func settingsFromEnv() (settings, error) {
 
 func connect(ctx context.Context, s settings) (*pgx.Conn, error) {
 	// An empty connection string gives the defaults; the fields below replace what matters.
-	config, err := pgx.ParseConfig("")
+	// TLS goes through the connection string, so that pgx applies libpq's sslmode rules.
+	// The host is in it too: pgx derives the TLS server name from the parsed host.
+	conn := ""
+	if s.sslmode != "" {
+		conn = fmt.Sprintf("host=%s port=%d sslmode=%s sslrootcert=%s",
+			s.host, s.port, s.sslmode, s.sslrootcert)
+	}
+	config, err := pgx.ParseConfig(conn)
 	if err != nil {
 		return nil, err
 	}

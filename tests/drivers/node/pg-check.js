@@ -5,6 +5,8 @@
 // mode its statements are executed on server connections other than the one they were
 // prepared on.
 
+import { readFileSync } from 'node:fs';
+
 import pg from 'pg';
 
 const DRIVER = 'node-pg';
@@ -51,7 +53,17 @@ function settingsFromEnv(env) {
     password: env.WEIR_PASSWORD,
     database: env.WEIR_DB,
     mode: env.WEIR_MODE || 'unknown',
+    ssl: sslFromEnv(env),
   };
+}
+
+// verify-full as node-postgres spells it: trust only the given root; Node checks the host name.
+function sslFromEnv(env) {
+  if (!env.WEIR_SSLMODE) return undefined;
+  if (env.WEIR_SSLMODE !== 'verify-full') {
+    throw new CheckFailed(`WEIR_SSLMODE=${env.WEIR_SSLMODE}: this check does verify-full only`);
+  }
+  return { ca: readFileSync(env.WEIR_SSLROOTCERT, 'utf8'), rejectUnauthorized: true };
 }
 
 function expect(what, actual, expected) {

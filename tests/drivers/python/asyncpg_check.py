@@ -5,6 +5,8 @@ prepared statement kept in the connection's statement cache and reused, so in tr
 its statements are executed on server connections other than the one they were prepared on.
 """
 
+import ssl
+
 import asyncpg
 from asyncpg import exceptions
 
@@ -30,8 +32,19 @@ BIG_SQL = (
 
 async def connect(s):
     return await asyncpg.connect(
-        host=s.host, port=s.port, user=s.user, password=s.password, database=s.db
+        host=s.host, port=s.port, user=s.user, password=s.password, database=s.db, ssl=tls(s)
     )
+
+
+def tls(s):
+    """verify-full as an SSLContext (trust the given root, check the host name), else none."""
+    if s.sslmode is None:
+        return None
+    if s.sslmode != "verify-full":
+        raise SystemExit(f"WEIR_SSLMODE={s.sslmode}: this check does verify-full only")
+    context = ssl.create_default_context(cafile=s.sslrootcert)
+    context.check_hostname = True
+    return context
 
 
 async def setup(s):

@@ -43,6 +43,10 @@ class Settings:
         self.password = env["WEIR_PASSWORD"]
         self.db = env["WEIR_DB"]
         self.mode = env.get("WEIR_MODE", "unknown")
+        # TLS as libpq names it; unset means the driver's default (no TLS against weir).
+        self.sslmode = env.get("WEIR_SSLMODE")
+        self.sslrootcert = env.get("WEIR_SSLROOTCERT")
+        self.channel_binding = env.get("WEIR_CHANNEL_BINDING")
 
 
 class CheckFailed(Exception):

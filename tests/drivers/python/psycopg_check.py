@@ -30,6 +30,15 @@ BIG_SQL = (
 
 
 async def connect(s, **extra):
+    tls = {
+        key: value
+        for key, value in (
+            ("sslmode", s.sslmode),
+            ("sslrootcert", s.sslrootcert),
+            ("channel_binding", s.channel_binding),
+        )
+        if value
+    }
     return await psycopg.AsyncConnection.connect(
         host=s.host,
         port=s.port,
@@ -38,6 +47,7 @@ async def connect(s, **extra):
         dbname=s.db,
         require_auth="scram-sha-256",
         autocommit=True,
+        **tls,
         **extra,
     )
 

@@ -110,6 +110,12 @@ public final class JdbcCheck {
             props.setProperty("user", env.get("WEIR_USER"));
             props.setProperty("password", env.get("WEIR_PASSWORD"));
             props.setProperty("prepareThreshold", "1");
+            // TLS as libpq names it; pgjdbc reads a PEM root certificate for verify-full.
+            String sslmode = env.getOrDefault("WEIR_SSLMODE", "");
+            if (!sslmode.isEmpty()) {
+                props.setProperty("sslmode", sslmode);
+                props.setProperty("sslrootcert", env.getOrDefault("WEIR_SSLROOTCERT", ""));
+            }
             return new Settings(url, props, env.getOrDefault("WEIR_MODE", "unknown"));
         }
 
