@@ -73,10 +73,55 @@ async fn every_driver_over_tls_with_verify_full() {
     run_matrix("transaction", true).await;
 }
 
+/// `verify-full` is checked, not assumed: told to trust another CA, every driver refuses
+/// weir's certificate before it logs in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_driver_refuses_a_certificate_from_another_ca() {
+    let _one_at_a_time = ONE_MATRIX_AT_A_TIME.lock().await;
+    let mut fx = start_target("transaction", true).await;
+    let other = TestCa::new("somebody else's CA").expect("CA");
+    let tls = fx.tls.as_mut().expect("TLS target");
+    tls.ca_file = tls.dir.path().join("other-ca.crt");
+    std::fs::write(&tls.ca_file, &other.cert_pem).expect("writing the other CA");
+    tls.connect = RustlsConnect::new(&other.cert_pem).expect("TLS client configuration");
+
+    let mut refusals = vec![(
+        "tokio-postgres",
+        match fx.client().await {
+            Ok(_) => Ok(0),
+            Err(err) => Err(format!("{err:#}")),
+        },
+    )];
+    let psql = pg_client_command("psql", &fx)
+        .args(["-X", "-c", "SELECT 1"])
+        .output()
+        .await
+        .expect("running psql");
+    refusals.push((
+        "psql",
+        if psql.status.success() {
+            Ok(0)
+        } else {
+            Err(String::from_utf8_lossy(&psql.stderr).into_owned())
+        },
+    ));
+    for program in PROGRAMS {
+        refusals.push((program.driver, run_program(program, &fx, "transaction").await));
+    }
+    for (driver, result) in refusals {
+        let err = result.expect_err(driver).to_lowercase();
+        assert!(
+            err.contains("certificat") && !err.contains("not installed"),
+            "{driver}: {err}"
+        );
+    }
+    assert_eq!(fx.server_connections_seen().await, 0, "nobody logged in");
+}
+
 /// TLS toward weir: the CA the clients trust, written where the driver programs read it.
 struct ClientTls {
-    /// Keeps the certificate files for the run.
-    _dir: tempfile::TempDir,
+    /// Holds the certificate files for the run.
+    dir: tempfile::TempDir,
     ca_file: PathBuf,
     connect: RustlsConnect,
 }
@@ -95,6 +140,14 @@ impl Target {
     /// How tokio-postgres clients make TLS, when they must.
     fn connector(&self) -> Option<RustlsConnect> {
         self.tls.as_ref().map(|tls| tls.connect.clone())
+    }
+
+    /// Server connections weir has opened so far (none before a client logs in).
+    async fn server_connections_seen(&self) -> i64 {
+        self.fx
+            .server_connections()
+            .await
+            .expect("counting server connections")
     }
 
     /// A client for setting up and checking tables.
@@ -151,7 +204,7 @@ async fn start_target(mode: &'static str, tls: bool) -> Target {
     Target {
         fx,
         tls: Some(ClientTls {
-            _dir: dir,
+            dir,
             ca_file,
             connect,
         }),
