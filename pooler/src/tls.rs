@@ -574,14 +574,14 @@ pub fn server_end_point(cert: &CertificateDer<'_>) -> Option<Vec<u8>> {
     let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
     let der = cert.as_ref();
     match parsed.signature_algorithm.algorithm.to_id_string().as_str() {
-        // md5, sha1, sha224 and sha256 with RSA; ecdsa with sha1, sha224, sha256.
+        // md5, sha1 and sha256 with RSA; ecdsa with sha1 and sha256.
         "1.2.840.113549.1.1.4"
         | "1.2.840.113549.1.1.5"
-        | "1.2.840.113549.1.1.14"
         | "1.2.840.113549.1.1.11"
         | "1.2.840.10045.4.1"
-        | "1.2.840.10045.4.3.1"
         | "1.2.840.10045.4.3.2" => Some(sha2::Sha256::digest(der).to_vec()),
+        // sha224 with RSA and ecdsa: the signature's own hash, as PostgreSQL computes it.
+        "1.2.840.113549.1.1.14" | "1.2.840.10045.4.3.1" => Some(sha2::Sha224::digest(der).to_vec()),
         "1.2.840.113549.1.1.12" | "1.2.840.10045.4.3.3" => Some(sha2::Sha384::digest(der).to_vec()),
         "1.2.840.113549.1.1.13" | "1.2.840.10045.4.3.4" => Some(sha2::Sha512::digest(der).to_vec()),
         _ => None,
@@ -626,6 +626,33 @@ mod tests {
         // The default (prefer) needs no files either.
         let tls = Tls::load(&Settings::default()).unwrap();
         assert!(tls.server.config.is_some());
+    }
+
+    #[test]
+    fn server_end_point_hashes_with_the_signature_hash_and_sha256_for_sha1() {
+        // Certificates made with `openssl req -x509 -<hash>`; digests by `openssl dgst`.
+        let end_point = |pem: &str| {
+            let cert = CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
+            let hex: String = server_end_point(&cert)
+                .unwrap()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            hex
+        };
+        assert_eq!(
+            end_point(include_str!("../testdata/ecdsa-with-sha1.crt")),
+            "6b40c84d6554fa7abeabe795f6c4b68bf588b9d76c49ecd1f210636fdab36689"
+        );
+        assert_eq!(
+            end_point(include_str!("../testdata/ecdsa-with-sha224.crt")),
+            "750a25dfbf41b80f92d94b33d139512a38effa420971ac799faaa43a"
+        );
+        assert_eq!(
+            end_point(include_str!("../testdata/ecdsa-with-sha384.crt")),
+            "03d17c042e92e247379e0050048b7019458371f9d5dea1ff864ff76d76b1d41d\
+             24006033e9cc8fd5f1c94bdcb3110e17"
+        );
     }
 
     #[test]

@@ -153,6 +153,7 @@ fn server_end_point(cert: &CertificateDer<'_>) -> Option<Vec<u8>> {
         | "1.2.840.113549.1.1.11"
         | "1.2.840.10045.4.1"
         | "1.2.840.10045.4.3.2" => Some(sha2::Sha256::digest(der).to_vec()),
+        "1.2.840.113549.1.1.14" | "1.2.840.10045.4.3.1" => Some(sha2::Sha224::digest(der).to_vec()),
         "1.2.840.113549.1.1.12" | "1.2.840.10045.4.3.3" => Some(sha2::Sha384::digest(der).to_vec()),
         "1.2.840.113549.1.1.13" | "1.2.840.10045.4.3.4" => Some(sha2::Sha512::digest(der).to_vec()),
         _ => None,

@@ -106,7 +106,10 @@ async fn every_driver_refuses_a_certificate_from_another_ca() {
         },
     ));
     for program in PROGRAMS {
-        refusals.push((program.driver, run_program(program, &fx, "transaction").await));
+        refusals.push((
+            program.driver,
+            run_program(program, &fx, "transaction").await,
+        ));
     }
     for (driver, result) in refusals {
         let err = result.expect_err(driver).to_lowercase();
@@ -186,7 +189,9 @@ async fn start_target(mode: &'static str, tls: bool) -> Target {
     }
     let dir = tempfile::tempdir().expect("temp dir");
     let ca = TestCa::new("weir driver-matrix CA").expect("CA");
-    let leaf = ca.leaf("weir", &[net::HOST, "localhost"]).expect("weir certificate");
+    let leaf = ca
+        .leaf("weir", &[net::HOST, "localhost"])
+        .expect("weir certificate");
     let write = |name: &str, text: &str| {
         let path = dir.path().join(name);
         std::fs::write(&path, text).expect("writing a certificate file");
