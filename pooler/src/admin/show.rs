@@ -571,7 +571,11 @@ pub fn lists(config: &Config, views: &[PoolView], connected: usize) -> ResultSet
 /// `SHOW VERSION`.
 pub fn version() -> ResultSet {
     let mut rs = ResultSet::new(&["version"]);
-    rs.push(vec![text(format!("Weir {}", env!("CARGO_PKG_VERSION")))]);
+    rs.push(vec![text(format!(
+        "PgBouncer {} (Weir {})",
+        super::PGBOUNCER_VERSION,
+        env!("CARGO_PKG_VERSION")
+    ))]);
     rs
 }
 

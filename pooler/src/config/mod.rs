@@ -128,6 +128,8 @@ impl Config {
         let settings = &mut loaded.config.pgbouncer;
         for file in [
             &mut settings.auth_file,
+            &mut settings.auth_hba_file,
+            &mut settings.auth_ident_file,
             &mut settings.client_tls_key_file,
             &mut settings.client_tls_cert_file,
             &mut settings.client_tls_ca_file,

@@ -57,6 +57,8 @@ stats_period = 30
 max_prepared_statements = 0
 auth_type = scram-sha-256
 auth_file = /etc/weir/userlist.txt
+auth_hba_file = /etc/weir/hba.conf
+auth_ident_file = /etc/weir/ident.conf
 auth_user = pgbouncer_auth
 auth_query = SELECT usename, passwd FROM user_lookup($1)
 log_connections = 0
@@ -132,6 +134,8 @@ fn every_setting_expected() -> Settings {
         max_prepared_statements: 0,
         auth_type: AuthType::ScramSha256,
         auth_file: Some("/etc/weir/userlist.txt".into()),
+        auth_hba_file: Some("/etc/weir/hba.conf".into()),
+        auth_ident_file: Some("/etc/weir/ident.conf".into()),
         auth_user: Some("pgbouncer_auth".into()),
         auth_query: "SELECT usename, passwd FROM user_lookup($1)".into(),
         log_connections: false,
@@ -282,7 +286,6 @@ fn invalid_values_name_file_line_and_key() {
             "expected a duration in milliseconds",
         ),
         ("log_connections", "maybe", "expected a boolean"),
-        ("auth_type", "hba", "not supported by weir"),
         ("auth_type", "pam", "not supported by weir"),
         ("client_tls_sslmode", "always", "expected an sslmode"),
         (
