@@ -126,7 +126,10 @@ impl Stream {
     /// The OS user name of the process at the other end of a Unix-domain socket.
     pub fn peer_os_user(&self) -> Option<String> {
         let uid = nix::unistd::Uid::from_raw(self.peer_uid()?);
-        nix::unistd::User::from_uid(uid).ok().flatten().map(|u| u.name)
+        nix::unistd::User::from_uid(uid)
+            .ok()
+            .flatten()
+            .map(|u| u.name)
     }
 
     /// Whether the peer of a Unix-domain socket runs as this process's own OS user.

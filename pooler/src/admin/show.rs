@@ -204,34 +204,31 @@ pub fn pools(views: &[PoolView], waits: &HashMap<PoolKey, Duration>) -> ResultSe
 
 /// `SHOW STATS`, one row per database: totals since start and `averages` over the latest
 /// `stats_period` (per second, or microseconds per transaction / assignment for times).
-/// What weir does not measure (query time apart from transaction time, server lifetimes,
-/// parse and bind counts) is NULL. `total_xact_time` is the time server connections were
+/// PgBouncer 1.25's columns in its order; what weir does not measure (query time apart from
+/// transaction time, parse and bind counts) is NULL. `total_xact_time` is the time server connections were
 /// lent to clients, which in transaction mode is the transaction time.
 pub fn stats(views: &[PoolView], averages: &BTreeMap<String, Averages>) -> ResultSet {
     let mut rs = ResultSet::new(&[
         "database",
+        "total_server_assignment_count",
         "total_xact_count",
         "total_query_count",
-        "total_server_assignment_count",
-        "total_server_closed_count",
         "total_received",
         "total_sent",
         "total_xact_time",
         "total_query_time",
         "total_wait_time",
-        "total_server_lifetime",
         "total_client_parse_count",
         "total_server_parse_count",
         "total_bind_count",
+        "avg_server_assignment_count",
         "avg_xact_count",
         "avg_query_count",
-        "avg_server_assignment_count",
         "avg_recv",
         "avg_sent",
         "avg_xact_time",
         "avg_query_time",
         "avg_wait_time",
-        "avg_server_lifetime",
         "avg_client_parse_count",
         "avg_server_parse_count",
         "avg_bind_count",
@@ -240,10 +237,9 @@ pub fn stats(views: &[PoolView], averages: &BTreeMap<String, Averages>) -> Resul
         let a = averages.get(&db).copied().unwrap_or_default();
         rs.push(vec![
             text(&db),
+            text(t.assignments),
             text(t.xacts),
             text(t.queries),
-            text(t.assignments),
-            None,
             text(t.received),
             text(t.sent),
             text(t.xact_us),
@@ -252,16 +248,14 @@ pub fn stats(views: &[PoolView], averages: &BTreeMap<String, Averages>) -> Resul
             None,
             None,
             None,
-            None,
+            text(a.assignments),
             text(a.xacts),
             text(a.queries),
-            text(a.assignments),
             text(a.received),
             text(a.sent),
             text(a.xact_us),
             None,
             text(a.wait_us),
-            None,
             None,
             None,
             None,

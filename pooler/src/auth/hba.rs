@@ -161,9 +161,7 @@ impl Hba {
                 (Origin::Tcp { tls: true, .. }, Kind::HostNoSsl) => false,
                 (Origin::Tcp { addr, .. }, _) => rule.address.matches(addr),
             };
-            place
-                && rule.databases.matches(database, user)
-                && rule.users.matches(user, database)
+            place && rule.databases.matches(database, user) && rule.users.matches(user, database)
         })
     }
 }
@@ -497,15 +495,13 @@ mod tests {
 
     #[test]
     fn first_matching_rule_decides() {
-        let (h, w) = hba(
-            "# comment\n\
+        let (h, w) = hba("# comment\n\
              local all pgbouncer peer\n\
              local all all md5\n\
              host app app 10.0.0.0/8 scram-sha-256\n\
              host all all 127.0.0.1 255.255.255.255 trust\n\
              host all all ::1/128 password\n\
-             host all all all reject\n",
-        );
+             host all all all reject\n");
         assert!(w.is_empty(), "{w:?}");
         assert_eq!(
             method(&h, Origin::Unix, "pgbouncer", "pgbouncer"),
@@ -548,17 +544,18 @@ mod tests {
     fn address_families_do_not_mix() {
         let (h, _) = hba("host all all 0.0.0.0/0 trust\n");
         assert_eq!(method(&h, tcp("::1"), "d", "u"), None);
-        assert_eq!(method(&h, tcp("192.168.1.1"), "d", "u"), Some(Method::Trust));
+        assert_eq!(
+            method(&h, tcp("192.168.1.1"), "d", "u"),
+            Some(Method::Trust)
+        );
     }
 
     #[test]
     fn name_lists_keywords_quotes_and_files() {
-        let (h, w) = hba(
-            "local sameuser all trust\n\
+        let (h, w) = hba("local sameuser all trust\n\
              local \"all\" x md5\n\
              local db1,\"db 2\" @users.txt password\n\
-             local replication all reject\n",
-        );
+             local replication all reject\n");
         assert!(w.is_empty(), "{w:?}");
         assert_eq!(method(&h, Origin::Unix, "eve", "eve"), Some(Method::Trust));
         // A quoted keyword is a plain name.
@@ -578,8 +575,7 @@ mod tests {
 
     #[test]
     fn bad_lines_are_skipped_with_a_warning() {
-        let (h, w) = hba(
-            "hostx all all all trust\n\
+        let (h, w) = hba("hostx all all all trust\n\
              host all all 10.0.0.1 trust\n\
              host all all 10.0.0.0/33 trust\n\
              host all all nothere/8 trust\n\
@@ -591,8 +587,7 @@ mod tests {
              local all \"open trust\n\
              local all @nofile trust\n\
              local all all trust extra\n\
-             host all all all md5\n",
-        );
+             host all all all md5\n");
         assert_eq!(w.len(), 12, "{w:#?}");
         assert!(w[0].starts_with("could not parse hba config line 1"));
         assert_eq!(method(&h, tcp("10.0.0.1"), "d", "u"), Some(Method::Md5));
@@ -621,7 +616,12 @@ mod tests {
     fn peer_rules_carry_their_ident_map() {
         let (h, w) = hba("local all all peer map=ops\n");
         assert!(w.is_empty(), "{w:?}");
-        let map = h.find(Origin::Unix, "d", "app").unwrap().map.clone().unwrap();
+        let map = h
+            .find(Origin::Unix, "d", "app")
+            .unwrap()
+            .map
+            .clone()
+            .unwrap();
         assert!(map.allows("postgres", "app"));
         assert!(!map.allows("postgres", "other"));
         assert!(map.allows("root", "anyone"));
