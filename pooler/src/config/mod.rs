@@ -41,6 +41,7 @@ pub const RESTART_KEYS: &[&str] = &[
     "listen_port",
     "unix_socket_dir",
     "unix_socket_mode",
+    "unix_socket_group",
     "user",
     "so_reuseport",
     "pkt_buf",

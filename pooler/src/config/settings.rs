@@ -307,8 +307,10 @@ pub struct Settings {
     pub unix_socket_dir: String,
     /// Permission bits of the Unix socket (octal in the file). Default `0777`.
     pub unix_socket_mode: u32,
-    /// Unix user to switch to after startup. Not supported: parsed, and ignored with a
-    /// warning.
+    /// Group (name or number) the Unix socket is given to. Unset: the process's group.
+    pub unix_socket_group: Option<String>,
+    /// OS user to switch to after reading the configuration, before listening, as
+    /// PgBouncer does. Unset: stay the user weir was started as.
     pub user: Option<String>,
     /// Default pooling mode for every database and user. Default `session`.
     pub pool_mode: PoolMode,
@@ -502,6 +504,7 @@ impl Default for Settings {
             listen_port: 6432,
             unix_socket_dir: "/tmp".to_owned(),
             unix_socket_mode: 0o777,
+            unix_socket_group: None,
             user: None,
             pool_mode: PoolMode::Session,
             max_client_conn: 100,
@@ -637,7 +640,8 @@ settings_table! {
     listen_port: port => implemented,
     unix_socket_dir: text => implemented,
     unix_socket_mode: mode => implemented,
-    user: opt_text => ignored("switching to another Unix user is not supported; start weir as that user"),
+    unix_socket_group: opt_text => implemented,
+    user: opt_text => implemented,
     pool_mode: choice => implemented,
     max_client_conn: count => implemented,
     default_pool_size: count => implemented,
@@ -742,7 +746,6 @@ pub const UNSUPPORTED_KEYS: &[&str] = &[
     "tcp_defer_accept",
     "tcp_socket_buffer",
     "transaction_timeout",
-    "unix_socket_group",
 ];
 
 impl Settings {

@@ -39,6 +39,7 @@ listen_addr = 127.0.0.1, ::1
 listen_port = 7432
 unix_socket_dir = /run/weir
 unix_socket_mode = 0700
+unix_socket_group = weir
 user = weir
 pool_mode = transaction
 max_client_conn = 5000
@@ -116,6 +117,7 @@ fn every_setting_expected() -> Settings {
         listen_port: 7432,
         unix_socket_dir: "/run/weir".into(),
         unix_socket_mode: 0o700,
+        unix_socket_group: Some("weir".into()),
         user: Some("weir".into()),
         pool_mode: PoolMode::Transaction,
         max_client_conn: 5000,
