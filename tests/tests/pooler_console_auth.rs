@@ -89,6 +89,8 @@ async fn psql(
         "-A",
         "-P",
         "footer=off",
+        "-v",
+        "VERBOSITY=verbose",
     ])
     .args(["-h", &host, "-p", &p.port().to_string(), "-U", user])
     .args(["-d", "pgbouncer", "-c", sql])
@@ -244,6 +246,11 @@ const SHOW_SUBJECTS: &[&str] = &[
     "LISTS",
     "VERSION",
     "STATE",
+    "STATS_TOTALS",
+    "STATS_AVERAGES",
+    "TOTALS",
+    "client_encoding",
+    "TimeZone",
 ];
 
 /// Columns Weir adds after PgBouncer's (documented in the README).
@@ -293,4 +300,60 @@ async fn show_commands_print_pgbouncers_columns() {
         .map(|(weir, pgbouncer)| format!("Weir      {weir}\nPgBouncer {pgbouncer}"))
         .collect();
     assert!(differ.is_empty(), "{}", differ.join("\n"));
+}
+
+#[tokio::test]
+async fn set_answers_as_pgbouncer_does() {
+    // Each SET, and whether it succeeds; the command tags must read the same.
+    let cases = [
+        ("SET default_pool_size = 7", true),
+        ("SET server_check_query = 'select 2'", true),
+        ("SET client_encoding = 'UTF8'", true),
+        ("SET listen_port = 1", true),
+        ("SET no_such_setting = 1", false),
+        ("SET default_pool_size = many", false),
+    ];
+    let mut answers = Vec::new();
+    for kind in KINDS {
+        let p = start(kind, &ini("auth_type = md5\n")).await;
+        let os = own_os_user(kind);
+        let mut of_kind = Vec::new();
+        for (sql, ok) in cases {
+            let r = psql(&p, Via::Unix, &os, "pgbouncer", None, sql).await;
+            assert_eq!(r.is_ok(), ok, "{kind:?}: {sql}: {r:?}");
+            of_kind.push(r.unwrap_or_default());
+        }
+        let config = psql(&p, Via::Unix, &os, "pgbouncer", None, "SHOW CONFIG")
+            .await
+            .expect("SHOW CONFIG");
+        for expected in ["default_pool_size|7|", "server_check_query|select 2|"] {
+            assert!(
+                config.lines().any(|l| l.starts_with(expected)),
+                "{kind:?}: {expected} in\n{config}"
+            );
+        }
+        answers.push(of_kind);
+    }
+    assert_eq!(answers[0][0], "SET default_pool_size=7\n");
+    assert_eq!(answers[0][2], "SET\n");
+    assert_eq!(answers[0], answers[1]);
+}
+
+#[tokio::test]
+async fn pgbouncer_commands_weir_has_no_use_for_are_refused_as_unsupported() {
+    let p = start(Kind::Weir, &ini("auth_type = md5\n")).await;
+    let os = own_os_user(Kind::Weir);
+    for sql in [
+        "SUSPEND",
+        "SHOW FDS",
+        "SHOW SOCKETS",
+        "SHOW MEM",
+        "SHOW DNS_HOSTS",
+    ] {
+        let err = psql(&p, Via::Unix, &os, "pgbouncer", None, sql)
+            .await
+            .expect_err(sql);
+        assert!(err.contains("0A000"), "{sql}: {err}");
+        assert!(err.contains("not supported by weir"), "{sql}: {err}");
+    }
 }

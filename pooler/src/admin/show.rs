@@ -17,6 +17,7 @@ use crate::pool::{Pool, PoolKey};
 use crate::protocol::backend;
 use crate::registry::{ClientRecord, ServerRecord};
 
+use super::parse::FakeParam;
 use super::stats::{Averages, Totals};
 use crate::server::ServerAddr;
 use crate::tls::Tls;
@@ -261,6 +262,115 @@ pub fn stats(views: &[PoolView], averages: &BTreeMap<String, Averages>) -> Resul
             None,
         ]);
     }
+    rs
+}
+
+/// `SHOW STATS_TOTALS`: the database and the `total_` columns of SHOW STATS, under
+/// PgBouncer's names for them.
+pub fn stats_totals(stats: &ResultSet) -> ResultSet {
+    project(
+        stats,
+        &[
+            ("database", "database"),
+            ("total_server_assignment_count", "server_assignment_count"),
+            ("total_xact_count", "xact_count"),
+            ("total_query_count", "query_count"),
+            ("total_received", "bytes_received"),
+            ("total_sent", "bytes_sent"),
+            ("total_xact_time", "xact_time"),
+            ("total_query_time", "query_time"),
+            ("total_wait_time", "wait_time"),
+            ("total_client_parse_count", "client_parse_count"),
+            ("total_server_parse_count", "server_parse_count"),
+            ("total_bind_count", "bind_count"),
+        ],
+    )
+}
+
+/// `SHOW STATS_AVERAGES`: the database and the `avg_` columns of SHOW STATS, under
+/// PgBouncer's names for them.
+pub fn stats_averages(stats: &ResultSet) -> ResultSet {
+    project(
+        stats,
+        &[
+            ("database", "database"),
+            ("avg_server_assignment_count", "server_assignment_count"),
+            ("avg_xact_count", "xact_count"),
+            ("avg_query_count", "query_count"),
+            ("avg_recv", "bytes_received"),
+            ("avg_sent", "bytes_sent"),
+            ("avg_xact_time", "xact_time"),
+            ("avg_query_time", "query_time"),
+            ("avg_wait_time", "wait_time"),
+            ("avg_client_parse_count", "avg_client_parse_count"),
+            ("avg_server_parse_count", "avg_server_parse_count"),
+            ("avg_bind_count", "avg_bind_count"),
+        ],
+    )
+}
+
+/// `SHOW TOTALS`: every SHOW STATS number summed over the databases, one `name`/`value` row
+/// each under PgBouncer's names; NULL where weir does not measure it.
+pub fn totals(stats: &ResultSet) -> ResultSet {
+    let mut rs = ResultSet::new(&["name", "value"]);
+    for (column, name) in [
+        (
+            "total_server_assignment_count",
+            "total_server_assignment_count",
+        ),
+        ("total_xact_count", "total_xact_count"),
+        ("total_query_count", "total_query_count"),
+        ("total_received", "total_client_bytes"),
+        ("total_sent", "total_server_bytes"),
+        ("total_xact_time", "total_xact_time"),
+        ("total_query_time", "total_query_time"),
+        ("total_wait_time", "total_wait_time"),
+        ("total_client_parse_count", "total_ps_client_parse_count"),
+        ("total_server_parse_count", "total_ps_server_parse_count"),
+        ("total_bind_count", "total_ps_bind_count"),
+        ("avg_server_assignment_count", "avg_server_assignment_count"),
+        ("avg_xact_count", "avg_xact_count"),
+        ("avg_query_count", "avg_query_count"),
+        ("avg_recv", "avg_client_bytes"),
+        ("avg_sent", "avg_server_bytes"),
+        ("avg_xact_time", "avg_xact_time"),
+        ("avg_query_time", "avg_query_time"),
+        ("avg_wait_time", "avg_wait_time"),
+        ("avg_client_parse_count", "avg_ps_client_parse_count"),
+        ("avg_server_parse_count", "avg_ps_server_parse_count"),
+        ("avg_bind_count", "avg_ps_bind_count"),
+    ] {
+        let i = stats.columns.iter().position(|c| *c == column);
+        let values: Option<Vec<u64>> = stats
+            .rows
+            .iter()
+            .map(|row| i.and_then(|i| row[i].as_deref()?.parse().ok()))
+            .collect();
+        let sum = values.map(|v| v.iter().sum::<u64>());
+        rs.push(vec![text(name), sum.map(|s| s.to_string())]);
+    }
+    rs
+}
+
+/// The `columns` of `rs` (by name), renamed.
+fn project(rs: &ResultSet, columns: &[(&str, &'static str)]) -> ResultSet {
+    let names: Vec<&'static str> = columns.iter().map(|(_, to)| *to).collect();
+    let mut out = ResultSet::new(&names);
+    let at: Vec<Option<usize>> = columns
+        .iter()
+        .map(|(from, _)| rs.columns.iter().position(|c| c == from))
+        .collect();
+    for row in &rs.rows {
+        out.push(at.iter().map(|i| i.and_then(|i| row[i].clone())).collect());
+    }
+    out
+}
+
+/// `SHOW` of a fake session parameter: PgBouncer's fixed value, so drivers that ask get an
+/// answer.
+pub fn param(p: FakeParam) -> ResultSet {
+    let mut rs = ResultSet::new(&[p.name]);
+    rs.push(vec![text(p.value)]);
     rs
 }
 
@@ -615,6 +725,7 @@ pub fn help() -> ResultSet {
     let mut rs = ResultSet::new(&["command"]);
     for line in [
         "SHOW POOLS|STATS|CLIENTS|SERVERS|DATABASES|USERS|CONFIG|LISTS|VERSION|STATE|HELP",
+        "SHOW STATS_TOTALS|STATS_AVERAGES|TOTALS",
         "SHOW CERTIFICATES",
         "PAUSE [db]",
         "RESUME [db]",
