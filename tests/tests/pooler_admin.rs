@@ -682,3 +682,43 @@ async fn show_stats_averages_follow_the_stats_period() {
         "{queries} queries/s < {xacts} transactions/s"
     );
 }
+
+#[tokio::test]
+async fn wait_close_returns_once_reconnect_has_closed_every_old_connection() {
+    let fx = fixture("transaction", 3).await;
+    let app = fx.client().await.expect("client");
+    // A held transaction keeps one server connection lent through RECONNECT.
+    app.simple_query("BEGIN; SELECT 1").await.expect("begin");
+    let admin = admin(&fx).await;
+    // Nothing to close yet: returns at once.
+    run(&admin, "WAIT_CLOSE").await;
+    run(&admin, "RECONNECT app").await;
+
+    let waiter = tokio::spawn(async move { run(&admin, "WAIT_CLOSE app").await });
+    // The old connection is still lent (a state, seen from a second console session after
+    // WAIT_CLOSE was sent): WAIT_CLOSE must still be waiting for it.
+    let other = net::connect(fx.weir.port(), USER, PASSWORD, "pgbouncer")
+        .await
+        .expect("second admin");
+    let servers = show(&other, "SHOW SERVERS").await;
+    assert!(
+        servers.find("state", "active").is_some(),
+        "the lent connection"
+    );
+    assert!(
+        !waiter.is_finished(),
+        "WAIT_CLOSE returned with a connection left to close"
+    );
+    app.simple_query("COMMIT").await.expect("commit");
+    // Returned, the old connection is closed, and WAIT_CLOSE returns.
+    waiter.await.expect("waiter");
+    let servers = show(&other, "SHOW SERVERS").await;
+    assert!(servers.rows.is_empty(), "the old connection is closed");
+    let e = net::connect(fx.weir.port(), USER, PASSWORD, "pgbouncer")
+        .await
+        .expect("admin")
+        .simple_query("WAIT_CLOSE nowhere")
+        .await
+        .expect_err("unknown db");
+    assert_eq!(fixture::sqlstate(&e), Some("3D000"));
+}

@@ -64,6 +64,14 @@ pub async fn execute(pooler: &impl Console, command: Command) -> Result<Reply, B
             }
             Ok(Reply::Done)
         }
+        Command::WaitClose(db) => {
+            check_database(pooler, db.as_deref())?;
+            let pools = pools_of(pooler, db.as_deref());
+            while pools.iter().any(|p| p.close_needed() > 0) {
+                tokio::time::sleep(PAUSE_POLL).await;
+            }
+            Ok(Reply::Done)
+        }
         Command::Kill(db) => {
             check_database(pooler, db.as_deref())?;
             pooler.kill(db.as_deref());

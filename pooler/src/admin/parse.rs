@@ -108,6 +108,9 @@ pub enum Command {
     Reconnect(Option<String>),
     /// `KILL [db]`.
     Kill(Option<String>),
+    /// `WAIT_CLOSE [db]`: returns once no server connection is left to close after
+    /// RECONNECT or a reload.
+    WaitClose(Option<String>),
     /// `KILL_CLIENT id`.
     KillClient(u64),
     /// `DISABLE db`.
@@ -152,6 +155,7 @@ impl Command {
             Command::Reload => "RELOAD",
             Command::Reconnect(_) => "RECONNECT",
             Command::Kill(_) => "KILL",
+            Command::WaitClose(_) => "WAIT_CLOSE",
             Command::KillClient(_) => "KILL_CLIENT",
             Command::Disable(_) => "DISABLE",
             Command::Enable(_) => "ENABLE",
@@ -276,6 +280,7 @@ pub fn parse(stmt: &str) -> Result<Command, ParseError> {
         "RESUME" => at_most_one("RESUME").map(Command::Resume),
         "RECONNECT" => at_most_one("RECONNECT").map(Command::Reconnect),
         "KILL" => at_most_one("KILL").map(Command::Kill),
+        "WAIT_CLOSE" => at_most_one("WAIT_CLOSE").map(Command::WaitClose),
         "DISABLE" => exactly_one("DISABLE").map(Command::Disable),
         "ENABLE" => exactly_one("ENABLE").map(Command::Enable),
         "RELOAD" if args.is_empty() => Ok(Command::Reload),
@@ -485,6 +490,9 @@ mod tests {
             Command::Show(Subject::StatsAverages)
         );
         assert_eq!(ok("SHOW TOTALS"), Command::Show(Subject::Totals));
+        assert_eq!(ok("wait_close"), Command::WaitClose(None));
+        assert_eq!(ok("WAIT_CLOSE app"), Command::WaitClose(Some("app".into())));
+        assert!(!ok("WAIT_CLOSE").is_read_only());
     }
 
     #[test]

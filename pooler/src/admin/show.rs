@@ -732,6 +732,7 @@ pub fn help() -> ResultSet {
         "RELOAD",
         "RECONNECT [db]",
         "KILL [db]",
+        "WAIT_CLOSE [db]",
         "KILL_CLIENT id",
         "DISABLE db",
         "ENABLE db",
