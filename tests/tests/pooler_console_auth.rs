@@ -257,7 +257,7 @@ const SHOW_SUBJECTS: &[&str] = &[
 const WEIR_EXTRA_COLUMNS: &[(&str, &str)] = &[("CLIENTS", "pinned")];
 
 #[tokio::test]
-async fn show_commands_print_pgbouncers_columns() {
+async fn show_commands_print_pgbouncers_columns_and_fixed_values() {
     let mut headers = Vec::new();
     for kind in KINDS {
         let p = start(kind, &ini("auth_type = md5\n")).await;
@@ -284,6 +284,19 @@ async fn show_commands_print_pgbouncers_columns() {
                 assert!(numbers.iter().all(|n| n.parse::<u32>().is_ok()), "{value}");
             }
             of_kind.push(format!("SHOW {subject}: {header}"));
+            // Where the values are deterministic, they must read the same too.
+            let values: Vec<&str> = match *subject {
+                "STATE" | "client_encoding" | "TimeZone" => out.lines().collect(),
+                "DATABASES" => out.lines().filter(|l| l.starts_with("app|")).collect(),
+                "TOTALS" => out
+                    .lines()
+                    .map(|l| l.split('|').next().unwrap_or(""))
+                    .collect(),
+                _ => Vec::new(),
+            };
+            if !values.is_empty() {
+                of_kind.push(format!("SHOW {subject} values: {}", values.join(" / ")));
+            }
         }
         headers.push(of_kind);
     }
