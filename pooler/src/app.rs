@@ -13,9 +13,10 @@ use bytes::BytesMut;
 use tokio::sync::watch;
 
 use crate::admin::stats::Averages;
+use crate::auth::hba::{Hba, IdentMaps};
 use crate::auth::{ScramSecret, Secret};
 use crate::client;
-use crate::config::{self, Config};
+use crate::config::{self, AuthType, Config};
 pub use crate::lifecycle::ShutdownMode;
 use crate::pool::{Limit, Pool, PoolKey, PoolSettings};
 use crate::prepared::StatementRegistry;
@@ -38,6 +39,8 @@ pub struct Pooler {
     /// TLS material built from the configuration's `*_tls_*` files.
     tls: ArcSwap<Tls>,
     secrets: ArcSwap<HashMap<String, Secret>>,
+    /// The rules of `auth_hba_file` (`auth_type = hba`), read at start and on every reload.
+    hba: ArcSwap<Hba>,
     pools: Mutex<HashMap<PoolKey, Arc<Pool>>>,
     limits: Mutex<HashMap<String, Arc<Limit>>>,
     clients: Arc<AtomicUsize>,
@@ -69,6 +72,41 @@ struct Control {
     disabled: HashSet<String>,
 }
 
+/// Reads `auth_hba_file` and `auth_ident_file` when `auth_type = hba`, logging every line
+/// skipped; a file that cannot be read gives no rules, so every client is refused.
+pub fn load_hba(config: &Config) -> Hba {
+    let s = &config.pgbouncer;
+    let (Some(path), AuthType::Hba) = (&s.auth_hba_file, s.auth_type) else {
+        return Hba::default();
+    };
+    let read = |p: &Path| match std::fs::read_to_string(p) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            tracing::error!(path = %p.display(), error = %e, "cannot read an auth_type = hba file");
+            None
+        }
+    };
+    let idents = match s.auth_ident_file.as_deref().and_then(read) {
+        Some(text) => {
+            let (maps, warnings) = IdentMaps::parse(&text);
+            for w in warnings {
+                tracing::warn!("auth_ident_file: {w}");
+            }
+            maps
+        }
+        None => IdentMaps::default(),
+    };
+    let Some(text) = read(path) else {
+        return Hba::default();
+    };
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let (hba, warnings) = Hba::parse(&text, &|name| read(&dir.join(name)), &idents);
+    for w in warnings {
+        tracing::warn!("auth_hba_file: {w}");
+    }
+    hba
+}
+
 /// Loads the secrets of `auth_file`, if one is configured.
 pub fn load_secrets(config: &Config) -> Result<HashMap<String, Secret>, config::ConfigError> {
     let Some(path) = &config.pgbouncer.auth_file else {
@@ -93,7 +131,9 @@ impl Pooler {
         tls: Tls,
     ) -> Arc<Pooler> {
         let digest = config_digest(&config, &secrets);
+        let hba = load_hba(&config);
         Arc::new(Pooler {
+            hba: ArcSwap::from_pointee(hba),
             config_path: config_path.to_owned(),
             config: ArcSwap::from_pointee(config),
             tls: ArcSwap::from_pointee(tls),
@@ -145,6 +185,8 @@ impl Pooler {
         let secrets = load_secrets(&loaded.config)?;
         let tls = Tls::load(&loaded.config.pgbouncer)?;
         let digest = config_digest(&loaded.config, &secrets);
+        // The HBA files are not in the digest: re-read them on every reload, as PgBouncer does.
+        self.hba.store(Arc::new(load_hba(&loaded.config)));
         {
             let mut current = self.digest.lock().unwrap_or_else(|p| p.into_inner());
             if *current == digest {
@@ -710,6 +752,9 @@ impl client::SessionContext for Pooler {
     fn has_auth_file(&self) -> bool {
         Pooler::has_auth_file(self)
     }
+    fn hba(&self) -> Arc<Hba> {
+        self.hba.load_full()
+    }
     fn is_console(&self, database: &str) -> bool {
         crate::admin::is_console(database)
     }
@@ -724,11 +769,17 @@ impl client::SessionContext for Pooler {
         stream: Stream,
         buf: BytesMut,
         user: String,
+        own_user: bool,
         record: ClientHandle,
     ) -> Pin<Box<dyn Future<Output = &'static str> + Send>> {
         Box::pin(async move {
             // Checked at login; a reload since may have taken the user off the lists.
-            let Some(role) = crate::admin::role_of(&self.config(), &user) else {
+            let role = if own_user {
+                Some(crate::admin::Role::Admin)
+            } else {
+                crate::admin::role_of(&self.config(), &user)
+            };
+            let Some(role) = role else {
                 return "no longer allowed on the admin console";
             };
             tracing::info!(%user, ?role, "admin console login");

@@ -14,7 +14,7 @@
 //! - pool: pool registry lifecycle
 //! - session: client
 //! - surfaces: admin metrics http
-//! - root: app reload listener
+//! - root: app reload listener process
 //!
 //! `app` is the composition root: nothing below the root imports it. The surfaces and the client
 //! session reach the running pooler through interfaces it implements (`metrics::PoolerView`,
@@ -32,6 +32,7 @@ pub mod metrics;
 pub mod params;
 pub mod pool;
 pub mod prepared;
+pub mod process;
 pub mod protocol;
 pub mod registry;
 pub mod reload;

@@ -86,6 +86,22 @@ impl Listeners {
                     format!("cannot listen on {}: {e}", path.display()),
                 )
             })?;
+            if let Some(group) = settings
+                .unix_socket_group
+                .as_deref()
+                .filter(|g| !g.is_empty())
+            {
+                let gid = group_id(group)?;
+                std::os::unix::fs::chown(&path, None, Some(gid)).map_err(|e| {
+                    io::Error::new(
+                        e.kind(),
+                        format!(
+                            "cannot give {} to unix_socket_group {group}: {e}",
+                            path.display()
+                        ),
+                    )
+                })?;
+            }
             let mode = std::fs::Permissions::from_mode(settings.unix_socket_mode);
             std::fs::set_permissions(&path, mode).map_err(|e| {
                 io::Error::new(
@@ -123,6 +139,23 @@ impl Listeners {
             () = async { while tasks.join_next().await.is_some() {} } => {}
             () = pooler.drained() => tasks.abort_all(),
         }
+    }
+}
+
+/// The id of `unix_socket_group`: a number, or a group name (as PgBouncer reads it).
+fn group_id(group: &str) -> io::Result<u32> {
+    if let Ok(gid) = group.parse() {
+        return Ok(gid);
+    }
+    match nix::unistd::Group::from_name(group) {
+        Ok(Some(g)) => Ok(g.gid.as_raw()),
+        Ok(None) => Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("could not find unix_socket_group {group:?}"),
+        )),
+        Err(e) => Err(io::Error::other(format!(
+            "could not look up unix_socket_group {group:?}: {e}"
+        ))),
     }
 }
 
@@ -198,5 +231,13 @@ mod tests {
         drop(listeners);
         std::fs::remove_dir_all(&dir).unwrap();
         assert_eq!(mode & 0o777, 0o640);
+    }
+
+    #[test]
+    fn unix_socket_group_is_a_number_or_a_name() {
+        assert_eq!(group_id("4242").unwrap(), 4242);
+        assert_eq!(group_id("root").unwrap(), 0);
+        let e = group_id("no-such-group-here").unwrap_err();
+        assert!(e.to_string().contains("could not find"), "{e}");
     }
 }

@@ -1,6 +1,6 @@
 //! `weir`: the pooler binary, invoked like PgBouncer: `weir [-d] [-q] [-v] config.ini`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -12,6 +12,7 @@ use tracing_subscriber::prelude::*;
 use weir_pooler::app::{self, Pooler, ShutdownMode};
 use weir_pooler::config::Config;
 use weir_pooler::listener::Listeners;
+use weir_pooler::process::{self, PidFile};
 
 /// mimalloc instead of glibc's malloc: buffers come and go with every transaction, and
 /// glibc serves each multi-kilobyte request by first consolidating its fast bins.
@@ -22,7 +23,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Debug, Parser)]
 #[command(name = "weir", version, about)]
 struct Args {
-    /// Run in the background (requires `logfile` in the configuration, or -q).
+    /// Run in the background (requires `pidfile` in the configuration, as in PgBouncer).
     #[arg(short = 'd', long = "daemon")]
     daemon: bool,
     /// Do not log to standard error.
@@ -66,9 +67,32 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    // PgBouncer's order: switch user, check the pid file, go to the background, listen,
+    // write the pid file.
+    if let Some(user) = loaded
+        .config
+        .pgbouncer
+        .user
+        .as_deref()
+        .filter(|u| !u.is_empty())
+    {
+        if let Err(e) = process::change_user(user) {
+            tracing::error!("{e}");
+            eprintln!("weir: {e}");
+            return ExitCode::from(1);
+        }
+    }
+    if let Some(path) = &loaded.config.pgbouncer.pidfile {
+        if let Err(e) = process::check_pidfile(path) {
+            tracing::error!("{e}");
+            eprintln!("weir: {e}");
+            return ExitCode::from(1);
+        }
+    }
     if args.daemon {
-        if loaded.config.pgbouncer.logfile.is_none() && !args.quiet {
-            eprintln!("weir: -d needs a logfile in the configuration (or -q)");
+        if loaded.config.pgbouncer.pidfile.is_none() {
+            tracing::error!("daemon needs pidfile configured");
+            eprintln!("weir: daemon needs pidfile configured");
             return ExitCode::from(1);
         }
         if let Err(e) = nix::unistd::daemon(true, false) {
@@ -151,32 +175,15 @@ fn init_logging(args: &Args, config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Writes the pid file and removes it when dropped.
-struct PidFile(PathBuf);
-
-impl PidFile {
-    fn create(path: &Path) -> anyhow::Result<PidFile> {
-        std::fs::write(path, format!("{}\n", std::process::id()))
-            .with_context(|| format!("cannot write pidfile {}", path.display()))?;
-        Ok(PidFile(path.to_owned()))
-    }
-}
-
-impl Drop for PidFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
 async fn run(pooler: Arc<Pooler>) -> anyhow::Result<()> {
     let config = pooler.config();
-    let _pidfile = match &config.pgbouncer.pidfile {
-        Some(p) => Some(PidFile::create(p)?),
-        None => None,
-    };
     let listeners = Listeners::bind(&config.pgbouncer)
         .await
         .context("cannot open the listening sockets")?;
+    let _pidfile = match &config.pgbouncer.pidfile {
+        Some(p) => Some(PidFile::write(p).map_err(anyhow::Error::msg)?),
+        None => None,
+    };
     for addr in listeners.tcp_local_addrs() {
         tracing::info!(%addr, "listening");
     }

@@ -105,6 +105,38 @@ impl Stream {
         Ok((s.peek(&mut first).await? == 1).then_some(first[0]))
     }
 
+    /// The OS user id of the process at the other end of a Unix-domain socket (SO_PEERCRED),
+    /// for PgBouncer's peer logins; `None` over TCP.
+    pub fn peer_uid(&self) -> Option<u32> {
+        match self {
+            Stream::Unix(s) => s.peer_cred().ok().map(|c| c.uid()),
+            _ => None,
+        }
+    }
+
+    /// The client's IP address over TCP (and TLS); `None` for a Unix-domain socket.
+    pub fn peer_ip(&self) -> Option<std::net::IpAddr> {
+        match self {
+            Stream::Tcp(s) => s.peer_addr().ok().map(|a| a.ip()),
+            Stream::Tls(s) => s.get_ref().0.peer_addr().ok().map(|a| a.ip()),
+            Stream::Unix(_) => None,
+        }
+    }
+
+    /// The OS user name of the process at the other end of a Unix-domain socket.
+    pub fn peer_os_user(&self) -> Option<String> {
+        let uid = nix::unistd::Uid::from_raw(self.peer_uid()?);
+        nix::unistd::User::from_uid(uid)
+            .ok()
+            .flatten()
+            .map(|u| u.name)
+    }
+
+    /// Whether the peer of a Unix-domain socket runs as this process's own OS user.
+    pub fn peer_is_own_user(&self) -> bool {
+        self.peer_uid() == Some(nix::unistd::getuid().as_raw())
+    }
+
     /// Whether the connection is encrypted.
     pub fn is_tls(&self) -> bool {
         matches!(self, Stream::Tls(_))

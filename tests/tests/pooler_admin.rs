@@ -35,28 +35,25 @@ const POOLS_COLUMNS: &[&str] = &[
 /// PgBouncer's SHOW STATS columns, in order.
 const STATS_COLUMNS: &[&str] = &[
     "database",
+    "total_server_assignment_count",
     "total_xact_count",
     "total_query_count",
-    "total_server_assignment_count",
-    "total_server_closed_count",
     "total_received",
     "total_sent",
     "total_xact_time",
     "total_query_time",
     "total_wait_time",
-    "total_server_lifetime",
     "total_client_parse_count",
     "total_server_parse_count",
     "total_bind_count",
+    "avg_server_assignment_count",
     "avg_xact_count",
     "avg_query_count",
-    "avg_server_assignment_count",
     "avg_recv",
     "avg_sent",
     "avg_xact_time",
     "avg_query_time",
     "avg_wait_time",
-    "avg_server_lifetime",
     "avg_client_parse_count",
     "avg_server_parse_count",
     "avg_bind_count",
@@ -684,4 +681,44 @@ async fn show_stats_averages_follow_the_stats_period() {
         queries >= xacts,
         "{queries} queries/s < {xacts} transactions/s"
     );
+}
+
+#[tokio::test]
+async fn wait_close_returns_once_reconnect_has_closed_every_old_connection() {
+    let fx = fixture("transaction", 3).await;
+    let app = fx.client().await.expect("client");
+    // A held transaction keeps one server connection lent through RECONNECT.
+    app.simple_query("BEGIN; SELECT 1").await.expect("begin");
+    let admin = admin(&fx).await;
+    // Nothing to close yet: returns at once.
+    run(&admin, "WAIT_CLOSE").await;
+    run(&admin, "RECONNECT app").await;
+
+    let waiter = tokio::spawn(async move { run(&admin, "WAIT_CLOSE app").await });
+    // The old connection is still lent (a state, seen from a second console session after
+    // WAIT_CLOSE was sent): WAIT_CLOSE must still be waiting for it.
+    let other = net::connect(fx.weir.port(), USER, PASSWORD, "pgbouncer")
+        .await
+        .expect("second admin");
+    let servers = show(&other, "SHOW SERVERS").await;
+    assert!(
+        servers.find("state", "active").is_some(),
+        "the lent connection"
+    );
+    assert!(
+        !waiter.is_finished(),
+        "WAIT_CLOSE returned with a connection left to close"
+    );
+    app.simple_query("COMMIT").await.expect("commit");
+    // Returned, the old connection is closed, and WAIT_CLOSE returns.
+    waiter.await.expect("waiter");
+    let servers = show(&other, "SHOW SERVERS").await;
+    assert!(servers.rows.is_empty(), "the old connection is closed");
+    let e = net::connect(fx.weir.port(), USER, PASSWORD, "pgbouncer")
+        .await
+        .expect("admin")
+        .simple_query("WAIT_CLOSE nowhere")
+        .await
+        .expect_err("unknown db");
+    assert_eq!(fixture::sqlstate(&e), Some("3D000"));
 }

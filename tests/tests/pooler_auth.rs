@@ -416,3 +416,52 @@ async fn scram_answers_an_unknown_user_like_a_known_one() {
     assert!(known.ends_with(",i=4096"), "{known}");
     assert_server_untouched(&f).await;
 }
+
+#[tokio::test]
+async fn hba_rules_pick_the_method_and_refuse_what_no_rule_allows() {
+    let pg = PgCluster::start().await.expect("starting PostgreSQL");
+    pg.create_role(USER, PASSWORD, PasswordMethod::Scram)
+        .await
+        .expect("creating the role");
+    pg.create_database(DATABASE, USER)
+        .await
+        .expect("creating the database");
+    let rules = tempfile::tempdir().expect("tempdir");
+    let hba = rules.path().join("hba.conf");
+    std::fs::write(
+        &hba,
+        format!(
+            "host {DATABASE} {USER} 127.0.0.1/32 scram-sha-256\n\
+             host all {STRANGER} all reject\n"
+        ),
+    )
+    .expect("hba.conf");
+    let opts = Options {
+        auth_type: "hba",
+        userlist: Some(format!(
+            "\"{USER}\" \"{PASSWORD}\"\n\"{STRANGER}\" \"x\"\n\"eve\" \"x\"\n"
+        )),
+        ..Options::default()
+    }
+    .with(&format!("auth_hba_file = {}", hba.display()));
+    let weir = Fixture::start_weir(&pg, &opts)
+        .await
+        .expect("starting weir");
+    let f = Fixture { pg, weir };
+
+    let (code, message) = refused(&f, STRANGER, "x").await;
+    assert_eq!(code, "28000", "{message}");
+    assert!(message.contains("rejects"), "{message}");
+    let (code, _) = refused(&f, USER, "wrong").await;
+    assert_eq!(code, "28P01");
+    // A listed user no rule names is refused before any password is asked for.
+    let (code, message) = refused(&f, "eve", "x").await;
+    assert_eq!(code, "28000", "{message}");
+    assert!(message.contains("no authentication method"), "{message}");
+    assert_server_untouched(&f).await;
+
+    let client = login(&f, USER, PASSWORD)
+        .await
+        .expect("the scram rule admits app");
+    assert_served(&f, &client).await;
+}

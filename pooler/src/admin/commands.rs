@@ -7,7 +7,7 @@ use super::Console;
 use crate::pool::Pool;
 use crate::protocol::PgError;
 
-use super::parse::{Command, Subject};
+use super::parse::{self, Command, Subject};
 use super::show::{self, DbFlags, PoolView, ResultSet};
 
 /// How often PAUSE looks whether the paused pools' connections have all come back.
@@ -20,6 +20,14 @@ pub enum Reply {
     Rows(ResultSet),
     /// The command took effect; only the command tag is sent.
     Done,
+    /// The command took effect (or was ignored, as PgBouncer does): this command tag, after
+    /// an optional notice.
+    Tagged {
+        /// The CommandComplete tag, e.g. PgBouncer's `SET key=value`.
+        tag: String,
+        /// A NoticeResponse to send first.
+        notice: Option<String>,
+    },
 }
 
 /// Runs one command. Errors are plain (non-fatal) errors to report to the console user.
@@ -56,6 +64,14 @@ pub async fn execute(pooler: &impl Console, command: Command) -> Result<Reply, B
             }
             Ok(Reply::Done)
         }
+        Command::WaitClose(db) => {
+            check_database(pooler, db.as_deref())?;
+            let pools = pools_of(pooler, db.as_deref());
+            while pools.iter().any(|p| p.close_needed() > 0) {
+                tokio::time::sleep(PAUSE_POLL).await;
+            }
+            Ok(Reply::Done)
+        }
         Command::Kill(db) => {
             check_database(pooler, db.as_deref())?;
             pooler.kill(db.as_deref());
@@ -87,10 +103,39 @@ pub async fn execute(pooler: &impl Console, command: Command) -> Result<Reply, B
             pooler.shut_down(mode);
             Ok(Reply::Done)
         }
-        Command::Set { key, value } => match pooler.set_setting(&key, &value) {
-            Ok(()) => Ok(Reply::Done),
-            Err(e) => Err(Box::new(PgError::error("22023", format!("SET {key}: {e}")))),
-        },
+        Command::Set { key, value } => Ok(set(pooler, &key, &value)?),
+        Command::Unsupported { command, why } => Err(Box::new(PgError::error(
+            "0A000",
+            format!("{command} is not supported by weir: {why}"),
+        ))),
+    }
+}
+
+/// SET as PgBouncer answers it: a fake session parameter is ignored with a notice, a setting
+/// read only at start is left as it is (PgBouncer says nothing; weir adds a notice), any
+/// other is changed and acknowledged as `SET key=value`.
+fn set(pooler: &impl Console, key: &str, value: &str) -> Result<Reply, Box<PgError>> {
+    if parse::fake_param(key).is_some() {
+        return Ok(Reply::Tagged {
+            tag: "SET".to_owned(),
+            notice: Some("SET ignored".to_owned()),
+        });
+    }
+    let tag = format!("SET {key}={value}");
+    if crate::config::RESTART_KEYS.contains(&key) {
+        return Ok(Reply::Tagged {
+            tag,
+            notice: Some(format!(
+                "{key} takes effect only after a restart; SET ignored"
+            )),
+        });
+    }
+    match pooler.set_setting(key, value) {
+        Ok(()) => Ok(Reply::Tagged { tag, notice: None }),
+        Err(e) => Err(Box::new(PgError::error(
+            "22023",
+            format!("SET failed: {key}: {e}"),
+        ))),
     }
 }
 
@@ -100,6 +145,12 @@ fn show(pooler: &impl Console, subject: Subject) -> ResultSet {
     match subject {
         Subject::Pools => show::pools(&views, &pooler.registry().longest_waits()),
         Subject::Stats => show::stats(&views, &pooler.stats_averages()),
+        Subject::StatsTotals => show::stats_totals(&show::stats(&views, &pooler.stats_averages())),
+        Subject::StatsAverages => {
+            show::stats_averages(&show::stats(&views, &pooler.stats_averages()))
+        }
+        Subject::Totals => show::totals(&show::stats(&views, &pooler.stats_averages())),
+        Subject::Param(p) => show::param(p),
         Subject::Clients => show::clients(&pooler.registry().clients()),
         Subject::Servers => show::servers(&pooler.registry().servers()),
         Subject::Databases => show::databases(&config, &views, &|db| DbFlags {

@@ -34,6 +34,10 @@ pub fn is_console(database: &str) -> bool {
     CONSOLE_DATABASES.contains(&database)
 }
 
+/// The PgBouncer release whose console Weir's imitates: SHOW VERSION and `server_version`
+/// start with it, so exporters that parse PgBouncer's version read Weir's the same way.
+pub const PGBOUNCER_VERSION: &str = "1.25.2";
+
 /// What a console user may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -177,17 +181,19 @@ pub async fn serve(
     }
 }
 
-/// AuthenticationOk, the parameters clients expect, ReadyForQuery.
+/// AuthenticationOk, the parameters PgBouncer's console reports, ReadyForQuery.
 fn greet(out: &mut BytesMut) {
     backend::authentication_ok(out);
-    let version = format!("{} (Weir admin console)", env!("CARGO_PKG_VERSION"));
+    let version = format!("{PGBOUNCER_VERSION}/bouncer");
     for (name, value) in [
         ("server_version", version.as_str()),
-        ("server_encoding", "UTF8"),
         ("client_encoding", "UTF8"),
+        ("server_encoding", "UTF8"),
         ("DateStyle", "ISO"),
-        ("integer_datetimes", "on"),
+        ("TimeZone", "GMT"),
         ("standard_conforming_strings", "on"),
+        ("is_superuser", "on"),
+        ("integer_datetimes", "on"),
         ("application_name", ""),
     ] {
         backend::parameter_status(out, name, value);
@@ -226,6 +232,13 @@ async fn run_query(pooler: &Arc<impl Console>, role: Role, sql: &str, out: &mut 
         match commands::execute(pooler.as_ref(), command).await {
             Ok(Reply::Rows(rs)) => rs.encode(out),
             Ok(Reply::Done) => backend::command_complete(out, tag),
+            Ok(Reply::Tagged { tag, notice }) => {
+                if let Some(notice) = notice {
+                    let notice = PgError::new(crate::protocol::Severity::Notice, "00000", notice);
+                    backend::notice_response(out, &notice);
+                }
+                backend::command_complete(out, &tag);
+            }
             Err(e) => {
                 backend::error_response(out, &e);
                 return;

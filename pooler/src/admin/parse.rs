@@ -30,7 +30,68 @@ pub enum Subject {
     Help,
     /// The TLS certificates in force and when they expire (a Weir extension).
     Certificates,
+    /// SHOW STATS's totals, under PgBouncer's short names.
+    StatsTotals,
+    /// SHOW STATS's averages, under PgBouncer's short names.
+    StatsAverages,
+    /// SHOW STATS summed over every database, one `name`/`value` row each.
+    Totals,
+    /// A session parameter PgBouncer's console answers with a fixed value (for drivers).
+    Param(FakeParam),
 }
+
+/// A session parameter the console pretends to have: drivers SET and SHOW these on connect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FakeParam {
+    /// Its name, as PgBouncer spells it.
+    pub name: &'static str,
+    /// The value SHOW gives.
+    pub value: &'static str,
+}
+
+/// PgBouncer's fake parameters: SET is ignored with a notice, SHOW gives the value.
+pub const FAKE_PARAMS: &[FakeParam] = &[
+    FakeParam {
+        name: "client_encoding",
+        value: "UTF-8",
+    },
+    FakeParam {
+        name: "default_transaction_isolation",
+        value: "read committed",
+    },
+    FakeParam {
+        name: "standard_conforming_strings",
+        value: "on",
+    },
+    FakeParam {
+        name: "datestyle",
+        value: "ISO",
+    },
+    FakeParam {
+        name: "timezone",
+        value: "GMT",
+    },
+];
+
+/// The fake parameter `name` (any letter case), if it is one.
+pub fn fake_param(name: &str) -> Option<FakeParam> {
+    FAKE_PARAMS
+        .iter()
+        .copied()
+        .find(|p| p.name.eq_ignore_ascii_case(name))
+}
+
+/// PgBouncer commands that have no meaning in Weir, each with the reason, answered with
+/// SQLSTATE 0A000 rather than "unknown command".
+const UNSUPPORTED: &[(&str, &str)] = &[
+    ("SUSPEND", "it prepares PgBouncer's online restart (-R), which weir does not have; use so_reuseport and a rolling restart"),
+    ("SHOW FDS", "it hands sockets over in PgBouncer's online restart (-R), which weir does not have"),
+    ("SHOW SOCKETS", "weir has no PgBouncer socket buffers to show; SHOW CLIENTS and SHOW SERVERS list every connection"),
+    ("SHOW ACTIVE_SOCKETS", "weir has no PgBouncer socket buffers to show; SHOW CLIENTS and SHOW SERVERS list every connection"),
+    ("SHOW MEM", "weir has no PgBouncer memory slabs to show"),
+    ("SHOW DNS_HOSTS", "weir keeps no DNS cache: host names are resolved on every connect"),
+    ("SHOW DNS_ZONES", "weir keeps no DNS cache: host names are resolved on every connect"),
+];
 
 /// One parsed admin console command.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,6 +108,9 @@ pub enum Command {
     Reconnect(Option<String>),
     /// `KILL [db]`.
     Kill(Option<String>),
+    /// `WAIT_CLOSE [db]`: returns once no server connection is left to close after
+    /// RECONNECT or a reload.
+    WaitClose(Option<String>),
     /// `KILL_CLIENT id`.
     KillClient(u64),
     /// `DISABLE db`.
@@ -55,6 +119,13 @@ pub enum Command {
     Enable(String),
     /// `SHUTDOWN [WAIT_FOR_SERVERS | WAIT_FOR_CLIENTS]`.
     Shutdown(ShutdownMode),
+    /// A PgBouncer command Weir has no use for; the reason.
+    Unsupported {
+        /// The command as PgBouncer names it.
+        command: &'static str,
+        /// Why Weir does not have it.
+        why: &'static str,
+    },
     /// `SET key = value`.
     Set {
         /// The setting's name, lower-case.
@@ -67,7 +138,12 @@ pub enum Command {
 impl Command {
     /// Whether a `stats_users` member may run it (only commands that change nothing).
     pub fn is_read_only(&self) -> bool {
-        matches!(self, Command::Show(_))
+        match self {
+            Command::Show(_) | Command::Unsupported { .. } => true,
+            // PgBouncer ignores SET of its fake parameters for everyone.
+            Command::Set { key, .. } => fake_param(key).is_some(),
+            _ => false,
+        }
     }
 
     /// The command tag sent in CommandComplete.
@@ -79,11 +155,13 @@ impl Command {
             Command::Reload => "RELOAD",
             Command::Reconnect(_) => "RECONNECT",
             Command::Kill(_) => "KILL",
+            Command::WaitClose(_) => "WAIT_CLOSE",
             Command::KillClient(_) => "KILL_CLIENT",
             Command::Disable(_) => "DISABLE",
             Command::Enable(_) => "ENABLE",
             Command::Shutdown(_) => "SHUTDOWN",
             Command::Set { .. } => "SET",
+            Command::Unsupported { command, .. } => command,
         }
     }
 }
@@ -186,6 +264,13 @@ pub fn parse(stmt: &str) -> Result<Command, ParseError> {
             _ => err(format!("{what} takes exactly one database name")),
         }
     };
+    let phrase = match args.first() {
+        Some(first) if verb == "SHOW" => format!("SHOW {}", first.to_ascii_uppercase()),
+        _ => verb.clone(),
+    };
+    if let Some(&(command, why)) = UNSUPPORTED.iter().find(|(c, _)| *c == phrase) {
+        return Ok(Command::Unsupported { command, why });
+    }
     match verb.as_str() {
         "SHOW" => match args {
             [subject] => parse_subject(subject).map(Command::Show),
@@ -195,6 +280,7 @@ pub fn parse(stmt: &str) -> Result<Command, ParseError> {
         "RESUME" => at_most_one("RESUME").map(Command::Resume),
         "RECONNECT" => at_most_one("RECONNECT").map(Command::Reconnect),
         "KILL" => at_most_one("KILL").map(Command::Kill),
+        "WAIT_CLOSE" => at_most_one("WAIT_CLOSE").map(Command::WaitClose),
         "DISABLE" => exactly_one("DISABLE").map(Command::Disable),
         "ENABLE" => exactly_one("ENABLE").map(Command::Enable),
         "RELOAD" if args.is_empty() => Ok(Command::Reload),
@@ -236,6 +322,9 @@ pub fn parse(stmt: &str) -> Result<Command, ParseError> {
 }
 
 fn parse_subject(word: &str) -> Result<Subject, ParseError> {
+    if let Some(p) = fake_param(word) {
+        return Ok(Subject::Param(p));
+    }
     Ok(match word.to_ascii_uppercase().as_str() {
         "POOLS" => Subject::Pools,
         "STATS" => Subject::Stats,
@@ -249,6 +338,9 @@ fn parse_subject(word: &str) -> Result<Subject, ParseError> {
         "STATE" => Subject::State,
         "HELP" => Subject::Help,
         "CERTIFICATES" => Subject::Certificates,
+        "STATS_TOTALS" => Subject::StatsTotals,
+        "STATS_AVERAGES" => Subject::StatsAverages,
+        "TOTALS" => Subject::Totals,
         _ => return err(format!("unknown SHOW subject {word:?} (see SHOW HELP)")),
     })
 }
@@ -374,6 +466,46 @@ mod tests {
         }
         assert_eq!(ok("SET a = 1").tag(), "SET");
         assert_eq!(ok("SHOW LISTS").tag(), "SHOW");
+    }
+
+    #[test]
+    fn pgbouncer_commands_weir_lacks_are_named() {
+        for c in [
+            "SUSPEND",
+            "show fds",
+            "SHOW MEM",
+            "SHOW DNS_HOSTS",
+            "SHOW active_sockets",
+        ] {
+            assert!(
+                matches!(ok(c), Command::Unsupported { .. }),
+                "{c}: {:?}",
+                ok(c)
+            );
+            assert!(ok(c).is_read_only(), "{c}");
+        }
+        assert_eq!(ok("SHOW STATS_TOTALS"), Command::Show(Subject::StatsTotals));
+        assert_eq!(
+            ok("SHOW stats_averages"),
+            Command::Show(Subject::StatsAverages)
+        );
+        assert_eq!(ok("SHOW TOTALS"), Command::Show(Subject::Totals));
+        assert_eq!(ok("wait_close"), Command::WaitClose(None));
+        assert_eq!(ok("WAIT_CLOSE app"), Command::WaitClose(Some("app".into())));
+        assert!(!ok("WAIT_CLOSE").is_read_only());
+    }
+
+    #[test]
+    fn fake_parameters() {
+        assert_eq!(
+            ok("SHOW TimeZone"),
+            Command::Show(Subject::Param(FakeParam {
+                name: "timezone",
+                value: "GMT"
+            }))
+        );
+        assert!(ok("SET client_encoding = 'UTF8'").is_read_only());
+        assert!(!ok("SET default_pool_size = 3").is_read_only());
     }
 
     #[test]

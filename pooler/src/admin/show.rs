@@ -17,6 +17,7 @@ use crate::pool::{Pool, PoolKey};
 use crate::protocol::backend;
 use crate::registry::{ClientRecord, ServerRecord};
 
+use super::parse::FakeParam;
 use super::stats::{Averages, Totals};
 use crate::server::ServerAddr;
 use crate::tls::Tls;
@@ -204,34 +205,31 @@ pub fn pools(views: &[PoolView], waits: &HashMap<PoolKey, Duration>) -> ResultSe
 
 /// `SHOW STATS`, one row per database: totals since start and `averages` over the latest
 /// `stats_period` (per second, or microseconds per transaction / assignment for times).
-/// What weir does not measure (query time apart from transaction time, server lifetimes,
-/// parse and bind counts) is NULL. `total_xact_time` is the time server connections were
+/// PgBouncer 1.25's columns in its order; what weir does not measure (query time apart from
+/// transaction time, parse and bind counts) is NULL. `total_xact_time` is the time server connections were
 /// lent to clients, which in transaction mode is the transaction time.
 pub fn stats(views: &[PoolView], averages: &BTreeMap<String, Averages>) -> ResultSet {
     let mut rs = ResultSet::new(&[
         "database",
+        "total_server_assignment_count",
         "total_xact_count",
         "total_query_count",
-        "total_server_assignment_count",
-        "total_server_closed_count",
         "total_received",
         "total_sent",
         "total_xact_time",
         "total_query_time",
         "total_wait_time",
-        "total_server_lifetime",
         "total_client_parse_count",
         "total_server_parse_count",
         "total_bind_count",
+        "avg_server_assignment_count",
         "avg_xact_count",
         "avg_query_count",
-        "avg_server_assignment_count",
         "avg_recv",
         "avg_sent",
         "avg_xact_time",
         "avg_query_time",
         "avg_wait_time",
-        "avg_server_lifetime",
         "avg_client_parse_count",
         "avg_server_parse_count",
         "avg_bind_count",
@@ -240,10 +238,9 @@ pub fn stats(views: &[PoolView], averages: &BTreeMap<String, Averages>) -> Resul
         let a = averages.get(&db).copied().unwrap_or_default();
         rs.push(vec![
             text(&db),
+            text(t.assignments),
             text(t.xacts),
             text(t.queries),
-            text(t.assignments),
-            None,
             text(t.received),
             text(t.sent),
             text(t.xact_us),
@@ -252,10 +249,9 @@ pub fn stats(views: &[PoolView], averages: &BTreeMap<String, Averages>) -> Resul
             None,
             None,
             None,
-            None,
+            text(a.assignments),
             text(a.xacts),
             text(a.queries),
-            text(a.assignments),
             text(a.received),
             text(a.sent),
             text(a.xact_us),
@@ -264,9 +260,117 @@ pub fn stats(views: &[PoolView], averages: &BTreeMap<String, Averages>) -> Resul
             None,
             None,
             None,
-            None,
         ]);
     }
+    rs
+}
+
+/// `SHOW STATS_TOTALS`: the database and the `total_` columns of SHOW STATS, under
+/// PgBouncer's names for them.
+pub fn stats_totals(stats: &ResultSet) -> ResultSet {
+    project(
+        stats,
+        &[
+            ("database", "database"),
+            ("total_server_assignment_count", "server_assignment_count"),
+            ("total_xact_count", "xact_count"),
+            ("total_query_count", "query_count"),
+            ("total_received", "bytes_received"),
+            ("total_sent", "bytes_sent"),
+            ("total_xact_time", "xact_time"),
+            ("total_query_time", "query_time"),
+            ("total_wait_time", "wait_time"),
+            ("total_client_parse_count", "client_parse_count"),
+            ("total_server_parse_count", "server_parse_count"),
+            ("total_bind_count", "bind_count"),
+        ],
+    )
+}
+
+/// `SHOW STATS_AVERAGES`: the database and the `avg_` columns of SHOW STATS, under
+/// PgBouncer's names for them.
+pub fn stats_averages(stats: &ResultSet) -> ResultSet {
+    project(
+        stats,
+        &[
+            ("database", "database"),
+            ("avg_server_assignment_count", "server_assignment_count"),
+            ("avg_xact_count", "xact_count"),
+            ("avg_query_count", "query_count"),
+            ("avg_recv", "bytes_received"),
+            ("avg_sent", "bytes_sent"),
+            ("avg_xact_time", "xact_time"),
+            ("avg_query_time", "query_time"),
+            ("avg_wait_time", "wait_time"),
+            ("avg_client_parse_count", "avg_client_parse_count"),
+            ("avg_server_parse_count", "avg_server_parse_count"),
+            ("avg_bind_count", "avg_bind_count"),
+        ],
+    )
+}
+
+/// `SHOW TOTALS`: every SHOW STATS number summed over the databases, one `name`/`value` row
+/// each under PgBouncer's names; NULL where weir does not measure it.
+pub fn totals(stats: &ResultSet) -> ResultSet {
+    let mut rs = ResultSet::new(&["name", "value"]);
+    for (column, name) in [
+        (
+            "total_server_assignment_count",
+            "total_server_assignment_count",
+        ),
+        ("total_xact_count", "total_xact_count"),
+        ("total_query_count", "total_query_count"),
+        ("total_received", "total_client_bytes"),
+        ("total_sent", "total_server_bytes"),
+        ("total_xact_time", "total_xact_time"),
+        ("total_query_time", "total_query_time"),
+        ("total_wait_time", "total_wait_time"),
+        ("total_client_parse_count", "total_ps_client_parse_count"),
+        ("total_server_parse_count", "total_ps_server_parse_count"),
+        ("total_bind_count", "total_ps_bind_count"),
+        ("avg_server_assignment_count", "avg_server_assignment_count"),
+        ("avg_xact_count", "avg_xact_count"),
+        ("avg_query_count", "avg_query_count"),
+        ("avg_recv", "avg_client_bytes"),
+        ("avg_sent", "avg_server_bytes"),
+        ("avg_xact_time", "avg_xact_time"),
+        ("avg_query_time", "avg_query_time"),
+        ("avg_wait_time", "avg_wait_time"),
+        ("avg_client_parse_count", "avg_ps_client_parse_count"),
+        ("avg_server_parse_count", "avg_ps_server_parse_count"),
+        ("avg_bind_count", "avg_ps_bind_count"),
+    ] {
+        let i = stats.columns.iter().position(|c| *c == column);
+        let values: Option<Vec<u64>> = stats
+            .rows
+            .iter()
+            .map(|row| i.and_then(|i| row[i].as_deref()?.parse().ok()))
+            .collect();
+        let sum = values.map(|v| v.iter().sum::<u64>());
+        rs.push(vec![text(name), sum.map(|s| s.to_string())]);
+    }
+    rs
+}
+
+/// The `columns` of `rs` (by name), renamed.
+fn project(rs: &ResultSet, columns: &[(&str, &'static str)]) -> ResultSet {
+    let names: Vec<&'static str> = columns.iter().map(|(_, to)| *to).collect();
+    let mut out = ResultSet::new(&names);
+    let at: Vec<Option<usize>> = columns
+        .iter()
+        .map(|(from, _)| rs.columns.iter().position(|c| c == from))
+        .collect();
+    for row in &rs.rows {
+        out.push(at.iter().map(|i| i.and_then(|i| row[i].clone())).collect());
+    }
+    out
+}
+
+/// `SHOW` of a fake session parameter: PgBouncer's fixed value, so drivers that ask get an
+/// answer.
+pub fn param(p: FakeParam) -> ResultSet {
+    let mut rs = ResultSet::new(&[p.name]);
+    rs.push(vec![text(p.value)]);
     rs
 }
 
@@ -571,7 +675,11 @@ pub fn lists(config: &Config, views: &[PoolView], connected: usize) -> ResultSet
 /// `SHOW VERSION`.
 pub fn version() -> ResultSet {
     let mut rs = ResultSet::new(&["version"]);
-    rs.push(vec![text(format!("Weir {}", env!("CARGO_PKG_VERSION")))]);
+    rs.push(vec![text(format!(
+        "PgBouncer {} (Weir {})",
+        super::PGBOUNCER_VERSION,
+        env!("CARGO_PKG_VERSION")
+    ))]);
     rs
 }
 
@@ -617,12 +725,14 @@ pub fn help() -> ResultSet {
     let mut rs = ResultSet::new(&["command"]);
     for line in [
         "SHOW POOLS|STATS|CLIENTS|SERVERS|DATABASES|USERS|CONFIG|LISTS|VERSION|STATE|HELP",
+        "SHOW STATS_TOTALS|STATS_AVERAGES|TOTALS",
         "SHOW CERTIFICATES",
         "PAUSE [db]",
         "RESUME [db]",
         "RELOAD",
         "RECONNECT [db]",
         "KILL [db]",
+        "WAIT_CLOSE [db]",
         "KILL_CLIENT id",
         "DISABLE db",
         "ENABLE db",

@@ -3,10 +3,12 @@
 //!
 //! Stored credentials are [`Secret`]s; [`ScramServer`] and [`md5::verify`] check clients,
 //! [`ScramClient`] and [`md5::salted_response`] answer the server's challenges, and
-//! [`verify_plain`] serves `auth_type = plain`. The protocol layer moves the bytes.
+//! [`verify_plain`] serves `auth_type = plain`, [`hba`] reads `auth_hba_file` for
+//! `auth_type = hba`. The protocol layer moves the bytes.
 
 mod crypto;
 mod error;
+pub mod hba;
 pub mod md5;
 mod scram;
 mod secret;

@@ -49,16 +49,20 @@ pub trait SessionContext: Send + Sync + 'static {
     fn scram_secret(&self, user: &str, secret: Secret) -> Secret;
     /// Whether an auth file is configured.
     fn has_auth_file(&self) -> bool;
+    /// The rules of `auth_hba_file`, for `auth_type = hba`.
+    fn hba(&self) -> Arc<crate::auth::hba::Hba>;
     /// Whether `database` names the admin console.
     fn is_console(&self, database: &str) -> bool;
     /// Whether `user` may use the admin console; the error to send if not.
     fn console_allowed(&self, user: &str) -> Result<(), Box<PgError>>;
-    /// Serves an admin console session for an authenticated `user`; why it ended.
+    /// Serves an admin console session for an authenticated `user` (`own_user`: logged in
+    /// by peer as the pooler's own OS user, an admin); why it ended.
     fn serve_console(
         self: Arc<Self>,
         stream: Stream,
         buf: BytesMut,
         user: String,
+        own_user: bool,
         record: ClientHandle,
     ) -> Pin<Box<dyn Future<Output = &'static str> + Send>>;
 }

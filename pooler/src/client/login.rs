@@ -7,6 +7,7 @@ use rand::Rng;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::SessionContext;
+use crate::auth::hba::{Method, Origin};
 use crate::auth::{self, md5, ScramSecret, ScramServer, Secret};
 use crate::config::{AuthType, Config, TlsMode};
 use crate::params::{self, ParamSet};
@@ -254,12 +255,66 @@ pub async fn authenticate(
     let config = pooler.config();
     let secret = pooler.secret(&login.user);
     let user = &login.user;
-    match config.pgbouncer.auth_type {
+    let (method, map) = match config.pgbouncer.auth_type {
         // `any` ignores the user name: every database logs in as its own configured user.
-        AuthType::Any => Ok(Authenticated::default()),
+        AuthType::Any => return Ok(Authenticated::default()),
+        AuthType::Trust => (Method::Trust, None),
+        AuthType::Plain => (Method::Password, None),
+        AuthType::Md5 => (Method::Md5, None),
+        AuthType::ScramSha256 => (Method::ScramSha256, None),
+        AuthType::Cert => (Method::Cert, None),
+        AuthType::Hba => {
+            let origin = match stream.peer_ip() {
+                Some(addr) => Origin::Tcp {
+                    addr,
+                    tls: stream.is_tls(),
+                },
+                None => Origin::Unix,
+            };
+            let hba = pooler.hba();
+            let Some(rule) = hba.find(origin, &login.database, user) else {
+                return Err(LoginError::fatal(PgError::fatal(
+                    "28000",
+                    format!(
+                        "no authentication method is found: no auth_hba_file rule for user \"{user}\", database \"{}\"",
+                        login.database
+                    ),
+                )));
+            };
+            tracing::debug!(line = rule.line, method = ?rule.method, "auth_hba_file rule matched");
+            (rule.method, rule.map.clone())
+        }
+    };
+    match method {
+        Method::Reject => Err(LoginError::fatal(PgError::fatal(
+            "28000",
+            format!("auth_hba_file rejects the connection for user \"{user}\""),
+        ))),
+        Method::Ldap => Err(LoginError::fatal(PgError::fatal(
+            "28000",
+            "ldap authentication is not supported by weir",
+        ))),
+        Method::Peer => {
+            let known = secret.is_some() || !pooler.has_auth_file();
+            let allowed = match (stream.peer_os_user(), &map) {
+                (Some(os_user), Some(map)) => map.allows(&os_user, user),
+                (Some(os_user), None) => os_user == *user,
+                (None, _) => false,
+            };
+            if known && allowed {
+                Ok(Authenticated::default())
+            } else {
+                Err(LoginError::fatal(PgError::fatal(
+                    "28000",
+                    format!("peer authentication failed for user \"{user}\""),
+                )))
+            }
+        }
         // rustls verified the certificate against client_tls_ca_file in the handshake.
-        AuthType::Cert => match stream.peer_certificate().map(tls::common_name) {
-            Some(Some(cn)) if cn == *user => Ok(Authenticated::default()),
+        Method::Cert => match stream.peer_certificate().map(tls::common_name) {
+            Some(Some(cn)) if map.as_ref().map_or(cn == *user, |m| m.allows(&cn, user)) => {
+                Ok(Authenticated::default())
+            }
             Some(cn) => Err(LoginError::fatal(
                 PgError::fatal(
                     "28000",
@@ -277,13 +332,13 @@ pub async fn authenticate(
                 ),
             ))),
         },
-        AuthType::Trust => {
+        Method::Trust => {
             if secret.is_none() && pooler.has_auth_file() {
                 return Err(auth_failed(user));
             }
             Ok(Authenticated::default())
         }
-        AuthType::Plain => {
+        Method::Password => {
             let mut out = BytesMut::new();
             backend::authentication_cleartext_password(&mut out);
             wire::flush(stream, &mut out).await?;
@@ -298,7 +353,7 @@ pub async fn authenticate(
                 Err(auth_failed(user))
             }
         }
-        AuthType::Md5 if !matches!(secret, Some(Secret::Scram(_))) => {
+        Method::Md5 if !matches!(secret, Some(Secret::Scram(_))) => {
             let salt: [u8; 4] = rand::thread_rng().gen();
             let mut out = BytesMut::new();
             backend::authentication_md5_password(&mut out, salt);
@@ -315,7 +370,7 @@ pub async fn authenticate(
             }
         }
         // md5 with a SCRAM secret falls through to SCRAM, as PostgreSQL does.
-        AuthType::Md5 | AuthType::ScramSha256 => {
+        Method::Md5 | Method::ScramSha256 => {
             let secret = with_password(secret, user).map(|s| pooler.scram_secret(user, s));
             scram(stream, buf, user, secret, channel_binding).await
         }

@@ -145,11 +145,18 @@ async fn log_in(
     }
     // SCRAM-SHA-256-PLUS binds to the certificate this connection's handshake showed.
     let channel_binding = tls.client.end_point.as_deref().filter(|_| stream.is_tls());
-    let authenticated = within_login_deadline(
-        login_deadline,
-        login::authenticate(&mut stream, &mut buf, &*pooler, &login, channel_binding),
-    )
-    .await;
+    // PgBouncer's peer login: `pgbouncer` over the Unix socket, as the pooler's own OS user,
+    // is an admin without a password, whatever auth_type says.
+    let own_user = console && login.user == "pgbouncer" && stream.peer_is_own_user();
+    let authenticated = if own_user {
+        Ok(login::Authenticated::default())
+    } else {
+        within_login_deadline(
+            login_deadline,
+            login::authenticate(&mut stream, &mut buf, &*pooler, &login, channel_binding),
+        )
+        .await
+    };
     let authenticated = match authenticated {
         Ok(a) => a,
         Err(e) => {
@@ -158,8 +165,10 @@ async fn log_in(
         }
     };
     if console {
-        if let Err(e) = pooler.console_allowed(&login.user) {
-            return refused(&mut stream, LoginError::Fatal(e)).await;
+        if !own_user {
+            if let Err(e) = pooler.console_allowed(&login.user) {
+                return refused(&mut stream, LoginError::Fatal(e)).await;
+            }
         }
         let record = register(
             &*pooler,
@@ -170,7 +179,7 @@ async fn log_in(
         );
         drop(config);
         let reason = pooler
-            .serve_console(stream, buf, login.user.clone(), record)
+            .serve_console(stream, buf, login.user.clone(), own_user, record)
             .await;
         tracing::info!(%peer, user = %login.user, reason, "admin console disconnect");
         return None;

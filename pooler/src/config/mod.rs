@@ -41,6 +41,7 @@ pub const RESTART_KEYS: &[&str] = &[
     "listen_port",
     "unix_socket_dir",
     "unix_socket_mode",
+    "unix_socket_group",
     "user",
     "so_reuseport",
     "pkt_buf",
@@ -128,6 +129,8 @@ impl Config {
         let settings = &mut loaded.config.pgbouncer;
         for file in [
             &mut settings.auth_file,
+            &mut settings.auth_hba_file,
+            &mut settings.auth_ident_file,
             &mut settings.client_tls_key_file,
             &mut settings.client_tls_cert_file,
             &mut settings.client_tls_ca_file,

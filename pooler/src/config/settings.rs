@@ -63,7 +63,7 @@ impl FromStr for PoolMode {
 }
 
 /// How clients prove who they are. These are the `auth_type` values weir implements;
-/// PgBouncer's `hba`, `ldap` and `pam` are rejected with an error that says so,
+/// PgBouncer's `ldap` and `pam` are rejected with an error that says so,
 /// because silently authenticating differently would be a security hole.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum AuthType {
@@ -89,6 +89,9 @@ pub enum AuthType {
     /// in its common name (CN).
     #[serde(rename = "cert")]
     Cert,
+    /// The first matching rule of `auth_hba_file` (pg_hba.conf syntax) picks the method.
+    #[serde(rename = "hba")]
+    Hba,
 }
 
 impl AuthType {
@@ -101,6 +104,7 @@ impl AuthType {
             AuthType::ScramSha256 => "scram-sha-256",
             AuthType::Any => "any",
             AuthType::Cert => "cert",
+            AuthType::Hba => "hba",
         }
     }
 
@@ -122,7 +126,7 @@ impl FromStr for AuthType {
 
     /// Case-insensitive. PgBouncer methods weir lacks get an error naming them.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        const SUPPORTED: &str = "trust, plain, md5, scram-sha-256, cert or any";
+        const SUPPORTED: &str = "trust, plain, md5, scram-sha-256, cert, hba or any";
         match s.to_ascii_lowercase().as_str() {
             "trust" => Ok(AuthType::Trust),
             "plain" => Ok(AuthType::Plain),
@@ -130,7 +134,8 @@ impl FromStr for AuthType {
             "scram-sha-256" => Ok(AuthType::ScramSha256),
             "any" => Ok(AuthType::Any),
             "cert" => Ok(AuthType::Cert),
-            "hba" | "ldap" | "pam" => Err(ValueError(format!(
+            "hba" => Ok(AuthType::Hba),
+            "ldap" | "pam" => Err(ValueError(format!(
                 "auth_type {s:?} is not supported by weir; use {SUPPORTED}"
             ))),
             _ => Err(ValueError::expected(
@@ -339,8 +344,10 @@ pub struct Settings {
     pub unix_socket_dir: String,
     /// Permission bits of the Unix socket (octal in the file). Default `0777`.
     pub unix_socket_mode: u32,
-    /// Unix user to switch to after startup. Not supported: parsed, and ignored with a
-    /// warning.
+    /// Group (name or number) the Unix socket is given to. Unset: the process's group.
+    pub unix_socket_group: Option<String>,
+    /// OS user to switch to after reading the configuration, before listening, as
+    /// PgBouncer does. Unset: stay the user weir was started as.
     pub user: Option<String>,
     /// Default pooling mode for every database and user. Default `session`.
     pub pool_mode: PoolMode,
@@ -390,6 +397,11 @@ pub struct Settings {
     ///
     /// [`Config::load`]: crate::config::Config::load
     pub auth_file: Option<PathBuf>,
+    /// The pg_hba.conf-style rules of `auth_type = hba`. Unset or unreadable: no rule
+    /// matches, so every client is refused (as in PgBouncer).
+    pub auth_hba_file: Option<PathBuf>,
+    /// User name maps (`map=`) for the `peer` and `cert` rules of `auth_hba_file`.
+    pub auth_ident_file: Option<PathBuf>,
     /// User that runs `auth_query` for users missing from `auth_file`. Not supported yet:
     /// parsed, and ignored with a warning.
     pub auth_user: Option<String>,
@@ -532,6 +544,7 @@ impl Default for Settings {
             listen_port: 6432,
             unix_socket_dir: "/tmp".to_owned(),
             unix_socket_mode: 0o777,
+            unix_socket_group: None,
             user: None,
             pool_mode: PoolMode::Session,
             max_client_conn: 100,
@@ -550,6 +563,8 @@ impl Default for Settings {
             max_prepared_statements: 200,
             auth_type: AuthType::Md5,
             auth_file: None,
+            auth_hba_file: None,
+            auth_ident_file: None,
             auth_user: None,
             auth_query: DEFAULT_AUTH_QUERY.to_owned(),
             log_connections: true,
@@ -666,7 +681,8 @@ settings_table! {
     listen_port: port => implemented,
     unix_socket_dir: text => implemented,
     unix_socket_mode: mode => implemented,
-    user: opt_text => ignored("switching to another Unix user is not supported; start weir as that user"),
+    unix_socket_group: opt_text => implemented,
+    user: opt_text => implemented,
     pool_mode: choice => implemented,
     max_client_conn: count => implemented,
     default_pool_size: count => implemented,
@@ -684,6 +700,8 @@ settings_table! {
     max_prepared_statements: count => implemented,
     auth_type: choice => implemented,
     auth_file: opt_path => implemented,
+    auth_hba_file: opt_path => implemented,
+    auth_ident_file: opt_path => implemented,
     auth_user: opt_text => ignored("users are looked up in auth_file only"),
     auth_query: text => ignored("users are looked up in auth_file only"),
     log_connections: flag => implemented,
@@ -738,8 +756,6 @@ settings_table! {
 /// and the operator learns precisely what is ignored.
 pub const UNSUPPORTED_KEYS: &[&str] = &[
     "auth_dbname",
-    "auth_hba_file",
-    "auth_ident_file",
     "auth_ldap_options",
     "autodb_idle_timeout",
     "cancel_wait_timeout",
@@ -772,7 +788,6 @@ pub const UNSUPPORTED_KEYS: &[&str] = &[
     "tcp_defer_accept",
     "tcp_socket_buffer",
     "transaction_timeout",
-    "unix_socket_group",
 ];
 
 impl Settings {
@@ -899,10 +914,11 @@ mod tests {
 
     #[test]
     fn unsupported_auth_types_say_so() {
-        for name in ["hba", "ldap", "pam", "HBA"] {
+        for name in ["ldap", "pam", "PAM"] {
             let err = name.parse::<AuthType>().expect_err(name);
             assert!(err.0.contains("not supported by weir"), "{err}");
         }
+        assert_eq!("HBA".parse::<AuthType>(), Ok(AuthType::Hba));
         let err = "kerberos".parse::<AuthType>().expect_err("unknown");
         assert!(
             err.0.starts_with("expected an authentication type"),

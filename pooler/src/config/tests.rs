@@ -39,6 +39,7 @@ listen_addr = 127.0.0.1, ::1
 listen_port = 7432
 unix_socket_dir = /run/weir
 unix_socket_mode = 0700
+unix_socket_group = weir
 user = weir
 pool_mode = transaction
 max_client_conn = 5000
@@ -57,6 +58,8 @@ stats_period = 30
 max_prepared_statements = 0
 auth_type = scram-sha-256
 auth_file = /etc/weir/userlist.txt
+auth_hba_file = /etc/weir/hba.conf
+auth_ident_file = /etc/weir/ident.conf
 auth_user = pgbouncer_auth
 auth_query = SELECT usename, passwd FROM user_lookup($1)
 log_connections = 0
@@ -115,6 +118,7 @@ fn every_setting_expected() -> Settings {
         listen_port: 7432,
         unix_socket_dir: "/run/weir".into(),
         unix_socket_mode: 0o700,
+        unix_socket_group: Some("weir".into()),
         user: Some("weir".into()),
         pool_mode: PoolMode::Transaction,
         max_client_conn: 5000,
@@ -133,6 +137,8 @@ fn every_setting_expected() -> Settings {
         max_prepared_statements: 0,
         auth_type: AuthType::ScramSha256,
         auth_file: Some("/etc/weir/userlist.txt".into()),
+        auth_hba_file: Some("/etc/weir/hba.conf".into()),
+        auth_ident_file: Some("/etc/weir/ident.conf".into()),
         auth_user: Some("pgbouncer_auth".into()),
         auth_query: "SELECT usename, passwd FROM user_lookup($1)".into(),
         log_connections: false,
@@ -284,7 +290,6 @@ fn invalid_values_name_file_line_and_key() {
             "expected a duration in milliseconds",
         ),
         ("log_connections", "maybe", "expected a boolean"),
-        ("auth_type", "hba", "not supported by weir"),
         ("auth_type", "pam", "not supported by weir"),
         ("client_tls_sslmode", "always", "expected an sslmode"),
         (

@@ -19,6 +19,7 @@ mod inner;
 mod limit;
 mod maintenance;
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -81,6 +82,8 @@ struct Slot {
     _limits: Vec<LimitPermit>,
     /// Its place in the pool's count, given back whenever the slot is dropped.
     _place: Place,
+    /// Its count in its generation, for WAIT_CLOSE.
+    _era: Era,
 }
 
 impl inner::Conn for Slot {
@@ -158,6 +161,8 @@ pub struct Pool {
     settings: ArcSwap<PoolSettings>,
     /// Bumped when the target changes; connections of an older generation are closed.
     generation: AtomicU64,
+    /// How many connections exist of each generation.
+    eras: Arc<Mutex<BTreeMap<u64, usize>>>,
     main: Arc<Semaphore>,
     reserve: Arc<Semaphore>,
     /// The bookkeeping: idle connections, the last failed login, closed.
@@ -192,6 +197,7 @@ impl Pool {
             key,
             target: ArcSwap::from_pointee(target),
             generation: AtomicU64::new(0),
+            eras: Arc::default(),
             main: Arc::new(Semaphore::new(settings.size)),
             reserve: Arc::new(Semaphore::new(settings.reserve_size)),
             settings: ArcSwap::from_pointee(settings),
@@ -387,6 +393,14 @@ impl Pool {
             self.forget(slot, true);
         }
         n
+    }
+
+    /// Connections of an older generation still open: they close when returned (PgBouncer's
+    /// `close_needed`, which WAIT_CLOSE waits out).
+    pub fn close_needed(&self) -> usize {
+        let current = self.generation();
+        let eras = self.eras.lock().unwrap_or_else(|p| p.into_inner());
+        eras.range(..current).map(|(_, n)| n).sum()
     }
 
     /// Closes idle connections now and every lent one when it is returned, so that new
@@ -603,6 +617,7 @@ impl Pool {
                     record,
                     _limits: permits,
                     _place: place,
+                    _era: Era::new(&self.eras, generation),
                 }))
             }
             Err(e) => {
@@ -787,6 +802,39 @@ impl Drop for Place {
     fn drop(&mut self) {
         self.0.taken.fetch_sub(1, Ordering::AcqRel);
         self.0.freed.notify_one();
+    }
+}
+
+/// A connection counted in its generation until it is dropped.
+#[derive(Debug)]
+struct Era {
+    eras: Arc<Mutex<BTreeMap<u64, usize>>>,
+    generation: u64,
+}
+
+impl Era {
+    fn new(eras: &Arc<Mutex<BTreeMap<u64, usize>>>, generation: u64) -> Era {
+        *eras
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(generation)
+            .or_default() += 1;
+        Era {
+            eras: eras.clone(),
+            generation,
+        }
+    }
+}
+
+impl Drop for Era {
+    fn drop(&mut self) {
+        let mut eras = self.eras.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = eras.get_mut(&self.generation) {
+            *n -= 1;
+            if *n == 0 {
+                eras.remove(&self.generation);
+            }
+        }
     }
 }
 
