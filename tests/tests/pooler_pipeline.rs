@@ -39,9 +39,12 @@ async fn pgbouncer(f: &Fixture, opts: &Options) -> WeirProcess {
         auth_type: "trust",
         ..opts.clone()
     };
-    WeirProcess::start_pgbouncer(&fixture::ini(&f.pg, &opts), &format!("\"{USER}\" \"{PASSWORD}\"\n"))
-        .await
-        .expect("starting PgBouncer")
+    WeirProcess::start_pgbouncer(
+        &fixture::ini(&f.pg, &opts),
+        &format!("\"{USER}\" \"{PASSWORD}\"\n"),
+    )
+    .await
+    .expect("starting PgBouncer")
 }
 
 fn cstr(out: &mut Vec<u8>, s: &str) {
@@ -212,16 +215,36 @@ async fn flush_without_sync_answers_and_a_late_sync_releases() {
     .await;
     assert_eq!(read(&mut c, 4).await, strs(&["1", "2", "D:7", "C"]));
     // Known statement, answered by weir itself, then Flush.
-    send(&mut c, &[Msg::Parse("a", "SELECT $1::int"), Msg::Describe(b'S', "a"), Msg::Flush]).await;
+    send(
+        &mut c,
+        &[
+            Msg::Parse("a", "SELECT $1::int"),
+            Msg::Describe(b'S', "a"),
+            Msg::Flush,
+        ],
+    )
+    .await;
     assert_eq!(read(&mut c, 3).await, strs(&["1", "t", "T"]));
     send(&mut c, &[Msg::Close(b'S', "a"), Msg::Flush]).await;
     assert_eq!(read(&mut c, 1).await, strs(&["3"]));
     // The other client waits for the only server connection until the late Sync.
-    send(&mut other, &[Msg::Parse("", "SELECT 5"), Msg::Bind("", "", &[]), Msg::Execute(""), Msg::Sync]).await;
+    send(
+        &mut other,
+        &[
+            Msg::Parse("", "SELECT 5"),
+            Msg::Bind("", "", &[]),
+            Msg::Execute(""),
+            Msg::Sync,
+        ],
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     send(&mut c, &[Msg::Sync]).await;
     assert_eq!(until_ready(&mut c, 1).await, strs(&["Z"]));
-    assert_eq!(until_ready(&mut other, 1).await, strs(&["1", "2", "D:5", "C", "Z"]));
+    assert_eq!(
+        until_ready(&mut other, 1).await,
+        strs(&["1", "2", "D:5", "C", "Z"])
+    );
 }
 
 #[tokio::test]
@@ -287,11 +310,20 @@ async fn eviction_skipped_by_an_error_leaves_the_cache_true() {
     )
     .await;
     assert_eq!(until_ready(&mut c, 1).await, strs(&["1", "E:22012", "Z"]));
-    for (name, sql, want) in [("s1", "SELECT 1", "D:1"), ("s3", "SELECT 3", "D:3"), ("s2", "SELECT 2", "D:2"), ("s1", "SELECT 1", "D:1")] {
+    for (name, sql, want) in [
+        ("s1", "SELECT 1", "D:1"),
+        ("s3", "SELECT 3", "D:3"),
+        ("s2", "SELECT 2", "D:2"),
+        ("s1", "SELECT 1", "D:1"),
+    ] {
         if name == "s3" {
             send(&mut c, &[Msg::Parse(name, sql)]).await;
         }
-        send(&mut c, &[Msg::Bind("", name, &[]), Msg::Execute(""), Msg::Sync]).await;
+        send(
+            &mut c,
+            &[Msg::Bind("", name, &[]), Msg::Execute(""), Msg::Sync],
+        )
+        .await;
         let mut got = until_ready(&mut c, 1).await;
         if name == "s3" {
             got.remove(0);
@@ -396,14 +428,97 @@ async fn a_flush_with_nothing_pending_does_not_hold_the_server_connection() {
         eprintln!("against {pooler}");
         let mut a = login_at(port).await;
         let mut b = login_at(port).await;
-        send(&mut a, &[Msg::Parse("", "SELECT 1"), Msg::Bind("", "", &[]), Msg::Execute(""), Msg::Sync]).await;
-        assert_eq!(until_ready(&mut a, 1).await, strs(&["1", "2", "D:1", "C", "Z"]), "{pooler}");
+        send(
+            &mut a,
+            &[
+                Msg::Parse("", "SELECT 1"),
+                Msg::Bind("", "", &[]),
+                Msg::Execute(""),
+                Msg::Sync,
+            ],
+        )
+        .await;
+        assert_eq!(
+            until_ready(&mut a, 1).await,
+            strs(&["1", "2", "D:1", "C", "Z"]),
+            "{pooler}"
+        );
         send(&mut a, &[Msg::Flush]).await;
         // Once weir has the Flush, it is holding the only server connection, if any.
         tokio::time::sleep(Duration::from_millis(100)).await;
-        send(&mut b, &[Msg::Parse("", "SELECT 2"), Msg::Bind("", "", &[]), Msg::Execute(""), Msg::Sync]).await;
-        assert_eq!(until_ready(&mut b, 1).await, strs(&["1", "2", "D:2", "C", "Z"]), "{pooler}");
-        send(&mut a, &[Msg::Parse("", "SELECT 3"), Msg::Bind("", "", &[]), Msg::Execute(""), Msg::Sync]).await;
-        assert_eq!(until_ready(&mut a, 1).await, strs(&["1", "2", "D:3", "C", "Z"]), "{pooler}");
+        send(
+            &mut b,
+            &[
+                Msg::Parse("", "SELECT 2"),
+                Msg::Bind("", "", &[]),
+                Msg::Execute(""),
+                Msg::Sync,
+            ],
+        )
+        .await;
+        assert_eq!(
+            until_ready(&mut b, 1).await,
+            strs(&["1", "2", "D:2", "C", "Z"]),
+            "{pooler}"
+        );
+        send(
+            &mut a,
+            &[
+                Msg::Parse("", "SELECT 3"),
+                Msg::Bind("", "", &[]),
+                Msg::Execute(""),
+                Msg::Sync,
+            ],
+        )
+        .await;
+        assert_eq!(
+            until_ready(&mut a, 1).await,
+            strs(&["1", "2", "D:3", "C", "Z"]),
+            "{pooler}"
+        );
     }
+}
+
+/// A message weir refuses itself (here LISTEN with `pinning = refuse`) in the middle of a
+/// pipeline, followed by a Flush: the client waits for the answers so far and the error, and
+/// gets them, without sending Sync.
+#[tokio::test]
+async fn a_refusal_mid_pipeline_then_flush_answers_without_sync() {
+    let f = trusting(Options::mode("transaction", 1).with("pinning = refuse")).await;
+    let mut c = login(&f).await;
+    send(
+        &mut c,
+        &[
+            Msg::Parse("", "SELECT 1"),
+            Msg::Bind("", "", &[]),
+            Msg::Execute(""),
+            Msg::Parse("", "LISTEN x"),
+            Msg::Bind("", "", &[]),
+            Msg::Execute(""),
+            Msg::Flush,
+        ],
+    )
+    .await;
+    assert_eq!(
+        read(&mut c, 5).await,
+        strs(&["1", "2", "D:1", "C", "E:0A000"])
+    );
+    send(&mut c, &[Msg::Sync]).await;
+    assert_eq!(until_ready(&mut c, 1).await, strs(&["Z"]));
+    // The same refusal with no Flush at all: the error comes at the Sync, in order.
+    send(
+        &mut c,
+        &[
+            Msg::Parse("", "SELECT 2"),
+            Msg::Bind("", "", &[]),
+            Msg::Execute(""),
+            Msg::Parse("", "LISTEN x"),
+            Msg::Sync,
+        ],
+    )
+    .await;
+    assert_eq!(
+        until_ready(&mut c, 1).await,
+        strs(&["1", "2", "D:2", "C", "E:0A000", "Z"])
+    );
 }

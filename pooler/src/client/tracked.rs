@@ -8,7 +8,7 @@
 
 use bytes::{Buf, BufMut, BytesMut};
 
-use super::pipeline::{Owed, Pipeline, Verdict};
+use super::pipeline::{Owed, Pipeline, Skipped, Verdict};
 use super::scan::TxState;
 use crate::config::Pinning;
 use crate::prepared::{self, ClientStatements, Statement, StatementRegistry};
@@ -264,7 +264,7 @@ impl<'a> Tracker<'a> {
                     (Some((p, _)), Some((n, _))) => (p, 5 + n + 1),
                     _ if seen.len() < body.min(MAX_INSPECTED_MESSAGE) => return false,
                     _ => {
-                        self.refuse_oversized(body);
+                        self.refuse_oversized(body, out);
                         return true;
                     }
                 };
@@ -273,7 +273,7 @@ impl<'a> Tracker<'a> {
                 true
             }
             _ => {
-                self.refuse_oversized(body);
+                self.refuse_oversized(body, out);
                 true
             }
         }
@@ -326,15 +326,12 @@ impl<'a> Tracker<'a> {
 
     /// Refuses an extended-protocol message too big to hold whole: an error, then the
     /// message and everything up to the next Sync are skipped.
-    fn refuse_oversized(&mut self, body: usize) {
-        let mut local = BytesMut::new();
+    fn refuse_oversized(&mut self, body: usize, out: &mut BytesMut) {
         let e = PgError::error(
             "54000",
             format!("{OVERSIZED} cannot be prepared or described in transaction pooling mode"),
         );
-        backend::error_response(&mut local, &e);
-        self.pipeline.push(Owed::Local(local.freeze()));
-        self.skip_until_sync = true;
+        self.refuse_extended(e, out);
         self.skipping = 5 + body;
     }
 
@@ -368,7 +365,7 @@ impl<'a> Tracker<'a> {
                 };
                 if parse.name.is_empty() || !mapping {
                     let effect = sql::classify(parse.query);
-                    if self.refused_extended(&effect) {
+                    if self.refused_extended(&effect, out) {
                         return Ok(());
                     }
                     self.unnamed_effect = effect;
@@ -380,7 +377,7 @@ impl<'a> Tracker<'a> {
                     return Ok(());
                 }
                 let statement = self.registry.statement(parse.query, &parse.param_types);
-                if self.refused_extended(&statement.effect) {
+                if self.refused_extended(&statement.effect, out) {
                     return Ok(());
                 }
                 self.client
@@ -411,7 +408,7 @@ impl<'a> Tracker<'a> {
                     frontend::bind_with_statement(out, bind.portal, &statement.name, bind.rest);
                 } else if mapping && prepared::is_server_name(bind.statement) {
                     // Another client's statement on this connection: not this client's to use.
-                    self.refuse_extended(no_such_statement(bind.statement));
+                    self.refuse_extended(no_such_statement(bind.statement), out);
                     return Ok(());
                 } else {
                     // Unknown to the pooler: the server says so in its own words.
@@ -443,12 +440,12 @@ impl<'a> Tracker<'a> {
                         self.pipeline.push(Owed::DescribeStatement);
                     }
                     (b'D', Some((name, None))) if prepared::is_server_name(&name) => {
-                        self.refuse_extended(no_such_statement(&name));
+                        self.refuse_extended(no_such_statement(&name), out);
                     }
                     _ => {
                         out.extend_from_slice(msg);
                         self.pipeline.push(match (tag, parsed) {
-                            (b'C', _) => Owed::Close { swallow: false },
+                            (b'C', _) => Owed::Close { evicted: None },
                             (_, Ok((b'S', _))) => Owed::DescribeStatement,
                             _ => Owed::DescribePortal,
                         });
@@ -539,21 +536,23 @@ impl<'a> Tracker<'a> {
 
     /// Answers an extended-protocol message that is refused ([`Self::refusal_of`]) with an
     /// error and skips to the next Sync, as the server would after an error. True if refused.
-    fn refused_extended(&mut self, effect: &Effect) -> bool {
+    fn refused_extended(&mut self, effect: &Effect, out: &mut BytesMut) -> bool {
         let Some(e) = self.refusal_of(effect) else {
             return false;
         };
-        self.refuse_extended(e);
+        self.refuse_extended(e, out);
         true
     }
 
     /// Answers an extended-protocol message with `e` and skips to the next Sync, as the
-    /// server would after an error.
-    fn refuse_extended(&mut self, e: PgError) {
+    /// server would after an error. The server is asked to flush: the error is due after its
+    /// answers so far, and the client's own Flush is skipped with everything up to Sync.
+    fn refuse_extended(&mut self, e: PgError, out: &mut BytesMut) {
         let mut local = BytesMut::new();
         backend::error_response(&mut local, &e);
         self.pipeline.push(Owed::Local(local.freeze()));
         self.skip_until_sync = true;
+        frontend::flush(out);
     }
 
     /// Makes sure `statement` is prepared on the server before what follows, adding a Parse
@@ -573,10 +572,11 @@ impl<'a> Tracker<'a> {
         out: &mut BytesMut,
         server: &mut Carried,
     ) {
-        if let Some(victim) = server.add_statement(statement.name.clone(), self.policy.max_prepared)
-        {
+        for victim in server.add_statement(statement.name.clone(), self.policy.max_prepared) {
             frontend::close(out, b'S', &victim);
-            self.pipeline.push(Owed::Close { swallow: true });
+            self.pipeline.push(Owed::Close {
+                evicted: Some(victim),
+            });
         }
         prepared::encode_parse(out, statement);
         self.pipeline.push(Owed::Parse {
@@ -599,7 +599,10 @@ impl<'a> Tracker<'a> {
     ) -> Verdict {
         let verdict = self
             .pipeline
-            .on_server_message(tag, |name| server.forget_statement(name));
+            .on_server_message(tag, |skipped| match skipped {
+                Skipped::Parse(name) => server.forget_statement(name),
+                Skipped::Eviction(name) => server.restore_statement(name.clone()),
+            });
         let session = &mut self.client.session;
         match info {
             ServerInfo::Error => session.on_error(),
