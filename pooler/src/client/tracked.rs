@@ -58,6 +58,9 @@ pub struct Tracker<'a> {
     skipping: usize,
     /// What the last unnamed Parse does, applied when it is bound.
     unnamed_effect: Effect,
+    /// A message whose answer is not tracked was forwarded: only a ReadyForQuery shows
+    /// the connection idle.
+    untracked: bool,
 }
 
 /// The most answers of the pooler's own (to a Parse the connection already has, a Close)
@@ -106,6 +109,7 @@ impl<'a> Tracker<'a> {
             skip_until_sync: false,
             skipping: 0,
             unnamed_effect: Effect::Other,
+            untracked: false,
         }
     }
 
@@ -117,6 +121,12 @@ impl<'a> Tracker<'a> {
     /// Whether the server owes nothing and the pooler has no answer of its own to send.
     pub fn settled(&self) -> bool {
         self.pipeline.is_empty()
+    }
+
+    /// Whether nothing is owed, nothing half-forwarded, and every message forwarded is one
+    /// whose answers are tracked: the connection is idle even without a ReadyForQuery.
+    pub fn quiet(&self) -> bool {
+        self.settled() && self.at_rest() && !self.untracked
     }
 
     /// Whether the client is pinned to its server connection.
@@ -212,7 +222,9 @@ impl<'a> Tracker<'a> {
                             tx.outstanding = tx.outstanding.saturating_sub(ignored);
                         }
                         // Flush, COPY data: nothing owed.
-                        _ => {}
+                        b'H' | b'd' => {}
+                        // The server's to answer or reject, in ways not tracked here.
+                        _ => self.untracked = true,
                     }
                     out.extend_from_slice(&input[..5]);
                     input.advance(5);
