@@ -661,6 +661,12 @@ impl ServerConn {
         self.generation = generation;
     }
 
+    /// The socket and the bytes read from it not yet consumed, for a connection that leaves
+    /// the pooler's hands (replication: relayed as bytes until it closes).
+    pub fn into_parts(self) -> (Stream, BytesMut) {
+        (self.stream, self.buf)
+    }
+
     /// The parameters the server reports.
     pub fn params(&self) -> &ParamSet {
         &self.params

@@ -9,6 +9,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use super::SessionContext;
 use crate::auth::{self, md5, ScramSecret, ScramServer, Secret};
 use crate::config::{AuthType, Config, TlsMode};
+use super::replication::Replication;
 use crate::params::{self, ParamSet};
 use crate::protocol::{self, backend, frontend, PgError, Startup};
 use crate::stream::Stream;
@@ -48,6 +49,8 @@ pub struct Login {
     pub database: String,
     /// The tracked parameters it set.
     pub params: ParamSet,
+    /// The replication connection it asked for, if any.
+    pub replication: Option<Replication>,
 }
 
 /// Why a client's startup failed; `Fatal` is told to the client before closing.
@@ -196,8 +199,13 @@ async fn startup(
 ) -> Result<Login, LoginError> {
     let s = &config.pgbouncer;
     let mut params = ParamSet::new();
+    let mut replication = None;
     for (name, value) in startup.iter() {
         if name == "user" || name == "database" {
+            continue;
+        }
+        if name == "replication" {
+            replication = Replication::parse(value).map_err(LoginError::fatal)?;
             continue;
         }
         if let Some(canonical) = params::canonical(name, &s.track_extra_parameters) {
@@ -231,6 +239,7 @@ async fn startup(
         user: startup.user().to_owned(),
         database: startup.database().to_owned(),
         params,
+        replication,
     })
 }
 

@@ -1,0 +1,170 @@
+//! Replication connections through the pooler (`replication=database` / `replication=true`,
+//! as PgBouncer 1.23+ allows): `pg_recvlogical` and `pg_receivewal` work through weir as
+//! they do straight against PostgreSQL, each on a server connection of its own that closes
+//! with the client and never serves anyone else.
+
+use std::time::Duration;
+
+use weir_tests::fixture::{self, Fixture, Options, DATABASE, PASSWORD, USER};
+use weir_tests::net;
+use weir_tests::postgres::{pg_tool, CommandOutput, PgOptions};
+use weir_tests::raw::RawClient;
+use weir_tests::weir::WeirProcess;
+
+/// Bound on one run of a replication tool; each finishes in well under a second.
+const TOOL_LIMIT: Duration = Duration::from_secs(30);
+
+/// The harness's client authentication plus replication connections for every role.
+const HBA: &str = "\
+local   all          postgres                 trust
+local   all          all                      md5
+host    all          postgres  127.0.0.1/32   trust
+host    all          all       127.0.0.1/32   md5
+host    replication  all       127.0.0.1/32   md5
+";
+
+/// PostgreSQL with logical decoding, the application role allowed to replicate, and weir in
+/// transaction mode in front.
+async fn replicating() -> (Fixture, Options) {
+    let opts = Options {
+        postgres: PgOptions {
+            extra_conf: vec![
+                "wal_level = logical".into(),
+                "max_wal_senders = 10".into(),
+                "max_replication_slots = 10".into(),
+            ],
+            hba: Some(HBA.into()),
+            ..PgOptions::default()
+        },
+        ..Options::mode("transaction", 2)
+    };
+    let f = Fixture::start(opts.clone()).await.expect("fixture");
+    let su = f.pg.superuser().await.expect("superuser");
+    su.batch_execute(&format!("ALTER ROLE {USER} REPLICATION"))
+        .await
+        .expect("granting REPLICATION");
+    (f, opts)
+}
+
+async fn tool(port: u16, program: &str, args: &[&str]) -> CommandOutput {
+    let out = pg_tool(program, (net::HOST, port), (USER, PASSWORD), args, TOOL_LIMIT)
+        .await
+        .expect(program);
+    assert_eq!(out.status, 0, "{program} {args:?} failed: {}", out.stderr);
+    out
+}
+
+/// Walsender backends of the application role: replication connections open on the server.
+async fn walsenders(f: &Fixture) -> i64 {
+    let su = f.pg.superuser().await.expect("superuser");
+    su.query_one(
+        "SELECT count(*) FROM pg_stat_activity \
+         WHERE usename = $1 AND backend_type = 'walsender'",
+        &[&USER],
+    )
+    .await
+    .expect("counting walsenders")
+    .get(0)
+}
+
+#[tokio::test]
+async fn pg_recvlogical_streams_changes_through_weir_and_pgbouncer() {
+    let (f, opts) = replicating().await;
+    let bouncer = WeirProcess::start_pgbouncer(
+        &fixture::ini(&f.pg, &opts),
+        &format!("\"{USER}\" \"{PASSWORD}\"\n"),
+    )
+    .await
+    .expect("starting PgBouncer");
+    let app = f.client().await.expect("client");
+    app.batch_execute("CREATE TABLE changes (id int PRIMARY KEY, note text)")
+        .await
+        .expect("table");
+    for (pooler, port) in [("pgbouncer", bouncer.port()), ("weir", f.weir.port())] {
+        let slot = format!("slot_{pooler}");
+        let conn = ["-d", DATABASE, "--slot", &slot];
+        tool(port, "pg_recvlogical", &[&conn[..], &["--create-slot", "-P", "test_decoding"]].concat()).await;
+        app.batch_execute(&format!(
+            "INSERT INTO changes SELECT g, '{pooler} ' || g FROM generate_series(1, 3) g; \
+             DELETE FROM changes"
+        ))
+        .await
+        .expect("changes");
+        let lsn = fixture::scalar(&app, "SELECT pg_current_wal_lsn()::text").await;
+        let out = tool(
+            port,
+            "pg_recvlogical",
+            &[&conn[..], &["--start", "--no-loop", "--endpos", &lsn, "-f", "-"]].concat(),
+        )
+        .await;
+        for id in 1..=3 {
+            let insert = format!("INSERT: id[integer]:{id} note[text]:'{pooler} {id}'");
+            assert!(out.stdout.contains(&insert), "{pooler}: no {insert} in\n{}", out.stdout);
+        }
+        tool(port, "pg_recvlogical", &[&conn[..], &["--drop-slot"]].concat()).await;
+    }
+    // Every replication connection closed with its client.
+    assert!(
+        Fixture::eventually(Duration::from_secs(10), || async { walsenders(&f).await == 0 }).await,
+        "walsenders left open"
+    );
+    // Ordinary clients still get pooled connections, none of them a walsender.
+    let pid = fixture::scalar(&app, "SELECT pg_backend_pid()::text").await;
+    assert!(!pid.is_empty());
+}
+
+#[tokio::test]
+async fn pg_receivewal_streams_wal_through_weir() {
+    let (f, _) = replicating().await;
+    let dir = tempfile::tempdir().expect("a directory for the WAL");
+    let app = f.client().await.expect("client");
+    app.batch_execute("CREATE TABLE filler AS SELECT g FROM generate_series(1, 1000) g")
+        .await
+        .expect("some WAL");
+    let lsn = fixture::scalar(&app, "SELECT pg_current_wal_lsn()::text").await;
+    let conninfo = format!("dbname={DATABASE}");
+    let path = dir.path().to_string_lossy().into_owned();
+    tool(
+        f.weir.port(),
+        "pg_receivewal",
+        &["-d", &conninfo, "-D", &path, "--no-loop", "--endpos", &lsn, "-n"],
+    )
+    .await;
+    let files = std::fs::read_dir(dir.path()).expect("reading the WAL directory").count();
+    assert!(files > 0, "pg_receivewal wrote no WAL");
+    assert!(
+        Fixture::eventually(Duration::from_secs(10), || async { walsenders(&f).await == 0 }).await,
+        "the walsender stayed open"
+    );
+}
+
+/// A value PostgreSQL would not take is refused at login, in PostgreSQL's words; a false
+/// one is an ordinary connection.
+#[tokio::test]
+async fn the_replication_parameter_is_checked_at_login() {
+    let f = Fixture::start(Options {
+        auth_type: "trust",
+        ..Options::mode("transaction", 2)
+    })
+    .await
+    .expect("fixture");
+    let mut c = RawClient::connect(f.weir.port()).await.expect("connecting");
+    c.send_startup_with(USER, DATABASE, &[("replication", "sometimes")])
+        .await
+        .expect("startup");
+    let replies = c.until_closed().await.expect("the refusal");
+    let error = replies.iter().find(|r| r.tag == b'E').expect("an error");
+    assert_eq!(error.error_field(b'C').as_deref(), Some("22023"));
+
+    let mut c = RawClient::connect(f.weir.port()).await.expect("connecting");
+    c.send_startup_with(USER, DATABASE, &[("replication", "off")])
+        .await
+        .expect("startup");
+    loop {
+        let reply = c.next().await.expect("login").expect("an answer");
+        assert_ne!(reply.tag, b'E', "an ordinary connection is refused");
+        if reply.tag == b'Z' {
+            break;
+        }
+    }
+}
