@@ -6,10 +6,10 @@ use bytes::BytesMut;
 use rand::Rng;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use super::replication::Replication;
 use super::SessionContext;
 use crate::auth::{self, md5, ScramSecret, ScramServer, Secret};
 use crate::config::{AuthType, Config, TlsMode};
-use super::replication::Replication;
 use crate::params::{self, ParamSet};
 use crate::protocol::{self, backend, frontend, PgError, Startup};
 use crate::stream::Stream;

@@ -96,8 +96,7 @@ pub async fn serve(
     }
     let (mut server, mut server_buf) = server.into_parts();
     // Bytes either side sent before the relay began go first.
-    if server.write_all(client_buf).await.is_err() || client.write_all(&server_buf).await.is_err()
-    {
+    if server.write_all(client_buf).await.is_err() || client.write_all(&server_buf).await.is_err() {
         return Ok("replication connection failed");
     }
     client_buf.clear();
@@ -121,7 +120,11 @@ mod tests {
             Some(Some(Replication::Logical))
         );
         for v in ["true", "on", "yes", "1", "t", "TRUE", "y"] {
-            assert_eq!(Replication::parse(v).ok(), Some(Some(Replication::Physical)), "{v}");
+            assert_eq!(
+                Replication::parse(v).ok(),
+                Some(Some(Replication::Physical)),
+                "{v}"
+            );
         }
         for v in ["false", "off", "no", "0", "f", "of", "n"] {
             assert_eq!(Replication::parse(v).ok(), Some(None), "{v}");
