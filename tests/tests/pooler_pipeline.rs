@@ -537,3 +537,106 @@ async fn a_refusal_mid_pipeline_then_flush_answers_without_sync() {
         strs(&["1", "2", "D:2", "C", "E:0A000", "Z"])
     );
 }
+
+/// Runs `tests/drivers/python/psycopg_pipeline.py` (installed by
+/// `scripts/install-drivers.sh`) against the pooler on `port`; its output when it fails.
+async fn psycopg_pipeline(port: u16) -> Result<String, String> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("drivers/python");
+    let python = dir.join(".venv/bin/python");
+    let output = tokio::time::timeout(
+        Duration::from_secs(180),
+        tokio::process::Command::new(&python)
+            .arg("psycopg_pipeline.py")
+            .current_dir(&dir)
+            .env("WEIR_HOST", weir_tests::net::HOST)
+            .env("WEIR_PORT", port.to_string())
+            .env("WEIR_USER", USER)
+            .env("WEIR_PASSWORD", PASSWORD)
+            .env("WEIR_DB", DATABASE)
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .map_err(|_| "psycopg_pipeline.py did not finish within 180 s".to_owned())?
+    .map_err(|e| {
+        format!(
+            "cannot run {}: {e}; run scripts/install-drivers.sh",
+            python.display()
+        )
+    })?;
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if output.status.success() && stdout.starts_with("ok psycopg-pipeline ") {
+        Ok(stdout)
+    } else {
+        Err(format!("{}\n{stdout}{stderr}", output.status))
+    }
+}
+
+/// psycopg 3's pipeline mode, as applications use it, from several clients over two server
+/// connections with a server-side statement cache of two: the same program passes through
+/// PgBouncer and through weir.
+#[tokio::test]
+async fn psycopg_pipeline_mode_through_weir_and_pgbouncer() {
+    let opts = Options::mode("transaction", 2)
+        .with("max_prepared_statements = 2")
+        .with("pkt_buf = 4096");
+    let f = Fixture::start(opts.clone()).await.expect("fixture");
+    let bouncer = WeirProcess::start_pgbouncer(
+        &fixture::ini(&f.pg, &opts),
+        &format!("\"{USER}\" \"{PASSWORD}\"\n"),
+    )
+    .await
+    .expect("starting PgBouncer");
+    for (pooler, port) in [("pgbouncer", bouncer.port()), ("weir", f.weir.port())] {
+        if let Err(e) = psycopg_pipeline(port).await {
+            panic!("psycopg pipeline mode through {pooler}: {e}");
+        }
+    }
+}
+
+/// Messages sent after the server failed one and before the client's Sync are skipped by the
+/// server; weir must not expect answers to them (or answer them itself), or every later
+/// answer is matched to the wrong request: psycopg's pipeline mode lost a CloseComplete so.
+/// (PgBouncer 1.25.2 drops the client connection at the second step.)
+#[tokio::test]
+async fn messages_sent_between_an_error_and_sync_are_owed_nothing() {
+    let f = trusting(Options::mode("transaction", 1)).await;
+    {
+        let mut c = login(&f).await;
+        send(&mut c, &[Msg::Parse("a", "SELECT $1::int"), Msg::Sync]).await;
+        assert_eq!(until_ready(&mut c, 1).await, strs(&["1", "Z"]));
+        send(
+            &mut c,
+            &[
+                Msg::Parse("", "SELECT 1/0"),
+                Msg::Bind("", "", &[]),
+                Msg::Flush,
+            ],
+        )
+        .await;
+        assert_eq!(read(&mut c, 2).await, strs(&["1", "E:22012"]));
+        // Sent once the error is out: all skipped, up to the Sync.
+        send(
+            &mut c,
+            &[
+                Msg::Parse("a", "SELECT $1::int"),
+                Msg::Bind("", "a", &["5"]),
+                Msg::Execute(""),
+                Msg::Close(b'S', "b"),
+                Msg::Sync,
+            ],
+        )
+        .await;
+        assert_eq!(until_ready(&mut c, 1).await, strs(&["Z"]));
+        send(&mut c, &[Msg::Close(b'S', "b"), Msg::Sync]).await;
+        assert_eq!(until_ready(&mut c, 1).await, strs(&["3", "Z"]));
+        send(
+            &mut c,
+            &[Msg::Bind("", "a", &["6"]), Msg::Execute(""), Msg::Sync],
+        )
+        .await;
+        assert_eq!(until_ready(&mut c, 1).await, strs(&["2", "D:6", "C", "Z"]));
+    }
+}

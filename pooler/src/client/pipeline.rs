@@ -71,15 +71,41 @@ pub struct Pipeline {
     owed: VecDeque<Owed>,
     /// How many entries are [`Owed::Local`].
     local: usize,
+    /// The server failed a message and no Sync has been sent since: it skips everything
+    /// sent until the next Sync, answering none of it.
+    server_skipping: bool,
 }
 
 impl Pipeline {
-    /// Records what a message just sent (or answered locally) will produce.
-    pub fn push(&mut self, owed: Owed) {
+    /// Records what a message just sent (or answered locally) will produce. While the
+    /// server skips to Sync after an error, nothing but a Sync is answered: the entry is
+    /// handed back instead, for its bookkeeping to be undone.
+    pub fn push(&mut self, owed: Owed) -> Option<Owed> {
+        if self.server_skipping {
+            if !matches!(owed, Owed::Sync) {
+                return Some(owed);
+            }
+            self.server_skipping = false;
+        }
         if matches!(owed, Owed::Local(_)) {
             self.local += 1;
         }
         self.owed.push_back(owed);
+        None
+    }
+
+    /// What an entry the server skipped changed in the connection's prepared set.
+    pub fn statement_change(owed: &Owed) -> Option<Skipped<'_>> {
+        match owed {
+            Owed::Parse {
+                statement: Some(name),
+                ..
+            } => Some(Skipped::Parse(name)),
+            Owed::Close {
+                evicted: Some(name),
+            } => Some(Skipped::Eviction(name)),
+            _ => None,
+        }
     }
 
     /// How many of the owed answers are the pooler's own.
@@ -165,22 +191,19 @@ impl Pipeline {
     /// bookkeeping is undone in reverse, as a statement evicted and then prepared again in
     /// the same pipeline must end up as it was before either.
     fn on_error(&mut self, mut undo: impl FnMut(Skipped<'_>)) -> Verdict {
-        let end = self
+        let sync = self
             .owed
             .iter()
-            .position(|o| matches!(o, Owed::Sync | Owed::Query))
-            .unwrap_or(self.owed.len());
+            .position(|o| matches!(o, Owed::Sync | Owed::Query));
+        // No Sync sent yet: what the client sends until its Sync is skipped too.
+        self.server_skipping = sync.is_none();
+        let end = sync.unwrap_or(self.owed.len());
         for skipped in self.owed.drain(..end).rev() {
-            match &skipped {
-                Owed::Parse {
-                    statement: Some(name),
-                    ..
-                } => undo(Skipped::Parse(name)),
-                Owed::Close {
-                    evicted: Some(name),
-                } => undo(Skipped::Eviction(name)),
-                Owed::Local(_) => self.local -= 1,
-                _ => {}
+            if matches!(skipped, Owed::Local(_)) {
+                self.local -= 1;
+            }
+            if let Some(change) = Self::statement_change(&skipped) {
+                undo(change);
             }
         }
         Verdict::Forward
@@ -313,6 +336,35 @@ mod tests {
         );
         p.on_server_message(b'Z', |_| {});
         assert!(p.is_empty());
+    }
+
+    #[test]
+    fn what_is_sent_after_an_error_and_before_sync_is_skipped() {
+        let mut p = Pipeline::default();
+        p.push(Owed::Bind);
+        p.push(Owed::Execute);
+        p.on_server_message(b'E', |_| {});
+        assert!(p.is_empty());
+        // The server skips these: they are handed back, owed by no one.
+        assert_eq!(p.push(Owed::Bind), Some(Owed::Bind));
+        assert!(p.push(Owed::Local(Bytes::from_static(b"3"))).is_some());
+        assert_eq!(p.push(Owed::Query), Some(Owed::Query));
+        assert_eq!(p.local_answers(), 0);
+        assert_eq!(p.push(Owed::Sync), None);
+        p.on_server_message(b'Z', |_| {});
+        assert!(p.is_empty());
+        // After the Sync, messages are answered again.
+        assert_eq!(p.push(Owed::Bind), None);
+        assert!(!p.is_empty());
+    }
+
+    #[test]
+    fn an_error_before_a_sync_already_sent_skips_nothing_after_it() {
+        let mut p = Pipeline::default();
+        p.push(Owed::Execute);
+        p.push(Owed::Sync);
+        p.on_server_message(b'E', |_| {});
+        assert_eq!(p.push(Owed::Bind), None);
     }
 
     #[test]

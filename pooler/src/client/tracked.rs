@@ -213,8 +213,9 @@ impl<'a> Tracker<'a> {
                             tx.unsynced = true;
                         }
                         b'F' => {
-                            self.pipeline.push(Owed::Query);
-                            tx.outstanding += 1;
+                            if self.pipeline.push(Owed::Query).is_none() {
+                                tx.outstanding += 1;
+                            }
                             tx.unsynced = false;
                         }
                         b'c' | b'f' => {
@@ -260,8 +261,9 @@ impl<'a> Tracker<'a> {
                     return true;
                 }
                 self.apply(&Effect::Pin(OVERSIZED), None);
-                self.pipeline.push(Owed::Query);
-                tx.outstanding += 1;
+                if self.pipeline.push(Owed::Query).is_none() {
+                    tx.outstanding += 1;
+                }
                 tx.unsynced = false;
                 out.extend_from_slice(&input[..5]);
                 input.advance(5);
@@ -503,8 +505,9 @@ impl<'a> Tracker<'a> {
             }
         }
         out.extend_from_slice(msg);
-        self.pipeline.push(Owed::Query);
-        tx.outstanding += 1;
+        if self.pipeline.push(Owed::Query).is_none() {
+            tx.outstanding += 1;
+        }
         tx.unsynced = false;
     }
 
@@ -586,15 +589,31 @@ impl<'a> Tracker<'a> {
     ) {
         for victim in server.add_statement(statement.name.clone(), self.policy.max_prepared) {
             frontend::close(out, b'S', &victim);
-            self.pipeline.push(Owed::Close {
-                evicted: Some(victim),
-            });
+            self.owe_statement(
+                Owed::Close {
+                    evicted: Some(victim),
+                },
+                server,
+            );
         }
         prepared::encode_parse(out, statement);
-        self.pipeline.push(Owed::Parse {
-            swallow,
-            statement: Some(statement.name.clone()),
-        });
+        self.owe_statement(
+            Owed::Parse {
+                swallow,
+                statement: Some(statement.name.clone()),
+            },
+            server,
+        );
+    }
+
+    /// Records a Parse or evicting Close sent; when the server is skipping to Sync after an
+    /// error, it will not run, and the connection's prepared set is put back.
+    fn owe_statement(&mut self, owed: Owed, server: &mut Carried) {
+        if let Some(skipped) = self.pipeline.push(owed) {
+            if let Some(s) = Pipeline::statement_change(&skipped) {
+                undo(server, s);
+            }
+        }
     }
 
     /// Whether the pooler's own answers are due before the next server message.
@@ -611,10 +630,7 @@ impl<'a> Tracker<'a> {
     ) -> Verdict {
         let verdict = self
             .pipeline
-            .on_server_message(tag, |skipped| match skipped {
-                Skipped::Parse(name) => server.forget_statement(name),
-                Skipped::Eviction(name) => server.restore_statement(name.clone()),
-            });
+            .on_server_message(tag, |skipped| undo(server, skipped));
         let session = &mut self.client.session;
         match info {
             ServerInfo::Error => session.on_error(),
@@ -631,6 +647,14 @@ impl<'a> Tracker<'a> {
             ServerInfo::Other => {}
         }
         verdict
+    }
+}
+
+/// Puts a connection's prepared set back as it was before a message the server skipped.
+fn undo(server: &mut Carried, skipped: Skipped<'_>) {
+    match skipped {
+        Skipped::Parse(name) => server.forget_statement(name),
+        Skipped::Eviction(name) => server.restore_statement(name.clone()),
     }
 }
 
