@@ -205,7 +205,7 @@ async fn startup(
             continue;
         }
         if name == "replication" {
-            replication = Replication::parse(value).map_err(LoginError::fatal)?;
+            replication = Replication::parse(value).map_err(LoginError::Fatal)?;
             continue;
         }
         if let Some(canonical) = params::canonical(name, &s.track_extra_parameters) {

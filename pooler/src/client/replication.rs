@@ -25,17 +25,17 @@ pub enum Replication {
 impl Replication {
     /// Reads the `replication` startup parameter as PostgreSQL does: `database` is logical,
     /// a true boolean physical, a false one an ordinary connection (`None`).
-    pub fn parse(value: &str) -> Result<Option<Replication>, PgError> {
+    pub fn parse(value: &str) -> Result<Option<Replication>, Box<PgError>> {
         if value == "database" {
             return Ok(Some(Replication::Logical));
         }
         match parse_bool(value) {
             Some(true) => Ok(Some(Replication::Physical)),
             Some(false) => Ok(None),
-            None => Err(PgError::fatal(
+            None => Err(Box::new(PgError::fatal(
                 "22023",
                 format!("invalid value for parameter \"replication\": \"{value}\""),
-            )),
+            ))),
         }
     }
 
