@@ -1,6 +1,6 @@
 //! Replication connections through the pooler (`replication=database` / `replication=true`,
-//! as PgBouncer 1.23+ allows): `pg_recvlogical` and `pg_receivewal` work through weir as
-//! they do straight against PostgreSQL, each on a server connection of its own that closes
+//! as PgBouncer 1.23+ allows): `pg_recvlogical`, `pg_receivewal` and `pg_basebackup` work
+//! through weir as they do straight against PostgreSQL, each on a server connection of its own that closes
 //! with the client and never serves anyone else.
 
 use std::time::Duration;
@@ -180,7 +180,7 @@ async fn pg_recvlogical_streams_changes_through_weir_and_pgbouncer() {
 }
 
 #[tokio::test]
-async fn pg_receivewal_streams_wal_through_weir() {
+async fn pg_receivewal_and_pg_basebackup_through_weir() {
     let (f, opts) = replicating().await;
     // Physical replication clients always ask for database "replication" (libpq sets it);
     // as with PgBouncer, the configuration names where that goes.
@@ -213,6 +213,19 @@ async fn pg_receivewal_streams_wal_through_weir() {
         .expect("reading the WAL directory")
         .count();
     assert!(files > 0, "pg_receivewal wrote no WAL");
+    // A base backup streams its WAL over a second replication connection alongside.
+    let backup = tempfile::tempdir().expect("a directory for the backup");
+    let backup_path = backup.path().join("data").to_string_lossy().into_owned();
+    tool(
+        weir.port(),
+        "pg_basebackup",
+        &["-D", &backup_path, "-c", "fast", "--no-sync"],
+    )
+    .await;
+    assert!(
+        backup.path().join("data/PG_VERSION").exists(),
+        "pg_basebackup wrote no data directory"
+    );
     assert!(
         Fixture::eventually(Duration::from_secs(10), || async {
             walsenders(&f).await == 0
