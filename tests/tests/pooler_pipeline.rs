@@ -538,15 +538,18 @@ async fn a_refusal_mid_pipeline_then_flush_answers_without_sync() {
     );
 }
 
-/// Runs `tests/drivers/python/psycopg_pipeline.py` (installed by
-/// `scripts/install-drivers.sh`) against the pooler on `port`; its output when it fails.
-async fn psycopg_pipeline(port: u16) -> Result<String, String> {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("drivers/python");
-    let python = dir.join(".venv/bin/python");
+/// Runs a driver program under `tests/drivers/<dir>` (installed by
+/// `scripts/install-drivers.sh`) against the pooler on `port`; it must print
+/// `ok <driver> …`. Err: why not, with its output.
+async fn driver_program(dir: &str, argv: &[&str], driver: &str, port: u16) -> Result<(), String> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("drivers")
+        .join(dir);
+    let program = dir.join(argv[0]);
     let output = tokio::time::timeout(
         Duration::from_secs(180),
-        tokio::process::Command::new(&python)
-            .arg("psycopg_pipeline.py")
+        tokio::process::Command::new(&program)
+            .args(&argv[1..])
             .current_dir(&dir)
             .env("WEIR_HOST", weir_tests::net::HOST)
             .env("WEIR_PORT", port.to_string())
@@ -558,27 +561,25 @@ async fn psycopg_pipeline(port: u16) -> Result<String, String> {
             .output(),
     )
     .await
-    .map_err(|_| "psycopg_pipeline.py did not finish within 180 s".to_owned())?
+    .map_err(|_| format!("{driver} did not finish within 180 s"))?
     .map_err(|e| {
         format!(
             "cannot run {}: {e}; run scripts/install-drivers.sh",
-            python.display()
+            program.display()
         )
     })?;
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    if output.status.success() && stdout.starts_with("ok psycopg-pipeline ") {
-        Ok(stdout)
+    if output.status.success() && stdout.starts_with(&format!("ok {driver} ")) {
+        Ok(())
     } else {
         Err(format!("{}\n{stdout}{stderr}", output.status))
     }
 }
 
-/// psycopg 3's pipeline mode, as applications use it, from several clients over two server
-/// connections with a server-side statement cache of two: the same program passes through
-/// PgBouncer and through weir.
-#[tokio::test]
-async fn psycopg_pipeline_mode_through_weir_and_pgbouncer() {
+/// Weir and PgBouncer in front of one PostgreSQL, in transaction mode with two server
+/// connections, a server-side statement cache of two and the default packet buffer.
+async fn pipelining_poolers() -> (Fixture, WeirProcess) {
     let opts = Options::mode("transaction", 2)
         .with("max_prepared_statements = 2")
         .with("pkt_buf = 4096");
@@ -589,9 +590,31 @@ async fn psycopg_pipeline_mode_through_weir_and_pgbouncer() {
     )
     .await
     .expect("starting PgBouncer");
+    (f, bouncer)
+}
+
+/// psycopg 3's pipeline mode, as applications use it, from several clients over two server
+/// connections with a server-side statement cache of two: the same program passes through
+/// PgBouncer and through weir.
+#[tokio::test]
+async fn psycopg_pipeline_mode_through_weir_and_pgbouncer() {
+    let (f, bouncer) = pipelining_poolers().await;
+    let argv = [".venv/bin/python", "psycopg_pipeline.py"];
     for (pooler, port) in [("pgbouncer", bouncer.port()), ("weir", f.weir.port())] {
-        if let Err(e) = psycopg_pipeline(port).await {
+        if let Err(e) = driver_program("python", &argv, "psycopg-pipeline", port).await {
             panic!("psycopg pipeline mode through {pooler}: {e}");
+        }
+    }
+}
+
+/// pgx v5 batches (`SendBatch`: the queries of a batch, then one Sync), with pgx's statement
+/// cache of two closing statements between batches: through PgBouncer and through weir.
+#[tokio::test]
+async fn pgx_batches_through_weir_and_pgbouncer() {
+    let (f, bouncer) = pipelining_poolers().await;
+    for (pooler, port) in [("pgbouncer", bouncer.port()), ("weir", f.weir.port())] {
+        if let Err(e) = driver_program("go", &["bin/pgxbatch"], "pgx-batch", port).await {
+            panic!("pgx batches through {pooler}: {e}");
         }
     }
 }
