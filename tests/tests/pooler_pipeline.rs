@@ -2,7 +2,9 @@
 //! Parse/Bind/Execute before one Sync, errors in the middle, Flush without Sync, a late Sync,
 //! statements evicted from a server connection's cache mid-pipeline, messages larger than
 //! `pkt_buf`, Close and Describe inside pipelines, and several pipelining clients sharing one
-//! server connection. Every read is bounded: a pipeline that hangs fails the test.
+//! server connection. Every read is bounded: a pipeline that hangs fails the test. The raw
+//! sequences are followed by real drivers' pipelines (psycopg pipeline mode, pgx batches, JDBC
+//! batches: programs under `tests/drivers/`), run through weir and through PgBouncer.
 
 use std::time::Duration;
 
@@ -545,7 +547,12 @@ async fn driver_program(dir: &str, argv: &[&str], driver: &str, port: u16) -> Re
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("drivers")
         .join(dir);
-    let program = dir.join(argv[0]);
+    // A bare name (`java`) is looked up on PATH; a path is inside the driver's folder.
+    let program = if argv[0].contains('/') {
+        dir.join(argv[0])
+    } else {
+        std::path::PathBuf::from(argv[0])
+    };
     let output = tokio::time::timeout(
         Duration::from_secs(180),
         tokio::process::Command::new(&program)
@@ -661,5 +668,24 @@ async fn messages_sent_between_an_error_and_sync_are_owed_nothing() {
         )
         .await;
         assert_eq!(until_ready(&mut c, 1).await, strs(&["2", "D:6", "C", "Z"]));
+    }
+}
+
+/// JDBC batches (`executeBatch`: the statements of a batch pipelined before one Sync),
+/// including a batch failing in the middle, with the driver's statement cache of two:
+/// through PgBouncer and through weir.
+#[tokio::test]
+async fn jdbc_batches_through_weir_and_pgbouncer() {
+    let (f, bouncer) = pipelining_poolers().await;
+    let argv = [
+        "java",
+        "-cp",
+        "target/jdbc-check.jar",
+        "dev.weir.drivers.JdbcBatch",
+    ];
+    for (pooler, port) in [("pgbouncer", bouncer.port()), ("weir", f.weir.port())] {
+        if let Err(e) = driver_program("java", &argv, "jdbc-batch", port).await {
+            panic!("JDBC batches through {pooler}: {e}");
+        }
     }
 }
