@@ -660,6 +660,23 @@ async fn messages_sent_between_an_error_and_sync_are_owed_nothing() {
         )
         .await;
         assert_eq!(until_ready(&mut c, 1).await, strs(&["Z"]));
+        // Nothing is owed any more: the only server connection is free for another client
+        // while this one idles.
+        let mut other = login(&f).await;
+        send(
+            &mut other,
+            &[
+                Msg::Parse("", "SELECT 2"),
+                Msg::Bind("", "", &[]),
+                Msg::Execute(""),
+                Msg::Sync,
+            ],
+        )
+        .await;
+        assert_eq!(
+            until_ready(&mut other, 1).await,
+            strs(&["1", "2", "D:2", "C", "Z"])
+        );
         send(&mut c, &[Msg::Close(b'S', "b"), Msg::Sync]).await;
         assert_eq!(until_ready(&mut c, 1).await, strs(&["3", "Z"]));
         send(
