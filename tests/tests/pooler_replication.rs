@@ -73,11 +73,9 @@ async fn walsenders(f: &Fixture) -> i64 {
     .get(0)
 }
 
-/// Runs `pg_recvlogical --start` on `slot` through `port` until its output holds every line
-/// of `want` (it streams until stopped), then stops it; returns the output.
-async fn receive_changes(port: u16, slot: &str, want: &[String]) -> String {
-    let dir = tempfile::tempdir().expect("a directory for the output");
-    let file = dir.path().join("changes.txt");
+/// Starts `pg_recvlogical --start` on `slot` through `port`, writing to `file`; it streams
+/// until stopped (or its connection ends: `--no-loop`).
+fn start_recvlogical(port: u16, slot: &str, file: &std::path::Path) -> tokio::process::Child {
     let mut cmd = tokio::process::Command::new(pg_bin("pg_recvlogical"));
     for (key, _) in std::env::vars_os() {
         if key.to_string_lossy().starts_with("PG") {
@@ -86,8 +84,7 @@ async fn receive_changes(port: u16, slot: &str, want: &[String]) -> String {
     }
     let port = port.to_string();
     let path = file.to_string_lossy().into_owned();
-    let mut child = cmd
-        .env("PGPASSWORD", PASSWORD)
+    cmd.env("PGPASSWORD", PASSWORD)
         .args(["-h", net::HOST, "-p", &port, "-U", USER, "-d", DATABASE])
         .args([
             "--slot",
@@ -102,7 +99,15 @@ async fn receive_changes(port: u16, slot: &str, want: &[String]) -> String {
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true)
         .spawn()
-        .expect("starting pg_recvlogical");
+        .expect("starting pg_recvlogical")
+}
+
+/// Runs `pg_recvlogical --start` on `slot` through `port` until its output holds every line
+/// of `want`, then stops it.
+async fn receive_changes(port: u16, slot: &str, want: &[String]) {
+    let dir = tempfile::tempdir().expect("a directory for the output");
+    let file = dir.path().join("changes.txt");
+    let mut child = start_recvlogical(port, slot, &file);
     let got = Fixture::eventually(TOOL_LIMIT, || async {
         let text = std::fs::read_to_string(&file).unwrap_or_default();
         want.iter().all(|w| text.contains(w.as_str()))
@@ -115,7 +120,6 @@ async fn receive_changes(port: u16, slot: &str, want: &[String]) -> String {
         got,
         "pg_recvlogical through port {port} did not stream {want:?}; it wrote:\n{text}"
     );
-    text
 }
 
 #[tokio::test]
@@ -264,4 +268,64 @@ async fn the_replication_parameter_is_checked_at_login() {
             break;
         }
     }
+}
+
+/// KILL_CLIENT ends a replication client as any other: its walsender goes with it, and
+/// `pg_recvlogical` sees its connection close.
+#[tokio::test]
+async fn kill_client_ends_a_replication_connection() {
+    let (f, opts) = replicating().await;
+    let weir = WeirProcess::start(
+        &fixture::ini(&f.pg, &opts.with(&format!("admin_users = {USER}"))),
+        &format!("\"{USER}\" \"{PASSWORD}\"\n"),
+    )
+    .await
+    .expect("starting weir with a console user");
+    let conn = ["-d", DATABASE, "--slot", "killed"];
+    tool(
+        weir.port(),
+        "pg_recvlogical",
+        &[&conn[..], &["--create-slot", "-P", "test_decoding"]].concat(),
+    )
+    .await;
+    let dir = tempfile::tempdir().expect("a directory for the output");
+    let mut child = start_recvlogical(weir.port(), "killed", &dir.path().join("out.txt"));
+    assert!(
+        Fixture::eventually(TOOL_LIMIT, || async { walsenders(&f).await == 1 }).await,
+        "pg_recvlogical never streamed"
+    );
+    let admin = net::connect(weir.port(), USER, PASSWORD, "pgbouncer")
+        .await
+        .expect("console");
+    let rows: Vec<_> = admin
+        .simple_query("SHOW CLIENTS")
+        .await
+        .expect("SHOW CLIENTS")
+        .into_iter()
+        .filter_map(|m| match m {
+            weir_tests::tokio_postgres::SimpleQueryMessage::Row(r) => Some(r),
+            _ => None,
+        })
+        .collect();
+    let id = rows
+        .iter()
+        .find(|r| r.try_get("application_name").ok().flatten() == Some("pg_recvlogical"))
+        .and_then(|r| r.try_get("id").ok().flatten().map(str::to_owned))
+        .expect("pg_recvlogical in SHOW CLIENTS");
+    admin
+        .simple_query(&format!("KILL_CLIENT {id}"))
+        .await
+        .expect("KILL_CLIENT");
+    let exited = tokio::time::timeout(TOOL_LIMIT, child.wait())
+        .await
+        .expect("pg_recvlogical still running after KILL_CLIENT")
+        .expect("waiting for pg_recvlogical");
+    assert!(!exited.success(), "pg_recvlogical saw no error");
+    assert!(
+        Fixture::eventually(Duration::from_secs(10), || async {
+            walsenders(&f).await == 0
+        })
+        .await,
+        "the walsender outlived its killed client"
+    );
 }

@@ -101,12 +101,14 @@ pub async fn serve(
     }
     client_buf.clear();
     server_buf.clear();
-    Ok(
-        match tokio::io::copy_bidirectional(client, &mut server).await {
+    // KILL_CLIENT ends it as any client; both sockets close when dropped.
+    Ok(tokio::select! {
+        relayed = tokio::io::copy_bidirectional(client, &mut server) => match relayed {
             Ok(_) => "replication connection closed",
             Err(_) => "replication connection failed",
         },
-    )
+        () = record.killed() => "killed from the admin console (KILL_CLIENT)",
+    })
 }
 
 #[cfg(test)]
