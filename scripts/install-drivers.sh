@@ -4,6 +4,7 @@
 #   python/.venv            psycopg and asyncpg from PyPI (pip --require-hashes)
 #   node/node_modules       pg from npm (npm ci, from package-lock.json)
 #   go/bin/pgxcheck         pgx from the Go module proxy (go build, checked against go.sum)
+#   go/bin/pgxbatch         the same pgx, running batches (tests/tests/pooler_pipeline.rs)
 #   java/target/*.jar       the PostgreSQL JDBC driver from Maven Central (mvn package)
 # Everything lands in git-ignored folders beside the manifests; download caches stay in the
 # tools' own places under $HOME. Idempotent: a part is redone only when one of its inputs is
@@ -88,13 +89,20 @@ node_drivers() {
 }
 
 go_drivers() {
-    local dir=$drivers/go binary=$drivers/go/bin/pgxcheck
+    local dir=$drivers/go binary=$drivers/go/bin/pgxcheck batch=$drivers/go/bin/pgxbatch
     if up_to_date "$binary" "$dir/go.mod" "$dir/go.sum" "$dir/main.go"; then
         log "go: up to date"
     else
         need go
         log "go: building $binary"
         quietly "go build" nice -n 10 go -C "$dir" build -mod=readonly -trimpath -o "$binary" .
+    fi
+    if up_to_date "$batch" "$dir/go.mod" "$dir/go.sum" "$dir/batch/main.go"; then
+        log "go: batch program up to date"
+    else
+        need go
+        log "go: building $batch"
+        quietly "go build" nice -n 10 go -C "$dir" build -mod=readonly -trimpath -o "$batch" ./batch
     fi
     # The module versions are recorded in the binary itself.
     go version -m "$binary" | awk '

@@ -125,22 +125,32 @@ impl PreparedSet {
         }
     }
 
-    /// Records `name` as prepared. When that makes more than `capacity`, returns the least
-    /// recently used other name, which the caller must Close on the server.
-    pub fn insert(&mut self, name: Arc<str>, capacity: usize) -> Option<Arc<str>> {
+    /// Records `name` as prepared. While that makes more than `capacity`, the least recently
+    /// used other names are returned, which the caller must Close on the server.
+    pub fn insert(&mut self, name: Arc<str>, capacity: usize) -> Vec<Arc<str>> {
         self.clock += 1;
         self.used.insert(name.clone(), self.clock);
-        if self.used.len() <= capacity.max(1) {
-            return None;
+        let mut victims = Vec::new();
+        while self.used.len() > capacity.max(1) {
+            let Some(victim) = self
+                .used
+                .iter()
+                .filter(|(n, _)| **n != name)
+                .min_by_key(|(_, t)| **t)
+                .map(|(n, _)| n.clone())
+            else {
+                break;
+            };
+            self.used.remove(&victim);
+            victims.push(victim);
         }
-        let victim = self
-            .used
-            .iter()
-            .filter(|(n, _)| **n != name)
-            .min_by_key(|(_, t)| **t)
-            .map(|(n, _)| n.clone())?;
-        self.used.remove(&victim);
-        Some(victim)
+        victims
+    }
+
+    /// Records `name` as prepared again after its eviction did not happen, as the least
+    /// recently used: it may leave the set over capacity until the next insert.
+    pub fn restore(&mut self, name: Arc<str>) {
+        self.used.entry(name).or_insert(0);
     }
 
     /// Forgets `name` (its Parse failed or was skipped).
@@ -288,12 +298,17 @@ mod tests {
     fn least_recently_used_is_evicted() {
         let mut s = PreparedSet::default();
         let (a, b, c): (Arc<str>, Arc<str>, Arc<str>) = ("a".into(), "b".into(), "c".into());
-        assert_eq!(s.insert(a.clone(), 2), None);
-        assert_eq!(s.insert(b.clone(), 2), None);
+        assert!(s.insert(a.clone(), 2).is_empty());
+        assert!(s.insert(b.clone(), 2).is_empty());
         assert!(s.touch(&a));
-        assert_eq!(s.insert(c.clone(), 2), Some(b.clone()));
+        assert_eq!(s.insert(c.clone(), 2), vec![b.clone()]);
         assert!(s.touch(&a) && s.touch(&c) && !s.touch(&b));
-        s.remove("a");
+        // A restored statement goes first, and the set shrinks back to capacity.
+        s.restore(b.clone());
+        let d: Arc<str> = "d".into();
+        assert_eq!(s.insert(d.clone(), 2), vec![b.clone(), a.clone()]);
+        assert!(s.touch(&c) && s.touch(&d));
+        s.remove("c");
         assert_eq!(s.len(), 1);
         s.clear();
         assert!(s.is_empty());

@@ -272,9 +272,15 @@ impl Carried {
     }
 
     /// Records statement `name` as prepared, keeping at most `capacity`; returns the least
-    /// recently used one to close, if one must go.
-    pub fn add_statement(&mut self, name: Arc<str>, capacity: usize) -> Option<Arc<str>> {
+    /// recently used ones to close, if any must go.
+    pub fn add_statement(&mut self, name: Arc<str>, capacity: usize) -> Vec<Arc<str>> {
         self.prepared.insert(name, capacity)
+    }
+
+    /// Records that statement `name`, whose evicting Close the server skipped, is still
+    /// prepared here; it is the first to go next time.
+    pub fn restore_statement(&mut self, name: Arc<str>) {
+        self.prepared.restore(name);
     }
 
     /// Forgets statement `name` (closed, or its Parse failed).
@@ -684,6 +690,12 @@ impl ServerConn {
     /// Marks it as opened in pool generation `generation`.
     pub fn set_generation(&mut self, generation: u64) {
         self.generation = generation;
+    }
+
+    /// The socket and the bytes read from it not yet consumed, for a connection that leaves
+    /// the pooler's hands (replication: relayed as bytes until it closes).
+    pub fn into_parts(self) -> (Stream, BytesMut) {
+        (self.stream, self.buf)
     }
 
     /// The parameters the server reports.

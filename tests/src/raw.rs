@@ -90,8 +90,19 @@ impl RawClient {
 
     /// Sends a protocol 3.0 StartupMessage for `user` and `database`.
     pub async fn send_startup(&mut self, user: &str, database: &str) -> anyhow::Result<()> {
+        self.send_startup_with(user, database, &[]).await
+    }
+
+    /// Sends a protocol 3.0 StartupMessage for `user` and `database` with `extra` parameters.
+    pub async fn send_startup_with(
+        &mut self,
+        user: &str,
+        database: &str,
+        extra: &[(&str, &str)],
+    ) -> anyhow::Result<()> {
         let mut payload = PROTOCOL_3_0.to_be_bytes().to_vec();
-        for (name, value) in [("user", user), ("database", database)] {
+        let base = [("user", user), ("database", database)];
+        for &(name, value) in base.iter().chain(extra) {
             payload.extend_from_slice(name.as_bytes());
             payload.push(0);
             payload.extend_from_slice(value.as_bytes());

@@ -6,6 +6,7 @@ use bytes::BytesMut;
 use rand::Rng;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use super::replication::Replication;
 use super::SessionContext;
 use crate::auth::hba::{Method, Origin};
 use crate::auth::{self, md5, ScramSecret, ScramServer, Secret};
@@ -49,6 +50,8 @@ pub struct Login {
     pub database: String,
     /// The tracked parameters it set.
     pub params: ParamSet,
+    /// The replication connection it asked for, if any.
+    pub replication: Option<Replication>,
 }
 
 /// Why a client's startup failed; `Fatal` is told to the client before closing.
@@ -197,8 +200,13 @@ async fn startup(
 ) -> Result<Login, LoginError> {
     let s = &config.pgbouncer;
     let mut params = ParamSet::new();
+    let mut replication = None;
     for (name, value) in startup.iter() {
         if name == "user" || name == "database" {
+            continue;
+        }
+        if name == "replication" {
+            replication = Replication::parse(value).map_err(LoginError::Fatal)?;
             continue;
         }
         if let Some(canonical) = params::canonical(name, &s.track_extra_parameters) {
@@ -232,6 +240,7 @@ async fn startup(
         user: startup.user().to_owned(),
         database: startup.database().to_owned(),
         params,
+        replication,
     })
 }
 

@@ -5,6 +5,7 @@ mod context;
 mod login;
 mod pipeline;
 mod relay;
+mod replication;
 mod scan;
 mod tracked;
 
@@ -188,6 +189,29 @@ async fn log_in(
         Ok(p) => p,
         Err(e) => return refused(&mut stream, LoginError::Fatal(e)).await,
     };
+    if let Some(kind) = login.replication {
+        let target = replication::target_for(&pool.target(), kind);
+        let record = register(
+            &*pooler,
+            &stream,
+            &login,
+            config.pgbouncer.listen_port,
+            Some(&pool),
+        );
+        let log = config.pgbouncer.log_disconnections;
+        drop(config);
+        let reason = match replication::serve(&mut stream, &mut buf, &target, &record).await {
+            Ok(reason) => reason,
+            Err(e) => {
+                tracing::warn!(%peer, user = %login.user, error = %e.message, "replication connection to the server failed");
+                return refused(&mut stream, LoginError::fatal(e)).await;
+            }
+        };
+        if log {
+            tracing::info!(%peer, user = %login.user, database = %login.database, reason, "disconnect");
+        }
+        return None;
+    }
     let deadline = wait_deadline(config.pgbouncer.query_wait_timeout);
     let welcome = match pool.welcome_params(deadline).await {
         Ok(w) => w,

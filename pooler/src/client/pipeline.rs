@@ -32,10 +32,11 @@ pub enum Owed {
     DescribePortal,
     /// Rows (or COPY) ending in CommandComplete, EmptyQueryResponse or PortalSuspended.
     Execute,
-    /// CloseComplete; `swallow` for a Close the pooler added (evicting a statement).
+    /// CloseComplete. `evicted`: the pooler added this Close to evict that statement; the
+    /// client must not see the answer, and the statement stays prepared if it is skipped.
     Close {
-        /// Drop the server's CloseComplete.
-        swallow: bool,
+        /// The server-side name of the statement evicted.
+        evicted: Option<Arc<str>>,
     },
     /// ReadyForQuery.
     Sync,
@@ -43,6 +44,16 @@ pub enum Owed {
     Query,
     /// Bytes the pooler sends the client itself when this point is reached.
     Local(Bytes),
+}
+
+/// A message the server skipped after an error, whose bookkeeping is undone: a statement
+/// the pooler counted as prepared (`Parse`) or as closed (`Eviction`) was not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Skipped<'a> {
+    /// A Parse of this server-side statement name failed or was skipped.
+    Parse(&'a str),
+    /// The Close evicting this statement was skipped: it is still prepared.
+    Eviction(&'a Arc<str>),
 }
 
 /// What to do with one server message.
@@ -60,15 +71,41 @@ pub struct Pipeline {
     owed: VecDeque<Owed>,
     /// How many entries are [`Owed::Local`].
     local: usize,
+    /// The server failed a message and no Sync has been sent since: it skips everything
+    /// sent until the next Sync, answering none of it.
+    server_skipping: bool,
 }
 
 impl Pipeline {
-    /// Records what a message just sent (or answered locally) will produce.
-    pub fn push(&mut self, owed: Owed) {
+    /// Records what a message just sent (or answered locally) will produce. While the
+    /// server skips to Sync after an error, nothing but a Sync is answered: the entry is
+    /// handed back instead, for its bookkeeping to be undone.
+    pub fn push(&mut self, owed: Owed) -> Option<Owed> {
+        if self.server_skipping {
+            if !matches!(owed, Owed::Sync) {
+                return Some(owed);
+            }
+            self.server_skipping = false;
+        }
         if matches!(owed, Owed::Local(_)) {
             self.local += 1;
         }
         self.owed.push_back(owed);
+        None
+    }
+
+    /// What an entry the server skipped changed in the connection's prepared set.
+    pub fn statement_change(owed: &Owed) -> Option<Skipped<'_>> {
+        match owed {
+            Owed::Parse {
+                statement: Some(name),
+                ..
+            } => Some(Skipped::Parse(name)),
+            Owed::Close {
+                evicted: Some(name),
+            } => Some(Skipped::Eviction(name)),
+            _ => None,
+        }
     }
 
     /// How many of the owed answers are the pooler's own.
@@ -115,10 +152,10 @@ impl Pipeline {
         any
     }
 
-    /// Accounts for one server message by its type byte. `forget` receives the names of
-    /// statements whose Parse failed or was skipped, so the connection's prepared set stays
-    /// true.
-    pub fn on_server_message(&mut self, tag: u8, forget: impl FnMut(&str)) -> Verdict {
+    /// Accounts for one server message by its type byte. `undo` receives the statements
+    /// whose Parse or evicting Close failed or was skipped, latest first, so the connection's
+    /// prepared set stays true.
+    pub fn on_server_message(&mut self, tag: u8, undo: impl FnMut(Skipped<'_>)) -> Verdict {
         // Asynchronous messages can arrive at any point and answer nothing.
         if matches!(tag, b'N' | b'S' | b'A') {
             return Verdict::Forward;
@@ -127,7 +164,7 @@ impl Pipeline {
             return Verdict::Forward;
         };
         if tag == b'E' {
-            return self.on_error(forget);
+            return self.on_error(undo);
         }
         let (done, verdict) = match (front, tag) {
             (Owed::Parse { swallow, .. }, b'1') => (true, swallow_if(*swallow)),
@@ -138,7 +175,7 @@ impl Pipeline {
                 (true, Verdict::Forward)
             }
             (Owed::Execute, b'C' | b'I' | b's') => (true, Verdict::Forward),
-            (Owed::Close { swallow }, b'3') => (true, swallow_if(*swallow)),
+            (Owed::Close { evicted }, b'3') => (true, swallow_if(evicted.is_some())),
             (Owed::Sync | Owed::Query, b'Z') => (true, Verdict::Forward),
             // Rows, COPY traffic, function results: part of the front's answer.
             _ => (false, Verdict::Forward),
@@ -150,22 +187,24 @@ impl Pipeline {
     }
 
     /// An ErrorResponse: the front message failed; a simple query goes on to its
-    /// ReadyForQuery, extended-protocol messages up to the next Sync are skipped.
-    fn on_error(&mut self, mut forget: impl FnMut(&str)) -> Verdict {
-        if matches!(self.owed.front(), Some(Owed::Query | Owed::Sync)) {
-            return Verdict::Forward;
-        }
-        while let Some(front) = self.owed.front() {
-            match front {
-                Owed::Sync | Owed::Query => break,
-                Owed::Parse {
-                    statement: Some(name),
-                    ..
-                } => forget(name),
-                Owed::Local(_) => self.local -= 1,
-                _ => {}
+    /// ReadyForQuery, extended-protocol messages up to the next Sync are skipped. Their
+    /// bookkeeping is undone in reverse, as a statement evicted and then prepared again in
+    /// the same pipeline must end up as it was before either.
+    fn on_error(&mut self, mut undo: impl FnMut(Skipped<'_>)) -> Verdict {
+        let sync = self
+            .owed
+            .iter()
+            .position(|o| matches!(o, Owed::Sync | Owed::Query));
+        // No Sync sent yet: what the client sends until its Sync is skipped too.
+        self.server_skipping = sync.is_none();
+        let end = sync.unwrap_or(self.owed.len());
+        for skipped in self.owed.drain(..end).rev() {
+            if matches!(skipped, Owed::Local(_)) {
+                self.local -= 1;
             }
-            self.owed.pop_front();
+            if let Some(change) = Self::statement_change(&skipped) {
+                undo(change);
+            }
         }
         Verdict::Forward
     }
@@ -253,14 +292,79 @@ mod tests {
         p.push(Owed::Sync);
         let mut forgotten = Vec::new();
         assert_eq!(
-            p.on_server_message(b'E', |n| forgotten.push(n.to_owned())),
+            p.on_server_message(b'E', |s| if let Skipped::Parse(n) = s {
+                forgotten.push(n.to_owned());
+            }),
             Verdict::Forward
         );
-        assert_eq!(forgotten, vec!["weir_1", "weir_2"]);
+        assert_eq!(forgotten, vec!["weir_2", "weir_1"]);
         let mut out = bytes::BytesMut::new();
         assert!(!p.take_local(&mut out), "skipped local answers are dropped");
         assert_eq!(p.on_server_message(b'Z', |_| {}), Verdict::Forward);
         assert!(p.is_empty());
+    }
+
+    #[test]
+    fn skipped_evictions_and_parses_are_undone_latest_first() {
+        let mut p = Pipeline::default();
+        p.push(Owed::Execute);
+        p.push(Owed::Close {
+            evicted: Some("weir_1".into()),
+        });
+        p.push(parse(true, "weir_3"));
+        p.push(Owed::Close {
+            evicted: Some("weir_2".into()),
+        });
+        p.push(parse(true, "weir_1"));
+        p.push(Owed::Sync);
+        let mut undone = Vec::new();
+        p.on_server_message(b'E', |s| {
+            undone.push(match s {
+                Skipped::Parse(n) => format!("parse {n}"),
+                Skipped::Eviction(n) => format!("close {n}"),
+            });
+        });
+        // weir_1 ends up prepared: its Parse is undone before its eviction is.
+        assert_eq!(
+            undone,
+            [
+                "parse weir_1",
+                "close weir_2",
+                "parse weir_3",
+                "close weir_1"
+            ]
+        );
+        p.on_server_message(b'Z', |_| {});
+        assert!(p.is_empty());
+    }
+
+    #[test]
+    fn what_is_sent_after_an_error_and_before_sync_is_skipped() {
+        let mut p = Pipeline::default();
+        p.push(Owed::Bind);
+        p.push(Owed::Execute);
+        p.on_server_message(b'E', |_| {});
+        assert!(p.is_empty());
+        // The server skips these: they are handed back, owed by no one.
+        assert_eq!(p.push(Owed::Bind), Some(Owed::Bind));
+        assert!(p.push(Owed::Local(Bytes::from_static(b"3"))).is_some());
+        assert_eq!(p.push(Owed::Query), Some(Owed::Query));
+        assert_eq!(p.local_answers(), 0);
+        assert_eq!(p.push(Owed::Sync), None);
+        p.on_server_message(b'Z', |_| {});
+        assert!(p.is_empty());
+        // After the Sync, messages are answered again.
+        assert_eq!(p.push(Owed::Bind), None);
+        assert!(!p.is_empty());
+    }
+
+    #[test]
+    fn an_error_before_a_sync_already_sent_skips_nothing_after_it() {
+        let mut p = Pipeline::default();
+        p.push(Owed::Execute);
+        p.push(Owed::Sync);
+        p.on_server_message(b'E', |_| {});
+        assert_eq!(p.push(Owed::Bind), None);
     }
 
     #[test]

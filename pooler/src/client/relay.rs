@@ -338,6 +338,22 @@ impl<'a> Relay<'a> {
             && self.server.buf.is_empty()
     }
 
+    /// Tracked mode: a Flush (or stray COPY data) with nothing pending earns no
+    /// ReadyForQuery, yet leaves the connection idle; it goes back as soon as all is
+    /// answered, rather than at the client's next Sync while others wait for it.
+    fn idle_without_ready(&self) -> bool {
+        self.policy.release_when_idle
+            && self.client_buf.is_empty()
+            && !self.client_done
+            && self.s2c_skip == 0
+            && self.s2c_local.is_empty()
+            && self
+                .tracker
+                .as_ref()
+                .is_some_and(|t| t.quiet() && !t.pinned())
+            && self.server_idle()
+    }
+
     /// The timeout that applies in the current state, if any. A client that has not read all
     /// of an answer is still running its query; one with extended-protocol work not yet
     /// synced, or half a message sent, holds the connection as a transaction does; a pinned
@@ -588,6 +604,9 @@ impl Future for Relay<'_> {
                     }
                     _ => {}
                 }
+            }
+            if this.stop.is_none() && this.idle_without_ready() {
+                return Poll::Ready(Outcome::Released);
             }
             if this.client_done && this.c2s.scanned == 0 && this.c2s_out.is_empty() {
                 return Poll::Ready(Outcome::ClientGone {

@@ -8,7 +8,7 @@
 
 use bytes::{Buf, BufMut, BytesMut};
 
-use super::pipeline::{Owed, Pipeline, Verdict};
+use super::pipeline::{Owed, Pipeline, Skipped, Verdict};
 use super::scan::TxState;
 use crate::config::Pinning;
 use crate::prepared::{self, ClientStatements, Statement, StatementRegistry};
@@ -58,6 +58,9 @@ pub struct Tracker<'a> {
     skipping: usize,
     /// What the last unnamed Parse does, applied when it is bound.
     unnamed_effect: Effect,
+    /// A message whose answer is not tracked was forwarded: only a ReadyForQuery shows
+    /// the connection idle.
+    untracked: bool,
 }
 
 /// The most answers of the pooler's own (to a Parse the connection already has, a Close)
@@ -106,6 +109,7 @@ impl<'a> Tracker<'a> {
             skip_until_sync: false,
             skipping: 0,
             unnamed_effect: Effect::Other,
+            untracked: false,
         }
     }
 
@@ -117,6 +121,12 @@ impl<'a> Tracker<'a> {
     /// Whether the server owes nothing and the pooler has no answer of its own to send.
     pub fn settled(&self) -> bool {
         self.pipeline.is_empty()
+    }
+
+    /// Whether nothing is owed, nothing half-forwarded, and every message forwarded is one
+    /// whose answers are tracked: the connection is idle even without a ReadyForQuery.
+    pub fn quiet(&self) -> bool {
+        self.settled() && self.at_rest() && !self.untracked
     }
 
     /// Whether the client is pinned to its server connection.
@@ -203,8 +213,9 @@ impl<'a> Tracker<'a> {
                             tx.unsynced = true;
                         }
                         b'F' => {
-                            self.pipeline.push(Owed::Query);
-                            tx.outstanding += 1;
+                            if self.pipeline.push(Owed::Query).is_none() {
+                                tx.outstanding += 1;
+                            }
                             tx.unsynced = false;
                         }
                         b'c' | b'f' => {
@@ -212,7 +223,9 @@ impl<'a> Tracker<'a> {
                             tx.outstanding = tx.outstanding.saturating_sub(ignored);
                         }
                         // Flush, COPY data: nothing owed.
-                        _ => {}
+                        b'H' | b'd' => {}
+                        // The server's to answer or reject, in ways not tracked here.
+                        _ => self.untracked = true,
                     }
                     out.extend_from_slice(&input[..5]);
                     input.advance(5);
@@ -248,8 +261,9 @@ impl<'a> Tracker<'a> {
                     return true;
                 }
                 self.apply(&Effect::Pin(OVERSIZED), None);
-                self.pipeline.push(Owed::Query);
-                tx.outstanding += 1;
+                if self.pipeline.push(Owed::Query).is_none() {
+                    tx.outstanding += 1;
+                }
                 tx.unsynced = false;
                 out.extend_from_slice(&input[..5]);
                 input.advance(5);
@@ -264,7 +278,7 @@ impl<'a> Tracker<'a> {
                     (Some((p, _)), Some((n, _))) => (p, 5 + n + 1),
                     _ if seen.len() < body.min(MAX_INSPECTED_MESSAGE) => return false,
                     _ => {
-                        self.refuse_oversized(body);
+                        self.refuse_oversized(body, out);
                         return true;
                     }
                 };
@@ -273,7 +287,7 @@ impl<'a> Tracker<'a> {
                 true
             }
             _ => {
-                self.refuse_oversized(body);
+                self.refuse_oversized(body, out);
                 true
             }
         }
@@ -326,15 +340,12 @@ impl<'a> Tracker<'a> {
 
     /// Refuses an extended-protocol message too big to hold whole: an error, then the
     /// message and everything up to the next Sync are skipped.
-    fn refuse_oversized(&mut self, body: usize) {
-        let mut local = BytesMut::new();
+    fn refuse_oversized(&mut self, body: usize, out: &mut BytesMut) {
         let e = PgError::error(
             "54000",
             format!("{OVERSIZED} cannot be prepared or described in transaction pooling mode"),
         );
-        backend::error_response(&mut local, &e);
-        self.pipeline.push(Owed::Local(local.freeze()));
-        self.skip_until_sync = true;
+        self.refuse_extended(e, out);
         self.skipping = 5 + body;
     }
 
@@ -368,7 +379,7 @@ impl<'a> Tracker<'a> {
                 };
                 if parse.name.is_empty() || !mapping {
                     let effect = sql::classify(parse.query);
-                    if self.refused_extended(&effect) {
+                    if self.refused_extended(&effect, out) {
                         return Ok(());
                     }
                     self.unnamed_effect = effect;
@@ -380,7 +391,7 @@ impl<'a> Tracker<'a> {
                     return Ok(());
                 }
                 let statement = self.registry.statement(parse.query, &parse.param_types);
-                if self.refused_extended(&statement.effect) {
+                if self.refused_extended(&statement.effect, out) {
                     return Ok(());
                 }
                 self.client
@@ -411,7 +422,7 @@ impl<'a> Tracker<'a> {
                     frontend::bind_with_statement(out, bind.portal, &statement.name, bind.rest);
                 } else if mapping && prepared::is_server_name(bind.statement) {
                     // Another client's statement on this connection: not this client's to use.
-                    self.refuse_extended(no_such_statement(bind.statement));
+                    self.refuse_extended(no_such_statement(bind.statement), out);
                     return Ok(());
                 } else {
                     // Unknown to the pooler: the server says so in its own words.
@@ -443,12 +454,12 @@ impl<'a> Tracker<'a> {
                         self.pipeline.push(Owed::DescribeStatement);
                     }
                     (b'D', Some((name, None))) if prepared::is_server_name(&name) => {
-                        self.refuse_extended(no_such_statement(&name));
+                        self.refuse_extended(no_such_statement(&name), out);
                     }
                     _ => {
                         out.extend_from_slice(msg);
                         self.pipeline.push(match (tag, parsed) {
-                            (b'C', _) => Owed::Close { swallow: false },
+                            (b'C', _) => Owed::Close { evicted: None },
                             (_, Ok((b'S', _))) => Owed::DescribeStatement,
                             _ => Owed::DescribePortal,
                         });
@@ -494,8 +505,9 @@ impl<'a> Tracker<'a> {
             }
         }
         out.extend_from_slice(msg);
-        self.pipeline.push(Owed::Query);
-        tx.outstanding += 1;
+        if self.pipeline.push(Owed::Query).is_none() {
+            tx.outstanding += 1;
+        }
         tx.unsynced = false;
     }
 
@@ -539,21 +551,23 @@ impl<'a> Tracker<'a> {
 
     /// Answers an extended-protocol message that is refused ([`Self::refusal_of`]) with an
     /// error and skips to the next Sync, as the server would after an error. True if refused.
-    fn refused_extended(&mut self, effect: &Effect) -> bool {
+    fn refused_extended(&mut self, effect: &Effect, out: &mut BytesMut) -> bool {
         let Some(e) = self.refusal_of(effect) else {
             return false;
         };
-        self.refuse_extended(e);
+        self.refuse_extended(e, out);
         true
     }
 
     /// Answers an extended-protocol message with `e` and skips to the next Sync, as the
-    /// server would after an error.
-    fn refuse_extended(&mut self, e: PgError) {
+    /// server would after an error. The server is asked to flush: the error is due after its
+    /// answers so far, and the client's own Flush is skipped with everything up to Sync.
+    fn refuse_extended(&mut self, e: PgError, out: &mut BytesMut) {
         let mut local = BytesMut::new();
         backend::error_response(&mut local, &e);
         self.pipeline.push(Owed::Local(local.freeze()));
         self.skip_until_sync = true;
+        frontend::flush(out);
     }
 
     /// Makes sure `statement` is prepared on the server before what follows, adding a Parse
@@ -573,16 +587,33 @@ impl<'a> Tracker<'a> {
         out: &mut BytesMut,
         server: &mut Carried,
     ) {
-        if let Some(victim) = server.add_statement(statement.name.clone(), self.policy.max_prepared)
-        {
+        for victim in server.add_statement(statement.name.clone(), self.policy.max_prepared) {
             frontend::close(out, b'S', &victim);
-            self.pipeline.push(Owed::Close { swallow: true });
+            self.owe_statement(
+                Owed::Close {
+                    evicted: Some(victim),
+                },
+                server,
+            );
         }
         prepared::encode_parse(out, statement);
-        self.pipeline.push(Owed::Parse {
-            swallow,
-            statement: Some(statement.name.clone()),
-        });
+        self.owe_statement(
+            Owed::Parse {
+                swallow,
+                statement: Some(statement.name.clone()),
+            },
+            server,
+        );
+    }
+
+    /// Records a Parse or evicting Close sent; when the server is skipping to Sync after an
+    /// error, it will not run, and the connection's prepared set is put back.
+    fn owe_statement(&mut self, owed: Owed, server: &mut Carried) {
+        if let Some(skipped) = self.pipeline.push(owed) {
+            if let Some(s) = Pipeline::statement_change(&skipped) {
+                undo(server, s);
+            }
+        }
     }
 
     /// Whether the pooler's own answers are due before the next server message.
@@ -599,7 +630,7 @@ impl<'a> Tracker<'a> {
     ) -> Verdict {
         let verdict = self
             .pipeline
-            .on_server_message(tag, |name| server.forget_statement(name));
+            .on_server_message(tag, |skipped| undo(server, skipped));
         let session = &mut self.client.session;
         match info {
             ServerInfo::Error => session.on_error(),
@@ -616,6 +647,14 @@ impl<'a> Tracker<'a> {
             ServerInfo::Other => {}
         }
         verdict
+    }
+}
+
+/// Puts a connection's prepared set back as it was before a message the server skipped.
+fn undo(server: &mut Carried, skipped: Skipped<'_>) {
+    match skipped {
+        Skipped::Parse(name) => server.forget_statement(name),
+        Skipped::Eviction(name) => server.restore_statement(name.clone()),
     }
 }
 

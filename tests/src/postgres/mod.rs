@@ -23,7 +23,8 @@ use tempfile::TempDir;
 use tokio_postgres::Client;
 
 pub use tools::{
-    parse_pgbench, pg_bin, pgbench, psql, psql_conninfo, CommandOutput, PgbenchSummary, PG_BIN_DIR,
+    parse_pgbench, pg_bin, pg_tool, pgbench, psql, psql_conninfo, CommandOutput, PgbenchSummary,
+    PG_BIN_DIR,
 };
 
 use crate::child::{self, Supervised};

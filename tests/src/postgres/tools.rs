@@ -97,6 +97,20 @@ pub async fn pgbench(
     run(cmd, PGBENCH_TIMEOUT).await
 }
 
+/// Runs another PostgreSQL client program (e.g. `pg_recvlogical`, `pg_receivewal`) with
+/// `args` after the connection options, as `user` on `host:port`, bounded by `limit`.
+pub async fn pg_tool(
+    program: &str,
+    (host, port): (&str, u16),
+    (user, password): (&str, &str),
+    args: &[&str],
+    limit: Duration,
+) -> anyhow::Result<CommandOutput> {
+    let mut cmd = client_command(program, host, port, user, password);
+    cmd.args(args);
+    run(cmd, limit).await
+}
+
 /// A client command with connection settings on the command line and none inherited: `PG*`
 /// variables from the developer's shell would otherwise silently change what is tested.
 fn client_command(program: &str, host: &str, port: u16, user: &str, password: &str) -> Command {
