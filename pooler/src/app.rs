@@ -24,6 +24,7 @@ use crate::registry::{ClientCount, ClientHandle, Registry};
 use crate::server::{ServerAddr, ServerCredential, ServerTarget};
 use crate::stream::{Keepalive, Stream};
 use crate::tls::Tls;
+use crate::token_review::TokenReviewer;
 
 /// PostgreSQL's default port, used when a `[databases]` entry names none.
 const DEFAULT_PORT: u16 = 5432;
@@ -58,6 +59,8 @@ pub struct Pooler {
     control: Mutex<Control>,
     /// Per-database averages over the latest `stats_period`, for SHOW STATS.
     stats_averages: ArcSwap<BTreeMap<String, Averages>>,
+    /// ServiceAccount-token checks and their cache.
+    tokens: TokenReviewer,
 }
 
 /// What the admin console has paused or disabled.
@@ -110,6 +113,7 @@ impl Pooler {
             shutdown: watch::Sender::new(None),
             control: Mutex::new(Control::default()),
             stats_averages: ArcSwap::from_pointee(BTreeMap::new()),
+            tokens: TokenReviewer::default(),
         })
     }
 
@@ -709,6 +713,9 @@ impl client::SessionContext for Pooler {
     }
     fn has_auth_file(&self) -> bool {
         Pooler::has_auth_file(self)
+    }
+    fn token_reviewer(&self) -> &TokenReviewer {
+        &self.tokens
     }
     fn is_console(&self, database: &str) -> bool {
         crate::admin::is_console(database)

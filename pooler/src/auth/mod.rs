@@ -3,13 +3,15 @@
 //!
 //! Stored credentials are [`Secret`]s; [`ScramServer`] and [`md5::verify`] check clients,
 //! [`ScramClient`] and [`md5::salted_response`] answer the server's challenges, and
-//! [`verify_plain`] serves `auth_type = plain`. The protocol layer moves the bytes.
+//! [`verify_plain`] serves `auth_type = plain`; [`token`] judges ServiceAccount tokens. The
+//! protocol layer moves the bytes.
 
 mod crypto;
 mod error;
 pub mod md5;
 mod scram;
 mod secret;
+pub mod token;
 
 pub use error::AuthError;
 pub use scram::{ScramClient, ScramCredential, ScramServer};
