@@ -431,13 +431,24 @@ fn service_account_fields_reach_their_objects() {
     let pool: ConnectionPool = from_yaml(&text).expect("valid");
     let mut facts = observed();
     for (name, key) in weir_operator::render::tls::secret_keys(&pool.spec) {
-        facts.secrets.entry(name).or_default().insert(key, b"PEM".to_vec());
+        facts
+            .secrets
+            .entry(name)
+            .or_default()
+            .insert(key, b"PEM".to_vec());
     }
     for (name, key) in weir_operator::render::tls::config_map_keys(&pool.spec) {
-        facts.config_maps.entry(name).or_default().insert(key, "PEM".to_owned());
+        facts
+            .config_maps
+            .entry(name)
+            .or_default()
+            .insert(key, "PEM".to_owned());
     }
     let r = render(&pool, &facts).expect("renders");
-    let binding = r.token_review_binding.as_ref().expect("a TokenReview binding");
+    let binding = r
+        .token_review_binding
+        .as_ref()
+        .expect("a TokenReview binding");
     let objects = format!(
         "{}{}",
         data_text(&r, "pgbouncer.ini"),
@@ -452,13 +463,27 @@ fn service_account_fields_reach_their_objects() {
         objects.contains("name: weir-token-review\n") && objects.contains("name: contract\n"),
         "the pool's ServiceAccount bound to the TokenReview role:\n{objects}"
     );
-    let pod = r.deployment.spec.as_ref().and_then(|d| d.template.spec.as_ref());
-    assert_eq!(pod.and_then(|p| p.automount_service_account_token), Some(true));
+    let pod = r
+        .deployment
+        .spec
+        .as_ref()
+        .and_then(|d| d.template.spec.as_ref());
+    assert_eq!(
+        pod.and_then(|p| p.automount_service_account_token),
+        Some(true)
+    );
     // Without token users the pods get no API token and nothing is bound.
     let plain = rendered(&spec("db.example", 5432));
     assert!(plain.token_review_binding.is_none());
-    let pod = plain.deployment.spec.as_ref().and_then(|d| d.template.spec.as_ref());
-    assert_eq!(pod.and_then(|p| p.automount_service_account_token), Some(false));
+    let pod = plain
+        .deployment
+        .spec
+        .as_ref()
+        .and_then(|d| d.template.spec.as_ref());
+    assert_eq!(
+        pod.and_then(|p| p.automount_service_account_token),
+        Some(false)
+    );
 }
 
 /// Fields whose value the main spec cannot show at the same time (one of two ways to say

@@ -145,7 +145,9 @@ fn median(mut times: Vec<Duration>) -> Duration {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn service_account_tokens_log_in_as_the_mapped_user_over_tls_only() {
-    let plane = ControlPlane::start().await.expect("starting the control plane");
+    let plane = ControlPlane::start()
+        .await
+        .expect("starting the control plane");
     let pg = PgCluster::start().await.expect("starting PostgreSQL");
     pg.create_role(USER, PASSWORD, PasswordMethod::Scram)
         .await
@@ -191,9 +193,13 @@ async fn service_account_tokens_log_in_as_the_mapped_user_over_tls_only() {
     let key = certs.path().join("weir.key");
     std::fs::write(&cert, &leaf.cert_pem).expect("cert");
     std::fs::write(&key, &leaf.key_pem).expect("key");
-    let pooler_token = token(&plane, POOLER_SA, "https://kubernetes.default.svc.cluster.local")
-        .await
-        .expect("pooler token");
+    let pooler_token = token(
+        &plane,
+        POOLER_SA,
+        "https://kubernetes.default.svc.cluster.local",
+    )
+    .await
+    .expect("pooler token");
     // The child inherits the environment: weir finds the API server as `kube` infers it.
     let kubeconfig = kubeconfig_for(&plane, &pooler_token, certs.path()).await;
     std::env::set_var("KUBECONFIG", &kubeconfig);
@@ -209,12 +215,12 @@ async fn service_account_tokens_log_in_as_the_mapped_user_over_tls_only() {
     ]);
     let ini = fixture::ini(&pg, &opts).replace(
         "[pgbouncer]",
-        &format!(
-            "[users]\n{USER} = service_accounts={NS}/api,{NS}/doomed\n\n[pgbouncer]"
-        ),
+        &format!("[users]\n{USER} = service_accounts={NS}/api,{NS}/doomed\n\n[pgbouncer]"),
     );
     let userlist = format!("\"{USER}\" \"{PASSWORD}\"\n\"{SCRAM_USER}\" \"{PASSWORD}\"\n");
-    let weir = WeirProcess::start(&ini, &userlist).await.expect("starting weir");
+    let weir = WeirProcess::start(&ini, &userlist)
+        .await
+        .expect("starting weir");
 
     // A token of a listed ServiceAccount logs in, as the mapped user.
     let api = token(&plane, "api", "weir").await.expect("token");

@@ -121,7 +121,13 @@ pub(crate) fn service_accounts(source: &UserSource<'_>, namespace: &str) -> Vec<
             .service_accounts
             .iter()
             .flatten()
-            .map(|sa| format!("{}/{}", sa.namespace.as_deref().unwrap_or(namespace), sa.name))
+            .map(|sa| {
+                format!(
+                    "{}/{}",
+                    sa.namespace.as_deref().unwrap_or(namespace),
+                    sa.name
+                )
+            })
             .collect(),
         UserSource::Database(_) => Vec::new(),
     }

@@ -21,13 +21,19 @@ pub fn binding_name(namespace: &str, pool: &str) -> String {
 
 /// Whether the pooler validates ServiceAccount tokens: some user lists service accounts.
 pub fn reviews_tokens(config: &Config) -> bool {
-    config.users.values().any(|u| !u.service_accounts.is_empty())
+    config
+        .users
+        .values()
+        .any(|u| !u.service_accounts.is_empty())
 }
 
 /// Binds the pool's ServiceAccount to [`TOKEN_REVIEW_CLUSTER_ROLE`] when the pooler reviews
 /// tokens. It carries no owner reference (a cluster-scoped object cannot be owned by a
 /// namespaced one): the controller deletes it, behind a finalizer on the pool.
-pub(crate) fn token_review_binding(ctx: &Context<'_>, config: &Config) -> Option<ClusterRoleBinding> {
+pub(crate) fn token_review_binding(
+    ctx: &Context<'_>,
+    config: &Config,
+) -> Option<ClusterRoleBinding> {
     if !reviews_tokens(config) {
         return None;
     }

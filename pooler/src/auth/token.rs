@@ -79,7 +79,11 @@ impl ServiceAccount {
 
 impl fmt::Display for ServiceAccount {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{SERVICE_ACCOUNT_PREFIX}{}:{}", self.namespace, self.name)
+        write!(
+            f,
+            "{SERVICE_ACCOUNT_PREFIX}{}:{}",
+            self.namespace, self.name
+        )
     }
 }
 
@@ -87,7 +91,10 @@ impl fmt::Display for ServiceAccount {
 /// `audience` and belongs to one.
 pub fn judge(review: &Review, audience: &str) -> Result<ServiceAccount, TokenRefusal> {
     if !review.authenticated {
-        let why = review.error.clone().unwrap_or_else(|| "no reason given".into());
+        let why = review
+            .error
+            .clone()
+            .unwrap_or_else(|| "no reason given".into());
         return Err(TokenRefusal::NotAuthenticated(why));
     }
     // The API server answers with the requested audiences the token is valid for.
@@ -285,7 +292,10 @@ mod tests {
 
     #[test]
     fn the_expiry_is_read_from_the_payload() {
-        assert_eq!(expiry(&jwt(r#"{"exp":1700000000,"sub":"x"}"#)), Some(1700000000));
+        assert_eq!(
+            expiry(&jwt(r#"{"exp":1700000000,"sub":"x"}"#)),
+            Some(1700000000)
+        );
         assert_eq!(expiry(&jwt(r#"{"sub":"x"}"#)), None);
         assert_eq!(expiry("not a jwt"), None);
         assert_eq!(expiry("a.!!!.c"), None);
@@ -297,7 +307,10 @@ mod tests {
         let ok = Ok(sa("a", "b"));
         let ttl = Duration::from_secs(60);
         assert_eq!(cache_for(&ok, ttl, None, 1000), ttl);
-        assert_eq!(cache_for(&ok, ttl, Some(1030), 1000), Duration::from_secs(30));
+        assert_eq!(
+            cache_for(&ok, ttl, Some(1030), 1000),
+            Duration::from_secs(30)
+        );
         assert_eq!(cache_for(&ok, ttl, Some(900), 1000), Duration::ZERO);
         assert_eq!(cache_for(&ok, ttl, Some(5000), 1000), ttl);
         let refused = Err(TokenRefusal::WrongAudience("weir".into()));
@@ -340,7 +353,13 @@ mod tests {
         assert!(cache.get(&TokenKey::of("new"), now).is_some());
         // Stale entries make room before live ones.
         let later = now + s(40);
-        cache.insert(TokenKey::of("late"), Ok(sa("a", "b")), later + s(5), 2, later);
+        cache.insert(
+            TokenKey::of("late"),
+            Ok(sa("a", "b")),
+            later + s(5),
+            2,
+            later,
+        );
         assert!(cache.get(&TokenKey::of("long"), later).is_some());
         assert!(cache.get(&TokenKey::of("late"), later).is_some());
     }

@@ -375,7 +375,11 @@ async fn service_account_login(
         return Err(refuse("empty token", failed("no token was sent".into())));
     }
     let config = pooler.config();
-    match pooler.token_reviewer().review(token, &config.pgbouncer).await {
+    match pooler
+        .token_reviewer()
+        .review(token, &config.pgbouncer)
+        .await
+    {
         Ok(r) if r.account.is_listed_in(accounts) => {
             STATS.accepted.fetch_add(1, Ordering::Relaxed);
             tracing::info!(user, service_account = %r.account, cached = r.cached, "ServiceAccount token login");
@@ -389,10 +393,13 @@ async fn service_account_login(
         Err(ReviewError::Unavailable(why)) => {
             STATS.unavailable.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(user, reason = %why, "ServiceAccount token could not be validated");
-            Err(LoginError::fatal(PgError::fatal(
-                "28000",
-                format!("could not validate the ServiceAccount token of user \"{user}\""),
-            ).with_detail("the Kubernetes API server could not be asked; see the pooler's log")))
+            Err(LoginError::fatal(
+                PgError::fatal(
+                    "28000",
+                    format!("could not validate the ServiceAccount token of user \"{user}\""),
+                )
+                .with_detail("the Kubernetes API server could not be asked; see the pooler's log"),
+            ))
         }
     }
 }

@@ -525,12 +525,21 @@ mod tests {
                 service_accounts: vec!["shop/api".into(), "shop/worker".into()],
             }
         );
-        for bad in ["shop", "shop/", "/api", "Shop/api", "shop/api,", "a/b/c", "a:b/c"] {
+        for bad in [
+            "shop",
+            "shop/",
+            "/api",
+            "Shop/api",
+            "shop/api,",
+            "a/b/c",
+            "a:b/c",
+        ] {
             let err = format!("service_accounts={bad}")
                 .parse::<UserEntry>()
                 .expect_err(bad);
             assert!(
-                err.0.starts_with("service_accounts: expected namespace/name"),
+                err.0
+                    .starts_with("service_accounts: expected namespace/name"),
                 "{bad}: {err}"
             );
         }

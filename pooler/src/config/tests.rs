@@ -837,7 +837,10 @@ fn service_account_users_need_client_tls() {
     );
     let e = c.validate().expect_err("a token in clear");
     assert_eq!(e.key.as_deref(), Some("app"));
-    assert!(e.message.contains("service_accounts needs client TLS"), "{e}");
+    assert!(
+        e.message.contains("service_accounts needs client TLS"),
+        "{e}"
+    );
     c.pgbouncer.client_tls_sslmode = TlsMode::Allow;
     c.validate().expect("TLS offered");
     c.pgbouncer.service_account_audience.clear();

@@ -341,7 +341,10 @@ fn check_auth(config: &Config) -> Result<(), Problem> {
 /// A ServiceAccount token is a bearer credential: users that log in with one need client TLS.
 fn check_service_accounts(config: &Config) -> Result<(), Problem> {
     let s = &config.pgbouncer;
-    let token_user = config.users.iter().find(|(_, u)| !u.service_accounts.is_empty());
+    let token_user = config
+        .users
+        .iter()
+        .find(|(_, u)| !u.service_accounts.is_empty());
     if let Some((name, _)) = token_user {
         if s.client_tls_sslmode == TlsMode::Disable {
             return Err(Problem::user(
