@@ -25,6 +25,7 @@ use crate::registry::{ClientCount, ClientHandle, Registry};
 use crate::server::{ServerAddr, ServerCredential, ServerTarget};
 use crate::stream::{Keepalive, Stream};
 use crate::tls::Tls;
+use crate::token_review::TokenReviewer;
 
 /// PostgreSQL's default port, used when a `[databases]` entry names none.
 const DEFAULT_PORT: u16 = 5432;
@@ -61,6 +62,8 @@ pub struct Pooler {
     control: Mutex<Control>,
     /// Per-database averages over the latest `stats_period`, for SHOW STATS.
     stats_averages: ArcSwap<BTreeMap<String, Averages>>,
+    /// ServiceAccount-token checks and their cache.
+    tokens: TokenReviewer,
 }
 
 /// What the admin console has paused or disabled.
@@ -150,6 +153,7 @@ impl Pooler {
             shutdown: watch::Sender::new(None),
             control: Mutex::new(Control::default()),
             stats_averages: ArcSwap::from_pointee(BTreeMap::new()),
+            tokens: TokenReviewer::default(),
         })
     }
 
@@ -754,6 +758,9 @@ impl client::SessionContext for Pooler {
     }
     fn hba(&self) -> Arc<Hba> {
         self.hba.load_full()
+    }
+    fn token_reviewer(&self) -> &TokenReviewer {
+        &self.tokens
     }
     fn is_console(&self, database: &str) -> bool {
         crate::admin::is_console(database)

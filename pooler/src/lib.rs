@@ -10,7 +10,7 @@
 //!
 //! - pure: protocol config params auth sql session_state prepared
 //! - transport: wire stream tls
-//! - server: server
+//! - server: server token_review
 //! - pool: pool registry lifecycle
 //! - session: client
 //! - surfaces: admin metrics http
@@ -41,4 +41,5 @@ pub mod session_state;
 pub mod sql;
 pub mod stream;
 pub mod tls;
+pub mod token_review;
 pub mod wire;

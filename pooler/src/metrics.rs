@@ -13,6 +13,7 @@ use crate::config::Config;
 use crate::pool::Pool;
 use crate::pool::PoolKey;
 use crate::tls::Tls;
+use crate::token_review;
 
 /// Metrics that live for the whole process (observed as things happen).
 static REGISTRY: LazyLock<Registry> = LazyLock::new(Registry::new);
@@ -118,6 +119,30 @@ fn snapshot(pooler: &dyn PoolerView) -> prometheus::Result<Registry> {
         "1 while shutting down.",
         i64::from(pooler.is_draining()),
     )?;
+    let logins = counters(
+        &r,
+        "weir_token_logins_total",
+        "ServiceAccount-token logins by result (accepted, refused, unavailable).",
+        &["result"],
+    )?;
+    let verdicts = counters(
+        &r,
+        "weir_token_verdicts_total",
+        "ServiceAccount-token verdicts by source: a TokenReview (api) or the cache.",
+        &["source"],
+    )?;
+    let t = &token_review::STATS;
+    for (counter, label, n) in [
+        (&logins, "accepted", &t.accepted),
+        (&logins, "refused", &t.refused),
+        (&logins, "unavailable", &t.unavailable),
+        (&verdicts, "api", &t.reviews),
+        (&verdicts, "cache", &t.cache_hits),
+    ] {
+        counter
+            .with_label_values(&[label])
+            .inc_by(n.load(Ordering::Relaxed));
+    }
     let tls = pooler.tls();
     let expiring = [
         ("client_tls_cert_file", tls.client.not_after),

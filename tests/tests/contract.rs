@@ -35,6 +35,9 @@ enum Lands {
     /// spec with [`TLS_VARIANTS`] by `tls_fields_reach_their_objects` (the running pooler's
     /// TLS is the pooler's own tests' concern: the files do not exist outside a pod).
     Tls(&'static str),
+    /// ServiceAccount-token logins: checked in the objects rendered with TLS and
+    /// [`SERVICE_ACCOUNTS`] by `service_account_fields_reach_their_objects`.
+    Tokens(&'static str),
 }
 
 /// Every spec field (dotted path below `spec`, `[]` for list items) and where it lands.
@@ -59,6 +62,14 @@ const FIELDS: &[(&str, Lands)] = &[
     ("users[].weight", Lands::Pooler),
     ("users[].minPoolSize", Lands::Pooler),
     ("users[].reservePoolSize", Lands::Pooler),
+    (
+        "users[].serviceAccounts[].name",
+        Lands::Tokens("service_accounts=default/reports-job,"),
+    ),
+    (
+        "users[].serviceAccounts[].namespace",
+        Lands::Tokens(",batch/exporter"),
+    ),
     (
         "limits.maxClientConnections",
         Lands::Console("max_client_conn", "321"),
@@ -403,6 +414,76 @@ fn tls_fields_reach_their_objects() {
             assert!(objects.contains(text), "{path}: {text:?} not in\n{objects}");
         }
     }
+}
+
+/// `serviceAccounts` of the `reports` user, which need `tls.client`.
+const SERVICE_ACCOUNTS: &str = "        name: reports-creds
+      serviceAccounts:
+        - name: reports-job
+        - name: exporter
+          namespace: batch
+";
+
+#[test]
+fn service_account_fields_reach_their_objects() {
+    let text = format!("{}{}", spec("db.example", 5432), TLS_VARIANTS[1])
+        .replace("        name: reports-creds\n", SERVICE_ACCOUNTS);
+    let pool: ConnectionPool = from_yaml(&text).expect("valid");
+    let mut facts = observed();
+    for (name, key) in weir_operator::render::tls::secret_keys(&pool.spec) {
+        facts
+            .secrets
+            .entry(name)
+            .or_default()
+            .insert(key, b"PEM".to_vec());
+    }
+    for (name, key) in weir_operator::render::tls::config_map_keys(&pool.spec) {
+        facts
+            .config_maps
+            .entry(name)
+            .or_default()
+            .insert(key, "PEM".to_owned());
+    }
+    let r = render(&pool, &facts).expect("renders");
+    let binding = r
+        .token_review_binding
+        .as_ref()
+        .expect("a TokenReview binding");
+    let objects = format!(
+        "{}{}",
+        data_text(&r, "pgbouncer.ini"),
+        weir_operator::yaml::to_string(binding).expect("yaml")
+    );
+    for (path, lands) in FIELDS {
+        if let Lands::Tokens(text) = lands {
+            assert!(objects.contains(text), "{path}: {text:?} not in\n{objects}");
+        }
+    }
+    assert!(
+        objects.contains("name: weir-token-review\n") && objects.contains("name: contract\n"),
+        "the pool's ServiceAccount bound to the TokenReview role:\n{objects}"
+    );
+    let pod = r
+        .deployment
+        .spec
+        .as_ref()
+        .and_then(|d| d.template.spec.as_ref());
+    assert_eq!(
+        pod.and_then(|p| p.automount_service_account_token),
+        Some(true)
+    );
+    // Without token users the pods get no API token and nothing is bound.
+    let plain = rendered(&spec("db.example", 5432));
+    assert!(plain.token_review_binding.is_none());
+    let pod = plain
+        .deployment
+        .spec
+        .as_ref()
+        .and_then(|d| d.template.spec.as_ref());
+    assert_eq!(
+        pod.and_then(|p| p.automount_service_account_token),
+        Some(false)
+    );
 }
 
 /// Fields whose value the main spec cannot show at the same time (one of two ways to say

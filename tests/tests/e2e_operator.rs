@@ -845,6 +845,107 @@ async fn deleting_pools_collects_every_child(env: &mut Env) -> anyhow::Result<()
     Ok(())
 }
 
+/// A user that logs in with ServiceAccount tokens: the pool's ServiceAccount is bound to the
+/// chart's TokenReview role, its pods get an API token, and the binding (cluster-scoped, so
+/// not garbage-collected) goes when the users no longer need it and with the pool.
+async fn token_users_get_exactly_the_token_review_binding(env: &mut Env) -> anyhow::Result<()> {
+    let pool = |accounts: &str| {
+        format!(
+            "apiVersion: weir.dev/v1alpha1\nkind: ConnectionPool\nmetadata:\n  name: tokens\n\
+             spec:\n  database:\n    host: tokens-db.e2e.svc\n    dbname: orders\n    \
+             credentialsSecret: {{name: orders-db-app}}\n    maxConnections: 100\n  replicas: 1\n  \
+             users:\n    - user: app\n      credentialsSecret: {{name: orders-db-app, passwordKey: password}}\n\
+             {accounts}  tls:\n    client: {{secretName: secure-tls}}\n"
+        )
+    };
+    env.apply(&tls_secret("tokens")).await?;
+    env.apply(&pool(
+        "      serviceAccounts: [{name: api}, {name: job, namespace: batch}]\n",
+    ))
+    .await?;
+    env.wait_condition("tokens", "Ready", "True", None).await?;
+    let binding = "weir-token-review.e2e.tokens";
+    let subjects = env
+        .kubectl(&["get", "clusterrolebinding", binding, "-o",
+            "jsonpath={.roleRef.name} {.subjects[*].kind}/{.subjects[*].namespace}/{.subjects[*].name}"])
+        .await?;
+    ensure!(
+        subjects.trim() == "weir-token-review ServiceAccount/e2e/tokens",
+        "{subjects}"
+    );
+    let sa = "system:serviceaccount:e2e:tokens";
+    for (verb, resource, allowed) in [
+        ("create", "tokenreviews.authentication.k8s.io", "yes"),
+        ("create", "subjectaccessreviews.authorization.k8s.io", "no"),
+        ("get", "secrets", "no"),
+    ] {
+        let out = env
+            .plane
+            .kubectl(&["auth", "can-i", verb, resource, "--as", sa, "-n", NS])
+            .await?;
+        ensure!(
+            out.stdout.trim() == allowed,
+            "{sa} {verb} {resource}: {}",
+            out.stdout
+        );
+    }
+    let pool_now = env.pool("tokens").await?;
+    ensure!(
+        pool_now.metadata.finalizers.as_deref()
+            == Some(&["weir.dev/token-review-binding".to_owned()][..]),
+        "{:?}",
+        pool_now.metadata.finalizers
+    );
+    let deployment = env.deployment("tokens").await?.context("no Deployment")?;
+    let automount = deployment
+        .spec
+        .and_then(|s| s.template.spec)
+        .and_then(|p| p.automount_service_account_token);
+    ensure!(automount == Some(true), "{automount:?}");
+    let ini = Api::<ConfigMap>::namespaced(env.plane.client(), NS)
+        .get("tokens-config")
+        .await?
+        .data
+        .and_then(|d| d.get("pgbouncer.ini").cloned())
+        .unwrap_or_default();
+    ensure!(ini.contains("service_accounts=e2e/api,batch/job"), "{ini}");
+
+    // No more token users: the binding and the finalizer go.
+    env.apply(&pool("")).await?;
+    eventually("the binding to go with the token users", WAIT, || async {
+        let out = env
+            .plane
+            .kubectl(&["get", "clusterrolebinding", binding])
+            .await?;
+        ensure!(!out.success(), "still there");
+        let finalizers = env
+            .pool("tokens")
+            .await?
+            .metadata
+            .finalizers
+            .unwrap_or_default();
+        ensure!(finalizers.is_empty(), "{finalizers:?}");
+        Ok(())
+    })
+    .await?;
+
+    // Back, then the pool is deleted: the binding goes with it.
+    env.apply(&pool("      serviceAccounts: [{name: api}]\n"))
+        .await?;
+    eventually("the binding to come back", WAIT, || async {
+        env.kubectl(&["get", "clusterrolebinding", binding]).await
+    })
+    .await?;
+    env.kubectl_ns(&["delete", "cpool", "tokens", "--wait=true", "--timeout=60s"])
+        .await?;
+    let out = env
+        .plane
+        .kubectl(&["get", "clusterrolebinding", binding])
+        .await?;
+    ensure!(!out.success(), "the binding outlived its pool");
+    Ok(())
+}
+
 // --- the test ------------------------------------------------------------------------
 
 macro_rules! step {
@@ -905,6 +1006,9 @@ async fn helm_install(plane: &ControlPlane) -> anyhow::Result<()> {
         "clusterrolebinding/weir-operator",
         "clusterrole/weir-connectionpools-edit",
         "clusterrole/weir-connectionpools-view",
+        "clusterrole/weir-token-review",
+        "clusterrole/weir-operator-token-review-binder",
+        "clusterrolebinding/weir-operator-token-review-binder",
     ] {
         plane.kubectl_ok(&["get", object]).await?;
     }
@@ -926,6 +1030,22 @@ async fn helm_install(plane: &ControlPlane) -> anyhow::Result<()> {
         ("watch", "secrets", "yes"),
         ("delete", "nodes", "no"),
         ("create", "clusterroles.rbac.authorization.k8s.io", "no"),
+        (
+            "create",
+            "clusterrolebindings.rbac.authorization.k8s.io",
+            "yes",
+        ),
+        (
+            "bind",
+            "clusterroles.rbac.authorization.k8s.io/weir-token-review",
+            "yes",
+        ),
+        (
+            "bind",
+            "clusterroles.rbac.authorization.k8s.io/cluster-admin",
+            "no",
+        ),
+        ("create", "tokenreviews.authentication.k8s.io", "no"),
     ] {
         let out = plane
             .kubectl(&["auth", "can-i", verb, resource, "--as", sa, "-n", NS])
@@ -981,6 +1101,7 @@ async fn operator_end_to_end() {
     step!(env, scaling_resizes_without_a_rollout);
     step!(env, credential_rotation_keeps_pods);
     step!(env, tls_secrets_are_mounted_and_rotate_without_a_rollout);
+    step!(env, token_users_get_exactly_the_token_review_binding);
     step!(env, drift_is_put_back);
     step!(env, a_restart_mid_way_leaves_no_duplicates_or_orphans);
     step!(env, a_standby_takes_over_the_lease);

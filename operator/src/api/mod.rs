@@ -278,6 +278,34 @@ pub struct UserSpec {
     /// reserve_pool_timeout (5 s by default). Part of the user's share, not added to it.
     #[serde(default)]
     pub reserve_pool_size: i32,
+
+    /// Kubernetes ServiceAccounts whose projected tokens (audience `weir`) log in as this
+    /// user instead of a password: the application sends its token as the password, over
+    /// TLS (needs tls.client), and the pooler checks it with a TokenReview. When set, the
+    /// user logs in only with such tokens; the pooler still logs in to the database with
+    /// the password from credentialsSecret, which applications then never see.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    pub service_accounts: Option<Vec<ServiceAccountRef>>,
+}
+
+/// A ServiceAccount allowed to log in as a user.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceAccountRef {
+    /// The ServiceAccount's name.
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    )]
+    pub name: String,
+    /// Its namespace. Default: the ConnectionPool's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
+    pub namespace: Option<String>,
 }
 
 /// Limits and timeouts that apply to every pooler pod. Durations are written like `30s`,

@@ -247,8 +247,26 @@ pub(crate) fn spec_rules() -> Vec<Rule<ConnectionPoolSpec>> {
             Some(".image"),
             |s| unless(s.image.as_deref() != Some(""), IMAGE_EMPTY),
         ),
+        Rule::new(
+            "!has(self.users) || !self.users.exists(u, has(u.serviceAccounts) && \
+             size(u.serviceAccounts) > 0) || (has(self.tls) && has(self.tls.client))",
+            TOKENS_NEED_TLS,
+            None,
+            |s| {
+                let tokens = s
+                    .users
+                    .iter()
+                    .flatten()
+                    .any(|u| u.service_accounts.as_ref().is_some_and(|a| !a.is_empty()));
+                let tls = s.tls.as_ref().is_some_and(|t| t.client.is_some());
+                unless(!tokens || tls, TOKENS_NEED_TLS)
+            },
+        ),
     ]
 }
+
+const TOKENS_NEED_TLS: &str =
+    "users with serviceAccounts need tls.client: tokens are only accepted over TLS";
 
 const HOST_EMPTY: &str = "host must not be empty";
 const PORT_RANGE: &str = "port must be between 1 and 65535";

@@ -15,6 +15,7 @@ pub mod reconcile;
 pub mod resize;
 pub mod rollout;
 pub mod tls;
+pub mod token_review;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

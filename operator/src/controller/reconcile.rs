@@ -226,7 +226,9 @@ async fn reconcile_pool(pool: &ConnectionPool, ctx: &Context) -> Result<Action, 
         .namespace()
         .ok_or(Error::MissingMetadata("namespace"))?;
     if pool.metadata.deletion_timestamp.is_some() {
-        // The garbage collector removes the children through their owner references.
+        // The garbage collector removes the children through their owner references; the
+        // cluster-scoped token-review binding has none and goes here.
+        super::token_review::release(&ctx.client, pool, &namespace).await?;
         return Ok(Action::await_change());
     }
     // Pools on one database are sized one at a time, each seeing the others' claims.
@@ -249,6 +251,8 @@ async fn reconcile_pool(pool: &ConnectionPool, ctx: &Context) -> Result<Action, 
     let old = pool.status.clone().unwrap_or_default();
     let (mut status, applied, blocker) = match render::render(pool, &observed) {
         Ok(rendered) => {
+            let binding = rendered.token_review_binding.as_ref();
+            super::token_review::sync(&ctx.client, pool, &namespace, binding).await?;
             let applied = apply_children(ctx, pool, &namespace, &rendered).await?;
             (rendered.status(pool), Some(applied), None)
         }

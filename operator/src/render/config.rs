@@ -9,7 +9,7 @@ use weir_pooler::config::{AuthType, Config, DatabaseEntry, Settings, UserEntry};
 
 use super::secrets::Credential;
 use super::RenderError;
-use crate::api::ConnectionPoolSpec;
+use crate::api::{ConnectionPoolSpec, UserSource};
 use crate::sizing::Sizing;
 
 /// Where the ConfigMap is mounted in the pooler container.
@@ -30,6 +30,7 @@ pub use weir_pooler::config::RESTART_KEYS;
 /// share of each pod's connections, and the settings the spec asks for.
 pub(crate) fn build(
     spec: &ConnectionPoolSpec,
+    namespace: &str,
     sizing: &Sizing,
     credentials: &[Credential],
     tls: &[(&str, String)],
@@ -88,7 +89,8 @@ pub(crate) fn build(
     let users = credentials
         .iter()
         .zip(&sizing.users)
-        .map(|(credential, pool)| {
+        .zip(spec.user_sources())
+        .map(|((credential, pool), source)| {
             let entry = UserEntry {
                 pool_size: Some(pool.pool_size),
                 reserve_pool_size: Some(pool.reserve_pool_size),
@@ -97,6 +99,7 @@ pub(crate) fn build(
                 // Each user's own warm minimum (a Weir extension under [users]).
                 min_pool_size: Some(pool.min_pool_size).filter(|m| *m > 0),
                 pool_mode: None,
+                service_accounts: service_accounts(&source, namespace),
             };
             (credential.user.clone(), entry)
         })
@@ -108,6 +111,26 @@ pub(crate) fn build(
     };
     config.validate().map_err(RenderError::Config)?;
     Ok(config)
+}
+
+/// The `namespace/name` list of a user's `serviceAccounts`, in the pool's `namespace` unless
+/// they name another.
+pub(crate) fn service_accounts(source: &UserSource<'_>, namespace: &str) -> Vec<String> {
+    match source {
+        UserSource::Listed(u) => u
+            .service_accounts
+            .iter()
+            .flatten()
+            .map(|sa| {
+                format!(
+                    "{}/{}",
+                    sa.namespace.as_deref().unwrap_or(namespace),
+                    sa.name
+                )
+            })
+            .collect(),
+        UserSource::Database(_) => Vec::new(),
+    }
 }
 
 /// The hash of the settings in [`RESTART_KEYS`] and of the TLS settings, as put on the

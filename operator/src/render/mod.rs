@@ -12,6 +12,7 @@
 
 pub mod config;
 mod meta;
+pub mod rbac;
 mod secrets;
 pub mod tls;
 mod workload;
@@ -22,6 +23,7 @@ use std::fmt::Write as _;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
 use kube::ResourceExt;
 use weir_pooler::config::{Config, ConfigError};
 
@@ -155,8 +157,11 @@ pub struct Rendered {
     pub tls_settings: Vec<(&'static str, String)>,
     /// Hash of the settings that need a restart, as put on the pod template.
     pub restart_hash: String,
-    /// The pods' ServiceAccount, without an API token.
+    /// The pods' ServiceAccount.
     pub service_account: ServiceAccount,
+    /// Lets the pods create TokenReviews, when a user logs in with ServiceAccount tokens;
+    /// cluster-scoped, so applied and deleted by the controller apart from the children.
+    pub token_review_binding: Option<ClusterRoleBinding>,
     /// `pgbouncer.ini`.
     pub config_map: ConfigMap,
     /// `userlist.txt`: the users' names and passwords, which the pooler checks clients
@@ -219,9 +224,14 @@ impl Rendered {
         ]
     }
 
-    /// The objects of [`Rendered::children`], in that order.
+    /// The objects of [`Rendered::children`], in that order, then the ClusterRoleBinding.
     pub fn objects(&self) -> Vec<&dyn yaml::erased::Document> {
-        self.children().into_iter().map(Child::document).collect()
+        let mut objects: Vec<&dyn yaml::erased::Document> =
+            self.children().into_iter().map(Child::document).collect();
+        if let Some(binding) = &self.token_review_binding {
+            objects.push(binding);
+        }
+        objects
     }
 
     /// The parts of the status rendering decides: the budget, the pool sizes, the selector,
@@ -298,7 +308,7 @@ pub fn render(pool: &ConnectionPool, observed: &Observed) -> Result<Rendered, Re
     let credentials = secrets::credentials(&pool.spec, observed)?;
     tls::check_sources(&pool.spec, observed)?;
     let tls_settings = tls::settings(&pool.spec);
-    let config = config::build(&pool.spec, &sizing, &credentials, &tls_settings)?;
+    let config = config::build(&pool.spec, &namespace, &sizing, &credentials, &tls_settings)?;
     let restart_hash = config::restart_hash(&config, &tls_settings);
     let ctx = meta::Context {
         name: &name,
@@ -308,6 +318,7 @@ pub fn render(pool: &ConnectionPool, observed: &Observed) -> Result<Rendered, Re
     Ok(Rendered {
         users: credentials.iter().map(|c| c.user.clone()).collect(),
         service_account: workload::service_account(&ctx),
+        token_review_binding: rbac::token_review_binding(&ctx, &config),
         config_map: secrets::config_map(&ctx, &config),
         auth_secret: secrets::auth_secret(&ctx, &credentials),
         app_secret: secrets::app_secret(&ctx, &pool.spec, &credentials),

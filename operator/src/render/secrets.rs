@@ -7,7 +7,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::ByteString;
 use weir_pooler::config::{render_userlist, Config};
 
-use super::config::{AUTH_FILE, CONFIG_FILE};
+use super::config::{self, AUTH_FILE, CONFIG_FILE};
 use super::meta::{names, service_host, Context};
 use super::workload::SERVICE_PORT;
 use super::{tls, Observed, RenderError};
@@ -115,18 +115,30 @@ pub(crate) fn app_secret(
         .first()
         .map(|c| (c.user.as_str(), c.password.as_str()))
         .unwrap_or_default();
+    // A user that logs in with ServiceAccount tokens has no password to hand out: the
+    // application sends its projected token instead.
+    let token_login = spec
+        .user_sources()
+        .first()
+        .is_some_and(|s| !config::service_accounts(s, ctx.namespace).is_empty());
+    let password = if token_login { "" } else { password };
     let sslmode = tls::app_sslmode(spec).as_str();
+    let (userinfo, jdbc_password) = if token_login {
+        (encode(user), String::new())
+    } else {
+        (
+            format!("{}:{}", encode(user), encode(password)),
+            format!("&password={}", encode(password)),
+        )
+    };
     let uri = format!(
-        "postgresql://{}:{}@{host}:{port}/{}?sslmode={sslmode}",
-        encode(user),
-        encode(password),
+        "postgresql://{userinfo}@{host}:{port}/{}?sslmode={sslmode}",
         encode(dbname)
     );
     let jdbc = format!(
-        "jdbc:postgresql://{host}:{port}/{}?user={}&password={}&sslmode={sslmode}",
+        "jdbc:postgresql://{host}:{port}/{}?user={}{jdbc_password}&sslmode={sslmode}",
         encode(dbname),
         encode(user),
-        encode(password)
     );
     let values = [
         host.as_str(),

@@ -614,3 +614,80 @@ fn missing_tls_sources_are_named() {
     let err = render(&pool, &o).expect_err("no CA");
     assert_eq!(err.to_string(), r#"ConfigMap "db-ca" not found"#);
 }
+
+/// The first user logging in with ServiceAccount tokens (`app` of [`POOL`]), with `tls`.
+fn token_pool(tls: &str) -> ConnectionPool {
+    let text = format!("{POOL}  tls:\n    {tls}\n").replace(
+        "      weight: 3\n",
+        "      weight: 3\n      serviceAccounts: [{name: api}, {name: job, namespace: batch}]\n",
+    );
+    from_yaml(&text).expect("valid pool")
+}
+
+#[test]
+fn token_users_get_a_binding_an_api_token_and_no_password_to_hand_out() {
+    let r = render(
+        &token_pool("client: {secretName: orders-tls}"),
+        &tls_observed("pem"),
+    )
+    .expect("renders");
+    assert_eq!(
+        r.config.users["app"].service_accounts,
+        ["shop/api", "batch/job"]
+    );
+    assert!(r.config.users["reports"].service_accounts.is_empty());
+    let binding = r.token_review_binding.as_ref().expect("a binding");
+    assert_eq!(
+        binding.metadata.name.as_deref(),
+        Some("weir-token-review.shop.orders")
+    );
+    assert_eq!(binding.role_ref.name, rbac::TOKEN_REVIEW_CLUSTER_ROLE);
+    let subjects = binding.subjects.as_deref().unwrap_or_default();
+    assert_eq!(subjects.len(), 1);
+    assert_eq!(subjects[0].kind, "ServiceAccount");
+    assert_eq!(subjects[0].name, "orders");
+    assert_eq!(subjects[0].namespace.as_deref(), Some("shop"));
+    // Cluster-scoped: no owner reference to the namespaced pool (the finalizer cleans up).
+    assert!(binding.metadata.owner_references.is_none());
+    assert_eq!(
+        pod_template(&r)["spec"]["automountServiceAccountToken"],
+        true
+    );
+    assert!(r.objects().len() > r.children().len());
+
+    let s = &r.app_secret;
+    assert_eq!(secret_text(s, "user"), "app");
+    assert_eq!(secret_text(s, "password"), "");
+    assert_eq!(
+        secret_text(s, "uri"),
+        "postgresql://app@orders.shop.svc:5432/orders?sslmode=require"
+    );
+    assert_eq!(
+        secret_text(s, "jdbc-uri"),
+        "jdbc:postgresql://orders.shop.svc:5432/orders?user=app&sslmode=require"
+    );
+    // The pooler still logs in to the database with the user's own password.
+    let auth = secret_text(&r.auth_secret, "userlist.txt");
+    assert!(auth.contains("\"app\" \"p@ss w:rd\""), "{auth}");
+
+    // Without token users: no binding, no API token.
+    let plain = rendered();
+    assert!(plain.token_review_binding.is_none());
+    assert_eq!(
+        pod_template(&plain)["spec"]["automountServiceAccountToken"],
+        false
+    );
+}
+
+#[test]
+fn token_users_without_client_tls_are_refused() {
+    let e = render(
+        &token_pool("client: {secretName: orders-tls, mode: disable}"),
+        &tls_observed("pem"),
+    )
+    .expect_err("tokens in clear");
+    assert!(
+        e.to_string().contains("service_accounts needs client TLS"),
+        "{e}"
+    );
+}

@@ -19,7 +19,7 @@ use weir_pooler::config::Config;
 
 use super::config::{AUTH_DIR, AUTH_FILE, CONFIG_DIR, CONFIG_FILE, HTTP_PORT};
 use super::meta::{labels, names, selector_labels, Context, RESTART_HASH_ANNOTATION};
-use super::tls;
+use super::{rbac, tls};
 use crate::api::ConnectionPoolSpec;
 
 /// The port clients connect to on the Service: PostgreSQL's, so that applications need
@@ -40,8 +40,8 @@ const PRE_STOP_SLEEP: i64 = 5;
 /// Seconds of slack after the pooler's `shutdown_timeout` before the pod is killed.
 const GRACE_MARGIN: i64 = 10;
 
-/// The pods' ServiceAccount: the pooler never calls the Kubernetes API, so it gets no
-/// token.
+/// The pods' ServiceAccount. Its token is not mounted by default: only a pooler that
+/// validates ServiceAccount tokens calls the Kubernetes API (see the pod spec).
 pub(crate) fn service_account(ctx: &Context<'_>) -> ServiceAccount {
     ServiceAccount {
         metadata: ctx.meta(ctx.name.to_owned()),
@@ -125,7 +125,8 @@ pub(crate) fn deployment(
 
     let pod_spec = PodSpec {
         service_account_name: Some(ctx.name.to_owned()),
-        automount_service_account_token: Some(false),
+        // The API token only for the TokenReviews of ServiceAccount-token logins.
+        automount_service_account_token: Some(rbac::reviews_tokens(config)),
         enable_service_links: Some(false),
         termination_grace_period_seconds: Some(
             PRE_STOP_SLEEP

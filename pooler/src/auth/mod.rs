@@ -4,7 +4,7 @@
 //! Stored credentials are [`Secret`]s; [`ScramServer`] and [`md5::verify`] check clients,
 //! [`ScramClient`] and [`md5::salted_response`] answer the server's challenges, and
 //! [`verify_plain`] serves `auth_type = plain`, [`hba`] reads `auth_hba_file` for
-//! `auth_type = hba`. The protocol layer moves the bytes.
+//! `auth_type = hba`, [`token`] judges ServiceAccount tokens. The protocol layer moves the bytes.
 
 mod crypto;
 mod error;
@@ -12,6 +12,7 @@ pub mod hba;
 pub mod md5;
 mod scram;
 mod secret;
+pub mod token;
 
 pub use error::AuthError;
 pub use scram::{ChannelBinding, ScramClient, ScramCredential, ScramServer};

@@ -16,6 +16,7 @@ use crate::protocol::PgError;
 use crate::registry::{ClientHandle, Registry};
 use crate::stream::Stream;
 use crate::tls::Tls;
+use crate::token_review::TokenReviewer;
 
 /// The running pooler as a client session sees it.
 pub trait SessionContext: Send + Sync + 'static {
@@ -47,6 +48,8 @@ pub trait SessionContext: Send + Sync + 'static {
     fn secret(&self, user: &str) -> Option<Secret>;
     /// `secret` as a SCRAM verifier, cached per user.
     fn scram_secret(&self, user: &str, secret: Secret) -> Secret;
+    /// What checks ServiceAccount tokens, with its cache.
+    fn token_reviewer(&self) -> &TokenReviewer;
     /// Whether an auth file is configured.
     fn has_auth_file(&self) -> bool;
     /// The rules of `auth_hba_file`, for `auth_type = hba`.

@@ -1,6 +1,8 @@
 //! The client's startup phase: TLS negotiation (SSLRequest or PostgreSQL 17's direct TLS),
 //! cancel requests, startup parameters and authentication against `auth_file`, as
-//! `auth_type` asks.
+//! `auth_type` asks, or with a ServiceAccount token for users that list `service_accounts`.
+
+use std::sync::atomic::Ordering;
 
 use bytes::BytesMut;
 use rand::Rng;
@@ -15,6 +17,7 @@ use crate::params::{self, ParamSet};
 use crate::protocol::{self, backend, frontend, PgError, Startup};
 use crate::stream::Stream;
 use crate::tls::{self, ClientTls};
+use crate::token_review::{ReviewError, STATS};
 use crate::wire::{self, ReadError};
 
 /// The first byte of a TLS handshake record: a client starting TLS at once (PostgreSQL 17's
@@ -262,8 +265,16 @@ pub async fn authenticate(
     channel_binding: Option<&[u8]>,
 ) -> Result<Authenticated, LoginError> {
     let config = pooler.config();
-    let secret = pooler.secret(&login.user);
     let user = &login.user;
+    if let Some(accounts) = config
+        .users
+        .get(user)
+        .map(|u| u.service_accounts.as_slice())
+        .filter(|a| !a.is_empty())
+    {
+        return service_account_login(stream, buf, pooler, user, accounts).await;
+    }
+    let secret = pooler.secret(&login.user);
     let (method, map) = match config.pgbouncer.auth_type {
         // `any` ignores the user name: every database logs in as its own configured user.
         AuthType::Any => return Ok(Authenticated::default()),
@@ -382,6 +393,77 @@ pub async fn authenticate(
         Method::Md5 | Method::ScramSha256 => {
             let secret = with_password(secret, user).map(|s| pooler.scram_secret(user, s));
             scram(stream, buf, user, secret, channel_binding).await
+        }
+    }
+}
+
+/// A user with `service_accounts` logs in with a ServiceAccount token as its password. The
+/// password is asked for only over TLS, so that the bearer token never crosses in clear.
+async fn service_account_login(
+    stream: &mut Stream,
+    buf: &mut BytesMut,
+    pooler: &dyn SessionContext,
+    user: &str,
+    accounts: &[String],
+) -> Result<Authenticated, LoginError> {
+    let refuse = |reason: &str, e: PgError| {
+        STATS.refused.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(user, reason, "ServiceAccount token login refused");
+        LoginError::fatal(e)
+    };
+    if !stream.is_tls() {
+        return Err(refuse(
+            "no TLS",
+            PgError::fatal(
+                "28000",
+                format!(
+                    "user \"{user}\" logs in with a ServiceAccount token, which is only accepted over TLS"
+                ),
+            )
+            .with_hint("connect with sslmode=require or stronger"),
+        ));
+    }
+    let mut out = BytesMut::new();
+    backend::authentication_cleartext_password(&mut out);
+    wire::flush(stream, &mut out).await?;
+    let password = read_password(stream, buf).await?;
+    let token = std::str::from_utf8(&password).unwrap_or_default();
+    let failed = |detail: String| {
+        PgError::fatal(
+            "28P01",
+            format!("ServiceAccount token authentication failed for user \"{user}\""),
+        )
+        .with_detail(detail)
+    };
+    if token.is_empty() {
+        return Err(refuse("empty token", failed("no token was sent".into())));
+    }
+    let config = pooler.config();
+    match pooler
+        .token_reviewer()
+        .review(token, &config.pgbouncer)
+        .await
+    {
+        Ok(r) if r.account.is_listed_in(accounts) => {
+            STATS.accepted.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(user, service_account = %r.account, cached = r.cached, "ServiceAccount token login");
+            Ok(Authenticated::default())
+        }
+        Ok(r) => {
+            let why = format!("{} may not log in as user \"{user}\"", r.account);
+            Err(refuse(&why, failed(why.clone())))
+        }
+        Err(ReviewError::Refused(why)) => Err(refuse(&why.to_string(), failed(why.to_string()))),
+        Err(ReviewError::Unavailable(why)) => {
+            STATS.unavailable.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(user, reason = %why, "ServiceAccount token could not be validated");
+            Err(LoginError::fatal(
+                PgError::fatal(
+                    "28000",
+                    format!("could not validate the ServiceAccount token of user \"{user}\""),
+                )
+                .with_detail("the Kubernetes API server could not be asked; see the pooler's log"),
+            ))
         }
     }
 }

@@ -95,6 +95,10 @@ pub struct UserEntry {
     /// Overrides the database's and the global `min_pool_size` for this user's pools. A
     /// Weir extension: PgBouncer has no per-user minimum.
     pub min_pool_size: Option<u32>,
+    /// Weir extension: the Kubernetes ServiceAccounts (`namespace/name`) whose tokens log in
+    /// as this user. When set, the user logs in only with such a token, sent as the password
+    /// over TLS; Weir then uses the user's own auth-file credentials toward the server.
+    pub service_accounts: Vec<String>,
 }
 
 /// A parsed entry together with the PgBouncer parameters it named that weir ignores.
@@ -214,6 +218,9 @@ impl UserEntry {
                     entry.reserve_pool_size = Some(count(&value).map_err(in_key)?)
                 }
                 "min_pool_size" => entry.min_pool_size = Some(count(&value).map_err(in_key)?),
+                "service_accounts" => {
+                    entry.service_accounts = service_accounts(&value).map_err(in_key)?
+                }
                 other if UNSUPPORTED_USER_KEYS.contains(&other) => ignored.push(key),
                 _ => return Err(ValueError(format!("unknown user parameter {key:?}"))),
             }
@@ -229,8 +236,31 @@ impl UserEntry {
         out.number("max_user_connections", self.max_user_connections);
         out.number("reserve_pool_size", self.reserve_pool_size);
         out.number("min_pool_size", self.min_pool_size);
+        if !self.service_accounts.is_empty() {
+            out.push("service_accounts", &self.service_accounts.join(","));
+        }
         out.0
     }
+}
+
+/// Parses `namespace/name,...`: each part a Kubernetes object name (lower-case letters,
+/// digits, `-` and `.`), so that it can be compared with a TokenReview user name.
+fn service_accounts(value: &str) -> Result<Vec<String>, ValueError> {
+    let valid = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 253
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+    };
+    value
+        .split(',')
+        .map(|item| match item.trim().split_once('/') {
+            Some((ns, name)) if valid(ns) && valid(name) => Ok(format!("{ns}/{name}")),
+            _ => Err(ValueError(format!(
+                "expected namespace/name of a ServiceAccount, found {item:?}"
+            ))),
+        })
+        .collect()
 }
 
 impl FromStr for UserEntry {
@@ -481,7 +511,7 @@ mod tests {
     fn user_entries() {
         let parsed = UserEntry::parse_conn_string(
             "pool_mode=statement pool_size=3 max_user_connections=9 reserve_pool_size=1 \
-             min_pool_size=2 query_timeout=5",
+             min_pool_size=2 query_timeout=5 service_accounts=shop/api,shop/worker",
         )
         .expect("valid");
         assert_eq!(
@@ -492,8 +522,27 @@ mod tests {
                 max_user_connections: Some(9),
                 reserve_pool_size: Some(1),
                 min_pool_size: Some(2),
+                service_accounts: vec!["shop/api".into(), "shop/worker".into()],
             }
         );
+        for bad in [
+            "shop",
+            "shop/",
+            "/api",
+            "Shop/api",
+            "shop/api,",
+            "a/b/c",
+            "a:b/c",
+        ] {
+            let err = format!("service_accounts={bad}")
+                .parse::<UserEntry>()
+                .expect_err(bad);
+            assert!(
+                err.0
+                    .starts_with("service_accounts: expected namespace/name"),
+                "{bad}: {err}"
+            );
+        }
         assert_eq!(parsed.ignored, vec!["query_timeout"]);
         let err = "host=x".parse::<UserEntry>().expect_err("not a user key");
         assert!(err.0.contains("unknown user parameter \"host\""), "{err}");
@@ -541,10 +590,11 @@ mod tests {
             max_user_connections: None,
             reserve_pool_size: Some(1),
             min_pool_size: None,
+            service_accounts: vec!["a/b".into(), "c/d".into()],
         };
         assert_eq!(
             user.to_conn_string(),
-            "pool_mode=transaction pool_size=5 reserve_pool_size=1"
+            "pool_mode=transaction pool_size=5 reserve_pool_size=1 service_accounts=a/b,c/d"
         );
         assert_eq!(user.to_conn_string().parse::<UserEntry>(), Ok(user));
     }

@@ -533,6 +533,14 @@ pub struct Settings {
     /// Weir extension: what transaction and statement pooling do with session state that
     /// cannot be replayed on another server connection. Default `pin`.
     pub pinning: Pinning,
+    /// Weir extension: the audience a ServiceAccount token must be issued for (TokenReview
+    /// checks it). Default `weir`.
+    pub service_account_audience: String,
+    /// Weir extension: how long a token the API server accepted is trusted without asking
+    /// again (never past the token's own expiry); 0 asks on every login. Default 60 s.
+    pub service_account_cache_ttl: Duration,
+    /// Weir extension: how many token verdicts are cached at most. Default 1000.
+    pub service_account_cache_size: u32,
 }
 
 impl Default for Settings {
@@ -598,6 +606,9 @@ impl Default for Settings {
             http_port: 0,
             shutdown_timeout: Duration::from_secs(30),
             pinning: Pinning::Pin,
+            service_account_audience: "weir".to_owned(),
+            service_account_cache_ttl: Duration::from_secs(60),
+            service_account_cache_size: 1000,
             client_tls_sslmode: TlsMode::Disable,
             client_tls_key_file: None,
             client_tls_cert_file: None,
@@ -749,6 +760,9 @@ settings_table! {
     http_port: port => implemented,
     shutdown_timeout: seconds => implemented,
     pinning: choice => implemented,
+    service_account_audience: text => implemented,
+    service_account_cache_ttl: seconds => implemented,
+    service_account_cache_size: count => implemented,
 }
 
 /// `[pgbouncer]` keys that PgBouncer knows and weir does not implement. They produce a

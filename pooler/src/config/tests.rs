@@ -93,6 +93,9 @@ http_listen_addr = 127.0.0.1
 http_port = 9127
 shutdown_timeout = 2min
 pinning = refuse
+service_account_audience = db.example
+service_account_cache_ttl = 30
+service_account_cache_size = 50
 client_tls_sslmode = verify-full
 client_tls_key_file = /etc/weir/tls/server.key
 client_tls_cert_file = /etc/weir/tls/server.crt
@@ -172,6 +175,9 @@ fn every_setting_expected() -> Settings {
         http_port: 9127,
         shutdown_timeout: Duration::from_secs(120),
         pinning: Pinning::Refuse,
+        service_account_audience: "db.example".into(),
+        service_account_cache_ttl: Duration::from_secs(30),
+        service_account_cache_size: 50,
         client_tls_sslmode: TlsMode::VerifyFull,
         client_tls_key_file: Some("/etc/weir/tls/server.key".into()),
         client_tls_cert_file: Some("/etc/weir/tls/server.crt".into()),
@@ -609,6 +615,7 @@ fn round_trips_through_to_ini() {
             max_user_connections: Some(10),
             reserve_pool_size: Some(1),
             min_pool_size: Some(2),
+            service_accounts: vec!["shop/api".into(), "shop/worker".into()],
         },
     );
     users.insert("plain".to_owned(), UserEntry::default());
@@ -827,6 +834,30 @@ fn validate_checks_pool_sizes() {
         e.message.starts_with("pool_size: 4294967295 is too large"),
         "{e}"
     );
+}
+
+#[test]
+fn service_account_users_need_client_tls() {
+    let mut c = Config::default();
+    c.pgbouncer.auth_file = Some("userlist.txt".into());
+    c.users.insert(
+        "app".into(),
+        UserEntry {
+            service_accounts: vec!["shop/api".into()],
+            ..Default::default()
+        },
+    );
+    let e = c.validate().expect_err("a token in clear");
+    assert_eq!(e.key.as_deref(), Some("app"));
+    assert!(
+        e.message.contains("service_accounts needs client TLS"),
+        "{e}"
+    );
+    c.pgbouncer.client_tls_sslmode = TlsMode::Allow;
+    c.validate().expect("TLS offered");
+    c.pgbouncer.service_account_audience.clear();
+    let e = c.validate().expect_err("no audience");
+    assert_eq!(e.key.as_deref(), Some("service_account_audience"));
 }
 
 #[test]

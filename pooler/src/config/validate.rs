@@ -11,7 +11,7 @@ use std::path::Path;
 use super::database::{DatabaseEntry, UserEntry};
 use super::error::ConfigError;
 use super::parse::{Locations, Section};
-use super::settings::{AuthType, Settings};
+use super::settings::{AuthType, Settings, TlsMode};
 use super::Config;
 
 /// PgBouncer keeps sizes in C `int`s; larger values are certainly mistakes.
@@ -85,7 +85,8 @@ pub(crate) fn check(config: &Config) -> Result<(), Problem> {
     check_listeners(&config.pgbouncer)?;
     check_limits(config)?;
     check_pool_sizes(config)?;
-    check_auth(config)
+    check_auth(config)?;
+    check_service_accounts(config)
 }
 
 const UNREPRESENTABLE: &str = "cannot be written to pgbouncer.ini and read back unchanged \
@@ -331,6 +332,31 @@ fn check_auth(config: &Config) -> Result<(), Problem> {
             return Err(Problem::database(
                 name,
                 "auth_type any needs every database to log in as a fixed user (user=...)",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A ServiceAccount token is a bearer credential: users that log in with one need client TLS.
+fn check_service_accounts(config: &Config) -> Result<(), Problem> {
+    let s = &config.pgbouncer;
+    let token_user = config
+        .users
+        .iter()
+        .find(|(_, u)| !u.service_accounts.is_empty());
+    if let Some((name, _)) = token_user {
+        if s.client_tls_sslmode == TlsMode::Disable {
+            return Err(Problem::user(
+                name,
+                "service_accounts needs client TLS (client_tls_sslmode, client_tls_cert_file, \
+                 client_tls_key_file): tokens are only accepted over TLS",
+            ));
+        }
+        if s.service_account_audience.trim().is_empty() {
+            return Err(Problem::setting(
+                "service_account_audience",
+                "must not be empty when a user has service_accounts",
             ));
         }
     }
