@@ -18,6 +18,7 @@ use crate::client;
 use crate::config::{self, Config};
 pub use crate::lifecycle::ShutdownMode;
 use crate::pool::{Limit, Pool, PoolKey, PoolSettings};
+use crate::peers::Peers;
 use crate::prepared::StatementRegistry;
 use crate::protocol::PgError;
 use crate::registry::{ClientCount, ClientHandle, Registry};
@@ -58,6 +59,8 @@ pub struct Pooler {
     control: Mutex<Control>,
     /// Per-database averages over the latest `stats_period`, for SHOW STATS.
     stats_averages: ArcSwap<BTreeMap<String, Averages>>,
+    /// This process's peer id and the cancels forwarded to its peers.
+    peers: Peers,
 }
 
 /// What the admin console has paused or disabled.
@@ -85,14 +88,18 @@ pub fn load_secrets(config: &Config) -> Result<HashMap<String, Secret>, config::
 }
 
 impl Pooler {
-    /// Builds the shared state from a loaded configuration, its auth file and its TLS files.
+    /// Builds the shared state from a loaded configuration, its auth file and its TLS files;
+    /// `peer_address` is this process's host in `[peers]`, if it was told one.
     pub fn new(
         config_path: &Path,
         config: Config,
         secrets: HashMap<String, Secret>,
         tls: Tls,
+        peer_address: Option<String>,
     ) -> Arc<Pooler> {
         let digest = config_digest(&config, &secrets);
+        let peers = Peers::new(peer_address);
+        peers.configure(&config);
         Arc::new(Pooler {
             config_path: config_path.to_owned(),
             config: ArcSwap::from_pointee(config),
@@ -110,6 +117,7 @@ impl Pooler {
             shutdown: watch::Sender::new(None),
             control: Mutex::new(Control::default()),
             stats_averages: ArcSwap::from_pointee(BTreeMap::new()),
+            peers,
         })
     }
 
@@ -161,6 +169,7 @@ impl Pooler {
                 );
             }
         }
+        self.peers.configure(&loaded.config);
         self.config.store(Arc::new(loaded.config));
         self.tls.store(Arc::new(tls));
         self.secrets.store(Arc::new(secrets));
@@ -378,6 +387,11 @@ impl Pooler {
     /// Every logged-in client and open server connection, with the clients' cancel keys.
     pub fn registry(&self) -> &Arc<Registry> {
         &self.registry
+    }
+
+    /// This process's peer id and its peer pools.
+    pub fn peers(&self) -> &Peers {
+        &self.peers
     }
 
     /// Counts a new client connection; the guard uncounts it. Returns the count including it.
@@ -609,6 +623,9 @@ impl crate::metrics::PoolerView for Pooler {
     fn pools(&self) -> Vec<Arc<Pool>> {
         Pooler::pools(self)
     }
+    fn peers(&self) -> &Peers {
+        Pooler::peers(self)
+    }
 }
 
 impl crate::admin::Console for Pooler {
@@ -666,6 +683,9 @@ impl crate::admin::Console for Pooler {
     fn tls(&self) -> Arc<Tls> {
         Pooler::tls(self)
     }
+    fn peers(&self) -> &Peers {
+        Pooler::peers(self)
+    }
 }
 
 impl client::SessionContext for Pooler {
@@ -694,6 +714,9 @@ impl client::SessionContext for Pooler {
     }
     fn registry(&self) -> &Arc<Registry> {
         Pooler::registry(self)
+    }
+    fn peers(&self) -> &Peers {
+        Pooler::peers(self)
     }
     fn statements(&self) -> &StatementRegistry {
         Pooler::statements(self)

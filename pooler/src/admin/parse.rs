@@ -30,6 +30,10 @@ pub enum Subject {
     Help,
     /// The TLS certificates in force and when they expire (a Weir extension).
     Certificates,
+    /// The `[peers]` entries.
+    Peers,
+    /// Cancel requests in flight to each peer.
+    PeerPools,
 }
 
 /// One parsed admin console command.
@@ -249,6 +253,8 @@ fn parse_subject(word: &str) -> Result<Subject, ParseError> {
         "STATE" => Subject::State,
         "HELP" => Subject::Help,
         "CERTIFICATES" => Subject::Certificates,
+        "PEERS" => Subject::Peers,
+        "PEER_POOLS" => Subject::PeerPools,
         _ => return err(format!("unknown SHOW subject {word:?} (see SHOW HELP)")),
     })
 }
@@ -274,6 +280,8 @@ mod tests {
         assert_eq!(ok("SHOW VERSION"), Command::Show(Subject::Version));
         assert_eq!(ok("SHOW STATE"), Command::Show(Subject::State));
         assert_eq!(ok("SHOW HELP"), Command::Show(Subject::Help));
+        assert_eq!(ok("SHOW PEERS"), Command::Show(Subject::Peers));
+        assert_eq!(ok("show peer_pools"), Command::Show(Subject::PeerPools));
         assert_eq!(
             ok("show certificates"),
             Command::Show(Subject::Certificates)

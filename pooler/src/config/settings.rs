@@ -481,6 +481,9 @@ pub struct Settings {
     /// Weir extension: what transaction and statement pooling do with session state that
     /// cannot be replayed on another server connection. Default `pin`.
     pub pinning: Pinning,
+    /// This process's id in a group of peered poolers (`[peers]`); 0: peering off. Cancel
+    /// keys carry it, and a CancelRequest for another peer's key is forwarded there.
+    pub peer_id: u16,
 }
 
 impl Default for Settings {
@@ -543,6 +546,7 @@ impl Default for Settings {
             http_port: 0,
             shutdown_timeout: Duration::from_secs(30),
             pinning: Pinning::Pin,
+            peer_id: 0,
             client_tls_sslmode: TlsMode::Disable,
             client_tls_key_file: None,
             client_tls_cert_file: None,
@@ -689,6 +693,7 @@ settings_table! {
     http_port: port => implemented,
     shutdown_timeout: seconds => implemented,
     pinning: choice => implemented,
+    peer_id: peer_id => implemented,
 }
 
 /// `[pgbouncer]` keys that PgBouncer knows and weir does not implement. They produce a
@@ -714,7 +719,6 @@ pub const UNSUPPORTED_KEYS: &[&str] = &[
     "login_notify_message",
     "max_db_client_connections",
     "max_user_client_connections",
-    "peer_id",
     "pool_idle_timeout",
     "query_wait_notify",
     "resolv_conf",
