@@ -297,6 +297,7 @@ fn observed() -> Observed {
             ),
         ]),
         config_maps: BTreeMap::new(),
+        ..Observed::default()
     }
 }
 
