@@ -119,7 +119,10 @@ mod tests {
     fn the_peer_id_sits_in_bytes_one_and_two_low_byte_first() {
         // PgBouncer: cancel_key[1] = id & 0xff, cancel_key[2] = id >> 8, cancel_key[7] |= 3.
         let key = CancelKey::issue([0x80, 0, 0, 0x11, 0x22, 0x33, 0x44, 0x54], 0x1234);
-        assert_eq!(key.to_bytes(), [0x00, 0x34, 0x12, 0x11, 0x22, 0x33, 0x44, 0x57]);
+        assert_eq!(
+            key.to_bytes(),
+            [0x00, 0x34, 0x12, 0x11, 0x22, 0x33, 0x44, 0x57]
+        );
         assert_eq!(key.peer_id(), 0x1234);
         assert!(key.process_id > 0);
     }

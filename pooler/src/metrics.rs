@@ -109,7 +109,9 @@ fn peer_metrics(r: &Registry, peers: &Peers) -> prometheus::Result<()> {
     )?;
     for (peer, totals) in peers.totals() {
         let peer = peer.to_string();
-        forwarded.with_label_values(&[&peer]).inc_by(totals.forwarded);
+        forwarded
+            .with_label_values(&[&peer])
+            .inc_by(totals.forwarded);
         failed.with_label_values(&[&peer]).inc_by(totals.failed);
     }
     let dropped = counters(
@@ -120,7 +122,9 @@ fn peer_metrics(r: &Registry, peers: &Peers) -> prometheus::Result<()> {
     )?;
     let (unknown, again) = peers.dropped();
     dropped.with_label_values(&["unknown_peer"]).inc_by(unknown);
-    dropped.with_label_values(&["already_forwarded"]).inc_by(again);
+    dropped
+        .with_label_values(&["already_forwarded"])
+        .inc_by(again);
     Ok(())
 }
 

@@ -734,9 +734,10 @@ mod tests {
     #[test]
     fn with_peering_every_key_names_the_peer_and_stays_unique() {
         let registry = Arc::new(Registry::default());
-        let clients: Vec<_> = (0..2000).map(|_| registry.add_client(info(), 513)).collect();
-        let keys: std::collections::HashSet<CancelKey> =
-            clients.iter().map(|c| c.key()).collect();
+        let clients: Vec<_> = (0..2000)
+            .map(|_| registry.add_client(info(), 513))
+            .collect();
+        let keys: std::collections::HashSet<CancelKey> = clients.iter().map(|c| c.key()).collect();
         assert_eq!(keys.len(), clients.len());
         assert!(keys.iter().all(|k| k.peer_id() == 513 && k.process_id > 0));
     }

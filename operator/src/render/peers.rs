@@ -30,7 +30,12 @@ pub fn assign(in_force: &BTreeMap<u16, String>, pods: &BTreeSet<String>) -> BTre
         .filter(|ip| !taken.contains(ip))
         .cloned()
         .collect();
-    let mut next = in_force.keys().chain(assigned.keys()).max().copied().unwrap_or(0);
+    let mut next = in_force
+        .keys()
+        .chain(assigned.keys())
+        .max()
+        .copied()
+        .unwrap_or(0);
     for ip in new {
         let id = match next.checked_add(1) {
             Some(id) => id,
@@ -85,13 +90,21 @@ mod tests {
     }
 
     fn ids(list: &[(u16, &str)]) -> BTreeMap<u16, String> {
-        list.iter().map(|(id, ip)| (*id, (*ip).to_owned())).collect()
+        list.iter()
+            .map(|(id, ip)| (*id, (*ip).to_owned()))
+            .collect()
     }
 
     #[test]
     fn first_pods_are_numbered_from_one() {
-        let got = assign(&BTreeMap::new(), &ips(&["10.0.0.9", "10.0.0.10", "10.0.1.2"]));
-        assert_eq!(got, ids(&[(1, "10.0.0.10"), (2, "10.0.0.9"), (3, "10.0.1.2")]));
+        let got = assign(
+            &BTreeMap::new(),
+            &ips(&["10.0.0.9", "10.0.0.10", "10.0.1.2"]),
+        );
+        assert_eq!(
+            got,
+            ids(&[(1, "10.0.0.10"), (2, "10.0.0.9"), (3, "10.0.1.2")])
+        );
         assert!(assign(&BTreeMap::new(), &BTreeSet::new()).is_empty());
     }
 

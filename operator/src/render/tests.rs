@@ -632,16 +632,32 @@ fn pods_find_their_peer_ids_in_the_config_map() {
     assert_eq!(peers, [(2, "10.0.0.8", 6432), (3, "10.0.0.7", 6432)]);
     assert_eq!(r.config.pgbouncer.peer_id, 0, "each pod finds its own id");
 
-    let container = &r.deployment.spec.as_ref().expect("spec").template.spec.as_ref().expect("pod").containers[0];
+    let container = &r
+        .deployment
+        .spec
+        .as_ref()
+        .expect("spec")
+        .template
+        .spec
+        .as_ref()
+        .expect("pod")
+        .containers[0];
     let args = container.args.as_ref().expect("args");
     assert_eq!(args[..2], ["--peer-address", "$(POD_IP)"]);
     let env = &container.env.as_ref().expect("env")[0];
     assert_eq!(env.name, "POD_IP");
-    let field = env.value_from.as_ref().and_then(|v| v.field_ref.as_ref()).expect("fieldRef");
+    let field = env
+        .value_from
+        .as_ref()
+        .and_then(|v| v.field_ref.as_ref())
+        .expect("fieldRef");
     assert_eq!(field.field_path, "status.podIP");
 
     let spec = r.peers_service.spec.as_ref().expect("spec");
     assert_eq!(spec.cluster_ip.as_deref(), Some("None"));
     assert_eq!(spec.publish_not_ready_addresses, Some(true));
-    assert_eq!(spec.selector, r.service.spec.as_ref().expect("spec").selector);
+    assert_eq!(
+        spec.selector,
+        r.service.spec.as_ref().expect("spec").selector
+    );
 }

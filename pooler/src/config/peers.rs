@@ -64,14 +64,11 @@ impl PeerEntry {
 
 /// A `[peers]` key: a peer id from 1 to 65535 (the two bytes the cancel key has for it).
 pub(crate) fn parse_peer_id(key: &str) -> Result<u16, ValueError> {
-    key.parse::<u16>()
-        .ok()
-        .filter(|id| *id > 0)
-        .ok_or_else(|| {
-            ValueError(format!(
-                "ids of peers must be a number larger than 0 and at most 65535, not {key:?}"
-            ))
-        })
+    key.parse::<u16>().ok().filter(|id| *id > 0).ok_or_else(|| {
+        ValueError(format!(
+            "ids of peers must be a number larger than 0 and at most 65535, not {key:?}"
+        ))
+    })
 }
 
 fn quote(value: &str) -> String {
@@ -97,18 +94,30 @@ mod tests {
                 pool_size: None
             }
         );
-        let e = PeerEntry::parse_conn_string("host=/tmp/pgbouncer-2  port=5555 pool_size=4")
-            .unwrap();
-        assert_eq!((e.host.as_str(), e.port, e.pool_size), ("/tmp/pgbouncer-2", 5555, Some(4)));
-        assert_eq!(e.to_conn_string(), "host=/tmp/pgbouncer-2 port=5555 pool_size=4");
-        assert_eq!(PeerEntry::parse_conn_string(&e.to_conn_string()).unwrap(), e);
+        let e =
+            PeerEntry::parse_conn_string("host=/tmp/pgbouncer-2  port=5555 pool_size=4").unwrap();
+        assert_eq!(
+            (e.host.as_str(), e.port, e.pool_size),
+            ("/tmp/pgbouncer-2", 5555, Some(4))
+        );
+        assert_eq!(
+            e.to_conn_string(),
+            "host=/tmp/pgbouncer-2 port=5555 pool_size=4"
+        );
+        assert_eq!(
+            PeerEntry::parse_conn_string(&e.to_conn_string()).unwrap(),
+            e
+        );
     }
 
     #[test]
     fn bad_entries_are_refused() {
         for (text, why) in [
             ("port=6432", "host was not provided"),
-            ("host=a dbname=x", "unrecognized connection parameter: dbname"),
+            (
+                "host=a dbname=x",
+                "unrecognized connection parameter: dbname",
+            ),
             ("host=a port=0", "invalid port: 0"),
             ("host=a port=x", "port"),
         ] {

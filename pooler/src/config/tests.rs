@@ -1511,7 +1511,10 @@ fn peers_section_and_peer_id() {
     round_trip(config);
 
     for (bad, needle) in [
-        ("[peers]\n0 = host=a\n", "ids of peers must be a number larger than 0"),
+        (
+            "[peers]\n0 = host=a\n",
+            "ids of peers must be a number larger than 0",
+        ),
         ("[peers]\n1 = nonsense\n", "peer 1:"),
         ("[peers]\n1 = port=5\n", "host was not provided"),
     ] {
