@@ -327,6 +327,8 @@ impl Pooler {
         next.pgbouncer.set(&key, value).map_err(|e| e.to_string())?;
         next.validate().map_err(|e| e.to_string())?;
         let digest = config_digest(&next, &self.secrets.load());
+        // default_pool_size sizes the peer pools without a pool_size of their own.
+        self.peers.configure(&next);
         self.config.store(Arc::new(next));
         *self.digest.lock().unwrap_or_else(|p| p.into_inner()) = digest;
         self.reconfigure_pools();

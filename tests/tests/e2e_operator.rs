@@ -225,6 +225,7 @@ fn expected_children(name: &str) -> BTreeSet<String> {
     [
         format!("Deployment/{name}"),
         format!("Service/{name}"),
+        format!("Service/{name}-peers"),
         format!("ConfigMap/{name}-config"),
         format!("Secret/{name}-auth"),
         format!("Secret/{name}-app"),
@@ -499,6 +500,48 @@ async fn scaling_resizes_without_a_rollout(env: &mut Env) -> anyhow::Result<()> 
     // Pools shrank while pods were added: the pods were added after the settle time.
     let resizing = env.wait_event("orders", "Resizing").await?;
     ensure!(resizing.contains("then 5"), "{resizing}");
+    Ok(())
+}
+
+/// The pods' `[peers]` follow the pods: one entry per pod IP, distinct ids, and the pods
+/// find their own id from their IP.
+async fn peers_follow_the_pods(env: &mut Env) -> anyhow::Result<()> {
+    let client = env.plane.client();
+    eventually("[peers] lists every pod", WAIT, || async {
+        let pods = Api::<k8s_openapi::api::core::v1::Pod>::namespaced(client.clone(), NS)
+            .list(&ListParams::default().labels("weir.dev/pool=orders"))
+            .await?;
+        let ips: BTreeSet<String> = pods
+            .items
+            .iter()
+            .filter_map(|p| p.status.as_ref()?.pod_ip.clone())
+            .collect();
+        ensure!(ips.len() == pods.items.len(), "pods without an IP yet");
+        let config = Api::<ConfigMap>::namespaced(client.clone(), NS)
+            .get("orders-config")
+            .await?;
+        let ini = config
+            .data
+            .and_then(|d| d.get("pgbouncer.ini").cloned())
+            .context("no pgbouncer.ini")?;
+        let peers = weir_operator::render::peers::in_force(&ini);
+        let hosts: BTreeSet<String> = peers.values().cloned().collect();
+        ensure!(hosts == ips, "[peers] {peers:?} vs pods {ips:?}");
+        ensure!(hosts.len() == peers.len(), "an IP with two ids: {peers:?}");
+        Ok(())
+    })
+    .await?;
+    let deployment = env.deployment("orders").await?.context("deployment")?;
+    let container = deployment
+        .spec
+        .and_then(|s| s.template.spec)
+        .map(|p| p.containers[0].clone())
+        .context("pod spec")?;
+    let args = container.args.unwrap_or_default();
+    ensure!(
+        args.starts_with(&["--peer-address".to_owned(), "$(POD_IP)".to_owned()]),
+        "{args:?}"
+    );
     Ok(())
 }
 
@@ -924,6 +967,9 @@ async fn helm_install(plane: &ControlPlane) -> anyhow::Result<()> {
         ("patch", "connectionpools.weir.dev/status", "yes"),
         ("patch", "deployments.apps", "yes"),
         ("watch", "secrets", "yes"),
+        // The peers Service's endpoints are watched, never written.
+        ("watch", "endpointslices.discovery.k8s.io", "yes"),
+        ("create", "endpointslices.discovery.k8s.io", "no"),
         ("delete", "nodes", "no"),
         ("create", "clusterroles.rbac.authorization.k8s.io", "no"),
     ] {
@@ -979,6 +1025,7 @@ async fn operator_end_to_end() {
     step!(env, minimal_becomes_ready_against_postgres);
     step!(env, pools_on_one_database_share_its_budget);
     step!(env, scaling_resizes_without_a_rollout);
+    step!(env, peers_follow_the_pods);
     step!(env, credential_rotation_keeps_pods);
     step!(env, tls_secrets_are_mounted_and_rotate_without_a_rollout);
     step!(env, drift_is_put_back);

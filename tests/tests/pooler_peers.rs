@@ -189,8 +189,8 @@ impl Pod {
         self.process.signal(Signal::SIGHUP).expect("reload signal");
     }
 
-    /// SHOW PEERS on the pod's admin console: the peer ids.
-    async fn peer_ids(&self) -> Vec<String> {
+    /// A SHOW command on the pod's admin console: the rows as (column, value) pairs.
+    async fn show(&self, what: &str) -> Vec<Vec<(String, String)>> {
         let mut config = tokio_postgres::Config::new();
         config
             .host(self.addr.to_string())
@@ -200,12 +200,30 @@ impl Pod {
             .dbname("pgbouncer");
         let (client, connection) = config.connect(NoTls).await.expect("admin console");
         tokio::spawn(connection);
-        let rows = client.simple_query("SHOW PEERS").await.expect("SHOW PEERS");
+        let rows = client
+            .simple_query(&format!("SHOW {what}"))
+            .await
+            .expect("SHOW");
         rows.iter()
             .filter_map(|m| match m {
-                SimpleQueryMessage::Row(r) => r.get("peer_id").map(str::to_owned),
+                SimpleQueryMessage::Row(r) => Some(
+                    r.columns()
+                        .iter()
+                        .enumerate()
+                        .map(|(i, c)| (c.name().to_owned(), r.get(i).unwrap_or("NULL").to_owned()))
+                        .collect(),
+                ),
                 _ => None,
             })
+            .collect()
+    }
+
+    /// SHOW PEERS: the peer ids.
+    async fn peer_ids(&self) -> Vec<String> {
+        self.show("PEERS")
+            .await
+            .into_iter()
+            .map(|row| row[0].1.clone())
             .collect()
     }
 
@@ -366,6 +384,39 @@ async fn cancels_reach_the_pod_holding_the_client(kind: Pooler) {
         "a CancelRequest gets no answer"
     );
     assert_eq!(sleeper.sqlstate().await, "57014");
+    // SHOW PEERS lists every entry, the pod's own included; SHOW PEER_POOLS the peers a
+    // cancel was forwarded to, nothing in flight once it is done.
+    let peers = b.show("PEERS").await;
+    let columns: Vec<&str> = peers[0].iter().map(|(c, _)| c.as_str()).collect();
+    assert_eq!(columns, ["peer_id", "host", "port", "pool_size"]);
+    let rows: Vec<(&str, &str, &str)> = peers
+        .iter()
+        .map(|r| (r[0].1.as_str(), r[1].1.as_str(), r[2].1.as_str()))
+        .collect();
+    let port_text = port.to_string();
+    assert_eq!(
+        rows,
+        [
+            ("1", "127.0.0.2", port_text.as_str()),
+            ("2", "127.0.0.3", port_text.as_str())
+        ]
+    );
+    assert!(
+        a.show("PEER_POOLS").await.is_empty(),
+        "pod A forwarded nothing"
+    );
+    let pools = b.show("PEER_POOLS").await;
+    let expected: Vec<Vec<(String, String)>> = vec![[
+        ("peer_id", "1"),
+        ("cl_active_cancel_req", "0"),
+        ("cl_waiting_cancel_req", "0"),
+        ("sv_active_cancel", "0"),
+        ("sv_login", "0"),
+    ]
+    .iter()
+    .map(|(c, v)| ((*c).to_owned(), (*v).to_owned()))
+    .collect()];
+    assert_eq!(pools, expected);
     if kind == Pooler::Weir {
         let series = format!(
             "weir_peer_cancels_forwarded_total{{peer=\"{}\"}}",
