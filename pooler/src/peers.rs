@@ -9,6 +9,7 @@
 //! keys already issued carry it.
 
 use std::collections::BTreeMap;
+use std::io;
 use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -50,6 +51,8 @@ pub struct Totals {
 struct PeerPool {
     size: AtomicU32,
     permits: Semaphore,
+    /// Turns to take back as they end, after a shrink found them in use.
+    excess: AtomicU32,
     waiting: AtomicUsize,
     active: AtomicUsize,
     connecting: AtomicUsize,
@@ -107,6 +110,7 @@ impl PeerPool {
         PeerPool {
             size: AtomicU32::new(size),
             permits: Semaphore::new(size as usize),
+            excess: AtomicU32::new(0),
             waiting: AtomicUsize::new(0),
             active: AtomicUsize::new(0),
             connecting: AtomicUsize::new(0),
@@ -119,9 +123,20 @@ impl PeerPool {
         if size > old {
             self.permits.add_permits((size - old) as usize);
         } else {
-            // Turns in use now are taken back as they end, by forgetting them later; the
-            // rare overshoot until then is harmless.
-            self.permits.forget_permits((old - size) as usize);
+            let wanted = (old - size) as usize;
+            let taken = self.permits.forget_permits(wanted);
+            let owed = u32::try_from(wanted - taken).unwrap_or(u32::MAX);
+            self.excess.fetch_add(owed, Ordering::Relaxed);
+        }
+    }
+
+    /// Ends a turn: the permit goes back, unless a shrink is still owed one.
+    fn give_back(&self, permit: tokio::sync::SemaphorePermit<'_>) {
+        let owed = self
+            .excess
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+        if owed.is_ok() {
+            permit.forget();
         }
     }
 }
@@ -192,17 +207,22 @@ impl Peers {
         };
         let keepalive = Keepalive::of(config);
         let reached = tokio::time::timeout(limit, async {
-            let _permit = {
+            let permit = {
                 let _waiting = Gauge::enter(&pool.waiting);
-                pool.permits.acquire().await
+                pool.permits.acquire().await.map_err(io::Error::other)?
             };
             let _active = Gauge::enter(&pool.active);
-            let stream = {
-                let _connecting = Gauge::enter(&pool.connecting);
-                addr.connect(limit, &keepalive).await?
-            };
-            let _sending = Gauge::enter(&pool.sending);
-            server::cancel_over(stream, key.process_id, key.secret_key).await
+            let sent = async {
+                let stream = {
+                    let _connecting = Gauge::enter(&pool.connecting);
+                    addr.connect(limit, &keepalive).await?
+                };
+                let _sending = Gauge::enter(&pool.sending);
+                server::cancel_over(stream, key.process_id, key.secret_key).await
+            }
+            .await;
+            pool.give_back(permit);
+            sent
         })
         .await;
         let mut totals = lock(&self.totals);
@@ -319,6 +339,15 @@ mod tests {
         pool.resize(5);
         assert_eq!(pool.permits.available_permits(), 5);
         pool.resize(1);
+        assert_eq!(pool.permits.available_permits(), 1);
+
+        // Shrunk while both turns are in use: the first to end is taken back.
+        pool.resize(2);
+        let (a, b) = (pool.permits.try_acquire(), pool.permits.try_acquire());
+        pool.resize(1);
+        pool.give_back(a.expect("a turn"));
+        assert_eq!(pool.permits.available_permits(), 0);
+        pool.give_back(b.expect("a turn"));
         assert_eq!(pool.permits.available_permits(), 1);
     }
 }

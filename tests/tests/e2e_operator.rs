@@ -503,14 +503,15 @@ async fn scaling_resizes_without_a_rollout(env: &mut Env) -> anyhow::Result<()> 
     Ok(())
 }
 
-/// The pods' `[peers]` follow the pods: one entry per pod IP, distinct ids, and the pods
-/// find their own id from their IP.
-async fn peers_follow_the_pods(env: &mut Env) -> anyhow::Result<()> {
+/// Waits until the pool's `[peers]` lists exactly its pods' IPs, and there are `replicas`
+/// pods (none starting or terminating besides).
+async fn wait_for_peers(env: &Env, pool: &str, replicas: usize) -> anyhow::Result<()> {
     let client = env.plane.client();
     eventually("[peers] lists every pod", WAIT, || async {
         let pods = Api::<k8s_openapi::api::core::v1::Pod>::namespaced(client.clone(), NS)
-            .list(&ListParams::default().labels("weir.dev/pool=orders"))
+            .list(&ListParams::default().labels(&format!("weir.dev/pool={pool}")))
             .await?;
+        ensure!(pods.items.len() == replicas, "{} pods", pods.items.len());
         let ips: BTreeSet<String> = pods
             .items
             .iter()
@@ -518,19 +519,25 @@ async fn peers_follow_the_pods(env: &mut Env) -> anyhow::Result<()> {
             .collect();
         ensure!(ips.len() == pods.items.len(), "pods without an IP yet");
         let config = Api::<ConfigMap>::namespaced(client.clone(), NS)
-            .get("orders-config")
+            .get(&format!("{pool}-config"))
             .await?;
         let ini = config
             .data
             .and_then(|d| d.get("pgbouncer.ini").cloned())
             .context("no pgbouncer.ini")?;
-        let peers = weir_operator::render::peers::in_force(&ini);
+        let peers = weir_operator::render::peers::in_force(None, Some(&ini));
         let hosts: BTreeSet<String> = peers.values().cloned().collect();
         ensure!(hosts == ips, "[peers] {peers:?} vs pods {ips:?}");
         ensure!(hosts.len() == peers.len(), "an IP with two ids: {peers:?}");
         Ok(())
     })
-    .await?;
+    .await
+}
+
+/// The pods' `[peers]` follow the pods: one entry per pod IP, distinct ids, and the pods
+/// find their own id from their IP.
+async fn peers_follow_the_pods(env: &mut Env) -> anyhow::Result<()> {
+    wait_for_peers(env, "orders", 5).await?;
     let deployment = env.deployment("orders").await?.context("deployment")?;
     let container = deployment
         .spec
@@ -740,6 +747,9 @@ async fn drift_is_put_back(env: &mut Env) -> anyhow::Result<()> {
     })
     .await?;
 
+    // The pods the excursion started are gone before the rendering is recorded: [peers]
+    // follows the pods.
+    wait_for_peers(env, "orders", 5).await?;
     let configs = Api::<ConfigMap>::namespaced(env.plane.client(), NS);
     let rendered = configs.get("orders-config").await?.data;
     env.kubectl_ns(&[

@@ -763,8 +763,11 @@ async fn observe_peers(
         .get_opt(&config_name)
         .await
         .map_err(kube_error::<ConfigMap>("get", &config_name))?
-        .and_then(|cm| cm.data?.remove(CONFIG_FILE))
-        .map(|text| render::peers::in_force(&text))
+        .map(|cm| {
+            let annotation = cm.annotations().get(render::peers::PEER_IDS_ANNOTATION);
+            let ini = cm.data.as_ref().and_then(|d| d.get(CONFIG_FILE));
+            render::peers::in_force(annotation.map(String::as_str), ini.map(String::as_str))
+        })
         .unwrap_or_default();
     Ok((ips, in_force))
 }

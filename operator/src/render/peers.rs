@@ -66,9 +66,34 @@ pub(crate) fn section(assigned: &BTreeMap<u16, String>, port: u16) -> BTreeMap<u
         .collect()
 }
 
-/// The peer ids in force (id → host) in a rendered pgbouncer.ini, e.g. the ConfigMap's;
-/// none when the text does not parse.
-pub fn in_force(ini: &str) -> BTreeMap<u16, String> {
+/// The ConfigMap annotation recording the peer ids (`id=ip` pairs), which an edit of the
+/// ConfigMap's data leaves alone, so the ids survive a pgbouncer.ini put back after drift.
+pub const PEER_IDS_ANNOTATION: &str = "weir.dev/peer-ids";
+
+/// The annotation value for a `[peers]` section: `id=host` pairs, space-separated.
+pub(crate) fn annotation(peers: &BTreeMap<u16, PeerEntry>) -> String {
+    let pairs: Vec<String> = peers
+        .iter()
+        .map(|(id, p)| format!("{id}={}", p.host))
+        .collect();
+    pairs.join(" ")
+}
+
+/// The peer ids in force (id → host): from the ConfigMap's annotation when it has one, else
+/// from the `[peers]` of its pgbouncer.ini; none when neither can be read.
+pub fn in_force(annotation: Option<&str>, ini: Option<&str>) -> BTreeMap<u16, String> {
+    if let Some(text) = annotation {
+        return text
+            .split_whitespace()
+            .filter_map(|pair| {
+                let (id, host) = pair.split_once('=')?;
+                Some((id.parse().ok().filter(|id| *id > 0)?, host.to_owned()))
+            })
+            .collect();
+    }
+    let Some(ini) = ini else {
+        return BTreeMap::new();
+    };
     Config::parse(ini, Path::new("pgbouncer.ini"))
         .map(|loaded| {
             loaded
@@ -130,10 +155,18 @@ mod tests {
     }
 
     #[test]
-    fn ids_in_force_are_read_back_from_the_rendered_file() {
+    fn ids_in_force_are_read_back_from_the_annotation_or_the_file() {
         let ini = "[peers]\n3 = host=10.0.0.3 port=6432\n7 = host=10.0.0.7 port=6432\n\
                    [pgbouncer]\nlisten_port = 6432\nauth_type = any\n";
-        assert_eq!(in_force(ini), ids(&[(3, "10.0.0.3"), (7, "10.0.0.7")]));
-        assert!(in_force("not an ini").is_empty());
+        let from_file = in_force(None, Some(ini));
+        assert_eq!(from_file, ids(&[(3, "10.0.0.3"), (7, "10.0.0.7")]));
+        let entries = section(&from_file, 6432);
+        assert_eq!(annotation(&entries), "3=10.0.0.3 7=10.0.0.7");
+        // The annotation wins over a clobbered file.
+        let kept = in_force(Some(&annotation(&entries)), Some("[pgbouncer]\n"));
+        assert_eq!(kept, from_file);
+        assert_eq!(in_force(Some(""), Some(ini)), BTreeMap::new());
+        assert!(in_force(None, Some("not an ini")).is_empty());
+        assert!(in_force(Some("0=x junk 5=10.0.0.5"), None) == ids(&[(5, "10.0.0.5")]));
     }
 }
