@@ -233,6 +233,7 @@ fn render_offline(args: &RenderArgs) -> anyhow::Result<String> {
                 maps
             },
         ),
+        ..Observed::default()
     };
     let rendered =
         render::render(&pool, &observed).with_context(|| args.file.display().to_string())?;

@@ -9,7 +9,8 @@ use weir_operator::api::{self, UserSource};
 use weir_operator::render::{self, Observed, ObservedDatabase};
 
 /// The facts a controller would have observed: a database with max_connections 200 and
-/// PostgreSQL's default reserved slots, and fake credentials in every referenced Secret.
+/// PostgreSQL's default reserved slots, fake credentials in every referenced Secret, and
+/// the pods of a rolling update (peer ids 4 and 5 in force, one pod gone, one new).
 fn facts(spec: &api::ConnectionPoolSpec) -> Observed {
     let mut secrets: BTreeMap<String, BTreeMap<String, Vec<u8>>> = BTreeMap::new();
     for source in spec.user_sources() {
@@ -47,6 +48,12 @@ fn facts(spec: &api::ConnectionPoolSpec) -> Observed {
         others_claimed: 0,
         secrets,
         config_maps,
+        pod_ips: ["10.244.1.7", "10.244.2.9", "10.244.3.4"]
+            .map(str::to_owned)
+            .into(),
+        peers_in_force: [(3, "10.244.0.5"), (4, "10.244.1.7"), (5, "10.244.2.9")]
+            .map(|(id, ip)| (id, ip.to_owned()))
+            .into(),
     }
 }
 

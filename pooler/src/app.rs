@@ -18,6 +18,7 @@ use crate::auth::{ScramSecret, Secret};
 use crate::client;
 use crate::config::{self, AuthType, Config};
 pub use crate::lifecycle::ShutdownMode;
+use crate::peers::Peers;
 use crate::pool::{Limit, Pool, PoolKey, PoolSettings};
 use crate::prepared::StatementRegistry;
 use crate::protocol::PgError;
@@ -64,6 +65,8 @@ pub struct Pooler {
     stats_averages: ArcSwap<BTreeMap<String, Averages>>,
     /// ServiceAccount-token checks and their cache.
     tokens: TokenReviewer,
+    /// This process's peer id and the cancels forwarded to its peers.
+    peers: Peers,
 }
 
 /// What the admin console has paused or disabled.
@@ -126,15 +129,19 @@ pub fn load_secrets(config: &Config) -> Result<HashMap<String, Secret>, config::
 }
 
 impl Pooler {
-    /// Builds the shared state from a loaded configuration, its auth file and its TLS files.
+    /// Builds the shared state from a loaded configuration, its auth file and its TLS files;
+    /// `peer_address` is this process's host in `[peers]`, if it was told one.
     pub fn new(
         config_path: &Path,
         config: Config,
         secrets: HashMap<String, Secret>,
         tls: Tls,
+        peer_address: Option<String>,
     ) -> Arc<Pooler> {
         let digest = config_digest(&config, &secrets);
         let hba = load_hba(&config);
+        let peers = Peers::new(peer_address);
+        peers.configure(&config);
         Arc::new(Pooler {
             hba: ArcSwap::from_pointee(hba),
             config_path: config_path.to_owned(),
@@ -154,6 +161,7 @@ impl Pooler {
             control: Mutex::new(Control::default()),
             stats_averages: ArcSwap::from_pointee(BTreeMap::new()),
             tokens: TokenReviewer::default(),
+            peers,
         })
     }
 
@@ -207,6 +215,7 @@ impl Pooler {
                 );
             }
         }
+        self.peers.configure(&loaded.config);
         self.config.store(Arc::new(loaded.config));
         self.tls.store(Arc::new(tls));
         self.secrets.store(Arc::new(secrets));
@@ -364,6 +373,8 @@ impl Pooler {
         next.pgbouncer.set(&key, value).map_err(|e| e.to_string())?;
         next.validate().map_err(|e| e.to_string())?;
         let digest = config_digest(&next, &self.secrets.load());
+        // default_pool_size sizes the peer pools without a pool_size of their own.
+        self.peers.configure(&next);
         self.config.store(Arc::new(next));
         *self.digest.lock().unwrap_or_else(|p| p.into_inner()) = digest;
         self.reconfigure_pools();
@@ -424,6 +435,11 @@ impl Pooler {
     /// Every logged-in client and open server connection, with the clients' cancel keys.
     pub fn registry(&self) -> &Arc<Registry> {
         &self.registry
+    }
+
+    /// This process's peer id and its peer pools.
+    pub fn peers(&self) -> &Peers {
+        &self.peers
     }
 
     /// Counts a new client connection; the guard uncounts it. Returns the count including it.
@@ -655,6 +671,9 @@ impl crate::metrics::PoolerView for Pooler {
     fn pools(&self) -> Vec<Arc<Pool>> {
         Pooler::pools(self)
     }
+    fn peers(&self) -> &Peers {
+        Pooler::peers(self)
+    }
 }
 
 impl crate::admin::Console for Pooler {
@@ -712,6 +731,9 @@ impl crate::admin::Console for Pooler {
     fn tls(&self) -> Arc<Tls> {
         Pooler::tls(self)
     }
+    fn peers(&self) -> &Peers {
+        Pooler::peers(self)
+    }
 }
 
 impl client::SessionContext for Pooler {
@@ -740,6 +762,9 @@ impl client::SessionContext for Pooler {
     }
     fn registry(&self) -> &Arc<Registry> {
         Pooler::registry(self)
+    }
+    fn peers(&self) -> &Peers {
+        Pooler::peers(self)
     }
     fn statements(&self) -> &StatementRegistry {
         Pooler::statements(self)

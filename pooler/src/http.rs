@@ -94,6 +94,13 @@ fn route(pooler: &dyn PoolerView, req: &Request<Incoming>) -> Response<Full<Byte
                     "text/plain",
                     "draining\n".into(),
                 )
+            } else if pooler.peers().awaiting_id() {
+                // Clients taken now would get cancel keys no peer can route.
+                respond(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    "waiting for this process's entry in [peers]\n".into(),
+                )
             } else {
                 respond(StatusCode::OK, "text/plain", "ready\n".into())
             }

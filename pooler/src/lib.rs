@@ -8,10 +8,10 @@
 //! Each module uses only modules of its own layer or of the layers above it in this list
 //! (`scripts/check-layering.py`, run by `make lint`, reads the list from here):
 //!
-//! - pure: protocol config params auth sql session_state prepared
+//! - pure: protocol config params auth sql session_state prepared cancel_key
 //! - transport: wire stream tls
 //! - server: server token_review
-//! - pool: pool registry lifecycle
+//! - pool: pool registry lifecycle peers
 //! - session: client
 //! - surfaces: admin metrics http
 //! - root: app reload listener process
@@ -23,6 +23,7 @@
 pub mod admin;
 pub mod app;
 pub mod auth;
+pub mod cancel_key;
 pub mod client;
 pub mod config;
 pub mod http;
@@ -30,6 +31,7 @@ pub mod lifecycle;
 pub mod listener;
 pub mod metrics;
 pub mod params;
+pub mod peers;
 pub mod pool;
 pub mod prepared;
 pub mod process;

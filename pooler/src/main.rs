@@ -32,6 +32,11 @@ struct Args {
     /// Log more; repeat for even more.
     #[arg(short = 'v', long = "verbose", action = clap::ArgAction::Count)]
     verbose: u8,
+    /// This process's host in `[peers]` (the operator passes the pod IP): when `peer_id` is
+    /// 0, the peer id is the key of the `[peers]` entry with this host, and the process is
+    /// not ready until there is one.
+    #[arg(long = "peer-address", value_name = "HOST")]
+    peer_address: Option<String>,
     /// The configuration file, in pgbouncer.ini format.
     config: PathBuf,
 }
@@ -112,7 +117,13 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let pooler = Pooler::new(&args.config, loaded.config, secrets, tls);
+    let pooler = Pooler::new(
+        &args.config,
+        loaded.config,
+        secrets,
+        tls,
+        args.peer_address.clone(),
+    );
     match runtime.block_on(run(pooler)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

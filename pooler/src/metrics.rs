@@ -10,6 +10,7 @@ use prometheus::{
 };
 
 use crate::config::Config;
+use crate::peers::Peers;
 use crate::pool::Pool;
 use crate::pool::PoolKey;
 use crate::tls::Tls;
@@ -83,6 +84,49 @@ pub trait PoolerView: Send + Sync {
     fn tls(&self) -> Arc<Tls>;
     /// Every pool that exists right now.
     fn pools(&self) -> Vec<Arc<Pool>>;
+    /// This process's peer id and the cancels forwarded to its peers.
+    fn peers(&self) -> &Peers;
+}
+
+/// Peering: this process's peer id and what became of cancels for other peers' keys.
+fn peer_metrics(r: &Registry, peers: &Peers) -> prometheus::Result<()> {
+    gauge(
+        r,
+        "weir_peer_id",
+        "This process's peer id (0: peering off or id not known yet).",
+        i64::from(peers.own_id()),
+    )?;
+    let forwarded = counters(
+        r,
+        "weir_peer_cancels_forwarded_total",
+        "Cancel requests forwarded to the peer that issued their key.",
+        &["peer"],
+    )?;
+    let failed = counters(
+        r,
+        "weir_peer_cancels_failed_total",
+        "Cancel requests that could not be forwarded to their peer in time.",
+        &["peer"],
+    )?;
+    for (peer, totals) in peers.totals() {
+        let peer = peer.to_string();
+        forwarded
+            .with_label_values(&[&peer])
+            .inc_by(totals.forwarded);
+        failed.with_label_values(&[&peer]).inc_by(totals.failed);
+    }
+    let dropped = counters(
+        r,
+        "weir_peer_cancels_dropped_total",
+        "Cancel requests for other peers' keys dropped: unknown peer, or already forwarded once.",
+        &["reason"],
+    )?;
+    let (unknown, again) = peers.dropped();
+    dropped.with_label_values(&["unknown_peer"]).inc_by(unknown);
+    dropped
+        .with_label_values(&["already_forwarded"])
+        .inc_by(again);
+    Ok(())
 }
 
 fn snapshot(pooler: &dyn PoolerView) -> prometheus::Result<Registry> {
@@ -162,6 +206,8 @@ fn snapshot(pooler: &dyn PoolerView) -> prometheus::Result<Registry> {
             }
         }
     }
+
+    peer_metrics(&r, pooler.peers())?;
 
     let l = &["database", "user"];
     let clients = gauges(&r, "weir_pool_clients", "Clients logged in to the pool.", l)?;

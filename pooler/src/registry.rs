@@ -20,6 +20,7 @@ use futures::task::AtomicWaker;
 use rand::Rng;
 use tokio::sync::Notify;
 
+use crate::cancel_key::CancelKey;
 use crate::server::{ServerAddr, ServerKey};
 pub use crate::stream::Endpoint;
 
@@ -129,6 +130,14 @@ fn time_of(us: u64) -> Option<SystemTime> {
 }
 
 impl ClientRecord {
+    /// The cancel key the client was told.
+    pub fn key(&self) -> CancelKey {
+        CancelKey {
+            process_id: self.process_id,
+            secret_key: self.secret_key,
+        }
+    }
+
     /// When the client last asked for work.
     pub fn request_time(&self) -> Option<SystemTime> {
         time_of(self.request_at.load(Ordering::Relaxed))
@@ -303,8 +312,8 @@ pub struct Registry {
 #[derive(Debug, Default)]
 struct Clients {
     by_id: HashMap<u64, Arc<ClientRecord>>,
-    /// Client id by the process id it was told, for cancel requests.
-    by_pid: HashMap<i32, u64>,
+    /// Client id by the cancel key it was told.
+    by_key: HashMap<CancelKey, u64>,
 }
 
 /// What a new server connection is, for [`Registry::add_server`].
@@ -333,22 +342,23 @@ impl Registry {
     }
 
     /// Records a logged-in client, giving it an id and a cancel key no other connected
-    /// client has. The handle removes the record when dropped.
-    pub fn add_client(self: &Arc<Self>, info: ClientInfo) -> ClientHandle {
+    /// client has, laid out for peer `peer_id` (0: no peering). The handle removes the
+    /// record when dropped.
+    pub fn add_client(self: &Arc<Self>, info: ClientInfo, peer_id: u16) -> ClientHandle {
         let mut rng = rand::thread_rng();
         let id = self.next_id();
         let mut clients = lock(&self.clients);
-        let process_id = loop {
-            // Positive ids look like real PIDs to tools that print them.
-            let pid = rng.gen_range(1..i32::MAX);
-            if !clients.by_pid.contains_key(&pid) {
-                break pid;
+        let key = loop {
+            let key = CancelKey::issue(rng.gen(), peer_id);
+            // The whole key is unique: with peering only 15 bits of the process id vary.
+            if key.process_id != 0 && !clients.by_key.contains_key(&key) {
+                break key;
             }
         };
         let record = Arc::new(ClientRecord {
             id,
-            process_id,
-            secret_key: rng.gen(),
+            process_id: key.process_id,
+            secret_key: key.secret_key,
             info,
             connected_at: SystemTime::now(),
             request_at: AtomicU64::new(0),
@@ -359,7 +369,7 @@ impl Registry {
             killed: AtomicBool::new(false),
             kill: AtomicWaker::new(),
         });
-        clients.by_pid.insert(process_id, id);
+        clients.by_key.insert(key, id);
         clients.by_id.insert(id, record.clone());
         ClientHandle {
             registry: self.clone(),
@@ -433,15 +443,12 @@ impl Registry {
     /// Where a CancelRequest with this key should go: the server connection its client holds
     /// right now, which stays with that client until the permit is dropped. `None` for an
     /// unknown key, a wrong secret or a client holding nothing.
-    pub fn cancel_target(&self, process_id: i32, secret_key: i32) -> Option<CancelPermit> {
+    pub fn cancel_target(&self, key: CancelKey) -> Option<CancelPermit> {
         let client = {
             let clients = lock(&self.clients);
-            let id = clients.by_pid.get(&process_id)?;
+            let id = clients.by_key.get(&key)?;
             clients.by_id.get(id)?.clone()
         };
-        if client.secret_key != secret_key {
-            return None;
-        }
         let server = lock(&self.servers).get(&client.link()?)?.clone();
         // Counted before the holder is checked, both sequentially consistent: a client giving
         // the connection back either sees this count and waits for the permit, or unlinked
@@ -478,7 +485,7 @@ impl Drop for ClientHandle {
     fn drop(&mut self) {
         let mut clients = lock(&self.registry.clients);
         clients.by_id.remove(&self.record.id);
-        clients.by_pid.remove(&self.record.process_id);
+        clients.by_key.remove(&self.record.key());
     }
 }
 
@@ -562,8 +569,8 @@ mod tests {
     #[test]
     fn records_come_and_go_with_their_handles() {
         let registry = Arc::new(Registry::default());
-        let a = registry.add_client(info());
-        let b = registry.add_client(info());
+        let a = registry.add_client(info(), 0);
+        let b = registry.add_client(info(), 0);
         let s = server(&registry, 4242);
         assert_ne!(a.id, b.id);
         assert_ne!(a.process_id, b.process_id);
@@ -585,7 +592,7 @@ mod tests {
     #[test]
     fn linking_and_waiting_are_recorded_on_both_sides() {
         let registry = Arc::new(Registry::default());
-        let c = registry.add_client(info());
+        let c = registry.add_client(info(), 0);
         let s = server(&registry, 1);
         assert!(c.request_time().is_none());
         assert!(c.waiting_for().is_none());
@@ -609,16 +616,22 @@ mod tests {
             database: "app".into(),
             user: "bob".into(),
         };
-        let first = registry.add_client(info());
-        let second = registry.add_client(info());
-        let elsewhere = registry.add_client(ClientInfo {
-            pool: Some(other.clone()),
-            ..info()
-        });
-        let console = registry.add_client(ClientInfo {
-            pool: None,
-            ..info()
-        });
+        let first = registry.add_client(info(), 0);
+        let second = registry.add_client(info(), 0);
+        let elsewhere = registry.add_client(
+            ClientInfo {
+                pool: Some(other.clone()),
+                ..info()
+            },
+            0,
+        );
+        let console = registry.add_client(
+            ClientInfo {
+                pool: None,
+                ..info()
+            },
+            0,
+        );
         assert!(registry.longest_waits().is_empty());
         // Wait times have a microsecond resolution; the older wait began 2 ms earlier.
         first.start_waiting();
@@ -639,36 +652,42 @@ mod tests {
     #[test]
     fn cancel_goes_to_the_linked_server_only_with_the_right_secret() {
         let registry = Arc::new(Registry::default());
-        let c = registry.add_client(info());
+        let c = registry.add_client(info(), 0);
         let s = server(&registry, 777);
-        assert!(registry.cancel_target(c.process_id, c.secret_key).is_none());
+        assert!(registry.cancel_target(c.key()).is_none());
         c.link_to(&s);
-        let permit = registry.cancel_target(c.process_id, c.secret_key).unwrap();
+        let permit = registry.cancel_target(c.key()).unwrap();
         assert_eq!(*permit.addr(), ServerAddr::new("127.0.0.1", 5432));
         assert_eq!(permit.key().process_id, 777);
         drop(permit);
         assert!(registry
-            .cancel_target(c.process_id, c.secret_key.wrapping_add(1))
+            .cancel_target(CancelKey {
+                secret_key: c.secret_key.wrapping_add(1),
+                ..c.key()
+            })
             .is_none());
         assert!(registry
-            .cancel_target(c.process_id.wrapping_add(1), c.secret_key)
+            .cancel_target(CancelKey {
+                process_id: c.process_id.wrapping_add(1),
+                ..c.key()
+            })
             .is_none());
         drop(s);
-        assert!(registry.cancel_target(c.process_id, c.secret_key).is_none());
+        assert!(registry.cancel_target(c.key()).is_none());
     }
 
     #[tokio::test]
     async fn a_connection_given_back_waits_for_cancels_of_its_holder() {
         let registry = Arc::new(Registry::default());
-        let a = registry.add_client(info());
-        let b = registry.add_client(info());
+        let a = registry.add_client(info(), 0);
+        let b = registry.add_client(info(), 0);
         let s = server(&registry, 778);
         a.link_to(&s);
-        let permit = registry.cancel_target(a.process_id, a.secret_key).unwrap();
+        let permit = registry.cancel_target(a.key()).unwrap();
         a.unlink(&s);
         // Given back: later cancels of a are dropped, b's (holding nothing) too.
-        assert!(registry.cancel_target(a.process_id, a.secret_key).is_none());
-        assert!(registry.cancel_target(b.process_id, b.secret_key).is_none());
+        assert!(registry.cancel_target(a.key()).is_none());
+        assert!(registry.cancel_target(b.key()).is_none());
         let delivered = {
             let s = s.record.clone();
             tokio::spawn(async move { s.cancels_delivered().await })
@@ -688,14 +707,14 @@ mod tests {
             .await
             .expect("resolves at once");
         b.link_to(&s);
-        assert!(registry.cancel_target(a.process_id, a.secret_key).is_none());
-        assert!(registry.cancel_target(b.process_id, b.secret_key).is_some());
+        assert!(registry.cancel_target(a.key()).is_none());
+        assert!(registry.cancel_target(b.key()).is_some());
     }
 
     #[tokio::test]
     async fn kill_wakes_the_waiting_session_and_a_later_look() {
         let registry = Arc::new(Registry::default());
-        let c = Arc::new(registry.add_client(info()));
+        let c = Arc::new(registry.add_client(info(), 0));
         let waiter = {
             let c = c.clone();
             tokio::spawn(async move { c.killed().await })
@@ -710,5 +729,16 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(5), c.killed())
             .await
             .expect("killed() resolves after the fact");
+    }
+
+    #[test]
+    fn with_peering_every_key_names_the_peer_and_stays_unique() {
+        let registry = Arc::new(Registry::default());
+        let clients: Vec<_> = (0..2000)
+            .map(|_| registry.add_client(info(), 513))
+            .collect();
+        let keys: std::collections::HashSet<CancelKey> = clients.iter().map(|c| c.key()).collect();
+        assert_eq!(keys.len(), clients.len());
+        assert!(keys.iter().all(|k| k.peer_id() == 513 && k.process_id > 0));
     }
 }

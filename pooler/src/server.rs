@@ -815,11 +815,17 @@ pub async fn send_cancel(
     key: ServerKey,
     keepalive: &Keepalive,
 ) -> io::Result<()> {
-    let mut stream = addr.connect(Duration::from_secs(5), keepalive).await?;
+    let stream = addr.connect(Duration::from_secs(5), keepalive).await?;
+    cancel_over(stream, key.process_id, key.secret_key).await
+}
+
+/// Sends a CancelRequest with this process id and secret over a fresh `stream` and waits (at
+/// most 5 s) for the other end to close it, so the cancel is processed before we report
+/// success. Also how a cancel is forwarded to a peer pooler.
+pub async fn cancel_over(mut stream: Stream, process_id: i32, secret_key: i32) -> io::Result<()> {
     let mut out = BytesMut::new();
-    frontend::cancel_request(&mut out, key.process_id, key.secret_key);
+    frontend::cancel_request(&mut out, process_id, secret_key);
     wire::flush(&mut stream, &mut out).await?;
-    // Wait for the server to close, so the cancel is processed before we report success.
     let mut sink = BytesMut::with_capacity(16);
     let _ = tokio::time::timeout(
         Duration::from_secs(5),

@@ -43,8 +43,12 @@ pub fn free_port() -> u16 {
 /// Waits until something accepts TCP connections on loopback `port`, for servers whose
 /// readiness is not otherwise observable; fails after `timeout`.
 pub async fn wait_for_port(port: u16, timeout: Duration) -> anyhow::Result<()> {
+    wait_for_addr(SocketAddr::from((Ipv4Addr::LOCALHOST, port)), timeout).await
+}
+
+/// Waits until something accepts TCP connections on `addr`; fails after `timeout`.
+pub async fn wait_for_addr(addr: SocketAddr, timeout: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
-    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     loop {
         let attempt = tokio::time::timeout(
             Duration::from_millis(500),

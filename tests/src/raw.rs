@@ -88,6 +88,14 @@ impl RawClient {
         Ok(RawClient { stream })
     }
 
+    /// Opens a TCP connection to `addr` and sends nothing.
+    pub async fn connect_to(addr: std::net::SocketAddr) -> anyhow::Result<RawClient> {
+        let stream = TcpStream::connect(addr)
+            .await
+            .with_context(|| format!("connecting to {addr}"))?;
+        Ok(RawClient { stream })
+    }
+
     /// Sends a protocol 3.0 StartupMessage for `user` and `database`.
     pub async fn send_startup(&mut self, user: &str, database: &str) -> anyhow::Result<()> {
         self.send_startup_with(user, database, &[]).await

@@ -6,6 +6,7 @@
 
 use std::ffi::OsString;
 use std::fs::File;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant, SystemTime};
@@ -65,24 +66,41 @@ impl WeirProcess {
         Self::start_as(&binary, Some(crate::postgres::OS_USER), ini, userlist).await
     }
 
+    /// Starts one pooler of a peered group as a pod would run: listening on its own loopback
+    /// address `pod` (127.0.0.2 and up stand for pod IPs) on `port`, which the group shares,
+    /// with `args` before the configuration path. `{port}` is `port`; the caller's listen_addr
+    /// must name `pod`. PgBouncer when `pgbouncer` is set (and then `args` must be empty).
+    pub async fn start_pod(
+        pgbouncer: bool,
+        pod: Ipv4Addr,
+        port: u16,
+        args: &[String],
+        ini: &str,
+        userlist: &str,
+    ) -> anyhow::Result<WeirProcess> {
+        let (binary, run_as) = if pgbouncer {
+            (crate::anchor::pgbouncer()?, Some(crate::postgres::OS_USER))
+        } else {
+            (weir_binary()?, None)
+        };
+        let dir = pooler_dir(run_as, userlist)?;
+        let at = SocketAddrV4::new(pod, port);
+        let child = start_once(&binary, run_as, dir.path(), ini, at, args).await?;
+        Ok(WeirProcess { port, child, dir })
+    }
+
     async fn start_as(
         binary: &Path,
         run_as: Option<&str>,
         ini: &str,
         userlist: &str,
     ) -> anyhow::Result<WeirProcess> {
-        let dir = tempfile::Builder::new()
-            .prefix("weir-")
-            .tempdir()
-            .context("creating the pooler directory")?;
-        std::fs::write(dir.path().join("userlist.txt"), userlist).context("writing userlist")?;
-        if let Some(user) = run_as {
-            child::give_to(dir.path(), user)?;
-        }
+        let dir = pooler_dir(run_as, userlist)?;
         let mut attempt = 1;
         loop {
             let port = net::free_port();
-            match start_once(binary, run_as, dir.path(), ini, port).await {
+            let at = SocketAddrV4::new(Ipv4Addr::LOCALHOST, port);
+            match start_once(binary, run_as, dir.path(), ini, at, &[]).await {
                 Ok(child) => return Ok(WeirProcess { port, child, dir }),
                 Err(err)
                     if attempt < PORT_ATTEMPTS
@@ -153,20 +171,37 @@ impl WeirProcess {
     }
 }
 
-/// Writes the configuration for `port`, spawns `binary` and waits until it listens.
+/// A fresh pooler directory holding `userlist`, owned by `run_as` if given.
+fn pooler_dir(run_as: Option<&str>, userlist: &str) -> anyhow::Result<TempDir> {
+    let dir = tempfile::Builder::new()
+        .prefix("weir-")
+        .tempdir()
+        .context("creating the pooler directory")?;
+    std::fs::write(dir.path().join("userlist.txt"), userlist).context("writing userlist")?;
+    if let Some(user) = run_as {
+        child::give_to(dir.path(), user)?;
+    }
+    Ok(dir)
+}
+
+/// Writes the configuration for `at`'s port, spawns `binary` with `args` and waits until it
+/// listens on `at`.
 async fn start_once(
     binary: &Path,
     run_as: Option<&str>,
     dir: &Path,
     ini: &str,
-    port: u16,
+    at: SocketAddrV4,
+    args: &[String],
 ) -> anyhow::Result<Supervised> {
+    let port = at.port();
     let config_path = dir.join("weir.ini");
     std::fs::write(&config_path, fill_placeholders(ini, port, dir)).context("writing weir.ini")?;
     let log_path = dir.join("weir.log");
     let log = File::create(&log_path).context("creating weir.log")?;
     let mut cmd = child::command(binary, run_as);
-    cmd.arg(&config_path)
+    cmd.args(args)
+        .arg(&config_path)
         .current_dir(dir)
         .stdin(Stdio::null())
         .stdout(log.try_clone().context("duplicating the log handle")?)
@@ -183,7 +218,7 @@ async fn start_once(
                 std::fs::read_to_string(&log_path).unwrap_or_default()
             );
         }
-        if net::wait_for_port(port, Duration::from_millis(100))
+        if net::wait_for_addr(at.into(), Duration::from_millis(100))
             .await
             .is_ok()
         {
@@ -191,7 +226,7 @@ async fn start_once(
         }
         if Instant::now() >= deadline {
             bail!(
-                "{} did not listen on port {port} within {LISTEN_TIMEOUT:?}; log:\n{}",
+                "{} did not listen on {at} within {LISTEN_TIMEOUT:?}; log:\n{}",
                 binary.display(),
                 std::fs::read_to_string(&log_path).unwrap_or_default()
             );

@@ -308,6 +308,7 @@ fn observed() -> Observed {
             ),
         ]),
         config_maps: BTreeMap::new(),
+        ..Observed::default()
     }
 }
 

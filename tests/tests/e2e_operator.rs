@@ -225,6 +225,7 @@ fn expected_children(name: &str) -> BTreeSet<String> {
     [
         format!("Deployment/{name}"),
         format!("Service/{name}"),
+        format!("Service/{name}-peers"),
         format!("ConfigMap/{name}-config"),
         format!("Secret/{name}-auth"),
         format!("Secret/{name}-app"),
@@ -502,6 +503,55 @@ async fn scaling_resizes_without_a_rollout(env: &mut Env) -> anyhow::Result<()> 
     Ok(())
 }
 
+/// Waits until the pool's `[peers]` lists exactly its pods' IPs, and there are `replicas`
+/// pods (none starting or terminating besides).
+async fn wait_for_peers(env: &Env, pool: &str, replicas: usize) -> anyhow::Result<()> {
+    let client = env.plane.client();
+    eventually("[peers] lists every pod", WAIT, || async {
+        let pods = Api::<k8s_openapi::api::core::v1::Pod>::namespaced(client.clone(), NS)
+            .list(&ListParams::default().labels(&format!("weir.dev/pool={pool}")))
+            .await?;
+        ensure!(pods.items.len() == replicas, "{} pods", pods.items.len());
+        let ips: BTreeSet<String> = pods
+            .items
+            .iter()
+            .filter_map(|p| p.status.as_ref()?.pod_ip.clone())
+            .collect();
+        ensure!(ips.len() == pods.items.len(), "pods without an IP yet");
+        let config = Api::<ConfigMap>::namespaced(client.clone(), NS)
+            .get(&format!("{pool}-config"))
+            .await?;
+        let ini = config
+            .data
+            .and_then(|d| d.get("pgbouncer.ini").cloned())
+            .context("no pgbouncer.ini")?;
+        let peers = weir_operator::render::peers::in_force(None, Some(&ini));
+        let hosts: BTreeSet<String> = peers.values().cloned().collect();
+        ensure!(hosts == ips, "[peers] {peers:?} vs pods {ips:?}");
+        ensure!(hosts.len() == peers.len(), "an IP with two ids: {peers:?}");
+        Ok(())
+    })
+    .await
+}
+
+/// The pods' `[peers]` follow the pods: one entry per pod IP, distinct ids, and the pods
+/// find their own id from their IP.
+async fn peers_follow_the_pods(env: &mut Env) -> anyhow::Result<()> {
+    wait_for_peers(env, "orders", 5).await?;
+    let deployment = env.deployment("orders").await?.context("deployment")?;
+    let container = deployment
+        .spec
+        .and_then(|s| s.template.spec)
+        .map(|p| p.containers[0].clone())
+        .context("pod spec")?;
+    let args = container.args.unwrap_or_default();
+    ensure!(
+        args.starts_with(&["--peer-address".to_owned(), "$(POD_IP)".to_owned()]),
+        "{args:?}"
+    );
+    Ok(())
+}
+
 async fn credential_rotation_keeps_pods(env: &mut Env) -> anyhow::Result<()> {
     let (template, sets) = template_and_replica_sets(env, "orders").await?;
     env.pg
@@ -697,6 +747,9 @@ async fn drift_is_put_back(env: &mut Env) -> anyhow::Result<()> {
     })
     .await?;
 
+    // The pods the excursion started are gone before the rendering is recorded: [peers]
+    // follows the pods.
+    wait_for_peers(env, "orders", 5).await?;
     let configs = Api::<ConfigMap>::namespaced(env.plane.client(), NS);
     let rendered = configs.get("orders-config").await?.data;
     env.kubectl_ns(&[
@@ -785,7 +838,8 @@ async fn a_restart_mid_way_leaves_no_duplicates_or_orphans(env: &mut Env) -> any
         let (name, owner) = line.split_once(' ').unwrap_or((line, ""));
         ensure!(uids.contains(owner), "orphan {name} (owner {owner:?})");
     }
-    ensure!(text.lines().count() == 14, "{text}");
+    // Two pools of 8 children each (the peers Service included).
+    ensure!(text.lines().count() == 16, "{text}");
     Ok(())
 }
 
@@ -1028,6 +1082,9 @@ async fn helm_install(plane: &ControlPlane) -> anyhow::Result<()> {
         ("patch", "connectionpools.weir.dev/status", "yes"),
         ("patch", "deployments.apps", "yes"),
         ("watch", "secrets", "yes"),
+        // The peers Service's endpoints are watched, never written.
+        ("watch", "endpointslices.discovery.k8s.io", "yes"),
+        ("create", "endpointslices.discovery.k8s.io", "no"),
         ("delete", "nodes", "no"),
         ("create", "clusterroles.rbac.authorization.k8s.io", "no"),
         (
@@ -1099,6 +1156,7 @@ async fn operator_end_to_end() {
     step!(env, minimal_becomes_ready_against_postgres);
     step!(env, pools_on_one_database_share_its_budget);
     step!(env, scaling_resizes_without_a_rollout);
+    step!(env, peers_follow_the_pods);
     step!(env, credential_rotation_keeps_pods);
     step!(env, tls_secrets_are_mounted_and_rotate_without_a_rollout);
     step!(env, token_users_get_exactly_the_token_review_binding);

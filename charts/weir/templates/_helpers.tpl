@@ -99,12 +99,13 @@ release namespace only.
   verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
 # Pooler pods and the Service's ready endpoints, for status.readyReplicas, the Ready
 # condition, and for counting the pods that hold server connections during a resize.
+# EndpointSlices are watched too: the peers Service's endpoints are the pods' [peers].
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["get", "list"]
 - apiGroups: ["discovery.k8s.io"]
   resources: ["endpointslices"]
-  verbs: ["get", "list"]
+  verbs: ["get", "list", "watch"]
 # Events explaining its decisions (budget changes, infeasible specs).
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]

@@ -84,6 +84,7 @@ const OWNED_KEYS: &[(&str, &str)] = &[
     ),
     ("http_listen_addr", "fixed by the operator"),
     ("http_port", "fixed by the operator"),
+    ("peer_id", "each pod finds its own from its IP"),
 ];
 
 /// The `[pgbouncer]` TLS settings the operator renders from `spec.tls`. Kept apart from

@@ -23,6 +23,7 @@ use std::sync::Arc;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::runtime::events::Reporter;
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -32,6 +33,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::api::{ConnectionPool, GROUP};
+use crate::render::names;
 pub use leader::LeaseSettings;
 pub use reconcile::{Settings, FIELD_MANAGER};
 
@@ -196,6 +198,12 @@ async fn run_controller(
             move |secret| secret_triggers(&secret, &secret_store),
         )
         // A pool's claim changing or disappearing resizes the others on its database.
+        // Pods coming and going change the pods' [peers]; the slices carry the Service's labels.
+        .watches(
+            scoped::<EndpointSlice>(&client, ns),
+            watcher::Config::default().labels(MANAGED_BY),
+            |slice| peers_trigger(&slice),
+        )
         .watches(pools, watcher::Config::default(), move |pool| {
             claims::sharing_database(&pool, &pool_store.state())
         })
@@ -212,6 +220,14 @@ async fn run_controller(
             }
         })
         .await;
+}
+
+/// The pool whose peers Service an EndpointSlice belongs to, if any.
+fn peers_trigger(slice: &EndpointSlice) -> Option<ObjectRef<ConnectionPool>> {
+    let service = slice.labels().get("kubernetes.io/service-name")?;
+    let pool = service.strip_suffix("-peers")?;
+    let namespace = slice.namespace()?;
+    (names::peers_service(pool) == *service).then(|| ObjectRef::new(pool).within(&namespace))
 }
 
 /// The pools a Secret change concerns: its owner (for the rendered Secrets) and every pool

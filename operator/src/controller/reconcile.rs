@@ -12,7 +12,7 @@
 //! 4. Write the status (conditions, replica counts, budget) when it changed, and publish
 //!    Events for decisions.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Debug;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -239,11 +239,14 @@ async fn reconcile_pool(pool: &ConnectionPool, ctx: &Context) -> Result<Action, 
     let database = observe_database(ctx, pool, &secrets, &config_maps).await;
     let pools = ctx.pools.state();
     ctx.ledger.retain_existing(&pools);
+    let (pod_ips, peers_in_force) = observe_peers(ctx, &namespace, &name).await?;
     let observed = Observed {
         database: database.as_ref().ok().copied().flatten(),
         others_claimed: ctx.ledger.others_claimed(pool, &pools),
         secrets,
         config_maps,
+        pod_ips,
+        peers_in_force,
     };
     let database_problem = database.err();
     let budget = budget_verdict(pool, &observed, database_problem.as_ref());
@@ -741,6 +744,38 @@ async fn count_pods(ctx: &Context, namespace: &str, pool: &str) -> Result<u32, E
     Ok(u32::try_from(pods.items.len()).unwrap_or(u32::MAX))
 }
 
+/// The pooler pods' IPs, ready or not (the peers Service's endpoints), and the peer ids in
+/// force in the pool's ConfigMap.
+async fn observe_peers(
+    ctx: &Context,
+    namespace: &str,
+    pool: &str,
+) -> Result<(BTreeSet<String>, BTreeMap<u16, String>), Error> {
+    let service = names::peers_service(pool);
+    let slices = Api::<EndpointSlice>::namespaced(ctx.client.clone(), namespace)
+        .list(&ListParams::default().labels(&format!("kubernetes.io/service-name={service}")))
+        .await
+        .map_err(kube_error::<EndpointSlice>("list", &service))?;
+    let ips = slices
+        .items
+        .iter()
+        .flat_map(|s| &s.endpoints)
+        .flat_map(|e| e.addresses.iter().cloned())
+        .collect();
+    let config_name = names::config_map(pool);
+    let in_force = Api::<ConfigMap>::namespaced(ctx.client.clone(), namespace)
+        .get_opt(&config_name)
+        .await
+        .map_err(kube_error::<ConfigMap>("get", &config_name))?
+        .map(|cm| {
+            let annotation = cm.annotations().get(render::peers::PEER_IDS_ANNOTATION);
+            let ini = cm.data.as_ref().and_then(|d| d.get(CONFIG_FILE));
+            render::peers::in_force(annotation.map(String::as_str), ini.map(String::as_str))
+        })
+        .unwrap_or_default();
+    Ok((ips, in_force))
+}
+
 /// Ready endpoints of the pool's Service.
 async fn ready_endpoints(ctx: &Context, namespace: &str, service: &str) -> Result<u32, Error> {
     let slices = Api::<EndpointSlice>::namespaced(ctx.client.clone(), namespace)
@@ -830,6 +865,7 @@ mod tests {
             others_claimed: 0,
             secrets: BTreeMap::from([("db-app".to_owned(), creds)]),
             config_maps: BTreeMap::new(),
+            ..Observed::default()
         }
     }
 
@@ -927,6 +963,7 @@ mod tests {
                 "ConfigMap",
                 "Secret",
                 "Secret",
+                "Service",
                 "Service",
                 "Deployment",
                 "PodDisruptionBudget"

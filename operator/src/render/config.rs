@@ -108,6 +108,8 @@ pub(crate) fn build(
         pgbouncer: s,
         databases: [(db.dbname.clone(), database)].into(),
         users,
+        // Filled in from the pods by `peers`.
+        peers: Default::default(),
     };
     config.validate().map_err(RenderError::Config)?;
     Ok(config)

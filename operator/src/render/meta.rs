@@ -32,6 +32,11 @@ pub mod names {
     pub fn app_secret(pool: &str) -> String {
         format!("{pool}-app")
     }
+
+    /// The headless Service listing every pooler pod, ready or not, for peering.
+    pub fn peers_service(pool: &str) -> String {
+        format!("{pool}-peers")
+    }
 }
 
 /// What every child's metadata is built from.

@@ -13,11 +13,12 @@
 pub mod config;
 mod meta;
 pub mod rbac;
+pub mod peers;
 mod secrets;
 pub mod tls;
 mod workload;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
 use k8s_openapi::api::apps::v1::Deployment;
@@ -62,6 +63,11 @@ pub struct Observed {
     pub secrets: BTreeMap<String, BTreeMap<String, Vec<u8>>>,
     /// The data of every ConfigMap the spec references (TLS CAs), by ConfigMap name.
     pub config_maps: BTreeMap<String, BTreeMap<String, String>>,
+    /// The IP addresses of the pooler pods, ready or not (the peers Service's endpoints).
+    pub pod_ips: BTreeSet<String>,
+    /// The peer ids in force (id → pod IP), from the ConfigMap's `[peers]`, so that pods
+    /// keep their ids (see [`peers::assign`]).
+    pub peers_in_force: BTreeMap<u16, String>,
 }
 
 /// Why a ConnectionPool cannot be rendered.
@@ -171,6 +177,8 @@ pub struct Rendered {
     pub app_secret: Secret,
     /// Where clients connect.
     pub service: Service,
+    /// The headless Service whose endpoints are the pods' peer addresses.
+    pub peers_service: Service,
     /// The pooler pods.
     pub deployment: Deployment,
     /// Keeps voluntary disruptions to one pod at a time.
@@ -212,13 +220,14 @@ impl<'a> Child<'a> {
 impl Rendered {
     /// The children in the order they are applied: what pods mount and run as comes before
     /// the pods, the disruption budget after them.
-    pub fn children(&self) -> [Child<'_>; 7] {
+    pub fn children(&self) -> [Child<'_>; 8] {
         [
             Child::ServiceAccount(&self.service_account),
             Child::ConfigMap(&self.config_map),
             Child::Secret(&self.auth_secret),
             Child::Secret(&self.app_secret),
             Child::Service(&self.service),
+            Child::Service(&self.peers_service),
             Child::Deployment(&self.deployment),
             Child::PodDisruptionBudget(&self.pod_disruption_budget),
         ]
@@ -308,7 +317,9 @@ pub fn render(pool: &ConnectionPool, observed: &Observed) -> Result<Rendered, Re
     let credentials = secrets::credentials(&pool.spec, observed)?;
     tls::check_sources(&pool.spec, observed)?;
     let tls_settings = tls::settings(&pool.spec);
-    let config = config::build(&pool.spec, &namespace, &sizing, &credentials, &tls_settings)?;
+    let mut config = config::build(&pool.spec, &namespace, &sizing, &credentials, &tls_settings)?;
+    let assigned = peers::assign(&observed.peers_in_force, &observed.pod_ips);
+    config.peers = peers::section(&assigned, config.pgbouncer.listen_port);
     let restart_hash = config::restart_hash(&config, &tls_settings);
     let ctx = meta::Context {
         name: &name,
@@ -323,6 +334,7 @@ pub fn render(pool: &ConnectionPool, observed: &Observed) -> Result<Rendered, Re
         auth_secret: secrets::auth_secret(&ctx, &credentials),
         app_secret: secrets::app_secret(&ctx, &pool.spec, &credentials),
         service: workload::service(&ctx, &pool.spec),
+        peers_service: workload::peers_service(&ctx, &config),
         deployment: workload::deployment(&ctx, &pool.spec, &config, &restart_hash),
         pod_disruption_budget: workload::pod_disruption_budget(&ctx),
         sizing,

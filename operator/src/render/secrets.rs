@@ -9,6 +9,7 @@ use weir_pooler::config::{render_userlist, Config};
 
 use super::config::{self, AUTH_FILE, CONFIG_FILE};
 use super::meta::{names, service_host, Context};
+use super::peers;
 use super::workload::SERVICE_PORT;
 use super::{tls, Observed, RenderError};
 use crate::api::{ConnectionPoolSpec, UserSource};
@@ -77,8 +78,14 @@ fn secret_value(observed: &Observed, secret: &str, key: &str) -> Result<String, 
 /// The ConfigMap holding pgbouncer.ini.
 pub(crate) fn config_map(ctx: &Context<'_>, config: &Config) -> ConfigMap {
     let ini = config.to_ini();
+    let mut metadata = ctx.meta(names::config_map(ctx.name));
+    // The operator's record of the peer ids, kept apart from the data an edit may clobber.
+    metadata.annotations = Some(BTreeMap::from([(
+        peers::PEER_IDS_ANNOTATION.to_owned(),
+        peers::annotation(&config.peers),
+    )]));
     ConfigMap {
-        metadata: ctx.meta(names::config_map(ctx.name)),
+        metadata,
         data: Some(BTreeMap::from([(CONFIG_FILE.to_owned(), ini)])),
         ..ConfigMap::default()
     }

@@ -69,6 +69,7 @@ fn observed() -> Observed {
             ),
         ]),
         config_maps: BTreeMap::new(),
+        ..Observed::default()
     }
 }
 
@@ -171,6 +172,7 @@ fn every_object_is_owned_and_labelled() {
         &r.auth_secret.metadata,
         &r.app_secret.metadata,
         &r.service.metadata,
+        &r.peers_service.metadata,
         &r.deployment.metadata,
         &r.pod_disruption_budget.metadata,
     ];
@@ -689,5 +691,50 @@ fn token_users_without_client_tls_are_refused() {
     assert!(
         e.to_string().contains("service_accounts needs client TLS"),
         "{e}"
+    );
+}
+
+#[test]
+fn pods_find_their_peer_ids_in_the_config_map() {
+    let mut facts = observed();
+    facts.pod_ips = ["10.0.0.7", "10.0.0.8"].map(str::to_owned).into();
+    facts.peers_in_force = [(2, "10.0.0.8".to_owned()), (1, "10.0.0.1".to_owned())].into();
+    let r = render(&pool(), &facts).expect("renders");
+    let peers: Vec<(u16, &str, u16)> = r
+        .config
+        .peers
+        .iter()
+        .map(|(id, p)| (*id, p.host.as_str(), p.port))
+        .collect();
+    assert_eq!(peers, [(2, "10.0.0.8", 6432), (3, "10.0.0.7", 6432)]);
+    assert_eq!(r.config.pgbouncer.peer_id, 0, "each pod finds its own id");
+
+    let container = &r
+        .deployment
+        .spec
+        .as_ref()
+        .expect("spec")
+        .template
+        .spec
+        .as_ref()
+        .expect("pod")
+        .containers[0];
+    let args = container.args.as_ref().expect("args");
+    assert_eq!(args[..2], ["--peer-address", "$(POD_IP)"]);
+    let env = &container.env.as_ref().expect("env")[0];
+    assert_eq!(env.name, "POD_IP");
+    let field = env
+        .value_from
+        .as_ref()
+        .and_then(|v| v.field_ref.as_ref())
+        .expect("fieldRef");
+    assert_eq!(field.field_path, "status.podIP");
+
+    let spec = r.peers_service.spec.as_ref().expect("spec");
+    assert_eq!(spec.cluster_ip.as_deref(), Some("None"));
+    assert_eq!(spec.publish_not_ready_addresses, Some(true));
+    assert_eq!(
+        spec.selector,
+        r.service.spec.as_ref().expect("spec").selector
     );
 }

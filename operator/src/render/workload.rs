@@ -7,10 +7,11 @@ use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
 };
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMapVolumeSource, Container, ContainerPort, HTTPGetAction, KeyToPath,
-    Lifecycle, LifecycleHandler, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
-    SeccompProfile, SecretVolumeSource, SecurityContext, Service, ServiceAccount, ServicePort,
-    ServiceSpec, SleepAction, TopologySpreadConstraint, Volume, VolumeMount,
+    Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
+    HTTPGetAction, KeyToPath, Lifecycle, LifecycleHandler, ObjectFieldSelector, PodSecurityContext,
+    PodSpec, PodTemplateSpec, Probe, SeccompProfile, SecretVolumeSource, SecurityContext, Service,
+    ServiceAccount, ServicePort, ServiceSpec, SleepAction, TopologySpreadConstraint, Volume,
+    VolumeMount,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -30,6 +31,8 @@ pub const SERVICE_PORT: u16 = 5432;
 const CONTAINER: &str = "weir";
 /// Name of the container port clients reach.
 const POOLER_PORT_NAME: &str = "pooler";
+/// The environment variable the downward API fills with the pod's IP.
+const POD_IP_ENV: &str = "POD_IP";
 /// Name of the HTTP port (health, readiness, metrics).
 const HTTP_PORT_NAME: &str = "http";
 /// The unprivileged user and group the pooler runs as.
@@ -62,6 +65,30 @@ pub(crate) fn service(ctx: &Context<'_>, spec: &ConnectionPoolSpec) -> Service {
             ports: Some(vec![ServicePort {
                 name: Some("postgres".to_owned()),
                 port: i32::from(SERVICE_PORT),
+                target_port: Some(IntOrString::String(POOLER_PORT_NAME.to_owned())),
+                protocol: Some("TCP".to_owned()),
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    }
+}
+
+/// The headless Service whose endpoints are every pooler pod, ready or not: the operator
+/// turns them into the pods' `[peers]` (see `peers`). Nobody connects through it.
+pub(crate) fn peers_service(ctx: &Context<'_>, config: &Config) -> Service {
+    Service {
+        metadata: ctx.meta(names::peers_service(ctx.name)),
+        spec: Some(ServiceSpec {
+            cluster_ip: Some("None".to_owned()),
+            selector: Some(selector_labels(ctx.name)),
+            // A starting pod needs its peer id before it is ready; a draining one still
+            // holds sessions whose cancels must reach it.
+            publish_not_ready_addresses: Some(true),
+            ports: Some(vec![ServicePort {
+                name: Some("pooler".to_owned()),
+                port: i32::from(config.pgbouncer.listen_port),
                 target_port: Some(IntOrString::String(POOLER_PORT_NAME.to_owned())),
                 protocol: Some("TCP".to_owned()),
                 ..ServicePort::default()
@@ -215,7 +242,23 @@ fn container(spec: &ConnectionPoolSpec, config: &Config) -> Container {
         name: CONTAINER.to_owned(),
         image: Some(spec.image().to_owned()),
         command: Some(vec!["weir".to_owned()]),
-        args: Some(vec![format!("{CONFIG_DIR}/{CONFIG_FILE}")]),
+        // The pod finds its peer id in [peers] by its own IP.
+        args: Some(vec![
+            "--peer-address".to_owned(),
+            format!("$({POD_IP_ENV})"),
+            format!("{CONFIG_DIR}/{CONFIG_FILE}"),
+        ]),
+        env: Some(vec![EnvVar {
+            name: POD_IP_ENV.to_owned(),
+            value_from: Some(EnvVarSource {
+                field_ref: Some(ObjectFieldSelector {
+                    field_path: "status.podIP".to_owned(),
+                    ..ObjectFieldSelector::default()
+                }),
+                ..EnvVarSource::default()
+            }),
+            ..EnvVar::default()
+        }]),
         ports: Some(vec![
             ContainerPort {
                 name: Some(POOLER_PORT_NAME.to_owned()),

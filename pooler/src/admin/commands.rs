@@ -8,6 +8,7 @@ use crate::pool::Pool;
 use crate::protocol::PgError;
 
 use super::parse::{self, Command, Subject};
+use super::peers;
 use super::show::{self, DbFlags, PoolView, ResultSet};
 
 /// How often PAUSE looks whether the paused pools' connections have all come back.
@@ -166,6 +167,8 @@ fn show(pooler: &impl Console, subject: Subject) -> ResultSet {
         Subject::Certificates => {
             show::certificates(&pooler.tls(), jiff::Timestamp::now().as_second())
         }
+        Subject::Peers => peers::peers(&config),
+        Subject::PeerPools => peers::peer_pools(&pooler.peers().pools()),
     }
 }
 

@@ -4,6 +4,7 @@
 
 pub mod commands;
 pub mod parse;
+pub mod peers;
 pub mod show;
 pub mod stats;
 
@@ -15,6 +16,7 @@ use bytes::BytesMut;
 use crate::config;
 use crate::config::{AuthType, Config};
 use crate::lifecycle::ShutdownMode;
+use crate::peers::Peers;
 use crate::pool::Pool;
 use crate::protocol::{backend, frontend, PgError};
 use crate::registry::ClientHandle;
@@ -107,6 +109,8 @@ pub trait Console: Send + Sync + 'static {
     fn pools(&self) -> Vec<Arc<Pool>>;
     /// The TLS material in force.
     fn tls(&self) -> Arc<Tls>;
+    /// This process's peer id and its peer pools.
+    fn peers(&self) -> &Peers;
 }
 
 /// Serves an authenticated console session: greets the client, then answers simple queries

@@ -38,6 +38,10 @@ pub enum Subject {
     Totals,
     /// A session parameter PgBouncer's console answers with a fixed value (for drivers).
     Param(FakeParam),
+    /// The `[peers]` entries.
+    Peers,
+    /// Cancel requests in flight to each peer.
+    PeerPools,
 }
 
 /// A session parameter the console pretends to have: drivers SET and SHOW these on connect.
@@ -341,6 +345,8 @@ fn parse_subject(word: &str) -> Result<Subject, ParseError> {
         "STATS_TOTALS" => Subject::StatsTotals,
         "STATS_AVERAGES" => Subject::StatsAverages,
         "TOTALS" => Subject::Totals,
+        "PEERS" => Subject::Peers,
+        "PEER_POOLS" => Subject::PeerPools,
         _ => return err(format!("unknown SHOW subject {word:?} (see SHOW HELP)")),
     })
 }
@@ -366,6 +372,8 @@ mod tests {
         assert_eq!(ok("SHOW VERSION"), Command::Show(Subject::Version));
         assert_eq!(ok("SHOW STATE"), Command::Show(Subject::State));
         assert_eq!(ok("SHOW HELP"), Command::Show(Subject::Help));
+        assert_eq!(ok("SHOW PEERS"), Command::Show(Subject::Peers));
+        assert_eq!(ok("show peer_pools"), Command::Show(Subject::PeerPools));
         assert_eq!(
             ok("show certificates"),
             Command::Show(Subject::Certificates)

@@ -32,14 +32,14 @@ pub struct ResultSet {
 }
 
 impl ResultSet {
-    fn new(columns: &[&'static str]) -> ResultSet {
+    pub(super) fn new(columns: &[&'static str]) -> ResultSet {
         ResultSet {
             columns: columns.to_vec(),
             rows: Vec::new(),
         }
     }
 
-    fn push(&mut self, row: Vec<Option<String>>) {
+    pub(super) fn push(&mut self, row: Vec<Option<String>>) {
         debug_assert_eq!(
             row.len(),
             self.columns.len(),
@@ -873,8 +873,8 @@ mod tests {
             local: Endpoint::tcp("10.9.9.9:6432".parse().unwrap()),
             pool: None,
         };
-        let linked = registry.add_client(client("api"));
-        let waiting = registry.add_client(client("worker"));
+        let linked = registry.add_client(client("api"), 0);
+        let waiting = registry.add_client(client("worker"), 0);
         let server = registry.add_server(NewServer {
             pool: crate::pool::PoolKey {
                 database: "app".into(),

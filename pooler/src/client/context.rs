@@ -10,6 +10,7 @@ use bytes::BytesMut;
 
 use crate::auth::Secret;
 use crate::config::Config;
+use crate::peers::Peers;
 use crate::pool::Pool;
 use crate::prepared::StatementRegistry;
 use crate::protocol::PgError;
@@ -40,6 +41,8 @@ pub trait SessionContext: Send + Sync + 'static {
     ) -> Result<Arc<Pool>, Box<PgError>>;
     /// Who is connected.
     fn registry(&self) -> &Arc<Registry>;
+    /// This process's peer id and its peer pools.
+    fn peers(&self) -> &Peers;
     /// The pooler-wide names of prepared statements.
     fn statements(&self) -> &StatementRegistry;
     /// Clients pinned to a server connection right now.

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use tokio::io::AsyncReadExt;
 
+use crate::cancel_key::{CancelKey, Route};
 use crate::config::PoolMode;
 use crate::params::{self, ParamSet};
 use crate::pool::{Checkout, Counts, Pool};
@@ -256,7 +257,7 @@ fn register(
     pool: Option<&Pool>,
 ) -> ClientHandle {
     let (peer, local) = stream.endpoints(listen_port);
-    pooler.registry().add_client(ClientInfo {
+    let info = ClientInfo {
         user: login.user.clone(),
         database: login.database.clone(),
         application_name: login
@@ -267,7 +268,8 @@ fn register(
         peer,
         local,
         pool: pool.map(|p| p.key().clone()),
-    })
+    };
+    pooler.registry().add_client(info, pooler.peers().own_id())
 }
 
 /// When a login that starts now must be done by, after `client_login_timeout` (zero, or a
@@ -320,7 +322,17 @@ async fn refused<T>(stream: &mut Stream, e: LoginError) -> Option<T> {
 }
 
 async fn forward_cancel(pooler: &dyn SessionContext, process_id: i32, secret_key: i32) {
-    let Some(permit) = pooler.registry().cancel_target(process_id, secret_key) else {
+    let key = CancelKey {
+        process_id,
+        secret_key,
+    };
+    let peers = pooler.peers();
+    let key = match key.route(peers.own_id()) {
+        Route::Local(key) => key,
+        Route::Forward { peer, key } => return peers.forward(&pooler.config(), peer, key).await,
+        Route::AlreadyForwarded => return peers.dropped_forwarded(),
+    };
+    let Some(permit) = pooler.registry().cancel_target(key) else {
         tracing::debug!("cancel request for an unknown key or an idle client ignored");
         return;
     };

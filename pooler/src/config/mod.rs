@@ -17,6 +17,7 @@ mod duration;
 mod error;
 mod ini;
 mod parse;
+mod peers;
 mod pool;
 mod settings;
 mod userlist;
@@ -45,6 +46,8 @@ pub const RESTART_KEYS: &[&str] = &[
     "user",
     "so_reuseport",
     "pkt_buf",
+    // Keys already issued carry the peer id; peers would misroute them after a change.
+    "peer_id",
     "http_listen_addr",
     "http_port",
 ];
@@ -54,6 +57,7 @@ pub use database::{
 };
 pub use duration::{format_duration, parse_duration, BareUnit};
 pub use error::{ConfigError, ConfigWarning, ValueError};
+pub use peers::{PeerEntry, DEFAULT_PEER_PORT};
 pub use pool::{PoolSettings, ServerCheck, ServerLifetime, EMPTY_CHECK_QUERY};
 pub use settings::{
     AuthType, ChannelBindingMode, CleartextPassword, Pinning, PoolMode, Settings, Support, TlsMode,
@@ -76,6 +80,9 @@ pub struct Config {
     pub databases: BTreeMap<String, DatabaseEntry>,
     /// The `[users]` section, by user name.
     pub users: BTreeMap<String, UserEntry>,
+    /// The `[peers]` section, by peer id: where cancel requests for keys other processes
+    /// issued are forwarded.
+    pub peers: BTreeMap<u16, PeerEntry>,
 }
 
 /// A successfully parsed configuration and what was ignored on the way, which the caller
@@ -145,7 +152,8 @@ impl Config {
         Ok(loaded)
     }
 
-    /// Renders the canonical pgbouncer.ini: `[databases]`, `[users]` (when not empty),
+    /// Renders the canonical pgbouncer.ini: `[databases]`, `[users]` and `[peers]` (when not
+    /// empty),
     /// then every `[pgbouncer]` setting in [`Settings::KEYS`] order, defaults included so
     /// the file does not depend on the reader's defaults. For a config that passes
     /// [`Config::validate`], parsing the result gives the same config back.
@@ -158,6 +166,12 @@ impl Config {
             out.push_str("\n[users]\n");
             for (name, entry) in &self.users {
                 push_entry(&mut out, &ini::render_key(name), &entry.to_conn_string());
+            }
+        }
+        if !self.peers.is_empty() {
+            out.push_str("\n[peers]\n");
+            for (id, entry) in &self.peers {
+                push_entry(&mut out, &id.to_string(), &entry.to_conn_string());
             }
         }
         out.push_str("\n[pgbouncer]\n");

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use super::database::{DatabaseEntry, UserEntry};
 use super::error::{ConfigError, ConfigWarning};
 use super::ini::{IniLine, LineKind};
+use super::peers::{parse_peer_id, PeerEntry};
 use super::settings::{is_unsupported_key, Settings, Support};
 use super::validate::ADMIN_DATABASE;
 use super::Config;
@@ -21,6 +22,7 @@ pub(crate) enum Section {
     Pgbouncer,
     Databases,
     Users,
+    Peers,
 }
 
 /// Where each (section, key) was last set.
@@ -39,8 +41,6 @@ enum Current {
     Nothing,
     /// A section weir reads.
     Known(Section),
-    /// A PgBouncer section weir ignores (`[peers]`).
-    Ignored,
 }
 
 /// Builds a config from `lines`; `main_file` is named in errors about the whole file.
@@ -61,23 +61,15 @@ pub(crate) fn build(lines: Vec<IniLine>, main_file: &Path) -> Result<Built, Conf
                     }
                     "databases" => Current::Known(Section::Databases),
                     "users" => Current::Known(Section::Users),
-                    "peers" => {
-                        warnings.push(ConfigWarning::at(
-                            &file,
-                            line,
-                            None,
-                            "section [peers] is not supported by weir, ignored",
-                        ));
-                        Current::Ignored
-                    }
+                    "peers" => Current::Known(Section::Peers),
                     _ => {
                         return Err(ConfigError::at(
                             &file,
                             line,
                             None,
                             format!(
-                                "unknown section [{name}]; expected [databases], [users] or \
-                                 [pgbouncer]"
+                                "unknown section [{name}]; expected [databases], [users], \
+                                 [peers] or [pgbouncer]"
                             ),
                         ))
                     }
@@ -101,12 +93,11 @@ pub(crate) fn build(lines: Vec<IniLine>, main_file: &Path) -> Result<Built, Conf
                      or [users]",
                 ))
             }
-            Current::Ignored => continue,
             Current::Known(section) => section,
         };
         let key = match section {
             Section::Pgbouncer => key.to_ascii_lowercase(),
-            Section::Databases | Section::Users => key,
+            Section::Databases | Section::Users | Section::Peers => key,
         };
         let error = |message: String| ConfigError::at(&file, line, Some(&key), message);
         let mut warn = |message: String| {
@@ -148,6 +139,13 @@ pub(crate) fn build(lines: Vec<IniLine>, main_file: &Path) -> Result<Built, Conf
                 let parsed = UserEntry::parse_conn_string(&value).map_err(|e| error(e.0))?;
                 config.users.insert(key.clone(), parsed.entry);
                 parsed.ignored
+            }
+            Section::Peers => {
+                let id = parse_peer_id(&key).map_err(|e| error(e.0))?;
+                let entry = PeerEntry::parse_conn_string(&value)
+                    .map_err(|e| error(format!("peer {id}: {}", e.0)))?;
+                config.peers.insert(id, entry);
+                Vec::new()
             }
         };
         for param in ignored {

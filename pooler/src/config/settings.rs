@@ -541,6 +541,9 @@ pub struct Settings {
     pub service_account_cache_ttl: Duration,
     /// Weir extension: how many token verdicts are cached at most. Default 1000.
     pub service_account_cache_size: u32,
+    /// This process's id in a group of peered poolers (`[peers]`); 0: peering off. Cancel
+    /// keys carry it, and a CancelRequest for another peer's key is forwarded there.
+    pub peer_id: u16,
 }
 
 impl Default for Settings {
@@ -609,6 +612,7 @@ impl Default for Settings {
             service_account_audience: "weir".to_owned(),
             service_account_cache_ttl: Duration::from_secs(60),
             service_account_cache_size: 1000,
+            peer_id: 0,
             client_tls_sslmode: TlsMode::Disable,
             client_tls_key_file: None,
             client_tls_cert_file: None,
@@ -763,6 +767,7 @@ settings_table! {
     service_account_audience: text => implemented,
     service_account_cache_ttl: seconds => implemented,
     service_account_cache_size: count => implemented,
+    peer_id: peer_id => implemented,
 }
 
 /// `[pgbouncer]` keys that PgBouncer knows and weir does not implement. They produce a
@@ -786,7 +791,6 @@ pub const UNSUPPORTED_KEYS: &[&str] = &[
     "login_notify_message",
     "max_db_client_connections",
     "max_user_client_connections",
-    "peer_id",
     "pool_idle_timeout",
     "query_wait_notify",
     "resolv_conf",

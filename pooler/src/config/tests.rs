@@ -96,6 +96,7 @@ pinning = refuse
 service_account_audience = db.example
 service_account_cache_ttl = 30
 service_account_cache_size = 50
+peer_id = 5
 client_tls_sslmode = verify-full
 client_tls_key_file = /etc/weir/tls/server.key
 client_tls_cert_file = /etc/weir/tls/server.crt
@@ -178,6 +179,7 @@ fn every_setting_expected() -> Settings {
         service_account_audience: "db.example".into(),
         service_account_cache_ttl: Duration::from_secs(30),
         service_account_cache_size: 50,
+        peer_id: 5,
         client_tls_sslmode: TlsMode::VerifyFull,
         client_tls_key_file: Some("/etc/weir/tls/server.key".into()),
         client_tls_cert_file: Some("/etc/weir/tls/server.crt".into()),
@@ -327,7 +329,7 @@ fn invalid_values_name_file_line_and_key() {
 fn unknown_and_unsupported_settings_warn_and_are_ignored() {
     let text = format!(
         "{MINIMAL}frobnicate = 1\nclient_tls13_ciphers = x\nserver_tls13_ciphers = y\n\
-         dns_max_ttl = 5\npeer_id = 3\nConfFile = /x\n"
+         dns_max_ttl = 5\nConfFile = /x\n"
     );
     let loaded = parse_ok(&text);
     assert_eq!(loaded.config.pgbouncer, minimal_settings());
@@ -355,8 +357,7 @@ fn unknown_and_unsupported_settings_warn_and_are_ignored() {
                 Some("dns_max_ttl"),
                 "not supported by weir, ignored"
             ),
-            (Some(7), Some("peer_id"), "not supported by weir, ignored"),
-            (Some(8), Some("conffile"), "not supported by weir, ignored"),
+            (Some(7), Some("conffile"), "not supported by weir, ignored"),
         ]
     );
     assert_eq!(
@@ -366,11 +367,10 @@ fn unknown_and_unsupported_settings_warn_and_are_ignored() {
 }
 
 #[test]
-fn unsupported_entry_parameters_and_peers_section_warn() {
+fn unsupported_entry_parameters_warn() {
     let text = format!(
         "[databases]\nro = host=replica target_session_attrs=read-only\n\
-         [users]\nbob = pool_size=2 query_timeout=10\n\
-         [peers]\n1 = host=/tmp/other\n2 = nonsense that is never parsed\n{MINIMAL}"
+         [users]\nbob = pool_size=2 query_timeout=10\n{MINIMAL}"
     );
     let loaded = parse_ok(&text);
     let messages: Vec<String> = loaded.warnings.iter().map(ToString::to_string).collect();
@@ -379,7 +379,6 @@ fn unsupported_entry_parameters_and_peers_section_warn() {
         vec![
             "pgbouncer.ini:2: ro: parameter target_session_attrs is not supported by weir, ignored",
             "pgbouncer.ini:4: bob: parameter query_timeout is not supported by weir, ignored",
-            "pgbouncer.ini:5: section [peers] is not supported by weir, ignored",
         ]
     );
     assert_eq!(
@@ -623,6 +622,7 @@ fn round_trips_through_to_ini() {
         pgbouncer: every_setting_expected(),
         databases: databases.clone(),
         users,
+        peers: BTreeMap::new(),
     });
 
     let mut forced = BTreeMap::new();
@@ -650,6 +650,7 @@ fn round_trips_through_to_ini() {
         },
         databases: forced,
         users: BTreeMap::new(),
+        peers: BTreeMap::new(),
     });
 }
 
@@ -669,6 +670,7 @@ fn to_ini_layout() {
         pgbouncer: minimal_settings(),
         databases,
         users: BTreeMap::new(),
+        peers: BTreeMap::new(),
     }
     .to_ini();
     assert!(
@@ -1530,4 +1532,38 @@ fn readme_lists_the_settings_as_the_table_marks_them() {
         not.sort_unstable();
         not
     });
+}
+
+#[test]
+fn peers_section_and_peer_id() {
+    let text = format!(
+        "[peers]\n1 = host=/tmp/other\n2 = host=10.0.0.2 port=6433 pool_size=3\n\
+         {MINIMAL}peer_id = 2\n"
+    );
+    let loaded = parse_ok(&text);
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+    let config = &loaded.config;
+    assert_eq!(config.pgbouncer.peer_id, 2);
+    assert_eq!(config.peers.len(), 2);
+    assert_eq!(config.peers[&1].host, "/tmp/other");
+    assert_eq!(config.peers[&1].port, 6432);
+    assert_eq!(
+        (config.peers[&2].port, config.peers[&2].pool_size),
+        (6433, Some(3))
+    );
+    round_trip(config);
+
+    for (bad, needle) in [
+        (
+            "[peers]\n0 = host=a\n",
+            "ids of peers must be a number larger than 0",
+        ),
+        ("[peers]\n1 = nonsense\n", "peer 1:"),
+        ("[peers]\n1 = port=5\n", "host was not provided"),
+    ] {
+        let e = Config::parse(&format!("{bad}{MINIMAL}"), Path::new(INI)).unwrap_err();
+        assert!(e.to_string().contains(needle), "{bad}: {e}");
+    }
+    let e = Config::parse(&format!("{MINIMAL}peer_id = 70000\n"), Path::new(INI)).unwrap_err();
+    assert!(e.to_string().contains("at most 65535"), "{e}");
 }

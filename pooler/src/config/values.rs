@@ -269,3 +269,19 @@ mod tests {
         assert_eq!(opt_path::render(&None), None);
     }
 }
+
+/// `peer_id`: 0 (peering off) or a peer id as `[peers]` keys take them.
+pub(crate) mod peer_id {
+    use super::*;
+
+    pub(crate) fn parse(value: &str) -> Result<u16, ValueError> {
+        match value.trim() {
+            "0" => Ok(0),
+            id => super::super::peers::parse_peer_id(id),
+        }
+    }
+
+    pub(crate) fn render(value: &u16) -> Option<String> {
+        Some(value.to_string())
+    }
+}
