@@ -316,7 +316,9 @@ impl Pooler {
         }
         let mut next = Config::clone(&self.config());
         next.pgbouncer.set(&key, value).map_err(|e| e.to_string())?;
-        next.validate().map_err(|e| e.to_string())?;
+        for warning in next.validate_with_warnings().map_err(|e| e.to_string())? {
+            tracing::warn!("{warning}");
+        }
         let digest = config_digest(&next, &self.secrets.load());
         self.config.store(Arc::new(next));
         *self.digest.lock().unwrap_or_else(|p| p.into_inner()) = digest;
@@ -357,11 +359,6 @@ impl Pooler {
                 Secret::Scram(scram)
             }
         }
-    }
-
-    /// Whether an auth file is configured (then only users listed in it may log in).
-    pub fn has_auth_file(&self) -> bool {
-        self.config.load().pgbouncer.auth_file.is_some()
     }
 
     /// Pooler-wide names of prepared statements.
@@ -706,9 +703,6 @@ impl client::SessionContext for Pooler {
     }
     fn scram_secret(&self, user: &str, secret: Secret) -> Secret {
         Pooler::scram_secret(self, user, secret)
-    }
-    fn has_auth_file(&self) -> bool {
-        Pooler::has_auth_file(self)
     }
     fn is_console(&self, database: &str) -> bool {
         crate::admin::is_console(database)

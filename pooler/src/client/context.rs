@@ -47,8 +47,6 @@ pub trait SessionContext: Send + Sync + 'static {
     fn secret(&self, user: &str) -> Option<Secret>;
     /// `secret` as a SCRAM verifier, cached per user.
     fn scram_secret(&self, user: &str, secret: Secret) -> Secret;
-    /// Whether an auth file is configured.
-    fn has_auth_file(&self) -> bool;
     /// Whether `database` names the admin console.
     fn is_console(&self, database: &str) -> bool;
     /// Whether `user` may use the admin console; the error to send if not.

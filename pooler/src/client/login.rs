@@ -277,8 +277,9 @@ pub async fn authenticate(
                 ),
             ))),
         },
+        // The user must be known even here, as in PgBouncer; without auth_file nobody is.
         AuthType::Trust => {
-            if secret.is_none() && pooler.has_auth_file() {
+            if secret.is_none() {
                 return Err(auth_failed(user));
             }
             Ok(Authenticated::default())

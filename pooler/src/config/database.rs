@@ -137,14 +137,12 @@ impl DatabaseEntry {
                 "user" => entry.user = text,
                 "password" => entry.password = text,
                 "auth_user" => entry.auth_user = text,
-                "pool_size" => entry.pool_size = Some(count(&value).map_err(in_key)?),
-                "min_pool_size" => entry.min_pool_size = Some(count(&value).map_err(in_key)?),
+                "pool_size" => entry.pool_size = count(&value).map_err(in_key)?,
+                "min_pool_size" => entry.min_pool_size = count(&value).map_err(in_key)?,
                 "reserve_pool_size" | "reserve_pool" => {
-                    entry.reserve_pool_size = Some(count(&value).map_err(in_key)?)
+                    entry.reserve_pool_size = count(&value).map_err(in_key)?
                 }
-                "max_db_connections" => {
-                    entry.max_db_connections = Some(count(&value).map_err(in_key)?)
-                }
+                "max_db_connections" => entry.max_db_connections = count(&value).map_err(in_key)?,
                 "pool_mode" => entry.pool_mode = Some(value.parse().map_err(in_key)?),
                 "connect_query" => entry.connect_query = text,
                 "client_encoding" => entry.client_encoding = text,
@@ -206,14 +204,12 @@ impl UserEntry {
             let in_key = |e: ValueError| ValueError(format!("{key}: {e}"));
             match key.as_str() {
                 "pool_mode" => entry.pool_mode = Some(value.parse().map_err(in_key)?),
-                "pool_size" => entry.pool_size = Some(count(&value).map_err(in_key)?),
+                "pool_size" => entry.pool_size = count(&value).map_err(in_key)?,
                 "max_user_connections" => {
-                    entry.max_user_connections = Some(count(&value).map_err(in_key)?)
+                    entry.max_user_connections = count(&value).map_err(in_key)?
                 }
-                "reserve_pool_size" => {
-                    entry.reserve_pool_size = Some(count(&value).map_err(in_key)?)
-                }
-                "min_pool_size" => entry.min_pool_size = Some(count(&value).map_err(in_key)?),
+                "reserve_pool_size" => entry.reserve_pool_size = count(&value).map_err(in_key)?,
+                "min_pool_size" => entry.min_pool_size = count(&value).map_err(in_key)?,
                 other if UNSUPPORTED_USER_KEYS.contains(&other) => ignored.push(key),
                 _ => return Err(ValueError(format!("unknown user parameter {key:?}"))),
             }
@@ -243,8 +239,15 @@ impl FromStr for UserEntry {
     }
 }
 
-fn count(value: &str) -> Result<u32, ValueError> {
-    values::count::parse(value)
+/// A per-entry count; a negative number (PgBouncer's `-1`) leaves it unset, so the global
+/// value applies, as in PgBouncer.
+fn count(value: &str) -> Result<Option<u32>, ValueError> {
+    match value.trim().strip_prefix('-') {
+        Some(digits) if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) => {
+            Ok(None)
+        }
+        _ => values::count::parse(value).map(Some),
+    }
 }
 
 /// Splits a connection string into `(lower-case key, unquoted value)` pairs.
@@ -497,11 +500,23 @@ mod tests {
         assert_eq!(parsed.ignored, vec!["query_timeout"]);
         let err = "host=x".parse::<UserEntry>().expect_err("not a user key");
         assert!(err.0.contains("unknown user parameter \"host\""), "{err}");
-        let err = "pool_size=-1".parse::<UserEntry>().expect_err("negative");
-        assert!(
-            err.0.starts_with("pool_size: expected a whole number"),
-            "{err}"
-        );
+        // PgBouncer's -1 means "not set here": the database's or the global value applies.
+        let inherits = "pool_size=-1 max_user_connections=-5".parse::<UserEntry>();
+        assert_eq!(inherits, Ok(UserEntry::default()));
+        let db = "pool_size=-1 min_pool_size=-1 reserve_pool=-1 max_db_connections=-1";
+        assert_eq!(db.parse::<DatabaseEntry>(), Ok(DatabaseEntry::default()));
+        for bad in [
+            "pool_size=-",
+            "pool_size=--1",
+            "pool_size=-x",
+            "pool_size=1.5",
+        ] {
+            let err = bad.parse::<UserEntry>().expect_err(bad);
+            assert!(
+                err.0.starts_with("pool_size: expected a whole number"),
+                "{err}"
+            );
+        }
     }
 
     #[test]

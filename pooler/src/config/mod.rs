@@ -9,8 +9,8 @@
 //! additions (`http_listen_addr`, `http_port`, `shutdown_timeout`, `pinning`) live in the
 //! same `[pgbouncer]` section. Where weir departs from PgBouncer it says so on the item:
 //! `%include` paths and a relative `auth_file` are taken relative to the including file
-//! rather than the working directory, and a few inconsistent combinations PgBouncer
-//! silently tolerates are refused by [`Config::validate`].
+//! rather than the working directory. Combinations PgBouncer tolerates but cannot honour as
+//! written (a minimum pool size above a limit) load with a warning saying what weir does.
 
 mod database;
 mod duration;
@@ -109,8 +109,13 @@ impl Config {
         mut read: impl FnMut(&Path) -> io::Result<String>,
     ) -> Result<Loaded, ConfigError> {
         let lines = ini::lex_with_includes(text, path, &mut read)?;
-        let built = parse::build(lines, path)?;
-        validate::check(&built.config).map_err(|p| p.locate(path, &built.locations))?;
+        let mut built = parse::build(lines, path)?;
+        let notes = validate::check(&built.config).map_err(|p| p.locate(path, &built.locations))?;
+        built.warnings.extend(
+            notes
+                .into_iter()
+                .map(|note| note.warning(path, &built.locations)),
+        );
         Ok(Loaded {
             config: built.config,
             warnings: built.warnings,
@@ -171,7 +176,17 @@ impl Config {
     /// every database). [`Config::parse`] runs this too, and then also names
     /// the line that set the offending key.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        validate::check(self).map_err(validate::Problem::unlocated)
+        self.validate_with_warnings().map(drop)
+    }
+
+    /// Like [`Config::validate`], also returning what runs but not as written (a minimum
+    /// pool size above a limit, no `auth_file`...), each saying what weir does instead.
+    pub fn validate_with_warnings(&self) -> Result<Vec<ConfigWarning>, ConfigError> {
+        let notes = validate::check(self).map_err(validate::Problem::unlocated)?;
+        Ok(notes
+            .into_iter()
+            .map(|note| note.warning(Path::new(""), &Default::default()))
+            .collect())
     }
 
     /// The entry serving database `name`: its own entry, else the `*` fallback. Returns
@@ -200,19 +215,21 @@ impl Config {
     }
 
     /// The server connection limit of `db` over all its pools (0: unlimited): the
-    /// database's, else the global one.
+    /// database's, else (also when the database's is 0, as in PgBouncer) the global one.
     pub fn max_db_connections_for(&self, db: &str) -> u32 {
         self.database(db)
             .and_then(|(_, d)| d.max_db_connections)
+            .filter(|limit| *limit > 0)
             .unwrap_or(self.pgbouncer.max_db_connections)
     }
 
     /// The server connection limit of `user` over all its pools (0: unlimited): the
-    /// user's, else the global one.
+    /// user's, else (also when the user's is 0, as in PgBouncer) the global one.
     pub fn max_user_connections_for(&self, user: &str) -> u32 {
         self.users
             .get(user)
             .and_then(|u| u.max_user_connections)
+            .filter(|limit| *limit > 0)
             .unwrap_or(self.pgbouncer.max_user_connections)
     }
 }

@@ -137,8 +137,14 @@ impl Config {
                 .or(database.pool_mode)
                 .unwrap_or(s.pool_mode),
             size: size as usize,
-            // A minimum above the pool's size could never be held (as PgBouncer, capped).
-            min_size: min_size.min(size) as usize,
+            // A minimum above the pool's or a connection limit is never reached (as PgBouncer).
+            min_size: [
+                self.max_db_connections_for(db),
+                self.max_user_connections_for(user),
+            ]
+            .into_iter()
+            .filter(|limit| *limit > 0)
+            .fold(min_size.min(size), u32::min) as usize,
             reserve_size: reserve_size as usize,
             reserve_timeout: s.reserve_pool_timeout,
             lifetime: ServerLifetime::from_setting(s.server_lifetime),
