@@ -97,6 +97,7 @@ pub(crate) fn build(
                 // Each user's own warm minimum (a Weir extension under [users]).
                 min_pool_size: Some(pool.min_pool_size).filter(|m| *m > 0),
                 pool_mode: None,
+                max_user_client_connections: None,
             };
             (credential.user.clone(), entry)
         })

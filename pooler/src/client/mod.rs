@@ -21,7 +21,7 @@ use crate::config::PoolMode;
 use crate::params::{self, ParamSet};
 use crate::pool::{Checkout, Counts, Pool};
 use crate::protocol::{backend, PgError};
-use crate::registry::{ClientCount, ClientHandle, ClientInfo};
+use crate::registry::{Admission, ClientCount, ClientHandle, ClientInfo};
 use crate::server::{self, PrepareError};
 use crate::stream::{Keepalive, Stream};
 use crate::wire;
@@ -157,6 +157,26 @@ async fn log_in(
             return refused(&mut stream, e).await;
         }
     };
+    // As in PgBouncer, console clients count too, and only admin users there are never refused.
+    let unlimited = console && config.pgbouncer.admin_users.contains(&login.user);
+    let (database_limit, user_limit) = match unlimited {
+        true => (0, 0),
+        false => (
+            config.max_db_client_connections_for(&login.database),
+            config.max_user_client_connections_for(&login.user),
+        ),
+    };
+    let admission =
+        match pooler
+            .registry()
+            .admit(&login.database, &login.user, database_limit, user_limit)
+        {
+            Ok(a) => a,
+            Err(limit) => {
+                let e = PgError::fatal("08P01", limit.message());
+                return refused(&mut stream, LoginError::fatal(e)).await;
+            }
+        };
     if console {
         if let Err(e) = pooler.console_allowed(&login.user) {
             return refused(&mut stream, LoginError::Fatal(e)).await;
@@ -172,6 +192,7 @@ async fn log_in(
         let reason = pooler
             .serve_console(stream, buf, login.user.clone(), record)
             .await;
+        drop(admission);
         tracing::info!(%peer, user = %login.user, reason, "admin console disconnect");
         return None;
     }
@@ -209,6 +230,7 @@ async fn log_in(
         buf,
         params: wanted,
         record,
+        _admission: admission,
         state: ClientState::default(),
     };
     Some((session, login))
@@ -341,6 +363,8 @@ struct Session {
     params: ParamSet,
     /// Its entry in the registry: state for the console, the link cancel requests follow.
     record: ClientHandle,
+    /// Its place under `max_db_client_connections` and `max_user_client_connections`.
+    _admission: Admission,
     /// Prepared statements, session settings and pinning (transaction and statement modes).
     state: ClientState,
 }

@@ -21,9 +21,7 @@ pub const UNSUPPORTED_DATABASE_KEYS: &[&str] = &[
     "auth_dbname",
     "auth_query",
     "load_balance_hosts",
-    "max_db_client_connections",
     "query_wait_timeout",
-    "server_lifetime",
     "target_session_attrs",
 ];
 
@@ -31,7 +29,6 @@ pub const UNSUPPORTED_DATABASE_KEYS: &[&str] = &[
 pub const UNSUPPORTED_USER_KEYS: &[&str] = &[
     "client_idle_timeout",
     "idle_transaction_timeout",
-    "max_user_client_connections",
     "query_timeout",
     "query_wait_timeout",
     "transaction_timeout",
@@ -66,6 +63,10 @@ pub struct DatabaseEntry {
     pub reserve_pool_size: Option<u32>,
     /// Overrides the global `max_db_connections`.
     pub max_db_connections: Option<u32>,
+    /// Overrides the global `max_db_client_connections` (0: the global one applies).
+    pub max_db_client_connections: Option<u32>,
+    /// Overrides the global `server_lifetime`, in seconds (0: the global one applies).
+    pub server_lifetime: Option<u32>,
     /// Overrides the global `pool_mode`.
     pub pool_mode: Option<PoolMode>,
     /// Query run once on each new server connection before any client uses it.
@@ -90,6 +91,8 @@ pub struct UserEntry {
     pub pool_size: Option<u32>,
     /// Overrides the global `max_user_connections`.
     pub max_user_connections: Option<u32>,
+    /// Overrides the global `max_user_client_connections` (0: the global one applies).
+    pub max_user_client_connections: Option<u32>,
     /// Overrides the database's and the global `reserve_pool_size`.
     pub reserve_pool_size: Option<u32>,
     /// Overrides the database's and the global `min_pool_size` for this user's pools. A
@@ -143,6 +146,10 @@ impl DatabaseEntry {
                     entry.reserve_pool_size = count(&value).map_err(in_key)?
                 }
                 "max_db_connections" => entry.max_db_connections = count(&value).map_err(in_key)?,
+                "max_db_client_connections" => {
+                    entry.max_db_client_connections = count(&value).map_err(in_key)?
+                }
+                "server_lifetime" => entry.server_lifetime = count(&value).map_err(in_key)?,
                 "pool_mode" => entry.pool_mode = Some(value.parse().map_err(in_key)?),
                 "connect_query" => entry.connect_query = text,
                 "client_encoding" => entry.client_encoding = text,
@@ -174,6 +181,8 @@ impl DatabaseEntry {
         out.number("min_pool_size", self.min_pool_size);
         out.number("reserve_pool_size", self.reserve_pool_size);
         out.number("max_db_connections", self.max_db_connections);
+        out.number("max_db_client_connections", self.max_db_client_connections);
+        out.number("server_lifetime", self.server_lifetime);
         out.number("pool_mode", self.pool_mode);
         out.text("connect_query", &self.connect_query);
         out.text("client_encoding", &self.client_encoding);
@@ -208,6 +217,9 @@ impl UserEntry {
                 "max_user_connections" => {
                     entry.max_user_connections = count(&value).map_err(in_key)?
                 }
+                "max_user_client_connections" => {
+                    entry.max_user_client_connections = count(&value).map_err(in_key)?
+                }
                 "reserve_pool_size" => entry.reserve_pool_size = count(&value).map_err(in_key)?,
                 "min_pool_size" => entry.min_pool_size = count(&value).map_err(in_key)?,
                 other if UNSUPPORTED_USER_KEYS.contains(&other) => ignored.push(key),
@@ -223,6 +235,10 @@ impl UserEntry {
         out.number("pool_mode", self.pool_mode);
         out.number("pool_size", self.pool_size);
         out.number("max_user_connections", self.max_user_connections);
+        out.number(
+            "max_user_client_connections",
+            self.max_user_client_connections,
+        );
         out.number("reserve_pool_size", self.reserve_pool_size);
         out.number("min_pool_size", self.min_pool_size);
         out.0
@@ -470,21 +486,24 @@ mod tests {
     #[test]
     fn unsupported_database_parameters_are_collected() {
         let parsed = DatabaseEntry::parse_conn_string(
-            "host=a target_session_attrs=read-write server_lifetime=10",
+            "host=a target_session_attrs=read-write server_lifetime=10 \
+             max_db_client_connections=4 load_balance_hosts=disable",
         )
         .expect("valid");
         assert_eq!(
             parsed.ignored,
-            vec!["target_session_attrs", "server_lifetime"]
+            vec!["target_session_attrs", "load_balance_hosts"]
         );
         assert_eq!(parsed.entry.host.as_deref(), Some("a"));
+        assert_eq!(parsed.entry.server_lifetime, Some(10));
+        assert_eq!(parsed.entry.max_db_client_connections, Some(4));
     }
 
     #[test]
     fn user_entries() {
         let parsed = UserEntry::parse_conn_string(
             "pool_mode=statement pool_size=3 max_user_connections=9 reserve_pool_size=1 \
-             min_pool_size=2 query_timeout=5",
+             min_pool_size=2 query_timeout=5 max_user_client_connections=20",
         )
         .expect("valid");
         assert_eq!(
@@ -493,6 +512,7 @@ mod tests {
                 pool_mode: Some(PoolMode::Statement),
                 pool_size: Some(3),
                 max_user_connections: Some(9),
+                max_user_client_connections: Some(20),
                 reserve_pool_size: Some(1),
                 min_pool_size: Some(2),
             }
@@ -538,6 +558,8 @@ mod tests {
                 min_pool_size: Some(1),
                 reserve_pool_size: Some(2),
                 max_db_connections: Some(3),
+                max_db_client_connections: Some(4),
+                server_lifetime: Some(60),
                 pool_mode: Some(PoolMode::Statement),
                 connect_query: Some("SET x = 'y'; SELECT 1".into()),
                 client_encoding: Some("UTF8".into()),
@@ -554,6 +576,7 @@ mod tests {
             pool_mode: Some(PoolMode::Transaction),
             pool_size: Some(5),
             max_user_connections: None,
+            max_user_client_connections: None,
             reserve_pool_size: Some(1),
             min_pool_size: None,
         };

@@ -217,21 +217,46 @@ impl Config {
     /// The server connection limit of `db` over all its pools (0: unlimited): the
     /// database's, else (also when the database's is 0, as in PgBouncer) the global one.
     pub fn max_db_connections_for(&self, db: &str) -> u32 {
-        self.database(db)
-            .and_then(|(_, d)| d.max_db_connections)
-            .filter(|limit| *limit > 0)
-            .unwrap_or(self.pgbouncer.max_db_connections)
+        let own = self.database(db).and_then(|(_, d)| d.max_db_connections);
+        override_or(own, self.pgbouncer.max_db_connections)
+    }
+
+    /// The client connection limit of `db` (0: unlimited): the database's, else the global.
+    pub fn max_db_client_connections_for(&self, db: &str) -> u32 {
+        let own = self
+            .database(db)
+            .and_then(|(_, d)| d.max_db_client_connections);
+        override_or(own, self.pgbouncer.max_db_client_connections)
+    }
+
+    /// The client connection limit of `user` (0: unlimited): the user's, else the global.
+    pub fn max_user_client_connections_for(&self, user: &str) -> u32 {
+        let own = self
+            .users
+            .get(user)
+            .and_then(|u| u.max_user_client_connections);
+        override_or(own, self.pgbouncer.max_user_client_connections)
+    }
+
+    /// How long server connections of `db` may serve: the database's, else the global one.
+    pub fn server_lifetime_for(&self, db: &str) -> std::time::Duration {
+        match self.database(db).and_then(|(_, d)| d.server_lifetime) {
+            Some(secs) if secs > 0 => std::time::Duration::from_secs(secs.into()),
+            _ => self.pgbouncer.server_lifetime,
+        }
     }
 
     /// The server connection limit of `user` over all its pools (0: unlimited): the
     /// user's, else (also when the user's is 0, as in PgBouncer) the global one.
     pub fn max_user_connections_for(&self, user: &str) -> u32 {
-        self.users
-            .get(user)
-            .and_then(|u| u.max_user_connections)
-            .filter(|limit| *limit > 0)
-            .unwrap_or(self.pgbouncer.max_user_connections)
+        let own = self.users.get(user).and_then(|u| u.max_user_connections);
+        override_or(own, self.pgbouncer.max_user_connections)
     }
+}
+
+/// A limit resolved as PgBouncer does: the entry's when above 0, else the global one.
+fn override_or(own: Option<u32>, global: u32) -> u32 {
+    own.filter(|limit| *limit > 0).unwrap_or(global)
 }
 
 fn push_entry(out: &mut String, key: &str, value: &str) {

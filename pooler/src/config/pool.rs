@@ -147,7 +147,7 @@ impl Config {
             .fold(min_size.min(size), u32::min) as usize,
             reserve_size: reserve_size as usize,
             reserve_timeout: s.reserve_pool_timeout,
-            lifetime: ServerLifetime::from_setting(s.server_lifetime),
+            lifetime: ServerLifetime::from_setting(self.server_lifetime_for(db)),
             idle_timeout: s.server_idle_timeout,
             check_delay: s.server_check_delay,
             check: ServerCheck::from_setting(&s.server_check_query),

@@ -323,6 +323,11 @@ pub struct Settings {
     pub max_db_connections: u32,
     /// Most server connections per user, over all its pools. 0 (default): unlimited.
     pub max_user_connections: u32,
+    /// Most client connections per database, admin console excepted. 0 (default):
+    /// unlimited.
+    pub max_db_client_connections: u32,
+    /// Most client connections per user, admin console excepted. 0 (default): unlimited.
+    pub max_user_client_connections: u32,
     /// Hand out idle server connections round-robin instead of most-recently-used first,
     /// for databases behind a load balancer. Not supported: parsed, and ignored with a
     /// warning unless off.
@@ -501,6 +506,8 @@ impl Default for Settings {
             reserve_pool_timeout: Duration::from_secs(5),
             max_db_connections: 0,
             max_user_connections: 0,
+            max_db_client_connections: 0,
+            max_user_client_connections: 0,
             server_round_robin: false,
             track_extra_parameters: vec!["IntervalStyle".to_owned()],
             ignore_startup_parameters: Vec::new(),
@@ -634,6 +641,8 @@ settings_table! {
     reserve_pool_timeout: seconds => implemented,
     max_db_connections: count => implemented,
     max_user_connections: count => implemented,
+    max_db_client_connections: count => implemented,
+    max_user_client_connections: count => implemented,
     server_round_robin: flag => ignored("idle server connections are always reused most recently used first"),
     track_extra_parameters: list => implemented,
     ignore_startup_parameters: list => implemented,
@@ -712,8 +721,6 @@ pub const UNSUPPORTED_KEYS: &[&str] = &[
     "listen_backlog",
     "log_stats",
     "login_notify_message",
-    "max_db_client_connections",
-    "max_user_client_connections",
     "peer_id",
     "pool_idle_timeout",
     "query_wait_notify",

@@ -48,6 +48,8 @@ reserve_pool_size = 3
 reserve_pool_timeout = 2.5
 max_db_connections = 90
 max_user_connections = 80
+max_db_client_connections = 500
+max_user_client_connections = 400
 server_round_robin = 1
 track_extra_parameters = IntervalStyle, search_path
 ignore_startup_parameters = extra_float_digits,options
@@ -123,6 +125,8 @@ fn every_setting_expected() -> Settings {
         reserve_pool_timeout: Duration::from_millis(2500),
         max_db_connections: 90,
         max_user_connections: 80,
+        max_db_client_connections: 500,
+        max_user_client_connections: 400,
         server_round_robin: true,
         track_extra_parameters: strings(&["IntervalStyle", "search_path"]),
         ignore_startup_parameters: strings(&["extra_float_digits", "options"]),
@@ -595,6 +599,7 @@ fn round_trips_through_to_ini() {
             pool_mode: Some(PoolMode::Statement),
             pool_size: Some(3),
             max_user_connections: Some(10),
+            max_user_client_connections: Some(50),
             reserve_pool_size: Some(1),
             min_pool_size: Some(2),
         },

@@ -227,6 +227,8 @@ fn check_limits(config: &Config) -> Result<(), Problem> {
         ("reserve_pool_size", s.reserve_pool_size),
         ("max_db_connections", s.max_db_connections),
         ("max_user_connections", s.max_user_connections),
+        ("max_db_client_connections", s.max_db_client_connections),
+        ("max_user_client_connections", s.max_user_client_connections),
         ("max_prepared_statements", s.max_prepared_statements),
         ("pkt_buf", s.pkt_buf),
         ("tcp_keepcnt", s.tcp_keepcnt),
@@ -243,6 +245,8 @@ fn check_limits(config: &Config) -> Result<(), Problem> {
             ("min_pool_size", db.min_pool_size),
             ("reserve_pool_size", db.reserve_pool_size),
             ("max_db_connections", db.max_db_connections),
+            ("max_db_client_connections", db.max_db_client_connections),
+            ("server_lifetime", db.server_lifetime),
         ];
         for (param, value) in counts {
             if let Some(value) = value.filter(|v| *v > MAX_COUNT) {
@@ -257,6 +261,10 @@ fn check_limits(config: &Config) -> Result<(), Problem> {
         let counts = [
             ("pool_size", user.pool_size),
             ("max_user_connections", user.max_user_connections),
+            (
+                "max_user_client_connections",
+                user.max_user_client_connections,
+            ),
             ("reserve_pool_size", user.reserve_pool_size),
             ("min_pool_size", user.min_pool_size),
         ];
