@@ -344,17 +344,21 @@ impl Pooler {
     }
 
     /// The secret a SCRAM exchange for `user` checks against: a plain password is turned into
-    /// a SCRAM verifier once (4096 PBKDF2 rounds) and reused until the password changes, as
-    /// connection storms would otherwise spend most of their time deriving keys.
+    /// a SCRAM verifier once (`scram_iterations` PBKDF2 rounds) and reused until the password
+    /// or the count changes, as connection storms would otherwise spend most of their time
+    /// deriving keys.
     pub fn scram_secret(&self, user: &str, secret: Secret) -> Secret {
         let Secret::Plain(password) = secret else {
             return secret;
         };
+        let iterations = self.config.load().pgbouncer.scram_iterations;
         let mut derived = self.derived.lock().unwrap_or_else(|p| p.into_inner());
         match derived.get(user) {
-            Some((known, scram)) if *known == password => Secret::Scram(scram.clone()),
+            Some((known, scram)) if *known == password && scram.iterations == iterations => {
+                Secret::Scram(scram.clone())
+            }
             _ => {
-                let scram = ScramSecret::generate(&password);
+                let scram = ScramSecret::generate_with(&password, iterations);
                 derived.insert(user.to_owned(), (password, scram.clone()));
                 Secret::Scram(scram)
             }

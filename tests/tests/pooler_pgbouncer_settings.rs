@@ -1,12 +1,13 @@
 //! PgBouncer 1.21–1.25 settings, run side by side against PgBouncer 1.25.2 and weir on the
-//! same configuration: client connection limits per database and per user, and a database's
-//! own `server_lifetime`.
+//! same configuration: client connection limits per database and per user, a database's own
+//! `server_lifetime`, and `scram_iterations`.
 
 use std::time::Duration;
 
 use tokio_postgres::{Client, SimpleQueryMessage};
 use weir_tests::fixture::{scalar, sqlstate, Fixture, DATABASE, PASSWORD, USER};
 use weir_tests::postgres::{PasswordMethod, PgCluster};
+use weir_tests::raw::{ChannelBinding, RawClient, ScramSha256};
 use weir_tests::weir::{connect, WeirProcess};
 
 /// How long a freed place or an expired connection may take to show.
@@ -188,5 +189,39 @@ async fn a_databases_own_server_lifetime() {
             replaced.await,
             "{who}: the connection outlived the database's server_lifetime"
         );
+    }
+}
+
+/// The iteration count (`i=`) of the server-first-message the pooler sends `user`.
+async fn scram_rounds(who: &str, pooler: &WeirProcess, user: &str) -> String {
+    let mut raw = RawClient::connect(pooler.port()).await.expect(who);
+    raw.send_startup(user, DATABASE).await.expect(who);
+    let request = raw.next().await.expect(who).expect(who);
+    assert_eq!(request.auth_code(), Some(10), "{who}: SASL expected");
+    let scram = ScramSha256::new(PASSWORD.as_bytes(), ChannelBinding::unsupported());
+    raw.send_scram_first(&scram).await.expect(who);
+    let first = raw.next().await.expect(who).expect(who);
+    assert_eq!(first.auth_code(), Some(11), "{who}: SASL continue expected");
+    let text = String::from_utf8_lossy(&first.body[4..]).into_owned();
+    text.split(',')
+        .find_map(|part| part.strip_prefix("i="))
+        .unwrap_or_else(|| panic!("{who}: no iteration count in {text:?}"))
+        .to_owned()
+}
+
+#[tokio::test]
+async fn scram_iterations_set_the_rounds_of_derived_verifiers() {
+    let pg = cluster().await;
+    let config = ini(
+        &pg,
+        "app = host={pghost} port={pgport} dbname=app",
+        "",
+        "scram_iterations = 1234\n",
+    );
+    for who in POOLERS {
+        let pooler = start(who, &config).await;
+        assert_eq!(scram_rounds(who, &pooler, USER).await, "1234", "{who}");
+        // The verifier works: a real login goes through.
+        client(&pooler, "app").await.expect(who);
     }
 }

@@ -318,18 +318,21 @@ pub async fn authenticate(
         // md5 with a SCRAM secret falls through to SCRAM, as PostgreSQL does.
         AuthType::Md5 | AuthType::ScramSha256 => {
             let secret = with_password(secret, user).map(|s| pooler.scram_secret(user, s));
-            scram(stream, buf, user, secret, channel_binding).await
+            let rounds = config.pgbouncer.scram_iterations;
+            scram(stream, buf, user, secret, rounds, channel_binding).await
         }
     }
 }
 
 /// SCRAM-SHA-256, and SCRAM-SHA-256-PLUS when `channel_binding` (the TLS connection's
-/// `tls-server-end-point` data) is given.
+/// `tls-server-end-point` data) is given. An unknown user's decoy counts `rounds` iterations,
+/// as a verifier derived from a plain password would.
 async fn scram(
     stream: &mut Stream,
     buf: &mut BytesMut,
     user: &str,
     secret: Option<Secret>,
+    rounds: u32,
     channel_binding: Option<&[u8]>,
 ) -> Result<Authenticated, LoginError> {
     let known = secret.is_some();
@@ -342,7 +345,10 @@ async fn scram(
         }
         Some(s) => s,
         // A decoy makes an unknown user's exchange look like a real one, salt and work alike.
-        None => Secret::Scram(ScramSecret::decoy(user)),
+        None => Secret::Scram(ScramSecret {
+            iterations: rounds,
+            ..ScramSecret::decoy(user)
+        }),
     };
     let mut server = ScramServer::new(&secret, user).map_err(|e| auth_error(user, &e))?;
     if let Some(data) = channel_binding {

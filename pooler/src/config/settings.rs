@@ -346,6 +346,8 @@ pub struct Settings {
     pub application_name_add_host: bool,
     /// How often averaged statistics are computed and logged. Default 60 s.
     pub stats_period: Duration,
+    /// PBKDF2 rounds of the SCRAM verifiers weir derives from plain passwords. Default 4096.
+    pub scram_iterations: u32,
     /// Protocol-level prepared statements tracked per server connection in transaction and
     /// statement pooling; 0 disables the tracking. Default 200.
     pub max_prepared_statements: u32,
@@ -514,6 +516,7 @@ impl Default for Settings {
             disable_pqexec: false,
             application_name_add_host: false,
             stats_period: Duration::from_secs(60),
+            scram_iterations: 4096,
             max_prepared_statements: 200,
             auth_type: AuthType::Md5,
             auth_file: None,
@@ -649,6 +652,7 @@ settings_table! {
     disable_pqexec: flag => ignored("the simple query protocol is always allowed"),
     application_name_add_host: flag => ignored("application_name is passed on unchanged"),
     stats_period: seconds => implemented,
+    scram_iterations: count => implemented,
     max_prepared_statements: count => implemented,
     auth_type: choice => implemented,
     auth_file: opt_path => implemented,
@@ -726,7 +730,6 @@ pub const UNSUPPORTED_KEYS: &[&str] = &[
     "query_wait_notify",
     "resolv_conf",
     "sbuf_loopcnt",
-    "scram_iterations",
     "server_fast_close",
     "server_tls13_ciphers",
     "service_name",

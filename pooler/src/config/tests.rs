@@ -56,6 +56,7 @@ ignore_startup_parameters = extra_float_digits,options
 disable_pqexec = yes
 application_name_add_host = on
 stats_period = 30
+scram_iterations = 10000
 max_prepared_statements = 0
 auth_type = scram-sha-256
 auth_file = /etc/weir/userlist.txt
@@ -132,6 +133,7 @@ fn every_setting_expected() -> Settings {
         ignore_startup_parameters: strings(&["extra_float_digits", "options"]),
         disable_pqexec: true,
         application_name_add_host: true,
+        scram_iterations: 10000,
         stats_period: Duration::from_secs(30),
         max_prepared_statements: 0,
         auth_type: AuthType::ScramSha256,

@@ -212,6 +212,7 @@ fn check_limits(config: &Config) -> Result<(), Problem> {
     for (key, value) in [
         ("max_client_conn", s.max_client_conn),
         ("pkt_buf", s.pkt_buf),
+        ("scram_iterations", s.scram_iterations),
     ] {
         if value == 0 {
             return Err(Problem::setting(key, "must be at least 1"));
@@ -230,6 +231,7 @@ fn check_limits(config: &Config) -> Result<(), Problem> {
         ("max_db_client_connections", s.max_db_client_connections),
         ("max_user_client_connections", s.max_user_client_connections),
         ("max_prepared_statements", s.max_prepared_statements),
+        ("scram_iterations", s.scram_iterations),
         ("pkt_buf", s.pkt_buf),
         ("tcp_keepcnt", s.tcp_keepcnt),
         ("verbose", s.verbose),
