@@ -448,3 +448,36 @@ async fn configurations_pgbouncer_accepts_start_weir_with_the_same_values() {
         }
     }
 }
+
+#[tokio::test]
+async fn without_a_readable_auth_file_both_start_and_refuse_every_login() {
+    let pg = PgCluster::start().await.unwrap();
+    pg.create_role(USER, PASSWORD, PasswordMethod::Scram)
+        .await
+        .unwrap();
+    pg.create_database(DATABASE, USER).await.unwrap();
+    // The database logs in with its own credentials, so only the pooler can refuse a client.
+    let database = format!(
+        "[databases]\napp = host={} port={} dbname=app user={USER} password={PASSWORD}\n\
+         [pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {{port}}\nunix_socket_dir =\n",
+        pg.host(),
+        pg.port()
+    );
+    // trust still needs to know the user, so an unknown one is refused, as in PgBouncer.
+    for auth in [
+        "auth_type = trust\n",
+        "auth_type = trust\nauth_file = {dir}/missing.txt\n",
+        "auth_type = scram-sha-256\nauth_file = {dir}/missing.txt\n",
+    ] {
+        let ini = format!("{database}{auth}");
+        for who in ["PgBouncer", "weir"] {
+            let pooler = match who {
+                "PgBouncer" => WeirProcess::start_pgbouncer(&ini, "").await,
+                _ => WeirProcess::start(&ini, "").await,
+            }
+            .unwrap_or_else(|e| panic!("{who} with {auth:?} does not start: {e:#}"));
+            let login = connect(pooler.port(), USER, PASSWORD, DATABASE).await;
+            assert!(login.is_err(), "{who} with {auth:?} let an unknown user in");
+        }
+    }
+}

@@ -83,7 +83,8 @@ pub struct Config {
 pub struct Loaded {
     /// The configuration, already validated.
     pub config: Config,
-    /// Settings and sections that were ignored, in file order.
+    /// Settings and sections that were ignored, in file order, then values weir works
+    /// around as PgBouncer does (each says what weir does instead).
     pub warnings: Vec<ConfigWarning>,
 }
 
