@@ -1,6 +1,6 @@
 //! PgBouncer 1.21–1.25 settings, run side by side against PgBouncer 1.25.2 and weir on the
 //! same configuration: client connection limits per database and per user, a database's own
-//! `server_lifetime`, and `scram_iterations`.
+//! `server_lifetime`, `scram_iterations` and `application_name_add_host`.
 
 use std::time::Duration;
 
@@ -223,5 +223,35 @@ async fn scram_iterations_set_the_rounds_of_derived_verifiers() {
         assert_eq!(scram_rounds(who, &pooler, USER).await, "1234", "{who}");
         // The verifier works: a real login goes through.
         client(&pooler, "app").await.expect(who);
+    }
+}
+
+#[tokio::test]
+async fn application_name_add_host_appends_the_client_address() {
+    let pg = cluster().await;
+    let config = ini(
+        &pg,
+        "app = host={pghost} port={pgport} dbname=app",
+        "",
+        "application_name_add_host = 1\n",
+    );
+    for who in POOLERS {
+        let pooler = start(who, &config).await;
+        for (sent, prefix) in [
+            (Some("demo"), "demo - 127.0.0.1:"),
+            (None, "app - 127.0.0.1:"),
+        ] {
+            let mut settings =
+                weir_tests::weir::client_config(pooler.port(), USER, PASSWORD, "app");
+            if let Some(name) = sent {
+                settings.application_name(name);
+            }
+            let client = weir_tests::net::connect_with(&settings).await.expect(who);
+            let name = scalar(&client, "SHOW application_name").await;
+            let port = name
+                .strip_prefix(prefix)
+                .unwrap_or_else(|| panic!("{who}: {name:?}"));
+            assert!(port.parse::<u16>().is_ok(), "{who}: {name:?}");
+        }
     }
 }

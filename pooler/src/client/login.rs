@@ -11,7 +11,7 @@ use crate::auth::{self, md5, ScramSecret, ScramServer, Secret};
 use crate::config::{AuthType, Config, TlsMode};
 use crate::params::{self, ParamSet};
 use crate::protocol::{self, backend, frontend, PgError, Startup};
-use crate::stream::Stream;
+use crate::stream::{Endpoint, Stream};
 use crate::tls::{self, ClientTls};
 use crate::wire::{self, ReadError};
 
@@ -234,6 +234,17 @@ async fn startup(
     })
 }
 
+/// `application_name` as `application_name_add_host` makes it, in PgBouncer's format:
+/// `<name> - <address>:<port>` (`[address]` for IPv6), `app` when the client sent no name.
+pub fn name_with_host(name: Option<&str>, peer: &Endpoint) -> String {
+    let name = name.unwrap_or("app");
+    if peer.addr.contains(':') {
+        format!("{name} - [{}]:{}", peer.addr, peer.port)
+    } else {
+        format!("{name} - {}:{}", peer.addr, peer.port)
+    }
+}
+
 /// The result of a successful authentication.
 #[derive(Debug, Default)]
 pub struct Authenticated {
@@ -425,5 +436,26 @@ fn auth_error(user: &str, e: &auth::AuthError) -> LoginError {
     match e {
         auth::AuthError::InvalidPassword => auth_failed(user),
         other => LoginError::fatal(PgError::fatal(other.sqlstate(), other.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn application_names_get_the_client_address_as_in_pgbouncer() {
+        let v4 = Endpoint {
+            addr: "10.0.0.7".into(),
+            port: 51234,
+        };
+        assert_eq!(name_with_host(Some("psql"), &v4), "psql - 10.0.0.7:51234");
+        assert_eq!(name_with_host(None, &v4), "app - 10.0.0.7:51234");
+        assert_eq!(name_with_host(Some(""), &v4), " - 10.0.0.7:51234");
+        let v6 = Endpoint {
+            addr: "::1".into(),
+            port: 6000,
+        };
+        assert_eq!(name_with_host(Some("x"), &v6), "x - [::1]:6000");
     }
 }

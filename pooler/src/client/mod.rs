@@ -83,7 +83,7 @@ async fn log_in(
     let login_deadline = login_deadline(config.pgbouncer.client_login_timeout);
 
     let tls = pooler.tls();
-    let login = loop {
+    let mut login = loop {
         let hello = within_login_deadline(
             login_deadline,
             login::hello(&mut stream, &mut buf, &config, &tls.client),
@@ -119,6 +119,11 @@ async fn log_in(
             Err(e) => return refused(&mut stream, e).await,
         }
     };
+    if config.pgbouncer.application_name_add_host {
+        let (peer, _) = stream.endpoints(config.pgbouncer.listen_port);
+        let named = login::name_with_host(login.params.get("application_name"), &peer);
+        login.params.set("application_name", &named);
+    }
     let console = pooler.is_console(&login.database);
     // Every connection counts from accept; as in PgBouncer, the console is never refused, so
     // an operator can still see who fills the limit.

@@ -341,8 +341,7 @@ pub struct Settings {
     /// Refuse the simple query protocol (several statements in one message), as a defence
     /// against SQL injection. Not supported: parsed, and ignored with a warning unless off.
     pub disable_pqexec: bool,
-    /// Append the client's address and port to `application_name` at connect. Not
-    /// supported: parsed, and ignored with a warning unless off.
+    /// Append the client's address and port to `application_name` at connect. Default off.
     pub application_name_add_host: bool,
     /// How often averaged statistics are computed and logged. Default 60 s.
     pub stats_period: Duration,
@@ -650,7 +649,7 @@ settings_table! {
     track_extra_parameters: list => implemented,
     ignore_startup_parameters: list => implemented,
     disable_pqexec: flag => ignored("the simple query protocol is always allowed"),
-    application_name_add_host: flag => ignored("application_name is passed on unchanged"),
+    application_name_add_host: flag => implemented,
     stats_period: seconds => implemented,
     scram_iterations: count => implemented,
     max_prepared_statements: count => implemented,
