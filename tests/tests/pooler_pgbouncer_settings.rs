@@ -1,6 +1,6 @@
 //! PgBouncer 1.21–1.25 settings, run side by side against PgBouncer 1.25.2 and weir on the
 //! same configuration: client connection limits per database and per user, a database's own
-//! `server_lifetime`, `scram_iterations` and `application_name_add_host`.
+//! `server_lifetime`, a user's own timeouts, `scram_iterations` and `application_name_add_host`.
 
 use std::time::Duration;
 
@@ -253,5 +253,40 @@ async fn application_name_add_host_appends_the_client_address() {
                 .unwrap_or_else(|| panic!("{who}: {name:?}"));
             assert!(port.parse::<u16>().is_ok(), "{who}: {name:?}");
         }
+    }
+}
+
+#[tokio::test]
+async fn a_users_own_timeouts() {
+    let pg = cluster().await;
+    let config = ini(
+        &pg,
+        "app = host={pghost} port={pgport} dbname=app",
+        "app = query_timeout=1 idle_transaction_timeout=1 client_idle_timeout=1",
+        "query_timeout = 0\nidle_transaction_timeout = 0\nclient_idle_timeout = 0\n",
+    );
+    for who in POOLERS {
+        let pooler = start(who, &config).await;
+        let slow = client(&pooler, "app").await.expect(who);
+        let err = slow.simple_query("SELECT pg_sleep(60)").await;
+        assert!(
+            err.is_err(),
+            "{who}: the user's query_timeout did not stop the query"
+        );
+
+        let in_transaction = client(&pooler, "app").await.expect(who);
+        in_transaction.simple_query("BEGIN").await.expect(who);
+        let closed = Fixture::eventually(LIMIT, || async { in_transaction.is_closed() });
+        assert!(
+            closed.await,
+            "{who}: the user's idle_transaction_timeout did not end it"
+        );
+
+        let idle = client(&pooler, "app").await.expect(who);
+        let closed = Fixture::eventually(LIMIT, || async { idle.is_closed() });
+        assert!(
+            closed.await,
+            "{who}: the user's client_idle_timeout did not end it"
+        );
     }
 }

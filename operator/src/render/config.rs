@@ -98,6 +98,9 @@ pub(crate) fn build(
                 min_pool_size: Some(pool.min_pool_size).filter(|m| *m > 0),
                 pool_mode: None,
                 max_user_client_connections: None,
+                query_timeout: None,
+                idle_transaction_timeout: None,
+                client_idle_timeout: None,
             };
             (credential.user.clone(), entry)
         })

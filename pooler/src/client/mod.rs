@@ -426,7 +426,10 @@ impl Session {
 
     /// Waits until the client has sent something that needs a server. Err means it left.
     async fn wait_for_work(&mut self, mode: PoolMode) -> Result<(), &'static str> {
-        let idle_limit = self.pooler.config_now().pgbouncer.client_idle_timeout;
+        let idle_limit = self
+            .pooler
+            .config_now()
+            .client_idle_timeout_for(&self.record.info.user);
         // Transaction and statement modes let clients go between transactions when draining;
         // session-mode clients keep their session until they leave (or shutdown_timeout).
         let releases = mode != PoolMode::Session;
@@ -536,10 +539,13 @@ impl Session {
             release_when_idle: mode != PoolMode::Session,
             statement_mode: mode == PoolMode::Statement,
         };
+        // As in PgBouncer: the server connection's user for the query limits, the client's
+        // own for its idleness.
+        let server_user = &self.pool.key().user;
         let timeouts = Timeouts {
-            query: s.query_timeout,
-            idle_transaction: s.idle_transaction_timeout,
-            client_idle: s.client_idle_timeout,
+            query: config.query_timeout_for(server_user),
+            idle_transaction: config.idle_transaction_timeout_for(server_user),
+            client_idle: config.client_idle_timeout_for(&self.record.info.user),
         };
         let max_message = max_message(s.max_packet_size);
         let reset_always = s.server_reset_query_always;

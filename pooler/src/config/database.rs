@@ -26,13 +26,7 @@ pub const UNSUPPORTED_DATABASE_KEYS: &[&str] = &[
 ];
 
 /// `[users]` parameters PgBouncer knows and weir ignores (with a warning).
-pub const UNSUPPORTED_USER_KEYS: &[&str] = &[
-    "client_idle_timeout",
-    "idle_transaction_timeout",
-    "query_timeout",
-    "query_wait_timeout",
-    "transaction_timeout",
-];
+pub const UNSUPPORTED_USER_KEYS: &[&str] = &["query_wait_timeout", "transaction_timeout"];
 
 /// One `[databases]` entry: where a client-visible database name is routed and how its
 /// pools behave. Every field is optional; unset ones fall back as documented on each, so
@@ -95,6 +89,12 @@ pub struct UserEntry {
     pub max_user_client_connections: Option<u32>,
     /// Overrides the database's and the global `reserve_pool_size`.
     pub reserve_pool_size: Option<u32>,
+    /// Overrides the global `query_timeout`, in seconds (0: the global one applies).
+    pub query_timeout: Option<u32>,
+    /// Overrides the global `idle_transaction_timeout`, in seconds (0: the global one).
+    pub idle_transaction_timeout: Option<u32>,
+    /// Overrides the global `client_idle_timeout`, in seconds (0: the global one applies).
+    pub client_idle_timeout: Option<u32>,
     /// Overrides the database's and the global `min_pool_size` for this user's pools. A
     /// Weir extension: PgBouncer has no per-user minimum.
     pub min_pool_size: Option<u32>,
@@ -222,6 +222,13 @@ impl UserEntry {
                 }
                 "reserve_pool_size" => entry.reserve_pool_size = count(&value).map_err(in_key)?,
                 "min_pool_size" => entry.min_pool_size = count(&value).map_err(in_key)?,
+                "query_timeout" => entry.query_timeout = count(&value).map_err(in_key)?,
+                "idle_transaction_timeout" => {
+                    entry.idle_transaction_timeout = count(&value).map_err(in_key)?
+                }
+                "client_idle_timeout" => {
+                    entry.client_idle_timeout = count(&value).map_err(in_key)?
+                }
                 other if UNSUPPORTED_USER_KEYS.contains(&other) => ignored.push(key),
                 _ => return Err(ValueError(format!("unknown user parameter {key:?}"))),
             }
@@ -241,6 +248,9 @@ impl UserEntry {
         );
         out.number("reserve_pool_size", self.reserve_pool_size);
         out.number("min_pool_size", self.min_pool_size);
+        out.number("query_timeout", self.query_timeout);
+        out.number("idle_transaction_timeout", self.idle_transaction_timeout);
+        out.number("client_idle_timeout", self.client_idle_timeout);
         out.0
     }
 }
@@ -503,7 +513,8 @@ mod tests {
     fn user_entries() {
         let parsed = UserEntry::parse_conn_string(
             "pool_mode=statement pool_size=3 max_user_connections=9 reserve_pool_size=1 \
-             min_pool_size=2 query_timeout=5 max_user_client_connections=20",
+             min_pool_size=2 transaction_timeout=5 max_user_client_connections=20 \
+             query_timeout=7 idle_transaction_timeout=8 client_idle_timeout=9",
         )
         .expect("valid");
         assert_eq!(
@@ -514,10 +525,13 @@ mod tests {
                 max_user_connections: Some(9),
                 max_user_client_connections: Some(20),
                 reserve_pool_size: Some(1),
+                query_timeout: Some(7),
+                idle_transaction_timeout: Some(8),
+                client_idle_timeout: Some(9),
                 min_pool_size: Some(2),
             }
         );
-        assert_eq!(parsed.ignored, vec!["query_timeout"]);
+        assert_eq!(parsed.ignored, vec!["transaction_timeout"]);
         let err = "host=x".parse::<UserEntry>().expect_err("not a user key");
         assert!(err.0.contains("unknown user parameter \"host\""), "{err}");
         // PgBouncer's -1 means "not set here": the database's or the global value applies.
@@ -578,11 +592,14 @@ mod tests {
             max_user_connections: None,
             max_user_client_connections: None,
             reserve_pool_size: Some(1),
+            query_timeout: None,
+            idle_transaction_timeout: None,
+            client_idle_timeout: Some(30),
             min_pool_size: None,
         };
         assert_eq!(
             user.to_conn_string(),
-            "pool_mode=transaction pool_size=5 reserve_pool_size=1"
+            "pool_mode=transaction pool_size=5 reserve_pool_size=1 client_idle_timeout=30"
         );
         assert_eq!(user.to_conn_string().parse::<UserEntry>(), Ok(user));
     }

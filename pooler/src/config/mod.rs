@@ -239,6 +239,37 @@ impl Config {
         override_or(own, self.pgbouncer.max_user_client_connections)
     }
 
+    /// `query_timeout` for server connections of `user`: the user's, else the global one.
+    pub fn query_timeout_for(&self, user: &str) -> std::time::Duration {
+        self.user_timeout(user, |u| u.query_timeout, self.pgbouncer.query_timeout)
+    }
+
+    /// `idle_transaction_timeout` for server connections of `user`: the user's, else the
+    /// global one.
+    pub fn idle_transaction_timeout_for(&self, user: &str) -> std::time::Duration {
+        let global = self.pgbouncer.idle_transaction_timeout;
+        self.user_timeout(user, |u| u.idle_transaction_timeout, global)
+    }
+
+    /// `client_idle_timeout` for clients logged in as `user`: the user's, else the global.
+    pub fn client_idle_timeout_for(&self, user: &str) -> std::time::Duration {
+        let global = self.pgbouncer.client_idle_timeout;
+        self.user_timeout(user, |u| u.client_idle_timeout, global)
+    }
+
+    /// A `[users]` timeout in seconds when above 0, else `global` (PgBouncer's rule).
+    fn user_timeout(
+        &self,
+        user: &str,
+        own: fn(&UserEntry) -> Option<u32>,
+        global: std::time::Duration,
+    ) -> std::time::Duration {
+        match self.users.get(user).and_then(own) {
+            Some(secs) if secs > 0 => std::time::Duration::from_secs(secs.into()),
+            _ => global,
+        }
+    }
+
     /// How long server connections of `db` may serve: the database's, else the global one.
     pub fn server_lifetime_for(&self, db: &str) -> std::time::Duration {
         match self.database(db).and_then(|(_, d)| d.server_lifetime) {

@@ -357,7 +357,7 @@ fn unknown_and_unsupported_settings_warn_and_are_ignored() {
 fn unsupported_entry_parameters_and_peers_section_warn() {
     let text = format!(
         "[databases]\nro = host=replica target_session_attrs=read-only\n\
-         [users]\nbob = pool_size=2 query_timeout=10\n\
+         [users]\nbob = pool_size=2 transaction_timeout=10\n\
          [peers]\n1 = host=/tmp/other\n2 = nonsense that is never parsed\n{MINIMAL}"
     );
     let loaded = parse_ok(&text);
@@ -366,7 +366,7 @@ fn unsupported_entry_parameters_and_peers_section_warn() {
         messages,
         vec![
             "pgbouncer.ini:2: ro: parameter target_session_attrs is not supported by weir, ignored",
-            "pgbouncer.ini:4: bob: parameter query_timeout is not supported by weir, ignored",
+            "pgbouncer.ini:4: bob: parameter transaction_timeout is not supported by weir, ignored",
             "pgbouncer.ini:5: section [peers] is not supported by weir, ignored",
         ]
     );
@@ -603,6 +603,9 @@ fn round_trips_through_to_ini() {
             max_user_connections: Some(10),
             max_user_client_connections: Some(50),
             reserve_pool_size: Some(1),
+            query_timeout: Some(60),
+            idle_transaction_timeout: Some(5),
+            client_idle_timeout: Some(600),
             min_pool_size: Some(2),
         },
     );

@@ -269,6 +269,9 @@ fn check_limits(config: &Config) -> Result<(), Problem> {
             ),
             ("reserve_pool_size", user.reserve_pool_size),
             ("min_pool_size", user.min_pool_size),
+            ("query_timeout", user.query_timeout),
+            ("idle_transaction_timeout", user.idle_transaction_timeout),
+            ("client_idle_timeout", user.client_idle_timeout),
         ];
         for (param, value) in counts {
             if let Some(value) = value.filter(|v| *v > MAX_COUNT) {
