@@ -1,6 +1,7 @@
 //! PgBouncer 1.21–1.25 settings, run side by side against PgBouncer 1.25.2 and weir on the
 //! same configuration: client connection limits per database and per user, a database's own
-//! `server_lifetime`, a user's own timeouts, `scram_iterations` and `application_name_add_host`.
+//! `server_lifetime`, a user's own timeouts, `scram_iterations`, `application_name_add_host`
+//! and `server_round_robin`.
 
 use std::time::Duration;
 
@@ -288,5 +289,43 @@ async fn a_users_own_timeouts() {
             closed.await,
             "{who}: the user's client_idle_timeout did not end it"
         );
+    }
+}
+
+#[tokio::test]
+async fn server_round_robin_lends_idle_connections_in_turn() {
+    let pg = cluster().await;
+    for (round_robin, turns) in [("0", false), ("1", true)] {
+        let config = ini(
+            &pg,
+            "app = host={pghost} port={pgport} dbname=app",
+            "",
+            &format!("server_round_robin = {round_robin}\ndefault_pool_size = 2\n"),
+        );
+        for who in POOLERS {
+            let pooler = start(who, &config).await;
+            // Two transactions at once leave two idle server connections behind.
+            let a = client(&pooler, "app").await.expect(who);
+            let b = client(&pooler, "app").await.expect(who);
+            a.simple_query("BEGIN").await.expect(who);
+            b.simple_query("BEGIN").await.expect(who);
+            let first = scalar(&a, "SELECT pg_backend_pid()").await;
+            let second = scalar(&b, "SELECT pg_backend_pid()").await;
+            assert_ne!(first, second, "{who}");
+            b.simple_query("COMMIT").await.expect(who);
+            a.simple_query("COMMIT").await.expect(who);
+            // a's connection went back last: most recently used first gives it again each
+            // time, round robin alternates between the two.
+            let mut seen = Vec::new();
+            for _ in 0..3 {
+                seen.push(scalar(&a, "SELECT pg_backend_pid()").await);
+            }
+            let alternates = seen[0] != seen[1] && seen[1] != seen[2];
+            let same = seen.iter().all(|pid| *pid == seen[0]);
+            assert!(
+                if turns { alternates } else { same },
+                "{who}, server_round_robin = {round_robin}: {seen:?}"
+            );
+        }
     }
 }

@@ -110,6 +110,9 @@ pub struct PoolSettings {
     pub max_db_connections: u32,
     /// `max_user_connections` of the pool's user over all its pools (0: unlimited).
     pub max_user_connections: u32,
+    /// `server_round_robin`: lend the idle connection used longest ago instead of the most
+    /// recently used one.
+    pub round_robin: bool,
 }
 
 impl Config {
@@ -154,6 +157,7 @@ impl Config {
             login_retry: s.server_login_retry,
             max_db_connections: self.max_db_connections_for(db),
             max_user_connections: self.max_user_connections_for(user),
+            round_robin: s.server_round_robin,
         })
     }
 }

@@ -329,8 +329,7 @@ pub struct Settings {
     /// Most client connections per user, admin console excepted. 0 (default): unlimited.
     pub max_user_client_connections: u32,
     /// Hand out idle server connections round-robin instead of most-recently-used first,
-    /// for databases behind a load balancer. Not supported: parsed, and ignored with a
-    /// warning unless off.
+    /// for databases behind a load balancer. Default off.
     pub server_round_robin: bool,
     /// Startup parameters, beyond the built-in ones, that are tracked per client and
     /// restored on whatever server connection it gets. Default `IntervalStyle`.
@@ -645,7 +644,7 @@ settings_table! {
     max_user_connections: count => implemented,
     max_db_client_connections: count => implemented,
     max_user_client_connections: count => implemented,
-    server_round_robin: flag => ignored("idle server connections are always reused most recently used first"),
+    server_round_robin: flag => implemented,
     track_extra_parameters: list => implemented,
     ignore_startup_parameters: list => implemented,
     disable_pqexec: flag => ignored("the simple query protocol is always allowed"),
