@@ -371,7 +371,9 @@ impl Pooler {
         }
         let mut next = Config::clone(&self.config());
         next.pgbouncer.set(&key, value).map_err(|e| e.to_string())?;
-        next.validate().map_err(|e| e.to_string())?;
+        for warning in next.validate_with_warnings().map_err(|e| e.to_string())? {
+            tracing::warn!("{warning}");
+        }
         let digest = config_digest(&next, &self.secrets.load());
         // default_pool_size sizes the peer pools without a pool_size of their own.
         self.peers.configure(&next);
@@ -399,26 +401,25 @@ impl Pooler {
     }
 
     /// The secret a SCRAM exchange for `user` checks against: a plain password is turned into
-    /// a SCRAM verifier once (4096 PBKDF2 rounds) and reused until the password changes, as
-    /// connection storms would otherwise spend most of their time deriving keys.
+    /// a SCRAM verifier once (`scram_iterations` PBKDF2 rounds) and reused until the password
+    /// or the count changes, as connection storms would otherwise spend most of their time
+    /// deriving keys.
     pub fn scram_secret(&self, user: &str, secret: Secret) -> Secret {
         let Secret::Plain(password) = secret else {
             return secret;
         };
+        let iterations = self.config.load().pgbouncer.scram_iterations;
         let mut derived = self.derived.lock().unwrap_or_else(|p| p.into_inner());
         match derived.get(user) {
-            Some((known, scram)) if *known == password => Secret::Scram(scram.clone()),
+            Some((known, scram)) if *known == password && scram.iterations == iterations => {
+                Secret::Scram(scram.clone())
+            }
             _ => {
-                let scram = ScramSecret::generate(&password);
+                let scram = ScramSecret::generate_with(&password, iterations);
                 derived.insert(user.to_owned(), (password, scram.clone()));
                 Secret::Scram(scram)
             }
         }
-    }
-
-    /// Whether an auth file is configured (then only users listed in it may log in).
-    pub fn has_auth_file(&self) -> bool {
-        self.config.load().pgbouncer.auth_file.is_some()
     }
 
     /// Pooler-wide names of prepared statements.
@@ -777,9 +778,6 @@ impl client::SessionContext for Pooler {
     }
     fn scram_secret(&self, user: &str, secret: Secret) -> Secret {
         Pooler::scram_secret(self, user, secret)
-    }
-    fn has_auth_file(&self) -> bool {
-        Pooler::has_auth_file(self)
     }
     fn hba(&self) -> Arc<Hba> {
         self.hba.load_full()

@@ -50,12 +50,10 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let secrets = match app::load_secrets(&loaded.config) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("weir: {e}");
-            return ExitCode::from(1);
-        }
+    // As PgBouncer: an unreadable auth_file leaves no users to log in, and weir still starts.
+    let (secrets, unreadable) = match app::load_secrets(&loaded.config) {
+        Ok(s) => (s, None),
+        Err(e) => (Default::default(), Some(e)),
     };
     if let Err(e) = init_logging(&args, &loaded.config) {
         eprintln!("weir: {e:#}");
@@ -63,6 +61,9 @@ fn main() -> ExitCode {
     }
     for w in &loaded.warnings {
         tracing::warn!("{w}");
+    }
+    if let Some(e) = unreadable {
+        tracing::warn!("{e}; no user can log in until a reload reads it");
     }
     let tls = match weir_pooler::tls::Tls::load(&loaded.config.pgbouncer) {
         Ok(t) => t,

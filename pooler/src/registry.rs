@@ -307,6 +307,60 @@ pub struct Registry {
     next_id: AtomicU64,
     clients: Mutex<Clients>,
     servers: Mutex<HashMap<u64, Arc<ServerRecord>>>,
+    admitted: Mutex<Admitted>,
+}
+
+/// Clients admitted per database and per user name, for `max_db_client_connections` and
+/// `max_user_client_connections`.
+#[derive(Debug, Default)]
+struct Admitted {
+    by_database: HashMap<String, usize>,
+    by_user: HashMap<String, usize>,
+}
+
+/// Which client connection limit refused a login.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientLimit {
+    /// `max_db_client_connections`.
+    Database,
+    /// `max_user_client_connections`.
+    User,
+}
+
+impl ClientLimit {
+    /// The message PgBouncer sends when the limit is reached.
+    pub fn message(self) -> &'static str {
+        match self {
+            ClientLimit::Database => "client connections exceeded (max_db_client_connections)",
+            ClientLimit::User => "client connections exceeded (max_user_client_connections)",
+        }
+    }
+}
+
+/// A client counted against its database's and user's client limits until dropped.
+#[derive(Debug)]
+pub struct Admission {
+    registry: Arc<Registry>,
+    database: String,
+    user: String,
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        let mut guard = lock(&self.registry.admitted);
+        let admitted = &mut *guard;
+        for (map, key) in [
+            (&mut admitted.by_database, &self.database),
+            (&mut admitted.by_user, &self.user),
+        ] {
+            if let Some(n) = map.get_mut(key) {
+                *n -= 1;
+                if *n == 0 {
+                    map.remove(key);
+                }
+            }
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -337,6 +391,35 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Registry {
+    /// Counts a client of `database` as `user` unless that reaches past a limit (0:
+    /// unlimited), as PgBouncer's `max_db_client_connections` and
+    /// `max_user_client_connections` do.
+    pub fn admit(
+        self: &Arc<Self>,
+        database: &str,
+        user: &str,
+        database_limit: u32,
+        user_limit: u32,
+    ) -> Result<Admission, ClientLimit> {
+        let mut admitted = lock(&self.admitted);
+        let full = |count: Option<&usize>, limit: u32| {
+            limit > 0 && count.copied().unwrap_or(0) >= limit as usize
+        };
+        if full(admitted.by_database.get(database), database_limit) {
+            return Err(ClientLimit::Database);
+        }
+        if full(admitted.by_user.get(user), user_limit) {
+            return Err(ClientLimit::User);
+        }
+        *admitted.by_database.entry(database.to_owned()).or_default() += 1;
+        *admitted.by_user.entry(user.to_owned()).or_default() += 1;
+        Ok(Admission {
+            registry: self.clone(),
+            database: database.to_owned(),
+            user: user.to_owned(),
+        })
+    }
+
     fn next_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed) + 1
     }
@@ -531,6 +614,32 @@ impl Drop for ClientCount {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn client_limits_count_per_database_and_per_user_until_dropped() {
+        let registry = Arc::new(Registry::default());
+        let first = registry.admit("db", "alice", 2, 1).expect("room");
+        assert_eq!(
+            registry.admit("db", "alice", 2, 1).err(),
+            Some(ClientLimit::User)
+        );
+        let second = registry.admit("db", "bob", 2, 1).expect("room");
+        assert_eq!(
+            registry.admit("db", "carol", 2, 0).err(),
+            Some(ClientLimit::Database)
+        );
+        registry
+            .admit("other", "carol", 2, 0)
+            .expect("another database");
+        drop(first);
+        registry.admit("db", "alice", 2, 1).expect("alice left");
+        drop(second);
+        // 0 means unlimited.
+        let many: Vec<_> = (0..5)
+            .map(|_| registry.admit("db2", "dave", 0, 0).expect("unlimited"))
+            .collect();
+        assert_eq!(many.len(), 5);
+    }
 
     fn info() -> ClientInfo {
         ClientInfo {

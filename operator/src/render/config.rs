@@ -100,6 +100,10 @@ pub(crate) fn build(
                 min_pool_size: Some(pool.min_pool_size).filter(|m| *m > 0),
                 pool_mode: None,
                 service_accounts: service_accounts(&source, namespace),
+                max_user_client_connections: None,
+                query_timeout: None,
+                idle_transaction_timeout: None,
+                client_idle_timeout: None,
             };
             (credential.user.clone(), entry)
         })

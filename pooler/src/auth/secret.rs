@@ -134,8 +134,13 @@ impl ScramSecret {
     /// Derives a verifier for `password` with a fresh random 16-byte salt and 4096
     /// iterations, PostgreSQL's defaults.
     pub fn generate(password: &str) -> Self {
+        Self::generate_with(password, DEFAULT_ITERATIONS)
+    }
+
+    /// Like [`ScramSecret::generate`] with `iterations` rounds (`scram_iterations`).
+    pub fn generate_with(password: &str, iterations: u32) -> Self {
         let salt = crypto::random_bytes::<DEFAULT_SALT_LEN>();
-        Self::from_password(password, &salt, DEFAULT_ITERATIONS)
+        Self::from_password(password, &salt, iterations)
     }
 
     /// A verifier for a user who has none (unknown, or with an empty password), so that the
@@ -233,6 +238,7 @@ mod tests {
     fn generate_uses_defaults_and_fresh_salt() {
         let a = ScramSecret::generate("pw");
         let b = ScramSecret::generate("pw");
+        assert_eq!(ScramSecret::generate_with("pw", 10).iterations, 10);
         assert_eq!(a.iterations, 4096);
         assert_eq!(a.salt.len(), 16);
         assert_ne!(a.salt, b.salt);

@@ -53,8 +53,6 @@ pub trait SessionContext: Send + Sync + 'static {
     fn scram_secret(&self, user: &str, secret: Secret) -> Secret;
     /// What checks ServiceAccount tokens, with its cache.
     fn token_reviewer(&self) -> &TokenReviewer;
-    /// Whether an auth file is configured.
-    fn has_auth_file(&self) -> bool;
     /// The rules of `auth_hba_file`, for `auth_type = hba`.
     fn hba(&self) -> Arc<crate::auth::hba::Hba>;
     /// Whether `database` names the admin console.

@@ -15,7 +15,7 @@ use crate::auth::{self, md5, ScramSecret, ScramServer, Secret};
 use crate::config::{AuthType, Config, TlsMode};
 use crate::params::{self, ParamSet};
 use crate::protocol::{self, backend, frontend, PgError, Startup};
-use crate::stream::Stream;
+use crate::stream::{Endpoint, Stream};
 use crate::tls::{self, ClientTls};
 use crate::token_review::{ReviewError, STATS};
 use crate::wire::{self, ReadError};
@@ -247,6 +247,17 @@ async fn startup(
     })
 }
 
+/// `application_name` as `application_name_add_host` makes it, in PgBouncer's format:
+/// `<name> - <address>:<port>` (`[address]` for IPv6), `app` when the client sent no name.
+pub fn name_with_host(name: Option<&str>, peer: &Endpoint) -> String {
+    let name = name.unwrap_or("app");
+    if peer.addr.contains(':') {
+        format!("{name} - [{}]:{}", peer.addr, peer.port)
+    } else {
+        format!("{name} - {}:{}", peer.addr, peer.port)
+    }
+}
+
 /// The result of a successful authentication.
 #[derive(Debug, Default)]
 pub struct Authenticated {
@@ -315,7 +326,7 @@ pub async fn authenticate(
             "ldap authentication is not supported by weir",
         ))),
         Method::Peer => {
-            let known = secret.is_some() || !pooler.has_auth_file();
+            let known = secret.is_some();
             let allowed = match (stream.peer_os_user(), &map) {
                 (Some(os_user), Some(map)) => map.allows(&os_user, user),
                 (Some(os_user), None) => os_user == *user,
@@ -352,8 +363,9 @@ pub async fn authenticate(
                 ),
             ))),
         },
+        // The user must be known even here, as in PgBouncer; without auth_file nobody is.
         Method::Trust => {
-            if secret.is_none() && pooler.has_auth_file() {
+            if secret.is_none() {
                 return Err(auth_failed(user));
             }
             Ok(Authenticated::default())
@@ -392,7 +404,8 @@ pub async fn authenticate(
         // md5 with a SCRAM secret falls through to SCRAM, as PostgreSQL does.
         Method::Md5 | Method::ScramSha256 => {
             let secret = with_password(secret, user).map(|s| pooler.scram_secret(user, s));
-            scram(stream, buf, user, secret, channel_binding).await
+            let rounds = config.pgbouncer.scram_iterations;
+            scram(stream, buf, user, secret, rounds, channel_binding).await
         }
     }
 }
@@ -469,12 +482,14 @@ async fn service_account_login(
 }
 
 /// SCRAM-SHA-256, and SCRAM-SHA-256-PLUS when `channel_binding` (the TLS connection's
-/// `tls-server-end-point` data) is given.
+/// `tls-server-end-point` data) is given. An unknown user's decoy counts `rounds` iterations,
+/// as a verifier derived from a plain password would.
 async fn scram(
     stream: &mut Stream,
     buf: &mut BytesMut,
     user: &str,
     secret: Option<Secret>,
+    rounds: u32,
     channel_binding: Option<&[u8]>,
 ) -> Result<Authenticated, LoginError> {
     let known = secret.is_some();
@@ -487,7 +502,10 @@ async fn scram(
         }
         Some(s) => s,
         // A decoy makes an unknown user's exchange look like a real one, salt and work alike.
-        None => Secret::Scram(ScramSecret::decoy(user)),
+        None => Secret::Scram(ScramSecret {
+            iterations: rounds,
+            ..ScramSecret::decoy(user)
+        }),
     };
     let mut server = ScramServer::new(&secret, user).map_err(|e| auth_error(user, &e))?;
     if let Some(data) = channel_binding {
@@ -564,5 +582,26 @@ fn auth_error(user: &str, e: &auth::AuthError) -> LoginError {
     match e {
         auth::AuthError::InvalidPassword => auth_failed(user),
         other => LoginError::fatal(PgError::fatal(other.sqlstate(), other.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn application_names_get_the_client_address_as_in_pgbouncer() {
+        let v4 = Endpoint {
+            addr: "10.0.0.7".into(),
+            port: 51234,
+        };
+        assert_eq!(name_with_host(Some("psql"), &v4), "psql - 10.0.0.7:51234");
+        assert_eq!(name_with_host(None, &v4), "app - 10.0.0.7:51234");
+        assert_eq!(name_with_host(Some(""), &v4), " - 10.0.0.7:51234");
+        let v6 = Endpoint {
+            addr: "::1".into(),
+            port: 6000,
+        };
+        assert_eq!(name_with_host(Some("x"), &v6), "x - [::1]:6000");
     }
 }

@@ -23,7 +23,7 @@ use crate::config::PoolMode;
 use crate::params::{self, ParamSet};
 use crate::pool::{Checkout, Counts, Pool};
 use crate::protocol::{backend, PgError};
-use crate::registry::{ClientCount, ClientHandle, ClientInfo};
+use crate::registry::{Admission, ClientCount, ClientHandle, ClientInfo};
 use crate::server::{self, PrepareError};
 use crate::stream::{Keepalive, Stream};
 use crate::wire;
@@ -85,7 +85,7 @@ async fn log_in(
     let login_deadline = login_deadline(config.pgbouncer.client_login_timeout);
 
     let tls = pooler.tls();
-    let login = loop {
+    let mut login = loop {
         let hello = within_login_deadline(
             login_deadline,
             login::hello(&mut stream, &mut buf, &config, &tls.client),
@@ -121,6 +121,11 @@ async fn log_in(
             Err(e) => return refused(&mut stream, e).await,
         }
     };
+    if config.pgbouncer.application_name_add_host {
+        let (peer, _) = stream.endpoints(config.pgbouncer.listen_port);
+        let named = login::name_with_host(login.params.get("application_name"), &peer);
+        login.params.set("application_name", &named);
+    }
     let console = pooler.is_console(&login.database);
     // Every connection counts from accept; as in PgBouncer, the console is never refused, so
     // an operator can still see who fills the limit.
@@ -166,6 +171,26 @@ async fn log_in(
             return refused(&mut stream, e).await;
         }
     };
+    // As in PgBouncer, console clients count too, and only admin users there are never refused.
+    let unlimited = console && config.pgbouncer.admin_users.contains(&login.user);
+    let (database_limit, user_limit) = match unlimited {
+        true => (0, 0),
+        false => (
+            config.max_db_client_connections_for(&login.database),
+            config.max_user_client_connections_for(&login.user),
+        ),
+    };
+    let admission =
+        match pooler
+            .registry()
+            .admit(&login.database, &login.user, database_limit, user_limit)
+        {
+            Ok(a) => a,
+            Err(limit) => {
+                let e = PgError::fatal("08P01", limit.message());
+                return refused(&mut stream, LoginError::fatal(e)).await;
+            }
+        };
     if console {
         if !own_user {
             if let Err(e) = pooler.console_allowed(&login.user) {
@@ -183,6 +208,7 @@ async fn log_in(
         let reason = pooler
             .serve_console(stream, buf, login.user.clone(), own_user, record)
             .await;
+        drop(admission);
         tracing::info!(%peer, user = %login.user, reason, "admin console disconnect");
         return None;
     }
@@ -243,6 +269,7 @@ async fn log_in(
         buf,
         params: wanted,
         record,
+        _admission: admission,
         state: ClientState::default(),
     };
     Some((session, login))
@@ -386,6 +413,8 @@ struct Session {
     params: ParamSet,
     /// Its entry in the registry: state for the console, the link cancel requests follow.
     record: ClientHandle,
+    /// Its place under `max_db_client_connections` and `max_user_client_connections`.
+    _admission: Admission,
     /// Prepared statements, session settings and pinning (transaction and statement modes).
     state: ClientState,
 }
@@ -442,7 +471,10 @@ impl Session {
 
     /// Waits until the client has sent something that needs a server. Err means it left.
     async fn wait_for_work(&mut self, mode: PoolMode) -> Result<(), &'static str> {
-        let idle_limit = self.pooler.config_now().pgbouncer.client_idle_timeout;
+        let idle_limit = self
+            .pooler
+            .config_now()
+            .client_idle_timeout_for(&self.record.info.user);
         // Transaction and statement modes let clients go between transactions when draining;
         // session-mode clients keep their session until they leave (or shutdown_timeout).
         let releases = mode != PoolMode::Session;
@@ -552,10 +584,13 @@ impl Session {
             release_when_idle: mode != PoolMode::Session,
             statement_mode: mode == PoolMode::Statement,
         };
+        // As in PgBouncer: the server connection's user for the query limits, the client's
+        // own for its idleness.
+        let server_user = &self.pool.key().user;
         let timeouts = Timeouts {
-            query: s.query_timeout,
-            idle_transaction: s.idle_transaction_timeout,
-            client_idle: s.client_idle_timeout,
+            query: config.query_timeout_for(server_user),
+            idle_transaction: config.idle_transaction_timeout_for(server_user),
+            client_idle: config.client_idle_timeout_for(&self.record.info.user),
         };
         let max_message = max_message(s.max_packet_size);
         let reset_always = s.server_reset_query_always;

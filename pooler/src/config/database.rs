@@ -21,21 +21,12 @@ pub const UNSUPPORTED_DATABASE_KEYS: &[&str] = &[
     "auth_dbname",
     "auth_query",
     "load_balance_hosts",
-    "max_db_client_connections",
     "query_wait_timeout",
-    "server_lifetime",
     "target_session_attrs",
 ];
 
 /// `[users]` parameters PgBouncer knows and weir ignores (with a warning).
-pub const UNSUPPORTED_USER_KEYS: &[&str] = &[
-    "client_idle_timeout",
-    "idle_transaction_timeout",
-    "max_user_client_connections",
-    "query_timeout",
-    "query_wait_timeout",
-    "transaction_timeout",
-];
+pub const UNSUPPORTED_USER_KEYS: &[&str] = &["query_wait_timeout", "transaction_timeout"];
 
 /// One `[databases]` entry: where a client-visible database name is routed and how its
 /// pools behave. Every field is optional; unset ones fall back as documented on each, so
@@ -66,6 +57,10 @@ pub struct DatabaseEntry {
     pub reserve_pool_size: Option<u32>,
     /// Overrides the global `max_db_connections`.
     pub max_db_connections: Option<u32>,
+    /// Overrides the global `max_db_client_connections` (0: the global one applies).
+    pub max_db_client_connections: Option<u32>,
+    /// Overrides the global `server_lifetime`, in seconds (0: the global one applies).
+    pub server_lifetime: Option<u32>,
     /// Overrides the global `pool_mode`.
     pub pool_mode: Option<PoolMode>,
     /// Query run once on each new server connection before any client uses it.
@@ -90,8 +85,16 @@ pub struct UserEntry {
     pub pool_size: Option<u32>,
     /// Overrides the global `max_user_connections`.
     pub max_user_connections: Option<u32>,
+    /// Overrides the global `max_user_client_connections` (0: the global one applies).
+    pub max_user_client_connections: Option<u32>,
     /// Overrides the database's and the global `reserve_pool_size`.
     pub reserve_pool_size: Option<u32>,
+    /// Overrides the global `query_timeout`, in seconds (0: the global one applies).
+    pub query_timeout: Option<u32>,
+    /// Overrides the global `idle_transaction_timeout`, in seconds (0: the global one).
+    pub idle_transaction_timeout: Option<u32>,
+    /// Overrides the global `client_idle_timeout`, in seconds (0: the global one applies).
+    pub client_idle_timeout: Option<u32>,
     /// Overrides the database's and the global `min_pool_size` for this user's pools. A
     /// Weir extension: PgBouncer has no per-user minimum.
     pub min_pool_size: Option<u32>,
@@ -141,14 +144,16 @@ impl DatabaseEntry {
                 "user" => entry.user = text,
                 "password" => entry.password = text,
                 "auth_user" => entry.auth_user = text,
-                "pool_size" => entry.pool_size = Some(count(&value).map_err(in_key)?),
-                "min_pool_size" => entry.min_pool_size = Some(count(&value).map_err(in_key)?),
+                "pool_size" => entry.pool_size = count(&value).map_err(in_key)?,
+                "min_pool_size" => entry.min_pool_size = count(&value).map_err(in_key)?,
                 "reserve_pool_size" | "reserve_pool" => {
-                    entry.reserve_pool_size = Some(count(&value).map_err(in_key)?)
+                    entry.reserve_pool_size = count(&value).map_err(in_key)?
                 }
-                "max_db_connections" => {
-                    entry.max_db_connections = Some(count(&value).map_err(in_key)?)
+                "max_db_connections" => entry.max_db_connections = count(&value).map_err(in_key)?,
+                "max_db_client_connections" => {
+                    entry.max_db_client_connections = count(&value).map_err(in_key)?
                 }
+                "server_lifetime" => entry.server_lifetime = count(&value).map_err(in_key)?,
                 "pool_mode" => entry.pool_mode = Some(value.parse().map_err(in_key)?),
                 "connect_query" => entry.connect_query = text,
                 "client_encoding" => entry.client_encoding = text,
@@ -180,6 +185,8 @@ impl DatabaseEntry {
         out.number("min_pool_size", self.min_pool_size);
         out.number("reserve_pool_size", self.reserve_pool_size);
         out.number("max_db_connections", self.max_db_connections);
+        out.number("max_db_client_connections", self.max_db_client_connections);
+        out.number("server_lifetime", self.server_lifetime);
         out.number("pool_mode", self.pool_mode);
         out.text("connect_query", &self.connect_query);
         out.text("client_encoding", &self.client_encoding);
@@ -210,14 +217,22 @@ impl UserEntry {
             let in_key = |e: ValueError| ValueError(format!("{key}: {e}"));
             match key.as_str() {
                 "pool_mode" => entry.pool_mode = Some(value.parse().map_err(in_key)?),
-                "pool_size" => entry.pool_size = Some(count(&value).map_err(in_key)?),
+                "pool_size" => entry.pool_size = count(&value).map_err(in_key)?,
                 "max_user_connections" => {
-                    entry.max_user_connections = Some(count(&value).map_err(in_key)?)
+                    entry.max_user_connections = count(&value).map_err(in_key)?
                 }
-                "reserve_pool_size" => {
-                    entry.reserve_pool_size = Some(count(&value).map_err(in_key)?)
+                "max_user_client_connections" => {
+                    entry.max_user_client_connections = count(&value).map_err(in_key)?
                 }
-                "min_pool_size" => entry.min_pool_size = Some(count(&value).map_err(in_key)?),
+                "reserve_pool_size" => entry.reserve_pool_size = count(&value).map_err(in_key)?,
+                "min_pool_size" => entry.min_pool_size = count(&value).map_err(in_key)?,
+                "query_timeout" => entry.query_timeout = count(&value).map_err(in_key)?,
+                "idle_transaction_timeout" => {
+                    entry.idle_transaction_timeout = count(&value).map_err(in_key)?
+                }
+                "client_idle_timeout" => {
+                    entry.client_idle_timeout = count(&value).map_err(in_key)?
+                }
                 "service_accounts" => {
                     entry.service_accounts = service_accounts(&value).map_err(in_key)?
                 }
@@ -234,8 +249,15 @@ impl UserEntry {
         out.number("pool_mode", self.pool_mode);
         out.number("pool_size", self.pool_size);
         out.number("max_user_connections", self.max_user_connections);
+        out.number(
+            "max_user_client_connections",
+            self.max_user_client_connections,
+        );
         out.number("reserve_pool_size", self.reserve_pool_size);
         out.number("min_pool_size", self.min_pool_size);
+        out.number("query_timeout", self.query_timeout);
+        out.number("idle_transaction_timeout", self.idle_transaction_timeout);
+        out.number("client_idle_timeout", self.client_idle_timeout);
         if !self.service_accounts.is_empty() {
             out.push("service_accounts", &self.service_accounts.join(","));
         }
@@ -273,8 +295,15 @@ impl FromStr for UserEntry {
     }
 }
 
-fn count(value: &str) -> Result<u32, ValueError> {
-    values::count::parse(value)
+/// A per-entry count; a negative number (PgBouncer's `-1`) leaves it unset, so the global
+/// value applies, as in PgBouncer.
+fn count(value: &str) -> Result<Option<u32>, ValueError> {
+    match value.trim().strip_prefix('-') {
+        Some(digits) if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) => {
+            Ok(None)
+        }
+        _ => values::count::parse(value).map(Some),
+    }
 }
 
 /// Splits a connection string into `(lower-case key, unquoted value)` pairs.
@@ -497,21 +526,26 @@ mod tests {
     #[test]
     fn unsupported_database_parameters_are_collected() {
         let parsed = DatabaseEntry::parse_conn_string(
-            "host=a target_session_attrs=read-write server_lifetime=10",
+            "host=a target_session_attrs=read-write server_lifetime=10 \
+             max_db_client_connections=4 load_balance_hosts=disable",
         )
         .expect("valid");
         assert_eq!(
             parsed.ignored,
-            vec!["target_session_attrs", "server_lifetime"]
+            vec!["target_session_attrs", "load_balance_hosts"]
         );
         assert_eq!(parsed.entry.host.as_deref(), Some("a"));
+        assert_eq!(parsed.entry.server_lifetime, Some(10));
+        assert_eq!(parsed.entry.max_db_client_connections, Some(4));
     }
 
     #[test]
     fn user_entries() {
         let parsed = UserEntry::parse_conn_string(
             "pool_mode=statement pool_size=3 max_user_connections=9 reserve_pool_size=1 \
-             min_pool_size=2 query_timeout=5 service_accounts=shop/api,shop/worker",
+             min_pool_size=2 transaction_timeout=5 max_user_client_connections=20 \
+             query_timeout=7 idle_transaction_timeout=8 client_idle_timeout=9 \
+             service_accounts=shop/api,shop/worker",
         )
         .expect("valid");
         assert_eq!(
@@ -520,7 +554,11 @@ mod tests {
                 pool_mode: Some(PoolMode::Statement),
                 pool_size: Some(3),
                 max_user_connections: Some(9),
+                max_user_client_connections: Some(20),
                 reserve_pool_size: Some(1),
+                query_timeout: Some(7),
+                idle_transaction_timeout: Some(8),
+                client_idle_timeout: Some(9),
                 min_pool_size: Some(2),
                 service_accounts: vec!["shop/api".into(), "shop/worker".into()],
             }
@@ -543,14 +581,26 @@ mod tests {
                 "{bad}: {err}"
             );
         }
-        assert_eq!(parsed.ignored, vec!["query_timeout"]);
+        assert_eq!(parsed.ignored, vec!["transaction_timeout"]);
         let err = "host=x".parse::<UserEntry>().expect_err("not a user key");
         assert!(err.0.contains("unknown user parameter \"host\""), "{err}");
-        let err = "pool_size=-1".parse::<UserEntry>().expect_err("negative");
-        assert!(
-            err.0.starts_with("pool_size: expected a whole number"),
-            "{err}"
-        );
+        // PgBouncer's -1 means "not set here": the database's or the global value applies.
+        let inherits = "pool_size=-1 max_user_connections=-5".parse::<UserEntry>();
+        assert_eq!(inherits, Ok(UserEntry::default()));
+        let db = "pool_size=-1 min_pool_size=-1 reserve_pool=-1 max_db_connections=-1";
+        assert_eq!(db.parse::<DatabaseEntry>(), Ok(DatabaseEntry::default()));
+        for bad in [
+            "pool_size=-",
+            "pool_size=--1",
+            "pool_size=-x",
+            "pool_size=1.5",
+        ] {
+            let err = bad.parse::<UserEntry>().expect_err(bad);
+            assert!(
+                err.0.starts_with("pool_size: expected a whole number"),
+                "{err}"
+            );
+        }
     }
 
     #[test]
@@ -572,6 +622,8 @@ mod tests {
                 min_pool_size: Some(1),
                 reserve_pool_size: Some(2),
                 max_db_connections: Some(3),
+                max_db_client_connections: Some(4),
+                server_lifetime: Some(60),
                 pool_mode: Some(PoolMode::Statement),
                 connect_query: Some("SET x = 'y'; SELECT 1".into()),
                 client_encoding: Some("UTF8".into()),
@@ -588,13 +640,18 @@ mod tests {
             pool_mode: Some(PoolMode::Transaction),
             pool_size: Some(5),
             max_user_connections: None,
+            max_user_client_connections: None,
             reserve_pool_size: Some(1),
+            query_timeout: None,
+            idle_transaction_timeout: None,
+            client_idle_timeout: Some(30),
             min_pool_size: None,
             service_accounts: vec!["a/b".into(), "c/d".into()],
         };
         assert_eq!(
             user.to_conn_string(),
-            "pool_mode=transaction pool_size=5 reserve_pool_size=1 service_accounts=a/b,c/d"
+            "pool_mode=transaction pool_size=5 reserve_pool_size=1 client_idle_timeout=30 \
+             service_accounts=a/b,c/d"
         );
         assert_eq!(user.to_conn_string().parse::<UserEntry>(), Ok(user));
     }

@@ -27,8 +27,9 @@ pub struct ConfigError {
     pub message: String,
 }
 
-/// Something in the configuration that weir ignores but that the operator should know
-/// about, such as an unknown setting or a PgBouncer feature weir does not implement.
+/// Something in the configuration that weir ignores or works around but that the operator
+/// should know about, such as an unknown setting, a PgBouncer feature weir does not
+/// implement, or a minimum pool size above a limit.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConfigWarning {
     /// The file the line is in.

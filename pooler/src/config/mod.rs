@@ -9,8 +9,8 @@
 //! additions (`http_listen_addr`, `http_port`, `shutdown_timeout`, `pinning`) live in the
 //! same `[pgbouncer]` section. Where weir departs from PgBouncer it says so on the item:
 //! `%include` paths and a relative `auth_file` are taken relative to the including file
-//! rather than the working directory, and a few inconsistent combinations PgBouncer
-//! silently tolerates are refused by [`Config::validate`].
+//! rather than the working directory. Combinations PgBouncer tolerates but cannot honour as
+//! written (a minimum pool size above a limit) load with a warning saying what weir does.
 
 mod database;
 mod duration;
@@ -91,7 +91,8 @@ pub struct Config {
 pub struct Loaded {
     /// The configuration, already validated.
     pub config: Config,
-    /// Settings and sections that were ignored, in file order.
+    /// Settings and sections that were ignored, in file order, then values weir works
+    /// around as PgBouncer does (each says what weir does instead).
     pub warnings: Vec<ConfigWarning>,
 }
 
@@ -117,8 +118,13 @@ impl Config {
         mut read: impl FnMut(&Path) -> io::Result<String>,
     ) -> Result<Loaded, ConfigError> {
         let lines = ini::lex_with_includes(text, path, &mut read)?;
-        let built = parse::build(lines, path)?;
-        validate::check(&built.config).map_err(|p| p.locate(path, &built.locations))?;
+        let mut built = parse::build(lines, path)?;
+        let notes = validate::check(&built.config).map_err(|p| p.locate(path, &built.locations))?;
+        built.warnings.extend(
+            notes
+                .into_iter()
+                .map(|note| note.warning(path, &built.locations)),
+        );
         Ok(Loaded {
             config: built.config,
             warnings: built.warnings,
@@ -188,7 +194,17 @@ impl Config {
     /// every database). [`Config::parse`] runs this too, and then also names
     /// the line that set the offending key.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        validate::check(self).map_err(validate::Problem::unlocated)
+        self.validate_with_warnings().map(drop)
+    }
+
+    /// Like [`Config::validate`], also returning what runs but not as written (a minimum
+    /// pool size above a limit, no `auth_file`...), each saying what weir does instead.
+    pub fn validate_with_warnings(&self) -> Result<Vec<ConfigWarning>, ConfigError> {
+        let notes = validate::check(self).map_err(validate::Problem::unlocated)?;
+        Ok(notes
+            .into_iter()
+            .map(|note| note.warning(Path::new(""), &Default::default()))
+            .collect())
     }
 
     /// The entry serving database `name`: its own entry, else the `*` fallback. Returns
@@ -217,21 +233,79 @@ impl Config {
     }
 
     /// The server connection limit of `db` over all its pools (0: unlimited): the
-    /// database's, else the global one.
+    /// database's, else (also when the database's is 0, as in PgBouncer) the global one.
     pub fn max_db_connections_for(&self, db: &str) -> u32 {
-        self.database(db)
-            .and_then(|(_, d)| d.max_db_connections)
-            .unwrap_or(self.pgbouncer.max_db_connections)
+        let own = self.database(db).and_then(|(_, d)| d.max_db_connections);
+        override_or(own, self.pgbouncer.max_db_connections)
+    }
+
+    /// The client connection limit of `db` (0: unlimited): the database's, else the global.
+    pub fn max_db_client_connections_for(&self, db: &str) -> u32 {
+        let own = self
+            .database(db)
+            .and_then(|(_, d)| d.max_db_client_connections);
+        override_or(own, self.pgbouncer.max_db_client_connections)
+    }
+
+    /// The client connection limit of `user` (0: unlimited): the user's, else the global.
+    pub fn max_user_client_connections_for(&self, user: &str) -> u32 {
+        let own = self
+            .users
+            .get(user)
+            .and_then(|u| u.max_user_client_connections);
+        override_or(own, self.pgbouncer.max_user_client_connections)
+    }
+
+    /// `query_timeout` for server connections of `user`: the user's, else the global one.
+    pub fn query_timeout_for(&self, user: &str) -> std::time::Duration {
+        self.user_timeout(user, |u| u.query_timeout, self.pgbouncer.query_timeout)
+    }
+
+    /// `idle_transaction_timeout` for server connections of `user`: the user's, else the
+    /// global one.
+    pub fn idle_transaction_timeout_for(&self, user: &str) -> std::time::Duration {
+        let global = self.pgbouncer.idle_transaction_timeout;
+        self.user_timeout(user, |u| u.idle_transaction_timeout, global)
+    }
+
+    /// `client_idle_timeout` for clients logged in as `user`: the user's, else the global.
+    pub fn client_idle_timeout_for(&self, user: &str) -> std::time::Duration {
+        let global = self.pgbouncer.client_idle_timeout;
+        self.user_timeout(user, |u| u.client_idle_timeout, global)
+    }
+
+    /// A `[users]` timeout in seconds when above 0, else `global` (PgBouncer's rule).
+    fn user_timeout(
+        &self,
+        user: &str,
+        own: fn(&UserEntry) -> Option<u32>,
+        global: std::time::Duration,
+    ) -> std::time::Duration {
+        match self.users.get(user).and_then(own) {
+            Some(secs) if secs > 0 => std::time::Duration::from_secs(secs.into()),
+            _ => global,
+        }
+    }
+
+    /// How long server connections of `db` may serve: the database's, else the global one.
+    pub fn server_lifetime_for(&self, db: &str) -> std::time::Duration {
+        match self.database(db).and_then(|(_, d)| d.server_lifetime) {
+            Some(secs) if secs > 0 => std::time::Duration::from_secs(secs.into()),
+            _ => self.pgbouncer.server_lifetime,
+        }
     }
 
     /// The server connection limit of `user` over all its pools (0: unlimited): the
-    /// user's, else the global one.
+    /// user's, else (also when the user's is 0, as in PgBouncer) the global one.
     pub fn max_user_connections_for(&self, user: &str) -> u32 {
-        self.users
-            .get(user)
-            .and_then(|u| u.max_user_connections)
-            .unwrap_or(self.pgbouncer.max_user_connections)
+        let own = self.users.get(user).and_then(|u| u.max_user_connections);
+        override_or(own, self.pgbouncer.max_user_connections)
     }
+}
+
+/// A limit resolved as PgBouncer does: the entry's when above 0, else the global one.
+fn override_or(own: Option<u32>, global: u32) -> u32 {
+    own.filter(|limit| *limit > 0).unwrap_or(global)
 }
 
 fn push_entry(out: &mut String, key: &str, value: &str) {

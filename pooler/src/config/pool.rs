@@ -110,6 +110,9 @@ pub struct PoolSettings {
     pub max_db_connections: u32,
     /// `max_user_connections` of the pool's user over all its pools (0: unlimited).
     pub max_user_connections: u32,
+    /// `server_round_robin`: lend the idle connection used longest ago instead of the most
+    /// recently used one.
+    pub round_robin: bool,
 }
 
 impl Config {
@@ -137,17 +140,24 @@ impl Config {
                 .or(database.pool_mode)
                 .unwrap_or(s.pool_mode),
             size: size as usize,
-            // A minimum above the pool's size could never be held (as PgBouncer, capped).
-            min_size: min_size.min(size) as usize,
+            // A minimum above the pool's or a connection limit is never reached (as PgBouncer).
+            min_size: [
+                self.max_db_connections_for(db),
+                self.max_user_connections_for(user),
+            ]
+            .into_iter()
+            .filter(|limit| *limit > 0)
+            .fold(min_size.min(size), u32::min) as usize,
             reserve_size: reserve_size as usize,
             reserve_timeout: s.reserve_pool_timeout,
-            lifetime: ServerLifetime::from_setting(s.server_lifetime),
+            lifetime: ServerLifetime::from_setting(self.server_lifetime_for(db)),
             idle_timeout: s.server_idle_timeout,
             check_delay: s.server_check_delay,
             check: ServerCheck::from_setting(&s.server_check_query),
             login_retry: s.server_login_retry,
             max_db_connections: self.max_db_connections_for(db),
             max_user_connections: self.max_user_connections_for(user),
+            round_robin: s.server_round_robin,
         })
     }
 }

@@ -367,9 +367,13 @@ pub struct Settings {
     pub max_db_connections: u32,
     /// Most server connections per user, over all its pools. 0 (default): unlimited.
     pub max_user_connections: u32,
+    /// Most client connections per database, admin console excepted. 0 (default):
+    /// unlimited.
+    pub max_db_client_connections: u32,
+    /// Most client connections per user, admin console excepted. 0 (default): unlimited.
+    pub max_user_client_connections: u32,
     /// Hand out idle server connections round-robin instead of most-recently-used first,
-    /// for databases behind a load balancer. Not supported: parsed, and ignored with a
-    /// warning unless off.
+    /// for databases behind a load balancer. Default off.
     pub server_round_robin: bool,
     /// Startup parameters, beyond the built-in ones, that are tracked per client and
     /// restored on whatever server connection it gets. Default `IntervalStyle`.
@@ -380,11 +384,12 @@ pub struct Settings {
     /// Refuse the simple query protocol (several statements in one message), as a defence
     /// against SQL injection. Not supported: parsed, and ignored with a warning unless off.
     pub disable_pqexec: bool,
-    /// Append the client's address and port to `application_name` at connect. Not
-    /// supported: parsed, and ignored with a warning unless off.
+    /// Append the client's address and port to `application_name` at connect. Default off.
     pub application_name_add_host: bool,
     /// How often averaged statistics are computed and logged. Default 60 s.
     pub stats_period: Duration,
+    /// PBKDF2 rounds of the SCRAM verifiers weir derives from plain passwords. Default 4096.
+    pub scram_iterations: u32,
     /// Protocol-level prepared statements tracked per server connection in transaction and
     /// statement pooling; 0 disables the tracking. Default 200.
     pub max_prepared_statements: u32,
@@ -565,12 +570,15 @@ impl Default for Settings {
             reserve_pool_timeout: Duration::from_secs(5),
             max_db_connections: 0,
             max_user_connections: 0,
+            max_db_client_connections: 0,
+            max_user_client_connections: 0,
             server_round_robin: false,
             track_extra_parameters: vec!["IntervalStyle".to_owned()],
             ignore_startup_parameters: Vec::new(),
             disable_pqexec: false,
             application_name_add_host: false,
             stats_period: Duration::from_secs(60),
+            scram_iterations: 4096,
             max_prepared_statements: 200,
             auth_type: AuthType::Md5,
             auth_file: None,
@@ -706,12 +714,15 @@ settings_table! {
     reserve_pool_timeout: seconds => implemented,
     max_db_connections: count => implemented,
     max_user_connections: count => implemented,
-    server_round_robin: flag => ignored("idle server connections are always reused most recently used first"),
+    max_db_client_connections: count => implemented,
+    max_user_client_connections: count => implemented,
+    server_round_robin: flag => implemented,
     track_extra_parameters: list => implemented,
     ignore_startup_parameters: list => implemented,
     disable_pqexec: flag => ignored("the simple query protocol is always allowed"),
-    application_name_add_host: flag => ignored("application_name is passed on unchanged"),
+    application_name_add_host: flag => implemented,
     stats_period: seconds => implemented,
+    scram_iterations: count => implemented,
     max_prepared_statements: count => implemented,
     auth_type: choice => implemented,
     auth_file: opt_path => implemented,
@@ -789,13 +800,10 @@ pub const UNSUPPORTED_KEYS: &[&str] = &[
     "listen_backlog",
     "log_stats",
     "login_notify_message",
-    "max_db_client_connections",
-    "max_user_client_connections",
     "pool_idle_timeout",
     "query_wait_notify",
     "resolv_conf",
     "sbuf_loopcnt",
-    "scram_iterations",
     "server_fast_close",
     "server_tls13_ciphers",
     "service_name",

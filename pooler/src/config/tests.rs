@@ -49,12 +49,15 @@ reserve_pool_size = 3
 reserve_pool_timeout = 2.5
 max_db_connections = 90
 max_user_connections = 80
+max_db_client_connections = 500
+max_user_client_connections = 400
 server_round_robin = 1
 track_extra_parameters = IntervalStyle, search_path
 ignore_startup_parameters = extra_float_digits,options
 disable_pqexec = yes
 application_name_add_host = on
 stats_period = 30
+scram_iterations = 10000
 max_prepared_statements = 0
 auth_type = scram-sha-256
 auth_file = /etc/weir/userlist.txt
@@ -132,11 +135,14 @@ fn every_setting_expected() -> Settings {
         reserve_pool_timeout: Duration::from_millis(2500),
         max_db_connections: 90,
         max_user_connections: 80,
+        max_db_client_connections: 500,
+        max_user_client_connections: 400,
         server_round_robin: true,
         track_extra_parameters: strings(&["IntervalStyle", "search_path"]),
         ignore_startup_parameters: strings(&["extra_float_digits", "options"]),
         disable_pqexec: true,
         application_name_add_host: true,
+        scram_iterations: 10000,
         stats_period: Duration::from_secs(30),
         max_prepared_statements: 0,
         auth_type: AuthType::ScramSha256,
@@ -370,7 +376,7 @@ fn unknown_and_unsupported_settings_warn_and_are_ignored() {
 fn unsupported_entry_parameters_warn() {
     let text = format!(
         "[databases]\nro = host=replica target_session_attrs=read-only\n\
-         [users]\nbob = pool_size=2 query_timeout=10\n{MINIMAL}"
+         [users]\nbob = pool_size=2 transaction_timeout=10\n{MINIMAL}"
     );
     let loaded = parse_ok(&text);
     let messages: Vec<String> = loaded.warnings.iter().map(ToString::to_string).collect();
@@ -378,7 +384,7 @@ fn unsupported_entry_parameters_warn() {
         messages,
         vec![
             "pgbouncer.ini:2: ro: parameter target_session_attrs is not supported by weir, ignored",
-            "pgbouncer.ini:4: bob: parameter query_timeout is not supported by weir, ignored",
+            "pgbouncer.ini:4: bob: parameter transaction_timeout is not supported by weir, ignored",
         ]
     );
     assert_eq!(
@@ -612,7 +618,11 @@ fn round_trips_through_to_ini() {
             pool_mode: Some(PoolMode::Statement),
             pool_size: Some(3),
             max_user_connections: Some(10),
+            max_user_client_connections: Some(50),
             reserve_pool_size: Some(1),
+            query_timeout: Some(60),
+            idle_transaction_timeout: Some(5),
+            client_idle_timeout: Some(600),
             min_pool_size: Some(2),
             service_accounts: vec!["shop/api".into(), "shop/worker".into()],
         },
@@ -713,15 +723,24 @@ fn validate_checks_listeners_ports_and_limits() {
         "nothing to listen on",
     );
     failing(
-        &|c| c.pgbouncer.listen_port = 0,
-        "listen_port",
-        "must not be 0",
-    );
-    failing(
-        &|c| c.pgbouncer.unix_socket_mode = 0o1777,
+        &|c| c.pgbouncer.unix_socket_mode = 0o17777,
         "unix_socket_mode",
-        "got 01777",
+        "got 017777",
     );
+    // PgBouncer runs with these: port 0 lets the kernel pick, the sticky bit is a mode bit.
+    let warned = |change: &dyn Fn(&mut Config)| {
+        let mut c = base.clone();
+        change(&mut c);
+        c.validate_with_warnings().expect("runs as PgBouncer does")
+    };
+    let w = warned(&|c| c.pgbouncer.listen_port = 0);
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert_eq!(w[0].key.as_deref(), Some("listen_port"));
+    assert!(
+        w[0].message.contains("the kernel picks a free TCP port"),
+        "{w:?}"
+    );
+    assert_eq!(warned(&|c| c.pgbouncer.unix_socket_mode = 0o1777), vec![]);
     failing(
         &|c| c.pgbouncer.max_client_conn = 0,
         "max_client_conn",
@@ -760,8 +779,15 @@ fn validate_checks_listeners_ports_and_limits() {
     unix_only.validate().expect("no TCP listener to clash with");
 }
 
+/// The one warning `c` loads with.
+fn only_warning(c: &Config) -> ConfigWarning {
+    let mut warnings = c.validate_with_warnings().expect("runs, as in PgBouncer");
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    warnings.remove(0)
+}
+
 #[test]
-fn validate_checks_pool_sizes() {
+fn minimum_pool_sizes_above_a_limit_are_capped_with_a_warning() {
     let base = Config {
         pgbouncer: minimal_settings(),
         ..Config::default()
@@ -769,14 +795,18 @@ fn validate_checks_pool_sizes() {
 
     let mut c = base.clone();
     c.pgbouncer.min_pool_size = 21;
-    let e = c.validate().expect_err("min above default");
-    assert_eq!(e.key.as_deref(), Some("min_pool_size"));
-    assert!(e.message.contains("exceeds default_pool_size (20)"), "{e}");
+    let w = only_warning(&c);
+    assert_eq!(w.key.as_deref(), Some("min_pool_size"));
+    assert_eq!(
+        w.message,
+        "21 is above default_pool_size (20): pools keep at most 20 connections open"
+    );
 
     c.databases.insert("db".into(), DatabaseEntry::default());
-    let e = c.validate().expect_err("inherited by db");
-    assert_eq!(e.key.as_deref(), Some("min_pool_size"));
-    assert!(e.message.contains("which database \"db\" uses"), "{e}");
+    let w = only_warning(&c);
+    assert_eq!(w.key.as_deref(), Some("min_pool_size"));
+    assert!(w.message.ends_with(", in database \"db\""), "{w}");
+    assert_eq!(c.pool_settings("db", "u").map(|p| p.min_size), Some(20));
 
     // A database with a larger pool makes the same global minimum fine.
     c.databases.insert(
@@ -786,7 +816,8 @@ fn validate_checks_pool_sizes() {
             ..Default::default()
         },
     );
-    c.validate().expect("db pool is large enough");
+    assert_eq!(c.validate_with_warnings(), Ok(vec![]));
+    assert_eq!(c.pool_settings("db", "u").map(|p| p.min_size), Some(21));
 
     let mut c = base.clone();
     c.databases.insert(
@@ -797,9 +828,13 @@ fn validate_checks_pool_sizes() {
             ..Default::default()
         },
     );
-    let e = c.validate().expect_err("db min above db pool");
-    assert_eq!(e.key.as_deref(), Some("db"));
-    assert_eq!(e.message, "min_pool_size (4) exceeds pool_size (3)");
+    let w = only_warning(&c);
+    assert_eq!(w.key.as_deref(), Some("db"));
+    assert_eq!(
+        w.message,
+        "min_pool_size 4 is above pool_size (3): pools keep at most 3 connections open"
+    );
+    assert_eq!(c.pool_settings("db", "u").map(|p| p.min_size), Some(3));
 
     let mut c = base.clone();
     c.databases.insert(
@@ -810,17 +845,24 @@ fn validate_checks_pool_sizes() {
             ..Default::default()
         },
     );
-    let e = c.validate().expect_err("min above db limit");
+    let w = only_warning(&c);
     assert_eq!(
-        e.message,
-        "min_pool_size (5) exceeds max_db_connections (4)"
+        w.message,
+        "min_pool_size 5 is above max_db_connections (4): pools keep at most 4 connections open"
     );
+    assert_eq!(c.pool_settings("db", "u").map(|p| p.min_size), Some(4));
+    // The configured value is what SHOW DATABASES prints, as in PgBouncer.
+    assert_eq!(c.min_pool_size_for("db"), 5);
 
     let mut c = base.clone();
     c.pgbouncer.min_pool_size = 5;
     c.pgbouncer.max_db_connections = 4;
-    let e = c.validate().expect_err("global min above global limit");
-    assert_eq!(e.key.as_deref(), Some("min_pool_size"));
+    c.pgbouncer.max_user_connections = 3;
+    c.databases.insert("db".into(), DatabaseEntry::default());
+    let w = only_warning(&c);
+    assert_eq!(w.key.as_deref(), Some("min_pool_size"));
+    assert!(w.message.contains("max_db_connections (4)"), "{w}");
+    assert_eq!(c.pool_settings("db", "u").map(|p| p.min_size), Some(3));
 
     let mut c = base.clone();
     c.users.insert(
@@ -863,27 +905,52 @@ fn service_account_users_need_client_tls() {
 }
 
 #[test]
+fn a_zero_limit_on_an_entry_leaves_the_global_one_in_force() {
+    let mut c = Config {
+        pgbouncer: minimal_settings(),
+        ..Config::default()
+    };
+    c.pgbouncer.max_db_connections = 7;
+    c.pgbouncer.max_user_connections = 6;
+    c.databases.insert(
+        "db".into(),
+        DatabaseEntry {
+            max_db_connections: Some(0),
+            ..Default::default()
+        },
+    );
+    c.users.insert(
+        "u".into(),
+        UserEntry {
+            max_user_connections: Some(0),
+            ..Default::default()
+        },
+    );
+    assert_eq!(c.max_db_connections_for("db"), 7);
+    assert_eq!(c.max_user_connections_for("u"), 6);
+}
+
+#[test]
 fn validate_checks_authentication() {
+    // PgBouncer starts without auth_file and refuses every login; weir says so.
     let mut c = Config::default();
-    let e = c.validate().expect_err("md5 without users");
-    assert_eq!(e.key.as_deref(), Some("auth_file"));
-    assert!(e.message.contains("auth_type md5 needs auth_file"), "{e}");
+    let w = only_warning(&c);
+    assert_eq!(w.key.as_deref(), Some("auth_file"));
+    assert!(w.message.contains("auth_type md5 finds no users"), "{w}");
 
     // trust still needs to know the users, as in PgBouncer.
     c.pgbouncer.auth_type = AuthType::Trust;
-    assert!(c.validate().is_err());
+    assert!(only_warning(&c)
+        .message
+        .contains("auth_type trust finds no users"));
 
-    // auth_query is not supported, so auth_user is no substitute for auth_file: with trust
-    // it would admit every user name.
+    // auth_query is not supported, so auth_user is no substitute for auth_file.
     c.pgbouncer.auth_user = Some("lookup".into());
-    let e = c.validate().expect_err("auth_user without auth_file");
-    assert_eq!(e.key.as_deref(), Some("auth_file"));
-    assert!(e.message.contains("auth_query are not supported"), "{e}");
+    let w = only_warning(&c);
+    assert!(w.message.contains("auth_query are not supported"), "{w}");
     c.pgbouncer.auth_file = Some("userlist.txt".into());
-    c.validate().expect("auth_file finds users");
     c.pgbouncer.auth_query.clear();
-    let e = c.validate().expect_err("auth_user without a query");
-    assert_eq!(e.key.as_deref(), Some("auth_query"));
+    assert_eq!(c.validate_with_warnings(), Ok(vec![]));
 
     // any needs no user list but a forced user on every database.
     let mut c = Config::default();
@@ -1000,26 +1067,31 @@ fn validate_refuses_values_that_would_not_survive_to_ini() {
 
 #[test]
 fn parse_locates_cross_field_errors_at_the_line_that_set_the_key() {
-    let e = parse_err("[pgbouncer]\nauth_file = u\n\nlisten_port = 0\n");
+    let e = parse_err("[pgbouncer]\nauth_file = u\n\nunix_socket_dir=\n");
     assert_eq!(
         e.to_string(),
-        "pgbouncer.ini:4: listen_port: must not be 0: it is the TCP port and part of the Unix \
-         socket's name"
+        "pgbouncer.ini: listen_addr: nothing to listen on: set listen_addr (TCP) or \
+         unix_socket_dir"
     );
 
-    let e =
-        parse_err("[databases]\n\ndb = pool_size=2 min_pool_size=3\n[pgbouncer]\nauth_file=u\n");
+    // Warnings from the same checks point at their line too.
+    let loaded =
+        parse_ok("[databases]\n\ndb = pool_size=2 min_pool_size=3\n[pgbouncer]\nauth_file=u\n");
+    let warnings: Vec<String> = loaded.warnings.iter().map(|w| w.to_string()).collect();
     assert_eq!(
-        e.to_string(),
-        "pgbouncer.ini:3: db: min_pool_size (3) exceeds pool_size (2)"
+        warnings,
+        [
+            "pgbouncer.ini:3: db: min_pool_size 3 is above pool_size (2): pools keep at most 2 \
+          connections open"
+        ]
     );
 
     // A problem with a setting left at its default names the file but no line.
-    let e = parse_err("[pgbouncer]\nlisten_addr = *\n");
+    let loaded = parse_ok("[pgbouncer]\nlisten_addr = *\n");
     assert_eq!(
-        e.to_string(),
-        "pgbouncer.ini: auth_file: auth_type md5 needs auth_file to know its users \
-         (auth_user and auth_query are not supported yet)"
+        loaded.warnings[0].to_string(),
+        "pgbouncer.ini: auth_file: is not set: auth_type md5 finds no users, so every login \
+         is refused (auth_user and auth_query are not supported yet)"
     );
 }
 

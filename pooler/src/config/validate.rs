@@ -3,13 +3,15 @@
 //! Two kinds of check run here. First, that every value can be written to pgbouncer.ini
 //! and read back unchanged (no line breaks, no blanks at either end, no empty values where
 //! "unset" is meant), so that a config the operator renders is the config the pooler runs.
-//! Then the semantic checks: something to listen on, pool sizes that fit together, and an
-//! authentication setup that can actually find its users.
+//! Then the semantic checks: something to listen on, sane sizes, and an authentication setup
+//! that can find its users. As in PgBouncer, a combination that still runs (a minimum pool
+//! size above the pool's limits, no `auth_file`) loads with a warning saying what weir does
+//! instead; only what cannot work at all is an error.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::database::{DatabaseEntry, UserEntry};
-use super::error::ConfigError;
+use super::error::{ConfigError, ConfigWarning};
 use super::parse::{Locations, Section};
 use super::settings::{AuthType, Settings, TlsMode};
 use super::Config;
@@ -53,14 +55,30 @@ impl Problem {
         }
     }
 
+    /// The line that set the key, or the main file alone when the key kept its default.
+    fn location(&self, main_file: &Path, locations: &Locations) -> (PathBuf, Option<usize>) {
+        match locations.get(&(self.section, self.key.clone())) {
+            Some((file, line)) => (file.clone(), Some(*line)),
+            None => (main_file.to_path_buf(), None),
+        }
+    }
+
     /// Turns the problem into an error pointing at the line that set the key, or at the
     /// main file when the key kept its default.
     pub(crate) fn locate(self, main_file: &Path, locations: &Locations) -> ConfigError {
-        let (file, line) = match locations.get(&(self.section, self.key.clone())) {
-            Some((file, line)) => (file.clone(), Some(*line)),
-            None => (main_file.to_path_buf(), None),
-        };
+        let (file, line) = self.location(main_file, locations);
         ConfigError {
+            file,
+            line,
+            key: Some(self.key),
+            message: self.message,
+        }
+    }
+
+    /// Turns a note into a warning located like [`Problem::locate`] does.
+    pub(crate) fn warning(self, main_file: &Path, locations: &Locations) -> ConfigWarning {
+        let (file, line) = self.location(main_file, locations);
+        ConfigWarning {
             file,
             line,
             key: Some(self.key),
@@ -79,14 +97,16 @@ impl Problem {
     }
 }
 
-/// Runs every check, stopping at the first problem.
-pub(crate) fn check(config: &Config) -> Result<(), Problem> {
+/// Runs every check, stopping at the first problem; otherwise returns the notes about
+/// combinations that run, but not as written (each says what weir does instead).
+pub(crate) fn check(config: &Config) -> Result<Vec<Problem>, Problem> {
     check_representable(config)?;
-    check_listeners(&config.pgbouncer)?;
+    let mut notes = check_listeners(&config.pgbouncer)?;
     check_limits(config)?;
-    check_pool_sizes(config)?;
-    check_auth(config)?;
-    check_service_accounts(config)
+    notes.extend(check_pool_sizes(config));
+    notes.extend(check_auth(config)?);
+    check_service_accounts(config)?;
+    Ok(notes)
 }
 
 const UNREPRESENTABLE: &str = "cannot be written to pgbouncer.ini and read back unchanged \
@@ -147,7 +167,8 @@ fn check_name(name: &str) -> Result<(), &'static str> {
     }
 }
 
-fn check_listeners(s: &Settings) -> Result<(), Problem> {
+fn check_listeners(s: &Settings) -> Result<Vec<Problem>, Problem> {
+    let mut notes = Vec::new();
     if !s.listens_on_tcp() && !s.listens_on_unix_socket() {
         return Err(Problem::setting(
             "listen_addr",
@@ -155,16 +176,17 @@ fn check_listeners(s: &Settings) -> Result<(), Problem> {
         ));
     }
     if s.listen_port == 0 {
-        return Err(Problem::setting(
+        // PgBouncer binds port 0 as it is: the kernel picks the port.
+        notes.push(Problem::setting(
             "listen_port",
-            "must not be 0: it is the TCP port and part of the Unix socket's name",
+            "is 0: the kernel picks a free TCP port, and the Unix socket is .s.PGSQL.0",
         ));
     }
-    if s.unix_socket_mode > 0o777 {
+    if s.unix_socket_mode > 0o7777 {
         return Err(Problem::setting(
             "unix_socket_mode",
             format!(
-                "must be a permission mode from 0 to 0777, got 0{:o}",
+                "must be a permission mode from 0 to 07777, got 0{:o}",
                 s.unix_socket_mode
             ),
         ));
@@ -183,7 +205,7 @@ fn check_listeners(s: &Settings) -> Result<(), Problem> {
             ));
         }
     }
-    Ok(())
+    Ok(notes)
 }
 
 fn check_limits(config: &Config) -> Result<(), Problem> {
@@ -191,6 +213,7 @@ fn check_limits(config: &Config) -> Result<(), Problem> {
     for (key, value) in [
         ("max_client_conn", s.max_client_conn),
         ("pkt_buf", s.pkt_buf),
+        ("scram_iterations", s.scram_iterations),
     ] {
         if value == 0 {
             return Err(Problem::setting(key, "must be at least 1"));
@@ -206,7 +229,10 @@ fn check_limits(config: &Config) -> Result<(), Problem> {
         ("reserve_pool_size", s.reserve_pool_size),
         ("max_db_connections", s.max_db_connections),
         ("max_user_connections", s.max_user_connections),
+        ("max_db_client_connections", s.max_db_client_connections),
+        ("max_user_client_connections", s.max_user_client_connections),
         ("max_prepared_statements", s.max_prepared_statements),
+        ("scram_iterations", s.scram_iterations),
         ("pkt_buf", s.pkt_buf),
         ("tcp_keepcnt", s.tcp_keepcnt),
         ("verbose", s.verbose),
@@ -222,6 +248,8 @@ fn check_limits(config: &Config) -> Result<(), Problem> {
             ("min_pool_size", db.min_pool_size),
             ("reserve_pool_size", db.reserve_pool_size),
             ("max_db_connections", db.max_db_connections),
+            ("max_db_client_connections", db.max_db_client_connections),
+            ("server_lifetime", db.server_lifetime),
         ];
         for (param, value) in counts {
             if let Some(value) = value.filter(|v| *v > MAX_COUNT) {
@@ -236,8 +264,15 @@ fn check_limits(config: &Config) -> Result<(), Problem> {
         let counts = [
             ("pool_size", user.pool_size),
             ("max_user_connections", user.max_user_connections),
+            (
+                "max_user_client_connections",
+                user.max_user_client_connections,
+            ),
             ("reserve_pool_size", user.reserve_pool_size),
             ("min_pool_size", user.min_pool_size),
+            ("query_timeout", user.query_timeout),
+            ("idle_transaction_timeout", user.idle_transaction_timeout),
+            ("client_idle_timeout", user.client_idle_timeout),
         ];
         for (param, value) in counts {
             if let Some(value) = value.filter(|v| *v > MAX_COUNT) {
@@ -255,76 +290,73 @@ fn too_large(value: u32) -> String {
     format!("{value} is too large (at most {MAX_COUNT})")
 }
 
-/// A pool can never hold its minimum when the minimum exceeds the pool size or the
-/// database's connection limit; PgBouncer silently caps it, weir refuses the config.
-fn check_pool_sizes(config: &Config) -> Result<(), Problem> {
+/// A pool never holds more than its size or its database's connection limit, so a larger
+/// minimum is capped at run time as PgBouncer caps it (see [`Config::pool_settings`]); the
+/// configured value stays what SHOW DATABASES prints, as in PgBouncer.
+fn check_pool_sizes(config: &Config) -> Vec<Problem> {
     let s = &config.pgbouncer;
+    let mut notes = Vec::new();
+    let capped = |min: u32, limit: &str, value: u32| {
+        format!("{min} is above {limit} ({value}): pools keep at most {value} connections open")
+    };
     if s.max_db_connections > 0 && s.min_pool_size > s.max_db_connections {
-        return Err(Problem::setting(
+        notes.push(Problem::setting(
             "min_pool_size",
-            format!(
-                "{} exceeds max_db_connections ({})",
-                s.min_pool_size, s.max_db_connections
-            ),
+            capped(s.min_pool_size, "max_db_connections", s.max_db_connections),
         ));
     }
     for (name, db) in &config.databases {
         let pool = db.pool_size.unwrap_or(s.default_pool_size);
         let min = db.min_pool_size.unwrap_or(s.min_pool_size);
         if min > pool {
-            return Err(if db.pool_size.is_none() && db.min_pool_size.is_none() {
+            notes.push(if db.pool_size.is_none() && db.min_pool_size.is_none() {
                 Problem::setting(
                     "min_pool_size",
                     format!(
-                        "{min} exceeds default_pool_size ({pool}), which database {name:?} uses"
+                        "{}, in database {name:?}",
+                        capped(min, "default_pool_size", pool)
                     ),
                 )
             } else {
                 Problem::database(
                     name,
-                    format!("min_pool_size ({min}) exceeds pool_size ({pool})"),
+                    format!("min_pool_size {}", capped(min, "pool_size", pool)),
                 )
             });
         }
-        let max = db.max_db_connections.unwrap_or(s.max_db_connections);
-        if max > 0 && min > max {
-            return Err(Problem::database(
+        let max = config.max_db_connections_for(name);
+        let own = db.min_pool_size.is_some() || db.max_db_connections.is_some();
+        if max > 0 && min > max && own {
+            notes.push(Problem::database(
                 name,
-                format!("min_pool_size ({min}) exceeds max_db_connections ({max})"),
+                format!("min_pool_size {}", capped(min, "max_db_connections", max)),
             ));
         }
     }
     if config.databases.is_empty() && s.min_pool_size > s.default_pool_size {
-        return Err(Problem::setting(
+        notes.push(Problem::setting(
             "min_pool_size",
-            format!(
-                "{} exceeds default_pool_size ({})",
-                s.min_pool_size, s.default_pool_size
-            ),
+            capped(s.min_pool_size, "default_pool_size", s.default_pool_size),
         ));
     }
-    Ok(())
+    notes
 }
 
 /// Follows PgBouncer: every method but `any` needs to know its users (even `trust`, which
-/// checks that the user exists). Weir finds them in `auth_file` only: `auth_user` with
-/// `auth_query` is not supported yet, and accepting it alone would let `trust` admit anyone.
-fn check_auth(config: &Config) -> Result<(), Problem> {
+/// checks that the user exists). Weir finds them in `auth_file` only (`auth_user` with
+/// `auth_query` is not supported yet); without one PgBouncer still starts and refuses every
+/// login, and so does weir, with a warning.
+fn check_auth(config: &Config) -> Result<Vec<Problem>, Problem> {
     let s = &config.pgbouncer;
+    let mut notes = Vec::new();
     if s.auth_type.needs_users() && s.auth_file.is_none() {
-        return Err(Problem::setting(
+        notes.push(Problem::setting(
             "auth_file",
             format!(
-                "auth_type {} needs auth_file to know its users (auth_user and auth_query \
-                 are not supported yet)",
+                "is not set: auth_type {} finds no users, so every login is refused \
+                 (auth_user and auth_query are not supported yet)",
                 s.auth_type
             ),
-        ));
-    }
-    if s.auth_user.is_some() && s.auth_query.trim().is_empty() {
-        return Err(Problem::setting(
-            "auth_query",
-            "must be set when auth_user is",
         ));
     }
     if s.auth_type == AuthType::Any {
@@ -335,7 +367,7 @@ fn check_auth(config: &Config) -> Result<(), Problem> {
             ));
         }
     }
-    Ok(())
+    Ok(notes)
 }
 
 /// A ServiceAccount token is a bearer credential: users that log in with one need client TLS.

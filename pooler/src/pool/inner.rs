@@ -165,12 +165,21 @@ impl<C: Conn> Inner<C> {
         self.idle.len()
     }
 
-    /// The most recently used idle connection, unless the pool is closed.
-    pub(super) fn take_idle(&mut self) -> Option<C> {
+    /// The most recently used idle connection (with `round_robin`, the one idle longest),
+    /// unless the pool is closed.
+    pub(super) fn take_idle(&mut self, round_robin: bool) -> Option<C> {
         if self.closed {
             return None;
         }
-        self.idle.pop_back()
+        self.pop_idle(round_robin)
+    }
+
+    fn pop_idle(&mut self, round_robin: bool) -> Option<C> {
+        if round_robin {
+            self.idle.pop_front()
+        } else {
+            self.idle.pop_back()
+        }
     }
 
     /// The next step of a client holding a permit at `now`; `take_place` takes a place in
@@ -184,7 +193,7 @@ impl<C: Conn> Inner<C> {
         if self.closed {
             return Step::Closed;
         }
-        if let Some(conn) = self.idle.pop_back() {
+        if let Some(conn) = self.pop_idle(settings.round_robin) {
             return Step::Reuse(conn);
         }
         let Some(place) = take_place() else {
@@ -363,7 +372,25 @@ mod tests {
             login_retry: 15 * SEC,
             max_db_connections: 0,
             max_user_connections: 0,
+            round_robin: false,
         }
+    }
+
+    #[test]
+    fn round_robin_lends_the_connection_idle_longest() {
+        let t0 = Instant::now();
+        let mut lifo = pool_of([fake(1, t0), fake(2, t0)]);
+        assert_eq!(lifo.take_idle(false).map(|c| c.id), Some(2));
+        let mut fifo = pool_of([fake(1, t0), fake(2, t0)]);
+        let round_robin = PoolSettings {
+            round_robin: true,
+            ..settings()
+        };
+        match fifo.step(t0, &round_robin, || None::<()>) {
+            Step::Reuse(c) => assert_eq!(c.id, 1),
+            _ => panic!("an idle connection is there"),
+        }
+        assert_eq!(fifo.take_idle(true).map(|c| c.id), Some(2));
     }
 
     fn pool_of(conns: impl IntoIterator<Item = Fake>) -> Inner<Fake> {
@@ -422,7 +449,7 @@ mod tests {
             !took_place,
             "a place was taken although a connection was idle"
         );
-        assert!(matches!(inner.take_idle(), Some(Fake { id: 2, .. })));
+        assert!(matches!(inner.take_idle(false), Some(Fake { id: 2, .. })));
         assert_eq!(inner.idle(), 1);
     }
 
@@ -494,7 +521,7 @@ mod tests {
         assert_eq!(idle.len(), 2);
         let step = inner.step(t0, &settings(), || Some(()));
         assert!(matches!(step, Step::Closed), "{step:?}");
-        assert!(inner.take_idle().is_none());
+        assert!(inner.take_idle(false).is_none());
         assert!(inner.put_idle(fake(3, t0)).is_err());
         assert_eq!(inner.warm(t0, &settings(), false, 0), Warm::Closed);
     }
@@ -659,7 +686,7 @@ mod tests {
         let mut inner = pool_of([dead, fake(2, t0), young]);
         let retired = inner.reap(t0 + 60 * SEC, &s, 0, 3);
         assert_eq!(ids(&retired), [(1, Retire::Dead), (2, Retire::Lifetime)]);
-        assert!(matches!(inner.take_idle(), Some(Fake { id: 3, .. })));
+        assert!(matches!(inner.take_idle(false), Some(Fake { id: 3, .. })));
     }
 
     #[test]

@@ -339,7 +339,8 @@ impl Pool {
             return None;
         }
         let permit = self.main.clone().try_acquire_owned().ok()?;
-        let slot = self.lock().take_idle()?;
+        let round_robin = self.settings.load().round_robin;
+        let slot = self.lock().take_idle(round_robin)?;
         Some((slot, permit))
     }
 
@@ -447,7 +448,8 @@ impl Pool {
                         }
                         // Still counted as opening, so taking it back cannot wake this client
                         // again; if another client took the connection first, keep on opening.
-                        let idle = self.lock().take_idle();
+                        let round_robin = self.settings.load().round_robin;
+                        let idle = self.lock().take_idle(round_robin);
                         if let Some(slot) = idle {
                             drop(opening);
                             if let Some(slot) = self.vet(slot, deadline).await {
