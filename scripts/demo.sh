@@ -147,8 +147,20 @@ wait_for() {
 
 # --- Kubernetes ------------------------------------------------------------------------
 step "starting a Kubernetes control plane (etcd, apiserver, controllers, kwok for the kubelets)"
-"$ROOT/tests/controlplane/up.sh" "$WORK/k8s" 2>"$WORK/logs/controlplane-up.log" ||
-    die "the control plane did not start (see $WORK/logs/controlplane-up.log)"
+# A cold cache builds Kubernetes first (10-15 minutes): every 10 s, say what it is at.
+"$ROOT/tests/controlplane/up.sh" "$WORK/k8s" 2>"$WORK/logs/controlplane-up.log" &
+up_pid=$!
+up_started=$SECONDS
+while kill -0 "$up_pid" 2>/dev/null; do
+    for ((i = 0; i < 20; i++)); do
+        kill -0 "$up_pid" 2>/dev/null || break 2
+        sleep 0.5
+    done
+    last=$(grep -E 'build(-node)?: (building|built|dependencies|resolving|cold)|started|: ok after' "$WORK/logs/controlplane-up.log" | tail -n 1)
+    printf '   %4ds  %s\n' "$((SECONDS - up_started))" "${last#controlplane/}"
+done
+wait "$up_pid" || die "the control plane did not start (see $WORK/logs/controlplane-up.log)"
+printf '   control plane up in %ds\n' "$((SECONDS - up_started))"
 # shellcheck source=/dev/null
 source "$WORK/k8s/env"
 
