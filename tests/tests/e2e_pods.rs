@@ -323,6 +323,22 @@ async fn pool_becomes_ready(env: &mut Env) -> anyhow::Result<()> {
         ])
         .await?;
     ensure!(probe == "/readyz", "readiness probe {probe:?}");
+    // The namespace's restricted level is enforced: the pool's pods passed it, this one not.
+    let refused = env
+        .plane
+        .kubectl_with_input(
+            &["apply", "-n", NS, "--dry-run=server", "-f", "-"],
+            Some(
+                "apiVersion: v1\nkind: Pod\nmetadata: {name: lax}\nspec:\n  containers:\n  \
+                 - {name: c, image: localhost/weir-pgbench:15}\n",
+            ),
+        )
+        .await?;
+    ensure!(
+        !refused.success() && refused.stderr.contains("violates PodSecurity \"restricted"),
+        "a non-compliant pod was not refused: {}",
+        refused.stderr
+    );
     Ok(())
 }
 
@@ -435,6 +451,21 @@ async fn operator_successor_finishes(env: &mut Env) -> anyhow::Result<()> {
     ensure!(
         !after.trim().is_empty() && !before.lines().any(|p| after.contains(p)),
         "the successor is not a new pod: before {before:?}, after {after:?}"
+    );
+    let holder = env
+        .kubectl(&[
+            "get",
+            "lease",
+            "-n",
+            "weir-system",
+            "weir-operator",
+            "-o",
+            "jsonpath={.spec.holderIdentity}",
+        ])
+        .await?;
+    ensure!(
+        after.contains(&format!("pod/{holder}")),
+        "the leader is {holder:?}, not the successor {after:?}"
     );
     eprintln!(
         "measure: operator pod deleted mid-reconcile; successor had 3 pods Ready after {}",
