@@ -20,9 +20,26 @@ SOCK="${NODE_DIR}/containerd.sock"
 BRIDGE=weir0
 ctr() { command ctr --address "${SOCK}" --namespace k8s.io "$@"; }
 
+# Prints PID and every descendant of it, children before parents.
+descendants() {
+	local child
+	for child in $(ps -o pid= --ppid "$1"); do
+		descendants "${child}"
+	done
+	printf '%s\n' "$1"
+}
+
 case "$1" in
 --pods)
-	[[ -S "${SOCK}" ]] && ctr version >/dev/null 2>&1 || exit 0
+	if ! { [[ -S "${SOCK}" ]] && ctr version >/dev/null 2>&1; }; then
+		# containerd is gone but its shims, and the containers under them, may not be.
+		for proc in /proc/[0-9]*; do
+			[[ "$(readlink "${proc}/exe" 2>/dev/null)" == */containerd-shim-runc-v2 ]] || continue
+			tr '\0' '\n' <"${proc}/cmdline" 2>/dev/null | grep -qxF -- "${SOCK}" || continue
+			descendants "${proc#/proc/}" | xargs -r kill -KILL 2>/dev/null
+		done
+		exit 0
+	fi
 	# Stop the kubelet from restarting anything first, then kill and remove every task;
 	# their network namespaces go in the --host phase.
 	while read -r name pid start; do
