@@ -116,7 +116,9 @@ cat >"${NODE_DIR}/kubelet.yaml" <<-YAML
 	resolvConf: /etc/resolv.conf
 	podLogsDir: ${NODE_DIR}/pod-logs
 	nodeStatusReportFrequency: 10s
-	syncFrequency: 10s
+	# How soon a changed ConfigMap reaches running pods' volumes (default 1m): short, so
+	# that tests can give the operator a short --config-settle-seconds.
+	syncFrequency: 2s
 YAML
 start kubelet "${NODE_BIN}/kubelet" \
 	--config="${NODE_DIR}/kubelet.yaml" \
