@@ -27,12 +27,17 @@ archives="$("${HERE}/node-images.sh" "${weir_images[@]}")" || cp_die "building t
 mapfile -t images <<<"${archives}"
 
 # --- containerd ----------------------------------------------------------------------
-command -v containerd >/dev/null || {
-	cp_log "installing containerd from Debian's packages"
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq containerd containernetworking-plugins >/dev/null ||
-		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq containerd containernetworking-plugins >/dev/null; }
-}
-[[ -x /usr/lib/cni/bridge ]] || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq containernetworking-plugins >/dev/null
+missing=()
+command -v containerd >/dev/null || missing+=(containerd)
+[[ -x /usr/lib/cni/bridge && -x /usr/lib/cni/host-local ]] || missing+=(containernetworking-plugins)
+command -v iptables >/dev/null || missing+=(iptables)
+if ((${#missing[@]})); then
+	cp_log "installing ${missing[*]} from Debian's packages"
+	export DEBIAN_FRONTEND=noninteractive
+	apt-get install -y -qq "${missing[@]}" >/dev/null 2>&1 ||
+		{ apt-get update -qq && apt-get install -y -qq "${missing[@]}" >/dev/null; } ||
+		cp_die "could not install ${missing[*]}"
+fi
 cat >"${NODE_DIR}/containerd.toml" <<-TOML
 	version = 2
 	root = "${NODE_DIR}/containerd/root"
