@@ -56,7 +56,7 @@ image: release
 image-smoke: deps image
 	@scripts/image-smoke.sh
 
-## demo: PostgreSQL + weir + pgbench on this machine, with a short report
+## demo: the operator and weir as pods on a local test cluster (one real node), PostgreSQL, pgbench, a short report
 demo: deps release
 	@scripts/demo.sh
 

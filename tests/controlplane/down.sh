@@ -57,6 +57,9 @@ alive() {
 	done
 }
 
+# A real node's containers first, while containerd still answers.
+"${HERE}/node-down.sh" --pods "${STATE}"
+
 # Stop in reverse start order so clients go before the servers they talk to.
 mapfile -t running < <(alive)
 for ((k = ${#running[@]} - 1; k >= 0; k--)); do
@@ -96,7 +99,7 @@ done
 for proc in /proc/[0-9]*; do
 	exe="$(readlink "${proc}/exe" 2>/dev/null)" || continue
 	case "${exe##*/}" in
-	etcd | kube-apiserver | kube-controller-manager | kube-scheduler | kwok) ;;
+	etcd | kube-apiserver | kube-controller-manager | kube-scheduler | kwok | kubelet | kube-proxy | coredns | containerd | containerd-shim-runc-v2) ;;
 	*) continue ;;
 	esac
 	if tr '\0' '\n' <"${proc}/cmdline" 2>/dev/null | grep -qF -- "${STATE}/"; then
@@ -104,6 +107,9 @@ for proc in /proc/[0-9]*; do
 		failed=true
 	fi
 done
+
+# The real node's bridge, network namespaces, iptables chains and mounts.
+"${HERE}/node-down.sh" --host "${STATE}"
 
 if [[ "${failed}" == true ]]; then
 	cp_die "some processes are still running; ${STATE} left in place"

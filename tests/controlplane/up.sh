@@ -13,6 +13,10 @@
 # started is stopped again before exiting non-zero.
 # Environment:
 #   WEIR_CONTROLPLANE_TIMEOUT  seconds allowed for each readiness wait (default 180)
+#   WEIR_CONTROLPLANE_NODE     kwok (default): two fake nodes; real: no kwok, one real node
+#                              instead (node-up.sh: containerd, kubelet, kube-proxy, CoreDNS)
+#   WEIR_NODE_WEIR_BIN         with real: directory of weir and weir-operator to build the
+#                              localhost/weir:test image from
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -36,6 +40,10 @@ FAKE_NODES=(kwok-node-0 kwok-node-1)
 SERVICE_CIDR=10.96.0.0/16
 SERVICE_IP=10.96.0.1
 POD_CIDR=10.244.0.0/16
+NODE_MODE="${WEIR_CONTROLPLANE_NODE:-kwok}"
+[[ "${NODE_MODE}" == kwok || "${NODE_MODE}" == real ]] || cp_die "WEIR_CONTROLPLANE_NODE must be kwok or real"
+# The real node's bridge, pod subnet and iptables chains are the machine's: one at a time.
+NODE_OWNER=/run/weir-test-node.owner
 
 if [[ -s "${PIDS}" ]]; then
 	while read -r name pid start; do
@@ -60,7 +68,36 @@ trap cleanup_on_failure EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
+# Succeeds while the kubelet recorded in STATE_DIR/pids runs.
+kubelet_running() {
+	local name pid start_time
+	[[ -s "$1/pids" ]] || return 1
+	while read -r name pid start_time; do
+		if [[ "${name}" == kubelet ]] && cp_is_ours "${pid}" "${start_time}"; then
+			return 0
+		fi
+	done <"$1/pids"
+	return 1
+}
+
 t_start="${SECONDS}"
+if [[ "${NODE_MODE}" == real ]]; then
+	if [[ -s "${NODE_OWNER}" ]]; then
+		owner="$(cat "${NODE_OWNER}")"
+		if kubelet_running "${owner}"; then
+			cp_die "the real test node of ${owner} is running; one at a time (down.sh ${owner})"
+		fi
+		cp_log "removing the leftovers of the real node of ${owner}"
+		"${HERE}/node-down.sh" --host "${owner}"
+	fi
+	printf '%s\n' "${STATE}" >"${NODE_OWNER}"
+	# The node's address exists before the kubelet and the API server advertise it.
+	if ip link show weir0 >/dev/null 2>&1; then ip link delete weir0; fi
+	ip link add weir0 type bridge
+	ip addr add 10.244.0.1/24 dev weir0
+	ip link set weir0 up
+	mkdir -p "${STATE}/node"
+fi
 BIN="$("${HERE}/build.sh")" || cp_die "building the control-plane binaries failed"
 SHARE="$(cd "${BIN}/../share" && pwd)"
 kubectl() { "${BIN}/kubectl" --kubeconfig "${KUBECONFIG_ADMIN}" "$@"; }
@@ -225,12 +262,19 @@ start etcd "${BIN}/etcd" \
 	--unsafe-no-fsync=true
 wait_for "etcd listening" port_open "${ETCD_PORT}"
 
-# No kubelets exist, so the built-in "kubernetes" Service gets no endpoints
-# (--endpoint-reconciler-type=none); a loopback endpoint would fail validation anyway.
+# Without a real node no pod reaches the API server, so the built-in "kubernetes" Service
+# gets no endpoints (--endpoint-reconciler-type=none); a loopback endpoint would fail
+# validation anyway. With one, pods reach it on the node's bridge address.
+if [[ "${NODE_MODE}" == real ]]; then
+	apiserver_net=(--bind-address=0.0.0.0 --advertise-address=10.244.0.1 --endpoint-reconciler-type=lease
+		--kubelet-client-certificate="${CERTS}/admin.crt" --kubelet-client-key="${CERTS}/admin.key"
+		--kubelet-preferred-address-types=InternalIP)
+else
+	apiserver_net=(--bind-address=127.0.0.1 --advertise-address=127.0.0.1 --endpoint-reconciler-type=none)
+fi
 start kube-apiserver "${BIN}/kube-apiserver" \
 	--etcd-servers="http://127.0.0.1:${ETCD_PORT}" \
-	--bind-address=127.0.0.1 \
-	--advertise-address=127.0.0.1 \
+	"${apiserver_net[@]}" \
 	--secure-port="${API_PORT}" \
 	--tls-cert-file="${CERTS}/apiserver.crt" \
 	--tls-private-key-file="${CERTS}/apiserver.key" \
@@ -240,7 +284,6 @@ start kube-apiserver "${BIN}/kube-apiserver" \
 	--service-account-issuer=https://kubernetes.default.svc.cluster.local \
 	--service-account-key-file="${CERTS}/service-account.pub" \
 	--service-account-signing-key-file="${CERTS}/service-account.key" \
-	--endpoint-reconciler-type=none \
 	--requestheader-client-ca-file="${CERTS}/ca.crt" \
 	--requestheader-allowed-names=front-proxy-client \
 	--requestheader-username-headers=X-Remote-User \
@@ -277,42 +320,50 @@ start kube-scheduler "${BIN}/kube-scheduler" \
 	--leader-elect=false \
 	--profiling=false
 
-# kwok reads ~/.kwok/kwok.yaml when it exists; a private HOME keeps a developer's file out.
-# Without node leases the nodes would only heartbeat through the status stage, every
-# 10-20 minutes, and the node lifecycle controller would mark them NotReady after 50s.
-mkdir -p "${STATE}/kwok-home"
-start kwok env HOME="${STATE}/kwok-home" "${BIN}/kwok" \
-	--kubeconfig="${CERTS}/kwok.kubeconfig" \
-	--config="${SHARE}/kwok-stages.yaml" \
-	--manage-all-nodes=false \
-	--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake \
-	--cidr="${POD_CIDR}" \
-	--node-ip=127.0.0.1 \
-	--node-lease-duration-seconds=40
+if [[ "${NODE_MODE}" == kwok ]]; then
+	# kwok reads ~/.kwok/kwok.yaml when it exists; a private HOME keeps a developer's file out.
+	# Without node leases the nodes would only heartbeat through the status stage, every
+	# 10-20 minutes, and the node lifecycle controller would mark them NotReady after 50s.
+	mkdir -p "${STATE}/kwok-home"
+	start kwok env HOME="${STATE}/kwok-home" "${BIN}/kwok" \
+		--kubeconfig="${CERTS}/kwok.kubeconfig" \
+		--config="${SHARE}/kwok-stages.yaml" \
+		--manage-all-nodes=false \
+		--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake \
+		--cidr="${POD_CIDR}" \
+		--node-ip=127.0.0.1 \
+		--node-lease-duration-seconds=40
 
-for node in "${FAKE_NODES[@]}"; do
-	cat <<-EOF
-		---
-		apiVersion: v1
-		kind: Node
-		metadata:
-		  name: ${node}
-		  annotations:
-		    kwok.x-k8s.io/node: fake
-		    node.alpha.kubernetes.io/ttl: "0"
-		  labels:
-		    kubernetes.io/hostname: ${node}
-		    kubernetes.io/os: linux
-		    kubernetes.io/arch: amd64
-		    type: kwok
-	EOF
-done | kubectl apply -f - >/dev/null || cp_die "could not create the fake nodes"
+	for node in "${FAKE_NODES[@]}"; do
+		cat <<-EOF
+			---
+			apiVersion: v1
+			kind: Node
+			metadata:
+			  name: ${node}
+			  annotations:
+			    kwok.x-k8s.io/node: fake
+			    node.alpha.kubernetes.io/ttl: "0"
+			  labels:
+			    kubernetes.io/hostname: ${node}
+			    kubernetes.io/os: linux
+			    kubernetes.io/arch: amd64
+			    type: kwok
+		EOF
+	done | kubectl apply -f - >/dev/null || cp_die "could not create the fake nodes"
+
+fi
 
 wait_for "default ServiceAccount" kubectl get serviceaccount default --namespace default
-node_refs=()
-for node in "${FAKE_NODES[@]}"; do node_refs+=("node/${node}"); done
-wait_for "fake nodes Ready" kubectl wait --for=condition=Ready --timeout=2s "${node_refs[@]}"
-wait_for "fake node leases" kubectl get lease --namespace kube-node-lease "${FAKE_NODES[@]}"
+if [[ "${NODE_MODE}" == kwok ]]; then
+	node_refs=()
+	for node in "${FAKE_NODES[@]}"; do node_refs+=("node/${node}"); done
+	wait_for "fake nodes Ready" kubectl wait --for=condition=Ready --timeout=2s "${node_refs[@]}"
+	wait_for "fake node leases" kubectl get lease --namespace kube-node-lease "${FAKE_NODES[@]}"
+else
+	# shellcheck source-path=SCRIPTDIR source=node-up.sh
+	source "${HERE}/node-up.sh"
+fi
 check_alive
 
 {

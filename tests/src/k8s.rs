@@ -76,8 +76,24 @@ pub struct ControlPlane {
 }
 
 impl ControlPlane {
-    /// Builds the binaries if needed, starts the control plane and connects to it.
+    /// Builds the binaries if needed, starts the control plane (kwok's fake nodes) and
+    /// connects to it.
     pub async fn start() -> anyhow::Result<ControlPlane> {
+        Self::start_with(&[]).await
+    }
+
+    /// Like [`ControlPlane::start`], with one real node instead of kwok's (containerd,
+    /// kubelet, kube-proxy, CoreDNS: see tests/controlplane/node-up.sh), its containerd
+    /// holding `localhost/weir:test` built from the `weir` and `weir-operator` in `weir_bins`.
+    pub async fn start_with_real_node(weir_bins: &Path) -> anyhow::Result<ControlPlane> {
+        Self::start_with(&[
+            ("WEIR_CONTROLPLANE_NODE", "real".as_ref()),
+            ("WEIR_NODE_WEIR_BIN", weir_bins.as_os_str()),
+        ])
+        .await
+    }
+
+    async fn start_with(env: &[(&str, &std::ffi::OsStr)]) -> anyhow::Result<ControlPlane> {
         let scripts = workspace().join("tests/controlplane");
         let state = tempfile::Builder::new()
             .prefix("weir-k8s-")
@@ -95,7 +111,7 @@ impl ControlPlane {
         }
         let bin = PathBuf::from(build.stdout.trim());
         let mut up = Command::new(scripts.join("up.sh"));
-        up.arg(state.path());
+        up.arg(state.path()).envs(env.iter().copied());
         let up = run(up, UP_TIMEOUT, "up.sh").await;
         // From here on, dropping the value runs down.sh, also when starting failed half-way.
         let mut plane = ControlPlane {
