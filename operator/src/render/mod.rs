@@ -12,8 +12,8 @@
 
 pub mod config;
 mod meta;
-pub mod rbac;
 pub mod peers;
+pub mod rbac;
 mod secrets;
 pub mod tls;
 mod workload;
