@@ -27,6 +27,7 @@ use crate::server::{ServerAddr, ServerCredential, ServerTarget};
 use crate::stream::{Keepalive, Stream};
 use crate::tls::Tls;
 use crate::token_review::TokenReviewer;
+use crate::auth_query::AuthQuery;
 
 /// PostgreSQL's default port, used when a `[databases]` entry names none.
 const DEFAULT_PORT: u16 = 5432;
@@ -65,6 +66,8 @@ pub struct Pooler {
     stats_averages: ArcSwap<BTreeMap<String, Averages>>,
     /// ServiceAccount-token checks and their cache.
     tokens: TokenReviewer,
+    /// `auth_query` lookups and their cache.
+    auth_query: AuthQuery,
     /// This process's peer id and the cancels forwarded to its peers.
     peers: Peers,
 }
@@ -161,6 +164,7 @@ impl Pooler {
             control: Mutex::new(Control::default()),
             stats_averages: ArcSwap::from_pointee(BTreeMap::new()),
             tokens: TokenReviewer::default(),
+            auth_query: AuthQuery::default(),
             peers,
         })
     }
@@ -400,6 +404,45 @@ impl Pooler {
         self.secrets.load().get(user).cloned()
     }
 
+    /// The secret `auth_query` finds for `user`, a client of `database` missing from
+    /// `auth_file`; `None` when no `auth_user` applies or the user may not log in. The
+    /// failure to tell the client when the query cannot run.
+    pub async fn auth_query_secret(
+        &self,
+        database: &str,
+        user: &str,
+    ) -> Result<Option<Secret>, Box<PgError>> {
+        let config = self.config();
+        let Some(lookup) = config.auth_lookup(database) else {
+            return Ok(None);
+        };
+        let failed = || {
+            Box::new(PgError::fatal(
+                "28000",
+                format!("could not look up user \"{user}\" with auth_query"),
+            ))
+        };
+        let Some((mut target, _)) =
+            pool_spec(&config, self, &lookup.dbname, &lookup.user, &lookup.user, None, None)
+        else {
+            tracing::warn!(auth_dbname = %lookup.dbname, "auth_dbname is not a configured database");
+            return Err(failed());
+        };
+        // auth_user's own password comes from auth_file, not from another user's `password=`.
+        let forced = config.database(&lookup.dbname).and_then(|(_, e)| e.user.as_deref());
+        if forced != Some(lookup.user.as_str()) {
+            target.credential = credential_of(self.secret(&lookup.user));
+        }
+        let ttl = config.pgbouncer.auth_query_cache_ttl;
+        self.auth_query
+            .secret(&target, &lookup.query, database, user, ttl)
+            .await
+            .map_err(|e| {
+                tracing::warn!(database, auth_user = %lookup.user, error = %e, "auth_query failed");
+                failed()
+            })
+    }
+
     /// The secret a SCRAM exchange for `user` checks against: a plain password is turned into
     /// a SCRAM verifier once (`scram_iterations` PBKDF2 rounds) and reused until the password
     /// or the count changes, as connection storms would otherwise spend most of their time
@@ -464,11 +507,13 @@ impl Pooler {
     /// The pool a client of `database` authenticated as `user` uses, created on first use.
     /// `scram_keys` are the keys recovered from the client's SCRAM proof, if any: they let
     /// the pool log in with a SCRAM verifier from the auth file instead of a password.
+    /// `looked_up` is the secret `auth_query` found for `user`, if it was looked up.
     pub fn pool_for(
         &self,
         database: &str,
         user: &str,
         scram_keys: Option<([u8; 32], [u8; 32])>,
+        looked_up: Option<Secret>,
     ) -> Result<Arc<Pool>, Box<PgError>> {
         let config = self.config();
         let Some((_, entry)) = config.database(database) else {
@@ -483,7 +528,8 @@ impl Pooler {
         if let Some(pool) = pools.get(&key) {
             return Ok(pool.clone());
         }
-        let (target, settings) = pool_spec(&config, self, database, &key.user, user, scram_keys)
+        let (target, settings) =
+            pool_spec(&config, self, database, &key.user, user, scram_keys, looked_up)
             .ok_or_else(|| Box::new(client::no_such_database(database)))?;
         let limits = self.limits_for(&config, database, &server_user);
         let pool = Pool::new(
@@ -514,8 +560,14 @@ impl Pooler {
                 } => Some((*client_key, *server_key)),
                 _ => None,
             };
-            match pool_spec(&config, self, &key.database, &key.user, &key.user, keys) {
-                Some((target, settings)) => {
+            match pool_spec(&config, self, &key.database, &key.user, &key.user, keys, None) {
+                Some((mut target, settings)) => {
+                    // A user found by auth_query keeps the credential its first client gave.
+                    if target.credential == ServerCredential::None
+                        && config.auth_lookup(&key.database).is_some()
+                    {
+                        target.credential = old.credential.clone();
+                    }
                     pool.reconfigure(settings, target);
                     pool.set_limits(self.limits_for(&config, &key.database, &key.user));
                     true
@@ -566,7 +618,7 @@ impl Pooler {
 
 /// The target and settings of the pool for `database` logging in as `server_user`, from
 /// `config`; `None` when the database is not configured. `client_user` and `scram_keys` say
-/// who asked, for SCRAM pass-through.
+/// who asked, for SCRAM pass-through; `looked_up` is the client's secret from `auth_query`.
 fn pool_spec(
     config: &Config,
     pooler: &Pooler,
@@ -574,23 +626,22 @@ fn pool_spec(
     server_user: &str,
     client_user: &str,
     scram_keys: Option<([u8; 32], [u8; 32])>,
+    looked_up: Option<Secret>,
 ) -> Option<(ServerTarget, PoolSettings)> {
     let (_, entry) = config.database(database)?;
-    let credential = match &entry.password {
-        Some(p) => ServerCredential::Password(p.clone()),
-        None => match (pooler.secret(server_user), scram_keys) {
-            (Some(Secret::Plain(p)), _) => ServerCredential::Password(p),
-            (Some(Secret::Md5(h)), _) => ServerCredential::Md5Hash(h),
-            (Some(Secret::Scram(_)), Some((client_key, server_key)))
-                if server_user == client_user =>
-            {
-                ServerCredential::ScramKeys {
-                    client_key,
-                    server_key,
-                }
+    let own = server_user == client_user;
+    let stored = pooler
+        .secret(server_user)
+        .or(looked_up.filter(|_| own));
+    let credential = match (&entry.password, stored, scram_keys) {
+        (Some(p), _, _) => ServerCredential::Password(p.clone()),
+        (None, Some(Secret::Scram(_)), Some((client_key, server_key))) if own => {
+            ServerCredential::ScramKeys {
+                client_key,
+                server_key,
             }
-            _ => ServerCredential::None,
-        },
+        }
+        (None, stored, _) => credential_of(stored),
     };
     let s = &config.pgbouncer;
     let target = ServerTarget {
@@ -617,6 +668,16 @@ fn pool_spec(
     };
     let settings = config.pool_settings(database, server_user)?;
     Some((target, settings))
+}
+
+/// What a stored secret lets the pooler log in with on its own: a SCRAM verifier needs the
+/// client's proof as well.
+fn credential_of(secret: Option<Secret>) -> ServerCredential {
+    match secret {
+        Some(Secret::Plain(p)) => ServerCredential::Password(p),
+        Some(Secret::Md5(h)) => ServerCredential::Md5Hash(h),
+        Some(Secret::Scram(_)) | None => ServerCredential::None,
+    }
 }
 
 /// A digest of a configuration and its secrets, to tell a real change from a touched file
@@ -758,8 +819,16 @@ impl client::SessionContext for Pooler {
         database: &str,
         user: &str,
         scram_keys: Option<([u8; 32], [u8; 32])>,
+        looked_up: Option<Secret>,
     ) -> Result<Arc<Pool>, Box<PgError>> {
-        Pooler::pool_for(self, database, user, scram_keys)
+        Pooler::pool_for(self, database, user, scram_keys, looked_up)
+    }
+    fn auth_query_secret<'a>(
+        &'a self,
+        database: &'a str,
+        user: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Result<Option<Secret>, Box<PgError>>> + Send + 'a>> {
+        Box::pin(Pooler::auth_query_secret(self, database, user))
     }
     fn registry(&self) -> &Arc<Registry> {
         Pooler::registry(self)

@@ -10,7 +10,7 @@
 //!
 //! - pure: protocol config params auth sql session_state prepared cancel_key
 //! - transport: wire stream tls
-//! - server: server token_review
+//! - server: server token_review auth_query
 //! - pool: pool registry lifecycle peers
 //! - session: client
 //! - surfaces: admin metrics http
@@ -23,6 +23,7 @@
 pub mod admin;
 pub mod app;
 pub mod auth;
+pub mod auth_query;
 pub mod cancel_key;
 pub mod client;
 pub mod config;

@@ -593,6 +593,54 @@ impl ServerConn {
         }
     }
 
+    /// Runs `sql` with the extended protocol, `params` bound as text values (never spliced
+    /// into the SQL), and returns its first row as text; `None` when it returns no row.
+    pub async fn query_row(
+        &mut self,
+        sql: &str,
+        params: &[&str],
+    ) -> Result<Option<Vec<Option<String>>>, ServerError> {
+        let mut out = BytesMut::new();
+        frontend::parse(&mut out, "", sql, &[]);
+        let values: Vec<Option<&[u8]>> = params.iter().map(|p| Some(p.as_bytes())).collect();
+        frontend::bind(&mut out, "", "", &[], &values, &[]);
+        frontend::execute(&mut out, "", 0);
+        frontend::sync(&mut out);
+        wire::flush(&mut self.stream, &mut out).await?;
+        let (mut failed, mut row) = (None, None);
+        loop {
+            let msg = wire::read_message(&mut self.stream, &mut self.buf).await?;
+            match msg.tag {
+                b'E' => {
+                    failed.get_or_insert(backend::parse_error_response(&msg.body)?);
+                }
+                b'D' if row.is_none() => {
+                    let values = backend::parse_data_row(&msg.body)?;
+                    row = Some(
+                        values
+                            .into_iter()
+                            .map(|v| v.map(|b| String::from_utf8_lossy(b).into_owned()))
+                            .collect(),
+                    );
+                }
+                b'S' => self.track_parameter(&msg.body)?,
+                b'Z' => {
+                    return match failed {
+                        Some(e) => Err(ServerError::Query(Box::new(e))),
+                        None => Ok(row),
+                    }
+                }
+                b'G' | b'H' | b'W' => {
+                    return Err(ServerError::Query(Box::new(PgError::error(
+                        "0A000",
+                        "unexpected COPY in a pooler query",
+                    ))))
+                }
+                _ => {}
+            }
+        }
+    }
+
     /// Records a ParameterStatus body the server sent.
     pub fn track_parameter(&mut self, body: &Bytes) -> Result<(), ProtocolError> {
         let (name, value) = backend::parse_parameter_status(body)?;

@@ -4,11 +4,12 @@
 //! Stored credentials are [`Secret`]s; [`ScramServer`] and [`md5::verify`] check clients,
 //! [`ScramClient`] and [`md5::salted_response`] answer the server's challenges, and
 //! [`verify_plain`] serves `auth_type = plain`, [`hba`] reads `auth_hba_file` for
-//! `auth_type = hba`, [`token`] judges ServiceAccount tokens. The protocol layer moves the bytes.
+//! `auth_type = hba`, [`lookup`] reads and caches `auth_query` answers, [`token`] judges ServiceAccount tokens. The protocol layer moves the bytes.
 
 mod crypto;
 mod error;
 pub mod hba;
+pub mod lookup;
 pub mod md5;
 mod scram;
 mod secret;

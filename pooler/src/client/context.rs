@@ -32,13 +32,22 @@ pub trait SessionContext: Send + Sync + 'static {
     /// Whether a shutdown is under way.
     fn is_draining(&self) -> bool;
     /// The pool a client of `database` authenticated as `user` uses, created on first use;
-    /// `scram_keys` are the keys its SCRAM proof revealed, if any.
+    /// `scram_keys` are the keys its SCRAM proof revealed, if any; `looked_up` the secret
+    /// `auth_query` found for it.
     fn pool_for(
         &self,
         database: &str,
         user: &str,
         scram_keys: Option<([u8; 32], [u8; 32])>,
+        looked_up: Option<Secret>,
     ) -> Result<Arc<Pool>, Box<PgError>>;
+    /// The secret `auth_query` finds for `user`, a client of `database` missing from the
+    /// auth file (cached); `None` without `auth_user`, or for a user who may not log in.
+    fn auth_query_secret<'a>(
+        &'a self,
+        database: &'a str,
+        user: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Result<Option<Secret>, Box<PgError>>> + Send + 'a>>;
     /// Who is connected.
     fn registry(&self) -> &Arc<Registry>;
     /// This process's peer id and its peer pools.

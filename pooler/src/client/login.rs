@@ -1,6 +1,7 @@
 //! The client's startup phase: TLS negotiation (SSLRequest or PostgreSQL 17's direct TLS),
-//! cancel requests, startup parameters and authentication against `auth_file`, as
-//! `auth_type` asks, or with a ServiceAccount token for users that list `service_accounts`.
+//! cancel requests, startup parameters and authentication against `auth_file` (or the secret
+//! `auth_query` finds), as `auth_type` asks, or with a ServiceAccount token for users that
+//! list `service_accounts`.
 
 use std::sync::atomic::Ordering;
 
@@ -263,17 +264,50 @@ pub fn name_with_host(name: Option<&str>, peer: &Endpoint) -> String {
 pub struct Authenticated {
     /// SCRAM keys recovered from the client's proof, when SCRAM was used.
     pub scram_keys: Option<([u8; 32], [u8; 32])>,
+    /// The secret `auth_query` found for a user missing from the auth file.
+    pub looked_up: Option<Secret>,
 }
 
-/// Authenticates `login.user` as `auth_type` says. A user missing from the auth file gets the
-/// same exchange and the same error as a wrong password, so user names cannot be probed; so
-/// does a user whose stored secret is the empty password, which PostgreSQL never accepts.
+/// Authenticates `login.user` as `auth_type` says. A user missing from the auth file is looked
+/// up with `auth_query` when `auth_user` applies. A user found nowhere gets the same exchange
+/// and the same error as a wrong password, so user names cannot be probed; so does a user
+/// whose stored secret is the empty password, which PostgreSQL never accepts.
 pub async fn authenticate(
     stream: &mut Stream,
     buf: &mut BytesMut,
     pooler: &dyn SessionContext,
     login: &Login,
     channel_binding: Option<&[u8]>,
+) -> Result<Authenticated, LoginError> {
+    let user = &login.user;
+    let stored = pooler.secret(user);
+    let lookup = stored.is_none()
+        && pooler.config().pgbouncer.auth_type != AuthType::Any
+        && !pooler.is_console(&login.database);
+    let (secret, looked_up) = if lookup {
+        let found = pooler
+            .auth_query_secret(&login.database, user)
+            .await
+            .map_err(LoginError::Fatal)?;
+        (found.clone(), found)
+    } else {
+        (stored, None)
+    };
+    let authenticated = check(stream, buf, pooler, login, channel_binding, secret).await?;
+    Ok(Authenticated {
+        looked_up,
+        ..authenticated
+    })
+}
+
+/// Checks the client against `secret`, its stored or looked-up secret.
+async fn check(
+    stream: &mut Stream,
+    buf: &mut BytesMut,
+    pooler: &dyn SessionContext,
+    login: &Login,
+    channel_binding: Option<&[u8]>,
+    secret: Option<Secret>,
 ) -> Result<Authenticated, LoginError> {
     let config = pooler.config();
     let user = &login.user;
@@ -285,7 +319,6 @@ pub async fn authenticate(
     {
         return service_account_login(stream, buf, pooler, user, accounts).await;
     }
-    let secret = pooler.secret(&login.user);
     let (method, map) = match config.pgbouncer.auth_type {
         // `any` ignores the user name: every database logs in as its own configured user.
         AuthType::Any => return Ok(Authenticated::default()),
@@ -537,7 +570,10 @@ async fn scram(
         (Some(client_key), Secret::Scram(s)) => Some((client_key, s.server_key)),
         _ => None,
     };
-    Ok(Authenticated { scram_keys: keys })
+    Ok(Authenticated {
+        scram_keys: keys,
+        looked_up: None,
+    })
 }
 
 /// The stored secret a password method checks against: none for the empty password, so

@@ -212,7 +212,12 @@ async fn log_in(
         tracing::info!(%peer, user = %login.user, reason, "admin console disconnect");
         return None;
     }
-    let pool = match pooler.pool_for(&login.database, &login.user, authenticated.scram_keys) {
+    let pool = match pooler.pool_for(
+        &login.database,
+        &login.user,
+        authenticated.scram_keys,
+        authenticated.looked_up,
+    ) {
         Ok(p) => p,
         Err(e) => return refused(&mut stream, LoginError::Fatal(e)).await,
     };

@@ -18,8 +18,6 @@ pub const DEFAULT_SERVER_PORT: u16 = 5432;
 
 /// `[databases]` parameters PgBouncer knows and weir ignores (with a warning).
 pub const UNSUPPORTED_DATABASE_KEYS: &[&str] = &[
-    "auth_dbname",
-    "auth_query",
     "load_balance_hosts",
     "query_wait_timeout",
     "target_session_attrs",
@@ -48,6 +46,10 @@ pub struct DatabaseEntry {
     pub password: Option<String>,
     /// Overrides the global `auth_user` for this database.
     pub auth_user: Option<String>,
+    /// Overrides the global `auth_query` for this database.
+    pub auth_query: Option<String>,
+    /// Overrides the global `auth_dbname` for this database.
+    pub auth_dbname: Option<String>,
     /// Overrides `default_pool_size` for this database's pools.
     pub pool_size: Option<u32>,
     /// Overrides the global `min_pool_size`.
@@ -144,6 +146,8 @@ impl DatabaseEntry {
                 "user" => entry.user = text,
                 "password" => entry.password = text,
                 "auth_user" => entry.auth_user = text,
+                "auth_query" => entry.auth_query = text,
+                "auth_dbname" => entry.auth_dbname = text,
                 "pool_size" => entry.pool_size = count(&value).map_err(in_key)?,
                 "min_pool_size" => entry.min_pool_size = count(&value).map_err(in_key)?,
                 "reserve_pool_size" | "reserve_pool" => {
@@ -181,6 +185,8 @@ impl DatabaseEntry {
         out.text("user", &self.user);
         out.text("password", &self.password);
         out.text("auth_user", &self.auth_user);
+        out.text("auth_query", &self.auth_query);
+        out.text("auth_dbname", &self.auth_dbname);
         out.number("pool_size", self.pool_size);
         out.number("min_pool_size", self.min_pool_size);
         out.number("reserve_pool_size", self.reserve_pool_size);

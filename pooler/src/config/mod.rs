@@ -69,6 +69,17 @@ pub use userlist::{load_userlist, parse_userlist, render_userlist, secret_kind, 
 /// entry of its own.
 pub const FALLBACK_DATABASE: &str = "*";
 
+/// Where and as whom `auth_query` runs for one database's clients.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthLookup {
+    /// The user that runs the query (`auth_user`).
+    pub user: String,
+    /// The query, with the client's user name as `$1`.
+    pub query: String,
+    /// The `[databases]` entry to run it in (`auth_dbname`, else the client's database).
+    pub dbname: String,
+}
+
 /// A whole pgbouncer.ini: the global settings and the per-database and per-user entries.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
@@ -214,6 +225,27 @@ impl Config {
             .get_key_value(name)
             .or_else(|| self.databases.get_key_value(FALLBACK_DATABASE))
             .map(|(key, entry)| (key.as_str(), entry))
+    }
+
+    /// How users missing from `auth_file` are looked up for clients of `database`: the
+    /// database's `auth_user`, `auth_query` and `auth_dbname`, else the global ones; `None`
+    /// when no `auth_user` applies.
+    pub fn auth_lookup(&self, database: &str) -> Option<AuthLookup> {
+        let entry = self.database(database).map(|(_, e)| e);
+        let s = &self.pgbouncer;
+        let user = entry
+            .and_then(|e| e.auth_user.clone())
+            .or_else(|| s.auth_user.clone())?;
+        Some(AuthLookup {
+            user,
+            query: entry
+                .and_then(|e| e.auth_query.clone())
+                .unwrap_or_else(|| s.auth_query.clone()),
+            dbname: entry
+                .and_then(|e| e.auth_dbname.clone())
+                .or_else(|| s.auth_dbname.clone())
+                .unwrap_or_else(|| database.to_owned()),
+        })
     }
 
     /// The database-level minimum pool size of `db` (SHOW DATABASES): the database's, else

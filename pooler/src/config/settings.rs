@@ -407,13 +407,18 @@ pub struct Settings {
     pub auth_hba_file: Option<PathBuf>,
     /// User name maps (`map=`) for the `peer` and `cert` rules of `auth_hba_file`.
     pub auth_ident_file: Option<PathBuf>,
-    /// User that runs `auth_query` for users missing from `auth_file`. Not supported yet:
-    /// parsed, and ignored with a warning.
+    /// User that runs `auth_query` for users missing from `auth_file` (its own password
+    /// comes from `auth_file`).
     pub auth_user: Option<String>,
-    /// Query returning (user name, password or secret) for `$1`; run as `auth_user`.
-    /// Default: a lookup in `pg_authid`. Not supported yet: parsed, and ignored with a
-    /// warning unless left at the default.
+    /// Query returning (user name, password or secret) for `$1`; run as `auth_user` with
+    /// the user name bound as a parameter. Default: a lookup in `pg_authid`.
     pub auth_query: String,
+    /// The `[databases]` entry `auth_query` runs in. Unset: the database the client asked for.
+    pub auth_dbname: Option<String>,
+    /// Weir extension: how long a secret `auth_query` returned (or its finding that the user
+    /// does not exist) is reused before the query runs again; 0 runs it on every login.
+    /// Default 60 s.
+    pub auth_query_cache_ttl: Duration,
 
     // --- logging ---
     /// Log successful logins. Default on.
@@ -586,6 +591,8 @@ impl Default for Settings {
             auth_ident_file: None,
             auth_user: None,
             auth_query: DEFAULT_AUTH_QUERY.to_owned(),
+            auth_dbname: None,
+            auth_query_cache_ttl: Duration::from_secs(60),
             log_connections: true,
             log_disconnections: true,
             log_pooler_errors: true,
@@ -728,8 +735,10 @@ settings_table! {
     auth_file: opt_path => implemented,
     auth_hba_file: opt_path => implemented,
     auth_ident_file: opt_path => implemented,
-    auth_user: opt_text => ignored("users are looked up in auth_file only"),
-    auth_query: text => ignored("users are looked up in auth_file only"),
+    auth_user: opt_text => implemented,
+    auth_query: text => implemented,
+    auth_dbname: opt_text => implemented,
+    auth_query_cache_ttl: seconds => implemented,
     log_connections: flag => implemented,
     log_disconnections: flag => implemented,
     log_pooler_errors: flag => ignored("the log level alone decides what is logged"),
@@ -785,7 +794,6 @@ settings_table! {
 /// warning instead of the "unknown setting" one, so that an existing pgbouncer.ini loads
 /// and the operator learns precisely what is ignored.
 pub const UNSUPPORTED_KEYS: &[&str] = &[
-    "auth_dbname",
     "auth_ldap_options",
     "autodb_idle_timeout",
     "cancel_wait_timeout",

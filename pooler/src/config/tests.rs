@@ -944,10 +944,13 @@ fn validate_checks_authentication() {
         .message
         .contains("auth_type trust finds no users"));
 
-    // auth_query is not supported, so auth_user is no substitute for auth_file.
+    // auth_user with auth_query finds users without auth_file, globally or per database.
     c.pgbouncer.auth_user = Some("lookup".into());
-    let w = only_warning(&c);
-    assert!(w.message.contains("auth_query are not supported"), "{w}");
+    assert_eq!(c.validate_with_warnings(), Ok(vec![]));
+    c.pgbouncer.auth_user = None;
+    c.databases.entry("db".into()).or_default().auth_user = Some("lookup".into());
+    assert_eq!(c.validate_with_warnings(), Ok(vec![]));
+    c.databases.remove("db");
     c.pgbouncer.auth_file = Some("userlist.txt".into());
     c.pgbouncer.auth_query.clear();
     assert_eq!(c.validate_with_warnings(), Ok(vec![]));
@@ -1091,7 +1094,7 @@ fn parse_locates_cross_field_errors_at_the_line_that_set_the_key() {
     assert_eq!(
         loaded.warnings[0].to_string(),
         "pgbouncer.ini: auth_file: is not set: auth_type md5 finds no users, so every login \
-         is refused (auth_user and auth_query are not supported yet)"
+         is refused (set auth_file, or auth_user to look users up with auth_query)"
     );
 }
 

@@ -343,18 +343,19 @@ fn check_pool_sizes(config: &Config) -> Vec<Problem> {
 }
 
 /// Follows PgBouncer: every method but `any` needs to know its users (even `trust`, which
-/// checks that the user exists). Weir finds them in `auth_file` only (`auth_user` with
-/// `auth_query` is not supported yet); without one PgBouncer still starts and refuses every
-/// login, and so does weir, with a warning.
+/// checks that the user exists), in `auth_file` or through `auth_user` and `auth_query`;
+/// without either PgBouncer still starts and refuses every login, and so does weir, with a
+/// warning.
 fn check_auth(config: &Config) -> Result<Vec<Problem>, Problem> {
     let s = &config.pgbouncer;
     let mut notes = Vec::new();
-    if s.auth_type.needs_users() && s.auth_file.is_none() {
+    let auth_user = s.auth_user.is_some() || config.databases.values().any(|d| d.auth_user.is_some());
+    if s.auth_type.needs_users() && s.auth_file.is_none() && !auth_user {
         notes.push(Problem::setting(
             "auth_file",
             format!(
                 "is not set: auth_type {} finds no users, so every login is refused \
-                 (auth_user and auth_query are not supported yet)",
+                 (set auth_file, or auth_user to look users up with auth_query)",
                 s.auth_type
             ),
         ));
