@@ -15,6 +15,7 @@ use tokio::sync::watch;
 use crate::admin::stats::Averages;
 use crate::auth::hba::{Hba, IdentMaps};
 use crate::auth::{ScramSecret, Secret};
+use crate::auth_query::AuthQuery;
 use crate::client;
 use crate::config::{self, AuthType, Config};
 pub use crate::lifecycle::ShutdownMode;
@@ -27,7 +28,6 @@ use crate::server::{ServerAddr, ServerCredential, ServerTarget};
 use crate::stream::{Keepalive, Stream};
 use crate::tls::Tls;
 use crate::token_review::TokenReviewer;
-use crate::auth_query::AuthQuery;
 
 /// PostgreSQL's default port, used when a `[databases]` entry names none.
 const DEFAULT_PORT: u16 = 5432;
@@ -422,14 +422,22 @@ impl Pooler {
                 format!("could not look up user \"{user}\" with auth_query"),
             ))
         };
-        let Some((mut target, _)) =
-            pool_spec(&config, self, &lookup.dbname, &lookup.user, &lookup.user, None, None)
-        else {
+        let Some((mut target, _)) = pool_spec(
+            &config,
+            self,
+            &lookup.dbname,
+            &lookup.user,
+            &lookup.user,
+            None,
+            None,
+        ) else {
             tracing::warn!(auth_dbname = %lookup.dbname, "auth_dbname is not a configured database");
             return Err(failed());
         };
         // auth_user's own password comes from auth_file, not from another user's `password=`.
-        let forced = config.database(&lookup.dbname).and_then(|(_, e)| e.user.as_deref());
+        let forced = config
+            .database(&lookup.dbname)
+            .and_then(|(_, e)| e.user.as_deref());
         if forced != Some(lookup.user.as_str()) {
             target.credential = credential_of(self.secret(&lookup.user));
         }
@@ -528,9 +536,10 @@ impl Pooler {
         if let Some(pool) = pools.get(&key) {
             return Ok(pool.clone());
         }
-        let (target, settings) =
-            pool_spec(&config, self, database, &key.user, user, scram_keys, looked_up)
-            .ok_or_else(|| Box::new(client::no_such_database(database)))?;
+        let (target, settings) = pool_spec(
+            &config, self, database, &key.user, user, scram_keys, looked_up,
+        )
+        .ok_or_else(|| Box::new(client::no_such_database(database)))?;
         let limits = self.limits_for(&config, database, &server_user);
         let pool = Pool::new(
             key.clone(),
@@ -630,9 +639,7 @@ fn pool_spec(
 ) -> Option<(ServerTarget, PoolSettings)> {
     let (_, entry) = config.database(database)?;
     let own = server_user == client_user;
-    let stored = pooler
-        .secret(server_user)
-        .or(looked_up.filter(|_| own));
+    let stored = pooler.secret(server_user).or(looked_up.filter(|_| own));
     let credential = match (&entry.password, stored, scram_keys) {
         (Some(p), _, _) => ServerCredential::Password(p.clone()),
         (None, Some(Secret::Scram(_)), Some((client_key, server_key))) if own => {

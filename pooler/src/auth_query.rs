@@ -47,8 +47,9 @@ impl AuthQuery {
         let mut conn = ServerConn::connect(&target).await?;
         let row = conn.query_row(query, &[user]).await;
         conn.close();
-        let secret = lookup::secret_of_row(row?.as_deref())
-            .map_err(|e| ServerError::Query(Box::new(crate::protocol::PgError::error("XX000", e))))?;
+        let secret = lookup::secret_of_row(row?.as_deref()).map_err(|e| {
+            ServerError::Query(Box::new(crate::protocol::PgError::error("XX000", e)))
+        })?;
         let now = Instant::now();
         self.cache()
             .insert(database, user, secret.clone(), now + ttl, now);

@@ -123,7 +123,13 @@ mod tests {
         let s = Duration::from_secs;
         let mut cache = LookupCache::default();
         cache.insert("db", "ghost", None, now + s(5), now);
-        cache.insert("db", "alice", Some(Secret::Plain("pw".into())), now + s(5), now);
+        cache.insert(
+            "db",
+            "alice",
+            Some(Secret::Plain("pw".into())),
+            now + s(5),
+            now,
+        );
         assert_eq!(cache.get("db", "ghost", now), Some(None));
         assert_eq!(
             cache.get("db", "alice", now),

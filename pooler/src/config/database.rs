@@ -624,6 +624,8 @@ mod tests {
                 user: Some("o'brien".into()),
                 password: Some("p'a ss=word\t".into()),
                 auth_user: Some("auth".into()),
+                auth_query: Some("SELECT usename, passwd FROM lookup($1)".into()),
+                auth_dbname: Some("authdb".into()),
                 pool_size: Some(0),
                 min_pool_size: Some(1),
                 reserve_pool_size: Some(2),

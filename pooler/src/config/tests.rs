@@ -65,6 +65,8 @@ auth_hba_file = /etc/weir/hba.conf
 auth_ident_file = /etc/weir/ident.conf
 auth_user = pgbouncer_auth
 auth_query = SELECT usename, passwd FROM user_lookup($1)
+auth_dbname = authdb
+auth_query_cache_ttl = 120
 log_connections = 0
 log_disconnections = no
 log_pooler_errors = off
@@ -151,6 +153,8 @@ fn every_setting_expected() -> Settings {
         auth_ident_file: Some("/etc/weir/ident.conf".into()),
         auth_user: Some("pgbouncer_auth".into()),
         auth_query: "SELECT usename, passwd FROM user_lookup($1)".into(),
+        auth_dbname: Some("authdb".into()),
+        auth_query_cache_ttl: Duration::from_secs(120),
         log_connections: false,
         log_disconnections: false,
         log_pooler_errors: false,
@@ -1641,4 +1645,43 @@ fn peers_section_and_peer_id() {
     }
     let e = Config::parse(&format!("{MINIMAL}peer_id = 70000\n"), Path::new(INI)).unwrap_err();
     assert!(e.to_string().contains("at most 65535"), "{e}");
+}
+
+#[test]
+fn auth_lookup_takes_the_databases_settings_over_the_global_ones() {
+    let mut c = Config::default();
+    c.databases.insert("app".into(), DatabaseEntry::default());
+    c.databases.insert(
+        "own".into(),
+        DatabaseEntry {
+            auth_user: Some("local".into()),
+            auth_query: Some("SELECT * FROM lookup($1)".into()),
+            auth_dbname: Some("authdb".into()),
+            ..Default::default()
+        },
+    );
+    assert_eq!(c.auth_lookup("app"), None, "no auth_user anywhere");
+    assert!(c.auth_lookup("own").is_some(), "the entry's own auth_user");
+    c.pgbouncer.auth_user = Some("global".into());
+    assert_eq!(
+        c.auth_lookup("app"),
+        Some(AuthLookup {
+            user: "global".into(),
+            query: DEFAULT_AUTH_QUERY.into(),
+            dbname: "app".into(),
+        })
+    );
+    c.pgbouncer.auth_dbname = Some("postgres".into());
+    assert_eq!(
+        c.auth_lookup("app").map(|l| l.dbname),
+        Some("postgres".into())
+    );
+    assert_eq!(
+        c.auth_lookup("own"),
+        Some(AuthLookup {
+            user: "local".into(),
+            query: "SELECT * FROM lookup($1)".into(),
+            dbname: "authdb".into(),
+        })
+    );
 }

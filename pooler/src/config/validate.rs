@@ -349,7 +349,8 @@ fn check_pool_sizes(config: &Config) -> Vec<Problem> {
 fn check_auth(config: &Config) -> Result<Vec<Problem>, Problem> {
     let s = &config.pgbouncer;
     let mut notes = Vec::new();
-    let auth_user = s.auth_user.is_some() || config.databases.values().any(|d| d.auth_user.is_some());
+    let auth_user =
+        s.auth_user.is_some() || config.databases.values().any(|d| d.auth_user.is_some());
     if s.auth_type.needs_users() && s.auth_file.is_none() && !auth_user {
         notes.push(Problem::setting(
             "auth_file",
