@@ -74,6 +74,8 @@ const OWNED_KEYS: &[(&str, &str)] = &[
     ("auth_file", "rendered from spec.users"),
     ("auth_user", "fixed by the operator"),
     ("auth_query", "fixed by the operator"),
+    ("auth_dbname", "fixed by the operator"),
+    ("auth_query_cache_ttl", "fixed by the operator"),
     ("query_wait_timeout", "spec.limits.queryWaitTimeout"),
     ("server_idle_timeout", "spec.limits.serverIdleTimeout"),
     ("server_lifetime", "spec.limits.serverLifetime"),
