@@ -303,3 +303,46 @@ async fn auth_dbname_picks_the_database_the_query_runs_in() {
     assert_eq!(code, "28000");
     assert!(weir.log().contains("auth_query failed"), "{}", weir.log());
 }
+
+#[tokio::test]
+async fn looked_up_users_keep_their_server_login_across_a_reload() {
+    let pg = cluster().await;
+    let config = |extra: &str| ini(&pg, "md5", &format!("auth_user = {LOOKUP}\n{extra}"));
+    let weir = start(Kind::Weir, &config("")).await;
+    let port = weir.port();
+    // Session mode: each held client holds its own server connection.
+    let held: Vec<Client> = hold_one_each(port).await;
+
+    weir.rewrite_config(&config("server_lifetime = 3000"))
+        .expect("rewriting the configuration");
+    let reloaded =
+        weir_tests::fixture::Fixture::eventually(std::time::Duration::from_secs(10), || async {
+            weir.log().contains("configuration reloaded")
+        })
+        .await;
+    assert!(reloaded, "no reload:\n{}", weir.log());
+
+    // New server connections after the reload still log in: SCRAM keys and the md5 hash.
+    for user in [USER, LEGACY] {
+        served(Kind::Weir, &pg, port, user).await;
+        assert_eq!(
+            pg.backends(user, DATABASE)
+                .await
+                .expect("counting backends"),
+            2,
+            "{user}: the second client needs a second server connection"
+        );
+    }
+    drop(held);
+}
+
+/// One logged-in client each for the SCRAM and the md5 user.
+async fn hold_one_each(port: u16) -> Vec<Client> {
+    let mut held = Vec::new();
+    for user in [USER, LEGACY] {
+        let client = login(port, user, PASSWORD).await.expect("logging in");
+        assert_eq!(scalar(&client, "SELECT current_user").await, user);
+        held.push(client);
+    }
+    held
+}
