@@ -834,7 +834,7 @@ impl client::SessionContext for Pooler {
         &'a self,
         database: &'a str,
         user: &'a str,
-    ) -> Pin<Box<dyn Future<Output = Result<Option<Secret>, Box<PgError>>> + Send + 'a>> {
+    ) -> client::LookupFuture<'a> {
         Box::pin(Pooler::auth_query_secret(self, database, user))
     }
     fn registry(&self) -> &Arc<Registry> {

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use crate::auth::lookup::{self, LookupCache};
 use crate::auth::Secret;
+use crate::protocol::PgError;
 use crate::server::{ServerConn, ServerError, ServerTarget};
 
 /// The `search_path` the query runs with: the system catalog first, temporary objects last.
@@ -40,16 +41,12 @@ impl AuthQuery {
         let mut target = target.clone();
         target
             .startup_params
-            .retain(|(k, _)| !k.eq_ignore_ascii_case("search_path"));
-        target
-            .startup_params
             .push(("search_path".into(), SAFE_SEARCH_PATH.into()));
         let mut conn = ServerConn::connect(&target).await?;
         let row = conn.query_row(query, &[user]).await;
         conn.close();
-        let secret = lookup::secret_of_row(row?.as_deref()).map_err(|e| {
-            ServerError::Query(Box::new(crate::protocol::PgError::error("XX000", e)))
-        })?;
+        let secret = lookup::secret_of_row(row?.as_deref())
+            .map_err(|e| ServerError::Query(Box::new(PgError::error("XX000", e))))?;
         let now = Instant::now();
         self.cache()
             .insert(database, user, secret.clone(), now + ttl, now);

@@ -19,6 +19,10 @@ use crate::stream::Stream;
 use crate::tls::Tls;
 use crate::token_review::TokenReviewer;
 
+/// The answer of an `auth_query` lookup, on its way.
+pub type LookupFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<Option<Secret>, Box<PgError>>> + Send + 'a>>;
+
 /// The running pooler as a client session sees it.
 pub trait SessionContext: Send + Sync + 'static {
     /// The configuration in force (a shared snapshot).
@@ -43,11 +47,7 @@ pub trait SessionContext: Send + Sync + 'static {
     ) -> Result<Arc<Pool>, Box<PgError>>;
     /// The secret `auth_query` finds for `user`, a client of `database` missing from the
     /// auth file (cached); `None` without `auth_user`, or for a user who may not log in.
-    fn auth_query_secret<'a>(
-        &'a self,
-        database: &'a str,
-        user: &'a str,
-    ) -> Pin<Box<dyn Future<Output = Result<Option<Secret>, Box<PgError>>> + Send + 'a>>;
+    fn auth_query_secret<'a>(&'a self, database: &'a str, user: &'a str) -> LookupFuture<'a>;
     /// Who is connected.
     fn registry(&self) -> &Arc<Registry>;
     /// This process's peer id and its peer pools.

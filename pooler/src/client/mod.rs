@@ -28,7 +28,7 @@ use crate::server::{self, PrepareError};
 use crate::stream::{Keepalive, Stream};
 use crate::wire;
 
-pub use context::SessionContext;
+pub use context::{LookupFuture, SessionContext};
 use login::{Hello, LoginError};
 use relay::{Outcome, Relay, TimeoutKind, Timeouts};
 use scan::{ReleasePolicy, TxState};
