@@ -115,7 +115,13 @@ impl PoolView {
     pub fn of(pool: &Pool) -> PoolView {
         let s = pool.stats();
         let (idle, total) = pool.counts();
-        let (host, port) = host_port(&pool.target().addr);
+        // A host list shows its first host, as the pool's usual home.
+        let (host, port) = pool
+            .target()
+            .hosts
+            .first()
+            .map(host_port)
+            .unwrap_or_default();
         PoolView {
             database: pool.key().database.clone(),
             user: pool.key().user.clone(),
