@@ -221,6 +221,9 @@ pub enum ServerError {
     /// Login took longer than `server_connect_timeout`.
     #[error("server login timed out (server_connect_timeout)")]
     Timeout,
+    /// A query the pooler sent itself got no answer within `server_connect_timeout`.
+    #[error("server did not answer the pooler's query {0:?} in time (server_connect_timeout)")]
+    QueryTimeout(String),
     /// No host of the list was acceptable; each host with why it was not.
     #[error("no server matches target_session_attrs={attrs}: {reasons}")]
     NoMatchingHost {
@@ -304,6 +307,8 @@ pub struct ServerConn {
     /// The client parameters this connection was last brought in line with, and its own
     /// change count then: while both still hold, it needs no parameter sync.
     synced_to: Option<(ParamSet, u64)>,
+    /// `server_connect_timeout`, which also bounds each query the pooler sends itself.
+    query_limit: Duration,
 }
 
 /// The state a server connection carries on behalf of the clients it serves: the statements
@@ -552,6 +557,7 @@ impl ServerConn {
             carried: Carried::default(),
             generation: 0,
             synced_to: None,
+            query_limit: target.connect_timeout,
         };
         conn.login(target).await?;
         Ok(conn)
@@ -712,7 +718,20 @@ impl ServerConn {
     }
 
     /// As [`Self::simple_query`], returning the first column of the first row, if any.
+    /// Bounded by `server_connect_timeout`: a server that does not answer the pooler's own
+    /// query in that time is given up (the caller closes it), so no client waits forever.
     async fn query_value(&mut self, sql: &str) -> Result<Option<String>, ServerError> {
+        let limit = self.query_limit;
+        let query = self.query_value_unbounded(sql);
+        if limit.is_zero() {
+            return query.await;
+        }
+        tokio::time::timeout(limit, query)
+            .await
+            .map_err(|_| ServerError::QueryTimeout(sql.chars().take(64).collect()))?
+    }
+
+    async fn query_value_unbounded(&mut self, sql: &str) -> Result<Option<String>, ServerError> {
         let mut value = None;
         let mut out = BytesMut::new();
         frontend::query(&mut out, sql);

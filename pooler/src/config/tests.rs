@@ -89,8 +89,8 @@ max_packet_size = 1048576
 so_reuseport = 1
 tcp_keepalive = 0
 tcp_keepcnt = 4
-tcp_keepidle = 60
-tcp_keepintvl = 10
+tcp_keepidle = 120
+tcp_keepintvl = 20
 tcp_user_timeout = 2500
 http_listen_addr = 127.0.0.1
 http_port = 9127
@@ -175,8 +175,8 @@ fn every_setting_expected() -> Settings {
         so_reuseport: true,
         tcp_keepalive: false,
         tcp_keepcnt: 4,
-        tcp_keepidle: Duration::from_secs(60),
-        tcp_keepintvl: Duration::from_secs(10),
+        tcp_keepidle: Duration::from_secs(120),
+        tcp_keepintvl: Duration::from_secs(20),
         tcp_user_timeout: Duration::from_millis(2500),
         http_listen_addr: "127.0.0.1".into(),
         http_port: 9127,
