@@ -1,6 +1,7 @@
 //! Host lists in `[databases]`: `host=a,b` with `port=1,2`, `load_balance_hosts` and
-//! `target_session_attrs`, against real PostgreSQL clusters (one of them read-only by
-//! default), and side by side with PgBouncer 1.25.2 for what PgBouncer also does.
+//! `target_session_attrs`, against real PostgreSQL clusters (a primary read-only by default,
+//! and a streaming standby), and side by side with PgBouncer 1.25.2 for what PgBouncer also
+//! does.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -20,7 +21,8 @@ async fn cluster(read_only: bool) -> PgCluster {
     let mut opts = PgOptions {
         hba: Some(
             "local all postgres trust\nlocal all all md5\n\
-             host all postgres 127.0.0.1/32 trust\nhost all all 127.0.0.0/8 md5\n"
+             host all postgres 127.0.0.1/32 trust\nhost all all 127.0.0.0/8 md5\n\
+             host replication postgres 127.0.0.1/32 trust\n"
                 .into(),
         ),
         ..PgOptions::default()
@@ -194,4 +196,43 @@ async fn no_acceptable_server_is_a_clear_error_and_costs_no_capacity() {
     for c in &held {
         assert_eq!(scalar(c, "SHOW transaction_read_only").await, "off");
     }
+}
+
+#[tokio::test]
+async fn a_streaming_standby_is_told_from_its_primary() {
+    let primary = cluster(false).await;
+    let standby = PgCluster::start_standby_of(&primary)
+        .await
+        .expect("standby");
+    let (pp, ps) = (primary.port(), standby.port());
+    let at = |port: u16| vec![format!("127.0.0.1:{port}"); 2];
+    // The primary comes first, so only a check of each server can pick the standby.
+    let pair = format!("host=127.0.0.1,127.0.0.1 port={pp},{ps} load_balance_hosts=disable");
+    for (attrs, want) in [
+        ("standby", ps),
+        ("prefer-standby", ps),
+        ("read-only", ps),
+        ("primary", pp),
+        ("read-write", pp),
+        ("any", pp),
+    ] {
+        let conn = format!("{pair} target_session_attrs={attrs}");
+        let weir = WeirProcess::start(&ini(&conn), &userlist()).await.unwrap();
+        assert_eq!(
+            two_sessions(&weir).await,
+            at(want),
+            "{attrs}\n{}",
+            weir.log()
+        );
+    }
+    // With the standby alone, primary finds nothing and says why.
+    let alone = format!("host=127.0.0.1 port={ps} target_session_attrs=primary");
+    let weir = WeirProcess::start(&ini(&alone), &userlist()).await.unwrap();
+    let err = net::connect(weir.port(), USER, PASSWORD, "postgres")
+        .await
+        .expect_err("no primary");
+    assert!(
+        format!("{err:#}").contains("server is in hot standby mode"),
+        "{err:#}"
+    );
 }
