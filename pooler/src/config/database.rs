@@ -120,6 +120,12 @@ impl DatabaseEntry {
         self.port.first().copied().unwrap_or(DEFAULT_SERVER_PORT)
     }
 
+    /// `load_balance_hosts` as the console shows it: only for a host list, as PgBouncer does.
+    pub fn load_balance_shown(&self) -> Option<LoadBalanceHosts> {
+        let list = self.host.as_deref().is_some_and(|h| h.contains(','));
+        list.then(|| self.load_balance_hosts.unwrap_or_default())
+    }
+
     /// Each server as a host and port, in the order written; hosts default to `socket_dir`.
     pub fn servers<'a>(&'a self, socket_dir: &'a str) -> Result<Vec<(&'a str, u16)>, ValueError> {
         let hosts = hosts::split_hosts(self.host.as_deref().unwrap_or(socket_dir));
