@@ -6,6 +6,8 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 use tokio_postgres::Client;
 use weir_tests::fixture::{scalar, sqlstate, Fixture};
 use weir_tests::net;
@@ -234,5 +236,82 @@ async fn a_streaming_standby_is_told_from_its_primary() {
     assert!(
         format!("{err:#}").contains("server is in hot standby mode"),
         "{err:#}"
+    );
+}
+
+/// Relays between the pooler and the server on `server_port`, leaving out the server's
+/// ParameterStatus messages named `hidden`, as a PostgreSQL older than 14 (which reports
+/// neither) would.
+async fn hide_parameters(mut pooler: TcpStream, server_port: u16, hidden: &[&str]) {
+    let Ok(server) = TcpStream::connect(("127.0.0.1", server_port)).await else {
+        return;
+    };
+    let (mut from_server, mut to_server) = server.into_split();
+    let (mut from_pooler, mut to_pooler) = pooler.split();
+    let upstream = tokio::io::copy(&mut from_pooler, &mut to_server);
+    let downstream = relay_without(&mut from_server, &mut to_pooler, hidden);
+    let _ = tokio::join!(upstream, downstream);
+}
+
+/// Copies messages from `from` to `to` until either closes, dropping the hidden reports.
+async fn relay_without(
+    from: &mut (impl AsyncReadExt + Unpin),
+    to: &mut (impl AsyncWriteExt + Unpin),
+    hidden: &[&str],
+) -> std::io::Result<()> {
+    loop {
+        let mut head = [0u8; 5];
+        from.read_exact(&mut head).await?;
+        let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+        let mut body = vec![0u8; len.saturating_sub(4)];
+        from.read_exact(&mut body).await?;
+        let name = body.split(|b| *b == 0).next().unwrap_or_default();
+        if head[0] == b'S' && hidden.iter().any(|h| h.as_bytes() == name) {
+            continue;
+        }
+        to.write_all(&head).await?;
+        to.write_all(&body).await?;
+    }
+}
+
+#[tokio::test]
+async fn servers_that_do_not_report_their_role_are_asked() {
+    let ro = cluster(true).await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("address").port();
+    let server_port = ro.port();
+    tokio::spawn(async move {
+        while let Ok((sock, _)) = listener.accept().await {
+            tokio::spawn(hide_parameters(
+                sock,
+                server_port,
+                &["in_hot_standby", "default_transaction_read_only"],
+            ));
+        }
+    });
+    // Plain: the relay reads the server's messages.
+    let conn = |attrs: &str| {
+        ini(&format!(
+            "host=127.0.0.1 port={port} target_session_attrs={attrs}"
+        )) + "server_tls_sslmode = disable\n"
+    };
+    let weir = WeirProcess::start(&conn("read-write"), &userlist())
+        .await
+        .unwrap();
+    let err = net::connect(weir.port(), USER, PASSWORD, "postgres")
+        .await
+        .expect_err("read-only server");
+    assert!(
+        format!("{err:#}").contains("session is read-only"),
+        "{err:#}"
+    );
+    let weir = WeirProcess::start(&conn("read-only"), &userlist())
+        .await
+        .unwrap();
+    let client = client(&weir).await;
+    assert_eq!(scalar(&client, "SHOW transaction_read_only").await, "on");
+    assert!(
+        scalar(&client, "SHOW in_hot_standby").await == "off",
+        "the relay hides only the reports"
     );
 }
