@@ -166,7 +166,10 @@ pub fn pair_ports<'a>(
 
 /// The order in which to try `count` hosts for one new connection, starting at `start`.
 pub fn try_order(start: usize, count: usize) -> impl Iterator<Item = usize> {
-    (0..count).map(move |i| (start + i) % count.max(1))
+    let count_or_one = count.max(1);
+    // Reduced first: `start` is a counter that may reach usize::MAX.
+    let start = start % count_or_one;
+    (0..count).map(move |i| (start + i) % count_or_one)
 }
 
 #[cfg(test)]
@@ -255,5 +258,6 @@ mod tests {
     fn try_order_wraps_around() {
         assert_eq!(try_order(2, 3).collect::<Vec<_>>(), [2, 0, 1]);
         assert_eq!(try_order(0, 1).collect::<Vec<_>>(), [0]);
+        assert_eq!(try_order(usize::MAX, 2).collect::<Vec<_>>(), [1, 0]);
     }
 }
