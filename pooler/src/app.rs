@@ -24,13 +24,11 @@ use crate::pool::{Limit, Pool, PoolKey, PoolSettings};
 use crate::prepared::StatementRegistry;
 use crate::protocol::PgError;
 use crate::registry::{ClientCount, ClientHandle, Registry};
-use crate::server::{ServerAddr, ServerCredential, ServerTarget};
+use crate::server::{HostCursor, ServerAddr, ServerCredential, ServerTarget};
 use crate::stream::{Keepalive, Stream};
 use crate::tls::Tls;
 use crate::token_review::TokenReviewer;
 
-/// PostgreSQL's default port, used when a `[databases]` entry names none.
-const DEFAULT_PORT: u16 = 5432;
 /// Where PostgreSQL's Unix socket lives on Debian-like systems, used when no host is named.
 const DEFAULT_SOCKET_DIR: &str = "/var/run/postgresql";
 
@@ -651,11 +649,21 @@ fn pool_spec(
         (None, stored, _) => credential_of(stored),
     };
     let s = &config.pgbouncer;
+    let servers = match entry.servers(DEFAULT_SOCKET_DIR) {
+        Ok(servers) => servers,
+        Err(e) => {
+            tracing::error!(database, error = %e, "database entry has an unusable host list");
+            return None;
+        }
+    };
     let target = ServerTarget {
-        addr: ServerAddr::new(
-            entry.host.as_deref().unwrap_or(DEFAULT_SOCKET_DIR),
-            entry.port.unwrap_or(DEFAULT_PORT),
-        ),
+        hosts: servers
+            .into_iter()
+            .map(|(host, port)| ServerAddr::new(host, port))
+            .collect(),
+        load_balance: entry.load_balance_hosts.unwrap_or_default(),
+        cursor: HostCursor::default(),
+        session_attrs: entry.target_session_attrs.unwrap_or_default(),
         dbname: entry.dbname.clone().unwrap_or_else(|| database.to_owned()),
         user: server_user.to_owned(),
         credential,

@@ -4,7 +4,7 @@
 use std::fmt;
 use std::io;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,7 +13,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 
 use crate::auth::{md5, AuthError, ChannelBinding, ScramClient, ScramCredential};
-use crate::config::{ChannelBindingMode, CleartextPassword, TlsMode};
+use crate::config::{
+    hosts, ChannelBindingMode, CleartextPassword, LoadBalanceHosts, ServerRole, TargetSessionAttrs,
+    TlsMode,
+};
 use crate::params::ParamSet;
 use crate::prepared::PreparedSet;
 use crate::protocol::backend::{self, Authentication};
@@ -120,18 +123,57 @@ impl fmt::Debug for ServerCredential {
     }
 }
 
+/// Which host of a host list the next new connection starts at: shared by the pool's
+/// connections, and runtime state rather than configuration (targets compare equal whatever
+/// it holds).
+#[derive(Debug, Clone, Default)]
+pub struct HostCursor(Arc<AtomicUsize>);
+
+impl PartialEq for HostCursor {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for HostCursor {}
+
+impl HostCursor {
+    /// The host a new connection starts at: the next one under `round-robin`, the one last
+    /// used under `disable`.
+    fn start(&self, mode: LoadBalanceHosts) -> usize {
+        match mode {
+            LoadBalanceHosts::RoundRobin => self.0.fetch_add(1, Ordering::Relaxed),
+            LoadBalanceHosts::Disable => self.0.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Host `index` served a connection: under `disable` later ones start there.
+    fn used(&self, mode: LoadBalanceHosts, index: usize) {
+        if mode == LoadBalanceHosts::Disable {
+            self.0.store(index, Ordering::Relaxed);
+        }
+    }
+}
+
 /// Everything needed to open and log in one server connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerTarget {
-    /// Where to connect.
-    pub addr: ServerAddr,
+    /// Where to connect: one server, or a host list tried in turn.
+    pub hosts: Vec<ServerAddr>,
+    /// `load_balance_hosts`: where in the list a new connection starts.
+    pub load_balance: LoadBalanceHosts,
+    /// Where the next new connection starts.
+    pub cursor: HostCursor,
+    /// `target_session_attrs`: which servers are accepted.
+    pub session_attrs: TargetSessionAttrs,
     /// The database to log in to.
     pub dbname: String,
     /// The role to log in as.
     pub user: String,
     /// The secret for that role.
     pub credential: ServerCredential,
-    /// `server_connect_timeout`: socket connect plus login.
+    /// `server_connect_timeout`: socket connect, TLS, login, role check and `connect_query`,
+    /// for each host tried.
     pub connect_timeout: Duration,
     /// Keepalive on the server socket.
     pub keepalive: Keepalive,
@@ -179,6 +221,17 @@ pub enum ServerError {
     /// Login took longer than `server_connect_timeout`.
     #[error("server login timed out (server_connect_timeout)")]
     Timeout,
+    /// A query the pooler sent itself got no answer within `server_connect_timeout`.
+    #[error("server did not answer the pooler's query {0:?} in time (server_connect_timeout)")]
+    QueryTimeout(String),
+    /// No host of the list was acceptable; each host with why it was not.
+    #[error("no server matches target_session_attrs={attrs}: {reasons}")]
+    NoMatchingHost {
+        /// The `target_session_attrs` asked for.
+        attrs: TargetSessionAttrs,
+        /// `host: reason` for each host tried.
+        reasons: String,
+    },
     /// TLS could not be set up as `server_tls_sslmode` requires.
     #[error("{0}")]
     Tls(String),
@@ -218,6 +271,8 @@ impl ServerError {
                 e
             }
             ServerError::Query(e) => (**e).clone(),
+            // connection_exception: no server of the kind asked for is there.
+            ServerError::NoMatchingHost { .. } => PgError::fatal("08000", self.to_string()),
             // connection_failure: the client may retry on a new connection.
             other => PgError::fatal("08006", other.to_string()),
         }
@@ -252,6 +307,8 @@ pub struct ServerConn {
     /// The client parameters this connection was last brought in line with, and its own
     /// change count then: while both still hold, it needs no parameter sync.
     synced_to: Option<(ParamSet, u64)>,
+    /// `server_connect_timeout`, which also bounds each query the pooler sends itself.
+    query_limit: Duration,
 }
 
 /// The state a server connection carries on behalf of the clients it serves: the statements
@@ -342,47 +399,147 @@ pub enum PrepareError {
 }
 
 impl ServerConn {
-    /// Opens and logs in a connection; the whole of it bounded by `server_connect_timeout`.
+    /// Opens and logs in a connection to the first acceptable host of the target's list,
+    /// starting where `load_balance_hosts` says and skipping hosts that fail or that
+    /// `target_session_attrs` refuses (as libpq does). Each host's attempt is bounded by
+    /// `server_connect_timeout`.
     pub async fn connect(target: &ServerTarget) -> Result<ServerConn, ServerError> {
-        let login = Self::connect_unbounded(target);
-        if target.connect_timeout.is_zero() {
-            return login.await;
+        let count = target.hosts.len();
+        let start = target.cursor.start(target.load_balance);
+        let mut reasons = Vec::new();
+        let mut last_error = None;
+        let mut refused_any = false;
+        // prefer-standby: a second pass takes any server when no standby was found.
+        let passes = if target.session_attrs == TargetSessionAttrs::PreferStandby {
+            2
+        } else {
+            1
+        };
+        for pass in 0..passes {
+            if pass == 1 && !refused_any {
+                break;
+            }
+            for index in hosts::try_order(start, count) {
+                let addr = &target.hosts[index];
+                match Self::connect_host(target, addr, pass == 1).await {
+                    Ok(Ok(conn)) => {
+                        target.cursor.used(target.load_balance, index);
+                        return Ok(conn);
+                    }
+                    Ok(Err(why)) => {
+                        refused_any = true;
+                        tracing::info!(server = %addr, target_session_attrs = %target.session_attrs, why, "server skipped");
+                        reasons.push(format!("{addr}: {why}"));
+                    }
+                    Err(e) => {
+                        if count > 1 {
+                            tracing::warn!(server = %addr, error = %e, "server connection failed; trying the next host");
+                        }
+                        reasons.push(format!("{addr}: {e}"));
+                        last_error = Some(e);
+                    }
+                }
+            }
         }
-        tokio::time::timeout(target.connect_timeout, login)
+        match last_error {
+            Some(e) if !refused_any => Err(e),
+            _ => Err(ServerError::NoMatchingHost {
+                attrs: target.session_attrs,
+                reasons: reasons.join("; "),
+            }),
+        }
+    }
+
+    /// One host's attempt, bounded by `server_connect_timeout`: Ok(Err(why)) when the server
+    /// logged in but `target_session_attrs` refuses it (the connection is then closed).
+    async fn connect_host(
+        target: &ServerTarget,
+        addr: &ServerAddr,
+        second_pass: bool,
+    ) -> Result<Result<ServerConn, &'static str>, ServerError> {
+        let attempt = async {
+            let mut conn = Self::connect_unbounded(target, addr).await?;
+            if target.session_attrs.needs_role() {
+                let role = conn.role().await?;
+                if let Some(why) = target.session_attrs.refuses(role, second_pass) {
+                    conn.close();
+                    return Ok(Err(why));
+                }
+            }
+            if let Some(q) = &target.connect_query {
+                conn.simple_query(q).await?;
+            }
+            Ok(Ok(conn))
+        };
+        if target.connect_timeout.is_zero() {
+            return attempt.await;
+        }
+        tokio::time::timeout(target.connect_timeout, attempt)
             .await
             .map_err(|_| ServerError::Timeout)?
     }
 
-    async fn connect_unbounded(target: &ServerTarget) -> Result<ServerConn, ServerError> {
-        match Self::open(target, target.tls.mode >= TlsMode::Prefer).await {
+    async fn connect_unbounded(
+        target: &ServerTarget,
+        addr: &ServerAddr,
+    ) -> Result<ServerConn, ServerError> {
+        match Self::open(target, addr, target.tls.mode >= TlsMode::Prefer).await {
             // libpq's `allow`: plain first, TLS when the server refuses the plain login.
             Err(e) if target.tls.mode == TlsMode::Allow && e.refuses_plain() => {
-                Self::open(target, true).await
+                Self::open(target, addr, true).await
             }
             // libpq's `prefer`: TLS first, plain when the handshake fails or the server turns
             // the encrypted login away (e.g. a `hostnossl` pg_hba line).
             Err(e) if target.tls.mode == TlsMode::Prefer && e.refuses_tls() => {
-                tracing::info!(server = %target.addr, error = %e, "TLS refused; trying without (server_tls_sslmode = prefer)");
-                Self::open(target, false).await
+                tracing::info!(server = %addr, error = %e, "TLS refused; trying without (server_tls_sslmode = prefer)");
+                Self::open(target, addr, false).await
             }
             other => other,
         }
     }
 
+    /// Whether the server is a standby and whether its sessions start read-only: from the
+    /// ParameterStatus PostgreSQL 14+ sends at login, else asked with a query.
+    async fn role(&mut self) -> Result<ServerRole, ServerError> {
+        let standby = match self.params.get("in_hot_standby") {
+            Some(v) => v == "on",
+            None => {
+                self.query_value("SELECT pg_is_in_recovery()")
+                    .await?
+                    .as_deref()
+                    == Some("t")
+            }
+        };
+        let read_only = standby
+            || match self.params.get("default_transaction_read_only") {
+                Some(v) => v == "on",
+                None => {
+                    self.query_value("SHOW transaction_read_only")
+                        .await?
+                        .as_deref()
+                        == Some("on")
+                }
+            };
+        Ok(ServerRole { standby, read_only })
+    }
+
     /// Connects, encrypting when `encrypt` (TCP only: a Unix socket never uses TLS, as in
     /// libpq), and logs in.
-    async fn open(target: &ServerTarget, encrypt: bool) -> Result<ServerConn, ServerError> {
-        let mut stream = target
-            .addr
+    async fn open(
+        target: &ServerTarget,
+        addr: &ServerAddr,
+        encrypt: bool,
+    ) -> Result<ServerConn, ServerError> {
+        let mut stream = addr
             .connect(Duration::ZERO, &target.keepalive)
             .await
             .map_err(|source| ServerError::Connect {
-                addr: target.addr.clone(),
+                addr: addr.clone(),
                 source,
             })?;
         if encrypt {
             if let (Stream::Tcp(_), Some(config)) = (&stream, &target.tls.config) {
-                stream = start_tls(stream, &target.addr, target.tls.mode, config.clone()).await?;
+                stream = start_tls(stream, addr, target.tls.mode, config.clone()).await?;
             }
         }
         let mut conn = ServerConn {
@@ -393,18 +550,16 @@ impl ServerConn {
                 process_id: 0,
                 secret_key: 0,
             },
-            addr: Arc::new(target.addr.clone()),
+            addr: Arc::new(addr.clone()),
             id: NEXT_SERVER_ID.fetch_add(1, Ordering::Relaxed),
             created: Instant::now(),
             last_used: Instant::now(),
             carried: Carried::default(),
             generation: 0,
             synced_to: None,
+            query_limit: target.connect_timeout,
         };
         conn.login(target).await?;
-        if let Some(q) = &target.connect_query {
-            conn.simple_query(q).await?;
-        }
         Ok(conn)
     }
 
@@ -466,20 +621,23 @@ impl ServerConn {
             Authentication::Ok
                 if require_binding && !scram.as_ref().is_some_and(ScramClient::verified_bound) =>
             {
-                return Err(binding_required(target, "logged the pooler in without it"))
+                return Err(binding_required(
+                    &self.addr,
+                    "logged the pooler in without it",
+                ))
             }
             Authentication::Ok => {}
             Authentication::CleartextPassword | Authentication::Md5Password { .. }
                 if require_binding =>
             {
-                return Err(binding_required(target, "asks for a password instead"))
+                return Err(binding_required(&self.addr, "asks for a password instead"))
             }
             Authentication::CleartextPassword
                 if !self.stream.is_tls()
                     && matches!(self.addr.as_ref(), ServerAddr::Tcp { .. })
                     && target.tls.cleartext_password == CleartextPassword::Refuse =>
             {
-                return Err(ServerError::CleartextRefused(target.addr.clone()))
+                return Err(ServerError::CleartextRefused((*self.addr).clone()))
             }
             Authentication::CleartextPassword => match &target.credential {
                 ServerCredential::Password(p) => frontend::password_message(out, p.as_bytes()),
@@ -522,7 +680,7 @@ impl ServerConn {
                     (_, Some(end_point)) if offers_plus => ChannelBinding::EndPoint(end_point),
                     (ChannelBindingMode::Require, _) => {
                         return Err(binding_required(
-                            target,
+                            &self.addr,
                             "does not offer SCRAM-SHA-256-PLUS",
                         ))
                     }
@@ -556,6 +714,25 @@ impl ServerConn {
     /// Runs `sql` with the simple protocol and waits for ReadyForQuery, discarding rows.
     /// Parameter changes the query causes are tracked; the first error is returned.
     pub async fn simple_query(&mut self, sql: &str) -> Result<(), ServerError> {
+        self.query_value(sql).await.map(drop)
+    }
+
+    /// As [`Self::simple_query`], returning the first column of the first row, if any.
+    /// Bounded by `server_connect_timeout`: a server that does not answer the pooler's own
+    /// query in that time is given up (the caller closes it), so no client waits forever.
+    async fn query_value(&mut self, sql: &str) -> Result<Option<String>, ServerError> {
+        let limit = self.query_limit;
+        let query = self.query_value_unbounded(sql);
+        if limit.is_zero() {
+            return query.await;
+        }
+        tokio::time::timeout(limit, query)
+            .await
+            .map_err(|_| ServerError::QueryTimeout(sql.chars().take(64).collect()))?
+    }
+
+    async fn query_value_unbounded(&mut self, sql: &str) -> Result<Option<String>, ServerError> {
+        let mut value = None;
         let mut out = BytesMut::new();
         frontend::query(&mut out, sql);
         wire::flush(&mut self.stream, &mut out).await?;
@@ -567,6 +744,15 @@ impl ServerConn {
                     failed.get_or_insert(backend::parse_error_response(&msg.body)?);
                 }
                 b'S' => self.track_parameter(&msg.body)?,
+                b'D' if value.is_none() => {
+                    let row = backend::parse_data_row(&msg.body)?;
+                    value = Some(
+                        row.first()
+                            .copied()
+                            .flatten()
+                            .map(|v| String::from_utf8_lossy(v).into_owned()),
+                    );
+                }
                 b'Z' => {
                     let status = backend::parse_ready_for_query(&msg.body)?;
                     return match failed {
@@ -578,7 +764,7 @@ impl ServerConn {
                                 format!("pooler query {sql:?} left a transaction open"),
                             ))))
                         }
-                        None => Ok(()),
+                        None => Ok(value.flatten()),
                     };
                 }
                 // A COPY the pooler never asked for cannot be answered sensibly.
@@ -844,11 +1030,10 @@ fn no_secret(what: &str, target: &ServerTarget) -> ServerError {
 }
 
 /// `server_channel_binding = require` turned a login away: the server `why`.
-fn binding_required(target: &ServerTarget, why: &str) -> ServerError {
+fn binding_required(addr: &ServerAddr, why: &str) -> ServerError {
     ServerError::Auth(format!(
-        "server_channel_binding is require, but the server at {} {why}: channel binding needs \
-         SCRAM-SHA-256-PLUS over TLS",
-        target.addr
+        "server_channel_binding is require, but the server at {addr} {why}: channel binding \
+         needs SCRAM-SHA-256-PLUS over TLS"
     ))
 }
 

@@ -336,3 +336,34 @@ impl Endpoint {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn keepalive_and_user_timeout_reach_the_socket() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let keepalive = Keepalive {
+            enabled: true,
+            idle: Duration::from_secs(60),
+            interval: Duration::from_secs(10),
+            count: 6,
+            user_timeout: Duration::from_millis(2500),
+        };
+        let stream = Stream::tcp(TcpStream::connect(addr).await.unwrap(), &keepalive).unwrap();
+        let Stream::Tcp(tcp) = &stream else {
+            panic!("a TCP stream")
+        };
+        let sock = socket2::SockRef::from(tcp);
+        assert!(sock.keepalive().unwrap());
+        assert_eq!(sock.keepalive_time().unwrap(), Duration::from_secs(60));
+        assert_eq!(sock.keepalive_interval().unwrap(), Duration::from_secs(10));
+        assert_eq!(sock.keepalive_retries().unwrap(), 6);
+        assert_eq!(
+            sock.tcp_user_timeout().unwrap(),
+            Some(Duration::from_millis(2500))
+        );
+    }
+}

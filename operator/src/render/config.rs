@@ -80,7 +80,7 @@ pub(crate) fn build(
     let db = &spec.database;
     let database = DatabaseEntry {
         host: Some(db.host.clone()),
-        port: u16::try_from(db.port).ok(),
+        port: u16::try_from(db.port).into_iter().collect(),
         dbname: Some(db.dbname.clone()),
         // The hard cap over all the database's pools in one pod: the per-pod budget.
         max_db_connections: Some(sizing.max_db_connections()),

@@ -84,6 +84,8 @@ pub struct PoolView {
     pub host: String,
     /// Server port.
     pub port: u16,
+    /// `load_balance_hosts`, shown for a host list only.
+    pub load_balance: Option<String>,
     /// Logged-in clients.
     pub clients: usize,
     /// Clients waiting for a connection.
@@ -115,13 +117,17 @@ impl PoolView {
     pub fn of(pool: &Pool) -> PoolView {
         let s = pool.stats();
         let (idle, total) = pool.counts();
-        let (host, port) = host_port(&pool.target().addr);
+        // A host list shows its first host, as the pool's usual home.
+        let target = pool.target();
+        let (host, port) = target.hosts.first().map(host_port).unwrap_or_default();
+        let load_balance = (target.hosts.len() > 1).then(|| target.load_balance.to_string());
         PoolView {
             database: pool.key().database.clone(),
             user: pool.key().user.clone(),
             mode: pool.settings().mode.as_str(),
             host,
             port,
+            load_balance,
             clients: s.clients.load(Ordering::Relaxed),
             waiting: s.waiting.load(Ordering::Relaxed),
             active: s.active.load(Ordering::Relaxed),
@@ -197,7 +203,7 @@ pub fn pools(views: &[PoolView], waits: &HashMap<PoolKey, Duration>) -> ResultSe
             text(max_wait.as_secs()),
             text(max_wait.subsec_micros()),
             text(v.mode),
-            None,
+            v.load_balance.clone(),
         ]);
     }
     rs
@@ -553,7 +559,7 @@ pub fn databases(
             text(config.reserve_pool_size_for(name)),
             text(config.server_lifetime_for(name).as_secs()),
             entry.pool_mode.map(|m| m.as_str().to_owned()),
-            None,
+            entry.load_balance_shown().map(|l| l.to_string()),
             text(config.max_db_connections_for(name)),
             text(servers),
             text(config.max_db_client_connections_for(name)),
@@ -777,6 +783,7 @@ mod tests {
             mode: "transaction",
             host: "127.0.0.1".into(),
             port: 5432,
+            load_balance: None,
             clients: 5,
             waiting: 1,
             active: 2,
@@ -823,6 +830,12 @@ mod tests {
         assert_eq!(col(&rs, 0, "maxwait_us"), Some("500000"));
         assert_eq!(col(&rs, 0, "pool_mode"), Some("transaction"));
         assert_eq!(col(&rs, 0, "load_balance_hosts"), None);
+        let listed = PoolView {
+            load_balance: Some("disable".into()),
+            ..view()
+        };
+        let rs = pools(&[listed], &HashMap::new());
+        assert_eq!(col(&rs, 0, "load_balance_hosts"), Some("disable"));
     }
 
     #[test]
@@ -929,10 +942,17 @@ mod tests {
     }
 
     fn sample_config() -> Config {
-        let ini = "[databases]\napp = host=127.0.0.1 port=5433 dbname=real pool_size=7 user=app\n\
-                   * = host=127.0.0.1 user=app\n[users]\nbob = pool_mode=session\n\
-                   [pgbouncer]\nauth_type = any\nlisten_addr = 127.0.0.1\n";
-        match Config::parse(ini, std::path::Path::new("t.ini")) {
+        config_with("")
+    }
+
+    /// The sample configuration with `databases` lines added.
+    fn config_with(databases: &str) -> Config {
+        let ini = format!(
+            "[databases]\napp = host=127.0.0.1 port=5433 dbname=real pool_size=7 user=app\n\
+             * = host=127.0.0.1 user=app\n{databases}[users]\nbob = pool_mode=session\n\
+             [pgbouncer]\nauth_type = any\nlisten_addr = 127.0.0.1\n"
+        );
+        match Config::parse(&ini, std::path::Path::new("t.ini")) {
             Ok(l) => l.config,
             Err(e) => panic!("{e}"),
         }
@@ -940,7 +960,7 @@ mod tests {
 
     #[test]
     fn databases_rows() {
-        let config = sample_config();
+        let config = config_with("list = host=a,b user=app\n");
         let mut fallback = view();
         fallback.database = "other".into();
         let flags = |db: &str| DbFlags {
@@ -949,7 +969,7 @@ mod tests {
         };
         let rs = databases(&config, &[view(), fallback], &flags);
         check_widths(&rs);
-        assert_eq!(rs.rows.len(), 3);
+        assert_eq!(rs.rows.len(), 4);
         assert_eq!(col(&rs, 0, "name"), Some("app"));
         assert_eq!(col(&rs, 0, "port"), Some("5433"));
         assert_eq!(col(&rs, 0, "database"), Some("real"));
@@ -958,9 +978,13 @@ mod tests {
         assert_eq!(col(&rs, 0, "current_client_connections"), Some("5"));
         assert_eq!(col(&rs, 0, "paused"), Some("1"));
         assert_eq!(col(&rs, 0, "disabled"), Some("0"));
-        assert_eq!(col(&rs, 1, "name"), Some("other"));
-        assert_eq!(col(&rs, 1, "disabled"), Some("1"));
-        assert_eq!(col(&rs, 2, "name"), Some("pgbouncer"));
+        assert_eq!(col(&rs, 0, "load_balance_hosts"), None);
+        assert_eq!(col(&rs, 1, "name"), Some("list"));
+        assert_eq!(col(&rs, 1, "host"), Some("a,b"));
+        assert_eq!(col(&rs, 1, "load_balance_hosts"), Some("round-robin"));
+        assert_eq!(col(&rs, 2, "name"), Some("other"));
+        assert_eq!(col(&rs, 2, "disabled"), Some("1"));
+        assert_eq!(col(&rs, 3, "name"), Some("pgbouncer"));
     }
 
     #[test]

@@ -10,6 +10,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use super::error::ValueError;
+use super::hosts::{self, LoadBalanceHosts, TargetSessionAttrs};
 use super::settings::PoolMode;
 use super::values;
 
@@ -17,11 +18,7 @@ use super::values;
 pub const DEFAULT_SERVER_PORT: u16 = 5432;
 
 /// `[databases]` parameters PgBouncer knows and weir ignores (with a warning).
-pub const UNSUPPORTED_DATABASE_KEYS: &[&str] = &[
-    "load_balance_hosts",
-    "query_wait_timeout",
-    "target_session_attrs",
-];
+pub const UNSUPPORTED_DATABASE_KEYS: &[&str] = &["query_wait_timeout"];
 
 /// `[users]` parameters PgBouncer knows and weir ignores (with a warning).
 pub const UNSUPPORTED_USER_KEYS: &[&str] = &["query_wait_timeout", "transaction_timeout"];
@@ -37,8 +34,12 @@ pub struct DatabaseEntry {
     /// Server host name or address, a comma-separated list of them, or a Unix socket
     /// directory (starting with `/`). Unset: the Unix socket in `unix_socket_dir`.
     pub host: Option<String>,
-    /// Server port. Unset: 5432.
-    pub port: Option<u16>,
+    /// Server port, or one per host of a host list (libpq's `port=5432,5433`). Empty: 5432.
+    pub port: Vec<u16>,
+    /// With a host list: which host a new connection starts at. Unset: `round-robin`.
+    pub load_balance_hosts: Option<LoadBalanceHosts>,
+    /// Which servers a new connection accepts; the others are skipped. Unset: `any`.
+    pub target_session_attrs: Option<TargetSessionAttrs>,
     /// Log in to the server as this user for every client ("forced user"), giving the
     /// database a single pool. Unset: each client's own user name.
     pub user: Option<String>,
@@ -118,9 +119,24 @@ impl DatabaseEntry {
         self.dbname.as_deref().unwrap_or(client_dbname)
     }
 
-    /// The server port, 5432 when unset.
+    /// The server port (the first of a list), 5432 when unset.
     pub fn port_or_default(&self) -> u16 {
-        self.port.unwrap_or(DEFAULT_SERVER_PORT)
+        self.port.first().copied().unwrap_or(DEFAULT_SERVER_PORT)
+    }
+
+    /// `load_balance_hosts` as the console shows it: only for a host list, as PgBouncer does.
+    pub fn load_balance_shown(&self) -> Option<LoadBalanceHosts> {
+        let list = self.host.as_deref().is_some_and(|h| h.contains(','));
+        list.then(|| self.load_balance_hosts.unwrap_or_default())
+    }
+
+    /// Each server as a host and port, in the order written; hosts default to `socket_dir`.
+    pub fn servers<'a>(&'a self, socket_dir: &'a str) -> Result<Vec<(&'a str, u16)>, ValueError> {
+        let hosts = hosts::split_hosts(self.host.as_deref().unwrap_or(socket_dir));
+        if hosts.iter().any(|h| h.is_empty()) {
+            return Err(ValueError("empty host name in host list".into()));
+        }
+        hosts::pair_ports(&hosts, &self.port, DEFAULT_SERVER_PORT)
     }
 
     /// Parses a connection string, collecting known-but-unsupported parameters.
@@ -133,15 +149,12 @@ impl DatabaseEntry {
             match key.as_str() {
                 "dbname" => entry.dbname = text,
                 "host" => entry.host = text,
-                "port" => {
-                    let port = values::port::parse(&value).map_err(in_key)?;
-                    if port == 0 {
-                        return Err(in_key(ValueError::expected(
-                            "a port number (1-65535)",
-                            &value,
-                        )));
-                    }
-                    entry.port = Some(port);
+                "port" => entry.port = hosts::parse_ports(&value).map_err(in_key)?,
+                "load_balance_hosts" => {
+                    entry.load_balance_hosts = Some(value.parse().map_err(in_key)?)
+                }
+                "target_session_attrs" => {
+                    entry.target_session_attrs = Some(value.parse().map_err(in_key)?)
                 }
                 "user" => entry.user = text,
                 "password" => entry.password = text,
@@ -172,6 +185,7 @@ impl DatabaseEntry {
                 }
             }
         }
+        entry.servers("/")?;
         Ok(Parsed { entry, ignored })
     }
 
@@ -181,7 +195,12 @@ impl DatabaseEntry {
         let mut out = ConnStringWriter::default();
         out.text("dbname", &self.dbname);
         out.text("host", &self.host);
-        out.number("port", self.port);
+        if !self.port.is_empty() {
+            let ports: Vec<String> = self.port.iter().map(u16::to_string).collect();
+            out.push("port", &ports.join(","));
+        }
+        out.number("load_balance_hosts", self.load_balance_hosts);
+        out.number("target_session_attrs", self.target_session_attrs);
         out.text("user", &self.user);
         out.text("password", &self.password);
         out.text("auth_user", &self.auth_user);
@@ -478,7 +497,7 @@ mod tests {
         let e = parsed.entry;
         assert_eq!(e.dbname.as_deref(), Some("app"));
         assert_eq!(e.host.as_deref(), Some("db.internal"));
-        assert_eq!(e.port, Some(5433));
+        assert_eq!(e.port, vec![5433]);
         assert_eq!(e.user.as_deref(), Some("svc"));
         assert_eq!(e.password.as_deref(), Some("p w"));
         assert_eq!(e.auth_user.as_deref(), Some("auth"));
@@ -532,17 +551,55 @@ mod tests {
     #[test]
     fn unsupported_database_parameters_are_collected() {
         let parsed = DatabaseEntry::parse_conn_string(
-            "host=a target_session_attrs=read-write server_lifetime=10 \
-             max_db_client_connections=4 load_balance_hosts=disable",
+            "host=a query_wait_timeout=10 server_lifetime=10 max_db_client_connections=4",
         )
         .expect("valid");
-        assert_eq!(
-            parsed.ignored,
-            vec!["target_session_attrs", "load_balance_hosts"]
-        );
+        assert_eq!(parsed.ignored, vec!["query_wait_timeout"]);
         assert_eq!(parsed.entry.host.as_deref(), Some("a"));
         assert_eq!(parsed.entry.server_lifetime, Some(10));
         assert_eq!(parsed.entry.max_db_client_connections, Some(4));
+    }
+
+    #[test]
+    fn host_lists_with_their_ports() {
+        let e: DatabaseEntry = "host=a,b,/tmp port=1,2,3 load_balance_hosts=disable \
+                                target_session_attrs=read-write"
+            .parse()
+            .expect("valid");
+        assert_eq!(
+            e.servers("/sock").unwrap(),
+            vec![("a", 1), ("b", 2), ("/tmp", 3)]
+        );
+        assert_eq!(e.load_balance_hosts, Some(LoadBalanceHosts::Disable));
+        assert_eq!(e.target_session_attrs, Some(TargetSessionAttrs::ReadWrite));
+        assert_eq!(e.port_or_default(), 1);
+        let one: DatabaseEntry = "host=a,b port=6000".parse().expect("valid");
+        assert_eq!(
+            one.servers("/sock").unwrap(),
+            vec![("a", 6000), ("b", 6000)]
+        );
+        let none = DatabaseEntry::default();
+        assert_eq!(none.servers("/sock").unwrap(), vec![("/sock", 5432)]);
+        for (text, needle) in [
+            (
+                "host=a,b port=1,2,3",
+                "could not match 3 port numbers to 2 hosts",
+            ),
+            ("port=1,2", "could not match 2 port numbers to 1 hosts"),
+            ("host=a,,b", "empty host name"),
+            ("host=a port=1,x", "port: expected a port number"),
+            (
+                "load_balance_hosts=random",
+                "load_balance_hosts: expected round-robin or disable",
+            ),
+            (
+                "target_session_attrs=master",
+                "target_session_attrs: expected any, read-write",
+            ),
+        ] {
+            let err = text.parse::<DatabaseEntry>().expect_err(text);
+            assert!(err.0.contains(needle), "{text}: {err}");
+        }
     }
 
     #[test]
@@ -618,9 +675,18 @@ mod tests {
                 ..Default::default()
             },
             DatabaseEntry {
+                host: Some("a,b".into()),
+                port: vec![5432, 5433],
+                load_balance_hosts: Some(LoadBalanceHosts::Disable),
+                target_session_attrs: Some(TargetSessionAttrs::PreferStandby),
+                ..Default::default()
+            },
+            DatabaseEntry {
                 dbname: Some("my db".into()),
                 host: Some("10.0.0.1,10.0.0.2".into()),
-                port: Some(6000),
+                port: vec![6000],
+                load_balance_hosts: Some(LoadBalanceHosts::RoundRobin),
+                target_session_attrs: Some(TargetSessionAttrs::Any),
                 user: Some("o'brien".into()),
                 password: Some("p'a ss=word\t".into()),
                 auth_user: Some("auth".into()),

@@ -15,6 +15,7 @@
 mod database;
 mod duration;
 mod error;
+pub mod hosts;
 mod ini;
 mod parse;
 mod peers;
@@ -57,6 +58,7 @@ pub use database::{
 };
 pub use duration::{format_duration, parse_duration, BareUnit};
 pub use error::{ConfigError, ConfigWarning, ValueError};
+pub use hosts::{LoadBalanceHosts, ServerRole, TargetSessionAttrs};
 pub use peers::{PeerEntry, DEFAULT_PEER_PORT};
 pub use pool::{PoolSettings, ServerCheck, ServerLifetime, EMPTY_CHECK_QUERY};
 pub use settings::{

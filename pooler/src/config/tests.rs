@@ -91,8 +91,8 @@ max_packet_size = 1048576
 so_reuseport = 1
 tcp_keepalive = 0
 tcp_keepcnt = 4
-tcp_keepidle = 60
-tcp_keepintvl = 10
+tcp_keepidle = 120
+tcp_keepintvl = 20
 tcp_user_timeout = 2500
 http_listen_addr = 127.0.0.1
 http_port = 9127
@@ -179,8 +179,8 @@ fn every_setting_expected() -> Settings {
         so_reuseport: true,
         tcp_keepalive: false,
         tcp_keepcnt: 4,
-        tcp_keepidle: Duration::from_secs(60),
-        tcp_keepintvl: Duration::from_secs(10),
+        tcp_keepidle: Duration::from_secs(120),
+        tcp_keepintvl: Duration::from_secs(20),
         tcp_user_timeout: Duration::from_millis(2500),
         http_listen_addr: "127.0.0.1".into(),
         http_port: 9127,
@@ -379,7 +379,7 @@ fn unknown_and_unsupported_settings_warn_and_are_ignored() {
 #[test]
 fn unsupported_entry_parameters_warn() {
     let text = format!(
-        "[databases]\nro = host=replica target_session_attrs=read-only\n\
+        "[databases]\nro = host=replica query_wait_timeout=10\n\
          [users]\nbob = pool_size=2 transaction_timeout=10\n{MINIMAL}"
     );
     let loaded = parse_ok(&text);
@@ -387,7 +387,7 @@ fn unsupported_entry_parameters_warn() {
     assert_eq!(
         messages,
         vec![
-            "pgbouncer.ini:2: ro: parameter target_session_attrs is not supported by weir, ignored",
+            "pgbouncer.ini:2: ro: parameter query_wait_timeout is not supported by weir, ignored",
             "pgbouncer.ini:4: bob: parameter transaction_timeout is not supported by weir, ignored",
         ]
     );
@@ -403,7 +403,7 @@ fn keys_set_twice_warn_and_the_later_value_wins() {
     let text = format!("{MINIMAL}max_client_conn = 10\n[databases]\na = port=1\na = port=2\n[pgbouncer]\nmax_client_conn = 20\n");
     let loaded = parse_ok(&text);
     assert_eq!(loaded.config.pgbouncer.max_client_conn, 20);
-    assert_eq!(loaded.config.databases["a"].port, Some(2));
+    assert_eq!(loaded.config.databases["a"].port, vec![2]);
     let messages: Vec<String> = loaded.warnings.iter().map(ToString::to_string).collect();
     assert_eq!(
         messages,
@@ -476,7 +476,7 @@ fn comments_whitespace_and_quoting() {
     let db = &c.databases["my db"];
     assert_eq!(db.dbname.as_deref(), Some("my db"));
     assert_eq!(db.connect_query.as_deref(), Some("SELECT 'x', 1"));
-    assert_eq!(c.databases["indented"].port, Some(5433));
+    assert_eq!(c.databases["indented"].port, vec![5433]);
     assert_eq!(c.databases["o'k"], DatabaseEntry::default());
     assert_eq!(c.pgbouncer.auth_file, Some(PathBuf::from("u.txt")));
     assert_eq!(
@@ -596,7 +596,7 @@ fn round_trips_through_to_ini() {
         "app".to_owned(),
         DatabaseEntry {
             host: Some("db.prod.svc".into()),
-            port: Some(5433),
+            port: vec![5433],
             pool_size: Some(40),
             min_pool_size: Some(5),
             reserve_pool_size: Some(2),
@@ -1417,7 +1417,7 @@ fn example_configuration_parses_with_only_warnings() {
     let c = &loaded.config;
     assert_eq!(c.databases.len(), 6);
     let forced = &c.databases["forcedb"];
-    assert_eq!(forced.port, Some(300));
+    assert_eq!(forced.port, vec![300]);
     assert_eq!(forced.user.as_deref(), Some("baz"));
     assert_eq!(forced.connect_query.as_deref(), Some("SELECT 1"));
     assert_eq!(c.databases["nondefaultdb"].reserve_pool_size, Some(10));
@@ -1527,7 +1527,7 @@ fn load_follows_includes_and_resolves_auth_file() {
 
     let loaded = Config::load(&main).expect("loads");
     let c = &loaded.config;
-    assert_eq!(c.databases["app"].port, Some(5433));
+    assert_eq!(c.databases["app"].port, vec![5433]);
     assert_eq!(c.users["bob"].pool_size, Some(2));
     assert_eq!(c.pgbouncer.auth_file, Some(dir.0.join("userlist.txt")));
     assert_eq!(loaded.warnings.len(), 1);

@@ -174,6 +174,79 @@ impl PgCluster {
         })
     }
 
+    /// Starts a hot standby of `primary`, copied with `pg_basebackup -R` and streaming from
+    /// it. The primary's `pg_hba.conf` must let `postgres` replicate from 127.0.0.1.
+    pub async fn start_standby_of(primary: &PgCluster) -> anyhow::Result<PgCluster> {
+        let root = tempfile::Builder::new()
+            .prefix("weir-pg-standby-")
+            .tempdir()
+            .context("creating the standby directory")?;
+        child::give_to(root.path(), OS_USER)?;
+        let data_dir = root.path().join("data");
+        let socket_dir = root.path().join("socket");
+        std::fs::create_dir(&socket_dir).context("creating the socket directory")?;
+        child::give_to(&socket_dir, OS_USER)?;
+
+        let mut cmd =
+            tokio::process::Command::from(child::command(pg_bin("pg_basebackup"), Some(OS_USER)));
+        cmd.arg("-D")
+            .arg(&data_dir)
+            .args([
+                "-h",
+                net::HOST,
+                "-p",
+                &primary.port.to_string(),
+                "-U",
+                SUPERUSER,
+            ])
+            .args(["-R", "-X", "stream", "--no-sync"])
+            .current_dir(root.path())
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        let output = tokio::time::timeout(INITDB_TIMEOUT, cmd.output())
+            .await
+            .context("pg_basebackup timed out")?
+            .context("running pg_basebackup")?;
+        if !output.status.success() {
+            bail!(
+                "pg_basebackup failed ({}):\n{}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        // Its own socket directory: the copied configuration names the primary's.
+        let conf_path = data_dir.join("postgresql.conf");
+        OpenOptions::new()
+            .append(true)
+            .open(&conf_path)
+            .and_then(|mut file| {
+                writeln!(file, "unix_socket_directories = '{}'", socket_dir.display())
+            })
+            .with_context(|| format!("writing {}", conf_path.display()))?;
+
+        let mut attempt = 1;
+        let (port, postmaster) = loop {
+            let port = net::free_port();
+            match start_postmaster(&data_dir, port).await {
+                Ok(postmaster) => break (port, postmaster),
+                Err(err)
+                    if attempt < PORT_ATTEMPTS
+                        && format!("{err:#}").contains("Address already in use") =>
+                {
+                    attempt += 1;
+                }
+                Err(err) => return Err(err),
+            }
+        };
+        Ok(PgCluster {
+            port,
+            data_dir,
+            socket_dir,
+            postmaster: Mutex::new(Some(postmaster)),
+            root,
+        })
+    }
+
     /// TCP port the server listens on (on [`PgCluster::host`]).
     pub fn port(&self) -> u16 {
         self.port
