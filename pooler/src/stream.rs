@@ -38,6 +38,8 @@ pub struct Keepalive {
     pub count: u32,
     /// `TCP_USER_TIMEOUT`: how long sent data may stay unacknowledged.
     pub user_timeout: Duration,
+    /// `SO_SNDBUF`/`SO_RCVBUF` (`tcp_socket_buffer`); 0 leaves the kernel's sizes.
+    pub socket_buffer: u32,
 }
 
 impl Keepalive {
@@ -50,6 +52,7 @@ impl Keepalive {
             interval: s.tcp_keepintvl,
             count: s.tcp_keepcnt,
             user_timeout: s.tcp_user_timeout,
+            socket_buffer: s.tcp_socket_buffer,
         }
     }
 }
@@ -74,6 +77,11 @@ impl Stream {
         }
         if !keepalive.user_timeout.is_zero() {
             sock.set_tcp_user_timeout(Some(keepalive.user_timeout))?;
+        }
+        if keepalive.socket_buffer > 0 {
+            let size = keepalive.socket_buffer as usize;
+            sock.set_send_buffer_size(size)?;
+            sock.set_recv_buffer_size(size)?;
         }
         Ok(Stream::Tcp(stream))
     }
