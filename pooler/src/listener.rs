@@ -252,6 +252,24 @@ mod tests {
         assert_eq!(mode & 0o777, 0o640);
     }
 
+    #[tokio::test]
+    async fn tcp_defer_accept_sets_the_option_on_the_listeners() {
+        let deferred = |on: bool| async move {
+            let settings = Settings {
+                listen_addr: "127.0.0.1".into(),
+                listen_port: 0,
+                unix_socket_dir: String::new(),
+                tcp_defer_accept: on,
+                ..Settings::default()
+            };
+            let listeners = Listeners::bind(&settings).await.unwrap();
+            nix::sys::socket::getsockopt(&listeners.tcp[0], TcpDeferAccept).unwrap()
+        };
+        // The kernel keeps the time as retransmissions and rounds it up when read back.
+        assert!(deferred(true).await >= DEFER_ACCEPT_SECS);
+        assert_eq!(deferred(false).await, 0);
+    }
+
     #[test]
     fn unix_socket_group_is_a_number_or_a_name() {
         assert_eq!(group_id("4242").unwrap(), 4242);

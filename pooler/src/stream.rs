@@ -344,3 +344,28 @@ impl Endpoint {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn tcp_socket_buffer_sizes_both_buffers() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (connected, _accepted) =
+            tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept());
+        let keepalive = Keepalive {
+            socket_buffer: 8192,
+            ..Keepalive::default()
+        };
+        let stream = Stream::tcp(connected.unwrap(), &keepalive).unwrap();
+        let Stream::Tcp(tcp) = &stream else {
+            panic!("a TCP stream")
+        };
+        let sock = socket2::SockRef::from(tcp);
+        // Linux doubles the size asked for, for its bookkeeping.
+        assert_eq!(sock.send_buffer_size().unwrap(), 16384);
+        assert_eq!(sock.recv_buffer_size().unwrap(), 16384);
+    }
+}
