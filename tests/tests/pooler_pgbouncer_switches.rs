@@ -193,14 +193,20 @@ async fn log_stats_off_logs_no_stats_line() {
 }
 
 #[tokio::test]
-async fn pgbouncer_numbers_take_hexadecimal_and_octal() {
+async fn pgbouncer_numbers_take_hexadecimal_octal_and_negative_values() {
     let pg = cluster().await;
     for who in POOLERS {
         let pooler = start(
             who,
-            &ini(&pg, "default_pool_size = 010\nmax_client_conn = 0x14\n"),
+            &ini(
+                &pg,
+                "default_pool_size = 010\nmax_client_conn = 0x14\nmax_db_connections = -1\n",
+            ),
         )
         .await;
+        // A negative limit is no limit.
+        let app = client(&pooler, DATABASE).await;
+        app.query_one("SELECT 1", &[]).await.expect(who);
         let console = client(&pooler, "pgbouncer").await;
         let dbs = show(&console, "DATABASES").await;
         let row = dbs

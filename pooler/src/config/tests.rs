@@ -299,7 +299,7 @@ fn invalid_values_name_file_line_and_key() {
         ("listen_port", "70000", "expected a port number"),
         ("unix_socket_mode", "rw", "expected an octal file mode"),
         ("pool_mode", "batch", "expected a pool mode"),
-        ("default_pool_size", "-5", "expected a whole number"),
+        ("default_pool_size", "twenty", "expected a whole number"),
         (
             "reserve_pool_timeout",
             "soon",

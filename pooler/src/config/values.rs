@@ -68,10 +68,14 @@ pub(crate) mod count {
 }
 
 /// A `[pgbouncer]` integer as PgBouncer's `cf_set_int` reads it (`strtol` with base 0):
-/// `0x14` is hexadecimal, `010` octal, an optional `+` sign. `None` when it is not one.
-fn c_integer(value: &str) -> Option<u64> {
+/// `0x14` is hexadecimal, `010` octal, with an optional sign. `None` when it is not one;
+/// a value past `i64` saturates, for the caller's range check to refuse.
+fn c_integer(value: &str) -> Option<i64> {
     let trimmed = value.trim();
-    let unsigned = trimmed.strip_prefix('+').unwrap_or(trimmed);
+    let (negative, unsigned) = match trimmed.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, trimmed.strip_prefix('+').unwrap_or(trimmed)),
+    };
     let (digits, radix) = if let Some(hex) = unsigned
         .strip_prefix("0x")
         .or_else(|| unsigned.strip_prefix("0X"))
@@ -85,17 +89,18 @@ fn c_integer(value: &str) -> Option<u64> {
     if digits.is_empty() || !digits.chars().all(|c| c.is_digit(radix)) {
         return None;
     }
-    // Digits are checked, so only overflow is left: saturate, then the range check refuses.
-    Some(u64::from_str_radix(digits, radix).unwrap_or(u64::MAX))
+    let magnitude = i64::from_str_radix(digits, radix).unwrap_or(i64::MAX);
+    Some(if negative { -magnitude } else { magnitude })
 }
 
 /// A `[pgbouncer]` count: decimal, hexadecimal (`0x14`) or octal (`010`), as in PgBouncer.
+/// A negative count is 0: PgBouncer accepts it and treats it as 0 (off, no limit, none).
 pub(crate) mod number {
     use super::*;
 
     pub(crate) fn parse(value: &str) -> Result<u32, ValueError> {
         let n = c_integer(value).ok_or_else(|| ValueError::expected("a whole number", value))?;
-        u32::try_from(n)
+        u32::try_from(n.max(0))
             .map_err(|_| ValueError(format!("{value:?} is too large (at most {})", u32::MAX)))
     }
 
@@ -260,6 +265,29 @@ mod tests {
         assert_eq!(port::parse("0"), Ok(0));
         assert!(port::parse("65536").is_err());
         assert!(port::parse("http").is_err());
+    }
+
+    #[test]
+    fn pgbouncer_numbers_read_as_strtol_does() {
+        assert_eq!(number::parse("0x14"), Ok(20));
+        assert_eq!(number::parse("0X1f"), Ok(31));
+        assert_eq!(number::parse("010"), Ok(8));
+        assert_eq!(number::parse("0"), Ok(0));
+        assert_eq!(number::parse("+7"), Ok(7));
+        assert_eq!(number::parse(" 42 "), Ok(42));
+        assert_eq!(number::parse("-1"), Ok(0));
+        assert_eq!(number::parse("-0x10"), Ok(0));
+        for bad in ["", "08", "0x", "12abc", "--1", "1.5"] {
+            assert!(number::parse(bad).is_err(), "{bad}");
+        }
+        let err = number::parse("0x100000000").expect_err("overflow");
+        assert!(err.0.contains("too large"), "{err}");
+        assert!(number::parse("99999999999999999999999").is_err());
+        assert_eq!(number_port::parse("0x1920"), Ok(6432));
+        assert!(number_port::parse("70000").is_err());
+        assert!(number_port::parse("-1").is_err());
+        // [databases] entries use atoi in PgBouncer: no prefixes there.
+        assert!(count::parse("0x14").is_err());
     }
 
     #[test]
