@@ -259,3 +259,52 @@ async fn show_lists_and_stats_print_numbers_as_pgbouncer_does() {
     }
     assert_eq!(lists[0], lists[1], "SHOW LISTS rows");
 }
+
+#[tokio::test]
+async fn cancel_wait_timeout_drops_a_cancel_that_cannot_be_forwarded() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let pg = cluster().await;
+    // Peer 2 accepts connections and never answers: a forwarded cancel would wait on it.
+    let silent_peer = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("binding");
+    let silent_port = silent_peer.local_addr().expect("address").port();
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((stream, _)) = silent_peer.accept().await {
+            open.push(stream);
+        }
+    });
+    let extra = format!(
+        "peer_id = 1\ncancel_wait_timeout = 1\n[peers]\n1 = host=127.0.0.1 port={{port}}\n\
+         2 = host=127.0.0.1 port={silent_port}\n"
+    );
+    let pooler = start("weir", &ini(&pg, &extra)).await;
+    // A key issued by peer 2 (bytes 1 and 2, low byte first), forwarding bits set.
+    let key = [0x12, 2, 0, 0x34, 0x56, 0x78, 0x9a, 0xbf];
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", pooler.port()))
+        .await
+        .expect("connects");
+    let mut packet = 16u32.to_be_bytes().to_vec();
+    packet.extend_from_slice(&80_877_102u32.to_be_bytes());
+    packet.extend_from_slice(&key);
+    stream.write_all(&packet).await.expect("CancelRequest sent");
+    let mut answer = Vec::new();
+    tokio::time::timeout(LIMIT, stream.read_to_end(&mut answer))
+        .await
+        .expect("weir closes the cancel connection")
+        .expect("read");
+    assert!(answer.is_empty(), "{answer:?}");
+    assert!(
+        Fixture::eventually(LIMIT, || async {
+            pooler
+                .log()
+                .contains("not forwarded within cancel_wait_timeout")
+        })
+        .await,
+        "{}",
+        pooler.log()
+    );
+    held.abort();
+}
