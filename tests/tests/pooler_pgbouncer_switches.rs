@@ -77,30 +77,47 @@ async fn show(console: &Client, what: &str) -> Vec<Vec<(String, Option<String>)>
 #[tokio::test]
 async fn disable_pqexec_closes_a_connection_that_sends_a_simple_query() {
     let pg = cluster().await;
-    for who in POOLERS {
-        let pooler = start(who, &ini(&pg, "disable_pqexec = 1\n")).await;
-        let app = client(&pooler, DATABASE).await;
-        // The extended protocol still works.
-        let row = app.query_one("SELECT 1::int4", &[]).await.expect(who);
-        assert_eq!(row.get::<_, i32>(0), 1, "{who}");
-        let err = app
-            .simple_query("SELECT 1")
-            .await
-            .expect_err("a simple query is refused");
-        let db = err.as_db_error().unwrap_or_else(|| panic!("{who}: {err}"));
-        assert_eq!(db.severity(), "FATAL", "{who}");
-        assert_eq!(db.code().code(), "08P01", "{who}");
-        assert_eq!(db.message(), "PQexec disallowed", "{who}");
-        assert!(
-            Fixture::eventually(LIMIT, || async { app.is_closed() }).await,
-            "{who}: the connection stays open"
-        );
-        // log_pooler_errors is on by default; the line is written before the error is sent.
-        assert!(
-            pooler.log().contains("pooler error: PQexec disallowed"),
-            "{who}: {}",
-            pooler.log()
-        );
+    // Between transactions, inside one (transaction pooling rewrites the stream), and in
+    // session pooling (the stream is relayed as it comes).
+    for (mode, in_transaction) in [
+        ("transaction", false),
+        ("transaction", true),
+        ("session", true),
+    ] {
+        for who in POOLERS {
+            let extra = format!("disable_pqexec = 1\npool_mode = {mode}\n");
+            let pooler = start(who, &ini(&pg, &extra)).await;
+            let app = client(&pooler, DATABASE).await;
+            let case = format!("{who}, {mode} pooling, in a transaction: {in_transaction}");
+            // The extended protocol still works. The statements are kept: dropping one sends
+            // Close and Sync, whose answers would be owed before the refusal.
+            let select = app.prepare("SELECT 1::int4").await.expect(&case);
+            let row = app.query_one(&select, &[]).await.expect(&case);
+            assert_eq!(row.get::<_, i32>(0), 1, "{case}");
+            let begin = app.prepare("BEGIN").await.expect(&case);
+            if in_transaction {
+                app.execute(&begin, &[]).await.expect(&case);
+            }
+            let err = app
+                .simple_query("SELECT 1")
+                .await
+                .expect_err("a simple query is refused");
+            let db = err.as_db_error().unwrap_or_else(|| panic!("{case}: {err}"));
+            assert_eq!(db.severity(), "FATAL", "{case}");
+            assert_eq!(db.code().code(), "08P01", "{case}");
+            assert_eq!(db.message(), "PQexec disallowed", "{case}");
+            assert!(
+                Fixture::eventually(LIMIT, || async { app.is_closed() }).await,
+                "{case}: the connection stays open"
+            );
+            // log_pooler_errors is on by default; the line is written before the error is
+            // sent.
+            assert!(
+                pooler.log().contains("pooler error: PQexec disallowed"),
+                "{case}: {}",
+                pooler.log()
+            );
+        }
     }
 }
 
