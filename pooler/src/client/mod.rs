@@ -97,15 +97,7 @@ async fn log_in(
                 process_id,
                 secret_key,
             }) => {
-                let limit = pooler.config_now().pgbouncer.cancel_wait_timeout;
-                let forward = forward_cancel(&*pooler, process_id, secret_key);
-                if limit.is_zero() {
-                    forward.await;
-                } else if tokio::time::timeout(limit, forward).await.is_err() {
-                    tracing::warn!(
-                        "cancel request dropped: not forwarded within cancel_wait_timeout"
-                    );
-                }
+                forward_cancel_in_time(&*pooler, process_id, secret_key).await;
                 return None;
             }
             Ok(Hello::StartTls { direct }) => {
@@ -364,6 +356,18 @@ async fn refused<T>(pooler: &dyn SessionContext, stream: &mut Stream, e: LoginEr
         let _ = wire::flush(stream, &mut out).await;
     }
     None
+}
+
+/// [`forward_cancel`], given up after `cancel_wait_timeout` (0: no limit), as PgBouncer
+/// gives up a cancel request that waits too long.
+async fn forward_cancel_in_time(pooler: &dyn SessionContext, process_id: i32, secret_key: i32) {
+    let limit = pooler.config_now().pgbouncer.cancel_wait_timeout;
+    let forward = forward_cancel(pooler, process_id, secret_key);
+    if limit.is_zero() {
+        forward.await;
+    } else if tokio::time::timeout(limit, forward).await.is_err() {
+        tracing::warn!("cancel request dropped: not forwarded within cancel_wait_timeout");
+    }
 }
 
 async fn forward_cancel(pooler: &dyn SessionContext, process_id: i32, secret_key: i32) {
