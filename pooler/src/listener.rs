@@ -8,12 +8,26 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use nix::libc;
+use nix::{getsockopt_impl, setsockopt_impl, sockopt_impl};
 use tokio::net::{TcpListener, UnixListener};
 
 use crate::app::Pooler;
 use crate::client;
 use crate::config::Settings;
 use crate::stream::{Keepalive, Stream};
+
+sockopt_impl!(
+    /// `TCP_DEFER_ACCEPT`, which neither socket2 nor nix names; nix's macro builds it.
+    TcpDeferAccept,
+    Both,
+    libc::IPPROTO_TCP,
+    libc::TCP_DEFER_ACCEPT,
+    libc::c_int
+);
+
+/// The `TCP_DEFER_ACCEPT` timeout PgBouncer sets when `tcp_defer_accept` is on.
+const DEFER_ACCEPT_SECS: libc::c_int = 45;
 
 /// The sockets the pooler accepts clients on.
 #[derive(Debug)]
@@ -68,7 +82,12 @@ impl Listeners {
                 socket.bind(addr).map_err(|e| {
                     io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"))
                 })?;
-                tcp.push(socket.listen(1024)?);
+                let listener = socket.listen(1024)?;
+                if settings.tcp_defer_accept {
+                    nix::sys::socket::setsockopt(&listener, TcpDeferAccept, &DEFER_ACCEPT_SECS)
+                        .map_err(io::Error::from)?;
+                }
+                tcp.push(listener);
             }
         }
         let unix = if settings.unix_socket_dir.is_empty() {
@@ -231,6 +250,24 @@ mod tests {
         drop(listeners);
         std::fs::remove_dir_all(&dir).unwrap();
         assert_eq!(mode & 0o777, 0o640);
+    }
+
+    #[tokio::test]
+    async fn tcp_defer_accept_sets_the_option_on_the_listeners() {
+        let deferred = |on: bool| async move {
+            let settings = Settings {
+                listen_addr: "127.0.0.1".into(),
+                listen_port: 0,
+                unix_socket_dir: String::new(),
+                tcp_defer_accept: on,
+                ..Settings::default()
+            };
+            let listeners = Listeners::bind(&settings).await.unwrap();
+            nix::sys::socket::getsockopt(&listeners.tcp[0], TcpDeferAccept).unwrap()
+        };
+        // The kernel keeps the time as retransmissions and rounds it up when read back.
+        assert!(deferred(true).await >= DEFER_ACCEPT_SECS);
+        assert_eq!(deferred(false).await, 0);
     }
 
     #[test]

@@ -54,6 +54,8 @@ pub struct ClientInfo {
     pub local: Endpoint,
     /// The pool it takes server connections from (none for the admin console).
     pub pool: Option<PoolKey>,
+    /// SHOW CLIENTS `replication`: `none`, `logical` or `physical`.
+    pub replication: &'static str,
 }
 
 /// A logged-in client.
@@ -649,6 +651,7 @@ mod tests {
             peer: Endpoint::tcp("10.0.0.7:40000".parse().unwrap()),
             local: Endpoint::unix(6432),
             pool: Some(app_pool()),
+            replication: "none",
         }
     }
 

@@ -38,6 +38,8 @@ pub struct Keepalive {
     pub count: u32,
     /// `TCP_USER_TIMEOUT`: how long sent data may stay unacknowledged.
     pub user_timeout: Duration,
+    /// `SO_SNDBUF`/`SO_RCVBUF` (`tcp_socket_buffer`); 0 leaves the kernel's sizes.
+    pub socket_buffer: u32,
 }
 
 impl Keepalive {
@@ -50,6 +52,7 @@ impl Keepalive {
             interval: s.tcp_keepintvl,
             count: s.tcp_keepcnt,
             user_timeout: s.tcp_user_timeout,
+            socket_buffer: s.tcp_socket_buffer,
         }
     }
 }
@@ -74,6 +77,11 @@ impl Stream {
         }
         if !keepalive.user_timeout.is_zero() {
             sock.set_tcp_user_timeout(Some(keepalive.user_timeout))?;
+        }
+        if keepalive.socket_buffer > 0 {
+            let size = keepalive.socket_buffer as usize;
+            sock.set_send_buffer_size(size)?;
+            sock.set_recv_buffer_size(size)?;
         }
         Ok(Stream::Tcp(stream))
     }
@@ -351,6 +359,7 @@ mod tests {
             interval: Duration::from_secs(10),
             count: 6,
             user_timeout: Duration::from_millis(2500),
+            socket_buffer: 0,
         };
         let stream = Stream::tcp(TcpStream::connect(addr).await.unwrap(), &keepalive).unwrap();
         let Stream::Tcp(tcp) = &stream else {
@@ -365,5 +374,25 @@ mod tests {
             sock.tcp_user_timeout().unwrap(),
             Some(Duration::from_millis(2500))
         );
+    }
+
+    #[tokio::test]
+    async fn tcp_socket_buffer_sizes_both_buffers() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (connected, _accepted) =
+            tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept());
+        let keepalive = Keepalive {
+            socket_buffer: 8192,
+            ..Keepalive::default()
+        };
+        let stream = Stream::tcp(connected.unwrap(), &keepalive).unwrap();
+        let Stream::Tcp(tcp) = &stream else {
+            panic!("a TCP stream")
+        };
+        let sock = socket2::SockRef::from(tcp);
+        // Linux doubles the size asked for, for its bookkeeping.
+        assert_eq!(sock.send_buffer_size().unwrap(), 16384);
+        assert_eq!(sock.recv_buffer_size().unwrap(), 16384);
     }
 }

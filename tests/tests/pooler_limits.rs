@@ -92,6 +92,8 @@ async fn silent_connections_count_against_max_client_conn_until_they_time_out() 
         Options::mode("transaction", 2)
             .with("max_client_conn = 3")
             .with("client_login_timeout = 2")
+            // Deferred accept (PgBouncer's default) would keep silent connections in the kernel.
+            .with("tcp_defer_accept = 0")
             .with(&format!("admin_users = {USER}"))
             .with("http_listen_addr = 127.0.0.1")
             .with(&format!("http_port = {http}")),
@@ -144,9 +146,14 @@ async fn silent_connections_count_against_max_client_conn_until_they_time_out() 
 #[tokio::test]
 async fn client_login_timeout_runs_once_from_accept() {
     const TIMEOUT: Duration = Duration::from_secs(3);
-    let fx = Fixture::start(Options::default().with("client_login_timeout = 3"))
-        .await
-        .expect("fixture");
+    // Deferred accept (PgBouncer's default) would keep the silent reference in the kernel.
+    let fx = Fixture::start(
+        Options::default()
+            .with("client_login_timeout = 3")
+            .with("tcp_defer_accept = 0"),
+    )
+    .await
+    .expect("fixture");
     let port = fx.weir.port();
     let start = tokio::time::Instant::now();
     let mut late = RawClient::connect(port).await.expect("connect");

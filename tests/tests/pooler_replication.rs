@@ -307,11 +307,21 @@ async fn kill_client_ends_a_replication_connection() {
             _ => None,
         })
         .collect();
-    let id = rows
+    let row = rows
         .iter()
         .find(|r| r.try_get("application_name").ok().flatten() == Some("pg_recvlogical"))
-        .and_then(|r| r.try_get("id").ok().flatten().map(str::to_owned))
         .expect("pg_recvlogical in SHOW CLIENTS");
+    // As PgBouncer names it; the console's own row is an ordinary connection.
+    assert_eq!(row.try_get("replication").ok().flatten(), Some("logical"));
+    assert!(rows
+        .iter()
+        .any(|r| r.try_get("replication").ok().flatten() == Some("none")));
+    let id = row
+        .try_get("id")
+        .ok()
+        .flatten()
+        .map(str::to_owned)
+        .expect("an id");
     admin
         .simple_query(&format!("KILL_CLIENT {id}"))
         .await

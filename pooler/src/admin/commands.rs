@@ -160,7 +160,12 @@ fn show(pooler: &impl Console, subject: Subject) -> ResultSet {
         }),
         Subject::Users => show::users(&config, &views),
         Subject::Config => show::config(&config),
-        Subject::Lists => show::lists(&config, &views, pooler.client_count()),
+        Subject::Lists => show::lists(
+            &config,
+            &views,
+            pooler.client_count(),
+            pooler.peers().pools().len(),
+        ),
         Subject::Version => show::version(),
         Subject::State => show::state(pooler.is_paused_all(), pooler.is_draining()),
         Subject::Help => show::help(),

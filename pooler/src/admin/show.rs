@@ -2,8 +2,8 @@
 //! configuration so that the layout can be tested without a running pooler.
 //!
 //! Column names and their order follow PgBouncer's admin console, so exporters and scripts
-//! written for PgBouncer read them unchanged. Where PgBouncer reports something weir does
-//! not measure, the value is NULL rather than a made-up number.
+//! written for PgBouncer read them unchanged. A statistic weir does not measure is 0, as
+//! PgBouncer prints an unused counter, so exporters that parse numbers keep working.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::Ordering;
@@ -212,7 +212,7 @@ pub fn pools(views: &[PoolView], waits: &HashMap<PoolKey, Duration>) -> ResultSe
 /// `SHOW STATS`, one row per database: totals since start and `averages` over the latest
 /// `stats_period` (per second, or microseconds per transaction / assignment for times).
 /// PgBouncer 1.25's columns in its order; what weir does not measure (query time apart from
-/// transaction time, parse and bind counts) is NULL. `total_xact_time` is the time server connections were
+/// transaction time, parse and bind counts) is 0. `total_xact_time` is the time server connections were
 /// lent to clients, which in transaction mode is the transaction time.
 pub fn stats(views: &[PoolView], averages: &BTreeMap<String, Averages>) -> ResultSet {
     let mut rs = ResultSet::new(&[
@@ -250,22 +250,22 @@ pub fn stats(views: &[PoolView], averages: &BTreeMap<String, Averages>) -> Resul
             text(t.received),
             text(t.sent),
             text(t.xact_us),
-            None,
+            text(0),
             text(t.wait_us),
-            None,
-            None,
-            None,
+            text(0),
+            text(0),
+            text(0),
             text(a.assignments),
             text(a.xacts),
             text(a.queries),
             text(a.received),
             text(a.sent),
             text(a.xact_us),
-            None,
+            text(0),
             text(a.wait_us),
-            None,
-            None,
-            None,
+            text(0),
+            text(0),
+            text(0),
         ]);
     }
     rs
@@ -316,7 +316,7 @@ pub fn stats_averages(stats: &ResultSet) -> ResultSet {
 }
 
 /// `SHOW TOTALS`: every SHOW STATS number summed over the databases, one `name`/`value` row
-/// each under PgBouncer's names; NULL where weir does not measure it.
+/// each under PgBouncer's names; 0 where weir does not measure it.
 pub fn totals(stats: &ResultSet) -> ResultSet {
     let mut rs = ResultSet::new(&["name", "value"]);
     for (column, name) in [
@@ -429,7 +429,7 @@ pub fn clients(records: &[Arc<ClientRecord>]) -> ResultSet {
             text("C"),
             text(&i.user),
             text(&i.database),
-            text("none"),
+            text(i.replication),
             text(if c.waiting_for().is_some() {
                 "waiting"
             } else {
@@ -643,9 +643,14 @@ pub fn config(config: &Config) -> ResultSet {
     rs
 }
 
-/// `SHOW LISTS`. Weir has no free lists or DNS cache, so those counts are truly zero;
-/// clients still logging in are not counted separately (NULL).
-pub fn lists(config: &Config, views: &[PoolView], connected: usize) -> ResultSet {
+/// `SHOW LISTS`, PgBouncer's rows in its order. Weir has no free lists or DNS cache, so
+/// those counts are truly zero; clients still logging in are not counted apart (0).
+pub fn lists(
+    config: &Config,
+    views: &[PoolView],
+    connected: usize,
+    peer_pools: usize,
+) -> ResultSet {
     let mut rs = ResultSet::new(&["list", "items"]);
     let databases = config
         .databases
@@ -662,10 +667,12 @@ pub fn lists(config: &Config, views: &[PoolView], connected: usize) -> ResultSet
     for (name, items) in [
         ("databases", text(databases)),
         ("users", text(users.len())),
+        ("peers", text(config.peers.len())),
         ("pools", text(views.len())),
+        ("peer_pools", text(peer_pools)),
         ("free_clients", text(0)),
         ("used_clients", text(connected)),
-        ("login_clients", None),
+        ("login_clients", text(0)),
         ("free_servers", text(0)),
         ("used_servers", text(servers)),
         ("dns_names", text(0)),
@@ -731,6 +738,7 @@ pub fn help() -> ResultSet {
     let mut rs = ResultSet::new(&["command"]);
     for line in [
         "SHOW POOLS|STATS|CLIENTS|SERVERS|DATABASES|USERS|CONFIG|LISTS|VERSION|STATE|HELP",
+        "SHOW PEERS|PEER_POOLS",
         "SHOW STATS_TOTALS|STATS_AVERAGES|TOTALS",
         "SHOW CERTIFICATES",
         "PAUSE [db]",
@@ -864,10 +872,10 @@ mod tests {
         assert_eq!(col(&rs, 0, "total_sent"), Some("400"));
         assert_eq!(col(&rs, 0, "total_xact_time"), Some("600"));
         assert_eq!(col(&rs, 0, "total_wait_time"), Some("800"));
-        assert_eq!(col(&rs, 0, "total_query_time"), None);
+        assert_eq!(col(&rs, 0, "total_query_time"), Some("0"));
         assert_eq!(col(&rs, 0, "avg_xact_count"), Some("12"));
         assert_eq!(col(&rs, 0, "avg_wait_time"), Some("34"));
-        assert_eq!(col(&rs, 0, "avg_query_time"), None);
+        assert_eq!(col(&rs, 0, "avg_query_time"), Some("0"));
         assert_eq!(col(&rs, 1, "avg_xact_count"), Some("0"));
         assert_eq!(col(&rs, 1, "database"), Some("zz"));
     }
@@ -885,6 +893,7 @@ mod tests {
             peer: Endpoint::tcp("10.1.2.3:40001".parse().unwrap()),
             local: Endpoint::tcp("10.9.9.9:6432".parse().unwrap()),
             pool: None,
+            replication: if app == "worker" { "logical" } else { "none" },
         };
         let linked = registry.add_client(client("api"), 0);
         let waiting = registry.add_client(client("worker"), 0);
@@ -919,6 +928,8 @@ mod tests {
         assert!(col(&rs, 0, "connect_time").unwrap().ends_with(" UTC"));
         assert_eq!(col(&rs, 1, "state"), Some("waiting"));
         assert_eq!(col(&rs, 1, "link"), None);
+        assert_eq!(col(&rs, 0, "replication"), Some("none"));
+        assert_eq!(col(&rs, 1, "replication"), Some("logical"));
 
         let rs = servers(&registry.servers());
         check_widths(&rs);
@@ -1007,10 +1018,30 @@ mod tests {
         assert_eq!(row[1].as_deref(), Some("any"));
         assert_eq!(rs.rows.len(), Settings::KEYS.len());
 
-        let rs = lists(&config, &[view()], 9);
+        let rs = lists(&config, &[view()], 9, 2);
         check_widths(&rs);
+        let names: Vec<_> = rs
+            .rows
+            .iter()
+            .map(|r| r[0].as_deref().unwrap_or(""))
+            .collect();
+        assert_eq!(
+            names[..8],
+            [
+                "databases",
+                "users",
+                "peers",
+                "pools",
+                "peer_pools",
+                "free_clients",
+                "used_clients",
+                "login_clients"
+            ]
+        );
         assert_eq!(rs.rows[0], vec![text("databases"), text(1)]);
-        assert_eq!(rs.rows[4], vec![text("used_clients"), text(9)]);
+        assert_eq!(rs.rows[4], vec![text("peer_pools"), text(2)]);
+        assert_eq!(rs.rows[6], vec![text("used_clients"), text(9)]);
+        assert!(rs.rows.iter().all(|r| r[1].is_some()), "no NULL counts");
 
         let rs = state(true, false);
         assert_eq!(rs.rows[0], vec![text("active"), text("no")]);

@@ -44,6 +44,19 @@ impl Totals {
         }
         by_db
     }
+
+    /// The totals of every database together, for the periodic log line.
+    pub fn sum<'a>(all: impl IntoIterator<Item = &'a Totals>) -> Totals {
+        all.into_iter().fold(Totals::default(), |t, d| Totals {
+            xacts: t.xacts.saturating_add(d.xacts),
+            queries: t.queries.saturating_add(d.queries),
+            assignments: t.assignments.saturating_add(d.assignments),
+            received: t.received.saturating_add(d.received),
+            sent: t.sent.saturating_add(d.sent),
+            xact_us: t.xact_us.saturating_add(d.xact_us),
+            wait_us: t.wait_us.saturating_add(d.wait_us),
+        })
+    }
 }
 
 /// One database's averages over a sampling period: counts and bytes per second, times in
@@ -90,6 +103,18 @@ impl Averages {
     }
 }
 
+impl Averages {
+    /// PgBouncer's `log_stats` line (`src/stats.c`); the prepared-statement rates and the
+    /// query time, which weir does not measure, are 0.
+    pub fn log_line(&self) -> String {
+        format!(
+            "stats: {} xacts/s, {} queries/s, 0 client parses/s, 0 server parses/s, 0 binds/s, \
+             in {} B/s, out {} B/s, xact {} us, query 0 us, wait {} us",
+            self.xacts, self.queries, self.received, self.sent, self.xact_us, self.wait_us
+        )
+    }
+}
+
 /// Samples every pool's totals each `stats_period` (re-read every round, so a reload or
 /// SET changes it) and publishes the averages of the latest period for SHOW STATS.
 pub async fn sample(pooler: Arc<impl Console>) {
@@ -116,6 +141,14 @@ pub async fn sample(pooler: Arc<impl Console>) {
             })
             .collect();
         pooler.set_stats_averages(averages);
+        if pooler.config().pgbouncer.log_stats {
+            let overall = Averages::between(
+                &Totals::sum(before.1.values()),
+                &Totals::sum(now.1.values()),
+                elapsed,
+            );
+            tracing::info!("{}", overall.log_line());
+        }
         before = now;
     }
 }
@@ -169,6 +202,29 @@ mod tests {
             Averages::between(&t, &Totals::default(), Duration::from_secs(1)),
             Averages::default()
         );
+    }
+
+    #[test]
+    fn the_log_line_reads_like_pgbouncers() {
+        let a = Averages {
+            xacts: 1,
+            queries: 2,
+            assignments: 3,
+            received: 4,
+            sent: 5,
+            xact_us: 6,
+            wait_us: 7,
+        };
+        assert_eq!(
+            a.log_line(),
+            "stats: 1 xacts/s, 2 queries/s, 0 client parses/s, 0 server parses/s, 0 binds/s, \
+             in 4 B/s, out 5 B/s, xact 6 us, query 0 us, wait 7 us"
+        );
+        let t = Totals {
+            xacts: 2,
+            ..Totals::default()
+        };
+        assert_eq!(Totals::sum([&t, &t]).xacts, 4);
     }
 
     #[test]

@@ -22,7 +22,7 @@ use crate::cancel_key::{CancelKey, Route};
 use crate::config::PoolMode;
 use crate::params::{self, ParamSet};
 use crate::pool::{Checkout, Counts, Pool};
-use crate::protocol::{backend, PgError};
+use crate::protocol::{backend, PgError, ProtocolError};
 use crate::registry::{Admission, ClientCount, ClientHandle, ClientInfo};
 use crate::server::{self, PrepareError};
 use crate::stream::{Keepalive, Stream};
@@ -97,7 +97,7 @@ async fn log_in(
                 process_id,
                 secret_key,
             }) => {
-                forward_cancel(&*pooler, process_id, secret_key).await;
+                forward_cancel_in_time(&*pooler, process_id, secret_key).await;
                 return None;
             }
             Ok(Hello::StartTls { direct }) => {
@@ -114,11 +114,11 @@ async fn log_in(
                         tracing::info!(%peer, reason = %why, "client TLS negotiation failed");
                         let mut encrypted = encrypted?;
                         let e = LoginError::fatal(PgError::fatal("08P01", why));
-                        return refused(&mut encrypted, e).await;
+                        return refused(pooler.as_ref(), &mut encrypted, e).await;
                     }
                 };
             }
-            Err(e) => return refused(&mut stream, e).await,
+            Err(e) => return refused(pooler.as_ref(), &mut stream, e).await,
         }
     };
     if config.pgbouncer.application_name_add_host {
@@ -131,7 +131,7 @@ async fn log_in(
     // an operator can still see who fills the limit.
     if !console && connected > config.pgbouncer.max_client_conn as usize {
         let e = PgError::fatal("53300", "no more connections allowed (max_client_conn)");
-        return refused(&mut stream, LoginError::fatal(e)).await;
+        return refused(pooler.as_ref(), &mut stream, LoginError::fatal(e)).await;
     }
     if !console && pooler.is_disabled(&login.database) {
         let e = PgError::fatal(
@@ -141,10 +141,11 @@ async fn log_in(
                 login.database
             ),
         );
-        return refused(&mut stream, LoginError::fatal(e)).await;
+        return refused(pooler.as_ref(), &mut stream, LoginError::fatal(e)).await;
     }
     if !console && config.database(&login.database).is_none() {
         return refused(
+            pooler.as_ref(),
             &mut stream,
             LoginError::fatal(no_such_database(&login.database)),
         )
@@ -168,7 +169,7 @@ async fn log_in(
         Ok(a) => a,
         Err(e) => {
             tracing::info!(%peer, user = %login.user, "client login failed");
-            return refused(&mut stream, e).await;
+            return refused(pooler.as_ref(), &mut stream, e).await;
         }
     };
     // As in PgBouncer, console clients count too, and only admin users there are never refused.
@@ -188,13 +189,13 @@ async fn log_in(
             Ok(a) => a,
             Err(limit) => {
                 let e = PgError::fatal("08P01", limit.message());
-                return refused(&mut stream, LoginError::fatal(e)).await;
+                return refused(pooler.as_ref(), &mut stream, LoginError::fatal(e)).await;
             }
         };
     if console {
         if !own_user {
             if let Err(e) = pooler.console_allowed(&login.user) {
-                return refused(&mut stream, LoginError::Fatal(e)).await;
+                return refused(pooler.as_ref(), &mut stream, LoginError::Fatal(e)).await;
             }
         }
         let record = register(
@@ -219,7 +220,7 @@ async fn log_in(
         authenticated.looked_up,
     ) {
         Ok(p) => p,
-        Err(e) => return refused(&mut stream, LoginError::Fatal(e)).await,
+        Err(e) => return refused(pooler.as_ref(), &mut stream, LoginError::Fatal(e)).await,
     };
     if let Some(kind) = login.replication {
         let target = replication::target_for(&pool.target(), kind);
@@ -236,7 +237,7 @@ async fn log_in(
             Ok(reason) => reason,
             Err(e) => {
                 tracing::warn!(%peer, user = %login.user, error = %e.message, "replication connection to the server failed");
-                return refused(&mut stream, LoginError::fatal(e)).await;
+                return refused(pooler.as_ref(), &mut stream, LoginError::fatal(e)).await;
             }
         };
         if log {
@@ -247,7 +248,14 @@ async fn log_in(
     let deadline = wait_deadline(config.pgbouncer.query_wait_timeout);
     let welcome = match pool.welcome_params(deadline).await {
         Ok(w) => w,
-        Err(e) => return refused(&mut stream, LoginError::fatal(e.to_client_error())).await,
+        Err(e) => {
+            return refused(
+                pooler.as_ref(),
+                &mut stream,
+                LoginError::fatal(e.to_client_error()),
+            )
+            .await
+        }
     };
     let record = register(
         &*pooler,
@@ -300,6 +308,7 @@ fn register(
         peer,
         local,
         pool: pool.map(|p| p.key().clone()),
+        replication: login.replication.map_or("none", |r| r.show_name()),
     };
     pooler.registry().add_client(info, pooler.peers().own_id())
 }
@@ -343,14 +352,27 @@ fn wait_deadline(query_wait_timeout: Duration) -> Instant {
 
 /// Tells a client why it cannot go on, then lets the connection close; `None`, for
 /// [`log_in`] to return.
-async fn refused<T>(stream: &mut Stream, e: LoginError) -> Option<T> {
+async fn refused<T>(pooler: &dyn SessionContext, stream: &mut Stream, e: LoginError) -> Option<T> {
     if let LoginError::Fatal(e) = e {
         tracing::debug!(code = %e.code, message = %e.message, "refusing client");
+        log_pooler_error(pooler, &e);
         let mut out = BytesMut::new();
         backend::error_response(&mut out, &e);
         let _ = wire::flush(stream, &mut out).await;
     }
     None
+}
+
+/// [`forward_cancel`], given up after `cancel_wait_timeout` (0: no limit), as PgBouncer
+/// gives up a cancel request that waits too long.
+async fn forward_cancel_in_time(pooler: &dyn SessionContext, process_id: i32, secret_key: i32) {
+    let limit = pooler.config_now().pgbouncer.cancel_wait_timeout;
+    let forward = forward_cancel(pooler, process_id, secret_key);
+    if limit.is_zero() {
+        forward.await;
+    } else if tokio::time::timeout(limit, forward).await.is_err() {
+        tracing::warn!("cancel request dropped: not forwarded within cancel_wait_timeout");
+    }
 }
 
 async fn forward_cancel(pooler: &dyn SessionContext, process_id: i32, secret_key: i32) {
@@ -544,6 +566,13 @@ impl Session {
         if self.buf.first() == Some(&b'X') {
             return Err("client said goodbye");
         }
+        // Refused before a server connection is borrowed, as PgBouncer does.
+        if self.buf.first() == Some(&b'Q') && self.pooler.config_now().pgbouncer.disable_pqexec {
+            tracing::error!("client used \"Query\" packet type");
+            self.fatal(ProtocolError::SimpleQueryDisallowed.to_pg_error())
+                .await;
+            return Err("PQexec disallowed");
+        }
         // A header that cannot be valid is refused before a server connection is borrowed.
         let limit = max_message(self.pooler.config_now().pgbouncer.max_packet_size);
         if let Err(e) = crate::protocol::peek_header(&self.buf, limit) {
@@ -598,6 +627,7 @@ impl Session {
             client_idle: config.client_idle_timeout_for(&self.record.info.user),
         };
         let max_message = max_message(s.max_packet_size);
+        let simple_query = !s.disable_pqexec;
         let reset_always = s.server_reset_query_always;
         let tracking = tracked::Policy {
             max_prepared: s.max_prepared_statements as usize,
@@ -627,6 +657,7 @@ impl Session {
             policy,
             timeouts,
             max_message,
+            simple_query,
             tracker,
             &mut counts,
         )
@@ -773,6 +804,7 @@ impl Session {
 
     /// Tells the client a FATAL error (the connection closes after it).
     fn fatal(&mut self, e: PgError) -> impl Future<Output = ()> + '_ {
+        log_pooler_error(self.pooler.as_ref(), &e);
         // Encoded before the future is made, so that the future (stored in every state of
         // the session that can fail) holds bytes and not the error.
         let mut out = BytesMut::new();
@@ -783,6 +815,14 @@ impl Session {
             let farewell = wire::flush(&mut self.stream, &mut out);
             let _ = Box::pin(tokio::time::timeout(FAREWELL_TIMEOUT, farewell)).await;
         }
+    }
+}
+
+/// With `log_pooler_errors`, logs an error the pooler itself tells a client, in PgBouncer's
+/// words.
+fn log_pooler_error(pooler: &dyn SessionContext, e: &PgError) {
+    if pooler.config_now().pgbouncer.log_pooler_errors {
+        tracing::warn!("pooler error: {}", e.message);
     }
 }
 

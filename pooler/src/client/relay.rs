@@ -95,6 +95,8 @@ pub struct Relay<'a> {
     policy: ReleasePolicy,
     timeouts: Timeouts,
     max_client_message: usize,
+    /// Whether simple-query messages pass (`disable_pqexec` off).
+    simple_query: bool,
     c2s: Cursor,
     s2c: Cursor,
     client_done: bool,
@@ -125,6 +127,7 @@ impl<'a> Relay<'a> {
         policy: ReleasePolicy,
         timeouts: Timeouts,
         max_client_message: usize,
+        simple_query: bool,
         tracker: Option<Tracker<'a>>,
         counts: &'a mut Counts,
     ) -> Relay<'a> {
@@ -137,6 +140,7 @@ impl<'a> Relay<'a> {
             policy,
             timeouts,
             max_client_message,
+            simple_query,
             c2s: Cursor::default(),
             s2c: Cursor::default(),
             client_done: false,
@@ -168,6 +172,7 @@ impl<'a> Relay<'a> {
                     self.server.carried,
                     self.tx,
                     self.max_client_message,
+                    self.simple_query,
                 )
                 .map_err(Outcome::ClientProtocol)?;
             match event {
@@ -273,6 +278,7 @@ impl<'a> Relay<'a> {
             &mut self.c2s,
             self.tx,
             self.max_client_message,
+            self.simple_query,
         )? {
             ClientStop::NeedMore => {}
             ClientStop::Terminate => self.client_done = true,

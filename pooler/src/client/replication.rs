@@ -39,6 +39,14 @@ impl Replication {
         }
     }
 
+    /// The `replication` column of SHOW CLIENTS, in PgBouncer's words.
+    pub fn show_name(self) -> &'static str {
+        match self {
+            Replication::Physical => "physical",
+            Replication::Logical => "logical",
+        }
+    }
+
     /// The value sent to the server.
     pub fn startup_value(self) -> &'static str {
         match self {

@@ -79,11 +79,13 @@ fn pass_body(buf: &[u8], cur: &mut Cursor) {
 }
 
 /// Scans client bytes from `cur.scanned` on, updating `tx` for every message that starts.
+/// A simple query is refused unless `simple_query` (PgBouncer's `disable_pqexec`).
 pub fn scan_client(
     buf: &[u8],
     cur: &mut Cursor,
     tx: &mut TxState,
     max_len: usize,
+    simple_query: bool,
 ) -> Result<ClientStop, ProtocolError> {
     loop {
         pass_body(buf, cur);
@@ -95,6 +97,7 @@ pub fn scan_client(
         };
         match tag {
             b'X' => return Ok(ClientStop::Terminate),
+            b'Q' if !simple_query => return Err(ProtocolError::SimpleQueryDisallowed),
             // Simple query, function call and Sync each earn exactly one ReadyForQuery.
             b'Q' | b'F' | b'S' => {
                 tx.outstanding += 1;
@@ -258,7 +261,7 @@ mod tests {
         let mut cur = Cursor::default();
         let client = msg(b'Q', b"select 1\0");
         assert_eq!(
-            scan_client(&client, &mut cur, &mut tx, 1 << 20),
+            scan_client(&client, &mut cur, &mut tx, 1 << 20, true),
             Ok(ClientStop::NeedMore)
         );
         assert_eq!(cur.scanned, client.len());
@@ -284,7 +287,7 @@ mod tests {
             client.extend(msg(b'S', b""));
         }
         let mut cur = Cursor::default();
-        scan_client(&client, &mut cur, &mut tx, 1 << 20).unwrap_or(ClientStop::NeedMore);
+        scan_client(&client, &mut cur, &mut tx, 1 << 20, true).unwrap_or(ClientStop::NeedMore);
         assert_eq!(tx.outstanding, 2);
         let server = msg(b'Z', b"I");
         let mut scur = Cursor::default();
@@ -303,7 +306,7 @@ mod tests {
         };
         let client = msg(b'P', b"s1\0select 1\0\0\0");
         let mut cur = Cursor::default();
-        let _ = scan_client(&client, &mut cur, &mut tx, 1 << 20);
+        let _ = scan_client(&client, &mut cur, &mut tx, 1 << 20, true);
         let server = msg(b'Z', b"I");
         let mut scur = Cursor::default();
         let stop = scan_reply(&server, &mut scur, &mut tx, TX, true);
@@ -349,7 +352,7 @@ mod tests {
         let before = client.len();
         client.extend(msg(b'X', b""));
         let mut cur = Cursor::default();
-        let stop = scan_client(&client, &mut cur, &mut tx, 1 << 20);
+        let stop = scan_client(&client, &mut cur, &mut tx, 1 << 20, true);
         assert_eq!(stop, Ok(ClientStop::Terminate));
         assert_eq!(cur.scanned, before);
     }
@@ -471,9 +474,9 @@ mod tests {
         let mut tx = TxState::default();
         let mut cur = Cursor::default();
         let bad = [b'Q', 0, 0, 0, 3];
-        assert!(scan_client(&bad, &mut cur, &mut tx, 1 << 20).is_err());
+        assert!(scan_client(&bad, &mut cur, &mut tx, 1 << 20, true).is_err());
         let huge = [b'Q', 0x7f, 0xff, 0xff, 0xff];
         let mut cur = Cursor::default();
-        assert!(scan_client(&huge, &mut cur, &mut tx, 1 << 20).is_err());
+        assert!(scan_client(&huge, &mut cur, &mut tx, 1 << 20, true).is_err());
     }
 }

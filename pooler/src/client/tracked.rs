@@ -148,6 +148,7 @@ impl<'a> Tracker<'a> {
         server: &mut Carried,
         tx: &mut TxState,
         max_len: usize,
+        simple_query: bool,
     ) -> Result<ClientEvent, ProtocolError> {
         loop {
             if self.skipping > 0 {
@@ -172,6 +173,9 @@ impl<'a> Tracker<'a> {
             };
             if tag == b'X' {
                 return Ok(ClientEvent::Terminate);
+            }
+            if tag == b'Q' && !simple_query {
+                return Err(ProtocolError::SimpleQueryDisallowed);
             }
             if self.pipeline.local_answers() >= MAX_LOCAL_ANSWERS {
                 return Ok(ClientEvent::OverLimit(

@@ -382,12 +382,19 @@ pub struct Settings {
     /// being refused. Default empty.
     pub ignore_startup_parameters: Vec<String>,
     /// Refuse the simple query protocol (several statements in one message), as a defence
-    /// against SQL injection. Not supported: parsed, and ignored with a warning unless off.
+    /// against SQL injection: a Query message closes the connection with `08P01`
+    /// "PQexec disallowed". Default off.
     pub disable_pqexec: bool,
     /// Append the client's address and port to `application_name` at connect. Default off.
     pub application_name_add_host: bool,
     /// How often averaged statistics are computed and logged. Default 60 s.
     pub stats_period: Duration,
+    /// Log the averaged statistics every `stats_period` (PgBouncer's "stats: ..." line).
+    /// Default on.
+    pub log_stats: bool,
+    /// How long a cancel request may wait to be forwarded to the server before it is
+    /// dropped; 0 waits as long as it takes. Default 10 s.
+    pub cancel_wait_timeout: Duration,
     /// PBKDF2 rounds of the SCRAM verifiers weir derives from plain passwords. Default 4096.
     pub scram_iterations: u32,
     /// Protocol-level prepared statements tracked per server connection in transaction and
@@ -425,8 +432,7 @@ pub struct Settings {
     pub log_connections: bool,
     /// Log disconnections with their reason. Default on.
     pub log_disconnections: bool,
-    /// Log the error messages the pooler sends to clients. Not supported: parsed, and
-    /// ignored with a warning unless on.
+    /// Log the error messages the pooler sends to clients ("pooler error: ..."). Default on.
     pub log_pooler_errors: bool,
     /// Extra log verbosity, 0 to 3. Default 0.
     pub verbose: u32,
@@ -496,6 +502,11 @@ pub struct Settings {
     /// `TCP_USER_TIMEOUT`: how long sent data may stay unacknowledged. A bare number
     /// counts milliseconds, as in PgBouncer. 0 (default): the OS default.
     pub tcp_user_timeout: Duration,
+    /// `SO_SNDBUF` and `SO_RCVBUF` of client and server sockets; 0 leaves the kernel's.
+    pub tcp_socket_buffer: u32,
+    /// `TCP_DEFER_ACCEPT` (45 s, as PgBouncer sets it) on the TCP listeners: a client is
+    /// accepted once it has sent data. Default on.
+    pub tcp_defer_accept: bool,
 
     // --- TLS ---
     /// TLS toward clients: `disable` (default) answers SSLRequest with `N`; `allow` and
@@ -586,6 +597,8 @@ impl Default for Settings {
             disable_pqexec: false,
             application_name_add_host: false,
             stats_period: Duration::from_secs(60),
+            log_stats: true,
+            cancel_wait_timeout: Duration::from_secs(10),
             scram_iterations: 4096,
             max_prepared_statements: 200,
             auth_type: AuthType::Md5,
@@ -623,6 +636,8 @@ impl Default for Settings {
             tcp_keepidle: Duration::from_secs(60),
             tcp_keepintvl: Duration::from_secs(10),
             tcp_user_timeout: Duration::ZERO,
+            tcp_socket_buffer: 0,
+            tcp_defer_accept: true,
             http_listen_addr: "0.0.0.0".to_owned(),
             http_port: 0,
             shutdown_timeout: Duration::from_secs(30),
@@ -711,29 +726,31 @@ settings_table! {
     logfile: opt_path => implemented,
     pidfile: opt_path => implemented,
     listen_addr: text => implemented,
-    listen_port: port => implemented,
+    listen_port: number_port => implemented,
     unix_socket_dir: text => implemented,
     unix_socket_mode: mode => implemented,
     unix_socket_group: opt_text => implemented,
     user: opt_text => implemented,
     pool_mode: choice => implemented,
-    max_client_conn: count => implemented,
-    default_pool_size: count => implemented,
-    min_pool_size: count => implemented,
-    reserve_pool_size: count => implemented,
+    max_client_conn: number => implemented,
+    default_pool_size: number => implemented,
+    min_pool_size: number => implemented,
+    reserve_pool_size: number => implemented,
     reserve_pool_timeout: seconds => implemented,
-    max_db_connections: count => implemented,
-    max_user_connections: count => implemented,
-    max_db_client_connections: count => implemented,
-    max_user_client_connections: count => implemented,
+    max_db_connections: number => implemented,
+    max_user_connections: number => implemented,
+    max_db_client_connections: number => implemented,
+    max_user_client_connections: number => implemented,
     server_round_robin: flag => implemented,
     track_extra_parameters: list => implemented,
     ignore_startup_parameters: list => implemented,
-    disable_pqexec: flag => ignored("the simple query protocol is always allowed"),
+    disable_pqexec: flag => implemented,
     application_name_add_host: flag => implemented,
     stats_period: seconds => implemented,
-    scram_iterations: count => implemented,
-    max_prepared_statements: count => implemented,
+    log_stats: flag => implemented,
+    cancel_wait_timeout: seconds => implemented,
+    scram_iterations: number => implemented,
+    max_prepared_statements: number => implemented,
     auth_type: choice => implemented,
     auth_file: opt_path => implemented,
     auth_hba_file: opt_path => implemented,
@@ -744,8 +761,8 @@ settings_table! {
     auth_query_cache_ttl: seconds => implemented,
     log_connections: flag => implemented,
     log_disconnections: flag => implemented,
-    log_pooler_errors: flag => ignored("the log level alone decides what is logged"),
-    verbose: count => implemented,
+    log_pooler_errors: flag => implemented,
+    verbose: number => implemented,
     admin_users: list => implemented,
     stats_users: list => implemented,
     server_reset_query: text => implemented,
@@ -761,14 +778,16 @@ settings_table! {
     query_wait_timeout: seconds => implemented,
     client_idle_timeout: seconds => implemented,
     idle_transaction_timeout: seconds => implemented,
-    pkt_buf: count => implemented,
-    max_packet_size: count => implemented,
+    pkt_buf: number => implemented,
+    max_packet_size: number => implemented,
     so_reuseport: flag => implemented,
     tcp_keepalive: flag => implemented,
-    tcp_keepcnt: count => implemented,
+    tcp_keepcnt: number => implemented,
     tcp_keepidle: seconds => implemented,
     tcp_keepintvl: seconds => implemented,
     tcp_user_timeout: millis => implemented,
+    tcp_socket_buffer: number => implemented,
+    tcp_defer_accept: flag => implemented,
     client_tls_sslmode: choice => implemented,
     client_tls_key_file: opt_path => implemented,
     client_tls_cert_file: opt_path => implemented,
@@ -784,12 +803,12 @@ settings_table! {
     server_cleartext_password: choice => implemented,
     server_channel_binding: choice => implemented,
     http_listen_addr: text => implemented,
-    http_port: port => implemented,
+    http_port: number_port => implemented,
     shutdown_timeout: seconds => implemented,
     pinning: choice => implemented,
     service_account_audience: text => implemented,
     service_account_cache_ttl: seconds => implemented,
-    service_account_cache_size: count => implemented,
+    service_account_cache_size: number => implemented,
     peer_id: peer_id => implemented,
 }
 
@@ -799,7 +818,6 @@ settings_table! {
 pub const UNSUPPORTED_KEYS: &[&str] = &[
     "auth_ldap_options",
     "autodb_idle_timeout",
-    "cancel_wait_timeout",
     "client_tls13_ciphers",
     "client_tls_dheparams",
     "client_tls_ecdhcurve",
@@ -809,7 +827,6 @@ pub const UNSUPPORTED_KEYS: &[&str] = &[
     "dns_zone_check_period",
     "job_name",
     "listen_backlog",
-    "log_stats",
     "login_notify_message",
     "pool_idle_timeout",
     "query_wait_notify",
@@ -822,8 +839,6 @@ pub const UNSUPPORTED_KEYS: &[&str] = &[
     "syslog",
     "syslog_facility",
     "syslog_ident",
-    "tcp_defer_accept",
-    "tcp_socket_buffer",
     "transaction_timeout",
 ];
 

@@ -57,6 +57,8 @@ ignore_startup_parameters = extra_float_digits,options
 disable_pqexec = yes
 application_name_add_host = on
 stats_period = 30
+log_stats = 0
+cancel_wait_timeout = 2
 scram_iterations = 10000
 max_prepared_statements = 0
 auth_type = scram-sha-256
@@ -94,6 +96,8 @@ tcp_keepcnt = 4
 tcp_keepidle = 120
 tcp_keepintvl = 20
 tcp_user_timeout = 2500
+tcp_socket_buffer = 0x10000
+tcp_defer_accept = 0
 http_listen_addr = 127.0.0.1
 http_port = 9127
 shutdown_timeout = 2min
@@ -146,6 +150,8 @@ fn every_setting_expected() -> Settings {
         application_name_add_host: true,
         scram_iterations: 10000,
         stats_period: Duration::from_secs(30),
+        log_stats: false,
+        cancel_wait_timeout: Duration::from_secs(2),
         max_prepared_statements: 0,
         auth_type: AuthType::ScramSha256,
         auth_file: Some("/etc/weir/userlist.txt".into()),
@@ -182,6 +188,8 @@ fn every_setting_expected() -> Settings {
         tcp_keepidle: Duration::from_secs(120),
         tcp_keepintvl: Duration::from_secs(20),
         tcp_user_timeout: Duration::from_millis(2500),
+        tcp_socket_buffer: 65536,
+        tcp_defer_accept: false,
         http_listen_addr: "127.0.0.1".into(),
         http_port: 9127,
         shutdown_timeout: Duration::from_secs(120),
@@ -295,7 +303,7 @@ fn invalid_values_name_file_line_and_key() {
         ("listen_port", "70000", "expected a port number"),
         ("unix_socket_mode", "rw", "expected an octal file mode"),
         ("pool_mode", "batch", "expected a pool mode"),
-        ("default_pool_size", "-5", "expected a whole number"),
+        ("default_pool_size", "twenty", "expected a whole number"),
         (
             "reserve_pool_timeout",
             "soon",
@@ -1447,13 +1455,10 @@ fn example_configuration_parses_with_only_warnings() {
             "syslog",
             "syslog_facility",
             "syslog_ident",
-            "log_stats",
             "autodb_idle_timeout",
             "suspend_timeout",
             "listen_backlog",
             "sbuf_loopcnt",
-            "tcp_defer_accept",
-            "tcp_socket_buffer",
             "dns_max_ttl",
             "dns_zone_check_period",
             "dns_nxdomain_ttl",

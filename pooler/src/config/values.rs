@@ -51,7 +51,8 @@ pub(crate) mod opt_path {
     }
 }
 
-/// A non-negative whole number (sizes, limits, counts), written in decimal.
+/// A non-negative decimal whole number, as `[databases]` and `[peers]` entries take them
+/// (PgBouncer reads those with `atoi`).
 pub(crate) mod count {
     use super::*;
 
@@ -64,8 +65,61 @@ pub(crate) mod count {
             .parse()
             .map_err(|_| ValueError(format!("{value:?} is too large (at most {})", u32::MAX)))
     }
+}
+
+/// A `[pgbouncer]` integer as PgBouncer's `cf_set_int` reads it (`strtol` with base 0):
+/// `0x14` is hexadecimal, `010` octal, with an optional sign. `None` when it is not one;
+/// a value past `i64` saturates, for the caller's range check to refuse.
+fn c_integer(value: &str) -> Option<i64> {
+    let trimmed = value.trim();
+    let (negative, unsigned) = match trimmed.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, trimmed.strip_prefix('+').unwrap_or(trimmed)),
+    };
+    let (digits, radix) = if let Some(hex) = unsigned
+        .strip_prefix("0x")
+        .or_else(|| unsigned.strip_prefix("0X"))
+    {
+        (hex, 16)
+    } else if unsigned.len() > 1 && unsigned.starts_with('0') {
+        (&unsigned[1..], 8)
+    } else {
+        (unsigned, 10)
+    };
+    if digits.is_empty() || !digits.chars().all(|c| c.is_digit(radix)) {
+        return None;
+    }
+    let magnitude = i64::from_str_radix(digits, radix).unwrap_or(i64::MAX);
+    Some(if negative { -magnitude } else { magnitude })
+}
+
+/// A `[pgbouncer]` count: decimal, hexadecimal (`0x14`) or octal (`010`), as in PgBouncer.
+/// A negative count is 0: PgBouncer accepts it and treats it as 0 (off, no limit, none).
+pub(crate) mod number {
+    use super::*;
+
+    pub(crate) fn parse(value: &str) -> Result<u32, ValueError> {
+        let n = c_integer(value).ok_or_else(|| ValueError::expected("a whole number", value))?;
+        u32::try_from(n.max(0))
+            .map_err(|_| ValueError(format!("{value:?} is too large (at most {})", u32::MAX)))
+    }
 
     pub(crate) fn render(value: &u32) -> Option<String> {
+        Some(value.to_string())
+    }
+}
+
+/// A `[pgbouncer]` port: decimal, hexadecimal or octal, as in PgBouncer.
+pub(crate) mod number_port {
+    use super::*;
+
+    pub(crate) fn parse(value: &str) -> Result<u16, ValueError> {
+        c_integer(value)
+            .and_then(|n| u16::try_from(n).ok())
+            .ok_or_else(|| ValueError::expected("a port number (0-65535)", value))
+    }
+
+    pub(crate) fn render(value: &u16) -> Option<String> {
         Some(value.to_string())
     }
 }
@@ -83,25 +137,20 @@ pub(crate) mod port {
             .parse()
             .map_err(|_| ValueError::expected("a port number (0-65535)", value))
     }
-
-    pub(crate) fn render(value: &u16) -> Option<String> {
-        Some(value.to_string())
-    }
 }
 
-/// A boolean: `1`/`0`, `yes`/`no`, `on`/`off`, `true`/`false`; written as `1`/`0`, which
-/// is what PgBouncer itself reads.
+/// A boolean: `yes`/`no`, `on`/`off`, `true`/`false`, or an integer where anything but 0
+/// is on (PgBouncer reads most switches as integers); written as `1`/`0`.
 pub(crate) mod flag {
     use super::*;
 
     pub(crate) fn parse(value: &str) -> Result<bool, ValueError> {
         match value.trim().to_ascii_lowercase().as_str() {
-            "1" | "yes" | "on" | "true" => Ok(true),
-            "0" | "no" | "off" | "false" => Ok(false),
-            _ => Err(ValueError::expected(
-                "a boolean (1/0, yes/no, on/off, true/false)",
-                value,
-            )),
+            "yes" | "on" | "true" => Ok(true),
+            "no" | "off" | "false" => Ok(false),
+            other => c_integer(other).map(|n| n != 0).ok_or_else(|| {
+                ValueError::expected("a boolean (1/0, yes/no, on/off, true/false)", value)
+            }),
         }
     }
 
@@ -208,7 +257,6 @@ mod tests {
         }
         let err = count::parse("4294967296").expect_err("overflow");
         assert!(err.0.contains("too large"), "{err}");
-        assert_eq!(count::render(&7).as_deref(), Some("7"));
     }
 
     #[test]
@@ -220,11 +268,38 @@ mod tests {
     }
 
     #[test]
+    fn pgbouncer_numbers_read_as_strtol_does() {
+        assert_eq!(number::parse("0x14"), Ok(20));
+        assert_eq!(number::parse("0X1f"), Ok(31));
+        assert_eq!(number::parse("010"), Ok(8));
+        assert_eq!(number::parse("0"), Ok(0));
+        assert_eq!(number::parse("+7"), Ok(7));
+        assert_eq!(number::parse(" 42 "), Ok(42));
+        assert_eq!(number::parse("-1"), Ok(0));
+        assert_eq!(number::parse("-0x10"), Ok(0));
+        for bad in ["", "08", "0x", "12abc", "--1", "1.5"] {
+            assert!(number::parse(bad).is_err(), "{bad}");
+        }
+        let err = number::parse("0x100000000").expect_err("overflow");
+        assert!(err.0.contains("too large"), "{err}");
+        assert!(number::parse("99999999999999999999999").is_err());
+        assert_eq!(number_port::parse("0x1920"), Ok(6432));
+        assert!(number_port::parse("70000").is_err());
+        assert!(number_port::parse("-1").is_err());
+        // [databases] entries use atoi in PgBouncer: no prefixes there.
+        assert!(count::parse("0x14").is_err());
+    }
+
+    #[test]
     fn flags() {
         for yes in ["1", "yes", "YES", "on", "On", "true", "TRUE"] {
             assert_eq!(flag::parse(yes), Ok(true), "{yes}");
         }
-        for no in ["0", "no", "off", "false", "False"] {
+        // PgBouncer reads its switches as integers: any other than 0 is on.
+        for yes in ["2", "0x1", "45"] {
+            assert_eq!(flag::parse(yes), Ok(true), "{yes}");
+        }
+        for no in ["0", "00", "0x0", "no", "off", "false", "False"] {
             assert_eq!(flag::parse(no), Ok(false), "{no}");
         }
         let err = flag::parse("maybe").expect_err("not a boolean");

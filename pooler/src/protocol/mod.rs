@@ -109,6 +109,9 @@ pub enum ProtocolError {
     /// An ErrorResponse or NoticeResponse names a severity this codec does not know.
     #[error("unknown severity {0:?} in error or notice message")]
     UnknownSeverity(String),
+    /// A simple-query message while `disable_pqexec` is on; PgBouncer's words.
+    #[error("PQexec disallowed")]
+    SimpleQueryDisallowed,
     /// A field holds a value the protocol does not allow there.
     #[error("{message} message: invalid {field} {value}")]
     InvalidField {
@@ -140,6 +143,7 @@ impl ProtocolError {
             | ProtocolError::MissingTerminator { .. }
             | ProtocolError::TrailingBytes { .. }
             | ProtocolError::UnknownSeverity(_)
+            | ProtocolError::SimpleQueryDisallowed
             | ProtocolError::InvalidField { .. } => "08P01",
         }
     }
