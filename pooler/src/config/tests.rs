@@ -1596,8 +1596,156 @@ fn readme_keys(start: &str, end: &str) -> std::collections::BTreeSet<&'static st
         .collect()
 }
 
+/// Every setting of PgBouncer 1.25.2's `doc/config.md`, by section.
+#[rustfmt::skip]
+const PGBOUNCER_1_25_SETTINGS: &[(&str, &[&str])] = &[
+    (
+        "[pgbouncer]",
+        &[
+            "logfile", "pidfile", "listen_addr", "listen_port", "unix_socket_dir",
+            "unix_socket_mode", "unix_socket_group", "user", "pool_mode", "max_client_conn",
+            "default_pool_size", "min_pool_size", "reserve_pool_size", "reserve_pool_timeout",
+            "max_db_connections", "max_db_client_connections", "max_user_connections",
+            "max_user_client_connections", "server_round_robin", "track_extra_parameters",
+            "ignore_startup_parameters", "peer_id", "disable_pqexec",
+            "application_name_add_host", "conffile", "service_name", "job_name",
+            "stats_period", "max_prepared_statements", "scram_iterations", "auth_type",
+            "auth_hba_file", "auth_ident_file", "auth_file", "auth_user", "auth_query",
+            "auth_dbname", "auth_ldap_options", "syslog", "syslog_ident", "syslog_facility",
+            "log_connections", "log_disconnections", "log_pooler_errors", "log_stats",
+            "verbose", "admin_users", "stats_users", "server_reset_query",
+            "server_reset_query_always", "server_check_delay", "server_check_query",
+            "server_fast_close", "server_lifetime", "server_idle_timeout",
+            "server_connect_timeout", "server_login_retry", "client_login_timeout",
+            "autodb_idle_timeout", "dns_max_ttl", "dns_nxdomain_ttl", "dns_zone_check_period",
+            "resolv_conf", "query_wait_notify", "client_tls_sslmode", "client_tls_key_file",
+            "client_tls_cert_file", "client_tls_ca_file", "client_tls_protocols",
+            "client_tls_ciphers", "client_tls13_ciphers", "client_tls_ecdhcurve",
+            "client_tls_dheparams", "server_tls_sslmode", "server_tls_ca_file",
+            "server_tls_key_file", "server_tls_cert_file", "server_tls_protocols",
+            "server_tls_ciphers", "server_tls13_ciphers", "query_timeout",
+            "query_wait_timeout", "cancel_wait_timeout", "client_idle_timeout",
+            "idle_transaction_timeout", "transaction_timeout", "suspend_timeout", "pkt_buf",
+            "max_packet_size", "listen_backlog", "sbuf_loopcnt", "so_reuseport",
+            "tcp_defer_accept", "tcp_socket_buffer", "tcp_keepalive", "tcp_keepcnt",
+            "tcp_keepidle", "tcp_keepintvl", "tcp_user_timeout",
+        ],
+    ),
+    (
+        "[databases]",
+        &[
+            "dbname", "host", "port", "user", "password", "auth_user", "auth_query",
+            "auth_dbname", "pool_size", "min_pool_size", "reserve_pool_size", "connect_query",
+            "pool_mode", "load_balance_hosts", "max_db_connections",
+            "max_db_client_connections", "server_lifetime", "client_encoding", "datestyle",
+            "timezone",
+        ],
+    ),
+    (
+        "[users]",
+        &[
+            "pool_size", "reserve_pool_size", "pool_mode", "max_user_connections",
+            "query_timeout", "idle_transaction_timeout", "transaction_timeout",
+            "client_idle_timeout", "max_user_client_connections",
+        ],
+    ),
+    ("[peers]", &["host", "port", "pool_size"]),
+];
+
+/// The README's table of every PgBouncer setting: (section, setting) -> weir's status.
+fn readme_pgbouncer_table() -> std::collections::BTreeMap<(&'static str, &'static str), &'static str>
+{
+    let readme = include_str!("../../../README.md");
+    let start = "Every setting of PgBouncer 1.25's `doc/config.md`";
+    let from = readme
+        .find(start)
+        .unwrap_or_else(|| panic!("README lacks {start:?}"));
+    let after = &readme[from..];
+    let table = &after[after.find("\n\n|").map_or(after.len(), |i| i + 2)..];
+    let table = &table[..table.find("\n\n").unwrap_or(table.len())];
+    table
+        .lines()
+        .filter_map(|line| {
+            let cells: Vec<&str> = line.trim_matches('|').split(" | ").map(str::trim).collect();
+            match cells[..] {
+                [section, setting, status] if setting.starts_with('`') => Some((
+                    (section.trim_matches('`'), setting.trim_matches('`')),
+                    status,
+                )),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+/// Whether weir's parser accepts `key` in `section` without acting on it.
+fn weir_ignores(section: &str, key: &str) -> bool {
+    match section {
+        "[pgbouncer]" => {
+            UNSUPPORTED_KEYS.contains(&key)
+                || matches!(Settings::support(key), Some(Support::Ignored(_)))
+        }
+        "[databases]" => UNSUPPORTED_DATABASE_KEYS.contains(&key),
+        "[users]" => UNSUPPORTED_USER_KEYS.contains(&key),
+        _ => false,
+    }
+}
+
+/// Whether weir's parser knows `key` in `section` (acting on it or warning that it does not).
+fn weir_knows(section: &str, key: &str) -> bool {
+    let entry = match section {
+        "[pgbouncer]" => {
+            return Settings::support(key).is_some() || UNSUPPORTED_KEYS.contains(&key)
+        }
+        "[databases]" => format!("[databases]\napp = host=h {key}=1\n{MINIMAL}"),
+        "[users]" => format!("[users]\napp = {key}=1\n{MINIMAL}"),
+        _ => format!("[peers]\n1 = host=h {key}=1\n{MINIMAL}"),
+    };
+    // A bad value is an error too; only "unknown" says the key itself is not read.
+    match Config::parse(&entry, Path::new(INI)) {
+        Ok(_) => true,
+        Err(e) => !e.to_string().contains("unknown"),
+    }
+}
+
 #[test]
 fn readme_lists_the_settings_as_the_table_marks_them() {
+    let table = readme_pgbouncer_table();
+    let mut listed = std::collections::BTreeSet::new();
+    for (section, keys) in PGBOUNCER_1_25_SETTINGS {
+        for key in *keys {
+            assert!(
+                weir_knows(section, key),
+                "weir does not read {section} {key}"
+            );
+            let status = table.get(&(*section, *key)).unwrap_or_else(|| {
+                panic!("README's table of PgBouncer settings lacks {section} {key}")
+            });
+            let not = status.starts_with("not supported");
+            assert!(
+                not || status.starts_with("same") || status.starts_with("extended"),
+                "{section} {key}: status {status:?} is not same, extended or not supported"
+            );
+            assert_eq!(
+                not,
+                weir_ignores(section, key),
+                "{section} {key}: README says {status:?}"
+            );
+            if not {
+                assert!(
+                    status.contains(':') || status.contains('('),
+                    "{section} {key}: why?"
+                );
+            }
+            listed.insert((*section, *key));
+        }
+    }
+    let extra: Vec<_> = table.keys().filter(|k| !listed.contains(*k)).collect();
+    assert!(
+        extra.is_empty(),
+        "README rows PgBouncer 1.25 lacks: {extra:?}"
+    );
+
     let mut documented = readme_keys("`[pgbouncer]`: ", "Parsed but not supported");
     documented.extend(readme_keys("Weir extensions: ", "\n\n"));
     let ignored = readme_keys("Parsed but not supported", "(");
