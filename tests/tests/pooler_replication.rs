@@ -239,6 +239,64 @@ async fn pg_receivewal_and_pg_basebackup_through_weir() {
     );
 }
 
+/// A replication client's `options` and tracked parameters (`application_name`, …) reach
+/// its walsender in the startup packet, as PgBouncer sends them: logical and physical
+/// connections `SHOW` them, and `pg_recvlogical` works with options set.
+#[tokio::test]
+async fn options_and_parameters_reach_the_walsender_through_weir_and_pgbouncer() {
+    let (f, opts) = replicating().await;
+    let bouncer = WeirProcess::start_pgbouncer(
+        &fixture::ini(&f.pg, &opts),
+        &format!("\"{USER}\" \"{PASSWORD}\"\n"),
+    )
+    .await
+    .expect("starting PgBouncer");
+    let options = "options='-c work_mem=7777kB -c extra_float_digits=2'";
+    for (pooler, port) in [("pgbouncer", bouncer.port()), ("weir", f.weir.port())] {
+        for replication in ["database", "true"] {
+            let conninfo = format!(
+                "dbname={DATABASE} replication={replication} application_name=cdc-{pooler} \
+                 {options}"
+            );
+            let out = tool(
+                port,
+                "psql",
+                &[
+                    "-d",
+                    &conninfo,
+                    "-Atc",
+                    "SHOW work_mem",
+                    "-c",
+                    "SHOW extra_float_digits",
+                    "-c",
+                    "SHOW application_name",
+                ],
+            )
+            .await;
+            assert_eq!(
+                out.stdout,
+                format!("7777kB\n2\ncdc-{pooler}\n"),
+                "{pooler}, replication={replication}"
+            );
+        }
+        let slot = format!("opts_{pooler}");
+        let conninfo = format!("dbname={DATABASE} {options}");
+        let conn = ["-d", &conninfo, "--slot", &slot];
+        tool(
+            port,
+            "pg_recvlogical",
+            &[&conn[..], &["--create-slot", "-P", "test_decoding"]].concat(),
+        )
+        .await;
+        tool(
+            port,
+            "pg_recvlogical",
+            &[&conn[..], &["--drop-slot"]].concat(),
+        )
+        .await;
+    }
+}
+
 /// A value PostgreSQL would not take is refused at login, in PostgreSQL's words; a false
 /// one is an ordinary connection.
 #[tokio::test]

@@ -56,6 +56,8 @@ pub struct Login {
     pub params: ParamSet,
     /// The replication connection it asked for, if any.
     pub replication: Option<Replication>,
+    /// A replication client's `options` startup parameter, passed to its server as sent.
+    pub options: Option<String>,
 }
 
 /// Why a client's startup failed; `Fatal` is told to the client before closing.
@@ -205,12 +207,18 @@ async fn startup(
     let s = &config.pgbouncer;
     let mut params = ParamSet::new();
     let mut replication = None;
+    for (_, value) in startup.iter().filter(|(name, _)| *name == "replication") {
+        replication = Replication::parse(value).map_err(LoginError::Fatal)?;
+    }
+    let mut options = None;
     for (name, value) in startup.iter() {
-        if name == "user" || name == "database" {
+        if name == "user" || name == "database" || name == "replication" {
             continue;
         }
-        if name == "replication" {
-            replication = Replication::parse(value).map_err(LoginError::Fatal)?;
+        // A replication client has a server connection of its own, so any options can go
+        // to it as sent (PgBouncer does the same: CREATE SUBSCRIPTION sends some).
+        if name == "options" && replication.is_some() {
+            options = Some(value.to_owned());
             continue;
         }
         if let Some(canonical) = params::canonical(name, &s.track_extra_parameters) {
@@ -245,6 +253,7 @@ async fn startup(
         database: startup.database().to_owned(),
         params,
         replication,
+        options,
     })
 }
 

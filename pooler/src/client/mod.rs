@@ -223,7 +223,12 @@ async fn log_in(
         Err(e) => return refused(pooler.as_ref(), &mut stream, LoginError::Fatal(e)).await,
     };
     if let Some(kind) = login.replication {
-        let target = replication::target_for(&pool.target(), kind);
+        let target = replication::target_for(
+            &pool.target(),
+            kind,
+            &login.params,
+            login.options.as_deref(),
+        );
         let record = register(
             &*pooler,
             &stream,

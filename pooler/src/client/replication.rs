@@ -7,6 +7,7 @@
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 
+use crate::params::ParamSet;
 use crate::protocol::{backend, PgError};
 use crate::registry::ClientHandle;
 use crate::server::{ServerConn, ServerTarget};
@@ -71,12 +72,24 @@ fn parse_bool(value: &str) -> Option<bool> {
 }
 
 /// The server connection for a replication client: the pool's target with the client's
-/// `replication` value added to the startup packet.
-pub fn target_for(pool_target: &ServerTarget, replication: Replication) -> ServerTarget {
+/// `replication` value, its tracked parameters and its `options` in the startup packet, as
+/// PgBouncer sends them (a physical walsender refuses SET, so they cannot follow later).
+pub fn target_for(
+    pool_target: &ServerTarget,
+    replication: Replication,
+    params: &ParamSet,
+    options: Option<&str>,
+) -> ServerTarget {
     let mut target = pool_target.clone();
-    target
-        .startup_params
-        .push(("replication".into(), replication.startup_value().into()));
+    let startup = &mut target.startup_params;
+    for (name, value) in params.iter() {
+        startup.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+        startup.push((name.into(), value.into()));
+    }
+    startup.push(("replication".into(), replication.startup_value().into()));
+    if let Some(options) = options {
+        startup.push(("options".into(), options.into()));
+    }
     target
 }
 
