@@ -74,6 +74,24 @@ async fn psql(
     password: Option<&str>,
     sql: &str,
 ) -> Result<String, String> {
+    let out = psql_output(p, via, os_user, user, password, sql).await;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// As [`psql`], but the whole outcome: status, output, and what psql printed on stderr
+/// (errors and notices, verbose).
+async fn psql_output(
+    p: &WeirProcess,
+    via: Via,
+    os_user: &str,
+    user: &str,
+    password: Option<&str>,
+    sql: &str,
+) -> std::process::Output {
     let host = match via {
         Via::Unix => p.dir().to_string_lossy().into_owned(),
         Via::Tcp => "127.0.0.1".to_owned(),
@@ -100,12 +118,7 @@ async fn psql(
     if let Some(pw) = password {
         cmd.env("PGPASSWORD", pw);
     }
-    let out = cmd.output().await.expect("running psql");
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
+    cmd.output().await.expect("running psql")
 }
 
 /// The `[pgbouncer]` section shared by the tests, plus `extra`.
@@ -313,6 +326,33 @@ async fn show_commands_print_pgbouncers_columns_and_fixed_values() {
         .map(|(weir, pgbouncer)| format!("Weir      {weir}\nPgBouncer {pgbouncer}"))
         .collect();
     assert!(differ.is_empty(), "{}", differ.join("\n"));
+}
+
+/// SHOW HELP is a notice "Console usage" listing the commands in its detail, with no rows,
+/// as PgBouncer sends it; weir's list adds its SHOW CERTIFICATES line.
+#[tokio::test]
+async fn show_help_answers_as_pgbouncer_does() {
+    let mut answers = Vec::new();
+    for kind in KINDS {
+        let p = start(kind, &ini("auth_type = md5\n")).await;
+        let os = own_os_user(kind);
+        let out = psql_output(&p, Via::Unix, &os, "pgbouncer", None, "SHOW HELP").await;
+        assert!(out.status.success(), "{kind:?}: {out:?}");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(
+            stderr.starts_with("NOTICE:  00000: Console usage\nDETAIL:  \n\tSHOW HELP|"),
+            "{kind:?}: {stderr}"
+        );
+        answers.push((stdout, stderr));
+    }
+    let weir_without_extension = answers[0].1.replace("\tSHOW CERTIFICATES\n", "");
+    assert_eq!(answers[0].0, answers[1].0, "the command tag, and no rows");
+    assert_eq!(weir_without_extension, answers[1].1);
+    assert_ne!(
+        weir_without_extension, answers[0].1,
+        "weir lists SHOW CERTIFICATES"
+    );
 }
 
 #[tokio::test]

@@ -27,14 +27,14 @@ pub enum Reply {
         /// The CommandComplete tag, e.g. PgBouncer's `SET key=value`.
         tag: String,
         /// A NoticeResponse to send first.
-        notice: Option<String>,
+        notice: Option<PgError>,
     },
 }
 
 /// Runs one command. Errors are plain (non-fatal) errors to report to the console user.
 pub async fn execute(pooler: &impl Console, command: Command) -> Result<Reply, Box<PgError>> {
     match command {
-        Command::Show(subject) => Ok(Reply::Rows(show(pooler, subject))),
+        Command::Show(subject) => Ok(show(pooler, subject)),
         Command::Pause(db) => {
             check_database(pooler, db.as_deref())?;
             let pools = pooler.set_paused(db.as_deref(), true);
@@ -112,6 +112,11 @@ pub async fn execute(pooler: &impl Console, command: Command) -> Result<Reply, B
     }
 }
 
+/// A console notice (SQLSTATE 00000).
+fn notice(message: String) -> PgError {
+    PgError::new(crate::protocol::Severity::Notice, "00000", message)
+}
+
 /// SET as PgBouncer answers it: a fake session parameter is ignored with a notice, a setting
 /// read only at start is left as it is (PgBouncer says nothing; weir adds a notice), any
 /// other is changed and acknowledged as `SET key=value`.
@@ -119,16 +124,16 @@ fn set(pooler: &impl Console, key: &str, value: &str) -> Result<Reply, Box<PgErr
     if parse::fake_param(key).is_some() {
         return Ok(Reply::Tagged {
             tag: "SET".to_owned(),
-            notice: Some("SET ignored".to_owned()),
+            notice: Some(notice("SET ignored".to_owned())),
         });
     }
     let tag = format!("SET {key}={value}");
     if crate::config::RESTART_KEYS.contains(&key) {
         return Ok(Reply::Tagged {
             tag,
-            notice: Some(format!(
+            notice: Some(notice(format!(
                 "{key} takes effect only after a restart; SET ignored"
-            )),
+            ))),
         });
     }
     match pooler.set_setting(key, value) {
@@ -140,10 +145,10 @@ fn set(pooler: &impl Console, key: &str, value: &str) -> Result<Reply, Box<PgErr
     }
 }
 
-fn show(pooler: &impl Console, subject: Subject) -> ResultSet {
+fn show(pooler: &impl Console, subject: Subject) -> Reply {
     let views: Vec<PoolView> = pooler.pools().iter().map(|p| PoolView::of(p)).collect();
     let config = pooler.config();
-    match subject {
+    Reply::Rows(match subject {
         Subject::Pools => show::pools(&views, &pooler.registry().longest_waits()),
         Subject::Stats => show::stats(&views, &pooler.stats_averages()),
         Subject::StatsTotals => show::stats_totals(&show::stats(&views, &pooler.stats_averages())),
@@ -168,13 +173,19 @@ fn show(pooler: &impl Console, subject: Subject) -> ResultSet {
         ),
         Subject::Version => show::version(),
         Subject::State => show::state(pooler.is_paused_all(), pooler.is_draining()),
-        Subject::Help => show::help(),
+        // PgBouncer answers with a notice and no rows.
+        Subject::Help => {
+            return Reply::Tagged {
+                tag: "SHOW".to_owned(),
+                notice: Some(show::help()),
+            }
+        }
         Subject::Certificates => {
             show::certificates(&pooler.tls(), jiff::Timestamp::now().as_second())
         }
         Subject::Peers => peers::peers(&config),
         Subject::PeerPools => peers::peer_pools(&pooler.peers().pools()),
-    }
+    })
 }
 
 /// The pools of `database`, or all of them.

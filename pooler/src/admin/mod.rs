@@ -238,7 +238,6 @@ async fn run_query(pooler: &Arc<impl Console>, role: Role, sql: &str, out: &mut 
             Ok(Reply::Done) => backend::command_complete(out, tag),
             Ok(Reply::Tagged { tag, notice }) => {
                 if let Some(notice) = notice {
-                    let notice = PgError::new(crate::protocol::Severity::Notice, "00000", notice);
                     backend::notice_response(out, &notice);
                 }
                 backend::command_complete(out, &tag);
