@@ -22,6 +22,7 @@ mod child;
 pub mod fixture;
 pub mod k8s;
 pub mod net;
+pub mod parity;
 pub mod postgres;
 pub mod raw;
 pub mod tls;

@@ -8,9 +8,9 @@
 
 use std::time::Duration;
 
-use tokio_postgres::{Client, SimpleQueryMessage};
 use weir_tests::fixture::{Fixture, DATABASE, PASSWORD, USER};
-use weir_tests::postgres::{PasswordMethod, PgCluster};
+use weir_tests::parity::{self, column, POOLERS};
+use weir_tests::postgres::PgCluster;
 use weir_tests::weir::{connect, WeirProcess};
 
 /// How long a pool may take to open its `min_pool_size` connections.
@@ -331,30 +331,6 @@ disable_pqexec = 0
 job_name = pgbouncer
 ";
 
-/// The rows of a console command as (column name -> value) maps.
-async fn show(console: &Client, command: &str) -> Vec<Vec<(String, Option<String>)>> {
-    let messages = console.simple_query(command).await.expect(command);
-    messages
-        .iter()
-        .filter_map(|m| match m {
-            SimpleQueryMessage::Row(row) => Some(
-                row.columns()
-                    .iter()
-                    .enumerate()
-                    .map(|(i, c)| (c.name().to_owned(), row.get(i).map(str::to_owned)))
-                    .collect(),
-            ),
-            _ => None,
-        })
-        .collect()
-}
-
-fn column(row: &[(String, Option<String>)], name: &str) -> Option<String> {
-    row.iter()
-        .find(|(c, _)| c == name)
-        .and_then(|(_, v)| v.clone())
-}
-
 /// Runs `row` against one pooler; `who` names it in failures.
 async fn check(pg: &PgCluster, row: &Row, who: &str, pooler: &WeirProcess) {
     let context = |what: &str| format!("{}: {who}: {what}\nlog:\n{}", row.name, pooler.log());
@@ -379,7 +355,7 @@ async fn check(pg: &PgCluster, row: &Row, who: &str, pooler: &WeirProcess) {
     for expect in row.expect {
         match *expect {
             Expect::Config(key, want) => {
-                let rows = show(&console, "SHOW CONFIG").await;
+                let rows = parity::rows(&console, "SHOW CONFIG").await;
                 let got = rows
                     .iter()
                     .find(|r| column(r, "key").as_deref() == Some(key))
@@ -387,7 +363,7 @@ async fn check(pg: &PgCluster, row: &Row, who: &str, pooler: &WeirProcess) {
                 assert_eq!(got.as_deref(), Some(want), "{}", context(key));
             }
             Expect::Database(name, col, want) => {
-                let rows = show(&console, "SHOW DATABASES").await;
+                let rows = parity::rows(&console, "SHOW DATABASES").await;
                 let got = rows
                     .iter()
                     .find(|r| column(r, "name").as_deref() == Some(name))
@@ -420,23 +396,17 @@ async fn check(pg: &PgCluster, row: &Row, who: &str, pooler: &WeirProcess) {
 
 #[tokio::test]
 async fn configurations_pgbouncer_accepts_start_weir_with_the_same_values() {
-    let pg = PgCluster::start().await.unwrap();
-    pg.create_role(USER, PASSWORD, PasswordMethod::Scram)
-        .await
-        .unwrap();
-    pg.create_database(DATABASE, USER).await.unwrap();
-    let userlist = format!("\"{USER}\" \"{PASSWORD}\"\n");
+    let pg = parity::cluster().await;
     for row in ROWS {
         let ini = row
             .ini
             .replace("{pghost}", pg.host())
             .replace("{pgport}", &pg.port().to_string());
-        for who in ["PgBouncer", "weir"] {
-            let pooler = match who {
-                "PgBouncer" => WeirProcess::start_pgbouncer(&ini, &userlist).await,
-                _ => WeirProcess::start(&ini, &userlist).await,
-            }
-            .unwrap_or_else(|e| panic!("{}: {who} does not start: {e:#}", row.name));
+        for who in POOLERS {
+            let userlist = format!("\"{USER}\" \"{PASSWORD}\"\n");
+            let pooler = parity::start_named(who, &ini, &userlist)
+                .await
+                .unwrap_or_else(|e| panic!("{}: {who} does not start: {e:#}", row.name));
             check(&pg, row, who, &pooler).await;
             drop(pooler);
             // Server connections of this pooler are gone before the next one counts its own.
@@ -451,11 +421,7 @@ async fn configurations_pgbouncer_accepts_start_weir_with_the_same_values() {
 
 #[tokio::test]
 async fn without_a_readable_auth_file_both_start_and_refuse_every_login() {
-    let pg = PgCluster::start().await.unwrap();
-    pg.create_role(USER, PASSWORD, PasswordMethod::Scram)
-        .await
-        .unwrap();
-    pg.create_database(DATABASE, USER).await.unwrap();
+    let pg = parity::cluster().await;
     // The database logs in with its own credentials, so only the pooler can refuse a client.
     let database = format!(
         "[databases]\napp = host={} port={} dbname=app user={USER} password={PASSWORD}\n\
@@ -470,12 +436,10 @@ async fn without_a_readable_auth_file_both_start_and_refuse_every_login() {
         "auth_type = scram-sha-256\nauth_file = {dir}/missing.txt\n",
     ] {
         let ini = format!("{database}{auth}");
-        for who in ["PgBouncer", "weir"] {
-            let pooler = match who {
-                "PgBouncer" => WeirProcess::start_pgbouncer(&ini, "").await,
-                _ => WeirProcess::start(&ini, "").await,
-            }
-            .unwrap_or_else(|e| panic!("{who} with {auth:?} does not start: {e:#}"));
+        for who in POOLERS {
+            let pooler = parity::start_named(who, &ini, "")
+                .await
+                .unwrap_or_else(|e| panic!("{who} with {auth:?} does not start: {e:#}"));
             let login = connect(pooler.port(), USER, PASSWORD, DATABASE).await;
             assert!(login.is_err(), "{who} with {auth:?} let an unknown user in");
         }

@@ -7,34 +7,13 @@ use std::time::Duration;
 
 use tokio_postgres::{Client, SimpleQueryMessage};
 use weir_tests::fixture::{scalar, sqlstate, Fixture, DATABASE, PASSWORD, USER};
-use weir_tests::postgres::{PasswordMethod, PgCluster};
+use weir_tests::parity::{cluster, start, POOLERS};
+use weir_tests::postgres::PgCluster;
 use weir_tests::raw::{ChannelBinding, RawClient, ScramSha256};
 use weir_tests::weir::{connect, WeirProcess};
 
 /// How long a freed place or an expired connection may take to show.
 const LIMIT: Duration = Duration::from_secs(15);
-
-const POOLERS: [&str; 2] = ["PgBouncer", "weir"];
-
-async fn start(who: &str, ini: &str) -> WeirProcess {
-    let userlist = format!("\"{USER}\" \"{PASSWORD}\"\n");
-    match who {
-        "PgBouncer" => WeirProcess::start_pgbouncer(ini, &userlist).await,
-        _ => WeirProcess::start(ini, &userlist).await,
-    }
-    .unwrap_or_else(|e| panic!("{who} does not start: {e:#}"))
-}
-
-async fn cluster() -> PgCluster {
-    let pg = PgCluster::start().await.expect("PostgreSQL starts");
-    pg.create_role(USER, PASSWORD, PasswordMethod::Scram)
-        .await
-        .expect("creating the role");
-    pg.create_database(DATABASE, USER)
-        .await
-        .expect("creating the database");
-    pg
-}
 
 /// `[databases]` and `[users]` lines, then the shared `[pgbouncer]` lines and `extra`.
 fn ini(pg: &PgCluster, databases: &str, users: &str, extra: &str) -> String {

@@ -5,35 +5,14 @@
 
 use std::time::Duration;
 
-use tokio_postgres::{Client, SimpleQueryMessage};
+use tokio_postgres::Client;
 use weir_tests::fixture::{Fixture, DATABASE, PASSWORD, USER};
-use weir_tests::postgres::{PasswordMethod, PgCluster};
+use weir_tests::parity::{self, cluster, start, POOLERS};
+use weir_tests::postgres::PgCluster;
 use weir_tests::weir::{connect, WeirProcess};
 
 /// How long a periodic log line or a closed connection may take to show.
 const LIMIT: Duration = Duration::from_secs(15);
-
-const POOLERS: [&str; 2] = ["PgBouncer", "weir"];
-
-async fn start(who: &str, ini: &str) -> WeirProcess {
-    let userlist = format!("\"{USER}\" \"{PASSWORD}\"\n");
-    match who {
-        "PgBouncer" => WeirProcess::start_pgbouncer(ini, &userlist).await,
-        _ => WeirProcess::start(ini, &userlist).await,
-    }
-    .unwrap_or_else(|e| panic!("{who} does not start: {e:#}"))
-}
-
-async fn cluster() -> PgCluster {
-    let pg = PgCluster::start().await.expect("PostgreSQL starts");
-    pg.create_role(USER, PASSWORD, PasswordMethod::Scram)
-        .await
-        .expect("creating the role");
-    pg.create_database(DATABASE, USER)
-        .await
-        .expect("creating the database");
-    pg
-}
 
 /// One database, the shared `[pgbouncer]` lines and `extra`.
 fn ini(pg: &PgCluster, extra: &str) -> String {
@@ -53,25 +32,9 @@ async fn client(pooler: &WeirProcess, database: &str) -> Client {
         .expect("logging in")
 }
 
-/// Every row of a console `SHOW` as (column, value) pairs.
+/// Every row of a console `SHOW`, as (column, value) pairs.
 async fn show(console: &Client, what: &str) -> Vec<Vec<(String, Option<String>)>> {
-    let messages = console
-        .simple_query(&format!("SHOW {what}"))
-        .await
-        .unwrap_or_else(|e| panic!("SHOW {what}: {e}"));
-    messages
-        .iter()
-        .filter_map(|m| match m {
-            SimpleQueryMessage::Row(row) => Some(
-                row.columns()
-                    .iter()
-                    .enumerate()
-                    .map(|(i, c)| (c.name().to_owned(), row.get(i).map(str::to_owned)))
-                    .collect(),
-            ),
-            _ => None,
-        })
-        .collect()
+    parity::rows(console, &format!("SHOW {what}")).await
 }
 
 #[tokio::test]
