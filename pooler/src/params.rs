@@ -87,6 +87,36 @@ pub fn canonical<'a>(name: &str, extra: &'a [String]) -> Option<&'a str> {
         })
 }
 
+/// The `name=value` settings of an `options` startup parameter, read as PgBouncer reads it:
+/// only `-c name=value` (`-cname=value`) and `--name=value`, separated by whitespace, a
+/// backslash keeping the next character (`-c application_name=my\ app`). `None` when
+/// anything else is in it.
+pub fn startup_options(options: &str) -> Option<Vec<(String, String)>> {
+    let mut settings = Vec::new();
+    let mut rest = options.trim_start();
+    while !rest.is_empty() {
+        rest = if let Some(after) = rest.strip_prefix("-c") {
+            after.trim_start()
+        } else {
+            rest.strip_prefix("--")?
+        };
+        let mut token = String::new();
+        let mut chars = rest.char_indices();
+        let end = loop {
+            match chars.next() {
+                Some((_, '\\')) => token.extend(chars.next().map(|(_, c)| c)),
+                Some((i, c)) if c.is_whitespace() => break i,
+                Some((_, c)) => token.push(c),
+                None => break rest.len(),
+            }
+        };
+        let (name, value) = token.split_once('=')?;
+        settings.push((name.to_owned(), value.to_owned()));
+        rest = rest[end..].trim_start();
+    }
+    Some(settings)
+}
+
 /// Builds one simple-protocol query that brings a server's parameters in line with what the
 /// client expects: `SET name TO 'value';` for every differing parameter. `None` when nothing
 /// differs, which is the common case and costs no round trip.
@@ -132,6 +162,33 @@ fn push_literal(sql: &mut String, value: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn startup_options_read_as_pgbouncer_reads_them() {
+        let pairs = |v: &[(&str, &str)]| {
+            Some(
+                v.iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect::<Vec<_>>(),
+            )
+        };
+        assert_eq!(startup_options(""), pairs(&[]));
+        assert_eq!(
+            startup_options("-c TimeZone=UTC  -cDateStyle=ISO --application_name=x "),
+            pairs(&[
+                ("TimeZone", "UTC"),
+                ("DateStyle", "ISO"),
+                ("application_name", "x")
+            ])
+        );
+        assert_eq!(
+            startup_options(r"-c application_name=my\ app\\ -c a=b=c -c e="),
+            pairs(&[("application_name", r"my app\"), ("a", "b=c"), ("e", "")])
+        );
+        for bad in ["-X", "TimeZone=UTC", "-c TimeZone", "-c", "--", "-c a=b -f"] {
+            assert_eq!(startup_options(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn names_are_case_insensitive() {

@@ -308,3 +308,90 @@ async fn server_round_robin_lends_idle_connections_in_turn() {
         }
     }
 }
+
+/// Logs in to `pooler` with the `options` startup parameter `options`; the client, or the
+/// refusal's SQLSTATE and message.
+async fn with_options(pooler: &WeirProcess, options: &str) -> Result<Client, (String, String)> {
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host(weir_tests::net::HOST)
+        .port(pooler.port())
+        .user(USER)
+        .password(PASSWORD)
+        .dbname(DATABASE)
+        .options(options);
+    let refusal = |e: tokio_postgres::Error| {
+        let db = e.as_db_error();
+        (
+            db.map(|d| d.code().code().to_owned()).unwrap_or_default(),
+            db.map(|d| d.message().to_owned()).unwrap_or(e.to_string()),
+        )
+    };
+    let (client, connection) = config
+        .connect(tokio_postgres::NoTls)
+        .await
+        .map_err(refusal)?;
+    tokio::spawn(connection);
+    client.simple_query("SELECT 1").await.map_err(refusal)?;
+    Ok(client)
+}
+
+/// The `options` startup parameter, as PgBouncer reads it: `-c name=value` and
+/// `--name=value` set the parameters the pooler tracks; another setting is refused unless
+/// `ignore_startup_parameters` names it or `options`; any other form is refused.
+#[tokio::test]
+async fn options_set_tracked_parameters_as_pgbouncer_does() {
+    let pg = cluster().await;
+    let databases = "app = host={pghost} port={pgport} dbname=app";
+    let strict = ini(&pg, databases, "", "");
+    let lenient = ini(&pg, databases, "", "ignore_startup_parameters = options\n");
+    let tracked = r"-c TimeZone=Asia/Tokyo --application_name=opt\ app";
+    for who in POOLERS {
+        let pooler = start(who, &strict).await;
+        let client = with_options(&pooler, tracked)
+            .await
+            .unwrap_or_else(|e| panic!("{who}: {e:?}"));
+        assert_eq!(
+            scalar(&client, "SHOW TimeZone").await,
+            "Asia/Tokyo",
+            "{who}"
+        );
+        assert_eq!(
+            scalar(&client, "SHOW application_name").await,
+            "opt app",
+            "{who}"
+        );
+        let refused = with_options(&pooler, "-c work_mem=1MB").await.err();
+        assert_eq!(
+            refused,
+            Some((
+                "08P01".to_owned(),
+                "unsupported startup parameter in options: work_mem".to_owned()
+            )),
+            "{who}"
+        );
+        let refused = with_options(&pooler, "-X").await.err();
+        assert_eq!(
+            refused,
+            Some((
+                "08P01".to_owned(),
+                "unsupported options startup parameter: only '-c config=val' and \
+                 '--config=val' are allowed"
+                    .to_owned()
+            )),
+            "{who}"
+        );
+        drop(pooler);
+
+        let pooler = start(who, &lenient).await;
+        let client = with_options(&pooler, "-c work_mem=1MB -c TimeZone=Asia/Tokyo")
+            .await
+            .unwrap_or_else(|e| panic!("{who}: {e:?}"));
+        assert_eq!(
+            scalar(&client, "SHOW TimeZone").await,
+            "Asia/Tokyo",
+            "{who}"
+        );
+        assert_eq!(scalar(&client, "SHOW work_mem").await, "4MB", "{who}");
+    }
+}

@@ -221,6 +221,10 @@ async fn startup(
             options = Some(value.to_owned());
             continue;
         }
+        if name == "options" {
+            options_into(&mut params, value, config)?;
+            continue;
+        }
         if let Some(canonical) = params::canonical(name, &s.track_extra_parameters) {
             params.set(canonical, value);
         } else if !s
@@ -255,6 +259,39 @@ async fn startup(
         replication,
         options,
     })
+}
+
+/// Sets the tracked parameters an `options` startup parameter carries (`-c TimeZone=UTC`),
+/// as PgBouncer does: another setting is refused unless `ignore_startup_parameters` names it
+/// or `options`, and anything but `-c name=value` / `--name=value` is refused.
+fn options_into(params: &mut ParamSet, options: &str, config: &Config) -> Result<(), LoginError> {
+    let s = &config.pgbouncer;
+    let ignored = |name: &str| {
+        s.ignore_startup_parameters
+            .iter()
+            .any(|i| i.eq_ignore_ascii_case(name) || i.eq_ignore_ascii_case("options"))
+    };
+    let settings = params::startup_options(options).ok_or_else(|| {
+        LoginError::fatal(PgError::fatal(
+            "08P01",
+            "unsupported options startup parameter: only '-c config=val' and '--config=val' \
+             are allowed",
+        ))
+    })?;
+    for (name, value) in settings {
+        if let Some(canonical) = params::canonical(&name, &s.track_extra_parameters) {
+            params.set(canonical, &value);
+        } else if !ignored(&name) {
+            return Err(LoginError::fatal(
+                PgError::fatal(
+                    "08P01",
+                    format!("unsupported startup parameter in options: {name}"),
+                )
+                .with_hint("add it to ignore_startup_parameters to let clients send it"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// `application_name` as `application_name_add_host` makes it, in PgBouncer's format:
