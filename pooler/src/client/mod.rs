@@ -21,10 +21,10 @@ use tokio::io::AsyncReadExt;
 use crate::cancel_key::{CancelKey, Route};
 use crate::config::PoolMode;
 use crate::params::{self, ParamSet};
-use crate::pool::{Checkout, Counts, Pool};
+use crate::pool::{failover, Checkout, Counts, Pool};
 use crate::protocol::{backend, PgError, ProtocolError};
 use crate::registry::{Admission, ClientCount, ClientHandle, ClientInfo};
-use crate::server::{self, PrepareError};
+use crate::server::{self, PrepareError, ServerConn};
 use crate::stream::{Keepalive, Stream};
 use crate::wire;
 
@@ -638,6 +638,7 @@ impl Session {
         let mut tx = TxState::default();
         let mut counts = Counts::default();
         let lent_at = Instant::now();
+        let param_changes = checkout.server().params().changes();
         let pooler = self.pooler.clone();
         let tracker = (mode != PoolMode::Session).then(|| {
             Tracker::new(
@@ -663,6 +664,9 @@ impl Session {
         )
         .await;
         self.pool.stats().add(&counts, lent_at.elapsed());
+        if let Some(why) = failover_signal(&counts, &outcome, checkout.server(), param_changes) {
+            self.pool.suspect(checkout.server().generation(), why);
+        }
         // Unlinked, and cancels sent meanwhile delivered, before anyone else can borrow it.
         self.record.unlink(checkout.record());
         checkout.record().cancels_delivered().await;
@@ -733,8 +737,12 @@ impl Session {
             Outcome::ServerFailed(why) => {
                 tracing::warn!(pool = %self.pool.key(), %why, "server connection failed during a client's work");
                 drop(checkout);
+                // The server's own reason (57P01 for a shutdown) when it gave one.
+                let code = counts
+                    .failover
+                    .map_or_else(|| "08006".into(), |c| String::from_utf8_lossy(&c).into_owned());
                 self.fatal(PgError::fatal(
-                    "08006",
+                    code,
                     format!("server connection failed: {why}"),
                 ))
                 .await;
@@ -816,6 +824,28 @@ impl Session {
             let _ = Box::pin(tokio::time::timeout(FAREWELL_TIMEOUT, farewell)).await;
         }
     }
+}
+
+/// Why a relay says the server stopped being a usable primary, if it does: an error such as
+/// 57P01 or 25006, a connection that broke, or a ParameterStatus reporting `in_hot_standby`.
+fn failover_signal(
+    counts: &Counts,
+    outcome: &Outcome,
+    server: &ServerConn,
+    param_changes: u64,
+) -> Option<&'static str> {
+    if matches!(outcome, Outcome::ServerFailed(_)) {
+        return Some("server connection failed");
+    }
+    if counts.failover.is_some() {
+        return Some("server reported an error that ends its use as the primary");
+    }
+    let standby = server.params().changes() != param_changes
+        && server
+            .params()
+            .get("in_hot_standby")
+            .is_some_and(|v| failover::signals_parameter("in_hot_standby", v));
+    standby.then_some("server reports in_hot_standby = on")
 }
 
 /// With `log_pooler_errors`, logs an error the pooler itself tells a client, in PgBouncer's
