@@ -41,3 +41,19 @@ impl Counts {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_are_counted_by_class_and_failover_codes_kept() {
+        let mut counts = Counts::default();
+        counts.error(b"SERROR\0C22012\0Mdivision by zero\0\0");
+        assert_eq!(counts.failover, None);
+        counts.error(b"SFATAL\0C57P01\0Mterminating connection\0\0");
+        counts.error(b"SERROR\0Mno code\0\0");
+        assert_eq!(counts.errors, [*b"22", *b"57", *b"??"]);
+        assert_eq!(counts.failover, Some(*b"57P01"));
+    }
+}

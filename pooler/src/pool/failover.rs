@@ -106,10 +106,15 @@ pub struct State {
 
 impl State {
     /// A signal from a connection of pool generation `generation` while the pool is at
-    /// `current_generation`: true when it starts a failover (a signal from a connection
-    /// already retired, or one during a failover, starts nothing).
+    /// `current_generation`: true when it starts a failover. A signal from a connection
+    /// already retired, or one during a failover, starts nothing; nor does one in a pool that
+    /// never reached a server (there is no primary to fail over from: its clients are told
+    /// why at once).
     pub fn suspect(&mut self, now: Instant, generation: u64, current_generation: u64) -> bool {
-        if self.holding_since.is_some() || generation < current_generation {
+        if self.holding_since.is_some()
+            || self.current.is_none()
+            || generation < current_generation
+        {
             return false;
         }
         self.holding_since = Some(now);
@@ -198,6 +203,8 @@ mod tests {
     fn one_failover_at_a_time() {
         let t0 = Instant::now();
         let mut state = State::default();
+        assert!(!state.suspect(t0, 0, 0), "never had a server");
+        state.current = Some("a:5432".into());
         assert!(state.suspect(t0, 0, 0));
         assert!(state.holding());
         assert!(!state.suspect(t0, 0, 1), "a second signal during the hold");

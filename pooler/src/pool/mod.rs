@@ -350,9 +350,12 @@ impl Pool {
             match attempt {
                 // The failed connect started (or joined) a failover: wait for its outcome.
                 Err(CheckoutError::Server(e))
-                    if failover::connect_signals(&e)
-                        && self.fails_over()
-                        && Instant::now() < deadline => {}
+                    if failover::connect_signals(&e) && self.failover_state().holding() =>
+                {
+                    if Instant::now() >= deadline {
+                        break Err(CheckoutError::NoPrimary);
+                    }
+                }
                 other => break other,
             }
         };
