@@ -37,7 +37,9 @@ static HOLD_SECONDS: LazyLock<Option<HistogramVec>> = LazyLock::new(|| {
         "weir_failover_hold_seconds",
         "Time clients were held while the pool looked for a new primary (failover_hold).",
     )
-    .buckets(vec![0.01, 0.05, 0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0]);
+    .buckets(vec![
+        0.01, 0.05, 0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0,
+    ]);
     let h = HistogramVec::new(opts, &["database", "user"]).ok()?;
     REGISTRY.register(Box::new(h.clone())).ok()?;
     Some(h)

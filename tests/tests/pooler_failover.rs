@@ -157,7 +157,7 @@ async fn run_transactions(port: u16, tally: Arc<Tally>, stop: Arc<AtomicBool>) {
             }
             Err(e) => {
                 let code = sqlstate(&e).map_or_else(|| e.to_string(), str::to_owned);
-                tally.failed.lock().unwrap().push(code);
+                tally.failed.lock().expect("tally").push(code);
                 client = loop {
                     match net::connect(port, USER, PASSWORD, "postgres").await {
                         Ok(c) => break c,
@@ -173,7 +173,13 @@ async fn run_transactions(port: u16, tally: Arc<Tally>, stop: Arc<AtomicBool>) {
 async fn transactions_resume_on_the_promoted_standby_and_the_old_primary_is_not_written() {
     let (primary, standby) = primary_and_standby().await;
     let (pp, ps) = (primary.port(), standby.port());
-    let (weir, http) = pooler(&primary, &standby, "transaction", "query_wait_timeout = 60\n").await;
+    let (weir, http) = pooler(
+        &primary,
+        &standby,
+        "transaction",
+        "query_wait_timeout = 60\n",
+    )
+    .await;
 
     // Clients that sit idle across the failover: they must go on without reconnecting.
     let mut idle = Vec::new();
@@ -210,8 +216,12 @@ async fn transactions_resume_on_the_promoted_standby_and_the_old_primary_is_not_
         hosts["failover"] == "holding" && hosts["held_clients"].parse::<u64>().unwrap_or(0) >= 4
     })
     .await;
-    assert!(holding, "clients are held while there is no primary
-{}", weir.log());
+    assert!(
+        holding,
+        "clients are held while there is no primary
+{}",
+        weir.log()
+    );
     standby.promote().await.expect("promote the standby");
     let before = tally.committed.load(Ordering::Relaxed);
     let resumed = Fixture::eventually(Duration::from_secs(30), || async {
@@ -219,7 +229,11 @@ async fn transactions_resume_on_the_promoted_standby_and_the_old_primary_is_not_
     })
     .await;
     let recovery = fault.elapsed();
-    assert!(resumed, "transactions resume after the failover\n{}", weir.log());
+    assert!(
+        resumed,
+        "transactions resume after the failover\n{}",
+        weir.log()
+    );
 
     for task in held {
         let (c, done) = task.await.expect("held client");
@@ -230,7 +244,7 @@ async fn transactions_resume_on_the_promoted_standby_and_the_old_primary_is_not_
     for l in loops {
         l.await.expect("loop client");
     }
-    let failed = tally.failed.lock().unwrap().clone();
+    let failed = tally.failed.lock().expect("tally").clone();
     eprintln!(
         "failover: committed {}, failed {} {failed:?}, longest transaction {} ms, \
          recovery (stop to 30 more commits) {} ms",
@@ -276,16 +290,23 @@ async fn transactions_resume_on_the_promoted_standby_and_the_old_primary_is_not_
     let admin = net::connect(weir.port(), USER, PASSWORD, "pgbouncer")
         .await
         .expect("console login");
-    admin.simple_query("RECONNECT postgres").await.expect("RECONNECT");
+    admin
+        .simple_query("RECONNECT postgres")
+        .await
+        .expect("RECONNECT");
     let clients: Vec<Client> = futures::future::join_all((0..4).map(|_| client(&weir))).await;
     let writes = futures::future::join_all(clients.iter().map(|c| async move {
         c.batch_execute("BEGIN; INSERT INTO t (v) VALUES (3); SELECT pg_sleep(0.05); COMMIT")
             .await
-            .map(|()| ())
     }))
     .await;
     for w in writes {
-        w.unwrap_or_else(|e| panic!("a write after the old primary came back: {e}\n{}", weir.log()));
+        w.unwrap_or_else(|e| {
+            panic!(
+                "a write after the old primary came back: {e}\n{}",
+                weir.log()
+            )
+        });
     }
     for c in &clients {
         assert_eq!(server_port(c).await, ps, "never the old primary");
@@ -357,5 +378,8 @@ async fn session_clients_get_the_servers_error_and_nobody_waits_past_query_wait_
     );
     // The standby is still there, in recovery: it was never taken for the primary.
     let standby_client = standby.superuser().await.expect("standby");
-    assert_eq!(scalar(&standby_client, "SELECT pg_is_in_recovery()").await, "t");
+    assert_eq!(
+        scalar(&standby_client, "SELECT pg_is_in_recovery()").await,
+        "t"
+    );
 }

@@ -738,9 +738,10 @@ impl Session {
                 tracing::warn!(pool = %self.pool.key(), %why, "server connection failed during a client's work");
                 drop(checkout);
                 // The server's own reason (57P01 for a shutdown) when it gave one.
-                let code = counts
-                    .failover
-                    .map_or_else(|| "08006".into(), |c| String::from_utf8_lossy(&c).into_owned());
+                let code = counts.failover.map_or_else(
+                    || "08006".into(),
+                    |c| String::from_utf8_lossy(&c).into_owned(),
+                );
                 self.fatal(PgError::fatal(
                     code,
                     format!("server connection failed: {why}"),

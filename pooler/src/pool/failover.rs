@@ -111,9 +111,7 @@ impl State {
     /// never reached a server (there is no primary to fail over from: its clients are told
     /// why at once).
     pub fn suspect(&mut self, now: Instant, generation: u64, current_generation: u64) -> bool {
-        if self.holding_since.is_some()
-            || self.current.is_none()
-            || generation < current_generation
+        if self.holding_since.is_some() || self.current.is_none() || generation < current_generation
         {
             return false;
         }
@@ -160,7 +158,9 @@ mod tests {
 
     #[test]
     fn which_errors_signal() {
-        for code in ["25006", "57P01", "57P02", "57P03", "08006", "08001", "08P01"] {
+        for code in [
+            "25006", "57P01", "57P02", "57P03", "08006", "08001", "08P01",
+        ] {
             assert!(signals(code.as_bytes()), "{code}");
         }
         for code in ["57014", "40001", "23505", "25P02", "57P04", "0", ""] {
@@ -169,9 +169,8 @@ mod tests {
         assert!(signals_parameter("in_hot_standby", "on"));
         assert!(!signals_parameter("in_hot_standby", "off"));
         assert!(!signals_parameter("default_transaction_read_only", "on"));
-        let refused = |code: &str| {
-            ServerError::Login(Box::new(crate::protocol::PgError::fatal(code, "no")))
-        };
+        let refused =
+            |code: &str| ServerError::Login(Box::new(crate::protocol::PgError::fatal(code, "no")));
         assert!(connect_signals(&refused("57P03")));
         assert!(!connect_signals(&refused("28P01")), "a wrong password");
         assert!(connect_signals(&ServerError::Timeout));
@@ -189,7 +188,15 @@ mod tests {
         let ms = |n| Duration::from_millis(n);
         assert_eq!(
             delays,
-            [ms(0), ms(100), ms(200), ms(400), ms(800), ms(1600), ms(2000)]
+            [
+                ms(0),
+                ms(100),
+                ms(200),
+                ms(400),
+                ms(800),
+                ms(1600),
+                ms(2000)
+            ]
         );
         assert_eq!(probe_delay(u32::MAX, long), MAX_BACKOFF);
         assert_eq!(probe_delay(5, ms(30)), ms(30));

@@ -401,8 +401,11 @@ impl PgCluster {
             .await
             .context("pg_promote")?;
         if !row.get::<_, bool>(0) {
-            bail!("pg_promote did not finish; log:
-{}", self.log());
+            bail!(
+                "pg_promote did not finish; log:
+{}",
+                self.log()
+            );
         }
         Ok(())
     }
