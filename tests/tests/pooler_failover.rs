@@ -317,6 +317,37 @@ async fn transactions_resume_on_the_promoted_standby_and_the_old_primary_is_not_
     )
     .await;
     assert_eq!(on_old, "0", "no pooled connection to the old primary");
+
+    // A client's own read-only transaction fails with 25006 too: the probe finds the same
+    // primary, and no connection is retired (no new server logins).
+    let logins = format!("weir_server_logins_total{labels}");
+    let before = sample(&metrics(http).await, &logins);
+    let err = clients[0]
+        .batch_execute("BEGIN READ ONLY; INSERT INTO t (v) VALUES (4)")
+        .await
+        .expect_err("a write in a read-only transaction");
+    assert_eq!(sqlstate(&err), Some("25006"));
+    clients[0]
+        .batch_execute("ROLLBACK")
+        .await
+        .expect("ROLLBACK");
+    let served = Fixture::eventually(Duration::from_secs(20), || async {
+        let hosts = show_hosts(&weir, "postgres").await;
+        hosts["failover"] == "serving" && hosts["current_host"] == format!("127.0.0.1:{ps}")
+    })
+    .await;
+    assert!(served, "the probe found the same primary\n{}", weir.log());
+    for c in &clients {
+        c.batch_execute("INSERT INTO t (v) VALUES (5)")
+            .await
+            .expect("a write after the false alarm");
+    }
+    assert_eq!(
+        sample(&metrics(http).await, &logins),
+        before,
+        "nothing reconnected\n{}",
+        weir.log()
+    );
 }
 
 #[tokio::test]

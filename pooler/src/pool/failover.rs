@@ -98,6 +98,8 @@ pub struct State {
     pub holding_since: Option<Instant>,
     /// The host the pool last connected to (`host:port`).
     pub current: Option<String>,
+    /// The host in use when the running failover started.
+    lost: Option<String>,
     /// Failovers started since the pooler started.
     pub failovers: u64,
     /// Failovers that found a primary.
@@ -116,21 +118,28 @@ impl State {
             return false;
         }
         self.holding_since = Some(now);
+        self.lost = self.current.clone();
         self.failovers += 1;
         true
     }
 
-    /// A probe connected to `host`: the hold ends; returns how long it lasted.
-    pub fn found(&mut self, now: Instant, host: String) -> Option<Duration> {
+    /// A probe connected to `host`: the hold ends. Returns how long it lasted, and whether
+    /// the primary moved (then connections to the old one must be retired; the same host
+    /// answering again, after a restart or a client's own read-only transaction, keeps them).
+    pub fn found(&mut self, now: Instant, host: String) -> (Option<Duration>, bool) {
+        let moved = self.lost.take().is_some_and(|lost| lost != host);
         self.current = Some(host);
-        let since = self.holding_since.take()?;
+        let Some(since) = self.holding_since.take() else {
+            return (None, moved);
+        };
         self.recovered += 1;
-        Some(now.saturating_duration_since(since))
+        (Some(now.saturating_duration_since(since)), moved)
     }
 
     /// Probing gave up: the hold ends, and the next signal starts a new failover.
     pub fn gave_up(&mut self) {
         self.holding_since = None;
+        self.lost = None;
     }
 
     /// Whether clients are being held.
@@ -215,8 +224,13 @@ mod tests {
         assert!(state.suspect(t0, 0, 0));
         assert!(state.holding());
         assert!(!state.suspect(t0, 0, 1), "a second signal during the hold");
+        state.current = Some("b:5432".into());
         let held = state.found(t0 + Duration::from_secs(3), "b:5432".into());
-        assert_eq!(held, Some(Duration::from_secs(3)));
+        assert_eq!(
+            held,
+            (Some(Duration::from_secs(3)), true),
+            "moved from a, whatever opened meanwhile"
+        );
         assert!(!state.holding());
         assert_eq!(state.current.as_deref(), Some("b:5432"));
         assert!(
@@ -224,9 +238,19 @@ mod tests {
             "a late signal from a retired connection"
         );
         assert!(state.suspect(t0, 1, 1));
+        assert_eq!(
+            state.found(t0, "b:5432".into()).1,
+            false,
+            "the same primary again"
+        );
+        assert!(state.suspect(t0, 1, 1));
         state.gave_up();
         assert!(!state.holding());
-        assert_eq!((state.failovers, state.recovered), (2, 1));
-        assert_eq!(state.found(t0, "a:5432".into()), None, "not holding");
+        assert_eq!((state.failovers, state.recovered), (3, 2));
+        assert_eq!(
+            state.found(t0, "a:5432".into()),
+            (None, false),
+            "not holding"
+        );
     }
 }

@@ -453,9 +453,8 @@ impl Pool {
     }
 
     /// A connection of generation `generation` saw its server go away or turn read-only
-    /// (`why`). When the pool fails over and this is news, its connections are retired (idle
-    /// ones now, lent ones as they come back), clients are held, and a probe looks for the
-    /// new primary.
+    /// (`why`). When the pool fails over and this is news, clients are held and a probe looks
+    /// for the primary.
     pub fn suspect(self: &Arc<Self>, generation: u64, why: &str) {
         if !self.fails_over() {
             return;
@@ -468,14 +467,14 @@ impl Pool {
         }
         tracing::warn!(pool = %self.key, why, "primary lost: holding clients while looking for a new one (failover_hold)");
         self.held.send_replace(true);
-        self.retire_all();
         let pool = self.clone();
         tokio::spawn(async move { pool.probe().await });
     }
 
-    /// Looks for the new primary through the host list (each attempt bounded by
+    /// Looks for the primary through the host list (each attempt bounded by
     /// `server_connect_timeout`, with backoff between them) until one answers or the probe
-    /// window passes; either way the hold ends.
+    /// window passes; either way the hold ends. A primary found on another host retires the
+    /// connections to the old one first: idle ones now, lent ones as they come back.
     async fn probe(self: Arc<Self>) {
         let started = Instant::now();
         let window = failover::probe_window(
@@ -497,10 +496,13 @@ impl Pool {
                 Ok(conn) => {
                     let host = conn.cancel_target().0.to_string();
                     conn.close();
-                    let held = self.failover_state().found(Instant::now(), host.clone());
+                    let (held, moved) = self.failover_state().found(Instant::now(), host.clone());
+                    if moved {
+                        self.retire_all();
+                    }
                     self.lock().clear_failure();
                     self.held.send_replace(false);
-                    tracing::warn!(pool = %self.key, primary = %host, held_ms = held.unwrap_or_default().as_millis(), "new primary found; serving held clients");
+                    tracing::warn!(pool = %self.key, primary = %host, moved, held_ms = held.unwrap_or_default().as_millis(), "primary found; serving held clients");
                     return;
                 }
                 Err(e) => {
