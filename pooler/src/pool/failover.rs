@@ -238,9 +238,8 @@ mod tests {
             "a late signal from a retired connection"
         );
         assert!(state.suspect(t0, 1, 1));
-        assert_eq!(
-            state.found(t0, "b:5432".into()).1,
-            false,
+        assert!(
+            !state.found(t0, "b:5432".into()).1,
             "the same primary again"
         );
         assert!(state.suspect(t0, 1, 1));
