@@ -451,3 +451,53 @@ async fn session_clients_get_the_servers_error_and_nobody_waits_past_query_wait_
         "t"
     );
 }
+
+/// The numbers for the failover table: three clients looping one-statement transactions, the
+/// primary stopped immediately and the standby promoted 2 s later (a failover manager's
+/// detection time), with `failover_hold` on and off. Run by hand:
+/// `cargo test -p weir-tests --test pooler_failover -- --ignored --nocapture`.
+#[tokio::test]
+#[ignore = "a measurement, not a check: prints failed transactions, longest stall, recovery"]
+async fn measure_failover_with_and_without_hold() {
+    for hold in ["on", "off"] {
+        let (primary, standby) = primary_and_standby().await;
+        let extra = format!("query_wait_timeout = 60\nfailover_hold = {hold}\n");
+        let (weir, _) = pooler(&primary, &standby, "transaction", &extra).await;
+        let tally = Arc::new(Tally::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        let loops: Vec<_> = (0..3)
+            .map(|_| tokio::spawn(run_transactions(weir.port(), tally.clone(), stop.clone())))
+            .collect();
+        let running = Fixture::eventually(Duration::from_secs(20), || async {
+            tally.committed.load(Ordering::Relaxed) >= 30
+        })
+        .await;
+        assert!(running, "transactions through the pooler\n{}", weir.log());
+        let fault = Instant::now();
+        primary.stop_immediate().await.expect("stop the primary");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        standby.promote().await.expect("promote the standby");
+        let before = tally.committed.load(Ordering::Relaxed);
+        let resumed = Fixture::eventually(Duration::from_secs(30), || async {
+            tally.committed.load(Ordering::Relaxed) >= before + 30
+        })
+        .await;
+        assert!(resumed, "transactions resume\n{}", weir.log());
+        let recovery = fault.elapsed();
+        stop.store(true, Ordering::Relaxed);
+        for l in loops {
+            l.await.expect("loop client");
+        }
+        let mut failed: std::collections::BTreeMap<String, usize> = Default::default();
+        for code in tally.failed.lock().expect("tally").iter() {
+            *failed.entry(code.clone()).or_default() += 1;
+        }
+        eprintln!(
+            "failover_hold = {hold}: committed {}, failed {failed:?}, longest transaction {} ms, \
+             recovery (stop to 30 more commits) {} ms",
+            tally.committed.load(Ordering::Relaxed),
+            tally.longest_us.load(Ordering::Relaxed) / 1000,
+            recovery.as_millis()
+        );
+    }
+}

@@ -8,9 +8,9 @@ use crate::config::TargetSessionAttrs;
 use crate::server::ServerError;
 
 /// The first pause between two probes of the host list.
-const FIRST_BACKOFF: Duration = Duration::from_millis(100);
-/// The longest pause between two probes.
-const MAX_BACKOFF: Duration = Duration::from_secs(2);
+const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+/// The longest pause between two probes: held clients wait at most this past a promotion.
+const MAX_BACKOFF: Duration = Duration::from_millis(500);
 
 /// Whether a pool with these settings holds its clients while it looks for a new primary:
 /// only one that must write (`read-write`, `primary`) or that has a host list to fail over in.
@@ -50,8 +50,8 @@ pub fn signals_parameter(name: &str, value: &str) -> bool {
     name == "in_hot_standby" && value == "on"
 }
 
-/// The pause before probe number `attempt` (0 is the first, at once): doubling from 100 ms
-/// up to 2 s, and never past `left`.
+/// The pause before probe number `attempt` (0 is the first, at once): doubling from 50 ms
+/// up to 500 ms, and never past `left`.
 pub fn probe_delay(attempt: u32, left: Duration) -> Duration {
     let delay = match attempt {
         0 => Duration::ZERO,
@@ -197,18 +197,10 @@ mod tests {
         let ms = |n| Duration::from_millis(n);
         assert_eq!(
             delays,
-            [
-                ms(0),
-                ms(100),
-                ms(200),
-                ms(400),
-                ms(800),
-                ms(1600),
-                ms(2000)
-            ]
+            [ms(0), ms(50), ms(100), ms(200), ms(400), ms(500), ms(500)]
         );
         assert_eq!(probe_delay(u32::MAX, long), MAX_BACKOFF);
-        assert_eq!(probe_delay(5, ms(30)), ms(30));
+        assert_eq!(probe_delay(4, ms(30)), ms(30));
         let s = Duration::from_secs;
         assert_eq!(probe_window(s(120), s(15)), s(120));
         assert_eq!(probe_window(s(5), s(15)), s(15));
