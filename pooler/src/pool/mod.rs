@@ -454,21 +454,23 @@ impl Pool {
 
     /// A connection of generation `generation` saw its server go away or turn read-only
     /// (`why`). When the pool fails over and this is news, clients are held and a probe looks
-    /// for the primary.
-    pub fn suspect(self: &Arc<Self>, generation: u64, why: &str) {
+    /// for the primary. Returns whether clients are held now.
+    pub fn suspect(self: &Arc<Self>, generation: u64, why: &str) -> bool {
         if !self.fails_over() {
-            return;
+            return false;
         }
-        let started = self
-            .failover_state()
-            .suspect(Instant::now(), generation, self.generation());
+        let mut state = self.failover_state();
+        let started = state.suspect(Instant::now(), generation, self.generation());
+        let holding = state.holding();
+        drop(state);
         if !started {
-            return;
+            return holding;
         }
         tracing::warn!(pool = %self.key, why, "primary lost: holding clients while looking for a new one (failover_hold)");
         self.held.send_replace(true);
         let pool = self.clone();
         tokio::spawn(async move { pool.probe().await });
+        true
     }
 
     /// Looks for the primary through the host list (each attempt bounded by
@@ -771,10 +773,10 @@ impl Pool {
             }
             Err(e) => {
                 tracing::warn!(pool = %self.key, error = %e, "server login failed");
-                if failover::connect_signals(&e) && self.fails_over() {
-                    // The failover's hold, not server_login_retry, paces the clients.
-                    self.suspect(generation, &e.to_string());
-                } else {
+                // While clients are held the failover's probe, not server_login_retry, paces them.
+                let held =
+                    failover::connect_signals(&e) && self.suspect(generation, &e.to_string());
+                if !held {
                     self.lock()
                         .login_failed(Instant::now(), e.to_string().into());
                 }
