@@ -24,7 +24,7 @@ use crate::params::{self, ParamSet};
 use crate::pool::{failover, Checkout, Counts, Pool};
 use crate::protocol::{backend, PgError, ProtocolError};
 use crate::registry::{Admission, ClientCount, ClientHandle, ClientInfo};
-use crate::server::{self, PrepareError, ServerConn};
+use crate::server::{self, PrepareError};
 use crate::stream::{Keepalive, Stream};
 use crate::wire;
 
@@ -664,7 +664,12 @@ impl Session {
         )
         .await;
         self.pool.stats().add(&counts, lent_at.elapsed());
-        if let Some(why) = failover_signal(&counts, &outcome, checkout.server(), param_changes) {
+        let server = checkout.server();
+        let standby_report = (server.params().changes() != param_changes)
+            .then(|| server.params().get("in_hot_standby"))
+            .flatten();
+        let failed = matches!(outcome, Outcome::ServerFailed(_));
+        if let Some(why) = failover::relay_signal(failed, counts.failover, standby_report) {
             self.pool.suspect(checkout.server().generation(), why);
         }
         // Unlinked, and cancels sent meanwhile delivered, before anyone else can borrow it.
@@ -825,28 +830,6 @@ impl Session {
             let _ = Box::pin(tokio::time::timeout(FAREWELL_TIMEOUT, farewell)).await;
         }
     }
-}
-
-/// Why a relay says the server stopped being a usable primary, if it does: an error such as
-/// 57P01 or 25006, a connection that broke, or a ParameterStatus reporting `in_hot_standby`.
-fn failover_signal(
-    counts: &Counts,
-    outcome: &Outcome,
-    server: &ServerConn,
-    param_changes: u64,
-) -> Option<&'static str> {
-    if matches!(outcome, Outcome::ServerFailed(_)) {
-        return Some("server connection failed");
-    }
-    if counts.failover.is_some() {
-        return Some("server reported an error that ends its use as the primary");
-    }
-    let standby = server.params().changes() != param_changes
-        && server
-            .params()
-            .get("in_hot_standby")
-            .is_some_and(|v| failover::signals_parameter("in_hot_standby", v));
-    standby.then_some("server reports in_hot_standby = on")
 }
 
 /// With `log_pooler_errors`, logs an error the pooler itself tells a client, in PgBouncer's

@@ -50,6 +50,25 @@ pub fn signals_parameter(name: &str, value: &str) -> bool {
     name == "in_hot_standby" && value == "on"
 }
 
+/// Why what one relay saw says its server stopped being a usable primary, if it does: the
+/// connection broke, an error [`signals`] knows came by (`error`), or the server newly
+/// reported `in_hot_standby` (`standby_report`: its value, when it changed during the relay).
+pub fn relay_signal(
+    connection_failed: bool,
+    error: Option<[u8; 5]>,
+    standby_report: Option<&str>,
+) -> Option<&'static str> {
+    if connection_failed {
+        Some("server connection failed")
+    } else if error.is_some() {
+        Some("server reported an error that ends its use as the primary")
+    } else if standby_report.is_some_and(|v| signals_parameter("in_hot_standby", v)) {
+        Some("server reports in_hot_standby = on")
+    } else {
+        None
+    }
+}
+
 /// The pause before probe number `attempt` (0 is the first, at once): doubling from 50 ms
 /// up to 500 ms, and never past `left`.
 pub fn probe_delay(attempt: u32, left: Duration) -> Duration {
@@ -178,6 +197,11 @@ mod tests {
         assert!(signals_parameter("in_hot_standby", "on"));
         assert!(!signals_parameter("in_hot_standby", "off"));
         assert!(!signals_parameter("default_transaction_read_only", "on"));
+        assert_eq!(relay_signal(false, None, None), None);
+        assert_eq!(relay_signal(false, None, Some("off")), None, "a promotion");
+        assert!(relay_signal(false, None, Some("on")).is_some());
+        assert!(relay_signal(false, Some(*b"57P01"), None).is_some());
+        assert!(relay_signal(true, None, None).is_some());
         let refused =
             |code: &str| ServerError::Login(Box::new(crate::protocol::PgError::fatal(code, "no")));
         assert!(connect_signals(&refused("57P03")));
