@@ -546,6 +546,7 @@ impl Pooler {
             limits,
             self.registry.clone(),
             crate::metrics::wait_histogram(&key),
+            crate::metrics::hold_histogram(&key),
         );
         pool.set_paused(self.is_paused(database));
         tracing::info!(pool = %key, "pool created");

@@ -32,6 +32,26 @@ static WAIT_SECONDS: LazyLock<Option<HistogramVec>> = LazyLock::new(|| {
     Some(h)
 });
 
+static HOLD_SECONDS: LazyLock<Option<HistogramVec>> = LazyLock::new(|| {
+    let opts = HistogramOpts::new(
+        "weir_failover_hold_seconds",
+        "Time clients were held while the pool looked for a new primary (failover_hold).",
+    )
+    .buckets(vec![
+        0.01, 0.05, 0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0,
+    ]);
+    let h = HistogramVec::new(opts, &["database", "user"]).ok()?;
+    REGISTRY.register(Box::new(h.clone())).ok()?;
+    Some(h)
+});
+
+/// The failover hold-time histogram of `pool`, looked up once.
+pub fn hold_histogram(pool: &PoolKey) -> Option<Histogram> {
+    HOLD_SECONDS
+        .as_ref()
+        .map(|h| h.with_label_values(&[&pool.database, &pool.user]))
+}
+
 /// The wait-time histogram of `pool`, looked up once so that each checkout only observes.
 pub fn wait_histogram(pool: &PoolKey) -> Option<Histogram> {
     WAIT_SECONDS
@@ -269,6 +289,24 @@ fn snapshot(pooler: &dyn PoolerView) -> prometheus::Result<Registry> {
         "ErrorResponses from servers by SQLSTATE class.",
         &["database", "user", "class"],
     )?;
+    let failovers = counters(
+        &r,
+        "weir_failovers_total",
+        "Failovers started: the primary went away or turned read-only (failover_hold).",
+        l,
+    )?;
+    let holding = gauges(
+        &r,
+        "weir_failover_holding",
+        "1 while the pool holds clients and looks for a new primary.",
+        l,
+    )?;
+    let current = gauges(
+        &r,
+        "weir_pool_server_host",
+        "1 for the host the pool connects to now (the primary when target_session_attrs asks for one).",
+        &["database", "user", "host"],
+    )?;
     for pool in pooler.pools() {
         let key = pool.key();
         let v = [key.database.as_str(), key.user.as_str()];
@@ -315,6 +353,14 @@ fn snapshot(pooler: &dyn PoolerView) -> prometheus::Result<Registry> {
             .inc_by(s.opened.load(Ordering::Relaxed));
         busy.with_label_values(&v)
             .inc_by(s.server_us.load(Ordering::Relaxed));
+        let failover = pool.failover_status();
+        failovers.with_label_values(&v).inc_by(failover.failovers);
+        holding
+            .with_label_values(&v)
+            .set(i64::from(failover.holding));
+        if let Some(host) = &failover.current {
+            current.with_label_values(&[v[0], v[1], host]).set(1);
+        }
         for (class, n) in s.errors.lock().unwrap_or_else(|p| p.into_inner()).iter() {
             let class = String::from_utf8_lossy(class);
             errors.with_label_values(&[v[0], v[1], &class]).inc_by(*n);

@@ -9,7 +9,7 @@ use crate::protocol::PgError;
 
 use super::parse::{self, Command, Subject};
 use super::peers;
-use super::show::{self, DbFlags, PoolView, ResultSet};
+use super::show::{self, DbFlags, HostView, PoolView, ResultSet};
 
 /// How often PAUSE looks whether the paused pools' connections have all come back.
 const PAUSE_POLL: Duration = Duration::from_millis(50);
@@ -185,6 +185,13 @@ fn show(pooler: &impl Console, subject: Subject) -> Reply {
         }
         Subject::Peers => peers::peers(&config),
         Subject::PeerPools => peers::peer_pools(&pooler.peers().pools()),
+        Subject::Hosts => show::hosts(
+            &pooler
+                .pools()
+                .iter()
+                .map(|p| HostView::of(p))
+                .collect::<Vec<_>>(),
+        ),
     })
 }
 

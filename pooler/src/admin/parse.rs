@@ -42,6 +42,8 @@ pub enum Subject {
     Peers,
     /// Cancel requests in flight to each peer.
     PeerPools,
+    /// Each pool's host list, the host in use and its failovers (a Weir extension).
+    Hosts,
 }
 
 /// A session parameter the console pretends to have: drivers SET and SHOW these on connect.
@@ -347,6 +349,7 @@ fn parse_subject(word: &str) -> Result<Subject, ParseError> {
         "TOTALS" => Subject::Totals,
         "PEERS" => Subject::Peers,
         "PEER_POOLS" => Subject::PeerPools,
+        "HOSTS" => Subject::Hosts,
         _ => return err(format!("unknown SHOW subject {word:?} (see SHOW HELP)")),
     })
 }
@@ -372,6 +375,7 @@ mod tests {
         assert_eq!(ok("SHOW VERSION"), Command::Show(Subject::Version));
         assert_eq!(ok("SHOW STATE"), Command::Show(Subject::State));
         assert_eq!(ok("SHOW HELP"), Command::Show(Subject::Help));
+        assert_eq!(ok("show hosts"), Command::Show(Subject::Hosts));
         assert_eq!(ok("SHOW PEERS"), Command::Show(Subject::Peers));
         assert_eq!(ok("show peer_pools"), Command::Show(Subject::PeerPools));
         assert_eq!(

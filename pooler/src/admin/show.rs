@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 use bytes::BytesMut;
 
 use crate::config::{self, Config, Settings};
-use crate::pool::{Pool, PoolKey};
+use crate::pool::{failover, Pool, PoolKey};
 use crate::protocol::{backend, PgError, Severity};
 use crate::registry::{ClientRecord, ServerRecord};
 
@@ -498,6 +498,73 @@ fn host_port(addr: &ServerAddr) -> (String, u16) {
     }
 }
 
+/// What `SHOW HOSTS` shows of one pool.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HostView {
+    /// Database name as clients see it.
+    pub database: String,
+    /// The user its server connections log in as.
+    pub user: String,
+    /// The host list, `host:port` comma-separated.
+    pub hosts: String,
+    /// `target_session_attrs`.
+    pub target_session_attrs: String,
+    /// Failover handling.
+    pub failover: failover::Status,
+}
+
+impl HostView {
+    /// Reads a pool's hosts and failover state.
+    pub fn of(pool: &Pool) -> HostView {
+        let target = pool.target();
+        let hosts: Vec<String> = target.hosts.iter().map(ToString::to_string).collect();
+        HostView {
+            database: pool.key().database.clone(),
+            user: pool.key().user.clone(),
+            hosts: hosts.join(","),
+            target_session_attrs: target.session_attrs.to_string(),
+            failover: pool.failover_status(),
+        }
+    }
+}
+
+/// `SHOW HOSTS` (a Weir extension): per pool, its host list, the host it connects to now (the
+/// primary when `target_session_attrs` asks for one), and its failover handling:
+/// `off`, `serving` or `holding` (clients held while a new primary is looked for).
+pub fn hosts(views: &[HostView]) -> ResultSet {
+    let mut rs = ResultSet::new(&[
+        "database",
+        "user",
+        "hosts",
+        "target_session_attrs",
+        "current_host",
+        "failover",
+        "failovers",
+        "recovered",
+        "held_clients",
+    ]);
+    for v in views {
+        let f = &v.failover;
+        let state = match (f.enabled, f.holding) {
+            (_, true) => "holding",
+            (true, false) => "serving",
+            (false, false) => "off",
+        };
+        rs.push(vec![
+            text(&v.database),
+            text(&v.user),
+            text(&v.hosts),
+            text(&v.target_session_attrs),
+            f.current.clone(),
+            text(state),
+            text(f.failovers),
+            text(f.recovered),
+            text(f.held),
+        ]);
+    }
+    rs
+}
+
 /// A database's console flags.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct DbFlags {
@@ -734,7 +801,8 @@ pub fn certificates(tls: &Tls, now: i64) -> ResultSet {
 }
 
 /// `SHOW HELP`: the commands the console knows, as PgBouncer 1.25 tells them: a notice
-/// "Console usage" whose detail lists them (no rows), plus weir's SHOW CERTIFICATES.
+/// "Console usage" whose detail lists them (no rows), plus weir's SHOW CERTIFICATES and
+/// SHOW HOSTS.
 pub fn help() -> PgError {
     let mut notice = PgError::new(Severity::Notice, "00000", "Console usage");
     notice.detail = Some(
@@ -744,6 +812,7 @@ pub fn help() -> PgError {
          \tSHOW DNS_HOSTS|DNS_ZONES\n\
          \tSHOW STATS|STATS_TOTALS|STATS_AVERAGES|TOTALS\n\
          \tSHOW CERTIFICATES\n\
+         \tSHOW HOSTS\n\
          \tSET key = arg\n\
          \tRELOAD\n\
          \tPAUSE [<db>]\n\
@@ -765,6 +834,37 @@ pub fn help() -> PgError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hosts_show_the_host_in_use_and_the_failover_state() {
+        let view = |enabled, holding, current: Option<&str>| HostView {
+            database: "app".into(),
+            user: "app".into(),
+            hosts: "a:5432,b:5432".into(),
+            target_session_attrs: "read-write".into(),
+            failover: failover::Status {
+                enabled,
+                holding,
+                current: current.map(Into::into),
+                failovers: 2,
+                recovered: 1,
+                held: 3,
+            },
+        };
+        let rs = hosts(&[
+            view(true, false, Some("b:5432")),
+            view(true, true, None),
+            view(false, false, None),
+        ]);
+        check_widths(&rs);
+        assert_eq!(col(&rs, 0, "current_host"), Some("b:5432"));
+        assert_eq!(col(&rs, 0, "failover"), Some("serving"));
+        assert_eq!(col(&rs, 1, "failover"), Some("holding"));
+        assert_eq!(col(&rs, 1, "current_host"), None);
+        assert_eq!(col(&rs, 2, "failover"), Some("off"));
+        assert_eq!(col(&rs, 0, "failovers"), Some("2"));
+        assert_eq!(col(&rs, 0, "held_clients"), Some("3"));
+    }
 
     #[test]
     fn certificates_show_each_side_with_a_certificate() {

@@ -21,7 +21,7 @@ use tokio::io::AsyncReadExt;
 use crate::cancel_key::{CancelKey, Route};
 use crate::config::PoolMode;
 use crate::params::{self, ParamSet};
-use crate::pool::{Checkout, Counts, Pool};
+use crate::pool::{failover, Checkout, Counts, Pool};
 use crate::protocol::{backend, PgError, ProtocolError};
 use crate::registry::{Admission, ClientCount, ClientHandle, ClientInfo};
 use crate::server::{self, PrepareError};
@@ -643,6 +643,7 @@ impl Session {
         let mut tx = TxState::default();
         let mut counts = Counts::default();
         let lent_at = Instant::now();
+        let param_changes = checkout.server().params().changes();
         let pooler = self.pooler.clone();
         let tracker = (mode != PoolMode::Session).then(|| {
             Tracker::new(
@@ -668,6 +669,14 @@ impl Session {
         )
         .await;
         self.pool.stats().add(&counts, lent_at.elapsed());
+        let server = checkout.server();
+        let standby_report = (server.params().changes() != param_changes)
+            .then(|| server.params().get("in_hot_standby"))
+            .flatten();
+        let failed = matches!(outcome, Outcome::ServerFailed(_));
+        if let Some(why) = failover::relay_signal(failed, counts.failover, standby_report) {
+            self.pool.suspect(checkout.server().generation(), why);
+        }
         // Unlinked, and cancels sent meanwhile delivered, before anyone else can borrow it.
         self.record.unlink(checkout.record());
         checkout.record().cancels_delivered().await;
@@ -738,8 +747,13 @@ impl Session {
             Outcome::ServerFailed(why) => {
                 tracing::warn!(pool = %self.pool.key(), %why, "server connection failed during a client's work");
                 drop(checkout);
+                // The server's own reason (57P01 for a shutdown) when it gave one.
+                let code = counts.failover.map_or_else(
+                    || "08006".into(),
+                    |c| String::from_utf8_lossy(&c).into_owned(),
+                );
                 self.fatal(PgError::fatal(
-                    "08006",
+                    code,
                     format!("server connection failed: {why}"),
                 ))
                 .await;

@@ -113,6 +113,10 @@ pub struct PoolSettings {
     /// `server_round_robin`: lend the idle connection used longest ago instead of the most
     /// recently used one.
     pub round_robin: bool,
+    /// `failover_hold` (Weir extension): hold clients while a new primary is looked for.
+    pub failover_hold: bool,
+    /// `query_wait_timeout`: how long clients are held at most (zero: without a limit).
+    pub query_wait_timeout: Duration,
 }
 
 impl Config {
@@ -158,6 +162,8 @@ impl Config {
             max_db_connections: self.max_db_connections_for(db),
             max_user_connections: self.max_user_connections_for(user),
             round_robin: s.server_round_robin,
+            failover_hold: s.failover_hold,
+            query_wait_timeout: s.query_wait_timeout,
         })
     }
 }

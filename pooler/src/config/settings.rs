@@ -557,6 +557,11 @@ pub struct Settings {
     /// Weir extension: what transaction and statement pooling do with session state that
     /// cannot be replayed on another server connection. Default `pin`.
     pub pinning: Pinning,
+    /// Weir extension: whether a pool that needs a primary (`target_session_attrs` =
+    /// `read-write` or `primary`, or any host list) holds its transaction-mode clients, up to
+    /// `query_wait_timeout`, while it looks for a new primary after the old one went away or
+    /// turned read-only. Default on.
+    pub failover_hold: bool,
     /// Weir extension: the audience a ServiceAccount token must be issued for (TokenReview
     /// checks it). Default `weir`.
     pub service_account_audience: String,
@@ -642,6 +647,7 @@ impl Default for Settings {
             http_port: 0,
             shutdown_timeout: Duration::from_secs(30),
             pinning: Pinning::Pin,
+            failover_hold: true,
             service_account_audience: "weir".to_owned(),
             service_account_cache_ttl: Duration::from_secs(60),
             service_account_cache_size: 1000,
@@ -806,6 +812,7 @@ settings_table! {
     http_port: number_port => implemented,
     shutdown_timeout: seconds => implemented,
     pinning: choice => implemented,
+    failover_hold: flag => implemented,
     service_account_audience: text => implemented,
     service_account_cache_ttl: seconds => implemented,
     service_account_cache_size: number => implemented,
@@ -933,6 +940,7 @@ mod tests {
         assert_eq!(s.http_port, 0);
         assert_eq!(s.shutdown_timeout, Duration::from_secs(30));
         assert_eq!(s.pinning, Pinning::Pin);
+        assert!(s.failover_hold);
         assert!(s.auth_query.starts_with("SELECT rolname"));
     }
 

@@ -102,6 +102,7 @@ http_listen_addr = 127.0.0.1
 http_port = 9127
 shutdown_timeout = 2min
 pinning = refuse
+failover_hold = off
 service_account_audience = db.example
 service_account_cache_ttl = 30
 service_account_cache_size = 50
@@ -194,6 +195,7 @@ fn every_setting_expected() -> Settings {
         http_port: 9127,
         shutdown_timeout: Duration::from_secs(120),
         pinning: Pinning::Refuse,
+        failover_hold: false,
         service_account_audience: "db.example".into(),
         service_account_cache_ttl: Duration::from_secs(30),
         service_account_cache_size: 50,
@@ -330,6 +332,7 @@ fn invalid_values_name_file_line_and_key() {
         ),
         ("auth_type", "password", "expected an authentication type"),
         ("pinning", "sometimes", "expected pin or refuse"),
+        ("failover_hold", "maybe", "expected a boolean"),
         ("http_port", "-1", "expected a port number"),
     ];
     for (key, value, needle) in cases {

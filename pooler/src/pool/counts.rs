@@ -15,6 +15,9 @@ pub struct Counts {
     pub bytes_received: u64,
     /// Bytes sent to the client.
     pub bytes_sent: u64,
+    /// The SQLSTATE of the last error saying the server stopped being a usable primary
+    /// ([`super::failover::signals`]).
+    pub failover: Option<[u8; 5]>,
 }
 
 impl Counts {
@@ -28,7 +31,29 @@ impl Counts {
 
     /// Records an ErrorResponse whose available bytes are `body` (possibly incomplete).
     pub fn error(&mut self, body: &[u8]) {
-        self.errors
-            .push(backend::error_class(body).unwrap_or(*b"??"));
+        let code = backend::error_code(body);
+        self.errors.push(match code {
+            Some([a, b, ..]) => [*a, *b],
+            _ => *b"??",
+        });
+        if let Some(code) = code.filter(|c| super::failover::signals(c)) {
+            self.failover = <[u8; 5]>::try_from(code).ok();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_are_counted_by_class_and_failover_codes_kept() {
+        let mut counts = Counts::default();
+        counts.error(b"SERROR\0C22012\0Mdivision by zero\0\0");
+        assert_eq!(counts.failover, None);
+        counts.error(b"SFATAL\0C57P01\0Mterminating connection\0\0");
+        counts.error(b"SERROR\0Mno code\0\0");
+        assert_eq!(counts.errors, [*b"22", *b"57", *b"??"]);
+        assert_eq!(counts.failover, Some(*b"57P01"));
     }
 }

@@ -373,6 +373,8 @@ mod tests {
             max_db_connections: 0,
             max_user_connections: 0,
             round_robin: false,
+            failover_hold: true,
+            query_wait_timeout: 120 * SEC,
         }
     }
 

@@ -15,6 +15,7 @@
 //! and the guards ([`Checkout`], `Place`, `Opening`) that uncount a connection on drop.
 
 mod counts;
+pub mod failover;
 mod inner;
 mod limit;
 mod maintenance;
@@ -58,6 +59,9 @@ pub enum CheckoutError {
     /// The pool was closed (database removed or pooler shutting down).
     #[error("pool closed")]
     Closed,
+    /// `query_wait_timeout` passed while the pool was looking for a new primary.
+    #[error("query_wait_timeout: no primary server was found in time (failover_hold)")]
+    NoPrimary,
 }
 
 impl CheckoutError {
@@ -68,6 +72,8 @@ impl CheckoutError {
             CheckoutError::Timeout => PgError::fatal("57014", self.to_string()),
             CheckoutError::LoginRetry(_) => PgError::fatal("08006", self.to_string()),
             CheckoutError::Closed => PgError::fatal("57P01", "pool closed by the pooler"),
+            // connection_failure: the client may reconnect and try again.
+            CheckoutError::NoPrimary => PgError::fatal("08006", self.to_string()),
         }
     }
 }
@@ -128,6 +134,8 @@ pub struct PoolStats {
     pub server_us: AtomicU64,
     /// ErrorResponses by SQLSTATE class.
     pub errors: Mutex<std::collections::BTreeMap<[u8; 2], u64>>,
+    /// Clients held right now while a new primary is looked for.
+    pub held: AtomicUsize,
 }
 
 impl PoolStats {
@@ -179,12 +187,19 @@ pub struct Pool {
     registry: Arc<Registry>,
     /// Its series of the checkout wait-time histogram.
     wait_histogram: Option<prometheus::Histogram>,
+    /// Failover: the primary in use, and whether clients are held while one is looked for.
+    failover: Mutex<failover::State>,
+    /// True while clients are held (a failover is looking for the new primary).
+    held: watch::Sender<bool>,
+    /// Its series of the failover hold-time histogram.
+    hold_histogram: Option<prometheus::Histogram>,
 }
 
 impl Pool {
     /// Creates a pool and starts its maintenance (reaping and `min_pool_size` warming).
     /// `limits` are the `max_db_connections` / `max_user_connections` it shares with others;
-    /// its connections are recorded in `registry`, its clients' waits in `wait_histogram`.
+    /// its connections are recorded in `registry`, its clients' waits in `wait_histogram` and
+    /// their failover holds in `hold_histogram`.
     pub fn new(
         key: PoolKey,
         target: ServerTarget,
@@ -192,6 +207,7 @@ impl Pool {
         limits: Vec<Arc<Limit>>,
         registry: Arc<Registry>,
         wait_histogram: Option<prometheus::Histogram>,
+        hold_histogram: Option<prometheus::Histogram>,
     ) -> Arc<Pool> {
         let pool = Arc::new(Pool {
             key,
@@ -209,6 +225,9 @@ impl Pool {
             paused: watch::Sender::new(false),
             registry,
             wait_histogram,
+            failover: Mutex::default(),
+            held: watch::Sender::new(false),
+            hold_histogram,
         });
         for limit in pool.limits.load().iter() {
             limit.join(&pool);
@@ -321,11 +340,25 @@ impl Pool {
     ) -> Result<Checkout, CheckoutError> {
         let started = Instant::now();
         let waiter = Waiter::new(self);
-        let result = async {
-            self.unpaused(deadline.into()).await?;
-            self.checkout_inner(deadline.into()).await
-        }
-        .await;
+        let result = loop {
+            let attempt = async {
+                self.unpaused(deadline.into()).await?;
+                self.unheld(deadline.into()).await?;
+                self.checkout_inner(deadline.into()).await
+            }
+            .await;
+            match attempt {
+                // The failed connect started (or joined) a failover: wait for its outcome.
+                Err(CheckoutError::Server(e))
+                    if failover::connect_signals(&e) && self.failover_state().holding() =>
+                {
+                    if Instant::now() >= deadline {
+                        break Err(CheckoutError::NoPrimary);
+                    }
+                }
+                other => break other,
+            }
+        };
         drop(waiter);
         if result.is_ok() {
             self.lent(started.elapsed());
@@ -335,7 +368,7 @@ impl Pool {
 
     /// A permit and an idle connection, if both are to be had without waiting.
     fn take_idle_now(&self) -> Option<(Slot, OwnedSemaphorePermit)> {
-        if *self.paused.borrow() {
+        if *self.paused.borrow() || *self.held.borrow() {
             return None;
         }
         let permit = self.main.clone().try_acquire_owned().ok()?;
@@ -368,6 +401,116 @@ impl Pool {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(CheckoutError::Closed),
             Err(_) => Err(CheckoutError::Timeout),
+        }
+    }
+
+    /// Waits while clients are held for a failover, at most until `deadline`; the wait is
+    /// observed in the hold-time histogram.
+    async fn unheld(&self, deadline: tokio::time::Instant) -> Result<(), CheckoutError> {
+        if !*self.held.borrow() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        self.stats.held.fetch_add(1, Ordering::Relaxed);
+        let mut rx = self.held.subscribe();
+        let result = timeout_at(deadline, rx.wait_for(|held| !held)).await;
+        self.stats.held.fetch_sub(1, Ordering::Relaxed);
+        if let Some(h) = &self.hold_histogram {
+            h.observe(started.elapsed().as_secs_f64());
+        }
+        match result {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) => Err(CheckoutError::Closed),
+            Err(_) => Err(CheckoutError::NoPrimary),
+        }
+    }
+
+    /// Whether this pool holds its clients while it looks for a new primary.
+    pub fn fails_over(&self) -> bool {
+        let target = self.target.load();
+        failover::applies(
+            self.settings.load().failover_hold,
+            target.session_attrs,
+            target.hosts.len(),
+        )
+    }
+
+    fn failover_state(&self) -> MutexGuard<'_, failover::State> {
+        self.failover.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// What the console and metrics show of the pool's failover handling.
+    pub fn failover_status(&self) -> failover::Status {
+        let state = self.failover_state().clone();
+        failover::Status {
+            enabled: self.fails_over(),
+            holding: state.holding(),
+            current: state.current,
+            failovers: state.failovers,
+            recovered: state.recovered,
+            held: self.stats.held.load(Ordering::Relaxed),
+        }
+    }
+
+    /// A connection of generation `generation` saw its server go away or turn read-only
+    /// (`why`). When the pool fails over and this is news, clients are held and a probe looks
+    /// for the primary. Returns whether clients are held now.
+    pub fn suspect(self: &Arc<Self>, generation: u64, why: &str) -> bool {
+        if !self.fails_over() {
+            return false;
+        }
+        let mut state = self.failover_state();
+        let started = state.suspect(Instant::now(), generation, self.generation());
+        let holding = state.holding();
+        drop(state);
+        if !started {
+            return holding;
+        }
+        tracing::warn!(pool = %self.key, why, "primary lost: holding clients while looking for a new one (failover_hold)");
+        self.held.send_replace(true);
+        let pool = self.clone();
+        tokio::spawn(async move { pool.probe().await });
+        true
+    }
+
+    /// Looks for the primary through the host list (each attempt bounded by
+    /// `server_connect_timeout`, with backoff between them) until one answers or the probe
+    /// window passes; either way the hold ends. A primary found on another host retires the
+    /// connections to the old one first: idle ones now, lent ones as they come back.
+    async fn probe(self: Arc<Self>) {
+        let started = Instant::now();
+        let window = failover::probe_window(
+            self.settings.load().query_wait_timeout,
+            self.target.load().connect_timeout,
+        );
+        let mut attempt = 0;
+        loop {
+            let left = window.saturating_sub(started.elapsed());
+            if left.is_zero() || self.main.is_closed() {
+                tracing::warn!(pool = %self.key, "no primary found; clients are no longer held");
+                self.failover_state().gave_up();
+                self.held.send_replace(false);
+                return;
+            }
+            tokio::time::sleep(failover::probe_delay(attempt, left)).await;
+            attempt = attempt.saturating_add(1);
+            match ServerConn::connect(&self.target.load_full()).await {
+                Ok(conn) => {
+                    let host = conn.cancel_target().0.to_string();
+                    conn.close();
+                    let (held, moved) = self.failover_state().found(Instant::now(), host.clone());
+                    if moved {
+                        self.retire_all();
+                    }
+                    self.lock().clear_failure();
+                    self.held.send_replace(false);
+                    tracing::warn!(pool = %self.key, primary = %host, moved, held_ms = held.unwrap_or_default().as_millis(), "primary found; serving held clients");
+                    return;
+                }
+                Err(e) => {
+                    tracing::info!(pool = %self.key, attempt, error = %e, "looking for a new primary");
+                }
+            }
         }
     }
 
@@ -600,6 +743,12 @@ impl Pool {
                 }
                 self.lock().clear_failure();
                 let (addr, key) = conn.cancel_target();
+                let host = addr.to_string();
+                let mut failover = self.failover_state();
+                if failover.current.as_deref() != Some(host.as_str()) {
+                    failover.current = Some(host);
+                }
+                drop(failover);
                 let record = self.registry.add_server(NewServer {
                     pool: self.key.clone(),
                     addr,
@@ -624,8 +773,13 @@ impl Pool {
             }
             Err(e) => {
                 tracing::warn!(pool = %self.key, error = %e, "server login failed");
-                self.lock()
-                    .login_failed(Instant::now(), e.to_string().into());
+                // While clients are held the failover's probe, not server_login_retry, paces them.
+                let held =
+                    failover::connect_signals(&e) && self.suspect(generation, &e.to_string());
+                if !held {
+                    self.lock()
+                        .login_failed(Instant::now(), e.to_string().into());
+                }
                 Err(e.into())
             }
         }

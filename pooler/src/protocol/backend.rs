@@ -448,6 +448,11 @@ pub fn parse_negotiate_protocol_version(body: &[u8]) -> Result<(u16, Vec<&str>),
 
 /// The SQLSTATE class (first two characters of the `C` field) of an ErrorResponse body.
 pub fn error_class(body: &[u8]) -> Option<[u8; 2]> {
+    error_code(body).and_then(|code| Some([*code.first()?, *code.get(1)?]))
+}
+
+/// The SQLSTATE of an ErrorResponse body (at least two bytes), if its code field is there.
+pub fn error_code(body: &[u8]) -> Option<&[u8]> {
     let mut rest = body;
     while let Some((&field, tail)) = rest.split_first() {
         if field == 0 {
@@ -455,7 +460,7 @@ pub fn error_class(body: &[u8]) -> Option<[u8; 2]> {
         }
         let end = tail.iter().position(|&b| b == 0)?;
         if field == b'C' && end >= 2 {
-            return Some([tail[0], tail[1]]);
+            return Some(&tail[..end]);
         }
         rest = &tail[end + 1..];
     }
@@ -466,6 +471,15 @@ pub fn error_class(body: &[u8]) -> Option<[u8; 2]> {
 mod tests {
     use super::*;
     use crate::protocol::{decode_message, Message, Severity};
+
+    #[test]
+    fn error_codes() {
+        assert_eq!(
+            error_code(b"SFATAL\0C57P01\0Mterminating\0\0"),
+            Some(&b"57P01"[..])
+        );
+        assert_eq!(error_code(b"SFATAL\0Mno code\0\0"), None);
+    }
 
     #[test]
     fn error_classes() {

@@ -381,6 +381,57 @@ impl PgCluster {
         }
     }
 
+    /// Stops the server as `pg_ctl stop -m immediate` does (SIGQUIT: every backend is told
+    /// 57P01 and cut off, no checkpoint), as a crashed primary, and waits for it to exit.
+    pub async fn stop_immediate(&self) -> anyhow::Result<()> {
+        let postmaster = self
+            .lock_postmaster()
+            .take()
+            .context("the cluster is not running")?;
+        tokio::task::spawn_blocking(move || stop_immediately(&postmaster))
+            .await
+            .context("stopping the postmaster")
+    }
+
+    /// Promotes a standby to primary (`pg_promote`), waiting until it accepts writes.
+    pub async fn promote(&self) -> anyhow::Result<()> {
+        let client = self.superuser().await?;
+        let row = client
+            .query_one("SELECT pg_promote(true, 60)", &[])
+            .await
+            .context("pg_promote")?;
+        if !row.get::<_, bool>(0) {
+            bail!(
+                "pg_promote did not finish; log:
+{}",
+                self.log()
+            );
+        }
+        Ok(())
+    }
+
+    /// Starts a stopped cluster again as a hot standby of `primary` (the old primary of a
+    /// switchover coming back): `standby.signal` and a `primary_conninfo` naming `primary`.
+    pub async fn start_again_as_standby_of(&self, primary: &PgCluster) -> anyhow::Result<()> {
+        let signal = self.data_dir.join("standby.signal");
+        std::fs::write(&signal, "").context("writing standby.signal")?;
+        child::give_to(&signal, OS_USER)?;
+        let conf_path = self.data_dir.join("postgresql.conf");
+        OpenOptions::new()
+            .append(true)
+            .open(&conf_path)
+            .and_then(|mut file| {
+                writeln!(
+                    file,
+                    "primary_conninfo = 'host={} port={} user={SUPERUSER}'",
+                    net::HOST,
+                    primary.port
+                )
+            })
+            .with_context(|| format!("writing {}", conf_path.display()))?;
+        self.start_again().await
+    }
+
     /// Starts a stopped cluster again on the same port and waits until it accepts connections.
     pub async fn start_again(&self) -> anyhow::Result<()> {
         if self.lock_postmaster().is_some() {
