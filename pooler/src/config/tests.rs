@@ -645,6 +645,7 @@ fn round_trips_through_to_ini() {
         databases: databases.clone(),
         users,
         peers: BTreeMap::new(),
+        redis: None,
     });
 
     let mut forced = BTreeMap::new();
@@ -673,6 +674,7 @@ fn round_trips_through_to_ini() {
         databases: forced,
         users: BTreeMap::new(),
         peers: BTreeMap::new(),
+        redis: None,
     });
 }
 
@@ -693,6 +695,7 @@ fn to_ini_layout() {
         databases,
         users: BTreeMap::new(),
         peers: BTreeMap::new(),
+        redis: None,
     }
     .to_ini();
     assert!(
