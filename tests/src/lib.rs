@@ -24,6 +24,7 @@ pub mod k8s;
 pub mod net;
 pub mod postgres;
 pub mod raw;
+pub mod redis;
 pub mod tls;
 pub mod weir;
 
