@@ -252,13 +252,9 @@ async fn run(pooler: Arc<Pooler>) -> anyhow::Result<()> {
         ShutdownMode::Now => tracing::info!("shutting down at once"),
         ShutdownMode::WaitForClients => {
             tracing::info!("shutting down once clients have left (new clients refused, running transactions finish)");
-            wait_for(
-                &pooler,
-                shutdown_timeout,
-                &mut quit,
-                "clients",
-                |p| p.client_count() + p.redis_client_count(),
-            )
+            wait_for(&pooler, shutdown_timeout, &mut quit, "clients", |p| {
+                p.client_count() + p.redis_client_count()
+            })
             .await;
         }
         ShutdownMode::WaitForServers => {

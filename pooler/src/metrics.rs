@@ -105,8 +105,14 @@ fn redis_metrics(r: &Registry, redis: &crate::redis::Proxy) -> prometheus::Resul
         &["backend", "kind"],
     )?;
     let counted = [
-        ("weir_redis_pool_hits_total", "Exclusive connections taken from the pool."),
-        ("weir_redis_pool_misses_total", "Exclusive connections opened because none was idle."),
+        (
+            "weir_redis_pool_hits_total",
+            "Exclusive connections taken from the pool.",
+        ),
+        (
+            "weir_redis_pool_misses_total",
+            "Exclusive connections opened because none was idle.",
+        ),
         (
             "weir_redis_short_lived_closes_total",
             "Returned exclusive connections closed above private_conn_pool_max_idle_per_db.",

@@ -50,7 +50,10 @@ impl RedisServer {
             let child = Supervised::spawn(cmd).context("starting redis-server")?;
             let deadline = Instant::now() + LISTEN_TIMEOUT;
             while child.exit().is_none() && Instant::now() < deadline {
-                if net::wait_for_port(port, Duration::from_millis(100)).await.is_ok() {
+                if net::wait_for_port(port, Duration::from_millis(100))
+                    .await
+                    .is_ok()
+                {
                     return Ok(RedisServer {
                         port,
                         _child: child,
@@ -264,7 +267,10 @@ fn parse(buf: &[u8]) -> anyhow::Result<Option<(Reply, usize)>> {
         return Ok(None);
     };
     let head = head.to_owned();
-    let n = || head.parse::<i64>().with_context(|| format!("bad length {head:?}"));
+    let n = || {
+        head.parse::<i64>()
+            .with_context(|| format!("bad length {head:?}"))
+    };
     let reply = match kind {
         b'+' => Reply::Simple(head),
         b'-' => Reply::Error(head),
@@ -403,7 +409,9 @@ impl Pair {
 
     /// weir's `/status` document.
     pub async fn status(&self) -> anyhow::Result<serde_json::Value> {
-        Ok(serde_json::from_str(&http_get(self.http_port, "/status").await?)?)
+        Ok(serde_json::from_str(
+            &http_get(self.http_port, "/status").await?,
+        )?)
     }
 
     /// The first Redis backend's entry of `/status`.

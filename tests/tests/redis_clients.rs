@@ -19,7 +19,9 @@ fn run(cmd: &mut Command) -> String {
 
 #[tokio::test]
 async fn redis_cli_through_weir() {
-    let pair = Pair::start(&[], "private_conn_pool_enabled = 1\n", "").await.expect("start");
+    let pair = Pair::start(&[], "private_conn_pool_enabled = 1\n", "")
+        .await
+        .expect("start");
     let port = pair.port.to_string();
     let cli = |args: &[&str]| {
         let mut c = Command::new("redis-cli");
@@ -50,12 +52,20 @@ async fn redis_py_through_weir() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("drivers/python");
     let python = dir.join(".venv/bin/python");
     assert!(
-        Command::new(&python).args(["-c", "import redis"]).status().is_ok_and(|s| s.success()),
+        Command::new(&python)
+            .args(["-c", "import redis"])
+            .status()
+            .is_ok_and(|s| s.success()),
         "redis-py is not installed: run scripts/install-drivers.sh"
     );
-    let pair = Pair::start(&[], "private_conn_pool_enabled = 1\n", "").await.expect("start");
+    let pair = Pair::start(&[], "private_conn_pool_enabled = 1\n", "")
+        .await
+        .expect("start");
     let out = run(Command::new(&python)
         .arg(dir.join("redis_check.py"))
         .arg(pair.port.to_string()));
-    assert!(out.contains("resp2: ok") && out.contains("resp3: ok"), "{out}");
+    assert!(
+        out.contains("resp2: ok") && out.contains("resp3: ok"),
+        "{out}"
+    );
 }

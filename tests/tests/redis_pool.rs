@@ -24,7 +24,10 @@ async fn ten_clients_transact(pair: &Pair) -> u64 {
                 c.ok(&["SET", &key, &r.to_string()]).await.expect("set");
                 c.ok(&["WATCH", &key]).await.expect("watch");
                 c.ok(&["MULTI"]).await.expect("multi");
-                assert_eq!(c.cmd(&["INCR", &key]).await.unwrap(), Reply::Simple("QUEUED".into()));
+                assert_eq!(
+                    c.cmd(&["INCR", &key]).await.expect("incr"),
+                    Reply::Simple("QUEUED".into())
+                );
                 let exec = c.cmd(&["EXEC"]).await.expect("exec");
                 assert_eq!(exec, Reply::Array(Some(vec![Reply::Int(r as i64 + 1)])));
             }
@@ -50,17 +53,34 @@ async fn ten_clients_share_two_connections_and_the_pool_reuses_exclusive_ones() 
     // Ten clients with ordinary commands: the two shared connections (the default).
     assert_eq!(off.redis.clients(&[]).await.unwrap(), 2);
     let opened_off = ten_clients_transact(&off).await;
-    assert!(opened_off >= (CLIENTS * ROUNDS) as u64, "pool off opened {opened_off}");
-    off.redis.wait_clients(&[], |n| n == 2).await.expect("exclusive ones closed");
+    assert!(
+        opened_off >= (CLIENTS * ROUNDS) as u64,
+        "pool off opened {opened_off}"
+    );
+    off.redis
+        .wait_clients(&[], |n| n == 2)
+        .await
+        .expect("exclusive ones closed");
     let b = off.backend().await.unwrap();
-    assert_eq!((b["pool_hits"].as_u64(), b["shared"].as_u64()), (Some(0), Some(2)));
+    assert_eq!(
+        (b["pool_hits"].as_u64(), b["shared"].as_u64()),
+        (Some(0), Some(2))
+    );
 
     // Pool on: at most one exclusive connection per client, reused ever after.
-    let on = Pair::start(&[], "private_conn_pool_enabled = 1\n", "").await.expect("start");
+    let on = Pair::start(&[], "private_conn_pool_enabled = 1\n", "")
+        .await
+        .expect("start");
     let opened_on = ten_clients_transact(&on).await;
-    assert!(opened_on <= (CLIENTS + 2) as u64, "pool on opened {opened_on}");
+    assert!(
+        opened_on <= (CLIENTS + 2) as u64,
+        "pool on opened {opened_on}"
+    );
     let b = on.backend().await.unwrap();
-    assert!(b["pool_hits"].as_u64().unwrap() >= ((ROUNDS - 1) * CLIENTS) as u64, "{b}");
+    assert!(
+        b["pool_hits"].as_u64().unwrap() >= ((ROUNDS - 1) * CLIENTS) as u64,
+        "{b}"
+    );
     assert_eq!(b["exclusive_in_use"].as_u64(), Some(0), "{b}");
     let idle = b["exclusive_idle"].as_u64().unwrap() as usize;
     assert_eq!(on.redis.clients(&[]).await.unwrap(), 2 + idle);
@@ -103,13 +123,19 @@ async fn a_thousand_blpop_consumers_over_a_small_budget() {
     for t in tasks {
         got.insert(t.await.expect("consumer"));
     }
-    assert_eq!(got.len(), CONSUMERS, "every item went to exactly one consumer");
+    assert_eq!(
+        got.len(),
+        CONSUMERS,
+        "every item went to exactly one consumer"
+    );
     assert!(pair.redis.clients(&[]).await.unwrap() <= 21);
 }
 
 #[tokio::test]
 async fn concurrent_optimistic_transactions_have_no_cross_client_effects() {
-    let pair = Pair::start(&[], "private_conn_pool_enabled = 1\n", "").await.expect("start");
+    let pair = Pair::start(&[], "private_conn_pool_enabled = 1\n", "")
+        .await
+        .expect("start");
     let mut tasks = Vec::new();
     for _ in 0..CLIENTS {
         let mut c = pair.client().await.expect("connect");
@@ -122,7 +148,9 @@ async fn concurrent_optimistic_transactions_have_no_cross_client_effects() {
                     _ => 0,
                 };
                 c.ok(&["MULTI"]).await.unwrap();
-                c.cmd(&["SET", "counter", &(n + 1).to_string()]).await.unwrap();
+                c.cmd(&["SET", "counter", &(n + 1).to_string()])
+                    .await
+                    .unwrap();
                 if let Reply::Array(Some(_)) = c.cmd(&["EXEC"]).await.unwrap() {
                     done += 1;
                 }
@@ -140,8 +168,16 @@ async fn concurrent_optimistic_transactions_have_no_cross_client_effects() {
     let mut a = pair.client().await.unwrap();
     a.ok(&["WATCH", "w"]).await.unwrap();
     drop(a);
-    pair.wait_backend(|b| b["exclusive_in_use"] == 0).await.unwrap();
-    pair.redis.direct(&[]).await.unwrap().ok(&["SET", "w", "changed"]).await.unwrap();
+    pair.wait_backend(|b| b["exclusive_in_use"] == 0)
+        .await
+        .unwrap();
+    pair.redis
+        .direct(&[])
+        .await
+        .unwrap()
+        .ok(&["SET", "w", "changed"])
+        .await
+        .unwrap();
     for _ in 0..CLIENTS {
         let mut b = pair.client().await.unwrap();
         b.ok(&["MULTI"]).await.unwrap();
@@ -154,9 +190,9 @@ async fn concurrent_optimistic_transactions_have_no_cross_client_effects() {
 /// One short exclusive use: a transaction.
 async fn transact(pair: &Pair) {
     let mut c = pair.client().await.expect("connect");
-    c.ok(&["MULTI"]).await.unwrap();
-    c.cmd(&["PING"]).await.unwrap();
-    c.cmd(&["EXEC"]).await.unwrap();
+    c.ok(&["MULTI"]).await.expect("multi");
+    c.cmd(&["PING"]).await.expect("ping");
+    c.cmd(&["EXEC"]).await.expect("exec");
 }
 
 #[tokio::test]
@@ -170,7 +206,9 @@ async fn each_pool_setting_changes_live_with_sighup() {
     assert!(pair.connections_received().await.unwrap() - before >= 3);
 
     // ... = 1: the first use opens one, the others reuse it.
-    pair.reload("private_conn_pool_enabled = 1\n").await.unwrap();
+    pair.reload("private_conn_pool_enabled = 1\n")
+        .await
+        .unwrap();
     transact(&pair).await;
     let before = pair.connections_received().await.unwrap();
     for _ in 0..3 {
@@ -185,7 +223,9 @@ async fn each_pool_setting_changes_live_with_sighup() {
     pair.reload("private_conn_pool_enabled = 1\nprivate_conn_pool_min_idle_per_db = 3\n")
         .await
         .unwrap();
-    pair.wait_backend(|b| b["exclusive_idle"] == 3).await.unwrap();
+    pair.wait_backend(|b| b["exclusive_idle"] == 3)
+        .await
+        .unwrap();
 
     // private_conn_pool_max_idle_per_db: returned above it, a connection closes.
     pair.reload("private_conn_pool_enabled = 1\nprivate_conn_pool_max_idle_per_db = 1\n")
@@ -210,7 +250,10 @@ async fn each_pool_setting_changes_live_with_sighup() {
     pair.reload("private_conn_pool_enabled = 1\nprivate_conn_idle_time_sec = 1\n")
         .await
         .unwrap();
-    let b = pair.wait_backend(|b| b["exclusive_idle"] == 0).await.unwrap();
+    let b = pair
+        .wait_backend(|b| b["exclusive_idle"] == 0)
+        .await
+        .unwrap();
     assert!(b["idle_closes"].as_u64() >= Some(1), "{b}");
     pair.reload("private_conn_pool_enabled = 1\nprivate_conn_idle_time_sec = 0\n")
         .await

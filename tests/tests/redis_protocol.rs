@@ -20,14 +20,27 @@ async fn nothing_one_client_sets_is_seen_by_the_next() {
     a.ok(&["SELECT", "3"]).await.unwrap();
     a.ok(&["CLIENT", "SETNAME", "alice"]).await.unwrap();
     a.ok(&["SET", "where", "db3"]).await.unwrap();
-    assert!(matches!(a.cmd(&["HELLO", "3"]).await.unwrap(), Reply::Map(_)));
+    assert!(matches!(
+        a.cmd(&["HELLO", "3"]).await.unwrap(),
+        Reply::Map(_)
+    ));
     a.ok(&["CLIENT", "TRACKING", "on"]).await.unwrap();
     assert_eq!(a.cmd(&["GET", "where"]).await.unwrap(), bulk("db3"));
 
     let mut b = pair.client().await.unwrap();
-    assert_eq!(b.cmd(&["CLIENT", "GETNAME"]).await.unwrap(), Reply::Bulk(None));
-    assert_eq!(b.cmd(&["GET", "where"]).await.unwrap(), Reply::Bulk(None), "db 0 for B");
-    assert!(matches!(b.cmd(&["HGETALL", "none"]).await.unwrap(), Reply::Array(_)), "RESP2 for B");
+    assert_eq!(
+        b.cmd(&["CLIENT", "GETNAME"]).await.unwrap(),
+        Reply::Bulk(None)
+    );
+    assert_eq!(
+        b.cmd(&["GET", "where"]).await.unwrap(),
+        Reply::Bulk(None),
+        "db 0 for B"
+    );
+    assert!(
+        matches!(b.cmd(&["HGETALL", "none"]).await.unwrap(), Reply::Array(_)),
+        "RESP2 for B"
+    );
     assert_eq!(a.cmd(&["CLIENT", "GETNAME"]).await.unwrap(), bulk("alice"));
 
     // A's tracking connection carries its invalidations, and is never handed on.
@@ -46,7 +59,10 @@ async fn nothing_one_client_sets_is_seen_by_the_next() {
         if !tracking {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "a tracking connection stayed:\n{list}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a tracking connection stayed:\n{list}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let mut c = pair.client().await.unwrap();
@@ -55,7 +71,10 @@ async fn nothing_one_client_sets_is_seen_by_the_next() {
     match c.cmd(&["EXEC"]).await.unwrap() {
         Reply::Array(Some(v)) => {
             let info = v[0].text();
-            assert!(info.contains(" db=0 ") && info.contains(" name= "), "{info}");
+            assert!(
+                info.contains(" db=0 ") && info.contains(" name= "),
+                "{info}"
+            );
             assert!(!info.contains("flags=t"), "{info}");
         }
         other => panic!("EXEC answered {other:?}"),
@@ -70,9 +89,15 @@ async fn resp3_pushes_and_pubsub() {
         Reply::Map(m) => assert!(m.contains(&(bulk("proto"), Reply::Int(3))), "{m:?}"),
         other => panic!("HELLO 3 answered {other:?}"),
     }
-    assert!(matches!(sub3.cmd(&["SUBSCRIBE", "news"]).await.unwrap(), Reply::Push(_)));
+    assert!(matches!(
+        sub3.cmd(&["SUBSCRIBE", "news"]).await.unwrap(),
+        Reply::Push(_)
+    ));
     let mut sub2 = pair.client().await.unwrap();
-    assert!(matches!(sub2.cmd(&["PSUBSCRIBE", "n*"]).await.unwrap(), Reply::Array(_)));
+    assert!(matches!(
+        sub2.cmd(&["PSUBSCRIBE", "n*"]).await.unwrap(),
+        Reply::Array(_)
+    ));
     pair.wait_backend(|b| b["pubsub"] == 2).await.unwrap();
     let metrics = http_get(pair.http_port, "/metrics").await.unwrap();
     let line = format!(
@@ -82,17 +107,28 @@ async fn resp3_pushes_and_pubsub() {
     assert!(metrics.contains(&line), "{metrics}");
 
     let mut publisher = pair.client().await.unwrap();
-    assert_eq!(publisher.cmd(&["PUBLISH", "news", "hi"]).await.unwrap(), Reply::Int(2));
+    assert_eq!(
+        publisher.cmd(&["PUBLISH", "news", "hi"]).await.unwrap(),
+        Reply::Int(2)
+    );
     assert_eq!(
         sub3.read().await.unwrap(),
         Reply::Push(vec![bulk("message"), bulk("news"), bulk("hi")])
     );
     assert_eq!(
         sub2.read().await.unwrap(),
-        Reply::Array(Some(vec![bulk("pmessage"), bulk("n*"), bulk("news"), bulk("hi")]))
+        Reply::Array(Some(vec![
+            bulk("pmessage"),
+            bulk("n*"),
+            bulk("news"),
+            bulk("hi")
+        ]))
     );
     // RESP3 allows ordinary commands on a subscribed connection.
-    assert_eq!(sub3.cmd(&["PING"]).await.unwrap(), Reply::Simple("PONG".into()));
+    assert_eq!(
+        sub3.cmd(&["PING"]).await.unwrap(),
+        Reply::Simple("PONG".into())
+    );
     drop((sub3, sub2));
     pair.wait_backend(|b| b["pubsub"] == 0).await.unwrap();
 }
@@ -101,7 +137,17 @@ async fn resp3_pushes_and_pubsub() {
 async fn auth_with_passwords_and_acl_users() {
     let users = "\"default\" \"dpw\"\n\"alice\" \"apw\"\n";
     let pair = Pair::start(
-        &["--requirepass", "dpw", "--user", "alice", "on", ">apw", "~*", "&*", "+@all"],
+        &[
+            "--requirepass",
+            "dpw",
+            "--user",
+            "alice",
+            "on",
+            ">apw",
+            "~*",
+            "&*",
+            "+@all",
+        ],
         "auth_file = {dir}/userlist.txt\n",
         users,
     )
@@ -128,14 +174,24 @@ async fn auth_with_passwords_and_acl_users() {
     let mut h = pair.client().await.unwrap();
     let wrong = h.cmd(&["HELLO", "3", "AUTH", "alice", "x"]).await.unwrap();
     assert!(wrong.text().starts_with("WRONGPASS"), "{wrong:?}");
-    assert!(matches!(h.cmd(&["HELLO", "3", "AUTH", "alice", "apw"]).await.unwrap(), Reply::Map(_)));
+    assert!(matches!(
+        h.cmd(&["HELLO", "3", "AUTH", "alice", "apw"])
+            .await
+            .unwrap(),
+        Reply::Map(_)
+    ));
     assert_eq!(h.cmd(&["ACL", "WHOAMI"]).await.unwrap(), bulk("alice"));
-    assert!(pair.weir.log().lines().all(|l| !l.contains("apw")), "no password in the log");
+    assert!(
+        pair.weir.log().lines().all(|l| !l.contains("apw")),
+        "no password in the log"
+    );
 }
 
 #[tokio::test]
 async fn a_pipeline_is_answered_in_order_across_connections() {
-    let pair = Pair::start(&[], "private_conn_pool_enabled = 1\n", "").await.expect("start");
+    let pair = Pair::start(&[], "private_conn_pool_enabled = 1\n", "")
+        .await
+        .expect("start");
     let mut c = pair.client().await.unwrap();
     let mut wire = Vec::new();
     let mut expected = Vec::new();
@@ -182,20 +238,33 @@ async fn malformed_bytes_get_an_error_and_a_closed_connection() {
         let rest = String::from_utf8_lossy(&c.closed().await.unwrap()).into_owned();
         assert!(rest.starts_with("-ERR Protocol error"), "{rest:?}");
     }
-    let refused = pair.client().await.unwrap().cmd(&["PSYNC", "?", "-1"]).await.unwrap();
+    let refused = pair
+        .client()
+        .await
+        .unwrap()
+        .cmd(&["PSYNC", "?", "-1"])
+        .await
+        .unwrap();
     assert!(refused.is_error(), "{refused:?}");
     let mut after = pair.client().await.unwrap();
-    assert_eq!(after.cmd(&["PING"]).await.unwrap(), Reply::Simple("PONG".into()));
+    assert_eq!(
+        after.cmd(&["PING"]).await.unwrap(),
+        Reply::Simple("PONG".into())
+    );
 }
 
 #[tokio::test]
 async fn sigterm_finishes_what_is_in_flight_and_refuses_new_clients() {
-    let mut pair = Pair::start(&[], "private_conn_pool_enabled = 1\n", "").await.expect("start");
+    let mut pair = Pair::start(&[], "private_conn_pool_enabled = 1\n", "")
+        .await
+        .expect("start");
     let mut idle = pair.client().await.unwrap();
     idle.ok(&["SET", "a", "1"]).await.unwrap();
     let mut blocked = pair.client().await.unwrap();
     blocked.send(&["BLPOP", "drain", "0"]).await.unwrap();
-    pair.wait_backend(|b| b["exclusive_in_use"] == 1).await.unwrap();
+    pair.wait_backend(|b| b["exclusive_in_use"] == 1)
+        .await
+        .unwrap();
     pair.weir.signal(Signal::SIGTERM).unwrap();
     idle.closed().await.expect("an idle client is let go");
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -203,11 +272,20 @@ async fn sigterm_finishes_what_is_in_flight_and_refuses_new_clients() {
         assert!(std::time::Instant::now() < deadline, "still accepting");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    pair.redis.direct(&[]).await.unwrap().cmd(&["RPUSH", "drain", "x"]).await.unwrap();
+    pair.redis
+        .direct(&[])
+        .await
+        .unwrap()
+        .cmd(&["RPUSH", "drain", "x"])
+        .await
+        .unwrap();
     assert_eq!(
         blocked.read().await.unwrap(),
         Reply::Array(Some(vec![bulk("drain"), bulk("x")]))
     );
     blocked.closed().await.expect("let go once served");
-    assert_eq!(pair.weir.wait_exit(Duration::from_secs(15)).await.unwrap(), Some(0));
+    assert_eq!(
+        pair.weir.wait_exit(Duration::from_secs(15)).await.unwrap(),
+        Some(0)
+    );
 }

@@ -61,8 +61,8 @@ pub use duration::{format_duration, parse_duration, BareUnit};
 pub use error::{ConfigError, ConfigWarning, ValueError};
 pub use hosts::{LoadBalanceHosts, ServerRole, TargetSessionAttrs};
 pub use peers::{PeerEntry, DEFAULT_PEER_PORT};
-pub use redis::{RedisSettings, DEFAULT_REDIS_PORT, REDIS_RESTART_KEYS};
 pub use pool::{PoolSettings, ServerCheck, ServerLifetime, EMPTY_CHECK_QUERY};
+pub use redis::{RedisSettings, DEFAULT_REDIS_PORT, REDIS_RESTART_KEYS};
 pub use settings::{
     AuthType, ChannelBindingMode, CleartextPassword, Pinning, PoolMode, Settings, Support, TlsMode,
     DEFAULT_AUTH_QUERY, UNSUPPORTED_KEYS,

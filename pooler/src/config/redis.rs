@@ -156,7 +156,10 @@ impl RedisSettings {
         push("auth_file", values::opt_path::render(&self.auth_file));
         push("server_user", self.server_user.clone());
         push("server_password", self.server_password.clone());
-        push("shared_connections", values::number::render(&self.shared_connections));
+        push(
+            "shared_connections",
+            values::number::render(&self.shared_connections),
+        );
         push(
             "max_server_connections",
             values::number::render(&self.max_server_connections),
@@ -295,5 +298,38 @@ mod tests {
             ..Default::default()
         };
         assert!(upside_down.check().is_err());
+    }
+
+    #[test]
+    fn the_section_in_an_ini_file() {
+        use crate::config::Config;
+        let path = std::path::Path::new("weir.ini");
+        let text = "[pgbouncer]\nlisten_port = 6432\nauth_type = any\n\
+                    [redis]\nserver = 10.0.0.5:6379\nPRIVATE_CONN_POOL_ENABLED = 1\n\
+                    shared_connections = 3\nbogus = 1\n";
+        let loaded = Config::parse(text, path).unwrap();
+        let redis = loaded.config.redis.clone().unwrap();
+        assert_eq!(redis.server.as_deref(), Some("10.0.0.5:6379"));
+        assert!(redis.private_conn_pool_enabled);
+        assert_eq!(redis.shared_connections, 3);
+        assert!(loaded
+            .warnings
+            .iter()
+            .any(|w| w.to_string().contains("bogus")));
+        let again = Config::parse(&loaded.config.to_ini(), path).unwrap();
+        assert_eq!(again.config, loaded.config);
+
+        let cluster = "[pgbouncer]\nlisten_port = 6432\nauth_type = any\n\
+                       [redis]\ncluster_nodes = a:1,b:2\n";
+        let loaded = Config::parse(cluster, path).unwrap();
+        assert!(loaded
+            .warnings
+            .iter()
+            .any(|w| w.to_string().contains("Cluster")));
+        let none = "[pgbouncer]\nlisten_port = 6432\nauth_type = any\n[redis]\n";
+        assert!(Config::parse(none, path).is_err());
+        let bad = "[pgbouncer]\nlisten_port = 6432\nauth_type = any\n[redis]\nserver = x\n";
+        let e = Config::parse(bad, path).unwrap_err().to_string();
+        assert!(e.contains("server"), "{e}");
     }
 }

@@ -109,9 +109,22 @@ mod tests {
         for name in BLOCKING {
             assert_eq!(r(&[name, "k", "0"]), Route::Blocking, "{name}");
         }
-        assert_eq!(r(&["xread", "block", "0", "STREAMS", "s", "$"]), Route::Blocking);
         assert_eq!(
-            r(&["XREADGROUP", "GROUP", "g", "c", "BLOCK", "10", "STREAMS", "s", ">"]),
+            r(&["xread", "block", "0", "STREAMS", "s", "$"]),
+            Route::Blocking
+        );
+        assert_eq!(
+            r(&[
+                "XREADGROUP",
+                "GROUP",
+                "g",
+                "c",
+                "BLOCK",
+                "10",
+                "STREAMS",
+                "s",
+                ">"
+            ]),
             Route::Blocking
         );
     }

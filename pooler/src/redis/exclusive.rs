@@ -111,7 +111,10 @@ async fn switch_db(backend: &Backend, link: Link, db: u32) -> Result<Link, Strin
     if resp::is_error(&reply) {
         return Err(String::from_utf8_lossy(&reply[1..]).trim_end().to_owned());
     }
-    backend.counters.select_switches.fetch_add(1, Ordering::Relaxed);
+    backend
+        .counters
+        .select_switches
+        .fetch_add(1, Ordering::Relaxed);
     Ok(link)
 }
 
@@ -186,10 +189,15 @@ pub async fn maintain(backend: &Arc<Backend>) {
                 return;
             };
             match Link::open(&backend.addr, &login, slot).await {
-                Ok(link) => backend.pool.lock().entry(login.clone()).or_default().push(Idle {
-                    link,
-                    since: Instant::now(),
-                }),
+                Ok(link) => backend
+                    .pool
+                    .lock()
+                    .entry(login.clone())
+                    .or_default()
+                    .push(Idle {
+                        link,
+                        since: Instant::now(),
+                    }),
                 Err(e) => {
                     tracing::warn!(backend = %backend.addr, error = %e, "cannot pre-open a Redis connection");
                     return;

@@ -159,13 +159,18 @@ fn error_text(frame: &[u8]) -> String {
         .to_owned()
 }
 
-async fn read_frame(stream: &mut TcpStream, buf: &mut BytesMut, addr: &str) -> Result<Bytes, String> {
+async fn read_frame(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    addr: &str,
+) -> Result<Bytes, String> {
     loop {
         match resp::frame_len(buf) {
             Ok(Some(n)) => return Ok(buf.split_to(n).freeze()),
             Ok(None) => {}
             Err(e) => return Err(format!("ERR weir: Redis at {addr}: {e}")),
         }
+        resp::reserve_read(buf);
         match stream.read_buf(buf).await {
             Ok(0) => return Err(format!("ERR weir: Redis at {addr} closed the connection")),
             Ok(_) => {}
@@ -189,6 +194,7 @@ async fn run(
         if deliver(&mut inbuf, &mut waiting, &push).is_err() {
             break;
         }
+        resp::reserve_read(&mut inbuf);
         tokio::select! {
             request = rx.recv() => {
                 let Some(first) = request else { break };

@@ -75,7 +75,10 @@ fn load_users(settings: &RedisSettings) -> Option<HashMap<String, String>> {
                 .filter(|(user, pw)| {
                     let plain = config::secret_kind(pw) == SecretKind::Plain;
                     if !plain {
-                        tracing::warn!(user, "[redis] auth_file: only plain passwords can log in to Redis; skipped");
+                        tracing::warn!(
+                            user,
+                            "[redis] auth_file: only plain passwords can log in to Redis; skipped"
+                        );
                     }
                     plain
                 })
@@ -116,7 +119,10 @@ impl Proxy {
             ("listen_port", old.listen_port != settings.listen_port),
         ];
         for (key, _) in changed.iter().filter(|(_, c)| *c) {
-            tracing::warn!(setting = key, "[redis] changed, but takes effect only after a restart");
+            tracing::warn!(
+                setting = key,
+                "[redis] changed, but takes effect only after a restart"
+            );
         }
         self.users.store(Arc::new(load_users(settings)));
         self.settings.store(Arc::new(settings.clone()));
@@ -205,7 +211,11 @@ impl Proxy {
         let addr = s.listen_addr.as_deref().unwrap_or(pg_listen_addr);
         let mut out = Vec::new();
         for host in addr.split(',').map(str::trim).filter(|h| !h.is_empty()) {
-            let hosts: &[&str] = if host == "*" { &["0.0.0.0", "::"] } else { &[host] };
+            let hosts: &[&str] = if host == "*" {
+                &["0.0.0.0", "::"]
+            } else {
+                &[host]
+            };
             for host in hosts {
                 for addr in tokio::net::lookup_host((*host, s.listen_port)).await? {
                     out.push(bind_one(addr)?);

@@ -244,6 +244,14 @@ fn inline_args(line: &[u8]) -> Result<Vec<Vec<u8>>, RespError> {
     Ok(args)
 }
 
+/// Makes room for the next socket read: a full `BytesMut` would otherwise grow by only 64
+/// bytes per read.
+pub fn reserve_read(buf: &mut BytesMut) {
+    if buf.capacity() - buf.len() < 4096 {
+        buf.reserve(16 * 1024);
+    }
+}
+
 /// A simple-string reply (`+OK`).
 pub fn simple(text: &str) -> Bytes {
     Bytes::from(format!("+{text}\r\n"))
@@ -251,7 +259,10 @@ pub fn simple(text: &str) -> Bytes {
 
 /// An error reply; `text` starts with its code (`ERR ...`, `NOAUTH ...`, `WRONGPASS ...`).
 pub fn error(text: &str) -> Bytes {
-    let clean: String = text.chars().map(|c| if c < ' ' { ' ' } else { c }).collect();
+    let clean: String = text
+        .chars()
+        .map(|c| if c < ' ' { ' ' } else { c })
+        .collect();
     Bytes::from(format!("-{clean}\r\n"))
 }
 
@@ -311,7 +322,12 @@ mod tests {
             b">3\r\n$7\r\nmessage\r\n$1\r\nc\r\n$2\r\nhi\r\n",
             b"|1\r\n+ttl\r\n:3\r\n$1\r\nv\r\n",
         ] {
-            assert_eq!(whole(frame), Some(frame.len()), "{:?}", String::from_utf8_lossy(frame));
+            assert_eq!(
+                whole(frame),
+                Some(frame.len()),
+                "{:?}",
+                String::from_utf8_lossy(frame)
+            );
             let mut two = frame.to_vec();
             two.extend_from_slice(b"+next\r\n");
             assert_eq!(whole(&two), Some(frame.len()));
@@ -331,7 +347,11 @@ mod tests {
             b"$3\r\nfooXX",
             b"$99999999999999999999\r\n",
         ] {
-            assert!(frame_len(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+            assert!(
+                frame_len(bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
         let deep = b"*1\r\n".repeat(MAX_DEPTH + 1);
         assert!(frame_len(&deep).is_err());
@@ -340,7 +360,8 @@ mod tests {
 
     #[test]
     fn commands_multibulk_inline_and_partial() {
-        let mut buf = BytesMut::from(&b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\nSET a 'b c'\r\n\r\n*1\r\n$4\r\nPI"[..]);
+        let mut buf =
+            BytesMut::from(&b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\nSET a 'b c'\r\n\r\n*1\r\n$4\r\nPI"[..]);
         let c = next_command(&mut buf).unwrap().unwrap();
         assert_eq!(c.args, vec![Bytes::from("GET"), Bytes::from("k")]);
         assert_eq!(&c.wire[..], b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n");
@@ -365,7 +386,11 @@ mod tests {
             b"SET \"a\r\n",
         ] {
             let mut buf = BytesMut::from(bad);
-            assert!(next_command(&mut buf).is_err(), "{:?}", String::from_utf8_lossy(bad));
+            assert!(
+                next_command(&mut buf).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
         let mut huge = BytesMut::from(&vec![b'a'; MAX_INLINE + 1][..]);
         assert!(next_command(&mut huge).is_err());

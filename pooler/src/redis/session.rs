@@ -175,10 +175,13 @@ impl Session<'_> {
                     }
                 }
             }
+            // Draining lets a client go once nothing is in flight and no transaction is open.
             let draining = self.proxy.is_draining();
-            if draining && self.held.is_none() && self.all_written() {
+            let in_transaction = self.held.as_ref().is_some_and(|h| h.multi || h.watching);
+            if draining && !in_transaction && self.all_written() {
                 return Ok(());
             }
+            resp::reserve_read(&mut self.buf);
             tokio::select! {
                 read = self.rd.read_buf(&mut self.buf) => {
                     if !matches!(read, Ok(n) if n > 0) {
@@ -195,15 +198,16 @@ impl Session<'_> {
         let route = command::route(&cmd);
         if self.needs_auth() && !matches!(cmd.name().as_str(), "AUTH" | "HELLO" | "QUIT" | "RESET")
         {
-            self.reply(resp::error("NOAUTH Authentication required.")).await?;
+            self.reply(resp::error("NOAUTH Authentication required."))
+                .await?;
             return Ok(Flow::Next);
         }
         match route {
             Route::Refused(why) => self.reply(resp::error(why)).await?,
             Route::Local => return self.local(cmd).await,
             Route::Subscribes => return Ok(Flow::Subscribe(cmd)),
-            Route::Ordinary if self.held.is_some() => self.to_held(cmd.wire).await?,
-            Route::Ordinary => self.to_shared(cmd.wire).await?,
+            Route::Ordinary if self.held.is_some() => self.send_held(cmd.wire).await?,
+            Route::Ordinary => self.send_shared(cmd.wire).await?,
             Route::Stateful => {
                 if self.hold().await? {
                     if let Some(h) = &mut self.held {
@@ -213,7 +217,7 @@ impl Session<'_> {
                             _ => {}
                         }
                     }
-                    self.to_held(cmd.wire).await?;
+                    self.send_held(cmd.wire).await?;
                 }
             }
             Route::EndsState => match &mut self.held {
@@ -223,16 +227,16 @@ impl Session<'_> {
                         (false, "UNWATCH") => h.watching = false,
                         _ => {}
                     }
-                    self.to_held(cmd.wire).await?;
+                    self.send_held(cmd.wire).await?;
                     self.maybe_release().await?;
                 }
-                None => self.to_shared(cmd.wire).await?,
+                None => self.send_shared(cmd.wire).await?,
             },
             Route::Blocking => {
                 if self.held.is_some() {
-                    self.to_held(cmd.wire).await?;
+                    self.send_held(cmd.wire).await?;
                 } else if self.hold().await? {
-                    self.to_held(cmd.wire).await?;
+                    self.send_held(cmd.wire).await?;
                     self.maybe_release().await?;
                 }
             }
@@ -242,7 +246,7 @@ impl Session<'_> {
                         h.pinned = true;
                         h.link.set_push_sink(Some(self.push.clone()));
                     }
-                    self.to_held(cmd.wire).await?;
+                    self.send_held(cmd.wire).await?;
                 }
             }
         }
@@ -300,7 +304,9 @@ impl Session<'_> {
     /// `SELECT db`: the client's database, checked by opening its shared connection.
     async fn select(&mut self, cmd: &Command) -> Result<Bytes, Bytes> {
         if cmd.args.len() != 2 {
-            return Err(resp::error("ERR wrong number of arguments for 'select' command"));
+            return Err(resp::error(
+                "ERR wrong number of arguments for 'select' command",
+            ));
         }
         if self.held.is_some() {
             return Err(resp::error(
@@ -461,7 +467,7 @@ impl Session<'_> {
         Ok(link)
     }
 
-    async fn to_shared(&mut self, wire: Bytes) -> Result<(), Gone> {
+    async fn send_shared(&mut self, wire: Bytes) -> Result<(), Gone> {
         let link = match self.shared_link().await {
             Ok(l) => l,
             Err(e) => return self.reply(resp::error(&e)).await,
@@ -471,7 +477,7 @@ impl Session<'_> {
         self.enqueue(Out::Reply(rx)).await
     }
 
-    async fn to_held(&mut self, wire: Bytes) -> Result<(), Gone> {
+    async fn send_held(&mut self, wire: Bytes) -> Result<(), Gone> {
         let id = self.held.as_ref().map(|h| h.link.id()).ok_or(Gone)?;
         self.switch_to(id).await?;
         let rx = match &self.held {
@@ -546,6 +552,7 @@ impl Session<'_> {
     /// meanwhile (bytes it sends are kept for later).
     async fn wait_written(&mut self) -> Result<(), Gone> {
         while !self.all_written() {
+            resp::reserve_read(&mut self.buf);
             tokio::select! {
                 changed = self.written.changed() => changed.map_err(|_| Gone)?,
                 read = self.rd.read_buf(&mut self.buf) => {
@@ -590,6 +597,7 @@ impl Session<'_> {
             let setname = Command::from_args([&b"CLIENT"[..], b"SETNAME", name]);
             stream.write_all(&setname.wire).await.map_err(|_| Gone)?;
             while resp::frame_len(&early).ok().flatten().is_none() {
+                resp::reserve_read(&mut early);
                 if !matches!(stream.read_buf(&mut early).await, Ok(n) if n > 0) {
                     return Err(Gone);
                 }
@@ -607,6 +615,7 @@ impl Session<'_> {
     async fn copy_to(&mut self, to_server: &mut OwnedWriteHalf) -> Result<(), Gone> {
         let mut chunk = BytesMut::with_capacity(16 * 1024);
         loop {
+            resp::reserve_read(&mut chunk);
             tokio::select! {
                 read = self.rd.read_buf(&mut chunk) => {
                     if !matches!(read, Ok(n) if n > 0) {

@@ -29,8 +29,14 @@ pub struct Groups {
 pub async fn link(backend: &Arc<Backend>, login: &Login, client: u64) -> Result<Arc<Link>, String> {
     let size = backend.settings.load().shared_connections.max(1) as usize;
     let group = {
-        let mut groups = backend.shared.groups.lock().unwrap_or_else(|p| p.into_inner());
-        let group = groups.entry(login.clone()).or_insert_with(|| new_group(size));
+        let mut groups = backend
+            .shared
+            .groups
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let group = groups
+            .entry(login.clone())
+            .or_insert_with(|| new_group(size));
         // A reload changed the size: later clients use a group of the new size, and the old
         // connections close once their clients have moved on.
         if group.cells.len() != size {
