@@ -841,6 +841,9 @@ impl crate::admin::Console for Pooler {
     fn peers(&self) -> &Peers {
         Pooler::peers(self)
     }
+    fn redis(&self) -> Option<Arc<crate::redis::Proxy>> {
+        self.redis.clone()
+    }
 }
 
 impl client::SessionContext for Pooler {

@@ -265,3 +265,39 @@ async fn each_pool_setting_changes_live_with_sighup() {
     let shared = pair.backend().await.unwrap()["shared"].as_u64().unwrap() as usize;
     pair.redis.wait_clients(&[], |n| n == shared).await.unwrap();
 }
+
+#[tokio::test]
+async fn at_the_budget_an_idle_connection_switches_database_with_select() {
+    // 4 in all, room kept for 1 shared connection: 3 for exclusive ones.
+    let pair = Pair::start(
+        &[],
+        "private_conn_pool_enabled = 1\nmax_server_connections = 4\nshared_connections = 1\n",
+        "",
+    )
+    .await
+    .expect("start");
+    let mut a = pair.client().await.unwrap();
+    let mut b = pair.client().await.unwrap();
+    for c in [&mut a, &mut b] {
+        c.ok(&["MULTI"]).await.unwrap();
+    }
+    for c in [&mut a, &mut b] {
+        c.cmd(&["EXEC"]).await.unwrap();
+    }
+    pair.wait_backend(|s| s["exclusive_idle"] == 2)
+        .await
+        .unwrap();
+    // Two idle in database 0 and database 5's shared connection fill the budget; database 5
+    // has no idle connection and no room for one, so a database-0 one moves over.
+    let mut c = pair.client().await.unwrap();
+    c.ok(&["SELECT", "5"]).await.unwrap();
+    c.ok(&["MULTI"]).await.unwrap();
+    c.cmd(&["SET", "moved", "here"]).await.unwrap();
+    c.cmd(&["EXEC"]).await.unwrap();
+    let s = pair.backend().await.unwrap();
+    assert_eq!(s["select_switches"], 1, "{s}");
+    let mut direct = pair.redis.direct(&[]).await.unwrap();
+    direct.ok(&["SELECT", "5"]).await.unwrap();
+    assert_eq!(direct.cmd(&["GET", "moved"]).await.unwrap().text(), "here");
+    assert!(pair.redis.clients(&[]).await.unwrap() <= 4);
+}

@@ -174,6 +174,7 @@ fn show(pooler: &impl Console, subject: Subject) -> ResultSet {
         }
         Subject::Peers => peers::peers(&config),
         Subject::PeerPools => peers::peer_pools(&pooler.peers().pools()),
+        Subject::Redis => show::redis(&pooler.redis().map(|r| r.stats()).unwrap_or_default()),
     }
 }
 

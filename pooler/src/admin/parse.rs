@@ -42,6 +42,8 @@ pub enum Subject {
     Peers,
     /// Cancel requests in flight to each peer.
     PeerPools,
+    /// The Redis backends: connections by kind and pool counters (a Weir extension).
+    Redis,
 }
 
 /// A session parameter the console pretends to have: drivers SET and SHOW these on connect.
@@ -347,6 +349,7 @@ fn parse_subject(word: &str) -> Result<Subject, ParseError> {
         "TOTALS" => Subject::Totals,
         "PEERS" => Subject::Peers,
         "PEER_POOLS" => Subject::PeerPools,
+        "REDIS" => Subject::Redis,
         _ => return err(format!("unknown SHOW subject {word:?} (see SHOW HELP)")),
     })
 }
@@ -374,6 +377,7 @@ mod tests {
         assert_eq!(ok("SHOW HELP"), Command::Show(Subject::Help));
         assert_eq!(ok("SHOW PEERS"), Command::Show(Subject::Peers));
         assert_eq!(ok("show peer_pools"), Command::Show(Subject::PeerPools));
+        assert_eq!(ok("SHOW REDIS"), Command::Show(Subject::Redis));
         assert_eq!(
             ok("show certificates"),
             Command::Show(Subject::Certificates)
