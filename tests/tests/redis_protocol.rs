@@ -289,3 +289,31 @@ async fn sigterm_finishes_what_is_in_flight_and_refuses_new_clients() {
         Some(0)
     );
 }
+
+#[tokio::test]
+async fn a_lost_server_connection_is_an_error_then_replaced() {
+    let pair = Pair::start(&[], "private_conn_pool_enabled = 1\n", "")
+        .await
+        .expect("start");
+    let mut c = pair.client().await.unwrap();
+    c.ok(&["SET", "k", "v"]).await.unwrap();
+    let mut blocked = pair.client().await.unwrap();
+    blocked.send(&["BLPOP", "never", "0"]).await.unwrap();
+    pair.wait_backend(|b| b["exclusive_in_use"] == 1)
+        .await
+        .unwrap();
+    let mut direct = pair.redis.direct(&[]).await.unwrap();
+    direct
+        .cmd(&["CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"])
+        .await
+        .unwrap();
+    pair.wait_backend(|b| b["shared"] == 0)
+        .await
+        .expect("the lost connection is let go");
+    assert_eq!(
+        c.cmd(&["GET", "k"]).await.unwrap(),
+        bulk("v"),
+        "a new shared connection"
+    );
+    pair.wait_backend(|b| b["shared"] == 1).await.unwrap();
+}

@@ -60,27 +60,25 @@ pub struct Link {
     push: PushSink,
     /// The reply to the handshake's HELLO, which a client's HELLO is answered with.
     pub hello: Bytes,
-    _slot: Slot,
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 impl Link {
-    /// Opens a connection to `addr` and logs in as `login`, holding `slot` (its place in the
-    /// backend's connection budget) for as long as it lives.
+    /// Opens a connection to `addr` and logs in as `login`; `slot` (its place in the
+    /// backend's connection budget) is given back when the connection closes, either way.
     pub async fn open(addr: &str, login: &Login, slot: Slot) -> Result<Link, String> {
         let (stream, hello, rest) = connect(addr, login).await?;
         let (tx, rx) = mpsc::channel(QUEUE);
         let alive = Arc::new(AtomicBool::new(true));
         let push: PushSink = Arc::default();
-        tokio::spawn(run(stream, rest, rx, alive.clone(), push.clone()));
+        tokio::spawn(run(stream, rest, rx, alive.clone(), push.clone(), slot));
         Ok(Link {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             tx,
             alive,
             push,
             hello,
-            _slot: slot,
         })
     }
 
@@ -186,6 +184,7 @@ async fn run(
     mut rx: mpsc::Receiver<Request>,
     alive: Arc<AtomicBool>,
     push: PushSink,
+    slot: Slot,
 ) {
     let mut waiting = std::collections::VecDeque::new();
     let mut out = BytesMut::new();
@@ -217,6 +216,7 @@ async fn run(
         }
     }
     alive.store(false, Ordering::Release);
+    drop(slot);
 }
 
 /// Hands every complete reply in `inbuf` to the request it answers.
