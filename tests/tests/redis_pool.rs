@@ -231,6 +231,10 @@ async fn each_pool_setting_changes_live_with_sighup() {
     pair.reload("private_conn_pool_enabled = 1\nprivate_conn_pool_max_idle_per_db = 1\n")
         .await
         .unwrap();
+    // The three idle ones above the new maximum are closed at the next maintenance.
+    pair.wait_backend(|b| b["exclusive_idle"] == 1)
+        .await
+        .unwrap();
     let mut held = Vec::new();
     for _ in 0..4 {
         let mut c = pair.client().await.unwrap();

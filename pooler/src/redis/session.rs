@@ -27,12 +27,20 @@ const REPLY_QUEUE: usize = 1024;
 
 /// What the writer sends the client next.
 enum Out {
-    /// A server reply, when it arrives.
-    Reply(oneshot::Receiver<Bytes>),
+    /// A server reply, when it arrives; the exclusive connection it ends the use of goes back
+    /// to the pool the moment it has arrived, before the client sees it.
+    Reply(oneshot::Receiver<Bytes>, Option<Release>),
     /// A reply weir made.
     Now(Bytes),
     /// From now on, everything the Pub/Sub connection sends.
     Relay(OwnedReadHalf, Slot),
+}
+
+/// An exclusive connection to give back once its last reply is in.
+struct Release {
+    backend: Arc<Backend>,
+    link: Link,
+    login: Login,
 }
 
 /// Why a session ends early: the client is gone or its writer stopped.
@@ -101,10 +109,17 @@ pub async fn serve(proxy: &Arc<Proxy>, stream: TcpStream, id: u64) {
         held: None,
         last_link: 0,
     };
-    let _ = session.run().await;
+    let ended = session.run().await;
     session.leave();
     drop(session);
-    let _ = writer.await;
+    match ended {
+        // As Redis does for a client that closed: replies still due are dropped, and with
+        // them a connection waiting on a blocked command, which closes.
+        Err(Gone) => writer.abort(),
+        Ok(()) => {
+            let _ = writer.await;
+        }
+    }
 }
 
 /// Writes replies in command order, and RESP3 pushes between them.
@@ -130,9 +145,13 @@ async fn write_replies(
         let bytes = match next {
             None => break,
             Some(Out::Now(b)) => b,
-            Some(Out::Reply(rx)) => rx
-                .await
-                .unwrap_or_else(|_| resp::error("ERR weir: server connection lost")),
+            Some(Out::Reply(rx, release)) => {
+                let reply = rx.await;
+                if let Some(r) = release {
+                    exclusive::release(&r.backend, r.link, &r.login, reply.is_ok());
+                }
+                reply.unwrap_or_else(|_| resp::error("ERR weir: server connection lost"))
+            }
             Some(Out::Relay(mut from, _slot)) => {
                 if wr.flush().await.is_ok() {
                     let _ = tokio::io::copy(&mut from, &mut wr.get_mut()).await;
@@ -227,8 +246,7 @@ impl Session<'_> {
                         (false, "UNWATCH") => h.watching = false,
                         _ => {}
                     }
-                    self.send_held(cmd.wire).await?;
-                    self.maybe_release().await?;
+                    self.send_held_last(cmd.wire).await?;
                 }
                 None => self.send_shared(cmd.wire).await?,
             },
@@ -236,8 +254,7 @@ impl Session<'_> {
                 if self.held.is_some() {
                     self.send_held(cmd.wire).await?;
                 } else if self.hold().await? {
-                    self.send_held(cmd.wire).await?;
-                    self.maybe_release().await?;
+                    self.send_held_last(cmd.wire).await?;
                 }
             }
             Route::Pins => {
@@ -474,7 +491,7 @@ impl Session<'_> {
         };
         self.switch_to(link.id()).await?;
         let rx = link.send(wire).await;
-        self.enqueue(Out::Reply(rx)).await
+        self.enqueue(Out::Reply(rx, None)).await
     }
 
     async fn send_held(&mut self, wire: Bytes) -> Result<(), Gone> {
@@ -484,7 +501,26 @@ impl Session<'_> {
             Some(h) => h.link.send(wire).await,
             None => return Err(Gone),
         };
-        self.enqueue(Out::Reply(rx)).await
+        self.enqueue(Out::Reply(rx, None)).await
+    }
+
+    /// Sends on the held connection; when no state keeps it any more, this command's reply
+    /// is its last for this client and the connection goes back as soon as it arrives.
+    async fn send_held_last(&mut self, wire: Bytes) -> Result<(), Gone> {
+        match &self.held {
+            Some(h) if !(h.watching || h.multi || h.pinned) => {}
+            _ => return self.send_held(wire).await,
+        }
+        let id = self.held.as_ref().map(|h| h.link.id()).ok_or(Gone)?;
+        self.switch_to(id).await?;
+        let h = self.held.take().ok_or(Gone)?;
+        let rx = h.link.send(wire).await;
+        let release = Release {
+            backend: self.backend.clone(),
+            link: h.link,
+            login: h.login,
+        };
+        self.enqueue(Out::Reply(rx, Some(release))).await
     }
 
     /// Takes an exclusive connection unless one is held; `false` when none could be had
@@ -510,19 +546,6 @@ impl Session<'_> {
                 Ok(false)
             }
         }
-    }
-
-    /// Gives the exclusive connection back once no state keeps it and its replies are in.
-    async fn maybe_release(&mut self) -> Result<(), Gone> {
-        match &self.held {
-            Some(h) if !(h.watching || h.multi || h.pinned) => {}
-            _ => return Ok(()),
-        }
-        self.wait_written().await?;
-        if let Some(h) = self.held.take() {
-            exclusive::release(&self.backend, h.link, &h.login, true);
-        }
-        Ok(())
     }
 
     /// The client leaves: a held connection goes back only if nothing is left on it.
