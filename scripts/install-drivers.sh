@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the pinned client drivers of the compatibility matrix (tests/drivers/) from their
 # own registries and builds the programs that use them:
-#   python/.venv            psycopg and asyncpg from PyPI (pip --require-hashes)
+#   python/.venv            psycopg, asyncpg and redis-py from PyPI (pip --require-hashes)
 #   node/node_modules       pg from npm (npm ci, from package-lock.json)
 #   go/bin/pgxcheck         pgx from the Go module proxy (go build, checked against go.sum)
 #   go/bin/pgxbatch         the same pgx, running batches (tests/tests/pooler_pipeline.rs)
@@ -53,7 +53,7 @@ python_drivers() {
     local dir=$drivers/python venv=$drivers/python/.venv
     local stamp=$venv/.installed
     if up_to_date "$stamp" "$dir/requirements.txt" &&
-        "$venv/bin/python" -c 'import psycopg, asyncpg' 2>/dev/null; then
+        "$venv/bin/python" -c 'import psycopg, asyncpg, redis' 2>/dev/null; then
         log "python: up to date"
     else
         need python3
@@ -65,10 +65,10 @@ python_drivers() {
         touch "$stamp"
     fi
     "$venv/bin/python" - <<'EOF'
-import asyncpg, psycopg
+import asyncpg, psycopg, redis
 libpq = psycopg.pq.version()
 print(f"  psycopg {psycopg.__version__} (libpq {libpq // 10000}.{libpq % 10000}),",
-      f"asyncpg {asyncpg.__version__}")
+      f"asyncpg {asyncpg.__version__}, redis-py {redis.__version__}")
 EOF
 }
 

@@ -68,6 +68,8 @@ pub struct Pooler {
     auth_query: AuthQuery,
     /// This process's peer id and the cancels forwarded to its peers.
     peers: Peers,
+    /// The Redis data path, when `[redis]` names a server.
+    redis: Option<Arc<crate::redis::Proxy>>,
 }
 
 /// What the admin console has paused or disabled.
@@ -143,7 +145,9 @@ impl Pooler {
         let hba = load_hba(&config);
         let peers = Peers::new(peer_address);
         peers.configure(&config);
+        let redis = config.redis.as_ref().and_then(crate::redis::Proxy::new);
         Arc::new(Pooler {
+            redis,
             hba: ArcSwap::from_pointee(hba),
             config_path: config_path.to_owned(),
             config: ArcSwap::from_pointee(config),
@@ -218,6 +222,16 @@ impl Pooler {
             }
         }
         self.peers.configure(&loaded.config);
+        match (&self.redis, &loaded.config.redis) {
+            (Some(proxy), Some(settings)) if settings.server.is_some() => {
+                proxy.reconfigure(settings)
+            }
+            (None, None) => {}
+            _ => tracing::warn!(
+                "[redis] turned on or off, or switched to cluster_nodes; takes effect only \
+                 after a restart"
+            ),
+        }
         self.config.store(Arc::new(loaded.config));
         self.tls.store(Arc::new(tls));
         self.secrets.store(Arc::new(secrets));
@@ -249,10 +263,23 @@ impl Pooler {
             }
         });
         if begun {
+            if let Some(redis) = &self.redis {
+                redis.drain();
+            }
             // Idle clients do not watch the shutdown signal themselves (registering with it
             // on every wait costs a lock per transaction); they are woken to look.
             self.registry.nudge_clients();
         }
+    }
+
+    /// The Redis data path, if `[redis]` turned it on.
+    pub fn redis(&self) -> Option<&Arc<crate::redis::Proxy>> {
+        self.redis.as_ref()
+    }
+
+    /// Clients of the Redis listener right now.
+    pub fn redis_client_count(&self) -> usize {
+        self.redis.as_ref().map_or(0, |r| r.client_count())
     }
 
     /// Whether a shutdown has begun.
@@ -752,6 +779,9 @@ impl crate::metrics::PoolerView for Pooler {
     fn peers(&self) -> &Peers {
         Pooler::peers(self)
     }
+    fn redis(&self) -> Option<Arc<crate::redis::Proxy>> {
+        self.redis.clone()
+    }
 }
 
 impl crate::admin::Console for Pooler {
@@ -811,6 +841,9 @@ impl crate::admin::Console for Pooler {
     }
     fn peers(&self) -> &Peers {
         Pooler::peers(self)
+    }
+    fn redis(&self) -> Option<Arc<crate::redis::Proxy>> {
+        self.redis.clone()
     }
 }
 

@@ -152,5 +152,9 @@ pub fn status(pooler: &dyn PoolerView) -> serde_json::Value {
         "clients": pooler.client_count(),
         "pinned_clients": pooler.pinned_clients(),
         "pools": pools,
+        "redis": pooler.redis().map(|r| serde_json::json!({
+            "clients": r.client_count(),
+            "backends": r.stats(),
+        })),
     })
 }

@@ -12,7 +12,7 @@
 //! - transport: wire stream tls
 //! - server: server token_review auth_query
 //! - pool: pool registry lifecycle peers
-//! - session: client
+//! - session: client redis
 //! - surfaces: admin metrics http
 //! - root: app reload listener process
 //!
@@ -37,6 +37,7 @@ pub mod pool;
 pub mod prepared;
 pub mod process;
 pub mod protocol;
+pub mod redis;
 pub mod registry;
 pub mod reload;
 pub mod server;

@@ -189,6 +189,20 @@ fn init_logging(args: &Args, config: &Config) -> anyhow::Result<()> {
 
 async fn run(pooler: Arc<Pooler>) -> anyhow::Result<()> {
     let config = pooler.config();
+    // Bound before the PostgreSQL side answers, so that a process seen listening serves both.
+    let redis = match pooler.redis() {
+        Some(proxy) => {
+            let sockets = proxy
+                .bind(&config.pgbouncer.listen_addr)
+                .await
+                .context("cannot open the Redis listening sockets")?;
+            for s in &sockets {
+                tracing::info!(addr = %s.local_addr()?, "listening for Redis clients");
+            }
+            Some((proxy.clone(), sockets))
+        }
+        None => None,
+    };
     let listeners = Listeners::bind(&config.pgbouncer)
         .await
         .context("cannot open the listening sockets")?;
@@ -215,6 +229,9 @@ async fn run(pooler: Arc<Pooler>) -> anyhow::Result<()> {
     let mut quit = signal(SignalKind::quit())?;
     let mut hup = signal(SignalKind::hangup())?;
     let accepting = tokio::spawn(listeners.run(pooler.clone()));
+    if let Some((proxy, sockets)) = redis {
+        tokio::spawn(proxy.run(sockets));
+    }
     if let Some(l) = http {
         tokio::spawn(weir_pooler::http::serve(l, pooler.clone()));
     }
@@ -235,13 +252,9 @@ async fn run(pooler: Arc<Pooler>) -> anyhow::Result<()> {
         ShutdownMode::Now => tracing::info!("shutting down at once"),
         ShutdownMode::WaitForClients => {
             tracing::info!("shutting down once clients have left (new clients refused, running transactions finish)");
-            wait_for(
-                &pooler,
-                shutdown_timeout,
-                &mut quit,
-                "clients",
-                Pooler::client_count,
-            )
+            wait_for(&pooler, shutdown_timeout, &mut quit, "clients", |p| {
+                p.client_count() + p.redis_client_count()
+            })
             .await;
         }
         ShutdownMode::WaitForServers => {

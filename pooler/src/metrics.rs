@@ -106,6 +106,76 @@ pub trait PoolerView: Send + Sync {
     fn pools(&self) -> Vec<Arc<Pool>>;
     /// This process's peer id and the cancels forwarded to its peers.
     fn peers(&self) -> &Peers;
+    /// The Redis data path, if it is on.
+    fn redis(&self) -> Option<Arc<crate::redis::Proxy>>;
+}
+
+/// The Redis data path: connections by kind per backend, and what its pool counted.
+fn redis_metrics(r: &Registry, redis: &crate::redis::Proxy) -> prometheus::Result<()> {
+    gauge(
+        r,
+        "weir_redis_clients",
+        "Clients connected to the Redis listener.",
+        redis.client_count() as i64,
+    )?;
+    let conns = gauges(
+        r,
+        "weir_redis_server_connections",
+        "Connections to Redis by kind: shared, exclusive_in_use, exclusive_idle, pubsub.",
+        &["backend", "kind"],
+    )?;
+    let counted = [
+        (
+            "weir_redis_pool_hits_total",
+            "Exclusive connections taken from the pool.",
+        ),
+        (
+            "weir_redis_pool_misses_total",
+            "Exclusive connections opened because none was idle.",
+        ),
+        (
+            "weir_redis_short_lived_closes_total",
+            "Returned exclusive connections closed above private_conn_pool_max_idle_per_db.",
+        ),
+        (
+            "weir_redis_idle_closes_total",
+            "Idle exclusive connections closed after private_conn_idle_time_sec.",
+        ),
+        (
+            "weir_redis_select_switches_total",
+            "Idle connections moved to another database with SELECT.",
+        ),
+        (
+            "weir_redis_waits_total",
+            "Clients that waited because max_server_connections were open.",
+        ),
+    ];
+    let counters: Vec<IntCounterVec> = counted
+        .iter()
+        .map(|(name, help)| counters(r, name, help, &["backend"]))
+        .collect::<prometheus::Result<_>>()?;
+    for b in redis.stats() {
+        for (kind, n) in [
+            ("shared", b.shared),
+            ("exclusive_in_use", b.exclusive_in_use),
+            ("exclusive_idle", b.exclusive_idle),
+            ("pubsub", b.pubsub),
+        ] {
+            conns.with_label_values(&[&b.backend, kind]).set(n.into());
+        }
+        let values = [
+            b.pool_hits,
+            b.pool_misses,
+            b.short_lived_closes,
+            b.idle_closes,
+            b.select_switches,
+            b.waits,
+        ];
+        for (c, v) in counters.iter().zip(values) {
+            c.with_label_values(&[&b.backend]).inc_by(v);
+        }
+    }
+    Ok(())
 }
 
 /// Peering: this process's peer id and what became of cancels for other peers' keys.
@@ -228,6 +298,9 @@ fn snapshot(pooler: &dyn PoolerView) -> prometheus::Result<Registry> {
     }
 
     peer_metrics(&r, pooler.peers())?;
+    if let Some(redis) = pooler.redis() {
+        redis_metrics(&r, &redis)?;
+    }
 
     let l = &["database", "user"];
     let clients = gauges(&r, "weir_pool_clients", "Clients logged in to the pool.", l)?;

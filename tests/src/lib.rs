@@ -25,6 +25,7 @@ pub mod net;
 pub mod parity;
 pub mod postgres;
 pub mod raw;
+pub mod redis;
 pub mod tls;
 pub mod weir;
 

@@ -329,7 +329,8 @@ async fn show_commands_print_pgbouncers_columns_and_fixed_values() {
 }
 
 /// SHOW HELP is a notice "Console usage" listing the commands in its detail, with no rows,
-/// as PgBouncer sends it; weir's list adds its SHOW CERTIFICATES and SHOW HOSTS lines.
+/// as PgBouncer sends it; weir's list adds its SHOW CERTIFICATES, SHOW HOSTS and SHOW
+/// REDIS lines.
 #[tokio::test]
 async fn show_help_answers_as_pgbouncer_does() {
     let mut answers = Vec::new();
@@ -349,12 +350,13 @@ async fn show_help_answers_as_pgbouncer_does() {
     let weir_without_extension = answers[0]
         .1
         .replace("\tSHOW CERTIFICATES\n", "")
-        .replace("\tSHOW HOSTS\n", "");
+        .replace("\tSHOW HOSTS\n", "")
+        .replace("\tSHOW REDIS\n", "");
     assert_eq!(answers[0].0, answers[1].0, "the command tag, and no rows");
     assert_eq!(weir_without_extension, answers[1].1);
     assert_ne!(
         weir_without_extension, answers[0].1,
-        "weir lists SHOW CERTIFICATES and SHOW HOSTS"
+        "weir lists SHOW CERTIFICATES, SHOW HOSTS and SHOW REDIS"
     );
 }
 

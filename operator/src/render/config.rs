@@ -114,6 +114,7 @@ pub(crate) fn build(
         users,
         // Filled in from the pods by `peers`.
         peers: Default::default(),
+        redis: None,
     };
     config.validate().map_err(RenderError::Config)?;
     Ok(config)

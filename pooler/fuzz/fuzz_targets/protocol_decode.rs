@@ -1,11 +1,13 @@
 //! Feeds arbitrary bytes to the wire codec: a startup packet, then framed messages, each run
-//! through every parser; and, as query text, to the statement splitter and classifier. Any
-//! panic, or a parsed message that does not rebuild to the same bytes, is a finding.
+//! through every parser; as query text, to the statement splitter and classifier; and, as
+//! RESP, to the Redis reply framer and command reader. Any panic, or a parsed message that
+//! does not rebuild to the same bytes, is a finding.
 
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use weir_pooler::protocol::exercise_decoders;
+use weir_pooler::redis::resp;
 use weir_pooler::sql;
 
 fuzz_target!(|data: &[u8]| {
@@ -18,5 +20,13 @@ fuzz_target!(|data: &[u8]| {
             let _ = sql::classify(stmt);
         }
         let _ = sql::effects(text).count();
+    }
+    // Redis clients and servers send RESP; a frame found must lie within the bytes.
+    if let Ok(Some(n)) = resp::frame_len(data) {
+        assert!(n <= data.len());
+    }
+    let mut buf = bytes::BytesMut::from(data);
+    while let Ok(Some(cmd)) = resp::next_command(&mut buf) {
+        assert!(!cmd.args.is_empty());
     }
 });

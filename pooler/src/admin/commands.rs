@@ -192,6 +192,7 @@ fn show(pooler: &impl Console, subject: Subject) -> Reply {
                 .map(|p| HostView::of(p))
                 .collect::<Vec<_>>(),
         ),
+        Subject::Redis => show::redis(&pooler.redis().map(|r| r.stats()).unwrap_or_default()),
     })
 }
 

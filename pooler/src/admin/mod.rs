@@ -111,6 +111,8 @@ pub trait Console: Send + Sync + 'static {
     fn tls(&self) -> Arc<Tls>;
     /// This process's peer id and its peer pools.
     fn peers(&self) -> &Peers;
+    /// The Redis data path, if it is on.
+    fn redis(&self) -> Option<Arc<crate::redis::Proxy>>;
 }
 
 /// Serves an authenticated console session: greets the client, then answers simple queries

@@ -44,6 +44,8 @@ pub enum Subject {
     PeerPools,
     /// Each pool's host list, the host in use and its failovers (a Weir extension).
     Hosts,
+    /// The Redis backends: connections by kind and pool counters (a Weir extension).
+    Redis,
 }
 
 /// A session parameter the console pretends to have: drivers SET and SHOW these on connect.
@@ -350,6 +352,7 @@ fn parse_subject(word: &str) -> Result<Subject, ParseError> {
         "PEERS" => Subject::Peers,
         "PEER_POOLS" => Subject::PeerPools,
         "HOSTS" => Subject::Hosts,
+        "REDIS" => Subject::Redis,
         _ => return err(format!("unknown SHOW subject {word:?} (see SHOW HELP)")),
     })
 }
@@ -378,6 +381,7 @@ mod tests {
         assert_eq!(ok("show hosts"), Command::Show(Subject::Hosts));
         assert_eq!(ok("SHOW PEERS"), Command::Show(Subject::Peers));
         assert_eq!(ok("show peer_pools"), Command::Show(Subject::PeerPools));
+        assert_eq!(ok("SHOW REDIS"), Command::Show(Subject::Redis));
         assert_eq!(
             ok("show certificates"),
             Command::Show(Subject::Certificates)

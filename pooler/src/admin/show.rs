@@ -800,9 +800,42 @@ pub fn certificates(tls: &Tls, now: i64) -> ResultSet {
     rs
 }
 
+/// `SHOW REDIS`: one row per Redis backend, its connections by kind and its pool counters.
+pub fn redis(backends: &[crate::redis::BackendStats]) -> ResultSet {
+    let mut rs = ResultSet::new(&[
+        "backend",
+        "shared",
+        "exclusive_in_use",
+        "exclusive_idle",
+        "pubsub",
+        "pool_hits",
+        "pool_misses",
+        "short_lived_closes",
+        "idle_closes",
+        "select_switches",
+        "waits",
+    ]);
+    for b in backends {
+        rs.push(vec![
+            text(&b.backend),
+            text(b.shared),
+            text(b.exclusive_in_use),
+            text(b.exclusive_idle),
+            text(b.pubsub),
+            text(b.pool_hits),
+            text(b.pool_misses),
+            text(b.short_lived_closes),
+            text(b.idle_closes),
+            text(b.select_switches),
+            text(b.waits),
+        ]);
+    }
+    rs
+}
+
 /// `SHOW HELP`: the commands the console knows, as PgBouncer 1.25 tells them: a notice
-/// "Console usage" whose detail lists them (no rows), plus weir's SHOW CERTIFICATES and
-/// SHOW HOSTS.
+/// "Console usage" whose detail lists them (no rows), plus weir's SHOW CERTIFICATES,
+/// SHOW HOSTS and SHOW REDIS.
 pub fn help() -> PgError {
     let mut notice = PgError::new(Severity::Notice, "00000", "Console usage");
     notice.detail = Some(
@@ -813,6 +846,7 @@ pub fn help() -> PgError {
          \tSHOW STATS|STATS_TOTALS|STATS_AVERAGES|TOTALS\n\
          \tSHOW CERTIFICATES\n\
          \tSHOW HOSTS\n\
+         \tSHOW REDIS\n\
          \tSET key = arg\n\
          \tRELOAD\n\
          \tPAUSE [<db>]\n\
@@ -833,6 +867,29 @@ pub fn help() -> PgError {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn redis_rows_one_per_backend() {
+        let b = crate::redis::BackendStats {
+            backend: "10.0.0.1:6379".into(),
+            shared: 2,
+            exclusive_in_use: 3,
+            exclusive_idle: 4,
+            pubsub: 1,
+            pool_hits: 10,
+            pool_misses: 5,
+            short_lived_closes: 6,
+            idle_closes: 7,
+            select_switches: 8,
+            waits: 9,
+        };
+        let rs = redis(&[b]);
+        assert_eq!(rs.columns.len(), rs.rows[0].len());
+        assert_eq!(rs.rows[0][0], text("10.0.0.1:6379"));
+        assert_eq!(rs.rows[0][3], text(4));
+        assert_eq!(rs.rows[0][9], text(8));
+        assert!(redis(&[]).rows.is_empty());
+    }
+
     use super::*;
 
     #[test]

@@ -20,6 +20,7 @@ mod ini;
 mod parse;
 mod peers;
 mod pool;
+mod redis;
 mod settings;
 mod userlist;
 mod validate;
@@ -61,6 +62,7 @@ pub use error::{ConfigError, ConfigWarning, ValueError};
 pub use hosts::{LoadBalanceHosts, ServerRole, TargetSessionAttrs};
 pub use peers::{PeerEntry, DEFAULT_PEER_PORT};
 pub use pool::{PoolSettings, ServerCheck, ServerLifetime, EMPTY_CHECK_QUERY};
+pub use redis::{RedisSettings, DEFAULT_REDIS_PORT, REDIS_RESTART_KEYS};
 pub use settings::{
     AuthType, ChannelBindingMode, CleartextPassword, Pinning, PoolMode, Settings, Support, TlsMode,
     DEFAULT_AUTH_QUERY, UNSUPPORTED_KEYS,
@@ -96,6 +98,8 @@ pub struct Config {
     /// The `[peers]` section, by peer id: where cancel requests for keys other processes
     /// issued are forwarded.
     pub peers: BTreeMap<u16, PeerEntry>,
+    /// The `[redis]` section: present, it turns the Redis data path on.
+    pub redis: Option<RedisSettings>,
 }
 
 /// A successfully parsed configuration and what was ignored on the way, which the caller
@@ -168,6 +172,11 @@ impl Config {
                 *file = Some(ini::resolve_relative(path, relative));
             }
         }
+        if let Some(file) = loaded.config.redis.as_mut().map(|r| &mut r.auth_file) {
+            if let Some(relative) = file.as_ref() {
+                *file = Some(ini::resolve_relative(path, relative));
+            }
+        }
         Ok(loaded)
     }
 
@@ -196,6 +205,12 @@ impl Config {
         out.push_str("\n[pgbouncer]\n");
         for (key, value) in self.pgbouncer.ini_entries() {
             push_entry(&mut out, key, &value);
+        }
+        if let Some(redis) = &self.redis {
+            out.push_str("\n[redis]\n");
+            for (key, value) in redis.ini_entries() {
+                push_entry(&mut out, key, &value);
+            }
         }
         out
     }

@@ -23,6 +23,7 @@ pub(crate) enum Section {
     Databases,
     Users,
     Peers,
+    Redis,
 }
 
 /// Where each (section, key) was last set.
@@ -62,6 +63,10 @@ pub(crate) fn build(lines: Vec<IniLine>, main_file: &Path) -> Result<Built, Conf
                     "databases" => Current::Known(Section::Databases),
                     "users" => Current::Known(Section::Users),
                     "peers" => Current::Known(Section::Peers),
+                    "redis" => {
+                        config.redis.get_or_insert_with(Default::default);
+                        Current::Known(Section::Redis)
+                    }
                     _ => {
                         return Err(ConfigError::at(
                             &file,
@@ -69,7 +74,7 @@ pub(crate) fn build(lines: Vec<IniLine>, main_file: &Path) -> Result<Built, Conf
                             None,
                             format!(
                                 "unknown section [{name}]; expected [databases], [users], \
-                                 [peers] or [pgbouncer]"
+                                 [peers], [redis] or [pgbouncer]"
                             ),
                         ))
                     }
@@ -96,7 +101,7 @@ pub(crate) fn build(lines: Vec<IniLine>, main_file: &Path) -> Result<Built, Conf
             Current::Known(section) => section,
         };
         let key = match section {
-            Section::Pgbouncer => key.to_ascii_lowercase(),
+            Section::Pgbouncer | Section::Redis => key.to_ascii_lowercase(),
             Section::Databases | Section::Users | Section::Peers => key,
         };
         let error = |message: String| ConfigError::at(&file, line, Some(&key), message);
@@ -139,6 +144,17 @@ pub(crate) fn build(lines: Vec<IniLine>, main_file: &Path) -> Result<Built, Conf
                 let parsed = UserEntry::parse_conn_string(&value).map_err(|e| error(e.0))?;
                 config.users.insert(key.clone(), parsed.entry);
                 parsed.ignored
+            }
+            Section::Redis => {
+                let redis = config.redis.get_or_insert_with(Default::default);
+                match redis.apply(&key, &value) {
+                    Some(result) => result.map_err(|e| error(e.0))?,
+                    None => {
+                        warn("unknown [redis] setting, ignored".to_owned());
+                        continue;
+                    }
+                }
+                Vec::new()
             }
             Section::Peers => {
                 let id = parse_peer_id(&key).map_err(|e| error(e.0))?;

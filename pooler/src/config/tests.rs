@@ -648,6 +648,7 @@ fn round_trips_through_to_ini() {
         databases: databases.clone(),
         users,
         peers: BTreeMap::new(),
+        redis: None,
     });
 
     let mut forced = BTreeMap::new();
@@ -676,6 +677,7 @@ fn round_trips_through_to_ini() {
         databases: forced,
         users: BTreeMap::new(),
         peers: BTreeMap::new(),
+        redis: None,
     });
 }
 
@@ -696,6 +698,7 @@ fn to_ini_layout() {
         databases,
         users: BTreeMap::new(),
         peers: BTreeMap::new(),
+        redis: None,
     }
     .to_ini();
     assert!(

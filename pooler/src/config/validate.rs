@@ -106,6 +106,22 @@ pub(crate) fn check(config: &Config) -> Result<Vec<Problem>, Problem> {
     notes.extend(check_pool_sizes(config));
     notes.extend(check_auth(config)?);
     check_service_accounts(config)?;
+    if let Some(redis) = &config.redis {
+        redis.check().map_err(|message| Problem {
+            section: Section::Redis,
+            key: "server".to_owned(),
+            message,
+        })?;
+        if !redis.cluster_nodes.is_empty() {
+            notes.push(Problem {
+                section: Section::Redis,
+                key: "cluster_nodes".to_owned(),
+                message: "Redis Cluster is not supported by weir yet; the Redis listener \
+                          is not started"
+                    .to_owned(),
+            });
+        }
+    }
     Ok(notes)
 }
 
