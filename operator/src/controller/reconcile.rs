@@ -40,7 +40,7 @@ use super::conditions::{self, reason, Status, Verdict};
 use super::database::{self, Target};
 use super::metrics::Metrics;
 use super::pod_status;
-use super::resize::{self, Desired, Live};
+use super::resize::{self, Desired, Live, PodsConfig};
 use super::rollout::{self, Observation};
 use super::tls::ProbeTls;
 use super::usage::{self, NearBudgetSettings, PodReport};
@@ -146,11 +146,21 @@ impl Context {
         self.watched.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The `/status` of the pool's running pods; `None` when the operator does not read it.
-    async fn read_pods(&self, namespace: &str, pool: &str) -> Option<Vec<PodReport>> {
+    /// The `/status` of the pool's running pods, or why the pods are not known yet; `None`
+    /// when the operator does not read it.
+    async fn read_pods(
+        &self,
+        namespace: &str,
+        pool: &str,
+    ) -> Option<Result<Vec<PodReport>, String>> {
         let reader = self.reader.as_ref()?;
+        // Before the pod watch has listed once, no pods would read as every pod current.
+        let listed = tokio::time::timeout(POD_LIST_WAIT, self.pods.wait_until_ready()).await;
+        if !matches!(listed, Ok(Ok(()))) {
+            return Some(Err("the pooler pods have not been listed yet".to_owned()));
+        }
         let targets = pod_status::running_pods(&self.pods, namespace, pool);
-        Some(reader.read_all(&targets).await)
+        Some(Ok(reader.read_all(&targets).await))
     }
 
     /// `status.usage` and the NearBudget verdict from the pods' reports, moving the pool's
@@ -199,7 +209,7 @@ impl Context {
             return;
         }
         let name = pool.name_any();
-        let Some(reports) = self.read_pods(&namespace, &name).await else {
+        let Some(Ok(reports)) = self.read_pods(&namespace, &name).await else {
             return;
         };
         let Some((usage, verdict)) = self.judge_usage(&key, &reports, budget) else {
@@ -235,6 +245,9 @@ impl Context {
         self.pools.state()
     }
 }
+
+/// How long a reconciliation waits for the pod watch's first list.
+const POD_LIST_WAIT: Duration = Duration::from_secs(10);
 
 /// Now, to the second (as the API server keeps it).
 fn now() -> Time {
@@ -425,7 +438,7 @@ async fn reconcile_pool(pool: &ConnectionPool, ctx: &Context) -> Result<Action, 
             let binding = rendered.token_review_binding.as_ref();
             super::token_review::sync(&ctx.client, pool, &namespace, binding).await?;
             let applied =
-                apply_children(ctx, pool, &namespace, &rendered, reports.as_deref()).await?;
+                apply_children(ctx, pool, &namespace, &rendered, reports.as_ref()).await?;
             (rendered.status(pool), Some(applied), None)
         }
         Err(e) => {
@@ -485,7 +498,9 @@ async fn reconcile_pool(pool: &ConnectionPool, ctx: &Context) -> Result<Action, 
     let generation = pool.metadata.generation;
     let mut verdicts = vec![ready.clone(), progressing, budget];
     let judged = match (&reports, &status.budget) {
-        (Some(reports), Some(budget)) => ctx.judge_usage(&ObjectRef::from(pool), reports, budget),
+        (Some(Ok(reports)), Some(budget)) => {
+            ctx.judge_usage(&ObjectRef::from(pool), reports, budget)
+        }
         _ => None,
     };
     if let Some((usage, near_budget)) = judged {
@@ -810,7 +825,7 @@ async fn apply_children(
     pool: &ConnectionPool,
     namespace: &str,
     rendered: &Rendered,
-    reports: Option<&[PodReport]>,
+    reports: Option<&Result<Vec<PodReport>, String>>,
 ) -> Result<Applied, Error> {
     let name = pool.name_any();
     let client = &ctx.client;
@@ -847,7 +862,10 @@ async fn apply_children(
         pods,
         // Judged against the ConfigMap this step leaves in place: if it is not written
         // now, the pods do not run it, and no pods are added.
-        pods_config: reports.map(|r| usage::pods_config(r, &rendered_digest)),
+        pods_config: reports.map(|r| match r {
+            Ok(reports) => usage::pods_config(reports, &rendered_digest),
+            Err(why) => PodsConfig::Unreadable(vec![why.clone()]),
+        }),
     };
     let plan = resize::plan(&live, &desired, Timestamp::now(), ctx.settings.settle);
     let in_place = if plan.apply_config {

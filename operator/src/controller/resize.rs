@@ -69,7 +69,7 @@ pub enum Hold {
     },
     /// Replicas stay because some pods' status cannot be read.
     StatusUnavailable {
-        /// The pods, with why.
+        /// The pods, with why (or why no pod is known).
         pods: Vec<String>,
         /// Replicas kept for now.
         replicas: i32,
@@ -127,10 +127,10 @@ impl Hold {
                 desired.replicas
             ),
             Hold::StatusUnavailable { pods, replicas } => format!(
-                "keeping {replicas} replicas: cannot tell whether every running pod runs the \
-                 new pool sizes, since the /status of {} cannot be read (then {})",
-                pods.join(", "),
-                desired.replicas
+                "keeping {replicas} replicas until every running pod is known to run the new \
+                 pool sizes (then {}); /status unavailable: {}",
+                desired.replicas,
+                pods.join(", ")
             ),
             Hold::PodsStopping { pods, pods_max } => format!(
                 "{pods} pods exist, more than the {pods_max} the new budget is divided by; \
