@@ -64,10 +64,34 @@ struct RunArgs {
     /// Seconds before expiry that the leader renews (and steps down if it cannot).
     #[arg(long, default_value_t = 5)]
     lease_renew_grace_seconds: u64,
-    /// Seconds running pods get to reload a changed ConfigMap (kubelet refresh plus
-    /// pooler reload) before pods are added.
-    #[arg(long, default_value_t = 90)]
+    /// Seconds a changed ConfigMap is left alone before pods are added: a minimum besides
+    /// every running pod reporting it in its /status. With --poll-pod-status=false it is
+    /// all that guards the budget, and must cover the kubelet's ConfigMap refresh (about
+    /// a minute by default) plus the pooler's reload.
+    #[arg(long, default_value_t = 5)]
     config_settle_seconds: u64,
+    /// Read every pooler pod's /status (from the pod IP, on the pooler's HTTP port):
+    /// status.usage, the NearBudget condition, and the check that running pods run the
+    /// new pool sizes before pods are added. Turn off only where the operator cannot
+    /// reach the pods.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    poll_pod_status: bool,
+    /// Seconds between two reads of every pool's pods.
+    #[arg(long, default_value_t = 15)]
+    pod_status_interval_seconds: u64,
+    /// Bound, in milliseconds, on reading one pod's /status.
+    #[arg(long, default_value_t = 2000)]
+    pod_status_timeout_millis: u64,
+    /// Pod /status requests in flight at once, over all pools.
+    #[arg(long, default_value_t = 32)]
+    pod_status_concurrency: usize,
+    /// NearBudget turns true when open server connections reach this percentage of the
+    /// pool's budget...
+    #[arg(long, default_value_t = 90)]
+    near_budget_percent: u32,
+    /// ...and stay there for this many seconds.
+    #[arg(long, default_value_t = 300)]
+    near_budget_seconds: u64,
     /// Bound, in seconds, on reading max_connections from a database.
     #[arg(long, default_value_t = 5)]
     database_timeout_seconds: u64,
@@ -167,6 +191,18 @@ fn run_operator(args: RunArgs) -> anyhow::Result<()> {
                 database_timeout: Duration::from_secs(args.database_timeout_seconds),
                 database_ttl: Duration::from_secs(args.database_cache_seconds),
                 resync: Duration::from_secs(args.resync_seconds.max(1)),
+                pod_status: args.poll_pod_status.then(|| controller::PodStatusSettings {
+                    read: controller::pod_status::ReadSettings {
+                        port: render::config::HTTP_PORT,
+                        timeout: Duration::from_millis(args.pod_status_timeout_millis.max(1)),
+                        concurrency: args.pod_status_concurrency.max(1),
+                    },
+                    interval: Duration::from_secs(args.pod_status_interval_seconds.max(1)),
+                    near_budget: controller::usage::NearBudgetSettings {
+                        percent: args.near_budget_percent,
+                        sustain: Duration::from_secs(args.near_budget_seconds),
+                    },
+                }),
             },
         };
         controller::run(client, settings).await?;

@@ -56,6 +56,8 @@ pub struct Pooler {
     /// How many configurations have been loaded (1 at start), and a digest of the current one.
     generation: AtomicU64,
     digest: Mutex<String>,
+    /// [`config::file_digest`] of the configuration file last loaded.
+    file_digest: Mutex<String>,
     /// Set once a shutdown has begun: no new clients, readiness fails.
     shutdown: watch::Sender<Option<ShutdownMode>>,
     /// Databases paused or disabled from the admin console.
@@ -132,11 +134,13 @@ pub fn load_secrets(config: &Config) -> Result<HashMap<String, Secret>, config::
 }
 
 impl Pooler {
-    /// Builds the shared state from a loaded configuration, its auth file and its TLS files;
-    /// `peer_address` is this process's host in `[peers]`, if it was told one.
+    /// Builds the shared state from a loaded configuration (with the digest of its file's
+    /// text), its auth file and its TLS files; `peer_address` is this process's host in
+    /// `[peers]`, if it was told one.
     pub fn new(
         config_path: &Path,
         config: Config,
+        file_digest: String,
         secrets: HashMap<String, Secret>,
         tls: Tls,
         peer_address: Option<String>,
@@ -162,6 +166,7 @@ impl Pooler {
             pinned_clients: AtomicUsize::new(0),
             generation: AtomicU64::new(1),
             digest: Mutex::new(digest),
+            file_digest: Mutex::new(file_digest),
             shutdown: watch::Sender::new(None),
             control: Mutex::new(Control::default()),
             stats_averages: ArcSwap::from_pointee(BTreeMap::new()),
@@ -205,6 +210,8 @@ impl Pooler {
         let digest = config_digest(&loaded.config, &secrets);
         // The HBA files are not in the digest: re-read them on every reload, as PgBouncer does.
         self.hba.store(Arc::new(load_hba(&loaded.config)));
+        // A rewritten file with an equivalent configuration is still the file in force.
+        *self.file_digest.lock().unwrap_or_else(|p| p.into_inner()) = loaded.file_digest.clone();
         {
             let mut current = self.digest.lock().unwrap_or_else(|p| p.into_inner());
             if *current == digest {
@@ -249,6 +256,14 @@ impl Pooler {
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         (self.generation.load(Ordering::Acquire), digest)
+    }
+
+    /// [`config::file_digest`] of the configuration file last loaded.
+    pub fn config_file_digest(&self) -> String {
+        self.file_digest
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Begins a shutdown: listeners stop accepting, readiness fails, idle clients in
@@ -761,8 +776,14 @@ impl crate::metrics::PoolerView for Pooler {
     fn config_generation(&self) -> (u64, String) {
         Pooler::config_generation(self)
     }
+    fn config_file_digest(&self) -> String {
+        Pooler::config_file_digest(self)
+    }
     fn client_count(&self) -> usize {
         Pooler::client_count(self)
+    }
+    fn longest_waits(&self) -> HashMap<PoolKey, std::time::Duration> {
+        self.registry.longest_waits()
     }
     fn pinned_clients(&self) -> usize {
         Pooler::pinned_clients(self).load(Ordering::Relaxed)

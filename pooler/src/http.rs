@@ -16,6 +16,7 @@ use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 
 use crate::metrics::{self, PoolerView};
@@ -113,48 +114,118 @@ fn route(pooler: &dyn PoolerView, req: &Request<Incoming>) -> Response<Full<Byte
         "/status" => respond(
             StatusCode::OK,
             "application/json",
-            status(pooler).to_string(),
+            serde_json::to_string(&status(pooler)).unwrap_or_default(),
         ),
         _ => respond(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
     }
 }
 
-/// The JSON document of `/status`.
-pub fn status(pooler: &dyn PoolerView) -> serde_json::Value {
-    let (generation, digest) = pooler.config_generation();
-    let pools: Vec<serde_json::Value> = pooler
+/// The JSON document of `/status`: what the operator reads of each pod.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusDocument {
+    /// The pooler's version.
+    pub version: String,
+    /// How many configurations have been loaded (1 at start).
+    pub config_generation: u64,
+    /// A digest of the configuration in force, secrets and TLS files included.
+    pub config_digest: String,
+    /// [`crate::config::file_digest`] of the configuration file's text last loaded: equal to
+    /// the digest of a ConfigMap's text once this process runs it.
+    #[serde(default)]
+    pub config_file_digest: String,
+    /// Whether the pooler is shutting down.
+    pub draining: bool,
+    /// Client connections open.
+    pub clients: u64,
+    /// Clients pinned to a server connection.
+    pub pinned_clients: u64,
+    /// One entry per (database, user) pool.
+    pub pools: Vec<PoolStatus>,
+    /// The Redis side, when a `[redis]` section is configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis: Option<RedisStatus>,
+}
+
+/// The Redis side in [`StatusDocument`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RedisStatus {
+    /// Redis clients connected.
+    pub clients: u64,
+    /// One entry per backend.
+    pub backends: Vec<crate::redis::BackendStats>,
+}
+
+/// One pool in [`StatusDocument`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolStatus {
+    /// The database name clients use.
+    pub database: String,
+    /// The user.
+    pub user: String,
+    /// session, transaction or statement.
+    pub mode: String,
+    /// pool_size.
+    pub size: u64,
+    /// reserve_pool_size.
+    pub reserve_size: u64,
+    /// min_pool_size.
+    pub min_size: u64,
+    /// Server connections open (idle and lent out).
+    pub server_connections: u64,
+    /// Idle server connections.
+    pub idle: u64,
+    /// Server connections lent to clients.
+    pub active: u64,
+    /// Clients waiting for a server connection.
+    pub waiting: u64,
+    /// How long the longest-waiting of them has waited, in milliseconds.
+    #[serde(default)]
+    pub longest_wait_ms: u64,
+    /// Clients logged in to the pool.
+    pub clients: u64,
+}
+
+/// The document `/status` serves.
+pub fn status(pooler: &dyn PoolerView) -> StatusDocument {
+    let (config_generation, config_digest) = pooler.config_generation();
+    let waits = pooler.longest_waits();
+    let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+    let pools = pooler
         .pools()
         .iter()
         .map(|pool| {
             let s = pool.stats();
             let settings = pool.settings();
             let (idle, total) = pool.counts();
-            serde_json::json!({
-                "database": pool.key().database,
-                "user": pool.key().user,
-                "mode": settings.mode.to_string(),
-                "size": settings.size,
-                "reserve_size": settings.reserve_size,
-                "min_size": settings.min_size,
-                "server_connections": total,
-                "idle": idle,
-                "active": s.active.load(Ordering::Relaxed),
-                "waiting": s.waiting.load(Ordering::Relaxed),
-                "clients": s.clients.load(Ordering::Relaxed),
-            })
+            let longest = waits.get(pool.key()).copied().unwrap_or_default();
+            PoolStatus {
+                database: pool.key().database.clone(),
+                user: pool.key().user.clone(),
+                mode: settings.mode.to_string(),
+                size: count(settings.size),
+                reserve_size: count(settings.reserve_size),
+                min_size: count(settings.min_size),
+                server_connections: count(total),
+                idle: count(idle),
+                active: count(s.active.load(Ordering::Relaxed)),
+                waiting: count(s.waiting.load(Ordering::Relaxed)),
+                longest_wait_ms: u64::try_from(longest.as_millis()).unwrap_or(u64::MAX),
+                clients: count(s.clients.load(Ordering::Relaxed)),
+            }
         })
         .collect();
-    serde_json::json!({
-        "version": env!("CARGO_PKG_VERSION"),
-        "config_generation": generation,
-        "config_digest": digest,
-        "draining": pooler.is_draining(),
-        "clients": pooler.client_count(),
-        "pinned_clients": pooler.pinned_clients(),
-        "pools": pools,
-        "redis": pooler.redis().map(|r| serde_json::json!({
-            "clients": r.client_count(),
-            "backends": r.stats(),
-        })),
-    })
+    StatusDocument {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        config_generation,
+        config_digest,
+        config_file_digest: pooler.config_file_digest(),
+        draining: pooler.is_draining(),
+        clients: count(pooler.client_count()),
+        pinned_clients: count(pooler.pinned_clients()),
+        pools,
+        redis: pooler.redis().map(|r| RedisStatus {
+            clients: count(r.client_count()),
+            backends: r.stats(),
+        }),
+    }
 }

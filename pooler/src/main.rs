@@ -121,6 +121,7 @@ fn main() -> ExitCode {
     let pooler = Pooler::new(
         &args.config,
         loaded.config,
+        loaded.file_digest,
         secrets,
         tls,
         args.peer_address.clone(),

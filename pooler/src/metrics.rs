@@ -1,8 +1,10 @@
 //! Prometheus metrics: counters and gauges read from the pools at scrape time, and the
 //! checkout wait-time histogram observed as clients are served.
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, LazyLock};
+use std::time::Duration;
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
@@ -94,8 +96,13 @@ pub trait PoolerView: Send + Sync {
     fn config(&self) -> Arc<Config>;
     /// How many configurations have been loaded, and the digest of the one in force.
     fn config_generation(&self) -> (u64, String);
+    /// The digest of the configuration file's text last loaded ([`crate::config::file_digest`]).
+    fn config_file_digest(&self) -> String;
     /// Client connections open right now.
     fn client_count(&self) -> usize;
+    /// For each pool, how long its longest-waiting client has waited for a server
+    /// connection; pools nobody waits for are absent.
+    fn longest_waits(&self) -> HashMap<PoolKey, Duration>;
     /// Clients pinned to a server connection right now.
     fn pinned_clients(&self) -> usize;
     /// Whether the pooler is shutting down.

@@ -78,7 +78,15 @@ async fn run() -> anyhow::Result<()> {
     plane
         .create_credentials(NS, "shop-db", USER, PASSWORD)
         .await?;
-    let operator = Operator::start(&plane, "bridge", &["--leader-elect=false"]).await?;
+    // The pod IPs kwok invents lead to no pooler (the test's poolers share loopback and
+    // cannot all take the pooler's fixed HTTP port), so /status is not read: the settle
+    // time alone gates adding pods, and this test never adds any.
+    let operator = Operator::start(
+        &plane,
+        "bridge",
+        &["--leader-elect=false", "--poll-pod-status=false"],
+    )
+    .await?;
     let manifest = format!(
         "apiVersion: weir.dev/v1alpha1\nkind: ConnectionPool\nmetadata:\n  name: shop\n\
          spec:\n  database:\n    host: {host}\n    port: {port}\n    dbname: {DATABASE}\n    \

@@ -27,8 +27,11 @@ use weir_tests::postgres::{PasswordMethod, PgCluster, PgOptions};
 const NS: &str = "e2e";
 const WAIT: Duration = Duration::from_secs(60);
 /// Short timings so that the scenarios run in seconds: pods get 2 s to reload a
-/// ConfigMap, a lease expires 6 s after its last renewal.
+/// ConfigMap, a lease expires 6 s after its last renewal. kwok pods run no pooler, so
+/// there is no /status to read: the settle time alone gates adding pods (e2e_pods checks
+/// the /status gate on real pods).
 const OPERATOR_ARGS: &[&str] = &[
+    "--poll-pod-status=false",
     "--config-settle-seconds=2",
     "--lease-duration-seconds=6",
     "--lease-renew-grace-seconds=2",
@@ -414,7 +417,8 @@ async fn minimal_becomes_ready_against_postgres(env: &mut Env) -> anyhow::Result
     let table = env.kubectl_ns(&["get", "cpool"]).await?;
     let header = squash(table.lines().next().unwrap_or_default());
     ensure!(
-        header == "NAME MODE REPLICAS READY BUDGET PER-POD AGE",
+        // USED and WAITING stay empty: kwok pods have no /status to read.
+        header == "NAME MODE REPLICAS READY BUDGET PER-POD USED WAITING AGE",
         "{table}"
     );
     let row = squash(table.lines().nth(1).unwrap_or_default());
@@ -1082,6 +1086,9 @@ async fn helm_install(plane: &ControlPlane) -> anyhow::Result<()> {
         ("patch", "connectionpools.weir.dev/status", "yes"),
         ("patch", "deployments.apps", "yes"),
         ("watch", "secrets", "yes"),
+        // Pooler pods are watched for their IPs (to read /status), never written.
+        ("watch", "pods", "yes"),
+        ("delete", "pods", "no"),
         // The peers Service's endpoints are watched, never written.
         ("watch", "endpointslices.discovery.k8s.io", "yes"),
         ("create", "endpointslices.discovery.k8s.io", "no"),

@@ -26,10 +26,11 @@ const NODE_IP: &str = "10.244.0.1";
 const WAIT: Duration = Duration::from_secs(180);
 /// The PostgreSQL max_connections the `auto` pool reads.
 const MAX_CONNECTIONS: u32 = 60;
-/// Short operator timings so that the scenarios run in seconds. The settle time must cover
-/// the kubelet's ConfigMap refresh (its syncFrequency, 2 s on the test node) plus the
-/// pooler's reload: with 2 s, scaling up once overshot the budget (51 of 48).
-const OPERATOR_ARGS: &str = r#"["--config-settle-seconds=8","--lease-duration-seconds=6","--lease-renew-grace-seconds=2","--database-cache-seconds=1","--resync-seconds=20"]"#;
+/// Short operator timings so that the scenarios run in seconds. No settle time: pods are
+/// added only once every running pod reports the ConfigMap with the smaller pool sizes in
+/// its /status (a 2 s timer once let a scale-up overshoot the budget, 51 of 48). /status is
+/// read every 2 s; NearBudget turns at half the budget held for 4 s, which the load reaches.
+const OPERATOR_ARGS: &str = r#"["--config-settle-seconds=0","--pod-status-interval-seconds=2","--near-budget-percent=50","--near-budget-seconds=4","--lease-duration-seconds=6","--lease-renew-grace-seconds=2","--database-cache-seconds=1","--resync-seconds=20"]"#;
 /// How often server connections are sampled while pools scale.
 const SAMPLE_EVERY: Duration = Duration::from_millis(100);
 
@@ -386,8 +387,119 @@ async fn rollout_restart_under_load(env: &mut Env) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Under load, the pool's status shows its usage as the pods' /status reports it, the
+/// printer columns show used/budget and waiting clients, and NearBudget turns (with an
+/// Event).
+async fn usage_shows_in_status_under_load(env: &mut Env) -> anyhow::Result<()> {
+    env.start_pgbench("bench-usage", &["-n", "-c", "40", "-j", "2", "-T", "25"])
+        .await?;
+    let started = Instant::now();
+    let pool = eventually("NearBudget to turn True under load", WAIT, || async {
+        let pool = env.pool().await?;
+        let status = pool.status.clone().context("no status")?;
+        let near = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "NearBudget")
+            .context("no NearBudget condition")?;
+        ensure!(near.status == "True", "{near:?}");
+        Ok(pool)
+    })
+    .await?;
+    let turned = started.elapsed();
+    let status = pool.status.context("no status")?;
+    let budget = status.budget.context("no budget")?;
+    let usage = status.usage.context("no usage")?;
+    eprintln!("usage: {usage:?}");
+    ensure!(usage.budget == budget.pool, "{usage:?}");
+    ensure!(
+        usage.server_connections * 2 >= budget.pool && usage.server_connections <= budget.pool,
+        "{usage:?}"
+    );
+    ensure!(
+        usage.summary == format!("{}/{}", usage.server_connections, budget.pool),
+        "{usage:?}"
+    );
+    ensure!(
+        usage.pods_reporting == 2 && usage.pods_on_latest_config == 2,
+        "{usage:?}"
+    );
+    ensure!(
+        usage.pods_behind.is_empty() && usage.pods_unreachable.is_empty(),
+        "{usage:?}"
+    );
+    ensure!(
+        usage.pods.len() == 2 && usage.pods.iter().all(|p| p.latest_config),
+        "{usage:?}"
+    );
+    let table = env.kubectl_ns(&["get", "cpool", POOL]).await?;
+    eprintln!("kubectl get cpool:\n{table}");
+    let header: Vec<&str> = table
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    ensure!(
+        header.contains(&"USED") && header.contains(&"WAITING"),
+        "{table}"
+    );
+    ensure!(table.contains(&format!(" {} ", usage.summary)), "{table}");
+    let events = env
+        .kubectl_ns(&[
+            "get",
+            "events",
+            "--field-selector",
+            "reason=NearBudget",
+            "-o",
+            "jsonpath={.items[*].message}",
+        ])
+        .await?;
+    ensure!(
+        events.contains("stayed at or above 50 %"),
+        "events: {events:?}"
+    );
+    // What one poll of one pod costs: the /status document, read here from the node.
+    let ips = env
+        .kubectl_ns(&[
+            "get",
+            "pods",
+            "-l",
+            &status.selector.context("no selector")?,
+            "-o",
+            "jsonpath={.items[*].status.podIP}",
+        ])
+        .await?;
+    let ip = ips.split_whitespace().next().context("no pod IP")?;
+    let document = http_get(ip, 8080, "/status").await?;
+    eprintln!(
+        "measure: NearBudget True {} after pgbench -c 40 started; one pod's /status answer is {} bytes of body",
+        secs(turned),
+        document.len()
+    );
+    let report = env.finish_pgbench("bench-usage").await?;
+    ensure!(report.failed == 0 && report.processed > 0, "{report:?}");
+    Ok(())
+}
+
+/// The body of `GET path` from `host:port`.
+async fn http_get(host: &str, port: u16, path: &str) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut socket = tokio::net::TcpStream::connect((host, port)).await?;
+    socket
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await?;
+    let mut raw = String::new();
+    socket.read_to_string(&mut raw).await?;
+    let (head, body) = raw.split_once("\r\n\r\n").context("no HTTP header")?;
+    ensure!(head.starts_with("HTTP/1.1 200"), "{head}");
+    Ok(body.to_owned())
+}
+
 /// Scaling 2 → 5 → 2 under load: the server connections PostgreSQL sees never exceed the
-/// pool's budget.
+/// pool's budget, and new pods wait until every running pod reports the smaller pool sizes.
 async fn scaling_stays_within_the_budget(env: &mut Env) -> anyhow::Result<()> {
     let budget = env
         .pool()
@@ -433,6 +545,25 @@ async fn scaling_stays_within_the_budget(env: &mut Env) -> anyhow::Result<()> {
         "no server connection was ever seen: the sampler saw no load"
     );
     ensure!(max <= budget, "{max} server connections, budget {budget}");
+    // The pods were added because the running ones reported the new ConfigMap, not on a
+    // timer (there is none).
+    let resizing = env
+        .kubectl_ns(&[
+            "get",
+            "events",
+            "--field-selector",
+            "reason=Resizing",
+            "-o",
+            "jsonpath={.items[*].message}",
+        ])
+        .await?;
+    ensure!(
+        resizing.contains("until every running pod runs the new pool sizes")
+            && resizing.contains("then 5"),
+        "Resizing events: {resizing:?}"
+    );
+    let table = env.kubectl_ns(&["get", "cpool", POOL]).await?;
+    eprintln!("kubectl get cpool after scaling back to 2:\n{table}");
     Ok(())
 }
 
@@ -455,8 +586,8 @@ async fn operator_successor_finishes(env: &mut Env) -> anyhow::Result<()> {
     env.kubectl_ns(&["scale", &format!("cpool/{POOL}"), "--replicas=3"])
         .await?;
     let started = Instant::now();
-    // Scaling up first shrinks every pod's share and waits for the pods to reload it
-    // (--config-settle-seconds) before adding one, so the operator is mid-way when its pod
+    // Scaling up first shrinks every pod's share and waits for the pods to report it in
+    // their /status before adding one, so the operator is mid-way when its pod
     // goes; whether the Deployment had its third replica by then is told, not asserted.
     env.kubectl(&["delete", "pods", "-n", "weir-system", "-l", selector])
         .await?;
@@ -589,6 +720,7 @@ async fn pods_end_to_end() {
     let env = &mut env;
     step!(env, pool_becomes_ready);
     step!(env, rollout_restart_under_load);
+    step!(env, usage_shows_in_status_under_load);
     step!(env, scaling_stays_within_the_budget);
     step!(env, operator_successor_finishes);
     eprintln!("e2e_pods: {:?} in all", started.elapsed());

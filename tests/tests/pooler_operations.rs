@@ -129,6 +129,57 @@ async fn metrics_and_status_agree_with_the_pool() {
     assert!(counted, "weir_queries_total did not reach 29");
 }
 
+/// The `/status` of a running pooler, parsed.
+async fn status_of(http: u16) -> serde_json::Value {
+    let (_, body) = http_get(http, "/status").await;
+    serde_json::from_str(&body).expect("JSON")
+}
+
+/// `/status` names the configuration file in force by the digest of its text (what the
+/// operator compares with its ConfigMap before adding pods), and tells how long the
+/// longest-waiting client has waited.
+#[tokio::test]
+async fn status_reports_the_file_in_force_and_the_longest_wait() {
+    let (opts, http) = with_http(Options::mode("transaction", 1));
+    let fx = Fixture::start(opts).await.expect("fixture");
+    let text = std::fs::read_to_string(fx.weir.config_path()).expect("weir.ini");
+    let status = status_of(http).await;
+    assert_eq!(
+        status["config_file_digest"],
+        weir_pooler::config::file_digest(&text)
+    );
+
+    // One client holds the only server connection, a second one waits for it.
+    let holder = fx.client().await.expect("client");
+    holder.batch_execute("BEGIN").await.expect("BEGIN");
+    let waiter = fx.client().await.expect("client");
+    let waited = tokio::spawn(async move { waiter.batch_execute("SELECT 1").await });
+    let waiting = Fixture::eventually(Duration::from_secs(10), || async {
+        let pool = &status_of(http).await["pools"][0];
+        pool["waiting"] == 1 && pool["longest_wait_ms"].as_u64().is_some_and(|ms| ms > 0)
+    })
+    .await;
+    assert!(waiting, "no wait reported: {}", status_of(http).await);
+    holder.batch_execute("COMMIT").await.expect("COMMIT");
+    waited.await.expect("join").expect("the waiting query");
+    let pool = &status_of(http).await["pools"][0];
+    assert_eq!(
+        (&pool["waiting"], &pool["longest_wait_ms"]),
+        (&0.into(), &0.into())
+    );
+
+    // A rewritten file is the file in force once loaded, even when it configures the same.
+    let touched = format!("{text}\n; touched\n");
+    fx.weir.rewrite_config(&touched).expect("rewrite");
+    let digest = weir_pooler::config::file_digest(&touched);
+    let followed = Fixture::eventually(Duration::from_secs(10), || async {
+        status_of(http).await["config_file_digest"] == digest.as_str()
+    })
+    .await;
+    assert!(followed, "the digest did not follow the file");
+    assert_eq!(status_of(http).await["config_generation"], 1);
+}
+
 /// Creates pgbench's tables and starts its TPC-B-like load through weir: 12 clients for
 /// `seconds`.
 async fn tpcb_load(

@@ -99,10 +99,11 @@ release namespace only.
   verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
 # Pooler pods and the Service's ready endpoints, for status.readyReplicas, the Ready
 # condition, and for counting the pods that hold server connections during a resize.
+# Pods are watched for their IPs, where the operator reads each pooler's /status.
 # EndpointSlices are watched too: the peers Service's endpoints are the pods' [peers].
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["get", "list"]
+  verbs: ["get", "list", "watch"]
 - apiGroups: ["discovery.k8s.io"]
   resources: ["endpointslices"]
   verbs: ["get", "list", "watch"]

@@ -26,7 +26,9 @@ use serde::{Deserialize, Serialize};
 pub use duration::{DurationSpec, InvalidDuration};
 pub use max_connections::MaxConnections;
 pub use rules::{operator_owned_keys, settable_keys};
-pub use status::{condition, BudgetStatus, ConnectionPoolStatus, UserPoolStatus};
+pub use status::{
+    condition, BudgetStatus, ConnectionPoolStatus, PodUsage, UsageStatus, UserPoolStatus,
+};
 pub use tls::{CaSource, ClientTls, KeySelector, ServerTls, SslMode, TlsSpec};
 pub use validate::{from_yaml, LoadError, Violation, Violations};
 
@@ -90,6 +92,18 @@ pub const DEFAULT_IMAGE: &str = concat!("ghcr.io/weir-dev/weir:", env!("CARGO_PK
         type_ = "integer",
         json_path = ".status.budget.perPod",
         description = "Server connections each pod may open (max_db_connections)"
+    ),
+    printcolumn(
+        name = "Used",
+        type_ = "string",
+        json_path = ".status.usage.summary",
+        description = "Server connections open over all pods / the budget"
+    ),
+    printcolumn(
+        name = "Waiting",
+        type_ = "integer",
+        json_path = ".status.usage.waitingClients",
+        description = "Clients waiting for a server connection (rounded down)"
     ),
     printcolumn(
         name = "Age",

@@ -20,13 +20,16 @@ pub mod condition {
     pub const FITS: &str = "Fits";
     /// Reason of a false `BudgetFeasible` when the spec itself is invalid.
     pub const INVALID_SPEC: &str = "InvalidSpec";
+    /// The pods' open server connections have stayed above the operator's threshold (a
+    /// share of the pool's budget) for its sustained period.
+    pub const NEAR_BUDGET: &str = "NearBudget";
 }
 
 /// The observed state of a ConnectionPool.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ConnectionPoolStatus {
-    /// Ready, Progressing and BudgetFeasible, each with a reason and a message.
+    /// Ready, Progressing, BudgetFeasible and NearBudget, each with a reason and a message.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(transform = conditions_schema)]
     pub conditions: Vec<Condition>,
@@ -64,6 +67,61 @@ pub struct ConnectionPoolStatus {
     /// applications.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub app_secret_name: Option<String>,
+
+    /// How full the pools are, from each pooler pod's `/status` (absent when the operator
+    /// runs with `--poll-pod-status=false`). Counts are rounded so that a busy pool does not
+    /// rewrite its status at every poll.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<UsageStatus>,
+}
+
+/// The pools' usage over all pooler pods, as their `/status` reported it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UsageStatus {
+    /// Server connections open against the budget, as `used/budget` (the `Used` column).
+    pub summary: String,
+    /// Server connections open in all pods that answered, rounded to the nearest 5 % of the
+    /// budget.
+    pub server_connections: i64,
+    /// This pool's budget over all its pods (`budget.pool`).
+    pub budget: i64,
+    /// Clients waiting for a server connection in all pods, rounded down to 0, 1, 2, 5,
+    /// 10, 20, 50, 100, ...
+    pub waiting_clients: i64,
+    /// How long the longest-waiting client has waited, in seconds, rounded down to 0, 1, 2,
+    /// 5, 10, 20, 50, 100, ...
+    pub longest_wait_seconds: i64,
+    /// Running pooler pods whose `/status` answered.
+    pub pods_reporting: i64,
+    /// Running pooler pods that run the pool's current ConfigMap.
+    pub pods_on_latest_config: i64,
+    /// Running pooler pods that answered with an older configuration.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pods_behind: Vec<String>,
+    /// Running pooler pods whose `/status` did not answer in time.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pods_unreachable: Vec<String>,
+    /// Each running pooler pod's usage.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pods: Vec<PodUsage>,
+}
+
+/// One pooler pod's usage.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PodUsage {
+    /// The pod.
+    pub name: String,
+    /// Server connections open in this pod, rounded to the nearest 5 % of the per-pod size;
+    /// absent when the pod did not answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_connections: Option<i64>,
+    /// Clients waiting in this pod, rounded down as `waitingClients` is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_clients: Option<i64>,
+    /// Whether the pod runs the pool's current ConfigMap.
+    pub latest_config: bool,
 }
 
 /// The connection budget, number by number.

@@ -25,6 +25,12 @@ pub mod reason {
     pub const RESIZING: &str = "Resizing";
     /// Nothing is changing.
     pub const UP_TO_DATE: &str = "UpToDate";
+    /// Pooler pods' `/status` cannot be read: usage is unknown and pods are not added.
+    pub const POD_STATUS_UNAVAILABLE: &str = "PodStatusUnavailable";
+    /// NearBudget is true: usage stayed above the threshold for the sustained period.
+    pub const SUSTAINED_HIGH_USAGE: &str = "SustainedHighUsage";
+    /// NearBudget is false.
+    pub const WITHIN_BUDGET: &str = "WithinBudget";
 }
 
 /// The three states of a condition.

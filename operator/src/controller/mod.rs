@@ -4,30 +4,33 @@
 //! whenever it, one of its children, a Secret it reads, or another pool on the same
 //! database changes, and periodically besides. [`run`] wires it up with leader election
 //! (only the replica holding the Lease reconciles), a Prometheus endpoint and graceful
-//! shutdown on SIGTERM or Ctrl-C.
+//! shutdown on SIGTERM or Ctrl-C. While leading it also reads every pool's pods' `/status`
+//! on a timer and writes what changed into `status.usage` ([`usage`]).
 
 pub mod claims;
 pub mod conditions;
 pub mod database;
 pub mod leader;
 pub mod metrics;
+pub mod pod_status;
 pub mod reconcile;
 pub mod resize;
 pub mod rollout;
 pub mod tls;
 pub mod token_review;
+pub mod usage;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::runtime::events::Reporter;
-use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::{watcher, Controller};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{watcher, Controller, WatchStreamExt as _};
 use kube::{Api, Client, Resource, ResourceExt};
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -35,7 +38,7 @@ use tracing::{info, warn};
 use crate::api::{ConnectionPool, GROUP};
 use crate::render::names;
 pub use leader::LeaseSettings;
-pub use reconcile::{Settings, FIELD_MANAGER};
+pub use reconcile::{PodStatusSettings, Settings, FIELD_MANAGER};
 
 /// Label every child carries, which narrows the watches on children to Weir's own.
 const MANAGED_BY: &str = "app.kubernetes.io/managed-by=weir-operator";
@@ -175,13 +178,20 @@ async fn run_controller(
         controller: "weir-operator".to_owned(),
         instance: Some(settings.instance.clone()),
     };
+    let (pods, pod_watch) = watch_pooler_pods(&client, ns, settings.reconcile.pod_status.is_some());
     let ctx = Arc::new(reconcile::Context::new(
         client.clone(),
         reporter,
         store.clone(),
+        pods,
         metrics,
         settings.reconcile.clone(),
     ));
+    let poll = settings
+        .reconcile
+        .pod_status
+        .as_ref()
+        .map(|p| tokio::spawn(poll_usage(ctx.clone(), p.interval, p.read.concurrency)));
     let children = watcher::Config::default().labels(MANAGED_BY);
     let secret_store = store.clone();
     let pool_store = store;
@@ -220,6 +230,75 @@ async fn run_controller(
             }
         })
         .await;
+    if let Some(task) = poll {
+        task.abort();
+    }
+    if let Some(task) = pod_watch {
+        task.abort();
+    }
+}
+
+/// A store of the pooler pods (the children's label, running or not), kept by a watch
+/// task; empty and unwatched when the operator does not read the pods' status.
+fn watch_pooler_pods(
+    client: &Client,
+    namespace: Option<&str>,
+    enabled: bool,
+) -> (Store<Pod>, Option<tokio::task::JoinHandle<()>>) {
+    let (store, writer) = reflector::store::<Pod>();
+    if !enabled {
+        return (store, None);
+    }
+    let config = watcher::Config::default().labels(&format!("{MANAGED_BY},{POOLER_PODS}"));
+    let stream = watcher(scoped::<Pod>(client, namespace), config)
+        .default_backoff()
+        // Only names, labels, phase and IP are read: the rest is not kept.
+        .modify(|pod| {
+            pod.managed_fields_mut().clear();
+            pod.spec = None;
+            if let Some(status) = pod.status.as_mut() {
+                *status = k8s_openapi::api::core::v1::PodStatus {
+                    phase: status.phase.take(),
+                    pod_ip: status.pod_ip.take(),
+                    ..Default::default()
+                };
+            }
+        })
+        .reflect(writer);
+    let task = tokio::spawn(async move {
+        stream
+            .for_each(|event| async move {
+                if let Err(e) = event {
+                    warn!(error = %e, "watching pooler pods failed; retrying");
+                }
+            })
+            .await;
+    });
+    (store, Some(task))
+}
+
+/// Label of the pooler pods among the children.
+const POOLER_PODS: &str = "app.kubernetes.io/component=pooler";
+
+/// Every `interval`, reads the pods of every pool (`concurrency` pools at once; the reader
+/// bounds the requests in flight) and writes what changed.
+async fn poll_usage(
+    ctx: Arc<reconcile::Context>,
+    interval: std::time::Duration,
+    concurrency: usize,
+) {
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        ctx.forget_deleted();
+        futures::stream::iter(ctx.pools())
+            .for_each_concurrent(concurrency.max(1), |pool| {
+                let ctx = ctx.clone();
+                async move { ctx.refresh_usage(&pool).await }
+            })
+            .await;
+    }
 }
 
 /// The pool whose peers Service an EndpointSlice belongs to, if any.

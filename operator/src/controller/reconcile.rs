@@ -33,18 +33,21 @@ use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tracing::{debug, info, warn, Instrument as _};
-use weir_pooler::config::Config;
+use weir_pooler::config::{file_digest, Config};
 
 use super::claims::{DatabaseKey, Ledger};
 use super::conditions::{self, reason, Status, Verdict};
 use super::database::{self, Target};
 use super::metrics::Metrics;
-use super::resize::{self, Desired, Live};
+use super::pod_status;
+use super::resize::{self, Desired, Live, PodsConfig};
 use super::rollout::{self, Observation};
 use super::tls::ProbeTls;
-use crate::api::condition::{BUDGET_FEASIBLE, FITS, INVALID_SPEC, PROGRESSING};
+use super::usage::{self, NearBudgetSettings, PodReport};
+use crate::api::condition::{BUDGET_FEASIBLE, FITS, INVALID_SPEC, NEAR_BUDGET, PROGRESSING};
 use crate::api::{
-    CaSource, ConnectionPool, ConnectionPoolSpec, ConnectionPoolStatus, MaxConnections, SslMode,
+    BudgetStatus, CaSource, ConnectionPool, ConnectionPoolSpec, ConnectionPoolStatus,
+    MaxConnections, SslMode, UsageStatus,
 };
 use crate::render::config::CONFIG_FILE;
 use crate::render::{self, names, selector_string, Child, Observed, RenderError, Rendered};
@@ -66,6 +69,29 @@ pub struct Settings {
     /// How often a pool is reconciled without any change (picks up a new
     /// `max_connections`).
     pub resync: Duration,
+    /// Reading the pooler pods' `/status`; `None` when the operator does not (it then
+    /// reports no usage, and only `settle` guards a scale-up).
+    pub pod_status: Option<PodStatusSettings>,
+}
+
+/// How the pods' `/status` is read and judged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodStatusSettings {
+    /// Port, timeout and requests in flight.
+    pub read: pod_status::ReadSettings,
+    /// How often every pool's pods are read.
+    pub interval: Duration,
+    /// When NearBudget turns true.
+    pub near_budget: NearBudgetSettings,
+}
+
+/// What the operator remembers of a pool between reads of its pods.
+#[derive(Debug, Clone, Default)]
+struct Watched {
+    /// The digest of the ConfigMap text this operator last left in place.
+    config_digest: Option<String>,
+    /// Since when server connections have been at or above the NearBudget threshold.
+    above_since: Option<Timestamp>,
 }
 
 /// Everything a reconciliation needs besides the pool.
@@ -78,18 +104,29 @@ pub struct Context {
     metrics: Metrics,
     settings: Settings,
     failures: Mutex<HashMap<ObjectRef<ConnectionPool>, u32>>,
+    pods: Store<Pod>,
+    reader: Option<pod_status::Reader>,
+    watched: Mutex<HashMap<ObjectRef<ConnectionPool>, Watched>>,
 }
 
 impl Context {
-    /// A context reading pools from `pools`, publishing Events as `reporter`.
+    /// A context reading pools from `pools` and pooler pods from `pods`, publishing Events
+    /// as `reporter`.
     pub fn new(
         client: Client,
         reporter: Reporter,
         pools: Store<ConnectionPool>,
+        pods: Store<Pod>,
         metrics: Metrics,
         settings: Settings,
     ) -> Context {
         Context {
+            reader: settings
+                .pod_status
+                .as_ref()
+                .map(|p| pod_status::Reader::new(p.read.clone())),
+            pods,
+            watched: Mutex::new(HashMap::new()),
             databases: database::Cache::new(settings.database_ttl),
             client,
             reporter,
@@ -104,6 +141,147 @@ impl Context {
     fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<ObjectRef<ConnectionPool>, u32>> {
         self.failures.lock().unwrap_or_else(PoisonError::into_inner)
     }
+
+    fn watched(&self) -> std::sync::MutexGuard<'_, HashMap<ObjectRef<ConnectionPool>, Watched>> {
+        self.watched.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The `/status` of the pool's running pods, or why the pods are not known yet; `None`
+    /// when the operator does not read it.
+    async fn read_pods(
+        &self,
+        namespace: &str,
+        pool: &str,
+    ) -> Option<Result<Vec<PodReport>, String>> {
+        let reader = self.reader.as_ref()?;
+        // Before the pod watch has listed once, no pods would read as every pod current.
+        let listed = tokio::time::timeout(POD_LIST_WAIT, self.pods.wait_until_ready()).await;
+        if !matches!(listed, Ok(Ok(()))) {
+            return Some(Err("the pooler pods have not been listed yet".to_owned()));
+        }
+        let targets = pod_status::running_pods(&self.pods, namespace, pool);
+        Some(Ok(reader.read_all(&targets).await))
+    }
+
+    /// `status.usage` and the NearBudget verdict from the pods' reports, moving the pool's
+    /// time above the threshold along.
+    fn judge_usage(
+        &self,
+        key: &ObjectRef<ConnectionPool>,
+        reports: &[PodReport],
+        budget: &BudgetStatus,
+    ) -> Option<(UsageStatus, Verdict)> {
+        let settings = self.settings.pod_status.as_ref()?;
+        let pool_budget = u64::try_from(budget.pool).unwrap_or(0);
+        let per_pod = u64::try_from(budget.per_pod).unwrap_or(0);
+        let now = Timestamp::now();
+        let mut watched = self.watched();
+        let entry = watched.entry(key.clone()).or_default();
+        let digest = entry.config_digest.clone().unwrap_or_default();
+        let usage = usage::summarize(reports, pool_budget, per_pod, &digest);
+        entry.above_since = usage::above_since(
+            entry.above_since,
+            &usage::totals(reports),
+            pool_budget,
+            &settings.near_budget,
+            now,
+        );
+        let verdict = usage::near_budget(&usage, entry.above_since, &settings.near_budget, now);
+        Some((usage, verdict))
+    }
+
+    /// Reads the pool's pods and writes `status.usage` and NearBudget when they changed: the
+    /// periodic poll, between reconciliations. Pools this operator has not reconciled yet
+    /// are left to their first reconciliation.
+    pub async fn refresh_usage(&self, pool: &ConnectionPool) {
+        let key = ObjectRef::from(pool);
+        let (Some(namespace), Some(old)) = (pool.namespace(), pool.status.as_ref()) else {
+            return;
+        };
+        let known = self
+            .watched()
+            .get(&key)
+            .is_some_and(|w| w.config_digest.is_some());
+        let Some(budget) = old.budget.as_ref().filter(|_| known) else {
+            return;
+        };
+        if pool.metadata.deletion_timestamp.is_some() {
+            return;
+        }
+        let name = pool.name_any();
+        let Some(Ok(reports)) = self.read_pods(&namespace, &name).await else {
+            return;
+        };
+        let Some((usage, verdict)) = self.judge_usage(&key, &reports, budget) else {
+            return;
+        };
+        let mut status = old.clone();
+        status.usage = Some(usage);
+        status.conditions = conditions::merge(
+            &old.conditions,
+            &[verdict],
+            pool.metadata.generation,
+            &now(),
+        );
+        if status == *old {
+            return;
+        }
+        // Only over the status this poll started from: a reconciliation in between wins.
+        match write_status(self, pool, &namespace, &status, pool.resource_version()).await {
+            Ok(()) => publish_events(self, pool, old, &status).await,
+            Err(e) => debug!(pool = %name, namespace = %namespace, error = %e, "usage not written"),
+        }
+    }
+
+    /// Forgets pools that no longer exist.
+    pub fn forget_deleted(&self) {
+        let pools = self.pools.state();
+        self.watched()
+            .retain(|key, _| pools.iter().any(|p| ObjectRef::from(p.as_ref()) == *key));
+    }
+
+    /// The pools to poll.
+    pub fn pools(&self) -> Vec<Arc<ConnectionPool>> {
+        self.pools.state()
+    }
+}
+
+/// How long a reconciliation waits for the pod watch's first list.
+const POD_LIST_WAIT: Duration = Duration::from_secs(10);
+
+/// Now, to the second (as the API server keeps it).
+fn now() -> Time {
+    Time(Timestamp::from_second(Timestamp::now().as_second()).unwrap_or_default())
+}
+
+/// Applies the pool's whole status under [`FIELD_MANAGER`]; with `resource_version`, only
+/// if the pool is still at that version.
+async fn write_status(
+    ctx: &Context,
+    pool: &ConnectionPool,
+    namespace: &str,
+    status: &ConnectionPoolStatus,
+    resource_version: Option<String>,
+) -> Result<(), Error> {
+    let name = pool.name_any();
+    let api: Api<ConnectionPool> = Api::namespaced(ctx.client.clone(), namespace);
+    let mut patch = serde_json::json!({
+        "apiVersion": ConnectionPool::api_version(&()),
+        "kind": ConnectionPool::kind(&()),
+        "status": status,
+    });
+    if let Some(version) = resource_version {
+        patch["metadata"] = serde_json::json!({ "resourceVersion": version });
+    }
+    api.patch_status(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map_err(kube_error::<ConnectionPool>("update the status of", &name))?;
+    debug!(pool = %name, namespace = %namespace, "status updated");
+    Ok(())
 }
 
 /// Why a reconciliation failed; it is retried with [`backoff`].
@@ -217,7 +395,8 @@ struct Blocker {
 /// What applying the children left behind.
 struct Applied {
     deployment: Deployment,
-    hold: Option<(String, Duration)>,
+    /// The Progressing reason and message of what is held back, and when to look again.
+    hold: Option<(&'static str, String, Duration)>,
 }
 
 async fn reconcile_pool(pool: &ConnectionPool, ctx: &Context) -> Result<Action, Error> {
@@ -229,6 +408,7 @@ async fn reconcile_pool(pool: &ConnectionPool, ctx: &Context) -> Result<Action, 
         // The garbage collector removes the children through their owner references; the
         // cluster-scoped token-review binding has none and goes here.
         super::token_review::release(&ctx.client, pool, &namespace).await?;
+        ctx.watched().remove(&ObjectRef::from(pool));
         return Ok(Action::await_change());
     }
     // Pools on one database are sized one at a time, each seeing the others' claims.
@@ -250,13 +430,15 @@ async fn reconcile_pool(pool: &ConnectionPool, ctx: &Context) -> Result<Action, 
     };
     let database_problem = database.err();
     let budget = budget_verdict(pool, &observed, database_problem.as_ref());
+    let reports = ctx.read_pods(&namespace, &name).await;
 
     let old = pool.status.clone().unwrap_or_default();
     let (mut status, applied, blocker) = match render::render(pool, &observed) {
         Ok(rendered) => {
             let binding = rendered.token_review_binding.as_ref();
             super::token_review::sync(&ctx.client, pool, &namespace, binding).await?;
-            let applied = apply_children(ctx, pool, &namespace, &rendered).await?;
+            let applied =
+                apply_children(ctx, pool, &namespace, &rendered, reports.as_ref()).await?;
             (rendered.status(pool), Some(applied), None)
         }
         Err(e) => {
@@ -298,7 +480,11 @@ async fn reconcile_pool(pool: &ConnectionPool, ctx: &Context) -> Result<Action, 
             b.reason.clone(),
             format!("changes are not applied: {}", b.message),
         ),
-        None => rollout::progressing(seen.as_ref(), want, hold.as_ref().map(|h| h.0.clone())),
+        None => rollout::progressing(
+            seen.as_ref(),
+            want,
+            hold.as_ref().map(|h| (h.0, h.1.clone())),
+        ),
     };
     let ready = match (&blocker, &seen) {
         (Some(b), None) => Verdict::new(
@@ -309,34 +495,26 @@ async fn reconcile_pool(pool: &ConnectionPool, ctx: &Context) -> Result<Action, 
         ),
         _ => rollout::ready(seen.as_ref(), want),
     };
-    let now = Time(Timestamp::from_second(Timestamp::now().as_second()).unwrap_or_default());
     let generation = pool.metadata.generation;
-    status.conditions = conditions::merge(
-        &old.conditions,
-        &[ready.clone(), progressing, budget],
-        generation,
-        &now,
-    );
+    let mut verdicts = vec![ready.clone(), progressing, budget];
+    let judged = match (&reports, &status.budget) {
+        (Some(Ok(reports)), Some(budget)) => {
+            ctx.judge_usage(&ObjectRef::from(pool), reports, budget)
+        }
+        _ => None,
+    };
+    if let Some((usage, near_budget)) = judged {
+        status.usage = Some(usage);
+        verdicts.push(near_budget);
+    }
+    status.conditions = conditions::merge(&old.conditions, &verdicts, generation, &now());
     status.observed_generation = generation;
     status.replicas = seen.map(|s| s.replicas);
     status.ready_replicas = seen.map(|s| s.ready);
 
     publish_events(ctx, pool, &old, &status).await;
     if status != old {
-        let api: Api<ConnectionPool> = Api::namespaced(ctx.client.clone(), &namespace);
-        let patch = serde_json::json!({
-            "apiVersion": ConnectionPool::api_version(&()),
-            "kind": ConnectionPool::kind(&()),
-            "status": status,
-        });
-        api.patch_status(
-            &name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await
-        .map_err(kube_error::<ConnectionPool>("update the status of", &name))?;
-        debug!(pool = %name, namespace = %namespace, "status updated");
+        write_status(ctx, pool, &namespace, &status, None).await?;
     }
     ctx.ledger
         .record(pool, status.budget.as_ref().map(|b| b.pool));
@@ -345,7 +523,7 @@ async fn reconcile_pool(pool: &ConnectionPool, ctx: &Context) -> Result<Action, 
         return Err(Error::Database(problem.message));
     }
     Ok(match hold {
-        Some((_, recheck)) => Action::requeue(recheck),
+        Some((_, _, recheck)) => Action::requeue(recheck),
         // Endpoints are not watched: look again shortly until the pool is ready.
         None if ready.status != Status::True && blocker.is_none() => {
             Action::requeue(Duration::from_secs(5))
@@ -647,6 +825,7 @@ async fn apply_children(
     pool: &ConnectionPool,
     namespace: &str,
     rendered: &Rendered,
+    reports: Option<&Result<Vec<PodReport>, String>>,
 ) -> Result<Applied, Error> {
     let name = pool.name_any();
     let client = &ctx.client;
@@ -673,6 +852,7 @@ async fn apply_children(
     } else {
         0
     };
+    let rendered_digest = config_digest(&rendered.config_map);
     let live = Live {
         replicas: live_deployment
             .as_ref()
@@ -680,8 +860,23 @@ async fn apply_children(
         per_pod,
         config_changed_at: live_config.as_ref().and_then(last_applied_at),
         pods,
+        // Judged against the ConfigMap this step leaves in place: if it is not written
+        // now, the pods do not run it, and no pods are added.
+        pods_config: reports.map(|r| match r {
+            Ok(reports) => usage::pods_config(reports, &rendered_digest),
+            Err(why) => PodsConfig::Unreadable(vec![why.clone()]),
+        }),
     };
     let plan = resize::plan(&live, &desired, Timestamp::now(), ctx.settings.settle);
+    let in_place = if plan.apply_config {
+        Some(rendered_digest)
+    } else {
+        live_config.as_ref().map(config_digest)
+    };
+    ctx.watched()
+        .entry(ObjectRef::from(pool))
+        .or_default()
+        .config_digest = in_place;
 
     let mut deployment = None;
     for child in rendered.children() {
@@ -709,8 +904,16 @@ async fn apply_children(
     }
     Ok(Applied {
         deployment,
-        hold: plan.hold.map(|h| (h.message(&desired), h.recheck_after())),
+        hold: plan
+            .hold
+            .map(|h| (h.reason(), h.message(&desired), h.recheck_after())),
     })
+}
+
+/// The digest of a ConfigMap's pgbouncer.ini text, as a pooler running it reports it.
+fn config_digest(config_map: &ConfigMap) -> String {
+    let text = config_map.data.as_ref().and_then(|d| d.get(CONFIG_FILE));
+    file_digest(text.map_or("", String::as_str))
 }
 
 /// The per-pod server connection cap in a ConfigMap's pgbouncer.ini, if it can be read.
@@ -818,9 +1021,27 @@ async fn publish_events(
                 ("True", reason::RESIZING) => {
                     events.push((EventType::Normal, c.reason.clone(), c.message.clone()))
                 }
+                ("True", reason::POD_STATUS_UNAVAILABLE) => {
+                    events.push((EventType::Warning, c.reason.clone(), c.message.clone()))
+                }
                 ("False", reason::UP_TO_DATE) | ("True", _) => {}
                 _ => events.push((EventType::Warning, c.reason.clone(), c.message.clone())),
             }
+        }
+    }
+    if let Some(c) = conditions::find(&new.conditions, NEAR_BUDGET) {
+        let before = conditions::find(&old.conditions, NEAR_BUDGET).map(|b| b.status.as_str());
+        match (before, c.status.as_str()) {
+            (Some("True"), "True") => {}
+            (_, "True") => events.push((
+                EventType::Warning,
+                NEAR_BUDGET.to_owned(),
+                c.message.clone(),
+            )),
+            (Some("True"), "False") => {
+                events.push((EventType::Normal, c.reason.clone(), c.message.clone()))
+            }
+            _ => {}
         }
     }
     let reference = pool.object_ref(&());

@@ -69,10 +69,14 @@ pub fn ready(seen: Option<&Observation>, want: i32) -> Verdict {
     )
 }
 
-/// Progressing: a rollout or a held-back resize is under way.
-pub fn progressing(seen: Option<&Observation>, want: i32, held: Option<String>) -> Verdict {
-    if let Some(message) = held {
-        return Verdict::new(PROGRESSING, Status::True, reason::RESIZING, message);
+/// Progressing: a rollout or a held-back resize (with its reason and message) is under way.
+pub fn progressing(
+    seen: Option<&Observation>,
+    want: i32,
+    held: Option<(&'static str, String)>,
+) -> Verdict {
+    if let Some((reason, message)) = held {
+        return Verdict::new(PROGRESSING, Status::True, reason, message);
     }
     match seen {
         Some(s) if s.observed && s.updated >= want && s.replicas <= want && s.ready >= want => {
@@ -131,7 +135,11 @@ mod tests {
 
     #[test]
     fn progressing_reports_holds_and_rollouts() {
-        let held = progressing(Some(&seen(2, 2, 2, 2)), 5, Some("waiting".into()));
+        let held = progressing(
+            Some(&seen(2, 2, 2, 2)),
+            5,
+            Some((reason::RESIZING, "waiting".into())),
+        );
         assert_eq!(
             (held.status, held.reason.as_str()),
             (Status::True, reason::RESIZING)

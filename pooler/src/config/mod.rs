@@ -111,6 +111,20 @@ pub struct Loaded {
     /// Settings and sections that were ignored, in file order, then values weir works
     /// around as PgBouncer does (each says what weir does instead).
     pub warnings: Vec<ConfigWarning>,
+    /// [`file_digest`] of the main file's text (not of `%include`d files).
+    pub file_digest: String,
+}
+
+/// A digest of a configuration file's text: what `/status` reports as
+/// `config_file_digest`, so that whoever wrote the file (the operator, from its ConfigMap)
+/// can tell whether a process runs it.
+pub fn file_digest(text: &str) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(text.as_bytes())
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 impl Config {
@@ -145,6 +159,7 @@ impl Config {
         Ok(Loaded {
             config: built.config,
             warnings: built.warnings,
+            file_digest: file_digest(text),
         })
     }
 

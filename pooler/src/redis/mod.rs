@@ -39,7 +39,7 @@ pub struct Proxy {
 }
 
 /// What `/metrics` and `/status` report of one backend.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct BackendStats {
     /// `host:port`.
     pub backend: String,
