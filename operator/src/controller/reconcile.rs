@@ -239,6 +239,12 @@ async fn reconcile_pool(pool: &ConnectionPool, ctx: &Context) -> Result<Action, 
     let database = observe_database(ctx, pool, &secrets, &config_maps).await;
     let pools = ctx.pools.state();
     ctx.ledger.retain_existing(&pools);
+    ctx.metrics.retain_budgets(
+        &pools
+            .iter()
+            .filter_map(|p| Some((p.namespace()?, p.name_any())))
+            .collect(),
+    );
     let (pod_ips, peers_in_force) = observe_peers(ctx, &namespace, &name).await?;
     let observed = Observed {
         database: database.as_ref().ok().copied().flatten(),
@@ -249,7 +255,10 @@ async fn reconcile_pool(pool: &ConnectionPool, ctx: &Context) -> Result<Action, 
         peers_in_force,
     };
     let database_problem = database.err();
-    let budget = budget_verdict(pool, &observed, database_problem.as_ref());
+    let (budget, derivation) = budget_verdict(pool, &observed, database_problem.as_ref());
+    if let Some(derivation) = &derivation {
+        ctx.metrics.set_budget(&namespace, &name, derivation);
+    }
 
     let old = pool.status.clone().unwrap_or_default();
     let (mut status, applied, blocker) = match render::render(pool, &observed) {
@@ -534,14 +543,15 @@ fn probe_tls(
     })
 }
 
-/// The BudgetFeasible condition, decided from the sizing alone (independent of Secrets).
+/// The BudgetFeasible condition, decided from the sizing alone (independent of Secrets), and
+/// the budget derivation when one could be made (for the metrics).
 fn budget_verdict(
     pool: &ConnectionPool,
     observed: &Observed,
     database_problem: Option<&Blocker>,
-) -> Verdict {
+) -> (Verdict, Option<sizing::Budget>) {
     if let Some(problem) = database_problem {
-        return Verdict::new(
+        let verdict = Verdict::new(
             BUDGET_FEASIBLE,
             Status::Unknown,
             problem.reason.clone(),
@@ -550,22 +560,20 @@ fn budget_verdict(
                 problem.message
             ),
         );
+        return (verdict, None);
     }
     let inputs = match render::sizing_inputs(pool, observed) {
         Ok(inputs) => inputs,
         Err(e) => {
-            return Verdict::new(
-                BUDGET_FEASIBLE,
-                Status::Unknown,
-                INVALID_SPEC,
-                e.to_string(),
-            )
+            let verdict =
+                Verdict::new(BUDGET_FEASIBLE, Status::Unknown, INVALID_SPEC, e.to_string());
+            return (verdict, None);
         }
     };
     match sizing::compute(&inputs) {
         Ok(sizing) => {
             let b = &sizing.budget;
-            Verdict::new(
+            let verdict = Verdict::new(
                 BUDGET_FEASIBLE,
                 Status::True,
                 FITS,
@@ -579,16 +587,22 @@ fn budget_verdict(
                     b.database,
                     b.others_claimed
                 ),
-            )
+            );
+            (verdict, Some(*b))
         }
-        Err(SizingError::Infeasible(infeasible)) => Verdict::new(
-            BUDGET_FEASIBLE,
-            Status::False,
-            infeasible.reason(),
-            format!("connection budget does not fit: {infeasible}"),
-        ),
+        Err(SizingError::Infeasible(infeasible)) => {
+            let verdict = Verdict::new(
+                BUDGET_FEASIBLE,
+                Status::False,
+                infeasible.reason(),
+                format!("connection budget does not fit: {infeasible}"),
+            );
+            (verdict, Some(*infeasible.shortfall.budget()))
+        }
         Err(e @ SizingError::Invalid(_)) => {
-            Verdict::new(BUDGET_FEASIBLE, Status::False, INVALID_SPEC, e.to_string())
+            let verdict =
+                Verdict::new(BUDGET_FEASIBLE, Status::False, INVALID_SPEC, e.to_string());
+            (verdict, None)
         }
     }
 }
@@ -878,12 +892,13 @@ mod tests {
 
     #[test]
     fn budget_verdicts_name_the_sizing_outcome() {
-        let fits = budget_verdict(&pool(""), &observed(), None);
+        let (fits, derivation) = budget_verdict(&pool(""), &observed(), None);
+        assert!(derivation.is_some());
         assert_eq!((fits.status, fits.reason.as_str()), (Status::True, FITS));
         assert!(fits.message.contains("3 pods at most"), "{}", fits.message);
 
         let too_small = pool("  replicas: 10\n  maxConnectionsPercent: 5\n");
-        let v = budget_verdict(&too_small, &observed(), None);
+        let (v, _) = budget_verdict(&too_small, &observed(), None);
         assert_eq!(
             (v.status, v.reason.as_str()),
             (Status::False, "BudgetTooSmall")
@@ -892,14 +907,16 @@ mod tests {
 
         let mut crowded = observed();
         crowded.others_claimed = 80;
-        let v = budget_verdict(&pool(""), &crowded, None);
+        let (v, derivation) = budget_verdict(&pool(""), &crowded, None);
         assert_eq!(v.reason, "Overcommitted");
+        assert_eq!(derivation.map(|b| b.others_claimed), Some(80));
 
         let problem = Blocker {
             reason: reason::DATABASE_UNREACHABLE.into(),
             message: "cannot connect".into(),
         };
-        let v = budget_verdict(&pool(""), &observed(), Some(&problem));
+        let (v, derivation) = budget_verdict(&pool(""), &observed(), Some(&problem));
+        assert!(derivation.is_none());
         assert_eq!(
             (v.status, v.reason.as_str()),
             (Status::Unknown, reason::DATABASE_UNREACHABLE)

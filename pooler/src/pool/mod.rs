@@ -114,6 +114,8 @@ pub struct PoolStats {
     pub wait_us: AtomicU64,
     /// Connections opened since start.
     pub opened: AtomicU64,
+    /// Attempts to open a connection that failed (refused login, unreachable server).
+    pub login_failures: AtomicU64,
     /// Clients logged in to this pool right now.
     pub clients: AtomicUsize,
     /// Requests completed (ReadyForQuery messages).
@@ -624,6 +626,7 @@ impl Pool {
             }
             Err(e) => {
                 tracing::warn!(pool = %self.key, error = %e, "server login failed");
+                self.stats.login_failures.fetch_add(1, Ordering::Relaxed);
                 self.lock()
                     .login_failed(Instant::now(), e.to_string().into());
                 Err(e.into())
