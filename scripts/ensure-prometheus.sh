@@ -9,14 +9,22 @@ if [ -x "$dir/prometheus" ] && [ -x "$dir/promtool" ]; then
     echo "$dir"
     exit 0
 fi
-if ! command -v go >/dev/null; then
-    echo "ensure-prometheus: go not found; install Go first" >&2
+GO=${GO:-$(command -v go || true)}
+if [ -z "$GO" ] && [ -x /usr/local/go/bin/go ]; then
+    GO=/usr/local/go/bin/go
+fi
+if [ -z "$GO" ]; then
+    echo "ensure-prometheus: no go toolchain found (set GO=/path/to/go or put go on PATH)" >&2
     exit 1
 fi
 echo "ensure-prometheus: building prometheus and promtool $version (once)" >&2
 mkdir -p "$dir.part"
+# The module and build caches (over 2 GB) are thrown away afterwards: only the binaries stay.
+scratch=$(mktemp -d /tmp/weir-prometheus-build.XXXXXX)
+trap 'rm -rf "$scratch"' EXIT
 # remove_all_sd drops the cloud service-discovery plugins: tests use static targets only.
-GOBIN="$dir.part" GOFLAGS=-buildvcs=false go install -trimpath -ldflags='-s -w' \
+GOBIN="$dir.part" GOCACHE="$scratch/cache" GOMODCACHE="$scratch/mod" \
+    GOFLAGS='-buildvcs=false -modcacherw' GOTOOLCHAIN=local CGO_ENABLED=0 "$GO" install -trimpath -ldflags='-s -w' \
     -tags remove_all_sd \
     "github.com/prometheus/prometheus/cmd/prometheus@$version" \
     "github.com/prometheus/prometheus/cmd/promtool@$version" >&2
