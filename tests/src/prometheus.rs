@@ -34,7 +34,10 @@ pub fn binaries() -> anyhow::Result<PathBuf> {
         let stdout = String::from_utf8_lossy(&out.stdout);
         match stdout.lines().last() {
             Some(dir) if out.status.success() => Ok(PathBuf::from(dir.trim())),
-            _ => Err(format!("scripts/ensure-prometheus.sh failed: {}", out.status)),
+            _ => Err(format!(
+                "scripts/ensure-prometheus.sh failed: {}",
+                out.status
+            )),
         }
     })
     .clone()
@@ -200,7 +203,10 @@ fn scrape_config(targets: &[Target]) -> String {
          scrape_configs:\n  - job_name: weir\n    scrape_timeout: 1s\n    static_configs:\n",
     );
     for target in targets {
-        text.push_str(&format!("      - targets: [\"{}\"]\n        labels:\n", target.address));
+        text.push_str(&format!(
+            "      - targets: [\"{}\"]\n        labels:\n",
+            target.address
+        ));
         for (name, value) in &target.labels {
             text.push_str(&format!("          {name}: \"{value}\"\n"));
         }

@@ -257,9 +257,8 @@ async fn every_rule_and_dashboard_expression_returns_series() {
 
     // Load: both orders pods saturated, a division by zero, and failing logins to billing.
     let stop = Arc::new(AtomicBool::new(false));
-    let loads = [orders_a.port(), orders_b.port()].map(|port| {
-        tokio::spawn(load(port, script.clone(), Arc::clone(&stop)))
-    });
+    let loads = [orders_a.port(), orders_b.port()]
+        .map(|port| tokio::spawn(load(port, script.clone(), Arc::clone(&stop))));
     let client = net::connect(
         orders_a.port(),
         fixture::USER,

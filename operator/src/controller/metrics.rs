@@ -137,7 +137,11 @@ impl Metrics {
         let mut budgeted = self.budgeted.lock().unwrap_or_else(PoisonError::into_inner);
         for (namespace, name) in budgeted.difference(alive) {
             let labels = [namespace.as_str(), name.as_str()];
-            for gauge in [&self.database_budget, &self.pool_budget, &self.others_claimed] {
+            for gauge in [
+                &self.database_budget,
+                &self.pool_budget,
+                &self.others_claimed,
+            ] {
                 // Absent label values are the goal here, so "not found" is fine.
                 let _ = gauge.remove_label_values(&labels);
             }

@@ -565,8 +565,12 @@ fn budget_verdict(
     let inputs = match render::sizing_inputs(pool, observed) {
         Ok(inputs) => inputs,
         Err(e) => {
-            let verdict =
-                Verdict::new(BUDGET_FEASIBLE, Status::Unknown, INVALID_SPEC, e.to_string());
+            let verdict = Verdict::new(
+                BUDGET_FEASIBLE,
+                Status::Unknown,
+                INVALID_SPEC,
+                e.to_string(),
+            );
             return (verdict, None);
         }
     };
@@ -600,8 +604,7 @@ fn budget_verdict(
             (verdict, Some(*infeasible.shortfall.budget()))
         }
         Err(e @ SizingError::Invalid(_)) => {
-            let verdict =
-                Verdict::new(BUDGET_FEASIBLE, Status::False, INVALID_SPEC, e.to_string());
+            let verdict = Verdict::new(BUDGET_FEASIBLE, Status::False, INVALID_SPEC, e.to_string());
             (verdict, None)
         }
     }
