@@ -5,7 +5,16 @@ set -euo pipefail
 version=${PROMETHEUS_MODULE_VERSION:-v0.316.0}
 dir=$HOME/.cache/weir/bin/prometheus-$version
 
-if [ -x "$dir/prometheus" ] && [ -x "$dir/promtool" ]; then
+built() { [ -x "$dir/prometheus" ] && [ -x "$dir/promtool" ]; }
+if built; then
+    echo "$dir"
+    exit 0
+fi
+# One build at a time per machine: test processes of several checkouts may ask at once.
+mkdir -p "$(dirname "$dir")"
+exec 9>"$dir.lock"
+flock 9
+if built; then
     echo "$dir"
     exit 0
 fi
