@@ -99,7 +99,9 @@ render() {
     local name=$1 ns=$2 watch=$3
     shift 3
     local extra=()
-    if [[ $name == all-switches ]]; then extra=(--set "watchNamespace=$watch"); fi
+    if [[ $name == all-switches ]]; then
+        extra=(--set "watchNamespace=$watch" --set "monitoring.dashboard.namespace=$watch")
+    fi
     helm template weir "$CHART" --namespace "$ns" "$@" "${extra[@]}" >"$WORK/$name.yaml"
 }
 for case in "${CASES[@]}"; do
@@ -113,6 +115,25 @@ for case in "${CASES[@]}"; do
     fi
 done
 
+# --- the PrometheusRule: only where its CRD is served -----------------------------------
+PROM_RULE=monitoring.coreos.com/v1/PrometheusRule
+if helm template weir "$CHART" --api-versions "$PROM_RULE" | grep -q '^kind: PrometheusRule$'; then
+    ok "helm template renders the PrometheusRule when the API has $PROM_RULE"
+else
+    fail "helm template leaves the PrometheusRule out although the API has $PROM_RULE"
+fi
+if helm template weir "$CHART" | grep -q '^kind: PrometheusRule$'; then
+    fail "helm template renders a PrometheusRule without its CRD"
+else
+    ok "helm template leaves the PrometheusRule out without its CRD"
+fi
+if helm template weir "$CHART" --api-versions "$PROM_RULE" \
+    --set monitoring.rules.prometheusRule.enabled=false | grep -q '^kind: PrometheusRule$'; then
+    fail "helm template renders the PrometheusRule although monitoring.rules.prometheusRule.enabled=false"
+else
+    ok "monitoring.rules.prometheusRule.enabled=false leaves the PrometheusRule out"
+fi
+
 # --- helm template: values that must be refused, with the reason expected -------------
 REFUSALS=(
     "an unknown key|--set replicas=2|additional properties 'replicas' not allowed"
@@ -120,6 +141,7 @@ REFUSALS=(
     "an invalid watchNamespace|--set watchNamespace=Not_A_Namespace|does not match pattern"
     "two replicas without leader election|--set replicaCount=2 --set leaderElection.enabled=false|needs leaderElection.enabled"
     "no ServiceAccount at all|--set serviceAccount.create=false|serviceAccount.name is required"
+    "an invalid dashboard namespace|--set monitoring.dashboard.namespace=Not_A_Namespace|does not match pattern"
 )
 for refusal in "${REFUSALS[@]}"; do
     IFS='|' read -r what set_args expected <<<"$refusal"

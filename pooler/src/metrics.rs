@@ -229,7 +229,7 @@ fn peer_metrics(r: &Registry, peers: &Peers) -> prometheus::Result<()> {
 fn snapshot(pooler: &dyn PoolerView) -> prometheus::Result<Registry> {
     let r = Registry::new();
     let config = pooler.config();
-    let (generation, _) = pooler.config_generation();
+    let (generation, digest) = pooler.config_generation();
     gauge(
         &r,
         "weir_client_connections",
@@ -254,6 +254,16 @@ fn snapshot(pooler: &dyn PoolerView) -> prometheus::Result<Registry> {
         "How many configurations have been loaded.",
         i64::try_from(generation).unwrap_or(i64::MAX),
     )?;
+    // The digest as a label: generations count reloads per process, so only digests compare
+    // across pods.
+    gauges(
+        &r,
+        "weir_config_info",
+        "1, labelled with the digest of the configuration in force.",
+        &["digest"],
+    )?
+    .with_label_values(&[&digest])
+    .set(1);
     gauge(
         &r,
         "weir_draining",
@@ -357,6 +367,12 @@ fn snapshot(pooler: &dyn PoolerView) -> prometheus::Result<Registry> {
         "Server connections opened.",
         l,
     )?;
+    let failed_logins = counters(
+        &r,
+        "weir_server_login_failures_total",
+        "Server connections that could not be opened (login refused, server unreachable).",
+        l,
+    )?;
     let busy = counters(
         &r,
         "weir_server_busy_microseconds_total",
@@ -431,6 +447,9 @@ fn snapshot(pooler: &dyn PoolerView) -> prometheus::Result<Registry> {
         opened
             .with_label_values(&v)
             .inc_by(s.opened.load(Ordering::Relaxed));
+        failed_logins
+            .with_label_values(&v)
+            .inc_by(s.login_failures.load(Ordering::Relaxed));
         busy.with_label_values(&v)
             .inc_by(s.server_us.load(Ordering::Relaxed));
         let failover = pool.failover_status();

@@ -423,6 +423,11 @@ impl Operator {
         })
     }
 
+    /// The port of its `/metrics` endpoint on the loopback address.
+    pub fn metrics_port(&self) -> u16 {
+        self.metrics_port
+    }
+
     /// Its leader-election identity.
     pub fn identity(&self) -> &str {
         &self.identity

@@ -7,6 +7,8 @@
 //!
 //! [`raw::RawClient`] speaks the wire protocol by hand, for what a driver never sends.
 //!
+//! [`prometheus::Prometheus`] runs a real Prometheus scraping the test's processes.
+//!
 //! [`k8s::ControlPlane`] runs a real Kubernetes control plane (tests/controlplane) for the
 //! operator's end-to-end tests, and [`k8s::Operator`] the operator against it.
 //!
@@ -24,6 +26,7 @@ pub mod k8s;
 pub mod net;
 pub mod parity;
 pub mod postgres;
+pub mod prometheus;
 pub mod raw;
 pub mod redis;
 pub mod tls;

@@ -48,10 +48,33 @@ impl TestCa {
     /// A leaf certificate with common name `cn` and subject alternative names `sans` (DNS
     /// names or IP addresses), signed by this CA.
     pub fn leaf(&self, cn: &str, sans: &[&str]) -> anyhow::Result<CertPair> {
+        self.issue(cn, sans, None)
+    }
+
+    /// Like [`TestCa::leaf`], expiring `valid_for` from now (for expiry warnings).
+    pub fn leaf_expiring(
+        &self,
+        cn: &str,
+        sans: &[&str],
+        valid_for: std::time::Duration,
+    ) -> anyhow::Result<CertPair> {
+        self.issue(cn, sans, Some(valid_for))
+    }
+
+    fn issue(
+        &self,
+        cn: &str,
+        sans: &[&str],
+        valid_for: Option<std::time::Duration>,
+    ) -> anyhow::Result<CertPair> {
         let key = KeyPair::generate()?;
         let sans: Vec<String> = sans.iter().map(|s| (*s).to_owned()).collect();
         let mut params = CertificateParams::new(sans)?;
         params.distinguished_name.push(DnType::CommonName, cn);
+        if let Some(valid_for) = valid_for {
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
+            params.not_after = rcgen::date_time_ymd(1970, 1, 1) + (now + valid_for);
+        }
         let cert = params.signed_by(&key, &self.issuer)?;
         Ok(CertPair {
             cert_pem: cert.pem(),

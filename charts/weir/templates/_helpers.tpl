@@ -137,3 +137,16 @@ The operator's command line: `weir-operator run` and its flags.
 - {{ . | quote }}
 {{- end }}
 {{- end }}
+
+{{/*
+Labels of the alert rules and the dashboard: the chart's, with component=monitoring.
+*/}}
+{{- define "weir.monitoringLabels" -}}
+app.kubernetes.io/name: {{ include "weir.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: monitoring
+app.kubernetes.io/part-of: weir
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{- end }}

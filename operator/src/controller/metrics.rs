@@ -1,8 +1,10 @@
 //! The operator's own Prometheus metrics and the small HTTP server that exposes them,
 //! with `/healthz` for the liveness probe.
 
+use std::collections::BTreeSet;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use http_body_util::Full;
@@ -10,11 +12,18 @@ use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 use tokio::net::TcpListener;
 
-/// Counters, durations and the leadership gauge.
+use crate::sizing::Budget;
+
+/// Labels of the per-pool budget gauges; not `namespace`, which a scrape sets to the
+/// operator's own namespace.
+const POOL_LABELS: &[&str] = &["pool_namespace", "pool"];
+
+/// Counters, durations, the leadership gauge and each pool's budget arithmetic.
 #[derive(Debug, Clone)]
 pub struct Metrics {
     registry: Registry,
@@ -22,6 +31,11 @@ pub struct Metrics {
     errors: IntCounterVec,
     duration: HistogramVec,
     leader: IntGauge,
+    database_budget: IntGaugeVec,
+    pool_budget: IntGaugeVec,
+    others_claimed: IntGaugeVec,
+    /// The (namespace, name) of every pool with budget gauges, to drop deleted ones.
+    budgeted: Arc<Mutex<BTreeSet<(String, String)>>>,
 }
 
 /// A metric could not be registered (a programming error, reported rather than panicking).
@@ -59,17 +73,80 @@ impl Metrics {
             "weir_operator_leader",
             "1 while this replica holds the leader lease and runs the controller",
         )?;
+        let database_budget = IntGaugeVec::new(
+            Opts::new(
+                "weir_operator_database_budget_connections",
+                "Server connections the pool's database leaves for all pools (budget_db)",
+            ),
+            POOL_LABELS,
+        )?;
+        let pool_budget = IntGaugeVec::new(
+            Opts::new(
+                "weir_operator_pool_budget_connections",
+                "Server connections this pool claims of its database's budget (B)",
+            ),
+            POOL_LABELS,
+        )?;
+        let others_claimed = IntGaugeVec::new(
+            Opts::new(
+                "weir_operator_other_pools_claimed_connections",
+                "Server connections the other pools on the same database claim",
+            ),
+            POOL_LABELS,
+        )?;
         registry.register(Box::new(reconciles.clone()))?;
         registry.register(Box::new(errors.clone()))?;
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(leader.clone()))?;
+        registry.register(Box::new(database_budget.clone()))?;
+        registry.register(Box::new(pool_budget.clone()))?;
+        registry.register(Box::new(others_claimed.clone()))?;
         Ok(Metrics {
             registry,
             reconciles,
             errors,
             duration,
             leader,
+            database_budget,
+            pool_budget,
+            others_claimed,
+            budgeted: Arc::default(),
         })
+    }
+
+    /// Records the budget arithmetic of pool `name` in `namespace`, feasible or not.
+    pub fn set_budget(&self, namespace: &str, name: &str, budget: &Budget) {
+        let labels = [namespace, name];
+        self.database_budget
+            .with_label_values(&labels)
+            .set(i64::from(budget.database));
+        self.pool_budget
+            .with_label_values(&labels)
+            .set(i64::from(budget.pool));
+        self.others_claimed
+            .with_label_values(&labels)
+            .set(i64::from(budget.others_claimed));
+        self.budgeted
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert((namespace.to_owned(), name.to_owned()));
+    }
+
+    /// Drops the budget gauges of pools not in `alive` (namespace, name): deleted pools.
+    pub fn retain_budgets(&self, alive: &BTreeSet<(String, String)>) {
+        let mut budgeted = self.budgeted.lock().unwrap_or_else(PoisonError::into_inner);
+        for (namespace, name) in budgeted.difference(alive) {
+            let labels = [namespace.as_str(), name.as_str()];
+            for gauge in [
+                &self.database_budget,
+                &self.pool_budget,
+                &self.others_claimed,
+            ] {
+                // Absent label values are the goal here, so "not found" is fine.
+                let _ = gauge.remove_label_values(&labels);
+            }
+        }
+        budgeted.retain(|key| alive.contains(key));
     }
 
     /// Counts one reconciliation that took `elapsed`; `cause` is `None` on success.
@@ -175,6 +252,38 @@ mod tests {
         assert!(text.contains("weir_operator_reconcile_errors_total{cause=\"kube\"} 1"));
         assert!(text.contains("weir_operator_reconcile_duration_seconds_bucket"));
         assert!(text.contains("weir_operator_leader 1"));
+    }
+
+    #[test]
+    fn budgets_are_exported_per_pool_and_dropped_with_the_pool() {
+        let m = Metrics::new().expect("metrics");
+        let budget = |pool, others_claimed| Budget {
+            max_connections: 100,
+            superuser_reserved: 3,
+            reserved_headroom: 15,
+            used_by_others: 2,
+            database: 80,
+            others_claimed,
+            pool,
+            pods_max: 3,
+            per_pod: pool / 3,
+        };
+        m.set_budget("shop", "orders", &budget(60, 30));
+        m.set_budget("shop", "billing", &budget(30, 60));
+        let text = m.render();
+        for line in [
+            "weir_operator_database_budget_connections{pool=\"orders\",pool_namespace=\"shop\"} 80",
+            "weir_operator_pool_budget_connections{pool=\"orders\",pool_namespace=\"shop\"} 60",
+            "weir_operator_other_pools_claimed_connections{pool=\"orders\",pool_namespace=\"shop\"} 30",
+            "weir_operator_pool_budget_connections{pool=\"billing\",pool_namespace=\"shop\"} 30",
+        ] {
+            assert!(text.contains(line), "{line} missing from:\n{text}");
+        }
+        let alive = BTreeSet::from([("shop".to_owned(), "billing".to_owned())]);
+        m.retain_budgets(&alive);
+        let text = m.render();
+        assert!(!text.contains("pool=\"orders\""), "{text}");
+        assert!(text.contains("pool=\"billing\""), "{text}");
     }
 
     async fn get(address: SocketAddr, path: &str) -> String {

@@ -419,6 +419,12 @@ async fn reconcile_pool(pool: &ConnectionPool, ctx: &Context) -> Result<Action, 
     let database = observe_database(ctx, pool, &secrets, &config_maps).await;
     let pools = ctx.pools.state();
     ctx.ledger.retain_existing(&pools);
+    ctx.metrics.retain_budgets(
+        &pools
+            .iter()
+            .filter_map(|p| Some((p.namespace()?, p.name_any())))
+            .collect(),
+    );
     let (pod_ips, peers_in_force) = observe_peers(ctx, &namespace, &name).await?;
     let observed = Observed {
         database: database.as_ref().ok().copied().flatten(),
@@ -429,7 +435,10 @@ async fn reconcile_pool(pool: &ConnectionPool, ctx: &Context) -> Result<Action, 
         peers_in_force,
     };
     let database_problem = database.err();
-    let budget = budget_verdict(pool, &observed, database_problem.as_ref());
+    let (budget, derivation) = budget_verdict(pool, &observed, database_problem.as_ref());
+    if let Some(derivation) = &derivation {
+        ctx.metrics.set_budget(&namespace, &name, derivation);
+    }
     let reports = ctx.read_pods(&namespace, &name).await;
 
     let old = pool.status.clone().unwrap_or_default();
@@ -712,14 +721,15 @@ fn probe_tls(
     })
 }
 
-/// The BudgetFeasible condition, decided from the sizing alone (independent of Secrets).
+/// The BudgetFeasible condition, decided from the sizing alone (independent of Secrets), and
+/// the budget derivation when one could be made (for the metrics).
 fn budget_verdict(
     pool: &ConnectionPool,
     observed: &Observed,
     database_problem: Option<&Blocker>,
-) -> Verdict {
+) -> (Verdict, Option<sizing::Budget>) {
     if let Some(problem) = database_problem {
-        return Verdict::new(
+        let verdict = Verdict::new(
             BUDGET_FEASIBLE,
             Status::Unknown,
             problem.reason.clone(),
@@ -728,22 +738,24 @@ fn budget_verdict(
                 problem.message
             ),
         );
+        return (verdict, None);
     }
     let inputs = match render::sizing_inputs(pool, observed) {
         Ok(inputs) => inputs,
         Err(e) => {
-            return Verdict::new(
+            let verdict = Verdict::new(
                 BUDGET_FEASIBLE,
                 Status::Unknown,
                 INVALID_SPEC,
                 e.to_string(),
-            )
+            );
+            return (verdict, None);
         }
     };
     match sizing::compute(&inputs) {
         Ok(sizing) => {
             let b = &sizing.budget;
-            Verdict::new(
+            let verdict = Verdict::new(
                 BUDGET_FEASIBLE,
                 Status::True,
                 FITS,
@@ -757,16 +769,21 @@ fn budget_verdict(
                     b.database,
                     b.others_claimed
                 ),
-            )
+            );
+            (verdict, Some(*b))
         }
-        Err(SizingError::Infeasible(infeasible)) => Verdict::new(
-            BUDGET_FEASIBLE,
-            Status::False,
-            infeasible.reason(),
-            format!("connection budget does not fit: {infeasible}"),
-        ),
+        Err(SizingError::Infeasible(infeasible)) => {
+            let verdict = Verdict::new(
+                BUDGET_FEASIBLE,
+                Status::False,
+                infeasible.reason(),
+                format!("connection budget does not fit: {infeasible}"),
+            );
+            (verdict, Some(*infeasible.shortfall.budget()))
+        }
         Err(e @ SizingError::Invalid(_)) => {
-            Verdict::new(BUDGET_FEASIBLE, Status::False, INVALID_SPEC, e.to_string())
+            let verdict = Verdict::new(BUDGET_FEASIBLE, Status::False, INVALID_SPEC, e.to_string());
+            (verdict, None)
         }
     }
 }
@@ -1099,12 +1116,13 @@ mod tests {
 
     #[test]
     fn budget_verdicts_name_the_sizing_outcome() {
-        let fits = budget_verdict(&pool(""), &observed(), None);
+        let (fits, derivation) = budget_verdict(&pool(""), &observed(), None);
+        assert!(derivation.is_some());
         assert_eq!((fits.status, fits.reason.as_str()), (Status::True, FITS));
         assert!(fits.message.contains("3 pods at most"), "{}", fits.message);
 
         let too_small = pool("  replicas: 10\n  maxConnectionsPercent: 5\n");
-        let v = budget_verdict(&too_small, &observed(), None);
+        let (v, _) = budget_verdict(&too_small, &observed(), None);
         assert_eq!(
             (v.status, v.reason.as_str()),
             (Status::False, "BudgetTooSmall")
@@ -1113,14 +1131,16 @@ mod tests {
 
         let mut crowded = observed();
         crowded.others_claimed = 80;
-        let v = budget_verdict(&pool(""), &crowded, None);
+        let (v, derivation) = budget_verdict(&pool(""), &crowded, None);
         assert_eq!(v.reason, "Overcommitted");
+        assert_eq!(derivation.map(|b| b.others_claimed), Some(80));
 
         let problem = Blocker {
             reason: reason::DATABASE_UNREACHABLE.into(),
             message: "cannot connect".into(),
         };
-        let v = budget_verdict(&pool(""), &observed(), Some(&problem));
+        let (v, derivation) = budget_verdict(&pool(""), &observed(), Some(&problem));
+        assert!(derivation.is_none());
         assert_eq!(
             (v.status, v.reason.as_str()),
             (Status::Unknown, reason::DATABASE_UNREACHABLE)

@@ -311,6 +311,17 @@ pub struct Infeasible {
     pub users_could_ask_less: bool,
 }
 
+impl Shortfall {
+    /// The budget derivation that did not fit.
+    pub fn budget(&self) -> &Budget {
+        match self {
+            Shortfall::DatabaseExhausted { budget, .. }
+            | Shortfall::Overcommitted { budget }
+            | Shortfall::TooSmall { budget, .. } => budget,
+        }
+    }
+}
+
 impl Infeasible {
     /// A short CamelCase reason for a status condition.
     pub fn reason(&self) -> &'static str {

@@ -120,6 +120,8 @@ pub struct PoolStats {
     pub wait_us: AtomicU64,
     /// Connections opened since start.
     pub opened: AtomicU64,
+    /// Attempts to open a connection that failed (refused login, unreachable server).
+    pub login_failures: AtomicU64,
     /// Clients logged in to this pool right now.
     pub clients: AtomicUsize,
     /// Requests completed (ReadyForQuery messages).
@@ -773,6 +775,7 @@ impl Pool {
             }
             Err(e) => {
                 tracing::warn!(pool = %self.key, error = %e, "server login failed");
+                self.stats.login_failures.fetch_add(1, Ordering::Relaxed);
                 // While clients are held the failover's probe, not server_login_retry, paces them.
                 let held =
                     failover::connect_signals(&e) && self.suspect(generation, &e.to_string());
