@@ -22,10 +22,11 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use k8s_openapi::NamespaceResourceScope;
-use kube::api::{ListParams, Patch, PatchParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -39,10 +40,11 @@ use super::claims::{DatabaseKey, Ledger};
 use super::conditions::{self, reason, Status, Verdict};
 use super::database::{self, Target};
 use super::metrics::Metrics;
+use super::monitoring::{self, Discovery};
 use super::resize::{self, Desired, Live};
 use super::rollout::{self, Observation};
 use super::tls::ProbeTls;
-use crate::api::condition::{BUDGET_FEASIBLE, FITS, INVALID_SPEC, PROGRESSING};
+use crate::api::condition::{BUDGET_FEASIBLE, FITS, INVALID_SPEC, MONITORING, PROGRESSING};
 use crate::api::{
     CaSource, ConnectionPool, ConnectionPoolSpec, ConnectionPoolStatus, MaxConnections, SslMode,
 };
@@ -66,6 +68,11 @@ pub struct Settings {
     /// How often a pool is reconciled without any change (picks up a new
     /// `max_connections`).
     pub resync: Duration,
+    /// How long API discovery's answer (is the PodMonitor CRD installed?) is reused.
+    pub discovery_ttl: Duration,
+    /// The namespace the operator runs in, if known (the NetworkPolicy's default
+    /// operator peer).
+    pub operator_namespace: Option<String>,
 }
 
 /// Everything a reconciliation needs besides the pool.
@@ -75,6 +82,7 @@ pub struct Context {
     pools: Store<ConnectionPool>,
     ledger: Ledger,
     databases: database::Cache,
+    discovery: Discovery,
     metrics: Metrics,
     settings: Settings,
     failures: Mutex<HashMap<ObjectRef<ConnectionPool>, u32>>,
@@ -91,6 +99,7 @@ impl Context {
     ) -> Context {
         Context {
             databases: database::Cache::new(settings.database_ttl),
+            discovery: Discovery::new(settings.discovery_ttl),
             client,
             reporter,
             pools,
@@ -247,16 +256,33 @@ async fn reconcile_pool(pool: &ConnectionPool, ctx: &Context) -> Result<Action, 
         config_maps,
         pod_ips,
         peers_in_force,
+        operator_namespace: ctx.settings.operator_namespace.clone(),
+        api_server: observe_api_server(ctx, &pool.spec).await,
     };
     let database_problem = database.err();
     let budget = budget_verdict(pool, &observed, database_problem.as_ref());
 
     let old = pool.status.clone().unwrap_or_default();
+    // Only a spec change can stop asking for an optional child, which is then deleted.
+    let spec_changed = pool.metadata.generation != old.observed_generation;
+    let mut monitored = None;
     let (mut status, applied, blocker) = match render::render(pool, &observed) {
         Ok(rendered) => {
             let binding = rendered.token_review_binding.as_ref();
             super::token_review::sync(&ctx.client, pool, &namespace, binding).await?;
             let applied = apply_children(ctx, pool, &namespace, &rendered).await?;
+            if rendered.network_policy.is_none() && spec_changed {
+                delete_network_policy(ctx, &namespace, &name).await?;
+            }
+            monitored = monitoring::sync(
+                &ctx.client,
+                &ctx.discovery,
+                &namespace,
+                &name,
+                rendered.pod_monitor.as_ref(),
+                spec_changed,
+            )
+            .await?;
             (rendered.status(pool), Some(applied), None)
         }
         Err(e) => {
@@ -311,12 +337,15 @@ async fn reconcile_pool(pool: &ConnectionPool, ctx: &Context) -> Result<Action, 
     };
     let now = Time(Timestamp::from_second(Timestamp::now().as_second()).unwrap_or_default());
     let generation = pool.metadata.generation;
-    status.conditions = conditions::merge(
-        &old.conditions,
-        &[ready.clone(), progressing, budget],
-        generation,
-        &now,
-    );
+    let crd_missing = monitored.as_ref().is_some_and(|m| m.status == Status::False);
+    let verdicts: Vec<Verdict> = [ready.clone(), progressing, budget]
+        .into_iter()
+        .chain(monitored)
+        .collect();
+    status.conditions = conditions::merge(&old.conditions, &verdicts, generation, &now);
+    if pool.spec.pod_monitor().is_none() {
+        status.conditions.retain(|c| c.type_ != MONITORING);
+    }
     status.observed_generation = generation;
     status.replicas = seen.map(|s| s.replicas);
     status.ready_replicas = seen.map(|s| s.ready);
@@ -346,6 +375,8 @@ async fn reconcile_pool(pool: &ConnectionPool, ctx: &Context) -> Result<Action, 
     }
     Ok(match hold {
         Some((_, recheck)) => Action::requeue(recheck),
+        // Look for the PodMonitor CRD again once discovery's answer expires.
+        None if crd_missing => Action::requeue(ctx.discovery.ttl().min(ctx.settings.resync)),
         // Endpoints are not watched: look again shortly until the pool is ready.
         None if ready.status != Status::True && blocker.is_none() => {
             Action::requeue(Duration::from_secs(5))
@@ -699,6 +730,7 @@ async fn apply_children(
                 deployment = Some(apply(client, namespace, &o).await?);
             }
             Child::PodDisruptionBudget(o) => drop(apply(client, namespace, o).await?),
+            Child::NetworkPolicy(o) => drop(apply(client, namespace, o).await?),
         }
     }
     let deployment =
@@ -776,6 +808,60 @@ async fn observe_peers(
     Ok((ips, in_force))
 }
 
+/// Deletes the pool's NetworkPolicy, if any: the spec no longer asks for one.
+async fn delete_network_policy(ctx: &Context, namespace: &str, pool: &str) -> Result<(), Error> {
+    Api::<NetworkPolicy>::namespaced(ctx.client.clone(), namespace)
+        .delete(pool, &DeleteParams::default())
+        .await
+        .map(drop)
+        .or_else(|e| match e {
+            kube::Error::Api(s) if s.code == 404 => Ok(()),
+            e => Err(e),
+        })
+        .map_err(kube_error::<NetworkPolicy>("delete", pool))
+}
+
+/// The API server's endpoints (address → ports), which the NetworkPolicy's egress admits
+/// when a user logs in with ServiceAccount tokens; none when there is no such policy, or
+/// when they cannot be read (a namespaced install may not read `default`), in which case
+/// the policy falls back to the usual ports on any address.
+async fn observe_api_server(ctx: &Context, spec: &ConnectionPoolSpec) -> BTreeMap<String, Vec<i32>> {
+    let reviews_tokens = spec
+        .users
+        .iter()
+        .flatten()
+        .any(|u| u.service_accounts.as_ref().is_some_and(|s| !s.is_empty()));
+    if spec.network_policy.is_none() || !reviews_tokens {
+        return BTreeMap::new();
+    }
+    let slices = match Api::<EndpointSlice>::namespaced(ctx.client.clone(), "default")
+        .list(&ListParams::default().labels("kubernetes.io/service-name=kubernetes"))
+        .await
+    {
+        Ok(slices) => slices,
+        Err(e) => {
+            debug!(error = %e, "cannot read the API server's endpoints; egress to it by port only");
+            return BTreeMap::new();
+        }
+    };
+    let mut endpoints = BTreeMap::new();
+    for slice in &slices.items {
+        let ports: Vec<i32> = slice
+            .ports
+            .iter()
+            .flatten()
+            .filter_map(|p| p.port)
+            .collect();
+        for address in slice.endpoints.iter().flat_map(|e| &e.addresses) {
+            endpoints
+                .entry(address.clone())
+                .or_insert_with(Vec::new)
+                .extend(ports.iter().copied());
+        }
+    }
+    endpoints
+}
+
 /// Ready endpoints of the pool's Service.
 async fn ready_endpoints(ctx: &Context, namespace: &str, service: &str) -> Result<u32, Error> {
     let slices = Api::<EndpointSlice>::namespaced(ctx.client.clone(), namespace)
@@ -821,6 +907,16 @@ async fn publish_events(
                 ("False", reason::UP_TO_DATE) | ("True", _) => {}
                 _ => events.push((EventType::Warning, c.reason.clone(), c.message.clone())),
             }
+        }
+    }
+    if let Some(c) = conditions::find(&new.conditions, MONITORING) {
+        let before = conditions::find(&old.conditions, MONITORING);
+        if before.is_none_or(|b| b.status != c.status) {
+            let type_ = match c.status.as_str() {
+                "True" => EventType::Normal,
+                _ => EventType::Warning,
+            };
+            events.push((type_, c.reason.clone(), c.message.clone()));
         }
     }
     let reference = pool.object_ref(&());
@@ -954,6 +1050,7 @@ mod tests {
                 Child::Service(_) => "Service",
                 Child::Deployment(_) => "Deployment",
                 Child::PodDisruptionBudget(_) => "PodDisruptionBudget",
+                Child::NetworkPolicy(_) => "NetworkPolicy",
             })
             .collect();
         assert_eq!(

@@ -26,6 +26,7 @@ const METRICS_PATH: &str = "/metrics";
     version = "v1",
     kind = "PodMonitor",
     namespaced,
+    derive = "PartialEq",
     schema = "disabled"
 )]
 #[serde(rename_all = "camelCase")]
