@@ -14,8 +14,9 @@ use serde_json::{json, Value};
 use weir_pooler::config::Settings;
 
 use super::{
-    Autoscaling, NetworkPolicySettings, CaSource, ClientTls, ConnectionPoolSpec, CredentialsSecret, DatabaseSpec,
-    KeySelector, Limits, MaxConnections, PasswordSecret, Rollout, ServerTls, SslMode, UserSpec,
+    Autoscaling, CaSource, ClientTls, ConnectionPoolSpec, CredentialsSecret, DatabaseSpec,
+    KeySelector, Limits, MaxConnections, NetworkPolicySettings, PasswordSecret, Rollout, ServerTls,
+    SslMode, UserSpec,
 };
 
 /// The most users one pool may list; bounds the cost of the CEL rules over the list.
@@ -721,9 +722,12 @@ pub(crate) const BAD_CIDR: &str = "databaseCIDR must be a CIDR like 10.0.12.0/24
 /// Rules on `spec.networkPolicy`.
 pub(crate) fn network_policy_rules() -> Vec<Rule<NetworkPolicySettings>> {
     vec![
-        Rule::new("size(self.clients) >= 1", NO_CLIENTS, Some(".clients"), |n| {
-            unless(!n.clients.is_empty(), NO_CLIENTS)
-        }),
+        Rule::new(
+            "size(self.clients) >= 1",
+            NO_CLIENTS,
+            Some(".clients"),
+            |n| unless(!n.clients.is_empty(), NO_CLIENTS),
+        ),
         Rule::new(
             "!has(self.databaseCIDR) || isCIDR(self.databaseCIDR)",
             BAD_CIDR,

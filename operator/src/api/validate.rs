@@ -177,13 +177,12 @@ impl ConnectionPool {
             }
         }
         if let Some(policy) = &spec.network_policy {
-            v.run(
-                "spec.networkPolicy",
-                &rules::network_policy_rules(),
-                policy,
-            );
+            v.run("spec.networkPolicy", &rules::network_policy_rules(), policy);
         }
-        let monitor = spec.monitoring.as_ref().and_then(|m| m.pod_monitor.as_ref());
+        let monitor = spec
+            .monitoring
+            .as_ref()
+            .and_then(|m| m.pod_monitor.as_ref());
         if let Some(monitor) = monitor {
             if let Some(labels) = &monitor.labels {
                 v.run(

@@ -337,7 +337,9 @@ async fn reconcile_pool(pool: &ConnectionPool, ctx: &Context) -> Result<Action, 
     };
     let now = Time(Timestamp::from_second(Timestamp::now().as_second()).unwrap_or_default());
     let generation = pool.metadata.generation;
-    let crd_missing = monitored.as_ref().is_some_and(|m| m.status == Status::False);
+    let crd_missing = monitored
+        .as_ref()
+        .is_some_and(|m| m.status == Status::False);
     let verdicts: Vec<Verdict> = [ready.clone(), progressing, budget]
         .into_iter()
         .chain(monitored)
@@ -825,7 +827,10 @@ async fn delete_network_policy(ctx: &Context, namespace: &str, pool: &str) -> Re
 /// when a user logs in with ServiceAccount tokens; none when there is no such policy, or
 /// when they cannot be read (a namespaced install may not read `default`), in which case
 /// the policy falls back to the usual ports on any address.
-async fn observe_api_server(ctx: &Context, spec: &ConnectionPoolSpec) -> BTreeMap<String, Vec<i32>> {
+async fn observe_api_server(
+    ctx: &Context,
+    spec: &ConnectionPoolSpec,
+) -> BTreeMap<String, Vec<i32>> {
     let reviews_tokens = spec
         .users
         .iter()

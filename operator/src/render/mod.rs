@@ -38,8 +38,8 @@ use crate::api::{
 use crate::sizing::{self, DatabaseLimits, Share, Sizing, SizingError, UserDemand};
 use crate::yaml;
 
-pub use monitoring::PodMonitor;
 pub use meta::{names, selector_labels, selector_string, RESTART_HASH_ANNOTATION};
+pub use monitoring::PodMonitor;
 pub use secrets::APP_SECRET_KEYS;
 pub use workload::SERVICE_PORT;
 

@@ -62,12 +62,7 @@ fn ingress(
         .spec
         .iter()
         .flat_map(|s| s.ports.iter().flatten())
-        .map(|p| {
-            tcp(p
-                .target_port
-                .clone()
-                .unwrap_or(IntOrString::Int(p.port)))
-        })
+        .map(|p| tcp(p.target_port.clone().unwrap_or(IntOrString::Int(p.port))))
         .collect();
     let mut clients = settings.clients.clone();
     // Peers forward cancel requests to the pod holding the client.
@@ -152,7 +147,12 @@ fn api_server(endpoints: &BTreeMap<String, Vec<i32>>) -> NetworkPolicyEgressRule
                 .map(|ip| block(host_cidr(ip)))
                 .collect(),
         ),
-        ports: Some(ports.into_iter().map(|p| tcp(IntOrString::Int(p))).collect()),
+        ports: Some(
+            ports
+                .into_iter()
+                .map(|p| tcp(IntOrString::Int(p)))
+                .collect(),
+        ),
     }
 }
 

@@ -784,16 +784,28 @@ fn the_network_policy_admits_clients_peers_and_scrapers_only() {
         spec["podSelector"],
         serde_json::json!({"matchLabels": {"app.kubernetes.io/name": "weir", "weir.dev/pool": "orders"}})
     );
-    assert_eq!(spec["policyTypes"], serde_json::json!(["Ingress", "Egress"]));
+    assert_eq!(
+        spec["policyTypes"],
+        serde_json::json!(["Ingress", "Egress"])
+    );
     // The Service's ports, by target port: the clients and the pool's own pods (cancels).
     let clients = &spec["ingress"][0];
     assert_eq!(
         clients["ports"],
         serde_json::json!([{"port": "pooler", "protocol": "TCP"}])
     );
-    assert_eq!(clients["from"][0]["podSelector"]["matchLabels"]["app"], "checkout");
-    assert_eq!(clients["from"][0]["namespaceSelector"]["matchLabels"]["team"], "shop");
-    assert_eq!(clients["from"][1], serde_json::json!({"podSelector": spec["podSelector"]}));
+    assert_eq!(
+        clients["from"][0]["podSelector"]["matchLabels"]["app"],
+        "checkout"
+    );
+    assert_eq!(
+        clients["from"][0]["namespaceSelector"]["matchLabels"]["team"],
+        "shop"
+    );
+    assert_eq!(
+        clients["from"][1],
+        serde_json::json!({"podSelector": spec["podSelector"]})
+    );
     assert_eq!(clients["from"].as_array().map(Vec::len), Some(2));
     // The HTTP port: the operator, by the chart's labels in its namespace, and Prometheus.
     let scrapers = &spec["ingress"][1];
@@ -811,12 +823,19 @@ fn the_network_policy_admits_clients_peers_and_scrapers_only() {
             }}
         })
     );
-    assert_eq!(scrapers["from"][1]["podSelector"]["matchLabels"]["app.kubernetes.io/name"], "prometheus");
+    assert_eq!(
+        scrapers["from"][1]["podSelector"]["matchLabels"]["app.kubernetes.io/name"],
+        "prometheus"
+    );
     assert_eq!(spec["ingress"].as_array().map(Vec::len), Some(2));
 
     // Egress: DNS, the database (a host name: its port to any address), the peers.
     let egress = spec["egress"].as_array().expect("egress rules");
-    assert_eq!(egress.len(), 3, "no API server without token users: {egress:?}");
+    assert_eq!(
+        egress.len(),
+        3,
+        "no API server without token users: {egress:?}"
+    );
     assert_eq!(
         egress[0],
         serde_json::json!({
@@ -840,7 +859,11 @@ fn the_network_policy_admits_clients_peers_and_scrapers_only() {
     );
     // Owned, so that it is collected with the pool, and applied before the pods.
     assert_eq!(
-        policy.metadata.owner_references.as_ref().map(|o| o[0].kind.as_str()),
+        policy
+            .metadata
+            .owner_references
+            .as_ref()
+            .map(|o| o[0].kind.as_str()),
         Some("ConnectionPool")
     );
     let kinds: Vec<&str> = r
@@ -935,7 +958,10 @@ fn the_pod_monitor_scrapes_the_http_port() {
     assert_eq!(json["metadata"]["name"], "orders");
     assert_eq!(json["metadata"]["labels"]["release"], "prometheus");
     assert_eq!(json["metadata"]["labels"]["weir.dev/pool"], "orders");
-    assert_eq!(json["metadata"]["ownerReferences"][0]["kind"], "ConnectionPool");
+    assert_eq!(
+        json["metadata"]["ownerReferences"][0]["kind"],
+        "ConnectionPool"
+    );
     assert_eq!(
         json["spec"],
         serde_json::json!({
@@ -948,7 +974,10 @@ fn the_pod_monitor_scrapes_the_http_port() {
     assert_eq!(ports[1]["name"], "http");
     // Not a child: the controller applies it only while its CRD is installed.
     assert!(r.objects().len() > r.children().len());
-    assert!(r.to_yaml_stream().expect("yaml").contains("kind: PodMonitor"));
+    assert!(r
+        .to_yaml_stream()
+        .expect("yaml")
+        .contains("kind: PodMonitor"));
 }
 
 #[test]
@@ -972,10 +1001,23 @@ fn bad_monitoring_and_network_policy_settings_are_refused() {
 #[test]
 fn cidrs_are_checked_like_cel_is_cidr() {
     use crate::api::rules::is_cidr;
-    for good in ["10.0.0.0/8", "10.1.2.3/32", "0.0.0.0/0", "fd00::/64", "::1/128"] {
+    for good in [
+        "10.0.0.0/8",
+        "10.1.2.3/32",
+        "0.0.0.0/0",
+        "fd00::/64",
+        "::1/128",
+    ] {
         assert!(is_cidr(good), "{good}");
     }
-    for bad in ["10.0.0.0", "10.0.0.0/33", "fd00::/129", "db/24", "10.0.0.0/+8", "10.0.0.0/"] {
+    for bad in [
+        "10.0.0.0",
+        "10.0.0.0/33",
+        "fd00::/129",
+        "db/24",
+        "10.0.0.0/+8",
+        "10.0.0.0/",
+    ] {
         assert!(!is_cidr(bad), "{bad}");
     }
 }
