@@ -71,41 +71,16 @@ impl Discovery {
     }
 }
 
-/// Applies `wanted` when the CRD is served and returns the Monitoring verdict; with
-/// nothing wanted, deletes a PodMonitor left from an earlier spec (when `spec_changed`,
-/// since only a spec change can stop asking for one) and returns no verdict.
-pub(super) async fn sync(
+/// Applies `monitor` when the CRD is served; the Monitoring verdict either way.
+pub(super) async fn apply(
     client: &Client,
     discovery: &Discovery,
     namespace: &str,
     pool: &str,
-    wanted: Option<&PodMonitor>,
-    spec_changed: bool,
-) -> Result<Option<Verdict>, Error> {
-    let api = Api::<PodMonitor>::namespaced(client.clone(), namespace);
-    let kube_error = |verb: &'static str| {
-        move |source| Error::Kube {
-            verb,
-            kind: "PodMonitor".to_owned(),
-            name: pool.to_owned(),
-            source,
-        }
-    };
-    let Some(monitor) = wanted else {
-        if spec_changed && discovery.pod_monitors_served(client).await? {
-            api.delete(pool, &DeleteParams::default())
-                .await
-                .map(drop)
-                .or_else(|e| match e {
-                    kube::Error::Api(s) if s.code == 404 => Ok(()),
-                    e => Err(e),
-                })
-                .map_err(kube_error("delete"))?;
-        }
-        return Ok(None);
-    };
+    monitor: &PodMonitor,
+) -> Result<Verdict, Error> {
     if !discovery.pod_monitors_served(client).await? {
-        return Ok(Some(Verdict::new(
+        return Ok(Verdict::new(
             MONITORING,
             Status::False,
             reason::POD_MONITOR_CRD_MISSING,
@@ -115,19 +90,51 @@ pub(super) async fn sync(
                  CRDs); looked for again every {}s",
                 discovery.ttl().as_secs()
             ),
-        )));
+        ));
     }
-    api.patch(
-        pool,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(monitor),
-    )
-    .await
-    .map_err(kube_error("apply"))?;
-    Ok(Some(Verdict::new(
+    Api::<PodMonitor>::namespaced(client.clone(), namespace)
+        .patch(
+            pool,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(monitor),
+        )
+        .await
+        .map_err(kube_error("apply", pool))?;
+    Ok(Verdict::new(
         MONITORING,
         Status::True,
         reason::POD_MONITOR_APPLIED,
         format!("PodMonitor {pool} scrapes the pooler pods' /metrics"),
-    )))
+    ))
+}
+
+/// Deletes the pool's PodMonitor, if the CRD is served and one exists: the spec no longer
+/// asks for it.
+pub(super) async fn delete(
+    client: &Client,
+    discovery: &Discovery,
+    namespace: &str,
+    pool: &str,
+) -> Result<(), Error> {
+    if !discovery.pod_monitors_served(client).await? {
+        return Ok(());
+    }
+    Api::<PodMonitor>::namespaced(client.clone(), namespace)
+        .delete(pool, &DeleteParams::default())
+        .await
+        .map(drop)
+        .or_else(|e| match e {
+            kube::Error::Api(s) if s.code == 404 => Ok(()),
+            e => Err(e),
+        })
+        .map_err(kube_error("delete", pool))
+}
+
+fn kube_error<'a>(verb: &'static str, name: &'a str) -> impl FnOnce(kube::Error) -> Error + 'a {
+    move |source| Error::Kube {
+        verb,
+        kind: "PodMonitor".to_owned(),
+        name: name.to_owned(),
+        source,
+    }
 }

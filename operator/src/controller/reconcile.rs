@@ -263,26 +263,27 @@ async fn reconcile_pool(pool: &ConnectionPool, ctx: &Context) -> Result<Action, 
     let budget = budget_verdict(pool, &observed, database_problem.as_ref());
 
     let old = pool.status.clone().unwrap_or_default();
-    // Only a spec change can stop asking for an optional child, which is then deleted.
+    // Only a spec change can stop asking for an optional child, which is then deleted
+    // (whether or not the rest renders).
     let spec_changed = pool.metadata.generation != old.observed_generation;
+    if spec_changed && pool.spec.network_policy.is_none() {
+        delete_network_policy(ctx, &namespace, &name).await?;
+    }
+    if spec_changed && pool.spec.pod_monitor().is_none() {
+        monitoring::delete(&ctx.client, &ctx.discovery, &namespace, &name).await?;
+    }
     let mut monitored = None;
     let (mut status, applied, blocker) = match render::render(pool, &observed) {
         Ok(rendered) => {
             let binding = rendered.token_review_binding.as_ref();
             super::token_review::sync(&ctx.client, pool, &namespace, binding).await?;
             let applied = apply_children(ctx, pool, &namespace, &rendered).await?;
-            if rendered.network_policy.is_none() && spec_changed {
-                delete_network_policy(ctx, &namespace, &name).await?;
+            if let Some(monitor) = &rendered.pod_monitor {
+                monitored = Some(
+                    monitoring::apply(&ctx.client, &ctx.discovery, &namespace, &name, monitor)
+                        .await?,
+                );
             }
-            monitored = monitoring::sync(
-                &ctx.client,
-                &ctx.discovery,
-                &namespace,
-                &name,
-                rendered.pod_monitor.as_ref(),
-                spec_changed,
-            )
-            .await?;
             (rendered.status(pool), Some(applied), None)
         }
         Err(e) => {
