@@ -98,6 +98,13 @@ struct RunArgs {
     /// Seconds a database's max_connections is reused before it is read again.
     #[arg(long, default_value_t = 60)]
     database_cache_seconds: u64,
+    /// Seconds API discovery's answer (is the PodMonitor CRD installed?) is reused: how
+    /// soon a Prometheus Operator installed later is noticed.
+    #[arg(long, default_value_t = 60)]
+    discovery_cache_seconds: u64,
+    /// The namespace the operator runs in (the NetworkPolicy's default operator peer).
+    #[arg(long, env = "POD_NAMESPACE")]
+    operator_namespace: Option<String>,
     /// Seconds between reconciliations of an unchanged pool.
     #[arg(long, default_value_t = 300)]
     resync_seconds: u64,
@@ -191,6 +198,8 @@ fn run_operator(args: RunArgs) -> anyhow::Result<()> {
                 database_timeout: Duration::from_secs(args.database_timeout_seconds),
                 database_ttl: Duration::from_secs(args.database_cache_seconds),
                 resync: Duration::from_secs(args.resync_seconds.max(1)),
+                discovery_ttl: Duration::from_secs(args.discovery_cache_seconds.max(1)),
+                operator_namespace: args.operator_namespace,
                 pod_status: args.poll_pod_status.then(|| controller::PodStatusSettings {
                     read: controller::pod_status::ReadSettings {
                         port: render::config::HTTP_PORT,

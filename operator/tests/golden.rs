@@ -10,7 +10,8 @@ use weir_operator::render::{self, Observed, ObservedDatabase};
 
 /// The facts a controller would have observed: a database with max_connections 200 and
 /// PostgreSQL's default reserved slots, fake credentials in every referenced Secret, and
-/// the pods of a rolling update (peer ids 4 and 5 in force, one pod gone, one new).
+/// the pods of a rolling update (peer ids 4 and 5 in force, one pod gone, one new), an
+/// operator in weir-system and one API server endpoint.
 fn facts(spec: &api::ConnectionPoolSpec) -> Observed {
     let mut secrets: BTreeMap<String, BTreeMap<String, Vec<u8>>> = BTreeMap::new();
     for source in spec.user_sources() {
@@ -54,6 +55,8 @@ fn facts(spec: &api::ConnectionPoolSpec) -> Observed {
         peers_in_force: [(3, "10.244.0.5"), (4, "10.244.1.7"), (5, "10.244.2.9")]
             .map(|(id, ip)| (id, ip.to_owned()))
             .into(),
+        operator_namespace: Some("weir-system".to_owned()),
+        api_server: [("172.18.0.2".to_owned(), vec![6443])].into(),
     }
 }
 

@@ -38,6 +38,9 @@ enum Lands {
     /// ServiceAccount-token logins: checked in the objects rendered with TLS and
     /// [`SERVICE_ACCOUNTS`] by `service_account_fields_reach_their_objects`.
     Tokens(&'static str),
+    /// Monitoring and network objects: checked in the rendered PodMonitor and
+    /// NetworkPolicy by `operations_fields_reach_their_objects`.
+    Operations(&'static str),
 }
 
 /// Every spec field (dotted path below `spec`, `[]` for list items) and where it lands.
@@ -174,6 +177,41 @@ const FIELDS: &[(&str, Lands)] = &[
         "tls.server.clientCertificateSecretName",
         Lands::Tls("secretName: contract-db-client"),
     ),
+    (
+        "monitoring.podMonitor.enabled",
+        Lands::Operations("kind: PodMonitor"),
+    ),
+    (
+        "monitoring.podMonitor.labels",
+        Lands::Operations("release: contract-prometheus"),
+    ),
+    (
+        "monitoring.podMonitor.interval",
+        Lands::Operations("interval: 17s"),
+    ),
+    (
+        "networkPolicy.clients",
+        Lands::Operations("app: contract-client"),
+    ),
+    (
+        "networkPolicy.metrics",
+        Lands::Operations("app: contract-scraper"),
+    ),
+    (
+        "networkPolicy.operator",
+        Lands::Operations("app: contract-operator"),
+    ),
+    (
+        "networkPolicy.databaseCIDR",
+        Lands::Operations("cidr: 10.99.0.0/16"),
+    ),
+];
+
+/// Spec fields of Kubernetes' own types, one field each like those under `pod`.
+const KUBERNETES_TYPED: &[&str] = &[
+    "networkPolicy.clients",
+    "networkPolicy.metrics",
+    "networkPolicy.operator",
 ];
 
 /// `spec.tls` in two variants, since a CA comes from a Secret or a ConfigMap, not both.
@@ -282,6 +320,26 @@ spec:
     annotations:
       contract/service: annotated
   image: registry.example/weir:contract
+  monitoring:
+    podMonitor:
+      enabled: true
+      labels:
+        release: contract-prometheus
+      interval: 17s
+  networkPolicy:
+    clients:
+      - podSelector:
+          matchLabels:
+            app: contract-client
+    metrics:
+      - podSelector:
+          matchLabels:
+            app: contract-scraper
+    operator:
+      podSelector:
+        matchLabels:
+          app: contract-operator
+    databaseCIDR: 10.99.0.0/16
 "
     )
 }
@@ -339,7 +397,8 @@ fn crd_fields() -> BTreeSet<String> {
 }
 
 fn walk(node: &serde_json::Value, path: &str, out: &mut BTreeSet<String>) {
-    let opaque = path.starts_with("pod.") || path == "parameters";
+    let opaque =
+        path.starts_with("pod.") || path == "parameters" || KUBERNETES_TYPED.contains(&path);
     if !opaque {
         if let Some(props) = node["properties"].as_object() {
             for (name, child) in props {
@@ -380,6 +439,21 @@ fn kubernetes_fields_reach_their_objects() {
     );
     for (path, lands) in FIELDS {
         if let Lands::Kubernetes(text) = lands {
+            assert!(objects.contains(text), "{path}: {text:?} not in\n{objects}");
+        }
+    }
+}
+
+#[test]
+fn operations_fields_reach_their_objects() {
+    let r = rendered(&spec("db.example", 5432));
+    let objects = format!(
+        "{}\n{}",
+        weir_operator::yaml::to_string(&r.network_policy).expect("yaml"),
+        weir_operator::yaml::to_string(&r.pod_monitor).expect("yaml")
+    );
+    for (path, lands) in FIELDS {
+        if let Lands::Operations(text) = lands {
             assert!(objects.contains(text), "{path}: {text:?} not in\n{objects}");
         }
     }

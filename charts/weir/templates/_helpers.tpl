@@ -97,6 +97,15 @@ release namespace only.
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
   verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
+# The NetworkPolicy a pool's spec.networkPolicy asks for, and the Prometheus Operator
+# PodMonitor of spec.monitoring.podMonitor (a rule may name a resource whose CRD is not
+# installed; PodMonitors are applied, never watched).
+- apiGroups: ["networking.k8s.io"]
+  resources: ["networkpolicies"]
+  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
+- apiGroups: ["monitoring.coreos.com"]
+  resources: ["podmonitors"]
+  verbs: ["get", "create", "patch", "delete"]
 # Pooler pods and the Service's ready endpoints, for status.readyReplicas, the Ready
 # condition, and for counting the pods that hold server connections during a resize.
 # Pods are watched for their IPs, where the operator reads each pooler's /status.

@@ -9,6 +9,8 @@
 
 mod duration;
 mod max_connections;
+mod monitoring;
+mod network_policy;
 pub(crate) mod rules;
 mod status;
 mod tls;
@@ -25,6 +27,8 @@ use serde::{Deserialize, Serialize};
 
 pub use duration::{DurationSpec, InvalidDuration};
 pub use max_connections::MaxConnections;
+pub use monitoring::{Monitoring, PodMonitorSettings};
+pub use network_policy::NetworkPolicySettings;
 pub use rules::{operator_owned_keys, settable_keys};
 pub use status::{
     condition, BudgetStatus, ConnectionPoolStatus, PodUsage, UsageStatus, UserPoolStatus,
@@ -185,6 +189,15 @@ pub struct ConnectionPoolSpec {
     /// by cert-manager) reaches running pods without a restart.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsSpec>,
+
+    /// Prometheus Operator objects that scrape the pooler pods' metrics.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monitoring: Option<Monitoring>,
+
+    /// A NetworkPolicy limiting who reaches the pooler pods and what they reach. Not
+    /// set: no NetworkPolicy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_policy: Option<NetworkPolicySettings>,
 
     /// The pooler container image. Default: the Weir pooler released with this operator.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -523,6 +536,14 @@ impl ConnectionPoolSpec {
             Some(users) => users.iter().map(UserSource::Listed).collect(),
             None => vec![UserSource::Database(&self.database.credentials_secret)],
         }
+    }
+
+    /// The PodMonitor settings, when one is asked for and enabled.
+    pub fn pod_monitor(&self) -> Option<&PodMonitorSettings> {
+        self.monitoring
+            .as_ref()
+            .and_then(|m| m.pod_monitor.as_ref())
+            .filter(|p| p.enabled)
     }
 
     /// The pooler image to run.

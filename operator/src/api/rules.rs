@@ -15,7 +15,8 @@ use weir_pooler::config::Settings;
 
 use super::{
     Autoscaling, CaSource, ClientTls, ConnectionPoolSpec, CredentialsSecret, DatabaseSpec,
-    KeySelector, Limits, MaxConnections, PasswordSecret, Rollout, ServerTls, SslMode, UserSpec,
+    KeySelector, Limits, MaxConnections, NetworkPolicySettings, PasswordSecret, Rollout, ServerTls,
+    SslMode, UserSpec,
 };
 
 /// The most users one pool may list; bounds the cost of the CEL rules over the list.
@@ -714,6 +715,40 @@ pub(crate) fn pod_annotations_rules() -> Vec<Rule<BTreeMap<String, String>>> {
     )]
 }
 
+const NO_CLIENTS: &str = "clients must name at least one peer: without one nobody could \
+                          connect to the pooler (podSelector: {} admits the whole namespace)";
+pub(crate) const BAD_CIDR: &str = "databaseCIDR must be a CIDR like 10.0.12.0/24 or fd00::/64";
+
+/// Rules on `spec.networkPolicy`.
+pub(crate) fn network_policy_rules() -> Vec<Rule<NetworkPolicySettings>> {
+    vec![
+        Rule::new(
+            "size(self.clients) >= 1",
+            NO_CLIENTS,
+            Some(".clients"),
+            |n| unless(!n.clients.is_empty(), NO_CLIENTS),
+        ),
+        Rule::new(
+            "!has(self.databaseCIDR) || isCIDR(self.databaseCIDR)",
+            BAD_CIDR,
+            Some(".databaseCIDR"),
+            |n| unless(n.database_cidr.as_deref().is_none_or(is_cidr), BAD_CIDR),
+        ),
+    ]
+}
+
+/// Whether `text` is an address and a prefix length that fits it, as CEL's `isCIDR`.
+pub(crate) fn is_cidr(text: &str) -> bool {
+    let Some((address, bits)) = text.split_once('/') else {
+        return false;
+    };
+    let Ok(address) = address.parse::<std::net::IpAddr>() else {
+        return false;
+    };
+    let max = if address.is_ipv4() { 32 } else { 128 };
+    !bits.starts_with('+') && bits.parse::<u8>().is_ok_and(|b| b <= max)
+}
+
 // Schema transforms, named in `#[schemars(transform = ...)]` on the API types.
 
 pub(crate) fn spec_schema(schema: &mut Schema) {
@@ -781,6 +816,10 @@ pub(crate) fn parameters_schema(schema: &mut Schema) {
         json!({ "type": "string", "maxLength": MAX_PARAMETER_LENGTH }),
     );
     attach(schema, &parameters_rules());
+}
+
+pub(crate) fn network_policy_schema(schema: &mut Schema) {
+    attach(schema, &network_policy_rules());
 }
 
 pub(crate) fn pod_labels_schema(schema: &mut Schema) {

@@ -18,6 +18,9 @@ pub mod condition {
     pub const BUDGET_FEASIBLE: &str = "BudgetFeasible";
     /// Reason of a true `BudgetFeasible`.
     pub const FITS: &str = "Fits";
+    /// Whether the PodMonitor `spec.monitoring.podMonitor` asks for exists (present only
+    /// while one is asked for).
+    pub const MONITORING: &str = "Monitoring";
     /// Reason of a false `BudgetFeasible` when the spec itself is invalid.
     pub const INVALID_SPEC: &str = "InvalidSpec";
     /// The pods' open server connections have stayed above the operator's threshold (a
@@ -29,7 +32,8 @@ pub mod condition {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ConnectionPoolStatus {
-    /// Ready, Progressing, BudgetFeasible and NearBudget, each with a reason and a message.
+    /// Ready, Progressing, BudgetFeasible, NearBudget and (with a PodMonitor asked for)
+    /// Monitoring, each with a reason and a message.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(transform = conditions_schema)]
     pub conditions: Vec<Condition>,

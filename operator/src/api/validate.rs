@@ -176,6 +176,32 @@ impl ConnectionPool {
                 );
             }
         }
+        if let Some(policy) = &spec.network_policy {
+            v.run("spec.networkPolicy", &rules::network_policy_rules(), policy);
+        }
+        let monitor = spec
+            .monitoring
+            .as_ref()
+            .and_then(|m| m.pod_monitor.as_ref());
+        if let Some(monitor) = monitor {
+            if let Some(labels) = &monitor.labels {
+                v.run(
+                    "spec.monitoring.podMonitor.labels",
+                    &rules::pod_labels_rules(),
+                    labels,
+                );
+            }
+            if monitor
+                .interval
+                .as_ref()
+                .is_some_and(|d| d.to_duration().is_err())
+            {
+                v.0.push(Violation {
+                    path: "spec.monitoring.podMonitor.interval".into(),
+                    message: DURATION_MESSAGE.into(),
+                });
+            }
+        }
         if v.0.is_empty() {
             Ok(())
         } else {

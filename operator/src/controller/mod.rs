@@ -12,6 +12,7 @@ pub mod conditions;
 pub mod database;
 pub mod leader;
 pub mod metrics;
+pub mod monitoring;
 pub mod pod_status;
 pub mod reconcile;
 pub mod resize;
@@ -27,6 +28,7 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::runtime::events::Reporter;
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -200,7 +202,8 @@ async fn run_controller(
         .owns(scoped::<ConfigMap>(&client, ns), children.clone())
         .owns(scoped::<Service>(&client, ns), children.clone())
         .owns(scoped::<Deployment>(&client, ns), children.clone())
-        .owns(scoped::<PodDisruptionBudget>(&client, ns), children)
+        .owns(scoped::<PodDisruptionBudget>(&client, ns), children.clone())
+        .owns(scoped::<NetworkPolicy>(&client, ns), children)
         // The owned Secrets and those the pools read: one watch serves both.
         .watches(
             scoped::<Secret>(&client, ns),

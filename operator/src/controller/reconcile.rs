@@ -22,10 +22,11 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use k8s_openapi::NamespaceResourceScope;
-use kube::api::{ListParams, Patch, PatchParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -39,12 +40,15 @@ use super::claims::{DatabaseKey, Ledger};
 use super::conditions::{self, reason, Status, Verdict};
 use super::database::{self, Target};
 use super::metrics::Metrics;
+use super::monitoring::{self, Discovery};
 use super::pod_status;
 use super::resize::{self, Desired, Live, PodsConfig};
 use super::rollout::{self, Observation};
 use super::tls::ProbeTls;
 use super::usage::{self, NearBudgetSettings, PodReport};
-use crate::api::condition::{BUDGET_FEASIBLE, FITS, INVALID_SPEC, NEAR_BUDGET, PROGRESSING};
+use crate::api::condition::{
+    BUDGET_FEASIBLE, FITS, INVALID_SPEC, MONITORING, NEAR_BUDGET, PROGRESSING,
+};
 use crate::api::{
     BudgetStatus, CaSource, ConnectionPool, ConnectionPoolSpec, ConnectionPoolStatus,
     MaxConnections, SslMode, UsageStatus,
@@ -69,6 +73,11 @@ pub struct Settings {
     /// How often a pool is reconciled without any change (picks up a new
     /// `max_connections`).
     pub resync: Duration,
+    /// How long API discovery's answer (is the PodMonitor CRD installed?) is reused.
+    pub discovery_ttl: Duration,
+    /// The namespace the operator runs in, if known (the NetworkPolicy's default
+    /// operator peer).
+    pub operator_namespace: Option<String>,
     /// Reading the pooler pods' `/status`; `None` when the operator does not (it then
     /// reports no usage, and only `settle` guards a scale-up).
     pub pod_status: Option<PodStatusSettings>,
@@ -101,6 +110,7 @@ pub struct Context {
     pools: Store<ConnectionPool>,
     ledger: Ledger,
     databases: database::Cache,
+    discovery: Discovery,
     metrics: Metrics,
     settings: Settings,
     failures: Mutex<HashMap<ObjectRef<ConnectionPool>, u32>>,
@@ -128,6 +138,7 @@ impl Context {
             pods,
             watched: Mutex::new(HashMap::new()),
             databases: database::Cache::new(settings.database_ttl),
+            discovery: Discovery::new(settings.discovery_ttl),
             client,
             reporter,
             pools,
@@ -433,6 +444,8 @@ async fn reconcile_pool(pool: &ConnectionPool, ctx: &Context) -> Result<Action, 
         config_maps,
         pod_ips,
         peers_in_force,
+        operator_namespace: ctx.settings.operator_namespace.clone(),
+        api_server: observe_api_server(ctx, &pool.spec).await,
     };
     let database_problem = database.err();
     let (budget, derivation) = budget_verdict(pool, &observed, database_problem.as_ref());
@@ -442,12 +455,28 @@ async fn reconcile_pool(pool: &ConnectionPool, ctx: &Context) -> Result<Action, 
     let reports = ctx.read_pods(&namespace, &name).await;
 
     let old = pool.status.clone().unwrap_or_default();
+    // Only a spec change can stop asking for an optional child, which is then deleted
+    // (whether or not the rest renders).
+    let spec_changed = pool.metadata.generation != old.observed_generation;
+    if spec_changed && pool.spec.network_policy.is_none() {
+        delete_network_policy(ctx, &namespace, &name).await?;
+    }
+    if spec_changed && pool.spec.pod_monitor().is_none() {
+        monitoring::delete(&ctx.client, &ctx.discovery, &namespace, &name).await?;
+    }
+    let mut monitored = None;
     let (mut status, applied, blocker) = match render::render(pool, &observed) {
         Ok(rendered) => {
             let binding = rendered.token_review_binding.as_ref();
             super::token_review::sync(&ctx.client, pool, &namespace, binding).await?;
             let applied =
                 apply_children(ctx, pool, &namespace, &rendered, reports.as_ref()).await?;
+            if let Some(monitor) = &rendered.pod_monitor {
+                monitored = Some(
+                    monitoring::apply(&ctx.client, &ctx.discovery, &namespace, &name, monitor)
+                        .await?,
+                );
+            }
             (rendered.status(pool), Some(applied), None)
         }
         Err(e) => {
@@ -505,7 +534,13 @@ async fn reconcile_pool(pool: &ConnectionPool, ctx: &Context) -> Result<Action, 
         _ => rollout::ready(seen.as_ref(), want),
     };
     let generation = pool.metadata.generation;
-    let mut verdicts = vec![ready.clone(), progressing, budget];
+    let crd_missing = monitored
+        .as_ref()
+        .is_some_and(|m| m.status == Status::False);
+    let mut verdicts: Vec<Verdict> = [ready.clone(), progressing, budget]
+        .into_iter()
+        .chain(monitored)
+        .collect();
     let judged = match (&reports, &status.budget) {
         (Some(Ok(reports)), Some(budget)) => {
             ctx.judge_usage(&ObjectRef::from(pool), reports, budget)
@@ -517,6 +552,9 @@ async fn reconcile_pool(pool: &ConnectionPool, ctx: &Context) -> Result<Action, 
         verdicts.push(near_budget);
     }
     status.conditions = conditions::merge(&old.conditions, &verdicts, generation, &now());
+    if pool.spec.pod_monitor().is_none() {
+        status.conditions.retain(|c| c.type_ != MONITORING);
+    }
     status.observed_generation = generation;
     status.replicas = seen.map(|s| s.replicas);
     status.ready_replicas = seen.map(|s| s.ready);
@@ -533,6 +571,8 @@ async fn reconcile_pool(pool: &ConnectionPool, ctx: &Context) -> Result<Action, 
     }
     Ok(match hold {
         Some((_, _, recheck)) => Action::requeue(recheck),
+        // Look for the PodMonitor CRD again once discovery's answer expires.
+        None if crd_missing => Action::requeue(ctx.discovery.ttl().min(ctx.settings.resync)),
         // Endpoints are not watched: look again shortly until the pool is ready.
         None if ready.status != Status::True && blocker.is_none() => {
             Action::requeue(Duration::from_secs(5))
@@ -911,6 +951,7 @@ async fn apply_children(
                 deployment = Some(apply(client, namespace, &o).await?);
             }
             Child::PodDisruptionBudget(o) => drop(apply(client, namespace, o).await?),
+            Child::NetworkPolicy(o) => drop(apply(client, namespace, o).await?),
         }
     }
     let deployment =
@@ -996,6 +1037,63 @@ async fn observe_peers(
     Ok((ips, in_force))
 }
 
+/// Deletes the pool's NetworkPolicy, if any: the spec no longer asks for one.
+async fn delete_network_policy(ctx: &Context, namespace: &str, pool: &str) -> Result<(), Error> {
+    Api::<NetworkPolicy>::namespaced(ctx.client.clone(), namespace)
+        .delete(pool, &DeleteParams::default())
+        .await
+        .map(drop)
+        .or_else(|e| match e {
+            kube::Error::Api(s) if s.code == 404 => Ok(()),
+            e => Err(e),
+        })
+        .map_err(kube_error::<NetworkPolicy>("delete", pool))
+}
+
+/// The API server's endpoints (address → ports), which the NetworkPolicy's egress admits
+/// when a user logs in with ServiceAccount tokens; none when there is no such policy, or
+/// when they cannot be read (a namespaced install may not read `default`), in which case
+/// the policy falls back to the usual ports on any address.
+async fn observe_api_server(
+    ctx: &Context,
+    spec: &ConnectionPoolSpec,
+) -> BTreeMap<String, Vec<i32>> {
+    let reviews_tokens = spec
+        .users
+        .iter()
+        .flatten()
+        .any(|u| u.service_accounts.as_ref().is_some_and(|s| !s.is_empty()));
+    if spec.network_policy.is_none() || !reviews_tokens {
+        return BTreeMap::new();
+    }
+    let slices = match Api::<EndpointSlice>::namespaced(ctx.client.clone(), "default")
+        .list(&ListParams::default().labels("kubernetes.io/service-name=kubernetes"))
+        .await
+    {
+        Ok(slices) => slices,
+        Err(e) => {
+            debug!(error = %e, "cannot read the API server's endpoints; egress to it by port only");
+            return BTreeMap::new();
+        }
+    };
+    let mut endpoints = BTreeMap::new();
+    for slice in &slices.items {
+        let ports: Vec<i32> = slice
+            .ports
+            .iter()
+            .flatten()
+            .filter_map(|p| p.port)
+            .collect();
+        for address in slice.endpoints.iter().flat_map(|e| &e.addresses) {
+            endpoints
+                .entry(address.clone())
+                .or_insert_with(Vec::new)
+                .extend(ports.iter().copied());
+        }
+    }
+    endpoints
+}
+
 /// Ready endpoints of the pool's Service.
 async fn ready_endpoints(ctx: &Context, namespace: &str, service: &str) -> Result<u32, Error> {
     let slices = Api::<EndpointSlice>::namespaced(ctx.client.clone(), namespace)
@@ -1059,6 +1157,16 @@ async fn publish_events(
                 events.push((EventType::Normal, c.reason.clone(), c.message.clone()))
             }
             _ => {}
+        }
+    }
+    if let Some(c) = conditions::find(&new.conditions, MONITORING) {
+        let before = conditions::find(&old.conditions, MONITORING);
+        if before.is_none_or(|b| b.status != c.status) {
+            let type_ = match c.status.as_str() {
+                "True" => EventType::Normal,
+                _ => EventType::Warning,
+            };
+            events.push((type_, c.reason.clone(), c.message.clone()));
         }
     }
     let reference = pool.object_ref(&());
@@ -1195,6 +1303,7 @@ mod tests {
                 Child::Service(_) => "Service",
                 Child::Deployment(_) => "Deployment",
                 Child::PodDisruptionBudget(_) => "PodDisruptionBudget",
+                Child::NetworkPolicy(_) => "NetworkPolicy",
             })
             .collect();
         assert_eq!(

@@ -12,6 +12,8 @@
 
 pub mod config;
 mod meta;
+pub mod monitoring;
+mod network_policy;
 pub mod peers;
 pub mod rbac;
 mod secrets;
@@ -23,6 +25,7 @@ use std::fmt::Write as _;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
 use kube::ResourceExt;
@@ -36,6 +39,7 @@ use crate::sizing::{self, DatabaseLimits, Share, Sizing, SizingError, UserDemand
 use crate::yaml;
 
 pub use meta::{names, selector_labels, selector_string, RESTART_HASH_ANNOTATION};
+pub use monitoring::PodMonitor;
 pub use secrets::APP_SECRET_KEYS;
 pub use workload::SERVICE_PORT;
 
@@ -68,6 +72,11 @@ pub struct Observed {
     /// The peer ids in force (id → pod IP), from the ConfigMap's `[peers]`, so that pods
     /// keep their ids (see [`peers::assign`]).
     pub peers_in_force: BTreeMap<u16, String>,
+    /// The namespace the operator runs in, for the NetworkPolicy's default operator peer.
+    pub operator_namespace: Option<String>,
+    /// The API server's endpoints (address → ports, from the `kubernetes` Service's
+    /// EndpointSlices), for the NetworkPolicy's egress when tokens are reviewed.
+    pub api_server: BTreeMap<String, Vec<i32>>,
 }
 
 /// Why a ConnectionPool cannot be rendered.
@@ -183,6 +192,11 @@ pub struct Rendered {
     pub deployment: Deployment,
     /// Keeps voluntary disruptions to one pod at a time.
     pub pod_disruption_budget: PodDisruptionBudget,
+    /// Who may reach the pods and what they may reach, when `spec.networkPolicy` asks.
+    pub network_policy: Option<NetworkPolicy>,
+    /// The Prometheus Operator PodMonitor, when `spec.monitoring.podMonitor` asks; applied
+    /// by the controller apart from the children, only while its CRD is installed.
+    pub pod_monitor: Option<PodMonitor>,
 }
 
 /// One rendered child object, typed, so that the controller applies exactly the list
@@ -201,6 +215,8 @@ pub enum Child<'a> {
     Deployment(&'a Deployment),
     /// The pods' disruption budget.
     PodDisruptionBudget(&'a PodDisruptionBudget),
+    /// The pods' NetworkPolicy.
+    NetworkPolicy(&'a NetworkPolicy),
 }
 
 impl<'a> Child<'a> {
@@ -213,32 +229,39 @@ impl<'a> Child<'a> {
             Child::Service(o) => o,
             Child::Deployment(o) => o,
             Child::PodDisruptionBudget(o) => o,
+            Child::NetworkPolicy(o) => o,
         }
     }
 }
 
 impl Rendered {
     /// The children in the order they are applied: what pods mount and run as comes before
-    /// the pods, the disruption budget after them.
-    pub fn children(&self) -> [Child<'_>; 8] {
-        [
+    /// the pods, and so does their NetworkPolicy; the disruption budget after them.
+    pub fn children(&self) -> Vec<Child<'_>> {
+        let mut children = vec![
             Child::ServiceAccount(&self.service_account),
             Child::ConfigMap(&self.config_map),
             Child::Secret(&self.auth_secret),
             Child::Secret(&self.app_secret),
             Child::Service(&self.service),
             Child::Service(&self.peers_service),
-            Child::Deployment(&self.deployment),
-            Child::PodDisruptionBudget(&self.pod_disruption_budget),
-        ]
+        ];
+        children.extend(self.network_policy.as_ref().map(Child::NetworkPolicy));
+        children.push(Child::Deployment(&self.deployment));
+        children.push(Child::PodDisruptionBudget(&self.pod_disruption_budget));
+        children
     }
 
-    /// The objects of [`Rendered::children`], in that order, then the ClusterRoleBinding.
+    /// The objects of [`Rendered::children`], in that order, then the ClusterRoleBinding
+    /// and the PodMonitor.
     pub fn objects(&self) -> Vec<&dyn yaml::erased::Document> {
         let mut objects: Vec<&dyn yaml::erased::Document> =
             self.children().into_iter().map(Child::document).collect();
         if let Some(binding) = &self.token_review_binding {
             objects.push(binding);
+        }
+        if let Some(monitor) = &self.pod_monitor {
+            objects.push(monitor);
         }
         objects
     }
@@ -326,14 +349,26 @@ pub fn render(pool: &ConnectionPool, observed: &Observed) -> Result<Rendered, Re
         namespace: &namespace,
         owner,
     };
+    let service = workload::service(&ctx, &pool.spec);
+    let network_policy = network_policy::network_policy(
+        &ctx,
+        &network_policy::Inputs {
+            spec: &pool.spec,
+            service: &service,
+            config: &config,
+            observed,
+        },
+    );
     Ok(Rendered {
+        network_policy,
+        pod_monitor: monitoring::pod_monitor(&ctx, &pool.spec),
         users: credentials.iter().map(|c| c.user.clone()).collect(),
         service_account: workload::service_account(&ctx),
         token_review_binding: rbac::token_review_binding(&ctx, &config),
         config_map: secrets::config_map(&ctx, &config),
         auth_secret: secrets::auth_secret(&ctx, &credentials),
         app_secret: secrets::app_secret(&ctx, &pool.spec, &credentials),
-        service: workload::service(&ctx, &pool.spec),
+        service,
         peers_service: workload::peers_service(&ctx, &config),
         deployment: workload::deployment(&ctx, &pool.spec, &config, &restart_hash),
         pod_disruption_budget: workload::pod_disruption_budget(&ctx),

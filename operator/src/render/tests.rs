@@ -738,3 +738,286 @@ fn pods_find_their_peer_ids_in_the_config_map() {
         r.service.spec.as_ref().expect("spec").selector
     );
 }
+
+const NETWORK_POLICY: &str = "  networkPolicy:
+    clients:
+      - namespaceSelector: {matchLabels: {team: shop}}
+        podSelector: {matchLabels: {app: checkout}}
+    metrics:
+      - namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: monitoring}}
+        podSelector: {matchLabels: {app.kubernetes.io/name: prometheus}}
+";
+
+fn with(extra: &str) -> ConnectionPool {
+    from_yaml(&format!("{POOL}{extra}")).expect("valid pool")
+}
+
+fn as_json<T: serde::Serialize>(value: &T) -> serde_json::Value {
+    serde_json::to_value(value).expect("serializes")
+}
+
+#[test]
+fn no_network_policy_or_pod_monitor_unless_asked() {
+    let r = rendered();
+    assert!(r.network_policy.is_none());
+    assert!(r.pod_monitor.is_none());
+    assert!(!r
+        .children()
+        .iter()
+        .any(|c| matches!(c, Child::NetworkPolicy(_))));
+    let off = with("  monitoring:\n    podMonitor: {enabled: false}\n");
+    assert!(render(&off, &observed())
+        .expect("renders")
+        .pod_monitor
+        .is_none());
+}
+
+#[test]
+fn the_network_policy_admits_clients_peers_and_scrapers_only() {
+    let mut facts = observed();
+    facts.operator_namespace = Some("weir-system".to_owned());
+    let r = render(&with(NETWORK_POLICY), &facts).expect("renders");
+    let policy = r.network_policy.as_ref().expect("a NetworkPolicy");
+    assert_eq!(policy.metadata.name.as_deref(), Some("orders"));
+    let spec = as_json(policy.spec.as_ref().expect("spec"));
+    assert_eq!(
+        spec["podSelector"],
+        serde_json::json!({"matchLabels": {"app.kubernetes.io/name": "weir", "weir.dev/pool": "orders"}})
+    );
+    assert_eq!(
+        spec["policyTypes"],
+        serde_json::json!(["Ingress", "Egress"])
+    );
+    // The Service's ports, by target port: the clients and the pool's own pods (cancels).
+    let clients = &spec["ingress"][0];
+    assert_eq!(
+        clients["ports"],
+        serde_json::json!([{"port": "pooler", "protocol": "TCP"}])
+    );
+    assert_eq!(
+        clients["from"][0]["podSelector"]["matchLabels"]["app"],
+        "checkout"
+    );
+    assert_eq!(
+        clients["from"][0]["namespaceSelector"]["matchLabels"]["team"],
+        "shop"
+    );
+    assert_eq!(
+        clients["from"][1],
+        serde_json::json!({"podSelector": spec["podSelector"]})
+    );
+    assert_eq!(clients["from"].as_array().map(Vec::len), Some(2));
+    // The HTTP port: the operator, by the chart's labels in its namespace, and Prometheus.
+    let scrapers = &spec["ingress"][1];
+    assert_eq!(
+        scrapers["ports"],
+        serde_json::json!([{"port": "http", "protocol": "TCP"}])
+    );
+    assert_eq!(
+        scrapers["from"][0],
+        serde_json::json!({
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "weir-system"}},
+            "podSelector": {"matchLabels": {
+                "app.kubernetes.io/component": "operator",
+                "app.kubernetes.io/name": "weir"
+            }}
+        })
+    );
+    assert_eq!(
+        scrapers["from"][1]["podSelector"]["matchLabels"]["app.kubernetes.io/name"],
+        "prometheus"
+    );
+    assert_eq!(spec["ingress"].as_array().map(Vec::len), Some(2));
+
+    // Egress: DNS, the database (a host name: its port to any address), the peers.
+    let egress = spec["egress"].as_array().expect("egress rules");
+    assert_eq!(
+        egress.len(),
+        3,
+        "no API server without token users: {egress:?}"
+    );
+    assert_eq!(
+        egress[0],
+        serde_json::json!({
+            "to": [{
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+                "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}
+            }],
+            "ports": [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]
+        })
+    );
+    assert_eq!(
+        egress[1],
+        serde_json::json!({"ports": [{"port": 5432, "protocol": "TCP"}]})
+    );
+    assert_eq!(
+        egress[2],
+        serde_json::json!({
+            "to": [{"podSelector": spec["podSelector"]}],
+            "ports": [{"port": r.config.pgbouncer.listen_port, "protocol": "TCP"}]
+        })
+    );
+    // Owned, so that it is collected with the pool, and applied before the pods.
+    assert_eq!(
+        policy
+            .metadata
+            .owner_references
+            .as_ref()
+            .map(|o| o[0].kind.as_str()),
+        Some("ConnectionPool")
+    );
+    let kinds: Vec<&str> = r
+        .children()
+        .iter()
+        .filter_map(|c| match c {
+            Child::NetworkPolicy(_) => Some("NetworkPolicy"),
+            Child::Deployment(_) => Some("Deployment"),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(kinds, ["NetworkPolicy", "Deployment"]);
+}
+
+#[test]
+fn database_egress_is_narrowed_to_an_address_when_one_is_known() {
+    let egress = |pool: &ConnectionPool| {
+        let r = render(pool, &observed()).expect("renders");
+        as_json(&r.network_policy.expect("policy").spec.expect("spec"))["egress"][1].clone()
+    };
+    let ip_pool = from_yaml(&format!("{POOL}{NETWORK_POLICY}").replace("orders-db-rw", "10.1.2.3"))
+        .expect("valid pool");
+    assert_eq!(
+        egress(&ip_pool)["to"],
+        serde_json::json!([{"ipBlock": {"cidr": "10.1.2.3/32"}}])
+    );
+    let v6 = from_yaml(&format!("{POOL}{NETWORK_POLICY}").replace("orders-db-rw", "\"fd00::5\""))
+        .expect("valid pool");
+    assert_eq!(
+        egress(&v6)["to"],
+        serde_json::json!([{"ipBlock": {"cidr": "fd00::5/128"}}])
+    );
+    let cidr = with(&format!("{NETWORK_POLICY}    databaseCIDR: 10.20.0.0/16\n"));
+    assert_eq!(
+        egress(&cidr)["to"],
+        serde_json::json!([{"ipBlock": {"cidr": "10.20.0.0/16"}}])
+    );
+}
+
+#[test]
+fn token_reviews_open_egress_to_the_api_server() {
+    let pool = from_yaml(&format!(
+        "{}{NETWORK_POLICY}    operator:\n      podSelector: {{matchLabels: {{role: op}}}}\n",
+        serde_yaml_text(&token_pool("client: {secretName: orders-tls}"))
+    ))
+    .expect("valid pool");
+    let mut facts = tls_observed("pem");
+    let rules = |facts: &Observed| {
+        let r = render(&pool, facts).expect("renders");
+        as_json(&r.network_policy.expect("policy").spec.expect("spec"))
+    };
+    // Endpoints unknown: the usual ports, any address.
+    let spec = rules(&facts);
+    assert_eq!(
+        spec["egress"][3],
+        serde_json::json!({"ports": [{"port": 443, "protocol": "TCP"}, {"port": 6443, "protocol": "TCP"}]})
+    );
+    facts.api_server = BTreeMap::from([
+        ("10.0.0.1".to_owned(), vec![6443]),
+        ("10.0.0.2".to_owned(), vec![6443]),
+    ]);
+    let spec = rules(&facts);
+    assert_eq!(
+        spec["egress"][3],
+        serde_json::json!({
+            "to": [{"ipBlock": {"cidr": "10.0.0.1/32"}}, {"ipBlock": {"cidr": "10.0.0.2/32"}}],
+            "ports": [{"port": 6443, "protocol": "TCP"}]
+        })
+    );
+    // The operator as the spec names it.
+    assert_eq!(
+        spec["ingress"][1]["from"][0],
+        serde_json::json!({"podSelector": {"matchLabels": {"role": "op"}}})
+    );
+}
+
+/// A pool's spec back as manifest text, to add fields to.
+fn serde_yaml_text(pool: &ConnectionPool) -> String {
+    crate::yaml::to_string(pool).expect("serializes")
+}
+
+#[test]
+fn the_pod_monitor_scrapes_the_http_port() {
+    let pool = with(
+        "  monitoring:\n    podMonitor:\n      labels: {release: prometheus}\n      interval: 15s\n",
+    );
+    let r = render(&pool, &observed()).expect("renders");
+    let monitor = r.pod_monitor.as_ref().expect("a PodMonitor");
+    let json = as_json(monitor);
+    assert_eq!(json["apiVersion"], "monitoring.coreos.com/v1");
+    assert_eq!(json["kind"], "PodMonitor");
+    assert_eq!(json["metadata"]["name"], "orders");
+    assert_eq!(json["metadata"]["labels"]["release"], "prometheus");
+    assert_eq!(json["metadata"]["labels"]["weir.dev/pool"], "orders");
+    assert_eq!(
+        json["metadata"]["ownerReferences"][0]["kind"],
+        "ConnectionPool"
+    );
+    assert_eq!(
+        json["spec"],
+        serde_json::json!({
+            "selector": {"matchLabels": {"app.kubernetes.io/name": "weir", "weir.dev/pool": "orders"}},
+            "podMetricsEndpoints": [{"port": "http", "path": "/metrics", "interval": "15s"}]
+        })
+    );
+    // The port it names is the pods' HTTP port.
+    let ports = &pod_template(&r)["spec"]["containers"][0]["ports"];
+    assert_eq!(ports[1]["name"], "http");
+    // Not a child: the controller applies it only while its CRD is installed.
+    assert!(r.objects().len() > r.children().len());
+    assert!(r
+        .to_yaml_stream()
+        .expect("yaml")
+        .contains("kind: PodMonitor"));
+}
+
+#[test]
+fn bad_monitoring_and_network_policy_settings_are_refused() {
+    let refused = |extra: &str| -> String {
+        match from_yaml(&format!("{POOL}{extra}")) {
+            Ok(_) => panic!("accepted: {extra}"),
+            Err(e) => e.to_string(),
+        }
+    };
+    let e = refused("  networkPolicy:\n    clients: []\n");
+    assert!(e.contains("spec.networkPolicy.clients"), "{e}");
+    let e = refused(&format!("{NETWORK_POLICY}    databaseCIDR: 10.0.0.0\n"));
+    assert!(e.contains(crate::api::rules::BAD_CIDR), "{e}");
+    let e = refused("  monitoring:\n    podMonitor: {labels: {weir.dev/x: z}}\n");
+    assert!(e.contains("spec.monitoring.podMonitor.labels"), "{e}");
+    let e = refused("  monitoring:\n    podMonitor: {interval: \"15\"}\n");
+    assert!(e.contains("spec.monitoring.podMonitor.interval"), "{e}");
+}
+
+#[test]
+fn cidrs_are_checked_like_cel_is_cidr() {
+    use crate::api::rules::is_cidr;
+    for good in [
+        "10.0.0.0/8",
+        "10.1.2.3/32",
+        "0.0.0.0/0",
+        "fd00::/64",
+        "::1/128",
+    ] {
+        assert!(is_cidr(good), "{good}");
+    }
+    for bad in [
+        "10.0.0.0",
+        "10.0.0.0/33",
+        "fd00::/129",
+        "db/24",
+        "10.0.0.0/+8",
+        "10.0.0.0/",
+    ] {
+        assert!(!is_cidr(bad), "{bad}");
+    }
+}

@@ -30,11 +30,11 @@ pub const SERVICE_PORT: u16 = 5432;
 /// The pooler container's name.
 const CONTAINER: &str = "weir";
 /// Name of the container port clients reach.
-const POOLER_PORT_NAME: &str = "pooler";
+pub(crate) const POOLER_PORT_NAME: &str = "pooler";
 /// The environment variable the downward API fills with the pod's IP.
 const POD_IP_ENV: &str = "POD_IP";
 /// Name of the HTTP port (health, readiness, metrics).
-const HTTP_PORT_NAME: &str = "http";
+pub(crate) const HTTP_PORT_NAME: &str = "http";
 /// The unprivileged user and group the pooler runs as.
 const RUN_AS: i64 = 65532;
 /// Seconds a terminating pod keeps accepting clients before the pooler is told to drain,
