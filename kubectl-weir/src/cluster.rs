@@ -85,7 +85,11 @@ async fn pod_status(client: &Client, namespace: &str, pod: &str) -> Result<PodSt
     let text = tokio::time::timeout(POD_TIMEOUT, client.request_text(request))
         .await
         .map_err(|_| format!("no answer within {}s", POD_TIMEOUT.as_secs()))?
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| match e {
+            // The API server's own words, without kube's wrapping of a non-JSON body.
+            kube::Error::Api(status) => format!("{} {}", status.code, status.message),
+            e => e.to_string(),
+        })?;
     PodStatus::parse(&text).map_err(|e| e.to_string())
 }
 
@@ -115,13 +119,14 @@ pub async fn status(
     Ok(out.join("\n"))
 }
 
-/// `kubectl weir console`: `command` on every running pod of the pool, merged.
+/// `kubectl weir console`: `command` on every running pod of the pool, merged; with the
+/// number of pods that failed and of pods asked, when some failed.
 pub async fn console(
     client: &Client,
     namespace: &str,
     pool_name: &str,
     command: &str,
-) -> anyhow::Result<String> {
+) -> anyhow::Result<(String, Option<(usize, usize)>)> {
     let pool = pools(client, namespace, Some(pool_name)).await?;
     let pool = pool.first().context("no such ConnectionPool")?;
     let secret_name = names::auth_secret(pool_name);
@@ -158,7 +163,12 @@ pub async fn console(
             (name, answer)
         }
     });
-    Ok(console::merge(&join_all(runs).await))
+    let answers = join_all(runs).await;
+    let failed = answers.iter().filter(|(_, a)| a.is_err()).count();
+    Ok((
+        console::merge(&answers),
+        (failed > 0).then_some((failed, answers.len())),
+    ))
 }
 
 async fn console_on_pod(

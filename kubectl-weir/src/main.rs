@@ -83,9 +83,15 @@ struct ExplainArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli.command) {
-        Ok(text) => {
-            print!("{text}");
-            ExitCode::SUCCESS
+        Ok(report) => {
+            print!("{}", report.text);
+            match report.failure {
+                None => ExitCode::SUCCESS,
+                Some(failure) => {
+                    eprintln!("kubectl weir: {failure}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         Err(e) => {
             eprintln!("kubectl weir: {e:#}");
@@ -94,21 +100,40 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(command: Command) -> anyhow::Result<String> {
+/// What a command prints, and whether part of it failed.
+struct Report {
+    text: String,
+    failure: Option<String>,
+}
+
+impl From<String> for Report {
+    fn from(text: String) -> Report {
+        Report {
+            text,
+            failure: None,
+        }
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<Report> {
     match command {
-        Command::Render(args) => offline::render_yaml(&args),
-        Command::ExplainBudget(args) if args.file.is_some() => explain_offline(&args),
+        Command::Render(args) => offline::render_yaml(&args).map(Report::from),
+        Command::ExplainBudget(args) if args.file.is_some() => {
+            explain_offline(&args).map(Report::from)
+        }
         Command::ExplainBudget(args) => live(|client| async move {
             let ns = namespace(&client, args.namespace);
             let name = args.pool.context("name a ConnectionPool or pass -f")?;
             let pools = cluster::pools(&client, &ns, Some(&name)).await?;
-            explain_live(pools.first().context("no such ConnectionPool")?)
+            explain_live(pools.first().context("no such ConnectionPool")?).map(Report::from)
         }),
         Command::Status {
             namespace: ns,
             pool,
         } => live(|client| async move {
-            cluster::status(&client, &namespace(&client, ns), pool.as_deref()).await
+            cluster::status(&client, &namespace(&client, ns), pool.as_deref())
+                .await
+                .map(Report::from)
         }),
         Command::Console {
             namespace: ns,
@@ -116,7 +141,12 @@ fn run(command: Command) -> anyhow::Result<String> {
             command,
         } => live(|client| async move {
             let ns = namespace(&client, ns);
-            cluster::console(&client, &ns, &pool, &command.join(" ")).await
+            let (text, failed) = cluster::console(&client, &ns, &pool, &command.join(" ")).await?;
+            Ok(Report {
+                text,
+                failure: failed
+                    .map(|(failed, pods)| format!("{failed} of {pods} pods did not answer")),
+            })
         }),
     }
 }
@@ -127,10 +157,10 @@ fn namespace(client: &Client, given: Option<String>) -> String {
 }
 
 /// Runs `f` with a client for the kubeconfig's cluster.
-fn live<F, Fut>(f: F) -> anyhow::Result<String>
+fn live<F, Fut>(f: F) -> anyhow::Result<Report>
 where
     F: FnOnce(Client) -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<String>>,
+    Fut: std::future::Future<Output = anyhow::Result<Report>>,
 {
     let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
     runtime.block_on(async move {
