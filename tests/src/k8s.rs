@@ -179,16 +179,12 @@ impl ControlPlane {
     }
 
     /// Runs `kubectl weir ARGS` the way a user does: kubectl finds the `kubectl-weir` plugin
-    /// on PATH (next to the operator binary under test) and hands it KUBECONFIG.
-    pub async fn kubectl_weir(&self, args: &[&str]) -> anyhow::Result<Output> {
-        let plugin_dir = operator_binary()
-            .await?
-            .parent()
-            .context("the operator binary has no directory")?
-            .to_owned();
-        let path = std::env::join_paths([plugin_dir, self.bin.clone()].into_iter().chain(
-            std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()),
-        ))?;
+    /// on PATH (from `plugin_dir`) and hands it KUBECONFIG.
+    pub async fn kubectl_weir(&self, plugin_dir: &Path, args: &[&str]) -> anyhow::Result<Output> {
+        let path =
+            std::env::join_paths([plugin_dir.to_owned(), self.bin.clone()].into_iter().chain(
+                std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()),
+            ))?;
         let mut cmd = Command::new(self.bin.join("kubectl"));
         cmd.arg("weir").args(args);
         cmd.env("KUBECONFIG", &self.kubeconfig)

@@ -508,7 +508,15 @@ async fn kubectl_weir_reads_the_pods(env: &mut Env) -> anyhow::Result<()> {
         .lines()
         .filter_map(|p| p.strip_prefix("pod/"))
         .collect();
-    let status = env.plane.kubectl_weir(&["status", "-n", NS, POOL]).await?;
+    // The plugin built next to the binaries the node's image was made of.
+    let plugin_dir = operator_bin()
+        .parent()
+        .context("the operator binary has no directory")?
+        .to_owned();
+    let status = env
+        .plane
+        .kubectl_weir(&plugin_dir, &["status", "-n", NS, POOL])
+        .await?;
     eprintln!(
         "$ kubectl weir status -n {NS} {POOL}\n{}{}",
         status.stdout, status.stderr
@@ -526,7 +534,10 @@ async fn kubectl_weir_reads_the_pods(env: &mut Env) -> anyhow::Result<()> {
     let console = eventually("SHOW POOLS on every pod", WAIT, || async {
         let out = env
             .plane
-            .kubectl_weir(&["console", "-n", NS, POOL, "--", "SHOW POOLS"])
+            .kubectl_weir(
+                &plugin_dir,
+                &["console", "-n", NS, POOL, "--", "SHOW POOLS"],
+            )
             .await?;
         ensure!(out.success(), "{}{}", out.stdout, out.stderr);
         Ok(out.stdout)
@@ -582,10 +593,15 @@ macro_rules! step {
     }};
 }
 
-async fn setup() -> anyhow::Result<Env> {
-    let operator_bin = std::env::var_os(OPERATOR_BIN_ENV)
+/// The operator binary the node's image is built from (and `kubectl-weir` lies beside).
+fn operator_bin() -> std::path::PathBuf {
+    std::env::var_os(OPERATOR_BIN_ENV)
         .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| workspace().join("target/debug/weir-operator"));
+        .unwrap_or_else(|| workspace().join("target/debug/weir-operator"))
+}
+
+async fn setup() -> anyhow::Result<Env> {
+    let operator_bin = operator_bin();
     let bins = operator_bin
         .parent()
         .context("the operator binary has no directory")?

@@ -4,12 +4,13 @@
 //! operator's auth Secret. Reading the pods themselves (pod proxy, port-forward) needs real
 //! pods: tests/tests/e2e_pods.rs covers that.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{ensure, Context as _};
 use kube::Api;
 use weir_operator::api::{BudgetStatus, ConnectionPool};
-use weir_tests::k8s::{eventually, workspace, ControlPlane, Operator, Output};
+use weir_tests::k8s::{eventually, operator_binary, workspace, ControlPlane, Operator, Output};
 use weir_tests::postgres::{PasswordMethod, PgCluster, PgOptions};
 
 const NS: &str = "plugin";
@@ -18,13 +19,15 @@ const MAX_CONNECTIONS: u32 = 60;
 
 struct Env {
     plane: ControlPlane,
+    /// Where `kubectl-weir` was built, next to the operator under test.
+    plugin_dir: PathBuf,
     pg: PgCluster,
     _operator: Operator,
 }
 
 impl Env {
     async fn weir(&self, args: &[&str]) -> anyhow::Result<Output> {
-        self.plane.kubectl_weir(args).await
+        self.plane.kubectl_weir(&self.plugin_dir, args).await
     }
 
     async fn weir_ok(&self, args: &[&str]) -> anyhow::Result<String> {
@@ -108,8 +111,14 @@ async fn setup() -> anyhow::Result<Env> {
         .create_credentials(NS, "orders-db-app", "app", "app-secret")
         .await?;
     let operator = Operator::start(&plane, "op", &["--leader-elect=false"]).await?;
+    let plugin_dir = operator_binary()
+        .await?
+        .parent()
+        .context("the operator binary has no directory")?
+        .to_owned();
     Ok(Env {
         plane,
+        plugin_dir,
         pg,
         _operator: operator,
     })
