@@ -125,7 +125,7 @@ async fn setup() -> anyhow::Result<Env> {
 }
 
 /// The line of `text` that starts with `label`, with runs of blanks squashed.
-fn line<'a>(text: &'a str, label: &str) -> anyhow::Result<String> {
+fn line(text: &str, label: &str) -> anyhow::Result<String> {
     text.lines()
         .find(|l| l.starts_with(label))
         .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
@@ -269,7 +269,7 @@ async fn scenario() -> anyhow::Result<()> {
         ])
         .await?;
     ensure!(
-        rendered.contains(&format!("max_db_connections = {}", b.per_pod))
+        rendered.contains(&format!("max_db_connections={}", b.per_pod))
             && rendered.contains("kind: Deployment"),
         "{rendered}"
     );
