@@ -6,6 +6,7 @@
 //! - [`render`]: from a ConnectionPool and what was observed about the world to the
 //!   Kubernetes objects that should exist.
 //! - [`crd`]: the CustomResourceDefinition, as applied to clusters and kept in `crds/`.
+//! - [`offline`]: the render of a manifest with stand-in facts, for review without a cluster.
 //!
 //! - [`controller`]: the only module that talks to the API server; it reconciles
 //!   ConnectionPools with the layers above.
@@ -13,6 +14,7 @@
 pub mod api;
 pub mod controller;
 pub mod crd;
+pub mod offline;
 pub mod render;
 pub mod sizing;
 pub mod yaml;

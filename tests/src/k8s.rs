@@ -178,6 +178,26 @@ impl ControlPlane {
         .await
     }
 
+    /// Runs `kubectl weir ARGS` the way a user does: kubectl finds the `kubectl-weir` plugin
+    /// on PATH (from `plugin_dir`) and hands it KUBECONFIG.
+    pub async fn kubectl_weir(&self, plugin_dir: &Path, args: &[&str]) -> anyhow::Result<Output> {
+        let path =
+            std::env::join_paths([plugin_dir.to_owned(), self.bin.clone()].into_iter().chain(
+                std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()),
+            ))?;
+        let mut cmd = Command::new(self.bin.join("kubectl"));
+        cmd.arg("weir").args(args);
+        cmd.env("KUBECONFIG", &self.kubeconfig)
+            .env("PATH", path)
+            .current_dir(workspace());
+        run(
+            cmd,
+            KUBECTL_TIMEOUT,
+            &format!("kubectl weir {}", args.join(" ")),
+        )
+        .await
+    }
+
     /// Runs kubectl and returns its standard output, failing with its standard error if
     /// it exits non-zero.
     pub async fn kubectl_ok(&self, args: &[&str]) -> anyhow::Result<String> {
@@ -364,6 +384,8 @@ pub async fn build_binaries() -> anyhow::Result<()> {
                 "weir-operator",
                 "-p",
                 "weir-pooler",
+                "-p",
+                "kubectl-weir",
                 "--bins",
             ])
             .current_dir(workspace());

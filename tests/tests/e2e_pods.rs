@@ -623,6 +623,74 @@ async fn operator_successor_finishes(env: &mut Env) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `kubectl weir status` reads every pod's /status through the API server's pod proxy, and
+/// `kubectl weir console` runs SHOW POOLS on every pod through port-forwards, logging in as
+/// the pool's stats user with its password from the operator's auth Secret.
+async fn kubectl_weir_reads_the_pods(env: &mut Env) -> anyhow::Result<()> {
+    let patch = r#"{"spec":{"parameters":{"stats_users":"app"}}}"#;
+    env.kubectl_ns(&["patch", "cpool", POOL, "--type=merge", "-p", patch])
+        .await?;
+    let pool = env.wait_pool_ready(2).await?;
+    let selector = pool.status.and_then(|s| s.selector).context("selector")?;
+    let pods = env
+        .kubectl_ns(&["get", "pods", "-l", &selector, "-o", "name"])
+        .await?;
+    let pods: Vec<&str> = pods
+        .lines()
+        .filter_map(|p| p.strip_prefix("pod/"))
+        .collect();
+    // The plugin built next to the binaries the node's image was made of.
+    let plugin_dir = operator_bin()
+        .parent()
+        .context("the operator binary has no directory")?
+        .to_owned();
+    let status = env
+        .plane
+        .kubectl_weir(&plugin_dir, &["status", "-n", NS, POOL])
+        .await?;
+    eprintln!(
+        "$ kubectl weir status -n {NS} {POOL}\n{}{}",
+        status.stdout, status.stderr
+    );
+    ensure!(status.success(), "{}", status.stderr);
+    for pod in &pods {
+        let row = status
+            .stdout
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("{pod} ")))
+            .with_context(|| format!("no row for {pod}"))?;
+        ensure!(!row.contains("unreadable"), "{row}");
+    }
+    // The pods reload the new stats_users after the kubelet refreshes their ConfigMap.
+    let console = eventually("SHOW POOLS on every pod", WAIT, || async {
+        let out = env
+            .plane
+            .kubectl_weir(
+                &plugin_dir,
+                &["console", "-n", NS, POOL, "--", "SHOW POOLS"],
+            )
+            .await?;
+        ensure!(out.success(), "{}{}", out.stdout, out.stderr);
+        Ok(out.stdout)
+    })
+    .await?;
+    eprintln!("$ kubectl weir console -n {NS} {POOL} -- SHOW POOLS\n{console}");
+    let mut lines = console.lines();
+    let header = lines.next().unwrap_or_default();
+    ensure!(
+        header.starts_with("POD ") && header.contains("CL_ACTIVE"),
+        "{console}"
+    );
+    let rows: Vec<&str> = lines.collect();
+    for pod in &pods {
+        ensure!(
+            rows.iter().any(|r| r.starts_with(&format!("{pod} "))),
+            "no SHOW POOLS row for {pod}:\n{console}"
+        );
+    }
+    Ok(())
+}
+
 macro_rules! step {
     ($env:expr, $step:ident) => {{
         let started = Instant::now();
@@ -656,10 +724,15 @@ macro_rules! step {
     }};
 }
 
-async fn setup() -> anyhow::Result<Env> {
-    let operator_bin = std::env::var_os(OPERATOR_BIN_ENV)
+/// The operator binary the node's image is built from (and `kubectl-weir` lies beside).
+fn operator_bin() -> std::path::PathBuf {
+    std::env::var_os(OPERATOR_BIN_ENV)
         .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| workspace().join("target/debug/weir-operator"));
+        .unwrap_or_else(|| workspace().join("target/debug/weir-operator"))
+}
+
+async fn setup() -> anyhow::Result<Env> {
+    let operator_bin = operator_bin();
     let bins = operator_bin
         .parent()
         .context("the operator binary has no directory")?
@@ -721,6 +794,7 @@ async fn pods_end_to_end() {
     step!(env, pool_becomes_ready);
     step!(env, rollout_restart_under_load);
     step!(env, usage_shows_in_status_under_load);
+    step!(env, kubectl_weir_reads_the_pods);
     step!(env, scaling_stays_within_the_budget);
     step!(env, operator_successor_finishes);
     eprintln!("e2e_pods: {:?} in all", started.elapsed());

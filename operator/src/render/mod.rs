@@ -41,7 +41,7 @@ use crate::yaml;
 pub use meta::{names, selector_labels, selector_string, RESTART_HASH_ANNOTATION};
 pub use monitoring::PodMonitor;
 pub use secrets::APP_SECRET_KEYS;
-pub use workload::SERVICE_PORT;
+pub use workload::{POOLER_PORT_NAME, SERVICE_PORT};
 
 /// What the database itself reports, read by the controller when `maxConnections` is
 /// `auto`.

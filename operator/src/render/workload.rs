@@ -30,7 +30,7 @@ pub const SERVICE_PORT: u16 = 5432;
 /// The pooler container's name.
 const CONTAINER: &str = "weir";
 /// Name of the container port clients reach.
-pub(crate) const POOLER_PORT_NAME: &str = "pooler";
+pub const POOLER_PORT_NAME: &str = "pooler";
 /// The environment variable the downward API fills with the pod's IP.
 const POD_IP_ENV: &str = "POD_IP";
 /// Name of the HTTP port (health, readiness, metrics).
