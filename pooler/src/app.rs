@@ -418,8 +418,9 @@ impl Pooler {
 
     /// The replaced `auth_file` secrets of `user` that still log in (`auth_rotation_grace`).
     pub fn previous_secrets(&self, user: &str) -> Vec<Secret> {
+        let grace = self.config_now().pgbouncer.auth_rotation_grace;
         let rotations = self.rotations.lock().unwrap_or_else(|p| p.into_inner());
-        rotations.previous(user, std::time::Instant::now())
+        rotations.previous(user, std::time::Instant::now(), grace)
     }
 
     /// The credential generation of `user`'s `auth_file` secret (0: not in the file).
@@ -625,18 +626,13 @@ impl Pooler {
         let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
         pools.retain(|key, pool| {
             let old = pool.target();
-            // Keys of a replaced verifier no longer log in: the next client who proves the
-            // new password brings fresh ones (see `refresh_scram_keys`).
-            let keys = match (&old.credential, self.secret(&key.user)) {
-                (
-                    ServerCredential::ScramKeys {
-                        client_key,
-                        server_key,
-                    },
-                    Some(Secret::Scram(verifier)),
-                ) if verifier.fits_client_key(client_key) => {
-                    Some((*client_key, *server_key))
-                }
+            // Keys of a replaced verifier stay until a client brings fresh ones (see
+            // `refresh_scram_keys`): the connections they opened still work meanwhile.
+            let keys = match &old.credential {
+                ServerCredential::ScramKeys {
+                    client_key,
+                    server_key,
+                } => Some((*client_key, *server_key)),
                 _ => None,
             };
             match pool_spec(&config, self, &key.database, &key.user, &key.user, keys, None) {
@@ -647,7 +643,14 @@ impl Pooler {
                     {
                         target.credential = old.credential.clone();
                     }
-                    let usable = target.credential != ServerCredential::None;
+                    let usable = match (&target.credential, self.secret(&key.user)) {
+                        (ServerCredential::None, _) => false,
+                        (
+                            ServerCredential::ScramKeys { client_key, .. },
+                            Some(Secret::Scram(verifier)),
+                        ) => verifier.fits_client_key(client_key),
+                        _ => true,
+                    };
                     pool.reconfigure(settings, target);
                     if usable {
                         pool.set_credential_generation(self.credential_generation(&key.user));

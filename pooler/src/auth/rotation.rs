@@ -1,6 +1,7 @@
 //! Password rotation with overlap: when a reload changes a user's secret, the previous one
 //! keeps logging clients in for `auth_rotation_grace`, and every change is a new credential
-//! generation (shown in SHOW USERS and the metrics).
+//! generation (shown in SHOW USERS and the metrics). The grace in force is what counts, so a
+//! reload that lowers it (to 0) ends the overlap of earlier rotations too.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -12,7 +13,7 @@ use super::Secret;
 struct History {
     /// 1 for the secret the pooler started with (or the first one seen), +1 per change.
     generation: u64,
-    /// Replaced secrets, newest last, each with the end of its grace.
+    /// Replaced secrets, newest last, each with when it was replaced.
     previous: Vec<(Secret, Instant)>,
 }
 
@@ -39,9 +40,9 @@ impl Rotations {
     }
 
     /// Takes in the auth file's secrets after a reload at `now`: a user whose secret changed
-    /// moves to a new generation and keeps the old secret until `now + grace`; a user taken
-    /// out of the file is revoked at once; a secret whose grace has ended is forgotten.
-    /// Returns the users whose secret changed.
+    /// moves to a new generation and keeps the old secret for `grace`; a user taken out of
+    /// the file is revoked at once; a secret whose grace has ended is forgotten. Returns the
+    /// users whose secret changed.
     pub fn update(
         &mut self,
         old: &HashMap<String, Secret>,
@@ -55,12 +56,12 @@ impl Rotations {
         users.dedup();
         for user in users {
             let history = self.users.entry(user.clone()).or_default();
-            history.previous.retain(|(_, until)| now < *until);
+            history.previous.retain(|(_, at)| now < *at + grace);
             match (old.get(user), new.get(user)) {
                 (Some(before), Some(after)) if after != before => {
                     history.generation += 1;
                     if !grace.is_zero() {
-                        history.previous.push((before.clone(), now + grace));
+                        history.previous.push((before.clone(), now));
                     }
                     // A secret coming back is current again, not also a previous one.
                     history.previous.retain(|(s, _)| s != after);
@@ -74,8 +75,8 @@ impl Rotations {
         changed
     }
 
-    /// The replaced secrets of `user` that still log in at `now`, newest first.
-    pub fn previous(&self, user: &str, now: Instant) -> Vec<Secret> {
+    /// The replaced secrets of `user` that still log in at `now` under `grace`, newest first.
+    pub fn previous(&self, user: &str, now: Instant, grace: Duration) -> Vec<Secret> {
         let Some(history) = self.users.get(user) else {
             return Vec::new();
         };
@@ -83,7 +84,7 @@ impl Rotations {
             .previous
             .iter()
             .rev()
-            .filter(|(_, until)| now < *until)
+            .filter(|(_, at)| now < *at + grace)
             .map(|(s, _)| s.clone())
             .collect()
     }
@@ -117,13 +118,18 @@ mod tests {
         assert_eq!(r.update(&v1, &v2, t0, s(300)), vec!["app".to_string()]);
         assert_eq!(r.generation("app"), 2);
         assert_eq!(r.generation("other"), 1);
-        assert_eq!(r.previous("app", t0), vec![Secret::Plain("old".into())]);
         assert_eq!(
-            r.previous("app", t0 + s(299)),
+            r.previous("app", t0, s(300)),
             vec![Secret::Plain("old".into())]
         );
-        assert!(r.previous("app", t0 + s(300)).is_empty());
-        assert!(r.previous("other", t0).is_empty());
+        assert_eq!(
+            r.previous("app", t0 + s(299), s(300)),
+            vec![Secret::Plain("old".into())]
+        );
+        assert!(r.previous("app", t0 + s(300), s(300)).is_empty());
+        assert!(r.previous("other", t0, s(300)).is_empty());
+        // A reload that lowers the grace shortens the overlap already running.
+        assert!(r.previous("app", t0 + s(10), s(5)).is_empty());
         assert_eq!(r.generation("nobody"), 0);
     }
 
@@ -138,7 +144,7 @@ mod tests {
         assert_eq!(r.generation("app"), 1);
         r.update(&v1, &v2, t0, Duration::ZERO);
         assert_eq!(r.generation("app"), 2);
-        assert!(r.previous("app", t0).is_empty());
+        assert!(r.previous("app", t0, s(300)).is_empty());
     }
 
     #[test]
@@ -154,14 +160,14 @@ mod tests {
         assert_eq!(r.generation("app"), 3);
         let plain = |p: &str| Secret::Plain(p.into());
         assert_eq!(
-            r.previous("app", t0 + s(20)),
+            r.previous("app", t0 + s(20), s(60)),
             vec![plain("two"), plain("one")]
         );
-        assert_eq!(r.previous("app", t0 + s(65)), vec![plain("two")]);
+        assert_eq!(r.previous("app", t0 + s(65), s(60)), vec![plain("two")]);
         // Rolling back to "two" makes it current; "three" is the one in its grace.
         r.update(&v3, &v2, t0 + s(20), s(60));
         assert_eq!(
-            r.previous("app", t0 + s(20)),
+            r.previous("app", t0 + s(20), s(60)),
             vec![plain("three"), plain("one")]
         );
     }
@@ -173,7 +179,7 @@ mod tests {
         let v1 = secrets(&[("app", "pw")]);
         let mut r = Rotations::new(&v1);
         r.update(&v1, &HashMap::new(), t0, s(5));
-        assert!(r.previous("app", t0).is_empty());
+        assert!(r.previous("app", t0, s(300)).is_empty());
         assert_eq!(r.generation("app"), 0);
         r.update(&HashMap::new(), &v1, t0, s(5));
         assert_eq!(r.generation("app"), 1);
