@@ -177,7 +177,7 @@ fn run_operator(args: RunArgs) -> anyhow::Result<()> {
                 operator_namespace: args.operator_namespace,
                 pod_status: args.poll_pod_status.then(|| controller::PodStatusSettings {
                     read: controller::pod_status::ReadSettings {
-                        port: render::config::HTTP_PORT,
+                        port: weir_operator::render::config::HTTP_PORT,
                         timeout: Duration::from_millis(args.pod_status_timeout_millis.max(1)),
                         concurrency: args.pod_status_concurrency.max(1),
                     },

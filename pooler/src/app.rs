@@ -14,6 +14,7 @@ use tokio::sync::watch;
 
 use crate::admin::stats::Averages;
 use crate::auth::hba::{Hba, IdentMaps};
+use crate::auth::rotation::Rotations;
 use crate::auth::{ScramSecret, Secret};
 use crate::auth_query::AuthQuery;
 use crate::client;
@@ -40,6 +41,8 @@ pub struct Pooler {
     /// TLS material built from the configuration's `*_tls_*` files.
     tls: ArcSwap<Tls>,
     secrets: ArcSwap<HashMap<String, Secret>>,
+    /// Credential generations and the replaced secrets still in `auth_rotation_grace`.
+    rotations: Mutex<Rotations>,
     /// The rules of `auth_hba_file` (`auth_type = hba`), read at start and on every reload.
     hba: ArcSwap<Hba>,
     pools: Mutex<HashMap<PoolKey, Arc<Pool>>>,
@@ -156,6 +159,7 @@ impl Pooler {
             config_path: config_path.to_owned(),
             config: ArcSwap::from_pointee(config),
             tls: ArcSwap::from_pointee(tls),
+            rotations: Mutex::new(Rotations::new(&secrets)),
             secrets: ArcSwap::from_pointee(secrets),
             pools: Mutex::new(HashMap::new()),
             limits: Mutex::new(HashMap::new()),
@@ -239,9 +243,19 @@ impl Pooler {
                  after a restart"
             ),
         }
+        let grace = loaded.config.pgbouncer.auth_rotation_grace;
         self.config.store(Arc::new(loaded.config));
         self.tls.store(Arc::new(tls));
-        self.secrets.store(Arc::new(secrets));
+        {
+            let mut rotations = self.rotations.lock().unwrap_or_else(|p| p.into_inner());
+            let old = self.secrets.load();
+            let now = std::time::Instant::now();
+            for user in rotations.update(&old, &secrets, now, grace) {
+                let generation = rotations.generation(&user);
+                tracing::info!(%user, generation, grace_seconds = grace.as_secs(), "password rotated");
+            }
+            self.secrets.store(Arc::new(secrets));
+        }
         self.reconfigure_pools();
         let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
         tracing::info!(generation, "configuration reloaded");
@@ -444,6 +458,19 @@ impl Pooler {
         self.secrets.load().get(user).cloned()
     }
 
+    /// The replaced `auth_file` secrets of `user` that still log in (`auth_rotation_grace`).
+    pub fn previous_secrets(&self, user: &str) -> Vec<Secret> {
+        let grace = self.config_now().pgbouncer.auth_rotation_grace;
+        let rotations = self.rotations.lock().unwrap_or_else(|p| p.into_inner());
+        rotations.previous(user, std::time::Instant::now(), grace)
+    }
+
+    /// The credential generation of `user`'s `auth_file` secret (0: not in the file).
+    pub fn credential_generation(&self, user: &str) -> u64 {
+        let rotations = self.rotations.lock().unwrap_or_else(|p| p.into_inner());
+        rotations.generation(user)
+    }
+
     /// The secret `auth_query` finds for `user`, a client of `database` missing from
     /// `auth_file`; `None` when no `auth_user` applies or the user may not log in. The
     /// failure to tell the client when the query cannot run.
@@ -574,6 +601,7 @@ impl Pooler {
         };
         let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(pool) = pools.get(&key) {
+            self.refresh_scram_keys(pool, &server_user, user, scram_keys);
             return Ok(pool.clone());
         }
         let (target, settings) = pool_spec(
@@ -591,9 +619,47 @@ impl Pooler {
             crate::metrics::hold_histogram(&key),
         );
         pool.set_paused(self.is_paused(database));
+        if pool.target().credential != ServerCredential::None {
+            pool.set_credential_generation(self.credential_generation(&server_user));
+        }
         tracing::info!(pool = %key, "pool created");
         pools.insert(key, pool.clone());
         Ok(pool)
+    }
+
+    /// Gives a pool that logs in with SCRAM keys those of a client who just proved the
+    /// current verifier, when the pool's own keys are missing or belong to a replaced one.
+    fn refresh_scram_keys(
+        &self,
+        pool: &Arc<Pool>,
+        server_user: &str,
+        client_user: &str,
+        scram_keys: Option<([u8; 32], [u8; 32])>,
+    ) {
+        let (Some((client_key, server_key)), true) = (scram_keys, server_user == client_user)
+        else {
+            return;
+        };
+        let Some(Secret::Scram(verifier)) = self.secret(server_user) else {
+            return;
+        };
+        let old = pool.target();
+        let stale = match &old.credential {
+            ServerCredential::None => true,
+            ServerCredential::ScramKeys { client_key, .. } => !verifier.fits_client_key(client_key),
+            _ => false,
+        };
+        if !stale || !verifier.fits_client_key(&client_key) {
+            return;
+        }
+        let mut target = (*old).clone();
+        target.credential = ServerCredential::ScramKeys {
+            client_key,
+            server_key,
+        };
+        pool.reconfigure((*pool.settings()).clone(), target);
+        pool.set_credential_generation(self.credential_generation(server_user));
+        tracing::info!(pool = %pool.key(), "server logins use the rotated SCRAM verifier");
     }
 
     /// Applies the configuration in force to every existing pool: sizes and timeouts change
@@ -603,6 +669,8 @@ impl Pooler {
         let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
         pools.retain(|key, pool| {
             let old = pool.target();
+            // Keys of a replaced verifier stay until a client brings fresh ones (see
+            // `refresh_scram_keys`): the connections they opened still work meanwhile.
             let keys = match &old.credential {
                 ServerCredential::ScramKeys {
                     client_key,
@@ -618,7 +686,18 @@ impl Pooler {
                     {
                         target.credential = old.credential.clone();
                     }
+                    let usable = match (&target.credential, self.secret(&key.user)) {
+                        (ServerCredential::None, _) => false,
+                        (
+                            ServerCredential::ScramKeys { client_key, .. },
+                            Some(Secret::Scram(verifier)),
+                        ) => verifier.fits_client_key(client_key),
+                        _ => true,
+                    };
                     pool.reconfigure(settings, target);
+                    if usable {
+                        pool.set_credential_generation(self.credential_generation(&key.user));
+                    }
                     pool.set_limits(self.limits_for(&config, &key.database, &key.user));
                     true
                 }
@@ -917,6 +996,9 @@ impl client::SessionContext for Pooler {
     }
     fn scram_secret(&self, user: &str, secret: Secret) -> Secret {
         Pooler::scram_secret(self, user, secret)
+    }
+    fn previous_secrets(&self, user: &str) -> Vec<Secret> {
+        Pooler::previous_secrets(self, user)
     }
     fn hba(&self) -> Arc<Hba> {
         self.hba.load_full()

@@ -341,6 +341,12 @@ fn snapshot(pooler: &dyn PoolerView) -> prometheus::Result<Registry> {
         l,
     )?;
     let min = gauges(&r, "weir_pool_min_size", "min_pool_size in force.", l)?;
+    let credential = gauges(
+        &r,
+        "weir_credential_generation",
+        "auth_file credential generation the pool's server logins use (+1 per password change).",
+        l,
+    )?;
     let queries = counters(
         &r,
         "weir_queries_total",
@@ -430,6 +436,9 @@ fn snapshot(pooler: &dyn PoolerView) -> prometheus::Result<Registry> {
             .with_label_values(&v)
             .set(settings.reserve_size as i64);
         min.with_label_values(&v).set(settings.min_size as i64);
+        credential
+            .with_label_values(&v)
+            .set(pool.credential_generation() as i64);
         queries
             .with_label_values(&v)
             .inc_by(s.queries.load(Ordering::Relaxed));

@@ -23,6 +23,11 @@ pub const AUTH_FILE: &str = "userlist.txt";
 /// The pooler's HTTP port (health, readiness, metrics): `http_port`, a Weir extension.
 pub const HTTP_PORT: u16 = 8080;
 
+/// `auth_rotation_grace` unless `spec.parameters` sets it: application pods read the password
+/// from the `<name>-app` Secret when they start, so after a rotation of a credentials Secret
+/// they keep the old one until they restart; five minutes covers a rolling restart.
+pub const ROTATION_GRACE: Duration = Duration::from_secs(300);
+
 /// Settings that take effect only at pooler start: a change rolls the pods.
 pub use weir_pooler::config::RESTART_KEYS;
 
@@ -35,7 +40,10 @@ pub(crate) fn build(
     credentials: &[Credential],
     tls: &[(&str, String)],
 ) -> Result<Config, RenderError> {
-    let mut s = Settings::default();
+    let mut s = Settings {
+        auth_rotation_grace: ROTATION_GRACE,
+        ..Settings::default()
+    };
     for (key, value) in spec.parameters.iter().flatten() {
         s.set(key, value).map_err(|e| RenderError::Parameter {
             key: key.clone(),

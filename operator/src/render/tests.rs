@@ -240,6 +240,35 @@ fn pod_template(r: &Rendered) -> serde_json::Value {
 }
 
 #[test]
+fn a_rotated_password_reaches_the_auth_file_with_a_grace_and_no_restart() {
+    let before = rendered();
+    assert_eq!(
+        before.config.pgbouncer.auth_rotation_grace,
+        config::ROTATION_GRACE
+    );
+    let mut facts = observed();
+    facts.secrets.insert(
+        "app-creds".to_owned(),
+        secret_data(&[("password", "n3w p@ss")]),
+    );
+    let after = render(&pool(), &facts).expect("renders");
+    let text = secret_text(&after.auth_secret, "userlist.txt");
+    let users = parse_userlist(&text, Path::new("userlist.txt")).expect("parses");
+    assert_eq!(users["app"], "n3w p@ss");
+    // The pods reload the mounted auth file; the old password logs in for the grace.
+    assert_eq!(pod_template(&before), pod_template(&after));
+    assert_eq!(before.restart_hash, after.restart_hash);
+
+    let mut short = pool();
+    short.spec.parameters = Some(BTreeMap::from([(
+        "auth_rotation_grace".to_owned(),
+        "0".to_owned(),
+    )]));
+    let r = render(&short, &observed()).expect("renders");
+    assert!(r.config.pgbouncer.auth_rotation_grace.is_zero());
+}
+
+#[test]
 fn pool_size_changes_do_not_restart_pods() {
     let before = rendered();
     let mut facts = observed();

@@ -110,6 +110,8 @@ pub struct PoolView {
     pub lent_us: u64,
     /// Microseconds clients waited for connections.
     pub wait_us: u64,
+    /// The auth file credential generation its server logins use (0: none from the file).
+    pub credential_generation: u64,
 }
 
 impl PoolView {
@@ -140,6 +142,7 @@ impl PoolView {
             sent: s.bytes_sent.load(Ordering::Relaxed),
             lent_us: s.server_us.load(Ordering::Relaxed),
             wait_us: s.wait_us.load(Ordering::Relaxed),
+            credential_generation: pool.credential_generation(),
         }
     }
 
@@ -658,7 +661,9 @@ pub fn databases(
 }
 
 /// `SHOW USERS`: users with a `[users]` entry or a pool. Connection counts are of the pools
-/// logging in as that user (a forced `user=` counts for the forced user).
+/// logging in as that user (a forced `user=` counts for the forced user). The Weir column
+/// `credential_generation` is the oldest auth file credential generation those pools log in
+/// with (NULL without a pool), so a finished password rotation shows as every pool moving on.
 pub fn users(config: &Config, views: &[PoolView]) -> ResultSet {
     let mut rs = ResultSet::new(&[
         "name",
@@ -669,13 +674,17 @@ pub fn users(config: &Config, views: &[PoolView]) -> ResultSet {
         "current_connections",
         "max_user_client_connections",
         "current_client_connections",
+        "credential_generation",
     ]);
     let mut names: BTreeSet<&str> = config.users.keys().map(String::as_str).collect();
     names.extend(views.iter().map(|v| v.user.as_str()));
     for name in names {
         let entry = config.users.get(name);
         let mine = views.iter().filter(|v| v.user == name);
-        let (servers, clients) = mine.fold((0, 0), |(s, c), v| (s + v.total, c + v.clients));
+        let (servers, clients) = mine
+            .clone()
+            .fold((0, 0), |(s, c), v| (s + v.total, c + v.clients));
+        let generation = mine.map(|v| v.credential_generation).min();
         rs.push(vec![
             text(name),
             entry.and_then(|e| e.pool_size).map(|n| n.to_string()),
@@ -689,6 +698,7 @@ pub fn users(config: &Config, views: &[PoolView]) -> ResultSet {
             text(servers),
             text(0),
             text(clients),
+            generation.map(|g| g.to_string()),
         ]);
     }
     rs
@@ -965,6 +975,7 @@ mod tests {
             sent: 200,
             lent_us: 300,
             wait_us: 400,
+            credential_generation: 2,
         }
     }
 
@@ -1168,6 +1179,14 @@ mod tests {
         assert_eq!(col(&rs, 1, "name"), Some("bob"));
         assert_eq!(col(&rs, 1, "pool_mode"), Some("session"));
         assert_eq!(col(&rs, 0, "current_connections"), Some("6"));
+        assert_eq!(col(&rs, 1, "credential_generation"), None, "no pool");
+        let lagging = PoolView {
+            database: "other".into(),
+            credential_generation: 1,
+            ..view()
+        };
+        let rs = users(&config, &[view(), lagging]);
+        assert_eq!(col(&rs, 0, "credential_generation"), Some("1"), "oldest");
 
         let rs = self::config(&config);
         check_widths(&rs);

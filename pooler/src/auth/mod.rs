@@ -4,13 +4,14 @@
 //! Stored credentials are [`Secret`]s; [`ScramServer`] and [`md5::verify`] check clients,
 //! [`ScramClient`] and [`md5::salted_response`] answer the server's challenges, and
 //! [`verify_plain`] serves `auth_type = plain`, [`hba`] reads `auth_hba_file` for
-//! `auth_type = hba`, [`lookup`] reads and caches `auth_query` answers, [`token`] judges ServiceAccount tokens. The protocol layer moves the bytes.
+//! `auth_type = hba`, [`lookup`] reads and caches `auth_query` answers, [`rotation`] keeps replaced secrets for their grace, [`token`] judges ServiceAccount tokens. The protocol layer moves the bytes.
 
 mod crypto;
 mod error;
 pub mod hba;
 pub mod lookup;
 pub mod md5;
+pub mod rotation;
 mod scram;
 mod secret;
 pub mod token;

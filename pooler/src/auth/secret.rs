@@ -118,6 +118,11 @@ impl ScramSecret {
         })
     }
 
+    /// Whether `client_key` is the ClientKey behind this verifier (its hash is StoredKey).
+    pub fn fits_client_key(&self, client_key: &[u8; 32]) -> bool {
+        crypto::sha256(client_key).ct_eq(&self.stored_key).into()
+    }
+
     /// Derives the verifier for `password` with the given salt and iteration count; the
     /// password is SASLprep'd first, exactly as PostgreSQL does when it stores one.
     pub fn from_password(password: &str, salt: &[u8], iterations: u32) -> Self {

@@ -60,6 +60,8 @@ pub trait SessionContext: Send + Sync + 'static {
     fn secret(&self, user: &str) -> Option<Secret>;
     /// `secret` as a SCRAM verifier, cached per user.
     fn scram_secret(&self, user: &str, secret: Secret) -> Secret;
+    /// The replaced auth file secrets of `user` still in their `auth_rotation_grace`.
+    fn previous_secrets(&self, user: &str) -> Vec<Secret>;
     /// What checks ServiceAccount tokens, with its cache.
     fn token_reviewer(&self) -> &TokenReviewer;
     /// The rules of `auth_hba_file`, for `auth_type = hba`.

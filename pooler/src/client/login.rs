@@ -454,8 +454,10 @@ async fn check(
             backend::authentication_cleartext_password(&mut out);
             wire::flush(stream, &mut out).await?;
             let password = read_password(stream, buf).await?;
-            let ok = match (with_password(secret, user), std::str::from_utf8(&password)) {
-                (Some(secret), Ok(pw)) if !pw.is_empty() => auth::verify_plain(&secret, user, pw),
+            let ok = match std::str::from_utf8(&password) {
+                Ok(pw) if !pw.is_empty() => accepted(secret, pooler, user)
+                    .iter()
+                    .any(|s| auth::verify_plain(s, user, pw)),
                 _ => false,
             };
             if ok {
@@ -470,8 +472,10 @@ async fn check(
             backend::authentication_md5_password(&mut out, salt);
             wire::flush(stream, &mut out).await?;
             let response = read_password(stream, buf).await?;
-            let ok = match (with_password(secret, user), std::str::from_utf8(&response)) {
-                (Some(secret), Ok(r)) => md5::verify(&secret, user, salt, r),
+            let ok = match std::str::from_utf8(&response) {
+                Ok(r) => accepted(secret, pooler, user)
+                    .iter()
+                    .any(|s| md5::verify(s, user, salt, r)),
                 _ => false,
             };
             if ok {
@@ -483,8 +487,12 @@ async fn check(
         // md5 with a SCRAM secret falls through to SCRAM, as PostgreSQL does.
         Method::Md5 | Method::ScramSha256 => {
             let secret = with_password(secret, user).map(|s| pooler.scram_secret(user, s));
+            let previous = match &secret {
+                Some(Secret::Scram(current)) => previous_verifiers(current, pooler, user),
+                _ => Vec::new(),
+            };
             let rounds = config.pgbouncer.scram_iterations;
-            scram(stream, buf, user, secret, rounds, channel_binding).await
+            scram(stream, buf, user, secret, previous, rounds, channel_binding).await
         }
     }
 }
@@ -568,6 +576,7 @@ async fn scram(
     buf: &mut BytesMut,
     user: &str,
     secret: Option<Secret>,
+    previous: Vec<ScramSecret>,
     rounds: u32,
     channel_binding: Option<&[u8]>,
 ) -> Result<Authenticated, LoginError> {
@@ -586,7 +595,9 @@ async fn scram(
             ..ScramSecret::decoy(user)
         }),
     };
-    let mut server = ScramServer::new(&secret, user).map_err(|e| auth_error(user, &e))?;
+    let mut server = ScramServer::new(&secret, user)
+        .map_err(|e| auth_error(user, &e))?
+        .with_previous(previous);
     if let Some(data) = channel_binding {
         server = server.with_channel_binding(data.to_vec());
     }
@@ -612,8 +623,11 @@ async fn scram(
     }
     backend::authentication_sasl_final(&mut out, &last);
     wire::flush(stream, &mut out).await?;
+    // A previous password's keys would not log in to a server that has the new verifier.
     let keys = match (server.client_key(), &secret) {
-        (Some(client_key), Secret::Scram(s)) => Some((client_key, s.server_key)),
+        (Some(client_key), Secret::Scram(s)) if server.matched_current() => {
+            Some((client_key, s.server_key))
+        }
         _ => None,
     };
     Ok(Authenticated {
@@ -626,6 +640,40 @@ async fn scram(
 /// that such a user fails exactly like an unknown one.
 fn with_password(secret: Option<Secret>, user: &str) -> Option<Secret> {
     secret.filter(|s| !s.is_empty_password(user))
+}
+
+/// Every secret a password or md5 login of `user` is checked against: the current one, then
+/// the replaced ones still in their rotation grace.
+fn accepted(secret: Option<Secret>, pooler: &dyn SessionContext, user: &str) -> Vec<Secret> {
+    let previous = pooler.previous_secrets(user);
+    with_password(secret, user)
+        .into_iter()
+        .chain(previous.into_iter().filter(|s| !s.is_empty_password(user)))
+        .collect()
+}
+
+/// The replaced secrets of `user` as verifiers a SCRAM exchange against `current` can check:
+/// a previous plain password is derived with the current salt; a stored verifier serves only
+/// if it has the same salt (see [`ScramServer::with_previous`]).
+fn previous_verifiers(
+    current: &ScramSecret,
+    pooler: &dyn SessionContext,
+    user: &str,
+) -> Vec<ScramSecret> {
+    pooler
+        .previous_secrets(user)
+        .into_iter()
+        .filter(|s| !s.is_empty_password(user))
+        .filter_map(|s| match s {
+            Secret::Plain(p) => Some(ScramSecret::from_password(
+                &p,
+                &current.salt,
+                current.iterations,
+            )),
+            Secret::Scram(v) => Some(v),
+            Secret::Md5(_) => None,
+        })
+        .collect()
 }
 
 /// Reads a PasswordMessage-family message (`p`) and returns its body.

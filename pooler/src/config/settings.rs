@@ -426,6 +426,10 @@ pub struct Settings {
     /// does not exist) is reused before the query runs again; 0 runs it on every login.
     /// Default 60 s.
     pub auth_query_cache_ttl: Duration,
+    /// Weir extension: how long a user's previous `auth_file` secret still logs clients in
+    /// after a reload changed it, so that a password can be rotated without refusing anyone.
+    /// 0 (default) accepts only the new secret, as PgBouncer does.
+    pub auth_rotation_grace: Duration,
 
     // --- logging ---
     /// Log successful logins. Default on.
@@ -614,6 +618,7 @@ impl Default for Settings {
             auth_query: DEFAULT_AUTH_QUERY.to_owned(),
             auth_dbname: None,
             auth_query_cache_ttl: Duration::from_secs(60),
+            auth_rotation_grace: Duration::ZERO,
             log_connections: true,
             log_disconnections: true,
             log_pooler_errors: true,
@@ -765,6 +770,7 @@ settings_table! {
     auth_query: text => implemented,
     auth_dbname: opt_text => implemented,
     auth_query_cache_ttl: seconds => implemented,
+    auth_rotation_grace: seconds => implemented,
     log_connections: flag => implemented,
     log_disconnections: flag => implemented,
     log_pooler_errors: flag => implemented,

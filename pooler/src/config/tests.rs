@@ -69,6 +69,7 @@ auth_user = pgbouncer_auth
 auth_query = SELECT usename, passwd FROM user_lookup($1)
 auth_dbname = authdb
 auth_query_cache_ttl = 120
+auth_rotation_grace = 300
 log_connections = 0
 log_disconnections = no
 log_pooler_errors = off
@@ -162,6 +163,7 @@ fn every_setting_expected() -> Settings {
         auth_query: "SELECT usename, passwd FROM user_lookup($1)".into(),
         auth_dbname: Some("authdb".into()),
         auth_query_cache_ttl: Duration::from_secs(120),
+        auth_rotation_grace: Duration::from_secs(300),
         log_connections: false,
         log_disconnections: false,
         log_pooler_errors: false,

@@ -195,6 +195,8 @@ pub struct Pool {
     held: watch::Sender<bool>,
     /// Its series of the failover hold-time histogram.
     hold_histogram: Option<prometheus::Histogram>,
+    /// The auth file credential generation its server logins use (0: none from the file).
+    credential_generation: AtomicU64,
 }
 
 impl Pool {
@@ -230,6 +232,7 @@ impl Pool {
             failover: Mutex::default(),
             held: watch::Sender::new(false),
             hold_histogram,
+            credential_generation: AtomicU64::new(0),
         });
         for limit in pool.limits.load().iter() {
             limit.join(&pool);
@@ -251,6 +254,17 @@ impl Pool {
     /// Where the pool's connections go.
     pub fn target(&self) -> Arc<ServerTarget> {
         self.target.load_full()
+    }
+
+    /// The auth file credential generation its server logins use.
+    pub fn credential_generation(&self) -> u64 {
+        self.credential_generation.load(Ordering::Acquire)
+    }
+
+    /// Records which credential generation its server logins use.
+    pub fn set_credential_generation(&self, generation: u64) {
+        self.credential_generation
+            .store(generation, Ordering::Release);
     }
 
     /// Applies reloaded settings without dropping anyone: the pool grows at once and shrinks

@@ -181,6 +181,31 @@ mod tests {
     }
 
     #[test]
+    fn previous_verifiers_with_the_same_salt_log_in_but_do_not_count_as_current() {
+        let new = ScramSecret::generate("new");
+        let old_same_salt = ScramSecret::from_password("old", &new.salt, new.iterations);
+        let old_other_salt = ScramSecret::generate("older");
+        let exchange = |password: &str| {
+            let mut server = ScramServer::new(&Secret::Scram(new.clone()), "alice")
+                .unwrap()
+                .with_previous(vec![old_same_salt.clone(), old_other_salt.clone()]);
+            let mut client = ScramClient::new(ScramCredential::Password(password.to_owned()));
+            let first = client.client_first();
+            let server_first = server.client_first(MECHANISM, &first).unwrap();
+            let client_final = client.server_first(&server_first).unwrap();
+            let verdict = server
+                .client_final(&client_final)
+                .and_then(|last| client.server_final(&last));
+            (verdict, server.matched_current())
+        };
+        assert_eq!(exchange("new"), (Ok(()), true));
+        assert_eq!(exchange("old"), (Ok(()), false));
+        // A verifier with another salt cannot be checked against the salt the client saw.
+        assert_eq!(exchange("older"), (Err(AuthError::InvalidPassword), false));
+        assert_eq!(exchange("wrong"), (Err(AuthError::InvalidPassword), false));
+    }
+
+    #[test]
     fn a_decoy_answers_like_a_stored_verifier_and_refuses_every_password() {
         let salt_and_iterations = |first: Vec<u8>| {
             let text = String::from_utf8(first).unwrap();

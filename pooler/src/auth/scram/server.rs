@@ -16,8 +16,12 @@ use crate::auth::secret::{ScramSecret, Secret};
 /// PgBouncer does) without ever learning the password.
 pub struct ScramServer {
     secret: ScramSecret,
+    /// Replaced verifiers still in their rotation grace, with the same salt and iterations.
+    previous: Vec<ScramSecret>,
     state: State,
     client_key: Option<Key>,
+    /// Whether the proof matched `secret` rather than a previous verifier.
+    current: bool,
     /// `tls-server-end-point` data of the TLS connection, when there is one: then
     /// SCRAM-SHA-256-PLUS is offered.
     channel_binding: Option<Vec<u8>>,
@@ -59,10 +63,29 @@ impl ScramServer {
         };
         Ok(ScramServer {
             secret,
+            previous: Vec::new(),
             state: State::AwaitingClientFirst,
             client_key: None,
+            current: false,
             channel_binding: None,
         })
+    }
+
+    /// Also accepts proofs made with the passwords behind `previous` (a rotation's grace).
+    /// A client sees one salt and iteration count, so only verifiers sharing those of the
+    /// current one can be checked; the others are left out.
+    pub fn with_previous(mut self, previous: Vec<ScramSecret>) -> Self {
+        let (salt, iterations) = (&self.secret.salt, self.secret.iterations);
+        self.previous = previous
+            .into_iter()
+            .filter(|p| p.salt == *salt && p.iterations == iterations)
+            .collect();
+        self
+    }
+
+    /// The verifier in force (its salt and iteration count are what the client is told).
+    pub fn secret(&self) -> &ScramSecret {
+        &self.secret
     }
 
     /// Offers SCRAM-SHA-256-PLUS bound to the TLS connection whose `tls-server-end-point`
@@ -193,17 +216,26 @@ impl ScramServer {
             .ok_or_else(|| AuthError::protocol("malformed proof in client-final-message"))?;
 
         let auth_message = [auth_message_prefix.as_bytes(), without_proof.as_bytes()];
-        let client_signature = crypto::hmac_sha256(&self.secret.stored_key, &auth_message);
-        let client_key = crypto::xor(&proof, &client_signature);
-        let matches: bool = crypto::sha256(&client_key)
-            .ct_eq(&self.secret.stored_key)
-            .into();
-        if !matches {
-            return Err(AuthError::InvalidPassword);
+        let candidates = std::iter::once(&self.secret).chain(&self.previous);
+        for (i, verifier) in candidates.enumerate() {
+            let client_signature = crypto::hmac_sha256(&verifier.stored_key, &auth_message);
+            let client_key = crypto::xor(&proof, &client_signature);
+            let matches: bool = crypto::sha256(&client_key)
+                .ct_eq(&verifier.stored_key)
+                .into();
+            if matches {
+                let server_signature = crypto::hmac_sha256(&verifier.server_key, &auth_message);
+                self.client_key = Some(client_key);
+                self.current = i == 0;
+                return Ok(format!("v={}", crypto::b64_encode(server_signature)).into_bytes());
+            }
         }
-        self.client_key = Some(client_key);
-        let server_signature = crypto::hmac_sha256(&self.secret.server_key, &auth_message);
-        Ok(format!("v={}", crypto::b64_encode(server_signature)).into_bytes())
+        Err(AuthError::InvalidPassword)
+    }
+
+    /// Whether the verified proof was made with the current password, not a previous one.
+    pub fn matched_current(&self) -> bool {
+        self.client_key.is_some() && self.current
     }
 
     /// The `ClientKey` recovered from a verified proof, or `None` before success.
