@@ -9,7 +9,7 @@ use weir_operator::api::{self, UserSource};
 use weir_operator::render::{self, Observed, ObservedDatabase};
 
 /// The facts a controller would have observed: a database with max_connections 200 and
-/// PostgreSQL's default reserved slots, fake credentials in every referenced Secret, and
+/// PostgreSQL's default reserved slots (or a Redis server with maxclients 1000), fake credentials in every referenced Secret, and
 /// the pods of a rolling update (peer ids 4 and 5 in force, one pod gone, one new).
 fn facts(spec: &api::ConnectionPoolSpec) -> Observed {
     let mut secrets: BTreeMap<String, BTreeMap<String, Vec<u8>>> = BTreeMap::new();
@@ -45,6 +45,7 @@ fn facts(spec: &api::ConnectionPoolSpec) -> Observed {
             superuser_reserved_connections: 3,
             reserved_connections: 0,
         }),
+        max_clients: Some(1000),
         others_claimed: 0,
         secrets,
         config_maps,

@@ -12,6 +12,7 @@ pub mod database;
 pub mod leader;
 pub mod metrics;
 pub mod reconcile;
+pub mod redis;
 pub mod resize;
 pub mod rollout;
 pub mod tls;

@@ -9,7 +9,7 @@ use weir_pooler::config::{AuthType, Config, DatabaseEntry, Settings, UserEntry};
 
 use super::secrets::Credential;
 use super::RenderError;
-use crate::api::{ConnectionPoolSpec, UserSource};
+use crate::api::{Backend, ConnectionPoolSpec, UserSource};
 use crate::sizing::Sizing;
 
 /// Where the ConfigMap is mounted in the pooler container.
@@ -26,10 +26,12 @@ pub const HTTP_PORT: u16 = 8080;
 /// Settings that take effect only at pooler start: a change rolls the pods.
 pub use weir_pooler::config::RESTART_KEYS;
 
-/// Builds the pooler configuration: one database, one `[users]` entry per user with its
-/// share of each pod's connections, and the settings the spec asks for.
+/// Builds the pooler configuration: for PostgreSQL one database and one `[users]` entry per
+/// user with its share of each pod's connections, for Redis the `[pgbouncer]` settings
+/// alone (the `[redis]` section is rendered by `redis`), and the settings the spec asks for.
 pub(crate) fn build(
     spec: &ConnectionPoolSpec,
+    backend: Backend<'_>,
     namespace: &str,
     sizing: &Sizing,
     credentials: &[Credential],
@@ -77,7 +79,19 @@ pub(crate) fn build(
         }
     }
 
-    let db = &spec.database;
+    let db = match backend {
+        Backend::Postgres(db) => db,
+        Backend::Redis(_) => {
+            let config = Config {
+                pgbouncer: s,
+                databases: Default::default(),
+                users: Default::default(),
+                peers: Default::default(),
+            };
+            config.validate().map_err(RenderError::Config)?;
+            return Ok(config);
+        }
+    };
     let database = DatabaseEntry {
         host: Some(db.host.clone()),
         port: u16::try_from(db.port).into_iter().collect(),

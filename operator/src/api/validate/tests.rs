@@ -45,13 +45,14 @@ fn assert_refused(change: impl FnOnce(&mut ConnectionPool), expected: &str) {
 fn defaults_are_filled_in() {
     let pool = base();
     let spec = &pool.spec;
+    let database = spec.database.as_ref().expect("a database");
     assert_eq!(spec.replicas, 2);
     assert_eq!(spec.pool_mode, crate::api::PoolMode::Transaction);
-    assert_eq!(spec.database.port, 5432);
-    assert_eq!(spec.database.reserved_percent, 15);
-    assert_eq!(spec.database.superuser_reserved_connections, 3);
-    assert_eq!(spec.database.credentials_secret.username_key, "username");
-    assert_eq!(spec.database.credentials_secret.password_key, "password");
+    assert_eq!(database.port, 5432);
+    assert_eq!(database.reserved_percent, 15);
+    assert_eq!(database.superuser_reserved_connections, 3);
+    assert_eq!(database.credentials_secret.username_key, "username");
+    assert_eq!(database.credentials_secret.password_key, "password");
     assert_eq!(spec.limits.max_client_connections, 5000);
     assert_eq!(spec.rollout.max_surge, 1);
     let users = spec.users.as_ref().expect("users");
@@ -103,43 +104,48 @@ fn spec_rules() {
     );
 }
 
+/// The pool's database, which `base` has.
+fn db(p: &mut ConnectionPool) -> &mut crate::api::DatabaseSpec {
+    p.spec.database.as_mut().expect("a database")
+}
+
 #[test]
 fn database_rules() {
     let cases: Vec<(Change, &str)> = vec![
-        (Box::new(|p| p.spec.database.host.clear()), "spec.database.host: host must not be empty"),
-        (Box::new(|p| p.spec.database.port = 0), "spec.database.port: port must be between 1 and 65535"),
-        (Box::new(|p| p.spec.database.port = 65536), "spec.database.port: port must be between 1 and 65535"),
-        (Box::new(|p| p.spec.database.dbname.clear()), "spec.database.dbname: dbname must not be empty"),
+        (Box::new(|p| db(p).host.clear()), "spec.database.host: host must not be empty"),
+        (Box::new(|p| db(p).port = 0), "spec.database.port: port must be between 1 and 65535"),
+        (Box::new(|p| db(p).port = 65536), "spec.database.port: port must be between 1 and 65535"),
+        (Box::new(|p| db(p).dbname.clear()), "spec.database.dbname: dbname must not be empty"),
         (
-            Box::new(|p| p.spec.database.dbname = "pgbouncer".into()),
+            Box::new(|p| db(p).dbname = "pgbouncer".into()),
             "spec.database.dbname: dbname pgbouncer is reserved for the pooler's admin console",
         ),
         (
-            Box::new(|p| p.spec.database.max_connections = crate::api::MaxConnections::Count(0)),
+            Box::new(|p| db(p).max_connections = crate::api::MaxConnections::Count(0)),
             "spec.database.maxConnections: maxConnections must be a number of at least 1, or auto",
         ),
         (
-            Box::new(|p| p.spec.database.superuser_reserved_connections = -1),
+            Box::new(|p| db(p).superuser_reserved_connections = -1),
             "spec.database.superuserReservedConnections: superuserReservedConnections must not be negative",
         ),
         (
-            Box::new(|p| p.spec.database.reserved_percent = 51),
+            Box::new(|p| db(p).reserved_percent = 51),
             "spec.database.reservedPercent: reservedPercent must be between 0 and 50",
         ),
         (
-            Box::new(|p| p.spec.database.used_by_others = -1),
+            Box::new(|p| db(p).used_by_others = -1),
             "spec.database.usedByOthers: usedByOthers must not be negative",
         ),
         (
-            Box::new(|p| p.spec.database.credentials_secret.name.clear()),
+            Box::new(|p| db(p).credentials_secret.name.clear()),
             "spec.database.credentialsSecret.name: the Secret name must not be empty",
         ),
         (
-            Box::new(|p| p.spec.database.credentials_secret.username_key.clear()),
+            Box::new(|p| db(p).credentials_secret.username_key.clear()),
             "spec.database.credentialsSecret.usernameKey: usernameKey must not be empty",
         ),
         (
-            Box::new(|p| p.spec.database.credentials_secret.password_key.clear()),
+            Box::new(|p| db(p).credentials_secret.password_key.clear()),
             "spec.database.credentialsSecret.passwordKey: passwordKey must not be empty",
         ),
     ];
@@ -344,8 +350,8 @@ fn loading_refuses_what_the_api_server_refuses() {
             .expect("auto")
             .spec
             .database
-            .max_connections,
-        crate::api::MaxConnections::Auto
+            .map(|db| db.max_connections),
+        Some(crate::api::MaxConnections::Auto)
     );
     let nulls = BASE.replace("  users:", "  autoscaling: null\n  users:");
     assert!(from_yaml(&nulls).is_ok());
