@@ -113,3 +113,8 @@ fn minimal() {
 fn production() {
     check("production");
 }
+
+#[test]
+fn redis() {
+    check("redis");
+}

@@ -468,3 +468,6 @@ pub fn sizing_inputs(
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod redis_tests;

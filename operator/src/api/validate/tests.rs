@@ -505,3 +505,111 @@ fn tls_settings_cannot_be_parameters() {
     assert!(found.contains(&expected), "{found:?}");
     assert!(!rules::settable_keys().any(|k| rules::TLS_KEYS.contains(&k)));
 }
+
+const REDIS: &str = "\
+apiVersion: weir.dev/v1alpha1
+kind: ConnectionPool
+metadata:
+  name: cache
+spec:
+  redis:
+    host: cache-redis
+";
+
+fn redis_violations(extra: &str) -> Vec<String> {
+    match from_yaml(&format!("{REDIS}{extra}")) {
+        Ok(_) => Vec::new(),
+        Err(LoadError::Invalid(Violations(v))) => v.iter().map(Violation::to_string).collect(),
+        Err(e) => panic!("{extra}: {e}"),
+    }
+}
+
+#[test]
+fn redis_defaults_are_filled_in() {
+    let pool = from_yaml(REDIS).expect("a minimal redis pool is valid");
+    let redis = pool.spec.redis.as_ref().expect("redis");
+    assert_eq!((redis.port, redis.reserved_percent), (6379, 15));
+    assert_eq!((redis.max_clients, redis.shared_connections), (None, 2));
+    let p = &redis.private_pool;
+    assert_eq!(
+        (p.enabled, p.idle_time_seconds, p.max_idle_per_db, p.min_idle_per_db),
+        (false, 60, 1000, 0)
+    );
+    assert!(pool.spec.database.is_none());
+    assert!(pool.spec.user_sources().is_empty());
+}
+
+#[test]
+fn exactly_one_backend() {
+    let neither = "apiVersion: weir.dev/v1alpha1\nkind: ConnectionPool\nmetadata:\n  name: x\nspec:\n  replicas: 1\n";
+    let expected = format!("spec: {}", rules::ONE_BACKEND);
+    match from_yaml(neither) {
+        Err(LoadError::Invalid(Violations(v))) => {
+            assert_eq!(v.iter().map(Violation::to_string).collect::<Vec<_>>(), [expected.clone()])
+        }
+        other => panic!("neither backend: {other:?}"),
+    }
+    assert_refused(
+        |p| p.spec.redis = from_yaml(REDIS).expect("valid").spec.redis,
+        &expected,
+    );
+}
+
+#[test]
+fn redis_rules() {
+    let cases = [
+        ("    port: 0\n", "spec.redis.port: port must be between 1 and 65535"),
+        ("    maxClients: 0\n", "spec.redis.maxClients: maxClients must be at least 1"),
+        (
+            "    reservedPercent: 60\n",
+            "spec.redis.reservedPercent: reservedPercent must be between 0 and 50",
+        ),
+        ("    usedByOthers: -1\n", "spec.redis.usedByOthers: usedByOthers must not be negative"),
+        (
+            "    sharedConnections: 0\n",
+            "spec.redis.sharedConnections: sharedConnections must be at least 1",
+        ),
+        (
+            "    privatePool: {idleTimeSeconds: -1}\n",
+            "spec.redis.privatePool.idleTimeSeconds: idleTimeSeconds must not be negative",
+        ),
+        (
+            "    privatePool: {maxIdlePerDb: 2, minIdlePerDb: 3}\n",
+            "spec.redis.privatePool.minIdlePerDb: minIdlePerDb must be between 0 and \
+             maxIdlePerDb: connections above maxIdlePerDb are closed",
+        ),
+        (
+            "    credentialsSecret: {name: ''}\n",
+            "spec.redis.credentialsSecret.name: the Secret name must not be empty",
+        ),
+    ];
+    for (extra, expected) in cases {
+        assert_eq!(redis_violations(extra), [expected], "{extra}");
+    }
+    let host = REDIS.replace("host: cache-redis", "host: 'cache redis'");
+    match from_yaml(&host) {
+        Err(LoadError::Invalid(Violations(v))) => assert_eq!(
+            v[0].to_string(),
+            "spec.redis.host: host must be a host name or an IP address"
+        ),
+        other => panic!("a host with a blank: {other:?}"),
+    }
+}
+
+#[test]
+fn redis_refuses_postgres_only_settings() {
+    let users = "  users:\n    - user: app\n      credentialsSecret: {name: app}\n";
+    assert!(redis_violations(users).is_empty(), "plain users are fine");
+    assert_eq!(
+        redis_violations(&format!("{users}      weight: 2\n")),
+        [format!("spec.users: {}", rules::REDIS_USERS)]
+    );
+    assert_eq!(
+        redis_violations(&format!("    credentialsSecret: {{name: c}}\n{users}")),
+        [format!("spec.users: {}", rules::REDIS_CREDENTIALS_TWICE)]
+    );
+    assert_eq!(
+        redis_violations("  tls:\n    server: {mode: require}\n"),
+        [format!("spec.tls: {}", rules::REDIS_TLS)]
+    );
+}
