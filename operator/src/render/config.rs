@@ -61,7 +61,6 @@ pub(crate) fn build(
     s.auth_file = Some(PathBuf::from(AUTH_DIR).join(AUTH_FILE));
     s.pool_mode = spec.pool_mode.into();
     s.max_client_conn = u32::try_from(spec.limits.max_client_connections).unwrap_or(1);
-    s.default_pool_size = sizing.default_pool_size();
     let limits = &spec.limits;
     let timeouts: [(&mut Duration, _); 5] = [
         (&mut s.query_wait_timeout, &limits.query_wait_timeout),
@@ -92,6 +91,7 @@ pub(crate) fn build(
             return Ok(config);
         }
     };
+    s.default_pool_size = sizing.default_pool_size();
     let database = DatabaseEntry {
         host: Some(db.host.clone()),
         port: u16::try_from(db.port).into_iter().collect(),
