@@ -60,9 +60,18 @@ const FIELDS: &[(&str, Lands)] = &[
     ("redis.port", Lands::Redis("server = redis.example:6380")),
     // 1000 − 200 headroom (20 %) − 100 used by others = 700 over 3 + 1 pods: each of the
     // three fields changes the result.
-    ("redis.maxClients", Lands::Redis("max_server_connections = 175")),
-    ("redis.reservedPercent", Lands::Redis("max_server_connections = 175")),
-    ("redis.usedByOthers", Lands::Redis("max_server_connections = 175")),
+    (
+        "redis.maxClients",
+        Lands::Redis("max_server_connections = 175"),
+    ),
+    (
+        "redis.reservedPercent",
+        Lands::Redis("max_server_connections = 175"),
+    ),
+    (
+        "redis.usedByOthers",
+        Lands::Redis("max_server_connections = 175"),
+    ),
     (
         "redis.credentialsSecret.name",
         Lands::Redis("redis://cacheuser:cache-pw@contract.default.svc:6379/0"),
@@ -75,7 +84,10 @@ const FIELDS: &[(&str, Lands)] = &[
         "redis.credentialsSecret.passwordKey",
         Lands::Redis(":cache-pw@"),
     ),
-    ("redis.sharedConnections", Lands::Redis("shared_connections = 5")),
+    (
+        "redis.sharedConnections",
+        Lands::Redis("shared_connections = 5"),
+    ),
     (
         "redis.privatePool.enabled",
         Lands::Redis("private_conn_pool_enabled = 1"),

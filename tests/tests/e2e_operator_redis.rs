@@ -149,7 +149,8 @@ fn pool_manifest(name: &str, port: u16, redis_extra: &str, extra: &str) -> Strin
 }
 
 async fn invalid_specs_are_refused_at_admission(env: &Env) -> anyhow::Result<()> {
-    let both = "  database:\n    host: db\n    dbname: orders\n    credentialsSecret: {name: x}\n    \
+    let both =
+        "  database:\n    host: db\n    dbname: orders\n    credentialsSecret: {name: x}\n    \
                 maxConnections: 100\n";
     let cases = [
         (
@@ -227,7 +228,10 @@ async fn maxclients_is_read_and_divided(env: &Env) -> anyhow::Result<()> {
         .as_ref()
         .and_then(|d| d.get("pgbouncer.ini"))
         .context("pgbouncer.ini")?;
-    let redis = ini.split_once("\n[redis]\n").context("a [redis] section")?.1;
+    let redis = ini
+        .split_once("\n[redis]\n")
+        .context("a [redis] section")?
+        .1;
     for line in [
         "listen_port = 6379".to_owned(),
         format!("server = 127.0.0.1:{}", env.redis.port),

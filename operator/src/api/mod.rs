@@ -54,10 +54,10 @@ pub const DEFAULT_IMAGE: &str = concat!("ghcr.io/weir-dev/weir:", env!("CARGO_PK
     category = "weir",
     status = "ConnectionPoolStatus",
     derive = "PartialEq",
-    doc = "A pool of PostgreSQL connections in front of one database: Weir poolers \
-           (PgBouncer-compatible) whose pool sizes are computed so that all pooler pods \
-           together, during rollouts and at the autoscaler's maximum too, never exceed the \
-           database's connection budget.",
+    doc = "A pool of PostgreSQL connections in front of one database (or of Redis \
+           connections in front of one Redis server): Weir poolers (PgBouncer-compatible) \
+           whose pool sizes are computed so that all pooler pods together, during rollouts \
+           and at the autoscaler's maximum too, never exceed the server's connection budget.",
     scale(
         spec_replicas_path = ".spec.replicas",
         status_replicas_path = ".status.replicas",

@@ -571,14 +571,20 @@ async fn observe_max_clients(
             .and_then(|v| String::from_utf8(v.clone()).ok())
             .ok_or_else(|| secret_problem(format!("Secret {name:?} has no UTF-8 key {key:?}")))
     };
-    let auth = match (&spec.credentials_secret, pool.spec.users.iter().flatten().next()) {
+    let auth = match (
+        &spec.credentials_secret,
+        pool.spec.users.iter().flatten().next(),
+    ) {
         (Some(c), _) => Some((
             value(&c.name, &c.username_key)?,
             value(&c.name, &c.password_key)?,
         )),
         (None, Some(u)) => Some((
             u.user.clone(),
-            value(&u.credentials_secret.name, &u.credentials_secret.password_key)?,
+            value(
+                &u.credentials_secret.name,
+                &u.credentials_secret.password_key,
+            )?,
         )),
         (None, None) => None,
     };
@@ -665,10 +671,8 @@ fn budget_verdict(
 
 /// The reason and message for a rendering that failed.
 fn blocker(error: &RenderError, database_problem: Option<&Blocker>) -> Blocker {
-    if let (
-        RenderError::DatabaseNotObserved | RenderError::MaxClientsNotObserved,
-        Some(problem),
-    ) = (error, database_problem)
+    if let (RenderError::DatabaseNotObserved | RenderError::MaxClientsNotObserved, Some(problem)) =
+        (error, database_problem)
     {
         return problem.clone();
     }

@@ -65,7 +65,9 @@ pub enum ProbeError {
         reply: String,
     },
     /// The answer is not a usable maxclients.
-    #[error("Redis at {target} answers CONFIG GET maxclients with {answer}; set spec.redis.maxClients")]
+    #[error(
+        "Redis at {target} answers CONFIG GET maxclients with {answer}; set spec.redis.maxClients"
+    )]
     BadAnswer {
         /// The server.
         target: String,
@@ -291,10 +293,7 @@ mod tests {
         for cut in 0..used {
             assert_eq!(parse(&answer[..cut]), Ok(None), "cut at {cut}");
         }
-        assert_eq!(
-            parse(b"+OK\r\n"),
-            Ok(Some((Reply::Simple("OK".into()), 5)))
-        );
+        assert_eq!(parse(b"+OK\r\n"), Ok(Some((Reply::Simple("OK".into()), 5))));
         assert_eq!(parse(b":12\r\n"), Ok(Some((Reply::Integer(12), 5))));
         assert_eq!(parse(b"$-1\r\n"), Ok(Some((Reply::Bulk(None), 5))));
         assert!(parse(b"?x\r\n").is_err());

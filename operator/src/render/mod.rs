@@ -30,8 +30,8 @@ use kube::ResourceExt;
 use weir_pooler::config::{Config, ConfigError};
 
 use crate::api::{
-    Backend, BudgetStatus, ConnectionPool, ConnectionPoolStatus, InvalidDuration,
-    MaxConnections, NoSingleBackend, UserPoolStatus, UserSource, Violations,
+    Backend, BudgetStatus, ConnectionPool, ConnectionPoolStatus, InvalidDuration, MaxConnections,
+    NoSingleBackend, UserPoolStatus, UserSource, Violations,
 };
 use crate::sizing::{self, DatabaseLimits, Share, Sizing, SizingError, UserDemand};
 use crate::yaml;
@@ -280,7 +280,11 @@ impl Rendered {
         let b = &self.sizing.budget;
         let mut out = String::new();
         let (limit, reserved, cap) = match self.redis_settings {
-            Some(_) => ("Redis maxclients", String::new(), redis::MAX_SERVER_CONNECTIONS),
+            Some(_) => (
+                "Redis maxclients",
+                String::new(),
+                redis::MAX_SERVER_CONNECTIONS,
+            ),
             None => (
                 "max_connections",
                 format!(" - {} superuser-reserved", b.superuser_reserved),

@@ -43,7 +43,10 @@ pub(crate) fn settings(
     }
     out.extend([
         ("shared_connections", redis.shared_connections.to_string()),
-        (MAX_SERVER_CONNECTIONS, sizing.max_db_connections().to_string()),
+        (
+            MAX_SERVER_CONNECTIONS,
+            sizing.max_db_connections().to_string(),
+        ),
         ("private_conn_pool_enabled", flag(pool.enabled)),
         (
             "private_conn_idle_time_sec",
@@ -133,7 +136,10 @@ mod tests {
         let ini = "[pgbouncer]\nmax_server_connections = 7\n\n[redis]\nserver = r:6379\n\
                    max_server_connections = 42\n";
         assert_eq!(configured_per_pod(ini), Some(42));
-        assert_eq!(configured_per_pod("[pgbouncer]\nmax_server_connections = 7\n"), None);
+        assert_eq!(
+            configured_per_pod("[pgbouncer]\nmax_server_connections = 7\n"),
+            None
+        );
     }
 
     #[test]

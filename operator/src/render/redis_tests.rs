@@ -72,16 +72,20 @@ fn maxclients_is_divided_over_every_pod_that_can_exist() {
         (b.max_connections, b.superuser_reserved, b.reserved_headroom),
         (1000, 0, 150)
     );
-    assert_eq!((b.database, b.pool, b.pods_max, b.per_pod), (850, 850, 4, 212));
+    assert_eq!(
+        (b.database, b.pool, b.pods_max, b.per_pod),
+        (850, 850, 4, 212)
+    );
     assert!(u64::from(b.pods_max) * u64::from(b.per_pod) <= u64::from(b.pool));
-    assert!(ini(&r).contains("\nmax_server_connections = 212\n"), "{}", ini(&r));
+    assert!(
+        ini(&r).contains("\nmax_server_connections = 212\n"),
+        "{}",
+        ini(&r)
+    );
     let status = r.status(&pool(""));
     assert_eq!(status.budget.map(|b| b.per_pod), Some(212));
     assert!(status.users.is_empty());
-    assert_eq!(
-        status.endpoint.as_deref(),
-        Some("cache.shop.svc:6379")
-    );
+    assert_eq!(status.endpoint.as_deref(), Some("cache.shop.svc:6379"));
 }
 
 #[test]
@@ -99,7 +103,11 @@ fn the_redis_section_carries_the_contract_keys() {
     let loaded = Config::parse(pgbouncer, Path::new("pgbouncer.ini")).expect("parses");
     assert!(loaded.config.databases.is_empty());
     assert_eq!(loaded.config.pgbouncer.http_port, config::HTTP_PORT);
-    let users = parse_userlist(&text(&r.auth_secret, config::AUTH_FILE), Path::new("userlist.txt")).expect("userlist");
+    let users = parse_userlist(
+        &text(&r.auth_secret, config::AUTH_FILE),
+        Path::new("userlist.txt"),
+    )
+    .expect("userlist");
     assert_eq!(users.get("app").map(String::as_str), Some("p@ss w:rd"));
 }
 
@@ -155,7 +163,14 @@ fn the_service_and_pods_expose_the_resp_port() {
         ports[0].target_port,
         Some(IntOrString::String("redis".into()))
     );
-    let pod = r.deployment.spec.as_ref().expect("spec").template.spec.clone();
+    let pod = r
+        .deployment
+        .spec
+        .as_ref()
+        .expect("spec")
+        .template
+        .spec
+        .clone();
     let container = pod.expect("pod").containers[0].clone();
     let redis_port = container
         .ports
@@ -183,22 +198,17 @@ fn the_app_secret_holds_a_redis_uri() {
     );
     assert_eq!(text(&r.app_secret, "port"), "6379");
     assert_eq!(text(&r.app_secret, "username"), "app");
-    assert_eq!(
-        r.app_secret.metadata.name.as_deref(),
-        Some("cache-app")
-    );
+    assert_eq!(r.app_secret.metadata.name.as_deref(), Some("cache-app"));
 }
 
 #[test]
 fn without_credentials_clients_need_no_auth() {
-    let open = from_yaml(&POOL.replace("    credentialsSecret:\n      name: cache-redis-auth\n", ""))
-        .expect("valid");
+    let open =
+        from_yaml(&POOL.replace("    credentialsSecret:\n      name: cache-redis-auth\n", ""))
+            .expect("valid");
     let r = render(&open, &observed()).expect("renders");
     assert!(!ini(&r).contains("auth_file = /etc/weir/auth/userlist.txt\nshared"));
-    assert_eq!(
-        text(&r.app_secret, "uri"),
-        "redis://cache.shop.svc:6379/0"
-    );
+    assert_eq!(text(&r.app_secret, "uri"), "redis://cache.shop.svc:6379/0");
     assert_eq!(text(&r.app_secret, "username"), "");
 }
 
@@ -217,7 +227,11 @@ fn listed_users_share_the_cap_and_all_authenticate() {
     )
     .expect("valid");
     let r = render(&users, &observed()).expect("renders");
-    let list = parse_userlist(&text(&r.auth_secret, config::AUTH_FILE), Path::new("userlist.txt")).expect("userlist");
+    let list = parse_userlist(
+        &text(&r.auth_secret, config::AUTH_FILE),
+        Path::new("userlist.txt"),
+    )
+    .expect("userlist");
     assert_eq!(list.len(), 2);
     assert_eq!(list.get("ops").map(String::as_str), Some("0ps"));
     assert_eq!(text(&r.app_secret, "username"), "app");

@@ -270,28 +270,30 @@ fn container(spec: &ConnectionPoolSpec, config: &Config) -> Container {
             }),
             ..EnvVar::default()
         }]),
-        ports: Some([
-            ContainerPort {
-                name: Some(POOLER_PORT_NAME.to_owned()),
-                container_port: i32::from(config.pgbouncer.listen_port),
+        ports: Some(
+            [
+                ContainerPort {
+                    name: Some(POOLER_PORT_NAME.to_owned()),
+                    container_port: i32::from(config.pgbouncer.listen_port),
+                    protocol: Some("TCP".to_owned()),
+                    ..ContainerPort::default()
+                },
+                ContainerPort {
+                    name: Some(HTTP_PORT_NAME.to_owned()),
+                    container_port: i32::from(HTTP_PORT),
+                    protocol: Some("TCP".to_owned()),
+                    ..ContainerPort::default()
+                },
+            ]
+            .into_iter()
+            .chain(spec.redis.as_ref().map(|_| ContainerPort {
+                name: Some(REDIS_PORT_NAME.to_owned()),
+                container_port: i32::from(REDIS_PORT),
                 protocol: Some("TCP".to_owned()),
                 ..ContainerPort::default()
-            },
-            ContainerPort {
-                name: Some(HTTP_PORT_NAME.to_owned()),
-                container_port: i32::from(HTTP_PORT),
-                protocol: Some("TCP".to_owned()),
-                ..ContainerPort::default()
-            },
-        ]
-        .into_iter()
-        .chain(spec.redis.as_ref().map(|_| ContainerPort {
-            name: Some(REDIS_PORT_NAME.to_owned()),
-            container_port: i32::from(REDIS_PORT),
-            protocol: Some("TCP".to_owned()),
-            ..ContainerPort::default()
-        }))
-        .collect()),
+            }))
+            .collect(),
+        ),
         readiness_probe: Some(probe("/readyz", 5, 2)),
         liveness_probe: Some(probe("/healthz", 10, 3)),
         lifecycle: Some(Lifecycle {

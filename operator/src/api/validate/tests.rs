@@ -532,7 +532,12 @@ fn redis_defaults_are_filled_in() {
     assert_eq!((redis.max_clients, redis.shared_connections), (None, 2));
     let p = &redis.private_pool;
     assert_eq!(
-        (p.enabled, p.idle_time_seconds, p.max_idle_per_db, p.min_idle_per_db),
+        (
+            p.enabled,
+            p.idle_time_seconds,
+            p.max_idle_per_db,
+            p.min_idle_per_db
+        ),
         (false, 60, 1000, 0)
     );
     assert!(pool.spec.database.is_none());
@@ -541,11 +546,13 @@ fn redis_defaults_are_filled_in() {
 
 #[test]
 fn exactly_one_backend() {
-    let neither = "apiVersion: weir.dev/v1alpha1\nkind: ConnectionPool\nmetadata:\n  name: x\nspec:\n  replicas: 1\n";
+    let neither = "apiVersion: weir.dev/v1alpha1\nkind: ConnectionPool\nmetadata:\n  \
+                   name: x\nspec:\n  replicas: 1\n";
     let expected = format!("spec: {}", rules::ONE_BACKEND);
     match from_yaml(neither) {
         Err(LoadError::Invalid(Violations(v))) => {
-            assert_eq!(v.iter().map(Violation::to_string).collect::<Vec<_>>(), [expected.clone()])
+            let found: Vec<String> = v.iter().map(Violation::to_string).collect();
+            assert_eq!(found, [expected.as_str()]);
         }
         other => panic!("neither backend: {other:?}"),
     }
@@ -558,13 +565,22 @@ fn exactly_one_backend() {
 #[test]
 fn redis_rules() {
     let cases = [
-        ("    port: 0\n", "spec.redis.port: port must be between 1 and 65535"),
-        ("    maxClients: 0\n", "spec.redis.maxClients: maxClients must be at least 1"),
+        (
+            "    port: 0\n",
+            "spec.redis.port: port must be between 1 and 65535",
+        ),
+        (
+            "    maxClients: 0\n",
+            "spec.redis.maxClients: maxClients must be at least 1",
+        ),
         (
             "    reservedPercent: 60\n",
             "spec.redis.reservedPercent: reservedPercent must be between 0 and 50",
         ),
-        ("    usedByOthers: -1\n", "spec.redis.usedByOthers: usedByOthers must not be negative"),
+        (
+            "    usedByOthers: -1\n",
+            "spec.redis.usedByOthers: usedByOthers must not be negative",
+        ),
         (
             "    sharedConnections: 0\n",
             "spec.redis.sharedConnections: sharedConnections must be at least 1",
