@@ -20,9 +20,14 @@ pub enum Origin {
 impl Origin {
     /// The origin for `pool` when `auto` limits came from `auto_origin`.
     pub fn of(pool: &ConnectionPool, auto_origin: Origin) -> Origin {
-        match pool.spec.database.max_connections {
-            MaxConnections::Auto => auto_origin,
-            MaxConnections::Count(_) => Origin::Spec,
+        match (&pool.spec.database, &pool.spec.redis) {
+            (Some(db), _) => match db.max_connections {
+                MaxConnections::Auto => auto_origin,
+                MaxConnections::Count(_) => Origin::Spec,
+            },
+            // A Redis pool without maxClients has the server's maxclients read for it.
+            (None, Some(redis)) if redis.max_clients.is_none() => auto_origin,
+            _ => Origin::Spec,
         }
     }
 }

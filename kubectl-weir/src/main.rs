@@ -186,16 +186,24 @@ fn explain_live(pool: &ConnectionPool) -> anyhow::Result<String> {
             });
         anyhow::bail!("ConnectionPool {namespace}/{name} has no computed budget: {why}");
     };
-    let database = match pool.spec.database.max_connections {
-        MaxConnections::Auto => Some(ObservedDatabase {
+    let database = match pool.spec.database.as_ref().map(|db| db.max_connections) {
+        Some(MaxConnections::Auto) => Some(ObservedDatabase {
             max_connections: u32::try_from(recorded.max_connections)?,
             superuser_reserved_connections: u32::try_from(recorded.superuser_reserved)?,
             reserved_connections: 0,
         }),
-        MaxConnections::Count(_) => None,
+        _ => None,
+    };
+    // A Redis pool without maxClients: the server's maxclients, recorded as max_connections.
+    let max_clients = match &pool.spec.redis {
+        Some(redis) if redis.max_clients.is_none() => {
+            Some(u32::try_from(recorded.max_connections)?)
+        }
+        _ => None,
     };
     let observed = Observed {
         database,
+        max_clients,
         others_claimed: u32::try_from(recorded.claimed_by_others)?,
         ..Observed::default()
     };

@@ -17,7 +17,8 @@ pub struct RenderArgs {
     #[arg(short = 'f', long = "filename")]
     pub file: PathBuf,
     /// The database's max_connections, standing in for what the operator reads from the
-    /// database when the spec says `maxConnections: auto`.
+    /// database when the spec says `maxConnections: auto` (for a Redis pool without
+    /// `redis.maxClients`: the server's maxclients).
     #[arg(long)]
     pub max_connections: Option<u32>,
     /// With `auto`: the database's superuser_reserved_connections plus
@@ -60,23 +61,37 @@ pub fn observed(
     args: &RenderArgs,
 ) -> anyhow::Result<(Observed, Vec<&'static str>)> {
     let mut notes = Vec::new();
-    let database = match (pool.spec.database.max_connections, args.max_connections) {
-        (MaxConnections::Auto, Some(max_connections)) => Some(ObservedDatabase {
+    let max_clients = match (&pool.spec.redis, args.max_connections) {
+        (Some(redis), Some(n)) if redis.max_clients.is_none() => Some(n),
+        (Some(redis), None) if redis.max_clients.is_none() => bail!(
+            "redis.maxClients is not set: pass --max-connections N, the Redis server's maxclients"
+        ),
+        (Some(_), Some(_)) => {
+            notes.push("--max-connections ignored: the spec sets redis.maxClients itself");
+            None
+        }
+        _ => None,
+    };
+    let max_connections = pool.spec.database.as_ref().map(|db| db.max_connections);
+    let database = match (max_connections, args.max_connections) {
+        (None, _) => None,
+        (Some(MaxConnections::Auto), Some(max_connections)) => Some(ObservedDatabase {
             max_connections,
             superuser_reserved_connections: args.superuser_reserved,
             reserved_connections: 0,
         }),
-        (MaxConnections::Auto, None) => bail!(
+        (Some(MaxConnections::Auto), None) => bail!(
             "maxConnections is auto: pass --max-connections N, the database's max_connections"
         ),
-        (MaxConnections::Count(_), Some(_)) => {
+        (Some(MaxConnections::Count(_)), Some(_)) => {
             notes.push("--max-connections ignored: the spec sets maxConnections itself");
             None
         }
-        (MaxConnections::Count(_), None) => None,
+        (Some(MaxConnections::Count(_)), None) => None,
     };
     let observed = Observed {
         database,
+        max_clients,
         others_claimed: args.others_claimed,
         secrets: placeholder_secrets(&pool.spec),
         config_maps: render::tls::config_map_keys(&pool.spec).into_iter().fold(

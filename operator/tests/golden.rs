@@ -9,9 +9,9 @@ use weir_operator::api::{self, UserSource};
 use weir_operator::render::{self, Observed, ObservedDatabase};
 
 /// The facts a controller would have observed: a database with max_connections 200 and
-/// PostgreSQL's default reserved slots, fake credentials in every referenced Secret, and
-/// the pods of a rolling update (peer ids 4 and 5 in force, one pod gone, one new), an
-/// operator in weir-system and one API server endpoint.
+/// PostgreSQL's default reserved slots (or a Redis server with maxclients 1000), fake
+/// credentials in every referenced Secret, and the pods of a rolling update (peer ids 4 and 5
+/// in force, one pod gone, one new), an operator in weir-system and one API server endpoint.
 fn facts(spec: &api::ConnectionPoolSpec) -> Observed {
     let mut secrets: BTreeMap<String, BTreeMap<String, Vec<u8>>> = BTreeMap::new();
     for source in spec.user_sources() {
@@ -46,6 +46,7 @@ fn facts(spec: &api::ConnectionPoolSpec) -> Observed {
             superuser_reserved_connections: 3,
             reserved_connections: 0,
         }),
+        max_clients: Some(1000),
         others_claimed: 0,
         secrets,
         config_maps,
@@ -114,4 +115,9 @@ fn minimal() {
 #[test]
 fn production() {
     check("production");
+}
+
+#[test]
+fn redis() {
+    check("redis");
 }

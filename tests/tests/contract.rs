@@ -41,6 +41,10 @@ enum Lands {
     /// Monitoring and network objects: checked in the rendered PodMonitor and
     /// NetworkPolicy by `operations_fields_reach_their_objects`.
     Operations(&'static str),
+    /// Redis pools: checked in the `[redis]` section and the app Secret rendered from
+    /// [`REDIS_SPEC`] by `redis_fields_reach_their_objects` (the pooler's Redis data path
+    /// tests what it does with them).
+    Redis(&'static str),
 }
 
 /// Every spec field (dotted path below `spec`, `[]` for list items) and where it lands.
@@ -55,6 +59,54 @@ const FIELDS: &[(&str, Lands)] = &[
     ("database.superuserReservedConnections", Lands::Pooler),
     ("database.reservedPercent", Lands::Pooler),
     ("database.usedByOthers", Lands::Pooler),
+    ("redis.host", Lands::Redis("server = redis.example:6380")),
+    ("redis.port", Lands::Redis("server = redis.example:6380")),
+    // 1000 − 200 headroom (20 %) − 100 used by others = 700 over 3 + 1 pods: each of the
+    // three fields changes the result.
+    (
+        "redis.maxClients",
+        Lands::Redis("max_server_connections = 175"),
+    ),
+    (
+        "redis.reservedPercent",
+        Lands::Redis("max_server_connections = 175"),
+    ),
+    (
+        "redis.usedByOthers",
+        Lands::Redis("max_server_connections = 175"),
+    ),
+    (
+        "redis.credentialsSecret.name",
+        Lands::Redis("redis://cacheuser:cache-pw@contract.default.svc:6379/0"),
+    ),
+    (
+        "redis.credentialsSecret.usernameKey",
+        Lands::Redis("redis://cacheuser:"),
+    ),
+    (
+        "redis.credentialsSecret.passwordKey",
+        Lands::Redis(":cache-pw@"),
+    ),
+    (
+        "redis.sharedConnections",
+        Lands::Redis("shared_connections = 5"),
+    ),
+    (
+        "redis.privatePool.enabled",
+        Lands::Redis("private_conn_pool_enabled = 1"),
+    ),
+    (
+        "redis.privatePool.idleTimeSeconds",
+        Lands::Redis("private_conn_idle_time_sec = 7"),
+    ),
+    (
+        "redis.privatePool.maxIdlePerDb",
+        Lands::Redis("private_conn_pool_max_idle_per_db = 30"),
+    ),
+    (
+        "redis.privatePool.minIdlePerDb",
+        Lands::Redis("private_conn_pool_min_idle_per_db = 3"),
+    ),
     ("poolMode", Lands::Console("pool_mode", "session")),
     ("replicas", Lands::Pooler),
     ("maxConnectionsPercent", Lands::Pooler),
@@ -486,6 +538,58 @@ fn tls_fields_reach_their_objects() {
     }
     for (path, lands) in FIELDS {
         if let Lands::Tls(text) = lands {
+            assert!(objects.contains(text), "{path}: {text:?} not in\n{objects}");
+        }
+    }
+}
+
+/// A Redis pool with every `spec.redis` field set to a value other than its default.
+const REDIS_SPEC: &str = "apiVersion: weir.dev/v1alpha1
+kind: ConnectionPool
+metadata:
+  name: contract
+  namespace: default
+  uid: 0c0ffee0-0000-4000-8000-000000000002
+spec:
+  redis:
+    host: redis.example
+    port: 6380
+    maxClients: 1000
+    credentialsSecret:
+      name: cache-auth
+      usernameKey: login
+      passwordKey: pw
+    reservedPercent: 20
+    usedByOthers: 100
+    sharedConnections: 5
+    privatePool:
+      enabled: true
+      idleTimeSeconds: 7
+      maxIdlePerDb: 30
+      minIdlePerDb: 3
+  replicas: 3
+";
+
+#[test]
+fn redis_fields_reach_their_objects() {
+    let pool: ConnectionPool = from_yaml(REDIS_SPEC).expect("valid");
+    let mut facts = observed();
+    facts.max_clients = Some(500);
+    facts.secrets.insert(
+        "cache-auth".to_owned(),
+        BTreeMap::from([
+            ("login".to_owned(), b"cacheuser".to_vec()),
+            ("pw".to_owned(), b"cache-pw".to_vec()),
+        ]),
+    );
+    let r = render(&pool, &facts).expect("renders");
+    let ini = data_text(&r, "pgbouncer.ini");
+    let redis = ini.split_once("\n[redis]\n").expect("a [redis] section").1;
+    let app = r.app_secret.data.as_ref().expect("app Secret data");
+    let uri = String::from_utf8(app["uri"].0.clone()).expect("utf-8");
+    let objects = format!("{redis}\n{uri}\n");
+    for (path, lands) in FIELDS {
+        if let Lands::Redis(text) = lands {
             assert!(objects.contains(text), "{path}: {text:?} not in\n{objects}");
         }
     }

@@ -11,6 +11,7 @@ mod duration;
 mod max_connections;
 mod monitoring;
 mod network_policy;
+mod redis;
 pub(crate) mod rules;
 mod status;
 mod tls;
@@ -29,6 +30,7 @@ pub use duration::{DurationSpec, InvalidDuration};
 pub use max_connections::MaxConnections;
 pub use monitoring::{Monitoring, PodMonitorSettings};
 pub use network_policy::NetworkPolicySettings;
+pub use redis::{PrivatePool, RedisSpec, DEFAULT_REDIS_PORT};
 pub use rules::{operator_owned_keys, settable_keys};
 pub use status::{
     condition, BudgetStatus, ConnectionPoolStatus, PodUsage, UsageStatus, UserPoolStatus,
@@ -58,10 +60,10 @@ pub const DEFAULT_IMAGE: &str = concat!("ghcr.io/weir-dev/weir:", env!("CARGO_PK
     category = "weir",
     status = "ConnectionPoolStatus",
     derive = "PartialEq",
-    doc = "A pool of PostgreSQL connections in front of one database: Weir poolers \
-           (PgBouncer-compatible) whose pool sizes are computed so that all pooler pods \
-           together, during rollouts and at the autoscaler's maximum too, never exceed the \
-           database's connection budget.",
+    doc = "A pool of PostgreSQL connections in front of one database (or of Redis \
+           connections in front of one Redis server): Weir poolers (PgBouncer-compatible) \
+           whose pool sizes are computed so that all pooler pods together, during rollouts \
+           and at the autoscaler's maximum too, never exceed the server's connection budget.",
     scale(
         spec_replicas_path = ".spec.replicas",
         status_replicas_path = ".status.replicas",
@@ -119,7 +121,14 @@ pub const DEFAULT_IMAGE: &str = concat!("ghcr.io/weir-dev/weir:", env!("CARGO_PK
 #[schemars(transform = rules::spec_schema)]
 pub struct ConnectionPoolSpec {
     /// The PostgreSQL server the poolers connect to, and how many connections it allows.
-    pub database: DatabaseSpec,
+    /// Set this or redis, not both.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<DatabaseSpec>,
+
+    /// A Redis server instead of a PostgreSQL one: the poolers speak RESP on port 6379 and
+    /// divide the server's maxclients across their pods. Set this or database, not both.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis: Option<RedisSpec>,
 
     /// When a server connection goes back to the pool: after each transaction (the default,
     /// and what most applications want), after each statement, or only when the client
@@ -499,7 +508,8 @@ impl ServiceType {
 pub enum UserSource<'a> {
     /// `spec.users[i]`.
     Listed(&'a UserSpec),
-    /// `spec.database.credentialsSecret`, used when `users` is not given.
+    /// `spec.database.credentialsSecret` (or `spec.redis.credentialsSecret`), used when
+    /// `users` is not given.
     Database(&'a CredentialsSecret),
 }
 
@@ -529,12 +539,60 @@ impl UserSource<'_> {
     }
 }
 
+/// The server behind the pool: exactly one of `spec.database` and `spec.redis`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Backend<'a> {
+    /// A PostgreSQL database.
+    Postgres(&'a DatabaseSpec),
+    /// A Redis server.
+    Redis(&'a RedisSpec),
+}
+
+impl Backend<'_> {
+    /// The server's host as the spec writes it.
+    pub fn host(&self) -> &str {
+        match self {
+            Backend::Postgres(db) => &db.host,
+            Backend::Redis(redis) => &redis.host,
+        }
+    }
+
+    /// The server's port as the spec writes it.
+    pub fn port(&self) -> i32 {
+        match self {
+            Backend::Postgres(db) => db.port,
+            Backend::Redis(redis) => redis.port,
+        }
+    }
+}
+
+/// A spec with neither or both of `database` and `redis` (admission refuses it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("{}", rules::ONE_BACKEND)]
+pub struct NoSingleBackend;
+
 impl ConnectionPoolSpec {
-    /// The pool's users in spec order: `users`, or the database credentials alone.
+    /// The server behind the pool.
+    pub fn backend(&self) -> Result<Backend<'_>, NoSingleBackend> {
+        match (&self.database, &self.redis) {
+            (Some(db), None) => Ok(Backend::Postgres(db)),
+            (None, Some(redis)) => Ok(Backend::Redis(redis)),
+            _ => Err(NoSingleBackend),
+        }
+    }
+
+    /// The pool's users in spec order: `users`, or the server credentials alone (none for
+    /// a Redis server without them).
     pub fn user_sources(&self) -> Vec<UserSource<'_>> {
-        match &self.users {
-            Some(users) => users.iter().map(UserSource::Listed).collect(),
-            None => vec![UserSource::Database(&self.database.credentials_secret)],
+        let server = self
+            .database
+            .as_ref()
+            .map(|db| &db.credentials_secret)
+            .or_else(|| self.redis.as_ref()?.credentials_secret.as_ref());
+        match (&self.users, server) {
+            (Some(users), _) => users.iter().map(UserSource::Listed).collect(),
+            (None, Some(credentials)) => vec![UserSource::Database(credentials)],
+            (None, None) => Vec::new(),
         }
     }
 

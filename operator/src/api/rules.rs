@@ -15,8 +15,8 @@ use weir_pooler::config::Settings;
 
 use super::{
     Autoscaling, CaSource, ClientTls, ConnectionPoolSpec, CredentialsSecret, DatabaseSpec,
-    KeySelector, Limits, MaxConnections, NetworkPolicySettings, PasswordSecret, Rollout, ServerTls,
-    SslMode, UserSpec,
+    KeySelector, Limits, MaxConnections, NetworkPolicySettings, PasswordSecret, PrivatePool,
+    RedisSpec, Rollout, ServerTls, SslMode, UserSpec,
 };
 
 /// The most users one pool may list; bounds the cost of the CEL rules over the list.
@@ -191,9 +191,63 @@ pub(crate) const REPLICAS_ABOVE_MAX: &str = "replicas must not exceed autoscalin
                                              the most pods the connection budget is divided for";
 const IMAGE_EMPTY: &str = "image must not be empty";
 
+pub(crate) const ONE_BACKEND: &str =
+    "set exactly one of database (a PostgreSQL server) and redis (a Redis server)";
+pub(crate) const REDIS_USERS: &str = "with redis, users take only user and credentialsSecret: \
+                                      weight, minPoolSize, reservePoolSize and serviceAccounts \
+                                      are PostgreSQL settings";
+pub(crate) const REDIS_CREDENTIALS_TWICE: &str =
+    "set redis.credentialsSecret (one user) or users (several), not both";
+pub(crate) const REDIS_TLS: &str = "tls applies to PostgreSQL pools only: a redis pool \
+                                    speaks plain RESP";
+
 /// Rules on `spec`.
 pub(crate) fn spec_rules() -> Vec<Rule<ConnectionPoolSpec>> {
     vec![
+        Rule::new(
+            "has(self.database) != has(self.redis)",
+            ONE_BACKEND,
+            None,
+            |s| unless(s.database.is_some() != s.redis.is_some(), ONE_BACKEND),
+        ),
+        Rule::new(
+            "!has(self.redis) || !has(self.users) || self.users.all(u, u.weight == 1 && \
+             u.minPoolSize == 0 && u.reservePoolSize == 0 && \
+             (!has(u.serviceAccounts) || size(u.serviceAccounts) == 0))",
+            REDIS_USERS,
+            Some(".users"),
+            |s| {
+                let plain = |u: &UserSpec| {
+                    u.weight == 1
+                        && u.min_pool_size == 0
+                        && u.reserve_pool_size == 0
+                        && u.service_accounts.as_ref().is_none_or(Vec::is_empty)
+                };
+                unless(
+                    s.redis.is_none() || s.users.iter().flatten().all(plain),
+                    REDIS_USERS,
+                )
+            },
+        ),
+        Rule::new(
+            "!has(self.redis) || !has(self.redis.credentialsSecret) || !has(self.users)",
+            REDIS_CREDENTIALS_TWICE,
+            Some(".users"),
+            |s| {
+                unless(
+                    s.redis
+                        .as_ref()
+                        .is_none_or(|r| r.credentials_secret.is_none() || s.users.is_none()),
+                    REDIS_CREDENTIALS_TWICE,
+                )
+            },
+        ),
+        Rule::new(
+            "!has(self.redis) || !has(self.tls)",
+            REDIS_TLS,
+            Some(".tls"),
+            |s| unless(s.redis.is_none() || s.tls.is_none(), REDIS_TLS),
+        ),
         Rule::new(
             "!(has(self.maxConnectionsPercent) && has(self.maxServerConnections))",
             BOTH_BUDGET_FORMS,
@@ -342,6 +396,99 @@ pub(crate) fn database_rules() -> Vec<Rule<DatabaseSpec>> {
             USED_BY_OTHERS_MIN,
             Some(".usedByOthers"),
             |d| unless(d.used_by_others >= 0, USED_BY_OTHERS_MIN),
+        ),
+    ]
+}
+
+const REDIS_HOST_FORM: &str = "host must be a host name or an IP address";
+const MAX_CLIENTS_MIN: &str = "maxClients must be at least 1";
+const SHARED_CONNECTIONS_MIN: &str = "sharedConnections must be at least 1";
+
+/// Rules on `spec.redis`.
+pub(crate) fn redis_rules() -> Vec<Rule<RedisSpec>> {
+    vec![
+        Rule::new(
+            "self.host.matches('^[-._:a-zA-Z0-9]+$')",
+            REDIS_HOST_FORM,
+            Some(".host"),
+            |r| {
+                unless(
+                    !r.host.is_empty()
+                        && r.host.bytes().all(|b| {
+                            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b':')
+                        }),
+                    REDIS_HOST_FORM,
+                )
+            },
+        ),
+        Rule::new(
+            "self.port >= 1 && self.port <= 65535",
+            PORT_RANGE,
+            Some(".port"),
+            |r| unless((1..=65535).contains(&r.port), PORT_RANGE),
+        ),
+        Rule::new(
+            "!has(self.maxClients) || self.maxClients >= 1",
+            MAX_CLIENTS_MIN,
+            Some(".maxClients"),
+            |r| unless(r.max_clients.is_none_or(|n| n >= 1), MAX_CLIENTS_MIN),
+        ),
+        Rule::new(
+            "self.reservedPercent >= 0 && self.reservedPercent <= 50",
+            RESERVED_PERCENT_RANGE,
+            Some(".reservedPercent"),
+            |r| {
+                unless(
+                    (0..=50).contains(&r.reserved_percent),
+                    RESERVED_PERCENT_RANGE,
+                )
+            },
+        ),
+        Rule::new(
+            "self.usedByOthers >= 0",
+            USED_BY_OTHERS_MIN,
+            Some(".usedByOthers"),
+            |r| unless(r.used_by_others >= 0, USED_BY_OTHERS_MIN),
+        ),
+        Rule::new(
+            "self.sharedConnections >= 1",
+            SHARED_CONNECTIONS_MIN,
+            Some(".sharedConnections"),
+            |r| unless(r.shared_connections >= 1, SHARED_CONNECTIONS_MIN),
+        ),
+    ]
+}
+
+const IDLE_TIME_MIN: &str = "idleTimeSeconds must not be negative";
+const MAX_IDLE_MIN: &str = "maxIdlePerDb must not be negative";
+pub(crate) const MIN_IDLE_RANGE: &str =
+    "minIdlePerDb must be between 0 and maxIdlePerDb: connections above maxIdlePerDb are closed";
+
+/// Rules on `spec.redis.privatePool`.
+pub(crate) fn private_pool_rules() -> Vec<Rule<PrivatePool>> {
+    vec![
+        Rule::new(
+            "self.idleTimeSeconds >= 0",
+            IDLE_TIME_MIN,
+            Some(".idleTimeSeconds"),
+            |p| unless(p.idle_time_seconds >= 0, IDLE_TIME_MIN),
+        ),
+        Rule::new(
+            "self.maxIdlePerDb >= 0",
+            MAX_IDLE_MIN,
+            Some(".maxIdlePerDb"),
+            |p| unless(p.max_idle_per_db >= 0, MAX_IDLE_MIN),
+        ),
+        Rule::new(
+            "self.minIdlePerDb >= 0 && self.minIdlePerDb <= self.maxIdlePerDb",
+            MIN_IDLE_RANGE,
+            Some(".minIdlePerDb"),
+            |p| {
+                unless(
+                    p.min_idle_per_db >= 0 && p.min_idle_per_db <= p.max_idle_per_db,
+                    MIN_IDLE_RANGE,
+                )
+            },
         ),
     ]
 }
@@ -757,6 +904,14 @@ pub(crate) fn spec_schema(schema: &mut Schema) {
 
 pub(crate) fn database_schema(schema: &mut Schema) {
     attach(schema, &database_rules());
+}
+
+pub(crate) fn redis_schema(schema: &mut Schema) {
+    attach(schema, &redis_rules());
+}
+
+pub(crate) fn private_pool_schema(schema: &mut Schema) {
+    attach(schema, &private_pool_rules());
 }
 
 pub(crate) fn credentials_schema(schema: &mut Schema) {

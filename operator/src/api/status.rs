@@ -68,7 +68,7 @@ pub struct ConnectionPoolStatus {
     pub endpoint: Option<String>,
 
     /// The Secret with host, port, dbname, user, password, uri and jdbc-uri for
-    /// applications.
+    /// applications (for a Redis pool: host, port, username, password and a redis:// uri).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub app_secret_name: Option<String>,
 

@@ -134,12 +134,29 @@ impl ConnectionPool {
         }
         let spec = &self.spec;
         v.run("spec", &rules::spec_rules(), spec);
-        v.run("spec.database", &rules::database_rules(), &spec.database);
-        v.run(
-            "spec.database.credentialsSecret",
-            &rules::credentials_rules(),
-            &spec.database.credentials_secret,
-        );
+        if let Some(database) = &spec.database {
+            v.run("spec.database", &rules::database_rules(), database);
+            v.run(
+                "spec.database.credentialsSecret",
+                &rules::credentials_rules(),
+                &database.credentials_secret,
+            );
+        }
+        if let Some(redis) = &spec.redis {
+            v.run("spec.redis", &rules::redis_rules(), redis);
+            v.run(
+                "spec.redis.privatePool",
+                &rules::private_pool_rules(),
+                &redis.private_pool,
+            );
+            if let Some(credentials) = &redis.credentials_secret {
+                v.run(
+                    "spec.redis.credentialsSecret",
+                    &rules::credentials_rules(),
+                    credentials,
+                );
+            }
+        }
         if let Some(users) = &spec.users {
             v.run("spec.users", &rules::users_rules(), users.as_slice());
             for (i, user) in users.iter().enumerate() {

@@ -31,9 +31,14 @@ impl DatabaseKey {
     /// The key of `pool`'s database.
     pub fn of(pool: &ConnectionPool) -> DatabaseKey {
         let namespace = pool.namespace().unwrap_or_default();
+        // A spec without a single server (refused at admission) gets a key of its own.
+        let (host, port) = match pool.spec.backend() {
+            Ok(backend) => (backend.host().to_owned(), backend.port()),
+            Err(_) => (format!("(no server).{namespace}"), 0),
+        };
         DatabaseKey {
-            host: qualify_host(&pool.spec.database.host, &namespace),
-            port: pool.spec.database.port,
+            host: qualify_host(&host, &namespace),
+            port,
         }
     }
 }
@@ -221,7 +226,7 @@ mod tests {
         assert_eq!(ledger.others_claimed(&me, &pools), 60);
         // A claim recorded for another database no longer counts here.
         let mut moved = b.clone();
-        moved.spec.database.host = "elsewhere".into();
+        moved.spec.database.as_mut().expect("a database").host = "elsewhere".into();
         ledger.record(&moved, Some(60));
         assert_eq!(ledger.others_claimed(&me, &pools), 0);
         ledger.record(&b, None);

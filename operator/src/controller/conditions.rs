@@ -7,6 +7,11 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 pub mod reason {
     /// `maxConnections: auto` and the database could not be asked for its limits.
     pub const DATABASE_UNREACHABLE: &str = "DatabaseUnreachable";
+    /// A Redis pool without `maxClients` and the server could not be asked for it.
+    pub const REDIS_UNREACHABLE: &str = "RedisUnreachable";
+    /// A Redis pool without `maxClients` whose server will not tell its maxclients
+    /// (CONFIG disabled, as on many managed services).
+    pub const MAX_CLIENTS_UNKNOWN: &str = "MaxClientsUnknown";
     /// A Secret the spec names does not exist, lacks a key, or holds an unusable value.
     pub const SECRET_PROBLEM: &str = "SecretProblem";
     /// The spec or a setting in it cannot be turned into a pooler configuration.

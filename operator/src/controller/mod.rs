@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod monitoring;
 pub mod pod_status;
 pub mod reconcile;
+pub mod redis;
 pub mod resize;
 pub mod rollout;
 pub mod tls;

@@ -50,7 +50,7 @@ use crate::api::condition::{
     BUDGET_FEASIBLE, FITS, INVALID_SPEC, MONITORING, NEAR_BUDGET, PROGRESSING,
 };
 use crate::api::{
-    BudgetStatus, CaSource, ConnectionPool, ConnectionPoolSpec, ConnectionPoolStatus,
+    Backend, BudgetStatus, CaSource, ConnectionPool, ConnectionPoolSpec, ConnectionPoolStatus,
     MaxConnections, SslMode, UsageStatus,
 };
 use crate::render::config::CONFIG_FILE;
@@ -428,6 +428,7 @@ async fn reconcile_pool(pool: &ConnectionPool, ctx: &Context) -> Result<Action, 
     let secrets = read_secrets(ctx, &namespace, &pool.spec).await?;
     let config_maps = read_config_maps(ctx, &namespace, &pool.spec).await?;
     let database = observe_database(ctx, pool, &secrets, &config_maps).await;
+    let max_clients = observe_max_clients(ctx, pool, &secrets).await;
     let pools = ctx.pools.state();
     ctx.ledger.retain_existing(&pools);
     ctx.metrics.retain_budgets(
@@ -439,6 +440,7 @@ async fn reconcile_pool(pool: &ConnectionPool, ctx: &Context) -> Result<Action, 
     let (pod_ips, peers_in_force) = observe_peers(ctx, &namespace, &name).await?;
     let observed = Observed {
         database: database.as_ref().ok().copied().flatten(),
+        max_clients: max_clients.as_ref().ok().copied().flatten(),
         others_claimed: ctx.ledger.others_claimed(pool, &pools),
         secrets,
         config_maps,
@@ -447,7 +449,7 @@ async fn reconcile_pool(pool: &ConnectionPool, ctx: &Context) -> Result<Action, 
         operator_namespace: ctx.settings.operator_namespace.clone(),
         api_server: observe_api_server(ctx, &pool.spec).await,
     };
-    let database_problem = database.err();
+    let database_problem = database.err().or(max_clients.err());
     let (budget, derivation) = budget_verdict(pool, &observed, database_problem.as_ref());
     if let Some(derivation) = &derivation {
         ctx.metrics.set_budget(&namespace, &name, derivation);
@@ -638,7 +640,12 @@ async fn read_config_maps(
 
 /// The names of the Secrets `spec` reads (credentials and TLS), without repetition.
 pub fn referenced_secrets(spec: &ConnectionPoolSpec) -> Vec<String> {
-    let mut names = vec![spec.database.credentials_secret.name.clone()];
+    let server = spec
+        .database
+        .as_ref()
+        .map(|db| &db.credentials_secret)
+        .or_else(|| spec.redis.as_ref()?.credentials_secret.as_ref());
+    let mut names: Vec<String> = server.iter().map(|c| c.name.clone()).collect();
     if let Some(users) = &spec.users {
         names.extend(users.iter().map(|u| u.credentials_secret.name.clone()));
     }
@@ -659,10 +666,14 @@ async fn observe_database(
     secrets: &BTreeMap<String, BTreeMap<String, Vec<u8>>>,
     config_maps: &BTreeMap<String, BTreeMap<String, String>>,
 ) -> Result<Option<render::ObservedDatabase>, Blocker> {
-    let db = &pool.spec.database;
-    if db.max_connections != MaxConnections::Auto {
+    let Some(db) = pool
+        .spec
+        .database
+        .as_ref()
+        .filter(|db| db.max_connections == MaxConnections::Auto)
+    else {
         return Ok(None);
-    }
+    };
     let creds = &db.credentials_secret;
     let secret_problem = |what: String| Blocker {
         reason: reason::SECRET_PROBLEM.to_owned(),
@@ -761,6 +772,70 @@ fn probe_tls(
     })
 }
 
+/// For a Redis pool without `maxClients`, the server's maxclients; `Ok(None)` otherwise.
+async fn observe_max_clients(
+    ctx: &Context,
+    pool: &ConnectionPool,
+    secrets: &BTreeMap<String, BTreeMap<String, Vec<u8>>>,
+) -> Result<Option<u32>, Blocker> {
+    let Some(spec) = pool.spec.redis.as_ref().filter(|r| r.max_clients.is_none()) else {
+        return Ok(None);
+    };
+    let secret_problem = |what: String| Blocker {
+        reason: reason::SECRET_PROBLEM.to_owned(),
+        message: format!(
+            "spec.redis.maxClients is not set, but the credentials to read maxclients with \
+             are unusable: {what}"
+        ),
+    };
+    // The server credentials, else the first listed user: the poolers log in as either.
+    let value = |name: &str, key: &str| {
+        secrets
+            .get(name)
+            .ok_or_else(|| secret_problem(format!("Secret {name:?} not found")))?
+            .get(key)
+            .and_then(|v| String::from_utf8(v.clone()).ok())
+            .ok_or_else(|| secret_problem(format!("Secret {name:?} has no UTF-8 key {key:?}")))
+    };
+    let auth = match (
+        &spec.credentials_secret,
+        pool.spec.users.iter().flatten().next(),
+    ) {
+        (Some(c), _) => Some((
+            value(&c.name, &c.username_key)?,
+            value(&c.name, &c.password_key)?,
+        )),
+        (None, Some(u)) => Some((
+            u.user.clone(),
+            value(
+                &u.credentials_secret.name,
+                &u.credentials_secret.password_key,
+            )?,
+        )),
+        (None, None) => None,
+    };
+    let target = super::redis::Target {
+        host: spec.host.clone(),
+        port: u16::try_from(spec.port).map_err(|_| Blocker {
+            reason: INVALID_SPEC.to_owned(),
+            message: format!("spec.redis.port {} is not a TCP port", spec.port),
+        })?,
+        auth,
+    };
+    super::redis::probe(&target, ctx.settings.database_timeout)
+        .await
+        .map(Some)
+        .map_err(|e| Blocker {
+            reason: if e.is_refusal() {
+                reason::MAX_CLIENTS_UNKNOWN
+            } else {
+                reason::REDIS_UNREACHABLE
+            }
+            .to_owned(),
+            message: e.to_string(),
+        })
+}
+
 /// The BudgetFeasible condition, decided from the sizing alone (independent of Secrets), and
 /// the budget derivation when one could be made (for the metrics).
 fn budget_verdict(
@@ -774,7 +849,7 @@ fn budget_verdict(
             Status::Unknown,
             problem.reason.clone(),
             format!(
-                "the database's max_connections is needed but unknown: {}",
+                "the server's connection limit is needed but unknown: {}",
                 problem.message
             ),
         );
@@ -830,12 +905,17 @@ fn budget_verdict(
 
 /// The reason and message for a rendering that failed.
 fn blocker(error: &RenderError, database_problem: Option<&Blocker>) -> Blocker {
-    if let (RenderError::DatabaseNotObserved, Some(problem)) = (error, database_problem) {
+    if let (RenderError::DatabaseNotObserved | RenderError::MaxClientsNotObserved, Some(problem)) =
+        (error, database_problem)
+    {
         return problem.clone();
     }
     let reason = match error {
-        RenderError::Invalid(_) | RenderError::MissingMetadata(_) => INVALID_SPEC,
+        RenderError::Invalid(_) | RenderError::MissingMetadata(_) | RenderError::Backend(_) => {
+            INVALID_SPEC
+        }
         RenderError::DatabaseNotObserved => reason::DATABASE_UNREACHABLE,
+        RenderError::MaxClientsNotObserved => reason::MAX_CLIENTS_UNKNOWN,
         RenderError::Sizing(SizingError::Infeasible(infeasible)) => infeasible.reason(),
         RenderError::Sizing(SizingError::Invalid(_)) => INVALID_SPEC,
         RenderError::MissingSecret(_)
@@ -903,7 +983,7 @@ async fn apply_children(
     };
     let per_pod = live_config
         .as_ref()
-        .and_then(|cm| configured_per_pod(cm, &pool.spec.database.dbname));
+        .and_then(|cm| configured_per_pod(cm, &pool.spec));
     let pods = if per_pod.is_some_and(|p| desired.per_pod > p) {
         count_pods(ctx, namespace, &name).await?
     } else {
@@ -974,11 +1054,17 @@ fn config_digest(config_map: &ConfigMap) -> String {
     file_digest(text.map_or("", String::as_str))
 }
 
-/// The per-pod server connection cap in a ConfigMap's pgbouncer.ini, if it can be read.
-fn configured_per_pod(config_map: &ConfigMap, dbname: &str) -> Option<u32> {
+/// The per-pod server connection cap in a ConfigMap's pgbouncer.ini, if it can be read:
+/// the database's max_db_connections, or the `[redis]` max_server_connections.
+fn configured_per_pod(config_map: &ConfigMap, spec: &ConnectionPoolSpec) -> Option<u32> {
     let text = config_map.data.as_ref()?.get(CONFIG_FILE)?;
-    let loaded = Config::parse(text, Path::new(CONFIG_FILE)).ok()?;
-    Some(loaded.config.max_db_connections_for(dbname))
+    match spec.backend().ok()? {
+        Backend::Postgres(db) => {
+            let loaded = Config::parse(text, Path::new(CONFIG_FILE)).ok()?;
+            Some(loaded.config.max_db_connections_for(&db.dbname))
+        }
+        Backend::Redis(_) => render::redis::configured_per_pod(text),
+    }
 }
 
 /// When this operator last changed the object: the API server stamps a field manager's
@@ -1283,10 +1369,13 @@ mod tests {
         });
         let rendered = render::render(&pool(""), &seen).expect("renders");
         assert_eq!(
-            configured_per_pod(&rendered.config_map, "orders"),
+            configured_per_pod(&rendered.config_map, &pool("").spec),
             Some(rendered.sizing.max_db_connections())
         );
-        assert_eq!(configured_per_pod(&ConfigMap::default(), "orders"), None);
+        assert_eq!(
+            configured_per_pod(&ConfigMap::default(), &pool("").spec),
+            None
+        );
     }
 
     #[test]

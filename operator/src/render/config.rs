@@ -9,7 +9,7 @@ use weir_pooler::config::{AuthType, Config, DatabaseEntry, Settings, UserEntry};
 
 use super::secrets::Credential;
 use super::RenderError;
-use crate::api::{ConnectionPoolSpec, UserSource};
+use crate::api::{Backend, ConnectionPoolSpec, UserSource};
 use crate::sizing::Sizing;
 
 /// Where the ConfigMap is mounted in the pooler container.
@@ -31,10 +31,12 @@ pub const ROTATION_GRACE: Duration = Duration::from_secs(300);
 /// Settings that take effect only at pooler start: a change rolls the pods.
 pub use weir_pooler::config::RESTART_KEYS;
 
-/// Builds the pooler configuration: one database, one `[users]` entry per user with its
-/// share of each pod's connections, and the settings the spec asks for.
+/// Builds the pooler configuration: for PostgreSQL one database and one `[users]` entry per
+/// user with its share of each pod's connections, for Redis the `[pgbouncer]` settings
+/// alone (the `[redis]` section is rendered by `redis`), and the settings the spec asks for.
 pub(crate) fn build(
     spec: &ConnectionPoolSpec,
+    backend: Backend<'_>,
     namespace: &str,
     sizing: &Sizing,
     credentials: &[Credential],
@@ -67,7 +69,6 @@ pub(crate) fn build(
     s.auth_file = Some(PathBuf::from(AUTH_DIR).join(AUTH_FILE));
     s.pool_mode = spec.pool_mode.into();
     s.max_client_conn = u32::try_from(spec.limits.max_client_connections).unwrap_or(1);
-    s.default_pool_size = sizing.default_pool_size();
     let limits = &spec.limits;
     let timeouts: [(&mut Duration, _); 5] = [
         (&mut s.query_wait_timeout, &limits.query_wait_timeout),
@@ -85,7 +86,22 @@ pub(crate) fn build(
         }
     }
 
-    let db = &spec.database;
+    let db = match backend {
+        Backend::Postgres(db) => db,
+        Backend::Redis(_) => {
+            let config = Config {
+                pgbouncer: s,
+                databases: Default::default(),
+                users: Default::default(),
+                peers: Default::default(),
+                // The [redis] section is written as text after this one (render/redis.rs).
+                redis: None,
+            };
+            config.validate().map_err(RenderError::Config)?;
+            return Ok(config);
+        }
+    };
+    s.default_pool_size = sizing.default_pool_size();
     let database = DatabaseEntry {
         host: Some(db.host.clone()),
         port: u16::try_from(db.port).into_iter().collect(),

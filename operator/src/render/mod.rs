@@ -16,6 +16,7 @@ pub mod monitoring;
 mod network_policy;
 pub mod peers;
 pub mod rbac;
+pub mod redis;
 mod secrets;
 pub mod tls;
 mod workload;
@@ -32,8 +33,8 @@ use kube::ResourceExt;
 use weir_pooler::config::{Config, ConfigError};
 
 use crate::api::{
-    BudgetStatus, ConnectionPool, ConnectionPoolStatus, InvalidDuration, MaxConnections,
-    UserPoolStatus, UserSource, Violations,
+    Backend, BudgetStatus, ConnectionPool, ConnectionPoolStatus, InvalidDuration, MaxConnections,
+    NoSingleBackend, UserPoolStatus, UserSource, Violations,
 };
 use crate::sizing::{self, DatabaseLimits, Share, Sizing, SizingError, UserDemand};
 use crate::yaml;
@@ -60,6 +61,9 @@ pub struct ObservedDatabase {
 pub struct Observed {
     /// The database's limits; required when `maxConnections` is `auto`.
     pub database: Option<ObservedDatabase>,
+    /// The Redis server's `maxclients` (`CONFIG GET maxclients`); required when
+    /// `spec.redis.maxClients` is not set.
+    pub max_clients: Option<u32>,
     /// Server connections other ConnectionPools on the same database (same host and port)
     /// claim, from their `status.budget.pool`.
     pub others_claimed: u32,
@@ -91,6 +95,12 @@ pub enum RenderError {
     /// `maxConnections: auto` but the database's limits were not observed.
     #[error("maxConnections is auto but the database's max_connections is not known yet")]
     DatabaseNotObserved,
+    /// `spec.redis.maxClients` is not set and the server's maxclients was not read.
+    #[error("spec.redis.maxClients is not set and the Redis server's maxclients is not known")]
+    MaxClientsNotObserved,
+    /// Neither or both of database and redis (admission normally refuses it first).
+    #[error(transparent)]
+    Backend(#[from] NoSingleBackend),
     /// The budget does not fit.
     #[error(transparent)]
     Sizing(#[from] SizingError),
@@ -170,6 +180,8 @@ pub struct Rendered {
     /// The `[pgbouncer]` TLS settings from `spec.tls`; those the pooler's settings type
     /// does not know are added to the ConfigMap's pgbouncer.ini as text.
     pub tls_settings: Vec<(&'static str, String)>,
+    /// The `[redis]` settings of a Redis pool, written after `[pgbouncer]`.
+    pub redis_settings: Option<Vec<(&'static str, String)>>,
     /// Hash of the settings that need a restart, as put on the pod template.
     pub restart_hash: String,
     /// The pods' ServiceAccount.
@@ -271,14 +283,15 @@ impl Rendered {
     pub fn status(&self, pool: &ConnectionPool) -> ConnectionPoolStatus {
         let name = pool.name_any();
         let namespace = pool.namespace().unwrap_or_default();
+        let port = match self.redis_settings {
+            Some(_) => redis::REDIS_PORT,
+            None => SERVICE_PORT,
+        };
         ConnectionPoolStatus {
             budget: Some(BudgetStatus::from(&self.sizing.budget)),
             users: UserPoolStatus::list(&self.sizing, &self.users),
             selector: Some(selector_string(&name)),
-            endpoint: Some(format!(
-                "{}:{SERVICE_PORT}",
-                meta::service_host(&name, &namespace)
-            )),
+            endpoint: Some(format!("{}:{port}", meta::service_host(&name, &namespace))),
             app_secret_name: Some(names::app_secret(&name)),
             ..ConnectionPoolStatus::default()
         }
@@ -289,21 +302,29 @@ impl Rendered {
     pub fn to_yaml_stream(&self) -> Result<String, yaml::Error> {
         let b = &self.sizing.budget;
         let mut out = String::new();
+        let (limit, reserved, cap) = match self.redis_settings {
+            Some(_) => (
+                "Redis maxclients",
+                String::new(),
+                redis::MAX_SERVER_CONNECTIONS,
+            ),
+            None => (
+                "max_connections",
+                format!(" - {} superuser-reserved", b.superuser_reserved),
+                "max_db_connections",
+            ),
+        };
         // Writing to a String cannot fail.
         let _ = writeln!(
             out,
-            "# Connection budget: max_connections {} - {} superuser-reserved - {} headroom \
-             - {} used by others = {} for all pools",
-            b.max_connections,
-            b.superuser_reserved,
-            b.reserved_headroom,
-            b.used_by_others,
-            b.database
+            "# Connection budget: {limit} {}{reserved} - {} headroom - {} used by others \
+             = {} for all pools",
+            b.max_connections, b.reserved_headroom, b.used_by_others, b.database
         );
         let _ = writeln!(
             out,
             "# This pool: {} (other pools claim {}); {} pods at most x {} per pod \
-             (max_db_connections) = {}",
+             ({cap}) = {}",
             b.pool,
             b.others_claimed,
             b.pods_max,
@@ -311,6 +332,9 @@ impl Rendered {
             self.sizing.committed()
         );
         for (name, pool) in self.users.iter().zip(&self.sizing.users) {
+            if self.redis_settings.is_some() {
+                break;
+            }
             let _ = writeln!(
                 out,
                 "# User {name}: pool_size {}, reserve_pool_size {}, min_pool_size {}",
@@ -336,11 +360,23 @@ pub fn render(pool: &ConnectionPool, observed: &Observed) -> Result<Rendered, Re
         .clone()
         .ok_or(RenderError::MissingMetadata("namespace"))?;
     let owner = meta::owner(pool)?;
+    let backend = pool.spec.backend()?;
     let sizing = sizing::compute(&sizing_inputs(pool, observed)?)?;
     let credentials = secrets::credentials(&pool.spec, observed)?;
     tls::check_sources(&pool.spec, observed)?;
     let tls_settings = tls::settings(&pool.spec);
-    let mut config = config::build(&pool.spec, &namespace, &sizing, &credentials, &tls_settings)?;
+    let mut config = config::build(
+        &pool.spec,
+        backend,
+        &namespace,
+        &sizing,
+        &credentials,
+        &tls_settings,
+    )?;
+    let redis_settings = match backend {
+        Backend::Redis(spec) => Some(redis::settings(spec, &sizing, &credentials)),
+        Backend::Postgres(_) => None,
+    };
     let assigned = peers::assign(&observed.peers_in_force, &observed.pod_ips);
     config.peers = peers::section(&assigned, config.pgbouncer.listen_port);
     let restart_hash = config::restart_hash(&config, &tls_settings);
@@ -362,12 +398,16 @@ pub fn render(pool: &ConnectionPool, observed: &Observed) -> Result<Rendered, Re
     Ok(Rendered {
         network_policy,
         pod_monitor: monitoring::pod_monitor(&ctx, &pool.spec),
-        users: credentials.iter().map(|c| c.user.clone()).collect(),
+        // Redis users have no pools of their own: the status lists none.
+        users: match backend {
+            Backend::Postgres(_) => credentials.iter().map(|c| c.user.clone()).collect(),
+            Backend::Redis(_) => Vec::new(),
+        },
         service_account: workload::service_account(&ctx),
         token_review_binding: rbac::token_review_binding(&ctx, &config),
-        config_map: secrets::config_map(&ctx, &config),
+        config_map: secrets::config_map(&ctx, &config, redis_settings.as_deref()),
         auth_secret: secrets::auth_secret(&ctx, &credentials),
-        app_secret: secrets::app_secret(&ctx, &pool.spec, &credentials),
+        app_secret: secrets::app_secret(&ctx, backend, &pool.spec, &credentials),
         service,
         peers_service: workload::peers_service(&ctx, &config),
         deployment: workload::deployment(&ctx, &pool.spec, &config, &restart_hash),
@@ -375,6 +415,7 @@ pub fn render(pool: &ConnectionPool, observed: &Observed) -> Result<Rendered, Re
         sizing,
         config,
         tls_settings,
+        redis_settings,
         restart_hash,
     })
 }
@@ -384,25 +425,68 @@ fn count(value: i32) -> u32 {
     u32::try_from(value).unwrap_or(0)
 }
 
-/// The sizing inputs: the spec's numbers, with the database's own where it says `auto`.
+/// The sizing inputs: the spec's numbers, with the server's own where the spec leaves
+/// them to be read (`maxConnections: auto`, no `redis.maxClients`).
 pub fn sizing_inputs(
     pool: &ConnectionPool,
     observed: &Observed,
 ) -> Result<sizing::Inputs, RenderError> {
     let spec = &pool.spec;
-    let db = &spec.database;
-    let (max_connections, superuser_reserved) = match db.max_connections {
-        MaxConnections::Count(n) => (
-            u32::try_from(n).unwrap_or(u32::MAX),
-            count(db.superuser_reserved_connections),
-        ),
-        MaxConnections::Auto => {
-            let seen = observed.database.ok_or(RenderError::DatabaseNotObserved)?;
-            (
-                seen.max_connections,
-                seen.superuser_reserved_connections
-                    .saturating_add(seen.reserved_connections),
-            )
+    let (database, users) = match spec.backend()? {
+        Backend::Postgres(db) => {
+            let (max_connections, superuser_reserved) = match db.max_connections {
+                MaxConnections::Count(n) => (
+                    u32::try_from(n).unwrap_or(u32::MAX),
+                    count(db.superuser_reserved_connections),
+                ),
+                MaxConnections::Auto => {
+                    let seen = observed.database.ok_or(RenderError::DatabaseNotObserved)?;
+                    (
+                        seen.max_connections,
+                        seen.superuser_reserved_connections
+                            .saturating_add(seen.reserved_connections),
+                    )
+                }
+            };
+            let limits = DatabaseLimits {
+                max_connections,
+                superuser_reserved,
+                reserved_percent: count(db.reserved_percent),
+                used_by_others: count(db.used_by_others),
+            };
+            let users = spec
+                .user_sources()
+                .iter()
+                .map(|u: &UserSource<'_>| UserDemand {
+                    weight: count(u.weight()),
+                    min_pool_size: count(u.min_pool_size()),
+                    reserve_pool_size: count(u.reserve_pool_size()),
+                })
+                .collect();
+            (limits, users)
+        }
+        Backend::Redis(redis) => {
+            let max_clients = match redis.max_clients {
+                Some(n) => count(n),
+                None => observed
+                    .max_clients
+                    .ok_or(RenderError::MaxClientsNotObserved)?,
+            };
+            // Redis reserves no slots of its own: the headroom keeps room for replicas and
+            // monitoring.
+            let limits = DatabaseLimits {
+                max_connections: max_clients,
+                superuser_reserved: 0,
+                reserved_percent: count(redis.reserved_percent),
+                used_by_others: count(redis.used_by_others),
+            };
+            // All users share each pod's one cap, which must hold their shared connections.
+            let users = vec![UserDemand {
+                weight: 1,
+                min_pool_size: redis.minimum_per_pod(spec.user_sources().len()),
+                reserve_pool_size: 0,
+            }];
+            (limits, users)
         }
     };
     let share = match (spec.max_connections_percent, spec.max_server_connections) {
@@ -411,28 +495,18 @@ pub fn sizing_inputs(
         (None, None) => Share::Percent(100),
     };
     Ok(sizing::Inputs {
-        database: DatabaseLimits {
-            max_connections,
-            superuser_reserved,
-            reserved_percent: count(db.reserved_percent),
-            used_by_others: count(db.used_by_others),
-        },
+        database,
         share,
         others_claimed: observed.others_claimed,
         replicas: count(spec.replicas),
         max_surge: count(spec.rollout.max_surge),
         max_replicas: spec.autoscaling.as_ref().map(|a| count(a.max_replicas)),
-        users: spec
-            .user_sources()
-            .iter()
-            .map(|u: &UserSource<'_>| UserDemand {
-                weight: count(u.weight()),
-                min_pool_size: count(u.min_pool_size()),
-                reserve_pool_size: count(u.reserve_pool_size()),
-            })
-            .collect(),
+        users,
     })
 }
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod redis_tests;

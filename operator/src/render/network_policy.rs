@@ -86,11 +86,14 @@ fn egress(
     settings: &NetworkPolicySettings,
     inputs: &Inputs<'_>,
 ) -> Vec<NetworkPolicyEgressRule> {
-    let database = &inputs.spec.database;
+    // Validation admits only specs with exactly one server; none here allows no egress at all.
+    let Ok(server) = inputs.spec.backend() else {
+        return Vec::new();
+    };
     let database_block = settings
         .database_cidr
         .clone()
-        .or_else(|| database.host.parse::<IpAddr>().ok().map(host_cidr));
+        .or_else(|| server.host().parse::<IpAddr>().ok().map(host_cidr));
     let mut rules = vec![
         NetworkPolicyEgressRule {
             to: Some(vec![NetworkPolicyPeer {
@@ -106,7 +109,7 @@ fn egress(
         NetworkPolicyEgressRule {
             // A host name cannot be a peer: then any address, on the database's port only.
             to: database_block.map(|cidr| vec![block(cidr)]),
-            ports: Some(vec![tcp(IntOrString::Int(database.port))]),
+            ports: Some(vec![tcp(IntOrString::Int(server.port()))]),
         },
         NetworkPolicyEgressRule {
             to: Some(vec![peer_pods(pool)]),

@@ -10,11 +10,12 @@ use weir_pooler::config::{render_userlist, Config};
 use super::config::{self, AUTH_FILE, CONFIG_FILE};
 use super::meta::{names, service_host, Context};
 use super::peers;
+use super::redis;
 use super::workload::SERVICE_PORT;
 use super::{tls, Observed, RenderError};
-use crate::api::{ConnectionPoolSpec, UserSource};
+use crate::api::{Backend, ConnectionPoolSpec, UserSource};
 
-/// The keys of the app Secret.
+/// The keys of a PostgreSQL pool's app Secret.
 pub const APP_SECRET_KEYS: &[&str] = &[
     "host", "port", "dbname", "user", "password", "uri", "jdbc-uri",
 ];
@@ -75,9 +76,16 @@ fn secret_value(observed: &Observed, secret: &str, key: &str) -> Result<String, 
     Ok(text)
 }
 
-/// The ConfigMap holding pgbouncer.ini.
-pub(crate) fn config_map(ctx: &Context<'_>, config: &Config) -> ConfigMap {
-    let ini = config.to_ini();
+/// The ConfigMap holding pgbouncer.ini, with the `[redis]` section of a Redis pool.
+pub(crate) fn config_map(
+    ctx: &Context<'_>,
+    config: &Config,
+    redis_settings: Option<&[(&str, String)]>,
+) -> ConfigMap {
+    let mut ini = config.to_ini();
+    if let Some(settings) = redis_settings {
+        ini.push_str(&redis::section(settings));
+    }
     let mut metadata = ctx.meta(names::config_map(ctx.name));
     // The operator's record of the peer ids, kept apart from the data an edit may clobber.
     metadata.annotations = Some(BTreeMap::from([(
@@ -112,12 +120,20 @@ pub(crate) fn auth_secret(ctx: &Context<'_>, credentials: &[Credential]) -> Secr
 /// The Secret applications mount: how to reach the pool as its first user.
 pub(crate) fn app_secret(
     ctx: &Context<'_>,
+    backend: Backend<'_>,
     spec: &ConnectionPoolSpec,
     credentials: &[Credential],
 ) -> Secret {
     let host = service_host(ctx.name, ctx.namespace);
+    let db = match backend {
+        Backend::Postgres(db) => db,
+        Backend::Redis(_) => {
+            let values = redis::app_values(&host, credentials.first());
+            return app_secret_of(ctx, redis::APP_SECRET_KEYS, &values);
+        }
+    };
     let port = SERVICE_PORT.to_string();
-    let dbname = &spec.database.dbname;
+    let dbname = &db.dbname;
     let (user, password) = credentials
         .first()
         .map(|c| (c.user.as_str(), c.password.as_str()))
@@ -156,14 +172,18 @@ pub(crate) fn app_secret(
         uri.as_str(),
         jdbc.as_str(),
     ];
+    app_secret_of(ctx, APP_SECRET_KEYS, &values)
+}
+
+/// The app Secret holding `values` under `keys`.
+fn app_secret_of(ctx: &Context<'_>, keys: &[&str], values: &[impl AsRef<str>]) -> Secret {
     Secret {
         metadata: ctx.meta(names::app_secret(ctx.name)),
         type_: Some("Opaque".to_owned()),
         data: Some(
-            APP_SECRET_KEYS
-                .iter()
+            keys.iter()
                 .zip(values)
-                .map(|(k, v)| ((*k).to_owned(), ByteString(v.as_bytes().to_vec())))
+                .map(|(k, v)| ((*k).to_owned(), ByteString(v.as_ref().as_bytes().to_vec())))
                 .collect(),
         ),
         ..Secret::default()
@@ -172,7 +192,7 @@ pub(crate) fn app_secret(
 
 /// Percent-encodes everything but RFC 3986's unreserved characters, which is safe in the
 /// user-info, path and query parts of a URI alike.
-fn encode(text: &str) -> String {
+pub(crate) fn encode(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for byte in text.bytes() {
         if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {

@@ -20,6 +20,7 @@ use weir_pooler::config::Config;
 
 use super::config::{AUTH_DIR, AUTH_FILE, CONFIG_DIR, CONFIG_FILE, HTTP_PORT};
 use super::meta::{labels, names, selector_labels, Context, RESTART_HASH_ANNOTATION};
+use super::redis::{REDIS_PORT, REDIS_PORT_NAME};
 use super::{rbac, tls};
 use crate::api::ConnectionPoolSpec;
 
@@ -62,16 +63,26 @@ pub(crate) fn service(ctx: &Context<'_>, spec: &ConnectionPoolSpec) -> Service {
         spec: Some(ServiceSpec {
             type_: Some(spec.service.type_.as_str().to_owned()),
             selector: Some(selector_labels(ctx.name)),
-            ports: Some(vec![ServicePort {
-                name: Some("postgres".to_owned()),
-                port: i32::from(SERVICE_PORT),
-                target_port: Some(IntOrString::String(POOLER_PORT_NAME.to_owned())),
-                protocol: Some("TCP".to_owned()),
-                ..ServicePort::default()
-            }]),
+            ports: Some(vec![client_port(spec)]),
             ..ServiceSpec::default()
         }),
         ..Service::default()
+    }
+}
+
+/// The Service port clients reach: PostgreSQL's, or Redis's for a Redis pool.
+fn client_port(spec: &ConnectionPoolSpec) -> ServicePort {
+    let (name, port, target) = if spec.redis.is_some() {
+        (REDIS_PORT_NAME, REDIS_PORT, REDIS_PORT_NAME)
+    } else {
+        ("postgres", SERVICE_PORT, POOLER_PORT_NAME)
+    };
+    ServicePort {
+        name: Some(name.to_owned()),
+        port: i32::from(port),
+        target_port: Some(IntOrString::String(target.to_owned())),
+        protocol: Some("TCP".to_owned()),
+        ..ServicePort::default()
     }
 }
 
@@ -259,20 +270,30 @@ fn container(spec: &ConnectionPoolSpec, config: &Config) -> Container {
             }),
             ..EnvVar::default()
         }]),
-        ports: Some(vec![
-            ContainerPort {
-                name: Some(POOLER_PORT_NAME.to_owned()),
-                container_port: i32::from(config.pgbouncer.listen_port),
+        ports: Some(
+            [
+                ContainerPort {
+                    name: Some(POOLER_PORT_NAME.to_owned()),
+                    container_port: i32::from(config.pgbouncer.listen_port),
+                    protocol: Some("TCP".to_owned()),
+                    ..ContainerPort::default()
+                },
+                ContainerPort {
+                    name: Some(HTTP_PORT_NAME.to_owned()),
+                    container_port: i32::from(HTTP_PORT),
+                    protocol: Some("TCP".to_owned()),
+                    ..ContainerPort::default()
+                },
+            ]
+            .into_iter()
+            .chain(spec.redis.as_ref().map(|_| ContainerPort {
+                name: Some(REDIS_PORT_NAME.to_owned()),
+                container_port: i32::from(REDIS_PORT),
                 protocol: Some("TCP".to_owned()),
                 ..ContainerPort::default()
-            },
-            ContainerPort {
-                name: Some(HTTP_PORT_NAME.to_owned()),
-                container_port: i32::from(HTTP_PORT),
-                protocol: Some("TCP".to_owned()),
-                ..ContainerPort::default()
-            },
-        ]),
+            }))
+            .collect(),
+        ),
         readiness_probe: Some(probe("/readyz", 5, 2)),
         liveness_probe: Some(probe("/healthz", 10, 3)),
         lifecycle: Some(Lifecycle {

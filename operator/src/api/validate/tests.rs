@@ -45,13 +45,14 @@ fn assert_refused(change: impl FnOnce(&mut ConnectionPool), expected: &str) {
 fn defaults_are_filled_in() {
     let pool = base();
     let spec = &pool.spec;
+    let database = spec.database.as_ref().expect("a database");
     assert_eq!(spec.replicas, 2);
     assert_eq!(spec.pool_mode, crate::api::PoolMode::Transaction);
-    assert_eq!(spec.database.port, 5432);
-    assert_eq!(spec.database.reserved_percent, 15);
-    assert_eq!(spec.database.superuser_reserved_connections, 3);
-    assert_eq!(spec.database.credentials_secret.username_key, "username");
-    assert_eq!(spec.database.credentials_secret.password_key, "password");
+    assert_eq!(database.port, 5432);
+    assert_eq!(database.reserved_percent, 15);
+    assert_eq!(database.superuser_reserved_connections, 3);
+    assert_eq!(database.credentials_secret.username_key, "username");
+    assert_eq!(database.credentials_secret.password_key, "password");
     assert_eq!(spec.limits.max_client_connections, 5000);
     assert_eq!(spec.rollout.max_surge, 1);
     let users = spec.users.as_ref().expect("users");
@@ -103,43 +104,48 @@ fn spec_rules() {
     );
 }
 
+/// The pool's database, which `base` has.
+fn db(p: &mut ConnectionPool) -> &mut crate::api::DatabaseSpec {
+    p.spec.database.as_mut().expect("a database")
+}
+
 #[test]
 fn database_rules() {
     let cases: Vec<(Change, &str)> = vec![
-        (Box::new(|p| p.spec.database.host.clear()), "spec.database.host: host must not be empty"),
-        (Box::new(|p| p.spec.database.port = 0), "spec.database.port: port must be between 1 and 65535"),
-        (Box::new(|p| p.spec.database.port = 65536), "spec.database.port: port must be between 1 and 65535"),
-        (Box::new(|p| p.spec.database.dbname.clear()), "spec.database.dbname: dbname must not be empty"),
+        (Box::new(|p| db(p).host.clear()), "spec.database.host: host must not be empty"),
+        (Box::new(|p| db(p).port = 0), "spec.database.port: port must be between 1 and 65535"),
+        (Box::new(|p| db(p).port = 65536), "spec.database.port: port must be between 1 and 65535"),
+        (Box::new(|p| db(p).dbname.clear()), "spec.database.dbname: dbname must not be empty"),
         (
-            Box::new(|p| p.spec.database.dbname = "pgbouncer".into()),
+            Box::new(|p| db(p).dbname = "pgbouncer".into()),
             "spec.database.dbname: dbname pgbouncer is reserved for the pooler's admin console",
         ),
         (
-            Box::new(|p| p.spec.database.max_connections = crate::api::MaxConnections::Count(0)),
+            Box::new(|p| db(p).max_connections = crate::api::MaxConnections::Count(0)),
             "spec.database.maxConnections: maxConnections must be a number of at least 1, or auto",
         ),
         (
-            Box::new(|p| p.spec.database.superuser_reserved_connections = -1),
+            Box::new(|p| db(p).superuser_reserved_connections = -1),
             "spec.database.superuserReservedConnections: superuserReservedConnections must not be negative",
         ),
         (
-            Box::new(|p| p.spec.database.reserved_percent = 51),
+            Box::new(|p| db(p).reserved_percent = 51),
             "spec.database.reservedPercent: reservedPercent must be between 0 and 50",
         ),
         (
-            Box::new(|p| p.spec.database.used_by_others = -1),
+            Box::new(|p| db(p).used_by_others = -1),
             "spec.database.usedByOthers: usedByOthers must not be negative",
         ),
         (
-            Box::new(|p| p.spec.database.credentials_secret.name.clear()),
+            Box::new(|p| db(p).credentials_secret.name.clear()),
             "spec.database.credentialsSecret.name: the Secret name must not be empty",
         ),
         (
-            Box::new(|p| p.spec.database.credentials_secret.username_key.clear()),
+            Box::new(|p| db(p).credentials_secret.username_key.clear()),
             "spec.database.credentialsSecret.usernameKey: usernameKey must not be empty",
         ),
         (
-            Box::new(|p| p.spec.database.credentials_secret.password_key.clear()),
+            Box::new(|p| db(p).credentials_secret.password_key.clear()),
             "spec.database.credentialsSecret.passwordKey: passwordKey must not be empty",
         ),
     ];
@@ -344,8 +350,8 @@ fn loading_refuses_what_the_api_server_refuses() {
             .expect("auto")
             .spec
             .database
-            .max_connections,
-        crate::api::MaxConnections::Auto
+            .map(|db| db.max_connections),
+        Some(crate::api::MaxConnections::Auto)
     );
     let nulls = BASE.replace("  users:", "  autoscaling: null\n  users:");
     assert!(from_yaml(&nulls).is_ok());
@@ -498,4 +504,128 @@ fn tls_settings_cannot_be_parameters() {
     );
     assert!(found.contains(&expected), "{found:?}");
     assert!(!rules::settable_keys().any(|k| rules::TLS_KEYS.contains(&k)));
+}
+
+const REDIS: &str = "\
+apiVersion: weir.dev/v1alpha1
+kind: ConnectionPool
+metadata:
+  name: cache
+spec:
+  redis:
+    host: cache-redis
+";
+
+fn redis_violations(extra: &str) -> Vec<String> {
+    match from_yaml(&format!("{REDIS}{extra}")) {
+        Ok(_) => Vec::new(),
+        Err(LoadError::Invalid(Violations(v))) => v.iter().map(Violation::to_string).collect(),
+        Err(e) => panic!("{extra}: {e}"),
+    }
+}
+
+#[test]
+fn redis_defaults_are_filled_in() {
+    let pool = from_yaml(REDIS).expect("a minimal redis pool is valid");
+    let redis = pool.spec.redis.as_ref().expect("redis");
+    assert_eq!((redis.port, redis.reserved_percent), (6379, 15));
+    assert_eq!((redis.max_clients, redis.shared_connections), (None, 2));
+    let p = &redis.private_pool;
+    assert_eq!(
+        (
+            p.enabled,
+            p.idle_time_seconds,
+            p.max_idle_per_db,
+            p.min_idle_per_db
+        ),
+        (false, 60, 1000, 0)
+    );
+    assert!(pool.spec.database.is_none());
+    assert!(pool.spec.user_sources().is_empty());
+}
+
+#[test]
+fn exactly_one_backend() {
+    let neither = "apiVersion: weir.dev/v1alpha1\nkind: ConnectionPool\nmetadata:\n  \
+                   name: x\nspec:\n  replicas: 1\n";
+    let expected = format!("spec: {}", rules::ONE_BACKEND);
+    match from_yaml(neither) {
+        Err(LoadError::Invalid(Violations(v))) => {
+            let found: Vec<String> = v.iter().map(Violation::to_string).collect();
+            assert_eq!(found, [expected.as_str()]);
+        }
+        other => panic!("neither backend: {other:?}"),
+    }
+    assert_refused(
+        |p| p.spec.redis = from_yaml(REDIS).expect("valid").spec.redis,
+        &expected,
+    );
+}
+
+#[test]
+fn redis_rules() {
+    let cases = [
+        (
+            "    port: 0\n",
+            "spec.redis.port: port must be between 1 and 65535",
+        ),
+        (
+            "    maxClients: 0\n",
+            "spec.redis.maxClients: maxClients must be at least 1",
+        ),
+        (
+            "    reservedPercent: 60\n",
+            "spec.redis.reservedPercent: reservedPercent must be between 0 and 50",
+        ),
+        (
+            "    usedByOthers: -1\n",
+            "spec.redis.usedByOthers: usedByOthers must not be negative",
+        ),
+        (
+            "    sharedConnections: 0\n",
+            "spec.redis.sharedConnections: sharedConnections must be at least 1",
+        ),
+        (
+            "    privatePool: {idleTimeSeconds: -1}\n",
+            "spec.redis.privatePool.idleTimeSeconds: idleTimeSeconds must not be negative",
+        ),
+        (
+            "    privatePool: {maxIdlePerDb: 2, minIdlePerDb: 3}\n",
+            "spec.redis.privatePool.minIdlePerDb: minIdlePerDb must be between 0 and \
+             maxIdlePerDb: connections above maxIdlePerDb are closed",
+        ),
+        (
+            "    credentialsSecret: {name: ''}\n",
+            "spec.redis.credentialsSecret.name: the Secret name must not be empty",
+        ),
+    ];
+    for (extra, expected) in cases {
+        assert_eq!(redis_violations(extra), [expected], "{extra}");
+    }
+    let host = REDIS.replace("host: cache-redis", "host: 'cache redis'");
+    match from_yaml(&host) {
+        Err(LoadError::Invalid(Violations(v))) => assert_eq!(
+            v[0].to_string(),
+            "spec.redis.host: host must be a host name or an IP address"
+        ),
+        other => panic!("a host with a blank: {other:?}"),
+    }
+}
+
+#[test]
+fn redis_refuses_postgres_only_settings() {
+    let users = "  users:\n    - user: app\n      credentialsSecret: {name: app}\n";
+    assert!(redis_violations(users).is_empty(), "plain users are fine");
+    assert_eq!(
+        redis_violations(&format!("{users}      weight: 2\n")),
+        [format!("spec.users: {}", rules::REDIS_USERS)]
+    );
+    assert_eq!(
+        redis_violations(&format!("    credentialsSecret: {{name: c}}\n{users}")),
+        [format!("spec.users: {}", rules::REDIS_CREDENTIALS_TWICE)]
+    );
+    assert_eq!(
+        redis_violations("  tls:\n    server: {mode: require}\n"),
+        [format!("spec.tls: {}", rules::REDIS_TLS)]
+    );
 }
