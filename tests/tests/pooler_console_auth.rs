@@ -267,7 +267,8 @@ const SHOW_SUBJECTS: &[&str] = &[
 ];
 
 /// Columns Weir adds after PgBouncer's (documented in the README).
-const WEIR_EXTRA_COLUMNS: &[(&str, &str)] = &[("CLIENTS", "pinned")];
+const WEIR_EXTRA_COLUMNS: &[(&str, &str)] =
+    &[("CLIENTS", "pinned"), ("USERS", "credential_generation")];
 
 #[tokio::test]
 async fn show_commands_print_pgbouncers_columns_and_fixed_values() {
