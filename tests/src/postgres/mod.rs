@@ -129,6 +129,51 @@ pub struct PgCluster {
     root: TempDir,
 }
 
+/// A temporary directory owned by the PostgreSQL OS user, with its data and socket paths (the
+/// socket directory created).
+fn cluster_dirs(prefix: &str) -> anyhow::Result<(TempDir, PathBuf, PathBuf)> {
+    let root = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir()
+        .context("creating the cluster directory")?;
+    child::give_to(root.path(), OS_USER)?;
+    let data_dir = root.path().join("data");
+    let socket_dir = root.path().join("socket");
+    std::fs::create_dir(&socket_dir).context("creating the socket directory")?;
+    child::give_to(&socket_dir, OS_USER)?;
+    Ok((root, data_dir, socket_dir))
+}
+
+/// Starts the postmaster of `data_dir` on a free port, trying another when one is taken
+/// between choosing it and binding it.
+async fn launch(
+    root: TempDir,
+    data_dir: PathBuf,
+    socket_dir: PathBuf,
+) -> anyhow::Result<PgCluster> {
+    let mut attempt = 1;
+    let (port, postmaster) = loop {
+        let port = net::free_port();
+        match start_postmaster(&data_dir, port).await {
+            Ok(postmaster) => break (port, postmaster),
+            Err(err)
+                if attempt < PORT_ATTEMPTS
+                    && format!("{err:#}").contains("Address already in use") =>
+            {
+                attempt += 1;
+            }
+            Err(err) => return Err(err),
+        }
+    };
+    Ok(PgCluster {
+        port,
+        data_dir,
+        socket_dir,
+        postmaster: Mutex::new(Some(postmaster)),
+        root,
+    })
+}
+
 impl PgCluster {
     /// Starts a cluster with [`PgOptions::default`].
     pub async fn start() -> anyhow::Result<PgCluster> {
@@ -138,54 +183,18 @@ impl PgCluster {
     /// Initialises and starts a cluster configured with `opts`, returning once it accepts
     /// connections.
     pub async fn start_with(opts: PgOptions) -> anyhow::Result<PgCluster> {
-        let root = tempfile::Builder::new()
-            .prefix("weir-pg-")
-            .tempdir()
-            .context("creating the cluster directory")?;
-        child::give_to(root.path(), OS_USER)?;
-        let data_dir = root.path().join("data");
-        let socket_dir = root.path().join("socket");
-        std::fs::create_dir(&socket_dir).context("creating the socket directory")?;
-        child::give_to(&socket_dir, OS_USER)?;
+        let (root, data_dir, socket_dir) = cluster_dirs("weir-pg-")?;
 
         initdb(&data_dir, root.path()).await?;
         configure(&data_dir, &socket_dir, &opts)?;
 
-        let mut attempt = 1;
-        let (port, postmaster) = loop {
-            let port = net::free_port();
-            match start_postmaster(&data_dir, port).await {
-                Ok(postmaster) => break (port, postmaster),
-                Err(err)
-                    if attempt < PORT_ATTEMPTS
-                        && format!("{err:#}").contains("Address already in use") =>
-                {
-                    attempt += 1;
-                }
-                Err(err) => return Err(err),
-            }
-        };
-        Ok(PgCluster {
-            port,
-            data_dir,
-            socket_dir,
-            postmaster: Mutex::new(Some(postmaster)),
-            root,
-        })
+        launch(root, data_dir, socket_dir).await
     }
 
     /// Starts a hot standby of `primary`, copied with `pg_basebackup -R` and streaming from
     /// it. The primary's `pg_hba.conf` must let `postgres` replicate from 127.0.0.1.
     pub async fn start_standby_of(primary: &PgCluster) -> anyhow::Result<PgCluster> {
-        let root = tempfile::Builder::new()
-            .prefix("weir-pg-standby-")
-            .tempdir()
-            .context("creating the standby directory")?;
-        child::give_to(root.path(), OS_USER)?;
-        let data_dir = root.path().join("data");
-        let socket_dir = root.path().join("socket");
-        std::fs::create_dir(&socket_dir).context("creating the socket directory")?;
-        child::give_to(&socket_dir, OS_USER)?;
+        let (root, data_dir, socket_dir) = cluster_dirs("weir-pg-standby-")?;
 
         let mut cmd =
             tokio::process::Command::from(child::command(pg_bin("pg_basebackup"), Some(OS_USER)));
@@ -224,27 +233,7 @@ impl PgCluster {
             })
             .with_context(|| format!("writing {}", conf_path.display()))?;
 
-        let mut attempt = 1;
-        let (port, postmaster) = loop {
-            let port = net::free_port();
-            match start_postmaster(&data_dir, port).await {
-                Ok(postmaster) => break (port, postmaster),
-                Err(err)
-                    if attempt < PORT_ATTEMPTS
-                        && format!("{err:#}").contains("Address already in use") =>
-                {
-                    attempt += 1;
-                }
-                Err(err) => return Err(err),
-            }
-        };
-        Ok(PgCluster {
-            port,
-            data_dir,
-            socket_dir,
-            postmaster: Mutex::new(Some(postmaster)),
-            root,
-        })
+        launch(root, data_dir, socket_dir).await
     }
 
     /// TCP port the server listens on (on [`PgCluster::host`]).
