@@ -5,6 +5,7 @@
 //! `connect_query='SELECT ''warm'''`. Empty values are refused, as PgBouncer does; leave the
 //! parameter out instead. Parameter names are matched without regard to letter case.
 
+use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
@@ -76,6 +77,50 @@ pub struct DatabaseEntry {
     pub timezone: Option<String>,
     /// `application_name` to ask the server for.
     pub application_name: Option<String>,
+    /// Weir extension: log in to the server with a short-lived cloud token instead of a
+    /// stored password. Unset: the password from `password=` or `auth_file`.
+    pub server_auth: Option<ServerAuth>,
+    /// Weir extension, with `server_auth = rds-iam`: the AWS region the token is signed for.
+    /// Unset: `AWS_REGION` (or `AWS_DEFAULT_REGION`) of the pooler's environment.
+    pub server_auth_region: Option<String>,
+}
+
+/// `server_auth`: where the pooler's server password comes from when it is a cloud token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ServerAuth {
+    /// AWS RDS / Aurora IAM authentication: a SigV4-signed token made from the pod's AWS
+    /// credentials (environment keys, IRSA web identity, or EKS Pod Identity).
+    RdsIam,
+    /// Google Cloud SQL / AlloyDB IAM authentication: the service account's OAuth access
+    /// token from the metadata server (GKE Workload Identity).
+    GcpIam,
+    /// Azure Database for PostgreSQL with Microsoft Entra ID: an access token for the
+    /// workload identity's federated token.
+    AzureAd,
+}
+
+impl FromStr for ServerAuth {
+    type Err = ValueError;
+
+    fn from_str(s: &str) -> Result<Self, ValueError> {
+        match s.to_ascii_lowercase().as_str() {
+            "rds-iam" => Ok(ServerAuth::RdsIam),
+            "gcp-iam" => Ok(ServerAuth::GcpIam),
+            "azure-ad" => Ok(ServerAuth::AzureAd),
+            _ => Err(ValueError::expected("rds-iam, gcp-iam or azure-ad", s)),
+        }
+    }
+}
+
+impl fmt::Display for ServerAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ServerAuth::RdsIam => "rds-iam",
+            ServerAuth::GcpIam => "gcp-iam",
+            ServerAuth::AzureAd => "azure-ad",
+        })
+    }
 }
 
 /// One `[users]` entry: settings that apply to every pool of one user.
@@ -177,6 +222,8 @@ impl DatabaseEntry {
                 "datestyle" => entry.datestyle = text,
                 "timezone" => entry.timezone = text,
                 "application_name" => entry.application_name = text,
+                "server_auth" => entry.server_auth = Some(value.parse().map_err(in_key)?),
+                "server_auth_region" => entry.server_auth_region = text,
                 other if UNSUPPORTED_DATABASE_KEYS.contains(&other) => ignored.push(key),
                 _ => {
                     return Err(ValueError(format!(
@@ -186,6 +233,19 @@ impl DatabaseEntry {
             }
         }
         entry.servers("/")?;
+        match (entry.server_auth, &entry.password, &entry.server_auth_region) {
+            (Some(auth), Some(_), _) => {
+                return Err(ValueError(format!(
+                    "server_auth={auth} logs in with a cloud token; leave out password="
+                )))
+            }
+            (Some(ServerAuth::RdsIam), _, _) | (_, _, None) => {}
+            (_, _, Some(_)) => {
+                return Err(ValueError(
+                    "server_auth_region only applies to server_auth=rds-iam".into(),
+                ))
+            }
+        }
         Ok(Parsed { entry, ignored })
     }
 
@@ -218,6 +278,8 @@ impl DatabaseEntry {
         out.text("datestyle", &self.datestyle);
         out.text("timezone", &self.timezone);
         out.text("application_name", &self.application_name);
+        out.number("server_auth", self.server_auth);
+        out.text("server_auth_region", &self.server_auth_region);
         out.0
     }
 }
@@ -520,6 +582,23 @@ mod tests {
     }
 
     #[test]
+    fn server_auth_names_a_cloud_token() {
+        let e: DatabaseEntry = "host=db server_auth=RDS-IAM server_auth_region=us-east-1"
+            .parse()
+            .expect("valid");
+        assert_eq!(e.server_auth, Some(ServerAuth::RdsIam));
+        assert_eq!(e.server_auth_region.as_deref(), Some("us-east-1"));
+        assert_eq!(
+            e.to_conn_string(),
+            "host=db server_auth=rds-iam server_auth_region=us-east-1"
+        );
+        for kind in ["gcp-iam", "azure-ad"] {
+            let e: DatabaseEntry = format!("server_auth={kind}").parse().expect(kind);
+            assert_eq!(e.server_auth.map(|a| a.to_string()).as_deref(), Some(kind));
+        }
+    }
+
+    #[test]
     fn reserve_pool_size_has_two_spellings() {
         let a: DatabaseEntry = "reserve_pool_size=4".parse().expect("valid");
         let b: DatabaseEntry = "reserve_pool=4".parse().expect("valid");
@@ -541,6 +620,18 @@ mod tests {
             ),
             ("pool_mode=batch", "pool_mode: expected a pool mode"),
             ("sslmode=require", "unknown parameter \"sslmode\""),
+            (
+                "server_auth=vault",
+                "server_auth: expected rds-iam, gcp-iam or azure-ad",
+            ),
+            (
+                "server_auth=gcp-iam password=x",
+                "server_auth=gcp-iam logs in with a cloud token; leave out password=",
+            ),
+            (
+                "server_auth=azure-ad server_auth_region=eu-west-1",
+                "server_auth_region only applies to server_auth=rds-iam",
+            ),
         ];
         for (text, needle) in cases {
             let err = text.parse::<DatabaseEntry>().expect_err(text);
@@ -704,6 +795,14 @@ mod tests {
                 datestyle: Some("ISO, MDY".into()),
                 timezone: Some("Europe/Amsterdam".into()),
                 application_name: Some("'".into()),
+                server_auth: None,
+                server_auth_region: None,
+            },
+            DatabaseEntry {
+                host: Some("db.example".into()),
+                server_auth: Some(ServerAuth::RdsIam),
+                server_auth_region: Some("ap-south-1".into()),
+                ..Default::default()
             },
         ];
         for entry in entries {

@@ -618,6 +618,16 @@ fn round_trips_through_to_ini() {
         },
     );
     databases.insert(
+        "rds".to_owned(),
+        DatabaseEntry {
+            host: Some("db.abc.eu-west-1.rds.amazonaws.com".into()),
+            user: Some("app".into()),
+            server_auth: Some(ServerAuth::RdsIam),
+            server_auth_region: Some("eu-west-1".into()),
+            ..Default::default()
+        },
+    );
+    databases.insert(
         "odd \"name\" = 'x'".to_owned(),
         DatabaseEntry {
             dbname: Some("real name".into()),
