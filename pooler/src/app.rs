@@ -18,7 +18,8 @@ use crate::auth::rotation::Rotations;
 use crate::auth::{ScramSecret, Secret};
 use crate::auth_query::AuthQuery;
 use crate::client;
-use crate::config::{self, AuthType, Config};
+use crate::cloud_token::TokenSource;
+use crate::config::{self, AuthType, Config, ServerAuth};
 pub use crate::lifecycle::ShutdownMode;
 use crate::peers::Peers;
 use crate::pool::{Limit, Pool, PoolKey, PoolSettings};
@@ -71,6 +72,8 @@ pub struct Pooler {
     tokens: TokenReviewer,
     /// `auth_query` lookups and their cache.
     auth_query: AuthQuery,
+    /// Cloud token sources for `server_auth`, kept across reloads so their tokens are too.
+    cloud_tokens: Mutex<HashMap<(ServerAuth, Option<String>), Arc<TokenSource>>>,
     /// This process's peer id and the cancels forwarded to its peers.
     peers: Peers,
     /// The Redis data path, when `[redis]` names a server.
@@ -176,6 +179,7 @@ impl Pooler {
             stats_averages: ArcSwap::from_pointee(BTreeMap::new()),
             tokens: TokenReviewer::default(),
             auth_query: AuthQuery::default(),
+            cloud_tokens: Mutex::default(),
             peers,
         })
     }
@@ -710,6 +714,15 @@ impl Pooler {
         });
     }
 
+    /// The credential of a pool with `server_auth`: the one source of those tokens.
+    fn token_source(&self, auth: ServerAuth, region: &Option<String>) -> ServerCredential {
+        let mut sources = self.cloud_tokens.lock().unwrap_or_else(|p| p.into_inner());
+        let source = sources
+            .entry((auth, region.clone()))
+            .or_insert_with(|| TokenSource::new(auth, region.clone()));
+        ServerCredential::CloudToken(source.clone())
+    }
+
     /// The shared limits a pool of `database` logging in as `server_user` counts against,
     /// brought up to date with `config`.
     fn limits_for(&self, config: &Config, database: &str, server_user: &str) -> Vec<Arc<Limit>> {
@@ -761,6 +774,9 @@ fn pool_spec(
     let own = server_user == client_user;
     let stored = pooler.secret(server_user).or(looked_up.filter(|_| own));
     let credential = match (&entry.password, stored, scram_keys) {
+        _ if entry.server_auth.is_some() => {
+            pooler.token_source(entry.server_auth?, &entry.server_auth_region)
+        }
         (Some(p), _, _) => ServerCredential::Password(p.clone()),
         (None, Some(Secret::Scram(_)), Some((client_key, server_key))) if own => {
             ServerCredential::ScramKeys {

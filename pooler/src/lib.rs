@@ -10,7 +10,7 @@
 //!
 //! - pure: protocol config params auth sql session_state prepared cancel_key
 //! - transport: wire stream tls
-//! - server: server token_review auth_query
+//! - server: server token_review auth_query cloud_token
 //! - pool: pool registry lifecycle peers
 //! - session: client redis
 //! - surfaces: admin metrics http
@@ -26,6 +26,7 @@ pub mod auth;
 pub mod auth_query;
 pub mod cancel_key;
 pub mod client;
+pub mod cloud_token;
 pub mod config;
 pub mod http;
 pub mod lifecycle;

@@ -13,9 +13,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 
 use crate::auth::{md5, AuthError, ChannelBinding, ScramClient, ScramCredential};
+use crate::cloud_token::{TokenError, TokenSource};
 use crate::config::{
-    hosts, ChannelBindingMode, CleartextPassword, LoadBalanceHosts, ServerRole, TargetSessionAttrs,
-    TlsMode,
+    hosts, ChannelBindingMode, CleartextPassword, LoadBalanceHosts, ServerAuth, ServerRole,
+    TargetSessionAttrs, TlsMode,
 };
 use crate::params::ParamSet;
 use crate::prepared::PreparedSet;
@@ -109,6 +110,9 @@ pub enum ServerCredential {
         /// The server key, to verify the server's signature.
         server_key: [u8; 32],
     },
+    /// A short-lived cloud token (`server_auth`), sent as the password; each login asks the
+    /// source for the current one.
+    CloudToken(Arc<TokenSource>),
 }
 
 impl fmt::Debug for ServerCredential {
@@ -119,6 +123,9 @@ impl fmt::Debug for ServerCredential {
             ServerCredential::Password(_) => "Password(..)",
             ServerCredential::Md5Hash(_) => "Md5Hash(..)",
             ServerCredential::ScramKeys { .. } => "ScramKeys(..)",
+            ServerCredential::CloudToken(source) => {
+                return write!(f, "CloudToken({})", source.auth())
+            }
         })
     }
 }
@@ -235,6 +242,17 @@ pub enum ServerError {
     /// TLS could not be set up as `server_tls_sslmode` requires.
     #[error("{0}")]
     Tls(String),
+    /// No cloud token could be had for the login.
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    /// The server refused the cloud token the pooler logged in with.
+    #[error("server login with a server_auth={auth} token failed: {}", .error.message)]
+    TokenRefused {
+        /// Which kind of token.
+        auth: ServerAuth,
+        /// What the server said.
+        error: Box<PgError>,
+    },
     /// The server asked for a clear-text password over a connection without TLS.
     #[error(
         "server at {0} asks for a clear-text password over an unencrypted connection; refused \
@@ -268,6 +286,15 @@ impl ServerError {
             ServerError::Login(e) => {
                 let mut e = PgError::fatal(&e.code, format!("server login failed: {}", e.message));
                 e.hint = Some("the pooler could not log in to the database server".into());
+                e
+            }
+            ServerError::TokenRefused { error, .. } => {
+                let mut e = PgError::fatal(&error.code, self.to_string());
+                e.hint = Some(
+                    "the database server refused the pooler's cloud token: check that the \
+                     role may log in with it (its IAM/Entra grant) and the pod's identity"
+                        .into(),
+                );
                 e
             }
             ServerError::Query(e) => (**e).clone(),
@@ -559,11 +586,36 @@ impl ServerConn {
             synced_to: None,
             query_limit: target.connect_timeout,
         };
-        conn.login(target).await?;
+        match &target.credential {
+            ServerCredential::CloudToken(source) => {
+                let (host, port) = match addr {
+                    ServerAddr::Tcp { host, port } => (host.as_str(), *port),
+                    ServerAddr::Unix { dir, port } => (dir.to_str().unwrap_or("/"), *port),
+                };
+                let token = source.password(host, port, &target.user).await?;
+                let credential = ServerCredential::Password(token);
+                conn.login(target, &credential)
+                    .await
+                    .map_err(|e| match e {
+                        ServerError::Login(error) if error.code.starts_with("28") => {
+                            ServerError::TokenRefused {
+                                auth: source.auth(),
+                                error,
+                            }
+                        }
+                        other => other,
+                    })?;
+            }
+            credential => conn.login(target, credential).await?,
+        }
         Ok(conn)
     }
 
-    async fn login(&mut self, target: &ServerTarget) -> Result<(), ServerError> {
+    async fn login(
+        &mut self,
+        target: &ServerTarget,
+        credential: &ServerCredential,
+    ) -> Result<(), ServerError> {
         let mut out = BytesMut::new();
         let mut params: Vec<(&str, &str)> =
             vec![("user", &target.user), ("database", &target.dbname)];
@@ -581,7 +633,7 @@ impl ServerConn {
             match msg.tag {
                 b'R' => {
                     let auth = backend::parse_authentication(&msg.body)?;
-                    self.answer(auth, target, &mut scram, &mut out)?;
+                    self.answer(auth, target, credential, &mut scram, &mut out)?;
                     if !out.is_empty() {
                         wire::flush(&mut self.stream, &mut out).await?;
                     }
@@ -613,6 +665,7 @@ impl ServerConn {
         &self,
         auth: Authentication,
         target: &ServerTarget,
+        credential: &ServerCredential,
         scram: &mut Option<ScramClient>,
         out: &mut BytesMut,
     ) -> Result<(), ServerError> {
@@ -639,12 +692,12 @@ impl ServerConn {
             {
                 return Err(ServerError::CleartextRefused((*self.addr).clone()))
             }
-            Authentication::CleartextPassword => match &target.credential {
+            Authentication::CleartextPassword => match credential {
                 ServerCredential::Password(p) => frontend::password_message(out, p.as_bytes()),
                 _ => return Err(no_secret("a clear-text password", target)),
             },
             Authentication::Md5Password { salt } => {
-                let hash = match &target.credential {
+                let hash = match credential {
                     ServerCredential::Password(p) => md5::password_hash(&target.user, p),
                     ServerCredential::Md5Hash(h) => h.clone(),
                     _ => return Err(no_secret("an md5 password", target)),
@@ -657,7 +710,7 @@ impl ServerConn {
                         "server offers SASL mechanisms {mechanisms:?}, none of which the pooler speaks"
                     )));
                 }
-                let credential = match &target.credential {
+                let credential = match credential {
                     ServerCredential::Password(p) => ScramCredential::Password(p.clone()),
                     ServerCredential::ScramKeys {
                         client_key,
@@ -967,7 +1020,9 @@ impl ServerError {
     fn refuses_tls(&self) -> bool {
         match self {
             ServerError::Tls(_) => true,
-            ServerError::Login(e) => e.code.starts_with("28"),
+            ServerError::Login(e) | ServerError::TokenRefused { error: e, .. } => {
+                e.code.starts_with("28")
+            }
             _ => false,
         }
     }
@@ -975,7 +1030,9 @@ impl ServerError {
     /// Whether a plain connection was turned away in a way TLS may fix (`allow` retries).
     fn refuses_plain(&self) -> bool {
         match self {
-            ServerError::Login(e) => e.code == "28000",
+            ServerError::Login(e) | ServerError::TokenRefused { error: e, .. } => {
+                e.code == "28000"
+            }
             ServerError::CleartextRefused(_) => true,
             _ => false,
         }

@@ -146,7 +146,7 @@ fn amz_date(time: SystemTime) -> (String, String) {
 }
 
 /// SigV4's URI encoding: everything but `A-Z a-z 0-9 - _ . ~` as `%XX`, upper-case hex.
-fn uri_encode(s: &str) -> String {
+pub fn uri_encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
