@@ -96,10 +96,7 @@ impl TokenSource {
     /// The password for logging in as `user` to `host:port`: the current token, or a new one
     /// when it is due for renewal. A failed renewal keeps using a token not yet expired.
     pub async fn password(&self, host: &str, port: u16, user: &str) -> Result<String, TokenError> {
-        let key = match self.auth {
-            ServerAuth::RdsIam => format!("{host}:{port}/{user}"),
-            ServerAuth::GcpIam | ServerAuth::AzureAd => String::new(),
-        };
+        let key = self.key(host, port, user);
         let mut state = self.state.lock().await;
         let now = SystemTime::now();
         if let Some(token) = state.tokens.get(&key).filter(|t| !t.due(now)) {
@@ -129,6 +126,21 @@ impl TokenSource {
                 }
                 None => Err(e),
             },
+        }
+    }
+
+    /// Drops the token the server just refused, so that the next login gets a new one rather
+    /// than failing with it until it expires.
+    pub async fn refused(&self, host: &str, port: u16, user: &str) {
+        let key = self.key(host, port, user);
+        self.state.lock().await.tokens.remove(&key);
+    }
+
+    /// What a token is for: RDS signs one per server and user, the others serve everything.
+    fn key(&self, host: &str, port: u16, user: &str) -> String {
+        match self.auth {
+            ServerAuth::RdsIam => format!("{host}:{port}/{user}"),
+            ServerAuth::GcpIam | ServerAuth::AzureAd => String::new(),
         }
     }
 

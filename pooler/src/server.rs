@@ -594,17 +594,17 @@ impl ServerConn {
                 };
                 let token = source.password(host, port, &target.user).await?;
                 let credential = ServerCredential::Password(token);
-                conn.login(target, &credential)
-                    .await
-                    .map_err(|e| match e {
-                        ServerError::Login(error) if error.code.starts_with("28") => {
-                            ServerError::TokenRefused {
-                                auth: source.auth(),
-                                error,
-                            }
-                        }
-                        other => other,
-                    })?;
+                match conn.login(target, &credential).await {
+                    Ok(()) => {}
+                    Err(ServerError::Login(error)) if error.code.starts_with("28") => {
+                        source.refused(host, port, &target.user).await;
+                        return Err(ServerError::TokenRefused {
+                            auth: source.auth(),
+                            error,
+                        });
+                    }
+                    Err(e) => return Err(e),
+                }
             }
             credential => conn.login(target, credential).await?,
         }

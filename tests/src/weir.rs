@@ -55,7 +55,17 @@ impl WeirProcess {
         ini: &str,
         userlist: &str,
     ) -> anyhow::Result<WeirProcess> {
-        Self::start_as(binary, None, ini, userlist).await
+        Self::start_as(binary, None, ini, userlist, &[]).await
+    }
+
+    /// Like [`WeirProcess::start`] with `env` added to the pooler's environment (e.g. the
+    /// variables a cloud's workload identity sets).
+    pub async fn start_with_env(
+        ini: &str,
+        userlist: &str,
+        env: &[(String, String)],
+    ) -> anyhow::Result<WeirProcess> {
+        Self::start_as(&weir_binary()?, None, ini, userlist, env).await
     }
 
     /// Starts PgBouncer ([`crate::anchor::pgbouncer`]) on the same configuration, as the
@@ -63,7 +73,7 @@ impl WeirProcess {
     /// compared with.
     pub async fn start_pgbouncer(ini: &str, userlist: &str) -> anyhow::Result<WeirProcess> {
         let binary = crate::anchor::pgbouncer()?;
-        Self::start_as(&binary, Some(crate::postgres::OS_USER), ini, userlist).await
+        Self::start_as(&binary, Some(crate::postgres::OS_USER), ini, userlist, &[]).await
     }
 
     /// Starts one pooler of a peered group as a pod would run: listening on its own loopback
@@ -85,7 +95,7 @@ impl WeirProcess {
         };
         let dir = pooler_dir(run_as, userlist)?;
         let at = SocketAddrV4::new(pod, port);
-        let child = start_once(&binary, run_as, dir.path(), ini, at, args).await?;
+        let child = start_once(&binary, run_as, dir.path(), ini, at, args, &[]).await?;
         Ok(WeirProcess { port, child, dir })
     }
 
@@ -94,13 +104,14 @@ impl WeirProcess {
         run_as: Option<&str>,
         ini: &str,
         userlist: &str,
+        env: &[(String, String)],
     ) -> anyhow::Result<WeirProcess> {
         let dir = pooler_dir(run_as, userlist)?;
         let mut attempt = 1;
         loop {
             let port = net::free_port();
             let at = SocketAddrV4::new(Ipv4Addr::LOCALHOST, port);
-            match start_once(binary, run_as, dir.path(), ini, at, &[]).await {
+            match start_once(binary, run_as, dir.path(), ini, at, &[], env).await {
                 Ok(child) => return Ok(WeirProcess { port, child, dir }),
                 Err(err)
                     if attempt < PORT_ATTEMPTS
@@ -184,8 +195,8 @@ fn pooler_dir(run_as: Option<&str>, userlist: &str) -> anyhow::Result<TempDir> {
     Ok(dir)
 }
 
-/// Writes the configuration for `at`'s port, spawns `binary` with `args` and waits until it
-/// listens on `at`.
+/// Writes the configuration for `at`'s port, spawns `binary` with `args` and `env` and waits
+/// until it listens on `at`.
 async fn start_once(
     binary: &Path,
     run_as: Option<&str>,
@@ -193,6 +204,7 @@ async fn start_once(
     ini: &str,
     at: SocketAddrV4,
     args: &[String],
+    env: &[(String, String)],
 ) -> anyhow::Result<Supervised> {
     let port = at.port();
     let config_path = dir.join("weir.ini");
@@ -202,6 +214,7 @@ async fn start_once(
     let mut cmd = child::command(binary, run_as);
     cmd.args(args)
         .arg(&config_path)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .current_dir(dir)
         .stdin(Stdio::null())
         .stdout(log.try_clone().context("duplicating the log handle")?)
