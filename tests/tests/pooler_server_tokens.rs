@@ -622,8 +622,47 @@ fn check_rds_token(
     Ok(key)
 }
 
-#[tokio::test]
-async fn rds_iam_tokens_are_signed_with_irsa_credentials_and_renewed_with_them() {
+/// Where the pod's AWS credentials come from in an RDS test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AwsIdentity {
+    /// IRSA: a projected web identity token exchanged at STS.
+    WebIdentity,
+    /// EKS Pod Identity: the agent's container credentials endpoint.
+    PodIdentity,
+}
+
+/// Temporary credentials numbered `n`, valid a little longer than [`TOKEN_SECONDS`].
+fn temporary_credentials(n: usize) -> (AwsCredentials, String) {
+    let creds = AwsCredentials {
+        access_key_id: format!("ASIASTANDIN{n}"),
+        secret_access_key: fresh_token("secret", n),
+        session_token: Some(format!("{}/+=", fresh_token("session", n))),
+    };
+    let expires = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(TOKEN_SECONDS as i64 + 1);
+    (creds, expires.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
+}
+
+/// The answer of STS (XML) or of the Pod Identity agent (JSON) with `creds`.
+fn credentials_answer(identity: AwsIdentity, creds: &AwsCredentials, expires: &str) -> String {
+    let (id, secret) = (&creds.access_key_id, &creds.secret_access_key);
+    let token = creds.session_token.clone().unwrap_or_default();
+    match identity {
+        AwsIdentity::WebIdentity => format!(
+            "<AssumeRoleWithWebIdentityResponse><AssumeRoleWithWebIdentityResult>\
+             <Credentials><AccessKeyId>{id}</AccessKeyId>\
+             <SecretAccessKey>{secret}</SecretAccessKey><SessionToken>{token}</SessionToken>\
+             <Expiration>{expires}</Expiration></Credentials>\
+             </AssumeRoleWithWebIdentityResult></AssumeRoleWithWebIdentityResponse>"
+        ),
+        AwsIdentity::PodIdentity => format!(
+            r#"{{"AccessKeyId":"{id}","SecretAccessKey":"{secret}","Token":"{token}","AccountId":"111122223333","Expiration":"{expires}"}}"#
+        ),
+    }
+}
+
+/// RDS IAM logins with credentials from `identity`: each token is checked as RDS would
+/// check it, and renewed credentials sign the tokens of later logins.
+async fn rds_iam_logins(identity: AwsIdentity) {
     let region = "eu-west-1";
     let issued: Issued = Arc::default();
     let used = Arc::new(Mutex::new(Vec::new()));
@@ -633,29 +672,13 @@ async fn rds_iam_tokens_are_signed_with_irsa_credentials_and_renewed_with_them()
     let ldap_port =
         rds_check_stand_in(pg_port.clone(), region, issued.clone(), used.clone(), refused.clone())
             .await;
-    let sts = {
+    let aws = {
         let issued = issued.clone();
         StandIn::start(Arc::new(move |n, _seen| {
             let issued = issued.clone();
             Box::pin(async move {
-                let creds = AwsCredentials {
-                    access_key_id: format!("ASIASTANDIN{n}"),
-                    secret_access_key: fresh_token("secret", n),
-                    session_token: Some(format!("{}/+=", fresh_token("session", n))),
-                };
-                let expires = jiff::Timestamp::now()
-                    + jiff::SignedDuration::from_secs(TOKEN_SECONDS as i64 + 1);
-                let body = format!(
-                    "<AssumeRoleWithWebIdentityResponse><AssumeRoleWithWebIdentityResult>\
-                     <Credentials><AccessKeyId>{}</AccessKeyId>\
-                     <SecretAccessKey>{}</SecretAccessKey><SessionToken>{}</SessionToken>\
-                     <Expiration>{}</Expiration></Credentials>\
-                     </AssumeRoleWithWebIdentityResult></AssumeRoleWithWebIdentityResponse>",
-                    creds.access_key_id,
-                    creds.secret_access_key,
-                    creds.session_token.clone().unwrap_or_default(),
-                    expires.strftime("%Y-%m-%dT%H:%M:%SZ"),
-                );
+                let (creds, expires) = temporary_credentials(n);
+                let body = credentials_answer(identity, &creds, &expires);
                 issued
                     .lock()
                     .expect("issued")
@@ -679,36 +702,75 @@ async fn rds_iam_tokens_are_signed_with_irsa_credentials_and_renewed_with_them()
     .await;
     pg_port.store(pg.port(), Ordering::SeqCst);
     let dir = tempfile::tempdir().expect("tempdir");
-    let identity = dir.path().join("eks-token");
-    std::fs::write(&identity, "projected-sa-jwt\n").expect("token file");
+    let projected = dir.path().join("eks-token");
+    std::fs::write(&projected, "projected-sa-jwt\n").expect("token file");
+    let env = match identity {
+        AwsIdentity::WebIdentity => vec![
+            ("AWS_ROLE_ARN", "arn:aws:iam::111122223333:role/weir".to_owned()),
+            ("AWS_WEB_IDENTITY_TOKEN_FILE", projected.display().to_string()),
+            (
+                "AWS_ENDPOINT_URL_STS",
+                format!("http://{}:{}/", net::HOST, aws.port),
+            ),
+        ],
+        AwsIdentity::PodIdentity => vec![
+            (
+                "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+                format!("http://{}:{}/v1/credentials", net::HOST, aws.port),
+            ),
+            (
+                "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+                projected.display().to_string(),
+            ),
+        ],
+    };
     // PostgreSQL asks for the password in clear to pass it to LDAP, as RDS does; real RDS
     // is reached over TLS, this loopback test goes without.
     let weir = weir(
         &pg,
         &format!("server_auth=rds-iam server_auth_region={region}"),
         &["server_cleartext_password = allow"],
-        &[
-            ("AWS_ROLE_ARN", "arn:aws:iam::111122223333:role/weir".to_owned()),
-            ("AWS_WEB_IDENTITY_TOKEN_FILE", identity.display().to_string()),
-            (
-                "AWS_ENDPOINT_URL_STS",
-                format!("http://{}:{}/", net::HOST, sts.port),
-            ),
-        ],
+        &env,
     )
     .await;
 
     assert_eq!(who(&weir).await, Ok(USER.to_owned()), "{}", weir.log());
-    let first = &sts.seen()[0];
-    assert_eq!(first.method, "POST");
-    let sent = form(&first.body);
-    assert_eq!(sent["Action"], "AssumeRoleWithWebIdentity");
-    assert_eq!(sent["RoleArn"], "arn:aws:iam::111122223333:role/weir");
-    assert_eq!(sent["WebIdentityToken"], "projected-sa-jwt");
+    let first = &aws.seen()[0];
+    match identity {
+        AwsIdentity::WebIdentity => {
+            assert_eq!(first.method, "POST");
+            let sent = form(&first.body);
+            assert_eq!(sent["Action"], "AssumeRoleWithWebIdentity");
+            assert_eq!(sent["RoleArn"], "arn:aws:iam::111122223333:role/weir");
+            assert_eq!(sent["WebIdentityToken"], "projected-sa-jwt");
+        }
+        AwsIdentity::PodIdentity => {
+            assert_eq!((first.method.as_str(), first.path.as_str()), ("GET", "/v1/credentials"));
+            assert_eq!(
+                first.headers.get("authorization").map(String::as_str),
+                Some("projected-sa-jwt")
+            );
+        }
+    }
     assert_eq!(used.lock().expect("used").as_slice(), ["ASIASTANDIN1"]);
+    // The stand-in's check is no rubber stamp: a token for another region, user or key fails.
+    let creds = issued.lock().expect("issued")["ASIASTANDIN1"].clone();
+    let now = SystemTime::now();
+    let sign = |user: &str, region: &str, c: &AwsCredentials| {
+        sigv4::rds_auth_token(net::HOST, pg.port(), user, region, c, now)
+    };
+    let check = |token: &str| check_rds_token(token, USER, pg.port(), region, &issued);
+    assert!(check(&sign(USER, region, &creds)).is_ok());
+    assert!(check(&sign(USER, "us-east-1", &creds)).is_err());
+    assert!(check(&sign("postgres", region, &creds)).is_err());
+    let forged = AwsCredentials {
+        secret_access_key: "guessed".into(),
+        ..creds.clone()
+    };
+    assert!(check(&sign(USER, region, &forged)).is_err());
 
     // Credentials renewed at 2/3 of their life sign the next tokens.
-    logins_until(&pg, &weir, || sts.count() >= 3).await;
+    logins_until(&pg, &weir, || aws.count() >= 3).await;
     let keys: std::collections::BTreeSet<String> =
         used.lock().expect("used").iter().cloned().collect();
     assert!(keys.len() >= 2, "tokens were signed with {keys:?} only");
@@ -719,4 +781,14 @@ async fn rds_iam_tokens_are_signed_with_irsa_credentials_and_renewed_with_them()
         assert!(!log.contains(creds.session_token.as_deref().unwrap_or("-")), "{log}");
     }
     assert!(!log.contains("X-Amz-Signature"), "{log}");
+}
+
+#[tokio::test]
+async fn rds_iam_tokens_are_signed_with_irsa_credentials_and_renewed_with_them() {
+    rds_iam_logins(AwsIdentity::WebIdentity).await;
+}
+
+#[tokio::test]
+async fn rds_iam_tokens_are_signed_with_eks_pod_identity_credentials() {
+    rds_iam_logins(AwsIdentity::PodIdentity).await;
 }
