@@ -18,8 +18,8 @@ use crate::auth::rotation::Rotations;
 use crate::auth::{ScramSecret, Secret};
 use crate::auth_query::AuthQuery;
 use crate::client;
-use crate::cloud_token::TokenSource;
-use crate::config::{self, AuthType, Config, ServerAuth};
+use crate::cloud_token::TokenSources;
+use crate::config::{self, AuthType, Config};
 pub use crate::lifecycle::ShutdownMode;
 use crate::peers::Peers;
 use crate::pool::{Limit, Pool, PoolKey, PoolSettings};
@@ -73,7 +73,7 @@ pub struct Pooler {
     /// `auth_query` lookups and their cache.
     auth_query: AuthQuery,
     /// Cloud token sources for `server_auth`, kept across reloads so their tokens are too.
-    cloud_tokens: Mutex<HashMap<(ServerAuth, Option<String>), Arc<TokenSource>>>,
+    cloud_tokens: TokenSources,
     /// This process's peer id and the cancels forwarded to its peers.
     peers: Peers,
     /// The Redis data path, when `[redis]` names a server.
@@ -179,7 +179,7 @@ impl Pooler {
             stats_averages: ArcSwap::from_pointee(BTreeMap::new()),
             tokens: TokenReviewer::default(),
             auth_query: AuthQuery::default(),
-            cloud_tokens: Mutex::default(),
+            cloud_tokens: TokenSources::default(),
             peers,
         })
     }
@@ -714,15 +714,6 @@ impl Pooler {
         });
     }
 
-    /// The credential of a pool with `server_auth`: the one source of those tokens.
-    fn token_source(&self, auth: ServerAuth, region: &Option<String>) -> ServerCredential {
-        let mut sources = self.cloud_tokens.lock().unwrap_or_else(|p| p.into_inner());
-        let source = sources
-            .entry((auth, region.clone()))
-            .or_insert_with(|| TokenSource::new(auth, region.clone()));
-        ServerCredential::CloudToken(source.clone())
-    }
-
     /// The shared limits a pool of `database` logging in as `server_user` counts against,
     /// brought up to date with `config`.
     fn limits_for(&self, config: &Config, database: &str, server_user: &str) -> Vec<Arc<Limit>> {
@@ -775,7 +766,10 @@ fn pool_spec(
     let stored = pooler.secret(server_user).or(looked_up.filter(|_| own));
     let credential = match (&entry.password, stored, scram_keys) {
         _ if entry.server_auth.is_some() => {
-            pooler.token_source(entry.server_auth?, &entry.server_auth_region)
+            let source = pooler
+                .cloud_tokens
+                .source(entry.server_auth?, &entry.server_auth_region);
+            ServerCredential::CloudToken(source)
         }
         (Some(p), _, _) => ServerCredential::Password(p.clone()),
         (None, Some(Secret::Scram(_)), Some((client_key, server_key))) if own => {

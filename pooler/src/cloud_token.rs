@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -44,6 +44,25 @@ pub struct TokenError {
     pub auth: ServerAuth,
     /// What went wrong (never containing a credential).
     pub why: String,
+}
+
+/// The token sources of a pooler, one per `server_auth` kind and region, kept across
+/// reloads so that the tokens they hold are too.
+#[derive(Debug, Default)]
+pub struct TokenSources(Mutex<HashMap<SourceKey, Arc<TokenSource>>>);
+
+/// A `server_auth` kind and its `server_auth_region`.
+type SourceKey = (ServerAuth, Option<String>);
+
+impl TokenSources {
+    /// The source of `auth` tokens for `region` (`server_auth_region`).
+    pub fn source(&self, auth: ServerAuth, region: &Option<String>) -> Arc<TokenSource> {
+        let mut sources = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        sources
+            .entry((auth, region.clone()))
+            .or_insert_with(|| TokenSource::new(auth, region.clone()))
+            .clone()
+    }
 }
 
 /// The tokens of one `server_auth` kind (and, for RDS, region): one per server and user for
@@ -197,7 +216,10 @@ fn read_token_file(var: &str, path: &str) -> Result<String, String> {
 /// The pod's AWS credentials, found as the AWS SDKs look for them: static keys in the
 /// environment, else IRSA's web identity (STS AssumeRoleWithWebIdentity), else EKS Pod
 /// Identity (the container credentials endpoint).
-async fn aws_credentials(region: &str, now: SystemTime) -> Result<Expiring<AwsCredentials>, String> {
+async fn aws_credentials(
+    region: &str,
+    now: SystemTime,
+) -> Result<Expiring<AwsCredentials>, String> {
     if let (Some(id), Some(secret)) = (env("AWS_ACCESS_KEY_ID"), env("AWS_SECRET_ACCESS_KEY")) {
         return Ok(Expiring {
             value: AwsCredentials {
@@ -237,10 +259,12 @@ async fn aws_credentials(region: &str, now: SystemTime) -> Result<Expiring<AwsCr
         let body = call(Method::GET, &uri, header, None, "EKS Pod Identity").await?;
         return cloud::container_credentials(&body, now).map_err(|e| e.0);
     }
-    Err("no AWS credentials: set AWS_ROLE_ARN and AWS_WEB_IDENTITY_TOKEN_FILE (IRSA), \
+    Err(
+        "no AWS credentials: set AWS_ROLE_ARN and AWS_WEB_IDENTITY_TOKEN_FILE (IRSA), \
          AWS_CONTAINER_CREDENTIALS_FULL_URI (EKS Pod Identity), or AWS_ACCESS_KEY_ID and \
          AWS_SECRET_ACCESS_KEY"
-        .into())
+            .into(),
+    )
 }
 
 /// The default service account's access token from the GCP metadata server.
@@ -255,7 +279,9 @@ async fn gcp_token(now: SystemTime) -> Result<Expiring<String>, String> {
 /// An Entra ID access token for Azure Database for PostgreSQL, in exchange for the workload
 /// identity's projected federated token.
 async fn azure_token(now: SystemTime) -> Result<Expiring<String>, String> {
-    let need = |name: &str| env(name).ok_or_else(|| format!("{name} is not set (Azure workload identity)"));
+    let need = |name: &str| {
+        env(name).ok_or_else(|| format!("{name} is not set (Azure workload identity)"))
+    };
     let (client, tenant) = (need("AZURE_CLIENT_ID")?, need("AZURE_TENANT_ID")?);
     let file = need("AZURE_FEDERATED_TOKEN_FILE")?;
     let assertion = read_token_file("AZURE_FEDERATED_TOKEN_FILE", &file)?;
@@ -395,10 +421,41 @@ fn tls_config() -> Result<Arc<rustls::ClientConfig>, String> {
             let provider = Arc::new(rustls::crypto::ring::default_provider());
             rustls::ClientConfig::builder_with_provider(provider)
                 .with_safe_default_protocol_versions()
-                .map(|b| {
-                    Arc::new(b.with_root_certificates(roots).with_no_client_auth())
-                })
+                .map(|b| Arc::new(b.with_root_certificates(roots).with_no_client_auth()))
                 .map_err(|e| format!("TLS setup failed: {e}"))
         })
         .clone()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_source_per_kind_and_region_outlives_reloads() {
+        let sources = TokenSources::default();
+        let rds = sources.source(ServerAuth::RdsIam, &Some("eu-west-1".into()));
+        let again = sources.source(ServerAuth::RdsIam, &Some("eu-west-1".into()));
+        assert!(Arc::ptr_eq(&rds, &again));
+        let other = sources.source(ServerAuth::RdsIam, &Some("us-east-1".into()));
+        assert!(!Arc::ptr_eq(&rds, &other) && *rds != *other);
+        assert_eq!(format!("{rds:?}"), "TokenSource(rds-iam)");
+    }
+
+    #[test]
+    fn rds_tokens_are_per_server_and_user_the_others_per_identity() {
+        let rds = TokenSource::new(ServerAuth::RdsIam, None);
+        assert_ne!(rds.key("db", 5432, "a"), rds.key("db", 5432, "b"));
+        assert_ne!(rds.key("db", 5432, "a"), rds.key("db", 5433, "a"));
+        let gcp = TokenSource::new(ServerAuth::GcpIam, None);
+        assert_eq!(gcp.key("db", 5432, "a"), gcp.key("other", 1, "b"));
+    }
+
+    #[test]
+    fn forms_are_encoded() {
+        assert_eq!(
+            form(&[("scope", "https://x/.default"), ("a b", "c&d=e")]),
+            "scope=https%3A%2F%2Fx%2F.default&a%20b=c%26d%3De"
+        );
+    }
 }

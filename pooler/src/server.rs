@@ -1030,9 +1030,7 @@ impl ServerError {
     /// Whether a plain connection was turned away in a way TLS may fix (`allow` retries).
     fn refuses_plain(&self) -> bool {
         match self {
-            ServerError::Login(e) | ServerError::TokenRefused { error: e, .. } => {
-                e.code == "28000"
-            }
+            ServerError::Login(e) | ServerError::TokenRefused { error: e, .. } => e.code == "28000",
             ServerError::CleartextRefused(_) => true,
             _ => false,
         }

@@ -208,7 +208,10 @@ async fn weir(
     for s in settings {
         opts = opts.with(s);
     }
-    let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect();
     WeirProcess::start_with_env(
         &fixture::ini(pg, &opts),
         &format!("\"{USER}\" \"{PASSWORD}\"\n"),
@@ -347,7 +350,10 @@ async fn gcp_iam_tokens_are_renewed_used_for_each_new_login_and_refusals_are_cle
         &pg,
         "server_auth=gcp-iam",
         &[],
-        &[("GCE_METADATA_HOST", format!("{}:{}", net::HOST, metadata.port))],
+        &[(
+            "GCE_METADATA_HOST",
+            format!("{}:{}", net::HOST, metadata.port),
+        )],
     )
     .await;
     let pid = weir.pid();
@@ -392,7 +398,10 @@ async fn gcp_iam_tokens_are_renewed_used_for_each_new_login_and_refusals_are_cle
     assert!(recovered, "{}", weir.log());
     let log = weir.log();
     for token in issued.lock().expect("issued").iter() {
-        assert!(!log.contains(token.as_str()), "a token is in the log:\n{log}");
+        assert!(
+            !log.contains(token.as_str()),
+            "a token is in the log:\n{log}"
+        );
     }
     assert_eq!(weir.pid(), pid);
 }
@@ -413,7 +422,10 @@ async fn azure_ad_exchanges_the_projected_federated_token_at_each_renewal() {
         &[
             ("AZURE_CLIENT_ID", "0000-client".to_owned()),
             ("AZURE_TENANT_ID", "tenant-1".to_owned()),
-            ("AZURE_FEDERATED_TOKEN_FILE", federated.display().to_string()),
+            (
+                "AZURE_FEDERATED_TOKEN_FILE",
+                federated.display().to_string(),
+            ),
             (
                 "AZURE_AUTHORITY_HOST",
                 format!("http://{}:{}/", net::HOST, entra.port),
@@ -446,7 +458,10 @@ async fn azure_ad_exchanges_the_projected_federated_token_at_each_renewal() {
     assert_eq!(form(&last.body)["client_assertion"], "federated-jwt-2");
     let log = weir.log();
     for token in issued.lock().expect("issued").iter() {
-        assert!(!log.contains(token.as_str()), "a token is in the log:\n{log}");
+        assert!(
+            !log.contains(token.as_str()),
+            "a token is in the log:\n{log}"
+        );
     }
 }
 
@@ -465,7 +480,9 @@ async fn rds_check_stand_in(
     refused: Arc<AtomicUsize>,
 ) -> u16 {
     let port = net::free_port();
-    let listener = TcpListener::bind((net::HOST, port)).await.expect("ldap port");
+    let listener = TcpListener::bind((net::HOST, port))
+        .await
+        .expect("ldap port");
     tokio::spawn(async move {
         while let Ok((mut socket, _)) = listener.accept().await {
             let (issued, used, refused) = (issued.clone(), used.clone(), refused.clone());
@@ -638,7 +655,8 @@ fn temporary_credentials(n: usize) -> (AwsCredentials, String) {
         secret_access_key: fresh_token("secret", n),
         session_token: Some(format!("{}/+=", fresh_token("session", n))),
     };
-    let expires = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(TOKEN_SECONDS as i64 + 1);
+    let expires =
+        jiff::Timestamp::now() + jiff::SignedDuration::from_secs(TOKEN_SECONDS as i64 + 1);
     (creds, expires.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
 }
 
@@ -669,9 +687,14 @@ async fn rds_iam_logins(identity: AwsIdentity) {
     let refused = Arc::new(AtomicUsize::new(0));
     // pg_hba names the LDAP stand-in before PostgreSQL's port is known, so it learns it later.
     let pg_port = Arc::new(AtomicU16::new(0));
-    let ldap_port =
-        rds_check_stand_in(pg_port.clone(), region, issued.clone(), used.clone(), refused.clone())
-            .await;
+    let ldap_port = rds_check_stand_in(
+        pg_port.clone(),
+        region,
+        issued.clone(),
+        used.clone(),
+        refused.clone(),
+    )
+    .await;
     let aws = {
         let issued = issued.clone();
         StandIn::start(Arc::new(move |n, _seen| {
@@ -706,8 +729,14 @@ async fn rds_iam_logins(identity: AwsIdentity) {
     std::fs::write(&projected, "projected-sa-jwt\n").expect("token file");
     let env = match identity {
         AwsIdentity::WebIdentity => vec![
-            ("AWS_ROLE_ARN", "arn:aws:iam::111122223333:role/weir".to_owned()),
-            ("AWS_WEB_IDENTITY_TOKEN_FILE", projected.display().to_string()),
+            (
+                "AWS_ROLE_ARN",
+                "arn:aws:iam::111122223333:role/weir".to_owned(),
+            ),
+            (
+                "AWS_WEB_IDENTITY_TOKEN_FILE",
+                projected.display().to_string(),
+            ),
             (
                 "AWS_ENDPOINT_URL_STS",
                 format!("http://{}:{}/", net::HOST, aws.port),
@@ -745,7 +774,10 @@ async fn rds_iam_logins(identity: AwsIdentity) {
             assert_eq!(sent["WebIdentityToken"], "projected-sa-jwt");
         }
         AwsIdentity::PodIdentity => {
-            assert_eq!((first.method.as_str(), first.path.as_str()), ("GET", "/v1/credentials"));
+            assert_eq!(
+                (first.method.as_str(), first.path.as_str()),
+                ("GET", "/v1/credentials")
+            );
             assert_eq!(
                 first.headers.get("authorization").map(String::as_str),
                 Some("projected-sa-jwt")
@@ -778,7 +810,10 @@ async fn rds_iam_logins(identity: AwsIdentity) {
     let log = weir.log();
     for creds in issued.lock().expect("issued").values() {
         assert!(!log.contains(&creds.secret_access_key), "{log}");
-        assert!(!log.contains(creds.session_token.as_deref().unwrap_or("-")), "{log}");
+        assert!(
+            !log.contains(creds.session_token.as_deref().unwrap_or("-")),
+            "{log}"
+        );
     }
     assert!(!log.contains("X-Amz-Signature"), "{log}");
 }

@@ -35,7 +35,9 @@ impl<T> Expiring<T> {
     /// it to retry in; never, for one without an expiry.
     pub fn renew_at(&self) -> Option<SystemTime> {
         let expires = self.expires?;
-        let life = expires.duration_since(self.issued).unwrap_or(Duration::ZERO);
+        let life = expires
+            .duration_since(self.issued)
+            .unwrap_or(Duration::ZERO);
         Some(self.issued + life * 2 / 3)
     }
 
@@ -69,7 +71,9 @@ pub fn oauth_token(body: &[u8], now: SystemTime) -> Result<Expiring<String>, Ans
         ))
     })?;
     if a.access_token.is_empty() {
-        return Err(AnswerError("token response has an empty access_token".into()));
+        return Err(AnswerError(
+            "token response has an empty access_token".into(),
+        ));
     }
     Ok(Expiring {
         value: a.access_token,
@@ -112,8 +116,8 @@ pub fn sts_credentials(
     body: &[u8],
     now: SystemTime,
 ) -> Result<Expiring<AwsCredentials>, AnswerError> {
-    let text = std::str::from_utf8(body)
-        .map_err(|_| AnswerError("STS answer is not UTF-8".into()))?;
+    let text =
+        std::str::from_utf8(body).map_err(|_| AnswerError("STS answer is not UTF-8".into()))?;
     let credentials = element(text, "Credentials")
         .ok_or_else(|| AnswerError("STS answer has no <Credentials>".into()))?;
     let field = |name: &str| {
@@ -240,9 +244,10 @@ mod tests {
         assert_eq!(c.value.session_token.as_deref(), Some("t"));
         assert_eq!(c.expires, Some(at(1_732_644_000)));
         assert!(container_credentials(br#"{"AccessKeyId":"A"}"#, at(0)).is_err());
-        assert!(
-            container_credentials(br#"{"AccessKeyId":"A","SecretAccessKey":"s","Expiration":"soon"}"#, at(0))
-                .is_err()
-        );
+        assert!(container_credentials(
+            br#"{"AccessKeyId":"A","SecretAccessKey":"s","Expiration":"soon"}"#,
+            at(0)
+        )
+        .is_err());
     }
 }

@@ -233,7 +233,11 @@ impl DatabaseEntry {
             }
         }
         entry.servers("/")?;
-        match (entry.server_auth, &entry.password, &entry.server_auth_region) {
+        match (
+            entry.server_auth,
+            &entry.password,
+            &entry.server_auth_region,
+        ) {
             (Some(auth), Some(_), _) => {
                 return Err(ValueError(format!(
                     "server_auth={auth} logs in with a cloud token; leave out password="

@@ -55,7 +55,8 @@ pub const RESTART_KEYS: &[&str] = &[
 ];
 
 pub use database::{
-    DatabaseEntry, ServerAuth, UserEntry, DEFAULT_SERVER_PORT, UNSUPPORTED_DATABASE_KEYS, UNSUPPORTED_USER_KEYS,
+    DatabaseEntry, ServerAuth, UserEntry, DEFAULT_SERVER_PORT, UNSUPPORTED_DATABASE_KEYS,
+    UNSUPPORTED_USER_KEYS,
 };
 pub use duration::{format_duration, parse_duration, BareUnit};
 pub use error::{ConfigError, ConfigWarning, ValueError};
