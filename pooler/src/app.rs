@@ -764,21 +764,20 @@ fn pool_spec(
     let (_, entry) = config.database(database)?;
     let own = server_user == client_user;
     let stored = pooler.secret(server_user).or(looked_up.filter(|_| own));
-    let credential = match (&entry.password, stored, scram_keys) {
-        _ if entry.server_auth.is_some() => {
-            let source = pooler
-                .cloud_tokens
-                .source(entry.server_auth?, &entry.server_auth_region);
-            ServerCredential::CloudToken(source)
-        }
-        (Some(p), _, _) => ServerCredential::Password(p.clone()),
-        (None, Some(Secret::Scram(_)), Some((client_key, server_key))) if own => {
+    // A cloud token replaces any stored password (the two are never configured together).
+    let cloud = entry
+        .server_auth
+        .map(|auth| pooler.cloud_tokens.source(auth, &entry.server_auth_region));
+    let credential = match (cloud, &entry.password, stored, scram_keys) {
+        (Some(source), ..) => ServerCredential::CloudToken(source),
+        (None, Some(p), _, _) => ServerCredential::Password(p.clone()),
+        (None, None, Some(Secret::Scram(_)), Some((client_key, server_key))) if own => {
             ServerCredential::ScramKeys {
                 client_key,
                 server_key,
             }
         }
-        (None, stored, _) => credential_of(stored),
+        (None, None, stored, _) => credential_of(stored),
     };
     let s = &config.pgbouncer;
     let servers = match entry.servers(DEFAULT_SOCKET_DIR) {
