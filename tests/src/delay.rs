@@ -97,8 +97,7 @@ async fn direction(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, delay: Arc<A
             match from.read(&mut buf).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
-                    let due =
-                        Instant::now() + Duration::from_millis(delay.load(Ordering::Relaxed));
+                    let due = Instant::now() + Duration::from_millis(delay.load(Ordering::Relaxed));
                     if queue.send((due, buf[..n].to_vec())).is_err() {
                         break;
                     }

@@ -102,9 +102,18 @@ impl NetNs {
             "link", "add", &host_if, "type", "veth", "peer", "name", &ns_if,
         ])?;
         ip(&["link", "set", &ns_if, "netns", &name])?;
-        ip(&["addr", "add", &format!("{host_address}/30"), "dev", &host_if])?;
+        ip(&[
+            "addr",
+            "add",
+            &format!("{host_address}/30"),
+            "dev",
+            &host_if,
+        ])?;
         ip(&["link", "set", &host_if, "up"])?;
-        netns.exec("ip", &["addr", "add", &format!("{address}/30"), "dev", &ns_if])?;
+        netns.exec(
+            "ip",
+            &["addr", "add", &format!("{address}/30"), "dev", &ns_if],
+        )?;
         netns.exec("ip", &["link", "set", &ns_if, "up"])?;
         netns.exec("ip", &["link", "set", "lo", "up"])?;
         Ok(netns)
@@ -128,7 +137,10 @@ impl NetNs {
     /// Drops every TCP packet to and from `port` inside the namespace, silently (no RST, no
     /// ICMP): the server seems to vanish, as behind a dead link.
     pub fn blackhole(&self, port: u16) -> anyhow::Result<()> {
-        self.fault(&format!("tcp dport {port} drop"), &format!("tcp sport {port} drop"))
+        self.fault(
+            &format!("tcp dport {port} drop"),
+            &format!("tcp sport {port} drop"),
+        )
     }
 
     /// Drops `percent` % of the TCP packets to `port` and, independently, of those from it.
@@ -203,12 +215,7 @@ fn free_subnet(hint: u32) -> anyhow::Result<u32> {
         .map(|step| (hint.wrapping_add(step)) % SUBNETS)
         .find(|&index| {
             let base = index * 4;
-            let prefix = format!(
-                "{}.{}.{}.",
-                NETWORK[0],
-                NETWORK[1],
-                (base >> 8) as u8
-            );
+            let prefix = format!("{}.{}.{}.", NETWORK[0], NETWORK[1], (base >> 8) as u8);
             (0..4).all(|last| {
                 let address = format!("{prefix}{}/", (base & 0xff) + last);
                 !listed.contains(&format!(" {address}"))
