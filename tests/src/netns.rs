@@ -5,7 +5,8 @@
 //! with a /30 of 10.201.0.0/16 that no interface uses yet; [`PgOptions::netns`] starts a
 //! PostgreSQL cluster inside it. Faults are nftables rules inside the namespace (so they touch
 //! no other test's traffic). Dropping the [`NetNs`] removes the veth pair and the namespace,
-//! also while a failing test unwinds; stop what runs inside it first.
+//! also while a failing test unwinds; stop what runs inside it first. A test process killed
+//! outright leaves its namespaces behind (`ip netns list` shows them as `weir-nf-<pid>-<n>`).
 //!
 //! This kernel has no `netem` queueing discipline, so delay is not done here but by
 //! [`crate::delay::DelayRelay`], a TCP relay in the test process.

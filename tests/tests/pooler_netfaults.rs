@@ -447,7 +447,11 @@ impl Report {
             self.failed_transactions,
             self.failed_connects,
             self.longest_stall.as_secs_f64(),
-            secs(self.freed),
+            if matches!(self.fault, Fault::Blackhole | Fault::BlackholeUserTimeout) {
+                secs(self.freed)
+            } else {
+                "–".into()
+            },
             secs(self.recovery),
             self.codes.iter().cloned().collect::<Vec<_>>().join(" "),
             match &self.capacity {
