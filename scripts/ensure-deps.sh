@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what `make test` and `make demo` need and a fresh machine may lack:
-# PostgreSQL server binaries, psql and pgbench, and redis-server with redis-cli for the Redis
-# data path's tests. Idempotent and quiet when all is present.
+# PostgreSQL server binaries, psql and pgbench, redis-server with redis-cli for the Redis
+# data path's tests, and ip and nft for the network-fault tests. Idempotent and quiet when
+# all is present.
 set -euo pipefail
 
 pg_bindir() {
@@ -23,6 +24,12 @@ if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; th
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     apt-get install -y -qq redis-server redis-tools >/dev/null
+fi
+if ! command -v ip >/dev/null || ! command -v nft >/dev/null; then
+    echo "ensure-deps: installing iproute2 and nftables for the network-fault tests" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq iproute2 nftables >/dev/null
 fi
 if ! id postgres >/dev/null 2>&1; then
     echo "ensure-deps: no 'postgres' OS user; PostgreSQL refuses to run as root" >&2

@@ -1097,13 +1097,15 @@ fn unexpected_sasl() -> ServerError {
 }
 
 /// Sends a CancelRequest for `key` to the server at `addr` on a fresh connection, as the
-/// protocol requires; the server answers nothing.
+/// protocol requires; the server answers nothing. The connect is bounded by `connect_timeout`
+/// (`server_connect_timeout`, 0: unbounded), as every connection to a server is.
 pub async fn send_cancel(
     addr: &ServerAddr,
     key: ServerKey,
     keepalive: &Keepalive,
+    connect_timeout: Duration,
 ) -> io::Result<()> {
-    let stream = addr.connect(Duration::from_secs(5), keepalive).await?;
+    let stream = addr.connect(connect_timeout, keepalive).await?;
     cancel_over(stream, key.process_id, key.secret_key).await
 }
 

@@ -171,7 +171,24 @@ impl Drop for Supervised {
 /// Builds a command that runs `program` with a parent-death SIGKILL, as OS user `run_as` when
 /// given and the test process is root (PostgreSQL refuses to run as root).
 pub(crate) fn command(program: impl AsRef<std::ffi::OsStr>, run_as: Option<&str>) -> Command {
-    let mut cmd = Command::new("setpriv");
+    command_in(None, program, run_as)
+}
+
+/// As [`command`], inside network namespace `netns` when given (`ip netns exec` execs
+/// `setpriv` in place, so the parent-death signal still reaches the program).
+pub(crate) fn command_in(
+    netns: Option<&str>,
+    program: impl AsRef<std::ffi::OsStr>,
+    run_as: Option<&str>,
+) -> Command {
+    let mut cmd = match netns {
+        Some(name) => {
+            let mut cmd = Command::new("ip");
+            cmd.args(["netns", "exec", name, "setpriv"]);
+            cmd
+        }
+        None => Command::new("setpriv"),
+    };
     cmd.args(["--pdeathsig", "KILL"]);
     if let Some(user) = run_as.filter(|_| nix::unistd::geteuid().is_root()) {
         cmd.args([

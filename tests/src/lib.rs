@@ -7,6 +7,9 @@
 //!
 //! [`raw::RawClient`] speaks the wire protocol by hand, for what a driver never sends.
 //!
+//! [`netns::NetNs`] puts a server in a network namespace of its own, so tests can blackhole
+//! or drop the packets to it; [`delay::DelayRelay`] delays them.
+//!
 //! [`prometheus::Prometheus`] runs a real Prometheus scraping the test's processes.
 //!
 //! [`k8s::ControlPlane`] runs a real Kubernetes control plane (tests/controlplane) for the
@@ -21,9 +24,11 @@
 
 pub mod anchor;
 mod child;
+pub mod delay;
 pub mod fixture;
 pub mod k8s;
 pub mod net;
+pub mod netns;
 pub mod parity;
 pub mod postgres;
 pub mod prometheus;

@@ -67,9 +67,14 @@ pub async fn wait_for_addr(addr: SocketAddr, timeout: Duration) -> anyhow::Resul
 /// A tokio-postgres configuration for `user` on loopback `port`, without TLS negotiation,
 /// so tests can adjust it (e.g. `application_name`) before connecting.
 pub fn client_config(port: u16, user: &str, password: &str, db: &str) -> Config {
+    client_config_at(HOST, port, user, password, db)
+}
+
+/// As [`client_config`], for a server on `host` rather than loopback.
+pub fn client_config_at(host: &str, port: u16, user: &str, password: &str, db: &str) -> Config {
     let mut config = Config::new();
     config
-        .host(HOST)
+        .host(host)
         .port(port)
         .user(user)
         .password(password)

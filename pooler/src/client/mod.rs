@@ -395,8 +395,12 @@ async fn forward_cancel(pooler: &dyn SessionContext, process_id: i32, secret_key
         tracing::debug!("cancel request for an unknown key or an idle client ignored");
         return;
     };
-    let keepalive = Keepalive::of(&pooler.config());
-    if let Err(e) = server::send_cancel(permit.addr(), permit.key(), &keepalive).await {
+    let config = pooler.config();
+    let keepalive = Keepalive::of(&config);
+    let connect_timeout = config.pgbouncer.server_connect_timeout;
+    if let Err(e) =
+        server::send_cancel(permit.addr(), permit.key(), &keepalive, connect_timeout).await
+    {
         tracing::warn!(error = %e, server = %permit.addr(), "could not forward a cancel request");
     }
 }
@@ -781,10 +785,13 @@ impl Session {
                 // client that does not read must not keep it.
                 if server_idle {
                     reset_and_release(checkout, &self.reset_query()).await;
+                    self.fatal(PgError::fatal(code, message)).await;
                 } else {
-                    self.abandon(checkout, &tx).await;
+                    // Told while the query is cancelled, not after: a server that cannot be
+                    // reached must not add its connect timeout to the client's wait.
+                    let abandon = self.abandon(checkout, &tx);
+                    tokio::join!(abandon, self.fatal(PgError::fatal(code, message)));
                 }
-                self.fatal(PgError::fatal(code, message)).await;
                 Err(reason)
             }
         }
@@ -792,19 +799,22 @@ impl Session {
 
     /// Closes a server connection the client left in use; a query still running on it is
     /// cancelled first (with the server's own key), so that no orphaned work holds a backend.
+    /// The future owns what it needs, so the client can be told meanwhile.
     fn abandon(
         &self,
         mut checkout: Checkout,
         tx: &TxState,
-    ) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+    ) -> Pin<Box<dyn Future<Output = ()> + Send + 'static>> {
         let running = tx.outstanding > 0;
+        let config = self.pooler.config();
+        let keepalive = Keepalive::of(&config);
+        let connect_timeout = config.pgbouncer.server_connect_timeout;
         // Boxed: a rare path, kept out of every client task's size.
         Box::pin(async move {
             if running {
                 let server = checkout.server();
                 let (addr, key) = server.cancel_target();
-                let keepalive = Keepalive::of(&self.pooler.config());
-                if let Err(e) = server::send_cancel(&addr, key, &keepalive).await {
+                if let Err(e) = server::send_cancel(&addr, key, &keepalive, connect_timeout).await {
                     tracing::warn!(error = %e, server = %addr, "could not cancel an abandoned query");
                 }
             }

@@ -504,7 +504,9 @@ pub struct Settings {
     /// Time between keepalive probes; 0: the OS default (75 s on Linux). Default 10 s.
     pub tcp_keepintvl: Duration,
     /// `TCP_USER_TIMEOUT`: how long sent data may stay unacknowledged. A bare number
-    /// counts milliseconds, as in PgBouncer. 0 (default): the OS default.
+    /// counts milliseconds, as in PgBouncer; 0: the OS default (Linux retransmits for about
+    /// 15 minutes). Default 120 s, the keepalive defaults' time: a peer that vanishes with data
+    /// in flight, where keepalive does not probe, is given up as soon as an idle one.
     pub tcp_user_timeout: Duration,
     /// `SO_SNDBUF` and `SO_RCVBUF` of client and server sockets; 0 leaves the kernel's.
     pub tcp_socket_buffer: u32,
@@ -645,7 +647,7 @@ impl Default for Settings {
             tcp_keepcnt: 6,
             tcp_keepidle: Duration::from_secs(60),
             tcp_keepintvl: Duration::from_secs(10),
-            tcp_user_timeout: Duration::ZERO,
+            tcp_user_timeout: Duration::from_secs(120),
             tcp_socket_buffer: 0,
             tcp_defer_accept: true,
             http_listen_addr: "0.0.0.0".to_owned(),
@@ -938,6 +940,12 @@ mod tests {
         assert_eq!(
             (s.tcp_keepidle, s.tcp_keepintvl, s.tcp_keepcnt),
             (Duration::from_secs(60), Duration::from_secs(10), 6)
+        );
+        // Data in flight to a vanished peer is given up in the time keepalive takes for an
+        // idle one, not after the OS's 15 minutes of retransmissions.
+        assert_eq!(
+            s.tcp_user_timeout,
+            s.tcp_keepidle + s.tcp_keepintvl * s.tcp_keepcnt
         );
         assert!(s.log_pooler_errors);
         assert!(!s.server_round_robin && !s.so_reuseport && !s.disable_pqexec);

@@ -17,6 +17,20 @@ host    all       postgres  127.0.0.1/32   trust
 host    all       all       127.0.0.1/32   md5
 ";
 
+/// The `pg_hba.conf` of a cluster: the test's own or [`HBA`], and for a cluster in a network
+/// namespace the same rules for the namespace's subnet, where its clients come from.
+pub(crate) fn hba(opts: &PgOptions) -> String {
+    let mut hba = opts.hba.clone().unwrap_or_else(|| HBA.to_owned());
+    if let Some(netns) = &opts.netns {
+        hba.push_str(&format!(
+            "host    all       postgres  {subnet}  trust\n\
+             host    all       all       {subnet}  md5\n",
+            subnet = netns.subnet
+        ));
+    }
+    hba
+}
+
 /// The server certificate, key and client CA files in the data directory, when TLS is on.
 pub(crate) const SSL_CERT_FILE: &str = "server.crt";
 pub(crate) const SSL_KEY_FILE: &str = "server.key";
@@ -26,9 +40,13 @@ pub(crate) const SSL_CA_FILE: &str = "root.crt";
 /// ones, so `opts.extra_conf` comes last and can override anything here. The port is not set
 /// here: it is passed on the command line so a retry with another port needs no rewrite.
 pub(crate) fn settings(opts: &PgOptions, socket_dir: &Path) -> String {
+    let listen = opts
+        .netns
+        .as_ref()
+        .map_or_else(|| "127.0.0.1".to_owned(), |n| n.address.to_string());
     let mut conf = format!(
         "\n# Test cluster settings\n\
-         listen_addresses = '127.0.0.1'\n\
+         listen_addresses = '{listen}'\n\
          unix_socket_directories = {socket_dir}\n\
          max_connections = {max_connections}\n\
          password_encryption = {password_encryption}\n\
@@ -115,6 +133,25 @@ mod tests {
                 assert_eq!(method, "md5", "{line}");
             }
         }
+    }
+
+    #[test]
+    fn a_cluster_in_a_namespace_listens_there_and_lets_its_subnet_in() {
+        let opts = PgOptions {
+            netns: Some(crate::netns::InNetns {
+                name: "ns".into(),
+                address: std::net::Ipv4Addr::new(10, 201, 0, 2),
+                subnet: "10.201.0.0/30".into(),
+            }),
+            ..PgOptions::default()
+        };
+        let conf = settings(&opts, Path::new("/tmp/s"));
+        assert!(conf.contains("listen_addresses = '10.201.0.2'\n"), "{conf}");
+        let hba = hba(&opts);
+        assert!(hba.starts_with(HBA));
+        assert!(hba.contains("host    all       postgres  10.201.0.0/30  trust\n"));
+        assert!(hba.ends_with("host    all       all       10.201.0.0/30  md5\n"));
+        assert_eq!(super::hba(&PgOptions::default()), HBA);
     }
 
     #[test]

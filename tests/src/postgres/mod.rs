@@ -29,6 +29,7 @@ pub use tools::{
 
 use crate::child::{self, Supervised};
 use crate::net;
+use crate::netns::InNetns;
 
 /// OS user that owns the cluster's files and runs its processes (when the tests run as root).
 pub(crate) const OS_USER: &str = "postgres";
@@ -70,6 +71,10 @@ pub struct PgOptions {
     /// A `pg_hba.conf` replacing the harness's own; it must still let `postgres` in over
     /// plain TCP from 127.0.0.1 without a password, as the harness administers through it.
     pub hba: Option<String>,
+    /// Runs the server inside this network namespace, listening on its address only and
+    /// letting in its subnet as the harness's rules let in loopback (the harness then reaches
+    /// it there too).
+    pub netns: Option<InNetns>,
 }
 
 /// The TLS material of a test cluster, PEM text.
@@ -91,6 +96,7 @@ impl Default for PgOptions {
             extra_conf: Vec::new(),
             tls: None,
             hba: None,
+            netns: None,
         }
     }
 }
@@ -121,6 +127,10 @@ impl PasswordMethod {
 /// exit and removes its directory.
 pub struct PgCluster {
     port: u16,
+    /// Where the server listens: loopback, or its network namespace's address.
+    host: String,
+    /// The network namespace the postmaster runs in, if any.
+    netns: Option<String>,
     data_dir: PathBuf,
     socket_dir: PathBuf,
     /// `None` while the cluster is stopped.
@@ -150,11 +160,14 @@ async fn launch(
     root: TempDir,
     data_dir: PathBuf,
     socket_dir: PathBuf,
+    netns: Option<&InNetns>,
 ) -> anyhow::Result<PgCluster> {
+    let host = netns.map_or_else(|| net::HOST.to_owned(), |n| n.address.to_string());
+    let netns = netns.map(|n| n.name.clone());
     let mut attempt = 1;
     let (port, postmaster) = loop {
         let port = net::free_port();
-        match start_postmaster(&data_dir, port).await {
+        match start_postmaster(&data_dir, &host, netns.as_deref(), port).await {
             Ok(postmaster) => break (port, postmaster),
             Err(err)
                 if attempt < PORT_ATTEMPTS
@@ -167,6 +180,8 @@ async fn launch(
     };
     Ok(PgCluster {
         port,
+        host,
+        netns,
         data_dir,
         socket_dir,
         postmaster: Mutex::new(Some(postmaster)),
@@ -188,7 +203,7 @@ impl PgCluster {
         initdb(&data_dir, root.path()).await?;
         configure(&data_dir, &socket_dir, &opts)?;
 
-        launch(root, data_dir, socket_dir).await
+        launch(root, data_dir, socket_dir, opts.netns.as_ref()).await
     }
 
     /// Starts a hot standby of `primary`, copied with `pg_basebackup -R` and streaming from
@@ -233,7 +248,7 @@ impl PgCluster {
             })
             .with_context(|| format!("writing {}", conf_path.display()))?;
 
-        launch(root, data_dir, socket_dir).await
+        launch(root, data_dir, socket_dir, None).await
     }
 
     /// TCP port the server listens on (on [`PgCluster::host`]).
@@ -241,9 +256,9 @@ impl PgCluster {
         self.port
     }
 
-    /// Address the server listens on: always loopback.
+    /// Address the server listens on: loopback, or its network namespace's address.
     pub fn host(&self) -> &str {
-        net::HOST
+        &self.host
     }
 
     /// Directory holding the server's Unix-domain socket.
@@ -285,7 +300,10 @@ impl PgCluster {
 
     /// A new connection straight to the server (bypassing any pooler) as `user`.
     pub async fn connect(&self, user: &str, password: &str, db: &str) -> anyhow::Result<Client> {
-        net::connect(self.port, user, password, db).await
+        net::connect_with(&net::client_config_at(
+            &self.host, self.port, user, password, db,
+        ))
+        .await
     }
 
     /// Runs `sql` (one or more statements) as the superuser.
@@ -426,7 +444,8 @@ impl PgCluster {
         if self.lock_postmaster().is_some() {
             bail!("the cluster is already running");
         }
-        let postmaster = start_postmaster(&self.data_dir, self.port).await?;
+        let postmaster =
+            start_postmaster(&self.data_dir, &self.host, self.netns.as_deref(), self.port).await?;
         *self.lock_postmaster() = Some(postmaster);
         Ok(())
     }
@@ -538,13 +557,19 @@ fn configure(data_dir: &Path, socket_dir: &Path, opts: &PgOptions) -> anyhow::Re
         }
     }
     let hba_path = data_dir.join("pg_hba.conf");
-    let hba = opts.hba.as_deref().unwrap_or(conf::HBA);
+    let hba = conf::hba(opts);
     std::fs::write(&hba_path, hba).with_context(|| format!("writing {}", hba_path.display()))
 }
 
-/// Spawns the postmaster for `data_dir` on `port`, appending its output to the log, and waits
-/// until it accepts connections; on failure the error carries what it logged.
-async fn start_postmaster(data_dir: &Path, port: u16) -> anyhow::Result<Supervised> {
+/// Spawns the postmaster for `data_dir` on `host`:`port` (inside network namespace `netns`
+/// when given), appending its output to the log, and waits until it accepts connections; on
+/// failure the error carries what it logged.
+async fn start_postmaster(
+    data_dir: &Path,
+    host: &str,
+    netns: Option<&str>,
+    port: u16,
+) -> anyhow::Result<Supervised> {
     let log_path = data_dir.join(LOG_FILE);
     let log = OpenOptions::new()
         .create(true)
@@ -552,7 +577,7 @@ async fn start_postmaster(data_dir: &Path, port: u16) -> anyhow::Result<Supervis
         .open(&log_path)
         .with_context(|| format!("opening {}", log_path.display()))?;
     let log_start = log.metadata().map(|m| m.len()).unwrap_or(0);
-    let mut cmd = child::command(pg_bin("postgres"), Some(OS_USER));
+    let mut cmd = child::command_in(netns, pg_bin("postgres"), Some(OS_USER));
     cmd.arg("-D")
         .arg(data_dir)
         .args(["-p", &port.to_string()])
@@ -570,7 +595,7 @@ async fn start_postmaster(data_dir: &Path, port: u16) -> anyhow::Result<Supervis
                 read_from(&log_path, log_start)
             );
         }
-        let mut config = net::client_config(port, SUPERUSER, "", "postgres");
+        let mut config = net::client_config_at(host, port, SUPERUSER, "", "postgres");
         config.connect_timeout(Duration::from_secs(2));
         let err = match net::connect_with(&config).await {
             Ok(_client) => return Ok(postmaster),
