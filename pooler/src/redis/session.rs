@@ -679,6 +679,7 @@ impl Session<'_> {
     }
 
     async fn send_shared(&mut self, cmd: Command, slot: Option<u16>) -> Result<(), Gone> {
+        let slot = slot.or_else(|| slots::pubsub_slot(&cmd.name()));
         let link = match self.shared_link(slot).await {
             Ok(l) => l,
             Err(e) => return self.reply(resp::error(&e)).await,
@@ -818,8 +819,9 @@ impl Session<'_> {
         if let Some(h) = self.held.take() {
             exclusive::release(&h.backend, h.link, &h.login, false);
         }
-        // A shard channel (SSUBSCRIBE) lives on its slot's master; others on any node.
-        let backend = match self.target(slots::command_slot(&cmd).ok().flatten()).await {
+        // A shard channel (SSUBSCRIBE) lives on its slot's master, classic channels on one.
+        let slot = slots::command_slot(&cmd).ok().flatten();
+        let backend = match self.target(slot.or_else(|| slots::pubsub_slot(&cmd.name()))).await {
             Ok(b) => b,
             Err(e) => {
                 self.reply(resp::error(&e)).await?;

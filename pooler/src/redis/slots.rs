@@ -134,6 +134,13 @@ pub fn refused_in_cluster(name: &str) -> bool {
     )
 }
 
+/// Classic Pub/Sub has no key, but a publisher and its subscribers meet on one node (the
+/// master of slot 0), so `PUBLISH` counts every receiver as a standalone Redis would; the
+/// cluster forwards messages to the other nodes anyway.
+pub fn pubsub_slot(name: &str) -> Option<u16> {
+    matches!(name, "PUBLISH" | "SUBSCRIBE" | "PSUBSCRIBE" | "PUBSUB").then_some(0)
+}
+
 /// The slot `cmd` must run in: `Ok(None)` for a keyless command, `Err(CROSSSLOT)` when its
 /// keys are in different slots.
 pub fn command_slot(cmd: &Command) -> Result<Option<u16>, &'static str> {
