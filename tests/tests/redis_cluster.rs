@@ -5,7 +5,7 @@
 //! error), and redis-cli and redis-py speaking to weir as to a standalone Redis.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use weir_tests::redis::{ClusterPair, RedisCluster, Reply, Resp};
@@ -319,31 +319,53 @@ async fn a_slot_migrated_under_load_costs_clients_nothing() {
 
     // Four clients write and read keys of the slot until told to stop; every reply checked.
     let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
     let mut load = Vec::new();
     for w in 0..4 {
         let mut c = pair.client().await.unwrap();
-        let stop = stop.clone();
+        let (stop, done) = (stop.clone(), done.clone());
         load.push(tokio::spawn(async move {
             let mut n = 0u64;
-            while !stop.load(Ordering::Relaxed) || n < 50 {
+            while !stop.load(Ordering::Relaxed) {
                 let key = format!("{{mig}}w{w}-{}", n % 20);
                 let value = n.to_string();
                 c.ok(&["SET", &key, &value]).await.expect("SET under load");
                 assert_eq!(c.cmd(&["GET", &key]).await.unwrap().text(), value);
                 n += 1;
+                done.fetch_add(1, Ordering::Relaxed);
             }
             n
         }));
     }
+    // Lets the load do `more` pairs: each phase of the migration is seen by the clients. A
+    // client that failed stops counting, so this gives up after 30 s rather than hang.
+    let progress = |more: u64| {
+        let done = done.clone();
+        async move {
+            let until = done.load(Ordering::Relaxed) + more;
+            let give_up = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            while done.load(Ordering::Relaxed) < until {
+                assert!(
+                    std::time::Instant::now() < give_up,
+                    "the load stopped: a client saw an error"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        }
+    };
+    progress(20).await;
 
     let port = pair.port;
+    let halfway = progress(40);
     migrate(&pair.cluster, slot, from, to, || async move {
         // Half-way: a new key is not on the source, which answers ASK; weir asks the target.
         let mut c = Resp::connect(port).await.unwrap();
         c.ok(&["SET", "{mig}new", "asked"]).await.unwrap();
         assert_eq!(c.cmd(&["GET", "{mig}new"]).await.unwrap().text(), "asked");
+        halfway.await;
     })
     .await;
+    progress(40).await;
     let mut dst = pair.cluster.nodes[to].direct(&[]).await.unwrap();
     assert_eq!(dst.cmd(&["GET", "{mig}new"]).await.unwrap().text(), "asked");
 
