@@ -509,7 +509,12 @@ impl RedisCluster {
         let deadline = Instant::now() + REPLY_TIMEOUT;
         for node in &cluster.nodes {
             loop {
-                let info = node.direct(&[]).await?.cmd(&["CLUSTER", "INFO"]).await?.text();
+                let info = node
+                    .direct(&[])
+                    .await?
+                    .cmd(&["CLUSTER", "INFO"])
+                    .await?
+                    .text();
                 let known = format!("cluster_known_nodes:{masters}");
                 if info.contains("cluster_state:ok") && info.contains(&known) {
                     break;
@@ -553,7 +558,9 @@ impl RedisCluster {
             bail!("CLUSTER SLOTS is not an array");
         };
         for range in ranges {
-            let Reply::Array(Some(r)) = range else { continue };
+            let Reply::Array(Some(r)) = range else {
+                continue;
+            };
             let (Some(Reply::Int(a)), Some(Reply::Int(b)), Some(Reply::Array(Some(m)))) =
                 (r.first(), r.get(1), r.get(2))
             else {
@@ -612,7 +619,10 @@ impl ClusterPair {
         let port = net::free_port();
         let http_port = net::free_port();
         let ini = weir_ini("-", port, extra)
-            .replace("server = -\n", &format!("cluster_nodes = {}\n", cluster.seeds()))
+            .replace(
+                "server = -\n",
+                &format!("cluster_nodes = {}\n", cluster.seeds()),
+            )
             .replace(
                 "[redis]\n",
                 &format!("http_listen_addr = 127.0.0.1\nhttp_port = {http_port}\n[redis]\n"),

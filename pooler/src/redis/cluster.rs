@@ -88,7 +88,11 @@ impl Cluster {
     pub fn backends(&self) -> Vec<Arc<Backend>> {
         let masters = self.map.load().masters.clone();
         let backends = self.backends.lock().unwrap_or_else(|p| p.into_inner());
-        let mut out: Vec<_> = masters.iter().filter_map(|m| backends.get(m)).cloned().collect();
+        let mut out: Vec<_> = masters
+            .iter()
+            .filter_map(|m| backends.get(m))
+            .cloned()
+            .collect();
         out.extend(
             backends
                 .iter()
@@ -110,7 +114,8 @@ impl Cluster {
         if let Some(m) = self.map.load().master(slot) {
             return Ok(self.backend(m));
         }
-        self.read_map(self.generation.load(Ordering::Acquire)).await?;
+        self.read_map(self.generation.load(Ordering::Acquire))
+            .await?;
         match self.map.load().master(slot) {
             Some(m) => Ok(self.backend(m)),
             None => Err(format!("CLUSTERDOWN Hash slot not served ({slot})")),
@@ -120,7 +125,8 @@ impl Cluster {
     /// A master for a keyless command: `hint` (the client's id) spreads clients over them.
     pub async fn any(&self, hint: u64) -> Result<Arc<Backend>, String> {
         if self.map.load().is_empty() {
-            self.read_map(self.generation.load(Ordering::Acquire)).await?;
+            self.read_map(self.generation.load(Ordering::Acquire))
+                .await?;
         }
         let map = self.map.load();
         if map.masters.is_empty() {
@@ -207,12 +213,9 @@ async fn read_slots(node: &str, login: &Login) -> Result<SlotMap, String> {
         .write_all(&Command::from_args(["CLUSTER", "SLOTS"]).wire)
         .await
         .map_err(|e| format!("ERR weir: Redis at {node}: {e}"))?;
-    let reply = tokio::time::timeout(
-        READ_TIMEOUT,
-        link::read_frame(&mut stream, &mut buf, node),
-    )
-    .await
-    .map_err(|_| format!("ERR weir: Redis at {node} did not answer CLUSTER SLOTS in time"))??;
+    let reply = tokio::time::timeout(READ_TIMEOUT, link::read_frame(&mut stream, &mut buf, node))
+        .await
+        .map_err(|_| format!("ERR weir: Redis at {node} did not answer CLUSTER SLOTS in time"))??;
     if resp::is_error(&reply) {
         return Err(String::from_utf8_lossy(&reply[1..]).trim_end().to_owned());
     }

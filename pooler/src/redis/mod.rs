@@ -263,7 +263,10 @@ impl Proxy {
 /// The upstream `settings` name: a standalone `server`, else the `cluster_nodes`.
 fn upstream(settings: &RedisSettings, shared: &Arc<ArcSwap<RedisSettings>>) -> Option<Upstream> {
     if let Some(server) = &settings.server {
-        return Some(Upstream::Single(Backend::new(server.clone(), shared.clone())));
+        return Some(Upstream::Single(Backend::new(
+            server.clone(),
+            shared.clone(),
+        )));
     }
     if settings.cluster_nodes.is_empty() {
         return None;

@@ -35,7 +35,11 @@ enum Out {
     /// A server reply, when it arrives; the exclusive connection it ends the use of goes back
     /// to the pool the moment it has arrived, before the client sees it. In a cluster, a
     /// MOVED or ASK in it is followed first.
-    Reply(oneshot::Receiver<Bytes>, Option<Release>, Option<Follow>),
+    Reply(
+        oneshot::Receiver<Bytes>,
+        Option<Release>,
+        Option<Box<Follow>>,
+    ),
     /// A reply weir made.
     Now(Bytes),
     /// From now on, everything the Pub/Sub connection sends.
@@ -364,8 +368,10 @@ impl Session<'_> {
             return Ok(None);
         }
         if slots::refused_in_cluster(&cmd.name()) {
-            return Err("ERR weir: this command would need every shard of the Redis Cluster; \
-                        send it to each node");
+            return Err(
+                "ERR weir: this command would need every shard of the Redis Cluster; \
+                        send it to each node",
+            );
         }
         let slot = slots::command_slot(cmd)?;
         if let (Some(h), Some(s)) = (&mut self.held, slot) {
@@ -391,7 +397,11 @@ impl Session<'_> {
                 self.deferred_multi = false;
                 return self.reply(resp::simple("OK")).await;
             }
-            "MULTI" => return self.reply(resp::error("ERR MULTI calls can not be nested")).await,
+            "MULTI" => {
+                return self
+                    .reply(resp::error("ERR MULTI calls can not be nested"))
+                    .await
+            }
             "WATCH" => {
                 return self
                     .reply(resp::error("ERR WATCH inside MULTI is not allowed"))
@@ -433,12 +443,12 @@ impl Session<'_> {
     }
 
     /// In a cluster, a held connection's replies teach the map of a MOVED.
-    fn note_moved(&self) -> Option<Follow> {
+    fn note_moved(&self) -> Option<Box<Follow>> {
         match &*self.upstream {
-            Upstream::Cluster(c) => Some(Follow {
+            Upstream::Cluster(c) => Some(Box::new(Follow {
                 cluster: c.clone(),
                 resend: None,
-            }),
+            })),
             Upstream::Single(_) => None,
         }
     }
@@ -663,7 +673,10 @@ impl Session<'_> {
     async fn shared_link(&mut self, slot: Option<u16>) -> Result<Arc<Link>, String> {
         let backend = self.target(slot).await?;
         let login = self.login();
-        let cached = self.shared.iter().position(|(b, _, _)| Arc::ptr_eq(b, &backend));
+        let cached = self
+            .shared
+            .iter()
+            .position(|(b, _, _)| Arc::ptr_eq(b, &backend));
         if let Some(i) = cached {
             let (_, l, link) = &self.shared[i];
             if *l == login && link.is_alive() {
@@ -686,10 +699,10 @@ impl Session<'_> {
         };
         self.switch_to(link.id()).await?;
         let follow = match &*self.upstream {
-            Upstream::Cluster(c) => Some(Follow {
+            Upstream::Cluster(c) => Some(Box::new(Follow {
                 cluster: c.clone(),
                 resend: Some((cmd.wire.clone(), self.login(), self.id)),
-            }),
+            })),
             Upstream::Single(_) => None,
         };
         let rx = link.send(cmd.wire).await;
@@ -821,7 +834,10 @@ impl Session<'_> {
         }
         // A shard channel (SSUBSCRIBE) lives on its slot's master, classic channels on one.
         let slot = slots::command_slot(&cmd).ok().flatten();
-        let backend = match self.target(slot.or_else(|| slots::pubsub_slot(&cmd.name()))).await {
+        let backend = match self
+            .target(slot.or_else(|| slots::pubsub_slot(&cmd.name())))
+            .await
+        {
             Ok(b) => b,
             Err(e) => {
                 self.reply(resp::error(&e)).await?;

@@ -45,11 +45,49 @@ pub fn slot(key: &[u8]) -> u16 {
 /// Commands without keys: sent to any shard. (Those refused in cluster mode are in
 /// [`refused_in_cluster`].)
 const KEYLESS: &[&str] = &[
-    "PING", "ECHO", "TIME", "INFO", "CLIENT", "CONFIG", "COMMAND", "MULTI", "EXEC", "DISCARD",
-    "UNWATCH", "SCRIPT", "FUNCTION", "LASTSAVE", "PUBLISH", "PUBSUB", "WAIT", "WAITAOF", "LOLWUT",
-    "MEMORY", "SLOWLOG", "LATENCY", "ACL", "SUBSCRIBE", "PSUBSCRIBE", "MONITOR", "CLUSTER",
-    "READONLY", "READWRITE", "SAVE", "BGSAVE", "BGREWRITEAOF", "ROLE", "HELLO", "AUTH",
-    "SELECT", "QUIT", "RESET", "SWAPDB", "DEBUG", "SHUTDOWN", "REPLICAOF", "SLAVEOF",
+    "PING",
+    "ECHO",
+    "TIME",
+    "INFO",
+    "CLIENT",
+    "CONFIG",
+    "COMMAND",
+    "MULTI",
+    "EXEC",
+    "DISCARD",
+    "UNWATCH",
+    "SCRIPT",
+    "FUNCTION",
+    "LASTSAVE",
+    "PUBLISH",
+    "PUBSUB",
+    "WAIT",
+    "WAITAOF",
+    "LOLWUT",
+    "MEMORY",
+    "SLOWLOG",
+    "LATENCY",
+    "ACL",
+    "SUBSCRIBE",
+    "PSUBSCRIBE",
+    "MONITOR",
+    "CLUSTER",
+    "READONLY",
+    "READWRITE",
+    "SAVE",
+    "BGSAVE",
+    "BGREWRITEAOF",
+    "ROLE",
+    "HELLO",
+    "AUTH",
+    "SELECT",
+    "QUIT",
+    "RESET",
+    "SWAPDB",
+    "DEBUG",
+    "SHUTDOWN",
+    "REPLICAOF",
+    "SLAVEOF",
 ];
 
 /// Commands whose every argument is a key.
@@ -166,10 +204,16 @@ pub enum Redirect {
 
 /// The redirection in an error reply, if it is one.
 pub fn redirect(reply: &[u8]) -> Option<Redirect> {
-    let text = std::str::from_utf8(reply.strip_prefix(b"-")?).ok()?.trim_end();
+    let text = std::str::from_utf8(reply.strip_prefix(b"-")?)
+        .ok()?
+        .trim_end();
     let mut words = text.split(' ');
     let kind = words.next()?;
-    let slot: u16 = words.next()?.parse().ok().filter(|s| (*s as usize) < SLOTS)?;
+    let slot: u16 = words
+        .next()?
+        .parse()
+        .ok()
+        .filter(|s| (*s as usize) < SLOTS)?;
     let addr = words.next()?.to_owned();
     match kind {
         "MOVED" => Some(Redirect::Moved(slot, addr)),
@@ -368,7 +412,10 @@ mod tests {
             key_positions(&c(&["ZUNIONSTORE", "d", "2", "a", "b"])),
             vec![1, 3, 4]
         );
-        assert_eq!(key_positions(&c(&["BLMPOP", "0", "1", "l", "LEFT"])), vec![3]);
+        assert_eq!(
+            key_positions(&c(&["BLMPOP", "0", "1", "l", "LEFT"])),
+            vec![3]
+        );
         assert_eq!(
             key_positions(&c(&[
                 "XREAD", "COUNT", "2", "BLOCK", "0", "STREAMS", "s1", "s2", "0", "0"
@@ -391,7 +438,10 @@ mod tests {
         assert_eq!(command_slot(&c(&["DEL", "foo", "foo"])), Ok(Some(12182)));
         assert_eq!(command_slot(&c(&["PING"])), Ok(None));
         // Malformed numkeys never index past the arguments.
-        assert_eq!(command_slot(&c(&["EVAL", "s", "9", "a"])), Ok(Some(slot(b"a"))));
+        assert_eq!(
+            command_slot(&c(&["EVAL", "s", "9", "a"])),
+            Ok(Some(slot(b"a")))
+        );
         assert_eq!(command_slot(&c(&["EVAL", "s", "x"])), Ok(None));
     }
 
@@ -426,7 +476,9 @@ mod tests {
         moved.assign(7, "127.0.0.1:7002");
         assert_eq!(moved.master(7), Some("127.0.0.1:7002"));
         assert!(SlotMap::parse(b"-ERR no\r\n", "h").is_err());
-        assert!(SlotMap::parse(b"*1\r\n*3\r\n:0\r\n:99999\r\n*2\r\n$1\r\nh\r\n:1\r\n", "h").is_err());
+        assert!(
+            SlotMap::parse(b"*1\r\n*3\r\n:0\r\n:99999\r\n*2\r\n$1\r\nh\r\n:1\r\n", "h").is_err()
+        );
         assert!(SlotMap::parse(b"*1\r\n*3\r\n:0\r\n", "h").is_err());
         assert!(SlotMap::parse(b"*0\r\n", "h").unwrap().is_empty());
     }
