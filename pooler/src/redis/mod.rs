@@ -150,7 +150,19 @@ impl Proxy {
         self.settings.store(Arc::new(settings.clone()));
         let moved = match (&**self.upstream.load(), &settings.server) {
             (Upstream::Single(b), Some(server)) => b.addr != *server,
-            (Upstream::Cluster(c), None) => c.seeds() != settings.cluster_nodes.as_slice(),
+            // The map is read with weir's own login, so new credentials make a new cluster.
+            (Upstream::Cluster(c), None) => {
+                c.seeds() != settings.cluster_nodes.as_slice()
+                    || (
+                        old.server_user.as_ref(),
+                        old.server_password.as_ref(),
+                        &old.auth_file,
+                    ) != (
+                        settings.server_user.as_ref(),
+                        settings.server_password.as_ref(),
+                        &settings.auth_file,
+                    )
+            }
             _ => true,
         };
         if moved {
