@@ -59,8 +59,14 @@ const FIELDS: &[(&str, Lands)] = &[
     ("database.superuserReservedConnections", Lands::Pooler),
     ("database.reservedPercent", Lands::Pooler),
     ("database.usedByOthers", Lands::Pooler),
-    ("redis.host", Lands::Redis("cluster_nodes = redis.example:6380,")),
-    ("redis.port", Lands::Redis("cluster_nodes = redis.example:6380,")),
+    (
+        "redis.host",
+        Lands::Redis("cluster_nodes = redis.example:6380,"),
+    ),
+    (
+        "redis.port",
+        Lands::Redis("cluster_nodes = redis.example:6380,"),
+    ),
     (
         "redis.clusterNodes",
         Lands::Redis("cluster_nodes = redis.example:6380,redis-b.example:6381\n"),

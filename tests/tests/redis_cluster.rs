@@ -86,8 +86,11 @@ async fn ten_clients_on_three_shards_pool_off_and_on() {
             direct.push(node.direct(&[]).await.expect("direct"));
         }
     }
+    // Waited for: the test's own earlier look-ups may still be closing.
     for node in &pair.cluster.nodes {
-        assert_eq!(node.clients(&[]).await.unwrap(), CLIENTS);
+        node.wait_clients(&[], |n| n == CLIENTS)
+            .await
+            .expect("10 direct clients per node");
     }
     drop(direct);
     for node in &pair.cluster.nodes {
@@ -104,7 +107,9 @@ async fn ten_clients_on_three_shards_pool_off_and_on() {
         clients.push(c);
     }
     for node in &pair.cluster.nodes {
-        assert_eq!(node.clients(&[]).await.unwrap(), 2);
+        node.wait_clients(&[], |n| n == 2)
+            .await
+            .expect("2 shared connections per node");
     }
     let status = pair.status().await.expect("status");
     let backends = status["redis"]["backends"].as_array().expect("backends");
@@ -226,6 +231,27 @@ async fn keys_route_by_slot_and_cross_slot_is_refused() {
     assert_eq!(c.cmd(&["EXEC"]).await.unwrap(), Reply::Array(Some(vec![])));
     c.ok(&["MULTI"]).await.unwrap();
     c.ok(&["DISCARD"]).await.unwrap();
+
+    // A transaction whose first command has no key binds to some master: of keys on the
+    // three masters, the one on that master is queued, the others are CROSSSLOT.
+    c.ok(&["MULTI"]).await.unwrap();
+    assert_eq!(c.cmd(&["PING"]).await.unwrap().text(), "QUEUED");
+    let mut queued = 0;
+    for node in 0..MASTERS {
+        let key = pair.cluster.key_on(node, "bind-").await.unwrap();
+        match c.cmd(&["SET", &key, "x"]).await.unwrap() {
+            Reply::Simple(s) if s == "QUEUED" => queued += 1,
+            other => assert_eq!(other, crossslot, "{key}"),
+        }
+    }
+    assert_eq!(queued, 1);
+    assert_eq!(
+        c.cmd(&["EXEC"]).await.unwrap(),
+        Reply::Array(Some(vec![
+            Reply::Simple("PONG".into()),
+            Reply::Simple("OK".into())
+        ]))
+    );
 
     // WATCH binds to its key's slot: another slot inside is CROSSSLOT.
     c.ok(&["WATCH", "foo"]).await.unwrap();

@@ -122,6 +122,11 @@ impl Cluster {
         }
     }
 
+    /// The master of `slot` in the map as it is, without reading it.
+    pub fn master_now(&self, slot: u16) -> Option<String> {
+        self.map.load().master(slot).map(str::to_owned)
+    }
+
     /// A master for a keyless command: `hint` (the client's id) spreads clients over them.
     pub async fn any(&self, hint: u64) -> Result<Arc<Backend>, String> {
         if self.map.load().is_empty() {

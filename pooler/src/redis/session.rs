@@ -374,10 +374,14 @@ impl Session<'_> {
             );
         }
         let slot = slots::command_slot(cmd)?;
-        if let (Some(h), Some(s)) = (&mut self.held, slot) {
+        if let (Some(h), Some(s), Upstream::Cluster(c)) = (&mut self.held, slot, &*self.upstream) {
             match h.slot {
                 Some(bound) if bound != s => return Err(slots::CROSSSLOT),
                 Some(_) => {}
+                // Held for a keyless command: the first key must live on the same master.
+                None if c.master_now(s).is_some_and(|m| m != h.backend.addr) => {
+                    return Err(slots::CROSSSLOT)
+                }
                 None => h.slot = Some(s),
             }
         }
