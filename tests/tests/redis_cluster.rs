@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use weir_tests::redis::{ClusterPair, RedisCluster, Reply, Resp};
+use weir_tests::redis::{http_get, ClusterPair, RedisCluster, Reply, Resp};
 
 const CLIENTS: usize = 10;
 const ROUNDS: usize = 5;
@@ -122,6 +122,11 @@ async fn ten_clients_on_three_shards_pool_off_and_on() {
     want.sort();
     assert_eq!(addrs, want, "one backend per master");
     assert!(backends.iter().all(|b| b["shared"] == 2), "{backends:?}");
+    let metrics = http_get(pair.http_port, "/metrics").await.expect("metrics");
+    for addr in &want {
+        let line = format!("weir_redis_server_connections{{backend=\"{addr}\",kind=\"shared\"}} 2");
+        assert!(metrics.contains(&line), "{line} not in\n{metrics}");
+    }
 
     // Pool off: every transaction opens a connection of its own on its shard.
     let off = ten_clients_transact(&pair, &keys).await;
