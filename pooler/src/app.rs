@@ -76,7 +76,7 @@ pub struct Pooler {
     cloud_tokens: TokenSources,
     /// This process's peer id and the cancels forwarded to its peers.
     peers: Peers,
-    /// The Redis data path, when `[redis]` names a server.
+    /// The Redis data path, when `[redis]` names a server or cluster nodes.
     redis: Option<Arc<crate::redis::Proxy>>,
 }
 
@@ -238,14 +238,9 @@ impl Pooler {
         }
         self.peers.configure(&loaded.config);
         match (&self.redis, &loaded.config.redis) {
-            (Some(proxy), Some(settings)) if settings.server.is_some() => {
-                proxy.reconfigure(settings)
-            }
+            (Some(proxy), Some(settings)) => proxy.reconfigure(settings),
             (None, None) => {}
-            _ => tracing::warn!(
-                "[redis] turned on or off, or switched to cluster_nodes; takes effect only \
-                 after a restart"
-            ),
+            _ => tracing::warn!("[redis] turned on or off; takes effect only after a restart"),
         }
         let grace = loaded.config.pgbouncer.auth_rotation_grace;
         self.config.store(Arc::new(loaded.config));

@@ -462,3 +462,189 @@ pub async fn http_get(port: u16, path: &str) -> anyhow::Result<String> {
         .map(|(_, body)| body.to_owned())
         .unwrap_or_default())
 }
+
+/// A Redis Cluster of masters without replicas, each a [`RedisServer`] started with
+/// `--cluster-enabled yes`, joined by `redis-cli --cluster create`.
+pub struct RedisCluster {
+    /// The masters, in the order `redis-cli` gave them slots (0-5460, 5461-10922, ...).
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    /// Starts `masters` nodes and creates the cluster; returns once every node says
+    /// `cluster_state:ok` and knows every other.
+    pub async fn start(masters: usize) -> anyhow::Result<RedisCluster> {
+        let mut nodes = Vec::new();
+        for _ in 0..masters {
+            nodes.push(
+                RedisServer::start(&[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    "5000",
+                ])
+                .await?,
+            );
+        }
+        let mut create = tokio::process::Command::new("redis-cli");
+        create
+            .args(["--cluster", "create"])
+            .args(nodes.iter().map(RedisServer::addr))
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        let out = tokio::time::timeout(REPLY_TIMEOUT, create.output())
+            .await
+            .context("redis-cli --cluster create did not finish")??;
+        if !out.status.success() {
+            bail!(
+                "redis-cli --cluster create failed:\n{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let cluster = RedisCluster { nodes };
+        let deadline = Instant::now() + REPLY_TIMEOUT;
+        for node in &cluster.nodes {
+            loop {
+                let info = node
+                    .direct(&[])
+                    .await?
+                    .cmd(&["CLUSTER", "INFO"])
+                    .await?
+                    .text();
+                let known = format!("cluster_known_nodes:{masters}");
+                if info.contains("cluster_state:ok") && info.contains(&known) {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    bail!("the cluster did not come up: {info}");
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        Ok(cluster)
+    }
+
+    /// `host:port,host:port,...`, as `[redis] cluster_nodes` takes it.
+    pub fn seeds(&self) -> String {
+        self.nodes
+            .iter()
+            .map(RedisServer::addr)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The node's cluster id (`CLUSTER MYID`).
+    pub async fn id(&self, node: usize) -> anyhow::Result<String> {
+        Ok(self.nodes[node]
+            .direct(&[])
+            .await?
+            .cmd(&["CLUSTER", "MYID"])
+            .await?
+            .text())
+    }
+
+    /// Which node serves `slot`, by asking node 0 (`CLUSTER SHARDS` would do too).
+    pub async fn owner(&self, key: &str) -> anyhow::Result<usize> {
+        let mut c = self.nodes[0].direct(&[]).await?;
+        let slot = match c.cmd(&["CLUSTER", "KEYSLOT", key]).await? {
+            Reply::Int(n) => n,
+            other => bail!("CLUSTER KEYSLOT answered {other:?}"),
+        };
+        let Reply::Array(Some(ranges)) = c.cmd(&["CLUSTER", "SLOTS"]).await? else {
+            bail!("CLUSTER SLOTS is not an array");
+        };
+        for range in ranges {
+            let Reply::Array(Some(r)) = range else {
+                continue;
+            };
+            let (Some(Reply::Int(a)), Some(Reply::Int(b)), Some(Reply::Array(Some(m)))) =
+                (r.first(), r.get(1), r.get(2))
+            else {
+                continue;
+            };
+            if (*a..=*b).contains(&slot) {
+                let port = m.get(1).map(Reply::text).unwrap_or_default();
+                return self
+                    .nodes
+                    .iter()
+                    .position(|n| n.port().to_string() == port)
+                    .context("an unknown node owns the slot");
+            }
+        }
+        bail!("no node owns slot {slot}")
+    }
+
+    /// A key (`prefix` and a number) that hashes to a slot node `node` serves.
+    pub async fn key_on(&self, node: usize, prefix: &str) -> anyhow::Result<String> {
+        for i in 0.. {
+            let key = format!("{prefix}{i}");
+            if self.owner(&key).await? == node {
+                return Ok(key);
+            }
+        }
+        unreachable!()
+    }
+}
+
+/// A Redis Cluster with a weir in front of it, which is given the nodes as `cluster_nodes`.
+pub struct ClusterPair {
+    /// The cluster.
+    pub cluster: RedisCluster,
+    /// The pooler.
+    pub weir: crate::weir::WeirProcess,
+    /// weir's RESP port.
+    pub port: u16,
+    /// weir's HTTP port (`/metrics`, `/status`).
+    pub http_port: u16,
+}
+
+impl ClusterPair {
+    /// Starts a cluster of `masters` and a weir with `extra` in `[redis]`.
+    pub async fn start(masters: usize, extra: &str) -> anyhow::Result<ClusterPair> {
+        Self::front(RedisCluster::start(masters).await?, extra).await
+    }
+
+    /// Stops this weir and starts another with `extra` in front of the same cluster.
+    pub async fn restart(self, extra: &str) -> anyhow::Result<ClusterPair> {
+        let ClusterPair { cluster, weir, .. } = self;
+        drop(weir);
+        Self::front(cluster, extra).await
+    }
+
+    async fn front(cluster: RedisCluster, extra: &str) -> anyhow::Result<ClusterPair> {
+        let port = net::free_port();
+        let http_port = net::free_port();
+        let ini = weir_ini("-", port, extra)
+            .replace(
+                "server = -\n",
+                &format!("cluster_nodes = {}\n", cluster.seeds()),
+            )
+            .replace(
+                "[redis]\n",
+                &format!("http_listen_addr = 127.0.0.1\nhttp_port = {http_port}\n[redis]\n"),
+            );
+        let weir = crate::weir::WeirProcess::start(&ini, "").await?;
+        Ok(ClusterPair {
+            cluster,
+            weir,
+            port,
+            http_port,
+        })
+    }
+
+    /// A client of weir's RESP listener.
+    pub async fn client(&self) -> anyhow::Result<Resp> {
+        Resp::connect(self.port).await
+    }
+
+    /// weir's `/status` document.
+    pub async fn status(&self) -> anyhow::Result<serde_json::Value> {
+        Ok(serde_json::from_str(
+            &http_get(self.http_port, "/status").await?,
+        )?)
+    }
+}

@@ -59,8 +59,18 @@ const FIELDS: &[(&str, Lands)] = &[
     ("database.superuserReservedConnections", Lands::Pooler),
     ("database.reservedPercent", Lands::Pooler),
     ("database.usedByOthers", Lands::Pooler),
-    ("redis.host", Lands::Redis("server = redis.example:6380")),
-    ("redis.port", Lands::Redis("server = redis.example:6380")),
+    (
+        "redis.host",
+        Lands::Redis("cluster_nodes = redis.example:6380,"),
+    ),
+    (
+        "redis.port",
+        Lands::Redis("cluster_nodes = redis.example:6380,"),
+    ),
+    (
+        "redis.clusterNodes",
+        Lands::Redis("cluster_nodes = redis.example:6380,redis-b.example:6381\n"),
+    ),
     // 1000 − 200 headroom (20 %) − 100 used by others = 700 over 3 + 1 pods: each of the
     // three fields changes the result.
     (
@@ -554,6 +564,8 @@ spec:
   redis:
     host: redis.example
     port: 6380
+    clusterNodes:
+      - redis-b.example:6381
     maxClients: 1000
     credentialsSecret:
       name: cache-auth

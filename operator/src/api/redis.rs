@@ -24,6 +24,13 @@ pub struct RedisSpec {
     #[serde(default = "default_redis_port")]
     pub port: i32,
 
+    /// More seed nodes (`host:port`) of a Redis Cluster whose node `host`/`port` is: with
+    /// them, each pod serves the whole cluster behind one endpoint (keys routed by hash slot,
+    /// MOVED and ASK followed). maxClients is then each node's: every pod connects to every
+    /// master, and each pod's budget applies per master.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cluster_nodes: Vec<String>,
+
     /// The server's maxclients. Leave it out to have the operator read it with
     /// `CONFIG GET maxclients`; managed Redis services that disable CONFIG need it here.
     #[serde(default, skip_serializing_if = "Option::is_none")]

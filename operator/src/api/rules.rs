@@ -401,6 +401,11 @@ pub(crate) fn database_rules() -> Vec<Rule<DatabaseSpec>> {
 }
 
 const REDIS_HOST_FORM: &str = "host must be a host name or an IP address";
+const CLUSTER_NODES_FORM: &str = "clusterNodes must be host:port entries";
+/// Cluster seed nodes a spec may list.
+const MAX_CLUSTER_NODES: usize = 16;
+/// The longest `host:port` entry: a DNS name and a port.
+const MAX_CLUSTER_NODE_LENGTH: usize = 253 + 6;
 const MAX_CLIENTS_MIN: &str = "maxClients must be at least 1";
 const SHARED_CONNECTIONS_MIN: &str = "sharedConnections must be at least 1";
 
@@ -426,6 +431,18 @@ pub(crate) fn redis_rules() -> Vec<Rule<RedisSpec>> {
             PORT_RANGE,
             Some(".port"),
             |r| unless((1..=65535).contains(&r.port), PORT_RANGE),
+        ),
+        Rule::new(
+            "!has(self.clusterNodes) || self.clusterNodes.all(n, \
+             n.matches('^[-._a-zA-Z0-9]+:[0-9]{1,5}$'))",
+            CLUSTER_NODES_FORM,
+            Some(".clusterNodes"),
+            |r| {
+                unless(
+                    r.cluster_nodes.iter().all(|n| is_node(n)),
+                    CLUSTER_NODES_FORM,
+                )
+            },
         ),
         Rule::new(
             "!has(self.maxClients) || self.maxClients >= 1",
@@ -908,6 +925,29 @@ pub(crate) fn database_schema(schema: &mut Schema) {
 
 pub(crate) fn redis_schema(schema: &mut Schema) {
     attach(schema, &redis_rules());
+    // Bounds that let the API server estimate the cost of the clusterNodes rule.
+    if let Some(nodes) = schema
+        .get_mut("properties")
+        .and_then(|p| p.get_mut("clusterNodes"))
+        .and_then(Value::as_object_mut)
+    {
+        nodes.insert("maxItems".to_owned(), json!(MAX_CLUSTER_NODES));
+        if let Some(items) = nodes.get_mut("items").and_then(Value::as_object_mut) {
+            items.insert("maxLength".to_owned(), json!(MAX_CLUSTER_NODE_LENGTH));
+        }
+    }
+}
+
+/// `host:port` as the clusterNodes rule's pattern has it.
+fn is_node(node: &str) -> bool {
+    node.rsplit_once(':').is_some_and(|(host, port)| {
+        !host.is_empty()
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
+            && (1..=5).contains(&port.len())
+            && port.bytes().all(|b| b.is_ascii_digit())
+    })
 }
 
 pub(crate) fn private_pool_schema(schema: &mut Schema) {

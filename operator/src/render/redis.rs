@@ -34,8 +34,20 @@ pub(crate) fn settings(
     let mut out = vec![
         ("listen_addr", "*".to_owned()),
         ("listen_port", REDIS_PORT.to_string()),
-        ("server", server_address(&redis.host, redis.port)),
     ];
+    let server = server_address(&redis.host, redis.port);
+    if redis.cluster_nodes.is_empty() {
+        out.push(("server", server));
+    } else {
+        // `host`/`port` is a seed too, listed first.
+        let mut seeds = vec![server];
+        for node in &redis.cluster_nodes {
+            if !seeds.contains(node) {
+                seeds.push(node.clone());
+            }
+        }
+        out.push(("cluster_nodes", seeds.join(",")));
+    }
     // Without credentials clients need no AUTH and the pooler logs in without one.
     if !credentials.is_empty() {
         let path = PathBuf::from(AUTH_DIR).join(AUTH_FILE);

@@ -112,6 +112,47 @@ fn the_redis_section_carries_the_contract_keys() {
 }
 
 #[test]
+fn cluster_seed_nodes_replace_the_server_and_the_budget_is_per_master() {
+    let spec = POOL.replace(
+        "    host: cache-redis\n",
+        "    host: cache-redis-0\n    clusterNodes: [\"cache-redis-1:6379\", \"cache-redis-0:6379\"]\n",
+    );
+    let pool: ConnectionPool = from_yaml(&spec).expect("valid pool");
+    let r = render(&pool, &observed()).expect("renders");
+    let ini = ini(&r);
+    let redis = ini.split_once("\n[redis]\n").expect("a [redis] section").1;
+    assert!(
+        redis.contains("\ncluster_nodes = cache-redis-0:6379,cache-redis-1:6379\n"),
+        "{redis}"
+    );
+    assert!(!redis.contains("server ="), "{redis}");
+    // maxclients is each node's and each pod's cap applies per master: the same division.
+    assert!(
+        redis.contains("\nmax_server_connections = 212\n"),
+        "{redis}"
+    );
+    let loaded = Config::parse(&ini, Path::new("pgbouncer.ini")).expect("the pooler reads it");
+    let settings = loaded.config.redis.expect("[redis]");
+    assert_eq!(
+        settings.cluster_nodes,
+        ["cache-redis-0:6379", "cache-redis-1:6379"]
+    );
+    assert!(settings.server.is_none());
+
+    let bad = POOL.replace(
+        "    host: cache-redis\n",
+        "    host: cache-redis\n    clusterNodes: [\"no-port\"]\n",
+    );
+    let refused = from_yaml(&bad).expect_err("refused");
+    assert!(
+        refused
+            .to_string()
+            .contains("clusterNodes must be host:port"),
+        "{refused}"
+    );
+}
+
+#[test]
 fn the_spec_maxclients_wins_and_one_is_needed() {
     let r = render(&pool(""), &observed()).expect("renders");
     assert_eq!(r.sizing.budget.max_connections, 1000);

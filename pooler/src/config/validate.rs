@@ -112,15 +112,6 @@ pub(crate) fn check(config: &Config) -> Result<Vec<Problem>, Problem> {
             key: "server".to_owned(),
             message,
         })?;
-        if !redis.cluster_nodes.is_empty() {
-            notes.push(Problem {
-                section: Section::Redis,
-                key: "cluster_nodes".to_owned(),
-                message: "Redis Cluster is not supported by weir yet; the Redis listener \
-                          is not started"
-                    .to_owned(),
-            });
-        }
     }
     Ok(notes)
 }

@@ -46,6 +46,9 @@ impl Login {
 struct Request {
     wire: Bytes,
     reply: oneshot::Sender<Bytes>,
+    /// `wire` holds a command before the client's whose reply is dropped (`ASKING`, or a
+    /// `MULTI` weir already answered).
+    skip_first: bool,
 }
 
 /// Where RESP3 pushes of a connection go.
@@ -94,9 +97,29 @@ impl Link {
 
     /// Queues a command; the receiver gets its reply, or an error if the connection is lost.
     pub async fn send(&self, wire: Bytes) -> oneshot::Receiver<Bytes> {
+        self.send_request(wire, false).await
+    }
+
+    /// Queues `first` and then `wire` in one write, so no other client's command comes
+    /// between them; the receiver gets the reply to `wire` only.
+    pub async fn send_after(&self, first: &[u8], wire: &[u8]) -> oneshot::Receiver<Bytes> {
+        let mut both = BytesMut::with_capacity(first.len() + wire.len());
+        both.extend_from_slice(first);
+        both.extend_from_slice(wire);
+        self.send_request(both.freeze(), true).await
+    }
+
+    async fn send_request(&self, wire: Bytes, skip_first: bool) -> oneshot::Receiver<Bytes> {
         let (reply, rx) = oneshot::channel();
         // A closed connection drops the request, and with it the reply sender.
-        let _ = self.tx.send(Request { wire, reply }).await;
+        let _ = self
+            .tx
+            .send(Request {
+                wire,
+                reply,
+                skip_first,
+            })
+            .await;
         rx
     }
 
@@ -157,7 +180,8 @@ fn error_text(frame: &[u8]) -> String {
         .to_owned()
 }
 
-async fn read_frame(
+/// Reads one whole reply from `stream`, `buf` holding what was read past it.
+pub(super) async fn read_frame(
     stream: &mut TcpStream,
     buf: &mut BytesMut,
     addr: &str,
@@ -200,7 +224,10 @@ async fn run(
                 let mut next = Some(first);
                 while let Some(r) = next {
                     out.extend_from_slice(&r.wire);
-                    waiting.push_back(r.reply);
+                    if r.skip_first {
+                        waiting.push_back(None);
+                    }
+                    waiting.push_back(Some(r.reply));
                     next = rx.try_recv().ok();
                 }
                 if wr.write_all(&out).await.is_err() {
@@ -222,7 +249,7 @@ async fn run(
 /// Hands every complete reply in `inbuf` to the request it answers.
 fn deliver(
     inbuf: &mut BytesMut,
-    waiting: &mut std::collections::VecDeque<oneshot::Sender<Bytes>>,
+    waiting: &mut std::collections::VecDeque<Option<oneshot::Sender<Bytes>>>,
     push: &PushSink,
 ) -> Result<(), resp::RespError> {
     while let Some(n) = resp::frame_len(inbuf)? {
@@ -235,7 +262,8 @@ fn deliver(
         }
         match waiting.pop_front() {
             // The client may have gone; its reply is then dropped.
-            Some(reply) => drop(reply.send(frame)),
+            Some(Some(reply)) => drop(reply.send(frame)),
+            Some(None) => {}
             None => return Err(resp::RespError("reply without a command")),
         }
     }

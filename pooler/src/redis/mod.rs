@@ -3,15 +3,18 @@
 //! connections per backend ([`shared`]); stateful and blocking ones borrow an exclusive
 //! connection from a Tair-style pool ([`exclusive`]); Pub/Sub holds a connection of its own.
 //! The pieces: [`resp`] (framing), [`command`] (routing), [`link`] (one server connection),
-//! [`backend`] (budget and counters of a node), [`session`] (one client).
+//! [`backend`] (budget and counters of a node), [`session`] (one client); for a Redis Cluster,
+//! [`slots`] (hash slots, keys, the slot map) and [`cluster`] (a backend per master).
 
 pub mod backend;
+pub mod cluster;
 pub mod command;
 pub mod exclusive;
 pub mod link;
 pub mod resp;
 pub mod session;
 pub mod shared;
+pub mod slots;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -24,6 +27,7 @@ use tokio::sync::watch;
 
 use crate::config::{self, RedisSettings, SecretKind};
 use backend::Backend;
+use cluster::Cluster;
 use link::Login;
 
 /// The running Redis side: settings, client credentials, the backend and its clients.
@@ -32,10 +36,29 @@ pub struct Proxy {
     settings: Arc<ArcSwap<RedisSettings>>,
     /// `auth_file` users and their passwords; `None` without an `auth_file`.
     users: ArcSwap<Option<HashMap<String, String>>>,
-    backend: ArcSwap<Backend>,
+    upstream: ArcSwap<Upstream>,
     clients: AtomicUsize,
     next_client: AtomicU64,
     draining: watch::Sender<bool>,
+}
+
+/// Where commands go: one standalone node, or the masters of a Redis Cluster.
+#[derive(Debug)]
+pub enum Upstream {
+    /// `[redis] server`.
+    Single(Arc<Backend>),
+    /// `[redis] cluster_nodes`.
+    Cluster(Arc<Cluster>),
+}
+
+impl Upstream {
+    /// Every backend, for maintenance and statistics.
+    fn backends(&self) -> Vec<Arc<Backend>> {
+        match self {
+            Upstream::Single(b) => vec![b.clone()],
+            Upstream::Cluster(c) => c.backends(),
+        }
+    }
 }
 
 /// What `/metrics` and `/status` report of one backend.
@@ -92,16 +115,15 @@ fn load_users(settings: &RedisSettings) -> Option<HashMap<String, String>> {
 }
 
 impl Proxy {
-    /// The Redis side for `settings`; `None` when it has no standalone `server` (Redis
-    /// Cluster is not served yet, which the configuration warns about).
+    /// The Redis side for `settings`; `None` when it names neither a `server` nor
+    /// `cluster_nodes`.
     pub fn new(settings: &RedisSettings) -> Option<Arc<Proxy>> {
-        let server = settings.server.clone()?;
         let shared = Arc::new(ArcSwap::from_pointee(settings.clone()));
-        let backend = Backend::new(server, shared.clone());
+        let upstream = upstream(settings, &shared)?;
         let proxy = Arc::new(Proxy {
             users: ArcSwap::from_pointee(load_users(settings)),
             settings: shared,
-            backend: ArcSwap::new(backend),
+            upstream: ArcSwap::from_pointee(upstream),
             clients: AtomicUsize::new(0),
             next_client: AtomicU64::new(1),
             draining: watch::Sender::new(false),
@@ -126,20 +148,40 @@ impl Proxy {
         }
         self.users.store(Arc::new(load_users(settings)));
         self.settings.store(Arc::new(settings.clone()));
-        if let Some(server) = &settings.server {
-            if *server != self.backend.load().addr {
-                self.backend
-                    .store(Backend::new(server.clone(), self.settings.clone()));
+        let moved = match (&**self.upstream.load(), &settings.server) {
+            (Upstream::Single(b), Some(server)) => b.addr != *server,
+            // The map is read with weir's own login, so new credentials make a new cluster.
+            (Upstream::Cluster(c), None) => {
+                c.seeds() != settings.cluster_nodes.as_slice()
+                    || (
+                        old.server_user.as_ref(),
+                        old.server_password.as_ref(),
+                        &old.auth_file,
+                    ) != (
+                        settings.server_user.as_ref(),
+                        settings.server_password.as_ref(),
+                        &settings.auth_file,
+                    )
+            }
+            _ => true,
+        };
+        if moved {
+            if let Some(u) = upstream(settings, &self.settings) {
+                self.upstream.store(Arc::new(u));
             }
         }
         self.pre_open();
-        self.backend.load().wake_waiters();
+        for b in self.upstream.load().backends() {
+            b.wake_waiters();
+        }
     }
 
     /// Marks the server login's database 0 for the minimum of idle connections.
     fn pre_open(&self) {
         if let Some(login) = self.server_login(2) {
-            exclusive::pre_open(&self.backend.load(), &login);
+            for b in self.upstream.load().backends() {
+                exclusive::pre_open(&b, &login);
+            }
         }
     }
 
@@ -183,26 +225,14 @@ impl Proxy {
         *self.draining.borrow()
     }
 
-    /// What the backend counted and holds right now.
+    /// What each backend (each master of a cluster) counted and holds right now.
     pub fn stats(&self) -> Vec<BackendStats> {
-        let b = self.backend.load_full();
-        let open = b.open();
-        let idle = b.pool.idle_count() as u32;
-        let c = &b.counters;
-        let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        vec![BackendStats {
-            backend: b.addr.clone(),
-            shared: open.shared,
-            exclusive_in_use: open.exclusive.saturating_sub(idle),
-            exclusive_idle: idle,
-            pubsub: open.pubsub,
-            pool_hits: n(&c.hits),
-            pool_misses: n(&c.misses),
-            short_lived_closes: n(&c.short_lived_closes),
-            idle_closes: n(&c.idle_closes),
-            select_switches: n(&c.select_switches),
-            waits: n(&c.waits),
-        }]
+        self.upstream
+            .load()
+            .backends()
+            .iter()
+            .map(|b| stats_of(b))
+            .collect()
     }
 
     /// Binds the RESP listener: `[redis] listen_addr` (else `pg_listen_addr`), `listen_port`.
@@ -239,6 +269,50 @@ impl Proxy {
             () = async { while tasks.join_next().await.is_some() {} } => {}
             () = self.drained() => tasks.abort_all(),
         }
+    }
+}
+
+/// The upstream `settings` name: a standalone `server`, else the `cluster_nodes`.
+fn upstream(settings: &RedisSettings, shared: &Arc<ArcSwap<RedisSettings>>) -> Option<Upstream> {
+    if let Some(server) = &settings.server {
+        return Some(Upstream::Single(Backend::new(
+            server.clone(),
+            shared.clone(),
+        )));
+    }
+    if settings.cluster_nodes.is_empty() {
+        return None;
+    }
+    let server_login = settings.auth_file.is_none().then(|| Login {
+        user: settings.server_user.clone(),
+        password: settings.server_password.clone(),
+        proto: 2,
+        db: 0,
+    });
+    Some(Upstream::Cluster(Cluster::new(
+        settings.cluster_nodes.clone(),
+        shared.clone(),
+        server_login,
+    )))
+}
+
+fn stats_of(b: &Backend) -> BackendStats {
+    let open = b.open();
+    let idle = b.pool.idle_count() as u32;
+    let c = &b.counters;
+    let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    BackendStats {
+        backend: b.addr.clone(),
+        shared: open.shared,
+        exclusive_in_use: open.exclusive.saturating_sub(idle),
+        exclusive_idle: idle,
+        pubsub: open.pubsub,
+        pool_hits: n(&c.hits),
+        pool_misses: n(&c.misses),
+        short_lived_closes: n(&c.short_lived_closes),
+        idle_closes: n(&c.idle_closes),
+        select_switches: n(&c.select_switches),
+        waits: n(&c.waits),
     }
 }
 
@@ -282,7 +356,12 @@ async fn maintain(proxy: Arc<Proxy>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let backend = proxy.backend.load_full();
-        exclusive::maintain(&backend).await;
+        let upstream = proxy.upstream.load_full();
+        if let Upstream::Cluster(c) = &*upstream {
+            c.maintain().await;
+        }
+        for backend in upstream.backends() {
+            exclusive::maintain(&backend).await;
+        }
     }
 }

@@ -15,12 +15,17 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::backend::{Backend, Kind, Slot};
+use super::cluster::Cluster;
 use super::command::{self, Route};
 use super::exclusive;
 use super::link::{self, Link, Login};
 use super::resp::{self, Command};
 use super::shared;
-use super::Proxy;
+use super::slots::{self, Redirect};
+use super::{Proxy, Upstream};
+
+/// Redirections followed for one command before its last reply is passed on.
+const MAX_REDIRECTS: usize = 5;
 
 /// Replies queued for the client before the reader waits.
 const REPLY_QUEUE: usize = 1024;
@@ -28,8 +33,13 @@ const REPLY_QUEUE: usize = 1024;
 /// What the writer sends the client next.
 enum Out {
     /// A server reply, when it arrives; the exclusive connection it ends the use of goes back
-    /// to the pool the moment it has arrived, before the client sees it.
-    Reply(oneshot::Receiver<Bytes>, Option<Release>),
+    /// to the pool the moment it has arrived, before the client sees it. In a cluster, a
+    /// MOVED or ASK in it is followed first.
+    Reply(
+        oneshot::Receiver<Bytes>,
+        Option<Release>,
+        Option<Box<Follow>>,
+    ),
     /// A reply weir made.
     Now(Bytes),
     /// From now on, everything the Pub/Sub connection sends.
@@ -43,6 +53,54 @@ struct Release {
     login: Login,
 }
 
+/// How a cluster command's reply is checked for a redirection.
+struct Follow {
+    cluster: Arc<Cluster>,
+    /// With the command and its login: MOVED and ASK are followed and the client sees only
+    /// the final reply. Without (a command on a held connection): the map learns of a MOVED,
+    /// and the client gets the redirection, as from Redis Cluster.
+    resend: Option<(Bytes, Login, u64)>,
+}
+
+impl Follow {
+    /// The reply the client gets for `reply`.
+    async fn follow(self, mut reply: Bytes) -> Bytes {
+        for _ in 0..MAX_REDIRECTS {
+            let Some(redirect) = slots::redirect(&reply) else {
+                return reply;
+            };
+            let (addr, asking) = match &redirect {
+                Redirect::Moved(slot, addr) => {
+                    self.cluster.moved(*slot, addr);
+                    (addr, false)
+                }
+                Redirect::Ask(_, addr) => (addr, true),
+            };
+            let Some((wire, login, client)) = &self.resend else {
+                return reply;
+            };
+            let backend = self.cluster.backend(addr);
+            let link = match shared::link(&backend, login, *client).await {
+                Ok(l) => l,
+                Err(e) => {
+                    self.cluster.refresh_soon();
+                    return resp::error(&e);
+                }
+            };
+            let rx = if asking {
+                link.send_after(&Command::from_args(["ASKING"]).wire, wire)
+                    .await
+            } else {
+                link.send(wire.clone()).await
+            };
+            reply = rx
+                .await
+                .unwrap_or_else(|_| resp::error("ERR weir: server connection lost"));
+        }
+        reply
+    }
+}
+
 /// Why a session ends early: the client is gone or its writer stopped.
 #[derive(Debug)]
 struct Gone;
@@ -51,6 +109,9 @@ struct Gone;
 struct Held {
     link: Link,
     login: Login,
+    backend: Arc<Backend>,
+    /// In a cluster, the slot of the first key used on it: every key must be in it.
+    slot: Option<u16>,
     watching: bool,
     multi: bool,
     pinned: bool,
@@ -65,7 +126,7 @@ enum Flow {
 
 struct Session<'a> {
     proxy: &'a Arc<Proxy>,
-    backend: Arc<Backend>,
+    upstream: Arc<Upstream>,
     id: u64,
     rd: OwnedReadHalf,
     buf: BytesMut,
@@ -78,8 +139,12 @@ struct Session<'a> {
     proto: u8,
     db: u32,
     name: Option<Bytes>,
-    shared: Option<(Login, Arc<Link>)>,
+    /// The shared connection in use on each backend.
+    shared: Vec<(Arc<Backend>, Login, Arc<Link>)>,
     held: Option<Held>,
+    /// In a cluster, a MULTI answered by weir and not sent yet: it goes to the shard of the
+    /// transaction's first key.
+    deferred_multi: bool,
     /// The connection the latest command went to.
     last_link: u64,
 }
@@ -93,7 +158,7 @@ pub async fn serve(proxy: &Arc<Proxy>, stream: TcpStream, id: u64) {
     let writer = tokio::spawn(write_replies(wr, replies, written_tx, pushes));
     let mut session = Session {
         proxy,
-        backend: proxy.backend.load_full(),
+        upstream: proxy.upstream.load_full(),
         id,
         rd,
         buf: BytesMut::with_capacity(16 * 1024),
@@ -105,8 +170,9 @@ pub async fn serve(proxy: &Arc<Proxy>, stream: TcpStream, id: u64) {
         proto: 2,
         db: 0,
         name: None,
-        shared: None,
+        shared: Vec::new(),
         held: None,
+        deferred_multi: false,
         last_link: 0,
     };
     let ended = session.run().await;
@@ -145,12 +211,17 @@ async fn write_replies(
         let bytes = match next {
             None => break,
             Some(Out::Now(b)) => b,
-            Some(Out::Reply(rx, release)) => {
+            Some(Out::Reply(rx, release, follow)) => {
                 let reply = rx.await;
                 if let Some(r) = release {
                     exclusive::release(&r.backend, r.link, &r.login, reply.is_ok());
                 }
-                reply.unwrap_or_else(|_| resp::error("ERR weir: server connection lost"))
+                let reply =
+                    reply.unwrap_or_else(|_| resp::error("ERR weir: server connection lost"));
+                match follow {
+                    Some(f) => f.follow(reply).await,
+                    None => reply,
+                }
             }
             Some(Out::Relay(mut from, _slot)) => {
                 if wr.flush().await.is_ok() {
@@ -221,14 +292,33 @@ impl Session<'_> {
                 .await?;
             return Ok(Flow::Next);
         }
+        let slot = match self.slot_of(&cmd, route) {
+            Ok(slot) => slot,
+            Err(e) => {
+                self.reply(resp::error(e)).await?;
+                return Ok(Flow::Next);
+            }
+        };
+        if self.deferred_multi && !matches!(route, Route::Local | Route::Refused(_)) {
+            self.in_deferred_multi(cmd, slot).await?;
+            return Ok(Flow::Next);
+        }
         match route {
             Route::Refused(why) => self.reply(resp::error(why)).await?,
             Route::Local => return self.local(cmd).await,
             Route::Subscribes => return Ok(Flow::Subscribe(cmd)),
             Route::Ordinary if self.held.is_some() => self.send_held(cmd.wire).await?,
-            Route::Ordinary => self.send_shared(cmd.wire).await?,
+            Route::Ordinary => self.send_shared(cmd, slot).await?,
+            Route::Stateful
+                if self.held.is_none()
+                    && matches!(*self.upstream, Upstream::Cluster(_))
+                    && cmd.name() == "MULTI" =>
+            {
+                self.deferred_multi = true;
+                self.reply(resp::simple("OK")).await?;
+            }
             Route::Stateful => {
-                if self.hold().await? {
+                if self.hold(slot).await? {
                     if let Some(h) = &mut self.held {
                         match cmd.name().as_str() {
                             "MULTI" => h.multi = true,
@@ -248,17 +338,17 @@ impl Session<'_> {
                     }
                     self.send_held_last(cmd.wire).await?;
                 }
-                None => self.send_shared(cmd.wire).await?,
+                None => self.send_shared(cmd, slot).await?,
             },
             Route::Blocking => {
                 if self.held.is_some() {
                     self.send_held(cmd.wire).await?;
-                } else if self.hold().await? {
+                } else if self.hold(slot).await? {
                     self.send_held_last(cmd.wire).await?;
                 }
             }
             Route::Pins => {
-                if self.hold().await? {
+                if self.hold(slot).await? {
                     if let Some(h) = &mut self.held {
                         h.pinned = true;
                         h.link.set_push_sink(Some(self.push.clone()));
@@ -268,6 +358,110 @@ impl Session<'_> {
             }
         }
         Ok(Flow::Next)
+    }
+
+    /// In a cluster, the slot `cmd` runs in (`None`: keyless, or not a cluster); the error
+    /// is the reply when it cannot run: keys of several slots, a key of another slot than the
+    /// held connection's, or a command that would need every shard.
+    fn slot_of(&mut self, cmd: &Command, route: Route) -> Result<Option<u16>, &'static str> {
+        if !matches!(*self.upstream, Upstream::Cluster(_)) || matches!(route, Route::Local) {
+            return Ok(None);
+        }
+        if slots::refused_in_cluster(&cmd.name()) {
+            return Err(
+                "ERR weir: this command would need every shard of the Redis Cluster; \
+                        send it to each node",
+            );
+        }
+        let slot = slots::command_slot(cmd)?;
+        if let (Some(h), Some(s), Upstream::Cluster(c)) = (&mut self.held, slot, &*self.upstream) {
+            match h.slot {
+                Some(bound) if bound != s => return Err(slots::CROSSSLOT),
+                Some(_) => {}
+                // Held for a keyless command: the first key must live on the same master.
+                None if c.master_now(s).is_some_and(|m| m != h.backend.addr) => {
+                    return Err(slots::CROSSSLOT)
+                }
+                None => h.slot = Some(s),
+            }
+        }
+        Ok(slot)
+    }
+
+    /// A command after a MULTI weir answered: EXEC or DISCARD of an empty transaction are
+    /// answered too; anything else takes the connection of its slot's shard, which gets the
+    /// MULTI first (its reply dropped, the client had it).
+    async fn in_deferred_multi(&mut self, cmd: Command, slot: Option<u16>) -> Result<(), Gone> {
+        match cmd.name().as_str() {
+            "EXEC" => {
+                self.deferred_multi = false;
+                return self.reply(Bytes::from_static(b"*0\r\n")).await;
+            }
+            "DISCARD" => {
+                self.deferred_multi = false;
+                return self.reply(resp::simple("OK")).await;
+            }
+            "MULTI" => {
+                return self
+                    .reply(resp::error("ERR MULTI calls can not be nested"))
+                    .await
+            }
+            "WATCH" => {
+                return self
+                    .reply(resp::error("ERR WATCH inside MULTI is not allowed"))
+                    .await
+            }
+            _ => {}
+        }
+        if !self.hold(slot).await? {
+            return Ok(());
+        }
+        self.deferred_multi = false;
+        let Some(h) = &mut self.held else {
+            return Err(Gone);
+        };
+        h.multi = true;
+        h.slot = slot;
+        let id = h.link.id();
+        self.switch_to(id).await?;
+        let rx = match &self.held {
+            Some(h) => {
+                h.link
+                    .send_after(&Command::from_args(["MULTI"]).wire, &cmd.wire)
+                    .await
+            }
+            None => return Err(Gone),
+        };
+        let follow = self.note_moved();
+        self.enqueue(Out::Reply(rx, None, follow)).await
+    }
+
+    /// Where a command goes: the standalone server, or the master of `slot` (any master for
+    /// a keyless command, spread by client).
+    async fn target(&self, slot: Option<u16>) -> Result<Arc<Backend>, String> {
+        match (&*self.upstream, slot) {
+            (Upstream::Single(b), _) => Ok(b.clone()),
+            (Upstream::Cluster(c), Some(s)) => c.for_slot(s).await,
+            (Upstream::Cluster(c), None) => c.any(self.id).await,
+        }
+    }
+
+    /// In a cluster, a held connection's replies teach the map of a MOVED.
+    fn note_moved(&self) -> Option<Box<Follow>> {
+        match &*self.upstream {
+            Upstream::Cluster(c) => Some(Box::new(Follow {
+                cluster: c.clone(),
+                resend: None,
+            })),
+            Upstream::Single(_) => None,
+        }
+    }
+
+    /// A connection could not be opened: in a cluster, the map may be stale.
+    fn connect_failed(&self) {
+        if let Upstream::Cluster(c) = &*self.upstream {
+            c.refresh_soon();
+        }
     }
 
     /// Commands weir answers from the session.
@@ -310,6 +504,9 @@ impl Session<'_> {
             )),
             Ok(Some(known)) if bool::from(known.as_bytes().ct_eq(password)) => {
                 self.auth = Some((user.to_owned(), known));
+                if let Upstream::Cluster(c) = &*self.upstream {
+                    c.note_login(&self.login());
+                }
                 Ok(())
             }
             Ok(_) => Err(resp::error(
@@ -335,9 +532,12 @@ impl Session<'_> {
             .parse()
             .map_err(|_| resp::error("ERR value is not an integer or out of range"))?;
         let db = u32::try_from(db).map_err(|_| resp::error("ERR DB index is out of range"))?;
+        if db != 0 && matches!(*self.upstream, Upstream::Cluster(_)) {
+            return Err(resp::error("ERR SELECT is not allowed in cluster mode"));
+        }
         let before = self.db;
         self.db = db;
-        match self.shared_link().await {
+        match self.shared_link(None).await {
             Ok(_) => Ok(resp::simple("OK")),
             Err(e) => {
                 self.db = before;
@@ -402,7 +602,7 @@ impl Session<'_> {
         }
         let before = self.proto;
         self.proto = proto;
-        match self.shared_link().await {
+        match self.shared_link(None).await {
             Ok(link) => {
                 if name.is_some() {
                     self.name = name;
@@ -419,8 +619,9 @@ impl Session<'_> {
     /// `RESET`: back to a fresh connection's state.
     fn reset(&mut self) {
         if let Some(h) = self.held.take() {
-            exclusive::release(&self.backend, h.link, &h.login, false);
+            exclusive::release(&h.backend, h.link, &h.login, false);
         }
+        self.deferred_multi = false;
         self.proto = 2;
         self.db = 0;
         self.name = None;
@@ -472,26 +673,44 @@ impl Session<'_> {
         }
     }
 
-    async fn shared_link(&mut self) -> Result<Arc<Link>, String> {
+    /// The client's shared connection to the backend of `slot`, opened if needed.
+    async fn shared_link(&mut self, slot: Option<u16>) -> Result<Arc<Link>, String> {
+        let backend = self.target(slot).await?;
         let login = self.login();
-        if let Some((l, link)) = &self.shared {
+        let cached = self
+            .shared
+            .iter()
+            .position(|(b, _, _)| Arc::ptr_eq(b, &backend));
+        if let Some(i) = cached {
+            let (_, l, link) = &self.shared[i];
             if *l == login && link.is_alive() {
                 return Ok(link.clone());
             }
+            self.shared.swap_remove(i);
         }
-        let link = shared::link(&self.backend, &login, self.id).await?;
-        self.shared = Some((login, link.clone()));
+        let link = shared::link(&backend, &login, self.id)
+            .await
+            .inspect_err(|_| self.connect_failed())?;
+        self.shared.push((backend, login, link.clone()));
         Ok(link)
     }
 
-    async fn send_shared(&mut self, wire: Bytes) -> Result<(), Gone> {
-        let link = match self.shared_link().await {
+    async fn send_shared(&mut self, cmd: Command, slot: Option<u16>) -> Result<(), Gone> {
+        let slot = slot.or_else(|| slots::pubsub_slot(&cmd.name()));
+        let link = match self.shared_link(slot).await {
             Ok(l) => l,
             Err(e) => return self.reply(resp::error(&e)).await,
         };
         self.switch_to(link.id()).await?;
-        let rx = link.send(wire).await;
-        self.enqueue(Out::Reply(rx, None)).await
+        let follow = match &*self.upstream {
+            Upstream::Cluster(c) => Some(Box::new(Follow {
+                cluster: c.clone(),
+                resend: Some((cmd.wire.clone(), self.login(), self.id)),
+            })),
+            Upstream::Single(_) => None,
+        };
+        let rx = link.send(cmd.wire).await;
+        self.enqueue(Out::Reply(rx, None, follow)).await
     }
 
     async fn send_held(&mut self, wire: Bytes) -> Result<(), Gone> {
@@ -501,7 +720,8 @@ impl Session<'_> {
             Some(h) => h.link.send(wire).await,
             None => return Err(Gone),
         };
-        self.enqueue(Out::Reply(rx, None)).await
+        let follow = self.note_moved();
+        self.enqueue(Out::Reply(rx, None, follow)).await
     }
 
     /// Sends on the held connection; when no state keeps it any more, this command's reply
@@ -516,25 +736,35 @@ impl Session<'_> {
         let h = self.held.take().ok_or(Gone)?;
         let rx = h.link.send(wire).await;
         let release = Release {
-            backend: self.backend.clone(),
+            backend: h.backend,
             link: h.link,
             login: h.login,
         };
-        self.enqueue(Out::Reply(rx, Some(release))).await
+        let follow = self.note_moved();
+        self.enqueue(Out::Reply(rx, Some(release), follow)).await
     }
 
     /// Takes an exclusive connection unless one is held; `false` when none could be had
     /// (the client was told why).
-    async fn hold(&mut self) -> Result<bool, Gone> {
+    async fn hold(&mut self, slot: Option<u16>) -> Result<bool, Gone> {
         if self.held.is_some() {
             return Ok(true);
         }
         let login = self.login();
-        match exclusive::acquire(&self.backend, &login).await {
-            Ok(link) => {
+        let acquired = match self.target(slot).await {
+            Ok(backend) => exclusive::acquire(&backend, &login)
+                .await
+                .inspect_err(|_| self.connect_failed())
+                .map(|link| (backend, link)),
+            Err(e) => Err(e),
+        };
+        match acquired {
+            Ok((backend, link)) => {
                 self.held = Some(Held {
                     link,
                     login,
+                    backend,
+                    slot,
                     watching: false,
                     multi: false,
                     pinned: false,
@@ -553,7 +783,7 @@ impl Session<'_> {
         let settled = self.all_written();
         if let Some(h) = self.held.take() {
             let clean = settled && !(h.watching || h.multi || h.pinned);
-            exclusive::release(&self.backend, h.link, &h.login, clean);
+            exclusive::release(&h.backend, h.link, &h.login, clean);
         }
     }
 
@@ -604,11 +834,23 @@ impl Session<'_> {
     async fn relay(&mut self, cmd: Command) -> Result<bool, Gone> {
         self.wait_written().await?;
         if let Some(h) = self.held.take() {
-            exclusive::release(&self.backend, h.link, &h.login, false);
+            exclusive::release(&h.backend, h.link, &h.login, false);
         }
-        let slot = self.backend.slot(Kind::PubSub).await;
+        // A shard channel (SSUBSCRIBE) lives on its slot's master, classic channels on one.
+        let slot = slots::command_slot(&cmd).ok().flatten();
+        let backend = match self
+            .target(slot.or_else(|| slots::pubsub_slot(&cmd.name())))
+            .await
+        {
+            Ok(b) => b,
+            Err(e) => {
+                self.reply(resp::error(&e)).await?;
+                return Ok(false);
+            }
+        };
+        let slot = backend.slot(Kind::PubSub).await;
         let login = self.login();
-        let (mut stream, _, mut early) = match link::connect(&self.backend.addr, &login).await {
+        let (mut stream, _, mut early) = match link::connect(&backend.addr, &login).await {
             Ok(c) => c,
             Err(e) => {
                 self.reply(resp::error(&e)).await?;
