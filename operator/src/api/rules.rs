@@ -401,7 +401,7 @@ pub(crate) fn database_rules() -> Vec<Rule<DatabaseSpec>> {
 }
 
 const REDIS_HOST_FORM: &str = "host must be a host name or an IP address";
-const CLUSTER_NODES_FORM: &str = "clusterNodes must be host:port entries";
+const CLUSTER_NODES_FORM: &str = "clusterNodes must be host:port entries, port 1 to 65535";
 /// Cluster seed nodes a spec may list.
 const MAX_CLUSTER_NODES: usize = 16;
 /// The longest `host:port` entry: a DNS name and a port.
@@ -434,7 +434,7 @@ pub(crate) fn redis_rules() -> Vec<Rule<RedisSpec>> {
         ),
         Rule::new(
             "!has(self.clusterNodes) || self.clusterNodes.all(n, \
-             n.matches('^[-._a-zA-Z0-9]+:[0-9]{1,5}$'))",
+             n.matches('^[-._a-zA-Z0-9]+:([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])$'))",
             CLUSTER_NODES_FORM,
             Some(".clusterNodes"),
             |r| {
@@ -945,8 +945,9 @@ fn is_node(node: &str) -> bool {
             && host
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
-            && (1..=5).contains(&port.len())
+            && !port.starts_with('0')
             && port.bytes().all(|b| b.is_ascii_digit())
+            && port.parse::<u16>().is_ok_and(|p| p >= 1)
     })
 }
 

@@ -598,6 +598,18 @@ fn redis_rules() {
             "    credentialsSecret: {name: ''}\n",
             "spec.redis.credentialsSecret.name: the Secret name must not be empty",
         ),
+        (
+            "    clusterNodes: ['node-a:0']\n",
+            "spec.redis.clusterNodes: clusterNodes must be host:port entries, port 1 to 65535",
+        ),
+        (
+            "    clusterNodes: ['node-a:7000', 'node-b:99999']\n",
+            "spec.redis.clusterNodes: clusterNodes must be host:port entries, port 1 to 65535",
+        ),
+        (
+            "    clusterNodes: ['node-a:07000']\n",
+            "spec.redis.clusterNodes: clusterNodes must be host:port entries, port 1 to 65535",
+        ),
     ];
     for (extra, expected) in cases {
         assert_eq!(redis_violations(extra), [expected], "{extra}");
