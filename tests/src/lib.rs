@@ -21,6 +21,7 @@
 
 pub mod anchor;
 mod child;
+pub mod drivers;
 pub mod fixture;
 pub mod k8s;
 pub mod net;
