@@ -3,7 +3,8 @@
 //! redis-rs (a dev-dependency, run in this process).
 //!
 //! Every library runs the same checks, over RESP2 and over RESP3, with several clients at once
-//! through weir with the exclusive pool on: log in as an ACL user, a pipeline of 300 commands
+//! through weir with the exclusive pool on: log in as an ACL user, a hash read back as a RESP3
+//! map over RESP3 only (the protocol really is in use), a pipeline of 300 commands
 //! answered in order, WATCH/MULTI/EXEC that a second connection breaks (EXEC answers nil) and
 //! one it does not, a BLPOP woken by a producer once INFO shows it blocked, a Pub/Sub message,
 //! a key in database 2 that database 0 does not see, and a wrong password refused with
@@ -214,6 +215,7 @@ async fn redis_rs_through_weir() {
                 url: url(PASSWORD, 0),
                 other_db: url(PASSWORD, OTHER_DB),
                 wrong: url("wrong", 0),
+                resp3: protocol == "resp3",
             };
             let tag = format!("redis-rs:{protocol}:{i}");
             clients.spawn(async move { redis_rs_check(&target, &tag).await.with_context(|| tag) });
@@ -231,6 +233,7 @@ struct RsTarget {
     other_db: String,
     /// The same user with a wrong password.
     wrong: String,
+    resp3: bool,
 }
 
 async fn redis_rs_connect(url: &str) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
@@ -245,6 +248,15 @@ async fn redis_rs_check(target: &RsTarget, tag: &str) -> anyhow::Result<()> {
         .context("AUTH as an ACL user")?;
     let pong: String = redis::cmd("PING").query_async(&mut con).await?;
     ensure!(pong == "PONG", "PING answered {pong}");
+
+    // A hash comes back as a RESP3 map over RESP3 and as a flat array over RESP2.
+    let hash = format!("{tag}:h");
+    redis::cmd("HSET").arg(&hash).arg("f").arg("v").exec_async(&mut con).await?;
+    let reply: redis::Value = redis::cmd("HGETALL").arg(&hash).query_async(&mut con).await?;
+    ensure!(
+        matches!(reply, redis::Value::Map(_)) == target.resp3,
+        "HGETALL answered {reply:?}"
+    );
 
     // A pipeline of SET, GET and INCR for 100 keys, each reply in order.
     let mut pipe = redis::pipe();

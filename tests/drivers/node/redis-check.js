@@ -1,10 +1,10 @@
 // Runs the Redis client checks through weir's RESP listener with node-redis (@redis/client),
 // over RESP2 and over RESP3.
 //
-// Each protocol runs several clients at once; each client logs in as an ACL user, sends a
-// pipeline, runs an optimistic transaction that a second connection breaks, wakes a blocked
-// BLPOP, receives a Pub/Sub message, works in another database and fails to log in with a
-// wrong password. Prints `ok node-redis respN` per protocol and exits non-zero on a failure.
+// Each protocol runs several clients at once; each client logs in as an ACL user, reads a hash
+// back in the protocol's shape (a map only over RESP3), sends a pipeline, runs an optimistic
+// transaction that a second connection breaks, wakes a blocked BLPOP, receives a Pub/Sub
+// message, works in another database and fails to log in with a wrong password. Prints `ok node-redis respN` per protocol and exits non-zero on a failure.
 //
 // Usage: WEIR_HOST=127.0.0.1 WEIR_PORT=6379 WEIR_USER=alice WEIR_PASSWORD=pw node redis-check.js
 
@@ -42,6 +42,16 @@ async function connect(resp, database = 0, password = target.password) {
   client.on("error", () => {});
   await client.connect();
   return client;
+}
+
+/** A hash comes back as a RESP3 map (an object) over RESP3 and as a flat array over RESP2. */
+async function replyProtocol(client, resp, tag) {
+  const key = `${tag}:h`;
+  await client.hSet(key, "f", "v");
+  const reply = await client.sendCommand(["HGETALL", key]);
+  if (Array.isArray(reply) !== (resp === 2)) {
+    throw new Error(`HGETALL over RESP${resp} answered ${JSON.stringify(reply)}`);
+  }
 }
 
 /** SET, GET and INCR for 100 keys in one pipeline, each reply checked in order. */
@@ -145,6 +155,7 @@ async function check(resp, tag) {
   const client = await connect(resp);
   const steps = [
     ["AUTH and PING", async () => expect("PING", "PONG", await client.ping())],
+    ["protocol", () => replyProtocol(client, resp, tag)],
     ["pipeline", () => pipeline(client, tag)],
     ["WATCH/MULTI/EXEC", () => transaction(client, resp, tag)],
     ["BLPOP", () => blockingPop(client, resp, tag)],

@@ -1,9 +1,9 @@
 """Runs the Redis client checks through weir's RESP listener with redis-py, over RESP2 and RESP3.
 
-Each protocol runs several clients at once (threads); each client logs in as an ACL user, sends
-a pipeline, runs an optimistic transaction that a second connection breaks, wakes a blocked
-BLPOP, receives a Pub/Sub message, works in another database and fails to log in with a wrong
-password. Prints `ok redis-py respN` per protocol and exits non-zero on a failure.
+Each protocol runs several clients at once (threads); each client logs in as an ACL user, reads
+a hash back in the protocol's shape (a map only over RESP3), sends a pipeline, runs an
+optimistic transaction that a second connection breaks, wakes a blocked BLPOP, receives a
+Pub/Sub message, works in another database and fails to log in with a wrong password. Prints `ok redis-py respN` per protocol and exits non-zero on a failure.
 
 Usage: WEIR_HOST=127.0.0.1 WEIR_PORT=6379 WEIR_USER=alice WEIR_PASSWORD=pw redis_check.py
 """
@@ -38,6 +38,21 @@ def connect(protocol, db=0, password=None):
 def expect(what, expected, actual):
     if expected != actual:
         raise AssertionError(f"{what}: expected {expected!r}, got {actual!r}")
+
+
+def reply_protocol(r, protocol, tag):
+    """A hash comes back as a RESP3 map over RESP3 and as a flat array over RESP2 (read
+    without redis-py's reply callbacks, which would make a dict of either)."""
+    key = f"{tag}:h"
+    r.hset(key, "f", "v")
+    connection = r.connection_pool.get_connection()
+    try:
+        connection.send_command("HGETALL", key)
+        reply = connection.read_response()
+    finally:
+        r.connection_pool.release(connection)
+    if isinstance(reply, dict) != (protocol == 3):
+        raise AssertionError(f"HGETALL over RESP{protocol} answered {reply!r}")
 
 
 def pipeline(r, tag):
@@ -128,6 +143,7 @@ def check(protocol, tag):
     r = connect(protocol)
     steps = [
         ("AUTH and PING", lambda: expect("PING", True, r.ping())),
+        ("protocol", lambda: reply_protocol(r, protocol, tag)),
         ("pipeline", lambda: pipeline(r, tag)),
         ("WATCH/MULTI/EXEC", lambda: transaction(r, protocol, tag)),
         ("BLPOP", lambda: blocking_pop(r, protocol, tag)),

@@ -1,10 +1,10 @@
 // Command goredischeck runs the Redis client checks through weir's RESP listener with
 // go-redis v9, over RESP2 and over RESP3 (go-redis's default, sent as HELLO 3).
 //
-// Each protocol runs several clients at once; each client logs in as an ACL user, sends a
-// pipeline, runs an optimistic transaction that a second connection breaks, wakes a blocked
-// BLPOP, receives a Pub/Sub message, works in another database and fails to log in with a
-// wrong password. Prints `ok go-redis respN` per protocol and exits non-zero on a failure.
+// Each protocol runs several clients at once; each client logs in as an ACL user, reads a hash
+// back in the protocol's shape (a map only over RESP3), sends a pipeline, runs an optimistic
+// transaction that a second connection breaks, wakes a blocked BLPOP, receives a Pub/Sub
+// message, works in another database and fails to log in with a wrong password. Prints `ok go-redis respN` per protocol and exits non-zero on a failure.
 //
 // Usage: WEIR_HOST=127.0.0.1 WEIR_PORT=6379 WEIR_USER=alice WEIR_PASSWORD=pw goredischeck
 package main
@@ -89,6 +89,7 @@ func check(ctx context.Context, t target, protocol int, tag string) error {
 		name string
 		run  func() error
 	}{
+		{"protocol", func() error { return replyProtocol(ctx, rdb, protocol, tag) }},
 		{"pipeline", func() error { return pipeline(ctx, rdb, tag) }},
 		{"WATCH/MULTI/EXEC", func() error { return transaction(ctx, t, rdb, protocol, tag) }},
 		{"BLPOP", func() error { return blockingPop(ctx, t, rdb, protocol, tag) }},
@@ -100,6 +101,23 @@ func check(ctx context.Context, t target, protocol int, tag string) error {
 		if err := s.run(); err != nil {
 			return fmt.Errorf("%s: %s: %w", tag, s.name, err)
 		}
+	}
+	return nil
+}
+
+// replyProtocol: a hash comes back as a RESP3 map over RESP3 and as a flat array over RESP2.
+func replyProtocol(ctx context.Context, rdb *redis.Client, protocol int, tag string) error {
+	key := tag + ":h"
+	if err := rdb.HSet(ctx, key, "f", "v").Err(); err != nil {
+		return err
+	}
+	reply, err := rdb.Do(ctx, "HGETALL", key).Result()
+	if err != nil {
+		return err
+	}
+	_, isMap := reply.(map[interface{}]interface{})
+	if isMap != (protocol == 3) {
+		return fmt.Errorf("HGETALL over RESP%d answered %T", protocol, reply)
 	}
 	return nil
 }

@@ -11,18 +11,20 @@ import redis.clients.jedis.HostAndPort;
 import redis.clients.jedis.Jedis;
 import redis.clients.jedis.JedisPubSub;
 import redis.clients.jedis.Pipeline;
+import redis.clients.jedis.Protocol;
 import redis.clients.jedis.RedisProtocol;
 import redis.clients.jedis.Response;
 import redis.clients.jedis.Transaction;
 import redis.clients.jedis.exceptions.JedisException;
+import redis.clients.jedis.util.KeyValue;
 
 /**
  * Runs the Redis client checks through weir's RESP listener with Jedis, over RESP2 and RESP3.
  *
- * <p>Each protocol runs several clients at once; each client logs in as an ACL user, sends a
- * pipeline, runs an optimistic transaction that a second connection breaks, wakes a blocked
- * BLPOP, receives a Pub/Sub message, works in another database and fails to log in with a wrong
- * password. Prints {@code ok jedis respN} per protocol and exits non-zero on a failure.
+ * <p>Each protocol runs several clients at once; each client logs in as an ACL user, reads a hash
+ * back in the protocol's shape (a map only over RESP3), sends a pipeline, runs an optimistic
+ * transaction that a second connection breaks, wakes a blocked BLPOP, receives a Pub/Sub message,
+ * works in another database and fails to log in with a wrong password. Prints {@code ok jedis respN} per protocol and exits non-zero on a failure.
  */
 public final class JedisCheck {
     static final String CLIENT = "jedis";
@@ -94,12 +96,24 @@ public final class JedisCheck {
     private void run(String tag) {
         try (Jedis jedis = connect(0, password)) {
             expect(tag + ": AUTH and PING", "PONG", jedis.ping());
+            replyProtocol(jedis, tag);
             pipeline(jedis, tag);
             transaction(jedis, tag);
             blockingPop(jedis, tag);
             pubSub(jedis, tag);
             otherDatabase(jedis, tag);
             wrongPassword(tag);
+        }
+    }
+
+    /** A hash comes back as a RESP3 map over RESP3 and as a flat array over RESP2. */
+    private void replyProtocol(Jedis jedis, String tag) {
+        String key = tag + ":h";
+        jedis.hset(key, "f", "v");
+        Object reply = jedis.sendCommand(Protocol.Command.HGETALL, key);
+        boolean isMap = reply instanceof List<?> list && !list.isEmpty() && list.get(0) instanceof KeyValue;
+        if (isMap != (protocol == RedisProtocol.RESP3)) {
+            throw new IllegalStateException(tag + ": HGETALL over " + protocol + " answered " + reply);
         }
     }
 
