@@ -56,6 +56,7 @@ async function replyProtocol(client, resp, tag) {
 
 /** SET, GET and INCR for 100 keys in one pipeline, each reply checked in order. */
 async function pipeline(client, tag) {
+  await client.del(`${tag}:n`);
   const pipe = client.multi();
   for (let i = 0; i < PIPELINED; i++) {
     pipe.set(`${tag}:p${i}`, String(i)).get(`${tag}:p${i}`).incr(`${tag}:n`);

@@ -14,6 +14,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 CLIENT = "redis-py"
 CLIENTS = 4
@@ -32,6 +34,8 @@ def connect(protocol, db=0, password=None):
         db=db,
         protocol=protocol,
         decode_responses=True,
+        # Fail rather than retry, so an error shows at its step (a wrong password included).
+        retry=Retry(NoBackoff(), 0),
     )
 
 
@@ -57,6 +61,7 @@ def reply_protocol(r, protocol, tag):
 
 def pipeline(r, tag):
     """SET, GET and INCR for 100 keys in one pipeline, each reply checked in order."""
+    r.delete(f"{tag}:n")
     with r.pipeline(transaction=False) as p:
         for i in range(PIPELINED):
             p.set(f"{tag}:p{i}", i)

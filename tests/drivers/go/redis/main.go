@@ -125,6 +125,9 @@ func replyProtocol(ctx context.Context, rdb *redis.Client, protocol int, tag str
 // pipeline sends SET, GET and INCR for 100 keys in one pipeline and checks each reply in order.
 func pipeline(ctx context.Context, rdb *redis.Client, tag string) error {
 	counter := tag + ":n"
+	if err := rdb.Del(ctx, counter).Err(); err != nil {
+		return err
+	}
 	pipe := rdb.Pipeline()
 	gets := make([]*redis.StringCmd, pipelined)
 	incrs := make([]*redis.IntCmd, pipelined)

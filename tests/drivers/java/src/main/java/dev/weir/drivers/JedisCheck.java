@@ -119,6 +119,7 @@ public final class JedisCheck {
 
     /** SET, GET and INCR for 100 keys in one pipeline, each reply checked in order. */
     private void pipeline(Jedis jedis, String tag) {
+        jedis.del(tag + ":n");
         Pipeline pipe = jedis.pipelined();
         List<Response<String>> gets = new ArrayList<>();
         List<Response<Long>> incrs = new ArrayList<>();
