@@ -119,13 +119,55 @@ struct Program {
     inputs: &'static [&'static str],
 }
 
-/// Runs `program` with several clients per protocol against a fresh authenticated pair.
-async fn run_program(program: &Program) {
+const PROGRAMS: &[Program] = &[
+    Program {
+        client: "redis-py",
+        dir: "python",
+        argv: &[".venv/bin/python", "redis_check.py"],
+        artifact: ".venv/.installed",
+        inputs: &["requirements.txt"],
+    },
+    Program {
+        client: "node-redis",
+        dir: "node",
+        argv: &["node", "redis-check.js"],
+        artifact: "node_modules/.installed",
+        inputs: &["package.json", "package-lock.json"],
+    },
+    Program {
+        client: "go-redis",
+        dir: "go",
+        argv: &["bin/goredischeck"],
+        artifact: "bin/goredischeck",
+        inputs: &["go.mod", "go.sum", "redis"],
+    },
+    Program {
+        client: "jedis",
+        dir: "java",
+        argv: &[
+            "java",
+            "-cp",
+            "target/jdbc-check.jar",
+            "dev.weir.drivers.JedisCheck",
+        ],
+        artifact: "target/jdbc-check.jar",
+        inputs: &["pom.xml", "src"],
+    },
+];
+
+fn program(client: &str) -> &'static Program {
+    PROGRAMS
+        .iter()
+        .find(|p| p.client == client)
+        .expect("a known client")
+}
+
+/// Runs `program` (several clients per protocol) against weir's RESP `port`.
+async fn run_program(program: &'static Program, port: u16) {
     let dir = drivers_dir().join(program.dir);
     if let Err(err) = check_installed(&dir, program.artifact, program.inputs) {
         panic!("{}: {err}", program.client);
     }
-    let pair = authenticated_pair().await;
     let (first, rest) = program.argv.split_first().expect("a program");
     let mut cmd = if first.contains('/') {
         Command::new(dir.join(first))
@@ -135,7 +177,7 @@ async fn run_program(program: &Program) {
     cmd.args(rest)
         .current_dir(&dir)
         .env("WEIR_HOST", "127.0.0.1")
-        .env("WEIR_PORT", pair.port.to_string())
+        .env("WEIR_PORT", port.to_string())
         .env("WEIR_USER", USER)
         .env("WEIR_PASSWORD", PASSWORD);
     let out = tokio::task::spawn_blocking(move || run(&mut cmd))
@@ -145,55 +187,51 @@ async fn run_program(program: &Program) {
         let ok = format!("ok {} {protocol}", program.client);
         assert!(out.lines().any(|l| l == ok), "no `{ok}` line:\n{out}");
     }
+}
+
+/// One library against a weir of its own.
+async fn check_alone(client: &str) {
+    let pair = authenticated_pair().await;
+    run_program(program(client), pair.port).await;
     assert_clean_afterwards(&pair).await;
 }
 
 #[tokio::test]
 async fn redis_py_through_weir() {
-    run_program(&Program {
-        client: "redis-py",
-        dir: "python",
-        argv: &[".venv/bin/python", "redis_check.py"],
-        artifact: ".venv/.installed",
-        inputs: &["requirements.txt"],
-    })
-    .await;
+    check_alone("redis-py").await;
 }
 
 #[tokio::test]
 async fn node_redis_through_weir() {
-    run_program(&Program {
-        client: "node-redis",
-        dir: "node",
-        argv: &["node", "redis-check.js"],
-        artifact: "node_modules/.installed",
-        inputs: &["package.json", "package-lock.json"],
-    })
-    .await;
+    check_alone("node-redis").await;
 }
 
 #[tokio::test]
 async fn go_redis_through_weir() {
-    run_program(&Program {
-        client: "go-redis",
-        dir: "go",
-        argv: &["bin/goredischeck"],
-        artifact: "bin/goredischeck",
-        inputs: &["go.mod", "go.sum", "redis"],
-    })
-    .await;
+    check_alone("go-redis").await;
 }
 
 #[tokio::test]
 async fn jedis_through_weir() {
-    run_program(&Program {
-        client: "jedis",
-        dir: "java",
-        argv: &["java", "-cp", "target/jdbc-check.jar", "dev.weir.drivers.JedisCheck"],
-        artifact: "target/jdbc-check.jar",
-        inputs: &["pom.xml", "src"],
-    })
-    .await;
+    check_alone("jedis").await;
+}
+
+/// Every library at once through one weir: RESP2 and RESP3 clients of five libraries share its
+/// connections, each still sees only its own transactions, databases and messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_client_library_at_once_through_one_weir() {
+    let pair = authenticated_pair().await;
+    let mut runs = JoinSet::new();
+    for program in PROGRAMS {
+        runs.spawn(run_program(program, pair.port));
+    }
+    runs.spawn(run_redis_rs(pair.port));
+    while let Some(done) = runs.join_next().await {
+        if let Err(err) = done {
+            std::panic::resume_unwind(err.into_panic());
+        }
+    }
+    assert_clean_afterwards(&pair).await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -202,14 +240,17 @@ async fn jedis_through_weir() {
 #[tokio::test]
 async fn redis_rs_through_weir() {
     let pair = authenticated_pair().await;
+    run_redis_rs(pair.port).await;
+    assert_clean_afterwards(&pair).await;
+}
+
+/// [`CLIENTS`] redis-rs clients over RESP2, then over RESP3, against weir's RESP `port`.
+async fn run_redis_rs(port: u16) {
     for protocol in ["resp2", "resp3"] {
         let mut clients = JoinSet::new();
         for i in 0..CLIENTS {
             let url = |password: &str, db: u8| {
-                format!(
-                    "redis://{USER}:{password}@127.0.0.1:{}/{db}?protocol={protocol}",
-                    pair.port
-                )
+                format!("redis://{USER}:{password}@127.0.0.1:{port}/{db}?protocol={protocol}")
             };
             let target = RsTarget {
                 url: url(PASSWORD, 0),
@@ -224,7 +265,6 @@ async fn redis_rs_through_weir() {
             done.expect("client task").expect("redis-rs check");
         }
     }
-    assert_clean_afterwards(&pair).await;
 }
 
 /// Where one redis-rs client connects.
@@ -251,8 +291,16 @@ async fn redis_rs_check(target: &RsTarget, tag: &str) -> anyhow::Result<()> {
 
     // A hash comes back as a RESP3 map over RESP3 and as a flat array over RESP2.
     let hash = format!("{tag}:h");
-    redis::cmd("HSET").arg(&hash).arg("f").arg("v").exec_async(&mut con).await?;
-    let reply: redis::Value = redis::cmd("HGETALL").arg(&hash).query_async(&mut con).await?;
+    redis::cmd("HSET")
+        .arg(&hash)
+        .arg("f")
+        .arg("v")
+        .exec_async(&mut con)
+        .await?;
+    let reply: redis::Value = redis::cmd("HGETALL")
+        .arg(&hash)
+        .query_async(&mut con)
+        .await?;
     ensure!(
         matches!(reply, redis::Value::Map(_)) == target.resp3,
         "HGETALL answered {reply:?}"
@@ -262,7 +310,10 @@ async fn redis_rs_check(target: &RsTarget, tag: &str) -> anyhow::Result<()> {
     let mut pipe = redis::pipe();
     for i in 0..PIPELINED {
         let key = format!("{tag}:p{i}");
-        pipe.set(&key, i).ignore().get(&key).incr(format!("{tag}:n"), 1);
+        pipe.set(&key, i)
+            .ignore()
+            .get(&key)
+            .incr(format!("{tag}:n"), 1);
     }
     let replies: Vec<usize> = pipe.query_async(&mut con).await.context("pipeline")?;
     let expected: Vec<usize> = (0..PIPELINED).flat_map(|i| [i, i + 1]).collect();
@@ -270,17 +321,42 @@ async fn redis_rs_check(target: &RsTarget, tag: &str) -> anyhow::Result<()> {
 
     // WATCH/MULTI/EXEC broken by a write from another connection: EXEC answers nil.
     let key = format!("{tag}:w");
-    redis::cmd("SET").arg(&key).arg("0").exec_async(&mut con).await?;
+    redis::cmd("SET")
+        .arg(&key)
+        .arg("0")
+        .exec_async(&mut con)
+        .await?;
     redis::cmd("WATCH").arg(&key).exec_async(&mut con).await?;
     let mut writer = redis_rs_connect(&target.url).await?;
-    redis::cmd("SET").arg(&key).arg("writer").exec_async(&mut writer).await?;
-    let aborted: Option<(String,)> = redis::pipe().atomic().set(&key, "tx").query_async(&mut con).await?;
-    ensure!(aborted.is_none(), "EXEC after a conflicting write answered {aborted:?}");
+    redis::cmd("SET")
+        .arg(&key)
+        .arg("writer")
+        .exec_async(&mut writer)
+        .await?;
+    let aborted: Option<(String,)> = redis::pipe()
+        .atomic()
+        .set(&key, "tx")
+        .query_async(&mut con)
+        .await?;
+    ensure!(
+        aborted.is_none(),
+        "EXEC after a conflicting write answered {aborted:?}"
+    );
     let value: String = redis::cmd("GET").arg(&key).query_async(&mut con).await?;
-    ensure!(value == "writer", "after the aborted EXEC the key is {value}");
+    ensure!(
+        value == "writer",
+        "after the aborted EXEC the key is {value}"
+    );
     redis::cmd("WATCH").arg(&key).exec_async(&mut con).await?;
-    let done: Option<(String,)> = redis::pipe().atomic().set(&key, "tx").query_async(&mut con).await?;
-    ensure!(done == Some(("OK".into(),)), "EXEC without a conflict answered {done:?}");
+    let done: Option<(String,)> = redis::pipe()
+        .atomic()
+        .set(&key, "tx")
+        .query_async(&mut con)
+        .await?;
+    ensure!(
+        done == Some(("OK".into(),)),
+        "EXEC without a conflict answered {done:?}"
+    );
 
     // A BLPOP, blocked as INFO shows, woken by a producer.
     let queue = format!("{tag}:q");
@@ -298,15 +374,28 @@ async fn redis_rs_check(target: &RsTarget, tag: &str) -> anyhow::Result<()> {
     while blocked_clients(&mut con).await? == 0 && !blpop.is_finished() {
         tokio::time::sleep(POLL).await;
     }
-    redis::cmd("RPUSH").arg(&queue).arg("job").exec_async(&mut con).await?;
+    redis::cmd("RPUSH")
+        .arg(&queue)
+        .arg("job")
+        .exec_async(&mut con)
+        .await?;
     let popped = blpop.await?.context("BLPOP")?;
-    ensure!(popped == Some((queue.clone(), "job".into())), "BLPOP answered {popped:?}");
+    ensure!(
+        popped == Some((queue.clone(), "job".into())),
+        "BLPOP answered {popped:?}"
+    );
 
     // Pub/Sub: a message published once the subscription is confirmed.
     let channel = format!("{tag}:chan");
-    let mut pubsub = redis::Client::open(target.url.as_str())?.get_async_pubsub().await?;
+    let mut pubsub = redis::Client::open(target.url.as_str())?
+        .get_async_pubsub()
+        .await?;
     pubsub.subscribe(&channel).await.context("SUBSCRIBE")?;
-    let receivers: usize = redis::cmd("PUBLISH").arg(&channel).arg("hello").query_async(&mut con).await?;
+    let receivers: usize = redis::cmd("PUBLISH")
+        .arg(&channel)
+        .arg("hello")
+        .query_async(&mut con)
+        .await?;
     ensure!(receivers == 1, "PUBLISH reached {receivers} subscribers");
     let message = tokio::time::timeout(Duration::from_secs(30), pubsub.on_message().next())
         .await
@@ -322,7 +411,11 @@ async fn redis_rs_check(target: &RsTarget, tag: &str) -> anyhow::Result<()> {
     // Database 2 holds a key that database 0 does not see.
     let key = format!("{tag}:db");
     let mut db2 = redis_rs_connect(&target.other_db).await?;
-    redis::cmd("SET").arg(&key).arg("in-2").exec_async(&mut db2).await?;
+    redis::cmd("SET")
+        .arg(&key)
+        .arg("in-2")
+        .exec_async(&mut db2)
+        .await?;
     let there: Option<String> = redis::cmd("GET").arg(&key).query_async(&mut db2).await?;
     let here: Option<String> = redis::cmd("GET").arg(&key).query_async(&mut con).await?;
     ensure!(
