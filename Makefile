@@ -60,10 +60,11 @@ image-smoke: deps image
 demo: deps release
 	@scripts/demo.sh
 
-## bench: direct vs PgBouncer vs weir on this machine; markdown report under target/bench/
+## bench: direct vs PgBouncer vs weir, then Redis direct vs twemproxy vs weir; markdown reports under target/bench/
 bench: deps
 	$(CARGO) build --release -p weir-pooler --bin weir
 	@bench/run.sh
+	@bench/redis.sh
 
 ## profile: perf profile of weir under select-only load at 50 and 500 clients
 profile: deps

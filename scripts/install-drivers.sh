@@ -2,10 +2,11 @@
 # Installs the pinned client drivers of the compatibility matrix (tests/drivers/) from their
 # own registries and builds the programs that use them:
 #   python/.venv            psycopg, asyncpg and redis-py from PyPI (pip --require-hashes)
-#   node/node_modules       pg from npm (npm ci, from package-lock.json)
+#   node/node_modules       pg and node-redis (@redis/client) from npm (npm ci, from package-lock.json)
 #   go/bin/pgxcheck         pgx from the Go module proxy (go build, checked against go.sum)
 #   go/bin/pgxbatch         the same pgx, running batches (tests/tests/pooler_pipeline.rs)
-#   java/target/*.jar       the PostgreSQL JDBC driver from Maven Central (mvn package)
+#   go/bin/goredischeck     go-redis from the same module (tests/tests/redis_clients.rs)
+#   java/target/*.jar       the PostgreSQL JDBC driver and Jedis from Maven Central (mvn package)
 # Everything lands in git-ignored folders beside the manifests; download caches stay in the
 # tools' own places under $HOME. Idempotent: a part is redone only when one of its inputs is
 # newer than what it produced, so a warm run only looks at timestamps.
@@ -83,13 +84,15 @@ node_drivers() {
         quietly "npm ci" npm ci --prefix "$dir" --no-audit --no-fund --ignore-scripts
         touch "$stamp"
     fi
-    local pg
+    local pg redis
     pg=$(cd "$dir" && node -p 'require("pg/package.json").version')
-    echo "  pg $pg (node $(node --version))"
+    redis=$(cd "$dir" && node -p 'require("@redis/client/package.json").version')
+    echo "  pg $pg, node-redis (@redis/client) $redis (node $(node --version))"
 }
 
 go_drivers() {
     local dir=$drivers/go binary=$drivers/go/bin/pgxcheck batch=$drivers/go/bin/pgxbatch
+    local redis=$drivers/go/bin/goredischeck
     if up_to_date "$binary" "$dir/go.mod" "$dir/go.sum" "$dir/main.go"; then
         log "go: up to date"
     else
@@ -104,11 +107,19 @@ go_drivers() {
         log "go: building $batch"
         quietly "go build" nice -n 10 go -C "$dir" build -mod=readonly -trimpath -o "$batch" ./batch
     fi
+    if up_to_date "$redis" "$dir/go.mod" "$dir/go.sum" "$dir/redis/main.go"; then
+        log "go: redis program up to date"
+    else
+        need go
+        log "go: building $redis"
+        quietly "go build" nice -n 10 go -C "$dir" build -mod=readonly -trimpath -o "$redis" ./redis
+    fi
     # The module versions are recorded in the binary itself.
     go version -m "$binary" | awk '
         NR == 1 { toolchain = $2 }
         $1 == "dep" && $2 == "github.com/jackc/pgx/v5" { pgx = $3 }
         END { print "  pgx " pgx " (" toolchain ")" }'
+    go version -m "$redis" | awk '$1 == "dep" && $2 == "github.com/redis/go-redis/v9" { print "  go-redis " $3 }'
 }
 
 java_drivers() {
@@ -126,6 +137,9 @@ java_drivers() {
     echo "  postgresql (JDBC) $(java -cp "$jar" org.postgresql.util.PGJDBCMain 2>/dev/null |
         awk '/PostgreSQL JDBC Driver/ { print $NF; exit }') (java $(java -version 2>&1 |
         awk -F'"' '/version/ { print $2; exit }'))"
+    echo "  jedis $(python3 -c 'import sys, zipfile
+props = zipfile.ZipFile(sys.argv[1]).read("META-INF/maven/redis.clients/jedis/pom.properties")
+print(dict(l.split("=", 1) for l in props.decode().splitlines() if "=" in l)["version"])' "$jar")"
 }
 
 python_drivers

@@ -25,6 +25,7 @@
 pub mod anchor;
 mod child;
 pub mod delay;
+pub mod drivers;
 pub mod fixture;
 pub mod k8s;
 pub mod net;

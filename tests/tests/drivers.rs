@@ -27,6 +27,7 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{bail, Context as _};
 use tokio::process::Command;
 use tokio::task::JoinSet;
+use weir_tests::drivers::{self, drivers_dir};
 use weir_tests::fixture::{self, Fixture, Options, DATABASE, PASSWORD, USER};
 use weir_tests::net;
 use weir_tests::postgres::{parse_pgbench, pg_bin};
@@ -1202,48 +1203,9 @@ const PROGRAMS: &[Program] = &[
     },
 ];
 
-fn drivers_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("drivers")
-}
-
-/// Fails unless the program's artifact exists and is newer than each of its inputs: the rule
-/// `scripts/install-drivers.sh` uses to decide what to rebuild.
+/// Fails unless the program's artifact is installed and newer than each of its inputs.
 fn check_installed(program: &Program, dir: &Path) -> Result<(), String> {
-    let artifact = dir.join(program.artifact);
-    let built = modified(&artifact).map_err(|_| {
-        format!(
-            "not installed ({} is missing): run scripts/install-drivers.sh",
-            artifact.display()
-        )
-    })?;
-    for input in program.inputs {
-        for file in files_under(&dir.join(input)) {
-            let changed = modified(&file).map_err(|err| format!("{}: {err}", file.display()))?;
-            if changed > built {
-                return Err(format!(
-                    "out of date ({} is newer than {}): run scripts/install-drivers.sh",
-                    file.display(),
-                    artifact.display()
-                ));
-            }
-        }
-    }
-    Ok(())
-}
-
-fn modified(path: &Path) -> std::io::Result<SystemTime> {
-    path.metadata()?.modified()
-}
-
-/// `path` itself, or every file below it when it is a folder.
-fn files_under(path: &Path) -> Vec<PathBuf> {
-    match std::fs::read_dir(path) {
-        Ok(entries) => entries
-            .filter_map(Result::ok)
-            .flat_map(|entry| files_under(&entry.path()))
-            .collect(),
-        Err(_) => vec![path.to_path_buf()],
-    }
+    drivers::check_installed(dir, program.artifact, program.inputs)
 }
 
 /// Runs a driver program against `fx` and reads the query count from its `ok` line.
