@@ -157,7 +157,7 @@ pub fn render_yaml(args: &RenderArgs) -> anyhow::Result<String> {
     }
     out.push_str(&rendered.to_yaml_stream()?);
     if let Some(read_only) = read_only {
-        out.push_str(&read_only.to_yaml_stream()?);
+        out.push_str(&render::read_only::to_yaml_stream(&read_only)?);
     }
     Ok(out)
 }

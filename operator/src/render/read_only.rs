@@ -35,6 +35,14 @@ pub fn render(pool: &ConnectionPool, observed: &Observed) -> Result<Option<Rende
     Ok(Some(rendered))
 }
 
+/// The read-only pool's objects as a YAML stream, introduced like the primary pool's.
+pub fn to_yaml_stream(rendered: &Rendered) -> Result<String, crate::yaml::Error> {
+    Ok(format!(
+        "# Read-only pool over spec.readReplicas, sized for the standby with the least room:\n{}",
+        rendered.to_yaml_stream()?
+    ))
+}
+
 /// The sizing inputs of the read-only pool: the primary's users, surge and share rules, the
 /// tightest standby's limits, and the read-only replicas (sized as one when set to 0, so
 /// that scaling up from 0 needs no resize first).
