@@ -359,7 +359,9 @@ async fn set_max_connections(standby: &PgCluster, max: u32) -> anyhow::Result<()
     standby.restart().await
 }
 
-async fn setup() -> anyhow::Result<Env> {
+/// The primary, and its two standbys with their own max_connections.
+async fn databases() -> anyhow::Result<(PgCluster, [PgCluster; 2])> {
+    let started = Instant::now();
     let primary = PgCluster::start_with(PgOptions {
         max_connections: PRIMARY_MAX,
         hba: Some(
@@ -375,12 +377,24 @@ async fn setup() -> anyhow::Result<Env> {
         .create_role("app", "app-secret", PasswordMethod::Scram)
         .await?;
     primary.create_database("orders", "app").await?;
-    let standby_a = PgCluster::start_standby_of(&primary).await?;
-    let standby_b = PgCluster::start_standby_of(&primary).await?;
-    set_max_connections(&standby_a, STANDBY_MAX[0]).await?;
-    set_max_connections(&standby_b, STANDBY_MAX[1]).await?;
+    let standby = |max| {
+        let primary = &primary;
+        async move {
+            let standby = PgCluster::start_standby_of(primary).await?;
+            set_max_connections(&standby, max).await?;
+            anyhow::Ok(standby)
+        }
+    };
+    let (a, b) = tokio::try_join!(standby(STANDBY_MAX[0]), standby(STANDBY_MAX[1]))?;
+    eprintln!("primary and standbys up in {:?}", started.elapsed());
+    Ok((primary, [a, b]))
+}
 
-    let plane = ControlPlane::start().await?;
+async fn setup() -> anyhow::Result<Env> {
+    // PostgreSQL and the control plane start side by side.
+    let (databases, plane) = tokio::join!(databases(), ControlPlane::start());
+    let (primary, standbys) = databases?;
+    let plane = plane?;
     eprintln!("control plane up in {:?}", plane.startup);
     let crd = workspace().join("crds/connectionpools.weir.dev.yaml");
     plane
@@ -395,7 +409,7 @@ async fn setup() -> anyhow::Result<Env> {
     Ok(Env {
         plane,
         primary,
-        standbys: [standby_a, standby_b],
+        standbys,
         operator,
     })
 }
