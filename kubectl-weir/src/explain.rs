@@ -32,6 +32,15 @@ impl Origin {
     }
 }
 
+/// Which pool of a ConnectionPool is explained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Servers {
+    /// The pool over `spec.database`.
+    Primary,
+    /// The read-only pool over `spec.readReplicas`, sized for the tightest standby.
+    Standbys,
+}
+
 /// The explanation, one number per line: label, value, why.
 pub fn explain(
     title: &str,
@@ -39,6 +48,7 @@ pub fn explain(
     outcome: &Result<Sizing, SizingError>,
     users: &[String],
     origin: Origin,
+    servers: Servers,
 ) -> String {
     let mut out = format!("{title}\n\n");
     let sizing = match outcome {
@@ -54,16 +64,28 @@ pub fn explain(
     let mut line = |label: &str, value: String, why: String| {
         lines.push((label.to_owned(), value, why));
     };
-    let (max_why, reserved_why) = match origin {
-        Origin::Database => (
+    let (max_why, reserved_why) = match (servers, origin) {
+        (Servers::Standbys, Origin::Database) => (
+            "the tightest standby's max_connections, read by the operator (readReplicas.maxConnections: auto)",
+            "that standby's superuser_reserved_connections + reserved_connections",
+        ),
+        (Servers::Standbys, Origin::Arguments) => (
+            "--max-connections, standing in for every standby (readReplicas.maxConnections: auto)",
+            "--superuser-reserved, standing in for every standby",
+        ),
+        (Servers::Standbys, Origin::Spec) => (
+            "spec.readReplicas.maxConnections, for every standby",
+            "spec.readReplicas.superuserReservedConnections",
+        ),
+        (Servers::Primary, Origin::Database) => (
             "the database's max_connections, read by the operator (maxConnections: auto)",
             "the database's superuser_reserved_connections + reserved_connections",
         ),
-        Origin::Arguments => (
+        (Servers::Primary, Origin::Arguments) => (
             "--max-connections, standing in for the database (maxConnections: auto)",
             "--superuser-reserved, standing in for the database",
         ),
-        Origin::Spec => (
+        (Servers::Primary, Origin::Spec) => (
             "spec.database.maxConnections",
             "spec.database.superuserReservedConnections",
         ),
@@ -86,27 +108,47 @@ pub fn explain(
             db.max_connections, db.reserved_percent
         ),
     );
+    let (spec_field, replicas_field) = match servers {
+        Servers::Primary => ("spec.database", "replicas"),
+        Servers::Standbys => ("spec.readReplicas", "readReplicas.replicas (0 counts as 1)"),
+    };
     line(
         "- used by others",
         b.used_by_others.to_string(),
-        "spec.database.usedByOthers: applications that bypass every pool".to_owned(),
+        format!("{spec_field}.usedByOthers: applications that bypass every pool"),
     );
     line(
         "= database budget",
         b.database.to_string(),
         format!(
-            "{} − {} − {} − {}: what all pools on this database share",
-            b.max_connections, b.superuser_reserved, b.reserved_headroom, b.used_by_others
+            "{} − {} − {} − {}: {}",
+            b.max_connections,
+            b.superuser_reserved,
+            b.reserved_headroom,
+            b.used_by_others,
+            match servers {
+                Servers::Primary => "what all pools on this database share",
+                Servers::Standbys => "what the tightest standby leaves for the read-only pool",
+            }
         ),
     );
     line(
         "claimed by others",
         b.others_claimed.to_string(),
-        "the budgets of the other ConnectionPools on the same database host and port".to_owned(),
+        match servers {
+            Servers::Primary => {
+                "the budgets of the other ConnectionPools on the same database host and port"
+            }
+            Servers::Standbys => "none counted on standbys: readReplicas.usedByOthers covers them",
+        }
+        .to_owned(),
     );
-    let share_why = match inputs.share {
-        Share::Percent(p) => format!("floor({} × maxConnectionsPercent {p} / 100)", b.database),
-        Share::Absolute(n) => format!("min(maxServerConnections {n}, {})", b.database),
+    let share_why = match (servers, inputs.share) {
+        (Servers::Standbys, _) => format!("all of the standby budget {}", b.database),
+        (_, Share::Percent(p)) => {
+            format!("floor({} × maxConnectionsPercent {p} / 100)", b.database)
+        }
+        (_, Share::Absolute(n)) => format!("min(maxServerConnections {n}, {})", b.database),
     };
     line(
         "pool budget",
@@ -124,7 +166,7 @@ pub fn explain(
             inputs.max_surge, inputs.replicas
         ),
         None => format!(
-            "replicas {} + rollout.maxSurge {}: the pods a rolling update adds count too",
+            "{replicas_field} {} + rollout.maxSurge {}: the pods a rolling update adds count too",
             inputs.replicas, inputs.max_surge
         ),
     };
@@ -229,6 +271,7 @@ mod tests {
             &outcome,
             &users,
             Origin::Spec,
+            Servers::Primary,
         );
         // 100 − 3 − ceil(10) − 7 = 80; floor(80 × 50%) = 40; 3 pods; 13 per pod, split 3:1.
         let expected = "ConnectionPool ns/p\n\n\
@@ -252,7 +295,14 @@ committed              39  3 pods × 13 per pod in users' pools ≤ pool budget 
         let mut inputs = inputs();
         inputs.replicas = 30;
         let outcome = sizing::compute(&inputs);
-        let text = explain("t", &inputs, &outcome, &[], Origin::Database);
+        let text = explain(
+            "t",
+            &inputs,
+            &outcome,
+            &[],
+            Origin::Database,
+            Servers::Primary,
+        );
         assert!(
             text.contains("The budget does not fit: connection budget does not fit: 31 pods")
                 && text.contains("reduce replicas to ≤ "),
@@ -265,12 +315,35 @@ committed              39  3 pods × 13 per pod in users' pools ≤ pool budget 
         let mut inputs = inputs();
         inputs.max_replicas = Some(4);
         let outcome = sizing::compute(&inputs);
-        let text = explain("t", &inputs, &outcome, &[], Origin::Arguments);
+        let text = explain(
+            "t",
+            &inputs,
+            &outcome,
+            &[],
+            Origin::Arguments,
+            Servers::Primary,
+        );
         assert!(
             text.contains(
                 "pods at most            5  autoscaling.maxReplicas 4 + rollout.maxSurge 1 (replicas 2 now)"
             ) && text.contains("--max-connections, standing in")
                 && text.contains("user #1"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_read_only_pool_names_the_standbys_fields() {
+        let mut inputs = inputs();
+        inputs.share = Share::Percent(100);
+        inputs.others_claimed = 0;
+        let outcome = sizing::compute(&inputs);
+        let text = explain("t", &inputs, &outcome, &[], Origin::Spec, Servers::Standbys);
+        assert!(
+            text.contains(
+                "max_connections       100  spec.readReplicas.maxConnections, for every standby"
+            ) && text.contains("spec.readReplicas.usedByOthers")
+                && text.contains("readReplicas.replicas (0 counts as 1) 2 + rollout.maxSurge 1"),
             "{text}"
         );
     }

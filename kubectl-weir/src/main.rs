@@ -13,12 +13,14 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use kube::Client;
-use weir_operator::api::{BudgetStatus, ConnectionPool, MaxConnections};
+use weir_operator::api::{
+    BudgetStatus, ConnectionPool, MaxConnections, ReadOnlyPoolStatus, ReadReplicas,
+};
 use weir_operator::offline::{self, RenderArgs};
 use weir_operator::render::{self, Observed, ObservedDatabase};
 use weir_operator::sizing;
 
-use crate::explain::Origin;
+use crate::explain::{Origin, Servers};
 
 /// Inspect Weir ConnectionPools (kubectl plugin: `kubectl weir ...`).
 #[derive(Debug, Parser)]
@@ -221,7 +223,12 @@ fn explain_live(pool: &ConnectionPool) -> anyhow::Result<String> {
         &outcome,
         &users,
         Origin::of(pool, Origin::Database),
+        Servers::Primary,
     );
+    if let (Some(standbys), Some(ro)) = (&pool.spec.read_replicas, &status.read_only) {
+        text.push('\n');
+        text.push_str(&explain_read_only(pool, standbys, ro)?);
+    }
     if let Ok(sizing) = &outcome {
         if BudgetStatus::from(&sizing.budget) != recorded {
             text.push_str(&format!(
@@ -232,6 +239,62 @@ fn explain_live(pool: &ConnectionPool) -> anyhow::Result<String> {
         }
     }
     Ok(text)
+}
+
+/// The title of a read-only pool's explanation.
+fn read_only_title(pool: &ConnectionPool) -> String {
+    format!(
+        "Read-only pool {} over spec.readReplicas (every read-only pod may connect to every \
+         standby: sized for the standby with the least room)",
+        weir_operator::api::read_only_name(pool.metadata.name.as_deref().unwrap_or_default())
+    )
+}
+
+/// Where the standbys' limits came from.
+fn standby_origin(standbys: &ReadReplicas, auto_origin: Origin) -> Origin {
+    match standbys.max_connections {
+        MaxConnections::Auto => auto_origin,
+        MaxConnections::Count(_) => Origin::Spec,
+    }
+}
+
+/// Explains the live read-only pool from the tightest standby's limits recorded in
+/// `.status.readOnly.budget`.
+fn explain_read_only(
+    pool: &ConnectionPool,
+    standbys: &ReadReplicas,
+    status: &ReadOnlyPoolStatus,
+) -> anyhow::Result<String> {
+    let Some(recorded) = &status.budget else {
+        return Ok(format!(
+            "{}\n\nNo computed budget yet: see the ReadOnlyReady condition.\n",
+            read_only_title(pool)
+        ));
+    };
+    // Every standby stands in as the tightest one the operator recorded.
+    let seen = ObservedDatabase {
+        max_connections: u32::try_from(recorded.max_connections)?,
+        superuser_reserved_connections: u32::try_from(recorded.superuser_reserved)?,
+        reserved_connections: 0,
+    };
+    let observed = Observed {
+        standbys: standbys
+            .hosts
+            .iter()
+            .map(|h| (render::read_only::standby_key(&h.host, h.port), seen))
+            .collect(),
+        ..Observed::default()
+    };
+    let inputs = render::read_only::inputs(pool, standbys, &observed)?;
+    let users: Vec<String> = status.users.iter().map(|u| u.user.clone()).collect();
+    Ok(explain::explain(
+        &read_only_title(pool),
+        &inputs,
+        &sizing::compute(&inputs),
+        &users,
+        standby_origin(standbys, Origin::Database),
+        Servers::Standbys,
+    ))
 }
 
 fn explain_offline(args: &ExplainArgs) -> anyhow::Result<String> {
@@ -270,7 +333,20 @@ fn explain_offline(args: &ExplainArgs) -> anyhow::Result<String> {
         &outcome,
         &users,
         Origin::of(&pool, Origin::Arguments),
+        Servers::Primary,
     );
+    if let Some(standbys) = &pool.spec.read_replicas {
+        let inputs = render::read_only::inputs(&pool, standbys, &observed)?;
+        text.push('\n');
+        text.push_str(&explain::explain(
+            &read_only_title(&pool),
+            &inputs,
+            &sizing::compute(&inputs),
+            &users,
+            standby_origin(standbys, Origin::Arguments),
+            Servers::Standbys,
+        ));
+    }
     for note in notes {
         text.push_str(&format!("Note: {note}\n"));
     }

@@ -104,9 +104,41 @@ pub fn observed(
                 maps
             },
         ),
+        standbys: standbys(pool, args)?,
         ..Observed::default()
     };
     Ok((observed, notes))
+}
+
+/// With `readReplicas.maxConnections: auto`, every standby reports `--max-connections`.
+fn standbys(
+    pool: &ConnectionPool,
+    args: &RenderArgs,
+) -> anyhow::Result<BTreeMap<String, ObservedDatabase>> {
+    let Some(standbys) = &pool.spec.read_replicas else {
+        return Ok(BTreeMap::new());
+    };
+    if standbys.max_connections != MaxConnections::Auto {
+        return Ok(BTreeMap::new());
+    }
+    let Some(max_connections) = args.max_connections else {
+        bail!(
+            "readReplicas.maxConnections is auto: pass --max-connections N, the standbys' \
+             max_connections"
+        );
+    };
+    Ok(standbys
+        .hosts
+        .iter()
+        .map(|h| {
+            let seen = ObservedDatabase {
+                max_connections,
+                superuser_reserved_connections: args.superuser_reserved,
+                reserved_connections: 0,
+            };
+            (render::read_only::standby_key(&h.host, h.port), seen)
+        })
+        .collect())
 }
 
 /// The objects the operator would apply, as a commented YAML stream.
@@ -115,6 +147,8 @@ pub fn render_yaml(args: &RenderArgs) -> anyhow::Result<String> {
     let (observed, notes) = observed(&pool, args)?;
     let rendered =
         render::render(&pool, &observed).with_context(|| args.file.display().to_string())?;
+    let read_only = render::read_only::render(&pool, &observed)
+        .with_context(|| format!("{}: spec.readReplicas", args.file.display()))?;
     let mut out = String::from(
         "# Rendered offline by weir-operator: credentials are placeholders, Secrets not read.\n",
     );
@@ -122,6 +156,9 @@ pub fn render_yaml(args: &RenderArgs) -> anyhow::Result<String> {
         out.push_str(&format!("# {note}\n"));
     }
     out.push_str(&rendered.to_yaml_stream()?);
+    if let Some(read_only) = read_only {
+        out.push_str(&render::read_only::to_yaml_stream(&read_only)?);
+    }
     Ok(out)
 }
 

@@ -58,6 +58,21 @@ fn facts(spec: &api::ConnectionPoolSpec) -> Observed {
             .into(),
         operator_namespace: Some("weir-system".to_owned()),
         api_server: [("172.18.0.2".to_owned(), vec![6443])].into(),
+        // Standbys with max_connections auto: the second has the least room.
+        standbys: spec
+            .read_replicas
+            .iter()
+            .flat_map(|r| &r.hosts)
+            .enumerate()
+            .map(|(i, h)| {
+                let seen = ObservedDatabase {
+                    max_connections: if i == 1 { 150 } else { 200 },
+                    superuser_reserved_connections: 3,
+                    reserved_connections: 0,
+                };
+                (render::read_only::standby_key(&h.host, h.port), seen)
+            })
+            .collect(),
     }
 }
 
@@ -74,7 +89,11 @@ fn check(example: &str) {
         .get_or_insert_with(|| "default".to_owned());
     pool.metadata.uid = Some("7d3f0c1e-5b1a-4c2e-9f00-000000000001".to_owned());
     let rendered = render::render(&pool, &facts(&pool.spec)).expect("renders");
-    let actual = rendered.to_yaml_stream().expect("serializes");
+    let mut actual = rendered.to_yaml_stream().expect("serializes");
+    let read_only = render::read_only::render(&pool, &facts(&pool.spec)).expect("renders");
+    if let Some(read_only) = read_only {
+        actual.push_str(&render::read_only::to_yaml_stream(&read_only).expect("serializes"));
+    }
     let golden = root().join("tests/golden").join(format!("{example}.yaml"));
     if std::env::var_os("UPDATE_GOLDEN").is_some() {
         std::fs::write(&golden, &actual).expect("golden file written");
@@ -115,6 +134,11 @@ fn minimal() {
 #[test]
 fn production() {
     check("production");
+}
+
+#[test]
+fn read_replicas() {
+    check("read-replicas");
 }
 
 #[test]

@@ -45,6 +45,9 @@ enum Lands {
     /// [`REDIS_SPEC`] by `redis_fields_reach_their_objects` (the pooler's Redis data path
     /// tests what it does with them).
     Redis(&'static str),
+    /// The read-only pool: checked in the `<name>-ro` objects rendered from the spec with
+    /// [`READ_REPLICAS`] by `read_replica_fields_reach_their_objects`.
+    ReadOnly(&'static str),
 }
 
 /// Every spec field (dotted path below `spec`, `[]` for list items) and where it lands.
@@ -116,6 +119,33 @@ const FIELDS: &[(&str, Lands)] = &[
     (
         "redis.privatePool.minIdlePerDb",
         Lands::Redis("private_conn_pool_min_idle_per_db = 3"),
+    ),
+    (
+        "readReplicas.hosts[].host",
+        Lands::ReadOnly("host=standby-1.example,standby-2.example"),
+    ),
+    (
+        "readReplicas.hosts[].port",
+        Lands::ReadOnly("port=5433,5434"),
+    ),
+    ("readReplicas.replicas", Lands::ReadOnly("replicas: 4")),
+    // 200 − 5 superuser − 20 headroom (10 %) − 15 used by others = 160 over 4 + 2 pods: each
+    // of the four fields changes the result.
+    (
+        "readReplicas.maxConnections",
+        Lands::ReadOnly("max_db_connections=26"),
+    ),
+    (
+        "readReplicas.superuserReservedConnections",
+        Lands::ReadOnly("max_db_connections=26"),
+    ),
+    (
+        "readReplicas.reservedPercent",
+        Lands::ReadOnly("max_db_connections=26"),
+    ),
+    (
+        "readReplicas.usedByOthers",
+        Lands::ReadOnly("max_db_connections=26"),
     ),
     ("poolMode", Lands::Console("pool_mode", "session")),
     ("replicas", Lands::Pooler),
@@ -602,6 +632,39 @@ fn redis_fields_reach_their_objects() {
     let objects = format!("{redis}\n{uri}\n");
     for (path, lands) in FIELDS {
         if let Lands::Redis(text) = lands {
+            assert!(objects.contains(text), "{path}: {text:?} not in\n{objects}");
+        }
+    }
+}
+
+/// `spec.readReplicas` with every field set to a value other than its default.
+const READ_REPLICAS: &str = "  readReplicas:
+    hosts:
+      - host: standby-1.example
+        port: 5433
+      - host: standby-2.example
+        port: 5434
+    replicas: 4
+    maxConnections: 200
+    superuserReservedConnections: 5
+    reservedPercent: 10
+    usedByOthers: 15
+";
+
+#[test]
+fn read_replica_fields_reach_their_objects() {
+    let pool: ConnectionPool =
+        from_yaml(&format!("{}{READ_REPLICAS}", spec("db.example", 5432))).expect("valid");
+    let r = weir_operator::render::read_only::render(&pool, &observed())
+        .expect("renders")
+        .expect("a read-only pool");
+    let objects = format!(
+        "{}\n{}",
+        weir_operator::yaml::to_string(&r.deployment).expect("yaml"),
+        data_text(&r, "pgbouncer.ini")
+    );
+    for (path, lands) in FIELDS {
+        if let Lands::ReadOnly(text) = lands {
             assert!(objects.contains(text), "{path}: {text:?} not in\n{objects}");
         }
     }

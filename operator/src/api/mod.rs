@@ -11,6 +11,7 @@ mod duration;
 mod max_connections;
 mod monitoring;
 mod network_policy;
+mod read_replicas;
 mod redis;
 pub(crate) mod rules;
 mod status;
@@ -30,10 +31,12 @@ pub use duration::{DurationSpec, InvalidDuration};
 pub use max_connections::MaxConnections;
 pub use monitoring::{Monitoring, PodMonitorSettings};
 pub use network_policy::NetworkPolicySettings;
+pub use read_replicas::{read_only_name, ReadReplicas, StandbyHost, READ_ONLY_SUFFIX};
 pub use redis::{PrivatePool, RedisSpec, DEFAULT_REDIS_PORT};
 pub use rules::{operator_owned_keys, settable_keys};
 pub use status::{
-    condition, BudgetStatus, ConnectionPoolStatus, PodUsage, UsageStatus, UserPoolStatus,
+    condition, BudgetStatus, ConnectionPoolStatus, PodUsage, ReadOnlyPoolStatus, UsageStatus,
+    UserPoolStatus,
 };
 pub use tls::{CaSource, ClientTls, KeySelector, ServerTls, SslMode, TlsSpec};
 pub use validate::{from_yaml, LoadError, Violation, Violations};
@@ -129,6 +132,13 @@ pub struct ConnectionPoolSpec {
     /// divide the server's maxclients across their pods. Set this or database, not both.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redis: Option<RedisSpec>,
+
+    /// A second, read-only pool over the database's streaming-replication standbys: its own
+    /// Deployment, Service `<name>-ro` and app Secret `<name>-ro-app`, the same users, and
+    /// its own connection budget from the standbys' max_connections. Removing it deletes
+    /// those objects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_replicas: Option<ReadReplicas>,
 
     /// When a server connection goes back to the pool: after each transaction (the default,
     /// and what most applications want), after each statement, or only when the client

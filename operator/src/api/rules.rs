@@ -16,7 +16,7 @@ use weir_pooler::config::Settings;
 use super::{
     Autoscaling, CaSource, ClientTls, ConnectionPoolSpec, CredentialsSecret, DatabaseSpec,
     KeySelector, Limits, MaxConnections, NetworkPolicySettings, PasswordSecret, PrivatePool,
-    RedisSpec, Rollout, ServerTls, SslMode, UserSpec,
+    ReadReplicas, RedisSpec, Rollout, ServerTls, SslMode, StandbyHost, UserSpec, READ_ONLY_SUFFIX,
 };
 
 /// The most users one pool may list; bounds the cost of the CEL rules over the list.
@@ -198,6 +198,8 @@ pub(crate) const REDIS_USERS: &str = "with redis, users take only user and crede
                                       are PostgreSQL settings";
 pub(crate) const REDIS_CREDENTIALS_TWICE: &str =
     "set redis.credentialsSecret (one user) or users (several), not both";
+pub(crate) const READ_REPLICAS_NEED_DATABASE: &str =
+    "readReplicas needs database: read-only pools are over PostgreSQL standbys";
 pub(crate) const REDIS_TLS: &str = "tls applies to PostgreSQL pools only: a redis pool \
                                     speaks plain RESP";
 
@@ -239,6 +241,17 @@ pub(crate) fn spec_rules() -> Vec<Rule<ConnectionPoolSpec>> {
                         .as_ref()
                         .is_none_or(|r| r.credentials_secret.is_none() || s.users.is_none()),
                     REDIS_CREDENTIALS_TWICE,
+                )
+            },
+        ),
+        Rule::new(
+            "!has(self.readReplicas) || has(self.database)",
+            READ_REPLICAS_NEED_DATABASE,
+            Some(".readReplicas"),
+            |s| {
+                unless(
+                    s.read_replicas.is_none() || s.database.is_some(),
+                    READ_REPLICAS_NEED_DATABASE,
                 )
             },
         ),
@@ -396,6 +409,89 @@ pub(crate) fn database_rules() -> Vec<Rule<DatabaseSpec>> {
             USED_BY_OTHERS_MIN,
             Some(".usedByOthers"),
             |d| unless(d.used_by_others >= 0, USED_BY_OTHERS_MIN),
+        ),
+    ]
+}
+
+pub(crate) const NO_STANDBYS: &str = "hosts must list at least one standby";
+const RO_REPLICAS_MIN: &str = "replicas must not be negative";
+const STANDBY_HOST_FORM: &str =
+    "host must be a host name or an address, without blanks or commas (it joins a host list)";
+
+/// Rules on `spec.readReplicas`.
+pub(crate) fn read_replicas_rules() -> Vec<Rule<ReadReplicas>> {
+    vec![
+        Rule::new("size(self.hosts) >= 1", NO_STANDBYS, Some(".hosts"), |r| {
+            unless(!r.hosts.is_empty(), NO_STANDBYS)
+        }),
+        Rule::new(
+            "self.replicas >= 0",
+            RO_REPLICAS_MIN,
+            Some(".replicas"),
+            |r| unless(r.replicas >= 0, RO_REPLICAS_MIN),
+        ),
+        Rule::new(
+            "type(self.maxConnections) == int ? self.maxConnections >= 1 \
+             : self.maxConnections == 'auto'",
+            MAX_CONNECTIONS_FORM,
+            Some(".maxConnections"),
+            |r| {
+                unless(
+                    !matches!(r.max_connections, MaxConnections::Count(n) if n < 1),
+                    MAX_CONNECTIONS_FORM,
+                )
+            },
+        ),
+        Rule::new(
+            "self.superuserReservedConnections >= 0",
+            SUPERUSER_RESERVED_MIN,
+            Some(".superuserReservedConnections"),
+            |r| {
+                unless(
+                    r.superuser_reserved_connections >= 0,
+                    SUPERUSER_RESERVED_MIN,
+                )
+            },
+        ),
+        Rule::new(
+            "self.reservedPercent >= 0 && self.reservedPercent <= 50",
+            RESERVED_PERCENT_RANGE,
+            Some(".reservedPercent"),
+            |r| {
+                unless(
+                    (0..=50).contains(&r.reserved_percent),
+                    RESERVED_PERCENT_RANGE,
+                )
+            },
+        ),
+        Rule::new(
+            "self.usedByOthers >= 0",
+            USED_BY_OTHERS_MIN,
+            Some(".usedByOthers"),
+            |r| unless(r.used_by_others >= 0, USED_BY_OTHERS_MIN),
+        ),
+    ]
+}
+
+/// Rules on each `spec.readReplicas.hosts[]` entry.
+pub(crate) fn standby_host_rules() -> Vec<Rule<StandbyHost>> {
+    vec![
+        Rule::new(
+            "self.host.matches('^[^\\\\s,]+$')",
+            STANDBY_HOST_FORM,
+            Some(".host"),
+            |h| {
+                unless(
+                    !h.host.is_empty() && !h.host.contains(|c: char| c == ',' || c.is_whitespace()),
+                    STANDBY_HOST_FORM,
+                )
+            },
+        ),
+        Rule::new(
+            "self.port >= 1 && self.port <= 65535",
+            PORT_RANGE,
+            Some(".port"),
+            |h| unless((1..=65535).contains(&h.port), PORT_RANGE),
         ),
     ]
 }
@@ -923,6 +1019,14 @@ pub(crate) fn database_schema(schema: &mut Schema) {
     attach(schema, &database_rules());
 }
 
+pub(crate) fn read_replicas_schema(schema: &mut Schema) {
+    attach(schema, &read_replicas_rules());
+}
+
+pub(crate) fn standby_host_schema(schema: &mut Schema) {
+    attach(schema, &standby_host_rules());
+}
+
 pub(crate) fn redis_schema(schema: &mut Schema) {
     attach(schema, &redis_rules());
     // Bounds that let the API server estimate the cost of the clusterNodes rule.
@@ -1028,14 +1132,32 @@ pub(crate) fn pod_annotations_schema(schema: &mut Schema) {
     attach(schema, &pod_annotations_rules());
 }
 
+/// The longest pool name with `readReplicas`: `<name>-ro` names a Service too.
+pub(crate) const MAX_READ_ONLY_NAME_LENGTH: usize = MAX_NAME_LENGTH - READ_ONLY_SUFFIX.len();
+
+/// The message for a pool name too long for its read-only Service.
+pub(crate) const READ_ONLY_NAME_MESSAGE: &str =
+    "with spec.readReplicas, metadata.name must be at most 60 characters: <name>-ro names the \
+     read-only pool's Service";
+
 /// Rules on the whole object, added to the generated CRD's root schema.
 pub(crate) fn root_rules() -> Vec<ValidationRule> {
-    vec![ValidationRule {
-        rule: format!(
-            "size(self.metadata.name) <= {MAX_NAME_LENGTH} && \
-             self.metadata.name.matches('{NAME_PATTERN}')"
-        ),
-        message: Some(NAME_MESSAGE.to_owned()),
-        ..ValidationRule::default()
-    }]
+    vec![
+        ValidationRule {
+            rule: format!(
+                "size(self.metadata.name) <= {MAX_NAME_LENGTH} && \
+                 self.metadata.name.matches('{NAME_PATTERN}')"
+            ),
+            message: Some(NAME_MESSAGE.to_owned()),
+            ..ValidationRule::default()
+        },
+        ValidationRule {
+            rule: format!(
+                "!has(self.spec.readReplicas) || \
+                 size(self.metadata.name) <= {MAX_READ_ONLY_NAME_LENGTH}"
+            ),
+            message: Some(READ_ONLY_NAME_MESSAGE.to_owned()),
+            ..ValidationRule::default()
+        },
+    ]
 }

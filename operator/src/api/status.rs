@@ -26,6 +26,9 @@ pub mod condition {
     /// The pods' open server connections have stayed above the operator's threshold (a
     /// share of the pool's budget) for its sustained period.
     pub const NEAR_BUDGET: &str = "NearBudget";
+    /// The read-only pool `spec.readReplicas` asks for is rendered and all its pods are
+    /// ready (present only while one is asked for).
+    pub const READ_ONLY_READY: &str = "ReadOnlyReady";
 }
 
 /// The observed state of a ConnectionPool.
@@ -77,6 +80,39 @@ pub struct ConnectionPoolStatus {
     /// rewrite its status at every poll.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<UsageStatus>,
+
+    /// The read-only pool over the standbys, when spec.readReplicas asks for one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_only: Option<ReadOnlyPoolStatus>,
+}
+
+/// The read-only pool's own state: its pods, its budget from the standbys, where it listens.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReadOnlyPoolStatus {
+    /// Read-only pooler pods that exist.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<i32>,
+
+    /// Read-only pooler pods ready to serve clients.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_replicas: Option<i32>,
+
+    /// How the budget was computed, from the smallest standby's limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<BudgetStatus>,
+
+    /// Each user's pool sizes in every read-only pod.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub users: Vec<UserPoolStatus>,
+
+    /// Where clients connect for reads: the `<name>-ro` Service's host and port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+
+    /// The Secret with the read-only pool's connection details.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_secret_name: Option<String>,
 }
 
 /// The pools' usage over all pooler pods, as their `/status` reported it.

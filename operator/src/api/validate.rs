@@ -11,7 +11,9 @@ use kube::Resource;
 use serde_json::Value;
 
 use super::duration::MESSAGE as DURATION_MESSAGE;
-use super::rules::{self, Rule, MAX_NAME_LENGTH, NAME_MESSAGE};
+use super::rules::{
+    self, Rule, MAX_NAME_LENGTH, MAX_READ_ONLY_NAME_LENGTH, NAME_MESSAGE, READ_ONLY_NAME_MESSAGE,
+};
 use super::{CaSource, ConnectionPool, Limits, TlsSpec};
 
 /// One refused field: where, and why.
@@ -131,6 +133,12 @@ impl ConnectionPool {
                     message: NAME_MESSAGE.into(),
                 });
             }
+            if self.spec.read_replicas.is_some() && name.len() > MAX_READ_ONLY_NAME_LENGTH {
+                v.0.push(Violation {
+                    path: "metadata.name".into(),
+                    message: READ_ONLY_NAME_MESSAGE.into(),
+                });
+            }
         }
         let spec = &self.spec;
         v.run("spec", &rules::spec_rules(), spec);
@@ -141,6 +149,13 @@ impl ConnectionPool {
                 &rules::credentials_rules(),
                 &database.credentials_secret,
             );
+        }
+        if let Some(replicas) = &spec.read_replicas {
+            v.run("spec.readReplicas", &rules::read_replicas_rules(), replicas);
+            for (i, host) in replicas.hosts.iter().enumerate() {
+                let path = format!("spec.readReplicas.hosts[{i}]");
+                v.run(&path, &rules::standby_host_rules(), host);
+            }
         }
         if let Some(redis) = &spec.redis {
             v.run("spec.redis", &rules::redis_rules(), redis);

@@ -7,6 +7,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 pub mod reason {
     /// `maxConnections: auto` and the database could not be asked for its limits.
     pub const DATABASE_UNREACHABLE: &str = "DatabaseUnreachable";
+    /// `readReplicas.maxConnections: auto` and a standby could not be asked for its limits.
+    pub const STANDBY_UNREACHABLE: &str = "StandbyUnreachable";
     /// A Redis pool without `maxClients` and the server could not be asked for it.
     pub const REDIS_UNREACHABLE: &str = "RedisUnreachable";
     /// A Redis pool without `maxClients` whose server will not tell its maxclients

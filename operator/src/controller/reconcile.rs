@@ -47,7 +47,7 @@ use super::rollout::{self, Observation};
 use super::tls::ProbeTls;
 use super::usage::{self, NearBudgetSettings, PodReport};
 use crate::api::condition::{
-    BUDGET_FEASIBLE, FITS, INVALID_SPEC, MONITORING, NEAR_BUDGET, PROGRESSING,
+    BUDGET_FEASIBLE, FITS, INVALID_SPEC, MONITORING, NEAR_BUDGET, PROGRESSING, READ_ONLY_READY,
 };
 use crate::api::{
     Backend, BudgetStatus, CaSource, ConnectionPool, ConnectionPoolSpec, ConnectionPoolStatus,
@@ -56,6 +56,8 @@ use crate::api::{
 use crate::render::config::CONFIG_FILE;
 use crate::render::{self, names, selector_string, Child, Observed, RenderError, Rendered};
 use crate::sizing::{self, SizingError};
+
+mod read_only;
 
 /// The one field manager every object and status is applied under.
 pub const FIELD_MANAGER: &str = "weir-operator";
@@ -448,6 +450,7 @@ async fn reconcile_pool(pool: &ConnectionPool, ctx: &Context) -> Result<Action, 
         peers_in_force,
         operator_namespace: ctx.settings.operator_namespace.clone(),
         api_server: observe_api_server(ctx, &pool.spec).await,
+        standbys: BTreeMap::new(),
     };
     let database_problem = database.err().or(max_clients.err());
     let (budget, derivation) = budget_verdict(pool, &observed, database_problem.as_ref());
@@ -535,6 +538,7 @@ async fn reconcile_pool(pool: &ConnectionPool, ctx: &Context) -> Result<Action, 
         ),
         _ => rollout::ready(seen.as_ref(), want),
     };
+    let read_only = read_only::reconcile(ctx, pool, &namespace, &observed, spec_changed).await?;
     let generation = pool.metadata.generation;
     let crd_missing = monitored
         .as_ref()
@@ -542,6 +546,7 @@ async fn reconcile_pool(pool: &ConnectionPool, ctx: &Context) -> Result<Action, 
     let mut verdicts: Vec<Verdict> = [ready.clone(), progressing, budget]
         .into_iter()
         .chain(monitored)
+        .chain(read_only.as_ref().map(|r| r.ready.clone()))
         .collect();
     let judged = match (&reports, &status.budget) {
         (Some(Ok(reports)), Some(budget)) => {
@@ -557,6 +562,13 @@ async fn reconcile_pool(pool: &ConnectionPool, ctx: &Context) -> Result<Action, 
     if pool.spec.pod_monitor().is_none() {
         status.conditions.retain(|c| c.type_ != MONITORING);
     }
+    if read_only.is_none() {
+        status.conditions.retain(|c| c.type_ != READ_ONLY_READY);
+    }
+    let read_only_settling = read_only
+        .as_ref()
+        .is_some_and(|r| r.ready.status != Status::True);
+    status.read_only = read_only.map(|r| r.status);
     status.observed_generation = generation;
     status.replicas = seen.map(|s| s.replicas);
     status.ready_replicas = seen.map(|s| s.ready);
@@ -576,7 +588,7 @@ async fn reconcile_pool(pool: &ConnectionPool, ctx: &Context) -> Result<Action, 
         // Look for the PodMonitor CRD again once discovery's answer expires.
         None if crd_missing => Action::requeue(ctx.discovery.ttl().min(ctx.settings.resync)),
         // Endpoints are not watched: look again shortly until the pool is ready.
-        None if ready.status != Status::True && blocker.is_none() => {
+        None if (ready.status != Status::True && blocker.is_none()) || read_only_settling => {
             Action::requeue(Duration::from_secs(5))
         }
         None => Action::requeue(ctx.settings.resync),
@@ -915,6 +927,7 @@ fn blocker(error: &RenderError, database_problem: Option<&Blocker>) -> Blocker {
             INVALID_SPEC
         }
         RenderError::DatabaseNotObserved => reason::DATABASE_UNREACHABLE,
+        RenderError::StandbyNotObserved(_) => reason::STANDBY_UNREACHABLE,
         RenderError::MaxClientsNotObserved => reason::MAX_CLIENTS_UNKNOWN,
         RenderError::Sizing(SizingError::Infeasible(infeasible)) => infeasible.reason(),
         RenderError::Sizing(SizingError::Invalid(_)) => INVALID_SPEC,

@@ -16,6 +16,7 @@ pub mod monitoring;
 mod network_policy;
 pub mod peers;
 pub mod rbac;
+pub mod read_only;
 pub mod redis;
 mod secrets;
 pub mod tls;
@@ -33,8 +34,9 @@ use kube::ResourceExt;
 use weir_pooler::config::{Config, ConfigError};
 
 use crate::api::{
-    Backend, BudgetStatus, ConnectionPool, ConnectionPoolStatus, InvalidDuration, MaxConnections,
-    NoSingleBackend, UserPoolStatus, UserSource, Violations,
+    Backend, BudgetStatus, ConnectionPool, ConnectionPoolSpec, ConnectionPoolStatus,
+    InvalidDuration, MaxConnections, NoSingleBackend, ReadReplicas, UserPoolStatus, UserSource,
+    Violations,
 };
 use crate::sizing::{self, DatabaseLimits, Share, Sizing, SizingError, UserDemand};
 use crate::yaml;
@@ -64,6 +66,9 @@ pub struct Observed {
     /// The Redis server's `maxclients` (`CONFIG GET maxclients`); required when
     /// `spec.redis.maxClients` is not set.
     pub max_clients: Option<u32>,
+    /// Each standby's limits, by `host:port`, read when `spec.readReplicas.maxConnections`
+    /// is `auto`.
+    pub standbys: BTreeMap<String, ObservedDatabase>,
     /// Server connections other ConnectionPools on the same database (same host and port)
     /// claim, from their `status.budget.pool`.
     pub others_claimed: u32,
@@ -92,6 +97,12 @@ pub enum RenderError {
     /// The object lacks metadata the children need.
     #[error("the ConnectionPool has no metadata.{0}")]
     MissingMetadata(&'static str),
+    /// `readReplicas.maxConnections: auto` but a standby's limits were not observed.
+    #[error(
+        "readReplicas.maxConnections is auto but the max_connections of standby {0} is not \
+         known yet"
+    )]
+    StandbyNotObserved(String),
     /// `maxConnections: auto` but the database's limits were not observed.
     #[error("maxConnections is auto but the database's max_connections is not known yet")]
     DatabaseNotObserved,
@@ -349,6 +360,27 @@ impl Rendered {
 /// Renders every child object of `pool`, or explains why it cannot be done.
 pub fn render(pool: &ConnectionPool, observed: &Observed) -> Result<Rendered, RenderError> {
     pool.validate()?;
+    let owner = meta::owner(pool)?;
+    let sizing = sizing::compute(&sizing_inputs(pool, observed)?)?;
+    let mut rendered = render_pooler(pool, owner, observed, sizing, None)?;
+    if let (Some(binding), Some(_)) = (
+        rendered.token_review_binding.as_mut(),
+        &pool.spec.read_replicas,
+    ) {
+        read_only::bind_service_account(binding, &pool.name_any());
+    }
+    Ok(rendered)
+}
+
+/// Renders the pooler objects of `pool` (the ConnectionPool itself, or the read-only pool
+/// derived from it) owned by `owner`; with `standbys`, its database entry lists them.
+fn render_pooler(
+    pool: &ConnectionPool,
+    owner: k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference,
+    observed: &Observed,
+    sizing: Sizing,
+    standbys: Option<&ReadReplicas>,
+) -> Result<Rendered, RenderError> {
     let name = pool
         .metadata
         .name
@@ -359,9 +391,7 @@ pub fn render(pool: &ConnectionPool, observed: &Observed) -> Result<Rendered, Re
         .namespace
         .clone()
         .ok_or(RenderError::MissingMetadata("namespace"))?;
-    let owner = meta::owner(pool)?;
     let backend = pool.spec.backend()?;
-    let sizing = sizing::compute(&sizing_inputs(pool, observed)?)?;
     let credentials = secrets::credentials(&pool.spec, observed)?;
     tls::check_sources(&pool.spec, observed)?;
     let tls_settings = tls::settings(&pool.spec);
@@ -373,6 +403,9 @@ pub fn render(pool: &ConnectionPool, observed: &Observed) -> Result<Rendered, Re
         &credentials,
         &tls_settings,
     )?;
+    if let Some(standbys) = standbys {
+        read_only::point_at_standbys(&mut config, standbys)?;
+    }
     let redis_settings = match backend {
         Backend::Redis(spec) => Some(redis::settings(spec, &sizing, &credentials)),
         Backend::Postgres(_) => None,
@@ -425,6 +458,18 @@ fn count(value: i32) -> u32 {
     u32::try_from(value).unwrap_or(0)
 }
 
+/// What each PostgreSQL user asks of every pod, in spec order.
+fn postgres_users(spec: &ConnectionPoolSpec) -> Vec<UserDemand> {
+    spec.user_sources()
+        .iter()
+        .map(|u: &UserSource<'_>| UserDemand {
+            weight: count(u.weight()),
+            min_pool_size: count(u.min_pool_size()),
+            reserve_pool_size: count(u.reserve_pool_size()),
+        })
+        .collect()
+}
+
 /// The sizing inputs: the spec's numbers, with the server's own where the spec leaves
 /// them to be read (`maxConnections: auto`, no `redis.maxClients`).
 pub fn sizing_inputs(
@@ -454,16 +499,7 @@ pub fn sizing_inputs(
                 reserved_percent: count(db.reserved_percent),
                 used_by_others: count(db.used_by_others),
             };
-            let users = spec
-                .user_sources()
-                .iter()
-                .map(|u: &UserSource<'_>| UserDemand {
-                    weight: count(u.weight()),
-                    min_pool_size: count(u.min_pool_size()),
-                    reserve_pool_size: count(u.reserve_pool_size()),
-                })
-                .collect();
-            (limits, users)
+            (limits, postgres_users(spec))
         }
         Backend::Redis(redis) => {
             let max_clients = match redis.max_clients {

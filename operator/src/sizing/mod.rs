@@ -427,6 +427,12 @@ pub fn compute(inputs: &Inputs) -> Result<Sizing, SizingError> {
     Ok(Sizing { budget, users })
 }
 
+/// The standby a read-only pool is sized for: the one with the smallest database budget,
+/// since every read-only pod may connect to every standby (`None` for no standbys).
+pub fn tightest(standbys: &[DatabaseLimits]) -> Option<DatabaseLimits> {
+    standbys.iter().copied().min_by_key(database_budget)
+}
+
 fn check_inputs(inputs: &Inputs) -> Result<(), InvalidInput> {
     if inputs.users.is_empty() {
         return Err(InvalidInput::NoUsers);

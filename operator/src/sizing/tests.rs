@@ -459,3 +459,52 @@ proptest! {
         }
     }
 }
+
+fn standby(max_connections: u32, superuser_reserved: u32, used_by_others: u32) -> DatabaseLimits {
+    DatabaseLimits {
+        max_connections,
+        superuser_reserved,
+        reserved_percent: 15,
+        used_by_others,
+    }
+}
+
+/// A read-only pool is sized for the standby with the least room, which need not be the one
+/// with the lowest max_connections.
+#[test]
+fn read_only_pools_are_sized_for_the_tightest_standby() {
+    let big_but_busy = standby(200, 3, 150); // 200 − 3 − 30 − 150 = 17
+    let small = standby(100, 3, 0); // 100 − 3 − 15 = 82
+    assert_eq!(tightest(&[small, big_but_busy]), Some(big_but_busy));
+    assert_eq!(tightest(&[]), None);
+
+    let mut i = inputs(100, 3, vec![user(1, 0, 0)]);
+    i.database = tightest(&[small, big_but_busy, small]).expect("standbys");
+    let s = compute(&i).expect("feasible");
+    assert_eq!(s.budget.database, 17);
+    assert_eq!(s.budget.pods_max, 4);
+    assert_eq!(s.budget.per_pod, 4); // floor(17 / 4)
+    assert!(s.committed() <= 17);
+}
+
+proptest! {
+    /// Every read-only pod may connect to every standby: all of them together stay within
+    /// each standby's own budget.
+    #[test]
+    fn read_only_pods_fit_every_standby(
+        standbys in prop::collection::vec((1u32..2000, 0u32..10, 0u32..300), 1..5),
+        replicas in 1u32..30,
+        max_surge in 1u32..4,
+    ) {
+        let limits: Vec<DatabaseLimits> =
+            standbys.iter().map(|&(m, r, o)| standby(m, r, o)).collect();
+        let mut i = inputs(1, replicas, vec![user(2, 1, 0), user(1, 0, 1)]);
+        i.max_surge = max_surge;
+        i.database = tightest(&limits).expect("standbys");
+        if let Ok(s) = compute(&i) {
+            for limits in &limits {
+                prop_assert!(s.committed() <= database_budget(limits).max(0) as u64);
+            }
+        }
+    }
+}

@@ -1,5 +1,5 @@
 use super::*;
-use crate::api::rules;
+use crate::api::{rules, MaxConnections};
 
 const BASE: &str = "\
 apiVersion: weir.dev/v1alpha1
@@ -639,5 +639,101 @@ fn redis_refuses_postgres_only_settings() {
     assert_eq!(
         redis_violations("  tls:\n    server: {mode: require}\n"),
         [format!("spec.tls: {}", rules::REDIS_TLS)]
+    );
+}
+
+fn with_read_replicas(p: &mut ConnectionPool) -> &mut crate::api::ReadReplicas {
+    p.spec.read_replicas.get_or_insert_with(|| {
+        serde_json::from_value(serde_json::json!({ "hosts": [{ "host": "standby" }] }))
+            .expect("a read-replicas spec")
+    })
+}
+
+#[test]
+fn read_replicas_defaults_are_filled_in() {
+    let mut pool = base();
+    let r = with_read_replicas(&mut pool);
+    assert_eq!(r.replicas, 2);
+    assert_eq!(r.max_connections, MaxConnections::Auto);
+    assert_eq!(
+        (r.superuser_reserved_connections, r.reserved_percent),
+        (3, 15)
+    );
+    assert_eq!((r.used_by_others, r.hosts[0].port), (0, 5432));
+    assert_eq!(pool.validate(), Ok(()));
+}
+
+#[test]
+fn read_replicas_rules() {
+    assert_refused(
+        |p| with_read_replicas(p).hosts.clear(),
+        "spec.readReplicas.hosts: hosts must list at least one standby",
+    );
+    assert_refused(
+        |p| with_read_replicas(p).replicas = -1,
+        "spec.readReplicas.replicas: replicas must not be negative",
+    );
+    assert_eq!(
+        violations(|p| with_read_replicas(p).replicas = 0),
+        Vec::<String>::new()
+    );
+    assert_refused(
+        |p| with_read_replicas(p).max_connections = MaxConnections::Count(0),
+        &format!(
+            "spec.readReplicas.maxConnections: {}",
+            rules::MAX_CONNECTIONS_FORM
+        ),
+    );
+    assert_refused(
+        |p| with_read_replicas(p).reserved_percent = 51,
+        "spec.readReplicas.reservedPercent: reservedPercent must be between 0 and 50",
+    );
+    assert_refused(
+        |p| with_read_replicas(p).superuser_reserved_connections = -1,
+        "spec.readReplicas.superuserReservedConnections: superuserReservedConnections must \
+         not be negative",
+    );
+    assert_refused(
+        |p| with_read_replicas(p).used_by_others = -1,
+        "spec.readReplicas.usedByOthers: usedByOthers must not be negative",
+    );
+    for bad in ["", "a,b", "a b"] {
+        assert_refused(
+            |p| with_read_replicas(p).hosts[0].host = bad.to_owned(),
+            "spec.readReplicas.hosts[0].host: host must be a host name or an address, without \
+             blanks or commas (it joins a host list)",
+        );
+    }
+    for port in [0, 65536] {
+        assert_refused(
+            |p| with_read_replicas(p).hosts[0].port = port,
+            "spec.readReplicas.hosts[0].port: port must be between 1 and 65535",
+        );
+    }
+}
+
+#[test]
+fn read_replicas_need_a_database_and_a_name_that_fits_ro() {
+    let redis = redis_violations("  readReplicas:\n    hosts:\n      - host: standby\n");
+    assert!(
+        redis.contains(&format!(
+            "spec.readReplicas: {}",
+            rules::READ_REPLICAS_NEED_DATABASE
+        )),
+        "{redis:?}"
+    );
+    assert_refused(
+        |p| {
+            p.metadata.name = Some("a".repeat(61));
+            with_read_replicas(p);
+        },
+        &format!("metadata.name: {}", rules::READ_ONLY_NAME_MESSAGE),
+    );
+    assert_eq!(
+        violations(|p| {
+            p.metadata.name = Some("a".repeat(60));
+            with_read_replicas(p);
+        }),
+        Vec::<String>::new()
     );
 }
