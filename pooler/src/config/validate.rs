@@ -380,7 +380,7 @@ fn check_replica_max_lag(config: &Config) -> Vec<Problem> {
             super::TargetSessionAttrs::ReadWrite | super::TargetSessionAttrs::Primary
         )
     };
-    if !config.databases.values().any(accepts_standbys) {
+    if !config.databases.is_empty() && !config.databases.values().any(accepts_standbys) {
         notes.push(Problem::setting(
             "replica_max_lag",
             "no database accepts standbys (every target_session_attrs is read-write or \
