@@ -290,6 +290,14 @@ impl HostTable {
         newly
     }
 
+    /// A probe of `host` failed (`fault`, `why`) at `now`: the pause before the next one
+    /// grows. Nothing when the host came back meanwhile (another connection reached it).
+    pub fn probe_failed(&mut self, host: usize, fault: Fault, why: &str, now: Instant) {
+        if self.state(host) != Some(HostState::Up) {
+            self.failed(host, fault, why, now);
+        }
+    }
+
     /// `host` reported `position` at `now`; with the bound `max_lag` a standby whose replay
     /// lag exceeds it is taken out (`lagging`) and one caught up is brought back. Returns the
     /// host's lag and what changed.
@@ -635,6 +643,12 @@ mod tests {
         assert_eq!(table.due_probes(at + 800 * MS), [0]);
         assert!(table.connected(0, at + SEC));
         assert!(!table.connected(0, at + SEC), "already up");
+        table.probe_failed(0, Fault::Down, "a late probe", at + SEC);
+        assert_eq!(
+            table.state(0),
+            Some(HostState::Up),
+            "a late probe's failure"
+        );
         assert_eq!(table.state(0), Some(HostState::Up));
         assert!(table.due_probes(t0 + 60 * SEC).is_empty());
     }

@@ -815,7 +815,7 @@ impl Pool {
                 tracing::debug!(pool = %self.key, host, error = %e, "server still out of service");
                 self.book()
                     .table
-                    .failed(host, fault, &e.to_string(), Instant::now());
+                    .probe_failed(host, fault, &e.to_string(), Instant::now());
                 return;
             }
         };
@@ -825,7 +825,7 @@ impl Pool {
                 Err(e) => {
                     let mut book = self.book();
                     book.table
-                        .failed(host, Fault::Down, &e.to_string(), Instant::now());
+                        .probe_failed(host, Fault::Down, &e.to_string(), Instant::now());
                     false
                 }
             }
