@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio_postgres::{Client, SimpleQueryMessage};
 use weir_tests::fixture::{scalar, sqlstate, Fixture};
@@ -123,8 +123,6 @@ async fn show_hosts(weir: &WeirProcess) -> HashMap<u16, HashMap<String, String>>
 struct Tally {
     /// Reads served, by the port of the server that answered.
     served: Mutex<BTreeMap<u16, u64>>,
-    /// Microseconds the reads each server served took, by its port.
-    busy_us: Mutex<BTreeMap<u16, u64>>,
     /// SQLSTATE (or the error text) of each failed read.
     failed: Mutex<Vec<String>>,
 }
@@ -146,7 +144,6 @@ async fn read_loop(port: u16, tally: Arc<Tally>, stop: Arc<AtomicBool>) {
         .await
         .expect("reading client");
     while !stop.load(Ordering::Relaxed) {
-        let t0 = Instant::now();
         // The simple protocol: one message per read, so a read cut off leaves nothing unsent.
         match client.simple_query("SELECT current_setting('port')").await {
             Ok(msgs) => {
@@ -157,13 +154,6 @@ async fn read_loop(port: u16, tally: Arc<Tally>, stop: Arc<AtomicBool>) {
                         _ => None,
                     })
                     .expect("a port");
-                let took = u64::try_from(t0.elapsed().as_micros()).unwrap_or(u64::MAX);
-                *tally
-                    .busy_us
-                    .lock()
-                    .expect("tally")
-                    .entry(server)
-                    .or_default() += took;
                 *tally
                     .served
                     .lock()
@@ -292,26 +282,23 @@ async fn reads_spread_over_both_standbys_and_survive_one_stopping_and_coming_bac
     let share = since(&before, &tally.served());
     let total: u64 = share.values().sum();
     let hosts = show_hosts(&weir).await;
-    let connections: BTreeMap<u16, &str> = hosts
+    let connections: BTreeMap<u16, String> = hosts
         .iter()
-        .map(|(port, h)| (*port, h["server_connections"].as_str()))
+        .map(|(port, h)| {
+            let (state, open, active) = (&h["state"], &h["server_connections"], &h["active"]);
+            (*port, format!("{state}, {open} open, {active} active"))
+        })
         .collect();
-    let busy = tally.busy_us.lock().expect("tally").clone();
-    let busy_total: u64 = busy.values().sum();
     eprintln!(
-        "replicas: {total} reads spread as {share:?}, busy {busy:?} us, over connections \
-         {connections:?} (ports {p1}, {p2})"
+        "replicas: {total} reads spread as {share:?} over connections {connections:?} \
+         (ports {p1}, {p2})"
     );
-    // The pool lends from the host with the fewest connections lent: each standby carries
-    // about half the load (the time its reads take); how many reads that is depends on how
-    // fast each one answers on a busy machine.
+    // Round-robin: each checkout starts at the other standby, so each serves about half.
     for port in [p1, p2] {
         let n = share.get(&port).copied().unwrap_or(0);
-        let us = busy.get(&port).copied().unwrap_or(0);
         assert!(
-            n * 100 >= total * 5 && us * 100 >= busy_total * 30,
-            "standby {port} served {n} of {total} reads ({us} of {busy_total} us): \
-             {share:?}\n{}",
+            n * 10 >= total * 3,
+            "standby {port} served {n} of {total} reads: {share:?}\n{}",
             weir.log()
         );
     }
@@ -413,10 +400,11 @@ async fn a_standby_lagging_beyond_replica_max_lag_is_taken_out_until_it_catches_
     let after = tally.served();
     assert!(reads_reach(&tally, p2, 200).await, "{}", weir.log());
     let during = since(&after, &tally.served());
-    assert_eq!(
-        during.keys().copied().collect::<Vec<_>>(),
-        [p2],
-        "no read is served by the lagging standby: {during:?}"
+    // Only a read already lent a connection to it when it was taken out may end there.
+    let on_lagging = during.get(&p1).copied().unwrap_or(0);
+    assert!(
+        on_lagging <= CLIENTS as u64,
+        "no new read is served by the lagging standby: {during:?}"
     );
 
     // Replay resumes: it catches up and is brought back.

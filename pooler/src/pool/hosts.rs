@@ -234,19 +234,18 @@ impl HostTable {
 
     /// Which idle connections may be lent, and in what preference: for each host, `None` when
     /// it is out of service, else its rank (lower first). Under `round-robin` with several
-    /// hosts, the host with the fewest connections lent (`lent`) ranks first, ties taken in
-    /// turn; otherwise every host in service ranks the same.
-    pub fn lend_ranks(&mut self, lent: &[usize], mode: LoadBalanceHosts) -> Vec<Option<usize>> {
+    /// hosts each checkout starts at the next host, so that requests alternate over the hosts
+    /// in service whatever the reuse order (a host with no idle connection is passed over);
+    /// otherwise every host in service ranks the same.
+    pub fn lend_ranks(&mut self, mode: LoadBalanceHosts) -> Vec<Option<usize>> {
         let n = self.hosts.len();
         self.rotation = self.rotation.wrapping_add(1);
         let rotation = self.rotation;
         (0..n)
             .map(|h| {
                 (self.hosts[h].state == HostState::Up).then(|| match mode {
-                    LoadBalanceHosts::RoundRobin if n > 1 => {
-                        lent.get(h).copied().unwrap_or(0) * n + turn(h, rotation, n)
-                    }
-                    _ => 0,
+                    LoadBalanceHosts::RoundRobin => turn(h, rotation, n),
+                    LoadBalanceHosts::Disable => 0,
                 })
             })
             .collect()
@@ -607,24 +606,18 @@ mod tests {
     }
 
     #[test]
-    fn idle_connections_are_lent_from_the_least_busy_host_in_turn() {
+    fn idle_connections_are_lent_from_each_host_in_turn() {
         let t0 = Instant::now();
         let mut table = HostTable::new(2, t0);
-        let ranks = table.lend_ranks(&[3, 1], RR);
-        assert!(ranks[1] < ranks[0], "{ranks:?}");
-        // Equally busy: each host first in turn, so a lone client alternates between them.
-        let a = table.lend_ranks(&[0, 0], RR);
-        let b = table.lend_ranks(&[0, 0], RR);
+        // Each checkout prefers the other host, so a lone client alternates between them.
+        let a = table.lend_ranks(RR);
+        let b = table.lend_ranks(RR);
         assert_ne!(a[0] < a[1], b[0] < b[1], "{a:?} {b:?}");
         table.failed(0, Fault::Down, "gone", t0);
-        assert_eq!(table.lend_ranks(&[0, 0], RR)[0], None);
-        let single = HostTable::new(1, t0).lend_ranks(&[4], RR);
-        assert_eq!(single, [Some(0)]);
+        assert_eq!(table.lend_ranks(RR)[0], None);
+        assert_eq!(HostTable::new(1, t0).lend_ranks(RR), [Some(0)]);
         let mut d = HostTable::new(2, t0);
-        assert_eq!(
-            d.lend_ranks(&[3, 0], LoadBalanceHosts::Disable),
-            [Some(0), Some(0)]
-        );
+        assert_eq!(d.lend_ranks(LoadBalanceHosts::Disable), [Some(0), Some(0)]);
     }
 
     #[test]

@@ -588,9 +588,7 @@ impl Pool {
             return None;
         }
         let mode = self.target.load().load_balance;
-        let mut book = self.book();
-        let lent = book.counts.lent();
-        Some(book.table.lend_ranks(&lent, mode))
+        Some(self.book().table.lend_ranks(mode))
     }
 
     /// Why a connection given back must close to keep the hosts even, if it must.
