@@ -189,11 +189,6 @@ impl HostTable {
         }
     }
 
-    /// How many hosts the list has.
-    pub fn len(&self) -> usize {
-        self.hosts.len()
-    }
-
     /// The state of `host`.
     pub fn state(&self, host: usize) -> Option<HostState> {
         self.hosts.get(host).map(|h| h.state)
