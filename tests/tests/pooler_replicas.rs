@@ -118,6 +118,40 @@ async fn show_hosts(weir: &WeirProcess) -> HashMap<u16, HashMap<String, String>>
     hosts
 }
 
+/// The pooler's servers and clients and what each standby's backends are doing, for a
+/// failure message.
+async fn diagnose(weir: &WeirProcess, standbys: &[&PgCluster]) -> String {
+    let rows = |msgs: Vec<SimpleQueryMessage>| -> Vec<String> {
+        msgs.iter()
+            .filter_map(|m| match m {
+                SimpleQueryMessage::Row(r) => Some(
+                    (0..r.len())
+                        .map(|i| r.get(i).unwrap_or("NULL"))
+                        .collect::<Vec<_>>()
+                        .join(" | "),
+                ),
+                _ => None,
+            })
+            .collect()
+    };
+    let mut out = Vec::new();
+    if let Ok(admin) = net::connect(weir.port(), USER, PASSWORD, "pgbouncer").await {
+        for q in ["SHOW SERVERS", "SHOW CLIENTS"] {
+            out.push(format!("{q}:"));
+            out.extend(admin.simple_query(q).await.map(rows).unwrap_or_default());
+        }
+    }
+    for standby in standbys {
+        out.push(format!("pg_stat_activity on {}:", standby.port()));
+        if let Ok(c) = standby.superuser().await {
+            let q = "SELECT pid, state, wait_event_type, wait_event, query FROM pg_stat_activity \
+                     WHERE backend_type = 'client backend'";
+            out.extend(c.simple_query(q).await.map(rows).unwrap_or_default());
+        }
+    }
+    out.join("\n")
+}
+
 /// What the reading clients saw.
 #[derive(Default)]
 struct Tally {
@@ -220,7 +254,7 @@ fn since(before: &BTreeMap<u16, u64>, after: &BTreeMap<u16, u64>) -> BTreeMap<u1
         .collect()
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_spread_over_both_standbys_and_survive_one_stopping_and_coming_back() {
     let (_primary, s1, s2) = primary_and_standbys().await;
     let (p1, p2) = (s1.port(), s2.port());
@@ -298,6 +332,9 @@ async fn reads_spread_over_both_standbys_and_survive_one_stopping_and_coming_bac
     // less (measured 20-50 % each), as its connections are idle less often.
     for port in [p1, p2] {
         let n = share.get(&port).copied().unwrap_or(0);
+        if n * 10 < total {
+            eprintln!("{}", diagnose(&weir, &[&s1, &s2]).await);
+        }
         assert!(
             n * 10 >= total,
             "standby {port} served {n} of {total} reads: {share:?}\n{}",
@@ -361,7 +398,7 @@ async fn reads_spread_over_both_standbys_and_survive_one_stopping_and_coming_bac
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_standby_lagging_beyond_replica_max_lag_is_taken_out_until_it_catches_up() {
     let (primary, s1, s2) = primary_and_standbys().await;
     let (p1, p2) = (s1.port(), s2.port());
