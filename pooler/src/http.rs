@@ -183,6 +183,27 @@ pub struct PoolStatus {
     pub longest_wait_ms: u64,
     /// Clients logged in to the pool.
     pub clients: u64,
+    /// Each host of a host list (or of a pool with `replica_max_lag`): its state and
+    /// connections.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<HostHealth>,
+}
+
+/// One host of a pool in [`PoolStatus`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostHealth {
+    /// `host:port`.
+    pub host: String,
+    /// `up`, `out` (failed; probed with backoff) or `lagging` (replay lag beyond
+    /// `replica_max_lag`).
+    pub state: String,
+    /// Server connections open to it.
+    pub server_connections: u64,
+    /// Of those, lent to clients.
+    pub active: u64,
+    /// Replay lag when last measured, in milliseconds (standbys, with `replica_max_lag`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag_ms: Option<u64>,
 }
 
 /// The document `/status` serves.
@@ -198,6 +219,21 @@ pub fn status(pooler: &dyn PoolerView) -> StatusDocument {
             let settings = pool.settings();
             let (idle, total) = pool.counts();
             let longest = waits.get(pool.key()).copied().unwrap_or_default();
+            let health = pool.host_status();
+            let listed = health.len() > 1 || !settings.replica_max_lag.is_zero();
+            let hosts = health
+                .into_iter()
+                .filter(|_| listed)
+                .map(|h| HostHealth {
+                    host: h.host,
+                    state: h.state.to_owned(),
+                    server_connections: count(h.server_connections),
+                    active: count(h.active),
+                    lag_ms: h
+                        .lag
+                        .map(|lag| u64::try_from(lag.as_millis()).unwrap_or(u64::MAX)),
+                })
+                .collect();
             PoolStatus {
                 database: pool.key().database.clone(),
                 user: pool.key().user.clone(),
@@ -211,6 +247,7 @@ pub fn status(pooler: &dyn PoolerView) -> StatusDocument {
                 waiting: count(s.waiting.load(Ordering::Relaxed)),
                 longest_wait_ms: u64::try_from(longest.as_millis()).unwrap_or(u64::MAX),
                 clients: count(s.clients.load(Ordering::Relaxed)),
+                hosts,
             }
         })
         .collect();

@@ -409,6 +409,26 @@ fn snapshot(pooler: &dyn PoolerView) -> prometheus::Result<Registry> {
         "1 for the host the pool connects to now (the primary when target_session_attrs asks for one).",
         &["database", "user", "host"],
     )?;
+    let host_state = gauges(
+        &r,
+        "weir_pool_host_state",
+        "1 for each host's state: up, out (failed; probed with backoff) or lagging (replica_max_lag).",
+        &["database", "user", "host", "state"],
+    )?;
+    let host_servers = gauges(
+        &r,
+        "weir_pool_host_server_connections",
+        "Server connections of the pool open to each host.",
+        &["database", "user", "host"],
+    )?;
+    let host_lag = prometheus::GaugeVec::new(
+        Opts::new(
+            "weir_pool_host_replay_lag_seconds",
+            "Replay lag of each standby when last measured (with replica_max_lag).",
+        ),
+        &["database", "user", "host"],
+    )?;
+    r.register(Box::new(host_lag.clone()))?;
     for pool in pooler.pools() {
         let key = pool.key();
         let v = [key.database.as_str(), key.user.as_str()];
@@ -468,6 +488,18 @@ fn snapshot(pooler: &dyn PoolerView) -> prometheus::Result<Registry> {
             .set(i64::from(failover.holding));
         if let Some(host) = &failover.current {
             current.with_label_values(&[v[0], v[1], host]).set(1);
+        }
+        for h in pool.host_status() {
+            let labels = [v[0], v[1], h.host.as_str()];
+            host_state
+                .with_label_values(&[v[0], v[1], &h.host, h.state])
+                .set(1);
+            host_servers
+                .with_label_values(&labels)
+                .set(h.server_connections as i64);
+            if let Some(lag) = h.lag {
+                host_lag.with_label_values(&labels).set(lag.as_secs_f64());
+            }
         }
         for (class, n) in s.errors.lock().unwrap_or_else(|p| p.into_inner()).iter() {
             let class = String::from_utf8_lossy(class);

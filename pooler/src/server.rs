@@ -280,6 +280,23 @@ impl From<ProtocolError> for ServerError {
 }
 
 impl ServerError {
+    /// Whether a failed connect says the host itself is unavailable: it did not answer, the
+    /// connection broke or timed out, or it refused the login while shutting down, starting
+    /// or recovering (57P01, 57P02, 57P03) or with a connection exception (class 08). A
+    /// refused password or a TLS misconfiguration is not the host's fault.
+    pub fn host_down(&self) -> bool {
+        match self {
+            ServerError::Connect { .. }
+            | ServerError::Lost(_)
+            | ServerError::Timeout
+            | ServerError::QueryTimeout(_) => true,
+            ServerError::Login(e) => {
+                matches!(e.code.as_str(), "57P01" | "57P02" | "57P03") || e.code.starts_with("08")
+            }
+            _ => false,
+        }
+    }
+
     /// The error a client is told when this failure stops its work.
     pub fn to_client_error(&self) -> PgError {
         match self {
@@ -336,6 +353,8 @@ pub struct ServerConn {
     synced_to: Option<(ParamSet, u64)>,
     /// `server_connect_timeout`, which also bounds each query the pooler sends itself.
     query_limit: Duration,
+    /// Its host's index in the target's host list.
+    host: usize,
 }
 
 /// The state a server connection carries on behalf of the clients it serves: the statements
@@ -425,14 +444,67 @@ pub enum PrepareError {
     Params(ServerError),
 }
 
+/// Asks a server where it stands in the WAL: in recovery, and the positions received and
+/// replayed (both the current position on a primary).
+const WAL_POSITION_QUERY: &str = "SELECT pg_is_in_recovery(), \
+     CASE WHEN pg_is_in_recovery() THEN pg_last_wal_receive_lsn() ELSE pg_current_wal_lsn() END::text, \
+     CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END::text";
+
+/// What a server said of its WAL position, as PostgreSQL prints positions (`16/B374D848`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WalReport {
+    /// In recovery (a standby).
+    pub standby: bool,
+    /// The last position received by streaming replication (none when it never streamed).
+    pub received: Option<String>,
+    /// The last position replayed.
+    pub replayed: Option<String>,
+}
+
+/// What became of one host a connect tried.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostOutcome {
+    /// The connection or login failed; `down` when the host did not answer or refused for
+    /// a reason of its own state (see [`ServerError::host_down`]).
+    Failed {
+        /// The error.
+        why: String,
+        /// Whether it says the host is down.
+        down: bool,
+    },
+    /// `target_session_attrs` refused the server.
+    Refused(&'static str),
+}
+
+/// A connect over a host list: its result, and each host tried before it (or all of them,
+/// when it failed) with what became of it.
+#[derive(Debug)]
+pub struct ConnectAttempt {
+    /// The connection, logged in to the first acceptable host.
+    pub result: Result<ServerConn, ServerError>,
+    /// `(index into the host list, outcome)` of every host that did not serve it.
+    pub tried: Vec<(usize, HostOutcome)>,
+}
+
 impl ServerConn {
     /// Opens and logs in a connection to the first acceptable host of the target's list,
     /// starting where `load_balance_hosts` says and skipping hosts that fail or that
     /// `target_session_attrs` refuses (as libpq does). Each host's attempt is bounded by
     /// `server_connect_timeout`.
     pub async fn connect(target: &ServerTarget) -> Result<ServerConn, ServerError> {
-        let count = target.hosts.len();
         let start = target.cursor.start(target.load_balance);
+        let order: Vec<usize> = hosts::try_order(start, target.hosts.len()).collect();
+        let attempt = Self::connect_order(target, &order).await;
+        if let Ok(conn) = &attempt.result {
+            target.cursor.used(target.load_balance, conn.host);
+        }
+        attempt.result
+    }
+
+    /// As [`Self::connect`], trying the hosts (indexes into `target.hosts`) in `order`, and
+    /// telling what became of each host tried.
+    pub async fn connect_order(target: &ServerTarget, order: &[usize]) -> ConnectAttempt {
+        let mut tried = Vec::new();
         let mut reasons = Vec::new();
         let mut last_error = None;
         let mut refused_any = false;
@@ -446,35 +518,69 @@ impl ServerConn {
             if pass == 1 && !refused_any {
                 break;
             }
-            for index in hosts::try_order(start, count) {
-                let addr = &target.hosts[index];
+            for &index in order {
+                let Some(addr) = target.hosts.get(index) else {
+                    continue;
+                };
                 match Self::connect_host(target, addr, pass == 1).await {
-                    Ok(Ok(conn)) => {
-                        target.cursor.used(target.load_balance, index);
-                        return Ok(conn);
+                    Ok(Ok(mut conn)) => {
+                        conn.host = index;
+                        return ConnectAttempt {
+                            result: Ok(conn),
+                            tried,
+                        };
                     }
                     Ok(Err(why)) => {
                         refused_any = true;
                         tracing::info!(server = %addr, target_session_attrs = %target.session_attrs, why, "server skipped");
                         reasons.push(format!("{addr}: {why}"));
+                        tried.push((index, HostOutcome::Refused(why)));
                     }
                     Err(e) => {
-                        if count > 1 {
+                        if order.len() > 1 {
                             tracing::warn!(server = %addr, error = %e, "server connection failed; trying the next host");
                         }
                         reasons.push(format!("{addr}: {e}"));
+                        tried.push((
+                            index,
+                            HostOutcome::Failed {
+                                why: e.to_string(),
+                                down: e.host_down(),
+                            },
+                        ));
                         last_error = Some(e);
                     }
                 }
             }
         }
-        match last_error {
+        let result = match last_error {
             Some(e) if !refused_any => Err(e),
             _ => Err(ServerError::NoMatchingHost {
                 attrs: target.session_attrs,
                 reasons: reasons.join("; "),
             }),
-        }
+        };
+        ConnectAttempt { result, tried }
+    }
+
+    /// Where this server stands in the WAL, bounded by `server_connect_timeout` as every
+    /// query the pooler sends itself.
+    pub async fn wal_position(&mut self) -> Result<WalReport, ServerError> {
+        let limit = self.query_limit;
+        let query = self.query_row(WAL_POSITION_QUERY, &[]);
+        let row = if limit.is_zero() {
+            query.await?
+        } else {
+            tokio::time::timeout(limit, query).await.map_err(|_| {
+                ServerError::QueryTimeout(WAL_POSITION_QUERY.chars().take(64).collect())
+            })??
+        };
+        let mut fields = row.unwrap_or_default().into_iter();
+        Ok(WalReport {
+            standby: fields.next().flatten().as_deref() == Some("t"),
+            received: fields.next().flatten(),
+            replayed: fields.next().flatten(),
+        })
     }
 
     /// One host's attempt, bounded by `server_connect_timeout`: Ok(Err(why)) when the server
@@ -585,6 +691,7 @@ impl ServerConn {
             generation: 0,
             synced_to: None,
             query_limit: target.connect_timeout,
+            host: 0,
         };
         match &target.credential {
             ServerCredential::CloudToken(source) => {
@@ -1005,6 +1112,11 @@ impl ServerConn {
         use bytes::Buf as _;
         let n = n.min(self.buf.len());
         self.buf.advance(n);
+    }
+
+    /// Its host's index in the target's host list.
+    pub fn host_index(&self) -> usize {
+        self.host
     }
 
     /// Whether this idle connection can be lent out: nothing unread is waiting on it (an

@@ -13,6 +13,7 @@ use std::time::{Duration, SystemTime};
 use bytes::BytesMut;
 
 use crate::config::{self, Config, Settings};
+use crate::pool::hosts::HostStatus;
 use crate::pool::{failover, Pool, PoolKey};
 use crate::protocol::{backend, PgError, Severity};
 use crate::registry::{ClientRecord, ServerRecord};
@@ -514,6 +515,8 @@ pub struct HostView {
     pub target_session_attrs: String,
     /// Failover handling.
     pub failover: failover::Status,
+    /// Each host's health and connections.
+    pub health: Vec<HostStatus>,
 }
 
 impl HostView {
@@ -527,13 +530,16 @@ impl HostView {
             hosts: hosts.join(","),
             target_session_attrs: target.session_attrs.to_string(),
             failover: pool.failover_status(),
+            health: pool.host_status(),
         }
     }
 }
 
-/// `SHOW HOSTS` (a Weir extension): per pool, its host list, the host it connects to now (the
-/// primary when `target_session_attrs` asks for one), and its failover handling:
-/// `off`, `serving` or `holding` (clients held while a new primary is looked for).
+/// `SHOW HOSTS` (a Weir extension): one row per host of each pool, with the pool's host list,
+/// the host it connects to now (the primary when `target_session_attrs` asks for one), its
+/// failover handling (`off`, `serving`, or `holding` while a new primary is looked for), and
+/// the host's own state (`up`, `out` or `lagging`), server connections (all, and lent) and
+/// replay lag in seconds (measured with `replica_max_lag`).
 pub fn hosts(views: &[HostView]) -> ResultSet {
     let mut rs = ResultSet::new(&[
         "database",
@@ -545,6 +551,12 @@ pub fn hosts(views: &[HostView]) -> ResultSet {
         "failovers",
         "recovered",
         "held_clients",
+        "host",
+        "state",
+        "server_connections",
+        "active",
+        "lag",
+        "reason",
     ]);
     for v in views {
         let f = &v.failover;
@@ -553,17 +565,25 @@ pub fn hosts(views: &[HostView]) -> ResultSet {
             (true, false) => "serving",
             (false, false) => "off",
         };
-        rs.push(vec![
-            text(&v.database),
-            text(&v.user),
-            text(&v.hosts),
-            text(&v.target_session_attrs),
-            f.current.clone(),
-            text(state),
-            text(f.failovers),
-            text(f.recovered),
-            text(f.held),
-        ]);
+        for h in &v.health {
+            rs.push(vec![
+                text(&v.database),
+                text(&v.user),
+                text(&v.hosts),
+                text(&v.target_session_attrs),
+                f.current.clone(),
+                text(state),
+                text(f.failovers),
+                text(f.recovered),
+                text(f.held),
+                text(&h.host),
+                text(h.state),
+                text(h.server_connections),
+                text(h.active),
+                h.lag.map(|lag| format!("{:.3}", lag.as_secs_f64())),
+                h.why.clone(),
+            ]);
+        }
     }
     rs
 }
@@ -904,6 +924,14 @@ mod tests {
 
     #[test]
     fn hosts_show_the_host_in_use_and_the_failover_state() {
+        let host = |name: &str, state, lag| HostStatus {
+            host: name.into(),
+            state,
+            server_connections: 3,
+            active: 1,
+            lag,
+            why: (state == "out").then(|| "connection refused".into()),
+        };
         let view = |enabled, holding, current: Option<&str>| HostView {
             database: "app".into(),
             user: "app".into(),
@@ -917,6 +945,10 @@ mod tests {
                 recovered: 1,
                 held: 3,
             },
+            health: vec![
+                host("a:5432", "up", Some(Duration::from_millis(1500))),
+                host("b:5432", "out", None),
+            ],
         };
         let rs = hosts(&[
             view(true, false, Some("b:5432")),
@@ -924,13 +956,23 @@ mod tests {
             view(false, false, None),
         ]);
         check_widths(&rs);
+        assert_eq!(rs.rows.len(), 6, "one row per host of each pool");
         assert_eq!(col(&rs, 0, "current_host"), Some("b:5432"));
         assert_eq!(col(&rs, 0, "failover"), Some("serving"));
-        assert_eq!(col(&rs, 1, "failover"), Some("holding"));
-        assert_eq!(col(&rs, 1, "current_host"), None);
-        assert_eq!(col(&rs, 2, "failover"), Some("off"));
+        assert_eq!(col(&rs, 2, "failover"), Some("holding"));
+        assert_eq!(col(&rs, 2, "current_host"), None);
+        assert_eq!(col(&rs, 4, "failover"), Some("off"));
         assert_eq!(col(&rs, 0, "failovers"), Some("2"));
         assert_eq!(col(&rs, 0, "held_clients"), Some("3"));
+        assert_eq!(col(&rs, 0, "host"), Some("a:5432"));
+        assert_eq!(col(&rs, 0, "state"), Some("up"));
+        assert_eq!(col(&rs, 0, "server_connections"), Some("3"));
+        assert_eq!(col(&rs, 0, "active"), Some("1"));
+        assert_eq!(col(&rs, 0, "lag"), Some("1.500"));
+        assert_eq!(col(&rs, 0, "reason"), None);
+        assert_eq!(col(&rs, 1, "state"), Some("out"));
+        assert_eq!(col(&rs, 1, "lag"), None);
+        assert_eq!(col(&rs, 1, "reason"), Some("connection refused"));
     }
 
     #[test]

@@ -21,7 +21,7 @@ use tokio::io::AsyncReadExt;
 use crate::cancel_key::{CancelKey, Route};
 use crate::config::PoolMode;
 use crate::params::{self, ParamSet};
-use crate::pool::{failover, Checkout, Counts, Pool};
+use crate::pool::{Checkout, Counts, Pool};
 use crate::protocol::{backend, PgError, ProtocolError};
 use crate::registry::{Admission, ClientCount, ClientHandle, ClientInfo};
 use crate::server::{self, PrepareError};
@@ -678,9 +678,8 @@ impl Session {
             .then(|| server.params().get("in_hot_standby"))
             .flatten();
         let failed = matches!(outcome, Outcome::ServerFailed(_));
-        if let Some(why) = failover::relay_signal(failed, counts.failover, standby_report) {
-            self.pool.suspect(checkout.server().generation(), why);
-        }
+        self.pool
+            .relay_ended(server, failed, counts.failover, standby_report);
         // Unlinked, and cancels sent meanwhile delivered, before anyone else can borrow it.
         self.record.unlink(checkout.record());
         checkout.record().cancels_delivered().await;

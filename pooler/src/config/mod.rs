@@ -7,7 +7,7 @@
 //! The file format is PgBouncer's, so an existing pgbouncer.ini loads as it is: settings
 //! weir does not implement produce [`ConfigWarning`]s rather than errors. Weir's own
 //! additions (`http_listen_addr`, `http_port`, `shutdown_timeout`, `pinning`,
-//! `failover_hold`) live in the same `[pgbouncer]` section. Where weir departs from
+//! `failover_hold`, `replica_max_lag`) live in the same `[pgbouncer]` section. Where weir departs from
 //! PgBouncer it says so on the item: `%include` paths and a relative `auth_file` are taken relative to the including file
 //! rather than the working directory. Combinations PgBouncer tolerates but cannot honour as
 //! written (a minimum pool size above a limit) load with a warning saying what weir does.

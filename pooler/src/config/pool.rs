@@ -117,6 +117,9 @@ pub struct PoolSettings {
     pub failover_hold: bool,
     /// `query_wait_timeout`: how long clients are held at most (zero: without a limit).
     pub query_wait_timeout: Duration,
+    /// `replica_max_lag` (Weir extension): the most replay lag a standby may have and still
+    /// serve (zero: no bound).
+    pub replica_max_lag: Duration,
 }
 
 impl Config {
@@ -164,6 +167,7 @@ impl Config {
             round_robin: s.server_round_robin,
             failover_hold: s.failover_hold,
             query_wait_timeout: s.query_wait_timeout,
+            replica_max_lag: s.replica_max_lag,
         })
     }
 }

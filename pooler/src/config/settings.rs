@@ -568,6 +568,10 @@ pub struct Settings {
     /// `query_wait_timeout`, while it looks for a new primary after the old one went away or
     /// turned read-only. Default on.
     pub failover_hold: bool,
+    /// Weir extension: the most replay lag a standby may have and still get new server
+    /// connections, in pools that accept standbys; one that lags more is taken out until it
+    /// catches up. 0 (default) turns the bound off.
+    pub replica_max_lag: Duration,
     /// Weir extension: the audience a ServiceAccount token must be issued for (TokenReview
     /// checks it). Default `weir`.
     pub service_account_audience: String,
@@ -655,6 +659,7 @@ impl Default for Settings {
             shutdown_timeout: Duration::from_secs(30),
             pinning: Pinning::Pin,
             failover_hold: true,
+            replica_max_lag: Duration::ZERO,
             service_account_audience: "weir".to_owned(),
             service_account_cache_ttl: Duration::from_secs(60),
             service_account_cache_size: 1000,
@@ -821,6 +826,7 @@ settings_table! {
     shutdown_timeout: seconds => implemented,
     pinning: choice => implemented,
     failover_hold: flag => implemented,
+    replica_max_lag: seconds => implemented,
     service_account_audience: text => implemented,
     service_account_cache_ttl: seconds => implemented,
     service_account_cache_size: number => implemented,

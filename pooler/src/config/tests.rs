@@ -104,6 +104,7 @@ http_port = 9127
 shutdown_timeout = 2min
 pinning = refuse
 failover_hold = off
+replica_max_lag = 1.5
 service_account_audience = db.example
 service_account_cache_ttl = 30
 service_account_cache_size = 50
@@ -198,6 +199,7 @@ fn every_setting_expected() -> Settings {
         shutdown_timeout: Duration::from_secs(120),
         pinning: Pinning::Refuse,
         failover_hold: false,
+        replica_max_lag: Duration::from_millis(1500),
         service_account_audience: "db.example".into(),
         service_account_cache_ttl: Duration::from_secs(30),
         service_account_cache_size: 50,

@@ -104,6 +104,7 @@ pub(crate) fn check(config: &Config) -> Result<Vec<Problem>, Problem> {
     let mut notes = check_listeners(&config.pgbouncer)?;
     check_limits(config)?;
     notes.extend(check_pool_sizes(config));
+    notes.extend(check_replica_max_lag(config));
     notes.extend(check_auth(config)?);
     check_service_accounts(config)?;
     if let Some(redis) = &config.redis {
@@ -344,6 +345,37 @@ fn check_pool_sizes(config: &Config) -> Vec<Problem> {
         notes.push(Problem::setting(
             "min_pool_size",
             capped(s.min_pool_size, "default_pool_size", s.default_pool_size),
+        ));
+    }
+    notes
+}
+
+/// `replica_max_lag` runs as written only where a pool accepts standbys, and is measured
+/// about once a second: a setting that cannot act as written loads with a note saying so.
+fn check_replica_max_lag(config: &Config) -> Vec<Problem> {
+    let max = config.pgbouncer.replica_max_lag;
+    if max.is_zero() {
+        return Vec::new();
+    }
+    let mut notes = Vec::new();
+    if max < std::time::Duration::from_secs(1) {
+        notes.push(Problem::setting(
+            "replica_max_lag",
+            "replay lag is measured about once a second: a bound below 1 s takes a standby \
+             out at its first lag of a second or more",
+        ));
+    }
+    let accepts_standbys = |db: &DatabaseEntry| {
+        !matches!(
+            db.target_session_attrs.unwrap_or_default(),
+            super::TargetSessionAttrs::ReadWrite | super::TargetSessionAttrs::Primary
+        )
+    };
+    if !config.databases.is_empty() && !config.databases.values().any(accepts_standbys) {
+        notes.push(Problem::setting(
+            "replica_max_lag",
+            "no database accepts standbys (every target_session_attrs is read-write or \
+             primary): the bound has no effect",
         ));
     }
     notes

@@ -25,6 +25,8 @@ pub(super) trait Conn {
     fn generation(&self) -> u64;
     /// Whether nothing unread waits on it.
     fn is_clean(&self) -> bool;
+    /// Its host's index in the pool's host list.
+    fn host(&self) -> usize;
 }
 
 /// Why a connection is closed rather than lent or kept idle.
@@ -44,6 +46,8 @@ pub(super) enum Retire {
     IdleTimeout,
     /// The pool holds more than its size plus reserve (it was made smaller).
     Surplus,
+    /// Its host is out of service, or holds more than its share of a balanced pool.
+    Host(&'static str),
 }
 
 /// What a client holding a permit does next.
@@ -166,34 +170,69 @@ impl<C: Conn> Inner<C> {
     }
 
     /// The most recently used idle connection (with `round_robin`, the one idle longest),
-    /// unless the pool is closed.
-    pub(super) fn take_idle(&mut self, round_robin: bool) -> Option<C> {
+    /// unless the pool is closed. With `ranks` (one per host, see
+    /// [`super::hosts::HostTable::lend_ranks`]) it comes from the best-ranked host, and none
+    /// from a host ranked `None`.
+    pub(super) fn take_idle(
+        &mut self,
+        round_robin: bool,
+        ranks: Option<&[Option<usize>]>,
+    ) -> Option<C> {
         if self.closed {
             return None;
         }
-        self.pop_idle(round_robin)
+        self.pop_idle(round_robin, ranks)
     }
 
-    fn pop_idle(&mut self, round_robin: bool) -> Option<C> {
-        if round_robin {
-            self.idle.pop_front()
-        } else {
-            self.idle.pop_back()
+    fn pop_idle(&mut self, round_robin: bool, ranks: Option<&[Option<usize>]>) -> Option<C> {
+        let Some(ranks) = ranks else {
+            return if round_robin {
+                self.idle.pop_front()
+            } else {
+                self.idle.pop_back()
+            };
+        };
+        let rank = |c: &C| ranks.get(c.host()).copied().flatten();
+        let mut best: Option<(usize, usize)> = None;
+        for (i, c) in self.idle.iter().enumerate() {
+            let Some(r) = rank(c) else { continue };
+            // Among equals the last found is the most recently used; round_robin keeps the first.
+            let better = best.is_none_or(|(_, b)| r < b || (r == b && !round_robin));
+            if better {
+                best = Some((i, r));
+            }
         }
+        self.idle.remove(best?.0)
     }
 
-    /// The next step of a client holding a permit at `now`; `take_place` takes a place in
-    /// the pool's count of connections, `None` when all are taken.
+    /// Takes out the idle connections to `host`, to be closed or checked.
+    pub(super) fn take_idle_of(&mut self, host: usize, at_most: usize) -> Vec<C> {
+        let mut taken = Vec::new();
+        let mut i = 0;
+        while i < self.idle.len() && taken.len() < at_most {
+            if self.idle[i].host() == host {
+                taken.extend(self.idle.remove(i));
+            } else {
+                i += 1;
+            }
+        }
+        taken
+    }
+
+    /// The next step of a client holding a permit at `now`; `ranks` as in
+    /// [`Inner::take_idle`]; `take_place` takes a place in the pool's count of connections,
+    /// `None` when all are taken.
     pub(super) fn step<P>(
         &mut self,
         now: Instant,
         settings: &PoolSettings,
+        ranks: Option<&[Option<usize>]>,
         take_place: impl FnOnce() -> Option<P>,
     ) -> Step<C, P> {
         if self.closed {
             return Step::Closed;
         }
-        if let Some(conn) = self.pop_idle(settings.round_robin) {
+        if let Some(conn) = self.pop_idle(settings.round_robin, ranks) {
             return Step::Reuse(conn);
         }
         let Some(place) = take_place() else {
@@ -329,6 +368,7 @@ mod tests {
         last_used: Instant,
         generation: u64,
         clean: bool,
+        host: usize,
     }
 
     impl Conn for Fake {
@@ -344,6 +384,9 @@ mod tests {
         fn is_clean(&self) -> bool {
             self.clean
         }
+        fn host(&self) -> usize {
+            self.host
+        }
     }
 
     const SEC: Duration = Duration::from_secs(1);
@@ -355,6 +398,7 @@ mod tests {
             last_used: t0,
             generation: 0,
             clean: true,
+            host: 0,
         }
     }
 
@@ -375,6 +419,7 @@ mod tests {
             round_robin: false,
             failover_hold: true,
             query_wait_timeout: 120 * SEC,
+            replica_max_lag: Duration::ZERO,
         }
     }
 
@@ -382,17 +427,39 @@ mod tests {
     fn round_robin_lends_the_connection_idle_longest() {
         let t0 = Instant::now();
         let mut lifo = pool_of([fake(1, t0), fake(2, t0)]);
-        assert_eq!(lifo.take_idle(false).map(|c| c.id), Some(2));
+        assert_eq!(lifo.take_idle(false, None).map(|c| c.id), Some(2));
         let mut fifo = pool_of([fake(1, t0), fake(2, t0)]);
         let round_robin = PoolSettings {
             round_robin: true,
             ..settings()
         };
-        match fifo.step(t0, &round_robin, || None::<()>) {
+        match fifo.step(t0, &round_robin, None, || None::<()>) {
             Step::Reuse(c) => assert_eq!(c.id, 1),
             _ => panic!("an idle connection is there"),
         }
-        assert_eq!(fifo.take_idle(true).map(|c| c.id), Some(2));
+        assert_eq!(fifo.take_idle(true, None).map(|c| c.id), Some(2));
+    }
+
+    #[test]
+    fn ranked_hosts_lend_from_the_best_ranked_host_only() {
+        let t0 = Instant::now();
+        let on = |id, host| Fake {
+            host,
+            ..fake(id, t0)
+        };
+        let mut inner = pool_of([on(1, 0), on(2, 1), on(3, 0), on(4, 1)]);
+        let ranks = [Some(1), Some(0)];
+        assert_eq!(inner.take_idle(false, Some(&ranks)).map(|c| c.id), Some(4));
+        assert_eq!(inner.take_idle(true, Some(&ranks)).map(|c| c.id), Some(2));
+        let out = [Some(0), None];
+        assert_eq!(inner.take_idle(false, Some(&out)).map(|c| c.id), Some(3));
+        assert_eq!(inner.take_idle(false, Some(&out)).map(|c| c.id), Some(1));
+        assert!(inner.take_idle(false, Some(&[None, None])).is_none());
+        let mut inner = pool_of([on(1, 0), on(2, 1), on(3, 0)]);
+        let taken: Vec<u32> = inner.take_idle_of(0, 5).iter().map(|c| c.id).collect();
+        assert_eq!(taken, [1, 3]);
+        assert_eq!(inner.idle(), 1);
+        assert!(inner.take_idle_of(1, 0).is_empty());
     }
 
     fn pool_of(conns: impl IntoIterator<Item = Fake>) -> Inner<Fake> {
@@ -442,7 +509,7 @@ mod tests {
         let mut inner = pool_of([fake(1, t0), fake(2, t0), fake(3, t0)]);
         let s = settings();
         let mut took_place = false;
-        let step = inner.step(t0, &s, || {
+        let step = inner.step(t0, &s, None, || {
             took_place = true;
             Some(())
         });
@@ -451,14 +518,17 @@ mod tests {
             !took_place,
             "a place was taken although a connection was idle"
         );
-        assert!(matches!(inner.take_idle(false), Some(Fake { id: 2, .. })));
+        assert!(matches!(
+            inner.take_idle(false, None),
+            Some(Fake { id: 2, .. })
+        ));
         assert_eq!(inner.idle(), 1);
     }
 
     #[test]
     fn checkout_opens_when_nothing_is_idle_and_a_place_is_free() {
         let mut inner = Inner::<Fake>::default();
-        let step = inner.step(Instant::now(), &settings(), || Some("place"));
+        let step = inner.step(Instant::now(), &settings(), None, || Some("place"));
         assert!(matches!(step, Step::Open("place")), "{step:?}");
     }
 
@@ -468,7 +538,7 @@ mod tests {
         let mut inner = Inner::<Fake>::default();
         inner.login_failed(t0, "password authentication failed".into());
         // A full pool waits, failing login or not: only a new login would fail.
-        let step = inner.step(t0, &settings(), || None::<()>);
+        let step = inner.step(t0, &settings(), None, || None::<()>);
         assert!(matches!(step, Step::Wait), "{step:?}");
     }
 
@@ -478,12 +548,12 @@ mod tests {
         let s = settings();
         let mut inner = Inner::<Fake>::default();
         inner.login_failed(t0, "no such database".into());
-        let step = inner.step(t0 + 14 * SEC, &s, || Some(()));
+        let step = inner.step(t0 + 14 * SEC, &s, None, || Some(()));
         assert!(
             matches!(&step, Step::LoginRetry(why) if &**why == "no such database"),
             "{step:?}"
         );
-        let step = inner.step(t0 + 15 * SEC, &s, || Some(()));
+        let step = inner.step(t0 + 15 * SEC, &s, None, || Some(()));
         assert!(matches!(step, Step::Open(())), "{step:?}");
     }
 
@@ -500,7 +570,7 @@ mod tests {
         let given_back = std::cell::Cell::new(false);
         let mut inner = Inner::<Fake>::default();
         inner.login_failed(t0, "refused".into());
-        let step = inner.step(t0, &settings(), || Some(Place(&given_back)));
+        let step = inner.step(t0, &settings(), None, || Some(Place(&given_back)));
         assert!(matches!(step, Step::LoginRetry(_)));
         assert!(given_back.get(), "the place taken to open stays counted");
     }
@@ -511,7 +581,7 @@ mod tests {
         let mut inner = Inner::<Fake>::default();
         inner.login_failed(t0, "refused".into());
         inner.clear_failure();
-        let step = inner.step(t0, &settings(), || Some(()));
+        let step = inner.step(t0, &settings(), None, || Some(()));
         assert!(matches!(step, Step::Open(())), "{step:?}");
     }
 
@@ -521,9 +591,9 @@ mod tests {
         let mut inner = pool_of([fake(1, t0), fake(2, t0)]);
         let idle = inner.close();
         assert_eq!(idle.len(), 2);
-        let step = inner.step(t0, &settings(), || Some(()));
+        let step = inner.step(t0, &settings(), None, || Some(()));
         assert!(matches!(step, Step::Closed), "{step:?}");
-        assert!(inner.take_idle(false).is_none());
+        assert!(inner.take_idle(false, None).is_none());
         assert!(inner.put_idle(fake(3, t0)).is_err());
         assert_eq!(inner.warm(t0, &settings(), false, 0), Warm::Closed);
     }
@@ -688,7 +758,10 @@ mod tests {
         let mut inner = pool_of([dead, fake(2, t0), young]);
         let retired = inner.reap(t0 + 60 * SEC, &s, 0, 3);
         assert_eq!(ids(&retired), [(1, Retire::Dead), (2, Retire::Lifetime)]);
-        assert!(matches!(inner.take_idle(false), Some(Fake { id: 3, .. })));
+        assert!(matches!(
+            inner.take_idle(false, None),
+            Some(Fake { id: 3, .. })
+        ));
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Background upkeep of a pool: closing connections past `server_lifetime` or idle past
-//! `server_idle_timeout`, and keeping `min_pool_size` connections open. What to close and
+//! `server_idle_timeout`, keeping `min_pool_size` connections open, and probing and
+//! measuring the hosts of a host list. What to close and
 //! how many to open is decided by the pool's bookkeeping ([`super::inner`]); this runs it.
 
 use std::sync::{Arc, Weak};
@@ -32,6 +33,7 @@ async fn run_once(weak: &Weak<Pool>) -> bool {
         return false;
     };
     reap(&pool);
+    pool.upkeep_hosts();
     loop {
         let place = {
             let settings = pool.settings.load();

@@ -16,6 +16,7 @@
 
 mod counts;
 pub mod failover;
+pub mod hosts;
 mod inner;
 mod limit;
 mod maintenance;
@@ -33,16 +34,18 @@ use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::timeout_at;
 
 pub use counts::Counts;
+use hosts::{Change, Fault, HostCounts, HostStatus, HostTable, WalPosition};
 use inner::{Inner, Retire, Step, Vet};
 pub use limit::Limit;
 use limit::LimitPermit;
 
 pub use crate::config::PoolSettings;
+use crate::config::TargetSessionAttrs;
 use crate::params::ParamSet;
 use crate::protocol::PgError;
 pub use crate::registry::PoolKey;
 use crate::registry::{NewServer, Registry, ServerHandle, ServerRecord};
-use crate::server::{ServerConn, ServerError, ServerTarget};
+use crate::server::{HostOutcome, ServerConn, ServerError, ServerTarget, WalReport};
 
 /// Why no server connection could be lent.
 #[derive(Debug, thiserror::Error)]
@@ -90,6 +93,8 @@ struct Slot {
     _place: Place,
     /// Its count in its generation, for WAIT_CLOSE.
     _era: Era,
+    /// Its count on its host.
+    seat: Seat,
 }
 
 impl inner::Conn for Slot {
@@ -104,6 +109,9 @@ impl inner::Conn for Slot {
     }
     fn is_clean(&self) -> bool {
         self.conn.is_clean()
+    }
+    fn host(&self) -> usize {
+        self.conn.host_index()
     }
 }
 
@@ -197,6 +205,24 @@ pub struct Pool {
     hold_histogram: Option<prometheus::Histogram>,
     /// The auth file credential generation its server logins use (0: none from the file).
     credential_generation: AtomicU64,
+    /// The health of each host of its host list, and its connections per host.
+    hosts: Mutex<HostBook>,
+}
+
+/// A pool's host table and per-host counts, replaced together when the host list changes.
+#[derive(Debug)]
+struct HostBook {
+    table: HostTable,
+    counts: Arc<HostCounts>,
+}
+
+impl HostBook {
+    fn new(hosts: usize) -> HostBook {
+        HostBook {
+            table: HostTable::new(hosts, Instant::now()),
+            counts: Arc::new(HostCounts::new(hosts)),
+        }
+    }
 }
 
 impl Pool {
@@ -213,6 +239,7 @@ impl Pool {
         wait_histogram: Option<prometheus::Histogram>,
         hold_histogram: Option<prometheus::Histogram>,
     ) -> Arc<Pool> {
+        let hosts = target.hosts.len();
         let pool = Arc::new(Pool {
             key,
             target: ArcSwap::from_pointee(target),
@@ -233,6 +260,7 @@ impl Pool {
             held: watch::Sender::new(false),
             hold_histogram,
             credential_generation: AtomicU64::new(0),
+            hosts: Mutex::new(HostBook::new(hosts)),
         });
         for limit in pool.limits.load().iter() {
             limit.join(&pool);
@@ -275,6 +303,9 @@ impl Pool {
         resize(&self.main, old.size, settings.size);
         resize(&self.reserve, old.reserve_size, settings.reserve_size);
         if *self.target.load_full() != target {
+            if self.target.load().hosts != target.hosts {
+                *self.book() = HostBook::new(target.hosts.len());
+            }
             self.generation.fetch_add(1, Ordering::AcqRel);
             self.target.store(Arc::new(target));
             // A failed login against the old target says nothing about the new one.
@@ -389,7 +420,8 @@ impl Pool {
         }
         let permit = self.main.clone().try_acquire_owned().ok()?;
         let round_robin = self.settings.load().round_robin;
-        let slot = self.lock().take_idle(round_robin)?;
+        let ranks = self.lend_ranks();
+        let slot = self.lock().take_idle(round_robin, ranks.as_deref())?;
         Some((slot, permit))
     }
 
@@ -530,6 +562,314 @@ impl Pool {
         }
     }
 
+    fn book(&self) -> MutexGuard<'_, HostBook> {
+        self.hosts.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether the pool keeps track of its hosts' health: it has a host list, or a lag bound.
+    fn balances(&self) -> bool {
+        self.target.load().hosts.len() > 1 || self.measures_lag()
+    }
+
+    /// Whether the pool measures its hosts' replay lag: `replica_max_lag` is set and its
+    /// `target_session_attrs` accepts standbys.
+    fn measures_lag(&self) -> bool {
+        !self.settings.load().replica_max_lag.is_zero()
+            && !matches!(
+                self.target.load().session_attrs,
+                TargetSessionAttrs::ReadWrite | TargetSessionAttrs::Primary
+            )
+    }
+
+    /// Which idle connections may be lent, best first (see [`HostTable::lend_ranks`]);
+    /// `None` for a pool that does not balance (any idle connection, as always).
+    fn lend_ranks(&self) -> Option<Vec<Option<usize>>> {
+        if !self.balances() {
+            return None;
+        }
+        let mode = self.target.load().load_balance;
+        Some(self.book().table.lend_ranks(mode))
+    }
+
+    /// Why a connection given back must close to keep the hosts even, if it must.
+    fn surplus(&self, slot: &Slot) -> Option<Retire> {
+        if !self.balances() || !Arc::ptr_eq(&slot.seat.counts, &self.book().counts) {
+            return None;
+        }
+        let mode = self.target.load().load_balance;
+        let counts = &slot.seat.counts;
+        hosts::surplus_on_return(slot.seat.host, &counts.open(), &counts.up(), mode)
+            .map(Retire::Host)
+    }
+
+    /// Opens a server connection. A balancing pool picks the host (see
+    /// [`HostTable::open_order`]), records what became of each host tried, and with a lag
+    /// bound turns down a standby that lags beyond it and tries the next host.
+    async fn connect_server(&self, target: &ServerTarget) -> Result<ServerConn, ServerError> {
+        if !self.balances() {
+            return ServerConn::connect(target).await;
+        }
+        let mut skip = Vec::new();
+        let mut lagging = Vec::new();
+        loop {
+            let order = {
+                let mut book = self.book();
+                let open = book.counts.open();
+                book.table.open_order(&open, target.load_balance, &skip)
+            };
+            if order.is_empty() {
+                return Err(ServerError::NoMatchingHost {
+                    attrs: target.session_attrs,
+                    reasons: lagging.join("; "),
+                });
+            }
+            let attempt = ServerConn::connect_order(target, &order).await;
+            for (host, outcome) in attempt.tried {
+                self.record_outcome(host, outcome, target.session_attrs);
+            }
+            let mut conn = match attempt.result {
+                Ok(conn) => conn,
+                Err(e) if lagging.is_empty() => return Err(e),
+                Err(e) => {
+                    lagging.push(e.to_string());
+                    return Err(ServerError::NoMatchingHost {
+                        attrs: target.session_attrs,
+                        reasons: lagging.join("; "),
+                    });
+                }
+            };
+            let host = conn.host_index();
+            if self.measures_lag() {
+                match self.measure(&mut conn).await {
+                    Ok(lag) if lag > self.settings.load().replica_max_lag => {
+                        let addr = target.hosts.get(host).map(ToString::to_string);
+                        lagging.push(format!(
+                            "{}: replay lag {:.1} s exceeds replica_max_lag",
+                            addr.unwrap_or_default(),
+                            lag.as_secs_f64()
+                        ));
+                        conn.close();
+                        skip.push(host);
+                        continue;
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        self.host_failed(host, Fault::Down, &e.to_string());
+                        skip.push(host);
+                        lagging.push(e.to_string());
+                        continue;
+                    }
+                }
+            }
+            self.host_connected(host);
+            return Ok(conn);
+        }
+    }
+
+    /// Takes what became of a host a connect tried into account.
+    fn record_outcome(&self, host: usize, outcome: HostOutcome, attrs: TargetSessionAttrs) {
+        match outcome {
+            HostOutcome::Failed { why, down: true } => self.host_failed(host, Fault::Down, &why),
+            HostOutcome::Failed { down: false, .. } => {}
+            // prefer-standby refuses a primary on its first pass only to take it on the second.
+            HostOutcome::Refused(_) if attrs == TargetSessionAttrs::PreferStandby => {}
+            HostOutcome::Refused(why) => self.host_failed(host, Fault::Role, why),
+        }
+    }
+
+    /// `host` failed (`why`): taken out of service, its idle connections closed (lent ones
+    /// close as they come back), and probed later. Nothing for a pool that does not balance.
+    fn host_failed(&self, host: usize, fault: Fault, why: &str) {
+        if !self.balances() {
+            return;
+        }
+        let newly = {
+            let mut book = self.book();
+            let newly = book.table.failed(host, fault, why, Instant::now());
+            book.counts.set_up(host, false);
+            newly
+        };
+        if newly {
+            self.host_taken_out(host, why);
+        }
+    }
+
+    /// Closes the idle connections to a host just taken out of service.
+    fn host_taken_out(&self, host: usize, why: &str) {
+        let addr = self.target.load().hosts.get(host).map(ToString::to_string);
+        tracing::warn!(pool = %self.key, server = addr.unwrap_or_default(), why, "server taken out of service");
+        let idle = self.lock().take_idle_of(host, usize::MAX);
+        for slot in idle {
+            self.forget(slot, true);
+        }
+    }
+
+    /// A connection to `host` was opened and accepted: it is in service.
+    fn host_connected(&self, host: usize) {
+        let back = {
+            let mut book = self.book();
+            book.counts.set_up(host, true);
+            book.table.connected(host, Instant::now())
+        };
+        if back {
+            let addr = self.target.load().hosts.get(host).map(ToString::to_string);
+            tracing::warn!(pool = %self.key, server = addr.unwrap_or_default(), "server back in service");
+        }
+    }
+
+    /// Measures the replay lag of `conn`'s host and records it; a host whose lag exceeds the
+    /// bound is taken out of service.
+    async fn measure(&self, conn: &mut ServerConn) -> Result<Duration, ServerError> {
+        let host = conn.host_index();
+        let report = conn.wal_position().await?;
+        let Some(position) = wal_position(&report) else {
+            return Err(ServerError::Query(Box::new(PgError::error(
+                "XX000",
+                format!("unreadable WAL position {report:?}"),
+            ))));
+        };
+        let max = self.settings.load().replica_max_lag;
+        let (lag, change) = {
+            let mut book = self.book();
+            let observed = book.table.observed(host, position, max, Instant::now());
+            if observed.1 == Change::Lagging {
+                book.counts.set_up(host, false);
+            }
+            observed
+        };
+        if change == Change::Lagging {
+            self.host_taken_out(
+                host,
+                &format!(
+                    "replay lag {:.1} s exceeds replica_max_lag",
+                    lag.as_secs_f64()
+                ),
+            );
+        }
+        Ok(lag)
+    }
+
+    /// Measures the replay lag on a connection just given back (or idle), then keeps it idle;
+    /// it closes when the measurement fails or its host was taken out.
+    async fn check_lag(self: Arc<Self>, mut slot: Slot) {
+        let host = slot.conn.host_index();
+        match self.measure(&mut slot.conn).await {
+            Ok(_) if self.book().table.state(host) == Some(hosts::HostState::Up) => {
+                self.add_warm(slot)
+            }
+            Ok(_) => self.forget(slot, true),
+            Err(e) => {
+                self.host_failed(host, Fault::Down, &e.to_string());
+                self.forget(slot, false);
+            }
+        }
+    }
+
+    /// Upkeep of the hosts' health, run by maintenance: probes the hosts out of service
+    /// whose pause has passed, and measures the replay lag of hosts in service on one of
+    /// their idle connections (one given back later does it when none is idle).
+    fn upkeep_hosts(self: &Arc<Self>) {
+        if !self.balances() || self.main.is_closed() {
+            return;
+        }
+        let now = Instant::now();
+        let (probes, checks) = {
+            let mut book = self.book();
+            let checks = if self.measures_lag() {
+                book.table.due_checks(now)
+            } else {
+                Vec::new()
+            };
+            (book.table.due_probes(now), checks)
+        };
+        for host in probes {
+            let pool = self.clone();
+            tokio::spawn(async move { pool.probe_host(host).await });
+        }
+        for host in checks {
+            let idle = self.lock().take_idle_of(host, 1).pop();
+            match idle {
+                Some(slot) => {
+                    let pool = self.clone();
+                    tokio::spawn(async move { pool.check_lag(slot).await });
+                }
+                None => self.book().table.not_checked(host),
+            }
+        }
+    }
+
+    /// Probes a host out of service with a connection of its own (closed right after): it is
+    /// brought back when it answers, `target_session_attrs` accepts it and it does not lag.
+    async fn probe_host(self: Arc<Self>, host: usize) {
+        let target = self.target.load_full();
+        let attempt = ServerConn::connect_order(&target, &[host]).await;
+        let mut conn = match attempt.result {
+            Ok(conn) => conn,
+            Err(e) => {
+                let fault = match attempt.tried.first() {
+                    Some((_, HostOutcome::Refused(_))) => Fault::Role,
+                    _ => Fault::Down,
+                };
+                tracing::debug!(pool = %self.key, host, error = %e, "server still out of service");
+                self.book()
+                    .table
+                    .probe_failed(host, fault, &e.to_string(), Instant::now());
+                return;
+            }
+        };
+        let fit = if self.measures_lag() {
+            match self.measure(&mut conn).await {
+                Ok(lag) => lag <= self.settings.load().replica_max_lag,
+                Err(e) => {
+                    let mut book = self.book();
+                    book.table
+                        .probe_failed(host, Fault::Down, &e.to_string(), Instant::now());
+                    false
+                }
+            }
+        } else {
+            true
+        };
+        conn.close();
+        if fit {
+            self.host_connected(host);
+        }
+    }
+
+    /// What a relay saw of its server (`failed`: the connection broke; `error`: an SQLSTATE
+    /// [`failover::signals`] knows; `standby_report`: a new `in_hot_standby` value): a lost
+    /// primary starts a failover ([`Pool::suspect`]), a host that went away or changed role
+    /// is taken out of service.
+    pub fn relay_ended(
+        self: &Arc<Self>,
+        server: &ServerConn,
+        failed: bool,
+        error: Option<[u8; 5]>,
+        standby_report: Option<&str>,
+    ) {
+        if let Some(why) = failover::relay_signal(failed, error, standby_report) {
+            self.suspect(server.generation(), why);
+        }
+        let attrs = self.target.load().session_attrs;
+        if let Some((fault, why)) = hosts::relay_fault(failed, error, standby_report, attrs) {
+            self.host_failed(server.host_index(), fault, why);
+        }
+    }
+
+    /// Each host's health and connections, for the console, `/status` and metrics.
+    pub fn host_status(&self) -> Vec<HostStatus> {
+        let names: Vec<String> = self
+            .target
+            .load()
+            .hosts
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        let book = self.book();
+        book.table
+            .status(&names, &book.counts.open(), &book.counts.lent())
+    }
+
     /// Pauses (checkouts wait) or resumes the pool.
     pub fn set_paused(&self, paused: bool) {
         self.paused.send_replace(paused);
@@ -583,9 +923,10 @@ impl Pool {
             let settings = self.settings.load();
             let now = Instant::now();
             let capacity = inner::capacity(&settings);
-            let step = self
-                .lock()
-                .step(now, &settings, || self.places.try_take(capacity));
+            let ranks = self.lend_ranks();
+            let step = self.lock().step(now, &settings, ranks.as_deref(), || {
+                self.places.try_take(capacity)
+            });
             drop(settings);
             match step {
                 Step::Closed => return Err(CheckoutError::Closed),
@@ -608,7 +949,8 @@ impl Pool {
                         // Still counted as opening, so taking it back cannot wake this client
                         // again; if another client took the connection first, keep on opening.
                         let round_robin = self.settings.load().round_robin;
-                        let idle = self.lock().take_idle(round_robin);
+                        let ranks = self.lend_ranks();
+                        let idle = self.lock().take_idle(round_robin, ranks.as_deref());
                         if let Some(slot) = idle {
                             drop(opening);
                             if let Some(slot) = self.vet(slot, deadline).await {
@@ -717,6 +1059,11 @@ impl Pool {
                 Ok(Ok(())) => Some(slot),
                 _ => {
                     tracing::info!(pool = %self.key, server = slot.conn.id(), "server_check_query failed");
+                    self.host_failed(
+                        slot.conn.host_index(),
+                        Fault::Down,
+                        "server_check_query failed",
+                    );
                     self.forget(slot, false);
                     None
                 }
@@ -746,7 +1093,8 @@ impl Pool {
             permits.push(permit);
         }
         let generation = self.generation.load(Ordering::Acquire);
-        match ServerConn::connect(&self.target.load_full()).await {
+        let counts = self.book().counts.clone();
+        match self.connect_server(&self.target.load_full()).await {
             Ok(mut conn) => {
                 conn.set_generation(generation);
                 self.stats.opened.fetch_add(1, Ordering::Relaxed);
@@ -779,12 +1127,14 @@ impl Pool {
                 let Some(place) = place.take() else {
                     return Err(CheckoutError::Closed);
                 };
+                let seat = Seat::new(counts, conn.host_index());
                 Ok(Some(Slot {
                     conn: Box::new(conn),
                     record,
                     _limits: permits,
                     _place: place,
                     _era: Era::new(&self.eras, generation),
+                    seat,
                 }))
             }
             Err(e) => {
@@ -823,15 +1173,29 @@ impl Pool {
             .clone()
     }
 
-    /// Takes back a clean connection.
-    fn checkin(&self, mut slot: Slot) {
+    /// Takes back a clean connection: kept idle, closed, or first checked for replay lag
+    /// when its host's measurement is due.
+    fn checkin(self: &Arc<Self>, mut slot: Slot) {
         let now = Instant::now();
         slot.conn.returned_at(now);
         slot.record
             .set_prepared(slot.conn.carried().statement_count());
         let settings = self.settings.load();
         let shrinking = self.limits.load().iter().any(|l| l.is_shrinking());
-        let why = match inner::returned(&slot, now, &settings, self.generation(), shrinking) {
+        let returned = inner::returned(&slot, now, &settings, self.generation(), shrinking)
+            .or_else(|| self.surplus(&slot));
+        if returned.is_none() && self.measures_lag() {
+            let due = self
+                .book()
+                .table
+                .take_due_check(slot.conn.host_index(), now);
+            if due {
+                let pool = self.clone();
+                tokio::spawn(async move { pool.check_lag(slot).await });
+                return;
+            }
+        }
+        let why = match returned {
             Some(why) => why,
             None => {
                 let kept = self.lock().put_idle(slot);
@@ -851,8 +1215,9 @@ impl Pool {
         self.forget(slot, true);
     }
 
-    /// Puts a connection opened to keep `min_pool_size` among the idle ones: it has served
-    /// nobody yet, so `server_lifetime = 0` (one use) does not close it.
+    /// Puts a connection opened to keep `min_pool_size`, or just checked for replay lag, among
+    /// the idle ones: `server_lifetime = 0` (one use) does not close it, as it served nobody
+    /// since its last return was vetted.
     fn add_warm(&self, slot: Slot) {
         let kept = self.lock().put_idle(slot);
         match kept {
@@ -891,6 +1256,63 @@ impl Pool {
         }
         self.main.close();
         self.reserve.close();
+    }
+}
+
+/// A server's WAL report as positions; `None` when it cannot be read.
+fn wal_position(report: &WalReport) -> Option<WalPosition> {
+    let replayed = hosts::parse_lsn(report.replayed.as_deref()?)?;
+    let received = match report.received.as_deref() {
+        Some(text) => hosts::parse_lsn(text)?,
+        // A standby that never streamed holds what it replayed.
+        None => replayed,
+    };
+    Some(WalPosition {
+        standby: report.standby,
+        received,
+        replayed,
+    })
+}
+
+/// A connection counted on its host (of one host list) until it is dropped.
+#[derive(Debug)]
+struct Seat {
+    counts: Arc<HostCounts>,
+    host: usize,
+}
+
+impl Seat {
+    fn new(counts: Arc<HostCounts>, host: usize) -> Seat {
+        counts.add_open(host, true);
+        Seat { counts, host }
+    }
+
+    /// Counts the connection as lent until the returned mark is dropped.
+    fn lend(&self) -> LentMark {
+        self.counts.add_lent(self.host, true);
+        LentMark {
+            counts: self.counts.clone(),
+            host: self.host,
+        }
+    }
+}
+
+impl Drop for Seat {
+    fn drop(&mut self) {
+        self.counts.add_open(self.host, false);
+    }
+}
+
+/// A lent connection counted on its host until dropped.
+#[derive(Debug)]
+struct LentMark {
+    counts: Arc<HostCounts>,
+    host: usize,
+}
+
+impl Drop for LentMark {
+    fn drop(&mut self) {
+        self.counts.add_lent(self.host, false);
     }
 }
 
@@ -1042,12 +1464,14 @@ pub struct Checkout {
     pool: Arc<Pool>,
     slot: Option<Slot>,
     _permit: OwnedSemaphorePermit,
+    _lent: LentMark,
 }
 
 impl Checkout {
     fn new(pool: &Arc<Pool>, slot: Slot, permit: OwnedSemaphorePermit) -> Checkout {
         Checkout {
             pool: pool.clone(),
+            _lent: slot.seat.lend(),
             slot: Some(slot),
             _permit: permit,
         }
