@@ -1,6 +1,9 @@
 //! Run-time parameters that the pooler keeps in step between a client and the server
 //! connection it is lent (`client_encoding`, `DateStyle`, `TimeZone`, …).
 
+use std::collections::HashSet;
+use std::sync::{Arc, LazyLock, Mutex};
+
 /// Parameters PostgreSQL reports with ParameterStatus that a client may set at startup and that
 /// the pooler therefore tracks, by their canonical spelling.
 pub const TRACKED: &[&str] = &[
@@ -11,17 +14,57 @@ pub const TRACKED: &[&str] = &[
     "application_name",
 ];
 
+/// Pairs of one parameter set, in order.
+type Entries = Arc<[(String, String)]>;
+
+/// Every distinct parameter set in use, once, so that equal sets share one allocation and
+/// comparing two (on every checkout) compares pointers, not strings.
+#[derive(Default)]
+struct Interner {
+    sets: HashSet<Entries>,
+    /// The size at which sets no longer in use are dropped (amortised over the insertions).
+    prune_at: usize,
+}
+
+static INTERNED: LazyLock<Mutex<Interner>> = LazyLock::new(Mutex::default);
+
+/// The shared allocation of the set `entries`.
+fn intern(entries: Vec<(String, String)>) -> Entries {
+    let mut interner = INTERNED.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(shared) = interner.sets.get(entries.as_slice()) {
+        return shared.clone();
+    }
+    let shared: Entries = entries.into();
+    interner.sets.insert(shared.clone());
+    if interner.sets.len() >= interner.prune_at {
+        // Only the interner holds them: no set uses them any more.
+        interner.sets.retain(|s| Arc::strong_count(s) > 1);
+        interner.prune_at = (2 * interner.sets.len()).max(64);
+    }
+    shared
+}
+
 /// An ordered set of parameter values keyed case-insensitively (GUC names are), with a count
-/// of the changes made to it.
-#[derive(Debug, Clone, Default)]
+/// of the changes made to it. Equal sets share their pairs (see [`Interner`]).
+#[derive(Debug, Clone)]
 pub struct ParamSet {
-    entries: Vec<(String, String)>,
+    entries: Entries,
     changes: u64,
+}
+
+impl Default for ParamSet {
+    fn default() -> Self {
+        ParamSet {
+            entries: intern(Vec::new()),
+            changes: 0,
+        }
+    }
 }
 
 impl PartialEq for ParamSet {
     fn eq(&self, other: &ParamSet) -> bool {
-        self.entries == other.entries
+        // Interned: equal pairs are the same allocation.
+        Arc::ptr_eq(&self.entries, &other.entries)
     }
 }
 
@@ -48,22 +91,20 @@ impl ParamSet {
 
     /// Sets `name` to `value`, keeping the first spelling of the name seen.
     pub fn set(&mut self, name: &str, value: &str) {
-        match self
+        let found = self
             .entries
-            .iter_mut()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-        {
-            Some((_, v)) => {
-                if v != value {
-                    value.clone_into(v);
-                    self.changes += 1;
-                }
-            }
-            None => {
-                self.entries.push((name.to_owned(), value.to_owned()));
-                self.changes += 1;
-            }
+            .iter()
+            .position(|(k, _)| k.eq_ignore_ascii_case(name));
+        if found.is_some_and(|i| self.entries[i].1 == value) {
+            return;
         }
+        let mut entries = self.entries.to_vec();
+        match found {
+            Some(i) => value.clone_into(&mut entries[i].1),
+            None => entries.push((name.to_owned(), value.to_owned())),
+        }
+        self.entries = intern(entries);
+        self.changes += 1;
     }
 
     /// All (name, value) pairs in insertion order.
@@ -213,6 +254,33 @@ mod tests {
         b.set("TimeZone", "Europe/Paris");
         assert_eq!(a, b);
         assert_ne!(a.changes(), b.changes());
+    }
+
+    #[test]
+    fn equal_sets_share_their_pairs_and_unused_ones_are_dropped() {
+        let mut a = ParamSet::new();
+        a.set("TimeZone", "UTC");
+        a.set("application_name", "interned-test");
+        let mut b = ParamSet::new();
+        b.set("application_name", "interned-test");
+        b.set("TimeZone", "Europe/Paris");
+        assert_ne!(a, b);
+        b.set("TimeZone", "UTC");
+        // Same pairs in another order are another set, as before interning.
+        assert_ne!(a, b);
+        let mut c = ParamSet::new();
+        c.set("TimeZone", "UTC");
+        c.set("application_name", "interned-test");
+        assert_eq!(a, c);
+        assert!(Arc::ptr_eq(&a.entries, &c.entries));
+        // Sets nobody holds any more go at the next pruning; those in use stay.
+        for i in 0..200 {
+            let mut t = ParamSet::new();
+            t.set("application_name", &format!("passing-{i}"));
+        }
+        let interned = INTERNED.lock().unwrap_or_else(|p| p.into_inner());
+        assert!(interned.sets.len() < 200, "{}", interned.sets.len());
+        assert!(interned.sets.contains(&a.entries));
     }
 
     #[test]
