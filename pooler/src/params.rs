@@ -15,10 +15,10 @@ pub const TRACKED: &[&str] = &[
 ];
 
 /// Pairs of one parameter set, in order.
-type Entries = Arc<[(String, String)]>;
+type Entries = Arc<Vec<(String, String)>>;
 
-/// Every distinct parameter set in use, once, so that equal sets share one allocation and
-/// comparing two (on every checkout) compares pointers, not strings.
+/// Every distinct interned parameter set in use, once, so that equal sets share one allocation
+/// and comparing two (on every checkout) compares pointers, not strings.
 #[derive(Default)]
 struct Interner {
     sets: HashSet<Entries>,
@@ -29,42 +29,35 @@ struct Interner {
 static INTERNED: LazyLock<Mutex<Interner>> = LazyLock::new(Mutex::default);
 
 /// The shared allocation of the set `entries`.
-fn intern(entries: Vec<(String, String)>) -> Entries {
+fn intern(entries: Entries) -> Entries {
     let mut interner = INTERNED.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(shared) = interner.sets.get(entries.as_slice()) {
+    if let Some(shared) = interner.sets.get(entries.as_ref()) {
         return shared.clone();
     }
-    let shared: Entries = entries.into();
-    interner.sets.insert(shared.clone());
+    interner.sets.insert(entries.clone());
     if interner.sets.len() >= interner.prune_at {
         // Only the interner holds them: no set uses them any more.
         interner.sets.retain(|s| Arc::strong_count(s) > 1);
         interner.prune_at = (2 * interner.sets.len()).max(64);
     }
-    shared
+    entries
 }
 
 /// An ordered set of parameter values keyed case-insensitively (GUC names are), with a count
-/// of the changes made to it. Equal sets share their pairs (see [`Interner`]).
-#[derive(Debug, Clone)]
+/// of the changes made to it. Interned sets that are equal share their pairs (see
+/// [`Interner`]); a set is interned once built, not on every change.
+#[derive(Debug, Clone, Default)]
 pub struct ParamSet {
     entries: Entries,
+    interned: bool,
     changes: u64,
-}
-
-impl Default for ParamSet {
-    fn default() -> Self {
-        ParamSet {
-            entries: intern(Vec::new()),
-            changes: 0,
-        }
-    }
 }
 
 impl PartialEq for ParamSet {
     fn eq(&self, other: &ParamSet) -> bool {
-        // Interned: equal pairs are the same allocation.
+        // Two interned sets are equal exactly when they share their pairs.
         Arc::ptr_eq(&self.entries, &other.entries)
+            || (!(self.interned && other.interned) && self.entries == other.entries)
     }
 }
 
@@ -74,6 +67,15 @@ impl ParamSet {
     /// An empty set.
     pub fn new() -> ParamSet {
         ParamSet::default()
+    }
+
+    /// Shares the pairs with every equal interned set, so that comparing it with one is a
+    /// pointer comparison; for a set kept long and compared often (a client's).
+    pub fn intern(&mut self) {
+        if !self.interned {
+            self.entries = intern(std::mem::take(&mut self.entries));
+            self.interned = true;
+        }
     }
 
     /// How many times a value was added or changed; equal counts mean nothing changed.
@@ -98,12 +100,13 @@ impl ParamSet {
         if found.is_some_and(|i| self.entries[i].1 == value) {
             return;
         }
-        let mut entries = self.entries.to_vec();
+        // Copied only when shared (interned or cloned); a set being built changes in place.
+        let entries = Arc::make_mut(&mut self.entries);
         match found {
             Some(i) => value.clone_into(&mut entries[i].1),
             None => entries.push((name.to_owned(), value.to_owned())),
         }
-        self.entries = intern(entries);
+        self.interned = false;
         self.changes += 1;
     }
 
@@ -261,22 +264,34 @@ mod tests {
         let mut a = ParamSet::new();
         a.set("TimeZone", "UTC");
         a.set("application_name", "interned-test");
-        let mut b = ParamSet::new();
-        b.set("application_name", "interned-test");
-        b.set("TimeZone", "Europe/Paris");
-        assert_ne!(a, b);
-        b.set("TimeZone", "UTC");
-        // Same pairs in another order are another set, as before interning.
-        assert_ne!(a, b);
         let mut c = ParamSet::new();
         c.set("TimeZone", "UTC");
         c.set("application_name", "interned-test");
+        assert_eq!(a, c, "equal before interning too");
+        a.intern();
+        assert_eq!(a, c, "an interned set and an equal one that is not");
+        c.intern();
         assert_eq!(a, c);
         assert!(Arc::ptr_eq(&a.entries, &c.entries));
+        let mut b = ParamSet::new();
+        b.set("application_name", "interned-test");
+        b.set("TimeZone", "Europe/Paris");
+        b.intern();
+        assert_ne!(a, b);
+        b.set("TimeZone", "UTC");
+        // Same pairs in another order are another set, interned or not.
+        assert_ne!(a, b);
+        b.intern();
+        assert_ne!(a, b);
+        // Changing an interned set leaves the others as they were.
+        c.set("TimeZone", "Europe/Paris");
+        assert_ne!(a, c);
+        assert_eq!(a.get("TimeZone"), Some("UTC"));
         // Sets nobody holds any more go at the next pruning; those in use stay.
         for i in 0..200 {
             let mut t = ParamSet::new();
             t.set("application_name", &format!("passing-{i}"));
+            t.intern();
         }
         let interned = INTERNED.lock().unwrap_or_else(|p| p.into_inner());
         assert!(interned.sets.len() < 200, "{}", interned.sets.len());
