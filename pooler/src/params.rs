@@ -1,6 +1,9 @@
 //! Run-time parameters that the pooler keeps in step between a client and the server
 //! connection it is lent (`client_encoding`, `DateStyle`, `TimeZone`, …).
 
+use std::collections::HashSet;
+use std::sync::{Arc, LazyLock, Mutex};
+
 /// Parameters PostgreSQL reports with ParameterStatus that a client may set at startup and that
 /// the pooler therefore tracks, by their canonical spelling.
 pub const TRACKED: &[&str] = &[
@@ -11,17 +14,50 @@ pub const TRACKED: &[&str] = &[
     "application_name",
 ];
 
+/// Pairs of one parameter set, in order.
+type Entries = Arc<Vec<(String, String)>>;
+
+/// Every distinct interned parameter set in use, once, so that equal sets share one allocation
+/// and comparing two (on every checkout) compares pointers, not strings.
+#[derive(Default)]
+struct Interner {
+    sets: HashSet<Entries>,
+    /// The size at which sets no longer in use are dropped (amortised over the insertions).
+    prune_at: usize,
+}
+
+static INTERNED: LazyLock<Mutex<Interner>> = LazyLock::new(Mutex::default);
+
+/// The shared allocation of the set `entries`.
+fn intern(entries: Entries) -> Entries {
+    let mut interner = INTERNED.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(shared) = interner.sets.get(entries.as_ref()) {
+        return shared.clone();
+    }
+    interner.sets.insert(entries.clone());
+    if interner.sets.len() >= interner.prune_at {
+        // Only the interner holds them: no set uses them any more.
+        interner.sets.retain(|s| Arc::strong_count(s) > 1);
+        interner.prune_at = (2 * interner.sets.len()).max(64);
+    }
+    entries
+}
+
 /// An ordered set of parameter values keyed case-insensitively (GUC names are), with a count
-/// of the changes made to it.
+/// of the changes made to it. Interned sets that are equal share their pairs (see
+/// [`Interner`]); a set is interned once built, not on every change.
 #[derive(Debug, Clone, Default)]
 pub struct ParamSet {
-    entries: Vec<(String, String)>,
+    entries: Entries,
+    interned: bool,
     changes: u64,
 }
 
 impl PartialEq for ParamSet {
     fn eq(&self, other: &ParamSet) -> bool {
-        self.entries == other.entries
+        // Two interned sets are equal exactly when they share their pairs.
+        Arc::ptr_eq(&self.entries, &other.entries)
+            || (!(self.interned && other.interned) && self.entries == other.entries)
     }
 }
 
@@ -31,6 +67,15 @@ impl ParamSet {
     /// An empty set.
     pub fn new() -> ParamSet {
         ParamSet::default()
+    }
+
+    /// Shares the pairs with every equal interned set, so that comparing it with one is a
+    /// pointer comparison; for a set kept long and compared often (a client's).
+    pub fn intern(&mut self) {
+        if !self.interned {
+            self.entries = intern(std::mem::take(&mut self.entries));
+            self.interned = true;
+        }
     }
 
     /// How many times a value was added or changed; equal counts mean nothing changed.
@@ -48,22 +93,21 @@ impl ParamSet {
 
     /// Sets `name` to `value`, keeping the first spelling of the name seen.
     pub fn set(&mut self, name: &str, value: &str) {
-        match self
+        let found = self
             .entries
-            .iter_mut()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-        {
-            Some((_, v)) => {
-                if v != value {
-                    value.clone_into(v);
-                    self.changes += 1;
-                }
-            }
-            None => {
-                self.entries.push((name.to_owned(), value.to_owned()));
-                self.changes += 1;
-            }
+            .iter()
+            .position(|(k, _)| k.eq_ignore_ascii_case(name));
+        if found.is_some_and(|i| self.entries[i].1 == value) {
+            return;
         }
+        // Copied only when shared (interned or cloned); a set being built changes in place.
+        let entries = Arc::make_mut(&mut self.entries);
+        match found {
+            Some(i) => value.clone_into(&mut entries[i].1),
+            None => entries.push((name.to_owned(), value.to_owned())),
+        }
+        self.interned = false;
+        self.changes += 1;
     }
 
     /// All (name, value) pairs in insertion order.
@@ -213,6 +257,45 @@ mod tests {
         b.set("TimeZone", "Europe/Paris");
         assert_eq!(a, b);
         assert_ne!(a.changes(), b.changes());
+    }
+
+    #[test]
+    fn equal_sets_share_their_pairs_and_unused_ones_are_dropped() {
+        let mut a = ParamSet::new();
+        a.set("TimeZone", "UTC");
+        a.set("application_name", "interned-test");
+        let mut c = ParamSet::new();
+        c.set("TimeZone", "UTC");
+        c.set("application_name", "interned-test");
+        assert_eq!(a, c, "equal before interning too");
+        a.intern();
+        assert_eq!(a, c, "an interned set and an equal one that is not");
+        c.intern();
+        assert_eq!(a, c);
+        assert!(Arc::ptr_eq(&a.entries, &c.entries));
+        let mut b = ParamSet::new();
+        b.set("application_name", "interned-test");
+        b.set("TimeZone", "Europe/Paris");
+        b.intern();
+        assert_ne!(a, b);
+        b.set("TimeZone", "UTC");
+        // Same pairs in another order are another set, interned or not.
+        assert_ne!(a, b);
+        b.intern();
+        assert_ne!(a, b);
+        // Changing an interned set leaves the others as they were.
+        c.set("TimeZone", "Europe/Paris");
+        assert_ne!(a, c);
+        assert_eq!(a.get("TimeZone"), Some("UTC"));
+        // Sets nobody holds any more go at the next pruning; those in use stay.
+        for i in 0..200 {
+            let mut t = ParamSet::new();
+            t.set("application_name", &format!("passing-{i}"));
+            t.intern();
+        }
+        let interned = INTERNED.lock().unwrap_or_else(|p| p.into_inner());
+        assert!(interned.sets.len() < 200, "{}", interned.sets.len());
+        assert!(interned.sets.contains(&a.entries));
     }
 
     #[test]

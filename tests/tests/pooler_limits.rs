@@ -213,6 +213,105 @@ async fn query_wait_timeout_fails_a_waiting_client_clearly() {
     again.batch_execute("SELECT 1").await.expect("query");
 }
 
+/// `cl_waiting` of the application pool from the console's SHOW POOLS.
+async fn cl_waiting(console: &tokio_postgres::Client) -> usize {
+    let messages = console
+        .simple_query("SHOW POOLS")
+        .await
+        .expect("SHOW POOLS");
+    messages
+        .iter()
+        .find_map(|m| match m {
+            SimpleQueryMessage::Row(row) if row.get("database") == Some(DATABASE) => {
+                row.get("cl_waiting").and_then(|n| n.parse().ok())
+            }
+            _ => None,
+        })
+        .expect("a row for the application pool")
+}
+
+/// Clients waiting for the pool's one connection get it in the order they asked for it, and
+/// one that leaves while waiting leaves no hole: the connection goes on to the next client and
+/// nobody stays counted as waiting.
+#[tokio::test]
+async fn waiting_clients_are_served_in_arrival_order_past_one_that_left() {
+    let fx = Fixture::start(Options::mode("transaction", 1).with(&format!("admin_users = {USER}")))
+        .await
+        .expect("fixture");
+    let console = net::connect(fx.weir.port(), USER, PASSWORD, "pgbouncer")
+        .await
+        .expect("console");
+    let other = fx.client().await.expect("client");
+    other
+        .batch_execute("CREATE SEQUENCE served")
+        .await
+        .expect("sequence");
+    let holder = fx.client().await.expect("holder");
+    holder.batch_execute("BEGIN").await.expect("BEGIN");
+    let mut waiters = Vec::new();
+    let mut leaver = None;
+    for (queued, name) in ["first", "leaver", "second", "third"]
+        .into_iter()
+        .enumerate()
+    {
+        if name == "leaver" {
+            let mut raw = RawClient::connect(fx.weir.port()).await.expect("connect");
+            raw.send_startup(USER, DATABASE).await.expect("startup");
+            raw.authenticate(USER, PASSWORD)
+                .await
+                .expect("authentication")
+                .expect("logged in");
+            while raw
+                .next()
+                .await
+                .expect("login")
+                .is_some_and(|r| r.tag != b'Z')
+            {}
+            raw.send(b'Q', b"SELECT nextval('served')\0")
+                .await
+                .expect("query");
+            leaver = Some(raw);
+        } else {
+            let client = fx.client_named(name).await.expect("client");
+            waiters.push(tokio::spawn(async move {
+                fixture::scalar(&client, "SELECT nextval('served')").await
+            }));
+        }
+        let in_line = Fixture::eventually(Duration::from_secs(10), || async {
+            cl_waiting(&console).await == queued + 1
+        })
+        .await;
+        assert!(
+            in_line,
+            "{name} is not waiting: {}",
+            cl_waiting(&console).await
+        );
+    }
+    // Its socket closes while it waits.
+    drop(leaver);
+    let left = Fixture::eventually(Duration::from_secs(10), || async {
+        cl_waiting(&console).await == 3
+    })
+    .await;
+    assert!(
+        left,
+        "the leaver still waits: {}",
+        cl_waiting(&console).await
+    );
+    holder.batch_execute("COMMIT").await.expect("COMMIT");
+    let mut order = Vec::new();
+    for waiter in waiters {
+        order.push(waiter.await.expect("waiter"));
+    }
+    assert_eq!(order, ["1", "2", "3"], "served out of arrival order");
+    assert_eq!(cl_waiting(&console).await, 0);
+    assert_eq!(
+        fixture::scalar(&other, "SELECT nextval('served')").await,
+        "4"
+    );
+    assert_eq!(fx.server_connections().await.expect("count"), 1);
+}
+
 #[tokio::test]
 async fn five_hundred_clients_share_five_server_connections() {
     let fx = Fixture::start(Options::mode("transaction", 5))

@@ -57,12 +57,15 @@ async fn primary_and_standbys() -> (PgCluster, PgCluster, PgCluster) {
 /// A pooler whose database `postgres` is the read-only pool over `s1` and `s2`, in
 /// transaction mode; `extra` lines go to `[pgbouncer]`.
 async fn pooler(s1: &PgCluster, s2: &PgCluster, extra: &str) -> WeirProcess {
+    // A generous connect timeout: on a loaded machine a login to the healthy standby can take
+    // seconds, and one that times out refuses clients for server_login_retry, as in PgBouncer.
     let ini = format!(
         "[databases]\npostgres = host=127.0.0.1,127.0.0.1 port={},{} dbname=postgres \
          target_session_attrs=standby load_balance_hosts=round-robin\n\
          [pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {{port}}\nunix_socket_dir =\n\
          auth_type = scram-sha-256\nauth_file = {{dir}}/userlist.txt\n\
-         pool_mode = transaction\ndefault_pool_size = 6\nserver_connect_timeout = 2\n\
+         pool_mode = transaction\ndefault_pool_size = 6\n\
+         server_connect_timeout = 10\n\
          server_login_retry = 1\nadmin_users = {USER}\n{extra}",
         s1.port(),
         s2.port(),

@@ -435,6 +435,8 @@ async fn greet(
     backend::backend_key_data(&mut out, record.process_id, record.secret_key);
     backend::ready_for_query(&mut out, b'I');
     wire::flush(stream, &mut out).await?;
+    // Compared with a server connection's on every checkout.
+    wanted.intern();
     Ok(wanted)
 }
 

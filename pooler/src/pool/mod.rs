@@ -1,8 +1,10 @@
 //! Server connection pools: one per (database, user), lending connections to clients.
 //!
-//! A client first takes a permit from the pool's fair (FIFO) semaphore — `pool_size` permits,
-//! plus `reserve_pool_size` more for clients that have waited `reserve_pool_timeout` — and
-//! then an idle connection, or opens a new one. The [`Checkout`] guard gives the connection
+//! A client first takes a permit from the pool's gate — `pool_size` permits, plus
+//! `reserve_pool_size` more for clients that have waited `reserve_pool_timeout` — and then an
+//! idle connection, or opens a new one. Clients that find no permit queue in FIFO order; a
+//! connection given back goes straight to the oldest with its permit, and one sweep per pool
+//! ends the waits past `query_wait_timeout`. The [`Checkout`] guard gives the connection
 //! back only when told it is clean; dropped any other way it closes the connection, so a
 //! client that vanishes mid-transaction can never leave a dirty connection in the pool.
 //!
@@ -11,15 +13,17 @@
 //! (reuse, open, wait, fail fast; keep or close a returned connection; what upkeep closes
 //! and opens) from arguments alone, time included, and are unit-tested one by one. The
 //! async shell here and in `maintenance` holds it behind a short-lived mutex and does what
-//! it decides: semaphore permits (main and reserve), pause, wake-ups, timeouts, connecting,
+//! it decides: permits (main and reserve, in `gate`, decided by `queue`), pause, wake-ups, timeouts, connecting,
 //! and the guards ([`Checkout`], `Place`, `Opening`) that uncount a connection on drop.
 
 mod counts;
 pub mod failover;
+mod gate;
 pub mod hosts;
 mod inner;
 mod limit;
 mod maintenance;
+mod queue;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -30,10 +34,11 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use tokio::sync::futures::Notified;
-use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, Notify};
 use tokio::time::timeout_at;
 
 pub use counts::Counts;
+use gate::{Gate, Permit};
 use hosts::{Change, Fault, HostCounts, HostStatus, HostTable, WalPosition};
 use inner::{Inner, Retire, Step, Vet};
 pub use limit::Limit;
@@ -181,8 +186,11 @@ pub struct Pool {
     generation: AtomicU64,
     /// How many connections exist of each generation.
     eras: Arc<Mutex<BTreeMap<u64, usize>>>,
-    main: Arc<Semaphore>,
-    reserve: Arc<Semaphore>,
+    /// Its permits (main and reserve) and the clients queued for them.
+    gate: Arc<Gate>,
+    /// Clients holding a permit that wait for a connection or a place to be given back; while
+    /// any do, returned connections go idle for them rather than to the queue.
+    seeking: AtomicUsize,
     /// The bookkeeping: idle connections, the last failed login, closed.
     state: Mutex<Inner<Slot>>,
     /// The count of connections that exist, and the wake-up for clients waiting for one.
@@ -245,8 +253,8 @@ impl Pool {
             target: ArcSwap::from_pointee(target),
             generation: AtomicU64::new(0),
             eras: Arc::default(),
-            main: Arc::new(Semaphore::new(settings.size)),
-            reserve: Arc::new(Semaphore::new(settings.reserve_size)),
+            gate: Gate::new(settings.size, settings.reserve_size),
+            seeking: AtomicUsize::new(0),
             settings: ArcSwap::from_pointee(settings),
             state: Mutex::new(Inner::default()),
             places: Arc::default(),
@@ -300,8 +308,12 @@ impl Pool {
     /// existing connection close when it is next idle.
     pub fn reconfigure(self: &Arc<Self>, settings: PoolSettings, target: ServerTarget) {
         let old = self.settings.load_full();
-        resize(&self.main, old.size, settings.size);
-        resize(&self.reserve, old.reserve_size, settings.reserve_size);
+        self.gate.resize(queue::Kind::Main, old.size, settings.size);
+        self.gate.resize(
+            queue::Kind::Reserve,
+            old.reserve_size,
+            settings.reserve_size,
+        );
         if *self.target.load_full() != target {
             if self.target.load().hosts != target.hosts {
                 *self.book() = HostBook::new(target.hosts.len());
@@ -365,33 +377,61 @@ impl Pool {
     /// Lends a server connection, waiting in FIFO order until `deadline` (and, while the
     /// pool is paused, until it is resumed).
     pub async fn checkout(self: &Arc<Self>, deadline: Instant) -> Result<Checkout, CheckoutError> {
-        // The common case takes no lock but the pool's own, once: a free permit and an idle
+        let open = !*self.paused.borrow() && !*self.held.borrow();
+        // The common case takes the pool's two locks once each: a free permit and an idle
         // connection, nobody queued before this client.
-        if let Some((slot, permit)) = self.take_idle_now() {
-            if let Some(slot) = self.vet(slot, deadline.into()).await {
-                // Taken at once: no wait to time, and no clock to read.
-                self.lent(Duration::ZERO);
-                return Ok(Checkout::new(self, slot, permit));
+        let mut permit = None;
+        if open {
+            if let Some(p) = self.gate.try_main() {
+                let round_robin = self.settings.load().round_robin;
+                let ranks = self.lend_ranks();
+                let idle = self.lock().take_idle(round_robin, ranks.as_deref());
+                if let Some(slot) = idle {
+                    if let Some(slot) = self.vet(slot, deadline.into()).await {
+                        // Taken at once: no wait to time, and no clock to read.
+                        self.lent(Duration::ZERO);
+                        return Ok(Checkout::new(self, slot, p));
+                    }
+                }
+                permit = Some(p);
             }
         }
-        // Waiting is the uncommon path and its future is large (timers, perhaps a login): it
-        // is boxed so that a client task, which is sized for its largest state, stays small
-        // while the client sits idle.
-        Box::pin(self.checkout_waiting(deadline)).await
+        let started = Instant::now();
+        let waiter = Waiter::new(self);
+        // The common wait: queued for a permit, then handed the connection given back with
+        // it. Its future is small; the rest (pause, failover hold, opening a connection) is
+        // boxed, so that a client task, sized for its largest state, stays small while idle.
+        if open && permit.is_none() {
+            let gate::Grant { permit: p, slot } = self.permit(deadline).await?;
+            if let Some(slot) = slot {
+                if let Some(slot) = self.vet(slot, deadline.into()).await {
+                    drop(waiter);
+                    self.lent(started.elapsed());
+                    return Ok(Checkout::new(self, slot, p));
+                }
+            }
+            permit = Some(p);
+        }
+        Box::pin(self.checkout_waiting(deadline, started, waiter, permit)).await
     }
 
-    /// Checkout for a client that must queue (or open a connection).
+    /// Checkout for a client that must open a connection, or wait while the pool is paused or
+    /// holds its clients; `permit` is one it holds already.
     async fn checkout_waiting(
         self: &Arc<Self>,
         deadline: Instant,
+        started: Instant,
+        waiter: Waiter<'_>,
+        mut permit: Option<Permit>,
     ) -> Result<Checkout, CheckoutError> {
-        let started = Instant::now();
-        let waiter = Waiter::new(self);
         let result = loop {
             let attempt = async {
-                self.unpaused(deadline.into()).await?;
-                self.unheld(deadline.into()).await?;
-                self.checkout_inner(deadline.into()).await
+                // A client holding a permit already found the pool open.
+                if permit.is_none() {
+                    self.unpaused(deadline.into()).await?;
+                    self.unheld(deadline.into()).await?;
+                }
+                self.checkout_inner(deadline, permit.take()).await
             }
             .await;
             match attempt {
@@ -411,18 +451,6 @@ impl Pool {
             self.lent(started.elapsed());
         }
         result
-    }
-
-    /// A permit and an idle connection, if both are to be had without waiting.
-    fn take_idle_now(&self) -> Option<(Slot, OwnedSemaphorePermit)> {
-        if *self.paused.borrow() || *self.held.borrow() {
-            return None;
-        }
-        let permit = self.main.clone().try_acquire_owned().ok()?;
-        let round_robin = self.settings.load().round_robin;
-        let ranks = self.lend_ranks();
-        let slot = self.lock().take_idle(round_robin, ranks.as_deref())?;
-        Some((slot, permit))
     }
 
     /// Counts a checkout that waited `waited`.
@@ -534,7 +562,7 @@ impl Pool {
         let mut attempt = 0;
         loop {
             let left = window.saturating_sub(started.elapsed());
-            if left.is_zero() || self.main.is_closed() {
+            if left.is_zero() || self.gate.is_closed() {
                 tracing::warn!(pool = %self.key, "no primary found; clients are no longer held");
                 self.failover_state().gave_up();
                 self.held.send_replace(false);
@@ -769,7 +797,7 @@ impl Pool {
     /// whose pause has passed, and measures the replay lag of hosts in service on one of
     /// their idle connections (one given back later does it when none is idle).
     fn upkeep_hosts(self: &Arc<Self>) {
-        if !self.balances() || self.main.is_closed() {
+        if !self.balances() || self.gate.is_closed() {
             return;
         }
         let now = Instant::now();
@@ -912,9 +940,23 @@ impl Pool {
 
     async fn checkout_inner(
         self: &Arc<Self>,
-        deadline: tokio::time::Instant,
+        deadline: Instant,
+        permit: Option<Permit>,
     ) -> Result<Checkout, CheckoutError> {
-        let permit = self.permit(deadline).await?;
+        let permit = match permit {
+            Some(permit) => permit,
+            None => {
+                let gate::Grant { permit, slot } = self.permit(deadline).await?;
+                if let Some(slot) = slot {
+                    if let Some(slot) = self.vet(slot, deadline.into()).await {
+                        return Ok(Checkout::new(self, slot, permit));
+                    }
+                }
+                permit
+            }
+        };
+        let deadline = tokio::time::Instant::from_std(deadline);
+        let _seeking = Seeking::new(self);
         // Registered for a wake-up only once a look found nothing to take (registering takes
         // a lock, and most looks find an idle connection); the look is then repeated before
         // sleeping, so a connection returned in between is not missed.
@@ -980,45 +1022,15 @@ impl Pool {
         wake
     }
 
-    /// A main permit, or after `reserve_pool_timeout` a main or reserve one, by `deadline`.
-    async fn permit(
-        &self,
-        deadline: tokio::time::Instant,
-    ) -> Result<OwnedSemaphorePermit, CheckoutError> {
-        if let Ok(p) = self.main.clone().try_acquire_owned() {
-            return Ok(p);
+    /// A main permit, or after `reserve_pool_timeout` a main or reserve one, by `deadline`,
+    /// with the connection given back with it if it came from a client that returned one.
+    async fn permit(&self, deadline: Instant) -> Result<gate::Grant, CheckoutError> {
+        let reserve_at = inner::reserve_at(&self.settings.load(), Instant::now(), deadline);
+        let grant = self.gate.acquire(self, deadline, reserve_at)?.await?;
+        if grant.permit.is_reserve() {
+            tracing::info!(pool = %self.key, "using the reserve pool");
         }
-        let main = self.main.clone().acquire_owned();
-        tokio::pin!(main);
-        let settings = self.settings.load_full();
-        let reserve_at = inner::reserve_at(
-            &settings,
-            tokio::time::Instant::now().into_std(),
-            deadline.into_std(),
-        )
-        .map(tokio::time::Instant::from_std);
-        // The reserve is only for clients still waiting after reserve_pool_timeout.
-        if let Some(reserve_at) = reserve_at {
-            tokio::select! {
-                p = &mut main => return p.map_err(|_| CheckoutError::Closed),
-                _ = tokio::time::sleep_until(reserve_at) => {}
-            }
-            let reserve = self.reserve.clone().acquire_owned();
-            tokio::select! {
-                p = &mut main => return p.map_err(|_| CheckoutError::Closed),
-                p = reserve => {
-                    if p.is_ok() {
-                        tracing::info!(pool = %self.key, "using the reserve pool");
-                    }
-                    return p.map_err(|_| CheckoutError::Closed);
-                }
-                _ = tokio::time::sleep_until(deadline) => return Err(CheckoutError::Timeout),
-            }
-        }
-        timeout_at(deadline, main)
-            .await
-            .map_err(|_| CheckoutError::Timeout)?
-            .map_err(|_| CheckoutError::Closed)
+        Ok(grant)
     }
 
     /// Checks an idle connection before lending it; `None` means it was closed.
@@ -1173,35 +1185,58 @@ impl Pool {
             .clone()
     }
 
-    /// Takes back a clean connection: kept idle, closed, or first checked for replay lag
-    /// when its host's measurement is due.
-    fn checkin(self: &Arc<Self>, mut slot: Slot) {
+    /// Takes back a clean connection and its permit: kept idle (or handed to the oldest
+    /// queued client), closed, or first checked for replay lag when its host's measurement
+    /// is due.
+    fn checkin(self: &Arc<Self>, mut slot: Slot, permit: Permit) {
         let now = Instant::now();
+        let returned = self.vet_return(&mut slot, now);
+        if returned.is_none()
+            && self.measures_lag()
+            && self
+                .book()
+                .table
+                .take_due_check(slot.conn.host_index(), now)
+        {
+            // The permit goes on to a queued client, which opens or finds another connection.
+            drop(permit);
+            let pool = self.clone();
+            tokio::spawn(async move { pool.check_lag(slot).await });
+            return;
+        }
+        self.settle(slot, permit, returned);
+    }
+
+    /// Records a connection's return; why it must close, if it must.
+    fn vet_return(&self, slot: &mut Slot, now: Instant) -> Option<Retire> {
         slot.conn.returned_at(now);
         slot.record
             .set_prepared(slot.conn.carried().statement_count());
         let settings = self.settings.load();
         let shrinking = self.limits.load().iter().any(|l| l.is_shrinking());
-        let returned = inner::returned(&slot, now, &settings, self.generation(), shrinking)
-            .or_else(|| self.surplus(&slot));
-        if returned.is_none() && self.measures_lag() {
-            let due = self
-                .book()
-                .table
-                .take_due_check(slot.conn.host_index(), now);
-            if due {
-                let pool = self.clone();
-                tokio::spawn(async move { pool.check_lag(slot).await });
-                return;
-            }
-        }
+        inner::returned(slot, now, &settings, self.generation(), shrinking)
+            .or_else(|| self.surplus(slot))
+    }
+
+    /// Keeps a returned connection (for the oldest queued client, or idle) or closes it.
+    fn settle(&self, mut slot: Slot, mut permit: Permit, returned: Option<Retire>) {
         let why = match returned {
             Some(why) => why,
             None => {
+                // Straight to the oldest queued client, unless a client holding a permit
+                // waits for a connection to be given back (it was there first).
+                if self.seeking.load(Ordering::Acquire) == 0 {
+                    match self.gate.hand_over(permit, slot) {
+                        None => return,
+                        // Kept until the connection is idle: whoever it goes to finds it.
+                        Some((p, back)) => (permit, slot) = (p, back),
+                    }
+                }
                 let kept = self.lock().put_idle(slot);
                 match kept {
                     Ok(()) => {
                         self.places.freed.notify_one();
+                        drop(permit);
                         return;
                     }
                     Err(back) => {
@@ -1213,6 +1248,7 @@ impl Pool {
         };
         tracing::debug!(pool = %self.key, server = slot.conn.id(), ?why, "closing a returned server connection");
         self.forget(slot, true);
+        drop(permit);
     }
 
     /// Puts a connection opened to keep `min_pool_size`, or just checked for replay lag, among
@@ -1254,8 +1290,7 @@ impl Pool {
         for slot in idle {
             self.forget(slot, true);
         }
-        self.main.close();
-        self.reserve.close();
+        self.gate.close();
     }
 }
 
@@ -1316,21 +1351,17 @@ impl Drop for LentMark {
     }
 }
 
-/// Changes a semaphore's capacity from `old` to `new` permits: growing at once, shrinking by
-/// taking permits out of circulation as they are returned.
-fn resize(sem: &Arc<Semaphore>, old: usize, new: usize) {
-    if new > old {
-        sem.add_permits(new - old);
-    } else if new < old {
-        let sem = sem.clone();
-        tokio::spawn(async move {
-            for _ in 0..old - new {
-                match sem.acquire().await {
-                    Ok(p) => p.forget(),
-                    Err(_) => return,
-                }
-            }
-        });
+impl gate::TakeBack for Pool {
+    fn take_back(&self, mut slot: Slot, permit: Permit) {
+        let returned = self.vet_return(&mut slot, Instant::now());
+        self.settle(slot, permit, returned);
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        // Ends the gate's sweep, which would otherwise keep the gate alive.
+        self.gate.close();
     }
 }
 
@@ -1350,6 +1381,24 @@ impl<'a> Waiter<'a> {
 impl Drop for Waiter<'_> {
     fn drop(&mut self) {
         self.pool.stats.waiting.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A client holding a permit, counted while it looks for a connection (see `Pool::seeking`).
+struct Seeking<'a> {
+    pool: &'a Pool,
+}
+
+impl<'a> Seeking<'a> {
+    fn new(pool: &'a Pool) -> Seeking<'a> {
+        pool.seeking.fetch_add(1, Ordering::AcqRel);
+        Seeking { pool }
+    }
+}
+
+impl Drop for Seeking<'_> {
+    fn drop(&mut self) {
+        self.pool.seeking.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -1463,17 +1512,17 @@ impl Opening {
 pub struct Checkout {
     pool: Arc<Pool>,
     slot: Option<Slot>,
-    _permit: OwnedSemaphorePermit,
+    permit: Option<Permit>,
     _lent: LentMark,
 }
 
 impl Checkout {
-    fn new(pool: &Arc<Pool>, slot: Slot, permit: OwnedSemaphorePermit) -> Checkout {
+    fn new(pool: &Arc<Pool>, slot: Slot, permit: Permit) -> Checkout {
         Checkout {
             pool: pool.clone(),
             _lent: slot.seat.lend(),
             slot: Some(slot),
-            _permit: permit,
+            permit: Some(permit),
         }
     }
 
@@ -1501,8 +1550,8 @@ impl Checkout {
 
     /// Returns a connection that is idle and in a clean protocol state.
     pub fn release(mut self) {
-        if let Some(slot) = self.slot.take() {
-            self.pool.checkin(slot);
+        if let (Some(slot), Some(permit)) = (self.slot.take(), self.permit.take()) {
+            self.pool.checkin(slot, permit);
         }
     }
 }

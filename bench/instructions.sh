@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Instructions weir runs per select-only transaction (valgrind callgrind's Ir, user space), for
+# comparing builds on a busy machine: unlike CPU time, instruction counts do not move with
+# what else the cores are doing. Transaction mode, pool size 10, pgbench -S -M simple. Two runs
+# per binary, of T1 and T2 transactions per client; (Ir2 - Ir1) / (tx2 - tx1) leaves the
+# logins and start-up out.
+# Usage: bench/instructions.sh CLIENTS T1 T2 WEIR_BINARY...
+#   e.g. bench/instructions.sh 500 4 40 /tmp/weir-before target/release/weir
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+(($# >= 4)) || { sed -n '2,8p' "$0" >&2; exit 2; }
+CLIENTS=$1 T1=$2 T2=$3
+shift 3
+[[ $(id -u) == 0 ]] || { echo "instructions: run as root (PostgreSQL runs as 'postgres')" >&2; exit 1; }
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
+PGBIN=$("$ROOT/scripts/ensure-deps.sh")
+command -v valgrind >/dev/null ||
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind >/dev/null
+ulimit -n "$(ulimit -Hn)"
+WORK=$(mktemp -d /tmp/weir-instructions.XXXXXX)
+chmod 755 "$WORK"
+WEIR_PID=
+cleanup() {
+    stop_pid "$WEIR_PID"
+    stop_postgres
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+PGPORT=$(free_port)
+WEIR_PORT=$(free_port)
+PGPASSWORD=instructions-$(head -c 6 /dev/urandom | od -An -tx1 | tr -d ' \n')
+export PGPASSWORD
+start_postgres "$PGPORT" $((CLIENTS + 100)) 1 "$PGPASSWORD"
+write_userlist "$PGPORT"
+pooler_ini "$WEIR_PORT" "$PGPORT" 10 $((CLIENTS + 100)) >"$WORK/weir.ini"
+
+instructions() { # binary, transactions per client: prints weir's total Ir
+    valgrind --tool=callgrind --callgrind-out-file="$WORK/callgrind.out" "$1" -q "$WORK/weir.ini" \
+        2>"$WORK/valgrind.log" &
+    WEIR_PID=$!
+    for _ in $(seq 600); do (exec 3<>/dev/tcp/127.0.0.1/"$WEIR_PORT") 2>/dev/null && break; sleep 0.1; done
+    "$PGBIN/pgbench" -n -S -M simple -h 127.0.0.1 -p "$WEIR_PORT" -U bench -c "$CLIENTS" -j 2 \
+        -t "$2" bench >"$WORK/pgbench.txt" 2>&1 || true
+    grep -q "actually processed: $((CLIENTS * $2))/" "$WORK/pgbench.txt" ||
+        { echo "instructions: pgbench did not complete" >&2; cat "$WORK/pgbench.txt" >&2; exit 1; }
+    # SIGINT lets valgrind write its output file on the way out.
+    kill -INT "$WEIR_PID"
+    wait "$WEIR_PID" 2>/dev/null || true
+    WEIR_PID=
+    awk '/^summary:/ { print $2; exit }' "$WORK/callgrind.out"
+}
+
+for weir in "$@"; do
+    first=$(instructions "$weir" "$T1")
+    second=$(instructions "$weir" "$T2")
+    echo "$weir: $(((second - first) / (CLIENTS * (T2 - T1)))) instructions per transaction at $CLIENTS clients"
+done
