@@ -60,9 +60,9 @@ image-smoke: deps image
 demo: deps release
 	@scripts/demo.sh
 
-## bench: direct vs PgBouncer vs weir on this machine; markdown report under target/bench/
+## bench: direct vs PgBouncer vs weir on this machine, and the operator at scale; markdown report under target/bench/
 bench: deps
-	$(CARGO) build --release -p weir-pooler --bin weir
+	$(CARGO) build --release -p weir-pooler -p weir-operator --bin weir --bin weir-operator
 	@bench/run.sh
 
 ## profile: perf profile of weir under select-only load at 50 and 500 clients

@@ -8,6 +8,7 @@
 //! -- --ignored --nocapture`. Its arithmetic is tested by the plain tests below.
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -310,49 +311,53 @@ async fn operator_at_scale() -> anyhow::Result<()> {
         }
     };
 
-    println!("\n## Operator at scale\n");
-    println!(
+    let mut table = String::from("## Operator at scale\n\n");
+    writeln!(table, 
         "{pools} ConnectionPools over {databases} databases (one PostgreSQL), created with one \
          `kubectl create` ({:.1} s), kwok nodes, one operator replica (`--leader-elect=false \
          --poll-pod-status=false --resync-seconds=20`).\n",
         created.as_secs_f64()
-    );
-    println!("| measure | value | target | |");
-    println!("|---|--:|--:|---|");
-    println!(
+    )?;
+    writeln!(table, "| measure | value | target | |")?;
+    writeln!(table, "|---|--:|--:|---|")?;
+    writeln!(table, 
         "| all Ready after creation | {:.1} s | ≤ 60 s | {} |",
         all_ready.as_secs_f64(),
         verdict(all_ready <= Duration::from_secs(60))
-    );
-    println!(
+    )?;
+    writeln!(table, 
         "| reconciles until all Ready | {reconciles_burst:.0} | | |"
-    );
-    println!("| reconcile latency p50 | {} | | |", seconds(p50));
-    println!(
+    )?;
+    writeln!(table, "| reconcile latency p50 | {} | | |", seconds(p50))?;
+    writeln!(table, 
         "| reconcile latency p99 | {} | ≤ 1 s | {} |",
         seconds(p99),
         verdict(matches!(p99, Some(Ok(v)) if v <= 1.0))
-    );
-    println!(
+    )?;
+    writeln!(table, 
         "| API requests per reconcile until all Ready | {} | | |",
         per_reconcile(&burst)
-    );
-    println!(
+    )?;
+    writeln!(table, 
         "| operator RSS when all Ready / after the steady state (peak) | {:.1} MiB / {:.1} MiB ({:.1} MiB) | | |",
         rss_ready as f64 / 1024.0,
         rss as f64 / 1024.0,
         peak as f64 / 1024.0
-    );
-    println!(
+    )?;
+    writeln!(table, 
         "| steady state, {} s: reconciles / API reads / API writes | {reconciles_steady:.0} / {} / {} | 0 writes | {} |",
         steady.as_secs(),
         quiet.reads,
         quiet.total_writes(),
         verdict(quiet.total_writes() == 0)
-    );
-    println!("\nWrites until all Ready, by verb and resource: {:?}", burst.writes);
+    )?;
+    writeln!(table, "\nWrites until all Ready, by verb and resource: {:?}", burst.writes)?;
     if !quiet.writes.is_empty() {
-        println!("Writes in the steady state: {:?}", quiet.writes);
+        writeln!(table, "Writes in the steady state: {:?}", quiet.writes)?;
+    }
+    print!("\n{table}");
+    if let Ok(path) = std::env::var("OPERATOR_SCALE_REPORT") {
+        std::fs::write(&path, &table).with_context(|| format!("writing {path}"))?;
     }
     // Writing with nothing changing is a hot loop, a defect rather than a slow machine.
     if quiet.total_writes() > 0 {
