@@ -23,7 +23,9 @@ const HISTOGRAM: &str = "weir_operator_reconcile_duration_seconds";
 
 fn knob(name: &str, default: u64) -> anyhow::Result<u64> {
     match std::env::var(name) {
-        Ok(v) => v.parse().with_context(|| format!("{name}={v} is not a number")),
+        Ok(v) => v
+            .parse()
+            .with_context(|| format!("{name}={v} is not a number")),
         Err(_) => Ok(default),
     }
 }
@@ -155,16 +157,23 @@ fn audit_since(path: &Path, offset: u64) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&bytes[start..]).into_owned())
 }
 
+/// The loopback address that database `d` is reached at: 127.0.0.1, 127.0.0.2, ...
+fn database_host(d: u64) -> String {
+    format!("127.0.0.{}", d + 1)
+}
+
+/// `pools` ConnectionPools spread evenly over `databases`, together claiming 90 % of each.
 fn pool_manifest(pools: u64, databases: u64, pg_port: u16) -> String {
     let percent = 90 / pools.div_ceil(databases);
     (0..pools)
         .map(|i| {
+            let d = i % databases;
             format!(
                 "apiVersion: weir.dev/v1alpha1\nkind: ConnectionPool\nmetadata:\n  name: pool-{i}\n\
-                 spec:\n  database:\n    host: 127.0.0.1\n    port: {pg_port}\n    dbname: db{}\n    \
+                 spec:\n  database:\n    host: {}\n    port: {pg_port}\n    dbname: db{d}\n    \
                  credentialsSecret: {{name: db-app}}\n    maxConnections: auto\n  \
                  maxConnectionsPercent: {percent}\n  replicas: 1\n",
-                i % databases
+                database_host(d)
             )
         })
         .collect::<Vec<_>>()
@@ -213,11 +222,22 @@ async fn operator_at_scale() -> anyhow::Result<()> {
     let steady = Duration::from_secs(knob("OPERATOR_SCALE_STEADY_SECONDS", 60)?);
     let limit = Duration::from_secs(knob("OPERATOR_SCALE_LIMIT_SECONDS", 600)?);
 
+    ensure!(
+        databases <= 250,
+        "at most 250 databases (one loopback address each)"
+    );
+
     let plane = ControlPlane::start().await?;
     let audit = plane.state_dir().join("logs/audit.log");
-    // One PostgreSQL serves every database: the operator reads max_connections per database.
+    // One PostgreSQL listens on a loopback address per database: the operator budgets per
+    // server (host and port), so it sees as many servers, each with its own max_connections.
+    let addresses = (0..databases).map(database_host).collect::<Vec<_>>();
     let pg = PgCluster::start_with(PgOptions {
         max_connections: 400,
+        extra_conf: vec![format!("listen_addresses = '{}'", addresses.join(","))],
+        hba: Some(
+            "host all postgres 127.0.0.1/32 trust\nhost all all 127.0.0.0/8 scram-sha-256\n".into(),
+        ),
         ..PgOptions::default()
     })
     .await?;
@@ -272,9 +292,19 @@ async fn operator_at_scale() -> anyhow::Result<()> {
         ensure!(
             started.elapsed() < limit,
             "{ready}/{pools} Ready after {limit:?}; operator log tail: {}",
-            operator.log().lines().rev().take(20).collect::<Vec<_>>().join("\n")
+            operator
+                .log()
+                .lines()
+                .rev()
+                .take(20)
+                .collect::<Vec<_>>()
+                .join("\n")
         );
-        ensure!(operator.running(), "the operator exited: {}", operator.log());
+        ensure!(
+            operator.running(),
+            "the operator exited: {}",
+            operator.log()
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
         ready = ready_count(&plane).await?;
     }
@@ -312,46 +342,55 @@ async fn operator_at_scale() -> anyhow::Result<()> {
     };
 
     let mut table = String::from("## Operator at scale\n\n");
-    writeln!(table, 
-        "{pools} ConnectionPools over {databases} databases (one PostgreSQL), created with one \
+    writeln!(table,
+        "{pools} ConnectionPools over {databases} databases (one PostgreSQL listening on a \
+         loopback address per database, so that the operator budgets {databases} servers), created with one \
          `kubectl create` ({:.1} s), kwok nodes, one operator replica (`--leader-elect=false \
          --poll-pod-status=false --resync-seconds=20`).\n",
         created.as_secs_f64()
     )?;
     writeln!(table, "| measure | value | target | |")?;
     writeln!(table, "|---|--:|--:|---|")?;
-    writeln!(table, 
+    writeln!(
+        table,
         "| all Ready after creation | {:.1} s | ≤ 60 s | {} |",
         all_ready.as_secs_f64(),
         verdict(all_ready <= Duration::from_secs(60))
     )?;
-    writeln!(table, 
+    writeln!(
+        table,
         "| reconciles until all Ready | {reconciles_burst:.0} | | |"
     )?;
     writeln!(table, "| reconcile latency p50 | {} | | |", seconds(p50))?;
-    writeln!(table, 
+    writeln!(
+        table,
         "| reconcile latency p99 | {} | ≤ 1 s | {} |",
         seconds(p99),
         verdict(matches!(p99, Some(Ok(v)) if v <= 1.0))
     )?;
-    writeln!(table, 
+    writeln!(
+        table,
         "| API requests per reconcile until all Ready | {} | | |",
         per_reconcile(&burst)
     )?;
-    writeln!(table, 
+    writeln!(table,
         "| operator RSS when all Ready / after the steady state (peak) | {:.1} MiB / {:.1} MiB ({:.1} MiB) | | |",
         rss_ready as f64 / 1024.0,
         rss as f64 / 1024.0,
         peak as f64 / 1024.0
     )?;
-    writeln!(table, 
+    writeln!(table,
         "| steady state, {} s: reconciles / API reads / API writes | {reconciles_steady:.0} / {} / {} | 0 writes | {} |",
         steady.as_secs(),
         quiet.reads,
         quiet.total_writes(),
         verdict(quiet.total_writes() == 0)
     )?;
-    writeln!(table, "\nWrites until all Ready, by verb and resource: {:?}", burst.writes)?;
+    writeln!(
+        table,
+        "\nWrites until all Ready, by verb and resource: {:?}",
+        burst.writes
+    )?;
     if !quiet.writes.is_empty() {
         writeln!(table, "Writes in the steady state: {:?}", quiet.writes)?;
     }
@@ -414,4 +453,15 @@ fn audit_events_count_the_operators_requests_only() {
         ])
     );
     assert_eq!(r.total_writes(), 2);
+}
+
+#[test]
+fn pools_spread_over_databases_within_their_budget() {
+    let manifest = pool_manifest(20, 2, 5432);
+    assert_eq!(manifest.matches("kind: ConnectionPool").count(), 20);
+    // Ten pools per database at 9 % each claim 90 % of it.
+    assert_eq!(manifest.matches("maxConnectionsPercent: 9\n").count(), 20);
+    let third = manifest.split("---\n").nth(3).unwrap();
+    assert!(third.contains("name: pool-3\n") && third.contains("host: 127.0.0.2\n"));
+    assert!(third.contains("dbname: db1\n"), "{third}");
 }
