@@ -296,8 +296,8 @@ for s in $SCENARIOS; do
             echo "== operator at scale: 500 ConnectionPools over 50 databases on kwok" >&2
             operator_bin=$ROOT/target/release/weir-operator
             [[ -x $operator_bin ]] || operator_bin=
-            (cd "$ROOT" && WEIR_CONTROLPLANE_AUDIT=1 OPERATOR_SCALE_REPORT=$OUT/operator-scale.md \
-                ${operator_bin:+WEIR_OPERATOR_BIN=$operator_bin} cargo test -q -p weir-tests \
+            (cd "$ROOT" && env WEIR_CONTROLPLANE_AUDIT=1 OPERATOR_SCALE_REPORT="$OUT/operator-scale.md" \
+                ${operator_bin:+WEIR_OPERATOR_BIN="$operator_bin"} "${CARGO:-cargo}" test -q -p weir-tests \
                 --test operator_scale -- --ignored --nocapture operator_at_scale \
                 >"$OUT/operator-scale.log" 2>&1) || {
                 echo "   operator at scale failed (see operator-scale.log)" >&2
