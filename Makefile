@@ -60,9 +60,9 @@ image-smoke: deps image
 demo: deps release
 	@scripts/demo.sh
 
-## bench: direct vs PgBouncer vs weir, then Redis direct vs twemproxy vs weir; markdown reports under target/bench/
+## bench: direct vs PgBouncer vs weir, the operator at scale, then Redis direct vs twemproxy vs weir; markdown reports under target/bench/
 bench: deps
-	$(CARGO) build --release -p weir-pooler --bin weir
+	$(CARGO) build --release -p weir-pooler -p weir-operator --bin weir --bin weir-operator
 	@bench/run.sh
 	@bench/redis.sh
 

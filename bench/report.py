@@ -2,14 +2,18 @@
 """Turn one `make bench` output directory into a markdown report.
 
 Reads env.txt (machine, versions, settings), runs.tsv (one line per pgbench run, with the
-pooler's CPU ticks), raw/*.txt (pgbench's own output) and idle-*.json (idle_clients.py), and
-prints medians per scenario and target, the ratios weir/PgBouncer and weir/direct, pooler CPU
-per 100k transactions, memory per idle client, the targets and every failure, verbatim.
+pooler's CPU ticks), raw/*.txt (pgbench's own output), raw/*.log.gz (pgbench's sampled
+per-transaction logs), idle-*.json (idle_clients.py) and operator-scale.md (the operator at
+scale), and prints medians per scenario and target, the ratios weir/PgBouncer and weir/direct
+with their spread over the rounds, latency percentiles, pooler CPU per 100k transactions,
+memory per idle client, the targets and every failure, verbatim.
 Parsing and aggregation are pure functions so that they can be tested on canned output.
 """
 
 import csv
+import gzip
 import json
+import math
 import os
 import re
 import statistics
@@ -19,6 +23,7 @@ TARGETS = ("direct", "pgbouncer", "weir")
 LABELS = {"direct": "direct", "pgbouncer": "PgBouncer", "weir": "weir"}
 SCENARIOS = {
     "select": "select-only, simple",
+    "extended": "select-only, `-M extended`",
     "prepared": "select-only, `-M prepared`",
     "tpcb": "TPC-B (default script)",
     "storm": "connection storm (`-C`, select-only)",
@@ -61,6 +66,29 @@ def parse_pgbench(text):
         "aborted": aborted,
         "errors": errors,
     }
+
+
+def parse_latency_log(text):
+    """Latencies in ms of the transactions in pgbench's per-transaction log (`--log`).
+
+    Each line is `client_id transaction_no time script_no time_epoch time_us [...]`, `time`
+    the transaction's latency in µs, or `failed`/`skipped` instead for a transaction that
+    did not complete, which is left out.
+    """
+    out = []
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) >= 6 and fields[2].isdigit():
+            out.append(int(fields[2]) / 1000)
+    return out
+
+
+def percentile(values, q):
+    """The nearest-rank `q` quantile (0 < q ≤ 1) of `values`, or None without values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[max(math.ceil(q * len(ordered)) - 1, 0)]
 
 
 # A server error as libpq prints it; two pgbench threads writing at once can glue another
@@ -140,6 +168,9 @@ def aggregate(runs, clk_tck):
             "errors": cell["errors"],
             "tps": median([r["tps"] for r in ok]),
             "latency_ms": median([r["latency_ms"] for r in ok]),
+            "p50_ms": median([r.get("p50_ms") for r in ok]),
+            "p99_ms": median([r.get("p99_ms") for r in ok]),
+            "tps_by_round": {r["round"]: r["tps"] for r in ok if r["tps"] is not None},
             "connection_ms": median([r["connection_ms"] for r in ok]),
             "cpu_per_100k": median(cpu) if cpu else None,
             "user_per_100k": median(user) if user and len(user) == len(cpu) else None,
@@ -158,6 +189,22 @@ def user_system(cell):
 
 def ratio(a, b):
     return a / b if a is not None and b else None
+
+
+def round_ratios(a, b):
+    """a/b TPS in each round where both cells have a good run: the run-to-run spread."""
+    if not a or not b:
+        return []
+    rounds = sorted(set(a["tps_by_round"]) & set(b["tps_by_round"]))
+    return [a["tps_by_round"][r] / b["tps_by_round"][r] for r in rounds if b["tps_by_round"][r]]
+
+
+def fmt_spread(value, per_round, digits=2):
+    """A ratio of medians with the lowest and highest per-round ratio beside it."""
+    text = fmt_ratio(value, digits)
+    if value is not None and len(per_round) > 1:
+        text += f" ({min(per_round):.{digits}f}–{max(per_round):.{digits}f})"
+    return text
 
 
 def fmt(value, digits=0, suffix=""):
@@ -190,30 +237,36 @@ def verdict(measured, goal, higher_is_better=True):
 
 
 def targets_table(cells, idle):
-    """Rows (target, goal, measured, verdict) for the goals the benchmark is judged against."""
+    """Rows (target, goal, measured, verdict) for issue 18's goals, ratios with their spread."""
 
     def get(scenario, clients, target, field):
         cell = cells.get((scenario, clients, target))
         return cell[field] if cell else None
 
+    def tps_row(scenario, clients, goal, label):
+        w, p = cells.get((scenario, clients, "weir")), cells.get((scenario, clients, "pgbouncer"))
+        r = ratio(get(scenario, clients, "weir", "tps"), get(scenario, clients, "pgbouncer", "tps"))
+        return (label, f"≥ {goal:.2f}×", fmt_spread(r, round_ratios(w, p), 3), verdict(r, goal))
+
+    measured = lambda scenario: sorted({c for s, c, _ in cells if s == scenario})  # noqa: E731
     rows = []
-    for clients, goal in ((50, 1.0), (500, 1.2), (2000, 1.2)):
-        r = ratio(get("select", clients, "weir", "tps"), get("select", clients, "pgbouncer", "tps"))
-        rows.append((f"select-only TPS at {clients} clients, weir/PgBouncer", f"≥ {goal:.1f}×", fmt_ratio(r, 3), verdict(r, goal)))
-    r = ratio(get("select", 50, "weir", "cpu_per_100k"), get("select", 50, "pgbouncer", "cpu_per_100k"))
-    rows.append(("pooler CPU per transaction (select-only, 50 clients), weir/PgBouncer", "≤ 0.80×", fmt_ratio(r, 3), verdict(r, 0.8, False)))
-    direct = get("select", 1, "direct", "latency_ms")
-    added = {t: (get("select", 1, t, "latency_ms") - direct) if direct is not None and get("select", 1, t, "latency_ms") is not None else None for t in ("pgbouncer", "weir")}
-    measured = "n/a" if None in added.values() else f"weir {added['weir'] * 1000:+.0f} µs, PgBouncer {added['pgbouncer'] * 1000:+.0f} µs"
-    ok = None if None in added.values() else added["weir"] <= added["pgbouncer"]
-    rows.append(("latency added at 1 client", "weir ≤ PgBouncer", measured, "not measured" if ok is None else ("met" if ok else "**not met**")))
+    for clients, goal in ((50, 1.1), (500, 1.25), (2000, 1.25)):
+        rows.append(tps_row("select", clients, goal, f"select-only TPS at {clients:,} clients, weir/PgBouncer"))
+    for clients in sorted(set(measured("prepared")) | {50, 500}):
+        rows.append(tps_row("prepared", clients, 1.3, f"`-M prepared` TPS at {clients:,} clients, weir/PgBouncer"))
+    for clients in measured("select") or [50]:
+        r = ratio(get("select", clients, "weir", "cpu_per_100k"), get("select", clients, "pgbouncer", "cpu_per_100k"))
+        rows.append((f"pooler CPU per transaction (select-only, {clients:,} clients), weir/PgBouncer", "≤ 1.00×", fmt_ratio(r, 3), verdict(r, 1.0, False)))
+    r = ratio(get("select", 2000, "weir", "p99_ms"), get("select", 2000, "pgbouncer", "p99_ms"))
+    rows.append(("p99 latency at 2,000 clients (select-only), weir/PgBouncer", "≤ 0.80×", fmt_ratio(r, 3), verdict(r, 0.8, False)))
     per_client = idle.get("weir", {}).get("bytes_per_client")
     kib = per_client / 1024 if per_client is not None else None
-    rows.append(("memory per idle client, weir", "≤ 8 KiB", fmt(kib, 1, " KiB"), verdict(kib, 8.0, False)))
-    r = ratio(get("prepared", 50, "weir", "tps"), get("prepared", 50, "direct", "tps"))
-    rows.append(("`-M prepared` TPS (50 clients), weir/direct", "≥ 0.90×", fmt_ratio(r, 3), verdict(r, 0.9)))
-    r = ratio(get("storm", 50, "weir", "tps"), get("storm", 50, "pgbouncer", "tps"))
-    rows.append(("connection storm TPS (50 clients), weir/PgBouncer", "≥ 1.50×", fmt_ratio(r, 3), verdict(r, 1.5)))
+    rows.append(("memory per idle client, weir", "≤ 2 KiB", fmt(kib, 1, " KiB"), verdict(kib, 2.0, False)))
+    direct = get("select", 1, "direct", "latency_ms")
+    added = {t: (get("select", 1, t, "latency_ms") - direct) if direct is not None and get("select", 1, t, "latency_ms") is not None else None for t in ("pgbouncer", "weir")}
+    text = "n/a" if None in added.values() else f"weir {added['weir'] * 1000:+.0f} µs, PgBouncer {added['pgbouncer'] * 1000:+.0f} µs"
+    ok = None if None in added.values() else added["weir"] <= added["pgbouncer"]
+    rows.append(("latency added at 1 client", "weir ≤ PgBouncer", text, "not measured" if ok is None else ("met" if ok else "**not met**")))
     return rows
 
 
@@ -227,7 +280,7 @@ def other_share(env):
     return max(busy, 0) / capacity if capacity > 0 else None
 
 
-def render(env, cells, idle, restarts):
+def render(env, cells, idle, restarts, operator=""):
     """The whole report as markdown."""
     out = []
     add = out.append
@@ -255,22 +308,39 @@ def render(env, cells, idle, restarts):
     add("")
 
     keys = sorted({(s, c) for s, c, _ in cells}, key=lambda k: (list(SCENARIOS).index(k[0]) if k[0] in SCENARIOS else 99, k[1]))
-    add("## Throughput and latency (medians)")
+    add("## Throughput (medians)")
     add("")
-    add("| scenario | clients | direct TPS | PgBouncer TPS | weir TPS | weir/PgBouncer | weir/direct | direct ms | PgBouncer ms | weir ms |")
-    add("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
+    add("| scenario | clients | direct TPS | PgBouncer TPS | weir TPS | weir/PgBouncer (range) | weir/direct (range) |")
+    add("|---|--:|--:|--:|--:|--:|--:|")
     for s, c in keys:
         row = [cells.get((s, c, t)) for t in TARGETS]
         tps = [x["tps"] if x else None for x in row]
         add(
             f"| {SCENARIOS.get(s, s)} | {c:,} | "
             + " | ".join(cell_text(x, "tps", 0) for x in row)
-            + f" | {fmt_ratio(ratio(tps[2], tps[1]))} | {fmt_ratio(ratio(tps[2], tps[0]))} | "
-            + " | ".join(cell_text(x, "latency_ms", 3) for x in row)
-            + " |"
+            + f" | {fmt_spread(ratio(tps[2], tps[1]), round_ratios(row[2], row[1]))}"
+            + f" | {fmt_spread(ratio(tps[2], tps[0]), round_ratios(row[2], row[0]))} |"
         )
     add("")
-    add("Latency is pgbench's mean per transaction; in the storm it includes the new connection and its SCRAM exchange.")
+    add("A ratio is of the medians; the range beside it is the lowest and highest ratio of a single round (the targets ran one after another in every round).")
+    add("")
+    add("## Latency (ms, medians over the rounds)")
+    add("")
+    add("| scenario | clients | mean: direct / PgBouncer / weir | p50: direct / PgBouncer / weir | p99: direct / PgBouncer / weir | p99 weir/PgBouncer |")
+    add("|---|--:|--:|--:|--:|--:|")
+    for s, c in keys:
+        row = [cells.get((s, c, t)) for t in TARGETS]
+        p99 = [x["p99_ms"] if x else None for x in row]
+        add(
+            f"| {SCENARIOS.get(s, s)} | {c:,} | "
+            + " | ".join(" / ".join(fmt(x[field] if x else None, 3) for x in row) for field in ("latency_ms", "p50_ms", "p99_ms"))
+            + f" | {fmt_ratio(ratio(p99[2], p99[1]))} |"
+        )
+    add("")
+    add(
+        f"Mean is pgbench's own; p50 and p99 come from its per-transaction log (`--log`, a sample of "
+        f"{env.get('sampling_rate', '?')} of the transactions, every one in a storm); in the storms latency includes the new connection and its SCRAM exchange."
+    )
     if any(s.startswith("tls-") for s, _ in keys):
         add("")
         add(
@@ -332,11 +402,14 @@ def render(env, cells, idle, restarts):
 
     add("## Targets")
     add("")
-    add("| target | goal | measured | |")
+    add("| target | goal | measured (range over rounds) | |")
     add("|---|---|---|---|")
     for row in targets_table(cells, idle):
         add("| " + " | ".join(row) + " |")
     add("")
+    if operator:
+        add(operator.strip())
+        add("")
 
     failures = [(k, v) for k, v in cells.items() if v["failed"]]
     if failures:
@@ -383,6 +456,9 @@ def load(directory):
                 pooler_user_ticks=int(row["pooler_user_ticks"]) if row.get("pooler_user_ticks") else None,
                 client_ticks=int(row["client_ticks"]) if row.get("client_ticks") else None,
             )
+            if row.get("latency_log"):
+                latencies = parse_latency_log(read_text(os.path.join(directory, row["latency_log"])))
+                parsed.update(p50_ms=percentile(latencies, 0.5), p99_ms=percentile(latencies, 0.99))
             runs.append(parsed)
     idle = {}
     for t in ("pgbouncer", "weir"):
@@ -393,17 +469,25 @@ def load(directory):
     restarts = []
     p = os.path.join(directory, "restarts.txt")
     if os.path.exists(p):
-        with open(p, encoding="utf-8") as f:
-            restarts = [line.strip() for line in f if line.strip()]
-    return env, runs, idle, restarts
+        restarts = [line.strip() for line in read_text(p).splitlines() if line.strip()]
+    p = os.path.join(directory, "operator-scale.md")
+    operator = read_text(p) if os.path.exists(p) else ""
+    return env, runs, idle, restarts, operator
+
+
+def read_text(path):
+    """A file's text, gunzipped when its name ends in .gz."""
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8", errors="replace") as f:
+        return f.read()
 
 
 def main():
     if len(sys.argv) != 2:
         sys.exit("usage: report.py BENCH_OUTPUT_DIR")
-    env, runs, idle, restarts = load(sys.argv[1])
+    env, runs, idle, restarts, operator = load(sys.argv[1])
     cells = aggregate(runs, int(env.get("clk_tck", "100")))
-    print(render(env, cells, idle, restarts))
+    print(render(env, cells, idle, restarts, operator))
 
 
 if __name__ == "__main__":

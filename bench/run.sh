@@ -3,23 +3,28 @@
 # each in turn (direct, PgBouncer, weir, direct, ...), then a markdown report of medians and
 # ratios (bench/report.py) printed and kept under target/bench/.
 #
-# Knobs (environment): BENCH_SECONDS per measured run (5), BENCH_ROUNDS (3),
-# BENCH_WARMUP_SECONDS (2), BENCH_CLIENTS for select-only ("1 50 500 2000"), BENCH_TLS_CLIENTS
-# for TLS select-only ("50 500"), BENCH_SCALE pgbench scale factor (10), BENCH_POOL_SIZE (10),
-# BENCH_IDLE_CLIENTS (10000), BENCH_SCENARIOS ("select prepared tpcb storm tls idle"), WEIR_BIN;
-# PGBOUNCER_* as scripts/ensure-pgbouncer.sh reads them.
+# Knobs (environment): BENCH_SECONDS per measured run (3), BENCH_ROUNDS (3),
+# BENCH_WARMUP_SECONDS (1), BENCH_CLIENTS for select-only ("1 50 500 2000"),
+# BENCH_MODE_CLIENTS for `-M extended` and `-M prepared` ("50 500"), BENCH_TPCB_CLIENTS
+# ("50 500"), BENCH_TLS_CLIENTS for TLS select-only ("500"), BENCH_SAMPLING_RATE of pgbench's
+# per-transaction log for latency percentiles (0.1), BENCH_SCALE pgbench scale factor (10),
+# BENCH_POOL_SIZE (10), BENCH_IDLE_CLIENTS (10000), BENCH_SCENARIOS ("select extended prepared
+# tpcb storm tls idle operator"), WEIR_BIN; PGBOUNCER_* as scripts/ensure-pgbouncer.sh reads them.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-SECONDS_PER_RUN=${BENCH_SECONDS:-5}
+SECONDS_PER_RUN=${BENCH_SECONDS:-3}
 ROUNDS=${BENCH_ROUNDS:-3}
-WARMUP_SECONDS=${BENCH_WARMUP_SECONDS:-2}
+WARMUP_SECONDS=${BENCH_WARMUP_SECONDS:-1}
 SELECT_CLIENTS=${BENCH_CLIENTS:-1 50 500 2000}
-TLS_CLIENTS=${BENCH_TLS_CLIENTS:-50 500}
+MODE_CLIENTS=${BENCH_MODE_CLIENTS:-50 500}
+TPCB_CLIENTS=${BENCH_TPCB_CLIENTS:-50 500}
+TLS_CLIENTS=${BENCH_TLS_CLIENTS:-500}
+SAMPLING_RATE=${BENCH_SAMPLING_RATE:-0.1}
 SCALE=${BENCH_SCALE:-10}
 POOL_SIZE=${BENCH_POOL_SIZE:-10}
 IDLE_CLIENTS=${BENCH_IDLE_CLIENTS:-10000}
-SCENARIOS=${BENCH_SCENARIOS:-select prepared tpcb storm tls idle}
+SCENARIOS=${BENCH_SCENARIOS:-select extended prepared tpcb storm tls idle operator}
 MAX_CLIENT_CONN=12000
 WEIR=${WEIR_BIN:-$ROOT/target/release/weir}
 TARGETS=(direct pgbouncer weir)
@@ -47,9 +52,32 @@ if ((FD_LIMIT < IDLE_CLIENTS + 200)); then
     IDLE_CLIENTS=$((FD_LIMIT - 200))
 fi
 MAX_SELECT_CLIENTS=0
-for c in $SELECT_CLIENTS 50 $([[ " $SCENARIOS " == *" tls "* ]] && echo "$TLS_CLIENTS"); do
+for c in $SELECT_CLIENTS $MODE_CLIENTS $TPCB_CLIENTS 50 $([[ " $SCENARIOS " == *" tls "* ]] && echo "$TLS_CLIENTS"); do
     ((c > MAX_SELECT_CLIENTS)) && MAX_SELECT_CLIENTS=$c
 done
+
+# The pgbench cells (scenario × client count) this run visits, for the time estimate.
+CELLS=()
+for s in $SCENARIOS; do
+    case $s in
+        select) CELLS+=($SELECT_CLIENTS) ;;
+        extended | prepared) CELLS+=($MODE_CLIENTS) ;;
+        tpcb) CELLS+=($TPCB_CLIENTS) ;;
+        storm) CELLS+=(50) ;;
+        tls) CELLS+=(50 $TLS_CLIENTS) ;;
+    esac
+done
+# Per cell and target: the warm-up and the rounds, each run with run_one's first guess of the
+# login allowance and half a second of start and stop; plus setup, idle and operator sections.
+estimate=30
+for c in "${CELLS[@]}"; do
+    estimate=$((estimate + 2 * ((ROUNDS + 1) * ((c + 249) / 250) + ROUNDS * SECONDS_PER_RUN + WARMUP_SECONDS)))
+    estimate=$((estimate + (ROUNDS + 1) * ((c + 124) / 125) + ROUNDS * SECONDS_PER_RUN + WARMUP_SECONDS))
+    estimate=$((estimate + 3 * (ROUNDS + 1) / 2))
+done
+[[ " $SCENARIOS " == *" idle "* ]] && estimate=$((estimate + 90))
+[[ " $SCENARIOS " == *" operator "* ]] && estimate=$((estimate + 180))
+echo "== bench: ${#CELLS[@]} pgbench cells × 3 targets × (1 + $ROUNDS) runs; estimated at most $((estimate / 60)) min $((estimate % 60)) s" >&2
 
 STAMP=$(date -u +%Y%m%d-%H%M%S)
 OUT=$ROOT/target/bench/$STAMP
@@ -99,6 +127,7 @@ STARTED=$(date +%s)
     echo "max_connections=$((MAX_SELECT_CLIENTS + 100))"
     echo "fd_limit=$FD_LIMIT"
     echo "clk_tck=$(getconf CLK_TCK)"
+    echo "sampling_rate=$SAMPLING_RATE"
 } >"$OUT/env.txt"
 
 echo "== PostgreSQL on 127.0.0.1:$PGPORT (max_connections $((MAX_SELECT_CLIENTS + 100))), pgbench -i -s $SCALE" >&2
@@ -138,7 +167,7 @@ echo "== PgBouncer on 127.0.0.1:$PGB_PORT, weir on 127.0.0.1:$WEIR_PORT (transac
 start_pgbouncer
 start_weir
 
-printf 'scenario\tclients\ttarget\tround\trc\tpooler_cpu_ticks\tpooler_user_ticks\tclient_ticks\tfile\n' >"$OUT/runs.tsv"
+printf 'scenario\tclients\ttarget\tround\trc\tpooler_cpu_ticks\tpooler_user_ticks\tclient_ticks\tfile\tlatency_log\n' >"$OUT/runs.tsv"
 declare -A CONNECT_ALLOWANCE=()
 # Every target serves TLS; plain scenarios turn it off and the TLS ones require it.
 SSLMODE=disable
@@ -164,7 +193,14 @@ run_one() { # scenario clients target round seconds pgbench-args...
         [[ $target == direct ]] && allowance=$(((clients + 124) / 125))
     fi
     file=raw/$scenario-c$clients-$target-r$round.txt
+    # Measured rounds sample transactions into per-thread logs for the latency percentiles.
+    local log=raw/$scenario-c$clients-$target-r$round.log logging=()
+    # A storm commits a few hundred transactions a second: each one is logged.
+    local rate=$SAMPLING_RATE
+    [[ " $* " == *" -C "* ]] && rate=1
+    ((round > 0)) && logging=(--log --sampling-rate="$rate" --log-prefix="$WORK/txlog")
     for attempt in 1 2; do
+        rm -f "$WORK"/txlog.*
         [[ -n $pid ]] && before=$(proc_ticks "$pid") user_before=$(proc_ticks "$pid" user)
         # pgbench's own CPU: what this shell's reaped children used, across the run.
         client_before=$(proc_ticks $$ children)
@@ -172,7 +208,7 @@ run_one() { # scenario clients target round seconds pgbench-args...
         # --foreground keeps pgbench in our process group, so that Ctrl-C reaches it at once.
         PGSSLMODE=$SSLMODE timeout --foreground -k 10 $((seconds + allowance + 300)) "$PGBIN/pgbench" -n \
             -h 127.0.0.1 -p "$port" -U bench -c "$clients" -j "$jobs" -T $((seconds + allowance)) \
-            "$@" bench >"$OUT/$file" 2>&1
+            "${logging[@]}" "$@" bench >"$OUT/$file" 2>&1
         rc=$?
         set -e
         client_after=$(proc_ticks $$ children)
@@ -186,10 +222,18 @@ run_one() { # scenario clients target round seconds pgbench-args...
         fi
         break
     done
+    # One gzipped file per run: pgbench writes one per thread.
+    if ((${#logging[@]})) && compgen -G "$WORK/txlog.*" >/dev/null; then
+        cat "$WORK"/txlog.* | gzip -1 >"$OUT/$log.gz"
+        rm -f "$WORK"/txlog.*
+        log=$log.gz
+    else
+        log=
+    fi
     ms=$(sed -n 's/^initial connection time = \([0-9]*\).*/\1/p' "$OUT/$file")
     [[ -n $ms ]] && CONNECT_ALLOWANCE[$key]=$((ms * 3 / 2000 + 1))
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$scenario" "$clients" "$target" "$round" "$rc" \
-        $((after - before)) $((user_after - user_before)) $((client_after - client_before)) "$file" \
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$scenario" "$clients" "$target" "$round" "$rc" \
+        $((after - before)) $((user_after - user_before)) $((client_after - client_before)) "$file" "$log" \
         >>"$OUT/runs.tsv"
     local tps
     tps=$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' "$OUT/$file")
@@ -215,8 +259,9 @@ scenario() { # name clients pgbench-args...
 for s in $SCENARIOS; do
     case $s in
         select) for c in $SELECT_CLIENTS; do scenario select "$c" -S -M simple; done ;;
-        prepared) scenario prepared 50 -S -M prepared ;;
-        tpcb) scenario tpcb 50 -M simple ;;
+        extended) for c in $MODE_CLIENTS; do scenario extended "$c" -S -M extended; done ;;
+        prepared) for c in $MODE_CLIENTS; do scenario prepared "$c" -S -M prepared; done ;;
+        tpcb) for c in $TPCB_CLIENTS; do scenario tpcb "$c" -M simple; done ;;
         storm) scenario storm 50 -S -M simple -C ;;
         tls)
             # Client side only: the TLS handshake per connection, then records per query.
@@ -244,6 +289,21 @@ for s in $SCENARIOS; do
                 [[ -s $OUT/idle-$target.json ]] && echo "   $target: $(cat "$OUT/idle-$target.json")" >&2
                 ensure_poolers "idle capacity"
             done
+            ;;
+        operator)
+            # The operator at scale on the kwok control plane (tests/tests/operator_scale.rs),
+            # its table kept for the report; the release operator when `make bench` built it.
+            echo "== operator at scale: 500 ConnectionPools over 50 databases on kwok" >&2
+            operator_bin=$ROOT/target/release/weir-operator
+            [[ -x $operator_bin ]] || operator_bin=
+            (cd "$ROOT" && env WEIR_CONTROLPLANE_AUDIT=1 OPERATOR_SCALE_REPORT="$OUT/operator-scale.md" \
+                ${operator_bin:+WEIR_OPERATOR_BIN="$operator_bin"} "${CARGO:-cargo}" test -q -p weir-tests \
+                --test operator_scale -- --ignored --nocapture operator_at_scale \
+                >"$OUT/operator-scale.log" 2>&1) || {
+                echo "   operator at scale failed (see operator-scale.log)" >&2
+                printf '\n**The operator at scale failed**; the end of its log:\n\n```\n%s\n```\n' \
+                    "$(tail -n 15 "$OUT/operator-scale.log")" >>"$OUT/operator-scale.md"
+            }
             ;;
         *) echo "bench: unknown scenario $s" >&2; exit 1 ;;
     esac

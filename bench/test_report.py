@@ -59,9 +59,27 @@ number of transactions actually processed: 0
 number of failed transactions: 0 (NaN%)
 """
 
+# pgbench 15's per-transaction log (`--log --sampling-rate=1`, two threads' files joined):
+# client, transaction, latency µs, script, epoch s, µs. Captured from a real run.
+TX_LOG = """0 1 12896 0 1796462699 804901
+0 2 2634 0 1796462699 807561
+0 3 85 0 1796462699 807647
+1 1 13016 0 1796462699 804979
+1 2 2531 0 1796462699 807514
+1 3 95 0 1796462699 807615
+"""
 
-def run(text, scenario="select", clients=50, target="weir", rnd=1, rc=0, ticks=0, user_ticks=None, client_ticks=None):
+# With `-C` each transaction's latency includes its new connection (real run, one client).
+STORM_TX_LOG = """0 1 16001 0 1796462700 51537
+0 2 10597 0 1796462700 111529
+0 3 222 0 1796462700 118503
+"""
+
+
+def run(text, scenario="select", clients=50, target="weir", rnd=1, rc=0, ticks=0, user_ticks=None, client_ticks=None, p99=None):
     parsed = report.parse_pgbench(text)
+    if p99 is not None:
+        parsed.update(p50_ms=p99 / 2, p99_ms=p99)
     parsed.update(
         scenario=scenario,
         clients=clients,
@@ -128,6 +146,51 @@ class ParseTest(unittest.TestCase):
         self.assertEqual(report.clean_error("  ERROR:  deadlock   detected "), "ERROR: deadlock detected")
 
 
+class LatencyLogTest(unittest.TestCase):
+    def test_latencies_in_ms(self):
+        self.assertEqual(report.parse_latency_log(STORM_TX_LOG), [16.001, 10.597, 0.222])
+
+    def test_failed_and_skipped_transactions_and_junk_are_left_out(self):
+        text = TX_LOG + "0 4 failed 0 1796462699 807700\n0 5 skipped 0 1796462699 807800\n\ngarbage\n"
+        self.assertEqual(len(report.parse_latency_log(text)), 6)
+
+    def test_percentiles_are_nearest_rank(self):
+        latencies = report.parse_latency_log(TX_LOG)
+        self.assertEqual(report.percentile(latencies, 0.5), 2.531)
+        self.assertEqual(report.percentile(latencies, 0.99), 13.016)
+        self.assertEqual(report.percentile(list(range(1, 101)), 0.99), 99)
+        self.assertEqual(report.percentile(list(range(1, 101)), 0.5), 50)
+        self.assertIsNone(report.percentile([], 0.5))
+
+    def test_load_reads_gzipped_logs_into_percentiles(self):
+        import gzip
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as d:
+            os.mkdir(os.path.join(d, "raw"))
+            with open(os.path.join(d, "env.txt"), "w", encoding="utf-8") as f:
+                f.write("clk_tck=100\nsampling_rate=0.1\n")
+            with open(os.path.join(d, "raw", "r1.txt"), "w", encoding="utf-8") as f:
+                f.write(OK_RUN)
+            with gzip.open(os.path.join(d, "raw", "r1.log.gz"), "wt", encoding="utf-8") as f:
+                f.write(TX_LOG)
+            with open(os.path.join(d, "operator-scale.md"), "w", encoding="utf-8") as f:
+                f.write("## Operator at scale\n")
+            with open(os.path.join(d, "runs.tsv"), "w", encoding="utf-8") as f:
+                f.write("scenario\tclients\ttarget\tround\trc\tpooler_cpu_ticks\tpooler_user_ticks\tclient_ticks\tfile\tlatency_log\n")
+                f.write("select\t50\tweir\t1\t0\t10\t2\t30\traw/r1.txt\traw/r1.log.gz\n")
+                f.write("select\t50\tweir\t0\t0\t10\t2\t30\traw/r1.txt\t\n")
+            env, runs, _, _, operator = report.load(d)
+            self.assertEqual((runs[0]["p50_ms"], runs[0]["p99_ms"]), (2.531, 13.016))
+            self.assertNotIn("p99_ms", runs[1])
+            cell = report.aggregate(runs, 100)[("select", 50, "weir")]
+            self.assertEqual(cell["p99_ms"], 13.016)
+            text = report.render(env, report.aggregate(runs, 100), {}, [], operator)
+            self.assertIn("| select-only, simple | 50 | n/a / n/a / 2.500 | n/a / n/a / 2.531 | n/a / n/a / 13.016 | n/a |", text)
+            self.assertIn("a sample of 0.1 of the transactions", text)
+            self.assertIn("## Operator at scale", text)
+
+
 class AggregateTest(unittest.TestCase):
     def test_medians_skip_the_warm_up(self):
         runs = [
@@ -190,6 +253,32 @@ class AggregateTest(unittest.TestCase):
         self.assertIn("opening the connections took the whole run", next(iter(cell["errors"])))
 
 
+class SpreadTest(unittest.TestCase):
+    def test_ratio_spread_pairs_rounds(self):
+        runs = []
+        for rnd, (p, w) in enumerate(((100, 100), (200, 190), (100, 120), (100, 105)), start=0):
+            runs.append(run(OK_RUN.replace("20000.123456", str(p)), target="pgbouncer", rnd=rnd))
+            runs.append(run(OK_RUN.replace("20000.123456", str(w)), target="weir", rnd=rnd))
+        # Round 3's weir run failed: it has no ratio.
+        runs[-1] = run(ABORTED_RUN, target="weir", rnd=3, rc=2)
+        cells = report.aggregate(runs, 100)
+        per_round = report.round_ratios(cells[("select", 50, "weir")], cells[("select", 50, "pgbouncer")])
+        self.assertEqual(per_round, [0.95, 1.2])
+        self.assertEqual(report.fmt_spread(1.0, per_round), "1.00× (0.95–1.20)")
+        self.assertEqual(report.fmt_spread(1.0, [1.0]), "1.00×")
+        self.assertEqual(report.fmt_spread(None, per_round), "n/a")
+        self.assertEqual(report.round_ratios(None, cells[("select", 50, "weir")]), [])
+
+    def test_throughput_table_shows_the_spread(self):
+        runs = [
+            run(OK_RUN.replace("20000.123456", tps), target=t, rnd=rnd)
+            for rnd, (tps_p, tps_w) in ((1, ("100", "110")), (2, ("100", "130")))
+            for t, tps in (("pgbouncer", tps_p), ("weir", tps_w))
+        ]
+        text = report.render({"note": []}, report.aggregate(runs, 100), {}, [])
+        self.assertIn("| select-only, simple | 50 | – | 100 | 120 | 1.20× (1.10–1.30) | n/a |", text)
+
+
 class TargetsTest(unittest.TestCase):
     def test_verdicts(self):
         self.assertEqual(report.verdict(1.3, 1.2), "met")
@@ -214,6 +303,34 @@ class TargetsTest(unittest.TestCase):
         self.assertEqual(latency[3], "met")
         memory = by_name["memory per idle client, weir"]
         self.assertEqual((memory[2], memory[3]), ("9.0 KiB", "**not met**"))
+        self.assertEqual(memory[1], "≤ 2 KiB")
+
+    def test_issue_18_targets(self):
+        def cell(scenario, clients, pgbouncer, weir, **kw):
+            return [
+                run(OK_RUN.replace("20000.123456", str(pgbouncer)), scenario=scenario, clients=clients, target="pgbouncer", **kw.get("p", {})),
+                run(OK_RUN.replace("20000.123456", str(weir)), scenario=scenario, clients=clients, target="weir", **kw.get("w", {})),
+            ]
+
+        runs = (
+            cell("select", 50, 100, 111, p={"ticks": 200}, w={"ticks": 201})
+            + cell("select", 500, 100, 124)
+            + cell("select", 2000, 100, 130, p={"p99": 100.0}, w={"p99": 80.0})
+            + cell("prepared", 50, 100, 131)
+            + cell("prepared", 2000, 100, 129)
+        )
+        rows = {r[0]: r for r in report.targets_table(report.aggregate(runs, 100), {"weir": {"bytes_per_client": 2048}})}
+        self.assertEqual(rows["select-only TPS at 50 clients, weir/PgBouncer"][1:], ("≥ 1.10×", "1.110×", "met"))
+        self.assertEqual(rows["select-only TPS at 500 clients, weir/PgBouncer"][3], "**not met**")
+        self.assertEqual(rows["select-only TPS at 2,000 clients, weir/PgBouncer"][3], "met")
+        self.assertEqual(rows["`-M prepared` TPS at 50 clients, weir/PgBouncer"][3], "met")
+        self.assertEqual(rows["`-M prepared` TPS at 500 clients, weir/PgBouncer"][3], "not measured")
+        self.assertEqual(rows["`-M prepared` TPS at 2,000 clients, weir/PgBouncer"][3], "**not met**")
+        cpu = rows["pooler CPU per transaction (select-only, 50 clients), weir/PgBouncer"]
+        self.assertEqual(cpu[1:], ("≤ 1.00×", "1.005×", "**not met**"))
+        self.assertEqual(rows["pooler CPU per transaction (select-only, 500 clients), weir/PgBouncer"][3], "not measured")
+        self.assertEqual(rows["p99 latency at 2,000 clients (select-only), weir/PgBouncer"][2:], ("0.800×", "met"))
+        self.assertEqual(rows["memory per idle client, weir"][2:], ("2.0 KiB", "met"))
 
 
 class RenderTest(unittest.TestCase):

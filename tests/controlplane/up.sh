@@ -17,6 +17,8 @@
 #                              instead (node-up.sh: containerd, kubelet, kube-proxy, CoreDNS)
 #   WEIR_NODE_WEIR_BIN         with real: directory of weir and weir-operator to build the
 #                              localhost/weir:test image from
+#   WEIR_CONTROLPLANE_AUDIT    1: the API server logs every request's metadata to
+#                              STATE_DIR/logs/audit.log (for counting a client's requests)
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -271,6 +273,14 @@ if [[ "${NODE_MODE}" == real ]]; then
 		--kubelet-preferred-address-types=InternalIP)
 else
 	apiserver_net=(--bind-address=127.0.0.1 --advertise-address=127.0.0.1 --endpoint-reconciler-type=none)
+fi
+# An audit log at Metadata level, once per request when it completes: who asked for what.
+if [[ "${WEIR_CONTROLPLANE_AUDIT:-0}" == 1 ]]; then
+	printf '%s\n' 'apiVersion: audit.k8s.io/v1' 'kind: Policy' \
+		'omitStages: [RequestReceived, ResponseStarted]' 'rules: [{level: Metadata}]' \
+		>"${STATE}/audit-policy.yaml"
+	apiserver_net+=(--audit-policy-file="${STATE}/audit-policy.yaml" --audit-log-path="${LOGS}/audit.log"
+		--audit-log-maxbackup=0 --audit-log-mode=blocking)
 fi
 start kube-apiserver "${BIN}/kube-apiserver" \
 	--etcd-servers="http://127.0.0.1:${ETCD_PORT}" \

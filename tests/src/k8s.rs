@@ -460,6 +460,11 @@ impl Operator {
         std::fs::read_to_string(self.dir.path().join("operator.log")).unwrap_or_default()
     }
 
+    /// The process id, for reading its memory from /proc.
+    pub fn pid(&self) -> u32 {
+        self.child.pid()
+    }
+
     /// Whether the process still runs.
     pub fn running(&self) -> bool {
         self.child.exit().is_none()
