@@ -400,28 +400,66 @@ const BUILD_TIMEOUT: Duration = Duration::from_secs(1800);
 pub async fn build_binaries() -> anyhow::Result<()> {
     static BUILT: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
     BUILT
-        .get_or_try_init(|| async {
-            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-            let mut cmd = Command::new(cargo);
-            cmd.args([
-                "build",
-                "-p",
-                "weir-operator",
-                "-p",
-                "weir-pooler",
-                "-p",
-                "kubectl-weir",
-                "--bins",
-            ])
-            .current_dir(workspace());
-            let out = run(cmd, BUILD_TIMEOUT, "cargo build --bins").await?;
-            if !out.success() {
-                bail!("cargo build --bins failed:\n{}", out.stderr);
-            }
-            Ok(())
-        })
+        .get_or_try_init(|| async { cargo_build_binaries().await.map(drop) })
         .await
         .map(|_| ())
+}
+
+/// Runs the nested `cargo build` of the binaries now and returns the packages it had to
+/// compile (none when they were up to date).
+pub async fn cargo_build_binaries() -> anyhow::Result<Vec<String>> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args([
+        "build",
+        "-p",
+        "weir-operator",
+        "-p",
+        "weir-pooler",
+        "-p",
+        "kubectl-weir",
+        "--bins",
+        "--message-format=json",
+    ])
+    .current_dir(workspace());
+    for (name, _) in std::env::vars_os() {
+        if set_for_tests(&name.to_string_lossy()) {
+            cmd.env_remove(name);
+        }
+    }
+    let out = run(cmd, BUILD_TIMEOUT, "cargo build --bins").await?;
+    if !out.success() {
+        bail!("cargo build --bins failed:\n{}", out.stderr);
+    }
+    Ok(out
+        .stdout
+        .lines()
+        .filter(|l| l.contains(r#""reason":"compiler-artifact""#) && l.contains(r#""fresh":false"#))
+        .filter_map(|l| {
+            let (_, rest) = l.split_once(r#""package_id":""#)?;
+            Some(rest.split('"').next()?.to_owned())
+        })
+        .collect())
+}
+
+/// Whether cargo sets the environment variable `name` for the test it runs. Build scripts
+/// (ring's) depend on some of them, so a nested build that inherits them sees its
+/// dependencies as changed and rebuilds them, and the next `cargo test` rebuilds them back.
+fn set_for_tests(name: &str) -> bool {
+    name.starts_with("CARGO_PKG_")
+        || name.starts_with("CARGO_BIN_EXE_")
+        || matches!(
+            name,
+            "CARGO_MANIFEST_DIR"
+                | "CARGO_MANIFEST_PATH"
+                | "CARGO_MANIFEST_LINKS"
+                | "CARGO_CRATE_NAME"
+                | "CARGO_BIN_NAME"
+                | "CARGO_PRIMARY_PACKAGE"
+                | "CARGO_TARGET_TMPDIR"
+                | "CARGO_RUSTC_CURRENT_DIR"
+                | "OUT_DIR"
+        )
 }
 
 /// A running `weir-operator run`, killed on drop.
@@ -674,6 +712,27 @@ pub fn localize_pgbouncer_ini(rendered: &str, http_port: u16) -> anyhow::Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_nested_build_drops_what_cargo_sets_for_tests() {
+        for name in [
+            "CARGO_PKG_NAME",
+            "CARGO_MANIFEST_DIR",
+            "CARGO_TARGET_TMPDIR",
+            "OUT_DIR",
+        ] {
+            assert!(set_for_tests(name), "{name}");
+        }
+        for name in [
+            "CARGO_HOME",
+            "CARGO_TARGET_DIR",
+            "CARGO_INCREMENTAL",
+            "PATH",
+            "CC",
+        ] {
+            assert!(!set_for_tests(name), "{name}");
+        }
+    }
 
     #[test]
     fn a_pod_config_is_localized_line_by_line() {
