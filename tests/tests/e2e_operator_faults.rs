@@ -194,11 +194,15 @@ impl History {
                 Change::Config { name, per_pod } if name == format!("{POOL}-config") => {
                     config = per_pod;
                 }
-                Change::Pod { name, exists: true } => drop(pods.insert(name)),
+                Change::Pod { name, exists: true } => {
+                    pods.insert(name);
+                }
                 Change::Pod {
                     name,
                     exists: false,
-                } => drop(pods.remove(&name)),
+                } => {
+                    pods.remove(&name);
+                }
                 _ => {}
             }
             let existing = u32::try_from(pods.len()).unwrap_or(u32::MAX);
@@ -354,31 +358,33 @@ impl Env {
         .await
     }
 
-    /// Waits until the pool is Ready with `replicas` and a per-pod size of `per_pod`
-    /// servers in its ConfigMap, as its status says.
+    /// Whether the pool is Ready with `replicas` and sized for `max_connections`, its
+    /// ConfigMap carrying the per-pod size its status gives.
+    async fn converged(&self, replicas: i32, max_connections: u32) -> anyhow::Result<()> {
+        let pool = self
+            .wait_condition("Ready", "True", None, Duration::ZERO)
+            .await?;
+        let status = pool.status.context("no status")?;
+        let budget = status.budget.clone().context("no budget")?;
+        ensure!(
+            budget.max_connections == i64::from(max_connections),
+            "{budget:?}"
+        );
+        ensure!(status.ready_replicas == Some(replicas), "{status:?}");
+        ensure!(self.replicas().await? == Some(replicas));
+        let per_pod = self.config_per_pod().await?;
+        ensure!(
+            per_pod.map(i64::from) == Some(budget.per_pod),
+            "ConfigMap {per_pod:?} vs {budget:?}"
+        );
+        Ok(())
+    }
+
     async fn wait_converged(&self, replicas: i32, max_connections: u32) -> anyhow::Result<()> {
         eventually(
             &format!("{replicas} replicas sized for max_connections {max_connections}"),
             WAIT,
-            || async {
-                let pool = self
-                    .wait_condition("Ready", "True", None, Duration::from_secs(1))
-                    .await?;
-                let status = pool.status.context("no status")?;
-                let budget = status.budget.clone().context("no budget")?;
-                ensure!(
-                    budget.max_connections == i64::from(max_connections),
-                    "{budget:?}"
-                );
-                ensure!(status.ready_replicas == Some(replicas), "{status:?}");
-                ensure!(self.replicas().await? == Some(replicas));
-                let per_pod = self.config_per_pod().await?;
-                ensure!(
-                    per_pod.map(i64::from) == Some(budget.per_pod),
-                    "ConfigMap {per_pod:?} vs {budget:?}"
-                );
-                Ok(())
-            },
+            || self.converged(replicas, max_connections),
         )
         .await
     }
@@ -548,12 +554,7 @@ async fn kills_during_a_scale(env: &mut Env) -> anyhow::Result<()> {
                 env.kill_and_restart().await?;
                 kills += 1;
             }
-            if now.0 == Some(replicas)
-                && env
-                    .wait_condition("Ready", "True", None, Duration::from_millis(1))
-                    .await
-                    .is_ok()
-            {
+            if env.converged(replicas, MAX_CONNECTIONS).await.is_ok() {
                 break;
             }
             ensure!(
@@ -562,7 +563,6 @@ async fn kills_during_a_scale(env: &mut Env) -> anyhow::Result<()> {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        env.wait_converged(replicas, MAX_CONNECTIONS).await?;
         eprintln!("  scaled to {replicas} with {kills} kills");
     }
     Ok(())
