@@ -251,6 +251,31 @@ impl ControlPlane {
         .map(drop)
     }
 
+    /// Stops the kube-apiserver process, leaving etcd and every other process running
+    /// (tests/controlplane/apiserver.sh): clients see the API server go away.
+    pub async fn stop_apiserver(&self) -> anyhow::Result<()> {
+        self.apiserver("stop").await
+    }
+
+    /// Starts the kube-apiserver stopped by [`ControlPlane::stop_apiserver`] again, on the
+    /// same port with the same certificates and etcd, and waits until it is ready.
+    pub async fn start_apiserver(&self) -> anyhow::Result<()> {
+        self.apiserver("start").await
+    }
+
+    async fn apiserver(&self, action: &str) -> anyhow::Result<()> {
+        let mut cmd = Command::new(workspace().join("tests/controlplane/apiserver.sh"));
+        cmd.arg(action).arg(self.state_dir());
+        let out = run(cmd, UP_TIMEOUT, &format!("apiserver.sh {action}")).await?;
+        if !out.success() {
+            bail!(
+                "tests/controlplane/apiserver.sh {action} failed:\n{}",
+                out.stderr
+            );
+        }
+        Ok(())
+    }
+
     /// The end of a control-plane process's log, for failure messages.
     pub fn log_tail(&self, process: &str, lines: usize) -> String {
         let path = self.state_dir().join("logs").join(format!("{process}.log"));
@@ -375,28 +400,66 @@ const BUILD_TIMEOUT: Duration = Duration::from_secs(1800);
 pub async fn build_binaries() -> anyhow::Result<()> {
     static BUILT: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
     BUILT
-        .get_or_try_init(|| async {
-            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-            let mut cmd = Command::new(cargo);
-            cmd.args([
-                "build",
-                "-p",
-                "weir-operator",
-                "-p",
-                "weir-pooler",
-                "-p",
-                "kubectl-weir",
-                "--bins",
-            ])
-            .current_dir(workspace());
-            let out = run(cmd, BUILD_TIMEOUT, "cargo build --bins").await?;
-            if !out.success() {
-                bail!("cargo build --bins failed:\n{}", out.stderr);
-            }
-            Ok(())
-        })
+        .get_or_try_init(|| async { cargo_build_binaries().await.map(drop) })
         .await
         .map(|_| ())
+}
+
+/// Runs the nested `cargo build` of the binaries now and returns the packages it had to
+/// compile (none when they were up to date).
+pub async fn cargo_build_binaries() -> anyhow::Result<Vec<String>> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args([
+        "build",
+        "-p",
+        "weir-operator",
+        "-p",
+        "weir-pooler",
+        "-p",
+        "kubectl-weir",
+        "--bins",
+        "--message-format=json",
+    ])
+    .current_dir(workspace());
+    for (name, _) in std::env::vars_os() {
+        if set_for_tests(&name.to_string_lossy()) {
+            cmd.env_remove(name);
+        }
+    }
+    let out = run(cmd, BUILD_TIMEOUT, "cargo build --bins").await?;
+    if !out.success() {
+        bail!("cargo build --bins failed:\n{}", out.stderr);
+    }
+    Ok(out
+        .stdout
+        .lines()
+        .filter(|l| l.contains(r#""reason":"compiler-artifact""#) && l.contains(r#""fresh":false"#))
+        .filter_map(|l| {
+            let (_, rest) = l.split_once(r#""package_id":""#)?;
+            Some(rest.split('"').next()?.to_owned())
+        })
+        .collect())
+}
+
+/// Whether cargo sets the environment variable `name` for the test it runs. Build scripts
+/// (ring's) depend on some of them, so a nested build that inherits them sees its
+/// dependencies as changed and rebuilds them, and the next `cargo test` rebuilds them back.
+fn set_for_tests(name: &str) -> bool {
+    name.starts_with("CARGO_PKG_")
+        || name.starts_with("CARGO_BIN_EXE_")
+        || matches!(
+            name,
+            "CARGO_MANIFEST_DIR"
+                | "CARGO_MANIFEST_PATH"
+                | "CARGO_MANIFEST_LINKS"
+                | "CARGO_CRATE_NAME"
+                | "CARGO_BIN_NAME"
+                | "CARGO_PRIMARY_PACKAGE"
+                | "CARGO_TARGET_TMPDIR"
+                | "CARGO_RUSTC_CURRENT_DIR"
+                | "OUT_DIR"
+        )
 }
 
 /// A running `weir-operator run`, killed on drop.
@@ -512,6 +575,111 @@ impl Operator {
     }
 }
 
+/// How a suite gets the ConnectionPool CRD into the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Crd {
+    /// `kubectl apply -f crds/`.
+    Apply,
+    /// `helm install weir charts/weir` into `weir-system` with no operator replicas: the
+    /// chart's CRD, ServiceAccount and RBAC objects, as a user installs them.
+    Helm,
+}
+
+/// What a suite on the kwok control plane needs before its first step.
+#[derive(Debug, Clone, Copy)]
+pub struct OperatorSetup<'a> {
+    /// The namespace to create for the test's objects.
+    pub namespace: &'a str,
+    /// How the CRD is installed.
+    pub crd: Crd,
+    /// Credentials Secrets to create in the namespace: (Secret, username, password).
+    pub credentials: &'a [(&'a str, &'a str, &'a str)],
+    /// The operator's leader-election identity and its arguments after `run`.
+    pub operator: (&'a str, &'a [&'a str]),
+}
+
+/// A control plane with the CRD served, a namespace, credentials and a running operator:
+/// the set-up every operator suite shares.
+pub struct OperatorFixture {
+    /// The control plane.
+    pub plane: ControlPlane,
+    /// The operator under test.
+    pub operator: Operator,
+}
+
+impl OperatorFixture {
+    /// Starts the control plane while the binaries are brought up to date, then installs
+    /// the CRD, creates the namespace and the Secrets, and starts the operator.
+    pub async fn start(setup: OperatorSetup<'_>) -> anyhow::Result<OperatorFixture> {
+        let (plane, _) = tokio::try_join!(ControlPlane::start(), operator_binary())?;
+        let namespace = setup.namespace;
+        let create = ["create", "namespace", namespace];
+        tokio::try_join!(plane.kubectl_ok(&create), install_crd(&plane, setup.crd))?;
+        for (secret, user, password) in setup.credentials {
+            plane
+                .create_credentials(namespace, secret, user, password)
+                .await?;
+        }
+        plane.wait_for_crd().await?;
+        let (identity, args) = setup.operator;
+        let operator = Operator::start(&plane, identity, args).await?;
+        Ok(OperatorFixture { plane, operator })
+    }
+
+    /// Stops the running operator, if it still runs, and starts a new one.
+    pub async fn restart_operator(&mut self, identity: &str, args: &[&str]) -> anyhow::Result<()> {
+        if self.operator.running() {
+            self.operator.kill().await?;
+        }
+        self.operator = Operator::start(&self.plane, identity, args).await?;
+        Ok(())
+    }
+
+    /// `kubectl apply` of `manifest` in `namespace`.
+    pub async fn apply(&self, namespace: &str, manifest: &str) -> anyhow::Result<()> {
+        let out = self
+            .plane
+            .kubectl_with_input(&["apply", "-n", namespace, "-f", "-"], Some(manifest))
+            .await?;
+        if !out.success() {
+            bail!("kubectl apply failed: {}", out.stderr.trim());
+        }
+        Ok(())
+    }
+}
+
+async fn install_crd(plane: &ControlPlane, crd: Crd) -> anyhow::Result<()> {
+    match crd {
+        Crd::Apply => plane
+            .kubectl_ok(&["apply", "-f", "crds/connectionpools.weir.dev.yaml"])
+            .await
+            .map(drop),
+        Crd::Helm => {
+            let mut cmd = Command::new(plane.bin_dir().join("helm"));
+            cmd.args([
+                "install",
+                "weir",
+                "charts/weir",
+                "--namespace",
+                "weir-system",
+                "--create-namespace",
+                "--set",
+                "replicaCount=0",
+            ])
+            .env("KUBECONFIG", plane.kubeconfig())
+            .env("HELM_CACHE_HOME", plane.state_dir().join("helm-cache"))
+            .env("HELM_CONFIG_HOME", plane.state_dir().join("helm-config"))
+            .env("HELM_DATA_HOME", plane.state_dir().join("helm-data"))
+            .current_dir(workspace());
+            let out = run(cmd, KUBECTL_TIMEOUT, "helm install").await?;
+            if !out.success() {
+                bail!("helm install failed: {}", out.stderr);
+            }
+            Ok(())
+        }
+    }
+}
+
 /// A pgbouncer.ini rendered for a pod, adapted to run as a local process: the listening
 /// ports become `{port}` (filled in by [`crate::weir::WeirProcess`]) and `http_port`, and
 /// `auth_file` points at `{dir}/userlist.txt`, where the harness writes the Secret's file
@@ -549,6 +717,27 @@ pub fn localize_pgbouncer_ini(rendered: &str, http_port: u16) -> anyhow::Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_nested_build_drops_what_cargo_sets_for_tests() {
+        for name in [
+            "CARGO_PKG_NAME",
+            "CARGO_MANIFEST_DIR",
+            "CARGO_TARGET_TMPDIR",
+            "OUT_DIR",
+        ] {
+            assert!(set_for_tests(name), "{name}");
+        }
+        for name in [
+            "CARGO_HOME",
+            "CARGO_TARGET_DIR",
+            "CARGO_INCREMENTAL",
+            "PATH",
+            "CC",
+        ] {
+            assert!(!set_for_tests(name), "{name}");
+        }
+    }
 
     #[test]
     fn a_pod_config_is_localized_line_by_line() {

@@ -18,7 +18,9 @@ use anyhow::{ensure, Context as _};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::Api;
 use weir_operator::api::ConnectionPool;
-use weir_tests::k8s::{eventually, localize_pgbouncer_ini, ControlPlane, Operator};
+use weir_tests::k8s::{
+    eventually, localize_pgbouncer_ini, ControlPlane, Crd, OperatorFixture, OperatorSetup,
+};
 use weir_tests::net;
 use weir_tests::postgres::{self, parse_pgbench, PasswordMethod, PgCluster, PgOptions};
 use weir_tests::weir::WeirProcess;
@@ -57,36 +59,37 @@ async fn ready_pool(plane: &ControlPlane) -> anyhow::Result<ConnectionPool> {
 
 async fn run() -> anyhow::Result<()> {
     let started = Instant::now();
-    let plane = ControlPlane::start().await?;
-    eprintln!("control plane up in {:?}", plane.startup);
-    let pg = PgCluster::start_with(PgOptions {
-        max_connections: 40,
-        ..PgOptions::default()
-    })
-    .await?;
-    pg.create_role(USER, PASSWORD, PasswordMethod::Scram)
-        .await?;
-    pg.create_database(DATABASE, USER).await?;
-    let init = pg
-        .pgbench(USER, PASSWORD, DATABASE, &["-i", "-s", "1", "-q"])
-        .await?;
-    ensure!(init.success(), "pgbench -i: {}", init.stderr);
-
-    plane.kubectl_ok(&["create", "namespace", NS]).await?;
-    plane.kubectl_ok(&["apply", "-f", "crds/"]).await?;
-    plane.wait_for_crd().await?;
-    plane
-        .create_credentials(NS, "shop-db", USER, PASSWORD)
-        .await?;
     // The pod IPs kwok invents lead to no pooler (the test's poolers share loopback and
     // cannot all take the pooler's fixed HTTP port), so /status is not read: the settle
     // time alone gates adding pods, and this test never adds any.
-    let operator = Operator::start(
-        &plane,
-        "bridge",
-        &["--leader-elect=false", "--poll-pod-status=false"],
-    )
-    .await?;
+    let (fixture, pg) = tokio::try_join!(
+        OperatorFixture::start(OperatorSetup {
+            namespace: NS,
+            crd: Crd::Apply,
+            credentials: &[("shop-db", USER, PASSWORD)],
+            operator: (
+                "bridge",
+                &["--leader-elect=false", "--poll-pod-status=false"]
+            ),
+        }),
+        async {
+            let pg = PgCluster::start_with(PgOptions {
+                max_connections: 40,
+                ..PgOptions::default()
+            })
+            .await?;
+            pg.create_role(USER, PASSWORD, PasswordMethod::Scram)
+                .await?;
+            pg.create_database(DATABASE, USER).await?;
+            let init = pg
+                .pgbench(USER, PASSWORD, DATABASE, &["-i", "-s", "1", "-q"])
+                .await?;
+            ensure!(init.success(), "pgbench -i: {}", init.stderr);
+            Ok(pg)
+        },
+    )?;
+    let OperatorFixture { plane, operator } = fixture;
+    eprintln!("control plane up in {:?}", plane.startup);
     let manifest = format!(
         "apiVersion: weir.dev/v1alpha1\nkind: ConnectionPool\nmetadata:\n  name: shop\n\
          spec:\n  database:\n    host: {host}\n    port: {port}\n    dbname: {DATABASE}\n    \

@@ -21,7 +21,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::ListParams;
 use kube::{Api, ResourceExt};
 use weir_operator::api::ConnectionPool;
-use weir_tests::k8s::{eventually, workspace, ControlPlane, Operator};
+use weir_tests::k8s::{
+    eventually, workspace, ControlPlane, Crd, Operator, OperatorFixture, OperatorSetup,
+};
 use weir_tests::postgres::{PasswordMethod, PgCluster, PgOptions};
 
 const NS: &str = "e2e";
@@ -1027,38 +1029,11 @@ macro_rules! step {
     }};
 }
 
-/// Installs the Helm chart as a user would (`helm install`), with no operator replicas: the
-/// operator under test runs as a local process (there is no container engine, so a pod of
-/// the chart's Deployment could not run the binary), while the chart provides the CRD, the
-/// ServiceAccount and the RBAC objects, which are checked here.
-async fn helm_install(plane: &ControlPlane) -> anyhow::Result<()> {
-    let out = tokio::process::Command::new(plane.bin_dir().join("helm"))
-        .args([
-            "install",
-            "weir",
-            "charts/weir",
-            "--namespace",
-            "weir-system",
-            "--create-namespace",
-            "--set",
-            "replicaCount=0",
-            "--wait",
-            "--timeout",
-            "120s",
-        ])
-        .env("KUBECONFIG", plane.kubeconfig())
-        .env("HELM_CACHE_HOME", plane.state_dir().join("helm-cache"))
-        .env("HELM_CONFIG_HOME", plane.state_dir().join("helm-config"))
-        .env("HELM_DATA_HOME", plane.state_dir().join("helm-data"))
-        .current_dir(env!("CARGO_MANIFEST_DIR").trim_end_matches("/tests"))
-        .output()
-        .await?;
-    anyhow::ensure!(
-        out.status.success(),
-        "helm install failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    plane.wait_for_crd().await?;
+/// What the Helm chart installed (the fixture runs `helm install` as a user would, with no
+/// operator replicas): the operator under test runs as a local process (there is no
+/// container engine, so a pod of the chart's Deployment could not run the binary), while the
+/// chart provides the CRD, the ServiceAccount and the RBAC objects, which are checked here.
+async fn chart_objects(plane: &ControlPlane) -> anyhow::Result<()> {
     for object in [
         "clusterrole/weir-operator",
         "clusterrolebinding/weir-operator",
@@ -1124,23 +1099,28 @@ async fn helm_install(plane: &ControlPlane) -> anyhow::Result<()> {
 }
 
 async fn setup() -> anyhow::Result<Env> {
-    let plane = ControlPlane::start().await?;
+    let (fixture, pg) = tokio::try_join!(
+        OperatorFixture::start(OperatorSetup {
+            namespace: NS,
+            crd: Crd::Helm,
+            credentials: &[("orders-db-app", "app", "app-secret")],
+            operator: ("op-a", OPERATOR_ARGS),
+        }),
+        async {
+            let pg = PgCluster::start_with(PgOptions {
+                max_connections: u32::try_from(MAX_CONNECTIONS)?,
+                ..PgOptions::default()
+            })
+            .await?;
+            pg.create_role("app", "app-secret", PasswordMethod::Scram)
+                .await?;
+            pg.create_database("orders", "app").await?;
+            Ok::<_, anyhow::Error>(pg)
+        },
+    )?;
+    let OperatorFixture { plane, operator } = fixture;
     eprintln!("control plane up in {:?}", plane.startup);
-    let pg = PgCluster::start_with(PgOptions {
-        max_connections: u32::try_from(MAX_CONNECTIONS)?,
-        ..PgOptions::default()
-    })
-    .await?;
-    pg.create_role("app", "app-secret", PasswordMethod::Scram)
-        .await?;
-    pg.create_database("orders", "app").await?;
-    plane.kubectl_ok(&["create", "namespace", NS]).await?;
-    helm_install(&plane).await?;
-    plane.wait_for_crd().await?;
-    plane
-        .create_credentials(NS, "orders-db-app", "app", "app-secret")
-        .await?;
-    let operator = Operator::start(&plane, "op-a", OPERATOR_ARGS).await?;
+    chart_objects(&plane).await?;
     Ok(Env {
         plane,
         pg,

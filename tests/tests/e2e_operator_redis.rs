@@ -15,7 +15,9 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::Api;
 use weir_operator::api::ConnectionPool;
-use weir_tests::k8s::{eventually, workspace, ControlPlane, Operator, Output};
+use weir_tests::k8s::{
+    eventually, ControlPlane, Crd, Operator, OperatorFixture, OperatorSetup, Output,
+};
 use weir_tests::net;
 
 const NS: &str = "e2e-redis";
@@ -326,21 +328,20 @@ async fn a_server_refusing_config_needs_max_clients(env: &Env) -> anyhow::Result
 }
 
 async fn setup() -> anyhow::Result<Env> {
-    let redis = RedisServer::start().await?;
-    let plane = ControlPlane::start().await?;
+    let (redis, fixture) = tokio::try_join!(
+        RedisServer::start(),
+        OperatorFixture::start(OperatorSetup {
+            namespace: NS,
+            crd: Crd::Apply,
+            credentials: &[],
+            operator: (
+                "op-redis",
+                &["--database-timeout-seconds=2", "--resync-seconds=20"],
+            ),
+        }),
+    )?;
+    let OperatorFixture { plane, operator } = fixture;
     eprintln!("control plane up in {:?}", plane.startup);
-    let crd = workspace().join("crds/connectionpools.weir.dev.yaml");
-    plane
-        .kubectl_ok(&["apply", "-f", &crd.to_string_lossy()])
-        .await?;
-    plane.wait_for_crd().await?;
-    plane.kubectl_ok(&["create", "namespace", NS]).await?;
-    let operator = Operator::start(
-        &plane,
-        "op-redis",
-        &["--database-timeout-seconds=2", "--resync-seconds=20"],
-    )
-    .await?;
     Ok(Env {
         plane,
         operator,

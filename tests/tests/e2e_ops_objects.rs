@@ -25,7 +25,9 @@ use kube::api::{ListParams, PostParams};
 use kube::{Api, ResourceExt};
 use weir_operator::api::ConnectionPool;
 use weir_operator::render::PodMonitor;
-use weir_tests::k8s::{eventually, workspace, ControlPlane, Operator};
+use weir_tests::k8s::{
+    eventually, workspace, ControlPlane, Crd, Operator, OperatorFixture, OperatorSetup,
+};
 
 const NS: &str = "ops";
 const WAIT: Duration = Duration::from_secs(60);
@@ -436,41 +438,15 @@ async fn both_go_with_the_spec_and_the_pool(env: &Env) -> anyhow::Result<()> {
     .await
 }
 
-async fn helm_install(plane: &ControlPlane) -> anyhow::Result<()> {
-    let out = tokio::process::Command::new(plane.bin_dir().join("helm"))
-        .args([
-            "install",
-            "weir",
-            "charts/weir",
-            "--namespace",
-            "weir-system",
-            "--create-namespace",
-            "--set",
-            "replicaCount=0",
-        ])
-        .env("KUBECONFIG", plane.kubeconfig())
-        .env("HELM_CACHE_HOME", plane.state_dir().join("helm-cache"))
-        .env("HELM_CONFIG_HOME", plane.state_dir().join("helm-config"))
-        .env("HELM_DATA_HOME", plane.state_dir().join("helm-data"))
-        .current_dir(workspace())
-        .output()
-        .await?;
-    ensure!(
-        out.status.success(),
-        "helm install failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    plane.wait_for_crd().await
-}
-
 async fn setup() -> anyhow::Result<Env> {
-    let plane = ControlPlane::start().await?;
+    let OperatorFixture { plane, operator } = OperatorFixture::start(OperatorSetup {
+        namespace: NS,
+        crd: Crd::Helm,
+        credentials: &[("guarded-db", "app", "app-secret")],
+        operator: ("op-ops", OPERATOR_ARGS),
+    })
+    .await?;
     eprintln!("control plane up in {:?}", plane.startup);
-    plane.kubectl_ok(&["create", "namespace", NS]).await?;
-    helm_install(&plane).await?;
-    plane
-        .create_credentials(NS, "guarded-db", "app", "app-secret")
-        .await?;
     plane
         .kubectl_ok(&[
             "create",
@@ -483,7 +459,6 @@ async fn setup() -> anyhow::Result<Env> {
             "--from-literal=tls.key=placeholder",
         ])
         .await?;
-    let operator = Operator::start(&plane, "op-ops", OPERATOR_ARGS).await?;
     Ok(Env { plane, operator })
 }
 

@@ -514,3 +514,44 @@ async fn pgbouncer_anchor_serves_the_same_configuration_text() {
     let version = String::from_utf8_lossy(&version.stdout);
     assert!(version.starts_with("PgBouncer 1.25.2"), "{version}");
 }
+
+/// The binaries' nested build runs inside `cargo test`, which sets CARGO_PKG_NAME and the
+/// like for the test; the nested build must not see them, or ring's build script reruns,
+/// everything above it (rustls, kube, the operator) is rebuilt, and the next `cargo test` from
+/// a shell rebuilds it all back: minutes per kwok suite. After a build with a shell's
+/// environment, the nested build finds nothing to do.
+#[tokio::test]
+async fn the_nested_build_finds_the_binaries_of_a_shell_build_fresh() {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut shell = std::process::Command::new(cargo);
+    shell
+        .args([
+            "build",
+            "-p",
+            "weir-operator",
+            "-p",
+            "weir-pooler",
+            "-p",
+            "kubectl-weir",
+        ])
+        .arg("--bins")
+        .current_dir(weir_tests::k8s::workspace());
+    // A shell's environment: none of the CARGO_ variables cargo sets for a crate or a test.
+    let configuration = ["CARGO_HOME", "CARGO_TARGET_DIR", "CARGO_INCREMENTAL"];
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if (name.starts_with("CARGO_") && !configuration.contains(&name.as_ref()))
+            || name == "OUT_DIR"
+        {
+            shell.env_remove(name.as_ref());
+        }
+    }
+    let out = shell.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rebuilt = weir_tests::k8s::cargo_build_binaries().await.unwrap();
+    assert!(rebuilt.is_empty(), "the nested build rebuilt {rebuilt:?}");
+}

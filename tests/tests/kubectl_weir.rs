@@ -10,7 +10,10 @@ use std::time::Duration;
 use anyhow::{ensure, Context as _};
 use kube::Api;
 use weir_operator::api::{BudgetStatus, ConnectionPool};
-use weir_tests::k8s::{eventually, operator_binary, workspace, ControlPlane, Operator, Output};
+use weir_tests::k8s::{
+    eventually, operator_binary, ControlPlane, Crd, Operator, OperatorFixture, OperatorSetup,
+    Output,
+};
 use weir_tests::postgres::{PasswordMethod, PgCluster, PgOptions};
 
 const NS: &str = "plugin";
@@ -92,25 +95,26 @@ impl Env {
 }
 
 async fn setup() -> anyhow::Result<Env> {
-    let plane = ControlPlane::start().await?;
-    let pg = PgCluster::start_with(PgOptions {
-        max_connections: MAX_CONNECTIONS,
-        ..PgOptions::default()
-    })
-    .await?;
-    pg.create_role("app", "app-secret", PasswordMethod::Scram)
-        .await?;
-    pg.create_database("orders", "app").await?;
-    let crd = workspace().join("crds/connectionpools.weir.dev.yaml");
-    plane
-        .kubectl_ok(&["apply", "-f", &crd.to_string_lossy()])
-        .await?;
-    plane.wait_for_crd().await?;
-    plane.kubectl_ok(&["create", "namespace", NS]).await?;
-    plane
-        .create_credentials(NS, "orders-db-app", "app", "app-secret")
-        .await?;
-    let operator = Operator::start(&plane, "op", &["--leader-elect=false"]).await?;
+    let (fixture, pg) = tokio::try_join!(
+        OperatorFixture::start(OperatorSetup {
+            namespace: NS,
+            crd: Crd::Apply,
+            credentials: &[("orders-db-app", "app", "app-secret")],
+            operator: ("op", &["--leader-elect=false"]),
+        }),
+        async {
+            let pg = PgCluster::start_with(PgOptions {
+                max_connections: MAX_CONNECTIONS,
+                ..PgOptions::default()
+            })
+            .await?;
+            pg.create_role("app", "app-secret", PasswordMethod::Scram)
+                .await?;
+            pg.create_database("orders", "app").await?;
+            Ok::<_, anyhow::Error>(pg)
+        },
+    )?;
+    let OperatorFixture { plane, operator } = fixture;
     let plugin_dir = operator_binary()
         .await?
         .parent()
