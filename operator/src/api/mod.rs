@@ -13,6 +13,7 @@ mod monitoring;
 mod network_policy;
 mod redis;
 pub(crate) mod rules;
+mod server_auth;
 mod status;
 mod tls;
 mod validate;
@@ -32,6 +33,9 @@ pub use monitoring::{Monitoring, PodMonitorSettings};
 pub use network_policy::NetworkPolicySettings;
 pub use redis::{PrivatePool, RedisSpec, DEFAULT_REDIS_PORT};
 pub use rules::{operator_owned_keys, settable_keys};
+pub use server_auth::{
+    rds_region, CloudProvider, CloudServiceAccount, ServerAuthSpec, AZURE_WORKLOAD_IDENTITY_LABEL,
+};
 pub use status::{
     condition, BudgetStatus, ConnectionPoolStatus, PodUsage, UsageStatus, UserPoolStatus,
 };
@@ -254,6 +258,12 @@ pub struct DatabaseSpec {
     /// Connections held by applications that do not go through any ConnectionPool.
     #[serde(default)]
     pub used_by_others: i32,
+
+    /// Log in to the database with the pods' cloud identity (RDS IAM, Cloud SQL / AlloyDB
+    /// IAM, Microsoft Entra ID) instead of a password: credentialsSecret then names the
+    /// user, and a password in it is only what clients log in to the pooler with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_auth: Option<ServerAuthSpec>,
 }
 
 /// A Secret with a user name and a password.

@@ -18,6 +18,7 @@ pub mod peers;
 pub mod rbac;
 pub mod redis;
 mod secrets;
+mod server_auth;
 pub mod tls;
 mod workload;
 
@@ -403,7 +404,7 @@ pub fn render(pool: &ConnectionPool, observed: &Observed) -> Result<Rendered, Re
             Backend::Postgres(_) => credentials.iter().map(|c| c.user.clone()).collect(),
             Backend::Redis(_) => Vec::new(),
         },
-        service_account: workload::service_account(&ctx),
+        service_account: workload::service_account(&ctx, &pool.spec),
         token_review_binding: rbac::token_review_binding(&ctx, &config),
         config_map: secrets::config_map(&ctx, &config, redis_settings.as_deref()),
         auth_secret: secrets::auth_secret(&ctx, &credentials),
