@@ -13,7 +13,7 @@ mod monitoring;
 mod network_policy;
 mod redis;
 pub(crate) mod rules;
-mod server_auth;
+pub(crate) mod server_auth;
 mod status;
 mod tls;
 mod validate;

@@ -900,6 +900,7 @@ pub(crate) fn is_cidr(text: &str) -> bool {
 
 pub(crate) fn spec_schema(schema: &mut Schema) {
     attach(schema, &spec_rules());
+    attach(schema, &super::server_auth::spec_rules());
 }
 
 pub(crate) fn database_schema(schema: &mut Schema) {

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use weir_pooler::config::ServerAuth;
 
 use super::rules::{unless, Rule};
-use super::{DatabaseSpec, MaxConnections};
+use super::{ConnectionPoolSpec, DatabaseSpec, MaxConnections, SslMode};
 
 /// The pod label Azure Workload Identity's webhook looks for before it injects the
 /// federated token and its environment into a pod.
@@ -129,6 +129,29 @@ pub(crate) const MAX_CONNECTIONS_NEEDS_NUMBER: &str = "with serverAuth, maxConne
 pub(crate) const RDS_NEEDS_REGION: &str = "serverAuth.provider rdsIam needs serverAuth.region \
      when database.host is not an RDS endpoint (<name>.<id>.<region>.rds.amazonaws.com): \
      tokens are signed for a region";
+
+pub(crate) const PLAIN_SERVER_TLS: &str = "with database.serverAuth, tls.server.mode must be \
+     prefer or stronger: the token is sent as a clear-text password, which the pooler never \
+     sends over an unencrypted connection";
+
+/// Rules on `spec` that concern `database.serverAuth`.
+pub(crate) fn spec_rules() -> Vec<Rule<ConnectionPoolSpec>> {
+    vec![Rule::new(
+        "!has(self.database) || !has(self.database.serverAuth) || !has(self.tls) || \
+         !has(self.tls.server) || !has(self.tls.server.mode) || \
+         !(self.tls.server.mode in ['disable', 'allow'])",
+        PLAIN_SERVER_TLS,
+        Some(".tls.server.mode"),
+        |s| {
+            let auth = s.database.as_ref().is_some_and(|d| d.server_auth.is_some());
+            let mode = s.tls.as_ref().and_then(|t| t.server.as_ref()?.mode);
+            unless(
+                !auth || !matches!(mode, Some(SslMode::Disable | SslMode::Allow)),
+                PLAIN_SERVER_TLS,
+            )
+        },
+    )]
+}
 
 /// Rules on `spec.database.serverAuth`.
 pub(crate) fn server_auth_rules() -> Vec<Rule<ServerAuthSpec>> {

@@ -135,6 +135,7 @@ impl ConnectionPool {
         }
         let spec = &self.spec;
         v.run("spec", &rules::spec_rules(), spec);
+        v.run("spec", &server_auth::spec_rules(), spec);
         if let Some(database) = &spec.database {
             v.run("spec.database", &rules::database_rules(), database);
             v.run("spec.database", &server_auth::database_rules(), database);

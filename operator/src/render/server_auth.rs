@@ -88,3 +88,195 @@ pub(crate) fn egress(spec: &ConnectionPoolSpec) -> Vec<NetworkPolicyEgressRule> 
         },
     ]
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::path::Path;
+
+    use weir_pooler::config::{parse_userlist, Config, ServerAuth};
+
+    use crate::api::from_yaml;
+    use crate::render::{render, Observed, Rendered};
+
+    /// A pool whose `reports` user logs in with ServiceAccount tokens; `server_auth` is
+    /// spliced in under `database`.
+    fn pool_text(server_auth: &str, host: &str) -> String {
+        format!(
+            "apiVersion: weir.dev/v1alpha1
+kind: ConnectionPool
+metadata: {{name: orders, namespace: shop, uid: 0d9c7d5e-1111-4222-8333-444455556666}}
+spec:
+  database:
+    host: {host}
+    dbname: orders
+    credentialsSecret: {{name: unused}}
+    maxConnections: 100
+{server_auth}  users:
+    - user: app
+      credentialsSecret: {{name: app-creds}}
+    - user: reports
+      credentialsSecret: {{name: reports-creds}}
+      serviceAccounts: [{{name: reports}}]
+  tls:
+    client: {{secretName: orders-tls}}
+  networkPolicy:
+    clients: [{{podSelector: {{}}}}]
+"
+        )
+    }
+
+    /// The Secrets a controller would read: app's password and the TLS certificate; the
+    /// token user's Secret is absent.
+    fn observed(with_reports: bool) -> Observed {
+        let mut secrets = BTreeMap::from([
+            (
+                "app-creds".to_owned(),
+                BTreeMap::from([("password".to_owned(), b"app-pw".to_vec())]),
+            ),
+            (
+                "orders-tls".to_owned(),
+                BTreeMap::from([
+                    ("tls.crt".to_owned(), b"PEM".to_vec()),
+                    ("tls.key".to_owned(), b"PEM".to_vec()),
+                ]),
+            ),
+        ]);
+        if with_reports {
+            secrets.insert(
+                "reports-creds".to_owned(),
+                BTreeMap::from([("password".to_owned(), b"reports-pw".to_vec())]),
+            );
+        }
+        Observed {
+            secrets,
+            ..Observed::default()
+        }
+    }
+
+    fn rendered(server_auth: &str, host: &str, with_reports: bool) -> Result<Rendered, String> {
+        let pool = from_yaml(&pool_text(server_auth, host)).map_err(|e| e.to_string())?;
+        render(&pool, &observed(with_reports)).map_err(|e| e.to_string())
+    }
+
+    fn parsed(r: &Rendered) -> Config {
+        let ini = &r.config_map.data.as_ref().expect("data")["pgbouncer.ini"];
+        let parsed = Config::parse(ini, Path::new("pgbouncer.ini")).expect("the pooler accepts it");
+        assert!(parsed.warnings.is_empty(), "{:?}", parsed.warnings);
+        parsed.config
+    }
+
+    fn userlist(r: &Rendered) -> BTreeMap<String, String> {
+        let data = r.auth_secret.data.as_ref().expect("data");
+        let text = String::from_utf8(data["userlist.txt"].0.clone()).expect("utf-8");
+        parse_userlist(&text, Path::new("userlist.txt")).expect("parses")
+    }
+
+    #[test]
+    fn rds_iam_renders_the_entry_and_the_role_annotation() {
+        let auth = "    serverAuth:
+      provider: rdsIam
+      serviceAccount:
+        annotations: {eks.amazonaws.com/role-arn: 'arn:aws:iam::1:role/weir'}
+";
+        let host = "orders.cluster-abc.eu-west-1.rds.amazonaws.com";
+        let r = rendered(auth, host, false).expect("renders without the token user's Secret");
+        let config = parsed(&r);
+        let entry = &config.databases["orders"];
+        assert_eq!(entry.server_auth, Some(ServerAuth::RdsIam));
+        assert_eq!(entry.server_auth_region.as_deref(), Some("eu-west-1"));
+        assert_eq!(entry.password, None);
+        // Only the password user is in the auth file: the token user needs none.
+        assert_eq!(
+            userlist(&r),
+            BTreeMap::from([("app".to_owned(), "app-pw".to_owned())])
+        );
+        let annotations = r.service_account.metadata.annotations.expect("annotations");
+        assert_eq!(
+            annotations["eks.amazonaws.com/role-arn"],
+            "arn:aws:iam::1:role/weir"
+        );
+        // The pods can reach the metadata endpoints and the token services.
+        let policy = serde_json::to_string(&r.network_policy).expect("json");
+        assert!(policy.contains("169.254.0.0/16"), "{policy}");
+        assert!(policy.contains("\"port\":443"), "{policy}");
+    }
+
+    #[test]
+    fn the_given_region_wins_and_gcp_and_azure_have_none() {
+        let r = rendered(
+            "    serverAuth: {provider: rdsIam, region: us-east-2}\n",
+            "orders-db.internal",
+            false,
+        )
+        .expect("renders");
+        let entry = &parsed(&r).databases["orders"];
+        assert_eq!(entry.server_auth_region.as_deref(), Some("us-east-2"));
+        for (provider, auth) in [
+            ("gcpIam", ServerAuth::GcpIam),
+            ("azureAd", ServerAuth::AzureAd),
+        ] {
+            let text = format!("    serverAuth: {{provider: {provider}}}\n");
+            let r = rendered(&text, "10.0.0.5", false).expect("renders");
+            let entry = &parsed(&r).databases["orders"];
+            assert_eq!(
+                (entry.server_auth, &entry.server_auth_region),
+                (Some(auth), &None)
+            );
+            let labels = r
+                .deployment
+                .spec
+                .as_ref()
+                .expect("spec")
+                .template
+                .metadata
+                .as_ref()
+                .and_then(|m| m.labels.clone())
+                .expect("labels");
+            let azure = labels
+                .get(super::AZURE_WORKLOAD_IDENTITY_LABEL)
+                .map(String::as_str);
+            let expected = (auth == ServerAuth::AzureAd).then_some("true");
+            assert_eq!(azure, expected, "{provider}");
+            assert_eq!(r.service_account.metadata.annotations, None);
+        }
+    }
+
+    #[test]
+    fn without_server_auth_nothing_changes() {
+        // The token user's password is still needed: the pooler logs in to the database with it.
+        let missing = rendered("", "orders-db", false).expect_err("reports-creds is needed");
+        assert!(missing.contains("reports-creds"), "{missing}");
+        let r = rendered("", "orders-db", true).expect("renders");
+        let entry = &parsed(&r).databases["orders"];
+        assert_eq!(
+            (entry.server_auth, &entry.server_auth_region),
+            (None, &None)
+        );
+        assert_eq!(userlist(&r).len(), 2);
+        let policy = serde_json::to_string(&r.network_policy).expect("json");
+        assert!(!policy.contains("169.254.0.0/16"), "{policy}");
+        assert_eq!(r.service_account.metadata.annotations, None);
+        let labels = r
+            .deployment
+            .spec
+            .as_ref()
+            .expect("spec")
+            .template
+            .metadata
+            .as_ref()
+            .and_then(|m| m.labels.clone())
+            .expect("labels");
+        assert!(!labels.contains_key(super::AZURE_WORKLOAD_IDENTITY_LABEL));
+    }
+
+    #[test]
+    fn a_password_user_still_needs_its_password() {
+        let auth = "    serverAuth: {provider: gcpIam}\n";
+        let pool = from_yaml(&pool_text(auth, "10.0.0.5")).expect("valid");
+        let mut facts = observed(false);
+        facts.secrets.remove("app-creds");
+        let err = render(&pool, &facts).expect_err("app's password is what clients log in with");
+        assert!(err.to_string().contains("app-creds"), "{err}");
+    }
+}
