@@ -121,3 +121,8 @@ fn production() {
 fn redis() {
     check("redis");
 }
+
+#[test]
+fn server_auth() {
+    check("server-auth");
+}
