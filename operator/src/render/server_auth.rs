@@ -8,6 +8,7 @@ use k8s_openapi::api::networking::v1::{
     IPBlock, NetworkPolicyEgressRule, NetworkPolicyPeer, NetworkPolicyPort,
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use sha2::{Digest, Sha256};
 use weir_pooler::config::ServerAuth;
 
 use crate::api::{
@@ -44,6 +45,30 @@ pub(crate) fn service_account_annotations(
         .annotations
         .clone()
         .filter(|a| !a.is_empty())
+}
+
+/// Pod-template annotation holding a digest of the provider and the ServiceAccount's
+/// annotations: the clouds' webhooks inject credentials only into new pods, so a change of
+/// identity must roll them.
+pub const IDENTITY_ANNOTATION: &str = "weir.dev/server-auth-identity";
+
+/// The pod-template annotations of `serverAuth` (none without it).
+pub(crate) fn pod_annotations(spec: &ConnectionPoolSpec) -> BTreeMap<String, String> {
+    let Some(auth) = of(spec) else {
+        return BTreeMap::new();
+    };
+    let mut hasher = Sha256::new();
+    hasher.update(format!("{:?}\n", auth.provider));
+    for (key, value) in service_account_annotations(spec).iter().flatten() {
+        hasher.update(format!("{key}={value}\n"));
+    }
+    let hex: String = hasher
+        .finalize()
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    BTreeMap::from([(IDENTITY_ANNOTATION.to_owned(), format!("sha256:{hex}"))])
 }
 
 /// Pod labels the provider's webhook needs before it injects the token environment.
@@ -240,6 +265,33 @@ spec:
             assert_eq!(azure, expected, "{provider}");
             assert_eq!(r.service_account.metadata.annotations, None);
         }
+    }
+
+    fn identity(r: &Rendered) -> Option<String> {
+        let template = &r.deployment.spec.as_ref().expect("spec").template;
+        let annotations = template.metadata.as_ref()?.annotations.as_ref()?;
+        annotations.get(super::IDENTITY_ANNOTATION).cloned()
+    }
+
+    #[test]
+    fn a_new_identity_rolls_the_pods() {
+        let with = |auth: &str| identity(&rendered(auth, "10.0.0.5", false).expect("renders"));
+        let gcp = with("    serverAuth: {provider: gcpIam}\n");
+        let azure = with("    serverAuth: {provider: azureAd}\n");
+        let annotated =
+            with("    serverAuth: {provider: gcpIam, serviceAccount: {annotations: {a: b}}}\n");
+        let other =
+            with("    serverAuth: {provider: gcpIam, serviceAccount: {annotations: {a: c}}}\n");
+        assert!(gcp.is_some());
+        let all = [&gcp, &azure, &annotated, &other];
+        for (i, a) in all.iter().enumerate() {
+            for b in &all[i + 1..] {
+                assert_ne!(a, b);
+            }
+        }
+        assert_eq!(gcp, with("    serverAuth: {provider: gcpIam}\n"));
+        let plain = rendered("", "orders-db", true).expect("renders");
+        assert_eq!(identity(&plain), None);
     }
 
     #[test]

@@ -147,6 +147,7 @@ pub(crate) fn deployment(
     pod_labels.extend(server_auth::pod_labels(spec));
     pod_labels.extend(labels(ctx.name));
     let mut pod_annotations = pod.annotations.clone().unwrap_or_default();
+    pod_annotations.extend(server_auth::pod_annotations(spec));
     pod_annotations.insert(RESTART_HASH_ANNOTATION.to_owned(), restart_hash.to_owned());
     pod_annotations.insert(
         "kubectl.kubernetes.io/default-container".to_owned(),
