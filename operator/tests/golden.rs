@@ -145,3 +145,8 @@ fn read_replicas() {
 fn redis() {
     check("redis");
 }
+
+#[test]
+fn server_auth() {
+    check("server-auth");
+}

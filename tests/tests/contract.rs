@@ -41,6 +41,10 @@ enum Lands {
     /// Monitoring and network objects: checked in the rendered PodMonitor and
     /// NetworkPolicy by `operations_fields_reach_their_objects`.
     Operations(&'static str),
+    /// Cloud server credentials: checked in the pgbouncer.ini (which the pooler must parse
+    /// without a warning) and the ServiceAccount rendered with [`SERVER_AUTH`] by
+    /// `server_auth_fields_reach_their_objects`.
+    ServerAuth(&'static str),
     /// Redis pools: checked in the `[redis]` section and the app Secret rendered from
     /// [`REDIS_SPEC`] by `redis_fields_reach_their_objects` (the pooler's Redis data path
     /// tests what it does with them).
@@ -62,6 +66,18 @@ const FIELDS: &[(&str, Lands)] = &[
     ("database.superuserReservedConnections", Lands::Pooler),
     ("database.reservedPercent", Lands::Pooler),
     ("database.usedByOthers", Lands::Pooler),
+    (
+        "database.serverAuth.provider",
+        Lands::ServerAuth("server_auth=rds-iam"),
+    ),
+    (
+        "database.serverAuth.region",
+        Lands::ServerAuth("server_auth_region=ap-south-1"),
+    ),
+    (
+        "database.serverAuth.serviceAccount.annotations",
+        Lands::ServerAuth("eks.amazonaws.com/role-arn: arn:aws:iam::123456789012:role/contract"),
+    ),
     (
         "redis.host",
         Lands::Redis("cluster_nodes = redis.example:6380,"),
@@ -738,6 +754,37 @@ fn service_account_fields_reach_their_objects() {
         pod.and_then(|p| p.automount_service_account_token),
         Some(false)
     );
+}
+
+/// `serverAuth` spliced into the main spec's database.
+const SERVER_AUTH: &str = "    usedByOthers: 7
+    serverAuth:
+      provider: rdsIam
+      region: ap-south-1
+      serviceAccount:
+        annotations:
+          eks.amazonaws.com/role-arn: arn:aws:iam::123456789012:role/contract
+";
+
+#[test]
+fn server_auth_fields_reach_their_objects() {
+    let text = spec("db.example", 5432).replace("    usedByOthers: 7\n", SERVER_AUTH);
+    let r = rendered(&text);
+    let ini = data_text(&r, "pgbouncer.ini");
+    let parsed = weir_pooler::config::Config::parse(&ini, std::path::Path::new("pgbouncer.ini"))
+        .expect("the pooler accepts the server_auth keys");
+    assert!(parsed.warnings.is_empty(), "{:?}", parsed.warnings);
+    let objects = format!(
+        "{ini}{}",
+        weir_operator::yaml::to_string(&r.service_account).expect("yaml")
+    );
+    for (path, lands) in FIELDS {
+        if let Lands::ServerAuth(text) = lands {
+            assert!(objects.contains(text), "{path}: {text:?} not in\n{objects}");
+        }
+    }
+    // The pooler logs in with tokens: no password reaches the database entry.
+    assert!(!ini.contains("password="), "{ini}");
 }
 
 /// Fields whose value the main spec cannot show at the same time (one of two ways to say

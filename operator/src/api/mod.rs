@@ -14,6 +14,7 @@ mod network_policy;
 mod read_replicas;
 mod redis;
 pub(crate) mod rules;
+pub(crate) mod server_auth;
 mod status;
 mod tls;
 mod validate;
@@ -34,6 +35,9 @@ pub use network_policy::NetworkPolicySettings;
 pub use read_replicas::{read_only_name, ReadReplicas, StandbyHost, READ_ONLY_SUFFIX};
 pub use redis::{PrivatePool, RedisSpec, DEFAULT_REDIS_PORT};
 pub use rules::{operator_owned_keys, settable_keys};
+pub use server_auth::{
+    rds_region, CloudProvider, CloudServiceAccount, ServerAuthSpec, AZURE_WORKLOAD_IDENTITY_LABEL,
+};
 pub use status::{
     condition, BudgetStatus, ConnectionPoolStatus, PodUsage, ReadOnlyPoolStatus, UsageStatus,
     UserPoolStatus,
@@ -264,6 +268,12 @@ pub struct DatabaseSpec {
     /// Connections held by applications that do not go through any ConnectionPool.
     #[serde(default)]
     pub used_by_others: i32,
+
+    /// Log in to the database with the pods' cloud identity (RDS IAM, Cloud SQL / AlloyDB
+    /// IAM, Microsoft Entra ID) instead of a password: credentialsSecret then names the
+    /// user, and a password in it is only what clients log in to the pooler with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_auth: Option<ServerAuthSpec>,
 }
 
 /// A Secret with a user name and a password.

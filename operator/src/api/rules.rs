@@ -131,7 +131,7 @@ pub(crate) struct Rule<T: ?Sized> {
 }
 
 impl<T: ?Sized> Rule<T> {
-    fn new(
+    pub(crate) fn new(
         cel: impl Into<String>,
         message: &'static str,
         field: Option<&'static str>,
@@ -156,12 +156,12 @@ impl<T: ?Sized> Rule<T> {
 }
 
 /// `Some(message)` unless `ok`.
-fn unless(ok: bool, message: &str) -> Option<String> {
+pub(crate) fn unless(ok: bool, message: &str) -> Option<String> {
     (!ok).then(|| message.to_owned())
 }
 
 /// Appends `rules` to the schema's `x-kubernetes-validations`.
-fn attach<T: ?Sized>(schema: &mut Schema, rules: &[Rule<T>]) {
+pub(crate) fn attach<T: ?Sized>(schema: &mut Schema, rules: &[Rule<T>]) {
     let object = schema.ensure_object();
     let entry = object
         .entry("x-kubernetes-validations")
@@ -1013,10 +1013,12 @@ pub(crate) fn is_cidr(text: &str) -> bool {
 
 pub(crate) fn spec_schema(schema: &mut Schema) {
     attach(schema, &spec_rules());
+    attach(schema, &super::server_auth::spec_rules());
 }
 
 pub(crate) fn database_schema(schema: &mut Schema) {
     attach(schema, &database_rules());
+    attach(schema, &super::server_auth::database_rules());
 }
 
 pub(crate) fn read_replicas_schema(schema: &mut Schema) {

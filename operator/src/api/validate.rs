@@ -14,6 +14,7 @@ use super::duration::MESSAGE as DURATION_MESSAGE;
 use super::rules::{
     self, Rule, MAX_NAME_LENGTH, MAX_READ_ONLY_NAME_LENGTH, NAME_MESSAGE, READ_ONLY_NAME_MESSAGE,
 };
+use super::server_auth;
 use super::{CaSource, ConnectionPool, Limits, TlsSpec};
 
 /// One refused field: where, and why.
@@ -142,13 +143,33 @@ impl ConnectionPool {
         }
         let spec = &self.spec;
         v.run("spec", &rules::spec_rules(), spec);
+        v.run("spec", &server_auth::spec_rules(), spec);
         if let Some(database) = &spec.database {
             v.run("spec.database", &rules::database_rules(), database);
+            v.run("spec.database", &server_auth::database_rules(), database);
             v.run(
                 "spec.database.credentialsSecret",
                 &rules::credentials_rules(),
                 &database.credentials_secret,
             );
+            if let Some(auth) = &database.server_auth {
+                v.run(
+                    "spec.database.serverAuth",
+                    &server_auth::server_auth_rules(),
+                    auth,
+                );
+                let annotations = auth
+                    .service_account
+                    .as_ref()
+                    .and_then(|a| a.annotations.as_ref());
+                if let Some(annotations) = annotations {
+                    v.run(
+                        "spec.database.serverAuth.serviceAccount.annotations",
+                        &rules::pod_annotations_rules(),
+                        annotations,
+                    );
+                }
+            }
         }
         if let Some(replicas) = &spec.read_replicas {
             v.run("spec.readReplicas", &rules::read_replicas_rules(), replicas);

@@ -8,6 +8,7 @@ use sha2::{Digest, Sha256};
 use weir_pooler::config::{AuthType, Config, DatabaseEntry, Settings, UserEntry};
 
 use super::secrets::Credential;
+use super::server_auth;
 use super::RenderError;
 use crate::api::{Backend, ConnectionPoolSpec, UserSource};
 use crate::sizing::Sizing;
@@ -102,12 +103,15 @@ pub(crate) fn build(
         }
     };
     s.default_pool_size = sizing.default_pool_size();
+    let (server_auth, server_auth_region) = server_auth::entry_keys(spec);
     let database = DatabaseEntry {
         host: Some(db.host.clone()),
         port: u16::try_from(db.port).into_iter().collect(),
         dbname: Some(db.dbname.clone()),
         // The hard cap over all the database's pools in one pod: the per-pod budget.
         max_db_connections: Some(sizing.max_db_connections()),
+        server_auth,
+        server_auth_region,
         ..DatabaseEntry::default()
     };
     let users = credentials

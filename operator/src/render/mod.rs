@@ -19,6 +19,7 @@ pub mod rbac;
 pub mod read_only;
 pub mod redis;
 mod secrets;
+mod server_auth;
 pub mod tls;
 mod workload;
 
@@ -436,7 +437,7 @@ fn render_pooler(
             Backend::Postgres(_) => credentials.iter().map(|c| c.user.clone()).collect(),
             Backend::Redis(_) => Vec::new(),
         },
-        service_account: workload::service_account(&ctx),
+        service_account: workload::service_account(&ctx, &pool.spec),
         token_review_binding: rbac::token_review_binding(&ctx, &config),
         config_map: secrets::config_map(&ctx, &config, redis_settings.as_deref()),
         auth_secret: secrets::auth_secret(&ctx, &credentials),

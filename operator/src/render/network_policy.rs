@@ -20,6 +20,7 @@ use weir_pooler::config::Config;
 
 use super::meta::{selector_labels, Context};
 use super::rbac;
+use super::server_auth;
 use super::workload::HTTP_PORT_NAME;
 use super::Observed;
 use crate::api::{ConnectionPoolSpec, NetworkPolicySettings};
@@ -121,6 +122,7 @@ fn egress(
     if rbac::reviews_tokens(inputs.config) {
         rules.push(api_server(&inputs.observed.api_server));
     }
+    rules.extend(server_auth::egress(inputs.spec));
     rules
 }
 

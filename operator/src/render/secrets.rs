@@ -11,6 +11,7 @@ use super::config::{self, AUTH_FILE, CONFIG_FILE};
 use super::meta::{names, service_host, Context};
 use super::peers;
 use super::redis;
+use super::server_auth;
 use super::workload::SERVICE_PORT;
 use super::{tls, Observed, RenderError};
 use crate::api::{Backend, ConnectionPoolSpec, UserSource};
@@ -20,7 +21,8 @@ pub const APP_SECRET_KEYS: &[&str] = &[
     "host", "port", "dbname", "user", "password", "uri", "jdbc-uri",
 ];
 
-/// One user's name and password, read from its Secret.
+/// One user's name and password, read from its Secret; the password is empty for a user
+/// that logs in with ServiceAccount tokens to a pool with `serverAuth`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Credential {
     pub user: String,
@@ -32,9 +34,20 @@ pub(crate) fn credentials(
     spec: &ConnectionPoolSpec,
     observed: &Observed,
 ) -> Result<Vec<Credential>, RenderError> {
+    // With serverAuth the pooler logs in to the database with tokens: a user that logs in to
+    // the pooler with ServiceAccount tokens then needs no password at all.
+    let passwordless = server_auth::of(spec).is_some();
     spec.user_sources()
         .into_iter()
         .map(|source| match source {
+            UserSource::Listed(u)
+                if passwordless && u.service_accounts.iter().flatten().next().is_some() =>
+            {
+                Ok(Credential {
+                    user: u.user.clone(),
+                    password: String::new(),
+                })
+            }
             UserSource::Listed(u) => Ok(Credential {
                 user: u.user.clone(),
                 password: secret_value(
@@ -102,8 +115,10 @@ pub(crate) fn config_map(
 /// The Secret holding userlist.txt. It holds the passwords themselves (not SCRAM
 /// verifiers): the pooler needs them to log in to the database as each user.
 pub(crate) fn auth_secret(ctx: &Context<'_>, credentials: &[Credential]) -> Secret {
+    // A user without a password logs in with tokens only and has no auth file line.
     let users: BTreeMap<String, String> = credentials
         .iter()
+        .filter(|c| !c.password.is_empty())
         .map(|c| (c.user.clone(), c.password.clone()))
         .collect();
     Secret {

@@ -21,6 +21,7 @@ use weir_pooler::config::Config;
 use super::config::{AUTH_DIR, AUTH_FILE, CONFIG_DIR, CONFIG_FILE, HTTP_PORT};
 use super::meta::{labels, names, selector_labels, Context, RESTART_HASH_ANNOTATION};
 use super::redis::{REDIS_PORT, REDIS_PORT_NAME};
+use super::server_auth;
 use super::{rbac, tls};
 use crate::api::ConnectionPoolSpec;
 
@@ -44,11 +45,14 @@ const PRE_STOP_SLEEP: i64 = 5;
 /// Seconds of slack after the pooler's `shutdown_timeout` before the pod is killed.
 const GRACE_MARGIN: i64 = 10;
 
-/// The pods' ServiceAccount. Its token is not mounted by default: only a pooler that
-/// validates ServiceAccount tokens calls the Kubernetes API (see the pod spec).
-pub(crate) fn service_account(ctx: &Context<'_>) -> ServiceAccount {
+/// The pods' ServiceAccount, with the annotations a cloud's workload identity reads. Its
+/// token is not mounted by default: only a pooler that validates ServiceAccount tokens
+/// calls the Kubernetes API (see the pod spec).
+pub(crate) fn service_account(ctx: &Context<'_>, spec: &ConnectionPoolSpec) -> ServiceAccount {
+    let mut metadata = ctx.meta(ctx.name.to_owned());
+    metadata.annotations = server_auth::service_account_annotations(spec);
     ServiceAccount {
-        metadata: ctx.meta(ctx.name.to_owned()),
+        metadata,
         automount_service_account_token: Some(false),
         ..ServiceAccount::default()
     }
@@ -140,8 +144,10 @@ pub(crate) fn deployment(
     let pod = spec.pod.clone().unwrap_or_default();
 
     let mut pod_labels = pod.labels.clone().unwrap_or_default();
+    pod_labels.extend(server_auth::pod_labels(spec));
     pod_labels.extend(labels(ctx.name));
     let mut pod_annotations = pod.annotations.clone().unwrap_or_default();
+    pod_annotations.extend(server_auth::pod_annotations(spec));
     pod_annotations.insert(RESTART_HASH_ANNOTATION.to_owned(), restart_hash.to_owned());
     pod_annotations.insert(
         "kubectl.kubernetes.io/default-container".to_owned(),

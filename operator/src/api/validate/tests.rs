@@ -736,4 +736,77 @@ fn read_replicas_need_a_database_and_a_name_that_fits_ro() {
         }),
         Vec::<String>::new()
     );
+
+fn server_auth_violations(server_auth: &str, rest: &str) -> Vec<String> {
+    let text = BASE.replace(
+        "    maxConnections: 100\n",
+        &format!("    maxConnections: 100\n    serverAuth:\n{server_auth}"),
+    ) + rest;
+    match from_yaml(&text) {
+        Ok(_) => Vec::new(),
+        Err(LoadError::Invalid(Violations(v))) => v.iter().map(Violation::to_string).collect(),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+#[test]
+fn server_auth_rules() {
+    use crate::api::server_auth::{
+        MAX_CONNECTIONS_NEEDS_NUMBER, PLAIN_SERVER_TLS, RDS_NEEDS_REGION, REGION_FORM,
+        REGION_RDS_ONLY,
+    };
+    let gcp = "      provider: gcpIam\n";
+    assert_eq!(server_auth_violations(gcp, ""), Vec::<String>::new());
+    assert_eq!(
+        server_auth_violations("      provider: rdsIam\n      region: eu-west-1\n", ""),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        server_auth_violations("      provider: rdsIam\n", ""),
+        vec![format!("spec.database.serverAuth: {RDS_NEEDS_REGION}")]
+    );
+    assert_eq!(
+        server_auth_violations("      provider: rdsIam\n      region: eu-west\n", ""),
+        vec![format!("spec.database.serverAuth.region: {REGION_FORM}")]
+    );
+    assert_eq!(
+        server_auth_violations("      provider: azureAd\n      region: eu-west-1\n", ""),
+        vec![format!(
+            "spec.database.serverAuth.region: {REGION_RDS_ONLY}"
+        )]
+    );
+    assert_eq!(
+        server_auth_violations(gcp, "  tls:\n    server: {mode: allow}\n"),
+        vec![format!("spec.tls.server.mode: {PLAIN_SERVER_TLS}")]
+    );
+    assert_eq!(
+        server_auth_violations(gcp, "  tls:\n    server: {mode: require}\n"),
+        Vec::<String>::new()
+    );
+    let annotated =
+        format!("{gcp}      serviceAccount:\n        annotations:\n          weir.dev/x: z\n");
+    assert_eq!(
+        server_auth_violations(&annotated, ""),
+        vec![format!(
+            "spec.database.serverAuth.serviceAccount.annotations: {}",
+            rules::RESERVED_ANNOTATIONS
+        )]
+    );
+    let auto = BASE.replace(
+        "    maxConnections: 100\n",
+        "    maxConnections: auto\n    serverAuth: {provider: gcpIam}\n",
+    );
+    match from_yaml(&auto) {
+        Err(LoadError::Invalid(Violations(v))) => assert_eq!(
+            v.iter().map(Violation::to_string).collect::<Vec<_>>(),
+            vec![format!(
+                "spec.database.maxConnections: {MAX_CONNECTIONS_NEEDS_NUMBER}"
+            )]
+        ),
+        other => panic!("{other:?}"),
+    }
+    // The same rules without serverAuth: plain server TLS and auto stay allowed.
+    let plain = BASE.replace("    maxConnections: 100\n", "    maxConnections: auto\n")
+        + "  tls:\n    server: {mode: disable}\n";
+    assert!(from_yaml(&plain).is_ok());
 }
