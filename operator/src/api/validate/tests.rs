@@ -736,6 +736,7 @@ fn read_replicas_need_a_database_and_a_name_that_fits_ro() {
         }),
         Vec::<String>::new()
     );
+}
 
 fn server_auth_violations(server_auth: &str, rest: &str) -> Vec<String> {
     let text = BASE.replace(
