@@ -556,7 +556,8 @@ impl Session {
                 if idle_limit.is_zero() || mode == PoolMode::Session {
                     std::future::pending::<()>().await;
                 } else {
-                    tokio::time::sleep(idle_limit).await;
+                    // Boxed: a timer held inline would enlarge every idle client's task.
+                    Box::pin(tokio::time::sleep(idle_limit)).await;
                 }
             };
             tokio::select! {
