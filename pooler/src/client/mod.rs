@@ -46,8 +46,7 @@ pub async fn serve(
     let (_count, connected) = counted;
     // Logging in needs far more future state than a session does. It is boxed, and freed once
     // done, so that the task of a logged-in client (sized for its largest state) stays small.
-    let Some((mut session, login)) = Box::pin(log_in(pooler, stream, &peer, connected)).await
-    else {
+    let Some(mut session) = Box::pin(log_in(pooler, stream, &peer, connected)).await else {
         return;
     };
     let killed = session.record.shared();
@@ -67,7 +66,8 @@ pub async fn serve(
         }
     };
     if session.pooler.config().pgbouncer.log_disconnections {
-        tracing::info!(%peer, user = %login.user, database = %login.database, reason, "disconnect");
+        let info = &session.record.info;
+        tracing::info!(%peer, user = %info.user, database = %info.database, reason, "disconnect");
     }
 }
 
@@ -78,7 +78,7 @@ async fn log_in(
     mut stream: Stream,
     peer: &str,
     connected: usize,
-) -> Option<(Session, login::Login)> {
+) -> Option<Session> {
     let config = pooler.config();
     let mut buf = BytesMut::new();
     // One deadline from accept to the end of authentication, however many steps it takes.
@@ -290,7 +290,7 @@ async fn log_in(
         _admission: admission,
         state: ClientState::default(),
     };
-    Some((session, login))
+    Some(session)
 }
 
 /// Records a logged-in client in the registry, which gives it its cancel key.
@@ -479,32 +479,40 @@ impl Session {
             if let Err(reason) = self.wait_for_work(mode).await {
                 return reason;
             }
-            let deadline = wait_deadline(self.pooler.config_now().pgbouncer.query_wait_timeout);
-            self.record.start_waiting();
-            let mut checkout = match self.checkout(deadline).await {
-                Ok(c) => c,
-                Err(reason) => {
-                    self.record.stop_waiting();
-                    return reason;
-                }
-            };
-            self.record.link_to(checkout.record());
-            let prepared = checkout
-                .server()
-                .prepare_for(self.state.session.applied(), &self.params)
-                .await;
-            if let Err(e) = prepared {
-                let (e, reason) = match e {
-                    PrepareError::Session(e) => (e, "replaying session settings failed"),
-                    PrepareError::Params(e) => (e, "parameter sync failed"),
-                };
-                self.fatal(e.to_client_error()).await;
-                return reason;
-            }
-            if let Err(reason) = self.relay(mode, checkout).await {
+            // Boxed per transaction: its state (checkout, relay) is large, and an idle
+            // client's task should hold only what waiting for work needs.
+            if let Err(reason) = Box::pin(self.serve_transaction(mode)).await {
                 return reason;
             }
         }
+    }
+
+    /// Borrows a server connection for the work the client sent and relays until it can be
+    /// given back (Ok) or the session is over (Err).
+    async fn serve_transaction(&mut self, mode: PoolMode) -> Result<(), &'static str> {
+        let deadline = wait_deadline(self.pooler.config_now().pgbouncer.query_wait_timeout);
+        self.record.start_waiting();
+        let mut checkout = match self.checkout(deadline).await {
+            Ok(c) => c,
+            Err(reason) => {
+                self.record.stop_waiting();
+                return Err(reason);
+            }
+        };
+        self.record.link_to(checkout.record());
+        let prepared = checkout
+            .server()
+            .prepare_for(self.state.session.applied(), &self.params)
+            .await;
+        if let Err(e) = prepared {
+            let (e, reason) = match e {
+                PrepareError::Session(e) => (e, "replaying session settings failed"),
+                PrepareError::Params(e) => (e, "parameter sync failed"),
+            };
+            self.fatal(e.to_client_error()).await;
+            return Err(reason);
+        }
+        self.relay(mode, checkout).await
     }
 
     /// Waits until the client has sent something that needs a server. Err means it left.
@@ -550,7 +558,8 @@ impl Session {
                 if idle_limit.is_zero() || mode == PoolMode::Session {
                     std::future::pending::<()>().await;
                 } else {
-                    tokio::time::sleep(idle_limit).await;
+                    // Boxed: a timer held inline would enlarge every idle client's task.
+                    Box::pin(tokio::time::sleep(idle_limit)).await;
                 }
             };
             tokio::select! {
