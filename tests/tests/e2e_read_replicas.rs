@@ -8,7 +8,6 @@
 //! sized for the tighter one. kwok pods run no pooler: that the poolers spread reads over
 //! the standbys is the pooler's own tests' concern (pooler_hosts).
 
-use std::io::Write as _;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context as _};
@@ -348,17 +347,6 @@ async fn removing_read_replicas_prunes_the_read_only_pool(env: &Env) -> anyhow::
     Ok(())
 }
 
-/// Appends `max_connections` to a standby's configuration and restarts it.
-async fn set_max_connections(standby: &PgCluster, max: u32) -> anyhow::Result<()> {
-    let path = standby.data_dir().join("postgresql.conf");
-    std::fs::OpenOptions::new()
-        .append(true)
-        .open(&path)
-        .and_then(|mut f| writeln!(f, "max_connections = {max}"))
-        .with_context(|| format!("writing {}", path.display()))?;
-    standby.restart().await
-}
-
 /// The primary, and its two standbys with their own max_connections.
 async fn databases() -> anyhow::Result<(PgCluster, [PgCluster; 2])> {
     let started = Instant::now();
@@ -380,9 +368,7 @@ async fn databases() -> anyhow::Result<(PgCluster, [PgCluster; 2])> {
     let standby = |max| {
         let primary = &primary;
         async move {
-            let standby = PgCluster::start_standby_of(primary).await?;
-            set_max_connections(&standby, max).await?;
-            anyhow::Ok(standby)
+            PgCluster::start_standby_with(primary, &[format!("max_connections = {max}")]).await
         }
     };
     let (a, b) = tokio::try_join!(standby(STANDBY_MAX[0]), standby(STANDBY_MAX[1]))?;

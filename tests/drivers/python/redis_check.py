@@ -26,11 +26,13 @@ POLL_SECONDS = 0.005
 
 
 def connect(protocol, db=0, password=None):
+    # Without WEIR_USER the client sends no AUTH (a weir that needs none).
+    user = os.environ.get("WEIR_USER")
     return redis.Redis(
         host=os.environ["WEIR_HOST"],
         port=int(os.environ["WEIR_PORT"]),
-        username=os.environ["WEIR_USER"],
-        password=password or os.environ["WEIR_PASSWORD"],
+        username=user,
+        password=(password or os.environ["WEIR_PASSWORD"]) if user else None,
         db=db,
         protocol=protocol,
         decode_responses=True,

@@ -1,14 +1,26 @@
 """redis-py's plain client (redis.Redis, not RedisCluster) through weir in front of a Redis
-Cluster: everything redis_check.py checks, then hash-tagged transactions, a pipeline across
-shards, and the CROSSSLOT error for keys of different slots.
+Cluster: redis_check.py's protocol, pipeline, WATCH/MULTI/EXEC and Pub/Sub checks (its BLPOP
+check watches INFO, which reaches one master, and SELECT and AUTH do not apply to this cluster),
+then hash-tagged transactions, a pipeline across shards, and the CROSSSLOT error for keys of
+different slots.
 
 Usage: redis_cluster_check.py PORT. Exits non-zero on the first failure.
 """
+import os
 import sys
 
 import redis
 
-from redis_check import check
+from redis_check import connect, pipeline, pub_sub, reply_protocol, transaction
+
+
+def check(protocol, tag):
+    r = connect(protocol)
+    assert r.ping()
+    reply_protocol(r, protocol, tag)
+    pipeline(r, tag)
+    transaction(r, protocol, tag)
+    pub_sub(r, tag)
 
 
 def cluster_checks(port):
@@ -35,8 +47,10 @@ def cluster_checks(port):
 
 def main():
     port = int(sys.argv[1])
+    os.environ["WEIR_HOST"] = "127.0.0.1"
+    os.environ["WEIR_PORT"] = str(port)
     for protocol in (2, 3):
-        check(protocol, port)
+        check(protocol, f"resp{protocol}")
     cluster_checks(port)
 
 

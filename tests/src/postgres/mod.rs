@@ -209,6 +209,15 @@ impl PgCluster {
     /// Starts a hot standby of `primary`, copied with `pg_basebackup -R` and streaming from
     /// it. The primary's `pg_hba.conf` must let `postgres` replicate from 127.0.0.1.
     pub async fn start_standby_of(primary: &PgCluster) -> anyhow::Result<PgCluster> {
+        Self::start_standby_with(primary, &[]).await
+    }
+
+    /// [`PgCluster::start_standby_of`] with `extra_conf` lines appended to the copied
+    /// configuration before the first start (a standby's own `max_connections`, say).
+    pub async fn start_standby_with(
+        primary: &PgCluster,
+        extra_conf: &[String],
+    ) -> anyhow::Result<PgCluster> {
         let (root, data_dir, socket_dir) = cluster_dirs("weir-pg-standby-")?;
 
         let mut cmd =
@@ -244,7 +253,10 @@ impl PgCluster {
             .append(true)
             .open(&conf_path)
             .and_then(|mut file| {
-                writeln!(file, "unix_socket_directories = '{}'", socket_dir.display())
+                writeln!(file, "unix_socket_directories = '{}'", socket_dir.display())?;
+                extra_conf
+                    .iter()
+                    .try_for_each(|line| writeln!(file, "{line}"))
             })
             .with_context(|| format!("writing {}", conf_path.display()))?;
 
