@@ -1138,15 +1138,36 @@ async fn observe_peers(
 
 /// Deletes the pool's NetworkPolicy, if any: the spec no longer asks for one.
 async fn delete_network_policy(ctx: &Context, namespace: &str, pool: &str) -> Result<(), Error> {
-    Api::<NetworkPolicy>::namespaced(ctx.client.clone(), namespace)
-        .delete(pool, &DeleteParams::default())
+    delete_if_present::<NetworkPolicy>(&ctx.client, namespace, pool).await
+}
+
+/// Deletes the object `name` if it exists; a read first, so that a reconcile of a pool that
+/// never had the object writes nothing.
+pub(super) async fn delete_if_present<K>(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+) -> Result<(), Error>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + Debug
+        + DeserializeOwned,
+{
+    let api = Api::<K>::namespaced(client.clone(), namespace);
+    let present = api
+        .get_metadata_opt(name)
         .await
-        .map(drop)
-        .or_else(|e| match e {
-            kube::Error::Api(s) if s.code == 404 => Ok(()),
-            e => Err(e),
-        })
-        .map_err(kube_error::<NetworkPolicy>("delete", pool))
+        .map_err(kube_error::<K>("get", name))?;
+    if present.is_none() {
+        return Ok(());
+    }
+    match api.delete(name, &DeleteParams::default()).await {
+        Ok(_) => Ok(()),
+        // Gone between the read and the delete.
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(kube_error::<K>("delete", name)(e)),
+    }
 }
 
 /// The API server's endpoints (address → ports), which the NetworkPolicy's egress admits
