@@ -103,6 +103,26 @@ struct Watched {
     config_digest: Option<String>,
     /// Since when server connections have been at or above the NearBudget threshold.
     above_since: Option<Timestamp>,
+    /// The status this operator last wrote, and the pool's resource version it wrote over.
+    written: Option<Written>,
+}
+
+/// A status write the pool cache may not have caught up with yet.
+#[derive(Debug, Clone, PartialEq)]
+struct Written {
+    over_version: Option<String>,
+    status: ConnectionPoolStatus,
+}
+
+/// The pool's status as last known: the one this operator wrote while the cache still holds
+/// the version it wrote over (a stale cache would otherwise re-send the status and its Events).
+fn last_known_status(pool: &ConnectionPool, written: Option<&Written>) -> ConnectionPoolStatus {
+    match written {
+        Some(w) if w.over_version.is_some() && w.over_version == pool.metadata.resource_version => {
+            w.status.clone()
+        }
+        _ => pool.status.clone().unwrap_or_default(),
+    }
 }
 
 /// Everything a reconciliation needs besides the pool.
@@ -459,7 +479,11 @@ async fn reconcile_pool(pool: &ConnectionPool, ctx: &Context) -> Result<Action, 
     }
     let reports = ctx.read_pods(&namespace, &name).await;
 
-    let old = pool.status.clone().unwrap_or_default();
+    let key = ObjectRef::from(pool);
+    let old = last_known_status(
+        pool,
+        ctx.watched().get(&key).and_then(|w| w.written.as_ref()),
+    );
     // Only a spec change can stop asking for an optional child, which is then deleted
     // (whether or not the rest renders).
     let spec_changed = pool.metadata.generation != old.observed_generation;
@@ -576,6 +600,10 @@ async fn reconcile_pool(pool: &ConnectionPool, ctx: &Context) -> Result<Action, 
     publish_events(ctx, pool, &old, &status).await;
     if status != old {
         write_status(ctx, pool, &namespace, &status, None).await?;
+        ctx.watched().entry(key).or_default().written = Some(Written {
+            over_version: pool.resource_version(),
+            status: status.clone(),
+        });
     }
     ctx.ledger
         .record(pool, status.budget.as_ref().map(|b| b.pool));
@@ -1522,5 +1550,47 @@ mod tests {
             entry(FIELD_MANAGER, "Update", 400),
         ]);
         assert_eq!(last_applied_at(&cm), Timestamp::from_second(100).ok());
+    }
+
+    #[test]
+    fn a_status_written_over_the_cached_version_stands_for_the_stale_cache() {
+        let mut cached = pool("");
+        cached.metadata.resource_version = Some("7".into());
+        cached.status = Some(ConnectionPoolStatus {
+            observed_generation: Some(1),
+            ..ConnectionPoolStatus::default()
+        });
+        let written = Written {
+            over_version: Some("7".into()),
+            status: ConnectionPoolStatus {
+                observed_generation: Some(2),
+                ..ConnectionPoolStatus::default()
+            },
+        };
+        assert_eq!(
+            last_known_status(&cached, Some(&written)),
+            written.status,
+            "the cache still holds the version the write replaced"
+        );
+        cached.metadata.resource_version = Some("8".into());
+        assert_eq!(
+            last_known_status(&cached, Some(&written)).observed_generation,
+            Some(1),
+            "the cache moved on: it is the truth, edits by others included"
+        );
+        assert_eq!(
+            last_known_status(&cached, None).observed_generation,
+            Some(1)
+        );
+        let unversioned = Written {
+            over_version: None,
+            ..written
+        };
+        let mut fresh = pool("");
+        fresh.metadata.resource_version = None;
+        assert_eq!(
+            last_known_status(&fresh, Some(&unversioned)),
+            ConnectionPoolStatus::default()
+        );
     }
 }
