@@ -39,6 +39,7 @@ use weir_pooler::config::{file_digest, Config};
 use super::claims::{DatabaseKey, Ledger};
 use super::conditions::{self, reason, Status, Verdict};
 use super::database::{self, Target};
+use super::live::Versions;
 use super::metrics::Metrics;
 use super::monitoring::{self, Discovery};
 use super::pod_status;
@@ -139,6 +140,7 @@ pub struct Context {
     pods: Store<Pod>,
     reader: Option<pod_status::Reader>,
     watched: Mutex<HashMap<ObjectRef<ConnectionPool>, Watched>>,
+    live: Arc<Versions>,
 }
 
 impl Context {
@@ -159,6 +161,7 @@ impl Context {
                 .map(|p| pod_status::Reader::new(p.read.clone())),
             pods,
             watched: Mutex::new(HashMap::new()),
+            live: Arc::default(),
             databases: database::Cache::new(settings.database_ttl),
             discovery: Discovery::new(settings.discovery_ttl),
             client,
@@ -169,6 +172,11 @@ impl Context {
             settings,
             failures: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The children's versions, which the child watches feed.
+    pub fn live(&self) -> Arc<Versions> {
+        self.live.clone()
     }
 
     fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<ObjectRef<ConnectionPool>, u32>> {
@@ -996,6 +1004,33 @@ where
         .map_err(kube_error::<K>("apply", &name))
 }
 
+/// Applies `object` unless the live child is as this operator's last apply of the same
+/// rendering left it (`missing`: known not to exist); `None` when skipped.
+async fn apply_child<K>(
+    ctx: &Context,
+    namespace: &str,
+    object: &K,
+    missing: bool,
+) -> Result<Option<K>, Error>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + Debug
+        + Serialize
+        + DeserializeOwned,
+{
+    let name = object.meta().name.clone().unwrap_or_default();
+    let rendering = serde_json::to_string(object)
+        .map_err(|_| Error::Internal("a rendered child does not serialize"))?;
+    let digest = file_digest(&rendering);
+    if !missing && ctx.live.unchanged::<K>(namespace, &name, &digest) {
+        return Ok(None);
+    }
+    let applied = apply(&ctx.client, namespace, object).await?;
+    ctx.live.applied(digest, &applied);
+    Ok(Some(applied))
+}
+
 /// Applies the children in [`Rendered::children`] order, with replicas and the ConfigMap
 /// held back where [`resize::plan`] says so.
 async fn apply_children(
@@ -1016,6 +1051,10 @@ async fn apply_children(
         .get_opt(&config_name)
         .await
         .map_err(kube_error::<ConfigMap>("get", &config_name))?;
+
+    // What was just read is at least as fresh as what the watches delivered.
+    live_deployment.iter().for_each(|d| ctx.live.saw(d));
+    live_config.iter().for_each(|c| ctx.live.saw(c));
 
     let desired = Desired {
         replicas: pool.spec.replicas,
@@ -1059,20 +1098,26 @@ async fn apply_children(
     let mut deployment = None;
     for child in rendered.children() {
         match child {
-            Child::ServiceAccount(o) => drop(apply(client, namespace, o).await?),
-            Child::ConfigMap(o) if plan.apply_config => drop(apply(client, namespace, o).await?),
+            Child::ServiceAccount(o) => drop(apply_child(ctx, namespace, o, false).await?),
+            Child::ConfigMap(o) if plan.apply_config => {
+                drop(apply_child(ctx, namespace, o, false).await?)
+            }
             Child::ConfigMap(_) => {}
-            Child::Secret(o) => drop(apply(client, namespace, o).await?),
-            Child::Service(o) => drop(apply(client, namespace, o).await?),
+            Child::Secret(o) => drop(apply_child(ctx, namespace, o, false).await?),
+            Child::Service(o) => drop(apply_child(ctx, namespace, o, false).await?),
             Child::Deployment(o) => {
                 let mut o = o.clone();
                 if let Some(spec) = o.spec.as_mut() {
                     spec.replicas = Some(plan.replicas);
                 }
-                deployment = Some(apply(client, namespace, &o).await?);
+                let missing = live_deployment.is_none();
+                deployment = match apply_child(ctx, namespace, &o, missing).await? {
+                    Some(applied) => Some(applied),
+                    None => live_deployment.clone(),
+                };
             }
-            Child::PodDisruptionBudget(o) => drop(apply(client, namespace, o).await?),
-            Child::NetworkPolicy(o) => drop(apply(client, namespace, o).await?),
+            Child::PodDisruptionBudget(o) => drop(apply_child(ctx, namespace, o, false).await?),
+            Child::NetworkPolicy(o) => drop(apply_child(ctx, namespace, o, false).await?),
         }
     }
     let deployment =
