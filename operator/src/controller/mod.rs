@@ -236,7 +236,10 @@ async fn run_controller(
             scoped::<Secret>(&client, ns),
             watcher::Config::default(),
             move |secret| {
-                live.saw(&secret);
+                // Only the pools' own Secrets are applied; the others need no version.
+                if !pool_owners(&secret).is_empty() {
+                    live.saw(&secret);
+                }
                 secret_triggers(&secret, &secret_store)
             },
         )
