@@ -7,8 +7,9 @@
 //!    missing, database unreachable), nothing is applied: the running pods keep their
 //!    last good configuration, and the status says why nothing changed.
 //! 3. Apply the children with server-side apply under one field manager, forcing
-//!    ownership, which also puts back whatever was edited or deleted. Replicas and pool
-//!    sizes change in the order [`super::resize`] decides.
+//!    ownership, which also puts back whatever was edited or deleted; a child the last apply
+//!    left unchanged is skipped ([`super::live`]). Replicas and pool sizes change in the
+//!    order [`super::resize`] decides.
 //! 4. Write the status (conditions, replica counts, budget) when it changed, and publish
 //!    Events for decisions.
 
