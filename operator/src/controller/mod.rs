@@ -11,6 +11,7 @@ pub mod claims;
 pub mod conditions;
 pub mod database;
 pub mod leader;
+pub mod live;
 pub mod metrics;
 pub mod monitoring;
 pub mod pod_status;
@@ -198,18 +199,49 @@ async fn run_controller(
     let children = watcher::Config::default().labels(MANAGED_BY);
     let secret_store = store.clone();
     let pool_store = store;
+    let live = ctx.live();
     controller
-        .owns(scoped::<ServiceAccount>(&client, ns), children.clone())
-        .owns(scoped::<ConfigMap>(&client, ns), children.clone())
-        .owns(scoped::<Service>(&client, ns), children.clone())
-        .owns(scoped::<Deployment>(&client, ns), children.clone())
-        .owns(scoped::<PodDisruptionBudget>(&client, ns), children.clone())
-        .owns(scoped::<NetworkPolicy>(&client, ns), children)
+        .watches(
+            scoped::<ServiceAccount>(&client, ns),
+            children.clone(),
+            owners_of(&live),
+        )
+        .watches(
+            scoped::<ConfigMap>(&client, ns),
+            children.clone(),
+            owners_of(&live),
+        )
+        .watches(
+            scoped::<Service>(&client, ns),
+            children.clone(),
+            owners_of(&live),
+        )
+        .watches(
+            scoped::<Deployment>(&client, ns),
+            children.clone(),
+            owners_of(&live),
+        )
+        .watches(
+            scoped::<PodDisruptionBudget>(&client, ns),
+            children.clone(),
+            owners_of(&live),
+        )
+        .watches(
+            scoped::<NetworkPolicy>(&client, ns),
+            children,
+            owners_of(&live),
+        )
         // The owned Secrets and those the pools read: one watch serves both.
         .watches(
             scoped::<Secret>(&client, ns),
             watcher::Config::default(),
-            move |secret| secret_triggers(&secret, &secret_store),
+            move |secret| {
+                // Only the pools' own Secrets are applied; the others need no version.
+                if !pool_owners(&secret).is_empty() {
+                    live.saw(&secret);
+                }
+                secret_triggers(&secret, &secret_store)
+            },
         )
         // A pool's claim changing or disappearing resizes the others on its database.
         // Pods coming and going change the pods' [peers]; the slices carry the Service's labels.
@@ -315,13 +347,22 @@ fn peers_trigger(slice: &EndpointSlice) -> Option<ObjectRef<ConnectionPool>> {
 
 /// The pools a Secret change concerns: its owner (for the rendered Secrets) and every pool
 /// in its namespace that reads it.
-fn secret_triggers(
-    secret: &Secret,
-    pools: &Store<ConnectionPool>,
-) -> Vec<ObjectRef<ConnectionPool>> {
-    let namespace = secret.namespace();
-    let name = secret.name_any();
-    let mut triggers: Vec<ObjectRef<ConnectionPool>> = secret
+/// A watch mapper to the pools owning a child (what `Controller::owns` triggers), recording
+/// the child's version for [`live::Versions`].
+fn owners_of<K: Resource<DynamicType = ()>>(
+    live: &Arc<live::Versions>,
+) -> impl Fn(K) -> Vec<ObjectRef<ConnectionPool>> + Send + Sync + 'static {
+    let live = live.clone();
+    move |child| {
+        live.saw(&child);
+        pool_owners(&child)
+    }
+}
+
+/// The pools among `object`'s owners.
+fn pool_owners<K: Resource<DynamicType = ()>>(object: &K) -> Vec<ObjectRef<ConnectionPool>> {
+    let namespace = object.namespace();
+    object
         .owner_references()
         .iter()
         .filter(|o| {
@@ -334,7 +375,16 @@ fn secret_triggers(
                 None => r,
             }
         })
-        .collect();
+        .collect()
+}
+
+fn secret_triggers(
+    secret: &Secret,
+    pools: &Store<ConnectionPool>,
+) -> Vec<ObjectRef<ConnectionPool>> {
+    let namespace = secret.namespace();
+    let name = secret.name_any();
+    let mut triggers = pool_owners(secret);
     triggers.extend(
         pools
             .state()

@@ -9,7 +9,7 @@
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::api::{Patch, PatchParams};
 use kube::{Api, Client};
 
 use super::conditions::{Status, Verdict};
@@ -119,15 +119,7 @@ pub(super) async fn delete(
     if !discovery.pod_monitors_served(client).await? {
         return Ok(());
     }
-    Api::<PodMonitor>::namespaced(client.clone(), namespace)
-        .delete(pool, &DeleteParams::default())
-        .await
-        .map(drop)
-        .or_else(|e| match e {
-            kube::Error::Api(s) if s.code == 404 => Ok(()),
-            e => Err(e),
-        })
-        .map_err(kube_error("delete", pool))
+    super::reconcile::delete_if_present::<PodMonitor>(client, namespace, pool).await
 }
 
 fn kube_error<'a>(verb: &'static str, name: &'a str) -> impl FnOnce(kube::Error) -> Error + 'a {

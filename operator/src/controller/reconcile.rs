@@ -7,8 +7,9 @@
 //!    missing, database unreachable), nothing is applied: the running pods keep their
 //!    last good configuration, and the status says why nothing changed.
 //! 3. Apply the children with server-side apply under one field manager, forcing
-//!    ownership, which also puts back whatever was edited or deleted. Replicas and pool
-//!    sizes change in the order [`super::resize`] decides.
+//!    ownership, which also puts back whatever was edited or deleted; a child the last apply
+//!    left unchanged is skipped ([`super::live`]). Replicas and pool sizes change in the
+//!    order [`super::resize`] decides.
 //! 4. Write the status (conditions, replica counts, budget) when it changed, and publish
 //!    Events for decisions.
 
@@ -39,6 +40,7 @@ use weir_pooler::config::{file_digest, Config};
 use super::claims::{DatabaseKey, Ledger};
 use super::conditions::{self, reason, Status, Verdict};
 use super::database::{self, Target};
+use super::live::Versions;
 use super::metrics::Metrics;
 use super::monitoring::{self, Discovery};
 use super::pod_status;
@@ -103,6 +105,26 @@ struct Watched {
     config_digest: Option<String>,
     /// Since when server connections have been at or above the NearBudget threshold.
     above_since: Option<Timestamp>,
+    /// The status this operator last wrote, and the pool's resource version it wrote over.
+    written: Option<Written>,
+}
+
+/// A status write the pool cache may not have caught up with yet.
+#[derive(Debug, Clone, PartialEq)]
+struct Written {
+    over_version: Option<String>,
+    status: ConnectionPoolStatus,
+}
+
+/// The pool's status as last known: the one this operator wrote while the cache still holds
+/// the version it wrote over (a stale cache would otherwise re-send the status and its Events).
+fn last_known_status(pool: &ConnectionPool, written: Option<&Written>) -> ConnectionPoolStatus {
+    match written {
+        Some(w) if w.over_version.is_some() && w.over_version == pool.metadata.resource_version => {
+            w.status.clone()
+        }
+        _ => pool.status.clone().unwrap_or_default(),
+    }
 }
 
 /// Everything a reconciliation needs besides the pool.
@@ -119,6 +141,7 @@ pub struct Context {
     pods: Store<Pod>,
     reader: Option<pod_status::Reader>,
     watched: Mutex<HashMap<ObjectRef<ConnectionPool>, Watched>>,
+    live: Arc<Versions>,
 }
 
 impl Context {
@@ -139,6 +162,7 @@ impl Context {
                 .map(|p| pod_status::Reader::new(p.read.clone())),
             pods,
             watched: Mutex::new(HashMap::new()),
+            live: Arc::default(),
             databases: database::Cache::new(settings.database_ttl),
             discovery: Discovery::new(settings.discovery_ttl),
             client,
@@ -149,6 +173,11 @@ impl Context {
             settings,
             failures: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The children's versions, which the child watches feed.
+    pub fn live(&self) -> Arc<Versions> {
+        self.live.clone()
     }
 
     fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<ObjectRef<ConnectionPool>, u32>> {
@@ -459,7 +488,11 @@ async fn reconcile_pool(pool: &ConnectionPool, ctx: &Context) -> Result<Action, 
     }
     let reports = ctx.read_pods(&namespace, &name).await;
 
-    let old = pool.status.clone().unwrap_or_default();
+    let key = ObjectRef::from(pool);
+    let old = last_known_status(
+        pool,
+        ctx.watched().get(&key).and_then(|w| w.written.as_ref()),
+    );
     // Only a spec change can stop asking for an optional child, which is then deleted
     // (whether or not the rest renders).
     let spec_changed = pool.metadata.generation != old.observed_generation;
@@ -576,6 +609,10 @@ async fn reconcile_pool(pool: &ConnectionPool, ctx: &Context) -> Result<Action, 
     publish_events(ctx, pool, &old, &status).await;
     if status != old {
         write_status(ctx, pool, &namespace, &status, None).await?;
+        ctx.watched().entry(key).or_default().written = Some(Written {
+            over_version: pool.resource_version(),
+            status: status.clone(),
+        });
     }
     ctx.ledger
         .record(pool, status.budget.as_ref().map(|b| b.pool));
@@ -968,6 +1005,33 @@ where
         .map_err(kube_error::<K>("apply", &name))
 }
 
+/// Applies `object` unless the live child is as this operator's last apply of the same
+/// rendering left it (`missing`: known not to exist); `None` when skipped.
+async fn apply_child<K>(
+    ctx: &Context,
+    namespace: &str,
+    object: &K,
+    missing: bool,
+) -> Result<Option<K>, Error>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + Debug
+        + Serialize
+        + DeserializeOwned,
+{
+    let name = object.meta().name.clone().unwrap_or_default();
+    let rendering = serde_json::to_string(object)
+        .map_err(|_| Error::Internal("a rendered child does not serialize"))?;
+    let digest = file_digest(&rendering);
+    if !missing && ctx.live.unchanged::<K>(namespace, &name, &digest) {
+        return Ok(None);
+    }
+    let applied = apply(&ctx.client, namespace, object).await?;
+    ctx.live.applied(digest, &applied);
+    Ok(Some(applied))
+}
+
 /// Applies the children in [`Rendered::children`] order, with replicas and the ConfigMap
 /// held back where [`resize::plan`] says so.
 async fn apply_children(
@@ -988,6 +1052,10 @@ async fn apply_children(
         .get_opt(&config_name)
         .await
         .map_err(kube_error::<ConfigMap>("get", &config_name))?;
+
+    // What was just read is at least as fresh as what the watches delivered.
+    live_deployment.iter().for_each(|d| ctx.live.saw(d));
+    live_config.iter().for_each(|c| ctx.live.saw(c));
 
     let desired = Desired {
         replicas: pool.spec.replicas,
@@ -1031,20 +1099,26 @@ async fn apply_children(
     let mut deployment = None;
     for child in rendered.children() {
         match child {
-            Child::ServiceAccount(o) => drop(apply(client, namespace, o).await?),
-            Child::ConfigMap(o) if plan.apply_config => drop(apply(client, namespace, o).await?),
+            Child::ServiceAccount(o) => drop(apply_child(ctx, namespace, o, false).await?),
+            Child::ConfigMap(o) if plan.apply_config => {
+                drop(apply_child(ctx, namespace, o, false).await?)
+            }
             Child::ConfigMap(_) => {}
-            Child::Secret(o) => drop(apply(client, namespace, o).await?),
-            Child::Service(o) => drop(apply(client, namespace, o).await?),
+            Child::Secret(o) => drop(apply_child(ctx, namespace, o, false).await?),
+            Child::Service(o) => drop(apply_child(ctx, namespace, o, false).await?),
             Child::Deployment(o) => {
                 let mut o = o.clone();
                 if let Some(spec) = o.spec.as_mut() {
                     spec.replicas = Some(plan.replicas);
                 }
-                deployment = Some(apply(client, namespace, &o).await?);
+                let missing = live_deployment.is_none();
+                deployment = match apply_child(ctx, namespace, &o, missing).await? {
+                    Some(applied) => Some(applied),
+                    None => live_deployment.clone(),
+                };
             }
-            Child::PodDisruptionBudget(o) => drop(apply(client, namespace, o).await?),
-            Child::NetworkPolicy(o) => drop(apply(client, namespace, o).await?),
+            Child::PodDisruptionBudget(o) => drop(apply_child(ctx, namespace, o, false).await?),
+            Child::NetworkPolicy(o) => drop(apply_child(ctx, namespace, o, false).await?),
         }
     }
     let deployment =
@@ -1138,15 +1212,36 @@ async fn observe_peers(
 
 /// Deletes the pool's NetworkPolicy, if any: the spec no longer asks for one.
 async fn delete_network_policy(ctx: &Context, namespace: &str, pool: &str) -> Result<(), Error> {
-    Api::<NetworkPolicy>::namespaced(ctx.client.clone(), namespace)
-        .delete(pool, &DeleteParams::default())
+    delete_if_present::<NetworkPolicy>(&ctx.client, namespace, pool).await
+}
+
+/// Deletes the object `name` if it exists; a read first, so that a reconcile of a pool that
+/// never had the object writes nothing.
+pub(super) async fn delete_if_present<K>(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+) -> Result<(), Error>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + Debug
+        + DeserializeOwned,
+{
+    let api = Api::<K>::namespaced(client.clone(), namespace);
+    let present = api
+        .get_metadata_opt(name)
         .await
-        .map(drop)
-        .or_else(|e| match e {
-            kube::Error::Api(s) if s.code == 404 => Ok(()),
-            e => Err(e),
-        })
-        .map_err(kube_error::<NetworkPolicy>("delete", pool))
+        .map_err(kube_error::<K>("get", name))?;
+    if present.is_none() {
+        return Ok(());
+    }
+    match api.delete(name, &DeleteParams::default()).await {
+        Ok(_) => Ok(()),
+        // Gone between the read and the delete.
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(kube_error::<K>("delete", name)(e)),
+    }
 }
 
 /// The API server's endpoints (address → ports), which the NetworkPolicy's egress admits
@@ -1501,5 +1596,47 @@ mod tests {
             entry(FIELD_MANAGER, "Update", 400),
         ]);
         assert_eq!(last_applied_at(&cm), Timestamp::from_second(100).ok());
+    }
+
+    #[test]
+    fn a_status_written_over_the_cached_version_stands_for_the_stale_cache() {
+        let mut cached = pool("");
+        cached.metadata.resource_version = Some("7".into());
+        cached.status = Some(ConnectionPoolStatus {
+            observed_generation: Some(1),
+            ..ConnectionPoolStatus::default()
+        });
+        let written = Written {
+            over_version: Some("7".into()),
+            status: ConnectionPoolStatus {
+                observed_generation: Some(2),
+                ..ConnectionPoolStatus::default()
+            },
+        };
+        assert_eq!(
+            last_known_status(&cached, Some(&written)),
+            written.status,
+            "the cache still holds the version the write replaced"
+        );
+        cached.metadata.resource_version = Some("8".into());
+        assert_eq!(
+            last_known_status(&cached, Some(&written)).observed_generation,
+            Some(1),
+            "the cache moved on: it is the truth, edits by others included"
+        );
+        assert_eq!(
+            last_known_status(&cached, None).observed_generation,
+            Some(1)
+        );
+        let unversioned = Written {
+            over_version: None,
+            ..written
+        };
+        let mut fresh = pool("");
+        fresh.metadata.resource_version = None;
+        assert_eq!(
+            last_known_status(&fresh, Some(&unversioned)),
+            ConnectionPoolStatus::default()
+        );
     }
 }

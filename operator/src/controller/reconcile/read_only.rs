@@ -6,7 +6,6 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::NamespaceResourceScope;
-use kube::api::DeleteParams;
 use kube::{Api, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 
@@ -209,12 +208,5 @@ where
         + std::fmt::Debug
         + DeserializeOwned,
 {
-    match Api::<K>::namespaced(ctx.client.clone(), namespace)
-        .delete(name, &DeleteParams::default())
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
-        Err(e) => Err(kube_error::<K>("delete", name)(e)),
-    }
+    super::delete_if_present::<K>(&ctx.client, namespace, name).await
 }
