@@ -16,7 +16,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{Api, ResourceExt};
 use weir_operator::api::ConnectionPool;
-use weir_tests::k8s::{eventually, workspace, ControlPlane, Operator};
+use weir_tests::k8s::{eventually, ControlPlane, Crd, Operator, OperatorFixture, OperatorSetup};
 use weir_tests::net;
 use weir_tests::postgres::{PasswordMethod, PgCluster, PgOptions};
 
@@ -377,21 +377,19 @@ async fn databases() -> anyhow::Result<(PgCluster, [PgCluster; 2])> {
 }
 
 async fn setup() -> anyhow::Result<Env> {
-    // PostgreSQL and the control plane start side by side.
-    let (databases, plane) = tokio::join!(databases(), ControlPlane::start());
-    let (primary, standbys) = databases?;
-    let plane = plane?;
+    // PostgreSQL and the operator's control plane start side by side.
+    let (databases, fixture) = tokio::try_join!(
+        databases(),
+        OperatorFixture::start(OperatorSetup {
+            namespace: NS,
+            crd: Crd::Apply,
+            credentials: &[("orders-db-app", "app", "app-secret")],
+            operator: ("op-reads", OPERATOR_ARGS),
+        }),
+    )?;
+    let (primary, standbys) = databases;
+    let OperatorFixture { plane, operator } = fixture;
     eprintln!("control plane up in {:?}", plane.startup);
-    let crd = workspace().join("crds/connectionpools.weir.dev.yaml");
-    plane
-        .kubectl_ok(&["apply", "-f", &crd.to_string_lossy()])
-        .await?;
-    plane.wait_for_crd().await?;
-    plane.kubectl_ok(&["create", "namespace", NS]).await?;
-    plane
-        .create_credentials(NS, "orders-db-app", "app", "app-secret")
-        .await?;
-    let operator = Operator::start(&plane, "op-reads", OPERATOR_ARGS).await?;
     Ok(Env {
         plane,
         primary,
