@@ -232,7 +232,9 @@ impl PgCluster {
                 "-U",
                 SUPERUSER,
             ])
-            .args(["-R", "-X", "stream", "--no-sync"])
+            // A fast checkpoint: the default spreads it over most of checkpoint_timeout, which
+            // after a CREATE DATABASE kept a copy waiting for over a minute.
+            .args(["-R", "-X", "stream", "--no-sync", "--checkpoint=fast"])
             .current_dir(root.path())
             .stdin(Stdio::null())
             .kill_on_drop(true);
