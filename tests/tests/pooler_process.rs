@@ -220,6 +220,14 @@ fn uids(pid: u32) -> Vec<u32> {
         .collect()
 }
 
+/// The metadata of a file the pooler makes as it starts (its unix socket, its pid file): being
+/// reachable on TCP, which is what starting waits for, does not order them after it.
+async fn made(path: &Path, kind: Kind) -> std::fs::Metadata {
+    let found = Fixture::eventually(Duration::from_secs(10), || async { path.exists() }).await;
+    assert!(found, "{kind:?}: {} was not made", path.display());
+    std::fs::metadata(path).expect("metadata")
+}
+
 #[tokio::test]
 async fn user_switches_identity_before_listening() {
     let user = target_user();
@@ -237,9 +245,9 @@ async fn user_switches_identity_before_listening() {
         assert_eq!(uids(p.pid()), vec![uid, uid], "{kind:?}");
         // The socket and the pid file are made after the switch.
         let socket = dir.path().join(format!(".s.PGSQL.{}", p.port()));
-        assert_eq!(std::fs::metadata(&socket).unwrap().uid(), uid, "{kind:?}");
+        assert_eq!(made(&socket, kind).await.uid(), uid, "{kind:?}");
         let pidfile = dir.path().join("pooler.pid");
-        assert_eq!(std::fs::metadata(&pidfile).unwrap().uid(), uid, "{kind:?}");
+        assert_eq!(made(&pidfile, kind).await.uid(), uid, "{kind:?}");
 
         let err = match start(kind, &ini.replace(&user.name, "no-such-os-user")).await {
             Ok(_) => panic!("{kind:?} started as an unknown user"),
@@ -266,7 +274,7 @@ async fn the_unix_socket_gets_unix_socket_group_and_mode() {
             .await
             .unwrap_or_else(|e| panic!("{kind:?}: {e:#}"));
         let socket = p.dir().join(format!(".s.PGSQL.{}", p.port()));
-        let meta = std::fs::metadata(&socket).expect("socket");
+        let meta = made(&socket, kind).await;
         assert_eq!(meta.gid(), group.gid.as_raw(), "{kind:?}");
         assert_eq!(meta.mode() & 0o777, 0o770, "{kind:?}");
     }
