@@ -714,6 +714,27 @@ pub fn localize_pgbouncer_ini(rendered: &str, http_port: u16) -> anyhow::Result<
     Ok(lines.join("\n") + "\n")
 }
 
+/// Runs one step of an e2e suite and prints how long it took.
+pub async fn timed_step(
+    name: &str,
+    step: impl Future<Output = anyhow::Result<()>>,
+) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let result = step.await;
+    eprintln!("step {name}: {:?}", started.elapsed());
+    result
+}
+
+/// Fails the test for a step that failed, with the end of the operator's log.
+pub fn step_failed(name: &str, error: &anyhow::Error, log: &str) -> ! {
+    let tail: Vec<&str> = log.lines().rev().take(40).collect();
+    let tail: Vec<&str> = tail.into_iter().rev().collect();
+    panic!(
+        "step {name} failed: {error:#}\n--- operator log (end) ---\n{}",
+        tail.join("\n")
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1009,24 +1009,18 @@ async fn token_users_get_exactly_the_token_review_binding(env: &mut Env) -> anyh
 // --- the test ------------------------------------------------------------------------
 
 macro_rules! step {
-    ($env:expr, $step:ident) => {{
-        let started = Instant::now();
-        let result = $step($env).await;
-        eprintln!("step {}: {:?}", stringify!($step), started.elapsed());
-        if let Err(e) = result {
-            let operator = $env
-                .standby
-                .as_ref()
-                .map_or_else(|| $env.operator.log(), Operator::log);
-            let tail: Vec<&str> = operator.lines().rev().take(40).collect();
-            let tail: Vec<&str> = tail.into_iter().rev().collect();
-            panic!(
-                "step {} failed: {e:#}\n--- operator log (end) ---\n{}",
+    ($env:expr, $step:ident) => {
+        if let Err(e) = weir_tests::k8s::timed_step(stringify!($step), $step($env)).await {
+            weir_tests::k8s::step_failed(
                 stringify!($step),
-                tail.join("\n")
+                &e,
+                &$env
+                    .standby
+                    .as_ref()
+                    .map_or_else(|| $env.operator.log(), Operator::log),
             );
         }
-    }};
+    };
 }
 
 /// What the Helm chart installed (the fixture runs `helm install` as a user would, with no

@@ -627,21 +627,11 @@ async fn setup(outage: Duration) -> anyhow::Result<Env> {
 }
 
 macro_rules! step {
-    ($env:expr, $step:ident) => {{
-        let started = Instant::now();
-        let result = $step($env).await;
-        eprintln!("step {}: {:?}", stringify!($step), started.elapsed());
-        if let Err(e) = result {
-            let log = $env.fixture.operator.log();
-            let tail: Vec<&str> = log.lines().rev().take(40).collect();
-            let tail: Vec<&str> = tail.into_iter().rev().collect();
-            panic!(
-                "step {} failed: {e:#}\n--- operator log (end) ---\n{}",
-                stringify!($step),
-                tail.join("\n")
-            );
+    ($env:expr, $step:ident) => {
+        if let Err(e) = weir_tests::k8s::timed_step(stringify!($step), $step($env)).await {
+            weir_tests::k8s::step_failed(stringify!($step), &e, &$env.fixture.operator.log());
         }
-    }};
+    };
 }
 
 async fn under_faults(outage: Duration) {
