@@ -9,7 +9,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 use tokio_rustls::TlsStream;
 
@@ -23,6 +23,12 @@ pub enum Stream {
     /// TLS over TCP, toward a client (server side of TLS) or a server (client side).
     Tls(Box<TlsStream<TcpStream>>),
 }
+
+/// How long a closing connection waits for its peer to stop sending.
+pub const LINGER_TIME: Duration = Duration::from_secs(1);
+
+/// How many bytes a closing connection reads and discards at most.
+pub const LINGER_BYTES: usize = 64 << 20;
 
 /// TCP keepalive settings, as `tcp_keepalive`, `tcp_keepidle`, `tcp_keepintvl` and
 /// `tcp_keepcnt` configure them (zero leaves the operating system's default).
@@ -228,6 +234,28 @@ impl Stream {
                 }
             }
         }
+    }
+
+    /// Ends the connection so that what was written last still arrives: the write side is shut
+    /// (FIN, after TLS's close_notify), then what the peer still sends is read and discarded
+    /// until it closes too, for at most [`LINGER_TIME`] and [`LINGER_BYTES`]. Closed with
+    /// unread input, the socket would send a reset instead, which fails the peer's pending
+    /// writes and can discard the reply it has not read yet.
+    pub async fn linger(&mut self) {
+        let drain = async {
+            if self.shutdown().await.is_err() {
+                return;
+            }
+            let mut sink = vec![0u8; 16 << 10];
+            let mut left = LINGER_BYTES;
+            while left > 0 {
+                match self.read(&mut sink).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => left = left.saturating_sub(n),
+                }
+            }
+        };
+        let _ = tokio::time::timeout(LINGER_TIME, drain).await;
     }
 
     /// Writes what the socket accepts now without waiting; for best-effort goodbyes.

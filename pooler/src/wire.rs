@@ -2,6 +2,7 @@
 //! talks the protocol (login, resets, checks) rather than relaying it.
 
 use std::io;
+use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -45,4 +46,17 @@ pub async fn flush(stream: &mut Stream, buf: &mut BytesMut) -> io::Result<()> {
     stream.flush().await?;
     buf.clear();
     Ok(())
+}
+
+/// How long a peer is given to take its last message (a FATAL error) before its connection is
+/// closed without it.
+pub const FAREWELL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Sends a connection's last message (`buf`, usually a FATAL error) and ends the connection
+/// so that the message arrives: bounded by [`FAREWELL_TIMEOUT`], then [`Stream::linger`].
+pub async fn farewell(stream: &mut Stream, buf: &mut BytesMut) {
+    let sent = tokio::time::timeout(FAREWELL_TIMEOUT, flush(stream, buf)).await;
+    if matches!(sent, Ok(Ok(()))) {
+        stream.linger().await;
+    }
 }

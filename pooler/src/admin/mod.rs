@@ -139,7 +139,7 @@ pub async fn serve(
                     &mut out,
                     &PgError::fatal("57P01", "terminated by the administrator (KILL_CLIENT)"),
                 );
-                let _ = wire::flush(&mut stream, &mut out).await;
+                wire::farewell(&mut stream, &mut out).await;
                 return "killed from the admin console (KILL_CLIENT)";
             }
             () = pooler.drained() => {
@@ -147,7 +147,7 @@ pub async fn serve(
                     &mut out,
                     &PgError::fatal("57P01", "the pooler is shutting down"),
                 );
-                let _ = wire::flush(&mut stream, &mut out).await;
+                wire::farewell(&mut stream, &mut out).await;
                 return "pooler shutting down";
             }
         };
@@ -155,7 +155,7 @@ pub async fn serve(
             Ok(m) => m,
             Err(ReadError::Protocol(e)) => {
                 backend::error_response(&mut out, &e.to_pg_error());
-                let _ = wire::flush(&mut stream, &mut out).await;
+                wire::farewell(&mut stream, &mut out).await;
                 return "client protocol violation";
             }
             Err(_) => return "client closed the connection",
@@ -180,7 +180,7 @@ pub async fn serve(
                         "the admin console supports only the simple query protocol",
                     ),
                 );
-                let _ = wire::flush(&mut stream, &mut out).await;
+                wire::farewell(&mut stream, &mut out).await;
                 return "client used the extended query protocol";
             }
         }

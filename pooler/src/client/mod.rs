@@ -363,7 +363,7 @@ async fn refused<T>(pooler: &dyn SessionContext, stream: &mut Stream, e: LoginEr
         log_pooler_error(pooler, &e);
         let mut out = BytesMut::new();
         backend::error_response(&mut out, &e);
-        let _ = wire::flush(stream, &mut out).await;
+        wire::farewell(stream, &mut out).await;
     }
     None
 }
@@ -849,10 +849,8 @@ impl Session {
         let mut out = BytesMut::new();
         backend::error_response(&mut out, &e);
         async move {
-            // Bounded: a client that does not read must not keep its task forever. Boxed, to
-            // keep the timer out of the states of every client task.
-            let farewell = wire::flush(&mut self.stream, &mut out);
-            let _ = Box::pin(tokio::time::timeout(FAREWELL_TIMEOUT, farewell)).await;
+            // Boxed, to keep the timers out of the states of every client task.
+            Box::pin(wire::farewell(&mut self.stream, &mut out)).await;
         }
     }
 }
@@ -864,10 +862,6 @@ fn log_pooler_error(pooler: &dyn SessionContext, e: &PgError) {
         tracing::warn!("pooler error: {}", e.message);
     }
 }
-
-/// How long a client is given to take its last message (a FATAL error) before its
-/// connection is closed without it.
-const FAREWELL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The largest client message relayed: `max_packet_size`, and never more than PostgreSQL
 /// itself accepts (1 GB), so an absurd length is refused here rather than by the server.
