@@ -281,3 +281,43 @@ fn cstring(text: &str) -> Vec<u8> {
     out.push(0);
     out
 }
+
+/// A regular message: type byte, length word, body.
+fn message(tag: u8, body: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(4 + body.len()).expect("a message under 4 GiB");
+    let mut out = vec![tag];
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
+/// One extended-protocol query as drivers pipeline it: Parse, Bind, Execute and Sync of
+/// `sql`, with the unnamed statement and portal and no parameters.
+pub fn extended_query(sql: &str) -> Vec<u8> {
+    let mut parse = vec![0];
+    parse.extend_from_slice(sql.as_bytes());
+    parse.extend_from_slice(&[0, 0, 0]);
+    let mut out = message(b'P', &parse);
+    out.extend(message(b'B', &[0, 0, 0, 0, 0, 0, 0, 0]));
+    out.extend(message(b'E', &[0, 0, 0, 0, 0]));
+    out.extend(message(b'S', &[]));
+    out
+}
+
+/// The messages in `bytes`, everything a connection received, in order; a message cut short
+/// at the end is left out.
+pub fn replies(mut bytes: &[u8]) -> Vec<Reply> {
+    let mut out = Vec::new();
+    while bytes.len() >= 5 {
+        let len = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]) as usize;
+        let Some(body) = bytes.get(5..1 + len.max(4)) else {
+            break;
+        };
+        out.push(Reply {
+            tag: bytes[0],
+            body: body.to_vec(),
+        });
+        bytes = &bytes[1 + len.max(4)..];
+    }
+    out
+}

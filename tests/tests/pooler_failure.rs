@@ -9,7 +9,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use weir_tests::fixture::{self, sqlstate, Fixture, Options, DATABASE, PASSWORD, USER};
 use weir_tests::net;
-use weir_tests::raw::RawClient;
+use weir_tests::raw::{self, RawClient};
 use weir_tests::tokio_postgres::{self, Client, NoTls, SimpleQueryMessage};
 use weir_tests::weir::WeirProcess;
 
@@ -145,6 +145,71 @@ async fn a_server_connection_killed_mid_query_fails_only_its_client() {
     assert_eq!(f.server_connections().await.unwrap(), 2);
     bystander.batch_execute("COMMIT").await.unwrap();
     newcomer.batch_execute("COMMIT").await.unwrap();
+}
+
+/// What a driver sees that pipelines a big batch behind a query whose server connection is
+/// killed: every write of the batch goes through (weir takes the rest instead of resetting the
+/// connection), then weir's FATAL, then an orderly end of the stream.
+#[tokio::test]
+async fn a_pipelining_client_gets_the_fatal_when_its_server_connection_dies() {
+    let f = Fixture::start(Options {
+        auth_type: "trust",
+        ..Options::mode("transaction", 1)
+    })
+    .await
+    .unwrap();
+    let mut stream = raw_login(f.weir.port()).await;
+    stream
+        .write_all(&raw::extended_query("SELECT pg_sleep(60)"))
+        .await
+        .unwrap();
+    let pid = f.active_backend("SELECT pg_sleep", PROMPTLY).await;
+    // More than every socket buffer on the way holds: the sleeping server reads none of it,
+    // so weir has unread input from this client when the server connection dies.
+    let query = raw::extended_query(&format!("SELECT '{}'", "x".repeat(1 << 20)));
+    let (mut reader, mut writer) = stream.into_split();
+    let batch = tokio::spawn(async move {
+        for _ in 0..32 {
+            writer.write_all(&query).await?;
+        }
+        Ok::<_, std::io::Error>(writer)
+    });
+    let su = f.pg.superuser().await.unwrap();
+    let terminated: bool = su
+        .query_one("SELECT pg_terminate_backend($1)", &[&pid])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(terminated);
+
+    let written = tokio::time::timeout(PROMPTLY, batch)
+        .await
+        .expect("the batch was neither taken nor refused")
+        .unwrap();
+    let mut received = Vec::new();
+    let end = tokio::time::timeout(PROMPTLY, reader.read_to_end(&mut received))
+        .await
+        .expect("weir kept the connection open");
+    let codes: Vec<String> = raw::replies(&received)
+        .iter()
+        .filter_map(|r| r.error_field(b'C'))
+        .collect();
+    assert!(
+        written.is_ok(),
+        "the batch's write failed: {:?}; received errors {codes:?}",
+        written.err()
+    );
+    assert!(end.is_ok(), "the connection was reset, not closed: {end:?}");
+    // The server's own reason (relayed, then weir's FATAL with it) when its farewell reached
+    // weir, a lost connection otherwise.
+    assert!(!codes.is_empty(), "no error before the end");
+    assert!(
+        codes.iter().all(|c| c == "57P01" || c == "08006"),
+        "{codes:?}"
+    );
+    // Weir recovers: the pool's only place was given back.
+    let next = f.client().await.unwrap();
+    assert_eq!(scalar(&next, "SELECT 'next'").await.unwrap(), "next");
 }
 
 /// A logged-in protocol connection through weir (the fixture trusts clients), driven by hand.

@@ -350,6 +350,34 @@ async fn startup_refusals_name_the_problem() {
     assert_healthy(&mut f).await;
 }
 
+/// A driver that pipelines its first queries behind the startup packet, far more than the
+/// sockets hold, and reads only once all is written: weir's refusal must not reset the
+/// connection under the write, and the FATAL must come before an orderly end of the stream.
+#[tokio::test]
+async fn a_refused_client_still_writing_gets_its_error_and_an_orderly_close() {
+    let mut f = trusting(Options::default()).await;
+    let (mut reader, mut writer) = connect(&f).await.into_split();
+    let mut batch = startup(PROTOCOL_3_0, &[("user", USER), ("database", "no_such_db")]);
+    let big = query(&format!("SELECT '{}'", "x".repeat(1 << 20)));
+    for _ in 0..8 {
+        batch.extend_from_slice(&big);
+    }
+    let written = tokio::time::timeout(READ_LIMIT, writer.write_all(&batch))
+        .await
+        .expect("weir neither took nor refused the batch");
+    let mut received = Vec::new();
+    let end = tokio::time::timeout(READ_LIMIT, reader.read_to_end(&mut received))
+        .await
+        .expect("weir kept the connection open");
+    let replies = weir_tests::raw::replies(&received);
+    let codes: Vec<_> = replies.iter().map(|r| r.error_field(b'C')).collect();
+    assert!(written.is_ok(), "the write failed: {written:?}; received {codes:?}");
+    assert!(end.is_ok(), "the connection was reset, not closed: {end:?}");
+    assert_eq!(codes, [Some("3D000".to_owned())]);
+    drop(writer);
+    assert_healthy(&mut f).await;
+}
+
 #[tokio::test]
 async fn a_cancel_request_with_an_unknown_key_is_dropped_silently() {
     let mut f = trusting(Options::default()).await;
