@@ -36,6 +36,15 @@ pub struct Listeners {
     unix: Option<(UnixListener, PathBuf)>,
 }
 
+/// The sockets bound, the Unix socket already accepting and the TCP ports not yet: whoever
+/// reaches the pooler over TCP finds its Unix socket (and its pid file) in place.
+#[derive(Debug)]
+pub struct Bound {
+    tcp: Vec<tokio::net::TcpSocket>,
+    tcp_defer_accept: bool,
+    unix: Option<(UnixListener, PathBuf)>,
+}
+
 /// The TCP addresses `listen_addr` names: a comma-separated list where `*` means every IPv4
 /// and IPv6 address.
 pub fn tcp_addresses(settings: &Settings) -> Vec<String> {
@@ -57,8 +66,9 @@ pub fn tcp_addresses(settings: &Settings) -> Vec<String> {
 }
 
 impl Listeners {
-    /// Binds every configured socket; fails if any cannot be bound.
-    pub async fn bind(settings: &Settings) -> io::Result<Listeners> {
+    /// Binds every configured socket; fails if any cannot be bound. The TCP ports accept
+    /// only after [`Bound::listen`].
+    pub async fn bind(settings: &Settings) -> io::Result<Bound> {
         let mut tcp = Vec::new();
         for host in tcp_addresses(settings) {
             let addrs: Vec<SocketAddr> =
@@ -82,12 +92,7 @@ impl Listeners {
                 socket.bind(addr).map_err(|e| {
                     io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"))
                 })?;
-                let listener = socket.listen(1024)?;
-                if settings.tcp_defer_accept {
-                    nix::sys::socket::setsockopt(&listener, TcpDeferAccept, &DEFER_ACCEPT_SECS)
-                        .map_err(io::Error::from)?;
-                }
-                tcp.push(listener);
+                tcp.push(socket);
             }
         }
         let unix = if settings.unix_socket_dir.is_empty() {
@@ -130,15 +135,11 @@ impl Listeners {
             })?;
             Some((listener, path))
         };
-        Ok(Listeners { tcp, unix })
-    }
-
-    /// The local addresses of the TCP listeners.
-    pub fn tcp_local_addrs(&self) -> Vec<SocketAddr> {
-        self.tcp
-            .iter()
-            .filter_map(|l| l.local_addr().ok())
-            .collect()
+        Ok(Bound {
+            tcp,
+            tcp_defer_accept: settings.tcp_defer_accept,
+            unix,
+        })
     }
 
     /// Accepts clients until the returned future is dropped.
@@ -158,6 +159,33 @@ impl Listeners {
             () = async { while tasks.join_next().await.is_some() {} } => {}
             () = pooler.drained() => tasks.abort_all(),
         }
+    }
+}
+
+impl Bound {
+    /// The local addresses of the TCP sockets.
+    pub fn tcp_local_addrs(&self) -> Vec<SocketAddr> {
+        self.tcp
+            .iter()
+            .filter_map(|s| s.local_addr().ok())
+            .collect()
+    }
+
+    /// Opens the TCP ports: from here on, clients are accepted there too.
+    pub fn listen(self) -> io::Result<Listeners> {
+        let mut tcp = Vec::new();
+        for socket in self.tcp {
+            let listener = socket.listen(1024)?;
+            if self.tcp_defer_accept {
+                nix::sys::socket::setsockopt(&listener, TcpDeferAccept, &DEFER_ACCEPT_SECS)
+                    .map_err(io::Error::from)?;
+            }
+            tcp.push(listener);
+        }
+        Ok(Listeners {
+            tcp,
+            unix: self.unix,
+        })
     }
 }
 
@@ -262,12 +290,36 @@ mod tests {
                 tcp_defer_accept: on,
                 ..Settings::default()
             };
-            let listeners = Listeners::bind(&settings).await.unwrap();
+            let listeners = Listeners::bind(&settings).await.unwrap().listen().unwrap();
             nix::sys::socket::getsockopt(&listeners.tcp[0], TcpDeferAccept).unwrap()
         };
         // The kernel keeps the time as retransmissions and rounds it up when read back.
         assert!(deferred(true).await >= DEFER_ACCEPT_SECS);
         assert_eq!(deferred(false).await, 0);
+    }
+
+    #[tokio::test]
+    async fn the_unix_socket_accepts_before_the_tcp_port_does() {
+        let dir = std::env::temp_dir().join(format!("weir-listen-order-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let settings = Settings {
+            listen_addr: "127.0.0.1".into(),
+            listen_port: 0,
+            unix_socket_dir: dir.to_string_lossy().into_owned(),
+            ..Settings::default()
+        };
+        let bound = Listeners::bind(&settings).await.unwrap();
+        let addr = bound.tcp_local_addrs()[0];
+        let unix = tokio::net::UnixStream::connect(dir.join(".s.PGSQL.0")).await;
+        let early = tokio::net::TcpStream::connect(addr).await;
+        let listeners = bound.listen().unwrap();
+        let late = tokio::net::TcpStream::connect(addr).await;
+        drop(listeners);
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(unix.is_ok(), "{unix:?}");
+        let refused = early.expect_err("the TCP port accepted before listen");
+        assert_eq!(refused.kind(), io::ErrorKind::ConnectionRefused);
+        assert!(late.is_ok(), "{late:?}");
     }
 
     #[test]

@@ -74,7 +74,7 @@ fn main() -> ExitCode {
         }
     };
     // PgBouncer's order: switch user, check the pid file, go to the background, listen,
-    // write the pid file.
+    // write the pid file (the TCP ports accept only after it is written).
     if let Some(user) = loaded
         .config
         .pgbouncer
@@ -204,14 +204,19 @@ async fn run(pooler: Arc<Pooler>) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let listeners = Listeners::bind(&config.pgbouncer)
+    let bound = Listeners::bind(&config.pgbouncer)
         .await
         .context("cannot open the listening sockets")?;
     let _pidfile = match &config.pgbouncer.pidfile {
         Some(p) => Some(PidFile::write(p).map_err(anyhow::Error::msg)?),
         None => None,
     };
-    for addr in listeners.tcp_local_addrs() {
+    let addrs = bound.tcp_local_addrs();
+    // Last: a client that reaches the TCP port finds the Unix socket and the pid file made.
+    let listeners = bound
+        .listen()
+        .context("cannot open the listening sockets")?;
+    for addr in addrs {
         tracing::info!(%addr, "listening");
     }
     if !config.pgbouncer.unix_socket_dir.is_empty() {

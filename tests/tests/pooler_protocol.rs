@@ -371,7 +371,10 @@ async fn a_refused_client_still_writing_gets_its_error_and_an_orderly_close() {
         .expect("weir kept the connection open");
     let replies = weir_tests::raw::replies(&received);
     let codes: Vec<_> = replies.iter().map(|r| r.error_field(b'C')).collect();
-    assert!(written.is_ok(), "the write failed: {written:?}; received {codes:?}");
+    assert!(
+        written.is_ok(),
+        "the write failed: {written:?}; received {codes:?}"
+    );
     assert!(end.is_ok(), "the connection was reset, not closed: {end:?}");
     assert_eq!(codes, [Some("3D000".to_owned())]);
     drop(writer);
