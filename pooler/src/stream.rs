@@ -242,12 +242,16 @@ impl Stream {
     /// unread input, the socket would send a reset instead, which fails the peer's pending
     /// writes and can discard the reply it has not read yet.
     pub async fn linger(&mut self) {
+        self.linger_within(LINGER_TIME, LINGER_BYTES).await;
+    }
+
+    async fn linger_within(&mut self, time: Duration, bytes: usize) {
         let drain = async {
             if self.shutdown().await.is_err() {
                 return;
             }
             let mut sink = vec![0u8; 16 << 10];
-            let mut left = LINGER_BYTES;
+            let mut left = bytes;
             while left > 0 {
                 match self.read(&mut sink).await {
                     Ok(0) | Err(_) => return,
@@ -255,7 +259,7 @@ impl Stream {
                 }
             }
         };
-        let _ = tokio::time::timeout(LINGER_TIME, drain).await;
+        let _ = tokio::time::timeout(time, drain).await;
     }
 
     /// Writes what the socket accepts now without waiting; for best-effort goodbyes.
@@ -402,6 +406,54 @@ mod tests {
             sock.tcp_user_timeout().unwrap(),
             Some(Duration::from_millis(2500))
         );
+    }
+
+    /// A connected pair: ours as a [`Stream`], the peer's as a plain socket.
+    async fn pair() -> (Stream, TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (connected, accepted) =
+            tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept());
+        (Stream::Tcp(accepted.unwrap().0), connected.unwrap())
+    }
+
+    #[tokio::test]
+    async fn lingering_sends_fin_and_takes_the_peer_s_input_until_it_closes() {
+        let (mut ours, mut peer) = pair().await;
+        // Input nobody reads: closing over it at once would answer the peer with a reset.
+        peer.write_all(&[b'x'; 64 << 10]).await.unwrap();
+        ours.write_all(b"goodbye").await.unwrap();
+        let peer_side = async {
+            // The peer goes on writing, then reads the last words and an orderly end.
+            let written = peer.write_all(&[b'y'; 1 << 20]).await;
+            let mut got = Vec::new();
+            let end = peer.read_to_end(&mut got).await;
+            drop(peer);
+            (written, end, got)
+        };
+        let ((written, end, got), ()) = tokio::join!(peer_side, ours.linger());
+        assert!(written.is_ok(), "{written:?}");
+        assert!(end.is_ok(), "{end:?}");
+        assert_eq!(got, b"goodbye");
+    }
+
+    #[tokio::test]
+    async fn lingering_stops_at_its_time_bound_when_the_peer_stays() {
+        let (mut ours, _peer) = pair().await;
+        ours.linger_within(Duration::from_millis(20), usize::MAX)
+            .await;
+    }
+
+    #[tokio::test]
+    async fn lingering_stops_at_its_byte_bound_when_the_peer_keeps_sending() {
+        let (mut ours, mut peer) = pair().await;
+        let flood = tokio::spawn(async move {
+            let chunk = [b'z'; 64 << 10];
+            while peer.write_all(&chunk).await.is_ok() {}
+        });
+        ours.linger_within(Duration::from_secs(3600), 1 << 20).await;
+        drop(ours);
+        flood.await.unwrap();
     }
 
     #[tokio::test]
