@@ -169,7 +169,7 @@ async fn a_pipelining_client_gets_the_fatal_when_its_server_connection_dies() {
     let query = raw::extended_query(&format!("SELECT '{}'", "x".repeat(1 << 20)));
     let (mut reader, mut writer) = stream.into_split();
     let batch = tokio::spawn(async move {
-        for _ in 0..32 {
+        for _ in 0..16 {
             writer.write_all(&query).await?;
         }
         Ok::<_, std::io::Error>(writer)
