@@ -374,20 +374,33 @@ pub fn plain_query(sql: &[u8]) -> bool {
 /// replacement characters (non-ASCII, like them).
 fn classify_bytes(stmt: &[u8]) -> Effect {
     let first = Words::new(stmt).next().unwrap_or_default();
-    by_keywords(Lower::new(first).as_str(), stmt)
+    // Most statements (SELECT, INSERT, ...) start with none of these: their text decides.
+    KEYWORDS
+        .iter()
+        .any(|k| first.eq_ignore_ascii_case(k))
+        .then(|| by_keywords(Lower::new(first).as_str(), stmt))
+        .flatten()
         .unwrap_or_else(|| pins_in_text(stmt).map_or(Effect::Other, Effect::Pin))
 }
 
+/// The first words [`by_keywords`] knows.
+const KEYWORDS: [&[u8]; 11] = [
+    b"set",
+    b"reset",
+    b"discard",
+    b"deallocate",
+    b"prepare",
+    b"listen",
+    b"load",
+    b"declare",
+    b"create",
+    b"explain",
+    b"do",
+];
+
 /// What a statement's leading keywords say it does, given its first word lower-cased; None
-/// when only its text can tell (SELECT, INSERT, ...: most statements, which need no more words).
+/// when only its text can tell.
 fn by_keywords(first: &str, stmt: &[u8]) -> Option<Effect> {
-    if !matches!(
-        first,
-        "set" | "reset" | "discard" | "deallocate" | "prepare" | "listen" | "load" | "declare"
-            | "create" | "explain" | "do"
-    ) {
-        return None;
-    }
     let w = words(stmt);
     let word = |i: usize| Lower::new(w[i]);
     Some(match first {
@@ -1004,7 +1017,7 @@ mod tests {
         assert!(!plain_query(b"SET \xff = 1"));
     }
 
-    mod plain_query_agrees_with_effects {
+    mod shortcuts_agree_with_the_full_scan {
         use super::super::*;
         use proptest::prelude::*;
 
@@ -1034,8 +1047,24 @@ mod tests {
             })
         }
 
+        /// [`classify_bytes`] without its shortcuts: every first word goes to `by_keywords`
+        /// and every byte to `pin_at`.
+        fn classify_slowly(stmt: &[u8]) -> Effect {
+            let first = Words::new(stmt).next().unwrap_or_default();
+            by_keywords(Lower::new(first).as_str(), stmt).unwrap_or_else(|| {
+                (0..stmt.len())
+                    .find_map(|i| pin_at(stmt, i))
+                    .map_or(Effect::Other, Effect::Pin)
+            })
+        }
+
         proptest! {
             #![proptest_config(ProptestConfig::with_cases(4000))]
+
+            #[test]
+            fn the_shortcuts_change_no_classification(sql in query()) {
+                prop_assert_eq!(classify_bytes(&sql), classify_slowly(&sql));
+            }
 
             #[test]
             fn plain_means_every_effect_is_other(sql in query()) {
