@@ -712,6 +712,31 @@ mod tests {
     }
 
     #[test]
+    fn request_times_read_off_the_monotonic_clock_are_wall_clock_times() {
+        let registry = Arc::new(Registry::default());
+        let c = registry.add_client(info(), 0);
+        let before = SystemTime::now();
+        c.start_waiting(Instant::now());
+        let after = SystemTime::now();
+        let at = c.request_time().unwrap_or(UNIX_EPOCH);
+        // The conversion's two first readings are apart by however long the thread waited
+        // between them: a generous bound still catches a wrong unit or sign.
+        let slack = Duration::from_secs(1);
+        assert!(
+            at + slack >= before && at <= after + slack,
+            "{at:?} {before:?} {after:?}"
+        );
+        // Instants on either side of the first reading convert alike (up to rounding).
+        let now = Instant::now();
+        let hour = Duration::from_secs(3600);
+        assert_eq!(micros_at(now + hour) - micros_at(now), 3_600_000_000);
+        if let Some(earlier) = now.checked_sub(hour) {
+            let apart = micros_at(now) - micros_at(earlier);
+            assert!((3_599_999_999..=3_600_000_000).contains(&apart), "{apart}");
+        }
+    }
+
+    #[test]
     fn linking_and_waiting_are_recorded_on_both_sides() {
         let registry = Arc::new(Registry::default());
         let c = registry.add_client(info(), 0);

@@ -480,7 +480,10 @@ fn set_name(written: &[u8], first: &str, second: &str) -> Effect {
 
 fn unquote(name: &[u8]) -> String {
     let start = name.iter().position(|&c| c != b'"').unwrap_or(name.len());
-    let end = name.iter().rposition(|&c| c != b'"').map_or(start, |p| p + 1);
+    let end = name
+        .iter()
+        .rposition(|&c| c != b'"')
+        .map_or(start, |p| p + 1);
     String::from_utf8_lossy(&name[start..end]).to_ascii_lowercase()
 }
 
@@ -570,7 +573,10 @@ fn starts_with_ci(b: &[u8], prefix: &[u8]) -> bool {
 /// Whether `s` starts with the words `INTO [LOCAL | GLOBAL] TEMP[ORARY]`.
 fn into_temp(s: &[u8]) -> bool {
     let mut words = Words::new(s);
-    if !words.next().is_some_and(|w| w.eq_ignore_ascii_case(b"into")) {
+    if !words
+        .next()
+        .is_some_and(|w| w.eq_ignore_ascii_case(b"into"))
+    {
         return false;
     }
     match words.next() {
@@ -1023,14 +1029,71 @@ mod tests {
 
         /// Pieces of SQL that move statement boundaries, hide text or change state.
         const PIECES: &[&str] = &[
-            "SELECT", "select", "INSERT INTO t VALUES", "with", "SET", "set", "RESET", "LOCAL",
-            "session", "time zone", "all", "DISCARD", "DEALLOCATE", "prepare", "transaction",
-            "LISTEN", "load", "DECLARE c CURSOR", "WITH HOLD", "hold", "CREATE", "explain",
-            "DO", "temp", "Temporary", "into", "pg_temp.", "pg_advisory_lock(1)",
-            "pg_try_advisory_lock", "set_config(", "set_config('a', 'b', true)", "true", "false",
-            "dblink_connect", "weir_1", "\"weir_2\"", "search_path", "x", "1", ";", ";",
-            "'", "''", "'a;b'", "E'", "e'\\'", "\\", "\"", "$$", "$a$", "$1", "x$a$", "--",
-            "\n", "/*", "*/", "(", ")", ",", "=", ".", "\u{e9}", "\u{a0}", " ", "\t",
+            "SELECT",
+            "select",
+            "INSERT INTO t VALUES",
+            "with",
+            "SET",
+            "set",
+            "RESET",
+            "LOCAL",
+            "session",
+            "time zone",
+            "all",
+            "DISCARD",
+            "DEALLOCATE",
+            "prepare",
+            "transaction",
+            "LISTEN",
+            "load",
+            "DECLARE c CURSOR",
+            "WITH HOLD",
+            "hold",
+            "CREATE",
+            "explain",
+            "DO",
+            "temp",
+            "Temporary",
+            "into",
+            "pg_temp.",
+            "pg_advisory_lock(1)",
+            "pg_try_advisory_lock",
+            "set_config(",
+            "set_config('a', 'b', true)",
+            "true",
+            "false",
+            "dblink_connect",
+            "weir_1",
+            "\"weir_2\"",
+            "search_path",
+            "x",
+            "1",
+            ";",
+            ";",
+            "'",
+            "''",
+            "'a;b'",
+            "E'",
+            "e'\\'",
+            "\\",
+            "\"",
+            "$$",
+            "$a$",
+            "$1",
+            "x$a$",
+            "--",
+            "\n",
+            "/*",
+            "*/",
+            "(",
+            ")",
+            ",",
+            "=",
+            ".",
+            "\u{e9}",
+            "\u{a0}",
+            " ",
+            "\t",
         ];
 
         fn query() -> impl Strategy<Value = Vec<u8>> {
