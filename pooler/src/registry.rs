@@ -12,9 +12,9 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::Poll;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::task::AtomicWaker;
 use rand::Rng;
@@ -116,15 +116,23 @@ pub struct ServerRecord {
     cancels_settled: Notify,
 }
 
-/// Microseconds since the epoch, now.
-fn now_us() -> u64 {
-    micros(SystemTime::now())
+/// Microseconds since the epoch at `at`, counted from one wall-clock reading taken at the
+/// first call: callers' monotonic readings serve for both, one clock read fewer each time.
+fn micros_at(at: Instant) -> u64 {
+    static ANCHOR: OnceLock<(Instant, u64)> = OnceLock::new();
+    let &(base, base_us) = ANCHOR.get_or_init(|| (Instant::now(), micros(SystemTime::now())));
+    match at.checked_duration_since(base) {
+        Some(after) => base_us.saturating_add(duration_us(after)),
+        None => base_us.saturating_sub(duration_us(base - at)),
+    }
 }
 
 fn micros(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
+    t.duration_since(UNIX_EPOCH).map(duration_us).unwrap_or(0)
+}
+
+fn duration_us(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
 fn time_of(us: u64) -> Option<SystemTime> {
@@ -147,8 +155,10 @@ impl ClientRecord {
 
     /// How long the client has been waiting for a server connection, if it is.
     pub fn waiting_for(&self) -> Option<Duration> {
-        let since = time_of(self.wait_since.load(Ordering::Relaxed))?;
-        Some(SystemTime::now().duration_since(since).unwrap_or_default())
+        let since = Some(self.wait_since.load(Ordering::Relaxed)).filter(|us| *us != 0)?;
+        Some(Duration::from_micros(
+            micros_at(Instant::now()).saturating_sub(since),
+        ))
     }
 
     /// The id of the server connection the client holds, if any.
@@ -161,9 +171,9 @@ impl ClientRecord {
         self.prepared.load(Ordering::Relaxed)
     }
 
-    /// Records that the client has work and is now waiting for a server connection.
-    pub fn start_waiting(&self) {
-        let now = now_us();
+    /// Records that the client has had work since `now` and is waiting for a server connection.
+    pub fn start_waiting(&self, now: Instant) {
+        let now = micros_at(now);
         self.request_at.store(now, Ordering::Relaxed);
         self.wait_since.store(now, Ordering::Relaxed);
     }
@@ -702,13 +712,38 @@ mod tests {
     }
 
     #[test]
+    fn request_times_read_off_the_monotonic_clock_are_wall_clock_times() {
+        let registry = Arc::new(Registry::default());
+        let c = registry.add_client(info(), 0);
+        let before = SystemTime::now();
+        c.start_waiting(Instant::now());
+        let after = SystemTime::now();
+        let at = c.request_time().unwrap_or(UNIX_EPOCH);
+        // The conversion's two first readings are apart by however long the thread waited
+        // between them: a generous bound still catches a wrong unit or sign.
+        let slack = Duration::from_secs(1);
+        assert!(
+            at + slack >= before && at <= after + slack,
+            "{at:?} {before:?} {after:?}"
+        );
+        // Instants on either side of the first reading convert alike (up to rounding).
+        let now = Instant::now();
+        let hour = Duration::from_secs(3600);
+        assert_eq!(micros_at(now + hour) - micros_at(now), 3_600_000_000);
+        if let Some(earlier) = now.checked_sub(hour) {
+            let apart = micros_at(now) - micros_at(earlier);
+            assert!((3_599_999_999..=3_600_000_000).contains(&apart), "{apart}");
+        }
+    }
+
+    #[test]
     fn linking_and_waiting_are_recorded_on_both_sides() {
         let registry = Arc::new(Registry::default());
         let c = registry.add_client(info(), 0);
         let s = server(&registry, 1);
         assert!(c.request_time().is_none());
         assert!(c.waiting_for().is_none());
-        c.start_waiting();
+        c.start_waiting(Instant::now());
         assert!(c.waiting_for().is_some());
         assert!(c.request_time().is_some());
         c.link_to(&s);
@@ -746,11 +781,11 @@ mod tests {
         );
         assert!(registry.longest_waits().is_empty());
         // Wait times have a microsecond resolution; the older wait began 2 ms earlier.
-        first.start_waiting();
+        first.start_waiting(Instant::now());
         std::thread::sleep(std::time::Duration::from_millis(2));
-        second.start_waiting();
-        elsewhere.start_waiting();
-        console.start_waiting();
+        second.start_waiting(Instant::now());
+        elsewhere.start_waiting(Instant::now());
+        console.start_waiting(Instant::now());
         let waits = registry.longest_waits();
         assert_eq!(waits.len(), 2, "{waits:?}");
         let app = waits[&app_pool()];

@@ -252,12 +252,12 @@ fn strip_comments_start(s: &str) -> &str {
 /// `( ) = , ;` separate words. Allocates nothing.
 #[derive(Debug, Clone)]
 struct Words<'a> {
-    s: &'a str,
+    s: &'a [u8],
     i: usize,
 }
 
 impl<'a> Words<'a> {
-    fn new(s: &'a str) -> Self {
+    fn new(s: &'a [u8]) -> Self {
         Words { s, i: 0 }
     }
 }
@@ -271,10 +271,10 @@ fn ends_word(b: &[u8], i: usize) -> bool {
 }
 
 impl<'a> Iterator for Words<'a> {
-    type Item = &'a str;
+    type Item = &'a [u8];
 
-    fn next(&mut self) -> Option<&'a str> {
-        let b = self.s.as_bytes();
+    fn next(&mut self) -> Option<&'a [u8]> {
+        let b = self.s;
         let mut i = self.i;
         while i < b.len() && b[i] != b'\'' && ends_word(b, i) {
             i = match b[i] {
@@ -304,7 +304,6 @@ impl<'a> Iterator for Words<'a> {
             }
         }
         self.i = i;
-        // Separators and quotes are ASCII, so `start` and `i` are character boundaries.
         self.s.get(start..i)
     }
 }
@@ -313,8 +312,8 @@ impl<'a> Iterator for Words<'a> {
 const WORDS: usize = 5;
 
 /// The first [`WORDS`] words of a statement (missing ones are empty).
-fn words(s: &str) -> [&str; WORDS] {
-    let mut out = [""; WORDS];
+fn words(s: &[u8]) -> [&[u8]; WORDS] {
+    let mut out: [&[u8]; WORDS] = [b""; WORDS];
     for (slot, word) in out.iter_mut().zip(Words::new(s)) {
         *slot = word;
     }
@@ -329,13 +328,13 @@ struct Lower {
 }
 
 impl Lower {
-    fn new(word: &str) -> Self {
+    fn new(word: &[u8]) -> Self {
         let mut buf = [0u8; 16];
         let Some(dst) = buf.get_mut(..word.len()) else {
             // NUL never appears in SQL text, so this matches no keyword (nor "").
             return Self { buf, len: 1 };
         };
-        dst.copy_from_slice(word.as_bytes());
+        dst.copy_from_slice(word);
         dst.make_ascii_lowercase();
         Self {
             buf,
@@ -344,8 +343,8 @@ impl Lower {
     }
 
     fn as_str(&self) -> &str {
-        // Lower-casing ASCII bytes keeps a whole-str copy valid UTF-8; the long-word marker
-        // is a single NUL.
+        // Keywords are ASCII: a word that is not valid UTF-8 (a long one cut short, or
+        // invalid bytes) is one no keyword matches.
         std::str::from_utf8(&self.buf[..self.len]).unwrap_or("\0")
     }
 }
@@ -353,10 +352,58 @@ impl Lower {
 /// What one statement does to session state. Runs on every query in transaction mode, so
 /// it allocates only for the (rare) statements that change settings.
 pub fn classify(stmt: &str) -> Effect {
+    classify_bytes(stmt.as_bytes())
+}
+
+/// Whether a simple-query string (as sent, not necessarily UTF-8) certainly changes no
+/// session state: one statement (a `;` may end it) that [`classify`] finds to be
+/// [`Effect::Other`]. Then [`effects`] finds only `Other` too; false means only it can tell.
+/// Judged on the bytes in about one pass, for the common query that needs nothing more.
+pub fn plain_query(sql: &[u8]) -> bool {
+    // With no other `;`, every reading of the quotes splits into this statement, or into it
+    // and the `;` with white space; the two classify alike.
+    let end = match sql.iter().position(|&c| c == b';') {
+        Some(p) if sql[p + 1..].iter().all(u8::is_ascii_whitespace) => p,
+        Some(_) => return false,
+        None => sql.len(),
+    };
+    classify_bytes(&sql[..end]) == Effect::Other
+}
+
+/// [`classify`] on bytes: text that is not UTF-8 is judged as if its invalid bytes were
+/// replacement characters (non-ASCII, like them).
+fn classify_bytes(stmt: &[u8]) -> Effect {
+    let first = Words::new(stmt).next().unwrap_or_default();
+    // Most statements (SELECT, INSERT, ...) start with none of these: their text decides.
+    KEYWORDS
+        .iter()
+        .any(|k| first.eq_ignore_ascii_case(k))
+        .then(|| by_keywords(Lower::new(first).as_str(), stmt))
+        .flatten()
+        .unwrap_or_else(|| pins_in_text(stmt).map_or(Effect::Other, Effect::Pin))
+}
+
+/// The first words [`by_keywords`] knows.
+const KEYWORDS: [&[u8]; 11] = [
+    b"set",
+    b"reset",
+    b"discard",
+    b"deallocate",
+    b"prepare",
+    b"listen",
+    b"load",
+    b"declare",
+    b"create",
+    b"explain",
+    b"do",
+];
+
+/// What a statement's leading keywords say it does, given its first word lower-cased; None
+/// when only its text can tell.
+fn by_keywords(first: &str, stmt: &[u8]) -> Option<Effect> {
     let w = words(stmt);
-    // Lower-cased as examined: most statements need only their first word.
     let word = |i: usize| Lower::new(w[i]);
-    match word(0).as_str() {
+    Some(match first {
         "set" => match word(1).as_str() {
             "local" | "transaction" | "constraints" => Effect::Other,
             "session" if word(2).as_str() == "characteristics" => Effect::Set {
@@ -395,15 +442,15 @@ pub fn classify(stmt: &str) -> Effect {
         "listen" => Effect::Pin("LISTEN"),
         // A loaded library (auto_explain, …) stays in the backend for everyone after.
         "load" => Effect::Pin("LOAD of a library"),
-        "declare" if has_words(stmt, "with", "hold") => Effect::Pin("a WITH HOLD cursor"),
+        "declare" if has_words(stmt, b"with", b"hold") => Effect::Pin("a WITH HOLD cursor"),
         "create" if w[1..].iter().any(|w| is_temp(w)) => Effect::Pin("a temporary table"),
         "explain" if Words::new(stmt).any(is_temp) => Effect::Pin("a temporary table"),
         // An anonymous code block can change anything, also through dynamic SQL.
-        "do" if DO_STATE_WORDS.iter().any(|w| has_word(stmt.as_bytes(), w)) => {
+        "do" if DO_STATE_WORDS.iter().any(|w| has_word(stmt, w)) => {
             Effect::Pin("a DO block that may change session state")
         }
-        _ => pins_in_text(stmt).map_or(Effect::Other, Effect::Pin),
-    }
+        _ => return None,
+    })
 }
 
 /// Words that, anywhere in a DO block, may change session state.
@@ -420,7 +467,7 @@ const DO_STATE_WORDS: [&[u8]; 8] = [
 
 /// `SET <first> <second>`: `written` is the first word as the client wrote it, `first` and
 /// `second` lower-cased.
-fn set_name(written: &str, first: &str, second: &str) -> Effect {
+fn set_name(written: &[u8], first: &str, second: &str) -> Effect {
     let name = match (first, second) {
         ("time", "zone") => "timezone".to_owned(),
         ("role", _) => "role".to_owned(),
@@ -431,22 +478,28 @@ fn set_name(written: &str, first: &str, second: &str) -> Effect {
     Effect::Set { name }
 }
 
-fn unquote(name: &str) -> String {
-    name.trim_matches('"').to_ascii_lowercase()
+fn unquote(name: &[u8]) -> String {
+    let start = name.iter().position(|&c| c != b'"').unwrap_or(name.len());
+    let end = name
+        .iter()
+        .rposition(|&c| c != b'"')
+        .map_or(start, |p| p + 1);
+    String::from_utf8_lossy(&name[start..end]).to_ascii_lowercase()
 }
 
 /// Whether a prepared statement name (as written) is one the pooler uses on the server. Any
 /// case counts: refusing a quoted `"WEIR_1"` too is harmless.
-fn reserved(name: &str) -> bool {
-    starts_with_ci(name.trim_start_matches('"').as_bytes(), b"weir_")
+fn reserved(name: &[u8]) -> bool {
+    let start = name.iter().position(|&c| c != b'"').unwrap_or(name.len());
+    starts_with_ci(&name[start..], b"weir_")
 }
 
-fn is_temp(word: &str) -> bool {
-    word.eq_ignore_ascii_case("temp") || word.eq_ignore_ascii_case("temporary")
+fn is_temp(word: &[u8]) -> bool {
+    word.eq_ignore_ascii_case(b"temp") || word.eq_ignore_ascii_case(b"temporary")
 }
 
 /// Whether the statement has the word `first` followed by the word `second`.
-fn has_words(stmt: &str, first: &str, second: &str) -> bool {
+fn has_words(stmt: &[u8], first: &[u8], second: &[u8]) -> bool {
     let mut words = Words::new(stmt).peekable();
     while let Some(w) = words.next() {
         if w.eq_ignore_ascii_case(first)
@@ -470,32 +523,46 @@ fn has_word(b: &[u8], word: &[u8]) -> bool {
 /// Session state taken anywhere in a statement's text: a session-level advisory lock or
 /// `set_config`, a temporary table (`SELECT ... INTO TEMP`, `pg_temp.`), a dblink
 /// connection. One pass over the bytes, case-insensitive, strings and comments included.
-fn pins_in_text(stmt: &str) -> Option<&'static str> {
-    let b = stmt.as_bytes();
-    for i in 0..b.len() {
-        let rest = &b[i..];
-        match b[i].to_ascii_lowercase() {
-            b'p' if starts_with_ci(rest, b"pg_advisory_lock")
-                || starts_with_ci(rest, b"pg_try_advisory_lock") =>
-            {
-                return Some("a session advisory lock");
-            }
-            b'p' if starts_with_ci(rest, b"pg_temp") => return Some("a temporary table"),
-            b's' if starts_with_ci(rest, b"set_config")
-                && !local_set_config(&rest[b"set_config".len()..]) =>
-            {
-                return Some("a session-level set_config");
-            }
-            b'd' if starts_with_ci(rest, b"dblink_connect") => {
-                return Some("a dblink connection");
-            }
-            b'i' if (i == 0 || !is_ident_byte(b[i - 1])) && into_temp(&stmt[i..]) => {
-                return Some("a temporary table");
-            }
-            _ => {}
-        }
+fn pins_in_text(b: &[u8]) -> Option<&'static str> {
+    // Most bytes start no pattern: one table look-up each passes them over.
+    (0..b.len())
+        .filter(|&i| PATTERN_START[usize::from(b[i])])
+        .find_map(|i| pin_at(b, i))
+}
+
+/// The bytes [`pin_at`] can match at: the first letters of its patterns, in either case.
+const PATTERN_START: [bool; 256] = {
+    let mut table = [false; 256];
+    let letters = b"pPsSdDiI";
+    let mut k = 0;
+    while k < letters.len() {
+        table[letters[k] as usize] = true;
+        k += 1;
     }
-    None
+    table
+};
+
+/// The session state a pattern of [`pins_in_text`] starting at `i` takes, if one does.
+fn pin_at(b: &[u8], i: usize) -> Option<&'static str> {
+    let rest = &b[i..];
+    match b[i].to_ascii_lowercase() {
+        b'p' if starts_with_ci(rest, b"pg_advisory_lock")
+            || starts_with_ci(rest, b"pg_try_advisory_lock") =>
+        {
+            Some("a session advisory lock")
+        }
+        b'p' if starts_with_ci(rest, b"pg_temp") => Some("a temporary table"),
+        b's' if starts_with_ci(rest, b"set_config")
+            && !local_set_config(&rest[b"set_config".len()..]) =>
+        {
+            Some("a session-level set_config")
+        }
+        b'd' if starts_with_ci(rest, b"dblink_connect") => Some("a dblink connection"),
+        b'i' if (i == 0 || !is_ident_byte(b[i - 1])) && into_temp(rest) => {
+            Some("a temporary table")
+        }
+        _ => None,
+    }
 }
 
 fn starts_with_ci(b: &[u8], prefix: &[u8]) -> bool {
@@ -504,13 +571,16 @@ fn starts_with_ci(b: &[u8], prefix: &[u8]) -> bool {
 }
 
 /// Whether `s` starts with the words `INTO [LOCAL | GLOBAL] TEMP[ORARY]`.
-fn into_temp(s: &str) -> bool {
+fn into_temp(s: &[u8]) -> bool {
     let mut words = Words::new(s);
-    if !words.next().is_some_and(|w| w.eq_ignore_ascii_case("into")) {
+    if !words
+        .next()
+        .is_some_and(|w| w.eq_ignore_ascii_case(b"into"))
+    {
         return false;
     }
     match words.next() {
-        Some(w) if w.eq_ignore_ascii_case("local") || w.eq_ignore_ascii_case("global") => {
+        Some(w) if w.eq_ignore_ascii_case(b"local") || w.eq_ignore_ascii_case(b"global") => {
             words.next().is_some_and(is_temp)
         }
         Some(w) => is_temp(w),
@@ -915,6 +985,175 @@ mod tests {
     }
 
     #[test]
+    fn plain_queries_are_told_apart_from_the_bytes_alone() {
+        for sql in [
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 82713;",
+            "select 1",
+            "  INSERT INTO t (a, b) VALUES (1, 'x') ;\n",
+            "UPDATE t SET a = 'it''s' WHERE b = $$ dollar $$",
+            "WITH x AS (SELECT 1) SELECT * FROM x",
+            "/* note */ DELETE FROM t -- gone\n",
+            "SET LOCAL work_mem = '1MB';",
+            "SELECT set_config('a.b', 'x', true)",
+            "SELECT 'caf\u{e9}'",
+            "BEGIN;",
+        ] {
+            assert!(plain_query(sql.as_bytes()), "{sql}");
+        }
+        for sql in [
+            "SET search_path = x",
+            "set work_mem = 1;",
+            "SELECT 1; SET search_path = x",
+            "SELECT 1; SELECT 2",
+            "SELECT 1;;",
+            "SELECT pg_advisory_lock(1);",
+            "LISTEN x",
+            "DEALLOCATE weir_1",
+            "DISCARD ALL",
+            "RESET ALL",
+            "SELECT 1 INTO TEMP t",
+            "PREPARE q AS SELECT 1",
+        ] {
+            assert!(!plain_query(sql.as_bytes()), "{sql}");
+        }
+        // A `;` before the end, even quoted, leaves it to the full scan.
+        assert!(!plain_query(b"SELECT 'x;y'"));
+        // Bytes that are not UTF-8 are judged as their replacement characters would be.
+        assert!(plain_query(b"SELECT '\xff\xfe'"));
+        assert!(!plain_query(b"SET \xff = 1"));
+    }
+
+    mod shortcuts_agree_with_the_full_scan {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        /// Pieces of SQL that move statement boundaries, hide text or change state.
+        const PIECES: &[&str] = &[
+            "SELECT",
+            "select",
+            "INSERT INTO t VALUES",
+            "with",
+            "SET",
+            "set",
+            "RESET",
+            "LOCAL",
+            "session",
+            "time zone",
+            "all",
+            "DISCARD",
+            "DEALLOCATE",
+            "prepare",
+            "transaction",
+            "LISTEN",
+            "load",
+            "DECLARE c CURSOR",
+            "WITH HOLD",
+            "hold",
+            "CREATE",
+            "explain",
+            "DO",
+            "temp",
+            "Temporary",
+            "into",
+            "pg_temp.",
+            "pg_advisory_lock(1)",
+            "pg_try_advisory_lock",
+            "set_config(",
+            "set_config('a', 'b', true)",
+            "true",
+            "false",
+            "dblink_connect",
+            "weir_1",
+            "\"weir_2\"",
+            "search_path",
+            "x",
+            "1",
+            ";",
+            ";",
+            "'",
+            "''",
+            "'a;b'",
+            "E'",
+            "e'\\'",
+            "\\",
+            "\"",
+            "$$",
+            "$a$",
+            "$1",
+            "x$a$",
+            "--",
+            "\n",
+            "/*",
+            "*/",
+            "(",
+            ")",
+            ",",
+            "=",
+            ".",
+            "\u{e9}",
+            "\u{a0}",
+            " ",
+            "\t",
+        ];
+
+        fn query() -> impl Strategy<Value = Vec<u8>> {
+            let piece = prop_oneof![
+                8 => proptest::sample::select(PIECES).prop_map(|p| p.as_bytes().to_vec()),
+                1 => any::<u8>().prop_map(|b| vec![b]),
+            ];
+            let sep = proptest::sample::select(&[" ", " ", "", "\n"][..]);
+            proptest::collection::vec((piece, sep), 0..12).prop_map(|parts| {
+                parts
+                    .into_iter()
+                    .flat_map(|(p, s)| p.into_iter().chain(s.bytes()))
+                    .collect()
+            })
+        }
+
+        /// [`classify_bytes`] without its shortcuts: every first word goes to `by_keywords`
+        /// and every byte to `pin_at`.
+        fn classify_slowly(stmt: &[u8]) -> Effect {
+            let first = Words::new(stmt).next().unwrap_or_default();
+            by_keywords(Lower::new(first).as_str(), stmt).unwrap_or_else(|| {
+                (0..stmt.len())
+                    .find_map(|i| pin_at(stmt, i))
+                    .map_or(Effect::Other, Effect::Pin)
+            })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(4000))]
+
+            #[test]
+            fn the_shortcuts_change_no_classification(sql in query()) {
+                prop_assert_eq!(classify_bytes(&sql), classify_slowly(&sql));
+            }
+
+            #[test]
+            fn plain_means_every_effect_is_other(sql in query()) {
+                let text = String::from_utf8_lossy(&sql);
+                if plain_query(&sql) {
+                    let found: Vec<_> = effects(&text).collect();
+                    prop_assert!(found.iter().all(|(_, e)| *e == Effect::Other), "{found:?}");
+                }
+            }
+
+            #[test]
+            fn one_statement_with_nothing_to_track_is_plain(sql in query()) {
+                let text = String::from_utf8_lossy(&sql);
+                let semicolons = sql.iter().filter(|&&c| c == b';').count();
+                let last = sql.iter().rposition(|c| !c.is_ascii_whitespace());
+                let ends_with_only_semicolon = semicolons == 0
+                    || (semicolons == 1 && last.is_some_and(|p| sql[p] == b';'));
+                let found: Vec<_> = effects(&text).collect();
+                if ends_with_only_semicolon && found.len() == 1 && found[0].1 == Effect::Other {
+                    prop_assert!(plain_query(&sql));
+                }
+            }
+        }
+    }
+
+    #[test]
     fn never_panics_on_odd_text() {
         for s in [
             "",
@@ -942,6 +1181,7 @@ mod tests {
             let _ = effects(s).count();
             let _ = statements(s).count();
             let _ = classify(s);
+            let _ = plain_query(s.as_bytes());
         }
     }
 }

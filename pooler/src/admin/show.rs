@@ -1124,9 +1124,9 @@ mod tests {
             local: Endpoint::tcp("10.9.9.9:51000".parse().unwrap()),
             application_name: "weir".into(),
         });
-        linked.start_waiting();
+        linked.start_waiting(std::time::Instant::now());
         linked.link_to(&server);
-        waiting.start_waiting();
+        waiting.start_waiting(std::time::Instant::now());
 
         let rs = clients(&registry.clients());
         check_widths(&rs);

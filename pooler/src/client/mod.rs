@@ -250,7 +250,7 @@ async fn log_in(
         }
         return None;
     }
-    let deadline = wait_deadline(config.pgbouncer.query_wait_timeout);
+    let deadline = wait_deadline(Instant::now(), config.pgbouncer.query_wait_timeout);
     let welcome = match pool.welcome_params(deadline).await {
         Ok(w) => w,
         Err(e) => {
@@ -345,14 +345,14 @@ async fn within_login_deadline<T>(
         })
 }
 
-fn wait_deadline(query_wait_timeout: Duration) -> Instant {
+fn wait_deadline(requested: Instant, query_wait_timeout: Duration) -> Instant {
     // Zero disables the limit; a day stands in for "forever" without overflow.
     let wait = if query_wait_timeout.is_zero() {
         Duration::from_secs(86_400)
     } else {
         query_wait_timeout
     };
-    Instant::now() + wait
+    requested + wait
 }
 
 /// Tells a client why it cannot go on, then lets the connection close; `None`, for
@@ -490,9 +490,12 @@ impl Session {
     /// Borrows a server connection for the work the client sent and relays until it can be
     /// given back (Ok) or the session is over (Err).
     async fn serve_transaction(&mut self, mode: PoolMode) -> Result<(), &'static str> {
-        let deadline = wait_deadline(self.pooler.config_now().pgbouncer.query_wait_timeout);
-        self.record.start_waiting();
-        let mut checkout = match self.checkout(deadline).await {
+        // One clock read: the request's time, its wait deadline, and its lending's start
+        // when a connection is ready at once.
+        let requested = Instant::now();
+        let limit = self.pooler.config_now().pgbouncer.query_wait_timeout;
+        self.record.start_waiting(requested);
+        let (mut checkout, lent_at) = match self.checkout(requested, limit).await {
             Ok(c) => c,
             Err(reason) => {
                 self.record.stop_waiting();
@@ -512,7 +515,7 @@ impl Session {
             self.fatal(e.to_client_error()).await;
             return Err(reason);
         }
-        self.relay(mode, checkout).await
+        self.relay(mode, checkout, lent_at).await
     }
 
     /// Waits until the client has sent something that needs a server. Err means it left.
@@ -605,33 +608,46 @@ impl Session {
     /// Borrows a server connection, noticing meanwhile if the client goes away. What the
     /// client sends meanwhile is read up to `pkt_buf` bytes; past that the client is not read
     /// (it waits, as its socket fills) until it has a connection.
-    async fn checkout(&mut self, deadline: Instant) -> Result<Checkout, &'static str> {
+    /// Also says when the connection was lent: `requested` if it was ready at once.
+    async fn checkout(
+        &mut self,
+        requested: Instant,
+        query_wait_timeout: Duration,
+    ) -> Result<(Checkout, Instant), &'static str> {
         let pool = self.pool.clone();
         let bound = self.pooler.config_now().pgbouncer.pkt_buf as usize;
-        let checkout = pool.checkout(deadline);
+        let checkout = pool.checkout(wait_deadline(requested, query_wait_timeout));
         tokio::pin!(checkout);
-        loop {
-            let reading = self.buf.len() < bound;
-            tokio::select! {
-                result = &mut checkout => {
-                    return match result {
-                        Ok(c) => Ok(c),
-                        Err(e) => {
-                            self.fatal(e.to_client_error()).await;
-                            Err("no server connection")
-                        }
-                    };
+        let first = std::future::poll_fn(|cx| Poll::Ready(checkout.as_mut().poll(cx))).await;
+        let result = match first {
+            Poll::Ready(result) => result.map(|c| (c, requested)),
+            Poll::Pending => loop {
+                let reading = self.buf.len() < bound;
+                tokio::select! {
+                    result = &mut checkout => break result.map(|c| (c, Instant::now())),
+                    read = self.stream.read_buf(&mut self.buf), if reading => match read {
+                        Ok(0) | Err(_) => return Err("client left while waiting for a server connection"),
+                        Ok(_) => {}
+                    },
                 }
-                read = self.stream.read_buf(&mut self.buf), if reading => match read {
-                    Ok(0) | Err(_) => return Err("client left while waiting for a server connection"),
-                    Ok(_) => {}
-                },
+            },
+        };
+        match result {
+            Ok(lent) => Ok(lent),
+            Err(e) => {
+                self.fatal(e.to_client_error()).await;
+                Err("no server connection")
             }
         }
     }
 
     /// Relays until the connection can be given back (Ok) or the session is over (Err).
-    async fn relay(&mut self, mode: PoolMode, mut checkout: Checkout) -> Result<(), &'static str> {
+    async fn relay(
+        &mut self,
+        mode: PoolMode,
+        mut checkout: Checkout,
+        lent_at: Instant,
+    ) -> Result<(), &'static str> {
         let config = self.pooler.config_now();
         let s = &config.pgbouncer;
         let policy = ReleasePolicy {
@@ -657,7 +673,6 @@ impl Session {
 
         let mut tx = TxState::default();
         let mut counts = Counts::default();
-        let lent_at = Instant::now();
         let param_changes = checkout.server().params().changes();
         let pooler = self.pooler.clone();
         let tracker = (mode != PoolMode::Session).then(|| {

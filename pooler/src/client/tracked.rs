@@ -479,17 +479,11 @@ impl<'a> Tracker<'a> {
     /// over pins the client or, with `pinning = refuse`, the whole query is refused.
     fn query(&mut self, msg: &[u8], out: &mut BytesMut, server: &mut Carried, tx: &mut TxState) {
         let body = &msg[5..];
-        let text = String::from_utf8_lossy(body.strip_suffix(&[0]).unwrap_or(body));
-        let refusing_pins = self.policy.pinning == Pinning::Refuse && self.client.pinned.is_none();
-        // Refusal is all or nothing: a first pass looks for what would be refused (a reserved
-        // statement name can only be in a query that mentions it).
-        if refusing_pins
-            || text
-                .as_bytes()
-                .windows(5)
-                .any(|w| w.eq_ignore_ascii_case(b"weir_"))
-        {
-            if let Some(e) = sql::effects(&text).find_map(|(_, e)| self.refusal_of(&e)) {
+        let sql = body.strip_suffix(&[0]).unwrap_or(body);
+        // Most queries are one statement that changes nothing: judged on the bytes as sent.
+        if !sql::plain_query(sql) {
+            let text = String::from_utf8_lossy(sql);
+            if let Some(e) = self.refusal_in(&text) {
                 let mut local = BytesMut::new();
                 backend::error_response(&mut local, &e);
                 self.pipeline.push(Owed::Local(local.freeze()));
@@ -501,11 +495,11 @@ impl<'a> Tracker<'a> {
                 tx.unsynced = false;
                 return;
             }
-        }
-        for (stmt, effect) in sql::effects(&text) {
-            self.apply(&effect, Some(stmt));
-            if matches!(effect, Effect::DiscardAll | Effect::DeallocateAll) {
-                server.apply(&effect);
+            for (stmt, effect) in sql::effects(&text) {
+                self.apply(&effect, Some(stmt));
+                if matches!(effect, Effect::DiscardAll | Effect::DeallocateAll) {
+                    server.apply(&effect);
+                }
             }
         }
         out.extend_from_slice(msg);
@@ -513,6 +507,21 @@ impl<'a> Tracker<'a> {
             tx.outstanding += 1;
         }
         tx.unsynced = false;
+    }
+
+    /// The error refusing a whole simple query, if any statement in it is refused: refusal is
+    /// all or nothing (a reserved statement name can only be in a query that mentions it).
+    fn refusal_in(&self, text: &str) -> Option<PgError> {
+        let refusing_pins = self.policy.pinning == Pinning::Refuse && self.client.pinned.is_none();
+        let names_reserved = || {
+            text.as_bytes()
+                .windows(5)
+                .any(|w| w.eq_ignore_ascii_case(b"weir_"))
+        };
+        if !refusing_pins && !names_reserved() {
+            return None;
+        }
+        sql::effects(text).find_map(|(_, e)| self.refusal_of(&e))
     }
 
     /// Records what a statement about to run does to the session.
