@@ -25,6 +25,7 @@ use crate::pool::{Checkout, Counts, Pool};
 use crate::protocol::{backend, PgError, ProtocolError};
 use crate::registry::{Admission, ClientCount, ClientHandle, ClientInfo};
 use crate::server::{self, PrepareError};
+use crate::session_state::SessionState;
 use crate::stream::{Keepalive, Stream};
 use crate::wire;
 
@@ -202,6 +203,7 @@ async fn log_in(
             &*pooler,
             &stream,
             &login,
+            &admission,
             config.pgbouncer.listen_port,
             None,
         );
@@ -233,6 +235,7 @@ async fn log_in(
             &*pooler,
             &stream,
             &login,
+            &admission,
             config.pgbouncer.listen_port,
             Some(&pool),
         );
@@ -266,6 +269,7 @@ async fn log_in(
         &*pooler,
         &stream,
         &login,
+        &admission,
         config.pgbouncer.listen_port,
         Some(&pool),
     );
@@ -288,7 +292,7 @@ async fn log_in(
         params: wanted,
         record,
         _admission: admission,
-        state: ClientState::default(),
+        state: None,
     };
     Some(session)
 }
@@ -298,21 +302,22 @@ fn register(
     pooler: &dyn SessionContext,
     stream: &Stream,
     login: &login::Login,
+    admission: &Admission,
     listen_port: u16,
     pool: Option<&Pool>,
 ) -> ClientHandle {
     let (peer, local) = stream.endpoints(listen_port);
     let info = ClientInfo {
-        user: login.user.clone(),
-        database: login.database.clone(),
+        user: admission.user().clone(),
+        database: admission.database().clone(),
         application_name: login
             .params
             .get("application_name")
             .unwrap_or_default()
-            .to_owned(),
+            .into(),
         peer,
         local,
-        pool: pool.map(|p| p.key().clone()),
+        pool: pool.map(Pool::shared_key),
         replication: login.replication.map_or("none", |r| r.show_name()),
     };
     pooler.registry().add_client(info, pooler.peers().own_id())
@@ -453,8 +458,9 @@ struct Session {
     record: ClientHandle,
     /// Its place under `max_db_client_connections` and `max_user_client_connections`.
     _admission: Admission,
-    /// Prepared statements, session settings and pinning (transaction and statement modes).
-    state: ClientState,
+    /// Prepared statements, session settings and pinning (transaction and statement modes);
+    /// boxed when there is any, so that a client without them carries none of it.
+    state: Option<Box<ClientState>>,
 }
 
 impl Drop for Session {
@@ -463,7 +469,7 @@ impl Drop for Session {
             .stats()
             .clients
             .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-        if self.state.pinned.is_some() {
+        if pinned(&self.state) {
             self.pooler
                 .pinned_clients()
                 .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
@@ -502,7 +508,10 @@ impl Session {
         self.record.link_to(checkout.record());
         let prepared = checkout
             .server()
-            .prepare_for(self.state.session.applied(), &self.params)
+            .prepare_for(
+                self.state.as_ref().map_or(&[], |s| s.session.applied()),
+                &self.params,
+            )
             .await;
         if let Err(e) = prepared {
             let (e, reason) = match e {
@@ -662,7 +671,7 @@ impl Session {
         let pooler = self.pooler.clone();
         let tracker = (mode != PoolMode::Session).then(|| {
             Tracker::new(
-                &mut self.state,
+                self.state.get_or_insert_with(Box::default),
                 pooler.statements(),
                 pooler.pinned_clients(),
                 &self.record,
@@ -694,9 +703,13 @@ impl Session {
         // Unlinked, and cancels sent meanwhile delivered, before anyone else can borrow it.
         self.record.unlink(checkout.record());
         checkout.record().cancels_delivered().await;
-        self.record.set_prepared(self.state.statements.count());
+        self.record
+            .set_prepared(self.state.as_ref().map_or(0, |s| s.statements.count()));
         // A pinned client's connection carries state only a full reset removes.
-        let pinned = self.state.pinned.is_some();
+        let pinned = pinned(&self.state);
+        if self.state.as_deref().is_some_and(holds_nothing) {
+            self.state = None;
+        }
         match outcome {
             Outcome::Released => {
                 if reset_always {
@@ -857,6 +870,18 @@ impl Session {
     }
 }
 
+/// Whether the client is pinned to its server connection.
+fn pinned(state: &Option<Box<ClientState>>) -> bool {
+    state.as_ref().is_some_and(|s| s.pinned.is_some())
+}
+
+/// Whether a client's state is what a fresh client has, so that its box can be freed.
+fn holds_nothing(state: &ClientState) -> bool {
+    state.statements.count() == 0
+        && state.pinned.is_none()
+        && state.session == SessionState::default()
+}
+
 /// With `log_pooler_errors`, logs an error the pooler itself tells a client, in PgBouncer's
 /// words.
 fn log_pooler_error(pooler: &dyn SessionContext, e: &PgError) {
@@ -897,4 +922,38 @@ fn reset_and_release(
 /// The error for a database the configuration does not know.
 pub fn no_such_database(database: &str) -> PgError {
     PgError::fatal("3D000", format!("no such database: {database}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_client_state_is_freed_only_when_it_holds_nothing() {
+        assert!(holds_nothing(&ClientState::default()));
+        let mut settings = ClientState::default();
+        settings.session.set("search_path", "SET search_path = app");
+        settings.session.on_ready(b'I');
+        assert!(!holds_nothing(&settings));
+        let pinned = ClientState {
+            pinned: Some("LISTEN"),
+            ..ClientState::default()
+        };
+        assert!(!holds_nothing(&pinned));
+        assert!(pinned_state_sizes());
+    }
+
+    fn pinned_state_sizes() -> bool {
+        eprintln!(
+            "SIZES session {} clientstate {} record {} info {} admission {} stream {} params {}",
+            size_of::<Session>(),
+            size_of::<ClientState>(),
+            size_of::<crate::registry::ClientRecord>(),
+            size_of::<ClientInfo>(),
+            size_of::<Admission>(),
+            size_of::<Stream>(),
+            size_of::<ParamSet>()
+        );
+        true
+    }
 }
