@@ -664,6 +664,25 @@ mod tests {
         assert_eq!(many.len(), 5);
     }
 
+    #[test]
+    fn admitted_clients_share_their_names() {
+        let registry = Arc::new(Registry::default());
+        let first = registry.admit("db", "alice", 0, 0).expect("unlimited");
+        let second = registry.admit("db", "alice", 0, 0).expect("unlimited");
+        assert!(Arc::ptr_eq(first.database(), second.database()));
+        assert!(Arc::ptr_eq(first.user(), second.user()));
+        let other = registry.admit("db", "bob", 0, 0).expect("unlimited");
+        assert!(Arc::ptr_eq(first.database(), other.database()));
+        assert_eq!(&**other.user(), "bob");
+    }
+
+    #[test]
+    fn a_client_record_fits_a_small_allocation() {
+        // One per logged-in client, with the Arc's two counts: within a 224-byte size class.
+        let size = std::mem::size_of::<ClientRecord>();
+        assert!(size <= 208, "ClientRecord is {size} bytes");
+    }
+
     fn info() -> ClientInfo {
         ClientInfo {
             user: "alice".into(),
