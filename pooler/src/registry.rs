@@ -42,18 +42,19 @@ impl fmt::Display for PoolKey {
 /// What a client said about itself when it logged in.
 #[derive(Debug, Clone)]
 pub struct ClientInfo {
-    /// The user it logged in as.
-    pub user: String,
-    /// The database it asked for.
-    pub database: String,
+    /// The user it logged in as (shared with every client of that name, see [`Admission`]).
+    pub user: Arc<str>,
+    /// The database it asked for (shared, as `user`).
+    pub database: Arc<str>,
     /// Its `application_name` startup parameter (empty if none).
-    pub application_name: String,
+    pub application_name: Box<str>,
     /// Its address.
     pub peer: Endpoint,
     /// The pooler's address it connected to.
     pub local: Endpoint,
-    /// The pool it takes server connections from (none for the admin console).
-    pub pool: Option<PoolKey>,
+    /// The pool it takes server connections from (none for the admin console); the pool's
+    /// own key, not a copy.
+    pub pool: Option<Arc<PoolKey>>,
     /// SHOW CLIENTS `replication`: `none`, `logical` or `physical`.
     pub replication: &'static str,
 }
@@ -326,8 +327,8 @@ pub struct Registry {
 /// `max_user_client_connections`.
 #[derive(Debug, Default)]
 struct Admitted {
-    by_database: HashMap<String, usize>,
-    by_user: HashMap<String, usize>,
+    by_database: HashMap<Arc<str>, usize>,
+    by_user: HashMap<Arc<str>, usize>,
 }
 
 /// Which client connection limit refused a login.
@@ -349,12 +350,25 @@ impl ClientLimit {
     }
 }
 
-/// A client counted against its database's and user's client limits until dropped.
+/// A client counted against its database's and user's client limits until dropped. Its names
+/// are the counting maps' own keys, so clients of one database and user share one copy.
 #[derive(Debug)]
 pub struct Admission {
     registry: Arc<Registry>,
-    database: String,
-    user: String,
+    database: Arc<str>,
+    user: Arc<str>,
+}
+
+impl Admission {
+    /// The database name, shared with every admitted client of that database.
+    pub fn database(&self) -> &Arc<str> {
+        &self.database
+    }
+
+    /// The user name, shared with every admitted client of that user.
+    pub fn user(&self) -> &Arc<str> {
+        &self.user
+    }
 }
 
 impl Drop for Admission {
@@ -365,10 +379,10 @@ impl Drop for Admission {
             (&mut admitted.by_database, &self.database),
             (&mut admitted.by_user, &self.user),
         ] {
-            if let Some(n) = map.get_mut(key) {
+            if let Some(n) = map.get_mut(key.as_ref()) {
                 *n -= 1;
                 if *n == 0 {
-                    map.remove(key);
+                    map.remove(key.as_ref());
                 }
             }
         }
@@ -397,6 +411,15 @@ pub struct NewServer {
     pub application_name: String,
 }
 
+/// Counts one more client under `name`; returns the map's key, shared by all of them.
+fn count_in(map: &mut HashMap<Arc<str>, usize>, name: &str) -> Arc<str> {
+    let key = map
+        .get_key_value(name)
+        .map_or_else(|| Arc::from(name), |(key, _)| key.clone());
+    *map.entry(key.clone()).or_default() += 1;
+    key
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Every update under these locks is a single map insert or removal.
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -423,12 +446,10 @@ impl Registry {
         if full(admitted.by_user.get(user), user_limit) {
             return Err(ClientLimit::User);
         }
-        *admitted.by_database.entry(database.to_owned()).or_default() += 1;
-        *admitted.by_user.entry(user.to_owned()).or_default() += 1;
         Ok(Admission {
             registry: self.clone(),
-            database: database.to_owned(),
-            user: user.to_owned(),
+            database: count_in(&mut admitted.by_database, database),
+            user: count_in(&mut admitted.by_user, user),
         })
     }
 
@@ -510,7 +531,7 @@ impl Registry {
             let (Some(pool), Some(waited)) = (&client.info.pool, client.waiting_for()) else {
                 continue;
             };
-            let longest = waits.entry(pool.clone()).or_default();
+            let longest = waits.entry(PoolKey::clone(pool)).or_default();
             *longest = (*longest).max(waited);
         }
         waits
@@ -653,6 +674,25 @@ mod tests {
         assert_eq!(many.len(), 5);
     }
 
+    #[test]
+    fn admitted_clients_share_their_names() {
+        let registry = Arc::new(Registry::default());
+        let first = registry.admit("db", "alice", 0, 0).expect("unlimited");
+        let second = registry.admit("db", "alice", 0, 0).expect("unlimited");
+        assert!(Arc::ptr_eq(first.database(), second.database()));
+        assert!(Arc::ptr_eq(first.user(), second.user()));
+        let other = registry.admit("db", "bob", 0, 0).expect("unlimited");
+        assert!(Arc::ptr_eq(first.database(), other.database()));
+        assert_eq!(&**other.user(), "bob");
+    }
+
+    #[test]
+    fn a_client_record_fits_a_small_allocation() {
+        // One per logged-in client, with the Arc's two counts: within a 224-byte size class.
+        let size = std::mem::size_of::<ClientRecord>();
+        assert!(size <= 208, "ClientRecord is {size} bytes");
+    }
+
     fn info() -> ClientInfo {
         ClientInfo {
             user: "alice".into(),
@@ -660,7 +700,7 @@ mod tests {
             application_name: "psql".into(),
             peer: Endpoint::tcp("10.0.0.7:40000".parse().unwrap()),
             local: Endpoint::unix(6432),
-            pool: Some(app_pool()),
+            pool: Some(Arc::new(app_pool())),
             replication: "none",
         }
     }
@@ -767,7 +807,7 @@ mod tests {
         let second = registry.add_client(info(), 0);
         let elsewhere = registry.add_client(
             ClientInfo {
-                pool: Some(other.clone()),
+                pool: Some(Arc::new(other.clone())),
                 ..info()
             },
             0,

@@ -353,17 +353,36 @@ impl AsyncWrite for Stream {
 /// the listening port for a Unix-domain socket.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
-    /// The address (`unix` for a Unix-domain socket).
-    pub addr: String,
+    /// The address.
+    pub addr: Host,
     /// The port.
     pub port: u16,
+}
+
+/// The address of an [`Endpoint`], kept as an address rather than as text: every client's
+/// registry record holds two.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Host {
+    /// An IP address.
+    Ip(std::net::IpAddr),
+    /// A Unix-domain socket (shown as `unix`).
+    Unix,
+}
+
+impl std::fmt::Display for Host {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Host::Ip(ip) => ip.fmt(f),
+            Host::Unix => f.write_str("unix"),
+        }
+    }
 }
 
 impl Endpoint {
     /// The endpoint of a TCP socket address.
     pub fn tcp(addr: std::net::SocketAddr) -> Endpoint {
         Endpoint {
-            addr: addr.ip().to_string(),
+            addr: Host::Ip(addr.ip()),
             port: addr.port(),
         }
     }
@@ -371,7 +390,7 @@ impl Endpoint {
     /// A Unix-domain socket served on `port`.
     pub fn unix(port: u16) -> Endpoint {
         Endpoint {
-            addr: "unix".to_owned(),
+            addr: Host::Unix,
             port,
         }
     }
@@ -380,6 +399,15 @@ impl Endpoint {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn endpoints_show_as_the_console_printed_them() {
+        let v4 = Endpoint::tcp("10.0.0.7:5432".parse().unwrap());
+        assert_eq!(v4.addr.to_string(), "10.0.0.7");
+        let v6 = Endpoint::tcp("[::1]:5432".parse().unwrap());
+        assert_eq!(v6.addr.to_string(), "::1");
+        assert_eq!(Endpoint::unix(6432).addr.to_string(), "unix");
+    }
 
     #[tokio::test]
     async fn keepalive_and_user_timeout_reach_the_socket() {

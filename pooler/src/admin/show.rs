@@ -439,9 +439,9 @@ pub fn clients(records: &[Arc<ClientRecord>]) -> ResultSet {
             } else {
                 "active"
             }),
-            text(&i.peer.addr),
+            text(i.peer.addr),
             text(i.peer.port),
-            text(&i.local.addr),
+            text(i.local.addr),
             text(i.local.port),
             timestamp(c.connected_at),
             timestamp(c.request_time().unwrap_or(c.connected_at)),
@@ -475,7 +475,7 @@ pub fn servers(records: &[Arc<ServerRecord>]) -> ResultSet {
             text(if s.link().is_some() { "active" } else { "idle" }),
             text(host),
             text(port),
-            text(&s.local.addr),
+            text(s.local.addr),
             text(s.local.port),
             timestamp(s.connected_at),
             timestamp(s.request_time().unwrap_or(s.connected_at)),

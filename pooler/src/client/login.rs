@@ -16,7 +16,7 @@ use crate::auth::{self, md5, ScramSecret, ScramServer, Secret};
 use crate::config::{AuthType, Config, TlsMode};
 use crate::params::{self, ParamSet};
 use crate::protocol::{self, backend, frontend, PgError, Startup};
-use crate::stream::{Endpoint, Stream};
+use crate::stream::{Endpoint, Host, Stream};
 use crate::tls::{self, ClientTls};
 use crate::token_review::{ReviewError, STATS};
 use crate::wire::{self, ReadError};
@@ -298,7 +298,7 @@ fn options_into(params: &mut ParamSet, options: &str, config: &Config) -> Result
 /// `<name> - <address>:<port>` (`[address]` for IPv6), `app` when the client sent no name.
 pub fn name_with_host(name: Option<&str>, peer: &Endpoint) -> String {
     let name = name.unwrap_or("app");
-    if peer.addr.contains(':') {
+    if matches!(peer.addr, Host::Ip(std::net::IpAddr::V6(_))) {
         format!("{name} - [{}]:{}", peer.addr, peer.port)
     } else {
         format!("{name} - {}:{}", peer.addr, peer.port)
@@ -721,17 +721,11 @@ mod tests {
 
     #[test]
     fn application_names_get_the_client_address_as_in_pgbouncer() {
-        let v4 = Endpoint {
-            addr: "10.0.0.7".into(),
-            port: 51234,
-        };
+        let v4 = Endpoint::tcp("10.0.0.7:51234".parse().unwrap());
         assert_eq!(name_with_host(Some("psql"), &v4), "psql - 10.0.0.7:51234");
         assert_eq!(name_with_host(None, &v4), "app - 10.0.0.7:51234");
         assert_eq!(name_with_host(Some(""), &v4), " - 10.0.0.7:51234");
-        let v6 = Endpoint {
-            addr: "::1".into(),
-            port: 6000,
-        };
+        let v6 = Endpoint::tcp("[::1]:6000".parse().unwrap());
         assert_eq!(name_with_host(Some("x"), &v6), "x - [::1]:6000");
     }
 }

@@ -25,6 +25,7 @@ use crate::pool::{Checkout, Counts, Pool};
 use crate::protocol::{backend, PgError, ProtocolError};
 use crate::registry::{Admission, ClientCount, ClientHandle, ClientInfo};
 use crate::server::{self, PrepareError};
+use crate::session_state::SessionState;
 use crate::stream::{Keepalive, Stream};
 use crate::wire;
 
@@ -37,37 +38,45 @@ use tracked::{ClientState, Tracker};
 /// Serves one client connection from its first byte to its last. Never panics on what the
 /// client sends; every refusal reaches the client as an ErrorResponse with a SQLSTATE.
 /// `counted` is the connection's place in `max_client_conn`, taken at accept.
-pub async fn serve(
+/// Not an `async fn`: its arguments would stay in every client's task for its whole life.
+pub fn serve(
     pooler: Arc<dyn SessionContext>,
     stream: Stream,
     peer: String,
     counted: (ClientCount, usize),
-) {
-    let (_count, connected) = counted;
+) -> impl Future<Output = ()> + Send {
+    let (count, connected) = counted;
     // Logging in needs far more future state than a session does. It is boxed, and freed once
     // done, so that the task of a logged-in client (sized for its largest state) stays small.
-    let Some(mut session) = Box::pin(log_in(pooler, stream, &peer, connected)).await else {
-        return;
-    };
-    let killed = session.record.shared();
-    let reason = tokio::select! {
-        reason = session.run() => reason,
-        () = killed.killed() => {
-            // Mid-relay, the server connection was just closed with the relay; the client
-            // is told why only when no half-sent response could precede the message.
-            if killed.link().is_none() {
-                session.fatal(PgError::fatal(
-                    "57P01",
-                    "terminated by the administrator (KILL_CLIENT)",
-                ))
-                .await;
+    let login = Box::pin(async move {
+        let session = log_in(pooler, stream, &peer, connected).await;
+        session.map(|s| (s, peer))
+    });
+    async move {
+        let _count = count;
+        let Some((mut session, peer)) = login.await else {
+            return;
+        };
+        let killed = session.record.shared();
+        let reason = tokio::select! {
+            reason = session.run() => reason,
+            () = killed.killed() => {
+                // Mid-relay, the server connection was just closed with the relay; the client
+                // is told why only when no half-sent response could precede the message.
+                if killed.link().is_none() {
+                    session.fatal(PgError::fatal(
+                        "57P01",
+                        "terminated by the administrator (KILL_CLIENT)",
+                    ))
+                    .await;
+                }
+                "killed from the admin console (KILL_CLIENT)"
             }
-            "killed from the admin console (KILL_CLIENT)"
+        };
+        if session.pooler.config().pgbouncer.log_disconnections {
+            let info = &session.record.info;
+            tracing::info!(%peer, user = %info.user, database = %info.database, reason, "disconnect");
         }
-    };
-    if session.pooler.config().pgbouncer.log_disconnections {
-        let info = &session.record.info;
-        tracing::info!(%peer, user = %info.user, database = %info.database, reason, "disconnect");
     }
 }
 
@@ -202,6 +211,7 @@ async fn log_in(
             &*pooler,
             &stream,
             &login,
+            &admission,
             config.pgbouncer.listen_port,
             None,
         );
@@ -233,6 +243,7 @@ async fn log_in(
             &*pooler,
             &stream,
             &login,
+            &admission,
             config.pgbouncer.listen_port,
             Some(&pool),
         );
@@ -266,6 +277,7 @@ async fn log_in(
         &*pooler,
         &stream,
         &login,
+        &admission,
         config.pgbouncer.listen_port,
         Some(&pool),
     );
@@ -288,7 +300,7 @@ async fn log_in(
         params: wanted,
         record,
         _admission: admission,
-        state: ClientState::default(),
+        state: None,
     };
     Some(session)
 }
@@ -298,21 +310,22 @@ fn register(
     pooler: &dyn SessionContext,
     stream: &Stream,
     login: &login::Login,
+    admission: &Admission,
     listen_port: u16,
     pool: Option<&Pool>,
 ) -> ClientHandle {
     let (peer, local) = stream.endpoints(listen_port);
     let info = ClientInfo {
-        user: login.user.clone(),
-        database: login.database.clone(),
+        user: admission.user().clone(),
+        database: admission.database().clone(),
         application_name: login
             .params
             .get("application_name")
             .unwrap_or_default()
-            .to_owned(),
+            .into(),
         peer,
         local,
-        pool: pool.map(|p| p.key().clone()),
+        pool: pool.map(Pool::shared_key),
         replication: login.replication.map_or("none", |r| r.show_name()),
     };
     pooler.registry().add_client(info, pooler.peers().own_id())
@@ -453,8 +466,9 @@ struct Session {
     record: ClientHandle,
     /// Its place under `max_db_client_connections` and `max_user_client_connections`.
     _admission: Admission,
-    /// Prepared statements, session settings and pinning (transaction and statement modes).
-    state: ClientState,
+    /// Prepared statements, session settings and pinning (transaction and statement modes);
+    /// boxed when there is any, so that a client without them carries none of it.
+    state: Option<Box<ClientState>>,
 }
 
 impl Drop for Session {
@@ -463,7 +477,7 @@ impl Drop for Session {
             .stats()
             .clients
             .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-        if self.state.pinned.is_some() {
+        if pinned(&self.state) {
             self.pooler
                 .pinned_clients()
                 .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
@@ -505,7 +519,10 @@ impl Session {
         self.record.link_to(checkout.record());
         let prepared = checkout
             .server()
-            .prepare_for(self.state.session.applied(), &self.params)
+            .prepare_for(
+                self.state.as_ref().map_or(&[], |s| s.session.applied()),
+                &self.params,
+            )
             .await;
         if let Err(e) = prepared {
             let (e, reason) = match e {
@@ -677,7 +694,7 @@ impl Session {
         let pooler = self.pooler.clone();
         let tracker = (mode != PoolMode::Session).then(|| {
             Tracker::new(
-                &mut self.state,
+                self.state.get_or_insert_with(Box::default),
                 pooler.statements(),
                 pooler.pinned_clients(),
                 &self.record,
@@ -709,9 +726,13 @@ impl Session {
         // Unlinked, and cancels sent meanwhile delivered, before anyone else can borrow it.
         self.record.unlink(checkout.record());
         checkout.record().cancels_delivered().await;
-        self.record.set_prepared(self.state.statements.count());
+        self.record
+            .set_prepared(self.state.as_ref().map_or(0, |s| s.statements.count()));
         // A pinned client's connection carries state only a full reset removes.
-        let pinned = self.state.pinned.is_some();
+        let pinned = pinned(&self.state);
+        if self.state.as_deref().is_some_and(holds_nothing) {
+            self.state = None;
+        }
         match outcome {
             Outcome::Released => {
                 if reset_always {
@@ -870,6 +891,18 @@ impl Session {
     }
 }
 
+/// Whether the client is pinned to its server connection.
+fn pinned(state: &Option<Box<ClientState>>) -> bool {
+    state.as_ref().is_some_and(|s| s.pinned.is_some())
+}
+
+/// Whether a client's state is what a fresh client has, so that its box can be freed.
+fn holds_nothing(state: &ClientState) -> bool {
+    state.statements.count() == 0
+        && state.pinned.is_none()
+        && state.session == SessionState::default()
+}
+
 /// With `log_pooler_errors`, logs an error the pooler itself tells a client, in PgBouncer's
 /// words.
 fn log_pooler_error(pooler: &dyn SessionContext, e: &PgError) {
@@ -906,4 +939,42 @@ fn reset_and_release(
 /// The error for a database the configuration does not know.
 pub fn no_such_database(database: &str) -> PgError {
     PgError::fatal("3D000", format!("no such database: {database}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_client_state_is_freed_only_when_it_holds_nothing() {
+        assert!(holds_nothing(&ClientState::default()));
+        let mut settings = ClientState::default();
+        settings.session.set("search_path", "SET search_path = app");
+        settings.session.on_ready(b'I');
+        assert!(!holds_nothing(&settings));
+        let pinned = ClientState {
+            pinned: Some("LISTEN"),
+            ..ClientState::default()
+        };
+        assert!(!holds_nothing(&pinned));
+    }
+
+    fn size_of_future<A, B, C, D, F: Future>(_: impl Fn(A, B, C, D) -> F) -> usize {
+        size_of::<F>()
+    }
+
+    #[test]
+    fn a_client_task_holds_no_login_state_and_no_copy_of_its_arguments() {
+        // Every idle client's task is this future; login's state is boxed and freed. (Debug
+        // builds lay it out larger than release builds.)
+        let size = size_of_future(serve);
+        assert!(size <= 640, "a client's task future is {size} bytes");
+    }
+
+    #[test]
+    fn a_session_keeps_what_few_clients_need_out_of_line() {
+        // Inline in every logged-in client's task: statement and setting state is boxed.
+        let size = size_of::<Session>();
+        assert!(size <= 192, "Session is {size} bytes");
+    }
 }

@@ -179,7 +179,7 @@ impl PoolStats {
 /// One pool of server connections.
 #[derive(Debug)]
 pub struct Pool {
-    key: PoolKey,
+    key: Arc<PoolKey>,
     target: ArcSwap<ServerTarget>,
     settings: ArcSwap<PoolSettings>,
     /// Bumped when the target changes; connections of an older generation are closed.
@@ -249,7 +249,7 @@ impl Pool {
     ) -> Arc<Pool> {
         let hosts = target.hosts.len();
         let pool = Arc::new(Pool {
-            key,
+            key: Arc::new(key),
             target: ArcSwap::from_pointee(target),
             generation: AtomicU64::new(0),
             eras: Arc::default(),
@@ -280,6 +280,11 @@ impl Pool {
     /// The pool's identity.
     pub fn key(&self) -> &PoolKey {
         &self.key
+    }
+
+    /// The pool's identity, shared (each client's registry record points at it).
+    pub fn shared_key(&self) -> Arc<PoolKey> {
+        self.key.clone()
     }
 
     /// The pool's settings in force.
@@ -1126,7 +1131,7 @@ impl Pool {
                 }
                 drop(failover);
                 let record = self.registry.add_server(NewServer {
-                    pool: self.key.clone(),
+                    pool: PoolKey::clone(&self.key),
                     addr,
                     key,
                     local: conn.local_endpoint(),
