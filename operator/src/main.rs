@@ -101,6 +101,11 @@ struct RunArgs {
     /// The namespace the operator runs in (the NetworkPolicy's default operator peer).
     #[arg(long, env = "POD_NAMESPACE")]
     operator_namespace: Option<String>,
+    /// Pools reconciled at once (0: no bound). Every reconciliation waits on the API server,
+    /// so beyond a few dozen they only share its throughput: a burst of new pools then
+    /// queues here instead of making every reconciliation slow.
+    #[arg(long, default_value_t = 16)]
+    concurrent_reconciles: u16,
     /// Seconds between reconciliations of an unchanged pool.
     #[arg(long, default_value_t = 300)]
     resync_seconds: u64,
@@ -168,6 +173,7 @@ fn run_operator(args: RunArgs) -> anyhow::Result<()> {
             lease,
             instance: identity,
             watch_namespace: args.watch_namespace,
+            concurrent_reconciles: args.concurrent_reconciles,
             reconcile: controller::Settings {
                 settle: Duration::from_secs(args.config_settle_seconds),
                 database_timeout: Duration::from_secs(args.database_timeout_seconds),

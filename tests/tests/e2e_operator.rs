@@ -1068,6 +1068,12 @@ async fn chart_objects(plane: &ControlPlane) -> anyhow::Result<()> {
             "clusterrolebindings.rbac.authorization.k8s.io",
             "yes",
         ),
+        // Read before an apply, which is skipped when the binding is as the last one left it.
+        (
+            "get",
+            "clusterrolebindings.rbac.authorization.k8s.io",
+            "yes",
+        ),
         (
             "bind",
             "clusterroles.rbac.authorization.k8s.io/weir-token-review",

@@ -7,14 +7,14 @@
 //! of a status write only when the watch event arrives: without the ledger, two pools
 //! reconciled back to back could both see the other's old claim.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use kube::runtime::reflector::ObjectRef;
 use kube::ResourceExt;
 
-use crate::api::ConnectionPool;
+use crate::api::{ConnectionPool, ConnectionPoolStatus};
 
 /// The database server a pool connects to, with its host name made independent of the
 /// pool's namespace, so that pools in different namespaces naming the same server by
@@ -110,7 +110,7 @@ impl Ledger {
 
     /// Forgets the claims of pools that no longer exist in `pools`.
     pub fn retain_existing(&self, pools: &[Arc<ConnectionPool>]) {
-        let alive: Vec<String> = pools.iter().filter_map(|p| p.uid()).collect();
+        let alive: HashSet<String> = pools.iter().filter_map(|p| p.uid()).collect();
         let mut claims = self.claims.lock().unwrap_or_else(PoisonError::into_inner);
         claims.retain(|uid, _| alive.contains(uid));
     }
@@ -138,17 +138,84 @@ impl Ledger {
     }
 }
 
-/// The other pools on `pool`'s database, to be resized when its claim changes.
+/// The claim a pool holds while a reconciliation applies a new one: the larger of the two,
+/// so that the pools sized meanwhile never count on connections it may still use.
+pub fn while_applying(old: Option<i64>, new: Option<i64>) -> Option<i64> {
+    old.max(new)
+}
+
+/// The other pools on `database` than `pool`.
 pub fn sharing_database(
     pool: &ConnectionPool,
+    database: &DatabaseKey,
     pools: &[Arc<ConnectionPool>],
 ) -> Vec<ObjectRef<ConnectionPool>> {
-    let key = DatabaseKey::of(pool);
     pools
         .iter()
-        .filter(|other| !same_pool(pool, other) && DatabaseKey::of(other) == key)
+        .filter(|other| !same_pool(pool, other) && DatabaseKey::of(other) == *database)
         .map(|other| ObjectRef::from(other.as_ref()))
         .collect()
+}
+
+/// What the pool watch last showed of a pool.
+#[derive(Debug, Clone, PartialEq)]
+struct Shown {
+    database: DatabaseKey,
+    claim: Option<i64>,
+    generation: Option<i64>,
+    status: Option<ConnectionPoolStatus>,
+}
+
+/// Tells the pool events that move a claim (which resize the other pools of the database)
+/// from the many status writes that do not.
+#[derive(Debug, Default)]
+pub struct ClaimChanges {
+    shown: Mutex<HashMap<ObjectRef<ConnectionPool>, Shown>>,
+}
+
+impl ClaimChanges {
+    /// The databases whose other pools must be resized after this event of `pool`: the old
+    /// and new one when its database or claim changed. An event that repeats what was shown
+    /// is a deletion (or a metadata edit), which frees the claim.
+    pub fn databases_to_resize(&self, pool: &ConnectionPool) -> Vec<DatabaseKey> {
+        let key = ObjectRef::from(pool);
+        let now = Shown {
+            database: DatabaseKey::of(pool),
+            claim: pool
+                .status
+                .as_ref()
+                .and_then(|s| Some(s.budget.as_ref()?.pool)),
+            generation: pool.metadata.generation,
+            status: pool.status.clone(),
+        };
+        let mut shown = self.shown.lock().unwrap_or_else(PoisonError::into_inner);
+        let before = shown.get(&key).cloned();
+        match before {
+            Some(before) if before == now => {
+                shown.remove(&key);
+                now.claim.map(|_| now.database).into_iter().collect()
+            }
+            Some(before) if before.database != now.database || before.claim != now.claim => {
+                let mut databases = vec![before.database.clone(), now.database.clone()];
+                databases.dedup();
+                shown.insert(key, now);
+                databases
+            }
+            Some(_) => {
+                shown.insert(key, now);
+                Vec::new()
+            }
+            None => {
+                let databases = now
+                    .claim
+                    .map(|_| now.database.clone())
+                    .into_iter()
+                    .collect();
+                shown.insert(key, now);
+                databases
+            }
+        }
+    }
 }
 
 fn same_pool(a: &ConnectionPool, b: &ConnectionPool) -> bool {
@@ -158,7 +225,7 @@ fn same_pool(a: &ConnectionPool, b: &ConnectionPool) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{BudgetStatus, ConnectionPoolStatus};
+    use crate::api::BudgetStatus;
 
     fn pool(namespace: &str, name: &str, host: &str, claimed: Option<i64>) -> ConnectionPool {
         let yaml = format!(
@@ -209,7 +276,7 @@ mod tests {
         ];
         let ledger = Ledger::default();
         assert_eq!(ledger.others_claimed(&me, &pools), 27);
-        let shared: Vec<String> = sharing_database(&me, &pools)
+        let shared: Vec<String> = sharing_database(&me, &DatabaseKey::of(&me), &pools)
             .into_iter()
             .map(|r| r.name)
             .collect();
@@ -234,5 +301,53 @@ mod tests {
         ledger.record(&b, Some(5));
         ledger.retain_existing(&pools[..1]);
         assert_eq!(ledger.others_claimed(&me, &pools[..1]), 0);
+    }
+
+    #[test]
+    fn a_pool_holds_the_larger_claim_while_applying() {
+        assert_eq!(while_applying(None, None), None);
+        assert_eq!(while_applying(None, Some(30)), Some(30));
+        assert_eq!(while_applying(Some(30), None), Some(30));
+        assert_eq!(while_applying(Some(60), Some(30)), Some(60));
+        assert_eq!(while_applying(Some(30), Some(60)), Some(60));
+    }
+
+    #[test]
+    fn only_claim_changes_and_deletions_resize_the_other_pools() {
+        let changes = ClaimChanges::default();
+        let db = |host: &str| DatabaseKey {
+            host: format!("{host}.shop.svc"),
+            port: 5432,
+        };
+        let mut a = pool("shop", "a", "db", None);
+        assert_eq!(changes.databases_to_resize(&a), [], "no claim yet");
+        a.status = pool("shop", "a", "db", Some(50)).status;
+        assert_eq!(changes.databases_to_resize(&a), [db("db")], "a first claim");
+        let mut written = a.clone();
+        if let Some(status) = written.status.as_mut() {
+            status.observed_generation = Some(3);
+        }
+        assert_eq!(
+            changes.databases_to_resize(&written),
+            [],
+            "a status write that keeps the claim"
+        );
+        let mut moved = pool("shop", "a", "other", Some(50));
+        moved.status = written.status.clone();
+        assert_eq!(
+            changes.databases_to_resize(&moved),
+            [db("db"), db("other")],
+            "both databases"
+        );
+        assert_eq!(
+            changes.databases_to_resize(&moved),
+            [db("other")],
+            "the same object again: deleted, its claim is freed"
+        );
+        assert_eq!(
+            changes.databases_to_resize(&moved),
+            [db("other")],
+            "forgotten after the deletion: seen as new"
+        );
     }
 }

@@ -5,7 +5,7 @@
 //! of logging in on every reconcile. Failures are not cached: the next attempt retries.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use tokio_postgres::config::SslMode as PgSslMode;
@@ -197,11 +197,17 @@ async fn probe_unbounded(target: &Target) -> Result<ObservedDatabase, ProbeError
 /// A server and database: host, port, database name.
 type ServerKey = (String, u16, String);
 
+/// A probe's answer and when it came, kept for the callers that waited on that probe.
+type Outcome = (Instant, Result<ObservedDatabase, Arc<ProbeError>>);
+
 /// Recent answers by server and database.
 #[derive(Debug)]
 pub struct Cache {
     ttl: Duration,
     entries: Mutex<HashMap<ServerKey, (Instant, ObservedDatabase)>>,
+    /// One probe per server and database at a time: the pools of one server reconciled at
+    /// once share it instead of each logging in.
+    gates: Mutex<HashMap<ServerKey, Arc<tokio::sync::Mutex<Option<Outcome>>>>>,
 }
 
 impl Cache {
@@ -210,6 +216,7 @@ impl Cache {
         Cache {
             ttl,
             entries: Mutex::new(HashMap::new()),
+            gates: Mutex::new(HashMap::new()),
         }
     }
 
@@ -233,18 +240,49 @@ impl Cache {
         entries.insert(Self::key(target), (now, seen));
     }
 
+    fn gate(&self, target: &Target) -> Arc<tokio::sync::Mutex<Option<Outcome>>> {
+        let mut gates = self.gates.lock().unwrap_or_else(PoisonError::into_inner);
+        // A gate nobody holds or waits on has no answer anyone still needs.
+        gates.retain(|_, gate| Arc::strong_count(gate) > 1);
+        Arc::clone(gates.entry(Self::key(target)).or_default())
+    }
+
     /// The cached answer, or a fresh one from the database.
     pub async fn observe(
         &self,
         target: &Target,
         timeout: Duration,
-    ) -> Result<ObservedDatabase, ProbeError> {
-        if let Some(seen) = self.get(target, Instant::now()) {
+    ) -> Result<ObservedDatabase, Arc<ProbeError>> {
+        self.observe_with(target, || probe(target, timeout)).await
+    }
+
+    /// The cached answer, or one from `ask`: at most one `ask` per server and database runs at
+    /// a time, and its answer, a failure included, also answers the callers that waited on it.
+    pub async fn observe_with<F, Fut>(
+        &self,
+        target: &Target,
+        ask: F,
+    ) -> Result<ObservedDatabase, Arc<ProbeError>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<ObservedDatabase, ProbeError>>,
+    {
+        let asked = Instant::now();
+        if let Some(seen) = self.get(target, asked) {
             return Ok(seen);
         }
-        let seen = probe(target, timeout).await?;
-        self.put(target, seen, Instant::now());
-        Ok(seen)
+        let gate = self.gate(target);
+        let mut last = gate.lock().await;
+        if let Some((_, answer)) = last.as_ref().filter(|(at, _)| *at >= asked) {
+            return answer.clone();
+        }
+        let answer = ask().await.map_err(Arc::new);
+        let now = Instant::now();
+        if let Ok(seen) = &answer {
+            self.put(target, *seen, now);
+        }
+        *last = Some((now, answer.clone()));
+        answer
     }
 }
 
@@ -285,6 +323,70 @@ mod tests {
         );
         assert_eq!(cache.get(&target("b"), t0), None);
         assert_eq!(cache.get(&target("a"), t0 + Duration::from_secs(30)), None);
+    }
+
+    #[tokio::test]
+    async fn pools_of_one_server_asked_at_once_share_one_probe() {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        let cache = Cache::new(Duration::from_secs(30));
+        let probes = AtomicU32::new(0);
+        let (release, released) = tokio::sync::watch::channel(false);
+        let ask = || {
+            probes.fetch_add(1, Ordering::SeqCst);
+            let mut released = released.clone();
+            async move {
+                let _ = released.wait_for(|r| *r).await;
+                Ok(SEEN)
+            }
+        };
+        let a = target("a");
+        let callers = futures::future::join_all((0..10).map(|_| cache.observe_with(&a, ask)));
+        let opened = async {
+            // Every caller is queued behind the first probe before it answers.
+            while Arc::strong_count(&cache.gate(&a)) < 11 {
+                tokio::task::yield_now().await;
+            }
+            release.send_replace(true);
+        };
+        let (answers, ()) = tokio::join!(callers, opened);
+        assert!(answers.iter().all(|a| matches!(a, Ok(s) if *s == SEEN)));
+        assert_eq!(probes.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_failure_answers_the_waiting_callers_only() {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        let cache = Cache::new(Duration::from_secs(30));
+        let probes = AtomicU32::new(0);
+        let failing = || {
+            probes.fetch_add(1, Ordering::SeqCst);
+            let timeout = ProbeError::Timeout {
+                target: "a".to_owned(),
+                timeout: Duration::from_secs(5),
+            };
+            async move {
+                tokio::task::yield_now().await;
+                Err(timeout)
+            }
+        };
+        let a = target("a");
+        let (first, second) = tokio::join!(
+            cache.observe_with(&a, failing),
+            cache.observe_with(&a, failing)
+        );
+        assert!(first.is_err() && second.is_err());
+        assert_eq!(
+            probes.load(Ordering::SeqCst),
+            1,
+            "the waiter shared the failure"
+        );
+        let later = cache.observe_with(&a, failing).await;
+        assert!(later.is_err());
+        assert_eq!(
+            probes.load(Ordering::SeqCst),
+            2,
+            "a later caller asks again"
+        );
     }
 
     #[tokio::test]

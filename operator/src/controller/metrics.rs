@@ -23,6 +23,12 @@ use crate::sizing::Budget;
 /// operator's own namespace.
 const POOL_LABELS: &[&str] = &["pool_namespace", "pool"];
 
+/// Upper bounds of the reconcile-duration buckets, in seconds: up to a minute, so that a
+/// p99 above the 1 s target is still read as a number rather than "above the top bucket".
+const DURATION_BUCKETS: [f64; 12] = [
+    0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0,
+];
+
 /// Counters, durations, the leadership gauge and each pool's budget arithmetic.
 #[derive(Debug, Clone)]
 pub struct Metrics {
@@ -66,7 +72,7 @@ impl Metrics {
                 "weir_operator_reconcile_duration_seconds",
                 "Time spent reconciling one ConnectionPool",
             )
-            .buckets(vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+            .buckets(DURATION_BUCKETS.to_vec()),
             &["result"],
         )?;
         let leader = IntGauge::new(
@@ -252,6 +258,20 @@ mod tests {
         assert!(text.contains("weir_operator_reconcile_errors_total{cause=\"kube\"} 1"));
         assert!(text.contains("weir_operator_reconcile_duration_seconds_bucket"));
         assert!(text.contains("weir_operator_leader 1"));
+    }
+
+    #[test]
+    fn slow_reconciliations_land_in_a_finite_bucket() {
+        let m = Metrics::new().expect("metrics");
+        m.reconciled(Duration::from_secs(45), None);
+        let text = m.render();
+        let bucket = |le: &str| {
+            format!(
+                "weir_operator_reconcile_duration_seconds_bucket{{result=\"success\",le=\"{le}\"}}"
+            )
+        };
+        assert!(text.contains(&format!("{} 0", bucket("30"))), "{text}");
+        assert!(text.contains(&format!("{} 1", bucket("60"))), "{text}");
     }
 
     #[test]

@@ -34,7 +34,7 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::runtime::events::Reporter;
 use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{watcher, Controller, WatchStreamExt as _};
+use kube::runtime::{controller, watcher, Controller, WatchStreamExt as _};
 use kube::{Api, Client, Resource, ResourceExt};
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -43,6 +43,11 @@ use crate::api::{ConnectionPool, GROUP};
 use crate::render::names;
 pub use leader::LeaseSettings;
 pub use reconcile::{PodStatusSettings, Settings, FIELD_MANAGER};
+
+/// How long a pool's reconciliation waits for more events about it: one apply of its
+/// children sets off a burst of watch events, which then start one reconciliation, not several
+/// that each find the watch behind their last apply and apply again.
+const DEBOUNCE: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Label every child carries, which narrows the watches on children to Weir's own.
 const MANAGED_BY: &str = "app.kubernetes.io/managed-by=weir-operator";
@@ -62,6 +67,8 @@ pub struct RunSettings {
     /// Watch only this namespace (`None`: the whole cluster). A namespaced install's Role
     /// permits nothing else.
     pub watch_namespace: Option<String>,
+    /// Pools reconciled at once (0: no bound).
+    pub concurrent_reconciles: u16,
 }
 
 /// An API handle for `K` in the watched scope.
@@ -176,7 +183,11 @@ async fn run_controller(
 ) {
     let ns = settings.watch_namespace.as_deref();
     let pools: Api<ConnectionPool> = scoped(&client, ns);
-    let controller = Controller::new(pools.clone(), watcher::Config::default());
+    let controller = Controller::new(pools.clone(), watcher::Config::default()).with_config(
+        controller::Config::default()
+            .debounce(DEBOUNCE)
+            .concurrency(settings.concurrent_reconciles),
+    );
     let store = controller.store();
     let reporter = Reporter {
         controller: "weir-operator".to_owned(),
@@ -198,7 +209,9 @@ async fn run_controller(
         .map(|p| tokio::spawn(poll_usage(ctx.clone(), p.interval, p.read.concurrency)));
     let children = watcher::Config::default().labels(MANAGED_BY);
     let secret_store = store.clone();
+    let slice_store = store.clone();
     let pool_store = store;
+    let claim_changes = claims::ClaimChanges::default();
     let live = ctx.live();
     controller
         .watches(
@@ -243,15 +256,23 @@ async fn run_controller(
                 secret_triggers(&secret, &secret_store)
             },
         )
-        // A pool's claim changing or disappearing resizes the others on its database.
-        // Pods coming and going change the pods' [peers]; the slices carry the Service's labels.
+        // Pods coming and going change the pods' [peers] and the pool's readiness.
         .watches(
             scoped::<EndpointSlice>(&client, ns),
             watcher::Config::default().labels(MANAGED_BY),
-            |slice| peers_trigger(&slice),
+            move |slice| slice_triggers(&slice, &slice_store),
         )
+        // A pool's claim changing or disappearing resizes the others on its database.
         .watches(pools, watcher::Config::default(), move |pool| {
-            claims::sharing_database(&pool, &pool_store.state())
+            let databases = claim_changes.databases_to_resize(&pool);
+            if databases.is_empty() {
+                return Vec::new();
+            }
+            let pools = pool_store.state();
+            databases
+                .iter()
+                .flat_map(|database| claims::sharing_database(&pool, database, &pools))
+                .collect()
         })
         .graceful_shutdown_on(async move {
             let _ = stop.wait_for(|s| *s).await;
@@ -337,12 +358,33 @@ async fn poll_usage(
     }
 }
 
-/// The pool whose peers Service an EndpointSlice belongs to, if any.
-fn peers_trigger(slice: &EndpointSlice) -> Option<ObjectRef<ConnectionPool>> {
-    let service = slice.labels().get("kubernetes.io/service-name")?;
-    let pool = service.strip_suffix("-peers")?;
-    let namespace = slice.namespace()?;
-    (names::peers_service(pool) == *service).then(|| ObjectRef::new(pool).within(&namespace))
+/// The existing pools an EndpointSlice concerns: the one whose Service it serves (the pool
+/// turns Ready with its endpoints) and the one whose peers Service it serves (its pods'
+/// `[peers]`); the slices carry the Service's labels.
+fn slice_triggers(
+    slice: &EndpointSlice,
+    pools: &Store<ConnectionPool>,
+) -> Vec<ObjectRef<ConnectionPool>> {
+    let (Some(service), Some(namespace)) = (
+        slice.labels().get("kubernetes.io/service-name"),
+        slice.namespace(),
+    ) else {
+        return Vec::new();
+    };
+    service_pools(service)
+        .into_iter()
+        .map(|pool| ObjectRef::new(pool).within(&namespace))
+        .filter(|pool| pools.get(pool).is_some())
+        .collect()
+}
+
+/// The pool names a Service of that name may belong to: its own, and the one it is the
+/// peers Service of.
+fn service_pools(service: &str) -> Vec<&str> {
+    let peers_of = service
+        .strip_suffix("-peers")
+        .filter(|pool| !pool.is_empty() && names::peers_service(pool) == service);
+    std::iter::once(service).chain(peers_of).collect()
 }
 
 /// The pools a Secret change concerns: its owner (for the rendered Secrets) and every pool
@@ -424,6 +466,13 @@ async fn shutdown_signal() {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_slice_belongs_to_the_pool_of_its_service_and_of_its_peers_service() {
+        assert_eq!(service_pools("orders"), ["orders"]);
+        assert_eq!(service_pools("orders-peers"), ["orders-peers", "orders"]);
+        assert_eq!(service_pools("-peers"), ["-peers"]);
+    }
+
     use super::*;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
     use kube::runtime::reflector;

@@ -3,8 +3,8 @@
 //!
 //! Whether the CRD is served is asked of API discovery at most once per cache period for
 //! all pools, so installing the Prometheus Operator later takes effect without a restart
-//! of the operator. PodMonitors are not watched (the CRD may be missing): drift is put back
-//! at the next reconciliation.
+//! of the operator. PodMonitors are not watched (the CRD may be missing): each reconciliation
+//! reads the pool's, and applies it only when it is not as the last apply left it.
 
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -13,7 +13,8 @@ use kube::api::{Patch, PatchParams};
 use kube::{Api, Client};
 
 use super::conditions::{Status, Verdict};
-use super::reconcile::{Error, FIELD_MANAGER};
+use super::live::Versions;
+use super::reconcile::{rendering_digest, Error, FIELD_MANAGER};
 use crate::api::condition::MONITORING;
 use crate::render::monitoring::{API_GROUP_VERSION, POD_MONITORS};
 use crate::render::PodMonitor;
@@ -71,10 +72,12 @@ impl Discovery {
     }
 }
 
-/// Applies `monitor` when the CRD is served; the Monitoring verdict either way.
+/// Applies `monitor` when the CRD is served, unless it is as the last apply left it; the
+/// Monitoring verdict either way.
 pub(super) async fn apply(
     client: &Client,
     discovery: &Discovery,
+    live: &Versions,
     namespace: &str,
     pool: &str,
     monitor: &PodMonitor,
@@ -92,14 +95,24 @@ pub(super) async fn apply(
             ),
         ));
     }
-    Api::<PodMonitor>::namespaced(client.clone(), namespace)
-        .patch(
-            pool,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(monitor),
-        )
-        .await
-        .map_err(kube_error("apply", pool))?;
+    let api = Api::<PodMonitor>::namespaced(client.clone(), namespace);
+    let digest = rendering_digest(monitor)?;
+    // Not watched (the CRD may come and go): a read tells an edit or a deletion.
+    let current = api.get_opt(pool).await.map_err(kube_error("get", pool))?;
+    if let Some(current) = &current {
+        live.saw(current);
+    }
+    if current.is_none() || !live.unchanged::<PodMonitor>(namespace, pool, &digest) {
+        let applied = api
+            .patch(
+                pool,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(monitor),
+            )
+            .await
+            .map_err(kube_error("apply", pool))?;
+        live.applied(digest, &applied);
+    }
     Ok(Verdict::new(
         MONITORING,
         Status::True,

@@ -37,7 +37,7 @@ use serde::Serialize;
 use tracing::{debug, info, warn, Instrument as _};
 use weir_pooler::config::{file_digest, Config};
 
-use super::claims::{DatabaseKey, Ledger};
+use super::claims::{self, DatabaseKey, Ledger};
 use super::conditions::{self, reason, Status, Verdict};
 use super::database::{self, Target};
 use super::live::Versions;
@@ -288,6 +288,12 @@ impl Context {
     }
 }
 
+/// How soon a read-only pool that is not ready yet is looked at again.
+const READ_ONLY_RECHECK: Duration = Duration::from_secs(5);
+
+/// How soon a pool that is not ready yet is looked at again without any event.
+const NOT_READY_RECHECK: Duration = Duration::from_secs(30);
+
 /// How long a reconciliation waits for the pod watch's first list.
 const POD_LIST_WAIT: Duration = Duration::from_secs(10);
 
@@ -453,22 +459,31 @@ async fn reconcile_pool(pool: &ConnectionPool, ctx: &Context) -> Result<Action, 
         ctx.watched().remove(&ObjectRef::from(pool));
         return Ok(Action::await_change());
     }
-    // Pools on one database are sized one at a time, each seeing the others' claims.
-    let _sizing_turn = ctx.ledger.lock(&DatabaseKey::of(pool)).await;
-
     let secrets = read_secrets(ctx, &namespace, &pool.spec).await?;
     let config_maps = read_config_maps(ctx, &namespace, &pool.spec).await?;
     let database = observe_database(ctx, pool, &secrets, &config_maps).await;
     let max_clients = observe_max_clients(ctx, pool, &secrets).await;
+    let (pod_ips, peers_in_force) = observe_peers(ctx, &namespace, &name).await?;
+    let api_server = observe_api_server(ctx, &pool.spec).await;
+    let key = ObjectRef::from(pool);
+    let old = last_known_status(
+        pool,
+        ctx.watched().get(&key).and_then(|w| w.written.as_ref()),
+    );
+
+    // Pools on one database are sized one at a time, each seeing the others' claims: only
+    // the sizing is, not the reads before nor the writes after it.
+    let sizing_turn = ctx.ledger.lock(&DatabaseKey::of(pool)).await;
     let pools = ctx.pools.state();
     ctx.ledger.retain_existing(&pools);
+    ctx.live
+        .retain_owners(&pools.iter().filter_map(|p| p.uid()).collect());
     ctx.metrics.retain_budgets(
         &pools
             .iter()
             .filter_map(|p| Some((p.namespace()?, p.name_any())))
             .collect(),
     );
-    let (pod_ips, peers_in_force) = observe_peers(ctx, &namespace, &name).await?;
     let observed = Observed {
         database: database.as_ref().ok().copied().flatten(),
         max_clients: max_clients.as_ref().ok().copied().flatten(),
@@ -478,7 +493,7 @@ async fn reconcile_pool(pool: &ConnectionPool, ctx: &Context) -> Result<Action, 
         pod_ips,
         peers_in_force,
         operator_namespace: ctx.settings.operator_namespace.clone(),
-        api_server: observe_api_server(ctx, &pool.spec).await,
+        api_server,
         standbys: BTreeMap::new(),
     };
     let database_problem = database.err().or(max_clients.err());
@@ -486,13 +501,18 @@ async fn reconcile_pool(pool: &ConnectionPool, ctx: &Context) -> Result<Action, 
     if let Some(derivation) = &derivation {
         ctx.metrics.set_budget(&namespace, &name, derivation);
     }
+    let rendering = render::render(pool, &observed);
+    let old_claim = old.budget.as_ref().map(|b| b.pool);
+    let new_claim = match &rendering {
+        Ok(rendered) => rendered.status(pool).budget.map(|b| b.pool),
+        Err(_) => old_claim,
+    };
+    // Until the status is written, the others size against the larger of the two claims.
+    ctx.ledger
+        .record(pool, claims::while_applying(old_claim, new_claim));
+    drop(sizing_turn);
     let reports = ctx.read_pods(&namespace, &name).await;
 
-    let key = ObjectRef::from(pool);
-    let old = last_known_status(
-        pool,
-        ctx.watched().get(&key).and_then(|w| w.written.as_ref()),
-    );
     // Only a spec change can stop asking for an optional child, which is then deleted
     // (whether or not the rest renders).
     let spec_changed = pool.metadata.generation != old.observed_generation;
@@ -503,16 +523,23 @@ async fn reconcile_pool(pool: &ConnectionPool, ctx: &Context) -> Result<Action, 
         monitoring::delete(&ctx.client, &ctx.discovery, &namespace, &name).await?;
     }
     let mut monitored = None;
-    let (mut status, applied, blocker) = match render::render(pool, &observed) {
+    let (mut status, applied, blocker) = match rendering {
         Ok(rendered) => {
             let binding = rendered.token_review_binding.as_ref();
-            super::token_review::sync(&ctx.client, pool, &namespace, binding).await?;
+            super::token_review::sync(&ctx.client, &ctx.live, pool, &namespace, binding).await?;
             let applied =
                 apply_children(ctx, pool, &namespace, &rendered, reports.as_ref()).await?;
             if let Some(monitor) = &rendered.pod_monitor {
                 monitored = Some(
-                    monitoring::apply(&ctx.client, &ctx.discovery, &namespace, &name, monitor)
-                        .await?,
+                    monitoring::apply(
+                        &ctx.client,
+                        &ctx.discovery,
+                        &ctx.live,
+                        &namespace,
+                        &name,
+                        monitor,
+                    )
+                    .await?,
                 );
             }
             (rendered.status(pool), Some(applied), None)
@@ -624,9 +651,12 @@ async fn reconcile_pool(pool: &ConnectionPool, ctx: &Context) -> Result<Action, 
         Some((_, _, recheck)) => Action::requeue(recheck),
         // Look for the PodMonitor CRD again once discovery's answer expires.
         None if crd_missing => Action::requeue(ctx.discovery.ttl().min(ctx.settings.resync)),
-        // Endpoints are not watched: look again shortly until the pool is ready.
-        None if (ready.status != Status::True && blocker.is_none()) || read_only_settling => {
-            Action::requeue(Duration::from_secs(5))
+        // The read-only pool's children name a pool that does not exist, so their changes
+        // wake nobody: look again shortly until it is ready.
+        None if read_only_settling => Action::requeue(READ_ONLY_RECHECK),
+        // The Deployment and the endpoints are watched; this only bounds a missed event.
+        None if ready.status != Status::True && blocker.is_none() => {
+            Action::requeue(NOT_READY_RECHECK.min(ctx.settings.resync))
         }
         None => Action::requeue(ctx.settings.resync),
     })
@@ -1005,6 +1035,13 @@ where
         .map_err(kube_error::<K>("apply", &name))
 }
 
+/// The digest of a rendered child, which tells one rendering from another.
+pub(super) fn rendering_digest<K: Serialize>(object: &K) -> Result<String, Error> {
+    let rendering = serde_json::to_string(object)
+        .map_err(|_| Error::Internal("a rendered child does not serialize"))?;
+    Ok(file_digest(&rendering))
+}
+
 /// Applies `object` unless the live child is as this operator's last apply of the same
 /// rendering left it (`missing`: known not to exist); `None` when skipped.
 async fn apply_child<K>(
@@ -1021,9 +1058,7 @@ where
         + DeserializeOwned,
 {
     let name = object.meta().name.clone().unwrap_or_default();
-    let rendering = serde_json::to_string(object)
-        .map_err(|_| Error::Internal("a rendered child does not serialize"))?;
-    let digest = file_digest(&rendering);
+    let digest = rendering_digest(object)?;
     if !missing && ctx.live.unchanged::<K>(namespace, &name, &digest) {
         return Ok(None);
     }

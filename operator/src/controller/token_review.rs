@@ -6,17 +6,19 @@ use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
 use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
 
-use super::reconcile::{Error, FIELD_MANAGER};
+use super::live::Versions;
+use super::reconcile::{rendering_digest, Error, FIELD_MANAGER};
 use crate::api::ConnectionPool;
 use crate::render::rbac::binding_name;
 
 /// Held on a pool while its ClusterRoleBinding may exist.
 pub const FINALIZER: &str = "weir.dev/token-review-binding";
 
-/// Applies `wanted` (the finalizer first, so the binding never outlives the pool), or
-/// deletes the pool's binding and then drops the finalizer.
+/// Applies `wanted` (the finalizer first, so the binding never outlives the pool) unless it
+/// is as the last apply left it, or deletes the pool's binding and then drops the finalizer.
 pub(super) async fn sync(
     client: &Client,
+    live: &Versions,
     pool: &ConnectionPool,
     namespace: &str,
     wanted: Option<&ClusterRoleBinding>,
@@ -30,14 +32,24 @@ pub(super) async fn sync(
         set_finalizers(client, pool, namespace, finalizers).await?;
     }
     let name = binding.metadata.name.clone().unwrap_or_default();
-    Api::<ClusterRoleBinding>::all(client.clone())
-        .patch(
-            &name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(binding),
-        )
-        .await
-        .map_err(kube_error("apply", &name))?;
+    let api = Api::<ClusterRoleBinding>::all(client.clone());
+    let digest = rendering_digest(binding)?;
+    // Not watched (a cluster-wide watch for a few bindings): a read tells an edit or a deletion.
+    let current = api.get_opt(&name).await.map_err(kube_error("get", &name))?;
+    if let Some(current) = &current {
+        live.saw_for(pool.uid(), current);
+    }
+    if current.is_none() || !live.unchanged::<ClusterRoleBinding>("", &name, &digest) {
+        let applied = api
+            .patch(
+                &name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(binding),
+            )
+            .await
+            .map_err(kube_error("apply", &name))?;
+        live.applied_for(pool.uid(), digest, &applied);
+    }
     Ok(())
 }
 
