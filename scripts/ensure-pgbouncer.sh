@@ -4,7 +4,8 @@
 # Where it comes from, first match wins:
 #   1. a build cached under ~/.cache/weir/anchors/pgbouncer-$VERSION (from an earlier run);
 #   2. a source tarball: $PGBOUNCER_TARBALL, or pgbouncer-$VERSION*.tar.gz in
-#      ~/.cache/weir/anchors or in $WEIR_ANCHORS_DIR;
+#      ~/.cache/weir/anchors, in $WEIR_ANCHORS_DIR, or in ../shared/anchors beside the
+#      checkout (where a team keeps the release sources for machines without internet);
 #   3. the release downloaded from pgbouncer.org, checked against its published SHA-256;
 #   4. Debian's package, as a last resort: older, and labelled so on stderr
 #      (PGBOUNCER_ALLOW_DEBIAN=0 refuses it).
@@ -26,7 +27,9 @@ find_tarball() {
         return
     fi
     local dir f
-    for dir in "$cache" "${WEIR_ANCHORS_DIR:-}"; do
+    local beside
+    beside=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)/shared/anchors
+    for dir in "$cache" "${WEIR_ANCHORS_DIR:-}" "$beside"; do
         [ -n "$dir" ] || continue
         for f in "$dir"/pgbouncer-"$version"*.tar.gz; do
             [ -f "$f" ] && { echo "$f"; return; }
