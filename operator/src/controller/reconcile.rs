@@ -1035,10 +1035,19 @@ where
         .map_err(kube_error::<K>("apply", &name))
 }
 
+/// A rendered child that does not serialize: a defect of the rendering, never of the input.
+#[derive(Debug)]
+pub(super) struct Unserializable;
+
+impl From<Unserializable> for Error {
+    fn from(_: Unserializable) -> Error {
+        Error::Internal("a rendered child does not serialize")
+    }
+}
+
 /// The digest of a rendered child, which tells one rendering from another.
-pub(super) fn rendering_digest<K: Serialize>(object: &K) -> Result<String, Error> {
-    let rendering = serde_json::to_string(object)
-        .map_err(|_| Error::Internal("a rendered child does not serialize"))?;
+pub(super) fn rendering_digest<K: Serialize>(object: &K) -> Result<String, Unserializable> {
+    let rendering = serde_json::to_string(object).map_err(|_| Unserializable)?;
     Ok(file_digest(&rendering))
 }
 
