@@ -8,17 +8,17 @@
 # `shared_connections` (2) connections to Redis and twemproxy gets the same number
 # (`server_connections`), so both multiplex every client over two server connections.
 #
-# Knobs (environment): BENCH_REDIS_REQUESTS per command and run (200000), BENCH_ROUNDS (3),
+# Knobs (environment): BENCH_REDIS_REQUESTS per command and run (50000), BENCH_ROUNDS (3),
 # BENCH_REDIS_CLIENTS ("50 500"), BENCH_REDIS_PIPELINES ("1 16"), BENCH_REDIS_TESTS
-# ("set,get,incr,lpush,lpop,mset"), WEIR_BIN.
+# ("set,get,mset"; twemproxy also proxies incr,lpush,lpop), WEIR_BIN.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-REQUESTS=${BENCH_REDIS_REQUESTS:-200000}
+REQUESTS=${BENCH_REDIS_REQUESTS:-50000}
 ROUNDS=${BENCH_ROUNDS:-3}
 CLIENTS=${BENCH_REDIS_CLIENTS:-50 500}
 PIPELINES=${BENCH_REDIS_PIPELINES:-1 16}
-TESTS=${BENCH_REDIS_TESTS:-set,get,incr,lpush,lpop,mset}
+TESTS=${BENCH_REDIS_TESTS:-set,get,mset}
 SHARED_CONNECTIONS=2
 WEIR=${WEIR_BIN:-$ROOT/target/release/weir}
 TARGETS=(direct twemproxy weir)
