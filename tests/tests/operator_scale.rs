@@ -99,6 +99,7 @@ fn counter_sum(metrics: &str, name: &str) -> f64 {
 #[derive(Debug, Default, PartialEq)]
 struct Requests {
     reads: u64,
+    reads_by: BTreeMap<String, u64>,
     writes: BTreeMap<String, u64>,
 }
 
@@ -120,16 +121,18 @@ fn operator_requests(audit: &str) -> Requests {
             continue;
         }
         let verb = event["verb"].as_str().unwrap_or_default();
-        if matches!(verb, "get" | "list" | "watch") {
-            out.reads += 1;
-            continue;
-        }
         let object = &event["objectRef"];
         let mut resource = object["resource"].as_str().unwrap_or("?").to_owned();
         if let Some(sub) = object["subresource"].as_str() {
             resource = format!("{resource}/{sub}");
         }
-        *out.writes.entry(format!("{verb} {resource}")).or_default() += 1;
+        let request = format!("{verb} {resource}");
+        if matches!(verb, "get" | "list" | "watch") {
+            out.reads += 1;
+            *out.reads_by.entry(request).or_default() += 1;
+        } else {
+            *out.writes.entry(request).or_default() += 1;
+        }
     }
     out
 }
@@ -350,6 +353,9 @@ async fn operator_at_scale() -> anyhow::Result<()> {
     let steady_metrics_after = operator.metrics().await?;
     let quiet = operator_requests(&audit_since(&audit, steady_offset)?);
     let (rss, peak) = memory_kib(operator.pid());
+    if let Ok(path) = std::env::var("OPERATOR_SCALE_LOG") {
+        std::fs::write(&path, operator.log()).with_context(|| format!("writing {path}"))?;
+    }
 
     let reconciles_burst = counter_sum(&at_ready, "weir_operator_reconciles_total")
         - counter_sum(&before, "weir_operator_reconciles_total");
@@ -420,6 +426,11 @@ async fn operator_at_scale() -> anyhow::Result<()> {
         "\nWrites until all Ready, by verb and resource: {:?}",
         burst.writes
     )?;
+    writeln!(
+        table,
+        "\nReads until all Ready, by verb and resource: {:?}",
+        burst.reads_by
+    )?;
     if !quiet.writes.is_empty() {
         writeln!(table, "Writes in the steady state: {:?}", quiet.writes)?;
     }
@@ -474,6 +485,10 @@ fn audit_events_count_the_operators_requests_only() {
     .join("\n");
     let r = operator_requests(&log);
     assert_eq!(r.reads, 1);
+    assert_eq!(
+        r.reads_by,
+        BTreeMap::from([("get deployments".to_owned(), 1)])
+    );
     assert_eq!(
         r.writes,
         BTreeMap::from([

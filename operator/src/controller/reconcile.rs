@@ -448,6 +448,8 @@ struct Applied {
 }
 
 async fn reconcile_pool(pool: &ConnectionPool, ctx: &Context) -> Result<Action, Error> {
+    // The enclosing span of kube-runtime names why this reconciliation runs.
+    tracing::debug!("reconciling");
     let name = pool.name_any();
     let namespace = pool
         .namespace()
