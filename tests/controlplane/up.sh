@@ -19,6 +19,9 @@
 #                              localhost/weir:test image from
 #   WEIR_CONTROLPLANE_AUDIT    1: the API server logs every request's metadata to
 #                              STATE_DIR/logs/audit.log (for counting a client's requests)
+#   WEIR_CONTROLPLANE_CLIENT_QPS  requests per second the controller-manager and the
+#                              scheduler may send (burst twice that); unset: their defaults
+#                              (20 and 50), which bound how fast hundreds of Deployments roll out
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -28,6 +31,12 @@ source "${HERE}/lib.sh"
 [[ $# -eq 1 && -n "$1" ]] || cp_die "usage: $0 STATE_DIR"
 TIMEOUT="${WEIR_CONTROLPLANE_TIMEOUT:-180}"
 [[ "${TIMEOUT}" =~ ^[0-9]+$ ]] || cp_die "WEIR_CONTROLPLANE_TIMEOUT must be a number of seconds"
+CLIENT_LIMITS=()
+if [[ -n "${WEIR_CONTROLPLANE_CLIENT_QPS:-}" ]]; then
+	[[ "${WEIR_CONTROLPLANE_CLIENT_QPS}" =~ ^[1-9][0-9]*$ ]] ||
+		cp_die "WEIR_CONTROLPLANE_CLIENT_QPS must be a positive number of requests per second"
+	CLIENT_LIMITS=(--kube-api-qps="${WEIR_CONTROLPLANE_CLIENT_QPS}" --kube-api-burst="$((2 * WEIR_CONTROLPLANE_CLIENT_QPS))")
+fi
 for tool in openssl setsid base64; do
 	command -v "${tool}" >/dev/null || cp_die "${tool} is required but not installed"
 done
@@ -319,6 +328,7 @@ start kube-controller-manager "${BIN}/kube-controller-manager" \
 	--cluster-signing-cert-file="${CERTS}/ca.crt" \
 	--cluster-signing-key-file="${CERTS}/ca.key" \
 	--service-cluster-ip-range="${SERVICE_CIDR}" \
+	"${CLIENT_LIMITS[@]}" \
 	--profiling=false
 
 start kube-scheduler "${BIN}/kube-scheduler" \
@@ -328,6 +338,7 @@ start kube-scheduler "${BIN}/kube-scheduler" \
 	--bind-address=127.0.0.1 \
 	--secure-port="${SCHED_PORT}" \
 	--leader-elect=false \
+	"${CLIENT_LIMITS[@]}" \
 	--profiling=false
 
 if [[ "${NODE_MODE}" == kwok ]]; then

@@ -137,6 +137,55 @@ fn operator_requests(audit: &str) -> Requests {
     out
 }
 
+/// One client's requests in an audit log excerpt: how many, and the first and last time.
+#[derive(Debug, PartialEq)]
+struct Client {
+    requests: u64,
+    first: jiff::Timestamp,
+    last: jiff::Timestamp,
+}
+
+impl Client {
+    /// Requests per second between its first and last request.
+    fn rate(&self) -> f64 {
+        let span = self.last.duration_since(self.first).as_secs_f64();
+        if span > 0.0 {
+            self.requests as f64 / span
+        } else {
+            0.0
+        }
+    }
+}
+
+/// Every user's requests in an audit log excerpt (the control plane's own controllers
+/// included), busiest first: a client-side rate limit shows as a steady rate over a long span.
+fn clients(audit: &str) -> Vec<(String, Client)> {
+    let mut by_user: BTreeMap<String, Client> = BTreeMap::new();
+    for line in audit.lines() {
+        let Ok(event) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let Some(at) = event["requestReceivedTimestamp"]
+            .as_str()
+            .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+        else {
+            continue;
+        };
+        let user = event["user"]["username"].as_str().unwrap_or("?").to_owned();
+        let client = by_user.entry(user).or_insert(Client {
+            requests: 0,
+            first: at,
+            last: at,
+        });
+        client.requests += 1;
+        client.first = client.first.min(at);
+        client.last = client.last.max(at);
+    }
+    let mut clients: Vec<(String, Client)> = by_user.into_iter().collect();
+    clients.sort_by(|a, b| b.1.requests.cmp(&a.1.requests).then(a.0.cmp(&b.0)));
+    clients
+}
+
 /// Resident and peak resident memory of a process, in KiB.
 fn memory_kib(pid: u32) -> (u64, u64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -259,13 +308,19 @@ async fn operator_at_scale() -> anyhow::Result<()> {
     let databases = knob("OPERATOR_SCALE_DATABASES", 50)?;
     let steady = Duration::from_secs(knob("OPERATOR_SCALE_STEADY_SECONDS", 60)?);
     let limit = Duration::from_secs(knob("OPERATOR_SCALE_LIMIT_SECONDS", 600)?);
+    // The controller-manager's default 20 requests/s would bound the Deployments' rollout
+    // (about five of its requests each), not the operator: 0 keeps the defaults.
+    let client_qps = knob("OPERATOR_SCALE_CONTROL_PLANE_QPS", 200)?;
 
     ensure!(
         databases <= 250,
         "at most 250 databases (one loopback address each)"
     );
 
-    let plane = ControlPlane::start().await?;
+    let plane = match client_qps {
+        0 => ControlPlane::start().await?,
+        qps => ControlPlane::start_with_client_qps(u32::try_from(qps)?).await?,
+    };
     let audit = plane.state_dir().join("logs/audit.log");
     // One PostgreSQL listens on a loopback address per database: the operator budgets per
     // server (host and port), so it sees as many servers, each with its own max_connections.
@@ -343,7 +398,9 @@ async fn operator_at_scale() -> anyhow::Result<()> {
     let all_ready = started.elapsed();
     let at_ready = operator.metrics().await?;
     let (rss_ready, _) = memory_kib(operator.pid());
-    let burst = operator_requests(&audit_since(&audit, offset)?);
+    let burst_audit = audit_since(&audit, offset)?;
+    let burst = operator_requests(&burst_audit);
+    let busiest = clients(&burst_audit);
 
     // Let trailing reconciles (status of the last pools, their Deployments' progress) finish.
     tokio::time::sleep(Duration::from_secs(10)).await;
@@ -381,8 +438,12 @@ async fn operator_at_scale() -> anyhow::Result<()> {
         "{pools} ConnectionPools over {databases} databases (one PostgreSQL listening on a \
          loopback address per database, so that the operator budgets {databases} servers), created by ten \
          concurrent `kubectl create` ({:.1} s), kwok nodes, one operator replica (`--leader-elect=false \
-         --poll-pod-status=false --resync-seconds=20`).\n",
-        created.as_secs_f64()
+         --poll-pod-status=false --resync-seconds=20`), {}.\n",
+        created.as_secs_f64(),
+        match client_qps {
+            0 => "the controller-manager and scheduler at their default client rate limits (20 and 50 requests/s)".to_owned(),
+            qps => format!("the controller-manager and scheduler allowed {qps} requests/s each (their defaults, 20 and 50, would bound the Deployments' rollout)"),
+        }
     )?;
     writeln!(table, "| measure | value | target | |")?;
     writeln!(table, "|---|--:|--:|---|")?;
@@ -431,6 +492,19 @@ async fn operator_at_scale() -> anyhow::Result<()> {
         "\nReads until all Ready, by verb and resource: {:?}",
         burst.reads_by
     )?;
+    writeln!(
+        table,
+        "\nThe busiest API clients until all Ready (requests, span, rate):\n"
+    )?;
+    for (user, client) in busiest.iter().take(8) {
+        writeln!(
+            table,
+            "- {user}: {} over {:.1} s, {:.1}/s",
+            client.requests,
+            client.last.duration_since(client.first).as_secs_f64(),
+            client.rate()
+        )?;
+    }
     if !quiet.writes.is_empty() {
         writeln!(table, "Writes in the steady state: {:?}", quiet.writes)?;
     }
@@ -497,6 +571,41 @@ fn audit_events_count_the_operators_requests_only() {
         ])
     );
     assert_eq!(r.total_writes(), 2);
+}
+
+#[test]
+fn clients_are_ranked_by_requests_with_their_rate() {
+    let event = |user: &str, at: &str| {
+        format!(
+            r#"{{"verb":"get","user":{{"username":"{user}"}},"requestReceivedTimestamp":"{at}"}}"#
+        )
+    };
+    let log = [
+        event(
+            "system:serviceaccount:kube-system:deployment-controller",
+            "2026-12-06T00:00:00.000000Z",
+        ),
+        event(
+            "system:serviceaccount:kube-system:deployment-controller",
+            "2026-12-06T00:00:09.000000Z",
+        ),
+        event(
+            "system:serviceaccount:kube-system:deployment-controller",
+            "2026-12-06T00:00:10.000000Z",
+        ),
+        event("weir-test-admin", "2026-12-06T00:00:01.500000Z"),
+        r#"{"verb":"get","user":{"username":"no-time"}}"#.to_owned(),
+    ]
+    .join("\n");
+    let ranked = clients(&log);
+    assert_eq!(ranked.len(), 2);
+    assert_eq!(
+        ranked[0].0,
+        "system:serviceaccount:kube-system:deployment-controller"
+    );
+    assert_eq!(ranked[0].1.requests, 3);
+    assert!((ranked[0].1.rate() - 0.3).abs() < 1e-9);
+    assert_eq!(ranked[1].1.rate(), 0.0, "a single request has no rate");
 }
 
 #[test]

@@ -26,7 +26,7 @@ pub mod usage;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt as _};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -194,10 +194,18 @@ async fn run_controller(
         instance: Some(settings.instance.clone()),
     };
     let (pods, pod_watch) = watch_pooler_pods(&client, ns, settings.reconcile.pod_status.is_some());
+    let (deployments_cache, deployments) = reflector::store();
+    let (config_maps_cache, config_maps) = reflector::store();
+    let (slices_cache, slices) = reflector::store();
     let ctx = Arc::new(reconcile::Context::new(
         client.clone(),
         reporter,
         store.clone(),
+        reconcile::Caches {
+            deployments: deployments_cache,
+            config_maps: config_maps_cache,
+            slices: slices_cache,
+        },
         pods,
         metrics,
         settings.reconcile.clone(),
@@ -213,53 +221,65 @@ async fn run_controller(
     let pool_store = store;
     let claim_changes = claims::ClaimChanges::default();
     let live = ctx.live();
+    let owned = |secret: &Secret| !pool_owners(secret).is_empty();
     controller
-        .watches(
-            scoped::<ServiceAccount>(&client, ns),
-            children.clone(),
-            owners_of(&live),
+        .watches_stream(
+            child_events(scoped(&client, ns), &children, None, &live, every),
+            owners::<ServiceAccount>,
         )
-        .watches(
-            scoped::<ConfigMap>(&client, ns),
-            children.clone(),
-            owners_of(&live),
+        .watches_stream(
+            child_events(
+                scoped(&client, ns),
+                &children,
+                Some((config_maps, trim_config_map as fn(&mut ConfigMap))),
+                &live,
+                every,
+            ),
+            owners::<ConfigMap>,
         )
-        .watches(
-            scoped::<Service>(&client, ns),
-            children.clone(),
-            owners_of(&live),
+        .watches_stream(
+            child_events(scoped(&client, ns), &children, None, &live, every),
+            owners::<Service>,
         )
-        .watches(
-            scoped::<Deployment>(&client, ns),
-            children.clone(),
-            owners_of(&live),
+        .watches_stream(
+            child_events(
+                scoped(&client, ns),
+                &children,
+                Some((deployments, trim_deployment as fn(&mut Deployment))),
+                &live,
+                every,
+            ),
+            owners::<Deployment>,
         )
-        .watches(
-            scoped::<PodDisruptionBudget>(&client, ns),
-            children.clone(),
-            owners_of(&live),
+        .watches_stream(
+            child_events(scoped(&client, ns), &children, None, &live, every),
+            owners::<PodDisruptionBudget>,
         )
-        .watches(
-            scoped::<NetworkPolicy>(&client, ns),
-            children,
-            owners_of(&live),
+        .watches_stream(
+            child_events(scoped(&client, ns), &children, None, &live, every),
+            owners::<NetworkPolicy>,
         )
-        // The owned Secrets and those the pools read: one watch serves both.
-        .watches(
-            scoped::<Secret>(&client, ns),
-            watcher::Config::default(),
-            move |secret| {
-                // Only the pools' own Secrets are applied; the others need no version.
-                if !pool_owners(&secret).is_empty() {
-                    live.saw(&secret);
-                }
-                secret_triggers(&secret, &secret_store)
-            },
+        // The owned Secrets and those the pools read: one watch serves both; only the
+        // pools' own Secrets are applied and need a version.
+        .watches_stream(
+            child_events(
+                scoped(&client, ns),
+                &watcher::Config::default(),
+                None,
+                &live,
+                owned,
+            ),
+            move |secret| secret_triggers(&secret, &secret_store),
         )
         // Pods coming and going change the pods' [peers] and the pool's readiness.
-        .watches(
-            scoped::<EndpointSlice>(&client, ns),
-            watcher::Config::default().labels(MANAGED_BY),
+        .watches_stream(
+            child_events(
+                scoped(&client, ns),
+                &children,
+                Some((slices, trim_slice as fn(&mut EndpointSlice))),
+                &live,
+                |_| false,
+            ),
             move |slice| slice_triggers(&slice, &slice_store),
         )
         // A pool's claim changing or disappearing resizes the others on its database.
@@ -389,16 +409,73 @@ fn service_pools(service: &str) -> Vec<&str> {
 
 /// The pools a Secret change concerns: its owner (for the rendered Secrets) and every pool
 /// in its namespace that reads it.
-/// A watch mapper to the pools owning a child (what `Controller::owns` triggers), recording
-/// the child's version for [`live::Versions`].
-fn owners_of<K: Resource<DynamicType = ()>>(
+/// A watch's cache and what it keeps of each object.
+type Cache<K> = (reflector::store::Writer<K>, fn(&mut K));
+
+/// The objects a watch of `api` delivers, each event recorded in `live` for the objects
+/// `relevant` picks and, trimmed to what reconciliations read, in `cache` when there is one.
+fn child_events<K>(
+    api: Api<K>,
+    config: &watcher::Config,
+    mut cache: Option<Cache<K>>,
     live: &Arc<live::Versions>,
-) -> impl Fn(K) -> Vec<ObjectRef<ConnectionPool>> + Send + Sync + 'static {
+    relevant: impl Fn(&K) -> bool + Send + 'static,
+) -> impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
     let live = live.clone();
-    move |child| {
-        live.saw(&child);
-        pool_owners(&child)
+    watcher(api, config.clone())
+        .default_backoff()
+        .map_ok(move |event| {
+            if let Some((cache, trim)) = cache.as_mut() {
+                cache.apply_watcher_event(&event.clone().modify(trim));
+            }
+            live.observe(&event, &relevant);
+            event
+        })
+        .touched_objects()
+}
+
+/// What a reconciliation reads of a cached ConfigMap: all but the field managers other than
+/// this operator's applies, which keep only their time.
+fn trim_config_map(config_map: &mut ConfigMap) {
+    if let Some(managers) = config_map.metadata.managed_fields.as_mut() {
+        managers.retain(|m| {
+            m.manager.as_deref() == Some(FIELD_MANAGER) && m.operation.as_deref() == Some("Apply")
+        });
+        managers.iter_mut().for_each(|m| m.fields_v1 = None);
     }
+}
+
+/// What a reconciliation reads of a cached Deployment: its metadata, replicas and status;
+/// not the field managers nor the pod template.
+fn trim_deployment(deployment: &mut Deployment) {
+    deployment.metadata.managed_fields = None;
+    if let Some(spec) = deployment.spec.as_mut() {
+        spec.template = Default::default();
+    }
+}
+
+/// What a reconciliation reads of a cached EndpointSlice: all but its field managers.
+fn trim_slice(slice: &mut EndpointSlice) {
+    slice.metadata.managed_fields = None;
+}
+
+/// A watch mapper to the pools owning a child (what `Controller::owns` triggers).
+fn owners<K: Resource<DynamicType = ()>>(child: K) -> Vec<ObjectRef<ConnectionPool>> {
+    pool_owners(&child)
+}
+
+/// Records every object of a child watch.
+fn every<K>(_: &K) -> bool {
+    true
 }
 
 /// The pools among `object`'s owners.

@@ -20,6 +20,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use futures::future::BoxFuture;
+use futures::{FutureExt as _, TryFutureExt as _};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -127,8 +129,27 @@ fn last_known_status(pool: &ConnectionPool, written: Option<&Written>) -> Connec
     }
 }
 
+/// The watches' caches of the children a reconciliation reads.
+pub struct Caches {
+    /// The pools' Deployments.
+    pub deployments: Store<Deployment>,
+    /// The pools' ConfigMaps.
+    pub config_maps: Store<ConfigMap>,
+    /// The EndpointSlices of the pools' Services.
+    pub slices: Store<EndpointSlice>,
+}
+
+/// Whether `store` holds a complete list yet.
+fn complete<K: Resource<DynamicType = ()> + Clone>(store: &Store<K>) -> bool {
+    store
+        .wait_until_ready()
+        .now_or_never()
+        .is_some_and(|r| r.is_ok())
+}
+
 /// Everything a reconciliation needs besides the pool.
 pub struct Context {
+    caches: Caches,
     client: Client,
     reporter: Reporter,
     pools: Store<ConnectionPool>,
@@ -145,17 +166,19 @@ pub struct Context {
 }
 
 impl Context {
-    /// A context reading pools from `pools` and pooler pods from `pods`, publishing Events
-    /// as `reporter`.
+    /// A context reading pools from `pools`, children from `caches` and pooler pods from
+    /// `pods`, publishing Events as `reporter`.
     pub fn new(
         client: Client,
         reporter: Reporter,
         pools: Store<ConnectionPool>,
+        caches: Caches,
         pods: Store<Pod>,
         metrics: Metrics,
         settings: Settings,
     ) -> Context {
         Context {
+            caches,
             reader: settings
                 .pod_status
                 .as_ref()
@@ -1078,6 +1101,62 @@ where
     Ok(Some(applied))
 }
 
+/// The child `name` as it is live: from its watch's cache when that holds a complete list
+/// and has caught up with this process's last apply of it, read otherwise.
+async fn live_child<K>(
+    ctx: &Context,
+    cache: &Store<K>,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<K>, Error>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + Debug
+        + DeserializeOwned,
+{
+    if complete(cache) && ctx.live.caught_up::<K>(namespace, name) {
+        let cached = cache.get(&ObjectRef::new(name).within(namespace));
+        return Ok(cached.map(|k| K::clone(&k)));
+    }
+    let read = Api::<K>::namespaced(ctx.client.clone(), namespace)
+        .get_opt(name)
+        .await
+        .map_err(kube_error::<K>("get", name))?;
+    // What was just read is at least as fresh as what the watch delivered.
+    read.iter().for_each(|k| ctx.live.saw(k));
+    Ok(read)
+}
+
+/// The EndpointSlices of the Service `service`: from the watch's cache once that holds a
+/// complete list (the slices only report, nothing here writes them), listed otherwise.
+async fn service_slices(
+    ctx: &Context,
+    namespace: &str,
+    service: &str,
+) -> Result<Vec<EndpointSlice>, Error> {
+    let of_service = |s: &EndpointSlice| {
+        s.labels()
+            .get("kubernetes.io/service-name")
+            .map(String::as_str)
+            == Some(service)
+    };
+    if complete(&ctx.caches.slices) {
+        return Ok(ctx
+            .caches
+            .slices
+            .state_filter(|s| s.namespace().as_deref() == Some(namespace) && of_service(s))
+            .iter()
+            .map(|s| EndpointSlice::clone(s))
+            .collect());
+    }
+    let listed = Api::<EndpointSlice>::namespaced(ctx.client.clone(), namespace)
+        .list(&ListParams::default().labels(&format!("kubernetes.io/service-name={service}")))
+        .await
+        .map_err(kube_error::<EndpointSlice>("list", service))?;
+    Ok(listed.items)
+}
+
 /// Applies the children in [`Rendered::children`] order, with replicas and the ConfigMap
 /// held back where [`resize::plan`] says so.
 async fn apply_children(
@@ -1088,20 +1167,9 @@ async fn apply_children(
     reports: Option<&Result<Vec<PodReport>, String>>,
 ) -> Result<Applied, Error> {
     let name = pool.name_any();
-    let client = &ctx.client;
-    let live_deployment = Api::<Deployment>::namespaced(client.clone(), namespace)
-        .get_opt(&name)
-        .await
-        .map_err(kube_error::<Deployment>("get", &name))?;
+    let live_deployment = live_child(ctx, &ctx.caches.deployments, namespace, &name).await?;
     let config_name = names::config_map(&name);
-    let live_config = Api::<ConfigMap>::namespaced(client.clone(), namespace)
-        .get_opt(&config_name)
-        .await
-        .map_err(kube_error::<ConfigMap>("get", &config_name))?;
-
-    // What was just read is at least as fresh as what the watches delivered.
-    live_deployment.iter().for_each(|d| ctx.live.saw(d));
-    live_config.iter().for_each(|c| ctx.live.saw(c));
+    let live_config = live_child(ctx, &ctx.caches.config_maps, namespace, &config_name).await?;
 
     let desired = Desired {
         replicas: pool.spec.replicas,
@@ -1142,31 +1210,47 @@ async fn apply_children(
         .or_default()
         .config_digest = in_place;
 
-    let mut deployment = None;
+    // What comes before the Deployment in the rendered order is applied at once, then the
+    // Deployment, then what comes after it at once: each stage waits for the one before.
+    let mut stages: [Vec<BoxFuture<'_, Result<(), Error>>>; 2] = [Vec::new(), Vec::new()];
+    let mut stage = 0;
+    let mut pods = None;
     for child in rendered.children() {
-        match child {
-            Child::ServiceAccount(o) => drop(apply_child(ctx, namespace, o, false).await?),
+        let apply = match child {
+            Child::ServiceAccount(o) => apply_child(ctx, namespace, o, false).map_ok(drop).boxed(),
             Child::ConfigMap(o) if plan.apply_config => {
-                drop(apply_child(ctx, namespace, o, false).await?)
+                apply_child(ctx, namespace, o, false).map_ok(drop).boxed()
             }
-            Child::ConfigMap(_) => {}
-            Child::Secret(o) => drop(apply_child(ctx, namespace, o, false).await?),
-            Child::Service(o) => drop(apply_child(ctx, namespace, o, false).await?),
+            Child::ConfigMap(_) => continue,
+            Child::Secret(o) => apply_child(ctx, namespace, o, false).map_ok(drop).boxed(),
+            Child::Service(o) => apply_child(ctx, namespace, o, false).map_ok(drop).boxed(),
+            Child::PodDisruptionBudget(o) => {
+                apply_child(ctx, namespace, o, false).map_ok(drop).boxed()
+            }
+            Child::NetworkPolicy(o) => apply_child(ctx, namespace, o, false).map_ok(drop).boxed(),
             Child::Deployment(o) => {
-                let mut o = o.clone();
-                if let Some(spec) = o.spec.as_mut() {
-                    spec.replicas = Some(plan.replicas);
-                }
-                let missing = live_deployment.is_none();
-                deployment = match apply_child(ctx, namespace, &o, missing).await? {
-                    Some(applied) => Some(applied),
-                    None => live_deployment.clone(),
-                };
+                pods = Some(o);
+                stage = 1;
+                continue;
             }
-            Child::PodDisruptionBudget(o) => drop(apply_child(ctx, namespace, o, false).await?),
-            Child::NetworkPolicy(o) => drop(apply_child(ctx, namespace, o, false).await?),
-        }
+        };
+        stages[stage].push(apply);
     }
+    let [before, after] = stages;
+    futures::future::try_join_all(before).await?;
+    let mut deployment = None;
+    if let Some(o) = pods {
+        let mut o = o.clone();
+        if let Some(spec) = o.spec.as_mut() {
+            spec.replicas = Some(plan.replicas);
+        }
+        let missing = live_deployment.is_none();
+        deployment = match apply_child(ctx, namespace, &o, missing).await? {
+            Some(applied) => Some(applied),
+            None => live_deployment.clone(),
+        };
+    }
+    futures::future::try_join_all(after).await?;
     let deployment =
         deployment.ok_or(Error::Internal("the rendered children hold no Deployment"))?;
 
@@ -1232,21 +1316,15 @@ async fn observe_peers(
     pool: &str,
 ) -> Result<(BTreeSet<String>, BTreeMap<u16, String>), Error> {
     let service = names::peers_service(pool);
-    let slices = Api::<EndpointSlice>::namespaced(ctx.client.clone(), namespace)
-        .list(&ListParams::default().labels(&format!("kubernetes.io/service-name={service}")))
-        .await
-        .map_err(kube_error::<EndpointSlice>("list", &service))?;
-    let ips = slices
-        .items
+    let ips = service_slices(ctx, namespace, &service)
+        .await?
         .iter()
         .flat_map(|s| &s.endpoints)
         .flat_map(|e| e.addresses.iter().cloned())
         .collect();
     let config_name = names::config_map(pool);
-    let in_force = Api::<ConfigMap>::namespaced(ctx.client.clone(), namespace)
-        .get_opt(&config_name)
-        .await
-        .map_err(kube_error::<ConfigMap>("get", &config_name))?
+    let in_force = live_child(ctx, &ctx.caches.config_maps, namespace, &config_name)
+        .await?
         .map(|cm| {
             let annotation = cm.annotations().get(render::peers::PEER_IDS_ANNOTATION);
             let ini = cm.data.as_ref().and_then(|d| d.get(CONFIG_FILE));
@@ -1258,7 +1336,21 @@ async fn observe_peers(
 
 /// Deletes the pool's NetworkPolicy, if any: the spec no longer asks for one.
 async fn delete_network_policy(ctx: &Context, namespace: &str, pool: &str) -> Result<(), Error> {
-    delete_if_present::<NetworkPolicy>(&ctx.client, namespace, pool).await
+    delete_child::<NetworkPolicy>(ctx, namespace, pool).await
+}
+
+/// Deletes the child `name` unless the watches know it does not exist.
+pub(super) async fn delete_child<K>(ctx: &Context, namespace: &str, name: &str) -> Result<(), Error>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + Debug
+        + DeserializeOwned,
+{
+    if ctx.live.known_absent::<K>(namespace, name) {
+        return Ok(());
+    }
+    delete_if_present::<K>(&ctx.client, namespace, name).await
 }
 
 /// Deletes the object `name` if it exists; a read first, so that a reconcile of a pool that
@@ -1336,12 +1428,8 @@ async fn observe_api_server(
 
 /// Ready endpoints of the pool's Service.
 async fn ready_endpoints(ctx: &Context, namespace: &str, service: &str) -> Result<u32, Error> {
-    let slices = Api::<EndpointSlice>::namespaced(ctx.client.clone(), namespace)
-        .list(&ListParams::default().labels(&format!("kubernetes.io/service-name={service}")))
-        .await
-        .map_err(kube_error::<EndpointSlice>("list", service))?;
-    let ready = slices
-        .items
+    let ready = service_slices(ctx, namespace, service)
+        .await?
         .iter()
         .flat_map(|s| &s.endpoints)
         .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) != Some(false))
@@ -1359,7 +1447,18 @@ async fn publish_events(
 ) {
     let mut events = Vec::new();
     let budget = conditions::find(&new.conditions, BUDGET_FEASIBLE);
-    if let Some(c) = budget.filter(|c| conditions::changed(&old.conditions, c)) {
+    // A budget that still fits is told again only when this pool's own sizing moved, not
+    // each time another pool of the database changes what it claims.
+    let sized =
+        |s: &ConnectionPoolStatus| s.budget.as_ref().map(|b| (b.pool, b.per_pod, b.pods_max));
+    let told = |c: &&k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition| {
+        conditions::changed(&old.conditions, c)
+            && (c.status != "True"
+                || conditions::find(&old.conditions, BUDGET_FEASIBLE)
+                    .is_none_or(|b| b.status != c.status || b.reason != c.reason)
+                || sized(old) != sized(new))
+    };
+    if let Some(c) = budget.filter(told) {
         let (type_, reason) = match c.status.as_str() {
             "True" => (EventType::Normal, "BudgetComputed".to_owned()),
             "False" => (EventType::Warning, "BudgetInfeasible".to_owned()),
@@ -1534,7 +1633,8 @@ mod tests {
 
     #[test]
     fn children_are_applied_in_the_rendered_order() {
-        // apply_children applies exactly this list, in this order.
+        // apply_children applies exactly this list: what precedes the Deployment, the
+        // Deployment, what follows it.
         let rendered = render::render(&pool(""), &observed()).expect("renders");
         let kinds: Vec<&str> = rendered
             .children()

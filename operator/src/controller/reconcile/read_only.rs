@@ -208,5 +208,5 @@ where
         + std::fmt::Debug
         + DeserializeOwned,
 {
-    super::delete_if_present::<K>(&ctx.client, namespace, name).await
+    super::delete_child::<K>(ctx, namespace, name).await
 }
