@@ -197,6 +197,7 @@ async fn run_controller(
     let (deployments_cache, deployments) = reflector::store();
     let (config_maps_cache, config_maps) = reflector::store();
     let (slices_cache, slices) = reflector::store();
+    let (secrets_cache, secrets) = reflector::store();
     let ctx = Arc::new(reconcile::Context::new(
         client.clone(),
         reporter,
@@ -205,6 +206,7 @@ async fn run_controller(
             deployments: deployments_cache,
             config_maps: config_maps_cache,
             slices: slices_cache,
+            secrets: reconcile::SecretCache::new(secrets_cache),
         },
         pods,
         metrics,
@@ -217,6 +219,7 @@ async fn run_controller(
         .map(|p| tokio::spawn(poll_usage(ctx.clone(), p.interval, p.read.concurrency)));
     let children = watcher::Config::default().labels(MANAGED_BY);
     let secret_store = store.clone();
+    let read_store = store.clone();
     let slice_store = store.clone();
     let pool_store = store;
     let claim_changes = claims::ClaimChanges::default();
@@ -231,7 +234,7 @@ async fn run_controller(
             child_events(
                 scoped(&client, ns),
                 &children,
-                Some((config_maps, trim_config_map as fn(&mut ConfigMap))),
+                Some((config_maps, Box::new(trim_config_map))),
                 &live,
                 every,
             ),
@@ -245,7 +248,7 @@ async fn run_controller(
             child_events(
                 scoped(&client, ns),
                 &children,
-                Some((deployments, trim_deployment as fn(&mut Deployment))),
+                Some((deployments, Box::new(trim_deployment))),
                 &live,
                 every,
             ),
@@ -265,7 +268,7 @@ async fn run_controller(
             child_events(
                 scoped(&client, ns),
                 &watcher::Config::default(),
-                None,
+                Some((secrets, Box::new(move |s| trim_secret(s, &read_store)))),
                 &live,
                 owned,
             ),
@@ -276,7 +279,7 @@ async fn run_controller(
             child_events(
                 scoped(&client, ns),
                 &children,
-                Some((slices, trim_slice as fn(&mut EndpointSlice))),
+                Some((slices, Box::new(trim_slice))),
                 &live,
                 |_| false,
             ),
@@ -410,7 +413,7 @@ fn service_pools(service: &str) -> Vec<&str> {
 /// The pools a Secret change concerns: its owner (for the rendered Secrets) and every pool
 /// in its namespace that reads it.
 /// A watch's cache and what it keeps of each object.
-type Cache<K> = (reflector::store::Writer<K>, fn(&mut K));
+type Cache<K> = (reflector::store::Writer<K>, Box<dyn FnMut(&mut K) + Send>);
 
 /// The objects a watch of `api` delivers, each event recorded in `live` for the objects
 /// `relevant` picks and, trimmed to what reconciliations read, in `cache` when there is one.
@@ -460,6 +463,22 @@ fn trim_deployment(deployment: &mut Deployment) {
     deployment.metadata.managed_fields = None;
     if let Some(spec) = deployment.spec.as_mut() {
         spec.template = Default::default();
+    }
+}
+
+/// What a reconciliation reads of a cached Secret: the data of those some pool reads (its
+/// credentials, TLS keys), only the metadata of the others, marked as such.
+fn trim_secret(secret: &mut Secret, pools: &Store<ConnectionPool>) {
+    secret.metadata.managed_fields = None;
+    let namespace = secret.namespace();
+    let name = secret.name_any();
+    let read = pools
+        .state()
+        .iter()
+        .filter(|p| p.namespace() == namespace)
+        .any(|p| reconcile::referenced_secrets(&p.spec).contains(&name));
+    if !read {
+        reconcile::SecretCache::leave_data_out(secret);
     }
 }
 

@@ -137,6 +137,80 @@ pub struct Caches {
     pub config_maps: Store<ConfigMap>,
     /// The EndpointSlices of the pools' Services.
     pub slices: Store<EndpointSlice>,
+    /// The Secrets in the watched namespaces.
+    pub secrets: SecretCache,
+}
+
+/// The Secrets in the watched namespaces as their watch delivers them, with data only for
+/// those a pool read when the Secret last changed, and the Secrets read since then because a
+/// pool started to read them.
+pub struct SecretCache {
+    watched: Store<Secret>,
+    /// Secrets read from the API server because the watched copy has no data, each valid
+    /// while the watched copy keeps its resource version.
+    read: Mutex<HashMap<ObjectRef<Secret>, Arc<Secret>>>,
+}
+
+/// What the cache knows of one Secret.
+enum CachedSecret {
+    /// It does not exist.
+    Absent,
+    /// It, data included.
+    Present(Arc<Secret>),
+    /// Nothing to rely on: read it.
+    Unknown,
+}
+
+/// The annotation on a watched copy whose data was left out.
+const DATA_LEFT_OUT: &str = "weir.dev/cached-without-data";
+
+impl SecretCache {
+    /// A cache over the Secret watch's store.
+    pub fn new(watched: Store<Secret>) -> SecretCache {
+        SecretCache {
+            watched,
+            read: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Drops the data of a watched copy no pool reads, and marks it.
+    pub fn leave_data_out(secret: &mut Secret) {
+        secret.data = None;
+        secret.string_data = None;
+        secret
+            .annotations_mut()
+            .insert(DATA_LEFT_OUT.to_owned(), "true".to_owned());
+    }
+
+    fn lookup(&self, key: &ObjectRef<Secret>) -> CachedSecret {
+        if !complete(&self.watched) {
+            return CachedSecret::Unknown;
+        }
+        let Some(watched) = self.watched.get(key) else {
+            return CachedSecret::Absent;
+        };
+        if !watched.annotations().contains_key(DATA_LEFT_OUT) {
+            return CachedSecret::Present(watched);
+        }
+        let mut read = self.read.lock().unwrap_or_else(PoisonError::into_inner);
+        match read.get(key) {
+            Some(r) if r.resource_version() == watched.resource_version() => {
+                CachedSecret::Present(r.clone())
+            }
+            Some(_) => {
+                read.remove(key);
+                CachedSecret::Unknown
+            }
+            None => CachedSecret::Unknown,
+        }
+    }
+
+    fn remember(&self, key: ObjectRef<Secret>, secret: Secret) {
+        self.read
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(key, Arc::new(secret));
+    }
 }
 
 /// Whether `store` holds a complete list yet.
@@ -484,6 +558,7 @@ async fn reconcile_pool(pool: &ConnectionPool, ctx: &Context) -> Result<Action, 
         ctx.watched().remove(&ObjectRef::from(pool));
         return Ok(Action::await_change());
     }
+    let started = Instant::now();
     let secrets = read_secrets(ctx, &namespace, &pool.spec).await?;
     let config_maps = read_config_maps(ctx, &namespace, &pool.spec).await?;
     let database = observe_database(ctx, pool, &secrets, &config_maps).await;
@@ -498,7 +573,9 @@ async fn reconcile_pool(pool: &ConnectionPool, ctx: &Context) -> Result<Action, 
 
     // Pools on one database are sized one at a time, each seeing the others' claims: only
     // the sizing is, not the reads before nor the writes after it.
+    let observed_at = Instant::now();
     let sizing_turn = ctx.ledger.lock(&DatabaseKey::of(pool)).await;
+    let sized_at = Instant::now();
     let pools = ctx.pools.state();
     ctx.ledger.retain_existing(&pools);
     ctx.live
@@ -585,6 +662,7 @@ async fn reconcile_pool(pool: &ConnectionPool, ctx: &Context) -> Result<Action, 
         }
     };
 
+    let applied_at = Instant::now();
     let deployment = match &applied {
         Some(a) => Some(a.deployment.clone()),
         None => Api::<Deployment>::namespaced(ctx.client.clone(), &namespace)
@@ -669,6 +747,16 @@ async fn reconcile_pool(pool: &ConnectionPool, ctx: &Context) -> Result<Action, 
     ctx.ledger
         .record(pool, status.budget.as_ref().map(|b| b.pool));
 
+    // Where a slow reconciliation spent its time.
+    let ms = |from: Instant, to: Instant| to.duration_since(from).as_millis();
+    let done = Instant::now();
+    debug!(
+        observe_ms = ms(started, observed_at),
+        sizing_wait_ms = ms(observed_at, sized_at),
+        apply_ms = ms(sized_at, applied_at),
+        status_ms = ms(applied_at, done),
+        "reconciled"
+    );
     if let Some(problem) = database_problem {
         return Err(Error::Database(problem.message));
     }
@@ -697,18 +785,27 @@ async fn read_secrets(
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
     let mut secrets = BTreeMap::new();
     for name in referenced_secrets(spec) {
-        let Some(secret) = api
-            .get_opt(&name)
-            .await
-            .map_err(kube_error::<Secret>("read", &name))?
-        else {
-            continue;
+        let key = ObjectRef::new(&name).within(namespace);
+        let secret = match ctx.caches.secrets.lookup(&key) {
+            CachedSecret::Absent => continue,
+            CachedSecret::Present(secret) => secret,
+            CachedSecret::Unknown => {
+                let Some(secret) = api
+                    .get_opt(&name)
+                    .await
+                    .map_err(kube_error::<Secret>("read", &name))?
+                else {
+                    continue;
+                };
+                ctx.caches.secrets.remember(key, secret.clone());
+                Arc::new(secret)
+            }
         };
         let data = secret
             .data
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(k, v)| (k, v.0))
+            .iter()
+            .flatten()
+            .map(|(k, v)| (k.clone(), v.0.clone()))
             .collect();
         secrets.insert(name, data);
     }
@@ -1529,6 +1626,56 @@ async fn publish_events(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secrets_come_from_the_watch_or_from_a_read_while_its_copy_is_unchanged() {
+        use kube::runtime::watcher::Event as WatchEvent;
+        let secret = |name: &str, version: &str| {
+            let mut s = Secret::default();
+            s.metadata.name = Some(name.into());
+            s.metadata.namespace = Some("shop".into());
+            s.metadata.resource_version = Some(version.into());
+            s.data = Some(
+                [(
+                    "password".to_owned(),
+                    k8s_openapi::ByteString(b"pw".to_vec()),
+                )]
+                .into(),
+            );
+            s
+        };
+        let without_data = |mut s: Secret| {
+            SecretCache::leave_data_out(&mut s);
+            s
+        };
+        let key = |name: &str| ObjectRef::new(name).within("shop");
+        let (store, mut writer) = kube::runtime::reflector::store::<Secret>();
+        let cache = SecretCache::new(store);
+        assert!(
+            matches!(cache.lookup(&key("db")), CachedSecret::Unknown),
+            "not listed yet"
+        );
+
+        writer.apply_watcher_event(&WatchEvent::Init);
+        writer.apply_watcher_event(&WatchEvent::InitApply(secret("read", "1")));
+        writer.apply_watcher_event(&WatchEvent::InitApply(without_data(secret("db", "2"))));
+        writer.apply_watcher_event(&WatchEvent::InitDone);
+        assert!(matches!(cache.lookup(&key("gone")), CachedSecret::Absent));
+        assert!(matches!(cache.lookup(&key("read")), CachedSecret::Present(s) if s.data.is_some()));
+        assert!(
+            matches!(cache.lookup(&key("db")), CachedSecret::Unknown),
+            "its data was left out"
+        );
+        cache.remember(key("db"), secret("db", "2"));
+        assert!(matches!(cache.lookup(&key("db")), CachedSecret::Present(s) if s.data.is_some()));
+        writer.apply_watcher_event(&WatchEvent::Apply(without_data(secret("db", "3"))));
+        assert!(
+            matches!(cache.lookup(&key("db")), CachedSecret::Unknown),
+            "changed since it was read"
+        );
+        writer.apply_watcher_event(&WatchEvent::Delete(secret("read", "4")));
+        assert!(matches!(cache.lookup(&key("read")), CachedSecret::Absent));
+    }
     use crate::render::ObservedDatabase;
 
     fn pool(extra: &str) -> ConnectionPool {
