@@ -10,8 +10,10 @@
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
-use kube::runtime::reflector::ObjectRef;
+use futures::StreamExt as _;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::ResourceExt;
 
 use crate::api::{ConnectionPool, ConnectionPoolStatus};
@@ -166,7 +168,19 @@ struct Shown {
     status: Option<ConnectionPoolStatus>,
 }
 
-/// Tells the pool events that move a claim (which resize the other pools of the database)
+/// The databases whose pools an event of one pool concerns.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Resize {
+    /// Databases where connections were freed: a pool held back by the old claims may now
+    /// get more, so their pools are woken at once.
+    pub now: Vec<DatabaseKey>,
+    /// Databases where a claim grew or appeared. The pool claimed out of what the others left
+    /// it, so nothing of theirs has to change but the claim they report
+    /// (`status.budget.claimedByOthers`): their pools are woken once the claims settle.
+    pub settled: Vec<DatabaseKey>,
+}
+
+/// Tells the pool events that move a claim (which concern the other pools of the database)
 /// from the many status writes that do not.
 #[derive(Debug, Default)]
 pub struct ClaimChanges {
@@ -174,10 +188,9 @@ pub struct ClaimChanges {
 }
 
 impl ClaimChanges {
-    /// The databases whose other pools must be resized after this event of `pool`: the old
-    /// and new one when its database or claim changed. An event that repeats what was shown
-    /// is a deletion (or a metadata edit), which frees the claim.
-    pub fn databases_to_resize(&self, pool: &ConnectionPool) -> Vec<DatabaseKey> {
+    /// The databases whose other pools this event of `pool` concerns. An event that repeats
+    /// what was shown is a deletion (or a metadata edit), which frees the claim.
+    pub fn databases_to_resize(&self, pool: &ConnectionPool) -> Resize {
         let key = ObjectRef::from(pool);
         let now = Shown {
             database: DatabaseKey::of(pool),
@@ -189,32 +202,135 @@ impl ClaimChanges {
             status: pool.status.clone(),
         };
         let mut shown = self.shown.lock().unwrap_or_else(PoisonError::into_inner);
-        let before = shown.get(&key).cloned();
-        match before {
-            Some(before) if before == now => {
-                shown.remove(&key);
-                now.claim.map(|_| now.database).into_iter().collect()
+        let before = shown.remove(&key);
+        let freed = |database: &DatabaseKey| Resize {
+            now: vec![database.clone()],
+            settled: Vec::new(),
+        };
+        let claimed = |database: &DatabaseKey| Resize {
+            now: Vec::new(),
+            settled: vec![database.clone()],
+        };
+        let resize = match &before {
+            // Seen before as it is: deleted (it is then forgotten).
+            Some(before) if *before == now => {
+                return now.claim.map(|_| freed(&now.database)).unwrap_or_default();
             }
-            Some(before) if before.database != now.database || before.claim != now.claim => {
-                let mut databases = vec![before.database.clone(), now.database.clone()];
-                databases.dedup();
-                shown.insert(key, now);
-                databases
-            }
-            Some(_) => {
-                shown.insert(key, now);
-                Vec::new()
-            }
-            None => {
-                let databases = now
+            Some(before) if before.database != now.database => Resize {
+                now: before
+                    .claim
+                    .map(|_| before.database.clone())
+                    .into_iter()
+                    .collect(),
+                settled: now
                     .claim
                     .map(|_| now.database.clone())
                     .into_iter()
-                    .collect();
-                shown.insert(key, now);
-                databases
-            }
+                    .collect(),
+            },
+            Some(before) if now.claim < before.claim => freed(&now.database),
+            Some(before) if now.claim > before.claim => claimed(&now.database),
+            Some(_) => Resize::default(),
+            None => now
+                .claim
+                .map(|_| claimed(&now.database))
+                .unwrap_or_default(),
+        };
+        shown.insert(key, now);
+        resize
+    }
+}
+
+/// How long a database's claims must stay put before its pools are told the new totals.
+const SETTLE_QUIET: Duration = Duration::from_secs(2);
+/// The longest a database's pools wait to be told, however busy its claims.
+const SETTLE_LONGEST: Duration = Duration::from_secs(10);
+
+/// Since when and until when the claims of a database have been moving.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Moving {
+    first: Instant,
+    last: Instant,
+}
+
+impl Moving {
+    fn due(&self) -> Instant {
+        (self.last + SETTLE_QUIET).min(self.first + SETTLE_LONGEST)
+    }
+}
+
+/// The databases whose claims grew, each told to its pools once its claims settle: a burst
+/// of new pools on one database then updates each sibling's status once or twice, not once
+/// per new pool.
+#[derive(Debug, Default)]
+pub struct Settling {
+    moving: Mutex<HashMap<DatabaseKey, Moving>>,
+    changed: tokio::sync::Notify,
+}
+
+impl Settling {
+    /// Notes that claims on `database` moved at `at`.
+    pub fn moved(&self, database: DatabaseKey, at: Instant) {
+        self.moving
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(database)
+            .and_modify(|m| m.last = at)
+            .or_insert(Moving {
+                first: at,
+                last: at,
+            });
+        self.changed.notify_one();
+    }
+
+    /// Takes the databases due at `at`, and tells when the next one is due.
+    fn take_due(&self, at: Instant) -> (Vec<DatabaseKey>, Option<Instant>) {
+        let mut moving = self.moving.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut due: Vec<DatabaseKey> = moving
+            .iter()
+            .filter(|(_, m)| m.due() <= at)
+            .map(|(database, _)| database.clone())
+            .collect();
+        due.sort();
+        for database in &due {
+            moving.remove(database);
         }
+        (due, moving.values().map(Moving::due).min())
+    }
+
+    /// The pools of each database whose claims settled, as they settle: all the pools on
+    /// it in `pools` at that time.
+    pub fn pools(
+        self: Arc<Self>,
+        pools: Store<ConnectionPool>,
+    ) -> impl futures::Stream<Item = ObjectRef<ConnectionPool>> + Send {
+        futures::stream::unfold(self, move |settling| {
+            let pools = pools.clone();
+            async move {
+                loop {
+                    let (due, next) = settling.take_due(Instant::now());
+                    if !due.is_empty() {
+                        let refs: Vec<ObjectRef<ConnectionPool>> = pools
+                            .state()
+                            .iter()
+                            .filter(|p| due.contains(&DatabaseKey::of(p)))
+                            .map(|p| ObjectRef::from(p.as_ref()))
+                            .collect();
+                        return Some((futures::stream::iter(refs), settling));
+                    }
+                    match next {
+                        Some(next) => {
+                            tokio::select! {
+                                () = tokio::time::sleep_until(next.into()) => {}
+                                () = settling.changed.notified() => {}
+                            }
+                        }
+                        None => settling.changed.notified().await,
+                    }
+                }
+            }
+        })
+        .flatten()
     }
 }
 
@@ -313,41 +429,91 @@ mod tests {
     }
 
     #[test]
-    fn only_claim_changes_and_deletions_resize_the_other_pools() {
+    fn freed_connections_resize_at_once_and_grown_claims_once_settled() {
         let changes = ClaimChanges::default();
         let db = |host: &str| DatabaseKey {
             host: format!("{host}.shop.svc"),
             port: 5432,
         };
+        let now = |d: &str| Resize {
+            now: vec![db(d)],
+            settled: Vec::new(),
+        };
+        let settled = |d: &str| Resize {
+            now: Vec::new(),
+            settled: vec![db(d)],
+        };
         let mut a = pool("shop", "a", "db", None);
-        assert_eq!(changes.databases_to_resize(&a), [], "no claim yet");
+        assert_eq!(
+            changes.databases_to_resize(&a),
+            Resize::default(),
+            "no claim yet"
+        );
         a.status = pool("shop", "a", "db", Some(50)).status;
-        assert_eq!(changes.databases_to_resize(&a), [db("db")], "a first claim");
+        assert_eq!(
+            changes.databases_to_resize(&a),
+            settled("db"),
+            "a first claim"
+        );
         let mut written = a.clone();
         if let Some(status) = written.status.as_mut() {
             status.observed_generation = Some(3);
         }
         assert_eq!(
             changes.databases_to_resize(&written),
-            [],
+            Resize::default(),
             "a status write that keeps the claim"
         );
-        let mut moved = pool("shop", "a", "other", Some(50));
-        moved.status = written.status.clone();
+        let smaller = pool("shop", "a", "db", Some(20));
+        assert_eq!(changes.databases_to_resize(&smaller), now("db"), "freed");
+        let larger = pool("shop", "a", "db", Some(40));
+        assert_eq!(changes.databases_to_resize(&larger), settled("db"), "grown");
+        let moved = pool("shop", "a", "other", Some(40));
         assert_eq!(
             changes.databases_to_resize(&moved),
-            [db("db"), db("other")],
-            "both databases"
+            Resize {
+                now: vec![db("db")],
+                settled: vec![db("other")],
+            },
+            "freed on the old database, claimed on the new"
         );
         assert_eq!(
             changes.databases_to_resize(&moved),
-            [db("other")],
+            now("other"),
             "the same object again: deleted, its claim is freed"
         );
         assert_eq!(
             changes.databases_to_resize(&moved),
-            [db("other")],
+            settled("other"),
             "forgotten after the deletion: seen as new"
         );
+    }
+
+    #[test]
+    fn a_database_is_due_after_a_quiet_spell_or_at_the_latest_bound() {
+        let settling = Settling::default();
+        let db = |host: &str| DatabaseKey {
+            host: host.into(),
+            port: 5432,
+        };
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        assert_eq!(settling.take_due(t0), (Vec::new(), None));
+        settling.moved(db("a"), t0);
+        settling.moved(db("b"), t0 + s(1));
+        assert_eq!(settling.take_due(t0 + s(1)), (Vec::new(), Some(t0 + s(2))));
+        assert_eq!(
+            settling.take_due(t0 + s(2)),
+            (vec![db("a")], Some(t0 + s(3)))
+        );
+        // b keeps moving every second: it is told at the latest bound.
+        for second in 2..=9 {
+            settling.moved(db("b"), t0 + s(second));
+        }
+        assert_eq!(
+            settling.take_due(t0 + s(10)),
+            (Vec::new(), Some(t0 + s(11)))
+        );
+        assert_eq!(settling.take_due(t0 + s(11)), (vec![db("b")], None));
     }
 }

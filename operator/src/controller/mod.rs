@@ -223,6 +223,8 @@ async fn run_controller(
     let slice_store = store.clone();
     let pool_store = store;
     let claim_changes = claims::ClaimChanges::default();
+    let settling = Arc::new(claims::Settling::default());
+    let settled = settling.clone().pools(pool_store.clone());
     let live = ctx.live();
     let owned = |secret: &Secret| !pool_owners(secret).is_empty();
     controller
@@ -285,18 +287,26 @@ async fn run_controller(
             ),
             move |slice| slice_triggers(&slice, &slice_store),
         )
-        // A pool's claim changing or disappearing resizes the others on its database.
+        // A pool's claim shrinking or disappearing resizes the others on its database at
+        // once; one growing is told to them once the database's claims settle.
         .watches(pools, watcher::Config::default(), move |pool| {
-            let databases = claim_changes.databases_to_resize(&pool);
-            if databases.is_empty() {
+            let resize = claim_changes.databases_to_resize(&pool);
+            let at = std::time::Instant::now();
+            resize
+                .settled
+                .into_iter()
+                .for_each(|database| settling.moved(database, at));
+            if resize.now.is_empty() {
                 return Vec::new();
             }
             let pools = pool_store.state();
-            databases
+            resize
+                .now
                 .iter()
                 .flat_map(|database| claims::sharing_database(&pool, database, &pools))
                 .collect()
         })
+        .reconcile_on(settled)
         .graceful_shutdown_on(async move {
             let _ = stop.wait_for(|s| *s).await;
         })
