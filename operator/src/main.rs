@@ -101,10 +101,12 @@ struct RunArgs {
     /// The namespace the operator runs in (the NetworkPolicy's default operator peer).
     #[arg(long, env = "POD_NAMESPACE")]
     operator_namespace: Option<String>,
-    /// Pools reconciled at once (0: no bound). Every reconciliation waits on the API server,
-    /// so beyond a few dozen they only share its throughput: a burst of new pools then
-    /// queues here instead of making every reconciliation slow.
-    #[arg(long, default_value_t = 16)]
+    /// Pools reconciled at once (0: no bound). A reconciliation that changes nothing reads
+    /// only the watches' caches; one that creates a pool's children sends up to seven
+    /// requests at once, so a burst of new pools queues here instead of making every
+    /// reconciliation wait on a saturated API server (500 new pools on a 2-core control
+    /// plane: 16 at once gave a p99 of 2.4 s, 8 at once 1.0 s, for 63-72 s to all Ready).
+    #[arg(long, default_value_t = 8)]
     concurrent_reconciles: u16,
     /// Seconds between reconciliations of an unchanged pool.
     #[arg(long, default_value_t = 300)]

@@ -1307,8 +1307,8 @@ async fn apply_children(
         .or_default()
         .config_digest = in_place;
 
-    // What comes before the Deployment in the rendered order is applied at once, then the
-    // Deployment, then what comes after it at once: each stage waits for the one before.
+    // What comes before the Deployment in the rendered order (what its pods mount and run
+    // as) is applied at once; then the Deployment together with what comes after it.
     let mut stages: [Vec<BoxFuture<'_, Result<(), Error>>>; 2] = [Vec::new(), Vec::new()];
     let mut stage = 0;
     let mut pods = None;
@@ -1335,21 +1335,23 @@ async fn apply_children(
     }
     let [before, after] = stages;
     futures::future::try_join_all(before).await?;
-    let mut deployment = None;
-    if let Some(o) = pods {
-        let mut o = o.clone();
-        if let Some(spec) = o.spec.as_mut() {
-            spec.replicas = Some(plan.replicas);
-        }
-        let missing = live_deployment.is_none();
-        deployment = match apply_child(ctx, namespace, &o, missing).await? {
-            Some(applied) => Some(applied),
-            None => live_deployment.clone(),
-        };
+    let mut pods = pods
+        .ok_or(Error::Internal("the rendered children hold no Deployment"))?
+        .clone();
+    if let Some(spec) = pods.spec.as_mut() {
+        spec.replicas = Some(plan.replicas);
     }
-    futures::future::try_join_all(after).await?;
-    let deployment =
-        deployment.ok_or(Error::Internal("the rendered children hold no Deployment"))?;
+    let missing = live_deployment.is_none();
+    let (applied, _) = futures::future::try_join(
+        apply_child(ctx, namespace, &pods, missing),
+        futures::future::try_join_all(after),
+    )
+    .await?;
+    let deployment = applied
+        .or_else(|| live_deployment.clone())
+        .ok_or(Error::Internal(
+            "the Deployment is neither applied nor live",
+        ))?;
 
     if let Some(hold) = &plan.hold {
         info!(pool = %name, namespace = %namespace, "resize in steps: {}", hold.message(&desired));
@@ -1780,8 +1782,8 @@ mod tests {
 
     #[test]
     fn children_are_applied_in_the_rendered_order() {
-        // apply_children applies exactly this list: what precedes the Deployment, the
-        // Deployment, what follows it.
+        // apply_children applies exactly this list: what precedes the Deployment, then the
+        // Deployment with what follows it.
         let rendered = render::render(&pool(""), &observed()).expect("renders");
         let kinds: Vec<&str> = rendered
             .children()

@@ -260,7 +260,7 @@ impl<'a> Child<'a> {
 
 impl Rendered {
     /// The children in the order they are applied: what pods mount and run as comes before
-    /// the pods, and so does their NetworkPolicy; the disruption budget after them.
+    /// the pods, and so does their NetworkPolicy; the disruption budget with them.
     pub fn children(&self) -> Vec<Child<'_>> {
         let mut children = vec![
             Child::ServiceAccount(&self.service_account),
