@@ -105,7 +105,8 @@ struct RunArgs {
     /// only the watches' caches; one that creates a pool's children sends up to seven
     /// requests at once, so a burst of new pools queues here instead of making every
     /// reconciliation wait on a saturated API server (500 new pools on a 2-core control
-    /// plane: 16 at once gave a p99 of 2.4 s, 8 at once 1.0 s, for 63-72 s to all Ready).
+    /// plane: 16 at once gave a p99 of 2.3-2.4 s, 8 at once 1.0-1.25 s, both 63-73 s to all
+    /// Ready).
     #[arg(long, default_value_t = 8)]
     concurrent_reconciles: u16,
     /// Seconds between reconciliations of an unchanged pool.
