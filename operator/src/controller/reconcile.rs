@@ -205,6 +205,19 @@ impl SecretCache {
         }
     }
 
+    /// Forgets the Secrets read whose watched copy changed or is gone: their data is not
+    /// kept past its use.
+    fn forget_stale(&self) {
+        self.read
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|key, read| {
+                self.watched
+                    .get(key)
+                    .is_some_and(|w| w.resource_version() == read.resource_version())
+            });
+    }
+
     fn remember(&self, key: ObjectRef<Secret>, secret: Secret) {
         self.read
             .lock()
@@ -580,6 +593,7 @@ async fn reconcile_pool(pool: &ConnectionPool, ctx: &Context) -> Result<Action, 
     ctx.ledger.retain_existing(&pools);
     ctx.live
         .retain_owners(&pools.iter().filter_map(|p| p.uid()).collect());
+    ctx.caches.secrets.forget_stale();
     ctx.metrics.retain_budgets(
         &pools
             .iter()
@@ -1677,6 +1691,18 @@ mod tests {
         );
         writer.apply_watcher_event(&WatchEvent::Delete(secret("read", "4")));
         assert!(matches!(cache.lookup(&key("read")), CachedSecret::Absent));
+        cache.remember(key("db"), secret("db", "3"));
+        cache.forget_stale();
+        assert!(
+            matches!(cache.lookup(&key("db")), CachedSecret::Present(_)),
+            "still the watched version"
+        );
+        writer.apply_watcher_event(&WatchEvent::Delete(without_data(secret("db", "5"))));
+        cache.forget_stale();
+        assert!(
+            cache.read.lock().unwrap().is_empty(),
+            "deleted: its data is dropped"
+        );
     }
     use crate::render::ObservedDatabase;
 
