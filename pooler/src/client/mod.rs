@@ -490,12 +490,13 @@ impl Session {
     async fn run(&mut self) -> &'static str {
         let mode = self.pool.settings().mode;
         loop {
-            if let Err(reason) = self.wait_for_work(mode).await {
-                return reason;
-            }
+            let settings = match self.wait_for_work(mode).await {
+                Ok(settings) => settings,
+                Err(reason) => return reason,
+            };
             // Boxed per transaction: its state (checkout, relay) is large, and an idle
             // client's task should hold only what waiting for work needs.
-            if let Err(reason) = Box::pin(self.serve_transaction(mode)).await {
+            if let Err(reason) = Box::pin(self.serve_transaction(mode, settings)).await {
                 return reason;
             }
         }
@@ -503,13 +504,17 @@ impl Session {
 
     /// Borrows a server connection for the work the client sent and relays until it can be
     /// given back (Ok) or the session is over (Err).
-    async fn serve_transaction(&mut self, mode: PoolMode) -> Result<(), &'static str> {
+    async fn serve_transaction(
+        &mut self,
+        mode: PoolMode,
+        settings: TxSettings,
+    ) -> Result<(), &'static str> {
         // One clock read: the request's time, its wait deadline, and its lending's start
         // when a connection is ready at once.
         let requested = Instant::now();
-        let limit = self.pooler.config_now().pgbouncer.query_wait_timeout;
         self.record.start_waiting(requested);
-        let (mut checkout, lent_at) = match self.checkout(requested, limit).await {
+        let checkout = self.checkout(requested, settings.query_wait_timeout, settings.pkt_buf);
+        let (mut checkout, lent_at) = match checkout.await {
             Ok(c) => c,
             Err(reason) => {
                 self.record.stop_waiting();
@@ -532,11 +537,12 @@ impl Session {
             self.fatal(e.to_client_error()).await;
             return Err(reason);
         }
-        self.relay(mode, checkout, lent_at).await
+        self.relay(mode, settings, checkout, lent_at).await
     }
 
-    /// Waits until the client has sent something that needs a server. Err means it left.
-    async fn wait_for_work(&mut self, mode: PoolMode) -> Result<(), &'static str> {
+    /// Waits until the client has sent something that needs a server, and returns the
+    /// settings its transaction runs under. Err means it left.
+    async fn wait_for_work(&mut self, mode: PoolMode) -> Result<TxSettings, &'static str> {
         let idle_limit = self
             .pooler
             .config_now()
@@ -606,20 +612,25 @@ impl Session {
         if self.buf.first() == Some(&b'X') {
             return Err("client said goodbye");
         }
+        // Read once per transaction: a reload applies from the next request on.
+        let settings = TxSettings::of(
+            &self.pooler.config_now(),
+            &self.pool.key().user,
+            &self.record.info.user,
+        );
         // Refused before a server connection is borrowed, as PgBouncer does.
-        if self.buf.first() == Some(&b'Q') && self.pooler.config_now().pgbouncer.disable_pqexec {
+        if self.buf.first() == Some(&b'Q') && !settings.simple_query {
             tracing::error!("client used \"Query\" packet type");
             self.fatal(ProtocolError::SimpleQueryDisallowed.to_pg_error())
                 .await;
             return Err("PQexec disallowed");
         }
         // A header that cannot be valid is refused before a server connection is borrowed.
-        let limit = max_message(self.pooler.config_now().pgbouncer.max_packet_size);
-        if let Err(e) = crate::protocol::peek_header(&self.buf, limit) {
+        if let Err(e) = crate::protocol::peek_header(&self.buf, settings.max_message) {
             self.fatal(e.to_pg_error()).await;
             return Err("client protocol violation");
         }
-        Ok(())
+        Ok(settings)
     }
 
     /// Borrows a server connection, noticing meanwhile if the client goes away. What the
@@ -630,9 +641,9 @@ impl Session {
         &mut self,
         requested: Instant,
         query_wait_timeout: Duration,
+        bound: usize,
     ) -> Result<(Checkout, Instant), &'static str> {
         let pool = self.pool.clone();
-        let bound = self.pooler.config_now().pgbouncer.pkt_buf as usize;
         let checkout = pool.checkout(wait_deadline(requested, query_wait_timeout));
         tokio::pin!(checkout);
         let first = std::future::poll_fn(|cx| Poll::Ready(checkout.as_mut().poll(cx))).await;
@@ -662,31 +673,22 @@ impl Session {
     async fn relay(
         &mut self,
         mode: PoolMode,
+        settings: TxSettings,
         mut checkout: Checkout,
         lent_at: Instant,
     ) -> Result<(), &'static str> {
-        let config = self.pooler.config_now();
-        let s = &config.pgbouncer;
         let policy = ReleasePolicy {
             release_when_idle: mode != PoolMode::Session,
             statement_mode: mode == PoolMode::Statement,
         };
-        // As in PgBouncer: the server connection's user for the query limits, the client's
-        // own for its idleness.
-        let server_user = &self.pool.key().user;
-        let timeouts = Timeouts {
-            query: config.query_timeout_for(server_user),
-            idle_transaction: config.idle_transaction_timeout_for(server_user),
-            client_idle: config.client_idle_timeout_for(&self.record.info.user),
-        };
-        let max_message = max_message(s.max_packet_size);
-        let simple_query = !s.disable_pqexec;
-        let reset_always = s.server_reset_query_always;
-        let tracking = tracked::Policy {
-            max_prepared: s.max_prepared_statements as usize,
-            pinning: s.pinning,
-        };
-        drop(config);
+        let TxSettings {
+            timeouts,
+            max_message,
+            simple_query,
+            reset_always,
+            tracking,
+            ..
+        } = settings;
 
         let mut tx = TxState::default();
         let mut counts = Counts::default();
@@ -887,6 +889,50 @@ impl Session {
         async move {
             // Boxed, to keep the timers out of the states of every client task.
             Box::pin(wire::farewell(&mut self.stream, &mut out)).await;
+        }
+    }
+}
+
+/// The settings one transaction runs under, read from the configuration once, when its
+/// first bytes arrive.
+#[derive(Debug, Clone, Copy)]
+struct TxSettings {
+    /// `query_wait_timeout`.
+    query_wait_timeout: Duration,
+    /// `pkt_buf`: how much a waiting client is read ahead.
+    pkt_buf: usize,
+    /// The relay's timeouts.
+    timeouts: Timeouts,
+    /// The largest client message (`max_packet_size`).
+    max_message: usize,
+    /// Whether simple-query messages pass (`disable_pqexec` off).
+    simple_query: bool,
+    /// `server_reset_query_always`.
+    reset_always: bool,
+    /// Prepared statements and pinning.
+    tracking: tracked::Policy,
+}
+
+impl TxSettings {
+    /// As in PgBouncer: the server connection's user for the query limits, the client's own
+    /// for its idleness.
+    fn of(config: &crate::config::Config, server_user: &str, client_user: &str) -> TxSettings {
+        let s = &config.pgbouncer;
+        TxSettings {
+            query_wait_timeout: s.query_wait_timeout,
+            pkt_buf: s.pkt_buf as usize,
+            timeouts: Timeouts {
+                query: config.query_timeout_for(server_user),
+                idle_transaction: config.idle_transaction_timeout_for(server_user),
+                client_idle: config.client_idle_timeout_for(client_user),
+            },
+            max_message: max_message(s.max_packet_size),
+            simple_query: !s.disable_pqexec,
+            reset_always: s.server_reset_query_always,
+            tracking: tracked::Policy {
+                max_prepared: s.max_prepared_statements as usize,
+                pinning: s.pinning,
+            },
         }
     }
 }

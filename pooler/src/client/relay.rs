@@ -438,6 +438,10 @@ impl Future for Relay<'_> {
                 return Poll::Ready(Outcome::ClientProtocol(e));
             }
         }
+        // A read that returned Pending has registered this task's waker: polling it again
+        // before this poll returns would only repeat the readiness check.
+        let mut client_read_pending = false;
+        let mut server_read_pending = false;
         loop {
             let mut progressed = false;
             let mut client_sent = false;
@@ -469,12 +473,12 @@ impl Future for Relay<'_> {
                     }
                     if !this.c2s_out.is_empty() {
                         progressed = true;
-                    } else if !this.client_done {
+                    } else if !this.client_done && !client_read_pending {
                         match poll_fill(this.client, this.client_buf, cx) {
                             Poll::Ready(Ok(0)) => this.client_done = true,
                             Poll::Ready(Ok(_)) => progressed = true,
                             Poll::Ready(Err(e)) => return Poll::Ready(Outcome::ClientFailed(e)),
-                            Poll::Pending => {}
+                            Poll::Pending => client_read_pending = true,
                         }
                     }
                 }
@@ -501,7 +505,11 @@ impl Future for Relay<'_> {
                         Poll::Pending => {}
                     }
                 }
-                if this.c2s.scanned == 0 && !this.client_done && this.stop.is_none() {
+                if this.c2s.scanned == 0
+                    && !this.client_done
+                    && this.stop.is_none()
+                    && !client_read_pending
+                {
                     match poll_fill(this.client, this.client_buf, cx) {
                         Poll::Ready(Ok(0)) => this.client_done = true,
                         Poll::Ready(Ok(_)) => {
@@ -511,7 +519,7 @@ impl Future for Relay<'_> {
                             }
                         }
                         Poll::Ready(Err(e)) => return Poll::Ready(Outcome::ClientFailed(e)),
-                        Poll::Pending => {}
+                        Poll::Pending => client_read_pending = true,
                     }
                 }
             }
@@ -578,7 +586,7 @@ impl Future for Relay<'_> {
                         progressed = true;
                     }
                 }
-                if !progressed || this.tracker.is_none() {
+                if (!progressed || this.tracker.is_none()) && !server_read_pending {
                     match poll_fill(this.server.stream, this.server.buf, cx) {
                         Poll::Ready(Ok(0)) => {
                             return Poll::Ready(Outcome::ServerFailed(
@@ -596,7 +604,7 @@ impl Future for Relay<'_> {
                         Poll::Ready(Err(e)) => {
                             return Poll::Ready(Outcome::ServerFailed(e.to_string()))
                         }
-                        Poll::Pending => {}
+                        Poll::Pending => server_read_pending = true,
                     }
                 }
             }

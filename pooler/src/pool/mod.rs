@@ -28,7 +28,7 @@ mod queue;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -215,6 +215,33 @@ pub struct Pool {
     credential_generation: AtomicU64,
     /// The health of each host of its host list, and its connections per host.
     hosts: Mutex<HostBook>,
+    /// Whether it measures its hosts' replay lag and whether it has a host list, derived
+    /// from `settings` and `target` whenever they change: read on every checkout and return.
+    tracks_hosts: AtomicU8,
+}
+
+/// Bits of [`Pool::tracks_hosts`].
+const MEASURES_LAG: u8 = 1;
+const HOST_LIST: u8 = 2;
+
+/// What [`Pool::tracks_hosts`] holds for these settings and this target.
+fn tracks_hosts(settings: &PoolSettings, target: &ServerTarget) -> u8 {
+    host_tracking(
+        settings.replica_max_lag,
+        target.session_attrs,
+        target.hosts.len(),
+    )
+}
+
+/// A pool measures replay lag when `replica_max_lag` is set and its `target_session_attrs`
+/// accept standbys; it keeps host health when it has a host list or measures lag.
+fn host_tracking(replica_max_lag: Duration, attrs: TargetSessionAttrs, hosts: usize) -> u8 {
+    let measures_lag = !replica_max_lag.is_zero()
+        && !matches!(
+            attrs,
+            TargetSessionAttrs::ReadWrite | TargetSessionAttrs::Primary
+        );
+    u8::from(measures_lag) * MEASURES_LAG + u8::from(hosts > 1) * HOST_LIST
 }
 
 /// A pool's host table and per-host counts, replaced together when the host list changes.
@@ -248,6 +275,7 @@ impl Pool {
         hold_histogram: Option<prometheus::Histogram>,
     ) -> Arc<Pool> {
         let hosts = target.hosts.len();
+        let tracks = tracks_hosts(&settings, &target);
         let pool = Arc::new(Pool {
             key: Arc::new(key),
             target: ArcSwap::from_pointee(target),
@@ -268,6 +296,7 @@ impl Pool {
             held: watch::Sender::new(false),
             hold_histogram,
             credential_generation: AtomicU64::new(0),
+            tracks_hosts: AtomicU8::new(tracks),
             hosts: Mutex::new(HostBook::new(hosts)),
         });
         for limit in pool.limits.load().iter() {
@@ -331,7 +360,9 @@ impl Pool {
         if *old != settings {
             tracing::info!(pool = %self.key, size = settings.size, reserve = settings.reserve_size, "pool reconfigured");
         }
+        let tracks = tracks_hosts(&settings, &self.target.load());
         self.settings.store(Arc::new(settings));
+        self.tracks_hosts.store(tracks, Ordering::Release);
         self.places.freed.notify_waiters();
     }
 
@@ -601,17 +632,13 @@ impl Pool {
 
     /// Whether the pool keeps track of its hosts' health: it has a host list, or a lag bound.
     fn balances(&self) -> bool {
-        self.target.load().hosts.len() > 1 || self.measures_lag()
+        self.tracks_hosts.load(Ordering::Acquire) != 0
     }
 
     /// Whether the pool measures its hosts' replay lag: `replica_max_lag` is set and its
     /// `target_session_attrs` accepts standbys.
     fn measures_lag(&self) -> bool {
-        !self.settings.load().replica_max_lag.is_zero()
-            && !matches!(
-                self.target.load().session_attrs,
-                TargetSessionAttrs::ReadWrite | TargetSessionAttrs::Primary
-            )
+        self.tracks_hosts.load(Ordering::Acquire) & MEASURES_LAG != 0
     }
 
     /// Which idle connections may be lent, best first (see [`HostTable::lend_ranks`]);
@@ -1574,6 +1601,25 @@ impl Drop for Checkout {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_tracking_follows_the_lag_bound_the_attributes_and_the_host_count() {
+        let lag = Duration::from_secs(5);
+        let none = Duration::ZERO;
+        assert_eq!(host_tracking(none, TargetSessionAttrs::Any, 1), 0);
+        assert_eq!(host_tracking(none, TargetSessionAttrs::Any, 2), HOST_LIST);
+        assert_eq!(host_tracking(lag, TargetSessionAttrs::Any, 1), MEASURES_LAG);
+        assert_eq!(
+            host_tracking(lag, TargetSessionAttrs::PreferStandby, 3),
+            MEASURES_LAG | HOST_LIST
+        );
+        // Only a primary is accepted: there is no standby whose lag could matter.
+        assert_eq!(host_tracking(lag, TargetSessionAttrs::ReadWrite, 1), 0);
+        assert_eq!(
+            host_tracking(lag, TargetSessionAttrs::Primary, 2),
+            HOST_LIST
+        );
+    }
 
     #[test]
     fn places_are_bounded_and_given_back_on_drop() {
