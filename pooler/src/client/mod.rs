@@ -509,12 +509,12 @@ impl Session {
         mode: PoolMode,
         settings: TxSettings,
     ) -> Result<(), &'static str> {
-        // One clock read: the request's time, its wait deadline, and its lending's start
-        // when a connection is ready at once.
+        // One clock read: the request's time, its wait deadline, the pool's "now" and, when
+        // a connection is ready at once, the start of its lending.
         let requested = Instant::now();
         self.record.start_waiting(requested);
         let checkout = self.checkout(requested, settings.query_wait_timeout, settings.pkt_buf);
-        let (mut checkout, lent_at) = match checkout.await {
+        let mut checkout = match checkout.await {
             Ok(c) => c,
             Err(reason) => {
                 self.record.stop_waiting();
@@ -537,7 +537,7 @@ impl Session {
             self.fatal(e.to_client_error()).await;
             return Err(reason);
         }
-        self.relay(mode, settings, checkout, lent_at).await
+        self.relay(mode, settings, checkout).await
     }
 
     /// Waits until the client has sent something that needs a server, and returns the
@@ -636,23 +636,22 @@ impl Session {
     /// Borrows a server connection, noticing meanwhile if the client goes away. What the
     /// client sends meanwhile is read up to `pkt_buf` bytes; past that the client is not read
     /// (it waits, as its socket fills) until it has a connection.
-    /// Also says when the connection was lent: `requested` if it was ready at once.
     async fn checkout(
         &mut self,
         requested: Instant,
         query_wait_timeout: Duration,
         bound: usize,
-    ) -> Result<(Checkout, Instant), &'static str> {
+    ) -> Result<Checkout, &'static str> {
         let pool = self.pool.clone();
-        let checkout = pool.checkout(wait_deadline(requested, query_wait_timeout));
+        let checkout = pool.checkout(requested, wait_deadline(requested, query_wait_timeout));
         tokio::pin!(checkout);
         let first = std::future::poll_fn(|cx| Poll::Ready(checkout.as_mut().poll(cx))).await;
         let result = match first {
-            Poll::Ready(result) => result.map(|c| (c, requested)),
+            Poll::Ready(result) => result,
             Poll::Pending => loop {
                 let reading = self.buf.len() < bound;
                 tokio::select! {
-                    result = &mut checkout => break result.map(|c| (c, Instant::now())),
+                    result = &mut checkout => break result,
                     read = self.stream.read_buf(&mut self.buf), if reading => match read {
                         Ok(0) | Err(_) => return Err("client left while waiting for a server connection"),
                         Ok(_) => {}
@@ -675,7 +674,6 @@ impl Session {
         mode: PoolMode,
         settings: TxSettings,
         mut checkout: Checkout,
-        lent_at: Instant,
     ) -> Result<(), &'static str> {
         let policy = ReleasePolicy {
             release_when_idle: mode != PoolMode::Session,
@@ -717,7 +715,7 @@ impl Session {
             &mut counts,
         )
         .await;
-        self.pool.stats().add(&counts, lent_at.elapsed());
+        self.pool.stats().add(&counts, checkout.lent_at().elapsed());
         let server = checkout.server();
         let standby_report = (server.params().changes() != param_changes)
             .then(|| server.params().get("in_hot_standby"))

@@ -58,8 +58,8 @@ impl Gate {
     }
 
     /// A main permit if one is free and nobody waits for one.
-    pub(super) fn try_main(self: &Arc<Self>) -> Option<Permit> {
-        match self.lock().try_take(Instant::now(), None) {
+    pub(super) fn try_main(self: &Arc<Self>, now: Instant) -> Option<Permit> {
+        match self.lock().try_take(now, None) {
             Take::Granted(kind) => Some(Permit::new(self, kind)),
             Take::Wait | Take::Closed => None,
         }
@@ -70,11 +70,12 @@ impl Gate {
     pub(super) fn acquire<'a>(
         self: &Arc<Self>,
         back: &'a dyn TakeBack,
+        now: Instant,
         deadline: Instant,
         reserve_at: Option<Instant>,
     ) -> Result<Acquire<'a>, CheckoutError> {
         let mut queue = self.lock();
-        match queue.try_take(Instant::now(), reserve_at) {
+        match queue.try_take(now, reserve_at) {
             Take::Granted(kind) => Ok(Acquire::Now(Some(Permit::new(self, kind)))),
             Take::Closed => Err(CheckoutError::Closed),
             Take::Wait => {
@@ -91,15 +92,18 @@ impl Gate {
 
     /// Hands `slot`, given back clean, with its permit to the oldest client that may take
     /// them; gives them back when there is none.
-    pub(super) fn hand_over(&self, permit: Permit, slot: Slot) -> Option<(Permit, Slot)> {
+    pub(super) fn hand_over(
+        &self,
+        permit: Permit,
+        slot: Slot,
+        now: Instant,
+    ) -> Option<(Permit, Slot)> {
         let mut grant = Grant {
             permit,
             slot: Some(slot),
         };
         loop {
-            let waiter = self
-                .lock()
-                .next_waiter(grant.permit.kind, Instant::now(), gone);
+            let waiter = self.lock().next_waiter(grant.permit.kind, now, gone);
             let Some(waiter) = waiter else {
                 let Grant { permit, slot } = grant;
                 return slot.map(|slot| (permit, slot));
@@ -276,13 +280,21 @@ mod tests {
     #[tokio::test]
     async fn waiters_are_served_in_order_past_those_that_left_and_swept_at_their_deadline() {
         let gate = Gate::new(1, 0);
-        let held = gate.try_main().expect("the one permit");
+        let held = gate.try_main(Instant::now()).expect("the one permit");
         let far = Instant::now() + Duration::from_secs(60);
-        let first = gate.acquire(&Nowhere, far, None).expect("open");
-        let left = gate.acquire(&Nowhere, far, None).expect("open");
-        let second = gate.acquire(&Nowhere, far, None).expect("open");
+        let first = gate
+            .acquire(&Nowhere, Instant::now(), far, None)
+            .expect("open");
+        let left = gate
+            .acquire(&Nowhere, Instant::now(), far, None)
+            .expect("open");
+        let second = gate
+            .acquire(&Nowhere, Instant::now(), far, None)
+            .expect("open");
         let soon = Instant::now() + Duration::from_millis(20);
-        let short = gate.acquire(&Nowhere, soon, None).expect("open");
+        let short = gate
+            .acquire(&Nowhere, Instant::now(), soon, None)
+            .expect("open");
         // No timer of its own: the pool's sweep ends the wait.
         assert!(matches!(short.await, Err(CheckoutError::Timeout)));
         assert!(Instant::now() >= soon);
@@ -296,11 +308,13 @@ mod tests {
             .expect("the next one, past the client that left");
         drop(grant);
         // Nobody waits any more: the permit is free, not lost.
-        let again = gate.try_main().expect("the permit is back");
-        let closed = gate.acquire(&Nowhere, far, None).expect("open");
+        let again = gate.try_main(Instant::now()).expect("the permit is back");
+        let closed = gate
+            .acquire(&Nowhere, Instant::now(), far, None)
+            .expect("open");
         gate.close();
         assert!(matches!(closed.await, Err(CheckoutError::Closed)));
         drop(again);
-        assert!(gate.try_main().is_none(), "a closed gate grants nothing");
+        assert!(gate.try_main(Instant::now()).is_none(), "a closed gate grants nothing");
     }
 }

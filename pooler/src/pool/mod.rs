@@ -410,40 +410,45 @@ impl Pool {
         self.generation.load(Ordering::Acquire)
     }
 
-    /// Lends a server connection, waiting in FIFO order until `deadline` (and, while the
-    /// pool is paused, until it is resumed).
-    pub async fn checkout(self: &Arc<Self>, deadline: Instant) -> Result<Checkout, CheckoutError> {
+    /// Lends a server connection for a request made at `requested`, waiting in FIFO order
+    /// until `deadline` (and, while the pool is paused, until it is resumed).
+    pub async fn checkout(
+        self: &Arc<Self>,
+        requested: Instant,
+        deadline: Instant,
+    ) -> Result<Checkout, CheckoutError> {
         let open = !*self.paused.borrow() && !*self.held.borrow();
         // The common case takes the pool's two locks once each: a free permit and an idle
-        // connection, nobody queued before this client.
+        // connection, nobody queued before this client. The request's time stands for "now"
+        // until the client has to wait: no clock is read.
         let mut permit = None;
         if open {
-            if let Some(p) = self.gate.try_main() {
+            if let Some(p) = self.gate.try_main(requested) {
                 let round_robin = self.settings.load().round_robin;
                 let ranks = self.lend_ranks();
                 let idle = self.lock().take_idle(round_robin, ranks.as_deref());
                 if let Some(slot) = idle {
-                    if let Some(slot) = self.vet(slot, deadline.into()).await {
-                        // Taken at once: no wait to time, and no clock to read.
+                    if let Some(slot) = self.vet(slot, requested, deadline.into()).await {
                         self.lent(Duration::ZERO);
-                        return Ok(Checkout::new(self, slot, p));
+                        return Ok(Checkout::new(self, slot, p, requested));
                     }
                 }
                 permit = Some(p);
             }
         }
-        let started = Instant::now();
+        let started = requested;
         let waiter = Waiter::new(self);
         // The common wait: queued for a permit, then handed the connection given back with
         // it. Its future is small; the rest (pause, failover hold, opening a connection) is
         // boxed, so that a client task, sized for its largest state, stays small while idle.
         if open && permit.is_none() {
-            let gate::Grant { permit: p, slot } = self.permit(deadline).await?;
+            let gate::Grant { permit: p, slot } = self.permit(requested, deadline).await?;
             if let Some(slot) = slot {
-                if let Some(slot) = self.vet(slot, deadline.into()).await {
+                let now = Instant::now();
+                if let Some(slot) = self.vet(slot, now, deadline.into()).await {
                     drop(waiter);
-                    self.lent(started.elapsed());
-                    return Ok(Checkout::new(self, slot, p));
+                    self.lent(now.saturating_duration_since(started));
+                    return Ok(Checkout::new(self, slot, p, now));
                 }
             }
             permit = Some(p);
@@ -483,8 +488,8 @@ impl Pool {
             }
         };
         drop(waiter);
-        if result.is_ok() {
-            self.lent(started.elapsed());
+        if let Ok(checkout) = &result {
+            self.lent(checkout.lent_at.saturating_duration_since(started));
         }
         result
     }
@@ -978,10 +983,11 @@ impl Pool {
         let permit = match permit {
             Some(permit) => permit,
             None => {
-                let gate::Grant { permit, slot } = self.permit(deadline).await?;
+                let gate::Grant { permit, slot } = self.permit(Instant::now(), deadline).await?;
                 if let Some(slot) = slot {
-                    if let Some(slot) = self.vet(slot, deadline.into()).await {
-                        return Ok(Checkout::new(self, slot, permit));
+                    let now = Instant::now();
+                    if let Some(slot) = self.vet(slot, now, deadline.into()).await {
+                        return Ok(Checkout::new(self, slot, permit, now));
                     }
                 }
                 permit
@@ -1006,8 +1012,8 @@ impl Pool {
                 Step::Closed => return Err(CheckoutError::Closed),
                 Step::LoginRetry(why) => return Err(CheckoutError::LoginRetry(why)),
                 Step::Reuse(slot) => {
-                    if let Some(slot) = self.vet(slot, deadline).await {
-                        return Ok(Checkout::new(self, slot, permit));
+                    if let Some(slot) = self.vet(slot, now, deadline).await {
+                        return Ok(Checkout::new(self, slot, permit, now));
                     }
                 }
                 Step::Open(place) => {
@@ -1018,7 +1024,7 @@ impl Pool {
                         // waiting for a limit that only closing frees would otherwise never end.
                         let mut give_way = self.listen();
                         if let Some(slot) = opening.open(deadline, Some(give_way.as_mut())).await? {
-                            return Ok(Checkout::new(self, slot, permit));
+                            return Ok(Checkout::new(self, slot, permit, Instant::now()));
                         }
                         // Still counted as opening, so taking it back cannot wake this client
                         // again; if another client took the connection first, keep on opening.
@@ -1027,8 +1033,9 @@ impl Pool {
                         let idle = self.lock().take_idle(round_robin, ranks.as_deref());
                         if let Some(slot) = idle {
                             drop(opening);
-                            if let Some(slot) = self.vet(slot, deadline).await {
-                                return Ok(Checkout::new(self, slot, permit));
+                            let now = Instant::now();
+                            if let Some(slot) = self.vet(slot, now, deadline).await {
+                                return Ok(Checkout::new(self, slot, permit, now));
                             }
                             break;
                         }
@@ -1056,18 +1063,18 @@ impl Pool {
 
     /// A main permit, or after `reserve_pool_timeout` a main or reserve one, by `deadline`,
     /// with the connection given back with it if it came from a client that returned one.
-    async fn permit(&self, deadline: Instant) -> Result<gate::Grant, CheckoutError> {
-        let reserve_at = inner::reserve_at(&self.settings.load(), Instant::now(), deadline);
-        let grant = self.gate.acquire(self, deadline, reserve_at)?.await?;
+    async fn permit(&self, now: Instant, deadline: Instant) -> Result<gate::Grant, CheckoutError> {
+        let reserve_at = inner::reserve_at(&self.settings.load(), now, deadline);
+        let grant = self.gate.acquire(self, now, deadline, reserve_at)?.await?;
         if grant.permit.is_reserve() {
             tracing::info!(pool = %self.key, "using the reserve pool");
         }
         Ok(grant)
     }
 
-    /// Checks an idle connection before lending it; `None` means it was closed.
-    async fn vet(&self, slot: Slot, deadline: tokio::time::Instant) -> Option<Slot> {
-        match self.vet_now(slot) {
+    /// Checks an idle connection before lending it at `now`; `None` means it was closed.
+    async fn vet(&self, slot: Slot, now: Instant, deadline: tokio::time::Instant) -> Option<Slot> {
+        match self.vet_now(slot, now) {
             Vetted::Ready(slot) => Some(slot),
             Vetted::Check(slot) => self.check(slot, deadline).await,
             Vetted::Closed => None,
@@ -1075,9 +1082,9 @@ impl Pool {
     }
 
     /// What can be said of an idle connection without talking to its server.
-    fn vet_now(&self, slot: Slot) -> Vetted {
+    fn vet_now(&self, slot: Slot, now: Instant) -> Vetted {
         let settings = self.settings.load();
-        match inner::vet(&slot, Instant::now(), &settings, self.generation()) {
+        match inner::vet(&slot, now, &settings, self.generation()) {
             Vet::Ready => Vetted::Ready(slot),
             Vet::Check => Vetted::Check(slot),
             Vet::Retire(why) => {
@@ -1205,7 +1212,7 @@ impl Pool {
         if let Some(p) = self.cached_welcome() {
             return Ok(p);
         }
-        let checkout = self.checkout(deadline).await?;
+        let checkout = self.checkout(Instant::now(), deadline).await?;
         checkout.release();
         self.cached_welcome().ok_or(CheckoutError::Closed)
     }
@@ -1236,7 +1243,7 @@ impl Pool {
             tokio::spawn(async move { pool.check_lag(slot).await });
             return;
         }
-        self.settle(slot, permit, returned);
+        self.settle(slot, permit, returned, now);
     }
 
     /// Records a connection's return; why it must close, if it must.
@@ -1250,15 +1257,16 @@ impl Pool {
             .or_else(|| self.surplus(slot))
     }
 
-    /// Keeps a returned connection (for the oldest queued client, or idle) or closes it.
-    fn settle(&self, mut slot: Slot, mut permit: Permit, returned: Option<Retire>) {
+    /// Keeps a returned connection (for the oldest queued client, or idle) or closes it;
+    /// `now` is when it came back.
+    fn settle(&self, mut slot: Slot, mut permit: Permit, returned: Option<Retire>, now: Instant) {
         let why = match returned {
             Some(why) => why,
             None => {
                 // Straight to the oldest queued client, unless a client holding a permit
                 // waits for a connection to be given back (it was there first).
                 if self.seeking.load(Ordering::Acquire) == 0 {
-                    match self.gate.hand_over(permit, slot) {
+                    match self.gate.hand_over(permit, slot, now) {
                         None => return,
                         // Kept until the connection is idle: whoever it goes to finds it.
                         Some((p, back)) => (permit, slot) = (p, back),
@@ -1385,8 +1393,9 @@ impl Drop for LentMark {
 
 impl gate::TakeBack for Pool {
     fn take_back(&self, mut slot: Slot, permit: Permit) {
-        let returned = self.vet_return(&mut slot, Instant::now());
-        self.settle(slot, permit, returned);
+        let now = Instant::now();
+        let returned = self.vet_return(&mut slot, now);
+        self.settle(slot, permit, returned, now);
     }
 }
 
@@ -1546,16 +1555,23 @@ pub struct Checkout {
     slot: Option<Slot>,
     permit: Option<Permit>,
     _lent: LentMark,
+    lent_at: Instant,
 }
 
 impl Checkout {
-    fn new(pool: &Arc<Pool>, slot: Slot, permit: Permit) -> Checkout {
+    fn new(pool: &Arc<Pool>, slot: Slot, permit: Permit, lent_at: Instant) -> Checkout {
         Checkout {
             pool: pool.clone(),
             _lent: slot.seat.lend(),
             slot: Some(slot),
             permit: Some(permit),
+            lent_at,
         }
+    }
+
+    /// When the connection was lent.
+    pub fn lent_at(&self) -> Instant {
+        self.lent_at
     }
 
     /// The connection.
