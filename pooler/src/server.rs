@@ -2,8 +2,10 @@
 //! says to a server itself (parameter sync, reset, health check).
 
 use std::fmt;
+use std::future::Future;
 use std::io;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -485,6 +487,9 @@ pub struct ConnectAttempt {
     /// `(index into the host list, outcome)` of every host that did not serve it.
     pub tried: Vec<(usize, HostOutcome)>,
 }
+
+/// The queries that make a connection ready for a client ([`ServerConn::prepare_for`]).
+pub type Preparing<'a> = Pin<Box<dyn Future<Output = Result<(), PrepareError>> + Send + 'a>>;
 
 impl ServerConn {
     /// Opens and logs in a connection to the first acceptable host of the target's list,
@@ -1005,30 +1010,48 @@ impl ServerConn {
     /// `RESET ALL` when the connection carries another client's), then its parameters
     /// brought over. A connection last synced to an equal set, and unchanged since, is
     /// compared no further (clients of one application usually want the same values).
-    pub async fn prepare_for(
-        &mut self,
-        session: &[Setting],
-        params: &ParamSet,
-    ) -> Result<(), PrepareError> {
-        if let Some(sql) = crate::session_state::replay_query(&self.carried.session, session) {
-            self.simple_query(&sql)
-                .await
-                .map_err(PrepareError::Session)?;
-            self.carried.session = session.to_vec();
+    /// `None` when that needs no query, as it usually does: then nothing is left to await,
+    /// and the work that queries, boxed, stays out of every transaction's future.
+    pub fn prepare_for<'a>(
+        &'a mut self,
+        session: &'a [Setting],
+        params: &'a ParamSet,
+    ) -> Option<Preparing<'a>> {
+        let replay = crate::session_state::replay_query(&self.carried.session, session);
+        if replay.is_none() {
+            if self.params_in_step(params) {
+                return None;
+            }
+            if crate::params::sync_query(params, &self.params).is_none() {
+                self.synced_to = Some((params.clone(), self.params.changes()));
+                return None;
+            }
         }
-        let in_step = self
-            .synced_to
-            .as_ref()
-            .is_some_and(|(wanted, changes)| *changes == self.params.changes() && wanted == params);
-        if !in_step {
-            if let Some(sql) = crate::params::sync_query(params, &self.params) {
+        Some(Box::pin(async move {
+            if let Some(sql) = replay {
                 self.simple_query(&sql)
                     .await
-                    .map_err(PrepareError::Params)?;
+                    .map_err(PrepareError::Session)?;
+                self.carried.session = session.to_vec();
             }
-            self.synced_to = Some((params.clone(), self.params.changes()));
-        }
-        Ok(())
+            // Compared after the replay, whose answers may have moved the parameters.
+            if !self.params_in_step(params) {
+                if let Some(sql) = crate::params::sync_query(params, &self.params) {
+                    self.simple_query(&sql)
+                        .await
+                        .map_err(PrepareError::Params)?;
+                }
+                self.synced_to = Some((params.clone(), self.params.changes()));
+            }
+            Ok(())
+        }))
+    }
+
+    /// Whether the connection was last synced to `params` and its own have not changed since.
+    fn params_in_step(&self, params: &ParamSet) -> bool {
+        self.synced_to
+            .as_ref()
+            .is_some_and(|(wanted, changes)| *changes == self.params.changes() && wanted == params)
     }
 
     /// Runs `server_reset_query` (or any pooler query) and forgets what it cleared.

@@ -522,13 +522,11 @@ impl Session {
             }
         };
         self.record.link_to(checkout.record());
-        let prepared = checkout
-            .server()
-            .prepare_for(
-                self.state.as_ref().map_or(&[], |s| s.session.applied()),
-                &self.params,
-            )
-            .await;
+        let session = self.state.as_ref().map_or(&[][..], |s| s.session.applied());
+        let prepared = match checkout.server().prepare_for(session, &self.params) {
+            Some(preparing) => preparing.await,
+            None => Ok(()),
+        };
         if let Err(e) = prepared {
             let (e, reason) = match e {
                 PrepareError::Session(e) => (e, "replaying session settings failed"),

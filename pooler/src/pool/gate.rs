@@ -315,6 +315,9 @@ mod tests {
         gate.close();
         assert!(matches!(closed.await, Err(CheckoutError::Closed)));
         drop(again);
-        assert!(gate.try_main(Instant::now()).is_none(), "a closed gate grants nothing");
+        assert!(
+            gate.try_main(Instant::now()).is_none(),
+            "a closed gate grants nothing"
+        );
     }
 }
