@@ -49,6 +49,16 @@ postgres_ticks() {
     echo "$total"
 }
 
+# steady_window LOG...: "FROM TO" (seconds since the epoch) of pgbench's per-thread
+# transaction logs: FROM is when the last thread to start completed its first transaction,
+# TO when the first thread to stop completed its last; nothing without a transaction.
+steady_window() {
+    awk 'FNR == 1 { if (NR > 1) ends(prev); t = $5 + $6 / 1e6; if (t > from) from = t }
+        { prev = $5 + $6 / 1e6 }
+        function ends(t) { if (to == "" || t < to) to = t }
+        END { if (NR) { ends(prev); printf "%.6f %.6f\n", from, to } }' "$@"
+}
+
 # Waits up to 10 s for something to accept connections on 127.0.0.1:port.
 wait_port() {
     for _ in $(seq 100); do

@@ -106,6 +106,52 @@ def clean_error(line):
     return re.sub(r"\s+", " ", line).strip()
 
 
+def parse_samples(text):
+    """cpu_sampler.py's lines as (time, busy, idle, pooler, pooler_user) tuples, in time order."""
+    out = []
+    for line in text.splitlines():
+        fields = line.split("\t")
+        if len(fields) == 5:
+            try:
+                out.append((float(fields[0]), *(int(x) for x in fields[1:])))
+            except ValueError:
+                continue
+    out.sort()
+    return out
+
+
+def counters_at(samples, t):
+    """The sampled counters at time `t`, linear between the samples around it; None outside them."""
+    if not samples or t < samples[0][0] or t > samples[-1][0]:
+        return None
+    for (t0, *a), (t1, *b) in zip(samples, samples[1:]):
+        if t0 <= t <= t1:
+            f = (t - t0) / (t1 - t0) if t1 > t0 else 0.0
+            return [x + (y - x) * f for x, y in zip(a, b)]
+    return list(samples[-1][1:])
+
+
+# A steady window shorter than this holds too few clock ticks to divide by.
+MIN_STEADY_SECONDS = 0.5
+
+
+def steady_cpu(samples, start, end, tps, clk_tck):
+    """CPU per transaction over a run's steady window [start, end], in µs, or None.
+
+    The window leaves out the logins before it (pgbench's tps leaves them out too), so the
+    transactions in it are `tps` times its length. `capacity` is all the cores' time per
+    transaction (busy + idle), `busy` what all processes used, `pooler` and `pooler_user` the
+    pooler's share of that.
+    """
+    if start is None or end is None or not tps or end - start < MIN_STEADY_SECONDS:
+        return None
+    a, b = counters_at(samples, start), counters_at(samples, end)
+    if a is None or b is None:
+        return None
+    busy, idle, pooler, user = ((y - x) / clk_tck * 1e6 / (tps * (end - start)) for x, y in zip(a, b))
+    return {"capacity": busy + idle, "busy": busy, "pooler": pooler, "pooler_user": user}
+
+
 def run_ok(rc, parsed):
     """A run counts when pgbench exited 0 with no error at all and committed something.
 
@@ -150,13 +196,20 @@ def aggregate(runs, clk_tck):
     for key, cell in cells.items():
         ok = cell["ok"]
         measured = [r for r in ok if key[2] != "direct" and r["transactions"]]
-        cpu = [r["pooler_cpu_ticks"] / clk_tck / r["transactions"] * 100_000 for r in measured]
-        # User time is recorded since the split was added; older runs.tsv files lack it.
-        user = [
-            r["pooler_user_ticks"] / clk_tck / r["transactions"] * 100_000
-            for r in measured
-            if r.get("pooler_user_ticks") is not None
-        ]
+        steady = [r["steady"] for r in ok if r.get("steady")]
+        if measured and len(steady) == len(ok):
+            # Over the steady window, logins left out (µs per transaction → s per 100k).
+            cpu = [x["pooler"] / 10 for x in steady]
+            user = [x["pooler_user"] / 10 for x in steady]
+        else:
+            # The whole run, logins included (runs.tsv files from before the sampler).
+            cpu = [r["pooler_cpu_ticks"] / clk_tck / r["transactions"] * 100_000 for r in measured]
+            # User time is recorded since the split was added; older runs.tsv files lack it.
+            user = [
+                r["pooler_user_ticks"] / clk_tck / r["transactions"] * 100_000
+                for r in measured
+                if r.get("pooler_user_ticks") is not None
+            ]
         client = [
             r["client_ticks"] / clk_tck / r["transactions"] * 100_000
             for r in ok
@@ -173,10 +226,52 @@ def aggregate(runs, clk_tck):
             "tps_by_round": {r["round"]: r["tps"] for r in ok if r["tps"] is not None},
             "connection_ms": median([r["connection_ms"] for r in ok]),
             "cpu_per_100k": median(cpu) if cpu else None,
+            "cpu_steady": bool(measured) and len(steady) == len(ok),
+            "steady": steady_medians(steady) if steady and len(steady) == len(ok) else None,
             "user_per_100k": median(user) if user and len(user) == len(cpu) else None,
             "client_per_100k": median(client) if client and len(client) == len(ok) else None,
         }
     return out
+
+
+def steady_medians(steady):
+    """Medians over a cell's runs of the machine's CPU per transaction in the steady window:
+    all cores' time, busy time, what all but the pooler used, the pooler's system time and
+    the share of the cores' time that was busy."""
+    return {
+        "capacity_us": median([x["capacity"] for x in steady]),
+        "busy_us": median([x["busy"] for x in steady]),
+        "others_us": median([x["busy"] - x["pooler"] for x in steady]),
+        "pooler_system_us": median([x["pooler"] - x["pooler_user"] for x in steady]),
+        "busy_share": median([x["busy"] / x["capacity"] for x in steady if x["capacity"]]),
+    }
+
+
+def headroom(pgbouncer, weir, goal):
+    """The arithmetic of a throughput goal relative to PgBouncer, from the steady windows.
+
+    With the machine's cores saturated, throughput is the cores' time divided by the CPU each
+    transaction costs all processes; what PostgreSQL, pgbench and the kernel spend per
+    transaction does not depend on the pooler. So a pooler that cost nothing would reach
+    PgBouncer's TPS times `ceiling` (capacity / others in PgBouncer's run), and weir reaches
+    `goal` times PgBouncer's TPS only if its own CPU per transaction is at most `budget_us` =
+    capacity / goal − others (negative: no pooler can). `without_user` is what weir would
+    reach with no user time at all, its system time (its socket reads and writes) kept.
+    """
+    p = pgbouncer.get("steady") if pgbouncer else None
+    if not p or not p["others_us"]:
+        return None
+    w = weir.get("steady") if weir else None
+    return {
+        "busy_share": p["busy_share"],
+        "capacity_us": p["capacity_us"],
+        "ceiling": p["capacity_us"] / p["others_us"],
+        "others_us": p["others_us"],
+        "pgbouncer_us": p["busy_us"] - p["others_us"],
+        "budget_us": p["capacity_us"] / goal - p["others_us"] if goal else None,
+        "weir_us": weir["cpu_per_100k"] * 10 if weir and weir.get("cpu_steady") else None,
+        "without_user": p["capacity_us"] / (p["others_us"] + w["pooler_system_us"]) if w else None,
+    }
 
 
 def user_system(cell):
@@ -236,6 +331,15 @@ def verdict(measured, goal, higher_is_better=True):
     return "met" if met else "**not met**"
 
 
+def tps_goal(scenario, clients):
+    """Issue 18's throughput goal for weir/PgBouncer in a cell, or None where it sets none."""
+    if scenario == "select":
+        return {50: 1.1, 500: 1.25, 2000: 1.25}.get(clients)
+    if scenario == "prepared":
+        return 1.3
+    return None
+
+
 def targets_table(cells, idle):
     """Rows (target, goal, measured, verdict) for issue 18's goals, ratios with their spread."""
 
@@ -250,10 +354,10 @@ def targets_table(cells, idle):
 
     measured = lambda scenario: sorted({c for s, c, _ in cells if s == scenario})  # noqa: E731
     rows = []
-    for clients, goal in ((50, 1.1), (500, 1.25), (2000, 1.25)):
-        rows.append(tps_row("select", clients, goal, f"select-only TPS at {clients:,} clients, weir/PgBouncer"))
+    for clients in (50, 500, 2000):
+        rows.append(tps_row("select", clients, tps_goal("select", clients), f"select-only TPS at {clients:,} clients, weir/PgBouncer"))
     for clients in sorted(set(measured("prepared")) | {50, 500}):
-        rows.append(tps_row("prepared", clients, 1.3, f"`-M prepared` TPS at {clients:,} clients, weir/PgBouncer"))
+        rows.append(tps_row("prepared", clients, tps_goal("prepared", clients), f"`-M prepared` TPS at {clients:,} clients, weir/PgBouncer"))
     for clients in measured("select") or [50]:
         r = ratio(get("select", clients, "weir", "cpu_per_100k"), get("select", clients, "pgbouncer", "cpu_per_100k"))
         rows.append((f"pooler CPU per transaction (select-only, {clients:,} clients), weir/PgBouncer", "≤ 1.00×", fmt_ratio(r, 3), verdict(r, 1.0, False)))
@@ -357,15 +461,27 @@ def render(env, cells, idle, restarts, operator=""):
         "| pgbench CPU s: direct / PgBouncer / weir |"
     )
     add("|---|--:|--:|--:|--:|--:|--:|--:|")
+    whole_runs = False
     for s, c in keys:
         d, p, w = (cells.get((s, c, t)) for t in ("direct", "pgbouncer", "weir"))
         pv = p["cpu_per_100k"] if p else None
         wv = w["cpu_per_100k"] if w else None
         clients_cpu = " / ".join(fmt(x.get("client_per_100k") if x else None, 2) for x in (d, p, w))
+        whole = any(x and x["cpu_per_100k"] is not None and not x["cpu_steady"] for x in (p, w))
+        whole_runs |= whole
         add(
-            f"| {SCENARIOS.get(s, s)} | {c:,} | {fmt(pv, 2)} | {fmt(wv, 2)} | {fmt_ratio(ratio(wv, pv))} | "
+            f"| {SCENARIOS.get(s, s)}{' (whole runs)' if whole else ''} | {c:,} | {fmt(pv, 2)} | {fmt(wv, 2)} | {fmt_ratio(ratio(wv, pv))} | "
             f"{user_system(p)} | {user_system(w)} | {clients_cpu} |"
         )
+    add("")
+    add(
+        "The poolers' CPU is sampled over each run's steady window, from the moment every pgbench thread has completed "
+        "a transaction (all its clients are logged in) to the last completion of the thread that finished first, and "
+        "divided by the transactions in it (pgbench's tps times its length): the logins before it are left out, as "
+        "pgbench's tps leaves them out."
+        + (" Rows marked (whole runs) had no samples and count the whole run, logins included." if whole_runs else "")
+        + " pgbench's own CPU is over its whole runs."
+    )
     add("")
     add(
         "User time is the pooler's own code; system time is mostly the socket reads and writes each transaction "
@@ -377,6 +493,38 @@ def render(env, cells, idle, restarts, operator=""):
     add("PgBouncer runs one thread; weir runs a tokio worker per core, so on this machine it can use both cores while PostgreSQL and pgbench compete for them.")
     add("")
 
+    headrooms = [(s, c, headroom(cells.get((s, c, "pgbouncer")), cells.get((s, c, "weir")), tps_goal(s, c))) for s, c in keys]
+    headrooms = [(s, c, h) for s, c, h in headrooms if h]
+    if headrooms:
+        add("## What the cores leave a pooler (steady windows)")
+        add("")
+        add(
+            "| scenario | clients | cores busy (PgBouncer's runs) | µs per transaction: all cores / all but the pooler / PgBouncer / weir "
+            "| ceiling: a pooler costing no CPU | weir with no user time | goal | weir's CPU budget for the goal |"
+        )
+        add("|---|--:|--:|--:|--:|--:|--:|--:|")
+        for s, c, h in headrooms:
+            goal = tps_goal(s, c)
+            budget = h["budget_us"]
+            budget_text = "" if budget is None else (f"{budget:.1f} µs" if budget > 0 else "none: no pooler can")
+            add(
+                f"| {SCENARIOS.get(s, s)} | {c:,} | {h['busy_share']:.0%} | "
+                f"{h['capacity_us']:.1f} / "
+                f"{h['others_us']:.1f} / {h['pgbouncer_us']:.1f} / {fmt(h['weir_us'], 1)} | "
+                f"{fmt_ratio(h['ceiling'])} | {fmt_ratio(h['without_user'])} | "
+                f"{'' if goal is None else fmt_ratio(goal)} | {budget_text} |"
+            )
+        add("")
+        add(
+            "From the CPU sampled over each run's steady window (every pgbench thread past its logins), in µs of CPU per "
+            "transaction. Where the cores are saturated, throughput is the cores' time divided by what a transaction costs "
+            "all processes together, and what PostgreSQL, pgbench and the kernel spend on one does not depend on the pooler. "
+            "So a pooler using no CPU at all would reach PgBouncer's TPS times all cores / all but the pooler (the ceiling), "
+            "weir with its system time (its socket reads and writes) but no user time would reach the next column, and weir "
+            "reaches the goal only if its CPU per transaction is at most all cores / goal − all but the pooler (the budget). "
+            "Where the cores are not all busy, something other than CPU bounds the rate and the ceiling is only an upper bound."
+        )
+        add("")
     if idle:
         add("## Idle capacity")
         add("")
@@ -441,6 +589,7 @@ def read_env(path):
 def load(directory):
     """Everything run.sh left in `directory`, parsed."""
     env = read_env(os.path.join(directory, "env.txt"))
+    clk_tck = int(env.get("clk_tck", "100"))
     runs = []
     with open(os.path.join(directory, "runs.tsv"), encoding="utf-8") as f:
         for row in csv.DictReader(f, delimiter="\t"):
@@ -456,6 +605,11 @@ def load(directory):
                 pooler_user_ticks=int(row["pooler_user_ticks"]) if row.get("pooler_user_ticks") else None,
                 client_ticks=int(row["client_ticks"]) if row.get("client_ticks") else None,
             )
+            if row.get("cpu_samples") and row.get("steady_from") and row.get("steady_to"):
+                samples = parse_samples(read_text(os.path.join(directory, row["cpu_samples"])))
+                parsed["steady"] = steady_cpu(
+                    samples, float(row["steady_from"]), float(row["steady_to"]), parsed["tps"], clk_tck
+                )
             if row.get("latency_log"):
                 latencies = parse_latency_log(read_text(os.path.join(directory, row["latency_log"])))
                 parsed.update(p50_ms=percentile(latencies, 0.5), p99_ms=percentile(latencies, 0.99))

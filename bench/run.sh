@@ -168,7 +168,7 @@ echo "== PgBouncer on 127.0.0.1:$PGB_PORT, weir on 127.0.0.1:$WEIR_PORT (transac
 start_pgbouncer
 start_weir
 
-printf 'scenario\tclients\ttarget\tround\trc\tpooler_cpu_ticks\tpooler_user_ticks\tclient_ticks\tfile\tlatency_log\n' >"$OUT/runs.tsv"
+printf 'scenario\tclients\ttarget\tround\trc\tpooler_cpu_ticks\tpooler_user_ticks\tclient_ticks\tfile\tlatency_log\tcpu_samples\tsteady_from\tsteady_to\n' >"$OUT/runs.tsv"
 declare -A CONNECT_ALLOWANCE=()
 # Every target serves TLS; plain scenarios turn it off and the TLS ones require it.
 SSLMODE=disable
@@ -187,7 +187,7 @@ run_one() { # scenario clients target round seconds pgbench-args...
     # backend fork when direct) and its tps leaves that time out, so -T gets an allowance on
     # top: first a guess (~250 logins/s through a pooler, ~125 direct), then 1.5× what the
     # last run of this target and client count took.
-    local key=$target-$clients allowance attempt ms
+    local key=$target-$clients allowance attempt ms sampler samples=raw/$scenario-c$clients-$target-r$round.cpu.tsv
     allowance=${CONNECT_ALLOWANCE[$key]:-}
     if [[ -z $allowance ]]; then
         allowance=$(((clients + 249) / 250))
@@ -202,6 +202,15 @@ run_one() { # scenario clients target round seconds pgbench-args...
     ((round > 0)) && logging=(--log --sampling-rate="$rate" --log-prefix="$WORK/txlog")
     for attempt in 1 2; do
         rm -f "$WORK"/txlog.*
+        # Measured rounds sample the machine's and the pooler's CPU for the steady window.
+        sampler=
+        if ((round > 0)); then
+            rm -f "$OUT/$samples"
+            python3 "$ROOT/bench/cpu_sampler.py" --pid "${pid:-0}" --out "$OUT/$samples" &
+            sampler=$!
+            # Its first sample is taken as its file appears: before pgbench's first login.
+            for _ in $(seq 200); do [[ -e $OUT/$samples ]] && break; sleep 0.01; done
+        fi
         [[ -n $pid ]] && before=$(proc_ticks "$pid") user_before=$(proc_ticks "$pid" user)
         # pgbench's own CPU: what this shell's reaped children used, across the run.
         client_before=$(proc_ticks $$ children)
@@ -214,6 +223,10 @@ run_one() { # scenario clients target round seconds pgbench-args...
         set -e
         client_after=$(proc_ticks $$ children)
         [[ -n $pid ]] && after=$(proc_ticks "$pid") user_after=$(proc_ticks "$pid" user)
+        if [[ -n $sampler ]]; then
+            kill -TERM "$sampler" 2>/dev/null || true
+            wait "$sampler" 2>/dev/null || true
+        fi
         # On a busy machine the logins can outlast the guess: once more, with room to spare.
         if ((attempt == 1 && rc == 0)) &&
             grep -qx 'number of transactions actually processed: 0' "$OUT/$file"; then
@@ -223,8 +236,12 @@ run_one() { # scenario clients target round seconds pgbench-args...
         fi
         break
     done
-    # One gzipped file per run: pgbench writes one per thread.
+    # One gzipped file per run: pgbench writes one per thread. The steady window runs from
+    # the moment every thread has completed a transaction (its clients are all logged in) to
+    # the last completion of the thread that finished first.
+    local from="" to=""
     if ((${#logging[@]})) && compgen -G "$WORK/txlog.*" >/dev/null; then
+        read -r from to < <(steady_window "$WORK"/txlog.*) || true
         cat "$WORK"/txlog.* | gzip -1 >"$OUT/$log.gz"
         rm -f "$WORK"/txlog.*
         log=$log.gz
@@ -233,9 +250,10 @@ run_one() { # scenario clients target round seconds pgbench-args...
     fi
     ms=$(sed -n 's/^initial connection time = \([0-9]*\).*/\1/p' "$OUT/$file")
     [[ -n $ms ]] && CONNECT_ALLOWANCE[$key]=$((ms * 3 / 2000 + 1))
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$scenario" "$clients" "$target" "$round" "$rc" \
+    [[ -s $OUT/$samples ]] || samples=
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$scenario" "$clients" "$target" "$round" "$rc" \
         $((after - before)) $((user_after - user_before)) $((client_after - client_before)) "$file" "$log" \
-        >>"$OUT/runs.tsv"
+        "$samples" "$from" "$to" >>"$OUT/runs.tsv"
     local tps
     tps=$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' "$OUT/$file")
     printf '   %-9s c=%-5s %-9s %s  %s\n' "$scenario" "$clients" "$target" \

@@ -253,6 +253,135 @@ class AggregateTest(unittest.TestCase):
         self.assertIn("opening the connections took the whole run", next(iter(cell["errors"])))
 
 
+# cpu_sampler.py's lines: epoch s, machine busy and idle ticks, pooler ticks, its user ticks.
+# Two cores at 100 ticks a second: busy + idle grows by 200 a second.
+SAMPLES = """100.0\t0\t0\t0\t0
+101.0\t150\t50\t20\t5
+102.0\t350\t50\t60\t15
+103.0\t550\t50\t100\t25
+104.0\t600\t150\t110\t30
+"""
+
+
+def steady(capacity, busy, pooler, user):
+    return {"capacity": capacity, "busy": busy, "pooler": pooler, "pooler_user": user}
+
+
+class SteadyWindowTest(unittest.TestCase):
+    def test_counters_are_interpolated_between_samples(self):
+        samples = report.parse_samples(SAMPLES + "junk\n")
+        self.assertEqual(len(samples), 5)
+        self.assertEqual(report.counters_at(samples, 101.5), [250.0, 50.0, 40.0, 10.0])
+        self.assertEqual(report.counters_at(samples, 104.0), [600, 150, 110, 30])
+        self.assertIsNone(report.counters_at(samples, 99.9))
+        self.assertIsNone(report.counters_at(samples, 104.1))
+
+    def test_cpu_per_transaction_over_the_window(self):
+        samples = report.parse_samples(SAMPLES)
+        # 101.5 → 103.0: 300 busy ticks, none idle, 60 of the pooler's, 15 of them user, over
+        # 1.5 s at 10,000 tps = 15,000 transactions, in µs each.
+        got = report.steady_cpu(samples, 101.5, 103.0, 10_000, 100)
+        for key, want in {"capacity": 200, "busy": 200, "pooler": 40, "pooler_user": 10}.items():
+            self.assertAlmostEqual(got[key], want, msg=key)
+        # A window too short, outside the samples or without a rate has no figure.
+        self.assertIsNone(report.steady_cpu(samples, 102.0, 102.4, 10_000, 100))
+        self.assertIsNone(report.steady_cpu(samples, 99.0, 103.0, 10_000, 100))
+        self.assertIsNone(report.steady_cpu(samples, 101.0, 103.0, None, 100))
+        self.assertIsNone(report.steady_cpu(samples, None, 103.0, 10_000, 100))
+
+    def test_steady_cpu_replaces_the_whole_run_when_every_run_has_it(self):
+        with_window = run(OK_RUN, ticks=250, user_ticks=50)
+        with_window["steady"] = steady(200, 190, 30, 10)
+        cell = report.aggregate([with_window], 100)[("select", 50, "weir")]
+        # 30 µs per transaction = 3 s per 100k, 1 s of it user.
+        self.assertTrue(cell["cpu_steady"])
+        self.assertAlmostEqual(cell["cpu_per_100k"], 3.0)
+        self.assertAlmostEqual(cell["user_per_100k"], 1.0)
+        self.assertAlmostEqual(cell["steady"]["others_us"], 160)
+        self.assertAlmostEqual(cell["steady"]["pooler_system_us"], 20)
+        self.assertAlmostEqual(cell["steady"]["busy_share"], 0.95)
+        # One run without samples: the whole runs count, and the report says so.
+        mixed = report.aggregate([with_window, run(OK_RUN, rnd=2, ticks=250, user_ticks=50)], 100)
+        cell = mixed[("select", 50, "weir")]
+        self.assertFalse(cell["cpu_steady"])
+        self.assertIsNone(cell["steady"])
+        self.assertAlmostEqual(cell["cpu_per_100k"], 2.5)
+        text = report.render({}, mixed, {}, [])
+        self.assertIn("| select-only, simple (whole runs) | 50 |", text)
+
+    def test_headroom_is_the_arithmetic_of_a_goal(self):
+        pgbouncer, weir = run(OK_RUN, target="pgbouncer", ticks=1), run(OK_RUN, ticks=1)
+        pgbouncer["steady"] = steady(200, 200, 40, 10)
+        weir["steady"] = steady(200, 200, 50, 20)
+        cells = report.aggregate([pgbouncer, weir], 100)
+        h = report.headroom(cells[("select", 50, "pgbouncer")], cells[("select", 50, "weir")], 1.1)
+        # All but the pooler: 160 µs of the cores' 200 per transaction.
+        self.assertAlmostEqual(h["ceiling"], 1.25)
+        self.assertAlmostEqual(h["budget_us"], 200 / 1.1 - 160)
+        self.assertAlmostEqual(h["pgbouncer_us"], 40)
+        self.assertAlmostEqual(h["weir_us"], 50)
+        # weir's 30 µs of system time alone leave it at 200 / 190.
+        self.assertAlmostEqual(h["without_user"], 200 / 190)
+        self.assertLess(report.headroom(cells[("select", 50, "pgbouncer")], cells[("select", 50, "weir")], 1.3)["budget_us"], 0)
+        self.assertIsNone(report.headroom(None, cells[("select", 50, "weir")], 1.1))
+
+    def test_headroom_table(self):
+        cells = {}
+        for clients in (50, 1):
+            pgbouncer, weir = run(OK_RUN, target="pgbouncer", clients=clients, ticks=1), run(OK_RUN, clients=clients, ticks=1)
+            pgbouncer["steady"] = steady(200, 200, 40, 10)
+            weir["steady"] = steady(200, 200, 50, 20)
+            cells.update(report.aggregate([pgbouncer, weir], 100))
+        text = report.render({}, cells, {}, [])
+        self.assertIn("## What the cores leave a pooler (steady windows)", text)
+        self.assertIn("| select-only, simple | 50 | 100% | 200.0 / 160.0 / 40.0 / 50.0 | 1.25× | 1.05× | 1.10× | 21.8 µs |", text)
+        # No goal at one client: the last two columns stay empty.
+        self.assertIn("| select-only, simple | 1 | 100% | 200.0 / 160.0 / 40.0 / 50.0 | 1.25× | 1.05× |  |  |", text)
+
+    def test_load_computes_the_steady_window_from_the_samples(self):
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as d:
+            os.mkdir(os.path.join(d, "raw"))
+            with open(os.path.join(d, "env.txt"), "w", encoding="utf-8") as f:
+                f.write("clk_tck=100\n")
+            with open(os.path.join(d, "raw", "r1.txt"), "w", encoding="utf-8") as f:
+                f.write(OK_RUN.replace("20000.123456", "10000"))
+            with open(os.path.join(d, "raw", "r1.cpu.tsv"), "w", encoding="utf-8") as f:
+                f.write(SAMPLES)
+            with open(os.path.join(d, "runs.tsv"), "w", encoding="utf-8") as f:
+                f.write(
+                    "scenario\tclients\ttarget\tround\trc\tpooler_cpu_ticks\tpooler_user_ticks\tclient_ticks\tfile"
+                    "\tlatency_log\tcpu_samples\tsteady_from\tsteady_to\n"
+                )
+                f.write("select\t50\tweir\t1\t0\t10\t2\t30\traw/r1.txt\t\traw/r1.cpu.tsv\t101.5\t103.0\n")
+                f.write("select\t50\tweir\t0\t0\t10\t2\t30\traw/r1.txt\t\t\t\t\n")
+            _, runs, _, _, _ = report.load(d)
+            self.assertAlmostEqual(runs[0]["steady"]["pooler"], 40)
+            self.assertNotIn("steady", runs[1])
+
+
+class SteadyWindowOfLogsTest(unittest.TestCase):
+    def test_steady_window_of_pgbench_thread_logs(self):
+        import subprocess
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as d:
+            logs = []
+            # Thread 1 starts later and thread 0 stops earlier: the window is between.
+            for name, text in (("txlog.1", "0 1 10 0 1800000000 500000\n0 2 10 0 1800000005 000000\n"),
+                               ("txlog.1.1", "1 1 10 0 1800000001 250000\n1 2 10 0 1800000006 000001\n"),
+                               ("txlog.1.2", "")):
+                logs.append(os.path.join(d, name))
+                with open(logs[-1], "w", encoding="utf-8") as f:
+                    f.write(text)
+            lib = os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib.sh")
+            out = subprocess.run(
+                ["bash", "-c", 'source "$0"; steady_window "$@"', lib, *logs], capture_output=True, text=True, check=True
+            ).stdout
+            self.assertEqual(out, "1800000001.250000 1800000005.000000\n")
+
+
 class SpreadTest(unittest.TestCase):
     def test_ratio_spread_pairs_rounds(self):
         runs = []
