@@ -274,6 +274,23 @@ def headroom(pgbouncer, weir, goal):
     }
 
 
+def p99_arithmetic(pgbouncer, weir, goal=0.8):
+    """What a p99 goal relative to PgBouncer's asks of throughput, or None.
+
+    With every client busy, mean latency is clients / TPS (Little's law), and p99 is the mean
+    times a spread (p99 / mean) that pgbench and the kernel add whichever pooler is in
+    between. weir's p99 is at most `goal` times PgBouncer's when its TPS is at least
+    `tps_ratio` = weir's spread / (goal × PgBouncer's spread) times PgBouncer's.
+    """
+    if not pgbouncer or not weir:
+        return None
+    cells = (pgbouncer, weir)
+    if any(c.get("p99_ms") is None or not c.get("latency_ms") for c in cells):
+        return None
+    spread_p, spread_w = (c["p99_ms"] / c["latency_ms"] for c in cells)
+    return {"pgbouncer_spread": spread_p, "weir_spread": spread_w, "tps_ratio": spread_w / (goal * spread_p)}
+
+
 def user_system(cell):
     """`user / system` CPU seconds per 100k transactions of a cell, or an empty cell."""
     if not cell or cell["cpu_per_100k"] is None or cell.get("user_per_100k") is None:
@@ -523,6 +540,14 @@ def render(env, cells, idle, restarts, operator=""):
             "weir with its system time (its socket reads and writes) but no user time would reach the next column, and weir "
             "reaches the goal only if its CPU per transaction is at most all cores / goal − all but the pooler (the budget). "
             "Where the cores are not all busy, something other than CPU bounds the rate and the ceiling is only an upper bound."
+        )
+        add("")
+    tail = p99_arithmetic(cells.get(("select", 2000, "pgbouncer")), cells.get(("select", 2000, "weir")))
+    if tail:
+        add(
+            f"p99 at 2,000 clients: every client waits its turn, so mean latency is clients / TPS and p99 the mean times "
+            f"a spread, here {tail['pgbouncer_spread']:.2f} (PgBouncer) and {tail['weir_spread']:.2f} (weir); "
+            f"weir's p99 is at most 0.8× PgBouncer's only with {tail['tps_ratio']:.2f}× PgBouncer's TPS at its spread."
         )
         add("")
     if idle:

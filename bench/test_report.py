@@ -361,6 +361,19 @@ class SteadyWindowTest(unittest.TestCase):
             self.assertNotIn("steady", runs[1])
 
 
+class TailTest(unittest.TestCase):
+    def test_p99_goal_as_throughput(self):
+        pgbouncer = {"latency_ms": 160.0, "p99_ms": 208.0}
+        weir = {"latency_ms": 160.0, "p99_ms": 200.0}
+        got = report.p99_arithmetic(pgbouncer, weir)
+        self.assertAlmostEqual(got["pgbouncer_spread"], 1.3)
+        self.assertAlmostEqual(got["weir_spread"], 1.25)
+        # 1.25 / (0.8 × 1.3): weir needs about 1.2× PgBouncer's TPS at its own spread.
+        self.assertAlmostEqual(got["tps_ratio"], 1.25 / 1.04)
+        self.assertIsNone(report.p99_arithmetic(pgbouncer, {"latency_ms": 160.0, "p99_ms": None}))
+        self.assertIsNone(report.p99_arithmetic(None, weir))
+
+
 class SteadyWindowOfLogsTest(unittest.TestCase):
     def test_steady_window_of_pgbench_thread_logs(self):
         import subprocess
