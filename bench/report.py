@@ -267,7 +267,7 @@ def headroom(pgbouncer, weir, goal):
         "capacity_us": p["capacity_us"],
         "ceiling": p["capacity_us"] / p["others_us"],
         "others_us": p["others_us"],
-        "pgbouncer_us": p["busy_us"] - p["others_us"],
+        "pgbouncer_us": pgbouncer["cpu_per_100k"] * 10 if pgbouncer.get("cpu_steady") else None,
         "budget_us": p["capacity_us"] / goal - p["others_us"] if goal else None,
         "weir_us": weir["cpu_per_100k"] * 10 if weir and weir.get("cpu_steady") else None,
         "without_user": p["capacity_us"] / (p["others_us"] + w["pooler_system_us"]) if w else None,
@@ -527,7 +527,7 @@ def render(env, cells, idle, restarts, operator=""):
             add(
                 f"| {SCENARIOS.get(s, s)} | {c:,} | {h['busy_share']:.0%} | "
                 f"{h['capacity_us']:.1f} / "
-                f"{h['others_us']:.1f} / {h['pgbouncer_us']:.1f} / {fmt(h['weir_us'], 1)} | "
+                f"{h['others_us']:.1f} / {fmt(h['pgbouncer_us'], 1)} / {fmt(h['weir_us'], 1)} | "
                 f"{fmt_ratio(h['ceiling'])} | {fmt_ratio(h['without_user'])} | "
                 f"{'' if goal is None else fmt_ratio(goal)} | {budget_text} |"
             )
