@@ -5,7 +5,8 @@
 #   1. a build cached under ~/.cache/weir/anchors/pgbouncer-$VERSION (from an earlier run);
 #   2. a source tarball: $PGBOUNCER_TARBALL, or pgbouncer-$VERSION*.tar.gz in
 #      ~/.cache/weir/anchors, in $WEIR_ANCHORS_DIR, or in ../shared/anchors beside the
-#      checkout (where a team keeps the release sources for machines without internet);
+#      checkout (where a team keeps the release sources for machines without internet) or
+#      beside the local checkout this one was cloned from (a CI's fresh clone elsewhere);
 #   3. the release downloaded from pgbouncer.org, checked against its published SHA-256;
 #   4. Debian's package, as a last resort: older, and labelled so on stderr
 #      (PGBOUNCER_ALLOW_DEBIAN=0 refuses it).
@@ -26,10 +27,12 @@ find_tarball() {
         echo "$PGBOUNCER_TARBALL"
         return
     fi
-    local dir f
-    local beside
-    beside=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)/shared/anchors
-    for dir in "$cache" "${WEIR_ANCHORS_DIR:-}" "$beside"; do
+    local dir f repo origin beside_origin=
+    repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+    origin=$(git -C "$repo" config --get remote.origin.url 2>/dev/null || true)
+    origin=${origin#file://}
+    [ -n "$origin" ] && [ -d "$origin" ] && beside_origin=$(cd "$origin/.." && pwd)/shared/anchors
+    for dir in "$cache" "${WEIR_ANCHORS_DIR:-}" "$(dirname "$repo")/shared/anchors" "$beside_origin"; do
         [ -n "$dir" ] || continue
         for f in "$dir"/pgbouncer-"$version"*.tar.gz; do
             [ -f "$f" ] && { echo "$f"; return; }
