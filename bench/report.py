@@ -377,7 +377,7 @@ def targets_table(cells, idle):
         rows.append(tps_row("prepared", clients, tps_goal("prepared", clients), f"`-M prepared` TPS at {clients:,} clients, weir/PgBouncer"))
     for clients in measured("select") or [50]:
         r = ratio(get("select", clients, "weir", "cpu_per_100k"), get("select", clients, "pgbouncer", "cpu_per_100k"))
-        rows.append((f"pooler CPU per transaction (select-only, {clients:,} client{"s" if clients != 1 else ""}), weir/PgBouncer", "≤ 1.00×", fmt_ratio(r, 3), verdict(r, 1.0, False)))
+        rows.append((f"pooler CPU per transaction (select-only, {clients:,} client{'s' if clients != 1 else ''}), weir/PgBouncer", "≤ 1.00×", fmt_ratio(r, 3), verdict(r, 1.0, False)))
     r = ratio(get("select", 2000, "weir", "p99_ms"), get("select", 2000, "pgbouncer", "p99_ms"))
     rows.append(("p99 latency at 2,000 clients (select-only), weir/PgBouncer", "≤ 0.80×", fmt_ratio(r, 3), verdict(r, 0.8, False)))
     per_client = idle.get("weir", {}).get("bytes_per_client")
