@@ -230,7 +230,6 @@ fn expected_children(name: &str) -> BTreeSet<String> {
     [
         format!("Deployment/{name}"),
         format!("Service/{name}"),
-        format!("Service/{name}-peers"),
         format!("ConfigMap/{name}-config"),
         format!("Secret/{name}-auth"),
         format!("Secret/{name}-app"),
@@ -541,8 +540,29 @@ async fn wait_for_peers(env: &Env, pool: &str, replicas: usize) -> anyhow::Resul
 }
 
 /// The pods' `[peers]` follow the pods: one entry per pod IP, distinct ids, and the pods
-/// find their own id from their IP.
+/// find their own id from their IP. The headless `-peers` Service an earlier version listed
+/// the pods with is deleted (the pool's Service lists them, ready or not).
 async fn peers_follow_the_pods(env: &mut Env) -> anyhow::Result<()> {
+    wait_for_peers(env, "orders", 5).await?;
+    let uid = env.pool("orders").await?.uid().context("uid")?;
+    env.apply(&format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: orders-peers\n  labels:\n    \
+         app.kubernetes.io/managed-by: weir-operator\n    weir.dev/pool: orders\n  \
+         ownerReferences:\n  - {{apiVersion: weir.dev/v1alpha1, kind: ConnectionPool, name: orders, \
+         uid: {uid}, controller: true}}\nspec:\n  clusterIP: None\n  publishNotReadyAddresses: true\n  \
+         selector: {{app.kubernetes.io/name: weir, weir.dev/pool: orders}}\n  ports:\n  - \
+         {{name: pooler, port: 6432, targetPort: pooler}}\n"
+    ))
+    .await?;
+    let services = Api::<Service>::namespaced(env.plane.client(), NS);
+    eventually("an earlier version's peers Service to go", WAIT, || async {
+        ensure!(
+            services.get_opt("orders-peers").await?.is_none(),
+            "still there"
+        );
+        Ok(())
+    })
+    .await?;
     wait_for_peers(env, "orders", 5).await?;
     let deployment = env.deployment("orders").await?.context("deployment")?;
     let container = deployment
@@ -844,8 +864,8 @@ async fn a_restart_mid_way_leaves_no_duplicates_or_orphans(env: &mut Env) -> any
         let (name, owner) = line.split_once(' ').unwrap_or((line, ""));
         ensure!(uids.contains(owner), "orphan {name} (owner {owner:?})");
     }
-    // Two pools of 8 children each (the peers Service included).
-    ensure!(text.lines().count() == 16, "{text}");
+    // Two pools of 7 children each.
+    ensure!(text.lines().count() == 14, "{text}");
     Ok(())
 }
 
@@ -1058,7 +1078,7 @@ async fn chart_objects(plane: &ControlPlane) -> anyhow::Result<()> {
         // Pooler pods are watched for their IPs (to read /status), never written.
         ("watch", "pods", "yes"),
         ("delete", "pods", "no"),
-        // The peers Service's endpoints are watched, never written.
+        // The Services' endpoints are watched, never written.
         ("watch", "endpointslices.discovery.k8s.io", "yes"),
         ("create", "endpointslices.discovery.k8s.io", "no"),
         ("delete", "nodes", "no"),

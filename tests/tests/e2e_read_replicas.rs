@@ -318,7 +318,6 @@ async fn removing_read_replicas_prunes_the_read_only_pool(env: &Env) -> anyhow::
         for object in [
             "deployment/orders-ro",
             "service/orders-ro",
-            "service/orders-ro-peers",
             "configmap/orders-ro-config",
             "secret/orders-ro-app",
             "secret/orders-ro-auth",

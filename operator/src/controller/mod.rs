@@ -40,7 +40,6 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::api::{ConnectionPool, GROUP};
-use crate::render::names;
 pub use leader::LeaseSettings;
 pub use reconcile::{PodStatusSettings, Settings, FIELD_MANAGER};
 
@@ -391,33 +390,16 @@ async fn poll_usage(
     }
 }
 
-/// The existing pools an EndpointSlice concerns: the one whose Service it serves (the pool
-/// turns Ready with its endpoints) and the one whose peers Service it serves (its pods'
-/// `[peers]`); the slices carry the Service's labels.
+/// The existing pool an EndpointSlice concerns: the one whose Service it serves (the pool
+/// turns Ready with its endpoints, and its pods' `[peers]` follow them); the slices carry
+/// the Service's name as a label.
 fn slice_triggers(
     slice: &EndpointSlice,
     pools: &Store<ConnectionPool>,
-) -> Vec<ObjectRef<ConnectionPool>> {
-    let (Some(service), Some(namespace)) = (
-        slice.labels().get("kubernetes.io/service-name"),
-        slice.namespace(),
-    ) else {
-        return Vec::new();
-    };
-    service_pools(service)
-        .into_iter()
-        .map(|pool| ObjectRef::new(pool).within(&namespace))
-        .filter(|pool| pools.get(pool).is_some())
-        .collect()
-}
-
-/// The pool names a Service of that name may belong to: its own, and the one it is the
-/// peers Service of.
-fn service_pools(service: &str) -> Vec<&str> {
-    let peers_of = service
-        .strip_suffix("-peers")
-        .filter(|pool| !pool.is_empty() && names::peers_service(pool) == service);
-    std::iter::once(service).chain(peers_of).collect()
+) -> Option<ObjectRef<ConnectionPool>> {
+    let service = slice.labels().get("kubernetes.io/service-name")?;
+    let pool = ObjectRef::new(service).within(&slice.namespace()?);
+    pools.get(&pool).is_some().then_some(pool)
 }
 
 /// The pools a Secret change concerns: its owner (for the rendered Secrets) and every pool
@@ -572,13 +554,6 @@ async fn shutdown_signal() {
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn a_slice_belongs_to_the_pool_of_its_service_and_of_its_peers_service() {
-        assert_eq!(service_pools("orders"), ["orders"]);
-        assert_eq!(service_pools("orders-peers"), ["orders-peers", "orders"]);
-        assert_eq!(service_pools("-peers"), ["-peers"]);
-    }
-
     use super::*;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
     use kube::runtime::reflector;
@@ -638,5 +613,30 @@ mod tests {
             block_owner_deletion: None,
         }]);
         assert!(names(&secret).is_empty());
+    }
+
+    #[test]
+    fn a_slice_wakes_the_pool_of_its_service() {
+        let (store, mut writer) = reflector::store::<ConnectionPool>();
+        writer.apply_watcher_event(&watcher::Event::Apply(pool("shop", "orders", "")));
+        let slice = |namespace: &str, service: &str| {
+            let mut slice = EndpointSlice::default();
+            slice.metadata.namespace = Some(namespace.into());
+            slice.metadata.name = Some(format!("{service}-x7k2p"));
+            slice.metadata.labels =
+                Some([("kubernetes.io/service-name".to_owned(), service.to_owned())].into());
+            slice
+        };
+        let woken = slice_triggers(&slice("shop", "orders"), &store).expect("its pool");
+        assert_eq!(
+            (woken.namespace.as_deref(), woken.name.as_str()),
+            (Some("shop"), "orders")
+        );
+        // Another namespace's, an unknown Service's, and an earlier version's peers Service's
+        // slices wake nobody.
+        assert!(slice_triggers(&slice("other", "orders"), &store).is_none());
+        assert!(slice_triggers(&slice("shop", "orders-ro"), &store).is_none());
+        assert!(slice_triggers(&slice("shop", "orders-peers"), &store).is_none());
+        assert!(slice_triggers(&EndpointSlice::default(), &store).is_none());
     }
 }

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use futures::future::BoxFuture;
 use futures::{FutureExt as _, TryFutureExt as _};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -638,6 +638,9 @@ async fn reconcile_pool(pool: &ConnectionPool, ctx: &Context) -> Result<Action, 
     if spec_changed && pool.spec.pod_monitor().is_none() {
         monitoring::delete(&ctx.client, &ctx.discovery, &namespace, &name).await?;
     }
+    // Earlier versions listed the pods with a headless Service of their own; once the
+    // Services' watch has listed, this costs nothing where there is none.
+    delete_child::<Service>(ctx, &namespace, &names::legacy_peers_service(&name)).await?;
     let mut monitored = None;
     let (mut status, applied, blocker) = match rendering {
         Ok(rendered) => {
@@ -1421,15 +1424,15 @@ async fn count_pods(ctx: &Context, namespace: &str, pool: &str) -> Result<u32, E
     Ok(u32::try_from(pods.items.len()).unwrap_or(u32::MAX))
 }
 
-/// The pooler pods' IPs, ready or not (the peers Service's endpoints), and the peer ids in
-/// force in the pool's ConfigMap.
+/// The pooler pods' IPs, ready or not (the endpoints of the pool's Service), and the peer
+/// ids in force in the pool's ConfigMap.
 async fn observe_peers(
     ctx: &Context,
     namespace: &str,
     pool: &str,
 ) -> Result<(BTreeSet<String>, BTreeMap<u16, String>), Error> {
-    let service = names::peers_service(pool);
-    let ips = service_slices(ctx, namespace, &service)
+    // The Service's slices list every pod with an address, ready or not.
+    let ips = service_slices(ctx, namespace, pool)
         .await?
         .iter()
         .flat_map(|s| &s.endpoints)
@@ -1831,7 +1834,6 @@ mod tests {
                 "ConfigMap",
                 "Secret",
                 "Secret",
-                "Service",
                 "Service",
                 "Deployment",
                 "PodDisruptionBudget"

@@ -33,8 +33,9 @@ pub mod names {
         format!("{pool}-app")
     }
 
-    /// The headless Service listing every pooler pod, ready or not, for peering.
-    pub fn peers_service(pool: &str) -> String {
+    /// The headless Service earlier versions listed the pods' peer addresses with, which the
+    /// controller deletes where it finds one: the pool's own Service lists them too.
+    pub fn legacy_peers_service(pool: &str) -> String {
         format!("{pool}-peers")
     }
 }

@@ -208,10 +208,9 @@ pub struct Rendered {
     pub auth_secret: Secret,
     /// Connection details for applications.
     pub app_secret: Secret,
-    /// Where clients connect.
+    /// Where clients connect; its EndpointSlices, which list every pod with an address,
+    /// ready or not, are the pods' peer addresses.
     pub service: Service,
-    /// The headless Service whose endpoints are the pods' peer addresses.
-    pub peers_service: Service,
     /// The pooler pods.
     pub deployment: Deployment,
     /// Keeps voluntary disruptions to one pod at a time.
@@ -268,7 +267,6 @@ impl Rendered {
             Child::Secret(&self.auth_secret),
             Child::Secret(&self.app_secret),
             Child::Service(&self.service),
-            Child::Service(&self.peers_service),
         ];
         children.extend(self.network_policy.as_ref().map(Child::NetworkPolicy));
         children.push(Child::Deployment(&self.deployment));
@@ -443,7 +441,6 @@ fn render_pooler(
         auth_secret: secrets::auth_secret(&ctx, &credentials),
         app_secret: secrets::app_secret(&ctx, backend, &pool.spec, &credentials),
         service,
-        peers_service: workload::peers_service(&ctx, &config),
         deployment: workload::deployment(&ctx, &pool.spec, &config, &restart_hash),
         pod_disruption_budget: workload::pod_disruption_budget(&ctx),
         sizing,

@@ -6,8 +6,9 @@
 //! the next id above every id in force (the lowest free one once ids run out), so surge pods
 //! of a rolling update never share an id with the pods they replace and an id is not
 //! reused while a peer may still know it under its old address. The IPs come from the
-//! headless peers Service, which lists every pod, ready or not: a starting pod needs its id
-//! before it takes clients, and a draining one still holds sessions. Each pod is started
+//! EndpointSlices of the pool's Service, which list every pod that has an address, ready or
+//! not (and terminating): a starting pod needs its id before it takes clients, and a draining
+//! one still holds sessions. Each pod is started
 //! with its own IP (`--peer-address`, from the downward API) and takes the id of the
 //! `[peers]` entry with that host; until there is one it reports not ready.
 

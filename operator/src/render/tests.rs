@@ -172,7 +172,6 @@ fn every_object_is_owned_and_labelled() {
         &r.auth_secret.metadata,
         &r.app_secret.metadata,
         &r.service.metadata,
-        &r.peers_service.metadata,
         &r.deployment.metadata,
         &r.pod_disruption_budget.metadata,
     ];
@@ -759,13 +758,13 @@ fn pods_find_their_peer_ids_in_the_config_map() {
         .expect("fieldRef");
     assert_eq!(field.field_path, "status.podIP");
 
-    let spec = r.peers_service.spec.as_ref().expect("spec");
-    assert_eq!(spec.cluster_ip.as_deref(), Some("None"));
-    assert_eq!(spec.publish_not_ready_addresses, Some(true));
-    assert_eq!(
-        spec.selector,
-        r.service.spec.as_ref().expect("spec").selector
-    );
+    // The pool's Service lists the pods; there is no Service of their own for peering.
+    let services = r
+        .children()
+        .into_iter()
+        .filter(|c| matches!(c, Child::Service(_)))
+        .count();
+    assert_eq!(services, 1);
 }
 
 const NETWORK_POLICY: &str = "  networkPolicy:

@@ -90,30 +90,6 @@ fn client_port(spec: &ConnectionPoolSpec) -> ServicePort {
     }
 }
 
-/// The headless Service whose endpoints are every pooler pod, ready or not: the operator
-/// turns them into the pods' `[peers]` (see `peers`). Nobody connects through it.
-pub(crate) fn peers_service(ctx: &Context<'_>, config: &Config) -> Service {
-    Service {
-        metadata: ctx.meta(names::peers_service(ctx.name)),
-        spec: Some(ServiceSpec {
-            cluster_ip: Some("None".to_owned()),
-            selector: Some(selector_labels(ctx.name)),
-            // A starting pod needs its peer id before it is ready; a draining one still
-            // holds sessions whose cancels must reach it.
-            publish_not_ready_addresses: Some(true),
-            ports: Some(vec![ServicePort {
-                name: Some("pooler".to_owned()),
-                port: i32::from(config.pgbouncer.listen_port),
-                target_port: Some(IntOrString::String(POOLER_PORT_NAME.to_owned())),
-                protocol: Some("TCP".to_owned()),
-                ..ServicePort::default()
-            }]),
-            ..ServiceSpec::default()
-        }),
-        ..Service::default()
-    }
-}
-
 /// Allows one pod at a time to be evicted, and unhealthy pods always, so that node drains
 /// never block on a pooler.
 pub(crate) fn pod_disruption_budget(ctx: &Context<'_>) -> PodDisruptionBudget {

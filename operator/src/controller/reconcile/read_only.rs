@@ -46,6 +46,7 @@ pub(super) async fn reconcile(
         }
         return Ok(None);
     };
+    delete::<Service>(ctx, namespace, &names::legacy_peers_service(&name)).await?;
     let (pod_ips, peers_in_force) = observe_peers(ctx, namespace, &name).await?;
     let mut observed = Observed {
         pod_ips,
@@ -194,7 +195,7 @@ async fn delete_all(ctx: &Context, namespace: &str, name: &str) -> Result<(), Er
     delete::<Deployment>(ctx, namespace, name).await?;
     delete::<PodDisruptionBudget>(ctx, namespace, name).await?;
     delete::<Service>(ctx, namespace, name).await?;
-    delete::<Service>(ctx, namespace, &names::peers_service(name)).await?;
+    delete::<Service>(ctx, namespace, &names::legacy_peers_service(name)).await?;
     delete::<ConfigMap>(ctx, namespace, &names::config_map(name)).await?;
     delete::<Secret>(ctx, namespace, &names::auth_secret(name)).await?;
     delete::<Secret>(ctx, namespace, &names::app_secret(name)).await?;
