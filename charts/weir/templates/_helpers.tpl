@@ -109,7 +109,7 @@ release namespace only.
 # Pooler pods and the Service's ready endpoints, for status.readyReplicas, the Ready
 # condition, and for counting the pods that hold server connections during a resize.
 # Pods are watched for their IPs, where the operator reads each pooler's /status.
-# EndpointSlices are watched too: the peers Service's endpoints are the pods' [peers].
+# EndpointSlices are watched too: the pool Service's endpoints are the pods' [peers].
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["get", "list", "watch"]
