@@ -564,6 +564,37 @@ async fn peers_follow_the_pods(env: &mut Env) -> anyhow::Result<()> {
     })
     .await?;
     wait_for_peers(env, "orders", 5).await?;
+    // One of that name the pool does not own stays, through reconciliations of the pool.
+    env.apply(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: orders-peers\n  labels:\n    \
+         app.kubernetes.io/managed-by: weir-operator\n    weir.dev/pool: orders\nspec:\n  \
+         selector: {app: someone-else}\n  ports:\n  - {name: pooler, port: 6432}\n",
+    )
+    .await?;
+    let reconciles = || async {
+        let text = env.operator.metrics().await?;
+        metric(&text, "weir_operator_reconciles_total{result=\"success\"}").context("no counter")
+    };
+    let before = reconciles().await?;
+    env.kubectl_ns(&[
+        "annotate",
+        "cpool",
+        "orders",
+        "weir.test/nudge=1",
+        "--overwrite",
+    ])
+    .await?;
+    eventually("the pool to be reconciled again", WAIT, || async {
+        ensure!(reconciles().await? >= before + 2.0, "not yet");
+        Ok(())
+    })
+    .await?;
+    ensure!(
+        services.get_opt("orders-peers").await?.is_some(),
+        "a Service the pool does not own was deleted"
+    );
+    env.kubectl_ns(&["delete", "service", "orders-peers"])
+        .await?;
     let deployment = env.deployment("orders").await?.context("deployment")?;
     let container = deployment
         .spec

@@ -29,7 +29,7 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use k8s_openapi::NamespaceResourceScope;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, Preconditions};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -638,9 +638,7 @@ async fn reconcile_pool(pool: &ConnectionPool, ctx: &Context) -> Result<Action, 
     if spec_changed && pool.spec.pod_monitor().is_none() {
         monitoring::delete(&ctx.client, &ctx.discovery, &namespace, &name).await?;
     }
-    // Earlier versions listed the pods with a headless Service of their own; once the
-    // Services' watch has listed, this costs nothing where there is none.
-    delete_child::<Service>(ctx, &namespace, &names::legacy_peers_service(&name)).await?;
+    delete_legacy_peers_service(ctx, pool, &namespace, &name).await?;
     let mut monitored = None;
     let (mut status, applied, blocker) = match rendering {
         Ok(rendered) => {
@@ -1448,6 +1446,50 @@ async fn observe_peers(
         })
         .unwrap_or_default();
     Ok((ips, in_force))
+}
+
+/// Deletes the headless Service an earlier version listed the pods of `service` with
+/// (`<service>-peers`), if `pool` owns it: one of that name someone else made stays. Once the
+/// Services' watch has listed, this costs nothing where there is none.
+pub(super) async fn delete_legacy_peers_service(
+    ctx: &Context,
+    pool: &ConnectionPool,
+    namespace: &str,
+    service: &str,
+) -> Result<(), Error> {
+    let name = names::legacy_peers_service(service);
+    if ctx.live.known_absent::<Service>(namespace, &name) {
+        return Ok(());
+    }
+    let api = Api::<Service>::namespaced(ctx.client.clone(), namespace);
+    let Some(found) = api
+        .get_metadata_opt(&name)
+        .await
+        .map_err(kube_error::<Service>("get", &name))?
+    else {
+        return Ok(());
+    };
+    let owner = pool.uid();
+    if !found
+        .owner_references()
+        .iter()
+        .any(|o| Some(&o.uid) == owner.as_ref())
+    {
+        return Ok(());
+    }
+    // The one just read, not one made under the same name meanwhile.
+    let only_this = DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: found.uid(),
+            resource_version: None,
+        }),
+        ..DeleteParams::default()
+    };
+    match api.delete(&name, &only_this).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(()),
+        Err(e) => Err(kube_error::<Service>("delete", &name)(e)),
+    }
 }
 
 /// Deletes the pool's NetworkPolicy, if any: the spec no longer asks for one.

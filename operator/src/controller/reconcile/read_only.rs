@@ -10,8 +10,8 @@ use kube::{Api, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 
 use super::{
-    apply_children, blocker, kube_error, observe_peers, probe_tls, ready_endpoints, Blocker,
-    Context, Error,
+    apply_children, blocker, delete_legacy_peers_service, kube_error, observe_peers, probe_tls,
+    ready_endpoints, Blocker, Context, Error,
 };
 use crate::api::condition::READ_ONLY_READY;
 use crate::api::{
@@ -43,10 +43,11 @@ pub(super) async fn reconcile(
     let Some(standbys) = &pool.spec.read_replicas else {
         if spec_changed {
             delete_all(ctx, namespace, &name).await?;
+            delete_legacy_peers_service(ctx, pool, namespace, &name).await?;
         }
         return Ok(None);
     };
-    delete::<Service>(ctx, namespace, &names::legacy_peers_service(&name)).await?;
+    delete_legacy_peers_service(ctx, pool, namespace, &name).await?;
     let (pod_ips, peers_in_force) = observe_peers(ctx, namespace, &name).await?;
     let mut observed = Observed {
         pod_ips,
@@ -195,7 +196,6 @@ async fn delete_all(ctx: &Context, namespace: &str, name: &str) -> Result<(), Er
     delete::<Deployment>(ctx, namespace, name).await?;
     delete::<PodDisruptionBudget>(ctx, namespace, name).await?;
     delete::<Service>(ctx, namespace, name).await?;
-    delete::<Service>(ctx, namespace, &names::legacy_peers_service(name)).await?;
     delete::<ConfigMap>(ctx, namespace, &names::config_map(name)).await?;
     delete::<Secret>(ctx, namespace, &names::auth_secret(name)).await?;
     delete::<Secret>(ctx, namespace, &names::app_secret(name)).await?;
