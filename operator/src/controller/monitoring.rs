@@ -10,12 +10,13 @@ use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use kube::api::{Patch, PatchParams};
-use kube::{Api, Client};
+use kube::{Api, Client, ResourceExt as _};
 
 use super::conditions::{Status, Verdict};
 use super::live::Versions;
 use super::reconcile::{rendering_digest, Error, FIELD_MANAGER};
 use crate::api::condition::MONITORING;
+use crate::api::ConnectionPool;
 use crate::render::monitoring::{API_GROUP_VERSION, POD_MONITORS};
 use crate::render::PodMonitor;
 
@@ -126,13 +127,14 @@ pub(super) async fn apply(
 pub(super) async fn delete(
     client: &Client,
     discovery: &Discovery,
+    pool: &ConnectionPool,
     namespace: &str,
-    pool: &str,
 ) -> Result<(), Error> {
     if !discovery.pod_monitors_served(client).await? {
         return Ok(());
     }
-    super::reconcile::delete_if_present::<PodMonitor>(client, namespace, pool).await
+    super::reconcile::delete_if_present::<PodMonitor>(client, pool, namespace, &pool.name_any())
+        .await
 }
 
 fn kube_error<'a>(verb: &'static str, name: &'a str) -> impl FnOnce(kube::Error) -> Error + 'a {

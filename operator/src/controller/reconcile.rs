@@ -633,10 +633,10 @@ async fn reconcile_pool(pool: &ConnectionPool, ctx: &Context) -> Result<Action, 
     // (whether or not the rest renders).
     let spec_changed = pool.metadata.generation != old.observed_generation;
     if spec_changed && pool.spec.network_policy.is_none() {
-        delete_network_policy(ctx, &namespace, &name).await?;
+        delete_network_policy(ctx, pool, &namespace).await?;
     }
     if spec_changed && pool.spec.pod_monitor().is_none() {
-        monitoring::delete(&ctx.client, &ctx.discovery, &namespace, &name).await?;
+        monitoring::delete(&ctx.client, &ctx.discovery, pool, &namespace).await?;
     }
     delete_legacy_peers_service(ctx, pool, &namespace, &name).await?;
     let mut monitored = None;
@@ -1449,56 +1449,33 @@ async fn observe_peers(
 }
 
 /// Deletes the headless Service an earlier version listed the pods of `service` with
-/// (`<service>-peers`), if `pool` owns it: one of that name someone else made stays. Once the
-/// Services' watch has listed, this costs nothing where there is none.
+/// (`<service>-peers`): the pool's own Service lists them now.
 pub(super) async fn delete_legacy_peers_service(
     ctx: &Context,
     pool: &ConnectionPool,
     namespace: &str,
     service: &str,
 ) -> Result<(), Error> {
-    let name = names::legacy_peers_service(service);
-    if ctx.live.known_absent::<Service>(namespace, &name) {
-        return Ok(());
-    }
-    let api = Api::<Service>::namespaced(ctx.client.clone(), namespace);
-    let Some(found) = api
-        .get_metadata_opt(&name)
-        .await
-        .map_err(kube_error::<Service>("get", &name))?
-    else {
-        return Ok(());
-    };
-    let owner = pool.uid();
-    if !found
-        .owner_references()
-        .iter()
-        .any(|o| Some(&o.uid) == owner.as_ref())
-    {
-        return Ok(());
-    }
-    // The one just read, not one made under the same name meanwhile.
-    let only_this = DeleteParams {
-        preconditions: Some(Preconditions {
-            uid: found.uid(),
-            resource_version: None,
-        }),
-        ..DeleteParams::default()
-    };
-    match api.delete(&name, &only_this).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(()),
-        Err(e) => Err(kube_error::<Service>("delete", &name)(e)),
-    }
+    delete_child::<Service>(ctx, pool, namespace, &names::legacy_peers_service(service)).await
 }
 
 /// Deletes the pool's NetworkPolicy, if any: the spec no longer asks for one.
-async fn delete_network_policy(ctx: &Context, namespace: &str, pool: &str) -> Result<(), Error> {
-    delete_child::<NetworkPolicy>(ctx, namespace, pool).await
+async fn delete_network_policy(
+    ctx: &Context,
+    pool: &ConnectionPool,
+    namespace: &str,
+) -> Result<(), Error> {
+    delete_child::<NetworkPolicy>(ctx, pool, namespace, &pool.name_any()).await
 }
 
-/// Deletes the child `name` unless the watches know it does not exist.
-pub(super) async fn delete_child<K>(ctx: &Context, namespace: &str, name: &str) -> Result<(), Error>
+/// Deletes `pool`'s child `name` (see [`delete_if_present`]) unless the watches know it
+/// does not exist.
+pub(super) async fn delete_child<K>(
+    ctx: &Context,
+    pool: &ConnectionPool,
+    namespace: &str,
+    name: &str,
+) -> Result<(), Error>
 where
     K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
         + Clone
@@ -1508,13 +1485,16 @@ where
     if ctx.live.known_absent::<K>(namespace, name) {
         return Ok(());
     }
-    delete_if_present::<K>(&ctx.client, namespace, name).await
+    delete_if_present::<K>(&ctx.client, pool, namespace, name).await
 }
 
-/// Deletes the object `name` if it exists; a read first, so that a reconcile of a pool that
-/// never had the object writes nothing.
+/// Deletes the object `name` if it exists and `pool` owns it: an object of that name someone
+/// else made stays. A read first, so that a reconcile of a pool that never had the object
+/// writes nothing; the delete is of the object read (a uid precondition), not of one made
+/// under the same name meanwhile.
 pub(super) async fn delete_if_present<K>(
     client: &Client,
+    pool: &ConnectionPool,
     namespace: &str,
     name: &str,
 ) -> Result<(), Error>
@@ -1525,17 +1505,32 @@ where
         + DeserializeOwned,
 {
     let api = Api::<K>::namespaced(client.clone(), namespace);
-    let present = api
+    let Some(present) = api
         .get_metadata_opt(name)
         .await
-        .map_err(kube_error::<K>("get", name))?;
-    if present.is_none() {
+        .map_err(kube_error::<K>("get", name))?
+    else {
+        return Ok(());
+    };
+    let owner = pool.uid();
+    if !present
+        .owner_references()
+        .iter()
+        .any(|o| Some(&o.uid) == owner.as_ref())
+    {
         return Ok(());
     }
-    match api.delete(name, &DeleteParams::default()).await {
+    let only_this = DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: present.uid(),
+            resource_version: None,
+        }),
+        ..DeleteParams::default()
+    };
+    match api.delete(name, &only_this).await {
         Ok(_) => Ok(()),
-        // Gone between the read and the delete.
-        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        // Gone, or replaced, between the read and the delete.
+        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(()),
         Err(e) => Err(kube_error::<K>("delete", name)(e)),
     }
 }

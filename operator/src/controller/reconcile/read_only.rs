@@ -5,13 +5,11 @@
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use k8s_openapi::NamespaceResourceScope;
-use kube::{Api, Resource, ResourceExt};
-use serde::de::DeserializeOwned;
+use kube::{Api, ResourceExt};
 
 use super::{
-    apply_children, blocker, delete_legacy_peers_service, kube_error, observe_peers, probe_tls,
-    ready_endpoints, Blocker, Context, Error,
+    apply_children, blocker, delete_child, delete_legacy_peers_service, kube_error, observe_peers,
+    probe_tls, ready_endpoints, Blocker, Context, Error,
 };
 use crate::api::condition::READ_ONLY_READY;
 use crate::api::{
@@ -42,7 +40,7 @@ pub(super) async fn reconcile(
     let name = read_only_name(&pool.name_any());
     let Some(standbys) = &pool.spec.read_replicas else {
         if spec_changed {
-            delete_all(ctx, namespace, &name).await?;
+            delete_all(ctx, pool, namespace, &name).await?;
             delete_legacy_peers_service(ctx, pool, namespace, &name).await?;
         }
         return Ok(None);
@@ -192,22 +190,17 @@ async fn observe_standbys(
 }
 
 /// Deletes every object of the read-only pool `name`; those already gone are skipped.
-async fn delete_all(ctx: &Context, namespace: &str, name: &str) -> Result<(), Error> {
-    delete::<Deployment>(ctx, namespace, name).await?;
-    delete::<PodDisruptionBudget>(ctx, namespace, name).await?;
-    delete::<Service>(ctx, namespace, name).await?;
-    delete::<ConfigMap>(ctx, namespace, &names::config_map(name)).await?;
-    delete::<Secret>(ctx, namespace, &names::auth_secret(name)).await?;
-    delete::<Secret>(ctx, namespace, &names::app_secret(name)).await?;
-    delete::<ServiceAccount>(ctx, namespace, name).await
-}
-
-async fn delete<K>(ctx: &Context, namespace: &str, name: &str) -> Result<(), Error>
-where
-    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + std::fmt::Debug
-        + DeserializeOwned,
-{
-    super::delete_child::<K>(ctx, namespace, name).await
+async fn delete_all(
+    ctx: &Context,
+    pool: &ConnectionPool,
+    namespace: &str,
+    name: &str,
+) -> Result<(), Error> {
+    delete_child::<Deployment>(ctx, pool, namespace, name).await?;
+    delete_child::<PodDisruptionBudget>(ctx, pool, namespace, name).await?;
+    delete_child::<Service>(ctx, pool, namespace, name).await?;
+    delete_child::<ConfigMap>(ctx, pool, namespace, &names::config_map(name)).await?;
+    delete_child::<Secret>(ctx, pool, namespace, &names::auth_secret(name)).await?;
+    delete_child::<Secret>(ctx, pool, namespace, &names::app_secret(name)).await?;
+    delete_child::<ServiceAccount>(ctx, pool, namespace, name).await
 }
