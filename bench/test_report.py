@@ -76,6 +76,18 @@ STORM_TX_LOG = """0 1 16001 0 1796462700 51537
 """
 
 
+def write_bench_dir(d, files):
+    """A bench output directory in `d`: `files` maps paths in it to their text, gzipped when
+    the name ends in .gz."""
+    import gzip
+
+    os.makedirs(os.path.join(d, "raw"), exist_ok=True)
+    for path, text in files.items():
+        opener = gzip.open if path.endswith(".gz") else open
+        with opener(os.path.join(d, path), "wt", encoding="utf-8") as f:
+            f.write(text)
+
+
 def run(text, scenario="select", clients=50, target="weir", rnd=1, rc=0, ticks=0, user_ticks=None, client_ticks=None, p99=None):
     parsed = report.parse_pgbench(text)
     if p99 is not None:
@@ -163,23 +175,18 @@ class LatencyLogTest(unittest.TestCase):
         self.assertIsNone(report.percentile([], 0.5))
 
     def test_load_reads_gzipped_logs_into_percentiles(self):
-        import gzip
         import tempfile
 
         with tempfile.TemporaryDirectory() as d:
-            os.mkdir(os.path.join(d, "raw"))
-            with open(os.path.join(d, "env.txt"), "w", encoding="utf-8") as f:
-                f.write("clk_tck=100\nsampling_rate=0.1\n")
-            with open(os.path.join(d, "raw", "r1.txt"), "w", encoding="utf-8") as f:
-                f.write(OK_RUN)
-            with gzip.open(os.path.join(d, "raw", "r1.log.gz"), "wt", encoding="utf-8") as f:
-                f.write(TX_LOG)
-            with open(os.path.join(d, "operator-scale.md"), "w", encoding="utf-8") as f:
-                f.write("## Operator at scale\n")
-            with open(os.path.join(d, "runs.tsv"), "w", encoding="utf-8") as f:
-                f.write("scenario\tclients\ttarget\tround\trc\tpooler_cpu_ticks\tpooler_user_ticks\tclient_ticks\tfile\tlatency_log\n")
-                f.write("select\t50\tweir\t1\t0\t10\t2\t30\traw/r1.txt\traw/r1.log.gz\n")
-                f.write("select\t50\tweir\t0\t0\t10\t2\t30\traw/r1.txt\t\n")
+            write_bench_dir(d, {
+                "env.txt": "clk_tck=100\nsampling_rate=0.1\n",
+                "raw/r1.txt": OK_RUN,
+                "raw/r1.log.gz": TX_LOG,
+                "operator-scale.md": "## Operator at scale\n",
+                "runs.tsv": "scenario\tclients\ttarget\tround\trc\tpooler_cpu_ticks\tpooler_user_ticks\tclient_ticks\tfile\tlatency_log\n"
+                "select\t50\tweir\t1\t0\t10\t2\t30\traw/r1.txt\traw/r1.log.gz\n"
+                "select\t50\tweir\t0\t0\t10\t2\t30\traw/r1.txt\t\n",
+            })
             env, runs, _, _, operator = report.load(d)
             self.assertEqual((runs[0]["p50_ms"], runs[0]["p99_ms"]), (2.531, 13.016))
             self.assertNotIn("p99_ms", runs[1])
@@ -342,20 +349,15 @@ class SteadyWindowTest(unittest.TestCase):
         import tempfile
 
         with tempfile.TemporaryDirectory() as d:
-            os.mkdir(os.path.join(d, "raw"))
-            with open(os.path.join(d, "env.txt"), "w", encoding="utf-8") as f:
-                f.write("clk_tck=100\n")
-            with open(os.path.join(d, "raw", "r1.txt"), "w", encoding="utf-8") as f:
-                f.write(OK_RUN.replace("20000.123456", "10000"))
-            with open(os.path.join(d, "raw", "r1.cpu.tsv"), "w", encoding="utf-8") as f:
-                f.write(SAMPLES)
-            with open(os.path.join(d, "runs.tsv"), "w", encoding="utf-8") as f:
-                f.write(
-                    "scenario\tclients\ttarget\tround\trc\tpooler_cpu_ticks\tpooler_user_ticks\tclient_ticks\tfile"
-                    "\tlatency_log\tcpu_samples\tsteady_from\tsteady_to\n"
-                )
-                f.write("select\t50\tweir\t1\t0\t10\t2\t30\traw/r1.txt\t\traw/r1.cpu.tsv\t101.5\t103.0\n")
-                f.write("select\t50\tweir\t0\t0\t10\t2\t30\traw/r1.txt\t\t\t\t\n")
+            write_bench_dir(d, {
+                "env.txt": "clk_tck=100\n",
+                "raw/r1.txt": OK_RUN.replace("20000.123456", "10000"),
+                "raw/r1.cpu.tsv": SAMPLES,
+                "runs.tsv": "scenario\tclients\ttarget\tround\trc\tpooler_cpu_ticks\tpooler_user_ticks\tclient_ticks\tfile"
+                "\tlatency_log\tcpu_samples\tsteady_from\tsteady_to\n"
+                "select\t50\tweir\t1\t0\t10\t2\t30\traw/r1.txt\t\traw/r1.cpu.tsv\t101.5\t103.0\n"
+                "select\t50\tweir\t0\t0\t10\t2\t30\traw/r1.txt\t\t\t\t\n",
+            })
             _, runs, _, _, _ = report.load(d)
             self.assertAlmostEqual(runs[0]["steady"]["pooler"], 40)
             self.assertNotIn("steady", runs[1])
