@@ -14,13 +14,14 @@
 //! - pool: pool registry lifecycle peers
 //! - session: client redis
 //! - surfaces: admin metrics http
-//! - root: app reload listener process
+//! - root: app reload listener process allocator
 //!
 //! `app` is the composition root: nothing below the root imports it. The surfaces and the client
 //! session reach the running pooler through interfaces it implements (`metrics::PoolerView`,
 //! `admin::Console`, `client::SessionContext`).
 
 pub mod admin;
+pub mod allocator;
 pub mod app;
 pub mod auth;
 pub mod auth_query;

@@ -14,10 +14,9 @@ use weir_pooler::config::Config;
 use weir_pooler::listener::Listeners;
 use weir_pooler::process::{self, PidFile};
 
-/// mimalloc instead of glibc's malloc: buffers come and go with every transaction, and
-/// glibc serves each multi-kilobyte request by first consolidating its fast bins.
+/// mimalloc instead of glibc's malloc (see `allocator`).
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: weir_pooler::allocator::Allocator = weir_pooler::allocator::Allocator;
 
 /// A PgBouncer-compatible PostgreSQL connection pooler.
 #[derive(Debug, Parser)]
