@@ -692,7 +692,7 @@ impl Session {
         let pooler = self.pooler.clone();
         let tracker = (mode != PoolMode::Session).then(|| {
             Tracker::new(
-                self.state.get_or_insert_with(Box::default),
+                &mut self.state,
                 pooler.statements(),
                 pooler.pinned_clients(),
                 &self.record,

@@ -131,6 +131,12 @@ impl<'a> Relay<'a> {
         tracker: Option<Tracker<'a>>,
         counts: &'a mut Counts,
     ) -> Relay<'a> {
+        // Sized for what the client sent before the relay: most transactions are one
+        // message, passed on as it came.
+        let c2s_out = match tracker {
+            Some(_) => BytesMut::with_capacity(client_buf.len()),
+            None => BytesMut::new(),
+        };
         Relay {
             client,
             client_buf,
@@ -147,7 +153,7 @@ impl<'a> Relay<'a> {
             stop: None,
             timer: None,
             tracker,
-            c2s_out: BytesMut::new(),
+            c2s_out,
             s2c_local: BytesMut::new(),
             s2c_skip: 0,
             counts,

@@ -18,6 +18,7 @@ use crate::server::Carried;
 use crate::session_state::SessionState;
 use crate::sql::{self, Effect};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 /// A client's state that lives across relays: its statement names, its settings, and
 /// whether it is pinned to its server connection (and why).
@@ -42,7 +43,8 @@ pub struct Policy {
 
 /// One relay's tracking of client messages and owed responses.
 pub struct Tracker<'a> {
-    client: &'a mut ClientState,
+    /// The client's state; `None` stands for the default, made only when something is kept.
+    client: &'a mut Option<Box<ClientState>>,
     registry: &'a StatementRegistry,
     pinned_clients: &'a AtomicUsize,
     /// The client's registry record, which shows it pinned.
@@ -92,7 +94,7 @@ pub enum ClientEvent {
 impl<'a> Tracker<'a> {
     /// A tracker for one relay.
     pub fn new(
-        client: &'a mut ClientState,
+        client: &'a mut Option<Box<ClientState>>,
         registry: &'a StatementRegistry,
         pinned_clients: &'a AtomicUsize,
         record: &'a ClientRecord,
@@ -131,7 +133,17 @@ impl<'a> Tracker<'a> {
 
     /// Whether the client is pinned to its server connection.
     pub fn pinned(&self) -> bool {
-        self.client.pinned.is_some()
+        self.client.as_ref().is_some_and(|c| c.pinned.is_some())
+    }
+
+    /// The client's state, made when it has none.
+    fn client_mut(&mut self) -> &mut ClientState {
+        self.client.get_or_insert_with(Box::default)
+    }
+
+    /// The client's statement of this name.
+    fn statement(&self, name: &str) -> Option<Arc<Statement>> {
+        self.client.as_ref()?.statements.get(name).cloned()
     }
 
     /// Moves the pooler's own answers that are due into `out`.
@@ -255,7 +267,7 @@ impl<'a> Tracker<'a> {
     ) -> bool {
         match tag {
             b'Q' => {
-                if self.policy.pinning == Pinning::Refuse && self.client.pinned.is_none() {
+                if self.policy.pinning == Pinning::Refuse && !self.pinned() {
                     let mut local = BytesMut::new();
                     backend::error_response(&mut local, &refusal(OVERSIZED));
                     let status = if tx.status == b'I' { b'I' } else { b'E' };
@@ -312,9 +324,7 @@ impl<'a> Tracker<'a> {
         let portal = &input[5..5 + portal_end];
         let name = &input[5 + portal_end + 1..names_end - 1];
         let statement = match std::str::from_utf8(name) {
-            Ok(n) if !n.is_empty() && self.policy.max_prepared > 0 => {
-                self.client.statements.get(n).cloned()
-            }
+            Ok(n) if !n.is_empty() && self.policy.max_prepared > 0 => self.statement(n),
             _ => None,
         };
         if name.is_empty() {
@@ -398,7 +408,7 @@ impl<'a> Tracker<'a> {
                 if self.refused_extended(&statement.effect, out) {
                     return Ok(());
                 }
-                self.client
+                self.client_mut()
                     .statements
                     .insert(parse.name, statement.clone())?;
                 if server.has_statement(&statement.name) {
@@ -417,9 +427,8 @@ impl<'a> Tracker<'a> {
                     let effect = std::mem::replace(&mut self.unnamed_effect, Effect::Other);
                     self.apply(&effect, None);
                     out.extend_from_slice(msg);
-                } else if let Some(statement) = mapping
-                    .then(|| self.client.statements.get(bind.statement).cloned())
-                    .flatten()
+                } else if let Some(statement) =
+                    mapping.then(|| self.statement(bind.statement)).flatten()
                 {
                     self.apply(&statement.effect.clone(), Some(&statement.query));
                     self.ensure_prepared(&statement, out, server);
@@ -442,14 +451,16 @@ impl<'a> Tracker<'a> {
                 };
                 let statement = match parsed {
                     Ok((b'S', name)) if mapping && !name.is_empty() => {
-                        Some((name.to_owned(), self.client.statements.get(name).cloned()))
+                        Some((name.to_owned(), self.statement(name)))
                     }
                     _ => None,
                 };
                 match (tag, statement) {
                     (b'C', Some((name, _))) => {
                         // Server-side statements are shared; only the client's name goes.
-                        self.client.statements.remove(&name);
+                        if let Some(client) = self.client.as_deref_mut() {
+                            client.statements.remove(&name);
+                        }
                         self.pipeline.push(Owed::Local(prepared::CLOSE_COMPLETE));
                     }
                     (b'D', Some((_, Some(statement)))) => {
@@ -512,7 +523,7 @@ impl<'a> Tracker<'a> {
     /// The error refusing a whole simple query, if any statement in it is refused: refusal is
     /// all or nothing (a reserved statement name can only be in a query that mentions it).
     fn refusal_in(&self, text: &str) -> Option<PgError> {
-        let refusing_pins = self.policy.pinning == Pinning::Refuse && self.client.pinned.is_none();
+        let refusing_pins = self.policy.pinning == Pinning::Refuse && !self.pinned();
         let names_reserved = || {
             text.as_bytes()
                 .windows(5)
@@ -526,20 +537,24 @@ impl<'a> Tracker<'a> {
 
     /// Records what a statement about to run does to the session.
     fn apply(&mut self, effect: &Effect, stmt: Option<&str>) {
-        let session = &mut self.client.session;
+        if matches!(effect, Effect::Refuse(_) | Effect::Other) {
+            return;
+        }
+        let client = self.client.get_or_insert_with(Box::default);
+        let session = &mut client.session;
         match effect {
             Effect::Set { name } => session.set(name, stmt.unwrap_or_default()),
             Effect::Reset { name } => session.reset(name),
             Effect::ResetAll => session.reset_all(),
             Effect::DiscardAll => {
                 session.reset_all();
-                self.client.statements.clear();
+                client.statements.clear();
             }
-            Effect::DeallocateAll => self.client.statements.clear(),
+            Effect::DeallocateAll => client.statements.clear(),
             Effect::Pin(what) => {
-                if self.client.pinned.is_none() {
+                if client.pinned.is_none() {
                     tracing::debug!(reason = what, "client pinned to its server connection");
-                    self.client.pinned = Some(what);
+                    client.pinned = Some(what);
                     self.pinned_clients.fetch_add(1, Ordering::Relaxed);
                     self.record.set_pinned(true);
                 }
@@ -553,9 +568,7 @@ impl<'a> Tracker<'a> {
     fn refusal_of(&self, effect: &Effect) -> Option<PgError> {
         match effect {
             Effect::Refuse(why) => Some(PgError::error("42939", *why)),
-            Effect::Pin(what)
-                if self.policy.pinning == Pinning::Refuse && self.client.pinned.is_none() =>
-            {
+            Effect::Pin(what) if self.policy.pinning == Pinning::Refuse && !self.pinned() => {
                 Some(refusal(what))
             }
             _ => None,
@@ -644,11 +657,17 @@ impl<'a> Tracker<'a> {
         let verdict = self
             .pipeline
             .on_server_message(tag, |skipped| undo(server, skipped));
-        let session = &mut self.client.session;
         match info {
-            ServerInfo::Error => session.on_error(),
-            ServerInfo::Rollback => session.on_command_complete("ROLLBACK"),
+            ServerInfo::Error => self.client_mut().session.on_error(),
+            ServerInfo::Rollback => self.client_mut().session.on_command_complete("ROLLBACK"),
             ServerInfo::Ready(status) => {
+                // A client without state has the default session: nothing pending, nothing
+                // failed, nothing applied, and a ReadyForQuery changes none of that.
+                let mut default = SessionState::default();
+                let session = match self.client.as_deref_mut() {
+                    Some(client) => &mut client.session,
+                    None => &mut default,
+                };
                 session.on_ready(status);
                 if status == b'I' && session.take_unsure() {
                     server.session_unknown();

@@ -912,6 +912,10 @@ impl Pool {
         error: Option<[u8; 5]>,
         standby_report: Option<&str>,
     ) {
+        // The common end, a clean one, says nothing of the server.
+        if !failed && error.is_none() && standby_report.is_none() {
+            return;
+        }
         if let Some(why) = failover::relay_signal(failed, error, standby_report) {
             self.suspect(server.generation(), why);
         }
