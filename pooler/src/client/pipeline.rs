@@ -141,6 +141,9 @@ impl Pipeline {
     }
 
     /// Takes the pooler's own answers that are due now (they are at the front).
+    // Inlined into the relay's loop, which calls it for every server message: left to the
+    // compiler, whether it is depends on how the crate splits into codegen units.
+    #[inline]
     pub fn take_local(&mut self, out: &mut bytes::BytesMut) -> bool {
         let mut any = false;
         while let Some(Owed::Local(bytes)) = self.owed.front() {
@@ -155,6 +158,8 @@ impl Pipeline {
     /// Accounts for one server message by its type byte. `undo` receives the statements
     /// whose Parse or evicting Close failed or was skipped, latest first, so the connection's
     /// prepared set stays true.
+    // As `take_local`.
+    #[inline]
     pub fn on_server_message(&mut self, tag: u8, undo: impl FnMut(Skipped<'_>)) -> Verdict {
         // Asynchronous messages can arrive at any point and answer nothing.
         if matches!(tag, b'N' | b'S' | b'A') {
