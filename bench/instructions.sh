@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Instructions weir runs per select-only transaction (valgrind callgrind's Ir, user space), for
+# Instructions a pooler runs per select-only transaction (valgrind callgrind's Ir, user space), for
 # comparing builds on a busy machine: unlike CPU time, instruction counts do not move with
 # what else the cores are doing. Transaction mode, pool size 10, pgbench -S -M simple. Two runs
 # per binary, of T1 and T2 transactions per client; (Ir2 - Ir1) / (tx2 - tx1) leaves the
 # logins and start-up out.
-# Usage: bench/instructions.sh CLIENTS T1 T2 WEIR_BINARY...
+# Usage: bench/instructions.sh CLIENTS T1 T2 POOLER_BINARY...  (weir builds, or a pgbouncer)
 #   e.g. bench/instructions.sh 500 4 40 /tmp/weir-before target/release/weir
 set -euo pipefail
 
@@ -20,7 +20,8 @@ command -v valgrind >/dev/null ||
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind >/dev/null
 ulimit -n "$(ulimit -Hn)"
 WORK=$(mktemp -d /tmp/weir-instructions.XXXXXX)
-chmod 755 "$WORK"
+# World-writable: PgBouncer, run as the postgres user, writes its profile here.
+chmod 777 "$WORK"
 WEIR_PID=
 cleanup() {
     stop_pid "$WEIR_PID"
@@ -38,9 +39,21 @@ start_postgres "$PGPORT" $((CLIENTS + 100)) 1 "$PGPASSWORD"
 write_userlist "$PGPORT"
 pooler_ini "$WEIR_PORT" "$PGPORT" 10 $((CLIENTS + 100)) >"$WORK/weir.ini"
 
-instructions() { # binary, transactions per client: prints weir's total Ir
-    valgrind --tool=callgrind --callgrind-out-file="$WORK/callgrind.out" "$1" -q "$WORK/weir.ini" \
-        2>"$WORK/valgrind.log" &
+instructions() { # binary, transactions per client: prints the pooler's total Ir
+    local run=()
+    if [[ $(basename "$1") == pgbouncer* ]]; then
+        # PgBouncer refuses to run as root: a copy the postgres user can read runs as it.
+        cp "$1" "$WORK/pgbouncer"
+        chmod 755 "$WORK/pgbouncer"
+        # setpriv itself, not the as_postgres function: a function would run in a subshell,
+        # and the SIGINT below would reach that instead of valgrind.
+        run=(setpriv --reuid=postgres --regid=postgres --init-groups valgrind --tool=callgrind --callgrind-out-file="$WORK/callgrind.out" \
+            "$WORK/pgbouncer")
+    else
+        run=(valgrind --tool=callgrind --callgrind-out-file="$WORK/callgrind.out" "$1")
+    fi
+    rm -f "$WORK/callgrind.out"
+    "${run[@]}" -q "$WORK/weir.ini" 2>"$WORK/valgrind.log" &
     WEIR_PID=$!
     for _ in $(seq 600); do (exec 3<>/dev/tcp/127.0.0.1/"$WEIR_PORT") 2>/dev/null && break; sleep 0.1; done
     "$PGBIN/pgbench" -n -S -M simple -h 127.0.0.1 -p "$WEIR_PORT" -U bench -c "$CLIENTS" -j 2 \
