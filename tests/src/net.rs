@@ -54,8 +54,16 @@ pub async fn wait_for_addr(addr: SocketAddr, timeout: Duration) -> anyhow::Resul
             Duration::from_millis(500),
             tokio::net::TcpStream::connect(addr),
         );
-        if let Ok(Ok(_stream)) = attempt.await {
-            return Ok(());
+        // Polling a port of the ephemeral range that nothing listens on can connect a socket
+        // to itself (the kernel picks that very port as its source): that is no listener.
+        if let Ok(Ok(stream)) = attempt.await {
+            let looped = matches!(
+                (stream.local_addr(), stream.peer_addr()),
+                (Ok(local), Ok(peer)) if local == peer
+            );
+            if !looped {
+                return Ok(());
+            }
         }
         if Instant::now() >= deadline {
             bail!("nothing accepted connections on {addr} within {timeout:?}");
