@@ -362,7 +362,7 @@ pub fn classify(stmt: &str) -> Effect {
 pub fn plain_query(sql: &[u8]) -> bool {
     // With no other `;`, every reading of the quotes splits into this statement, or into it
     // and the `;` with white space; the two classify alike.
-    let end = match sql.iter().position(|&c| c == b';') {
+    let end = match memchr::memchr(b';', sql) {
         Some(p) if sql[p + 1..].iter().all(u8::is_ascii_whitespace) => p,
         Some(_) => return false,
         None => sql.len(),
@@ -373,7 +373,7 @@ pub fn plain_query(sql: &[u8]) -> bool {
 /// [`classify`] on bytes: text that is not UTF-8 is judged as if its invalid bytes were
 /// replacement characters (non-ASCII, like them).
 fn classify_bytes(stmt: &[u8]) -> Effect {
-    let first = Words::new(stmt).next().unwrap_or_default();
+    let first = first_word(stmt);
     // Most statements (SELECT, INSERT, ...) start with none of these: their text decides.
     KEYWORDS
         .iter()
@@ -381,6 +381,16 @@ fn classify_bytes(stmt: &[u8]) -> Effect {
         .then(|| by_keywords(Lower::new(first).as_str(), stmt))
         .flatten()
         .unwrap_or_else(|| pins_in_text(stmt).map_or(Effect::Other, Effect::Pin))
+}
+
+/// The first word as [`Words`] finds it; a statement that starts with letters and a word's
+/// end (most do) needs no more than a look at those letters.
+fn first_word(stmt: &[u8]) -> &[u8] {
+    let letters = stmt.iter().take_while(|b| b.is_ascii_alphabetic()).count();
+    if letters > 0 && (letters == stmt.len() || ends_word(stmt, letters)) {
+        return &stmt[..letters];
+    }
+    Words::new(stmt).next().unwrap_or_default()
 }
 
 /// The first words [`by_keywords`] knows.
@@ -1161,6 +1171,12 @@ mod tests {
             #[test]
             fn the_shortcuts_change_no_classification(sql in query()) {
                 prop_assert_eq!(classify_bytes(&sql), classify_slowly(&sql));
+            }
+
+            #[test]
+            fn the_first_word_is_the_one_words_finds(sql in query()) {
+                let slowly = Words::new(&sql).next().unwrap_or_default();
+                prop_assert_eq!(first_word(&sql), slowly);
             }
 
             #[test]
