@@ -192,18 +192,9 @@ impl Stream {
     ///
     /// An idle server connection must have nothing to say: PostgreSQL writes a FATAL and closes
     /// when it shuts down or kills a backend, so unread bytes mean the connection is unusable.
-    /// The check asks the reactor's cached readiness first and only then the kernel.
+    /// The check asks the reactor's cached readiness first (`try_read` does, before any
+    /// system call) and only then the kernel.
     pub fn has_unread_input(&self) -> bool {
-        let waker = futures::task::noop_waker();
-        let mut cx = Context::from_waker(&waker);
-        let ready = match self {
-            Stream::Tcp(s) => s.poll_read_ready(&mut cx),
-            Stream::Tls(s) => s.get_ref().0.poll_read_ready(&mut cx),
-            Stream::Unix(s) => s.poll_read_ready(&mut cx),
-        };
-        if !matches!(ready, Poll::Ready(_)) {
-            return false;
-        }
         // Consuming the byte is harmless: a connection with input is discarded anyway.
         let mut probe = [0u8; 1];
         let read = match self {
