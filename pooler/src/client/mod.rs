@@ -58,7 +58,10 @@ pub fn serve(
             return;
         };
         let killed = session.record.shared();
+        // Biased (polled in this order): a random start would draw from the runtime's RNG
+        // at every wake-up of every client, which shows in profiles.
         let reason = tokio::select! {
+            biased;
             reason = session.run() => reason,
             () = killed.killed() => {
                 // Mid-relay, the server connection was just closed with the relay; the client
@@ -587,6 +590,7 @@ impl Session {
                 }
             };
             tokio::select! {
+                biased;
                 ready = self.stream.readable() => {
                     ready.map_err(|_| "client connection failed")?;
                 }
@@ -649,6 +653,7 @@ impl Session {
             Poll::Pending => loop {
                 let reading = self.buf.len() < bound;
                 tokio::select! {
+                    biased;
                     result = &mut checkout => break result,
                     read = self.stream.read_buf(&mut self.buf), if reading => match read {
                         Ok(0) | Err(_) => return Err("client left while waiting for a server connection"),
