@@ -660,22 +660,22 @@ impl<'a> Tracker<'a> {
         match info {
             ServerInfo::Error => self.client_mut().session.on_error(),
             ServerInfo::Rollback => self.client_mut().session.on_command_complete("ROLLBACK"),
-            ServerInfo::Ready(status) => {
+            ServerInfo::Ready(status) => match self.client.as_deref_mut() {
+                Some(client) => {
+                    let session = &mut client.session;
+                    session.on_ready(status);
+                    if status == b'I' && session.take_unsure() {
+                        server.session_unknown();
+                    } else if status == b'I' {
+                        // What ran here is now this connection's state.
+                        server.adopt_session(session.applied());
+                    }
+                }
                 // A client without state has the default session: nothing pending, nothing
                 // failed, nothing applied, and a ReadyForQuery changes none of that.
-                let mut default = SessionState::default();
-                let session = match self.client.as_deref_mut() {
-                    Some(client) => &mut client.session,
-                    None => &mut default,
-                };
-                session.on_ready(status);
-                if status == b'I' && session.take_unsure() {
-                    server.session_unknown();
-                } else if status == b'I' {
-                    // What ran here is now this connection's state.
-                    server.adopt_session(session.applied());
-                }
-            }
+                None if status == b'I' => server.adopt_session(&[]),
+                None => {}
+            },
             ServerInfo::Other => {}
         }
         verdict
