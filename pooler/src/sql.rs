@@ -546,12 +546,15 @@ fn pins_in_text(b: &[u8]) -> Option<&'static str> {
             }
         }
     };
+    // Each back offset belongs to one first letter (dblink_, set_config, pg_), and INTO must
+    // start a word: `pin_at` is asked only where its own first test would pass.
+    let starts = |i: Option<usize>, letter: u8| i.filter(|&i| b[i].to_ascii_lowercase() == letter);
     underscores_and_is(b, |at| {
         if b[at] == b'_' {
-            for back in [6, 3, 2] {
-                at.checked_sub(back).map(&mut look);
+            for (back, letter) in [(6, b'd'), (3, b's'), (2, b'p')] {
+                starts(at.checked_sub(back), letter).map(&mut look);
             }
-        } else {
+        } else if at == 0 || !is_ident_byte(b[at - 1]) {
             look(at);
         }
     });
