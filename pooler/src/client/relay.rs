@@ -94,6 +94,8 @@ pub struct Relay<'a> {
     tx: &'a mut TxState,
     policy: ReleasePolicy,
     timeouts: Timeouts,
+    /// Whether any of `timeouts` is set (most deployments set none): asked at every step.
+    timers_enabled: bool,
     max_client_message: usize,
     /// Whether simple-query messages pass (`disable_pqexec` off).
     simple_query: bool,
@@ -145,6 +147,9 @@ impl<'a> Relay<'a> {
             tx,
             policy,
             timeouts,
+            timers_enabled: !(timeouts.query.is_zero()
+                && timeouts.idle_transaction.is_zero()
+                && timeouts.client_idle.is_zero()),
             max_client_message,
             simple_query,
             c2s: Cursor::default(),
@@ -403,12 +408,6 @@ impl<'a> Relay<'a> {
             }
         }
     }
-
-    /// Whether the timeout machinery is in use at all (most deployments leave it off).
-    fn timers_enabled(&self) -> bool {
-        let t = &self.timeouts;
-        !(t.query.is_zero() && t.idle_transaction.is_zero() && t.client_idle.is_zero())
-    }
 }
 
 /// Reads into `buf`, growing it by a chunk when it is nearly full.
@@ -430,7 +429,7 @@ impl Future for Relay<'_> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
         let this = self.get_mut();
-        if this.timer.is_none() && this.timers_enabled() {
+        if this.timer.is_none() && this.timers_enabled {
             this.rearm_timer(true);
         }
         // Bytes read before the relay started are scanned first (tracked mode processes them
@@ -635,7 +634,7 @@ impl Future for Relay<'_> {
             }
 
             if progressed {
-                if this.timers_enabled() {
+                if this.timers_enabled {
                     this.rearm_timer(client_sent);
                 }
                 continue;
