@@ -55,7 +55,8 @@ instructions() { # binary, transactions per client: prints the pooler's total Ir
     rm -f "$WORK/callgrind.out"
     "${run[@]}" -q "$WORK/weir.ini" 2>"$WORK/valgrind.log" &
     WEIR_PID=$!
-    for _ in $(seq 600); do (exec 3<>/dev/tcp/127.0.0.1/"$WEIR_PORT") 2>/dev/null && break; sleep 0.1; done
+    # Up to 60 s: a pooler starts slowly under valgrind.
+    wait_port "$WEIR_PORT" 600 || exit 1
     "$PGBIN/pgbench" -n -S -M simple -h 127.0.0.1 -p "$WEIR_PORT" -U bench -c "$CLIENTS" -j 2 \
         -t "$2" bench >"$WORK/pgbench.txt" 2>&1 || true
     grep -q "actually processed: $((CLIENTS * $2))/" "$WORK/pgbench.txt" ||

@@ -59,9 +59,10 @@ steady_window() {
         END { if (NR) { ends(prev); printf "%.6f %.6f\n", from, to } }' "$@"
 }
 
-# Waits up to 10 s for something to accept connections on 127.0.0.1:port.
+# Waits for something to accept connections on 127.0.0.1:PORT, up to TENTHS tenths of a second
+# (default 100: 10 s). Usage: wait_port PORT [TENTHS]
 wait_port() {
-    for _ in $(seq 100); do
+    for _ in $(seq "${2:-100}"); do
         (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0
         sleep 0.1
     done

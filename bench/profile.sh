@@ -120,7 +120,7 @@ for clients in $CLIENTS; do
         valgrind --tool=callgrind --callgrind-out-file="$OUT/callgrind-c$clients.out" \
             "$WEIR" -q "$WORK/weir.ini" 2>"$OUT/valgrind-c$clients.log" &
         WEIR_PID=$!
-        for _ in $(seq 300); do (exec 3<>/dev/tcp/127.0.0.1/"$WEIR_PORT") 2>/dev/null && break; sleep 0.1; done
+        wait_port "$WEIR_PORT" 300 || exit 1
         pgbench_weir "$clients" -t $((20000 / clients + 1)) >"$OUT/pgbench-c$clients.txt" 2>&1 || true
         # SIGINT lets valgrind write its output file on the way out.
         kill -INT "$WEIR_PID" 2>/dev/null || true
