@@ -211,24 +211,23 @@ impl Stream {
     /// Waits until the stream can be read, without reading. Over TLS, output still held by
     /// rustls is sent first, since the peer may be waiting for it before it says more.
     pub async fn readable(&mut self) -> io::Result<()> {
-        // Through the socket's one reader slot rather than `readable()`'s list of waiters:
-        // the stream has one reader, and the slot costs less per wait.
-        match self {
-            Stream::Tcp(s) => std::future::poll_fn(|cx| s.poll_read_ready(cx)).await,
-            Stream::Unix(s) => std::future::poll_fn(|cx| s.poll_read_ready(cx)).await,
-            Stream::Tls(_) => {
-                tokio::io::AsyncWriteExt::flush(self).await?;
-                if self.tls_buffered() {
-                    return Ok(());
-                }
-                match self {
-                    Stream::Tls(s) => {
-                        let tcp = &s.get_ref().0;
-                        std::future::poll_fn(|cx| tcp.poll_read_ready(cx)).await
-                    }
-                    _ => Ok(()),
-                }
+        if let Stream::Tls(_) = self {
+            tokio::io::AsyncWriteExt::flush(self).await?;
+            if self.tls_buffered() {
+                return Ok(());
             }
+        }
+        std::future::poll_fn(|cx| self.poll_socket_readable(cx)).await
+    }
+
+    /// Readiness of the socket underneath, through its one reader slot rather than
+    /// `readable()`'s list of waiters: the stream has one reader, and the slot costs less per
+    /// wait.
+    fn poll_socket_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self {
+            Stream::Tcp(s) => s.poll_read_ready(cx),
+            Stream::Tls(s) => s.get_ref().0.poll_read_ready(cx),
+            Stream::Unix(s) => s.poll_read_ready(cx),
         }
     }
 
