@@ -28,7 +28,7 @@ mod queue;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -197,9 +197,6 @@ pub struct Pool {
     places: Arc<Places>,
     /// The `max_db_connections` / `max_user_connections` limits new connections count against.
     limits: ArcSwap<Vec<Arc<Limit>>>,
-    /// Whether `limits` holds any: most pools count against none, and a connection given
-    /// back to one of those need not load them.
-    limited: AtomicBool,
     welcome: Mutex<Option<ParamSet>>,
     stats: PoolStats,
     /// Set by the admin console's PAUSE: checkouts wait until it is cleared.
@@ -289,7 +286,6 @@ impl Pool {
             settings: ArcSwap::from_pointee(settings),
             state: Mutex::new(Inner::default()),
             places: Arc::default(),
-            limited: AtomicBool::new(!limits.is_empty()),
             limits: ArcSwap::from_pointee(limits),
             welcome: Mutex::new(None),
             stats: PoolStats::default(),
@@ -385,7 +381,6 @@ impl Pool {
         for limit in &limits {
             limit.join(self);
         }
-        self.limited.store(!limits.is_empty(), Ordering::Release);
         self.limits.store(Arc::new(limits));
         if added > 0 {
             tracing::info!(pool = %self.key, "new connection limit: reopening connections as they are returned");
@@ -1261,8 +1256,7 @@ impl Pool {
         slot.record
             .set_prepared(slot.conn.carried().statement_count());
         let settings = self.settings.load();
-        let shrinking = self.limited.load(Ordering::Acquire)
-            && self.limits.load().iter().any(|l| l.is_shrinking());
+        let shrinking = self.limits.load().iter().any(|l| l.is_shrinking());
         inner::returned(slot, now, &settings, self.generation(), shrinking)
             .or_else(|| self.surplus(slot))
     }
