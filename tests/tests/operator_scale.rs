@@ -399,6 +399,9 @@ async fn operator_at_scale() -> anyhow::Result<()> {
     let at_ready = operator.metrics().await?;
     let (rss_ready, _) = memory_kib(operator.pid());
     let burst_audit = audit_since(&audit, offset)?;
+    if let Ok(path) = std::env::var("OPERATOR_SCALE_AUDIT") {
+        std::fs::write(&path, &burst_audit).with_context(|| format!("writing {path}"))?;
+    }
     let burst = operator_requests(&burst_audit);
     let busiest = clients(&burst_audit);
 

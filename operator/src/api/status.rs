@@ -178,7 +178,9 @@ pub struct BudgetStatus {
     pub used_by_others: i64,
     /// What is left for all pools on the database.
     pub database: i64,
-    /// What other ConnectionPools on the same database claim.
+    /// What other ConnectionPools on the same database claim. A claim that shrinks shows
+    /// at once; one that grows or appears (which changes nothing of this pool's sizing)
+    /// once the database's claims have been still for 10 s, at most 60 s after it moved.
     pub claimed_by_others: i64,
     /// This pool's budget over all its pods.
     pub pool: i64,

@@ -442,6 +442,38 @@ async fn write_status(
     Ok(())
 }
 
+/// What differs between two statuses, for the debug log: the names of the fields, a changed
+/// condition as `Type: OldReason -> NewReason` (its message alone changing shows the same
+/// reason twice).
+fn status_changes(old: &ConnectionPoolStatus, new: &ConnectionPoolStatus) -> String {
+    let (Ok(serde_json::Value::Object(a)), Ok(serde_json::Value::Object(b))) =
+        (serde_json::to_value(old), serde_json::to_value(new))
+    else {
+        return String::new();
+    };
+    let fields: BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+    let mut changes = Vec::new();
+    for field in fields.into_iter().filter(|f| a.get(*f) != b.get(*f)) {
+        if field != "conditions" {
+            changes.push(field.clone());
+            continue;
+        }
+        for c in &new.conditions {
+            match old.conditions.iter().find(|o| o.type_ == c.type_) {
+                Some(o) if o == c => {}
+                Some(o) => changes.push(format!("{}: {} -> {}", c.type_, o.reason, c.reason)),
+                None => changes.push(format!("{}: {}", c.type_, c.reason)),
+            }
+        }
+        for o in &old.conditions {
+            if !new.conditions.iter().any(|c| c.type_ == o.type_) {
+                changes.push(format!("{}: gone", o.type_));
+            }
+        }
+    }
+    changes.join(", ")
+}
+
 /// Why a reconciliation failed; it is retried with [`backoff`].
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -753,6 +785,7 @@ async fn reconcile_pool(pool: &ConnectionPool, ctx: &Context) -> Result<Action, 
 
     publish_events(ctx, pool, &old, &status).await;
     if status != old {
+        debug!(changed = %status_changes(&old, &status), "status changed");
         write_status(ctx, pool, &namespace, &status, None).await?;
         ctx.watched().entry(key).or_default().written = Some(Written {
             over_version: pool.resource_version(),
@@ -1956,6 +1989,45 @@ mod tests {
             entry(FIELD_MANAGER, "Update", 400),
         ]);
         assert_eq!(last_applied_at(&cm), Timestamp::from_second(100).ok());
+    }
+
+    #[test]
+    fn a_status_change_is_logged_by_field_and_condition_reason() {
+        let condition = |type_: &str, reason: &str, message: &str| {
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+                type_: type_.into(),
+                status: "True".into(),
+                reason: reason.into(),
+                message: message.into(),
+                observed_generation: Some(1),
+                last_transition_time: now(),
+            }
+        };
+        let old = ConnectionPoolStatus {
+            conditions: vec![
+                condition("Ready", "PodsNotReady", "0/1"),
+                condition("BudgetFeasible", "Fits", "others claim 150"),
+                condition("Monitoring", "Applied", ""),
+            ],
+            replicas: Some(0),
+            ..ConnectionPoolStatus::default()
+        };
+        assert_eq!(status_changes(&old, &old), "");
+        let new = ConnectionPoolStatus {
+            conditions: vec![
+                condition("Ready", "PoolersReady", "1/1"),
+                condition("BudgetFeasible", "Fits", "others claim 180"),
+                condition("Progressing", "UpToDate", ""),
+            ],
+            replicas: Some(1),
+            ready_replicas: Some(1),
+            ..ConnectionPoolStatus::default()
+        };
+        assert_eq!(
+            status_changes(&old, &new),
+            "Ready: PodsNotReady -> PoolersReady, BudgetFeasible: Fits -> Fits, \
+             Progressing: UpToDate, Monitoring: gone, readyReplicas, replicas"
+        );
     }
 
     #[test]
