@@ -7,6 +7,7 @@ mod pipeline;
 mod relay;
 mod replication;
 mod scan;
+mod spare;
 mod tracked;
 
 use std::future::Future;
@@ -34,6 +35,9 @@ use login::{Hello, LoginError};
 use relay::{Outcome, Relay, TimeoutKind, Timeouts};
 use scan::{ReleasePolicy, TxState};
 use tracked::{ClientState, Tracker};
+
+/// What a client's read buffer holds after an idle wait: most requests come whole in one read.
+const READ_BUFFER: usize = 4096;
 
 /// Serves one client connection from its first byte to its last. Never panics on what the
 /// client sends; every refusal reaches the client as an ErrorResponse with a SQLSTATE.
@@ -553,9 +557,9 @@ impl Session {
         let releases = mode != PoolMode::Session;
         while self.buf.is_empty() {
             // Give the read buffer back while idle: idle clients should cost almost nothing.
-            self.buf = BytesMut::new();
+            spare::give(std::mem::take(&mut self.buf));
             if releases && self.pooler.is_draining() {
-                self.buf.reserve(4096);
+                self.buf = spare::take(READ_BUFFER);
                 match self.stream.try_read_buf(&mut self.buf) {
                     Ok(n) if n > 0 => break,
                     Ok(_) => return Err("client closed the connection"),
@@ -604,7 +608,7 @@ impl Session {
                     return Err("client_idle_timeout");
                 }
             }
-            self.buf.reserve(4096);
+            self.buf = spare::take(READ_BUFFER);
             match self.stream.read_now(&mut self.buf) {
                 Some(Ok(0)) => return Err("client closed the connection"),
                 Some(Ok(_)) | None => {}
