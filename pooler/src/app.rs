@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
@@ -64,6 +64,9 @@ pub struct Pooler {
     file_digest: Mutex<String>,
     /// Set once a shutdown has begun: no new clients, readiness fails.
     shutdown: watch::Sender<Option<ShutdownMode>>,
+    /// Whether `shutdown` is set (it is never unset), for the clients that ask at every
+    /// transaction: a load instead of the channel's lock.
+    draining: AtomicBool,
     /// Databases paused or disabled from the admin console.
     control: Mutex<Control>,
     /// Per-database averages over the latest `stats_period`, for SHOW STATS.
@@ -175,6 +178,7 @@ impl Pooler {
             digest: Mutex::new(digest),
             file_digest: Mutex::new(file_digest),
             shutdown: watch::Sender::new(None),
+            draining: AtomicBool::new(false),
             control: Mutex::new(Control::default()),
             stats_averages: ArcSwap::from_pointee(BTreeMap::new()),
             tokens: TokenReviewer::default(),
@@ -287,6 +291,7 @@ impl Pooler {
             Some(m) if *m == mode || mode != ShutdownMode::Now => false,
             _ => {
                 *current = Some(mode);
+                self.draining.store(true, Ordering::Release);
                 true
             }
         });
@@ -312,7 +317,7 @@ impl Pooler {
 
     /// Whether a shutdown has begun.
     pub fn is_draining(&self) -> bool {
-        self.shutdown.borrow().is_some()
+        self.draining.load(Ordering::Acquire)
     }
 
     /// Resolves when a shutdown begins.
