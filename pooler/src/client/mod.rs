@@ -542,7 +542,9 @@ impl Session {
             self.fatal(e.to_client_error()).await;
             return Err(reason);
         }
-        self.relay(mode, settings, checkout).await
+        // The settings by reference: an argument's value is held in the callee's future
+        // besides the caller's.
+        self.relay(mode, &settings, checkout).await
     }
 
     /// Waits until the client has sent something that needs a server, and returns the
@@ -679,7 +681,7 @@ impl Session {
     async fn relay(
         &mut self,
         mode: PoolMode,
-        settings: TxSettings,
+        settings: &TxSettings,
         mut checkout: Checkout,
     ) -> Result<(), &'static str> {
         let policy = ReleasePolicy {
@@ -693,7 +695,7 @@ impl Session {
             reset_always,
             tracking,
             ..
-        } = settings;
+        } = *settings;
 
         let mut tx = TxState::default();
         let mut counts = Counts::default();
