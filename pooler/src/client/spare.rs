@@ -25,7 +25,8 @@ pub(super) fn take(capacity: usize) -> BytesMut {
     let mut buf = SPARE
         .with(|spare| spare.borrow_mut().pop())
         .unwrap_or_default();
-    // Free when the buffer came from here with room enough (its allocation unshared).
+    // No allocation when the buffer came from here with room enough (its allocation
+    // unshared); otherwise one, as without the list.
     buf.reserve(capacity);
     buf
 }
