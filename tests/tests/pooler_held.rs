@@ -63,11 +63,11 @@ fn parse(name: &str, query: &str) -> Vec<u8> {
 }
 
 /// A logged-in protocol connection through weir (the fixture trusts clients), driven by hand.
-async fn raw_login(port: u16) -> TcpStream {
-    RawClient::trust_login(port, USER, DATABASE)
-        .await
-        .expect("logged in through weir")
-        .into_stream()
+async fn raw_login(f: &Fixture) -> TcpStream {
+    match RawClient::trust_login(f.weir.port(), USER, DATABASE).await {
+        Ok(client) => client.into_stream(),
+        Err(err) => panic!("logging in through weir: {err:#}; weir log:\n{}", f.weir.log()),
+    }
 }
 
 /// Reads one message: its type and body; None once the connection is closed.
@@ -119,7 +119,7 @@ async fn is_active(f: &Fixture, pid: i32) -> bool {
 #[tokio::test]
 async fn extended_protocol_without_sync_is_bounded_by_idle_transaction_timeout() {
     let f = one_connection(&["idle_transaction_timeout = 1"]).await;
-    let mut stream = raw_login(f.weir.port()).await;
+    let mut stream = raw_login(&f).await;
     let mut batch = parse("", "SELECT 1");
     // Bind (unnamed portal and statement, no parameters, no result formats), Execute.
     batch.extend(message(b'B', &[0, 0, 0, 0, 0, 0, 0, 0]));
@@ -133,7 +133,7 @@ async fn extended_protocol_without_sync_is_bounded_by_idle_transaction_timeout()
 #[tokio::test]
 async fn half_a_message_is_bounded_by_idle_transaction_timeout() {
     let f = one_connection(&["idle_transaction_timeout = 1"]).await;
-    let mut stream = raw_login(f.weir.port()).await;
+    let mut stream = raw_login(&f).await;
     let whole = message(b'Q', b"SELECT 'never finished'\0");
     stream.write_all(&whole[..10]).await.unwrap();
     another_client_gets_through(&f).await;
@@ -144,7 +144,7 @@ async fn half_a_message_is_bounded_by_idle_transaction_timeout() {
 #[tokio::test]
 async fn the_query_of_a_client_that_vanished_is_cancelled() {
     let f = one_connection(&[]).await;
-    let mut stream = raw_login(f.weir.port()).await;
+    let mut stream = raw_login(&f).await;
     stream
         .write_all(&message(b'Q', b"SELECT pg_sleep(60)\0"))
         .await
@@ -159,7 +159,7 @@ async fn the_query_of_a_client_that_vanished_is_cancelled() {
 #[tokio::test]
 async fn query_timeout_frees_the_connection_of_a_client_that_does_not_read() {
     let f = one_connection(&["query_timeout = 1"]).await;
-    let mut stream = raw_login(f.weir.port()).await;
+    let mut stream = raw_login(&f).await;
     // About a gigabyte of result, which the client never reads.
     stream
         .write_all(&message(
@@ -175,7 +175,7 @@ async fn query_timeout_frees_the_connection_of_a_client_that_does_not_read() {
 #[tokio::test]
 async fn query_timeout_is_not_extended_by_a_client_reading_slowly() {
     let f = one_connection(&["query_timeout = 2"]).await;
-    let mut stream = raw_login(f.weir.port()).await;
+    let mut stream = raw_login(&f).await;
     stream
         .write_all(&message(
             b'Q',
@@ -221,7 +221,7 @@ async fn a_client_waiting_for_a_connection_is_read_no_further_than_pkt_buf() {
     let f = one_connection(&[]).await;
     let holder = f.client().await.unwrap();
     holder.batch_execute("BEGIN").await.unwrap();
-    let stream = raw_login(f.weir.port()).await;
+    let stream = raw_login(&f).await;
     // A query of 256 MiB (under max_packet_size) sent while the pool's connection is taken.
     const ANNOUNCED: usize = 256 << 20;
     let mut header = vec![b'Q'];
@@ -256,7 +256,7 @@ async fn a_client_waiting_for_a_connection_is_read_no_further_than_pkt_buf() {
 #[tokio::test]
 async fn answers_the_pooler_owes_a_client_that_does_not_read_are_bounded() {
     let f = one_connection(&[]).await;
-    let mut stream = raw_login(f.weir.port()).await;
+    let mut stream = raw_login(&f).await;
     // The first Parse goes to the server, which answers only at a Sync; every repeat is
     // answered by the pooler itself, queued behind the server's answer.
     let repeat = parse("s", "SELECT 1");
@@ -274,7 +274,7 @@ async fn answers_the_pooler_owes_a_client_that_does_not_read_are_bounded() {
 #[tokio::test]
 async fn the_statement_names_of_one_client_are_bounded() {
     let f = one_connection(&[]).await;
-    let mut stream = raw_login(f.weir.port()).await;
+    let mut stream = raw_login(&f).await;
     let mut batch = Vec::new();
     for i in 0..10_001 {
         batch.extend(parse(&format!("s{i}"), "SELECT 1"));
@@ -325,7 +325,7 @@ const BIG: usize = 128 << 20;
 #[tokio::test]
 async fn a_message_over_max_packet_size_is_refused_after_its_header() {
     let f = one_connection(&["max_packet_size = 1048576"]).await;
-    let mut stream = raw_login(f.weir.port()).await;
+    let mut stream = raw_login(&f).await;
     let mut header = vec![b'Q'];
     header.extend_from_slice(&(300u32 << 20).to_be_bytes());
     stream.write_all(&header).await.unwrap();
@@ -337,7 +337,7 @@ async fn a_message_over_max_packet_size_is_refused_after_its_header() {
 #[tokio::test]
 async fn a_big_bind_streams_through_in_transaction_mode() {
     let f = one_connection(&[]).await;
-    let mut stream = raw_login(f.weir.port()).await;
+    let mut stream = raw_login(&f).await;
     // A named statement taking one bytea (OID 17).
     let mut body = b"big\0SELECT length($1)\0".to_vec();
     body.extend_from_slice(&1u16.to_be_bytes());
@@ -367,7 +367,7 @@ async fn a_big_bind_streams_through_in_transaction_mode() {
 #[tokio::test]
 async fn a_big_query_streams_through_in_transaction_mode() {
     let f = one_connection(&[]).await;
-    let mut stream = raw_login(f.weir.port()).await;
+    let mut stream = raw_login(&f).await;
     let mut sql = b"SELECT length('".to_vec();
     sql.resize(sql.len() + BIG, b'x');
     sql.extend_from_slice(b"')\0");
@@ -383,7 +383,7 @@ async fn a_big_query_streams_through_in_transaction_mode() {
 #[tokio::test]
 async fn a_query_too_big_to_inspect_is_refused_with_pinning_refuse() {
     let f = one_connection(&["pinning = refuse"]).await;
-    let mut stream = raw_login(f.weir.port()).await;
+    let mut stream = raw_login(&f).await;
     // What a query that big does cannot be known, so it would pin the client.
     let mut sql = b"SELECT length('".to_vec();
     sql.resize(sql.len() + (17 << 20), b'x');
