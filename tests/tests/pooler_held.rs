@@ -66,7 +66,10 @@ fn parse(name: &str, query: &str) -> Vec<u8> {
 async fn raw_login(f: &Fixture) -> TcpStream {
     match RawClient::trust_login(f.weir.port(), USER, DATABASE).await {
         Ok(client) => client.into_stream(),
-        Err(err) => panic!("logging in through weir: {err:#}; weir log:\n{}", f.weir.log()),
+        Err(err) => panic!(
+            "logging in through weir: {err:#}; weir log:\n{}",
+            f.weir.log()
+        ),
     }
 }
 

@@ -460,6 +460,24 @@ async fn greet(
     Ok(wanted)
 }
 
+/// Why a client waiting for a server connection got none.
+enum NoConnection {
+    /// It left meanwhile.
+    Left,
+    /// The pool refused it (no connection in time, pool closed, ...); it is told this.
+    Refused(PgError),
+}
+
+/// How a transaction's relay ended, for [`Session::conclude`].
+struct Relayed {
+    outcome: Outcome,
+    tx: TxState,
+    /// The server's SQLSTATE when it signalled a failover.
+    failover: Option<[u8; 5]>,
+    /// The client keeps state only a full reset removes from the connection.
+    pinned: bool,
+}
+
 /// A logged-in client.
 struct Session {
     pooler: Arc<dyn SessionContext>,
@@ -502,8 +520,9 @@ impl Session {
                 Err(reason) => return reason,
             };
             // Boxed per transaction: its state (checkout, relay) is large, and an idle
-            // client's task should hold only what waiting for work needs.
-            if let Err(reason) = Box::pin(self.serve_transaction(mode, settings)).await {
+            // client's task should hold only what waiting for work needs. The settings are
+            // lent, as an argument's value would be held in the callee's future twice.
+            if let Err(reason) = Box::pin(self.serve_transaction(mode, &settings)).await {
                 return reason;
             }
         }
@@ -514,7 +533,7 @@ impl Session {
     async fn serve_transaction(
         &mut self,
         mode: PoolMode,
-        settings: TxSettings,
+        settings: &TxSettings,
     ) -> Result<(), &'static str> {
         // One clock read: the request's time, its wait deadline, the pool's "now" and, when
         // a connection is ready at once, the start of its lending.
@@ -523,7 +542,14 @@ impl Session {
         let checkout = self.checkout(requested, settings.query_wait_timeout, settings.pkt_buf);
         let mut checkout = match checkout.await {
             Ok(c) => c,
-            Err(reason) => {
+            Err(no) => {
+                let reason = match no {
+                    NoConnection::Left => "client left while waiting for a server connection",
+                    NoConnection::Refused(e) => {
+                        self.fatal(e).await;
+                        "no server connection"
+                    }
+                };
                 self.record.stop_waiting();
                 return Err(reason);
             }
@@ -534,7 +560,8 @@ impl Session {
             Some(preparing) => preparing.await,
             None => Ok(()),
         };
-        if let Err(e) = prepared {
+        // Consumed here, not held through the relay below.
+        if let Some(e) = prepared.err() {
             let (e, reason) = match e {
                 PrepareError::Session(e) => (e, "replaying session settings failed"),
                 PrepareError::Params(e) => (e, "parameter sync failed"),
@@ -544,7 +571,14 @@ impl Session {
         }
         // The settings by reference: an argument's value is held in the callee's future
         // besides the caller's.
-        self.relay(mode, &settings, checkout).await
+        let relayed = self.relay(mode, settings, &mut checkout).await;
+        // The common end, without making (and copying) the future of the others.
+        if matches!(relayed.outcome, Outcome::Released) && !settings.reset_always {
+            checkout.release();
+            return Ok(());
+        }
+        // Boxed: rarer (once per session in session mode), and kept out of this future.
+        Box::pin(self.conclude(mode, settings.reset_always, checkout, relayed)).await
     }
 
     /// Waits until the client has sent something that needs a server, and returns the
@@ -649,41 +683,44 @@ impl Session {
         requested: Instant,
         query_wait_timeout: Duration,
         bound: usize,
-    ) -> Result<Checkout, &'static str> {
-        let pool = self.pool.clone();
-        let checkout = pool.checkout(requested, wait_deadline(requested, query_wait_timeout));
-        tokio::pin!(checkout);
-        let first = std::future::poll_fn(|cx| Poll::Ready(checkout.as_mut().poll(cx))).await;
-        let result = match first {
-            Poll::Ready(result) => result,
-            Poll::Pending => loop {
+    ) -> Result<Checkout, NoConnection> {
+        // This future is part of the one boxed for every transaction, and the pool's future
+        // is most of it; the answer to a refusal is awaited by the caller, since a future
+        // keeps room for a local that lives across two awaits in every other state.
+        let result = 'lent: {
+            let pool = self.pool.clone();
+            let checkout = pool.checkout(requested, wait_deadline(requested, query_wait_timeout));
+            tokio::pin!(checkout);
+            // Polled alone first: a connection lent at once needs no look at the client.
+            if let Poll::Ready(result) =
+                std::future::poll_fn(|cx| Poll::Ready(checkout.as_mut().poll(cx))).await
+            {
+                break 'lent result;
+            }
+            loop {
                 let reading = self.buf.len() < bound;
                 tokio::select! {
                     biased;
-                    result = &mut checkout => break result,
+                    result = &mut checkout => break 'lent result,
                     read = self.stream.read_buf(&mut self.buf), if reading => match read {
-                        Ok(0) | Err(_) => return Err("client left while waiting for a server connection"),
+                        Ok(0) | Err(_) => return Err(NoConnection::Left),
                         Ok(_) => {}
                     },
                 }
-            },
-        };
-        match result {
-            Ok(lent) => Ok(lent),
-            Err(e) => {
-                self.fatal(e.to_client_error()).await;
-                Err("no server connection")
             }
-        }
+        };
+        result.map_err(|e| NoConnection::Refused(e.to_client_error()))
     }
 
-    /// Relays until the connection can be given back (Ok) or the session is over (Err).
+    /// Relays until the connection can be given back or the session is over, and says which.
+    /// The connection is lent, not given: an `async fn` holds an argument's value twice in its
+    /// future, and this one is part of the future boxed for every transaction.
     async fn relay(
         &mut self,
         mode: PoolMode,
         settings: &TxSettings,
-        mut checkout: Checkout,
-    ) -> Result<(), &'static str> {
+        checkout: &mut Checkout,
+    ) -> Relayed {
         let policy = ReleasePolicy {
             release_when_idle: mode != PoolMode::Session,
             statement_mode: mode == PoolMode::Statement,
@@ -692,7 +729,6 @@ impl Session {
             timeouts,
             max_message,
             simple_query,
-            reset_always,
             tracking,
             ..
         } = *settings;
@@ -742,6 +778,29 @@ impl Session {
         if self.state.as_deref().is_some_and(holds_nothing) {
             self.state = None;
         }
+        Relayed {
+            outcome,
+            tx,
+            failover: counts.failover,
+            pinned,
+        }
+    }
+
+    /// Gives the connection back (or closes it) as the relay's outcome says, and tells the
+    /// client why its session ends if it does.
+    async fn conclude(
+        &mut self,
+        mode: PoolMode,
+        reset_always: bool,
+        mut checkout: Checkout,
+        relayed: Relayed,
+    ) -> Result<(), &'static str> {
+        let Relayed {
+            outcome,
+            tx,
+            failover,
+            pinned,
+        } = relayed;
         match outcome {
             Outcome::Released => {
                 if reset_always {
@@ -807,7 +866,7 @@ impl Session {
                 tracing::warn!(pool = %self.pool.key(), %why, "server connection failed during a client's work");
                 drop(checkout);
                 // The server's own reason (57P01 for a shutdown) when it gave one.
-                let code = counts.failover.map_or_else(
+                let code = failover.map_or_else(
                     || "08006".into(),
                     |c| String::from_utf8_lossy(&c).into_owned(),
                 );
