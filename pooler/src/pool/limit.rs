@@ -31,6 +31,13 @@ pub struct LimitPermit {
     permit: Option<OwnedSemaphorePermit>,
 }
 
+impl LimitPermit {
+    /// Whether its limit was lowered and still has more connections than it allows.
+    pub fn is_shrinking(&self) -> bool {
+        self.limit.is_shrinking()
+    }
+}
+
 impl Drop for LimitPermit {
     fn drop(&mut self) {
         if let Some(permit) = self.permit.take() {

@@ -33,6 +33,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use futures::future::Either;
 use tokio::sync::futures::Notified;
 use tokio::sync::{watch, Notify};
 use tokio::time::timeout_at;
@@ -93,7 +94,8 @@ struct Slot {
     conn: Box<ServerConn>,
     /// Its entry in the registry, removed when the slot is dropped.
     record: ServerHandle,
-    _limits: Vec<LimitPermit>,
+    /// Its places under the `max_db_connections` / `max_user_connections` limits.
+    limits: Vec<LimitPermit>,
     /// Its place in the pool's count, given back whenever the slot is dropped.
     _place: Place,
     /// Its count in its generation, for WAIT_CLOSE.
@@ -1077,11 +1079,19 @@ impl Pool {
     }
 
     /// Checks an idle connection before lending it at `now`; `None` means it was closed.
-    async fn vet(&self, slot: Slot, now: Instant, deadline: tokio::time::Instant) -> Option<Slot> {
+    ///
+    /// Not an `async fn`: in the common case, a connection lent as it is, nothing is awaited,
+    /// and its future would be made and moved for every checkout all the same.
+    fn vet(
+        &self,
+        slot: Slot,
+        now: Instant,
+        deadline: tokio::time::Instant,
+    ) -> impl Future<Output = Option<Slot>> + Send + '_ {
         match self.vet_now(slot, now) {
-            Vetted::Ready(slot) => Some(slot),
-            Vetted::Check(slot) => self.check(slot, deadline).await,
-            Vetted::Closed => None,
+            Vetted::Ready(slot) => Either::Left(std::future::ready(Some(slot))),
+            Vetted::Check(slot) => Either::Right(self.check(slot, deadline)),
+            Vetted::Closed => Either::Left(std::future::ready(None)),
         }
     }
 
@@ -1186,7 +1196,7 @@ impl Pool {
                 Ok(Some(Slot {
                     conn: Box::new(conn),
                     record,
-                    _limits: permits,
+                    limits: permits,
                     _place: place,
                     _era: Era::new(&self.eras, generation),
                     seat,
@@ -1256,7 +1266,9 @@ impl Pool {
         slot.record
             .set_prepared(slot.conn.carried().statement_count());
         let settings = self.settings.load();
-        let shrinking = self.limits.load().iter().any(|l| l.is_shrinking());
+        // The connection's own places, not the pool's limits: no second load, and it holds
+        // a place under each of them (one added since it opened makes it reopen anyway).
+        let shrinking = slot.limits.iter().any(LimitPermit::is_shrinking);
         inner::returned(slot, now, &settings, self.generation(), shrinking)
             .or_else(|| self.surplus(slot))
     }
