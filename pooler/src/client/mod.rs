@@ -569,8 +569,6 @@ impl Session {
             self.fatal(e.to_client_error()).await;
             return Err(reason);
         }
-        // The settings by reference: an argument's value is held in the callee's future
-        // besides the caller's.
         let relayed = self.relay(mode, settings, &mut checkout).await;
         // The common end, without making (and copying) the future of the others.
         if matches!(relayed.outcome, Outcome::Released) && !settings.reset_always {
