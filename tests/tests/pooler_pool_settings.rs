@@ -1,6 +1,6 @@
 //! A pool's effective settings acting on a real PostgreSQL: `server_check_query`'s default,
-//! `server_lifetime = 0`, the per-user reserve and minimum, and a pool's count surviving a
-//! client that leaves while its connection is being checked.
+//! `server_lifetime = 0`, `server_reset_query_always`, the per-user reserve and minimum, and a
+//! pool's count surviving a client that leaves while its connection is being checked.
 
 use std::time::Duration;
 
@@ -170,4 +170,50 @@ async fn a_client_leaving_during_the_check_frees_its_place() {
             fx.weir.log()
         )
     });
+}
+
+/// `server_reset_query_always = 1` runs the reset query at every release in transaction
+/// mode, and only then: counted by a reset query that takes a sequence's next value.
+#[tokio::test]
+async fn server_reset_query_always_resets_at_every_release_in_transaction_mode() {
+    for (always, expected) in [(1, 3), (0, 0)] {
+        let opts = Options::mode("transaction", 1)
+            .with("server_reset_query = SELECT nextval('resets')")
+            .with(&format!("server_reset_query_always = {always}"));
+        let fx = Fixture::start(opts).await.expect("fixture");
+        let direct = fx
+            .pg
+            .connect(USER, PASSWORD, DATABASE)
+            .await
+            .expect("direct");
+        direct
+            .batch_execute("CREATE SEQUENCE resets")
+            .await
+            .expect("sequence");
+        let client = fx.client().await.expect("client");
+        for _ in 0..3 {
+            client.batch_execute("SELECT 1").await.expect("transaction");
+        }
+        let resets = || async {
+            let row = direct
+                .query_one(
+                    "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM resets",
+                    &[],
+                )
+                .await
+                .expect("count");
+            row.get::<_, i64>(0)
+        };
+        // The last release's reset may still be on its way.
+        Fixture::eventually(Duration::from_secs(5), || async {
+            resets().await >= expected
+        })
+        .await;
+        assert_eq!(
+            resets().await,
+            expected,
+            "resets after 3 transactions with server_reset_query_always = {always}; weir's log:\n{}",
+            fx.weir.log()
+        );
+    }
 }

@@ -785,7 +785,8 @@ impl Session {
     }
 
     /// Gives the connection back (or closes it) as the relay's outcome says, and tells the
-    /// client why its session ends if it does.
+    /// client why its session ends if it does; every end but a plain release, which
+    /// [`Session::serve_transaction`] does without making this future.
     async fn conclude(
         &mut self,
         mode: PoolMode,
@@ -800,12 +801,9 @@ impl Session {
             pinned,
         } = relayed;
         match outcome {
+            // Only with server_reset_query_always: a plain release is the caller's.
             Outcome::Released => {
-                if reset_always {
-                    reset_and_release(checkout, &self.reset_query()).await;
-                } else {
-                    checkout.release();
-                }
+                reset_and_release(checkout, &self.reset_query()).await;
                 Ok(())
             }
             Outcome::TransactionInStatementMode => {
