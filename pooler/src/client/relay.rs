@@ -451,7 +451,7 @@ impl Future for Relay<'_> {
             let mut progressed = false;
             let mut client_sent = false;
 
-            // Client -> server: send what is ready, then read more.
+            // Client -> server: send what is ready (the client is read below).
             if this.tracker.is_some() {
                 if !this.c2s_out.is_empty() {
                     match Pin::new(&mut this.server.stream).poll_write(cx, &this.c2s_out) {
@@ -478,13 +478,6 @@ impl Future for Relay<'_> {
                     }
                     if !this.c2s_out.is_empty() {
                         progressed = true;
-                    } else if !this.client_done && !client_read_pending {
-                        match poll_fill(this.client, this.client_buf, cx) {
-                            Poll::Ready(Ok(0)) => this.client_done = true,
-                            Poll::Ready(Ok(_)) => progressed = true,
-                            Poll::Ready(Err(e)) => return Poll::Ready(Outcome::ClientFailed(e)),
-                            Poll::Pending => client_read_pending = true,
-                        }
                     }
                 }
             } else {
@@ -508,23 +501,6 @@ impl Future for Relay<'_> {
                             return Poll::Ready(Outcome::ServerFailed(e.to_string()))
                         }
                         Poll::Pending => {}
-                    }
-                }
-                if this.c2s.scanned == 0
-                    && !this.client_done
-                    && this.stop.is_none()
-                    && !client_read_pending
-                {
-                    match poll_fill(this.client, this.client_buf, cx) {
-                        Poll::Ready(Ok(0)) => this.client_done = true,
-                        Poll::Ready(Ok(_)) => {
-                            progressed = true;
-                            if let Err(e) = this.scan_client() {
-                                return Poll::Ready(Outcome::ClientProtocol(e));
-                            }
-                        }
-                        Poll::Ready(Err(e)) => return Poll::Ready(Outcome::ClientFailed(e)),
-                        Poll::Pending => client_read_pending = true,
                     }
                 }
             }
@@ -611,6 +587,36 @@ impl Future for Relay<'_> {
                         }
                         Poll::Pending => server_read_pending = true,
                     }
+                }
+            }
+
+            // Client: read more once nothing else moves. Every Pending below comes after
+            // this read (a client blocked writing to us while we wait to write to it would
+            // otherwise deadlock), but a wake-up cannot tell which socket fired, and the one
+            // that ends a transaction is the server's answer: read first, the client's socket
+            // would be asked for nothing at every transaction's end.
+            let client_drained = match this.tracker {
+                Some(_) => this.c2s_out.is_empty(),
+                None => this.c2s.scanned == 0,
+            };
+            if !progressed
+                && client_drained
+                && !this.client_done
+                && this.stop.is_none()
+                && !client_read_pending
+            {
+                match poll_fill(this.client, this.client_buf, cx) {
+                    Poll::Ready(Ok(0)) => this.client_done = true,
+                    Poll::Ready(Ok(_)) => {
+                        progressed = true;
+                        if this.tracker.is_none() {
+                            if let Err(e) = this.scan_client() {
+                                return Poll::Ready(Outcome::ClientProtocol(e));
+                            }
+                        }
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Outcome::ClientFailed(e)),
+                    Poll::Pending => client_read_pending = true,
                 }
             }
 
