@@ -476,6 +476,9 @@ struct Relayed {
     failover: Option<[u8; 5]>,
     /// The client keeps state only a full reset removes from the connection.
     pinned: bool,
+    /// When the relay ended: the transaction's time ends there, and a connection given back
+    /// at once is idle from then (one clock reading for both).
+    ended: Instant,
 }
 
 /// A logged-in client.
@@ -572,7 +575,7 @@ impl Session {
         let relayed = self.relay(mode, settings, &mut checkout).await;
         // The common end, without making (and copying) the future of the others.
         if matches!(relayed.outcome, Outcome::Released) && !settings.reset_always {
-            checkout.release();
+            checkout.release_at(relayed.ended);
             return Ok(());
         }
         // Boxed: rarer (once per session in session mode), and kept out of this future.
@@ -758,7 +761,10 @@ impl Session {
             &mut counts,
         )
         .await;
-        self.pool.stats().add(&counts, checkout.lent_at().elapsed());
+        let ended = Instant::now();
+        self.pool
+            .stats()
+            .add(&counts, ended.saturating_duration_since(checkout.lent_at()));
         let server = checkout.server();
         let standby_report = (server.params().changes() != param_changes)
             .then(|| server.params().get("in_hot_standby"))
@@ -781,6 +787,7 @@ impl Session {
             tx,
             failover: counts.failover,
             pinned,
+            ended,
         }
     }
 
@@ -799,6 +806,8 @@ impl Session {
             tx,
             failover,
             pinned,
+            // These ends give the connection back later, after a reset or not at all.
+            ended: _,
         } = relayed;
         match outcome {
             // Only with server_reset_query_always: a plain release is the caller's.

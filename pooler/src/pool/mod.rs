@@ -1241,8 +1241,7 @@ impl Pool {
     /// Takes back a clean connection and its permit: kept idle (or handed to the oldest
     /// queued client), closed, or first checked for replay lag when its host's measurement
     /// is due.
-    fn checkin(self: &Arc<Self>, mut slot: Slot, permit: Permit) {
-        let now = Instant::now();
+    fn checkin(self: &Arc<Self>, mut slot: Slot, permit: Permit, now: Instant) {
         let returned = self.vet_return(&mut slot, now);
         if returned.is_none()
             && self.measures_lag()
@@ -1614,9 +1613,15 @@ impl Checkout {
 
     /// Returns a connection that is idle and in a clean protocol state.
     #[inline]
-    pub fn release(mut self) {
+    pub fn release(self) {
+        self.release_at(Instant::now());
+    }
+
+    /// [`Checkout::release`] of a connection idle since `now`, a clock reading the caller took
+    /// anyway.
+    pub fn release_at(mut self, now: Instant) {
         if let (Some(slot), Some(permit)) = (self.slot.take(), self.permit.take()) {
-            self.pool.checkin(slot, permit);
+            self.pool.checkin(slot, permit, now);
         }
     }
 }
