@@ -76,7 +76,9 @@ impl<'a> Reader<'a> {
 
     /// Takes a NUL-terminated byte string and returns it without the NUL.
     pub(crate) fn cbytes(&mut self, field: &'static str) -> Result<&'a [u8], ProtocolError> {
-        let Some(end) = self.buf.iter().position(|&b| b == 0) else {
+        // memchr looks at a word (or a vector) at a time: a query's text is the longest
+        // string most messages hold, and every Parse carries one.
+        let Some(end) = memchr::memchr(0, self.buf) else {
             return Err(ProtocolError::MissingTerminator {
                 message: self.message,
                 field,
