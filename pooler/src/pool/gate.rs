@@ -85,7 +85,11 @@ impl Gate {
                 if tell {
                     self.sweep.notify_one();
                 }
-                Ok(Acquire::Queued(Queued { rx, back }))
+                Ok(Acquire::Queued(Queued {
+                    rx,
+                    back,
+                    answered: false,
+                }))
             }
         }
     }
@@ -233,6 +237,7 @@ impl Future for Acquire<'_> {
                 None => Poll::Ready(Err(CheckoutError::Closed)),
             },
             Acquire::Queued(queued) => Pin::new(&mut queued.rx).poll(cx).map(|woken| {
+                queued.answered = true;
                 // The sender is only dropped unsent when the gate itself is gone.
                 woken.unwrap_or(Err(CheckoutError::Closed))
             }),
@@ -251,10 +256,15 @@ pub(super) trait TakeBack: Sync {
 pub(super) struct Queued<'a> {
     rx: oneshot::Receiver<Result<Grant, CheckoutError>>,
     back: &'a dyn TakeBack,
+    /// The one answer was taken: nothing can reach the receiver any more.
+    answered: bool,
 }
 
 impl Drop for Queued<'_> {
     fn drop(&mut self) {
+        if self.answered {
+            return;
+        }
         self.rx.close();
         if let Ok(Ok(Grant { permit, slot })) = self.rx.try_recv() {
             match slot {

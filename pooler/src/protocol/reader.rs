@@ -92,6 +92,10 @@ impl<'a> Reader<'a> {
     /// Takes a NUL-terminated UTF-8 string and returns it without the NUL.
     pub(crate) fn cstr(&mut self, field: &'static str) -> Result<&'a str, ProtocolError> {
         let raw = self.cbytes(field)?;
+        // Most names in Parse, Bind and Describe are the unnamed one.
+        if raw.is_empty() {
+            return Ok("");
+        }
         std::str::from_utf8(raw).map_err(|_| ProtocolError::InvalidUtf8 {
             message: self.message,
             field,
