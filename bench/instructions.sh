@@ -22,49 +22,35 @@ ulimit -n "$(ulimit -Hn)"
 WORK=$(mktemp -d /tmp/weir-instructions.XXXXXX)
 # World-writable: PgBouncer, run as the postgres user, writes its profile here.
 chmod 777 "$WORK"
-WEIR_PID=
+POOLER_PID=
 cleanup() {
-    stop_pid "$WEIR_PID"
+    stop_pid "$POOLER_PID"
     stop_postgres
     rm -rf "$WORK"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-PGPORT=$(free_port)
-WEIR_PORT=$(free_port)
-PGPASSWORD=instructions-$(head -c 6 /dev/urandom | od -An -tx1 | tr -d ' \n')
-export PGPASSWORD
-start_postgres "$PGPORT" $((CLIENTS + 100)) 1 "$PGPASSWORD"
-write_userlist "$PGPORT"
-pooler_ini "$WEIR_PORT" "$PGPORT" 10 $((CLIENTS + 100)) >"$WORK/weir.ini"
+one_pooler_setup "$CLIENTS"
 
 instructions() { # binary, transactions per client: prints the pooler's total Ir
-    local run=()
-    if [[ $(basename "$1") == pgbouncer* ]]; then
-        # PgBouncer refuses to run as root: a copy the postgres user can read runs as it.
-        cp "$1" "$WORK/pgbouncer"
-        chmod 755 "$WORK/pgbouncer"
-        # setpriv itself, not the as_postgres function: a function would run in a subshell,
-        # and the SIGINT below would reach that instead of valgrind.
-        run=(setpriv --reuid=postgres --regid=postgres --init-groups valgrind --tool=callgrind --callgrind-out-file="$WORK/callgrind.out" \
-            "$WORK/pgbouncer")
-    else
-        run=(valgrind --tool=callgrind --callgrind-out-file="$WORK/callgrind.out" "$1")
-    fi
+    pooler_runner "$1"
     rm -f "$WORK/callgrind.out"
-    "${run[@]}" -q "$WORK/weir.ini" 2>"$WORK/valgrind.log" &
-    WEIR_PID=$!
+    # setpriv itself, not the as_postgres function: a function would run in a subshell, and
+    # the SIGINT below would reach that instead of valgrind.
+    "${POOLER_AS[@]}" valgrind --tool=callgrind --callgrind-out-file="$WORK/callgrind.out" \
+        "$POOLER_BIN" -q "$WORK/pooler.ini" 2>"$WORK/valgrind.log" &
+    POOLER_PID=$!
     # Up to 60 s: a pooler starts slowly under valgrind.
-    wait_port "$WEIR_PORT" 600 || exit 1
-    "$PGBIN/pgbench" -n -S -M simple -h 127.0.0.1 -p "$WEIR_PORT" -U bench -c "$CLIENTS" -j 2 \
+    wait_port "$POOLER_PORT" 600 || exit 1
+    "$PGBIN/pgbench" -n -S -M simple -h 127.0.0.1 -p "$POOLER_PORT" -U bench -c "$CLIENTS" -j 2 \
         -t "$2" bench >"$WORK/pgbench.txt" 2>&1 || true
     grep -q "actually processed: $((CLIENTS * $2))/" "$WORK/pgbench.txt" ||
         { echo "instructions: pgbench did not complete" >&2; cat "$WORK/pgbench.txt" >&2; exit 1; }
     # SIGINT lets valgrind write its output file on the way out.
-    kill -INT "$WEIR_PID"
-    wait "$WEIR_PID" 2>/dev/null || true
-    WEIR_PID=
+    kill -INT "$POOLER_PID"
+    wait "$POOLER_PID" 2>/dev/null || true
+    POOLER_PID=
     awk '/^summary:/ { print $2; exit }' "$WORK/callgrind.out"
 }
 

@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# Shared by bench/run.sh and bench/profile.sh (sourced, not run): a throwaway, tuned
+# Shared by the bench scripts (sourced, not run): a throwaway, tuned
 # PostgreSQL with a pgbench database, and the pgbouncer.ini both poolers are given.
 # The caller sets ROOT, WORK (a fresh directory) and PGBIN before using these.
 
@@ -153,4 +153,33 @@ client_tls_sslmode = prefer
 client_tls_cert_file = $WORK/tls/server.crt
 client_tls_key_file = $WORK/tls/server.key
 INI
+}
+
+# one_pooler_setup CLIENTS: for the per-transaction counters (instructions.sh, syscalls.sh):
+# PostgreSQL (scale 1, room for CLIENTS), its userlist, and $WORK/pooler.ini (pool 10) on
+# POOLER_PORT; exports PGPASSWORD for pgbench.
+one_pooler_setup() {
+    PGPORT=$(free_port)
+    POOLER_PORT=$(free_port)
+    PGPASSWORD=bench-$(head -c 6 /dev/urandom | od -An -tx1 | tr -d ' \n')
+    export PGPASSWORD
+    start_postgres "$PGPORT" $(($1 + 100)) 1 "$PGPASSWORD"
+    write_userlist "$PGPORT"
+    pooler_ini "$POOLER_PORT" "$PGPORT" 10 $(($1 + 100)) >"$WORK/pooler.ini"
+}
+
+# pooler_runner BINARY: how to start BINARY, a weir build or a pgbouncer: POOLER_AS, the
+# command to put before it (PgBouncer refuses to run as root: setpriv, which execs, so $! is
+# the pooler itself, or whatever runs it), and POOLER_BIN, a copy the postgres user can read
+# for a pgbouncer, BINARY itself for weir.
+pooler_runner() {
+    if [[ $(basename "$1") == pgbouncer* ]]; then
+        cp "$1" "$WORK/pgbouncer"
+        chmod 755 "$WORK/pgbouncer"
+        POOLER_AS=(setpriv --reuid=postgres --regid=postgres --init-groups)
+        POOLER_BIN=$WORK/pgbouncer
+    else
+        POOLER_AS=()
+        POOLER_BIN=$1
+    fi
 }

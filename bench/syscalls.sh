@@ -30,13 +30,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-PGPORT=$(free_port)
-POOLER_PORT=$(free_port)
-PGPASSWORD=syscalls-$(head -c 6 /dev/urandom | od -An -tx1 | tr -d ' \n')
-export PGPASSWORD
-start_postgres "$PGPORT" $((CLIENTS + 100)) 1 "$PGPASSWORD"
-write_userlist "$PGPORT"
-pooler_ini "$POOLER_PORT" "$PGPORT" 10 $((CLIENTS + 100)) >"$WORK/pooler.ini"
+one_pooler_setup "$CLIENTS"
 
 EVENTS=raw_syscalls:sys_enter
 for call in recvfrom sendto epoll_wait epoll_ctl futex read write; do
@@ -55,14 +49,8 @@ counts() {
 }
 
 for pooler in "$@"; do
-    if [[ $(basename "$pooler") == pgbouncer* ]]; then
-        # PgBouncer refuses to run as root: a copy the postgres user can read runs as it.
-        cp "$pooler" "$WORK/pgbouncer"
-        chmod 755 "$WORK/pgbouncer"
-        setpriv --reuid=postgres --regid=postgres --init-groups "$WORK/pgbouncer" -q "$WORK/pooler.ini" &
-    else
-        "$pooler" -q "$WORK/pooler.ini" &
-    fi
+    pooler_runner "$pooler"
+    "${POOLER_AS[@]}" "$POOLER_BIN" -q "$WORK/pooler.ini" &
     POOLER_PID=$!
     wait_port "$POOLER_PORT" || exit 1
     counts "$WORK/first.csv" "$T1"
