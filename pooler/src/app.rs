@@ -963,6 +963,9 @@ impl client::SessionContext for Pooler {
     fn config_now(&self) -> arc_swap::Guard<Arc<Config>> {
         Pooler::config_now(self)
     }
+    fn config_source(&self) -> &ArcSwap<Config> {
+        &self.config
+    }
     fn tls(&self) -> Arc<Tls> {
         Pooler::tls(self)
     }

@@ -9,16 +9,8 @@ use std::time::Duration;
 use tokio_postgres::types::Type;
 use tokio_postgres::SimpleQueryMessage;
 use weir_tests::fixture::{self, Fixture, Options, DATABASE, PASSWORD, USER};
-use weir_tests::net;
+use weir_tests::net::{self, backend_pid};
 use weir_tests::raw::{RawClient, Reply};
-
-async fn backend_pid(client: &tokio_postgres::Client) -> i32 {
-    client
-        .query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .expect("pid")
-        .get(0)
-}
 
 #[tokio::test]
 async fn max_client_conn_refuses_the_extra_client() {

@@ -8,15 +8,7 @@ use futures::{SinkExt, StreamExt};
 use tokio_postgres::types::Type;
 use tokio_postgres::{AsyncMessage, NoTls};
 use weir_tests::fixture::{self, Fixture, Options, DATABASE, PASSWORD, USER};
-use weir_tests::net;
-
-async fn backend_pid(client: &tokio_postgres::Client) -> i32 {
-    client
-        .query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .expect("pg_backend_pid")
-        .get(0)
-}
+use weir_tests::net::{self, backend_pid};
 
 async fn show(client: &tokio_postgres::Client, setting: &str) -> String {
     let rows = client

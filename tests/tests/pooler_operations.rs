@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use weir_tests::fixture::{self, Fixture, Options};
-use weir_tests::net;
+use weir_tests::net::{self, backend_pid};
 use weir_tests::weir::{Signal, WeirProcess};
 
 /// GET `path` on 127.0.0.1:`port`, returning (status code, body).
@@ -248,6 +248,60 @@ async fn a_reload_resizes_the_pool_under_load_without_errors() {
     let status: serde_json::Value = serde_json::from_str(&body).expect("JSON");
     assert_eq!(status["config_generation"], 2);
     assert_eq!(status["pools"][0]["size"], 2);
+}
+
+#[tokio::test]
+async fn a_reload_applies_from_the_next_transaction_of_a_client_already_connected() {
+    // A session keeps the configuration and its pool's settings as it read them last and
+    // checks at every transaction whether they are still those in force: both kinds of
+    // setting must change for clients that stay connected across the reload.
+    let (opts, http) = with_http(Options::mode("transaction", 2));
+    let fx = Fixture::start(opts.clone()).await.expect("fixture");
+    let (a, b) = (fx.client().await.expect("a"), fx.client().await.expect("b"));
+    // Two server connections, given back in the order a, b: b's is the most recently used.
+    a.batch_execute("BEGIN").await.expect("a begins");
+    b.batch_execute("BEGIN").await.expect("b begins");
+    let first = backend_pid(&a).await;
+    let second = backend_pid(&b).await;
+    assert_ne!(first, second);
+    a.batch_execute("COMMIT").await.expect("a commits");
+    b.batch_execute("COMMIT").await.expect("b commits");
+    // Without server_round_robin the most recently used idle connection is lent.
+    assert_eq!(backend_pid(&a).await, second);
+    a.batch_execute("SELECT pg_sleep(1.5)")
+        .await
+        .expect("no query_timeout yet");
+
+    let mut changed = opts.clone();
+    changed.settings.push("server_round_robin = 1".into());
+    changed.settings.push("query_timeout = 1".into());
+    fx.weir
+        .rewrite_config(&fixture::ini(&fx.pg, &changed))
+        .expect("rewrite the configuration");
+    let reloaded = Fixture::eventually(Duration::from_secs(5), || async {
+        let (_, body) = http_get(http, "/status").await;
+        serde_json::from_str::<serde_json::Value>(&body)
+            .is_ok_and(|status| status["config_generation"] == 2)
+    })
+    .await;
+    assert!(reloaded, "the configuration was not reloaded");
+
+    // A pool setting: with server_round_robin the connection idle longest is lent.
+    let lent = backend_pid(&b).await;
+    assert_eq!(
+        lent, first,
+        "a connected client was lent the most recently used connection after the reload"
+    );
+    // A pooler-wide setting: query_timeout now ends the same client's long query.
+    let e = a
+        .batch_execute("SELECT pg_sleep(5)")
+        .await
+        .expect_err("query_timeout did not apply to a connected client");
+    assert_eq!(
+        e.as_db_error().map(|d| d.code().code()),
+        Some("57014"),
+        "{e}"
+    );
 }
 
 #[tokio::test]

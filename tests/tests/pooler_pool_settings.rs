@@ -6,15 +6,7 @@ use std::time::Duration;
 
 use tokio_postgres::NoTls;
 use weir_tests::fixture::{self, Fixture, Options, DATABASE, PASSWORD, USER};
-use weir_tests::net;
-
-async fn backend_pid(client: &tokio_postgres::Client) -> i32 {
-    client
-        .query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .expect("pid")
-        .get(0)
-}
+use weir_tests::net::{self, backend_pid};
 
 /// The default `<empty>` sends an empty query, which succeeds: the connection is kept.
 #[tokio::test]

@@ -2,10 +2,12 @@
 //! root implements: the client layer never sees the root itself.
 
 use std::future::Future;
+use std::ops::Deref;
 use std::pin::Pin;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
+use arc_swap::{ArcSwap, Cache};
 use bytes::BytesMut;
 
 use crate::auth::Secret;
@@ -23,12 +25,30 @@ use crate::token_review::TokenReviewer;
 pub type LookupFuture<'a> =
     Pin<Box<dyn Future<Output = Result<Option<Secret>, Box<PgError>>> + Send + 'a>>;
 
+/// A session's configuration: the snapshot it read last, kept while it is still the one in
+/// force, which one pointer comparison tells (a load from the shared cell costs tens of
+/// instructions, and a session reads the configuration twice per transaction).
+pub type ConfigCache = Cache<ConfigSource, Arc<Config>>;
+
+/// The pooler, as the place a [`ConfigCache`] looks for the configuration in force.
+pub struct ConfigSource(pub Arc<dyn SessionContext>);
+
+impl Deref for ConfigSource {
+    type Target = ArcSwap<Config>;
+
+    fn deref(&self) -> &ArcSwap<Config> {
+        self.0.config_source()
+    }
+}
+
 /// The running pooler as a client session sees it.
 pub trait SessionContext: Send + Sync + 'static {
     /// The configuration in force (a shared snapshot).
     fn config(&self) -> Arc<Config>;
     /// The configuration in force, cheaply, for a short look.
     fn config_now(&self) -> arc_swap::Guard<Arc<Config>>;
+    /// Where the configuration in force is kept, for a session's [`ConfigCache`].
+    fn config_source(&self) -> &ArcSwap<Config>;
     /// The TLS material in force.
     fn tls(&self) -> Arc<Tls>;
     /// Whether `database` is disabled (DISABLE).

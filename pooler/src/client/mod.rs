@@ -22,7 +22,7 @@ use tokio::io::AsyncReadExt;
 use crate::cancel_key::{CancelKey, Route};
 use crate::config::PoolMode;
 use crate::params::{self, ParamSet};
-use crate::pool::{Checkout, Counts, Pool};
+use crate::pool::{Checkout, Counts, Pool, SettingsCache};
 use crate::protocol::{backend, PgError, ProtocolError};
 use crate::registry::{Admission, ClientCount, ClientHandle, ClientInfo};
 use crate::server::{self, PrepareError};
@@ -30,6 +30,7 @@ use crate::session_state::SessionState;
 use crate::stream::{Keepalive, Stream};
 use crate::wire;
 
+use context::{ConfigCache, ConfigSource};
 pub use context::{LookupFuture, SessionContext};
 use login::{Hello, LoginError};
 use relay::{Outcome, Relay, TimeoutKind, Timeouts};
@@ -300,6 +301,8 @@ async fn log_in(
         .clients
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let session = Session {
+        config: ConfigCache::new(ConfigSource(pooler.clone())),
+        pool_settings: pool.settings_cache(),
         pooler,
         pool,
         stream,
@@ -484,7 +487,11 @@ struct Relayed {
 /// A logged-in client.
 struct Session {
     pooler: Arc<dyn SessionContext>,
+    /// The configuration as of this session's latest look, for the looks made per transaction.
+    config: ConfigCache,
     pool: Arc<Pool>,
+    /// The pool's settings as of this session's latest look, likewise.
+    pool_settings: SettingsCache,
     stream: Stream,
     /// Client bytes not yet forwarded; empty (and unallocated) while the client is idle.
     buf: BytesMut,
@@ -575,7 +582,7 @@ impl Session {
         let relayed = self.relay(mode, settings, &mut checkout).await;
         // The common end, without making (and copying) the future of the others.
         if matches!(relayed.outcome, Outcome::Released) && !settings.reset_always {
-            checkout.release_at(relayed.ended);
+            checkout.release_at(relayed.ended, self.pool_settings.load());
             return Ok(());
         }
         // Boxed: rarer (once per session in session mode), and kept out of this future.
@@ -586,8 +593,8 @@ impl Session {
     /// settings its transaction runs under. Err means it left.
     async fn wait_for_work(&mut self, mode: PoolMode) -> Result<TxSettings, &'static str> {
         let idle_limit = self
-            .pooler
-            .config_now()
+            .config
+            .load()
             .client_idle_timeout_for(&self.record.info.user);
         // Transaction and statement modes let clients go between transactions when draining;
         // session-mode clients keep their session until they leave (or shutdown_timeout).
@@ -657,7 +664,7 @@ impl Session {
         }
         // Read once per transaction: a reload applies from the next request on.
         let settings = TxSettings::of(
-            &self.pooler.config_now(),
+            self.config.load(),
             &self.pool.key().user,
             &self.record.info.user,
         );
@@ -689,8 +696,10 @@ impl Session {
         // is most of it; the answer to a refusal is awaited by the caller, since a future
         // keeps room for a local that lives across two awaits in every other state.
         let result = 'lent: {
-            let pool = self.pool.clone();
-            let checkout = pool.checkout(requested, wait_deadline(requested, query_wait_timeout));
+            let pool = &self.pool;
+            let settings = self.pool_settings.load();
+            let deadline = wait_deadline(requested, query_wait_timeout);
+            let checkout = pool.checkout(requested, deadline, settings);
             tokio::pin!(checkout);
             // Polled alone first: a connection lent at once needs no look at the client.
             if let Poll::Ready(result) =
@@ -1090,8 +1099,10 @@ mod tests {
 
     #[test]
     fn a_session_keeps_what_few_clients_need_out_of_line() {
-        // Inline in every logged-in client's task: statement and setting state is boxed.
+        // Inline in every logged-in client's task: statement and setting state is boxed. (40
+        // of it are the cached configuration and pool settings, which save five loads from
+        // shared cells per transaction.)
         let size = size_of::<Session>();
-        assert!(size <= 192, "Session is {size} bytes");
+        assert!(size <= 232, "Session is {size} bytes");
     }
 }

@@ -32,7 +32,7 @@ use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, Cache};
 use futures::future::Either;
 use tokio::sync::futures::Notified;
 use tokio::sync::{watch, Notify};
@@ -175,6 +175,22 @@ impl PoolStats {
                 *errors.entry(*class).or_default() += 1;
             }
         }
+    }
+}
+
+/// A client's view of its pool's settings: the snapshot it read last, kept while it is still
+/// the one in force, which one pointer comparison tells (a load from the shared cell costs
+/// tens of instructions, where a transaction lends a connection and takes it back).
+pub type SettingsCache = Cache<SettingsSource, Arc<PoolSettings>>;
+
+/// A pool, as the place a [`SettingsCache`] looks for its settings in force.
+pub struct SettingsSource(Arc<Pool>);
+
+impl std::ops::Deref for SettingsSource {
+    type Target = ArcSwap<PoolSettings>;
+
+    fn deref(&self) -> &ArcSwap<PoolSettings> {
+        &self.0.settings
     }
 }
 
@@ -323,6 +339,11 @@ impl Pool {
         self.settings.load_full()
     }
 
+    /// The pool's settings for a client that reads them at every transaction.
+    pub fn settings_cache(self: &Arc<Self>) -> SettingsCache {
+        SettingsCache::new(SettingsSource(self.clone()))
+    }
+
     /// Where the pool's connections go.
     pub fn target(&self) -> Arc<ServerTarget> {
         self.target.load_full()
@@ -413,11 +434,13 @@ impl Pool {
     }
 
     /// Lends a server connection for a request made at `requested`, waiting in FIFO order
-    /// until `deadline` (and, while the pool is paused, until it is resumed).
+    /// until `deadline` (and, while the pool is paused, until it is resumed); `settings` are
+    /// the pool's, as the caller last read them (see [`SettingsCache`]).
     pub async fn checkout(
         self: &Arc<Self>,
         requested: Instant,
         deadline: Instant,
+        settings: &PoolSettings,
     ) -> Result<Checkout, CheckoutError> {
         let open = !*self.paused.borrow() && !*self.held.borrow();
         // The common case takes the pool's two locks once each: a free permit and an idle
@@ -426,11 +449,12 @@ impl Pool {
         let mut permit = None;
         if open {
             if let Some(p) = self.gate.try_main(requested) {
-                let round_robin = self.settings.load().round_robin;
                 let ranks = self.lend_ranks();
-                let idle = self.lock().take_idle(round_robin, ranks.as_deref());
+                let idle = self
+                    .lock()
+                    .take_idle(settings.round_robin, ranks.as_deref());
                 if let Some(slot) = idle {
-                    if let Some(slot) = self.vet(slot, requested, deadline.into()).await {
+                    if let Some(slot) = self.vet(slot, requested, deadline.into(), settings).await {
                         self.lent(Duration::ZERO);
                         return Ok(Checkout::new(self, slot, p, requested));
                     }
@@ -444,10 +468,11 @@ impl Pool {
         // it. Its future is small; the rest (pause, failover hold, opening a connection) is
         // boxed, so that a client task, sized for its largest state, stays small while idle.
         if open && permit.is_none() {
-            let gate::Grant { permit: p, slot } = self.permit(requested, deadline).await?;
+            let gate::Grant { permit: p, slot } =
+                self.permit(requested, deadline, settings).await?;
             if let Some(slot) = slot {
                 let now = Instant::now();
-                if let Some(slot) = self.vet(slot, now, deadline.into()).await {
+                if let Some(slot) = self.vet(slot, now, deadline.into(), settings).await {
                     drop(waiter);
                     self.lent(now.saturating_duration_since(started));
                     return Ok(Checkout::new(self, slot, p, now));
@@ -989,10 +1014,12 @@ impl Pool {
         let permit = match permit {
             Some(permit) => permit,
             None => {
-                let gate::Grant { permit, slot } = self.permit(Instant::now(), deadline).await?;
+                let settings = self.settings.load_full();
+                let gate::Grant { permit, slot } =
+                    self.permit(Instant::now(), deadline, &settings).await?;
                 if let Some(slot) = slot {
                     let now = Instant::now();
-                    if let Some(slot) = self.vet(slot, now, deadline.into()).await {
+                    if let Some(slot) = self.vet(slot, now, deadline.into(), &settings).await {
                         return Ok(Checkout::new(self, slot, permit, now));
                     }
                 }
@@ -1018,7 +1045,8 @@ impl Pool {
                 Step::Closed => return Err(CheckoutError::Closed),
                 Step::LoginRetry(why) => return Err(CheckoutError::LoginRetry(why)),
                 Step::Reuse(slot) => {
-                    if let Some(slot) = self.vet(slot, now, deadline).await {
+                    let settings = self.settings.load_full();
+                    if let Some(slot) = self.vet(slot, now, deadline, &settings).await {
                         return Ok(Checkout::new(self, slot, permit, now));
                     }
                 }
@@ -1040,7 +1068,8 @@ impl Pool {
                         if let Some(slot) = idle {
                             drop(opening);
                             let now = Instant::now();
-                            if let Some(slot) = self.vet(slot, now, deadline).await {
+                            let settings = self.settings.load_full();
+                            if let Some(slot) = self.vet(slot, now, deadline, &settings).await {
                                 return Ok(Checkout::new(self, slot, permit, now));
                             }
                             break;
@@ -1069,8 +1098,13 @@ impl Pool {
 
     /// A main permit, or after `reserve_pool_timeout` a main or reserve one, by `deadline`,
     /// with the connection given back with it if it came from a client that returned one.
-    async fn permit(&self, now: Instant, deadline: Instant) -> Result<gate::Grant, CheckoutError> {
-        let reserve_at = inner::reserve_at(&self.settings.load(), now, deadline);
+    async fn permit(
+        &self,
+        now: Instant,
+        deadline: Instant,
+        settings: &PoolSettings,
+    ) -> Result<gate::Grant, CheckoutError> {
+        let reserve_at = inner::reserve_at(settings, now, deadline);
         let grant = self.gate.acquire(self, now, deadline, reserve_at)?.await?;
         if grant.permit.is_reserve() {
             tracing::info!(pool = %self.key, "using the reserve pool");
@@ -1087,8 +1121,9 @@ impl Pool {
         slot: Slot,
         now: Instant,
         deadline: tokio::time::Instant,
+        settings: &PoolSettings,
     ) -> impl Future<Output = Option<Slot>> + Send + '_ {
-        match self.vet_now(slot, now) {
+        match self.vet_now(slot, now, settings) {
             Vetted::Ready(slot) => Either::Left(std::future::ready(Some(slot))),
             Vetted::Check(slot) => Either::Right(self.check(slot, deadline)),
             Vetted::Closed => Either::Left(std::future::ready(None)),
@@ -1096,9 +1131,8 @@ impl Pool {
     }
 
     /// What can be said of an idle connection without talking to its server.
-    fn vet_now(&self, slot: Slot, now: Instant) -> Vetted {
-        let settings = self.settings.load();
-        match inner::vet(&slot, now, &settings, self.generation()) {
+    fn vet_now(&self, slot: Slot, now: Instant, settings: &PoolSettings) -> Vetted {
+        match inner::vet(&slot, now, settings, self.generation()) {
             Vet::Ready => Vetted::Ready(slot),
             Vet::Check => Vetted::Check(slot),
             Vet::Retire(why) => {
@@ -1226,7 +1260,8 @@ impl Pool {
         if let Some(p) = self.cached_welcome() {
             return Ok(p);
         }
-        let checkout = self.checkout(Instant::now(), deadline).await?;
+        let settings = self.settings.load_full();
+        let checkout = self.checkout(Instant::now(), deadline, &settings).await?;
         checkout.release();
         self.cached_welcome().ok_or(CheckoutError::Closed)
     }
@@ -1241,8 +1276,14 @@ impl Pool {
     /// Takes back a clean connection and its permit: kept idle (or handed to the oldest
     /// queued client), closed, or first checked for replay lag when its host's measurement
     /// is due.
-    fn checkin(self: &Arc<Self>, mut slot: Slot, permit: Permit, now: Instant) {
-        let returned = self.vet_return(&mut slot, now);
+    fn checkin(
+        self: &Arc<Self>,
+        mut slot: Slot,
+        permit: Permit,
+        now: Instant,
+        settings: &PoolSettings,
+    ) {
+        let returned = self.vet_return(&mut slot, now, settings);
         if returned.is_none()
             && self.measures_lag()
             && self
@@ -1260,15 +1301,14 @@ impl Pool {
     }
 
     /// Records a connection's return; why it must close, if it must.
-    fn vet_return(&self, slot: &mut Slot, now: Instant) -> Option<Retire> {
+    fn vet_return(&self, slot: &mut Slot, now: Instant, settings: &PoolSettings) -> Option<Retire> {
         slot.conn.returned_at(now);
         slot.record
             .set_prepared(slot.conn.carried().statement_count());
-        let settings = self.settings.load();
         // The connection's own places, not the pool's limits: no second load, and it holds
         // a place under each of them (one added since it opened makes it reopen anyway).
         let shrinking = slot.limits.iter().any(LimitPermit::is_shrinking);
-        inner::returned(slot, now, &settings, self.generation(), shrinking)
+        inner::returned(slot, now, settings, self.generation(), shrinking)
             .or_else(|| self.surplus(slot))
     }
 
@@ -1409,7 +1449,7 @@ impl Drop for LentMark {
 impl gate::TakeBack for Pool {
     fn take_back(&self, mut slot: Slot, permit: Permit) {
         let now = Instant::now();
-        let returned = self.vet_return(&mut slot, now);
+        let returned = self.vet_return(&mut slot, now, &self.settings.load());
         self.settle(slot, permit, returned, now);
     }
 }
@@ -1614,14 +1654,15 @@ impl Checkout {
     /// Returns a connection that is idle and in a clean protocol state.
     #[inline]
     pub fn release(self) {
-        self.release_at(Instant::now());
+        let settings = self.pool.settings.load_full();
+        self.release_at(Instant::now(), &settings);
     }
 
     /// [`Checkout::release`] of a connection idle since `now`, a clock reading the caller took
     /// anyway.
-    pub fn release_at(mut self, now: Instant) {
+    pub fn release_at(mut self, now: Instant, settings: &PoolSettings) {
         if let (Some(slot), Some(permit)) = (self.slot.take(), self.permit.take()) {
-            self.pool.checkin(slot, permit, now);
+            self.pool.checkin(slot, permit, now, settings);
         }
     }
 }
