@@ -14,10 +14,11 @@ use super::queue::{Kind, Queue, Take};
 use super::{CheckoutError, Slot};
 
 /// What a waiting client is handed: a permit, and the connection given back with it when
-/// that stayed open.
+/// that stayed open, with the moment it was given back (when the client's wait ended: no
+/// clock is read again after the wake-up).
 pub(super) struct Grant {
     pub(super) permit: Permit,
-    pub(super) slot: Option<Slot>,
+    pub(super) slot: Option<(Slot, Instant)>,
 }
 
 /// How a queued client is woken: with its grant, or why it waited in vain.
@@ -104,13 +105,13 @@ impl Gate {
     ) -> Option<(Permit, Slot)> {
         let mut grant = Grant {
             permit,
-            slot: Some(slot),
+            slot: Some((slot, now)),
         };
         loop {
             let waiter = self.lock().next_waiter(grant.permit.kind, now, gone);
             let Some(waiter) = waiter else {
                 let Grant { permit, slot } = grant;
-                return slot.map(|slot| (permit, slot));
+                return slot.map(|(slot, _)| (permit, slot));
             };
             match waiter.send(Ok(grant)) {
                 Ok(()) => return None,
@@ -268,7 +269,7 @@ impl Drop for Queued<'_> {
         self.rx.close();
         if let Ok(Ok(Grant { permit, slot })) = self.rx.try_recv() {
             match slot {
-                Some(slot) => self.back.take_back(slot, permit),
+                Some((slot, _)) => self.back.take_back(slot, permit),
                 None => drop(permit),
             }
         }

@@ -470,8 +470,7 @@ impl Pool {
         if open && permit.is_none() {
             let gate::Grant { permit: p, slot } =
                 self.permit(requested, deadline, settings).await?;
-            if let Some(slot) = slot {
-                let now = Instant::now();
+            if let Some((slot, now)) = slot {
                 if let Some(slot) = self.vet(slot, now, deadline.into(), settings).await {
                     drop(waiter);
                     self.lent(now.saturating_duration_since(started));
@@ -1017,8 +1016,7 @@ impl Pool {
                 let settings = self.settings.load_full();
                 let gate::Grant { permit, slot } =
                     self.permit(Instant::now(), deadline, &settings).await?;
-                if let Some(slot) = slot {
-                    let now = Instant::now();
+                if let Some((slot, now)) = slot {
                     if let Some(slot) = self.vet(slot, now, deadline.into(), &settings).await {
                         return Ok(Checkout::new(self, slot, permit, now));
                     }
