@@ -746,7 +746,7 @@ impl Session {
         let mut tx = TxState::default();
         let mut counts = Counts::default();
         let param_changes = checkout.server().params().changes();
-        let pooler = self.pooler.clone();
+        let pooler = &*self.pooler;
         let tracker = (mode != PoolMode::Session).then(|| {
             Tracker::new(
                 &mut self.state,

@@ -468,8 +468,8 @@ impl Pool {
         // it. Its future is small; the rest (pause, failover hold, opening a connection) is
         // boxed, so that a client task, sized for its largest state, stays small while idle.
         if open && permit.is_none() {
-            let gate::Grant { permit: p, slot } =
-                self.permit(requested, deadline, settings).await?;
+            let waiting = self.permit(requested, deadline, settings)?;
+            let gate::Grant { permit: p, slot } = self.granted(waiting.await?);
             if let Some((slot, now)) = slot {
                 if let Some(slot) = self.vet(slot, now, deadline.into(), settings).await {
                     drop(waiter);
@@ -1014,8 +1014,8 @@ impl Pool {
             Some(permit) => permit,
             None => {
                 let settings = self.settings.load_full();
-                let gate::Grant { permit, slot } =
-                    self.permit(Instant::now(), deadline, &settings).await?;
+                let waiting = self.permit(Instant::now(), deadline, &settings)?;
+                let gate::Grant { permit, slot } = self.granted(waiting.await?);
                 if let Some((slot, now)) = slot {
                     if let Some(slot) = self.vet(slot, now, deadline.into(), &settings).await {
                         return Ok(Checkout::new(self, slot, permit, now));
@@ -1095,19 +1095,25 @@ impl Pool {
     }
 
     /// A main permit, or after `reserve_pool_timeout` a main or reserve one, by `deadline`,
-    /// with the connection given back with it if it came from a client that returned one.
-    async fn permit(
+    /// with the connection given back with it if it came from a client that returned one
+    /// (see [`Pool::granted`]). Not an `async fn`: the gate's own future is awaited, without
+    /// a layer of state machine around it.
+    fn permit(
         &self,
         now: Instant,
         deadline: Instant,
         settings: &PoolSettings,
-    ) -> Result<gate::Grant, CheckoutError> {
+    ) -> Result<gate::Acquire<'_>, CheckoutError> {
         let reserve_at = inner::reserve_at(settings, now, deadline);
-        let grant = self.gate.acquire(self, now, deadline, reserve_at)?.await?;
+        self.gate.acquire(self, now, deadline, reserve_at)
+    }
+
+    /// A grant [`Pool::permit`]'s wait ended with, a reserve permit logged.
+    fn granted(&self, grant: gate::Grant) -> gate::Grant {
         if grant.permit.is_reserve() {
             tracing::info!(pool = %self.key, "using the reserve pool");
         }
-        Ok(grant)
+        grant
     }
 
     /// Checks an idle connection before lending it at `now`; `None` means it was closed.
