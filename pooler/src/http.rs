@@ -133,6 +133,13 @@ pub struct StatusDocument {
     /// the digest of a ConfigMap's text once this process runs it.
     #[serde(default)]
     pub config_file_digest: String,
+    /// The threads running clients and server connections (`worker_threads` as resolved).
+    #[serde(default)]
+    pub worker_threads: u64,
+    /// Their scheduler: `multi-thread` (tokio's work-stealing one) or `current-thread` (one
+    /// thread runs everything).
+    #[serde(default)]
+    pub scheduler: String,
     /// Whether the pooler is shutting down.
     pub draining: bool,
     /// Client connections open.
@@ -209,6 +216,17 @@ pub struct HostHealth {
 /// The document `/status` serves.
 pub fn status(pooler: &dyn PoolerView) -> StatusDocument {
     let (config_generation, config_digest) = pooler.config_generation();
+    // What the runtime serving this request runs, not what the configuration asked for.
+    let (worker_threads, scheduler) = match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => (
+            runtime.metrics().num_workers(),
+            match runtime.runtime_flavor() {
+                tokio::runtime::RuntimeFlavor::CurrentThread => "current-thread",
+                _ => "multi-thread",
+            },
+        ),
+        Err(_) => (0, ""),
+    };
     let waits = pooler.longest_waits();
     let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
     let pools = pooler
@@ -256,6 +274,8 @@ pub fn status(pooler: &dyn PoolerView) -> StatusDocument {
         config_generation,
         config_digest,
         config_file_digest: pooler.config_file_digest(),
+        worker_threads: count(worker_threads),
+        scheduler: scheduler.to_owned(),
         draining: pooler.is_draining(),
         clients: count(pooler.client_count()),
         pinned_clients: count(pooler.pinned_clients()),

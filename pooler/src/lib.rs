@@ -14,7 +14,7 @@
 //! - pool: pool registry lifecycle peers
 //! - session: client redis
 //! - surfaces: admin metrics http
-//! - root: app reload listener process allocator
+//! - root: app reload listener process runtime allocator
 //!
 //! `app` is the composition root: nothing below the root imports it. The surfaces and the client
 //! session reach the running pooler through interfaces it implements (`metrics::PoolerView`,
@@ -42,6 +42,7 @@ pub mod protocol;
 pub mod redis;
 pub mod registry;
 pub mod reload;
+pub mod runtime;
 pub mod server;
 pub mod session_state;
 pub mod sql;

@@ -106,17 +106,23 @@ fn main() -> ExitCode {
         }
     }
     raise_fd_limit();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("weir-worker")
-        .build()
-    {
+    let workers = loaded.config.pgbouncer.worker_threads;
+    let (runtime, workers) = match weir_pooler::runtime::build(workers) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("weir: cannot start the runtime: {e}");
             return ExitCode::from(1);
         }
     };
+    tracing::info!(
+        worker_threads = workers,
+        scheduler = if workers == 1 {
+            "current-thread"
+        } else {
+            "multi-thread"
+        },
+        "runtime started"
+    );
     let pooler = Pooler::new(
         &args.config,
         loaded.config,

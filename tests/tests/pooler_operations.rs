@@ -304,6 +304,57 @@ async fn a_reload_applies_from_the_next_transaction_of_a_client_already_connecte
     );
 }
 
+/// Threads of process `pid` named `name` (tokio names its workers after the runtime).
+fn threads_named(pid: u32, name: &str) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("the pooler's threads")
+        .filter_map(Result::ok)
+        .filter(|task| {
+            std::fs::read_to_string(task.path().join("comm")).is_ok_and(|comm| comm.trim() == name)
+        })
+        .count()
+}
+
+#[tokio::test]
+async fn worker_threads_sets_the_threads_and_one_runs_without_work_stealing() {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    for (setting, threads, scheduler) in [
+        (Some(1), 1, "current-thread"),
+        (Some(3), 3, "multi-thread"),
+        (
+            None,
+            cpus,
+            if cpus == 1 {
+                "current-thread"
+            } else {
+                "multi-thread"
+            },
+        ),
+    ] {
+        let mut opts = Options::mode("transaction", 2);
+        if let Some(n) = setting {
+            opts = opts.with(&format!("worker_threads = {n}"));
+        }
+        let (opts, http) = with_http(opts);
+        let fx = Fixture::start(opts).await.expect("fixture");
+        // Clients are served on either scheduler, several at once.
+        let clients = futures::future::join_all((0..4).map(|_| fx.client())).await;
+        for client in clients {
+            let client = client.expect("client");
+            let rows = client.simple_query("SELECT 1").await.expect("query");
+            assert!(!rows.is_empty());
+        }
+        let (_, body) = http_get(http, "/status").await;
+        let status: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        assert_eq!(status["worker_threads"], threads, "{setting:?}: {body}");
+        assert_eq!(status["scheduler"], scheduler, "{setting:?}: {body}");
+        if scheduler == "multi-thread" {
+            let named = threads_named(fx.weir.pid(), "weir-worker");
+            assert!(named >= threads, "{setting:?}: {named} worker threads");
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_reload_applies_max_db_connections_under_load_without_errors() {
     let (opts, http) = with_http(Options::mode("transaction", 6));

@@ -52,6 +52,7 @@ pub const RESTART_KEYS: &[&str] = &[
     "peer_id",
     "http_listen_addr",
     "http_port",
+    "worker_threads",
 ];
 
 pub use database::{

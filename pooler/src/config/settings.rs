@@ -583,6 +583,11 @@ pub struct Settings {
     /// This process's id in a group of peered poolers (`[peers]`); 0: peering off. Cancel
     /// keys carry it, and a CancelRequest for another peer's key is forwarded there.
     pub peer_id: u16,
+    /// Weir extension: the threads that run clients and server connections; 0 (default):
+    /// one per CPU the process may use (its cgroup's quota and CPU affinity), or
+    /// `TOKIO_WORKER_THREADS` when that is set. One runs everything on a single thread
+    /// without a work-stealing scheduler. Needs a restart.
+    pub worker_threads: u32,
 }
 
 impl Default for Settings {
@@ -664,6 +669,7 @@ impl Default for Settings {
             service_account_cache_ttl: Duration::from_secs(60),
             service_account_cache_size: 1000,
             peer_id: 0,
+            worker_threads: 0,
             client_tls_sslmode: TlsMode::Disable,
             client_tls_key_file: None,
             client_tls_cert_file: None,
@@ -831,6 +837,7 @@ settings_table! {
     service_account_cache_ttl: seconds => implemented,
     service_account_cache_size: number => implemented,
     peer_id: peer_id => implemented,
+    worker_threads: number => implemented,
 }
 
 /// `[pgbouncer]` keys that PgBouncer knows and weir does not implement. They produce a

@@ -109,6 +109,7 @@ service_account_audience = db.example
 service_account_cache_ttl = 30
 service_account_cache_size = 50
 peer_id = 5
+worker_threads = 4
 client_tls_sslmode = verify-full
 client_tls_key_file = /etc/weir/tls/server.key
 client_tls_cert_file = /etc/weir/tls/server.crt
@@ -204,6 +205,7 @@ fn every_setting_expected() -> Settings {
         service_account_cache_ttl: Duration::from_secs(30),
         service_account_cache_size: 50,
         peer_id: 5,
+        worker_threads: 4,
         client_tls_sslmode: TlsMode::VerifyFull,
         client_tls_key_file: Some("/etc/weir/tls/server.key".into()),
         client_tls_cert_file: Some("/etc/weir/tls/server.crt".into()),
@@ -779,6 +781,11 @@ fn validate_checks_listeners_ports_and_limits() {
         "at least 1",
     );
     failing(&|c| c.pgbouncer.pkt_buf = 0, "pkt_buf", "at least 1");
+    failing(
+        &|c| c.pgbouncer.worker_threads = 1025,
+        "worker_threads",
+        "at most 1024",
+    );
     failing(
         &|c| c.pgbouncer.max_packet_size = 0,
         "max_packet_size",

@@ -19,6 +19,9 @@ use super::Config;
 /// PgBouncer keeps sizes in C `int`s; larger values are certainly mistakes.
 const MAX_COUNT: u32 = i32::MAX as u32;
 
+/// The most `worker_threads`: far beyond any machine's CPUs, and each costs a stack.
+const MAX_WORKER_THREADS: u32 = 1024;
+
 /// The database name PgBouncer and weir reserve for the admin console.
 pub(crate) const ADMIN_DATABASE: &str = "pgbouncer";
 
@@ -229,6 +232,12 @@ fn check_limits(config: &Config) -> Result<(), Problem> {
     }
     if s.max_packet_size == 0 {
         return Err(Problem::setting("max_packet_size", "must be at least 1"));
+    }
+    if s.worker_threads > MAX_WORKER_THREADS {
+        return Err(Problem::setting(
+            "worker_threads",
+            format!("at most {MAX_WORKER_THREADS} (0 is one per CPU)"),
+        ));
     }
     let global = [
         ("max_client_conn", s.max_client_conn),
