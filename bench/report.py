@@ -391,6 +391,20 @@ def targets_table(cells, idle):
     return rows
 
 
+def threads_text(weir_threads):
+    """What the report says of the poolers' threads: PgBouncer has one, weir `worker_threads`."""
+    if weir_threads == "1":
+        return (
+            "PgBouncer runs one thread, and so did weir here (`worker_threads = 1`, tokio's current-thread "
+            "scheduler): each pooler had one thread while PostgreSQL and pgbench competed for the cores."
+        )
+    many = f"{weir_threads} tokio workers" if weir_threads else "a tokio worker per core"
+    return (
+        f"PgBouncer runs one thread; weir ran {many} (its default is one per CPU), so on this machine it can use "
+        "every core while PostgreSQL and pgbench compete for them."
+    )
+
+
 def other_share(env):
     """Share of the machine's CPU that processes outside the benchmark used while it ran."""
     try:
@@ -507,7 +521,7 @@ def render(env, cells, idle, restarts, operator=""):
         "connection) that bounds the rate, whichever pooler is in between."
     )
     add("")
-    add("PgBouncer runs one thread; weir runs a tokio worker per core, so on this machine it can use both cores while PostgreSQL and pgbench compete for them.")
+    add(threads_text(env.get("weir_threads", "")))
     add("")
 
     headrooms = [(s, c, headroom(cells.get((s, c, "pgbouncer")), cells.get((s, c, "weir")), tps_goal(s, c))) for s, c in keys]

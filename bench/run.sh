@@ -9,7 +9,8 @@
 # ("50 500"), BENCH_TLS_CLIENTS for TLS select-only ("500"), BENCH_SAMPLING_RATE of pgbench's
 # per-transaction log for latency percentiles (0.1), BENCH_SCALE pgbench scale factor (10),
 # BENCH_POOL_SIZE (10), BENCH_IDLE_CLIENTS (10000), BENCH_SCENARIOS ("select extended prepared
-# tpcb storm tls idle operator"), WEIR_BIN; PGBOUNCER_* as scripts/ensure-pgbouncer.sh reads them.
+# tpcb storm tls idle operator"), BENCH_WEIR_THREADS (weir's worker_threads; unset: its default,
+# one per CPU), WEIR_BIN; PGBOUNCER_* as scripts/ensure-pgbouncer.sh reads them.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -123,6 +124,7 @@ STARTED=$(date +%s)
     echo "rounds=$ROUNDS"
     echo "warmup_seconds=$WARMUP_SECONDS"
     echo "scale=$SCALE"
+    echo "weir_threads=${BENCH_WEIR_THREADS:-${TOKIO_WORKER_THREADS:-$(nproc)}}"
     echo "pool_size=$POOL_SIZE"
     echo "max_client_conn=$MAX_CLIENT_CONN"
     echo "max_connections=$((MAX_SELECT_CLIENTS + 100))"
@@ -137,6 +139,8 @@ start_postgres "$PGPORT" $((MAX_SELECT_CLIENTS + 100)) "$SCALE" "$PASSWORD"
 write_userlist "$PGPORT"
 pooler_ini "$PGB_PORT" "$PGPORT" "$POOL_SIZE" "$MAX_CLIENT_CONN" >"$WORK/pgbouncer.ini"
 pooler_ini "$WEIR_PORT" "$PGPORT" "$POOL_SIZE" "$MAX_CLIENT_CONN" >"$WORK/weir.ini"
+# PgBouncer has one thread whatever it is told; weir's count is the one setting they differ in.
+[[ -n ${BENCH_WEIR_THREADS:-} ]] && echo "worker_threads = $BENCH_WEIR_THREADS" >>"$WORK/weir.ini"
 chmod 644 "$WORK"/*.ini
 
 start_pgbouncer() {

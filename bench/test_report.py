@@ -478,6 +478,13 @@ class TargetsTest(unittest.TestCase):
 
 
 class RenderTest(unittest.TestCase):
+    def test_the_report_says_how_many_threads_weir_ran(self):
+        one = report.threads_text("1")
+        self.assertIn("so did weir", one)
+        self.assertIn("current-thread", one)
+        self.assertIn("weir ran 2 tokio workers", report.threads_text("2"))
+        self.assertIn("a tokio worker per core", report.threads_text(""))
+
     def test_other_share_needs_every_number(self):
         self.assertIsNone(report.other_share({"cores": "2"}))
         env = {"cores": "2", "clk_tck": "100", "elapsed_seconds": "10", "busy_ticks": "500", "own_ticks": "600"}
