@@ -106,14 +106,14 @@ fn main() -> ExitCode {
         }
     }
     raise_fd_limit();
-    let workers = loaded.config.pgbouncer.worker_threads;
-    let (runtime, workers) = match weir_pooler::runtime::build(workers) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("weir: cannot start the runtime: {e}");
-            return ExitCode::from(1);
-        }
-    };
+    let (runtime, workers) =
+        match weir_pooler::runtime::build(loaded.config.pgbouncer.worker_threads) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("weir: cannot start the runtime: {e}");
+                return ExitCode::from(1);
+            }
+        };
     tracing::info!(
         worker_threads = workers,
         scheduler = if workers == 1 {
