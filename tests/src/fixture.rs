@@ -220,6 +220,14 @@ pub async fn scalar(client: &Client, sql: &str) -> String {
         .unwrap_or_else(|| panic!("{sql} returned no row"))
 }
 
+/// The process id of the server backend that answers `client`'s next statement: a simple
+/// query, which is one transaction (an extended-protocol query is two, a Parse and then a
+/// Bind, which a pooler in transaction mode may send to two connections).
+pub async fn backend_pid(client: &Client) -> i32 {
+    let pid = scalar(client, "SELECT pg_backend_pid()").await;
+    pid.parse().expect("a process id")
+}
+
 /// The SQLSTATE of a tokio-postgres error, if the server (or pooler) sent one.
 pub fn sqlstate(err: &tokio_postgres::Error) -> Option<&str> {
     err.as_db_error().map(|e| e.code().code())

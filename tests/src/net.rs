@@ -133,24 +133,6 @@ pub async fn connect(port: u16, user: &str, password: &str, db: &str) -> anyhow:
     connect_with(&client_config(port, user, password, db)).await
 }
 
-/// The process id of the server backend that answers `client`'s next statement: a simple
-/// query, which is one transaction (an extended-protocol query is two, a Parse and then a
-/// Bind, which a pooler in transaction mode may send to two connections).
-pub async fn backend_pid(client: &Client) -> i32 {
-    let messages = client
-        .simple_query("SELECT pg_backend_pid()")
-        .await
-        .expect("pg_backend_pid()");
-    messages
-        .iter()
-        .find_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0),
-            _ => None,
-        })
-        .and_then(|pid| pid.parse().ok())
-        .expect("a process id")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

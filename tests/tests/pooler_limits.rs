@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use tokio_postgres::types::Type;
 use tokio_postgres::SimpleQueryMessage;
-use weir_tests::fixture::{self, Fixture, Options, DATABASE, PASSWORD, USER};
-use weir_tests::net::{self, backend_pid};
+use weir_tests::fixture::{self, backend_pid, Fixture, Options, DATABASE, PASSWORD, USER};
+use weir_tests::net;
 use weir_tests::raw::{RawClient, Reply};
 
 #[tokio::test]

@@ -7,8 +7,8 @@ use std::time::Duration;
 use futures::{SinkExt, StreamExt};
 use tokio_postgres::types::Type;
 use tokio_postgres::{AsyncMessage, NoTls};
-use weir_tests::fixture::{self, Fixture, Options, DATABASE, PASSWORD, USER};
-use weir_tests::net::{self, backend_pid};
+use weir_tests::fixture::{self, backend_pid, Fixture, Options, DATABASE, PASSWORD, USER};
+use weir_tests::net;
 
 async fn show(client: &tokio_postgres::Client, setting: &str) -> String {
     let rows = client

@@ -4,8 +4,8 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use weir_tests::fixture::{self, Fixture, Options};
-use weir_tests::net::{self, backend_pid};
+use weir_tests::fixture::{self, backend_pid, Fixture, Options};
+use weir_tests::net;
 use weir_tests::weir::{Signal, WeirProcess};
 
 /// GET `path` on 127.0.0.1:`port`, returning (status code, body).
@@ -297,11 +297,7 @@ async fn a_reload_applies_from_the_next_transaction_of_a_client_already_connecte
         .batch_execute("SELECT pg_sleep(5)")
         .await
         .expect_err("query_timeout did not apply to a connected client");
-    assert_eq!(
-        e.as_db_error().map(|d| d.code().code()),
-        Some("57014"),
-        "{e}"
-    );
+    assert_eq!(fixture::sqlstate(&e), Some("57014"), "{e}");
 }
 
 /// Threads of process `pid` named `name` (tokio names its workers after the runtime).

@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use tokio_postgres::NoTls;
-use weir_tests::fixture::{self, Fixture, Options, DATABASE, PASSWORD, USER};
-use weir_tests::net::{self, backend_pid};
+use weir_tests::fixture::{self, backend_pid, Fixture, Options, DATABASE, PASSWORD, USER};
+use weir_tests::net;
 
 /// The default `<empty>` sends an empty query, which succeeds: the connection is kept.
 #[tokio::test]
