@@ -1031,19 +1031,18 @@ impl Pool {
         // sleeping, so a connection returned in between is not missed.
         let mut returned: Option<Pin<Box<Notified<'_>>>> = None;
         loop {
-            let settings = self.settings.load();
+            // One look at the settings per step, held (an `Arc`) through its awaits.
+            let settings = self.settings.load_full();
             let now = Instant::now();
             let capacity = inner::capacity(&settings);
             let ranks = self.lend_ranks();
             let step = self.lock().step(now, &settings, ranks.as_deref(), || {
                 self.places.try_take(capacity)
             });
-            drop(settings);
             match step {
                 Step::Closed => return Err(CheckoutError::Closed),
                 Step::LoginRetry(why) => return Err(CheckoutError::LoginRetry(why)),
                 Step::Reuse(slot) => {
-                    let settings = self.settings.load_full();
                     if let Some(slot) = self.vet(slot, now, deadline, &settings).await {
                         return Ok(Checkout::new(self, slot, permit, now));
                     }
@@ -1060,13 +1059,13 @@ impl Pool {
                         }
                         // Still counted as opening, so taking it back cannot wake this client
                         // again; if another client took the connection first, keep on opening.
-                        let round_robin = self.settings.load().round_robin;
                         let ranks = self.lend_ranks();
-                        let idle = self.lock().take_idle(round_robin, ranks.as_deref());
+                        let idle = self
+                            .lock()
+                            .take_idle(settings.round_robin, ranks.as_deref());
                         if let Some(slot) = idle {
                             drop(opening);
                             let now = Instant::now();
-                            let settings = self.settings.load_full();
                             if let Some(slot) = self.vet(slot, now, deadline, &settings).await {
                                 return Ok(Checkout::new(self, slot, permit, now));
                             }
