@@ -62,7 +62,7 @@ demo: deps release
 
 ## bench: direct vs PgBouncer vs weir, the operator at scale, then Redis direct vs twemproxy vs weir; markdown reports under target/bench/
 bench: deps
-	$(CARGO) build --release -p weir-pooler -p weir-operator --bin weir --bin weir-operator
+	@bench/prepare.sh
 	@bench/run.sh
 	@bench/redis.sh
 

@@ -315,7 +315,8 @@ for s in $SCENARIOS; do
             ;;
         operator)
             # The operator at scale on the kwok control plane (tests/tests/operator_scale.rs),
-            # its table kept for the report; the release operator when `make bench` built it.
+            # its table kept for the report; the release operator when `make bench` built it, and the
+            # test itself in release, which shares the operator's compiled dependencies.
             echo "== operator at scale: 500 ConnectionPools over 50 databases on kwok" >&2
             operator_bin=$ROOT/target/release/weir-operator
             [[ -x $operator_bin ]] || operator_bin=
@@ -324,8 +325,8 @@ for s in $SCENARIOS; do
             section_busy=$(machine_busy_ticks)
             section_children=$(proc_ticks $$ children)
             (cd "$ROOT" && env WEIR_CONTROLPLANE_AUDIT=1 OPERATOR_SCALE_REPORT="$OUT/operator-scale.md" \
-                ${operator_bin:+WEIR_OPERATOR_BIN="$operator_bin"} "${CARGO:-cargo}" test -q -p weir-tests \
-                --test operator_scale -- --ignored --nocapture operator_at_scale \
+                ${operator_bin:+WEIR_OPERATOR_BIN="$operator_bin"} "${CARGO:-cargo}" test -q --release \
+                -p weir-tests --test operator_scale -- --ignored --nocapture operator_at_scale \
                 >"$OUT/operator-scale.log" 2>&1) || {
                 echo "   operator at scale failed (see operator-scale.log)" >&2
                 printf '\n**The operator at scale failed**; the end of its log:\n\n```\n%s\n```\n' \
