@@ -10,7 +10,8 @@
 #
 # Knobs (environment): BENCH_REDIS_REQUESTS per command and run (50000), BENCH_ROUNDS (3),
 # BENCH_REDIS_CLIENTS ("50 500"), BENCH_REDIS_PIPELINES ("1 16"), BENCH_REDIS_TESTS
-# ("set,get,mset"; twemproxy also proxies incr,lpush,lpop), WEIR_BIN.
+# ("set,get,mset"; twemproxy also proxies incr,lpush,lpop), BENCH_WEIR_THREADS (weir's
+# worker_threads, as for bench/run.sh; unset: its default, one per CPU), WEIR_BIN.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -76,6 +77,7 @@ STARTED=$(date +%s)
     echo "requests=$REQUESTS"
     echo "rounds=$ROUNDS"
     echo "shared_connections=$SHARED_CONNECTIONS"
+    echo "weir_threads=${BENCH_WEIR_THREADS:-${TOKIO_WORKER_THREADS:-$(nproc)}}"
 } >"$OUT/env.txt"
 
 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --daemonize no \
@@ -110,6 +112,8 @@ listen_port = $WEIR_PORT
 server = 127.0.0.1:$REDIS_PORT
 shared_connections = $SHARED_CONNECTIONS
 INI
+# twemproxy has one thread whatever it is told; weir's count is the one setting they differ in.
+[[ -n ${BENCH_WEIR_THREADS:-} ]] && sed -i "/^\[pgbouncer\]/a worker_threads = $BENCH_WEIR_THREADS" "$WORK/weir.ini"
 "$WEIR" -q "$WORK/weir.ini" 2>>"$OUT/weir.stderr" &
 WEIR_PID=$!
 wait_port "$WEIR_PORT"

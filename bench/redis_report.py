@@ -160,7 +160,7 @@ def render(env, commands, cells, cpu):
         w = cpu.get((clients, pipeline, "weir"))
         add(f"| {clients:,} | {pipeline} | {report.fmt(t, 2)} | {report.fmt(w, 2)} | {report.fmt_ratio(report.ratio(w, t))} |")
     add("")
-    add("twemproxy runs one thread; weir runs a tokio worker per core, so it can use both cores while redis-server and redis-benchmark compete for them.")
+    add(report.threads_text(env.get("weir_threads", ""), "twemproxy", "redis-server and redis-benchmark"))
     add("")
 
     failures = [(k, v) for k, v in cells.items() if v["failed"]]

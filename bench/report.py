@@ -391,17 +391,17 @@ def targets_table(cells, idle):
     return rows
 
 
-def threads_text(weir_threads):
-    """What the report says of the poolers' threads: PgBouncer has one, weir `worker_threads`."""
+def threads_text(weir_threads, anchor="PgBouncer", others="PostgreSQL and pgbench"):
+    """What a report says of the proxies' threads: the `anchor` has one, weir `worker_threads`."""
     if weir_threads == "1":
         return (
-            "PgBouncer runs one thread, and so did weir here (`worker_threads = 1`, tokio's current-thread "
-            "scheduler): each pooler had one thread while PostgreSQL and pgbench competed for the cores."
+            f"{anchor} runs one thread, and so did weir here (`worker_threads = 1`, tokio's current-thread "
+            f"scheduler): each had one thread while {others} competed for the cores."
         )
     many = f"{weir_threads} tokio workers" if weir_threads else "a tokio worker per core"
     return (
-        f"PgBouncer runs one thread; weir ran {many} (its default is one per CPU), so on this machine it can use "
-        "every core while PostgreSQL and pgbench compete for them."
+        f"{anchor} runs one thread; weir ran {many} (its default is one per CPU), so on this machine it can use "
+        f"every core while {others} compete for them."
     )
 
 

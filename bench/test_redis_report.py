@@ -107,6 +107,15 @@ class RenderTest(unittest.TestCase):
         self.assertIn("| 50 | 16 | 0.10 | 0.05 | 0.50× |", text)
         self.assertNotIn("## Failures", text)
 
+    def test_the_report_says_how_many_threads_weir_ran(self):
+        runs = [run("direct", 1, 400), run("twemproxy", 1, 100, cpu=20), run("weir", 1, 200, cpu=10)]
+        cells, cpu = redis_report.aggregate(runs, COMMANDS, 100)
+        one = redis_report.render({"weir_threads": "1"}, COMMANDS, cells, cpu)
+        self.assertIn("twemproxy runs one thread, and so did weir here", one)
+        self.assertIn("while redis-server and redis-benchmark competed", one)
+        two = redis_report.render({"weir_threads": "2"}, COMMANDS, cells, cpu)
+        self.assertIn("twemproxy runs one thread; weir ran 2 tokio workers", two)
+
     def test_failures_are_listed(self):
         runs = [run("direct", 1, 400), run("weir", 1, 0, rc=2)]
         cells, cpu = redis_report.aggregate(runs, COMMANDS, 100)
