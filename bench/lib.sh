@@ -5,6 +5,19 @@
 
 as_postgres() { setpriv --reuid=postgres --regid=postgres --init-groups "$@"; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+# What a report calls the weir binary BIN: its version, then the checkout ROOT's commit when BIN is
+# the checkout's own release build (", modified" when the pooler's sources differ from that
+# commit), else BIN's path: a build from elsewhere (WEIR_BIN) is not labelled with this checkout.
+weir_build() { # BIN ROOT
+    local bin=$1 root=$2 from
+    if [[ $bin -ef $root/target/release/weir ]]; then
+        from=$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)
+        git -C "$root" diff --quiet HEAD -- pooler 2>/dev/null || from+=", modified"
+    else
+        from=$bin
+    fi
+    echo "$("$bin" --version) ($from)"
+}
 
 # make_tls_certificate: $WORK/tls/server.{crt,key}, a self-signed ECDSA P-256 certificate for
 # 127.0.0.1 that PostgreSQL and both poolers serve (owned by postgres, which runs two of them).

@@ -74,7 +74,7 @@ pgbench_weir() { # clients, then pgbench's run-length arguments
         -j "$jobs" "$@" bench
 }
 
-echo "== profiler: $TOOL; weir $("$WEIR" --version) ($(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown))" >&2
+echo "== profiler: $TOOL; $(weir_build "$WEIR" "$ROOT")" >&2
 for clients in $CLIENTS; do
     echo
     echo "## weir, pgbench select-only, $clients clients, pool size $POOL_SIZE ($TOOL)"
