@@ -32,17 +32,20 @@ build_beside() {
     background+=("$name:$!")
 }
 
-build_beside pgbouncer "$ROOT/scripts/ensure-pgbouncer.sh"
 # Unset BENCH_SCENARIOS is run.sh's default, which has the operator section.
-if [[ " ${BENCH_SCENARIOS:-operator} " == *" operator "* ]]; then
-    build_beside controlplane "$ROOT/tests/controlplane/build.sh"
-fi
+operator=false
+[[ " ${BENCH_SCENARIOS:-operator} " == *" operator "* ]] && operator=true
+
+build_beside pgbouncer "$ROOT/scripts/ensure-pgbouncer.sh"
+$operator && build_beside controlplane "$ROOT/tests/controlplane/build.sh"
 
 t0=$(date +%s)
 (
     cd "$ROOT"
     "$CARGO" build --release -p weir-pooler -p weir-operator --bin weir --bin weir-operator
-    "$CARGO" test --release --no-run -q -p weir-tests --test operator_scale
+    if $operator; then
+        "$CARGO" test --release --no-run -q -p weir-tests --test operator_scale
+    fi
 )
 summary="cargo $(($(date +%s) - t0)) s"
 
