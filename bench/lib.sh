@@ -18,6 +18,9 @@ weir_build() { # BIN ROOT
     fi
     echo "$("$bin" --version) ($from)"
 }
+# How many threads weir runs with: BENCH_WEIR_THREADS (written into its ini), else tokio's
+# TOKIO_WORKER_THREADS, else one per CPU (what `worker_threads = 0` resolves to).
+weir_threads() { echo "${BENCH_WEIR_THREADS:-${TOKIO_WORKER_THREADS:-$(nproc)}}"; }
 
 # make_tls_certificate: $WORK/tls/server.{crt,key}, a self-signed ECDSA P-256 certificate for
 # 127.0.0.1 that PostgreSQL and both poolers serve (owned by postgres, which runs two of them).

@@ -77,7 +77,7 @@ STARTED=$(date +%s)
     echo "requests=$REQUESTS"
     echo "rounds=$ROUNDS"
     echo "shared_connections=$SHARED_CONNECTIONS"
-    echo "weir_threads=${BENCH_WEIR_THREADS:-${TOKIO_WORKER_THREADS:-$(nproc)}}"
+    echo "weir_threads=$(weir_threads)"
 } >"$OUT/env.txt"
 
 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --daemonize no \
