@@ -1,17 +1,23 @@
 #!/usr/bin/env bash
-# System calls and context switches a pooler makes per select-only transaction, counted by
-# `perf stat` on the pooler's process alone (kernel tracepoints: they count, they do not slow
-# the process down as strace would). Transaction mode, pool size 10, pgbench -S -M simple, as
-# bench/instructions.sh. Two runs per binary, of T1 and T2 transactions per client; the
-# difference leaves the logins and start-up out.
+# System calls and context switches a pooler makes per transaction, counted by `perf stat` on
+# the pooler's process alone (kernel tracepoints: they count, they do not slow the process down
+# as strace would). Transaction mode, pool size 10, pgbench -M simple, select-only (-S) as
+# bench/instructions.sh, or with SYSCALLS_SCRIPT=tpcb pgbench's default TPC-B-like script
+# (seven statements per transaction). Two runs per binary, of T1 and T2 transactions per
+# client; the difference leaves the logins and start-up out.
 # Usage: bench/syscalls.sh CLIENTS T1 T2 POOLER_BINARY...  (weir builds, or a pgbouncer)
 #   e.g. bench/syscalls.sh 50 100 1000 target/release/weir "$(scripts/ensure-pgbouncer.sh)"
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-(($# >= 4)) || { sed -n '2,8p' "$0" >&2; exit 2; }
+(($# >= 4)) || { sed -n '2,10p' "$0" >&2; exit 2; }
 CLIENTS=$1 T1=$2 T2=$3
 shift 3
+case ${SYSCALLS_SCRIPT:-select} in
+    select) SCRIPT=(-S) ;;
+    tpcb) SCRIPT=() ;;
+    *) echo "syscalls: SYSCALLS_SCRIPT is select or tpcb, not ${SYSCALLS_SCRIPT}" >&2; exit 2 ;;
+esac
 [[ $(id -u) == 0 ]] || { echo "syscalls: run as root (PostgreSQL runs as 'postgres')" >&2; exit 1; }
 # shellcheck source=bench/lib.sh
 source "$ROOT/bench/lib.sh"
@@ -42,7 +48,7 @@ EVENTS+=,context-switches
 # (perf's CSV) in FILE. The pgbench command only times the count: -p counts the pooler alone.
 counts() {
     perf stat -x, -e "$EVENTS" -p "$POOLER_PID" -o "$1" -- \
-        "$PGBIN/pgbench" -n -S -M simple -h 127.0.0.1 -p "$POOLER_PORT" -U bench -c "$CLIENTS" \
+        "$PGBIN/pgbench" -n "${SCRIPT[@]}" -M simple -h 127.0.0.1 -p "$POOLER_PORT" -U bench -c "$CLIENTS" \
         -j 2 -t "$2" bench >"$WORK/pgbench.txt" 2>&1 || true
     grep -q "actually processed: $((CLIENTS * $2))/" "$WORK/pgbench.txt" ||
         { echo "syscalls: pgbench did not complete" >&2; cat "$WORK/pgbench.txt" >&2; exit 1; }

@@ -3,9 +3,9 @@
 //! Several threads run tokio's work-stealing scheduler: a woken task may run on another
 //! thread, and every wake-up goes through queues the threads share. One thread needs none of
 //! that, and the current-thread scheduler runs it without: the same transactions cost 11–23 %
-//! less user time there than on two workers (README, Benchmarks). So one thread, whether asked
-//! for or all the process may use (a pod limited to one CPU), gets the current-thread
-//! scheduler.
+//! less user time there than on two workers (bench/RESULTS.md, "One thread"). So one thread,
+//! whether asked for or all the process may use (a pod limited to one CPU), gets the
+//! current-thread scheduler.
 
 use std::num::NonZeroUsize;
 
