@@ -72,6 +72,22 @@ unsafe impl GlobalAlloc for Allocator {
     }
 }
 
+/// Keeps the process's memory on the kernel's small (4 KiB) pages, unless
+/// `MIMALLOC_ALLOW_THP` in the environment says otherwise (mimalloc then does what it says).
+///
+/// mimalloc asks for transparent huge pages on its arenas (`MADV_HUGEPAGE`), so the heap
+/// becomes resident, and is charged to the pod's memory, a whole 2 MiB page at a time,
+/// however little of the page is in use: with 10,000 idle clients weir's resident memory was
+/// 36.4, 38.4 or 40.4 MiB from one run to the next, the same clients 1.64–2.25 KiB each.
+/// The process-wide switch (`PR_SET_THP_DISABLE`, inherited by a daemonised child) takes
+/// effect for every page faulted in after it, so it is set first thing in `main`.
+pub fn keep_small_pages() -> nix::Result<()> {
+    if std::env::var_os("MIMALLOC_ALLOW_THP").is_some() {
+        return Ok(());
+    }
+    nix::sys::prctl::set_thp_disable(true)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -41,6 +41,7 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    let small_pages = weir_pooler::allocator::keep_small_pages();
     let args = Args::parse();
     let loaded = match Config::load(&args.config) {
         Ok(l) => l,
@@ -60,6 +61,9 @@ fn main() -> ExitCode {
     }
     for w in &loaded.warnings {
         tracing::warn!("{w}");
+    }
+    if let Err(e) = small_pages {
+        tracing::warn!("could not turn off transparent huge pages for the heap: {e}");
     }
     if let Some(e) = unreadable {
         tracing::warn!("{e}; no user can log in until a reload reads it");

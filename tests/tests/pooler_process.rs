@@ -1,7 +1,8 @@
 //! The process settings of PgBouncer's `src/main.c`, side by side with PgBouncer 1.25.2 on
 //! the same configuration: `pidfile` (a running holder refuses the start, a stale file is
 //! replaced, the file goes at exit), `-d` (needs a pidfile, detaches), `user` and
-//! `unix_socket_group`. No PostgreSQL is needed: nothing here reaches a server.
+//! `unix_socket_group`; and, weir's own, that its heap stays on small pages. No PostgreSQL is
+//! needed: nothing here reaches a server.
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
@@ -286,4 +287,40 @@ async fn the_unix_socket_gets_unix_socket_group_and_mode() {
         assert_eq!(meta.gid(), group.gid.as_raw(), "{kind:?}");
         assert_eq!(meta.mode() & 0o777, 0o770, "{kind:?}");
     }
+}
+
+/// `THP_enabled` of a process, from its /proc status: "0" once `PR_SET_THP_DISABLE` is set.
+fn thp_enabled(pid: u32) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("THP_enabled:"))
+        .map(|v| v.trim().to_owned())
+        .expect("THP_enabled in /proc status (Linux 5.0 and later)")
+}
+
+#[tokio::test]
+async fn the_heap_stays_on_small_pages_unless_mimalloc_is_told_otherwise() {
+    // The switch is inherited: a test process without huge pages would prove nothing.
+    assert_eq!(
+        thp_enabled(std::process::id()),
+        "1",
+        "the test process has THP off"
+    );
+    let weir = WeirProcess::start(&ini(""), "").await.expect("weir starts");
+    assert_eq!(
+        thp_enabled(weir.pid()),
+        "0",
+        "weir left transparent huge pages on"
+    );
+
+    let env = [("MIMALLOC_ALLOW_THP".to_owned(), "1".to_owned())];
+    let told = WeirProcess::start_with_env(&ini(""), "", &env)
+        .await
+        .expect("weir starts");
+    assert_eq!(
+        thp_enabled(told.pid()),
+        "1",
+        "weir turned huge pages off although MIMALLOC_ALLOW_THP asks for them"
+    );
 }
