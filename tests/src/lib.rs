@@ -32,6 +32,7 @@ pub mod net;
 pub mod netns;
 pub mod parity;
 pub mod postgres;
+pub mod procfs;
 pub mod prometheus;
 pub mod raw;
 pub mod redis;

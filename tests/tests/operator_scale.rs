@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context as _};
 use weir_tests::k8s::{workspace, ControlPlane, Operator};
 use weir_tests::postgres::{PasswordMethod, PgCluster, PgOptions};
+use weir_tests::procfs;
 
 const NS: &str = "scale";
 /// The client certificate's user that the operator and kubectl share (tests/controlplane/up.sh).
@@ -188,15 +189,8 @@ fn clients(audit: &str) -> Vec<(String, Client)> {
 
 /// Resident and peak resident memory of a process, in KiB.
 fn memory_kib(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .unwrap_or(0)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
+    let field = |name| procfs::status_kib(pid, name).unwrap_or(0);
+    (field("VmRSS"), field("VmHWM"))
 }
 
 fn audit_len(path: &Path) -> u64 {

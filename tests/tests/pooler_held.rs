@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use weir_tests::fixture::{scalar, Fixture, Options, DATABASE, USER};
+use weir_tests::procfs;
 use weir_tests::raw::RawClient;
 
 /// Upper bound for anything that should happen "promptly"; never a performance assertion.
@@ -295,13 +296,7 @@ async fn the_statement_names_of_one_client_are_bounded() {
 
 /// The most memory the weir process has had resident, in MiB (VmHWM).
 fn peak_mib(f: &Fixture) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", f.weir.pid()))
-        .expect("reading weir's /proc status");
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM in /proc status");
+    let kib = procfs::status_kib(f.weir.pid(), "VmHWM").expect("VmHWM in weir's /proc status");
     kib >> 10
 }
 

@@ -11,6 +11,7 @@ use std::time::Duration;
 use weir_tests::anchor;
 use weir_tests::fixture::Fixture;
 use weir_tests::net;
+use weir_tests::procfs;
 use weir_tests::weir::{self, Signal, WeirProcess};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -291,11 +292,7 @@ async fn the_unix_socket_gets_unix_socket_group_and_mode() {
 
 /// `THP_enabled` of a process, from its /proc status: "0" once `PR_SET_THP_DISABLE` is set.
 fn thp_enabled(pid: u32) -> String {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("THP_enabled:"))
-        .map(|v| v.trim().to_owned())
+    procfs::status_field(pid, "THP_enabled")
         .expect("THP_enabled in /proc status (Linux 5.0 and later)")
 }
 
