@@ -63,7 +63,7 @@ for pooler in "$@"; do
     counts "$WORK/second.csv" "$T2"
     stop_pid "$POOLER_PID"
     POOLER_PID=
-    echo "$pooler, per transaction at $CLIENTS clients:"
+    echo "$pooler, per ${SYSCALLS_SCRIPT:-select} transaction at $CLIENTS clients:"
     # perf's CSV: value, unit, event, ...; the same events in the same order in both files.
     paste -d, "$WORK/first.csv" "$WORK/second.csv" | awk -F, -v n=$((CLIENTS * (T2 - T1))) '
         $1 ~ /^[0-9]+$/ { split($0, f, ","); nf = NF / 2
